@@ -1,0 +1,207 @@
+//! The `gaffer` command line: clap definitions and one file per group of subcommands.
+//! Commands that read state open the state dir read-only, so they work while an instance runs.
+
+mod control;
+mod query;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// Exit codes (SPEC §8).
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const STATE_DIR: i32 = 3;
+    /// An internal fault restarting could not fix (the store cannot commit, an actor keeps dying).
+    pub const INTERNAL: i32 = 70;
+    pub const SIGINT: i32 = 130;
+    pub const SIGTERM: i32 = 143;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "gaffer", version, about = "A durable job orchestrator for shell and AI-agent tasks", long_about = None)]
+pub struct Cli {
+    /// Where state lives (default: $GAFFER_STATE_DIR, else ./.gaffer).
+    #[arg(long, global = true, env = "GAFFER_STATE_DIR", default_value = ".gaffer")]
+    pub state_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run jobs of a workflow file to completion (resuming unfinished runs first).
+    Run(run::RunArgs),
+    /// Check a workflow file; report every problem as FILE:LINE:COL.
+    Validate { file: PathBuf },
+    /// Queues, counts per state and total cost.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Job runs.
+    Jobs {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Task runs.
+    Tasks {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One task run (42) or job run (j7) with its attempts.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The log of a task run's attempt (default: the latest).
+    Logs {
+        id: String,
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Keep printing as the log grows, until the task run ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Retry dead or cancelled task runs (42) or every one in a job run (j7).
+    Retry {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Cancel task runs (42) or job runs (j7).
+    Cancel {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// The dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        action: Option<DlqAction>,
+    },
+    /// Spending, grouped.
+    Cost {
+        #[arg(long, value_enum, default_value_t = CostBy::Job)]
+        by: CostBy,
+        /// Only what ran within this long ago (`24h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a control message to fd 3 from a task: heartbeat | progress TEXT | cost K=V... | output K=V.
+    Emit {
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
+    /// Shell completions.
+    Completions { shell: clap_complete::Shell },
+    /// The man page, in roff.
+    Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Dead task runs (the default).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give dead task runs a fresh series of attempts.
+    Retry {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Cancel dead task runs for good.
+    Purge {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CostBy {
+    Job,
+    Task,
+    Queue,
+    Model,
+    Day,
+}
+
+/// Parses the arguments, runs the command, returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let state_dir = cli.state_dir.clone();
+    let result = match cli.command {
+        Command::Run(args) => return run::run(args, &state_dir),
+        Command::Validate { file } => return run::validate(&file),
+        Command::Status { json } => query::status(&state_dir, json),
+        Command::Jobs { state, json } => query::jobs(&state_dir, state.as_deref(), json),
+        Command::Tasks { state, job, queue, json } => {
+            query::tasks(&state_dir, query::TaskFilter { state, job, queue }, json)
+        }
+        Command::Show { id, json } => query::show(&state_dir, &id, json),
+        Command::Logs { id, attempt, follow } => query::logs(&state_dir, &id, attempt, follow),
+        Command::Retry { ids } => control::send(&state_dir, control::Verb::Retry, &ids),
+        Command::Cancel { ids } => control::send(&state_dir, control::Verb::Cancel, &ids),
+        Command::Dlq { action } => control::dlq(&state_dir, action.unwrap_or(DlqAction::List { json: false })),
+        Command::Cost { by, since, json } => query::cost(&state_dir, by, since.as_deref(), json),
+        Command::Emit { words } => crate::executor::emit(&words).map_err(CliError::Usage),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "gaffer", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| CliError::Failed(e.to_string())),
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("gaffer: {e}");
+            e.code()
+        }
+    }
+}
+
+/// A command that could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl CliError {
+    fn code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => exit::USAGE,
+            CliError::Failed(_) => exit::FAILED,
+            CliError::Store(crate::store::StoreError::InUse { .. }) => exit::STATE_DIR,
+            CliError::Store(_) => exit::STATE_DIR,
+        }
+    }
+}

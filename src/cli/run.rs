@@ -1,0 +1,250 @@
+//! `gaffer run` and `gaffer validate`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::exit;
+use crate::config::{self, Workflow};
+use crate::engine::{self, EngineConfig, EngineEvent, EngineHandle, SystemClock};
+use crate::executor::{Executor, LocalExecutor, NoopExecutor};
+use crate::headless::{self, Format};
+use crate::model::JobState;
+use crate::model::cost::Pricing;
+use crate::store::{self, StoreError};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The workflow file.
+    pub file: PathBuf,
+    /// Jobs to run (default: every job without a `schedule`).
+    pub jobs: Vec<String>,
+    /// Override a job param: --param topic=go (repeatable).
+    #[arg(long = "param", value_name = "K=V")]
+    pub params: Vec<String>,
+    /// No terminal UI, progress lines only.
+    #[arg(long)]
+    pub headless: bool,
+    /// Print the event stream as JSON lines on stdout (implies --headless).
+    #[arg(long)]
+    pub json: bool,
+    /// Cap on running attempts (overrides settings.workers).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Run every task as a no-op that succeeds at once (measures the engine alone).
+    #[arg(long, hide = true)]
+    pub noop_executor: bool,
+}
+
+pub fn validate(file: &Path) -> i32 {
+    match load(file) {
+        Ok((workflow, _)) => {
+            let tasks: usize = workflow.jobs.iter().map(|j| j.tasks.len()).sum();
+            println!(
+                "{}: ok ({} jobs, {tasks} tasks, {} queues)",
+                file.display(),
+                workflow.jobs.len(),
+                workflow.queues.len()
+            );
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+/// Reads and validates the file; prints every problem and returns the exit code on failure.
+fn load(file: &Path) -> Result<(Workflow, String), i32> {
+    let source = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("gaffer: cannot read workflow file {}: {e}", file.display());
+            return Err(exit::USAGE);
+        }
+    };
+    match config::parse(file, &source) {
+        Ok(workflow) => Ok((workflow, source)),
+        Err(diagnostics) => {
+            eprint!("{diagnostics}");
+            if !diagnostics.to_string().ends_with('\n') {
+                eprintln!();
+            }
+            eprintln!("gaffer: {} problem(s) in {}; nothing was run", diagnostics.items.len(), file.display());
+            Err(exit::USAGE)
+        }
+    }
+}
+
+fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>, String> {
+    raw.iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("--param `{p}` is not K=V")),
+        })
+        .collect()
+}
+
+/// The jobs this command starts: the named ones, or every unscheduled one.
+fn chosen_jobs(workflow: &Workflow, named: &[String]) -> Result<Vec<String>, String> {
+    if named.is_empty() {
+        return Ok(workflow.jobs.iter().filter(|j| j.schedule.is_none()).map(|j| j.name.clone()).collect());
+    }
+    for name in named {
+        if !workflow.jobs.iter().any(|j| &j.name == name) {
+            let known: Vec<&str> = workflow.jobs.iter().map(|j| j.name.as_str()).collect();
+            return Err(format!("unknown job `{name}` in {} (it has: {})", workflow.path.display(), known.join(", ")));
+        }
+    }
+    Ok(named.to_vec())
+}
+
+pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
+    let (workflow, source) = match load(&args.file) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let (params, jobs) = match parse_params(&args.params).and_then(|p| Ok((p, chosen_jobs(&workflow, &args.jobs)?))) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("gaffer: {e}");
+            return exit::USAGE;
+        }
+    };
+    let (store, closer, _lock) = match store::open_writer(state_dir) {
+        Ok(opened) => opened,
+        Err(e @ StoreError::InUse { .. }) => {
+            eprintln!("gaffer: {e}");
+            return exit::STATE_DIR;
+        }
+        Err(e) => {
+            eprintln!("gaffer: cannot open state dir {}: {e}", state_dir.display());
+            return exit::STATE_DIR;
+        }
+    };
+    let format = if args.json { Format::Json } else { Format::Human };
+    let workers = args.workers.unwrap_or(workflow.settings.workers);
+    let executor: Arc<dyn Executor> = if args.noop_executor { Arc::new(NoopExecutor) } else { Arc::new(LocalExecutor) };
+    let pricing = Pricing::new(config::pricing::builtin(), &workflow.pricing);
+    let state_dir = absolute(state_dir);
+    let config = EngineConfig {
+        workflow: Arc::new(workflow),
+        source,
+        state_dir,
+        store,
+        executor,
+        clock: Arc::new(SystemClock),
+        workers,
+        pricing,
+    };
+    let system = actix::System::new();
+    let code = system.block_on(drive(config, jobs, params, format));
+    drop(system);
+    closer.close(std::time::Duration::from_secs(5));
+    code
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Starts the engine, resumes, triggers, prints events until every run ended or a signal came.
+async fn drive(config: EngineConfig, jobs: Vec<String>, params: BTreeMap<String, String>, format: Format) -> i32 {
+    let handle = engine::start(config);
+    let code = match start_runs(&handle, &jobs, params, format).await {
+        Ok((ids, events)) => follow(&handle, ids, events, format).await,
+        Err(e) => {
+            eprintln!("gaffer: {e}");
+            exit::USAGE
+        }
+    };
+    actix::System::current().stop();
+    code
+}
+
+type Events = tokio::sync::mpsc::UnboundedReceiver<EngineEvent>;
+
+async fn start_runs(
+    handle: &EngineHandle,
+    jobs: &[String],
+    params: BTreeMap<String, String>,
+    format: Format,
+) -> Result<(Vec<u64>, Events), engine::EngineError> {
+    let events = handle.subscribe().await?;
+    let resumed = handle.resume_all().await?;
+    let mut ids: Vec<u64> = resumed.iter().map(|(id, _)| *id).collect();
+    ids.extend(handle.apply_inbox().await?);
+    for job in jobs {
+        if let Some((id, _)) = resumed.iter().find(|(_, j)| j == job) {
+            say(format, &format!("job `{job}` has an unfinished run j{id}: resuming it instead of starting a new one"));
+            continue;
+        }
+        ids.push(handle.submit(job, params.clone()).await?);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        say(format, "nothing to run: every job has a schedule (use `gaffer run FILE JOB` to run one now)");
+    }
+    Ok((ids, events))
+}
+
+/// Notes for people go to stderr so `--json` stdout stays pure events.
+fn say(format: Format, text: &str) {
+    if format == Format::Human {
+        eprintln!("gaffer: {text}");
+    }
+}
+
+async fn follow(handle: &EngineHandle, ids: Vec<u64>, mut events: Events, format: Format) -> i32 {
+    let mut stdout = std::io::stdout();
+    let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        eprintln!("gaffer: cannot install signal handlers");
+        return exit::INTERNAL;
+    };
+    let wait = handle.wait(ids);
+    tokio::pin!(wait);
+    let outcome = loop {
+        tokio::select! {
+            Some(event) = events.recv() => { let _ = headless::print(&mut stdout, format, &event); }
+            result = &mut wait => break Ok(result),
+            _ = sigint.recv() => break Err(exit::SIGINT),
+            _ = sigterm.recv() => break Err(exit::SIGTERM),
+        }
+    };
+    let code = match &outcome {
+        Ok(Ok(ended)) => summary_code(ended),
+        Ok(Err(e)) => {
+            eprintln!("gaffer: {e}");
+            exit::INTERNAL
+        }
+        Err(signal_code) => {
+            let signal_code = *signal_code;
+            say(
+                format,
+                &format!(
+                    "stopping: interrupting running tasks (SIGKILL after {} s); they resume at the next start",
+                    engine::SHUTDOWN_GRACE.as_secs()
+                ),
+            );
+            handle.shutdown().await;
+            signal_code
+        }
+    };
+    handle.flush_events().await;
+    while let Ok(event) = events.try_recv() {
+        let _ = headless::print(&mut stdout, format, &event);
+    }
+    let _ = stdout.flush();
+    if let (Ok(Ok(ended)), Format::Human) = (&outcome, format) {
+        let failed = ended.iter().filter(|(_, s)| *s != JobState::Succeeded).count();
+        eprintln!("gaffer: {} job run(s) ended: {} succeeded, {failed} did not", ended.len(), ended.len() - failed);
+    }
+    code
+}
+
+fn summary_code(ended: &[(u64, JobState)]) -> i32 {
+    if ended.iter().all(|(_, s)| *s == JobState::Succeeded) { exit::OK } else { exit::FAILED }
+}

@@ -1,0 +1,176 @@
+//! Rendering of the templated task fields (`env` values, `args` items, `stdin`).
+//!
+//! Templates are Jinja (minijinja) with strict undefined behaviour: a typo or a missing upstream
+//! output must fail the task run loudly instead of silently rendering an empty string.
+
+use std::collections::{BTreeMap, HashSet};
+
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
+
+/// Everything a template can see when a task run starts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TemplateContext {
+    pub job: String,
+    pub job_run_id: u64,
+    pub params: BTreeMap<String, String>,
+    /// The upstream tasks this task (transitively) needs, by name.
+    pub tasks: BTreeMap<String, UpstreamTask>,
+}
+
+/// What a finished upstream task exposes to templates.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamTask {
+    pub outputs: BTreeMap<String, String>,
+    pub exit_code: Option<i32>,
+}
+
+/// Renders `template` against `ctx`. Errors are one human-readable line; an undefined reference
+/// is named (e.g. "`tasks.fetch.outputs.summary` is undefined (task `fetch` has outputs: a, b)").
+pub fn render(template: &str, ctx: &TemplateContext) -> Result<String, String> {
+    let env = strict_environment();
+    let compiled = env.template_from_str(template).map_err(|e| e.to_string())?;
+    let root = context_value(ctx);
+    compiled.render(&root).map_err(|e| {
+        if e.kind() == ErrorKind::UndefinedError {
+            let vars = compiled.undeclared_variables(true);
+            explain_undefined(&root, &vars).unwrap_or_else(|| e.to_string())
+        } else {
+            e.to_string()
+        }
+    })
+}
+
+/// Compiles `template` and returns the variables it reads, with trivial attribute chains kept
+/// (`tasks.fetch.outputs.summary`), so the validator can check them before anything runs.
+pub(crate) fn check_syntax(template: &str) -> Result<HashSet<String>, String> {
+    let env = strict_environment();
+    let compiled = env.template_from_str(template).map_err(|e| e.to_string())?;
+    Ok(compiled.undeclared_variables(true))
+}
+
+fn strict_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Values go to argv, env and stdin, never HTML.
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    // `stdin` text usually ends with a newline that the author meant to send.
+    env.set_keep_trailing_newline(true);
+    env
+}
+
+fn context_value(ctx: &TemplateContext) -> Value {
+    let tasks: Value = ctx.tasks.iter().map(|(name, task)| (name.as_str(), upstream_value(task))).collect();
+    let job: Value =
+        [("name", Value::from(ctx.job.as_str())), ("run_id", Value::from(ctx.job_run_id))].into_iter().collect();
+    let params: Value = ctx.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    [("job", job), ("params", params), ("tasks", tasks)].into_iter().collect()
+}
+
+fn upstream_value(task: &UpstreamTask) -> Value {
+    let outputs: Value = task.outputs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    [("outputs", outputs), ("exit_code", Value::from(task.exit_code))].into_iter().collect()
+}
+
+/// Finds the first referenced path that does not resolve and describes it, with what is there.
+fn explain_undefined(root: &Value, vars: &HashSet<String>) -> Option<String> {
+    let mut sorted: Vec<&String> = vars.iter().collect();
+    sorted.sort();
+    sorted.into_iter().find_map(|var| {
+        let segments: Vec<&str> = var.split('.').collect();
+        let missing_at = first_missing_segment(root, &segments)?;
+        let parent = resolve(root, &segments[..missing_at]);
+        let shown = segments[..=missing_at].join(".");
+        Some(format!("`{shown}` is undefined{}", available_hint(&segments[..missing_at], parent.as_ref())))
+    })
+}
+
+fn first_missing_segment(root: &Value, segments: &[&str]) -> Option<usize> {
+    let mut current = root.clone();
+    for (i, seg) in segments.iter().enumerate() {
+        match current.get_attr(seg) {
+            Ok(next) if !next.is_undefined() => current = next,
+            _ => return Some(i),
+        }
+    }
+    None
+}
+
+fn resolve(root: &Value, segments: &[&str]) -> Option<Value> {
+    segments.iter().try_fold(root.clone(), |v, seg| v.get_attr(seg).ok())
+}
+
+fn available_hint(parent_path: &[&str], parent: Option<&Value>) -> String {
+    let Some(parent) = parent else {
+        return String::new();
+    };
+    let keys: Vec<String> = parent.try_iter().map(|it| it.map(|k| k.to_string()).collect()).unwrap_or_default();
+    let listed = if keys.is_empty() { "none".to_string() } else { keys.join(", ") };
+    match parent_path {
+        [] => format!(" (available: {listed})"),
+        ["tasks"] => format!(" (upstream tasks: {listed})"),
+        ["tasks", name, "outputs"] => format!(" (task `{name}` has outputs: {listed})"),
+        ["params"] => format!(" (params: {listed})"),
+        _ => format!(" (has: {listed})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> TemplateContext {
+        let mut outputs = BTreeMap::new();
+        outputs.insert("summary".to_string(), "all good".to_string());
+        outputs.insert("count".to_string(), "3".to_string());
+        let mut tasks = BTreeMap::new();
+        tasks.insert("fetch".to_string(), UpstreamTask { outputs, exit_code: Some(0) });
+        let mut params = BTreeMap::new();
+        params.insert("topic".to_string(), "rust".to_string());
+        TemplateContext { job: "report".to_string(), job_run_id: 42, params, tasks }
+    }
+
+    #[test]
+    fn renders_outputs_params_and_job() {
+        let out = render(
+            "{{ params.topic }}: {{ tasks.fetch.outputs.summary }} #{{ job.run_id }} {{ job.name }} rc={{ tasks.fetch.exit_code }}",
+            &ctx(),
+        );
+        assert_eq!(out, Ok("rust: all good #42 report rc=0".to_string()));
+    }
+
+    #[test]
+    fn does_not_escape_html_and_keeps_trailing_newline() {
+        let mut c = ctx();
+        c.params.insert("q".into(), "<a & \"b\">".into());
+        assert_eq!(render("{{ params.q }}\n", &c), Ok("<a & \"b\">\n".to_string()));
+    }
+
+    #[test]
+    fn missing_output_is_an_error_naming_it() {
+        let err = render("x {{ tasks.fetch.outputs.sumary }}", &ctx()).expect_err("should fail");
+        assert!(err.contains("tasks.fetch.outputs.sumary"), "{err}");
+        assert!(err.contains("summary"), "lists what exists: {err}");
+    }
+
+    #[test]
+    fn missing_task_and_param_are_named() {
+        let err = render("{{ tasks.nope.outputs.x }}", &ctx()).expect_err("should fail");
+        assert!(err.contains("`tasks.nope` is undefined"), "{err}");
+        let err = render("{{ params.nope }}", &ctx()).expect_err("should fail");
+        assert!(err.contains("`params.nope` is undefined"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        assert!(render("{{ oops", &ctx()).is_err());
+        assert!(check_syntax("{% if %}").is_err());
+    }
+
+    #[test]
+    fn check_syntax_returns_nested_references() {
+        let vars = check_syntax("{{ tasks.a.outputs.b }} {{ params.p }}{% set x = 1 %}{{ x }}").unwrap_or_default();
+        assert!(vars.contains("tasks.a.outputs.b"));
+        assert!(vars.contains("params.p"));
+        assert!(!vars.iter().any(|v| v == "x"));
+    }
+}

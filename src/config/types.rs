@@ -1,0 +1,139 @@
+//! The workflow file after parsing and validation: every default applied, every name checked.
+//! The engine only ever sees these types, never raw TOML.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole workflow file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workflow {
+    /// The file it was read from, as given on the command line.
+    pub path: PathBuf,
+    /// The folder `cwd` is relative to (the file's folder, absolute).
+    pub base_dir: PathBuf,
+    pub settings: Settings,
+    /// Always contains `default`.
+    pub queues: BTreeMap<String, QueueDef>,
+    /// In file order.
+    pub jobs: Vec<JobDef>,
+    /// `[pricing."model"]` overrides of `assets/pricing.toml`.
+    pub pricing: BTreeMap<String, Price>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Global cap on running attempts across all queues.
+    pub workers: usize,
+    /// Per-attempt log cap in bytes (gaffer extension, default 16 MiB).
+    pub log_max_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDef {
+    pub name: String,
+    pub concurrency: usize,
+    pub rate_limit: Option<RateLimit>,
+    /// A waiting task run gains +1 priority per `aging` (anti-starvation); `None` = no aging.
+    pub aging: Option<Duration>,
+}
+
+/// At most `count` attempts started per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobDef {
+    pub name: String,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub params: BTreeMap<String, String>,
+    pub budget_usd_micros: Option<u64>,
+    /// Cancel running tasks as soon as one task fails the job run.
+    pub fail_fast: bool,
+    /// In file order; names are unique.
+    pub tasks: Vec<TaskDef>,
+}
+
+impl JobDef {
+    pub fn task(&self, name: &str) -> Option<&TaskDef> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandSpec {
+    /// `run`: shell text for `sh -c`, never templated.
+    Shell(String),
+    /// `args`: argv, each item a template.
+    Argv(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostSource {
+    /// Only fd-3 `cost` lines.
+    Protocol,
+    /// Also the `total_cost_usd` / `usage` of the final JSON result on stdout (claude -p --output-format json).
+    ClaudeJson,
+    /// Also the `usage` and `model` of the final JSON result on stdout (OpenAI chat completion).
+    OpenAiJson,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskDef {
+    pub name: String,
+    pub command: CommandSpec,
+    /// Values are templates.
+    pub env: BTreeMap<String, String>,
+    /// A template.
+    pub stdin: Option<String>,
+    /// Absolute.
+    pub cwd: PathBuf,
+    pub needs: Vec<String>,
+    pub queue: String,
+    /// 0..=100, higher first.
+    pub priority: u8,
+    pub timeout: Duration,
+    pub heartbeat_timeout: Duration,
+    pub queue_timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+    pub cost: CostSource,
+    pub budget_usd_micros: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Counting the first try; 1..=100.
+    pub max_attempts: u32,
+    pub initial_interval: Duration,
+    pub backoff: f64,
+    pub max_interval: Duration,
+    /// 0.0..=1.0; jitter only ever adds to the delay.
+    pub jitter: f64,
+    pub non_retryable_exit_codes: Vec<i32>,
+    pub max_cost_usd_micros: Option<u64>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_interval: Duration::from_secs(1),
+            backoff: 2.0,
+            max_interval: Duration::from_secs(300),
+            jitter: 0.2,
+            non_retryable_exit_codes: Vec::new(),
+            max_cost_usd_micros: None,
+        }
+    }
+}
+
+/// Dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Price {
+    pub input_usd_micros_per_mtok: u64,
+    pub output_usd_micros_per_mtok: u64,
+}

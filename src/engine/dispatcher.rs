@@ -1,0 +1,322 @@
+//! The Dispatcher actor: one ready list per queue, ordered by effective priority (priority plus
+//! aging, ties by enqueue order), handed to idle workers without ever exceeding
+//! `settings.workers`, a queue's `concurrency` or its `rate_limit`, and never from a paused queue.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::SharedClock;
+use super::job_run::{JobRun, QueueTimedOut};
+use super::worker::{Assign, Worker};
+use crate::config::QueueDef;
+use crate::model::policy::priority_key;
+
+/// How often entries waiting in a blocked queue are checked against their `queue_timeout`.
+const QUEUE_TIMEOUT_SWEEP: Duration = Duration::from_secs(1);
+
+/// A task run ready to start.
+pub struct ReadyEntry {
+    pub task_run: u64,
+    pub queue: String,
+    pub priority: u8,
+    pub enqueue_seq: u64,
+    pub queued_at_ms: u64,
+    pub queue_timeout_ms: Option<u64>,
+    pub owner: Addr<JobRun>,
+    key: i128,
+}
+
+impl ReadyEntry {
+    pub fn new(
+        task_run: u64,
+        queue: String,
+        priority: u8,
+        enqueue_seq: u64,
+        queued_at_ms: u64,
+        queue_timeout_ms: Option<u64>,
+        owner: Addr<JobRun>,
+    ) -> ReadyEntry {
+        ReadyEntry { task_run, queue, priority, enqueue_seq, queued_at_ms, queue_timeout_ms, owner, key: 0 }
+    }
+
+    fn timed_out(&self, now_ms: u64) -> bool {
+        self.queue_timeout_ms.is_some_and(|t| now_ms.saturating_sub(self.queued_at_ms) >= t)
+    }
+}
+
+impl PartialEq for ReadyEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for ReadyEntry {}
+impl PartialOrd for ReadyEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ReadyEntry {
+    /// The heap's top is the highest key, then the lowest enqueue sequence.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key.cmp(&other.key).then_with(|| other.enqueue_seq.cmp(&self.enqueue_seq))
+    }
+}
+
+struct QueueState {
+    def: QueueDef,
+    ready: BinaryHeap<ReadyEntry>,
+    running: usize,
+    paused: bool,
+    /// Start times within the rate-limit window.
+    starts: VecDeque<u64>,
+}
+
+impl QueueState {
+    /// When the rate limit lets the next attempt start (`None` = now).
+    fn rate_limited_until(&mut self, now_ms: u64) -> Option<u64> {
+        let limit = self.def.rate_limit?;
+        let window_ms = limit.window.as_millis() as u64;
+        while self.starts.front().is_some_and(|&t| now_ms.saturating_sub(t) >= window_ms) {
+            self.starts.pop_front();
+        }
+        if self.starts.len() < limit.count as usize { None } else { self.starts.front().map(|t| t + window_ms) }
+    }
+}
+
+/// Live numbers of one queue, for `status` and the views.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub name: String,
+    pub concurrency: usize,
+    pub paused: bool,
+    pub ready: usize,
+    pub running: usize,
+}
+
+pub struct Dispatcher {
+    clock: SharedClock,
+    queues: BTreeMap<String, QueueState>,
+    workers_total: usize,
+    running_total: usize,
+    idle: Vec<Addr<Worker>>,
+    stopping: bool,
+    wake: Option<SpawnHandle>,
+    /// Round-robin start point so no queue always goes first.
+    next_queue: usize,
+}
+
+impl Dispatcher {
+    pub fn new(clock: SharedClock, queues: &BTreeMap<String, QueueDef>, workers_total: usize) -> Dispatcher {
+        let queues = queues
+            .iter()
+            .map(|(name, def)| {
+                (
+                    name.clone(),
+                    QueueState {
+                        def: def.clone(),
+                        ready: BinaryHeap::new(),
+                        running: 0,
+                        paused: false,
+                        starts: VecDeque::new(),
+                    },
+                )
+            })
+            .collect();
+        Dispatcher {
+            clock,
+            queues,
+            workers_total,
+            running_total: 0,
+            idle: Vec::new(),
+            stopping: false,
+            wake: None,
+            next_queue: 0,
+        }
+    }
+
+    /// Hands out as much work as the caps allow right now.
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let mut earliest_wake: Option<u64> = None;
+        while !self.idle.is_empty() && self.running_total < self.workers_total {
+            match self.pick(now, &mut earliest_wake) {
+                Some(entry) => self.assign(entry, now),
+                None => break,
+            }
+        }
+        self.set_wake(ctx, earliest_wake, now);
+    }
+
+    /// The best entry of the next queue that may start one now, round robin over queues.
+    fn pick(&mut self, now: u64, earliest_wake: &mut Option<u64>) -> Option<ReadyEntry> {
+        let names: Vec<String> = self.queues.keys().cloned().collect();
+        for offset in 0..names.len() {
+            let index = (self.next_queue + offset) % names.len();
+            let Some(queue) = self.queues.get_mut(&names[index]) else { continue };
+            if queue.paused || queue.running >= queue.def.concurrency || queue.ready.is_empty() {
+                continue;
+            }
+            if let Some(until) = queue.rate_limited_until(now) {
+                *earliest_wake = Some(earliest_wake.map_or(until, |w| w.min(until)));
+                continue;
+            }
+            while let Some(entry) = queue.ready.pop() {
+                if entry.timed_out(now) {
+                    entry.owner.do_send(QueueTimedOut { task_run: entry.task_run });
+                    continue;
+                }
+                self.next_queue = index + 1;
+                return Some(entry);
+            }
+        }
+        None
+    }
+
+    fn assign(&mut self, entry: ReadyEntry, now: u64) {
+        let Some(worker) = self.idle.pop() else { return };
+        if let Some(queue) = self.queues.get_mut(&entry.queue) {
+            queue.running += 1;
+            if queue.def.rate_limit.is_some() {
+                queue.starts.push_back(now);
+            }
+        }
+        self.running_total += 1;
+        worker.do_send(Assign(entry));
+    }
+
+    fn set_wake(&mut self, ctx: &mut Context<Self>, at_ms: Option<u64>, now: u64) {
+        if let Some(handle) = self.wake.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = at_ms {
+            let wait = Duration::from_millis(at.saturating_sub(now).max(1));
+            self.wake = Some(ctx.run_later(wait, |act, ctx| act.dispatch(ctx)));
+        }
+    }
+
+    /// Entries that timed out while their queue was blocked leave it now, not when it unblocks.
+    fn sweep_queue_timeouts(&mut self) {
+        let now = self.clock.now_ms();
+        for queue in self.queues.values_mut() {
+            if !queue.ready.iter().any(|e| e.timed_out(now)) {
+                continue;
+            }
+            let (gone, kept): (Vec<ReadyEntry>, Vec<ReadyEntry>) =
+                std::mem::take(&mut queue.ready).into_vec().into_iter().partition(|e| e.timed_out(now));
+            queue.ready = kept.into();
+            for entry in gone {
+                entry.owner.do_send(QueueTimedOut { task_run: entry.task_run });
+            }
+        }
+    }
+}
+
+impl Actor for Dispatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(super::MAILBOX_CAPACITY);
+        ctx.run_interval(QUEUE_TIMEOUT_SWEEP, |act, _| act.sweep_queue_timeouts());
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Enqueue(pub ReadyEntry);
+
+impl Handler<Enqueue> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, Enqueue(mut entry): Enqueue, ctx: &mut Self::Context) {
+        let Some(queue) = self.queues.get_mut(&entry.queue) else {
+            tracing::error!(task_run = entry.task_run, "unknown queue `{}`", entry.queue);
+            return;
+        };
+        entry.key = priority_key(entry.priority, entry.queued_at_ms, queue.def.aging);
+        queue.ready.push(entry);
+        self.dispatch(ctx);
+    }
+}
+
+/// A worker is free: after an attempt in `finished_queue`, or at its (re)start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerIdle {
+    pub worker: Addr<Worker>,
+    pub finished_queue: Option<String>,
+}
+
+impl Handler<WorkerIdle> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkerIdle, ctx: &mut Self::Context) {
+        if let Some(name) = &msg.finished_queue {
+            if let Some(queue) = self.queues.get_mut(name) {
+                queue.running = queue.running.saturating_sub(1);
+            }
+            self.running_total = self.running_total.saturating_sub(1);
+        }
+        self.idle.push(msg.worker);
+        self.dispatch(ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct SetPaused {
+    pub queue: String,
+    pub paused: bool,
+}
+
+impl Handler<SetPaused> for Dispatcher {
+    type Result = bool;
+
+    fn handle(&mut self, msg: SetPaused, ctx: &mut Self::Context) -> bool {
+        let Some(queue) = self.queues.get_mut(&msg.queue) else { return false };
+        queue.paused = msg.paused;
+        self.dispatch(ctx);
+        true
+    }
+}
+
+/// Graceful stop: nothing new starts from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopDispatching;
+
+impl Handler<StopDispatching> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: StopDispatching, _ctx: &mut Self::Context) {
+        self.stopping = true;
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<QueueSnapshot>")]
+pub struct Snapshot;
+
+impl Handler<Snapshot> for Dispatcher {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.queues
+                .iter()
+                .map(|(name, q)| QueueSnapshot {
+                    name: name.clone(),
+                    concurrency: q.def.concurrency,
+                    paused: q.paused,
+                    ready: q.ready.len(),
+                    running: q.running,
+                })
+                .collect(),
+        )
+    }
+}

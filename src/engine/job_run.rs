@@ -1,0 +1,1039 @@
+//! JobRun actors: one per active job run, the owner of its task runs' state.
+//!
+//! An event-driven transition engine: when a task run ends, the rules of `model::graph` say
+//! what follows, the changes are committed, and only then are they acted on (enqueue, timers,
+//! kills) and reported (events). In-memory state runs ahead of the disk; nothing outside this
+//! actor ever sees a state that is not yet durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::dispatcher::{Enqueue, ReadyEntry};
+use super::journal::Publish;
+use super::scheduler::{Schedule, Unschedule};
+use super::supervisor::{Fatal, JobRunEnded};
+use super::worker::{Kill, Worker};
+use super::{EngineEvent, Shared};
+use crate::config::template::{self, TemplateContext, UpstreamTask};
+use crate::config::{JobDef, Workflow};
+use crate::executor::{AttemptExit, AttemptSpec, KILL_GRACE, ProcessHandle};
+use crate::model::cost::{AttemptCost, CostDelta, Pricing};
+use crate::model::graph::{self, Change, JobGraph};
+use crate::model::money::usd_json;
+use crate::model::policy::{self, AfterAttempt, AttemptOutcome, RunSoFar};
+use crate::model::{FailReason, JobState, TaskState};
+use crate::store::{AttemptRecord, JobRunRecord, Mutation, TaskRunRecord};
+
+/// How long running attempts get to stop on a graceful stop before SIGKILL (SPEC §7).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub struct JobRun {
+    shared: Arc<Shared>,
+    workflow: Arc<Workflow>,
+    job_index: usize,
+    graph: JobGraph,
+    record: JobRunRecord,
+    /// By task index (file order).
+    tasks: Vec<TaskRunRecord>,
+    index_of: HashMap<u64, usize>,
+    /// The attempt each running task run is in, and the worker running it.
+    running: HashMap<u64, (AttemptRecord, Option<Addr<Worker>>)>,
+    /// Set once the job run's budget is spent: no new attempt starts.
+    budget_spent: bool,
+    stopping: bool,
+    /// Attempts found running in the store at start (crash recovery), by task run.
+    interrupted: Vec<AttemptRecord>,
+    ended: bool,
+    /// Commits made by `persist_then` whose callbacks have not run yet.
+    inflight: usize,
+    next_commit: u64,
+    next_to_run: u64,
+    committed: std::collections::BTreeMap<u64, (Vec<EngineEvent>, AfterCommit)>,
+}
+
+type AfterCommit = Box<dyn FnOnce(&mut JobRun, &mut Context<JobRun>)>;
+
+impl JobRun {
+    pub fn new(
+        shared: Arc<Shared>,
+        workflow: Arc<Workflow>,
+        job_index: usize,
+        record: JobRunRecord,
+        tasks: Vec<TaskRunRecord>,
+        interrupted: Vec<AttemptRecord>,
+    ) -> JobRun {
+        let graph = JobGraph::new(&workflow.jobs[job_index]);
+        let mut ordered = tasks;
+        ordered.sort_by_key(|t| t.task_index);
+        let index_of = ordered.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+        let budget_spent = policy::budget_reached(record.cost_usd_micros, workflow.jobs[job_index].budget_usd_micros);
+        JobRun {
+            shared,
+            workflow,
+            job_index,
+            graph,
+            record,
+            tasks: ordered,
+            index_of,
+            running: HashMap::new(),
+            budget_spent,
+            stopping: false,
+            interrupted,
+            ended: false,
+            inflight: 0,
+            next_commit: 0,
+            next_to_run: 0,
+            committed: Default::default(),
+        }
+    }
+
+    fn job(&self) -> &JobDef {
+        &self.workflow.jobs[self.job_index]
+    }
+
+    fn now(&self) -> u64 {
+        self.shared.clock.now_ms()
+    }
+
+    fn states(&self) -> Vec<TaskState> {
+        self.tasks.iter().map(|t| t.state).collect()
+    }
+
+    fn task_event(&self, name: &'static str, i: usize) -> EngineEvent {
+        let t = &self.tasks[i];
+        let mut e = EngineEvent::new(name, self.now());
+        e.job = Some(self.record.job.clone());
+        e.job_run = Some(self.record.id);
+        e.task = Some(t.task.clone());
+        e.task_run = Some(t.id);
+        e.attempt = (t.attempt > 0).then_some(t.attempt);
+        e.queue = Some(t.queue.clone());
+        e
+    }
+
+    fn job_event(&self, name: &'static str) -> EngineEvent {
+        let mut e = EngineEvent::new(name, self.now());
+        e.job = Some(self.record.job.clone());
+        e.job_run = Some(self.record.id);
+        e
+    }
+
+    /// Commits `mutations`; then publishes `events` and runs `after`. Callbacks run in the
+    /// order the commits were asked for, whatever order their futures are polled in, so events
+    /// always come out in the order the changes were made. A store that cannot commit is fatal:
+    /// gaffer never acts on a state it could not make durable.
+    fn persist_then(
+        &mut self,
+        ctx: &mut Context<Self>,
+        mutations: Vec<Mutation>,
+        events: Vec<EngineEvent>,
+        after: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
+        let commit = self.shared.store.commit(mutations);
+        let seq = self.next_commit;
+        self.next_commit += 1;
+        self.inflight += 1;
+        ctx.spawn(commit.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(()) => {
+                    act.committed.insert(seq, (events, Box::new(after)));
+                    act.run_committed(ctx);
+                }
+                Err(e) => act
+                    .shared
+                    .supervisor
+                    .do_send(Fatal(format!("job run {}: cannot commit to the store: {e}", act.record.id))),
+            }
+        }));
+    }
+
+    fn run_committed(&mut self, ctx: &mut Context<Self>) {
+        while let Some((events, after)) = self.committed.remove(&self.next_to_run) {
+            self.next_to_run += 1;
+            self.inflight -= 1;
+            for event in events {
+                self.shared.journal.do_send(Publish(event));
+            }
+            after(self, ctx);
+        }
+    }
+
+    /// Turns graph changes into records, events and queue entries; commits; then enqueues.
+    fn apply_changes(
+        &mut self,
+        ctx: &mut Context<Self>,
+        changes: Vec<Change>,
+        mut mutations: Vec<Mutation>,
+        mut events: Vec<EngineEvent>,
+    ) {
+        let now = self.now();
+        let mut ready = Vec::new();
+        for change in changes {
+            let i = change.task;
+            if change.to == TaskState::Queued && (self.budget_spent || self.stopping_for_good()) {
+                self.tasks[i].state = TaskState::Skipped;
+            }
+            let t = &mut self.tasks[i];
+            match t.state {
+                TaskState::Queued => {
+                    t.queued_at_ms = Some(now);
+                    t.enqueue_seq = self.shared.store.ids.next_enqueue_seq();
+                    ready.push(i);
+                    events.push(self.task_event("task.queued", i).with("priority", self.tasks[i].priority));
+                }
+                TaskState::Skipped => {
+                    t.ended_at_ms = Some(now);
+                    events.push(self.task_event("task.skipped", i));
+                }
+                _ => {}
+            }
+            mutations.push(Mutation::TaskRun(self.tasks[i].clone()));
+        }
+        let finished = self.settle_outcome(&mut mutations, &mut events);
+        self.persist_then(ctx, mutations, events, move |act, ctx| {
+            for i in ready {
+                act.enqueue(i, ctx);
+            }
+            if finished {
+                act.finish(ctx);
+            }
+        });
+    }
+
+    fn stopping_for_good(&self) -> bool {
+        self.record.cancel_requested
+    }
+
+    fn enqueue(&self, i: usize, ctx: &mut Context<Self>) {
+        let t = &self.tasks[i];
+        if t.state != TaskState::Queued {
+            return;
+        }
+        let def = &self.job().tasks[i];
+        let entry = ReadyEntry::new(
+            t.id,
+            t.queue.clone(),
+            t.priority,
+            t.enqueue_seq,
+            t.queued_at_ms.unwrap_or_else(|| self.now()),
+            def.queue_timeout.map(|d| d.as_millis() as u64),
+            ctx.address(),
+        );
+        self.shared.dispatcher.do_send(Enqueue(entry));
+    }
+
+    /// If every task run has ended, records how the job run ended. True when it did.
+    fn settle_outcome(&mut self, mutations: &mut Vec<Mutation>, events: &mut Vec<EngineEvent>) -> bool {
+        if self.ended {
+            return false;
+        }
+        let Some(state) = graph::outcome(&self.states(), self.record.cancel_requested) else { return false };
+        let before = (self.record.state, self.record.reason.clone());
+        self.record.state = state;
+        self.record.reason = (state == JobState::Failed).then(|| self.failure_reason());
+        if before == (self.record.state, self.record.reason.clone()) && before.0.is_terminal() {
+            // A revived run (a dead letter purged) that ends as it had: nothing new to say.
+            mutations.push(Mutation::JobRun(self.record.clone()));
+            return true;
+        }
+        self.record.ended_at_ms = Some(self.now());
+        mutations.push(Mutation::JobRun(self.record.clone()));
+        let name = match state {
+            JobState::Succeeded => "job.succeeded",
+            JobState::Failed => "job.failed",
+            JobState::Cancelled => "job.cancelled",
+            JobState::Running => return false,
+        };
+        let mut event = self.job_event(name).with("cost_usd", usd_json(self.record.cost_usd_micros));
+        if let Some(reason) = &self.record.reason {
+            event = event.with("reason", reason.clone());
+        }
+        events.push(event);
+        true
+    }
+
+    fn failure_reason(&self) -> String {
+        if self.budget_spent {
+            return "budget".into();
+        }
+        let first = |s: TaskState| self.tasks.iter().find(|t| t.state == s);
+        match (first(TaskState::Dead), first(TaskState::Cancelled)) {
+            (Some(t), _) => format!("task {} (#{}) dead: {}", t.task, t.id, t.reason.map_or("failed", |r| r.as_str())),
+            (None, Some(t)) => format!("task {} (#{}) cancelled", t.task, t.id),
+            _ => "tasks skipped".into(),
+        }
+    }
+
+    /// A revived run that a command left as it was (already ended, nothing to do) goes away again.
+    fn release_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.record.state.is_terminal() && self.running.is_empty() && self.inflight == 0 {
+            self.finish(ctx);
+        }
+    }
+
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.shared.supervisor.do_send(JobRunEnded { id: self.record.id, state: self.record.state });
+        ctx.stop();
+    }
+
+    /// The attempt of task `i` is over (or never started): record it, apply the retry policy,
+    /// follow the graph.
+    fn end_attempt(&mut self, ctx: &mut Context<Self>, i: usize, mut attempt: AttemptRecord, outcome: AttemptOutcome) {
+        let now = self.now();
+        attempt.ended_at_ms = Some(now);
+        attempt.reason = outcome.failure;
+        let mut mutations = vec![Mutation::Attempt(attempt.clone())];
+        let mut events = Vec::new();
+        let t = &mut self.tasks[i];
+        t.exit_code = attempt.exit_code.or(t.exit_code);
+        if outcome.failure == Some(FailReason::Interrupted) && self.stopping {
+            // A graceful stop is not the task's fault: back to its queue, the attempt not counted.
+            t.series_start += 1;
+            t.state = TaskState::Queued;
+            mutations.push(Mutation::TaskRun(t.clone()));
+            events.push(self.failed_event(i, &attempt));
+            self.persist_then(ctx, mutations, events, |_, _| {});
+            return;
+        }
+        let def = &self.workflow.jobs[self.job_index].tasks[i];
+        let run = RunSoFar {
+            attempts_in_series: t.attempts_in_series(),
+            cost_usd_micros: t.cost_usd_micros,
+            budget_usd_micros: def.budget_usd_micros,
+        };
+        let mut decision = policy::after_attempt(&def.retry, outcome, run, fastrand::f64());
+        if self.budget_spent && outcome.failure.is_some() && decision != AfterAttempt::Cancelled {
+            decision = AfterAttempt::Dead { reason: FailReason::Budget };
+        }
+        if self.record.cancel_requested && outcome.failure.is_some() {
+            decision = AfterAttempt::Cancelled;
+        }
+        if outcome.failure.is_some() && decision != AfterAttempt::Cancelled {
+            events.push(self.failed_event(i, &attempt));
+        }
+        let t = &mut self.tasks[i];
+        t.reason = outcome.failure;
+        t.detail = attempt.detail.clone();
+        match decision {
+            AfterAttempt::Succeeded => {
+                t.state = TaskState::Succeeded;
+                t.ended_at_ms = Some(now);
+                let duration = now.saturating_sub(attempt.started_at_ms);
+                events.push(
+                    self.task_event("task.succeeded", i)
+                        .with("duration_ms", duration)
+                        .with("cost_usd", usd_json(self.tasks[i].cost_usd_micros)),
+                );
+            }
+            AfterAttempt::Retry { delay } => {
+                t.state = TaskState::Retrying;
+                t.not_before_ms = Some(now + delay.as_millis() as u64);
+                let next = t.attempt + 1;
+                events.push(
+                    self.task_event("task.retry_scheduled", i)
+                        .with("delay_ms", delay.as_millis() as u64)
+                        .with("next_attempt", next),
+                );
+                mutations.push(Mutation::TaskRun(self.tasks[i].clone()));
+                let (task_run, due_ms) = (self.tasks[i].id, self.tasks[i].not_before_ms.unwrap_or(now));
+                self.persist_then(ctx, mutations, events, move |act, ctx| {
+                    act.shared.scheduler.do_send(Schedule { task_run, due_ms, owner: ctx.address() })
+                });
+                return;
+            }
+            AfterAttempt::Dead { reason } => {
+                t.state = TaskState::Dead;
+                t.reason = Some(reason);
+                t.ended_at_ms = Some(now);
+                events.push(self.task_event("task.dead_lettered", i).with("reason", reason.as_str()));
+            }
+            AfterAttempt::Cancelled => {
+                t.state = TaskState::Cancelled;
+                t.reason = Some(FailReason::Cancelled);
+                t.ended_at_ms = Some(now);
+                events.push(self.task_event("task.cancelled", i));
+            }
+        }
+        mutations.push(Mutation::TaskRun(self.tasks[i].clone()));
+        self.after_task_ended(ctx, i, mutations, events);
+    }
+
+    /// Task `i` reached a terminal state: follow its edges; a newly failing job run with
+    /// `fail_fast` cancels what still runs.
+    fn after_task_ended(
+        &mut self,
+        ctx: &mut Context<Self>,
+        i: usize,
+        mutations: Vec<Mutation>,
+        events: Vec<EngineEvent>,
+    ) {
+        let was_failing = graph::is_failing(&self.states()) && self.tasks[i].state.is_unsuccessful_end();
+        let mut states = self.states();
+        let changes = graph::after_end(&self.graph, &mut states, i);
+        for c in &changes {
+            self.tasks[c.task].state = c.to;
+        }
+        if was_failing && self.job().fail_fast {
+            self.kill_running(FailReason::Cancelled);
+        }
+        self.apply_changes(ctx, changes, mutations, events);
+    }
+
+    fn failed_event(&self, i: usize, attempt: &AttemptRecord) -> EngineEvent {
+        let mut e =
+            self.task_event("task.failed", i).with("reason", attempt.reason.map_or("exit_code", |r| r.as_str()));
+        e.attempt = Some(attempt.n);
+        if let Some(code) = attempt.exit_code {
+            e = e.with("exit_code", code);
+        }
+        if let Some(signal) = attempt.signal {
+            e = e.with("signal", signal);
+        }
+        if let Some(detail) = &attempt.detail {
+            e = e.with("detail", detail.clone());
+        }
+        e
+    }
+
+    fn kill_running(&self, reason: FailReason) {
+        for (task_run, (_, worker)) in &self.running {
+            if let Some(worker) = worker {
+                worker.do_send(Kill { task_run: *task_run, reason, grace: KILL_GRACE });
+            }
+        }
+    }
+
+    /// Renders the attempt's templates against params and upstream outputs.
+    fn render_spec(&self, i: usize, attempt: u32) -> Result<AttemptSpec, String> {
+        let def = &self.job().tasks[i];
+        let t = &self.tasks[i];
+        let ctx = TemplateContext {
+            job: self.record.job.clone(),
+            job_run_id: self.record.id,
+            params: self.record.params.clone(),
+            tasks: self
+                .tasks
+                .iter()
+                .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code }))
+                .collect(),
+        };
+        let render = |text: &str, what: &str| template::render(text, &ctx).map_err(|e| format!("{what}: {e}"));
+        let command = match &def.command {
+            crate::config::CommandSpec::Shell(text) => crate::config::CommandSpec::Shell(text.clone()),
+            crate::config::CommandSpec::Argv(items) => {
+                crate::config::CommandSpec::Argv(items.iter().map(|a| render(a, "args")).collect::<Result<_, _>>()?)
+            }
+        };
+        let env = def
+            .env
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let stdin = def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?;
+        Ok(AttemptSpec {
+            job: self.record.job.clone(),
+            task: t.task.clone(),
+            job_run: self.record.id,
+            task_run: t.id,
+            attempt,
+            command,
+            env,
+            stdin,
+            cwd: def.cwd.clone(),
+            state_dir: self.shared.state_dir.clone(),
+            log_path: self.shared.state_dir.join(AttemptRecord::log_path(self.record.id, t.id, attempt)),
+            log_cap_bytes: self.shared.log_cap_bytes,
+            cost_source: def.cost,
+        })
+    }
+
+    fn new_attempt(&self, i: usize, n: u32) -> AttemptRecord {
+        let t = &self.tasks[i];
+        AttemptRecord {
+            task_run: t.id,
+            job_run: self.record.id,
+            n,
+            pid: None,
+            pgid: None,
+            start_ticks: 0,
+            started_at_ms: self.now(),
+            ended_at_ms: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            detail: None,
+            cost_usd_micros: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            model: None,
+            log: AttemptRecord::log_path(self.record.id, t.id, n),
+        }
+    }
+
+    /// A new run: job.started, entry tasks queued.
+    fn begin_new(&mut self, ctx: &mut Context<Self>) {
+        let mut states = self.states();
+        let changes = graph::start(&self.graph, &mut states);
+        for c in &changes {
+            self.tasks[c.task].state = c.to;
+        }
+        let mut mutations = vec![Mutation::JobRun(self.record.clone())];
+        mutations.extend(self.tasks.iter().map(|t| Mutation::TaskRun(t.clone())));
+        let events = vec![
+            self.job_event("job.started").with("params", serde_json::to_value(&self.record.params).unwrap_or_default()),
+        ];
+        self.apply_changes(ctx, changes, mutations, events);
+    }
+
+    /// A run found unfinished in the store: interrupted attempts are ended (their process
+    /// groups killed if still alive), queues and timers re-armed, and the graph settled.
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        for t in &self.tasks {
+            match t.state {
+                TaskState::Retrying => self.shared.scheduler.do_send(Schedule {
+                    task_run: t.id,
+                    due_ms: t.not_before_ms.unwrap_or(0),
+                    owner: ctx.address(),
+                }),
+                TaskState::Queued => {}
+                _ => continue,
+            }
+        }
+        for i in 0..self.tasks.len() {
+            self.enqueue(i, ctx);
+        }
+        for attempt in std::mem::take(&mut self.interrupted) {
+            let Some(&i) = self.index_of.get(&attempt.task_run) else { continue };
+            if let (Some(pid), Some(pgid)) = (attempt.pid, attempt.pgid) {
+                let process = ProcessHandle { pid, pgid, start_ticks: attempt.start_ticks };
+                if crate::executor::is_same_process_alive(&process) {
+                    crate::executor::kill_group_now(pgid);
+                }
+            }
+            let mut attempt = attempt;
+            attempt.detail = Some("gaffer stopped while it ran".into());
+            self.end_attempt(
+                ctx,
+                i,
+                attempt,
+                AttemptOutcome { failure: Some(FailReason::Interrupted), exit_code: None },
+            );
+        }
+        let mut states = self.states();
+        let changes = graph::reopen_pending(&self.graph, &mut states);
+        for c in &changes {
+            self.tasks[c.task].state = c.to;
+        }
+        self.apply_changes(ctx, changes, Vec::new(), Vec::new());
+    }
+
+    fn idx(&self, task_run: u64) -> Option<usize> {
+        self.index_of.get(&task_run).copied()
+    }
+
+    fn cancel_task(&mut self, ctx: &mut Context<Self>, i: usize) -> String {
+        let t = &self.tasks[i];
+        match t.state {
+            TaskState::Running => {
+                if let Some((_, Some(worker))) = self.running.get(&t.id) {
+                    worker.do_send(Kill { task_run: t.id, reason: FailReason::Cancelled, grace: KILL_GRACE });
+                }
+                format!("task run {} is being stopped (SIGTERM, SIGKILL after {} s)", t.id, KILL_GRACE.as_secs())
+            }
+            TaskState::Queued | TaskState::Pending | TaskState::Retrying | TaskState::Waiting => {
+                let id = t.id;
+                self.shared.scheduler.do_send(Unschedule { task_run: id });
+                let now = self.now();
+                let t = &mut self.tasks[i];
+                t.state = TaskState::Cancelled;
+                t.reason = Some(FailReason::Cancelled);
+                t.ended_at_ms = Some(now);
+                let mutations = vec![Mutation::TaskRun(t.clone())];
+                let events = vec![self.task_event("task.cancelled", i)];
+                self.after_task_ended(ctx, i, mutations, events);
+                format!("task run {id} cancelled")
+            }
+            TaskState::Dead => {
+                let id = t.id;
+                self.tasks[i].state = TaskState::Cancelled;
+                let mutations = vec![Mutation::TaskRun(self.tasks[i].clone())];
+                let events = vec![self.task_event("task.cancelled", i).with("from", "dead")];
+                self.after_task_ended(ctx, i, mutations, events);
+                format!("task run {id} removed from the dead-letter queue (cancelled)")
+            }
+            other => format!("task run {} is already {}", t.id, other.as_str()),
+        }
+    }
+
+    fn retry_task(&mut self, ctx: &mut Context<Self>, i: usize) -> Result<String, String> {
+        let t = &self.tasks[i];
+        if !matches!(t.state, TaskState::Dead | TaskState::Cancelled) {
+            return Err(format!(
+                "task run {} is {}; only dead or cancelled task runs can be retried",
+                t.id,
+                t.state.as_str()
+            ));
+        }
+        let reopened = self.record.state.is_terminal();
+        self.ended = false;
+        self.budget_spent = false;
+        self.record.state = JobState::Running;
+        self.record.cancel_requested = false;
+        self.record.ended_at_ms = None;
+        self.record.reason = None;
+        let t = &mut self.tasks[i];
+        t.series_start = t.attempt + 1;
+        t.state = TaskState::Queued;
+        t.reason = None;
+        t.detail = None;
+        t.ended_at_ms = None;
+        let id = t.id;
+        let mut states = self.states();
+        let mut changes = vec![Change { task: i, to: TaskState::Queued }];
+        changes.extend(graph::reopen(&self.graph, &mut states));
+        for c in &changes {
+            self.tasks[c.task].state = c.to;
+        }
+        let mut events = Vec::new();
+        if reopened {
+            events.push(self.job_event("job.started").with("retry", true));
+        }
+        self.apply_changes(ctx, changes, vec![Mutation::JobRun(self.record.clone())], events);
+        Ok(format!("task run {id} queued again (attempt {} next)", self.tasks[i].attempt + 1))
+    }
+
+    fn on_budget_spent(&mut self, ctx: &mut Context<Self>, limit: u64) {
+        self.budget_spent = true;
+        let event = self
+            .job_event("budget.exceeded")
+            .with("scope", "job")
+            .with("limit_usd", usd_json(limit))
+            .with("spent_usd", usd_json(self.record.cost_usd_micros));
+        self.shared.journal.do_send(Publish(event));
+        self.kill_running(FailReason::Budget);
+        let mut states = self.states();
+        let mut changes = Vec::new();
+        for (i, s) in states.iter_mut().enumerate() {
+            if matches!(s, TaskState::Queued | TaskState::Pending | TaskState::Retrying) {
+                *s = TaskState::Skipped;
+                self.shared.scheduler.do_send(Unschedule { task_run: self.tasks[i].id });
+                changes.push(Change { task: i, to: TaskState::Skipped });
+            }
+        }
+        for c in &changes {
+            self.tasks[c.task].state = c.to;
+        }
+        self.apply_changes(ctx, changes, vec![Mutation::JobRun(self.record.clone())], Vec::new());
+    }
+}
+
+/// How a JobRun actor begins.
+pub enum Begin {
+    New,
+    Resume,
+}
+
+impl Actor for JobRun {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(super::MAILBOX_CAPACITY);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Start(pub Begin);
+
+impl Handler<Start> for JobRun {
+    type Result = ();
+
+    fn handle(&mut self, Start(begin): Start, ctx: &mut Self::Context) {
+        match begin {
+            Begin::New => self.begin_new(ctx),
+            Begin::Resume => self.resume(ctx),
+        }
+    }
+}
+
+/// What a worker needs to start an attempt it claimed.
+pub struct Claimed {
+    pub spec: AttemptSpec,
+    pub timeout: Duration,
+    pub heartbeat_timeout: Duration,
+    pub pricing: Arc<Pricing>,
+    pub owner: Addr<JobRun>,
+}
+
+/// A worker asks for `task_run`: answered after `running` + the attempt number are durable,
+/// or `None` when it is no longer queued (cancelled, budget spent, stopping).
+#[derive(Message)]
+#[rtype(result = "Option<Claimed>")]
+pub struct Claim {
+    pub task_run: u64,
+    pub worker: Addr<Worker>,
+}
+
+impl Handler<Claim> for JobRun {
+    type Result = ResponseActFuture<Self, Option<Claimed>>;
+
+    fn handle(&mut self, msg: Claim, ctx: &mut Self::Context) -> Self::Result {
+        let nothing = || -> ResponseActFuture<Self, Option<Claimed>> { Box::pin(actix::fut::ready(None)) };
+        let Some(i) = self.idx(msg.task_run) else { return nothing() };
+        if self.tasks[i].state != TaskState::Queued || self.stopping || self.budget_spent {
+            return nothing();
+        }
+        let n = self.tasks[i].attempt + 1;
+        let now = self.now();
+        let t = &mut self.tasks[i];
+        t.attempt = n;
+        t.state = TaskState::Running;
+        t.started_at_ms.get_or_insert(now);
+        t.progress = None;
+        let mut attempt = self.new_attempt(i, n);
+        let spec = match self.render_spec(i, n) {
+            Ok(spec) => spec,
+            Err(e) => {
+                attempt.detail = Some(crate::sanitize::sanitize(&e));
+                self.end_attempt(
+                    ctx,
+                    i,
+                    attempt,
+                    AttemptOutcome { failure: Some(FailReason::SpawnError), exit_code: None },
+                );
+                return nothing();
+            }
+        };
+        let def = &self.job().tasks[i];
+        let claimed = Claimed {
+            spec,
+            timeout: def.timeout,
+            heartbeat_timeout: def.heartbeat_timeout,
+            pricing: self.shared.pricing.clone(),
+            owner: ctx.address(),
+        };
+        self.running.insert(msg.task_run, (attempt.clone(), Some(msg.worker)));
+        let commit =
+            self.shared.store.commit(vec![Mutation::TaskRun(self.tasks[i].clone()), Mutation::Attempt(attempt)]);
+        Box::pin(commit.into_actor(self).map(move |result, act, _ctx| match result {
+            Ok(()) => Some(claimed),
+            Err(e) => {
+                act.shared
+                    .supervisor
+                    .do_send(Fatal(format!("job run {}: cannot commit to the store: {e}", act.record.id)));
+                None
+            }
+        }))
+    }
+}
+
+/// The process exists: record its pid (for crash recovery) and say `task.started`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProcessStarted {
+    pub task_run: u64,
+    pub attempt: u32,
+    pub process: Option<ProcessHandle>,
+}
+
+impl Handler<ProcessStarted> for JobRun {
+    type Result = ();
+
+    fn handle(&mut self, msg: ProcessStarted, ctx: &mut Self::Context) {
+        let Some(i) = self.idx(msg.task_run) else { return };
+        let mut event = self.task_event("task.started", i).with("priority", self.tasks[i].priority);
+        let Some((attempt, _)) = self.running.get_mut(&msg.task_run).filter(|(a, _)| a.n == msg.attempt) else {
+            return;
+        };
+        if let Some(p) = msg.process {
+            attempt.pid = Some(p.pid);
+            attempt.pgid = Some(p.pgid);
+            attempt.start_ticks = p.start_ticks;
+            event = event.with("pid", p.pid);
+        }
+        let mutation = Mutation::Attempt(attempt.clone());
+        self.persist_then(ctx, vec![mutation], vec![event], |_, _| {});
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProgressReported {
+    pub task_run: u64,
+    pub text: String,
+}
+
+impl Handler<ProgressReported> for JobRun {
+    type Result = ();
+
+    fn handle(&mut self, msg: ProgressReported, ctx: &mut Self::Context) {
+        let Some(i) = self.idx(msg.task_run) else { return };
+        self.tasks[i].progress = Some(msg.text.clone());
+        let event = self.task_event("task.progress", i).with("message", msg.text);
+        self.persist_then(ctx, vec![Mutation::TaskRun(self.tasks[i].clone())], vec![event], |_, _| {});
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CostAdded {
+    pub task_run: u64,
+    pub attempt: u32,
+    pub delta: CostDelta,
+}
+
+impl Handler<CostAdded> for JobRun {
+    type Result = ();
+
+    fn handle(&mut self, msg: CostAdded, ctx: &mut Self::Context) {
+        let Some(i) = self.idx(msg.task_run) else { return };
+        let d = &msg.delta;
+        let t = &mut self.tasks[i];
+        t.cost_usd_micros = t.cost_usd_micros.saturating_add(d.usd_micros);
+        t.input_tokens = t.input_tokens.saturating_add(d.input_tokens);
+        t.output_tokens = t.output_tokens.saturating_add(d.output_tokens);
+        self.record.cost_usd_micros = self.record.cost_usd_micros.saturating_add(d.usd_micros);
+        let mut mutations = vec![Mutation::TaskRun(self.tasks[i].clone()), Mutation::JobRun(self.record.clone())];
+        if let Some((attempt, _)) = self.running.get_mut(&msg.task_run) {
+            let mut cost = AttemptCost {
+                usd_micros: attempt.cost_usd_micros,
+                input_tokens: attempt.input_tokens,
+                output_tokens: attempt.output_tokens,
+                model: attempt.model.clone(),
+            };
+            cost.add(d);
+            (attempt.cost_usd_micros, attempt.input_tokens, attempt.output_tokens, attempt.model) =
+                (cost.usd_micros, cost.input_tokens, cost.output_tokens, cost.model);
+            mutations.push(Mutation::Attempt(attempt.clone()));
+        }
+        let mut event = self
+            .task_event("task.cost", i)
+            .with("usd", usd_json(d.usd_micros))
+            .with("input_tokens", d.input_tokens)
+            .with("output_tokens", d.output_tokens);
+        event.attempt = Some(msg.attempt);
+        if let Some(model) = &d.model {
+            event = event.with("model", model.clone());
+        }
+        if d.unpriced {
+            event = event.with("unpriced", true);
+        }
+        self.persist_then(ctx, mutations, vec![event], |_, _| {});
+        self.check_budgets(ctx, i);
+    }
+}
+
+impl JobRun {
+    fn check_budgets(&mut self, ctx: &mut Context<Self>, i: usize) {
+        let def = &self.job().tasks[i];
+        let t = &self.tasks[i];
+        if policy::budget_reached(t.cost_usd_micros, def.budget_usd_micros) && t.state == TaskState::Running {
+            let limit = def.budget_usd_micros.unwrap_or(0);
+            let event = self
+                .task_event("budget.exceeded", i)
+                .with("scope", "task")
+                .with("limit_usd", usd_json(limit))
+                .with("spent_usd", usd_json(t.cost_usd_micros));
+            self.shared.journal.do_send(Publish(event));
+            if let Some((_, Some(worker))) = self.running.get(&t.id) {
+                worker.do_send(Kill { task_run: t.id, reason: FailReason::Budget, grace: KILL_GRACE });
+            }
+        }
+        let job_budget = self.job().budget_usd_micros;
+        if !self.budget_spent && policy::budget_reached(self.record.cost_usd_micros, job_budget) {
+            self.on_budget_spent(ctx, job_budget.unwrap_or(0));
+        }
+    }
+}
+
+/// How an attempt ended, as the worker saw it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttemptEnded {
+    pub task_run: u64,
+    pub attempt: u32,
+    pub exit: Option<AttemptExit>,
+    pub reason: Option<FailReason>,
+    pub detail: Option<String>,
+    pub outputs: std::collections::BTreeMap<String, String>,
+}
+
+impl Handler<AttemptEnded> for JobRun {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttemptEnded, ctx: &mut Self::Context) {
+        let Some(i) = self.idx(msg.task_run) else { return };
+        if self.running.get(&msg.task_run).is_none_or(|(a, _)| a.n != msg.attempt) {
+            return;
+        }
+        let Some((mut attempt, _)) = self.running.remove(&msg.task_run) else { return };
+        attempt.exit_code = msg.exit.and_then(|e| e.exit_code);
+        attempt.signal = msg.exit.and_then(|e| e.signal);
+        attempt.detail = msg.detail;
+        self.tasks[i].outputs.extend(msg.outputs);
+        let outcome = AttemptOutcome { failure: msg.reason, exit_code: attempt.exit_code };
+        self.end_attempt(ctx, i, attempt, outcome);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RetryDue {
+    pub task_run: u64,
+}
+
+impl Handler<RetryDue> for JobRun {
+    type Result = ();
+
+    fn handle(&mut self, msg: RetryDue, ctx: &mut Self::Context) {
+        let Some(i) = self.idx(msg.task_run) else { return };
+        if self.tasks[i].state != TaskState::Retrying || self.stopping {
+            return;
+        }
+        self.tasks[i].state = TaskState::Queued;
+        self.tasks[i].not_before_ms = None;
+        self.apply_changes(ctx, vec![Change { task: i, to: TaskState::Queued }], Vec::new(), Vec::new());
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct QueueTimedOut {
+    pub task_run: u64,
+}
+
+impl Handler<QueueTimedOut> for JobRun {
+    type Result = ();
+
+    fn handle(&mut self, msg: QueueTimedOut, ctx: &mut Self::Context) {
+        let Some(i) = self.idx(msg.task_run) else { return };
+        if self.tasks[i].state != TaskState::Queued {
+            return;
+        }
+        let now = self.now();
+        let t = &mut self.tasks[i];
+        t.state = TaskState::Dead;
+        t.reason = Some(FailReason::QueueTimeout);
+        t.ended_at_ms = Some(now);
+        let events = vec![self.task_event("task.dead_lettered", i).with("reason", FailReason::QueueTimeout.as_str())];
+        let mutations = vec![Mutation::TaskRun(self.tasks[i].clone())];
+        self.after_task_ended(ctx, i, mutations, events);
+    }
+}
+
+/// Cancel one task run of this job run, or (`task_run: None`) the whole job run.
+#[derive(Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct Cancel {
+    pub task_run: Option<u64>,
+}
+
+impl Handler<Cancel> for JobRun {
+    type Result = Result<String, String>;
+
+    fn handle(&mut self, msg: Cancel, ctx: &mut Self::Context) -> Self::Result {
+        let result = self.cancel(msg, ctx);
+        self.release_if_idle(ctx);
+        result
+    }
+}
+
+impl JobRun {
+    fn cancel(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Result<String, String> {
+        if let Some(task_run) = msg.task_run {
+            let i = self
+                .idx(task_run)
+                .ok_or_else(|| format!("task run {task_run} is not part of job run {}", self.record.id))?;
+            return Ok(self.cancel_task(ctx, i));
+        }
+        if self.record.state.is_terminal() {
+            return Err(format!("job run {} has already {}", self.record.id, self.record.state.as_str()));
+        }
+        self.record.cancel_requested = true;
+        let open: Vec<usize> = (0..self.tasks.len()).filter(|&i| !self.tasks[i].state.is_terminal()).collect();
+        for i in open {
+            self.cancel_task(ctx, i);
+        }
+        Ok(format!("job run {} is being cancelled", self.record.id))
+    }
+}
+
+/// Retry a dead or cancelled task run (fresh series of attempts), or every one of them in this
+/// job run (`task_run: None`).
+#[derive(Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct Retry {
+    pub task_run: Option<u64>,
+}
+
+impl Handler<Retry> for JobRun {
+    type Result = Result<String, String>;
+
+    fn handle(&mut self, msg: Retry, ctx: &mut Self::Context) -> Self::Result {
+        let result = self.retry(msg, ctx);
+        self.release_if_idle(ctx);
+        result
+    }
+}
+
+impl JobRun {
+    fn retry(&mut self, msg: Retry, ctx: &mut Context<Self>) -> Result<String, String> {
+        if let Some(task_run) = msg.task_run {
+            let i = self
+                .idx(task_run)
+                .ok_or_else(|| format!("task run {task_run} is not part of job run {}", self.record.id))?;
+            return self.retry_task(ctx, i);
+        }
+        let retryable: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| matches!(self.tasks[i].state, TaskState::Dead | TaskState::Cancelled))
+            .collect();
+        if retryable.is_empty() {
+            return Err(format!("job run {} has no dead or cancelled task runs to retry", self.record.id));
+        }
+        let mut said = Vec::new();
+        for i in retryable {
+            said.push(self.retry_task(ctx, i)?);
+        }
+        Ok(said.join("\n"))
+    }
+}
+
+/// Graceful stop: interrupt running attempts; answer once none is left and all is durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for JobRun {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Stop, _ctx: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        for (task_run, (_, worker)) in &self.running {
+            if let Some(worker) = worker {
+                worker.do_send(Kill { task_run: *task_run, reason: FailReason::Interrupted, grace: SHUTDOWN_GRACE });
+            }
+        }
+        Box::pin(actix::fut::wrap_future::<_, Self>(async {}).then(|_, act, _| wait_until_idle(act)))
+    }
+}
+
+/// Polls until no attempt of this job run is running, then makes sure all earlier commits landed.
+fn wait_until_idle(act: &mut JobRun) -> ResponseActFuture<JobRun, ()> {
+    if act.running.is_empty() {
+        let flush = act.shared.store.commit(Vec::new());
+        return Box::pin(actix::fut::wrap_future::<_, JobRun>(async move {
+            let _ = flush.await;
+        }));
+    }
+    Box::pin(
+        actix::fut::wrap_future::<_, JobRun>(tokio::time::sleep(Duration::from_millis(20)))
+            .then(|_, act, _| wait_until_idle(act)),
+    )
+}

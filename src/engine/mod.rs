@@ -1,0 +1,264 @@
+//! The engine: an actix actor tree that runs job runs durably.
+//!
+//! ```text
+//! Supervisor ── registry of JobRun actors, commands, restart intensity, graceful stop
+//! ├─ Journal      events → events/*.jsonl + subscribers
+//! ├─ Scheduler    retry timers from persisted not_before
+//! ├─ Dispatcher   ready lists per queue: priority + aging, caps, rate limits, pause
+//! ├─ JobRun × n   the transition engine of one job run; owns its task runs' state
+//! ├─ Worker × w   one attempt at a time through an Executor (actix Supervisor restarts them)
+//! └─ Watchdog     own thread: kills silent or overrunning attempts, pings workers
+//! ```
+//!
+//! Architecture Invariant: only `engine` knows actix. Views (headless output, later the TUI and
+//! the control API) see only [`EngineHandle`] and [`EngineEvent`].
+
+mod dispatcher;
+mod event;
+pub mod inbox;
+mod job_run;
+mod journal;
+mod scheduler;
+mod supervisor;
+mod watchdog;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+pub use dispatcher::QueueSnapshot;
+pub use event::{EngineEvent, rfc3339_ms};
+pub use job_run::SHUTDOWN_GRACE;
+use journal::Journal;
+use supervisor::Supervisor;
+
+use crate::config::Workflow;
+use crate::executor::Executor;
+use crate::model::JobState;
+use crate::model::cost::Pricing;
+use crate::store::{StoreError, StoreHandle};
+
+/// Mailboxes are bounded (a `send` waits when one is full) but large: bursts of thousands of
+/// task runs must not stall. `do_send` ignores the bound; it is used only for fire-and-forget
+/// notifications whose volume is bounded by the work itself.
+pub(crate) const MAILBOX_CAPACITY: usize = 1 << 20;
+
+/// Wall-clock time in milliseconds since the epoch; injected so tests can fix it.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> u64;
+}
+
+pub type SharedClock = Arc<dyn Clock>;
+
+/// The real clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+}
+
+/// What users name in `retry`, `cancel`, `show`: a task run (`42`) or a job run (`j7`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    TaskRun(u64),
+    JobRun(u64),
+}
+
+impl Target {
+    /// `42` is task run 42, `j7` is job run 7.
+    pub fn parse(text: &str) -> Result<Target, String> {
+        let bad = || format!("`{text}` is not an id: use a task run id like 42, or a job run id like j7");
+        match text.strip_prefix('j') {
+            Some(rest) => rest.parse().map(Target::JobRun).map_err(|_| bad()),
+            None => text.parse().map(Target::TaskRun).map_err(|_| bad()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no {0} in this state dir")]
+    UnknownId(Target),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Stopped(String),
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+/// Everything the actors share. Lives on the engine's arbiter.
+pub struct Shared {
+    pub clock: SharedClock,
+    pub store: StoreHandle,
+    pub state_dir: PathBuf,
+    pub source: String,
+    pub log_cap_bytes: u64,
+    pub pricing: Arc<Pricing>,
+    dispatcher: Addr<dispatcher::Dispatcher>,
+    scheduler: Addr<scheduler::Scheduler>,
+    journal: Addr<Journal>,
+    supervisor: Addr<Supervisor>,
+}
+
+/// How to start an engine.
+pub struct EngineConfig {
+    pub workflow: Arc<Workflow>,
+    /// The workflow file's text, stored so resumed runs keep their definition.
+    pub source: String,
+    pub state_dir: PathBuf,
+    pub store: StoreHandle,
+    pub executor: Arc<dyn Executor>,
+    pub clock: SharedClock,
+    pub workers: usize,
+    pub pricing: Pricing,
+}
+
+/// The one door into a running engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    supervisor: Addr<Supervisor>,
+    journal: Addr<Journal>,
+    dispatcher: Addr<dispatcher::Dispatcher>,
+    /// Keeps the watchdog's thread alive as long as a handle exists.
+    _watchdog: Arc<ArbiterGuard>,
+}
+
+struct ArbiterGuard(Arbiter);
+
+impl Drop for ArbiterGuard {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// Starts the actor tree. Must run inside an actix `System`.
+pub fn start(config: EngineConfig) -> EngineHandle {
+    let definition = definition_hash(&config.workflow.path.display().to_string(), &config.source);
+    let ledger = supervisor::RestartLedger::default();
+    let journal = Journal::new(&config.state_dir).start();
+    let scheduler = scheduler::Scheduler::new(config.clock.clone()).start();
+    let workers_total = config.workers.max(1);
+    let dispatcher = dispatcher::Dispatcher::new(config.clock.clone(), &config.workflow.queues, workers_total).start();
+    let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
+    let shared = Arc::new(Shared {
+        clock: config.clock.clone(),
+        store: config.store,
+        state_dir: config.state_dir,
+        source: config.source,
+        log_cap_bytes: config.workflow.settings.log_max_bytes,
+        pricing: Arc::new(config.pricing),
+        dispatcher: dispatcher.clone(),
+        scheduler,
+        journal: journal.clone(),
+        supervisor: supervisor.clone(),
+    });
+    supervisor.do_send(supervisor::Attach(shared));
+    let watch = watchdog::WatchList::default();
+    for id in 0..workers_total {
+        let (clock, executor, dispatcher, journal, watch, ledger) = (
+            config.clock.clone(),
+            config.executor.clone(),
+            dispatcher.clone(),
+            journal.clone(),
+            watch.clone(),
+            ledger.clone(),
+        );
+        actix::Supervisor::start(move |_| worker::Worker::new(id, clock, executor, dispatcher, journal, watch, ledger));
+    }
+    let arbiter = Arbiter::new();
+    let clock = config.clock.clone();
+    watchdog::Watchdog::start_in_arbiter(&arbiter.handle(), move |_| watchdog::Watchdog::new(clock, watch));
+    EngineHandle { supervisor, journal, dispatcher, _watchdog: Arc::new(ArbiterGuard(arbiter)) }
+}
+
+/// FNV-1a over the path and the text: a stable key for a workflow definition.
+fn definition_hash(path: &str, source: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in path.bytes().chain([0]).chain(source.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+fn mailbox<T>(r: Result<T, MailboxError>) -> Result<T, EngineError> {
+    r.map_err(|_| EngineError::Stopped("the engine has stopped".into()))
+}
+
+impl EngineHandle {
+    /// A live stream of every event from now on.
+    pub async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<EngineEvent>, EngineError> {
+        mailbox(self.journal.send(journal::Subscribe).await)
+    }
+
+    /// Starts actors for every unfinished job run in the store; returns their ids and jobs.
+    pub async fn resume_all(&self) -> Result<Vec<(u64, String)>, EngineError> {
+        mailbox(self.supervisor.send(supervisor::ResumeAll).await)?
+    }
+
+    /// Runs the commands `gaffer retry` / `cancel` left while no instance ran; returns the job
+    /// runs they touched, so `run` waits for those too.
+    pub async fn apply_inbox(&self) -> Result<Vec<u64>, EngineError> {
+        mailbox(self.supervisor.send(supervisor::ApplyInbox).await)?
+    }
+
+    /// Resolves once every event published so far has reached the journal and subscribers.
+    pub async fn flush_events(&self) {
+        let _ = self.journal.send(journal::Flush).await;
+    }
+
+    /// Starts a new run of `job`; returns its job run id.
+    pub async fn submit(&self, job: &str, params: BTreeMap<String, String>) -> Result<u64, EngineError> {
+        mailbox(self.supervisor.send(supervisor::Submit { job: job.to_string(), params }).await)?
+    }
+
+    pub async fn retry(&self, target: Target) -> Result<String, EngineError> {
+        mailbox(self.supervisor.send(supervisor::Command { retry: true, target }).await)?
+    }
+
+    pub async fn cancel(&self, target: Target) -> Result<String, EngineError> {
+        mailbox(self.supervisor.send(supervisor::Command { retry: false, target }).await)?
+    }
+
+    /// Pauses (or resumes) a queue; false if there is no such queue.
+    pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, EngineError> {
+        mailbox(self.dispatcher.send(dispatcher::SetPaused { queue: queue.to_string(), paused }).await)
+    }
+
+    pub async fn queues(&self) -> Result<Vec<QueueSnapshot>, EngineError> {
+        mailbox(self.dispatcher.send(dispatcher::Snapshot).await)
+    }
+
+    /// Resolves once every listed job run has ended, with how each ended.
+    pub async fn wait(&self, ids: Vec<u64>) -> Result<Vec<(u64, JobState)>, EngineError> {
+        mailbox(self.supervisor.send(supervisor::WaitFor(ids)).await)?
+    }
+
+    /// Graceful stop: resolves when running attempts are interrupted and recorded.
+    pub async fn shutdown(&self) {
+        let _ = self.supervisor.send(supervisor::Shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(Target::parse("42"), Ok(Target::TaskRun(42)));
+        assert_eq!(Target::parse("j7"), Ok(Target::JobRun(7)));
+        assert!(Target::parse("x").is_err());
+        assert!(Target::parse("j").is_err());
+    }
+}

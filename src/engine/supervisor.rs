@@ -1,0 +1,521 @@
+//! The Supervisor actor: the root of the tree. It starts the other actors, owns the registry
+//! of live job runs, turns commands into messages, counts restarts (and gives up cleanly when
+//! an actor keeps dying), and runs the graceful stop.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::dispatcher::{Dispatcher, StopDispatching};
+use super::inbox;
+use super::job_run::{Begin, Cancel, JobRun, Retry, Start, Stop};
+use super::{EngineError, Shared, Target};
+use crate::config::Workflow;
+use crate::model::{JobState, TaskState};
+use crate::store::{AttemptRecord, DefinitionRecord, JobRunRecord, Mutation, Reader, TaskRunRecord};
+
+/// Restart intensity: more restarts of one worker than this within the window is a fault that
+/// restarting will not fix.
+const MAX_RESTARTS: usize = 10;
+const RESTART_WINDOW: Duration = Duration::from_secs(10);
+
+/// Counts restarts per actor; past the intensity it reports a fatal fault.
+#[derive(Clone, Default)]
+pub struct RestartLedger {
+    inner: Arc<Mutex<LedgerInner>>,
+}
+
+#[derive(Default)]
+struct LedgerInner {
+    restarts: HashMap<usize, VecDeque<Instant>>,
+    on_fatal: Option<Recipient<Fatal>>,
+}
+
+impl RestartLedger {
+    fn set_fatal(&self, recipient: Recipient<Fatal>) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.on_fatal = Some(recipient);
+        }
+    }
+
+    pub fn record(&self, worker: usize, reason: &str) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let now = Instant::now();
+        let times = inner.restarts.entry(worker).or_default();
+        times.push_back(now);
+        while times.front().is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW) {
+            times.pop_front();
+        }
+        if times.len() > MAX_RESTARTS {
+            let message = format!(
+                "worker {worker} restarted {} times in {} s (last: {reason}); giving up",
+                times.len(),
+                RESTART_WINDOW.as_secs()
+            );
+            if let Some(fatal) = &inner.on_fatal {
+                fatal.do_send(Fatal(message));
+            }
+        }
+    }
+}
+
+/// Told how the awaited job runs ended.
+type Waiter = oneshot::Sender<Result<Vec<(u64, JobState)>, EngineError>>;
+
+pub struct Supervisor {
+    pub(super) shared: Option<Arc<Shared>>,
+    pub(super) workflow: Arc<Workflow>,
+    pub(super) definition: u64,
+    pub(super) ledger: RestartLedger,
+    job_runs: HashMap<u64, Addr<JobRun>>,
+    ended: BTreeMap<u64, JobState>,
+    waiters: Vec<(Vec<u64>, Waiter)>,
+    fatal: Option<String>,
+    stopping: bool,
+}
+
+impl Supervisor {
+    pub fn new(workflow: Arc<Workflow>, definition: u64, ledger: RestartLedger) -> Supervisor {
+        Supervisor {
+            shared: None,
+            workflow,
+            definition,
+            ledger,
+            job_runs: HashMap::new(),
+            ended: BTreeMap::new(),
+            waiters: Vec::new(),
+            fatal: None,
+            stopping: false,
+        }
+    }
+
+    fn shared(&self) -> Result<Arc<Shared>, EngineError> {
+        self.shared.clone().ok_or_else(|| EngineError::Stopped("the engine is not started".into()))
+    }
+
+    fn answer_waiters(&mut self) {
+        let fatal = self.fatal.clone();
+        let ended = &self.ended;
+        let mut still = Vec::new();
+        for (ids, tx) in self.waiters.drain(..) {
+            if let Some(message) = &fatal {
+                let _ = tx.send(Err(EngineError::Fatal(message.clone())));
+            } else if ids.iter().all(|id| ended.contains_key(id)) {
+                let _ = tx.send(Ok(ids.iter().map(|id| (*id, ended[id])).collect()));
+            } else {
+                still.push((ids, tx));
+            }
+        }
+        self.waiters = still;
+    }
+
+    /// Creates a job run of `job` with all its task runs pending, and starts its actor.
+    fn submit(
+        &mut self,
+        job: &str,
+        params: BTreeMap<String, String>,
+        ctx: &mut Context<Self>,
+    ) -> Result<u64, EngineError> {
+        let shared = self.shared()?;
+        if self.stopping {
+            return Err(EngineError::Stopped("gaffer is stopping".into()));
+        }
+        let job_index = self.workflow.jobs.iter().position(|j| j.name == job).ok_or_else(|| {
+            let known: Vec<&str> = self.workflow.jobs.iter().map(|j| j.name.as_str()).collect();
+            EngineError::Invalid(format!("unknown job `{job}` (the workflow has: {})", known.join(", ")))
+        })?;
+        let def = &self.workflow.jobs[job_index];
+        let mut merged = def.params.clone();
+        for (key, value) in params {
+            if !def.params.contains_key(&key) {
+                return Err(EngineError::Invalid(format!(
+                    "unknown param `{key}` for job `{job}` (declared: {})",
+                    def.params.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            merged.insert(key, value);
+        }
+        let now = shared.clock.now_ms();
+        let id = shared.store.ids.next_job_run();
+        let record = JobRunRecord {
+            id,
+            job: job.to_string(),
+            definition: self.definition,
+            params: merged,
+            state: JobState::Running,
+            reason: None,
+            cost_usd_micros: 0,
+            created_at_ms: now,
+            ended_at_ms: None,
+            cancel_requested: false,
+        };
+        let tasks = def
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| new_task_run(shared.store.ids.next_task_run(), &record, i, t, now))
+            .collect();
+        let actor = JobRun::new(shared, self.workflow.clone(), job_index, record, tasks, Vec::new()).start();
+        actor.do_send(Start(Begin::New));
+        self.job_runs.insert(id, actor);
+        let _ = ctx;
+        Ok(id)
+    }
+
+    /// Starts an actor for every unfinished job run in the store.
+    fn resume_all(&mut self) -> Result<Vec<(u64, String)>, EngineError> {
+        let shared = self.shared()?;
+        let reader = shared.store.reader()?;
+        let mut resumed = Vec::new();
+        for record in reader.job_runs()?.into_iter().filter(|r| !r.state.is_terminal()) {
+            let (id, job) = (record.id, record.job.clone());
+            if self.job_runs.contains_key(&id) {
+                continue;
+            }
+            let actor = self.revive(&shared, &reader, record)?;
+            actor.do_send(Start(Begin::Resume));
+            self.job_runs.insert(id, actor);
+            resumed.push((id, job));
+        }
+        Ok(resumed)
+    }
+
+    /// Rebuilds a job run's actor from the store, with the definition it was started with.
+    fn revive(&self, shared: &Arc<Shared>, reader: &Reader, record: JobRunRecord) -> Result<Addr<JobRun>, EngineError> {
+        let workflow = self.definition_of(reader, &record)?;
+        let job_index = workflow.jobs.iter().position(|j| j.name == record.job).ok_or_else(|| {
+            EngineError::Invalid(format!(
+                "job run {}: job `{}` is missing from its stored definition",
+                record.id, record.job
+            ))
+        })?;
+        let tasks = reader.task_runs_of(record.id)?;
+        let mut interrupted = Vec::new();
+        for t in tasks.iter().filter(|t| t.state == TaskState::Running) {
+            let attempt =
+                reader.attempts_of(t.id)?.into_iter().find(|a| a.n == t.attempt).unwrap_or_else(|| lost_attempt(t));
+            interrupted.push(attempt);
+        }
+        Ok(JobRun::new(shared.clone(), workflow, job_index, record, tasks, interrupted).start())
+    }
+
+    fn definition_of(&self, reader: &Reader, record: &JobRunRecord) -> Result<Arc<Workflow>, EngineError> {
+        if record.definition == self.definition {
+            return Ok(self.workflow.clone());
+        }
+        let stored: DefinitionRecord = reader.definition(record.definition)?.ok_or_else(|| {
+            EngineError::Invalid(format!("job run {}: its workflow definition is missing from the store", record.id))
+        })?;
+        let workflow = crate::config::parse(&PathBuf::from(&stored.path), &stored.source).map_err(|d| {
+            EngineError::Invalid(format!("job run {}: its stored workflow no longer validates:\n{d}", record.id))
+        })?;
+        Ok(Arc::new(workflow))
+    }
+
+    /// The live actor of job run `id`, or a revived one for a run that already ended.
+    fn actor_for(&mut self, id: u64) -> Result<Addr<JobRun>, EngineError> {
+        if let Some(addr) = self.job_runs.get(&id) {
+            return Ok(addr.clone());
+        }
+        let shared = self.shared()?;
+        let reader = shared.store.reader()?;
+        let record = reader.job_run(id)?.ok_or(EngineError::UnknownId(Target::JobRun(id)))?;
+        let actor = self.revive(&shared, &reader, record)?;
+        self.ended.remove(&id);
+        self.job_runs.insert(id, actor.clone());
+        Ok(actor)
+    }
+
+    /// Which job run a target belongs to, and the task run inside it, if any.
+    fn locate(&self, target: Target) -> Result<(u64, Option<u64>), EngineError> {
+        match target {
+            Target::JobRun(id) => Ok((id, None)),
+            Target::TaskRun(id) => {
+                let reader = self.shared()?.store.reader()?;
+                let t = reader.task_run(id)?.ok_or(EngineError::UnknownId(target))?;
+                Ok((t.job_run, Some(id)))
+            }
+        }
+    }
+}
+
+/// A running task run with no attempt record (a crash between the two commits cannot happen,
+/// they share one; this only guards against a damaged store).
+fn lost_attempt(t: &TaskRunRecord) -> AttemptRecord {
+    AttemptRecord {
+        task_run: t.id,
+        job_run: t.job_run,
+        n: t.attempt,
+        pid: None,
+        pgid: None,
+        start_ticks: 0,
+        started_at_ms: t.started_at_ms.unwrap_or(0),
+        ended_at_ms: None,
+        exit_code: None,
+        signal: None,
+        reason: None,
+        detail: None,
+        cost_usd_micros: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        model: None,
+        log: AttemptRecord::log_path(t.job_run, t.id, t.attempt),
+    }
+}
+
+fn new_task_run(
+    id: u64,
+    job_run: &JobRunRecord,
+    index: usize,
+    def: &crate::config::TaskDef,
+    now: u64,
+) -> TaskRunRecord {
+    TaskRunRecord {
+        id,
+        job_run: job_run.id,
+        job: job_run.job.clone(),
+        task: def.name.clone(),
+        task_index: index as u32,
+        state: TaskState::Pending,
+        queue: def.queue.clone(),
+        priority: def.priority,
+        attempt: 0,
+        series_start: 1,
+        max_attempts: def.retry.max_attempts,
+        queued_at_ms: None,
+        enqueue_seq: 0,
+        not_before_ms: None,
+        outputs: BTreeMap::new(),
+        exit_code: None,
+        cost_usd_micros: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        reason: None,
+        detail: None,
+        progress: None,
+        created_at_ms: now,
+        started_at_ms: None,
+        ended_at_ms: None,
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(super::MAILBOX_CAPACITY);
+        self.ledger.set_fatal(ctx.address().recipient());
+        ctx.run_interval(inbox::POLL, |act, ctx| act.drain_inbox(ctx));
+    }
+}
+
+impl Supervisor {
+    /// Runs each command found in the inbox through the same path as a live command.
+    fn drain_inbox(&mut self, ctx: &mut Context<Self>) {
+        let Some(shared) = self.shared.clone() else { return };
+        if self.stopping {
+            return;
+        }
+        for (file, command) in inbox::take(&shared.state_dir) {
+            let retry = command.action == inbox::Action::Retry;
+            let answer = ctx.address().send(Command { retry, target: command.target });
+            actix::spawn(async move {
+                let result = match answer.await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err("gaffer is stopping".to_string()),
+                };
+                inbox::answer(&file, result);
+            });
+        }
+    }
+}
+
+/// Runs every pending inbox command now; answers with the job runs they touched.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u64>, EngineError>")]
+pub struct ApplyInbox;
+
+impl Handler<ApplyInbox> for Supervisor {
+    type Result = ResponseFuture<Result<Vec<u64>, EngineError>>;
+
+    fn handle(&mut self, _: ApplyInbox, ctx: &mut Self::Context) -> Self::Result {
+        let mut work = Vec::new();
+        if let Some(shared) = self.shared.clone() {
+            for (file, command) in inbox::take(&shared.state_dir) {
+                let job_run = self.locate(command.target).ok().map(|(j, _)| j);
+                let retry = command.action == inbox::Action::Retry;
+                work.push((file, job_run, ctx.address().send(Command { retry, target: command.target })));
+            }
+        }
+        Box::pin(async move {
+            let mut touched = Vec::new();
+            for (file, job_run, answer) in work {
+                let result = match answer.await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err("gaffer is stopping".to_string()),
+                };
+                if result.is_ok() {
+                    touched.extend(job_run);
+                }
+                inbox::answer(&file, result);
+            }
+            Ok(touched)
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Attach(pub Arc<Shared>);
+
+impl Handler<Attach> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Attach(shared): Attach, _ctx: &mut Self::Context) {
+        self.shared = Some(shared);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(u64, String)>, EngineError>")]
+pub struct ResumeAll;
+
+impl Handler<ResumeAll> for Supervisor {
+    type Result = Result<Vec<(u64, String)>, EngineError>;
+
+    fn handle(&mut self, _: ResumeAll, _ctx: &mut Self::Context) -> Self::Result {
+        let shared = self.shared()?;
+        // The store commits in order, so every job run written after this refers to a stored definition.
+        let definition =
+            DefinitionRecord { path: self.workflow.path.display().to_string(), source: shared.source.clone() };
+        drop(shared.store.commit(vec![Mutation::Definition(self.definition, definition)]));
+        self.resume_all()
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<u64, EngineError>")]
+pub struct Submit {
+    pub job: String,
+    pub params: BTreeMap<String, String>,
+}
+
+impl Handler<Submit> for Supervisor {
+    type Result = Result<u64, EngineError>;
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) -> Self::Result {
+        self.submit(&msg.job, msg.params, ctx)
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<String, EngineError>")]
+pub struct Command {
+    pub retry: bool,
+    pub target: Target,
+}
+
+impl Handler<Command> for Supervisor {
+    type Result = ResponseFuture<Result<String, EngineError>>;
+
+    fn handle(&mut self, msg: Command, _ctx: &mut Self::Context) -> Self::Result {
+        let located = self.locate(msg.target).and_then(|(job_run, task_run)| {
+            let actor = self.actor_for(job_run)?;
+            Ok((actor, task_run))
+        });
+        let retry = msg.retry;
+        Box::pin(async move {
+            let (actor, task_run) = located?;
+            let answer =
+                if retry { actor.send(Retry { task_run }).await } else { actor.send(Cancel { task_run }).await };
+            answer.map_err(|_| EngineError::Stopped("the job run stopped".into()))?.map_err(EngineError::Invalid)
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JobRunEnded {
+    pub id: u64,
+    pub state: JobState,
+}
+
+impl Handler<JobRunEnded> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobRunEnded, _ctx: &mut Self::Context) {
+        self.job_runs.remove(&msg.id);
+        self.ended.insert(msg.id, msg.state);
+        self.answer_waiters();
+    }
+}
+
+/// Resolves once every job run in `ids` has ended.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(u64, JobState)>, EngineError>")]
+pub struct WaitFor(pub Vec<u64>);
+
+impl Handler<WaitFor> for Supervisor {
+    type Result = ResponseFuture<Result<Vec<(u64, JobState)>, EngineError>>;
+
+    fn handle(&mut self, WaitFor(ids): WaitFor, _ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push((ids, tx));
+        self.answer_waiters();
+        Box::pin(async move { rx.await.map_err(|_| EngineError::Stopped("the engine stopped".into()))? })
+    }
+}
+
+/// A fault that restarting cannot fix: the store cannot commit, an actor keeps dying.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Fatal(pub String);
+
+impl Handler<Fatal> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Fatal(message): Fatal, _ctx: &mut Self::Context) {
+        tracing::error!("{message}");
+        if self.fatal.is_none() {
+            self.fatal = Some(message);
+        }
+        self.answer_waiters();
+    }
+}
+
+/// Graceful stop (SPEC §7): nothing new starts, running attempts are interrupted, and the
+/// answer comes once everything is durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        let dispatcher: Option<Addr<Dispatcher>> = self.shared.as_ref().map(|s| s.dispatcher.clone());
+        let runs: Vec<Addr<JobRun>> = self.job_runs.values().cloned().collect();
+        Box::pin(async move {
+            if let Some(d) = dispatcher {
+                let _ = d.send(StopDispatching).await;
+            }
+            for run in runs {
+                let _ = run.send(Stop).await;
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::TaskRun(id) => write!(f, "task run {id}"),
+            Target::JobRun(id) => write!(f, "job run j{id}"),
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Worker actors: one per worker slot, one attempt at a time. A worker claims its task run from
+//! the job run (which commits `running` + the attempt number before answering), starts it
+//! through the `Executor`, streams what the task reports back to the job run, and reports the
+//! exit. After the watchdog kills its attempt the worker stops and its supervisor restarts it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::mpsc;
+
+use super::dispatcher::{Dispatcher, ReadyEntry, WorkerIdle};
+use super::job_run::{AttemptEnded, Claim, Claimed, CostAdded, JobRun, ProcessStarted, ProgressReported};
+use super::journal::{Journal, Publish};
+use super::supervisor::RestartLedger;
+use super::watchdog::{WatchList, overdue_reason};
+use super::{EngineEvent, SharedClock};
+use crate::executor::{AttemptEvent, AttemptExit, Executor, KILL_GRACE, ProcessHandle, terminate_group};
+use crate::model::FailReason;
+use crate::model::cost::Pricing;
+
+/// What the watchdog and the killers see of a worker's current attempt. Shared across threads;
+/// the hot path (a line of output) only touches one atomic.
+#[derive(Default)]
+pub struct Activity {
+    last_ms: AtomicU64,
+    inner: Mutex<ActivityState>,
+}
+
+#[derive(Default)]
+struct ActivityState {
+    active: bool,
+    started_ms: u64,
+    timeout_ms: u64,
+    heartbeat_timeout_ms: u64,
+    process: Option<ProcessHandle>,
+    kill_reason: Option<FailReason>,
+}
+
+impl Activity {
+    fn begin(&self, now_ms: u64, timeout: Duration, heartbeat_timeout: Duration) {
+        self.last_ms.store(now_ms, Ordering::Relaxed);
+        if let Ok(mut s) = self.inner.lock() {
+            *s = ActivityState {
+                active: true,
+                started_ms: now_ms,
+                timeout_ms: timeout.as_millis() as u64,
+                heartbeat_timeout_ms: heartbeat_timeout.as_millis() as u64,
+                process: None,
+                kill_reason: None,
+            };
+        }
+    }
+
+    fn set_process(&self, process: Option<ProcessHandle>) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.process = process;
+        }
+    }
+
+    fn touch(&self, now_ms: u64) {
+        self.last_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    fn end(&self) -> Option<FailReason> {
+        let mut s = self.inner.lock().ok()?;
+        s.active = false;
+        s.process = None;
+        s.kill_reason.take()
+    }
+
+    /// Why the watchdog should kill the attempt now, if it should.
+    pub fn overdue(&self, now_ms: u64) -> Option<FailReason> {
+        let s = self.inner.lock().ok()?;
+        if !s.active || s.kill_reason.is_some() {
+            return None;
+        }
+        overdue_reason(now_ms, s.started_ms, self.last_ms.load(Ordering::Relaxed), s.timeout_ms, s.heartbeat_timeout_ms)
+    }
+
+    /// Kills the attempt's whole process group (SIGTERM, then SIGKILL after the grace period).
+    /// The first reason given is the one recorded.
+    pub fn kill(&self, reason: FailReason) {
+        self.kill_with_grace(reason, KILL_GRACE);
+    }
+
+    pub fn kill_with_grace(&self, reason: FailReason, grace: Duration) {
+        let Ok(mut s) = self.inner.lock() else { return };
+        if !s.active {
+            return;
+        }
+        s.kill_reason.get_or_insert(reason);
+        if let Some(process) = s.process {
+            tokio::spawn(terminate_group(process, grace));
+        }
+    }
+}
+
+/// The attempt a worker is running.
+struct Current {
+    task_run: u64,
+    attempt: u32,
+    queue: String,
+    owner: Addr<JobRun>,
+    pricing: Arc<Pricing>,
+    outputs: BTreeMap<String, String>,
+    warnings: u32,
+}
+
+pub struct Worker {
+    pub id: usize,
+    clock: SharedClock,
+    executor: Arc<dyn Executor>,
+    dispatcher: Addr<Dispatcher>,
+    journal: Addr<Journal>,
+    watch: WatchList,
+    ledger: RestartLedger,
+    activity: Arc<Activity>,
+    current: Option<Current>,
+    /// The queue slot to give back at the next start (set when stopping for a restart).
+    release_on_start: Option<String>,
+    restarts: u32,
+    restart_reason: Option<String>,
+}
+
+impl Worker {
+    pub fn new(
+        id: usize,
+        clock: SharedClock,
+        executor: Arc<dyn Executor>,
+        dispatcher: Addr<Dispatcher>,
+        journal: Addr<Journal>,
+        watch: WatchList,
+        ledger: RestartLedger,
+    ) -> Worker {
+        Worker {
+            id,
+            clock,
+            executor,
+            dispatcher,
+            journal,
+            watch,
+            ledger,
+            activity: Arc::default(),
+            current: None,
+            release_on_start: None,
+            restarts: 0,
+            restart_reason: None,
+        }
+    }
+
+    fn free(&mut self, finished_queue: Option<String>, ctx: &mut Context<Self>) {
+        self.dispatcher.do_send(WorkerIdle { worker: ctx.address(), finished_queue });
+    }
+
+    fn launch(&mut self, claimed: Claimed, queue: String, ctx: &mut Context<Self>) {
+        let now = self.clock.now_ms();
+        let task_run = claimed.spec.task_run;
+        let attempt = claimed.spec.attempt;
+        self.current = Some(Current {
+            task_run,
+            attempt,
+            queue,
+            owner: claimed.owner.clone(),
+            pricing: claimed.pricing,
+            outputs: BTreeMap::new(),
+            warnings: 0,
+        });
+        self.activity.begin(now, claimed.timeout, claimed.heartbeat_timeout);
+        let (tx, rx) = mpsc::unbounded_channel();
+        match self.executor.spawn(claimed.spec, tx) {
+            Ok(running) => {
+                self.activity.set_process(running.process);
+                claimed.owner.do_send(ProcessStarted { task_run, attempt, process: running.process });
+                self.follow(rx, running.done, ctx);
+            }
+            Err(e) => self.finish(None, Some((FailReason::SpawnError, e.to_string())), ctx),
+        }
+    }
+
+    /// Streams the attempt's events into this actor, in order, then its exit.
+    fn follow(
+        &self,
+        mut rx: mpsc::UnboundedReceiver<AttemptEvent>,
+        done: std::pin::Pin<Box<dyn Future<Output = AttemptExit> + Send>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let addr = ctx.address();
+        let activity = self.activity.clone();
+        let clock = self.clock.clone();
+        actix::spawn(async move {
+            let mut done = done;
+            let mut exit = None;
+            loop {
+                tokio::select! {
+                    event = rx.recv() => match event {
+                        Some(AttemptEvent::Activity | AttemptEvent::Heartbeat) => activity.touch(clock.now_ms()),
+                        Some(other) => { let _ = addr.send(Signal(other)).await; }
+                        None => break,
+                    },
+                    finished = &mut done, if exit.is_none() => exit = Some(finished),
+                }
+            }
+            let exit = match exit {
+                Some(exit) => exit,
+                None => done.await,
+            };
+            let _ = addr.send(Finished(exit)).await;
+        });
+    }
+
+    /// Reports the attempt's end to its job run and frees the slot (or restarts the worker
+    /// first, when the watchdog had to kill the attempt).
+    fn finish(
+        &mut self,
+        exit: Option<AttemptExit>,
+        spawn_error: Option<(FailReason, String)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let killed = self.activity.end();
+        let Some(current) = self.current.take() else { return };
+        let (reason, detail) = match (spawn_error, killed, exit) {
+            (Some((reason, detail)), _, _) => (Some(reason), Some(detail)),
+            (None, Some(reason), _) => (Some(reason), None),
+            (None, None, Some(exit)) if !exit.success() => (Some(FailReason::ExitCode), None),
+            _ => (None, None),
+        };
+        current.owner.do_send(AttemptEnded {
+            task_run: current.task_run,
+            attempt: current.attempt,
+            exit,
+            reason,
+            detail,
+            outputs: current.outputs,
+        });
+        if matches!(reason, Some(FailReason::Timeout | FailReason::HeartbeatTimeout)) {
+            self.release_on_start = Some(current.queue);
+            self.restart_reason = reason.map(|r| r.as_str().to_string());
+            ctx.stop();
+        } else {
+            self.free(Some(current.queue), ctx);
+        }
+    }
+
+    fn on_signal(&mut self, event: AttemptEvent) {
+        let Some(current) = self.current.as_mut() else { return };
+        match event {
+            AttemptEvent::Progress(text) => {
+                current.owner.do_send(ProgressReported { task_run: current.task_run, text })
+            }
+            AttemptEvent::Cost(report) => {
+                let delta = current.pricing.price(&report);
+                current.owner.do_send(CostAdded { task_run: current.task_run, attempt: current.attempt, delta });
+            }
+            AttemptEvent::Output { key, value } => {
+                current.outputs.insert(key, value);
+            }
+            AttemptEvent::Warning(text) => {
+                current.warnings += 1;
+                tracing::warn!(task_run = current.task_run, attempt = current.attempt, "{text}");
+            }
+            AttemptEvent::Activity | AttemptEvent::Heartbeat => {}
+        }
+    }
+}
+
+impl Actor for Worker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(super::MAILBOX_CAPACITY);
+        if let Ok(mut watch) = self.watch.lock() {
+            watch.workers.insert(self.id, (self.activity.clone(), ctx.address()));
+        }
+        let release = self.release_on_start.take();
+        self.free(release, ctx);
+    }
+}
+
+impl actix::Supervised for Worker {
+    /// actix reuses this struct: reset it, count the restart, say so.
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        self.restarts += 1;
+        self.current = None;
+        self.activity = Arc::default();
+        let reason = self.restart_reason.take().unwrap_or_else(|| "stopped".into());
+        self.ledger.record(self.id, &reason);
+        let event = EngineEvent::new("worker.restarted", self.clock.now_ms())
+            .with("worker", self.id)
+            .with("reason", reason)
+            .with("restarts", self.restarts);
+        self.journal.do_send(Publish(event));
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Assign(pub ReadyEntry);
+
+impl Handler<Assign> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, Assign(entry): Assign, ctx: &mut Self::Context) {
+        let queue = entry.queue.clone();
+        let claim = entry.owner.send(Claim { task_run: entry.task_run, worker: ctx.address() });
+        ctx.wait(claim.into_actor(self).map(move |answer, act, ctx| match answer {
+            Ok(Some(claimed)) => act.launch(claimed, queue, ctx),
+            _ => act.free(Some(queue), ctx),
+        }));
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Signal(AttemptEvent);
+
+impl Handler<Signal> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, Signal(event): Signal, _ctx: &mut Self::Context) {
+        self.on_signal(event);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Finished(AttemptExit);
+
+impl Handler<Finished> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, Finished(exit): Finished, ctx: &mut Self::Context) {
+        self.finish(Some(exit), None, ctx);
+    }
+}
+
+/// Kill the running attempt of `task_run` (cancel, budget, graceful stop).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kill {
+    pub task_run: u64,
+    pub reason: FailReason,
+    pub grace: Duration,
+}
+
+impl Handler<Kill> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Kill, _ctx: &mut Self::Context) {
+        if self.current.as_ref().is_some_and(|c| c.task_run == msg.task_run) {
+            self.activity.kill_with_grace(msg.reason, msg.grace);
+        }
+    }
+}
+
+/// Liveness: answered by any worker that still processes its mailbox.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;
+
+impl Handler<Ping> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _ctx: &mut Self::Context) {}
+}
+
+/// Is this worker running an attempt right now?
+#[derive(Message)]
+#[rtype(result = "Option<u64>")]
+pub struct Busy;
+
+impl Handler<Busy> for Worker {
+    type Result = Option<u64>;
+
+    fn handle(&mut self, _: Busy, _ctx: &mut Self::Context) -> Option<u64> {
+        self.current.as_ref().map(|c| c.task_run)
+    }
+}

@@ -1,0 +1,73 @@
+//! Runs attempts. The engine only sees [`Executor`], [`RunningAttempt`] and the event stream;
+//! how a process is started, logged and killed stays in here.
+
+mod emit;
+mod group;
+mod json_cost;
+mod lines;
+mod local;
+mod logfile;
+mod protocol;
+pub mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+pub use emit::emit;
+pub use group::{is_same_process_alive, kill_group_now, terminate_group};
+pub use types::*;
+
+pub trait Executor: Send + Sync + 'static {
+    /// Starts the attempt; returns once the process exists (or could not be started).
+    /// Must be called inside a tokio runtime (a current-thread one is fine).
+    fn spawn(&self, spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError>;
+}
+
+pub struct RunningAttempt {
+    /// `None` for executors without a process (the no-op one).
+    pub process: Option<ProcessHandle>,
+    /// Resolves when the leader exited, the rest of its group is gone, and every output and
+    /// fd-3 line was read and logged. The attempt keeps being supervised if this is dropped.
+    pub done: Pin<Box<dyn Future<Output = AttemptExit> + Send>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot start `{program}`: working directory {} does not exist or is not a directory", cwd.display())]
+    CwdMissing { program: String, cwd: PathBuf },
+    #[error("cannot start `{program}` in {}: {source}", cwd.display())]
+    Start { program: String, cwd: PathBuf, source: std::io::Error },
+    #[error("the command is empty (`args` needs at least the program)")]
+    EmptyCommand,
+    #[error("cannot create the attempt log {}: {source}", path.display())]
+    Log { path: PathBuf, source: std::io::Error },
+    #[error("cannot set up the attempt's pipes: {0}")]
+    Setup(std::io::Error),
+}
+
+/// Runs attempts as local process groups.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalExecutor;
+
+impl Executor for LocalExecutor {
+    fn spawn(&self, spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError> {
+        local::spawn(spec, events)
+    }
+}
+
+/// For benchmarks of the engine: no process, no log, no events, success at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoopExecutor;
+
+impl Executor for NoopExecutor {
+    fn spawn(&self, _spec: AttemptSpec, _events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError> {
+        let exit = AttemptExit { exit_code: Some(0), signal: None };
+        Ok(RunningAttempt { process: None, done: Box::pin(std::future::ready(exit)) })
+    }
+}

@@ -1,0 +1,305 @@
+//! The local executor against real processes.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::config::{CommandSpec, CostSource};
+
+struct Run {
+    events: Vec<AttemptEvent>,
+    exit: AttemptExit,
+    log: String,
+}
+
+fn spec(dir: &Path, command: CommandSpec) -> AttemptSpec {
+    AttemptSpec {
+        job: "nightly".into(),
+        task: "fetch".into(),
+        job_run: 7,
+        task_run: 42,
+        attempt: 2,
+        command,
+        env: vec![("EXTRA".into(), "extra value".into())],
+        stdin: None,
+        cwd: dir.to_path_buf(),
+        state_dir: dir.join("state"),
+        log_path: dir.join("logs/7/42.2.log"),
+        log_cap_bytes: 1024 * 1024,
+        cost_source: CostSource::Protocol,
+    }
+}
+
+fn sh(dir: &Path, script: &str) -> AttemptSpec {
+    spec(dir, CommandSpec::Shell(script.into()))
+}
+
+async fn run(spec: AttemptSpec) -> Run {
+    let log_path = spec.log_path.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let attempt = LocalExecutor.spawn(spec, tx).expect("spawn");
+    let exit = tokio::time::timeout(Duration::from_secs(20), attempt.done).await.expect("attempt finished in time");
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    let log = String::from_utf8_lossy(&std::fs::read(&log_path).expect("log")).into_owned();
+    Run { events, exit, log }
+}
+
+fn without_activity(events: &[AttemptEvent]) -> Vec<AttemptEvent> {
+    events.iter().filter(|e| **e != AttemptEvent::Activity).cloned().collect()
+}
+
+fn warnings(events: &[AttemptEvent]) -> Vec<String> {
+    events.iter().filter_map(|e| if let AttemptEvent::Warning(w) = e { Some(w.clone()) } else { None }).collect()
+}
+
+/// Bounded wait with a clear failure message, instead of sleeping and hoping.
+async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Live (non-zombie) members of a process group, from /proc. Zombies count as dead: pid 1 in
+/// a container does not always reap them.
+fn live_group_members(pgid: i32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+            fields.first() != Some(&"Z") && fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+        })
+        .collect()
+}
+
+fn is_dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn logs_both_streams_and_reports_exit_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ok = run(sh(dir.path(), "echo hi; echo err >&2")).await;
+    assert_eq!(ok.exit, AttemptExit { exit_code: Some(0), signal: None });
+    assert!(ok.log.contains("hi\n") && ok.log.contains("err\n"), "{}", ok.log);
+    assert!(ok.events.contains(&AttemptEvent::Activity));
+
+    let failed = run(sh(dir.path(), "exit 7")).await;
+    assert_eq!(failed.exit.exit_code, Some(7));
+    assert!(!failed.exit.success());
+}
+
+#[tokio::test]
+async fn control_channel_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = r#"
+        echo heartbeat >&3
+        printf 'progress 3/12 fetching \033[2Jpage 3\n' >&3
+        echo 'cost usd=0.0123 input_tokens=1200 output_tokens=340 model=claude-sonnet-4-5' >&3
+        echo 'output url=https://example.com/?a=b' >&3
+        printf 'output notes<<EOF\nfirst\nsecond\nEOF\n' >&3
+        echo 'launch the missiles' >&3
+        echo '' >&3
+        echo 'heartbeat' "on stdout is just a log line"
+    "#;
+    let r = run(sh(dir.path(), script)).await;
+    assert!(r.exit.success());
+    let cost = CostReport {
+        usd_micros: Some(12_300),
+        input_tokens: Some(1200),
+        output_tokens: Some(340),
+        model: Some("claude-sonnet-4-5".into()),
+    };
+    let expected = vec![
+        AttemptEvent::Heartbeat,
+        AttemptEvent::Progress("3/12 fetching ^[[2Jpage 3".into()),
+        AttemptEvent::Cost(cost),
+        AttemptEvent::Output { key: "url".into(), value: "https://example.com/?a=b".into() },
+        AttemptEvent::Output { key: "notes".into(), value: "first\nsecond".into() },
+        AttemptEvent::Warning("unknown control message `launch the missiles`".into()),
+    ];
+    assert_eq!(without_activity(&r.events), expected);
+    assert!(r.log.contains("[gaffer] warning: unknown control message `launch the missiles`"), "{}", r.log);
+}
+
+#[tokio::test]
+async fn bad_cost_lines_become_warnings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = "for l in 'cost usd=-1' 'cost usd=NaN' 'cost usd=1e5' \
+                  'cost input_tokens=99999999999999999999999' 'cost' 'cost flavour=x'; do echo \"$l\" >&3; done
+                  printf 'output open<<END\\nnever closed\\n' >&3";
+    let r = run(sh(dir.path(), script)).await;
+    assert!(r.exit.success());
+    let w = warnings(&r.events);
+    assert_eq!(w.len(), 7, "{w:?}");
+    assert!(w[6].contains("not terminated"), "{w:?}");
+    assert_eq!(without_activity(&r.events).len(), 7, "only warnings: {:?}", r.events);
+}
+
+#[tokio::test]
+async fn environment_stdin_and_cwd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work dir");
+    std::fs::create_dir(&work).expect("mkdir");
+    let mut s = sh(
+        &work,
+        "echo \"$GAFFER_JOB $GAFFER_JOB_RUN_ID $GAFFER_TASK $GAFFER_TASK_RUN_ID $GAFFER_ATTEMPT $GAFFER_CONTROL_FD\"
+         echo \"state=$GAFFER_STATE_DIR extra=$EXTRA\"; pwd; cat",
+    );
+    s.stdin = Some("from stdin\n".into());
+    s.log_path = dir.path().join("a.log");
+    let r = run(s).await;
+    assert!(r.exit.success());
+    assert!(r.log.contains("nightly 7 fetch 42 2 3\n"), "{}", r.log);
+    assert!(r.log.contains(&format!("state={} extra=extra value\n", work.join("state").display())), "{}", r.log);
+    assert!(r.log.contains(&format!("{}\n", work.display())), "{}", r.log);
+    assert!(r.log.contains("from stdin\n"), "{}", r.log);
+
+    // Without stdin the task reads /dev/null and does not hang.
+    let r = run(sh(dir.path(), "cat; echo done")).await;
+    assert!(r.log.contains("done"), "{}", r.log);
+}
+
+#[tokio::test]
+async fn argv_mode_passes_arguments_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let argv = ["printf", "<%s>\\n", "two words", "$HOME", "*"].map(String::from).to_vec();
+    let r = run(spec(dir.path(), CommandSpec::Argv(argv))).await;
+    assert!(r.exit.success());
+    assert_eq!(r.log, "<two words>\n<$HOME>\n<*>\n");
+}
+
+#[tokio::test]
+async fn spawn_errors_name_program_and_cwd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let missing = spec(dir.path(), CommandSpec::Argv(vec!["no-such-program-xyz".into()]));
+    let err = LocalExecutor.spawn(missing, tx.clone()).err().expect("not found").to_string();
+    assert!(err.contains("no-such-program-xyz") && err.contains(&dir.path().display().to_string()), "{err}");
+
+    let nowhere = sh(&dir.path().join("nope"), "true");
+    let err = LocalExecutor.spawn(nowhere, tx.clone()).err().expect("no cwd").to_string();
+    assert!(err.contains("nope") && err.contains("sh"), "{err}");
+
+    let empty = spec(dir.path(), CommandSpec::Argv(Vec::new()));
+    assert!(matches!(LocalExecutor.spawn(empty, tx), Err(SpawnError::EmptyCommand)));
+}
+
+#[tokio::test]
+async fn terminate_group_kills_the_whole_tree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let attempt = LocalExecutor.spawn(sh(dir.path(), "sleep 100 & sleep 100 & wait"), tx).expect("spawn");
+    let process = attempt.process.expect("process");
+    assert_eq!(process.pgid, process.pid as i32);
+    assert!(process.start_ticks > 0);
+    assert!(is_same_process_alive(&process));
+    wait_until("sh and two sleeps", Duration::from_secs(5), || live_group_members(process.pgid).len() == 3).await;
+
+    let started = Instant::now();
+    terminate_group(process, Duration::from_secs(5)).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "SIGTERM was enough");
+    let exit = tokio::time::timeout(Duration::from_secs(5), attempt.done).await.expect("done");
+    assert_eq!(exit, AttemptExit { exit_code: None, signal: Some(libc::SIGTERM) });
+    assert_eq!(live_group_members(process.pgid), Vec::<u32>::new());
+    assert!(!is_same_process_alive(&process));
+    // Safe on a group that is gone.
+    terminate_group(process, Duration::from_secs(1)).await;
+    kill_group_now(process.pgid);
+}
+
+#[tokio::test]
+async fn terminate_group_escalates_to_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let script = "trap '' TERM; echo heartbeat >&3; while :; do sleep 0.05; done";
+    let attempt = LocalExecutor.spawn(sh(dir.path(), script), tx).expect("spawn");
+    let process = attempt.process.expect("process");
+    // The heartbeat comes after the trap is installed.
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("heartbeat");
+    assert_eq!(first, Some(AttemptEvent::Heartbeat));
+    terminate_group(process, Duration::from_millis(300)).await;
+    let exit = tokio::time::timeout(Duration::from_secs(5), attempt.done).await.expect("done");
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+}
+
+#[tokio::test]
+async fn leader_exit_kills_background_children_holding_the_pipes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("bg.pid");
+    let script = format!("sleep 100 & echo $! > '{}'; echo leader done", pid_file.display());
+    let started = Instant::now();
+    let r = run(sh(dir.path(), &script)).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(r.exit.success());
+    let pid: u32 = std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid number");
+    wait_until("background sleep to die", Duration::from_secs(2), || is_dead(pid)).await;
+}
+
+#[tokio::test]
+async fn huge_output_without_newline_is_capped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = sh(dir.path(), "head -c 5000000 /dev/zero | tr '\\0' a; echo; echo the end");
+    s.log_cap_bytes = 64 * 1024;
+    let r = run(s).await;
+    assert!(r.exit.success());
+    let marker = "… [gaffer: 4934473 bytes omitted] …\n";
+    assert!(r.log.len() <= 64 * 1024 + marker.len() + 1, "log is {} bytes", r.log.len());
+    assert!(r.log.contains(marker), "{}", &r.log[32 * 1024 - 10..32 * 1024 + 60]);
+    assert!(r.log.starts_with("aaaa") && r.log.ends_with("aaa\nthe end\n"));
+}
+
+#[tokio::test]
+async fn claude_json_result_becomes_one_cost_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = sh(
+        dir.path(),
+        r#"echo 'working...'; echo '{"type":"result","total_cost_usd":0.0421,"usage":{"input_tokens":1000,"output_tokens":200}}'"#,
+    );
+    s.cost_source = CostSource::ClaudeJson;
+    let r = run(s).await;
+    let cost = CostReport { usd_micros: Some(42_100), input_tokens: Some(1000), output_tokens: Some(200), model: None };
+    assert_eq!(without_activity(&r.events), vec![AttemptEvent::Cost(cost)]);
+
+    let mut s = sh(dir.path(), "echo no json here");
+    s.cost_source = CostSource::OpenAiJson;
+    let r = run(s).await;
+    assert_eq!(warnings(&r.events).len(), 1, "{:?}", r.events);
+}
+
+#[tokio::test]
+async fn activity_is_throttled_for_chatty_tasks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = run(sh(dir.path(), "seq 1 100000")).await;
+    assert!(r.log.ends_with("99999\n100000\n"));
+    let activity = r.events.iter().filter(|e| **e == AttemptEvent::Activity).count();
+    assert!((1..1000).contains(&activity), "{activity} activity events");
+}
+
+#[tokio::test]
+async fn noop_executor_succeeds_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let attempt = NoopExecutor.spawn(sh(dir.path(), "exit 1"), tx).expect("spawn");
+    assert!(attempt.process.is_none());
+    assert!(attempt.done.await.success());
+    assert!(rx.try_recv().is_err());
+    assert!(!dir.path().join("logs").exists());
+}

@@ -1,0 +1,126 @@
+//! Headless output: one human line per state change, or the JSON event stream (SPEC §6).
+
+use std::io::Write;
+
+use crate::engine::EngineEvent;
+use crate::model::money::format_usd;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// Writes one event in the chosen format. Events that say nothing to a person (cost ticks,
+/// progress) are left out of the human form; they are in the journal and in `--json`.
+pub fn print(out: &mut impl Write, format: Format, event: &EngineEvent) -> std::io::Result<()> {
+    match format {
+        Format::Json => writeln!(out, "{}", event.to_json()),
+        Format::Human => match human_line(event) {
+            Some(line) => writeln!(out, "{line}"),
+            None => Ok(()),
+        },
+    }
+}
+
+/// `13:00:01.123 #3 report.fetch  started (attempt 1, pid 4242)`.
+pub fn human_line(e: &EngineEvent) -> Option<String> {
+    let what = describe(e)?;
+    let time = crate::engine::rfc3339_ms(e.ts_ms);
+    let clock = time.get(11..23).unwrap_or(&time);
+    let who = match (&e.task_run, &e.task, &e.job_run, &e.job) {
+        (Some(id), Some(task), _, Some(job)) => format!("#{id} {job}.{task}"),
+        (_, _, Some(id), Some(job)) => format!("j{id} {job}"),
+        _ => String::from("gaffer"),
+    };
+    Some(format!("{clock} {who:<28} {what}"))
+}
+
+fn describe(e: &EngineEvent) -> Option<String> {
+    let reason = e.str_field("reason").unwrap_or("");
+    let cost = e
+        .field("cost_usd")
+        .and_then(|v| v.as_f64())
+        .filter(|c| *c > 0.0)
+        .map(|c| format!(", ${c}"))
+        .unwrap_or_default();
+    Some(match e.event {
+        "job.started" if e.field("retry").is_some() => "job run reopened by a retry".into(),
+        "job.started" => "job started".into(),
+        "job.succeeded" => format!("job succeeded{cost}"),
+        "job.failed" => format!("job failed: {reason}{cost}"),
+        "job.cancelled" => format!("job cancelled{cost}"),
+        "task.queued" => "queued".into(),
+        "task.started" => match e.field("pid") {
+            Some(pid) => format!("started (attempt {}, pid {pid})", e.attempt.unwrap_or(1)),
+            None => format!("started (attempt {})", e.attempt.unwrap_or(1)),
+        },
+        "task.succeeded" => {
+            format!("succeeded in {}{cost}", duration(e.field("duration_ms").and_then(|v| v.as_u64()).unwrap_or(0)))
+        }
+        "task.failed" => failed(e),
+        "task.retry_scheduled" => format!(
+            "retry {} in {}",
+            e.field("next_attempt").map(|v| v.to_string()).unwrap_or_default(),
+            duration(e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0))
+        ),
+        "task.dead_lettered" => format!("dead: {reason} (gaffer retry {} to run it again)", e.task_run.unwrap_or(0)),
+        "task.cancelled" => "cancelled".into(),
+        "task.skipped" => "skipped".into(),
+        "worker.restarted" => {
+            format!("worker {} restarted ({reason})", e.field("worker").map(|v| v.to_string()).unwrap_or_default())
+        }
+        "budget.exceeded" => format!(
+            "{} budget exceeded: spent ${} of ${}",
+            e.str_field("scope").unwrap_or("job"),
+            e.field("spent_usd").map(|v| v.to_string()).unwrap_or_default(),
+            e.field("limit_usd").map(|v| v.to_string()).unwrap_or_default()
+        ),
+        _ => return None,
+    })
+}
+
+fn failed(e: &EngineEvent) -> String {
+    let mut text = format!("attempt {} failed: {}", e.attempt.unwrap_or(0), e.str_field("reason").unwrap_or("?"));
+    if let Some(code) = e.field("exit_code") {
+        text.push_str(&format!(" {code}"));
+    }
+    if let Some(signal) = e.field("signal") {
+        text.push_str(&format!(" (signal {signal})"));
+    }
+    if let Some(detail) = e.str_field("detail") {
+        text.push_str(&format!(": {detail}"));
+    }
+    text
+}
+
+/// `950ms`, `2.4s`, `3m05s`.
+pub fn duration(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1_000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
+/// `$0.0123`, for summaries.
+pub fn dollars(micros: u64) -> String {
+    format!("${}", format_usd(micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_name_the_task_and_what_happened() {
+        let mut e = EngineEvent::new("task.failed", 0).with("reason", "exit_code").with("exit_code", 3);
+        (e.job, e.job_run, e.task, e.task_run, e.attempt) =
+            (Some("report".into()), Some(1), Some("fetch".into()), Some(7), Some(2));
+        let line = human_line(&e).expect("a line");
+        assert!(line.contains(" #7 report.fetch "), "{line}");
+        assert!(line.ends_with(" attempt 2 failed: exit_code 3"), "{line}");
+        assert_eq!(duration(2_400), "2.4s");
+        assert_eq!(duration(185_000), "3m05s");
+    }
+}

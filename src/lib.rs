@@ -1,0 +1,23 @@
+//! gaffer: a durable, supervised job orchestrator for shell and AI-agent tasks.
+//!
+//! # Layout
+//!
+//! - [`config`]: the workflow file: serde-free parsing with `file:line:col` diagnostics,
+//!   defaults, templates.
+//! - [`model`]: the rules as pure functions: states, retry delays, priority with aging,
+//!   budgets, the job-run transition engine.
+//! - [`store`]: durable state in redb with group commit; records and their codec.
+//! - [`engine`]: the actix actor tree (supervisor, journal, scheduler, dispatcher, job runs,
+//!   workers, watchdog) behind `EngineHandle` and `EngineEvent`.
+//! - [`executor`]: runs one attempt as a process group with fd 3 as the control channel.
+//! - [`cli`]: the `gaffer` command line; [`headless`]: human and JSON progress lines.
+//! - [`sanitize`]: makes untrusted text inert where it enters gaffer.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod executor;
+pub mod headless;
+pub mod model;
+pub mod sanitize;
+pub mod store;

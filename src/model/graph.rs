@@ -1,0 +1,307 @@
+//! The job-run transition engine, as pure functions.
+//!
+//! Event-driven, not a topological sort: when a task run ends, only *its* outgoing edges are
+//! looked at. `needs = [a, b]` on `x` is sugar for the transitions `a → x` and `b → x` with a
+//! join over all of them. Workflow control of SPEC §2.2 (`next`, `join = N`, cycles) extends the
+//! edges here without changing the actor that applies the steps.
+//!
+//! Every function takes the current states, changes them in place and returns the changes it
+//! made, so the caller can persist exactly those and report them.
+
+use crate::config::JobDef;
+use crate::model::{JobState, TaskState};
+
+/// The edges of one job, by task index (file order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobGraph {
+    pub names: Vec<String>,
+    needs: Vec<Vec<usize>>,
+    dependents: Vec<Vec<usize>>,
+}
+
+/// One state change decided by the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub task: usize,
+    pub to: TaskState,
+}
+
+impl JobGraph {
+    /// Builds the graph of a validated job (every `needs` entry names a task of the job).
+    pub fn new(job: &JobDef) -> JobGraph {
+        let names: Vec<String> = job.tasks.iter().map(|t| t.name.clone()).collect();
+        let index = |n: &String| names.iter().position(|m| m == n);
+        let needs: Vec<Vec<usize>> = job.tasks.iter().map(|t| t.needs.iter().filter_map(index).collect()).collect();
+        JobGraph::from_needs(names.clone(), needs)
+    }
+
+    pub fn from_needs(names: Vec<String>, needs: Vec<Vec<usize>>) -> JobGraph {
+        let mut dependents = vec![Vec::new(); needs.len()];
+        for (task, ns) in needs.iter().enumerate() {
+            for &n in ns {
+                dependents[n].push(task);
+            }
+        }
+        JobGraph { names, needs, dependents }
+    }
+
+    pub fn len(&self) -> usize {
+        self.needs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.needs.is_empty()
+    }
+
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    pub fn needs(&self, task: usize) -> &[usize] {
+        &self.needs[task]
+    }
+}
+
+/// A job run takes no new work once one of its tasks is dead or cancelled (SPEC §2.2 fail-fast
+/// for new work): what would start next is skipped instead.
+pub fn is_failing(states: &[TaskState]) -> bool {
+    states.iter().any(|s| matches!(s, TaskState::Dead | TaskState::Cancelled))
+}
+
+/// A new job run: the tasks with no `needs` are queued, the rest wait.
+pub fn start(graph: &JobGraph, states: &mut [TaskState]) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for task in 0..graph.len() {
+        if states[task] == TaskState::Pending && graph.needs[task].is_empty() {
+            set(states, &mut changes, task, TaskState::Queued);
+        }
+    }
+    changes
+}
+
+/// `task` has just reached a terminal state (already set in `states`): follow its edges.
+pub fn after_end(graph: &JobGraph, states: &mut [TaskState], task: usize) -> Vec<Change> {
+    let mut changes = Vec::new();
+    follow_edges(graph, states, task, &mut changes);
+    if is_failing(states) {
+        stop_new_work(graph, states, &mut changes);
+    }
+    changes
+}
+
+/// After a dead-letter retry put `task` back in its queue: the job run may take new work again,
+/// so everything that was skipped is looked at afresh.
+pub fn reopen(graph: &JobGraph, states: &mut [TaskState]) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for task in 0..graph.len() {
+        if states[task] == TaskState::Skipped {
+            set(states, &mut changes, task, TaskState::Pending);
+        }
+    }
+    changes.extend(reopen_pending(graph, states));
+    changes
+}
+
+/// Settles every pending task whose needs have already ended (after a restart, a crash may
+/// have come between a task's end and the commit of what follows it).
+pub fn reopen_pending(graph: &JobGraph, states: &mut [TaskState]) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let failing = is_failing(states);
+    for task in topological_order(graph) {
+        if states[task] != TaskState::Pending {
+            continue;
+        }
+        let needs = &graph.needs[task];
+        if needs.iter().any(|&n| states[n].is_unsuccessful_end()) || (failing && all_succeeded(needs, states)) {
+            set(states, &mut changes, task, TaskState::Skipped);
+        } else if all_succeeded(needs, states) {
+            set(states, &mut changes, task, TaskState::Queued);
+        }
+    }
+    changes
+}
+
+/// Running tasks to cancel when a failing job run has `fail_fast = true`.
+pub fn running_tasks(states: &[TaskState]) -> Vec<usize> {
+    (0..states.len()).filter(|&t| matches!(states[t], TaskState::Running | TaskState::Retrying)).collect()
+}
+
+/// `None` while anything can still happen; otherwise how the job run ended.
+pub fn outcome(states: &[TaskState], cancel_requested: bool) -> Option<JobState> {
+    if !states.iter().all(|s| s.is_terminal()) {
+        return None;
+    }
+    Some(if cancel_requested {
+        JobState::Cancelled
+    } else if states.iter().all(|s| *s == TaskState::Succeeded) {
+        JobState::Succeeded
+    } else {
+        JobState::Failed
+    })
+}
+
+fn follow_edges(graph: &JobGraph, states: &mut [TaskState], task: usize, changes: &mut Vec<Change>) {
+    let failing = is_failing(states);
+    for &next in &graph.dependents[task] {
+        if states[next] != TaskState::Pending {
+            continue;
+        }
+        if states[task].is_unsuccessful_end() {
+            set(states, changes, next, TaskState::Skipped);
+            follow_edges(graph, states, next, changes);
+        } else if all_succeeded(&graph.needs[next], states) {
+            let to = if failing { TaskState::Skipped } else { TaskState::Queued };
+            set(states, changes, next, to);
+            if to == TaskState::Skipped {
+                follow_edges(graph, states, next, changes);
+            }
+        }
+    }
+}
+
+/// Queued task runs have not started: they are skipped, and so is what depends on them.
+/// Pending ones follow when their needs end.
+fn stop_new_work(graph: &JobGraph, states: &mut [TaskState], changes: &mut Vec<Change>) {
+    for task in 0..states.len() {
+        if states[task] == TaskState::Queued {
+            set(states, changes, task, TaskState::Skipped);
+            follow_edges(graph, states, task, changes);
+        }
+    }
+}
+
+fn all_succeeded(needs: &[usize], states: &[TaskState]) -> bool {
+    needs.iter().all(|&n| states[n] == TaskState::Succeeded)
+}
+
+fn set(states: &mut [TaskState], changes: &mut Vec<Change>, task: usize, to: TaskState) {
+    states[task] = to;
+    changes.push(Change { task, to });
+}
+
+/// Kahn's order; the validator rejects `needs` cycles, so every task appears once.
+fn topological_order(graph: &JobGraph) -> Vec<usize> {
+    let mut missing: Vec<usize> = graph.needs.iter().map(Vec::len).collect();
+    let mut order: Vec<usize> = (0..graph.len()).filter(|&t| missing[t] == 0).collect();
+    let mut i = 0;
+    while i < order.len() {
+        for &d in &graph.dependents[order[i]] {
+            missing[d] -= 1;
+            if missing[d] == 0 {
+                order.push(d);
+            }
+        }
+        i += 1;
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskState::*;
+    use proptest::prelude::*;
+
+    /// a → b → d, a → c → d, e alone.
+    fn diamond() -> JobGraph {
+        let names = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        JobGraph::from_needs(names, vec![vec![], vec![0], vec![0], vec![1, 2], vec![]])
+    }
+
+    fn end(graph: &JobGraph, states: &mut [TaskState], task: usize, to: TaskState) -> Vec<Change> {
+        states[task] = to;
+        after_end(graph, states, task)
+    }
+
+    #[test]
+    fn diamond_joins_over_all_needs() {
+        let g = diamond();
+        let mut s = vec![Pending; 5];
+        assert_eq!(start(&g, &mut s).len(), 2);
+        assert_eq!(s, [Queued, Pending, Pending, Pending, Queued]);
+        end(&g, &mut s, 0, Succeeded);
+        assert_eq!(&s[1..3], [Queued, Queued]);
+        end(&g, &mut s, 1, Succeeded);
+        assert_eq!(s[3], Pending, "d waits for c too");
+        end(&g, &mut s, 2, Succeeded);
+        assert_eq!(s[3], Queued);
+    }
+
+    #[test]
+    fn dead_task_skips_dependents_and_new_work() {
+        let g = diamond();
+        let mut s = vec![Pending; 5];
+        start(&g, &mut s);
+        end(&g, &mut s, 0, Dead);
+        assert_eq!(s, [Dead, Skipped, Skipped, Skipped, Skipped]);
+        assert_eq!(outcome(&s, false), Some(JobState::Failed));
+    }
+
+    #[test]
+    fn running_work_finishes_when_failing() {
+        let g = diamond();
+        let mut s = vec![Pending; 5];
+        start(&g, &mut s);
+        s[4] = Running;
+        end(&g, &mut s, 0, Dead);
+        assert_eq!(s[4], Running);
+        assert_eq!(outcome(&s, false), None);
+    }
+
+    #[test]
+    fn reopen_after_dead_letter_retry() {
+        let g = diamond();
+        let mut s = vec![Dead, Skipped, Skipped, Skipped, Succeeded];
+        s[0] = Queued;
+        reopen(&g, &mut s);
+        assert_eq!(s, [Queued, Pending, Pending, Pending, Succeeded]);
+        let mut s = vec![Succeeded, Dead, Skipped, Skipped, Succeeded];
+        s[1] = Queued;
+        reopen(&g, &mut s);
+        assert_eq!(s, [Succeeded, Queued, Queued, Pending, Succeeded]);
+    }
+
+    #[test]
+    fn outcomes() {
+        assert_eq!(outcome(&[Succeeded, Succeeded], false), Some(JobState::Succeeded));
+        assert_eq!(outcome(&[Succeeded, Cancelled], true), Some(JobState::Cancelled));
+        assert_eq!(outcome(&[Succeeded, Retrying], false), None);
+    }
+
+    /// A random DAG: each task needs some of the tasks before it.
+    fn dag() -> impl Strategy<Value = JobGraph> {
+        (1usize..9).prop_flat_map(|n| {
+            proptest::collection::vec(proptest::collection::vec(any::<bool>(), n), n).prop_map(move |m| {
+                let needs = (0..n).map(|t| (0..t).filter(|&u| m[t][u]).collect()).collect();
+                JobGraph::from_needs((0..n).map(|i| format!("t{i}")).collect(), needs)
+            })
+        })
+    }
+
+    proptest! {
+        /// Against the reference model of SPEC §7: whatever the outcomes and their order, a task
+        /// only ever starts once all its needs succeeded, the run always ends, and it succeeds
+        /// exactly when every task did.
+        #[test]
+        fn engine_matches_reference(g in dag(), fates in proptest::collection::vec(any::<bool>(), 9), picks in proptest::collection::vec(any::<usize>(), 64)) {
+            let mut s = vec![Pending; g.len()];
+            start(&g, &mut s);
+            let mut steps = 0;
+            while outcome(&s, false).is_none() {
+                let queued: Vec<usize> = (0..g.len()).filter(|&t| s[t] == Queued).collect();
+                prop_assert!(!queued.is_empty(), "stuck: {:?}", s);
+                let t = queued[picks[steps % picks.len()] % queued.len()];
+                prop_assert!(g.needs(t).iter().all(|&n| s[n] == Succeeded));
+                let to = if fates[t] { Succeeded } else { Dead };
+                end(&g, &mut s, t, to);
+                steps += 1;
+                prop_assert!(steps <= g.len());
+            }
+            let all_ok = (0..g.len()).all(|t| fates[t]);
+            prop_assert_eq!(outcome(&s, false), Some(if all_ok { JobState::Succeeded } else { JobState::Failed }));
+            if s.contains(&Skipped) {
+                prop_assert!(!fates.iter().take(g.len()).all(|f| *f), "a task was skipped though every task succeeded");
+            }
+        }
+    }
+}

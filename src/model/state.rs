@@ -1,0 +1,139 @@
+//! Task-run and job-run states (SPEC §7) and why an attempt failed (SPEC §6).
+
+use serde::{Deserialize, Serialize};
+
+/// `pending → queued → running → succeeded | retrying → queued … | dead | cancelled | skipped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Waiting for its `needs`.
+    Pending,
+    /// In its queue's ready list.
+    Queued,
+    /// An attempt is running.
+    Running,
+    /// Waiting for its retry timer (`not_before`).
+    Retrying,
+    Succeeded,
+    /// Will not be retried by itself; waits for a person.
+    Dead,
+    Cancelled,
+    /// A dependency did not succeed, or the job run failed before it started.
+    Skipped,
+    /// `wait_for` (SPEC §2.2), not produced yet.
+    Waiting,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 9] = [
+        TaskState::Pending,
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Retrying,
+        TaskState::Succeeded,
+        TaskState::Dead,
+        TaskState::Cancelled,
+        TaskState::Skipped,
+        TaskState::Waiting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Retrying => "retrying",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Dead => "dead",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Skipped => "skipped",
+            TaskState::Waiting => "waiting",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Nothing more happens to it unless a person retries it. `dead` counts: it waits for a person.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled | TaskState::Skipped)
+    }
+
+    /// A state that blocks its dependents for good (they are skipped).
+    pub fn is_unsuccessful_end(self) -> bool {
+        matches!(self, TaskState::Dead | TaskState::Cancelled | TaskState::Skipped)
+    }
+}
+
+/// `running → succeeded | failed | cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 4] = [JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self != JobState::Running
+    }
+}
+
+/// Why an attempt, or a task run, did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailReason {
+    ExitCode,
+    Timeout,
+    HeartbeatTimeout,
+    SpawnError,
+    Interrupted,
+    Budget,
+    Cancelled,
+    QueueTimeout,
+}
+
+impl FailReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::ExitCode => "exit_code",
+            FailReason::Timeout => "timeout",
+            FailReason::HeartbeatTimeout => "heartbeat_timeout",
+            FailReason::SpawnError => "spawn_error",
+            FailReason::Interrupted => "interrupted",
+            FailReason::Budget => "budget",
+            FailReason::Cancelled => "cancelled",
+            FailReason::QueueTimeout => "queue_timeout",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in TaskState::ALL {
+            assert_eq!(TaskState::parse(s.as_str()), Some(s));
+        }
+        for s in JobState::ALL {
+            assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+    }
+}

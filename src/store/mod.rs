@@ -1,0 +1,300 @@
+//! Durable state in one redb file, `state.redb`.
+//!
+//! One writer: the running instance, through [`StoreHandle`], whose thread batches every
+//! mutation that arrives while the previous commit is being made durable into one write
+//! transaction (group commit) and answers each caller only after that commit. Readers (the CLI
+//! while an instance runs, or the instance itself) open MVCC snapshots and never block it.
+//!
+//! Architecture Invariant: `store` knows nothing of actors or processes; it stores records.
+
+mod codec;
+mod lock;
+pub mod records;
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+use redb::{ConcurrencyMode, Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+
+pub use lock::{InstanceLock, holder as instance_pid};
+pub use records::{AttemptRecord, DefinitionRecord, JobRunRecord, TaskRunRecord};
+pub use writer::{Ids, StoreCloser, StoreHandle};
+
+/// Bumped on any change of tables or of a record's meaning; checked at open.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const DEFINITIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("definitions");
+const JOB_RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("job_runs");
+const TASK_RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("task_runs");
+/// (job_run, task_run) → (): the task runs of one job run, without a scan.
+const JOB_TASKS: TableDefinition<(u64, u64), ()> = TableDefinition::new("job_tasks");
+const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
+
+const SEQ_JOB_RUN: &str = "seq.job_run";
+const SEQ_TASK_RUN: &str = "seq.task_run";
+const SEQ_ENQUEUE: &str = "seq.enqueue";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state dir {} is in use by another gaffer instance{}", state_dir.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    InUse { state_dir: PathBuf, pid: Option<u32> },
+    #[error("{}: {reason}", path.display())]
+    Io { path: PathBuf, reason: String },
+    #[error("state.redb: {0}")]
+    Db(String),
+    #[error(
+        "state.redb has schema version {found}, this gaffer understands {SCHEMA_VERSION}: use the gaffer that wrote it, or a newer one"
+    )]
+    Schema { found: u64 },
+    #[error("state.redb: a stored value cannot be read: {0}")]
+    Codec(String),
+    #[error("no state dir at {}: nothing has run here yet", .0.display())]
+    Missing(PathBuf),
+    #[error("the store has stopped")]
+    Closed,
+}
+
+impl StoreError {
+    fn io(path: &Path, e: std::io::Error) -> StoreError {
+        StoreError::Io { path: path.to_path_buf(), reason: e.to_string() }
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// A mutation, applied whole: a put replaces the record.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    Definition(u64, DefinitionRecord),
+    JobRun(JobRunRecord),
+    TaskRun(TaskRunRecord),
+    Attempt(AttemptRecord),
+}
+
+/// Opens (creating if needed) the state dir as its one writer: takes the instance lock, checks
+/// the schema version, and starts the group-commit thread.
+pub fn open_writer(state_dir: &Path) -> Result<(StoreHandle, StoreCloser, InstanceLock), StoreError> {
+    create_private_dir(state_dir)?;
+    let lock = InstanceLock::acquire(state_dir)?;
+    let path = state_dir.join("state.redb");
+    let db =
+        Database::builder().set_concurrency_mode(ConcurrencyMode::SingleWriter).create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse { state_dir: state_dir.to_path_buf(), pid: None }
+            }
+            other => db_err(other),
+        })?;
+    let ids = prepare(&db)?;
+    let (handle, closer) = StoreHandle::start(db, ids)?;
+    Ok((handle, closer, lock))
+}
+
+/// Opens the state dir for reading only; works while an instance writes.
+pub fn open_reader(state_dir: &Path) -> Result<Reader, StoreError> {
+    let path = state_dir.join("state.redb");
+    if !path.exists() {
+        return Err(StoreError::Missing(state_dir.to_path_buf()));
+    }
+    let db = match open_read_only(&path) {
+        Err(redb::DatabaseError::RepairAborted) if lock::holder(state_dir).is_none() => {
+            repair(state_dir)?;
+            open_read_only(&path).map_err(db_err)?
+        }
+        other => other.map_err(db_err)?,
+    };
+    let reader = Reader::new(&db)?;
+    reader.check_schema()?;
+    Ok(reader)
+}
+
+fn open_read_only(path: &Path) -> Result<redb::ReadOnlyDatabase, redb::DatabaseError> {
+    Database::builder().set_concurrency_mode(ConcurrencyMode::SingleWriter).open_read_only(path)
+}
+
+/// A file left by a crash (kill -9) needs a repair that only a writer may make; with no
+/// instance running, a reader makes it, holding the instance lock meanwhile.
+fn repair(state_dir: &Path) -> Result<(), StoreError> {
+    let _lock = InstanceLock::acquire(state_dir)?;
+    let db = Database::builder()
+        .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+        .open(state_dir.join("state.redb"))
+        .map_err(db_err)?;
+    drop(db);
+    Ok(())
+}
+
+/// The state dir holds logs and, later, a control socket: only its owner may enter it.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| StoreError::io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Creates the tables of a new file, checks the schema of an old one, and loads the sequences.
+fn prepare(db: &Database) -> Result<Ids, StoreError> {
+    let txn = db.begin_write().map_err(db_err)?;
+    let ids;
+    {
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        let version = meta.get("schema_version").map_err(db_err)?.map(|v| v.value());
+        match version {
+            None => {
+                meta.insert("schema_version", SCHEMA_VERSION).map_err(db_err)?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(found) => return Err(StoreError::Schema { found }),
+        }
+        let get = |key: &str| -> Result<u64, StoreError> {
+            Ok(meta.get(key).map_err(db_err)?.map(|v| v.value()).unwrap_or(0))
+        };
+        ids = Ids::new(get(SEQ_JOB_RUN)?, get(SEQ_TASK_RUN)?, get(SEQ_ENQUEUE)?);
+        txn.open_table(DEFINITIONS).map_err(db_err)?;
+        txn.open_table(JOB_RUNS).map_err(db_err)?;
+        txn.open_table(TASK_RUNS).map_err(db_err)?;
+        txn.open_table(JOB_TASKS).map_err(db_err)?;
+        txn.open_table(ATTEMPTS).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(ids)
+}
+
+/// Applies one batch inside one write transaction; the sequences follow the ids written.
+fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META).map_err(db_err)?;
+    let mut definitions = txn.open_table(DEFINITIONS).map_err(db_err)?;
+    let mut job_runs = txn.open_table(JOB_RUNS).map_err(db_err)?;
+    let mut task_runs = txn.open_table(TASK_RUNS).map_err(db_err)?;
+    let mut job_tasks = txn.open_table(JOB_TASKS).map_err(db_err)?;
+    let mut attempts = txn.open_table(ATTEMPTS).map_err(db_err)?;
+    let (mut max_job, mut max_task, mut max_seq) = (0, 0, 0);
+    for m in batch {
+        match m {
+            Mutation::Definition(hash, d) => {
+                definitions.insert(*hash, codec::encode(d)?.as_slice()).map_err(db_err)?;
+            }
+            Mutation::JobRun(r) => {
+                max_job = max_job.max(r.id);
+                job_runs.insert(r.id, codec::encode(r)?.as_slice()).map_err(db_err)?;
+            }
+            Mutation::TaskRun(r) => {
+                max_task = max_task.max(r.id);
+                max_seq = max_seq.max(r.enqueue_seq);
+                task_runs.insert(r.id, codec::encode(r)?.as_slice()).map_err(db_err)?;
+                job_tasks.insert((r.job_run, r.id), ()).map_err(db_err)?;
+            }
+            Mutation::Attempt(a) => {
+                attempts.insert((a.task_run, a.n), codec::encode(a)?.as_slice()).map_err(db_err)?;
+            }
+        }
+    }
+    for (key, value) in [(SEQ_JOB_RUN, max_job), (SEQ_TASK_RUN, max_task), (SEQ_ENQUEUE, max_seq)] {
+        let stored = meta.get(key).map_err(db_err)?.map(|v| v.value()).unwrap_or(0);
+        if value > stored {
+            meta.insert(key, value).map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// A consistent snapshot of the store.
+pub struct Reader {
+    txn: ReadTransaction,
+}
+
+impl Reader {
+    fn new(db: &impl ReadableDatabase) -> Result<Reader, StoreError> {
+        Ok(Reader { txn: db.begin_read().map_err(db_err)? })
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let meta = self.txn.open_table(META).map_err(db_err)?;
+        match meta.get("schema_version").map_err(db_err)?.map(|v| v.value()) {
+            Some(SCHEMA_VERSION) => Ok(()),
+            Some(found) => Err(StoreError::Schema { found }),
+            None => Err(StoreError::Db("no schema version: not a gaffer state file".into())),
+        }
+    }
+
+    pub fn job_runs(&self) -> Result<Vec<JobRunRecord>, StoreError> {
+        self.all(JOB_RUNS)
+    }
+
+    pub fn task_runs(&self) -> Result<Vec<TaskRunRecord>, StoreError> {
+        self.all(TASK_RUNS)
+    }
+
+    pub fn job_run(&self, id: u64) -> Result<Option<JobRunRecord>, StoreError> {
+        self.one(JOB_RUNS, id)
+    }
+
+    pub fn task_run(&self, id: u64) -> Result<Option<TaskRunRecord>, StoreError> {
+        self.one(TASK_RUNS, id)
+    }
+
+    pub fn definition(&self, hash: u64) -> Result<Option<DefinitionRecord>, StoreError> {
+        self.one(DEFINITIONS, hash)
+    }
+
+    /// The task runs of one job run, in id order.
+    pub fn task_runs_of(&self, job_run: u64) -> Result<Vec<TaskRunRecord>, StoreError> {
+        let index = self.txn.open_table(JOB_TASKS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in index.range((job_run, 0)..=(job_run, u64::MAX)).map_err(db_err)? {
+            let (key, _) = entry.map_err(db_err)?;
+            if let Some(r) = self.task_run(key.value().1)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn attempts_of(&self, task_run: u64) -> Result<Vec<AttemptRecord>, StoreError> {
+        let table = self.txn.open_table(ATTEMPTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.range((task_run, 0)..=(task_run, u32::MAX)).map_err(db_err)? {
+            let (_, v) = entry.map_err(db_err)?;
+            out.push(codec::decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn attempts(&self) -> Result<Vec<AttemptRecord>, StoreError> {
+        let table = self.txn.open_table(ATTEMPTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (_, v) = entry.map_err(db_err)?;
+            out.push(codec::decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn all<T: serde::de::DeserializeOwned>(&self, def: TableDefinition<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
+        let table = self.txn.open_table(def).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (_, v) = entry.map_err(db_err)?;
+            out.push(codec::decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn one<T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<u64, &[u8]>,
+        id: u64,
+    ) -> Result<Option<T>, StoreError> {
+        let table = self.txn.open_table(def).map_err(db_err)?;
+        match table.get(id).map_err(db_err)? {
+            Some(v) => Ok(Some(codec::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

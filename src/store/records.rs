@@ -1,0 +1,105 @@
+//! What is stored, one record per row. Every value on disk starts with a version byte so a later
+//! gaffer can read an older file (see `codec`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{FailReason, JobState, TaskState};
+
+/// One execution of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRunRecord {
+    pub id: u64,
+    pub job: String,
+    /// Key of the workflow source in `definitions`: a run keeps the definition it started with.
+    pub definition: u64,
+    pub params: BTreeMap<String, String>,
+    pub state: JobState,
+    pub reason: Option<String>,
+    pub cost_usd_micros: u64,
+    pub created_at_ms: u64,
+    pub ended_at_ms: Option<u64>,
+    pub cancel_requested: bool,
+}
+
+/// One task inside one job run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRunRecord {
+    pub id: u64,
+    pub job_run: u64,
+    pub job: String,
+    pub task: String,
+    /// Index of the task in its job's file order (the graph's index).
+    pub task_index: u32,
+    pub state: TaskState,
+    pub queue: String,
+    pub priority: u8,
+    /// Number of the latest attempt started; 0 before the first.
+    pub attempt: u32,
+    /// Attempt number that opened the current series (a dead-letter retry opens a new one).
+    pub series_start: u32,
+    pub max_attempts: u32,
+    /// When `queued`: when it entered the queue; the queue order and `queue_timeout` use it.
+    pub queued_at_ms: Option<u64>,
+    /// Ties between equal priorities go to the lower sequence.
+    pub enqueue_seq: u64,
+    /// When `retrying`: the retry may not start before this.
+    pub not_before_ms: Option<u64>,
+    pub outputs: BTreeMap<String, String>,
+    pub exit_code: Option<i32>,
+    pub cost_usd_micros: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub reason: Option<FailReason>,
+    /// Human detail for the reason (exit code, the spawn error, who cancelled).
+    pub detail: Option<String>,
+    pub progress: Option<String>,
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
+}
+
+impl TaskRunRecord {
+    /// Attempts used in the current series, what `max_attempts` is compared with.
+    pub fn attempts_in_series(&self) -> u32 {
+        if self.attempt < self.series_start { 0 } else { self.attempt - self.series_start + 1 }
+    }
+}
+
+/// One try of a task run: one process group, one log file, one outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub task_run: u64,
+    pub job_run: u64,
+    pub n: u32,
+    pub pid: Option<u32>,
+    pub pgid: Option<i32>,
+    /// `/proc/<pid>/stat` start time, so crash recovery never kills a recycled pid.
+    pub start_ticks: u64,
+    pub started_at_ms: u64,
+    pub ended_at_ms: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: Option<FailReason>,
+    pub detail: Option<String>,
+    pub cost_usd_micros: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub model: Option<String>,
+    /// Relative to the state dir.
+    pub log: String,
+}
+
+impl AttemptRecord {
+    pub fn log_path(job_run: u64, task_run: u64, n: u32) -> String {
+        format!("logs/{job_run}/{task_run}.{n}.log")
+    }
+}
+
+/// The workflow file a job run was started from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DefinitionRecord {
+    pub path: String,
+    pub source: String,
+}
