@@ -173,9 +173,9 @@ async fn start_runs(
     format: Format,
 ) -> Result<(Vec<u64>, Events), engine::EngineError> {
     let events = handle.subscribe().await?;
-    let resumed = handle.resume_all().await?;
+    let mut resumed = handle.resume_all().await?;
+    resumed.extend(handle.apply_inbox().await?);
     let mut ids: Vec<u64> = resumed.iter().map(|(id, _)| *id).collect();
-    ids.extend(handle.apply_inbox().await?);
     for job in jobs {
         if let Some((id, _)) = resumed.iter().find(|(_, j)| j == job) {
             say(format, &format!("job `{job}` has an unfinished run j{id}: resuming it instead of starting a new one"));

@@ -226,20 +226,23 @@ impl Actor for Dispatcher {
     }
 }
 
+/// Ready task runs, all at once: a batch is ordered among itself before anything starts.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Enqueue(pub ReadyEntry);
+pub struct Enqueue(pub Vec<ReadyEntry>);
 
 impl Handler<Enqueue> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, Enqueue(mut entry): Enqueue, ctx: &mut Self::Context) {
-        let Some(queue) = self.queues.get_mut(&entry.queue) else {
-            tracing::error!(task_run = entry.task_run, "unknown queue `{}`", entry.queue);
-            return;
-        };
-        entry.key = priority_key(entry.priority, entry.queued_at_ms, queue.def.aging);
-        queue.ready.push(entry);
+    fn handle(&mut self, Enqueue(entries): Enqueue, ctx: &mut Self::Context) {
+        for mut entry in entries {
+            let Some(queue) = self.queues.get_mut(&entry.queue) else {
+                tracing::error!(task_run = entry.task_run, "unknown queue `{}`", entry.queue);
+                continue;
+            };
+            entry.key = priority_key(entry.priority, entry.queued_at_ms, queue.def.aging);
+            queue.ready.push(entry);
+        }
         self.dispatch(ctx);
     }
 }

@@ -194,9 +194,7 @@ impl JobRun {
         }
         let finished = self.settle_outcome(&mut mutations, &mut events);
         self.persist_then(ctx, mutations, events, move |act, ctx| {
-            for i in ready {
-                act.enqueue(i, ctx);
-            }
+            act.enqueue(&ready, ctx);
             if finished {
                 act.finish(ctx);
             }
@@ -207,22 +205,21 @@ impl JobRun {
         self.record.cancel_requested
     }
 
-    fn enqueue(&self, i: usize, ctx: &mut Context<Self>) {
-        let t = &self.tasks[i];
-        if t.state != TaskState::Queued {
-            return;
+    /// Hands the queued ones among `tasks` to the dispatcher, in one batch.
+    fn enqueue(&self, tasks: &[usize], ctx: &mut Context<Self>) {
+        let entries: Vec<ReadyEntry> = tasks
+            .iter()
+            .filter(|&&i| self.tasks[i].state == TaskState::Queued)
+            .map(|&i| {
+                let t = &self.tasks[i];
+                let queue_timeout_ms = self.job().tasks[i].queue_timeout.map(|d| d.as_millis() as u64);
+                let queued_at_ms = t.queued_at_ms.unwrap_or_else(|| self.now());
+                ReadyEntry::new(t.id, t.queue.clone(), t.priority, t.enqueue_seq, queued_at_ms, queue_timeout_ms, ctx.address())
+            })
+            .collect();
+        if !entries.is_empty() {
+            self.shared.dispatcher.do_send(Enqueue(entries));
         }
-        let def = &self.job().tasks[i];
-        let entry = ReadyEntry::new(
-            t.id,
-            t.queue.clone(),
-            t.priority,
-            t.enqueue_seq,
-            t.queued_at_ms.unwrap_or_else(|| self.now()),
-            def.queue_timeout.map(|d| d.as_millis() as u64),
-            ctx.address(),
-        );
-        self.shared.dispatcher.do_send(Enqueue(entry));
     }
 
     /// If every task run has ended, records how the job run ended. True when it did.
@@ -506,9 +503,8 @@ impl JobRun {
                 _ => continue,
             }
         }
-        for i in 0..self.tasks.len() {
-            self.enqueue(i, ctx);
-        }
+        let all: Vec<usize> = (0..self.tasks.len()).collect();
+        self.enqueue(&all, ctx);
         for attempt in std::mem::take(&mut self.interrupted) {
             let Some(&i) = self.index_of.get(&attempt.task_run) else { continue };
             if let (Some(pid), Some(pgid)) = (attempt.pid, attempt.pgid) {

@@ -208,7 +208,7 @@ impl EngineHandle {
 
     /// Runs the commands `gaffer retry` / `cancel` left while no instance ran; returns the job
     /// runs they touched, so `run` waits for those too.
-    pub async fn apply_inbox(&self) -> Result<Vec<u64>, EngineError> {
+    pub async fn apply_inbox(&self) -> Result<Vec<(u64, String)>, EngineError> {
         mailbox(self.supervisor.send(supervisor::ApplyInbox).await)?
     }
 

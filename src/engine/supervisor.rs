@@ -230,6 +230,11 @@ impl Supervisor {
         Ok(actor)
     }
 
+    fn job_name(&self, job_run: u64) -> Option<String> {
+        let reader = self.shared.as_ref()?.store.reader().ok()?;
+        reader.job_run(job_run).ok().flatten().map(|r| r.job)
+    }
+
     /// Which job run a target belongs to, and the task run inside it, if any.
     fn locate(&self, target: Target) -> Result<(u64, Option<u64>), EngineError> {
         match target {
@@ -336,17 +341,17 @@ impl Supervisor {
 
 /// Runs every pending inbox command now; answers with the job runs they touched.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<u64>, EngineError>")]
+#[rtype(result = "Result<Vec<(u64, String)>, EngineError>")]
 pub struct ApplyInbox;
 
 impl Handler<ApplyInbox> for Supervisor {
-    type Result = ResponseFuture<Result<Vec<u64>, EngineError>>;
+    type Result = ResponseFuture<Result<Vec<(u64, String)>, EngineError>>;
 
     fn handle(&mut self, _: ApplyInbox, ctx: &mut Self::Context) -> Self::Result {
         let mut work = Vec::new();
         if let Some(shared) = self.shared.clone() {
             for (file, command) in inbox::take(&shared.state_dir) {
-                let job_run = self.locate(command.target).ok().map(|(j, _)| j);
+                let job_run = self.locate(command.target).ok().and_then(|(id, _)| self.job_name(id).map(|job| (id, job)));
                 let retry = command.action == inbox::Action::Retry;
                 work.push((file, job_run, ctx.address().send(Command { retry, target: command.target })));
             }

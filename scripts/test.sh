@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, unit + property + integration tests.
+# Usage: scripts/test.sh            (everything)
+#        scripts/test.sh --quick    (tests only, no fmt/clippy)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" != "--quick" ]]; then
+  echo "== cargo fmt --check"
+  cargo fmt --all -- --check
+  echo "== cargo clippy"
+  cargo clippy --all-targets --locked -- -D warnings
+fi
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast
+else
+  cargo test --locked --no-fail-fast
+fi
+
+echo "== README quickstart"
+state=$(mktemp -d)
+trap 'rm -rf "$state"' EXIT
+cargo run --quiet --locked -- run examples/quickstart.toml --headless --state-dir "$state/.gaffer" >/dev/null 2>"$state/err" || { cat "$state/err"; exit 1; }
+for example in examples/*.toml; do
+  cargo run --quiet --locked -- validate "$example" >/dev/null
+done
+echo "all tests passed"

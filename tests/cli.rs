@@ -1,0 +1,347 @@
+//! The real binary on real workflow files, as a user runs it.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::{Project, alive, named, signal, wait_until};
+
+const RETRY_FAST: &str = r#"retry = { max_attempts = 3, initial_interval = "100ms", backoff = 1.0, jitter = 0.0 }"#;
+
+#[test]
+fn retries_then_succeeds() {
+    let p = Project::new(&format!(
+        r#"
+[defaults]
+{RETRY_FAST}
+[jobs.j.tasks.flaky]
+run = 'test "$GAFFER_ATTEMPT" -ge 2 || exit 7'
+"#
+    ));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:#?}");
+    let failed = named(&events, "task.failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["exit_code"], 7);
+    assert_eq!(failed[0]["reason"], "exit_code");
+    assert_eq!(named(&events, "task.retry_scheduled")[0]["next_attempt"], 2);
+    assert_eq!(named(&events, "task.succeeded")[0]["attempt"], 2);
+    assert_eq!(p.task("flaky")["state"], "succeeded");
+}
+
+#[test]
+fn dead_letter_skips_dependents_until_retried() {
+    let p = Project::new(&format!(
+        r#"
+[defaults]
+{RETRY_FAST}
+[jobs.j.tasks.fails]
+retry = {{ max_attempts = 2 }}
+run = 'test -e fixed || exit 1'
+[jobs.j.tasks.after]
+needs = ["fails"]
+run = "true"
+[jobs.j.tasks.independent]
+run = "true"
+"#
+    ));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(named(&events, "task.dead_lettered").len(), 1);
+    assert_eq!(named(&events, "job.failed")[0]["reason"].as_str().map(|r| r.contains("fails")), Some(true));
+    assert_eq!(p.task("fails")["state"], "dead");
+    assert_eq!(p.task("fails")["attempt"], 2);
+    assert_eq!(p.task("after")["state"], "skipped");
+    let dlq = p.json(&["dlq", "list", "--json"]);
+    assert_eq!(dlq.as_array().map(Vec::len), Some(1));
+
+    // Fix the cause, retry while no instance runs: it takes effect at the next start.
+    std::fs::write(p.path().join("fixed"), "").expect("fix");
+    let id = p.task("fails")["id"].to_string();
+    let out = p.run(&["retry", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("next starts"));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:#?}");
+    let fails = p.task("fails");
+    assert_eq!(fails["state"], "succeeded");
+    assert_eq!(fails["attempt"], 3, "attempt numbers keep counting up");
+    assert_eq!(p.task("after")["state"], "succeeded");
+    assert_eq!(p.json(&["jobs", "--json"])[0]["state"], "succeeded");
+}
+
+#[test]
+fn outputs_flow_through_env_and_stdin() {
+    let p = Project::new(
+        r#"
+[jobs.j]
+params = { who = "world" }
+[jobs.j.tasks.make]
+run = '''echo "output greeting=hello $WHO" >&3; printf 'output poem<<EOF\nline one\nline two\nEOF\n' >&3'''
+env = { WHO = "{{ params.who }}" }
+[jobs.j.tasks.use]
+needs = ["make"]
+run = 'echo "output seen=$GREETING|$(cat)" >&3'
+env = { GREETING = "{{ tasks.make.outputs.greeting }}" }
+stdin = "{{ tasks.make.outputs.poem }}"
+"#,
+    );
+    let (code, _) = p.run_json(&["--param", "who=gaffer"]);
+    assert_eq!(code, 0);
+    assert_eq!(p.task("make")["outputs"]["poem"], "line one\nline two");
+    assert_eq!(p.task("use")["outputs"]["seen"], "hello gaffer|line one");
+}
+
+#[test]
+fn watchdog_kills_a_silent_task_and_its_grandchildren() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.silent]
+heartbeat_timeout = "1s"
+retry = { max_attempts = 1 }
+run = 'sleep 300 & echo $! > grandchild.pid; echo started; sleep 300'
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(named(&events, "task.failed")[0]["reason"], "heartbeat_timeout");
+    assert_eq!(named(&events, "task.dead_lettered")[0]["reason"], "heartbeat_timeout");
+    assert!(!named(&events, "worker.restarted").is_empty(), "the worker that ran it is restarted");
+    let pid: i32 = std::fs::read_to_string(p.path().join("grandchild.pid")).expect("pid file").trim().parse().expect("pid");
+    wait_until(Duration::from_secs(2), "the grandchild to be gone", || !alive(pid));
+}
+
+#[test]
+fn timeout_kills_and_retries() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.slow]
+timeout = "1s"
+retry = { max_attempts = 2, initial_interval = "100ms" }
+run = 'test "$GAFFER_ATTEMPT" -ge 2 || exec sleep 300'
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(named(&events, "task.failed")[0]["reason"], "timeout");
+    assert_eq!(named(&events, "task.failed")[0]["signal"], 15);
+}
+
+#[test]
+fn kill_9_mid_run_then_restart_finishes_everything() {
+    let mut workflow = String::from("[settings]\nworkers = 4\n[defaults]\nretry = { max_attempts = 5, initial_interval = \"100ms\" }\n");
+    for i in 0..16 {
+        workflow.push_str(&format!("[jobs.j.tasks.t{i}]\nrun = 'echo $GAFFER_TASK_RUN_ID >> starts.log; sleep 0.4; echo $GAFFER_TASK_RUN_ID >> done.log'\n"));
+    }
+    let p = Project::new(&workflow);
+    let mut child = p.spawn_run(&[]);
+    let done = p.path().join("done.log");
+    wait_until(Duration::from_secs(20), "a few tasks to finish", || std::fs::read_to_string(&done).is_ok_and(|t| t.lines().count() >= 5));
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "the restart finishes the run: {events:#?}");
+    let tasks = p.tasks();
+    assert_eq!(tasks.len(), 16, "no task run lost, none added");
+    assert!(tasks.iter().all(|t| t["state"] == "succeeded"), "{tasks:#?}");
+    assert_eq!(p.json(&["jobs", "--json"]).as_array().map(Vec::len), Some(1), "the unfinished run was resumed, not started again");
+    let interrupted = named(&events, "task.failed").iter().filter(|e| e["reason"] == "interrupted").count();
+    assert!(interrupted <= 4, "at most the tasks in flight were interrupted: {interrupted}");
+    let completions = std::fs::read_to_string(&done).expect("done.log");
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for line in completions.lines() {
+        *count.entry(line).or_default() += 1;
+    }
+    assert_eq!(count.len(), 16, "every task completed");
+    let duplicates: usize = count.values().map(|n| n - 1).sum();
+    assert!(duplicates <= 4, "duplicates ({duplicates}) are at most the tasks in flight");
+}
+
+#[test]
+fn one_slot_queue_starts_by_priority() {
+    let p = Project::new(
+        r#"
+[settings]
+workers = 1
+[jobs.j.tasks.low]
+priority = 10
+run = "true"
+[jobs.j.tasks.high]
+priority = 90
+run = "true"
+[jobs.j.tasks.mid]
+priority = 50
+run = "true"
+[jobs.j.tasks.mid2]
+priority = 50
+run = "true"
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0);
+    let order: Vec<&str> = named(&events, "task.started").iter().filter_map(|e| e["task"].as_str()).collect();
+    assert_eq!(order, ["high", "mid", "mid2", "low"], "priority first, ties by enqueue order");
+}
+
+#[test]
+fn concurrency_never_exceeds_the_cap() {
+    let mut workflow = String::from("[settings]\nworkers = 4\n[queues.narrow]\nconcurrency = 2\n");
+    for i in 0..10 {
+        workflow.push_str(&format!("[jobs.j.tasks.t{i}]\nqueue = \"narrow\"\nrun = 'echo + >> trace; sleep 0.15; echo - >> trace'\n"));
+    }
+    let p = Project::new(&workflow);
+    let (code, _) = p.run_json(&[]);
+    assert_eq!(code, 0);
+    let trace = std::fs::read_to_string(p.path().join("trace")).expect("trace");
+    let (mut now, mut peak) = (0i32, 0i32);
+    for line in trace.lines() {
+        now += if line == "+" { 1 } else { -1 };
+        peak = peak.max(now);
+    }
+    assert_eq!(peak, 2, "the cap is reached and never exceeded");
+}
+
+#[test]
+fn cost_is_recorded_to_the_micro_dollar() {
+    let p = Project::new(
+        r#"
+[pricing."house-model"]
+input_per_mtok = 2.00
+output_per_mtok = 8.00
+[jobs.j.tasks.spend]
+run = '''echo "cost usd=0.000123" >&3; echo "cost usd=0.000123 model=x" >&3; echo "cost input_tokens=1000 output_tokens=500 model=house-model" >&3; echo "cost usd=-5" >&3; echo "cost usd=NaN" >&3'''
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(named(&events, "task.cost").len(), 3, "garbage cost lines are ignored");
+    let spend = p.task("spend");
+    assert_eq!(spend["cost_usd"].to_string(), "0.006246", "0.000123 × 2 + 1000 × $2/M + 500 × $8/M");
+    assert_eq!(spend["input_tokens"], 1000);
+    let cost = p.json(&["cost", "--by", "model", "--json"]);
+    assert_eq!(cost["total_usd"].to_string(), "0.006246");
+    let log = std::fs::read_to_string(p.state_dir().join("logs/1/1.1.log")).expect("log");
+    assert!(log.contains("warning"), "malformed lines are logged as warnings: {log}");
+}
+
+#[test]
+fn job_budget_stops_spending() {
+    let p = Project::new(
+        r#"
+[jobs.j]
+budget_usd = 0.01
+[jobs.j.tasks.expensive]
+run = 'echo "cost usd=0.02" >&3; sleep 30'
+[jobs.j.tasks.later]
+needs = ["expensive"]
+run = "true"
+"#,
+    );
+    let started = std::time::Instant::now();
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1);
+    assert!(started.elapsed() < Duration::from_secs(10), "the running attempt was cancelled");
+    assert_eq!(named(&events, "budget.exceeded")[0]["scope"], "job");
+    assert_eq!(named(&events, "job.failed")[0]["reason"], "budget");
+    assert_eq!(p.task("later")["state"], "skipped");
+}
+
+#[test]
+fn cancel_a_running_task_from_another_terminal() {
+    let p = Project::new("[jobs.j.tasks.long]\nrun = 'echo $$ > leader.pid; sleep 300'\n");
+    let child = p.spawn_run(&[]);
+    let pid_file = p.path().join("leader.pid");
+    wait_until(Duration::from_secs(10), "the task to start", || std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n')));
+    let leader: i32 = std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid");
+    let out = p.run(&["cancel", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = child.wait_with_output().expect("run ends");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!alive(leader));
+    assert_eq!(p.task("long")["state"], "cancelled");
+}
+
+#[test]
+fn sigint_stops_gracefully_and_a_restart_resumes() {
+    let p = Project::new("[jobs.j.tasks.long]\nrun = 'test -e go || { touch started; sleep 300; }'\n");
+    let child = p.spawn_run(&[]);
+    wait_until(Duration::from_secs(10), "the task to start", || p.path().join("started").exists());
+    signal(child.id(), "INT");
+    let out = child.wait_with_output().expect("run ends");
+    assert_eq!(out.status.code(), Some(130));
+    let long = p.task("long");
+    assert_eq!(long["state"], "queued", "interrupted work waits for the next start");
+    let shown = p.json(&["show", "1", "--json"]);
+    assert_eq!(shown["attempts"][0]["reason"], "interrupted");
+    std::fs::write(p.path().join("go"), "").expect("go");
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:#?}");
+    assert_eq!(p.task("long")["state"], "succeeded");
+    assert_eq!(p.json(&["jobs", "--json"]).as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn a_second_instance_is_refused() {
+    let p = Project::new("[jobs.j.tasks.long]\nrun = 'touch started; sleep 300'\n");
+    let mut child = p.spawn_run(&[]);
+    wait_until(Duration::from_secs(10), "the first instance to start its task", || p.path().join("started").exists());
+    let out = p.run(&["run", "workflow.toml"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another gaffer instance") && stderr.contains(&child.id().to_string()), "{stderr}");
+    let status = p.json(&["status", "--json"]);
+    assert_eq!(status["instance"]["running"], true, "read-only commands work while it runs");
+    assert_eq!(status["totals"]["running"], 1);
+    child.kill().ok();
+    child.wait().ok();
+}
+
+#[test]
+fn invalid_files_report_every_problem_and_change_nothing() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&fixtures).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        let expected = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).expect("first line names the expectation");
+        let p = Project::new(&text);
+        for command in [&["validate", "workflow.toml"][..], &["run", "workflow.toml"][..]] {
+            let out = p.run(command);
+            assert_eq!(out.status.code(), Some(2), "{} {command:?}", path.display());
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(&format!("workflow.toml:{expected}")), "{}: expected `{expected}` in:\n{stderr}", path.display());
+        }
+        assert!(!p.state_dir().exists(), "{}: nothing written", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 10);
+}
+
+#[test]
+fn unknown_ids_and_bad_params_get_clear_errors() {
+    let p = Project::new("[jobs.j]\nparams = { a = \"1\" }\n[jobs.j.tasks.t]\nrun = 'true'\n");
+    let out = p.run(&["run", "workflow.toml", "--param", "b=2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown param `b`"));
+    assert_eq!(p.run_json(&[]).0, 0);
+    let out = p.run(&["retry", "999"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no task run 999"));
+    let out = p.run(&["show", "abc"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = p.run(&["run", "workflow.toml", "nosuchjob"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown job `nosuchjob`"));
+}
+
+#[test]
+fn task_escape_sequences_never_reach_the_terminal() {
+    let p = Project::new("[jobs.j.tasks.evil]\nrun = '''printf 'progress \\033]0;pwned\\007\\n' >&3; printf '\\033[2Jboom\\n'; printf 'output x=\\033[31mred\\n' >&3'''\n");
+    assert_eq!(p.run_json(&[]).0, 0);
+    let out = p.run(&["logs", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\u{1b}') && text.contains("^[[2Jboom"), "{text:?}");
+    assert_eq!(p.task("evil")["outputs"]["x"], "^[[31mred");
+}

@@ -1,0 +1,116 @@
+//! Helpers for the integration tests: a temp project with a workflow file, the real binary,
+//! and a bounded "poll until" (never a bare sleep hoping it was long enough).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// A temp folder holding `workflow.toml` with `text`.
+    pub fn new(text: &str) -> Project {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("workflow.toml"), text).expect("write workflow");
+        Project { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(".gaffer")
+    }
+
+    /// `gaffer ARGS` with the state dir of this project and its folder as cwd.
+    pub fn gaffer(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gaffer"));
+        cmd.current_dir(self.path()).env("GAFFER_STATE_DIR", self.state_dir()).env_remove("RUST_LOG").args(args);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.gaffer(args).stdin(Stdio::null()).output().expect("run gaffer")
+    }
+
+    /// `gaffer run workflow.toml --json ARGS`: exit code and the events printed.
+    pub fn run_json(&self, extra: &[&str]) -> (i32, Vec<Value>) {
+        let mut args = vec!["run", "workflow.toml", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        (out.status.code().unwrap_or(-1), events(&out.stdout, &out.stderr))
+    }
+
+    pub fn spawn_run(&self, extra: &[&str]) -> Child {
+        let mut args = vec!["run", "workflow.toml", "--json"];
+        args.extend_from_slice(extra);
+        self.gaffer(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn gaffer")
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert!(out.status.success(), "gaffer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("json output")
+    }
+
+    pub fn tasks(&self) -> Vec<Value> {
+        self.json(&["tasks", "--json"]).as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn task(&self, name: &str) -> Value {
+        self.tasks().into_iter().filter(|t| t["task"] == name).next_back().unwrap_or_else(|| panic!("no task run of `{name}`"))
+    }
+
+    /// Every event of the journal so far.
+    pub fn journal(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.state_dir().join("events")) else { return out };
+        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+        }
+        out
+    }
+}
+
+pub fn events(stdout: &[u8], stderr: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(stdout);
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not an event line ({e}): {l}\nstderr: {}", String::from_utf8_lossy(stderr))))
+        .collect()
+}
+
+pub fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
+/// Polls `check` every 20 ms until it returns true; panics with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True if a process with this pid exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill").args(["-s", sig, &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+}
