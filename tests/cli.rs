@@ -108,7 +108,8 @@ run = 'sleep 300 & echo $! > grandchild.pid; echo started; sleep 300'
     assert_eq!(named(&events, "task.failed")[0]["reason"], "heartbeat_timeout");
     assert_eq!(named(&events, "task.dead_lettered")[0]["reason"], "heartbeat_timeout");
     assert!(!named(&events, "worker.restarted").is_empty(), "the worker that ran it is restarted");
-    let pid: i32 = std::fs::read_to_string(p.path().join("grandchild.pid")).expect("pid file").trim().parse().expect("pid");
+    let pid: i32 =
+        std::fs::read_to_string(p.path().join("grandchild.pid")).expect("pid file").trim().parse().expect("pid");
     wait_until(Duration::from_secs(2), "the grandchild to be gone", || !alive(pid));
 }
 
@@ -130,14 +131,18 @@ run = 'test "$GAFFER_ATTEMPT" -ge 2 || exec sleep 300'
 
 #[test]
 fn kill_9_mid_run_then_restart_finishes_everything() {
-    let mut workflow = String::from("[settings]\nworkers = 4\n[defaults]\nretry = { max_attempts = 5, initial_interval = \"100ms\" }\n");
+    let mut workflow = String::from(
+        "[settings]\nworkers = 4\n[defaults]\nretry = { max_attempts = 5, initial_interval = \"100ms\" }\n",
+    );
     for i in 0..16 {
         workflow.push_str(&format!("[jobs.j.tasks.t{i}]\nrun = 'echo $GAFFER_TASK_RUN_ID >> starts.log; sleep 0.4; echo $GAFFER_TASK_RUN_ID >> done.log'\n"));
     }
     let p = Project::new(&workflow);
     let mut child = p.spawn_run(&[]);
     let done = p.path().join("done.log");
-    wait_until(Duration::from_secs(20), "a few tasks to finish", || std::fs::read_to_string(&done).is_ok_and(|t| t.lines().count() >= 5));
+    wait_until(Duration::from_secs(20), "a few tasks to finish", || {
+        std::fs::read_to_string(&done).is_ok_and(|t| t.lines().count() >= 5)
+    });
     child.kill().expect("kill -9");
     let _ = child.wait();
 
@@ -146,7 +151,11 @@ fn kill_9_mid_run_then_restart_finishes_everything() {
     let tasks = p.tasks();
     assert_eq!(tasks.len(), 16, "no task run lost, none added");
     assert!(tasks.iter().all(|t| t["state"] == "succeeded"), "{tasks:#?}");
-    assert_eq!(p.json(&["jobs", "--json"]).as_array().map(Vec::len), Some(1), "the unfinished run was resumed, not started again");
+    assert_eq!(
+        p.json(&["jobs", "--json"]).as_array().map(Vec::len),
+        Some(1),
+        "the unfinished run was resumed, not started again"
+    );
     let interrupted = named(&events, "task.failed").iter().filter(|e| e["reason"] == "interrupted").count();
     assert!(interrupted <= 4, "at most the tasks in flight were interrupted: {interrupted}");
     let completions = std::fs::read_to_string(&done).expect("done.log");
@@ -189,7 +198,9 @@ run = "true"
 fn concurrency_never_exceeds_the_cap() {
     let mut workflow = String::from("[settings]\nworkers = 4\n[queues.narrow]\nconcurrency = 2\n");
     for i in 0..10 {
-        workflow.push_str(&format!("[jobs.j.tasks.t{i}]\nqueue = \"narrow\"\nrun = 'echo + >> trace; sleep 0.15; echo - >> trace'\n"));
+        workflow.push_str(&format!(
+            "[jobs.j.tasks.t{i}]\nqueue = \"narrow\"\nrun = 'echo + >> trace; sleep 0.15; echo - >> trace'\n"
+        ));
     }
     let p = Project::new(&workflow);
     let (code, _) = p.run_json(&[]);
@@ -253,7 +264,9 @@ fn cancel_a_running_task_from_another_terminal() {
     let p = Project::new("[jobs.j.tasks.long]\nrun = 'echo $$ > leader.pid; sleep 300'\n");
     let child = p.spawn_run(&[]);
     let pid_file = p.path().join("leader.pid");
-    wait_until(Duration::from_secs(10), "the task to start", || std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n')));
+    wait_until(Duration::from_secs(10), "the task to start", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n'))
+    });
     let leader: i32 = std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid");
     let out = p.run(&["cancel", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -290,7 +303,10 @@ fn a_second_instance_is_refused() {
     let out = p.run(&["run", "workflow.toml"]);
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("in use by another gaffer instance") && stderr.contains(&child.id().to_string()), "{stderr}");
+    assert!(
+        stderr.contains("in use by another gaffer instance") && stderr.contains(&child.id().to_string()),
+        "{stderr}"
+    );
     let status = p.json(&["status", "--json"]);
     assert_eq!(status["instance"]["running"], true, "read-only commands work while it runs");
     assert_eq!(status["totals"]["running"], 1);
@@ -305,13 +321,18 @@ fn invalid_files_report_every_problem_and_change_nothing() {
     for entry in std::fs::read_dir(&fixtures).expect("fixtures") {
         let path = entry.expect("entry").path();
         let text = std::fs::read_to_string(&path).expect("fixture");
-        let expected = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).expect("first line names the expectation");
+        let expected =
+            text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).expect("first line names the expectation");
         let p = Project::new(&text);
         for command in [&["validate", "workflow.toml"][..], &["run", "workflow.toml"][..]] {
             let out = p.run(command);
             assert_eq!(out.status.code(), Some(2), "{} {command:?}", path.display());
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(stderr.contains(&format!("workflow.toml:{expected}")), "{}: expected `{expected}` in:\n{stderr}", path.display());
+            assert!(
+                stderr.contains(&format!("workflow.toml:{expected}")),
+                "{}: expected `{expected}` in:\n{stderr}",
+                path.display()
+            );
         }
         assert!(!p.state_dir().exists(), "{}: nothing written", path.display());
         seen += 1;
@@ -338,7 +359,9 @@ fn unknown_ids_and_bad_params_get_clear_errors() {
 
 #[test]
 fn task_escape_sequences_never_reach_the_terminal() {
-    let p = Project::new("[jobs.j.tasks.evil]\nrun = '''printf 'progress \\033]0;pwned\\007\\n' >&3; printf '\\033[2Jboom\\n'; printf 'output x=\\033[31mred\\n' >&3'''\n");
+    let p = Project::new(
+        "[jobs.j.tasks.evil]\nrun = '''printf 'progress \\033]0;pwned\\007\\n' >&3; printf '\\033[2Jboom\\n'; printf 'output x=\\033[31mred\\n' >&3'''\n",
+    );
     assert_eq!(p.run_json(&[]).0, 0);
     let out = p.run(&["logs", "1"]);
     let text = String::from_utf8_lossy(&out.stdout);

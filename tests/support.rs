@@ -51,7 +51,12 @@ impl Project {
     pub fn spawn_run(&self, extra: &[&str]) -> Child {
         let mut args = vec!["run", "workflow.toml", "--json"];
         args.extend_from_slice(extra);
-        self.gaffer(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn gaffer")
+        self.gaffer(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gaffer")
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
@@ -65,7 +70,11 @@ impl Project {
     }
 
     pub fn task(&self, name: &str) -> Value {
-        self.tasks().into_iter().filter(|t| t["task"] == name).next_back().unwrap_or_else(|| panic!("no task run of `{name}`"))
+        self.tasks()
+            .into_iter()
+            .filter(|t| t["task"] == name)
+            .next_back()
+            .unwrap_or_else(|| panic!("no task run of `{name}`"))
     }
 
     /// Every event of the journal so far.
@@ -85,7 +94,10 @@ impl Project {
 pub fn events(stdout: &[u8], stderr: &[u8]) -> Vec<Value> {
     let text = String::from_utf8_lossy(stdout);
     text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not an event line ({e}): {l}\nstderr: {}", String::from_utf8_lossy(stderr))))
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not an event line ({e}): {l}\nstderr: {}", String::from_utf8_lossy(stderr)))
+        })
         .collect()
 }
 

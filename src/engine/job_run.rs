@@ -214,7 +214,15 @@ impl JobRun {
                 let t = &self.tasks[i];
                 let queue_timeout_ms = self.job().tasks[i].queue_timeout.map(|d| d.as_millis() as u64);
                 let queued_at_ms = t.queued_at_ms.unwrap_or_else(|| self.now());
-                ReadyEntry::new(t.id, t.queue.clone(), t.priority, t.enqueue_seq, queued_at_ms, queue_timeout_ms, ctx.address())
+                ReadyEntry::new(
+                    t.id,
+                    t.queue.clone(),
+                    t.priority,
+                    t.enqueue_seq,
+                    queued_at_ms,
+                    queue_timeout_ms,
+                    ctx.address(),
+                )
             })
             .collect();
         if !entries.is_empty() {

@@ -351,7 +351,8 @@ impl Handler<ApplyInbox> for Supervisor {
         let mut work = Vec::new();
         if let Some(shared) = self.shared.clone() {
             for (file, command) in inbox::take(&shared.state_dir) {
-                let job_run = self.locate(command.target).ok().and_then(|(id, _)| self.job_name(id).map(|job| (id, job)));
+                let job_run =
+                    self.locate(command.target).ok().and_then(|(id, _)| self.job_name(id).map(|job| (id, job)));
                 let retry = command.action == inbox::Action::Retry;
                 work.push((file, job_run, ctx.address().send(Command { retry, target: command.target })));
             }

@@ -259,7 +259,8 @@ impl Worker {
             }
             AttemptEvent::Warning(text) => {
                 current.warnings += 1;
-                tracing::warn!(task_run = current.task_run, attempt = current.attempt, "{text}");
+                // Already in the attempt's log; a person reads it there, not on gaffer's stderr.
+                tracing::debug!(task_run = current.task_run, attempt = current.attempt, "{text}");
             }
             AttemptEvent::Activity | AttemptEvent::Heartbeat => {}
         }
