@@ -70,11 +70,7 @@ impl Project {
     }
 
     pub fn task(&self, name: &str) -> Value {
-        self.tasks()
-            .into_iter()
-            .filter(|t| t["task"] == name)
-            .next_back()
-            .unwrap_or_else(|| panic!("no task run of `{name}`"))
+        self.tasks().into_iter().rfind(|t| t["task"] == name).unwrap_or_else(|| panic!("no task run of `{name}`"))
     }
 
     /// Every event of the journal so far.
