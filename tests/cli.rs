@@ -368,3 +368,158 @@ fn task_escape_sequences_never_reach_the_terminal() {
     assert!(!text.contains('\u{1b}') && text.contains("^[[2Jboom"), "{text:?}");
     assert_eq!(p.task("evil")["outputs"]["x"], "^[[31mred");
 }
+
+#[test]
+fn kill_9_then_restart_kills_the_orphaned_process_group() {
+    let p = Project::new(
+        r#"
+[defaults]
+retry = { max_attempts = 3, initial_interval = "50ms" }
+[jobs.j.tasks.orphan]
+run = 'test "$GAFFER_ATTEMPT" -ge 2 && exit 0; sleep 300 & echo $! > child.pid; echo $$ > leader.pid; wait'
+"#,
+    );
+    let mut child = p.spawn_run(&[]);
+    let pid_file = p.path().join("leader.pid");
+    wait_until(Duration::from_secs(10), "the task to start", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n'))
+    });
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let leader: i32 = std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid");
+    let grandchild: i32 =
+        std::fs::read_to_string(p.path().join("child.pid")).expect("pid").trim().parse().expect("pid");
+    assert!(alive(leader) && alive(grandchild), "a kill -9 of gaffer leaves its tasks running");
+
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:#?}");
+    assert!(!alive(leader) && !alive(grandchild), "the restart killed the old process group");
+    let failed = named(&events, "task.failed");
+    assert_eq!(failed[0]["reason"], "interrupted");
+    assert_eq!(failed[0]["attempt"], 1, "the interrupted attempt counts");
+    assert_eq!(p.task("orphan")["attempt"], 2);
+}
+
+#[test]
+fn queue_timeout_dead_letters_work_that_waited_too_long() {
+    let p = Project::new(
+        r#"
+[settings]
+workers = 1
+[jobs.j.tasks.hog]
+priority = 90
+run = "sleep 1.5"
+[jobs.j.tasks.impatient]
+queue_timeout = "500ms"
+run = "true"
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1);
+    let dead = named(&events, "task.dead_lettered");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["task"], "impatient");
+    assert_eq!(dead[0]["reason"], "queue_timeout");
+}
+
+#[test]
+fn rate_limit_spaces_out_starts() {
+    let p = Project::new(
+        r#"
+[queues.api]
+concurrency = 4
+rate_limit = "2/1s"
+[jobs.j.tasks.a]
+queue = "api"
+run = "true"
+[jobs.j.tasks.b]
+queue = "api"
+run = "true"
+[jobs.j.tasks.c]
+queue = "api"
+run = "true"
+"#,
+    );
+    let started = std::time::Instant::now();
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(named(&events, "task.started").len(), 3);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the third start waited for the window: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn fail_fast_cancels_running_siblings() {
+    let p = Project::new(
+        r#"
+[jobs.j]
+fail_fast = true
+[jobs.j.tasks.breaks]
+retry = { max_attempts = 1 }
+run = "sleep 0.3; exit 1"
+[jobs.j.tasks.long]
+run = "sleep 300"
+"#,
+    );
+    let started = std::time::Instant::now();
+    let (code, _) = p.run_json(&[]);
+    assert_eq!(code, 1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(p.task("long")["state"], "cancelled");
+    assert_eq!(p.task("breaks")["state"], "dead");
+}
+
+#[test]
+fn task_budget_kills_the_attempt_and_claude_json_cost_is_read() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.agent]
+cost = "claude-json"
+run = '''echo '{"type":"result","total_cost_usd":0.0421,"usage":{"input_tokens":1000,"output_tokens":200}}' '''
+[jobs.j.tasks.runaway]
+budget_usd = 0.05
+run = 'echo "cost usd=0.06" >&3; sleep 300'
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(p.task("agent")["cost_usd"].to_string(), "0.0421");
+    assert_eq!(p.task("agent")["input_tokens"], 1000);
+    let runaway = p.task("runaway");
+    assert_eq!(runaway["state"], "dead");
+    assert_eq!(runaway["reason"], "budget");
+    assert_eq!(runaway["attempt"], 1, "no new attempt once the budget is spent");
+    assert_eq!(named(&events, "budget.exceeded")[0]["scope"], "task");
+}
+
+#[test]
+fn completions_and_man_page() {
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'true'\n");
+    let out = p.run(&["completions", "bash"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("gaffer"));
+    let out = p.run(&["man"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(".TH gaffer"));
+}
+
+/// A state dir written by schema version 1 (the quickstart, run once) must keep loading: a
+/// schema change adds a migration and keeps this test green.
+#[test]
+fn a_state_dir_from_schema_v1_still_loads() {
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'true'\n");
+    std::fs::create_dir_all(p.state_dir()).expect("state dir");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v1/state.redb");
+    std::fs::copy(fixture, p.state_dir().join("state.redb")).expect("copy fixture");
+    let tasks = p.tasks();
+    assert_eq!(tasks.len(), 4);
+    let analyze = tasks.iter().find(|t| t["task"] == "analyze").expect("analyze");
+    assert_eq!(analyze["cost_usd"].to_string(), "0.0087");
+    assert_eq!(analyze["outputs"]["answer"], "Rust: fast, safe, productive.");
+    assert_eq!(p.json(&["show", "2", "--json"])["attempts"].as_array().map(Vec::len), Some(2));
+    // And a writer opens it, continuing the id sequences.
+    let (code, _) = p.run_json(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(p.json(&["jobs", "--json"])[1]["id"], 2);
+}
