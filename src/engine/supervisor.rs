@@ -525,3 +525,43 @@ impl std::fmt::Display for Target {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collects the fatal messages it is sent.
+    struct Sink(Arc<Mutex<Vec<String>>>);
+
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Fatal> for Sink {
+        type Result = ();
+
+        fn handle(&mut self, Fatal(message): Fatal, _ctx: &mut Self::Context) {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push(message);
+            }
+        }
+    }
+
+    #[actix::test]
+    async fn a_worker_that_keeps_dying_escalates_once_past_the_intensity() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink(seen.clone()).start();
+        let ledger = RestartLedger::default();
+        ledger.set_fatal(sink.clone().recipient());
+        for _ in 0..MAX_RESTARTS {
+            ledger.record(3, "heartbeat_timeout");
+        }
+        ledger.record(4, "timeout");
+        sink.send(Fatal("flush".into())).await.expect("sink alive");
+        assert_eq!(seen.lock().expect("lock").len(), 1, "within the intensity nothing escalates");
+        ledger.record(3, "heartbeat_timeout");
+        sink.send(Fatal("flush".into())).await.expect("sink alive");
+        let seen = seen.lock().expect("lock");
+        assert!(seen.iter().any(|m| m.contains("worker 3 restarted 11 times")), "{seen:?}");
+    }
+}
