@@ -460,26 +460,7 @@ impl JobRun {
     }
 
     fn new_attempt(&self, i: usize, n: u32) -> AttemptRecord {
-        let t = &self.tasks[i];
-        AttemptRecord {
-            task_run: t.id,
-            job_run: self.record.id,
-            n,
-            pid: None,
-            pgid: None,
-            start_ticks: 0,
-            started_at_ms: self.now(),
-            ended_at_ms: None,
-            exit_code: None,
-            signal: None,
-            reason: None,
-            detail: None,
-            cost_usd_micros: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            model: None,
-            log: AttemptRecord::log_path(self.record.id, t.id, n),
-        }
+        AttemptRecord::started(self.tasks[i].id, self.record.id, n, self.now())
     }
 
     /// A new run: job.started, entry tasks queued.

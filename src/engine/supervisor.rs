@@ -251,25 +251,7 @@ impl Supervisor {
 /// A running task run with no attempt record (a crash between the two commits cannot happen,
 /// they share one; this only guards against a damaged store).
 fn lost_attempt(t: &TaskRunRecord) -> AttemptRecord {
-    AttemptRecord {
-        task_run: t.id,
-        job_run: t.job_run,
-        n: t.attempt,
-        pid: None,
-        pgid: None,
-        start_ticks: 0,
-        started_at_ms: t.started_at_ms.unwrap_or(0),
-        ended_at_ms: None,
-        exit_code: None,
-        signal: None,
-        reason: None,
-        detail: None,
-        cost_usd_micros: 0,
-        input_tokens: 0,
-        output_tokens: 0,
-        model: None,
-        log: AttemptRecord::log_path(t.job_run, t.id, t.attempt),
-    }
+    AttemptRecord::started(t.id, t.job_run, t.attempt, t.started_at_ms.unwrap_or(0))
 }
 
 fn new_task_run(
@@ -280,31 +262,11 @@ fn new_task_run(
     now: u64,
 ) -> TaskRunRecord {
     TaskRunRecord {
-        id,
-        job_run: job_run.id,
-        job: job_run.job.clone(),
-        task: def.name.clone(),
         task_index: index as u32,
-        state: TaskState::Pending,
         queue: def.queue.clone(),
         priority: def.priority,
-        attempt: 0,
-        series_start: 1,
         max_attempts: def.retry.max_attempts,
-        queued_at_ms: None,
-        enqueue_seq: 0,
-        not_before_ms: None,
-        outputs: BTreeMap::new(),
-        exit_code: None,
-        cost_usd_micros: 0,
-        input_tokens: 0,
-        output_tokens: 0,
-        reason: None,
-        detail: None,
-        progress: None,
-        created_at_ms: now,
-        started_at_ms: None,
-        ended_at_ms: None,
+        ..TaskRunRecord::pending(id, job_run.id, &job_run.job, &def.name, now)
     }
 }
 

@@ -202,35 +202,7 @@ fn parse_model(value: &str) -> Result<String, String> {
     Ok(sanitize(value))
 }
 
-/// Exact `digits[.digits]` → millionths, rounded half-up at the 6th decimal. No floats: a bill
-/// is summed from these, and `0.1 + 0.2` must stay exact. `None` for signs, exponents, NaN,
-/// infinities, garbage and anything past `u64::MAX` micros.
-pub fn parse_decimal_micros(text: &str) -> Option<u64> {
-    let (int_part, frac_part) = match text.split_once('.') {
-        Some((i, f)) => (i, Some(f)),
-        None => (text, None),
-    };
-    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !all_digits(int_part) || frac_part.is_some_and(|f| !all_digits(f)) {
-        return None;
-    }
-    let mut micros: u64 = 0;
-    for b in int_part.bytes() {
-        micros = micros.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-    }
-    micros = micros.checked_mul(1_000_000)?;
-    let frac = frac_part.unwrap_or("").as_bytes();
-    let mut scale = 100_000;
-    for &b in frac.iter().take(6) {
-        micros = micros.checked_add(u64::from(b - b'0') * scale)?;
-        scale /= 10;
-    }
-    // Half-up: only the 7th decimal decides; later digits cannot carry past it.
-    if frac.get(6).is_some_and(|&b| b >= b'5') {
-        micros = micros.checked_add(1)?;
-    }
-    Some(micros)
-}
+pub use crate::model::money::parse_decimal_micros;
 
 /// Builds the line(s) `gaffer emit WORDS…` writes, refusing anything the parser would warn
 /// about, so a typo fails loudly in the task's own shell instead of as a log warning.

@@ -3,41 +3,42 @@
 /// One US dollar in micro-dollars.
 pub const MICROS_PER_USD: u64 = 1_000_000;
 
-/// Parses a non-negative decimal dollar amount (`"2.00"`, `"0.0123"`, `"3"`) into micro-dollars
-/// without going through a float, so `0.1 + 0.2` style drift never reaches a budget.
-/// Digits past the sixth decimal are rounded half up.
+/// Parses a non-negative decimal dollar amount as written in a workflow file (`"2.00"`,
+/// `"0.0123"`, `"3"`, TOML's `1_000.50`) into micro-dollars, without going through a float.
 pub fn parse_usd_micros(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let (whole, frac) = match text.split_once('.') {
-        Some((w, f)) => (w, f),
-        None => (text, ""),
+    parse_decimal_micros(&text.replace('_', ""))
+        .ok_or_else(|| format!("`{text}` is not a non-negative decimal amount of dollars (at most ~18 trillion)"))
+}
+
+/// Exact `digits[.digits]` → millionths, rounded half-up at the 6th decimal. No floats: a bill
+/// is summed from these, and `0.1 + 0.2` must stay exact. `None` for signs, exponents, NaN,
+/// infinities, garbage and anything past `u64::MAX` micros.
+pub fn parse_decimal_micros(text: &str) -> Option<u64> {
+    let (int_part, frac_part) = match text.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (text, None),
     };
-    let digits_ok = |s: &str| s.chars().all(|c| c.is_ascii_digit() || c == '_');
-    if whole.is_empty() && frac.is_empty() || !digits_ok(whole) || !digits_ok(frac) {
-        return Err(format!("`{text}` is not a non-negative decimal amount of dollars"));
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(int_part) || frac_part.is_some_and(|f| !all_digits(f)) {
+        return None;
     }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.replace('_', "").parse().map_err(|_| format!("`{text}` is too large"))?
-    };
-    let frac: String = frac.chars().filter(|c| *c != '_').collect();
-    let mut micros_frac: u64 = 0;
-    for (i, c) in frac.chars().enumerate() {
-        let d = u64::from(c as u8 - b'0');
-        if i < 6 {
-            micros_frac = micros_frac * 10 + d;
-        } else if i == 6 && d >= 5 {
-            micros_frac += 1;
-        }
+    let mut micros: u64 = 0;
+    for b in int_part.bytes() {
+        micros = micros.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
     }
-    for _ in frac.len().min(6)..6 {
-        micros_frac *= 10;
+    micros = micros.checked_mul(1_000_000)?;
+    let frac = frac_part.unwrap_or("").as_bytes();
+    let mut scale = 100_000;
+    for &b in frac.iter().take(6) {
+        micros = micros.checked_add(u64::from(b - b'0') * scale)?;
+        scale /= 10;
     }
-    whole
-        .checked_mul(MICROS_PER_USD)
-        .and_then(|w| w.checked_add(micros_frac))
-        .ok_or_else(|| format!("`{text}` is too large"))
+    // Half-up: only the 7th decimal decides; later digits cannot carry past it.
+    if frac.get(6).is_some_and(|&b| b >= b'5') {
+        micros = micros.checked_add(1)?;
+    }
+    Some(micros)
 }
 
 /// Formats micro-dollars as dollars with up to six decimals, trailing zeros trimmed to cents.
@@ -66,14 +67,14 @@ mod tests {
         assert_eq!(parse_usd_micros("2.00"), Ok(2_000_000));
         assert_eq!(parse_usd_micros("0.0123"), Ok(12_300));
         assert_eq!(parse_usd_micros("3"), Ok(3_000_000));
-        assert_eq!(parse_usd_micros(".5"), Ok(500_000));
+        assert_eq!(parse_usd_micros("1_000.5"), Ok(1_000_500_000));
         assert_eq!(parse_usd_micros("0.0000015"), Ok(2));
         assert_eq!(parse_usd_micros("0.000001"), Ok(1));
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "-1", "abc", "1.2.3", "NaN", "inf", "1e5", "99999999999999999999"] {
+        for bad in ["", "-1", "abc", "1.2.3", "NaN", "inf", "1e5", "99999999999999999999", ".5", "+3"] {
             assert!(parse_usd_micros(bad).is_err(), "{bad} should be rejected");
         }
     }

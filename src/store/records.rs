@@ -61,6 +61,38 @@ pub struct TaskRunRecord {
 }
 
 impl TaskRunRecord {
+    /// A task run as created with its job run: pending, no attempt yet, in the default queue at
+    /// priority 50 with 3 attempts (set the task's own with struct update syntax).
+    pub fn pending(id: u64, job_run: u64, job: &str, task: &str, now_ms: u64) -> TaskRunRecord {
+        TaskRunRecord {
+            id,
+            job_run,
+            job: job.to_string(),
+            task: task.to_string(),
+            task_index: 0,
+            state: TaskState::Pending,
+            queue: "default".to_string(),
+            priority: 50,
+            attempt: 0,
+            series_start: 1,
+            max_attempts: 3,
+            queued_at_ms: None,
+            enqueue_seq: 0,
+            not_before_ms: None,
+            outputs: BTreeMap::new(),
+            exit_code: None,
+            cost_usd_micros: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            reason: None,
+            detail: None,
+            progress: None,
+            created_at_ms: now_ms,
+            started_at_ms: None,
+            ended_at_ms: None,
+        }
+    }
+
     /// Attempts used in the current series, what `max_attempts` is compared with.
     pub fn attempts_in_series(&self) -> u32 {
         if self.attempt < self.series_start { 0 } else { self.attempt - self.series_start + 1 }
@@ -92,6 +124,29 @@ pub struct AttemptRecord {
 }
 
 impl AttemptRecord {
+    /// Attempt `n` of a task run, started now, outcome unknown.
+    pub fn started(task_run: u64, job_run: u64, n: u32, started_at_ms: u64) -> AttemptRecord {
+        AttemptRecord {
+            task_run,
+            job_run,
+            n,
+            pid: None,
+            pgid: None,
+            start_ticks: 0,
+            started_at_ms,
+            ended_at_ms: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            detail: None,
+            cost_usd_micros: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            model: None,
+            log: AttemptRecord::log_path(job_run, task_run, n),
+        }
+    }
+
     pub fn log_path(job_run: u64, task_run: u64, n: u32) -> String {
         format!("logs/{job_run}/{task_run}.{n}.log")
     }

@@ -19,33 +19,11 @@ fn job_run(id: u64) -> JobRunRecord {
 }
 
 pub fn task_run(id: u64, job_run: u64) -> TaskRunRecord {
-    TaskRunRecord {
-        id,
-        job_run,
-        job: "report".into(),
-        task: format!("t{id}"),
-        task_index: 0,
-        state: TaskState::Queued,
-        queue: "default".into(),
-        priority: 50,
-        attempt: 0,
-        series_start: 1,
-        max_attempts: 3,
-        queued_at_ms: Some(5),
-        enqueue_seq: id,
-        not_before_ms: None,
-        outputs: BTreeMap::new(),
-        exit_code: None,
-        cost_usd_micros: 0,
-        input_tokens: 0,
-        output_tokens: 0,
-        reason: None,
-        detail: None,
-        progress: None,
-        created_at_ms: 1,
-        started_at_ms: None,
-        ended_at_ms: None,
-    }
+    let mut t = TaskRunRecord::pending(id, job_run, "report", &format!("t{id}"), 1);
+    t.state = TaskState::Queued;
+    t.queued_at_ms = Some(5);
+    t.enqueue_seq = id;
+    t
 }
 
 #[test]
