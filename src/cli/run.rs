@@ -102,7 +102,7 @@ fn chosen_jobs(workflow: &Workflow, named: &[String]) -> Result<Vec<String>, Str
 }
 
 pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
-    let (workflow, source) = match load(&args.file) {
+    let (mut workflow, source) = match load(&args.file) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -125,7 +125,10 @@ pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
         }
     };
     let format = if args.json { Format::Json } else { Format::Human };
-    let workers = args.workers.unwrap_or(workflow.settings.workers);
+    if let Some(workers) = args.workers {
+        workflow.set_workers(workers.max(1));
+    }
+    let workers = workflow.settings.workers;
     let executor: Arc<dyn Executor> = if args.noop_executor { Arc::new(NoopExecutor) } else { Arc::new(LocalExecutor) };
     let pricing = Pricing::new(config::pricing::builtin(), &workflow.pricing);
     let state_dir = absolute(state_dir);

@@ -104,17 +104,17 @@ impl<'a> NeedsGraph<'a> {
         state[i] = Visit::Done;
     }
 
-    /// Names of every task `i` transitively needs.
+    /// Names of every task `i` transitively needs. Costs the ancestry, not the job: a job may
+    /// have 100k independent tasks.
     fn upstream_of(&self, i: usize) -> BTreeSet<&'a str> {
-        let mut seen = vec![false; self.names.len()];
+        let mut seen = BTreeSet::new();
         let mut todo = self.edges[i].clone();
         while let Some(j) = todo.pop() {
-            if !seen[j] {
-                seen[j] = true;
+            if seen.insert(self.names[j]) {
                 todo.extend(&self.edges[j]);
             }
         }
-        (0..self.names.len()).filter(|&j| seen[j]).map(|j| self.names[j]).collect()
+        seen
     }
 }
 

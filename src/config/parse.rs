@@ -234,6 +234,7 @@ fn read_queues(r: &mut Reader, entry: Option<&Entry>, workers: usize) -> BTreeMa
     queues.entry("default".to_string()).or_insert_with(|| QueueDef {
         name: "default".to_string(),
         concurrency: workers,
+        concurrency_is_workers: true,
         rate_limit: None,
         aging: None,
     });
@@ -242,12 +243,19 @@ fn read_queues(r: &mut Reader, entry: Option<&Entry>, workers: usize) -> BTreeMa
 
 fn read_queue(r: &mut Reader, entry: &Entry, workers: usize) -> Option<QueueDef> {
     let table = r.table(entry)?;
-    let mut queue = QueueDef { name: entry.name.to_string(), concurrency: workers, rate_limit: None, aging: None };
+    let mut queue = QueueDef {
+        name: entry.name.to_string(),
+        concurrency: workers,
+        concurrency_is_workers: true,
+        rate_limit: None,
+        aging: None,
+    };
     for e in r.entries(table, entry.at) {
         match e.name {
             "concurrency" => {
                 if let Some(n) = r.int_in(&e, 1, i64::MAX, "of at least 1") {
                     queue.concurrency = usize::try_from(n).unwrap_or(usize::MAX);
+                    queue.concurrency_is_workers = false;
                 }
             }
             "rate_limit" => {

@@ -21,6 +21,17 @@ pub struct Workflow {
     pub pricing: BTreeMap<String, Price>,
 }
 
+impl Workflow {
+    /// Overrides `settings.workers` (`--workers N`); queues without their own `concurrency`
+    /// follow it, as they would had the file said N.
+    pub fn set_workers(&mut self, workers: usize) {
+        self.settings.workers = workers;
+        for queue in self.queues.values_mut().filter(|q| q.concurrency_is_workers) {
+            queue.concurrency = workers;
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Global cap on running attempts across all queues.
@@ -33,6 +44,8 @@ pub struct Settings {
 pub struct QueueDef {
     pub name: String,
     pub concurrency: usize,
+    /// No `concurrency` in the file: it follows `settings.workers` (and `--workers`).
+    pub concurrency_is_workers: bool,
     pub rate_limit: Option<RateLimit>,
     /// A waiting task run gains +1 priority per `aging` (anti-starvation); `None` = no aging.
     pub aging: Option<Duration>,

@@ -21,7 +21,7 @@ use crate::config::template::{self, TemplateContext, UpstreamTask};
 use crate::config::{JobDef, Workflow};
 use crate::executor::{AttemptExit, AttemptSpec, KILL_GRACE, ProcessHandle};
 use crate::model::cost::{AttemptCost, CostDelta, Pricing};
-use crate::model::graph::{self, Change, JobGraph};
+use crate::model::graph::{self, Change, JobGraph, TaskStates};
 use crate::model::money::usd_json;
 use crate::model::policy::{self, AfterAttempt, AttemptOutcome, RunSoFar};
 use crate::model::{FailReason, JobState, TaskState};
@@ -36,8 +36,11 @@ pub struct JobRun {
     job_index: usize,
     graph: JobGraph,
     record: JobRunRecord,
-    /// By task index (file order).
+    /// By task index (file order). A record's `state` mirrors `states`, written only through
+    /// `set_state` and `sync`.
     tasks: Vec<TaskRunRecord>,
+    /// The authority on task states, with O(1) counts for the per-event questions.
+    states: TaskStates,
     index_of: HashMap<u64, usize>,
     /// The attempt each running task run is in, and the worker running it.
     running: HashMap<u64, (AttemptRecord, Option<Addr<Worker>>)>,
@@ -69,6 +72,7 @@ impl JobRun {
         let mut ordered = tasks;
         ordered.sort_by_key(|t| t.task_index);
         let index_of = ordered.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+        let states = TaskStates::new(ordered.iter().map(|t| t.state).collect());
         let budget_spent = policy::budget_reached(record.cost_usd_micros, workflow.jobs[job_index].budget_usd_micros);
         JobRun {
             shared,
@@ -77,6 +81,7 @@ impl JobRun {
             graph,
             record,
             tasks: ordered,
+            states,
             index_of,
             running: HashMap::new(),
             budget_spent,
@@ -98,8 +103,16 @@ impl JobRun {
         self.shared.clock.now_ms()
     }
 
-    fn states(&self) -> Vec<TaskState> {
-        self.tasks.iter().map(|t| t.state).collect()
+    fn set_state(&mut self, i: usize, to: TaskState) {
+        self.states.set(i, to);
+        self.tasks[i].state = to;
+    }
+
+    /// Mirrors changes the graph made in `states` into the records.
+    fn sync(&mut self, changes: &[Change]) {
+        for c in changes {
+            self.tasks[c.task].state = c.to;
+        }
     }
 
     fn task_event(&self, name: &'static str, i: usize) -> EngineEvent {
@@ -174,7 +187,7 @@ impl JobRun {
         for change in changes {
             let i = change.task;
             if change.to == TaskState::Queued && (self.budget_spent || self.stopping_for_good()) {
-                self.tasks[i].state = TaskState::Skipped;
+                self.set_state(i, TaskState::Skipped);
             }
             let t = &mut self.tasks[i];
             match t.state {
@@ -235,7 +248,7 @@ impl JobRun {
         if self.ended {
             return false;
         }
-        let Some(state) = graph::outcome(&self.states(), self.record.cancel_requested) else { return false };
+        let Some(state) = graph::outcome(&self.states, self.record.cancel_requested) else { return false };
         let before = (self.record.state, self.record.reason.clone());
         self.record.state = state;
         self.record.reason = (state == JobState::Failed).then(|| self.failure_reason());
@@ -301,73 +314,78 @@ impl JobRun {
         if outcome.failure == Some(FailReason::Interrupted) && self.stopping {
             // A graceful stop is not the task's fault: back to its queue, the attempt not counted.
             t.series_start += 1;
-            t.state = TaskState::Queued;
-            mutations.push(Mutation::TaskRun(t.clone()));
+            self.set_state(i, TaskState::Queued);
+            mutations.push(Mutation::TaskRun(self.tasks[i].clone()));
             events.push(self.failed_event(i, &attempt));
             self.persist_then(ctx, mutations, events, |_, _| {});
             return;
         }
-        let def = &self.workflow.jobs[self.job_index].tasks[i];
-        let run = RunSoFar {
-            attempts_in_series: t.attempts_in_series(),
-            cost_usd_micros: t.cost_usd_micros,
-            budget_usd_micros: def.budget_usd_micros,
-        };
-        let mut decision = policy::after_attempt(&def.retry, outcome, run, fastrand::f64());
-        if self.budget_spent && outcome.failure.is_some() && decision != AfterAttempt::Cancelled {
-            decision = AfterAttempt::Dead { reason: FailReason::Budget };
-        }
-        if self.record.cancel_requested && outcome.failure.is_some() {
-            decision = AfterAttempt::Cancelled;
-        }
+        let decision = self.decide(i, outcome);
         if outcome.failure.is_some() && decision != AfterAttempt::Cancelled {
             events.push(self.failed_event(i, &attempt));
         }
         let t = &mut self.tasks[i];
         t.reason = outcome.failure;
         t.detail = attempt.detail.clone();
-        match decision {
+        if !matches!(decision, AfterAttempt::Retry { .. }) {
+            t.ended_at_ms = Some(now);
+        }
+        let to = match decision {
             AfterAttempt::Succeeded => {
-                t.state = TaskState::Succeeded;
-                t.ended_at_ms = Some(now);
                 let duration = now.saturating_sub(attempt.started_at_ms);
-                events.push(
-                    self.task_event("task.succeeded", i)
-                        .with("duration_ms", duration)
-                        .with("cost_usd", usd_json(self.tasks[i].cost_usd_micros)),
-                );
+                let cost = usd_json(self.tasks[i].cost_usd_micros);
+                events.push(self.task_event("task.succeeded", i).with("duration_ms", duration).with("cost_usd", cost));
+                TaskState::Succeeded
             }
             AfterAttempt::Retry { delay } => {
-                t.state = TaskState::Retrying;
-                t.not_before_ms = Some(now + delay.as_millis() as u64);
-                let next = t.attempt + 1;
+                self.set_state(i, TaskState::Retrying);
+                let due_ms = now + delay.as_millis() as u64;
+                self.tasks[i].not_before_ms = Some(due_ms);
+                let next = self.tasks[i].attempt + 1;
+                let delay_ms = delay.as_millis() as u64;
                 events.push(
-                    self.task_event("task.retry_scheduled", i)
-                        .with("delay_ms", delay.as_millis() as u64)
-                        .with("next_attempt", next),
+                    self.task_event("task.retry_scheduled", i).with("delay_ms", delay_ms).with("next_attempt", next),
                 );
                 mutations.push(Mutation::TaskRun(self.tasks[i].clone()));
-                let (task_run, due_ms) = (self.tasks[i].id, self.tasks[i].not_before_ms.unwrap_or(now));
+                let task_run = self.tasks[i].id;
                 self.persist_then(ctx, mutations, events, move |act, ctx| {
                     act.shared.scheduler.do_send(Schedule { task_run, due_ms, owner: ctx.address() })
                 });
                 return;
             }
             AfterAttempt::Dead { reason } => {
-                t.state = TaskState::Dead;
-                t.reason = Some(reason);
-                t.ended_at_ms = Some(now);
+                self.tasks[i].reason = Some(reason);
                 events.push(self.task_event("task.dead_lettered", i).with("reason", reason.as_str()));
+                TaskState::Dead
             }
             AfterAttempt::Cancelled => {
-                t.state = TaskState::Cancelled;
-                t.reason = Some(FailReason::Cancelled);
-                t.ended_at_ms = Some(now);
+                self.tasks[i].reason = Some(FailReason::Cancelled);
                 events.push(self.task_event("task.cancelled", i));
+                TaskState::Cancelled
             }
-        }
+        };
+        self.set_state(i, to);
         mutations.push(Mutation::TaskRun(self.tasks[i].clone()));
         self.after_task_ended(ctx, i, mutations, events);
+    }
+
+    /// The retry policy, overruled by a spent job budget and by a cancel of the whole run.
+    fn decide(&self, i: usize, outcome: AttemptOutcome) -> AfterAttempt {
+        let t = &self.tasks[i];
+        let def = &self.job().tasks[i];
+        let run = RunSoFar {
+            attempts_in_series: t.attempts_in_series(),
+            cost_usd_micros: t.cost_usd_micros,
+            budget_usd_micros: def.budget_usd_micros,
+        };
+        let decision = policy::after_attempt(&def.retry, outcome, run, fastrand::f64());
+        match decision {
+            AfterAttempt::Succeeded => decision,
+            _ if self.record.cancel_requested => AfterAttempt::Cancelled,
+            AfterAttempt::Cancelled => decision,
+            _ if self.budget_spent => AfterAttempt::Dead { reason: FailReason::Budget },
+            _ => decision,
+        }
     }
 
     /// Task `i` reached a terminal state: follow its edges; a newly failing job run with
@@ -379,13 +397,10 @@ impl JobRun {
         mutations: Vec<Mutation>,
         events: Vec<EngineEvent>,
     ) {
-        let was_failing = graph::is_failing(&self.states()) && self.tasks[i].state.is_unsuccessful_end();
-        let mut states = self.states();
-        let changes = graph::after_end(&self.graph, &mut states, i);
-        for c in &changes {
-            self.tasks[c.task].state = c.to;
-        }
-        if was_failing && self.job().fail_fast {
+        let failing = graph::is_failing(&self.states) && self.states[i].is_unsuccessful_end();
+        let changes = graph::after_end(&self.graph, &mut self.states, i);
+        self.sync(&changes);
+        if failing && self.job().fail_fast {
             self.kill_running(FailReason::Cancelled);
         }
         self.apply_changes(ctx, changes, mutations, events);
@@ -423,13 +438,21 @@ impl JobRun {
             job: self.record.job.clone(),
             job_run_id: self.record.id,
             params: self.record.params.clone(),
+            // Validation allows templates to name only tasks this one (transitively) needs.
             tasks: self
-                .tasks
-                .iter()
+                .graph
+                .ancestors(i)
+                .into_iter()
+                .map(|u| &self.tasks[u])
                 .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code }))
                 .collect(),
         };
-        let render = |text: &str, what: &str| template::render(text, &ctx).map_err(|e| format!("{what}: {e}"));
+        let render = |text: &str, what: &str| {
+            if !text.contains("{{") && !text.contains("{%") {
+                return Ok(text.to_string());
+            }
+            template::render(text, &ctx).map_err(|e| format!("{what}: {e}"))
+        };
         let command = match &def.command {
             crate::config::CommandSpec::Shell(text) => crate::config::CommandSpec::Shell(text.clone()),
             crate::config::CommandSpec::Argv(items) => {
@@ -465,11 +488,8 @@ impl JobRun {
 
     /// A new run: job.started, entry tasks queued.
     fn begin_new(&mut self, ctx: &mut Context<Self>) {
-        let mut states = self.states();
-        let changes = graph::start(&self.graph, &mut states);
-        for c in &changes {
-            self.tasks[c.task].state = c.to;
-        }
+        let changes = graph::start(&self.graph, &mut self.states);
+        self.sync(&changes);
         let mut mutations = vec![Mutation::JobRun(self.record.clone())];
         mutations.extend(self.tasks.iter().map(|t| Mutation::TaskRun(t.clone())));
         let events = vec![
@@ -511,11 +531,8 @@ impl JobRun {
                 AttemptOutcome { failure: Some(FailReason::Interrupted), exit_code: None },
             );
         }
-        let mut states = self.states();
-        let changes = graph::reopen_pending(&self.graph, &mut states);
-        for c in &changes {
-            self.tasks[c.task].state = c.to;
-        }
+        let changes = graph::reopen_pending(&self.graph, &mut self.states);
+        self.sync(&changes);
         self.apply_changes(ctx, changes, Vec::new(), Vec::new());
     }
 
@@ -536,8 +553,8 @@ impl JobRun {
                 let id = t.id;
                 self.shared.scheduler.do_send(Unschedule { task_run: id });
                 let now = self.now();
+                self.set_state(i, TaskState::Cancelled);
                 let t = &mut self.tasks[i];
-                t.state = TaskState::Cancelled;
                 t.reason = Some(FailReason::Cancelled);
                 t.ended_at_ms = Some(now);
                 let mutations = vec![Mutation::TaskRun(t.clone())];
@@ -547,7 +564,7 @@ impl JobRun {
             }
             TaskState::Dead => {
                 let id = t.id;
-                self.tasks[i].state = TaskState::Cancelled;
+                self.set_state(i, TaskState::Cancelled);
                 let mutations = vec![Mutation::TaskRun(self.tasks[i].clone())];
                 let events = vec![self.task_event("task.cancelled", i).with("from", "dead")];
                 self.after_task_ended(ctx, i, mutations, events);
@@ -573,19 +590,16 @@ impl JobRun {
         self.record.cancel_requested = false;
         self.record.ended_at_ms = None;
         self.record.reason = None;
+        self.set_state(i, TaskState::Queued);
         let t = &mut self.tasks[i];
         t.series_start = t.attempt + 1;
-        t.state = TaskState::Queued;
         t.reason = None;
         t.detail = None;
         t.ended_at_ms = None;
         let id = t.id;
-        let mut states = self.states();
         let mut changes = vec![Change { task: i, to: TaskState::Queued }];
-        changes.extend(graph::reopen(&self.graph, &mut states));
-        for c in &changes {
-            self.tasks[c.task].state = c.to;
-        }
+        changes.extend(graph::reopen(&self.graph, &mut self.states));
+        self.sync(&changes);
         let mut events = Vec::new();
         if reopened {
             events.push(self.job_event("job.started").with("retry", true));
@@ -603,17 +617,13 @@ impl JobRun {
             .with("spent_usd", usd_json(self.record.cost_usd_micros));
         self.shared.journal.do_send(Publish(event));
         self.kill_running(FailReason::Budget);
-        let mut states = self.states();
         let mut changes = Vec::new();
-        for (i, s) in states.iter_mut().enumerate() {
-            if matches!(s, TaskState::Queued | TaskState::Pending | TaskState::Retrying) {
-                *s = TaskState::Skipped;
+        for i in 0..self.tasks.len() {
+            if matches!(self.states[i], TaskState::Queued | TaskState::Pending | TaskState::Retrying) {
+                self.set_state(i, TaskState::Skipped);
                 self.shared.scheduler.do_send(Unschedule { task_run: self.tasks[i].id });
                 changes.push(Change { task: i, to: TaskState::Skipped });
             }
-        }
-        for c in &changes {
-            self.tasks[c.task].state = c.to;
         }
         self.apply_changes(ctx, changes, vec![Mutation::JobRun(self.record.clone())], Vec::new());
     }
@@ -677,9 +687,9 @@ impl Handler<Claim> for JobRun {
         }
         let n = self.tasks[i].attempt + 1;
         let now = self.now();
+        self.set_state(i, TaskState::Running);
         let t = &mut self.tasks[i];
         t.attempt = n;
-        t.state = TaskState::Running;
         t.started_at_ms.get_or_insert(now);
         t.progress = None;
         let mut attempt = self.new_attempt(i, n);
@@ -882,7 +892,7 @@ impl Handler<RetryDue> for JobRun {
         if self.tasks[i].state != TaskState::Retrying || self.stopping {
             return;
         }
-        self.tasks[i].state = TaskState::Queued;
+        self.set_state(i, TaskState::Queued);
         self.tasks[i].not_before_ms = None;
         self.apply_changes(ctx, vec![Change { task: i, to: TaskState::Queued }], Vec::new(), Vec::new());
     }
@@ -903,8 +913,8 @@ impl Handler<QueueTimedOut> for JobRun {
             return;
         }
         let now = self.now();
+        self.set_state(i, TaskState::Dead);
         let t = &mut self.tasks[i];
-        t.state = TaskState::Dead;
         t.reason = Some(FailReason::QueueTimeout);
         t.ended_at_ms = Some(now);
         let events = vec![self.task_event("task.dead_lettered", i).with("reason", FailReason::QueueTimeout.as_str())];

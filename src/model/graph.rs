@@ -19,6 +19,63 @@ pub struct JobGraph {
     dependents: Vec<Vec<usize>>,
 }
 
+/// The states of one job run's task runs, with a count per state so the questions asked on
+/// every event (is anything still open? is the run failing? is anything queued?) cost O(1)
+/// however many tasks the job has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskStates {
+    states: Vec<TaskState>,
+    counts: [usize; TaskState::ALL.len()],
+}
+
+impl TaskStates {
+    pub fn new(states: Vec<TaskState>) -> TaskStates {
+        let mut counts = [0; TaskState::ALL.len()];
+        for s in &states {
+            counts[*s as usize] += 1;
+        }
+        TaskStates { states, counts }
+    }
+
+    pub fn get(&self, task: usize) -> TaskState {
+        self.states[task]
+    }
+
+    pub fn set(&mut self, task: usize, to: TaskState) {
+        self.counts[self.states[task] as usize] -= 1;
+        self.counts[to as usize] += 1;
+        self.states[task] = to;
+    }
+
+    pub fn count(&self, state: TaskState) -> usize {
+        self.counts[state as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[TaskState] {
+        &self.states
+    }
+
+    fn all_terminal(&self) -> bool {
+        TaskState::ALL.iter().filter(|s| !s.is_terminal()).all(|s| self.count(*s) == 0)
+    }
+}
+
+impl std::ops::Index<usize> for TaskStates {
+    type Output = TaskState;
+
+    fn index(&self, task: usize) -> &TaskState {
+        &self.states[task]
+    }
+}
+
 /// One state change decided by the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change {
@@ -60,16 +117,29 @@ impl JobGraph {
     pub fn needs(&self, task: usize) -> &[usize] {
         &self.needs[task]
     }
+
+    /// Every task `task` needs, directly or through others.
+    /// Costs the size of the ancestry, not of the job (a job may have 100k independent tasks).
+    pub fn ancestors(&self, task: usize) -> Vec<usize> {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack: Vec<usize> = self.needs[task].clone();
+        while let Some(t) = stack.pop() {
+            if seen.insert(t) {
+                stack.extend(&self.needs[t]);
+            }
+        }
+        seen.into_iter().collect()
+    }
 }
 
 /// A job run takes no new work once one of its tasks is dead or cancelled (SPEC §2.2 fail-fast
 /// for new work): what would start next is skipped instead.
-pub fn is_failing(states: &[TaskState]) -> bool {
-    states.iter().any(|s| matches!(s, TaskState::Dead | TaskState::Cancelled))
+pub fn is_failing(states: &TaskStates) -> bool {
+    states.count(TaskState::Dead) + states.count(TaskState::Cancelled) > 0
 }
 
 /// A new job run: the tasks with no `needs` are queued, the rest wait.
-pub fn start(graph: &JobGraph, states: &mut [TaskState]) -> Vec<Change> {
+pub fn start(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
     let mut changes = Vec::new();
     for task in 0..graph.len() {
         if states[task] == TaskState::Pending && graph.needs[task].is_empty() {
@@ -80,7 +150,7 @@ pub fn start(graph: &JobGraph, states: &mut [TaskState]) -> Vec<Change> {
 }
 
 /// `task` has just reached a terminal state (already set in `states`): follow its edges.
-pub fn after_end(graph: &JobGraph, states: &mut [TaskState], task: usize) -> Vec<Change> {
+pub fn after_end(graph: &JobGraph, states: &mut TaskStates, task: usize) -> Vec<Change> {
     let mut changes = Vec::new();
     follow_edges(graph, states, task, &mut changes);
     if is_failing(states) {
@@ -91,7 +161,7 @@ pub fn after_end(graph: &JobGraph, states: &mut [TaskState], task: usize) -> Vec
 
 /// After a dead-letter retry put `task` back in its queue: the job run may take new work again,
 /// so everything that was skipped is looked at afresh.
-pub fn reopen(graph: &JobGraph, states: &mut [TaskState]) -> Vec<Change> {
+pub fn reopen(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
     let mut changes = Vec::new();
     for task in 0..graph.len() {
         if states[task] == TaskState::Skipped {
@@ -104,7 +174,7 @@ pub fn reopen(graph: &JobGraph, states: &mut [TaskState]) -> Vec<Change> {
 
 /// Settles every pending task whose needs have already ended (after a restart, a crash may
 /// have come between a task's end and the commit of what follows it).
-pub fn reopen_pending(graph: &JobGraph, states: &mut [TaskState]) -> Vec<Change> {
+pub fn reopen_pending(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
     let mut changes = Vec::new();
     let failing = is_failing(states);
     for task in topological_order(graph) {
@@ -122,25 +192,25 @@ pub fn reopen_pending(graph: &JobGraph, states: &mut [TaskState]) -> Vec<Change>
 }
 
 /// Running tasks to cancel when a failing job run has `fail_fast = true`.
-pub fn running_tasks(states: &[TaskState]) -> Vec<usize> {
+pub fn running_tasks(states: &TaskStates) -> Vec<usize> {
     (0..states.len()).filter(|&t| matches!(states[t], TaskState::Running | TaskState::Retrying)).collect()
 }
 
 /// `None` while anything can still happen; otherwise how the job run ended.
-pub fn outcome(states: &[TaskState], cancel_requested: bool) -> Option<JobState> {
-    if !states.iter().all(|s| s.is_terminal()) {
+pub fn outcome(states: &TaskStates, cancel_requested: bool) -> Option<JobState> {
+    if !states.all_terminal() {
         return None;
     }
     Some(if cancel_requested {
         JobState::Cancelled
-    } else if states.iter().all(|s| *s == TaskState::Succeeded) {
+    } else if states.count(TaskState::Succeeded) == states.len() {
         JobState::Succeeded
     } else {
         JobState::Failed
     })
 }
 
-fn follow_edges(graph: &JobGraph, states: &mut [TaskState], task: usize, changes: &mut Vec<Change>) {
+fn follow_edges(graph: &JobGraph, states: &mut TaskStates, task: usize, changes: &mut Vec<Change>) {
     let failing = is_failing(states);
     for &next in &graph.dependents[task] {
         if states[next] != TaskState::Pending {
@@ -161,7 +231,10 @@ fn follow_edges(graph: &JobGraph, states: &mut [TaskState], task: usize, changes
 
 /// Queued task runs have not started: they are skipped, and so is what depends on them.
 /// Pending ones follow when their needs end.
-fn stop_new_work(graph: &JobGraph, states: &mut [TaskState], changes: &mut Vec<Change>) {
+fn stop_new_work(graph: &JobGraph, states: &mut TaskStates, changes: &mut Vec<Change>) {
+    if states.count(TaskState::Queued) == 0 {
+        return;
+    }
     for task in 0..states.len() {
         if states[task] == TaskState::Queued {
             set(states, changes, task, TaskState::Skipped);
@@ -170,12 +243,12 @@ fn stop_new_work(graph: &JobGraph, states: &mut [TaskState], changes: &mut Vec<C
     }
 }
 
-fn all_succeeded(needs: &[usize], states: &[TaskState]) -> bool {
+fn all_succeeded(needs: &[usize], states: &TaskStates) -> bool {
     needs.iter().all(|&n| states[n] == TaskState::Succeeded)
 }
 
-fn set(states: &mut [TaskState], changes: &mut Vec<Change>, task: usize, to: TaskState) {
-    states[task] = to;
+fn set(states: &mut TaskStates, changes: &mut Vec<Change>, task: usize, to: TaskState) {
+    states.set(task, to);
     changes.push(Change { task, to });
 }
 
@@ -208,19 +281,19 @@ mod tests {
         JobGraph::from_needs(names, vec![vec![], vec![0], vec![0], vec![1, 2], vec![]])
     }
 
-    fn end(graph: &JobGraph, states: &mut [TaskState], task: usize, to: TaskState) -> Vec<Change> {
-        states[task] = to;
+    fn end(graph: &JobGraph, states: &mut TaskStates, task: usize, to: TaskState) -> Vec<Change> {
+        states.set(task, to);
         after_end(graph, states, task)
     }
 
     #[test]
     fn diamond_joins_over_all_needs() {
         let g = diamond();
-        let mut s = vec![Pending; 5];
+        let mut s = TaskStates::new(vec![Pending; 5]);
         assert_eq!(start(&g, &mut s).len(), 2);
-        assert_eq!(s, [Queued, Pending, Pending, Pending, Queued]);
+        assert_eq!(s.as_slice(), [Queued, Pending, Pending, Pending, Queued]);
         end(&g, &mut s, 0, Succeeded);
-        assert_eq!(&s[1..3], [Queued, Queued]);
+        assert_eq!(&s.as_slice()[1..3], [Queued, Queued]);
         end(&g, &mut s, 1, Succeeded);
         assert_eq!(s[3], Pending, "d waits for c too");
         end(&g, &mut s, 2, Succeeded);
@@ -230,19 +303,19 @@ mod tests {
     #[test]
     fn dead_task_skips_dependents_and_new_work() {
         let g = diamond();
-        let mut s = vec![Pending; 5];
+        let mut s = TaskStates::new(vec![Pending; 5]);
         start(&g, &mut s);
         end(&g, &mut s, 0, Dead);
-        assert_eq!(s, [Dead, Skipped, Skipped, Skipped, Skipped]);
+        assert_eq!(s.as_slice(), [Dead, Skipped, Skipped, Skipped, Skipped]);
         assert_eq!(outcome(&s, false), Some(JobState::Failed));
     }
 
     #[test]
     fn running_work_finishes_when_failing() {
         let g = diamond();
-        let mut s = vec![Pending; 5];
+        let mut s = TaskStates::new(vec![Pending; 5]);
         start(&g, &mut s);
-        s[4] = Running;
+        s.set(4, Running);
         end(&g, &mut s, 0, Dead);
         assert_eq!(s[4], Running);
         assert_eq!(outcome(&s, false), None);
@@ -251,21 +324,29 @@ mod tests {
     #[test]
     fn reopen_after_dead_letter_retry() {
         let g = diamond();
-        let mut s = vec![Dead, Skipped, Skipped, Skipped, Succeeded];
-        s[0] = Queued;
+        let mut s = TaskStates::new(vec![Dead, Skipped, Skipped, Skipped, Succeeded]);
+        s.set(0, Queued);
         reopen(&g, &mut s);
-        assert_eq!(s, [Queued, Pending, Pending, Pending, Succeeded]);
-        let mut s = vec![Succeeded, Dead, Skipped, Skipped, Succeeded];
-        s[1] = Queued;
+        assert_eq!(s.as_slice(), [Queued, Pending, Pending, Pending, Succeeded]);
+        let mut s = TaskStates::new(vec![Succeeded, Dead, Skipped, Skipped, Succeeded]);
+        s.set(1, Queued);
         reopen(&g, &mut s);
-        assert_eq!(s, [Succeeded, Queued, Queued, Pending, Succeeded]);
+        assert_eq!(s.as_slice(), [Succeeded, Queued, Queued, Pending, Succeeded]);
+    }
+
+    #[test]
+    fn ancestors_are_transitive() {
+        let mut a = diamond().ancestors(3);
+        a.sort();
+        assert_eq!(a, [0, 1, 2]);
+        assert!(diamond().ancestors(4).is_empty());
     }
 
     #[test]
     fn outcomes() {
-        assert_eq!(outcome(&[Succeeded, Succeeded], false), Some(JobState::Succeeded));
-        assert_eq!(outcome(&[Succeeded, Cancelled], true), Some(JobState::Cancelled));
-        assert_eq!(outcome(&[Succeeded, Retrying], false), None);
+        assert_eq!(outcome(&TaskStates::new(vec![Succeeded, Succeeded]), false), Some(JobState::Succeeded));
+        assert_eq!(outcome(&TaskStates::new(vec![Succeeded, Cancelled]), true), Some(JobState::Cancelled));
+        assert_eq!(outcome(&TaskStates::new(vec![Succeeded, Retrying]), false), None);
     }
 
     /// A random DAG: each task needs some of the tasks before it.
@@ -284,12 +365,12 @@ mod tests {
         /// exactly when every task did.
         #[test]
         fn engine_matches_reference(g in dag(), fates in proptest::collection::vec(any::<bool>(), 9), picks in proptest::collection::vec(any::<usize>(), 64)) {
-            let mut s = vec![Pending; g.len()];
+            let mut s = TaskStates::new(vec![Pending; g.len()]);
             start(&g, &mut s);
             let mut steps = 0;
             while outcome(&s, false).is_none() {
                 let queued: Vec<usize> = (0..g.len()).filter(|&t| s[t] == Queued).collect();
-                prop_assert!(!queued.is_empty(), "stuck: {:?}", s);
+                prop_assert!(!queued.is_empty(), "stuck: {:?}", s.as_slice());
                 let t = queued[picks[steps % picks.len()] % queued.len()];
                 prop_assert!(g.needs(t).iter().all(|&n| s[n] == Succeeded));
                 let to = if fates[t] { Succeeded } else { Dead };
@@ -299,7 +380,7 @@ mod tests {
             }
             let all_ok = (0..g.len()).all(|t| fates[t]);
             prop_assert_eq!(outcome(&s, false), Some(if all_ok { JobState::Succeeded } else { JobState::Failed }));
-            if s.contains(&Skipped) {
+            if s.count(Skipped) > 0 {
                 prop_assert!(!fates.iter().take(g.len()).all(|f| *f), "a task was skipped though every task succeeded");
             }
         }
