@@ -21,3 +21,4 @@ pub mod headless;
 pub mod model;
 pub mod sanitize;
 pub mod store;
+pub mod tui;

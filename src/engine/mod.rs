@@ -36,12 +36,13 @@ pub use event::{EngineEvent, rfc3339_ms};
 pub use job_run::SHUTDOWN_GRACE;
 use journal::Journal;
 use supervisor::Supervisor;
+pub use worker::CurrentAttempt;
 
 use crate::config::Workflow;
 use crate::executor::Executor;
 use crate::model::JobState;
 use crate::model::cost::Pricing;
-use crate::store::{StoreError, StoreHandle};
+use crate::store::{JobRunRecord, StoreError, StoreHandle, TaskRunRecord};
 
 /// Mailboxes are bounded (a `send` waits when one is full) but large: bursts of thousands of
 /// task runs must not stall. `do_send` ignores the bound; it is used only for fire-and-forget
@@ -123,12 +124,73 @@ pub struct EngineConfig {
     pub pricing: Pricing,
 }
 
+/// Everything a view needs to draw its first frame; events keep it current afterwards.
+#[derive(Debug, Clone, Default)]
+pub struct EngineSnapshot {
+    pub job_runs: Vec<JobRunRecord>,
+    pub task_runs: Vec<TaskRunRecord>,
+    pub queues: Vec<QueueSnapshot>,
+    pub workers: Vec<WorkerSnapshot>,
+    /// The jobs of the workflow this engine was started with: their graphs and budgets.
+    pub jobs: Vec<JobShape>,
+}
+
+/// A job as the views draw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobShape {
+    pub name: String,
+    pub budget_usd_micros: Option<u64>,
+    pub tasks: Vec<TaskShape>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskShape {
+    pub name: String,
+    pub needs: Vec<String>,
+    pub queue: String,
+    pub budget_usd_micros: Option<u64>,
+}
+
+impl JobShape {
+    fn of(workflow: &Workflow) -> Vec<JobShape> {
+        workflow
+            .jobs
+            .iter()
+            .map(|j| JobShape {
+                name: j.name.clone(),
+                budget_usd_micros: j.budget_usd_micros,
+                tasks: j
+                    .tasks
+                    .iter()
+                    .map(|t| TaskShape {
+                        name: t.name.clone(),
+                        needs: t.needs.clone(),
+                        queue: t.queue.clone(),
+                        budget_usd_micros: t.budget_usd_micros,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// One worker slot: what it runs and how often it was restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSnapshot {
+    pub id: usize,
+    pub current: Option<CurrentAttempt>,
+    pub restarts: u32,
+}
+
 /// The one door into a running engine.
 #[derive(Clone)]
 pub struct EngineHandle {
     supervisor: Addr<Supervisor>,
     journal: Addr<Journal>,
     dispatcher: Addr<dispatcher::Dispatcher>,
+    store: StoreHandle,
+    watch: watchdog::WatchList,
+    jobs: Arc<Vec<JobShape>>,
     /// Keeps the watchdog's thread alive as long as a handle exists.
     _watchdog: Arc<ArbiterGuard>,
 }
@@ -150,6 +212,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     let workers_total = config.workers.max(1);
     let dispatcher = dispatcher::Dispatcher::new(config.clock.clone(), &config.workflow.queues, workers_total).start();
     let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
+    let store = config.store.clone();
     let shared = Arc::new(Shared {
         clock: config.clock.clone(),
         store: config.store,
@@ -177,8 +240,10 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     }
     let arbiter = Arbiter::new();
     let clock = config.clock.clone();
-    watchdog::Watchdog::start_in_arbiter(&arbiter.handle(), move |_| watchdog::Watchdog::new(clock, watch));
-    EngineHandle { supervisor, journal, dispatcher, _watchdog: Arc::new(ArbiterGuard(arbiter)) }
+    let watched = watch.clone();
+    watchdog::Watchdog::start_in_arbiter(&arbiter.handle(), move |_| watchdog::Watchdog::new(clock, watched));
+    let jobs = Arc::new(JobShape::of(&config.workflow));
+    EngineHandle { supervisor, journal, dispatcher, store, watch, jobs, _watchdog: Arc::new(ArbiterGuard(arbiter)) }
 }
 
 /// FNV-1a over the path and the text: a stable key for a workflow definition.
@@ -242,6 +307,41 @@ impl EngineHandle {
     /// Resolves once every listed job run has ended, with how each ended.
     pub async fn wait(&self, ids: Vec<u64>) -> Result<Vec<(u64, JobState)>, EngineError> {
         mailbox(self.supervisor.send(supervisor::WaitFor(ids)).await)?
+    }
+
+    /// Job runs, task runs (from the store, read off the engine's thread), queues and workers.
+    pub async fn snapshot(&self) -> Result<EngineSnapshot, EngineError> {
+        let store = self.store.clone();
+        let records = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let reader = store.reader()?;
+            Ok((reader.job_runs()?, reader.task_runs()?))
+        });
+        let (job_runs, task_runs) = records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
+        let jobs = self.jobs.as_ref().clone();
+        Ok(EngineSnapshot { job_runs, task_runs, queues: self.queues().await?, workers: self.workers(), jobs })
+    }
+
+    /// The task runs of one job run (a view learning of a new run from `job.started`).
+    pub async fn task_runs_of(&self, job_run: u64) -> Result<Vec<TaskRunRecord>, EngineError> {
+        let store = self.store.clone();
+        let read = tokio::task::spawn_blocking(move || store.reader()?.task_runs_of(job_run));
+        Ok(read.await.map_err(|e| EngineError::Stopped(e.to_string()))??)
+    }
+
+    /// Each worker slot and what it runs, read without asking the actors.
+    pub fn workers(&self) -> Vec<WorkerSnapshot> {
+        let Ok(watch) = self.watch.lock() else { return Vec::new() };
+        let mut out: Vec<WorkerSnapshot> = watch
+            .workers
+            .iter()
+            .map(|(id, (activity, _))| WorkerSnapshot {
+                id: *id,
+                current: activity.current(),
+                restarts: watch.restarts.get(id).copied().unwrap_or(0),
+            })
+            .collect();
+        out.sort_by_key(|w| w.id);
+        out
     }
 
     /// Graceful stop: resolves when running attempts are interrupted and recorded.

@@ -23,6 +23,8 @@ const MAX_MISSED_PINGS: u32 = 3;
 #[derive(Default)]
 pub struct Watched {
     pub workers: HashMap<usize, (Arc<Activity>, Addr<Worker>)>,
+    /// Restarts per worker since start, for the views.
+    pub restarts: HashMap<usize, u32>,
 }
 
 pub type WatchList = Arc<Mutex<Watched>>;

@@ -32,6 +32,8 @@ pub struct Activity {
 #[derive(Default)]
 struct ActivityState {
     active: bool,
+    task_run: u64,
+    attempt: u32,
     started_ms: u64,
     timeout_ms: u64,
     heartbeat_timeout_ms: u64,
@@ -40,11 +42,13 @@ struct ActivityState {
 }
 
 impl Activity {
-    fn begin(&self, now_ms: u64, timeout: Duration, heartbeat_timeout: Duration) {
+    fn begin(&self, task_run: u64, attempt: u32, now_ms: u64, timeout: Duration, heartbeat_timeout: Duration) {
         self.last_ms.store(now_ms, Ordering::Relaxed);
         if let Ok(mut s) = self.inner.lock() {
             *s = ActivityState {
                 active: true,
+                task_run,
+                attempt,
                 started_ms: now_ms,
                 timeout_ms: timeout.as_millis() as u64,
                 heartbeat_timeout_ms: heartbeat_timeout.as_millis() as u64,
@@ -69,6 +73,18 @@ impl Activity {
         s.active = false;
         s.process = None;
         s.kill_reason.take()
+    }
+
+    /// What the worker is doing, for the views: `None` when idle.
+    pub fn current(&self) -> Option<CurrentAttempt> {
+        let s = self.inner.lock().ok()?;
+        s.active.then(|| CurrentAttempt {
+            task_run: s.task_run,
+            attempt: s.attempt,
+            started_ms: s.started_ms,
+            last_activity_ms: self.last_ms.load(Ordering::Relaxed),
+            pid: s.process.map(|p| p.pid),
+        })
     }
 
     /// Why the watchdog should kill the attempt now, if it should.
@@ -96,6 +112,16 @@ impl Activity {
             tokio::spawn(terminate_group(process, grace));
         }
     }
+}
+
+/// A worker's attempt as the views see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CurrentAttempt {
+    pub task_run: u64,
+    pub attempt: u32,
+    pub started_ms: u64,
+    pub last_activity_ms: u64,
+    pub pid: Option<u32>,
 }
 
 /// The attempt a worker is running.
@@ -168,7 +194,7 @@ impl Worker {
             outputs: BTreeMap::new(),
             warnings: 0,
         });
-        self.activity.begin(now, claimed.timeout, claimed.heartbeat_timeout);
+        self.activity.begin(task_run, attempt, now, claimed.timeout, claimed.heartbeat_timeout);
         let (tx, rx) = mpsc::unbounded_channel();
         match self.executor.spawn(claimed.spec, tx) {
             Ok(running) => {
@@ -288,6 +314,9 @@ impl actix::Supervised for Worker {
         self.activity = Arc::default();
         let reason = self.restart_reason.take().unwrap_or_else(|| "stopped".into());
         self.ledger.record(self.id, &reason);
+        if let Ok(mut watch) = self.watch.lock() {
+            *watch.restarts.entry(self.id).or_default() += 1;
+        }
         let event = EngineEvent::new("worker.restarted", self.clock.now_ms())
             .with("worker", self.id)
             .with("reason", reason)
