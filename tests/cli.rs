@@ -523,3 +523,26 @@ fn a_state_dir_from_schema_v1_still_loads() {
     assert_eq!(code, 0);
     assert_eq!(p.json(&["jobs", "--json"])[1]["id"], 2);
 }
+
+#[test]
+fn schedules_preview_fire_times_across_dst() {
+    let p = Project::new(
+        r#"
+[jobs.nightly]
+schedule = "30 2 * * *"
+timezone = "Europe/Berlin"
+[jobs.nightly.tasks.t]
+run = "true"
+[jobs.adhoc.tasks.t]
+run = "true"
+"#,
+    );
+    let out = p.run(&["schedules", "workflow.toml", "--from", "2026-03-28T12:00:00Z", "--count", "2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let items: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(items.as_array().map(Vec::len), Some(1), "unscheduled jobs are not listed");
+    assert_eq!(items[0]["job"], "nightly");
+    assert_eq!(items[0]["timezone"], "Europe/Berlin");
+    // 02:30 does not exist on 2026-03-29 in Berlin: the run comes right after the gap, once.
+    assert_eq!(items[0]["next"], serde_json::json!(["2026-03-29T01:00:00.000Z", "2026-03-30T00:30:00.000Z"]));
+}

@@ -37,6 +37,17 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check a workflow file; report every problem as FILE:LINE:COL.
     Validate { file: PathBuf },
+    /// Preview the next fire times of every scheduled job, in its zone and in UTC.
+    Schedules {
+        file: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// Start after this time (RFC 3339, e.g. 2026-03-28T12:00:00Z; default: now).
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Queues, counts per state and total cost.
     Status {
         #[arg(long)]
@@ -156,6 +167,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Run(args) => return run::run(args, &state_dir),
         Command::Validate { file } => return run::validate(&file),
+        Command::Schedules { file, count, from, json } => return run::schedules(&file, count, from.as_deref(), json),
         Command::Status { json } => query::status(&state_dir, json),
         Command::Jobs { state, json } => query::jobs(&state_dir, state.as_deref(), json),
         Command::Tasks { state, job, queue, json } => {

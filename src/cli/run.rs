@@ -15,6 +15,7 @@ use crate::executor::{Executor, LocalExecutor, NoopExecutor};
 use crate::headless::{self, Format};
 use crate::model::JobState;
 use crate::model::cost::Pricing;
+use crate::model::schedule::Schedule;
 use crate::store::{self, StoreError};
 
 #[derive(Debug, Args)]
@@ -54,6 +55,53 @@ pub fn validate(file: &Path) -> i32 {
         }
         Err(code) => code,
     }
+}
+
+pub fn schedules(file: &Path, count: usize, from: Option<&str>, as_json: bool) -> i32 {
+    let (workflow, _) = match load(file) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let from_ms = match from.map(humantime::parse_rfc3339_weak) {
+        None => crate::engine::Clock::now_ms(&SystemClock),
+        Some(Ok(t)) => t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        Some(Err(e)) => {
+            eprintln!("gaffer: --from `{}`: {e} (use RFC 3339, e.g. 2026-03-28T12:00:00Z)", from.unwrap_or(""));
+            return exit::USAGE;
+        }
+    };
+    let mut rows = Vec::new();
+    for job in &workflow.jobs {
+        let Some(expression) = &job.schedule else { continue };
+        match Schedule::new(expression, job.timezone.as_deref()) {
+            Ok(schedule) => rows.push((job, expression, schedule.upcoming(from_ms, count), schedule)),
+            Err(e) => {
+                eprintln!("gaffer: job `{}`: {e}", job.name);
+                return exit::USAGE;
+            }
+        }
+    }
+    if as_json {
+        let items: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(job, expression, next, schedule)| {
+                let next: Vec<String> = next.iter().map(|ms| engine::rfc3339_ms(*ms)).collect();
+                serde_json::json!({"job": job.name, "schedule": expression, "timezone": schedule.zone_name(), "next": next})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+        return exit::OK;
+    }
+    if rows.is_empty() {
+        println!("no job in {} has a schedule", file.display());
+    }
+    for (job, expression, next, schedule) in rows {
+        println!("{}  `{expression}`  ({})", job.name, schedule.zone_name());
+        for ms in next {
+            println!("  {:<32} {}", schedule.local_time(ms), engine::rfc3339_ms(ms));
+        }
+    }
+    exit::OK
 }
 
 /// Reads and validates the file; prints every problem and returns the exit code on failure.

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use croner::parser::{CronParser, Seconds, Year};
 use toml_edit::{Document, TableLike};
 
 use super::checks;
@@ -364,8 +363,7 @@ fn read_job(r: &mut Reader, entry: &Entry) -> Option<JobDraft> {
 
 fn read_schedule(r: &mut Reader, e: &Entry) -> Option<String> {
     let text = r.string(e)?;
-    let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
-    match parser.parse(&text) {
+    match crate::model::schedule::parse_cron(&text) {
         Ok(_) => Some(text),
         Err(err) => {
             r.error(e.at, format!("bad cron expression `{text}`: {err}"));
@@ -376,11 +374,12 @@ fn read_schedule(r: &mut Reader, e: &Entry) -> Option<String> {
 
 fn read_timezone(r: &mut Reader, e: &Entry) -> Option<String> {
     let text = r.string(e)?;
-    if text.parse::<chrono_tz::Tz>().is_ok() {
-        Some(text)
-    } else {
-        r.error(e.at, format!("unknown timezone `{text}`"));
-        None
+    match crate::model::schedule::parse_zone(&text) {
+        Ok(_) => Some(text),
+        Err(message) => {
+            r.error(e.at, message);
+            None
+        }
     }
 }
 

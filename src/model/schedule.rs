@@ -1,0 +1,183 @@
+//! Cron schedules: Vixie crontab lines (5 fields, or 6 with seconds first; `@daily` and the other
+//! aliases; `L`, `W`, `#`) in a job's time zone, by croner.
+//!
+//! DST rules (croner's, after OCPS and Vixie cron), which users can check with
+//! `gaffer schedules FILE`:
+//! - spring forward (a local time that does not exist): a fixed-time job (`30 2 * * *`) runs at
+//!   the first valid time after the gap, once; a wildcard/step job skips the missing times;
+//! - fall back (a local time that happens twice): a fixed-time job runs once, at the first pass;
+//!   a wildcard/step job runs at each pass.
+
+use chrono::{DateTime, TimeZone, Utc};
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+
+/// A parsed schedule in its zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: Cron,
+    zone: Zone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Zone {
+    Named(chrono_tz::Tz),
+    /// The machine's local zone (no `timezone` on the job).
+    Local,
+}
+
+/// Parses a cron expression alone, with the reason croner gives when it is bad.
+pub fn parse_cron(expression: &str) -> Result<Cron, String> {
+    let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
+    parser.parse(expression).map_err(|e| e.to_string())
+}
+
+/// Parses an IANA zone name (`Europe/Berlin`).
+pub fn parse_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| format!("unknown timezone `{name}`"))
+}
+
+impl Schedule {
+    pub fn new(expression: &str, timezone: Option<&str>) -> Result<Schedule, String> {
+        let cron = parse_cron(expression)?;
+        let zone = match timezone {
+            Some(name) => Zone::Named(parse_zone(name)?),
+            None => Zone::Local,
+        };
+        Ok(Schedule { cron, zone })
+    }
+
+    /// The first fire time strictly after `after_ms` (ms since the epoch), if there is one.
+    pub fn next_after(&self, after_ms: u64) -> Option<u64> {
+        let after = Utc.timestamp_millis_opt(i64::try_from(after_ms).ok()?).single()?;
+        match self.zone {
+            Zone::Named(tz) => self.next_in(after.with_timezone(&tz)),
+            Zone::Local => self.next_in(after.with_timezone(&chrono::Local)),
+        }
+    }
+
+    /// The next `count` fire times after `after_ms`.
+    pub fn upcoming(&self, after_ms: u64, count: usize) -> Vec<u64> {
+        let mut out = Vec::with_capacity(count);
+        let mut from = after_ms;
+        while out.len() < count {
+            match self.next_after(from) {
+                Some(next) => {
+                    out.push(next);
+                    from = next;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// The zone's name, for display.
+    pub fn zone_name(&self) -> String {
+        match self.zone {
+            Zone::Named(tz) => tz.name().to_string(),
+            Zone::Local => "local".to_string(),
+        }
+    }
+
+    /// `ms` as a local time in the schedule's zone (RFC 3339 with offset), for display.
+    pub fn local_time(&self, ms: u64) -> String {
+        let Some(t) = i64::try_from(ms).ok().and_then(|ms| Utc.timestamp_millis_opt(ms).single()) else {
+            return String::new();
+        };
+        match self.zone {
+            Zone::Named(tz) => t.with_timezone(&tz).to_rfc3339(),
+            Zone::Local => t.with_timezone(&chrono::Local).to_rfc3339(),
+        }
+    }
+
+    fn next_in<Tz: TimeZone>(&self, after: DateTime<Tz>) -> Option<u64> {
+        let next = self.cron.find_next_occurrence(&after, false).ok()?;
+        u64::try_from(next.timestamp_millis()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(rfc3339: &str) -> u64 {
+        DateTime::parse_from_rfc3339(rfc3339).expect("time").timestamp_millis() as u64
+    }
+
+    fn utc(ms: u64) -> String {
+        Utc.timestamp_millis_opt(ms as i64).single().expect("time").format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    }
+
+    fn next_n(expr: &str, zone: &str, from: &str, n: usize) -> Vec<String> {
+        Schedule::new(expr, Some(zone)).expect("schedule").upcoming(ms(from), n).into_iter().map(utc).collect()
+    }
+
+    #[test]
+    fn weekdays_are_vixie_monday_to_friday() {
+        // 2026-11-20 is a Friday.
+        assert_eq!(
+            next_n("0 9 * * MON-FRI", "UTC", "2026-11-20T10:00:00Z", 2),
+            ["2026-11-23T09:00:00Z", "2026-11-24T09:00:00Z"]
+        );
+        assert_eq!(next_n("0 9 * * 1-5", "UTC", "2026-11-20T10:00:00Z", 1), ["2026-11-23T09:00:00Z"]);
+    }
+
+    #[test]
+    fn six_fields_means_seconds_and_aliases_work() {
+        assert_eq!(
+            next_n("*/20 * * * * *", "UTC", "2026-01-01T00:00:00Z", 2),
+            ["2026-01-01T00:00:20Z", "2026-01-01T00:00:40Z"]
+        );
+        assert_eq!(next_n("@daily", "UTC", "2026-01-01T00:00:00Z", 1), ["2026-01-02T00:00:00Z"]);
+    }
+
+    #[test]
+    fn spring_forward_fixed_time_runs_once_after_the_gap() {
+        // Berlin: 2026-03-29 02:00 CET → 03:00 CEST; 02:30 does not exist.
+        assert_eq!(
+            next_n("30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", 2),
+            ["2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"],
+        );
+        // New York: 2026-03-08 02:00 EST → 03:00 EDT.
+        assert_eq!(next_n("30 2 * * *", "America/New_York", "2026-03-07T12:00:00Z", 1), ["2026-03-08T07:00:00Z"]);
+    }
+
+    #[test]
+    fn spring_forward_wildcard_skips_the_missing_hour() {
+        // Every 30 minutes through the Berlin gap: 01:30 CET then 03:00 CEST, nothing at 02:xx.
+        assert_eq!(
+            next_n("*/30 * * * *", "Europe/Berlin", "2026-03-29T00:15:00Z", 3),
+            ["2026-03-29T00:30:00Z", "2026-03-29T01:00:00Z", "2026-03-29T01:30:00Z"],
+        );
+    }
+
+    #[test]
+    fn fall_back_fixed_time_runs_once() {
+        // Berlin: 2026-10-25 03:00 CEST → 02:00 CET; 02:30 happens twice, runs at the first.
+        assert_eq!(
+            next_n("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00Z", 2),
+            ["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"],
+        );
+        // New York: 2026-11-01 02:00 EDT → 01:00 EST; 01:30 happens twice.
+        assert_eq!(
+            next_n("30 1 * * *", "America/New_York", "2026-10-31T12:00:00Z", 2),
+            ["2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"],
+        );
+    }
+
+    #[test]
+    fn fall_back_wildcard_runs_in_both_passes() {
+        // Hourly at :15 in New York across the repeated 01:xx hour: 01:15 EDT and 01:15 EST.
+        assert_eq!(
+            next_n("15 * * * *", "America/New_York", "2026-11-01T04:00:00Z", 3),
+            ["2026-11-01T04:15:00Z", "2026-11-01T05:15:00Z", "2026-11-01T06:15:00Z"],
+        );
+    }
+
+    #[test]
+    fn bad_input_is_explained() {
+        assert!(Schedule::new("61 * * * *", None).is_err());
+        assert!(Schedule::new("* * * * *", Some("Mars/Olympus")).unwrap_err().contains("unknown timezone"));
+    }
+}
