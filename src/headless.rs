@@ -67,6 +67,8 @@ fn describe(e: &EngineEvent) -> Option<String> {
         "task.dead_lettered" => format!("dead: {reason} (gaffer retry {} to run it again)", e.task_run.unwrap_or(0)),
         "task.cancelled" => "cancelled".into(),
         "task.skipped" => "skipped".into(),
+        "schedule.fired" => format!("schedule fired (slot {})", slot(e)),
+        "schedule.skipped" => format!("schedule slot {} skipped: {reason}", slot(e)),
         "worker.restarted" => {
             format!("worker {} restarted ({reason})", e.field("worker").map(|v| v.to_string()).unwrap_or_default())
         }
@@ -78,6 +80,11 @@ fn describe(e: &EngineEvent) -> Option<String> {
         ),
         _ => return None,
     })
+}
+
+/// The `HH:MM:SS` of a schedule's slot.
+fn slot(e: &EngineEvent) -> String {
+    e.str_field("scheduled_for").and_then(|t| t.get(11..19)).unwrap_or("?").to_string()
 }
 
 fn failed(e: &EngineEvent) -> String {

@@ -546,3 +546,80 @@ run = "true"
     // 02:30 does not exist on 2026-03-29 in Berlin: the run comes right after the gap, once.
     assert_eq!(items[0]["next"], serde_json::json!(["2026-03-29T01:00:00.000Z", "2026-03-30T00:30:00.000Z"]));
 }
+
+/// Starts `gaffer serve`, lets it run for `secs`, stops it with `sig`, returns its exit code.
+fn serve_for(p: &Project, secs: f64, sig: &str) -> i32 {
+    let child = p
+        .gaffer(&["serve", "workflow.toml", "--json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve");
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    signal(child.id(), sig);
+    let out = child.wait_with_output().expect("serve ends");
+    out.status.code().unwrap_or(-1)
+}
+
+fn fired_slots(p: &Project) -> Vec<String> {
+    p.journal()
+        .iter()
+        .filter(|e| e["event"] == "schedule.fired")
+        .filter_map(|e| e["scheduled_for"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn serve_fires_every_second_and_stops_on_sigterm() {
+    let p = Project::new(
+        "[jobs.tick]\nschedule = \"* * * * * *\"\n[jobs.tick.tasks.t]\nrun = \"true\"\n[jobs.adhoc.tasks.t]\nrun = \"true\"\n",
+    );
+    assert_eq!(serve_for(&p, 3.4, "TERM"), 0, "SIGTERM is a normal stop for a service");
+    let slots = fired_slots(&p);
+    assert!((3..=4).contains(&slots.len()), "fired {} times in 3.4 s: {slots:?}", slots.len());
+    let jobs = p.json(&["jobs", "--json"]);
+    assert!(
+        jobs.as_array().is_some_and(|j| j.iter().all(|r| r["job"] == "tick" && r["state"] == "succeeded")),
+        "nothing triggered at start: {jobs}"
+    );
+}
+
+#[test]
+fn serve_restart_neither_loses_nor_doubles_a_slot() {
+    let p = Project::new(
+        "[jobs.tick]\nschedule = \"* * * * * *\"\ncatchup = \"all\"\n[jobs.tick.tasks.t]\nrun = \"true\"\n",
+    );
+    assert_eq!(serve_for(&p, 2.3, "INT"), 130);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(serve_for(&p, 2.3, "TERM"), 0);
+    let slots = fired_slots(&p);
+    let unique: std::collections::BTreeSet<&String> = slots.iter().collect();
+    assert_eq!(unique.len(), slots.len(), "no slot fired twice: {slots:?}");
+    let seconds: Vec<i64> = unique.iter().map(|s| chrono_secs(s)).collect();
+    assert!(seconds.windows(2).all(|w| w[1] - w[0] == 1), "no slot lost across the restart: {slots:?}");
+}
+
+fn chrono_secs(rfc3339: &str) -> i64 {
+    let t = humantime::parse_rfc3339(rfc3339).expect("time");
+    t.duration_since(std::time::UNIX_EPOCH).expect("after epoch").as_secs() as i64
+}
+
+#[test]
+fn serve_overlap_skip_never_runs_two_at_once() {
+    let p = Project::new(
+        "[jobs.slow]\nschedule = \"* * * * * *\"\noverlap = \"skip\"\n[jobs.slow.tasks.t]\nrun = \"sleep 1.5\"\n",
+    );
+    serve_for(&p, 3.5, "TERM");
+    let journal = p.journal();
+    assert!(!named(&journal, "schedule.skipped").is_empty(), "slots during a run are skipped");
+    let mut active = 0i32;
+    for e in &journal {
+        match e["event"].as_str() {
+            Some("job.started") => active += 1,
+            Some("job.succeeded" | "job.failed" | "job.cancelled") => active -= 1,
+            _ => {}
+        }
+        assert!(active <= 1, "two runs of a skip-overlap job at once");
+    }
+}

@@ -35,6 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Run jobs of a workflow file to completion (resuming unfinished runs first).
     Run(run::RunArgs),
+    /// Run as a service: fire cron schedules, resume unfinished runs, until SIGINT/SIGTERM.
+    Serve(run::ServeArgs),
     /// Check a workflow file; report every problem as FILE:LINE:COL.
     Validate { file: PathBuf },
     /// Preview the next fire times of every scheduled job, in its zone and in UTC.
@@ -166,6 +168,7 @@ pub fn main() -> i32 {
     let state_dir = cli.state_dir.clone();
     let result = match cli.command {
         Command::Run(args) => return run::run(args, &state_dir),
+        Command::Serve(args) => return run::serve(args, &state_dir),
         Command::Validate { file } => return run::validate(&file),
         Command::Schedules { file, count, from, json } => return run::schedules(&file, count, from.as_deref(), json),
         Command::Status { json } => query::status(&state_dir, json),

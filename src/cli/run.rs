@@ -150,50 +150,122 @@ fn chosen_jobs(workflow: &Workflow, named: &[String]) -> Result<Vec<String>, Str
 }
 
 pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
-    let (mut workflow, source) = match load(&args.file) {
+    let format = if args.json { Format::Json } else { Format::Human };
+    let choose = |workflow: &Workflow| -> Result<_, String> {
+        let params = parse_params(&args.params)?;
+        Ok((params, chosen_jobs(workflow, &args.jobs)?))
+    };
+    let options = SessionOptions { file: &args.file, state_dir, workers: args.workers, noop: args.noop_executor };
+    session(options, choose, |config, (params, jobs)| drive(config, jobs, params, format))
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The workflow file.
+    pub file: PathBuf,
+    /// No terminal UI, progress lines only.
+    #[arg(long)]
+    pub headless: bool,
+    /// Print the event stream as JSON lines on stdout (implies --headless).
+    #[arg(long)]
+    pub json: bool,
+    /// Cap on running attempts (overrides settings.workers).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// `gaffer serve`: resume, fire schedules, take commands, until SIGINT/SIGTERM.
+pub fn serve(args: ServeArgs, state_dir: &Path) -> i32 {
+    let format = if args.json { Format::Json } else { Format::Human };
+    let options = SessionOptions { file: &args.file, state_dir, workers: args.workers, noop: false };
+    session(options, |_| Ok(()), |config, ()| serve_forever(config, format))
+}
+
+struct SessionOptions<'a> {
+    file: &'a Path,
+    state_dir: &'a Path,
+    workers: Option<usize>,
+    noop: bool,
+}
+
+/// What `run` and `serve` share: load and check the file, open the store as its one writer,
+/// run `body` inside an actix System, and close the store cleanly.
+fn session<T, Fut>(
+    options: SessionOptions,
+    check: impl FnOnce(&Workflow) -> Result<T, String>,
+    body: impl FnOnce(EngineConfig, T) -> Fut,
+) -> i32
+where
+    Fut: std::future::Future<Output = i32>,
+{
+    let (mut workflow, source) = match load(options.file) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let (params, jobs) = match parse_params(&args.params).and_then(|p| Ok((p, chosen_jobs(&workflow, &args.jobs)?))) {
-        Ok(x) => x,
+    let checked = match check(&workflow) {
+        Ok(checked) => checked,
         Err(e) => {
             eprintln!("gaffer: {e}");
             return exit::USAGE;
         }
     };
-    let (store, closer, _lock) = match store::open_writer(state_dir) {
+    let (store, closer, _lock) = match store::open_writer(options.state_dir) {
         Ok(opened) => opened,
         Err(e @ StoreError::InUse { .. }) => {
             eprintln!("gaffer: {e}");
             return exit::STATE_DIR;
         }
         Err(e) => {
-            eprintln!("gaffer: cannot open state dir {}: {e}", state_dir.display());
+            eprintln!("gaffer: cannot open state dir {}: {e}", options.state_dir.display());
             return exit::STATE_DIR;
         }
     };
-    let format = if args.json { Format::Json } else { Format::Human };
-    if let Some(workers) = args.workers {
+    if let Some(workers) = options.workers {
         workflow.set_workers(workers.max(1));
     }
     let workers = workflow.settings.workers;
-    let executor: Arc<dyn Executor> = if args.noop_executor { Arc::new(NoopExecutor) } else { Arc::new(LocalExecutor) };
+    let executor: Arc<dyn Executor> = if options.noop { Arc::new(NoopExecutor) } else { Arc::new(LocalExecutor) };
     let pricing = Pricing::new(config::pricing::builtin(), &workflow.pricing);
-    let state_dir = absolute(state_dir);
-    let config = EngineConfig {
-        workflow: Arc::new(workflow),
-        source,
-        state_dir,
-        store,
-        executor,
-        clock: Arc::new(SystemClock),
-        workers,
-        pricing,
-    };
+    let state_dir = absolute(options.state_dir);
+    let clock = Arc::new(SystemClock);
+    let config =
+        EngineConfig { workflow: Arc::new(workflow), source, state_dir, store, executor, clock, workers, pricing };
     let system = actix::System::new();
-    let code = system.block_on(drive(config, jobs, params, format));
+    let code = system.block_on(body(config, checked));
     drop(system);
     closer.close(std::time::Duration::from_secs(5));
+    code
+}
+
+async fn serve_forever(config: EngineConfig, format: Format) -> i32 {
+    let handle = engine::start(config);
+    let started = async {
+        let events = handle.subscribe().await?;
+        let mut resumed = handle.resume_all().await?;
+        resumed.extend(handle.apply_inbox().await?);
+        let caught_up = handle.serve_schedules().await?;
+        Ok::<_, engine::EngineError>((events, resumed.len(), caught_up))
+    };
+    let code = match started.await {
+        Ok((events, resumed, caught_up)) => {
+            say(
+                format,
+                &format!(
+                    "serving (pid {}): {resumed} unfinished run(s) resumed, {caught_up} missed fire time(s) caught up; SIGINT or SIGTERM stops",
+                    std::process::id()
+                ),
+            );
+            match follow(&handle, None, events, format).await {
+                exit::SIGTERM => exit::OK,
+                code => code,
+            }
+        }
+        Err(e) => {
+            eprintln!("gaffer: {e}");
+            exit::INTERNAL
+        }
+    };
+    actix::System::current().stop();
     code
 }
 
@@ -205,7 +277,7 @@ fn absolute(path: &Path) -> PathBuf {
 async fn drive(config: EngineConfig, jobs: Vec<String>, params: BTreeMap<String, String>, format: Format) -> i32 {
     let handle = engine::start(config);
     let code = match start_runs(&handle, &jobs, params, format).await {
-        Ok((ids, events)) => follow(&handle, ids, events, format).await,
+        Ok((ids, events)) => follow(&handle, Some(ids), events, format).await,
         Err(e) => {
             eprintln!("gaffer: {e}");
             exit::USAGE
@@ -249,13 +321,19 @@ fn say(format: Format, text: &str) {
     }
 }
 
-async fn follow(handle: &EngineHandle, ids: Vec<u64>, mut events: Events, format: Format) -> i32 {
+/// Prints events until the job runs in `ids` ended (`None`: until a signal), then stops.
+async fn follow(handle: &EngineHandle, ids: Option<Vec<u64>>, mut events: Events, format: Format) -> i32 {
     let mut stdout = std::io::stdout();
     let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         eprintln!("gaffer: cannot install signal handlers");
         return exit::INTERNAL;
     };
-    let wait = handle.wait(ids);
+    let wait = async {
+        match ids {
+            Some(ids) => handle.wait(ids).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::pin!(wait);
     let outcome = loop {
         tokio::select! {

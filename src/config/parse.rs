@@ -15,8 +15,19 @@ use super::{Diagnostic, Diagnostics};
 const TOP_KEYS: &[&str] = &["settings", "queues", "defaults", "jobs", "pricing"];
 const SETTINGS_KEYS: &[&str] = &["workers", "log_max_bytes"];
 const QUEUE_KEYS: &[&str] = &["concurrency", "rate_limit", "aging"];
-const JOB_KEYS: &[&str] = &["schedule", "timezone", "params", "budget_usd", "fail_fast", "description", "tasks"];
-const SCHEDULING_KEYS: &[&str] = &["catchup", "catchup_window", "overlap", "max_active_runs"];
+const JOB_KEYS: &[&str] = &[
+    "schedule",
+    "timezone",
+    "params",
+    "budget_usd",
+    "fail_fast",
+    "description",
+    "tasks",
+    "catchup",
+    "catchup_window",
+    "overlap",
+    "max_active_runs",
+];
 const DEFAULTS_KEYS: &[&str] = &[
     "env",
     "cwd",
@@ -125,6 +136,7 @@ pub(super) struct JobDraft {
     pub params: BTreeMap<String, String>,
     pub budget_usd_micros: Option<u64>,
     pub fail_fast: bool,
+    pub policy: SchedulePolicy,
     pub tasks: Vec<TaskDraft>,
 }
 
@@ -338,6 +350,7 @@ fn read_job(r: &mut Reader, entry: &Entry) -> Option<JobDraft> {
         params: BTreeMap::new(),
         budget_usd_micros: None,
         fail_fast: false,
+        policy: SchedulePolicy::default(),
         tasks: Vec::new(),
     };
     for e in r.entries(table, entry.at) {
@@ -349,8 +362,23 @@ fn read_job(r: &mut Reader, entry: &Entry) -> Option<JobDraft> {
             "fail_fast" => job.fail_fast = r.bool(&e).unwrap_or(false),
             "description" => {}
             "tasks" => job.tasks = read_tasks(r, &e),
-            k if SCHEDULING_KEYS.contains(&k) => {
-                r.error(e.key_at, format!("`{k}` is not supported yet (scheduling policies)"));
+            "catchup" => {
+                let choices = [("none", Catchup::None), ("latest", Catchup::Latest), ("all", Catchup::All)];
+                job.policy.catchup = read_choice(r, &e, &choices).unwrap_or(job.policy.catchup);
+            }
+            "catchup_window" => job.policy.catchup_window = r.duration(&e, true).unwrap_or(job.policy.catchup_window),
+            "overlap" => {
+                let choices = [
+                    ("skip", Overlap::Skip),
+                    ("queue", Overlap::Queue),
+                    ("cancel_previous", Overlap::CancelPrevious),
+                    ("allow", Overlap::Allow),
+                ];
+                job.policy.overlap = read_choice(r, &e, &choices).unwrap_or(job.policy.overlap);
+            }
+            "max_active_runs" => {
+                job.policy.max_active_runs =
+                    r.int_in(&e, 1, 1000, "from 1 to 1000").map(|n| usize::try_from(n).unwrap_or(1));
             }
             _ => r.unknown_key(&e, &format!("job `{}`", entry.name), JOB_KEYS),
         }
@@ -359,6 +387,19 @@ fn read_job(r: &mut Reader, entry: &Entry) -> Option<JobDraft> {
         r.error(entry.key_at, format!("job `{0}` has no tasks: add a [jobs.{0}.tasks.<task>] table", entry.name));
     }
     Some(job)
+}
+
+/// One of a fixed set of words.
+fn read_choice<T: Copy>(r: &mut Reader, e: &Entry, choices: &[(&str, T)]) -> Option<T> {
+    let text = r.string(e)?;
+    match choices.iter().find(|(word, _)| *word == text) {
+        Some((_, value)) => Some(*value),
+        None => {
+            let words: Vec<&str> = choices.iter().map(|(w, _)| *w).collect();
+            r.error(e.at, format!("`{}` must be one of: {} (not `{text}`)", e.name, words.join(", ")));
+            None
+        }
+    }
 }
 
 fn read_schedule(r: &mut Reader, e: &Entry) -> Option<String> {
@@ -532,6 +573,7 @@ fn finish_job(job: &JobDraft, defaults: &TaskFields, base_dir: &Path) -> JobDef 
         params: job.params.clone(),
         budget_usd_micros: job.budget_usd_micros,
         fail_fast: job.fail_fast,
+        policy: job.policy,
         tasks: job.tasks.iter().map(|t| finish_task(t, defaults, base_dir)).collect(),
     }
 }
@@ -919,10 +961,22 @@ nees = ["a"]
             let text = format!("[jobs.j.tasks.t]\nrun = \"x\"\n{key} = 1\n");
             assert_eq!(errors(&text), [format!("3:1: `{key}` is not supported yet (workflow control, SPEC §2.2)")]);
         }
-        for key in SCHEDULING_KEYS {
-            let text = format!("[jobs.j]\n{key} = 1\n[jobs.j.tasks.t]\nrun = \"x\"\n");
-            assert_eq!(errors(&text), [format!("2:1: `{key}` is not supported yet (scheduling policies)")]);
-        }
+    }
+
+    #[test]
+    fn scheduling_policies() {
+        let text = "[jobs.j]\ncatchup = \"all\"\ncatchup_window = \"2h\"\noverlap = \"queue\"\nmax_active_runs = 2\n[jobs.j.tasks.t]\nrun = \"x\"\n";
+        let wf = parse_workflow(Path::new("w.toml"), text).expect("valid");
+        let policy = wf.jobs[0].policy;
+        assert_eq!(policy.catchup, Catchup::All);
+        assert_eq!(policy.catchup_window, Duration::from_secs(7200));
+        assert_eq!(policy.overlap, Overlap::Queue);
+        assert_eq!(policy.max_active_runs, Some(2));
+        let bad = "[jobs.j]\noverlap = \"sometimes\"\n[jobs.j.tasks.t]\nrun = \"x\"\n";
+        assert_eq!(
+            errors(bad),
+            ["2:11: `overlap` must be one of: skip, queue, cancel_previous, allow (not `sometimes`)"]
+        );
     }
 
     #[test]

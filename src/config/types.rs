@@ -67,8 +67,57 @@ pub struct JobDef {
     pub budget_usd_micros: Option<u64>,
     /// Cancel running tasks as soon as one task fails the job run.
     pub fail_fast: bool,
+    /// What `gaffer serve` does about missed and overlapping fire times.
+    pub policy: SchedulePolicy,
     /// In file order; names are unique.
     pub tasks: Vec<TaskDef>,
+}
+
+/// How a scheduled job treats fire times missed while gaffer was down, and fire times that
+/// come while an earlier run of it is still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulePolicy {
+    pub catchup: Catchup,
+    /// Only missed fire times this recent are caught up.
+    pub catchup_window: Duration,
+    pub overlap: Overlap,
+    /// At most this many runs of the job at once (`None`: no cap).
+    pub max_active_runs: Option<usize>,
+}
+
+impl Default for SchedulePolicy {
+    /// Catch up the latest slot missed within the hour (a restart across a fire time neither
+    /// loses nor doubles it); never start a run while the previous one still runs (paid work).
+    fn default() -> Self {
+        SchedulePolicy {
+            catchup: Catchup::Latest,
+            catchup_window: Duration::from_secs(3600),
+            overlap: Overlap::Skip,
+            max_active_runs: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Catchup {
+    /// Missed fire times are dropped.
+    None,
+    /// One run for all missed fire times (the latest).
+    Latest,
+    /// One run per missed fire time.
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// The fire time is dropped while a run is active.
+    Skip,
+    /// The fire time waits until the active run ends (one waits at most).
+    Queue,
+    /// Active runs are cancelled, then the new one starts.
+    CancelPrevious,
+    /// Runs overlap (up to `max_active_runs`).
+    Allow,
 }
 
 impl JobDef {

@@ -13,7 +13,7 @@ use actix::prelude::*;
 
 use super::dispatcher::{Enqueue, ReadyEntry};
 use super::journal::Publish;
-use super::scheduler::{Schedule, Unschedule};
+use super::scheduler::{RetryTimer, Unschedule};
 use super::supervisor::{Fatal, JobRunEnded};
 use super::worker::{Kill, Worker};
 use super::{EngineEvent, Shared};
@@ -349,7 +349,7 @@ impl JobRun {
                 mutations.push(Mutation::TaskRun(self.tasks[i].clone()));
                 let task_run = self.tasks[i].id;
                 self.persist_then(ctx, mutations, events, move |act, ctx| {
-                    act.shared.scheduler.do_send(Schedule { task_run, due_ms, owner: ctx.address() })
+                    act.shared.scheduler.do_send(RetryTimer { task_run, due_ms, owner: ctx.address() })
                 });
                 return;
             }
@@ -487,14 +487,14 @@ impl JobRun {
     }
 
     /// A new run: job.started, entry tasks queued.
-    fn begin_new(&mut self, ctx: &mut Context<Self>) {
+    fn begin_new(&mut self, ctx: &mut Context<Self>, with: Vec<Mutation>, mut events: Vec<EngineEvent>) {
         let changes = graph::start(&self.graph, &mut self.states);
         self.sync(&changes);
-        let mut mutations = vec![Mutation::JobRun(self.record.clone())];
+        let mut mutations = with;
+        mutations.push(Mutation::JobRun(self.record.clone()));
         mutations.extend(self.tasks.iter().map(|t| Mutation::TaskRun(t.clone())));
-        let events = vec![
-            self.job_event("job.started").with("params", serde_json::to_value(&self.record.params).unwrap_or_default()),
-        ];
+        let params = serde_json::to_value(&self.record.params).unwrap_or_default();
+        events.push(self.job_event("job.started").with("params", params));
         self.apply_changes(ctx, changes, mutations, events);
     }
 
@@ -503,7 +503,7 @@ impl JobRun {
     fn resume(&mut self, ctx: &mut Context<Self>) {
         for t in &self.tasks {
             match t.state {
-                TaskState::Retrying => self.shared.scheduler.do_send(Schedule {
+                TaskState::Retrying => self.shared.scheduler.do_send(RetryTimer {
                     task_run: t.id,
                     due_ms: t.not_before_ms.unwrap_or(0),
                     owner: ctx.address(),
@@ -631,7 +631,12 @@ impl JobRun {
 
 /// How a JobRun actor begins.
 pub enum Begin {
-    New,
+    /// A new run; `with` is committed and published together with it (a schedule's advance
+    /// and its `schedule.fired`, so a crash can neither lose nor double a fire time).
+    New {
+        with: Vec<Mutation>,
+        events: Vec<EngineEvent>,
+    },
     Resume,
 }
 
@@ -652,7 +657,7 @@ impl Handler<Start> for JobRun {
 
     fn handle(&mut self, Start(begin): Start, ctx: &mut Self::Context) {
         match begin {
-            Begin::New => self.begin_new(ctx),
+            Begin::New { with, events } => self.begin_new(ctx, with, events),
             Begin::Resume => self.resume(ctx),
         }
     }

@@ -13,6 +13,7 @@
 //! Architecture Invariant: only `engine` knows actix. Views (headless output, later the TUI and
 //! the control API) see only [`EngineHandle`] and [`EngineEvent`].
 
+mod cron;
 mod dispatcher;
 mod event;
 pub mod inbox;
@@ -280,6 +281,12 @@ impl EngineHandle {
     /// Resolves once every event published so far has reached the journal and subscribers.
     pub async fn flush_events(&self) {
         let _ = self.journal.send(journal::Flush).await;
+    }
+
+    /// Starts firing the workflow's cron schedules (`gaffer serve`), after catching up what
+    /// was missed while nothing ran; returns how many catch-up fires were made.
+    pub async fn serve_schedules(&self) -> Result<usize, EngineError> {
+        mailbox(self.supervisor.send(cron::ServeSchedules).await)?
     }
 
     /// Starts a new run of `job`; returns its job run id.

@@ -1,30 +1,55 @@
-//! The Scheduler actor: wakes task runs whose retry delay has passed. Timers come from the
-//! persisted `not_before` of each retrying task run, so a restart re-arms every one of them.
-//! (Cron schedules join it with `gaffer serve`.)
+//! The Scheduler actor: the engine's timers. It wakes task runs whose retry delay has passed
+//! (timers come from the persisted `not_before`, so a restart re-arms every one) and, under
+//! `gaffer serve`, fires cron schedules (their next fire time is persisted by the Supervisor
+//! in the same commit as the job run a fire starts).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use super::SharedClock;
 use super::job_run::{JobRun, RetryDue};
+use crate::model::schedule::Schedule;
 
 pub struct Scheduler {
     clock: SharedClock,
     due: BTreeSet<(u64, u64)>,
     owners: HashMap<u64, (u64, Addr<JobRun>)>,
+    crons: BTreeMap<String, (Schedule, u64)>,
+    fire_to: Option<Recipient<Fire>>,
     alarm: Option<SpawnHandle>,
 }
 
 impl Scheduler {
     pub fn new(clock: SharedClock) -> Scheduler {
-        Scheduler { clock, due: BTreeSet::new(), owners: HashMap::new(), alarm: None }
+        Scheduler {
+            clock,
+            due: BTreeSet::new(),
+            owners: HashMap::new(),
+            crons: BTreeMap::new(),
+            fire_to: None,
+            alarm: None,
+        }
     }
 
-    /// Fires what is due and sets one alarm for the next timer.
+    /// Fires what is due and sets one alarm for the next timer of either kind.
     fn rearm(&mut self, ctx: &mut Context<Self>) {
         let now = self.clock.now_ms();
+        self.wake_retries(now);
+        self.fire_crons(now);
+        if let Some(handle) = self.alarm.take() {
+            ctx.cancel_future(handle);
+        }
+        let next_retry = self.due.first().map(|(due, _)| *due);
+        let next_cron = self.crons.values().map(|(_, due)| *due).min();
+        if let Some(at) = next_retry.into_iter().chain(next_cron).min() {
+            let wait = Duration::from_millis(at.saturating_sub(now).max(1));
+            self.alarm = Some(ctx.run_later(wait, |act, ctx| act.rearm(ctx)));
+        }
+    }
+
+    fn wake_retries(&mut self, now: u64) {
         while let Some(&(due_ms, task_run)) = self.due.first() {
             if due_ms > now {
                 break;
@@ -34,12 +59,19 @@ impl Scheduler {
                 owner.do_send(RetryDue { task_run });
             }
         }
-        if let Some(handle) = self.alarm.take() {
-            ctx.cancel_future(handle);
-        }
-        if let Some(&(due_ms, _)) = self.due.first() {
-            let wait = Duration::from_millis(due_ms.saturating_sub(now).max(1));
-            self.alarm = Some(ctx.run_later(wait, |act, ctx| act.rearm(ctx)));
+    }
+
+    /// A fire time that came late (a busy or suspended machine) fires once, and the next one
+    /// is counted from now: no burst of stale fires.
+    fn fire_crons(&mut self, now: u64) {
+        let Some(fire_to) = &self.fire_to else { return };
+        for (job, (schedule, due)) in self.crons.iter_mut() {
+            if *due > now {
+                continue;
+            }
+            let scheduled_for = *due;
+            *due = schedule.next_after(now.max(scheduled_for)).unwrap_or(u64::MAX);
+            fire_to.do_send(Fire { job: job.clone(), scheduled_for, next_due_ms: *due });
         }
     }
 }
@@ -52,19 +84,19 @@ impl Actor for Scheduler {
     }
 }
 
-/// Wake `task_run` at `due_ms` by telling its job run.
+/// A retry timer: wake `task_run` at `due_ms` by telling its job run.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Schedule {
+pub struct RetryTimer {
     pub task_run: u64,
     pub due_ms: u64,
     pub owner: Addr<JobRun>,
 }
 
-impl Handler<Schedule> for Scheduler {
+impl Handler<RetryTimer> for Scheduler {
     type Result = ();
 
-    fn handle(&mut self, msg: Schedule, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: RetryTimer, ctx: &mut Self::Context) {
         if let Some((old_due, _)) = self.owners.remove(&msg.task_run) {
             self.due.remove(&(old_due, msg.task_run));
         }
@@ -88,5 +120,33 @@ impl Handler<Unschedule> for Scheduler {
         if let Some((due, _)) = self.owners.remove(&msg.task_run) {
             self.due.remove(&(due, msg.task_run));
         }
+    }
+}
+
+/// A cron fire time has come for `job`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Fire {
+    pub job: String,
+    pub scheduled_for: u64,
+    /// The fire time after this one, already armed; persisted by whoever handles the fire.
+    pub next_due_ms: u64,
+}
+
+/// Start firing these schedules (job, schedule, first due time), telling `fire_to`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ArmCrons {
+    pub crons: Vec<(String, Schedule, u64)>,
+    pub fire_to: Recipient<Fire>,
+}
+
+impl Handler<ArmCrons> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: ArmCrons, ctx: &mut Self::Context) {
+        self.fire_to = Some(msg.fire_to);
+        self.crons = msg.crons.into_iter().map(|(job, schedule, due)| (job, (schedule, due))).collect();
+        self.rearm(ctx);
     }
 }

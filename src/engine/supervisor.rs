@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use super::dispatcher::{Dispatcher, StopDispatching};
 use super::inbox;
 use super::job_run::{Begin, Cancel, JobRun, Retry, Start, Stop};
+use super::scheduler::Fire;
 use super::{EngineError, Shared, Target};
 use crate::config::Workflow;
 use crate::model::{JobState, TaskState};
@@ -72,6 +73,10 @@ pub struct Supervisor {
     pub(super) definition: u64,
     pub(super) ledger: RestartLedger,
     job_runs: HashMap<u64, Addr<JobRun>>,
+    /// The job of each live job run, for overlap policies.
+    pub(super) job_of: HashMap<u64, String>,
+    /// Fire times held by `overlap = "queue"` until the job's active run ends.
+    pub(super) waiting_fires: HashMap<String, u64>,
     ended: BTreeMap<u64, JobState>,
     waiters: Vec<(Vec<u64>, Waiter)>,
     fatal: Option<String>,
@@ -86,6 +91,8 @@ impl Supervisor {
             definition,
             ledger,
             job_runs: HashMap::new(),
+            job_of: HashMap::new(),
+            waiting_fires: HashMap::new(),
             ended: BTreeMap::new(),
             waiters: Vec::new(),
             fatal: None,
@@ -93,7 +100,16 @@ impl Supervisor {
         }
     }
 
-    fn shared(&self) -> Result<Arc<Shared>, EngineError> {
+    /// A scheduled fire: the job's declared params, and `begin` carries the schedule's advance.
+    pub(super) fn submit_scheduled(&mut self, job: &str, begin: Begin) -> Result<u64, EngineError> {
+        self.submit(job, BTreeMap::new(), begin)
+    }
+
+    pub(super) fn job_runs_addr(&self, id: u64) -> Option<Addr<JobRun>> {
+        self.job_runs.get(&id).cloned()
+    }
+
+    pub(super) fn shared(&self) -> Result<Arc<Shared>, EngineError> {
         self.shared.clone().ok_or_else(|| EngineError::Stopped("the engine is not started".into()))
     }
 
@@ -114,12 +130,7 @@ impl Supervisor {
     }
 
     /// Creates a job run of `job` with all its task runs pending, and starts its actor.
-    fn submit(
-        &mut self,
-        job: &str,
-        params: BTreeMap<String, String>,
-        ctx: &mut Context<Self>,
-    ) -> Result<u64, EngineError> {
+    fn submit(&mut self, job: &str, params: BTreeMap<String, String>, begin: Begin) -> Result<u64, EngineError> {
         let shared = self.shared()?;
         if self.stopping {
             return Err(EngineError::Stopped("gaffer is stopping".into()));
@@ -160,9 +171,9 @@ impl Supervisor {
             .map(|(i, t)| new_task_run(shared.store.ids.next_task_run(), &record, i, t, now))
             .collect();
         let actor = JobRun::new(shared, self.workflow.clone(), job_index, record, tasks, Vec::new()).start();
-        actor.do_send(Start(Begin::New));
+        actor.do_send(Start(begin));
         self.job_runs.insert(id, actor);
-        let _ = ctx;
+        self.job_of.insert(id, job.to_string());
         Ok(id)
     }
 
@@ -179,6 +190,7 @@ impl Supervisor {
             let actor = self.revive(&shared, &reader, record)?;
             actor.do_send(Start(Begin::Resume));
             self.job_runs.insert(id, actor);
+            self.job_of.insert(id, job.clone());
             resumed.push((id, job));
         }
         Ok(resumed)
@@ -376,7 +388,8 @@ impl Handler<Submit> for Supervisor {
     type Result = Result<u64, EngineError>;
 
     fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) -> Self::Result {
-        self.submit(&msg.job, msg.params, ctx)
+        let _ = ctx;
+        self.submit(&msg.job, msg.params, Begin::New { with: Vec::new(), events: Vec::new() })
     }
 }
 
@@ -415,9 +428,16 @@ pub struct JobRunEnded {
 impl Handler<JobRunEnded> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: JobRunEnded, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: JobRunEnded, ctx: &mut Self::Context) {
         self.job_runs.remove(&msg.id);
         self.ended.insert(msg.id, msg.state);
+        if let Some(job) = self.job_of.remove(&msg.id)
+            && let Some(scheduled_for) = self.waiting_fires.remove(&job)
+        {
+            // `overlap = "queue"`: the held fire time starts now that the run it waited for ended.
+            let next_due_ms = self.next_due_of(&job);
+            ctx.address().do_send(Fire { job, scheduled_for, next_due_ms });
+        }
         self.answer_waiters();
     }
 }

@@ -181,3 +181,141 @@ mod tests {
         assert!(Schedule::new("* * * * *", Some("Mars/Olympus")).expect_err("bad zone").contains("unknown timezone"));
     }
 }
+
+/// What the store remembers of a schedule between starts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScheduleState {
+    pub expression: String,
+    pub timezone: Option<String>,
+    /// The next fire time not yet handled.
+    pub next_due_ms: u64,
+    pub last_fired_ms: Option<u64>,
+}
+
+/// At start: which missed fire times to run now, and the next fire time after `now_ms`.
+/// A schedule whose expression or zone changed starts afresh (nothing is caught up).
+pub fn catch_up(
+    schedule: &Schedule,
+    stored: Option<&ScheduleState>,
+    expression: &str,
+    timezone: Option<&str>,
+    policy: &crate::config::SchedulePolicy,
+    now_ms: u64,
+) -> (Vec<u64>, u64) {
+    let next = schedule.next_after(now_ms).unwrap_or(u64::MAX);
+    let Some(state) = stored.filter(|s| s.expression == expression && s.timezone.as_deref() == timezone) else {
+        return (Vec::new(), next);
+    };
+    let window_ms = policy.catchup_window.as_millis() as u64;
+    let mut missed = Vec::new();
+    let mut slot = Some(state.next_due_ms);
+    while let Some(t) = slot.filter(|t| *t <= now_ms) {
+        if now_ms - t <= window_ms {
+            missed.push(t);
+        }
+        slot = schedule.next_after(t);
+        if missed.len() > MAX_CATCHUP_RUNS {
+            missed.remove(0);
+        }
+    }
+    let fire = match policy.catchup {
+        crate::config::Catchup::None => Vec::new(),
+        crate::config::Catchup::Latest => missed.last().copied().into_iter().collect(),
+        crate::config::Catchup::All => missed,
+    };
+    (fire, next)
+}
+
+/// `catchup = "all"` never starts more than this many runs at once.
+pub const MAX_CATCHUP_RUNS: usize = 100;
+
+/// What to do when a fire time comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FireDecision {
+    Start,
+    Skip,
+    /// Hold it until the active run ends.
+    Queue,
+    /// Cancel the active runs, then start.
+    CancelPreviousThenStart,
+}
+
+/// The overlap policy, given how many runs of the job are active and whether a fire time
+/// already waits for them.
+pub fn on_fire(policy: &crate::config::SchedulePolicy, active: usize, one_waiting: bool) -> FireDecision {
+    use crate::config::Overlap;
+    let at_cap = policy.max_active_runs.is_some_and(|max| active >= max);
+    match policy.overlap {
+        _ if active == 0 && !at_cap => FireDecision::Start,
+        Overlap::Skip => FireDecision::Skip,
+        Overlap::Queue if one_waiting => FireDecision::Skip,
+        Overlap::Queue => FireDecision::Queue,
+        Overlap::CancelPrevious => FireDecision::CancelPreviousThenStart,
+        Overlap::Allow if at_cap => FireDecision::Skip,
+        Overlap::Allow => FireDecision::Start,
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{Catchup, Overlap, SchedulePolicy};
+
+    const MIN: u64 = 60_000;
+
+    fn every_minute() -> Schedule {
+        Schedule::new("* * * * *", Some("UTC")).expect("schedule")
+    }
+
+    fn stored(next_due_ms: u64) -> ScheduleState {
+        ScheduleState { expression: "* * * * *".into(), timezone: Some("UTC".into()), next_due_ms, last_fired_ms: None }
+    }
+
+    fn policy(catchup: Catchup, window_min: u64) -> SchedulePolicy {
+        SchedulePolicy { catchup, catchup_window: Duration::from_millis(window_min * MIN), ..SchedulePolicy::default() }
+    }
+
+    #[test]
+    fn catch_up_policies() {
+        let s = every_minute();
+        let now = 100 * MIN + 30_000;
+        let state = stored(95 * MIN);
+        let run = |p: SchedulePolicy| catch_up(&s, Some(&state), "* * * * *", Some("UTC"), &p, now);
+        assert_eq!(run(policy(Catchup::None, 60)), (vec![], 101 * MIN));
+        assert_eq!(run(policy(Catchup::Latest, 60)), (vec![100 * MIN], 101 * MIN));
+        assert_eq!(run(policy(Catchup::All, 60)).0, (95..=100).map(|m| m * MIN).collect::<Vec<_>>());
+        assert_eq!(run(policy(Catchup::All, 2)).0, vec![99 * MIN, 100 * MIN], "only slots inside the window");
+    }
+
+    #[test]
+    fn a_restart_before_the_due_time_neither_loses_nor_doubles() {
+        let s = every_minute();
+        let state = stored(101 * MIN);
+        let (fire, next) =
+            catch_up(&s, Some(&state), "* * * * *", Some("UTC"), &SchedulePolicy::default(), 100 * MIN + 59_000);
+        assert!(fire.is_empty());
+        assert_eq!(next, 101 * MIN);
+    }
+
+    #[test]
+    fn a_changed_expression_starts_afresh() {
+        let s = every_minute();
+        let state = ScheduleState { expression: "0 * * * *".into(), ..stored(0) };
+        let (fire, _) = catch_up(&s, Some(&state), "* * * * *", Some("UTC"), &SchedulePolicy::default(), 100 * MIN);
+        assert!(fire.is_empty());
+    }
+
+    #[test]
+    fn overlap_policies() {
+        let with = |overlap, max| SchedulePolicy { overlap, max_active_runs: max, ..SchedulePolicy::default() };
+        assert_eq!(on_fire(&with(Overlap::Skip, None), 0, false), FireDecision::Start);
+        assert_eq!(on_fire(&with(Overlap::Skip, None), 1, false), FireDecision::Skip);
+        assert_eq!(on_fire(&with(Overlap::Queue, None), 1, false), FireDecision::Queue);
+        assert_eq!(on_fire(&with(Overlap::Queue, None), 1, true), FireDecision::Skip);
+        assert_eq!(on_fire(&with(Overlap::CancelPrevious, None), 2, false), FireDecision::CancelPreviousThenStart);
+        assert_eq!(on_fire(&with(Overlap::Allow, None), 5, false), FireDecision::Start);
+        assert_eq!(on_fire(&with(Overlap::Allow, Some(2)), 2, false), FireDecision::Skip);
+    }
+}

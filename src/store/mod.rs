@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{ConcurrencyMode, Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
+pub use crate::model::schedule::ScheduleState;
 pub use lock::{InstanceLock, holder as instance_pid};
 pub use records::{AttemptRecord, DefinitionRecord, JobRunRecord, TaskRunRecord};
 pub use writer::{Ids, StoreCloser, StoreHandle};
@@ -30,6 +31,9 @@ const TASK_RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("task_runs")
 /// (job_run, task_run) → (): the task runs of one job run, without a scan.
 const JOB_TASKS: TableDefinition<(u64, u64), ()> = TableDefinition::new("job_tasks");
 const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
+/// job name → ScheduleState: the next fire time survives restarts (added in schema 1; a file
+/// without it simply has no schedules yet).
+const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 
 const SEQ_JOB_RUN: &str = "seq.job_run";
 const SEQ_TASK_RUN: &str = "seq.task_run";
@@ -72,6 +76,7 @@ pub enum Mutation {
     JobRun(JobRunRecord),
     TaskRun(TaskRunRecord),
     Attempt(AttemptRecord),
+    Schedule(String, ScheduleState),
 }
 
 /// Opens (creating if needed) the state dir as its one writer: takes the instance lock, checks
@@ -158,6 +163,7 @@ fn prepare(db: &Database) -> Result<Ids, StoreError> {
         txn.open_table(TASK_RUNS).map_err(db_err)?;
         txn.open_table(JOB_TASKS).map_err(db_err)?;
         txn.open_table(ATTEMPTS).map_err(db_err)?;
+        txn.open_table(SCHEDULES).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)?;
     Ok(ids)
@@ -171,6 +177,7 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
     let mut task_runs = txn.open_table(TASK_RUNS).map_err(db_err)?;
     let mut job_tasks = txn.open_table(JOB_TASKS).map_err(db_err)?;
     let mut attempts = txn.open_table(ATTEMPTS).map_err(db_err)?;
+    let mut schedules = txn.open_table(SCHEDULES).map_err(db_err)?;
     let (mut max_job, mut max_task, mut max_seq) = (0, 0, 0);
     for m in batch {
         match m {
@@ -189,6 +196,9 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
             }
             Mutation::Attempt(a) => {
                 attempts.insert((a.task_run, a.n), codec::encode(a)?.as_slice()).map_err(db_err)?;
+            }
+            Mutation::Schedule(job, state) => {
+                schedules.insert(job.as_str(), codec::encode(state)?.as_slice()).map_err(db_err)?;
             }
         }
     }
@@ -269,6 +279,21 @@ impl Reader {
         for entry in table.iter().map_err(db_err)? {
             let (_, v) = entry.map_err(db_err)?;
             out.push(codec::decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Persisted schedule states by job name (empty for a file that never ran `serve`).
+    pub fn schedules(&self) -> Result<std::collections::BTreeMap<String, ScheduleState>, StoreError> {
+        let table = match self.txn.open_table(SCHEDULES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = std::collections::BTreeMap::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.insert(k.value().to_string(), codec::decode(v.value())?);
         }
         Ok(out)
     }

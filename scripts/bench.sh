@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# gaffer's benchmark (issue item 9): throughput, enqueue→start latency, memory, restart time.
+# Prints ONE markdown table at the end (progress goes to stderr).
+#
+#   scripts/bench.sh                                  # defaults below, ~4–5 minutes on 2 cores
+#   N=500 NOOP_N=5000 BIG_N=20000 scripts/bench.sh    # a quick run
+#
+# Knobs (environment):
+#   N=2000          shell tasks (`true`) for the throughput row and the raw-spawn row
+#   W=4             workers (gaffer --workers, xargs -P)
+#   NOOP_N=20000    no-op tasks through the durable engine (--noop-executor)
+#   BIG_N=100000    queued task runs for the peak-RSS row, finished task runs for the restart row
+#   SAMPLES=200     latency samples per executor (benches/latency.rs)
+#   REPS=3          repetitions where a row is cheap (median is shown, range in brackets)
+#   SINGLE_JOB_TIMEOUT=150   cap (s) on the one-job no-op run (it is quadratic in tasks per job)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N="${N:-2000}"
+W="${W:-4}"
+NOOP_N="${NOOP_N:-20000}"
+BIG_N="${BIG_N:-100000}"
+SAMPLES="${SAMPLES:-200}"
+REPS="${REPS:-3}"
+SINGLE_JOB_TIMEOUT="${SINGLE_JOB_TIMEOUT:-150}"
+PER_JOB=100 # tasks per job in the many-jobs layouts
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+log "building (cargo build --release)"
+cargo build --release --quiet
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+GAFFER="$(cd "$TARGET_DIR/release" && pwd)/gaffer"
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gaffer-bench.XXXXXX")"
+BG=""
+cleanup() {
+  if [ -n "$BG" ] && kill -0 "$BG" 2>/dev/null; then kill -KILL "$BG" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+T_START=$EPOCHREALTIME
+
+# ------------------------------------------------------------------ helpers
+now() { echo "$EPOCHREALTIME"; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }           # seconds
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
+# median (min–max) of numbers on stdin; "%.Nf" format in $1
+med() {
+  sort -g | awk -v f="${1:-%.0f}" '{ v[NR] = $1 } END {
+    if (NR == 0) { print "n/a"; exit }
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    if (NR == 1) printf f, m; else printf f " (" f "–" f ")", m, v[1], v[NR] }'
+}
+median_only() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+kb_to_mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+verdict() { # value target "ge"|"le" -> "✅ 1.23×" / "❌ 0.45×" (value / target)
+  awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN {
+    r = v / t; ok = (op == "ge") ? (v >= t) : (v <= t)
+    printf "%s %.2f× of target", ok ? "✅" : "❌ missed:", r }'
+}
+status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
+count_event() { grep -c "\"event\":\"$2\"" "$1" || true; }
+
+# One job with $2 independent tasks `true`, or ($3 > 0) $2/$3 jobs of $3 tasks each.
+gen_workflow() {
+  local file="$1" n="$2" per="${3:-0}"
+  awk -v n="$n" -v per="$per" -v w="$W" 'BEGIN {
+    printf "[settings]\nworkers = %d\n\n", w
+    for (i = 0; i < n; i++) {
+      if (per > 0) printf "[jobs.j%d.tasks.t%d]\nrun = \"true\"\n", int(i / per), i % per
+      else printf "[jobs.bench.tasks.t%d]\nrun = \"true\"\n", i
+    }
+  }' >"$file"
+}
+
+HAVE_PERF=0
+if command -v perf >/dev/null 2>&1 && perf stat -e syscalls:sys_enter_fdatasync -x, -o /dev/null -- true >/dev/null 2>&1; then
+  HAVE_PERF=1
+fi
+
+# Runs gaffer on a workflow in a fresh state dir; prints "seconds fdatasyncs"; checks every task succeeded.
+run_gaffer() {
+  local wf="$1" n="$2" state="$WORK/state-$RANDOM$RANDOM" out="$WORK/events.jsonl"
+  shift 2
+  local t0 t1 rc=0 syncs="n/a"
+  t0=$(now)
+  if [ "$HAVE_PERF" = 1 ]; then
+    perf stat -e syscalls:sys_enter_fdatasync -x, -o "$WORK/perf.txt" -- \
+      "$GAFFER" run "$wf" --state-dir "$state" --json --workers "$W" "$@" >"$out" 2>"$WORK/err.txt" || rc=$?
+  else
+    "$GAFFER" run "$wf" --state-dir "$state" --json --workers "$W" "$@" >"$out" 2>"$WORK/err.txt" || rc=$?
+  fi
+  t1=$(now)
+  local ok
+  ok=$(count_event "$out" task.succeeded)
+  if [ "$rc" -ne 0 ] || [ "$ok" -ne "$n" ]; then
+    log "gaffer run $wf: exit $rc, $ok/$n task.succeeded"; sed 's/^/[gaffer] /' "$WORK/err.txt" >&2
+    return 1
+  fi
+  [ "$HAVE_PERF" = 1 ] && syncs=$(awk -F, '/fdatasync/ { print $1 }' "$WORK/perf.txt")
+  rm -rf "$state"
+  echo "$(elapsed "$t0" "$t1") $syncs"
+}
+
+ROWS=()
+row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 |"); }
+
+# ------------------------------------------------------------------ 1. shell tasks vs raw spawn
+log "1. $N shell tasks \`true\`, W=$W: gaffer (1 job × $N tasks) vs seq | xargs -P$W -n1 true, $REPS reps interleaved"
+gen_workflow "$WORK/shell.toml" "$N"
+: >"$WORK/shell.tps"; : >"$WORK/raw.tps"; : >"$WORK/shell.ratio"
+for ((r = 1; r <= REPS; r++)); do
+  t0=$(now); seq "$N" | xargs -P"$W" -n1 true; t1=$(now)
+  raw=$(rate "$N" "$(elapsed "$t0" "$t1")")
+  res=$(run_gaffer "$WORK/shell.toml" "$N"); secs=${res%% *}
+  g=$(rate "$N" "$secs")
+  echo "$raw" >>"$WORK/raw.tps"; echo "$g" >>"$WORK/shell.tps"
+  awk -v g="$g" -v r="$raw" 'BEGIN { print g / r }' >>"$WORK/shell.ratio"
+  log "   rep $r: raw $raw tasks/s, gaffer $g tasks/s (${secs}s)"
+done
+raw_med=$(median_only <"$WORK/raw.tps"); shell_med=$(median_only <"$WORK/shell.tps")
+ratio_med=$(median_only <"$WORK/shell.ratio")
+row "shell tasks/s (\`true\`, N=$N, W=$W)" "$(med <"$WORK/shell.tps")" "≥ 90 % of raw spawn" \
+  "$(awk -v r="$ratio_med" 'BEGIN { printf "%s %.0f %% of raw (median of per-rep ratios)", (r >= 0.9) ? "✅" : "❌ missed:", r * 100 }')" \
+  "\`gaffer run --json --workers $W\` on 1 job × $N independent tasks \`run = \"true\"\` (each is \`sh -c true\` in its own process group, logged), fresh state dir; N / wall of the whole process; every task.succeeded checked"
+row "raw spawn tasks/s (same machine, same run)" "$(med <"$WORK/raw.tps")" "—" "reference" \
+  "\`seq $N | xargs -P$W -n1 true\`, wall; interleaved with the gaffer reps"
+
+# ------------------------------------------------------------------ 2. durable no-op tasks
+log "2. $NOOP_N durable no-op tasks (--noop-executor), W=$W"
+gen_workflow "$WORK/noop-many.toml" "$NOOP_N" "$PER_JOB"
+: >"$WORK/noop.tps"; : >"$WORK/noop.syncs"
+for ((r = 1; r <= REPS; r++)); do
+  res=$(run_gaffer "$WORK/noop-many.toml" "$NOOP_N" --noop-executor); secs=${res%% *}; syncs=${res##* }
+  rate "$NOOP_N" "$secs" >>"$WORK/noop.tps"
+  [ "$syncs" != "n/a" ] && awk -v s="$syncs" -v n="$NOOP_N" 'BEGIN { print s / n }' >>"$WORK/noop.syncs"
+  log "   rep $r ($((NOOP_N / PER_JOB)) jobs × $PER_JOB): $(rate "$NOOP_N" "$secs") tasks/s (${secs}s, fdatasync: $syncs)"
+done
+noop_med=$(median_only <"$WORK/noop.tps")
+row "durable no-op tasks/s (N=$NOOP_N, W=$W, $((NOOP_N / PER_JOB)) jobs × $PER_JOB tasks)" "$(med <"$WORK/noop.tps")" "≥ 20 000/s" \
+  "$(verdict "$noop_med" 20000 ge)" \
+  "\`gaffer run --noop-executor --json --workers $W\`, fresh state dir, N / wall of the whole process (parse, open, run, exit)"
+if [ -s "$WORK/noop.syncs" ]; then
+  syncs_med=$(median_only <"$WORK/noop.syncs")
+  row "fdatasync per no-op task (same runs)" "$(med '%.2f' <"$WORK/noop.syncs")" "—" \
+    "$(awk -v s="$syncs_med" 'BEGIN { printf "≈ %.2f tasks per commit (2 fdatasync per redb commit)", 2 / s }')" \
+    "\`perf stat -e syscalls:sys_enter_fdatasync\` around the runs above; redb (two-phase commit) syncs twice per commit"
+fi
+
+gen_workflow "$WORK/noop-one.toml" "$NOOP_N"
+log "   one job × $NOOP_N tasks (once, capped at ${SINGLE_JOB_TIMEOUT}s)"
+t0=$(now); rc=0
+timeout -k 5 "$SINGLE_JOB_TIMEOUT" "$GAFFER" run "$WORK/noop-one.toml" --state-dir "$WORK/state-one" --json --workers "$W" --noop-executor \
+  >"$WORK/one.jsonl" 2>"$WORK/err.txt" || rc=$?
+t1=$(now); secs=$(elapsed "$t0" "$t1"); rm -rf "$WORK/state-one"
+if [ "$rc" -eq 0 ] && [ "$(count_event "$WORK/one.jsonl" task.succeeded)" -eq "$NOOP_N" ]; then
+  one=$(rate "$NOOP_N" "$secs")
+  row "durable no-op tasks/s (N=$NOOP_N, W=$W, 1 job × $NOOP_N tasks)" "$one" "≥ 20 000/s" "$(verdict "$one" 20000 ge)" \
+    "as above, one job holding all tasks (the shape of the shell row); one run (${secs}s)"
+else
+  done_n=$(count_event "$WORK/one.jsonl" task.succeeded)
+  row "durable no-op tasks/s (N=$NOOP_N, W=$W, 1 job × $NOOP_N tasks)" "< $(rate "$NOOP_N" "$secs") ($done_n done in ${secs}s)" "≥ 20 000/s" "❌ missed" \
+    "as above, one job holding all tasks; stopped by the ${SINGLE_JOB_TIMEOUT}s cap (exit $rc)"
+fi
+log "   one job: ${secs}s"
+
+# ------------------------------------------------------------------ 3. enqueue→start latency
+log "3. enqueue→start latency (cargo bench --bench latency, $SAMPLES samples per executor)"
+SAMPLES="$SAMPLES" cargo bench --quiet --bench latency >"$WORK/latency.txt" 2>"$WORK/latency.err" || {
+  cat "$WORK/latency.err" >&2; exit 1
+}
+sed 's/^/[bench]    /' "$WORK/latency.txt" | grep -v RESULT >&2
+lat() { awk -v ex="$1" -v k="$2" '$1 == "RESULT" { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } if (v["executor"] == ex) print v[k] }' "$WORK/latency.txt"; }
+for ex in noop local; do
+  p50=$(lat "$ex" p50_us); p99=$(lat "$ex" p99_us); mx=$(lat "$ex" max_us); c=$(lat "$ex" commits_per_sample)
+  [ -z "$p99" ] && continue
+  what="no-op executor"; [ "$ex" = local ] && what="local executor, \`true\` via sh -c"
+  row "enqueue→start p50 / p99, idle ($what)" \
+    "$(awk -v a="$p50" -v b="$p99" 'BEGIN { printf "%.2f / %.2f ms", a / 1000, b / 1000 }')" "p99 < 2 ms" \
+    "$(verdict "$(awk -v b="$p99" 'BEGIN { print b / 1000 }')" 2 le)" \
+    "benches/latency.rs: library API, \`Instant\` before \`submit\` → own \`task.started\` event received; $SAMPLES samples, 2–7 ms idle gaps; max $(awk -v m="$mx" 'BEGIN { printf "%.2f", m / 1000 }') ms; $c commits per 1-task job run"
+done
+
+# ------------------------------------------------------------------ 4. idle RSS
+log "4. idle RSS (workflow: one task \`sleep 3\`)"
+printf '[jobs.idle.tasks.sleep]\nrun = "sleep 3"\n' >"$WORK/idle.toml"
+: >"$WORK/idle.kb"
+for ((r = 1; r <= REPS; r++)); do
+  "$GAFFER" run "$WORK/idle.toml" --state-dir "$WORK/state-idle-$r" --json >/dev/null 2>&1 &
+  BG=$!
+  sleep 1
+  status_kb "$BG" VmRSS >>"$WORK/idle.kb"
+  wait "$BG" || true; BG=""
+  rm -rf "$WORK/state-idle-$r"
+done
+idle_mb=$(kb_to_mb "$(median_only <"$WORK/idle.kb")")
+row "idle RSS of a running \`gaffer run\`" "$(awk '{ printf "%.1f\n", $1 / 1024 }' "$WORK/idle.kb" | med '%.1f') MB" "< 15 MB" \
+  "$(verdict "$idle_mb" 15 le)" \
+  "VmRSS from /proc/PID/status 1 s after start; workflow = one task \`sleep 3\` (the sleep itself is a separate process, not counted)"
+
+# ------------------------------------------------------------------ 5. peak RSS with BIG_N queued
+log "5. peak RSS with $BIG_N queued task runs"
+awk -v n="$BIG_N" 'BEGIN {
+  printf "[settings]\nworkers = 1\n\n[jobs.big.tasks.t0]\nrun = \"sleep 60\"\npriority = 100\n"
+  for (i = 1; i < n; i++) printf "[jobs.big.tasks.t%d]\nrun = \"true\"\n", i
+}' >"$WORK/big.toml"
+"$GAFFER" run "$WORK/big.toml" --state-dir "$WORK/state-big" --json >"$WORK/big.jsonl" 2>/dev/null &
+BG=$!
+deadline=$((SECONDS + 120)); queued=0
+while [ $SECONDS -lt $deadline ]; do
+  sleep 0.25
+  queued=$(count_event "$WORK/big.jsonl" task.queued)
+  [ "$queued" -ge "$BIG_N" ] && [ "$(count_event "$WORK/big.jsonl" task.started)" -ge 1 ] && break
+done
+sleep 1
+hwm=$(status_kb "$BG" VmHWM); rss_after=$(status_kb "$BG" VmRSS)
+kill -TERM "$BG" 2>/dev/null || true; wait "$BG" || true; BG=""
+rm -rf "$WORK/state-big"
+parse_kb="n/a"
+if [ -x /usr/bin/time ]; then
+  parse_kb=$(/usr/bin/time -f '%M' "$GAFFER" validate "$WORK/big.toml" 2>&1 >/dev/null | tail -1)
+fi
+hwm_mb=$(kb_to_mb "${hwm:-0}")
+row "peak RSS with $BIG_N queued task runs" "$hwm_mb MB" "< 150 MB" "$(verdict "$hwm_mb" 150 le)" \
+  "1 job × $BIG_N tasks, workers = 1, task t0 = \`sleep 60\` at priority 100 runs, the other $((BIG_N - 1)) are queued ($queued task.queued seen); VmHWM 1 s later (VmRSS then $(kb_to_mb "${rss_after:-0}") MB); \`gaffer validate\` of the same file alone peaks at $( [ "$parse_kb" = n/a ] && echo n/a || kb_to_mb "$parse_kb") MB"
+
+# ------------------------------------------------------------------ 6. restart time
+log "6. restart time with $BIG_N finished task runs in the store"
+gen_workflow "$WORK/fill.toml" "$BIG_N" "$PER_JOB"
+t0=$(now)
+"$GAFFER" run "$WORK/fill.toml" --state-dir "$WORK/state-full" --json --workers "$W" --noop-executor >"$WORK/fill.jsonl" 2>"$WORK/err.txt"
+t1=$(now)
+filled=$(count_event "$WORK/fill.jsonl" task.succeeded)
+log "   filled: $filled task runs in $(elapsed "$t0" "$t1")s ($(rate "$filled" "$(elapsed "$t0" "$t1")") tasks/s); state.redb $(du -h "$WORK/state-full/state.redb" | cut -f1)"
+printf '[jobs.one.tasks.t]\nrun = "true"\n' >"$WORK/one.toml"
+: >"$WORK/restart.ms"; : >"$WORK/empty.ms"
+for ((r = 1; r <= REPS; r++)); do
+  t0=$(now); "$GAFFER" run "$WORK/one.toml" --state-dir "$WORK/state-full" --json >/dev/null; t1=$(now)
+  awk -v s="$(elapsed "$t0" "$t1")" 'BEGIN { print s * 1000 }' >>"$WORK/restart.ms"
+  t0=$(now); "$GAFFER" run "$WORK/one.toml" --state-dir "$WORK/state-empty-$r" --json >/dev/null; t1=$(now)
+  awk -v s="$(elapsed "$t0" "$t1")" 'BEGIN { print s * 1000 }' >>"$WORK/empty.ms"
+done
+restart_med=$(median_only <"$WORK/restart.ms")
+row "restart: \`gaffer run\` of a 1-task job, $filled finished task runs in the store" "$(med <"$WORK/restart.ms") ms" "< 1 s" \
+  "$(verdict "$(awk -v m="$restart_med" 'BEGIN { print m / 1000 }')" 1 le)" \
+  "process start → exit (nothing subtracted); store filled first by one \`--noop-executor\` run of $((BIG_N / PER_JOB)) jobs × $PER_JOB tasks; each rep adds one more job run"
+row "same, empty state dir (for comparison)" "$(med <"$WORK/empty.ms") ms" "—" "reference" \
+  "process start → exit, a fresh state dir each rep (includes creating state.redb)"
+
+# ------------------------------------------------------------------ the table
+T_END=$EPOCHREALTIME
+echo
+echo "gaffer $(git describe --always --dirty 2>/dev/null || echo '?') · $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')) · $(uname -sr) · load avg before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg) · $(date -u '+%Y-%m-%d %H:%M UTC') · took $(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.0f", b - a }') s"
+echo "N=$N W=$W NOOP_N=$NOOP_N BIG_N=$BIG_N SAMPLES=$SAMPLES REPS=$REPS; values are the median (min–max) of REPS runs unless the row says otherwise"
+echo
+echo "| metric | value | target | ratio / verdict | how measured |"
+echo "|---|---:|---|---|---|"
+printf '%s\n' "${ROWS[@]}"

@@ -1,0 +1,129 @@
+//! `gaffer serve`'s schedules, on the Supervisor: catch-up at start, overlap policies at each
+//! fire time, and the persisted next fire time committed together with the run it starts.
+
+use actix::prelude::*;
+
+use super::job_run::{Begin, Cancel};
+use super::journal::Publish;
+use super::scheduler::{ArmCrons, Fire};
+use super::supervisor::Supervisor;
+use super::{EngineError, EngineEvent, rfc3339_ms};
+use crate::model::schedule::{self, FireDecision, Schedule, ScheduleState};
+use crate::store::Mutation;
+
+impl Supervisor {
+    /// Parses every job's schedule, catches up what was missed while gaffer was down (per the
+    /// job's `catchup`), and arms the Scheduler. Returns how many catch-up fires were made.
+    fn serve_schedules(&mut self, ctx: &mut Context<Self>) -> Result<usize, EngineError> {
+        let shared = self.shared()?;
+        let stored = shared.store.reader()?.schedules()?;
+        let now = shared.clock.now_ms();
+        let mut crons = Vec::new();
+        let mut catch_ups = 0;
+        for job in self.workflow.jobs.iter().filter(|j| j.schedule.is_some()) {
+            let expression = job.schedule.clone().unwrap_or_default();
+            let schedule = Schedule::new(&expression, job.timezone.as_deref()).map_err(EngineError::Invalid)?;
+            let (missed, next_due) = schedule::catch_up(
+                &schedule,
+                stored.get(&job.name),
+                &expression,
+                job.timezone.as_deref(),
+                &job.policy,
+                now,
+            );
+            for scheduled_for in missed {
+                ctx.address().do_send(Fire { job: job.name.clone(), scheduled_for, next_due_ms: next_due });
+                catch_ups += 1;
+            }
+            crons.push((job.name.clone(), schedule, next_due));
+        }
+        shared.scheduler.do_send(ArmCrons { crons, fire_to: ctx.address().recipient() });
+        Ok(catch_ups)
+    }
+
+    /// The armed next fire time of `job` (what a held fire time persists).
+    pub(super) fn next_due_of(&self, job: &str) -> u64 {
+        let Some(def) = self.workflow.jobs.iter().find(|j| j.name == job) else { return u64::MAX };
+        let Some(shared) = &self.shared else { return u64::MAX };
+        let Some(expression) = &def.schedule else { return u64::MAX };
+        Schedule::new(expression, def.timezone.as_deref())
+            .ok()
+            .and_then(|s| s.next_after(shared.clock.now_ms()))
+            .unwrap_or(u64::MAX)
+    }
+
+    fn fire(&mut self, msg: Fire, ctx: &mut Context<Self>) -> Result<(), EngineError> {
+        let shared = self.shared()?;
+        let def = self
+            .workflow
+            .jobs
+            .iter()
+            .find(|j| j.name == msg.job)
+            .cloned()
+            .ok_or_else(|| EngineError::Invalid(format!("no job `{}`", msg.job)))?;
+        let state = ScheduleState {
+            expression: def.schedule.clone().unwrap_or_default(),
+            timezone: def.timezone.clone(),
+            next_due_ms: msg.next_due_ms,
+            last_fired_ms: Some(msg.scheduled_for),
+        };
+        let active: Vec<u64> = self.job_of.iter().filter(|(_, j)| **j == msg.job).map(|(id, _)| *id).collect();
+        let decision = schedule::on_fire(&def.policy, active.len(), self.waiting_fires.contains_key(&msg.job));
+        let event = |name: &'static str| {
+            let mut e =
+                EngineEvent::new(name, shared.clock.now_ms()).with("scheduled_for", rfc3339_ms(msg.scheduled_for));
+            e.job = Some(msg.job.clone());
+            e
+        };
+        let remember = Mutation::Schedule(msg.job.clone(), state);
+        match decision {
+            FireDecision::Skip | FireDecision::Queue => {
+                if decision == FireDecision::Queue {
+                    self.waiting_fires.insert(msg.job.clone(), msg.scheduled_for);
+                }
+                let reason =
+                    if decision == FireDecision::Queue { "queued behind the active run" } else { "a run is active" };
+                drop(shared.store.commit(vec![remember]));
+                shared.journal.do_send(Publish(event("schedule.skipped").with("reason", reason)));
+            }
+            FireDecision::CancelPreviousThenStart | FireDecision::Start => {
+                if decision == FireDecision::CancelPreviousThenStart {
+                    for id in &active {
+                        if let Some(run) = self.job_runs_addr(*id) {
+                            run.do_send(Cancel { task_run: None });
+                        }
+                    }
+                }
+                let begin = Begin::New { with: vec![remember], events: vec![event("schedule.fired")] };
+                self.submit_scheduled(&msg.job, begin)?;
+            }
+        }
+        let _ = ctx;
+        Ok(())
+    }
+}
+
+/// Start firing the workflow's schedules (`gaffer serve`); answers how many missed fire times
+/// were caught up.
+#[derive(Message)]
+#[rtype(result = "Result<usize, EngineError>")]
+pub struct ServeSchedules;
+
+impl Handler<ServeSchedules> for Supervisor {
+    type Result = Result<usize, EngineError>;
+
+    fn handle(&mut self, _: ServeSchedules, ctx: &mut Self::Context) -> Self::Result {
+        self.serve_schedules(ctx)
+    }
+}
+
+impl Handler<Fire> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Fire, ctx: &mut Self::Context) {
+        let job = msg.job.clone();
+        if let Err(e) = self.fire(msg, ctx) {
+            tracing::error!("schedule of job `{job}`: {e}");
+        }
+    }
+}
