@@ -10,15 +10,19 @@
 //! - [`engine`]: the actix actor tree (supervisor, journal, scheduler, dispatcher, job runs,
 //!   workers, watchdog) behind `EngineHandle` and `EngineEvent`.
 //! - [`executor`]: runs one attempt as a process group with fd 3 as the control channel.
+//! - [`api`]: the control socket (HTTP/JSON over a unix socket) and its client.
 //! - [`cli`]: the `gaffer` command line; [`headless`]: human and JSON progress lines.
+//! - [`report`]: records as the JSON shapes of SPEC §4.1 (CLI and API alike).
 //! - [`sanitize`]: makes untrusted text inert where it enters gaffer.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod executor;
 pub mod headless;
 pub mod model;
+pub mod report;
 pub mod sanitize;
 pub mod store;
 pub mod tui;

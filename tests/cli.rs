@@ -623,3 +623,131 @@ fn serve_overlap_skip_never_runs_two_at_once() {
         assert!(active <= 1, "two runs of a skip-overlap job at once");
     }
 }
+
+/// A `gaffer serve` in the background, stopped (SIGTERM) when dropped.
+struct Server {
+    child: std::process::Child,
+}
+
+impl Server {
+    fn start(p: &Project) -> Server {
+        let child = p
+            .gaffer(&["serve", "workflow.toml", "--headless"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("serve");
+        let socket = p.state_dir().join("gaffer.sock");
+        wait_until(Duration::from_secs(10), "the control socket", || socket.exists());
+        Server { child }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn submit_to_a_server_with_params_and_an_idempotency_key() {
+    let p = Project::new(
+        "[jobs.greet]\nparams = { who = \"world\" }\n[jobs.greet.tasks.say]\nrun = 'echo \"output said=hello $WHO\" >&3'\nenv = { WHO = \"{{ params.who }}\" }\n",
+    );
+    let _server = Server::start(&p);
+    let out = p.run(&["submit", "greet", "--param", "who=gaffer", "--key", "order-42"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(first, "j1");
+    let again = p.run(&["submit", "greet", "--param", "who=gaffer", "--key", "order-42"]);
+    assert!(String::from_utf8_lossy(&again.stdout).starts_with("j1 "), "the same key gives the same run back");
+    wait_until(Duration::from_secs(10), "the run to finish", || p.json(&["jobs", "--json"])[0]["state"] == "succeeded");
+    assert_eq!(p.task("say")["outputs"]["said"], "hello gaffer");
+    assert_eq!(p.json(&["jobs", "--json"]).as_array().map(Vec::len), Some(1));
+    let bad = p.run(&["submit", "greet", "--param", "nope=1"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown param `nope`"));
+}
+
+#[test]
+fn submit_without_a_server_says_how_to_start_one() {
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'true'\n");
+    let out = p.run(&["submit", "j"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gaffer serve"));
+}
+
+#[test]
+fn pause_holds_a_queue_across_a_restart_and_resume_releases_it() {
+    let p = Project::new("[queues.slow]\nconcurrency = 1\n[jobs.j.tasks.t]\nqueue = \"slow\"\nrun = 'true'\n");
+    let server = Server::start(&p);
+    let out = p.run(&["pause", "slow"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(p.run(&["submit", "j"]).status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(p.task("t")["state"], "queued", "nothing starts from a paused queue");
+    drop(server);
+    let status = p.json(&["status", "--json"]);
+    assert_eq!(
+        status["queues"].as_array().and_then(|q| q.iter().find(|q| q["name"] == "slow")).map(|q| q["paused"].clone()),
+        Some(serde_json::json!(true))
+    );
+    let _server = Server::start(&p);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(p.task("t")["state"], "queued", "still paused after a restart");
+    assert!(p.run(&["resume", "slow"]).status.success());
+    wait_until(Duration::from_secs(10), "the task to run", || p.task("t")["state"] == "succeeded");
+}
+
+#[test]
+fn socket_is_private_and_refuses_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'true'\n");
+    let _server = Server::start(&p);
+    let socket = p.state_dir().join("gaffer.sock");
+    assert_eq!(std::fs::metadata(&socket).expect("socket").permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(p.state_dir()).expect("dir").permissions().mode() & 0o777, 0o700);
+    let setpriv = std::process::Command::new("setpriv").arg("--version").output();
+    if setpriv.is_err() || !nix::unistd::Uid::current().is_root() {
+        eprintln!("skipped the other-uid half: needs root and setpriv");
+        return;
+    }
+    // Open the door on purpose, to see the peer-uid check itself refuse the other user.
+    std::fs::set_permissions(p.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(p.state_dir(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_gaffer"), "--state-dir"])
+        .arg(p.state_dir())
+        .args(["pause", "default"])
+        .output()
+        .expect("setpriv");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another user"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn events_stream_over_the_socket() {
+    use std::io::{BufRead, BufReader, Write};
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'true'\n");
+    let _server = Server::start(&p);
+    let mut stream = std::os::unix::net::UnixStream::connect(p.state_dir().join("gaffer.sock")).expect("connect");
+    stream.write_all(b"GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(p.run(&["submit", "j"]).status.success());
+    let mut seen = Vec::new();
+    for line in BufReader::new(stream).lines() {
+        let line = line.expect("line");
+        if let Some(data) = line.strip_prefix("data: ") {
+            let event: serde_json::Value = serde_json::from_str(data).expect("json event");
+            seen.push(event["event"].as_str().unwrap_or("").to_string());
+            if event["event"] == "job.succeeded" {
+                break;
+            }
+        }
+    }
+    assert!(seen.contains(&"task.started".to_string()) && seen.contains(&"job.succeeded".to_string()), "{seen:?}");
+}

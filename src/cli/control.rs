@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::query::{self, parse_target};
 use super::{CliError, DlqAction};
+use crate::api::client::{self, ClientError};
 use crate::engine::Target;
 use crate::engine::inbox::{self, Action, InboxCommand};
 use crate::headless::dollars;
@@ -19,9 +20,6 @@ pub enum Verb {
     Retry,
     Cancel,
 }
-
-/// How long to wait for a running instance to answer.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn send(state_dir: &Path, verb: Verb, ids: &[String]) -> Result<(), CliError> {
     let targets = ids.iter().map(|id| parse_target(id)).collect::<Result<Vec<_>, _>>()?;
@@ -39,24 +37,90 @@ fn send_targets(state_dir: &Path, verb: Verb, targets: &[Target]) -> Result<(), 
             return Err(CliError::Failed(format!("no {target} in {}; nothing was sent", state_dir.display())));
         }
     }
-    let action = if verb == Verb::Retry { Action::Retry } else { Action::Cancel };
     let mut failed = false;
     for target in targets {
-        let answer_at = inbox::put(state_dir, &InboxCommand { action, target: *target })
-            .map_err(|e| CliError::Failed(format!("cannot write to {}: {e}", state_dir.join("inbox").display())))?;
-        match store::instance_pid(state_dir) {
-            None => println!("{target}: recorded; it takes effect when gaffer next starts in {}", state_dir.display()),
-            Some(pid) => match inbox::wait_answer(&answer_at, ANSWER_TIMEOUT) {
-                Some(Ok(message)) => println!("{message}"),
-                Some(Err(message)) => {
-                    eprintln!("gaffer: {target}: {message}");
-                    failed = true;
-                }
-                None => println!("{target}: sent to the running instance (pid {pid}); no answer yet"),
-            },
+        match deliver(state_dir, verb, *target)? {
+            Ok(message) => println!("{message}"),
+            Err(message) => {
+                eprintln!("gaffer: {target}: {message}");
+                failed = true;
+            }
         }
     }
     if failed { Err(CliError::Failed("some commands were refused".into())) } else { Ok(()) }
+}
+
+/// To the running instance through its socket; with none running, into the inbox for the
+/// next start.
+fn deliver(state_dir: &Path, verb: Verb, target: Target) -> Result<Result<String, String>, CliError> {
+    let path = if verb == Verb::Retry { "/v1/retry" } else { "/v1/cancel" };
+    let body = serde_json::json!({"target": target_text(target)});
+    match client::call(state_dir, "POST", path, Some(&body)) {
+        Ok(answer) => Ok(Ok(answer["message"].as_str().unwrap_or("done").to_string())),
+        Err(ClientError::Refused(message)) => Ok(Err(message)),
+        Err(ClientError::NotRunning(_)) if store::instance_pid(state_dir).is_none() => {
+            let action = if verb == Verb::Retry { Action::Retry } else { Action::Cancel };
+            inbox::put(state_dir, &InboxCommand { action, target })
+                .map_err(|e| CliError::Failed(format!("cannot write to {}: {e}", state_dir.join("inbox").display())))?;
+            Ok(Ok(format!("{target}: recorded; it takes effect when gaffer next starts in {}", state_dir.display())))
+        }
+        Err(e) => Err(CliError::Failed(e.to_string())),
+    }
+}
+
+fn target_text(target: Target) -> String {
+    match target {
+        Target::TaskRun(id) => id.to_string(),
+        Target::JobRun(id) => format!("j{id}"),
+    }
+}
+
+/// `gaffer submit`: needs a running instance (`gaffer serve`).
+pub fn submit(
+    state_dir: &Path,
+    job: &str,
+    params: &[String],
+    priority: Option<u8>,
+    key: Option<&str>,
+) -> Result<(), CliError> {
+    let params = super::run::parse_params(params).map_err(CliError::Usage)?;
+    let body = serde_json::json!({"job": job, "params": params, "priority": priority, "key": key});
+    let answer = client::call(state_dir, "POST", "/v1/submit", Some(&body)).map_err(|e| match e {
+        ClientError::NotRunning(_) => CliError::Failed(format!(
+            "no gaffer instance runs in {}: start one with `gaffer serve FILE`, or run the job now with `gaffer run FILE {job}`",
+            state_dir.display()
+        )),
+        ClientError::Refused(message) => CliError::Usage(message),
+        other => CliError::Failed(other.to_string()),
+    })?;
+    let id = answer["job_run"].as_u64().unwrap_or(0);
+    if answer["existing"] == true {
+        println!("j{id} (already submitted with this key)");
+    } else {
+        println!("j{id}");
+    }
+    Ok(())
+}
+
+/// `gaffer pause` / `resume`: through the instance, or straight into the store when none runs.
+pub fn set_paused(state_dir: &Path, queue: &str, paused: bool) -> Result<(), CliError> {
+    let verb = if paused { "pause" } else { "resume" };
+    match client::call(state_dir, "POST", &format!("/v1/queues/{queue}/{verb}"), None) {
+        Ok(answer) => {
+            println!("{}", answer["message"].as_str().unwrap_or("done"));
+            Ok(())
+        }
+        Err(ClientError::Refused(message)) => Err(CliError::Failed(message)),
+        Err(ClientError::NotRunning(_)) if store::instance_pid(state_dir).is_none() => {
+            let (store, closer, _lock) = store::open_writer(state_dir)?;
+            store.commit_blocking(vec![store::Mutation::QueuePaused(queue.to_string(), paused)])?;
+            drop(store);
+            closer.close(Duration::from_secs(5));
+            println!("queue {queue} {}d; it stays so at the next start", verb);
+            Ok(())
+        }
+        Err(e) => Err(CliError::Failed(e.to_string())),
+    }
 }
 
 pub fn dlq(state_dir: &Path, action: DlqAction) -> Result<(), CliError> {
@@ -70,7 +134,7 @@ pub fn dlq(state_dir: &Path, action: DlqAction) -> Result<(), CliError> {
 fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
     let dead = query::dead_letters(state_dir)?;
     if json {
-        let items: Vec<Value> = dead.iter().map(query::task_json).collect();
+        let items: Vec<Value> = dead.iter().map(crate::report::task_json).collect();
         println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
         return Ok(());
     }

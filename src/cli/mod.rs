@@ -88,6 +88,23 @@ pub enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Start a run of JOB on the running instance (`gaffer serve`); prints its job run id.
+    Submit {
+        job: String,
+        /// Override a job param: --param topic=go (repeatable).
+        #[arg(long = "param", value_name = "K=V")]
+        params: Vec<String>,
+        /// Priority for every task of this run (0..=100).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        priority: Option<u8>,
+        /// Idempotency key: a repeat with the same key gets the same job run back.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Pause a queue: nothing new starts from it (running work finishes). Survives restarts.
+    Pause { queue: String },
+    /// Resume a paused queue.
+    Resume { queue: String },
     /// Retry dead or cancelled task runs (42) or every one in a job run (j7).
     Retry {
         #[arg(required = true)]
@@ -178,6 +195,11 @@ pub fn main() -> i32 {
         }
         Command::Show { id, json } => query::show(&state_dir, &id, json),
         Command::Logs { id, attempt, follow } => query::logs(&state_dir, &id, attempt, follow),
+        Command::Submit { job, params, priority, key } => {
+            control::submit(&state_dir, &job, &params, priority, key.as_deref())
+        }
+        Command::Pause { queue } => control::set_paused(&state_dir, &queue, true),
+        Command::Resume { queue } => control::set_paused(&state_dir, &queue, false),
         Command::Retry { ids } => control::send(&state_dir, control::Verb::Retry, &ids),
         Command::Cancel { ids } => control::send(&state_dir, control::Verb::Cancel, &ids),
         Command::Dlq { action } => control::dlq(&state_dir, action.unwrap_or(DlqAction::List { json: false })),

@@ -13,41 +13,9 @@ use crate::engine::{Target, rfc3339_ms};
 use crate::headless::dollars;
 use crate::model::money::usd_json;
 use crate::model::{JobState, TaskState};
+use crate::report::{self, attempt_json, job_json, task_json};
 use crate::sanitize::sanitize;
 use crate::store::{self, AttemptRecord, JobRunRecord, Reader, TaskRunRecord};
-
-fn time_json(ms: Option<u64>) -> Value {
-    ms.map_or(Value::Null, |ms| json!(rfc3339_ms(ms)))
-}
-
-/// SPEC §4.1 `tasks --json` item.
-pub fn task_json(t: &TaskRunRecord) -> Value {
-    json!({
-        "id": t.id, "job": t.job, "job_run": t.job_run, "task": t.task, "state": t.state.as_str(),
-        "attempt": t.attempt, "max_attempts": t.max_attempts, "queue": t.queue, "priority": t.priority,
-        "cost_usd": usd_json(t.cost_usd_micros), "input_tokens": t.input_tokens, "output_tokens": t.output_tokens,
-        "outputs": t.outputs, "reason": t.reason.map(|r| r.as_str()), "detail": t.detail, "exit_code": t.exit_code,
-        "progress": t.progress, "created_at": time_json(Some(t.created_at_ms)), "started_at": time_json(t.started_at_ms),
-        "ended_at": time_json(t.ended_at_ms), "not_before": time_json(t.not_before_ms),
-    })
-}
-
-/// SPEC §4.1 `jobs --json` item.
-pub fn job_json(j: &JobRunRecord) -> Value {
-    json!({
-        "id": j.id, "job": j.job, "state": j.state.as_str(), "params": j.params, "cost_usd": usd_json(j.cost_usd_micros),
-        "started_at": time_json(Some(j.created_at_ms)), "ended_at": time_json(j.ended_at_ms), "reason": j.reason,
-    })
-}
-
-fn attempt_json(a: &AttemptRecord) -> Value {
-    json!({
-        "n": a.n, "started_at": time_json(Some(a.started_at_ms)), "ended_at": time_json(a.ended_at_ms),
-        "exit_code": a.exit_code, "signal": a.signal, "reason": a.reason.map(|r| r.as_str()), "detail": a.detail,
-        "cost_usd": usd_json(a.cost_usd_micros), "input_tokens": a.input_tokens, "output_tokens": a.output_tokens,
-        "model": a.model, "pid": a.pid, "log": a.log,
-    })
-}
 
 fn print_json(value: &Value) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
@@ -64,56 +32,34 @@ pub(super) fn open(state_dir: &Path) -> Result<Reader, CliError> {
 }
 
 pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
-    let pid = store::instance_pid(state_dir);
-    let reader = open(state_dir)?;
-    let tasks = reader.task_runs()?;
-    let concurrency = latest_queue_caps(&reader)?;
-    let mut totals: BTreeMap<&str, u64> = TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-    let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
-    let mut cost = 0u64;
-    for t in &tasks {
-        *totals.entry(t.state.as_str()).or_default() += 1;
-        cost += t.cost_usd_micros;
-        let counts = queues.entry(t.queue.clone()).or_default();
-        match t.state {
-            TaskState::Queued => counts[0] += 1,
-            TaskState::Running => counts[1] += 1,
-            TaskState::Retrying => counts[2] += 1,
-            TaskState::Dead => counts[3] += 1,
-            _ => {}
-        }
-    }
+    let value = report::status_value(state_dir)?;
     if as_json {
-        let queues: Vec<Value> = queues
-            .iter()
-            .map(|(name, c)| json!({"name": name, "concurrency": concurrency.get(name), "paused": false, "queued": c[0], "running": c[1], "retrying": c[2], "dead": c[3]}))
-            .collect();
-        return print_json(
-            &json!({"instance": {"running": pid.is_some(), "pid": pid}, "queues": queues, "totals": totals, "cost_usd": usd_json(cost)}),
-        );
+        return print_json(&value);
     }
-    match pid {
+    match value["instance"]["pid"].as_u64() {
         Some(pid) => println!("instance: running (pid {pid})"),
         None => println!("instance: not running"),
     }
     println!("{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}", "QUEUE", "CONCURRENCY", "QUEUED", "RUNNING", "RETRYING", "DEAD");
-    for (name, c) in &queues {
-        let cap = concurrency.get(name).map_or("-".to_string(), |c| c.to_string());
-        println!("{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}", name, cap, c[0], c[1], c[2], c[3]);
+    for q in value["queues"].as_array().into_iter().flatten() {
+        let cap = q["concurrency"].as_u64().map_or("-".to_string(), |c| c.to_string());
+        let name =
+            format!("{}{}", q["name"].as_str().unwrap_or("?"), if q["paused"] == true { " (paused)" } else { "" });
+        println!(
+            "{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}",
+            name, cap, q["queued"], q["running"], q["retrying"], q["dead"]
+        );
     }
-    let counts: Vec<String> = totals.iter().filter(|(_, n)| **n > 0).map(|(s, n)| format!("{s} {n}")).collect();
+    let counts: Vec<String> = value["totals"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
     println!("task runs: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
-    println!("cost: {}", dollars(cost));
+    println!("cost: ${}", value["cost_usd"]);
     Ok(())
-}
-
-/// Queue caps from the definition of the newest job run (the store keeps definitions, not queues).
-fn latest_queue_caps(reader: &Reader) -> Result<BTreeMap<String, usize>, CliError> {
-    let Some(latest) = reader.job_runs()?.into_iter().max_by_key(|j| j.id) else { return Ok(BTreeMap::new()) };
-    let Some(def) = reader.definition(latest.definition)? else { return Ok(BTreeMap::new()) };
-    Ok(crate::config::parse(Path::new(&def.path), &def.source)
-        .map(|w| w.queues.into_iter().map(|(k, q)| (k, q.concurrency)).collect())
-        .unwrap_or_default())
 }
 
 pub fn jobs(state_dir: &Path, state: Option<&str>, as_json: bool) -> Result<(), CliError> {

@@ -9,6 +9,7 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::exit;
+use crate::api::Api;
 use crate::config::{self, Workflow};
 use crate::engine::{self, EngineConfig, EngineEvent, EngineHandle, SystemClock};
 use crate::executor::{Executor, LocalExecutor, NoopExecutor};
@@ -126,7 +127,7 @@ fn load(file: &Path) -> Result<(Workflow, String), i32> {
     }
 }
 
-fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>, String> {
+pub(super) fn parse_params(raw: &[String]) -> Result<BTreeMap<String, String>, String> {
     raw.iter()
         .map(|p| match p.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -238,33 +239,45 @@ where
 }
 
 async fn serve_forever(config: EngineConfig, format: Format) -> i32 {
-    let handle = engine::start(config);
-    let started = async {
+    with_engine(config, format, |handle| async move {
         let events = handle.subscribe().await?;
         let mut resumed = handle.resume_all().await?;
         resumed.extend(handle.apply_inbox().await?);
         let caught_up = handle.serve_schedules().await?;
-        Ok::<_, engine::EngineError>((events, resumed.len(), caught_up))
-    };
-    let code = match started.await {
-        Ok((events, resumed, caught_up)) => {
-            say(
-                format,
-                &format!(
-                    "serving (pid {}): {resumed} unfinished run(s) resumed, {caught_up} missed fire time(s) caught up; SIGINT or SIGTERM stops",
-                    std::process::id()
-                ),
-            );
-            match follow(&handle, None, events, format).await {
-                exit::SIGTERM => exit::OK,
-                code => code,
-            }
+        let pid = std::process::id();
+        say(format, &format!("serving (pid {pid}): {} unfinished run(s) resumed, {caught_up} missed fire time(s) caught up; SIGINT or SIGTERM stops", resumed.len()));
+        Ok(match follow(&handle, None, events, format).await {
+            exit::SIGTERM => exit::OK,
+            code => code,
+        })
+    })
+    .await
+}
+
+/// Starts the engine and its control socket, runs `body`, then stops both and the System.
+async fn with_engine<Fut>(config: EngineConfig, format: Format, body: impl FnOnce(EngineHandle) -> Fut) -> i32
+where
+    Fut: std::future::Future<Output = Result<i32, engine::EngineError>>,
+{
+    let state_dir = config.state_dir.clone();
+    let handle = engine::start(config);
+    let api = match Api::start(handle.clone(), &state_dir) {
+        Ok(api) => Some(api),
+        Err(e) => {
+            say(format, &format!("no control socket ({e}): other terminals can only read the state dir"));
+            None
         }
+    };
+    let code = match body(handle).await {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("gaffer: {e}");
-            exit::INTERNAL
+            if matches!(e, engine::EngineError::Invalid(_)) { exit::USAGE } else { exit::INTERNAL }
         }
     };
+    if let Some(api) = api {
+        api.stop().await;
+    }
     actix::System::current().stop();
     code
 }
@@ -275,16 +288,11 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// Starts the engine, resumes, triggers, prints events until every run ended or a signal came.
 async fn drive(config: EngineConfig, jobs: Vec<String>, params: BTreeMap<String, String>, format: Format) -> i32 {
-    let handle = engine::start(config);
-    let code = match start_runs(&handle, &jobs, params, format).await {
-        Ok((ids, events)) => follow(&handle, Some(ids), events, format).await,
-        Err(e) => {
-            eprintln!("gaffer: {e}");
-            exit::USAGE
-        }
-    };
-    actix::System::current().stop();
-    code
+    with_engine(config, format, |handle| async move {
+        let (ids, events) = start_runs(&handle, &jobs, params, format).await?;
+        Ok(follow(&handle, Some(ids), events, format).await)
+    })
+    .await
 }
 
 type Events = tokio::sync::mpsc::UnboundedReceiver<EngineEvent>;

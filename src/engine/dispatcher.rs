@@ -109,7 +109,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(clock: SharedClock, queues: &BTreeMap<String, QueueDef>, workers_total: usize) -> Dispatcher {
+    pub fn new(
+        clock: SharedClock,
+        queues: &BTreeMap<String, QueueDef>,
+        workers_total: usize,
+        paused: &std::collections::BTreeSet<String>,
+    ) -> Dispatcher {
         let queues = queues
             .iter()
             .map(|(name, def)| {
@@ -119,7 +124,7 @@ impl Dispatcher {
                         def: def.clone(),
                         ready: BinaryHeap::new(),
                         running: 0,
-                        paused: false,
+                        paused: paused.contains(name),
                         starts: VecDeque::new(),
                     },
                 )

@@ -10,8 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use super::Target;
 
-pub const POLL: Duration = Duration::from_millis(100);
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {

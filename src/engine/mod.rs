@@ -125,6 +125,24 @@ pub struct EngineConfig {
     pub pricing: Pricing,
 }
 
+/// A submit from outside (`gaffer submit`, the API).
+#[derive(Debug, Clone, Default)]
+pub struct SubmitRequest {
+    pub job: String,
+    pub params: BTreeMap<String, String>,
+    /// Overrides the priority of every task of this run.
+    pub priority: Option<u8>,
+    /// A repeat with the same key gets the same job run back instead of a new one.
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    pub job_run: u64,
+    /// The key had been used: this is the job run it made then.
+    pub existing: bool,
+}
+
 /// Everything a view needs to draw its first frame; events keep it current afterwards.
 #[derive(Debug, Clone, Default)]
 pub struct EngineSnapshot {
@@ -211,7 +229,9 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     let journal = Journal::new(&config.state_dir).start();
     let scheduler = scheduler::Scheduler::new(config.clock.clone()).start();
     let workers_total = config.workers.max(1);
-    let dispatcher = dispatcher::Dispatcher::new(config.clock.clone(), &config.workflow.queues, workers_total).start();
+    let paused = config.store.reader().and_then(|r| r.paused_queues()).unwrap_or_default();
+    let dispatcher =
+        dispatcher::Dispatcher::new(config.clock.clone(), &config.workflow.queues, workers_total, &paused).start();
     let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
     let store = config.store.clone();
     let shared = Arc::new(Shared {
@@ -291,7 +311,13 @@ impl EngineHandle {
 
     /// Starts a new run of `job`; returns its job run id.
     pub async fn submit(&self, job: &str, params: BTreeMap<String, String>) -> Result<u64, EngineError> {
-        mailbox(self.supervisor.send(supervisor::Submit { job: job.to_string(), params }).await)?
+        let request = SubmitRequest { job: job.to_string(), params, ..SubmitRequest::default() };
+        Ok(self.submit_request(request).await?.job_run)
+    }
+
+    /// A submit with a priority override and an idempotency key.
+    pub async fn submit_request(&self, request: SubmitRequest) -> Result<Submitted, EngineError> {
+        mailbox(self.supervisor.send(supervisor::Submit(request)).await)?
     }
 
     pub async fn retry(&self, target: Target) -> Result<String, EngineError> {
@@ -302,8 +328,14 @@ impl EngineHandle {
         mailbox(self.supervisor.send(supervisor::Command { retry: false, target }).await)?
     }
 
-    /// Pauses (or resumes) a queue; false if there is no such queue.
+    /// Pauses (or resumes) a queue, durably: a pause outlives a restart. False if there is no
+    /// such queue.
     pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, EngineError> {
+        let known = self.queues().await?.iter().any(|q| q.name == queue);
+        if !known {
+            return Ok(false);
+        }
+        self.store.commit(vec![crate::store::Mutation::QueuePaused(queue.to_string(), paused)]).await?;
         mailbox(self.dispatcher.send(dispatcher::SetPaused { queue: queue.to_string(), paused }).await)
     }
 

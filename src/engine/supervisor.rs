@@ -14,7 +14,7 @@ use super::dispatcher::{Dispatcher, StopDispatching};
 use super::inbox;
 use super::job_run::{Begin, Cancel, JobRun, Retry, Start, Stop};
 use super::scheduler::Fire;
-use super::{EngineError, Shared, Target};
+use super::{EngineError, Shared, SubmitRequest, Submitted, Target};
 use crate::config::Workflow;
 use crate::model::{JobState, TaskState};
 use crate::store::{AttemptRecord, DefinitionRecord, JobRunRecord, Mutation, Reader, TaskRunRecord};
@@ -77,6 +77,8 @@ pub struct Supervisor {
     pub(super) job_of: HashMap<u64, String>,
     /// Fire times held by `overlap = "queue"` until the job's active run ends.
     pub(super) waiting_fires: HashMap<String, u64>,
+    /// Idempotency keys submitted by this process (the store has the older ones).
+    keys: HashMap<String, u64>,
     ended: BTreeMap<u64, JobState>,
     waiters: Vec<(Vec<u64>, Waiter)>,
     fatal: Option<String>,
@@ -93,6 +95,7 @@ impl Supervisor {
             job_runs: HashMap::new(),
             job_of: HashMap::new(),
             waiting_fires: HashMap::new(),
+            keys: HashMap::new(),
             ended: BTreeMap::new(),
             waiters: Vec::new(),
             fatal: None,
@@ -130,33 +133,42 @@ impl Supervisor {
     }
 
     /// Creates a job run of `job` with all its task runs pending, and starts its actor.
+    fn job_run_of_key(&self, key: &str) -> Result<Option<u64>, EngineError> {
+        if let Some(id) = self.keys.get(key) {
+            return Ok(Some(*id));
+        }
+        Ok(self.shared()?.store.reader()?.idempotency_key(key)?)
+    }
+
     fn submit(&mut self, job: &str, params: BTreeMap<String, String>, begin: Begin) -> Result<u64, EngineError> {
+        self.submit_with_priority(job, params, None, begin)
+    }
+
+    /// Creates a job run of `job` with all its task runs pending, and starts its actor.
+    /// An idempotency-key mutation in `begin` gets the new id filled in.
+    fn submit_with_priority(
+        &mut self,
+        job: &str,
+        params: BTreeMap<String, String>,
+        priority: Option<u8>,
+        begin: Begin,
+    ) -> Result<u64, EngineError> {
         let shared = self.shared()?;
         if self.stopping {
             return Err(EngineError::Stopped("gaffer is stopping".into()));
         }
-        let job_index = self.workflow.jobs.iter().position(|j| j.name == job).ok_or_else(|| {
-            let known: Vec<&str> = self.workflow.jobs.iter().map(|j| j.name.as_str()).collect();
-            EngineError::Invalid(format!("unknown job `{job}` (the workflow has: {})", known.join(", ")))
-        })?;
-        let def = &self.workflow.jobs[job_index];
-        let mut merged = def.params.clone();
-        for (key, value) in params {
-            if !def.params.contains_key(&key) {
-                return Err(EngineError::Invalid(format!(
-                    "unknown param `{key}` for job `{job}` (declared: {})",
-                    def.params.keys().cloned().collect::<Vec<_>>().join(", ")
-                )));
-            }
-            merged.insert(key, value);
+        if priority.is_some_and(|p| p > 100) {
+            return Err(EngineError::Invalid("priority must be from 0 to 100".into()));
         }
+        let job_index = self.job_index(job)?;
+        let def = &self.workflow.jobs[job_index];
         let now = shared.clock.now_ms();
         let id = shared.store.ids.next_job_run();
         let record = JobRunRecord {
             id,
             job: job.to_string(),
             definition: self.definition,
-            params: merged,
+            params: merged_params(def, params)?,
             state: JobState::Running,
             reason: None,
             cost_usd_micros: 0,
@@ -169,12 +181,26 @@ impl Supervisor {
             .iter()
             .enumerate()
             .map(|(i, t)| new_task_run(shared.store.ids.next_task_run(), &record, i, t, now))
+            .map(|t| TaskRunRecord { priority: priority.unwrap_or(t.priority), ..t })
             .collect();
+        let begin = match begin {
+            Begin::New { with, events } => {
+                Begin::New { with: with.into_iter().map(|m| with_job_run(m, id)).collect(), events }
+            }
+            other => other,
+        };
         let actor = JobRun::new(shared, self.workflow.clone(), job_index, record, tasks, Vec::new()).start();
         actor.do_send(Start(begin));
         self.job_runs.insert(id, actor);
         self.job_of.insert(id, job.to_string());
         Ok(id)
+    }
+
+    fn job_index(&self, job: &str) -> Result<usize, EngineError> {
+        self.workflow.jobs.iter().position(|j| j.name == job).ok_or_else(|| {
+            let known: Vec<&str> = self.workflow.jobs.iter().map(|j| j.name.as_str()).collect();
+            EngineError::Invalid(format!("unknown job `{job}` (the workflow has: {})", known.join(", ")))
+        })
     }
 
     /// Starts an actor for every unfinished job run in the store.
@@ -260,6 +286,34 @@ impl Supervisor {
     }
 }
 
+/// The job's declared params with `given` on top; a param the job does not declare is an error.
+fn merged_params(
+    def: &crate::config::JobDef,
+    given: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, EngineError> {
+    let mut merged = def.params.clone();
+    for (key, value) in given {
+        if !def.params.contains_key(&key) {
+            let declared: Vec<&str> = def.params.keys().map(String::as_str).collect();
+            return Err(EngineError::Invalid(format!(
+                "unknown param `{key}` for job `{}` (declared: {})",
+                def.name,
+                declared.join(", ")
+            )));
+        }
+        merged.insert(key, value);
+    }
+    Ok(merged)
+}
+
+/// An idempotency key made before the job run had its id.
+fn with_job_run(mutation: Mutation, id: u64) -> Mutation {
+    match mutation {
+        Mutation::IdempotencyKey(key, _) => Mutation::IdempotencyKey(key, id),
+        other => other,
+    }
+}
+
 /// A running task run with no attempt record (a crash between the two commits cannot happen,
 /// they share one; this only guards against a damaged store).
 fn lost_attempt(t: &TaskRunRecord) -> AttemptRecord {
@@ -288,28 +342,6 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(super::MAILBOX_CAPACITY);
         self.ledger.set_fatal(ctx.address().recipient());
-        ctx.run_interval(inbox::POLL, |act, ctx| act.drain_inbox(ctx));
-    }
-}
-
-impl Supervisor {
-    /// Runs each command found in the inbox through the same path as a live command.
-    fn drain_inbox(&mut self, ctx: &mut Context<Self>) {
-        let Some(shared) = self.shared.clone() else { return };
-        if self.stopping {
-            return;
-        }
-        for (file, command) in inbox::take(&shared.state_dir) {
-            let retry = command.action == inbox::Action::Retry;
-            let answer = ctx.address().send(Command { retry, target: command.target });
-            actix::spawn(async move {
-                let result = match answer.await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(_) => Err("gaffer is stopping".to_string()),
-                };
-                inbox::answer(&file, result);
-            });
-        }
     }
 }
 
@@ -378,18 +410,26 @@ impl Handler<ResumeAll> for Supervisor {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<u64, EngineError>")]
-pub struct Submit {
-    pub job: String,
-    pub params: BTreeMap<String, String>,
-}
+#[rtype(result = "Result<Submitted, EngineError>")]
+pub struct Submit(pub SubmitRequest);
 
 impl Handler<Submit> for Supervisor {
-    type Result = Result<u64, EngineError>;
+    type Result = Result<Submitted, EngineError>;
 
-    fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) -> Self::Result {
-        let _ = ctx;
-        self.submit(&msg.job, msg.params, Begin::New { with: Vec::new(), events: Vec::new() })
+    /// Submits are handled one at a time here, so two with the same key cannot both create.
+    fn handle(&mut self, Submit(request): Submit, _ctx: &mut Self::Context) -> Self::Result {
+        if let Some(key) = &request.key
+            && let Some(job_run) = self.job_run_of_key(key)?
+        {
+            return Ok(Submitted { job_run, existing: true });
+        }
+        let with = request.key.iter().map(|key| Mutation::IdempotencyKey(key.clone(), 0)).collect();
+        let begin = Begin::New { with, events: Vec::new() };
+        let job_run = self.submit_with_priority(&request.job, request.params, request.priority, begin)?;
+        if let Some(key) = request.key {
+            self.keys.insert(key, job_run);
+        }
+        Ok(Submitted { job_run, existing: false })
     }
 }
 

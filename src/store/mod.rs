@@ -34,6 +34,10 @@ const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attem
 /// job name → ScheduleState: the next fire time survives restarts (added in schema 1; a file
 /// without it simply has no schedules yet).
 const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
+/// queue name → () while the queue is paused: a pause outlives a restart.
+const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused_queues");
+/// idempotency key (`gaffer submit --key`) → the job run it created.
+const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
 
 const SEQ_JOB_RUN: &str = "seq.job_run";
 const SEQ_TASK_RUN: &str = "seq.task_run";
@@ -77,6 +81,8 @@ pub enum Mutation {
     TaskRun(TaskRunRecord),
     Attempt(AttemptRecord),
     Schedule(String, ScheduleState),
+    QueuePaused(String, bool),
+    IdempotencyKey(String, u64),
 }
 
 /// Opens (creating if needed) the state dir as its one writer: takes the instance lock, checks
@@ -164,6 +170,8 @@ fn prepare(db: &Database) -> Result<Ids, StoreError> {
         txn.open_table(JOB_TASKS).map_err(db_err)?;
         txn.open_table(ATTEMPTS).map_err(db_err)?;
         txn.open_table(SCHEDULES).map_err(db_err)?;
+        txn.open_table(PAUSED).map_err(db_err)?;
+        txn.open_table(IDEMPOTENCY).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)?;
     Ok(ids)
@@ -178,6 +186,8 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
     let mut job_tasks = txn.open_table(JOB_TASKS).map_err(db_err)?;
     let mut attempts = txn.open_table(ATTEMPTS).map_err(db_err)?;
     let mut schedules = txn.open_table(SCHEDULES).map_err(db_err)?;
+    let mut paused = txn.open_table(PAUSED).map_err(db_err)?;
+    let mut keys = txn.open_table(IDEMPOTENCY).map_err(db_err)?;
     let (mut max_job, mut max_task, mut max_seq) = (0, 0, 0);
     for m in batch {
         match m {
@@ -199,6 +209,15 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
             }
             Mutation::Schedule(job, state) => {
                 schedules.insert(job.as_str(), codec::encode(state)?.as_slice()).map_err(db_err)?;
+            }
+            Mutation::QueuePaused(queue, true) => {
+                paused.insert(queue.as_str(), ()).map_err(db_err)?;
+            }
+            Mutation::QueuePaused(queue, false) => {
+                paused.remove(queue.as_str()).map_err(db_err)?;
+            }
+            Mutation::IdempotencyKey(key, job_run) => {
+                keys.insert(key.as_str(), *job_run).map_err(db_err)?;
             }
         }
     }
@@ -294,6 +313,29 @@ impl Reader {
         for entry in table.iter().map_err(db_err)? {
             let (k, v) = entry.map_err(db_err)?;
             out.insert(k.value().to_string(), codec::decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The job run a submit with this idempotency key created, if one did.
+    pub fn idempotency_key(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self.txn.open_table(IDEMPOTENCY) {
+            Ok(table) => Ok(table.get(key).map_err(db_err)?.map(|v| v.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    /// Queues paused by a person (`gaffer pause`), which stay paused across restarts.
+    pub fn paused_queues(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let table = match self.txn.open_table(PAUSED) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = std::collections::BTreeSet::new();
+        for entry in table.iter().map_err(db_err)? {
+            out.insert(entry.map_err(db_err)?.0.value().to_string());
         }
         Ok(out)
     }

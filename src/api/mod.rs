@@ -1,0 +1,73 @@
+//! The control API: HTTP/JSON over `state/gaffer.sock`, for the CLI of other terminals and for
+//! scripts. The socket is 0600 in the 0700 state dir, and every connection's peer uid is
+//! checked (`SO_PEERCRED`): only the user who runs gaffer may drive it.
+//!
+//! `cli/*.rs` commands mirror these endpoints (`cli/control.rs` ↔ `POST /v1/retry`).
+//! Architecture Invariant: the API sees the engine only through `EngineHandle`.
+
+pub mod client;
+mod routes;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpServer, web};
+
+use crate::engine::EngineHandle;
+
+/// Where the socket lives in a state dir.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("gaffer.sock")
+}
+
+/// What every handler gets.
+pub struct ApiState {
+    pub handle: EngineHandle,
+    pub state_dir: PathBuf,
+}
+
+/// The uid on the other end of a connection, read once when it is accepted.
+#[derive(Clone, Copy)]
+struct PeerUid(Option<u32>);
+
+/// The running server; `stop` ends it and removes the socket.
+pub struct Api {
+    server: ServerHandle,
+    path: PathBuf,
+}
+
+impl Api {
+    /// Binds the socket (replacing a stale one: whoever calls this holds the instance lock) and
+    /// serves it on the current actix System.
+    pub fn start(handle: EngineHandle, state_dir: &Path) -> std::io::Result<Api> {
+        let path = socket_path(state_dir);
+        if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf() });
+        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(1)
+            .on_connect(|connection, extensions| {
+                let uid = connection
+                    .downcast_ref::<tokio::net::UnixStream>()
+                    .and_then(|s| s.peer_cred().ok())
+                    .map(|cred| cred.uid());
+                extensions.insert(PeerUid(uid));
+            })
+            .listen_uds(listener)?
+            .run();
+        let handle = server.handle();
+        actix::spawn(server);
+        Ok(Api { server: handle, path })
+    }
+
+    pub async fn stop(self) {
+        self.server.stop(true).await;
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

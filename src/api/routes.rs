@@ -1,0 +1,143 @@
+//! The endpoints. Reads go to the store (MVCC snapshots, never blocking the engine); writes go
+//! through the `EngineHandle`.
+
+use std::collections::BTreeMap;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiState, PeerUid};
+use crate::engine::{EngineError, Target};
+use crate::report;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("")
+            .wrap(from_fn(only_our_user))
+            .route("/v1/status", web::get().to(status))
+            .route("/v1/submit", web::post().to(submit))
+            .route("/v1/retry", web::post().to(retry))
+            .route("/v1/cancel", web::post().to(cancel))
+            .route("/v1/queues/{queue}/pause", web::post().to(pause))
+            .route("/v1/queues/{queue}/resume", web::post().to(resume))
+            .route("/v1/events", web::get().to(events)),
+    );
+}
+
+/// Refuses connections from any other uid than the one gaffer runs as.
+async fn only_our_user(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let ours = nix::unistd::Uid::current().as_raw();
+    match req.conn_data::<PeerUid>() {
+        Some(PeerUid(Some(uid))) if *uid == ours => Ok(next.call(req).await?.map_into_left_body()),
+        _ => {
+            let response =
+                HttpResponse::Forbidden().json(json!({"error": "this gaffer instance belongs to another user"}));
+            Ok(req.into_response(response).map_into_right_body())
+        }
+    }
+}
+
+fn error(e: &EngineError) -> HttpResponse {
+    let body = json!({"error": e.to_string()});
+    match e {
+        EngineError::Invalid(_) => HttpResponse::BadRequest().json(body),
+        EngineError::UnknownId(_) => HttpResponse::NotFound().json(body),
+        _ => HttpResponse::ServiceUnavailable().json(body),
+    }
+}
+
+async fn status(state: web::Data<ApiState>) -> HttpResponse {
+    let dir = state.state_dir.clone();
+    match web::block(move || report::status_value(&dir)).await {
+        Ok(Ok(value)) => HttpResponse::Ok().json(value),
+        Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+}
+
+#[derive(Deserialize)]
+struct SubmitBody {
+    job: String,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+    priority: Option<u8>,
+    key: Option<String>,
+}
+
+async fn submit(state: web::Data<ApiState>, body: web::Json<SubmitBody>) -> HttpResponse {
+    let body = body.into_inner();
+    let request =
+        crate::engine::SubmitRequest { job: body.job, params: body.params, priority: body.priority, key: body.key };
+    match state.handle.submit_request(request).await {
+        Ok(submitted) => HttpResponse::Ok().json(json!({"job_run": submitted.job_run, "existing": submitted.existing})),
+        Err(e) => error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct TargetBody {
+    target: String,
+}
+
+fn bad_target(message: String) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({"error": message}))
+}
+
+async fn retry(state: web::Data<ApiState>, body: web::Json<TargetBody>) -> HttpResponse {
+    match Target::parse(&body.target) {
+        Ok(t) => answer(state.handle.retry(t).await),
+        Err(message) => bad_target(message),
+    }
+}
+
+async fn cancel(state: web::Data<ApiState>, body: web::Json<TargetBody>) -> HttpResponse {
+    match Target::parse(&body.target) {
+        Ok(t) => answer(state.handle.cancel(t).await),
+        Err(message) => bad_target(message),
+    }
+}
+
+fn answer(result: Result<String, EngineError>) -> HttpResponse {
+    match result {
+        Ok(message) => HttpResponse::Ok().json(json!({"message": message})),
+        Err(e) => error(&e),
+    }
+}
+
+async fn pause(state: web::Data<ApiState>, queue: web::Path<String>) -> HttpResponse {
+    set_paused(&state, &queue, true).await
+}
+
+async fn resume(state: web::Data<ApiState>, queue: web::Path<String>) -> HttpResponse {
+    set_paused(&state, &queue, false).await
+}
+
+async fn set_paused(state: &ApiState, queue: &str, paused: bool) -> HttpResponse {
+    match state.handle.set_paused(queue, paused).await {
+        Ok(true) => HttpResponse::Ok()
+            .json(json!({"message": format!("queue {queue} {}", if paused { "paused" } else { "resumed" })})),
+        Ok(false) => HttpResponse::NotFound().json(json!({"error": format!("no queue `{queue}`")})),
+        Err(e) => error(&e),
+    }
+}
+
+/// Server-sent events: every engine event from now on, one `data:` line each.
+async fn events(state: web::Data<ApiState>) -> HttpResponse {
+    let receiver = match state.handle.subscribe().await {
+        Ok(receiver) => receiver,
+        Err(e) => return error(&e),
+    };
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let event = receiver.recv().await?;
+        let chunk = web::Bytes::from(format!("data: {}\n\n", event.to_json()));
+        Some((Ok::<_, actix_web::Error>(chunk), receiver))
+    });
+    HttpResponse::Ok().content_type("text/event-stream").insert_header(("Cache-Control", "no-cache")).streaming(stream)
+}
