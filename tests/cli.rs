@@ -751,3 +751,42 @@ fn events_stream_over_the_socket() {
     }
     assert!(seen.contains(&"task.started".to_string()) && seen.contains(&"job.succeeded".to_string()), "{seen:?}");
 }
+
+#[test]
+fn tcp_listen_needs_the_token_and_a_loopback_host_and_serves_metrics() {
+    use std::io::{Read, Write};
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'echo \"cost usd=0.25 input_tokens=10 model=m\" >&3'\n");
+    assert_eq!(p.run_json(&[]).0, 0);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = p
+        .gaffer(&["serve", "workflow.toml", "--headless", "--listen", &addr])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    let token_file = p.state_dir().join("token");
+    wait_until(Duration::from_secs(10), "the token file", || {
+        std::fs::read_to_string(&token_file).is_ok_and(|t| t.len() > 60)
+    });
+    let token = std::fs::read_to_string(&token_file).expect("token").trim().to_string();
+    let get = |host: &str, auth: Option<&str>| -> String {
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+        let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        answer
+    };
+    wait_until(Duration::from_secs(10), "the listener", || std::net::TcpStream::connect(&addr).is_ok());
+    assert!(get(&addr, None).starts_with("HTTP/1.1 401"));
+    assert!(get(&addr, Some("wrong")).starts_with("HTTP/1.1 401"));
+    assert!(get("evil.example", Some(&token)).starts_with("HTTP/1.1 403"), "DNS rebinding refused");
+    let metrics = get(&format!("localhost:{port}"), Some(&token));
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("gaffer_task_runs{queue=\"default\",state=\"succeeded\"} 1"), "{metrics}");
+    assert!(metrics.contains("gaffer_cost_usd_total{model=\"m\"} 0.25"), "{metrics}");
+    signal(child.id(), "TERM");
+    let _ = child.wait();
+    let out = p.run(&["serve", "workflow.toml", "--listen", "0.0.0.0:1"]);
+    assert_eq!(out.status.code(), Some(2), "non-loopback needs --listen-anywhere");
+}

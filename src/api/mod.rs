@@ -6,7 +6,9 @@
 //! Architecture Invariant: the API sees the engine only through `EngineHandle`.
 
 pub mod client;
+mod metrics;
 mod routes;
+pub mod token;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -25,11 +27,18 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 pub struct ApiState {
     pub handle: EngineHandle,
     pub state_dir: PathBuf,
+    /// The bearer token TCP clients must send (`None`: no TCP listener).
+    pub token: Option<String>,
 }
 
-/// The uid on the other end of a connection, read once when it is accepted.
-#[derive(Clone, Copy)]
-struct PeerUid(Option<u32>);
+/// Who is on the other end of a connection, found once when it is accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peer {
+    /// The unix socket, with the peer's uid (`SO_PEERCRED`).
+    Local(Option<u32>),
+    /// TCP (`--listen`): must show the bearer token.
+    Tcp,
+}
 
 /// The running server; `stop` ends it and removes the socket.
 pub struct Api {
@@ -38,29 +47,33 @@ pub struct Api {
 }
 
 impl Api {
-    /// Binds the socket (replacing a stale one: whoever calls this holds the instance lock) and
-    /// serves it on the current actix System.
-    pub fn start(handle: EngineHandle, state_dir: &Path) -> std::io::Result<Api> {
+    /// Binds the socket (replacing a stale one: whoever calls this holds the instance lock),
+    /// and the TCP address if one is given, and serves them on the current actix System.
+    pub fn start(handle: EngineHandle, state_dir: &Path, tcp: Option<std::net::TcpListener>) -> std::io::Result<Api> {
         let path = socket_path(state_dir);
         if path.exists() {
             std::fs::remove_file(&path)?;
         }
         let listener = std::os::unix::net::UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf() });
-        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
+        let token = if tcp.is_some() { Some(token::load_or_create(state_dir)?) } else { None };
+        let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf(), token });
+        let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
             .workers(1)
             .disable_signals()
             .shutdown_timeout(1)
             .on_connect(|connection, extensions| {
-                let uid = connection
-                    .downcast_ref::<tokio::net::UnixStream>()
-                    .and_then(|s| s.peer_cred().ok())
-                    .map(|cred| cred.uid());
-                extensions.insert(PeerUid(uid));
+                let peer = match connection.downcast_ref::<tokio::net::UnixStream>() {
+                    Some(unix) => Peer::Local(unix.peer_cred().ok().map(|cred| cred.uid())),
+                    None => Peer::Tcp,
+                };
+                extensions.insert(peer);
             })
-            .listen_uds(listener)?
-            .run();
+            .listen_uds(listener)?;
+        if let Some(tcp) = tcp {
+            server = server.listen(tcp)?;
+        }
+        let server = server.run();
         let handle = server.handle();
         actix::spawn(server);
         Ok(Api { server: handle, path })

@@ -10,7 +10,7 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiState, PeerUid};
+use super::{ApiState, Peer};
 use crate::engine::{EngineError, Target};
 use crate::report;
 
@@ -24,24 +24,44 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/v1/cancel", web::post().to(cancel))
             .route("/v1/queues/{queue}/pause", web::post().to(pause))
             .route("/v1/queues/{queue}/resume", web::post().to(resume))
-            .route("/v1/events", web::get().to(events)),
+            .route("/v1/events", web::get().to(events))
+            .route("/metrics", web::get().to(super::metrics::metrics)),
     );
 }
 
-/// Refuses connections from any other uid than the one gaffer runs as.
+/// On the unix socket: only the uid gaffer runs as. Over TCP: the bearer token, and a Host
+/// that names a loopback address (no DNS rebinding from a browser).
 async fn only_our_user(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let ours = nix::unistd::Uid::current().as_raw();
-    match req.conn_data::<PeerUid>() {
-        Some(PeerUid(Some(uid))) if *uid == ours => Ok(next.call(req).await?.map_into_left_body()),
-        _ => {
-            let response =
-                HttpResponse::Forbidden().json(json!({"error": "this gaffer instance belongs to another user"}));
-            Ok(req.into_response(response).map_into_right_body())
-        }
+    let refusal = match req.conn_data::<Peer>() {
+        Some(Peer::Local(Some(uid))) if *uid == nix::unistd::Uid::current().as_raw() => None,
+        Some(Peer::Tcp) => tcp_refusal(&req),
+        _ => Some(HttpResponse::Forbidden().json(json!({"error": "this gaffer instance belongs to another user"}))),
+    };
+    match refusal {
+        None => Ok(next.call(req).await?.map_into_left_body()),
+        Some(response) => Ok(req.into_response(response).map_into_right_body()),
     }
+}
+
+fn tcp_refusal(req: &ServiceRequest) -> Option<HttpResponse> {
+    let expected = req.app_data::<web::Data<ApiState>>().and_then(|s| s.token.clone()).unwrap_or_default();
+    let given =
+        req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if !super::token::matches(&expected, given.unwrap_or("")) {
+        return Some(
+            HttpResponse::Unauthorized().json(json!({"error": "missing or wrong bearer token (see STATE_DIR/token)"})),
+        );
+    }
+    let host = req.headers().get("host").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !super::token::is_loopback_host(host) {
+        return Some(
+            HttpResponse::Forbidden().json(json!({"error": format!("Host `{host}` is not a loopback address")})),
+        );
+    }
+    None
 }
 
 fn error(e: &EngineError) -> HttpResponse {

@@ -173,13 +173,26 @@ pub struct ServeArgs {
     /// Cap on running attempts (overrides settings.workers).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Also serve the API over TCP (bearer token in STATE_DIR/token), e.g. 127.0.0.1:7700.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Allow --listen on a non-loopback address (the token is then all that guards it).
+    #[arg(long, requires = "listen")]
+    pub listen_anywhere: bool,
 }
 
 /// `gaffer serve`: resume, fire schedules, take commands, until SIGINT/SIGTERM.
 pub fn serve(args: ServeArgs, state_dir: &Path) -> i32 {
     let format = if args.json { Format::Json } else { Format::Human };
     let options = SessionOptions { file: &args.file, state_dir, workers: args.workers, noop: false };
-    session(options, |_| Ok(()), |config, ()| serve_forever(config, format))
+    let listen = |_: &Workflow| -> Result<Option<std::net::TcpListener>, String> {
+        let Some(addr) = args.listen else { return Ok(None) };
+        if !addr.ip().is_loopback() && !args.listen_anywhere {
+            return Err(format!("--listen {addr} is not a loopback address; add --listen-anywhere if you mean it"));
+        }
+        std::net::TcpListener::bind(addr).map(Some).map_err(|e| format!("--listen {addr}: {e}"))
+    };
+    session(options, listen, |config, tcp| serve_forever(config, format, tcp))
 }
 
 struct SessionOptions<'a> {
@@ -238,8 +251,8 @@ where
     code
 }
 
-async fn serve_forever(config: EngineConfig, format: Format) -> i32 {
-    with_engine(config, format, |handle| async move {
+async fn serve_forever(config: EngineConfig, format: Format, tcp: Option<std::net::TcpListener>) -> i32 {
+    with_engine(config, format, tcp, |handle| async move {
         let events = handle.subscribe().await?;
         let mut resumed = handle.resume_all().await?;
         resumed.extend(handle.apply_inbox().await?);
@@ -255,13 +268,18 @@ async fn serve_forever(config: EngineConfig, format: Format) -> i32 {
 }
 
 /// Starts the engine and its control socket, runs `body`, then stops both and the System.
-async fn with_engine<Fut>(config: EngineConfig, format: Format, body: impl FnOnce(EngineHandle) -> Fut) -> i32
+async fn with_engine<Fut>(
+    config: EngineConfig,
+    format: Format,
+    tcp: Option<std::net::TcpListener>,
+    body: impl FnOnce(EngineHandle) -> Fut,
+) -> i32
 where
     Fut: std::future::Future<Output = Result<i32, engine::EngineError>>,
 {
     let state_dir = config.state_dir.clone();
     let handle = engine::start(config);
-    let api = match Api::start(handle.clone(), &state_dir) {
+    let api = match Api::start(handle.clone(), &state_dir, tcp) {
         Ok(api) => Some(api),
         Err(e) => {
             say(format, &format!("no control socket ({e}): other terminals can only read the state dir"));
@@ -288,7 +306,7 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// Starts the engine, resumes, triggers, prints events until every run ended or a signal came.
 async fn drive(config: EngineConfig, jobs: Vec<String>, params: BTreeMap<String, String>, format: Format) -> i32 {
-    with_engine(config, format, |handle| async move {
+    with_engine(config, format, None, |handle| async move {
         let (ids, events) = start_runs(&handle, &jobs, params, format).await?;
         Ok(follow(&handle, Some(ids), events, format).await)
     })

@@ -1,0 +1,92 @@
+//! `GET /metrics`: Prometheus text, computed from a store snapshot at each scrape.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use actix_web::{HttpResponse, web};
+
+use super::ApiState;
+use crate::model::TaskState;
+use crate::store::{self, StoreError};
+
+pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
+    let dir = state.state_dir.clone();
+    match web::block(move || render(&dir)).await {
+        Ok(Ok(text)) => HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text),
+        Ok(Err(e)) => HttpResponse::InternalServerError().body(e.to_string()),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+    }
+}
+
+fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
+    let reader = store::open_reader(state_dir)?;
+    let tasks = reader.task_runs()?;
+    let attempts = reader.attempts()?;
+    let mut out = String::new();
+    let mut by_state: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for t in &tasks {
+        *by_state.entry((t.queue.as_str(), t.state.as_str())).or_default() += 1;
+    }
+    header(&mut out, "gaffer_task_runs", "gauge", "Task runs by queue and state.");
+    for ((queue, state), n) in &by_state {
+        let _ = writeln!(out, "gaffer_task_runs{{queue=\"{}\",state=\"{state}\"}} {n}", label(queue));
+    }
+    header(&mut out, "gaffer_dead_letters", "gauge", "Task runs waiting in the dead-letter queue.");
+    let _ = writeln!(out, "gaffer_dead_letters {}", tasks.iter().filter(|t| t.state == TaskState::Dead).count());
+    let mut failed: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut seconds, mut ended) = (0.0f64, 0u64);
+    let mut cost: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for a in &attempts {
+        if let Some(reason) = a.reason {
+            *failed.entry(reason.as_str()).or_default() += 1;
+        }
+        if let Some(end) = a.ended_at_ms {
+            seconds += end.saturating_sub(a.started_at_ms) as f64 / 1000.0;
+            ended += 1;
+        }
+        let entry = cost.entry(a.model.clone().unwrap_or_else(|| "none".into())).or_default();
+        entry.0 += a.cost_usd_micros;
+        entry.1 += a.input_tokens;
+        entry.2 += a.output_tokens;
+    }
+    header(&mut out, "gaffer_attempts_total", "counter", "Attempts started.");
+    let _ = writeln!(out, "gaffer_attempts_total {}", attempts.len());
+    header(
+        &mut out,
+        "gaffer_attempts_failed_total",
+        "counter",
+        "Failed attempts by reason (each is retried or dead-lettered).",
+    );
+    for (reason, n) in &failed {
+        let _ = writeln!(out, "gaffer_attempts_failed_total{{reason=\"{reason}\"}} {n}");
+    }
+    header(&mut out, "gaffer_attempt_duration_seconds", "summary", "Duration of ended attempts.");
+    let _ = writeln!(
+        out,
+        "gaffer_attempt_duration_seconds_sum {seconds:.3}\ngaffer_attempt_duration_seconds_count {ended}"
+    );
+    header(&mut out, "gaffer_cost_usd_total", "counter", "Dollars spent, by model.");
+    for (model, (usd, _, _)) in &cost {
+        let _ = writeln!(
+            out,
+            "gaffer_cost_usd_total{{model=\"{}\"}} {}",
+            label(model),
+            crate::model::money::format_usd(*usd)
+        );
+    }
+    header(&mut out, "gaffer_tokens_total", "counter", "Tokens, by model and direction.");
+    for (model, (_, input, output)) in &cost {
+        let _ = writeln!(out, "gaffer_tokens_total{{model=\"{}\",direction=\"input\"}} {input}", label(model));
+        let _ = writeln!(out, "gaffer_tokens_total{{model=\"{}\",direction=\"output\"}} {output}", label(model));
+    }
+    Ok(out)
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Prometheus label values escape backslash, quote and newline.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
