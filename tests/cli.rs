@@ -376,7 +376,7 @@ fn kill_9_then_restart_kills_the_orphaned_process_group() {
 [defaults]
 retry = { max_attempts = 3, initial_interval = "50ms" }
 [jobs.j.tasks.orphan]
-run = 'test "$GAFFER_ATTEMPT" -ge 2 && exit 0; sleep 300 & echo $! > child.pid; echo $$ > leader.pid; wait'
+run = 'test "$GAFFER_ATTEMPT" -ge 2 && exit 0; sleep 300 & echo $! > child.pid; setsid sleep 300 & echo $! > escapee.pid; echo $$ > leader.pid; wait'
 "#,
     );
     let mut child = p.spawn_run(&[]);
@@ -394,6 +394,8 @@ run = 'test "$GAFFER_ATTEMPT" -ge 2 && exit 0; sleep 300 & echo $! > child.pid; 
     let (code, events) = p.run_json(&[]);
     assert_eq!(code, 0, "{events:#?}");
     assert!(!alive(leader) && !alive(grandchild), "the restart killed the old process group");
+    let escapee: i32 = std::fs::read_to_string(p.path().join("escapee.pid")).expect("pid").trim().parse().expect("pid");
+    assert!(!alive(escapee), "and the process that left the group with setsid");
     let failed = named(&events, "task.failed");
     assert_eq!(failed[0]["reason"], "interrupted");
     assert_eq!(failed[0]["attempt"], 1, "the interrupted attempt counts");
@@ -587,13 +589,16 @@ fn serve_fires_every_second_and_stops_on_sigterm() {
 
 #[test]
 fn serve_restart_neither_loses_nor_doubles_a_slot() {
+    // `overlap = "allow"`: a run the stop interrupted is resumed at the restart, and must not
+    // make a caught-up fire time be skipped (that is the overlap policy, tested separately).
     let p = Project::new(
-        "[jobs.tick]\nschedule = \"* * * * * *\"\ncatchup = \"all\"\n[jobs.tick.tasks.t]\nrun = \"true\"\n",
+        "[jobs.tick]\nschedule = \"* * * * * *\"\ncatchup = \"all\"\noverlap = \"allow\"\n[jobs.tick.tasks.t]\nrun = \"true\"\n",
     );
     assert_eq!(serve_for(&p, 2.3, "INT"), 130);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(serve_for(&p, 2.3, "TERM"), 0);
     let slots = fired_slots(&p);
+    assert!(named(&p.journal(), "schedule.skipped").is_empty());
     let unique: std::collections::BTreeSet<&String> = slots.iter().collect();
     assert_eq!(unique.len(), slots.len(), "no slot fired twice: {slots:?}");
     let seconds: Vec<i64> = unique.iter().map(|s| chrono_secs(s)).collect();

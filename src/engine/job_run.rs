@@ -522,6 +522,9 @@ impl JobRun {
                     crate::executor::kill_group_now(pgid);
                 }
             }
+            // Also what the record cannot name: a pid not yet committed, grandchildren that left
+            // the group. They carry the attempt's environment.
+            crate::executor::kill_attempt_processes(&self.shared.state_dir, attempt.task_run, attempt.n);
             let mut attempt = attempt;
             attempt.detail = Some("gaffer stopped while it ran".into());
             self.end_attempt(

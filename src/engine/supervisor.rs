@@ -108,6 +108,10 @@ impl Supervisor {
         self.submit(job, BTreeMap::new(), begin)
     }
 
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
     pub(super) fn job_runs_addr(&self, id: u64) -> Option<Addr<JobRun>> {
         self.job_runs.get(&id).cloned()
     }

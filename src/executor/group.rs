@@ -100,3 +100,41 @@ mod tests {
         terminate_group(ProcessHandle { pid: 0, pgid: 0, start_ticks: 0 }, Duration::ZERO).await;
     }
 }
+
+/// For crash recovery: every live process that still carries the environment gaffer gave one
+/// attempt (`GAFFER_STATE_DIR`, `GAFFER_TASK_RUN_ID`, `GAFFER_ATTEMPT`), grandchildren and
+/// `setsid` escapees included, whatever process group they are in now. This finds an attempt
+/// even when gaffer died before its pid was recorded. Only same-user processes are readable,
+/// which is every process gaffer started.
+pub fn attempt_processes(state_dir: &std::path::Path, task_run: u64, attempt: u32) -> Vec<u32> {
+    let wanted = [
+        format!("GAFFER_STATE_DIR={}", state_dir.display()),
+        format!("GAFFER_TASK_RUN_ID={task_run}"),
+        format!("GAFFER_ATTEMPT={attempt}"),
+    ];
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let own = std::process::id();
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != own)
+        .filter(|pid| {
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+            wanted.iter().all(|w| vars.contains(&w.as_bytes()))
+        })
+        .collect()
+}
+
+/// SIGKILLs every process of an interrupted attempt found by `attempt_processes`, and the
+/// process group each one leads.
+pub fn kill_attempt_processes(state_dir: &std::path::Path, task_run: u64, attempt: u32) -> usize {
+    let pids = attempt_processes(state_dir, task_run, attempt);
+    for pid in &pids {
+        let Ok(raw) = i32::try_from(*pid) else { continue };
+        if nix::unistd::getpgid(Some(Pid::from_raw(raw))).is_ok_and(|g| g.as_raw() == raw) {
+            kill_group_now(raw);
+        }
+        let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
+    }
+    pids.len()
+}
