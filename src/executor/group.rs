@@ -70,37 +70,6 @@ fn parse_start_ticks(stat: &str) -> Option<u64> {
     after_comm.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_stat_with_odd_comm() {
-        let stat = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_start_ticks(stat), Some(987_654));
-        assert_eq!(parse_start_ticks("garbage"), None);
-    }
-
-    #[test]
-    fn own_process_is_alive_and_reuse_is_detected() {
-        let pid = std::process::id();
-        let ticks = start_ticks(pid).expect("own stat");
-        let me = ProcessHandle { pid, pgid: 0, start_ticks: ticks };
-        assert!(is_same_process_alive(&me));
-        assert!(!is_same_process_alive(&ProcessHandle { start_ticks: ticks + 1, ..me }));
-        assert!(!is_same_process_alive(&ProcessHandle { start_ticks: 0, ..me }));
-    }
-
-    #[tokio::test]
-    async fn refuses_dangerous_groups() {
-        // Must return without signalling anyone (this test would die otherwise).
-        kill_group_now(0);
-        kill_group_now(1);
-        kill_group_now(-5);
-        terminate_group(ProcessHandle { pid: 0, pgid: 0, start_ticks: 0 }, Duration::ZERO).await;
-    }
-}
-
 /// For crash recovery: every live process that still carries the environment gaffer gave one
 /// attempt (`GAFFER_STATE_DIR`, `GAFFER_TASK_RUN_ID`, `GAFFER_ATTEMPT`), grandchildren and
 /// `setsid` escapees included, whatever process group they are in now. This finds an attempt
@@ -137,4 +106,35 @@ pub fn kill_attempt_processes(state_dir: &std::path::Path, task_run: u64, attemp
         let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
     }
     pids.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_comm() {
+        let stat = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_ticks(stat), Some(987_654));
+        assert_eq!(parse_start_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_alive_and_reuse_is_detected() {
+        let pid = std::process::id();
+        let ticks = start_ticks(pid).expect("own stat");
+        let me = ProcessHandle { pid, pgid: 0, start_ticks: ticks };
+        assert!(is_same_process_alive(&me));
+        assert!(!is_same_process_alive(&ProcessHandle { start_ticks: ticks + 1, ..me }));
+        assert!(!is_same_process_alive(&ProcessHandle { start_ticks: 0, ..me }));
+    }
+
+    #[tokio::test]
+    async fn refuses_dangerous_groups() {
+        // Must return without signalling anyone (this test would die otherwise).
+        kill_group_now(0);
+        kill_group_now(1);
+        kill_group_now(-5);
+        terminate_group(ProcessHandle { pid: 0, pgid: 0, start_ticks: 0 }, Duration::ZERO).await;
+    }
 }
