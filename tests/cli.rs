@@ -795,3 +795,15 @@ fn tcp_listen_needs_the_token_and_a_loopback_host_and_serves_metrics() {
     let out = p.run(&["serve", "workflow.toml", "--listen", "0.0.0.0:1"]);
     assert_eq!(out.status.code(), Some(2), "non-loopback needs --listen-anywhere");
 }
+
+#[test]
+fn serve_removes_logs_past_retention_and_keeps_records() {
+    let p = Project::new("[settings]\nretention = \"1s\"\n[jobs.j.tasks.t]\nrun = 'echo hello'\n");
+    assert_eq!(p.run_json(&[]).0, 0);
+    let logs = p.state_dir().join("logs/1");
+    assert!(logs.is_dir());
+    std::thread::sleep(Duration::from_millis(1200));
+    let _server = Server::start(&p);
+    wait_until(Duration::from_secs(5), "the old logs to go", || !logs.exists());
+    assert_eq!(p.task("t")["state"], "succeeded", "records stay");
+}

@@ -13,7 +13,9 @@ use super::values::{Entry, Located, Pos, Reader, parse_rate_limit};
 use super::{Diagnostic, Diagnostics};
 
 const TOP_KEYS: &[&str] = &["settings", "queues", "defaults", "jobs", "pricing"];
-const SETTINGS_KEYS: &[&str] = &["workers", "log_max_bytes"];
+/// Logs of job runs that ended longer ago than this are removed by `gaffer serve`.
+const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+const SETTINGS_KEYS: &[&str] = &["workers", "log_max_bytes", "retention"];
 const QUEUE_KEYS: &[&str] = &["concurrency", "rate_limit", "aging"];
 const JOB_KEYS: &[&str] = &[
     "schedule",
@@ -209,6 +211,7 @@ fn read_settings(r: &mut Reader, entry: Option<&Entry>) -> Settings {
     let mut settings = Settings {
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+        retention: DEFAULT_RETENTION,
     };
     let Some(table) = entry.and_then(|e| r.table(e)) else {
         return settings;
@@ -225,6 +228,7 @@ fn read_settings(r: &mut Reader, entry: Option<&Entry>) -> Settings {
                     settings.log_max_bytes = n.unsigned_abs();
                 }
             }
+            "retention" => settings.retention = r.duration(&e, true).unwrap_or(settings.retention),
             _ => r.unknown_key(&e, "[settings]", SETTINGS_KEYS),
         }
     }

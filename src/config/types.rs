@@ -38,6 +38,9 @@ pub struct Settings {
     pub workers: usize,
     /// Per-attempt log cap in bytes (gaffer extension, default 16 MiB).
     pub log_max_bytes: u64,
+    /// `gaffer serve` removes the logs of job runs that ended longer ago (default 14 days);
+    /// their records stay.
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

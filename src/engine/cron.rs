@@ -38,7 +38,25 @@ impl Supervisor {
             crons.push((job.name.clone(), schedule, next_due));
         }
         shared.scheduler.do_send(ArmCrons { crons, fire_to: ctx.address().recipient() });
+        self.sweep_logs(ctx);
+        ctx.run_interval(super::retention::EVERY, |act, ctx| act.sweep_logs(ctx));
         Ok(catch_ups)
+    }
+
+    /// Log retention, off the engine's thread.
+    fn sweep_logs(&mut self, _ctx: &mut Context<Self>) {
+        let Some(shared) = self.shared.clone() else { return };
+        let retention = self.workflow.settings.retention;
+        actix::spawn(async move {
+            let now = shared.clock.now_ms();
+            let (store, dir) = (shared.store.clone(), shared.state_dir.clone());
+            match tokio::task::spawn_blocking(move || super::retention::sweep(&store, &dir, now, retention)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!("removed the logs of {n} job run(s) past retention"),
+                Ok(Err(e)) => tracing::warn!("log retention: {e}"),
+                Err(e) => tracing::warn!("log retention: {e}"),
+            }
+        });
     }
 
     /// The armed next fire time of `job` (what a held fire time persists).

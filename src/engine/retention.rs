@@ -1,0 +1,27 @@
+//! Log retention (`settings.retention`, SPEC §5): `gaffer serve` removes the log folders of job
+//! runs that ended longer ago than the retention. Records stay; `gaffer logs` then says the log
+//! is gone. The event journal keeps its own 14 files (one per day).
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::store::{StoreError, StoreHandle};
+
+/// How often the sweep runs.
+pub const EVERY: Duration = Duration::from_secs(3600);
+
+/// Removes `logs/<job_run>/` of every job run that ended before `now_ms - retention`;
+/// returns how many folders went.
+pub fn sweep(store: &StoreHandle, state_dir: &Path, now_ms: u64, retention: Duration) -> Result<usize, StoreError> {
+    let cutoff = now_ms.saturating_sub(retention.as_millis() as u64);
+    let mut removed = 0;
+    for run in store.reader()?.job_runs()? {
+        let Some(ended) = run.ended_at_ms.filter(|ended| *ended < cutoff) else { continue };
+        let dir = state_dir.join("logs").join(run.id.to_string());
+        if dir.is_dir() && std::fs::remove_dir_all(&dir).is_ok() {
+            tracing::debug!(job_run = run.id, ended, "removed logs past retention");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
