@@ -807,3 +807,38 @@ fn serve_removes_logs_past_retention_and_keeps_records() {
     wait_until(Duration::from_secs(5), "the old logs to go", || !logs.exists());
     assert_eq!(p.task("t")["state"], "succeeded", "records stay");
 }
+
+#[test]
+fn a_remote_engine_sees_and_drives_a_server() {
+    use gaffer::engine::{Control, Target};
+    let p = Project::new("[defaults]\nretry = { max_attempts = 1 }\n[jobs.j.tasks.t]\nrun = 'test -e fixed'\n");
+    let _server = Server::start(&p);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let remote = gaffer::api::RemoteEngine::connect(&p.state_dir()).await.expect("connect");
+        let mut events = remote.subscribe().await.expect("events");
+        assert!(p.run(&["submit", "j"]).status.success());
+        let mut names = Vec::new();
+        while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            names.push(e.event);
+            if e.event == "job.failed" {
+                break;
+            }
+        }
+        assert!(names.contains(&"task.dead_lettered"), "{names:?}");
+        let snapshot = remote.snapshot().await.expect("snapshot");
+        assert_eq!(snapshot.task_runs.len(), 1);
+        assert_eq!(snapshot.jobs[0].name, "j");
+        assert!(!snapshot.workers.is_empty());
+        std::fs::write(p.path().join("fixed"), "").expect("fix");
+        remote.retry(Target::TaskRun(1)).await.expect("retry");
+        while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            if e.event == "job.succeeded" {
+                break;
+            }
+        }
+        assert_eq!(remote.task_runs_of(1).await.expect("tasks")[0].state, gaffer::model::TaskState::Succeeded);
+        assert!(remote.set_paused("default", true).await.expect("pause"));
+        assert!(!remote.set_paused("nope", true).await.expect("no such queue"));
+    });
+}

@@ -41,7 +41,7 @@ pub fn call(state_dir: &Path, method: &str, path: &str, body: Option<&Value>) ->
 }
 
 /// Status code and body (de-chunked if needed).
-fn parse_response(bytes: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
+pub(super) fn parse_response(bytes: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
     let split =
         bytes.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| ClientError::Io("truncated answer".into()))?;
     let head = String::from_utf8_lossy(&bytes[..split]);

@@ -7,6 +7,7 @@
 
 pub mod client;
 mod metrics;
+mod remote;
 mod routes;
 pub mod token;
 
@@ -15,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
+
+pub use remote::RemoteEngine;
 
 use crate::engine::EngineHandle;
 

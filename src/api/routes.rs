@@ -25,6 +25,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/v1/queues/{queue}/pause", web::post().to(pause))
             .route("/v1/queues/{queue}/resume", web::post().to(resume))
             .route("/v1/events", web::get().to(events))
+            .route("/v1/snapshot", web::get().to(snapshot))
+            .route("/v1/job_runs/{id}/tasks", web::get().to(task_runs_of))
             .route("/metrics", web::get().to(super::metrics::metrics)),
     );
 }
@@ -144,6 +146,21 @@ async fn set_paused(state: &ApiState, queue: &str, paused: bool) -> HttpResponse
         Ok(true) => HttpResponse::Ok()
             .json(json!({"message": format!("queue {queue} {}", if paused { "paused" } else { "resumed" })})),
         Ok(false) => HttpResponse::NotFound().json(json!({"error": format!("no queue `{queue}`")})),
+        Err(e) => error(&e),
+    }
+}
+
+/// Everything a view draws its first frame from (`gaffer tui`).
+async fn snapshot(state: web::Data<ApiState>) -> HttpResponse {
+    match state.handle.snapshot().await {
+        Ok(snapshot) => HttpResponse::Ok().json(snapshot),
+        Err(e) => error(&e),
+    }
+}
+
+async fn task_runs_of(state: web::Data<ApiState>, id: web::Path<u64>) -> HttpResponse {
+    match state.handle.task_runs_of(*id).await {
+        Ok(tasks) => HttpResponse::Ok().json(tasks),
         Err(e) => error(&e),
     }
 }

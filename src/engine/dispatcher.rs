@@ -87,7 +87,7 @@ impl QueueState {
 }
 
 /// Live numbers of one queue, for `status` and the views.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueSnapshot {
     pub name: String,
     pub concurrency: usize,

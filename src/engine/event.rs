@@ -97,3 +97,65 @@ mod tests {
         assert!(line.ends_with(r#""duration_ms":5,"cost_usd":0.0123}"#), "{line}");
     }
 }
+
+/// Every event name gaffer emits: parsing a remote event maps its name back to one of these.
+pub const EVENT_NAMES: &[&str] = &[
+    "job.started",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "task.queued",
+    "task.started",
+    "task.succeeded",
+    "task.failed",
+    "task.retry_scheduled",
+    "task.dead_lettered",
+    "task.cancelled",
+    "task.skipped",
+    "task.waiting",
+    "task.cost",
+    "task.progress",
+    "worker.restarted",
+    "schedule.fired",
+    "schedule.skipped",
+    "budget.exceeded",
+];
+
+impl EngineEvent {
+    /// The inverse of `to_json`, for events read from the control socket (`gaffer tui`).
+    /// `None` for a line that is not an event gaffer knows.
+    pub fn from_json(value: &Value) -> Option<EngineEvent> {
+        let obj = value.as_object()?;
+        let name = obj.get("event")?.as_str()?;
+        let event = EVENT_NAMES.iter().find(|n| **n == name)?;
+        let ts = obj.get("ts").and_then(Value::as_str).and_then(|t| humantime::parse_rfc3339(t).ok());
+        let ts_ms = ts.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64);
+        let text = |k: &str| obj.get(k).and_then(Value::as_str).map(String::from);
+        let mut e = EngineEvent::new(event, ts_ms);
+        e.job = text("job");
+        e.job_run = obj.get("job_run").and_then(Value::as_u64);
+        e.task = text("task");
+        e.task_run = obj.get("task_run").and_then(Value::as_u64);
+        e.attempt = obj.get("attempt").and_then(Value::as_u64).and_then(|a| u32::try_from(a).ok());
+        e.queue = text("queue");
+        const COMMON: [&str; 8] = ["ts", "event", "job", "job_run", "task", "task_run", "attempt", "queue"];
+        for (k, v) in obj.iter().filter(|(k, _)| !COMMON.contains(&k.as_str())) {
+            e.fields.insert(k.clone(), v.clone());
+        }
+        Some(e)
+    }
+}
+
+#[cfg(test)]
+mod round_trip {
+    use super::*;
+
+    #[test]
+    fn from_json_inverts_to_json() {
+        let mut e = EngineEvent::new("task.failed", 1_795_000_000_123).with("reason", "timeout").with("exit_code", 3);
+        (e.job, e.job_run, e.task, e.task_run, e.attempt, e.queue) =
+            (Some("j".into()), Some(1), Some("t".into()), Some(2), Some(3), Some("q".into()));
+        assert_eq!(EngineEvent::from_json(&e.to_json()), Some(e));
+        assert_eq!(EngineEvent::from_json(&json!({"event": "made.up"})), None);
+    }
+}

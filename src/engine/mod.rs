@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use dispatcher::QueueSnapshot;
-pub use event::{EngineEvent, rfc3339_ms};
+pub use event::{EVENT_NAMES, EngineEvent, rfc3339_ms};
 pub use job_run::SHUTDOWN_GRACE;
 use journal::Journal;
 use supervisor::Supervisor;
@@ -145,7 +145,7 @@ pub struct Submitted {
 }
 
 /// Everything a view needs to draw its first frame; events keep it current afterwards.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EngineSnapshot {
     pub job_runs: Vec<JobRunRecord>,
     pub task_runs: Vec<TaskRunRecord>,
@@ -156,14 +156,14 @@ pub struct EngineSnapshot {
 }
 
 /// A job as the views draw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobShape {
     pub name: String,
     pub budget_usd_micros: Option<u64>,
     pub tasks: Vec<TaskShape>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskShape {
     pub name: String,
     pub needs: Vec<String>,
@@ -195,11 +195,57 @@ impl JobShape {
 }
 
 /// One worker slot: what it runs and how often it was restarted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSnapshot {
     pub id: usize,
     pub current: Option<CurrentAttempt>,
     pub restarts: u32,
+}
+
+/// A reply from an engine, local or remote.
+pub type Reply<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, EngineError>> + 'a>>;
+
+/// What a view may ask of an engine: `EngineHandle` in-process, `api::RemoteEngine` over the
+/// control socket (`gaffer tui` attached to a server). The TUI is written against this alone.
+pub trait Control {
+    fn snapshot(&self) -> Reply<'_, EngineSnapshot>;
+    fn subscribe(&self) -> Reply<'_, mpsc::UnboundedReceiver<EngineEvent>>;
+    fn retry(&self, target: Target) -> Reply<'_, String>;
+    fn cancel(&self, target: Target) -> Reply<'_, String>;
+    fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> Reply<'a, bool>;
+    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunRecord>>;
+    /// The worker slots as last known (cheap, no round trip).
+    fn workers(&self) -> Vec<WorkerSnapshot>;
+}
+
+impl Control for EngineHandle {
+    fn snapshot(&self) -> Reply<'_, EngineSnapshot> {
+        Box::pin(EngineHandle::snapshot(self))
+    }
+
+    fn subscribe(&self) -> Reply<'_, mpsc::UnboundedReceiver<EngineEvent>> {
+        Box::pin(EngineHandle::subscribe(self))
+    }
+
+    fn retry(&self, target: Target) -> Reply<'_, String> {
+        Box::pin(EngineHandle::retry(self, target))
+    }
+
+    fn cancel(&self, target: Target) -> Reply<'_, String> {
+        Box::pin(EngineHandle::cancel(self, target))
+    }
+
+    fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> Reply<'a, bool> {
+        Box::pin(EngineHandle::set_paused(self, queue, paused))
+    }
+
+    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunRecord>> {
+        Box::pin(EngineHandle::task_runs_of(self, job_run))
+    }
+
+    fn workers(&self) -> Vec<WorkerSnapshot> {
+        EngineHandle::workers(self)
+    }
 }
 
 /// The one door into a running engine.

@@ -115,7 +115,7 @@ impl Activity {
 }
 
 /// A worker's attempt as the views see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CurrentAttempt {
     pub task_run: u64,
     pub attempt: u32,
