@@ -48,6 +48,9 @@ pub const LOG_TAIL_BYTES: u64 = 64 * 1024;
 /// At most this many engine events are applied between two looks at the keyboard.
 const EVENT_BATCH: usize = 10_000;
 const FRAME: Duration = Duration::from_millis(33);
+/// Past this many task runs, row indexes are rebuilt for events at most every `REBUILD_EVERY`.
+const BIG_MODEL: usize = 20_000;
+const REBUILD_EVERY: Duration = Duration::from_millis(250);
 
 /// How `gaffer run` (or `gaffer tui`) opens the TUI.
 #[derive(Debug, Clone)]
@@ -87,6 +90,7 @@ pub async fn run(
     frame.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut second = tokio::time::interval(Duration::from_secs(1));
     second.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut last_rebuild = Instant::now();
     loop {
         let mut draw_now = false;
         let commands = tokio::select! {
@@ -122,7 +126,12 @@ pub async fn run(
             pending.push(execute(&handle, &options.state_dir, command));
         }
         if draw_now {
-            model.prepare();
+            // Keys rebuild rows at once (in `update`); events, on a big model, at most 4 times
+            // a second: a stale order for 250 ms is fine, a frame per event walking 100k is not.
+            if model.tasks.len() < BIG_MODEL || last_rebuild.elapsed() >= REBUILD_EVERY {
+                model.prepare();
+                last_rebuild = Instant::now();
+            }
             screen.terminal.draw(|f| view::view(&model, f))?;
             model.changed = false;
         }

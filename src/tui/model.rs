@@ -445,7 +445,7 @@ impl Model {
             self.tally(&rec, 1);
             self.tasks.insert(rec.id, TaskRow { rec, attempts, model: None });
         }
-        self.touch_tasks();
+        self.touch_tasks(true);
     }
 
     /// Adds (`sign` 1) or removes (-1) one task run's share of every counter.
@@ -508,7 +508,7 @@ impl Model {
         if let Some(row) = self.tasks.get_mut(&id) {
             row.rec.state = to;
         }
-        self.touch_tasks();
+        self.touch_tasks(false);
     }
 
     fn add_cost(&mut self, job: &str, task: &str, queue: &str, model: &str, minute: u64, micros: u64) {
@@ -527,9 +527,18 @@ impl Model {
         self.changed = true;
     }
 
-    fn touch_tasks(&mut self) {
-        for view in [View::Queues, View::Jobs, View::Tasks, View::Retries, View::DeadLetters] {
+    /// Task runs changed. The Tasks and Jobs rows depend on a change only when rows were
+    /// added, or when a filter or a sort other than by id is on: an event stream alone does not
+    /// make every frame walk 100k rows.
+    fn touch_tasks(&mut self, inserted: bool) {
+        for view in [View::Queues, View::Retries, View::DeadLetters] {
             self.dirty[view.index()] = true;
+        }
+        for view in [View::Jobs, View::Tasks] {
+            let pane = &self.panes[view.index()];
+            if inserted || (view == View::Tasks && (!pane.filter.is_empty() || pane.sort != 0)) {
+                self.dirty[view.index()] = true;
+            }
         }
         self.changed = true;
     }
@@ -716,7 +725,7 @@ impl Model {
             }
             self.set_state(id, to);
         }
-        self.touch_tasks();
+        self.touch_tasks(false);
     }
 
     fn apply_cost(&mut self, e: &EngineEvent, id: u64) {
@@ -780,48 +789,43 @@ impl Model {
             View::Queues => (0..self.queues.len() as u64).collect(),
             View::Workers => self.workers.iter().map(|w| w.snap.id as u64).collect(),
             View::Cost => Vec::new(),
-            View::Jobs => self.jobs.values().filter(|j| filter.matches_job(j)).map(|j| j.rec.id).collect(),
-            View::Tasks => self.tasks.values().filter(|t| filter.matches_task(t)).map(|t| t.rec.id).collect(),
-            View::Retries => self.task_ids(&self.retrying, &filter),
-            View::DeadLetters => self.task_ids(&self.dead, &filter),
+            View::Jobs => self.sorted_jobs(self.jobs.values().filter(|j| filter.matches_job(j)), sort),
+            View::Tasks => self.sorted_tasks(self.tasks.values().filter(|t| filter.matches_task(t)), sort),
+            View::Retries => self.sorted_tasks(self.rows_of(&self.retrying).filter(|t| filter.matches_task(t)), sort),
+            View::DeadLetters => self.sorted_tasks(self.rows_of(&self.dead).filter(|t| filter.matches_task(t)), sort),
         };
-        match view {
-            View::Jobs => self.sort_jobs(&mut rows, sort),
-            View::Tasks | View::Retries | View::DeadLetters => self.sort_tasks(&mut rows, sort),
-            _ => {}
-        }
         if pane.reverse {
             rows.reverse();
         }
         rows
     }
 
-    fn task_ids(&self, set: &BTreeSet<u64>, filter: &Filter) -> Vec<u64> {
-        set.iter().filter(|id| self.tasks.get(id).is_some_and(|t| filter.matches_task(t))).copied().collect()
+    fn rows_of<'a>(&'a self, set: &'a BTreeSet<u64>) -> impl Iterator<Item = &'a TaskRow> + 'a {
+        set.iter().filter_map(|id| self.tasks.get(id))
     }
 
-    fn sort_jobs(&self, rows: &mut [u64], sort: SortBy) {
-        let j = |id: &u64| self.jobs.get(id).map(|j| &j.rec);
+    /// Ids in `rows` order by `sort`, ties by id. Keys are computed once per row (one pass, no
+    /// lookups while sorting): 100k rows sort in a few milliseconds.
+    fn sorted_tasks<'a>(&'a self, rows: impl Iterator<Item = &'a TaskRow>, sort: SortBy) -> Vec<u64> {
         match sort {
-            SortBy::Name => rows.sort_by_cached_key(|id| j(id).map(|r| r.job.clone())),
-            SortBy::State => rows.sort_by_key(|id| j(id).map(|r| r.state)),
-            SortBy::Duration => rows.sort_by_key(|id| j(id).map(|r| self.elapsed(r.created_at_ms, r.ended_at_ms))),
-            SortBy::Cost => rows.sort_by_key(|id| j(id).map(|r| r.cost_usd_micros)),
-            _ => {}
+            SortBy::Id => rows.map(|t| t.rec.id).collect(),
+            SortBy::Name => by_key(rows.map(|t| ((t.rec.job.as_str(), t.rec.task.as_str()), t.rec.id))),
+            SortBy::Queue => by_key(rows.map(|t| (t.rec.queue.as_str(), t.rec.id))),
+            SortBy::State => by_key(rows.map(|t| (t.rec.state, t.rec.id))),
+            SortBy::Duration => by_key(rows.map(|t| (self.task_duration(&t.rec), t.rec.id))),
+            SortBy::Cost => by_key(rows.map(|t| (t.rec.cost_usd_micros, t.rec.id))),
+            SortBy::Due => by_key(rows.map(|t| (t.rec.not_before_ms.unwrap_or(u64::MAX), t.rec.id))),
+            SortBy::When => by_key(rows.map(|t| (t.rec.ended_at_ms.unwrap_or(u64::MAX), t.rec.id))),
         }
     }
 
-    fn sort_tasks(&self, rows: &mut [u64], sort: SortBy) {
-        let t = |id: &u64| self.tasks.get(id).map(|t| &t.rec);
+    fn sorted_jobs<'a>(&'a self, rows: impl Iterator<Item = &'a JobRow>, sort: SortBy) -> Vec<u64> {
         match sort {
-            SortBy::Name => rows.sort_by_cached_key(|id| t(id).map(|r| (r.job.clone(), r.task.clone()))),
-            SortBy::State => rows.sort_by_key(|id| t(id).map(|r| r.state)),
-            SortBy::Queue => rows.sort_by_cached_key(|id| t(id).map(|r| r.queue.clone())),
-            SortBy::Duration => rows.sort_by_key(|id| t(id).map(|r| self.task_duration(r))),
-            SortBy::Cost => rows.sort_by_key(|id| t(id).map(|r| r.cost_usd_micros)),
-            SortBy::Due => rows.sort_by_key(|id| t(id).map(|r| r.not_before_ms)),
-            SortBy::When => rows.sort_by_key(|id| t(id).map(|r| r.ended_at_ms)),
-            SortBy::Id => {}
+            SortBy::Name => by_key(rows.map(|j| (j.rec.job.as_str(), j.rec.id))),
+            SortBy::State => by_key(rows.map(|j| (j.rec.state, j.rec.id))),
+            SortBy::Duration => by_key(rows.map(|j| (self.elapsed(j.rec.created_at_ms, j.rec.ended_at_ms), j.rec.id))),
+            SortBy::Cost => by_key(rows.map(|j| (j.rec.cost_usd_micros, j.rec.id))),
+            _ => rows.map(|j| j.rec.id).collect(),
         }
     }
 
@@ -842,6 +846,13 @@ impl Model {
         self.dirty = [true; 7];
         self.changed = true;
     }
+}
+
+/// Sorts `(key, id)` pairs and keeps the ids.
+fn by_key<K: Ord>(pairs: impl Iterator<Item = (K, u64)>) -> Vec<u64> {
+    let mut pairs: Vec<(K, u64)> = pairs.collect();
+    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    pairs.into_iter().map(|(_, id)| id).collect()
 }
 
 /// `/` text: words match job, task, queue, id and reason; a state name (`dead`, `running` …)

@@ -394,3 +394,41 @@ fn snapshot_confirm_and_filter_at_80x24() {
     press(&mut m, "q");
     insta::assert_snapshot!("quit_confirm_80x24", render_to_string(&m, 80, 24));
 }
+
+/// `cargo test --release --lib tui::tests::render_bench -- --ignored --nocapture`: each view
+/// drawn with 100k task runs must take well under 10 ms; so must a rebuild of the Tasks rows.
+#[test]
+#[ignore = "timing; run in release"]
+fn render_bench() {
+    use std::time::Instant;
+    let built = Instant::now();
+    let mut m = fixture_with(100_000);
+    println!("fixture_with(100_000): {:?}", built.elapsed());
+    for (name, took) in render_all_views_once(&m, 200, 60) {
+        println!("draw {name:<13} {took:?}");
+        if !cfg!(debug_assertions) {
+            assert!(took.as_millis() < 10, "{name} took {took:?}");
+        }
+    }
+    press(&mut m, "3");
+    let mut e = EngineEvent::new("task.progress", NOW_MS).with("message", "step 2/3");
+    (e.job, e.job_run, e.task, e.task_run) = (Some("report".into()), Some(1), Some("fetch".into()), Some(7));
+    let started = Instant::now();
+    for _ in 0..1_000 {
+        m.apply(&e);
+    }
+    println!("apply one event: {:?}", started.elapsed() / 1_000);
+    let started = Instant::now();
+    m.prepare();
+    println!("rebuild Tasks rows (100k, by id): {:?}", started.elapsed());
+    press(&mut m, "sssss");
+    m.invalidate();
+    let started = Instant::now();
+    m.prepare();
+    println!("rebuild Tasks rows (100k, by cost): {:?}", started.elapsed());
+    press(&mut m, "/dead");
+    m.invalidate();
+    let started = Instant::now();
+    m.prepare();
+    println!("rebuild Tasks rows (100k, filter dead): {:?}, {} rows", started.elapsed(), m.len());
+}
