@@ -79,6 +79,9 @@ pub async fn run(
     mut events: UnboundedReceiver<EngineEvent>,
     options: TuiOptions,
 ) -> io::Result<TuiExit> {
+    // Events already waiting were published, so committed, before the snapshot is read: the
+    // snapshot has them. Dropping them keeps their costs from being counted twice.
+    while events.try_recv().is_ok() {}
     let snapshot = handle.snapshot().await.map_err(io::Error::other)?;
     let mut model = Model::new(snapshot, SystemClock.now_ms(), &options.title, options.watched_job_runs.clone());
     let mut screen = terminal::Screen::enter()?;

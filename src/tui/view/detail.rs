@@ -185,7 +185,7 @@ fn labelled(name: &str, mut line: Line<'static>) -> Line<'static> {
 fn graph_lines(model: &Model, j: &crate::tui::model::JobRow) -> Vec<Line<'static>> {
     let runs: Vec<&TaskRow> = j.tasks.iter().filter_map(|id| model.tasks.get(id)).collect();
     let Some(shape) = model.shapes.get(&j.rec.job) else {
-        return runs.iter().map(|t| graph_line(model, 0, &t.rec.task, &[], Some(t))).collect();
+        return runs.iter().map(|t| graph_line(model, (0, 0), &t.rec.task, &[], Some(t))).collect();
     };
     let n = shape.tasks.len();
     let mut depth = vec![0usize; n];
@@ -200,6 +200,7 @@ fn graph_lines(model: &Model, j: &crate::tui::model::JobRow) -> Vec<Line<'static
             depth[i] = d.unwrap_or(0);
         }
     }
+    let deepest = depth.iter().copied().max().unwrap_or(0);
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| (depth[i], i));
     let mut lines = Vec::new();
@@ -207,19 +208,28 @@ fn graph_lines(model: &Model, j: &crate::tui::model::JobRow) -> Vec<Line<'static
         let t = &shape.tasks[i];
         let mine: Vec<&&TaskRow> = runs.iter().filter(|r| r.rec.task == t.name).collect();
         if mine.is_empty() {
-            lines.push(graph_line(model, depth[i], &t.name, &t.needs, None));
+            lines.push(graph_line(model, (depth[i], deepest), &t.name, &t.needs, None));
         }
         for r in mine {
-            lines.push(graph_line(model, depth[i], &t.name, &t.needs, Some(r)));
+            lines.push(graph_line(model, (depth[i], deepest), &t.name, &t.needs, Some(r)));
         }
     }
     lines
 }
 
-fn graph_line(model: &Model, depth: usize, name: &str, needs: &[String], run: Option<&TaskRow>) -> Line<'static> {
+/// `depth` is `(this task's, the deepest)`: names line up in one column whatever the indent.
+fn graph_line(
+    model: &Model,
+    depth: (usize, usize),
+    name: &str,
+    needs: &[String],
+    run: Option<&TaskRow>,
+) -> Line<'static> {
+    let (depth, deepest) = depth;
     let branch = if depth == 0 { "●".to_string() } else { format!("{}└●", "  ".repeat(depth - 1)) };
     let mut spans = vec![Span::styled(format!("   {branch} "), dim())];
-    let label = format!("{name:<16}");
+    let width = (16 + 2 * deepest + 1).saturating_sub(branch.chars().count());
+    let label = format!("{name:<width$} ");
     match run {
         Some(t) => {
             let r = &t.rec;
