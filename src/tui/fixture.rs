@@ -1,0 +1,290 @@
+//! Fixed models for snapshots, tests and the render bench: a fixed clock, a few jobs with task
+//! runs in every state, costs, a retry, a dead letter and two workers.
+
+use std::collections::BTreeMap;
+
+use crate::engine::{CurrentAttempt, EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, TaskShape, WorkerSnapshot};
+use crate::model::{FailReason, JobState, TaskState};
+use crate::store::{JobRunRecord, TaskRunRecord};
+
+use super::model::Model;
+
+/// 2026-11-18T08:26:40Z: every fixture is drawn at this instant.
+pub const NOW_MS: u64 = 1_795_000_000_000;
+const S: u64 = 1_000;
+
+fn shape(name: &str, budget: Option<u64>, tasks: &[(&str, &[&str], &str, Option<u64>)]) -> JobShape {
+    JobShape {
+        name: name.into(),
+        budget_usd_micros: budget,
+        tasks: tasks
+            .iter()
+            .map(|(t, needs, queue, budget)| TaskShape {
+                name: (*t).into(),
+                needs: needs.iter().map(|n| (*n).to_string()).collect(),
+                queue: (*queue).into(),
+                budget_usd_micros: *budget,
+            })
+            .collect(),
+    }
+}
+
+fn shapes() -> Vec<JobShape> {
+    vec![
+        shape(
+            "report",
+            Some(1_000_000),
+            &[
+                ("fetch", &[], "io", None),
+                ("parse", &["fetch"], "default", None),
+                ("summarize", &["parse"], "llm", Some(250_000)),
+                ("publish", &["summarize"], "default", None),
+            ],
+        ),
+        shape("nightly", None, &[("backup", &[], "default", None), ("vacuum", &["backup"], "default", None)]),
+    ]
+}
+
+fn job(id: u64, name: &str, state: JobState, created: u64, ended: Option<u64>, cost: u64) -> JobRunRecord {
+    JobRunRecord {
+        id,
+        job: name.into(),
+        definition: 1,
+        params: BTreeMap::new(),
+        state,
+        reason: None,
+        cost_usd_micros: cost,
+        created_at_ms: created,
+        ended_at_ms: ended,
+        cancel_requested: false,
+    }
+}
+
+/// A task run in `state`; started/ended times are set to suit the state.
+#[allow(clippy::too_many_arguments)]
+fn task(
+    id: u64,
+    job_run: u64,
+    job: &str,
+    name: &str,
+    index: u32,
+    queue: &str,
+    state: TaskState,
+    at: u64,
+) -> TaskRunRecord {
+    let mut r = TaskRunRecord::pending(id, job_run, job, name, at);
+    r.task_index = index;
+    r.queue = queue.into();
+    r.state = state;
+    if !matches!(state, TaskState::Pending | TaskState::Skipped | TaskState::Queued) {
+        r.attempt = 1;
+        r.started_at_ms = Some(at + S);
+    }
+    if state.is_terminal() && state != TaskState::Pending {
+        r.ended_at_ms = Some(at + 20 * S);
+    }
+    if state == TaskState::Queued {
+        r.queued_at_ms = Some(at);
+    }
+    r
+}
+
+/// The fixture of the snapshots: every view has something to show.
+pub fn fixture() -> Model {
+    let ago = |s: u64| NOW_MS - s * S;
+    let mut jr = vec![
+        job(1, "report", JobState::Succeeded, ago(3_600), Some(ago(3_420)), 0),
+        job(2, "report", JobState::Running, ago(300), None, 0),
+        job(3, "nightly", JobState::Failed, ago(1_800), Some(ago(1_700)), 0),
+        job(4, "nightly", JobState::Running, ago(120), None, 0),
+        job(5, "report", JobState::Running, ago(60), None, 0),
+        job(6, "report", JobState::Cancelled, ago(900), Some(ago(880)), 0),
+    ];
+    jr[2].reason = Some("task backup (#9) dead: exit_code".into());
+    jr[0].params.insert("day".into(), "2026-11-17".into());
+    use TaskState::*;
+    let mut tr = vec![
+        task(1, 1, "report", "fetch", 0, "io", Succeeded, ago(3_600)),
+        task(2, 1, "report", "parse", 1, "default", Succeeded, ago(3_560)),
+        task(3, 1, "report", "summarize", 2, "llm", Succeeded, ago(3_520)),
+        task(4, 1, "report", "publish", 3, "default", Succeeded, ago(3_480)),
+        task(5, 2, "report", "fetch", 0, "io", Succeeded, ago(300)),
+        task(6, 2, "report", "parse", 1, "default", Running, ago(200)),
+        task(7, 2, "report", "summarize", 2, "llm", Running, ago(90)),
+        task(8, 2, "report", "publish", 3, "default", Pending, ago(300)),
+        task(9, 3, "nightly", "backup", 0, "default", Dead, ago(1_800)),
+        task(10, 3, "nightly", "vacuum", 1, "default", Skipped, ago(1_800)),
+        task(11, 4, "nightly", "backup", 0, "default", Retrying, ago(120)),
+        task(12, 4, "nightly", "vacuum", 1, "default", Pending, ago(120)),
+        task(13, 5, "report", "fetch", 0, "io", Queued, ago(60)),
+        task(14, 5, "report", "parse", 1, "default", Pending, ago(60)),
+        task(15, 6, "report", "fetch", 0, "io", Cancelled, ago(900)),
+        task(16, 6, "report", "parse", 1, "default", Skipped, ago(900)),
+    ];
+    let t = |tr: &mut Vec<TaskRunRecord>, id: u64| tr.iter().position(|t| t.id == id);
+    if let Some(i) = t(&mut tr, 9) {
+        let r = &mut tr[i];
+        (r.attempt, r.max_attempts, r.exit_code, r.reason) = (3, 3, Some(2), Some(FailReason::ExitCode));
+        r.detail = Some("pg_dump: connection refused".into());
+        r.cost_usd_micros = 0;
+    }
+    if let Some(i) = t(&mut tr, 11) {
+        let r = &mut tr[i];
+        (r.attempt, r.exit_code, r.reason) = (1, Some(1), Some(FailReason::ExitCode));
+        r.detail = Some("rsync: host unreachable".into());
+        r.not_before_ms = Some(NOW_MS + 42 * S);
+        r.ended_at_ms = None;
+    }
+    if let Some(i) = t(&mut tr, 15) {
+        tr[i].reason = Some(FailReason::Cancelled);
+    }
+    for r in tr.iter_mut().filter(|r| r.job_run == 1) {
+        r.outputs.insert("rows".into(), "1204".into());
+    }
+    let workers = vec![
+        WorkerSnapshot {
+            id: 0,
+            current: Some(CurrentAttempt {
+                task_run: 6,
+                attempt: 1,
+                started_ms: ago(199),
+                last_activity_ms: ago(2),
+                pid: Some(4242),
+            }),
+            restarts: 0,
+        },
+        WorkerSnapshot {
+            id: 1,
+            current: Some(CurrentAttempt {
+                task_run: 7,
+                attempt: 1,
+                started_ms: ago(89),
+                last_activity_ms: ago(75),
+                pid: Some(4250),
+            }),
+            restarts: 1,
+        },
+    ];
+    let queues = vec![
+        QueueSnapshot { name: "default".into(), concurrency: 4, paused: false, ready: 0, running: 1 },
+        QueueSnapshot { name: "io".into(), concurrency: 2, paused: true, ready: 1, running: 0 },
+        QueueSnapshot { name: "llm".into(), concurrency: 1, paused: false, ready: 0, running: 1 },
+    ];
+    let snapshot = EngineSnapshot { job_runs: jr, task_runs: tr, queues, workers, jobs: shapes() };
+    let mut model = Model::new(snapshot, NOW_MS, "examples/report.toml", vec![2, 4, 5]);
+    for e in fixture_events(ago) {
+        model.apply(&e);
+    }
+    model.prepare();
+    model.changed = false;
+    model
+}
+
+fn event(name: &'static str, at: u64, job_run: u64, job: &str, task_run: u64, task: &str, queue: &str) -> EngineEvent {
+    let mut e = EngineEvent::new(name, at);
+    e.job = Some(job.into());
+    e.job_run = Some(job_run);
+    e.task = Some(task.into());
+    e.task_run = Some(task_run);
+    e.attempt = Some(1);
+    e.queue = Some(queue.into());
+    e
+}
+
+/// Costs with models, progress, a failure: the same events the engine would send.
+fn fixture_events(ago: impl Fn(u64) -> u64) -> Vec<EngineEvent> {
+    let cost = |at, jr, job: &str, tr, task: &str, q: &str, usd: f64, model: &str| {
+        event("task.cost", at, jr, job, tr, task, q)
+            .with("usd", usd)
+            .with("input_tokens", 1200)
+            .with("output_tokens", 340)
+            .with("model", model)
+    };
+    vec![
+        cost(ago(3_500), 1, "report", 3, "summarize", "llm", 0.1834, "claude-sonnet-4-5"),
+        cost(ago(3_470), 1, "report", 4, "publish", "default", 0.0021, "claude-haiku-4-5"),
+        cost(ago(240), 2, "report", 6, "parse", "default", 0.0123, "claude-haiku-4-5"),
+        cost(ago(50), 2, "report", 7, "summarize", "llm", 0.1520, "claude-sonnet-4-5"),
+        cost(ago(20), 2, "report", 7, "summarize", "llm", 0.0410, "claude-sonnet-4-5"),
+        event("task.progress", ago(5), 2, "report", 6, "parse", "default").with("message", "3/12 parsing page 3"),
+        event("task.progress", ago(3), 2, "report", 7, "summarize", "llm").with("message", "drafting section 2"),
+    ]
+}
+
+/// `n` task runs over `n / 8` job runs of `report`-like jobs, in a deterministic mix of states:
+/// the render bench's model.
+pub fn fixture_with(n: u64) -> Model {
+    const STATES: [TaskState; 16] = [
+        TaskState::Succeeded,
+        TaskState::Succeeded,
+        TaskState::Succeeded,
+        TaskState::Succeeded,
+        TaskState::Succeeded,
+        TaskState::Succeeded,
+        TaskState::Running,
+        TaskState::Queued,
+        TaskState::Pending,
+        TaskState::Pending,
+        TaskState::Retrying,
+        TaskState::Dead,
+        TaskState::Cancelled,
+        TaskState::Skipped,
+        TaskState::Succeeded,
+        TaskState::Queued,
+    ];
+    let names = ["fetch", "parse", "summarize", "publish", "fetch", "parse", "summarize", "publish"];
+    let queues = ["io", "default", "llm", "default"];
+    let jobs = n.div_ceil(8).max(1);
+    let start = NOW_MS - 3_600 * S;
+    let job_runs: Vec<JobRunRecord> = (1..=jobs)
+        .map(|j| {
+            let state = if j % 5 == 0 {
+                JobState::Failed
+            } else if j % 3 == 0 {
+                JobState::Succeeded
+            } else {
+                JobState::Running
+            };
+            let created = start + j * 3_600 * S / jobs;
+            job(j, "report", state, created, state.is_terminal().then_some(created + 30 * S), 0)
+        })
+        .collect();
+    let task_runs: Vec<TaskRunRecord> = (1..=n)
+        .map(|id| {
+            let job_run = (id - 1) / 8 + 1;
+            let i = ((id - 1) % 8) as usize;
+            let state = STATES[(id as usize * 7) % STATES.len()];
+            let created = start + job_run * 3_600 * S / jobs;
+            let mut r = task(id, job_run, "report", names[i], i as u32, queues[i % 4], state, created);
+            r.cost_usd_micros = (id * 37) % 5_000;
+            if state == TaskState::Retrying {
+                r.not_before_ms = Some(NOW_MS + (id % 90) * S);
+                r.reason = Some(FailReason::ExitCode);
+                r.exit_code = Some(1);
+            }
+            if state == TaskState::Dead {
+                r.reason = Some(FailReason::Timeout);
+            }
+            r
+        })
+        .collect();
+    let workers = (0..8)
+        .map(|id| WorkerSnapshot {
+            id,
+            current: Some(CurrentAttempt {
+                task_run: 7 + id as u64 * 16,
+                attempt: 1,
+                started_ms: NOW_MS - 30 * S,
+                last_activity_ms: NOW_MS - S,
+                pid: Some(1000 + id as u32),
+            }),
+            restarts: 0,
+        })
+        .collect();
+    let queues = ["default", "io", "llm"]
+        .iter()
+        .map(|q| QueueSnapshot { name: (*q).into(), concurrency: 4, paused: false, ready: 0, running: 0 })
+        .collect();
+    let snapshot = EngineSnapshot { job_runs, task_runs, queues, workers, jobs: shapes() };
+    Model::new(snapshot, NOW_MS, "bench", Vec::new())
+}

@@ -1,0 +1,1001 @@
+//! What the TUI knows: an in-memory copy of the engine's state, built once from an
+//! [`EngineSnapshot`] and kept current by [`EngineEvent`]s. Views read it; only `update` writes it.
+//!
+//! Counters (per state, per queue, per job run) and cost aggregates are kept incrementally, so a
+//! frame never walks all task runs. The per-view row indexes (filtered, sorted lists of ids) are
+//! rebuilt lazily: an event only marks them dirty, and [`Model::prepare`] rebuilds the focused
+//! view's index at most once per frame.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::engine::{EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, WorkerSnapshot};
+use crate::model::{FailReason, JobState, TaskState};
+use crate::store::{JobRunRecord, TaskRunRecord};
+
+use super::update::Command;
+
+pub const MINUTE_MS: u64 = 60_000;
+pub const DAY_MS: u64 = 86_400_000;
+/// How many minutes of cost and throughput history are kept for sparklines and burn rate.
+pub const HISTORY_MINUTES: u64 = 60;
+/// How many attempts of one task run are remembered for its detail pane.
+const MAX_ATTEMPT_LINES: usize = 32;
+
+/// The seven views of SPEC §4.2, in key order (`1`..`7`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum View {
+    Queues,
+    Jobs,
+    Tasks,
+    Retries,
+    DeadLetters,
+    Cost,
+    Workers,
+}
+
+impl View {
+    pub const ALL: [View; 7] =
+        [View::Queues, View::Jobs, View::Tasks, View::Retries, View::DeadLetters, View::Cost, View::Workers];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Queues => "Queues",
+            View::Jobs => "Jobs",
+            View::Tasks => "Tasks",
+            View::Retries => "Retries",
+            View::DeadLetters => "Dead letters",
+            View::Cost => "Cost",
+            View::Workers => "Workers",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn next(self) -> View {
+        View::ALL[(self.index() + 1) % View::ALL.len()]
+    }
+
+    pub fn prev(self) -> View {
+        View::ALL[(self.index() + View::ALL.len() - 1) % View::ALL.len()]
+    }
+
+    /// The columns `s` cycles through; the first is the default order.
+    pub fn sort_columns(self) -> &'static [SortBy] {
+        match self {
+            View::Jobs => &[SortBy::Id, SortBy::Name, SortBy::State, SortBy::Duration, SortBy::Cost],
+            View::Tasks => &[SortBy::Id, SortBy::Name, SortBy::State, SortBy::Queue, SortBy::Duration, SortBy::Cost],
+            View::Retries => &[SortBy::Due, SortBy::Id, SortBy::Name],
+            View::DeadLetters => &[SortBy::When, SortBy::Id, SortBy::Name, SortBy::Cost],
+            _ => &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortBy {
+    Id,
+    Name,
+    State,
+    Queue,
+    Duration,
+    Cost,
+    Due,
+    When,
+}
+
+impl SortBy {
+    pub fn label(self) -> &'static str {
+        match self {
+            SortBy::Id => "id",
+            SortBy::Name => "name",
+            SortBy::State => "state",
+            SortBy::Queue => "queue",
+            SortBy::Duration => "duration",
+            SortBy::Cost => "cost",
+            SortBy::Due => "due",
+            SortBy::When => "when",
+        }
+    }
+}
+
+/// What the detail pane (Enter) shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    Queue(String),
+    Job(u64),
+    Task(u64),
+    Worker(usize),
+}
+
+/// What the keyboard is talking to. One mode at a time, never a bag of booleans.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    Normal,
+    /// Typing a filter for the focused view; rows narrow as it is typed.
+    Filter(String),
+    /// A question waiting for `y`/`n`; `y` runs `command`.
+    Confirm {
+        question: String,
+        command: Command,
+    },
+    Help,
+    Detail(Subject),
+    /// Following one task run's log.
+    Log(u64),
+}
+
+/// Selection and scroll of one view's table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pane {
+    pub selected: usize,
+    /// First visible row.
+    pub offset: usize,
+    /// Id of the selected row, so the selection stays on it when rows are re-sorted.
+    pub selected_id: Option<u64>,
+    pub sort: usize,
+    pub reverse: bool,
+    /// The applied filter (`/`).
+    pub filter: String,
+}
+
+/// One attempt as the detail pane shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptLine {
+    pub n: u32,
+    pub started_ms: Option<u64>,
+    pub ended_ms: Option<u64>,
+    pub outcome: String,
+    pub exit_code: Option<i64>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRow {
+    pub rec: TaskRunRecord,
+    pub attempts: Vec<AttemptLine>,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub rec: JobRunRecord,
+    /// Task runs of this job run, in creation order.
+    pub tasks: Vec<u64>,
+    pub done: u32,
+    pub running: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueRow {
+    pub name: String,
+    pub concurrency: usize,
+    pub paused: bool,
+    pub counts: [u32; 9],
+    /// Task runs ended per minute (throughput).
+    pub done_per_minute: BTreeMap<u64, u32>,
+    pub cost_per_day: BTreeMap<u64, u64>,
+}
+
+impl QueueRow {
+    pub fn count(&self, state: TaskState) -> u32 {
+        self.counts[state as usize]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRow {
+    pub snap: WorkerSnapshot,
+}
+
+/// Cost aggregates, all in micro-dollars.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CostBook {
+    pub total: u64,
+    pub by_job: BTreeMap<String, u64>,
+    /// Keyed `job.task`.
+    pub by_task: BTreeMap<String, u64>,
+    pub by_queue: BTreeMap<String, u64>,
+    pub by_model: BTreeMap<String, u64>,
+    pub per_minute: BTreeMap<u64, u64>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// The followed log (`l`) or the log tail of a task detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPane {
+    pub task_run: u64,
+    pub attempt: u32,
+    pub text: String,
+    pub read_at_ms: u64,
+    /// Lines up from the bottom; 0 follows the end.
+    pub scroll_up: usize,
+}
+
+/// A transient line under the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub text: String,
+    pub error: bool,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub title: String,
+    pub now_ms: u64,
+    pub size: (u16, u16),
+    pub focus: View,
+    pub mode: Mode,
+    pub panes: [Pane; 7],
+    pub detail_scroll: u16,
+    pub tasks: BTreeMap<u64, TaskRow>,
+    pub jobs: BTreeMap<u64, JobRow>,
+    pub queues: BTreeMap<String, QueueRow>,
+    pub workers: Vec<WorkerRow>,
+    pub shapes: BTreeMap<String, JobShape>,
+    pub counts: [usize; 9],
+    pub retrying: BTreeSet<u64>,
+    pub dead: BTreeSet<u64>,
+    pub cost: CostBook,
+    pub log: Option<LogPane>,
+    pub status: Option<Status>,
+    /// Job runs this session was started for; the header says when all have ended.
+    pub watched: Vec<u64>,
+    /// Task runs changed by a key before the engine confirmed it: their state before, to undo
+    /// if the command fails.
+    pub optimistic: BTreeMap<u64, TaskState>,
+    /// Per view: the ids of the rows, filtered and sorted (queues and workers by position).
+    pub index: [Vec<u64>; 7],
+    dirty: [bool; 7],
+    /// Set whenever something visible changed; the loop draws only then.
+    pub changed: bool,
+}
+
+impl Model {
+    pub fn new(snapshot: EngineSnapshot, now_ms: u64, title: &str, watched: Vec<u64>) -> Model {
+        let mut m = Model {
+            title: title.to_string(),
+            now_ms,
+            size: (80, 24),
+            focus: View::Jobs,
+            mode: Mode::Normal,
+            panes: Default::default(),
+            detail_scroll: 0,
+            tasks: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            workers: Vec::new(),
+            shapes: snapshot.jobs.into_iter().map(|j| (j.name.clone(), j)).collect(),
+            counts: [0; 9],
+            retrying: BTreeSet::new(),
+            dead: BTreeSet::new(),
+            cost: CostBook::default(),
+            log: None,
+            status: None,
+            watched,
+            optimistic: BTreeMap::new(),
+            index: Default::default(),
+            dirty: [true; 7],
+            changed: true,
+        };
+        m.set_queues(snapshot.queues);
+        m.set_workers(snapshot.workers);
+        for rec in snapshot.job_runs {
+            m.jobs.insert(rec.id, JobRow { rec, tasks: Vec::new(), done: 0, running: 0 });
+        }
+        m.insert_tasks(snapshot.task_runs);
+        for view in View::ALL {
+            m.panes[view.index()].reverse = view == View::Jobs;
+        }
+        m.prepare();
+        m
+    }
+
+    // ---- reading -------------------------------------------------------------------------
+
+    pub fn count(&self, state: TaskState) -> usize {
+        self.counts[state as usize]
+    }
+
+    pub fn pane(&self) -> &Pane {
+        &self.panes[self.focus.index()]
+    }
+
+    pub fn pane_mut(&mut self) -> &mut Pane {
+        &mut self.panes[self.focus.index()]
+    }
+
+    /// Rows of the focused view.
+    pub fn len(&self) -> usize {
+        self.len_of(self.focus)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn len_of(&self, view: View) -> usize {
+        match view {
+            View::Cost => 0,
+            _ => self.index[view.index()].len(),
+        }
+    }
+
+    /// The id of the selected row of the focused view (a task run, job run, queue position or
+    /// worker id).
+    pub fn selected_id(&self) -> Option<u64> {
+        let pane = self.pane();
+        self.index[self.focus.index()].get(pane.selected).copied()
+    }
+
+    pub fn selected_task(&self) -> Option<&TaskRow> {
+        match self.focus {
+            View::Tasks | View::Retries | View::DeadLetters => self.tasks.get(&self.selected_id()?),
+            View::Workers => {
+                let worker = self.workers.iter().find(|w| Some(w.snap.id as u64) == self.selected_id())?;
+                self.tasks.get(&worker.snap.current?.task_run)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn selected_job(&self) -> Option<&JobRow> {
+        match self.focus {
+            View::Jobs => self.jobs.get(&self.selected_id()?),
+            _ => None,
+        }
+    }
+
+    pub fn selected_queue(&self) -> Option<&QueueRow> {
+        match self.focus {
+            View::Queues => self.queues.values().nth(self.selected_id()? as usize),
+            _ => None,
+        }
+    }
+
+    /// Every watched job run has ended (and there was at least one).
+    pub fn all_watched_ended(&self) -> bool {
+        !self.watched.is_empty()
+            && self.watched.iter().all(|id| self.jobs.get(id).is_some_and(|j| j.rec.state.is_terminal()))
+    }
+
+    pub fn workers_busy(&self) -> usize {
+        self.workers.iter().filter(|w| w.snap.current.is_some()).count()
+    }
+
+    /// Micro-dollars per hour over the last ten minutes.
+    pub fn burn_per_hour(&self) -> u64 {
+        let now_min = self.now_ms / MINUTE_MS;
+        let spent: u64 = self.cost.per_minute.range(now_min.saturating_sub(9)..=now_min).map(|(_, v)| v).sum();
+        spent * 6
+    }
+
+    /// Cost per minute for the last `n` minutes, oldest first.
+    pub fn cost_series(&self, n: u64) -> Vec<u64> {
+        let now_min = self.now_ms / MINUTE_MS;
+        (0..n)
+            .rev()
+            .map(|back| self.cost.per_minute.get(&(now_min.saturating_sub(back))).copied().unwrap_or(0))
+            .collect()
+    }
+
+    pub fn throughput_series(&self, queue: &QueueRow, n: u64) -> Vec<u64> {
+        let now_min = self.now_ms / MINUTE_MS;
+        (0..n)
+            .rev()
+            .map(|back| u64::from(queue.done_per_minute.get(&(now_min.saturating_sub(back))).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    pub fn queue_cost_today(&self, queue: &QueueRow) -> u64 {
+        queue.cost_per_day.get(&(self.now_ms / DAY_MS)).copied().unwrap_or(0)
+    }
+
+    // ---- writing -------------------------------------------------------------------------
+
+    pub fn set_queues(&mut self, queues: Vec<QueueSnapshot>) {
+        for q in queues {
+            let row = self.queues.entry(q.name.clone()).or_default();
+            row.name = q.name;
+            row.concurrency = q.concurrency;
+            row.paused = q.paused;
+        }
+        self.touch(View::Queues);
+    }
+
+    pub fn set_workers(&mut self, workers: Vec<WorkerSnapshot>) {
+        let rows: Vec<WorkerRow> = workers.into_iter().map(|snap| WorkerRow { snap }).collect();
+        if rows != self.workers {
+            self.workers = rows;
+            self.touch(View::Workers);
+        }
+    }
+
+    /// Adds or replaces task runs (the snapshot, or a job run loaded after `job.started`).
+    pub fn insert_tasks(&mut self, records: Vec<TaskRunRecord>) {
+        for rec in records {
+            self.insert_task(rec);
+        }
+    }
+
+    fn insert_task(&mut self, rec: TaskRunRecord) {
+        if let Some(old) = self.tasks.remove(&rec.id) {
+            self.tally(&old.rec, -1);
+            // Events already applied are at least as new as a store read that raced them for
+            // the dynamic fields; keep what they said about attempts and the model.
+            let row = TaskRow { rec, attempts: old.attempts, model: old.model };
+            self.tally(&row.rec, 1);
+            self.tasks.insert(row.rec.id, row);
+        } else {
+            let minute = rec.ended_at_ms.or(rec.started_at_ms).unwrap_or(rec.created_at_ms) / MINUTE_MS;
+            if rec.cost_usd_micros > 0 {
+                let (job, task, queue) = (rec.job.clone(), rec.task.clone(), rec.queue.clone());
+                self.add_cost(&job, &task, &queue, "unknown", minute, rec.cost_usd_micros);
+            }
+            if rec.state.is_terminal()
+                && rec.state != TaskState::Skipped
+                && let Some(ended) = rec.ended_at_ms
+            {
+                *self.queue_mut(&rec.queue).done_per_minute.entry(ended / MINUTE_MS).or_default() += 1;
+            }
+            let attempts = last_attempt_of(&rec).into_iter().collect();
+            self.tally(&rec, 1);
+            self.tasks.insert(rec.id, TaskRow { rec, attempts, model: None });
+        }
+        self.touch_tasks(true);
+    }
+
+    /// Adds (`sign` 1) or removes (-1) one task run's share of every counter.
+    fn tally(&mut self, rec: &TaskRunRecord, sign: i32) {
+        let s = rec.state as usize;
+        let add = |n: &mut u32| *n = n.saturating_add_signed(sign);
+        self.counts[s] = self.counts[s].saturating_add_signed(sign as isize);
+        add(&mut self.queue_mut(&rec.queue).counts[s]);
+        let job = self.jobs.entry(rec.job_run).or_insert_with(|| JobRow {
+            rec: placeholder_job(rec.job_run, &rec.job, rec.created_at_ms),
+            tasks: Vec::new(),
+            done: 0,
+            running: 0,
+        });
+        if sign > 0 {
+            if let Err(pos) = job.tasks.binary_search(&rec.id) {
+                job.tasks.insert(pos, rec.id);
+            }
+        } else if let Ok(pos) = job.tasks.binary_search(&rec.id) {
+            job.tasks.remove(pos);
+        }
+        if rec.state.is_terminal() {
+            add(&mut job.done);
+        }
+        if rec.state == TaskState::Running {
+            add(&mut job.running);
+        }
+        let set = match rec.state {
+            TaskState::Retrying => Some(&mut self.retrying),
+            TaskState::Dead => Some(&mut self.dead),
+            _ => None,
+        };
+        if let Some(set) = set {
+            if sign > 0 {
+                set.insert(rec.id)
+            } else {
+                set.remove(&rec.id)
+            };
+        }
+    }
+
+    fn queue_mut(&mut self, name: &str) -> &mut QueueRow {
+        if !self.queues.contains_key(name) {
+            self.queues.insert(name.to_string(), QueueRow { name: name.to_string(), ..QueueRow::default() });
+            self.dirty[View::Queues.index()] = true;
+        }
+        self.queues.get_mut(name).expect("inserted above")
+    }
+
+    /// Changes one task run's state, keeping every counter right.
+    pub fn set_state(&mut self, id: u64, to: TaskState) {
+        let Some(row) = self.tasks.get(&id) else { return };
+        if row.rec.state == to {
+            return;
+        }
+        let mut rec = row.rec.clone();
+        self.tally(&rec, -1);
+        rec.state = to;
+        self.tally(&rec, 1);
+        if let Some(row) = self.tasks.get_mut(&id) {
+            row.rec.state = to;
+        }
+        self.touch_tasks(false);
+    }
+
+    fn add_cost(&mut self, job: &str, task: &str, queue: &str, model: &str, minute: u64, micros: u64) {
+        let c = &mut self.cost;
+        c.total += micros;
+        *c.by_job.entry(job.to_string()).or_default() += micros;
+        *c.by_task.entry(format!("{job}.{task}")).or_default() += micros;
+        *c.by_queue.entry(queue.to_string()).or_default() += micros;
+        *c.by_model.entry(model.to_string()).or_default() += micros;
+        *c.per_minute.entry(minute).or_default() += micros;
+        *self.queue_mut(queue).cost_per_day.entry(minute * MINUTE_MS / DAY_MS).or_default() += micros;
+    }
+
+    fn touch(&mut self, view: View) {
+        self.dirty[view.index()] = true;
+        self.changed = true;
+    }
+
+    /// Task runs changed. The Tasks and Jobs rows depend on a change only when rows were
+    /// added, or when a filter or a sort other than by id is on: an event stream alone does not
+    /// make every frame walk 100k rows.
+    fn touch_tasks(&mut self, inserted: bool) {
+        for view in [View::Queues, View::Retries, View::DeadLetters] {
+            self.dirty[view.index()] = true;
+        }
+        for view in [View::Jobs, View::Tasks] {
+            let pane = &self.panes[view.index()];
+            if inserted || (view == View::Tasks && (!pane.filter.is_empty() || pane.sort != 0)) {
+                self.dirty[view.index()] = true;
+            }
+        }
+        self.changed = true;
+    }
+
+    /// The clock moved (countdowns, ages); old history is dropped.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        let keep_from = (now_ms / MINUTE_MS).saturating_sub(HISTORY_MINUTES);
+        self.cost.per_minute = self.cost.per_minute.split_off(&keep_from);
+        for q in self.queues.values_mut() {
+            if q.done_per_minute.first_key_value().is_some_and(|(m, _)| *m < keep_from) {
+                q.done_per_minute = q.done_per_minute.split_off(&keep_from);
+            }
+        }
+        if self.status.as_ref().is_some_and(|s| now_ms.saturating_sub(s.at_ms) > 8_000) {
+            self.status = None;
+        }
+        self.dirty[View::Retries.index()] = true;
+        self.changed = true;
+    }
+
+    pub fn say(&mut self, text: impl Into<String>, error: bool) {
+        self.status = Some(Status { text: text.into(), error, at_ms: self.now_ms });
+        self.changed = true;
+    }
+
+    /// Applies one engine event. Returns what the loop must fetch (a new job run's task runs).
+    pub fn apply(&mut self, e: &EngineEvent) -> Vec<Command> {
+        self.changed = true;
+        if e.event.starts_with("job.") {
+            return self.apply_job(e);
+        }
+        match e.event {
+            "worker.restarted" => {
+                let id = e.field("worker").and_then(|v| v.as_u64()).unwrap_or(u64::MAX);
+                if let Some(w) = self.workers.iter_mut().find(|w| w.snap.id as u64 == id) {
+                    w.snap.restarts += 1;
+                    w.snap.current = None;
+                }
+                self.touch(View::Workers);
+            }
+            "budget.exceeded" => {
+                let who = match (e.task_run, e.job_run) {
+                    (Some(t), _) => format!("task run {t}"),
+                    (None, Some(j)) => format!("job run j{j}"),
+                    _ => "gaffer".into(),
+                };
+                let num = |k: &str| e.field(k).map(|v| v.to_string()).unwrap_or_default();
+                self.say(format!("{who}: budget exceeded, spent ${} of ${}", num("spent_usd"), num("limit_usd")), true);
+            }
+            _ if e.event.starts_with("task.") => self.apply_task(e),
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn apply_job(&mut self, e: &EngineEvent) -> Vec<Command> {
+        let Some(id) = e.job_run else { return Vec::new() };
+        let known = self.jobs.contains_key(&id);
+        let job = e.job.clone().unwrap_or_default();
+        let row = self.jobs.entry(id).or_insert_with(|| JobRow {
+            rec: placeholder_job(id, &job, e.ts_ms),
+            tasks: Vec::new(),
+            done: 0,
+            running: 0,
+        });
+        let state = match e.event {
+            "job.started" => JobState::Running,
+            "job.succeeded" => JobState::Succeeded,
+            "job.failed" => JobState::Failed,
+            "job.cancelled" => JobState::Cancelled,
+            _ => return Vec::new(),
+        };
+        row.rec.state = state;
+        if state.is_terminal() {
+            row.rec.ended_at_ms = Some(e.ts_ms);
+            row.rec.reason = e.str_field("reason").map(str::to_string);
+            if let Some(cost) = e.field("cost_usd").and_then(usd_micros) {
+                row.rec.cost_usd_micros = cost;
+            }
+        } else {
+            row.rec.ended_at_ms = None;
+            row.rec.reason = None;
+        }
+        self.touch(View::Jobs);
+        if e.event == "job.started" && !known { vec![Command::LoadJobRun(id)] } else { Vec::new() }
+    }
+
+    fn apply_task(&mut self, e: &EngineEvent) {
+        let Some(id) = e.task_run else { return };
+        if !self.tasks.contains_key(&id) {
+            let (Some(job_run), Some(job), Some(task)) = (e.job_run, &e.job, &e.task) else { return };
+            let mut rec = TaskRunRecord::pending(id, job_run, job, task, e.ts_ms);
+            rec.queue = e.queue.clone().unwrap_or_else(|| "default".into());
+            rec.max_attempts = 0;
+            self.insert_task(rec);
+        }
+        self.optimistic.remove(&id);
+        let ts = e.ts_ms;
+        let new_state = match e.event {
+            "task.queued" => Some(TaskState::Queued),
+            "task.started" => Some(TaskState::Running),
+            "task.succeeded" => Some(TaskState::Succeeded),
+            "task.retry_scheduled" => Some(TaskState::Retrying),
+            "task.dead_lettered" => Some(TaskState::Dead),
+            "task.cancelled" => Some(TaskState::Cancelled),
+            "task.skipped" => Some(TaskState::Skipped),
+            "task.waiting" => Some(TaskState::Waiting),
+            _ => None,
+        };
+        if e.event == "task.cost" {
+            self.apply_cost(e, id);
+        }
+        let Some(row) = self.tasks.get_mut(&id) else { return };
+        if let Some(a) = e.attempt {
+            row.rec.attempt = row.rec.attempt.max(a);
+        }
+        let r = &mut row.rec;
+        match e.event {
+            "task.queued" => {
+                r.queued_at_ms = Some(ts);
+                r.not_before_ms = None;
+                r.ended_at_ms = None;
+                if let Some(p) = e.field("priority").and_then(|v| v.as_u64()) {
+                    r.priority = p.min(255) as u8;
+                }
+            }
+            "task.started" => {
+                r.started_at_ms = Some(ts);
+                r.ended_at_ms = None;
+                r.progress = None;
+                r.reason = None;
+                r.exit_code = None;
+                r.detail = None;
+                let n = e.attempt.unwrap_or(r.attempt);
+                row.attempts.retain(|a| a.n != n);
+                row.attempts.push(AttemptLine {
+                    n,
+                    started_ms: Some(ts),
+                    ended_ms: None,
+                    outcome: "running".into(),
+                    exit_code: None,
+                    detail: None,
+                });
+                if row.attempts.len() > MAX_ATTEMPT_LINES {
+                    row.attempts.remove(0);
+                }
+            }
+            "task.progress" => r.progress = e.str_field("message").map(str::to_string),
+            "task.succeeded" => {
+                r.ended_at_ms = Some(ts);
+                r.reason = None;
+                if let Some(cost) = e.field("cost_usd").and_then(usd_micros) {
+                    r.cost_usd_micros = r.cost_usd_micros.max(cost);
+                }
+                end_attempt(row, e, "succeeded");
+            }
+            "task.failed" => {
+                r.reason = e.str_field("reason").and_then(parse_reason);
+                r.exit_code = e.field("exit_code").and_then(|v| v.as_i64()).map(|c| c as i32);
+                r.detail = e.str_field("detail").map(str::to_string);
+                end_attempt(row, e, e.str_field("reason").unwrap_or("failed"));
+            }
+            "task.retry_scheduled" => {
+                r.not_before_ms = Some(ts + e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0));
+            }
+            "task.dead_lettered" | "task.cancelled" | "task.skipped" => {
+                r.ended_at_ms = Some(ts);
+                if let Some(reason) = e.str_field("reason").and_then(parse_reason) {
+                    r.reason = Some(reason);
+                } else if e.event == "task.cancelled" {
+                    r.reason = Some(FailReason::Cancelled);
+                }
+                if e.event == "task.cancelled" {
+                    end_attempt(row, e, "cancelled");
+                }
+            }
+            _ => {}
+        }
+        let queue = row.rec.queue.clone();
+        if let Some(to) = new_state {
+            if matches!(to, TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled) {
+                *self.queue_mut(&queue).done_per_minute.entry(ts / MINUTE_MS).or_default() += 1;
+            }
+            self.set_state(id, to);
+        }
+        self.touch_tasks(false);
+    }
+
+    fn apply_cost(&mut self, e: &EngineEvent, id: u64) {
+        let micros = e.field("usd").and_then(usd_micros).unwrap_or(0);
+        let tokens = |k: &str| e.field(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let model = e.str_field("model").map(str::to_string);
+        let Some(row) = self.tasks.get_mut(&id) else { return };
+        row.rec.cost_usd_micros += micros;
+        row.rec.input_tokens += tokens("input_tokens");
+        row.rec.output_tokens += tokens("output_tokens");
+        if model.is_some() {
+            row.model = model.clone();
+        }
+        let (job, task, queue, job_run) =
+            (row.rec.job.clone(), row.rec.task.clone(), row.rec.queue.clone(), row.rec.job_run);
+        self.cost.input_tokens += tokens("input_tokens");
+        self.cost.output_tokens += tokens("output_tokens");
+        if let Some(j) = self.jobs.get_mut(&job_run) {
+            j.rec.cost_usd_micros += micros;
+        }
+        let model = model.unwrap_or_else(|| "unknown".into());
+        self.add_cost(&job, &task, &queue, &model, e.ts_ms / MINUTE_MS, micros);
+        self.touch(View::Cost);
+    }
+
+    // ---- indexes -------------------------------------------------------------------------
+
+    /// Rebuilds the focused view's rows if something changed since the last build. Cheap when
+    /// nothing did; called before each frame and after each key.
+    pub fn prepare(&mut self) {
+        let view = self.focus;
+        if !self.dirty[view.index()] {
+            return;
+        }
+        self.dirty[view.index()] = false;
+        let rows = self.build_index(view);
+        self.index[view.index()] = rows;
+        self.reselect();
+    }
+
+    /// Keeps the selection on the same id after a rebuild, clamped to the rows.
+    fn reselect(&mut self) {
+        let v = self.focus.index();
+        let rows = &self.index[v];
+        let pane = &mut self.panes[v];
+        if let Some(id) = pane.selected_id
+            && rows.get(pane.selected) != Some(&id)
+            && let Some(pos) = rows.iter().position(|r| *r == id)
+        {
+            pane.selected = pos;
+        }
+        pane.selected = pane.selected.min(rows.len().saturating_sub(1));
+        pane.selected_id = rows.get(pane.selected).copied();
+    }
+
+    fn build_index(&self, view: View) -> Vec<u64> {
+        let pane = &self.panes[view.index()];
+        let filter = Filter::parse(&pane.filter);
+        let sort = view.sort_columns().get(pane.sort).copied().unwrap_or(SortBy::Id);
+        let mut rows: Vec<u64> = match view {
+            View::Queues => (0..self.queues.len() as u64).collect(),
+            View::Workers => self.workers.iter().map(|w| w.snap.id as u64).collect(),
+            View::Cost => Vec::new(),
+            View::Jobs => self.sorted_jobs(self.jobs.values().filter(|j| filter.matches_job(j)), sort),
+            View::Tasks => self.sorted_tasks(self.tasks.values().filter(|t| filter.matches_task(t)), sort),
+            View::Retries => self.sorted_tasks(self.rows_of(&self.retrying).filter(|t| filter.matches_task(t)), sort),
+            View::DeadLetters => self.sorted_tasks(self.rows_of(&self.dead).filter(|t| filter.matches_task(t)), sort),
+        };
+        if pane.reverse {
+            rows.reverse();
+        }
+        rows
+    }
+
+    fn rows_of<'a>(&'a self, set: &'a BTreeSet<u64>) -> impl Iterator<Item = &'a TaskRow> + 'a {
+        set.iter().filter_map(|id| self.tasks.get(id))
+    }
+
+    /// Ids in `rows` order by `sort`, ties by id. Keys are computed once per row (one pass, no
+    /// lookups while sorting): 100k rows sort in a few milliseconds.
+    fn sorted_tasks<'a>(&'a self, rows: impl Iterator<Item = &'a TaskRow>, sort: SortBy) -> Vec<u64> {
+        match sort {
+            SortBy::Id => rows.map(|t| t.rec.id).collect(),
+            SortBy::Name => by_key(rows.map(|t| ((t.rec.job.as_str(), t.rec.task.as_str()), t.rec.id))),
+            SortBy::Queue => by_key(rows.map(|t| (t.rec.queue.as_str(), t.rec.id))),
+            SortBy::State => by_key(rows.map(|t| (t.rec.state, t.rec.id))),
+            SortBy::Duration => by_key(rows.map(|t| (self.task_duration(&t.rec), t.rec.id))),
+            SortBy::Cost => by_key(rows.map(|t| (t.rec.cost_usd_micros, t.rec.id))),
+            SortBy::Due => by_key(rows.map(|t| (t.rec.not_before_ms.unwrap_or(u64::MAX), t.rec.id))),
+            SortBy::When => by_key(rows.map(|t| (t.rec.ended_at_ms.unwrap_or(u64::MAX), t.rec.id))),
+        }
+    }
+
+    fn sorted_jobs<'a>(&'a self, rows: impl Iterator<Item = &'a JobRow>, sort: SortBy) -> Vec<u64> {
+        match sort {
+            SortBy::Name => by_key(rows.map(|j| (j.rec.job.as_str(), j.rec.id))),
+            SortBy::State => by_key(rows.map(|j| (j.rec.state, j.rec.id))),
+            SortBy::Duration => by_key(rows.map(|j| (self.elapsed(j.rec.created_at_ms, j.rec.ended_at_ms), j.rec.id))),
+            SortBy::Cost => by_key(rows.map(|j| (j.rec.cost_usd_micros, j.rec.id))),
+            _ => rows.map(|j| j.rec.id).collect(),
+        }
+    }
+
+    pub fn elapsed(&self, from_ms: u64, to_ms: Option<u64>) -> u64 {
+        to_ms.unwrap_or(self.now_ms).saturating_sub(from_ms)
+    }
+
+    /// How long the current attempt ran (or has been running); 0 before the first.
+    pub fn task_duration(&self, r: &TaskRunRecord) -> u64 {
+        match r.started_at_ms {
+            Some(s) => self.elapsed(s, r.ended_at_ms),
+            None => 0,
+        }
+    }
+
+    /// Marks every view dirty (focus changes, filters, sorts).
+    pub fn invalidate(&mut self) {
+        self.dirty = [true; 7];
+        self.changed = true;
+    }
+}
+
+/// Sorts `(key, id)` pairs and keeps the ids.
+fn by_key<K: Ord>(pairs: impl Iterator<Item = (K, u64)>) -> Vec<u64> {
+    let mut pairs: Vec<(K, u64)> = pairs.collect();
+    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    pairs.into_iter().map(|(_, id)| id).collect()
+}
+
+/// `/` text: words match job, task, queue, id and reason; a state name (`dead`, `running` …)
+/// matches that state.
+pub struct Filter {
+    states: Vec<&'static str>,
+    words: Vec<String>,
+}
+
+impl Filter {
+    pub fn parse(text: &str) -> Filter {
+        let mut f = Filter { states: Vec::new(), words: Vec::new() };
+        for word in text.split_whitespace() {
+            let word = word.to_lowercase();
+            match TaskState::parse(&word) {
+                Some(s) => f.states.push(s.as_str()),
+                None => match JobState::parse(&word) {
+                    Some(s) => f.states.push(s.as_str()),
+                    None => f.words.push(word),
+                },
+            }
+        }
+        f
+    }
+
+    fn text_ok(&self, fields: &[&str]) -> bool {
+        self.words.iter().all(|w| fields.iter().any(|f| contains_ignore_case(f, w)))
+    }
+
+    pub fn matches_task(&self, t: &TaskRow) -> bool {
+        let r = &t.rec;
+        if !self.states.is_empty() && !self.states.contains(&r.state.as_str()) {
+            return false;
+        }
+        if self.words.is_empty() {
+            return true;
+        }
+        let id = r.id.to_string();
+        let reason = r.reason.map_or("", FailReason::as_str);
+        self.text_ok(&[&r.job, &r.task, &r.queue, &id, reason])
+    }
+
+    pub fn matches_job(&self, j: &JobRow) -> bool {
+        let r = &j.rec;
+        if !self.states.is_empty() && !self.states.contains(&r.state.as_str()) {
+            return false;
+        }
+        let id = format!("j{}", r.id);
+        self.words.is_empty() || self.text_ok(&[&r.job, &id, r.reason.as_deref().unwrap_or("")])
+    }
+}
+
+fn contains_ignore_case(haystack: &str, lower_needle: &str) -> bool {
+    if haystack.is_ascii() {
+        let (h, n) = (haystack.as_bytes(), lower_needle.as_bytes());
+        n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    } else {
+        haystack.to_lowercase().contains(lower_needle)
+    }
+}
+
+/// A job run known only from an event so far (its record was never read).
+fn placeholder_job(id: u64, job: &str, at_ms: u64) -> JobRunRecord {
+    JobRunRecord {
+        id,
+        job: job.to_string(),
+        definition: u64::MAX,
+        params: BTreeMap::new(),
+        state: JobState::Running,
+        reason: None,
+        cost_usd_micros: 0,
+        created_at_ms: at_ms,
+        ended_at_ms: None,
+        cancel_requested: false,
+    }
+}
+
+/// The latest attempt of a stored task run, as far as the record tells.
+fn last_attempt_of(rec: &TaskRunRecord) -> Option<AttemptLine> {
+    if rec.attempt == 0 {
+        return None;
+    }
+    let outcome = match rec.state {
+        TaskState::Running => "running".to_string(),
+        TaskState::Succeeded => "succeeded".to_string(),
+        _ => rec.reason.map_or("failed", FailReason::as_str).to_string(),
+    };
+    Some(AttemptLine {
+        n: rec.attempt,
+        started_ms: rec.started_at_ms,
+        ended_ms: rec.ended_at_ms,
+        outcome,
+        exit_code: rec.exit_code.map(i64::from),
+        detail: rec.detail.clone(),
+    })
+}
+
+fn end_attempt(row: &mut TaskRow, e: &EngineEvent, outcome: &str) {
+    let n = e.attempt.unwrap_or(row.rec.attempt);
+    let line = match row.attempts.iter_mut().find(|a| a.n == n) {
+        Some(line) => line,
+        None => {
+            row.attempts.push(AttemptLine {
+                n,
+                started_ms: None,
+                ended_ms: None,
+                outcome: String::new(),
+                exit_code: None,
+                detail: None,
+            });
+            row.attempts.last_mut().expect("pushed above")
+        }
+    };
+    line.ended_ms = Some(e.ts_ms);
+    line.outcome = outcome.to_string();
+    if let Some(code) = e.field("exit_code").and_then(|v| v.as_i64()) {
+        line.exit_code = Some(code);
+    }
+    if let Some(signal) = e.field("signal").and_then(|v| v.as_i64()) {
+        line.outcome = format!("{outcome} (signal {signal})");
+    }
+    if let Some(detail) = e.str_field("detail") {
+        line.detail = Some(detail.to_string());
+    }
+}
+
+pub fn parse_reason(text: &str) -> Option<FailReason> {
+    [
+        FailReason::ExitCode,
+        FailReason::Timeout,
+        FailReason::HeartbeatTimeout,
+        FailReason::SpawnError,
+        FailReason::Interrupted,
+        FailReason::Budget,
+        FailReason::Cancelled,
+        FailReason::QueueTimeout,
+    ]
+    .into_iter()
+    .find(|r| r.as_str() == text)
+}
+
+/// A JSON number of dollars as micro-dollars.
+fn usd_micros(v: &serde_json::Value) -> Option<u64> {
+    let usd = v.as_f64()?;
+    (usd.is_finite() && usd >= 0.0).then(|| (usd * 1_000_000.0).round() as u64)
+}

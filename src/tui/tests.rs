@@ -1,0 +1,478 @@
+//! `update` asserts and view snapshots on a fixed fixture (fixed clock).
+
+use crate::engine::{EngineEvent, Target};
+use crate::model::TaskState;
+
+use super::fixture::{NOW_MS, fixture, fixture_with};
+use super::keymap::{Code, Key};
+use super::model::{Mode, Model, Subject, View};
+use super::update::{Command, Msg, update};
+use super::{render_all_views_once, render_to_string};
+
+/// Types `keys` one char at a time; returns every command.
+fn press(model: &mut Model, keys: &str) -> Vec<Command> {
+    keys.chars().flat_map(|c| update(model, Msg::Key(Key::ch(c)))).collect()
+}
+
+fn key(model: &mut Model, code: Code) -> Vec<Command> {
+    update(model, Msg::Key(Key::code(code)))
+}
+
+fn rows(model: &Model) -> Vec<u64> {
+    model.index[model.focus.index()].clone()
+}
+
+fn state(model: &Model, id: u64) -> TaskState {
+    model.tasks[&id].rec.state
+}
+
+#[test]
+fn digits_tab_and_shift_tab_switch_views() {
+    let mut m = fixture();
+    for (i, view) in View::ALL.into_iter().enumerate() {
+        press(&mut m, &(i + 1).to_string());
+        assert_eq!(m.focus, view);
+    }
+    key(&mut m, Code::Tab);
+    assert_eq!(m.focus, View::Queues, "Tab wraps around");
+    key(&mut m, Code::BackTab);
+    assert_eq!(m.focus, View::Workers);
+    key(&mut m, Code::BackTab);
+    assert_eq!(m.focus, View::Cost);
+}
+
+#[test]
+fn r_on_a_dead_letter_retries_it_and_shows_it_queued_at_once() {
+    let mut m = fixture();
+    press(&mut m, "5");
+    assert_eq!(rows(&m), vec![9]);
+    assert_eq!(press(&mut m, "r"), vec![Command::Retry(Target::TaskRun(9))]);
+    assert_eq!(state(&m, 9), TaskState::Queued, "optimistic");
+    assert!(rows(&m).is_empty(), "no longer a dead letter");
+    assert_eq!(m.count(TaskState::Dead), 0);
+}
+
+#[test]
+fn a_failed_command_undoes_the_optimistic_change() {
+    let mut m = fixture();
+    press(&mut m, "5r");
+    let done = Msg::Done { command: Command::Retry(Target::TaskRun(9)), result: Err("nope".into()) };
+    update(&mut m, done);
+    assert_eq!(state(&m, 9), TaskState::Dead);
+    assert_eq!(m.status.as_ref().map(|s| (s.text.as_str(), s.error)), Some(("nope", true)));
+}
+
+#[test]
+fn the_confirming_event_settles_the_optimistic_state() {
+    let mut m = fixture();
+    press(&mut m, "5r");
+    let mut e = EngineEvent::new("task.queued", NOW_MS);
+    (e.job, e.job_run, e.task, e.task_run, e.queue) =
+        (Some("nightly".into()), Some(3), Some("backup".into()), Some(9), Some("default".into()));
+    update(&mut m, Msg::Engine(e));
+    assert!(m.optimistic.is_empty());
+    assert_eq!(state(&m, 9), TaskState::Queued);
+}
+
+#[test]
+fn c_on_a_dead_letter_cancels_it_for_good_without_asking() {
+    let mut m = fixture();
+    assert_eq!(press(&mut m, "5c"), vec![Command::Cancel(Target::TaskRun(9))]);
+    assert_eq!(state(&m, 9), TaskState::Cancelled);
+}
+
+#[test]
+fn c_on_a_running_task_asks_first() {
+    let mut m = fixture();
+    press(&mut m, "3");
+    let running = rows(&m).iter().position(|id| *id == 6).expect("task run 6 listed");
+    m.panes[View::Tasks.index()].selected = running;
+    assert!(press(&mut m, "c").is_empty());
+    assert!(
+        matches!(&m.mode, Mode::Confirm { question, .. } if question.contains("task run 6 is running")),
+        "{:?}",
+        m.mode
+    );
+    assert!(press(&mut m, "n").is_empty());
+    assert_eq!(m.mode, Mode::Normal);
+    press(&mut m, "c");
+    assert_eq!(press(&mut m, "y"), vec![Command::Cancel(Target::TaskRun(6))]);
+    assert_eq!(state(&m, 6), TaskState::Running, "a running attempt is stopped by the engine, not by us");
+}
+
+#[test]
+fn r_and_c_in_jobs_target_the_job_run() {
+    let mut m = fixture();
+    press(&mut m, "2");
+    // Jobs are listed newest first.
+    assert_eq!(rows(&m), vec![6, 5, 4, 3, 2, 1]);
+    press(&mut m, "jjj");
+    assert_eq!(press(&mut m, "r"), vec![Command::Retry(Target::JobRun(3))]);
+    assert_eq!(state(&m, 9), TaskState::Queued);
+    press(&mut m, "g");
+    assert_eq!(press(&mut m, "c"), vec![Command::Cancel(Target::JobRun(6))], "nothing runs: no question");
+    press(&mut m, "jjjj");
+    assert!(press(&mut m, "c").is_empty(), "j2 runs tasks: asks");
+    assert!(matches!(m.mode, Mode::Confirm { .. }));
+}
+
+#[test]
+fn slash_filter_narrows_rows_as_it_is_typed() {
+    let mut m = fixture();
+    press(&mut m, "3");
+    assert_eq!(rows(&m).len(), 16);
+    press(&mut m, "/backup");
+    assert_eq!(m.mode, Mode::Filter("backup".into()));
+    assert_eq!(rows(&m), vec![9, 11]);
+    press(&mut m, " dead");
+    assert_eq!(rows(&m), vec![9], "a state name filters by state");
+    key(&mut m, Code::Backspace);
+    key(&mut m, Code::Backspace);
+    key(&mut m, Code::Backspace);
+    key(&mut m, Code::Backspace);
+    key(&mut m, Code::Backspace);
+    assert_eq!(rows(&m), vec![9, 11]);
+    key(&mut m, Code::Enter);
+    assert_eq!(m.mode, Mode::Normal);
+    assert_eq!(rows(&m), vec![9, 11], "Enter keeps the filter");
+    key(&mut m, Code::Esc);
+    assert_eq!(rows(&m).len(), 16, "Esc clears it");
+    press(&mut m, "/running");
+    assert_eq!(rows(&m), vec![6, 7]);
+    key(&mut m, Code::Esc);
+    assert_eq!(rows(&m).len(), 16);
+}
+
+#[test]
+fn q_asks_when_work_is_running_and_quits_at_once_otherwise() {
+    let mut m = fixture();
+    assert!(press(&mut m, "q").is_empty());
+    assert!(
+        matches!(&m.mode, Mode::Confirm { question, command: Command::Quit } if question == "2 tasks running: stop gaffer? y/n")
+    );
+    assert_eq!(press(&mut m, "y"), vec![Command::Quit]);
+    let mut idle = fixture();
+    for id in [6, 7] {
+        idle.set_state(id, TaskState::Succeeded);
+    }
+    assert_eq!(press(&mut idle, "q"), vec![Command::Quit]);
+    assert_eq!(update(&mut idle, Msg::Key(Key::ctrl('c'))), vec![Command::Quit]);
+}
+
+#[test]
+fn question_mark_toggles_help() {
+    let mut m = fixture();
+    press(&mut m, "?");
+    assert_eq!(m.mode, Mode::Help);
+    press(&mut m, "r");
+    assert_eq!(m.mode, Mode::Help, "keys do nothing under the help");
+    press(&mut m, "?");
+    assert_eq!(m.mode, Mode::Normal);
+}
+
+#[test]
+fn p_pauses_and_resumes_the_selected_queue() {
+    let mut m = fixture();
+    press(&mut m, "1");
+    assert_eq!(press(&mut m, "p"), vec![Command::Pause("default".into())]);
+    assert!(m.queues["default"].paused);
+    press(&mut m, "j");
+    assert_eq!(press(&mut m, "p"), vec![Command::Resume("io".into())]);
+    assert!(!m.queues["io"].paused);
+    press(&mut m, "3");
+    assert!(press(&mut m, "p").is_empty(), "p only applies to queues");
+}
+
+#[test]
+fn a_says_approvals_are_not_built_yet() {
+    let mut m = fixture();
+    press(&mut m, "3a");
+    assert_eq!(m.status.as_ref().map(|s| s.text.as_str()), Some("approvals arrive with workflow control (SPEC §2.2)"));
+}
+
+#[test]
+fn j_k_g_move_and_clamp() {
+    let mut m = fixture();
+    press(&mut m, "3");
+    press(&mut m, "k");
+    assert_eq!(m.pane().selected, 0);
+    press(&mut m, "jjj");
+    assert_eq!(m.pane().selected, 3);
+    press(&mut m, "G");
+    assert_eq!(m.pane().selected, 15);
+    press(&mut m, "j");
+    assert_eq!(m.pane().selected, 15);
+    press(&mut m, "g");
+    assert_eq!(m.selected_id(), Some(1));
+}
+
+#[test]
+fn enter_opens_details_and_reads_the_log_tail_esc_goes_back() {
+    let mut m = fixture();
+    press(&mut m, "3jjjjj");
+    let commands = key(&mut m, Code::Enter);
+    assert_eq!(m.mode, Mode::Detail(Subject::Task(6)));
+    assert_eq!(commands, vec![Command::ReadLog { task_run: 6, job_run: 2, attempt: 1 }]);
+    key(&mut m, Code::Esc);
+    assert_eq!(m.mode, Mode::Normal);
+    press(&mut m, "2");
+    key(&mut m, Code::Enter);
+    assert_eq!(m.mode, Mode::Detail(Subject::Job(6)));
+}
+
+#[test]
+fn l_follows_the_log_and_rereads_it_each_second_while_the_task_runs() {
+    let mut m = fixture();
+    press(&mut m, "7");
+    assert_eq!(press(&mut m, "l"), vec![Command::ReadLog { task_run: 6, job_run: 2, attempt: 1 }]);
+    assert_eq!(m.mode, Mode::Log(6));
+    let text = Ok("line 1\nline 2\n".to_string());
+    update(&mut m, Msg::LogLoaded { task_run: 6, attempt: 1, text });
+    let tick = update(&mut m, Msg::Tick(NOW_MS + 1_000));
+    assert!(tick.contains(&Command::ReadLog { task_run: 6, job_run: 2, attempt: 1 }), "{tick:?}");
+    press(&mut m, "l");
+    assert_eq!(m.mode, Mode::Normal);
+    let tick = update(&mut m, Msg::Tick(NOW_MS + 2_000));
+    assert_eq!(tick, vec![Command::Refresh], "no log read once it is closed");
+}
+
+#[test]
+fn s_cycles_the_sort_column_and_capital_s_reverses() {
+    let mut m = fixture();
+    press(&mut m, "3s");
+    assert_eq!(rows(&m)[..2], [9, 11], "by name: nightly.backup first");
+    press(&mut m, "ssss");
+    // by cost, cheapest first; the two summarize runs cost the most.
+    assert_eq!(rows(&m).last(), Some(&7));
+    press(&mut m, "S");
+    assert_eq!(rows(&m).first(), Some(&7));
+}
+
+#[test]
+fn a_new_job_run_is_loaded_and_its_events_keep_it_current() {
+    let mut m = fixture();
+    let mut started = EngineEvent::new("job.started", NOW_MS);
+    (started.job, started.job_run) = (Some("nightly".into()), Some(7));
+    assert_eq!(update(&mut m, Msg::Engine(started.clone())), vec![Command::LoadJobRun(7)]);
+    let mut a = crate::store::TaskRunRecord::pending(30, 7, "nightly", "backup", NOW_MS);
+    a.state = TaskState::Queued;
+    let b = crate::store::TaskRunRecord::pending(31, 7, "nightly", "vacuum", NOW_MS);
+    update(&mut m, Msg::JobRunLoaded(vec![a, b]));
+    assert_eq!(m.jobs[&7].tasks, vec![30, 31]);
+    let mut e = EngineEvent::new("task.failed", NOW_MS + 500).with("reason", "exit_code").with("exit_code", 4);
+    (e.job, e.job_run, e.task, e.task_run, e.attempt) =
+        (Some("nightly".into()), Some(7), Some("backup".into()), Some(30), Some(1));
+    update(&mut m, Msg::Engine(e.clone()));
+    let mut retry = e.clone();
+    retry.event = "task.retry_scheduled";
+    retry.fields.clear();
+    let retry = retry.with("delay_ms", 5_000).with("next_attempt", 2);
+    update(&mut m, Msg::Engine(retry));
+    assert_eq!(state(&m, 30), TaskState::Retrying);
+    assert_eq!(m.tasks[&30].rec.not_before_ms, Some(NOW_MS + 5_500));
+    assert_eq!(m.tasks[&30].rec.exit_code, Some(4));
+    assert!(m.retrying.contains(&30));
+    assert_eq!(update(&mut m, Msg::Engine(started)), Vec::<Command>::new(), "known: not loaded twice");
+}
+
+#[test]
+fn costs_are_aggregated_by_job_task_queue_and_model() {
+    let m = fixture();
+    assert_eq!(m.cost.total, 183_400 + 2_100 + 12_300 + 152_000 + 41_000);
+    assert_eq!(m.cost.by_model["claude-sonnet-4-5"], 183_400 + 152_000 + 41_000);
+    assert_eq!(m.cost.by_queue["llm"], 183_400 + 152_000 + 41_000);
+    assert_eq!(m.cost.by_task["report.summarize"], 183_400 + 152_000 + 41_000);
+    assert_eq!(m.jobs[&2].rec.cost_usd_micros, 12_300 + 152_000 + 41_000);
+    assert_eq!(m.burn_per_hour(), (12_300 + 152_000 + 41_000) * 6);
+}
+
+#[test]
+fn header_says_when_all_watched_runs_ended() {
+    let mut m = fixture();
+    assert!(!m.all_watched_ended());
+    for id in [2, 4, 5] {
+        let mut e = EngineEvent::new("job.succeeded", NOW_MS);
+        (e.job, e.job_run) = (Some("report".into()), Some(id));
+        update(&mut m, Msg::Engine(e));
+    }
+    assert!(m.all_watched_ended());
+    assert!(render_to_string(&m, 100, 30).contains("all runs ended — q to quit"));
+}
+
+#[test]
+fn the_log_tail_is_cut_at_a_line_start_and_sanitized() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("1.1.log");
+    let mut text = "x".repeat(100);
+    text.push_str("\nfirst whole line\nevil \x1b[2J line\n");
+    std::fs::write(&path, text).expect("write");
+    let tail = super::read_tail(&path, 50).expect("read");
+    assert_eq!(tail, "first whole line\nevil ^[[2J line\n");
+    assert!(super::read_tail(&dir.path().join("none.log"), 50).is_err());
+}
+
+#[test]
+fn a_hundred_thousand_task_runs_render_every_view() {
+    let m = fixture_with(100_000);
+    assert_eq!(m.tasks.len(), 100_000);
+    let timings = render_all_views_once(&m, 120, 40);
+    assert_eq!(timings.len(), 7);
+}
+
+// ---- snapshots ---------------------------------------------------------------------------
+
+fn snapshot_of(keys: &str) -> String {
+    let mut m = fixture();
+    press(&mut m, keys);
+    render_to_string(&m, 100, 30)
+}
+
+#[test]
+fn snapshot_queues() {
+    insta::assert_snapshot!("queues", snapshot_of("1"));
+}
+
+#[test]
+fn snapshot_jobs() {
+    insta::assert_snapshot!("jobs", snapshot_of("2"));
+}
+
+#[test]
+fn snapshot_tasks() {
+    insta::assert_snapshot!("tasks", snapshot_of("3"));
+}
+
+#[test]
+fn snapshot_retries() {
+    insta::assert_snapshot!("retries", snapshot_of("4"));
+}
+
+#[test]
+fn snapshot_dead_letters() {
+    insta::assert_snapshot!("dead_letters", snapshot_of("5"));
+}
+
+#[test]
+fn snapshot_cost() {
+    insta::assert_snapshot!("cost", snapshot_of("6"));
+}
+
+#[test]
+fn snapshot_workers() {
+    insta::assert_snapshot!("workers", snapshot_of("7"));
+}
+
+#[test]
+fn snapshot_help() {
+    insta::assert_snapshot!("help", snapshot_of("?"));
+}
+
+#[test]
+fn snapshot_job_detail() {
+    let mut m = fixture();
+    press(&mut m, "2jjjj");
+    key(&mut m, Code::Enter);
+    insta::assert_snapshot!("job_detail", render_to_string(&m, 100, 30));
+}
+
+#[test]
+fn snapshot_task_detail_with_log_tail() {
+    let mut m = fixture();
+    press(&mut m, "4");
+    key(&mut m, Code::Enter);
+    let log = "rsync: connecting to backup.internal\nrsync: host unreachable (113)\n".to_string();
+    update(&mut m, Msg::LogLoaded { task_run: 11, attempt: 1, text: Ok(log) });
+    insta::assert_snapshot!("task_detail", render_to_string(&m, 100, 30));
+}
+
+#[test]
+fn snapshot_confirm_and_filter_at_80x24() {
+    let mut m = fixture();
+    press(&mut m, "3/report");
+    insta::assert_snapshot!("tasks_filter_80x24", render_to_string(&m, 80, 24));
+    key(&mut m, Code::Enter);
+    press(&mut m, "q");
+    insta::assert_snapshot!("quit_confirm_80x24", render_to_string(&m, 80, 24));
+}
+
+/// `cargo test --release --lib tui::tests::render_bench -- --ignored --nocapture`: each view
+/// drawn with 100k task runs must take well under 10 ms; so must a rebuild of the Tasks rows.
+#[test]
+#[ignore = "timing; run in release"]
+fn render_bench() {
+    use std::time::Instant;
+    let built = Instant::now();
+    let mut m = fixture_with(100_000);
+    println!("fixture_with(100_000): {:?}", built.elapsed());
+    for (name, took) in render_all_views_once(&m, 200, 60) {
+        println!("draw {name:<13} {took:?}");
+        if !cfg!(debug_assertions) {
+            assert!(took.as_millis() < 10, "{name} took {took:?}");
+        }
+    }
+    press(&mut m, "3");
+    let mut e = EngineEvent::new("task.progress", NOW_MS).with("message", "step 2/3");
+    (e.job, e.job_run, e.task, e.task_run) = (Some("report".into()), Some(1), Some("fetch".into()), Some(7));
+    let started = Instant::now();
+    for _ in 0..1_000 {
+        m.apply(&e);
+    }
+    println!("apply one event: {:?}", started.elapsed() / 1_000);
+    let started = Instant::now();
+    m.prepare();
+    println!("rebuild Tasks rows (100k, by id): {:?}", started.elapsed());
+    press(&mut m, "sssss");
+    m.invalidate();
+    let started = Instant::now();
+    m.prepare();
+    println!("rebuild Tasks rows (100k, by cost): {:?}", started.elapsed());
+    press(&mut m, "/dead");
+    m.invalidate();
+    let started = Instant::now();
+    m.prepare();
+    println!("rebuild Tasks rows (100k, filter dead): {:?}, {} rows", started.elapsed(), m.len());
+}
+
+/// Drives the real loop on a real terminal (run it in tmux):
+/// `GAFFER_TUI_SMOKE=examples/agents.toml cargo test --lib tui::tests::live_smoke -- --ignored --nocapture`
+#[test]
+#[ignore = "needs a terminal"]
+fn live_smoke() {
+    use std::sync::Arc;
+    let Ok(file) = std::env::var("GAFFER_TUI_SMOKE") else { return };
+    let path = std::path::PathBuf::from(&file);
+    let source = std::fs::read_to_string(&path).expect("workflow file");
+    let workflow = crate::config::parse(&path, &source).expect("valid workflow");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().to_path_buf();
+    let (store, closer, _lock) = crate::store::open_writer(&state_dir).expect("state dir");
+    let pricing = crate::model::cost::Pricing::new(crate::config::pricing::builtin(), &workflow.pricing);
+    let workers = workflow.settings.workers;
+    let jobs: Vec<String> = workflow.jobs.iter().map(|j| j.name.clone()).collect();
+    let config = crate::engine::EngineConfig {
+        workflow: Arc::new(workflow),
+        source,
+        state_dir: state_dir.clone(),
+        store,
+        executor: Arc::new(crate::executor::LocalExecutor),
+        clock: Arc::new(crate::engine::SystemClock),
+        workers,
+        pricing,
+    };
+    let system = actix::System::new();
+    let exit = system.block_on(async move {
+        let handle = crate::engine::start(config);
+        let events = handle.subscribe().await.expect("subscribe");
+        let mut ids = Vec::new();
+        for job in jobs {
+            ids.push(handle.submit(&job, Default::default()).await.expect("submit"));
+        }
+        let options = super::TuiOptions { title: file, state_dir, watched_job_runs: ids };
+        let exit = super::run(handle.clone(), events, options).await;
+        handle.shutdown().await;
+        exit
+    });
+    drop(system);
+    closer.close(std::time::Duration::from_secs(5));
+    println!("tui exit: {exit:?}");
+}

@@ -1,0 +1,468 @@
+//! `update`: the only place the model changes. Pure: no I/O, no clock; what must happen outside
+//! (talk to the engine, read a file) comes back as [`Command`]s for the loop to run.
+
+use crate::engine::{EngineEvent, QueueSnapshot, Target, WorkerSnapshot};
+use crate::model::{JobState, TaskState};
+use crate::store::TaskRunRecord;
+
+use super::keymap::{self, Action, Code, Key};
+use super::model::{LogPane, Mode, Model, Subject, View};
+
+/// Everything that can happen to the TUI.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    Key(Key),
+    Engine(EngineEvent),
+    /// The clock, about once a second: countdowns, ages, log follow.
+    Tick(u64),
+    Resize(u16, u16),
+    /// The task runs of a job run first seen in `job.started`.
+    JobRunLoaded(Vec<TaskRunRecord>),
+    LogLoaded {
+        task_run: u64,
+        attempt: u32,
+        text: Result<String, String>,
+    },
+    Workers(Vec<WorkerSnapshot>),
+    Queues(Vec<QueueSnapshot>),
+    /// How a command sent to the engine went (its answer, or the error).
+    Done {
+        command: Command,
+        result: Result<String, String>,
+    },
+}
+
+/// What the loop does for `update`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Retry(Target),
+    Cancel(Target),
+    Pause(String),
+    Resume(String),
+    LoadJobRun(u64),
+    ReadLog {
+        task_run: u64,
+        job_run: u64,
+        attempt: u32,
+    },
+    /// Worker slots and queue switches, re-read each second (they have no events of their own).
+    Refresh,
+    Quit,
+}
+
+pub fn update(model: &mut Model, msg: Msg) -> Vec<Command> {
+    match msg {
+        Msg::Key(key) => {
+            let commands = on_key(model, key);
+            model.prepare();
+            model.changed = true;
+            commands
+        }
+        Msg::Engine(event) => model.apply(&event),
+        Msg::Tick(now_ms) => on_tick(model, now_ms),
+        Msg::Resize(w, h) => {
+            model.size = (w, h);
+            model.changed = true;
+            Vec::new()
+        }
+        Msg::JobRunLoaded(records) => {
+            model.insert_tasks(records);
+            Vec::new()
+        }
+        Msg::LogLoaded { task_run, attempt, text } => {
+            on_log(model, task_run, attempt, text);
+            Vec::new()
+        }
+        Msg::Workers(workers) => {
+            model.set_workers(workers);
+            Vec::new()
+        }
+        Msg::Queues(queues) => {
+            model.set_queues(queues);
+            Vec::new()
+        }
+        Msg::Done { command, result } => {
+            on_done(model, command, result);
+            Vec::new()
+        }
+    }
+}
+
+fn on_tick(model: &mut Model, now_ms: u64) -> Vec<Command> {
+    model.tick(now_ms);
+    let mut commands = vec![Command::Refresh];
+    let following = match (&model.mode, &model.log) {
+        (Mode::Log(id), Some(log)) => model.tasks.get(id).map(|t| (t, log.read_at_ms)),
+        _ => None,
+    };
+    if let Some((t, read_at)) = following {
+        let ended_since_read = t.rec.ended_at_ms.is_some_and(|e| e >= read_at);
+        if !t.rec.state.is_terminal() || ended_since_read {
+            commands.push(read_log(t));
+        }
+    }
+    commands
+}
+
+fn read_log(t: &super::model::TaskRow) -> Command {
+    Command::ReadLog { task_run: t.rec.id, job_run: t.rec.job_run, attempt: t.rec.attempt.max(1) }
+}
+
+fn on_log(model: &mut Model, task_run: u64, attempt: u32, text: Result<String, String>) {
+    let text = text.unwrap_or_else(|e| format!("(no log: {e})"));
+    let now = model.now_ms;
+    match &mut model.log {
+        Some(log) if log.task_run == task_run => {
+            log.attempt = attempt;
+            log.text = text;
+            log.read_at_ms = now;
+        }
+        _ => model.log = Some(LogPane { task_run, attempt, text, read_at_ms: now, scroll_up: 0 }),
+    }
+    model.changed = true;
+}
+
+fn on_done(model: &mut Model, command: Command, result: Result<String, String>) {
+    match result {
+        Ok(text) if !text.is_empty() => model.say(text.lines().next().unwrap_or_default().to_string(), false),
+        Ok(_) => {}
+        Err(error) => {
+            if let Command::Retry(target) | Command::Cancel(target) = &command {
+                undo_optimistic(model, *target);
+            }
+            if let Command::Pause(q) | Command::Resume(q) = &command
+                && let Some(row) = model.queues.get_mut(q)
+            {
+                row.paused = !row.paused;
+            }
+            model.say(error, true);
+        }
+    }
+}
+
+fn undo_optimistic(model: &mut Model, target: Target) {
+    let ids: Vec<u64> = match target {
+        Target::TaskRun(id) => vec![id],
+        Target::JobRun(j) => model.jobs.get(&j).map(|j| j.tasks.clone()).unwrap_or_default(),
+    };
+    for id in ids {
+        if let Some(before) = model.optimistic.remove(&id) {
+            model.set_state(id, before);
+        }
+    }
+}
+
+fn on_key(model: &mut Model, key: Key) -> Vec<Command> {
+    match model.mode.clone() {
+        Mode::Help => {
+            if matches!(key.code, Code::Esc | Code::Enter | Code::Char('?') | Code::Char('q')) {
+                model.mode = Mode::Normal;
+            }
+            Vec::new()
+        }
+        Mode::Confirm { command, .. } => match key.code {
+            Code::Char('y') | Code::Char('Y') => {
+                model.mode = Mode::Normal;
+                optimistic(model, &command);
+                vec![command]
+            }
+            Code::Char('n') | Code::Char('N') | Code::Esc | Code::Char('q') => {
+                model.mode = Mode::Normal;
+                Vec::new()
+            }
+            _ => Vec::new(),
+        },
+        Mode::Filter(text) => on_filter_key(model, text, key),
+        Mode::Log(_) => on_log_key(model, key),
+        Mode::Normal | Mode::Detail(_) => match keymap::lookup(key, model.focus) {
+            Some(action) => act(model, action),
+            None => Vec::new(),
+        },
+    }
+}
+
+fn on_filter_key(model: &mut Model, mut text: String, key: Key) -> Vec<Command> {
+    match key.code {
+        Code::Enter => {
+            model.mode = Mode::Normal;
+            return Vec::new();
+        }
+        Code::Esc => {
+            text.clear();
+            model.mode = Mode::Normal;
+        }
+        Code::Backspace => {
+            text.pop();
+            model.mode = Mode::Filter(text.clone());
+        }
+        Code::Char(c) if !key.ctrl && text.chars().count() < 64 => {
+            text.push(c);
+            model.mode = Mode::Filter(text.clone());
+        }
+        _ => return Vec::new(),
+    }
+    let pane = model.pane_mut();
+    pane.filter = text;
+    pane.selected = 0;
+    pane.offset = 0;
+    pane.selected_id = None;
+    model.invalidate();
+    Vec::new()
+}
+
+fn on_log_key(model: &mut Model, key: Key) -> Vec<Command> {
+    let page = model.page();
+    let Some(log) = model.log.as_mut() else {
+        model.mode = Mode::Normal;
+        return Vec::new();
+    };
+    match key.code {
+        Code::Esc | Code::Char('q') | Code::Char('l') => model.mode = Mode::Normal,
+        Code::Char('k') | Code::Up => log.scroll_up += 1,
+        Code::Char('j') | Code::Down => log.scroll_up = log.scroll_up.saturating_sub(1),
+        Code::PageUp => log.scroll_up += page,
+        Code::PageDown => log.scroll_up = log.scroll_up.saturating_sub(page),
+        Code::Char('g') | Code::Home => log.scroll_up = log.text.lines().count(),
+        Code::Char('G') | Code::End => log.scroll_up = 0,
+        _ => {}
+    }
+    Vec::new()
+}
+
+fn act(model: &mut Model, action: Action) -> Vec<Command> {
+    let in_detail = matches!(model.mode, Mode::Detail(_));
+    match action {
+        Action::GoTo(view) => focus(model, view),
+        Action::NextView => focus(model, model.focus.next()),
+        Action::PrevView => focus(model, model.focus.prev()),
+        Action::Down if in_detail => model.detail_scroll = model.detail_scroll.saturating_add(1),
+        Action::Up if in_detail => model.detail_scroll = model.detail_scroll.saturating_sub(1),
+        Action::Top if in_detail => model.detail_scroll = 0,
+        Action::Down => move_by(model, 1),
+        Action::Up => move_by(model, -1),
+        Action::PageDown => move_by(model, model.page() as i64),
+        Action::PageUp => move_by(model, -(model.page() as i64)),
+        Action::Top => move_by(model, i64::MIN / 2),
+        Action::Bottom => move_by(model, i64::MAX / 2),
+        Action::Details => return details(model),
+        Action::Back => back(model),
+        Action::Filter => model.mode = Mode::Filter(model.pane().filter.clone()),
+        Action::Sort => {
+            let n = model.focus.sort_columns().len().max(1);
+            let pane = model.pane_mut();
+            pane.sort = (pane.sort + 1) % n;
+            model.invalidate();
+        }
+        Action::Reverse => {
+            let pane = model.pane_mut();
+            pane.reverse = !pane.reverse;
+            model.invalidate();
+        }
+        Action::Help => model.mode = Mode::Help,
+        Action::Retry => return retry(model),
+        Action::Cancel => return cancel(model),
+        Action::Pause => return pause(model),
+        Action::Approve => model.say("approvals arrive with workflow control (SPEC §2.2)", false),
+        Action::Log => return follow_log(model),
+        Action::Quit => return quit(model),
+    }
+    Vec::new()
+}
+
+fn focus(model: &mut Model, view: View) {
+    model.focus = view;
+    model.mode = Mode::Normal;
+    model.detail_scroll = 0;
+}
+
+fn back(model: &mut Model) {
+    if matches!(model.mode, Mode::Detail(_)) {
+        model.mode = Mode::Normal;
+        return;
+    }
+    if !model.pane().filter.is_empty() {
+        model.pane_mut().filter.clear();
+        model.invalidate();
+    }
+}
+
+fn move_by(model: &mut Model, delta: i64) {
+    let len = model.len();
+    let page = model.page();
+    let pane = model.pane_mut();
+    let last = len.saturating_sub(1) as i64;
+    pane.selected = (pane.selected as i64).saturating_add(delta).clamp(0, last.max(0)) as usize;
+    pane.offset = visible_offset(pane.selected, pane.offset, page);
+    model.pane_mut().selected_id = None;
+    let id = model.index[model.focus.index()].get(model.pane().selected).copied();
+    model.pane_mut().selected_id = id;
+}
+
+/// The first visible row that keeps `selected` in a window of `height` rows.
+pub fn visible_offset(selected: usize, offset: usize, height: usize) -> usize {
+    let height = height.max(1);
+    if selected < offset {
+        selected
+    } else if selected >= offset + height {
+        selected + 1 - height
+    } else {
+        offset
+    }
+}
+
+fn details(model: &mut Model) -> Vec<Command> {
+    let subject = match model.focus {
+        View::Queues => model.selected_queue().map(|q| Subject::Queue(q.name.clone())),
+        View::Jobs => model.selected_job().map(|j| Subject::Job(j.rec.id)),
+        View::Tasks | View::Retries | View::DeadLetters => model.selected_id().map(Subject::Task),
+        View::Workers => model.selected_id().map(|id| Subject::Worker(id as usize)),
+        View::Cost => None,
+    };
+    let Some(subject) = subject else { return Vec::new() };
+    model.detail_scroll = 0;
+    let command = match &subject {
+        Subject::Task(id) => model.tasks.get(id).filter(|t| t.rec.attempt > 0).map(read_log),
+        _ => None,
+    };
+    if let (Subject::Task(id), Some(log)) = (&subject, &model.log)
+        && log.task_run != *id
+    {
+        model.log = None;
+    }
+    model.mode = Mode::Detail(subject);
+    command.into_iter().collect()
+}
+
+/// The job run of the Jobs view, or the task run of the others.
+fn target(model: &Model) -> Option<Target> {
+    if let Mode::Detail(Subject::Job(id)) = model.mode {
+        return Some(Target::JobRun(id));
+    }
+    match model.focus {
+        View::Jobs => model.selected_job().map(|j| Target::JobRun(j.rec.id)),
+        _ => model.selected_task().map(|t| Target::TaskRun(t.rec.id)),
+    }
+}
+
+fn retry(model: &mut Model) -> Vec<Command> {
+    let Some(target) = target(model) else {
+        model.say("nothing selected to retry", true);
+        return Vec::new();
+    };
+    let command = Command::Retry(target);
+    optimistic(model, &command);
+    vec![command]
+}
+
+fn cancel(model: &mut Model) -> Vec<Command> {
+    let Some(target) = target(model) else {
+        model.say("nothing selected to cancel", true);
+        return Vec::new();
+    };
+    let running = match target {
+        Target::TaskRun(id) => model.tasks.get(&id).is_some_and(|t| t.rec.state == TaskState::Running),
+        Target::JobRun(id) => model.jobs.get(&id).is_some_and(|j| j.running > 0),
+    };
+    let command = Command::Cancel(target);
+    if running {
+        let what = match target {
+            Target::TaskRun(id) => format!("task run {id} is running"),
+            Target::JobRun(id) => format!("job run j{id} has running tasks"),
+        };
+        model.mode = Mode::Confirm { question: format!("{what}: cancel it? y/n"), command };
+        return Vec::new();
+    }
+    optimistic(model, &command);
+    vec![command]
+}
+
+/// Shows what a command will do before the engine confirms it: the confirming event arrives
+/// within a frame or two, a failure undoes it (`Msg::Done` with an error).
+fn optimistic(model: &mut Model, command: &Command) {
+    let (target, retry) = match command {
+        Command::Retry(t) => (*t, true),
+        Command::Cancel(t) => (*t, false),
+        _ => return,
+    };
+    let ids: Vec<u64> = match target {
+        Target::TaskRun(id) => vec![id],
+        Target::JobRun(j) => model.jobs.get(&j).map(|j| j.tasks.clone()).unwrap_or_default(),
+    };
+    for id in ids {
+        let Some(state) = model.tasks.get(&id).map(|t| t.rec.state) else { continue };
+        let to = match (retry, state) {
+            (true, TaskState::Dead | TaskState::Cancelled) => TaskState::Queued,
+            (false, TaskState::Queued | TaskState::Pending | TaskState::Retrying | TaskState::Dead) => {
+                TaskState::Cancelled
+            }
+            (false, TaskState::Waiting) => TaskState::Cancelled,
+            _ => continue,
+        };
+        model.optimistic.entry(id).or_insert(state);
+        model.set_state(id, to);
+    }
+    if let (true, Target::JobRun(j)) = (retry, target)
+        && let Some(job) = model.jobs.get_mut(&j)
+    {
+        job.rec.state = JobState::Running;
+        job.rec.ended_at_ms = None;
+    }
+    let verb = if retry { "retry" } else { "cancel" };
+    let what = match target {
+        Target::TaskRun(id) => format!("task run {id}"),
+        Target::JobRun(id) => format!("job run j{id}"),
+    };
+    model.say(format!("{verb} {what}…"), false);
+}
+
+fn pause(model: &mut Model) -> Vec<Command> {
+    let Some(q) = model.selected_queue().map(|q| q.name.clone()) else { return Vec::new() };
+    let Some(row) = model.queues.get_mut(&q) else { return Vec::new() };
+    row.paused = !row.paused;
+    let (command, verb) =
+        if row.paused { (Command::Pause(q.clone()), "paused") } else { (Command::Resume(q.clone()), "resumed") };
+    model.say(format!("queue {q} {verb}"), false);
+    vec![command]
+}
+
+fn follow_log(model: &mut Model) -> Vec<Command> {
+    let task = match &model.mode {
+        Mode::Detail(Subject::Task(id)) => model.tasks.get(id),
+        _ => model.selected_task(),
+    };
+    let Some(t) = task else {
+        model.say("select a task run to follow its log", true);
+        return Vec::new();
+    };
+    if t.rec.attempt == 0 {
+        let text = format!("task run {} has not started yet: no log", t.rec.id);
+        model.say(text, true);
+        return Vec::new();
+    }
+    let command = read_log(t);
+    let id = t.rec.id;
+    if model.log.as_ref().is_some_and(|l| l.task_run != id) {
+        model.log = None;
+    }
+    model.mode = Mode::Log(id);
+    vec![command]
+}
+
+fn quit(model: &mut Model) -> Vec<Command> {
+    let running = model.count(TaskState::Running);
+    if running == 0 {
+        return vec![Command::Quit];
+    }
+    let plural = if running == 1 { "task" } else { "tasks" };
+    model.mode =
+        Mode::Confirm { question: format!("{running} {plural} running: stop gaffer? y/n"), command: Command::Quit };
+    Vec::new()
+}
+
+impl Model {
+    /// Rows in one page of a table (the terminal less header, tabs, borders, table header and
+    /// footer).
+    pub fn page(&self) -> usize {
+        usize::from(self.size.1.saturating_sub(8)).max(1)
+    }
+}

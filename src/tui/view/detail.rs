@@ -1,0 +1,298 @@
+//! Enter: the detail of the selected row. A task run's attempts, outputs, cost, progress and log
+//! tail; a job run's task graph; a queue's numbers; a worker's attempt. And `l`, the log pane.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
+
+use crate::model::TaskState;
+
+use super::jobs::progress;
+use super::{age, attempts, bold, dim, dur, job_state_span, last_error, sparkline, task_state_span, usd};
+use crate::tui::model::{Model, Subject, TaskRow};
+
+pub fn draw(model: &Model, subject: &Subject, frame: &mut Frame, area: Rect) {
+    match subject {
+        Subject::Task(id) => match model.tasks.get(id) {
+            Some(t) => task(model, t, frame, area),
+            None => gone(frame, area, &format!("task run {id}")),
+        },
+        Subject::Job(id) => job(model, *id, frame, area),
+        Subject::Queue(name) => queue(model, name, frame, area),
+        Subject::Worker(id) => worker(model, *id, frame, area),
+    }
+}
+
+fn gone(frame: &mut Frame, area: Rect, what: &str) {
+    frame.render_widget(Paragraph::new(format!("{what} is not known")).block(bordered(what.to_string())), area);
+}
+
+fn bordered(title: String) -> Block<'static> {
+    Block::new().borders(Borders::ALL).border_style(dim()).title(Line::styled(format!(" {title} "), bold()))
+}
+
+fn field(name: &str, value: impl Into<String>) -> Line<'static> {
+    Line::from(vec![Span::styled(format!(" {name:<10}"), dim()), Span::raw(value.into())])
+}
+
+fn task(model: &Model, t: &TaskRow, frame: &mut Frame, area: Rect) {
+    let r = &t.rec;
+    let mut lines = vec![
+        Line::from(vec![
+            Span::styled(format!(" #{} {}.{}  ", r.id, r.job, r.task), bold()),
+            task_state_span(r.state),
+            Span::styled(
+                format!(
+                    "  attempt {}  queue {}  priority {}  job run j{}",
+                    attempts(r),
+                    r.queue,
+                    r.priority,
+                    r.job_run
+                ),
+                dim(),
+            ),
+        ]),
+        field("duration", if r.started_at_ms.is_some() { dur(model.task_duration(r)) } else { "not started".into() }),
+    ];
+    let model_name = t.model.clone().map(|m| format!(" · {m}")).unwrap_or_default();
+    lines.push(field(
+        "cost",
+        format!("{} · {} in / {} out tokens{model_name}", usd(r.cost_usd_micros), r.input_tokens, r.output_tokens),
+    ));
+    if let Some(p) = &r.progress {
+        lines.push(field("progress", p.clone()));
+    }
+    if r.state == TaskState::Retrying {
+        let due = r.not_before_ms.map_or(0, |t| t.saturating_sub(model.now_ms));
+        lines.push(field("retry in", dur(due)));
+    }
+    if r.reason.is_some() {
+        lines.push(Line::from(vec![
+            Span::styled(" error     ", dim()),
+            Span::styled(last_error(r), Style::new().fg(Color::Red)),
+        ]));
+    }
+    lines.push(Line::styled(" attempts", bold()));
+    for a in t.attempts.iter().rev().take(6) {
+        let took = match (a.started_ms, a.ended_ms) {
+            (Some(s), Some(e)) => dur(e.saturating_sub(s)),
+            (Some(s), None) => dur(model.now_ms.saturating_sub(s)),
+            _ => String::new(),
+        };
+        let outcome = match (a.outcome.as_str(), a.exit_code) {
+            ("exit_code", Some(c)) => format!("exit code {c}"),
+            (o, Some(c)) => format!("{o} (exit code {c})"),
+            (o, None) => o.to_string(),
+        };
+        let color = match a.outcome.as_str() {
+            "succeeded" => Color::Green,
+            "running" => Color::Cyan,
+            _ => Color::Red,
+        };
+        lines.push(Line::from(vec![
+            Span::styled(format!("   {:>3}  ", a.n), dim()),
+            Span::styled(outcome, Style::new().fg(color)),
+            Span::styled(format!("  {took}  "), dim()),
+            Span::raw(a.detail.clone().unwrap_or_default()),
+        ]));
+    }
+    if !r.outputs.is_empty() {
+        lines.push(Line::styled(" outputs", bold()));
+        for (k, v) in r.outputs.iter().take(8) {
+            let v = v.lines().next().unwrap_or_default();
+            lines.push(Line::from(vec![Span::styled(format!("   {k} = "), dim()), Span::raw(v.to_string())]));
+        }
+    }
+    let top = (lines.len() as u16 + 2).min(area.height.saturating_sub(4));
+    let [head, log_area] = Layout::vertical([Constraint::Length(top), Constraint::Min(3)]).areas(area);
+    let title = format!("task run {}", r.id);
+    frame.render_widget(Paragraph::new(lines).block(bordered(title)).scroll((model.detail_scroll, 0)), head);
+    let log = model.log.as_ref().filter(|l| l.task_run == r.id);
+    let title = match log {
+        Some(l) => format!("log tail, attempt {} (l follows)", l.attempt),
+        None => "log tail".to_string(),
+    };
+    let text = log.map_or("", |l| l.text.as_str());
+    draw_tail(frame, log_area, title, text, 0);
+}
+
+/// The last lines of `text` that fit, `scroll_up` lines up from the end.
+fn draw_tail(frame: &mut Frame, area: Rect, title: String, text: &str, scroll_up: usize) {
+    let height = usize::from(area.height.saturating_sub(2));
+    let all: Vec<&str> = text.lines().collect();
+    let end = all.len().saturating_sub(scroll_up);
+    let start = end.saturating_sub(height);
+    let lines: Vec<Line> = all[start..end].iter().map(|l| Line::raw(l.replace('\t', "    "))).collect();
+    frame.render_widget(Paragraph::new(lines).block(bordered(title)), area);
+}
+
+pub fn draw_log(model: &Model, id: u64, frame: &mut Frame, area: Rect) {
+    let t = model.tasks.get(&id);
+    let name = t.map_or(String::new(), |t| format!(" {}.{}", t.rec.job, t.rec.task));
+    let state = t.map_or("", |t| t.rec.state.as_str());
+    match model.log.as_ref().filter(|l| l.task_run == id) {
+        Some(log) => {
+            let follow = if log.scroll_up == 0 { "following" } else { "scrolled" };
+            let title = format!("log #{id}{name} attempt {} · {state} · {follow}", log.attempt);
+            draw_tail(frame, area, title, &log.text, log.scroll_up);
+        }
+        None => draw_tail(frame, area, format!("log #{id}{name}"), "reading…", 0),
+    }
+}
+
+fn job(model: &Model, id: u64, frame: &mut Frame, area: Rect) {
+    let Some(j) = model.jobs.get(&id) else { return gone(frame, area, &format!("job run j{id}")) };
+    let r = &j.rec;
+    let budget = model
+        .shapes
+        .get(&r.job)
+        .and_then(|s| s.budget_usd_micros)
+        .map(|b| format!(" of {}", usd(b)))
+        .unwrap_or_default();
+    let params: Vec<String> = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut lines = vec![
+        Line::from(vec![Span::styled(format!(" j{} {}  ", r.id, r.job), bold()), job_state_span(r.state)]),
+        labelled("progress", progress(j.done, j.tasks.len() as u32)),
+        field("duration", dur(model.elapsed(r.created_at_ms, r.ended_at_ms))),
+        field("cost", format!("{}{budget}", usd(r.cost_usd_micros))),
+    ];
+    if !params.is_empty() {
+        lines.push(field("params", params.join(" ")));
+    }
+    if let Some(reason) = &r.reason {
+        lines.push(Line::from(vec![
+            Span::styled(" reason    ", dim()),
+            Span::styled(reason.clone(), Style::new().fg(Color::Red)),
+        ]));
+    }
+    lines.push(Line::raw(""));
+    lines.push(Line::styled(" task graph", bold()));
+    lines.extend(graph_lines(model, j));
+    frame.render_widget(
+        Paragraph::new(lines).block(bordered(format!("job run j{id}"))).scroll((model.detail_scroll, 0)),
+        area,
+    );
+}
+
+fn labelled(name: &str, mut line: Line<'static>) -> Line<'static> {
+    line.spans.insert(0, Span::styled(format!(" {name:<10}"), dim()));
+    line
+}
+
+/// One line per task, indented by its depth in the `needs` graph, with its task runs' states.
+fn graph_lines(model: &Model, j: &crate::tui::model::JobRow) -> Vec<Line<'static>> {
+    let runs: Vec<&TaskRow> = j.tasks.iter().filter_map(|id| model.tasks.get(id)).collect();
+    let Some(shape) = model.shapes.get(&j.rec.job) else {
+        return runs.iter().map(|t| graph_line(model, (0, 0), &t.rec.task, &[], Some(t))).collect();
+    };
+    let n = shape.tasks.len();
+    let mut depth = vec![0usize; n];
+    for _ in 0..n {
+        for (i, t) in shape.tasks.iter().enumerate() {
+            let d = t
+                .needs
+                .iter()
+                .filter_map(|need| shape.tasks.iter().position(|x| &x.name == need))
+                .map(|k| depth[k] + 1)
+                .max();
+            depth[i] = d.unwrap_or(0);
+        }
+    }
+    let deepest = depth.iter().copied().max().unwrap_or(0);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (depth[i], i));
+    let mut lines = Vec::new();
+    for i in order {
+        let t = &shape.tasks[i];
+        let mine: Vec<&&TaskRow> = runs.iter().filter(|r| r.rec.task == t.name).collect();
+        if mine.is_empty() {
+            lines.push(graph_line(model, (depth[i], deepest), &t.name, &t.needs, None));
+        }
+        for r in mine {
+            lines.push(graph_line(model, (depth[i], deepest), &t.name, &t.needs, Some(r)));
+        }
+    }
+    lines
+}
+
+/// `depth` is `(this task's, the deepest)`: names line up in one column whatever the indent.
+fn graph_line(
+    model: &Model,
+    depth: (usize, usize),
+    name: &str,
+    needs: &[String],
+    run: Option<&TaskRow>,
+) -> Line<'static> {
+    let (depth, deepest) = depth;
+    let branch = if depth == 0 { "●".to_string() } else { format!("{}└●", "  ".repeat(depth - 1)) };
+    let mut spans = vec![Span::styled(format!("   {branch} "), dim())];
+    let width = (16 + 2 * deepest + 1).saturating_sub(branch.chars().count());
+    let label = format!("{name:<width$} ");
+    match run {
+        Some(t) => {
+            let r = &t.rec;
+            spans.push(Span::raw(label));
+            spans.push(task_state_span(r.state));
+            let pad = 10usize.saturating_sub(r.state.as_str().len());
+            let took = if r.started_at_ms.is_some() { dur(model.task_duration(r)) } else { String::new() };
+            spans.push(Span::styled(
+                format!("{:pad$} #{:<6} try {:<5} {:>7} {:>8}", "", r.id, attempts(r), took, usd(r.cost_usd_micros)),
+                dim(),
+            ));
+        }
+        None => spans.push(Span::styled(format!("{label}(no task run)"), dim())),
+    }
+    if !needs.is_empty() {
+        spans.push(Span::styled(format!("  ← {}", needs.join(", ")), dim()));
+    }
+    Line::from(spans)
+}
+
+fn queue(model: &Model, name: &str, frame: &mut Frame, area: Rect) {
+    let Some(q) = model.queues.get(name) else { return gone(frame, area, &format!("queue {name}")) };
+    let mut lines = vec![
+        Line::from(vec![
+            Span::styled(format!(" {name}  "), bold()),
+            if q.paused {
+                Span::styled("paused", Style::new().fg(Color::Yellow))
+            } else {
+                Span::styled("active", Style::new().fg(Color::Green))
+            },
+        ]),
+        field(
+            "limit",
+            if q.concurrency == 0 { "unlimited".to_string() } else { format!("{} at a time", q.concurrency) },
+        ),
+        field("cost today", usd(model.queue_cost_today(q))),
+        field("ended/min", sparkline(&model.throughput_series(q, 60))),
+        Line::raw(""),
+    ];
+    for s in TaskState::ALL {
+        lines.push(Line::from(vec![
+            Span::styled(format!(" {:<10}", s.as_str()), dim()),
+            Span::styled(q.count(s).to_string(), Style::new().fg(super::task_color(s))),
+        ]));
+    }
+    frame.render_widget(Paragraph::new(lines).block(bordered(format!("queue {name}"))), area);
+}
+
+fn worker(model: &Model, id: usize, frame: &mut Frame, area: Rect) {
+    let Some(w) = model.workers.iter().find(|w| w.snap.id == id) else {
+        return gone(frame, area, &format!("worker {id}"));
+    };
+    let mut lines = vec![field("worker", format!("w{id}")), field("restarts", w.snap.restarts.to_string())];
+    match w.snap.current {
+        None => lines.push(field("state", "idle")),
+        Some(c) => {
+            let task = model.tasks.get(&c.task_run).map_or(String::new(), |t| format!(" {}.{}", t.rec.job, t.rec.task));
+            lines.push(field("running", format!("#{}{task} attempt {}", c.task_run, c.attempt)));
+            lines.push(field("pid", c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())));
+            lines.push(field("for", dur(model.now_ms.saturating_sub(c.started_ms))));
+            lines.push(field("heartbeat", format!("{} ago", age(model.now_ms.saturating_sub(c.last_activity_ms)))));
+        }
+    }
+    frame
+        .render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(bordered(format!("worker w{id}"))), area);
+}

@@ -1,0 +1,75 @@
+//! The always-visible top: title, workers busy/total, counts per state, total cost; then tabs.
+
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+
+use crate::model::TaskState;
+
+use super::{bold, dim, task_color, usd};
+use crate::tui::model::{Model, View};
+
+/// The order states are counted in the header.
+const ORDER: [TaskState; 9] = [
+    TaskState::Running,
+    TaskState::Queued,
+    TaskState::Pending,
+    TaskState::Retrying,
+    TaskState::Waiting,
+    TaskState::Dead,
+    TaskState::Succeeded,
+    TaskState::Cancelled,
+    TaskState::Skipped,
+];
+
+pub fn draw(model: &Model, frame: &mut Frame, [top, counts, tabs]: [Rect; 3]) {
+    let sep = || Span::styled(" │ ", dim());
+    let mut spans = vec![
+        Span::styled(" gaffer ", Style::new().fg(Color::Black).bg(Color::Cyan).add_modifier(Modifier::BOLD)),
+        Span::styled(format!(" {}", model.title), bold()),
+        sep(),
+        Span::styled("workers ", dim()),
+        Span::styled(format!("{}/{}", model.workers_busy(), model.workers.len()), bold()),
+        Span::styled(" busy", dim()),
+        sep(),
+        Span::styled("cost ", dim()),
+        Span::styled(usd(model.cost.total), bold().fg(Color::Yellow)),
+    ];
+    if model.all_watched_ended() {
+        spans.push(sep());
+        spans.push(Span::styled("all runs ended — q to quit", bold().fg(Color::Green)));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), top);
+
+    let mut spans = Vec::new();
+    for state in ORDER {
+        let n = model.count(state);
+        if n == 0 && !matches!(state, TaskState::Running | TaskState::Queued) {
+            continue;
+        }
+        spans.push(Span::styled(format!(" {n}"), Style::new().fg(task_color(state)).add_modifier(Modifier::BOLD)));
+        spans.push(Span::styled(format!(" {}", state.as_str()), dim()));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), counts);
+
+    let mut tab_spans = Vec::new();
+    for (i, view) in View::ALL.into_iter().enumerate() {
+        let badge = match view {
+            View::Retries if !model.retrying.is_empty() => format!(" {}", model.retrying.len()),
+            View::DeadLetters if !model.dead.is_empty() => format!(" {}", model.dead.len()),
+            _ => String::new(),
+        };
+        let text = format!(" {} {}{badge} ", i + 1, view.title());
+        let style = if view == model.focus {
+            Style::new().fg(Color::Black).bg(Color::Gray).add_modifier(Modifier::BOLD)
+        } else if view == View::DeadLetters && !badge.is_empty() {
+            Style::new().fg(Color::Red)
+        } else {
+            Style::new()
+        };
+        tab_spans.push(Span::styled(text, style));
+    }
+    frame.render_widget(Paragraph::new(Line::from(tab_spans)), tabs);
+}

@@ -1,0 +1,206 @@
+//! `view`: draws the model. Reads only; one file per pane. Tables are virtualised: only the
+//! rows in the visible window are built, whatever the number of task runs.
+
+mod cost;
+mod dead_letters;
+mod detail;
+mod footer;
+mod header;
+mod help;
+mod jobs;
+mod queues;
+mod retries;
+mod tasks;
+mod workers;
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Row, Table, TableState};
+
+use crate::model::{JobState, TaskState};
+
+use super::model::{Mode, Model, View};
+use super::update::visible_offset;
+
+pub fn view(model: &Model, frame: &mut Frame) {
+    let [top, counts, tabs, body, status, keys] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    header::draw(model, frame, [top, counts, tabs]);
+    match &model.mode {
+        Mode::Detail(subject) => detail::draw(model, subject, frame, body),
+        Mode::Log(id) => detail::draw_log(model, *id, frame, body),
+        _ => draw_body(model, frame, body),
+    }
+    footer::draw(model, frame, status, keys);
+    if model.mode == Mode::Help {
+        help::draw(frame, body);
+    }
+}
+
+fn draw_body(model: &Model, frame: &mut Frame, area: Rect) {
+    match model.focus {
+        View::Queues => queues::draw(model, frame, area),
+        View::Jobs => jobs::draw(model, frame, area),
+        View::Tasks => tasks::draw(model, frame, area),
+        View::Retries => retries::draw(model, frame, area),
+        View::DeadLetters => dead_letters::draw(model, frame, area),
+        View::Cost => cost::draw(model, frame, area),
+        View::Workers => workers::draw(model, frame, area),
+    }
+}
+
+pub fn task_color(state: TaskState) -> Color {
+    match state {
+        TaskState::Succeeded => Color::Green,
+        TaskState::Dead => Color::Red,
+        TaskState::Retrying => Color::Yellow,
+        TaskState::Running => Color::Cyan,
+        TaskState::Queued => Color::Blue,
+        TaskState::Waiting => Color::Magenta,
+        TaskState::Pending | TaskState::Cancelled | TaskState::Skipped => Color::DarkGray,
+    }
+}
+
+pub fn job_color(state: JobState) -> Color {
+    match state {
+        JobState::Running => Color::Cyan,
+        JobState::Succeeded => Color::Green,
+        JobState::Failed => Color::Red,
+        JobState::Cancelled => Color::DarkGray,
+    }
+}
+
+pub fn task_state_span(state: TaskState) -> Span<'static> {
+    Span::styled(state.as_str(), Style::new().fg(task_color(state)))
+}
+
+pub fn job_state_span(state: JobState) -> Span<'static> {
+    Span::styled(state.as_str(), Style::new().fg(job_color(state)))
+}
+
+pub fn dim() -> Style {
+    Style::new().fg(Color::DarkGray)
+}
+
+pub fn bold() -> Style {
+    Style::new().add_modifier(Modifier::BOLD)
+}
+
+/// `$0.0123`.
+pub fn usd(micros: u64) -> String {
+    crate::headless::dollars(micros)
+}
+
+/// `950ms`, `2.4s`, `3m05s`, `2h03m`.
+pub fn dur(ms: u64) -> String {
+    if ms >= 3_600_000 {
+        format!("{}h{:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
+    } else {
+        crate::headless::duration(ms)
+    }
+}
+
+/// `12s`, `3m`, `2h`, `4d`: how long ago, coarse.
+pub fn age(ms: u64) -> String {
+    match ms / 1000 {
+        s @ 0..=59 => format!("{s}s"),
+        s @ 60..=3_599 => format!("{}m", s / 60),
+        s @ 3_600..=86_399 => format!("{}h", s / 3_600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// `▁▂▅█` of `values`, scaled to their maximum.
+pub fn sparkline(values: &[u64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = values.iter().copied().max().unwrap_or(0);
+    values
+        .iter()
+        .map(|&v| if max == 0 || v == 0 { ' ' } else { BARS[((v * 7).div_ceil(max)) as usize] })
+        .map(|c| if c == ' ' { '·' } else { c })
+        .collect()
+}
+
+/// A bordered table of the focused view's rows; builds only the visible window.
+pub struct TableSpec<'a> {
+    pub view: View,
+    pub header: &'a [&'a str],
+    pub widths: &'a [Constraint],
+}
+
+pub fn draw_table<'r>(
+    model: &Model,
+    frame: &mut Frame,
+    area: Rect,
+    spec: TableSpec<'_>,
+    row_of: impl Fn(u64) -> Option<Row<'r>>,
+) {
+    let v = spec.view.index();
+    let pane = &model.panes[v];
+    let rows = &model.index[v];
+    let height = usize::from(area.height.saturating_sub(3));
+    let offset = visible_offset(pane.selected, pane.offset.min(rows.len()), height);
+    let end = (offset + height).min(rows.len());
+    let visible: Vec<Row> = rows[offset.min(end)..end].iter().filter_map(|&id| row_of(id)).collect();
+    let sort = spec.view.sort_columns().get(pane.sort).map(|s| {
+        let arrow = if pane.reverse { "▼" } else { "▲" };
+        format!(" sort {}{arrow} ", s.label())
+    });
+    let mut title =
+        vec![Span::styled(format!(" {} ", spec.view.title()), bold()), Span::raw(format!("({}) ", rows.len()))];
+    if !pane.filter.is_empty() {
+        title.push(Span::styled(format!("/{} ", pane.filter), Style::new().fg(Color::Yellow)));
+    }
+    let position =
+        if rows.is_empty() { " 0/0 ".to_string() } else { format!(" {}/{} ", pane.selected + 1, rows.len()) };
+    let mut block = Block::new().borders(Borders::ALL).border_style(dim()).title(Line::from(title));
+    if let Some(sort) = sort {
+        block = block.title(Line::styled(sort, dim()).right_aligned());
+    }
+    block = block.title_bottom(Line::styled(position, dim()).right_aligned());
+    let header = Row::new(spec.header.iter().map(|h| Span::styled(*h, bold().fg(Color::Gray))));
+    let table = Table::new(visible, spec.widths.to_vec())
+        .header(header)
+        .block(block)
+        .column_spacing(1)
+        .row_highlight_style(Style::new().bg(Color::DarkGray).add_modifier(Modifier::BOLD));
+    let mut state = TableState::default();
+    if !rows.is_empty() {
+        state.select(Some(pane.selected.saturating_sub(offset)));
+    }
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+/// A centered rectangle of at most `w`×`h` inside `area`.
+pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h }
+}
+
+/// Attempts used in the current series over the maximum (`2/3`; `2/?` before the record is read).
+pub fn attempts(r: &crate::store::TaskRunRecord) -> String {
+    let max = if r.max_attempts == 0 { "?".to_string() } else { r.max_attempts.to_string() };
+    format!("{}/{max}", r.attempts_in_series())
+}
+
+/// `exit_code 3: detail`, the last failure of a task run.
+pub fn last_error(r: &crate::store::TaskRunRecord) -> String {
+    let mut text = r.reason.map_or("", |r| r.as_str()).to_string();
+    if let Some(code) = r.exit_code {
+        text.push_str(&format!(" {code}"));
+    }
+    if let Some(detail) = &r.detail {
+        text.push_str(&format!(": {detail}"));
+    }
+    text
+}
