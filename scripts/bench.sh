@@ -27,10 +27,15 @@ PER_JOB=100 # tasks per job in the many-jobs layouts
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
-log "building (cargo build --release)"
+log "building (cargo build --release; cargo bench --bench latency --no-run)"
 cargo build --release --quiet
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 GAFFER="$(cd "$TARGET_DIR/release" && pwd)/gaffer"
+LATENCY_BIN="$(cargo bench --quiet --bench latency --no-run --message-format=json 2>/dev/null |
+  grep -o '"executable":"[^"]*latency[^"]*"' | tail -1 | cut -d'"' -f4)"
+[ -x "$LATENCY_BIN" ] || { echo "cannot build benches/latency.rs" >&2; exit 1; }
+# The build left dirty pages; their writeback would slow every fsync measured below.
+sync
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gaffer-bench.XXXXXX")"
 BG=""
@@ -40,7 +45,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Mean latency of a 4 KiB O_DSYNC overwrite (ms): gaffer commits are bound by it, and on a shared
+# disk it varies (0.1 ms here when quiet, 4 ms while another build writes), so the table shows it.
+fsync_probe() {
+  local f="$WORK/probe" out
+  dd if=/dev/zero of="$f" bs=4096 count=256 status=none
+  sync "$f" 2>/dev/null || sync
+  out=$(dd if=/dev/zero of="$f" bs=4096 count=256 oflag=dsync conv=notrunc 2>&1 | tail -1)
+  rm -f "$f"
+  awk -v line="$out" 'BEGIN { n = split(line, a, " "); for (i = 1; i <= n; i++) if (a[i] == "s," || a[i] == "s") { printf "%.3f", a[i - 1] * 1000 / 256; exit } print "n/a" }'
+}
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+FSYNC_BEFORE="$(fsync_probe)"
+log "fsync probe: 4 KiB O_DSYNC write = $FSYNC_BEFORE ms"
 T_START=$EPOCHREALTIME
 
 # ------------------------------------------------------------------ helpers
@@ -135,7 +152,7 @@ gen_workflow "$WORK/noop-many.toml" "$NOOP_N" "$PER_JOB"
 : >"$WORK/noop.tps"; : >"$WORK/noop.syncs"
 for ((r = 1; r <= REPS; r++)); do
   res=$(run_gaffer "$WORK/noop-many.toml" "$NOOP_N" --noop-executor); secs=${res%% *}; syncs=${res##* }
-  rate "$NOOP_N" "$secs" >>"$WORK/noop.tps"
+  echo "$(rate "$NOOP_N" "$secs")" >>"$WORK/noop.tps"
   [ "$syncs" != "n/a" ] && awk -v s="$syncs" -v n="$NOOP_N" 'BEGIN { print s / n }' >>"$WORK/noop.syncs"
   log "   rep $r ($((NOOP_N / PER_JOB)) jobs × $PER_JOB): $(rate "$NOOP_N" "$secs") tasks/s (${secs}s, fdatasync: $syncs)"
 done
@@ -168,8 +185,8 @@ fi
 log "   one job: ${secs}s"
 
 # ------------------------------------------------------------------ 3. enqueue→start latency
-log "3. enqueue→start latency (cargo bench --bench latency, $SAMPLES samples per executor)"
-SAMPLES="$SAMPLES" cargo bench --quiet --bench latency >"$WORK/latency.txt" 2>"$WORK/latency.err" || {
+log "3. enqueue→start latency (benches/latency.rs, $SAMPLES samples per executor)"
+SAMPLES="$SAMPLES" "$LATENCY_BIN" --bench >"$WORK/latency.txt" 2>"$WORK/latency.err" || {
   cat "$WORK/latency.err" >&2; exit 1
 }
 sed 's/^/[bench]    /' "$WORK/latency.txt" | grep -v RESULT >&2
@@ -252,6 +269,8 @@ row "same, empty state dir (for comparison)" "$(med <"$WORK/empty.ms") ms" "—"
 
 # ------------------------------------------------------------------ the table
 T_END=$EPOCHREALTIME
+FSYNC_AFTER="$(fsync_probe)"
+ROWS=("| environment: 4 KiB O_DSYNC write, before / after the run | $FSYNC_BEFORE / $FSYNC_AFTER ms | — | context | \`dd bs=4096 count=256 oflag=dsync conv=notrunc\`, mean; every gaffer commit is 2 fdatasync, so the durable rows scale with this |" "${ROWS[@]}")
 echo
 echo "gaffer $(git describe --always --dirty 2>/dev/null || echo '?') · $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')) · $(uname -sr) · load avg before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg) · $(date -u '+%Y-%m-%d %H:%M UTC') · took $(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.0f", b - a }') s"
 echo "N=$N W=$W NOOP_N=$NOOP_N BIG_N=$BIG_N SAMPLES=$SAMPLES REPS=$REPS; values are the median (min–max) of REPS runs unless the row says otherwise"

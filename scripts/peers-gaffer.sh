@@ -47,6 +47,7 @@ esac
 cd "$ROOT"
 cargo build --release --quiet
 GAFFER="$ROOT/${CARGO_TARGET_DIR:-target}/release/gaffer"
+sync # the build's dirty pages would slow the commits measured below
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/peerbench-gaffer-XXXXXX")"
 GPID="" SPID=""
 cleanup() {
@@ -73,6 +74,7 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "latency" and m.get("executable"):
         print(m["executable"])' | tail -1)"
   [ -x "$BIN" ] || { echo "cannot build benches/latency.rs" >&2; exit 1; }
+  sync
   T0=$EPOCHREALTIME
   SAMPLES="$SAMPLES" GAP_MS="$GAP_MS" JITTER_MS="$JITTER_MS" EXECUTORS=local "$BIN" --bench >"$TMP/lat.txt" &
   GPID=$!

@@ -19,6 +19,13 @@ else
   cargo test --locked --no-fail-fast
 fi
 
+echo "== TUI end to end (tmux)"
+if command -v tmux >/dev/null 2>&1; then
+  scripts/e2e-tui.sh target/debug/gaffer
+else
+  echo "tmux is not installed: skipped (.ci/run installs it)"
+fi
+
 echo "== README quickstart"
 state=$(mktemp -d)
 trap 'rm -rf "$state"' EXIT

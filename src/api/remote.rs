@@ -3,7 +3,6 @@
 //! events come from the SSE stream.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -12,13 +11,11 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::client::parse_response;
-use crate::engine::{Control, EngineError, EngineEvent, EngineSnapshot, Reply, Target, WorkerSnapshot};
+use crate::engine::{Control, EngineError, EngineEvent, EngineSnapshot, QueueSnapshot, Reply, Target, WorkerSnapshot};
 use crate::store::TaskRunRecord;
 
 pub struct RemoteEngine {
     socket: PathBuf,
-    /// Workers as of the last snapshot (the socket has no cheap per-frame read).
-    workers: Arc<Mutex<Vec<WorkerSnapshot>>>,
 }
 
 fn gone(e: impl std::fmt::Display) -> EngineError {
@@ -30,7 +27,7 @@ impl RemoteEngine {
     pub async fn connect(state_dir: &Path) -> Result<RemoteEngine, EngineError> {
         let socket = super::socket_path(state_dir);
         UnixStream::connect(&socket).await.map_err(|_| gone(format!("no instance answers on {}", socket.display())))?;
-        Ok(RemoteEngine { socket, workers: Arc::default() })
+        Ok(RemoteEngine { socket })
     }
 
     async fn call<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Value>) -> Result<T, EngineError> {
@@ -82,13 +79,7 @@ impl RemoteEngine {
 
 impl Control for RemoteEngine {
     fn snapshot(&self) -> Reply<'_, EngineSnapshot> {
-        Box::pin(async move {
-            let snapshot: EngineSnapshot = self.call("GET", "/v1/snapshot", None).await?;
-            if let Ok(mut workers) = self.workers.lock() {
-                workers.clone_from(&snapshot.workers);
-            }
-            Ok(snapshot)
-        })
+        Box::pin(self.call("GET", "/v1/snapshot", None))
     }
 
     fn subscribe(&self) -> Reply<'_, mpsc::UnboundedReceiver<EngineEvent>> {
@@ -118,7 +109,7 @@ impl Control for RemoteEngine {
         Box::pin(async move { self.call("GET", &format!("/v1/job_runs/{job_run}/tasks"), None).await })
     }
 
-    fn workers(&self) -> Vec<WorkerSnapshot> {
-        self.workers.lock().map(|w| w.clone()).unwrap_or_default()
+    fn live(&self) -> Reply<'_, (Vec<WorkerSnapshot>, Vec<QueueSnapshot>)> {
+        Box::pin(self.call("GET", "/v1/live", None))
     }
 }

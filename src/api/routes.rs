@@ -26,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/v1/queues/{queue}/resume", web::post().to(resume))
             .route("/v1/events", web::get().to(events))
             .route("/v1/snapshot", web::get().to(snapshot))
+            .route("/v1/live", web::get().to(live))
             .route("/v1/job_runs/{id}/tasks", web::get().to(task_runs_of))
             .route("/metrics", web::get().to(super::metrics::metrics)),
     );
@@ -154,6 +155,14 @@ async fn set_paused(state: &ApiState, queue: &str, paused: bool) -> HttpResponse
 async fn snapshot(state: web::Data<ApiState>) -> HttpResponse {
     match state.handle.snapshot().await {
         Ok(snapshot) => HttpResponse::Ok().json(snapshot),
+        Err(e) => error(&e),
+    }
+}
+
+/// Workers and queues, for a view's once-a-second refresh.
+async fn live(state: web::Data<ApiState>) -> HttpResponse {
+    match state.handle.queues().await {
+        Ok(queues) => HttpResponse::Ok().json((state.handle.workers(), queues)),
         Err(e) => error(&e),
     }
 }

@@ -37,6 +37,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run as a service: fire cron schedules, resume unfinished runs, until SIGINT/SIGTERM.
     Serve(run::ServeArgs),
+    /// Attach the terminal UI to the running instance (`q` detaches; the instance keeps running).
+    Tui,
     /// Check a workflow file; report every problem as FILE:LINE:COL.
     Validate { file: PathBuf },
     /// Preview the next fire times of every scheduled job, in its zone and in UTC.
@@ -181,11 +183,14 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_diagnostics();
+    if !matches!(cli.command, Command::Run(_) | Command::Serve(_) | Command::Tui) {
+        init_diagnostics(None);
+    }
     let state_dir = cli.state_dir.clone();
     let result = match cli.command {
         Command::Run(args) => return run::run(args, &state_dir),
         Command::Serve(args) => return run::serve(args, &state_dir),
+        Command::Tui => return run::attach(&state_dir),
         Command::Validate { file } => return run::validate(&file),
         Command::Schedules { file, count, from, json } => return run::schedules(&file, count, from.as_deref(), json),
         Command::Status { json } => query::status(&state_dir, json),
@@ -222,13 +227,18 @@ pub fn main() -> i32 {
     }
 }
 
-/// gaffer's own diagnostics (not task output, not events) go to stderr, `warn` and up unless
-/// `RUST_LOG` says otherwise.
-fn init_diagnostics() {
+/// gaffer's own diagnostics (not task output, not events), `warn` and up unless `RUST_LOG`
+/// says otherwise: to stderr, or to a file while the TUI owns the terminal (nothing may print
+/// over it).
+pub(crate) fn init_diagnostics(to_file: Option<&std::path::Path>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let file = to_file.and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok());
+    let _ = match file {
+        Some(file) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
 }
 
 /// A command that could not do what was asked.

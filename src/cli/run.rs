@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
@@ -152,12 +153,13 @@ fn chosen_jobs(workflow: &Workflow, named: &[String]) -> Result<Vec<String>, Str
 
 pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
     let format = if args.json { Format::Json } else { Format::Human };
+    let screen = Screen::choose(args.headless || args.json, &args.file);
     let choose = |workflow: &Workflow| -> Result<_, String> {
         let params = parse_params(&args.params)?;
         Ok((params, chosen_jobs(workflow, &args.jobs)?))
     };
     let options = SessionOptions { file: &args.file, state_dir, workers: args.workers, noop: args.noop_executor };
-    session(options, choose, |config, (params, jobs)| drive(config, jobs, params, format))
+    session(options, screen.is_some(), choose, |config, (params, jobs)| drive(config, jobs, params, format, screen))
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +186,7 @@ pub struct ServeArgs {
 /// `gaffer serve`: resume, fire schedules, take commands, until SIGINT/SIGTERM.
 pub fn serve(args: ServeArgs, state_dir: &Path) -> i32 {
     let format = if args.json { Format::Json } else { Format::Human };
+    let screen = Screen::choose(args.headless || args.json, &args.file);
     let options = SessionOptions { file: &args.file, state_dir, workers: args.workers, noop: false };
     let listen = |_: &Workflow| -> Result<Option<std::net::TcpListener>, String> {
         let Some(addr) = args.listen else { return Ok(None) };
@@ -192,7 +195,7 @@ pub fn serve(args: ServeArgs, state_dir: &Path) -> i32 {
         }
         std::net::TcpListener::bind(addr).map(Some).map_err(|e| format!("--listen {addr}: {e}"))
     };
-    session(options, listen, |config, tcp| serve_forever(config, format, tcp))
+    session(options, screen.is_some(), listen, |config, tcp| serve_forever(config, format, screen, tcp))
 }
 
 struct SessionOptions<'a> {
@@ -206,6 +209,7 @@ struct SessionOptions<'a> {
 /// run `body` inside an actix System, and close the store cleanly.
 fn session<T, Fut>(
     options: SessionOptions,
+    tui: bool,
     check: impl FnOnce(&Workflow) -> Result<T, String>,
     body: impl FnOnce(EngineConfig, T) -> Fut,
 ) -> i32
@@ -234,6 +238,8 @@ where
             return exit::STATE_DIR;
         }
     };
+    let log_file = tui.then(|| options.state_dir.join("gaffer.log"));
+    super::init_diagnostics(log_file.as_deref());
     if let Some(workers) = options.workers {
         workflow.set_workers(workers.max(1));
     }
@@ -251,7 +257,12 @@ where
     code
 }
 
-async fn serve_forever(config: EngineConfig, format: Format, tcp: Option<std::net::TcpListener>) -> i32 {
+async fn serve_forever(
+    config: EngineConfig,
+    format: Format,
+    screen: Option<Screen>,
+    tcp: Option<std::net::TcpListener>,
+) -> i32 {
     with_engine(config, format, tcp, |handle| async move {
         let events = handle.subscribe().await?;
         let mut resumed = handle.resume_all().await?;
@@ -259,7 +270,7 @@ async fn serve_forever(config: EngineConfig, format: Format, tcp: Option<std::ne
         let caught_up = handle.serve_schedules().await?;
         let pid = std::process::id();
         say(format, &format!("serving (pid {pid}): {} unfinished run(s) resumed, {caught_up} missed fire time(s) caught up; SIGINT or SIGTERM stops", resumed.len()));
-        Ok(match follow(&handle, None, events, format).await {
+        Ok(match follow(&handle, None, events, format, screen).await {
             exit::SIGTERM => exit::OK,
             code => code,
         })
@@ -305,10 +316,16 @@ fn absolute(path: &Path) -> PathBuf {
 }
 
 /// Starts the engine, resumes, triggers, prints events until every run ended or a signal came.
-async fn drive(config: EngineConfig, jobs: Vec<String>, params: BTreeMap<String, String>, format: Format) -> i32 {
+async fn drive(
+    config: EngineConfig,
+    jobs: Vec<String>,
+    params: BTreeMap<String, String>,
+    format: Format,
+    screen: Option<Screen>,
+) -> i32 {
     with_engine(config, format, None, |handle| async move {
         let (ids, events) = start_runs(&handle, &jobs, params, format).await?;
-        Ok(follow(&handle, Some(ids), events, format).await)
+        Ok(follow(&handle, Some(ids), events, format, screen).await)
     })
     .await
 }
@@ -347,8 +364,110 @@ fn say(format: Format, text: &str) {
     }
 }
 
-/// Prints events until the job runs in `ids` ended (`None`: until a signal), then stops.
-async fn follow(handle: &EngineHandle, ids: Option<Vec<u64>>, mut events: Events, format: Format) -> i32 {
+/// The terminal UI, when `run`/`serve` has a terminal and was not told `--headless`.
+#[derive(Debug, Clone)]
+pub struct Screen {
+    title: String,
+}
+
+impl Screen {
+    fn choose(headless: bool, file: &Path) -> Option<Screen> {
+        use std::io::IsTerminal;
+        let terminal = std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+        (!headless && terminal).then(|| Screen { title: file.display().to_string() })
+    }
+}
+
+/// `gaffer tui`: the TUI on a running instance, over its socket. `q` detaches; the instance
+/// keeps running whatever happens to this process.
+pub fn attach(state_dir: &Path) -> i32 {
+    super::init_diagnostics(Some(&state_dir.join("gaffer-tui.log")));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("gaffer: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    let state_dir = absolute(state_dir);
+    runtime.block_on(tokio::task::LocalSet::new().run_until(async move {
+        let remote = match crate::api::RemoteEngine::connect(&state_dir).await {
+            Ok(remote) => remote,
+            Err(e) => {
+                eprintln!("gaffer: {e}: start one with `gaffer serve FILE` (or `gaffer run FILE`)");
+                return exit::FAILED;
+            }
+        };
+        let events = match crate::engine::Control::subscribe(&remote).await {
+            Ok(events) => events,
+            Err(e) => {
+                eprintln!("gaffer: {e}");
+                return exit::FAILED;
+            }
+        };
+        let title = format!("attached to {}", state_dir.display());
+        let options = crate::tui::TuiOptions { title, state_dir, watched_job_runs: Vec::new(), attached: true };
+        match crate::tui::run(std::rc::Rc::new(remote), events, options).await {
+            Ok(_) => exit::OK,
+            Err(e) => {
+                eprintln!("gaffer: {e}");
+                exit::INTERNAL
+            }
+        }
+    }))
+}
+
+/// Shows the engine in the TUI until `q` (or a signal). Quitting with work still running
+/// stops gracefully (it resumes at the next start).
+async fn follow_tui(handle: &EngineHandle, ids: Option<Vec<u64>>, events: Events, screen: Screen) -> i32 {
+    let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return exit::INTERNAL;
+    };
+    let state_dir = handle.state_dir().to_path_buf();
+    let options = crate::tui::TuiOptions {
+        title: screen.title,
+        state_dir,
+        watched_job_runs: ids.clone().unwrap_or_default(),
+        attached: false,
+    };
+    let shown = crate::tui::run(std::rc::Rc::new(handle.clone()), events, options);
+    let signalled = tokio::select! {
+        result = shown => match result {
+            Ok(_) => None,
+            Err(e) => {
+                eprintln!("gaffer: terminal: {e}");
+                Some(exit::INTERNAL)
+            }
+        },
+        _ = sigint.recv() => Some(exit::SIGINT),
+        _ = sigterm.recv() => Some(exit::SIGTERM),
+    };
+    let ended = match &ids {
+        Some(ids) => tokio::time::timeout(Duration::from_millis(300), handle.wait(ids.clone())).await.ok(),
+        None => None,
+    };
+    match (ended, signalled) {
+        (Some(Ok(ended)), None) => summary_code(&ended),
+        (_, code) => {
+            eprintln!("gaffer: stopping: interrupting running tasks; they resume at the next start");
+            handle.shutdown().await;
+            code.unwrap_or(if ids.is_some() { exit::SIGINT } else { exit::OK })
+        }
+    }
+}
+
+/// Prints events until the job runs in `ids` ended (`None`: until a signal), then stops; or
+/// hands over to the TUI.
+async fn follow(
+    handle: &EngineHandle,
+    ids: Option<Vec<u64>>,
+    mut events: Events,
+    format: Format,
+    screen: Option<Screen>,
+) -> i32 {
+    if let Some(screen) = screen {
+        return follow_tui(handle, ids, events, screen).await;
+    }
     let mut stdout = std::io::stdout();
     let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         eprintln!("gaffer: cannot install signal handlers");

@@ -214,8 +214,8 @@ pub trait Control {
     fn cancel(&self, target: Target) -> Reply<'_, String>;
     fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> Reply<'a, bool>;
     fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunRecord>>;
-    /// The worker slots as last known (cheap, no round trip).
-    fn workers(&self) -> Vec<WorkerSnapshot>;
+    /// What has no events of its own: the worker slots and the queues (paused, running).
+    fn live(&self) -> Reply<'_, (Vec<WorkerSnapshot>, Vec<QueueSnapshot>)>;
 }
 
 impl Control for EngineHandle {
@@ -243,8 +243,8 @@ impl Control for EngineHandle {
         Box::pin(EngineHandle::task_runs_of(self, job_run))
     }
 
-    fn workers(&self) -> Vec<WorkerSnapshot> {
-        EngineHandle::workers(self)
+    fn live(&self) -> Reply<'_, (Vec<WorkerSnapshot>, Vec<QueueSnapshot>)> {
+        Box::pin(async move { Ok((EngineHandle::workers(self), EngineHandle::queues(self).await?)) })
     }
 }
 
@@ -257,6 +257,7 @@ pub struct EngineHandle {
     store: StoreHandle,
     watch: watchdog::WatchList,
     jobs: Arc<Vec<JobShape>>,
+    state_dir: Arc<std::path::PathBuf>,
     /// Keeps the watchdog's thread alive as long as a handle exists.
     _watchdog: Arc<ArbiterGuard>,
 }
@@ -281,6 +282,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         dispatcher::Dispatcher::new(config.clock.clone(), &config.workflow.queues, workers_total, &paused).start();
     let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
     let store = config.store.clone();
+    let state_dir = config.state_dir.clone();
     let shared = Arc::new(Shared {
         clock: config.clock.clone(),
         store: config.store,
@@ -311,7 +313,17 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     let watched = watch.clone();
     watchdog::Watchdog::start_in_arbiter(&arbiter.handle(), move |_| watchdog::Watchdog::new(clock, watched));
     let jobs = Arc::new(JobShape::of(&config.workflow));
-    EngineHandle { supervisor, journal, dispatcher, store, watch, jobs, _watchdog: Arc::new(ArbiterGuard(arbiter)) }
+    let state_dir = Arc::new(state_dir);
+    EngineHandle {
+        supervisor,
+        journal,
+        dispatcher,
+        store,
+        watch,
+        jobs,
+        state_dir,
+        _watchdog: Arc::new(ArbiterGuard(arbiter)),
+    }
 }
 
 /// FNV-1a over the path and the text: a stable key for a workflow definition.
@@ -412,6 +424,11 @@ impl EngineHandle {
         let store = self.store.clone();
         let read = tokio::task::spawn_blocking(move || store.reader()?.task_runs_of(job_run));
         Ok(read.await.map_err(|e| EngineError::Stopped(e.to_string()))??)
+    }
+
+    /// The state dir this engine writes.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
     }
 
     /// Each worker slot and what it runs, read without asking the actors.

@@ -1,5 +1,6 @@
 //! The terminal UI (SPEC §4.2): live queues, jobs, tasks, retries, dead letters, cost and
-//! workers over an `EngineHandle`, driven by single keys. Elm style: `update` is pure and returns
+//! workers over an engine (`engine::Control`: in-process, or a server over its socket), driven
+//! by single keys. Elm style: `update` is pure and returns
 //! `Command`s that the loop executes through the handle.
 //!
 //! - [`model`]: what the TUI knows, fed by a snapshot and then by events only (never the store
@@ -9,7 +10,7 @@
 //! - [`keymap`]: the key table; the footer and `?` help are generated from it.
 //! - [`terminal`]: raw mode, alternate screen, panic hook, key stream.
 //!
-//! Architecture Invariant: the TUI depends only on `EngineHandle`, `EngineEvent` and the snapshot
+//! Architecture Invariant: the TUI depends only on `engine::Control`, `EngineEvent` and the snapshot
 //! types; only `tui::terminal` touches crossterm. The loop never awaits the engine inline:
 //! commands run as futures polled next to the key and event streams, so a slow answer never
 //! freezes the screen, and the TUI never blocks an actor.
@@ -26,6 +27,7 @@ mod tests;
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -36,7 +38,7 @@ use ratatui::backend::TestBackend;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::MissedTickBehavior;
 
-use crate::engine::{Clock, EngineEvent, EngineHandle, SystemClock};
+use crate::engine::{Clock, Control, EngineEvent, SystemClock};
 
 #[doc(hidden)]
 pub use fixture::{fixture, fixture_with};
@@ -61,6 +63,8 @@ pub struct TuiOptions {
     pub state_dir: PathBuf,
     /// The job runs this session started or resumed; the header says when all have ended.
     pub watched_job_runs: Vec<u64>,
+    /// Attached to a server that keeps running after `q` (`gaffer tui`).
+    pub attached: bool,
 }
 
 /// Why the TUI returned.
@@ -75,7 +79,7 @@ type Pending = FuturesUnordered<LocalBoxFuture<'static, Vec<Msg>>>;
 /// Runs the TUI until the person quits. Owns the terminal meanwhile and restores it on every
 /// way out (return, error, panic).
 pub async fn run(
-    handle: EngineHandle,
+    handle: Rc<dyn Control>,
     mut events: UnboundedReceiver<EngineEvent>,
     options: TuiOptions,
 ) -> io::Result<TuiExit> {
@@ -84,6 +88,7 @@ pub async fn run(
     while events.try_recv().is_ok() {}
     let snapshot = handle.snapshot().await.map_err(io::Error::other)?;
     let mut model = Model::new(snapshot, SystemClock.now_ms(), &options.title, options.watched_job_runs.clone());
+    model.attached = options.attached;
     let mut screen = terminal::Screen::enter()?;
     let (w, h) = terminal::size()?;
     update(&mut model, Msg::Resize(w, h));
@@ -142,7 +147,7 @@ pub async fn run(
 }
 
 /// Runs one command off the loop; its answer comes back as messages.
-fn execute(handle: &EngineHandle, state_dir: &Path, command: Command) -> LocalBoxFuture<'static, Vec<Msg>> {
+fn execute(handle: &Rc<dyn Control>, state_dir: &Path, command: Command) -> LocalBoxFuture<'static, Vec<Msg>> {
     let handle = handle.clone();
     match command {
         Command::Retry(target) => Box::pin(async move {
@@ -180,11 +185,10 @@ fn execute(handle: &EngineHandle, state_dir: &Path, command: Command) -> LocalBo
             })
         }
         Command::Refresh => Box::pin(async move {
-            let mut msgs = vec![Msg::Workers(handle.workers())];
-            if let Ok(queues) = handle.queues().await {
-                msgs.push(Msg::Queues(queues));
+            match handle.live().await {
+                Ok((workers, queues)) => vec![Msg::Workers(workers), Msg::Queues(queues)],
+                Err(_) => Vec::new(),
             }
-            msgs
         }),
         Command::Quit => Box::pin(async { Vec::new() }),
     }

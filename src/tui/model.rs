@@ -244,6 +244,8 @@ pub struct Model {
     pub status: Option<Status>,
     /// Job runs this session was started for; the header says when all have ended.
     pub watched: Vec<u64>,
+    /// Attached to a server (`gaffer tui`): `q` detaches and stops nothing, so it never asks.
+    pub attached: bool,
     /// Task runs changed by a key before the engine confirmed it: their state before, to undo
     /// if the command fails.
     pub optimistic: BTreeMap<u64, TaskState>,
@@ -276,6 +278,7 @@ impl Model {
             log: None,
             status: None,
             watched,
+            attached: false,
             optimistic: BTreeMap::new(),
             index: Default::default(),
             dirty: [true; 7],

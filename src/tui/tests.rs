@@ -467,8 +467,8 @@ fn live_smoke() {
         for job in jobs {
             ids.push(handle.submit(&job, Default::default()).await.expect("submit"));
         }
-        let options = super::TuiOptions { title: file, state_dir, watched_job_runs: ids };
-        let exit = super::run(handle.clone(), events, options).await;
+        let options = super::TuiOptions { title: file, state_dir, watched_job_runs: ids, attached: false };
+        let exit = super::run(std::rc::Rc::new(handle.clone()), events, options).await;
         handle.shutdown().await;
         exit
     });

@@ -450,7 +450,7 @@ fn follow_log(model: &mut Model) -> Vec<Command> {
 
 fn quit(model: &mut Model) -> Vec<Command> {
     let running = model.count(TaskState::Running);
-    if running == 0 {
+    if running == 0 || model.attached {
         return vec![Command::Quit];
     }
     let plural = if running == 1 { "task" } else { "tasks" };

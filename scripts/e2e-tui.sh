@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Drives the real TUI in tmux like a person: a dead-lettering task is retried with `r`, a long
+# task is cancelled with `c` `y`, a task printing terminal escape sequences is looked at, the
+# terminal title must survive, and `q` `y` must leave no process behind. Then `gaffer tui`
+# attaches to a headless server and detaches with `q`, leaving the server running.
+# Usage: scripts/e2e-tui.sh [path/to/gaffer]   (needs tmux)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:-target/debug/gaffer}
+[[ -x $bin ]] || cargo build --quiet --locked
+bin=$(realpath "$bin")
+command -v tmux >/dev/null || { echo "e2e-tui: tmux is not installed"; exit 1; }
+
+work=$(mktemp -d)
+session="gaffer-e2e-$$"
+cleanup() { tmux kill-session -t "$session" 2>/dev/null || true; pkill -f "$work" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+# tmux runs the panes with its own environment: make sure none of ours leaks into the check.
+unset GAFFER_STATE_DIR
+fail() { echo "e2e-tui: FAIL: $*"; echo "--- screen:"; tmux capture-pane -t "$session" -p 2>/dev/null || true; exit 1; }
+screen() { tmux capture-pane -t "$session" -p; }
+# Waits (bounded) until the screen shows $1.
+wait_for() {
+  for _ in $(seq 1 100); do screen | grep -q -- "$1" && return 0; sleep 0.1; done
+  fail "waited 10 s for: $1"
+}
+
+cat > "$work/workflow.toml" <<'TOML'
+[settings]
+workers = 4
+
+[jobs.demo.tasks.flaky]
+retry = { max_attempts = 1 }
+run = 'test -e fixed || { echo "upstream down" >&2; exit 3; }'
+
+[jobs.demo.tasks.long]
+run = 'echo $$ > long.pid; sleep 300'
+
+[jobs.demo.tasks.evil]
+run = '''printf '\033]0;pwned\007\033[2J title attack\n'; printf 'progress \033]0;pwned2\007 sneaky\n' >&3; sleep 300'''
+TOML
+
+tmux new-session -d -s "$session" -x 120 -y 32 -c "$work" "GAFFER_STATE_DIR=$work/.gaffer $bin run workflow.toml; echo EXIT=\$? > $work/exit; sleep 600"
+tmux select-pane -t "$session" -T e2e-title
+wait_for "Jobs (1)"
+wait_for "1 dead"
+
+# The dead letter: fix its cause, retry it with r.
+touch "$work/fixed"
+tmux send-keys -t "$session" 5
+wait_for "Dead letters (1)"
+tmux send-keys -t "$session" r
+wait_for "Dead letters (0)"
+
+# The long task: cancel with c, confirm with y; its process must die.
+tmux send-keys -t "$session" 3
+wait_for "Tasks (3)"
+tmux send-keys -t "$session" /
+tmux send-keys -t "$session" -l "long"
+tmux send-keys -t "$session" Enter
+wait_for "long"
+tmux send-keys -t "$session" c
+wait_for "y/n"
+tmux send-keys -t "$session" y
+wait_for "cancelled"
+long_pid=$(cat "$work/long.pid")
+for _ in $(seq 1 100); do kill -0 "$long_pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$long_pid" 2>/dev/null && fail "the cancelled task's process $long_pid is alive"
+
+# The evil task: its escape sequences must be shown inert and never reach the terminal.
+tmux send-keys -t "$session" Escape Escape 3
+wait_for "evil"
+tmux send-keys -t "$session" /
+tmux send-keys -t "$session" -l "evil"
+tmux send-keys -t "$session" Enter Enter
+wait_for "title attack"
+screen | grep -q '\^\[' || fail "escape sequences were not made visible"
+title=$(tmux display-message -t "$session" -p '#{pane_title}')
+[[ $title == e2e-title ]] || fail "the terminal title changed to '$title'"
+
+# Quit: work is running (evil), so it asks; y stops gracefully, and nothing stays behind.
+tmux send-keys -t "$session" Escape q
+wait_for "stop gaffer? y/n"
+tmux send-keys -t "$session" y
+for _ in $(seq 1 150); do [[ -s $work/exit ]] && break; sleep 0.1; done
+[[ -s $work/exit ]] || fail "gaffer did not exit after q y"
+if pgrep -f "$bin run workflow.toml" >/dev/null; then fail "gaffer is still running"; fi
+# Every task process carries GAFFER_STATE_DIR in its environment: none may outlive gaffer.
+for environ in /proc/[0-9]*/environ; do
+  if { tr '\0' '\n' < "$environ"; } 2>/dev/null | grep -qx "GAFFER_STATE_DIR=$work/.gaffer"; then
+    fail "a task process outlived gaffer: ${environ%/environ}"
+  fi
+done
+
+# Attach to a headless server and detach: the server keeps running.
+tmux kill-session -t "$session"
+GAFFER_STATE_DIR="$work/.gaffer" "$bin" serve "$work/workflow.toml" --headless >/dev/null 2>&1 &
+server=$!
+for _ in $(seq 1 100); do [[ -S $work/.gaffer/gaffer.sock ]] && break; sleep 0.1; done
+tmux new-session -d -s "$session" -x 120 -y 32 -c "$work" "GAFFER_STATE_DIR=$work/.gaffer $bin tui; echo DETACHED > $work/detached; sleep 600"
+wait_for "attached to"
+tmux send-keys -t "$session" q
+for _ in $(seq 1 50); do [[ -s $work/detached ]] && break; sleep 0.1; done
+[[ -s $work/detached ]] || fail "q did not detach"
+kill -0 "$server" 2>/dev/null || fail "the server stopped when the TUI detached"
+kill -TERM "$server"
+wait "$server" || true
+echo "e2e-tui: ok"
