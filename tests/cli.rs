@@ -651,7 +651,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        signal(self.child.id(), "TERM");
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal(self.child.id(), "TERM");
+        }
         let _ = self.child.wait();
     }
 }
@@ -841,4 +843,44 @@ fn a_remote_engine_sees_and_drives_a_server() {
         assert!(remote.set_paused("default", true).await.expect("pause"));
         assert!(!remote.set_paused("nope", true).await.expect("no such queue"));
     });
+}
+
+#[test]
+fn serve_sigterm_stops_within_the_grace_period_and_a_restart_resumes() {
+    let p = Project::new(
+        "[jobs.long.tasks.t]\nrun = 'echo $GAFFER_ATTEMPT >> attempts; test -e done || { touch started; sleep 300; }'\n",
+    );
+    let mut server = Server::start(&p);
+    assert!(p.run(&["submit", "long"]).status.success());
+    wait_until(Duration::from_secs(10), "the task to start", || p.path().join("started").exists());
+    let stopping = std::time::Instant::now();
+    signal(server.child.id(), "TERM");
+    let status = server.child.wait().expect("serve ends");
+    assert_eq!(status.code(), Some(0));
+    assert!(stopping.elapsed() < Duration::from_secs(12), "within the 10 s grace: {:?}", stopping.elapsed());
+    assert_eq!(p.task("t")["state"], "queued", "interrupted work waits for the next start");
+    std::fs::write(p.path().join("done"), "").expect("done");
+    let _again = Server::start(&p);
+    wait_until(Duration::from_secs(10), "the resumed task to finish", || p.task("t")["state"] == "succeeded");
+    assert_eq!(p.json(&["jobs", "--json"]).as_array().map(Vec::len), Some(1), "resumed, not submitted again");
+}
+
+#[test]
+fn cancel_a_job_run_on_a_server_kills_its_process_groups() {
+    let p = Project::new(
+        "[jobs.pair.tasks.a]\nrun = 'sleep 300 & echo $! > a.pid; wait'\n[jobs.pair.tasks.b]\nrun = 'echo $$ > b.pid; sleep 300'\n",
+    );
+    let _server = Server::start(&p);
+    assert!(p.run(&["submit", "pair"]).status.success());
+    let (a, b) = (p.path().join("a.pid"), p.path().join("b.pid"));
+    let written = |f: &std::path::Path| std::fs::read_to_string(f).is_ok_and(|t| t.ends_with('\n'));
+    wait_until(Duration::from_secs(10), "both tasks to start", || written(&a) && written(&b));
+    let pids: Vec<i32> =
+        [a, b].iter().map(|f| std::fs::read_to_string(f).expect("pid").trim().parse().expect("pid")).collect();
+    let out = p.run(&["cancel", "j1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(10), "the job run to be cancelled", || {
+        p.json(&["jobs", "--json"])[0]["state"] == "cancelled"
+    });
+    wait_until(Duration::from_secs(3), "their processes to be gone", || pids.iter().all(|pid| !alive(*pid)));
 }
