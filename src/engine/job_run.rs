@@ -493,6 +493,9 @@ impl JobRun {
         let mut mutations = with;
         mutations.push(Mutation::JobRun(self.record.clone()));
         mutations.extend(self.tasks.iter().map(|t| Mutation::TaskRun(t.clone())));
+        for event in &mut events {
+            event.job_run.get_or_insert(self.record.id);
+        }
         let params = serde_json::to_value(&self.record.params).unwrap_or_default();
         events.push(self.job_event("job.started").with("params", params));
         self.apply_changes(ctx, changes, mutations, events);
