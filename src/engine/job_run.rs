@@ -279,7 +279,15 @@ impl JobRun {
         }
         let first = |s: TaskState| self.tasks.iter().find(|t| t.state == s);
         match (first(TaskState::Dead), first(TaskState::Cancelled)) {
-            (Some(t), _) => format!("task {} (#{}) dead: {}", t.task, t.id, t.reason.map_or("failed", |r| r.as_str())),
+            (Some(t), _) => {
+                let reason = t.reason.map_or("failed", |r| r.as_str());
+                let code = t
+                    .exit_code
+                    .filter(|_| t.reason == Some(FailReason::ExitCode))
+                    .map(|c| format!(" {c}"))
+                    .unwrap_or_default();
+                format!("task {} (#{}) dead: {reason}{code}", t.task, t.id)
+            }
             (None, Some(t)) => format!("task {} (#{}) cancelled", t.task, t.id),
             _ => "tasks skipped".into(),
         }

@@ -221,9 +221,14 @@ impl Worker {
             let mut exit = None;
             loop {
                 tokio::select! {
+                    // Any sign of life counts for the inactivity watchdog: a line of output, a
+                    // heartbeat, and also progress, cost and outputs on fd 3.
                     event = rx.recv() => match event {
                         Some(AttemptEvent::Activity | AttemptEvent::Heartbeat) => activity.touch(clock.now_ms()),
-                        Some(other) => { let _ = addr.send(Signal(other)).await; }
+                        Some(other) => {
+                            activity.touch(clock.now_ms());
+                            let _ = addr.send(Signal(other)).await;
+                        }
                         None => break,
                     },
                     finished = &mut done, if exit.is_none() => exit = Some(finished),

@@ -172,7 +172,8 @@ pub fn draw_table<'r>(
         .header(header)
         .block(block)
         .column_spacing(1)
-        .row_highlight_style(Style::new().bg(Color::DarkGray).add_modifier(Modifier::BOLD));
+        // Not dark grey: dimmed text and pending/skipped states are dark grey and would vanish.
+        .row_highlight_style(Style::new().bg(Color::Indexed(24)).add_modifier(Modifier::BOLD));
     let mut state = TableState::default();
     if !rows.is_empty() {
         state.select(Some(pane.selected.saturating_sub(offset)));
