@@ -20,15 +20,9 @@ use crate::model::cost::Pricing;
 use crate::model::schedule::Schedule;
 use crate::store::{self, StoreError};
 
+/// What `run` and `serve` share: how to show progress, and the worker cap.
 #[derive(Debug, Args)]
-pub struct RunArgs {
-    /// The workflow file.
-    pub file: PathBuf,
-    /// Jobs to run (default: every job without a `schedule`).
-    pub jobs: Vec<String>,
-    /// Override a job param: --param topic=go (repeatable).
-    #[arg(long = "param", value_name = "K=V")]
-    pub params: Vec<String>,
+pub struct DisplayArgs {
     /// No terminal UI, progress lines only.
     #[arg(long)]
     pub headless: bool,
@@ -38,6 +32,29 @@ pub struct RunArgs {
     /// Cap on running attempts (overrides settings.workers).
     #[arg(long)]
     pub workers: Option<usize>,
+}
+
+impl DisplayArgs {
+    fn format(&self) -> Format {
+        if self.json { Format::Json } else { Format::Human }
+    }
+
+    fn screen(&self, file: &Path) -> Option<Screen> {
+        Screen::choose(self.headless || self.json, file)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The workflow file.
+    pub file: PathBuf,
+    /// Jobs to run (default: every job without a `schedule`).
+    pub jobs: Vec<String>,
+    /// Override a job param: --param topic=go (repeatable).
+    #[arg(long = "param", value_name = "K=V")]
+    pub params: Vec<String>,
+    #[command(flatten)]
+    pub display: DisplayArgs,
     /// Run every task as a no-op that succeeds at once (measures the engine alone).
     #[arg(long, hide = true)]
     pub noop_executor: bool,
@@ -152,13 +169,14 @@ fn chosen_jobs(workflow: &Workflow, named: &[String]) -> Result<Vec<String>, Str
 }
 
 pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
-    let format = if args.json { Format::Json } else { Format::Human };
-    let screen = Screen::choose(args.headless || args.json, &args.file);
+    let format = args.display.format();
+    let screen = args.display.screen(&args.file);
     let choose = |workflow: &Workflow| -> Result<_, String> {
         let params = parse_params(&args.params)?;
         Ok((params, chosen_jobs(workflow, &args.jobs)?))
     };
-    let options = SessionOptions { file: &args.file, state_dir, workers: args.workers, noop: args.noop_executor };
+    let options =
+        SessionOptions { file: &args.file, state_dir, workers: args.display.workers, noop: args.noop_executor };
     session(options, screen.is_some(), choose, |config, (params, jobs)| drive(config, jobs, params, format, screen))
 }
 
@@ -166,15 +184,8 @@ pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
 pub struct ServeArgs {
     /// The workflow file.
     pub file: PathBuf,
-    /// No terminal UI, progress lines only.
-    #[arg(long)]
-    pub headless: bool,
-    /// Print the event stream as JSON lines on stdout (implies --headless).
-    #[arg(long)]
-    pub json: bool,
-    /// Cap on running attempts (overrides settings.workers).
-    #[arg(long)]
-    pub workers: Option<usize>,
+    #[command(flatten)]
+    pub display: DisplayArgs,
     /// Also serve the API over TCP (bearer token in STATE_DIR/token), e.g. 127.0.0.1:7700.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<std::net::SocketAddr>,
@@ -185,9 +196,9 @@ pub struct ServeArgs {
 
 /// `gaffer serve`: resume, fire schedules, take commands, until SIGINT/SIGTERM.
 pub fn serve(args: ServeArgs, state_dir: &Path) -> i32 {
-    let format = if args.json { Format::Json } else { Format::Human };
-    let screen = Screen::choose(args.headless || args.json, &args.file);
-    let options = SessionOptions { file: &args.file, state_dir, workers: args.workers, noop: false };
+    let format = args.display.format();
+    let screen = args.display.screen(&args.file);
+    let options = SessionOptions { file: &args.file, state_dir, workers: args.display.workers, noop: false };
     let listen = |_: &Workflow| -> Result<Option<std::net::TcpListener>, String> {
         let Some(addr) = args.listen else { return Ok(None) };
         if !addr.ip().is_loopback() && !args.listen_anywhere {

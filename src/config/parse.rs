@@ -407,19 +407,19 @@ fn read_choice<T: Copy>(r: &mut Reader, e: &Entry, choices: &[(&str, T)]) -> Opt
 }
 
 fn read_schedule(r: &mut Reader, e: &Entry) -> Option<String> {
-    let text = r.string(e)?;
-    match crate::model::schedule::parse_cron(&text) {
-        Ok(_) => Some(text),
-        Err(err) => {
-            r.error(e.at, format!("bad cron expression `{text}`: {err}"));
-            None
-        }
-    }
+    read_checked(r, e, |text| {
+        crate::model::schedule::parse_cron(text).map_err(|err| format!("bad cron expression `{text}`: {err}"))
+    })
 }
 
 fn read_timezone(r: &mut Reader, e: &Entry) -> Option<String> {
+    read_checked(r, e, crate::model::schedule::parse_zone)
+}
+
+/// A string that `check` accepts; its message is the diagnostic otherwise.
+fn read_checked<T>(r: &mut Reader, e: &Entry, check: impl Fn(&str) -> Result<T, String>) -> Option<String> {
     let text = r.string(e)?;
-    match crate::model::schedule::parse_zone(&text) {
+    match check(&text) {
         Ok(_) => Some(text),
         Err(message) => {
             r.error(e.at, message);
