@@ -116,7 +116,7 @@ impl Supervisor {
                         }
                     }
                 }
-                let begin = Begin::New { with: vec![remember], events: vec![event("schedule.fired")] };
+                let begin = Begin::New { with: vec![remember], events: vec![event("schedule.fired")], begun: None };
                 self.submit_scheduled(&msg.job, begin)?;
             }
         }

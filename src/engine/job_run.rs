@@ -55,6 +55,8 @@ pub struct JobRun {
     next_commit: u64,
     next_to_run: u64,
     committed: std::collections::BTreeMap<u64, (Vec<EngineEvent>, AfterCommit)>,
+    /// Told once the new run's first commit (its records) is durable: a submit answers then.
+    begun: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 type AfterCommit = Box<dyn FnOnce(&mut JobRun, &mut Context<JobRun>)>;
@@ -92,6 +94,7 @@ impl JobRun {
             next_commit: 0,
             next_to_run: 0,
             committed: Default::default(),
+            begun: None,
         }
     }
 
@@ -171,6 +174,9 @@ impl JobRun {
                 self.shared.journal.do_send(Publish(event));
             }
             after(self, ctx);
+            if let Some(begun) = self.begun.take() {
+                let _ = begun.send(());
+            }
         }
     }
 
@@ -650,6 +656,8 @@ pub enum Begin {
     New {
         with: Vec<Mutation>,
         events: Vec<EngineEvent>,
+        /// Told once the run's records are durable.
+        begun: Option<tokio::sync::oneshot::Sender<()>>,
     },
     Resume,
 }
@@ -671,7 +679,10 @@ impl Handler<Start> for JobRun {
 
     fn handle(&mut self, Start(begin): Start, ctx: &mut Self::Context) {
         match begin {
-            Begin::New { with, events } => self.begin_new(ctx, with, events),
+            Begin::New { with, events, begun } => {
+                self.begun = begun;
+                self.begin_new(ctx, with, events)
+            }
             Begin::Resume => self.resume(ctx),
         }
     }
@@ -771,9 +782,12 @@ impl Handler<ProcessStarted> for JobRun {
             attempt.pgid = Some(p.pgid);
             attempt.start_ticks = p.start_ticks;
             event = event.with("pid", p.pid);
+            // The pid only helps crash recovery find the group (which also finds it by its
+            // environment): `running` is already durable, so nothing waits for this commit.
+            drop(self.shared.store.commit(vec![Mutation::Attempt(attempt.clone())]));
         }
-        let mutation = Mutation::Attempt(attempt.clone());
-        self.persist_then(ctx, vec![mutation], vec![event], |_, _| {});
+        let _ = ctx;
+        self.shared.journal.do_send(Publish(event));
     }
 }
 

@@ -188,8 +188,8 @@ impl Supervisor {
             .map(|t| TaskRunRecord { priority: priority.unwrap_or(t.priority), ..t })
             .collect();
         let begin = match begin {
-            Begin::New { with, events } => {
-                Begin::New { with: with.into_iter().map(|m| with_job_run(m, id)).collect(), events }
+            Begin::New { with, events, begun } => {
+                Begin::New { with: with.into_iter().map(|m| with_job_run(m, id)).collect(), events, begun }
             }
             other => other,
         };
@@ -418,22 +418,39 @@ impl Handler<ResumeAll> for Supervisor {
 pub struct Submit(pub SubmitRequest);
 
 impl Handler<Submit> for Supervisor {
-    type Result = Result<Submitted, EngineError>;
+    type Result = ResponseFuture<Result<Submitted, EngineError>>;
 
-    /// Submits are handled one at a time here, so two with the same key cannot both create.
+    /// Submits are handled one at a time here, so two with the same key cannot both create;
+    /// the answer comes once the new run's records are durable, so an id handed out is kept.
     fn handle(&mut self, Submit(request): Submit, _ctx: &mut Self::Context) -> Self::Result {
+        let created = self.create(request);
+        Box::pin(async move {
+            let (submitted, begun) = created?;
+            if let Some(begun) = begun {
+                begun.await.map_err(|_| EngineError::Stopped("the job run stopped before it was stored".into()))?;
+            }
+            Ok(submitted)
+        })
+    }
+}
+
+type Begun = Option<oneshot::Receiver<()>>;
+
+impl Supervisor {
+    fn create(&mut self, request: SubmitRequest) -> Result<(Submitted, Begun), EngineError> {
         if let Some(key) = &request.key
             && let Some(job_run) = self.job_run_of_key(key)?
         {
-            return Ok(Submitted { job_run, existing: true });
+            return Ok((Submitted { job_run, existing: true }, None));
         }
         let with = request.key.iter().map(|key| Mutation::IdempotencyKey(key.clone(), 0)).collect();
-        let begin = Begin::New { with, events: Vec::new() };
+        let (tx, rx) = oneshot::channel();
+        let begin = Begin::New { with, events: Vec::new(), begun: Some(tx) };
         let job_run = self.submit_with_priority(&request.job, request.params, request.priority, begin)?;
         if let Some(key) = request.key {
             self.keys.insert(key, job_run);
         }
-        Ok(Submitted { job_run, existing: false })
+        Ok((Submitted { job_run, existing: false }, Some(rx)))
     }
 }
 
