@@ -267,6 +267,38 @@ row "restart: \`gaffer run\` of a 1-task job, $filled finished task runs in the 
 row "same, empty state dir (for comparison)" "$(med <"$WORK/empty.ms") ms" "—" "reference" \
   "process start → exit, a fresh state dir each rep (includes creating state.redb)"
 
+# ------------------------------------------------------------------ TUI (issue 3)
+log "TUI: one frame of each view with 100k task runs (release)"
+cargo test --release --quiet --lib tui::tests::render_bench -- --ignored --nocapture >"$WORK/tui.txt" 2>&1 || true
+# "draw <view name, maybe two words> <duration>": the duration is the last field.
+ms_of() { awk '{ v = $NF; if (v ~ /µs$/) { sub(/µs$/, "", v); v = v / 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else { sub(/s$/, "", v); v = v * 1000 } print v + 0 }'; }
+frames=$(grep '^draw ' "$WORK/tui.txt" | while read -r line; do
+  printf '%s %.2f ms, ' "$(echo "$line" | awk '{ $1 = ""; $NF = ""; sub(/^ +/, ""); sub(/ +$/, ""); print }')" "$(echo "$line" | ms_of)"
+done | sed 's/, $//')
+worst=$(grep '^draw ' "$WORK/tui.txt" | ms_of | sort -g | tail -1)
+row "TUI frame, 100k task runs, 200×60 (worst view)" "$worst ms" "< 10 ms" "$(verdict "$worst" 10 le)" \
+  "tui::tests::render_bench (release, TestBackend): $frames"
+if command -v tmux >/dev/null 2>&1; then
+  printf '[jobs.idle.tasks.t]\nrun = "sleep 4"\n' >"$WORK/tui.toml"
+  tmux new-session -d -s "gaffer-bench-$$" -x 200 -y 60 "$GAFFER run $WORK/tui.toml --state-dir $WORK/state-tui"
+  sleep 1.5
+  tui_pid=$(pgrep -f "^$GAFFER run $WORK/tui.toml" | head -1)
+  tui_kb=$(awk '/VmRSS/ { print $2 }' "/proc/$tui_pid/status" 2>/dev/null || echo 0)
+  tmux kill-session -t "gaffer-bench-$$" 2>/dev/null || true
+  idle_kb=$(median_only <"$WORK/idle.kb")
+  row "TUI's added RSS (same idle workflow, TUI vs headless)" "$(awk -v a="$tui_kb" -v b="$idle_kb" 'BEGIN { printf "%.1f", (a - b) / 1024 }') MB" "—" "measured" \
+    "VmRSS of \`gaffer run\` in a 200×60 tmux pane 1.5 s after start ($(awk -v a="$tui_kb" 'BEGIN { printf "%.1f", a / 1024 }') MB) minus the headless idle row"
+fi
+
+# ------------------------------------------------------------------ serve (issue 4)
+log "serve: submits/s through the socket, cron firing delay"
+cargo bench --quiet --bench serve -- "${SUBMITS:-1000}" "${CRON_SECONDS:-15}" >"$WORK/serve.json" 2>/dev/null || true
+sv() { grep -o "\"$1\":[0-9.]*" "$WORK/serve.json" | cut -d: -f2; }
+row "submits/s through the control socket (1 client / 4 clients)" "$(printf '%.0f / %.0f' "$(sv submits_per_s_1_client)" "$(sv submits_per_s_4_clients)")" "—" "measured" \
+  "benches/serve.rs: POST /v1/submit of a 1-task job over state/gaffer.sock, answered once the run is durable; ${SUBMITS:-1000} submits (the tasks run meanwhile)"
+row "cron firing delay p50 / p99 (scheduled second → task.started)" "$(sv cron_delay_p50_ms) / $(sv cron_delay_p99_ms) ms" "p99 < 50 ms" "$(verdict "$(sv cron_delay_p99_ms)" 50 le)" \
+  "benches/serve.rs: \`* * * * * *\` schedule for ${CRON_SECONDS:-15} s under \`gaffer serve\`, journal timestamps (ms); $(sv cron_fires) fires"
+
 # ------------------------------------------------------------------ the table
 T_END=$EPOCHREALTIME
 FSYNC_AFTER="$(fsync_probe)"
