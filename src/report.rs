@@ -86,3 +86,19 @@ fn latest_queue_caps(reader: &Reader) -> Result<BTreeMap<String, usize>, StoreEr
         .map(|w| w.queues.into_iter().map(|(k, q)| (k, q.concurrency)).collect())
         .unwrap_or_default())
 }
+
+/// `show 42 --json`: the task run with its attempts.
+pub fn task_detail(reader: &Reader, id: u64) -> Result<Option<Value>, StoreError> {
+    let Some(t) = reader.task_run(id)? else { return Ok(None) };
+    let mut value = task_json(&t);
+    value["attempts"] = Value::Array(reader.attempts_of(id)?.iter().map(attempt_json).collect());
+    Ok(Some(value))
+}
+
+/// `show j7 --json`: the job run with its task runs.
+pub fn job_detail(reader: &Reader, id: u64) -> Result<Option<Value>, StoreError> {
+    let Some(j) = reader.job_run(id)? else { return Ok(None) };
+    let mut value = job_json(&j);
+    value["tasks"] = Value::Array(reader.task_runs_of(id)?.iter().map(task_json).collect());
+    Ok(Some(value))
+}

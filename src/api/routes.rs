@@ -26,6 +26,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/v1/queues/{queue}/resume", web::post().to(resume))
             .route("/v1/events", web::get().to(events))
             .route("/v1/snapshot", web::get().to(snapshot))
+            .route("/v1/jobs", web::get().to(jobs))
+            .route("/v1/tasks", web::get().to(tasks))
+            .route("/v1/show/{target}", web::get().to(show))
             .route("/v1/live", web::get().to(live))
             .route("/v1/job_runs/{id}/tasks", web::get().to(task_runs_of))
             .route("/metrics", web::get().to(super::metrics::metrics)),
@@ -156,6 +159,61 @@ async fn snapshot(state: web::Data<ApiState>) -> HttpResponse {
     match state.handle.snapshot().await {
         Ok(snapshot) => HttpResponse::Ok().json(snapshot),
         Err(e) => error(&e),
+    }
+}
+
+/// Runs a read of the store off the server's thread; `None` from `read` is a 404.
+async fn read_store(
+    state: &ApiState,
+    read: impl FnOnce(&crate::store::Reader) -> Result<Option<serde_json::Value>, crate::store::StoreError> + Send + 'static,
+) -> HttpResponse {
+    let dir = state.state_dir.clone();
+    let answer = web::block(move || crate::store::open_reader(&dir).and_then(|reader| read(&reader))).await;
+    match answer {
+        Ok(Ok(Some(value))) => HttpResponse::Ok().json(value),
+        Ok(Ok(None)) => HttpResponse::NotFound().json(json!({"error": "no such id"})),
+        Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+}
+
+#[derive(Deserialize)]
+struct Filter {
+    state: Option<String>,
+    job: Option<String>,
+    queue: Option<String>,
+}
+
+/// SPEC §4.1 `jobs --json`, filtered by `?state=`.
+async fn jobs(state: web::Data<ApiState>, filter: web::Query<Filter>) -> HttpResponse {
+    let wanted = filter.into_inner().state;
+    read_store(&state, move |reader| {
+        let runs = reader.job_runs()?.into_iter().filter(|j| wanted.as_deref().is_none_or(|w| j.state.as_str() == w));
+        Ok(Some(serde_json::Value::Array(runs.map(|j| report::job_json(&j)).collect())))
+    })
+    .await
+}
+
+/// SPEC §4.1 `tasks --json`, filtered by `?state=&job=&queue=`.
+async fn tasks(state: web::Data<ApiState>, filter: web::Query<Filter>) -> HttpResponse {
+    let f = filter.into_inner();
+    read_store(&state, move |reader| {
+        let runs = reader.task_runs()?.into_iter().filter(|t| {
+            f.state.as_deref().is_none_or(|w| t.state.as_str() == w)
+                && f.job.as_ref().is_none_or(|j| &t.job == j)
+                && f.queue.as_ref().is_none_or(|q| &t.queue == q)
+        });
+        Ok(Some(serde_json::Value::Array(runs.map(|t| report::task_json(&t)).collect())))
+    })
+    .await
+}
+
+/// `show ID --json`: a task run (`42`) with its attempts, or a job run (`j7`) with its tasks.
+async fn show(state: web::Data<ApiState>, target: web::Path<String>) -> HttpResponse {
+    match Target::parse(&target) {
+        Ok(Target::TaskRun(id)) => read_store(&state, move |reader| report::task_detail(reader, id)).await,
+        Ok(Target::JobRun(id)) => read_store(&state, move |reader| report::job_detail(reader, id)).await,
+        Err(message) => bad_target(message),
     }
 }
 

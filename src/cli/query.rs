@@ -13,7 +13,7 @@ use crate::engine::{Target, rfc3339_ms};
 use crate::headless::dollars;
 use crate::model::money::usd_json;
 use crate::model::{JobState, TaskState};
-use crate::report::{self, attempt_json, job_json, task_json};
+use crate::report::{self, job_json, task_json};
 use crate::sanitize::sanitize;
 use crate::store::{self, AttemptRecord, JobRunRecord, Reader, TaskRunRecord};
 
@@ -143,24 +143,20 @@ pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
             let t = reader
                 .task_run(id)?
                 .ok_or_else(|| CliError::Failed(format!("no task run {id} in {}", state_dir.display())))?;
-            let attempts = reader.attempts_of(id)?;
             if as_json {
-                let mut value = task_json(&t);
-                value["attempts"] = Value::Array(attempts.iter().map(attempt_json).collect());
-                return print_json(&value);
+                return print_json(&report::task_detail(&reader, id)?.unwrap_or_default());
             }
+            let attempts = reader.attempts_of(id)?;
             print_task_detail(&t, &attempts);
         }
         Target::JobRun(id) => {
             let j = reader
                 .job_run(id)?
                 .ok_or_else(|| CliError::Failed(format!("no job run j{id} in {}", state_dir.display())))?;
-            let tasks = reader.task_runs_of(id)?;
             if as_json {
-                let mut value = job_json(&j);
-                value["tasks"] = Value::Array(tasks.iter().map(task_json).collect());
-                return print_json(&value);
+                return print_json(&report::job_detail(&reader, id)?.unwrap_or_default());
             }
+            let tasks = reader.task_runs_of(id)?;
             println!(
                 "job run j{} of `{}`: {}{}",
                 j.id,
