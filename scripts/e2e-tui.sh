@@ -84,7 +84,7 @@ wait_for "stop gaffer? y/n"
 tmux send-keys -t "$session" y
 for _ in $(seq 1 150); do [[ -s $work/exit ]] && break; sleep 0.1; done
 [[ -s $work/exit ]] || fail "gaffer did not exit after q y"
-if pgrep -f "$bin run workflow.toml" >/dev/null; then fail "gaffer is still running"; fi
+if pgrep -f "^$bin run workflow.toml" >/dev/null; then fail "gaffer is still running: $(pgrep -af "^$bin run workflow.toml")"; fi
 # Every task process carries GAFFER_STATE_DIR in its environment: none may outlive gaffer.
 for environ in /proc/[0-9]*/environ; do
   if { tr '\0' '\n' < "$environ"; } 2>/dev/null | grep -qx "GAFFER_STATE_DIR=$work/.gaffer"; then
