@@ -106,6 +106,8 @@ pub struct Dispatcher {
     wake: Option<SpawnHandle>,
     /// Round-robin start point so no queue always goes first.
     next_queue: usize,
+    /// The keys of `queues`, fixed at start, for the round robin.
+    names: Vec<String>,
 }
 
 impl Dispatcher {
@@ -115,6 +117,7 @@ impl Dispatcher {
         workers_total: usize,
         paused: &std::collections::BTreeSet<String>,
     ) -> Dispatcher {
+        let names = queues.keys().cloned().collect();
         let queues = queues
             .iter()
             .map(|(name, def)| {
@@ -139,6 +142,7 @@ impl Dispatcher {
             stopping: false,
             wake: None,
             next_queue: 0,
+            names,
         }
     }
 
@@ -160,10 +164,9 @@ impl Dispatcher {
 
     /// The best entry of the next queue that may start one now, round robin over queues.
     fn pick(&mut self, now: u64, earliest_wake: &mut Option<u64>) -> Option<ReadyEntry> {
-        let names: Vec<String> = self.queues.keys().cloned().collect();
-        for offset in 0..names.len() {
-            let index = (self.next_queue + offset) % names.len();
-            let Some(queue) = self.queues.get_mut(&names[index]) else { continue };
+        for offset in 0..self.names.len() {
+            let index = (self.next_queue + offset) % self.names.len();
+            let Some(queue) = self.queues.get_mut(&self.names[index]) else { continue };
             if queue.paused || queue.running >= queue.def.concurrency || queue.ready.is_empty() {
                 continue;
             }

@@ -1,10 +1,9 @@
-//! Commands dropped into `state/inbox/` by CLI processes: how `gaffer retry` and `gaffer cancel`
-//! reach a running instance before the control socket exists, and how they wait for the next
-//! start when none runs. One JSON file per command, written atomically (temp file + rename);
-//! the instance answers in `<name>.answer` and removes the command.
+//! Commands dropped into `state/inbox/` by `gaffer retry` / `gaffer cancel` while no instance
+//! runs (a running one is reached through its socket): they wait for the next start, which
+//! applies them through the same engine path as live commands. One JSON file per command,
+//! written atomically (temp file + rename); applying one removes it and logs how it went.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,8 +26,8 @@ fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("inbox")
 }
 
-/// Writes a command; returns the path its answer will appear at.
-pub fn put(state_dir: &Path, command: &InboxCommand) -> std::io::Result<PathBuf> {
+/// Writes a command for the next start.
+pub fn put(state_dir: &Path, command: &InboxCommand) -> std::io::Result<()> {
     let dir = dir(state_dir);
     std::fs::create_dir_all(&dir)?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -37,8 +36,7 @@ pub fn put(state_dir: &Path, command: &InboxCommand) -> std::io::Result<PathBuf>
     let body = serde_json::to_vec(command).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, body)?;
     let file = dir.join(format!("{name}.json"));
-    std::fs::rename(&tmp, &file)?;
-    Ok(dir.join(format!("{name}.answer")))
+    std::fs::rename(&tmp, &file)
 }
 
 /// Takes every pending command, oldest first. Unreadable files are answered with an error.
@@ -60,29 +58,11 @@ pub fn take(state_dir: &Path) -> Vec<(PathBuf, InboxCommand)> {
     out
 }
 
-/// Records the answer next to the command and removes the command.
+/// Removes an applied (or unreadable) command; nobody waits for it, so the outcome is logged.
 pub fn answer(file: &Path, result: Result<String, String>) {
-    let text = match result {
-        Ok(message) => format!("ok {message}"),
-        Err(message) => format!("error {message}"),
-    };
-    let _ = std::fs::write(file.with_extension("answer"), text);
-    let _ = std::fs::remove_file(file);
-}
-
-/// Waits up to `timeout` for the answer to a command.
-pub fn wait_answer(answer_path: &Path, timeout: Duration) -> Option<Result<String, String>> {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if let Ok(text) = std::fs::read_to_string(answer_path) {
-            let _ = std::fs::remove_file(answer_path);
-            return Some(match text.split_once(' ') {
-                Some(("ok", rest)) => Ok(rest.to_string()),
-                Some((_, rest)) => Err(rest.to_string()),
-                None => Err(text),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    match result {
+        Ok(message) => tracing::info!("inbox: {message}"),
+        Err(message) => tracing::warn!("inbox command {}: {message}", file.display()),
     }
-    None
+    let _ = std::fs::remove_file(file);
 }

@@ -105,7 +105,7 @@ impl Supervisor {
 
     /// A scheduled fire: the job's declared params, and `begin` carries the schedule's advance.
     pub(super) fn submit_scheduled(&mut self, job: &str, begin: Begin) -> Result<u64, EngineError> {
-        self.submit(job, BTreeMap::new(), begin)
+        self.submit(job, BTreeMap::new(), None, begin)
     }
 
     pub(super) fn is_stopping(&self) -> bool {
@@ -144,13 +144,9 @@ impl Supervisor {
         Ok(self.shared()?.store.reader()?.idempotency_key(key)?)
     }
 
-    fn submit(&mut self, job: &str, params: BTreeMap<String, String>, begin: Begin) -> Result<u64, EngineError> {
-        self.submit_with_priority(job, params, None, begin)
-    }
-
     /// Creates a job run of `job` with all its task runs pending, and starts its actor.
     /// An idempotency-key mutation in `begin` gets the new id filled in.
-    fn submit_with_priority(
+    fn submit(
         &mut self,
         job: &str,
         params: BTreeMap<String, String>,
@@ -446,7 +442,7 @@ impl Supervisor {
         let with = request.key.iter().map(|key| Mutation::IdempotencyKey(key.clone(), 0)).collect();
         let (tx, rx) = oneshot::channel();
         let begin = Begin::New { with, events: Vec::new(), begun: Some(tx) };
-        let job_run = self.submit_with_priority(&request.job, request.params, request.priority, begin)?;
+        let job_run = self.submit(&request.job, request.params, request.priority, begin)?;
         if let Some(key) = request.key {
             self.keys.insert(key, job_run);
         }

@@ -400,16 +400,3 @@ impl Handler<Ping> for Worker {
 
     fn handle(&mut self, _: Ping, _ctx: &mut Self::Context) {}
 }
-
-/// Is this worker running an attempt right now?
-#[derive(Message)]
-#[rtype(result = "Option<u64>")]
-pub struct Busy;
-
-impl Handler<Busy> for Worker {
-    type Result = Option<u64>;
-
-    fn handle(&mut self, _: Busy, _ctx: &mut Self::Context) -> Option<u64> {
-        self.current.as_ref().map(|c| c.task_run)
-    }
-}

@@ -191,11 +191,6 @@ pub fn reopen_pending(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> 
     changes
 }
 
-/// Running tasks to cancel when a failing job run has `fail_fast = true`.
-pub fn running_tasks(states: &TaskStates) -> Vec<usize> {
-    (0..states.len()).filter(|&t| matches!(states[t], TaskState::Running | TaskState::Retrying)).collect()
-}
-
 /// `None` while anything can still happen; otherwise how the job run ended.
 pub fn outcome(states: &TaskStates, cancel_requested: bool) -> Option<JobState> {
     if !states.all_terminal() {
