@@ -67,6 +67,10 @@ fn describe(e: &EngineEvent) -> Option<String> {
         "task.dead_lettered" => format!("dead: {reason} (gaffer retry {} to run it again)", e.task_run.unwrap_or(0)),
         "task.cancelled" => "cancelled".into(),
         "task.skipped" => "skipped".into(),
+        "task.waiting" => {
+            let name = e.str_field("wait_for").unwrap_or("?");
+            format!("waiting for `{name}` (gaffer signal j{} {name} to release it)", e.job_run.unwrap_or(0))
+        }
         "schedule.fired" => format!("schedule fired (slot {})", slot(e)),
         "schedule.skipped" => format!("schedule slot {} skipped: {reason}", slot(e)),
         "worker.restarted" => {

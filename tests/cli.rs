@@ -5,7 +5,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::{Project, alive, named, signal, wait_until};
+use support::{Project, Server, alive, named, signal, wait_until};
 
 const RETRY_FAST: &str = r#"retry = { max_attempts = 3, initial_interval = "100ms", backoff = 1.0, jitter = 0.0 }"#;
 
@@ -629,35 +629,6 @@ fn serve_overlap_skip_never_runs_two_at_once() {
     }
 }
 
-/// A `gaffer serve` in the background, stopped (SIGTERM) when dropped.
-struct Server {
-    child: std::process::Child,
-}
-
-impl Server {
-    fn start(p: &Project) -> Server {
-        let child = p
-            .gaffer(&["serve", "workflow.toml", "--headless"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("serve");
-        let socket = p.state_dir().join("gaffer.sock");
-        wait_until(Duration::from_secs(10), "the control socket", || socket.exists());
-        Server { child }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            signal(self.child.id(), "TERM");
-        }
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn submit_to_a_server_with_params_and_an_idempotency_key() {
     let p = Project::new(
@@ -905,4 +876,18 @@ fn read_endpoints_answer_like_the_cli() {
     assert_eq!(get("/v1/show/1").1, p.json(&["show", "1", "--json"]));
     assert_eq!(get("/v1/show/j1").1["tasks"][0]["outputs"]["k"], "v");
     assert!(get("/v1/show/99").0.contains("404"));
+}
+
+#[test]
+fn status_columns_line_up_under_their_headers() {
+    let p = Project::new("[queues.io]\nconcurrency = 12\n[jobs.j.tasks.t]\nqueue = \"io\"\nrun = 'true'\n");
+    assert_eq!(p.run_json(&[]).0, 0);
+    let out = String::from_utf8_lossy(&p.run(&["status"]).stdout).into_owned();
+    let header = out.lines().find(|l| l.starts_with("QUEUE")).expect("header");
+    let row = out.lines().find(|l| l.starts_with("io ")).expect("io row");
+    for column in ["CONCURRENCY", "QUEUED", "RUNNING", "RETRYING", "DEAD"] {
+        let end = header.find(column).expect("column") + column.len();
+        let cell = row[..end].rsplit(' ').next().unwrap_or("");
+        assert!(!cell.is_empty() && row.as_bytes().get(end).is_none_or(|b| *b == b' '), "{column} misaligned:\n{out}");
+    }
 }

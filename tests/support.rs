@@ -122,3 +122,32 @@ pub fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill").args(["-s", sig, &pid.to_string()]).status().expect("kill");
     assert!(status.success());
 }
+
+/// A `gaffer serve` in the background, stopped (SIGTERM) when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+}
+
+impl Server {
+    pub fn start(p: &Project) -> Server {
+        let child = p
+            .gaffer(&["serve", "workflow.toml", "--headless"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("serve");
+        let socket = p.state_dir().join("gaffer.sock");
+        wait_until(Duration::from_secs(10), "the control socket", || socket.exists());
+        Server { child }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal(self.child.id(), "TERM");
+        }
+        let _ = self.child.wait();
+    }
+}

@@ -49,11 +49,7 @@ impl RemoteEngine {
     }
 
     async fn message(&self, path: &str, target: Target) -> Result<String, EngineError> {
-        let text = match target {
-            Target::TaskRun(id) => id.to_string(),
-            Target::JobRun(id) => format!("j{id}"),
-        };
-        let answer: Value = self.call("POST", path, Some(json!({"target": text}))).await?;
+        let answer: Value = self.call("POST", path, Some(json!({"target": target.id_text()}))).await?;
         Ok(answer["message"].as_str().unwrap_or("done").to_string())
     }
 
@@ -92,6 +88,14 @@ impl Control for RemoteEngine {
 
     fn cancel(&self, target: Target) -> Reply<'_, String> {
         Box::pin(self.message("/v1/cancel", target))
+    }
+
+    fn signal<'a>(&'a self, target: Target, name: &'a str) -> Reply<'a, String> {
+        Box::pin(async move {
+            let body = json!({"target": target.id_text(), "name": name});
+            let answer: Value = self.call("POST", "/v1/signal", Some(body)).await?;
+            Ok(answer["message"].as_str().unwrap_or("done").to_string())
+        })
     }
 
     fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> Reply<'a, bool> {

@@ -22,6 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/v1/submit", web::post().to(submit))
             .route("/v1/retry", web::post().to(retry))
             .route("/v1/cancel", web::post().to(cancel))
+            .route("/v1/signal", web::post().to(signal))
             .route("/v1/queues/{queue}/pause", web::post().to(pause))
             .route("/v1/queues/{queue}/resume", web::post().to(resume))
             .route("/v1/events", web::get().to(events))
@@ -126,6 +127,20 @@ async fn retry(state: web::Data<ApiState>, body: web::Json<TargetBody>) -> HttpR
 async fn cancel(state: web::Data<ApiState>, body: web::Json<TargetBody>) -> HttpResponse {
     match Target::parse(&body.target) {
         Ok(t) => answer(state.handle.cancel(t).await),
+        Err(message) => bad_target(message),
+    }
+}
+
+#[derive(Deserialize)]
+struct SignalBody {
+    target: String,
+    name: String,
+}
+
+/// Releases task runs waiting for `name`: all of a job run (`j7`) or one task run (`42`).
+async fn signal(state: web::Data<ApiState>, body: web::Json<SignalBody>) -> HttpResponse {
+    match Target::parse(&body.target) {
+        Ok(t) => answer(state.handle.signal(t, &body.name).await),
         Err(message) => bad_target(message),
     }
 }

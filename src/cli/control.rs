@@ -1,6 +1,6 @@
-//! Commands that change state: `retry`, `cancel`, `dlq retry|purge`. They go through the
-//! engine's inbox: a running instance answers within a moment; with none running, the command
-//! waits there and takes effect at the next start (SPEC §4).
+//! Commands that change state: `retry`, `cancel`, `signal`, `dlq retry|purge`, `pause`,
+//! `resume`, `submit`. A running instance takes them through its socket; with none running,
+//! `retry`, `cancel` and `signal` wait in the inbox and take effect at the next start (SPEC §4).
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,20 +13,31 @@ use crate::api::client::{self, ClientError};
 use crate::engine::Target;
 use crate::engine::inbox::{self, Action, InboxCommand};
 use crate::headless::dollars;
+use crate::model::TaskState;
 use crate::store;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verb {
-    Retry,
-    Cancel,
-}
-
-pub fn send(state_dir: &Path, verb: Verb, ids: &[String]) -> Result<(), CliError> {
+pub fn send(state_dir: &Path, action: &Action, ids: &[String]) -> Result<(), CliError> {
     let targets = ids.iter().map(|id| parse_target(id)).collect::<Result<Vec<_>, _>>()?;
-    send_targets(state_dir, verb, &targets)
+    send_targets(state_dir, action, &targets)
 }
 
-fn send_targets(state_dir: &Path, verb: Verb, targets: &[Target]) -> Result<(), CliError> {
+/// `gaffer signal RUN NAME`: releases what waits for NAME in job run RUN (or in task run 42).
+pub fn signal(state_dir: &Path, id: &str, name: &str) -> Result<(), CliError> {
+    let target = parse_target(id)?;
+    let reader = query::open(state_dir)?;
+    let tasks = match target {
+        Target::JobRun(id) => reader.task_runs_of(id)?,
+        Target::TaskRun(id) => reader.task_run(id)?.into_iter().collect(),
+    };
+    // What waits for which name is in the workflow; the running instance (or the next start)
+    // checks that. Here: a signal that can release nothing is refused at once.
+    if !tasks.is_empty() && !tasks.iter().any(|t| t.state == TaskState::Waiting) {
+        return Err(CliError::Failed(format!("nothing in {target} is waiting; nothing was sent")));
+    }
+    send_targets(state_dir, &Action::Signal(name.to_string()), &[target])
+}
+
+fn send_targets(state_dir: &Path, action: &Action, targets: &[Target]) -> Result<(), CliError> {
     let reader = query::open(state_dir)?;
     for target in targets {
         let exists = match target {
@@ -39,7 +50,7 @@ fn send_targets(state_dir: &Path, verb: Verb, targets: &[Target]) -> Result<(), 
     }
     let mut failed = false;
     for target in targets {
-        match deliver(state_dir, verb, *target)? {
+        match deliver(state_dir, action, *target)? {
             Ok(message) => println!("{message}"),
             Err(message) => {
                 eprintln!("gaffer: {target}: {message}");
@@ -52,26 +63,21 @@ fn send_targets(state_dir: &Path, verb: Verb, targets: &[Target]) -> Result<(), 
 
 /// To the running instance through its socket; with none running, into the inbox for the
 /// next start.
-fn deliver(state_dir: &Path, verb: Verb, target: Target) -> Result<Result<String, String>, CliError> {
-    let path = if verb == Verb::Retry { "/v1/retry" } else { "/v1/cancel" };
-    let body = serde_json::json!({"target": target_text(target)});
+fn deliver(state_dir: &Path, action: &Action, target: Target) -> Result<Result<String, String>, CliError> {
+    let (path, body) = match action {
+        Action::Retry => ("/v1/retry", serde_json::json!({"target": target.id_text()})),
+        Action::Cancel => ("/v1/cancel", serde_json::json!({"target": target.id_text()})),
+        Action::Signal(name) => ("/v1/signal", serde_json::json!({"target": target.id_text(), "name": name})),
+    };
     match client::call(state_dir, "POST", path, Some(&body)) {
         Ok(answer) => Ok(Ok(answer["message"].as_str().unwrap_or("done").to_string())),
         Err(ClientError::Refused(message)) => Ok(Err(message)),
         Err(ClientError::NotRunning(_)) if store::instance_pid(state_dir).is_none() => {
-            let action = if verb == Verb::Retry { Action::Retry } else { Action::Cancel };
-            inbox::put(state_dir, &InboxCommand { action, target })
+            inbox::put(state_dir, &InboxCommand { action: action.clone(), target })
                 .map_err(|e| CliError::Failed(format!("cannot write to {}: {e}", state_dir.join("inbox").display())))?;
             Ok(Ok(format!("{target}: recorded; it takes effect when gaffer next starts in {}", state_dir.display())))
         }
         Err(e) => Err(CliError::Failed(e.to_string())),
-    }
-}
-
-fn target_text(target: Target) -> String {
-    match target {
-        Target::TaskRun(id) => id.to_string(),
-        Target::JobRun(id) => format!("j{id}"),
     }
 }
 
@@ -126,8 +132,8 @@ pub fn set_paused(state_dir: &Path, queue: &str, paused: bool) -> Result<(), Cli
 pub fn dlq(state_dir: &Path, action: DlqAction) -> Result<(), CliError> {
     match action {
         DlqAction::List { json } => list(state_dir, json),
-        DlqAction::Retry { ids, all } => act_on_dead(state_dir, Verb::Retry, &ids, all),
-        DlqAction::Purge { ids, all } => act_on_dead(state_dir, Verb::Cancel, &ids, all),
+        DlqAction::Retry { ids, all } => act_on_dead(state_dir, &Action::Retry, &ids, all),
+        DlqAction::Purge { ids, all } => act_on_dead(state_dir, &Action::Cancel, &ids, all),
     }
 }
 
@@ -152,7 +158,7 @@ fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn act_on_dead(state_dir: &Path, verb: Verb, ids: &[String], all: bool) -> Result<(), CliError> {
+fn act_on_dead(state_dir: &Path, action: &Action, ids: &[String], all: bool) -> Result<(), CliError> {
     let dead = query::dead_letters(state_dir)?;
     let targets: Vec<Target> = if all {
         dead.iter().map(|t| Target::TaskRun(t.id)).collect()
@@ -172,5 +178,5 @@ fn act_on_dead(state_dir: &Path, verb: Verb, ids: &[String], all: bool) -> Resul
         println!("no dead letters");
         return Ok(());
     }
-    send_targets(state_dir, verb, &targets)
+    send_targets(state_dir, action, &targets)
 }

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::engine::Action;
+
 /// Exit codes (SPEC §8).
 pub mod exit {
     pub const OK: i32 = 0;
@@ -117,6 +119,8 @@ pub enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Release task runs waiting for NAME (`wait_for`) in job run RUN_ID (j7), or one task run (42).
+    Signal { run_id: String, name: String },
     /// The dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -205,8 +209,9 @@ pub fn main() -> i32 {
         }
         Command::Pause { queue } => control::set_paused(&state_dir, &queue, true),
         Command::Resume { queue } => control::set_paused(&state_dir, &queue, false),
-        Command::Retry { ids } => control::send(&state_dir, control::Verb::Retry, &ids),
-        Command::Cancel { ids } => control::send(&state_dir, control::Verb::Cancel, &ids),
+        Command::Retry { ids } => control::send(&state_dir, &Action::Retry, &ids),
+        Command::Cancel { ids } => control::send(&state_dir, &Action::Cancel, &ids),
+        Command::Signal { run_id, name } => control::signal(&state_dir, &run_id, &name),
         Command::Dlq { action } => control::dlq(&state_dir, action.unwrap_or(DlqAction::List { json: false })),
         Command::Cost { by, since, json } => query::cost(&state_dir, by, since.as_deref(), json),
         Command::Emit { words } => crate::executor::emit(&words).map_err(CliError::Usage),

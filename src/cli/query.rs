@@ -45,9 +45,15 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
         let cap = q["concurrency"].as_u64().map_or("-".to_string(), |c| c.to_string());
         let name =
             format!("{}{}", q["name"].as_str().unwrap_or("?"), if q["paused"] == true { " (paused)" } else { "" });
+        let n = |key: &str| q[key].as_u64().unwrap_or(0);
         println!(
             "{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}",
-            name, cap, q["queued"], q["running"], q["retrying"], q["dead"]
+            name,
+            cap,
+            n("queued"),
+            n("running"),
+            n("retrying"),
+            n("dead")
         );
     }
     let counts: Vec<String> = value["totals"]

@@ -57,19 +57,12 @@ const TASK_KEYS: &[&str] = &[
     "retry",
     "cost",
     "budget_usd",
-    "description",
-];
-const WORKFLOW_CONTROL_KEYS: &[&str] = &[
-    "next",
-    "join",
-    "max_iterations",
-    "for_each",
-    "for_each_concurrency",
-    "compensate",
     "wait_for",
     "wait_timeout",
-    "cache",
+    "description",
 ];
+const WORKFLOW_CONTROL_KEYS: &[&str] =
+    &["next", "join", "max_iterations", "for_each", "for_each_concurrency", "compensate", "cache"];
 const RETRY_KEYS: &[&str] = &[
     "max_attempts",
     "initial_interval",
@@ -128,6 +121,9 @@ pub(super) struct TaskDraft {
     pub stdin: Option<Located<String>>,
     pub needs: Vec<Located<String>>,
     pub fields: TaskFields,
+    /// `wait_for`: the signal name that releases the task (SPEC §2.2).
+    pub wait_for: Option<String>,
+    pub wait_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -293,7 +289,9 @@ fn read_defaults(r: &mut Reader, entry: &Entry) -> TaskFields {
         return fields;
     };
     for e in r.entries(table, entry.at) {
-        if WORKFLOW_CONTROL_KEYS.contains(&e.name) {
+        if matches!(e.name, "wait_for" | "wait_timeout") {
+            r.error(e.key_at, format!("`{}` belongs on the task that waits, not in [defaults]", e.name));
+        } else if WORKFLOW_CONTROL_KEYS.contains(&e.name) {
             unsupported_workflow_control(r, &e);
         } else if !read_common_field(r, &e, &mut fields) {
             r.unknown_key(&e, "[defaults]", DEFAULTS_KEYS);
@@ -449,8 +447,11 @@ fn read_task(r: &mut Reader, entry: &Entry) -> Option<TaskDraft> {
         stdin: None,
         needs: Vec::new(),
         fields: TaskFields::default(),
+        wait_for: None,
+        wait_timeout: None,
     };
     let (mut run, mut args) = (None, None);
+    let mut wait_timeout_at = None;
     for e in r.entries(table, entry.at) {
         match e.name {
             "run" => run = Some((e.key_at, r.string(&e))),
@@ -458,6 +459,11 @@ fn read_task(r: &mut Reader, entry: &Entry) -> Option<TaskDraft> {
             "stdin" => task.stdin = r.located_string(&e),
             "needs" => task.needs = r.string_array(&e).unwrap_or_default(),
             "description" => {}
+            "wait_for" => task.wait_for = read_signal_name(r, &e),
+            "wait_timeout" => {
+                wait_timeout_at = Some(e.key_at);
+                task.wait_timeout = r.duration(&e, true);
+            }
             k if WORKFLOW_CONTROL_KEYS.contains(&k) => unsupported_workflow_control(r, &e),
             _ => {
                 if !read_common_field(r, &e, &mut task.fields) {
@@ -465,6 +471,9 @@ fn read_task(r: &mut Reader, entry: &Entry) -> Option<TaskDraft> {
                 }
             }
         }
+    }
+    if let (Some(at), None) = (wait_timeout_at, &task.wait_for) {
+        r.error(at, format!("`wait_timeout` needs `wait_for` in task `{}`", entry.name));
     }
     task.command = match (run, args) {
         (Some(_), Some((args_at, _))) => {
@@ -489,6 +498,17 @@ fn read_args(r: &mut Reader, e: &Entry) -> Option<Vec<Located<String>>> {
         return None;
     }
     Some(args)
+}
+
+/// A signal name is typed on the command line (`gaffer signal j7 NAME`): keep it plain.
+fn read_signal_name(r: &mut Reader, e: &Entry) -> Option<String> {
+    let name = r.string(e)?;
+    let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !plain {
+        r.error(e.at, format!("signal name `{name}` may only contain letters, digits, `_`, `-` and `.`"));
+        return None;
+    }
+    Some(name)
 }
 
 fn unsupported_workflow_control(r: &mut Reader, e: &Entry) {
@@ -622,6 +642,8 @@ fn finish_task(task: &TaskDraft, defaults: &TaskFields, base_dir: &Path) -> Task
         retry: merge_retry(&own.retry, &defaults.retry),
         cost: own.cost.or(defaults.cost).unwrap_or(CostSource::Protocol),
         budget_usd_micros: own.budget_usd_micros.or(defaults.budget_usd_micros),
+        wait_for: task.wait_for.clone(),
+        wait_timeout: task.wait_timeout,
     }
 }
 
@@ -848,7 +870,7 @@ nees = ["a"]
                 "15:11: bad duration `5 minutes-ish` for `timeout`: invalid character at 9",
                 "16:9: unknown queue `gpu` (declared: default, llm)",
                 "17:10: unknown task `fetch2` in `needs` of task `fetch` (job `report` has: fetch)",
-                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, description); did you mean `needs`?",
+                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, description); did you mean `needs`?",
             ]
         );
     }
@@ -965,6 +987,24 @@ nees = ["a"]
             let text = format!("[jobs.j.tasks.t]\nrun = \"x\"\n{key} = 1\n");
             assert_eq!(errors(&text), [format!("3:1: `{key}` is not supported yet (workflow control, SPEC §2.2)")]);
         }
+    }
+
+    #[test]
+    fn wait_for_names_a_plain_signal() {
+        let wf = parse_ok("[jobs.j.tasks.t]\nrun = \"x\"\nwait_for = \"approval\"\nwait_timeout = \"2h\"\n");
+        let t = &wf.jobs[0].tasks[0];
+        assert_eq!((t.wait_for.as_deref(), t.wait_timeout), (Some("approval"), Some(Duration::from_secs(7200))));
+        assert_eq!(parse_ok("[jobs.j.tasks.t]\nrun = \"x\"\n").jobs[0].tasks[0].wait_for, None);
+        assert_error("[jobs.j.tasks.t]\nrun = \"x\"\nwait_for = \"a b\"\n", "3:12: signal name `a b` may only contain");
+        assert_error("[jobs.j.tasks.t]\nrun = \"x\"\nwait_timeout = \"1h\"\n", "3:1: `wait_timeout` needs `wait_for`");
+        assert_error(
+            "[jobs.j.tasks.t]\nrun = \"x\"\nwait_for = \"a\"\nwait_timeout = \"0s\"\n",
+            "must be longer than zero",
+        );
+        assert_error(
+            "[defaults]\nwait_for = \"a\"\n[jobs.j.tasks.t]\nrun = \"x\"\n",
+            "2:1: `wait_for` belongs on the task",
+        );
     }
 
     #[test]

@@ -167,6 +167,11 @@ pub struct TaskDef {
     pub retry: RetryPolicy,
     pub cost: CostSource,
     pub budget_usd_micros: Option<u64>,
+    /// Once its `needs` succeeded the task run waits (state `waiting`) for this signal
+    /// (`gaffer signal RUN NAME`, the TUI's `a`) before it is queued.
+    pub wait_for: Option<String>,
+    /// A wait longer than this dead-letters the task run (`wait_timeout`); `None` waits forever.
+    pub wait_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,4 +1,4 @@
-//! Commands dropped into `state/inbox/` by `gaffer retry` / `gaffer cancel` while no instance
+//! Commands dropped into `state/inbox/` by `gaffer retry` / `cancel` / `signal` while no instance
 //! runs (a running one is reached through its socket): they wait for the next start, which
 //! applies them through the same engine path as live commands. One JSON file per command,
 //! written atomically (temp file + rename); applying one removes it and logs how it went.
@@ -9,11 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use super::Target;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a command does to its target; the same for live commands and inbox files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Retry,
     Cancel,
+    /// Releases the task runs waiting for this `wait_for` name.
+    Signal(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use actix::prelude::*;
 
 use super::dispatcher::{Enqueue, ReadyEntry};
 use super::journal::Publish;
-use super::scheduler::{RetryTimer, Unschedule};
+use super::scheduler::{TaskTimer, Unschedule};
 use super::supervisor::{Fatal, JobRunEnded};
 use super::worker::{Kill, Worker};
 use super::{EngineEvent, Shared};
@@ -190,11 +190,14 @@ impl JobRun {
     ) {
         let now = self.now();
         let mut ready = Vec::new();
+        let mut wait_timers = Vec::new();
         for change in changes {
             let i = change.task;
-            if change.to == TaskState::Queued && (self.budget_spent || self.stopping_for_good()) {
+            let starts_work = matches!(change.to, TaskState::Queued | TaskState::Waiting);
+            if starts_work && (self.budget_spent || self.stopping_for_good()) {
                 self.set_state(i, TaskState::Skipped);
             }
+            let wait_timeout = self.job().tasks[i].wait_timeout;
             let t = &mut self.tasks[i];
             match t.state {
                 TaskState::Queued => {
@@ -202,6 +205,14 @@ impl JobRun {
                     t.enqueue_seq = self.shared.store.ids.next_enqueue_seq();
                     ready.push(i);
                     events.push(self.task_event("task.queued", i).with("priority", self.tasks[i].priority));
+                }
+                TaskState::Waiting => {
+                    t.not_before_ms = wait_timeout.map(|d| now + d.as_millis() as u64);
+                    if let Some(due_ms) = t.not_before_ms {
+                        wait_timers.push((t.id, due_ms));
+                    }
+                    let name = self.job().tasks[i].wait_for.clone().unwrap_or_default();
+                    events.push(self.task_event("task.waiting", i).with("wait_for", name));
                 }
                 TaskState::Skipped => {
                     t.ended_at_ms = Some(now);
@@ -214,6 +225,9 @@ impl JobRun {
         let finished = self.settle_outcome(&mut mutations, &mut events);
         self.persist_then(ctx, mutations, events, move |act, ctx| {
             act.enqueue(&ready, ctx);
+            for (task_run, due_ms) in wait_timers {
+                act.shared.scheduler.do_send(TaskTimer { task_run, due_ms, owner: ctx.address() });
+            }
             if finished {
                 act.finish(ctx);
             }
@@ -363,7 +377,7 @@ impl JobRun {
                 mutations.push(Mutation::TaskRun(self.tasks[i].clone()));
                 let task_run = self.tasks[i].id;
                 self.persist_then(ctx, mutations, events, move |act, ctx| {
-                    act.shared.scheduler.do_send(RetryTimer { task_run, due_ms, owner: ctx.address() })
+                    act.shared.scheduler.do_send(TaskTimer { task_run, due_ms, owner: ctx.address() })
                 });
                 return;
             }
@@ -519,13 +533,11 @@ impl JobRun {
     /// groups killed if still alive), queues and timers re-armed, and the graph settled.
     fn resume(&mut self, ctx: &mut Context<Self>) {
         for t in &self.tasks {
-            match t.state {
-                TaskState::Retrying => self.shared.scheduler.do_send(RetryTimer {
-                    task_run: t.id,
-                    due_ms: t.not_before_ms.unwrap_or(0),
-                    owner: ctx.address(),
-                }),
-                TaskState::Queued => {}
+            match (t.state, t.not_before_ms) {
+                (TaskState::Retrying, due) | (TaskState::Waiting, due @ Some(_)) => self
+                    .shared
+                    .scheduler
+                    .do_send(TaskTimer { task_run: t.id, due_ms: due.unwrap_or(0), owner: ctx.address() }),
                 _ => continue,
             }
         }
@@ -610,14 +622,16 @@ impl JobRun {
         self.record.cancel_requested = false;
         self.record.ended_at_ms = None;
         self.record.reason = None;
-        self.set_state(i, TaskState::Queued);
+        // A task run that never started was never released: it waits for its signal again.
+        let to = if self.tasks[i].attempt == 0 { self.graph.ready_state(i) } else { TaskState::Queued };
+        self.set_state(i, to);
         let t = &mut self.tasks[i];
         t.series_start = t.attempt + 1;
         t.reason = None;
         t.detail = None;
         t.ended_at_ms = None;
         let id = t.id;
-        let mut changes = vec![Change { task: i, to: TaskState::Queued }];
+        let mut changes = vec![Change { task: i, to }];
         changes.extend(graph::reopen(&self.graph, &mut self.states));
         self.sync(&changes);
         let mut events = Vec::new();
@@ -625,6 +639,9 @@ impl JobRun {
             events.push(self.job_event("job.started").with("retry", true));
         }
         self.apply_changes(ctx, changes, vec![Mutation::JobRun(self.record.clone())], events);
+        if to == TaskState::Waiting {
+            return Ok(format!("task run {id} waits for its signal again"));
+        }
         Ok(format!("task run {id} queued again (attempt {} next)", self.tasks[i].attempt + 1))
     }
 
@@ -639,7 +656,10 @@ impl JobRun {
         self.kill_running(FailReason::Budget);
         let mut changes = Vec::new();
         for i in 0..self.tasks.len() {
-            if matches!(self.states[i], TaskState::Queued | TaskState::Pending | TaskState::Retrying) {
+            if matches!(
+                self.states[i],
+                TaskState::Queued | TaskState::Pending | TaskState::Retrying | TaskState::Waiting
+            ) {
                 self.set_state(i, TaskState::Skipped);
                 self.shared.scheduler.do_send(Unschedule { task_run: self.tasks[i].id });
                 changes.push(Change { task: i, to: TaskState::Skipped });
@@ -911,23 +931,119 @@ impl Handler<AttemptEnded> for JobRun {
     }
 }
 
+/// The timer of a task run is due: its retry delay has passed, or its `wait_timeout` ran out.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RetryDue {
+pub struct TimerDue {
     pub task_run: u64,
+    /// The time the timer was set for: a timer the task run no longer has is ignored.
+    pub due_ms: u64,
 }
 
-impl Handler<RetryDue> for JobRun {
+impl Handler<TimerDue> for JobRun {
     type Result = ();
 
-    fn handle(&mut self, msg: RetryDue, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: TimerDue, ctx: &mut Self::Context) {
         let Some(i) = self.idx(msg.task_run) else { return };
-        if self.tasks[i].state != TaskState::Retrying || self.stopping {
+        if self.stopping || self.tasks[i].not_before_ms.unwrap_or(0) != msg.due_ms {
             return;
         }
-        self.set_state(i, TaskState::Queued);
-        self.tasks[i].not_before_ms = None;
-        self.apply_changes(ctx, vec![Change { task: i, to: TaskState::Queued }], Vec::new(), Vec::new());
+        match self.tasks[i].state {
+            TaskState::Retrying => {
+                self.set_state(i, TaskState::Queued);
+                self.tasks[i].not_before_ms = None;
+                self.apply_changes(ctx, vec![Change { task: i, to: TaskState::Queued }], Vec::new(), Vec::new());
+            }
+            TaskState::Waiting => self.dead_letter_unstarted(ctx, i, FailReason::WaitTimeout),
+            _ => {}
+        }
+    }
+}
+
+impl JobRun {
+    /// A task run that never got to start is given up on: dead, with `reason`.
+    fn dead_letter_unstarted(&mut self, ctx: &mut Context<Self>, i: usize, reason: FailReason) {
+        let now = self.now();
+        self.set_state(i, TaskState::Dead);
+        let t = &mut self.tasks[i];
+        t.reason = Some(reason);
+        t.not_before_ms = None;
+        t.ended_at_ms = Some(now);
+        let events = vec![self.task_event("task.dead_lettered", i).with("reason", reason.as_str())];
+        let mutations = vec![Mutation::TaskRun(self.tasks[i].clone())];
+        self.after_task_ended(ctx, i, mutations, events);
+    }
+}
+
+/// Releases task runs waiting for the signal `name`: the one named, or (`task_run: None`)
+/// every one of this job run that waits for it.
+#[derive(Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct Signal {
+    pub task_run: Option<u64>,
+    pub name: String,
+}
+
+impl Handler<Signal> for JobRun {
+    type Result = Result<String, String>;
+
+    fn handle(&mut self, msg: Signal, ctx: &mut Self::Context) -> Self::Result {
+        let result = self.signal(msg, ctx);
+        self.release_if_idle(ctx);
+        result
+    }
+}
+
+impl JobRun {
+    fn signal(&mut self, msg: Signal, ctx: &mut Context<Self>) -> Result<String, String> {
+        let waits_for_it = |act: &Self, i: usize| {
+            act.tasks[i].state == TaskState::Waiting && act.job().tasks[i].wait_for.as_deref() == Some(&msg.name)
+        };
+        let released: Vec<usize> = match msg.task_run {
+            Some(task_run) => {
+                let i = self
+                    .idx(task_run)
+                    .ok_or_else(|| format!("task run {task_run} is not part of job run {}", self.record.id))?;
+                if !waits_for_it(self, i) {
+                    return Err(self.nothing_waits(&msg.name, Some(i)));
+                }
+                vec![i]
+            }
+            None => (0..self.tasks.len()).filter(|&i| waits_for_it(self, i)).collect(),
+        };
+        if released.is_empty() {
+            return Err(self.nothing_waits(&msg.name, None));
+        }
+        let mut changes = Vec::new();
+        for &i in &released {
+            self.shared.scheduler.do_send(Unschedule { task_run: self.tasks[i].id });
+            self.tasks[i].not_before_ms = None;
+            self.set_state(i, TaskState::Queued);
+            changes.push(Change { task: i, to: TaskState::Queued });
+        }
+        let names: Vec<String> =
+            released.iter().map(|&i| format!("{} (#{})", self.tasks[i].task, self.tasks[i].id)).collect();
+        self.apply_changes(ctx, changes, Vec::new(), Vec::new());
+        Ok(format!("`{}` released {} in job run j{}", msg.name, names.join(", "), self.record.id))
+    }
+
+    /// Why a signal released nothing, with what does wait, so the user can fix the command.
+    fn nothing_waits(&self, name: &str, task: Option<usize>) -> String {
+        let waiting: Vec<String> = (0..self.tasks.len())
+            .filter(|&i| self.tasks[i].state == TaskState::Waiting)
+            .map(|i| {
+                let wants = self.job().tasks[i].wait_for.as_deref().unwrap_or("?");
+                format!("{} (#{}) waits for `{wants}`", self.tasks[i].task, self.tasks[i].id)
+            })
+            .collect();
+        let subject = match task {
+            Some(i) if self.tasks[i].state == TaskState::Waiting => {
+                format!("task run {} does not wait for `{name}`", self.tasks[i].id)
+            }
+            Some(i) => format!("task run {} is {}, not waiting", self.tasks[i].id, self.tasks[i].state.as_str()),
+            None => format!("nothing in job run j{} waits for `{name}`", self.record.id),
+        };
+        if waiting.is_empty() { subject } else { format!("{subject}; {}", waiting.join(", ")) }
     }
 }
 
@@ -945,14 +1061,7 @@ impl Handler<QueueTimedOut> for JobRun {
         if self.tasks[i].state != TaskState::Queued {
             return;
         }
-        let now = self.now();
-        self.set_state(i, TaskState::Dead);
-        let t = &mut self.tasks[i];
-        t.reason = Some(FailReason::QueueTimeout);
-        t.ended_at_ms = Some(now);
-        let events = vec![self.task_event("task.dead_lettered", i).with("reason", FailReason::QueueTimeout.as_str())];
-        let mutations = vec![Mutation::TaskRun(self.tasks[i].clone())];
-        self.after_task_ended(ctx, i, mutations, events);
+        self.dead_letter_unstarted(ctx, i, FailReason::QueueTimeout);
     }
 }
 

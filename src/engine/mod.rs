@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 
 pub use dispatcher::QueueSnapshot;
 pub use event::{EVENT_NAMES, EngineEvent, rfc3339_ms};
+pub use inbox::Action;
 pub use job_run::SHUTDOWN_GRACE;
 use journal::Journal;
 use supervisor::Supervisor;
@@ -81,6 +82,14 @@ impl Target {
         match text.strip_prefix('j') {
             Some(rest) => rest.parse().map(Target::JobRun).map_err(|_| bad()),
             None => text.parse().map(Target::TaskRun).map_err(|_| bad()),
+        }
+    }
+
+    /// The inverse of [`Target::parse`]: `42` or `j7`.
+    pub fn id_text(self) -> String {
+        match self {
+            Target::TaskRun(id) => id.to_string(),
+            Target::JobRun(id) => format!("j{id}"),
         }
     }
 }
@@ -169,6 +178,9 @@ pub struct TaskShape {
     pub needs: Vec<String>,
     pub queue: String,
     pub budget_usd_micros: Option<u64>,
+    /// The signal the task waits for once ready (`wait_for`), what the TUI's approve sends.
+    #[serde(default)]
+    pub wait_for: Option<String>,
 }
 
 impl JobShape {
@@ -187,6 +199,7 @@ impl JobShape {
                         needs: t.needs.clone(),
                         queue: t.queue.clone(),
                         budget_usd_micros: t.budget_usd_micros,
+                        wait_for: t.wait_for.clone(),
                     })
                     .collect(),
             })
@@ -212,6 +225,7 @@ pub trait Control {
     fn subscribe(&self) -> Reply<'_, mpsc::UnboundedReceiver<EngineEvent>>;
     fn retry(&self, target: Target) -> Reply<'_, String>;
     fn cancel(&self, target: Target) -> Reply<'_, String>;
+    fn signal<'a>(&'a self, target: Target, name: &'a str) -> Reply<'a, String>;
     fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> Reply<'a, bool>;
     fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunRecord>>;
     /// What has no events of its own: the worker slots and the queues (paused, running).
@@ -233,6 +247,10 @@ impl Control for EngineHandle {
 
     fn cancel(&self, target: Target) -> Reply<'_, String> {
         Box::pin(EngineHandle::cancel(self, target))
+    }
+
+    fn signal<'a>(&'a self, target: Target, name: &'a str) -> Reply<'a, String> {
+        Box::pin(EngineHandle::signal(self, target, name))
     }
 
     fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> Reply<'a, bool> {
@@ -380,11 +398,21 @@ impl EngineHandle {
     }
 
     pub async fn retry(&self, target: Target) -> Result<String, EngineError> {
-        mailbox(self.supervisor.send(supervisor::Command { retry: true, target }).await)?
+        self.command(Action::Retry, target).await
     }
 
     pub async fn cancel(&self, target: Target) -> Result<String, EngineError> {
-        mailbox(self.supervisor.send(supervisor::Command { retry: false, target }).await)?
+        self.command(Action::Cancel, target).await
+    }
+
+    /// Releases what waits for `name` (`wait_for`): every such task run of a job run (`j7`),
+    /// or the one task run named.
+    pub async fn signal(&self, target: Target, name: &str) -> Result<String, EngineError> {
+        self.command(Action::Signal(name.to_string()), target).await
+    }
+
+    async fn command(&self, action: Action, target: Target) -> Result<String, EngineError> {
+        mailbox(self.supervisor.send(supervisor::Command { action, target }).await)?
     }
 
     /// Pauses (or resumes) a queue, durably: a pause outlives a restart. False if there is no
@@ -463,5 +491,8 @@ mod tests {
         assert_eq!(Target::parse("j7"), Ok(Target::JobRun(7)));
         assert!(Target::parse("x").is_err());
         assert!(Target::parse("j").is_err());
+        for t in [Target::TaskRun(42), Target::JobRun(7)] {
+            assert_eq!(Target::parse(&t.id_text()), Ok(t));
+        }
     }
 }

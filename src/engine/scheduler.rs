@@ -1,5 +1,6 @@
-//! The Scheduler actor: the engine's timers. It wakes task runs whose retry delay has passed
-//! (timers come from the persisted `not_before`, so a restart re-arms every one) and, under
+//! The Scheduler actor: the engine's timers. It wakes task runs whose timer is due — a retry
+//! delay that has passed, a `wait_timeout` that ran out — (timers come from the persisted
+//! `not_before`, so a restart re-arms every one) and, under
 //! `gaffer serve`, fires cron schedules (their next fire time is persisted by the Supervisor
 //! in the same commit as the job run a fire starts).
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::SharedClock;
-use super::job_run::{JobRun, RetryDue};
+use super::job_run::{JobRun, TimerDue};
 use crate::model::schedule::Schedule;
 
 pub struct Scheduler {
@@ -36,7 +37,7 @@ impl Scheduler {
     /// Fires what is due and sets one alarm for the next timer of either kind.
     fn rearm(&mut self, ctx: &mut Context<Self>) {
         let now = self.clock.now_ms();
-        self.wake_retries(now);
+        self.wake_task_runs(now);
         self.fire_crons(now);
         if let Some(handle) = self.alarm.take() {
             ctx.cancel_future(handle);
@@ -49,14 +50,14 @@ impl Scheduler {
         }
     }
 
-    fn wake_retries(&mut self, now: u64) {
+    fn wake_task_runs(&mut self, now: u64) {
         while let Some(&(due_ms, task_run)) = self.due.first() {
             if due_ms > now {
                 break;
             }
             self.due.pop_first();
             if let Some((_, owner)) = self.owners.remove(&task_run) {
-                owner.do_send(RetryDue { task_run });
+                owner.do_send(TimerDue { task_run, due_ms });
             }
         }
     }
@@ -84,19 +85,20 @@ impl Actor for Scheduler {
     }
 }
 
-/// A retry timer: wake `task_run` at `due_ms` by telling its job run.
+/// A task run's timer (its retry delay, or its `wait_timeout`): wake `task_run` at `due_ms`
+/// by telling its job run. A task run has at most one timer; a new one replaces the old.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RetryTimer {
+pub struct TaskTimer {
     pub task_run: u64,
     pub due_ms: u64,
     pub owner: Addr<JobRun>,
 }
 
-impl Handler<RetryTimer> for Scheduler {
+impl Handler<TaskTimer> for Scheduler {
     type Result = ();
 
-    fn handle(&mut self, msg: RetryTimer, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: TaskTimer, ctx: &mut Self::Context) {
         if let Some((old_due, _)) = self.owners.remove(&msg.task_run) {
             self.due.remove(&(old_due, msg.task_run));
         }
@@ -106,7 +108,7 @@ impl Handler<RetryTimer> for Scheduler {
     }
 }
 
-/// Forget the timer of `task_run` (it was cancelled or retried by hand).
+/// Forget the timer of `task_run` (it was cancelled, retried by hand, or signalled).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Unschedule {

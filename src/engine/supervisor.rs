@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::dispatcher::{Dispatcher, StopDispatching};
 use super::inbox;
-use super::job_run::{Begin, Cancel, JobRun, Retry, Start, Stop};
+use super::job_run::{Begin, Cancel, JobRun, Retry, Signal, Start, Stop};
 use super::scheduler::Fire;
 use super::{EngineError, Shared, SubmitRequest, Submitted, Target};
 use crate::config::Workflow;
@@ -359,8 +359,11 @@ impl Handler<ApplyInbox> for Supervisor {
             for (file, command) in inbox::take(&shared.state_dir) {
                 let job_run =
                     self.locate(command.target).ok().and_then(|(id, _)| self.job_name(id).map(|job| (id, job)));
-                let retry = command.action == inbox::Action::Retry;
-                work.push((file, job_run, ctx.address().send(Command { retry, target: command.target })));
+                work.push((
+                    file,
+                    job_run,
+                    ctx.address().send(Command { action: command.action, target: command.target }),
+                ));
             }
         }
         Box::pin(async move {
@@ -453,7 +456,7 @@ impl Supervisor {
 #[derive(Message)]
 #[rtype(result = "Result<String, EngineError>")]
 pub struct Command {
-    pub retry: bool,
+    pub action: inbox::Action,
     pub target: Target,
 }
 
@@ -465,12 +468,24 @@ impl Handler<Command> for Supervisor {
             let actor = self.actor_for(job_run)?;
             Ok((actor, task_run))
         });
-        let retry = msg.retry;
+        let store = self.shared.as_ref().map(|s| s.store.clone());
         Box::pin(async move {
             let (actor, task_run) = located?;
-            let answer =
-                if retry { actor.send(Retry { task_run }).await } else { actor.send(Cancel { task_run }).await };
-            answer.map_err(|_| EngineError::Stopped("the job run stopped".into()))?.map_err(EngineError::Invalid)
+            let answer = match msg.action {
+                inbox::Action::Retry => actor.send(Retry { task_run }).await,
+                inbox::Action::Cancel => actor.send(Cancel { task_run }).await,
+                inbox::Action::Signal(name) => actor.send(Signal { task_run, name }).await,
+            };
+            let message = answer
+                .map_err(|_| EngineError::Stopped("the job run stopped".into()))?
+                .map_err(EngineError::Invalid)?;
+            // The job run asked for its commits before it answered, and the store commits in
+            // order: once this empty one is durable, so is the change. A `gaffer tasks` right
+            // after a `gaffer retry` sees it.
+            if let Some(store) = store {
+                store.commit(Vec::new()).await?;
+            }
+            Ok(message)
         })
     }
 }

@@ -17,6 +17,8 @@ pub struct JobGraph {
     pub names: Vec<String>,
     needs: Vec<Vec<usize>>,
     dependents: Vec<Vec<usize>>,
+    /// Tasks with `wait_for`: when ready they wait for a signal instead of entering a queue.
+    gated: Vec<bool>,
 }
 
 /// The states of one job run's task runs, with a count per state so the questions asked on
@@ -89,7 +91,7 @@ impl JobGraph {
         let names: Vec<String> = job.tasks.iter().map(|t| t.name.clone()).collect();
         let index = |n: &String| names.iter().position(|m| m == n);
         let needs: Vec<Vec<usize>> = job.tasks.iter().map(|t| t.needs.iter().filter_map(index).collect()).collect();
-        JobGraph::from_needs(names.clone(), needs)
+        JobGraph::from_needs(names.clone(), needs).with_gates(job.tasks.iter().map(|t| t.wait_for.is_some()).collect())
     }
 
     pub fn from_needs(names: Vec<String>, needs: Vec<Vec<usize>>) -> JobGraph {
@@ -99,7 +101,20 @@ impl JobGraph {
                 dependents[n].push(task);
             }
         }
-        JobGraph { names, needs, dependents }
+        let gated = vec![false; needs.len()];
+        JobGraph { names, needs, dependents, gated }
+    }
+
+    /// Marks the tasks that wait for a signal once ready (`wait_for`), by index.
+    pub fn with_gates(mut self, gated: Vec<bool>) -> JobGraph {
+        debug_assert_eq!(gated.len(), self.needs.len());
+        self.gated = gated;
+        self
+    }
+
+    /// Where `task` goes once its needs succeeded: its queue, or `waiting` for its signal.
+    pub fn ready_state(&self, task: usize) -> TaskState {
+        if self.gated[task] { TaskState::Waiting } else { TaskState::Queued }
     }
 
     pub fn len(&self) -> usize {
@@ -138,12 +153,13 @@ pub fn is_failing(states: &TaskStates) -> bool {
     states.count(TaskState::Dead) + states.count(TaskState::Cancelled) > 0
 }
 
-/// A new job run: the tasks with no `needs` are queued, the rest wait.
+/// A new job run: the tasks with no `needs` are ready (queued, or waiting for their signal),
+/// the rest are pending.
 pub fn start(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
     let mut changes = Vec::new();
     for task in 0..graph.len() {
         if states[task] == TaskState::Pending && graph.needs[task].is_empty() {
-            set(states, &mut changes, task, TaskState::Queued);
+            set(states, &mut changes, task, graph.ready_state(task));
         }
     }
     changes
@@ -185,7 +201,7 @@ pub fn reopen_pending(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> 
         if needs.iter().any(|&n| states[n].is_unsuccessful_end()) || (failing && all_succeeded(needs, states)) {
             set(states, &mut changes, task, TaskState::Skipped);
         } else if all_succeeded(needs, states) {
-            set(states, &mut changes, task, TaskState::Queued);
+            set(states, &mut changes, task, graph.ready_state(task));
         }
     }
     changes
@@ -215,7 +231,7 @@ fn follow_edges(graph: &JobGraph, states: &mut TaskStates, task: usize, changes:
             set(states, changes, next, TaskState::Skipped);
             follow_edges(graph, states, next, changes);
         } else if all_succeeded(&graph.needs[next], states) {
-            let to = if failing { TaskState::Skipped } else { TaskState::Queued };
+            let to = if failing { TaskState::Skipped } else { graph.ready_state(next) };
             set(states, changes, next, to);
             if to == TaskState::Skipped {
                 follow_edges(graph, states, next, changes);
@@ -224,14 +240,14 @@ fn follow_edges(graph: &JobGraph, states: &mut TaskStates, task: usize, changes:
     }
 }
 
-/// Queued task runs have not started: they are skipped, and so is what depends on them.
-/// Pending ones follow when their needs end.
+/// Queued and waiting task runs have not started: they are skipped, and so is what depends on
+/// them. Pending ones follow when their needs end.
 fn stop_new_work(graph: &JobGraph, states: &mut TaskStates, changes: &mut Vec<Change>) {
-    if states.count(TaskState::Queued) == 0 {
+    if states.count(TaskState::Queued) + states.count(TaskState::Waiting) == 0 {
         return;
     }
     for task in 0..states.len() {
-        if states[task] == TaskState::Queued {
+        if matches!(states[task], TaskState::Queued | TaskState::Waiting) {
             set(states, changes, task, TaskState::Skipped);
             follow_edges(graph, states, task, changes);
         }
@@ -327,6 +343,20 @@ mod tests {
         s.set(1, Queued);
         reopen(&g, &mut s);
         assert_eq!(s.as_slice(), [Succeeded, Queued, Queued, Pending, Succeeded]);
+    }
+
+    #[test]
+    fn gated_tasks_wait_when_ready_and_are_skipped_when_failing() {
+        let g = diamond().with_gates(vec![true, false, true, false, false]);
+        let mut s = TaskStates::new(vec![Pending; 5]);
+        start(&g, &mut s);
+        assert_eq!(s.as_slice(), [Waiting, Pending, Pending, Pending, Queued]);
+        assert_eq!(outcome(&s, false), None, "a waiting task keeps the run open");
+        s.set(0, Queued);
+        end(&g, &mut s, 0, Succeeded);
+        assert_eq!(&s.as_slice()[1..3], [Queued, Waiting]);
+        end(&g, &mut s, 1, Dead);
+        assert_eq!(s.as_slice(), [Succeeded, Dead, Skipped, Skipped, Skipped], "no new work once failing");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub enum TaskState {
     Cancelled,
     /// A dependency did not succeed, or the job run failed before it started.
     Skipped,
-    /// `wait_for` (SPEC §2.2), not produced yet.
+    /// Its needs succeeded; held for its `wait_for` signal (SPEC §2.2).
     Waiting,
 }
 
@@ -106,6 +106,8 @@ pub enum FailReason {
     Budget,
     Cancelled,
     QueueTimeout,
+    /// Waited for its `wait_for` signal longer than `wait_timeout`.
+    WaitTimeout,
 }
 
 impl FailReason {
@@ -119,6 +121,7 @@ impl FailReason {
             FailReason::Budget => "budget",
             FailReason::Cancelled => "cancelled",
             FailReason::QueueTimeout => "queue_timeout",
+            FailReason::WaitTimeout => "wait_timeout",
         }
     }
 }

@@ -44,7 +44,8 @@ pub struct TaskRunRecord {
     pub queued_at_ms: Option<u64>,
     /// Ties between equal priorities go to the lower sequence.
     pub enqueue_seq: u64,
-    /// When `retrying`: the retry may not start before this.
+    /// The task run's one timer. When `retrying`: the retry may not start before this. When
+    /// `waiting` with a `wait_timeout`: it is dead-lettered at this time unless signalled.
     pub not_before_ms: Option<u64>,
     pub outputs: BTreeMap<String, String>,
     pub exit_code: Option<i32>,

@@ -24,6 +24,7 @@ fn shape(name: &str, budget: Option<u64>, tasks: &[(&str, &[&str], &str, Option<
                 needs: needs.iter().map(|n| (*n).to_string()).collect(),
                 queue: (*queue).into(),
                 budget_usd_micros: *budget,
+                wait_for: None,
             })
             .collect(),
     }

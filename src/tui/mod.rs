@@ -158,6 +158,11 @@ fn execute(handle: &Rc<dyn Control>, state_dir: &Path, command: Command) -> Loca
             let result = handle.cancel(target).await.map_err(|e| e.to_string());
             vec![Msg::Done { command: Command::Cancel(target), result }]
         }),
+        Command::Signal { task_run, name } => Box::pin(async move {
+            let result =
+                handle.signal(crate::engine::Target::TaskRun(task_run), &name).await.map_err(|e| e.to_string());
+            vec![Msg::Done { command: Command::Signal { task_run, name }, result }]
+        }),
         Command::Pause(ref queue) | Command::Resume(ref queue) => {
             let paused = matches!(command, Command::Pause(_));
             let queue = queue.clone();

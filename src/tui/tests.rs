@@ -184,13 +184,6 @@ fn p_pauses_and_resumes_the_selected_queue() {
 }
 
 #[test]
-fn a_says_approvals_are_not_built_yet() {
-    let mut m = fixture();
-    press(&mut m, "3a");
-    assert_eq!(m.status.as_ref().map(|s| s.text.as_str()), Some("approvals arrive with workflow control (SPEC §2.2)"));
-}
-
-#[test]
 fn j_k_g_move_and_clamp() {
     let mut m = fixture();
     press(&mut m, "3");
@@ -475,4 +468,23 @@ fn live_smoke() {
     drop(system);
     closer.close(std::time::Duration::from_secs(5));
     println!("tui exit: {exit:?}");
+}
+
+#[test]
+fn a_approves_the_selected_waiting_task_with_its_signal() {
+    let mut m = fixture();
+    let job = m.tasks[&9].rec.job.clone();
+    let task = m.tasks[&9].rec.task.clone();
+    m.set_state(9, TaskState::Waiting);
+    let shape = m.shapes.get_mut(&job).and_then(|j| j.tasks.iter_mut().find(|t| t.name == task)).expect("shape");
+    shape.wait_for = Some("approval".into());
+    press(&mut m, "3");
+    let at = rows(&m).iter().position(|&id| id == 9).expect("task 9 listed");
+    press(&mut m, &"j".repeat(at));
+    assert_eq!(press(&mut m, "a"), vec![Command::Signal { task_run: 9, name: "approval".into() }]);
+    let top = if rows(&m)[0] == 9 { "gj" } else { "g" };
+    press(&mut m, top);
+    assert!(press(&mut m, "a").is_empty(), "a on a task that does not wait sends nothing");
+    let said = m.status.as_ref().map(|s| s.text.as_str()).unwrap_or_default();
+    assert!(said.ends_with("only a waiting task run can be approved"), "{said}");
 }

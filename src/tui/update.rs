@@ -37,6 +37,11 @@ pub enum Msg {
 pub enum Command {
     Retry(Target),
     Cancel(Target),
+    /// Release a waiting task run: send it the signal it waits for.
+    Signal {
+        task_run: u64,
+        name: String,
+    },
     Pause(String),
     Resume(String),
     LoadJobRun(u64),
@@ -262,7 +267,7 @@ fn act(model: &mut Model, action: Action) -> Vec<Command> {
         Action::Retry => return retry(model),
         Action::Cancel => return cancel(model),
         Action::Pause => return pause(model),
-        Action::Approve => model.say("approvals arrive with workflow control (SPEC §2.2)", false),
+        Action::Approve => return approve(model),
         Action::Log => return follow_log(model),
         Action::Quit => return quit(model),
     }
@@ -352,6 +357,31 @@ fn retry(model: &mut Model) -> Vec<Command> {
     let command = Command::Retry(target);
     optimistic(model, &command);
     vec![command]
+}
+
+/// `a`: the selected task run waits (`wait_for`): send it its signal.
+fn approve(model: &mut Model) -> Vec<Command> {
+    let Some(task) = model.selected_task() else {
+        model.say("select a waiting task run to approve", true);
+        return Vec::new();
+    };
+    let (id, state) = (task.rec.id, task.rec.state);
+    let wanted = model
+        .shapes
+        .get(&task.rec.job)
+        .and_then(|job| job.tasks.iter().find(|t| t.name == task.rec.task))
+        .and_then(|t| t.wait_for.clone());
+    match (state, wanted) {
+        (TaskState::Waiting, Some(name)) => vec![Command::Signal { task_run: id, name }],
+        (TaskState::Waiting, None) => {
+            model.say(format!("task run {id} waits, but its workflow is not the one loaded here"), true);
+            Vec::new()
+        }
+        (other, _) => {
+            model.say(format!("task run {id} is {}; only a waiting task run can be approved", other.as_str()), true);
+            Vec::new()
+        }
+    }
 }
 
 fn cancel(model: &mut Model) -> Vec<Command> {

@@ -1,0 +1,100 @@
+//! Workflow control (SPEC §2.2) on the real binary: `wait_for` and `gaffer signal`.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Project, Server, named, signal, wait_until};
+
+const APPROVAL: &str = r#"
+[jobs.publish.tasks.draft]
+run = 'echo drafted'
+[jobs.publish.tasks.ship]
+needs = ["draft"]
+wait_for = "approval"
+run = 'echo shipped > shipped'
+"#;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn signal_releases_a_waiting_task_on_a_server() {
+    let p = Project::new(APPROVAL);
+    let _server = Server::start(&p);
+    assert!(p.run(&["submit", "publish"]).status.success());
+    wait_until(Duration::from_secs(10), "ship to wait", || p.task("ship")["state"] == "waiting");
+    assert_eq!(p.task("draft")["state"], "succeeded");
+    assert!(!p.path().join("shipped").exists(), "nothing runs before the signal");
+    let waiting = p.journal().into_iter().find(|e| e["event"] == "task.waiting").expect("task.waiting");
+    assert_eq!(waiting["wait_for"], "approval");
+    assert_eq!(waiting["task"], "ship");
+
+    let wrong = p.run(&["signal", "j1", "aproval"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(stderr(&wrong).contains("nothing in job run j1 waits for `aproval`"), "{}", stderr(&wrong));
+    assert!(stderr(&wrong).contains("waits for `approval`"), "names what does wait: {}", stderr(&wrong));
+    assert_eq!(p.task("ship")["state"], "waiting", "a wrong name releases nothing");
+
+    let out = p.run(&["signal", "j1", "approval"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("released ship"));
+    wait_until(Duration::from_secs(10), "the run to finish", || p.json(&["jobs", "--json"])[0]["state"] == "succeeded");
+    assert!(p.path().join("shipped").exists());
+    let again = p.run(&["signal", "j1", "approval"]);
+    assert_eq!(again.status.code(), Some(1), "nothing waits any more");
+}
+
+#[test]
+fn wait_timeout_dead_letters_and_a_retry_waits_again() {
+    let p =
+        Project::new(&APPROVAL.replace("wait_for = \"approval\"", "wait_for = \"approval\"\nwait_timeout = \"2s\""));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1, "the run fails when the wait times out");
+    let dead = named(&events, "task.dead_lettered");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "wait_timeout");
+    let ship = p.task("ship");
+    assert_eq!((ship["state"].as_str(), ship["reason"].as_str()), (Some("dead"), Some("wait_timeout")));
+
+    let _server = Server::start(&p);
+    let id = ship["id"].to_string();
+    let retried = p.run(&["retry", &id]);
+    assert!(String::from_utf8_lossy(&retried.stdout).contains("waits for its signal again"), "{}", stderr(&retried));
+    assert_eq!(p.task("ship")["state"], "waiting", "never approved, so it waits again instead of running");
+    let out = p.run(&["signal", &id, "approval"]);
+    assert!(out.status.success(), "a task run id works too: {}", stderr(&out));
+    wait_until(Duration::from_secs(10), "the run to finish", || p.json(&["jobs", "--json"])[0]["state"] == "succeeded");
+}
+
+#[test]
+fn a_signal_sent_while_nothing_runs_applies_at_the_next_start() {
+    let p = Project::new(APPROVAL);
+    let mut server = Server::start(&p);
+    assert!(p.run(&["submit", "publish"]).status.success());
+    wait_until(Duration::from_secs(10), "ship to wait", || p.task("ship")["state"] == "waiting");
+    signal(server.child.id(), "TERM");
+    assert!(server.child.wait().expect("serve ends").success());
+
+    let out = p.run(&["signal", "j1", "approval"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("takes effect when gaffer next starts"));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "the resumed run is released and finishes");
+    assert!(p.path().join("shipped").exists());
+    assert!(named(&events, "job.started").is_empty(), "resumed j1, no second run");
+    assert_eq!(p.json(&["jobs", "--json"]).as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn signal_refuses_runs_where_nothing_waits() {
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'true'\n");
+    assert_eq!(p.run_json(&[]).0, 0);
+    let out = p.run(&["signal", "j1", "approval"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nothing in job run j1 is waiting"), "{}", stderr(&out));
+    let unknown = p.run(&["signal", "j9", "approval"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).contains("no job run j9"), "{}", stderr(&unknown));
+}
