@@ -2,7 +2,8 @@
 # Drives the real TUI in tmux like a person: a dead-lettering task is retried with `r`, a long
 # task is cancelled with `c` `y`, a task printing terminal escape sequences is looked at, the
 # terminal title must survive, and `q` `y` must leave no process behind. Then `gaffer tui`
-# attaches to a headless server and detaches with `q`, leaving the server running.
+# attaches to a headless server, approves a waiting task with `a`, and detaches with `q`,
+# leaving the server running.
 # Usage: scripts/e2e-tui.sh [path/to/gaffer]   (needs tmux)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,13 +93,28 @@ for environ in /proc/[0-9]*/environ; do
   fi
 done
 
-# Attach to a headless server and detach: the server keeps running.
+# Attach to a headless server, approve a waiting task with `a`, and detach: the server keeps
+# running. (A state dir of its own: the first one holds the demo run, which would resume.)
 tmux kill-session -t "$session"
-GAFFER_STATE_DIR="$work/.gaffer" "$bin" serve "$work/workflow.toml" --headless >/dev/null 2>&1 &
+cat > "$work/approve.toml" <<'TOML'
+[jobs.release.tasks.publish]
+wait_for = "approval"
+run = 'touch published'
+TOML
+state2="$work/.gaffer2"
+GAFFER_STATE_DIR="$state2" "$bin" serve "$work/approve.toml" --headless >/dev/null 2>&1 &
 server=$!
-for _ in $(seq 1 100); do [[ -S $work/.gaffer/gaffer.sock ]] && break; sleep 0.1; done
-tmux new-session -d -s "$session" -x 120 -y 32 -c "$work" "GAFFER_STATE_DIR=$work/.gaffer $bin tui; echo DETACHED > $work/detached; sleep 600"
+for _ in $(seq 1 100); do [[ -S $state2/gaffer.sock ]] && break; sleep 0.1; done
+GAFFER_STATE_DIR="$state2" "$bin" submit release >/dev/null || fail "submit to the server failed"
+tmux new-session -d -s "$session" -x 120 -y 32 -c "$work" "GAFFER_STATE_DIR=$state2 $bin tui; echo DETACHED > $work/detached; sleep 600"
 wait_for "attached to"
+tmux send-keys -t "$session" 3
+wait_for "waiting"
+[[ -e $work/published ]] && fail "the task ran before it was approved"
+tmux send-keys -t "$session" a
+for _ in $(seq 1 100); do [[ -e $work/published ]] && break; sleep 0.1; done
+[[ -e $work/published ]] || fail "a did not release the waiting task"
+wait_for "succeeded"
 tmux send-keys -t "$session" q
 for _ in $(seq 1 50); do [[ -s $work/detached ]] && break; sleep 0.1; done
 [[ -s $work/detached ]] || fail "q did not detach"

@@ -64,6 +64,15 @@ fn task(model: &Model, t: &TaskRow, frame: &mut Frame, area: Rect) {
     if let Some(p) = &r.progress {
         lines.push(field("progress", p.clone()));
     }
+    if r.state == TaskState::Waiting {
+        let name = model
+            .shapes
+            .get(&r.job)
+            .and_then(|j| j.tasks.iter().find(|shape| shape.name == r.task))
+            .and_then(|shape| shape.wait_for.clone())
+            .unwrap_or_else(|| "?".into());
+        lines.push(field("waits for", format!("`{name}`: a approves (or gaffer signal j{} {name})", r.job_run)));
+    }
     if r.state == TaskState::Retrying {
         let due = r.not_before_ms.map_or(0, |t| t.saturating_sub(model.now_ms));
         lines.push(field("retry in", dur(due)));
