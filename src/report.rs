@@ -1,15 +1,29 @@
-//! Records as the JSON shapes of SPEC §4.1: one definition, used by the CLI and the control API,
-//! so `--json` is the same whether a command read the state dir or asked the instance.
+//! The read side of the CLI and the control API: records as the JSON shapes of SPEC §4.1, and
+//! the queries behind `status`, `jobs`, `tasks`, `show`, `logs`, `cost` and `dlq list`. One
+//! definition for both, so a command prints the same whether it asked the running instance or
+//! read the state dir itself.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::engine::rfc3339_ms;
-use crate::model::TaskState;
+use crate::engine::{Target, rfc3339_ms};
 use crate::model::money::usd_json;
+use crate::model::{JobState, TaskState};
+use crate::sanitize::sanitize;
 use crate::store::{self, AttemptRecord, JobRunRecord, Reader, StoreError, TaskRunRecord};
+
+/// Why a query has no answer: the API turns these into 404 / 400 / 500.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 fn time_json(ms: Option<u64>) -> Value {
     ms.map_or(Value::Null, |ms| json!(rfc3339_ms(ms)))
@@ -19,7 +33,7 @@ fn time_json(ms: Option<u64>) -> Value {
 pub fn task_json(t: &TaskRunRecord) -> Value {
     json!({
         "id": t.id, "job": t.job, "job_run": t.job_run, "task": t.task, "state": t.state.as_str(),
-        "attempt": t.attempt, "max_attempts": t.max_attempts, "queue": t.queue, "priority": t.priority,
+        "attempt": t.attempt, "attempts_in_series": t.attempts_in_series(), "max_attempts": t.max_attempts, "queue": t.queue, "priority": t.priority,
         "cost_usd": usd_json(t.cost_usd_micros), "input_tokens": t.input_tokens, "output_tokens": t.output_tokens,
         "outputs": t.outputs, "reason": t.reason.map(|r| r.as_str()), "detail": t.detail, "exit_code": t.exit_code,
         "progress": t.progress, "created_at": time_json(Some(t.created_at_ms)), "started_at": time_json(t.started_at_ms),
@@ -87,18 +101,176 @@ fn latest_queue_caps(reader: &Reader) -> Result<BTreeMap<String, usize>, StoreEr
         .unwrap_or_default())
 }
 
-/// `show 42 --json`: the task run with its attempts.
-pub fn task_detail(reader: &Reader, id: u64) -> Result<Option<Value>, StoreError> {
-    let Some(t) = reader.task_run(id)? else { return Ok(None) };
-    let mut value = task_json(&t);
-    value["attempts"] = Value::Array(reader.attempts_of(id)?.iter().map(attempt_json).collect());
-    Ok(Some(value))
+/// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its
+/// task runs.
+pub fn show(reader: &Reader, target: Target) -> Result<Value, QueryError> {
+    match target {
+        Target::TaskRun(id) => {
+            let t = reader.task_run(id)?.ok_or_else(|| not_found(target))?;
+            let mut value = task_json(&t);
+            value["attempts"] = Value::Array(reader.attempts_of(id)?.iter().map(attempt_json).collect());
+            Ok(value)
+        }
+        Target::JobRun(id) => {
+            let j = reader.job_run(id)?.ok_or_else(|| not_found(target))?;
+            let mut value = job_json(&j);
+            value["tasks"] = Value::Array(reader.task_runs_of(id)?.iter().map(task_json).collect());
+            Ok(value)
+        }
+    }
 }
 
-/// `show j7 --json`: the job run with its task runs.
-pub fn job_detail(reader: &Reader, id: u64) -> Result<Option<Value>, StoreError> {
-    let Some(j) = reader.job_run(id)? else { return Ok(None) };
-    let mut value = job_json(&j);
-    value["tasks"] = Value::Array(reader.task_runs_of(id)?.iter().map(task_json).collect());
-    Ok(Some(value))
+fn not_found(target: Target) -> QueryError {
+    QueryError::NotFound(format!("no {target} in this state dir"))
+}
+
+/// `jobs --json`, optionally only those in `state`.
+pub fn jobs(reader: &Reader, state: Option<&str>) -> Result<Value, QueryError> {
+    let wanted = state
+        .map(|s| {
+            JobState::parse(s).ok_or_else(|| {
+                QueryError::Invalid(format!(
+                    "unknown job run state `{s}` (one of: {})",
+                    names(&JobState::ALL.map(JobState::as_str))
+                ))
+            })
+        })
+        .transpose()?;
+    let runs = reader.job_runs()?.into_iter().filter(|j| wanted.is_none_or(|w| j.state == w));
+    Ok(Value::Array(runs.map(|j| job_json(&j)).collect()))
+}
+
+/// Which task runs `tasks` lists.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct TaskFilter {
+    pub state: Option<String>,
+    pub job: Option<String>,
+    pub queue: Option<String>,
+}
+
+/// `tasks --json` (and `dlq list --json`: state `dead`).
+pub fn tasks(reader: &Reader, filter: &TaskFilter) -> Result<Value, QueryError> {
+    let wanted = filter
+        .state
+        .as_deref()
+        .map(|s| {
+            TaskState::parse(s).ok_or_else(|| {
+                QueryError::Invalid(format!(
+                    "unknown task run state `{s}` (one of: {})",
+                    names(&TaskState::ALL.map(TaskState::as_str))
+                ))
+            })
+        })
+        .transpose()?;
+    let runs = reader.task_runs()?.into_iter().filter(|t| {
+        wanted.is_none_or(|w| t.state == w)
+            && filter.job.as_ref().is_none_or(|j| &t.job == j)
+            && filter.queue.as_ref().is_none_or(|q| &t.queue == q)
+    });
+    Ok(Value::Array(runs.map(|t| task_json(&t)).collect()))
+}
+
+fn names(all: &[&str]) -> String {
+    all.join(", ")
+}
+
+/// How `cost` groups spending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CostBy {
+    Job,
+    Task,
+    Queue,
+    Model,
+    Day,
+}
+
+impl CostBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CostBy::Job => "job",
+            CostBy::Task => "task",
+            CostBy::Queue => "queue",
+            CostBy::Model => "model",
+            CostBy::Day => "day",
+        }
+    }
+}
+
+/// `cost --json`: spending per group, from the attempts started at or after `since_ms`.
+pub fn cost(reader: &Reader, by: CostBy, since_ms: Option<u64>) -> Result<Value, QueryError> {
+    let tasks: BTreeMap<u64, TaskRunRecord> = reader.task_runs()?.into_iter().map(|t| (t.id, t)).collect();
+    let mut rows: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    for a in reader.attempts()?.iter().filter(|a| since_ms.is_none_or(|s| a.started_at_ms >= s)) {
+        let Some(t) = tasks.get(&a.task_run) else { continue };
+        let key = match by {
+            CostBy::Job => t.job.clone(),
+            CostBy::Task => format!("{}.{}", t.job, t.task),
+            CostBy::Queue => t.queue.clone(),
+            CostBy::Model => a.model.clone().unwrap_or_else(|| "(none)".into()),
+            CostBy::Day => rfc3339_ms(a.started_at_ms).get(..10).unwrap_or("").to_string(),
+        };
+        let row = rows.entry(sanitize(&key)).or_default();
+        row[0] += a.cost_usd_micros;
+        row[1] += a.input_tokens;
+        row[2] += a.output_tokens;
+        row[3] += 1;
+    }
+    let total: u64 = rows.values().map(|r| r[0]).sum();
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|(k, r)| json!({"key": k, "cost_usd": usd_json(r[0]), "input_tokens": r[1], "output_tokens": r[2], "attempts": r[3]}))
+        .collect();
+    Ok(json!({"by": by.as_str(), "rows": rows, "total_usd": usd_json(total)}))
+}
+
+/// The most a `logs` answer carries; a follower asks again from the offset it got.
+const LOG_CHUNK_BYTES: u64 = 1 << 20;
+
+/// A piece of an attempt's log from byte `offset` (sanitized: a log is task output and must not
+/// drive a terminal), the offset to ask from next, and whether the attempt still runs.
+pub fn log_chunk(
+    state_dir: &Path,
+    reader: &Reader,
+    task_run: u64,
+    attempt: Option<u32>,
+    offset: u64,
+) -> Result<Value, QueryError> {
+    let t = reader.task_run(task_run)?.ok_or_else(|| not_found(Target::TaskRun(task_run)))?;
+    let n = attempt.unwrap_or(t.attempt);
+    if n == 0 {
+        return Err(QueryError::Invalid(format!("task run {task_run} has not started an attempt yet")));
+    }
+    if n > t.attempt {
+        return Err(QueryError::NotFound(format!("task run {task_run} has no attempt {n} (latest: {})", t.attempt)));
+    }
+    let path = state_dir.join(AttemptRecord::log_path(t.job_run, task_run, n));
+    let bytes = read_from(&path, offset).map_err(|e| QueryError::Invalid(format!("{}: {e}", path.display())))?;
+    let running = t.attempt == n && t.state == TaskState::Running;
+    Ok(json!({
+        "task_run": task_run, "attempt": n, "offset": offset + bytes.len() as u64, "running": running,
+        "text": crate::sanitize::sanitize_bytes(&bytes),
+    }))
+}
+
+/// Up to `LOG_CHUNK_BYTES` from `offset`, ending at a line end when one is in reach (so a
+/// multi-byte character is never split between two answers); nothing if there is no file yet.
+fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::new();
+    file.take(LOG_CHUNK_BYTES).read_to_end(&mut bytes)?;
+    if let Some(end) = bytes.iter().rposition(|b| *b == b'\n') {
+        bytes.truncate(end + 1);
+    } else if bytes.len() as u64 == LOG_CHUNK_BYTES {
+        // One line longer than a chunk: cut it at a character boundary instead.
+        let valid = std::str::from_utf8(&bytes).map_or_else(|e| e.valid_up_to(), str::len);
+        bytes.truncate(valid.max(1));
+    }
+    Ok(bytes)
 }

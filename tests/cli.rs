@@ -891,3 +891,68 @@ fn status_columns_line_up_under_their_headers() {
         assert!(!cell.is_empty() && row.as_bytes().get(end).is_none_or(|b| *b == b' '), "{column} misaligned:\n{out}");
     }
 }
+
+/// Every read command, once with no instance (the state dir read directly) and once through a
+/// server's socket: the same output, byte for byte.
+#[test]
+fn read_commands_print_the_same_through_the_socket_as_from_the_state_dir() {
+    let p = Project::new(&format!(
+        "[jobs.j.tasks.ok]\nrun = 'echo hello; echo \"cost usd=0.25 model=m1\" >&3; echo \"output k=v\" >&3'\n\
+         [jobs.j.tasks.bad]\nrun = 'echo broken >&2; exit 4'\n{RETRY_FAST}\n"
+    ));
+    assert_eq!(p.run_json(&[]).0, 1);
+    let ok = p.task("ok")["id"].to_string();
+    let bad = p.task("bad")["id"].to_string();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["jobs"],
+        vec!["jobs", "--json"],
+        vec!["tasks"],
+        vec!["tasks", "--json", "--state", "dead"],
+        vec!["show", &ok],
+        vec!["show", &bad, "--json"],
+        vec!["show", "j1"],
+        vec!["logs", &ok],
+        vec!["logs", &bad, "--attempt", "2"],
+        vec!["cost", "--by", "model"],
+        vec!["cost", "--json", "--by", "task"],
+        vec!["dlq"],
+        vec!["dlq", "list", "--json"],
+    ];
+    let outputs = |p: &Project| -> Vec<(String, String)> {
+        commands
+            .iter()
+            .map(|args| {
+                let out = p.gaffer(args).env("RUST_LOG", "gaffer=debug").output().expect("gaffer");
+                assert!(out.status.success(), "gaffer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+            })
+            .collect()
+    };
+    let offline = outputs(&p);
+    let _server = Server::start(&p);
+    let online = outputs(&p);
+    for ((args, (a, a_log)), (b, b_log)) in commands.iter().zip(&offline).zip(&online) {
+        assert_eq!(a, b, "gaffer {args:?} differs");
+        assert!(a_log.contains("read from the state dir"), "gaffer {args:?} offline: {a_log}");
+        assert!(b_log.contains("answered by the running instance"), "gaffer {args:?} online: {b_log}");
+    }
+    assert!(online[7].0.contains("hello"));
+    assert!(online[9].0.contains("m1") && online[9].0.contains("$0.25"));
+    let unknown = p.run(&["show", "99"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no task run 99"));
+    let bad_state = p.run(&["tasks", "--state", "nope"]);
+    assert_eq!(bad_state.status.code(), Some(2), "a usage error through the socket too");
+}
+
+#[test]
+fn logs_follow_through_the_socket_until_the_attempt_ends() {
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'echo one; touch started; sleep 1; echo two'\n");
+    let _server = Server::start(&p);
+    assert!(p.run(&["submit", "j"]).status.success());
+    wait_until(Duration::from_secs(10), "the task to start", || p.path().join("started").exists());
+    let out = p.run(&["logs", "1", "--follow"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    assert_eq!(p.task("t")["state"], "succeeded", "follow returns once the attempt has ended");
+}

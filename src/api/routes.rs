@@ -2,17 +2,19 @@
 //! through the `EngineHandle`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{ApiState, Peer};
 use crate::engine::{EngineError, Target};
-use crate::report;
+use crate::report::{self, CostBy, QueryError, TaskFilter};
+use crate::store::Reader;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -30,6 +32,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/v1/jobs", web::get().to(jobs))
             .route("/v1/tasks", web::get().to(tasks))
             .route("/v1/show/{target}", web::get().to(show))
+            .route("/v1/cost", web::get().to(cost))
+            .route("/v1/logs/{id}", web::get().to(logs))
             .route("/v1/live", web::get().to(live))
             .route("/v1/job_runs/{id}/tasks", web::get().to(task_runs_of))
             .route("/metrics", web::get().to(super::metrics::metrics)),
@@ -177,59 +181,71 @@ async fn snapshot(state: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
-/// Runs a read of the store off the server's thread; `None` from `read` is a 404.
-async fn read_store(
+/// Runs a query of the store off the server's threads.
+async fn query(
     state: &ApiState,
-    read: impl FnOnce(&crate::store::Reader) -> Result<Option<serde_json::Value>, crate::store::StoreError> + Send + 'static,
+    read: impl FnOnce(&Path, &Reader) -> Result<Value, QueryError> + Send + 'static,
 ) -> HttpResponse {
     let dir = state.state_dir.clone();
-    let answer = web::block(move || crate::store::open_reader(&dir).and_then(|reader| read(&reader))).await;
+    let answer = web::block(move || read(&dir, &crate::store::open_reader(&dir)?)).await;
     match answer {
-        Ok(Ok(Some(value))) => HttpResponse::Ok().json(value),
-        Ok(Ok(None)) => HttpResponse::NotFound().json(json!({"error": "no such id"})),
+        Ok(Ok(value)) => HttpResponse::Ok().json(value),
+        Ok(Err(QueryError::NotFound(message))) => HttpResponse::NotFound().json(json!({"error": message})),
+        Ok(Err(QueryError::Invalid(message))) => HttpResponse::BadRequest().json(json!({"error": message})),
         Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
     }
 }
 
 #[derive(Deserialize)]
-struct Filter {
+struct JobsQuery {
     state: Option<String>,
-    job: Option<String>,
-    queue: Option<String>,
 }
 
 /// SPEC §4.1 `jobs --json`, filtered by `?state=`.
-async fn jobs(state: web::Data<ApiState>, filter: web::Query<Filter>) -> HttpResponse {
-    let wanted = filter.into_inner().state;
-    read_store(&state, move |reader| {
-        let runs = reader.job_runs()?.into_iter().filter(|j| wanted.as_deref().is_none_or(|w| j.state.as_str() == w));
-        Ok(Some(serde_json::Value::Array(runs.map(|j| report::job_json(&j)).collect())))
-    })
-    .await
+async fn jobs(state: web::Data<ApiState>, q: web::Query<JobsQuery>) -> HttpResponse {
+    let wanted = q.into_inner().state;
+    query(&state, move |_, reader| report::jobs(reader, wanted.as_deref())).await
 }
 
-/// SPEC §4.1 `tasks --json`, filtered by `?state=&job=&queue=`.
-async fn tasks(state: web::Data<ApiState>, filter: web::Query<Filter>) -> HttpResponse {
-    let f = filter.into_inner();
-    read_store(&state, move |reader| {
-        let runs = reader.task_runs()?.into_iter().filter(|t| {
-            f.state.as_deref().is_none_or(|w| t.state.as_str() == w)
-                && f.job.as_ref().is_none_or(|j| &t.job == j)
-                && f.queue.as_ref().is_none_or(|q| &t.queue == q)
-        });
-        Ok(Some(serde_json::Value::Array(runs.map(|t| report::task_json(&t)).collect())))
-    })
-    .await
+/// SPEC §4.1 `tasks --json`, filtered by `?state=&job=&queue=` (`?state=dead`: the dead letters).
+async fn tasks(state: web::Data<ApiState>, filter: web::Query<TaskFilter>) -> HttpResponse {
+    let filter = filter.into_inner();
+    query(&state, move |_, reader| report::tasks(reader, &filter)).await
 }
 
 /// `show ID --json`: a task run (`42`) with its attempts, or a job run (`j7`) with its tasks.
 async fn show(state: web::Data<ApiState>, target: web::Path<String>) -> HttpResponse {
     match Target::parse(&target) {
-        Ok(Target::TaskRun(id)) => read_store(&state, move |reader| report::task_detail(reader, id)).await,
-        Ok(Target::JobRun(id)) => read_store(&state, move |reader| report::job_detail(reader, id)).await,
+        Ok(target) => query(&state, move |_, reader| report::show(reader, target)).await,
         Err(message) => bad_target(message),
     }
+}
+
+#[derive(Deserialize)]
+struct CostQuery {
+    by: Option<CostBy>,
+    since_ms: Option<u64>,
+}
+
+/// `cost --json`: `?by=job|task|queue|model|day&since_ms=EPOCH_MS`.
+async fn cost(state: web::Data<ApiState>, q: web::Query<CostQuery>) -> HttpResponse {
+    let q = q.into_inner();
+    query(&state, move |_, reader| report::cost(reader, q.by.unwrap_or(CostBy::Job), q.since_ms)).await
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    attempt: Option<u32>,
+    #[serde(default)]
+    offset: u64,
+}
+
+/// A piece of an attempt's log from `?offset=` (default the latest attempt, from the start);
+/// `logs --follow` asks again from the offset it got until the attempt has ended.
+async fn logs(state: web::Data<ApiState>, id: web::Path<u64>, q: web::Query<LogQuery>) -> HttpResponse {
+    let (id, q) = (id.into_inner(), q.into_inner());
+    query(&state, move |dir, reader| report::log_chunk(dir, reader, id, q.attempt, q.offset)).await
 }
 
 /// Workers and queues, for a view's once-a-second refresh.

@@ -5,8 +5,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use super::query::{self, parse_target};
 use super::{CliError, DlqAction};
 use crate::api::client::{self, ClientError};
@@ -140,35 +138,36 @@ pub fn dlq(state_dir: &Path, action: DlqAction) -> Result<(), CliError> {
 fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
     let dead = query::dead_letters(state_dir)?;
     if json {
-        let items: Vec<Value> = dead.iter().map(crate::report::task_json).collect();
-        println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&dead).unwrap_or_default());
         return Ok(());
     }
-    if dead.is_empty() {
+    let items = dead.as_array().map(Vec::as_slice).unwrap_or_default();
+    if items.is_empty() {
         println!("no dead letters");
         return Ok(());
     }
     query::print_task_table(&dead);
-    let spent: u64 = dead.iter().map(|t| t.cost_usd_micros).sum();
+    let spent: u64 = items.iter().map(|t| query::micros(&t["cost_usd"])).sum();
     println!(
         "{} dead letter(s), {} spent on them; `gaffer dlq retry ID` or `gaffer dlq retry --all`",
-        dead.len(),
+        items.len(),
         dollars(spent)
     );
     Ok(())
 }
 
 fn act_on_dead(state_dir: &Path, action: &Action, ids: &[String], all: bool) -> Result<(), CliError> {
-    let dead = query::dead_letters(state_dir)?;
+    let dead: Vec<u64> =
+        query::dead_letters(state_dir)?.as_array().into_iter().flatten().filter_map(|t| t["id"].as_u64()).collect();
     let targets: Vec<Target> = if all {
-        dead.iter().map(|t| Target::TaskRun(t.id)).collect()
+        dead.iter().map(|id| Target::TaskRun(*id)).collect()
     } else {
         if ids.is_empty() {
             return Err(CliError::Usage("name the dead task runs (IDs) or use --all".into()));
         }
         let targets = ids.iter().map(|id| parse_target(id)).collect::<Result<Vec<_>, _>>()?;
         for target in &targets {
-            if !matches!(target, Target::TaskRun(id) if dead.iter().any(|t| t.id == *id)) {
+            if !matches!(target, Target::TaskRun(id) if dead.contains(id)) {
                 return Err(CliError::Failed(format!("{target} is not in the dead-letter queue; nothing was sent")));
             }
         }

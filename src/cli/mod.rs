@@ -7,9 +7,10 @@ mod run;
 
 use std::path::PathBuf;
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::engine::Action;
+use crate::report::CostBy;
 
 /// Exit codes (SPEC §8).
 pub mod exit {
@@ -168,15 +169,6 @@ pub enum DlqAction {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CostBy {
-    Job,
-    Task,
-    Queue,
-    Model,
-    Day,
-}
-
 /// Parses the arguments, runs the command, returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -200,7 +192,7 @@ pub fn main() -> i32 {
         Command::Status { json } => query::status(&state_dir, json),
         Command::Jobs { state, json } => query::jobs(&state_dir, state.as_deref(), json),
         Command::Tasks { state, job, queue, json } => {
-            query::tasks(&state_dir, query::TaskFilter { state, job, queue }, json)
+            query::tasks(&state_dir, crate::report::TaskFilter { state, job, queue }, json)
         }
         Command::Show { id, json } => query::show(&state_dir, &id, json),
         Command::Logs { id, attempt, follow } => query::logs(&state_dir, &id, attempt, follow),

@@ -1,21 +1,21 @@
 //! Read-only commands: `status`, `jobs`, `tasks`, `show`, `logs`, `cost`, `dlq list`.
-//! They open a read-only snapshot, so they work while an instance is running.
+//!
+//! Each asks the running instance through its socket when one answers, and otherwise reads the
+//! state dir itself (a read-only snapshot). Both sides build the answer with `report`, and the
+//! human output is printed from that JSON, so a command prints the same either way.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{CliError, CostBy};
-use crate::engine::{Target, rfc3339_ms};
+use super::CliError;
+use crate::api::client::{self, ClientError};
+use crate::engine::Target;
 use crate::headless::dollars;
-use crate::model::money::usd_json;
-use crate::model::{JobState, TaskState};
-use crate::report::{self, job_json, task_json};
-use crate::sanitize::sanitize;
-use crate::store::{self, AttemptRecord, JobRunRecord, Reader, TaskRunRecord};
+use crate::report::{self, CostBy, QueryError, TaskFilter};
+use crate::store::{self, Reader};
 
 fn print_json(value: &Value) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
@@ -31,8 +31,64 @@ pub(super) fn open(state_dir: &Path) -> Result<Reader, CliError> {
     Ok(store::open_reader(state_dir)?)
 }
 
+/// `GET path` from the running instance, or `local` on the state dir when none answers.
+fn fetch(
+    state_dir: &Path,
+    path: &str,
+    local: impl FnOnce(&Reader) -> Result<Value, QueryError>,
+) -> Result<Value, CliError> {
+    match client::call(state_dir, "GET", path, None) {
+        Ok(value) => {
+            tracing::debug!(path, "answered by the running instance");
+            Ok(value)
+        }
+        Err(ClientError::NotRunning(_)) => {
+            tracing::debug!(path, "no instance runs: read from the state dir");
+            local(&open(state_dir)?).map_err(|e| match e {
+                QueryError::Store(e) => CliError::Store(e),
+                other => CliError::Failed(other.to_string()),
+            })
+        }
+        Err(ClientError::Refused(message)) => Err(CliError::Failed(message)),
+        Err(e) => Err(CliError::Failed(e.to_string())),
+    }
+}
+
+/// Percent-encodes a query-string value.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
+    let set: Vec<String> =
+        pairs.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v)))).collect::<Vec<_>>();
+    if set.is_empty() { String::new() } else { format!("?{}", set.join("&")) }
+}
+
+/// Dollars in the answer JSON (a decimal number) back to micro-dollars, for printing.
+pub(super) fn micros(v: &Value) -> u64 {
+    v.as_f64().map_or(0, |usd| (usd * 1e6).round() as u64)
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("")
+}
+
+fn num(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or(0)
+}
+
 pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
-    let value = report::status_value(state_dir)?;
+    let value = match client::call(state_dir, "GET", "/v1/status", None) {
+        Ok(value) => value,
+        Err(ClientError::NotRunning(_)) => report::status_value(state_dir)?,
+        Err(e) => return Err(CliError::Failed(e.to_string())),
+    };
     if as_json {
         return print_json(&value);
     }
@@ -43,17 +99,15 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
     println!("{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}", "QUEUE", "CONCURRENCY", "QUEUED", "RUNNING", "RETRYING", "DEAD");
     for q in value["queues"].as_array().into_iter().flatten() {
         let cap = q["concurrency"].as_u64().map_or("-".to_string(), |c| c.to_string());
-        let name =
-            format!("{}{}", q["name"].as_str().unwrap_or("?"), if q["paused"] == true { " (paused)" } else { "" });
-        let n = |key: &str| q[key].as_u64().unwrap_or(0);
+        let name = format!("{}{}", text(q, "name"), if q["paused"] == true { " (paused)" } else { "" });
         println!(
             "{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}",
             name,
             cap,
-            n("queued"),
-            n("running"),
-            n("retrying"),
-            n("dead")
+            num(q, "queued"),
+            num(q, "running"),
+            num(q, "retrying"),
+            num(q, "dead")
         );
     }
     let counts: Vec<String> = value["totals"]
@@ -64,198 +118,176 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
     println!("task runs: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
-    println!("cost: ${}", value["cost_usd"]);
+    println!("cost: {}", dollars(micros(&value["cost_usd"])));
     Ok(())
 }
 
 pub fn jobs(state_dir: &Path, state: Option<&str>, as_json: bool) -> Result<(), CliError> {
-    let wanted = state
-        .map(|s| {
-            JobState::parse(s).ok_or_else(|| {
-                CliError::Usage(format!("unknown job run state `{s}` (one of: running, succeeded, failed, cancelled)"))
-            })
-        })
-        .transpose()?;
-    let runs: Vec<JobRunRecord> =
-        open(state_dir)?.job_runs()?.into_iter().filter(|j| wanted.is_none_or(|w| j.state == w)).collect();
+    let path = format!("/v1/jobs{}", query_string(&[("state", state)]));
+    let runs = fetch(state_dir, &path, |reader| report::jobs(reader, state)).map_err(usage_if_unknown_state)?;
     if as_json {
-        return print_json(&Value::Array(runs.iter().map(job_json).collect()));
+        return print_json(&runs);
     }
     println!("{:<6} {:<20} {:<10} {:>10} {:<24} REASON", "ID", "JOB", "STATE", "COST", "STARTED");
-    for j in &runs {
+    for j in runs.as_array().into_iter().flatten() {
         println!(
             "{:<6} {:<20} {:<10} {:>10} {:<24} {}",
-            format!("j{}", j.id),
-            j.job,
-            j.state.as_str(),
-            dollars(j.cost_usd_micros),
-            rfc3339_ms(j.created_at_ms),
-            j.reason.as_deref().unwrap_or("")
+            format!("j{}", num(j, "id")),
+            text(j, "job"),
+            text(j, "state"),
+            dollars(micros(&j["cost_usd"])),
+            text(j, "started_at"),
+            text(j, "reason")
         );
     }
     Ok(())
 }
 
-pub struct TaskFilter {
-    pub state: Option<String>,
-    pub job: Option<String>,
-    pub queue: Option<String>,
+/// An unknown `--state` is a usage error (exit 2), whoever noticed it.
+fn usage_if_unknown_state(e: CliError) -> CliError {
+    match e {
+        CliError::Failed(message) if message.starts_with("unknown ") => CliError::Usage(message),
+        other => other,
+    }
 }
 
 pub fn tasks(state_dir: &Path, filter: TaskFilter, as_json: bool) -> Result<(), CliError> {
-    let wanted = filter.state.as_deref().map(|s| TaskState::parse(s).ok_or_else(|| CliError::Usage(format!("unknown task run state `{s}` (one of: pending, queued, running, retrying, succeeded, dead, cancelled, skipped, waiting)")))).transpose()?;
-    let runs: Vec<TaskRunRecord> = open(state_dir)?
-        .task_runs()?
-        .into_iter()
-        .filter(|t| {
-            wanted.is_none_or(|w| t.state == w)
-                && filter.job.as_ref().is_none_or(|j| &t.job == j)
-                && filter.queue.as_ref().is_none_or(|q| &t.queue == q)
-        })
-        .collect();
+    let path = format!(
+        "/v1/tasks{}",
+        query_string(&[
+            ("state", filter.state.as_deref()),
+            ("job", filter.job.as_deref()),
+            ("queue", filter.queue.as_deref())
+        ])
+    );
+    let runs = fetch(state_dir, &path, |reader| report::tasks(reader, &filter)).map_err(usage_if_unknown_state)?;
     if as_json {
-        return print_json(&Value::Array(runs.iter().map(task_json).collect()));
+        return print_json(&runs);
     }
     print_task_table(&runs);
     Ok(())
 }
 
-pub(super) fn print_task_table(runs: &[TaskRunRecord]) {
+/// The dead letters, as `tasks --state dead` answers them.
+pub(super) fn dead_letters(state_dir: &Path) -> Result<Value, CliError> {
+    let filter = TaskFilter { state: Some("dead".into()), ..TaskFilter::default() };
+    fetch(state_dir, "/v1/tasks?state=dead", |reader| report::tasks(reader, &filter))
+}
+
+pub(super) fn print_task_table(runs: &Value) {
     println!(
         "{:<6} {:<6} {:<24} {:<10} {:>7} {:<10} {:>4} {:>10} REASON",
         "ID", "RUN", "TASK", "STATE", "ATTEMPT", "QUEUE", "PRIO", "COST"
     );
-    for t in runs {
-        let reason = t.reason.map(|r| r.as_str()).unwrap_or("");
+    for t in runs.as_array().into_iter().flatten() {
         println!(
             "{:<6} {:<6} {:<24} {:<10} {:>7} {:<10} {:>4} {:>10} {}",
-            t.id,
-            format!("j{}", t.job_run),
-            format!("{}.{}", t.job, t.task),
-            t.state.as_str(),
-            format!("{}/{}", t.attempts_in_series(), t.max_attempts),
-            t.queue,
-            t.priority,
-            dollars(t.cost_usd_micros),
-            reason
+            num(t, "id"),
+            format!("j{}", num(t, "job_run")),
+            format!("{}.{}", text(t, "job"), text(t, "task")),
+            text(t, "state"),
+            format!("{}/{}", num(t, "attempts_in_series"), num(t, "max_attempts")),
+            text(t, "queue"),
+            num(t, "priority"),
+            dollars(micros(&t["cost_usd"])),
+            text(t, "reason")
         );
     }
 }
 
 pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
-    let reader = open(state_dir)?;
-    match parse_target(id)? {
-        Target::TaskRun(id) => {
-            let t = reader
-                .task_run(id)?
-                .ok_or_else(|| CliError::Failed(format!("no task run {id} in {}", state_dir.display())))?;
-            if as_json {
-                return print_json(&report::task_detail(&reader, id)?.unwrap_or_default());
-            }
-            let attempts = reader.attempts_of(id)?;
-            print_task_detail(&t, &attempts);
-        }
+    let target = parse_target(id)?;
+    let value = fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target))?;
+    if as_json {
+        return print_json(&value);
+    }
+    match target {
+        Target::TaskRun(_) => print_task_detail(&value),
         Target::JobRun(id) => {
-            let j = reader
-                .job_run(id)?
-                .ok_or_else(|| CliError::Failed(format!("no job run j{id} in {}", state_dir.display())))?;
-            if as_json {
-                return print_json(&report::job_detail(&reader, id)?.unwrap_or_default());
-            }
-            let tasks = reader.task_runs_of(id)?;
-            println!(
-                "job run j{} of `{}`: {}{}",
-                j.id,
-                j.job,
-                j.state.as_str(),
-                j.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
-            );
-            println!("params: {}", serde_json::to_string(&j.params).unwrap_or_default());
-            println!("cost: {}", dollars(j.cost_usd_micros));
-            print_task_table(&tasks);
+            let reason = value["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+            println!("job run j{id} of `{}`: {}{reason}", text(&value, "job"), text(&value, "state"));
+            println!("params: {}", value["params"]);
+            println!("cost: {}", dollars(micros(&value["cost_usd"])));
+            print_task_table(&value["tasks"]);
         }
     }
     Ok(())
 }
 
-fn print_task_detail(t: &TaskRunRecord, attempts: &[AttemptRecord]) {
-    println!("task run {} — {}.{} in job run j{}", t.id, t.job, t.task, t.job_run);
-    println!("state: {}{}", t.state.as_str(), t.reason.map(|r| format!(" ({})", r.as_str())).unwrap_or_default());
-    if let Some(detail) = &t.detail {
+fn print_task_detail(t: &Value) {
+    println!("task run {} — {}.{} in job run j{}", num(t, "id"), text(t, "job"), text(t, "task"), num(t, "job_run"));
+    let reason = t["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+    println!("state: {}{reason}", text(t, "state"));
+    if let Some(detail) = t["detail"].as_str() {
         println!("detail: {detail}");
     }
-    println!("queue: {} (priority {})", t.queue, t.priority);
-    println!("attempts: {} of {} in this series", t.attempts_in_series(), t.max_attempts);
-    println!("cost: {} ({} input, {} output tokens)", dollars(t.cost_usd_micros), t.input_tokens, t.output_tokens);
-    if let Some(p) = &t.progress {
+    println!("queue: {} (priority {})", text(t, "queue"), num(t, "priority"));
+    println!("attempts: {} of {} in this series", num(t, "attempts_in_series"), num(t, "max_attempts"));
+    println!(
+        "cost: {} ({} input, {} output tokens)",
+        dollars(micros(&t["cost_usd"])),
+        num(t, "input_tokens"),
+        num(t, "output_tokens")
+    );
+    if let Some(p) = t["progress"].as_str() {
         println!("progress: {p}");
     }
-    for (k, v) in &t.outputs {
-        println!("output {k} = {v}");
+    for (k, v) in t["outputs"].as_object().into_iter().flatten() {
+        println!("output {k} = {}", v.as_str().unwrap_or_default());
     }
-    for a in attempts {
-        let how = match (a.reason, a.exit_code, a.signal) {
-            (None, _, _) if a.ended_at_ms.is_none() => "running".to_string(),
-            (None, _, _) => "succeeded".to_string(),
-            (Some(r), code, signal) => format!(
-                "{}{}{}",
-                r.as_str(),
-                code.map(|c| format!(" (exit {c})")).unwrap_or_default(),
-                signal.map(|s| format!(" (signal {s})")).unwrap_or_default()
+    for a in t["attempts"].as_array().into_iter().flatten() {
+        let how = match a["reason"].as_str() {
+            None if a["ended_at"].is_null() => "running".to_string(),
+            None => "succeeded".to_string(),
+            Some(r) => format!(
+                "{r}{}{}",
+                a["exit_code"].as_i64().map(|c| format!(" (exit {c})")).unwrap_or_default(),
+                a["signal"].as_i64().map(|s| format!(" (signal {s})")).unwrap_or_default()
             ),
         };
         println!(
             "  attempt {}: {how}, started {}, {} — {}",
-            a.n,
-            rfc3339_ms(a.started_at_ms),
-            dollars(a.cost_usd_micros),
-            a.log
+            num(a, "n"),
+            text(a, "started_at"),
+            dollars(micros(&a["cost_usd"])),
+            text(a, "log")
         );
     }
 }
+
+/// How often `logs --follow` asks for more.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
 pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> Result<(), CliError> {
     let Target::TaskRun(id) = parse_target(id)? else {
         return Err(CliError::Usage("logs belong to task runs: give a task run id like 42".into()));
     };
-    let reader = open(state_dir)?;
-    let t =
-        reader.task_run(id)?.ok_or_else(|| CliError::Failed(format!("no task run {id} in {}", state_dir.display())))?;
-    let n = attempt.unwrap_or(t.attempt);
-    if n == 0 {
-        return Err(CliError::Failed(format!("task run {id} has not started an attempt yet")));
+    let mut offset = 0;
+    let mut attempt = attempt;
+    loop {
+        let path = format!(
+            "/v1/logs/{id}{}",
+            query_string(&[
+                ("attempt", attempt.map(|n| n.to_string()).as_deref()),
+                ("offset", Some(&offset.to_string()))
+            ])
+        );
+        let chunk = fetch(state_dir, &path, |reader| report::log_chunk(state_dir, reader, id, attempt, offset))?;
+        // Keep following the attempt we started with, even when a retry begins meanwhile.
+        attempt = attempt.or(chunk["attempt"].as_u64().map(|n| n as u32));
+        let piece = text(&chunk, "text");
+        let mut out = std::io::stdout();
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+        offset = num(&chunk, "offset");
+        if piece.is_empty() {
+            // Read to the end: done, unless following an attempt that still runs.
+            if !follow || chunk["running"] != true {
+                return Ok(());
+            }
+            std::thread::sleep(FOLLOW_EVERY);
+        }
     }
-    let path = state_dir.join(AttemptRecord::log_path(t.job_run, id, n));
-    let mut offset = print_from(&path, 0)?;
-    while follow && still_running(state_dir, id, n) {
-        std::thread::sleep(Duration::from_millis(200));
-        offset = print_from(&path, offset)?;
-    }
-    if follow {
-        print_from(&path, offset)?;
-    }
-    Ok(())
-}
-
-fn still_running(state_dir: &Path, id: u64, n: u32) -> bool {
-    let Ok(reader) = store::open_reader(state_dir) else { return false };
-    reader.task_run(id).ok().flatten().is_some_and(|t| t.attempt == n && t.state == TaskState::Running)
-}
-
-/// Prints the log from `offset`, sanitized (a log is task output: it must not drive the terminal).
-fn print_from(path: &Path, offset: u64) -> Result<u64, CliError> {
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(offset),
-        Err(e) => return Err(CliError::Failed(format!("{}: {e}", path.display()))),
-    };
-    file.seek(SeekFrom::Start(offset)).map_err(|e| CliError::Failed(e.to_string()))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(|e| CliError::Failed(e.to_string()))?;
-    let mut out = std::io::stdout();
-    let _ = out.write_all(crate::sanitize::sanitize_bytes(&bytes).as_bytes());
-    let _ = out.flush();
-    Ok(offset + bytes.len() as u64)
 }
 
 pub fn cost(state_dir: &Path, by: CostBy, since: Option<&str>, as_json: bool) -> Result<(), CliError> {
@@ -263,46 +295,50 @@ pub fn cost(state_dir: &Path, by: CostBy, since: Option<&str>, as_json: bool) ->
         .map(|s| humantime::parse_duration(s).map_err(|e| CliError::Usage(format!("--since `{s}`: {e}"))))
         .transpose()?
         .map(|d| crate::engine::Clock::now_ms(&crate::engine::SystemClock).saturating_sub(d.as_millis() as u64));
-    let reader = open(state_dir)?;
-    let tasks: BTreeMap<u64, TaskRunRecord> = reader.task_runs()?.into_iter().map(|t| (t.id, t)).collect();
-    let mut rows: BTreeMap<String, [u64; 4]> = BTreeMap::new();
-    for a in reader.attempts()?.iter().filter(|a| since_ms.is_none_or(|s| a.started_at_ms >= s)) {
-        let Some(t) = tasks.get(&a.task_run) else { continue };
-        let key = match by {
-            CostBy::Job => t.job.clone(),
-            CostBy::Task => format!("{}.{}", t.job, t.task),
-            CostBy::Queue => t.queue.clone(),
-            CostBy::Model => a.model.clone().unwrap_or_else(|| "(none)".into()),
-            CostBy::Day => rfc3339_ms(a.started_at_ms).get(..10).unwrap_or("").to_string(),
-        };
-        let row = rows.entry(sanitize(&key)).or_default();
-        row[0] += a.cost_usd_micros;
-        row[1] += a.input_tokens;
-        row[2] += a.output_tokens;
-        row[3] += 1;
-    }
-    let total: u64 = rows.values().map(|r| r[0]).sum();
+    let path = format!(
+        "/v1/cost{}",
+        query_string(&[("by", Some(by.as_str())), ("since_ms", since_ms.map(|ms| ms.to_string()).as_deref())])
+    );
+    let value = fetch(state_dir, &path, |reader| report::cost(reader, by, since_ms))?;
     if as_json {
-        let rows: Vec<Value> = rows.iter().map(|(k, r)| json!({"key": k, "cost_usd": usd_json(r[0]), "input_tokens": r[1], "output_tokens": r[2], "attempts": r[3]})).collect();
-        return print_json(
-            &json!({"by": format!("{by:?}").to_lowercase(), "rows": rows, "total_usd": usd_json(total)}),
-        );
+        return print_json(&value);
     }
     println!(
         "{:<32} {:>12} {:>12} {:>12} {:>8}",
-        format!("{by:?}").to_uppercase(),
+        by.as_str().to_uppercase(),
         "COST",
         "IN TOKENS",
         "OUT TOKENS",
         "ATTEMPTS"
     );
-    for (k, r) in &rows {
-        println!("{:<32} {:>12} {:>12} {:>12} {:>8}", k, dollars(r[0]), r[1], r[2], r[3]);
+    for r in value["rows"].as_array().into_iter().flatten() {
+        println!(
+            "{:<32} {:>12} {:>12} {:>12} {:>8}",
+            text(r, "key"),
+            dollars(micros(&r["cost_usd"])),
+            num(r, "input_tokens"),
+            num(r, "output_tokens"),
+            num(r, "attempts")
+        );
     }
-    println!("{:<32} {:>12}", "TOTAL", dollars(total));
+    println!("{:<32} {:>12}", "TOTAL", dollars(micros(&value["total_usd"])));
     Ok(())
 }
 
-pub fn dead_letters(state_dir: &Path) -> Result<Vec<TaskRunRecord>, CliError> {
-    Ok(open(state_dir)?.task_runs()?.into_iter().filter(|t| t.state == TaskState::Dead).collect())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_encoded_and_skip_unset_keys() {
+        assert_eq!(query_string(&[("state", None)]), "");
+        assert_eq!(query_string(&[("job", Some("a b&c")), ("q", None), ("n", Some("1"))]), "?job=a%20b%26c&n=1");
+    }
+
+    #[test]
+    fn dollars_survive_the_json_round_trip() {
+        for m in [0, 1, 30_000, 1_234_567, 999_999_999] {
+            assert_eq!(micros(&crate::model::money::usd_json(m)), m);
+        }
+    }
 }
