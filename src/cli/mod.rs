@@ -5,6 +5,7 @@ mod control;
 mod query;
 mod run;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -234,7 +235,7 @@ pub(crate) fn init_diagnostics(to_file: Option<&std::path::Path>) {
     let file = to_file.and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok());
     let _ = match file {
         Some(file) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        None => builder.with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).try_init(),
     };
 }
 

@@ -56,10 +56,13 @@ pub struct JobRun {
     next_to_run: u64,
     committed: std::collections::BTreeMap<u64, (Vec<EngineEvent>, AfterCommit)>,
     /// Told once the new run's first commit (its records) is durable: a submit answers then.
-    begun: Option<tokio::sync::oneshot::Sender<()>>,
+    begun: Option<Begun>,
 }
 
 type AfterCommit = Box<dyn FnOnce(&mut JobRun, &mut Context<JobRun>)>;
+
+/// Told once a new run's records are durable, or why they could not be made so.
+pub type Begun = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 impl JobRun {
     pub fn new(
@@ -152,16 +155,17 @@ impl JobRun {
         let seq = self.next_commit;
         self.next_commit += 1;
         self.inflight += 1;
-        ctx.spawn(commit.into_actor(self).map(move |result, act, ctx| {
-            match result {
-                Ok(()) => {
-                    act.committed.insert(seq, (events, Box::new(after)));
-                    act.run_committed(ctx);
+        ctx.spawn(commit.into_actor(self).map(move |result, act, ctx| match result {
+            Ok(()) => {
+                act.committed.insert(seq, (events, Box::new(after)));
+                act.run_committed(ctx);
+            }
+            Err(e) => {
+                let message = format!("job run {}: cannot commit to the store: {e}", act.record.id);
+                if let Some(begun) = act.begun.take() {
+                    let _ = begun.send(Err(message.clone()));
                 }
-                Err(e) => act
-                    .shared
-                    .supervisor
-                    .do_send(Fatal(format!("job run {}: cannot commit to the store: {e}", act.record.id))),
+                act.shared.supervisor.do_send(Fatal(message))
             }
         }));
     }
@@ -175,7 +179,7 @@ impl JobRun {
             }
             after(self, ctx);
             if let Some(begun) = self.begun.take() {
-                let _ = begun.send(());
+                let _ = begun.send(Ok(()));
             }
         }
     }
@@ -677,7 +681,7 @@ pub enum Begin {
         with: Vec<Mutation>,
         events: Vec<EngineEvent>,
         /// Told once the run's records are durable.
-        begun: Option<tokio::sync::oneshot::Sender<()>>,
+        begun: Option<Begun>,
     },
     Resume,
 }

@@ -426,14 +426,17 @@ impl Handler<Submit> for Supervisor {
         Box::pin(async move {
             let (submitted, begun) = created?;
             if let Some(begun) = begun {
-                begun.await.map_err(|_| EngineError::Stopped("the job run stopped before it was stored".into()))?;
+                begun
+                    .await
+                    .map_err(|_| EngineError::Stopped("the job run stopped before it was stored".into()))?
+                    .map_err(EngineError::Fatal)?;
             }
             Ok(submitted)
         })
     }
 }
 
-type Begun = Option<oneshot::Receiver<()>>;
+type Begun = Option<oneshot::Receiver<Result<(), String>>>;
 
 impl Supervisor {
     fn create(&mut self, request: SubmitRequest) -> Result<(Submitted, Begun), EngineError> {

@@ -43,7 +43,7 @@ const SEQ_JOB_RUN: &str = "seq.job_run";
 const SEQ_TASK_RUN: &str = "seq.task_run";
 const SEQ_ENQUEUE: &str = "seq.enqueue";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("state dir {} is in use by another gaffer instance{}", state_dir.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     InUse { state_dir: PathBuf, pid: Option<u32> },
@@ -51,6 +51,10 @@ pub enum StoreError {
     Io { path: PathBuf, reason: String },
     #[error("state.redb: {0}")]
     Db(String),
+    #[error(
+        "state.redb: the disk is full ({0}): free some space and start gaffer again; every state committed so far is kept"
+    )]
+    DiskFull(String),
     #[error(
         "state.redb has schema version {found}, this gaffer understands {SCHEMA_VERSION}: use the gaffer that wrote it, or a newer one"
     )]
@@ -63,13 +67,28 @@ pub enum StoreError {
     Closed,
 }
 
+/// ENOSPC anywhere in the error's chain (redb wraps the `io::Error`; its message is the fallback).
+fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull) {
+            return true;
+        }
+        cause = err.source();
+    }
+    e.to_string().contains(&format!("(os error {})", libc::ENOSPC))
+}
+
 impl StoreError {
     fn io(path: &Path, e: std::io::Error) -> StoreError {
         StoreError::Io { path: path.to_path_buf(), reason: e.to_string() }
     }
 }
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
+fn db_err(e: impl std::error::Error + 'static) -> StoreError {
+    if is_disk_full(&e) {
+        return StoreError::DiskFull(e.to_string());
+    }
     StoreError::Db(e.to_string())
 }
 

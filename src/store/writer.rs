@@ -43,7 +43,7 @@ impl Ids {
 
 struct Request {
     batch: Vec<Mutation>,
-    reply: oneshot::Sender<Result<(), String>>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
 /// The way in to the store for the running instance. Cheap to clone.
@@ -75,7 +75,7 @@ impl StoreHandle {
         let sent = self.tx.send(Request { batch, reply });
         async move {
             sent.map_err(|_| StoreError::Closed)?;
-            answer.await.map_err(|_| StoreError::Closed)?.map_err(StoreError::Db)
+            answer.await.map_err(|_| StoreError::Closed)?
         }
     }
 
@@ -83,7 +83,7 @@ impl StoreHandle {
     pub fn commit_blocking(&self, batch: Vec<Mutation>) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx.send(Request { batch, reply }).map_err(|_| StoreError::Closed)?;
-        answer.blocking_recv().map_err(|_| StoreError::Closed)?.map_err(StoreError::Db)
+        answer.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     /// A snapshot of everything committed so far.
@@ -120,6 +120,22 @@ impl StoreCloser {
 /// Waits for work, takes everything that queued up meanwhile, commits it once, answers all.
 /// Holds the database weakly, so dropping the last handle closes it.
 fn commit_loop(db: &std::sync::Weak<Database>, rx: &mpsc::Receiver<Request>, commits: &AtomicU64) {
+    // After an I/O error redb refuses every later commit with "Previous I/O error occurred":
+    // the first error is the one worth telling, whoever asks later (a caller may have dropped
+    // the answer to the commit that hit it).
+    let mut first_failure: Option<StoreError> = None;
+    let mut explain = |e: StoreError| -> StoreError {
+        let after_a_failure = e.to_string().contains("Previous I/O error");
+        match &first_failure {
+            Some(first) if after_a_failure => first.clone(),
+            None if !after_a_failure => {
+                tracing::error!("the store cannot commit: {e}");
+                first_failure = Some(e.clone());
+                e
+            }
+            _ => e,
+        }
+    };
     while let Ok(first) = rx.recv() {
         let Some(db) = db.upgrade() else { return };
         let db = &*db;
@@ -137,13 +153,14 @@ fn commit_loop(db: &std::sync::Weak<Database>, rx: &mpsc::Receiver<Request>, com
         match commit_group(db, &group) {
             Ok(()) => answer(group, Ok(())),
             // One bad request must not fail the others that shared its transaction.
-            Err(_) if group.len() > 1 => {
+            Err(e) if group.len() > 1 => {
+                explain(e);
                 for request in group {
-                    let result = commit_group(db, std::slice::from_ref(&request));
-                    let _ = request.reply.send(result.map_err(|e| e.to_string()));
+                    let result = commit_group(db, std::slice::from_ref(&request)).map_err(&mut explain);
+                    let _ = request.reply.send(result);
                 }
             }
-            Err(e) => answer(group, Err(e.to_string())),
+            Err(e) => answer(group, Err(explain(e))),
         }
         commits.fetch_add(1, Ordering::Relaxed);
     }
@@ -157,7 +174,7 @@ fn commit_group(db: &Database, group: &[Request]) -> Result<(), StoreError> {
     txn.commit().map_err(db_err)
 }
 
-fn answer(group: Vec<Request>, result: Result<(), String>) {
+fn answer(group: Vec<Request>, result: Result<(), StoreError>) {
     for request in group {
         let _ = request.reply.send(result.clone());
     }
