@@ -203,6 +203,86 @@ async fn spawn_errors_name_program_and_cwd() {
 }
 
 #[tokio::test]
+async fn argv_programs_are_looked_up_along_the_tasks_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    let tool = bin.join("gaffer-test-tool");
+    std::fs::write(&tool, "#!/bin/sh\necho \"tool ran with $1\"\n").expect("write tool");
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let mut s = spec(dir.path(), CommandSpec::Argv(vec!["gaffer-test-tool".into(), "an arg".into()]));
+    s.env.push(("PATH".into(), format!("/nowhere:{}:/usr/bin:/bin", bin.display())));
+    let r = run(s).await;
+    assert!(r.exit.success(), "{}", r.log);
+    assert_eq!(r.log, "tool ran with an arg\n");
+
+    // Not on the task's PATH (gaffer's own PATH is not searched then).
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut s = spec(dir.path(), CommandSpec::Argv(vec!["sh".into(), "-c".into(), "true".into()]));
+    s.env.push(("PATH".into(), bin.display().to_string()));
+    let err = LocalExecutor.spawn(s, tx).err().expect("sh is not on that PATH").to_string();
+    assert!(err.contains("`sh`") && err.contains("No such file"), "{err}");
+}
+
+/// Fds of this process that a child inherits (not O_CLOEXEC): whatever started the test run
+/// may have left some open; gaffer's own must all be O_CLOEXEC.
+fn inheritable_fds() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|fd| {
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap_or("0");
+            u32::from_str_radix(flags.trim(), 8).is_ok_and(|f| f & 0o2_000_000 == 0)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn task_gets_only_fds_0_to_3_and_default_signals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `ls` lists the shell's fds (its own directory fd is in its own process).
+    let r = run(sh(dir.path(), "ls /proc/$$/fd")).await;
+    assert!(r.exit.success(), "{}", r.log);
+    let inherited = inheritable_fds();
+    let extra: Vec<&str> =
+        r.log.lines().filter(|fd| !["0", "1", "2", "3"].contains(fd) && !inherited.iter().any(|i| i == fd)).collect();
+    assert_eq!(extra, Vec::<&str>::new(), "fds leaked into the task: {}", r.log);
+    for fd in ["0", "1", "2", "3"] {
+        assert!(r.log.lines().any(|l| l == fd), "fd {fd} missing: {}", r.log);
+    }
+
+    // Run directly, not from sh: sh blocks all signals for moments while it waits for a child.
+    let argv = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"].map(String::from).to_vec();
+    let r = run(spec(dir.path(), CommandSpec::Argv(argv))).await;
+    assert!(r.exit.success(), "{}", r.log);
+    let mask = |name: &str| {
+        let line = r.log.lines().find(|l| l.starts_with(name)).expect("status line");
+        u64::from_str_radix(line[name.len()..].trim(), 16).expect("hex mask")
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{}", r.log);
+    // (glibc's posix_spawn leaves its internal signals 32 and 33 ignored, as for every
+    // posix_spawn caller.)
+    for signal in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM] {
+        assert_eq!(mask("SigIgn:") & (1 << (signal - 1)), 0, "signal {signal} ignored: {}", r.log);
+    }
+}
+
+#[tokio::test]
+async fn death_by_any_signal_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = run(sh(dir.path(), "kill -40 $$")).await;
+    assert_eq!(r.exit, AttemptExit { exit_code: None, signal: Some(40) });
+}
+
+#[tokio::test]
+async fn nul_bytes_are_a_spawn_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let err = LocalExecutor.spawn(sh(dir.path(), "echo a\0b"), tx).err().expect("NUL").to_string();
+    assert!(err.contains("`sh`") && err.contains("NUL"), "{err}");
+}
+
+#[tokio::test]
 async fn terminate_group_kills_the_whole_tree() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (tx, _rx) = mpsc::unbounded_channel();
