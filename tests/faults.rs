@@ -80,3 +80,32 @@ fn a_disk_full_before_the_run_is_stored_stops_gaffer_with_the_reason() {
 fn a_disk_filling_up_mid_run_stops_gaffer_and_a_restart_loses_nothing() {
     full_disk_then_restart(170 * 1024, true);
 }
+
+#[test]
+fn a_server_whose_disk_fills_up_exits_70_with_the_reason() {
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'echo hi'\n");
+    let Some(disk) = SmallDisk::mount(&p.state_dir(), "4m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let mut server = p
+        .gaffer(&["serve", "workflow.toml", "--headless"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let socket = p.state_dir().join("gaffer.sock");
+    support::wait_until(std::time::Duration::from_secs(10), "the socket", || socket.exists());
+    disk.fill(0);
+    let submit = p.run(&["submit", "j"]);
+    assert_ne!(submit.status.code(), Some(0), "a run that cannot be stored is refused");
+    assert!(String::from_utf8_lossy(&submit.stderr).contains("the disk is full"), "{submit:?}");
+    let started = std::time::Instant::now();
+    while server.try_wait().expect("poll").is_none() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "serve kept running on a broken store");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = server.wait_with_output().expect("serve output");
+    assert_eq!(out.status.code(), Some(70));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the disk is full"));
+}

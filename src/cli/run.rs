@@ -487,7 +487,7 @@ async fn follow(
     let wait = async {
         match ids {
             Some(ids) => handle.wait(ids).await,
-            None => std::future::pending().await,
+            None => Err(handle.fatal().await),
         }
     };
     tokio::pin!(wait);

@@ -432,7 +432,16 @@ impl EngineHandle {
 
     /// Resolves once every listed job run has ended, with how each ended.
     pub async fn wait(&self, ids: Vec<u64>) -> Result<Vec<(u64, JobState)>, EngineError> {
-        mailbox(self.supervisor.send(supervisor::WaitFor(ids)).await)?
+        mailbox(self.supervisor.send(supervisor::WaitFor(Some(ids))).await)?
+    }
+
+    /// Resolves only when the engine hits a fault it cannot recover from (a store that cannot
+    /// commit, an actor that keeps dying): what a service waits on besides its signals.
+    pub async fn fatal(&self) -> EngineError {
+        match mailbox(self.supervisor.send(supervisor::WaitFor(None)).await) {
+            Ok(Err(e)) | Err(e) => e,
+            Ok(Ok(_)) => EngineError::Stopped("the engine stopped".into()),
+        }
     }
 
     /// Job runs, task runs (from the store, read off the engine's thread), queues and workers.

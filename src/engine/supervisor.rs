@@ -80,7 +80,8 @@ pub struct Supervisor {
     /// Idempotency keys submitted by this process (the store has the older ones).
     keys: HashMap<String, u64>,
     ended: BTreeMap<u64, JobState>,
-    waiters: Vec<(Vec<u64>, Waiter)>,
+    /// Who waits for which job runs to end (`None`: only for a fatal fault).
+    waiters: Vec<(Option<Vec<u64>>, Waiter)>,
     fatal: Option<String>,
     stopping: bool,
 }
@@ -127,7 +128,7 @@ impl Supervisor {
         for (ids, tx) in self.waiters.drain(..) {
             if let Some(message) = &fatal {
                 let _ = tx.send(Err(EngineError::Fatal(message.clone())));
-            } else if ids.iter().all(|id| ended.contains_key(id)) {
+            } else if let Some(ids) = ids.as_ref().filter(|ids| ids.iter().all(|id| ended.contains_key(id))) {
                 let _ = tx.send(Ok(ids.iter().map(|id| (*id, ended[id])).collect()));
             } else {
                 still.push((ids, tx));
@@ -517,10 +518,10 @@ impl Handler<JobRunEnded> for Supervisor {
     }
 }
 
-/// Resolves once every job run in `ids` has ended.
+/// Resolves once every job run in `ids` has ended (`None`: never, only with a fatal fault).
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(u64, JobState)>, EngineError>")]
-pub struct WaitFor(pub Vec<u64>);
+pub struct WaitFor(pub Option<Vec<u64>>);
 
 impl Handler<WaitFor> for Supervisor {
     type Result = ResponseFuture<Result<Vec<(u64, JobState)>, EngineError>>;
