@@ -12,7 +12,8 @@
 //! - [`executor`]: runs one attempt as a process group with fd 3 as the control channel.
 //! - [`api`]: the control socket (HTTP/JSON over a unix socket) and its client.
 //! - [`cli`]: the `gaffer` command line; [`headless`]: human and JSON progress lines.
-//! - [`report`]: records as the JSON shapes of SPEC §4.1 (CLI and API alike).
+//! - [`report`]: the read side (queries and the JSON shapes of SPEC §4.1), CLI and API alike.
+//! - [`notify`]: systemd's notify protocol (READY, STOPPING, watchdog pings) for `serve`.
 //! - [`sanitize`]: makes untrusted text inert where it enters gaffer.
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod executor;
 pub mod headless;
 pub mod model;
+pub mod notify;
 pub mod report;
 pub mod sanitize;
 pub mod store;

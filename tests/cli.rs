@@ -957,3 +957,37 @@ fn logs_follow_through_the_socket_until_the_attempt_ends() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
     assert_eq!(p.task("t")["state"], "succeeded", "follow returns once the attempt has ended");
 }
+
+/// Under systemd `Type=notify` + `WatchdogSec=`: READY once serving, pings while healthy,
+/// STOPPING on SIGTERM. A real datagram socket stands where systemd's would.
+#[test]
+fn serve_speaks_the_systemd_notify_protocol() {
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'true'\n");
+    let socket_path = p.path().join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind");
+    systemd.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut server = p
+        .gaffer(&["serve", "workflow.toml", "--headless"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    let mut next = || {
+        let mut buf = [0u8; 512];
+        let n = systemd.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.starts_with("READY=1\nSTATUS=serving"), "{ready}");
+    assert!(p.state_dir().join("gaffer.sock").exists(), "ready means the control socket answers");
+    assert_eq!((next(), next()), ("WATCHDOG=1".to_string(), "WATCHDOG=1".to_string()), "pings every 100 ms");
+    signal(server.id(), "TERM");
+    let mut said = next();
+    while said == "WATCHDOG=1" {
+        said = next();
+    }
+    assert_eq!(said, "STOPPING=1");
+    assert_eq!(server.wait().expect("serve ends").code(), Some(0));
+}

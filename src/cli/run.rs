@@ -18,6 +18,7 @@ use crate::headless::{self, Format};
 use crate::model::JobState;
 use crate::model::cost::Pricing;
 use crate::model::schedule::Schedule;
+use crate::notify::Notifier;
 use crate::store::{self, StoreError};
 
 /// What `run` and `serve` share: how to show progress, and the worker cap.
@@ -280,13 +281,39 @@ async fn serve_forever(
         resumed.extend(handle.apply_inbox().await?);
         let caught_up = handle.serve_schedules().await?;
         let pid = std::process::id();
-        say(format, &format!("serving (pid {pid}): {} unfinished run(s) resumed, {caught_up} missed fire time(s) caught up; SIGINT or SIGTERM stops", resumed.len()));
-        Ok(match follow(&handle, None, events, format, screen).await {
+        let status = format!("serving (pid {pid}): {} unfinished run(s) resumed, {caught_up} missed fire time(s) caught up; SIGINT or SIGTERM stops", resumed.len());
+        say(format, &status);
+        let watchdog = notify_systemd(&handle, &status);
+        let code = match follow(&handle, None, events, format, screen).await {
             exit::SIGTERM => exit::OK,
             code => code,
-        })
+        };
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
+        }
+        Ok(code)
     })
     .await
+}
+
+/// Under systemd (`Type=notify`): says READY=1, and with `WatchdogSec=` pings for as long as
+/// the engine answers a round trip through its actors.
+fn notify_systemd(handle: &EngineHandle, status: &str) -> Option<tokio::task::JoinHandle<()>> {
+    let notifier = Notifier::from_env()?;
+    notifier.send(&format!("READY=1\nSTATUS={status}"));
+    let every = Notifier::watchdog_interval()?;
+    let handle = handle.clone();
+    Some(actix::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            if handle.healthy(every).await {
+                notifier.send("WATCHDOG=1");
+            } else {
+                tracing::error!("the engine did not answer within {every:?}: no watchdog ping for systemd");
+            }
+        }
+    }))
 }
 
 /// Starts the engine and its control socket, runs `body`, then stops both and the System.
@@ -507,6 +534,9 @@ async fn follow(
         }
         Err(signal_code) => {
             let signal_code = *signal_code;
+            if let Some(notifier) = Notifier::from_env() {
+                notifier.send("STOPPING=1");
+            }
             say(
                 format,
                 &format!(

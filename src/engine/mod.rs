@@ -435,6 +435,13 @@ impl EngineHandle {
         mailbox(self.supervisor.send(supervisor::WaitFor(Some(ids))).await)?
     }
 
+    /// A round trip through the Supervisor and the Dispatcher, bounded by `within`: true when
+    /// both answered and nothing fatal happened (what the systemd watchdog ping rests on).
+    pub async fn healthy(&self, within: std::time::Duration) -> bool {
+        let round_trip = async { self.wait(Vec::new()).await.is_ok() && self.queues().await.is_ok() };
+        tokio::time::timeout(within, round_trip).await.unwrap_or(false)
+    }
+
     /// Resolves only when the engine hits a fault it cannot recover from (a store that cannot
     /// commit, an actor that keeps dying): what a service waits on besides its signals.
     pub async fn fatal(&self) -> EngineError {
