@@ -974,7 +974,7 @@ fn serve_speaks_the_systemd_notify_protocol() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("serve");
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 512];
         let n = systemd.recv(&mut buf).expect("a notification within 10 s");
         String::from_utf8_lossy(&buf[..n]).into_owned()
