@@ -748,18 +748,23 @@ fn tcp_listen_needs_the_token_and_a_loopback_host_and_serves_metrics() {
         std::fs::read_to_string(&token_file).is_ok_and(|t| t.len() > 60)
     });
     let token = std::fs::read_to_string(&token_file).expect("token").trim().to_string();
-    let get = |host: &str, auth: Option<&str>| -> String {
+    let get_from = |host: &str, auth: Option<&str>, origin: &str| -> String {
         let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
         let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(stream, "GET /metrics HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").expect("send");
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: {host}\r\n{auth}{origin}Connection: close\r\n\r\n")
+            .expect("send");
         let mut answer = String::new();
         stream.read_to_string(&mut answer).expect("read");
         answer
     };
+    let get = |host: &str, auth: Option<&str>| get_from(host, auth, "");
     wait_until(Duration::from_secs(10), "the listener", || std::net::TcpStream::connect(&addr).is_ok());
     assert!(get(&addr, None).starts_with("HTTP/1.1 401"));
     assert!(get(&addr, Some("wrong")).starts_with("HTTP/1.1 401"));
     assert!(get("evil.example", Some(&token)).starts_with("HTTP/1.1 403"), "DNS rebinding refused");
+    let from_page = |origin: &str| get_from(&addr, Some(&token), &format!("Origin: {origin}\r\n"));
+    assert!(from_page("http://evil.example").starts_with("HTTP/1.1 403"), "a foreign web page is refused");
+    assert!(from_page(&format!("http://localhost:{port}")).starts_with("HTTP/1.1 200"));
     let metrics = get(&format!("localhost:{port}"), Some(&token));
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("gaffer_task_runs{queue=\"default\",state=\"succeeded\"} 1"), "{metrics}");

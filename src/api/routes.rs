@@ -72,6 +72,13 @@ fn tcp_refusal(req: &ServiceRequest) -> Option<HttpResponse> {
             HttpResponse::Forbidden().json(json!({"error": format!("Host `{host}` is not a loopback address")})),
         );
     }
+    // A request a web page makes carries its Origin: only pages served from this machine.
+    let origin = req.headers().get("origin").map(|v| v.to_str().unwrap_or("?"));
+    if let Some(origin) = origin.filter(|o| !super::token::is_loopback_origin(o)) {
+        return Some(
+            HttpResponse::Forbidden().json(json!({"error": format!("Origin `{origin}` is not a loopback address")})),
+        );
+    }
     None
 }
 

@@ -40,9 +40,27 @@ pub fn is_loopback_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A browser's `Origin` (`scheme://host[:port]`) naming a loopback host. `null` (a sandboxed
+/// page, a file) and anything else are not.
+pub fn is_loopback_origin(origin: &str) -> bool {
+    origin.split_once("://").is_some_and(|(scheme, host)| {
+        matches!(scheme, "http" | "https") && !host.contains('/') && is_loopback_host(host)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_origins() {
+        for ok in ["http://localhost:8080", "http://127.0.0.1:7700", "https://[::1]:1"] {
+            assert!(is_loopback_origin(ok), "{ok}");
+        }
+        for bad in ["null", "http://evil.example", "http://127.0.0.1.evil.example", "file://", "localhost"] {
+            assert!(!is_loopback_origin(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn loopback_hosts() {
