@@ -669,6 +669,7 @@ fn merge_retry(own: &RetryFields, defaults: &RetryFields) -> RetryPolicy {
 mod tests {
     use super::super::parse as parse_text;
     use super::*;
+    use proptest::prelude::*;
 
     const FULL: &str = r#"[settings]
 workers = 4
@@ -1027,5 +1028,39 @@ nees = ["a"]
     fn inline_and_dotted_tables_work() {
         let wf = parse_ok("[jobs.j]\ntasks.a.run = \"x\"\ntasks.b = { args = [\"y\"], needs = [\"a\"] }\n");
         assert_eq!(wf.jobs[0].tasks[1].needs, ["a"]);
+    }
+
+    /// Fuzzing by property: whatever the bytes, parsing never panics, and every problem it
+    /// reports points inside the file (a line that exists, a column within it, or just past it).
+    fn check_positions(text: &str) -> Result<(), TestCaseError> {
+        if let Err(d) = parse_text(Path::new("wf.toml"), text) {
+            prop_assert!(!d.items.is_empty(), "an error with no diagnostic");
+            let lines: Vec<&str> = text.split('\n').collect();
+            for item in &d.items {
+                prop_assert!(item.line >= 1 && item.line <= lines.len().max(1), "line {} of {}: {}", item.line, lines.len(), item.message);
+                let width = lines.get(item.line - 1).map_or(0, |l| l.chars().count());
+                prop_assert!(item.col >= 1 && item.col <= width + 1, "col {} of {width}: {}", item.col, item.message);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            check_positions(&text)?;
+        }
+
+        /// Realistic damage: a valid file with a slice cut out and something pasted in.
+        #[test]
+        fn damaged_workflows_never_panic(cut in 0usize..2000, len in 0usize..40, paste in "[\\[\\]=\"'{}., a-z0-9\\n]{0,12}") {
+            let mut chars: Vec<char> = FULL.chars().collect();
+            let at = cut.min(chars.len());
+            let end = (at + len).min(chars.len());
+            chars.splice(at..end, paste.chars());
+            check_positions(&chars.into_iter().collect::<String>())?;
+        }
     }
 }
