@@ -55,6 +55,12 @@ fn describe(e: &EngineEvent) -> Option<String> {
             Some(pid) => format!("started (attempt {}, pid {pid})", e.attempt.unwrap_or(1)),
             None => format!("started (attempt {})", e.attempt.unwrap_or(1)),
         },
+        "task.succeeded" if e.field("cached").is_some() => {
+            format!(
+                "succeeded from the cache (reused task run {})",
+                e.field("from_task_run").map(|v| v.to_string()).unwrap_or_default()
+            )
+        }
         "task.succeeded" => {
             format!("succeeded in {}{cost}", duration(e.field("duration_ms").and_then(|v| v.as_u64()).unwrap_or(0)))
         }

@@ -1,4 +1,4 @@
-//! Workflow control (SPEC §2.2) on the real binary: `wait_for` and `gaffer signal`.
+//! Workflow control (SPEC §2.2) on the real binary: `wait_for` and `gaffer signal`, `cache`.
 
 mod support;
 
@@ -97,4 +97,65 @@ fn signal_refuses_runs_where_nothing_waits() {
     let unknown = p.run(&["signal", "j9", "approval"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(stderr(&unknown).contains("no job run j9"), "{}", stderr(&unknown));
+}
+
+const CACHED: &str = r#"
+[jobs.fetch]
+params = { url = "a" }
+[jobs.fetch.tasks.get]
+run = 'echo "$URL" >> runs.log; echo "output body=got-$URL" >&3'
+env = { URL = "{{ params.url }}" }
+cache = { key = "{{ params.url }}", ttl = "1h" }
+[jobs.fetch.tasks.use]
+needs = ["get"]
+run = 'echo "$BODY" >> used.log'
+env = { BODY = "{{ tasks.get.outputs.body }}" }
+"#;
+
+fn lines(p: &Project, file: &str) -> Vec<String> {
+    std::fs::read_to_string(p.path().join(file)).unwrap_or_default().lines().map(String::from).collect()
+}
+
+#[test]
+fn a_cached_task_is_reused_within_its_ttl_and_its_outputs_flow_on() {
+    let p = Project::new(CACHED);
+    assert_eq!(p.run_json(&[]).0, 0);
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(lines(&p, "runs.log"), ["a"], "the second run reused the first one's result");
+    assert_eq!(lines(&p, "used.log"), ["got-a", "got-a"], "and its outputs reached the dependent");
+    let cached: Vec<_> = named(&events, "task.succeeded").into_iter().filter(|e| e["cached"] == true).collect();
+    assert_eq!(cached.len(), 1);
+    assert_eq!((cached[0]["task"].as_str(), cached[0]["cost_usd"].as_f64()), (Some("get"), Some(0.0)));
+    assert!(named(&events, "task.started").iter().all(|e| e["task"] != "get"), "no process for a cached task");
+    let reused = p.tasks().into_iter().rfind(|t| t["task"] == "get").expect("get");
+    assert_eq!(reused["attempt"], 0);
+    assert!(reused["detail"].as_str().is_some_and(|d| d.starts_with("cached: reused task run")), "{reused}");
+
+    assert_eq!(p.run_json(&["--param", "url=b"]).0, 0);
+    assert_eq!(lines(&p, "runs.log"), ["a", "b"], "another key runs again");
+}
+
+#[test]
+fn a_cache_entry_past_its_ttl_is_not_reused() {
+    let p = Project::new(&CACHED.replace("ttl = \"1h\"", "ttl = \"300ms\""));
+    assert_eq!(p.run_json(&[]).0, 0);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(p.run_json(&[]).0, 0);
+    assert_eq!(lines(&p, "runs.log"), ["a", "a"]);
+}
+
+#[test]
+fn cache_needs_a_key_and_a_ttl() {
+    let p = Project::new(
+        "[jobs.j.tasks.t]\nrun = 'true'\ncache = { ttl = \"1h\" }\n[jobs.j.tasks.u]\nrun = 'true'\ncache = { key = \"{{ tasks.t.outputs.x }}\", ttl = \"1h\" }\n",
+    );
+    let out = p.run(&["validate", "workflow.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("workflow.toml:3:9: `cache` needs a `key`"), "{text}");
+    assert!(
+        text.contains("workflow.toml:6:17: template refers to task `t`, which `u` does not depend on"),
+        "a key may only use what the task needs: {text}"
+    );
 }

@@ -142,6 +142,9 @@ fn templates_of<'a>(task: &'a TaskDraft, defaults: &'a TaskFields) -> Vec<(Strin
     if let Some(stdin) = &task.stdin {
         out.push(("stdin".to_string(), stdin));
     }
+    if let Some((key, _)) = &task.cache {
+        out.push(("cache.key".to_string(), key));
+    }
     out
 }
 

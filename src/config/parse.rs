@@ -59,10 +59,11 @@ const TASK_KEYS: &[&str] = &[
     "budget_usd",
     "wait_for",
     "wait_timeout",
+    "cache",
     "description",
 ];
 const WORKFLOW_CONTROL_KEYS: &[&str] =
-    &["next", "join", "max_iterations", "for_each", "for_each_concurrency", "compensate", "cache"];
+    &["next", "join", "max_iterations", "for_each", "for_each_concurrency", "compensate"];
 const RETRY_KEYS: &[&str] = &[
     "max_attempts",
     "initial_interval",
@@ -73,6 +74,7 @@ const RETRY_KEYS: &[&str] = &[
     "max_cost_usd",
 ];
 const PRICING_KEYS: &[&str] = &["input_per_mtok", "output_per_mtok"];
+const CACHE_KEYS: &[&str] = &["key", "ttl"];
 
 /// Default per-attempt log cap: 16 MiB.
 const DEFAULT_LOG_MAX_BYTES: u64 = 16 * 1024 * 1024;
@@ -124,6 +126,8 @@ pub(super) struct TaskDraft {
     /// `wait_for`: the signal name that releases the task (SPEC §2.2).
     pub wait_for: Option<String>,
     pub wait_timeout: Option<Duration>,
+    /// `cache = { key = "{{ … }}", ttl = "24h" }`; the key is a template.
+    pub cache: Option<(Located<String>, Duration)>,
 }
 
 #[derive(Debug, Clone)]
@@ -289,7 +293,7 @@ fn read_defaults(r: &mut Reader, entry: &Entry) -> TaskFields {
         return fields;
     };
     for e in r.entries(table, entry.at) {
-        if matches!(e.name, "wait_for" | "wait_timeout") {
+        if matches!(e.name, "wait_for" | "wait_timeout" | "cache") {
             r.error(e.key_at, format!("`{}` belongs on the task that waits, not in [defaults]", e.name));
         } else if WORKFLOW_CONTROL_KEYS.contains(&e.name) {
             unsupported_workflow_control(r, &e);
@@ -449,6 +453,7 @@ fn read_task(r: &mut Reader, entry: &Entry) -> Option<TaskDraft> {
         fields: TaskFields::default(),
         wait_for: None,
         wait_timeout: None,
+        cache: None,
     };
     let (mut run, mut args) = (None, None);
     let mut wait_timeout_at = None;
@@ -460,6 +465,7 @@ fn read_task(r: &mut Reader, entry: &Entry) -> Option<TaskDraft> {
             "needs" => task.needs = r.string_array(&e).unwrap_or_default(),
             "description" => {}
             "wait_for" => task.wait_for = read_signal_name(r, &e),
+            "cache" => task.cache = read_cache(r, &e),
             "wait_timeout" => {
                 wait_timeout_at = Some(e.key_at);
                 task.wait_timeout = r.duration(&e, true);
@@ -498,6 +504,28 @@ fn read_args(r: &mut Reader, e: &Entry) -> Option<Vec<Located<String>>> {
         return None;
     }
     Some(args)
+}
+
+/// `cache = { key = "…", ttl = "24h" }`: both are needed (an unbounded cache is a surprise).
+fn read_cache(r: &mut Reader, entry: &Entry) -> Option<(Located<String>, Duration)> {
+    let table = r.table(entry)?;
+    let (mut key, mut ttl) = (None, None);
+    for e in r.entries(table, entry.at) {
+        match e.name {
+            "key" => key = r.located_string(&e),
+            "ttl" => ttl = r.duration(&e, true),
+            _ => r.unknown_key(&e, "`cache`", CACHE_KEYS),
+        }
+    }
+    let missing = match (&key, &ttl) {
+        (None, _) => Some("`cache` needs a `key` (a template, e.g. key = \"{{ params.url }}\")"),
+        (_, None) => Some("`cache` needs a `ttl` (how long a result may be reused, e.g. ttl = \"24h\")"),
+        _ => None,
+    };
+    if let Some(message) = missing {
+        r.error(entry.at, message);
+    }
+    Some((key?, ttl?))
 }
 
 /// A signal name is typed on the command line (`gaffer signal j7 NAME`): keep it plain.
@@ -644,6 +672,7 @@ fn finish_task(task: &TaskDraft, defaults: &TaskFields, base_dir: &Path) -> Task
         budget_usd_micros: own.budget_usd_micros.or(defaults.budget_usd_micros),
         wait_for: task.wait_for.clone(),
         wait_timeout: task.wait_timeout,
+        cache: task.cache.as_ref().map(|(key, ttl)| CachePolicy { key: key.value.clone(), ttl: *ttl }),
     }
 }
 
@@ -871,7 +900,7 @@ nees = ["a"]
                 "15:11: bad duration `5 minutes-ish` for `timeout`: invalid character at 9",
                 "16:9: unknown queue `gpu` (declared: default, llm)",
                 "17:10: unknown task `fetch2` in `needs` of task `fetch` (job `report` has: fetch)",
-                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, description); did you mean `needs`?",
+                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, cache, description); did you mean `needs`?",
             ]
         );
     }
@@ -1037,7 +1066,13 @@ nees = ["a"]
             prop_assert!(!d.items.is_empty(), "an error with no diagnostic");
             let lines: Vec<&str> = text.split('\n').collect();
             for item in &d.items {
-                prop_assert!(item.line >= 1 && item.line <= lines.len().max(1), "line {} of {}: {}", item.line, lines.len(), item.message);
+                prop_assert!(
+                    item.line >= 1 && item.line <= lines.len().max(1),
+                    "line {} of {}: {}",
+                    item.line,
+                    lines.len(),
+                    item.message
+                );
                 let width = lines.get(item.line - 1).map_or(0, |l| l.chars().count());
                 prop_assert!(item.col >= 1 && item.col <= width + 1, "col {} of {width}: {}", item.col, item.message);
             }

@@ -172,6 +172,15 @@ pub struct TaskDef {
     pub wait_for: Option<String>,
     /// A wait longer than this dead-letters the task run (`wait_timeout`); `None` waits forever.
     pub wait_timeout: Option<Duration>,
+    pub cache: Option<CachePolicy>,
+}
+
+/// Reuse a succeeded run of this task with the same rendered key, if younger than `ttl`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePolicy {
+    /// A template over params and upstream outputs.
+    pub key: String,
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -25,7 +25,7 @@ use crate::model::graph::{self, Change, JobGraph, TaskStates};
 use crate::model::money::usd_json;
 use crate::model::policy::{self, AfterAttempt, AttemptOutcome, RunSoFar};
 use crate::model::{FailReason, JobState, TaskState};
-use crate::store::{AttemptRecord, JobRunRecord, Mutation, TaskRunRecord};
+use crate::store::{AttemptRecord, CacheEntry, JobRunRecord, Mutation, TaskRunRecord};
 
 /// How long running attempts get to stop on a graceful stop before SIGKILL (SPEC §7).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -195,11 +195,22 @@ impl JobRun {
         let now = self.now();
         let mut ready = Vec::new();
         let mut wait_timers = Vec::new();
-        for change in changes {
+        let mut work: std::collections::VecDeque<Change> = changes.into();
+        while let Some(change) = work.pop_front() {
             let i = change.task;
             let starts_work = matches!(change.to, TaskState::Queued | TaskState::Waiting);
             if starts_work && (self.budget_spent || self.stopping_for_good()) {
                 self.set_state(i, TaskState::Skipped);
+            } else if change.to == TaskState::Queued
+                && let Some(hit) = self.cache_hit(i)
+            {
+                // Reused instead of run: it succeeds now, and what follows it may start.
+                events.push(self.succeed_from_cache(i, &hit));
+                mutations.push(Mutation::TaskRun(self.tasks[i].clone()));
+                let follows = graph::after_end(&self.graph, &mut self.states, i);
+                self.sync(&follows);
+                work.extend(follows);
+                continue;
             }
             let wait_timeout = self.job().tasks[i].wait_timeout;
             let t = &mut self.tasks[i];
@@ -236,6 +247,48 @@ impl JobRun {
                 act.finish(ctx);
             }
         });
+    }
+
+    /// The scoped cache key of task `i` (`job/task/rendered key`), if it has `cache`. A key
+    /// that cannot be rendered (an output missing upstream) means no caching, said once.
+    fn cache_key(&self, i: usize) -> Option<String> {
+        let policy = self.job().tasks[i].cache.as_ref()?;
+        match render_template(&policy.key, &self.template_context(i), "cache.key") {
+            Ok(key) => Some(format!("{}/{}/{key}", self.record.job, self.tasks[i].task)),
+            Err(e) => {
+                tracing::warn!(task_run = self.tasks[i].id, "no caching for this run: {e}");
+                None
+            }
+        }
+    }
+
+    /// A stored success of the same task with the same key, still within its `ttl`.
+    fn cache_hit(&self, i: usize) -> Option<CacheEntry> {
+        let ttl = self.job().tasks[i].cache.as_ref()?.ttl;
+        let key = self.cache_key(i)?;
+        let entry = self.shared.store.reader().and_then(|r| r.cache_entry(&key)).unwrap_or_else(|e| {
+            tracing::warn!("reading the cache: {e}");
+            None
+        })?;
+        (self.now().saturating_sub(entry.succeeded_at_ms) <= ttl.as_millis() as u64).then_some(entry)
+    }
+
+    /// Task `i` succeeds with the outputs of the run it reuses; cost 0, no attempt.
+    fn succeed_from_cache(&mut self, i: usize, hit: &CacheEntry) -> EngineEvent {
+        let now = self.now();
+        self.set_state(i, TaskState::Succeeded);
+        let t = &mut self.tasks[i];
+        t.outputs = hit.outputs.clone();
+        t.exit_code = hit.exit_code;
+        t.reason = None;
+        t.detail = Some(format!("cached: reused task run {} of job run j{}", hit.task_run, hit.job_run));
+        t.started_at_ms.get_or_insert(now);
+        t.ended_at_ms = Some(now);
+        self.task_event("task.succeeded", i)
+            .with("duration_ms", 0)
+            .with("cost_usd", usd_json(0))
+            .with("cached", true)
+            .with("from_task_run", hit.task_run)
     }
 
     fn stopping_for_good(&self) -> bool {
@@ -367,6 +420,17 @@ impl JobRun {
                 let duration = now.saturating_sub(attempt.started_at_ms);
                 let cost = usd_json(self.tasks[i].cost_usd_micros);
                 events.push(self.task_event("task.succeeded", i).with("duration_ms", duration).with("cost_usd", cost));
+                if let Some(key) = self.cache_key(i) {
+                    let t = &self.tasks[i];
+                    let entry = CacheEntry {
+                        task_run: t.id,
+                        job_run: t.job_run,
+                        succeeded_at_ms: now,
+                        outputs: t.outputs.clone(),
+                        exit_code: t.exit_code,
+                    };
+                    mutations.push(Mutation::Cached(key, entry));
+                }
                 TaskState::Succeeded
             }
             AfterAttempt::Retry { delay } => {
@@ -462,11 +526,9 @@ impl JobRun {
         }
     }
 
-    /// Renders the attempt's templates against params and upstream outputs.
-    fn render_spec(&self, i: usize, attempt: u32) -> Result<AttemptSpec, String> {
-        let def = &self.job().tasks[i];
-        let t = &self.tasks[i];
-        let ctx = TemplateContext {
+    /// What task `i`'s templates see: params and the outputs of what it (transitively) needs.
+    fn template_context(&self, i: usize) -> TemplateContext {
+        TemplateContext {
             job: self.record.job.clone(),
             job_run_id: self.record.id,
             params: self.record.params.clone(),
@@ -478,13 +540,15 @@ impl JobRun {
                 .map(|u| &self.tasks[u])
                 .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code }))
                 .collect(),
-        };
-        let render = |text: &str, what: &str| {
-            if !text.contains("{{") && !text.contains("{%") {
-                return Ok(text.to_string());
-            }
-            template::render(text, &ctx).map_err(|e| format!("{what}: {e}"))
-        };
+        }
+    }
+
+    /// Renders the attempt's templates against params and upstream outputs.
+    fn render_spec(&self, i: usize, attempt: u32) -> Result<AttemptSpec, String> {
+        let def = &self.job().tasks[i];
+        let t = &self.tasks[i];
+        let ctx = self.template_context(i);
+        let render = |text: &str, what: &str| render_template(text, &ctx, what);
         let command = match &def.command {
             crate::config::CommandSpec::Shell(text) => crate::config::CommandSpec::Shell(text.clone()),
             crate::config::CommandSpec::Argv(items) => {
@@ -671,6 +735,13 @@ impl JobRun {
         }
         self.apply_changes(ctx, changes, vec![Mutation::JobRun(self.record.clone())], Vec::new());
     }
+}
+
+fn render_template(text: &str, ctx: &TemplateContext, what: &str) -> Result<String, String> {
+    if !text.contains("{{") && !text.contains("{%") {
+        return Ok(text.to_string());
+    }
+    template::render(text, ctx).map_err(|e| format!("{what}: {e}"))
 }
 
 /// How a JobRun actor begins.

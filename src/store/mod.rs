@@ -18,7 +18,7 @@ use redb::{ConcurrencyMode, Database, ReadTransaction, ReadableDatabase, Readabl
 
 pub use crate::model::schedule::ScheduleState;
 pub use lock::{InstanceLock, holder as instance_pid};
-pub use records::{AttemptRecord, DefinitionRecord, JobRunRecord, TaskRunRecord};
+pub use records::{AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, TaskRunRecord};
 pub use writer::{Ids, StoreCloser, StoreHandle};
 
 /// Bumped on any change of tables or of a record's meaning; checked at open.
@@ -38,6 +38,8 @@ const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules"
 const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused_queues");
 /// idempotency key (`gaffer submit --key`) → the job run it created.
 const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+/// `cache` of SPEC §2.2: scoped key (`job/task/rendered key`) → the succeeded run to reuse.
+const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
 
 const SEQ_JOB_RUN: &str = "seq.job_run";
 const SEQ_TASK_RUN: &str = "seq.task_run";
@@ -102,6 +104,7 @@ pub enum Mutation {
     Schedule(String, ScheduleState),
     QueuePaused(String, bool),
     IdempotencyKey(String, u64),
+    Cached(String, CacheEntry),
 }
 
 /// Opens (creating if needed) the state dir as its one writer: takes the instance lock, checks
@@ -191,6 +194,7 @@ fn prepare(db: &Database) -> Result<Ids, StoreError> {
         txn.open_table(SCHEDULES).map_err(db_err)?;
         txn.open_table(PAUSED).map_err(db_err)?;
         txn.open_table(IDEMPOTENCY).map_err(db_err)?;
+        txn.open_table(CACHE).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)?;
     Ok(ids)
@@ -237,6 +241,13 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
             }
             Mutation::IdempotencyKey(key, job_run) => {
                 keys.insert(key.as_str(), *job_run).map_err(db_err)?;
+            }
+            // Rare: opened only when written, not on every commit.
+            Mutation::Cached(key, entry) => {
+                txn.open_table(CACHE)
+                    .map_err(db_err)?
+                    .insert(key.as_str(), codec::encode(entry)?.as_slice())
+                    .map_err(db_err)?;
             }
         }
     }
@@ -340,6 +351,15 @@ impl Reader {
     pub fn idempotency_key(&self, key: &str) -> Result<Option<u64>, StoreError> {
         match self.txn.open_table(IDEMPOTENCY) {
             Ok(table) => Ok(table.get(key).map_err(db_err)?.map(|v| v.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    /// The cached run stored under a scoped cache key, if any (its age is the caller's business).
+    pub fn cache_entry(&self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
+        match self.txn.open_table(CACHE) {
+            Ok(table) => table.get(key).map_err(db_err)?.map(|v| codec::decode(v.value())).transpose(),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
             Err(e) => Err(db_err(e)),
         }

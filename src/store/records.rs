@@ -159,3 +159,13 @@ pub struct DefinitionRecord {
     pub path: String,
     pub source: String,
 }
+
+/// A succeeded task run whose outputs a later run may reuse (`cache`, SPEC §2.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheEntry {
+    pub task_run: u64,
+    pub job_run: u64,
+    pub succeeded_at_ms: u64,
+    pub outputs: BTreeMap<String, String>,
+    pub exit_code: Option<i32>,
+}
