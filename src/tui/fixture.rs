@@ -209,6 +209,15 @@ fn fixture_events(ago: impl Fn(u64) -> u64) -> Vec<EngineEvent> {
         cost(ago(20), 2, "report", 7, "summarize", "llm", 0.0410, "claude-sonnet-4-5"),
         event("task.progress", ago(5), 2, "report", 6, "parse", "default").with("message", "3/12 parsing page 3"),
         event("task.progress", ago(3), 2, "report", 7, "summarize", "llm").with("message", "drafting section 2"),
+        // Task run 11's first attempt, seen live: it ran 19 s and waits 142 s for its retry.
+        event("task.started", ago(119), 4, "nightly", 11, "backup", "default"),
+        event("task.failed", ago(100), 4, "nightly", 11, "backup", "default")
+            .with("reason", "exit_code")
+            .with("exit_code", 1)
+            .with("detail", "rsync: host unreachable"),
+        event("task.retry_scheduled", ago(100), 4, "nightly", 11, "backup", "default")
+            .with("delay_ms", 142_000)
+            .with("next_attempt", 2),
     ]
 }
 

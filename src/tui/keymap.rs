@@ -1,6 +1,8 @@
 //! The key table (SPEC §4.2) as data. `update` looks keys up here; the footer and the `?` help
 //! are generated from it, so they cannot drift from what the keys do.
 
+use crate::model::TaskState;
+
 use super::model::View;
 
 /// A key, independent of the terminal library (`tui::terminal` converts crossterm's).
@@ -115,6 +117,26 @@ pub struct Binding {
     pub help: &'static str,
     /// The word in the footer; empty keeps it out of the footer.
     pub short: &'static str,
+    /// When the footer shows it.
+    pub shown: Shown,
+}
+
+/// When a binding is worth a place in the footer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    Always,
+    /// Only while the selected row is a task run in this state: the key does nothing for any
+    /// other, and waiting task runs are rare enough that the word would mostly be noise.
+    Selected(TaskState),
+}
+
+impl Shown {
+    fn holds(self, selected: Option<TaskState>) -> bool {
+        match self {
+            Shown::Always => true,
+            Shown::Selected(state) => selected == Some(state),
+        }
+    }
 }
 
 const TASK_VIEWS: ViewSet = ViewSet::of(&[View::Jobs, View::Tasks, View::Retries, View::DeadLetters, View::Workers]);
@@ -125,7 +147,10 @@ const TABLES: ViewSet =
 
 macro_rules! bind {
     ($keys:expr, $action:expr, $views:expr, $help:expr, $short:expr) => {
-        Binding { keys: $keys, action: $action, views: $views, help: $help, short: $short }
+        bind!($keys, $action, $views, $help, $short, Shown::Always)
+    };
+    ($keys:expr, $action:expr, $views:expr, $help:expr, $short:expr, $shown:expr) => {
+        Binding { keys: $keys, action: $action, views: $views, help: $help, short: $short, shown: $shown }
     };
 }
 
@@ -154,7 +179,14 @@ pub const BINDINGS: &[Binding] = &[
     bind!(&[Key::ch('r')], Action::Retry, TASK_VIEWS, "retry task run / job run", "retry"),
     bind!(&[Key::ch('c')], Action::Cancel, TASK_VIEWS, "cancel (asks if running)", "cancel"),
     bind!(&[Key::ch('p')], Action::Pause, ViewSet::of(&[View::Queues]), "pause / resume the queue", "pause"),
-    bind!(&[Key::ch('a')], Action::Approve, TASK_VIEWS, "approve a waiting task", ""),
+    bind!(
+        &[Key::ch('a')],
+        Action::Approve,
+        TASK_VIEWS,
+        "approve a waiting task",
+        "approve",
+        Shown::Selected(TaskState::Waiting)
+    ),
     bind!(&[Key::ch('l')], Action::Log, LOGGABLE, "follow the task's log", "log"),
     bind!(&[Key::ch('?')], Action::Help, ViewSet::ALL, "this help", "help"),
     bind!(&[Key::ch('q'), Key::ctrl('c')], Action::Quit, ViewSet::ALL, "quit (asks if work runs)", "quit"),
@@ -165,11 +197,12 @@ pub fn lookup(key: Key, view: View) -> Option<Action> {
     BINDINGS.iter().find(|b| b.views.contains(view) && b.keys.contains(&key)).map(|b| b.action)
 }
 
-/// `(keys, words)` for the footer of `view`.
-pub fn footer(view: View) -> Vec<(String, &'static str)> {
+/// `(keys, words)` for the footer of `view`, where the selected task run (if any) is in
+/// `selected` state.
+pub fn footer(view: View, selected: Option<TaskState>) -> Vec<(String, &'static str)> {
     BINDINGS
         .iter()
-        .filter(|b| !b.short.is_empty() && b.views.contains(view))
+        .filter(|b| !b.short.is_empty() && b.views.contains(view) && b.shown.holds(selected))
         .map(|b| (b.keys[0].label(), b.short))
         .collect()
 }

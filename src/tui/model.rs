@@ -16,8 +16,11 @@ use super::update::Command;
 
 pub const MINUTE_MS: u64 = 60_000;
 pub const DAY_MS: u64 = 86_400_000;
-/// How many minutes of cost and throughput history are kept for sparklines and burn rate.
+/// How many minutes of throughput history are kept for the queues' sparklines.
 pub const HISTORY_MINUTES: u64 = 60;
+/// How many minutes of cost history are kept: the cost sparkline shows one minute a column
+/// across its whole box, so a day covers any terminal (a few bytes a minute that saw spend).
+pub const COST_HISTORY_MINUTES: u64 = 24 * 60;
 /// How many attempts of one task run are remembered for its detail pane.
 const MAX_ATTEMPT_LINES: usize = 32;
 
@@ -549,8 +552,12 @@ impl Model {
     /// The clock moved (countdowns, ages); old history is dropped.
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
-        let keep_from = (now_ms / MINUTE_MS).saturating_sub(HISTORY_MINUTES);
-        self.cost.per_minute = self.cost.per_minute.split_off(&keep_from);
+        let now_min = now_ms / MINUTE_MS;
+        let cost_from = now_min.saturating_sub(COST_HISTORY_MINUTES);
+        if self.cost.per_minute.first_key_value().is_some_and(|(m, _)| *m < cost_from) {
+            self.cost.per_minute = self.cost.per_minute.split_off(&cost_from);
+        }
+        let keep_from = now_min.saturating_sub(HISTORY_MINUTES);
         for q in self.queues.values_mut() {
             if q.done_per_minute.first_key_value().is_some_and(|(m, _)| *m < keep_from) {
                 q.done_per_minute = q.done_per_minute.split_off(&keep_from);
@@ -815,7 +822,7 @@ impl Model {
             SortBy::Name => by_key(rows.map(|t| ((t.rec.job.as_str(), t.rec.task.as_str()), t.rec.id))),
             SortBy::Queue => by_key(rows.map(|t| (t.rec.queue.as_str(), t.rec.id))),
             SortBy::State => by_key(rows.map(|t| (t.rec.state, t.rec.id))),
-            SortBy::Duration => by_key(rows.map(|t| (self.task_duration(&t.rec), t.rec.id))),
+            SortBy::Duration => by_key(rows.map(|t| (self.task_duration(t), t.rec.id))),
             SortBy::Cost => by_key(rows.map(|t| (t.rec.cost_usd_micros, t.rec.id))),
             SortBy::Due => by_key(rows.map(|t| (t.rec.not_before_ms.unwrap_or(u64::MAX), t.rec.id))),
             SortBy::When => by_key(rows.map(|t| (t.rec.ended_at_ms.unwrap_or(u64::MAX), t.rec.id))),
@@ -836,12 +843,22 @@ impl Model {
         to_ms.unwrap_or(self.now_ms).saturating_sub(from_ms)
     }
 
-    /// How long the current attempt ran (or has been running); 0 before the first.
-    pub fn task_duration(&self, r: &TaskRunRecord) -> u64 {
-        match r.started_at_ms {
-            Some(s) => self.elapsed(s, r.ended_at_ms),
-            None => 0,
+    /// How long the latest attempt ran, or has run so far while it runs; `None` before the first.
+    /// Only a running task run's clock runs: between attempts (`retrying`, or queued again) the
+    /// task run has not ended, so the end of its last attempt is read from the attempt lines.
+    /// A task run read from the store between attempts has no such line (the record does not say
+    /// when its attempt ended): `None` then, rather than a clock counting from the attempt's start.
+    pub fn task_duration(&self, t: &TaskRow) -> Option<u64> {
+        let r = &t.rec;
+        let started = r.started_at_ms?;
+        if r.state == TaskState::Running {
+            return Some(self.elapsed(started, None));
         }
+        if let Some(ended) = r.ended_at_ms {
+            return Some(ended.saturating_sub(started));
+        }
+        let last = t.attempts.iter().max_by_key(|a| a.n)?;
+        Some(last.ended_ms?.saturating_sub(last.started_ms.unwrap_or(started)))
     }
 
     /// Marks every view dirty (focus changes, filters, sorts).

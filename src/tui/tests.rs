@@ -488,3 +488,145 @@ fn a_approves_the_selected_waiting_task_with_its_signal() {
     let said = m.status.as_ref().map(|s| s.text.as_str()).unwrap_or_default();
     assert!(said.ends_with("only a waiting task run can be approved"), "{said}");
 }
+
+// ---- screenshot review: sparkline width, graph tree, bars, retry clock, approve footer ------
+
+/// The last line of the screen: the keys of the footer.
+fn footer_of(m: &Model) -> String {
+    render_to_string(m, 120, 30).lines().last().unwrap_or_default().to_string()
+}
+
+/// The row of the Tasks table that shows task run `id`.
+fn task_row(m: &Model, id: u64) -> String {
+    let screen = render_to_string(m, 100, 30);
+    screen.lines().find(|l| l.starts_with(&format!("│{id} "))).unwrap_or_default().to_string()
+}
+
+#[test]
+fn the_cost_sparkline_fills_a_wide_box_up_to_the_current_minute() {
+    let mut m = fixture();
+    press(&mut m, "6");
+    let screen = render_to_string(&m, 150, 40);
+    let lines: Vec<&str> = screen.lines().collect();
+    // 150 columns less the 34 of the totals, less the box's two borders: one minute a column.
+    assert!(lines[3].contains("cost per minute, last 114m"), "{}", lines[3]);
+    let bottom: Vec<char> = lines[5].chars().collect();
+    assert_eq!(bottom.last(), Some(&'│'), "{}", lines[5]);
+    assert_ne!(bottom[bottom.len() - 2], ' ', "the current minute is next to the right border: {}", lines[5]);
+}
+
+#[test]
+fn cost_history_is_kept_longer_than_an_hour_for_wide_sparklines() {
+    let mut m = fixture();
+    update(&mut m, Msg::Tick(NOW_MS + 30 * 60_000));
+    // All of the fixture's spend is within the last 89 minutes: a 114-minute box shows all of it.
+    assert_eq!(m.cost_series(114).iter().sum::<u64>(), m.cost.total);
+}
+
+#[test]
+fn the_task_graph_draws_siblings_as_a_tree() {
+    use crate::engine::{JobShape, TaskShape};
+    let mut m = fixture();
+    let shape = |name: &str, needs: &[&str]| TaskShape {
+        name: name.into(),
+        needs: needs.iter().map(|n| (*n).to_string()).collect(),
+        queue: "llm".into(),
+        budget_usd_micros: None,
+        wait_for: None,
+    };
+    let tasks = vec![
+        shape("plan", &[]),
+        shape("security", &["plan"]),
+        shape("style", &["plan"]),
+        shape("tests", &["plan"]),
+        shape("triage", &["security"]),
+        shape("summary", &["security", "style", "tests"]),
+        shape("lint", &[]),
+    ];
+    let runs = (tasks.iter().enumerate())
+        .map(|(i, t)| crate::store::TaskRunRecord::pending(40 + i as u64, 7, "review", &t.name, NOW_MS))
+        .collect();
+    m.shapes.insert("review".into(), JobShape { name: "review".into(), budget_usd_micros: None, tasks });
+    update(&mut m, Msg::JobRunLoaded(runs));
+    press(&mut m, "2g");
+    key(&mut m, Code::Enter);
+    assert_eq!(m.mode, Mode::Detail(Subject::Job(7)));
+    let screen = render_to_string(&m, 100, 30);
+    let graph: Vec<String> = (screen.lines().skip_while(|l| !l.contains("task graph")).skip(1))
+        .filter_map(|l| {
+            let (tree, rest) = l.split_at(l.find('●')? + '●'.len_utf8());
+            Some(format!("{} {}", tree.trim_start_matches('│'), rest.split_whitespace().next()?))
+        })
+        .collect();
+    assert_eq!(
+        graph,
+        ["   ● plan", "   ├● security", "   │ └● triage", "   ├● style", "   └● tests", "     └● summary", "   ● lint"],
+        "{screen}"
+    );
+    insta::assert_snapshot!("job_detail_tree", screen);
+}
+
+/// A full-height glyph on two adjacent rows draws one tall block: bars must leave a gap.
+#[test]
+fn progress_bars_on_adjacent_rows_stay_apart() {
+    let jobs = snapshot_of("2");
+    let j1 = jobs.lines().find(|l| l.starts_with("│j1 ")).unwrap_or_default();
+    assert!(j1.contains("━━━━━━━━ 4/4"), "{j1}");
+    assert!(!jobs.contains('█'), "{jobs}");
+    let queues = snapshot_of("1");
+    assert!(!queues.contains('█'), "{queues}");
+    let cost = snapshot_of("6");
+    let budgets: Vec<&str> = cost.lines().filter(|l| l.contains(" of $")).collect();
+    assert_eq!(budgets.len(), 4, "{cost}");
+    assert!(budgets.iter().all(|l| !l.contains('█')), "{cost}");
+    assert!(budgets[1].contains(" ━━━━━━━━──"), "{}", budgets[1]);
+}
+
+#[test]
+fn a_retrying_task_run_stops_counting_at_the_end_of_its_last_attempt() {
+    let mut m = fixture();
+    press(&mut m, "3");
+    let before = task_row(&m, 11);
+    assert!(before.contains("retrying") && before.contains(" 19.0s "), "{before}");
+    update(&mut m, Msg::Tick(NOW_MS + 30_000));
+    assert_eq!(task_row(&m, 11), before, "no clock runs between attempts");
+    press(&mut m, "4");
+    key(&mut m, Code::Enter);
+    let detail = render_to_string(&m, 100, 30);
+    assert!(detail.contains(" duration  19.0s"), "{detail}");
+    assert!(detail.contains("exit code 1  19.0s"), "the attempt line too: {detail}");
+}
+
+#[test]
+fn a_retrying_task_run_read_without_its_attempt_end_shows_no_running_clock() {
+    let mut m = fixture();
+    // As a snapshot holds it: the task run has not ended, and the end of its attempt is not in it.
+    let mut rec = crate::store::TaskRunRecord::pending(40, 7, "nightly", "backup", NOW_MS - 300_000);
+    (rec.state, rec.attempt, rec.started_at_ms) = (TaskState::Retrying, 1, Some(NOW_MS - 290_000));
+    (rec.not_before_ms, rec.exit_code) = (Some(NOW_MS + 10_000), Some(1));
+    rec.reason = Some(crate::model::FailReason::ExitCode);
+    update(&mut m, Msg::JobRunLoaded(vec![rec]));
+    press(&mut m, "3");
+    let before = task_row(&m, 40);
+    assert!(before.contains("retrying") && before.contains(" ? "), "{before}");
+    update(&mut m, Msg::Tick(NOW_MS + 5_000));
+    assert_eq!(task_row(&m, 40), before);
+}
+
+#[test]
+fn the_footer_offers_a_approve_only_on_a_waiting_task() {
+    let mut m = fixture();
+    let shape = m.shapes.get_mut("nightly").and_then(|j| j.tasks.iter_mut().find(|t| t.name == "backup"));
+    shape.expect("shape").wait_for = Some("approval".into());
+    m.set_state(9, TaskState::Waiting);
+    press(&mut m, "3");
+    assert!(!footer_of(&m).contains("a approve"), "task run 1 does not wait: {}", footer_of(&m));
+    let at = rows(&m).iter().position(|&id| id == 9).expect("task 9 listed");
+    press(&mut m, &"j".repeat(at));
+    assert!(footer_of(&m).contains(" a approve "), "{}", footer_of(&m));
+    key(&mut m, Code::Enter);
+    assert!(footer_of(&m).contains(" a approve "), "in its detail too: {}", footer_of(&m));
+    key(&mut m, Code::Esc);
+    press(&mut m, "2");
+    assert!(!footer_of(&m).contains("a approve"), "Jobs rows are job runs: {}", footer_of(&m));
+}

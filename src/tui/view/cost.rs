@@ -11,8 +11,8 @@ use ratatui::widgets::{Block, Borders, Paragraph, Row, Sparkline, Table};
 
 use crate::model::TaskState;
 
-use super::{bold, dim, usd};
-use crate::tui::model::Model;
+use super::{bar, bold, dim, usd};
+use crate::tui::model::{COST_HISTORY_MINUTES, Model};
 
 pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
     let budgets = budgets(model);
@@ -48,12 +48,16 @@ fn draw_totals(model: &Model, frame: &mut Frame, area: Rect) {
         ]),
     ];
     frame.render_widget(Paragraph::new(lines), left);
-    let width = u64::from(right.width.saturating_sub(2)).clamp(1, 60);
-    let series = model.cost_series(width);
+    // One column per minute, as many minutes as the box is wide, the current one at the right
+    // edge. Stretching a fixed hour instead would draw some minutes one column wide and others
+    // two, and change the time scale with the terminal; at one minute a column "how long ago"
+    // reads the same at any width, and a wider box shows more of the trend behind the burn rate.
+    let minutes = u64::from(right.width.saturating_sub(2)).clamp(1, COST_HISTORY_MINUTES);
+    let series = model.cost_series(minutes);
     let block = Block::new()
         .borders(Borders::ALL)
         .border_style(dim())
-        .title(Line::styled(format!(" cost per minute, last {width}m "), dim()));
+        .title(Line::styled(format!(" cost per minute, last {minutes}m "), dim()));
     frame.render_widget(Sparkline::default().block(block).data(&series).style(Style::new().fg(Color::Yellow)), right);
 }
 
@@ -110,15 +114,13 @@ fn draw_budgets(frame: &mut Frame, area: Rect, budgets: &[(String, u64, u64)]) {
             r if r >= 0.8 => Color::Yellow,
             _ => Color::Green,
         };
-        let [name, bar] = Layout::horizontal([Constraint::Length(24), Constraint::Min(10)]).areas(*row);
+        let [name, gauge] = Layout::horizontal([Constraint::Length(24), Constraint::Min(10)]).areas(*row);
         frame.render_widget(Paragraph::new(format!(" {label}")), name);
-        let width = usize::from(bar.width.saturating_sub(30)).clamp(4, 40);
+        let width = usize::from(gauge.width.saturating_sub(30)).clamp(4, 40);
         let filled = ((ratio * width as f64).round() as usize).min(width);
-        let line = Line::from(vec![
-            Span::styled("█".repeat(filled), Style::new().fg(color)),
-            Span::styled("░".repeat(width - filled), dim()),
-            Span::raw(format!(" {:>3.0}%  {} of {}", ratio * 100.0, usd(*spent), usd(*limit))),
-        ]);
-        frame.render_widget(Paragraph::new(line), bar);
+        let mut spans = bar(filled, width, color).to_vec();
+        spans.push(Span::raw(format!(" {:>3.0}%  {} of {}", ratio * 100.0, usd(*spent), usd(*limit))));
+        let line = Line::from(spans);
+        frame.render_widget(Paragraph::new(line), gauge);
     }
 }

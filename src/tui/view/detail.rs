@@ -10,7 +10,7 @@ use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 use crate::model::TaskState;
 
 use super::jobs::progress;
-use super::{age, attempts, bold, dim, dur, job_state_span, last_error, sparkline, task_state_span, usd};
+use super::{age, attempts, bold, dim, dur, job_state_span, last_error, sparkline, task_state_span, took, usd};
 use crate::tui::model::{Model, Subject, TaskRow};
 
 pub fn draw(model: &Model, subject: &Subject, frame: &mut Frame, area: Rect) {
@@ -54,7 +54,7 @@ fn task(model: &Model, t: &TaskRow, frame: &mut Frame, area: Rect) {
                 dim(),
             ),
         ]),
-        field("duration", if r.started_at_ms.is_some() { dur(model.task_duration(r)) } else { "not started".into() }),
+        field("duration", duration(model, t)),
     ];
     let model_name = t.model.clone().map(|m| format!(" · {m}")).unwrap_or_default();
     lines.push(field(
@@ -87,7 +87,9 @@ fn task(model: &Model, t: &TaskRow, frame: &mut Frame, area: Rect) {
     for a in t.attempts.iter().rev().take(6) {
         let took = match (a.started_ms, a.ended_ms) {
             (Some(s), Some(e)) => dur(e.saturating_sub(s)),
-            (Some(s), None) => dur(model.now_ms.saturating_sub(s)),
+            // Only the attempt in progress counts on; an ended one whose end was never seen
+            // (read from the store between attempts) has no duration to show.
+            (Some(s), None) if a.outcome == "running" => dur(model.now_ms.saturating_sub(s)),
             _ => String::new(),
         };
         let outcome = match (a.outcome.as_str(), a.exit_code) {
@@ -125,6 +127,15 @@ fn task(model: &Model, t: &TaskRow, frame: &mut Frame, area: Rect) {
     };
     let text = log.map_or("", |l| l.text.as_str());
     draw_tail(frame, log_area, title, text, 0);
+}
+
+/// The `duration` field of a task run's detail.
+fn duration(model: &Model, t: &TaskRow) -> String {
+    match model.task_duration(t) {
+        Some(ms) => dur(ms),
+        None if t.rec.started_at_ms.is_some() => "? (its last attempt ended before this screen opened)".into(),
+        None => "not started".into(),
+    }
 }
 
 /// The last lines of `text` that fit, `scroll_up` lines up from the end.
@@ -190,54 +201,109 @@ fn labelled(name: &str, mut line: Line<'static>) -> Line<'static> {
     line
 }
 
-/// One line per task, indented by its depth in the `needs` graph, with its task runs' states.
+/// One line per task run (per task, if it has none), the `needs` graph drawn as a tree.
 fn graph_lines(model: &Model, j: &crate::tui::model::JobRow) -> Vec<Line<'static>> {
     let runs: Vec<&TaskRow> = j.tasks.iter().filter_map(|id| model.tasks.get(id)).collect();
     let Some(shape) = model.shapes.get(&j.rec.job) else {
-        return runs.iter().map(|t| graph_line(model, (0, 0), &t.rec.task, &[], Some(t))).collect();
+        return runs.iter().map(|t| graph_line(model, ("●", 1), &t.rec.task, &[], Some(t))).collect();
     };
-    let n = shape.tasks.len();
-    let mut depth = vec![0usize; n];
-    for _ in 0..n {
-        for (i, t) in shape.tasks.iter().enumerate() {
-            let d = t
-                .needs
-                .iter()
-                .filter_map(|need| shape.tasks.iter().position(|x| &x.name == need))
-                .map(|k| depth[k] + 1)
-                .max();
-            depth[i] = d.unwrap_or(0);
-        }
-    }
-    let deepest = depth.iter().copied().max().unwrap_or(0);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| (depth[i], i));
+    let index = |name: &String| shape.tasks.iter().position(|t| &t.name == name);
+    let needs: Vec<Vec<usize>> = shape.tasks.iter().map(|t| t.needs.iter().filter_map(index).collect()).collect();
+    let rows = tree_rows(&needs);
+    let widest = rows.iter().map(|r| r.branch.chars().count()).max().unwrap_or(1);
     let mut lines = Vec::new();
-    for i in order {
-        let t = &shape.tasks[i];
-        let mine: Vec<&&TaskRow> = runs.iter().filter(|r| r.rec.task == t.name).collect();
-        if mine.is_empty() {
-            lines.push(graph_line(model, (depth[i], deepest), &t.name, &t.needs, None));
+    for row in rows {
+        let t = &shape.tasks[row.task];
+        let mut branch = row.branch.as_str();
+        let mut drawn = false;
+        for r in runs.iter().filter(|r| r.rec.task == t.name) {
+            lines.push(graph_line(model, (branch, widest), &t.name, &t.needs, Some(r)));
+            (branch, drawn) = (row.more.as_str(), true);
         }
-        for r in mine {
-            lines.push(graph_line(model, (depth[i], deepest), &t.name, &t.needs, Some(r)));
+        if !drawn {
+            lines.push(graph_line(model, (branch, widest), &t.name, &t.needs, None));
         }
     }
     lines
 }
 
-/// `depth` is `(this task's, the deepest)`: names line up in one column whatever the indent.
+/// One task of the drawn graph.
+struct TreeRow {
+    task: usize,
+    /// `│ ├●`: the connectors of its ancestors, then its own.
+    branch: String,
+    /// The same width on the lines of its further task runs: `│ │●`.
+    more: String,
+}
+
+/// The `needs` graph (as task indexes) laid out as a tree, in drawing order. A task hangs under
+/// the need that sets its depth, so the indent still says how deep it is; when several do, under
+/// the last in file order, so a task joining siblings is drawn after all of them. Its other needs
+/// are only named on its line (`← a, b`).
+fn tree_rows(needs: &[Vec<usize>]) -> Vec<TreeRow> {
+    let depth = depths(needs);
+    let mut children = vec![Vec::new(); needs.len()];
+    let mut roots = Vec::new();
+    for (i, mine) in needs.iter().enumerate() {
+        match mine.iter().copied().filter(|&k| depth[k] + 1 == depth[i]).max() {
+            Some(parent) => children[parent].push(i),
+            None => roots.push(i),
+        }
+    }
+    let mut rows = Vec::new();
+    let mut seen = vec![false; needs.len()];
+    for root in roots {
+        walk(root, None, &children, &mut seen, &mut rows);
+    }
+    // Only a cycle (which validation rejects) leaves tasks out: draw them rather than lose them.
+    for i in 0..needs.len() {
+        walk(i, None, &children, &mut seen, &mut rows);
+    }
+    rows
+}
+
+/// Each task's depth: 0 without needs, else one more than its deepest need's.
+fn depths(needs: &[Vec<usize>]) -> Vec<usize> {
+    let mut depth = vec![0usize; needs.len()];
+    for _ in 0..needs.len() {
+        for (i, mine) in needs.iter().enumerate() {
+            depth[i] = mine.iter().map(|&k| depth[k] + 1).max().unwrap_or(0);
+        }
+    }
+    depth
+}
+
+/// Adds task `i` and its subtree. `at` is `None` for a root, else the connectors of its
+/// ancestors and whether it is the last of its siblings (`└`, and no `│` below it).
+fn walk(i: usize, at: Option<(&str, bool)>, children: &[Vec<usize>], seen: &mut [bool], rows: &mut Vec<TreeRow>) {
+    if std::mem::replace(&mut seen[i], true) {
+        return;
+    }
+    let (branch, more, below) = match at {
+        None => ("●".to_string(), "●".to_string(), String::new()),
+        Some((prefix, last)) => {
+            let (own, down) = if last { ('└', ' ') } else { ('├', '│') };
+            (format!("{prefix}{own}●"), format!("{prefix}{down}●"), format!("{prefix}{down} "))
+        }
+    };
+    rows.push(TreeRow { task: i, branch, more });
+    let mine = &children[i];
+    for (k, &child) in mine.iter().enumerate() {
+        walk(child, Some((&below, k + 1 == mine.len())), children, seen, rows);
+    }
+}
+
+/// `branch` is `(this line's, the widest's)`: names line up in one column whatever the indent.
 fn graph_line(
     model: &Model,
-    depth: (usize, usize),
+    branch: (&str, usize),
     name: &str,
     needs: &[String],
     run: Option<&TaskRow>,
 ) -> Line<'static> {
-    let (depth, deepest) = depth;
-    let branch = if depth == 0 { "●".to_string() } else { format!("{}└●", "  ".repeat(depth - 1)) };
+    let (branch, widest) = branch;
     let mut spans = vec![Span::styled(format!("   {branch} "), dim())];
-    let width = (16 + 2 * deepest + 1).saturating_sub(branch.chars().count());
+    let width = (17 + widest).saturating_sub(branch.chars().count());
     let label = format!("{name:<width$} ");
     match run {
         Some(t) => {
@@ -245,7 +311,7 @@ fn graph_line(
             spans.push(Span::raw(label));
             spans.push(task_state_span(r.state));
             let pad = 10usize.saturating_sub(r.state.as_str().len());
-            let took = if r.started_at_ms.is_some() { dur(model.task_duration(r)) } else { String::new() };
+            let took = took(model, t);
             spans.push(Span::styled(
                 format!("{:pad$} #{:<6} try {:<5} {:>7} {:>8}", "", r.id, attempts(r), took, usd(r.cost_usd_micros)),
                 dim(),

@@ -31,6 +31,8 @@ pub fn draw(model: &Model, frame: &mut Frame, status: Rect, keys: Rect) {
 }
 
 fn key_spans(model: &Model) -> Vec<Span<'static>> {
+    // The task run the keys act on: also the one a detail pane shows, opened from that row.
+    let selected = model.selected_task().map(|t| t.rec.state);
     let pairs: Vec<(String, &str)> = match &model.mode {
         Mode::Help => vec![("Esc".into(), "close")],
         Mode::Confirm { .. } => vec![("y".into(), "yes"), ("n".into(), "no")],
@@ -39,13 +41,15 @@ fn key_spans(model: &Model) -> Vec<Span<'static>> {
         Mode::Detail(_) => {
             let mut keys = vec![("Esc".to_string(), "back"), ("j/k".to_string(), "scroll")];
             keys.extend(
-                keymap::footer(model.focus).into_iter().filter(|(_, w)| !matches!(*w, "details" | "filter" | "sort")),
+                keymap::footer(model.focus, selected)
+                    .into_iter()
+                    .filter(|(_, w)| !matches!(*w, "details" | "filter" | "sort")),
             );
             keys
         }
         Mode::Normal => {
             let mut keys = vec![("1-7".to_string(), "views"), ("j/k".to_string(), "move")];
-            keys.extend(keymap::footer(model.focus));
+            keys.extend(keymap::footer(model.focus, selected));
             keys
         }
     };

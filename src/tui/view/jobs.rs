@@ -2,11 +2,11 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
-use ratatui::style::{Color, Style};
+use ratatui::style::Color;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Row};
 
-use super::{TableSpec, dim, draw_table, dur, job_state_span, usd};
+use super::{TableSpec, bar, dim, draw_table, dur, job_state_span, usd};
 use crate::tui::model::{Model, View};
 
 const HEADER: &[&str] = &["run", "job", "state", "progress", "duration", "cost", "reason"];
@@ -37,13 +37,11 @@ pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
     });
 }
 
-/// `████░░ 4/6`.
+/// `━━━━━─── 5/8`.
 pub fn progress(done: u32, total: u32) -> Line<'static> {
     const WIDTH: u32 = 8;
     let filled = (done * WIDTH).checked_div(total).unwrap_or(0);
-    Line::from(vec![
-        Span::styled("█".repeat(filled as usize), Style::new().fg(Color::Green)),
-        Span::styled("░".repeat((WIDTH - filled) as usize), dim()),
-        Span::raw(format!(" {done}/{total}")),
-    ])
+    let mut spans = bar(filled as usize, WIDTH as usize, Color::Green).to_vec();
+    spans.push(Span::raw(format!(" {done}/{total}")));
+    Line::from(spans)
 }

@@ -21,7 +21,7 @@ use ratatui::widgets::{Block, Borders, Row, Table, TableState};
 
 use crate::model::{JobState, TaskState};
 
-use super::model::{Mode, Model, View};
+use super::model::{Mode, Model, TaskRow, View};
 use super::update::visible_offset;
 
 pub fn view(model: &Model, frame: &mut Frame) {
@@ -109,6 +109,16 @@ pub fn dur(ms: u64) -> String {
     }
 }
 
+/// A task run's duration in a table: blank before its first attempt, `?` between attempts when
+/// the end of the last one was never seen (see [`Model::task_duration`]).
+pub fn took(model: &Model, t: &TaskRow) -> String {
+    match model.task_duration(t) {
+        Some(ms) => dur(ms),
+        None if t.rec.started_at_ms.is_some() => "?".to_string(),
+        None => String::new(),
+    }
+}
+
 /// `12s`, `3m`, `2h`, `4d`: how long ago, coarse.
 pub fn age(ms: u64) -> String {
     match ms / 1000 {
@@ -119,15 +129,20 @@ pub fn age(ms: u64) -> String {
     }
 }
 
-/// `▁▂▅█` of `values`, scaled to their maximum.
+/// `·▂▅▇` of `values`, scaled to their maximum, `·` for none. The tallest is `▇`, not `█`: a
+/// full cell would touch the bar of the row above and read as one bar two rows high.
 pub fn sparkline(values: &[u64]) -> String {
-    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    const BARS: [char; 7] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇'];
     let max = values.iter().copied().max().unwrap_or(0);
-    values
-        .iter()
-        .map(|&v| if max == 0 || v == 0 { ' ' } else { BARS[((v * 7).div_ceil(max)) as usize] })
-        .map(|c| if c == ' ' { '·' } else { c })
-        .collect()
+    values.iter().map(|&v| if max == 0 || v == 0 { '·' } else { BARS[((v * 7).div_ceil(max) - 1) as usize] }).collect()
+}
+
+/// A bar `width` cells wide, the first `filled` in `color`: `━━━━────`. Line glyphs leave a gap
+/// above and below in every cell, so full bars on adjacent rows stay two bars (`█` would join
+/// them into one block); heavy against light tells filled from empty without colour.
+pub fn bar(filled: usize, width: usize, color: Color) -> [Span<'static>; 2] {
+    let filled = filled.min(width);
+    [Span::styled("━".repeat(filled), Style::new().fg(color)), Span::styled("─".repeat(width - filled), dim())]
 }
 
 /// A bordered table of the focused view's rows; builds only the visible window.

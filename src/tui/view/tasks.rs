@@ -7,7 +7,7 @@ use ratatui::widgets::{Cell, Row};
 
 use crate::model::TaskState;
 
-use super::{TableSpec, attempts, dim, draw_table, dur, last_error, task_state_span, usd};
+use super::{TableSpec, attempts, dim, draw_table, last_error, task_state_span, took, usd};
 use crate::tui::model::{Model, View};
 
 const HEADER: &[&str] = &["id", "job", "task", "state", "try", "queue", "duration", "cost", "progress / error"];
@@ -25,13 +25,13 @@ const WIDTHS: &[Constraint] = &[
 
 pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
     draw_table(model, frame, area, TableSpec { view: View::Tasks, header: HEADER, widths: WIDTHS }, |id| {
-        let r = &model.tasks.get(&id)?.rec;
+        let t = model.tasks.get(&id)?;
+        let r = &t.rec;
         let note = match r.state {
             TaskState::Running | TaskState::Succeeded => r.progress.clone().unwrap_or_default(),
             TaskState::Retrying | TaskState::Dead | TaskState::Cancelled => last_error(r),
             _ => String::new(),
         };
-        let duration = if r.started_at_ms.is_some() { dur(model.task_duration(r)) } else { String::new() };
         Some(Row::new(vec![
             Cell::from(r.id.to_string()),
             Cell::from(r.job.clone()),
@@ -39,7 +39,7 @@ pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
             Cell::from(task_state_span(r.state)),
             Cell::from(attempts(r)),
             Cell::from(r.queue.clone()),
-            Cell::from(duration),
+            Cell::from(took(model, t)),
             Cell::from(usd(r.cost_usd_micros)),
             Cell::from(Span::styled(note, dim())),
         ]))
