@@ -83,10 +83,10 @@ fn describe(e: &EngineEvent) -> Option<String> {
             format!("worker {} restarted ({reason})", e.field("worker").map(|v| v.to_string()).unwrap_or_default())
         }
         "budget.exceeded" => format!(
-            "{} budget exceeded: spent ${} of ${}",
+            "{} budget exceeded: spent {} of {}",
             e.str_field("scope").unwrap_or("job"),
-            e.field("spent_usd").map(|v| v.to_string()).unwrap_or_default(),
-            e.field("limit_usd").map(|v| v.to_string()).unwrap_or_default()
+            dollars_of(e.field("spent_usd")),
+            dollars_of(e.field("limit_usd"))
         ),
         _ => return None,
     })
@@ -98,9 +98,11 @@ fn slot(e: &EngineEvent) -> String {
 }
 
 fn failed(e: &EngineEvent) -> String {
-    let mut text = format!("attempt {} failed: {}", e.attempt.unwrap_or(0), e.str_field("reason").unwrap_or("?"));
+    let reason = e.str_field("reason").unwrap_or("?");
+    let mut text = format!("attempt {} failed: {reason}", e.attempt.unwrap_or(0));
     if let Some(code) = e.field("exit_code") {
-        text.push_str(&format!(" {code}"));
+        // "exit_code 3" reads as the reason it is; otherwise the code is a detail.
+        text.push_str(&if reason == "exit_code" { format!(" {code}") } else { format!(" (exit code {code})") });
     }
     if let Some(signal) = e.field("signal") {
         text.push_str(&format!(" (signal {signal})"));
@@ -109,6 +111,11 @@ fn failed(e: &EngineEvent) -> String {
         text.push_str(&format!(": {detail}"));
     }
     text
+}
+
+/// A dollar amount from an event (a JSON number) as `$0.10`.
+fn dollars_of(v: Option<&serde_json::Value>) -> String {
+    dollars(v.and_then(serde_json::Value::as_f64).map_or(0, |usd| (usd * 1e6).round() as u64))
 }
 
 /// `950ms`, `2.4s`, `3m05s`.

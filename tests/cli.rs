@@ -259,6 +259,35 @@ run = "true"
     assert_eq!(p.task("later")["state"], "skipped");
 }
 
+/// An agent's JSON result carries its cost and is read once the process has exited 0: the
+/// work is done and paid for. Crossing the budget with it keeps the result (the job run still
+/// fails, nothing new starts) instead of dead-lettering work that a retry would pay for again.
+#[test]
+fn the_attempt_that_crosses_the_budget_as_it_finishes_keeps_its_result() {
+    let p = Project::new(
+        r#"
+[jobs.j]
+budget_usd = 0.10
+[jobs.j.tasks.agent]
+cost = "claude-json"
+run = 'echo "output answer=42" >&3; echo "{\"type\":\"result\",\"result\":\"42\",\"total_cost_usd\":0.12}"'
+[jobs.j.tasks.later]
+needs = ["agent"]
+run = 'true'
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1, "the job run still fails: its budget is spent");
+    let agent = p.task("agent");
+    assert_eq!(
+        (agent["state"].as_str(), agent["outputs"]["answer"].as_str()),
+        (Some("succeeded"), Some("42")),
+        "{agent}"
+    );
+    assert_eq!(named(&events, "job.failed")[0]["reason"], "budget");
+    assert_eq!(p.task("later")["state"], "skipped", "nothing new starts past the budget");
+}
+
 #[test]
 fn cancel_a_running_task_from_another_terminal() {
     let p = Project::new("[jobs.j.tasks.long]\nrun = 'echo $$ > leader.pid; sleep 300'\n");
@@ -995,4 +1024,74 @@ fn serve_speaks_the_systemd_notify_protocol() {
     }
     assert_eq!(said, "STOPPING=1");
     assert_eq!(server.wait().expect("serve ends").code(), Some(0));
+}
+
+#[test]
+fn a_param_goes_to_the_jobs_that_declare_it_and_a_refused_run_leaves_nothing() {
+    let p = Project::new(
+        "[jobs.a]\nparams = { n = \"1\" }\n[jobs.a.tasks.x]\nrun = 'echo \"a-$N\" >> side.log'\nenv = { N = \"{{ params.n }}\" }\n\
+         [jobs.b.tasks.y]\nrun = 'echo b >> side.log'\n",
+    );
+    let refused = p.run(&["run", "workflow.toml", "--headless", "--param", "m=5"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("unknown param `m`") && said.contains("`b` declares no params"), "{said}");
+    assert!(!p.state_dir().join("state.redb").exists(), "a refused command leaves nothing behind");
+    let (code, _) = p.run_json(&["--param", "n=5"]);
+    assert_eq!(code, 0, "n goes to `a`; `b` declares nothing and runs without it");
+    let mut side = std::fs::read_to_string(p.path().join("side.log"))
+        .expect("side.log")
+        .lines()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    side.sort();
+    assert_eq!(side, ["a-5", "b"]);
+}
+
+/// A cancel left in the inbox while nothing ran lands before anything is dispatched: the
+/// cancelled task never starts again.
+#[test]
+fn an_offline_cancel_lands_before_the_task_could_start_again() {
+    let p = Project::new(
+        "[jobs.side.tasks.charge]\nrun = 'echo CHARGED >> side.log; touch started; sleep 30'\n[jobs.other.tasks.o]\nrun = 'true'\n",
+    );
+    let mut server = Server::start(&p);
+    assert!(p.run(&["submit", "side"]).status.success());
+    wait_until(Duration::from_secs(10), "the task to start", || p.path().join("started").exists());
+    signal(server.child.id(), "TERM");
+    assert!(server.child.wait().expect("serve ends").success());
+    assert!(p.run(&["cancel", "j1"]).status.success());
+    let (_, events) = p.run_json(&["other"]);
+    assert!(
+        named(&events, "task.started").iter().all(|e| e["task"] != "charge"),
+        "the cancelled task started again: {events:#?}"
+    );
+    assert_eq!(std::fs::read_to_string(p.path().join("side.log")).expect("side.log"), "CHARGED\n");
+    assert_eq!(p.task("charge")["state"], "cancelled");
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_a_command_quietly() {
+    use std::io::Read;
+    let mut text = String::new();
+    // Enough rows that the output outgrows a pipe's 64 KiB buffer even in the human table.
+    for i in 0..1000 {
+        text.push_str(&format!("[jobs.j.tasks.t{i}]\nrun = 'true'\n"));
+    }
+    let p = Project::new(&text);
+    assert_eq!(p.run_json(&["--noop-executor"]).0, 0);
+    for args in [&["tasks", "--json"][..], &["tasks"][..]] {
+        let mut child = p
+            .gaffer(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gaffer");
+        let mut first = [0u8; 16];
+        child.stdout.take().expect("stdout").read_exact(&mut first).expect("some output");
+        // The pipe's read end is closed here, like `| head -c 16`.
+        let out = child.wait_with_output().expect("exit");
+        assert_eq!(out.status.code(), Some(141), "gaffer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stderr.is_empty(), "no panic, no message: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }

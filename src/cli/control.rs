@@ -49,7 +49,7 @@ fn send_targets(state_dir: &Path, action: &Action, targets: &[Target]) -> Result
     let mut failed = false;
     for target in targets {
         match deliver(state_dir, action, *target)? {
-            Ok(message) => println!("{message}"),
+            Ok(message) => outln!("{message}"),
             Err(message) => {
                 eprintln!("gaffer: {target}: {message}");
                 failed = true;
@@ -99,9 +99,9 @@ pub fn submit(
     })?;
     let id = answer["job_run"].as_u64().unwrap_or(0);
     if answer["existing"] == true {
-        println!("j{id} (already submitted with this key)");
+        outln!("j{id} (already submitted with this key)");
     } else {
-        println!("j{id}");
+        outln!("j{id}");
     }
     Ok(())
 }
@@ -111,7 +111,7 @@ pub fn set_paused(state_dir: &Path, queue: &str, paused: bool) -> Result<(), Cli
     let verb = if paused { "pause" } else { "resume" };
     match client::call(state_dir, "POST", &format!("/v1/queues/{queue}/{verb}"), None) {
         Ok(answer) => {
-            println!("{}", answer["message"].as_str().unwrap_or("done"));
+            outln!("{}", answer["message"].as_str().unwrap_or("done"));
             Ok(())
         }
         Err(ClientError::Refused(message)) => Err(CliError::Failed(message)),
@@ -120,7 +120,7 @@ pub fn set_paused(state_dir: &Path, queue: &str, paused: bool) -> Result<(), Cli
             store.commit_blocking(vec![store::Mutation::QueuePaused(queue.to_string(), paused)])?;
             drop(store);
             closer.close(Duration::from_secs(5));
-            println!("queue {queue} {}d; it stays so at the next start", verb);
+            outln!("queue {queue} {}d; it stays so at the next start", verb);
             Ok(())
         }
         Err(e) => Err(CliError::Failed(e.to_string())),
@@ -138,17 +138,17 @@ pub fn dlq(state_dir: &Path, action: DlqAction) -> Result<(), CliError> {
 fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
     let dead = query::dead_letters(state_dir)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&dead).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&dead).unwrap_or_default());
         return Ok(());
     }
     let items = dead.as_array().map(Vec::as_slice).unwrap_or_default();
     if items.is_empty() {
-        println!("no dead letters");
+        outln!("no dead letters");
         return Ok(());
     }
     query::print_task_table(&dead);
     let spent: u64 = items.iter().map(|t| query::micros(&t["cost_usd"])).sum();
-    println!(
+    outln!(
         "{} dead letter(s), {} spent on them; `gaffer dlq retry ID` or `gaffer dlq retry --all`",
         items.len(),
         dollars(spent)
@@ -174,7 +174,7 @@ fn act_on_dead(state_dir: &Path, action: &Action, ids: &[String], all: bool) -> 
         targets
     };
     if targets.is_empty() {
-        println!("no dead letters");
+        outln!("no dead letters");
         return Ok(());
     }
     send_targets(state_dir, action, &targets)

@@ -1,6 +1,17 @@
 //! The `gaffer` command line: clap definitions and one file per group of subcommands.
 //! Commands that read state open the state dir read-only, so they work while an instance runs.
 
+/// `println!` for command output: a reader that went away (`gaffer tasks | head -1`) ends
+/// the command quietly with 141, as SIGPIPE would, instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::cli::output_failed(e);
+        }
+    }};
+}
+
 mod control;
 mod query;
 mod run;
@@ -23,6 +34,8 @@ pub mod exit {
     pub const INTERNAL: i32 = 70;
     pub const SIGINT: i32 = 130;
     pub const SIGTERM: i32 = 143;
+    /// The reader of our output went away (`gaffer tasks | head`), as a SIGPIPE death reports it.
+    pub const BROKEN_PIPE: i32 = 141;
 }
 
 #[derive(Debug, Parser)]
@@ -209,12 +222,17 @@ pub fn main() -> i32 {
         Command::Cost { by, since, json } => query::cost(&state_dir, by, since.as_deref(), json),
         Command::Emit { words } => crate::executor::emit(&words).map_err(CliError::Usage),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "gaffer", &mut std::io::stdout());
-            Ok(())
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "gaffer", &mut text);
+            write_out(&text)
         }
-        Command::Man => clap_mangen::Man::new(Cli::command())
-            .render(&mut std::io::stdout())
-            .map_err(|e| CliError::Failed(e.to_string())),
+        Command::Man => {
+            let mut text = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut text) {
+                Ok(()) => write_out(&text),
+                Err(e) => Err(CliError::Failed(e.to_string())),
+            }
+        }
     };
     match result {
         Ok(()) => exit::OK,
@@ -223,6 +241,26 @@ pub fn main() -> i32 {
             e.code()
         }
     }
+}
+
+/// Writes command output; see `outln!`.
+fn write_out(bytes: &[u8]) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        output_failed(e);
+    }
+    Ok(())
+}
+
+/// Command output could not be written: a closed pipe ends quietly (141, as SIGPIPE would);
+/// anything else is said.
+pub(crate) fn output_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(exit::BROKEN_PIPE);
+    }
+    eprintln!("gaffer: cannot write the output: {e}");
+    std::process::exit(exit::FAILED)
 }
 
 /// gaffer's own diagnostics (not task output, not events), `warn` and up unless `RUST_LOG`

@@ -19,7 +19,7 @@ use crate::store::{self, Reader};
 
 fn print_json(value: &Value) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 
@@ -93,14 +93,14 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
         return print_json(&value);
     }
     match value["instance"]["pid"].as_u64() {
-        Some(pid) => println!("instance: running (pid {pid})"),
-        None => println!("instance: not running"),
+        Some(pid) => outln!("instance: running (pid {pid})"),
+        None => outln!("instance: not running"),
     }
-    println!("{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}", "QUEUE", "CONCURRENCY", "QUEUED", "RUNNING", "RETRYING", "DEAD");
+    outln!("{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}", "QUEUE", "CONCURRENCY", "QUEUED", "RUNNING", "RETRYING", "DEAD");
     for q in value["queues"].as_array().into_iter().flatten() {
         let cap = q["concurrency"].as_u64().map_or("-".to_string(), |c| c.to_string());
         let name = format!("{}{}", text(q, "name"), if q["paused"] == true { " (paused)" } else { "" });
-        println!(
+        outln!(
             "{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}",
             name,
             cap,
@@ -117,8 +117,8 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
         .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
-    println!("task runs: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
-    println!("cost: {}", dollars(micros(&value["cost_usd"])));
+    outln!("task runs: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
+    outln!("cost: {}", dollars(micros(&value["cost_usd"])));
     Ok(())
 }
 
@@ -128,9 +128,9 @@ pub fn jobs(state_dir: &Path, state: Option<&str>, as_json: bool) -> Result<(), 
     if as_json {
         return print_json(&runs);
     }
-    println!("{:<6} {:<20} {:<10} {:>10} {:<24} REASON", "ID", "JOB", "STATE", "COST", "STARTED");
+    outln!("{:<6} {:<20} {:<10} {:>10} {:<24} REASON", "ID", "JOB", "STATE", "COST", "STARTED");
     for j in runs.as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "{:<6} {:<20} {:<10} {:>10} {:<24} {}",
             format!("j{}", num(j, "id")),
             text(j, "job"),
@@ -175,12 +175,19 @@ pub(super) fn dead_letters(state_dir: &Path) -> Result<Value, CliError> {
 }
 
 pub(super) fn print_task_table(runs: &Value) {
-    println!(
+    outln!(
         "{:<6} {:<6} {:<24} {:<10} {:>7} {:<10} {:>4} {:>10} REASON",
-        "ID", "RUN", "TASK", "STATE", "ATTEMPT", "QUEUE", "PRIO", "COST"
+        "ID",
+        "RUN",
+        "TASK",
+        "STATE",
+        "ATTEMPT",
+        "QUEUE",
+        "PRIO",
+        "COST"
     );
     for t in runs.as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "{:<6} {:<6} {:<24} {:<10} {:>7} {:<10} {:>4} {:>10} {}",
             num(t, "id"),
             format!("j{}", num(t, "job_run")),
@@ -205,9 +212,9 @@ pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
         Target::TaskRun(_) => print_task_detail(&value),
         Target::JobRun(id) => {
             let reason = value["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
-            println!("job run j{id} of `{}`: {}{reason}", text(&value, "job"), text(&value, "state"));
-            println!("params: {}", value["params"]);
-            println!("cost: {}", dollars(micros(&value["cost_usd"])));
+            outln!("job run j{id} of `{}`: {}{reason}", text(&value, "job"), text(&value, "state"));
+            outln!("params: {}", value["params"]);
+            outln!("cost: {}", dollars(micros(&value["cost_usd"])));
             print_task_table(&value["tasks"]);
         }
     }
@@ -215,25 +222,25 @@ pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
 }
 
 fn print_task_detail(t: &Value) {
-    println!("task run {} — {}.{} in job run j{}", num(t, "id"), text(t, "job"), text(t, "task"), num(t, "job_run"));
+    outln!("task run {} — {}.{} in job run j{}", num(t, "id"), text(t, "job"), text(t, "task"), num(t, "job_run"));
     let reason = t["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
-    println!("state: {}{reason}", text(t, "state"));
+    outln!("state: {}{reason}", text(t, "state"));
     if let Some(detail) = t["detail"].as_str() {
-        println!("detail: {detail}");
+        outln!("detail: {detail}");
     }
-    println!("queue: {} (priority {})", text(t, "queue"), num(t, "priority"));
-    println!("attempts: {} of {} in this series", num(t, "attempts_in_series"), num(t, "max_attempts"));
-    println!(
+    outln!("queue: {} (priority {})", text(t, "queue"), num(t, "priority"));
+    outln!("attempts: {} of {} in this series", num(t, "attempts_in_series"), num(t, "max_attempts"));
+    outln!(
         "cost: {} ({} input, {} output tokens)",
         dollars(micros(&t["cost_usd"])),
         num(t, "input_tokens"),
         num(t, "output_tokens")
     );
     if let Some(p) = t["progress"].as_str() {
-        println!("progress: {p}");
+        outln!("progress: {p}");
     }
     for (k, v) in t["outputs"].as_object().into_iter().flatten() {
-        println!("output {k} = {}", v.as_str().unwrap_or_default());
+        outln!("output {k} = {}", v.as_str().unwrap_or_default());
     }
     for a in t["attempts"].as_array().into_iter().flatten() {
         let how = match a["reason"].as_str() {
@@ -245,7 +252,7 @@ fn print_task_detail(t: &Value) {
                 a["signal"].as_i64().map(|s| format!(" (signal {s})")).unwrap_or_default()
             ),
         };
-        println!(
+        outln!(
             "  attempt {}: {how}, started {}, {} — {}",
             num(a, "n"),
             text(a, "started_at"),
@@ -277,8 +284,9 @@ pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> R
         attempt = attempt.or(chunk["attempt"].as_u64().map(|n| n as u32));
         let piece = text(&chunk, "text");
         let mut out = std::io::stdout();
-        let _ = out.write_all(piece.as_bytes());
-        let _ = out.flush();
+        if let Err(e) = out.write_all(piece.as_bytes()).and_then(|()| out.flush()) {
+            super::output_failed(e);
+        }
         offset = num(&chunk, "offset");
         if piece.is_empty() {
             // Read to the end: done, unless following an attempt that still runs.
@@ -303,7 +311,7 @@ pub fn cost(state_dir: &Path, by: CostBy, since: Option<&str>, as_json: bool) ->
     if as_json {
         return print_json(&value);
     }
-    println!(
+    outln!(
         "{:<32} {:>12} {:>12} {:>12} {:>8}",
         by.as_str().to_uppercase(),
         "COST",
@@ -312,7 +320,7 @@ pub fn cost(state_dir: &Path, by: CostBy, since: Option<&str>, as_json: bool) ->
         "ATTEMPTS"
     );
     for r in value["rows"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "{:<32} {:>12} {:>12} {:>12} {:>8}",
             text(r, "key"),
             dollars(micros(&r["cost_usd"])),
@@ -321,7 +329,7 @@ pub fn cost(state_dir: &Path, by: CostBy, since: Option<&str>, as_json: bool) ->
             num(r, "attempts")
         );
     }
-    println!("{:<32} {:>12}", "TOTAL", dollars(micros(&value["total_usd"])));
+    outln!("{:<32} {:>12}", "TOTAL", dollars(micros(&value["total_usd"])));
     Ok(())
 }
 

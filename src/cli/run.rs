@@ -65,7 +65,7 @@ pub fn validate(file: &Path) -> i32 {
     match load(file) {
         Ok((workflow, _)) => {
             let tasks: usize = workflow.jobs.iter().map(|j| j.tasks.len()).sum();
-            println!(
+            outln!(
                 "{}: ok ({} jobs, {tasks} tasks, {} queues)",
                 file.display(),
                 workflow.jobs.len(),
@@ -109,16 +109,16 @@ pub fn schedules(file: &Path, count: usize, from: Option<&str>, as_json: bool) -
                 serde_json::json!({"job": job.name, "schedule": expression, "timezone": schedule.zone_name(), "next": next})
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
         return exit::OK;
     }
     if rows.is_empty() {
-        println!("no job in {} has a schedule", file.display());
+        outln!("no job in {} has a schedule", file.display());
     }
     for (job, expression, next, schedule) in rows {
-        println!("{}  `{expression}`  ({})", job.name, schedule.zone_name());
+        outln!("{}  `{expression}`  ({})", job.name, schedule.zone_name());
         for ms in next {
-            println!("  {:<32} {}", schedule.local_time(ms), engine::rfc3339_ms(ms));
+            outln!("  {:<32} {}", schedule.local_time(ms), engine::rfc3339_ms(ms));
         }
     }
     exit::OK
@@ -169,16 +169,49 @@ fn chosen_jobs(workflow: &Workflow, named: &[String]) -> Result<Vec<String>, Str
     Ok(named.to_vec())
 }
 
+/// A job to trigger and the params it gets.
+type Trigger = (String, BTreeMap<String, String>);
+
+/// Each `--param` goes to the chosen jobs that declare it; one that none of them declares is an
+/// error. Checked before the store is opened, so a refused command leaves nothing behind.
+fn params_per_job(
+    workflow: &Workflow,
+    jobs: Vec<String>,
+    params: &BTreeMap<String, String>,
+) -> Result<Vec<Trigger>, String> {
+    let declared = |job: &str| workflow.jobs.iter().find(|j| j.name == job).map(|j| &j.params);
+    for key in params.keys() {
+        if !jobs.iter().any(|job| declared(job).is_some_and(|d| d.contains_key(key))) {
+            let what: Vec<String> = jobs
+                .iter()
+                .map(|job| match declared(job).map(|d| d.keys().cloned().collect::<Vec<_>>().join(", ")) {
+                    Some(keys) if !keys.is_empty() => format!("`{job}` declares {keys}"),
+                    _ => format!("`{job}` declares no params"),
+                })
+                .collect();
+            return Err(format!("unknown param `{key}`: no job run here declares it ({})", what.join("; ")));
+        }
+    }
+    Ok(jobs
+        .into_iter()
+        .map(|job| {
+            let own = params.iter().filter(|(k, _)| declared(&job).is_some_and(|d| d.contains_key(*k)));
+            let own = own.map(|(k, v)| (k.clone(), v.clone())).collect();
+            (job, own)
+        })
+        .collect())
+}
+
 pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
     let format = args.display.format();
     let screen = args.display.screen(&args.file);
     let choose = |workflow: &Workflow| -> Result<_, String> {
         let params = parse_params(&args.params)?;
-        Ok((params, chosen_jobs(workflow, &args.jobs)?))
+        params_per_job(workflow, chosen_jobs(workflow, &args.jobs)?, &params)
     };
     let options =
         SessionOptions { file: &args.file, state_dir, workers: args.display.workers, noop: args.noop_executor };
-    session(options, screen.is_some(), choose, |config, (params, jobs)| drive(config, jobs, params, format, screen))
+    session(options, screen.is_some(), choose, |config, jobs| drive(config, jobs, format, screen))
 }
 
 #[derive(Debug, Args)]
@@ -277,8 +310,7 @@ async fn serve_forever(
 ) -> i32 {
     with_engine(config, format, tcp, |handle| async move {
         let events = handle.subscribe().await?;
-        let mut resumed = handle.resume_all().await?;
-        resumed.extend(handle.apply_inbox().await?);
+        let resumed = handle.resume_all().await?;
         let caught_up = handle.serve_schedules().await?;
         let pid = std::process::id();
         let status = format!("serving (pid {pid}): {} unfinished run(s) resumed, {caught_up} missed fire time(s) caught up; SIGINT or SIGTERM stops", resumed.len());
@@ -356,13 +388,12 @@ fn absolute(path: &Path) -> PathBuf {
 /// Starts the engine, resumes, triggers, prints events until every run ended or a signal came.
 async fn drive(
     config: EngineConfig,
-    jobs: Vec<String>,
-    params: BTreeMap<String, String>,
+    jobs: Vec<Trigger>,
     format: Format,
     screen: Option<Screen>,
 ) -> i32 {
     with_engine(config, format, None, |handle| async move {
-        let (ids, events) = start_runs(&handle, &jobs, params, format).await?;
+        let (ids, events) = start_runs(&handle, jobs, format).await?;
         Ok(follow(&handle, Some(ids), events, format, screen).await)
     })
     .await
@@ -372,20 +403,22 @@ type Events = tokio::sync::mpsc::UnboundedReceiver<EngineEvent>;
 
 async fn start_runs(
     handle: &EngineHandle,
-    jobs: &[String],
-    params: BTreeMap<String, String>,
+    jobs: Vec<Trigger>,
     format: Format,
 ) -> Result<(Vec<u64>, Events), engine::EngineError> {
     let events = handle.subscribe().await?;
-    let mut resumed = handle.resume_all().await?;
-    resumed.extend(handle.apply_inbox().await?);
+    let resumed = handle.resume_all().await?;
     let mut ids: Vec<u64> = resumed.iter().map(|(id, _)| *id).collect();
-    for job in jobs {
-        if let Some((id, _)) = resumed.iter().find(|(_, j)| j == job) {
-            say(format, &format!("job `{job}` has an unfinished run j{id}: resuming it instead of starting a new one"));
+    for (job, params) in jobs {
+        if let Some((id, _)) = resumed.iter().find(|(_, j)| *j == job) {
+            let ignored = if params.is_empty() { String::new() } else { " (with the params it started with)".into() };
+            say(
+                format,
+                &format!("job `{job}` has an unfinished run j{id}: resuming it{ignored} instead of starting a new one"),
+            );
             continue;
         }
-        ids.push(handle.submit(job, params.clone()).await?);
+        ids.push(handle.submit(&job, params).await?);
     }
     ids.sort_unstable();
     ids.dedup();

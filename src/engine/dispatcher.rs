@@ -103,6 +103,9 @@ pub struct Dispatcher {
     running_total: usize,
     idle: Vec<Addr<Worker>>,
     stopping: bool,
+    /// Nothing is handed out while held: at start, until every resumed run has had the
+    /// commands left in the inbox (a cancel must land before its task could start again).
+    held: bool,
     wake: Option<SpawnHandle>,
     /// Round-robin start point so no queue always goes first.
     next_queue: usize,
@@ -140,6 +143,7 @@ impl Dispatcher {
             running_total: 0,
             idle: Vec::new(),
             stopping: false,
+            held: false,
             wake: None,
             next_queue: 0,
             names,
@@ -148,7 +152,7 @@ impl Dispatcher {
 
     /// Hands out as much work as the caps allow right now.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        if self.stopping {
+        if self.stopping || self.held {
             return;
         }
         let now = self.clock.now_ms();
@@ -306,6 +310,20 @@ impl Handler<StopDispatching> for Dispatcher {
 
     fn handle(&mut self, _: StopDispatching, _ctx: &mut Self::Context) {
         self.stopping = true;
+    }
+}
+
+/// Holds (`true`) or releases (`false`) all dispatching; see `Dispatcher::held`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Hold(pub bool);
+
+impl Handler<Hold> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, Hold(held): Hold, ctx: &mut Self::Context) {
+        self.held = held;
+        self.dispatch(ctx);
     }
 }
 

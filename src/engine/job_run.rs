@@ -676,7 +676,7 @@ impl JobRun {
 
     fn retry_task(&mut self, ctx: &mut Context<Self>, i: usize) -> Result<String, String> {
         let t = &self.tasks[i];
-        if !matches!(t.state, TaskState::Dead | TaskState::Cancelled) {
+        if !t.state.is_retryable() {
             return Err(format!(
                 "task run {} is {}; only dead or cancelled task runs can be retried",
                 t.id,
@@ -1203,9 +1203,7 @@ impl JobRun {
                 .ok_or_else(|| format!("task run {task_run} is not part of job run {}", self.record.id))?;
             return self.retry_task(ctx, i);
         }
-        let retryable: Vec<usize> = (0..self.tasks.len())
-            .filter(|&i| matches!(self.tasks[i].state, TaskState::Dead | TaskState::Cancelled))
-            .collect();
+        let retryable: Vec<usize> = (0..self.tasks.len()).filter(|&i| self.tasks[i].state.is_retryable()).collect();
         if retryable.is_empty() {
             return Err(format!("job run {} has no dead or cancelled task runs to retry", self.record.id));
         }

@@ -364,15 +364,20 @@ impl EngineHandle {
         mailbox(self.journal.send(journal::Subscribe).await)
     }
 
-    /// Starts actors for every unfinished job run in the store; returns their ids and jobs.
+    /// Starts actors for every unfinished job run in the store, then applies the commands
+    /// `gaffer retry` / `cancel` / `signal` left in the inbox while no instance ran; returns the
+    /// job runs resumed or touched, so `run` waits for those too. Nothing is dispatched until
+    /// the inbox is applied: a task cancelled while gaffer was down never starts again.
     pub async fn resume_all(&self) -> Result<Vec<(u64, String)>, EngineError> {
-        mailbox(self.supervisor.send(supervisor::ResumeAll).await)?
-    }
-
-    /// Runs the commands `gaffer retry` / `cancel` left while no instance ran; returns the job
-    /// runs they touched, so `run` waits for those too.
-    pub async fn apply_inbox(&self) -> Result<Vec<(u64, String)>, EngineError> {
-        mailbox(self.supervisor.send(supervisor::ApplyInbox).await)?
+        mailbox(self.dispatcher.send(dispatcher::Hold(true)).await)?;
+        let resumed = async {
+            let mut runs = mailbox(self.supervisor.send(supervisor::ResumeAll).await)??;
+            runs.extend(mailbox(self.supervisor.send(supervisor::ApplyInbox).await)??);
+            Ok(runs)
+        }
+        .await;
+        mailbox(self.dispatcher.send(dispatcher::Hold(false)).await)?;
+        resumed
     }
 
     /// Resolves once every event published so far has reached the journal and subscribers.

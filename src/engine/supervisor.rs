@@ -296,11 +296,12 @@ fn merged_params(
     for (key, value) in given {
         if !def.params.contains_key(&key) {
             let declared: Vec<&str> = def.params.keys().map(String::as_str).collect();
-            return Err(EngineError::Invalid(format!(
-                "unknown param `{key}` for job `{}` (declared: {})",
-                def.name,
-                declared.join(", ")
-            )));
+            let declared = if declared.is_empty() {
+                "it declares no params".to_string()
+            } else {
+                format!("declared: {}", declared.join(", "))
+            };
+            return Err(EngineError::Invalid(format!("unknown param `{key}` for job `{}` ({declared})", def.name)));
         }
         merged.insert(key, value);
     }

@@ -252,12 +252,7 @@ impl Worker {
     ) {
         let killed = self.activity.end();
         let Some(current) = self.current.take() else { return };
-        let (reason, detail) = match (spawn_error, killed, exit) {
-            (Some((reason, detail)), _, _) => (Some(reason), Some(detail)),
-            (None, Some(reason), _) => (Some(reason), None),
-            (None, None, Some(exit)) if !exit.success() => (Some(FailReason::ExitCode), None),
-            _ => (None, None),
-        };
+        let (reason, detail) = why_it_ended(spawn_error, killed, exit);
         current.owner.do_send(AttemptEnded {
             task_run: current.task_run,
             attempt: current.attempt,
@@ -295,6 +290,25 @@ impl Worker {
             }
             AttemptEvent::Activity | AttemptEvent::Heartbeat => {}
         }
+    }
+}
+
+/// Why an attempt ended (`None`: it succeeded), from how it went: a spawn error, a kill gaffer
+/// asked for, the exit status.
+fn why_it_ended(
+    spawn_error: Option<(FailReason, String)>,
+    killed: Option<FailReason>,
+    exit: Option<AttemptExit>,
+) -> (Option<FailReason>, Option<String>) {
+    match (spawn_error, killed, exit) {
+        (Some((reason, detail)), _, _) => (Some(reason), Some(detail)),
+        // The cost report that crossed a budget often comes with the work done (an agent
+        // prints its result and cost as it exits): an attempt that exited 0 before the kill
+        // reached it succeeded, and its result is kept rather than paid for again.
+        (None, Some(FailReason::Budget), Some(exit)) if exit.success() => (None, None),
+        (None, Some(reason), _) => (Some(reason), None),
+        (None, None, Some(exit)) if !exit.success() => (Some(FailReason::ExitCode), None),
+        _ => (None, None),
     }
 }
 
@@ -399,4 +413,30 @@ impl Handler<Ping> for Worker {
     type Result = ();
 
     fn handle(&mut self, _: Ping, _ctx: &mut Self::Context) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXIT_0: AttemptExit = AttemptExit { exit_code: Some(0), signal: None };
+    const TERMINATED: AttemptExit = AttemptExit { exit_code: None, signal: Some(15) };
+
+    #[test]
+    fn an_attempt_ends_for_the_first_reason_that_applies() {
+        assert_eq!(why_it_ended(None, None, Some(EXIT_0)), (None, None));
+        let exit_3 = AttemptExit { exit_code: Some(3), signal: None };
+        assert_eq!(why_it_ended(None, None, Some(exit_3)).0, Some(FailReason::ExitCode));
+        assert_eq!(why_it_ended(None, Some(FailReason::Timeout), Some(TERMINATED)).0, Some(FailReason::Timeout));
+        let spawn = Some((FailReason::SpawnError, "no such program".to_string()));
+        assert_eq!(why_it_ended(spawn, None, None).0, Some(FailReason::SpawnError));
+    }
+
+    #[test]
+    fn work_finished_as_the_budget_was_crossed_counts_but_a_killed_one_does_not() {
+        assert_eq!(why_it_ended(None, Some(FailReason::Budget), Some(EXIT_0)), (None, None));
+        assert_eq!(why_it_ended(None, Some(FailReason::Budget), Some(TERMINATED)).0, Some(FailReason::Budget));
+        // A cancel or a timeout is not overruled by a clean exit: the task was told to stop.
+        assert_eq!(why_it_ended(None, Some(FailReason::Cancelled), Some(EXIT_0)).0, Some(FailReason::Cancelled));
+    }
 }

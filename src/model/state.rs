@@ -36,6 +36,11 @@ impl TaskState {
         TaskState::Waiting,
     ];
 
+    /// Dead and cancelled task runs can be retried by hand (a fresh series of attempts).
+    pub fn is_retryable(self) -> bool {
+        matches!(self, TaskState::Dead | TaskState::Cancelled)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Pending => "pending",

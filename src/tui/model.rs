@@ -252,6 +252,8 @@ pub struct Model {
     /// Task runs changed by a key before the engine confirmed it: their state before, to undo
     /// if the command fails.
     pub optimistic: BTreeMap<u64, TaskState>,
+    /// Job runs a retry reopened before the engine confirmed it: their state and end before.
+    pub optimistic_jobs: BTreeMap<u64, (JobState, Option<u64>)>,
     /// Per view: the ids of the rows, filtered and sorted (queues and workers by position).
     pub index: [Vec<u64>; 7],
     dirty: [bool; 7],
@@ -283,6 +285,7 @@ impl Model {
             watched,
             attached: false,
             optimistic: BTreeMap::new(),
+            optimistic_jobs: BTreeMap::new(),
             index: Default::default(),
             dirty: [true; 7],
             changed: true,
@@ -607,6 +610,7 @@ impl Model {
 
     fn apply_job(&mut self, e: &EngineEvent) -> Vec<Command> {
         let Some(id) = e.job_run else { return Vec::new() };
+        self.optimistic_jobs.remove(&id);
         let known = self.jobs.contains_key(&id);
         let job = e.job.clone().unwrap_or_default();
         let row = self.jobs.entry(id).or_insert_with(|| JobRow {

@@ -630,3 +630,35 @@ fn the_footer_offers_a_approve_only_on_a_waiting_task() {
     press(&mut m, "2");
     assert!(!footer_of(&m).contains("a approve"), "Jobs rows are job runs: {}", footer_of(&m));
 }
+
+#[test]
+fn r_on_something_with_nothing_to_retry_changes_nothing_and_says_why() {
+    let mut m = fixture();
+    let done: Vec<u64> =
+        m.jobs.values().filter(|j| j.rec.state == crate::model::JobState::Succeeded).map(|j| j.rec.id).collect();
+    let Some(&j) = done.first() else { panic!("the fixture has a succeeded job run") };
+    press(&mut m, "2");
+    let at = rows(&m).iter().position(|&id| id == j).expect("listed");
+    press(&mut m, &"j".repeat(at));
+    assert!(press(&mut m, "r").is_empty(), "nothing is sent");
+    assert_eq!(m.jobs[&j].rec.state, crate::model::JobState::Succeeded, "and nothing shows as running");
+    let said = m.status.as_ref().map(|s| s.text.clone()).unwrap_or_default();
+    assert_eq!(said, format!("job run j{j} has no dead or cancelled task runs to retry"));
+}
+
+#[test]
+fn a_refused_job_retry_puts_the_job_run_back_as_it_was() {
+    let mut m = fixture();
+    press(&mut m, "2");
+    let failed: Vec<u64> = rows(&m)
+        .into_iter()
+        .filter(|id| m.jobs[id].tasks.iter().any(|t| m.tasks[t].rec.state.is_retryable()))
+        .collect();
+    let Some(&j) = failed.first() else { panic!("the fixture has a job run with a dead letter") };
+    let before = (m.jobs[&j].rec.state, m.jobs[&j].rec.ended_at_ms);
+    let at = rows(&m).iter().position(|&id| id == j).expect("listed");
+    press(&mut m, &"j".repeat(at));
+    assert_eq!(press(&mut m, "r"), vec![Command::Retry(Target::JobRun(j))]);
+    update(&mut m, Msg::Done { command: Command::Retry(Target::JobRun(j)), result: Err("refused".into()) });
+    assert_eq!((m.jobs[&j].rec.state, m.jobs[&j].rec.ended_at_ms), before);
+}

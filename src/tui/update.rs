@@ -155,6 +155,12 @@ fn undo_optimistic(model: &mut Model, target: Target) {
             model.set_state(id, before);
         }
     }
+    if let Target::JobRun(j) = target
+        && let Some((state, ended_at_ms)) = model.optimistic_jobs.remove(&j)
+        && let Some(job) = model.jobs.get_mut(&j)
+    {
+        (job.rec.state, job.rec.ended_at_ms) = (state, ended_at_ms);
+    }
 }
 
 fn on_key(model: &mut Model, key: Key) -> Vec<Command> {
@@ -354,6 +360,22 @@ fn retry(model: &mut Model) -> Vec<Command> {
         model.say("nothing selected to retry", true);
         return Vec::new();
     };
+    // Said here rather than after a refusal: nothing changes on screen that would need undoing.
+    let retryable = |id: &u64| model.tasks.get(id).is_some_and(|t| t.rec.state.is_retryable());
+    let refusal = match target {
+        Target::TaskRun(id) => model.tasks.get(&id).filter(|t| !t.rec.state.is_retryable()).map(|t| {
+            format!("task run {id} is {}; only dead or cancelled task runs can be retried", t.rec.state.as_str())
+        }),
+        Target::JobRun(j) => model
+            .jobs
+            .get(&j)
+            .filter(|job| !job.tasks.iter().any(retryable))
+            .map(|_| format!("job run j{j} has no dead or cancelled task runs to retry")),
+    };
+    if let Some(refusal) = refusal {
+        model.say(refusal, true);
+        return Vec::new();
+    }
     let command = Command::Retry(target);
     optimistic(model, &command);
     vec![command]
@@ -434,6 +456,7 @@ fn optimistic(model: &mut Model, command: &Command) {
     if let (true, Target::JobRun(j)) = (retry, target)
         && let Some(job) = model.jobs.get_mut(&j)
     {
+        model.optimistic_jobs.entry(j).or_insert((job.rec.state, job.rec.ended_at_ms));
         job.rec.state = JobState::Running;
         job.rec.ended_at_ms = None;
     }
