@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::engine::{Target, rfc3339_ms};
+use crate::engine::{QueueSnapshot, Target, rfc3339_ms};
 use crate::model::money::usd_json;
 use crate::model::{JobState, TaskState};
 use crate::sanitize::sanitize;
@@ -59,12 +59,19 @@ pub fn attempt_json(a: &AttemptRecord) -> Value {
 }
 
 /// SPEC §4.1 `status --json`, the same whether asked of the state dir or of the instance.
-pub fn status_value(state_dir: &Path) -> Result<Value, StoreError> {
+/// `live`: the running instance's queues, so a queue with no task runs yet is listed too.
+pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<Value, StoreError> {
     let pid = store::instance_pid(state_dir);
     let reader = store::open_reader(state_dir)?;
     let tasks = reader.task_runs()?;
-    let concurrency = latest_queue_caps(&reader)?;
-    let paused = reader.paused_queues()?;
+    let mut concurrency = latest_queue_caps(&reader)?;
+    let mut paused = reader.paused_queues()?;
+    for q in live.unwrap_or_default() {
+        concurrency.insert(q.name.clone(), q.concurrency);
+        if q.paused {
+            paused.insert(q.name.clone());
+        }
+    }
     let mut totals: BTreeMap<&str, u64> = TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
     let mut cost = 0u64;

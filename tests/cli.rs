@@ -1095,3 +1095,14 @@ fn a_reader_that_goes_away_ends_a_command_quietly() {
         assert!(out.stderr.is_empty(), "no panic, no message: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn status_of_a_server_lists_every_declared_queue_even_before_any_task() {
+    let p = Project::new("[queues.llm]\nconcurrency = 3\n[jobs.j.tasks.t]\nqueue = \"llm\"\nrun = 'true'\n");
+    let _server = Server::start(&p);
+    assert!(p.run(&["pause", "llm"]).status.success());
+    let status = p.json(&["status", "--json"]);
+    let llm = status["queues"].as_array().and_then(|q| q.iter().find(|q| q["name"] == "llm").cloned());
+    let llm = llm.unwrap_or_else(|| panic!("llm is missing: {status}"));
+    assert_eq!((llm["concurrency"].as_u64(), llm["paused"].as_bool(), llm["queued"].as_u64()), (Some(3), Some(true), Some(0)));
+}

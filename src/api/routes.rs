@@ -93,7 +93,8 @@ fn error(e: &EngineError) -> HttpResponse {
 
 async fn status(state: web::Data<ApiState>) -> HttpResponse {
     let dir = state.state_dir.clone();
-    match web::block(move || report::status_value(&dir)).await {
+    let live = state.handle.queues().await.ok();
+    match web::block(move || report::status_value(&dir, live.as_deref())).await {
         Ok(Ok(value)) => HttpResponse::Ok().json(value),
         Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),

@@ -71,6 +71,9 @@ pub fn validate(file: &Path) -> i32 {
                 workflow.jobs.len(),
                 workflow.queues.len()
             );
+            for note in workflow.notes() {
+                eprintln!("gaffer: note: {note}");
+            }
             exit::OK
         }
         Err(code) => code,
@@ -289,6 +292,11 @@ where
         workflow.set_workers(workers.max(1));
     }
     let workers = workflow.settings.workers;
+    if !tui {
+        for note in workflow.notes() {
+            eprintln!("gaffer: note: {note}");
+        }
+    }
     let executor: Arc<dyn Executor> = if options.noop { Arc::new(NoopExecutor) } else { Arc::new(LocalExecutor) };
     let pricing = Pricing::new(config::pricing::builtin(), &workflow.pricing);
     let state_dir = absolute(options.state_dir);

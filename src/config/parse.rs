@@ -1020,6 +1020,15 @@ nees = ["a"]
     }
 
     #[test]
+    fn a_queue_wider_than_workers_gets_a_note() {
+        let wf = parse_ok("[settings]\nworkers = 2\n[queues.llm]\nconcurrency = 3\n[jobs.j.tasks.t]\nrun = \"x\"\n");
+        assert_eq!(wf.notes().len(), 1);
+        assert!(wf.notes()[0].starts_with("queue `llm` allows 3 at once, but `workers` = 2"), "{:?}", wf.notes());
+        let fine = parse_ok("[settings]\nworkers = 3\n[queues.llm]\nconcurrency = 3\n[jobs.j.tasks.t]\nrun = \"x\"\n");
+        assert!(fine.notes().is_empty());
+    }
+
+    #[test]
     fn wait_for_names_a_plain_signal() {
         let wf = parse_ok("[jobs.j.tasks.t]\nrun = \"x\"\nwait_for = \"approval\"\nwait_timeout = \"2h\"\n");
         let t = &wf.jobs[0].tasks[0];

@@ -24,6 +24,23 @@ pub struct Workflow {
 impl Workflow {
     /// Overrides `settings.workers` (`--workers N`); queues without their own `concurrency`
     /// follow it, as they would had the file said N.
+    /// Notes on settings that are valid but likely not what was meant: a queue declared with
+    /// more concurrency than `workers` allows for all queues together.
+    pub fn notes(&self) -> Vec<String> {
+        let workers = self.settings.workers;
+        self.queues
+            .iter()
+            .filter(|(_, q)| !q.concurrency_is_workers && q.concurrency > workers)
+            .map(|(name, q)| {
+                format!(
+                    "queue `{name}` allows {} at once, but `workers` = {workers} caps all queues together \
+                     (default: the number of CPUs); set [settings] workers or --workers for more",
+                    q.concurrency
+                )
+            })
+            .collect()
+    }
+
     pub fn set_workers(&mut self, workers: usize) {
         self.settings.workers = workers;
         for queue in self.queues.values_mut().filter(|q| q.concurrency_is_workers) {
