@@ -7,7 +7,7 @@
 # Usage: scripts/e2e-tui.sh [path/to/gaffer]   (needs tmux)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${1:-target/debug/gaffer}
+bin=${1:-${CARGO_TARGET_DIR:-target}/debug/gaffer}
 [[ -x $bin ]] || cargo build --quiet --locked
 bin=$(realpath "$bin")
 command -v tmux >/dev/null || { echo "e2e-tui: tmux is not installed"; exit 1; }

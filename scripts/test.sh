@@ -21,7 +21,7 @@ fi
 
 echo "== TUI end to end (tmux)"
 if command -v tmux >/dev/null 2>&1; then
-  scripts/e2e-tui.sh target/debug/gaffer
+  scripts/e2e-tui.sh "${CARGO_TARGET_DIR:-target}/debug/gaffer"
 else
   echo "tmux is not installed: skipped (.ci/run installs it)"
 fi

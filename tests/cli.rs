@@ -1104,5 +1104,8 @@ fn status_of_a_server_lists_every_declared_queue_even_before_any_task() {
     let status = p.json(&["status", "--json"]);
     let llm = status["queues"].as_array().and_then(|q| q.iter().find(|q| q["name"] == "llm").cloned());
     let llm = llm.unwrap_or_else(|| panic!("llm is missing: {status}"));
-    assert_eq!((llm["concurrency"].as_u64(), llm["paused"].as_bool(), llm["queued"].as_u64()), (Some(3), Some(true), Some(0)));
+    assert_eq!(
+        (llm["concurrency"].as_u64(), llm["paused"].as_bool(), llm["queued"].as_u64()),
+        (Some(3), Some(true), Some(0))
+    );
 }

@@ -26,7 +26,9 @@ impl RemoteEngine {
     /// Fails at once when no instance answers on the state dir's socket.
     pub async fn connect(state_dir: &Path) -> Result<RemoteEngine, EngineError> {
         let socket = super::socket_path(state_dir);
-        UnixStream::connect(&socket).await.map_err(|_| gone(format!("no instance answers on {}", socket.display())))?;
+        UnixStream::connect(&socket)
+            .await
+            .map_err(|_| EngineError::Stopped(format!("no gaffer instance answers on {}", socket.display())))?;
         Ok(RemoteEngine { socket })
     }
 

@@ -51,7 +51,8 @@ fn send_targets(state_dir: &Path, action: &Action, targets: &[Target]) -> Result
         match deliver(state_dir, action, *target)? {
             Ok(message) => outln!("{message}"),
             Err(message) => {
-                eprintln!("gaffer: {target}: {message}");
+                // The instance's answer names the run already.
+                eprintln!("gaffer: {message}");
                 failed = true;
             }
         }

@@ -71,36 +71,48 @@ pub enum Command {
     },
     /// Queues, counts per state and total cost.
     Status {
+        /// JSON (SPEC §4.1) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Job runs.
     Jobs {
+        /// Only job runs in this state: running, succeeded, failed, cancelled.
         #[arg(long)]
         state: Option<String>,
+        /// JSON (SPEC §4.1) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Task runs.
     Tasks {
+        /// Only task runs in this state: pending, queued, running, retrying, waiting, succeeded,
+        /// dead, cancelled, skipped.
         #[arg(long)]
         state: Option<String>,
+        /// Only task runs of this job (its name in the workflow file, not a run id).
         #[arg(long)]
         job: Option<String>,
+        /// Only task runs in this queue.
         #[arg(long)]
         queue: Option<String>,
+        /// JSON (SPEC §4.1) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// One task run (42) or job run (j7) with its attempts.
     Show {
+        /// A task run id (42) or a job run id (j7).
         id: String,
+        /// JSON (SPEC §4.1) instead of text.
         #[arg(long)]
         json: bool,
     },
     /// The log of a task run's attempt (default: the latest).
     Logs {
+        /// The task run id (42).
         id: String,
+        /// Which attempt (1, 2, …; default: the latest).
         #[arg(long)]
         attempt: Option<u32>,
         /// Keep printing as the log grows, until the task run ends.
@@ -109,6 +121,7 @@ pub enum Command {
     },
     /// Start a run of JOB on the running instance (`gaffer serve`); prints its job run id.
     Submit {
+        /// The job's name in the workflow file the instance serves.
         job: String,
         /// Override a job param: --param topic=go (repeatable).
         #[arg(long = "param", value_name = "K=V")]
@@ -126,16 +139,23 @@ pub enum Command {
     Resume { queue: String },
     /// Retry dead or cancelled task runs (42) or every one in a job run (j7).
     Retry {
+        /// Task run ids (42) and job run ids (j7).
         #[arg(required = true)]
         ids: Vec<String>,
     },
     /// Cancel task runs (42) or job runs (j7).
     Cancel {
+        /// Task run ids (42) and job run ids (j7).
         #[arg(required = true)]
         ids: Vec<String>,
     },
     /// Release task runs waiting for NAME (`wait_for`) in job run RUN_ID (j7), or one task run (42).
-    Signal { run_id: String, name: String },
+    Signal {
+        /// The job run (j7), or one task run (42).
+        run_id: String,
+        /// The name the tasks wait for (their `wait_for`).
+        name: String,
+    },
     /// The dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -148,6 +168,7 @@ pub enum Command {
         /// Only what ran within this long ago (`24h`, `7d`).
         #[arg(long)]
         since: Option<String>,
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -166,18 +187,23 @@ pub enum Command {
 pub enum DlqAction {
     /// Dead task runs (the default).
     List {
+        /// JSON (as `tasks --json`) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Give dead task runs a fresh series of attempts.
     Retry {
+        /// Dead task run ids (42).
         ids: Vec<String>,
+        /// Every dead task run.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
     },
     /// Cancel dead task runs for good.
     Purge {
+        /// Dead task run ids (42).
         ids: Vec<String>,
+        /// Every dead task run.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
     },

@@ -266,8 +266,8 @@ fn print_task_detail(t: &Value) {
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
 pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> Result<(), CliError> {
-    let Target::TaskRun(id) = parse_target(id)? else {
-        return Err(CliError::Usage("logs belong to task runs: give a task run id like 42".into()));
+    let Ok(Target::TaskRun(id)) = Target::parse(id) else {
+        return Err(CliError::Usage(format!("`{id}`: logs belong to task runs; give a task run id like 42")));
     };
     let mut offset = 0;
     let mut attempt = attempt;

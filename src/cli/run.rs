@@ -307,6 +307,9 @@ where
     let code = system.block_on(body(config, checked));
     drop(system);
     closer.close(std::time::Duration::from_secs(5));
+    if let Some(log) = log_file {
+        remove_if_empty(&log);
+    }
     code
 }
 
@@ -394,12 +397,7 @@ fn absolute(path: &Path) -> PathBuf {
 }
 
 /// Starts the engine, resumes, triggers, prints events until every run ended or a signal came.
-async fn drive(
-    config: EngineConfig,
-    jobs: Vec<Trigger>,
-    format: Format,
-    screen: Option<Screen>,
-) -> i32 {
+async fn drive(config: EngineConfig, jobs: Vec<Trigger>, format: Format, screen: Option<Screen>) -> i32 {
     with_engine(config, format, None, |handle| async move {
         let (ids, events) = start_runs(&handle, jobs, format).await?;
         Ok(follow(&handle, Some(ids), events, format, screen).await)
@@ -460,7 +458,21 @@ impl Screen {
 /// `gaffer tui`: the TUI on a running instance, over its socket. `q` detaches; the instance
 /// keeps running whatever happens to this process.
 pub fn attach(state_dir: &Path) -> i32 {
-    super::init_diagnostics(Some(&state_dir.join("gaffer-tui.log")));
+    let log = state_dir.join("gaffer-tui.log");
+    super::init_diagnostics(Some(&log));
+    let code = attach_with_log(state_dir);
+    remove_if_empty(&log);
+    code
+}
+
+/// A diagnostics file that nothing was written to is not worth leaving behind.
+fn remove_if_empty(path: &Path) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn attach_with_log(state_dir: &Path) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

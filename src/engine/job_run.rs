@@ -161,7 +161,7 @@ impl JobRun {
                 act.run_committed(ctx);
             }
             Err(e) => {
-                let message = format!("job run {}: cannot commit to the store: {e}", act.record.id);
+                let message = format!("job run j{}: cannot commit to the store: {e}", act.record.id);
                 if let Some(begun) = act.begun.take() {
                     let _ = begun.send(Err(message.clone()));
                 }
@@ -670,7 +670,7 @@ impl JobRun {
                 self.after_task_ended(ctx, i, mutations, events);
                 format!("task run {id} removed from the dead-letter queue (cancelled)")
             }
-            other => format!("task run {} is already {}", t.id, other.as_str()),
+            other => format!("task run {} {} already", t.id, other.phrase()),
         }
     }
 
@@ -678,9 +678,9 @@ impl JobRun {
         let t = &self.tasks[i];
         if !t.state.is_retryable() {
             return Err(format!(
-                "task run {} is {}; only dead or cancelled task runs can be retried",
+                "task run {} {}; only dead or cancelled task runs can be retried",
                 t.id,
-                t.state.as_str()
+                t.state.phrase()
             ));
         }
         let reopened = self.record.state.is_terminal();
@@ -847,7 +847,7 @@ impl Handler<Claim> for JobRun {
             Err(e) => {
                 act.shared
                     .supervisor
-                    .do_send(Fatal(format!("job run {}: cannot commit to the store: {e}", act.record.id)));
+                    .do_send(Fatal(format!("job run j{}: cannot commit to the store: {e}", act.record.id)));
                 None
             }
         }))
@@ -1078,7 +1078,7 @@ impl JobRun {
             Some(task_run) => {
                 let i = self
                     .idx(task_run)
-                    .ok_or_else(|| format!("task run {task_run} is not part of job run {}", self.record.id))?;
+                    .ok_or_else(|| format!("task run {task_run} is not part of job run j{}", self.record.id))?;
                 if !waits_for_it(self, i) {
                     return Err(self.nothing_waits(&msg.name, Some(i)));
                 }
@@ -1115,7 +1115,7 @@ impl JobRun {
             Some(i) if self.tasks[i].state == TaskState::Waiting => {
                 format!("task run {} does not wait for `{name}`", self.tasks[i].id)
             }
-            Some(i) => format!("task run {} is {}, not waiting", self.tasks[i].id, self.tasks[i].state.as_str()),
+            Some(i) => format!("task run {} {}, not waiting", self.tasks[i].id, self.tasks[i].state.phrase()),
             None => format!("nothing in job run j{} waits for `{name}`", self.record.id),
         };
         if waiting.is_empty() { subject } else { format!("{subject}; {}", waiting.join(", ")) }
@@ -1162,18 +1162,18 @@ impl JobRun {
         if let Some(task_run) = msg.task_run {
             let i = self
                 .idx(task_run)
-                .ok_or_else(|| format!("task run {task_run} is not part of job run {}", self.record.id))?;
+                .ok_or_else(|| format!("task run {task_run} is not part of job run j{}", self.record.id))?;
             return Ok(self.cancel_task(ctx, i));
         }
         if self.record.state.is_terminal() {
-            return Err(format!("job run {} has already {}", self.record.id, self.record.state.as_str()));
+            return Err(format!("job run j{} has already {}", self.record.id, self.record.state.as_str()));
         }
         self.record.cancel_requested = true;
         let open: Vec<usize> = (0..self.tasks.len()).filter(|&i| !self.tasks[i].state.is_terminal()).collect();
         for i in open {
             self.cancel_task(ctx, i);
         }
-        Ok(format!("job run {} is being cancelled", self.record.id))
+        Ok(format!("job run j{} is being cancelled", self.record.id))
     }
 }
 
@@ -1200,12 +1200,12 @@ impl JobRun {
         if let Some(task_run) = msg.task_run {
             let i = self
                 .idx(task_run)
-                .ok_or_else(|| format!("task run {task_run} is not part of job run {}", self.record.id))?;
+                .ok_or_else(|| format!("task run {task_run} is not part of job run j{}", self.record.id))?;
             return self.retry_task(ctx, i);
         }
         let retryable: Vec<usize> = (0..self.tasks.len()).filter(|&i| self.tasks[i].state.is_retryable()).collect();
         if retryable.is_empty() {
-            return Err(format!("job run {} has no dead or cancelled task runs to retry", self.record.id));
+            return Err(format!("job run j{} has no dead or cancelled task runs to retry", self.record.id));
         }
         let mut said = Vec::new();
         for i in retryable {

@@ -228,7 +228,7 @@ impl Supervisor {
         let workflow = self.definition_of(reader, &record)?;
         let job_index = workflow.jobs.iter().position(|j| j.name == record.job).ok_or_else(|| {
             EngineError::Invalid(format!(
-                "job run {}: job `{}` is missing from its stored definition",
+                "job run j{}: job `{}` is missing from its stored definition",
                 record.id, record.job
             ))
         })?;
@@ -247,10 +247,10 @@ impl Supervisor {
             return Ok(self.workflow.clone());
         }
         let stored: DefinitionRecord = reader.definition(record.definition)?.ok_or_else(|| {
-            EngineError::Invalid(format!("job run {}: its workflow definition is missing from the store", record.id))
+            EngineError::Invalid(format!("job run j{}: its workflow definition is missing from the store", record.id))
         })?;
         let workflow = crate::config::parse(&PathBuf::from(&stored.path), &stored.source).map_err(|d| {
-            EngineError::Invalid(format!("job run {}: its stored workflow no longer validates:\n{d}", record.id))
+            EngineError::Invalid(format!("job run j{}: its stored workflow no longer validates:\n{d}", record.id))
         })?;
         Ok(Arc::new(workflow))
     }

@@ -36,6 +36,15 @@ impl TaskState {
         TaskState::Waiting,
     ];
 
+    /// "is running", "has succeeded", "was cancelled": the state in a sentence about a task run.
+    pub fn phrase(self) -> String {
+        match self {
+            TaskState::Succeeded => "has succeeded".into(),
+            TaskState::Cancelled | TaskState::Skipped => format!("was {}", self.as_str()),
+            _ => format!("is {}", self.as_str()),
+        }
+    }
+
     /// Dead and cancelled task runs can be retried by hand (a fresh series of attempts).
     pub fn is_retryable(self) -> bool {
         matches!(self, TaskState::Dead | TaskState::Cancelled)

@@ -128,6 +128,9 @@ pub fn open_writer(state_dir: &Path) -> Result<(StoreHandle, StoreCloser, Instan
 /// Opens the state dir for reading only; works while an instance writes.
 pub fn open_reader(state_dir: &Path) -> Result<Reader, StoreError> {
     let path = state_dir.join("state.redb");
+    if state_dir.exists() && !state_dir.is_dir() {
+        return Err(StoreError::Io { path: state_dir.to_path_buf(), reason: "not a directory".into() });
+    }
     if !path.exists() {
         return Err(StoreError::Missing(state_dir.to_path_buf()));
     }

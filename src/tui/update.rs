@@ -364,7 +364,7 @@ fn retry(model: &mut Model) -> Vec<Command> {
     let retryable = |id: &u64| model.tasks.get(id).is_some_and(|t| t.rec.state.is_retryable());
     let refusal = match target {
         Target::TaskRun(id) => model.tasks.get(&id).filter(|t| !t.rec.state.is_retryable()).map(|t| {
-            format!("task run {id} is {}; only dead or cancelled task runs can be retried", t.rec.state.as_str())
+            format!("task run {id} {}; only dead or cancelled task runs can be retried", t.rec.state.phrase())
         }),
         Target::JobRun(j) => model
             .jobs
@@ -400,7 +400,7 @@ fn approve(model: &mut Model) -> Vec<Command> {
             Vec::new()
         }
         (other, _) => {
-            model.say(format!("task run {id} is {}; only a waiting task run can be approved", other.as_str()), true);
+            model.say(format!("task run {id} {}; only a waiting task run can be approved", other.phrase()), true);
             Vec::new()
         }
     }
