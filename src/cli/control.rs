@@ -100,7 +100,7 @@ pub fn submit(
     })?;
     let id = answer["job_run"].as_u64().unwrap_or(0);
     if answer["existing"] == true {
-        outln!("j{id} (already submitted with this key)");
+        outln!("j{id} (already submitted with this key: that run, with the params it was given then)");
     } else {
         outln!("j{id}");
     }

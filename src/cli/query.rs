@@ -300,7 +300,10 @@ pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> R
 
 pub fn cost(state_dir: &Path, by: CostBy, since: Option<&str>, as_json: bool) -> Result<(), CliError> {
     let since_ms = since
-        .map(|s| humantime::parse_duration(s).map_err(|e| CliError::Usage(format!("--since `{s}`: {e}"))))
+        .map(|s| {
+            humantime::parse_duration(s)
+                .map_err(|_| CliError::Usage(format!("--since `{s}` is not a duration: use e.g. 30m, 24h or 7d")))
+        })
         .transpose()?
         .map(|d| crate::engine::Clock::now_ms(&crate::engine::SystemClock).saturating_sub(d.as_millis() as u64));
     let path = format!(

@@ -415,12 +415,20 @@ async fn start_runs(
     let events = handle.subscribe().await?;
     let resumed = handle.resume_all().await?;
     let mut ids: Vec<u64> = resumed.iter().map(|(id, _)| *id).collect();
+    let others: Vec<String> = resumed
+        .iter()
+        .filter(|(_, job)| !jobs.iter().any(|(j, _)| j == job))
+        .map(|(id, job)| format!("j{id} ({job})"))
+        .collect();
+    if !others.is_empty() {
+        say(format, &format!("resuming unfinished job run(s) {}, as they were started", others.join(", ")));
+    }
     for (job, params) in jobs {
         if let Some((id, _)) = resumed.iter().find(|(_, j)| *j == job) {
-            let ignored = if params.is_empty() { String::new() } else { " (with the params it started with)".into() };
+            let how = "as it was started (its definition and params)";
             say(
                 format,
-                &format!("job `{job}` has an unfinished run j{id}: resuming it{ignored} instead of starting a new one"),
+                &format!("job `{job}` has an unfinished run j{id}: resuming it {how} instead of starting a new one"),
             );
             continue;
         }

@@ -286,7 +286,8 @@ pub(super) fn parse_rate_limit(text: &str) -> Result<RateLimit, String> {
     };
     let window = match unit_secs {
         Some(secs) => Duration::from_secs(secs),
-        None => humantime::parse_duration(window).map_err(|e| format!("bad window `{window}`: {e}"))?,
+        None => humantime::parse_duration(window)
+            .map_err(|_| format!("bad window `{window}`: use s, min, h, day or a duration like 5s or 2m"))?,
     };
     if window.is_zero() {
         return Err("the window must be longer than zero".to_string());

@@ -17,7 +17,8 @@ pub fn draw(model: &Model, frame: &mut Frame, status: Rect, keys: Rect) {
             Span::styled("/", bold().fg(Color::Yellow)),
             Span::raw(text.clone()),
             Span::styled("▏", Style::new().fg(Color::Yellow)),
-            Span::styled("  Enter keep · Esc clear", dim()),
+            // The keys line below says what Enter and Esc do.
+            Span::styled("  type a word or a state", dim()),
         ]),
         Mode::Confirm { question, .. } => Line::styled(format!(" {question}"), bold().fg(Color::Yellow)),
         _ => match &model.status {
