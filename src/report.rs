@@ -133,16 +133,7 @@ fn not_found(target: Target) -> QueryError {
 
 /// `jobs --json`, optionally only those in `state`.
 pub fn jobs(reader: &Reader, state: Option<&str>) -> Result<Value, QueryError> {
-    let wanted = state
-        .map(|s| {
-            JobState::parse(s).ok_or_else(|| {
-                QueryError::Invalid(format!(
-                    "unknown job run state `{s}` (one of: {})",
-                    names(&JobState::ALL.map(JobState::as_str))
-                ))
-            })
-        })
-        .transpose()?;
+    let wanted = wanted_state(state, "job run", JobState::parse, &JobState::ALL.map(JobState::as_str))?;
     let runs = reader.job_runs()?.into_iter().filter(|j| wanted.is_none_or(|w| j.state == w));
     Ok(Value::Array(runs.map(|j| job_json(&j)).collect()))
 }
@@ -157,18 +148,8 @@ pub struct TaskFilter {
 
 /// `tasks --json` (and `dlq list --json`: state `dead`).
 pub fn tasks(reader: &Reader, filter: &TaskFilter) -> Result<Value, QueryError> {
-    let wanted = filter
-        .state
-        .as_deref()
-        .map(|s| {
-            TaskState::parse(s).ok_or_else(|| {
-                QueryError::Invalid(format!(
-                    "unknown task run state `{s}` (one of: {})",
-                    names(&TaskState::ALL.map(TaskState::as_str))
-                ))
-            })
-        })
-        .transpose()?;
+    let states = TaskState::ALL.map(TaskState::as_str);
+    let wanted = wanted_state(filter.state.as_deref(), "task run", TaskState::parse, &states)?;
     let runs = reader.task_runs()?.into_iter().filter(|t| {
         wanted.is_none_or(|w| t.state == w)
             && filter.job.as_ref().is_none_or(|j| &t.job == j)
@@ -177,8 +158,15 @@ pub fn tasks(reader: &Reader, filter: &TaskFilter) -> Result<Value, QueryError> 
     Ok(Value::Array(runs.map(|t| task_json(&t)).collect()))
 }
 
-fn names(all: &[&str]) -> String {
-    all.join(", ")
+/// A `--state` filter: none, or one of `names` (an unknown one is refused, naming them all).
+fn wanted_state<S>(
+    state: Option<&str>,
+    what: &str,
+    parse: fn(&str) -> Option<S>,
+    names: &[&str],
+) -> Result<Option<S>, QueryError> {
+    let unknown = |s: &str| QueryError::Invalid(format!("unknown {what} state `{s}` (one of: {})", names.join(", ")));
+    state.map(|s| parse(s).ok_or_else(|| unknown(s))).transpose()
 }
 
 /// How `cost` groups spending.
