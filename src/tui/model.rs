@@ -340,7 +340,12 @@ impl Model {
         self.index[self.focus.index()].get(pane.selected).copied()
     }
 
+    /// The task run keys act on: the one a detail pane shows (even if its row has since left
+    /// the list), else the selected row's.
     pub fn selected_task(&self) -> Option<&TaskRow> {
+        if let Mode::Detail(Subject::Task(id)) = self.mode {
+            return self.tasks.get(&id);
+        }
         match self.focus {
             View::Tasks | View::Retries | View::DeadLetters => self.tasks.get(&self.selected_id()?),
             View::Workers => {
@@ -352,6 +357,9 @@ impl Model {
     }
 
     pub fn selected_job(&self) -> Option<&JobRow> {
+        if let Mode::Detail(Subject::Job(id)) = self.mode {
+            return self.jobs.get(&id);
+        }
         match self.focus {
             View::Jobs => self.jobs.get(&self.selected_id()?),
             _ => None,

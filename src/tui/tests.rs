@@ -662,3 +662,17 @@ fn a_refused_job_retry_puts_the_job_run_back_as_it_was() {
     update(&mut m, Msg::Done { command: Command::Retry(Target::JobRun(j)), result: Err("refused".into()) });
     assert_eq!((m.jobs[&j].rec.state, m.jobs[&j].rec.ended_at_ms), before);
 }
+
+#[test]
+fn keys_in_a_detail_pane_act_on_the_task_it_shows_even_after_its_row_left_the_list() {
+    let mut m = fixture();
+    press(&mut m, "5");
+    assert_eq!(rows(&m), vec![9]);
+    key(&mut m, Code::Enter);
+    assert_eq!(m.mode, Mode::Detail(Subject::Task(9)));
+    // The dead letter leaves the list (retried elsewhere, say) while its pane stays open.
+    m.set_state(9, TaskState::Running);
+    m.prepare();
+    assert_eq!(press(&mut m, "c"), Vec::<Command>::new(), "running: asks first");
+    assert_eq!(press(&mut m, "y"), vec![Command::Cancel(Target::TaskRun(9))], "the task the pane shows");
+}
