@@ -580,17 +580,15 @@ run = "true"
 
 /// Starts `gaffer serve`, lets it run for `secs`, stops it with `sig`, returns its exit code.
 fn serve_for(p: &Project, secs: f64, sig: &str) -> i32 {
-    let child = p
-        .gaffer(&["serve", "workflow.toml", "--json"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("serve");
+    let mut server = Server::spawn(
+        p.gaffer(&["serve", "workflow.toml", "--json"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
     std::thread::sleep(Duration::from_secs_f64(secs));
-    signal(child.id(), sig);
-    let out = child.wait_with_output().expect("serve ends");
-    out.status.code().unwrap_or(-1)
+    signal(server.child.id(), sig);
+    server.child.wait().expect("serve ends").code().unwrap_or(-1)
 }
 
 fn fired_slots(p: &Project) -> Vec<String> {
@@ -767,11 +765,9 @@ fn tcp_listen_needs_the_token_and_a_loopback_host_and_serves_metrics() {
     assert_eq!(p.run_json(&[]).0, 0);
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = p
-        .gaffer(&["serve", "workflow.toml", "--headless", "--listen", &addr])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("serve");
+    let mut server = Server::spawn(
+        p.gaffer(&["serve", "workflow.toml", "--headless", "--listen", &addr]).stderr(std::process::Stdio::null()),
+    );
     let token_file = p.state_dir().join("token");
     wait_until(Duration::from_secs(10), "the token file", || {
         std::fs::read_to_string(&token_file).is_ok_and(|t| t.len() > 60)
@@ -798,8 +794,8 @@ fn tcp_listen_needs_the_token_and_a_loopback_host_and_serves_metrics() {
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("gaffer_task_runs{queue=\"default\",state=\"succeeded\"} 1"), "{metrics}");
     assert!(metrics.contains("gaffer_cost_usd_total{model=\"m\"} 0.25"), "{metrics}");
-    signal(child.id(), "TERM");
-    let _ = child.wait();
+    signal(server.child.id(), "TERM");
+    let _ = server.child.wait();
     let out = p.run(&["serve", "workflow.toml", "--listen", "0.0.0.0:1"]);
     assert_eq!(out.status.code(), Some(2), "non-loopback needs --listen-anywhere");
 }
@@ -1000,14 +996,13 @@ fn serve_speaks_the_systemd_notify_protocol() {
     let socket_path = p.path().join("notify.sock");
     let systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind");
     systemd.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let mut server = p
-        .gaffer(&["serve", "workflow.toml", "--headless"])
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "200000")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("serve");
+    let mut server = Server::spawn(
+        p.gaffer(&["serve", "workflow.toml", "--headless"])
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "200000")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
     let next = || {
         let mut buf = [0u8; 512];
         let n = systemd.recv(&mut buf).expect("a notification within 10 s");
@@ -1017,13 +1012,13 @@ fn serve_speaks_the_systemd_notify_protocol() {
     assert!(ready.starts_with("READY=1\nSTATUS=serving"), "{ready}");
     assert!(p.state_dir().join("gaffer.sock").exists(), "ready means the control socket answers");
     assert_eq!((next(), next()), ("WATCHDOG=1".to_string(), "WATCHDOG=1".to_string()), "pings every 100 ms");
-    signal(server.id(), "TERM");
+    signal(server.child.id(), "TERM");
     let mut said = next();
     while said == "WATCHDOG=1" {
         said = next();
     }
     assert_eq!(said, "STOPPING=1");
-    assert_eq!(server.wait().expect("serve ends").code(), Some(0));
+    assert_eq!(server.child.wait().expect("serve ends").code(), Some(0));
 }
 
 #[test]

@@ -88,12 +88,11 @@ fn a_server_whose_disk_fills_up_exits_70_with_the_reason() {
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let mut server = p
-        .gaffer(&["serve", "workflow.toml", "--headless"])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("serve");
+    let mut server = support::Server::spawn(
+        p.gaffer(&["serve", "workflow.toml", "--headless"])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    );
     let socket = p.state_dir().join("gaffer.sock");
     support::wait_until(std::time::Duration::from_secs(10), "the socket", || socket.exists());
     disk.fill(0);
@@ -101,13 +100,17 @@ fn a_server_whose_disk_fills_up_exits_70_with_the_reason() {
     assert_ne!(submit.status.code(), Some(0), "a run that cannot be stored is refused");
     assert!(String::from_utf8_lossy(&submit.stderr).contains("the disk is full"), "{submit:?}");
     let started = std::time::Instant::now();
-    while server.try_wait().expect("poll").is_none() {
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("poll") {
+            break status;
+        }
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "serve kept running on a broken store");
         std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let out = server.wait_with_output().expect("serve output");
-    assert_eq!(out.status.code(), Some(70));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the disk is full"));
+    };
+    assert_eq!(status.code(), Some(70));
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut server.child.stderr.take().expect("stderr"), &mut said).expect("stderr");
+    assert!(said.contains("the disk is full"), "{said}");
 }
 
 /// The promise in one test: kill -9 gaffer at random moments, again and again, then let it

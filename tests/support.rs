@@ -129,6 +129,12 @@ pub struct Server {
 }
 
 impl Server {
+    /// Spawns `cmd` (a `gaffer serve …` set up by the test); SIGTERM and reaped when dropped,
+    /// so a failing assertion never leaves a server running.
+    pub fn spawn(cmd: &mut std::process::Command) -> Server {
+        Server { child: cmd.spawn().expect("serve") }
+    }
+
     pub fn start(p: &Project) -> Server {
         let child = p
             .gaffer(&["serve", "workflow.toml", "--headless"])
