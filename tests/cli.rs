@@ -1104,3 +1104,17 @@ fn status_of_a_server_lists_every_declared_queue_even_before_any_task() {
         (Some(3), Some(true), Some(0))
     );
 }
+
+#[test]
+fn logs_follow_of_a_queued_task_waits_for_it_to_start() {
+    let p = Project::new(
+        "[jobs.j.tasks.first]\nrun = 'sleep 1'\n[jobs.j.tasks.then]\nneeds = [\"first\"]\nrun = 'echo late'\n",
+    );
+    let _server = Server::start(&p);
+    assert!(p.run(&["submit", "j"]).status.success());
+    let then = p.task("then")["id"].to_string();
+    let out = p.run(&["logs", &then, "--follow"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "late\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("waiting for it to start"));
+}

@@ -269,6 +269,9 @@ pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> R
     let Ok(Target::TaskRun(id)) = Target::parse(id) else {
         return Err(CliError::Usage(format!("`{id}`: logs belong to task runs; give a task run id like 42")));
     };
+    if follow && attempt.is_none() {
+        wait_for_first_attempt(state_dir, id)?;
+    }
     let mut offset = 0;
     let mut attempt = attempt;
     loop {
@@ -295,6 +298,26 @@ pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> R
             }
             std::thread::sleep(FOLLOW_EVERY);
         }
+    }
+}
+
+/// `logs --follow` of a task run still waiting to start: wait for its first attempt (or for
+/// it to end without one: skipped, cancelled), rather than refuse.
+fn wait_for_first_attempt(state_dir: &Path, id: u64) -> Result<(), CliError> {
+    let target = Target::TaskRun(id);
+    let mut said = false;
+    loop {
+        let t = fetch(state_dir, &format!("/v1/show/{id}"), |reader| report::show(reader, target))?;
+        let state = text(&t, "state");
+        let ended = ["succeeded", "dead", "cancelled", "skipped"].contains(&state);
+        if num(&t, "attempt") > 0 || ended {
+            return Ok(());
+        }
+        if !said {
+            eprintln!("gaffer: task run {id} is {state}; waiting for it to start (Ctrl-C stops waiting)");
+            said = true;
+        }
+        std::thread::sleep(FOLLOW_EVERY);
     }
 }
 

@@ -211,6 +211,8 @@ pub struct CostBook {
 pub struct LogPane {
     pub task_run: u64,
     pub attempt: u32,
+    /// An earlier attempt chosen with `[`; `None` follows the latest attempt.
+    pub pinned: Option<u32>,
     pub text: String,
     pub read_at_ms: u64,
     /// Lines up from the bottom; 0 follows the end.

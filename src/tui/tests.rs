@@ -676,3 +676,23 @@ fn keys_in_a_detail_pane_act_on_the_task_it_shows_even_after_its_row_left_the_li
     assert_eq!(press(&mut m, "c"), Vec::<Command>::new(), "running: asks first");
     assert_eq!(press(&mut m, "y"), vec![Command::Cancel(Target::TaskRun(9))], "the task the pane shows");
 }
+
+#[test]
+fn brackets_in_the_log_view_show_earlier_attempts_which_are_not_reread() {
+    let mut m = fixture();
+    m.tasks.get_mut(&6).expect("task 6").rec.attempt = 3;
+    press(&mut m, "7");
+    assert_eq!(press(&mut m, "l"), vec![Command::ReadLog { task_run: 6, job_run: 2, attempt: 3 }]);
+    update(&mut m, Msg::LogLoaded { task_run: 6, attempt: 3, text: Ok("third\n".into()) });
+    assert_eq!(press(&mut m, "["), vec![Command::ReadLog { task_run: 6, job_run: 2, attempt: 2 }]);
+    update(&mut m, Msg::LogLoaded { task_run: 6, attempt: 2, text: Ok("second\n".into()) });
+    let reads = press(&mut m, "[[");
+    assert_eq!(reads.last(), Some(&Command::ReadLog { task_run: 6, job_run: 2, attempt: 1 }), "stops at 1: {reads:?}");
+    update(&mut m, Msg::LogLoaded { task_run: 6, attempt: 1, text: Ok("first\n".into()) });
+    let tick = update(&mut m, Msg::Tick(NOW_MS + 1_000));
+    assert_eq!(tick, vec![Command::Refresh], "an earlier attempt's log is complete: not read again");
+    press(&mut m, "]]");
+    assert_eq!(m.log.as_ref().and_then(|l| l.pinned), None, "back on the latest, which is followed again");
+    let tick = update(&mut m, Msg::Tick(NOW_MS + 2_000));
+    assert!(tick.contains(&Command::ReadLog { task_run: 6, job_run: 2, attempt: 3 }), "{tick:?}");
+}

@@ -96,8 +96,9 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Command> {
 fn on_tick(model: &mut Model, now_ms: u64) -> Vec<Command> {
     model.tick(now_ms);
     let mut commands = vec![Command::Refresh];
+    // An earlier attempt's log is complete: only the latest one is read again.
     let following = match (&model.mode, &model.log) {
-        (Mode::Log(id), Some(log)) => model.tasks.get(id).map(|t| (t, log.read_at_ms)),
+        (Mode::Log(id), Some(log)) if log.pinned.is_none() => model.tasks.get(id).map(|t| (t, log.read_at_ms)),
         _ => None,
     };
     if let Some((t, read_at)) = following {
@@ -122,7 +123,7 @@ fn on_log(model: &mut Model, task_run: u64, attempt: u32, text: Result<String, S
             log.text = text;
             log.read_at_ms = now;
         }
-        _ => model.log = Some(LogPane { task_run, attempt, text, read_at_ms: now, scroll_up: 0 }),
+        _ => model.log = Some(LogPane { task_run, attempt, pinned: None, text, read_at_ms: now, scroll_up: 0 }),
     }
     model.changed = true;
 }
@@ -235,9 +236,25 @@ fn on_log_key(model: &mut Model, key: Key) -> Vec<Command> {
         Code::PageDown => log.scroll_up = log.scroll_up.saturating_sub(page),
         Code::Char('g') | Code::Home => log.scroll_up = log.text.lines().count(),
         Code::Char('G') | Code::End => log.scroll_up = 0,
+        Code::Char('[') => return other_attempt(model, -1),
+        Code::Char(']') => return other_attempt(model, 1),
         _ => {}
     }
     Vec::new()
+}
+
+/// `[` / `]` in the log view: the attempt before or after the one shown (a retry's first
+/// failure is usually the one worth reading). Past the latest it follows the latest again.
+fn other_attempt(model: &mut Model, step: i64) -> Vec<Command> {
+    let Some(log) = model.log.as_mut() else { return Vec::new() };
+    let Some(t) = model.tasks.get(&log.task_run) else { return Vec::new() };
+    let latest = t.rec.attempt.max(1);
+    let wanted = (i64::from(log.attempt) + step).clamp(1, i64::from(latest)) as u32;
+    log.pinned = (wanted < latest).then_some(wanted);
+    // Counted from here on, so two quick presses step twice before the first read lands.
+    log.attempt = wanted;
+    log.scroll_up = 0;
+    vec![Command::ReadLog { task_run: t.rec.id, job_run: t.rec.job_run, attempt: wanted }]
 }
 
 fn act(model: &mut Model, action: Action) -> Vec<Command> {

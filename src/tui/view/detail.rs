@@ -155,7 +155,9 @@ pub fn draw_log(model: &Model, id: u64, frame: &mut Frame, area: Rect) {
     match model.log.as_ref().filter(|l| l.task_run == id) {
         Some(log) => {
             let follow = if log.scroll_up == 0 { "following" } else { "scrolled" };
-            let title = format!("log #{id}{name} attempt {} · {state} · {follow}", log.attempt);
+            let of = t.map_or(log.attempt, |t| t.rec.attempt.max(log.attempt));
+            let title =
+                format!("log #{id}{name} attempt {} of {of} ([ ] other attempts) · {state} · {follow}", log.attempt);
             draw_tail(frame, area, title, &log.text, log.scroll_up);
         }
         None => draw_tail(frame, area, format!("log #{id}{name}"), "reading…", 0),

@@ -38,7 +38,9 @@ fn key_spans(model: &Model) -> Vec<Span<'static>> {
         Mode::Help => vec![("Esc".into(), "close")],
         Mode::Confirm { .. } => vec![("y".into(), "yes"), ("n".into(), "no")],
         Mode::Filter(_) => vec![("Enter".into(), "keep"), ("Esc".into(), "clear")],
-        Mode::Log(_) => vec![("Esc".into(), "back"), ("j/k".into(), "scroll"), ("G".into(), "follow")],
+        Mode::Log(_) => {
+            vec![("Esc".into(), "back"), ("j/k".into(), "scroll"), ("G".into(), "follow"), ("[ ]".into(), "attempts")]
+        }
         Mode::Detail(_) => {
             let mut keys = vec![("Esc".to_string(), "back"), ("j/k".to_string(), "scroll")];
             keys.extend(
