@@ -161,6 +161,12 @@ pub fn tasks(state_dir: &Path, filter: TaskFilter, as_json: bool) -> Result<(), 
         ])
     );
     let runs = fetch(state_dir, &path, |reader| report::tasks(reader, &filter)).map_err(usage_if_unknown_state)?;
+    let looks_like_a_run_id = |job: &str| job.strip_prefix('j').is_some_and(|n| n.parse::<u64>().is_ok());
+    if runs.as_array().is_some_and(Vec::is_empty)
+        && let Some(job) = filter.job.as_deref().filter(|j| looks_like_a_run_id(j))
+    {
+        eprintln!("gaffer: --job takes a job's name; `{job}` looks like a job run id: try `gaffer show {job}`");
+    }
     if as_json {
         return print_json(&runs);
     }
@@ -246,6 +252,7 @@ fn print_task_detail(t: &Value) {
         let how = match a["reason"].as_str() {
             None if a["ended_at"].is_null() => "running".to_string(),
             None => "succeeded".to_string(),
+            Some("exit_code") => format!("failed, exit code {}", a["exit_code"]),
             Some(r) => format!(
                 "{r}{}{}",
                 a["exit_code"].as_i64().map(|c| format!(" (exit {c})")).unwrap_or_default(),
