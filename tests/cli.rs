@@ -1118,3 +1118,22 @@ fn logs_follow_of_a_queued_task_waits_for_it_to_start() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "late\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("waiting for it to start"));
 }
+
+#[test]
+fn a_task_that_exits_0_on_sigterm_after_crossing_its_budget_was_stopped_not_finished() {
+    let p = Project::new(
+        r#"
+[jobs.j]
+budget_usd = 0.10
+[jobs.j.tasks.t]
+cache = { key = "same", ttl = "1h" }
+run = 'trap "exit 0" TERM; echo "cost usd=0.12" >&3; sleep 5 & wait'
+"#,
+    );
+    let (code, _) = p.run_json(&[]);
+    assert_eq!(code, 1);
+    let t = p.task("t");
+    assert_eq!((t["state"].as_str(), t["reason"].as_str()), (Some("dead"), Some("budget")), "{t}");
+    let (_, again) = p.run_json(&[]);
+    assert!(named(&again, "task.succeeded").iter().all(|e| e["cached"] != true), "a stopped attempt is never cached");
+}

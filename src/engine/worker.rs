@@ -38,7 +38,15 @@ struct ActivityState {
     timeout_ms: u64,
     heartbeat_timeout_ms: u64,
     process: Option<ProcessHandle>,
-    kill_reason: Option<FailReason>,
+    kill_reason: Option<Killed>,
+}
+
+/// A kill gaffer asked for, and whether it found the attempt's process still running (a kill
+/// that comes after the process exited by itself did not end the attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Killed {
+    reason: FailReason,
+    found_running: bool,
 }
 
 impl Activity {
@@ -68,7 +76,7 @@ impl Activity {
         self.last_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    fn end(&self) -> Option<FailReason> {
+    fn end(&self) -> Option<Killed> {
         let mut s = self.inner.lock().ok()?;
         s.active = false;
         s.process = None;
@@ -107,7 +115,8 @@ impl Activity {
         if !s.active {
             return;
         }
-        s.kill_reason.get_or_insert(reason);
+        let found_running = s.process.is_some_and(|p| crate::executor::is_still_running(&p));
+        s.kill_reason.get_or_insert(Killed { reason, found_running });
         if let Some(process) = s.process {
             tokio::spawn(terminate_group(process, grace));
         }
@@ -297,16 +306,17 @@ impl Worker {
 /// asked for, the exit status.
 fn why_it_ended(
     spawn_error: Option<(FailReason, String)>,
-    killed: Option<FailReason>,
+    killed: Option<Killed>,
     exit: Option<AttemptExit>,
 ) -> (Option<FailReason>, Option<String>) {
     match (spawn_error, killed, exit) {
         (Some((reason, detail)), _, _) => (Some(reason), Some(detail)),
-        // The cost report that crossed a budget often comes with the work done (an agent
-        // prints its result and cost as it exits): an attempt that exited 0 before the kill
-        // reached it succeeded, and its result is kept rather than paid for again.
-        (None, Some(FailReason::Budget), Some(exit)) if exit.success() => (None, None),
-        (None, Some(reason), _) => (Some(reason), None),
+        // A kill that found the process already gone did not end the attempt: an agent's JSON
+        // result (and the cost that crosses a budget) is read after it exited 0. Its work is
+        // done and paid for, so it succeeded. A process that exits 0 *because* of the SIGTERM
+        // (a trap) was found running, and keeps the kill's reason.
+        (None, Some(Killed { found_running: false, .. }), Some(exit)) if exit.success() => (None, None),
+        (None, Some(killed), _) => (Some(killed.reason), None),
         (None, None, Some(exit)) if !exit.success() => (Some(FailReason::ExitCode), None),
         _ => (None, None),
     }
@@ -427,16 +437,34 @@ mod tests {
         assert_eq!(why_it_ended(None, None, Some(EXIT_0)), (None, None));
         let exit_3 = AttemptExit { exit_code: Some(3), signal: None };
         assert_eq!(why_it_ended(None, None, Some(exit_3)).0, Some(FailReason::ExitCode));
-        assert_eq!(why_it_ended(None, Some(FailReason::Timeout), Some(TERMINATED)).0, Some(FailReason::Timeout));
+        assert_eq!(
+            why_it_ended(None, killed(FailReason::Timeout, true), Some(TERMINATED)).0,
+            Some(FailReason::Timeout)
+        );
         let spawn = Some((FailReason::SpawnError, "no such program".to_string()));
         assert_eq!(why_it_ended(spawn, None, None).0, Some(FailReason::SpawnError));
     }
 
+    fn killed(reason: FailReason, found_running: bool) -> Option<Killed> {
+        Some(Killed { reason, found_running })
+    }
+
     #[test]
-    fn work_finished_as_the_budget_was_crossed_counts_but_a_killed_one_does_not() {
-        assert_eq!(why_it_ended(None, Some(FailReason::Budget), Some(EXIT_0)), (None, None));
-        assert_eq!(why_it_ended(None, Some(FailReason::Budget), Some(TERMINATED)).0, Some(FailReason::Budget));
-        // A cancel or a timeout is not overruled by a clean exit: the task was told to stop.
-        assert_eq!(why_it_ended(None, Some(FailReason::Cancelled), Some(EXIT_0)).0, Some(FailReason::Cancelled));
+    fn a_kill_that_came_after_a_clean_exit_did_not_end_the_attempt() {
+        assert_eq!(why_it_ended(None, killed(FailReason::Budget, false), Some(EXIT_0)), (None, None));
+        assert_eq!(why_it_ended(None, killed(FailReason::Cancelled, false), Some(EXIT_0)), (None, None));
+        let after_exit_3 = AttemptExit { exit_code: Some(3), signal: None };
+        assert_eq!(
+            why_it_ended(None, killed(FailReason::Budget, false), Some(after_exit_3)).0,
+            Some(FailReason::Budget)
+        );
+    }
+
+    #[test]
+    fn a_kill_that_found_the_process_running_keeps_its_reason_even_after_exit_0() {
+        assert_eq!(why_it_ended(None, killed(FailReason::Budget, true), Some(TERMINATED)).0, Some(FailReason::Budget));
+        // A task that traps SIGTERM and exits 0 was stopped, not finished.
+        assert_eq!(why_it_ended(None, killed(FailReason::Budget, true), Some(EXIT_0)).0, Some(FailReason::Budget));
+        assert_eq!(why_it_ended(None, killed(FailReason::Timeout, true), Some(EXIT_0)).0, Some(FailReason::Timeout));
     }
 }

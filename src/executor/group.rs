@@ -57,6 +57,14 @@ pub fn is_same_process_alive(process: &ProcessHandle) -> bool {
     process.start_ticks != 0 && start_ticks(process.pid) == Some(process.start_ticks)
 }
 
+/// Still running: the same process (see `is_same_process_alive`) and not a zombie that has
+/// exited and waits to be reaped.
+pub fn is_still_running(process: &ProcessHandle) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", process.pid)) else { return false };
+    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    !zombie && process.start_ticks != 0 && parse_start_ticks(&stat) == Some(process.start_ticks)
+}
+
 /// Field 22 (`starttime`) of `/proc/<pid>/stat`. The command name (field 2) may contain
 /// spaces and parentheses, so fields are counted from after the LAST `)`.
 pub fn start_ticks(pid: u32) -> Option<u64> {

@@ -20,7 +20,7 @@ use std::pin::Pin;
 use tokio::sync::mpsc::UnboundedSender;
 
 pub use emit::emit;
-pub use group::{is_same_process_alive, kill_attempt_processes, kill_group_now, terminate_group};
+pub use group::{is_same_process_alive, is_still_running, kill_attempt_processes, kill_group_now, terminate_group};
 pub use types::*;
 
 pub trait Executor: Send + Sync + 'static {
