@@ -1137,3 +1137,15 @@ run = 'trap "exit 0" TERM; echo "cost usd=0.12" >&3; sleep 5 & wait'
     let (_, again) = p.run_json(&[]);
     assert!(named(&again, "task.succeeded").iter().all(|e| e["cached"] != true), "a stopped attempt is never cached");
 }
+
+#[test]
+fn logs_follow_of_a_task_that_ended_without_running_says_so() {
+    let p = Project::new(
+        "[jobs.j.tasks.first]\nrun = 'exit 1'\nretry = { max_attempts = 1 }\n[jobs.j.tasks.then]\nneeds = [\"first\"]\nrun = 'true'\n",
+    );
+    assert_eq!(p.run_json(&[]).0, 1);
+    let then = p.task("then")["id"].to_string();
+    let out = p.run(&["logs", &then, "--follow"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ended without running"));
+}

@@ -159,3 +159,21 @@ fn cache_needs_a_key_and_a_ttl() {
         "a key may only use what the task needs: {text}"
     );
 }
+
+/// A signal sent while gaffer was down is applied before the timers of the resumed runs fire:
+/// it beats a `wait_timeout` that expired meanwhile.
+#[test]
+fn an_offline_signal_beats_a_wait_timeout_that_expired_while_gaffer_was_down() {
+    let p =
+        Project::new(&APPROVAL.replace("wait_for = \"approval\"", "wait_for = \"approval\"\nwait_timeout = \"1s\""));
+    let mut server = Server::start(&p);
+    assert!(p.run(&["submit", "publish"]).status.success());
+    wait_until(Duration::from_secs(10), "ship to wait", || p.task("ship")["state"] == "waiting");
+    signal(server.child.id(), "TERM");
+    assert!(server.child.wait().expect("serve ends").success());
+    assert!(p.run(&["signal", "j1", "approval"]).status.success());
+    std::thread::sleep(Duration::from_millis(1200));
+    let (code, _) = p.run_json(&[]);
+    assert_eq!(code, 0, "released, not dead-lettered: {}", p.task("ship"));
+    assert!(p.path().join("shipped").exists());
+}

@@ -276,8 +276,9 @@ pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> R
     let Ok(Target::TaskRun(id)) = Target::parse(id) else {
         return Err(CliError::Usage(format!("`{id}`: logs belong to task runs; give a task run id like 42")));
     };
-    if follow && attempt.is_none() {
-        wait_for_first_attempt(state_dir, id)?;
+    if follow && attempt.is_none() && !wait_for_first_attempt(state_dir, id)? {
+        eprintln!("gaffer: task run {id} ended without running: no log");
+        return Ok(());
     }
     let mut offset = 0;
     let mut attempt = attempt;
@@ -308,9 +309,9 @@ pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> R
     }
 }
 
-/// `logs --follow` of a task run still waiting to start: wait for its first attempt (or for
-/// it to end without one: skipped, cancelled), rather than refuse.
-fn wait_for_first_attempt(state_dir: &Path, id: u64) -> Result<(), CliError> {
+/// `logs --follow` of a task run still waiting to start: wait for its first attempt rather
+/// than refuse. False if it ended without one (skipped, cancelled, reused from the cache).
+fn wait_for_first_attempt(state_dir: &Path, id: u64) -> Result<bool, CliError> {
     let target = Target::TaskRun(id);
     let mut said = false;
     loop {
@@ -318,7 +319,7 @@ fn wait_for_first_attempt(state_dir: &Path, id: u64) -> Result<(), CliError> {
         let state = text(&t, "state");
         let ended = ["succeeded", "dead", "cancelled", "skipped"].contains(&state);
         if num(&t, "attempt") > 0 || ended {
-            return Ok(());
+            return Ok(num(&t, "attempt") > 0);
         }
         if !said {
             eprintln!("gaffer: task run {id} is {state}; waiting for it to start (Ctrl-C stops waiting)");

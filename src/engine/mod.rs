@@ -272,6 +272,7 @@ pub struct EngineHandle {
     supervisor: Addr<Supervisor>,
     journal: Addr<Journal>,
     dispatcher: Addr<dispatcher::Dispatcher>,
+    scheduler: Addr<scheduler::Scheduler>,
     store: StoreHandle,
     watch: watchdog::WatchList,
     jobs: Arc<Vec<JobShape>>,
@@ -309,7 +310,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         log_cap_bytes: config.workflow.settings.log_max_bytes,
         pricing: Arc::new(config.pricing),
         dispatcher: dispatcher.clone(),
-        scheduler,
+        scheduler: scheduler.clone(),
         journal: journal.clone(),
         supervisor: supervisor.clone(),
     });
@@ -336,6 +337,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         supervisor,
         journal,
         dispatcher,
+        scheduler,
         store,
         watch,
         jobs,
@@ -369,15 +371,21 @@ impl EngineHandle {
     /// job runs resumed or touched, so `run` waits for those too. Nothing is dispatched until
     /// the inbox is applied: a task cancelled while gaffer was down never starts again.
     pub async fn resume_all(&self) -> Result<Vec<(u64, String)>, EngineError> {
-        mailbox(self.dispatcher.send(dispatcher::Hold(true)).await)?;
+        self.hold(true).await?;
         let resumed = async {
             let mut runs = mailbox(self.supervisor.send(supervisor::ResumeAll).await)??;
             runs.extend(mailbox(self.supervisor.send(supervisor::ApplyInbox).await)??);
             Ok(runs)
         }
         .await;
-        mailbox(self.dispatcher.send(dispatcher::Hold(false)).await)?;
+        self.hold(false).await?;
         resumed
+    }
+
+    /// Holds (or releases) dispatching and task timers together.
+    async fn hold(&self, held: bool) -> Result<(), EngineError> {
+        mailbox(self.dispatcher.send(dispatcher::Hold(held)).await)?;
+        mailbox(self.scheduler.send(scheduler::Hold(held)).await)
     }
 
     /// Resolves once every event published so far has reached the journal and subscribers.

@@ -20,6 +20,9 @@ pub struct Scheduler {
     crons: BTreeMap<String, (Schedule, u64)>,
     fire_to: Option<Recipient<Fire>>,
     alarm: Option<SpawnHandle>,
+    /// Task timers wait while held: at start, until the inbox's commands reached the resumed
+    /// runs (a signal sent while gaffer was down beats a `wait_timeout` that expired meanwhile).
+    held: bool,
 }
 
 impl Scheduler {
@@ -31,18 +34,21 @@ impl Scheduler {
             crons: BTreeMap::new(),
             fire_to: None,
             alarm: None,
+            held: false,
         }
     }
 
     /// Fires what is due and sets one alarm for the next timer of either kind.
     fn rearm(&mut self, ctx: &mut Context<Self>) {
         let now = self.clock.now_ms();
-        self.wake_task_runs(now);
+        if !self.held {
+            self.wake_task_runs(now);
+        }
         self.fire_crons(now);
         if let Some(handle) = self.alarm.take() {
             ctx.cancel_future(handle);
         }
-        let next_retry = self.due.first().map(|(due, _)| *due);
+        let next_retry = self.due.first().map(|(due, _)| *due).filter(|_| !self.held);
         let next_cron = self.crons.values().map(|(_, due)| *due).min();
         if let Some(at) = next_retry.into_iter().chain(next_cron).min() {
             let wait = Duration::from_millis(at.saturating_sub(now).max(1));
@@ -104,6 +110,20 @@ impl Handler<TaskTimer> for Scheduler {
         }
         self.due.insert((msg.due_ms, msg.task_run));
         self.owners.insert(msg.task_run, (msg.due_ms, msg.owner));
+        self.rearm(ctx);
+    }
+}
+
+/// Holds (`true`) or releases (`false`) the task timers; see `Scheduler::held`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Hold(pub bool);
+
+impl Handler<Hold> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, Hold(held): Hold, ctx: &mut Self::Context) {
+        self.held = held;
         self.rearm(ctx);
     }
 }

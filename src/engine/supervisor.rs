@@ -263,7 +263,15 @@ impl Supervisor {
         let shared = self.shared()?;
         let reader = shared.store.reader()?;
         let record = reader.job_run(id)?.ok_or(EngineError::UnknownId(Target::JobRun(id)))?;
+        let unfinished = !record.state.is_terminal();
+        let job = record.job.clone();
         let actor = self.revive(&shared, &reader, record)?;
+        if unfinished {
+            // A command that came before `ResumeAll` (the socket opens first): this run is
+            // resumed here, and `ResumeAll` skips it, so it must not be left un-started.
+            actor.do_send(Start(Begin::Resume));
+            self.job_of.insert(id, job);
+        }
         self.ended.remove(&id);
         self.job_runs.insert(id, actor.clone());
         Ok(actor)
@@ -359,8 +367,11 @@ impl Handler<ApplyInbox> for Supervisor {
         let mut work = Vec::new();
         if let Some(shared) = self.shared.clone() {
             for (file, command) in inbox::take(&shared.state_dir) {
-                let job_run =
-                    self.locate(command.target).ok().and_then(|(id, _)| self.job_name(id).map(|job| (id, job)));
+                // Runs a retry or a signal set going again are waited for; a cancel ends things.
+                let job_run = (command.action != inbox::Action::Cancel)
+                    .then(|| self.locate(command.target).ok())
+                    .flatten()
+                    .and_then(|(id, _)| self.job_name(id).map(|job| (id, job)));
                 work.push((
                     file,
                     job_run,

@@ -156,7 +156,10 @@ impl Launch {
 
 /// The parent's environment, then the spec's variables, then the `GAFFER_*` ones.
 fn environment(spec: &AttemptSpec) -> BTreeMap<OsString, OsString> {
-    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    // systemd's notify variables are gaffer's own: a task must not speak for it.
+    let ours = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+    let mut env: BTreeMap<OsString, OsString> =
+        std::env::vars_os().filter(|(k, _)| !ours.iter().any(|o| k == o)).collect();
     env.extend(spec.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
     let gaffer = [
         ("GAFFER_JOB", OsString::from(&spec.job)),

@@ -123,14 +123,16 @@ fn commit_loop(db: &std::sync::Weak<Database>, rx: &mpsc::Receiver<Request>, com
     // After an I/O error redb refuses every later commit with "Previous I/O error occurred":
     // the first error is the one worth telling, whoever asks later (a caller may have dropped
     // the answer to the commit that hit it).
-    let mut first_failure: Option<StoreError> = None;
+    let mut last_cause: Option<StoreError> = None;
     let mut explain = |e: StoreError| -> StoreError {
         let after_a_failure = e.to_string().contains("Previous I/O error");
-        match &first_failure {
-            Some(first) if after_a_failure => first.clone(),
-            None if !after_a_failure => {
+        match &last_cause {
+            Some(cause) if after_a_failure => cause.clone(),
+            // The latest real error is the cause of what follows (an earlier one may have been
+            // one bad request that did not break the file).
+            _ if !after_a_failure => {
                 tracing::error!("the store cannot commit: {e}");
-                first_failure = Some(e.clone());
+                last_cause = Some(e.clone());
                 e
             }
             _ => e,

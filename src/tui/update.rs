@@ -115,6 +115,10 @@ fn read_log(t: &super::model::TaskRow) -> Command {
 }
 
 fn on_log(model: &mut Model, task_run: u64, attempt: u32, text: Result<String, String>) {
+    // A read of the latest attempt that lands after `[` chose an earlier one is stale.
+    if model.log.as_ref().is_some_and(|l| l.task_run == task_run && l.pinned.is_some_and(|p| p != attempt)) {
+        return;
+    }
     let text = text.unwrap_or_else(|e| format!("(no log: {e})"));
     let now = model.now_ms;
     match &mut model.log {
