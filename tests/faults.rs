@@ -20,13 +20,28 @@ impl SmallDisk {
         ok.then(|| SmallDisk { at: at.to_path_buf() })
     }
 
-    /// Fills the disk up to all but `keep` bytes.
+    /// Fills the disk up to all but `keep` bytes (or as close as a writer racing us allows:
+    /// whatever gaffer writes meanwhile only fills it further).
     fn fill(&self, keep: u64) {
-        let stat = nix::sys::statvfs::statvfs(&self.at).expect("statvfs");
-        let free = stat.blocks_available() * stat.fragment_size();
-        let status =
-            Command::new("fallocate").args(["-l", &free.saturating_sub(keep).to_string()]).arg(self.filler()).status();
-        assert!(status.expect("fallocate").success());
+        std::fs::create_dir_all(self.filler()).expect("filler dir");
+        for n in 0..32 {
+            let stat = nix::sys::statvfs::statvfs(&self.at).expect("statvfs");
+            let free = stat.blocks_available() * stat.fragment_size();
+            if free <= keep + 4096 {
+                return;
+            }
+            // Half of what is left each time a racing write makes the exact size fail.
+            let size = if n == 0 { free - keep } else { (free - keep) / 2 };
+            let _ = Command::new("fallocate")
+                .args(["-l", &size.to_string()])
+                .arg(self.filler().join(n.to_string()))
+                .status();
+        }
+    }
+
+    /// Frees what `fill` took.
+    fn free(&self) {
+        std::fs::remove_dir_all(self.filler()).expect("free the disk");
     }
 
     fn filler(&self) -> PathBuf {
@@ -60,7 +75,7 @@ fn full_disk_then_restart(keep: u64, stored_before_full: bool) {
     assert!(stderr.contains("the disk is full") && stderr.contains("free some space"), "{stderr}");
     assert!(!stderr.contains("Previous I/O error"), "the first cause is told, not redb's echo: {stderr}");
 
-    std::fs::remove_file(disk.filler()).expect("free the disk");
+    disk.free();
     let again = p.run(&["run", "workflow.toml", "--headless"]);
     assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
     let resumed = String::from_utf8_lossy(&again.stderr).contains("resuming it");
