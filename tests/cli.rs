@@ -1149,3 +1149,22 @@ fn logs_follow_of_a_task_that_ended_without_running_says_so() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ended without running"));
 }
+
+/// A retry reopens a failed run: a task that was skipped only because the run was failing
+/// goes pending and then queued again in one step, and is reported (and run) once.
+#[test]
+fn a_reopened_task_is_queued_once() {
+    let p = Project::new(
+        "[jobs.j.tasks.a]\nrun = 'test -e fixed'\nretry = { max_attempts = 1 }\n\
+         [jobs.j.tasks.b]\nrun = 'sleep 0.3'\n[jobs.j.tasks.c]\nneeds = [\"b\"]\nrun = 'echo c >> c.log'\n",
+    );
+    assert_eq!(p.run_json(&[]).0, 1);
+    assert_eq!(p.task("c")["state"], "skipped", "b succeeded, but the run was failing by then");
+    std::fs::write(p.path().join("fixed"), "").expect("fix");
+    assert!(p.run(&["retry", "j1"]).status.success());
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0);
+    let queued_c = named(&events, "task.queued").iter().filter(|e| e["task"] == "c").count();
+    assert_eq!(queued_c, 1, "{events:#?}");
+    assert_eq!(std::fs::read_to_string(p.path().join("c.log")).expect("c.log"), "c\n");
+}

@@ -195,7 +195,7 @@ impl JobRun {
         let now = self.now();
         let mut ready = Vec::new();
         let mut wait_timers = Vec::new();
-        let mut work: std::collections::VecDeque<Change> = changes.into();
+        let mut work: std::collections::VecDeque<Change> = last_change_per_task(changes).into();
         while let Some(change) = work.pop_front() {
             let i = change.task;
             let starts_work = matches!(change.to, TaskState::Queued | TaskState::Waiting);
@@ -735,6 +735,13 @@ impl JobRun {
         }
         self.apply_changes(ctx, changes, vec![Mutation::JobRun(self.record.clone())], Vec::new());
     }
+}
+
+/// A task may change twice in one step (a reopened run: skipped → pending → queued); it is
+/// acted on and reported once, in its final state, at the place of its last change.
+fn last_change_per_task(changes: Vec<Change>) -> Vec<Change> {
+    let last: HashMap<usize, usize> = changes.iter().enumerate().map(|(at, c)| (c.task, at)).collect();
+    changes.into_iter().enumerate().filter(|(at, c)| last[&c.task] == *at).map(|(_, c)| c).collect()
 }
 
 fn render_template(text: &str, ctx: &TemplateContext, what: &str) -> Result<String, String> {
