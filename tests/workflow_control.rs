@@ -177,3 +177,19 @@ fn an_offline_signal_beats_a_wait_timeout_that_expired_while_gaffer_was_down() {
     assert_eq!(code, 0, "released, not dead-lettered: {}", p.task("ship"));
     assert!(p.path().join("shipped").exists());
 }
+
+#[test]
+fn serve_removes_cache_entries_past_their_ttl() {
+    let p = Project::new(&CACHED.replace("ttl = \"1h\"", "ttl = \"200ms\""));
+    assert_eq!(p.run_json(&[]).0, 0);
+    let entries =
+        || gaffer::store::open_reader(&p.state_dir()).expect("reader").expired_cache_keys(u64::MAX).expect("keys");
+    assert_eq!(entries(), ["fetch/get/a"], "stored under job/task/key");
+    std::thread::sleep(Duration::from_millis(300));
+    let server = Server::start(&p);
+    wait_until(Duration::from_secs(10), "the retention sweep", || {
+        gaffer::store::open_reader(&p.state_dir())
+            .is_ok_and(|r| r.expired_cache_keys(u64::MAX).is_ok_and(|k| k.is_empty()))
+    });
+    drop(server);
+}

@@ -50,11 +50,17 @@ impl Supervisor {
         actix::spawn(async move {
             let now = shared.clock.now_ms();
             let (store, dir) = (shared.store.clone(), shared.state_dir.clone());
-            match tokio::task::spawn_blocking(move || super::retention::sweep(&store, &dir, now, retention)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::info!("removed the logs of {n} job run(s) past retention"),
-                Ok(Err(e)) => tracing::warn!("log retention: {e}"),
-                Err(e) => tracing::warn!("log retention: {e}"),
+            let sweep = move || {
+                let logs = super::retention::sweep(&store, &dir, now, retention)?;
+                Ok::<_, crate::store::StoreError>((logs, super::retention::sweep_cache(&store, now)?))
+            };
+            match tokio::task::spawn_blocking(sweep).await {
+                Ok(Ok((0, 0))) => {}
+                Ok(Ok((logs, cached))) => {
+                    tracing::info!("retention: removed the logs of {logs} job run(s), {cached} expired cache entries")
+                }
+                Ok(Err(e)) => tracing::warn!("retention: {e}"),
+                Err(e) => tracing::warn!("retention: {e}"),
             }
         });
     }

@@ -421,11 +421,13 @@ impl JobRun {
                 let cost = usd_json(self.tasks[i].cost_usd_micros);
                 events.push(self.task_event("task.succeeded", i).with("duration_ms", duration).with("cost_usd", cost));
                 if let Some(key) = self.cache_key(i) {
+                    let ttl = self.job().tasks[i].cache.as_ref().map_or(0, |c| c.ttl.as_millis() as u64);
                     let t = &self.tasks[i];
                     let entry = CacheEntry {
                         task_run: t.id,
                         job_run: t.job_run,
                         succeeded_at_ms: now,
+                        expires_at_ms: now.saturating_add(ttl),
                         outputs: t.outputs.clone(),
                         exit_code: t.exit_code,
                     };

@@ -1,11 +1,12 @@
 //! Log retention (`settings.retention`, SPEC §5): `gaffer serve` removes the log folders of job
 //! runs that ended longer ago than the retention. Records stay; `gaffer logs` then says the log
-//! is gone. The event journal keeps its own 14 files (one per day).
+//! is gone. The event journal keeps its own 14 files (one per day). Cache entries past their
+//! `ttl` go in the same sweep.
 
 use std::path::Path;
 use std::time::Duration;
 
-use crate::store::{StoreError, StoreHandle};
+use crate::store::{Mutation, StoreError, StoreHandle};
 
 /// How often the sweep runs.
 pub const EVERY: Duration = Duration::from_secs(3600);
@@ -24,4 +25,14 @@ pub fn sweep(store: &StoreHandle, state_dir: &Path, now_ms: u64, retention: Dura
         }
     }
     Ok(removed)
+}
+
+/// Removes the cache entries whose `ttl` ran out; returns how many.
+pub fn sweep_cache(store: &StoreHandle, now_ms: u64) -> Result<usize, StoreError> {
+    let expired = store.reader()?.expired_cache_keys(now_ms)?;
+    let n = expired.len();
+    if n > 0 {
+        store.commit_blocking(expired.into_iter().map(Mutation::Uncached).collect())?;
+    }
+    Ok(n)
 }

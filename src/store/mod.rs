@@ -105,6 +105,7 @@ pub enum Mutation {
     QueuePaused(String, bool),
     IdempotencyKey(String, u64),
     Cached(String, CacheEntry),
+    Uncached(String),
 }
 
 /// Opens (creating if needed) the state dir as its one writer: takes the instance lock, checks
@@ -246,6 +247,9 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
                 keys.insert(key.as_str(), *job_run).map_err(db_err)?;
             }
             // Rare: opened only when written, not on every commit.
+            Mutation::Uncached(key) => {
+                txn.open_table(CACHE).map_err(db_err)?.remove(key.as_str()).map_err(db_err)?;
+            }
             Mutation::Cached(key, entry) => {
                 txn.open_table(CACHE)
                     .map_err(db_err)?
@@ -366,6 +370,24 @@ impl Reader {
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
             Err(e) => Err(db_err(e)),
         }
+    }
+
+    /// The keys of cache entries whose time ran out before `now_ms`.
+    pub fn expired_cache_keys(&self, now_ms: u64) -> Result<Vec<String>, StoreError> {
+        let table = match self.txn.open_table(CACHE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut keys = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (key, value) = row.map_err(db_err)?;
+            let entry: CacheEntry = codec::decode(value.value())?;
+            if entry.expires_at_ms < now_ms {
+                keys.push(key.value().to_string());
+            }
+        }
+        Ok(keys)
     }
 
     /// Queues paused by a person (`gaffer pause`), which stay paused across restarts.

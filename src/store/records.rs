@@ -166,6 +166,8 @@ pub struct CacheEntry {
     pub task_run: u64,
     pub job_run: u64,
     pub succeeded_at_ms: u64,
+    /// `succeeded_at_ms` + the `ttl` it was stored with: past it, retention removes the entry.
+    pub expires_at_ms: u64,
     pub outputs: BTreeMap<String, String>,
     pub exit_code: Option<i32>,
 }
