@@ -115,7 +115,7 @@ fn failed(e: &EngineEvent) -> String {
 
 /// A dollar amount from an event (a JSON number) as `$0.10`.
 fn dollars_of(v: Option<&serde_json::Value>) -> String {
-    dollars(v.and_then(serde_json::Value::as_f64).map_or(0, |usd| (usd * 1e6).round() as u64))
+    dollars(v.map_or(0, crate::model::money::micros_of_json))
 }
 
 /// `950ms`, `2.4s`, `3m05s`.

@@ -135,17 +135,17 @@ impl Server {
         Server { child: cmd.spawn().expect("serve") }
     }
 
+    /// `gaffer serve workflow.toml --headless`, once its control socket exists.
     pub fn start(p: &Project) -> Server {
-        let child = p
-            .gaffer(&["serve", "workflow.toml", "--headless"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("serve");
+        let server = Server::spawn(
+            p.gaffer(&["serve", "workflow.toml", "--headless"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        );
         let socket = p.state_dir().join("gaffer.sock");
         wait_until(Duration::from_secs(10), "the control socket", || socket.exists());
-        Server { child }
+        server
     }
 }
 

@@ -14,6 +14,7 @@ use super::CliError;
 use crate::api::client::{self, ClientError};
 use crate::engine::Target;
 use crate::headless::dollars;
+use crate::model::money::micros_of_json;
 use crate::report::{self, CostBy, QueryError, TaskFilter};
 use crate::store::{self, Reader};
 
@@ -70,11 +71,6 @@ fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
     if set.is_empty() { String::new() } else { format!("?{}", set.join("&")) }
 }
 
-/// Dollars in the answer JSON (a decimal number) back to micro-dollars, for printing.
-pub(super) fn micros(v: &Value) -> u64 {
-    v.as_f64().map_or(0, |usd| (usd * 1e6).round() as u64)
-}
-
 fn text<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or("")
 }
@@ -118,7 +114,7 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
     outln!("task runs: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
-    outln!("cost: {}", dollars(micros(&value["cost_usd"])));
+    outln!("cost: {}", dollars(micros_of_json(&value["cost_usd"])));
     Ok(())
 }
 
@@ -135,7 +131,7 @@ pub fn jobs(state_dir: &Path, state: Option<&str>, as_json: bool) -> Result<(), 
             format!("j{}", num(j, "id")),
             text(j, "job"),
             text(j, "state"),
-            dollars(micros(&j["cost_usd"])),
+            dollars(micros_of_json(&j["cost_usd"])),
             text(j, "started_at"),
             text(j, "reason")
         );
@@ -202,7 +198,7 @@ pub(super) fn print_task_table(runs: &Value) {
             format!("{}/{}", num(t, "attempts_in_series"), num(t, "max_attempts")),
             text(t, "queue"),
             num(t, "priority"),
-            dollars(micros(&t["cost_usd"])),
+            dollars(micros_of_json(&t["cost_usd"])),
             text(t, "reason")
         );
     }
@@ -220,7 +216,7 @@ pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
             let reason = value["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
             outln!("job run j{id} of `{}`: {}{reason}", text(&value, "job"), text(&value, "state"));
             outln!("params: {}", value["params"]);
-            outln!("cost: {}", dollars(micros(&value["cost_usd"])));
+            outln!("cost: {}", dollars(micros_of_json(&value["cost_usd"])));
             print_task_table(&value["tasks"]);
         }
     }
@@ -238,7 +234,7 @@ fn print_task_detail(t: &Value) {
     outln!("attempts: {} of {} in this series", num(t, "attempts_in_series"), num(t, "max_attempts"));
     outln!(
         "cost: {} ({} input, {} output tokens)",
-        dollars(micros(&t["cost_usd"])),
+        dollars(micros_of_json(&t["cost_usd"])),
         num(t, "input_tokens"),
         num(t, "output_tokens")
     );
@@ -263,7 +259,7 @@ fn print_task_detail(t: &Value) {
             "  attempt {}: {how}, started {}, {} — {}",
             num(a, "n"),
             text(a, "started_at"),
-            dollars(micros(&a["cost_usd"])),
+            dollars(micros_of_json(&a["cost_usd"])),
             text(a, "log")
         );
     }
@@ -317,7 +313,7 @@ fn wait_for_first_attempt(state_dir: &Path, id: u64) -> Result<bool, CliError> {
     loop {
         let t = fetch(state_dir, &format!("/v1/show/{id}"), |reader| report::show(reader, target))?;
         let state = text(&t, "state");
-        let ended = ["succeeded", "dead", "cancelled", "skipped"].contains(&state);
+        let ended = crate::model::TaskState::parse(state).is_some_and(|s| s.is_terminal());
         if num(&t, "attempt") > 0 || ended {
             return Ok(num(&t, "attempt") > 0);
         }
@@ -357,13 +353,13 @@ pub fn cost(state_dir: &Path, by: CostBy, since: Option<&str>, as_json: bool) ->
         outln!(
             "{:<32} {:>12} {:>12} {:>12} {:>8}",
             text(r, "key"),
-            dollars(micros(&r["cost_usd"])),
+            dollars(micros_of_json(&r["cost_usd"])),
             num(r, "input_tokens"),
             num(r, "output_tokens"),
             num(r, "attempts")
         );
     }
-    outln!("{:<32} {:>12}", "TOTAL", dollars(micros(&value["total_usd"])));
+    outln!("{:<32} {:>12}", "TOTAL", dollars(micros_of_json(&value["total_usd"])));
     Ok(())
 }
 
@@ -375,12 +371,5 @@ mod tests {
     fn query_strings_are_encoded_and_skip_unset_keys() {
         assert_eq!(query_string(&[("state", None)]), "");
         assert_eq!(query_string(&[("job", Some("a b&c")), ("q", None), ("n", Some("1"))]), "?job=a%20b%26c&n=1");
-    }
-
-    #[test]
-    fn dollars_survive_the_json_round_trip() {
-        for m in [0, 1, 30_000, 1_234_567, 999_999_999] {
-            assert_eq!(micros(&crate::model::money::usd_json(m)), m);
-        }
     }
 }

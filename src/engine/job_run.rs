@@ -742,6 +742,9 @@ impl JobRun {
 /// A task may change twice in one step (a reopened run: skipped → pending → queued); it is
 /// acted on and reported once, in its final state, at the place of its last change.
 fn last_change_per_task(changes: Vec<Change>) -> Vec<Change> {
+    if changes.len() < 2 {
+        return changes; // the common case on every task's end: nothing to collapse
+    }
     let last: HashMap<usize, usize> = changes.iter().enumerate().map(|(at, c)| (c.task, at)).collect();
     changes.into_iter().enumerate().filter(|(at, c)| last[&c.task] == *at).map(|(_, c)| c).collect()
 }

@@ -58,9 +58,21 @@ pub fn usd_json(micros: u64) -> serde_json::Value {
     serde_json::from_str(&format_usd(micros)).unwrap_or(serde_json::Value::Null)
 }
 
+/// The inverse of [`usd_json`]: dollars in JSON back to micro-dollars (0 if not a number).
+pub fn micros_of_json(v: &serde_json::Value) -> u64 {
+    v.as_f64().map_or(0, |usd| (usd * 1e6).round() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dollars_survive_the_json_round_trip() {
+        for m in [0, 1, 30_000, 1_234_567, 999_999_999] {
+            assert_eq!(micros_of_json(&usd_json(m)), m);
+        }
+    }
 
     #[test]
     fn parses_decimals_exactly() {

@@ -341,11 +341,7 @@ impl Reader {
 
     /// Persisted schedule states by job name (empty for a file that never ran `serve`).
     pub fn schedules(&self) -> Result<std::collections::BTreeMap<String, ScheduleState>, StoreError> {
-        let table = match self.txn.open_table(SCHEDULES) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
-            Err(e) => return Err(db_err(e)),
-        };
+        let Some(table) = self.optional_table(SCHEDULES)? else { return Ok(Default::default()) };
         let mut out = std::collections::BTreeMap::new();
         for entry in table.iter().map_err(db_err)? {
             let (k, v) = entry.map_err(db_err)?;
@@ -356,29 +352,19 @@ impl Reader {
 
     /// The job run a submit with this idempotency key created, if one did.
     pub fn idempotency_key(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        match self.txn.open_table(IDEMPOTENCY) {
-            Ok(table) => Ok(table.get(key).map_err(db_err)?.map(|v| v.value())),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(db_err(e)),
-        }
+        let Some(table) = self.optional_table(IDEMPOTENCY)? else { return Ok(None) };
+        Ok(table.get(key).map_err(db_err)?.map(|v| v.value()))
     }
 
     /// The cached run stored under a scoped cache key, if any (its age is the caller's business).
     pub fn cache_entry(&self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
-        match self.txn.open_table(CACHE) {
-            Ok(table) => table.get(key).map_err(db_err)?.map(|v| codec::decode(v.value())).transpose(),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(db_err(e)),
-        }
+        let Some(table) = self.optional_table(CACHE)? else { return Ok(None) };
+        table.get(key).map_err(db_err)?.map(|v| codec::decode(v.value())).transpose()
     }
 
     /// The keys of cache entries whose time ran out before `now_ms`.
     pub fn expired_cache_keys(&self, now_ms: u64) -> Result<Vec<String>, StoreError> {
-        let table = match self.txn.open_table(CACHE) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(db_err(e)),
-        };
+        let Some(table) = self.optional_table(CACHE)? else { return Ok(Vec::new()) };
         let mut keys = Vec::new();
         for row in table.iter().map_err(db_err)? {
             let (key, value) = row.map_err(db_err)?;
@@ -392,16 +378,24 @@ impl Reader {
 
     /// Queues paused by a person (`gaffer pause`), which stay paused across restarts.
     pub fn paused_queues(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        let table = match self.txn.open_table(PAUSED) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
-            Err(e) => return Err(db_err(e)),
-        };
+        let Some(table) = self.optional_table(PAUSED)? else { return Ok(Default::default()) };
         let mut out = std::collections::BTreeSet::new();
         for entry in table.iter().map_err(db_err)? {
             out.insert(entry.map_err(db_err)?.0.value().to_string());
         }
         Ok(out)
+    }
+
+    /// A table added after schema 1 (a file written by an older gaffer does not have it yet).
+    fn optional_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+        match self.txn.open_table(def) {
+            Ok(table) => Ok(Some(table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(db_err(e)),
+        }
     }
 
     fn all<T: serde::de::DeserializeOwned>(&self, def: TableDefinition<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
