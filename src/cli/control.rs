@@ -139,7 +139,7 @@ pub fn dlq(state_dir: &Path, action: DlqAction) -> Result<(), CliError> {
 fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
     let dead = query::dead_letters(state_dir)?;
     if json {
-        outln!("{}", serde_json::to_string_pretty(&dead).unwrap_or_default());
+        outln!("{}", crate::json::pretty(&dead));
         return Ok(());
     }
     let items = dead.as_array().map(Vec::as_slice).unwrap_or_default();

@@ -44,7 +44,7 @@ pub use worker::CurrentAttempt;
 use crate::config::Workflow;
 use crate::executor::Executor;
 use crate::model::JobState;
-use crate::model::cost::Pricing;
+use crate::model::cost::{ModelUsage, Pricing};
 use crate::store::{JobRunRecord, StoreError, StoreHandle, TaskRunRecord};
 
 /// Mailboxes are bounded (a `send` waits when one is full) but large: bursts of thousands of
@@ -162,6 +162,10 @@ pub struct EngineSnapshot {
     pub workers: Vec<WorkerSnapshot>,
     /// The jobs of the workflow this engine was started with: their graphs and budgets.
     pub jobs: Vec<JobShape>,
+    /// Everything spent so far by model, summed as `gaffer cost --by model` sums it (task run
+    /// records do not say which models they paid for). Absent from an older server's answer.
+    #[serde(default)]
+    pub by_model: Vec<ModelUsage>,
 }
 
 /// A job as the views draw it.
@@ -469,11 +473,16 @@ impl EngineHandle {
         let store = self.store.clone();
         let records = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let reader = store.reader()?;
-            Ok((reader.job_runs()?, reader.task_runs()?))
+            let attempts = reader.attempts()?;
+            let by_model = crate::model::cost::sum_by_model(attempts.iter().flat_map(|a| &a.by_model));
+            let by_model =
+                by_model.into_iter().map(|(model, usage)| ModelUsage { model: Some(model), usage }).collect();
+            Ok((reader.job_runs()?, reader.task_runs()?, by_model))
         });
-        let (job_runs, task_runs) = records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
+        let (job_runs, task_runs, by_model) = records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
         let jobs = self.jobs.as_ref().clone();
-        Ok(EngineSnapshot { job_runs, task_runs, queues: self.queues().await?, workers: self.workers(), jobs })
+        let (queues, workers) = (self.queues().await?, self.workers());
+        Ok(EngineSnapshot { job_runs, task_runs, queues, workers, jobs, by_model })
     }
 
     /// The task runs of one job run (a view learning of a new run from `job.started`).

@@ -1,9 +1,10 @@
 //! Runs attempts. The engine only sees [`Executor`], [`RunningAttempt`] and the event stream;
 //! how a process is started, logged and killed stays in here.
 
+mod agent_json;
 mod emit;
 mod group;
-mod json_cost;
+mod json_values;
 mod lines;
 mod local;
 mod logfile;

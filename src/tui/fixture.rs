@@ -171,7 +171,8 @@ pub fn fixture() -> Model {
         QueueSnapshot { name: "io".into(), concurrency: 2, paused: true, ready: 1, running: 0 },
         QueueSnapshot { name: "llm".into(), concurrency: 1, paused: false, ready: 0, running: 1 },
     ];
-    let snapshot = EngineSnapshot { job_runs: jr, task_runs: tr, queues, workers, jobs: shapes() };
+    let snapshot =
+        EngineSnapshot { job_runs: jr, task_runs: tr, queues, workers, jobs: shapes(), by_model: Vec::new() };
     let mut model = Model::new(snapshot, NOW_MS, "examples/report.toml", vec![2, 4, 5]);
     for e in fixture_events(ago) {
         model.apply(&e);
@@ -295,6 +296,6 @@ pub fn fixture_with(n: u64) -> Model {
         .iter()
         .map(|q| QueueSnapshot { name: (*q).into(), concurrency: 4, paused: false, ready: 0, running: 0 })
         .collect();
-    let snapshot = EngineSnapshot { job_runs, task_runs, queues, workers, jobs: shapes() };
+    let snapshot = EngineSnapshot { job_runs, task_runs, queues, workers, jobs: shapes(), by_model: Vec::new() };
     Model::new(snapshot, NOW_MS, "bench", Vec::new())
 }

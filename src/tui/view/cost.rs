@@ -32,9 +32,11 @@ pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
 }
 
 fn draw_totals(model: &Model, frame: &mut Frame, area: Rect) {
-    let [left, right] = Layout::horizontal([Constraint::Length(34), Constraint::Min(10)]).areas(area);
-    let today: u64 = model.queues.values().map(|q| model.queue_cost_today(q)).sum();
     let c = &model.cost;
+    let tokens = tokens_line(&c.tokens);
+    let width = (tokens.chars().count() as u16 + 12).max(34);
+    let [left, right] = Layout::horizontal([Constraint::Length(width), Constraint::Min(10)]).areas(area);
+    let today: u64 = model.queues.values().map(|q| model.queue_cost_today(q)).fold(0, u64::saturating_add);
     let lines = vec![
         Line::from(vec![Span::styled(" total     ", dim()), Span::styled(usd(c.total), bold().fg(Color::Yellow))]),
         Line::from(vec![Span::styled(" today     ", dim()), Span::raw(usd(today))]),
@@ -42,10 +44,7 @@ fn draw_totals(model: &Model, frame: &mut Frame, area: Rect) {
             Span::styled(" burn rate ", dim()),
             Span::raw(format!("{}/h (last 10m)", usd(model.burn_per_hour()))),
         ]),
-        Line::from(vec![
-            Span::styled(" tokens    ", dim()),
-            Span::raw(format!("{} in / {} out", c.input_tokens, c.output_tokens)),
-        ]),
+        Line::from(vec![Span::styled(" tokens    ", dim()), Span::raw(tokens)]),
     ];
     frame.render_widget(Paragraph::new(lines), left);
     // One column per minute, as many minutes as the box is wide, the current one at the right
@@ -59,6 +58,15 @@ fn draw_totals(model: &Model, frame: &mut Frame, area: Rect) {
         .border_style(dim())
         .title(Line::styled(format!(" cost per minute, last {minutes}m "), dim()));
     frame.render_widget(Sparkline::default().block(block).data(&series).style(Style::new().fg(Color::Yellow)), right);
+}
+
+/// `1200 in / 340 out`, and the prompt-cache tokens when there were any.
+fn tokens_line(t: &crate::model::cost::Usage) -> String {
+    let mut line = format!("{} in / {} out", t.input_tokens, t.output_tokens);
+    if t.cache_read_tokens > 0 || t.cache_write_tokens > 0 {
+        line.push_str(&format!(" / {} cache read / {} cache write", t.cache_read_tokens, t.cache_write_tokens));
+    }
+    line
 }
 
 fn breakdown(frame: &mut Frame, area: Rect, title: &str, values: &BTreeMap<String, u64>, total: u64) {

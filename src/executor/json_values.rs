@@ -1,0 +1,227 @@
+//! Finds the complete top-level JSON values in a task's stdout, whatever their layout: one per
+//! line (`stream-json`, JSONL), pretty-printed over many lines (`jq .`, an API response saved
+//! with indentation), or a single compact object — with any plain text around them.
+//!
+//! It scans incrementally and keeps only the value in flight, up to [`MAX_JSON_VALUE`] bytes,
+//! so a task that prints gigabytes costs gaffer no more memory than that. A value starts with
+//! `{` or `[` as the first non-blank character of a line and ends where its brackets balance
+//! (outside strings). Two rules recover from text that only looked like JSON: a raw newline
+//! inside a string ends the candidate (JSON strings cannot hold one), and a `{` in column 0
+//! starts a new candidate (inside a pretty-printed value every nested line is indented).
+
+use serde_json::Value;
+
+/// A top-level value larger than this is skipped. Claude's result embeds the whole answer text,
+/// which is often far longer than a log line, so the bound is generous.
+pub const MAX_JSON_VALUE: usize = 8 * 1024 * 1024;
+
+/// What a push found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    Value(Value),
+    /// A value whose brackets balanced but that was larger than [`MAX_JSON_VALUE`].
+    Oversize,
+}
+
+#[derive(Debug, Default)]
+pub struct JsonValues {
+    /// The candidate in flight (empty when outside one, or when it overflowed).
+    buf: Vec<u8>,
+    inside: bool,
+    overflowed: bool,
+    depth: u32,
+    in_string: bool,
+    escape: bool,
+    /// Outside a candidate: only blanks so far on this line. Inside: at column 0.
+    line_start: bool,
+}
+
+impl JsonValues {
+    pub fn new() -> Self {
+        JsonValues { line_start: true, ..JsonValues::default() }
+    }
+
+    /// Feeds the next bytes of stdout; returns the values completed by them, in order.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Found> {
+        let mut found = Vec::new();
+        for &b in bytes {
+            if self.inside {
+                if let Some(f) = self.inside_byte(b) {
+                    found.push(f);
+                }
+            } else {
+                self.outside_byte(b);
+            }
+        }
+        found
+    }
+
+    /// True if stdout ended in the middle of a candidate (a value cut off).
+    pub fn finish(&self) -> bool {
+        self.inside
+    }
+
+    fn outside_byte(&mut self, b: u8) {
+        match b {
+            b'\n' => self.line_start = true,
+            b' ' | b'\t' | b'\r' => {}
+            b'{' | b'[' if self.line_start => self.begin(b),
+            _ => self.line_start = false,
+        }
+    }
+
+    fn begin(&mut self, b: u8) {
+        self.inside = true;
+        self.overflowed = false;
+        self.depth = 1;
+        self.in_string = false;
+        self.escape = false;
+        self.line_start = false;
+        self.buf.clear();
+        self.buf.push(b);
+    }
+
+    fn inside_byte(&mut self, b: u8) -> Option<Found> {
+        if self.in_string {
+            self.keep(b);
+            match b {
+                _ if self.escape => self.escape = false,
+                b'\\' => self.escape = true,
+                b'"' => self.in_string = false,
+                b'\n' => self.abandon(),
+                _ => {}
+            }
+            return None;
+        }
+        if b == b'{' && self.line_start {
+            self.begin(b);
+            return None;
+        }
+        self.line_start = b == b'\n';
+        self.keep(b);
+        match b {
+            b'"' => self.in_string = true,
+            b'{' | b'[' => self.depth += 1,
+            b'}' | b']' => {
+                self.depth -= 1;
+                if self.depth == 0 {
+                    return Some(self.complete());
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn keep(&mut self, b: u8) {
+        if self.overflowed {
+            return;
+        }
+        if self.buf.len() >= MAX_JSON_VALUE {
+            self.overflowed = true;
+            self.buf = Vec::new();
+        } else {
+            self.buf.push(b);
+        }
+    }
+
+    /// Not JSON after all: back to looking for a line that starts one.
+    fn abandon(&mut self) {
+        self.inside = false;
+        self.line_start = true;
+        self.release();
+    }
+
+    fn complete(&mut self) -> Found {
+        self.inside = false;
+        // The rest of this line is not the start of a line.
+        self.line_start = false;
+        let found = if self.overflowed {
+            Found::Oversize
+        } else {
+            match serde_json::from_slice::<Value>(&self.buf) {
+                Ok(value) => Found::Value(value),
+                // Balanced but not JSON (`{like this}`): nothing to report.
+                Err(_) => Found::Value(Value::Null),
+            }
+        };
+        self.release();
+        found
+    }
+
+    /// Drops the candidate, and its memory when it was a big one.
+    fn release(&mut self) {
+        self.buf.clear();
+        if self.buf.capacity() > 64 * 1024 {
+            self.buf = Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Every value found in `chunks`, pushed one by one.
+    fn scan(chunks: &[&str]) -> Vec<Value> {
+        let mut s = JsonValues::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            for f in s.push(c.as_bytes()) {
+                match f {
+                    Found::Value(Value::Null) => {}
+                    Found::Value(v) => out.push(v),
+                    Found::Oversize => out.push(json!("oversize")),
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn values_are_found_in_every_layout() {
+        let cases: &[(&str, &[&str], Vec<Value>)] = &[
+            ("compact line", &["{\"a\":1}\n"], vec![json!({"a": 1})]),
+            ("no trailing newline", &["text\n{\"a\":1}"], vec![json!({"a": 1})]),
+            ("jsonl stream", &["{\"a\":1}\n{\"b\":2}\n"], vec![json!({"a": 1}), json!({"b": 2})]),
+            (
+                "pretty",
+                &["{\n  \"a\": {\n    \"b\": [\n      {\"c\": 1}\n    ]\n  }\n}\n"],
+                vec![json!({"a": {"b": [{"c": 1}]}})],
+            ),
+            ("split across chunks", &["{\"a\":", "\"x}{\\\"\"", "}\n"], vec![json!({"a": "x}{\""})]),
+            ("text around it", &["thinking...\n", "{\"a\":1}\n", "bye {\n"], vec![json!({"a": 1})]),
+            ("indented top level", &["  {\"a\":1}\n"], vec![json!({"a": 1})]),
+            ("a top-level array", &["[{\"a\":1},\n {\"b\":2}]\n"], vec![json!([{"a": 1}, {"b": 2}])]),
+            ("brace mid-line is text", &["see {\"a\":1}\n"], vec![]),
+            ("crlf", &["{\"a\":\r\n 1}\r\n"], vec![json!({"a": 1})]),
+        ];
+        for (name, chunks, want) in cases {
+            assert_eq!(&scan(chunks), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn text_that_only_looked_like_json_does_not_hide_what_follows() {
+        // An unbalanced brace, then the real result in column 0.
+        assert_eq!(scan(&["{not json\n", "{\"a\":1}\n"]), vec![json!({"a": 1})]);
+        // A quote left open by text: the raw newline ends it.
+        assert_eq!(scan(&["{\"it's\n", "  {\"a\":1}\n"]), vec![json!({"a": 1})]);
+        // Balanced but not JSON: skipped.
+        assert_eq!(scan(&["{hello}\n{\"a\":1}\n"]), vec![json!({"a": 1})]);
+    }
+
+    #[test]
+    fn an_oversize_value_is_reported_and_its_memory_given_back() {
+        let mut s = JsonValues::new();
+        let big = format!("{{\"result\":\"{}\"}}\n", "x".repeat(MAX_JSON_VALUE));
+        assert_eq!(s.push(big.as_bytes()), vec![Found::Oversize]);
+        assert_eq!(s.buf.capacity(), 0);
+        assert_eq!(s.push(b"{\"a\":1}\n"), vec![Found::Value(json!({"a": 1}))]);
+        assert!(!s.finish());
+        s.push(b"{\"cut\":");
+        assert!(s.finish(), "stdout ended inside a value");
+    }
+}
