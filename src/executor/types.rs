@@ -40,6 +40,23 @@ pub struct CostReport {
     pub model: Option<String>,
 }
 
+#[cfg(test)]
+impl CostReport {
+    /// For tables of cases: `tokens` are [input, output, cache read, cache write], 0 for
+    /// "not reported".
+    pub fn of(model: Option<&str>, usd: Option<u64>, tokens: [u64; 4]) -> CostReport {
+        let some = |n: u64| (n > 0).then_some(n);
+        CostReport {
+            usd_micros: usd,
+            input_tokens: some(tokens[0]),
+            output_tokens: some(tokens[1]),
+            cache_read_tokens: some(tokens[2]),
+            cache_write_tokens: some(tokens[3]),
+            model: model.map(str::to_string),
+        }
+    }
+}
+
 /// Streamed while the attempt runs, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptEvent {

@@ -175,15 +175,7 @@ mod tests {
     }
 
     fn report(usd: Option<u64>, tokens: [u64; 4], model: Option<&str>) -> CostReport {
-        let some = |n: u64| (n > 0).then_some(n);
-        CostReport {
-            usd_micros: usd,
-            input_tokens: some(tokens[0]),
-            output_tokens: some(tokens[1]),
-            cache_read_tokens: some(tokens[2]),
-            cache_write_tokens: some(tokens[3]),
-            model: model.map(str::to_string),
-        }
+        CostReport::of(model, usd, tokens)
     }
 
     #[test]

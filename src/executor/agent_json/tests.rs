@@ -22,15 +22,7 @@ fn read(text: &str) -> AgentOutcome {
 }
 
 fn cost(model: Option<&str>, usd: Option<u64>, tokens: [u64; 4]) -> CostReport {
-    let some = |n: u64| (n > 0).then_some(n);
-    CostReport {
-        usd_micros: usd,
-        input_tokens: some(tokens[0]),
-        output_tokens: some(tokens[1]),
-        cache_read_tokens: some(tokens[2]),
-        cache_write_tokens: some(tokens[3]),
-        model: model.map(str::to_string),
-    }
+    CostReport::of(model, usd, tokens)
 }
 
 fn output<'a>(o: &'a AgentOutcome, key: &str) -> Option<&'a str> {
