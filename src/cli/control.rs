@@ -148,7 +148,7 @@ fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     query::print_task_table(&dead);
-    let spent: u64 = items.iter().map(|t| crate::model::money::micros_of_json(&t["cost_usd"])).sum();
+    let spent = items.iter().map(|t| crate::model::money::micros_of_json(&t["cost_usd"])).fold(0, u64::saturating_add);
     outln!(
         "{} dead letter(s), {} spent on them; `gaffer dlq retry ID` or `gaffer dlq retry --all`",
         items.len(),

@@ -21,7 +21,7 @@
 
 use serde_json::{Map, Value};
 
-use super::json_values::{Found, JsonValues, MAX_JSON_VALUE};
+use super::json_values::{Found, JsonValues, MAX_JSON_ELEMENTS, MAX_JSON_VALUE};
 use super::protocol::{MAX_OUTPUT_BYTES, quote};
 use super::types::CostReport;
 use crate::config::CostSource;
@@ -539,7 +539,9 @@ impl AgentJson {
             self.warn("stdout ended in the middle of a JSON value; that value was not read".to_string());
         }
         if self.oversize {
-            self.warn(format!("a JSON value on stdout was larger than {MAX_JSON_VALUE} bytes and was skipped"));
+            self.warn(format!(
+                "a JSON value on stdout was larger than {MAX_JSON_VALUE} bytes or {MAX_JSON_ELEMENTS} elements and was skipped"
+            ));
         }
         let mut outcome = AgentOutcome::default();
         match self.last.take() {

@@ -3,7 +3,8 @@
 //! with indentation), or a single compact object — with any plain text around them.
 //!
 //! It scans incrementally and keeps only the value in flight, up to [`MAX_JSON_VALUE`] bytes,
-//! so a task that prints gigabytes costs gaffer no more memory than that. A value starts with
+//! so a task that prints gigabytes costs gaffer no more memory than that (and a value is parsed
+//! only if it has at most [`MAX_JSON_ELEMENTS`] elements). A value starts with
 //! `{` or `[` as the first non-blank character of a line and ends where its brackets balance
 //! (outside strings). Two rules recover from text that only looked like JSON: a raw newline
 //! inside a string ends the candidate (JSON strings cannot hold one), and a `{` in column 0
@@ -14,12 +15,17 @@ use serde_json::Value;
 /// A top-level value larger than this is skipped. Claude's result embeds the whole answer text,
 /// which is often far longer than a log line, so the bound is generous.
 pub const MAX_JSON_VALUE: usize = 8 * 1024 * 1024;
+/// A value with more elements than this (objects, arrays and their members) is skipped too: a
+/// parsed element takes tens of bytes, so 8 MiB of `[0,0,0,…` would take hundreds of MiB to
+/// read. Real results have a few thousand; their long texts are single strings.
+pub const MAX_JSON_ELEMENTS: usize = 100_000;
 
 /// What a push found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Found {
     Value(Value),
-    /// A value whose brackets balanced but that was larger than [`MAX_JSON_VALUE`].
+    /// A value whose brackets balanced but that was larger than [`MAX_JSON_VALUE`] bytes or
+    /// [`MAX_JSON_ELEMENTS`] elements.
     Oversize,
 }
 
@@ -29,6 +35,8 @@ pub struct JsonValues {
     buf: Vec<u8>,
     inside: bool,
     overflowed: bool,
+    /// Elements of the candidate so far (see [`MAX_JSON_ELEMENTS`]).
+    elements: usize,
     depth: u32,
     in_string: bool,
     escape: bool,
@@ -73,6 +81,7 @@ impl JsonValues {
     fn begin(&mut self, b: u8) {
         self.inside = true;
         self.overflowed = false;
+        self.elements = 1;
         self.depth = 1;
         self.in_string = false;
         self.escape = false;
@@ -99,6 +108,13 @@ impl JsonValues {
         }
         self.line_start = b == b'\n';
         self.keep(b);
+        if matches!(b, b',' | b'{' | b'[') {
+            self.elements += 1;
+            if self.elements > MAX_JSON_ELEMENTS && !self.overflowed {
+                self.overflowed = true;
+                self.buf = Vec::new();
+            }
+        }
         match b {
             b'"' => self.in_string = true,
             b'{' | b'[' => self.depth += 1,
@@ -220,6 +236,8 @@ mod tests {
         assert_eq!(s.push(big.as_bytes()), vec![Found::Oversize]);
         assert_eq!(s.buf.capacity(), 0);
         assert_eq!(s.push(b"{\"a\":1}\n"), vec![Found::Value(json!({"a": 1}))]);
+        let many = format!("[{}0]\n", "0,".repeat(MAX_JSON_ELEMENTS));
+        assert_eq!(s.push(many.as_bytes()), vec![Found::Oversize], "too many elements to parse cheaply");
         assert!(!s.finish());
         s.push(b"{\"cut\":");
         assert!(s.finish(), "stdout ended inside a value");

@@ -400,8 +400,9 @@ impl Model {
     /// Micro-dollars per hour over the last ten minutes.
     pub fn burn_per_hour(&self) -> u64 {
         let now_min = self.now_ms / MINUTE_MS;
-        let spent: u64 = self.cost.per_minute.range(now_min.saturating_sub(9)..=now_min).map(|(_, v)| v).sum();
-        spent * 6
+        let spent =
+            self.cost.per_minute.range(now_min.saturating_sub(9)..=now_min).fold(0, |a, (_, v)| v.saturating_add(a));
+        spent.saturating_mul(6)
     }
 
     /// Cost per minute for the last `n` minutes, oldest first.
@@ -627,8 +628,8 @@ impl Model {
                     (None, Some(j)) => format!("job run j{j}"),
                     _ => "gaffer".into(),
                 };
-                let num = |k: &str| e.field(k).map(|v| v.to_string()).unwrap_or_default();
-                self.say(format!("{who}: budget exceeded, spent ${} of ${}", num("spent_usd"), num("limit_usd")), true);
+                let usd = |k: &str| crate::headless::dollars(e.field(k).map_or(0, micros_of_json));
+                self.say(format!("{who}: budget exceeded, spent {} of {}", usd("spent_usd"), usd("limit_usd")), true);
             }
             _ if e.event.starts_with("task.") => self.apply_task(e),
             _ => {}

@@ -77,7 +77,7 @@ fn breakdown(frame: &mut Frame, area: Rect, title: &str, values: &BTreeMap<Strin
         .into_iter()
         .take(height)
         .map(|(name, v)| {
-            let share = (v * 100).checked_div(total).unwrap_or(0);
+            let share = (u128::from(*v) * 100).checked_div(u128::from(total)).unwrap_or(0);
             Row::new(vec![Span::raw(name.clone()), Span::raw(usd(*v)), Span::styled(format!("{share:>3}%"), dim())])
         })
         .collect();
