@@ -648,7 +648,9 @@ impl Model {
             row.rec.reason = None;
         }
         self.touch(View::Jobs);
-        if e.event == "job.started" && !known { vec![Command::LoadJobRun(id)] } else { Vec::new() }
+        // A run reopened `--from` a task put succeeded task runs back to pending without an event each.
+        let reload = !known || e.field("from").is_some();
+        if e.event == "job.started" && reload { vec![Command::LoadJobRun(id)] } else { Vec::new() }
     }
 
     fn apply_task(&mut self, e: &EngineEvent) {
