@@ -104,13 +104,7 @@ fn deliver(
     retry: &RetryOptions,
 ) -> Result<Result<String, String>, CliError> {
     let (path, body) = match action {
-        Action::Retry => {
-            let mut body = serde_json::json!({"target": target.id_text()});
-            if let Ok(serde_json::Value::Object(options)) = serde_json::to_value(retry) {
-                body.as_object_mut().into_iter().for_each(|b| b.extend(options.clone()));
-            }
-            ("/v1/retry", body)
-        }
+        Action::Retry => ("/v1/retry", retry.request(target)),
         Action::Cancel => ("/v1/cancel", serde_json::json!({"target": target.id_text()})),
         Action::Signal(name) => ("/v1/signal", serde_json::json!({"target": target.id_text(), "name": name})),
     };

@@ -658,6 +658,8 @@ async fn follow(
             signal_code
         }
     };
+    // Hooks of the last events (a `job.failed`) may still run: their `hook.failed` is printed too.
+    handle.drain_hooks().await;
     handle.flush_events().await;
     while let Ok(event) = events.try_recv() {
         let _ = headless::print(&mut stdout, format, &event);

@@ -44,6 +44,16 @@ impl RetryOptions {
     pub fn is_plain(&self) -> bool {
         *self == RetryOptions::default()
     }
+
+    /// The body of `POST /v1/retry`: `{"target": "j7", "from": …, "definition": …}`.
+    pub fn request(&self, target: Target) -> serde_json::Value {
+        let mut body = serde_json::json!({"target": target.id_text()});
+        if let (Some(body), Ok(serde_json::Value::Object(options))) = (body.as_object_mut(), serde_json::to_value(self))
+        {
+            body.extend(options);
+        }
+        body
+    }
 }
 
 fn dir(state_dir: &Path) -> PathBuf {

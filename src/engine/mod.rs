@@ -226,6 +226,8 @@ pub trait Control {
     fn snapshot(&self) -> Reply<'_, EngineSnapshot>;
     fn subscribe(&self) -> Reply<'_, mpsc::UnboundedReceiver<EngineEvent>>;
     fn retry(&self, target: Target) -> Reply<'_, String>;
+    /// A retry with `--from` / `--definition`.
+    fn retry_with(&self, target: Target, options: RetryOptions) -> Reply<'_, String>;
     fn cancel(&self, target: Target) -> Reply<'_, String>;
     fn signal<'a>(&'a self, target: Target, name: &'a str) -> Reply<'a, String>;
     fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> Reply<'a, bool>;
@@ -245,6 +247,10 @@ impl Control for EngineHandle {
 
     fn retry(&self, target: Target) -> Reply<'_, String> {
         Box::pin(EngineHandle::retry(self, target))
+    }
+
+    fn retry_with(&self, target: Target, options: RetryOptions) -> Reply<'_, String> {
+        Box::pin(EngineHandle::retry_with(self, target, options))
     }
 
     fn cancel(&self, target: Target) -> Reply<'_, String> {

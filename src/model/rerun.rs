@@ -104,7 +104,7 @@ impl fmt::Display for Refusal {
             Refusal::NoSucceededRun { task, needs } => write!(
                 f,
                 "task `{task}` needs {}, which {} no succeeded run to take outputs from; run the whole job once, \
-                 or `--only` {} first",
+                 or `--only {}` first",
                 quoted(needs),
                 if needs.len() == 1 { "has" } else { "have" },
                 needs[0]
