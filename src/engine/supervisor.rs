@@ -167,19 +167,8 @@ impl Supervisor {
         let job_index = self.job_index(job)?;
         let def = &self.workflow.jobs[job_index];
         let now = shared.clock.now_ms();
-        let id = shared.store.ids.next_job_run();
-        let record = JobRunRecord {
-            id,
-            job: job.to_string(),
-            definition: self.definition,
-            params: merged_params(def, params)?,
-            state: JobState::Running,
-            reason: None,
-            cost_usd_micros: 0,
-            created_at_ms: now,
-            ended_at_ms: None,
-            cancel_requested: false,
-        };
+        let record = self.new_job_run(&shared, def, params, now)?;
+        let id = record.id;
         let tasks = def
             .tasks
             .iter()
@@ -198,6 +187,28 @@ impl Supervisor {
         self.job_runs.insert(id, actor);
         self.job_of.insert(id, job.to_string());
         Ok(id)
+    }
+
+    /// A new job run of `def`, running, with the definition in use and `given` params.
+    fn new_job_run(
+        &self,
+        shared: &Shared,
+        def: &crate::config::JobDef,
+        given: BTreeMap<String, String>,
+        now: u64,
+    ) -> Result<JobRunRecord, EngineError> {
+        Ok(JobRunRecord {
+            id: shared.store.ids.next_job_run(),
+            job: def.name.clone(),
+            definition: self.definition,
+            params: merged_params(def, given)?,
+            state: JobState::Running,
+            reason: None,
+            cost_usd_micros: 0,
+            created_at_ms: now,
+            ended_at_ms: None,
+            cancel_requested: false,
+        })
     }
 
     fn job_index(&self, job: &str) -> Result<usize, EngineError> {

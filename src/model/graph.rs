@@ -136,27 +136,25 @@ impl JobGraph {
     /// Every task `task` needs, directly or through others.
     /// Costs the size of the ancestry, not of the job (a job may have 100k independent tasks).
     pub fn ancestors(&self, task: usize) -> Vec<usize> {
-        let mut seen = std::collections::HashSet::new();
-        let mut stack: Vec<usize> = self.needs[task].clone();
-        while let Some(t) = stack.pop() {
-            if seen.insert(t) {
-                stack.extend(&self.needs[t]);
-            }
-        }
-        seen.into_iter().collect()
+        reachable(&self.needs, task)
     }
 
     /// Every task that needs `task`, directly or through others (what `retry --from` re-runs).
     pub fn descendants(&self, task: usize) -> Vec<usize> {
-        let mut seen = std::collections::HashSet::new();
-        let mut stack: Vec<usize> = self.dependents[task].clone();
-        while let Some(t) = stack.pop() {
-            if seen.insert(t) {
-                stack.extend(&self.dependents[t]);
-            }
-        }
-        seen.into_iter().collect()
+        reachable(&self.dependents, task)
     }
+}
+
+/// The tasks reached from `task` along `edges` (not `task` itself, in no particular order).
+fn reachable(edges: &[Vec<usize>], task: usize) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<usize> = edges[task].clone();
+    while let Some(t) = stack.pop() {
+        if seen.insert(t) {
+            stack.extend(&edges[t]);
+        }
+    }
+    seen.into_iter().collect()
 }
 
 /// A job run takes no new work once one of its tasks is dead or cancelled (SPEC §2.2 fail-fast

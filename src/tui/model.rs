@@ -612,6 +612,11 @@ impl Model {
                 let num = |k: &str| e.field(k).map(|v| v.to_string()).unwrap_or_default();
                 self.say(format!("{who}: budget exceeded, spent ${} of ${}", num("spent_usd"), num("limit_usd")), true);
             }
+            "hook.failed" => {
+                let text = |k: &str| e.str_field(k).unwrap_or("?").to_string();
+                let what = format!("hook {} ({}) for {}", text("hook"), text("level"), text("for_event"));
+                self.say(format!("{what} failed: {}: {}", text("reason"), text("detail")), true);
+            }
             _ if e.event.starts_with("task.") => self.apply_task(e),
             _ => {}
         }

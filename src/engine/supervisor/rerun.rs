@@ -12,11 +12,11 @@ use tokio::sync::oneshot;
 use super::super::inbox::RetryOptions;
 use super::super::job_run::{Begin, CheckDefinition, JobRun, Retry, RetryFrom, Start, workflow_for_run};
 use super::super::{EngineError, Target};
-use super::{Supervisor, merged_params, new_task_run};
+use super::{Supervisor, new_task_run};
 use crate::config::JobDef;
+use crate::model::TaskState;
 use crate::model::graph::JobGraph;
 use crate::model::rerun::{self, OnlyPlan, PastRun};
-use crate::model::{JobState, TaskState};
 use crate::store::{JobRunRecord, Reader, TaskRunRecord};
 
 /// Which earlier task runs an `--only` run of `task` borrows its needs' outputs from, read from
@@ -67,18 +67,7 @@ impl Supervisor {
         let def = &self.workflow.jobs[job_index];
         let (plan, history) = plan_only(&shared.store.reader()?, def, &msg.task).map_err(EngineError::Invalid)?;
         let now = shared.clock.now_ms();
-        let record = JobRunRecord {
-            id: shared.store.ids.next_job_run(),
-            job: msg.job.clone(),
-            definition: self.definition,
-            params: merged_params(def, msg.params)?,
-            state: JobState::Running,
-            reason: None,
-            cost_usd_micros: 0,
-            created_at_ms: now,
-            ended_at_ms: None,
-            cancel_requested: false,
-        };
+        let record = self.new_job_run(&shared, def, msg.params, now)?;
         let mut tasks = Vec::new();
         for i in plan.tasks() {
             let mut t = new_task_run(shared.store.ids.next_task_run(), &record, i, &def.tasks[i], now);
@@ -127,12 +116,14 @@ impl Supervisor {
                 Some(task) => actor.send(RetryFrom { task }).await,
                 None => actor.send(Retry { task_run }).await,
             };
-            let message = answer.map_err(stopped)?.map_err(EngineError::Invalid)?;
+            // A switch made before a refused retry stays (it was asked for): say both.
+            let with_note = |text: String| note.as_ref().map_or(text.clone(), |note| format!("{note}\n{text}"));
+            let message = answer.map_err(stopped)?.map_err(|e| EngineError::Invalid(with_note(e)))?;
             // As for every command: durable before it is answered (see `Command`).
             if let Some(store) = store {
                 store.commit(Vec::new()).await?;
             }
-            Ok(note.map_or(message.clone(), |note| format!("{note}\n{message}")))
+            Ok(with_note(message))
         })
     }
 }
