@@ -201,6 +201,9 @@ fn a_retry_after_editing_the_file_says_so_and_switches_only_when_asked() {
     wait_until(Duration::from_secs(10), "the edited task to succeed", || p.task("t")["state"] == "succeeded");
     assert_eq!(ran(), "v1\nv1\nv2\n");
     assert_eq!(p.task("t")["attempt"], 3);
+    wait_until(Duration::from_secs(5), "job.redefined in the journal", || {
+        !named(&p.journal(), "job.redefined").is_empty()
+    });
     let redefined = named(&p.journal(), "job.redefined").into_iter().cloned().collect::<Vec<_>>();
     assert_eq!(redefined.len(), 1, "the switch is recorded");
     assert_eq!(redefined[0]["job_run"], 1);

@@ -903,7 +903,7 @@ nees = ["a"]
             errors(text),
             [
                 "2:11: `workers` must be an integer of at least 1",
-                "6:1: unknown key `burst` in queue `llm` (expected one of: concurrency, rate_limit, aging)",
+                "6:1: unknown key `burst` in queue `llm` (expected one of: concurrency, rate_limit, aging, on_failure, on_dead_letter, on_budget)",
                 "9:12: bad cron expression `0 25 * * *`: Component error: Number out of bounds.",
                 "10:12: unknown timezone `Mars/Olympus`",
                 "14:12: `priority` must be an integer from 0 to 100",
