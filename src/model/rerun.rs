@@ -3,11 +3,12 @@
 //! and whether a job run's stored definition differs from the file in use (and may be switched
 //! to it). The engine and the CLI (offline) carry them out; nothing here reads the store.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::JobDef;
+use crate::config::{JobDef, TaskDef};
 use crate::model::TaskState;
 use crate::model::graph::JobGraph;
 
@@ -142,13 +143,18 @@ pub fn only_plan(graph: &JobGraph, task: &str, past: &[PastRun]) -> Result<OnlyP
     let i = index_of(graph, task)?;
     let mut needs = graph.ancestors(i);
     needs.sort_unstable();
+    let mut latest: HashMap<&str, &PastRun> = HashMap::new();
+    for r in past.iter().filter(|r| r.state == TaskState::Succeeded) {
+        let best = latest.entry(r.task).or_insert(r);
+        if r.task_run > best.task_run {
+            *best = r;
+        }
+    }
     let mut borrowed = Vec::new();
     let mut missing = Vec::new();
     for need in needs {
         let name = &graph.names[need];
-        let latest =
-            past.iter().filter(|r| r.task == name && r.state == TaskState::Succeeded).max_by_key(|r| r.task_run);
-        match latest {
+        match latest.get(name.as_str()) {
             Some(r) => borrowed.push((need, Borrowed { task_run: r.task_run, job_run: r.job_run })),
             None => missing.push(name.clone()),
         }
@@ -162,8 +168,9 @@ pub fn only_plan(graph: &JobGraph, task: &str, past: &[PastRun]) -> Result<OnlyP
 /// The job as one job run sees it: only the tasks it has task runs for (all of them, except
 /// for an `--only` run), in file order. `keep` is closed under `needs` by construction.
 pub fn slice_job(job: &JobDef, keep: &[&str]) -> JobDef {
+    let keep: HashSet<&str> = keep.iter().copied().collect();
     let mut sliced = job.clone();
-    sliced.tasks.retain(|t| keep.contains(&t.name.as_str()));
+    sliced.tasks.retain(|t| keep.contains(t.name.as_str()));
     sliced
 }
 
@@ -203,11 +210,12 @@ pub fn plan_from(graph: &JobGraph, states: &[TaskState], from: &str) -> Result<V
 /// Tasks added since are not part of the run and are not listed; nor are hooks or the schedule.
 pub fn definition_changes(stored: &JobDef, current: Option<&JobDef>) -> Vec<String> {
     let Some(current) = current else { return vec![format!("job `{}` is no longer in the file", stored.name)] };
+    let now = tasks_by_name(current);
     let mut changes = Vec::new();
     for task in &stored.tasks {
-        match current.task(&task.name) {
+        match now.get(task.name.as_str()) {
             None => changes.push(format!("task `{}` removed", task.name)),
-            Some(now) if now != task => changes.push(format!("task `{}` changed", task.name)),
+            Some(now) if *now != task => changes.push(format!("task `{}` changed", task.name)),
             Some(_) => {}
         }
     }
@@ -223,12 +231,14 @@ pub fn definition_changes(stored: &JobDef, current: Option<&JobDef>) -> Vec<Stri
 /// Whether a job run whose task runs are `run_tasks` can switch to `current`: each of its tasks
 /// must still exist, and need only tasks of the run (a task added since stays outside the run).
 pub fn can_switch(run_tasks: &[&str], current: &JobDef) -> Result<(), String> {
-    let missing: Vec<String> = run_tasks.iter().filter(|t| current.task(t).is_none()).map(|t| t.to_string()).collect();
+    let now = tasks_by_name(current);
+    let missing: Vec<String> = run_tasks.iter().filter(|t| !now.contains_key(*t)).map(|t| t.to_string()).collect();
     if !missing.is_empty() {
         return Err(format!("{} no longer in job `{}`", quoted_list(&missing), current.name));
     }
-    for task in run_tasks.iter().filter_map(|t| current.task(t)) {
-        if let Some(need) = task.needs.iter().find(|n| !run_tasks.contains(&n.as_str())) {
+    let in_run: HashSet<&str> = run_tasks.iter().copied().collect();
+    for task in run_tasks.iter().filter_map(|t| now.get(t)) {
+        if let Some(need) = task.needs.iter().find(|n| !in_run.contains(n.as_str())) {
             return Err(format!(
                 "task `{}` now needs `{need}`, which is not part of this job run; start a new run for that",
                 task.name
@@ -236,6 +246,11 @@ pub fn can_switch(run_tasks: &[&str], current: &JobDef) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A job of 100k tasks is looked up by name in O(1), not O(n) per task.
+fn tasks_by_name(job: &JobDef) -> HashMap<&str, &TaskDef> {
+    job.tasks.iter().map(|t| (t.name.as_str(), t)).collect()
 }
 
 fn quoted_list(names: &[String]) -> String {

@@ -22,7 +22,8 @@ pub(crate) fn workflow_for_run(
     run_tasks: &[&str],
 ) -> Result<Arc<Workflow>, String> {
     let job = &workflow.jobs[job_index];
-    if let Some(stray) = run_tasks.iter().find(|t| job.task(t).is_none()) {
+    let names: std::collections::HashSet<&str> = job.tasks.iter().map(|t| t.name.as_str()).collect();
+    if let Some(stray) = run_tasks.iter().find(|t| !names.contains(*t)) {
         return Err(format!("it has a task run of `{stray}`, which its job `{}` does not have", job.name));
     }
     if run_tasks.len() == job.tasks.len() {

@@ -3,7 +3,7 @@
 //! retry goes through the definition check before it reaches the job run (`--definition`,
 //! `--from`). The decisions are `model::rerun`'s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -16,7 +16,7 @@ use super::{Supervisor, new_task_run};
 use crate::config::JobDef;
 use crate::model::TaskState;
 use crate::model::graph::JobGraph;
-use crate::model::rerun::{self, OnlyPlan, PastRun};
+use crate::model::rerun::{self, Borrowed, OnlyPlan, PastRun};
 use crate::store::{JobRunRecord, Reader, TaskRunRecord};
 
 /// Which earlier task runs an `--only` run of `task` borrows its needs' outputs from, read from
@@ -68,11 +68,13 @@ impl Supervisor {
         let (plan, history) = plan_only(&shared.store.reader()?, def, &msg.task).map_err(EngineError::Invalid)?;
         let now = shared.clock.now_ms();
         let record = self.new_job_run(&shared, def, msg.params, now)?;
+        let by_id: HashMap<u64, &TaskRunRecord> = history.iter().map(|h| (h.id, h)).collect();
+        let borrowed: HashMap<usize, Borrowed> = plan.borrowed.iter().copied().collect();
         let mut tasks = Vec::new();
         for i in plan.tasks() {
             let mut t = new_task_run(shared.store.ids.next_task_run(), &record, i, &def.tasks[i], now);
-            if let Some((_, from)) = plan.borrowed.iter().find(|(b, _)| *b == i) {
-                let source = history.iter().find(|h| h.id == from.task_run);
+            if let Some(from) = borrowed.get(&i) {
+                let source = by_id.get(&from.task_run);
                 t.state = TaskState::Succeeded;
                 t.outputs = source.map(|s| s.outputs.clone()).unwrap_or_default();
                 t.exit_code = source.and_then(|s| s.exit_code);
