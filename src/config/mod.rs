@@ -5,6 +5,7 @@
 
 pub mod advice;
 mod checks;
+mod hooks;
 mod parse;
 pub mod pricing;
 pub mod template;

@@ -631,6 +631,11 @@ impl Model {
                 let usd = |k: &str| crate::headless::dollars(e.field(k).map_or(0, micros_of_json));
                 self.say(format!("{who}: budget exceeded, spent {} of {}", usd("spent_usd"), usd("limit_usd")), true);
             }
+            "hook.failed" => {
+                let text = |k: &str| e.str_field(k).unwrap_or("?").to_string();
+                let what = format!("hook {} ({}) for {}", text("hook"), text("level"), text("for_event"));
+                self.say(format!("{what} failed: {}: {}", text("reason"), text("detail")), true);
+            }
             _ if e.event.starts_with("task.") => self.apply_task(e),
             _ => {}
         }
@@ -667,7 +672,9 @@ impl Model {
             row.rec.reason = None;
         }
         self.touch(View::Jobs);
-        if e.event == "job.started" && !known { vec![Command::LoadJobRun(id)] } else { Vec::new() }
+        // A run reopened `--from` a task put succeeded task runs back to pending without an event each.
+        let reload = !known || e.field("from").is_some();
+        if e.event == "job.started" && reload { vec![Command::LoadJobRun(id)] } else { Vec::new() }
     }
 
     fn apply_task(&mut self, e: &EngineEvent) {
