@@ -45,6 +45,29 @@ pub struct AgentOutcome {
     pub warnings: Vec<String>,
 }
 
+/// Just the `type` of a value, read without building anything else.
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A Claude `stream-json` assistant line, only what gaffer reads of it.
+#[derive(serde::Deserialize)]
+struct AssistantLine<'a> {
+    #[serde(borrow)]
+    message: Option<AssistantMessage<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct AssistantMessage<'a> {
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    usage: Option<Value>,
+}
+
 /// Which tool's shape a final value had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
@@ -151,10 +174,32 @@ impl AgentJson {
 
     /// `chunk` is a stdout line or a piece of one.
     pub fn push(&mut self, chunk: &[u8]) {
-        for found in self.values.push(chunk) {
-            match found {
-                Found::Value(value) => self.read(&value),
-                Found::Oversize => self.oversize = true,
+        let mut values = std::mem::take(&mut self.values);
+        values.push(chunk, |found| match found {
+            Found::Json(text) => self.read_text(text),
+            Found::Oversize => self.oversize = true,
+        });
+        self.values = values;
+    }
+
+    /// Most lines of a stream are events gaffer has no use for (tool calls and their results,
+    /// which can hold whole files) or assistant messages it needs three fields of: those are
+    /// read without building a JSON tree; everything else is parsed whole.
+    fn read_text(&mut self, text: &[u8]) {
+        let kind = serde_json::from_slice::<Envelope>(text).ok().and_then(|e| e.kind);
+        match kind.as_deref() {
+            Some(
+                "user" | "tool_use" | "tool_result" | "stream_event" | "turn.started" | "item.started" | "item.updated",
+            ) => {}
+            Some("assistant") => {
+                if let Ok(line) = serde_json::from_slice::<AssistantLine>(text) {
+                    self.claude_stream_message(line);
+                }
+            }
+            _ => {
+                if let Ok(value) = serde_json::from_slice::<Value>(text) {
+                    self.read(&value);
+                }
             }
         }
     }
@@ -196,7 +241,6 @@ impl AgentJson {
                 self.session_id = string(o, "session_id").or(self.session_id.take());
                 self.model = model_name(o.get("model")).or(self.model.take());
             }
-            (Some("assistant"), _) => self.claude_stream_message(o),
             (Some("message"), _) if o.contains_key("usage") => {
                 let f = self.anthropic_message(o);
                 self.last = Some(f);
@@ -289,18 +333,18 @@ impl AgentJson {
     }
 
     /// A `stream-json` assistant message: counted only if the result line never comes.
-    fn claude_stream_message(&mut self, o: &Map<String, Value>) {
-        let Some(message) = o.get("message").and_then(Value::as_object) else { return };
-        let id = string(message, "id");
+    fn claude_stream_message(&mut self, line: AssistantLine) {
+        let Some(message) = line.message else { return };
+        let id = message.id.map(String::from);
         if id.is_some() && id == self.last_message_id {
             return;
         }
         self.last_message_id = id;
-        let Some(usage) = message.get("usage") else { return };
+        let Some(usage) = message.usage else { return };
         let report = CostReport {
             usd_micros: None,
-            model: model_name(message.get("model")).or(self.model.clone()),
-            ..self.anthropic_usage(usage)
+            model: message.model.as_deref().filter(|m| !m.is_empty()).map(quote).or(self.model.clone()),
+            ..self.anthropic_usage(&usage)
         };
         self.streamed_messages += 1;
         add_report(&mut self.streamed, report);

@@ -10,8 +10,6 @@
 //! inside a string ends the candidate (JSON strings cannot hold one), and a `{` in column 0
 //! starts a new candidate (inside a pretty-printed value every nested line is indented).
 
-use serde_json::Value;
-
 /// A top-level value larger than this is skipped. Claude's result embeds the whole answer text,
 /// which is often far longer than a log line, so the bound is generous.
 pub const MAX_JSON_VALUE: usize = 8 * 1024 * 1024;
@@ -21,9 +19,10 @@ pub const MAX_JSON_VALUE: usize = 8 * 1024 * 1024;
 pub const MAX_JSON_ELEMENTS: usize = 100_000;
 
 /// What a push found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Found {
-    Value(Value),
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Found<'a> {
+    /// The text of a complete candidate: its brackets balance (it may still not be JSON).
+    Json(&'a [u8]),
     /// A value whose brackets balanced but that was larger than [`MAX_JSON_VALUE`] bytes or
     /// [`MAX_JSON_ELEMENTS`] elements.
     Oversize,
@@ -49,19 +48,16 @@ impl JsonValues {
         JsonValues { line_start: true, ..JsonValues::default() }
     }
 
-    /// Feeds the next bytes of stdout; returns the values completed by them, in order.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<Found> {
-        let mut found = Vec::new();
+    /// Feeds the next bytes of stdout; `found` is called with each value they complete, in
+    /// order (the caller parses only what it needs).
+    pub fn push(&mut self, bytes: &[u8], mut found: impl FnMut(Found<'_>)) {
         for &b in bytes {
-            if self.inside {
-                if let Some(f) = self.inside_byte(b) {
-                    found.push(f);
-                }
-            } else {
+            if !self.inside {
                 self.outside_byte(b);
+            } else if self.inside_byte(b) {
+                self.complete(&mut found);
             }
         }
-        found
     }
 
     /// True if stdout ended in the middle of a candidate (a value cut off).
@@ -90,7 +86,8 @@ impl JsonValues {
         self.buf.push(b);
     }
 
-    fn inside_byte(&mut self, b: u8) -> Option<Found> {
+    /// True when `b` completes the candidate.
+    fn inside_byte(&mut self, b: u8) -> bool {
         if self.in_string {
             self.keep(b);
             match b {
@@ -100,11 +97,11 @@ impl JsonValues {
                 b'\n' => self.abandon(),
                 _ => {}
             }
-            return None;
+            return false;
         }
         if b == b'{' && self.line_start {
             self.begin(b);
-            return None;
+            return false;
         }
         self.line_start = b == b'\n';
         self.keep(b);
@@ -120,13 +117,11 @@ impl JsonValues {
             b'{' | b'[' => self.depth += 1,
             b'}' | b']' => {
                 self.depth -= 1;
-                if self.depth == 0 {
-                    return Some(self.complete());
-                }
+                return self.depth == 0;
             }
             _ => {}
         }
-        None
+        false
     }
 
     fn keep(&mut self, b: u8) {
@@ -148,21 +143,12 @@ impl JsonValues {
         self.release();
     }
 
-    fn complete(&mut self) -> Found {
+    fn complete(&mut self, found: &mut impl FnMut(Found<'_>)) {
         self.inside = false;
         // The rest of this line is not the start of a line.
         self.line_start = false;
-        let found = if self.overflowed {
-            Found::Oversize
-        } else {
-            match serde_json::from_slice::<Value>(&self.buf) {
-                Ok(value) => Found::Value(value),
-                // Balanced but not JSON (`{like this}`): nothing to report.
-                Err(_) => Found::Value(Value::Null),
-            }
-        };
+        found(if self.overflowed { Found::Oversize } else { Found::Json(&self.buf) });
         self.release();
-        found
     }
 
     /// Drops the candidate, and its memory when it was a big one.
@@ -176,24 +162,24 @@ impl JsonValues {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
+
+    /// What one push found, parsed (`"oversize"` for an oversize one, nothing for non-JSON).
+    fn push(s: &mut JsonValues, bytes: &[u8]) -> Vec<Value> {
+        let mut out = Vec::new();
+        s.push(bytes, |f| match f {
+            Found::Json(text) => out.extend(serde_json::from_slice::<Value>(text).ok()),
+            Found::Oversize => out.push(json!("oversize")),
+        });
+        out
+    }
 
     /// Every value found in `chunks`, pushed one by one.
     fn scan(chunks: &[&str]) -> Vec<Value> {
         let mut s = JsonValues::new();
-        let mut out = Vec::new();
-        for c in chunks {
-            for f in s.push(c.as_bytes()) {
-                match f {
-                    Found::Value(Value::Null) => {}
-                    Found::Value(v) => out.push(v),
-                    Found::Oversize => out.push(json!("oversize")),
-                }
-            }
-        }
-        out
+        chunks.iter().flat_map(|c| push(&mut s, c.as_bytes())).collect()
     }
 
     #[test]
@@ -233,13 +219,13 @@ mod tests {
     fn an_oversize_value_is_reported_and_its_memory_given_back() {
         let mut s = JsonValues::new();
         let big = format!("{{\"result\":\"{}\"}}\n", "x".repeat(MAX_JSON_VALUE));
-        assert_eq!(s.push(big.as_bytes()), vec![Found::Oversize]);
+        assert_eq!(push(&mut s, big.as_bytes()), vec![json!("oversize")]);
         assert_eq!(s.buf.capacity(), 0);
-        assert_eq!(s.push(b"{\"a\":1}\n"), vec![Found::Value(json!({"a": 1}))]);
+        assert_eq!(push(&mut s, b"{\"a\":1}\n"), vec![json!({"a": 1})]);
         let many = format!("[{}0]\n", "0,".repeat(MAX_JSON_ELEMENTS));
-        assert_eq!(s.push(many.as_bytes()), vec![Found::Oversize], "too many elements to parse cheaply");
+        assert_eq!(push(&mut s, many.as_bytes()), vec![json!("oversize")], "too many elements to parse cheaply");
         assert!(!s.finish());
-        s.push(b"{\"cut\":");
+        push(&mut s, b"{\"cut\":");
         assert!(s.finish(), "stdout ended inside a value");
     }
 }
