@@ -4,6 +4,8 @@
 //! user fixing a file one error per run is slow and annoying.
 
 mod checks;
+mod env_file;
+mod params;
 mod parse;
 pub mod pricing;
 pub mod template;

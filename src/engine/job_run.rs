@@ -533,7 +533,11 @@ impl JobRun {
         TemplateContext {
             job: self.record.job.clone(),
             job_run_id: self.record.id,
-            params: self.record.params.clone(),
+            params: crate::model::params::for_templates(
+                self.job(),
+                &self.record.params,
+                &self.shared.secrets.of(self.record.id),
+            ),
             // Validation allows templates to name only tasks this one (transitively) needs.
             tasks: self
                 .graph
@@ -557,10 +561,10 @@ impl JobRun {
                 crate::config::CommandSpec::Argv(items.iter().map(|a| render(a, "args")).collect::<Result<_, _>>()?)
             }
         };
-        let env = def
-            .env
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?)))
+        // `env_file` values first: the executor applies them in order, so `env` wins.
+        let literal = def.env_file.iter().map(|(k, v)| Ok((k.clone(), v.clone())));
+        let env = literal
+            .chain(def.env.iter().map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?))))
             .collect::<Result<Vec<_>, String>>()?;
         let stdin = def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?;
         Ok(AttemptSpec {
@@ -833,6 +837,7 @@ impl Handler<Claim> for JobRun {
         let spec = match self.render_spec(i, n) {
             Ok(spec) => spec,
             Err(e) => {
+                let e = crate::model::params::redact(&e, &self.shared.secrets.of(self.record.id));
                 attempt.detail = Some(crate::sanitize::sanitize(&e));
                 self.end_attempt(
                     ctx,

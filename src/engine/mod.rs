@@ -21,6 +21,7 @@ mod job_run;
 mod journal;
 mod retention;
 mod scheduler;
+mod secrets;
 mod supervisor;
 mod watchdog;
 mod worker;
@@ -116,6 +117,8 @@ pub struct Shared {
     pub source: String,
     pub log_cap_bytes: u64,
     pub pricing: Arc<Pricing>,
+    /// Secret param values: memory only.
+    pub secrets: Arc<secrets::SecretBook>,
     dispatcher: Addr<dispatcher::Dispatcher>,
     scheduler: Addr<scheduler::Scheduler>,
     journal: Addr<Journal>,
@@ -277,6 +280,7 @@ pub struct EngineHandle {
     watch: watchdog::WatchList,
     jobs: Arc<Vec<JobShape>>,
     state_dir: Arc<std::path::PathBuf>,
+    secrets: Arc<secrets::SecretBook>,
     /// Keeps the watchdog's thread alive as long as a handle exists.
     _watchdog: Arc<ArbiterGuard>,
 }
@@ -302,6 +306,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
     let store = config.store.clone();
     let state_dir = config.state_dir.clone();
+    let secrets = Arc::new(secrets::SecretBook::default());
     let shared = Arc::new(Shared {
         clock: config.clock.clone(),
         store: config.store,
@@ -309,6 +314,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         source: config.source,
         log_cap_bytes: config.workflow.settings.log_max_bytes,
         pricing: Arc::new(config.pricing),
+        secrets: secrets.clone(),
         dispatcher: dispatcher.clone(),
         scheduler: scheduler.clone(),
         journal: journal.clone(),
@@ -342,6 +348,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         watch,
         jobs,
         state_dir,
+        secrets,
         _watchdog: Arc::new(ArbiterGuard(arbiter)),
     }
 }
@@ -364,6 +371,12 @@ impl EngineHandle {
     /// A live stream of every event from now on.
     pub async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<EngineEvent>, EngineError> {
         mailbox(self.journal.send(journal::Subscribe).await)
+    }
+
+    /// Secret param values given to this process (`run`/`serve --param`): what resumed runs,
+    /// retries, scheduled fires and submits without their own use. Held in memory only.
+    pub fn provide_secrets(&self, values: BTreeMap<String, String>) {
+        self.secrets.set_instance(values);
     }
 
     /// Starts actors for every unfinished job run in the store, then applies the commands

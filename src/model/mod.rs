@@ -7,6 +7,7 @@
 pub mod cost;
 pub mod graph;
 pub mod money;
+pub mod params;
 pub mod policy;
 pub mod schedule;
 pub mod state;
