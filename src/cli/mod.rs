@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod control;
+mod init;
 mod query;
 mod run;
 
@@ -58,6 +59,13 @@ pub enum Command {
     Tui,
     /// Check a workflow file; report every problem as FILE:LINE:COL.
     Validate { file: PathBuf },
+    /// Write a commented starter workflow (never over an existing file).
+    Init {
+        #[arg(default_value = "gaffer.toml")]
+        file: PathBuf,
+    },
+    /// Print the workflow file's JSON Schema (for taplo / VS Code: `#:schema ./gaffer.schema.json`).
+    Schema,
     /// Preview the next fire times of every scheduled job, in its zone and in UTC.
     Schedules {
         file: PathBuf,
@@ -75,11 +83,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Job runs.
+    /// Job runs, with their params (secrets as ***).
     Jobs {
         /// Only job runs in this state: running, succeeded, failed, cancelled.
         #[arg(long)]
         state: Option<String>,
+        /// Only runs of this job (its name in the workflow file).
+        #[arg(long)]
+        job: Option<String>,
+        /// Only the newest N, newest first.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
         /// JSON (SPEC §4.1) instead of a table.
         #[arg(long)]
         json: bool,
@@ -108,9 +122,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The log of a task run's attempt (default: the latest).
+    /// The log of a task run's attempt (default: the latest), or of every task of a job run.
     Logs {
-        /// The task run id (42).
+        /// A task run id (42), or a job run id (j7): each task run's latest attempt, under a header.
         id: String,
         /// Which attempt (1, 2, …; default: the latest).
         #[arg(long)]
@@ -228,9 +242,13 @@ pub fn main() -> i32 {
         Command::Serve(args) => return run::serve(args, &state_dir),
         Command::Tui => return run::attach(&state_dir),
         Command::Validate { file } => return run::validate(&file),
+        Command::Init { file } => init::init(&file),
+        Command::Schema => init::schema(),
         Command::Schedules { file, count, from, json } => return run::schedules(&file, count, from.as_deref(), json),
         Command::Status { json } => query::status(&state_dir, json),
-        Command::Jobs { state, json } => query::jobs(&state_dir, state.as_deref(), json),
+        Command::Jobs { state, job, limit, json } => {
+            query::jobs(&state_dir, crate::report::JobFilter { state, job, limit }, json)
+        }
         Command::Tasks { state, job, queue, json } => {
             query::tasks(&state_dir, crate::report::TaskFilter { state, job, queue }, json)
         }

@@ -8,6 +8,7 @@ mod env_file;
 mod params;
 mod parse;
 pub mod pricing;
+pub mod schema;
 pub mod template;
 pub mod types;
 mod values;
