@@ -101,11 +101,8 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
 
 /// Queue caps from the definition of the newest job run (the store keeps definitions, not queues).
 fn latest_queue_caps(reader: &Reader) -> Result<BTreeMap<String, usize>, StoreError> {
-    let Some(latest) = reader.job_runs()?.into_iter().max_by_key(|j| j.id) else { return Ok(BTreeMap::new()) };
-    let Some(def) = reader.definition(latest.definition)? else { return Ok(BTreeMap::new()) };
-    Ok(crate::config::parse(Path::new(&def.path), &def.source)
-        .map(|w| w.queues.into_iter().map(|(k, q)| (k, q.concurrency)).collect())
-        .unwrap_or_default())
+    let workflow = crate::engine::latest_workflow(reader)?;
+    Ok(workflow.map(|w| w.queues.into_iter().map(|(k, q)| (k, q.concurrency)).collect()).unwrap_or_default())
 }
 
 /// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its

@@ -55,7 +55,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run as a service: fire cron schedules, resume unfinished runs, until SIGINT/SIGTERM.
     Serve(run::ServeArgs),
-    /// Attach the terminal UI to the running instance (`q` detaches; the instance keeps running).
+    /// Attach the terminal UI to the running instance (`q` detaches; the instance keeps running);
+    /// with none running, show the state dir read-only.
     Tui,
     /// Check a workflow file; report every problem as FILE:LINE:COL.
     Validate { file: PathBuf },

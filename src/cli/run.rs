@@ -553,23 +553,19 @@ fn attach_with_log(state_dir: &Path) -> i32 {
     };
     let state_dir = absolute(state_dir);
     runtime.block_on(tokio::task::LocalSet::new().run_until(async move {
-        let remote = match crate::api::RemoteEngine::connect(&state_dir).await {
-            Ok(remote) => remote,
-            Err(e) => {
-                eprintln!("gaffer: {e}: start one with `gaffer serve FILE` (or `gaffer run FILE`)");
-                return exit::FAILED;
-            }
+        let (control, session, title) = match connect(&state_dir).await {
+            Ok(connected) => connected,
+            Err(code) => return code,
         };
-        let events = match crate::engine::Control::subscribe(&remote).await {
+        let events = match control.subscribe().await {
             Ok(events) => events,
             Err(e) => {
                 eprintln!("gaffer: {e}");
                 return exit::FAILED;
             }
         };
-        let title = format!("attached to {}", state_dir.display());
-        let options = crate::tui::TuiOptions { title, state_dir, watched_job_runs: Vec::new(), attached: true };
-        match crate::tui::run(std::rc::Rc::new(remote), events, options).await {
+        let options = crate::tui::TuiOptions { title, state_dir, watched_job_runs: Vec::new(), session };
+        match crate::tui::run(control, events, options).await {
             Ok(_) => exit::OK,
             Err(e) => {
                 eprintln!("gaffer: {e}");
@@ -577,6 +573,34 @@ fn attach_with_log(state_dir: &Path) -> i32 {
             }
         }
     }))
+}
+
+type Connected = (std::rc::Rc<dyn crate::engine::Control>, crate::tui::Session, String);
+
+/// The running instance over its socket; with none running, the state dir read-only.
+async fn connect(state_dir: &Path) -> Result<Connected, i32> {
+    let shown = state_dir.display();
+    let unreachable = match crate::api::RemoteEngine::connect(state_dir).await {
+        Ok(remote) => {
+            return Ok((std::rc::Rc::new(remote), crate::tui::Session::Attached, format!("attached to {shown}")));
+        }
+        Err(e) => e,
+    };
+    if let Some(pid) = store::instance_pid(state_dir) {
+        eprintln!("gaffer: {unreachable}, yet instance {pid} holds {shown}: is it starting or stopping?");
+        return Err(exit::FAILED);
+    }
+    match crate::engine::OfflineEngine::open(state_dir) {
+        Ok(offline) => Ok((std::rc::Rc::new(offline), crate::tui::Session::ReadOnly, shown.to_string())),
+        Err(StoreError::Missing(_)) => {
+            eprintln!("gaffer: nothing has run in {shown} yet: start with `gaffer run FILE` or `gaffer serve FILE`");
+            Err(exit::FAILED)
+        }
+        Err(e) => {
+            eprintln!("gaffer: cannot read {shown}: {e}");
+            Err(exit::STATE_DIR)
+        }
+    }
 }
 
 /// Shows the engine in the TUI until `q` (or a signal). Quitting with work still running
@@ -590,7 +614,7 @@ async fn follow_tui(handle: &EngineHandle, ids: Option<Vec<u64>>, events: Events
         title: screen.title,
         state_dir,
         watched_job_runs: ids.clone().unwrap_or_default(),
-        attached: false,
+        session: crate::tui::Session::Owner,
     };
     let shown = crate::tui::run(std::rc::Rc::new(handle.clone()), events, options);
     let signalled = tokio::select! {

@@ -19,6 +19,7 @@ mod event;
 pub mod inbox;
 mod job_run;
 mod journal;
+mod offline;
 mod retention;
 mod scheduler;
 mod secrets;
@@ -39,6 +40,7 @@ pub use event::{EVENT_NAMES, EngineEvent, rfc3339_ms};
 pub use inbox::Action;
 pub use job_run::SHUTDOWN_GRACE;
 use journal::Journal;
+pub use offline::{OfflineEngine, READ_ONLY, latest_workflow};
 use supervisor::Supervisor;
 pub use worker::CurrentAttempt;
 
@@ -165,6 +167,9 @@ pub struct EngineSnapshot {
     pub workers: Vec<WorkerSnapshot>,
     /// The jobs of the workflow this engine was started with: their graphs and budgets.
     pub jobs: Vec<JobShape>,
+    /// When each scheduled job last fired (or skipped a fire time), from the store.
+    #[serde(default)]
+    pub schedule_fires: BTreeMap<String, u64>,
 }
 
 /// A job as the views draw it.
@@ -173,6 +178,11 @@ pub struct JobShape {
     pub name: String,
     pub budget_usd_micros: Option<u64>,
     pub tasks: Vec<TaskShape>,
+    /// Its cron expression, if it has one, and the zone it is read in (`None`: the machine's).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,13 +197,15 @@ pub struct TaskShape {
 }
 
 impl JobShape {
-    fn of(workflow: &Workflow) -> Vec<JobShape> {
+    pub fn of(workflow: &Workflow) -> Vec<JobShape> {
         workflow
             .jobs
             .iter()
             .map(|j| JobShape {
                 name: j.name.clone(),
                 budget_usd_micros: j.budget_usd_micros,
+                schedule: j.schedule.clone(),
+                timezone: j.timezone.clone(),
                 tasks: j
                     .tasks
                     .iter()
@@ -482,11 +494,13 @@ impl EngineHandle {
         let store = self.store.clone();
         let records = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let reader = store.reader()?;
-            Ok((reader.job_runs()?, reader.task_runs()?))
+            Ok((reader.job_runs()?, reader.task_runs()?, offline::schedule_fires(&reader)?))
         });
-        let (job_runs, task_runs) = records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
+        let (job_runs, task_runs, schedule_fires) =
+            records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
         let jobs = self.jobs.as_ref().clone();
-        Ok(EngineSnapshot { job_runs, task_runs, queues: self.queues().await?, workers: self.workers(), jobs })
+        let (queues, workers) = (self.queues().await?, self.workers());
+        Ok(EngineSnapshot { job_runs, task_runs, queues, workers, jobs, schedule_fires })
     }
 
     /// The task runs of one job run (a view learning of a new run from `job.started`).
