@@ -96,7 +96,7 @@ impl Schedule {
         let Some(t) = i64::try_from(ms).ok().and_then(|ms| Utc.timestamp_millis_opt(ms).single()) else {
             return String::new();
         };
-        let format = if (ms / 1000) % 60 == 0 { "%Y-%m-%d %H:%M" } else { "%Y-%m-%d %H:%M:%S" };
+        let format = if (ms / 1000).is_multiple_of(60) { "%Y-%m-%d %H:%M" } else { "%Y-%m-%d %H:%M:%S" };
         match self.zone {
             Zone::Named(tz) => t.with_timezone(&tz).format(format).to_string(),
             Zone::Local => t.with_timezone(&chrono::Local).format(format).to_string(),
