@@ -186,6 +186,12 @@ fn secrets_given(workflow: &Workflow, params: &BTreeMap<String, String>) -> BTre
     params.iter().filter(|(k, _)| is_secret(workflow, k)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// The jobs with an unfinished run in the state dir (none when there is no store yet).
+fn unfinished_jobs(state_dir: &Path) -> std::collections::BTreeSet<String> {
+    let runs = store::open_reader(state_dir).and_then(|r| r.job_runs()).unwrap_or_default();
+    runs.into_iter().filter(|r| !r.state.is_terminal()).map(|r| r.job).collect()
+}
+
 /// Refuses a run of `job` that would lack a param value, before anything is opened.
 fn check_resolves(
     workflow: &Workflow,
@@ -237,7 +243,10 @@ pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
         let params = parse_params(&args.params)?;
         let secrets = secrets_given(workflow, &params);
         let triggers = params_per_job(workflow, chosen_jobs(workflow, &args.jobs)?, &params)?;
-        for (job, given) in &triggers {
+        // A job with an unfinished run is resumed, not started: its params are stored (the
+        // engine asks for its secrets then).
+        let resuming = unfinished_jobs(state_dir);
+        for (job, given) in triggers.iter().filter(|(job, _)| !resuming.contains(job)) {
             check_resolves(workflow, job, given, &secrets)?;
         }
         Ok((triggers, secrets))

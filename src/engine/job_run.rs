@@ -389,6 +389,9 @@ impl JobRun {
     /// The attempt of task `i` is over (or never started): record it, apply the retry policy,
     /// follow the graph.
     fn end_attempt(&mut self, ctx: &mut Context<Self>, i: usize, mut attempt: AttemptRecord, outcome: AttemptOutcome) {
+        // A detail may quote a rendered template, so a secret param's value: never stored.
+        let secrets = self.shared.secrets.of(self.record.id);
+        attempt.detail = attempt.detail.map(|d| crate::model::params::redact(&d, &secrets));
         let now = self.now();
         attempt.ended_at_ms = Some(now);
         attempt.reason = outcome.failure;
@@ -837,7 +840,6 @@ impl Handler<Claim> for JobRun {
         let spec = match self.render_spec(i, n) {
             Ok(spec) => spec,
             Err(e) => {
-                let e = crate::model::params::redact(&e, &self.shared.secrets.of(self.record.id));
                 attempt.detail = Some(crate::sanitize::sanitize(&e));
                 self.end_attempt(
                     ctx,
