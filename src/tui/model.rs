@@ -437,9 +437,10 @@ impl Model {
         self.workers.iter().filter(|w| w.snap.current.is_some()).count()
     }
 
-    /// The next fire time of a scheduled job after the model's clock.
+    /// The next fire time of a scheduled job: after the model's clock, and after the fire just
+    /// seen (an event can be newer than the last tick).
     pub fn next_fire(&self, row: &ScheduleRow) -> Option<u64> {
-        row.schedule.as_ref()?.next_after(self.now_ms)
+        row.schedule.as_ref()?.next_after(self.now_ms.max(row.last_ms.unwrap_or(0)))
     }
 
     /// Micro-dollars per hour over the last ten minutes.

@@ -8,6 +8,12 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Row};
 
 use super::{TableSpec, age, dim, draw_table, dur};
+
+/// How long until a fire time: `45s`, `3h05m`, `5d19h` (a weekly job is days away).
+fn until(ms: u64) -> String {
+    const DAY_MS: u64 = 86_400_000;
+    if ms >= 2 * DAY_MS { format!("{}d{:02}h", ms / DAY_MS, (ms % DAY_MS) / 3_600_000) } else { dur(ms) }
+}
 use crate::tui::model::{Model, View};
 
 const HEADER: &[&str] = &["job", "schedule", "zone", "next fire", "last fire"];
@@ -27,7 +33,7 @@ pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
         let next = match model.next_fire(row) {
             Some(ms) => Line::from(vec![
                 Span::raw(when(ms)),
-                Span::styled(format!(" in {}", dur(ms.saturating_sub(model.now_ms))), dim()),
+                Span::styled(format!(" in {}", until(ms.saturating_sub(model.now_ms))), dim()),
             ]),
             None => Line::styled("never", dim()),
         };
