@@ -22,6 +22,23 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `gaffer ARGS` whose tasks can check the secret they get against `$EXPECTED` (gaffer's own
+/// environment, so the workflow file never holds the value); no stdin.
+fn gaffer_expecting(p: &Project, args: &[&str]) -> std::process::Command {
+    let mut cmd = p.gaffer(args);
+    cmd.env("EXPECTED", SECRET).stdin(Stdio::null());
+    cmd
+}
+
+/// `gaffer serve workflow.toml --headless EXTRA` (see `gaffer_expecting`), once its socket exists.
+fn serve_expecting(p: &Project, extra: &[&str]) -> Server {
+    let mut args = vec!["serve", "workflow.toml", "--headless"];
+    args.extend_from_slice(extra);
+    let server = Server::spawn(gaffer_expecting(p, &args).stdout(Stdio::null()).stderr(Stdio::null()));
+    wait_until(Duration::from_secs(10), "the control socket", || p.state_dir().join("gaffer.sock").exists());
+    server
+}
+
 /// Every regular file under `dir` (state.redb, logs, the journal…) whose bytes hold `needle`.
 fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -66,12 +83,8 @@ retry = { max_attempts = 1 }
 #[test]
 fn a_secret_param_reaches_the_task_and_nothing_gaffer_writes_or_shows() {
     let p = Project::new(DEPLOY);
-    let out = p
-        .gaffer(&["run", "workflow.toml", "--json", "--param", &format!("token={SECRET}")])
-        .env("EXPECTED", SECRET)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
+    let token = format!("token={SECRET}");
+    let out = gaffer_expecting(&p, &["run", "workflow.toml", "--json", "--param", &token]).output().expect("run");
     assert_eq!(out.status.code(), Some(1), "`broken` fails: {}", stderr(&out));
     let events = support::events(&out.stdout, &out.stderr);
     assert_eq!(named(&events, "task.succeeded").len(), 1, "push got the secret through args, env and stdin");
@@ -111,14 +124,7 @@ fn a_secret_param_reaches_the_task_and_nothing_gaffer_writes_or_shows() {
 #[test]
 fn a_secret_submitted_to_a_server_stays_in_its_memory() {
     let p = Project::new(DEPLOY);
-    let _server = Server::spawn(
-        p.gaffer(&["serve", "workflow.toml", "--headless"])
-            .env("EXPECTED", SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_until(Duration::from_secs(10), "the control socket", || p.state_dir().join("gaffer.sock").exists());
+    let _server = serve_expecting(&p, &[]);
     let missing = p.run(&["submit", "deploy"]);
     assert_eq!(missing.status.code(), Some(2), "{}", stderr(&missing));
     assert!(stderr(&missing).contains("needs secret param `token` (pass --param token=…, or set $DEPLOY_TOKEN)"));
@@ -146,10 +152,8 @@ env = { TOKEN = "{{ params.token }}" }
 retry = { max_attempts = 3, initial_interval = "100ms" }
 "#,
     );
-    let mut first = p
-        .gaffer(&["run", "workflow.toml", "--json", "--param", &format!("token={SECRET}")])
-        .env("EXPECTED", SECRET)
-        .stdin(Stdio::null())
+    let token = format!("token={SECRET}");
+    let mut first = gaffer_expecting(&p, &["run", "workflow.toml", "--json", "--param", &token])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -158,7 +162,7 @@ retry = { max_attempts = 3, initial_interval = "100ms" }
     first.kill().expect("kill -9");
     let _ = first.wait();
 
-    let refused = p.gaffer(&["run", "workflow.toml", "--headless"]).env("EXPECTED", SECRET).output().expect("run");
+    let refused = gaffer_expecting(&p, &["run", "workflow.toml", "--headless"]).output().expect("run");
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     let said = stderr(&refused);
     assert!(
@@ -170,13 +174,8 @@ retry = { max_attempts = 3, initial_interval = "100ms" }
     let push = p.task("push");
     assert_eq!((push["state"].as_str(), push["attempt"].as_u64()), (Some("running"), Some(1)), "nothing changed");
 
-    let resumed = p
-        .gaffer(&["run", "workflow.toml", "--json"])
-        .env("EXPECTED", SECRET)
-        .env("DEPLOY_TOKEN", SECRET)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
+    let resumed =
+        gaffer_expecting(&p, &["run", "workflow.toml", "--json"]).env("DEPLOY_TOKEN", SECRET).output().expect("run");
     assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
     let push = p.task("push");
     assert_eq!((push["state"].as_str(), push["attempt"].as_u64()), (Some("succeeded"), Some(2)));
@@ -199,25 +198,13 @@ env = { TOKEN = "{{ params.token }}" }
 retry = { max_attempts = 1 }
 "#,
     );
-    let out = p
-        .gaffer(&["run", "workflow.toml", "--headless", "--param", &format!("token={SECRET}")])
-        .env("EXPECTED", SECRET)
-        .output()
-        .expect("run");
+    let token = format!("token={SECRET}");
+    let out = gaffer_expecting(&p, &["run", "workflow.toml", "--headless", "--param", &token]).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(p.task("push")["exit_code"], 3, "it had the secret; it failed for its own reason");
     std::fs::write(p.path().join("fixed"), "").expect("fix");
 
-    let serve = |extra: &[&str]| {
-        let mut args = vec!["serve", "workflow.toml", "--headless"];
-        args.extend_from_slice(extra);
-        let server = Server::spawn(
-            p.gaffer(&args).env("EXPECTED", SECRET).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()),
-        );
-        wait_until(Duration::from_secs(10), "the control socket", || p.state_dir().join("gaffer.sock").exists());
-        server
-    };
-    let server = serve(&[]);
+    let server = serve_expecting(&p, &[]);
     let refused = p.run(&["retry", "1"]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(stderr(&refused).contains("needs them again: `token` (pass --param token=…)"), "{}", stderr(&refused));
@@ -225,7 +212,7 @@ retry = { max_attempts = 1 }
     drop(server);
     wait_until(Duration::from_secs(10), "the socket to go", || !p.state_dir().join("gaffer.sock").exists());
 
-    let _server = serve(&["--param", &format!("token={SECRET}")]);
+    let _server = serve_expecting(&p, &["--param", &token]);
     let out = p.run(&["retry", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     wait_until(Duration::from_secs(10), "the retry to succeed", || p.task("push")["state"] == "succeeded");

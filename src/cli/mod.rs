@@ -138,7 +138,7 @@ pub enum Command {
     Submit {
         /// The job's name in the workflow file the instance serves.
         job: String,
-        /// Override a job param: --param topic=go (repeatable).
+        /// Set a job param: --param topic=go (repeatable; a secret one is held in memory only).
         #[arg(long = "param", value_name = "K=V")]
         params: Vec<String>,
         /// Priority for every task of this run (0..=100).

@@ -51,7 +51,7 @@ pub struct RunArgs {
     pub file: PathBuf,
     /// Jobs to run (default: every job without a `schedule`).
     pub jobs: Vec<String>,
-    /// Override a job param: --param topic=go (repeatable).
+    /// Set a job param: --param topic=go (repeatable; a secret one is held in memory only).
     #[arg(long = "param", value_name = "K=V")]
     pub params: Vec<String>,
     #[command(flatten)]
