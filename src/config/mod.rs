@@ -5,6 +5,7 @@
 
 mod checks;
 mod env_file;
+mod hooks;
 mod params;
 mod parse;
 pub mod pricing;

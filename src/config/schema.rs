@@ -83,6 +83,36 @@ struct Queue {
     rate_limit: Option<String>,
     /// A waiting task run gains +1 priority per this long (anti-starvation), e.g. "1m".
     aging: Option<Duration>,
+    #[schemars(flatten)]
+    hooks: Hooks,
+}
+
+// Hooks of a job or a queue (a plain comment: a doc comment would describe both).
+#[derive(JsonSchema)]
+struct Hooks {
+    /// Shell run when a task run fails for good here, with the event as JSON on stdin.
+    on_failure: Option<Hook>,
+    /// Shell run when a task run is dead-lettered here, with the event as JSON on stdin.
+    on_dead_letter: Option<Hook>,
+    /// Shell run when a budget is crossed here, with the event as JSON on stdin.
+    on_budget: Option<Hook>,
+}
+
+/// Shell text, or a table to change how long it may take (default 30 s).
+#[derive(JsonSchema)]
+#[schemars(untagged)]
+enum Hook {
+    Shell(String),
+    Table(HookTable),
+}
+
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct HookTable {
+    /// Shell text, run by `sh -c`.
+    run: String,
+    /// At most "1h" (default "30s").
+    timeout: Option<Duration>,
 }
 
 /// A humantime duration: "90s", "5m", "1h 30m".
@@ -202,6 +232,8 @@ struct Job {
     /// At most this many runs of the job at once, 1..=1000.
     #[schemars(range(min = 1, max = 1000))]
     max_active_runs: Option<u32>,
+    #[schemars(flatten)]
+    hooks: Hooks,
 }
 
 #[derive(JsonSchema)]
@@ -298,6 +330,7 @@ mod tests {
 
     use serde_json::Value;
 
+    use super::super::hooks::HOOK_TABLE_KEYS;
     use super::super::params::PARAM_KEYS;
     use super::super::parse::*;
 
@@ -328,6 +361,7 @@ mod tests {
             ("Price", PRICING_KEYS),
             ("Cache", CACHE_KEYS),
             ("ParamTable", PARAM_KEYS),
+            ("HookTable", HOOK_TABLE_KEYS),
         ];
         for (name, parser) in table {
             let (schema_keys, parser_keys) = (properties(&schema, name), keys(parser));

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
 use super::{
-    Control, EngineError, EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, Reply, Target, WorkerSnapshot,
+    Control, EngineError, EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, Reply, RetryOptions, Target,
+    WorkerSnapshot,
 };
 use crate::config::Workflow;
 use crate::store::{self, Reader, StoreError, TaskRunRecord};
@@ -56,6 +57,10 @@ impl Control for OfflineEngine {
     }
 
     fn retry(&self, _target: Target) -> Reply<'_, String> {
+        refused()
+    }
+
+    fn retry_with(&self, _target: Target, _options: RetryOptions) -> Reply<'_, String> {
         refused()
     }
 

@@ -80,6 +80,7 @@ pub enum Action {
     Reverse,
     Help,
     Retry,
+    RetryFrom,
     Cancel,
     Pause,
     Approve,
@@ -90,7 +91,7 @@ pub enum Action {
 impl Action {
     /// Whether the action asks the engine to change something (refused while read-only).
     pub fn changes_state(self) -> bool {
-        matches!(self, Action::Retry | Action::Cancel | Action::Pause | Action::Approve)
+        matches!(self, Action::Retry | Action::RetryFrom | Action::Cancel | Action::Pause | Action::Approve)
     }
 }
 
@@ -146,6 +147,8 @@ impl Shown {
     }
 }
 
+/// Where a task run is selected in a list.
+const TASK_LISTS: ViewSet = ViewSet::of(&[View::Tasks, View::Retries, View::DeadLetters]);
 const TASK_VIEWS: ViewSet = ViewSet::of(&[View::Jobs, View::Tasks, View::Retries, View::DeadLetters, View::Workers]);
 const LISTS: ViewSet = ViewSet::of(&[View::Jobs, View::Tasks, View::Retries, View::DeadLetters]);
 const LOGGABLE: ViewSet = ViewSet::of(&[View::Tasks, View::Retries, View::DeadLetters, View::Workers]);
@@ -185,6 +188,7 @@ pub const BINDINGS: &[Binding] = &[
     bind!(&[Key::ch('s')], Action::Sort, LISTS, "sort by the next column", "sort"),
     bind!(&[Key::ch('S')], Action::Reverse, LISTS, "reverse the sort", ""),
     bind!(&[Key::ch('r')], Action::Retry, TASK_VIEWS, "retry task run / job run", "retry"),
+    bind!(&[Key::ch('R')], Action::RetryFrom, TASK_LISTS, "re-run the finished job run from this task", ""),
     bind!(&[Key::ch('c')], Action::Cancel, TASK_VIEWS, "cancel (asks if running)", "cancel"),
     bind!(&[Key::ch('p')], Action::Pause, ViewSet::of(&[View::Queues]), "pause / resume the queue", "pause"),
     bind!(
