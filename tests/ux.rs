@@ -346,6 +346,17 @@ fn logs_of_a_job_run_print_every_task_under_a_header() {
     assert!(stderr(&out).contains("--follow and --attempt take a task run id"), "{}", stderr(&out));
 }
 
+/// A child killed and reaped when dropped, so a failing assertion leaves nothing running
+/// (`script` gone, its pseudo-terminal hangs up on the TUI inside).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `gaffer tui` with no instance: the store read-only, in a real pseudo-terminal (`script`).
 #[test]
 fn tui_with_no_instance_running_opens_the_state_dir_read_only() {
@@ -359,20 +370,22 @@ fn tui_with_no_instance_running_opens_the_state_dir_read_only() {
     p.run(&["run", "workflow.toml", "nightly", "--headless"]);
 
     let bin = env!("CARGO_BIN_EXE_gaffer");
-    let mut child = std::process::Command::new("script")
-        .args(["-q", "-e", "-c", &format!("stty cols 100 rows 30; {bin} tui"), "/dev/null"])
-        .current_dir(p.path())
-        .env("GAFFER_STATE_DIR", p.state_dir())
-        .env("TERM", "xterm")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("script (util-linux)");
+    let mut child = Reaped(
+        std::process::Command::new("script")
+            .args(["-q", "-e", "-c", &format!("stty cols 100 rows 30; {bin} tui"), "/dev/null"])
+            .current_dir(p.path())
+            .env("GAFFER_STATE_DIR", p.state_dir())
+            .env("TERM", "xterm")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script (util-linux)"),
+    );
     // The bytes go through a terminal emulator, so the test reads the screen a person sees.
     let size = |n: u16| std::num::NonZeroU16::new(n).expect("not zero");
     let terminal = std::sync::Arc::new(std::sync::Mutex::new(vt100::Parser::new(size(30), size(100), 0)));
-    let mut out = child.stdout.take().expect("stdout");
+    let mut out = child.0.stdout.take().expect("stdout");
     let fed = terminal.clone();
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -385,7 +398,7 @@ fn tui_with_no_instance_running_opens_the_state_dir_read_only() {
     });
     let screen = || terminal.lock().expect("lock").screen().contents();
     let shows = |text: &str| screen().contains(text);
-    let mut keys = child.stdin.take().expect("stdin");
+    let mut keys = child.0.stdin.take().expect("stdin");
     wait_until(Duration::from_secs(10), "the read-only header", || shows("read-only: no instance running"));
     keys.write_all(b"5").expect("key");
     wait_until(Duration::from_secs(10), "the dead letter", || shows("Dead letters (1)"));
@@ -398,7 +411,7 @@ fn tui_with_no_instance_running_opens_the_state_dir_read_only() {
     wait_until(Duration::from_secs(10), "the schedules view", || shows("0 2 * * *") && shows("Europe/Berlin"));
     assert!(shows("not yet"), "it never fired:\n{}", screen());
     keys.write_all(b"q").expect("key");
-    let status = child.wait().expect("tui ends");
+    let status = child.0.wait().expect("tui ends");
     reader.join().expect("reader");
     assert!(status.success(), "q leaves the read-only TUI at once");
     assert_eq!(p.task("t")["state"], "dead", "nothing was retried");
