@@ -5,9 +5,12 @@
 
 pub mod advice;
 mod checks;
+mod env_file;
 mod hooks;
+mod params;
 mod parse;
 pub mod pricing;
+pub mod schema;
 pub mod template;
 pub mod types;
 mod values;
