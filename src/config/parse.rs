@@ -81,7 +81,8 @@ pub(super) const RETRY_KEYS: &[&str] = &[
     "non_retryable_exit_codes",
     "max_cost_usd",
 ];
-pub(super) const PRICING_KEYS: &[&str] = &["input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok"];
+pub(super) const PRICING_KEYS: &[&str] =
+    &["input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok"];
 pub(super) const CACHE_KEYS: &[&str] = &["key", "ttl"];
 
 /// Default per-attempt log cap: 16 MiB.
