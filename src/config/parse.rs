@@ -1119,6 +1119,16 @@ nees = ["a"]
         Ok(())
     }
 
+    /// Found by `scripts/fuzz.sh` (fuzz/artifacts/workflow_parse/): toml_edit 0.23 panicked
+    /// ("all items have spans") on a dotted key with an empty first part after a stray `==`.
+    #[test]
+    fn fuzz_finds_stay_fixed() {
+        for text in ["==\n.=", "==\n.=\n", "a==\n.b.=1"] {
+            check_positions(text).expect("parses without panicking, positions inside the file");
+            assert!(parse_text(Path::new("wf.toml"), text).is_err());
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 

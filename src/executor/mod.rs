@@ -1,7 +1,7 @@
 //! Runs attempts. The engine only sees [`Executor`], [`RunningAttempt`] and the event stream;
 //! how a process is started, logged and killed stays in here.
 
-mod agent_json;
+pub mod agent_json;
 mod emit;
 mod group;
 mod hook;
@@ -9,7 +9,7 @@ mod json_values;
 mod lines;
 mod local;
 mod logfile;
-mod protocol;
+pub mod protocol;
 pub mod types;
 
 #[cfg(test)]
