@@ -13,7 +13,6 @@ use crate::engine::inbox::{self, Action, InboxCommand, RetryOptions};
 use crate::headless::dollars;
 use crate::model::TaskState;
 use crate::model::rerun::DefinitionChoice;
-use crate::model::state::job_retry_refusal;
 use crate::store;
 
 pub fn send(state_dir: &Path, action: &Action, ids: &[String]) -> Result<(), CliError> {
@@ -29,29 +28,8 @@ pub fn retry(state_dir: &Path, ids: &[String], retry: RetryOptions) -> Result<()
             return Err(CliError::Usage("--from re-runs part of one job run: give one job run id (j7)".into()));
         };
         check_from(state_dir, job_run, task)?;
-    } else if store::instance_pid(state_dir).is_none() {
-        check_retryable(state_dir, &targets)?;
     }
     send_targets(state_dir, &Action::Retry, &targets, &retry)
-}
-
-/// With no instance running nothing changes the stored states, so a retry that could start
-/// nothing is refused now, with the words the running engine uses, instead of being recorded.
-fn check_retryable(state_dir: &Path, targets: &[Target]) -> Result<(), CliError> {
-    let reader = query::open(state_dir)?;
-    for target in targets {
-        let refusal = match *target {
-            Target::TaskRun(id) => reader.task_run(id)?.and_then(|t| t.state.retry_refusal(t.id)),
-            Target::JobRun(id) => {
-                let tasks = reader.task_runs_of(id)?;
-                if tasks.is_empty() { None } else { job_retry_refusal(id, tasks.iter().map(|t| t.state)) }
-            }
-        };
-        if let Some(refusal) = refusal {
-            return Err(CliError::Failed(format!("{refusal}; nothing was sent")));
-        }
-    }
-    Ok(())
 }
 
 /// `--from` checked against the job run as stored, so a mistyped task name or a run that cannot

@@ -689,8 +689,12 @@ impl JobRun {
 
     fn retry_task(&mut self, ctx: &mut Context<Self>, i: usize) -> Result<String, String> {
         let t = &self.tasks[i];
-        if let Some(refusal) = t.state.retry_refusal(t.id) {
-            return Err(refusal);
+        if !t.state.is_retryable() {
+            return Err(format!(
+                "task run {} {}; only dead or cancelled task runs can be retried",
+                t.id,
+                t.state.phrase()
+            ));
         }
         let reopened = self.reopen_record();
         // A task run that never started was never released: it waits for its signal again.
@@ -1281,12 +1285,10 @@ impl JobRun {
                 .ok_or_else(|| format!("task run {task_run} is not part of job run j{}", self.record.id))?;
             return self.retry_task(ctx, i);
         }
-        if let Some(refusal) =
-            crate::model::state::job_retry_refusal(self.record.id, self.tasks.iter().map(|t| t.state))
-        {
-            return Err(refusal);
-        }
         let retryable: Vec<usize> = (0..self.tasks.len()).filter(|&i| self.tasks[i].state.is_retryable()).collect();
+        if retryable.is_empty() {
+            return Err(format!("job run j{} has no dead or cancelled task runs to retry", self.record.id));
+        }
         let mut said = Vec::new();
         for i in retryable {
             said.push(self.retry_task(ctx, i)?);

@@ -50,13 +50,6 @@ impl TaskState {
         matches!(self, TaskState::Dead | TaskState::Cancelled)
     }
 
-    /// Why a retry of task run `id` in this state is refused, if it is. The running engine and
-    /// an offline `gaffer retry` (which reads the stored state) answer with the same words.
-    pub fn retry_refusal(self, id: u64) -> Option<String> {
-        (!self.is_retryable())
-            .then(|| format!("task run {id} {}; only dead or cancelled task runs can be retried", self.phrase()))
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Pending => "pending",
@@ -184,11 +177,4 @@ mod tests {
             assert_eq!(FailReason::parse(r.as_str()), Some(r));
         }
     }
-}
-
-/// Why a retry of job run `job_run` (no `--from`), whose task runs are in `states`, is refused,
-/// if it is: it has nothing dead or cancelled to start again.
-pub fn job_retry_refusal(job_run: u64, mut states: impl Iterator<Item = TaskState>) -> Option<String> {
-    (!states.any(TaskState::is_retryable))
-        .then(|| format!("job run j{job_run} has no dead or cancelled task runs to retry"))
 }
