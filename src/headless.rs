@@ -82,6 +82,13 @@ fn describe(e: &EngineEvent) -> Option<String> {
         "worker.restarted" => {
             format!("worker {} restarted ({reason})", e.field("worker").map(|v| v.to_string()).unwrap_or_default())
         }
+        "budget.raised" => {
+            format!(
+                "{} budget raised to {} by a retry",
+                e.str_field("scope").unwrap_or("job"),
+                dollars_of(e.field("limit_usd"))
+            )
+        }
         "budget.exceeded" => format!(
             "{} budget exceeded: spent {} of {}",
             e.str_field("scope").unwrap_or("job"),

@@ -116,12 +116,15 @@ pub fn show(reader: &Reader, target: Target) -> Result<Value, QueryError> {
             let t = reader.task_run(id)?.ok_or_else(|| not_found(target))?;
             let mut value = task_json(&t);
             value["attempts"] = Value::Array(reader.attempts_of(id)?.iter().map(attempt_json).collect());
+            let raised = reader.raised_budgets(t.job_run)?.task_runs.get(&id).copied();
+            value["budget_raised_usd"] = raised.map_or(Value::Null, usd_json);
             Ok(value)
         }
         Target::JobRun(id) => {
             let j = reader.job_run(id)?.ok_or_else(|| not_found(target))?;
             let mut value = job_json(&j);
             value["tasks"] = Value::Array(reader.task_runs_of(id)?.iter().map(task_json).collect());
+            value["budget_raised_usd"] = reader.raised_budgets(id)?.job_run.map_or(Value::Null, usd_json);
             Ok(value)
         }
     }

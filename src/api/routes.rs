@@ -129,9 +129,17 @@ fn bad_target(message: String) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({"error": message}))
 }
 
-async fn retry(state: web::Data<ApiState>, body: web::Json<TargetBody>) -> HttpResponse {
+#[derive(Deserialize)]
+struct RetryBody {
+    target: String,
+    /// `retry --budget`: raise the budgets in the retry's way to this.
+    #[serde(default)]
+    budget_usd_micros: Option<u64>,
+}
+
+async fn retry(state: web::Data<ApiState>, body: web::Json<RetryBody>) -> HttpResponse {
     match Target::parse(&body.target) {
-        Ok(t) => answer(state.handle.retry(t).await),
+        Ok(t) => answer(state.handle.retry_raising(t, body.budget_usd_micros).await),
         Err(message) => bad_target(message),
     }
 }

@@ -16,7 +16,21 @@ use crate::store;
 
 pub fn send(state_dir: &Path, action: &Action, ids: &[String]) -> Result<(), CliError> {
     let targets = ids.iter().map(|id| parse_target(id)).collect::<Result<Vec<_>, _>>()?;
-    send_targets(state_dir, action, &targets)
+    send_targets(state_dir, action, &targets, None)
+}
+
+/// `gaffer retry ID... [--budget USD]`: with `--budget`, the budgets in each retry's way are
+/// raised to USD for that run (recorded with it) instead of refusing the retry.
+pub fn retry(state_dir: &Path, ids: &[String], budget: Option<&str>) -> Result<(), CliError> {
+    let budget = budget
+        .map(|text| {
+            crate::model::money::parse_usd_micros(text)
+                .map_err(|e| CliError::Usage(format!("--budget: {e}")))
+                .and_then(|m| if m == 0 { Err(CliError::Usage("--budget must be above $0".into())) } else { Ok(m) })
+        })
+        .transpose()?;
+    let targets = ids.iter().map(|id| parse_target(id)).collect::<Result<Vec<_>, _>>()?;
+    send_targets(state_dir, &Action::Retry, &targets, budget)
 }
 
 /// `gaffer signal RUN NAME`: releases what waits for NAME in job run RUN (or in task run 42).
@@ -32,10 +46,10 @@ pub fn signal(state_dir: &Path, id: &str, name: &str) -> Result<(), CliError> {
     if !tasks.is_empty() && !tasks.iter().any(|t| t.state == TaskState::Waiting) {
         return Err(CliError::Failed(format!("nothing in {target} is waiting; nothing was sent")));
     }
-    send_targets(state_dir, &Action::Signal(name.to_string()), &[target])
+    send_targets(state_dir, &Action::Signal(name.to_string()), &[target], None)
 }
 
-fn send_targets(state_dir: &Path, action: &Action, targets: &[Target]) -> Result<(), CliError> {
+fn send_targets(state_dir: &Path, action: &Action, targets: &[Target], budget: Option<u64>) -> Result<(), CliError> {
     let reader = query::open(state_dir)?;
     for target in targets {
         let exists = match target {
@@ -48,7 +62,7 @@ fn send_targets(state_dir: &Path, action: &Action, targets: &[Target]) -> Result
     }
     let mut failed = false;
     for target in targets {
-        match deliver(state_dir, action, *target)? {
+        match deliver(state_dir, action, *target, budget)? {
             Ok(message) => outln!("{message}"),
             Err(message) => {
                 // The instance's answer names the run already.
@@ -61,10 +75,16 @@ fn send_targets(state_dir: &Path, action: &Action, targets: &[Target]) -> Result
 }
 
 /// To the running instance through its socket; with none running, into the inbox for the
-/// next start.
-fn deliver(state_dir: &Path, action: &Action, target: Target) -> Result<Result<String, String>, CliError> {
+/// next start — once the same check the instance would make lets it through (a retry it would
+/// refuse is refused now, and nothing is left for the next start).
+fn deliver(
+    state_dir: &Path,
+    action: &Action,
+    target: Target,
+    budget: Option<u64>,
+) -> Result<Result<String, String>, CliError> {
     let (path, body) = match action {
-        Action::Retry => ("/v1/retry", serde_json::json!({"target": target.id_text()})),
+        Action::Retry => ("/v1/retry", serde_json::json!({"target": target.id_text(), "budget_usd_micros": budget})),
         Action::Cancel => ("/v1/cancel", serde_json::json!({"target": target.id_text()})),
         Action::Signal(name) => ("/v1/signal", serde_json::json!({"target": target.id_text(), "name": name})),
     };
@@ -72,7 +92,13 @@ fn deliver(state_dir: &Path, action: &Action, target: Target) -> Result<Result<S
         Ok(answer) => Ok(Ok(answer["message"].as_str().unwrap_or("done").to_string())),
         Err(ClientError::Refused(message)) => Ok(Err(message)),
         Err(ClientError::NotRunning(_)) if store::instance_pid(state_dir).is_none() => {
-            inbox::put(state_dir, &InboxCommand { action: action.clone(), target })
+            if *action == Action::Retry {
+                let reader = query::open(state_dir)?;
+                if let Err(refusal) = crate::engine::manual_retry::check_offline(&reader, target, budget) {
+                    return Ok(Err(refusal.to_string()));
+                }
+            }
+            inbox::put(state_dir, &InboxCommand { action: action.clone(), target, budget_usd_micros: budget })
                 .map_err(|e| CliError::Failed(format!("cannot write to {}: {e}", state_dir.join("inbox").display())))?;
             Ok(Ok(format!("{target}: recorded; it takes effect when gaffer next starts in {}", state_dir.display())))
         }
@@ -178,5 +204,5 @@ fn act_on_dead(state_dir: &Path, action: &Action, ids: &[String], all: bool) -> 
         outln!("no dead letters");
         return Ok(());
     }
-    send_targets(state_dir, action, &targets)
+    send_targets(state_dir, action, &targets, None)
 }

@@ -142,6 +142,10 @@ pub enum Command {
         /// Task run ids (42) and job run ids (j7).
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Raise the spent budgets in the retry's way (the job run's, the task run's) to this
+        /// many dollars for that run; without it such a retry is refused.
+        #[arg(long, value_name = "USD")]
+        budget: Option<String>,
     },
     /// Cancel task runs (42) or job runs (j7).
     Cancel {
@@ -241,7 +245,7 @@ pub fn main() -> i32 {
         }
         Command::Pause { queue } => control::set_paused(&state_dir, &queue, true),
         Command::Resume { queue } => control::set_paused(&state_dir, &queue, false),
-        Command::Retry { ids } => control::send(&state_dir, &Action::Retry, &ids),
+        Command::Retry { ids, budget } => control::retry(&state_dir, &ids, budget.as_deref()),
         Command::Cancel { ids } => control::send(&state_dir, &Action::Cancel, &ids),
         Command::Signal { run_id, name } => control::signal(&state_dir, &run_id, &name),
         Command::Dlq { action } => control::dlq(&state_dir, action.unwrap_or(DlqAction::List { json: false })),

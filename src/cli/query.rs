@@ -217,6 +217,7 @@ pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
             outln!("job run j{id} of `{}`: {}{reason}", text(&value, "job"), text(&value, "state"));
             outln!("params: {}", value["params"]);
             outln!("cost: {}", dollars(micros_of_json(&value["cost_usd"])));
+            print_raised_budget(&value);
             print_task_table(&value["tasks"]);
         }
     }
@@ -238,6 +239,7 @@ fn print_task_detail(t: &Value) {
         num(t, "input_tokens"),
         num(t, "output_tokens")
     );
+    print_raised_budget(t);
     if let Some(p) = t["progress"].as_str() {
         outln!("progress: {p}");
     }
@@ -262,6 +264,13 @@ fn print_task_detail(t: &Value) {
             dollars(micros_of_json(&a["cost_usd"])),
             text(a, "log")
         );
+    }
+}
+
+/// `budget: $0.50, raised by a retry` when `gaffer retry --budget` raised it for this run.
+fn print_raised_budget(value: &Value) {
+    if !value["budget_raised_usd"].is_null() {
+        outln!("budget: {}, raised by `gaffer retry --budget`", dollars(micros_of_json(&value["budget_raised_usd"])));
     }
 }
 

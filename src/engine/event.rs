@@ -119,6 +119,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "schedule.fired",
     "schedule.skipped",
     "budget.exceeded",
+    "budget.raised",
 ];
 
 impl EngineEvent {

@@ -23,6 +23,9 @@ pub enum Action {
 pub struct InboxCommand {
     pub action: Action,
     pub target: Target,
+    /// `retry --budget USD`, in micro-dollars.
+    #[serde(default)]
+    pub budget_usd_micros: Option<u64>,
 }
 
 fn dir(state_dir: &Path) -> PathBuf {

@@ -25,7 +25,7 @@ use crate::model::graph::{self, Change, JobGraph, TaskStates};
 use crate::model::money::usd_json;
 use crate::model::policy::{self, AfterAttempt, AttemptOutcome, RunSoFar};
 use crate::model::{FailReason, JobState, TaskState};
-use crate::store::{AttemptRecord, CacheEntry, JobRunRecord, Mutation, TaskRunRecord};
+use crate::store::{AttemptRecord, CacheEntry, JobRunRecord, Mutation, RaisedBudgets, TaskRunRecord};
 
 /// How long running attempts get to stop on a graceful stop before SIGKILL (SPEC §7).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -46,6 +46,8 @@ pub struct JobRun {
     running: HashMap<u64, (AttemptRecord, Option<Addr<Worker>>)>,
     /// Set once the job run's budget is spent: no new attempt starts.
     budget_spent: bool,
+    /// Budgets a person raised with `gaffer retry --budget`; they replace the file's.
+    raised: RaisedBudgets,
     stopping: bool,
     /// Attempts found running in the store at start (crash recovery), by task run.
     interrupted: Vec<AttemptRecord>,
@@ -72,13 +74,15 @@ impl JobRun {
         record: JobRunRecord,
         tasks: Vec<TaskRunRecord>,
         interrupted: Vec<AttemptRecord>,
+        raised: RaisedBudgets,
     ) -> JobRun {
         let graph = JobGraph::new(&workflow.jobs[job_index]);
         let mut ordered = tasks;
         ordered.sort_by_key(|t| t.task_index);
         let index_of = ordered.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
         let states = TaskStates::new(ordered.iter().map(|t| t.state).collect());
-        let budget_spent = policy::budget_reached(record.cost_usd_micros, workflow.jobs[job_index].budget_usd_micros);
+        let budget = raised.job_run.or(workflow.jobs[job_index].budget_usd_micros);
+        let budget_spent = policy::budget_reached(record.cost_usd_micros, budget);
         JobRun {
             shared,
             workflow,
@@ -90,6 +94,7 @@ impl JobRun {
             index_of,
             running: HashMap::new(),
             budget_spent,
+            raised,
             stopping: false,
             interrupted,
             ended: false,
@@ -103,6 +108,18 @@ impl JobRun {
 
     fn job(&self) -> &JobDef {
         &self.workflow.jobs[self.job_index]
+    }
+
+    /// The job run's budget in force: raised by a retry, else the file's.
+    fn job_budget(&self) -> Option<u64> {
+        self.raised.job_run.or(self.job().budget_usd_micros)
+    }
+
+    /// Task `i`'s `(budget_usd, retry.max_cost_usd)` in force.
+    fn task_limits(&self, i: usize) -> (Option<u64>, Option<u64>) {
+        let def = &self.job().tasks[i];
+        let raised = self.raised.task_runs.get(&self.tasks[i].id).copied();
+        crate::model::retry::task_limits(def.budget_usd_micros, def.retry.max_cost_usd_micros, raised)
     }
 
     fn now(&self) -> u64 {
@@ -471,10 +488,12 @@ impl JobRun {
     fn decide(&self, i: usize, outcome: AttemptOutcome) -> AfterAttempt {
         let t = &self.tasks[i];
         let def = &self.job().tasks[i];
+        let (budget_usd_micros, max_cost_usd_micros) = self.task_limits(i);
         let run = RunSoFar {
             attempts_in_series: t.attempts_in_series(),
             cost_usd_micros: t.cost_usd_micros,
-            budget_usd_micros: def.budget_usd_micros,
+            budget_usd_micros,
+            max_cost_usd_micros,
         };
         let decision = policy::after_attempt(&def.retry, outcome, run, fastrand::f64());
         match decision {
@@ -676,7 +695,14 @@ impl JobRun {
         }
     }
 
-    fn retry_task(&mut self, ctx: &mut Context<Self>, i: usize) -> Result<String, String> {
+    /// Reopens task `i` for a fresh series; `with` and `events` are committed and published with it.
+    fn retry_task(
+        &mut self,
+        ctx: &mut Context<Self>,
+        i: usize,
+        with: Vec<Mutation>,
+        mut events: Vec<EngineEvent>,
+    ) -> Result<String, String> {
         let t = &self.tasks[i];
         if !t.state.is_retryable() {
             return Err(format!(
@@ -704,11 +730,12 @@ impl JobRun {
         let mut changes = vec![Change { task: i, to }];
         changes.extend(graph::reopen(&self.graph, &mut self.states));
         self.sync(&changes);
-        let mut events = Vec::new();
         if reopened {
             events.push(self.job_event("job.started").with("retry", true));
         }
-        self.apply_changes(ctx, changes, vec![Mutation::JobRun(self.record.clone())], events);
+        let mut mutations = with;
+        mutations.push(Mutation::JobRun(self.record.clone()));
+        self.apply_changes(ctx, changes, mutations, events);
         if to == TaskState::Waiting {
             return Ok(format!("task run {id} waits for its signal again"));
         }
@@ -967,10 +994,10 @@ impl Handler<CostAdded> for JobRun {
 
 impl JobRun {
     fn check_budgets(&mut self, ctx: &mut Context<Self>, i: usize) {
-        let def = &self.job().tasks[i];
+        let (task_budget, _) = self.task_limits(i);
         let t = &self.tasks[i];
-        if policy::budget_reached(t.cost_usd_micros, def.budget_usd_micros) && t.state == TaskState::Running {
-            let limit = def.budget_usd_micros.unwrap_or(0);
+        if policy::budget_reached(t.cost_usd_micros, task_budget) && t.state == TaskState::Running {
+            let limit = task_budget.unwrap_or(0);
             let event = self
                 .task_event("budget.exceeded", i)
                 .with("scope", "task")
@@ -981,7 +1008,7 @@ impl JobRun {
                 worker.do_send(Kill { task_run: t.id, reason: FailReason::Budget, grace: KILL_GRACE });
             }
         }
-        let job_budget = self.job().budget_usd_micros;
+        let job_budget = self.job_budget();
         if !self.budget_spent && policy::budget_reached(self.record.cost_usd_micros, job_budget) {
             self.on_budget_spent(ctx, job_budget.unwrap_or(0));
         }
@@ -1190,11 +1217,12 @@ impl JobRun {
 }
 
 /// Retry a dead or cancelled task run (fresh series of attempts), or every one of them in this
-/// job run (`task_run: None`).
+/// job run (`task_run: None`), raising the budgets in the way to `budget_usd_micros` if given.
 #[derive(Message)]
 #[rtype(result = "Result<String, String>")]
 pub struct Retry {
     pub task_run: Option<u64>,
+    pub budget_usd_micros: Option<u64>,
 }
 
 impl Handler<Retry> for JobRun {
@@ -1208,22 +1236,39 @@ impl Handler<Retry> for JobRun {
 }
 
 impl JobRun {
+    /// What may be retried and which budgets refuse it is `model::retry::plan`'s to say; the
+    /// raised budgets are committed with the first reopened task run, so none is half-applied.
     fn retry(&mut self, msg: Retry, ctx: &mut Context<Self>) -> Result<String, String> {
-        if let Some(task_run) = msg.task_run {
-            let i = self
-                .idx(task_run)
-                .ok_or_else(|| format!("task run {task_run} is not part of job run j{}", self.record.id))?;
-            return self.retry_task(ctx, i);
-        }
-        let retryable: Vec<usize> = (0..self.tasks.len()).filter(|&i| self.tasks[i].state.is_retryable()).collect();
-        if retryable.is_empty() {
-            return Err(format!("job run j{} has no dead or cancelled task runs to retry", self.record.id));
-        }
-        let mut said = Vec::new();
-        for i in retryable {
-            said.push(self.retry_task(ctx, i)?);
+        let (job, tasks) = super::manual_retry::spends(self.job(), &self.record, &self.tasks, &self.raised);
+        let plan = crate::model::retry::plan(&job, &tasks, msg.task_run, msg.budget_usd_micros)
+            .map_err(|refusal| refusal.to_string())?;
+        let (mut with, mut events) = self.raise_budgets(&plan);
+        let mut said: Vec<String> = events.iter().map(super::manual_retry::raised_line).collect();
+        for id in plan.task_runs {
+            let Some(i) = self.idx(id) else { continue };
+            said.push(self.retry_task(ctx, i, std::mem::take(&mut with), std::mem::take(&mut events))?);
         }
         Ok(said.join("\n"))
+    }
+
+    /// Records the plan's raised budgets in memory; returns their mutation and events.
+    fn raise_budgets(&mut self, plan: &crate::model::retry::RetryPlan) -> (Vec<Mutation>, Vec<EngineEvent>) {
+        let mut events = Vec::new();
+        if let Some(limit) = plan.raise_job_run {
+            self.raised.job_run = Some(limit);
+            events.push(self.job_event("budget.raised").with("scope", "job").with("limit_usd", usd_json(limit)));
+        }
+        for &(id, limit) in &plan.raise_task_runs {
+            self.raised.task_runs.insert(id, limit);
+            if let Some(i) = self.idx(id) {
+                events
+                    .push(self.task_event("budget.raised", i).with("scope", "task").with("limit_usd", usd_json(limit)));
+            }
+        }
+        if events.is_empty() {
+            return (Vec::new(), events);
+        }
+        (vec![Mutation::RaisedBudgets(self.record.id, self.raised.clone())], events)
     }
 }
 

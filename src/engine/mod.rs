@@ -19,6 +19,7 @@ mod event;
 pub mod inbox;
 mod job_run;
 mod journal;
+pub mod manual_retry;
 mod retention;
 mod scheduler;
 mod supervisor;
@@ -411,7 +412,12 @@ impl EngineHandle {
     }
 
     pub async fn retry(&self, target: Target) -> Result<String, EngineError> {
-        self.command(Action::Retry, target).await
+        self.retry_raising(target, None).await
+    }
+
+    /// A retry that first raises the budgets in its way to `budget_usd_micros` (`--budget`).
+    pub async fn retry_raising(&self, target: Target, budget_usd_micros: Option<u64>) -> Result<String, EngineError> {
+        mailbox(self.supervisor.send(supervisor::Command { action: Action::Retry, target, budget_usd_micros }).await)?
     }
 
     pub async fn cancel(&self, target: Target) -> Result<String, EngineError> {
@@ -425,7 +431,7 @@ impl EngineHandle {
     }
 
     async fn command(&self, action: Action, target: Target) -> Result<String, EngineError> {
-        mailbox(self.supervisor.send(supervisor::Command { action, target }).await)?
+        mailbox(self.supervisor.send(supervisor::Command { action, target, budget_usd_micros: None }).await)?
     }
 
     /// Pauses (or resumes) a queue, durably: a pause outlives a restart. False if there is no

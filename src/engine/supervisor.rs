@@ -190,7 +190,9 @@ impl Supervisor {
             }
             other => other,
         };
-        let actor = JobRun::new(shared, self.workflow.clone(), job_index, record, tasks, Vec::new()).start();
+        let actor =
+            JobRun::new(shared, self.workflow.clone(), job_index, record, tasks, Vec::new(), Default::default())
+                .start();
         actor.do_send(Start(begin));
         self.job_runs.insert(id, actor);
         self.job_of.insert(id, job.to_string());
@@ -233,26 +235,21 @@ impl Supervisor {
             ))
         })?;
         let tasks = reader.task_runs_of(record.id)?;
+        let raised = reader.raised_budgets(record.id)?;
         let mut interrupted = Vec::new();
         for t in tasks.iter().filter(|t| t.state == TaskState::Running) {
             let attempt =
                 reader.attempts_of(t.id)?.into_iter().find(|a| a.n == t.attempt).unwrap_or_else(|| lost_attempt(t));
             interrupted.push(attempt);
         }
-        Ok(JobRun::new(shared.clone(), workflow, job_index, record, tasks, interrupted).start())
+        Ok(JobRun::new(shared.clone(), workflow, job_index, record, tasks, interrupted, raised).start())
     }
 
     fn definition_of(&self, reader: &Reader, record: &JobRunRecord) -> Result<Arc<Workflow>, EngineError> {
         if record.definition == self.definition {
             return Ok(self.workflow.clone());
         }
-        let stored: DefinitionRecord = reader.definition(record.definition)?.ok_or_else(|| {
-            EngineError::Invalid(format!("job run j{}: its workflow definition is missing from the store", record.id))
-        })?;
-        let workflow = crate::config::parse(&PathBuf::from(&stored.path), &stored.source).map_err(|d| {
-            EngineError::Invalid(format!("job run j{}: its stored workflow no longer validates:\n{d}", record.id))
-        })?;
-        Ok(Arc::new(workflow))
+        Ok(Arc::new(stored_workflow(reader, record)?))
     }
 
     /// The live actor of job run `id`, or a revived one for a run that already ended.
@@ -293,6 +290,16 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The workflow a job run was started with, parsed from the store.
+pub(super) fn stored_workflow(reader: &Reader, record: &JobRunRecord) -> Result<Workflow, EngineError> {
+    let stored: DefinitionRecord = reader.definition(record.definition)?.ok_or_else(|| {
+        EngineError::Invalid(format!("job run j{}: its workflow definition is missing from the store", record.id))
+    })?;
+    crate::config::parse(&PathBuf::from(&stored.path), &stored.source).map_err(|d| {
+        EngineError::Invalid(format!("job run j{}: its stored workflow no longer validates:\n{d}", record.id))
+    })
 }
 
 /// The job's declared params with `given` on top; a param the job does not declare is an error.
@@ -372,11 +379,12 @@ impl Handler<ApplyInbox> for Supervisor {
                     .then(|| self.locate(command.target).ok())
                     .flatten()
                     .and_then(|(id, _)| self.job_name(id).map(|job| (id, job)));
-                work.push((
-                    file,
-                    job_run,
-                    ctx.address().send(Command { action: command.action, target: command.target }),
-                ));
+                let command = Command {
+                    action: command.action,
+                    target: command.target,
+                    budget_usd_micros: command.budget_usd_micros,
+                };
+                work.push((file, job_run, ctx.address().send(command)));
             }
         }
         Box::pin(async move {
@@ -474,6 +482,8 @@ impl Supervisor {
 pub struct Command {
     pub action: inbox::Action,
     pub target: Target,
+    /// `retry --budget USD`: raise the budgets in the way to this.
+    pub budget_usd_micros: Option<u64>,
 }
 
 impl Handler<Command> for Supervisor {
@@ -488,7 +498,7 @@ impl Handler<Command> for Supervisor {
         Box::pin(async move {
             let (actor, task_run) = located?;
             let answer = match msg.action {
-                inbox::Action::Retry => actor.send(Retry { task_run }).await,
+                inbox::Action::Retry => actor.send(Retry { task_run, budget_usd_micros: msg.budget_usd_micros }).await,
                 inbox::Action::Cancel => actor.send(Cancel { task_run }).await,
                 inbox::Action::Signal(name) => actor.send(Signal { task_run, name }).await,
             };

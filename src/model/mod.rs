@@ -1,5 +1,5 @@
 //! The rules of gaffer as plain functions over plain data: states, retry delays, effective
-//! priority, budgets and the job-run transition engine. Nothing here knows about actors, redb,
+//! priority, budgets, what a person's retry may do, and the job-run transition engine. Nothing here knows about actors, redb,
 //! processes or the clock; callers pass time and randomness in, so every rule is testable alone.
 //!
 //! Architecture Invariant: `model` depends on nothing else in the crate but the plain data types of `config` and `executor`.
@@ -8,6 +8,7 @@ pub mod cost;
 pub mod graph;
 pub mod money;
 pub mod policy;
+pub mod retry;
 pub mod schedule;
 pub mod state;
 

@@ -30,7 +30,9 @@ pub struct RunSoFar {
     /// Attempts used in the current series (a dead-letter retry starts a new series).
     pub attempts_in_series: u32,
     pub cost_usd_micros: u64,
+    /// The task run's `budget_usd` and `retry.max_cost_usd` in force (a retry may have raised them).
     pub budget_usd_micros: Option<u64>,
+    pub max_cost_usd_micros: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,7 +55,7 @@ pub fn after_attempt(policy: &RetryPolicy, outcome: AttemptOutcome, run: RunSoFa
     if reason == FailReason::Budget || budget_reached(run.cost_usd_micros, run.budget_usd_micros) {
         return AfterAttempt::Dead { reason: FailReason::Budget };
     }
-    if budget_reached(run.cost_usd_micros, policy.max_cost_usd_micros) {
+    if budget_reached(run.cost_usd_micros, run.max_cost_usd_micros) {
         return AfterAttempt::Dead { reason: FailReason::Budget };
     }
     let non_retryable = outcome.exit_code.is_some_and(|c| policy.non_retryable_exit_codes.contains(&c));
@@ -114,7 +116,12 @@ mod tests {
     }
 
     fn run(attempts: u32, cost: u64) -> RunSoFar {
-        RunSoFar { attempts_in_series: attempts, cost_usd_micros: cost, budget_usd_micros: None }
+        RunSoFar {
+            attempts_in_series: attempts,
+            cost_usd_micros: cost,
+            budget_usd_micros: None,
+            max_cost_usd_micros: policy().max_cost_usd_micros,
+        }
     }
 
     #[test]

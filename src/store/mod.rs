@@ -18,7 +18,7 @@ use redb::{ConcurrencyMode, Database, ReadTransaction, ReadableDatabase, Readabl
 
 pub use crate::model::schedule::ScheduleState;
 pub use lock::{InstanceLock, holder as instance_pid};
-pub use records::{AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, TaskRunRecord};
+pub use records::{AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, RaisedBudgets, TaskRunRecord};
 pub use writer::{Ids, StoreCloser, StoreHandle};
 
 /// Bumped on any change of tables or of a record's meaning; checked at open.
@@ -40,6 +40,8 @@ const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused_queues");
 const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
 /// `cache` of SPEC §2.2: scoped key (`job/task/rendered key`) → the succeeded run to reuse.
 const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
+/// job run → the budgets a person raised in it (`gaffer retry ID --budget USD`).
+const RAISED_BUDGETS: TableDefinition<u64, &[u8]> = TableDefinition::new("raised_budgets");
 
 const SEQ_JOB_RUN: &str = "seq.job_run";
 const SEQ_TASK_RUN: &str = "seq.task_run";
@@ -106,6 +108,8 @@ pub enum Mutation {
     IdempotencyKey(String, u64),
     Cached(String, CacheEntry),
     Uncached(String),
+    /// The whole set for one job run, replaced.
+    RaisedBudgets(u64, RaisedBudgets),
 }
 
 /// Opens (creating if needed) the state dir as its one writer: takes the instance lock, checks
@@ -199,6 +203,7 @@ fn prepare(db: &Database) -> Result<Ids, StoreError> {
         txn.open_table(PAUSED).map_err(db_err)?;
         txn.open_table(IDEMPOTENCY).map_err(db_err)?;
         txn.open_table(CACHE).map_err(db_err)?;
+        txn.open_table(RAISED_BUDGETS).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)?;
     Ok(ids)
@@ -254,6 +259,12 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
                 txn.open_table(CACHE)
                     .map_err(db_err)?
                     .insert(key.as_str(), codec::encode(entry)?.as_slice())
+                    .map_err(db_err)?;
+            }
+            Mutation::RaisedBudgets(job_run, raised) => {
+                txn.open_table(RAISED_BUDGETS)
+                    .map_err(db_err)?
+                    .insert(*job_run, codec::encode(raised)?.as_slice())
                     .map_err(db_err)?;
             }
         }
@@ -374,6 +385,12 @@ impl Reader {
             }
         }
         Ok(keys)
+    }
+
+    /// The budgets raised by retries in job run `job_run` (none: the file's hold).
+    pub fn raised_budgets(&self, job_run: u64) -> Result<RaisedBudgets, StoreError> {
+        let Some(table) = self.optional_table(RAISED_BUDGETS)? else { return Ok(RaisedBudgets::default()) };
+        Ok(table.get(job_run).map_err(db_err)?.map(|v| codec::decode(v.value())).transpose()?.unwrap_or_default())
     }
 
     /// Queues paused by a person (`gaffer pause`), which stay paused across restarts.

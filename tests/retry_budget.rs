@@ -1,0 +1,150 @@
+//! Retries and the limits around them, through the real binary: spent budgets refuse a retry
+//! (live and offline) until a person raises them; rate limits and circuit breakers that
+//! outlive a restart; model fallback, output validation and poison pills (issue 8).
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Project, Server, named, wait_until};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn lines(p: &Project, file: &str) -> usize {
+    std::fs::read_to_string(p.path().join(file)).map_or(0, |t| t.lines().count())
+}
+
+fn inbox_files(p: &Project) -> usize {
+    std::fs::read_dir(p.state_dir().join("inbox")).map_or(0, |d| d.count())
+}
+
+/// Defect 2 of issue 8: `gaffer retry` in a job run whose budget is spent started a new attempt
+/// and spent more. It is refused, offline and live, and nothing changes, until `--budget`
+/// raises that run's budget (recorded, shown, in the journal).
+#[test]
+fn a_retry_past_a_spent_job_budget_is_refused_until_the_budget_is_raised() {
+    let p = Project::new(
+        r#"
+[jobs.j]
+budget_usd = 0.01
+[jobs.j.tasks.spend]
+retry = { max_attempts = 1 }
+run = 'echo ran >> runs.log; echo "cost usd=0.02" >&3; [ "$GAFFER_ATTEMPT" -gt 1 ] || sleep 30'
+"#,
+    );
+    let (code, _) = p.run_json(&[]);
+    assert_eq!(code, 1);
+    assert_eq!((p.task("spend")["state"].as_str(), p.task("spend")["reason"].as_str()), (Some("dead"), Some("budget")));
+
+    for id in ["1", "j1"] {
+        let out = p.run(&["retry", id]);
+        assert!(!out.status.success(), "offline retry {id} must be refused");
+        assert!(stderr(&out).contains("j1 has spent $0.02 of its $0.01 budget"), "{}", stderr(&out));
+        assert!(stderr(&out).contains(&format!("gaffer retry {id} --budget USD")), "{}", stderr(&out));
+    }
+    assert_eq!(inbox_files(&p), 0, "a refused retry leaves nothing for the next start");
+
+    let _server = Server::start(&p);
+    let out = p.run(&["retry", "1"]);
+    assert!(!out.status.success(), "live retry must be refused");
+    assert!(stderr(&out).contains("j1 has spent $0.02 of its $0.01 budget"), "{}", stderr(&out));
+    let out = p.run(&["retry", "1", "--budget", "0.02"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--budget $0.02 is not above the $0.02 job run j1 has spent"), "{}", stderr(&out));
+    tui_r_shows_the_refusal(&p);
+    assert_eq!(p.task("spend")["attempt"], 1, "nothing started");
+    assert_eq!(lines(&p, "runs.log"), 1);
+    assert!(p.json(&["show", "j1", "--json"])["budget_raised_usd"].is_null());
+
+    let out = p.run(&["retry", "1", "--budget", "0.50"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("job run j1: budget raised to $0.50"));
+    wait_until(Duration::from_secs(10), "the raised retry to succeed", || p.task("spend")["state"] == "succeeded");
+    let job = p.json(&["show", "j1", "--json"]);
+    assert_eq!(job["budget_raised_usd"], 0.5);
+    assert_eq!(job["cost_usd"], 0.04);
+    let shown = String::from_utf8_lossy(&p.run(&["show", "j1"]).stdout).into_owned();
+    assert!(shown.contains("budget: $0.50, raised by `gaffer retry --budget`"), "{shown}");
+    let raised = named(&p.journal(), "budget.raised").into_iter().cloned().collect::<Vec<Value>>();
+    assert_eq!((raised.len(), raised[0]["scope"].as_str()), (1, Some("job")), "{raised:?}");
+}
+
+/// The same for a task run's own limits (`retry.max_cost_usd`, `budget_usd`), raised offline:
+/// the raise waits in the inbox with the retry and is checked again when it is applied.
+#[test]
+fn a_task_runs_spent_max_cost_refuses_a_retry_until_raised_offline() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.spend]
+retry = { max_attempts = 3, max_cost_usd = 0.01, initial_interval = "50ms" }
+run = 'echo "cost usd=0.02" >&3; [ "$GAFFER_ATTEMPT" -gt 1 ]'
+"#,
+    );
+    assert_eq!(p.run_json(&[]).0, 1);
+    assert_eq!(p.task("spend")["attempt"], 1, "max_cost_usd stopped the retries");
+    let out = p.run(&["retry", "1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("task run 1 has spent $0.02 of its $0.01 `retry.max_cost_usd`"), "{}", stderr(&out));
+    assert_eq!(inbox_files(&p), 0);
+
+    let out = p.run(&["retry", "1", "--budget", "0.10"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:#?}");
+    let shown = p.json(&["show", "1", "--json"]);
+    assert_eq!((shown["state"].as_str(), shown["attempt"].as_u64()), (Some("succeeded"), Some(2)));
+    assert_eq!(shown["budget_raised_usd"], 0.1);
+}
+
+/// The TUI attached to the server: `r` on the dead letter sends the retry, and the engine's
+/// refusal is what the status line says, with the task run back as it was.
+fn tui_r_shows_the_refusal(p: &Project) {
+    use gaffer::engine::Control;
+    use gaffer::tui::keymap::Key;
+    use gaffer::tui::{Model, Msg, update};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let remote = gaffer::api::RemoteEngine::connect(&p.state_dir()).await.expect("connect");
+        let snapshot = remote.snapshot().await.expect("snapshot");
+        let mut model = Model::new(snapshot, 0, "test", Vec::new());
+        model.prepare();
+        update(&mut model, Msg::Key(Key::ch('5')));
+        let commands = update(&mut model, Msg::Key(Key::ch('r')));
+        let [gaffer::tui::Command::Retry(target)] = commands.as_slice() else {
+            panic!("r sends a retry: {commands:?}")
+        };
+        let result = remote.retry(*target).await.map_err(|e| e.to_string());
+        update(&mut model, Msg::Done { command: commands[0].clone(), result });
+        let status = model.status.as_ref().map(|s| (s.text.clone(), s.error));
+        let (text, error) = status.expect("something is said");
+        assert!(error && text.contains("j1 has spent $0.02 of its $0.01 budget"), "{text}");
+        assert_eq!(model.tasks[&1].rec.state, gaffer::model::TaskState::Dead);
+    });
+}
+
+/// Defect 5 of issue 8: an offline retry of a run with nothing to retry answered "recorded" and
+/// exited 0. It is refused as the running instance refuses it, in the same words.
+#[test]
+fn an_offline_retry_with_nothing_to_retry_is_refused_as_the_instance_would() {
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'true'\n");
+    assert_eq!(p.run_json(&[]).0, 0);
+    let refusals = |p: &Project| -> Vec<String> {
+        ["j1", "1"]
+            .iter()
+            .map(|id| {
+                let out = p.run(&["retry", id]);
+                assert!(!out.status.success(), "retry {id} must be refused: {}", stderr(&out));
+                stderr(&out)
+            })
+            .collect()
+    };
+    let offline = refusals(&p);
+    assert_eq!(inbox_files(&p), 0, "nothing is left for the next start");
+    assert!(offline[0].contains("job run j1 has no dead or cancelled task runs to retry"), "{}", offline[0]);
+    assert!(offline[1].contains("task run 1 has succeeded; only dead or cancelled"), "{}", offline[1]);
+    let _server = Server::start(&p);
+    assert_eq!(refusals(&p), offline, "one rule, one wording");
+}
