@@ -82,6 +82,16 @@ fn describe(e: &EngineEvent) -> Option<String> {
         "worker.restarted" => {
             format!("worker {} restarted ({reason})", e.field("worker").map(|v| v.to_string()).unwrap_or_default())
         }
+        "queue.circuit_opened" => format!(
+            "queue {}: circuit opened after {} failed attempts within {}; nothing starts from it until {}",
+            e.queue.as_deref().unwrap_or("?"),
+            e.field("failures").map(|v| v.to_string()).unwrap_or_default(),
+            duration(e.field("within_ms").and_then(|v| v.as_u64()).unwrap_or(0)),
+            e.str_field("until").unwrap_or("?")
+        ),
+        "queue.circuit_closed" => {
+            format!("queue {}: circuit closed, starting again", e.queue.as_deref().unwrap_or("?"))
+        }
         "budget.raised" => {
             format!(
                 "{} budget raised to {} by a retry",

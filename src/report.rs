@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::config::QueueDef;
 use crate::engine::{QueueSnapshot, Target, rfc3339_ms};
 use crate::model::money::usd_json;
 use crate::model::{JobState, TaskState};
@@ -64,13 +65,19 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
     let pid = store::instance_pid(state_dir);
     let reader = store::open_reader(state_dir)?;
     let tasks = reader.task_runs()?;
-    let mut concurrency = latest_queue_caps(&reader)?;
+    let defs = latest_queues(&reader)?;
+    let mut concurrency: BTreeMap<String, usize> = defs.iter().map(|(k, q)| (k.clone(), q.concurrency)).collect();
     let mut paused = reader.paused_queues()?;
+    let mut circuits = match live {
+        Some(_) => BTreeMap::new(),
+        None => open_circuits(&reader, &defs)?,
+    };
     for q in live.unwrap_or_default() {
         concurrency.insert(q.name.clone(), q.concurrency);
         if q.paused {
             paused.insert(q.name.clone());
         }
+        circuits.extend(q.circuit_open_until_ms.map(|until| (q.name.clone(), until)));
     }
     let mut totals: BTreeMap<&str, u64> = TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
@@ -91,7 +98,8 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
         .iter()
         .map(|(name, c)| {
             json!({"name": name, "concurrency": concurrency.get(name), "paused": paused.contains(name),
-                   "queued": c[0], "running": c[1], "retrying": c[2], "dead": c[3]})
+                   "queued": c[0], "running": c[1], "retrying": c[2], "dead": c[3],
+                   "circuit_open_until": time_json(circuits.get(name).copied())})
         })
         .collect();
     Ok(
@@ -99,13 +107,27 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
     )
 }
 
-/// Queue caps from the definition of the newest job run (the store keeps definitions, not queues).
-fn latest_queue_caps(reader: &Reader) -> Result<BTreeMap<String, usize>, StoreError> {
+/// Queues from the definition of the newest job run (the store keeps definitions, not queues).
+fn latest_queues(reader: &Reader) -> Result<BTreeMap<String, QueueDef>, StoreError> {
     let Some(latest) = reader.job_runs()?.into_iter().max_by_key(|j| j.id) else { return Ok(BTreeMap::new()) };
     let Some(def) = reader.definition(latest.definition)? else { return Ok(BTreeMap::new()) };
-    Ok(crate::config::parse(Path::new(&def.path), &def.source)
-        .map(|w| w.queues.into_iter().map(|(k, q)| (k, q.concurrency)).collect())
-        .unwrap_or_default())
+    Ok(crate::config::parse(Path::new(&def.path), &def.source).map(|w| w.queues).unwrap_or_default())
+}
+
+/// With no instance running: the circuits that are open now, from the failed attempts in the
+/// store, by the rule the next start applies (`model::queue`).
+fn open_circuits(reader: &Reader, queues: &BTreeMap<String, QueueDef>) -> Result<BTreeMap<String, u64>, StoreError> {
+    use crate::engine::Clock;
+    let now = crate::engine::SystemClock.now_ms();
+    let history = crate::engine::queue_history(reader, queues, now)?;
+    Ok(queues
+        .iter()
+        .filter_map(|(name, q)| {
+            let failures = history.failures.get(name).map(Vec::as_slice).unwrap_or_default();
+            let until = crate::model::queue::circuit_open_until(q.circuit?, failures, now)?;
+            Some((name.clone(), until))
+        })
+        .collect())
 }
 
 /// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its

@@ -148,3 +148,84 @@ fn an_offline_retry_with_nothing_to_retry_is_refused_as_the_instance_would() {
     let _server = Server::start(&p);
     assert_eq!(refusals(&p), offline, "one rule, one wording");
 }
+
+fn started_at_ms(attempt: &Value) -> u64 {
+    let text = attempt["started_at"].as_str().expect("started_at");
+    let t = humantime::parse_rfc3339(text).expect("rfc3339");
+    t.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as u64
+}
+
+/// Every attempt start in the state dir, as milliseconds.
+fn attempt_starts(p: &Project) -> Vec<u64> {
+    let mut starts: Vec<u64> = p
+        .tasks()
+        .iter()
+        .flat_map(|t| {
+            p.json(&["show", &t["id"].to_string(), "--json"])["attempts"].as_array().cloned().unwrap_or_default()
+        })
+        .map(|a| started_at_ms(&a))
+        .collect();
+    starts.sort_unstable();
+    starts
+}
+
+/// Defect 3 of issue 8: `rate_limit = "2/30s"` held within one process, but two `gaffer run`s
+/// in a row started 4 attempts at once. The window is derived from the attempts' start times
+/// in the store, so the second run waits for it.
+#[test]
+fn a_rate_limit_holds_across_two_runs_in_a_row() {
+    let p = Project::new(
+        r#"
+[queues.api]
+rate_limit = "2/2s"
+[jobs.j.tasks.a]
+queue = "api"
+run = 'true'
+[jobs.j.tasks.b]
+queue = "api"
+run = 'true'
+"#,
+    );
+    assert_eq!(p.run_json(&[]).0, 0);
+    assert_eq!(p.run_json(&[]).0, 0);
+    let starts = attempt_starts(&p);
+    assert_eq!(starts.len(), 4);
+    for (i, &t) in starts.iter().enumerate() {
+        let in_window = starts[i..].iter().filter(|&&s| s - t < 2_000).count();
+        assert!(in_window <= 2, "{in_window} attempts started within 2 s of {t}: {starts:?}");
+    }
+}
+
+/// A burst of failures opens a queue's circuit (`queue.circuit_opened`, `status`); a restart
+/// derives it from the failed attempts in the store, holds the queue, and the circuit closes
+/// by itself (`queue.circuit_closed`), after which the queue starts work again.
+#[test]
+fn a_circuit_opens_after_a_burst_survives_a_restart_and_closes_by_itself() {
+    let p = Project::new(
+        r#"
+[queues.llm]
+concurrency = 1
+circuit = { failures = 2, within = "1m", open_for = "3s" }
+[jobs.burst.tasks.a]
+queue = "llm"
+retry = { max_attempts = 2, initial_interval = "10ms" }
+run = 'exit 1'
+[jobs.after.tasks.c]
+queue = "llm"
+run = 'true'
+"#,
+    );
+    assert_eq!(p.run_json(&["burst"]).0, 1);
+    let opened = named(&p.journal(), "queue.circuit_opened").into_iter().cloned().collect::<Vec<Value>>();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    let until = opened[0]["until"].as_str().expect("until").to_string();
+    let status = p.json(&["status", "--json"]);
+    let llm = status["queues"].as_array().into_iter().flatten().find(|q| q["name"] == "llm").cloned();
+    assert_eq!(llm.map(|q| q["circuit_open_until"].clone()), Some(Value::from(until.clone())), "{status}");
+
+    assert_eq!(p.run_json(&["after"]).0, 0);
+    let c = p.json(&["show", &p.task("c")["id"].to_string(), "--json"]);
+    let until_ms = started_at_ms(&serde_json::json!({ "started_at": until }));
+    assert!(started_at_ms(&c["attempts"][0]) >= until_ms, "c started before the circuit closed: {c}");
+    assert_eq!(named(&p.journal(), "queue.circuit_closed").len(), 1);
+}

@@ -96,6 +96,7 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
     for q in value["queues"].as_array().into_iter().flatten() {
         let cap = q["concurrency"].as_u64().map_or("-".to_string(), |c| c.to_string());
         let name = format!("{}{}", text(q, "name"), if q["paused"] == true { " (paused)" } else { "" });
+
         outln!(
             "{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}",
             name,
@@ -105,6 +106,14 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
             num(q, "retrying"),
             num(q, "dead")
         );
+    }
+    for q in value["queues"].as_array().into_iter().flatten() {
+        if let Some(until) = q["circuit_open_until"].as_str() {
+            outln!(
+                "queue {}: circuit open after a burst of failures, nothing starts from it until {until}",
+                text(q, "name")
+            );
+        }
     }
     let counts: Vec<String> = value["totals"]
         .as_object()

@@ -16,7 +16,8 @@ const TOP_KEYS: &[&str] = &["settings", "queues", "defaults", "jobs", "pricing"]
 /// Logs of job runs that ended longer ago than this are removed by `gaffer serve`.
 const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
 const SETTINGS_KEYS: &[&str] = &["workers", "log_max_bytes", "retention"];
-const QUEUE_KEYS: &[&str] = &["concurrency", "rate_limit", "aging"];
+const QUEUE_KEYS: &[&str] = &["concurrency", "rate_limit", "aging", "circuit"];
+const CIRCUIT_KEYS: &[&str] = &["failures", "within", "open_for"];
 const JOB_KEYS: &[&str] = &[
     "schedule",
     "timezone",
@@ -252,6 +253,7 @@ fn read_queues(r: &mut Reader, entry: Option<&Entry>, workers: usize) -> BTreeMa
         concurrency_is_workers: true,
         rate_limit: None,
         aging: None,
+        circuit: None,
     });
     queues
 }
@@ -264,6 +266,7 @@ fn read_queue(r: &mut Reader, entry: &Entry, workers: usize) -> Option<QueueDef>
         concurrency_is_workers: true,
         rate_limit: None,
         aging: None,
+        circuit: None,
     };
     for e in r.entries(table, entry.at) {
         match e.name {
@@ -281,10 +284,38 @@ fn read_queue(r: &mut Reader, entry: &Entry, workers: usize) -> Option<QueueDef>
                 }
             }
             "aging" => queue.aging = r.duration(&e, true),
+            "circuit" => queue.circuit = read_circuit(r, &e),
             _ => r.unknown_key(&e, &format!("queue `{}`", entry.name), QUEUE_KEYS),
         }
     }
     Some(queue)
+}
+
+/// `circuit = { failures = 5, within = "1m", open_for = "5m" }`: all three are needed.
+fn read_circuit(r: &mut Reader, entry: &Entry) -> Option<CircuitRule> {
+    let table = r.table(entry)?;
+    let (mut failures, mut within, mut open_for) = (None, None, None);
+    for e in r.entries(table, entry.at) {
+        match e.name {
+            "failures" => failures = r.int_in(&e, 1, 10_000, "from 1 to 10000").and_then(|n| u32::try_from(n).ok()),
+            "within" => within = r.duration(&e, true),
+            "open_for" => open_for = r.duration(&e, true),
+            _ => r.unknown_key(&e, "`circuit`", CIRCUIT_KEYS),
+        }
+    }
+    for (key, missing) in
+        [("failures", failures.is_none()), ("within", within.is_none()), ("open_for", open_for.is_none())]
+    {
+        if missing && !table.contains_key(key) {
+            r.error(
+                entry.at,
+                format!(
+                    "`circuit` needs `{key}` (e.g. circuit = {{ failures = 5, within = \"1m\", open_for = \"5m\" }})"
+                ),
+            );
+        }
+    }
+    Some(CircuitRule { failures: failures?, within: within?, open_for: open_for? })
 }
 
 fn read_defaults(r: &mut Reader, entry: &Entry) -> TaskFields {
@@ -893,7 +924,7 @@ nees = ["a"]
             errors(text),
             [
                 "2:11: `workers` must be an integer of at least 1",
-                "6:1: unknown key `burst` in queue `llm` (expected one of: concurrency, rate_limit, aging)",
+                "6:1: unknown key `burst` in queue `llm` (expected one of: concurrency, rate_limit, aging, circuit)",
                 "9:12: bad cron expression `0 25 * * *`: Component error: Number out of bounds.",
                 "10:12: unknown timezone `Mars/Olympus`",
                 "14:12: `priority` must be an integer from 0 to 100",

@@ -69,6 +69,17 @@ pub struct QueueDef {
     pub rate_limit: Option<RateLimit>,
     /// A waiting task run gains +1 priority per `aging` (anti-starvation); `None` = no aging.
     pub aging: Option<Duration>,
+    /// Pause the queue by itself after a burst of failed attempts (`circuit`).
+    pub circuit: Option<CircuitRule>,
+}
+
+/// `circuit = { failures = 5, within = "1m", open_for = "5m" }`: `failures` failed attempts
+/// within `within` open the circuit (nothing new starts from the queue) for `open_for`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitRule {
+    pub failures: u32,
+    pub within: Duration,
+    pub open_for: Duration,
 }
 
 /// At most `count` attempts started per `window`.

@@ -120,6 +120,8 @@ pub const EVENT_NAMES: &[&str] = &[
     "schedule.skipped",
     "budget.exceeded",
     "budget.raised",
+    "queue.circuit_opened",
+    "queue.circuit_closed",
 ];
 
 impl EngineEvent {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::dispatcher::{Enqueue, ReadyEntry};
+use super::dispatcher::{AttemptFailed, Enqueue, ReadyEntry};
 use super::journal::Publish;
 use super::scheduler::{TaskTimer, Unschedule};
 use super::supervisor::{Fatal, JobRunEnded};
@@ -57,6 +57,8 @@ pub struct JobRun {
     next_commit: u64,
     next_to_run: u64,
     committed: std::collections::BTreeMap<u64, (Vec<EngineEvent>, AfterCommit)>,
+    /// More to run right after a commit's callback, by commit (see `after_last_commit`).
+    also_after: HashMap<u64, Vec<AfterCommit>>,
     /// Told once the new run's first commit (its records) is durable: a submit answers then.
     begun: Option<Begun>,
 }
@@ -102,6 +104,7 @@ impl JobRun {
             next_commit: 0,
             next_to_run: 0,
             committed: Default::default(),
+            also_after: HashMap::new(),
             begun: None,
         }
     }
@@ -187,14 +190,25 @@ impl JobRun {
         }));
     }
 
+    /// Runs `f` right after the callback of the last commit asked for, in the same turn: it
+    /// follows that commit even when the callback ends the actor.
+    fn after_last_commit(&mut self, f: impl FnOnce(&mut Self, &mut Context<Self>) + 'static) {
+        let seq = self.next_commit.saturating_sub(1);
+        self.also_after.entry(seq).or_default().push(Box::new(f));
+    }
+
     fn run_committed(&mut self, ctx: &mut Context<Self>) {
         while let Some((events, after)) = self.committed.remove(&self.next_to_run) {
+            let seq = self.next_to_run;
             self.next_to_run += 1;
             self.inflight -= 1;
             for event in events {
                 self.shared.journal.do_send(Publish(event));
             }
             after(self, ctx);
+            for also in self.also_after.remove(&seq).unwrap_or_default() {
+                also(self, ctx);
+            }
             if let Some(begun) = self.begun.take() {
                 let _ = begun.send(Ok(()));
             }
@@ -404,9 +418,25 @@ impl JobRun {
     }
 
     /// The attempt of task `i` is over (or never started): record it, apply the retry policy,
-    /// follow the graph.
-    fn end_attempt(&mut self, ctx: &mut Context<Self>, i: usize, mut attempt: AttemptRecord, outcome: AttemptOutcome) {
-        let now = self.now();
+    /// follow the graph; once that is durable, a failure is counted for its queue's circuit.
+    fn end_attempt(&mut self, ctx: &mut Context<Self>, i: usize, attempt: AttemptRecord, outcome: AttemptOutcome) {
+        let queue = self.tasks[i].queue.clone();
+        let ended_at_ms = self.now();
+        self.record_attempt_end(ctx, i, attempt, outcome, ended_at_ms);
+        let has_circuit = self.workflow.queues.get(&queue).is_some_and(|q| q.circuit.is_some());
+        if has_circuit && outcome.failure.is_some_and(crate::model::queue::trips_circuit) {
+            self.after_last_commit(move |act, _| act.shared.dispatcher.do_send(AttemptFailed { queue, ended_at_ms }));
+        }
+    }
+
+    fn record_attempt_end(
+        &mut self,
+        ctx: &mut Context<Self>,
+        i: usize,
+        mut attempt: AttemptRecord,
+        outcome: AttemptOutcome,
+        now: u64,
+    ) {
         attempt.ended_at_ms = Some(now);
         attempt.reason = outcome.failure;
         let mut mutations = vec![Mutation::Attempt(attempt.clone())];

@@ -8,6 +8,7 @@ pub mod cost;
 pub mod graph;
 pub mod money;
 pub mod policy;
+pub mod queue;
 pub mod retry;
 pub mod schedule;
 pub mod state;

@@ -175,6 +175,8 @@ pub struct QueueRow {
     pub name: String,
     pub concurrency: usize,
     pub paused: bool,
+    /// Its circuit is open: nothing starts from it until then.
+    pub circuit_open_until_ms: Option<u64>,
     pub counts: [u32; 9],
     /// Task runs ended per minute (throughput).
     pub done_per_minute: BTreeMap<u64, u32>,
@@ -421,6 +423,7 @@ impl Model {
             row.name = q.name;
             row.concurrency = q.concurrency;
             row.paused = q.paused;
+            row.circuit_open_until_ms = q.circuit_open_until_ms;
         }
         self.touch(View::Queues);
     }
@@ -721,7 +724,7 @@ impl Model {
                 end_attempt(row, e, "succeeded");
             }
             "task.failed" => {
-                r.reason = e.str_field("reason").and_then(parse_reason);
+                r.reason = e.str_field("reason").and_then(FailReason::parse);
                 r.exit_code = e.field("exit_code").and_then(|v| v.as_i64()).map(|c| c as i32);
                 r.detail = e.str_field("detail").map(str::to_string);
                 end_attempt(row, e, e.str_field("reason").unwrap_or("failed"));
@@ -731,7 +734,7 @@ impl Model {
             }
             "task.dead_lettered" | "task.cancelled" | "task.skipped" => {
                 r.ended_at_ms = Some(ts);
-                if let Some(reason) = e.str_field("reason").and_then(parse_reason) {
+                if let Some(reason) = e.str_field("reason").and_then(FailReason::parse) {
                     r.reason = Some(reason);
                 } else if e.event == "task.cancelled" {
                     r.reason = Some(FailReason::Cancelled);
@@ -1011,21 +1014,6 @@ fn end_attempt(row: &mut TaskRow, e: &EngineEvent, outcome: &str) {
     if let Some(detail) = e.str_field("detail") {
         line.detail = Some(detail.to_string());
     }
-}
-
-pub fn parse_reason(text: &str) -> Option<FailReason> {
-    [
-        FailReason::ExitCode,
-        FailReason::Timeout,
-        FailReason::HeartbeatTimeout,
-        FailReason::SpawnError,
-        FailReason::Interrupted,
-        FailReason::Budget,
-        FailReason::Cancelled,
-        FailReason::QueueTimeout,
-    ]
-    .into_iter()
-    .find(|r| r.as_str() == text)
 }
 
 /// A JSON number of dollars as micro-dollars.
