@@ -144,6 +144,12 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
+/// `2/3`: attempts used in the current series of a task run over its `max_attempts` (`2/?`
+/// while the maximum is not known yet). The one way CLI and TUI show it.
+pub fn tries(used_in_series: u64, max_attempts: u64) -> String {
+    if max_attempts == 0 { format!("{used_in_series}/?") } else { format!("{used_in_series}/{max_attempts}") }
+}
+
 /// `$0.0123`, for summaries.
 pub fn dollars(micros: u64) -> String {
     format!("${}", format_usd(micros))

@@ -229,3 +229,84 @@ run = 'true'
     assert!(started_at_ms(&c["attempts"][0]) >= until_ms, "c started before the circuit closed: {c}");
     assert_eq!(named(&p.journal(), "queue.circuit_closed").len(), 1);
 }
+
+/// Defect 5 of issue 8: `serve` said "N missed fire times caught up" counting slots its overlap
+/// policy then skipped. It counts the catch-ups that started a run.
+#[test]
+fn serve_counts_only_the_caught_up_fire_times_that_ran() {
+    let p = Project::new(
+        "[jobs.tick]\nschedule = \"* * * * * *\"\ncatchup = \"all\"\noverlap = \"skip\"\n[jobs.tick.tasks.t]\nrun = \"true\"\n",
+    );
+    let serve = |log: &str| {
+        let file = std::fs::File::create(p.path().join(log)).expect("log file");
+        Server::spawn(
+            p.gaffer(&["serve", "workflow.toml", "--headless"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(file),
+        )
+    };
+    let said = |log: &str| std::fs::read_to_string(p.path().join(log)).unwrap_or_default();
+    let first = serve("first.log");
+    wait_until(Duration::from_secs(10), "a first fire", || !named(&p.journal(), "schedule.fired").is_empty());
+    drop(first);
+    let before: usize = p.journal().len();
+    std::thread::sleep(Duration::from_millis(3_500));
+    let restarted_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("now").as_millis();
+    let second = serve("second.log");
+    wait_until(Duration::from_secs(10), "the serving line", || said("second.log").contains("serving"));
+    drop(second);
+    let line = said("second.log").lines().find(|l| l.contains("serving")).map(str::to_string).unwrap_or_default();
+    let count: usize = line
+        .split(" missed fire time")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in `{line}`"));
+    let missed = |name: &str| {
+        p.journal()[before..]
+            .iter()
+            .filter(|e| e["event"] == name)
+            .filter(|e| e["scheduled_for"].as_str().is_some_and(|t| super_ms(t) < restarted_ms))
+            .count()
+    };
+    assert!(missed("schedule.skipped") >= 1, "the overlap policy skipped some caught-up slots: {line}");
+    assert_eq!(count, missed("schedule.fired"), "{line}");
+}
+
+fn super_ms(rfc3339: &str) -> u128 {
+    let t = humantime::parse_rfc3339(rfc3339).expect("time");
+    t.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis()
+}
+
+/// Defect 5 of issue 8: after a retry the TUI showed `try 4/2` where `tasks` said `2/2`. A TUI
+/// that saw the first run, then follows the retried run's events, shows what `tasks` shows.
+#[test]
+fn the_tui_counts_attempts_of_a_retried_run_as_tasks_does() {
+    use gaffer::engine::{EngineEvent, EngineSnapshot};
+    use gaffer::tui::{Model, Msg, update};
+    let p = Project::new(
+        "[jobs.j.tasks.flaky]\nretry = { max_attempts = 2, initial_interval = \"10ms\" }\nrun = '[ \"$GAFFER_ATTEMPT\" -ge 4 ]'\n",
+    );
+    assert_eq!(p.run_json(&[]).0, 1);
+    let reader = gaffer::store::open_reader(&p.state_dir()).expect("reader");
+    let snapshot = EngineSnapshot {
+        job_runs: reader.job_runs().expect("job runs"),
+        task_runs: reader.task_runs().expect("task runs"),
+        ..EngineSnapshot::default()
+    };
+    drop(reader);
+    let mut model = Model::new(snapshot, 0, "test", Vec::new());
+    let seen = p.journal().len();
+    assert!(p.run(&["retry", "1"]).status.success());
+    assert_eq!(p.run_json(&[]).0, 0);
+    for e in p.journal()[seen..].iter().filter_map(EngineEvent::from_json) {
+        update(&mut model, Msg::Engine(e));
+    }
+    let t = p.task("flaky");
+    assert_eq!(t["attempt"], 4);
+    let cli =
+        gaffer::headless::tries(t["attempts_in_series"].as_u64().unwrap_or(0), t["max_attempts"].as_u64().unwrap_or(0));
+    assert_eq!(cli, "2/2");
+    assert_eq!(gaffer::tui::view::attempts(&model.tasks[&1].rec), cli);
+}

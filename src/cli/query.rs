@@ -204,7 +204,7 @@ pub(super) fn print_task_table(runs: &Value) {
             format!("j{}", num(t, "job_run")),
             format!("{}.{}", text(t, "job"), text(t, "task")),
             text(t, "state"),
-            format!("{}/{}", num(t, "attempts_in_series"), num(t, "max_attempts")),
+            crate::headless::tries(num(t, "attempts_in_series"), num(t, "max_attempts")),
             text(t, "queue"),
             num(t, "priority"),
             dollars(micros_of_json(&t["cost_usd"])),

@@ -250,7 +250,12 @@ impl JobRun {
                     t.queued_at_ms = Some(now);
                     t.enqueue_seq = self.shared.store.ids.next_enqueue_seq();
                     ready.push(i);
-                    events.push(self.task_event("task.queued", i).with("priority", self.tasks[i].priority));
+                    let mut queued = self.task_event("task.queued", i).with("priority", self.tasks[i].priority);
+                    if self.tasks[i].series_start > 1 {
+                        // A new series of attempts (a retry): views count `n of max` from it.
+                        queued = queued.with("series_start", self.tasks[i].series_start);
+                    }
+                    events.push(queued);
                 }
                 TaskState::Waiting => {
                     t.not_before_ms = wait_timeout.map(|d| now + d.as_millis() as u64);

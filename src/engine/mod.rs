@@ -411,7 +411,7 @@ impl EngineHandle {
     }
 
     /// Starts firing the workflow's cron schedules (`gaffer serve`), after catching up what
-    /// was missed while nothing ran; returns how many catch-up fires were made.
+    /// was missed while nothing ran; returns how many catch-up fires started a run.
     pub async fn serve_schedules(&self) -> Result<usize, EngineError> {
         mailbox(self.supervisor.send(cron::ServeSchedules).await)?
     }

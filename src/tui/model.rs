@@ -692,6 +692,9 @@ impl Model {
                 if let Some(p) = e.field("priority").and_then(|v| v.as_u64()) {
                     r.priority = p.min(255) as u8;
                 }
+                if let Some(n) = e.field("series_start").and_then(|v| v.as_u64()) {
+                    r.series_start = u32::try_from(n).unwrap_or(u32::MAX);
+                }
             }
             "task.started" => {
                 r.started_at_ms = Some(ts);
