@@ -310,3 +310,42 @@ fn the_tui_counts_attempts_of_a_retried_run_as_tasks_does() {
     assert_eq!(cli, "2/2");
     assert_eq!(gaffer::tui::view::attempts(&model.tasks[&1].rec), cli);
 }
+
+/// Model fallback: `retry.models` gives attempt n the n-th model (the last repeats) as
+/// `{{ model }}` and `GAFFER_MODEL`, recorded on the attempt; a person's retry starts again from
+/// the first. `{{ model }}` without `models` is a validation error.
+#[test]
+fn model_fallback_gives_each_attempt_its_model() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.agent]
+retry = { max_attempts = 3, initial_interval = "10ms", models = ["claude-sonnet-4-5", "claude-haiku-4-5"] }
+env = { ASKED = "{{ model }}" }
+run = 'echo "$GAFFER_ATTEMPT $ASKED $GAFFER_MODEL" >> models.log; exit 1'
+"#,
+    );
+    assert_eq!(p.run_json(&[]).0, 1);
+    assert!(p.run(&["retry", "1"]).status.success());
+    assert_eq!(p.run_json(&[]).0, 1);
+    let log = std::fs::read_to_string(p.path().join("models.log")).expect("models.log");
+    assert_eq!(
+        log,
+        "1 claude-sonnet-4-5 claude-sonnet-4-5\n2 claude-haiku-4-5 claude-haiku-4-5\n3 claude-haiku-4-5 claude-haiku-4-5\n\
+         4 claude-sonnet-4-5 claude-sonnet-4-5\n5 claude-haiku-4-5 claude-haiku-4-5\n6 claude-haiku-4-5 claude-haiku-4-5\n"
+    );
+    let shown = p.json(&["show", "1", "--json"]);
+    let models: Vec<&str> =
+        shown["attempts"].as_array().into_iter().flatten().filter_map(|a| a["model"].as_str()).collect();
+    assert_eq!(models[..3], ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-haiku-4-5"]);
+    let human = String::from_utf8_lossy(&p.run(&["show", "1"]).stdout).into_owned();
+    assert!(human.contains("model claude-haiku-4-5"), "{human}");
+
+    let bad = Project::new("[jobs.j.tasks.t]\nenv = { M = \"{{ model }}\" }\nrun = 'true'\n");
+    let out = bad.run(&["validate", "workflow.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("workflow.toml:2:"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`model` has a value only with `retry.models`"), "{}", stderr(&out));
+    let bad = Project::new("[jobs.j.tasks.t]\nretry = { models = [] }\nrun = 'true'\n");
+    let out = bad.run(&["validate", "workflow.toml"]);
+    assert!(stderr(&out).contains("workflow.toml:2:20: `models` needs from 1 to 100 model names"), "{}", stderr(&out));
+}

@@ -266,8 +266,9 @@ fn print_task_detail(t: &Value) {
                 a["signal"].as_i64().map(|s| format!(" (signal {s})")).unwrap_or_default()
             ),
         };
+        let model = a["model"].as_str().map(|m| format!(", model {m}")).unwrap_or_default();
         outln!(
-            "  attempt {}: {how}, started {}, {} — {}",
+            "  attempt {}: {how}, started {}, {}{model} — {}",
             num(a, "n"),
             text(a, "started_at"),
             dollars(micros_of_json(&a["cost_usd"])),

@@ -73,6 +73,7 @@ const RETRY_KEYS: &[&str] = &[
     "jitter",
     "non_retryable_exit_codes",
     "max_cost_usd",
+    "models",
 ];
 const PRICING_KEYS: &[&str] = &["input_per_mtok", "output_per_mtok"];
 const CACHE_KEYS: &[&str] = &["key", "ttl"];
@@ -107,6 +108,7 @@ pub(super) struct RetryFields {
     pub jitter: Option<f64>,
     pub non_retryable_exit_codes: Option<Vec<i32>>,
     pub max_cost_usd_micros: Option<u64>,
+    pub models: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -625,9 +627,29 @@ fn read_retry(r: &mut Reader, entry: &Entry, retry: &mut RetryFields) {
                     .map(|codes| codes.into_iter().filter_map(|c| i32::try_from(c).ok()).collect());
             }
             "max_cost_usd" => retry.max_cost_usd_micros = r.usd(&e),
+            "models" => retry.models = read_models(r, &e),
             _ => r.unknown_key(&e, "`retry`", RETRY_KEYS),
         }
     }
+}
+
+/// `models = ["claude-sonnet-4-5", "claude-haiku-4-5"]`: model names as an agent CLI takes them.
+fn read_models(r: &mut Reader, e: &Entry) -> Option<Vec<String>> {
+    const MAX_MODELS: usize = 100;
+    let models = r.string_array(e)?;
+    if models.is_empty() || models.len() > MAX_MODELS {
+        r.error(e.at, format!("`models` needs from 1 to {MAX_MODELS} model names"));
+        return None;
+    }
+    let plain = |m: &str| !m.is_empty() && m.len() <= 200 && m.chars().all(|c| c.is_ascii_graphic());
+    let bad: Vec<&Located<String>> = models.iter().filter(|m| !plain(&m.value)).collect();
+    for m in &bad {
+        r.error(
+            m.at,
+            format!("model name `{}` must be 1 to 200 visible characters, no spaces", m.value.escape_debug()),
+        );
+    }
+    bad.is_empty().then(|| models.into_iter().map(|m| m.value).collect())
 }
 
 fn check_queue_refs(r: &mut Reader, queues: &BTreeMap<String, QueueDef>, defaults: &TaskFields, jobs: &[JobDraft]) {
@@ -722,6 +744,7 @@ fn merge_retry(own: &RetryFields, defaults: &RetryFields) -> RetryPolicy {
             .or_else(|| defaults.non_retryable_exit_codes.clone())
             .unwrap_or(base.non_retryable_exit_codes),
         max_cost_usd_micros: own.max_cost_usd_micros.or(defaults.max_cost_usd_micros),
+        models: own.models.clone().or_else(|| defaults.models.clone()).unwrap_or_default(),
     }
 }
 
@@ -857,6 +880,7 @@ output_per_mtok = 15.00
                 jitter: 0.2,
                 non_retryable_exit_codes: vec![2],
                 max_cost_usd_micros: Some(1_500_000),
+                models: Vec::new(),
             }
         );
 

@@ -222,6 +222,9 @@ pub struct RetryPolicy {
     pub jitter: f64,
     pub non_retryable_exit_codes: Vec<i32>,
     pub max_cost_usd_micros: Option<u64>,
+    /// Model fallback (`models`): attempt n of a series gets the n-th, the last one repeats, as
+    /// `{{ model }}` and `GAFFER_MODEL`. Empty: no model is set.
+    pub models: Vec<String>,
 }
 
 impl Default for RetryPolicy {
@@ -234,6 +237,7 @@ impl Default for RetryPolicy {
             jitter: 0.2,
             non_retryable_exit_codes: Vec::new(),
             max_cost_usd_micros: None,
+            models: Vec::new(),
         }
     }
 }

@@ -585,6 +585,7 @@ impl JobRun {
     /// What task `i`'s templates see: params and the outputs of what it (transitively) needs.
     fn template_context(&self, i: usize) -> TemplateContext {
         TemplateContext {
+            model: None,
             job: self.record.job.clone(),
             job_run_id: self.record.id,
             params: self.record.params.clone(),
@@ -599,11 +600,11 @@ impl JobRun {
         }
     }
 
-    /// Renders the attempt's templates against params and upstream outputs.
-    fn render_spec(&self, i: usize, attempt: u32) -> Result<AttemptSpec, String> {
+    /// Renders the attempt's templates against params, upstream outputs and its model.
+    fn render_spec(&self, i: usize, attempt: u32, model: Option<&str>) -> Result<AttemptSpec, String> {
         let def = &self.job().tasks[i];
         let t = &self.tasks[i];
-        let ctx = self.template_context(i);
+        let ctx = TemplateContext { model: model.map(str::to_string), ..self.template_context(i) };
         let render = |text: &str, what: &str| render_template(text, &ctx, what);
         let command = match &def.command {
             crate::config::CommandSpec::Shell(text) => crate::config::CommandSpec::Shell(text.clone()),
@@ -611,11 +612,12 @@ impl JobRun {
                 crate::config::CommandSpec::Argv(items.iter().map(|a| render(a, "args")).collect::<Result<_, _>>()?)
             }
         };
-        let env = def
+        let mut env = def
             .env
             .iter()
             .map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?)))
             .collect::<Result<Vec<_>, String>>()?;
+        env.extend(model.map(|m| ("GAFFER_MODEL".to_string(), m.to_string())));
         let stdin = def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?;
         Ok(AttemptSpec {
             job: self.record.job.clone(),
@@ -892,7 +894,10 @@ impl Handler<Claim> for JobRun {
         t.started_at_ms.get_or_insert(now);
         t.progress = None;
         let mut attempt = self.new_attempt(i, n);
-        let spec = match self.render_spec(i, n) {
+        // Model fallback: recorded on the attempt (its cost may name the exact model later).
+        let models = &self.job().tasks[i].retry.models;
+        attempt.model = policy::model_for_attempt(models, self.tasks[i].attempts_in_series()).map(str::to_string);
+        let spec = match self.render_spec(i, n, attempt.model.as_deref()) {
             Ok(spec) => spec,
             Err(e) => {
                 attempt.detail = Some(crate::sanitize::sanitize(&e));

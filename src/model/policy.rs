@@ -65,6 +65,13 @@ pub fn after_attempt(policy: &RetryPolicy, outcome: AttemptOutcome, run: RunSoFa
     AfterAttempt::Retry { delay: retry_delay(policy, run.attempts_in_series, u) }
 }
 
+/// Model fallback: attempt `n` of a series (from 1) gets the n-th of `models`, the last one
+/// repeating; `None` without models. A person's retry starts a new series from the first.
+pub fn model_for_attempt(models: &[String], attempt_in_series: u32) -> Option<&str> {
+    let n = attempt_in_series.max(1) as usize;
+    models.get(n - 1).or(models.last()).map(String::as_str)
+}
+
 /// A budget is reached once the recorded cost is at or past it (SPEC §7 "reaches").
 pub fn budget_reached(spent_usd_micros: u64, budget_usd_micros: Option<u64>) -> bool {
     budget_usd_micros.is_some_and(|b| spent_usd_micros >= b)
@@ -108,6 +115,7 @@ mod tests {
             jitter: 0.2,
             non_retryable_exit_codes: vec![2],
             max_cost_usd_micros: Some(1_500_000),
+            models: Vec::new(),
         }
     }
 
@@ -151,6 +159,14 @@ mod tests {
         assert_eq!(after_attempt(&p, cancelled, run(1, 0), 0.0), AfterAttempt::Cancelled);
         let over = RunSoFar { budget_usd_micros: Some(100), ..run(1, 100) };
         assert_eq!(after_attempt(&p, failed(1), over, 0.0), AfterAttempt::Dead { reason: FailReason::Budget });
+    }
+
+    #[test]
+    fn attempt_n_gets_the_nth_model_and_the_last_repeats() {
+        let models = vec!["sonnet".to_string(), "haiku".to_string()];
+        let picked: Vec<Option<&str>> = (1..=4).map(|n| model_for_attempt(&models, n)).collect();
+        assert_eq!(picked, [Some("sonnet"), Some("haiku"), Some("haiku"), Some("haiku")]);
+        assert_eq!(model_for_attempt(&[], 1), None);
     }
 
     #[test]
