@@ -349,3 +349,83 @@ run = 'echo "$GAFFER_ATTEMPT $ASKED $GAFFER_MODEL" >> models.log; exit 1'
     let out = bad.run(&["validate", "workflow.toml"]);
     assert!(stderr(&out).contains("workflow.toml:2:20: `models` needs from 1 to 100 model names"), "{}", stderr(&out));
 }
+
+/// Output validation: a result that does not match `expect` fails its attempt with reason
+/// `invalid_output` and the reason, and the retry policy gives it another attempt.
+#[test]
+fn expect_fails_attempts_whose_result_does_not_conform() {
+    let p = Project::new(
+        r#"
+[defaults]
+retry = { max_attempts = 2, initial_interval = "10ms" }
+[jobs.j.tasks.verdict]
+expect = { output = "verdict", matches = "^(approve|reject)$" }
+run = '[ "$GAFFER_ATTEMPT" = 1 ] && echo "output verdict=maybe" >&3 || echo "output verdict=approve" >&3'
+[jobs.j.tasks.review]
+expect = { output = "review", json_schema = "schemas/review.json" }
+run = '''[ "$GAFFER_ATTEMPT" = 1 ] && echo 'output review={"verdict": 3}' >&3 || echo 'output review={"verdict": "reject"}' >&3'''
+"#,
+    );
+    std::fs::create_dir(p.path().join("schemas")).expect("mkdir");
+    let schema =
+        r#"{"type": "object", "required": ["verdict"], "properties": {"verdict": {"enum": ["approve", "reject"]}}}"#;
+    std::fs::write(p.path().join("schemas/review.json"), schema).expect("schema");
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:#?}");
+    let failed: Vec<(String, String)> = named(&events, "task.failed")
+        .iter()
+        .map(|e| (e["task"].as_str().unwrap_or("").to_string(), e["detail"].as_str().unwrap_or("").to_string()))
+        .collect();
+    assert!(named(&events, "task.failed").iter().all(|e| e["reason"] == "invalid_output"), "{events:#?}");
+    assert!(
+        failed.contains(&("verdict".into(), "output `verdict` does not match `^(approve|reject)$`: `maybe`".into())),
+        "{failed:?}"
+    );
+    assert!(
+        failed.iter().any(|(t, d)| t == "review" && d.contains("does not conform to its schema: at /verdict:")),
+        "{failed:?}"
+    );
+    for task in ["verdict", "review"] {
+        let shown = p.json(&["show", &p.task(task)["id"].to_string(), "--json"]);
+        assert_eq!(shown["attempts"][0]["reason"], "invalid_output");
+        assert_eq!((shown["state"].as_str(), shown["attempt"].as_u64()), (Some("succeeded"), Some(2)));
+    }
+}
+
+/// `expect` is checked by `validate` with `file:line:col`: a bad pattern, a schema file that
+/// is missing or not a schema, a check of the agent result on a task that has none.
+#[test]
+fn expect_is_validated_with_its_position() {
+    let p = Project::new(
+        r#"[jobs.j.tasks.a]
+expect = { output = "v", matches = "^(approve" }
+run = 'true'
+[jobs.j.tasks.b]
+expect = { output = "v", json_schema = "missing.json" }
+run = 'true'
+[jobs.j.tasks.c]
+expect = { output = "v", json_schema = "bad.json" }
+run = 'true'
+[jobs.j.tasks.d]
+expect = { matches = "x" }
+run = 'true'
+[jobs.j.tasks.e]
+expect = { output = "v" }
+run = 'true'
+"#,
+    );
+    std::fs::write(p.path().join("bad.json"), r#"{"type": 12}"#).expect("bad schema");
+    let out = p.run(&["validate", "workflow.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = stderr(&out);
+    for expected in [
+        "workflow.toml:2:36: bad `matches` pattern `^(approve`: unclosed group",
+        "workflow.toml:5:40: `json_schema`: cannot read ",
+        "workflow.toml:8:40: `json_schema`: ",
+        "is not a valid JSON Schema",
+        "workflow.toml:11:10: `expect` checks the agent's result (output `result`), which task `d` does not have",
+        "workflow.toml:14:10: `expect` needs `json_schema = \"FILE\"` or `matches = \"PATTERN\"`",
+    ] {
+        assert!(said.contains(expected), "expected `{expected}` in:\n{said}");
+    }
+}

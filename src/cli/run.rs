@@ -136,7 +136,7 @@ fn load(file: &Path) -> Result<(Workflow, String), i32> {
             return Err(exit::USAGE);
         }
     };
-    match config::parse(file, &source) {
+    match config::parse_file(file, &source) {
         Ok(workflow) => Ok((workflow, source)),
         Err(diagnostics) => {
             eprint!("{diagnostics}");

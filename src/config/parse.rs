@@ -61,6 +61,7 @@ const TASK_KEYS: &[&str] = &[
     "wait_for",
     "wait_timeout",
     "cache",
+    "expect",
     "description",
 ];
 const WORKFLOW_CONTROL_KEYS: &[&str] =
@@ -131,6 +132,7 @@ pub(super) struct TaskDraft {
     pub wait_timeout: Option<Duration>,
     /// `cache = { key = "{{ … }}", ttl = "24h" }`; the key is a template.
     pub cache: Option<(Located<String>, Duration)>,
+    pub expect: Option<super::expect::ExpectDraft>,
 }
 
 #[derive(Debug, Clone)]
@@ -145,7 +147,8 @@ pub(super) struct JobDraft {
     pub tasks: Vec<TaskDraft>,
 }
 
-pub(super) fn parse_workflow(path: &Path, text: &str) -> Result<Workflow, Diagnostics> {
+/// `check_files`: also read the files the workflow refers to (schema files).
+pub(super) fn parse_workflow(path: &Path, text: &str, check_files: bool) -> Result<Workflow, Diagnostics> {
     let doc = match Document::parse(text) {
         Ok(doc) => doc,
         Err(err) => {
@@ -157,7 +160,7 @@ pub(super) fn parse_workflow(path: &Path, text: &str) -> Result<Workflow, Diagno
         }
     };
     let mut r = Reader::new(text);
-    let workflow = read_workflow(&mut r, path, doc.as_table());
+    let workflow = read_workflow(&mut r, path, doc.as_table(), check_files);
     if r.diags.is_empty() { Ok(workflow) } else { Err(Diagnostics::new(path.to_path_buf(), r.diags)) }
 }
 
@@ -171,7 +174,7 @@ struct Sections<'a> {
     pricing: Option<Entry<'a>>,
 }
 
-fn read_workflow(r: &mut Reader, path: &Path, root: &dyn TableLike) -> Workflow {
+fn read_workflow(r: &mut Reader, path: &Path, root: &dyn TableLike, check_files: bool) -> Workflow {
     let mut sections = Sections::default();
     for e in r.entries(root, Pos::START) {
         match e.name {
@@ -194,6 +197,7 @@ fn read_workflow(r: &mut Reader, path: &Path, root: &dyn TableLike) -> Workflow 
         checks::check_job(r, job, &defaults);
     }
     let base_dir = base_dir(path);
+    super::expect::check(r, &jobs, &defaults, &base_dir, check_files);
     Workflow {
         path: path.to_path_buf(),
         jobs: jobs.iter().map(|j| finish_job(j, &defaults, &base_dir)).collect(),
@@ -487,6 +491,7 @@ fn read_task(r: &mut Reader, entry: &Entry) -> Option<TaskDraft> {
         wait_for: None,
         wait_timeout: None,
         cache: None,
+        expect: None,
     };
     let (mut run, mut args) = (None, None);
     let mut wait_timeout_at = None;
@@ -499,6 +504,7 @@ fn read_task(r: &mut Reader, entry: &Entry) -> Option<TaskDraft> {
             "description" => {}
             "wait_for" => task.wait_for = read_signal_name(r, &e),
             "cache" => task.cache = read_cache(r, &e),
+            "expect" => task.expect = super::expect::read(r, &e),
             "wait_timeout" => {
                 wait_timeout_at = Some(e.key_at);
                 task.wait_timeout = r.duration(&e, true);
@@ -726,6 +732,7 @@ fn finish_task(task: &TaskDraft, defaults: &TaskFields, base_dir: &Path) -> Task
         wait_for: task.wait_for.clone(),
         wait_timeout: task.wait_timeout,
         cache: task.cache.as_ref().map(|(key, ttl)| CachePolicy { key: key.value.clone(), ttl: *ttl }),
+        expect: task.expect.as_ref().map(|e| e.finish(base_dir)),
     }
 }
 
@@ -955,7 +962,7 @@ nees = ["a"]
                 "15:11: bad duration `5 minutes-ish` for `timeout`: invalid character at 9",
                 "16:9: unknown queue `gpu` (declared: default, llm)",
                 "17:10: unknown task `fetch2` in `needs` of task `fetch` (job `report` has: fetch)",
-                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, cache, description); did you mean `needs`?",
+                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, cache, expect, description); did you mean `needs`?",
             ]
         );
     }
@@ -1104,7 +1111,7 @@ nees = ["a"]
     #[test]
     fn scheduling_policies() {
         let text = "[jobs.j]\ncatchup = \"all\"\ncatchup_window = \"2h\"\noverlap = \"queue\"\nmax_active_runs = 2\n[jobs.j.tasks.t]\nrun = \"x\"\n";
-        let wf = parse_workflow(Path::new("w.toml"), text).expect("valid");
+        let wf = parse_workflow(Path::new("w.toml"), text, false).expect("valid");
         let policy = wf.jobs[0].policy;
         assert_eq!(policy.catchup, Catchup::All);
         assert_eq!(policy.catchup_window, Duration::from_secs(7200));

@@ -201,6 +201,20 @@ pub struct TaskDef {
     /// A wait longer than this dead-letters the task run (`wait_timeout`); `None` waits forever.
     pub wait_timeout: Option<Duration>,
     pub cache: Option<CachePolicy>,
+    /// What the result must look like for the attempt to succeed (`expect`).
+    pub expect: Option<ExpectPolicy>,
+}
+
+/// `expect = { output = "verdict", matches = "^(approve|reject)$" }` or
+/// `expect = { json_schema = "schemas/review.json" }`: both checks may be given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectPolicy {
+    /// The output checked; `None`: `result`, the agent's result.
+    pub output: Option<String>,
+    /// The JSON Schema file, absolute.
+    pub json_schema: Option<PathBuf>,
+    /// A regular expression (Rust `regex` syntax) the output must match.
+    pub matches: Option<String>,
 }
 
 /// Reuse a succeeded run of this task with the same rendered key, if younger than `ttl`.

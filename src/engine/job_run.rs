@@ -1033,6 +1033,17 @@ impl Handler<CostAdded> for JobRun {
 }
 
 impl JobRun {
+    /// Task `i`'s `expect` over an attempt's outputs: why they do not conform, if they do not.
+    /// The schema file is read now (the file as it is, like the command a run starts).
+    fn check_expect(&self, i: usize, outputs: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+        let Some(expect) = &self.job().tasks[i].expect else { return Ok(()) };
+        let schema = match &expect.json_schema {
+            Some(path) => Some(crate::config::load_schema(path).map_err(|e| format!("cannot check the output: {e}"))?),
+            None => None,
+        };
+        crate::model::expect::check(expect, outputs, schema.as_ref())
+    }
+
     fn check_budgets(&mut self, ctx: &mut Context<Self>, i: usize) {
         let (task_budget, _) = self.task_limits(i);
         let t = &self.tasks[i];
@@ -1079,8 +1090,15 @@ impl Handler<AttemptEnded> for JobRun {
         attempt.exit_code = msg.exit.and_then(|e| e.exit_code);
         attempt.signal = msg.exit.and_then(|e| e.signal);
         attempt.detail = msg.detail;
+        let mut failure = msg.reason;
+        if failure.is_none()
+            && let Err(why) = self.check_expect(i, &msg.outputs)
+        {
+            failure = Some(FailReason::InvalidOutput);
+            attempt.detail = Some(crate::sanitize::sanitize(&why));
+        }
         self.tasks[i].outputs.extend(msg.outputs);
-        let outcome = AttemptOutcome { failure: msg.reason, exit_code: attempt.exit_code };
+        let outcome = AttemptOutcome { failure, exit_code: attempt.exit_code };
         self.end_attempt(ctx, i, attempt, outcome);
     }
 }

@@ -5,6 +5,7 @@
 //! Architecture Invariant: `model` depends on nothing else in the crate but the plain data types of `config` and `executor`.
 
 pub mod cost;
+pub mod expect;
 pub mod graph;
 pub mod money;
 pub mod policy;
