@@ -180,7 +180,8 @@ const CAMPAIGN_TASKS: usize = 24;
 /// `task_run:attempt` to effects.log when it starts and when it ends, with a random duration.
 fn campaign_workflow(rng: &mut fastrand::Rng) -> String {
     let mut text = String::from(
-        "[settings]\nworkers = 3\n[defaults]\nretry = { max_attempts = 100, initial_interval = \"10ms\", jitter = 0.0 }\n",
+        // These kills are not the tasks' doing: no task run is quarantined as a poison pill.
+        "[settings]\nworkers = 3\n[defaults]\nretry = { max_attempts = 100, initial_interval = \"10ms\", jitter = 0.0, poison_after_crashes = 0 }\n",
     );
     for i in 0..CAMPAIGN_TASKS {
         let sleep = format!("0.{:02}", rng.u8(5..60));

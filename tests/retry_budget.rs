@@ -429,3 +429,42 @@ run = 'true'
         assert!(said.contains(expected), "expected `{expected}` in:\n{said}");
     }
 }
+
+fn pids(p: &Project) -> Vec<i32> {
+    let text = std::fs::read_to_string(p.path().join("pids.log")).unwrap_or_default();
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// Poison pills: a task run whose attempts gaffer itself dying interrupted twice in a row (kill
+/// -9 while it ran) is quarantined as a dead letter with reason `poison` instead of being
+/// started a third time; a person's retry gives it a fresh series.
+#[test]
+fn two_crashes_in_a_row_quarantine_the_task_run_as_poison() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.heavy]
+retry = { max_attempts = 5, initial_interval = "10ms" }
+run = 'test -e fixed && exit 0; echo $$ >> pids.log; sleep 300'
+"#,
+    );
+    for crash in 1..=2 {
+        let mut gaffer = p.spawn_run(&[]);
+        wait_until(Duration::from_secs(10), "the attempt to start", || pids(&p).len() == crash);
+        gaffer.kill().expect("kill -9");
+        let _ = gaffer.wait();
+    }
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1, "{events:#?}");
+    assert_eq!(pids(&p).len(), 2, "not started a third time");
+    assert!(pids(&p).iter().all(|&pid| !support::alive(pid)), "the orphaned attempts were killed");
+    let heavy = p.task("heavy");
+    assert_eq!((heavy["state"].as_str(), heavy["reason"].as_str()), (Some("dead"), Some("poison")), "{heavy}");
+    assert!(heavy["detail"].as_str().is_some_and(|d| d.contains("quarantined")), "{heavy}");
+    assert_eq!(named(&events, "task.dead_lettered")[0]["reason"], "poison");
+    assert_eq!(p.json(&["dlq", "list", "--json"]).as_array().map(Vec::len), Some(1));
+
+    std::fs::write(p.path().join("fixed"), "").expect("fix");
+    assert!(p.run(&["retry", &heavy["id"].to_string()]).status.success());
+    assert_eq!(p.run_json(&[]).0, 0);
+    assert_eq!(p.task("heavy")["state"], "succeeded");
+}

@@ -75,6 +75,7 @@ const RETRY_KEYS: &[&str] = &[
     "non_retryable_exit_codes",
     "max_cost_usd",
     "models",
+    "poison_after_crashes",
 ];
 const PRICING_KEYS: &[&str] = &["input_per_mtok", "output_per_mtok"];
 const CACHE_KEYS: &[&str] = &["key", "ttl"];
@@ -110,6 +111,7 @@ pub(super) struct RetryFields {
     pub non_retryable_exit_codes: Option<Vec<i32>>,
     pub max_cost_usd_micros: Option<u64>,
     pub models: Option<Vec<String>>,
+    pub poison_after_crashes: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -634,6 +636,10 @@ fn read_retry(r: &mut Reader, entry: &Entry, retry: &mut RetryFields) {
             }
             "max_cost_usd" => retry.max_cost_usd_micros = r.usd(&e),
             "models" => retry.models = read_models(r, &e),
+            "poison_after_crashes" => {
+                retry.poison_after_crashes =
+                    r.int_in(&e, 0, 100, "from 0 (never) to 100").and_then(|n| u32::try_from(n).ok());
+            }
             _ => r.unknown_key(&e, "`retry`", RETRY_KEYS),
         }
     }
@@ -752,6 +758,10 @@ fn merge_retry(own: &RetryFields, defaults: &RetryFields) -> RetryPolicy {
             .unwrap_or(base.non_retryable_exit_codes),
         max_cost_usd_micros: own.max_cost_usd_micros.or(defaults.max_cost_usd_micros),
         models: own.models.clone().or_else(|| defaults.models.clone()).unwrap_or_default(),
+        poison_after_crashes: own
+            .poison_after_crashes
+            .or(defaults.poison_after_crashes)
+            .unwrap_or(base.poison_after_crashes),
     }
 }
 
@@ -888,6 +898,7 @@ output_per_mtok = 15.00
                 non_retryable_exit_codes: vec![2],
                 max_cost_usd_micros: Some(1_500_000),
                 models: Vec::new(),
+                poison_after_crashes: 2,
             }
         );
 

@@ -239,6 +239,9 @@ pub struct RetryPolicy {
     /// Model fallback (`models`): attempt n of a series gets the n-th, the last one repeats, as
     /// `{{ model }}` and `GAFFER_MODEL`. Empty: no model is set.
     pub models: Vec<String>,
+    /// Quarantine the task run (`poison`) once gaffer itself dying interrupted this many of its
+    /// attempts in a row (`poison_after_crashes`, default 2); 0: never.
+    pub poison_after_crashes: u32,
 }
 
 impl Default for RetryPolicy {
@@ -252,6 +255,7 @@ impl Default for RetryPolicy {
             non_retryable_exit_codes: Vec::new(),
             max_cost_usd_micros: None,
             models: Vec::new(),
+            poison_after_crashes: 2,
         }
     }
 }

@@ -505,6 +505,12 @@ impl JobRun {
             }
             AfterAttempt::Dead { reason } => {
                 self.tasks[i].reason = Some(reason);
+                if reason == FailReason::Poison {
+                    self.tasks[i].detail = Some(format!(
+                        "gaffer died {} times in a row while it ran: quarantined, not started again",
+                        self.job().tasks[i].retry.poison_after_crashes
+                    ));
+                }
                 events.push(self.task_event("task.dead_lettered", i).with("reason", reason.as_str()));
                 TaskState::Dead
             }
@@ -524,11 +530,14 @@ impl JobRun {
         let t = &self.tasks[i];
         let def = &self.job().tasks[i];
         let (budget_usd_micros, max_cost_usd_micros) = self.task_limits(i);
+        let crashes_in_a_row =
+            if outcome.failure == Some(FailReason::Interrupted) { self.crashes_in_a_row(i) } else { 0 };
         let run = RunSoFar {
             attempts_in_series: t.attempts_in_series(),
             cost_usd_micros: t.cost_usd_micros,
             budget_usd_micros,
             max_cost_usd_micros,
+            crashes_in_a_row,
         };
         let decision = policy::after_attempt(&def.retry, outcome, run, fastrand::f64());
         match decision {
@@ -538,6 +547,24 @@ impl JobRun {
             _ if self.budget_spent => AfterAttempt::Dead { reason: FailReason::Budget },
             _ => decision,
         }
+    }
+
+    /// The attempt of task `i` ending now was interrupted by a crash (a graceful stop never
+    /// gets here): with the ones before it in its series that were too, how many in a row. Read
+    /// from the store, on this rare path only.
+    fn crashes_in_a_row(&self, i: usize) -> u32 {
+        let t = &self.tasks[i];
+        let earlier = self.shared.store.reader().and_then(|r| r.attempts_of(t.id)).unwrap_or_else(|e| {
+            tracing::warn!(task_run = t.id, "reading its attempts: {e}");
+            Vec::new()
+        });
+        let in_a_row = earlier
+            .iter()
+            .rev()
+            .filter(|a| a.n < t.attempt && a.n >= t.series_start)
+            .take_while(|a| a.reason == Some(FailReason::Interrupted))
+            .count();
+        u32::try_from(in_a_row).unwrap_or(u32::MAX).saturating_add(1)
     }
 
     /// Task `i` reached a terminal state: follow its edges; a newly failing job run with
