@@ -911,6 +911,26 @@ output_per_mtok = 15.00
     }
 
     #[test]
+    fn circuits_models_and_poison_are_read_and_checked() {
+        let wf = parse_ok(
+            "[queues.llm]\ncircuit = { failures = 5, within = \"1m\", open_for = \"5m\" }\n\
+             [jobs.j.tasks.t]\nrun = 'x'\nretry = { models = [\"a\", \"b\"], poison_after_crashes = 0 }\n",
+        );
+        let rule = CircuitRule { failures: 5, within: Duration::from_secs(60), open_for: Duration::from_secs(300) };
+        assert_eq!(wf.queues["llm"].circuit, Some(rule));
+        assert_eq!(wf.jobs[0].tasks[0].retry.models, ["a", "b"]);
+        assert_eq!(wf.jobs[0].tasks[0].retry.poison_after_crashes, 0);
+        assert_eq!(parse_ok("[jobs.j.tasks.t]\nrun = 'x'\n").jobs[0].tasks[0].retry.poison_after_crashes, 2);
+        let bad = "[queues.llm]\ncircuit = { failures = 0, within = \"1m\", opn_for = \"5m\" }\n\
+                   [jobs.j.tasks.t]\nrun = 'x'\nretry = { models = [\"has space\"], poison_after_crashes = -1 }\n";
+        assert_error(bad, "2:24: `failures` must be an integer from 1 to 10000");
+        assert_error(bad, "2:42: unknown key `opn_for` in `circuit`");
+        assert_error(bad, "2:11: `circuit` needs `open_for`");
+        assert_error(bad, "5:21: model name `has space` must be 1 to 200 visible characters, no spaces");
+        assert_error(bad, "5:58: `poison_after_crashes` must be an integer from 0 (never) to 100");
+    }
+
+    #[test]
     fn minimal_file_gets_builtin_defaults() {
         let wf = parse_ok("[jobs.j.tasks.t]\nrun = \"echo {{ not templated }}\"\n");
         let t = &wf.jobs[0].tasks[0];
