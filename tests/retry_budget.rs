@@ -468,3 +468,32 @@ run = 'test -e fixed && exit 0; echo $$ >> pids.log; sleep 300'
     assert_eq!(p.run_json(&[]).0, 0);
     assert_eq!(p.task("heavy")["state"], "succeeded");
 }
+
+/// `retry j7 --from TASK` spends too: a spent job budget refuses it the same way, offline and
+/// live, until `--budget` raises it.
+#[test]
+fn a_rerun_from_a_task_is_held_by_the_same_budgets() {
+    let p = Project::new(
+        r#"
+[jobs.j]
+budget_usd = 0.01
+[jobs.j.tasks.a]
+run = 'echo "cost usd=0.02" >&3'
+[jobs.j.tasks.b]
+needs = ["a"]
+run = 'true'
+"#,
+    );
+    assert_eq!(p.run_json(&[]).0, 1);
+    assert_eq!(p.task("b")["state"], "skipped");
+    let out = p.run(&["retry", "j1", "--from", "a"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("gaffer retry j1 --from a --budget USD"), "{}", stderr(&out));
+    assert_eq!(inbox_files(&p), 0);
+    let out = p.run(&["retry", "j1", "--from", "a", "--budget", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:#?}");
+    assert_eq!(p.task("b")["state"], "succeeded");
+    assert_eq!(p.json(&["show", "j1", "--json"])["budget_raised_usd"], 1.0);
+}

@@ -129,17 +129,18 @@ fn bad_target(message: String) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({"error": message}))
 }
 
+/// `{"target": "j7", "from": "TASK", "definition": "current"}`: the last two optional.
 #[derive(Deserialize)]
 struct RetryBody {
     target: String,
-    /// `retry --budget`: raise the budgets in the retry's way to this.
-    #[serde(default)]
-    budget_usd_micros: Option<u64>,
+    #[serde(flatten)]
+    options: crate::engine::RetryOptions,
 }
 
 async fn retry(state: web::Data<ApiState>, body: web::Json<RetryBody>) -> HttpResponse {
+    let body = body.into_inner();
     match Target::parse(&body.target) {
-        Ok(t) => answer(state.handle.retry_raising(t, body.budget_usd_micros).await),
+        Ok(t) => answer(state.handle.retry_with(t, body.options).await),
         Err(message) => bad_target(message),
     }
 }

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::engine::Action;
+use crate::model::rerun::DefinitionChoice;
 use crate::report::CostBy;
 
 /// Exit codes (SPEC §8).
@@ -142,10 +143,17 @@ pub enum Command {
         /// Task run ids (42) and job run ids (j7).
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Re-run a finished job run (j7) from this task: it and everything downstream of it.
+        #[arg(long, value_name = "TASK")]
+        from: Option<String>,
+        /// When the job run's definition differs from the workflow file in use: `current`
+        /// switches the run to the file (recorded), `stored` runs it as it started.
+        #[arg(long, value_name = "stored|current", value_parser = DefinitionChoice::parse)]
+        definition: Option<DefinitionChoice>,
         /// Raise the spent budgets in the retry's way (the job run's, the task run's) to this
         /// many dollars for that run; without it such a retry is refused.
-        #[arg(long, value_name = "USD")]
-        budget: Option<String>,
+        #[arg(long, value_name = "USD", value_parser = parse_budget)]
+        budget: Option<u64>,
     },
     /// Cancel task runs (42) or job runs (j7).
     Cancel {
@@ -202,6 +210,9 @@ pub enum DlqAction {
         /// Every dead task run.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        /// As for `gaffer retry`: `current` or `stored`, when the file changed since the run started.
+        #[arg(long, value_name = "stored|current", value_parser = DefinitionChoice::parse)]
+        definition: Option<DefinitionChoice>,
     },
     /// Cancel dead task runs for good.
     Purge {
@@ -211,6 +222,14 @@ pub enum DlqAction {
         #[arg(long, conflicts_with = "ids")]
         all: bool,
     },
+}
+
+/// `--budget USD`: dollars, above zero, into micro-dollars.
+fn parse_budget(text: &str) -> Result<u64, String> {
+    match crate::model::money::parse_usd_micros(text)? {
+        0 => Err("a budget must be above $0".into()),
+        micros => Ok(micros),
+    }
 }
 
 /// Parses the arguments, runs the command, returns the process exit code.
@@ -245,7 +264,10 @@ pub fn main() -> i32 {
         }
         Command::Pause { queue } => control::set_paused(&state_dir, &queue, true),
         Command::Resume { queue } => control::set_paused(&state_dir, &queue, false),
-        Command::Retry { ids, budget } => control::retry(&state_dir, &ids, budget.as_deref()),
+        Command::Retry { ids, from, definition, budget } => {
+            let options = crate::engine::RetryOptions { from, definition, budget_usd_micros: budget };
+            control::retry(&state_dir, &ids, options)
+        }
         Command::Cancel { ids } => control::send(&state_dir, &Action::Cancel, &ids),
         Command::Signal { run_id, name } => control::signal(&state_dir, &run_id, &name),
         Command::Dlq { action } => control::dlq(&state_dir, action.unwrap_or(DlqAction::List { json: false })),

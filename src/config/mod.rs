@@ -5,6 +5,7 @@
 
 mod checks;
 mod expect;
+mod hooks;
 mod parse;
 pub mod pricing;
 pub mod template;

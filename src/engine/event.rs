@@ -122,6 +122,8 @@ pub const EVENT_NAMES: &[&str] = &[
     "budget.raised",
     "queue.circuit_opened",
     "queue.circuit_closed",
+    "job.redefined",
+    "hook.failed",
 ];
 
 impl EngineEvent {

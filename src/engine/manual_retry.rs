@@ -2,8 +2,11 @@
 //! actor) or `gaffer retry` leaves it in the inbox while none runs: both build the plain data
 //! of `model::retry` from the records and the job's definition here, and ask its `plan`.
 
+use super::inbox::RetryOptions;
 use super::{EngineError, EngineEvent, Target};
 use crate::config::JobDef;
+use crate::model::TaskState;
+use crate::model::graph::JobGraph;
 use crate::model::money::{format_usd, micros_of_json};
 use crate::model::retry::{self, JobRunSpend, TaskRunSpend};
 use crate::store::{JobRunRecord, RaisedBudgets, Reader, TaskRunRecord};
@@ -50,9 +53,21 @@ pub fn raised_line(e: &EngineEvent) -> String {
     }
 }
 
+/// The task runs `retry j7 --from TASK` runs again, by id, picked from the records as the job
+/// run would pick them (`model::rerun::plan_from`); else why it cannot go again from there.
+pub fn rerun_set(def: &JobDef, tasks: &[TaskRunRecord], from: &str) -> Result<Vec<u64>, String> {
+    let mut ordered: Vec<&TaskRunRecord> = tasks.iter().collect();
+    ordered.sort_by_key(|t| t.task_index);
+    let names: Vec<&str> = ordered.iter().map(|t| t.task.as_str()).collect();
+    let graph = JobGraph::new(&crate::model::rerun::slice_job(def, &names));
+    let states: Vec<TaskState> = ordered.iter().map(|t| t.state).collect();
+    let picked = crate::model::rerun::plan_from(&graph, &states, from).map_err(|e| e.to_string())?;
+    Ok(picked.into_iter().map(|i| ordered[i].id).collect())
+}
+
 /// The check a running instance would make, on the state dir while none runs: `Ok` if the
 /// retry would be taken, else the refusal as the instance would word it.
-pub fn check_offline(reader: &Reader, target: Target, budget_usd_micros: Option<u64>) -> Result<(), EngineError> {
+pub fn check_offline(reader: &Reader, target: Target, options: &RetryOptions) -> Result<(), EngineError> {
     let (job_run, task_run) = match target {
         Target::JobRun(id) => (id, None),
         Target::TaskRun(id) => (reader.task_run(id)?.ok_or(EngineError::UnknownId(target))?.job_run, Some(id)),
@@ -63,8 +78,15 @@ pub fn check_offline(reader: &Reader, target: Target, budget_usd_micros: Option<
         EngineError::Invalid(format!("job run j{job_run}: job `{}` is missing from its definition", record.job))
     })?;
     let tasks = reader.task_runs_of(job_run)?;
-    let (job, tasks) = spends(def, &record, &tasks, &reader.raised_budgets(job_run)?);
-    retry::plan(&job, &tasks, task_run, budget_usd_micros)
-        .map(|_| ())
-        .map_err(|refusal| EngineError::Invalid(refusal.to_string()))
+    let (job, spent) = spends(def, &record, &tasks, &reader.raised_budgets(job_run)?);
+    let budget = options.budget_usd_micros;
+    let planned = match &options.from {
+        None => retry::plan(&job, &spent, task_run, budget),
+        Some(from) => {
+            let ids =
+                rerun_set(def, &tasks, from).map_err(|e| EngineError::Invalid(format!("job run j{job_run}: {e}")))?;
+            retry::budgets(&job, &spent, ids, None, budget, format!("j{job_run} --from {from}"))
+        }
+    };
+    planned.map(|_| ()).map_err(|refusal| EngineError::Invalid(refusal.to_string()))
 }

@@ -7,9 +7,11 @@
 pub mod cost;
 pub mod expect;
 pub mod graph;
+pub mod hooks;
 pub mod money;
 pub mod policy;
 pub mod queue;
+pub mod rerun;
 pub mod retry;
 pub mod schedule;
 pub mod state;

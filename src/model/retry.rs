@@ -138,10 +138,8 @@ fn task_limit_reached(t: &TaskRunSpend) -> Option<(u64, &'static str)> {
         .and_then(|(limit, key)| limit.map(|l| (l, key)))
 }
 
-/// Decides a retry. Without `budget`, a reached budget of the job run or of a task run to
-/// reopen refuses it. With `budget` (`--budget USD`), every limit in the way is raised to it;
-/// when none is, the named scope's is (the task run named, else the job run). A raise must be
-/// above what its scope has spent, or nothing would start.
+/// Decides a retry of `target` (one task run, or `None`: the job run's dead and cancelled
+/// ones): [`retryable`], then [`budgets`].
 pub fn plan(
     job: &JobRunSpend,
     tasks: &[TaskRunSpend],
@@ -150,6 +148,24 @@ pub fn plan(
 ) -> Result<RetryPlan, Refusal> {
     let states: Vec<(u64, TaskState)> = tasks.iter().map(|t| (t.id, t.state)).collect();
     let task_runs = retryable(job.id, &states, target)?;
+    let retry = target.map_or_else(|| format!("j{}", job.id), |id| id.to_string());
+    budgets(job, tasks, task_runs, target, budget, retry)
+}
+
+/// The budgets around reopening `task_runs` (a retry's, or `--from`'s re-run). Without
+/// `budget`, a reached budget of the job run or of a task run to reopen refuses it. With
+/// `budget` (`--budget USD`), every limit in the way is raised to it; when none is, the named
+/// scope's is (the task run `named`, else the job run). A raise must be above what its scope
+/// has spent, or nothing would start. `retry`: how the command names what it retries (`42`,
+/// `j7`), for the refusal's advice.
+pub fn budgets(
+    job: &JobRunSpend,
+    tasks: &[TaskRunSpend],
+    task_runs: Vec<u64>,
+    named: Option<u64>,
+    budget: Option<u64>,
+    retry: String,
+) -> Result<RetryPlan, Refusal> {
     let job_blocked = budget_reached(job.spent_usd_micros, job.budget_usd_micros);
     let blocked_tasks: Vec<(&TaskRunSpend, u64, &'static str)> = tasks
         .iter()
@@ -159,7 +175,6 @@ pub fn plan(
     let Some(raise) = budget else {
         if job_blocked {
             let limit = job.budget_usd_micros.unwrap_or(0);
-            let retry = target.map_or_else(|| format!("j{}", job.id), |id| id.to_string());
             return Err(Refusal::JobBudget { job_run: job.id, spent: job.spent_usd_micros, limit, retry });
         }
         if let Some((t, limit, key)) = blocked_tasks.first() {
@@ -170,7 +185,7 @@ pub fn plan(
     let mut plan = RetryPlan { task_runs, ..RetryPlan::default() };
     plan.raise_task_runs = blocked_tasks.iter().map(|(t, _, _)| (t.id, raise)).collect();
     let nothing_blocks = !job_blocked && plan.raise_task_runs.is_empty();
-    match target {
+    match named {
         Some(id) if nothing_blocks => plan.raise_task_runs.push((id, raise)),
         _ if job_blocked || nothing_blocks => plan.raise_job_run = Some(raise),
         _ => {}
