@@ -18,7 +18,7 @@ use super::{EngineEvent, SharedClock, rfc3339_ms};
 use crate::config::QueueDef;
 use crate::model::policy::priority_key;
 use crate::model::queue::{self, circuit_open_until, rate_limit_opens_at};
-use crate::store::{Reader, StoreError};
+use crate::store::{Reader, StoreError, TaskRunRecord};
 
 /// How often entries waiting in a blocked queue are checked against their `queue_timeout`.
 const QUEUE_TIMEOUT_SWEEP: Duration = Duration::from_secs(1);
@@ -118,6 +118,21 @@ pub struct QueueHistory {
     pub failures: BTreeMap<String, Vec<u64>>,
 }
 
+/// Task runs that may have had an attempt since `since_ms`. Such an attempt ended after it, or
+/// has not ended: so has its job run. Old job runs are skipped whole (a restart over a store
+/// full of them); when most are recent, one pass over every task run is cheaper than lookups.
+fn recent_task_runs(reader: &Reader, since_ms: u64) -> Result<Vec<TaskRunRecord>, StoreError> {
+    let jobs = reader.job_runs()?;
+    let recent: std::collections::HashSet<u64> =
+        jobs.iter().filter(|j| j.ended_at_ms.is_none_or(|e| e >= since_ms)).map(|j| j.id).collect();
+    if recent.len() * 4 < jobs.len() {
+        let per_job: Result<Vec<Vec<TaskRunRecord>>, StoreError> =
+            recent.iter().map(|&id| reader.task_runs_of(id)).collect();
+        return Ok(per_job?.into_iter().flatten().collect());
+    }
+    Ok(reader.task_runs()?.into_iter().filter(|t| recent.contains(&t.job_run)).collect())
+}
+
 /// Reads the attempts that still matter to a queue's rate limit or circuit (started or failed
 /// within its lookback). Queues without either cost nothing to read.
 pub fn queue_history(
@@ -133,12 +148,9 @@ pub fn queue_history(
         })
         .collect();
     let mut history = QueueHistory::default();
-    if since.is_empty() {
-        return Ok(history);
-    }
-    for t in reader.task_runs()? {
+    let Some(&earliest) = since.values().min() else { return Ok(history) };
+    for t in recent_task_runs(reader, earliest)? {
         let Some(&since) = since.get(t.queue.as_str()) else { continue };
-        // An attempt that started or failed since then ended after it, or has not ended.
         if t.ended_at_ms.is_some_and(|e| e < since) && t.state.is_terminal() {
             continue;
         }
