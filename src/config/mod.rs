@@ -3,11 +3,15 @@
 //! Validation reports every problem at once, each with the `LINE:COL` it is about, because a
 //! user fixing a file one error per run is slow and annoying.
 
+pub mod advice;
 mod checks;
+mod env_file;
 mod expect;
 mod hooks;
+mod params;
 mod parse;
 pub mod pricing;
+pub mod schema;
 pub mod template;
 pub mod types;
 mod values;

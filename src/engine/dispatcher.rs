@@ -118,6 +118,23 @@ pub struct QueueHistory {
     pub failures: BTreeMap<String, Vec<u64>>,
 }
 
+/// With no instance running: the circuits open at `now_ms`, by queue, from the failed attempts
+/// in the store, by the rule the next start applies (`status`, the read-only TUI).
+pub fn open_circuits(
+    reader: &Reader,
+    queues: &BTreeMap<String, QueueDef>,
+    now_ms: u64,
+) -> Result<BTreeMap<String, u64>, StoreError> {
+    let history = queue_history(reader, queues, now_ms)?;
+    Ok(queues
+        .iter()
+        .filter_map(|(name, q)| {
+            let failures = history.failures.get(name).map(Vec::as_slice).unwrap_or_default();
+            Some((name.clone(), circuit_open_until(q.circuit?, failures, now_ms)?))
+        })
+        .collect())
+}
+
 /// Task runs that may have had an attempt since `since_ms`. Such an attempt ended after it, or
 /// has not ended: so has its job run. Old job runs are skipped whole (a restart over a store
 /// full of them); when most are recent, one pass over every task run is cheaper than lookups.

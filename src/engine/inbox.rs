@@ -78,21 +78,43 @@ pub fn put(state_dir: &Path, command: &InboxCommand) -> std::io::Result<()> {
 
 /// Takes every pending command, oldest first. Unreadable files are answered with an error.
 pub fn take(state_dir: &Path) -> Vec<(PathBuf, InboxCommand)> {
-    let Ok(entries) = std::fs::read_dir(dir(state_dir)) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
     let mut out = Vec::new();
-    for file in files {
-        let parsed = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<InboxCommand>(&b).ok());
+    for (file, parsed) in read_all(state_dir) {
         match parsed {
             Some(command) => out.push((file, command)),
             None => answer(&file, Err("unreadable command file".into())),
         }
     }
     out
+}
+
+/// The job runs a pending command cancels (whole runs only), without taking anything: a run
+/// about to be cancelled resumes without its secrets.
+pub fn cancelled_job_runs(state_dir: &Path) -> Vec<u64> {
+    read_all(state_dir)
+        .into_iter()
+        .filter_map(|(_, c)| match c? {
+            InboxCommand { action: Action::Cancel, target: Target::JobRun(id), .. } => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every command file, oldest first, parsed (`None`: unreadable).
+fn read_all(state_dir: &Path) -> Vec<(PathBuf, Option<InboxCommand>)> {
+    let Ok(entries) = std::fs::read_dir(dir(state_dir)) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| {
+            let parsed = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<InboxCommand>(&b).ok());
+            (file, parsed)
+        })
+        .collect()
 }
 
 /// Removes an applied (or unreadable) command; nobody waits for it, so the outcome is logged.

@@ -71,7 +71,7 @@ impl Handler<Publish> for Journal {
 
     fn handle(&mut self, Publish(event): Publish, _ctx: &mut Self::Context) {
         if let Some(file) = &mut self.file {
-            let mut line = event.to_json().to_string();
+            let mut line = crate::json::text(&event.to_json());
             line.push('\n');
             if let Err(e) = file.write_all(line.as_bytes()) {
                 tracing::error!("event journal write failed: {e}");

@@ -9,6 +9,7 @@ pub mod expect;
 pub mod graph;
 pub mod hooks;
 pub mod money;
+pub mod params;
 pub mod policy;
 pub mod queue;
 pub mod rerun;

@@ -127,10 +127,13 @@ pub enum FailReason {
     /// Its attempts were interrupted by gaffer itself dying, twice in a row: quarantined so it
     /// cannot take gaffer down again.
     Poison,
+    /// The agent's JSON result said it failed (`is_error: true`, an API error), whatever the
+    /// exit code.
+    AgentError,
 }
 
 impl FailReason {
-    pub const ALL: [FailReason; 11] = [
+    pub const ALL: [FailReason; 12] = [
         FailReason::ExitCode,
         FailReason::Timeout,
         FailReason::HeartbeatTimeout,
@@ -142,6 +145,7 @@ impl FailReason {
         FailReason::WaitTimeout,
         FailReason::InvalidOutput,
         FailReason::Poison,
+        FailReason::AgentError,
     ];
 
     pub fn parse(text: &str) -> Option<FailReason> {
@@ -161,6 +165,7 @@ impl FailReason {
             FailReason::WaitTimeout => "wait_timeout",
             FailReason::InvalidOutput => "invalid_output",
             FailReason::Poison => "poison",
+            FailReason::AgentError => "agent_error",
         }
     }
 }

@@ -18,10 +18,13 @@ use redb::{ConcurrencyMode, Database, ReadTransaction, ReadableDatabase, Readabl
 
 pub use crate::model::schedule::ScheduleState;
 pub use lock::{InstanceLock, holder as instance_pid};
-pub use records::{AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, RaisedBudgets, TaskRunRecord};
+pub use records::{
+    AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, MAX_ATTEMPT_WARNINGS, RaisedBudgets, TaskRunRecord,
+};
 pub use writer::{Ids, StoreCloser, StoreHandle};
 
-/// Bumped on any change of tables or of a record's meaning; checked at open.
+/// Bumped on any change of tables or of a record's meaning; checked at open. A record's layout
+/// has its own version (`codec::Record`), so a new layout needs no bump.
 pub const SCHEMA_VERSION: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -415,7 +418,7 @@ impl Reader {
         }
     }
 
-    fn all<T: serde::de::DeserializeOwned>(&self, def: TableDefinition<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
+    fn all<T: codec::Record>(&self, def: TableDefinition<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
         let table = self.txn.open_table(def).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(db_err)? {
@@ -425,11 +428,7 @@ impl Reader {
         Ok(out)
     }
 
-    fn one<T: serde::de::DeserializeOwned>(
-        &self,
-        def: TableDefinition<u64, &[u8]>,
-        id: u64,
-    ) -> Result<Option<T>, StoreError> {
+    fn one<T: codec::Record>(&self, def: TableDefinition<u64, &[u8]>, id: u64) -> Result<Option<T>, StoreError> {
         let table = self.txn.open_table(def).map_err(db_err)?;
         match table.get(id).map_err(db_err)? {
             Some(v) => Ok(Some(codec::decode(v.value())?)),
