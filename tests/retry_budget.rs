@@ -497,3 +497,26 @@ run = 'true'
     assert_eq!(p.task("b")["state"], "succeeded");
     assert_eq!(p.json(&["show", "j1", "--json"])["budget_raised_usd"], 1.0);
 }
+
+/// `expect` without `output` checks the agent's result (`outputs.result`, from an agent cost
+/// source's JSON result): here against a schema, the first answer prose, the second JSON.
+#[test]
+fn expect_checks_the_agent_result_by_default() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.agent]
+cost = "claude-json"
+retry = { max_attempts = 2, initial_interval = "10ms" }
+expect = { json_schema = "review.json" }
+run = '''[ "$GAFFER_ATTEMPT" = 1 ] && echo '{"type":"result","result":"I approve.","total_cost_usd":0.001}' || echo '{"type":"result","result":"{\"verdict\":\"approve\"}","total_cost_usd":0.001}' '''
+"#,
+    );
+    std::fs::write(p.path().join("review.json"), r#"{"type": "object", "required": ["verdict"]}"#).expect("schema");
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:#?}");
+    let failed = named(&events, "task.failed");
+    assert_eq!(failed.len(), 1, "{events:#?}");
+    assert_eq!(failed[0]["reason"], "invalid_output");
+    assert!(failed[0]["detail"].as_str().is_some_and(|d| d.starts_with("output `result` is not JSON")), "{failed:?}");
+    assert_eq!(p.task("agent")["outputs"]["result"], r#"{"verdict":"approve"}"#);
+}
