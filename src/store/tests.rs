@@ -30,7 +30,7 @@ pub fn task_run(id: u64, job_run: u64) -> TaskRunRecord {
 fn records_survive_reopen_and_sequences_continue() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let (store, _closer, _lock) = open_writer(dir.path()).expect("open");
+        let (store, closer, _lock) = open_writer(dir.path()).expect("open");
         let j = store.ids.next_job_run();
         let t1 = store.ids.next_task_run();
         let t2 = store.ids.next_task_run();
@@ -41,6 +41,10 @@ fn records_survive_reopen_and_sequences_continue() {
                 Mutation::TaskRun(task_run(t2, j)),
             ])
             .expect("commit");
+        // The store thread ends on its own once the last handle is gone; wait for it, as
+        // `run` does, or a loaded machine may still have the file open at the reopen.
+        drop(store);
+        closer.close(std::time::Duration::from_secs(10));
     }
     let (store, _closer, _lock) = open_writer(dir.path()).expect("reopen");
     assert_eq!(store.ids.next_job_run(), 2, "ids are never reused");
