@@ -25,7 +25,10 @@ pub fn print(out: &mut impl Write, format: Format, event: &EngineEvent) -> std::
 
 /// `13:00:01.123 #3 report.fetch  started (attempt 1, pid 4242)`.
 pub fn human_line(e: &EngineEvent) -> Option<String> {
-    let what = describe(e)?;
+    let mut what = describe(e)?;
+    if let Some(warning) = e.str_field("log_error") {
+        what.push_str(&format!(" (warning: {warning})"));
+    }
     let time = crate::engine::rfc3339_ms(e.ts_ms);
     let clock = time.get(11..23).unwrap_or(&time);
     let who = match (&e.task_run, &e.task, &e.job_run, &e.job) {

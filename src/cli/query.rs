@@ -262,6 +262,9 @@ fn print_task_detail(t: &Value) {
             dollars(micros_of_json(&a["cost_usd"])),
             text(a, "log")
         );
+        if let Some(warning) = a["log_error"].as_str() {
+            outln!("    warning: {warning}");
+        }
     }
 }
 

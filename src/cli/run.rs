@@ -277,7 +277,12 @@ where
     };
     let (store, closer, _lock) = match store::open_writer(options.state_dir) {
         Ok(opened) => opened,
-        Err(e @ StoreError::InUse { .. }) => {
+        Err(
+            e @ (StoreError::InUse { .. }
+            | StoreError::StateDir(_)
+            | StoreError::Damaged { .. }
+            | StoreError::Gone { .. }),
+        ) => {
             eprintln!("gaffer: {e}");
             return exit::STATE_DIR;
         }
@@ -475,7 +480,7 @@ pub fn attach(state_dir: &Path) -> i32 {
 
 /// A diagnostics file that nothing was written to is not worth leaving behind.
 fn remove_if_empty(path: &Path) {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.len() == 0) {
         let _ = std::fs::remove_file(path);
     }
 }

@@ -3,11 +3,13 @@
 //! applies them through the same engine path as live commands. One JSON file per command,
 //! written atomically (temp file + rename); applying one removes it and logs how it went.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::Target;
+use crate::state_dir::{Access, StateDir};
 
 /// What a command does to its target; the same for live commands and inbox files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,40 +27,41 @@ pub struct InboxCommand {
     pub target: Target,
 }
 
-fn dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("inbox")
-}
+const FOLDER: &str = "inbox";
 
 /// Writes a command for the next start.
 pub fn put(state_dir: &Path, command: &InboxCommand) -> std::io::Result<()> {
-    let dir = dir(state_dir);
-    std::fs::create_dir_all(&dir)?;
+    let dir = StateDir::open(state_dir).map_err(std::io::Error::other)?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let name = format!("{nanos}-{}", std::process::id());
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = Path::new(FOLDER).join(format!(".{name}.tmp"));
     let body = serde_json::to_vec(command).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, body)?;
-    let file = dir.join(format!("{name}.json"));
-    std::fs::rename(&tmp, &file)
+    let mut file = dir.open_file(&tmp, Access::CreateNew)?;
+    file.write_all(&body)?;
+    file.sync_all()?;
+    dir.rename(&tmp, Path::new(FOLDER).join(format!("{name}.json")))
 }
 
 /// Takes every pending command, oldest first. Unreadable files are answered with an error.
 pub fn take(state_dir: &Path) -> Vec<(PathBuf, InboxCommand)> {
-    let Ok(entries) = std::fs::read_dir(dir(state_dir)) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
+    let Ok(dir) = StateDir::open(state_dir) else { return Vec::new() };
+    let names = dir.list(FOLDER).unwrap_or_default();
     let mut out = Vec::new();
-    for file in files {
-        let parsed = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<InboxCommand>(&b).ok());
+    for name in names.into_iter().filter(|n| n.ends_with(".json")) {
+        let rel = Path::new(FOLDER).join(name);
+        let parsed = read(&dir, &rel).and_then(|b| serde_json::from_slice::<InboxCommand>(&b).ok());
         match parsed {
-            Some(command) => out.push((file, command)),
-            None => answer(&file, Err("unreadable command file".into())),
+            Some(command) => out.push((dir.join(&rel), command)),
+            None => answer(&dir.join(&rel), Err("unreadable command file".into())),
         }
     }
     out
+}
+
+fn read(dir: &StateDir, rel: &Path) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    dir.open_file(rel, Access::Read).ok()?.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// Removes an applied (or unreadable) command; nobody waits for it, so the outcome is logged.
@@ -67,5 +70,9 @@ pub fn answer(file: &Path, result: Result<String, String>) {
         Ok(message) => tracing::info!("inbox: {message}"),
         Err(message) => tracing::warn!("inbox command {}: {message}", file.display()),
     }
-    let _ = std::fs::remove_file(file);
+    // `file` is `<state dir>/inbox/<name>`, as `take` made it.
+    let (Some(name), Some(state_dir)) = (file.file_name(), file.parent().and_then(Path::parent)) else { return };
+    if let Ok(dir) = StateDir::open(state_dir) {
+        let _ = dir.remove_file(Path::new(FOLDER).join(name));
+    }
 }

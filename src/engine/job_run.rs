@@ -419,7 +419,9 @@ impl JobRun {
             AfterAttempt::Succeeded => {
                 let duration = now.saturating_sub(attempt.started_at_ms);
                 let cost = usd_json(self.tasks[i].cost_usd_micros);
-                events.push(self.task_event("task.succeeded", i).with("duration_ms", duration).with("cost_usd", cost));
+                let succeeded =
+                    self.task_event("task.succeeded", i).with("duration_ms", duration).with("cost_usd", cost);
+                events.push(with_log_error(succeeded, &attempt));
                 if let Some(key) = self.cache_key(i) {
                     let ttl = self.job().tasks[i].cache.as_ref().map_or(0, |c| c.ttl.as_millis() as u64);
                     let t = &self.tasks[i];
@@ -517,7 +519,7 @@ impl JobRun {
         if let Some(detail) = &attempt.detail {
             e = e.with("detail", detail.clone());
         }
-        e
+        with_log_error(e, attempt)
     }
 
     fn kill_running(&self, reason: FailReason) {
@@ -736,6 +738,14 @@ impl JobRun {
             }
         }
         self.apply_changes(ctx, changes, vec![Mutation::JobRun(self.record.clone())], Vec::new());
+    }
+}
+
+/// An attempt's end event says when its log is incomplete (`log_error`).
+fn with_log_error(e: EngineEvent, attempt: &AttemptRecord) -> EngineEvent {
+    match &attempt.log_error {
+        Some(text) => e.with("log_error", text.clone()),
+        None => e,
     }
 }
 
@@ -998,6 +1008,8 @@ pub struct AttemptEnded {
     pub reason: Option<FailReason>,
     pub detail: Option<String>,
     pub outputs: std::collections::BTreeMap<String, String>,
+    /// Why the attempt's log is incomplete (a failed write), if it is.
+    pub log_error: Option<String>,
 }
 
 impl Handler<AttemptEnded> for JobRun {
@@ -1012,6 +1024,7 @@ impl Handler<AttemptEnded> for JobRun {
         attempt.exit_code = msg.exit.and_then(|e| e.exit_code);
         attempt.signal = msg.exit.and_then(|e| e.signal);
         attempt.detail = msg.detail;
+        attempt.log_error = msg.log_error;
         self.tasks[i].outputs.extend(msg.outputs);
         let outcome = AttemptOutcome { failure: msg.reason, exit_code: attempt.exit_code };
         self.end_attempt(ctx, i, attempt, outcome);

@@ -19,6 +19,7 @@ mod event;
 pub mod inbox;
 mod job_run;
 mod journal;
+mod journal_file;
 mod retention;
 mod scheduler;
 mod supervisor;

@@ -142,6 +142,8 @@ struct Current {
     pricing: Arc<Pricing>,
     outputs: BTreeMap<String, String>,
     warnings: u32,
+    /// Why the attempt's log is incomplete, if it is.
+    log_error: Option<String>,
 }
 
 pub struct Worker {
@@ -202,6 +204,7 @@ impl Worker {
             pricing: claimed.pricing,
             outputs: BTreeMap::new(),
             warnings: 0,
+            log_error: None,
         });
         self.activity.begin(task_run, attempt, now, claimed.timeout, claimed.heartbeat_timeout);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -269,6 +272,7 @@ impl Worker {
             reason,
             detail,
             outputs: current.outputs,
+            log_error: current.log_error,
         });
         if matches!(reason, Some(FailReason::Timeout | FailReason::HeartbeatTimeout)) {
             self.release_on_start = Some(current.queue);
@@ -296,6 +300,9 @@ impl Worker {
                 current.warnings += 1;
                 // Already in the attempt's log; a person reads it there, not on gaffer's stderr.
                 tracing::debug!(task_run = current.task_run, attempt = current.attempt, "{text}");
+            }
+            AttemptEvent::LogFailed(text) => {
+                current.log_error.get_or_insert(text);
             }
             AttemptEvent::Activity | AttemptEvent::Heartbeat => {}
         }

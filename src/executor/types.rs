@@ -51,6 +51,8 @@ pub enum AttemptEvent {
     Output { key: String, value: String },
     /// A malformed fd-3 line, also written to the attempt's log as a warning.
     Warning(String),
+    /// Writing the attempt's log failed (a full disk): the log is incomplete. Sent once.
+    LogFailed(String),
 }
 
 /// How the process group's leader ended.

@@ -5,7 +5,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::codec::{Stored, body_of};
+use super::{ScheduleState, StoreError};
 use crate::model::{FailReason, JobState, TaskState};
+
+impl Stored for JobRunRecord {}
+impl Stored for TaskRunRecord {}
+impl Stored for DefinitionRecord {}
+impl Stored for CacheEntry {}
+impl Stored for ScheduleState {}
 
 /// One execution of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,6 +130,66 @@ pub struct AttemptRecord {
     pub model: Option<String>,
     /// Relative to the state dir.
     pub log: String,
+    /// Why the log is incomplete (a write failed, e.g. the disk was full); added in version 2.
+    pub log_error: Option<String>,
+}
+
+impl Stored for AttemptRecord {
+    const VERSION: u8 = 2;
+
+    fn decode_older(version: u8, body: &[u8]) -> Result<Self, StoreError> {
+        match version {
+            1 => Ok(body_of::<AttemptRecordV1>(body)?.into()),
+            v => Err(StoreError::Codec(format!("no decoder for attempt version {v}"))),
+        }
+    }
+}
+
+/// [`AttemptRecord`] as version 1 wrote it (before `log_error`).
+#[derive(Deserialize)]
+struct AttemptRecordV1 {
+    task_run: u64,
+    job_run: u64,
+    n: u32,
+    pid: Option<u32>,
+    pgid: Option<i32>,
+    start_ticks: u64,
+    started_at_ms: u64,
+    ended_at_ms: Option<u64>,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    reason: Option<FailReason>,
+    detail: Option<String>,
+    cost_usd_micros: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    model: Option<String>,
+    log: String,
+}
+
+impl From<AttemptRecordV1> for AttemptRecord {
+    fn from(a: AttemptRecordV1) -> AttemptRecord {
+        AttemptRecord {
+            task_run: a.task_run,
+            job_run: a.job_run,
+            n: a.n,
+            pid: a.pid,
+            pgid: a.pgid,
+            start_ticks: a.start_ticks,
+            started_at_ms: a.started_at_ms,
+            ended_at_ms: a.ended_at_ms,
+            exit_code: a.exit_code,
+            signal: a.signal,
+            reason: a.reason,
+            detail: a.detail,
+            cost_usd_micros: a.cost_usd_micros,
+            input_tokens: a.input_tokens,
+            output_tokens: a.output_tokens,
+            model: a.model,
+            log: a.log,
+            log_error: None,
+        }
+    }
 }
 
 impl AttemptRecord {
@@ -145,6 +213,7 @@ impl AttemptRecord {
             output_tokens: 0,
             model: None,
             log: AttemptRecord::log_path(job_run, task_run, n),
+            log_error: None,
         }
     }
 
