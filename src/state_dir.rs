@@ -56,6 +56,8 @@ pub enum StateDirError {
 /// One thing wrong with the state dir, and the command that fixes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// Only too open (the user's own, readable or writable by others): `chmod` fixes it.
+    pub open: bool,
     pub path: PathBuf,
     pub what: String,
     pub fix: String,
@@ -65,6 +67,9 @@ fn unsafe_text(dir: &Path, problems: &[Problem]) -> String {
     let mut text = format!("state dir {} is not safe to use, so gaffer does not use it:", dir.display());
     for p in problems {
         text.push_str(&format!("\n  {}: {}; fix: {}", p.path.display(), p.what, p.fix));
+    }
+    if problems.len() > 1 && problems.iter().all(|p| p.open) {
+        text.push_str(&format!("\n  or all at once: chmod -R go-rwx {}", quote(dir)));
     }
     text
 }
@@ -153,16 +158,15 @@ impl StateDir {
             let kind = SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits());
             if kind == SFlag::S_IFLNK {
                 let what = "is a symbolic link; gaffer never follows links in its state dir".to_string();
-                audit.problems.push(Problem { fix: format!("rm {}", quote(&path)), path, what });
+                audit.problems.push(Problem { open: false, fix: format!("rm {}", quote(&path)), path, what });
                 continue;
             }
-            let mine = stat.st_uid == Uid::effective().as_raw();
             match problem_with(&path, &stat, kind == SFlag::S_IFDIR) {
-                Some(p) if !mine => audit.problems.push(p),
-                Some(_) => audit.loose.push(path),
+                Some(p) if p.open => audit.loose.push(path),
+                Some(p) => audit.problems.push(p),
                 None => {}
             }
-            if kind == SFlag::S_IFDIR && mine {
+            if kind == SFlag::S_IFDIR && stat.st_uid == Uid::effective().as_raw() {
                 let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
                 let sub = openat(&dir, name, flags, Mode::empty()).map_err(|e| self.error(&child, e))?;
                 self.audit_dir(sub, &child, audit)?;
@@ -231,12 +235,14 @@ impl StateDir {
             };
             if kind == SFlag::S_IFLNK {
                 problems.push(Problem {
+                    open: false,
                     path: path.clone(),
                     what: "is a symbolic link; gaffer never follows links in its state dir".into(),
                     fix: format!("rm {}", quote(&path)),
                 });
             } else if kind != expected {
                 problems.push(Problem {
+                    open: false,
                     path: path.clone(),
                     what: format!("is not a {}", if is_dir { "directory" } else { "regular file" }),
                     fix: format!("move it away: mv {} {}.old", quote(&path), quote(&path)),
@@ -499,14 +505,15 @@ fn problem_with(path: &Path, stat: &FileStat, is_dir: bool) -> Option<Problem> {
             let user = nix::unistd::User::from_uid(Uid::from_raw(me)).ok().flatten().map_or(me.to_string(), |u| u.name);
             format!("if you made it (with sudo): sudo chown -R {user} {}; if not, remove it", quote(path))
         };
-        return Some(Problem { path: path.to_path_buf(), what, fix });
+        return Some(Problem { open: false, path: path.to_path_buf(), what, fix });
     }
     let mode = stat.st_mode & 0o777;
     if mode & 0o077 != 0 {
         let who = if mode & 0o022 != 0 { "other users can write to it" } else { "other users can read it" };
         let want = if is_dir { DIR_MODE } else { FILE_MODE };
         let what = format!("{who} (mode {mode:04o})");
-        return Some(Problem { path: path.to_path_buf(), what, fix: format!("chmod {want:o} {}", quote(path)) });
+        let fix = format!("chmod {want:o} {}", quote(path));
+        return Some(Problem { open: true, path: path.to_path_buf(), what, fix });
     }
     None
 }

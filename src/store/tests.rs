@@ -30,7 +30,7 @@ pub fn task_run(id: u64, job_run: u64) -> TaskRunRecord {
 fn records_survive_reopen_and_sequences_continue() {
     let dir = crate::state_dir::private_tempdir();
     {
-        let (store, _closer, _lock) = open_writer(dir.path()).expect("open");
+        let (store, closer, _lock) = open_writer(dir.path()).expect("open");
         let j = store.ids.next_job_run();
         let t1 = store.ids.next_task_run();
         let t2 = store.ids.next_task_run();
@@ -41,6 +41,9 @@ fn records_survive_reopen_and_sequences_continue() {
                 Mutation::TaskRun(task_run(t2, j)),
             ])
             .expect("commit");
+        // The store thread may still hold the file for a moment after its last answer.
+        drop(store);
+        closer.close(std::time::Duration::from_secs(10));
     }
     let (store, _closer, _lock) = open_writer(dir.path()).expect("reopen");
     assert_eq!(store.ids.next_job_run(), 2, "ids are never reused");
