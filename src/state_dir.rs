@@ -141,13 +141,7 @@ impl StateDir {
     }
 
     fn audit_dir(&self, dir: OwnedFd, rel: &Path, audit: &mut Audit) -> io::Result<()> {
-        let mut listing = nix::dir::Dir::from_fd(dir.try_clone()?).map_err(|e| self.error(rel, e))?;
-        let names: Vec<Vec<u8>> = listing
-            .iter()
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_bytes().to_vec())
-            .filter(|n| n != b"." && n != b"..")
-            .collect();
+        let names = entries(dir.try_clone()?).map_err(|e| self.error(rel, e))?;
         for name in names {
             let name = OsStr::from_bytes(&name);
             let child = rel.join(name);
@@ -299,11 +293,7 @@ impl StateDir {
     pub fn exists(&self, rel: impl AsRef<Path>) -> io::Result<bool> {
         let rel = rel.as_ref();
         let (parent, name) = split(rel)?;
-        let dir = match self.walk(parent, false) {
-            Ok(dir) => dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
-        };
+        let Some(dir) = self.existing_dir(parent)? else { return Ok(false) };
         match fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(_) => Ok(true),
             Err(Errno::ENOENT) => Ok(false),
@@ -315,11 +305,7 @@ impl StateDir {
     pub fn remove_file(&self, rel: impl AsRef<Path>) -> io::Result<()> {
         let rel = rel.as_ref();
         let (parent, name) = split(rel)?;
-        let dir = match self.walk(parent, false) {
-            Ok(dir) => dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
+        let Some(dir) = self.existing_dir(parent)? else { return Ok(()) };
         match unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(self.error(rel, e)),
@@ -341,20 +327,12 @@ impl StateDir {
     /// The names in folder `rel`, sorted; an empty list when it does not exist.
     pub fn list(&self, rel: impl AsRef<Path>) -> io::Result<Vec<String>> {
         let rel = rel.as_ref();
-        let dir = match self.walk(rel, false) {
-            Ok(dir) => dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut listing = nix::dir::Dir::from_fd(dir).map_err(|e| self.error(rel, e))?;
-        let mut names = Vec::new();
-        for entry in listing.iter() {
-            let entry = entry.map_err(|e| self.error(rel, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name != "." && name != ".." {
-                names.push(name);
-            }
-        }
+        let Some(dir) = self.existing_dir(rel)? else { return Ok(Vec::new()) };
+        let mut names: Vec<String> = entries(dir)
+            .map_err(|e| self.error(rel, e))?
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
         names.sort();
         Ok(names)
     }
@@ -364,12 +342,17 @@ impl StateDir {
     pub fn remove_dir_all(&self, rel: impl AsRef<Path>) -> io::Result<()> {
         let rel = rel.as_ref();
         let (parent, name) = split(rel)?;
-        let dir = match self.walk(parent, false) {
-            Ok(dir) => dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
+        let Some(dir) = self.existing_dir(parent)? else { return Ok(()) };
         remove_tree(dir.as_fd(), name).map_err(|e| self.error(rel, e))
+    }
+
+    /// The folder `rel` as [`StateDir::walk`] opens it, `None` if it does not exist.
+    fn existing_dir(&self, rel: &Path) -> io::Result<Option<OwnedFd>> {
+        match self.walk(rel, false) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The folder `rel` opened without following links, each component checked; created
@@ -465,6 +448,19 @@ fn split(rel: &Path) -> io::Result<(&Path, &OsStr)> {
     }
 }
 
+/// The names in the folder `dir` (without `.` and `..`), in the order the kernel lists them.
+fn entries(dir: OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
+    let mut listing = nix::dir::Dir::from_fd(dir)?;
+    let mut names = Vec::new();
+    for entry in listing.iter() {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
 /// Removes `name` in `parent`: a folder with its contents (depth first, by descriptor), or
 /// any other entry (a link included) as itself.
 fn remove_tree(parent: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
@@ -475,16 +471,7 @@ fn remove_tree(parent: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> Result<(), 
         Err(Errno::ELOOP | Errno::ENOTDIR) => return unlinkat(parent, name, UnlinkatFlags::NoRemoveDir),
         Err(e) => return Err(e),
     };
-    let children: Vec<Vec<u8>> = {
-        let mut listing = nix::dir::Dir::from_fd(dir.try_clone().map_err(|_| Errno::EMFILE)?)?;
-        listing
-            .iter()
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_bytes().to_vec())
-            .filter(|n| n != b"." && n != b"..")
-            .collect()
-    };
-    for child in children {
+    for child in entries(dir.try_clone().map_err(|_| Errno::EMFILE)?)? {
         remove_tree(dir.as_fd(), OsStr::from_bytes(&child))?;
     }
     match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {

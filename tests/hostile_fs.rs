@@ -344,6 +344,15 @@ fn chatty(n: usize, kb: usize) -> String {
     text
 }
 
+/// A tmpfs of `size` on `at`, or `None` (said) where mounting needs root.
+fn small_disk(at: &Path, size: &str) -> Option<SmallDisk> {
+    let disk = SmallDisk::mount(at, size);
+    if disk.is_none() {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+    }
+    disk
+}
+
 /// Every journal line is a whole JSON event.
 fn journal_is_whole(p: &Project) -> usize {
     let mut events = 0;
@@ -369,10 +378,7 @@ fn logs_filling_their_disk_are_seen_on_every_attempt_that_lost_output() {
     std::fs::DirBuilder::new().mode(0o700).create(p.state_dir()).expect("state dir");
     // Only the logs on the small disk: the store and the journal keep room, as in the report
     // ("run exited 0 with job succeeded, 38 of 40 logs empty").
-    let Some(_disk) = SmallDisk::mount(&p.state_dir().join("logs"), "1m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-        return;
-    };
+    let Some(_disk) = small_disk(&p.state_dir().join("logs"), "1m") else { return };
     let out = p.run(&["run", "workflow.toml", "--headless"]);
     assert_eq!(out.status.code(), Some(0), "the tasks did succeed: {}", stderr(&out));
     let lines = stdout(&out) + &stderr(&out);
@@ -410,10 +416,7 @@ fn logs_filling_their_disk_are_seen_on_every_attempt_that_lost_output() {
 fn a_journal_that_fills_its_disk_keeps_whole_lines_and_goes_on_after_space_is_freed() {
     let p = Project::new(&chatty(60, 0));
     std::fs::DirBuilder::new().mode(0o700).create(p.state_dir()).expect("state dir");
-    let Some(disk) = SmallDisk::mount(&p.state_dir().join("events"), "256k") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-        return;
-    };
+    let Some(disk) = small_disk(&p.state_dir().join("events"), "256k") else { return };
     // Room for a few dozen events: the journal fills the disk mid-run, mid-line.
     disk.fill(12 * 1024);
     let out = p.run(&["run", "workflow.toml", "--headless"]);
@@ -432,10 +435,7 @@ fn a_journal_that_fills_its_disk_keeps_whole_lines_and_goes_on_after_space_is_fr
 #[test]
 fn logs_filling_the_whole_state_dir_stop_nothing_silently_and_a_restart_loses_nothing() {
     let p = Project::new(&chatty(40, 200));
-    let Some(_disk) = SmallDisk::mount(&p.state_dir(), "4m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-        return;
-    };
+    let Some(_disk) = small_disk(&p.state_dir(), "4m") else { return };
     let out = p.run(&["run", "workflow.toml", "--headless"]);
     let said = stdout(&out) + &stderr(&out);
     match out.status.code() {
