@@ -430,6 +430,15 @@ impl StateDir {
     }
 }
 
+/// Opens `path`, which must be under `state_dir` (an attempt's or a hook's log), as
+/// [`StateDir::open_file`] does.
+pub fn open_under(state_dir: &Path, path: &Path, access: Access) -> io::Result<File> {
+    let rel = path
+        .strip_prefix(state_dir)
+        .map_err(|_| io::Error::other(format!("{} is not in the state dir {}", path.display(), state_dir.display())))?;
+    StateDir::open(state_dir).map_err(io::Error::other)?.open_file(rel, access)
+}
+
 /// Opens the file `path` directly in a state dir (`<state dir>/gaffer.log`), as
 /// [`StateDir::open_file`] does.
 pub fn open_in_state_dir(path: &Path, access: Access) -> io::Result<File> {

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use crate::state_dir::{Access, StateDir};
+use crate::state_dir::{Access, open_under};
 
 pub struct CappedLog {
     file: BufWriter<File>,
@@ -22,11 +22,7 @@ impl CappedLog {
     /// Creates the file (0600; one that exists is replaced, a link is never followed) and its
     /// parent folders (0700) at `path`, which must be under `state_dir`.
     pub fn create(state_dir: &Path, path: &Path, cap_bytes: u64) -> io::Result<Self> {
-        let rel = path.strip_prefix(state_dir).map_err(|_| {
-            io::Error::other(format!("{} is not in the state dir {}", path.display(), state_dir.display()))
-        })?;
-        let dir = StateDir::open(state_dir).map_err(io::Error::other)?;
-        let file = dir.open_file(rel, Access::Replace)?;
+        let file = open_under(state_dir, path, Access::Replace)?;
         Ok(Self {
             file: BufWriter::with_capacity(64 * 1024, file),
             half: cap_bytes / 2,
