@@ -1,7 +1,7 @@
 //! `gaffer doctor`: checks a state dir the way gaffer trusts it — who owns it and who may read
 //! it, every page and record of the store, the event journal's lines — and says what is wrong
-//! and how to fix it. It changes nothing (opening the store as its writer to verify every page
-//! may record that it was verified, as every start does).
+//! and how to fix it. It changes nothing: redb's integrity check commits, so it runs over an
+//! in-memory overlay of `state.redb` (`store::check`).
 
 use std::io::Read;
 use std::path::Path;
@@ -11,7 +11,7 @@ use crate::state_dir::{Access, Problem, StateDir};
 use crate::store::{self, StoreError};
 
 /// Files of the journal and how their lines read.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct JournalCheck {
     files: usize,
     events: u64,
