@@ -58,7 +58,7 @@ fn a_server_whose_disk_fills_up_exits_70_with_the_reason() {
             .stderr(std::process::Stdio::piped()),
     );
     let socket = p.state_dir().join("gaffer.sock");
-    support::wait_until(std::time::Duration::from_secs(10), "the socket", || socket.exists());
+    support::wait_for_socket(&socket);
     disk.fill(0);
     let submit = p.run(&["submit", "j"]);
     assert_ne!(submit.status.code(), Some(0), "a run that cannot be stored is refused");

@@ -221,7 +221,8 @@ fn everything_gaffer_creates_is_private_whatever_the_umask() {
             .stderr(Stdio::null()),
     );
     let (socket, token) = (p.state_dir().join("gaffer.sock"), p.state_dir().join("token"));
-    support::wait_until(Duration::from_secs(10), "the socket and the token", || socket.exists() && token.exists());
+    support::wait_for_socket(&socket);
+    support::wait_until(Duration::from_secs(10), "the token", || token.exists());
     let mut checked = 0;
     let mut walk = vec![p.state_dir()];
     while let Some(dir) = walk.pop() {

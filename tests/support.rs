@@ -110,6 +110,12 @@ pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// Waits until the control socket at `path` accepts connections (it exists a moment before it
+/// listens: connecting in between is refused).
+pub fn wait_for_socket(path: &Path) {
+    wait_until(Duration::from_secs(10), "the control socket", || std::os::unix::net::UnixStream::connect(path).is_ok());
+}
+
 /// True if a process with this pid exists (and is not a zombie).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -144,7 +150,7 @@ impl Server {
                 .stderr(std::process::Stdio::null()),
         );
         let socket = p.state_dir().join("gaffer.sock");
-        wait_until(Duration::from_secs(10), "the control socket", || socket.exists());
+        wait_for_socket(&socket);
         server
     }
 }

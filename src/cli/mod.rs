@@ -14,6 +14,7 @@ macro_rules! outln {
 
 mod control;
 mod doctor;
+mod init;
 mod query;
 mod run;
 
@@ -56,10 +57,18 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run as a service: fire cron schedules, resume unfinished runs, until SIGINT/SIGTERM.
     Serve(run::ServeArgs),
-    /// Attach the terminal UI to the running instance (`q` detaches; the instance keeps running).
+    /// Attach the terminal UI to the running instance (`q` detaches; the instance keeps running);
+    /// with none running, show the state dir read-only.
     Tui,
     /// Check a workflow file; report every problem as FILE:LINE:COL.
     Validate { file: PathBuf },
+    /// Write a commented starter workflow (never over an existing file).
+    Init {
+        #[arg(default_value = "gaffer.toml")]
+        file: PathBuf,
+    },
+    /// Print the workflow file's JSON Schema (for taplo / VS Code: `#:schema ./gaffer.schema.json`).
+    Schema,
     /// Preview the next fire times of every scheduled job, in its zone and in UTC.
     Schedules {
         file: PathBuf,
@@ -77,11 +86,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Job runs.
+    /// Job runs, with their params (secrets as ***).
     Jobs {
         /// Only job runs in this state: running, succeeded, failed, cancelled.
         #[arg(long)]
         state: Option<String>,
+        /// Only runs of this job (its name in the workflow file).
+        #[arg(long)]
+        job: Option<String>,
+        /// Only the newest N, newest first.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
         /// JSON (SPEC §4.1) instead of a table.
         #[arg(long)]
         json: bool,
@@ -110,9 +125,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The log of a task run's attempt (default: the latest).
+    /// The log of a task run's attempt (default: the latest), or of every task of a job run.
     Logs {
-        /// The task run id (42).
+        /// A task run id (42), or a job run id (j7): each task run's latest attempt, under a header.
         id: String,
         /// Which attempt (1, 2, …; default: the latest).
         #[arg(long)]
@@ -125,7 +140,7 @@ pub enum Command {
     Submit {
         /// The job's name in the workflow file the instance serves.
         job: String,
-        /// Override a job param: --param topic=go (repeatable).
+        /// Set a job param: --param topic=go (repeatable; a secret one is held in memory only).
         #[arg(long = "param", value_name = "K=V")]
         params: Vec<String>,
         /// Priority for every task of this run (0..=100).
@@ -248,9 +263,13 @@ pub fn main() -> i32 {
         Command::Tui => return run::attach(&state_dir),
         Command::Doctor => return doctor::doctor(&state_dir),
         Command::Validate { file } => return run::validate(&file),
+        Command::Init { file } => init::init(&file),
+        Command::Schema => init::schema(),
         Command::Schedules { file, count, from, json } => return run::schedules(&file, count, from.as_deref(), json),
         Command::Status { json } => query::status(&state_dir, json),
-        Command::Jobs { state, json } => query::jobs(&state_dir, state.as_deref(), json),
+        Command::Jobs { state, job, limit, json } => {
+            query::jobs(&state_dir, crate::report::JobFilter { state, job, limit }, json)
+        }
         Command::Tasks { state, job, queue, json } => {
             query::tasks(&state_dir, crate::report::TaskFilter { state, job, queue }, json)
         }

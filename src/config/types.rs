@@ -84,7 +84,9 @@ pub struct JobDef {
     pub name: String,
     pub schedule: Option<String>,
     pub timezone: Option<String>,
-    pub params: BTreeMap<String, String>,
+    /// Declared params: a plain default (`topic = "rust"`) or a table
+    /// (`token = { secret = true, env = "API_TOKEN" }`).
+    pub params: BTreeMap<String, ParamDef>,
     pub budget_usd_micros: Option<u64>,
     /// Cancel running tasks as soon as one task fails the job run.
     pub fail_fast: bool,
@@ -142,6 +144,24 @@ pub enum Overlap {
     Allow,
 }
 
+/// One declared job param and where its value may come from (`model::params` resolves it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParamDef {
+    /// Used when the run is given no value (never set for a secret: the file is stored).
+    pub default: Option<String>,
+    /// Never stored, journaled or shown: a run keeps it in memory only (`***` everywhere else).
+    pub secret: bool,
+    /// An environment variable of the gaffer process to read the value from when none is given.
+    pub env: Option<String>,
+}
+
+impl ParamDef {
+    /// A plain `name = "value"` param.
+    pub fn plain(default: &str) -> ParamDef {
+        ParamDef { default: Some(default.to_string()), secret: false, env: None }
+    }
+}
+
 impl JobDef {
     pub fn task(&self, name: &str) -> Option<&TaskDef> {
         self.tasks.iter().find(|t| t.name == name)
@@ -172,6 +192,9 @@ pub struct TaskDef {
     pub command: CommandSpec,
     /// Values are templates.
     pub env: BTreeMap<String, String>,
+    /// Variables read from `env_file` when the file was loaded: literal values, never templated,
+    /// overridden by `env`.
+    pub env_file: BTreeMap<String, String>,
     /// A template.
     pub stdin: Option<String>,
     /// Absolute.

@@ -75,18 +75,41 @@ pub fn put(state_dir: &Path, command: &InboxCommand) -> std::io::Result<()> {
 
 /// Takes every pending command, oldest first. Unreadable files are answered with an error.
 pub fn take(state_dir: &Path) -> Vec<(PathBuf, InboxCommand)> {
-    let Ok(dir) = StateDir::open(state_dir) else { return Vec::new() };
-    let names = dir.list(FOLDER).unwrap_or_default();
     let mut out = Vec::new();
-    for name in names.into_iter().filter(|n| n.ends_with(".json")) {
-        let rel = Path::new(FOLDER).join(name);
-        let parsed = read(&dir, &rel).and_then(|b| serde_json::from_slice::<InboxCommand>(&b).ok());
+    for (file, parsed) in read_all(state_dir) {
         match parsed {
-            Some(command) => out.push((dir.join(&rel), command)),
-            None => answer(&dir.join(&rel), Err("unreadable command file".into())),
+            Some(command) => out.push((file, command)),
+            None => answer(&file, Err("unreadable command file".into())),
         }
     }
     out
+}
+
+/// The job runs a pending command cancels (whole runs only), without taking anything: a run
+/// about to be cancelled resumes without its secrets.
+pub fn cancelled_job_runs(state_dir: &Path) -> Vec<u64> {
+    read_all(state_dir)
+        .into_iter()
+        .filter_map(|(_, c)| match c? {
+            InboxCommand { action: Action::Cancel, target: Target::JobRun(id), .. } => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every command file, oldest first, parsed (`None`: unreadable).
+fn read_all(state_dir: &Path) -> Vec<(PathBuf, Option<InboxCommand>)> {
+    let Ok(dir) = StateDir::open(state_dir) else { return Vec::new() };
+    let names = dir.list(FOLDER).unwrap_or_default(); // sorted: oldest first
+    names
+        .into_iter()
+        .filter(|n| n.ends_with(".json"))
+        .map(|name| {
+            let rel = Path::new(FOLDER).join(name);
+            let parsed = read(&dir, &rel).and_then(|b| serde_json::from_slice::<InboxCommand>(&b).ok());
+            (dir.join(&rel), parsed)
+        })
+        .collect()
 }
 
 fn read(dir: &StateDir, rel: &Path) -> Option<Vec<u8>> {

@@ -393,6 +393,9 @@ impl JobRun {
     /// The attempt of task `i` is over (or never started): record it, apply the retry policy,
     /// follow the graph.
     fn end_attempt(&mut self, ctx: &mut Context<Self>, i: usize, mut attempt: AttemptRecord, outcome: AttemptOutcome) {
+        // A detail may quote a rendered template, so a secret param's value: never stored.
+        let secrets = self.shared.secrets.of(self.record.id);
+        attempt.detail = attempt.detail.map(|d| crate::model::params::redact(&d, &secrets));
         let now = self.now();
         attempt.ended_at_ms = Some(now);
         attempt.reason = outcome.failure;
@@ -539,7 +542,11 @@ impl JobRun {
         TemplateContext {
             job: self.record.job.clone(),
             job_run_id: self.record.id,
-            params: self.record.params.clone(),
+            params: crate::model::params::for_templates(
+                self.job(),
+                &self.record.params,
+                &self.shared.secrets.of(self.record.id),
+            ),
             // Validation allows templates to name only tasks this one (transitively) needs.
             tasks: self
                 .graph
@@ -563,10 +570,10 @@ impl JobRun {
                 crate::config::CommandSpec::Argv(items.iter().map(|a| render(a, "args")).collect::<Result<_, _>>()?)
             }
         };
-        let env = def
-            .env
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?)))
+        // `env_file` values first: the executor applies them in order, so `env` wins.
+        let literal = def.env_file.iter().map(|(k, v)| Ok((k.clone(), v.clone())));
+        let env = literal
+            .chain(def.env.iter().map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?))))
             .collect::<Result<Vec<_>, String>>()?;
         let stdin = def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?;
         Ok(AttemptSpec {

@@ -21,8 +21,10 @@ pub mod inbox;
 mod job_run;
 mod journal;
 mod journal_file;
+mod offline;
 mod retention;
 mod scheduler;
+mod secrets;
 mod supervisor;
 mod watchdog;
 mod worker;
@@ -40,6 +42,7 @@ pub use event::{EVENT_NAMES, EngineEvent, rfc3339_ms};
 pub use inbox::{Action, RetryOptions};
 pub use job_run::SHUTDOWN_GRACE;
 use journal::Journal;
+pub use offline::{OfflineEngine, READ_ONLY, latest_workflow};
 use supervisor::Supervisor;
 pub use supervisor::plan_only;
 pub use worker::CurrentAttempt;
@@ -119,6 +122,8 @@ pub struct Shared {
     pub source: String,
     pub log_cap_bytes: u64,
     pub pricing: Arc<Pricing>,
+    /// Secret param values: memory only.
+    pub secrets: Arc<secrets::SecretBook>,
     dispatcher: Addr<dispatcher::Dispatcher>,
     scheduler: Addr<scheduler::Scheduler>,
     journal: Addr<Journal>,
@@ -165,6 +170,9 @@ pub struct EngineSnapshot {
     pub workers: Vec<WorkerSnapshot>,
     /// The jobs of the workflow this engine was started with: their graphs and budgets.
     pub jobs: Vec<JobShape>,
+    /// When each scheduled job last fired (or skipped a fire time), from the store.
+    #[serde(default)]
+    pub schedule_fires: BTreeMap<String, u64>,
 }
 
 /// A job as the views draw it.
@@ -173,6 +181,11 @@ pub struct JobShape {
     pub name: String,
     pub budget_usd_micros: Option<u64>,
     pub tasks: Vec<TaskShape>,
+    /// Its cron expression, if it has one, and the zone it is read in (`None`: the machine's).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,13 +200,15 @@ pub struct TaskShape {
 }
 
 impl JobShape {
-    fn of(workflow: &Workflow) -> Vec<JobShape> {
+    pub fn of(workflow: &Workflow) -> Vec<JobShape> {
         workflow
             .jobs
             .iter()
             .map(|j| JobShape {
                 name: j.name.clone(),
                 budget_usd_micros: j.budget_usd_micros,
+                schedule: j.schedule.clone(),
+                timezone: j.timezone.clone(),
                 tasks: j
                     .tasks
                     .iter()
@@ -286,6 +301,7 @@ pub struct EngineHandle {
     watch: watchdog::WatchList,
     jobs: Arc<Vec<JobShape>>,
     state_dir: Arc<std::path::PathBuf>,
+    secrets: Arc<secrets::SecretBook>,
     /// `None` when the workflow declares no hooks.
     hooks: Option<hooks::HookRunner>,
     /// Keeps the watchdog's thread alive as long as a handle exists.
@@ -322,6 +338,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
     let store = config.store.clone();
     let state_dir = config.state_dir.clone();
+    let secrets = Arc::new(secrets::SecretBook::default());
     let shared = Arc::new(Shared {
         clock: config.clock.clone(),
         store: config.store,
@@ -329,6 +346,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         source: config.source,
         log_cap_bytes: config.workflow.settings.log_max_bytes,
         pricing: Arc::new(config.pricing),
+        secrets: secrets.clone(),
         dispatcher: dispatcher.clone(),
         scheduler: scheduler.clone(),
         journal: journal.clone(),
@@ -362,6 +380,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         watch,
         jobs,
         state_dir,
+        secrets,
         hooks,
         _watchdog: Arc::new(ArbiterGuard(arbiter)),
     }
@@ -385,6 +404,12 @@ impl EngineHandle {
     /// A live stream of every event from now on.
     pub async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<EngineEvent>, EngineError> {
         mailbox(self.journal.send(journal::Subscribe).await)
+    }
+
+    /// Secret param values given to this process (`run`/`serve --param`): what resumed runs,
+    /// retries, scheduled fires and submits without their own use. Held in memory only.
+    pub fn provide_secrets(&self, values: BTreeMap<String, String>) {
+        self.secrets.set_instance(values);
     }
 
     /// Starts actors for every unfinished job run in the store, then applies the commands
@@ -517,11 +542,13 @@ impl EngineHandle {
         let store = self.store.clone();
         let records = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let reader = store.reader()?;
-            Ok((reader.job_runs()?, reader.task_runs()?))
+            Ok((reader.job_runs()?, reader.task_runs()?, offline::schedule_fires(&reader)?))
         });
-        let (job_runs, task_runs) = records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
+        let (job_runs, task_runs, schedule_fires) =
+            records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
         let jobs = self.jobs.as_ref().clone();
-        Ok(EngineSnapshot { job_runs, task_runs, queues: self.queues().await?, workers: self.workers(), jobs })
+        let (queues, workers) = (self.queues().await?, self.workers());
+        Ok(EngineSnapshot { job_runs, task_runs, queues, workers, jobs, schedule_fires })
     }
 
     /// The task runs of one job run (a view learning of a new run from `job.started`).

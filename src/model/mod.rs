@@ -8,6 +8,7 @@ pub mod cost;
 pub mod graph;
 pub mod hooks;
 pub mod money;
+pub mod params;
 pub mod policy;
 pub mod rerun;
 pub mod schedule;

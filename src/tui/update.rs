@@ -6,7 +6,7 @@ use crate::model::{JobState, TaskState};
 use crate::store::TaskRunRecord;
 
 use super::keymap::{self, Action, Code, Key};
-use super::model::{LogPane, Mode, Model, Subject, View};
+use super::model::{LogPane, Mode, Model, Session, Subject, View};
 
 /// Everything that can happen to the TUI.
 #[derive(Debug, Clone)]
@@ -268,6 +268,10 @@ fn other_attempt(model: &mut Model, step: i64) -> Vec<Command> {
 
 fn act(model: &mut Model, action: Action) -> Vec<Command> {
     let in_detail = matches!(model.mode, Mode::Detail(_));
+    if model.session == Session::ReadOnly && action.changes_state() {
+        model.say(crate::engine::READ_ONLY, true);
+        return Vec::new();
+    }
     match action {
         Action::GoTo(view) => focus(model, view),
         Action::NextView => focus(model, model.focus.next()),
@@ -354,7 +358,7 @@ fn details(model: &mut Model) -> Vec<Command> {
         View::Jobs => model.selected_job().map(|j| Subject::Job(j.rec.id)),
         View::Tasks | View::Retries | View::DeadLetters => model.selected_id().map(Subject::Task),
         View::Workers => model.selected_id().map(|id| Subject::Worker(id as usize)),
-        View::Cost => None,
+        View::Cost | View::Schedules => None,
     };
     let Some(subject) = subject else { return Vec::new() };
     model.detail_scroll = 0;
@@ -541,7 +545,7 @@ fn follow_log(model: &mut Model) -> Vec<Command> {
 
 fn quit(model: &mut Model) -> Vec<Command> {
     let running = model.count(TaskState::Running);
-    if running == 0 || model.attached {
+    if running == 0 || model.session != Session::Owner {
         return vec![Command::Quit];
     }
     let plural = if running == 1 { "task" } else { "tasks" };

@@ -106,7 +106,11 @@ impl Supervisor {
             (Some(_), Target::TaskRun(id)) => Err(EngineError::Invalid(format!(
                 "--from re-runs part of a job run: give the job run (j7), not task run {id}"
             ))),
-            _ => self.locate(target).and_then(|(job_run, task_run)| Ok((self.actor_for(job_run)?, task_run))),
+            _ => self.locate(target).and_then(|(job_run, task_run)| {
+                // A retry is work done again: it renders templates, so it needs the run's secrets.
+                self.secrets_to_go_on(job_run)?;
+                Ok((self.actor_for(job_run)?, task_run))
+            }),
         };
         let store = self.shared.as_ref().map(|s| s.store.clone());
         Box::pin(async move {
