@@ -17,6 +17,7 @@
 //! - [`report`]: the read side (queries and the JSON shapes of SPEC §4.1), CLI and API alike.
 //! - [`notify`]: systemd's notify protocol (READY, STOPPING, watchdog pings) for `serve`.
 //! - [`sanitize`]: makes untrusted text inert where it enters gaffer.
+//! - [`json`]: JSON text as gaffer prints it (numbers never with an exponent).
 
 pub mod api;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod engine;
 pub mod executor;
 pub mod headless;
+pub mod json;
 pub mod model;
 pub mod notify;
 pub mod report;

@@ -27,8 +27,10 @@ use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, fchmod, fchmodat, fst
 use nix::unistd::{Uid, UnlinkatFlags, unlinkat};
 
 /// Entries of the state dir checked at every open: (name, is a folder).
-const KNOWN: [(&str, bool); 9] = [
+const KNOWN: [(&str, bool); 10] = [
     ("state.redb", false),
+    // Prices decide budgets: a planted table could let spending through.
+    ("pricing.toml", false),
     ("instance.lock", false),
     ("token", false),
     ("gaffer.sock", false),

@@ -15,6 +15,7 @@ macro_rules! outln {
 mod control;
 mod doctor;
 mod init;
+mod pricing;
 mod query;
 mod run;
 
@@ -199,6 +200,17 @@ pub enum Command {
     /// Check the state dir: who may use it, every page and record of the store, the event
     /// journal; say what is wrong and how to fix it (exit 3 if anything is).
     Doctor,
+    /// The token prices in force: built-in, imported (`pricing import`), and FILE's `[pricing]`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Pricing {
+        #[command(subcommand)]
+        action: Option<PricingAction>,
+        /// A workflow file whose `[pricing."model"]` tables apply on top.
+        file: Option<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a control message to fd 3 from a task: heartbeat | progress TEXT | cost K=V... | output K=V.
     Emit {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -208,6 +220,13 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// The man page, in roff.
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricingAction {
+    /// Refresh the prices from LiteLLM's `model_prices_and_context_window.json` (kept in
+    /// STATE_DIR/pricing.toml, overriding the built-in table).
+    Import { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -287,6 +306,8 @@ pub fn main() -> i32 {
         Command::Signal { run_id, name } => control::signal(&state_dir, &run_id, &name),
         Command::Dlq { action } => control::dlq(&state_dir, action.unwrap_or(DlqAction::List { json: false })),
         Command::Cost { by, since, json } => query::cost(&state_dir, by, since.as_deref(), json),
+        Command::Pricing { action: Some(PricingAction::Import { file }), .. } => pricing::import(&state_dir, &file),
+        Command::Pricing { action: None, file, json } => pricing::show(&state_dir, file.as_deref(), json),
         Command::Emit { words } => crate::executor::emit(&words).map_err(CliError::Usage),
         Command::Completions { shell } => {
             let mut text = Vec::new();

@@ -82,7 +82,7 @@ impl HookTable {
         env.extend(ids.iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v.to_string()))));
         let names = [("GAFFER_JOB", &e.job), ("GAFFER_TASK", &e.task), ("GAFFER_QUEUE", &e.queue)];
         env.extend(names.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone()))));
-        let mut stdin = e.to_json().to_string().into_bytes();
+        let mut stdin = crate::json::text(&e.to_json()).into_bytes();
         stdin.push(b'\n');
         HookSpec {
             run: call.hook.run.clone(),

@@ -47,7 +47,7 @@ impl Handler<Publish> for Journal {
 
     fn handle(&mut self, Publish(event): Publish, _ctx: &mut Self::Context) {
         if let Some(file) = &mut self.file {
-            let mut line = event.to_json().to_string();
+            let mut line = crate::json::text(&event.to_json());
             line.push('\n');
             file.append(&chrono::Utc::now().format("%Y-%m-%d").to_string(), line.as_bytes());
         }

@@ -20,10 +20,11 @@ use redb::{ConcurrencyMode, Database, ReadTransaction, ReadableDatabase, Readabl
 pub use crate::model::schedule::ScheduleState;
 use crate::state_dir::{Access, StateDir, StateDirError};
 pub use lock::{InstanceLock, holder as instance_pid};
-pub use records::{AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, TaskRunRecord};
+pub use records::{AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, MAX_ATTEMPT_WARNINGS, TaskRunRecord};
 pub use writer::{Ids, StoreCloser, StoreHandle};
 
-/// Bumped on any change of tables or of a record's meaning; checked at open.
+/// Bumped on any change of tables or of a record's meaning; checked at open. A record's layout
+/// has its own version (`codec::Record`), so a new layout needs no bump.
 pub const SCHEMA_VERSION: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -519,7 +520,7 @@ impl Reader {
         Ok(counts)
     }
 
-    fn decode_table<K: redb::Key + 'static, T: codec::Stored>(
+    fn decode_table<K: redb::Key + 'static, T: codec::Record>(
         &self,
         def: TableDefinition<K, &[u8]>,
     ) -> Result<u64, StoreError> {
@@ -545,7 +546,7 @@ impl Reader {
         }
     }
 
-    fn all<T: codec::Stored>(&self, def: TableDefinition<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
+    fn all<T: codec::Record>(&self, def: TableDefinition<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
         let table = self.txn.open_table(def).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(db_err)? {
@@ -555,7 +556,7 @@ impl Reader {
         Ok(out)
     }
 
-    fn one<T: codec::Stored>(&self, def: TableDefinition<u64, &[u8]>, id: u64) -> Result<Option<T>, StoreError> {
+    fn one<T: codec::Record>(&self, def: TableDefinition<u64, &[u8]>, id: u64) -> Result<Option<T>, StoreError> {
         let table = self.txn.open_table(def).map_err(db_err)?;
         match table.get(id).map_err(db_err)? {
             Some(v) => Ok(Some(codec::decode(v.value())?)),

@@ -101,3 +101,58 @@ fn newer_schema_is_refused() {
     std::fs::set_permissions(dir.path().join("state.redb"), private).expect("chmod");
     assert!(matches!(open_writer(dir.path()), Err(StoreError::Schema { .. })));
 }
+
+/// An attempt written in layout 1 (before cache tokens and spending by model) still reads, its
+/// spending filed under its one model.
+#[test]
+fn an_attempt_in_layout_1_reads_as_the_current_layout() {
+    #[derive(serde::Serialize)]
+    struct V1 {
+        task_run: u64,
+        job_run: u64,
+        n: u32,
+        pid: Option<u32>,
+        pgid: Option<i32>,
+        start_ticks: u64,
+        started_at_ms: u64,
+        ended_at_ms: Option<u64>,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        reason: Option<crate::model::FailReason>,
+        detail: Option<String>,
+        cost_usd_micros: u64,
+        input_tokens: u64,
+        output_tokens: u64,
+        model: Option<String>,
+        log: String,
+    }
+    let old = V1 {
+        task_run: 2,
+        job_run: 1,
+        n: 1,
+        pid: Some(42),
+        pgid: Some(42),
+        start_ticks: 7,
+        started_at_ms: 10,
+        ended_at_ms: Some(20),
+        exit_code: Some(0),
+        signal: None,
+        reason: None,
+        detail: None,
+        cost_usd_micros: 8_700,
+        input_tokens: 1200,
+        output_tokens: 340,
+        model: Some("claude-sonnet-4-5".into()),
+        log: "logs/1/2.1.log".into(),
+    };
+    let mut bytes = vec![1u8];
+    bytes.extend(postcard::to_stdvec(&old).expect("encode"));
+    let a: AttemptRecord = codec::decode(&bytes).expect("layout 1 reads");
+    assert_eq!((a.task_run, a.n, a.pid, a.ended_at_ms, a.log.as_str()), (2, 1, Some(42), Some(20), "logs/1/2.1.log"));
+    assert_eq!((a.cost_usd_micros, a.input_tokens, a.output_tokens, a.cache_read_tokens), (8_700, 1200, 340, 0));
+    assert_eq!(a.by_model.len(), 1);
+    assert_eq!((a.by_model[0].label(), a.by_model[0].usage.usd_micros), ("claude-sonnet-4-5", 8_700));
+    assert_eq!(codec::decode::<AttemptRecord>(&codec::encode(&a).expect("encode")).expect("decode"), a);
+    let newer = [9u8, 0];
+    assert!(codec::decode::<AttemptRecord>(&newer).is_err(), "a newer layout is refused, not misread");
+}
