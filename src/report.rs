@@ -292,8 +292,8 @@ pub fn log_chunk(
     if n > t.attempt {
         return Err(QueryError::NotFound(format!("task run {task_run} has no attempt {n} (latest: {})", t.attempt)));
     }
-    let path = state_dir.join(AttemptRecord::log_path(t.job_run, task_run, n));
-    let bytes = read_from(&path, offset).map_err(|e| QueryError::Invalid(format!("{}: {e}", path.display())))?;
+    let rel = AttemptRecord::log_path(t.job_run, task_run, n);
+    let bytes = read_from(state_dir, Path::new(&rel), offset).map_err(|e| QueryError::Invalid(e.to_string()))?;
     let running = t.attempt == n && t.state == TaskState::Running;
     Ok(json!({
         "task_run": task_run, "attempt": n, "offset": offset + bytes.len() as u64, "running": running,
@@ -303,9 +303,10 @@ pub fn log_chunk(
 
 /// Up to `LOG_CHUNK_BYTES` from `offset`, ending at a line end when one is in reach (so a
 /// multi-byte character is never split between two answers); nothing if there is no file yet.
-fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+fn read_from(state_dir: &Path, rel: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = match std::fs::File::open(path) {
+    let dir = crate::state_dir::StateDir::open(state_dir).map_err(std::io::Error::other)?;
+    let mut file = match dir.open_file(rel, crate::state_dir::Access::Read) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),

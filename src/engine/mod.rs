@@ -20,6 +20,7 @@ mod hooks;
 pub mod inbox;
 mod job_run;
 mod journal;
+mod journal_file;
 pub mod manual_retry;
 mod offline;
 mod retention;
