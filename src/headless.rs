@@ -94,6 +94,23 @@ fn describe(e: &EngineEvent) -> Option<String> {
         "worker.restarted" => {
             format!("worker {} restarted ({reason})", e.field("worker").map(|v| v.to_string()).unwrap_or_default())
         }
+        "queue.circuit_opened" => format!(
+            "queue {}: circuit opened after {} failed attempts within {}; nothing starts from it until {}",
+            e.queue.as_deref().unwrap_or("?"),
+            e.field("failures").map(|v| v.to_string()).unwrap_or_default(),
+            duration(e.field("within_ms").and_then(|v| v.as_u64()).unwrap_or(0)),
+            e.str_field("until").unwrap_or("?")
+        ),
+        "queue.circuit_closed" => {
+            format!("queue {}: circuit closed, starting again", e.queue.as_deref().unwrap_or("?"))
+        }
+        "budget.raised" => {
+            format!(
+                "{} budget raised to {} by a retry",
+                e.str_field("scope").unwrap_or("job"),
+                dollars_of(e.field("limit_usd"))
+            )
+        }
         "budget.exceeded" => format!(
             "{} budget exceeded: spent {} of {}",
             e.str_field("scope").unwrap_or("job"),
@@ -144,6 +161,12 @@ pub fn duration(ms: u64) -> String {
         1_000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
         _ => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
     }
+}
+
+/// `2/3`: attempts used in the current series of a task run over its `max_attempts` (`2/?`
+/// while the maximum is not known yet). The one way CLI and TUI show it.
+pub fn tries(used_in_series: u64, max_attempts: u64) -> String {
+    if max_attempts == 0 { format!("{used_in_series}/?") } else { format!("{used_in_series}/{max_attempts}") }
 }
 
 /// `$0.0123`, for summaries.

@@ -7,6 +7,8 @@
 //! - [`model`]: the rules as pure functions: states, retry delays, priority with aging,
 //!   budgets, the job-run transition engine.
 //! - [`store`]: durable state in redb with group commit; records and their codec.
+//! - [`state_dir`]: the checks that make the state dir trusted, and the only way to open
+//!   files under it (relative to its descriptor, never through a symbolic link).
 //! - [`engine`]: the actix actor tree (supervisor, journal, scheduler, dispatcher, job runs,
 //!   workers, watchdog) behind `EngineHandle` and `EngineEvent`.
 //! - [`executor`]: runs one attempt as a process group with fd 3 as the control channel.
@@ -28,5 +30,6 @@ pub mod model;
 pub mod notify;
 pub mod report;
 pub mod sanitize;
+pub mod state_dir;
 pub mod store;
 pub mod tui;

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::config::QueueDef;
 use crate::engine::{QueueSnapshot, Target, rfc3339_ms};
 use crate::model::cost::{Usage, sum_by_model};
 use crate::model::money::usd_json;
@@ -89,13 +90,22 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
     let pid = store::instance_pid(state_dir);
     let reader = store::open_reader(state_dir)?;
     let tasks = reader.task_runs()?;
-    let mut concurrency = latest_queue_caps(&reader)?;
+    let defs = latest_queues(&reader)?;
+    let mut concurrency: BTreeMap<String, usize> = defs.iter().map(|(k, q)| (k.clone(), q.concurrency)).collect();
     let mut paused = reader.paused_queues()?;
+    let mut circuits = match live {
+        Some(_) => BTreeMap::new(),
+        None => {
+            use crate::engine::Clock;
+            crate::engine::open_circuits(&reader, &defs, crate::engine::SystemClock.now_ms())?
+        }
+    };
     for q in live.unwrap_or_default() {
         concurrency.insert(q.name.clone(), q.concurrency);
         if q.paused {
             paused.insert(q.name.clone());
         }
+        circuits.extend(q.circuit_open_until_ms.map(|until| (q.name.clone(), until)));
     }
     let mut totals: BTreeMap<&str, u64> = TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
@@ -116,7 +126,8 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
         .iter()
         .map(|(name, c)| {
             json!({"name": name, "concurrency": concurrency.get(name), "paused": paused.contains(name),
-                   "queued": c[0], "running": c[1], "retrying": c[2], "dead": c[3]})
+                   "queued": c[0], "running": c[1], "retrying": c[2], "dead": c[3],
+                   "circuit_open_until": time_json(circuits.get(name).copied())})
         })
         .collect();
     Ok(
@@ -124,10 +135,9 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
     )
 }
 
-/// Queue caps from the definition of the newest job run (the store keeps definitions, not queues).
-fn latest_queue_caps(reader: &Reader) -> Result<BTreeMap<String, usize>, StoreError> {
-    let workflow = crate::engine::latest_workflow(reader)?;
-    Ok(workflow.map(|w| w.queues.into_iter().map(|(k, q)| (k, q.concurrency)).collect()).unwrap_or_default())
+/// Queues from the definition of the newest job run (the store keeps definitions, not queues).
+fn latest_queues(reader: &Reader) -> Result<BTreeMap<String, QueueDef>, StoreError> {
+    Ok(crate::engine::latest_workflow(reader)?.map(|w| w.queues).unwrap_or_default())
 }
 
 /// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its
@@ -138,12 +148,15 @@ pub fn show(reader: &Reader, target: Target) -> Result<Value, QueryError> {
             let t = reader.task_run(id)?.ok_or_else(|| not_found(target))?;
             let mut value = task_json(&t);
             value["attempts"] = Value::Array(reader.attempts_of(id)?.iter().map(attempt_json).collect());
+            let raised = reader.raised_budgets(t.job_run)?.task_runs.get(&id).copied();
+            value["budget_raised_usd"] = raised.map_or(Value::Null, usd_json);
             Ok(value)
         }
         Target::JobRun(id) => {
             let j = reader.job_run(id)?.ok_or_else(|| not_found(target))?;
             let mut value = job_json(&j);
             value["tasks"] = Value::Array(reader.task_runs_of(id)?.iter().map(task_json).collect());
+            value["budget_raised_usd"] = reader.raised_budgets(id)?.job_run.map_or(Value::Null, usd_json);
             Ok(value)
         }
     }
@@ -279,8 +292,8 @@ pub fn log_chunk(
     if n > t.attempt {
         return Err(QueryError::NotFound(format!("task run {task_run} has no attempt {n} (latest: {})", t.attempt)));
     }
-    let path = state_dir.join(AttemptRecord::log_path(t.job_run, task_run, n));
-    let bytes = read_from(&path, offset).map_err(|e| QueryError::Invalid(format!("{}: {e}", path.display())))?;
+    let rel = AttemptRecord::log_path(t.job_run, task_run, n);
+    let bytes = read_from(state_dir, Path::new(&rel), offset).map_err(|e| QueryError::Invalid(e.to_string()))?;
     let running = t.attempt == n && t.state == TaskState::Running;
     Ok(json!({
         "task_run": task_run, "attempt": n, "offset": offset + bytes.len() as u64, "running": running,
@@ -290,9 +303,10 @@ pub fn log_chunk(
 
 /// Up to `LOG_CHUNK_BYTES` from `offset`, ending at a line end when one is in reach (so a
 /// multi-byte character is never split between two answers); nothing if there is no file yet.
-fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+fn read_from(state_dir: &Path, rel: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = match std::fs::File::open(path) {
+    let dir = crate::state_dir::StateDir::open(state_dir).map_err(std::io::Error::other)?;
+    let mut file = match dir.open_file(rel, crate::state_dir::Access::Read) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),

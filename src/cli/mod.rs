@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod control;
+mod doctor;
 mod init;
 mod pricing;
 mod query;
@@ -166,6 +167,10 @@ pub enum Command {
         /// switches the run to the file (recorded), `stored` runs it as it started.
         #[arg(long, value_name = "stored|current", value_parser = DefinitionChoice::parse)]
         definition: Option<DefinitionChoice>,
+        /// Raise the spent budgets in the retry's way (the job run's, the task run's) to this
+        /// many dollars for that run; without it such a retry is refused.
+        #[arg(long, value_name = "USD", value_parser = parse_budget)]
+        budget: Option<u64>,
     },
     /// Cancel task runs (42) or job runs (j7).
     Cancel {
@@ -196,6 +201,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the state dir: who may use it, every page and record of the store, the event
+    /// journal; say what is wrong and how to fix it (exit 3 if anything is).
+    Doctor,
     /// The token prices in force: built-in, imported (`pricing import`), and FILE's `[pricing]`.
     #[command(args_conflicts_with_subcommands = true)]
     Pricing {
@@ -254,6 +262,14 @@ pub enum DlqAction {
     },
 }
 
+/// `--budget USD`: dollars, above zero, into micro-dollars.
+fn parse_budget(text: &str) -> Result<u64, String> {
+    match crate::model::money::parse_usd_micros(text)? {
+        0 => Err("a budget must be above $0".into()),
+        micros => Ok(micros),
+    }
+}
+
 /// Parses the arguments, runs the command, returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -268,10 +284,15 @@ pub fn main() -> i32 {
         init_diagnostics(None);
     }
     let state_dir = cli.state_dir.clone();
+    if let Err(e) = check_state_dir(&cli.command, &state_dir) {
+        eprintln!("gaffer: {e}");
+        return exit::STATE_DIR;
+    }
     let result = match cli.command {
         Command::Run(args) => return run::run(args, &state_dir),
         Command::Serve(args) => return run::serve(args, &state_dir),
         Command::Tui => return run::attach(&state_dir),
+        Command::Doctor => return doctor::doctor(&state_dir),
         Command::Validate { file } => return run::validate(&file),
         Command::Init { file } => init::init(&file),
         Command::Schema => init::schema(),
@@ -290,8 +311,9 @@ pub fn main() -> i32 {
         }
         Command::Pause { queue } => control::set_paused(&state_dir, &queue, true),
         Command::Resume { queue } => control::set_paused(&state_dir, &queue, false),
-        Command::Retry { ids, from, definition } => {
-            control::retry(&state_dir, &ids, crate::engine::RetryOptions { from, definition })
+        Command::Retry { ids, from, definition, budget } => {
+            let options = crate::engine::RetryOptions { from, definition, budget_usd_micros: budget };
+            control::retry(&state_dir, &ids, options)
         }
         Command::Cancel { ids } => control::send(&state_dir, &Action::Cancel, &ids),
         Command::Signal { run_id, name } => control::signal(&state_dir, &run_id, &name),
@@ -322,6 +344,23 @@ pub fn main() -> i32 {
     }
 }
 
+/// A command that reads the state dir or talks to the socket in it refuses one that is not
+/// safe (`state_dir`), before doing either: whoever could write in it could answer for gaffer.
+/// `run` and `serve` check as they open the store; `doctor` reports instead of refusing.
+fn check_state_dir(command: &Command, state_dir: &std::path::Path) -> Result<(), crate::state_dir::StateDirError> {
+    use Command::*;
+    if matches!(
+        command,
+        Run(_) | Serve(_) | Validate { .. } | Schedules { .. } | Doctor | Emit { .. } | Completions { .. } | Man
+    ) {
+        return Ok(());
+    }
+    match crate::state_dir::StateDir::open_checked(state_dir) {
+        Ok(_) | Err(crate::state_dir::StateDirError::Missing(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes command output; see `outln!`.
 fn write_out(bytes: &[u8]) -> Result<(), CliError> {
     use std::io::Write as _;
@@ -349,7 +388,8 @@ pub(crate) fn init_diagnostics(to_file: Option<&std::path::Path>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let file = to_file.and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok());
+    let file =
+        to_file.and_then(|path| crate::state_dir::open_in_state_dir(path, crate::state_dir::Access::Append).ok());
     let _ = match file {
         Some(file) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).try_init(),
         None => builder.with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).try_init(),

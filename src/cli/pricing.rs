@@ -10,6 +10,7 @@ use super::CliError;
 use crate::config::{self, Price, pricing};
 use crate::model::cost::Pricing;
 use crate::model::money::{format_usd, usd_json};
+use crate::state_dir::{Access, StateDir};
 
 pub fn show(state_dir: &Path, file: Option<&Path>, as_json: bool) -> Result<(), CliError> {
     let builtin = pricing::builtin();
@@ -94,13 +95,11 @@ pub fn import(state_dir: &Path, file: &Path) -> Result<(), CliError> {
 /// Writes the table next to the state (a private dir, created if needed), atomically: a crash
 /// leaves the old table or the new one, never half of one.
 fn write_table(state_dir: &Path, prices: &BTreeMap<String, Price>, header: &str) -> Result<(), CliError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let failed = |path: &Path, e: std::io::Error| CliError::Failed(format!("{}: {e}", path.display()));
-    if !state_dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(|e| failed(state_dir, e))?;
-    }
-    let path = pricing::imported_path(state_dir);
-    let temp = path.with_extension("toml.tmp");
-    std::fs::write(&temp, pricing::to_toml(prices, header)).map_err(|e| failed(&temp, e))?;
-    std::fs::rename(&temp, &path).map_err(|e| failed(&path, e))
+    use std::io::Write;
+    let dir = StateDir::create_checked(state_dir).map_err(|e| CliError::Store(e.into()))?;
+    let temp = format!("{}.tmp", pricing::IMPORTED_FILE);
+    let failed = |e: std::io::Error| CliError::Failed(e.to_string());
+    let mut file = dir.open_file(&temp, Access::Replace).map_err(failed)?;
+    file.write_all(pricing::to_toml(prices, header).as_bytes()).and_then(|()| file.sync_all()).map_err(failed)?;
+    dir.rename(&temp, pricing::IMPORTED_FILE).map_err(failed)
 }

@@ -96,6 +96,7 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
     for q in value["queues"].as_array().into_iter().flatten() {
         let cap = q["concurrency"].as_u64().map_or("-".to_string(), |c| c.to_string());
         let name = format!("{}{}", text(q, "name"), if q["paused"] == true { " (paused)" } else { "" });
+
         outln!(
             "{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}",
             name,
@@ -105,6 +106,14 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
             num(q, "retrying"),
             num(q, "dead")
         );
+    }
+    for q in value["queues"].as_array().into_iter().flatten() {
+        if let Some(until) = q["circuit_open_until"].as_str() {
+            outln!(
+                "queue {}: circuit open after a burst of failures, nothing starts from it until {until}",
+                text(q, "name")
+            );
+        }
     }
     let counts: Vec<String> = value["totals"]
         .as_object()
@@ -211,7 +220,7 @@ pub(super) fn print_task_table(runs: &Value) {
             format!("j{}", num(t, "job_run")),
             format!("{}.{}", text(t, "job"), text(t, "task")),
             text(t, "state"),
-            format!("{}/{}", num(t, "attempts_in_series"), num(t, "max_attempts")),
+            crate::headless::tries(num(t, "attempts_in_series"), num(t, "max_attempts")),
             text(t, "queue"),
             num(t, "priority"),
             dollars(micros_of_json(&t["cost_usd"])),
@@ -233,6 +242,7 @@ pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
             outln!("job run j{id} of `{}`: {}{reason}", text(&value, "job"), text(&value, "state"));
             outln!("params: {}", value["params"]);
             outln!("cost: {}", dollars(micros_of_json(&value["cost_usd"])));
+            print_raised_budget(&value);
             print_task_table(&value["tasks"]);
         }
     }
@@ -254,6 +264,7 @@ fn print_task_detail(t: &Value) {
         num(t, "input_tokens"),
         num(t, "output_tokens")
     );
+    print_raised_budget(t);
     if let Some(p) = t["progress"].as_str() {
         outln!("progress: {p}");
     }
@@ -271,8 +282,9 @@ fn print_task_detail(t: &Value) {
                 a["signal"].as_i64().map(|s| format!(" (signal {s})")).unwrap_or_default()
             ),
         };
+        let model = a["model"].as_str().map(|m| format!(", model {m}")).unwrap_or_default();
         outln!(
-            "  attempt {}: {how}, started {}, {}{} — {}",
+            "  attempt {}: {how}, started {}, {}{model}{} — {}",
             num(a, "n"),
             text(a, "started_at"),
             dollars(micros_of_json(&a["cost_usd"])),
@@ -282,6 +294,13 @@ fn print_task_detail(t: &Value) {
         for w in a["warnings"].as_array().into_iter().flatten() {
             outln!("    warning: {}", w.as_str().unwrap_or_default());
         }
+    }
+}
+
+/// `budget: $0.50, raised by a retry` when `gaffer retry --budget` raised it for this run.
+fn print_raised_budget(value: &Value) {
+    if !value["budget_raised_usd"].is_null() {
+        outln!("budget: {}, raised by `gaffer retry --budget`", dollars(micros_of_json(&value["budget_raised_usd"])));
     }
 }
 

@@ -143,7 +143,7 @@ fn load(file: &Path) -> Result<(Workflow, String), i32> {
             return Err(exit::USAGE);
         }
     };
-    match config::parse(file, &source) {
+    match config::parse_file(file, &source) {
         Ok(workflow) => Ok((workflow, source)),
         Err(diagnostics) => {
             eprint!("{diagnostics}");
@@ -375,22 +375,28 @@ where
             return exit::USAGE;
         }
     };
-    let pricing = match config::pricing::imported(options.state_dir) {
-        Ok(imported) => Pricing::layered(&[&config::pricing::builtin(), &imported, &workflow.pricing]),
-        Err(e) => {
-            eprintln!("gaffer: {e}");
-            return exit::USAGE;
-        }
-    };
     let (store, closer, _lock) = match store::open_writer(options.state_dir) {
         Ok(opened) => opened,
-        Err(e @ StoreError::InUse { .. }) => {
+        Err(
+            e @ (StoreError::InUse { .. }
+            | StoreError::StateDir(_)
+            | StoreError::Damaged { .. }
+            | StoreError::Gone { .. }),
+        ) => {
             eprintln!("gaffer: {e}");
             return exit::STATE_DIR;
         }
         Err(e) => {
             eprintln!("gaffer: cannot open state dir {}: {e}", options.state_dir.display());
             return exit::STATE_DIR;
+        }
+    };
+    // Read from the state dir once it was checked (the imported price table lives there).
+    let pricing = match config::pricing::imported(options.state_dir) {
+        Ok(imported) => Pricing::layered(&[&config::pricing::builtin(), &imported, &workflow.pricing]),
+        Err(e) => {
+            eprintln!("gaffer: {e}");
+            return exit::USAGE;
         }
     };
     let log_file = tui.then(|| options.state_dir.join("gaffer.log"));
@@ -604,7 +610,7 @@ pub fn attach(state_dir: &Path) -> i32 {
 
 /// A diagnostics file that nothing was written to is not worth leaving behind.
 fn remove_if_empty(path: &Path) {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.len() == 0) {
         let _ = std::fs::remove_file(path);
     }
 }

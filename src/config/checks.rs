@@ -18,7 +18,8 @@ pub(super) fn check_job(r: &mut Reader, job: &JobDraft, defaults: &TaskFields) {
         r.error(job.tasks[cycle[0]].at, format!("`needs` cycle: {}", names.join(" -> ")));
     }
     for (i, task) in job.tasks.iter().enumerate() {
-        let scope = Scope { job, task: &task.name, upstream: graph.upstream_of(i) };
+        let has_models = task.fields.retry.models.as_ref().or(defaults.retry.models.as_ref()).is_some();
+        let scope = Scope { job, task: &task.name, upstream: graph.upstream_of(i), has_models };
         for (label, text) in templates_of(task, defaults) {
             check_template(r, &scope, &label, text);
         }
@@ -130,6 +131,8 @@ struct Scope<'a> {
     job: &'a JobDraft,
     task: &'a str,
     upstream: BTreeSet<&'a str>,
+    /// `retry.models` is set: `{{ model }}` has a value.
+    has_models: bool,
 }
 
 /// Every templated text of a task after merging defaults, labelled for messages.
@@ -193,6 +196,8 @@ fn reference_problem(scope: &Scope, segments: &[&str]) -> Option<String> {
         ["job", "run_id" | "name", ..] => None,
         ["job", field, ..] => Some(format!("unknown `job.{field}` (available: job.run_id, job.name)")),
         ["item", ..] => Some("`item` is not available yet (for_each, SPEC §2.2)".to_string()),
+        ["model"] if scope.has_models => None,
+        ["model", ..] => Some(format!("`model` has a value only with `retry.models` (task `{}` has none)", scope.task)),
         [name, ..] if BUILTIN_GLOBALS.contains(name) => None,
         [name, ..] => Some(format!("unknown variable `{name}` in template (available: params, tasks, job)")),
         [] => None,

@@ -37,7 +37,7 @@ pub fn imported_path(state_dir: &Path) -> PathBuf {
 /// The table `gaffer pricing import` wrote, or an empty one if there is none.
 pub fn imported(state_dir: &Path) -> Result<BTreeMap<String, Price>, String> {
     let path = imported_path(state_dir);
-    match std::fs::read_to_string(&path) {
+    match read_imported(state_dir) {
         Ok(text) => parse_table(&text).map_err(|e| {
             format!(
                 "{}: {e} (run `gaffer pricing import FILE` again, or delete it to use the built-in prices)",
@@ -47,6 +47,20 @@ pub fn imported(state_dir: &Path) -> Result<BTreeMap<String, Price>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
+}
+
+/// The imported table's text, read through the state dir (never via a link); `NotFound` when
+/// there is no state dir or no table.
+fn read_imported(state_dir: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let dir = match crate::state_dir::StateDir::open(state_dir) {
+        Ok(dir) => dir,
+        Err(crate::state_dir::StateDirError::Missing(_)) => return Err(std::io::ErrorKind::NotFound.into()),
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
+    let mut text = String::new();
+    dir.open_file(IMPORTED_FILE, crate::state_dir::Access::Read)?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// A `[models."name"]` table of `*_per_mtok` dollar amounts.

@@ -83,8 +83,22 @@ struct Queue {
     rate_limit: Option<String>,
     /// A waiting task run gains +1 priority per this long (anti-starvation), e.g. "1m".
     aging: Option<Duration>,
+    /// Hold the queue by itself after a burst of failed attempts, and reopen it after a while.
+    circuit: Option<Circuit>,
     #[schemars(flatten)]
     hooks: Hooks,
+}
+
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Circuit {
+    /// This many failed attempts of the queue, 1..=10000 ...
+    #[schemars(range(min = 1, max = 10000))]
+    failures: u32,
+    /// ... within this long (e.g. "1m") open the circuit ...
+    within: Duration,
+    /// ... for this long (e.g. "5m"): nothing new starts from the queue meanwhile.
+    open_for: Duration,
 }
 
 // Hooks of a job or a queue (a plain comment: a doc comment would describe both).
@@ -203,6 +217,13 @@ struct Retry {
     non_retryable_exit_codes: Option<Vec<u8>>,
     /// Stop retrying once the task run has cost this much.
     max_cost_usd: Option<Usd>,
+    /// Model fallback: attempt n gets the n-th model (the last repeats) as `GAFFER_MODEL` and
+    /// `{{ model }}`.
+    models: Option<Vec<String>>,
+    /// Quarantine the task run (`poison`) after this many crashes of gaffer in a row while it
+    /// ran, 0..=100 (default 2; 0: never).
+    #[schemars(range(min = 0, max = 100))]
+    poison_after_crashes: Option<u32>,
 }
 
 #[derive(JsonSchema)]
@@ -299,10 +320,24 @@ struct Task {
     wait_timeout: Option<Duration>,
     /// Reuse a succeeded run with the same rendered key within `ttl`.
     cache: Option<Cache>,
+    /// What the result must look like: an attempt whose output does not conform fails with
+    /// reason `invalid_output`.
+    expect: Option<Expect>,
     /// Free text.
     description: Option<String>,
     #[schemars(flatten)]
     common: Common,
+}
+
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Expect {
+    /// The output to check (default `result`, an agent's result).
+    output: Option<String>,
+    /// A JSON Schema file, relative to the workflow file, the output (as JSON) must conform to.
+    json_schema: Option<String>,
+    /// A regular expression the output must match, e.g. "^(approve|reject)$".
+    matches: Option<String>,
 }
 
 #[derive(JsonSchema)]

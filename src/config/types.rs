@@ -70,6 +70,17 @@ pub struct QueueDef {
     /// A waiting task run gains +1 priority per `aging` (anti-starvation); `None` = no aging.
     pub aging: Option<Duration>,
     pub hooks: Hooks,
+    /// Pause the queue by itself after a burst of failed attempts (`circuit`).
+    pub circuit: Option<CircuitRule>,
+}
+
+/// `circuit = { failures = 5, within = "1m", open_for = "5m" }`: `failures` failed attempts
+/// within `within` open the circuit (nothing new starts from the queue) for `open_for`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitRule {
+    pub failures: u32,
+    pub within: Duration,
+    pub open_for: Duration,
 }
 
 /// At most `count` attempts started per `window`.
@@ -217,6 +228,20 @@ pub struct TaskDef {
     /// A wait longer than this dead-letters the task run (`wait_timeout`); `None` waits forever.
     pub wait_timeout: Option<Duration>,
     pub cache: Option<CachePolicy>,
+    /// What the result must look like for the attempt to succeed (`expect`).
+    pub expect: Option<ExpectPolicy>,
+}
+
+/// `expect = { output = "verdict", matches = "^(approve|reject)$" }` or
+/// `expect = { json_schema = "schemas/review.json" }`: both checks may be given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectPolicy {
+    /// The output checked; `None`: `result`, the agent's result.
+    pub output: Option<String>,
+    /// The JSON Schema file, absolute.
+    pub json_schema: Option<PathBuf>,
+    /// A regular expression (Rust `regex` syntax) the output must match.
+    pub matches: Option<String>,
 }
 
 /// Reuse a succeeded run of this task with the same rendered key, if younger than `ttl`.
@@ -238,6 +263,12 @@ pub struct RetryPolicy {
     pub jitter: f64,
     pub non_retryable_exit_codes: Vec<i32>,
     pub max_cost_usd_micros: Option<u64>,
+    /// Model fallback (`models`): attempt n of a series gets the n-th, the last one repeats, as
+    /// `{{ model }}` and `GAFFER_MODEL`. Empty: no model is set.
+    pub models: Vec<String>,
+    /// Quarantine the task run (`poison`) once gaffer itself dying interrupted this many of its
+    /// attempts in a row (`poison_after_crashes`, default 2); 0: never.
+    pub poison_after_crashes: u32,
 }
 
 impl Default for RetryPolicy {
@@ -250,6 +281,8 @@ impl Default for RetryPolicy {
             jitter: 0.2,
             non_retryable_exit_codes: Vec::new(),
             max_cost_usd_micros: None,
+            models: Vec::new(),
+            poison_after_crashes: 2,
         }
     }
 }

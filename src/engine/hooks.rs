@@ -90,6 +90,7 @@ impl HookTable {
             cwd: self.base_dir.clone(),
             env,
             log_path: self.state_dir.join(log_path(&folder, &subject, level, key)),
+            state_dir: self.state_dir.clone(),
             header: format!("{key} ({level} hook) for {} at {}", e.event, super::rfc3339_ms(e.ts_ms)),
             timeout: call.hook.timeout,
         }

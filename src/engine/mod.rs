@@ -20,6 +20,8 @@ mod hooks;
 pub mod inbox;
 mod job_run;
 mod journal;
+mod journal_file;
+pub mod manual_retry;
 mod offline;
 mod retention;
 mod scheduler;
@@ -36,7 +38,7 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-pub use dispatcher::QueueSnapshot;
+pub use dispatcher::{QueueSnapshot, open_circuits, queue_history};
 pub use event::{EVENT_NAMES, EngineEvent, rfc3339_ms};
 pub use inbox::{Action, RetryOptions};
 pub use job_run::SHUTDOWN_GRACE;
@@ -335,9 +337,23 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     );
     let scheduler = scheduler::Scheduler::new(config.clock.clone()).start();
     let workers_total = config.workers.max(1);
-    let paused = config.store.reader().and_then(|r| r.paused_queues()).unwrap_or_default();
-    let dispatcher =
-        dispatcher::Dispatcher::new(config.clock.clone(), &config.workflow.queues, workers_total, &paused).start();
+    let reader = config.store.reader();
+    let paused = reader.as_ref().ok().and_then(|r| r.paused_queues().ok()).unwrap_or_default();
+    let history = reader
+        .and_then(|r| dispatcher::queue_history(&r, &config.workflow.queues, config.clock.now_ms()))
+        .unwrap_or_else(|e| {
+            tracing::warn!("rate limits and circuits start without their history: {e}");
+            Default::default()
+        });
+    let dispatcher = dispatcher::Dispatcher::new(
+        config.clock.clone(),
+        journal.clone(),
+        &config.workflow.queues,
+        workers_total,
+        &paused,
+        history,
+    )
+    .start();
     let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
     let store = config.store.clone();
     let state_dir = config.state_dir.clone();
@@ -437,8 +453,10 @@ impl EngineHandle {
         mailbox(self.scheduler.send(scheduler::Hold(held)).await)
     }
 
-    /// Resolves once every event published so far has reached the journal and subscribers.
+    /// Resolves once every event published so far has reached the journal and subscribers,
+    /// the dispatcher's too (a circuit opened by the last failure of a run).
     pub async fn flush_events(&self) {
+        let _ = self.dispatcher.send(dispatcher::Snapshot).await;
         let _ = self.journal.send(journal::Flush).await;
     }
 
@@ -452,7 +470,7 @@ impl EngineHandle {
     }
 
     /// Starts firing the workflow's cron schedules (`gaffer serve`), after catching up what
-    /// was missed while nothing ran; returns how many catch-up fires were made.
+    /// was missed while nothing ran; returns how many catch-up fires started a run.
     pub async fn serve_schedules(&self) -> Result<usize, EngineError> {
         mailbox(self.supervisor.send(cron::ServeSchedules).await)?
     }

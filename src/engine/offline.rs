@@ -107,9 +107,15 @@ pub(super) fn by_model(attempts: &[AttemptRecord]) -> Vec<ModelUsage> {
     sums.into_iter().map(|(model, usage)| ModelUsage { model: Some(model), usage }).collect()
 }
 
-/// The declared queues (none running, nothing ready: no instance), with their pause switches.
+/// The declared queues (none running, nothing ready: no instance), with their pause switches
+/// and the circuits the next start would find open.
 fn queues(reader: &Reader, workflow: Option<&Workflow>) -> Result<Vec<QueueSnapshot>, StoreError> {
+    use super::Clock;
     let paused = reader.paused_queues()?;
+    let circuits = match workflow {
+        Some(w) => super::open_circuits(reader, &w.queues, super::SystemClock.now_ms())?,
+        None => BTreeMap::new(),
+    };
     let declared = workflow.into_iter().flat_map(|w| w.queues.values());
     Ok(declared
         .map(|q| QueueSnapshot {
@@ -118,6 +124,7 @@ fn queues(reader: &Reader, workflow: Option<&Workflow>) -> Result<Vec<QueueSnaps
             paused: paused.contains(&q.name),
             ready: 0,
             running: 0,
+            circuit_open_until_ms: circuits.get(&q.name).copied(),
         })
         .collect())
 }

@@ -182,7 +182,9 @@ impl Supervisor {
             }
             other => other,
         };
-        let actor = JobRun::new(shared, self.workflow.clone(), job_index, record, tasks, Vec::new()).start();
+        let actor =
+            JobRun::new(shared, self.workflow.clone(), job_index, record, tasks, Vec::new(), Default::default())
+                .start();
         actor.do_send(Start(begin));
         self.job_runs.insert(id, actor);
         self.job_of.insert(id, job.to_string());
@@ -265,6 +267,7 @@ impl Supervisor {
             ))
         })?;
         let tasks = reader.task_runs_of(record.id)?;
+        let raised = reader.raised_budgets(record.id)?;
         let workflow = rerun::run_workflow(workflow, job_index, &record, &tasks)?;
         let mut interrupted = Vec::new();
         for t in tasks.iter().filter(|t| t.state == TaskState::Running) {
@@ -272,20 +275,14 @@ impl Supervisor {
                 reader.attempts_of(t.id)?.into_iter().find(|a| a.n == t.attempt).unwrap_or_else(|| lost_attempt(t));
             interrupted.push(attempt);
         }
-        Ok(JobRun::new(shared.clone(), workflow, job_index, record, tasks, interrupted).start())
+        Ok(JobRun::new(shared.clone(), workflow, job_index, record, tasks, interrupted, raised).start())
     }
 
     fn definition_of(&self, reader: &Reader, record: &JobRunRecord) -> Result<Arc<Workflow>, EngineError> {
         if record.definition == self.definition {
             return Ok(self.workflow.clone());
         }
-        let stored: DefinitionRecord = reader.definition(record.definition)?.ok_or_else(|| {
-            EngineError::Invalid(format!("job run j{}: its workflow definition is missing from the store", record.id))
-        })?;
-        let workflow = crate::config::parse(&PathBuf::from(&stored.path), &stored.source).map_err(|d| {
-            EngineError::Invalid(format!("job run j{}: its stored workflow no longer validates:\n{d}", record.id))
-        })?;
-        Ok(Arc::new(workflow))
+        Ok(Arc::new(stored_workflow(reader, record)?))
     }
 
     /// Makes sure this process holds the secrets job run `record` needs to go on (they are
@@ -345,6 +342,16 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The workflow a job run was started with, parsed from the store.
+pub(super) fn stored_workflow(reader: &Reader, record: &JobRunRecord) -> Result<Workflow, EngineError> {
+    let stored: DefinitionRecord = reader.definition(record.definition)?.ok_or_else(|| {
+        EngineError::Invalid(format!("job run j{}: its workflow definition is missing from the store", record.id))
+    })?;
+    crate::config::parse(&PathBuf::from(&stored.path), &stored.source).map_err(|d| {
+        EngineError::Invalid(format!("job run j{}: its stored workflow no longer validates:\n{d}", record.id))
+    })
 }
 
 /// An idempotency key made before the job run had its id.

@@ -67,7 +67,7 @@ pub fn spawn(spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result
     if !spec.cwd.is_dir() {
         return Err(SpawnError::CwdMissing { program, cwd: spec.cwd });
     }
-    let log = CappedLog::create(&spec.log_path, spec.log_cap_bytes)
+    let log = CappedLog::create(&spec.state_dir, &spec.log_path, spec.log_cap_bytes)
         .map_err(|source| SpawnError::Log { path: spec.log_path.clone(), source })?;
     let start_error = |source| SpawnError::Start { program: program.clone(), cwd: spec.cwd.clone(), source };
     let launch = Launch::new(&spec, &program).map_err(start_error)?;
@@ -424,12 +424,14 @@ impl Attempt {
         self.note_log_error(result);
     }
 
+    /// The first failed write makes the attempt's log incomplete; a warning on the attempt says
+    /// so (not written to the log, which cannot take it).
     fn note_log_error(&mut self, result: io::Result<()>) {
         if let Err(e) = result
             && !self.log_failed
         {
             self.log_failed = true;
-            tracing::warn!(error = %e, "writing attempt log failed");
+            self.send(AttemptEvent::Warning(format!("the log is incomplete: writing it failed: {e}")));
         }
     }
 

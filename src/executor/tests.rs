@@ -15,6 +15,9 @@ struct Run {
 }
 
 fn spec(dir: &Path, command: CommandSpec) -> AttemptSpec {
+    use std::os::unix::fs::DirBuilderExt;
+    // The log goes under the state dir, which must be private (see `state_dir`).
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(dir.join("state"));
     AttemptSpec {
         job: "nightly".into(),
         task: "fetch".into(),
@@ -26,7 +29,7 @@ fn spec(dir: &Path, command: CommandSpec) -> AttemptSpec {
         stdin: None,
         cwd: dir.to_path_buf(),
         state_dir: dir.join("state"),
-        log_path: dir.join("logs/7/42.2.log"),
+        log_path: dir.join("state/logs/7/42.2.log"),
         log_cap_bytes: 1024 * 1024,
         cost_source: CostSource::Protocol,
     }
@@ -166,7 +169,7 @@ async fn environment_stdin_and_cwd() {
          echo \"state=$GAFFER_STATE_DIR extra=$EXTRA\"; pwd; cat",
     );
     s.stdin = Some("from stdin\n".into());
-    s.log_path = dir.path().join("a.log");
+    s.log_path = s.state_dir.join("a.log");
     let r = run(s).await;
     assert!(r.exit.success());
     assert!(r.log.contains("nightly 7 fetch 42 2 3\n"), "{}", r.log);

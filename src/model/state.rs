@@ -122,13 +122,18 @@ pub enum FailReason {
     QueueTimeout,
     /// Waited for its `wait_for` signal longer than `wait_timeout`.
     WaitTimeout,
+    /// Its result did not conform to the task's `expect` (a JSON Schema, a pattern).
+    InvalidOutput,
+    /// Its attempts were interrupted by gaffer itself dying, twice in a row: quarantined so it
+    /// cannot take gaffer down again.
+    Poison,
     /// The agent's JSON result said it failed (`is_error: true`, an API error), whatever the
     /// exit code.
     AgentError,
 }
 
 impl FailReason {
-    pub const ALL: [FailReason; 10] = [
+    pub const ALL: [FailReason; 12] = [
         FailReason::ExitCode,
         FailReason::Timeout,
         FailReason::HeartbeatTimeout,
@@ -138,6 +143,8 @@ impl FailReason {
         FailReason::Cancelled,
         FailReason::QueueTimeout,
         FailReason::WaitTimeout,
+        FailReason::InvalidOutput,
+        FailReason::Poison,
         FailReason::AgentError,
     ];
 
@@ -156,6 +163,8 @@ impl FailReason {
             FailReason::Cancelled => "cancelled",
             FailReason::QueueTimeout => "queue_timeout",
             FailReason::WaitTimeout => "wait_timeout",
+            FailReason::InvalidOutput => "invalid_output",
+            FailReason::Poison => "poison",
             FailReason::AgentError => "agent_error",
         }
     }

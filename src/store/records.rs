@@ -211,6 +211,16 @@ impl AttemptRecord {
     }
 }
 
+/// Budgets a person raised with `gaffer retry ID --budget USD` in one job run: they replace the
+/// file's for this run only (the job run's `budget_usd`; a task run's `budget_usd` and
+/// `retry.max_cost_usd`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaisedBudgets {
+    pub job_run: Option<u64>,
+    /// Task run id → its new limit.
+    pub task_runs: BTreeMap<u64, u64>,
+}
+
 impl Record for AttemptRecord {
     /// 2: cache tokens, spending by model and warnings.
     const VERSION: u8 = 2;
@@ -269,6 +279,7 @@ impl Record for TaskRunRecord {}
 impl Record for DefinitionRecord {}
 impl Record for CacheEntry {}
 impl Record for ScheduleState {}
+impl Record for RaisedBudgets {}
 
 /// The workflow file a job run was started from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

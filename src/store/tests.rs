@@ -28,9 +28,9 @@ pub fn task_run(id: u64, job_run: u64) -> TaskRunRecord {
 
 #[test]
 fn records_survive_reopen_and_sequences_continue() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     {
-        let (store, _closer, _lock) = open_writer(dir.path()).expect("open");
+        let (store, closer, _lock) = open_writer(dir.path()).expect("open");
         let j = store.ids.next_job_run();
         let t1 = store.ids.next_task_run();
         let t2 = store.ids.next_task_run();
@@ -41,6 +41,9 @@ fn records_survive_reopen_and_sequences_continue() {
                 Mutation::TaskRun(task_run(t2, j)),
             ])
             .expect("commit");
+        // The store thread may still hold the file for a moment after its last answer.
+        drop(store);
+        closer.close(std::time::Duration::from_secs(10));
     }
     let (store, _closer, _lock) = open_writer(dir.path()).expect("reopen");
     assert_eq!(store.ids.next_job_run(), 2, "ids are never reused");
@@ -52,7 +55,7 @@ fn records_survive_reopen_and_sequences_continue() {
 
 #[test]
 fn second_writer_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     let (_store, _closer, _lock) = open_writer(dir.path()).expect("open");
     match open_writer(dir.path()) {
         Err(StoreError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
@@ -62,7 +65,7 @@ fn second_writer_is_refused() {
 
 #[test]
 fn reader_sees_commits_while_writer_is_open() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     let (store, _closer, _lock) = open_writer(dir.path()).expect("open");
     store.commit_blocking(vec![Mutation::JobRun(job_run(1))]).expect("commit");
     let reader = open_reader(dir.path()).expect("reader");
@@ -71,7 +74,7 @@ fn reader_sees_commits_while_writer_is_open() {
 
 #[test]
 fn concurrent_commits_share_transactions() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     let (store, _closer, _lock) = open_writer(dir.path()).expect("open");
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
     rt.block_on(async {
@@ -86,13 +89,16 @@ fn concurrent_commits_share_transactions() {
 
 #[test]
 fn newer_schema_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     {
         let db = redb::Database::create(dir.path().join("state.redb")).expect("create");
         let txn = db.begin_write().expect("txn");
         txn.open_table(META).expect("meta").insert("schema_version", SCHEMA_VERSION + 1).expect("insert");
         txn.commit().expect("commit");
     }
+    use std::os::unix::fs::PermissionsExt;
+    let private = std::fs::Permissions::from_mode(0o600);
+    std::fs::set_permissions(dir.path().join("state.redb"), private).expect("chmod");
     assert!(matches!(open_writer(dir.path()), Err(StoreError::Schema { .. })));
 }
 

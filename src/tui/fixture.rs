@@ -178,9 +178,30 @@ pub fn fixture() -> Model {
         },
     ];
     let queues = vec![
-        QueueSnapshot { name: "default".into(), concurrency: 4, paused: false, ready: 0, running: 1 },
-        QueueSnapshot { name: "io".into(), concurrency: 2, paused: true, ready: 1, running: 0 },
-        QueueSnapshot { name: "llm".into(), concurrency: 1, paused: false, ready: 0, running: 1 },
+        QueueSnapshot {
+            name: "default".into(),
+            concurrency: 4,
+            paused: false,
+            ready: 0,
+            running: 1,
+            circuit_open_until_ms: None,
+        },
+        QueueSnapshot {
+            name: "io".into(),
+            concurrency: 2,
+            paused: true,
+            ready: 1,
+            running: 0,
+            circuit_open_until_ms: None,
+        },
+        QueueSnapshot {
+            name: "llm".into(),
+            concurrency: 1,
+            paused: false,
+            ready: 0,
+            running: 1,
+            circuit_open_until_ms: Some(NOW_MS + 150 * S),
+        },
     ];
     let snapshot = EngineSnapshot {
         job_runs: jr,
@@ -312,7 +333,14 @@ pub fn fixture_with(n: u64) -> Model {
         .collect();
     let queues = ["default", "io", "llm"]
         .iter()
-        .map(|q| QueueSnapshot { name: (*q).into(), concurrency: 4, paused: false, ready: 0, running: 0 })
+        .map(|q| QueueSnapshot {
+            name: (*q).into(),
+            concurrency: 4,
+            paused: false,
+            ready: 0,
+            running: 0,
+            circuit_open_until_ms: None,
+        })
         .collect();
     let snapshot = EngineSnapshot {
         job_runs,

@@ -206,6 +206,8 @@ pub struct QueueRow {
     pub name: String,
     pub concurrency: usize,
     pub paused: bool,
+    /// Its circuit is open: nothing starts from it until then.
+    pub circuit_open_until_ms: Option<u64>,
     pub counts: [u32; 9],
     /// Task runs ended per minute (throughput).
     pub done_per_minute: BTreeMap<u64, u32>,
@@ -492,6 +494,7 @@ impl Model {
             row.name = q.name;
             row.concurrency = q.concurrency;
             row.paused = q.paused;
+            row.circuit_open_until_ms = q.circuit_open_until_ms;
         }
         self.touch(View::Queues);
     }
@@ -786,6 +789,9 @@ impl Model {
                 if let Some(p) = e.field("priority").and_then(|v| v.as_u64()) {
                     r.priority = p.min(255) as u8;
                 }
+                if let Some(n) = e.field("series_start").and_then(|v| v.as_u64()) {
+                    r.series_start = u32::try_from(n).unwrap_or(u32::MAX);
+                }
             }
             "task.started" => {
                 r.started_at_ms = Some(ts);
@@ -818,7 +824,7 @@ impl Model {
                 end_attempt(row, e, "succeeded");
             }
             "task.failed" => {
-                r.reason = e.str_field("reason").and_then(parse_reason);
+                r.reason = e.str_field("reason").and_then(FailReason::parse);
                 r.exit_code = e.field("exit_code").and_then(|v| v.as_i64()).map(|c| c as i32);
                 r.detail = e.str_field("detail").map(str::to_string);
                 end_attempt(row, e, e.str_field("reason").unwrap_or("failed"));
@@ -828,7 +834,7 @@ impl Model {
             }
             "task.dead_lettered" | "task.cancelled" | "task.skipped" => {
                 r.ended_at_ms = Some(ts);
-                if let Some(reason) = e.str_field("reason").and_then(parse_reason) {
+                if let Some(reason) = e.str_field("reason").and_then(FailReason::parse) {
                     r.reason = Some(reason);
                 } else if e.event == "task.cancelled" {
                     r.reason = Some(FailReason::Cancelled);
@@ -1146,10 +1152,6 @@ fn end_attempt(row: &mut TaskRow, e: &EngineEvent, outcome: &str) {
     if let Some(detail) = e.str_field("detail") {
         line.detail = Some(detail.to_string());
     }
-}
-
-pub fn parse_reason(text: &str) -> Option<FailReason> {
-    FailReason::parse(text)
 }
 
 /// A JSON number of dollars as micro-dollars.

@@ -353,14 +353,14 @@ fn header_says_when_all_watched_runs_ended() {
 
 #[test]
 fn the_log_tail_is_cut_at_a_line_start_and_sanitized() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     let path = dir.path().join("1.1.log");
     let mut text = "x".repeat(100);
     text.push_str("\nfirst whole line\nevil \x1b[2J line\n");
     std::fs::write(&path, text).expect("write");
-    let tail = super::read_tail(&path, 50).expect("read");
+    let tail = super::read_tail(dir.path(), std::path::Path::new("1.1.log"), 50).expect("read");
     assert_eq!(tail, "first whole line\nevil ^[[2J line\n");
-    assert!(super::read_tail(&dir.path().join("none.log"), 50).is_err());
+    assert!(super::read_tail(dir.path(), std::path::Path::new("none.log"), 50).is_err());
 }
 
 #[test]
@@ -535,7 +535,7 @@ fn live_smoke() {
     let path = std::path::PathBuf::from(&file);
     let source = std::fs::read_to_string(&path).expect("workflow file");
     let workflow = crate::config::parse(&path, &source).expect("valid workflow");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     let state_dir = dir.path().to_path_buf();
     let (store, closer, _lock) = crate::store::open_writer(&state_dir).expect("state dir");
     let pricing = crate::model::cost::Pricing::new(crate::config::pricing::builtin(), &workflow.pricing);

@@ -392,19 +392,21 @@ fn retry(model: &mut Model) -> Vec<Command> {
         return Vec::new();
     };
     // Said here rather than after a refusal: nothing changes on screen that would need undoing.
-    let retryable = |id: &u64| model.tasks.get(id).is_some_and(|t| t.rec.state.is_retryable());
-    let refusal = match target {
-        Target::TaskRun(id) => model.tasks.get(&id).filter(|t| !t.rec.state.is_retryable()).map(|t| {
-            format!("task run {id} {}; only dead or cancelled task runs can be retried", t.rec.state.phrase())
-        }),
-        Target::JobRun(j) => model
-            .jobs
-            .get(&j)
-            .filter(|job| !job.tasks.iter().any(retryable))
-            .map(|_| format!("job run j{j} has no dead or cancelled task runs to retry")),
+    // The engine's rule, on what the TUI knows (states); the budgets are the engine's to check.
+    let (job_run, task_run) = match target {
+        Target::TaskRun(id) => (model.tasks.get(&id).map_or(0, |t| t.rec.job_run), Some(id)),
+        Target::JobRun(j) => (j, None),
     };
-    if let Some(refusal) = refusal {
-        model.say(refusal, true);
+    let states: Vec<(u64, TaskState)> = model
+        .jobs
+        .get(&job_run)
+        .map(|job| job.tasks.iter().filter_map(|id| model.tasks.get(id).map(|t| (*id, t.rec.state))).collect())
+        .unwrap_or_default();
+    // A run the TUI has not loaded is left to the engine.
+    let checked =
+        if states.is_empty() { Ok(Vec::new()) } else { crate::model::retry::retryable(job_run, &states, task_run) };
+    if let Err(refusal) = checked {
+        model.say(refusal.to_string(), true);
         return Vec::new();
     }
     let command = Command::Retry(target);

@@ -87,7 +87,7 @@ impl Supervisor {
         let workflow = workflow_for_run(self.workflow.clone(), job_index, &names).map_err(EngineError::Invalid)?;
         let (tx, rx) = oneshot::channel();
         let id = record.id;
-        let actor = JobRun::new(shared, workflow, job_index, record, tasks, Vec::new()).start();
+        let actor = JobRun::new(shared, workflow, job_index, record, tasks, Vec::new(), Default::default()).start();
         actor.do_send(Start(Begin::New { with: Vec::new(), events: Vec::new(), begun: Some(tx) }));
         self.job_runs.insert(id, actor);
         self.job_of.insert(id, msg.job);
@@ -118,9 +118,10 @@ impl Supervisor {
             let stopped = |_| EngineError::Stopped("the job run stopped".into());
             let check = CheckDefinition { current: current.0, key: current.1, choice: options.definition };
             let note = actor.send(check).await.map_err(stopped)?.map_err(EngineError::Invalid)?;
+            let budget_usd_micros = options.budget_usd_micros;
             let answer = match options.from {
-                Some(task) => actor.send(RetryFrom { task }).await,
-                None => actor.send(Retry { task_run }).await,
+                Some(task) => actor.send(RetryFrom { task, budget_usd_micros }).await,
+                None => actor.send(Retry { task_run, budget_usd_micros }).await,
             };
             // A switch made before a refused retry stays (it was asked for): say both.
             let with_note = |text: String| note.as_ref().map_or(text.clone(), |note| format!("{note}\n{text}"));

@@ -212,8 +212,7 @@ pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
 
 /// Attempts used in the current series over the maximum (`2/3`; `2/?` before the record is read).
 pub fn attempts(r: &crate::store::TaskRunRecord) -> String {
-    let max = if r.max_attempts == 0 { "?".to_string() } else { r.max_attempts.to_string() };
-    format!("{}/{max}", r.attempts_in_series())
+    crate::headless::tries(u64::from(r.attempts_in_series()), u64::from(r.max_attempts))
 }
 
 /// `exit_code 3: detail`, the last failure of a task run.
