@@ -6,8 +6,7 @@ use support::Project;
 
 /// issue 8 item 5: with no instance running, `gaffer retry` of a run with nothing to retry
 /// was "recorded" with exit 0 (fixed on main by the retry-budget work); it is refused as the
-/// running engine refuses it, and nothing is
-/// put in the inbox for the next start.
+/// running engine refuses it, and nothing is put in the inbox for the next start.
 #[test]
 fn offline_retry_with_nothing_to_retry_is_refused_and_records_nothing() {
     let p = Project::new(
