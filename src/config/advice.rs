@@ -56,7 +56,14 @@ pub fn output_format(command: &CommandSpec) -> Option<OutputFormat> {
             found = Some(if value.contains("stream") { OutputFormat::Streaming } else { OutputFormat::AtTheEnd });
         }
     }
-    found
+    // Without the flag, `claude -p` and `gemini -p` print plain text once, at the end.
+    found.or_else(|| words.iter().any(|w| is_print_mode_agent(w)).then_some(OutputFormat::AtTheEnd))
+}
+
+/// An agent CLI whose default output (no `--output-format`) is one answer at the end.
+fn is_print_mode_agent(word: &str) -> bool {
+    let program = word.rsplit('/').next().unwrap_or(word);
+    matches!(program, "claude" | "gemini")
 }
 
 #[cfg(test)]
@@ -74,6 +81,8 @@ mod tests {
             ("claude -p --output-format 'text'", Some(OutputFormat::AtTheEnd)),
             ("claude -p --output-format stream-json --verbose", Some(OutputFormat::Streaming)),
             ("gemini -p hi --output-format=stream-json", Some(OutputFormat::Streaming)),
+            ("claude -p \"$PROMPT\"", Some(OutputFormat::AtTheEnd)),
+            ("/usr/local/bin/gemini -p hi", Some(OutputFormat::AtTheEnd)),
             ("./scripts/review.sh", None),
             ("codex exec --json 'fix it'", None),
         ];
