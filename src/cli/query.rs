@@ -55,19 +55,9 @@ fn fetch(
     }
 }
 
-/// Percent-encodes a query-string value.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
     let set: Vec<String> =
-        pairs.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v)))).collect::<Vec<_>>();
+        pairs.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", client::encode(v)))).collect::<Vec<_>>();
     if set.is_empty() { String::new() } else { format!("?{}", set.join("&")) }
 }
 
