@@ -13,6 +13,7 @@ pub mod token;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
@@ -43,15 +44,27 @@ enum Peer {
     Tcp,
 }
 
-/// The running server; `stop` ends it and removes the socket.
+/// Connections one listener serves at once. Past it, new ones wait in the kernel's backlog,
+/// where they hold no descriptor of gaffer's: a flood of idle connections cannot use up the
+/// open-file limit that spawning tasks needs (issue 9, item 3).
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its whole request head this soon after connecting (else 408, closed).
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// An idle kept-alive connection is closed after this.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A closing connection gets this long to shut down before it is dropped.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The running servers; `stop` ends them and removes the socket.
 pub struct Api {
-    server: ServerHandle,
+    servers: Vec<ServerHandle>,
     path: PathBuf,
 }
 
 impl Api {
     /// Binds the socket (replacing a stale one: whoever calls this holds the instance lock),
-    /// and the TCP address if one is given, and serves them on the current actix System.
+    /// and the TCP address if one is given, and serves them on the current actix System. Each
+    /// listener has its own server, so a flood of TCP connections cannot crowd out the socket.
     pub fn start(handle: EngineHandle, state_dir: &Path, tcp: Option<std::net::TcpListener>) -> std::io::Result<Api> {
         let path = socket_path(state_dir);
         if path.exists() {
@@ -61,29 +74,37 @@ impl Api {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         let token = if tcp.is_some() { Some(token::load_or_create(state_dir)?) } else { None };
         let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf(), token });
-        let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
-            .workers(1)
-            .disable_signals()
-            .shutdown_timeout(1)
-            .on_connect(|connection, extensions| {
-                let peer = match connection.downcast_ref::<tokio::net::UnixStream>() {
-                    Some(unix) => Peer::Local(unix.peer_cred().ok().map(|cred| cred.uid())),
-                    None => Peer::Tcp,
-                };
-                extensions.insert(peer);
-            })
-            .listen_uds(listener)?;
+        let server = || {
+            let state = state.clone();
+            HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
+                .workers(1)
+                .max_connections(MAX_CONNECTIONS)
+                .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+                .keep_alive(KEEP_ALIVE)
+                .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .on_connect(|connection, extensions| {
+                    let peer = match connection.downcast_ref::<tokio::net::UnixStream>() {
+                        Some(unix) => Peer::Local(unix.peer_cred().ok().map(|cred| cred.uid())),
+                        None => Peer::Tcp,
+                    };
+                    extensions.insert(peer);
+                })
+        };
+        let mut servers = vec![server().listen_uds(listener)?.run()];
         if let Some(tcp) = tcp {
-            server = server.listen(tcp)?;
+            servers.push(server().listen(tcp)?.run());
         }
-        let server = server.run();
-        let handle = server.handle();
-        actix::spawn(server);
-        Ok(Api { server: handle, path })
+        let handles = servers.iter().map(|s| s.handle()).collect();
+        for server in servers {
+            actix::spawn(server);
+        }
+        Ok(Api { servers: handles, path })
     }
 
     pub async fn stop(self) {
-        self.server.stop(true).await;
+        futures_util::future::join_all(self.servers.iter().map(|s| s.stop(true))).await;
         let _ = std::fs::remove_file(&self.path);
     }
 }

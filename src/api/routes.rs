@@ -6,6 +6,7 @@ use std::path::Path;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::ConnectionType;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
@@ -53,7 +54,11 @@ async fn only_our_user(
     };
     match refusal {
         None => Ok(next.call(req).await?.map_into_left_body()),
-        Some(response) => Ok(req.into_response(response).map_into_right_body()),
+        Some(mut response) => {
+            // A refused client gets no kept-alive connection to try again on.
+            response.head_mut().set_connection_type(ConnectionType::Close);
+            Ok(req.into_response(response).map_into_right_body())
+        }
     }
 }
 
