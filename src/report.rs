@@ -59,11 +59,10 @@ pub fn attempt_json(a: &AttemptRecord) -> Value {
 }
 
 /// SPEC §4.1 `status --json`, the same whether asked of the state dir or of the instance.
-/// `live`: the running instance's queues, so a queue with no task runs yet is listed too.
-pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<Value, StoreError> {
-    let pid = store::instance_pid(state_dir);
+/// `pid`: the running instance's (the instance knows its own, even if someone deleted
+/// `instance.lock`); `live`: its queues, so a queue with no task runs yet is listed too.
+pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnapshot]>) -> Result<Value, StoreError> {
     let reader = store::open_reader(state_dir)?;
-    let tasks = reader.task_runs()?;
     let mut concurrency = latest_queue_caps(&reader)?;
     let mut paused = reader.paused_queues()?;
     for q in live.unwrap_or_default() {
@@ -75,10 +74,10 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
     let mut totals: BTreeMap<&str, u64> = TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
     let mut cost = 0u64;
-    for t in &tasks {
+    reader.each_task_run(|t| {
         *totals.entry(t.state.as_str()).or_default() += 1;
         cost += t.cost_usd_micros;
-        let counts = queues.entry(t.queue.clone()).or_default();
+        let counts = queues.entry(t.queue).or_default();
         match t.state {
             TaskState::Queued => counts[0] += 1,
             TaskState::Running => counts[1] += 1,
@@ -86,7 +85,8 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
             TaskState::Dead => counts[3] += 1,
             _ => {}
         }
-    }
+        true
+    })?;
     let queues: Vec<Value> = queues
         .iter()
         .map(|(name, c)| {
@@ -133,9 +133,19 @@ fn not_found(target: Target) -> QueryError {
 
 /// `jobs --json`, optionally only those in `state`.
 pub fn jobs(reader: &Reader, state: Option<&str>) -> Result<Value, QueryError> {
+    let mut out = Vec::new();
+    for_each_job(reader, state, |j| {
+        out.push(j);
+        true
+    })?;
+    Ok(Value::Array(out))
+}
+
+/// The items of `jobs --json` one at a time, for an answer streamed as it is read; `f` returns
+/// false to stop.
+pub fn for_each_job(reader: &Reader, state: Option<&str>, mut f: impl FnMut(Value) -> bool) -> Result<(), QueryError> {
     let wanted = wanted_state(state, "job run", JobState::parse, &JobState::ALL.map(JobState::as_str))?;
-    let runs = reader.job_runs()?.into_iter().filter(|j| wanted.is_none_or(|w| j.state == w));
-    Ok(Value::Array(runs.map(|j| job_json(&j)).collect()))
+    Ok(reader.each_job_run(|j| wanted.is_some_and(|w| j.state != w) || f(job_json(&j)))?)
 }
 
 /// Which task runs `tasks` lists.
@@ -148,14 +158,24 @@ pub struct TaskFilter {
 
 /// `tasks --json` (and `dlq list --json`: state `dead`).
 pub fn tasks(reader: &Reader, filter: &TaskFilter) -> Result<Value, QueryError> {
+    let mut out = Vec::new();
+    for_each_task(reader, filter, |t| {
+        out.push(t);
+        true
+    })?;
+    Ok(Value::Array(out))
+}
+
+/// The items of `tasks --json` one at a time; `f` returns false to stop.
+pub fn for_each_task(reader: &Reader, filter: &TaskFilter, mut f: impl FnMut(Value) -> bool) -> Result<(), QueryError> {
     let states = TaskState::ALL.map(TaskState::as_str);
     let wanted = wanted_state(filter.state.as_deref(), "task run", TaskState::parse, &states)?;
-    let runs = reader.task_runs()?.into_iter().filter(|t| {
+    let selected = |t: &TaskRunRecord| {
         wanted.is_none_or(|w| t.state == w)
             && filter.job.as_ref().is_none_or(|j| &t.job == j)
             && filter.queue.as_ref().is_none_or(|q| &t.queue == q)
-    });
-    Ok(Value::Array(runs.map(|t| task_json(&t)).collect()))
+    };
+    Ok(reader.each_task_run(|t| !selected(&t) || f(task_json(&t)))?)
 }
 
 /// A `--state` filter: none, or one of `names` (an unknown one is refused, naming them all).

@@ -175,3 +175,18 @@ fn silent_and_refused_connections_are_closed_on_both_listeners() {
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
 }
+
+/// Issue 9 item 8: with `instance.lock` deleted under a running instance, `status` said "not
+/// running". The instance answers on its socket and knows its own pid.
+#[test]
+fn status_asks_the_socket_when_the_lock_file_is_gone() {
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'true'\n");
+    let server = Server::start(&p);
+    std::fs::remove_file(p.state_dir().join("instance.lock")).expect("delete the lock file");
+    let status = p.json(&["status", "--json"]);
+    assert_eq!(status["instance"]["running"], true, "{status}");
+    assert_eq!(status["instance"]["pid"], server.child.id(), "{status}");
+    let human = p.run(&["status"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains(&format!("instance: running (pid {})", server.child.id())), "{text}");
+}

@@ -18,25 +18,29 @@ pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
+/// One pass over the task runs and one over the attempts, each record dropped once counted:
+/// a scrape costs the same memory whatever the store holds.
 fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
     let reader = store::open_reader(state_dir)?;
-    let tasks = reader.task_runs()?;
-    let attempts = reader.attempts()?;
     let mut out = String::new();
-    let mut by_state: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for t in &tasks {
-        *by_state.entry((t.queue.as_str(), t.state.as_str())).or_default() += 1;
-    }
+    let mut by_state: BTreeMap<(String, &str), u64> = BTreeMap::new();
+    let mut dead = 0u64;
+    reader.each_task_run(|t| {
+        dead += u64::from(t.state == TaskState::Dead);
+        *by_state.entry((t.queue, t.state.as_str())).or_default() += 1;
+        true
+    })?;
     header(&mut out, "gaffer_task_runs", "gauge", "Task runs by queue and state.");
     for ((queue, state), n) in &by_state {
         let _ = writeln!(out, "gaffer_task_runs{{queue=\"{}\",state=\"{state}\"}} {n}", label(queue));
     }
     header(&mut out, "gaffer_dead_letters", "gauge", "Task runs waiting in the dead-letter queue.");
-    let _ = writeln!(out, "gaffer_dead_letters {}", tasks.iter().filter(|t| t.state == TaskState::Dead).count());
+    let _ = writeln!(out, "gaffer_dead_letters {dead}");
     let mut failed: BTreeMap<&str, u64> = BTreeMap::new();
-    let (mut seconds, mut ended) = (0.0f64, 0u64);
+    let (mut seconds, mut ended, mut started) = (0.0f64, 0u64, 0u64);
     let mut cost: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
-    for a in &attempts {
+    reader.each_attempt(|a| {
+        started += 1;
         if let Some(reason) = a.reason {
             *failed.entry(reason.as_str()).or_default() += 1;
         }
@@ -44,13 +48,14 @@ fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
             seconds += end.saturating_sub(a.started_at_ms) as f64 / 1000.0;
             ended += 1;
         }
-        let entry = cost.entry(a.model.clone().unwrap_or_else(|| "none".into())).or_default();
+        let entry = cost.entry(a.model.unwrap_or_else(|| "none".into())).or_default();
         entry.0 += a.cost_usd_micros;
         entry.1 += a.input_tokens;
         entry.2 += a.output_tokens;
-    }
+        true
+    })?;
     header(&mut out, "gaffer_attempts_total", "counter", "Attempts started.");
-    let _ = writeln!(out, "gaffer_attempts_total {}", attempts.len());
+    let _ = writeln!(out, "gaffer_attempts_total {started}");
     header(
         &mut out,
         "gaffer_attempts_failed_total",

@@ -9,6 +9,7 @@ pub mod client;
 mod metrics;
 mod remote;
 mod routes;
+mod stream;
 pub mod token;
 
 use std::os::unix::fs::PermissionsExt;

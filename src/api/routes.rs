@@ -99,7 +99,7 @@ fn error(e: &EngineError) -> HttpResponse {
 async fn status(state: web::Data<ApiState>) -> HttpResponse {
     let dir = state.state_dir.clone();
     let live = state.handle.queues().await.ok();
-    match web::block(move || report::status_value(&dir, live.as_deref())).await {
+    match web::block(move || report::status_value(&dir, Some(std::process::id()), live.as_deref())).await {
         Ok(Ok(value)) => HttpResponse::Ok().json(value),
         Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
@@ -203,10 +203,16 @@ async fn query(
     let answer = web::block(move || read(&dir, &crate::store::open_reader(&dir)?)).await;
     match answer {
         Ok(Ok(value)) => HttpResponse::Ok().json(value),
-        Ok(Err(QueryError::NotFound(message))) => HttpResponse::NotFound().json(json!({"error": message})),
-        Ok(Err(QueryError::Invalid(message))) => HttpResponse::BadRequest().json(json!({"error": message})),
-        Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+        Ok(Err(e)) => query_error(e),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+}
+
+pub(super) fn query_error(e: QueryError) -> HttpResponse {
+    match e {
+        QueryError::NotFound(message) => HttpResponse::NotFound().json(json!({"error": message})),
+        QueryError::Invalid(message) => HttpResponse::BadRequest().json(json!({"error": message})),
+        e => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
     }
 }
 
@@ -215,16 +221,17 @@ struct JobsQuery {
     state: Option<String>,
 }
 
-/// SPEC §4.1 `jobs --json`, filtered by `?state=`.
+/// SPEC §4.1 `jobs --json`, filtered by `?state=`; streamed.
 async fn jobs(state: web::Data<ApiState>, q: web::Query<JobsQuery>) -> HttpResponse {
     let wanted = q.into_inner().state;
-    query(&state, move |_, reader| report::jobs(reader, wanted.as_deref())).await
+    super::stream::json_array(&state, move |reader, emit| report::for_each_job(reader, wanted.as_deref(), emit)).await
 }
 
 /// SPEC §4.1 `tasks --json`, filtered by `?state=&job=&queue=` (`?state=dead`: the dead letters).
+/// Streamed: an answer of 100,000 task runs never sits whole in memory.
 async fn tasks(state: web::Data<ApiState>, filter: web::Query<TaskFilter>) -> HttpResponse {
     let filter = filter.into_inner();
-    query(&state, move |_, reader| report::tasks(reader, &filter)).await
+    super::stream::json_array(&state, move |reader, emit| report::for_each_task(reader, &filter, emit)).await
 }
 
 /// `show ID --json`: a task run (`42`) with its attempts, or a job run (`j7`) with its tasks.

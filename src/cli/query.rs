@@ -72,7 +72,7 @@ fn num(v: &Value, key: &str) -> u64 {
 pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
     let value = match client::call(state_dir, "GET", "/v1/status", None) {
         Ok(value) => value,
-        Err(ClientError::NotRunning(_)) => report::status_value(state_dir, None)?,
+        Err(ClientError::NotRunning(_)) => report::status_value(state_dir, store::instance_pid(state_dir), None)?,
         Err(e) => return Err(CliError::Failed(e.to_string())),
     };
     if as_json {

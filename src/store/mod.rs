@@ -294,6 +294,17 @@ impl Reader {
         self.all(TASK_RUNS)
     }
 
+    /// Every job run in id order, one at a time (no list of them all is built, however many
+    /// there are); `f` returns false to stop.
+    pub fn each_job_run(&self, f: impl FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
+        self.each(JOB_RUNS, f)
+    }
+
+    /// Every task run in id order, one at a time; `f` returns false to stop.
+    pub fn each_task_run(&self, f: impl FnMut(TaskRunRecord) -> bool) -> Result<(), StoreError> {
+        self.each(TASK_RUNS, f)
+    }
+
     pub fn job_run(&self, id: u64) -> Result<Option<JobRunRecord>, StoreError> {
         self.one(JOB_RUNS, id)
     }
@@ -330,13 +341,12 @@ impl Reader {
     }
 
     pub fn attempts(&self) -> Result<Vec<AttemptRecord>, StoreError> {
-        let table = self.txn.open_table(ATTEMPTS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(db_err)? {
-            let (_, v) = entry.map_err(db_err)?;
-            out.push(codec::decode(v.value())?);
-        }
-        Ok(out)
+        self.all(ATTEMPTS)
+    }
+
+    /// Every attempt, one at a time; `f` returns false to stop.
+    pub fn each_attempt(&self, f: impl FnMut(AttemptRecord) -> bool) -> Result<(), StoreError> {
+        self.each(ATTEMPTS, f)
     }
 
     /// Persisted schedule states by job name (empty for a file that never ran `serve`).
@@ -398,14 +408,31 @@ impl Reader {
         }
     }
 
-    fn all<T: serde::de::DeserializeOwned>(&self, def: TableDefinition<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
-        let table = self.txn.open_table(def).map_err(db_err)?;
+    fn all<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<K, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
+        self.each(def, |record| {
+            out.push(record);
+            true
+        })?;
+        Ok(out)
+    }
+
+    fn each<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<K, &[u8]>,
+        mut f: impl FnMut(T) -> bool,
+    ) -> Result<(), StoreError> {
+        let table = self.txn.open_table(def).map_err(db_err)?;
         for entry in table.iter().map_err(db_err)? {
             let (_, v) = entry.map_err(db_err)?;
-            out.push(codec::decode(v.value())?);
+            if !f(codec::decode(v.value())?) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn one<T: serde::de::DeserializeOwned>(
