@@ -14,13 +14,16 @@ use crate::model::{JobState, TaskState};
 use crate::sanitize::sanitize;
 use crate::store::{self, AttemptRecord, JobRunRecord, Reader, StoreError, TaskRunRecord};
 
-/// Why a query has no answer: the API turns these into 404 / 400 / 500.
+/// Why a query has no answer: the API turns these into 404 / 400 / 409 / 500.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// Asked too early (a log before any attempt): 409.
+    #[error("{0}")]
+    NotYet(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -148,11 +151,17 @@ pub fn for_each_job(reader: &Reader, state: Option<&str>, mut f: impl FnMut(Valu
     Ok(reader.each_job_run(|j| wanted.is_some_and(|w| j.state != w) || f(job_json(&j)))?)
 }
 
-/// Which task runs `tasks` lists.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+/// Which task runs `tasks` lists (also the query string of `GET /v1/tasks`).
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
 pub struct TaskFilter {
+    /// Only the task runs in this state (`dead`: the dead letters).
+    #[param(value_type = Option<crate::api::TaskStateName>, nullable = false)]
     pub state: Option<String>,
+    /// Only the task runs of this job.
+    #[param(nullable = false)]
     pub job: Option<String>,
+    /// Only the task runs of this queue.
+    #[param(nullable = false)]
     pub queue: Option<String>,
 }
 
@@ -190,7 +199,7 @@ fn wanted_state<S>(
 }
 
 /// How `cost` groups spending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CostBy {
     Job,
@@ -254,7 +263,7 @@ pub fn log_chunk(
     let t = reader.task_run(task_run)?.ok_or_else(|| not_found(Target::TaskRun(task_run)))?;
     let n = attempt.unwrap_or(t.attempt);
     if n == 0 {
-        return Err(QueryError::Invalid(format!("task run {task_run} has not started an attempt yet")));
+        return Err(QueryError::NotYet(format!("task run {task_run} has not started an attempt yet")));
     }
     if n > t.attempt {
         return Err(QueryError::NotFound(format!("task run {task_run} has no attempt {n} (latest: {})", t.attempt)));

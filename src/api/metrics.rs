@@ -9,6 +9,9 @@ use super::ApiState;
 use crate::model::TaskState;
 use crate::store::{self, StoreError};
 
+/// Prometheus text (`gaffer_*`), computed from a store snapshot at each scrape.
+#[utoipa::path(get, path = "/metrics", tag = "read", responses(
+    (status = 200, content_type = "text/plain", body = String), (status = 500, content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     let dir = state.state_dir.clone();
     match web::block(move || render(&dir)).await {

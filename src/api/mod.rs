@@ -7,6 +7,7 @@
 
 pub mod client;
 mod metrics;
+mod openapi;
 mod remote;
 mod routes;
 mod stream;
@@ -19,8 +20,10 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 
+pub use openapi::TaskStateName;
 pub use remote::RemoteEngine;
 
+use crate::config::Workflow;
 use crate::engine::EngineHandle;
 
 /// Where the socket lives in a state dir.
@@ -34,6 +37,8 @@ pub struct ApiState {
     pub state_dir: PathBuf,
     /// The bearer token TCP clients must send (`None`: no TCP listener).
     pub token: Option<String>,
+    /// `GET /v1/openapi.json`, made at start for this workflow.
+    pub openapi: String,
 }
 
 /// Who is on the other end of a connection, found once when it is accepted.
@@ -66,7 +71,12 @@ impl Api {
     /// Binds the socket (replacing a stale one: whoever calls this holds the instance lock),
     /// and the TCP address if one is given, and serves them on the current actix System. Each
     /// listener has its own server, so a flood of TCP connections cannot crowd out the socket.
-    pub fn start(handle: EngineHandle, state_dir: &Path, tcp: Option<std::net::TcpListener>) -> std::io::Result<Api> {
+    pub fn start(
+        handle: EngineHandle,
+        workflow: &Workflow,
+        state_dir: &Path,
+        tcp: Option<std::net::TcpListener>,
+    ) -> std::io::Result<Api> {
         let path = socket_path(state_dir);
         if path.exists() {
             std::fs::remove_file(&path)?;
@@ -74,24 +84,27 @@ impl Api {
         let listener = std::os::unix::net::UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         let token = if tcp.is_some() { Some(token::load_or_create(state_dir)?) } else { None };
-        let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf(), token });
+        let openapi = openapi::document(workflow);
+        let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf(), token, openapi });
         let server = || {
             let state = state.clone();
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
-                .workers(1)
-                .max_connections(MAX_CONNECTIONS)
-                .client_request_timeout(REQUEST_HEAD_TIMEOUT)
-                .keep_alive(KEEP_ALIVE)
-                .client_disconnect_timeout(DISCONNECT_TIMEOUT)
-                .disable_signals()
-                .shutdown_timeout(1)
-                .on_connect(|connection, extensions| {
-                    let peer = match connection.downcast_ref::<tokio::net::UnixStream>() {
-                        Some(unix) => Peer::Local(unix.peer_cred().ok().map(|cred| cred.uid())),
-                        None => Peer::Tcp,
-                    };
-                    extensions.insert(peer);
-                })
+            HttpServer::new(move || {
+                App::new().app_data(state.clone()).configure(routes::extractor_errors).configure(routes::configure)
+            })
+            .workers(1)
+            .max_connections(MAX_CONNECTIONS)
+            .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+            .keep_alive(KEEP_ALIVE)
+            .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+            .disable_signals()
+            .shutdown_timeout(1)
+            .on_connect(|connection, extensions| {
+                let peer = match connection.downcast_ref::<tokio::net::UnixStream>() {
+                    Some(unix) => Peer::Local(unix.peer_cred().ok().map(|cred| cred.uid())),
+                    None => Peer::Tcp,
+                };
+                extensions.insert(peer);
+            })
         };
         let mut servers = vec![server().listen_uds(listener)?.run()];
         if let Some(tcp) = tcp {
