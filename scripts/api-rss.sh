@@ -21,14 +21,7 @@ if [ -z "${GAFFER:-}" ]; then
 fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gaffer-api-rss.XXXXXX")"
 PID=""
-cleanup() {
-  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-    kill -TERM "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
-  fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap '[ -z "$PID" ] || { kill -TERM "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; }; rm -rf "$WORK"' EXIT
 
 awk -v n="$N" -v per="$PER_JOB" 'BEGIN {
   printf "[settings]\nworkers = 4\n\n"

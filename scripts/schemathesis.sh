@@ -29,14 +29,7 @@ GAFFER="$TARGET_DIR/debug/gaffer"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gaffer-schemathesis.XXXXXX")"
 PID=""
-cleanup() {
-  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-    kill -TERM "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
-  fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap '[ -z "$PID" ] || { kill -TERM "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; }; rm -rf "$WORK"' EXIT
 
 cat >"$WORK/workflow.toml" <<'EOF'
 [queues.slow]

@@ -136,9 +136,14 @@ fn not_found(target: Target) -> QueryError {
 
 /// `jobs --json`, optionally only those in `state`.
 pub fn jobs(reader: &Reader, state: Option<&str>) -> Result<Value, QueryError> {
+    collected(|emit| for_each_job(reader, state, emit))
+}
+
+/// The items a `for_each_*` query emits, as one array (the API streams them instead).
+fn collected(query: impl FnOnce(&mut dyn FnMut(Value) -> bool) -> Result<(), QueryError>) -> Result<Value, QueryError> {
     let mut out = Vec::new();
-    for_each_job(reader, state, |j| {
-        out.push(j);
+    query(&mut |item| {
+        out.push(item);
         true
     })?;
     Ok(Value::Array(out))
@@ -167,12 +172,7 @@ pub struct TaskFilter {
 
 /// `tasks --json` (and `dlq list --json`: state `dead`).
 pub fn tasks(reader: &Reader, filter: &TaskFilter) -> Result<Value, QueryError> {
-    let mut out = Vec::new();
-    for_each_task(reader, filter, |t| {
-        out.push(t);
-        true
-    })?;
-    Ok(Value::Array(out))
+    collected(|emit| for_each_task(reader, filter, emit))
 }
 
 /// The items of `tasks --json` one at a time; `f` returns false to stop.

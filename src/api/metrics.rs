@@ -98,3 +98,17 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Queue names are the user's and model names come from task output: a quote, backslash or
+    /// newline in one must not break the line it is on (the exposition format's three escapes).
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("plain-model"), "plain-model");
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert!(!label("x\ny\rz").contains('\n'));
+    }
+}
