@@ -104,11 +104,8 @@ pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnap
 
 /// Queue caps from the definition of the newest job run (the store keeps definitions, not queues).
 fn latest_queue_caps(reader: &Reader) -> Result<BTreeMap<String, usize>, StoreError> {
-    let Some(latest) = reader.job_runs()?.into_iter().max_by_key(|j| j.id) else { return Ok(BTreeMap::new()) };
-    let Some(def) = reader.definition(latest.definition)? else { return Ok(BTreeMap::new()) };
-    Ok(crate::config::parse(Path::new(&def.path), &def.source)
-        .map(|w| w.queues.into_iter().map(|(k, q)| (k, q.concurrency)).collect())
-        .unwrap_or_default())
+    let workflow = crate::engine::latest_workflow(reader)?;
+    Ok(workflow.map(|w| w.queues.into_iter().map(|(k, q)| (k, q.concurrency)).collect()).unwrap_or_default())
 }
 
 /// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its
@@ -134,9 +131,19 @@ fn not_found(target: Target) -> QueryError {
     QueryError::NotFound(format!("no {target} in this state dir"))
 }
 
-/// `jobs --json`, optionally only those in `state`.
-pub fn jobs(reader: &Reader, state: Option<&str>) -> Result<Value, QueryError> {
-    collected(|emit| for_each_job(reader, state, emit))
+/// Which job runs `jobs` lists.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct JobFilter {
+    pub state: Option<String>,
+    /// The job's name in the workflow file.
+    pub job: Option<String>,
+    /// Only the newest this many, newest first.
+    pub limit: Option<usize>,
+}
+
+/// `jobs --json`: oldest first; with a `limit`, the newest that many, newest first.
+pub fn jobs(reader: &Reader, filter: &JobFilter) -> Result<Value, QueryError> {
+    collected(|emit| for_each_job(reader, filter, emit))
 }
 
 /// The items a `for_each_*` query emits, as one array (the API streams them instead).
@@ -151,9 +158,23 @@ fn collected(query: impl FnOnce(&mut dyn FnMut(Value) -> bool) -> Result<(), Que
 
 /// The items of `jobs --json` one at a time, for an answer streamed as it is read; `f` returns
 /// false to stop.
-pub fn for_each_job(reader: &Reader, state: Option<&str>, mut f: impl FnMut(Value) -> bool) -> Result<(), QueryError> {
-    let wanted = wanted_state(state, "job run", JobState::parse, &JobState::ALL.map(JobState::as_str))?;
-    Ok(reader.each_job_run(|j| wanted.is_some_and(|w| j.state != w) || f(job_json(&j)))?)
+pub fn for_each_job(reader: &Reader, filter: &JobFilter, mut f: impl FnMut(Value) -> bool) -> Result<(), QueryError> {
+    let wanted =
+        wanted_state(filter.state.as_deref(), "job run", JobState::parse, &JobState::ALL.map(JobState::as_str))?;
+    let mut left = filter.limit.unwrap_or(usize::MAX);
+    let visit = |j: JobRunRecord| {
+        let selected = wanted.is_none_or(|w| j.state == w) && filter.job.as_ref().is_none_or(|name| &j.job == name);
+        if !selected {
+            return true;
+        }
+        left -= 1;
+        f(job_json(&j)) && left > 0
+    };
+    match filter.limit {
+        Some(0) => Ok(()),
+        Some(_) => Ok(reader.each_job_run_newest_first(visit)?),
+        None => Ok(reader.each_job_run(visit)?),
+    }
 }
 
 /// Which task runs `tasks` lists (also the query string of `GET /v1/tasks`).

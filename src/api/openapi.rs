@@ -134,6 +134,20 @@ impl PartialSchema for TaskStateName {
 
 impl ToSchema for TaskStateName {}
 
+/// `retry`'s `definition` (`model::rerun::DefinitionChoice`).
+pub struct DefinitionChoiceName;
+
+/// The names `DefinitionChoice::parse` takes.
+const DEFINITION_CHOICES: [&str; 2] = ["stored", "current"];
+
+impl PartialSchema for DefinitionChoiceName {
+    fn schema() -> RefOr<Schema> {
+        string_enum(DEFINITION_CHOICES)
+    }
+}
+
+impl ToSchema for DefinitionChoiceName {}
+
 /// A job run's state name (`JobState::ALL`).
 pub struct JobStateName;
 
@@ -321,4 +335,16 @@ pub struct Submitted {
 #[derive(ToSchema)]
 pub struct Failure {
     error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_definition_choices_described_are_the_ones_parsed() {
+        for name in DEFINITION_CHOICES {
+            assert!(crate::model::rerun::DefinitionChoice::parse(name).is_ok(), "{name}");
+        }
+    }
 }

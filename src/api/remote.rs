@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::client::{Client, ClientError, encode};
-use crate::engine::{Control, EngineError, EngineEvent, EngineSnapshot, QueueSnapshot, Reply, Target, WorkerSnapshot};
+use crate::engine::{
+    Control, EngineError, EngineEvent, EngineSnapshot, QueueSnapshot, Reply, RetryOptions, Target, WorkerSnapshot,
+};
 use crate::store::TaskRunRecord;
 
 pub struct RemoteEngine {
@@ -83,6 +85,10 @@ impl Control for RemoteEngine {
 
     fn retry(&self, target: Target) -> Reply<'_, String> {
         Box::pin(self.message("/v1/retry", json!({"target": target.id_text()})))
+    }
+
+    fn retry_with(&self, target: Target, options: RetryOptions) -> Reply<'_, String> {
+        Box::pin(self.message("/v1/retry", options.request(target)))
     }
 
     fn cancel(&self, target: Target) -> Reply<'_, String> {

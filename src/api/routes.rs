@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::openapi::{self as doc, JobStateName};
 use super::{ApiState, Peer};
 use crate::engine::{EngineError, Target};
-use crate::report::{self, CostBy, QueryError, TaskFilter};
+use crate::report::{self, CostBy, JobFilter, QueryError, TaskFilter};
 use crate::store::Reader;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -219,13 +219,31 @@ fn bad_target(message: String) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({"error": message}))
 }
 
+/// `{"target": "j7", "from": "TASK", "definition": "current"}`: the last two optional.
+#[derive(Deserialize, ToSchema)]
+pub(super) struct RetryBody {
+    /// A task run (`42`) or a job run (`j7`).
+    #[schema(pattern = r"^j?[0-9]{1,19}$")]
+    target: String,
+    /// Re-run this task of the job run and everything downstream of it.
+    #[serde(default)]
+    from: Option<String>,
+    /// When the job run's definition differs from the file in use: run it as it was started
+    /// (`stored`) or switch it to the file in use (`current`).
+    #[serde(default)]
+    #[schema(value_type = Option<doc::DefinitionChoiceName>)]
+    definition: Option<crate::model::rerun::DefinitionChoice>,
+}
+
 /// Retries a dead or cancelled task run, or every one of a job run (`gaffer retry`).
 #[utoipa::path(post, path = "/v1/retry", tag = "commands", responses(
     (status = 200, body = doc::Message), (status = 400, body = doc::Failure), (status = 404, body = doc::Failure),
     (status = 409, description = "nothing to retry there", body = doc::Failure), (status = 503, body = doc::Failure)))]
-pub(super) async fn retry(state: web::Data<ApiState>, body: web::Json<TargetBody>) -> HttpResponse {
+pub(super) async fn retry(state: web::Data<ApiState>, body: web::Json<RetryBody>) -> HttpResponse {
+    let body = body.into_inner();
+    let options = crate::engine::RetryOptions { from: body.from, definition: body.definition };
     match Target::parse(&body.target) {
-        Ok(t) => answer(state.handle.retry(t).await),
+        Ok(t) => answer(state.handle.retry_with(t, options).await),
         Err(message) => bad_target(message),
     }
 }
@@ -324,19 +342,28 @@ pub(super) fn query_error(e: QueryError) -> HttpResponse {
     }
 }
 
+/// `report::JobFilter` as the query string gives it (its `limit` within int64, as documented).
 #[derive(Deserialize, IntoParams)]
 pub(super) struct JobsQuery {
     /// Only the job runs in this state.
     #[param(value_type = Option<JobStateName>, nullable = false)]
     state: Option<String>,
+    /// Only the runs of this job (its name in the workflow file).
+    #[param(nullable = false)]
+    job: Option<String>,
+    /// Only the newest this many, newest first.
+    #[param(value_type = Option<Int64>, nullable = false)]
+    limit: Option<Int64>,
 }
 
-/// SPEC §4.1 `jobs --json`, filtered by `?state=`; streamed.
+/// SPEC §4.1 `jobs --json`, filtered by `?state=&job=&limit=`; streamed.
 #[utoipa::path(get, path = "/v1/jobs", tag = "read", params(JobsQuery), responses(
     (status = 200, body = Vec<doc::JobRun>), (status = 400, body = doc::Failure)))]
 pub(super) async fn jobs(state: web::Data<ApiState>, q: web::Query<JobsQuery>) -> HttpResponse {
-    let wanted = q.into_inner().state;
-    super::stream::json_array(&state, move |reader, emit| report::for_each_job(reader, wanted.as_deref(), emit)).await
+    let q = q.into_inner();
+    let limit = q.limit.map(|n| usize::try_from(n.0).unwrap_or(usize::MAX));
+    let filter = JobFilter { state: q.state, job: q.job, limit };
+    super::stream::json_array(&state, move |reader, emit| report::for_each_job(reader, &filter, emit)).await
 }
 
 /// SPEC §4.1 `tasks --json`, filtered by `?state=&job=&queue=` (`?state=dead`: the dead letters).

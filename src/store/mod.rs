@@ -267,6 +267,13 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
     Ok(())
 }
 
+/// Which way a table is walked (its keys are ids from durable sequences: oldest first).
+#[derive(Clone, Copy)]
+enum Order {
+    OldestFirst,
+    NewestFirst,
+}
+
 /// A consistent snapshot of the store.
 pub struct Reader {
     txn: ReadTransaction,
@@ -298,6 +305,11 @@ impl Reader {
     /// there are); `f` returns false to stop.
     pub fn each_job_run(&self, f: impl FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
         self.each(JOB_RUNS, f)
+    }
+
+    /// Every job run, newest first, one at a time; `f` returns false to stop.
+    pub fn each_job_run_newest_first(&self, f: impl FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
+        self.each_in(JOB_RUNS, Order::NewestFirst, f)
     }
 
     /// Every task run in id order, one at a time; `f` returns false to stop.
@@ -423,10 +435,24 @@ impl Reader {
     fn each<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
         &self,
         def: TableDefinition<K, &[u8]>,
+        f: impl FnMut(T) -> bool,
+    ) -> Result<(), StoreError> {
+        self.each_in(def, Order::OldestFirst, f)
+    }
+
+    fn each_in<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<K, &[u8]>,
+        order: Order,
         mut f: impl FnMut(T) -> bool,
     ) -> Result<(), StoreError> {
         let table = self.txn.open_table(def).map_err(db_err)?;
-        for entry in table.iter().map_err(db_err)? {
+        let entries = table.iter().map_err(db_err)?;
+        let entries: Box<dyn Iterator<Item = _>> = match order {
+            Order::OldestFirst => Box::new(entries),
+            Order::NewestFirst => Box::new(entries.rev()),
+        };
+        for entry in entries {
             let (_, v) = entry.map_err(db_err)?;
             if !f(codec::decode(v.value())?) {
                 break;
