@@ -253,6 +253,50 @@ pub struct JobRunDetail {
     tasks: Vec<TaskRun>,
 }
 
+/// `POST /v1/retry`: only a job run is re-run `from` a task.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum RetryBody {
+    JobRun(RetryJobRun),
+    TaskRun(RetryTaskRun),
+}
+
+/// Retries a job run: its dead or cancelled task runs, or (`from`) a task and all downstream.
+#[derive(ToSchema)]
+pub struct RetryJobRun {
+    #[schema(pattern = r"^j[0-9]{1,19}$")]
+    target: String,
+    /// Re-run this task of the job run and everything downstream of it.
+    from: Option<String>,
+    /// When the job run's definition differs from the file in use: run it as it was started
+    /// (`stored`), or switch it to the file in use (`current`).
+    #[schema(value_type = Option<DefinitionChoiceName>)]
+    definition: Option<String>,
+}
+
+/// Retries one dead or cancelled task run.
+#[derive(ToSchema)]
+pub struct RetryTaskRun {
+    #[schema(pattern = r"^[0-9]{1,19}$")]
+    target: String,
+    /// Not for a task run: absent or null.
+    #[schema(value_type = Option<Null>)]
+    from: Option<()>,
+    #[schema(value_type = Option<DefinitionChoiceName>)]
+    definition: Option<String>,
+}
+
+/// JSON `null` only.
+pub struct Null;
+
+impl PartialSchema for Null {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new().schema_type(Type::Null).into()
+    }
+}
+
+impl ToSchema for Null {}
+
 /// `show ID --json`: a task run (`42`) or a job run (`j7`).
 #[derive(ToSchema)]
 #[serde(untagged)]

@@ -219,27 +219,22 @@ fn bad_target(message: String) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({"error": message}))
 }
 
-/// `{"target": "j7", "from": "TASK", "definition": "current"}`: the last two optional.
-#[derive(Deserialize, ToSchema)]
-pub(super) struct RetryBody {
-    /// A task run (`42`) or a job run (`j7`).
-    #[schema(pattern = r"^j?[0-9]{1,19}$")]
+/// `{"target": "j7", "from": "TASK", "definition": "current"}`: the last two optional
+/// (described as `openapi::RetryBody`).
+#[derive(Deserialize)]
+pub(super) struct RetryRequest {
     target: String,
-    /// Re-run this task of the job run and everything downstream of it.
     #[serde(default)]
     from: Option<String>,
-    /// When the job run's definition differs from the file in use: run it as it was started
-    /// (`stored`) or switch it to the file in use (`current`).
     #[serde(default)]
-    #[schema(value_type = Option<doc::DefinitionChoiceName>)]
     definition: Option<crate::model::rerun::DefinitionChoice>,
 }
 
 /// Retries a dead or cancelled task run, or every one of a job run (`gaffer retry`).
-#[utoipa::path(post, path = "/v1/retry", tag = "commands", responses(
+#[utoipa::path(post, path = "/v1/retry", tag = "commands", request_body = doc::RetryBody, responses(
     (status = 200, body = doc::Message), (status = 400, body = doc::Failure), (status = 404, body = doc::Failure),
     (status = 409, description = "nothing to retry there", body = doc::Failure), (status = 503, body = doc::Failure)))]
-pub(super) async fn retry(state: web::Data<ApiState>, body: web::Json<RetryBody>) -> HttpResponse {
+pub(super) async fn retry(state: web::Data<ApiState>, body: web::Json<RetryRequest>) -> HttpResponse {
     let body = body.into_inner();
     let options = crate::engine::RetryOptions { from: body.from, definition: body.definition };
     match Target::parse(&body.target) {
