@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, web};
 
 use super::ApiState;
 use crate::model::TaskState;
+use crate::model::cost::add_by_model;
 use crate::store::{self, StoreError};
 
 /// Prometheus text (`gaffer_*`), computed from a store snapshot at each scrape.
@@ -41,7 +42,7 @@ fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
     let _ = writeln!(out, "gaffer_dead_letters {dead}");
     let mut failed: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut seconds, mut ended, mut started) = (0.0f64, 0u64, 0u64);
-    let mut cost: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    let mut cost = BTreeMap::new();
     reader.each_attempt(|a| {
         started += 1;
         if let Some(reason) = a.reason {
@@ -51,10 +52,8 @@ fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
             seconds += end.saturating_sub(a.started_at_ms) as f64 / 1000.0;
             ended += 1;
         }
-        let entry = cost.entry(a.model.unwrap_or_else(|| "none".into())).or_default();
-        entry.0 += a.cost_usd_micros;
-        entry.1 += a.input_tokens;
-        entry.2 += a.output_tokens;
+        // The same sums as `gaffer cost --by model`.
+        add_by_model(&mut cost, &a.by_model);
         true
     })?;
     header(&mut out, "gaffer_attempts_total", "counter", "Attempts started.");
@@ -74,18 +73,25 @@ fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
         "gaffer_attempt_duration_seconds_sum {seconds:.3}\ngaffer_attempt_duration_seconds_count {ended}"
     );
     header(&mut out, "gaffer_cost_usd_total", "counter", "Dollars spent, by model.");
-    for (model, (usd, _, _)) in &cost {
-        let _ = writeln!(
-            out,
-            "gaffer_cost_usd_total{{model=\"{}\"}} {}",
-            label(model),
-            crate::model::money::format_usd(*usd)
-        );
+    for (model, usage) in &cost {
+        let usd = crate::model::money::format_usd(usage.usd_micros);
+        let _ = writeln!(out, "gaffer_cost_usd_total{{model=\"{}\"}} {usd}", label(model));
     }
-    header(&mut out, "gaffer_tokens_total", "counter", "Tokens, by model and direction.");
-    for (model, (_, input, output)) in &cost {
-        let _ = writeln!(out, "gaffer_tokens_total{{model=\"{}\",direction=\"input\"}} {input}", label(model));
-        let _ = writeln!(out, "gaffer_tokens_total{{model=\"{}\",direction=\"output\"}} {output}", label(model));
+    header(
+        &mut out,
+        "gaffer_tokens_total",
+        "counter",
+        "Tokens, by model and kind (input: billed at the input price; cache_read, cache_write: prompt cache).",
+    );
+    for (model, u) in &cost {
+        for (kind, n) in [
+            ("input", u.input_tokens),
+            ("output", u.output_tokens),
+            ("cache_read", u.cache_read_tokens),
+            ("cache_write", u.cache_write_tokens),
+        ] {
+            let _ = writeln!(out, "gaffer_tokens_total{{model=\"{}\",direction=\"{kind}\"}} {n}", label(model));
+        }
     }
     Ok(out)
 }

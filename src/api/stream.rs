@@ -63,8 +63,8 @@ impl ArrayWriter {
         }
         self.buf.push(if self.items == 0 { b'[' } else { b',' });
         self.items += 1;
-        // Writing a `Value` into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.buf, item);
+        // Numbers in plain decimals, as in every JSON gaffer writes (`crate::json`).
+        self.buf.extend_from_slice(crate::json::text(item).as_bytes());
         self.buf.len() < CHUNK_BYTES || self.send()
     }
 

@@ -122,9 +122,29 @@ pub enum FailReason {
     QueueTimeout,
     /// Waited for its `wait_for` signal longer than `wait_timeout`.
     WaitTimeout,
+    /// The agent's JSON result said it failed (`is_error: true`, an API error), whatever the
+    /// exit code.
+    AgentError,
 }
 
 impl FailReason {
+    pub const ALL: [FailReason; 10] = [
+        FailReason::ExitCode,
+        FailReason::Timeout,
+        FailReason::HeartbeatTimeout,
+        FailReason::SpawnError,
+        FailReason::Interrupted,
+        FailReason::Budget,
+        FailReason::Cancelled,
+        FailReason::QueueTimeout,
+        FailReason::WaitTimeout,
+        FailReason::AgentError,
+    ];
+
+    pub fn parse(text: &str) -> Option<FailReason> {
+        FailReason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailReason::ExitCode => "exit_code",
@@ -136,6 +156,7 @@ impl FailReason {
             FailReason::Cancelled => "cancelled",
             FailReason::QueueTimeout => "queue_timeout",
             FailReason::WaitTimeout => "wait_timeout",
+            FailReason::AgentError => "agent_error",
         }
     }
 }
@@ -151,6 +172,9 @@ mod tests {
         }
         for s in JobState::ALL {
             assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+        for r in FailReason::ALL {
+            assert_eq!(FailReason::parse(r.as_str()), Some(r));
         }
     }
 }
