@@ -140,6 +140,7 @@ fn the_openapi_document_describes_every_endpoint_and_every_field() {
     let shown = p.json(&["show", "1", "--json"]);
     described("TaskRunDetail", &shown, "show 1 --json");
     described("Attempt", &shown["attempts"][0], "show 1 --json (attempts)");
+    described("ModelCost", &shown["attempts"][0]["models"][0], "show 1 --json (attempts' models)");
     described("JobRunDetail", &p.json(&["show", "j1", "--json"]), "show j1 --json");
     let status = p.json(&["status", "--json"]);
     described("Status", &status, "status --json");

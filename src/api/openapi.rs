@@ -229,10 +229,29 @@ pub struct Attempt {
     cost_usd: f64,
     input_tokens: u64,
     output_tokens: u64,
+    cache_read_tokens: u64,
+    cache_write_tokens: u64,
+    /// The model of the attempt's last cost report.
     model: Option<String>,
+    /// Spending per model (an attempt may use several).
+    models: Vec<ModelCost>,
+    /// What went wrong reading what the task reported (a malformed fd-3 line, an agent result
+    /// without usage, tokens of a model with no price).
+    warnings: Vec<String>,
     pid: Option<u32>,
     /// The log file, relative to the state dir.
     log: String,
+}
+
+/// One model's share of an attempt's spending.
+#[derive(ToSchema)]
+pub struct ModelCost {
+    model: Option<String>,
+    cost_usd: f64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_read_tokens: u64,
+    cache_write_tokens: u64,
 }
 
 /// `show 42 --json`: a task run with its attempts.
@@ -346,6 +365,8 @@ pub struct CostRow {
     cost_usd: f64,
     input_tokens: u64,
     output_tokens: u64,
+    cache_read_tokens: u64,
+    cache_write_tokens: u64,
     attempts: u64,
 }
 
