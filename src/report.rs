@@ -16,13 +16,16 @@ use crate::model::{JobState, TaskState};
 use crate::sanitize::sanitize;
 use crate::store::{self, AttemptRecord, JobRunRecord, Reader, StoreError, TaskRunRecord};
 
-/// Why a query has no answer: the API turns these into 404 / 400 / 500.
+/// Why a query has no answer: the API turns these into 404 / 400 / 409 / 500.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// Asked too early (a log before any attempt): 409.
+    #[error("{0}")]
+    NotYet(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -85,11 +88,10 @@ fn usage_json(mut value: Value, usage: &Usage) -> Value {
 }
 
 /// SPEC §4.1 `status --json`, the same whether asked of the state dir or of the instance.
-/// `live`: the running instance's queues, so a queue with no task runs yet is listed too.
-pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<Value, StoreError> {
-    let pid = store::instance_pid(state_dir);
+/// `pid`: the running instance's (the instance knows its own, even if someone deleted
+/// `instance.lock`); `live`: its queues, so a queue with no task runs yet is listed too.
+pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnapshot]>) -> Result<Value, StoreError> {
     let reader = store::open_reader(state_dir)?;
-    let tasks = reader.task_runs()?;
     let defs = latest_queues(&reader)?;
     let mut concurrency: BTreeMap<String, usize> = defs.iter().map(|(k, q)| (k.clone(), q.concurrency)).collect();
     let mut paused = reader.paused_queues()?;
@@ -110,10 +112,10 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
     let mut totals: BTreeMap<&str, u64> = TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
     let mut cost = 0u64;
-    for t in &tasks {
+    reader.each_task_run(|t| {
         *totals.entry(t.state.as_str()).or_default() += 1;
         cost = cost.saturating_add(t.cost_usd_micros);
-        let counts = queues.entry(t.queue.clone()).or_default();
+        let counts = queues.entry(t.queue).or_default();
         match t.state {
             TaskState::Queued => counts[0] += 1,
             TaskState::Running => counts[1] += 1,
@@ -121,7 +123,8 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
             TaskState::Dead => counts[3] += 1,
             _ => {}
         }
-    }
+        true
+    })?;
     let queues: Vec<Value> = queues
         .iter()
         .map(|(name, c)| {
@@ -178,37 +181,69 @@ pub struct JobFilter {
 
 /// `jobs --json`: oldest first; with a `limit`, the newest that many, newest first.
 pub fn jobs(reader: &Reader, filter: &JobFilter) -> Result<Value, QueryError> {
-    let wanted =
-        wanted_state(filter.state.as_deref(), "job run", JobState::parse, &JobState::ALL.map(JobState::as_str))?;
-    let runs = reader
-        .job_runs()?
-        .into_iter()
-        .filter(|j| wanted.is_none_or(|w| j.state == w) && filter.job.as_ref().is_none_or(|name| &j.job == name));
-    let runs: Vec<Value> = match filter.limit {
-        Some(limit) => runs.rev().take(limit).map(|j| job_json(&j)).collect(),
-        None => runs.map(|j| job_json(&j)).collect(),
-    };
-    Ok(Value::Array(runs))
+    collected(|emit| for_each_job(reader, filter, emit))
 }
 
-/// Which task runs `tasks` lists.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+/// The items a `for_each_*` query emits, as one array (the API streams them instead).
+fn collected(query: impl FnOnce(&mut dyn FnMut(Value) -> bool) -> Result<(), QueryError>) -> Result<Value, QueryError> {
+    let mut out = Vec::new();
+    query(&mut |item| {
+        out.push(item);
+        true
+    })?;
+    Ok(Value::Array(out))
+}
+
+/// The items of `jobs --json` one at a time, for an answer streamed as it is read; `f` returns
+/// false to stop.
+pub fn for_each_job(reader: &Reader, filter: &JobFilter, mut f: impl FnMut(Value) -> bool) -> Result<(), QueryError> {
+    let wanted =
+        wanted_state(filter.state.as_deref(), "job run", JobState::parse, &JobState::ALL.map(JobState::as_str))?;
+    let mut left = filter.limit.unwrap_or(usize::MAX);
+    let visit = |j: JobRunRecord| {
+        let selected = wanted.is_none_or(|w| j.state == w) && filter.job.as_ref().is_none_or(|name| &j.job == name);
+        if !selected {
+            return true;
+        }
+        left -= 1;
+        f(job_json(&j)) && left > 0
+    };
+    match filter.limit {
+        Some(0) => Ok(()),
+        Some(_) => Ok(reader.each_job_run_newest_first(visit)?),
+        None => Ok(reader.each_job_run(visit)?),
+    }
+}
+
+/// Which task runs `tasks` lists (also the query string of `GET /v1/tasks`).
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
 pub struct TaskFilter {
+    /// Only the task runs in this state (`dead`: the dead letters).
+    #[param(value_type = Option<crate::api::TaskStateName>, nullable = false)]
     pub state: Option<String>,
+    /// Only the task runs of this job.
+    #[param(nullable = false)]
     pub job: Option<String>,
+    /// Only the task runs of this queue.
+    #[param(nullable = false)]
     pub queue: Option<String>,
 }
 
 /// `tasks --json` (and `dlq list --json`: state `dead`).
 pub fn tasks(reader: &Reader, filter: &TaskFilter) -> Result<Value, QueryError> {
+    collected(|emit| for_each_task(reader, filter, emit))
+}
+
+/// The items of `tasks --json` one at a time; `f` returns false to stop.
+pub fn for_each_task(reader: &Reader, filter: &TaskFilter, mut f: impl FnMut(Value) -> bool) -> Result<(), QueryError> {
     let states = TaskState::ALL.map(TaskState::as_str);
     let wanted = wanted_state(filter.state.as_deref(), "task run", TaskState::parse, &states)?;
-    let runs = reader.task_runs()?.into_iter().filter(|t| {
+    let selected = |t: &TaskRunRecord| {
         wanted.is_none_or(|w| t.state == w)
             && filter.job.as_ref().is_none_or(|j| &t.job == j)
             && filter.queue.as_ref().is_none_or(|q| &t.queue == q)
-    });
-    Ok(Value::Array(runs.map(|t| task_json(&t)).collect()))
+    };
+    Ok(reader.each_task_run(|t| !selected(&t) || f(task_json(&t)))?)
 }
 
 /// A `--state` filter: none, or one of `names` (an unknown one is refused, naming them all).
@@ -223,7 +258,7 @@ fn wanted_state<S>(
 }
 
 /// How `cost` groups spending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CostBy {
     Job,
@@ -287,7 +322,7 @@ pub fn log_chunk(
     let t = reader.task_run(task_run)?.ok_or_else(|| not_found(Target::TaskRun(task_run)))?;
     let n = attempt.unwrap_or(t.attempt);
     if n == 0 {
-        return Err(QueryError::Invalid(format!("task run {task_run} has not started an attempt yet")));
+        return Err(QueryError::NotYet(format!("task run {task_run} has not started an attempt yet")));
     }
     if n > t.attempt {
         return Err(QueryError::NotFound(format!("task run {task_run} has no attempt {n} (latest: {})", t.attempt)));

@@ -7,9 +7,12 @@ use actix_web::{HttpResponse, web};
 
 use super::ApiState;
 use crate::model::TaskState;
-use crate::model::cost::sum_by_model;
+use crate::model::cost::add_by_model;
 use crate::store::{self, StoreError};
 
+/// Prometheus text (`gaffer_*`), computed from a store snapshot at each scrape.
+#[utoipa::path(get, path = "/metrics", tag = "read", responses(
+    (status = 200, content_type = "text/plain", body = String), (status = 500, content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     let dir = state.state_dir.clone();
     match web::block(move || render(&dir)).await {
@@ -19,24 +22,29 @@ pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
+/// One pass over the task runs and one over the attempts, each record dropped once counted:
+/// a scrape costs the same memory whatever the store holds.
 fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
     let reader = store::open_reader(state_dir)?;
-    let tasks = reader.task_runs()?;
-    let attempts = reader.attempts()?;
     let mut out = String::new();
-    let mut by_state: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for t in &tasks {
-        *by_state.entry((t.queue.as_str(), t.state.as_str())).or_default() += 1;
-    }
+    let mut by_state: BTreeMap<(String, &str), u64> = BTreeMap::new();
+    let mut dead = 0u64;
+    reader.each_task_run(|t| {
+        dead += u64::from(t.state == TaskState::Dead);
+        *by_state.entry((t.queue, t.state.as_str())).or_default() += 1;
+        true
+    })?;
     header(&mut out, "gaffer_task_runs", "gauge", "Task runs by queue and state.");
     for ((queue, state), n) in &by_state {
         let _ = writeln!(out, "gaffer_task_runs{{queue=\"{}\",state=\"{state}\"}} {n}", label(queue));
     }
     header(&mut out, "gaffer_dead_letters", "gauge", "Task runs waiting in the dead-letter queue.");
-    let _ = writeln!(out, "gaffer_dead_letters {}", tasks.iter().filter(|t| t.state == TaskState::Dead).count());
+    let _ = writeln!(out, "gaffer_dead_letters {dead}");
     let mut failed: BTreeMap<&str, u64> = BTreeMap::new();
-    let (mut seconds, mut ended) = (0.0f64, 0u64);
-    for a in &attempts {
+    let (mut seconds, mut ended, mut started) = (0.0f64, 0u64, 0u64);
+    let mut cost = BTreeMap::new();
+    reader.each_attempt(|a| {
+        started += 1;
         if let Some(reason) = a.reason {
             *failed.entry(reason.as_str()).or_default() += 1;
         }
@@ -44,11 +52,12 @@ fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
             seconds += end.saturating_sub(a.started_at_ms) as f64 / 1000.0;
             ended += 1;
         }
-    }
-    // The same sums as `gaffer cost --by model`.
-    let cost = sum_by_model(attempts.iter().flat_map(|a| &a.by_model));
+        // The same sums as `gaffer cost --by model`.
+        add_by_model(&mut cost, &a.by_model);
+        true
+    })?;
     header(&mut out, "gaffer_attempts_total", "counter", "Attempts started.");
-    let _ = writeln!(out, "gaffer_attempts_total {}", attempts.len());
+    let _ = writeln!(out, "gaffer_attempts_total {started}");
     header(
         &mut out,
         "gaffer_attempts_failed_total",
@@ -94,4 +103,18 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 /// Prometheus label values escape backslash, quote and newline.
 fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Queue names are the user's and model names come from task output: a quote, backslash or
+    /// newline in one must not break the line it is on (the exposition format's three escapes).
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("plain-model"), "plain-model");
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert!(!label("x\ny\rz").contains('\n'));
+    }
 }

@@ -7,18 +7,23 @@
 
 pub mod client;
 mod metrics;
+mod openapi;
 mod remote;
 mod routes;
+mod stream;
 pub mod token;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 
+pub use openapi::TaskStateName;
 pub use remote::RemoteEngine;
 
+use crate::config::Workflow;
 use crate::engine::EngineHandle;
 use crate::state_dir::StateDir;
 
@@ -35,6 +40,8 @@ pub struct ApiState {
     pub state_dir: PathBuf,
     /// The bearer token TCP clients must send (`None`: no TCP listener).
     pub token: Option<String>,
+    /// `GET /v1/openapi.json`, made at start for this workflow.
+    pub openapi: String,
 }
 
 /// Who is on the other end of a connection, found once when it is accepted.
@@ -46,16 +53,33 @@ enum Peer {
     Tcp,
 }
 
-/// The running server; `stop` ends it and removes the socket.
+/// Connections one listener serves at once. Past it, new ones wait in the kernel's backlog,
+/// where they hold no descriptor of gaffer's: a flood of idle connections cannot use up the
+/// open-file limit that spawning tasks needs (issue 9, item 3).
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its whole request head this soon after connecting (else 408, closed).
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// An idle kept-alive connection is closed after this.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A closing connection gets this long to shut down before it is dropped.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The running servers; `stop` ends them and removes the socket.
 pub struct Api {
-    server: ServerHandle,
+    servers: Vec<ServerHandle>,
     path: PathBuf,
 }
 
 impl Api {
     /// Binds the socket (replacing a stale one: whoever calls this holds the instance lock),
-    /// and the TCP address if one is given, and serves them on the current actix System.
-    pub fn start(handle: EngineHandle, state_dir: &Path, tcp: Option<std::net::TcpListener>) -> std::io::Result<Api> {
+    /// and the TCP address if one is given, and serves them on the current actix System. Each
+    /// listener has its own server, so a flood of TCP connections cannot crowd out the socket.
+    pub fn start(
+        handle: EngineHandle,
+        workflow: &Workflow,
+        state_dir: &Path,
+        tcp: Option<std::net::TcpListener>,
+    ) -> std::io::Result<Api> {
         let path = socket_path(state_dir);
         let dir = StateDir::open(state_dir).map_err(std::io::Error::other)?;
         // A stale socket (or anything planted under its name: unlinked, never followed).
@@ -63,9 +87,18 @@ impl Api {
         let listener = std::os::unix::net::UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         let token = if tcp.is_some() { Some(token::load_or_create(state_dir)?) } else { None };
-        let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf(), token });
-        let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
+        let openapi = openapi::document(workflow);
+        let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf(), token, openapi });
+        let server = || {
+            let state = state.clone();
+            HttpServer::new(move || {
+                App::new().app_data(state.clone()).configure(routes::extractor_errors).configure(routes::configure)
+            })
             .workers(1)
+            .max_connections(MAX_CONNECTIONS)
+            .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+            .keep_alive(KEEP_ALIVE)
+            .client_disconnect_timeout(DISCONNECT_TIMEOUT)
             .disable_signals()
             .shutdown_timeout(1)
             .on_connect(|connection, extensions| {
@@ -75,18 +108,20 @@ impl Api {
                 };
                 extensions.insert(peer);
             })
-            .listen_uds(listener)?;
+        };
+        let mut servers = vec![server().listen_uds(listener)?.run()];
         if let Some(tcp) = tcp {
-            server = server.listen(tcp)?;
+            servers.push(server().listen(tcp)?.run());
         }
-        let server = server.run();
-        let handle = server.handle();
-        actix::spawn(server);
-        Ok(Api { server: handle, path })
+        let handles = servers.iter().map(|s| s.handle()).collect();
+        for server in servers {
+            actix::spawn(server);
+        }
+        Ok(Api { servers: handles, path })
     }
 
     pub async fn stop(self) {
-        self.server.stop(true).await;
+        futures_util::future::join_all(self.servers.iter().map(|s| s.stop(true))).await;
         let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -170,7 +170,7 @@ pub fn submit(
 /// `gaffer pause` / `resume`: through the instance, or straight into the store when none runs.
 pub fn set_paused(state_dir: &Path, queue: &str, paused: bool) -> Result<(), CliError> {
     let verb = if paused { "pause" } else { "resume" };
-    match client::call(state_dir, "POST", &format!("/v1/queues/{queue}/{verb}"), None) {
+    match client::call(state_dir, "POST", &format!("/v1/queues/{}/{verb}", client::encode(queue)), None) {
         Ok(answer) => {
             outln!("{}", answer["message"].as_str().unwrap_or("done"));
             Ok(())

@@ -55,19 +55,9 @@ fn fetch(
     }
 }
 
-/// Percent-encodes a query-string value.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
     let set: Vec<String> =
-        pairs.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v)))).collect::<Vec<_>>();
+        pairs.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", client::encode(v)))).collect::<Vec<_>>();
     if set.is_empty() { String::new() } else { format!("?{}", set.join("&")) }
 }
 
@@ -82,7 +72,7 @@ fn num(v: &Value, key: &str) -> u64 {
 pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
     let value = match client::call(state_dir, "GET", "/v1/status", None) {
         Ok(value) => value,
-        Err(ClientError::NotRunning(_)) => report::status_value(state_dir, None)?,
+        Err(ClientError::NotRunning(_)) => report::status_value(state_dir, store::instance_pid(state_dir), None)?,
         Err(e) => return Err(CliError::Failed(e.to_string())),
     };
     if as_json {

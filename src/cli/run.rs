@@ -488,8 +488,9 @@ where
     Fut: std::future::Future<Output = Result<i32, engine::EngineError>>,
 {
     let state_dir = config.state_dir.clone();
+    let workflow = config.workflow.clone();
     let handle = engine::start(config);
-    let api = match Api::start(handle.clone(), &state_dir, tcp) {
+    let api = match Api::start(handle.clone(), &workflow, &state_dir, tcp) {
         Ok(api) => Some(api),
         Err(e) => {
             say(format, &format!("no control socket ({e}): other terminals can only read the state dir"));

@@ -105,6 +105,10 @@ impl Target {
 pub enum EngineError {
     #[error("{0}")]
     Invalid(String),
+    /// A well-formed command that does not apply to the run as it is now (nothing to retry,
+    /// already ended, nothing waits for that signal): the API answers 409.
+    #[error("{0}")]
+    Refused(String),
     #[error("no {0} in this state dir")]
     UnknownId(Target),
     #[error(transparent)]

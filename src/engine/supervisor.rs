@@ -545,7 +545,7 @@ impl Handler<Command> for Supervisor {
             };
             let message = answer
                 .map_err(|_| EngineError::Stopped("the job run stopped".into()))?
-                .map_err(EngineError::Invalid)?;
+                .map_err(EngineError::Refused)?;
             // The job run asked for its commits before it answered, and the store commits in
             // order: once this empty one is durable, so is the change. A `gaffer tasks` right
             // after a `gaffer retry` sees it.

@@ -71,10 +71,15 @@ pub fn add_to_model(rows: &mut Vec<ModelUsage>, model: Option<&str>, usage: &Usa
 /// `/metrics` and the TUI's snapshot, so they cannot disagree.
 pub fn sum_by_model<'a>(rows: impl IntoIterator<Item = &'a ModelUsage>) -> BTreeMap<String, Usage> {
     let mut out: BTreeMap<String, Usage> = BTreeMap::new();
-    for row in rows {
-        out.entry(row.label().to_string()).or_default().add(&row.usage);
-    }
+    add_by_model(&mut out, rows);
     out
+}
+
+/// [`sum_by_model`] a piece at a time (`/metrics` adds each attempt's rows as it reads it).
+pub fn add_by_model<'a>(sums: &mut BTreeMap<String, Usage>, rows: impl IntoIterator<Item = &'a ModelUsage>) {
+    for row in rows {
+        sums.entry(row.label().to_string()).or_default().add(&row.usage);
+    }
 }
 
 /// Token prices by model: the built-in table with the imported one and then the workflow's

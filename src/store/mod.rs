@@ -399,6 +399,13 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
     Ok(())
 }
 
+/// Which way a table is walked (its keys are ids from durable sequences: oldest first).
+#[derive(Clone, Copy)]
+enum Order {
+    OldestFirst,
+    NewestFirst,
+}
+
 /// A consistent snapshot of the store.
 pub struct Reader {
     txn: ReadTransaction,
@@ -424,6 +431,22 @@ impl Reader {
 
     pub fn task_runs(&self) -> Result<Vec<TaskRunRecord>, StoreError> {
         self.all(TASK_RUNS)
+    }
+
+    /// Every job run in id order, one at a time (no list of them all is built, however many
+    /// there are); `f` returns false to stop.
+    pub fn each_job_run(&self, f: impl FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
+        self.each(JOB_RUNS, f)
+    }
+
+    /// Every job run, newest first, one at a time; `f` returns false to stop.
+    pub fn each_job_run_newest_first(&self, f: impl FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
+        self.each_in(JOB_RUNS, Order::NewestFirst, f)
+    }
+
+    /// Every task run in id order, one at a time; `f` returns false to stop.
+    pub fn each_task_run(&self, f: impl FnMut(TaskRunRecord) -> bool) -> Result<(), StoreError> {
+        self.each(TASK_RUNS, f)
     }
 
     pub fn job_run(&self, id: u64) -> Result<Option<JobRunRecord>, StoreError> {
@@ -462,13 +485,12 @@ impl Reader {
     }
 
     pub fn attempts(&self) -> Result<Vec<AttemptRecord>, StoreError> {
-        let table = self.txn.open_table(ATTEMPTS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(db_err)? {
-            let (_, v) = entry.map_err(db_err)?;
-            out.push(codec::decode(v.value())?);
-        }
-        Ok(out)
+        self.all(ATTEMPTS)
+    }
+
+    /// Every attempt, one at a time; `f` returns false to stop.
+    pub fn each_attempt(&self, f: impl FnMut(AttemptRecord) -> bool) -> Result<(), StoreError> {
+        self.each(ATTEMPTS, f)
     }
 
     /// Persisted schedule states by job name (empty for a file that never ran `serve`).
@@ -565,14 +587,45 @@ impl Reader {
         }
     }
 
-    fn all<T: codec::Record>(&self, def: TableDefinition<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
-        let table = self.txn.open_table(def).map_err(db_err)?;
+    fn all<K: redb::Key + 'static, T: codec::Record>(
+        &self,
+        def: TableDefinition<K, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
-        for entry in table.iter().map_err(db_err)? {
-            let (_, v) = entry.map_err(db_err)?;
-            out.push(codec::decode(v.value())?);
-        }
+        self.each(def, |record| {
+            out.push(record);
+            true
+        })?;
         Ok(out)
+    }
+
+    fn each<K: redb::Key + 'static, T: codec::Record>(
+        &self,
+        def: TableDefinition<K, &[u8]>,
+        f: impl FnMut(T) -> bool,
+    ) -> Result<(), StoreError> {
+        self.each_in(def, Order::OldestFirst, f)
+    }
+
+    fn each_in<K: redb::Key + 'static, T: codec::Record>(
+        &self,
+        def: TableDefinition<K, &[u8]>,
+        order: Order,
+        mut f: impl FnMut(T) -> bool,
+    ) -> Result<(), StoreError> {
+        let table = self.txn.open_table(def).map_err(db_err)?;
+        let entries = table.iter().map_err(db_err)?;
+        let entries: Box<dyn Iterator<Item = _>> = match order {
+            Order::OldestFirst => Box::new(entries),
+            Order::NewestFirst => Box::new(entries.rev()),
+        };
+        for entry in entries {
+            let (_, v) = entry.map_err(db_err)?;
+            if !f(codec::decode(v.value())?) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn one<T: codec::Record>(&self, def: TableDefinition<u64, &[u8]>, id: u64) -> Result<Option<T>, StoreError> {

@@ -117,7 +117,8 @@ impl Supervisor {
             let (actor, task_run) = located?;
             let stopped = |_| EngineError::Stopped("the job run stopped".into());
             let check = CheckDefinition { current: current.0, key: current.1, choice: options.definition };
-            let note = actor.send(check).await.map_err(stopped)?.map_err(EngineError::Invalid)?;
+            // Refusals from the run as it is now (the API answers them 409).
+            let note = actor.send(check).await.map_err(stopped)?.map_err(EngineError::Refused)?;
             let budget_usd_micros = options.budget_usd_micros;
             let answer = match options.from {
                 Some(task) => actor.send(RetryFrom { task, budget_usd_micros }).await,
@@ -125,7 +126,7 @@ impl Supervisor {
             };
             // A switch made before a refused retry stays (it was asked for): say both.
             let with_note = |text: String| note.as_ref().map_or(text.clone(), |note| format!("{note}\n{text}"));
-            let message = answer.map_err(stopped)?.map_err(|e| EngineError::Invalid(with_note(e)))?;
+            let message = answer.map_err(stopped)?.map_err(|e| EngineError::Refused(with_note(e)))?;
             // As for every command: durable before it is answered (see `Command`).
             if let Some(store) = store {
                 store.commit(Vec::new()).await?;
