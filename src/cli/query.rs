@@ -114,6 +114,13 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
     outln!("task runs: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
+    let waiting = &value["waiting_for_resources"];
+    if let Some(n) = waiting["task_runs"].as_u64().filter(|n| *n > 0) {
+        outln!(
+            "waiting for resources: {n} task run(s) could not start ({}); they try again by themselves",
+            waiting["detail"].as_str().unwrap_or("out of resources")
+        );
+    }
     outln!("cost: {}", dollars(micros_of_json(&value["cost_usd"])));
     Ok(())
 }

@@ -292,8 +292,9 @@ where
         workflow.set_workers(workers.max(1));
     }
     let workers = workflow.settings.workers;
+    let process_note = crate::executor::resources::prepare(workers);
     if !tui {
-        for note in workflow.notes() {
+        for note in workflow.notes().into_iter().chain(process_note) {
             eprintln!("gaffer: note: {note}");
         }
     }
@@ -378,13 +379,20 @@ where
             None
         }
     };
-    let code = match body(handle).await {
+    let code = match body(handle.clone()).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("gaffer: {e}");
             if matches!(e, engine::EngineError::Invalid(_)) { exit::USAGE } else { exit::INTERNAL }
         }
     };
+    // Whatever still runs (a job run submitted through the socket while `run` waited for its
+    // own, a retried old run) is stopped as on SIGTERM: no task outlives gaffer.
+    let busy = handle.busy_workers();
+    if busy > 0 {
+        say(format, &format!("stopping: interrupting {busy} running task(s); they resume at the next start"));
+    }
+    handle.shutdown().await;
     if let Some(api) = api {
         api.stop().await;
     }

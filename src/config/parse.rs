@@ -531,6 +531,9 @@ fn read_cache(r: &mut Reader, entry: &Entry) -> Option<(Located<String>, Duratio
 /// A signal name is typed on the command line (`gaffer signal j7 NAME`): keep it plain.
 fn read_signal_name(r: &mut Reader, e: &Entry) -> Option<String> {
     let name = r.string(e)?;
+    if !r.check_name_length("signal", &name, e.at) {
+        return None;
+    }
     let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !plain {
         r.error(e.at, format!("signal name `{name}` may only contain letters, digits, `_`, `-` and `.`"));
@@ -638,12 +641,8 @@ fn finish_task(task: &TaskDraft, defaults: &TaskFields, base_dir: &Path) -> Task
         // Only reachable when a diagnostic was recorded, so the workflow is discarded.
         None => CommandSpec::Argv(Vec::new()),
     };
-    let mut needs: Vec<String> = Vec::new();
-    for n in &task.needs {
-        if !needs.contains(&n.value) {
-            needs.push(n.value.clone());
-        }
-    }
+    let mut seen = std::collections::HashSet::new();
+    let needs: Vec<String> = task.needs.iter().filter(|n| seen.insert(&n.value)).map(|n| n.value.clone()).collect();
     let cwd = own.cwd.as_ref().or(defaults.cwd.as_ref()).map_or_else(
         || base_dir.to_path_buf(),
         |p| {

@@ -192,6 +192,29 @@ pub struct TaskDef {
     pub cache: Option<CachePolicy>,
 }
 
+impl TaskDef {
+    /// Every text of this task that is rendered as a template (`env` values, `args` items,
+    /// `stdin`, the cache key).
+    pub fn templates(&self) -> impl Iterator<Item = &str> {
+        let args = match &self.command {
+            CommandSpec::Argv(items) => items.as_slice(),
+            CommandSpec::Shell(_) => &[],
+        };
+        let cache = self.cache.as_ref().map(|c| c.key.as_str());
+        self.env
+            .values()
+            .map(String::as_str)
+            .chain(args.iter().map(String::as_str))
+            .chain(self.stdin.as_deref())
+            .chain(cache)
+    }
+
+    /// True when some text of the task uses template syntax, so rendering needs upstream outputs.
+    pub fn is_templated(&self) -> bool {
+        self.templates().any(super::template::is_templated)
+    }
+}
+
 /// Reuse a succeeded run of this task with the same rendered key, if younger than `ttl`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachePolicy {

@@ -122,9 +122,33 @@ pub enum FailReason {
     QueueTimeout,
     /// Waited for its `wait_for` signal longer than `wait_timeout`.
     WaitTimeout,
+    /// A template (`env`, `args`, `stdin`) could not be rendered: an undefined reference, a
+    /// syntax error, or a render past its budget. Permanent: never retried by itself.
+    TemplateError,
+    /// The machine was out of a resource when the attempt was to start (open files,
+    /// processes, memory). Transient: the attempt is not counted and is tried again later.
+    ResourceExhausted,
 }
 
 impl FailReason {
+    pub const ALL: [FailReason; 11] = [
+        FailReason::ExitCode,
+        FailReason::Timeout,
+        FailReason::HeartbeatTimeout,
+        FailReason::SpawnError,
+        FailReason::Interrupted,
+        FailReason::Budget,
+        FailReason::Cancelled,
+        FailReason::QueueTimeout,
+        FailReason::WaitTimeout,
+        FailReason::TemplateError,
+        FailReason::ResourceExhausted,
+    ];
+
+    pub fn parse(text: &str) -> Option<FailReason> {
+        FailReason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailReason::ExitCode => "exit_code",
@@ -136,6 +160,8 @@ impl FailReason {
             FailReason::Cancelled => "cancelled",
             FailReason::QueueTimeout => "queue_timeout",
             FailReason::WaitTimeout => "wait_timeout",
+            FailReason::TemplateError => "template_error",
+            FailReason::ResourceExhausted => "resource_exhausted",
         }
     }
 }
@@ -151,6 +177,9 @@ mod tests {
         }
         for s in JobState::ALL {
             assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+        for r in FailReason::ALL {
+            assert_eq!(FailReason::parse(r.as_str()), Some(r));
         }
     }
 }
