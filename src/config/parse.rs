@@ -15,7 +15,7 @@ use super::{Diagnostic, Diagnostics};
 const TOP_KEYS: &[&str] = &["settings", "queues", "defaults", "jobs", "pricing"];
 /// Logs of job runs that ended longer ago than this are removed by `gaffer serve`.
 const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
-const SETTINGS_KEYS: &[&str] = &["workers", "log_max_bytes", "retention"];
+const SETTINGS_KEYS: &[&str] = &["workers", "log_max_bytes", "retention", "output_max_bytes", "outputs_max_bytes"];
 const QUEUE_KEYS: &[&str] = &["concurrency", "rate_limit", "aging"];
 const JOB_KEYS: &[&str] = &[
     "schedule",
@@ -212,6 +212,7 @@ fn read_settings(r: &mut Reader, entry: Option<&Entry>) -> Settings {
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         log_max_bytes: DEFAULT_LOG_MAX_BYTES,
         retention: DEFAULT_RETENTION,
+        outputs: OutputLimits::default(),
     };
     let Some(table) = entry.and_then(|e| r.table(e)) else {
         return settings;
@@ -229,6 +230,18 @@ fn read_settings(r: &mut Reader, entry: Option<&Entry>) -> Settings {
                 }
             }
             "retention" => settings.retention = r.duration(&e, true).unwrap_or(settings.retention),
+            "output_max_bytes" => {
+                let ceiling = OutputLimits::ONE_CEILING_BYTES;
+                if let Some(n) = r.int_in(&e, 1, ceiling as i64, &format!("from 1 to {ceiling} (1 MiB)")) {
+                    settings.outputs.one_max_bytes = n.unsigned_abs() as usize;
+                }
+            }
+            "outputs_max_bytes" => {
+                let ceiling = OutputLimits::CEILING_BYTES;
+                if let Some(n) = r.int_in(&e, 1, ceiling as i64, &format!("from 1 to {ceiling} (64 MiB)")) {
+                    settings.outputs.all_max_bytes = n.unsigned_abs() as usize;
+                }
+            }
             _ => r.unknown_key(&e, "[settings]", SETTINGS_KEYS),
         }
     }

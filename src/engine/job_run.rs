@@ -601,6 +601,7 @@ impl JobRun {
         let t = &self.tasks[i];
         let (job, task, job_run, task_run) = (self.record.job.clone(), t.task.clone(), self.record.id, t.id);
         let (state_dir, log_cap_bytes) = (self.shared.state_dir.clone(), self.shared.log_cap_bytes);
+        let output_limits = self.shared.output_limits;
         move || {
             let def = &workflow.jobs[job_index].tasks[i];
             let render = |text: &str, what: &str| render_template(text, &ctx, what);
@@ -629,6 +630,7 @@ impl JobRun {
                 log_path: state_dir.join(AttemptRecord::log_path(job_run, task_run, attempt)),
                 state_dir,
                 log_cap_bytes,
+                output_limits,
                 cost_source: def.cost,
             })
         }

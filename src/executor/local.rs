@@ -30,10 +30,11 @@ use super::group::{self, kill_group_now, start_ticks};
 use super::json_cost::JsonCostTracker;
 use super::lines::next_chunk;
 use super::logfile::CappedLog;
+use super::outputs::OutputBudget;
 use super::protocol::{MAX_CONTROL_LINE, Parser};
 use super::types::{AttemptEvent, AttemptExit, AttemptSpec, ProcessHandle};
 use super::{RunningAttempt, SpawnError, resources};
-use crate::config::CommandSpec;
+use crate::config::{CommandSpec, OutputLimits};
 
 /// The child's end of the control pipe.
 const CONTROL_FD: RawFd = 3;
@@ -82,7 +83,7 @@ pub fn spawn(spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result
         tokio::spawn(read_output(parent.stdout, true, tx.clone())),
         tokio::spawn(read_output(parent.stderr, false, tx)),
     ];
-    let attempt = Attempt::new(log, events, JsonCostTracker::new(spec.cost_source));
+    let attempt = Attempt::new(log, events, JsonCostTracker::new(spec.cost_source), spec.output_limits);
     let task = tokio::spawn(supervise(child, process.pgid, rx, readers, attempt, leftovers));
     let done = async move { task.await.unwrap_or(AttemptExit { exit_code: None, signal: None }) };
     Ok(RunningAttempt { process: Some(process), done: Box::pin(done) })
@@ -345,11 +346,18 @@ struct Attempt {
     parser: Parser,
     json: Option<JsonCostTracker>,
     last_activity: Option<Instant>,
+    outputs: OutputBudget,
 }
 
 impl Attempt {
-    fn new(log: CappedLog, events: UnboundedSender<AttemptEvent>, json: Option<JsonCostTracker>) -> Self {
-        Self { log, log_failed: false, events, parser: Parser::new(), json, last_activity: None }
+    fn new(
+        log: CappedLog,
+        events: UnboundedSender<AttemptEvent>,
+        json: Option<JsonCostTracker>,
+        output_limits: OutputLimits,
+    ) -> Self {
+        let outputs = OutputBudget::new(output_limits);
+        Self { log, log_failed: false, events, parser: Parser::new(), json, last_activity: None, outputs }
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -392,7 +400,14 @@ impl Attempt {
         self.event(AttemptEvent::Warning(crate::sanitize::sanitize(&msg)));
     }
 
-    fn send(&self, event: AttemptEvent) {
+    /// Every event leaves through here, so every output (fd 3, an agent's result) is held to
+    /// the attempt's output caps.
+    fn send(&mut self, event: AttemptEvent) {
+        if let AttemptEvent::Output { key, value } = &event
+            && let Err(why) = self.outputs.admit(key, value.len())
+        {
+            return self.warn(why);
+        }
         // The receiver may be gone (engine shutting down); the attempt still runs to the end.
         let _ = self.events.send(event);
     }

@@ -7,6 +7,7 @@ mod json_cost;
 mod lines;
 mod local;
 mod logfile;
+mod outputs;
 mod protocol;
 pub mod resources;
 pub mod types;

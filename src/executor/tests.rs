@@ -28,6 +28,7 @@ fn spec(dir: &Path, command: CommandSpec) -> AttemptSpec {
         state_dir: dir.join("state"),
         log_path: dir.join("logs/7/42.2.log"),
         log_cap_bytes: 1024 * 1024,
+        output_limits: crate::config::OutputLimits::default(),
         cost_source: CostSource::Protocol,
     }
 }
