@@ -126,11 +126,8 @@ impl ResourceWait {
 
 /// Queue caps from the definition of the newest job run (the store keeps definitions, not queues).
 fn latest_queue_caps(reader: &Reader) -> Result<BTreeMap<String, usize>, StoreError> {
-    let Some(latest) = reader.job_runs()?.into_iter().max_by_key(|j| j.id) else { return Ok(BTreeMap::new()) };
-    let Some(def) = reader.definition(latest.definition)? else { return Ok(BTreeMap::new()) };
-    Ok(crate::config::parse(Path::new(&def.path), &def.source)
-        .map(|w| w.queues.into_iter().map(|(k, q)| (k, q.concurrency)).collect())
-        .unwrap_or_default())
+    let workflow = crate::engine::latest_workflow(reader)?;
+    Ok(workflow.map(|w| w.queues.into_iter().map(|(k, q)| (k, q.concurrency)).collect()).unwrap_or_default())
 }
 
 /// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its
@@ -156,11 +153,29 @@ fn not_found(target: Target) -> QueryError {
     QueryError::NotFound(format!("no {target} in this state dir"))
 }
 
-/// `jobs --json`, optionally only those in `state`.
-pub fn jobs(reader: &Reader, state: Option<&str>) -> Result<Value, QueryError> {
-    let wanted = wanted_state(state, "job run", JobState::parse, &JobState::ALL.map(JobState::as_str))?;
-    let runs = reader.job_runs()?.into_iter().filter(|j| wanted.is_none_or(|w| j.state == w));
-    Ok(Value::Array(runs.map(|j| job_json(&j)).collect()))
+/// Which job runs `jobs` lists.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct JobFilter {
+    pub state: Option<String>,
+    /// The job's name in the workflow file.
+    pub job: Option<String>,
+    /// Only the newest this many, newest first.
+    pub limit: Option<usize>,
+}
+
+/// `jobs --json`: oldest first; with a `limit`, the newest that many, newest first.
+pub fn jobs(reader: &Reader, filter: &JobFilter) -> Result<Value, QueryError> {
+    let wanted =
+        wanted_state(filter.state.as_deref(), "job run", JobState::parse, &JobState::ALL.map(JobState::as_str))?;
+    let runs = reader
+        .job_runs()?
+        .into_iter()
+        .filter(|j| wanted.is_none_or(|w| j.state == w) && filter.job.as_ref().is_none_or(|name| &j.job == name));
+    let runs: Vec<Value> = match filter.limit {
+        Some(limit) => runs.rev().take(limit).map(|j| job_json(&j)).collect(),
+        None => runs.map(|j| job_json(&j)).collect(),
+    };
+    Ok(Value::Array(runs))
 }
 
 /// Which task runs `tasks` lists.

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{ApiState, Peer};
 use crate::engine::{EngineError, Target};
-use crate::report::{self, CostBy, QueryError, TaskFilter};
+use crate::report::{self, CostBy, JobFilter, QueryError, TaskFilter};
 use crate::store::Reader;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -129,9 +129,18 @@ fn bad_target(message: String) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({"error": message}))
 }
 
-async fn retry(state: web::Data<ApiState>, body: web::Json<TargetBody>) -> HttpResponse {
+/// `{"target": "j7", "from": "TASK", "definition": "current"}`: the last two optional.
+#[derive(Deserialize)]
+struct RetryBody {
+    target: String,
+    #[serde(flatten)]
+    options: crate::engine::RetryOptions,
+}
+
+async fn retry(state: web::Data<ApiState>, body: web::Json<RetryBody>) -> HttpResponse {
+    let body = body.into_inner();
     match Target::parse(&body.target) {
-        Ok(t) => answer(state.handle.retry(t).await),
+        Ok(t) => answer(state.handle.retry_with(t, body.options).await),
         Err(message) => bad_target(message),
     }
 }
@@ -205,15 +214,10 @@ async fn query(
     }
 }
 
-#[derive(Deserialize)]
-struct JobsQuery {
-    state: Option<String>,
-}
-
-/// SPEC §4.1 `jobs --json`, filtered by `?state=`.
-async fn jobs(state: web::Data<ApiState>, q: web::Query<JobsQuery>) -> HttpResponse {
-    let wanted = q.into_inner().state;
-    query(&state, move |_, reader| report::jobs(reader, wanted.as_deref())).await
+/// SPEC §4.1 `jobs --json`, filtered by `?state=&job=&limit=`.
+async fn jobs(state: web::Data<ApiState>, filter: web::Query<JobFilter>) -> HttpResponse {
+    let filter = filter.into_inner();
+    query(&state, move |_, reader| report::jobs(reader, &filter)).await
 }
 
 /// SPEC §4.1 `tasks --json`, filtered by `?state=&job=&queue=` (`?state=dead`: the dead letters).

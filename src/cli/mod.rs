@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod control;
+mod init;
 mod query;
 mod run;
 
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::engine::Action;
+use crate::model::rerun::DefinitionChoice;
 use crate::report::CostBy;
 
 /// Exit codes (SPEC §8).
@@ -54,10 +56,18 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run as a service: fire cron schedules, resume unfinished runs, until SIGINT/SIGTERM.
     Serve(run::ServeArgs),
-    /// Attach the terminal UI to the running instance (`q` detaches; the instance keeps running).
+    /// Attach the terminal UI to the running instance (`q` detaches; the instance keeps running);
+    /// with none running, show the state dir read-only.
     Tui,
     /// Check a workflow file; report every problem as FILE:LINE:COL.
     Validate { file: PathBuf },
+    /// Write a commented starter workflow (never over an existing file).
+    Init {
+        #[arg(default_value = "gaffer.toml")]
+        file: PathBuf,
+    },
+    /// Print the workflow file's JSON Schema (for taplo / VS Code: `#:schema ./gaffer.schema.json`).
+    Schema,
     /// Preview the next fire times of every scheduled job, in its zone and in UTC.
     Schedules {
         file: PathBuf,
@@ -75,11 +85,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Job runs.
+    /// Job runs, with their params (secrets as ***).
     Jobs {
         /// Only job runs in this state: running, succeeded, failed, cancelled.
         #[arg(long)]
         state: Option<String>,
+        /// Only runs of this job (its name in the workflow file).
+        #[arg(long)]
+        job: Option<String>,
+        /// Only the newest N, newest first.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
         /// JSON (SPEC §4.1) instead of a table.
         #[arg(long)]
         json: bool,
@@ -108,9 +124,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The log of a task run's attempt (default: the latest).
+    /// The log of a task run's attempt (default: the latest), or of every task of a job run.
     Logs {
-        /// The task run id (42).
+        /// A task run id (42), or a job run id (j7): each task run's latest attempt, under a header.
         id: String,
         /// Which attempt (1, 2, …; default: the latest).
         #[arg(long)]
@@ -123,7 +139,7 @@ pub enum Command {
     Submit {
         /// The job's name in the workflow file the instance serves.
         job: String,
-        /// Override a job param: --param topic=go (repeatable).
+        /// Set a job param: --param topic=go (repeatable; a secret one is held in memory only).
         #[arg(long = "param", value_name = "K=V")]
         params: Vec<String>,
         /// Priority for every task of this run (0..=100).
@@ -142,6 +158,13 @@ pub enum Command {
         /// Task run ids (42) and job run ids (j7).
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Re-run a finished job run (j7) from this task: it and everything downstream of it.
+        #[arg(long, value_name = "TASK")]
+        from: Option<String>,
+        /// When the job run's definition differs from the workflow file in use: `current`
+        /// switches the run to the file (recorded), `stored` runs it as it started.
+        #[arg(long, value_name = "stored|current", value_parser = DefinitionChoice::parse)]
+        definition: Option<DefinitionChoice>,
     },
     /// Cancel task runs (42) or job runs (j7).
     Cancel {
@@ -198,6 +221,9 @@ pub enum DlqAction {
         /// Every dead task run.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        /// As for `gaffer retry`: `current` or `stored`, when the file changed since the run started.
+        #[arg(long, value_name = "stored|current", value_parser = DefinitionChoice::parse)]
+        definition: Option<DefinitionChoice>,
     },
     /// Cancel dead task runs for good.
     Purge {
@@ -228,9 +254,13 @@ pub fn main() -> i32 {
         Command::Serve(args) => return run::serve(args, &state_dir),
         Command::Tui => return run::attach(&state_dir),
         Command::Validate { file } => return run::validate(&file),
+        Command::Init { file } => init::init(&file),
+        Command::Schema => init::schema(),
         Command::Schedules { file, count, from, json } => return run::schedules(&file, count, from.as_deref(), json),
         Command::Status { json } => query::status(&state_dir, json),
-        Command::Jobs { state, json } => query::jobs(&state_dir, state.as_deref(), json),
+        Command::Jobs { state, job, limit, json } => {
+            query::jobs(&state_dir, crate::report::JobFilter { state, job, limit }, json)
+        }
         Command::Tasks { state, job, queue, json } => {
             query::tasks(&state_dir, crate::report::TaskFilter { state, job, queue }, json)
         }
@@ -241,7 +271,9 @@ pub fn main() -> i32 {
         }
         Command::Pause { queue } => control::set_paused(&state_dir, &queue, true),
         Command::Resume { queue } => control::set_paused(&state_dir, &queue, false),
-        Command::Retry { ids } => control::send(&state_dir, &Action::Retry, &ids),
+        Command::Retry { ids, from, definition } => {
+            control::retry(&state_dir, &ids, crate::engine::RetryOptions { from, definition })
+        }
         Command::Cancel { ids } => control::send(&state_dir, &Action::Cancel, &ids),
         Command::Signal { run_id, name } => control::signal(&state_dir, &run_id, &name),
         Command::Dlq { action } => control::dlq(&state_dir, action.unwrap_or(DlqAction::List { json: false })),

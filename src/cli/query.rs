@@ -15,7 +15,7 @@ use crate::api::client::{self, ClientError};
 use crate::engine::Target;
 use crate::headless::dollars;
 use crate::model::money::micros_of_json;
-use crate::report::{self, CostBy, QueryError, TaskFilter};
+use crate::report::{self, CostBy, JobFilter, QueryError, TaskFilter};
 use crate::store::{self, Reader};
 
 fn print_json(value: &Value) -> Result<(), CliError> {
@@ -130,25 +130,41 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn jobs(state_dir: &Path, state: Option<&str>, as_json: bool) -> Result<(), CliError> {
-    let path = format!("/v1/jobs{}", query_string(&[("state", state)]));
-    let runs = fetch(state_dir, &path, |reader| report::jobs(reader, state)).map_err(usage_if_unknown_state)?;
+pub fn jobs(state_dir: &Path, filter: JobFilter, as_json: bool) -> Result<(), CliError> {
+    let limit = filter.limit.map(|n| n.to_string());
+    let path = format!(
+        "/v1/jobs{}",
+        query_string(&[
+            ("state", filter.state.as_deref()),
+            ("job", filter.job.as_deref()),
+            ("limit", limit.as_deref())
+        ])
+    );
+    let runs = fetch(state_dir, &path, |reader| report::jobs(reader, &filter)).map_err(usage_if_unknown_state)?;
     if as_json {
         return print_json(&runs);
     }
-    outln!("{:<6} {:<20} {:<10} {:>10} {:<24} REASON", "ID", "JOB", "STATE", "COST", "STARTED");
+    outln!("{:<6} {:<20} {:<10} {:>10} {:<24} {:<24} REASON", "ID", "JOB", "STATE", "COST", "STARTED", "PARAMS");
     for j in runs.as_array().into_iter().flatten() {
         outln!(
-            "{:<6} {:<20} {:<10} {:>10} {:<24} {}",
+            "{:<6} {:<20} {:<10} {:>10} {:<24} {:<24} {}",
             format!("j{}", num(j, "id")),
             text(j, "job"),
             text(j, "state"),
             dollars(micros_of_json(&j["cost_usd"])),
             text(j, "started_at"),
+            params_text(&j["params"]),
             text(j, "reason")
         );
     }
     Ok(())
+}
+
+/// `k=v k2=v2` (secrets are stored as `***`, so they print so).
+fn params_text(params: &Value) -> String {
+    let pairs = params.as_object().into_iter().flatten();
+    let text: Vec<String> = pairs.map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+    crate::sanitize::sanitize(&text.join(" "))
 }
 
 /// An unknown `--state` is a usage error (exit 2), whoever noticed it.
@@ -281,15 +297,52 @@ fn print_task_detail(t: &Value) {
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
 pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> Result<(), CliError> {
-    let Ok(Target::TaskRun(id)) = Target::parse(id) else {
-        return Err(CliError::Usage(format!("`{id}`: logs belong to task runs; give a task run id like 42")));
+    let id = match Target::parse(id) {
+        Ok(Target::TaskRun(id)) => id,
+        Ok(Target::JobRun(id)) if !follow && attempt.is_none() => return job_run_logs(state_dir, id),
+        Ok(Target::JobRun(_)) => {
+            return Err(CliError::Usage(format!(
+                "`{id}`: --follow and --attempt take a task run id (42); `gaffer logs {id}` alone prints every task's last attempt"
+            )));
+        }
+        Err(_) => {
+            return Err(CliError::Usage(format!(
+                "`{id}` is not an id: use a task run id like 42, or a job run id like j7"
+            )));
+        }
     };
     if follow && attempt.is_none() && !wait_for_first_attempt(state_dir, id)? {
         eprintln!("gaffer: task run {id} ended without running: no log");
         return Ok(());
     }
+    print_log(state_dir, id, attempt, follow).map(|_| ())
+}
+
+/// `logs j7`: each task run's latest attempt, in task run order, under a header naming it.
+fn job_run_logs(state_dir: &Path, job_run: u64) -> Result<(), CliError> {
+    let target = Target::JobRun(job_run);
+    let run = fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target))?;
+    for t in run["tasks"].as_array().into_iter().flatten() {
+        let (id, attempt, state) = (num(t, "id"), num(t, "attempt"), text(t, "state"));
+        let name = format!("{}.{}", text(t, "job"), text(t, "task"));
+        if attempt == 0 {
+            outln!("==> task run {id} {name}: {state}, no attempt <==");
+            continue;
+        }
+        outln!("==> task run {id} {name}: attempt {attempt}, {state} <==");
+        if !print_log(state_dir, id, Some(attempt as u32), false)? {
+            outln!();
+        }
+    }
+    Ok(())
+}
+
+/// Prints an attempt's log (default: the latest) from the start; `follow` keeps reading while
+/// the attempt runs. True when what it printed ends a line (or it printed nothing).
+fn print_log(state_dir: &Path, id: u64, attempt: Option<u32>, follow: bool) -> Result<bool, CliError> {
     let mut offset = 0;
     let mut attempt = attempt;
+    let mut line_ended = true;
     loop {
         let path = format!(
             "/v1/logs/{id}{}",
@@ -307,10 +360,13 @@ pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> R
             super::output_failed(e);
         }
         offset = num(&chunk, "offset");
+        if let Some(last) = piece.chars().last() {
+            line_ended = last == '\n';
+        }
         if piece.is_empty() {
             // Read to the end: done, unless following an attempt that still runs.
             if !follow || chunk["running"] != true {
-                return Ok(());
+                return Ok(line_ended);
             }
             std::thread::sleep(FOLLOW_EVERY);
         }

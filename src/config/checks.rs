@@ -239,7 +239,24 @@ fn check_template(r: &mut Reader, scope: &mut Scope, label: &str, text: &Located
         let segments: Vec<&str> = var.split('.').collect();
         if let Some(problem) = reference_problem(scope, &segments) {
             r.error(text.at, problem);
+        } else if label == "cache.key"
+            && let Some(secret) = secret_in(scope, &segments)
+        {
+            r.error(
+                text.at,
+                format!("`cache.key` uses secret param `{secret}`: cache keys are stored in the state dir"),
+            );
         }
+    }
+}
+
+/// The secret param a reference reads, if any (a bare `params` may read any of them).
+fn secret_in<'a>(scope: &'a Scope, segments: &[&str]) -> Option<&'a str> {
+    let secret = |name: &str| scope.job.params.get(name).is_some_and(|p| p.secret);
+    match segments {
+        ["params"] => scope.job.params.keys().map(String::as_str).find(|name| secret(name)),
+        ["params", name, ..] => scope.job.params.get_key_value(*name).filter(|_| secret(name)).map(|(k, _)| k.as_str()),
+        _ => None,
     }
 }
 
@@ -366,6 +383,16 @@ mod tests {
                     [jobs.j.tasks.b]\nrun = \"x\"\nneeds = [\"a\"]\n\
                     [jobs.j.tasks.c]\nrun = \"x\"\n";
         assert_eq!(errors(text), ["2:14: template refers to task `a`, which `c` does not depend on"]);
+    }
+
+    #[test]
+    fn a_cache_key_may_not_use_a_secret() {
+        let text = "[jobs.j]\nparams = { token = { secret = true }, url = \"u\" }\n[jobs.j.tasks.t]\nrun = \"x\"\n\
+                    cache = { key = \"{{ params.url }} {{ params.token }}\", ttl = \"1h\" }\nenv = { T = \"{{ params.token }}\" }\n";
+        assert_eq!(
+            errors(text),
+            ["5:17: `cache.key` uses secret param `token`: cache keys are stored in the state dir"]
+        );
     }
 
     #[test]

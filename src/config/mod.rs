@@ -4,8 +4,12 @@
 //! user fixing a file one error per run is slow and annoying.
 
 mod checks;
+mod env_file;
+mod hooks;
+mod params;
 mod parse;
 pub mod pricing;
+pub mod schema;
 pub mod template;
 pub mod types;
 mod values;

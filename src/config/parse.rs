@@ -7,17 +7,21 @@ use std::time::Duration;
 
 use toml_edit::{Document, TableLike};
 
-use super::checks;
+use super::env_file::{self, EnvFiles};
+use super::params;
 use super::types::*;
 use super::values::{Entry, Located, Pos, Reader, parse_rate_limit};
 use super::{Diagnostic, Diagnostics};
+use super::{checks, hooks};
 
-const TOP_KEYS: &[&str] = &["settings", "queues", "defaults", "jobs", "pricing"];
+pub(super) const TOP_KEYS: &[&str] = &["settings", "queues", "defaults", "jobs", "pricing"];
 /// Logs of job runs that ended longer ago than this are removed by `gaffer serve`.
 const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
-const SETTINGS_KEYS: &[&str] = &["workers", "log_max_bytes", "retention", "output_max_bytes", "outputs_max_bytes"];
-const QUEUE_KEYS: &[&str] = &["concurrency", "rate_limit", "aging"];
-const JOB_KEYS: &[&str] = &[
+pub(super) const SETTINGS_KEYS: &[&str] =
+    &["workers", "log_max_bytes", "retention", "output_max_bytes", "outputs_max_bytes"];
+pub(super) const QUEUE_KEYS: &[&str] =
+    &["concurrency", "rate_limit", "aging", "on_failure", "on_dead_letter", "on_budget"];
+pub(super) const JOB_KEYS: &[&str] = &[
     "schedule",
     "timezone",
     "params",
@@ -29,9 +33,13 @@ const JOB_KEYS: &[&str] = &[
     "catchup_window",
     "overlap",
     "max_active_runs",
+    "on_failure",
+    "on_dead_letter",
+    "on_budget",
 ];
-const DEFAULTS_KEYS: &[&str] = &[
+pub(super) const DEFAULTS_KEYS: &[&str] = &[
     "env",
+    "env_file",
     "cwd",
     "queue",
     "priority",
@@ -42,10 +50,11 @@ const DEFAULTS_KEYS: &[&str] = &[
     "cost",
     "budget_usd",
 ];
-const TASK_KEYS: &[&str] = &[
+pub(super) const TASK_KEYS: &[&str] = &[
     "run",
     "args",
     "env",
+    "env_file",
     "stdin",
     "cwd",
     "needs",
@@ -62,9 +71,9 @@ const TASK_KEYS: &[&str] = &[
     "cache",
     "description",
 ];
-const WORKFLOW_CONTROL_KEYS: &[&str] =
+pub(super) const WORKFLOW_CONTROL_KEYS: &[&str] =
     &["next", "join", "max_iterations", "for_each", "for_each_concurrency", "compensate"];
-const RETRY_KEYS: &[&str] = &[
+pub(super) const RETRY_KEYS: &[&str] = &[
     "max_attempts",
     "initial_interval",
     "backoff",
@@ -73,8 +82,8 @@ const RETRY_KEYS: &[&str] = &[
     "non_retryable_exit_codes",
     "max_cost_usd",
 ];
-const PRICING_KEYS: &[&str] = &["input_per_mtok", "output_per_mtok"];
-const CACHE_KEYS: &[&str] = &["key", "ttl"];
+pub(super) const PRICING_KEYS: &[&str] = &["input_per_mtok", "output_per_mtok"];
+pub(super) const CACHE_KEYS: &[&str] = &["key", "ttl"];
 
 /// Default per-attempt log cap: 16 MiB.
 const DEFAULT_LOG_MAX_BYTES: u64 = 16 * 1024 * 1024;
@@ -86,6 +95,7 @@ const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, Default)]
 pub(super) struct TaskFields {
     pub env: BTreeMap<String, Located<String>>,
+    pub env_file: Option<EnvFiles>,
     pub cwd: Option<PathBuf>,
     pub queue: Option<Located<String>>,
     pub priority: Option<u8>,
@@ -135,11 +145,12 @@ pub(super) struct JobDraft {
     pub name: String,
     pub schedule: Option<String>,
     pub timezone: Option<String>,
-    pub params: BTreeMap<String, String>,
+    pub params: BTreeMap<String, ParamDef>,
     pub budget_usd_micros: Option<u64>,
     pub fail_fast: bool,
     pub policy: SchedulePolicy,
     pub tasks: Vec<TaskDraft>,
+    pub hooks: Hooks,
 }
 
 pub(super) fn parse_workflow(path: &Path, text: &str) -> Result<Workflow, Diagnostics> {
@@ -182,15 +193,16 @@ fn read_workflow(r: &mut Reader, path: &Path, root: &dyn TableLike) -> Workflow 
     }
     let settings = read_settings(r, sections.settings.as_ref());
     let queues = read_queues(r, sections.queues.as_ref(), settings.workers);
-    let defaults = sections.defaults.as_ref().map(|e| read_defaults(r, e)).unwrap_or_default();
+    let mut defaults = sections.defaults.as_ref().map(|e| read_defaults(r, e)).unwrap_or_default();
     let pricing = sections.pricing.as_ref().map(|e| read_pricing(r, e)).unwrap_or_default();
-    let jobs = read_jobs(r, sections.jobs.as_ref());
+    let mut jobs = read_jobs(r, sections.jobs.as_ref());
+    let base_dir = base_dir(path);
+    env_file::load_all(r, &base_dir, &mut defaults, &mut jobs);
 
     check_queue_refs(r, &queues, &defaults, &jobs);
     for job in &jobs {
         checks::check_job(r, job, &defaults);
     }
-    let base_dir = base_dir(path);
     Workflow {
         path: path.to_path_buf(),
         jobs: jobs.iter().map(|j| finish_job(j, &defaults, &base_dir)).collect(),
@@ -265,6 +277,7 @@ fn read_queues(r: &mut Reader, entry: Option<&Entry>, workers: usize) -> BTreeMa
         concurrency_is_workers: true,
         rate_limit: None,
         aging: None,
+        hooks: Hooks::default(),
     });
     queues
 }
@@ -277,6 +290,7 @@ fn read_queue(r: &mut Reader, entry: &Entry, workers: usize) -> Option<QueueDef>
         concurrency_is_workers: true,
         rate_limit: None,
         aging: None,
+        hooks: Hooks::default(),
     };
     for e in r.entries(table, entry.at) {
         match e.name {
@@ -294,6 +308,7 @@ fn read_queue(r: &mut Reader, entry: &Entry, workers: usize) -> Option<QueueDef>
                 }
             }
             "aging" => queue.aging = r.duration(&e, true),
+            _ if hooks::read(r, &e, &mut queue.hooks) => {}
             _ => r.unknown_key(&e, &format!("queue `{}`", entry.name), QUEUE_KEYS),
         }
     }
@@ -371,12 +386,13 @@ fn read_job(r: &mut Reader, entry: &Entry) -> Option<JobDraft> {
         fail_fast: false,
         policy: SchedulePolicy::default(),
         tasks: Vec::new(),
+        hooks: Hooks::default(),
     };
     for e in r.entries(table, entry.at) {
         match e.name {
             "schedule" => job.schedule = read_schedule(r, &e),
             "timezone" => job.timezone = read_timezone(r, &e),
-            "params" => job.params = r.scalar_table(&e).into_iter().collect(),
+            "params" => job.params = params::read_params(r, &e),
             "budget_usd" => job.budget_usd_micros = r.usd(&e),
             "fail_fast" => job.fail_fast = r.bool(&e).unwrap_or(false),
             "description" => {}
@@ -399,6 +415,7 @@ fn read_job(r: &mut Reader, entry: &Entry) -> Option<JobDraft> {
                 job.policy.max_active_runs =
                     r.int_in(&e, 1, 1000, "from 1 to 1000").map(|n| usize::try_from(n).unwrap_or(1));
             }
+            _ if hooks::read(r, &e, &mut job.hooks) => {}
             _ => r.unknown_key(&e, &format!("job `{}`", entry.name), JOB_KEYS),
         }
     }
@@ -563,6 +580,7 @@ fn unsupported_workflow_control(r: &mut Reader, e: &Entry) {
 fn read_common_field(r: &mut Reader, e: &Entry, fields: &mut TaskFields) -> bool {
     match e.name {
         "env" => fields.env.extend(r.string_table(e)),
+        "env_file" => fields.env_file = env_file::read_paths(r, e),
         "cwd" => fields.cwd = r.string(e).map(PathBuf::from),
         "queue" => fields.queue = r.located_string(e),
         "priority" => {
@@ -643,6 +661,7 @@ fn finish_job(job: &JobDraft, defaults: &TaskFields, base_dir: &Path) -> JobDef 
         fail_fast: job.fail_fast,
         policy: job.policy,
         tasks: job.tasks.iter().map(|t| finish_task(t, defaults, base_dir)).collect(),
+        hooks: job.hooks.clone(),
     }
 }
 
@@ -667,6 +686,7 @@ fn finish_task(task: &TaskDraft, defaults: &TaskFields, base_dir: &Path) -> Task
         name: task.name.clone(),
         command,
         env: merged_env(task, defaults).into_iter().map(|(k, v)| (k.to_string(), v.value.clone())).collect(),
+        env_file: own.env_file.as_ref().or(defaults.env_file.as_ref()).map(|f| f.vars.clone()).unwrap_or_default(),
         stdin: task.stdin.as_ref().map(|s| s.value.clone()),
         cwd,
         needs,
@@ -802,9 +822,9 @@ output_per_mtok = 15.00
         assert_eq!(job.schedule.as_deref(), Some("0 9 * * MON-FRI"));
         assert_eq!(job.timezone.as_deref(), Some("Europe/Berlin"));
         assert_eq!(job.budget_usd_micros, Some(2_000_000));
-        assert_eq!(job.params["limit"], "10");
-        assert_eq!(job.params["ratio"], "0.50");
-        assert_eq!(job.params["dry"], "false");
+        assert_eq!(job.params["limit"], ParamDef::plain("10"));
+        assert_eq!(job.params["ratio"], ParamDef::plain("0.50"));
+        assert_eq!(job.params["dry"], ParamDef::plain("false"));
         let names: Vec<&str> = job.tasks.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["fetch", "analyze", "deliver"]);
 
@@ -905,14 +925,14 @@ nees = ["a"]
             errors(text),
             [
                 "2:11: `workers` must be an integer of at least 1",
-                "6:1: unknown key `burst` in queue `llm` (expected one of: concurrency, rate_limit, aging)",
+                "6:1: unknown key `burst` in queue `llm` (expected one of: concurrency, rate_limit, aging, on_failure, on_dead_letter, on_budget)",
                 "9:12: bad cron expression `0 25 * * *`: Component error: Number out of bounds.",
                 "10:12: unknown timezone `Mars/Olympus`",
                 "14:12: `priority` must be an integer from 0 to 100",
                 "15:11: bad duration `5 minutes-ish` for `timeout`: invalid character at 9",
                 "16:9: unknown queue `gpu` (declared: default, llm)",
                 "17:10: unknown task `fetch2` in `needs` of task `fetch` (job `report` has: fetch)",
-                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, cache, description); did you mean `needs`?",
+                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, env_file, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, cache, description); did you mean `needs`?",
             ]
         );
     }

@@ -94,6 +94,7 @@ pub struct QueueDef {
     pub rate_limit: Option<RateLimit>,
     /// A waiting task run gains +1 priority per `aging` (anti-starvation); `None` = no aging.
     pub aging: Option<Duration>,
+    pub hooks: Hooks,
 }
 
 /// At most `count` attempts started per `window`.
@@ -108,7 +109,9 @@ pub struct JobDef {
     pub name: String,
     pub schedule: Option<String>,
     pub timezone: Option<String>,
-    pub params: BTreeMap<String, String>,
+    /// Declared params: a plain default (`topic = "rust"`) or a table
+    /// (`token = { secret = true, env = "API_TOKEN" }`).
+    pub params: BTreeMap<String, ParamDef>,
     pub budget_usd_micros: Option<u64>,
     /// Cancel running tasks as soon as one task fails the job run.
     pub fail_fast: bool,
@@ -116,6 +119,7 @@ pub struct JobDef {
     pub policy: SchedulePolicy,
     /// In file order; names are unique.
     pub tasks: Vec<TaskDef>,
+    pub hooks: Hooks,
 }
 
 /// How a scheduled job treats fire times missed while gaffer was down, and fire times that
@@ -165,6 +169,24 @@ pub enum Overlap {
     Allow,
 }
 
+/// One declared job param and where its value may come from (`model::params` resolves it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParamDef {
+    /// Used when the run is given no value (never set for a secret: the file is stored).
+    pub default: Option<String>,
+    /// Never stored, journaled or shown: a run keeps it in memory only (`***` everywhere else).
+    pub secret: bool,
+    /// An environment variable of the gaffer process to read the value from when none is given.
+    pub env: Option<String>,
+}
+
+impl ParamDef {
+    /// A plain `name = "value"` param.
+    pub fn plain(default: &str) -> ParamDef {
+        ParamDef { default: Some(default.to_string()), secret: false, env: None }
+    }
+}
+
 impl JobDef {
     pub fn task(&self, name: &str) -> Option<&TaskDef> {
         self.tasks.iter().find(|t| t.name == name)
@@ -195,6 +217,9 @@ pub struct TaskDef {
     pub command: CommandSpec,
     /// Values are templates.
     pub env: BTreeMap<String, String>,
+    /// Variables read from `env_file` when the file was loaded: literal values, never templated,
+    /// overridden by `env`.
+    pub env_file: BTreeMap<String, String>,
     /// A template.
     pub stdin: Option<String>,
     /// Absolute.
@@ -271,6 +296,72 @@ impl Default for RetryPolicy {
             jitter: 0.2,
             non_retryable_exit_codes: Vec::new(),
             max_cost_usd_micros: None,
+        }
+    }
+}
+
+/// `on_failure`, `on_dead_letter`, `on_budget` of a job or a queue (`gaffer` runs them with the
+/// event as JSON on stdin; see `engine::hooks`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hooks {
+    pub on_failure: Option<Hook>,
+    pub on_dead_letter: Option<Hook>,
+    pub on_budget: Option<Hook>,
+}
+
+impl Hooks {
+    pub fn get(&self, key: HookKey) -> Option<&Hook> {
+        match key {
+            HookKey::OnFailure => self.on_failure.as_ref(),
+            HookKey::OnDeadLetter => self.on_dead_letter.as_ref(),
+            HookKey::OnBudget => self.on_budget.as_ref(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        HookKey::ALL.iter().all(|k| self.get(*k).is_none())
+    }
+}
+
+/// One hook: shell text for `sh -c`, killed (its whole process group) past `timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub run: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookKey {
+    OnFailure,
+    OnDeadLetter,
+    OnBudget,
+}
+
+impl HookKey {
+    pub const ALL: [HookKey; 3] = [HookKey::OnFailure, HookKey::OnDeadLetter, HookKey::OnBudget];
+
+    /// The key in the workflow file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKey::OnFailure => "on_failure",
+            HookKey::OnDeadLetter => "on_dead_letter",
+            HookKey::OnBudget => "on_budget",
+        }
+    }
+}
+
+/// Where a hook is declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookLevel {
+    Job,
+    Queue,
+}
+
+impl HookLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookLevel::Job => "job",
+            HookLevel::Queue => "queue",
         }
     }
 }

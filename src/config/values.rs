@@ -238,30 +238,6 @@ impl<'t> Reader<'t> {
         out
     }
 
-    /// A table of scalars stored as their text (`params`): strings, integers, floats, booleans.
-    pub fn scalar_table(&mut self, e: &Entry) -> Vec<(String, String)> {
-        let Some(table) = self.table(e) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for entry in self.entries(table, e.at) {
-            let text = match entry.item.as_value() {
-                Some(Value::String(s)) => Some(s.value().clone()),
-                Some(Value::Boolean(b)) => Some(b.value().to_string()),
-                Some(v @ (Value::Integer(_) | Value::Float(_))) => self.raw(v).map(str::to_string),
-                _ => None,
-            };
-            self.check_name_length("param", entry.name, entry.key_at);
-            match text {
-                Some(t) => out.push((entry.name.to_string(), t)),
-                None => {
-                    self.error(entry.at, format!("`{}.{}` must be a string, number or boolean", e.name, entry.name))
-                }
-            }
-        }
-        out
-    }
-
     /// Job, task and queue names end up in logs and command lines, so keep them plain and short.
     pub fn check_name(&mut self, kind: &str, name: &str, at: Pos) {
         if !self.check_name_length(kind, name, at) {

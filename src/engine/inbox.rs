@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::Target;
+use crate::model::rerun::DefinitionChoice;
 
 /// What a command does to its target; the same for live commands and inbox files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +24,36 @@ pub enum Action {
 pub struct InboxCommand {
     pub action: Action,
     pub target: Target,
+    /// A retry's `--from` and `--definition` (absent in files written before they existed).
+    #[serde(default, skip_serializing_if = "RetryOptions::is_plain")]
+    pub retry: RetryOptions,
+}
+
+/// What a retry may ask beyond the plain one: `gaffer retry j7 --from TASK`, `--definition`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryOptions {
+    /// Re-run this task of the job run and everything downstream of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// What to do when the job run's definition differs from the file in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<DefinitionChoice>,
+}
+
+impl RetryOptions {
+    pub fn is_plain(&self) -> bool {
+        *self == RetryOptions::default()
+    }
+
+    /// The body of `POST /v1/retry`: `{"target": "j7", "from": …, "definition": …}`.
+    pub fn request(&self, target: Target) -> serde_json::Value {
+        let mut body = serde_json::json!({"target": target.id_text()});
+        if let (Some(body), Ok(serde_json::Value::Object(options))) = (body.as_object_mut(), serde_json::to_value(self))
+        {
+            body.extend(options);
+        }
+        body
+    }
 }
 
 fn dir(state_dir: &Path) -> PathBuf {
@@ -44,21 +75,43 @@ pub fn put(state_dir: &Path, command: &InboxCommand) -> std::io::Result<()> {
 
 /// Takes every pending command, oldest first. Unreadable files are answered with an error.
 pub fn take(state_dir: &Path) -> Vec<(PathBuf, InboxCommand)> {
-    let Ok(entries) = std::fs::read_dir(dir(state_dir)) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
     let mut out = Vec::new();
-    for file in files {
-        let parsed = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<InboxCommand>(&b).ok());
+    for (file, parsed) in read_all(state_dir) {
         match parsed {
             Some(command) => out.push((file, command)),
             None => answer(&file, Err("unreadable command file".into())),
         }
     }
     out
+}
+
+/// The job runs a pending command cancels (whole runs only), without taking anything: a run
+/// about to be cancelled resumes without its secrets.
+pub fn cancelled_job_runs(state_dir: &Path) -> Vec<u64> {
+    read_all(state_dir)
+        .into_iter()
+        .filter_map(|(_, c)| match c? {
+            InboxCommand { action: Action::Cancel, target: Target::JobRun(id), .. } => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every command file, oldest first, parsed (`None`: unreadable).
+fn read_all(state_dir: &Path) -> Vec<(PathBuf, Option<InboxCommand>)> {
+    let Ok(entries) = std::fs::read_dir(dir(state_dir)) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| {
+            let parsed = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<InboxCommand>(&b).ok());
+            (file, parsed)
+        })
+        .collect()
 }
 
 /// Removes an applied (or unreadable) command; nobody waits for it, so the outcome is logged.

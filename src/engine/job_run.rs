@@ -27,6 +27,10 @@ use crate::model::policy::{self, AfterAttempt, AttemptOutcome, RunSoFar};
 use crate::model::{FailReason, JobState, TaskState};
 use crate::store::{AttemptRecord, CacheEntry, JobRunRecord, Mutation, TaskRunRecord};
 
+mod rerun;
+pub(crate) use rerun::workflow_for_run;
+pub use rerun::{CheckDefinition, RetryFrom};
+
 /// How long running attempts get to stop on a graceful stop before SIGKILL (SPEC §7).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -393,6 +397,9 @@ impl JobRun {
     /// The attempt of task `i` is over (or never started): record it, apply the retry policy,
     /// follow the graph.
     fn end_attempt(&mut self, ctx: &mut Context<Self>, i: usize, mut attempt: AttemptRecord, outcome: AttemptOutcome) {
+        // A detail may quote a rendered template, so a secret param's value: never stored.
+        let secrets = self.shared.secrets.of(self.record.id);
+        attempt.detail = attempt.detail.map(|d| crate::model::params::redact(&d, &secrets));
         let now = self.now();
         attempt.ended_at_ms = Some(now);
         attempt.reason = outcome.failure;
@@ -576,7 +583,11 @@ impl JobRun {
         TemplateContext {
             job: self.record.job.clone(),
             job_run_id: self.record.id,
-            params: self.record.params.clone(),
+            params: crate::model::params::for_templates(
+                self.job(),
+                &self.record.params,
+                &self.shared.secrets.of(self.record.id),
+            ),
             // Validation allows templates to name only tasks this one (transitively) needs. A
             // task without templates needs none of them (a 10,000-task chain must not walk its
             // ancestry at every start).
@@ -611,10 +622,10 @@ impl JobRun {
                     crate::config::CommandSpec::Argv(items.iter().map(|a| render(a, "args")).collect::<Result<_, _>>()?)
                 }
             };
-            let env = def
-                .env
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?)))
+            // `env_file` values first: the executor applies them in order, so `env` wins.
+            let literal = def.env_file.iter().map(|(k, v)| Ok((k.clone(), v.clone())));
+            let env = literal
+                .chain(def.env.iter().map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?))))
                 .collect::<Result<Vec<_>, String>>()?;
             let stdin = def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?;
             Ok(AttemptSpec {
@@ -742,13 +753,7 @@ impl JobRun {
                 t.state.phrase()
             ));
         }
-        let reopened = self.record.state.is_terminal();
-        self.ended = false;
-        self.budget_spent = false;
-        self.record.state = JobState::Running;
-        self.record.cancel_requested = false;
-        self.record.ended_at_ms = None;
-        self.record.reason = None;
+        let reopened = self.reopen_record();
         // A task run that never started was never released: it waits for its signal again.
         let to = if self.tasks[i].attempt == 0 { self.graph.ready_state(i) } else { TaskState::Queued };
         self.set_state(i, to);
@@ -770,6 +775,18 @@ impl JobRun {
             return Ok(format!("task run {id} waits for its signal again"));
         }
         Ok(format!("task run {id} queued again (attempt {} next)", self.tasks[i].attempt + 1))
+    }
+
+    /// A retry takes the job run back to `running`; true if it had ended.
+    fn reopen_record(&mut self) -> bool {
+        let reopened = self.record.state.is_terminal();
+        self.ended = false;
+        self.budget_spent = false;
+        self.record.state = JobState::Running;
+        self.record.cancel_requested = false;
+        self.record.ended_at_ms = None;
+        self.record.reason = None;
+        reopened
     }
 
     fn on_budget_spent(&mut self, ctx: &mut Context<Self>, limit: u64) {

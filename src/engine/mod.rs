@@ -16,11 +16,14 @@
 mod cron;
 mod dispatcher;
 mod event;
+mod hooks;
 pub mod inbox;
 mod job_run;
 mod journal;
+mod offline;
 mod retention;
 mod scheduler;
+mod secrets;
 mod supervisor;
 mod watchdog;
 mod worker;
@@ -35,10 +38,12 @@ use tokio::sync::mpsc;
 
 pub use dispatcher::QueueSnapshot;
 pub use event::{EVENT_NAMES, EngineEvent, rfc3339_ms};
-pub use inbox::Action;
+pub use inbox::{Action, RetryOptions};
 pub use job_run::SHUTDOWN_GRACE;
 use journal::Journal;
+pub use offline::{OfflineEngine, READ_ONLY, latest_workflow};
 use supervisor::Supervisor;
+pub use supervisor::plan_only;
 pub use worker::CurrentAttempt;
 
 use crate::config::Workflow;
@@ -117,6 +122,8 @@ pub struct Shared {
     pub log_cap_bytes: u64,
     pub output_limits: crate::config::OutputLimits,
     pub pricing: Arc<Pricing>,
+    /// Secret param values: memory only.
+    pub secrets: Arc<secrets::SecretBook>,
     dispatcher: Addr<dispatcher::Dispatcher>,
     scheduler: Addr<scheduler::Scheduler>,
     journal: Addr<Journal>,
@@ -163,6 +170,9 @@ pub struct EngineSnapshot {
     pub workers: Vec<WorkerSnapshot>,
     /// The jobs of the workflow this engine was started with: their graphs and budgets.
     pub jobs: Vec<JobShape>,
+    /// When each scheduled job last fired (or skipped a fire time), from the store.
+    #[serde(default)]
+    pub schedule_fires: BTreeMap<String, u64>,
 }
 
 /// A job as the views draw it.
@@ -171,6 +181,11 @@ pub struct JobShape {
     pub name: String,
     pub budget_usd_micros: Option<u64>,
     pub tasks: Vec<TaskShape>,
+    /// Its cron expression, if it has one, and the zone it is read in (`None`: the machine's).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,13 +200,15 @@ pub struct TaskShape {
 }
 
 impl JobShape {
-    fn of(workflow: &Workflow) -> Vec<JobShape> {
+    pub fn of(workflow: &Workflow) -> Vec<JobShape> {
         workflow
             .jobs
             .iter()
             .map(|j| JobShape {
                 name: j.name.clone(),
                 budget_usd_micros: j.budget_usd_micros,
+                schedule: j.schedule.clone(),
+                timezone: j.timezone.clone(),
                 tasks: j
                     .tasks
                     .iter()
@@ -225,6 +242,8 @@ pub trait Control {
     fn snapshot(&self) -> Reply<'_, EngineSnapshot>;
     fn subscribe(&self) -> Reply<'_, mpsc::UnboundedReceiver<EngineEvent>>;
     fn retry(&self, target: Target) -> Reply<'_, String>;
+    /// A retry with `--from` / `--definition`.
+    fn retry_with(&self, target: Target, options: RetryOptions) -> Reply<'_, String>;
     fn cancel(&self, target: Target) -> Reply<'_, String>;
     fn signal<'a>(&'a self, target: Target, name: &'a str) -> Reply<'a, String>;
     fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> Reply<'a, bool>;
@@ -244,6 +263,10 @@ impl Control for EngineHandle {
 
     fn retry(&self, target: Target) -> Reply<'_, String> {
         Box::pin(EngineHandle::retry(self, target))
+    }
+
+    fn retry_with(&self, target: Target, options: RetryOptions) -> Reply<'_, String> {
+        Box::pin(EngineHandle::retry_with(self, target, options))
     }
 
     fn cancel(&self, target: Target) -> Reply<'_, String> {
@@ -278,6 +301,9 @@ pub struct EngineHandle {
     watch: watchdog::WatchList,
     jobs: Arc<Vec<JobShape>>,
     state_dir: Arc<std::path::PathBuf>,
+    secrets: Arc<secrets::SecretBook>,
+    /// `None` when the workflow declares no hooks.
+    hooks: Option<hooks::HookRunner>,
     /// Keeps the watchdog's thread alive as long as a handle exists.
     _watchdog: Arc<ArbiterGuard>,
 }
@@ -294,7 +320,16 @@ impl Drop for ArbiterGuard {
 pub fn start(config: EngineConfig) -> EngineHandle {
     let definition = definition_hash(&config.workflow.path.display().to_string(), &config.source);
     let ledger = supervisor::RestartLedger::default();
-    let journal = Journal::new(&config.state_dir).start();
+    let mut journal = Journal::new(&config.state_dir);
+    let hook_events = journal.subscribe_now();
+    let journal = journal.start();
+    let hooks = hooks::HookRunner::start(
+        &config.workflow,
+        config.state_dir.clone(),
+        config.clock.clone(),
+        journal.clone(),
+        hook_events,
+    );
     let scheduler = scheduler::Scheduler::new(config.clock.clone()).start();
     let workers_total = config.workers.max(1);
     let paused = config.store.reader().and_then(|r| r.paused_queues()).unwrap_or_default();
@@ -303,6 +338,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
     let store = config.store.clone();
     let state_dir = config.state_dir.clone();
+    let secrets = Arc::new(secrets::SecretBook::default());
     let shared = Arc::new(Shared {
         clock: config.clock.clone(),
         store: config.store,
@@ -311,6 +347,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         log_cap_bytes: config.workflow.settings.log_max_bytes,
         output_limits: config.workflow.settings.outputs,
         pricing: Arc::new(config.pricing),
+        secrets: secrets.clone(),
         dispatcher: dispatcher.clone(),
         scheduler: scheduler.clone(),
         journal: journal.clone(),
@@ -344,6 +381,8 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         watch,
         jobs,
         state_dir,
+        secrets,
+        hooks,
         _watchdog: Arc::new(ArbiterGuard(arbiter)),
     }
 }
@@ -366,6 +405,12 @@ impl EngineHandle {
     /// A live stream of every event from now on.
     pub async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<EngineEvent>, EngineError> {
         mailbox(self.journal.send(journal::Subscribe).await)
+    }
+
+    /// Secret param values given to this process (`run`/`serve --param`): what resumed runs,
+    /// retries, scheduled fires and submits without their own use. Held in memory only.
+    pub fn provide_secrets(&self, values: BTreeMap<String, String>) {
+        self.secrets.set_instance(values);
     }
 
     /// Starts actors for every unfinished job run in the store, then applies the commands
@@ -395,6 +440,15 @@ impl EngineHandle {
         let _ = self.journal.send(journal::Flush).await;
     }
 
+    /// Resolves once the hooks of every event published so far have ended (each is bounded by
+    /// its timeout): `run` and `serve` wait for this before they exit.
+    pub async fn drain_hooks(&self) {
+        if let Some(hooks) = &self.hooks {
+            self.flush_events().await;
+            hooks.drain().await;
+        }
+    }
+
     /// Starts firing the workflow's cron schedules (`gaffer serve`), after catching up what
     /// was missed while nothing ran; returns how many catch-up fires were made.
     pub async fn serve_schedules(&self) -> Result<usize, EngineError> {
@@ -413,7 +467,24 @@ impl EngineHandle {
     }
 
     pub async fn retry(&self, target: Target) -> Result<String, EngineError> {
-        self.command(Action::Retry, target).await
+        self.retry_with(target, RetryOptions::default()).await
+    }
+
+    /// A retry with `--from` / `--definition` (see `RetryOptions`).
+    pub async fn retry_with(&self, target: Target, retry: RetryOptions) -> Result<String, EngineError> {
+        mailbox(self.supervisor.send(supervisor::Command { action: Action::Retry, target, retry }).await)?
+    }
+
+    /// `gaffer run FILE JOB --only TASK`: a new run of `job` with `task` alone, its needs'
+    /// outputs borrowed from their latest succeeded runs; refused if one never succeeded.
+    pub async fn submit_only(
+        &self,
+        job: &str,
+        params: BTreeMap<String, String>,
+        task: &str,
+    ) -> Result<u64, EngineError> {
+        let request = supervisor::SubmitOnly { job: job.to_string(), params, task: task.to_string() };
+        mailbox(self.supervisor.send(request).await)?
     }
 
     pub async fn cancel(&self, target: Target) -> Result<String, EngineError> {
@@ -427,7 +498,8 @@ impl EngineHandle {
     }
 
     async fn command(&self, action: Action, target: Target) -> Result<String, EngineError> {
-        mailbox(self.supervisor.send(supervisor::Command { action, target }).await)?
+        let retry = RetryOptions::default();
+        mailbox(self.supervisor.send(supervisor::Command { action, target, retry }).await)?
     }
 
     /// Pauses (or resumes) a queue, durably: a pause outlives a restart. False if there is no
@@ -471,11 +543,13 @@ impl EngineHandle {
         let store = self.store.clone();
         let records = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let reader = store.reader()?;
-            Ok((reader.job_runs()?, reader.task_runs()?))
+            Ok((reader.job_runs()?, reader.task_runs()?, offline::schedule_fires(&reader)?))
         });
-        let (job_runs, task_runs) = records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
+        let (job_runs, task_runs, schedule_fires) =
+            records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
         let jobs = self.jobs.as_ref().clone();
-        Ok(EngineSnapshot { job_runs, task_runs, queues: self.queues().await?, workers: self.workers(), jobs })
+        let (queues, workers) = (self.queues().await?, self.workers());
+        Ok(EngineSnapshot { job_runs, task_runs, queues, workers, jobs, schedule_fires })
     }
 
     /// The task runs of one job run (a view learning of a new run from `job.started`).

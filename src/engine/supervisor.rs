@@ -12,12 +12,15 @@ use tokio::sync::oneshot;
 
 use super::dispatcher::{Dispatcher, StopDispatching};
 use super::inbox;
-use super::job_run::{Begin, Cancel, JobRun, Retry, Signal, Start, Stop};
+use super::job_run::{Begin, Cancel, JobRun, Signal, Start, Stop};
 use super::scheduler::Fire;
 use super::{EngineError, Shared, SubmitRequest, Submitted, Target};
 use crate::config::Workflow;
 use crate::model::{JobState, TaskState};
 use crate::store::{AttemptRecord, DefinitionRecord, JobRunRecord, Mutation, Reader, TaskRunRecord};
+
+mod rerun;
+pub use rerun::{SubmitOnly, plan_only};
 
 /// Restart intensity: more restarts of one worker than this within the window is a fault that
 /// restarting will not fix.
@@ -164,19 +167,8 @@ impl Supervisor {
         let job_index = self.job_index(job)?;
         let def = &self.workflow.jobs[job_index];
         let now = shared.clock.now_ms();
-        let id = shared.store.ids.next_job_run();
-        let record = JobRunRecord {
-            id,
-            job: job.to_string(),
-            definition: self.definition,
-            params: merged_params(def, params)?,
-            state: JobState::Running,
-            reason: None,
-            cost_usd_micros: 0,
-            created_at_ms: now,
-            ended_at_ms: None,
-            cancel_requested: false,
-        };
+        let record = self.new_job_run(&shared, def, params, now)?;
+        let id = record.id;
         let tasks = def
             .tasks
             .iter()
@@ -197,6 +189,32 @@ impl Supervisor {
         Ok(id)
     }
 
+    /// A new job run of `def`, running, with the definition in use and `given` params.
+    fn new_job_run(
+        &self,
+        shared: &Shared,
+        def: &crate::config::JobDef,
+        given: BTreeMap<String, String>,
+        now: u64,
+    ) -> Result<JobRunRecord, EngineError> {
+        // Secrets stay in this process's memory; the record holds `***` for them.
+        let params = shared.secrets.resolve(def, &given).map_err(EngineError::Invalid)?;
+        let id = shared.store.ids.next_job_run();
+        shared.secrets.keep(id, params.secrets);
+        Ok(JobRunRecord {
+            id,
+            job: def.name.clone(),
+            definition: self.definition,
+            params: params.stored,
+            state: JobState::Running,
+            reason: None,
+            cost_usd_micros: 0,
+            created_at_ms: now,
+            ended_at_ms: None,
+            cancel_requested: false,
+        })
+    }
+
     fn job_index(&self, job: &str) -> Result<usize, EngineError> {
         self.workflow.jobs.iter().position(|j| j.name == job).ok_or_else(|| {
             let known: Vec<&str> = self.workflow.jobs.iter().map(|j| j.name.as_str()).collect();
@@ -204,16 +222,30 @@ impl Supervisor {
         })
     }
 
-    /// Starts an actor for every unfinished job run in the store.
+    /// Starts an actor for every unfinished job run in the store; refuses (starting none) when
+    /// one of them needs a secret this process was not given.
     fn resume_all(&mut self) -> Result<Vec<(u64, String)>, EngineError> {
         let shared = self.shared()?;
         let reader = shared.store.reader()?;
+        let records: Vec<JobRunRecord> = reader
+            .job_runs()?
+            .into_iter()
+            .filter(|r| !r.state.is_terminal() && !self.job_runs.contains_key(&r.id))
+            .collect();
+        let cancelled = inbox::cancelled_job_runs(&shared.state_dir);
+        let refusals: Vec<String> = records
+            .iter()
+            .filter(|r| !cancelled.contains(&r.id))
+            .filter_map(|r| {
+                self.ensure_secrets(&reader, r).err().map(|why| format!("{why}; or cancel it: gaffer cancel j{}", r.id))
+            })
+            .collect();
+        if !refusals.is_empty() {
+            return Err(EngineError::Invalid(refusals.join("\n")));
+        }
         let mut resumed = Vec::new();
-        for record in reader.job_runs()?.into_iter().filter(|r| !r.state.is_terminal()) {
+        for record in records {
             let (id, job) = (record.id, record.job.clone());
-            if self.job_runs.contains_key(&id) {
-                continue;
-            }
             let actor = self.revive(&shared, &reader, record)?;
             actor.do_send(Start(Begin::Resume));
             self.job_runs.insert(id, actor);
@@ -233,6 +265,7 @@ impl Supervisor {
             ))
         })?;
         let tasks = reader.task_runs_of(record.id)?;
+        let workflow = rerun::run_workflow(workflow, job_index, &record, &tasks)?;
         let mut interrupted = Vec::new();
         for t in tasks.iter().filter(|t| t.state == TaskState::Running) {
             let attempt =
@@ -253,6 +286,15 @@ impl Supervisor {
             EngineError::Invalid(format!("job run j{}: its stored workflow no longer validates:\n{d}", record.id))
         })?;
         Ok(Arc::new(workflow))
+    }
+
+    /// Makes sure this process holds the secrets job run `record` needs to go on (they are
+    /// never stored): from `--param` or the environment, else says what to give.
+    fn ensure_secrets(&self, reader: &Reader, record: &JobRunRecord) -> Result<(), String> {
+        let workflow = self.definition_of(reader, record).map_err(|e| e.to_string())?;
+        let Some(job) = workflow.jobs.iter().find(|j| j.name == record.job) else { return Ok(()) };
+        let shared = self.shared().map_err(|e| e.to_string())?;
+        shared.secrets.ensure(job, record.id).map_err(|why| format!("job run j{} (`{}`): {why}", record.id, record.job))
     }
 
     /// The live actor of job run `id`, or a revived one for a run that already ended.
@@ -277,6 +319,16 @@ impl Supervisor {
         Ok(actor)
     }
 
+    fn secrets_to_go_on(&self, job_run: u64) -> Result<(), EngineError> {
+        let reader = self.shared()?.store.reader()?;
+        let record = reader.job_run(job_run)?.ok_or(EngineError::UnknownId(Target::JobRun(job_run)))?;
+        self.ensure_secrets(&reader, &record).map_err(|why| {
+            EngineError::Invalid(format!(
+                "{why} — give it to `gaffer run` or `gaffer serve` (the process that runs it)"
+            ))
+        })
+    }
+
     fn job_name(&self, job_run: u64) -> Option<String> {
         let reader = self.shared.as_ref()?.store.reader().ok()?;
         reader.job_run(job_run).ok().flatten().map(|r| r.job)
@@ -293,27 +345,6 @@ impl Supervisor {
             }
         }
     }
-}
-
-/// The job's declared params with `given` on top; a param the job does not declare is an error.
-fn merged_params(
-    def: &crate::config::JobDef,
-    given: BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, EngineError> {
-    let mut merged = def.params.clone();
-    for (key, value) in given {
-        if !def.params.contains_key(&key) {
-            let declared: Vec<&str> = def.params.keys().map(String::as_str).collect();
-            let declared = if declared.is_empty() {
-                "it declares no params".to_string()
-            } else {
-                format!("declared: {}", declared.join(", "))
-            };
-            return Err(EngineError::Invalid(format!("unknown param `{key}` for job `{}` ({declared})", def.name)));
-        }
-        merged.insert(key, value);
-    }
-    Ok(merged)
 }
 
 /// An idempotency key made before the job run had its id.
@@ -372,10 +403,14 @@ impl Handler<ApplyInbox> for Supervisor {
                     .then(|| self.locate(command.target).ok())
                     .flatten()
                     .and_then(|(id, _)| self.job_name(id).map(|job| (id, job)));
+                // No workflow file was known when it was written: unless it said otherwise, the
+                // run keeps the definition it started with (said when it was recorded).
+                let mut retry = command.retry;
+                retry.definition.get_or_insert(crate::model::rerun::DefinitionChoice::Stored);
                 work.push((
                     file,
                     job_run,
-                    ctx.address().send(Command { action: command.action, target: command.target }),
+                    ctx.address().send(Command { action: command.action, target: command.target, retry }),
                 ));
             }
         }
@@ -474,13 +509,22 @@ impl Supervisor {
 pub struct Command {
     pub action: inbox::Action,
     pub target: Target,
+    /// `--from`, `--definition` of a retry (ignored by the other actions).
+    pub retry: inbox::RetryOptions,
 }
 
 impl Handler<Command> for Supervisor {
     type Result = ResponseFuture<Result<String, EngineError>>;
 
     fn handle(&mut self, msg: Command, _ctx: &mut Self::Context) -> Self::Result {
+        if msg.action == inbox::Action::Retry {
+            return self.retry_with(msg.target, msg.retry);
+        }
         let located = self.locate(msg.target).and_then(|(job_run, task_run)| {
+            if let inbox::Action::Signal(_) = msg.action {
+                // A released task starts work again: it renders templates.
+                self.secrets_to_go_on(job_run)?;
+            }
             let actor = self.actor_for(job_run)?;
             Ok((actor, task_run))
         });
@@ -488,7 +532,7 @@ impl Handler<Command> for Supervisor {
         Box::pin(async move {
             let (actor, task_run) = located?;
             let answer = match msg.action {
-                inbox::Action::Retry => actor.send(Retry { task_run }).await,
+                inbox::Action::Retry => unreachable!("retries go through `retry_with`"),
                 inbox::Action::Cancel => actor.send(Cancel { task_run }).await,
                 inbox::Action::Signal(name) => actor.send(Signal { task_run, name }).await,
             };

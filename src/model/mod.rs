@@ -6,8 +6,11 @@
 
 pub mod cost;
 pub mod graph;
+pub mod hooks;
 pub mod money;
+pub mod params;
 pub mod policy;
+pub mod rerun;
 pub mod schedule;
 pub mod state;
 

@@ -42,7 +42,7 @@ use crate::engine::{Clock, Control, EngineEvent, SystemClock};
 
 #[doc(hidden)]
 pub use fixture::{fixture, fixture_with};
-pub use model::{Mode, Model, View};
+pub use model::{Mode, Model, Session, View};
 pub use update::{Command, Msg, update};
 
 /// The most of a log file the TUI reads (its tail).
@@ -63,8 +63,8 @@ pub struct TuiOptions {
     pub state_dir: PathBuf,
     /// The job runs this session started or resumed; the header says when all have ended.
     pub watched_job_runs: Vec<u64>,
-    /// Attached to a server that keeps running after `q` (`gaffer tui`).
-    pub attached: bool,
+    /// In-process, attached to a server, or read-only on a quiet state dir.
+    pub session: Session,
 }
 
 /// Why the TUI returned.
@@ -88,7 +88,7 @@ pub async fn run(
     while events.try_recv().is_ok() {}
     let snapshot = handle.snapshot().await.map_err(io::Error::other)?;
     let mut model = Model::new(snapshot, SystemClock.now_ms(), &options.title, options.watched_job_runs.clone());
-    model.attached = options.attached;
+    model.session = options.session;
     let mut screen = terminal::Screen::enter()?;
     let (w, h) = terminal::size()?;
     update(&mut model, Msg::Resize(w, h));
@@ -153,6 +153,12 @@ fn execute(handle: &Rc<dyn Control>, state_dir: &Path, command: Command) -> Loca
         Command::Retry(target) => Box::pin(async move {
             let result = handle.retry(target).await.map_err(|e| e.to_string());
             vec![Msg::Done { command: Command::Retry(target), result }]
+        }),
+        Command::RetryFrom { job_run, task } => Box::pin(async move {
+            let options = crate::engine::RetryOptions { from: Some(task.clone()), definition: None };
+            let result =
+                handle.retry_with(crate::engine::Target::JobRun(job_run), options).await.map_err(|e| e.to_string());
+            vec![Msg::Done { command: Command::RetryFrom { job_run, task }, result }]
         }),
         Command::Cancel(target) => Box::pin(async move {
             let result = handle.cancel(target).await.map_err(|e| e.to_string());

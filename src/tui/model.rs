@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::engine::{EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, WorkerSnapshot};
+use crate::model::schedule::Schedule;
 use crate::model::{FailReason, JobState, TaskState};
 use crate::store::{JobRunRecord, TaskRunRecord};
 
@@ -24,7 +25,7 @@ pub const COST_HISTORY_MINUTES: u64 = 24 * 60;
 /// How many attempts of one task run are remembered for its detail pane.
 const MAX_ATTEMPT_LINES: usize = 32;
 
-/// The seven views of SPEC §4.2, in key order (`1`..`7`).
+/// The views: the seven of SPEC §4.2 and the schedules, in key order (`1`..`8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum View {
     Queues,
@@ -34,11 +35,23 @@ pub enum View {
     DeadLetters,
     Cost,
     Workers,
+    Schedules,
 }
 
+/// How many views there are.
+pub const VIEWS: usize = 8;
+
 impl View {
-    pub const ALL: [View; 7] =
-        [View::Queues, View::Jobs, View::Tasks, View::Retries, View::DeadLetters, View::Cost, View::Workers];
+    pub const ALL: [View; VIEWS] = [
+        View::Queues,
+        View::Jobs,
+        View::Tasks,
+        View::Retries,
+        View::DeadLetters,
+        View::Cost,
+        View::Workers,
+        View::Schedules,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
@@ -49,6 +62,18 @@ impl View {
             View::DeadLetters => "Dead letters",
             View::Cost => "Cost",
             View::Workers => "Workers",
+            View::Schedules => "Schedules",
+        }
+    }
+
+    /// The tab's title on a narrow terminal.
+    pub fn short_title(self) -> &'static str {
+        match self {
+            View::Retries => "Retry",
+            View::DeadLetters => "Dead",
+            View::Workers => "Work",
+            View::Schedules => "Sched",
+            other => other.title(),
         }
     }
 
@@ -192,6 +217,31 @@ pub struct WorkerRow {
     pub snap: WorkerSnapshot,
 }
 
+/// A scheduled job: its cron line and zone, and when it last fired.
+#[derive(Debug, Clone)]
+pub struct ScheduleRow {
+    pub job: String,
+    pub expression: String,
+    pub timezone: Option<String>,
+    /// `None` when the expression no longer parses (a stored definition from another version).
+    pub schedule: Option<Schedule>,
+    /// The fire time it last handled, and whether it skipped it (a run was active).
+    pub last_ms: Option<u64>,
+    pub last_skipped: bool,
+}
+
+/// Who the TUI talks to, which decides what `q` and the commands do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    /// In the process that runs the engine (`gaffer run`/`serve`): `q` stops it.
+    Owner,
+    /// Attached to a server (`gaffer tui`): `q` detaches and stops nothing, so it never asks.
+    Attached,
+    /// No instance runs (`gaffer tui` on a quiet state dir): the store as it was left; commands
+    /// are refused.
+    ReadOnly,
+}
+
 /// Cost aggregates, all in micro-dollars.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CostBook {
@@ -234,12 +284,14 @@ pub struct Model {
     pub size: (u16, u16),
     pub focus: View,
     pub mode: Mode,
-    pub panes: [Pane; 7],
+    pub panes: [Pane; VIEWS],
     pub detail_scroll: u16,
     pub tasks: BTreeMap<u64, TaskRow>,
     pub jobs: BTreeMap<u64, JobRow>,
     pub queues: BTreeMap<String, QueueRow>,
     pub workers: Vec<WorkerRow>,
+    /// The scheduled jobs, in name order.
+    pub schedules: Vec<ScheduleRow>,
     pub shapes: BTreeMap<String, JobShape>,
     pub counts: [usize; 9],
     pub retrying: BTreeSet<u64>,
@@ -249,16 +301,15 @@ pub struct Model {
     pub status: Option<Status>,
     /// Job runs this session was started for; the header says when all have ended.
     pub watched: Vec<u64>,
-    /// Attached to a server (`gaffer tui`): `q` detaches and stops nothing, so it never asks.
-    pub attached: bool,
+    pub session: Session,
     /// Task runs changed by a key before the engine confirmed it: their state before, to undo
     /// if the command fails.
     pub optimistic: BTreeMap<u64, TaskState>,
     /// Job runs a retry reopened before the engine confirmed it: their state and end before.
     pub optimistic_jobs: BTreeMap<u64, (JobState, Option<u64>)>,
     /// Per view: the ids of the rows, filtered and sorted (queues and workers by position).
-    pub index: [Vec<u64>; 7],
-    dirty: [bool; 7],
+    pub index: [Vec<u64>; VIEWS],
+    dirty: [bool; VIEWS],
     /// Set whenever something visible changed; the loop draws only then.
     pub changed: bool,
 }
@@ -277,6 +328,7 @@ impl Model {
             jobs: BTreeMap::new(),
             queues: BTreeMap::new(),
             workers: Vec::new(),
+            schedules: schedule_rows(&snapshot.jobs, &snapshot.schedule_fires),
             shapes: snapshot.jobs.into_iter().map(|j| (j.name.clone(), j)).collect(),
             counts: [0; 9],
             retrying: BTreeSet::new(),
@@ -285,11 +337,11 @@ impl Model {
             log: None,
             status: None,
             watched,
-            attached: false,
+            session: Session::Owner,
             optimistic: BTreeMap::new(),
             optimistic_jobs: BTreeMap::new(),
             index: Default::default(),
-            dirty: [true; 7],
+            dirty: [true; VIEWS],
             changed: true,
         };
         m.set_queues(snapshot.queues);
@@ -392,6 +444,12 @@ impl Model {
 
     pub fn workers_busy(&self) -> usize {
         self.workers.iter().filter(|w| w.snap.current.is_some()).count()
+    }
+
+    /// The next fire time of a scheduled job: after the model's clock, and after the fire just
+    /// seen (an event can be newer than the last tick).
+    pub fn next_fire(&self, row: &ScheduleRow) -> Option<u64> {
+        row.schedule.as_ref()?.next_after(self.now_ms.max(row.last_ms.unwrap_or(0)))
     }
 
     /// Micro-dollars per hour over the last ten minutes.
@@ -612,6 +670,7 @@ impl Model {
                 }
                 self.touch(View::Workers);
             }
+            "schedule.fired" | "schedule.skipped" => self.apply_fire(e),
             "budget.exceeded" => {
                 let who = match (e.task_run, e.job_run) {
                     (Some(t), _) => format!("task run {t}"),
@@ -621,10 +680,24 @@ impl Model {
                 let num = |k: &str| e.field(k).map(|v| v.to_string()).unwrap_or_default();
                 self.say(format!("{who}: budget exceeded, spent ${} of ${}", num("spent_usd"), num("limit_usd")), true);
             }
+            "hook.failed" => {
+                let text = |k: &str| e.str_field(k).unwrap_or("?").to_string();
+                let what = format!("hook {} ({}) for {}", text("hook"), text("level"), text("for_event"));
+                self.say(format!("{what} failed: {}: {}", text("reason"), text("detail")), true);
+            }
             _ if e.event.starts_with("task.") => self.apply_task(e),
             _ => {}
         }
         Vec::new()
+    }
+
+    fn apply_fire(&mut self, e: &EngineEvent) {
+        let when = e.str_field("scheduled_for").and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        let when = when.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
+        let Some(row) = self.schedules.iter_mut().find(|r| Some(&r.job) == e.job.as_ref()) else { return };
+        row.last_ms = when.or(Some(e.ts_ms));
+        row.last_skipped = e.event == "schedule.skipped";
+        self.touch(View::Schedules);
     }
 
     fn apply_job(&mut self, e: &EngineEvent) -> Vec<Command> {
@@ -657,7 +730,9 @@ impl Model {
             row.rec.reason = None;
         }
         self.touch(View::Jobs);
-        if e.event == "job.started" && !known { vec![Command::LoadJobRun(id)] } else { Vec::new() }
+        // A run reopened `--from` a task put succeeded task runs back to pending without an event each.
+        let reload = !known || e.field("from").is_some();
+        if e.event == "job.started" && reload { vec![Command::LoadJobRun(id)] } else { Vec::new() }
     }
 
     fn apply_task(&mut self, e: &EngineEvent) {
@@ -821,6 +896,7 @@ impl Model {
         let mut rows: Vec<u64> = match view {
             View::Queues => (0..self.queues.len() as u64).collect(),
             View::Workers => self.workers.iter().map(|w| w.snap.id as u64).collect(),
+            View::Schedules => (0..self.schedules.len() as u64).collect(),
             View::Cost => Vec::new(),
             View::Jobs => self.sorted_jobs(self.jobs.values().filter(|j| filter.matches_job(j)), sort),
             View::Tasks => self.sorted_tasks(self.tasks.values().filter(|t| filter.matches_task(t)), sort),
@@ -886,9 +962,29 @@ impl Model {
 
     /// Marks every view dirty (focus changes, filters, sorts).
     pub fn invalidate(&mut self) {
-        self.dirty = [true; 7];
+        self.dirty = [true; VIEWS];
         self.changed = true;
     }
+}
+
+/// The rows of the Schedules view: every job with a cron line, with its last fire time.
+fn schedule_rows(jobs: &[JobShape], fires: &BTreeMap<String, u64>) -> Vec<ScheduleRow> {
+    let mut rows: Vec<ScheduleRow> = jobs
+        .iter()
+        .filter_map(|j| {
+            let expression = j.schedule.clone()?;
+            Some(ScheduleRow {
+                job: j.name.clone(),
+                schedule: Schedule::new(&expression, j.timezone.as_deref()).ok(),
+                expression,
+                timezone: j.timezone.clone(),
+                last_ms: fires.get(&j.name).copied(),
+                last_skipped: false,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| a.job.cmp(&b.job));
+    rows
 }
 
 /// Sorts `(key, id)` pairs and keeps the ids.

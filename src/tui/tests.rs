@@ -36,9 +36,9 @@ fn digits_tab_and_shift_tab_switch_views() {
     key(&mut m, Code::Tab);
     assert_eq!(m.focus, View::Queues, "Tab wraps around");
     key(&mut m, Code::BackTab);
-    assert_eq!(m.focus, View::Workers);
+    assert_eq!(m.focus, View::Schedules);
     key(&mut m, Code::BackTab);
-    assert_eq!(m.focus, View::Cost);
+    assert_eq!(m.focus, View::Workers);
 }
 
 #[test]
@@ -50,6 +50,17 @@ fn r_on_a_dead_letter_retries_it_and_shows_it_queued_at_once() {
     assert_eq!(state(&m, 9), TaskState::Queued, "optimistic");
     assert!(rows(&m).is_empty(), "no longer a dead letter");
     assert_eq!(m.count(TaskState::Dead), 0);
+}
+
+#[test]
+fn shift_r_reruns_the_selected_tasks_job_run_from_it() {
+    let mut m = fixture();
+    press(&mut m, "5");
+    let (job_run, task) = (m.tasks[&9].rec.job_run, m.tasks[&9].rec.task.clone());
+    assert_eq!(press(&mut m, "R"), vec![Command::RetryFrom { job_run, task }]);
+    assert_eq!(state(&m, 9), TaskState::Dead, "nothing optimistic: the engine may refuse (run not finished)");
+    press(&mut m, "2");
+    assert!(press(&mut m, "R").is_empty(), "a job run row names no task");
 }
 
 #[test]
@@ -326,7 +337,7 @@ fn a_hundred_thousand_task_runs_render_every_view() {
     let m = fixture_with(100_000);
     assert_eq!(m.tasks.len(), 100_000);
     let timings = render_all_views_once(&m, 120, 40);
-    assert_eq!(timings.len(), 7);
+    assert_eq!(timings.len(), View::ALL.len());
 }
 
 // ---- snapshots ---------------------------------------------------------------------------
@@ -370,6 +381,46 @@ fn snapshot_cost() {
 #[test]
 fn snapshot_workers() {
     insta::assert_snapshot!("workers", snapshot_of("7"));
+}
+
+#[test]
+fn snapshot_schedules() {
+    insta::assert_snapshot!("schedules", snapshot_of("8"));
+}
+
+/// A fire seen as an event moves the last fire time; the next one follows the clock.
+#[test]
+fn a_schedule_fire_event_updates_the_schedules_view() {
+    let mut m = fixture();
+    let row = |m: &Model| m.schedules.iter().find(|r| r.job == "nightly").cloned().expect("nightly row");
+    let next = m.next_fire(&row(&m)).expect("a next fire time");
+    assert_eq!(crate::engine::rfc3339_ms(next), "2026-11-19T01:00:00.000Z", "02:00 in Berlin is 01:00Z in winter");
+    let mut e = EngineEvent::new("schedule.skipped", next + 5).with("scheduled_for", crate::engine::rfc3339_ms(next));
+    e.job = Some("nightly".into());
+    update(&mut m, Msg::Engine(e));
+    update(&mut m, Msg::Tick(next + 10));
+    assert_eq!((row(&m).last_ms, row(&m).last_skipped), (Some(next), true));
+    assert_eq!(m.next_fire(&row(&m)), Some(next + 24 * 3_600_000));
+    assert!(m.schedules.iter().all(|r| r.job != "report"), "a job without a schedule has no row");
+}
+
+/// With no instance running, the keys that would change something say so and change nothing;
+/// `q` leaves at once even though the store shows running task runs.
+#[test]
+fn read_only_refuses_commands_and_quits_without_asking() {
+    let mut m = fixture();
+    m.session = super::Session::ReadOnly;
+    for (view, keys) in [("5", "r"), ("5", "c"), ("1", "p"), ("3", "a"), ("2", "r"), ("2", "R")] {
+        press(&mut m, view);
+        assert!(press(&mut m, keys).is_empty(), "{keys} in view {view}");
+        assert_eq!(m.status.as_ref().map(|s| (s.text.as_str(), s.error)), Some((crate::engine::READ_ONLY, true)));
+    }
+    assert_eq!(state(&m, 9), TaskState::Dead, "nothing optimistic");
+    assert!(!m.queues["default"].paused);
+    assert!(m.count(TaskState::Running) > 0);
+    assert_eq!(press(&mut m, "q"), vec![Command::Quit]);
+    let screen = render_to_string(&m, 100, 30);
+    assert!(screen.lines().next().is_some_and(|l| l.contains("read-only: no instance running")), "{screen}");
 }
 
 #[test]
@@ -477,7 +528,8 @@ fn live_smoke() {
         for job in jobs {
             ids.push(handle.submit(&job, Default::default()).await.expect("submit"));
         }
-        let options = super::TuiOptions { title: file, state_dir, watched_job_runs: ids, attached: false };
+        let options =
+            super::TuiOptions { title: file, state_dir, watched_job_runs: ids, session: super::Session::Owner };
         let exit = super::run(std::rc::Rc::new(handle.clone()), events, options).await;
         handle.shutdown().await;
         exit
@@ -563,7 +615,10 @@ fn the_task_graph_draws_siblings_as_a_tree() {
     let runs = (tasks.iter().enumerate())
         .map(|(i, t)| crate::store::TaskRunRecord::pending(40 + i as u64, 7, "review", &t.name, NOW_MS))
         .collect();
-    m.shapes.insert("review".into(), JobShape { name: "review".into(), budget_usd_micros: None, tasks });
+    m.shapes.insert(
+        "review".into(),
+        JobShape { name: "review".into(), budget_usd_micros: None, tasks, schedule: None, timezone: None },
+    );
     update(&mut m, Msg::JobRunLoaded(runs));
     press(&mut m, "2g");
     key(&mut m, Code::Enter);

@@ -6,7 +6,7 @@ use crate::model::{JobState, TaskState};
 use crate::store::TaskRunRecord;
 
 use super::keymap::{self, Action, Code, Key};
-use super::model::{LogPane, Mode, Model, Subject, View};
+use super::model::{LogPane, Mode, Model, Session, Subject, View};
 
 /// Everything that can happen to the TUI.
 #[derive(Debug, Clone)]
@@ -36,6 +36,11 @@ pub enum Msg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Retry(Target),
+    /// `retry j7 --from TASK`: the task and what follows it run again.
+    RetryFrom {
+        job_run: u64,
+        task: String,
+    },
     Cancel(Target),
     /// Release a waiting task run: send it the signal it waits for.
     Signal {
@@ -263,6 +268,10 @@ fn other_attempt(model: &mut Model, step: i64) -> Vec<Command> {
 
 fn act(model: &mut Model, action: Action) -> Vec<Command> {
     let in_detail = matches!(model.mode, Mode::Detail(_));
+    if model.session == Session::ReadOnly && action.changes_state() {
+        model.say(crate::engine::READ_ONLY, true);
+        return Vec::new();
+    }
     match action {
         Action::GoTo(view) => focus(model, view),
         Action::NextView => focus(model, model.focus.next()),
@@ -292,6 +301,7 @@ fn act(model: &mut Model, action: Action) -> Vec<Command> {
         }
         Action::Help => model.mode = Mode::Help,
         Action::Retry => return retry(model),
+        Action::RetryFrom => return retry_from(model),
         Action::Cancel => return cancel(model),
         Action::Pause => return pause(model),
         Action::Approve => return approve(model),
@@ -348,7 +358,7 @@ fn details(model: &mut Model) -> Vec<Command> {
         View::Jobs => model.selected_job().map(|j| Subject::Job(j.rec.id)),
         View::Tasks | View::Retries | View::DeadLetters => model.selected_id().map(Subject::Task),
         View::Workers => model.selected_id().map(|id| Subject::Worker(id as usize)),
-        View::Cost => None,
+        View::Cost | View::Schedules => None,
     };
     let Some(subject) = subject else { return Vec::new() };
     model.detail_scroll = 0;
@@ -400,6 +410,17 @@ fn retry(model: &mut Model) -> Vec<Command> {
     let command = Command::Retry(target);
     optimistic(model, &command);
     vec![command]
+}
+
+/// `R`: the selected task's job run goes again from that task (the engine says if it cannot).
+fn retry_from(model: &mut Model) -> Vec<Command> {
+    match model.selected_task() {
+        Some(t) => vec![Command::RetryFrom { job_run: t.rec.job_run, task: t.rec.task.clone() }],
+        None => {
+            model.say("select a task run to re-run its job run from", true);
+            Vec::new()
+        }
+    }
 }
 
 /// `a`: the selected task run waits (`wait_for`): send it its signal.
@@ -524,7 +545,7 @@ fn follow_log(model: &mut Model) -> Vec<Command> {
 
 fn quit(model: &mut Model) -> Vec<Command> {
     let running = model.count(TaskState::Running);
-    if running == 0 || model.attached {
+    if running == 0 || model.session != Session::Owner {
         return vec![Command::Quit];
     }
     let plural = if running == 1 { "task" } else { "tasks" };

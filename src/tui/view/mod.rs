@@ -10,6 +10,7 @@ mod help;
 mod jobs;
 mod queues;
 mod retries;
+mod schedules;
 mod tasks;
 mod workers;
 
@@ -55,6 +56,7 @@ fn draw_body(model: &Model, frame: &mut Frame, area: Rect) {
         View::DeadLetters => dead_letters::draw(model, frame, area),
         View::Cost => cost::draw(model, frame, area),
         View::Workers => workers::draw(model, frame, area),
+        View::Schedules => schedules::draw(model, frame, area),
     }
 }
 
