@@ -11,12 +11,12 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{Project, events, named, signal, wait_until};
 
-/// `gaffer ARGS` started by `sh` with its open-file limit (soft and hard) at `nofile`, so that
-/// it cannot raise it.
-fn gaffer_with_nofile(p: &Project, nofile: u32, args: &[&str]) -> Command {
+/// `gaffer ARGS` started by `sh` after the shell commands `setup` (a lower `ulimit`, an open
+/// descriptor), as a user's shell or a service manager would start it.
+fn gaffer_after(p: &Project, setup: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+        .arg(format!("{setup} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_gaffer"))
         .args(args)
         .current_dir(p.path())
@@ -24,6 +24,11 @@ fn gaffer_with_nofile(p: &Project, nofile: u32, args: &[&str]) -> Command {
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
     cmd
+}
+
+/// `gaffer ARGS` with its open-file limit (soft and hard) at `nofile`, so that it cannot raise it.
+fn gaffer_with_nofile(p: &Project, nofile: u32, args: &[&str]) -> Command {
+    gaffer_after(p, &format!("ulimit -n {nofile}"), args)
 }
 
 /// Live processes (zombies left out) that carry `GAFFER_STATE_DIR` = this project's state dir:
@@ -111,13 +116,9 @@ fn status_and_events_say_when_task_runs_wait_for_resources() {
 #[test]
 fn the_open_file_limit_is_raised_to_the_hard_limit() {
     let p = Project::new("[jobs.j.tasks.t]\nrun = 'ulimit -Sn > soft; ulimit -Hn > hard'\n");
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -Sn 256 && ulimit -Hn 4096 && exec \"$0\" run workflow.toml --headless")
-        .arg(env!("CARGO_BIN_EXE_gaffer"))
-        .current_dir(p.path())
-        .env("GAFFER_STATE_DIR", p.state_dir());
-    let out = cmd.output().expect("run");
+    let out = gaffer_after(&p, "ulimit -Sn 256 && ulimit -Hn 4096", &["run", "workflow.toml", "--headless"])
+        .output()
+        .expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Tasks inherit the raised limit (README, "Limits").
     let soft = std::fs::read_to_string(p.path().join("soft")).expect("soft");
@@ -341,13 +342,8 @@ while [ ! -s daemon.pid ]; do sleep 0.01; done
 #[test]
 fn descriptors_inherited_from_the_launching_shell_do_not_reach_tasks() {
     let p = Project::new("[jobs.j.tasks.t]\nrun = 'ls /proc/$$/fd > fds'\n");
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("exec 7</dev/null 9>leak; exec \"$0\" run workflow.toml --headless")
-        .arg(env!("CARGO_BIN_EXE_gaffer"))
-        .current_dir(p.path())
-        .env("GAFFER_STATE_DIR", p.state_dir());
-    let out = cmd.output().expect("run");
+    let out =
+        gaffer_after(&p, "exec 7</dev/null 9>leak", &["run", "workflow.toml", "--headless"]).output().expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let fds = std::fs::read_to_string(p.path().join("fds")).expect("fds");
     let mut fds: Vec<u32> = fds.lines().filter_map(|l| l.trim().parse().ok()).collect();

@@ -485,13 +485,18 @@ where
             if matches!(e, engine::EngineError::Invalid(_)) { exit::USAGE } else { exit::INTERNAL }
         }
     };
-    // Whatever still runs (a job run submitted through the socket while `run` waited for its
-    // own, a retried old run) is stopped as on SIGTERM: no task outlives gaffer.
-    let busy = handle.busy_workers();
-    if busy > 0 {
-        say(format, &format!("stopping: interrupting {busy} running task(s); they resume at the next start"));
+    if code == exit::INTERNAL {
+        // Nothing can be recorded now: the tasks die with gaffer, the next start records them.
+        handle.kill_all_now();
+    } else {
+        // Whatever still runs (a job run submitted through the socket while `run` waited for
+        // its own, a retried old run) is stopped as on SIGTERM: no task outlives gaffer.
+        let busy = handle.busy_workers();
+        if busy > 0 {
+            say(format, &format!("stopping: interrupting {busy} running task(s); they resume at the next start"));
+        }
+        handle.shutdown().await;
     }
-    handle.shutdown().await;
     handle.drain_hooks().await;
     if let Some(api) = api {
         api.stop().await;

@@ -59,6 +59,8 @@ pub struct JobRun {
     /// Task runs whose last starts found the machine out of a resource, and how many times in
     /// a row: their next try backs off further.
     exhausted: HashMap<u64, u32>,
+    /// Graceful stops waiting for `running` to empty.
+    idle_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
     next_commit: u64,
     next_to_run: u64,
     committed: std::collections::BTreeMap<u64, (Vec<EngineEvent>, AfterCommit)>,
@@ -102,6 +104,7 @@ impl JobRun {
             ended: false,
             inflight: 0,
             exhausted: HashMap::new(),
+            idle_waiters: Vec::new(),
             next_commit: 0,
             next_to_run: 0,
             committed: Default::default(),
@@ -959,6 +962,7 @@ impl JobRun {
     /// way at every retry (an undefined upstream output, a render past its budget).
     fn template_failed(&mut self, ctx: &mut Context<Self>, i: usize, task_run: u64, error: &str) {
         let Some((mut attempt, _)) = self.running.remove(&task_run) else { return };
+        self.note_if_idle();
         attempt.detail = Some(crate::sanitize::sanitize(error));
         self.end_attempt(ctx, i, attempt, AttemptOutcome { failure: Some(FailReason::TemplateError), exit_code: None });
     }
@@ -1107,6 +1111,7 @@ impl Handler<AttemptEnded> for JobRun {
             return;
         }
         let Some((mut attempt, _)) = self.running.remove(&msg.task_run) else { return };
+        self.note_if_idle();
         attempt.exit_code = msg.exit.and_then(|e| e.exit_code);
         attempt.signal = msg.exit.and_then(|e| e.signal);
         attempt.detail = msg.detail;
@@ -1340,20 +1345,44 @@ impl Handler<Stop> for JobRun {
                 worker.do_send(Kill { task_run: *task_run, reason: FailReason::Interrupted, grace: SHUTDOWN_GRACE });
             }
         }
-        Box::pin(actix::fut::wrap_future::<_, Self>(async {}).then(|_, act, _| wait_until_idle(act)))
+        let idle = self.when_idle();
+        let waited = async move {
+            let _ = tokio::time::timeout(STOP_WAIT, idle).await;
+        };
+        // Then make sure every earlier commit landed.
+        Box::pin(actix::fut::wrap_future::<_, Self>(waited).then(|_, act, _| {
+            let flush = act.shared.store.commit(Vec::new());
+            actix::fut::wrap_future::<_, Self>(async move {
+                let _ = flush.await;
+            })
+        }))
     }
 }
 
-/// Polls until no attempt of this job run is running, then makes sure all earlier commits landed.
-fn wait_until_idle(act: &mut JobRun) -> ResponseActFuture<JobRun, ()> {
-    if act.running.is_empty() {
-        let flush = act.shared.store.commit(Vec::new());
-        return Box::pin(actix::fut::wrap_future::<_, JobRun>(async move {
-            let _ = flush.await;
-        }));
+/// How long a graceful stop waits for a job run's attempts: their grace, the SIGKILL after it,
+/// and the wait for their groups to be gone. Only a broken store (a start that could not be
+/// committed stays `running` in memory) makes it run out.
+const STOP_WAIT: Duration =
+    Duration::from_secs(SHUTDOWN_GRACE.as_secs() + 2 * crate::executor::KILL_GRACE.as_secs() + 5);
+
+impl JobRun {
+    /// Resolves once no attempt of this job run runs.
+    fn when_idle(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.running.is_empty() {
+            let _ = tx.send(());
+        } else {
+            self.idle_waiters.push(tx);
+        }
+        rx
     }
-    Box::pin(
-        actix::fut::wrap_future::<_, JobRun>(tokio::time::sleep(Duration::from_millis(20)))
-            .then(|_, act, _| wait_until_idle(act)),
-    )
+
+    /// Tells those waiting for `when_idle` once the last attempt ended.
+    fn note_if_idle(&mut self) {
+        if self.running.is_empty() {
+            for tx in self.idle_waiters.drain(..) {
+                let _ = tx.send(());
+            }
+        }
+    }
 }

@@ -609,6 +609,18 @@ impl EngineHandle {
         true
     }
 
+    /// After a fatal fault (the store cannot commit): nothing can be recorded any more, so no
+    /// graceful stop; every running attempt's process group is SIGKILLed at once, and the next
+    /// start records them `interrupted` (and finds any escapee by its environment).
+    pub fn kill_all_now(&self) {
+        let Ok(watch) = self.watch.lock() else { return };
+        for (activity, _) in watch.workers.values() {
+            if let Some(pid) = activity.current().and_then(|a| a.pid) {
+                crate::executor::kill_group_now(pid as i32);
+            }
+        }
+    }
+
     fn kill_running(&self, reason: crate::model::FailReason) {
         let Ok(watch) = self.watch.lock() else { return };
         for (activity, _) in watch.workers.values() {

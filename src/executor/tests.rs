@@ -332,15 +332,21 @@ fn daemon_script(prefix: &str, pid_file: &Path) -> String {
     )
 }
 
-#[tokio::test]
-async fn a_setsid_daemon_is_killed_at_the_end_of_its_attempt() {
+/// Runs `daemon_script(prefix)`: the attempt, and the daemon's pid.
+async fn run_daemon_task(prefix: &str) -> (Run, u32) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pid_file = dir.path().join("daemon.pid");
+    let r = run(sh(dir.path(), &daemon_script(prefix, &pid_file))).await;
+    assert!(r.exit.success(), "{}", r.log);
+    let pid = std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid number");
+    (r, pid)
+}
+
+#[tokio::test]
+async fn a_setsid_daemon_is_killed_at_the_end_of_its_attempt() {
     // Its own session and group, its output away from the task's pipes: only the environment
     // still ties it to the attempt.
-    let r = run(sh(dir.path(), &daemon_script("", &pid_file))).await;
-    assert!(r.exit.success(), "{}", r.log);
-    let pid: u32 = std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid number");
+    let (r, pid) = run_daemon_task("").await;
     assert!(is_dead(pid), "the setsid daemon outlived its attempt");
     let warned = warnings(&r.events);
     assert!(warned.iter().any(|w| w.contains("left the task's process group")), "{warned:?} {}", r.log);
@@ -348,11 +354,7 @@ async fn a_setsid_daemon_is_killed_at_the_end_of_its_attempt() {
 
 #[tokio::test]
 async fn a_daemon_without_the_attempts_environment_is_left_alone() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pid_file = dir.path().join("daemon.pid");
-    let r = run(sh(dir.path(), &daemon_script("env -u GAFFER_TASK_RUN_ID", &pid_file))).await;
-    assert!(r.exit.success(), "{}", r.log);
-    let pid: u32 = std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid number");
+    let (_, pid) = run_daemon_task("env -u GAFFER_TASK_RUN_ID").await;
     let alive = !is_dead(pid);
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
     assert!(alive, "a process that dropped GAFFER_TASK_RUN_ID may outlive the task (documented escape hatch)");
