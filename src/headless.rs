@@ -15,7 +15,7 @@ pub enum Format {
 /// progress) are left out of the human form; they are in the journal and in `--json`.
 pub fn print(out: &mut impl Write, format: Format, event: &EngineEvent) -> std::io::Result<()> {
     match format {
-        Format::Json => writeln!(out, "{}", event.to_json()),
+        Format::Json => writeln!(out, "{}", crate::json::text(&event.to_json())),
         Format::Human => match human_line(event) {
             Some(line) => writeln!(out, "{line}"),
             None => Ok(()),
@@ -40,9 +40,9 @@ fn describe(e: &EngineEvent) -> Option<String> {
     let reason = e.str_field("reason").unwrap_or("");
     let cost = e
         .field("cost_usd")
-        .and_then(|v| v.as_f64())
-        .filter(|c| *c > 0.0)
-        .map(|c| format!(", ${c}"))
+        .map(crate::model::money::micros_of_json)
+        .filter(|c| *c > 0)
+        .map(|c| format!(", {}", dollars(c)))
         .unwrap_or_default();
     Some(match e.event {
         "job.started" if e.field("from").is_some() => {
@@ -83,6 +83,7 @@ fn describe(e: &EngineEvent) -> Option<String> {
         ),
         "task.dead_lettered" => format!("dead: {reason} (gaffer retry {} to run it again)", e.task_run.unwrap_or(0)),
         "task.cancelled" => "cancelled".into(),
+        "task.warning" => format!("warning: {}", e.str_field("message").unwrap_or_default()),
         "task.skipped" => "skipped".into(),
         "task.waiting" => {
             let name = e.str_field("wait_for").unwrap_or("?");

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::engine::{QueueSnapshot, Target, rfc3339_ms};
+use crate::model::cost::{Usage, sum_by_model};
 use crate::model::money::usd_json;
 use crate::model::{JobState, TaskState};
 use crate::sanitize::sanitize;
@@ -50,12 +51,36 @@ pub fn job_json(j: &JobRunRecord) -> Value {
 }
 
 pub fn attempt_json(a: &AttemptRecord) -> Value {
-    json!({
+    let models: Vec<Value> = a.by_model.iter().map(|m| usage_json(json!({"model": m.model}), &m.usage)).collect();
+    let head = json!({
         "n": a.n, "started_at": time_json(Some(a.started_at_ms)), "ended_at": time_json(a.ended_at_ms),
         "exit_code": a.exit_code, "signal": a.signal, "reason": a.reason.map(|r| r.as_str()), "detail": a.detail,
-        "cost_usd": usd_json(a.cost_usd_micros), "input_tokens": a.input_tokens, "output_tokens": a.output_tokens,
-        "model": a.model, "pid": a.pid, "log": a.log,
-    })
+    });
+    let mut value = usage_json(head, &a.usage());
+    for (key, v) in [
+        ("model", json!(a.model)),
+        ("models", json!(models)),
+        ("warnings", json!(a.warnings)),
+        ("pid", json!(a.pid)),
+        ("log", json!(a.log)),
+    ] {
+        value[key] = v;
+    }
+    value
+}
+
+/// `value` with the figures of `usage`: `cost_usd` and the token counts by kind.
+fn usage_json(mut value: Value, usage: &Usage) -> Value {
+    for (key, v) in [
+        ("cost_usd", usd_json(usage.usd_micros)),
+        ("input_tokens", json!(usage.input_tokens)),
+        ("output_tokens", json!(usage.output_tokens)),
+        ("cache_read_tokens", json!(usage.cache_read_tokens)),
+        ("cache_write_tokens", json!(usage.cache_write_tokens)),
+    ] {
+        value[key] = v;
+    }
+    value
 }
 
 /// SPEC §4.1 `status --json`, the same whether asked of the state dir or of the instance.
@@ -79,7 +104,7 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
     for t in &tasks {
         exhausted.count(t);
         *totals.entry(t.state.as_str()).or_default() += 1;
-        cost += t.cost_usd_micros;
+        cost = cost.saturating_add(t.cost_usd_micros);
         let counts = queues.entry(t.queue.clone()).or_default();
         match t.state {
             TaskState::Queued => counts[0] += 1,
@@ -232,31 +257,31 @@ impl CostBy {
     }
 }
 
-/// `cost --json`: spending per group, from the attempts started at or after `since_ms`.
+/// `cost --json`: spending per group, from the attempts started at or after `since_ms`. By
+/// model, an attempt counts in the row of each model it paid for (`attempts`: how many did).
 pub fn cost(reader: &Reader, by: CostBy, since_ms: Option<u64>) -> Result<Value, QueryError> {
     let tasks: BTreeMap<u64, TaskRunRecord> = reader.task_runs()?.into_iter().map(|t| (t.id, t)).collect();
-    let mut rows: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    let mut rows: BTreeMap<String, (Usage, u64)> = BTreeMap::new();
+    let mut total = Usage::default();
     for a in reader.attempts()?.iter().filter(|a| since_ms.is_none_or(|s| a.started_at_ms >= s)) {
         let Some(t) = tasks.get(&a.task_run) else { continue };
-        let key = match by {
-            CostBy::Job => t.job.clone(),
-            CostBy::Task => format!("{}.{}", t.job, t.task),
-            CostBy::Queue => t.queue.clone(),
-            CostBy::Model => a.model.clone().unwrap_or_else(|| "(none)".into()),
-            CostBy::Day => rfc3339_ms(a.started_at_ms).get(..10).unwrap_or("").to_string(),
+        total.add(&a.usage());
+        let shares: Vec<(String, Usage)> = match by {
+            CostBy::Job => vec![(t.job.clone(), a.usage())],
+            CostBy::Task => vec![(format!("{}.{}", t.job, t.task), a.usage())],
+            CostBy::Queue => vec![(t.queue.clone(), a.usage())],
+            CostBy::Model => sum_by_model(&a.by_model).into_iter().collect(),
+            CostBy::Day => vec![(rfc3339_ms(a.started_at_ms).get(..10).unwrap_or("").to_string(), a.usage())],
         };
-        let row = rows.entry(sanitize(&key)).or_default();
-        row[0] += a.cost_usd_micros;
-        row[1] += a.input_tokens;
-        row[2] += a.output_tokens;
-        row[3] += 1;
+        for (key, usage) in shares {
+            let row = rows.entry(sanitize(&key)).or_default();
+            row.0.add(&usage);
+            row.1 += 1;
+        }
     }
-    let total: u64 = rows.values().map(|r| r[0]).sum();
-    let rows: Vec<Value> = rows
-        .iter()
-        .map(|(k, r)| json!({"key": k, "cost_usd": usd_json(r[0]), "input_tokens": r[1], "output_tokens": r[2], "attempts": r[3]}))
-        .collect();
-    Ok(json!({"by": by.as_str(), "rows": rows, "total_usd": usd_json(total)}))
+    let rows: Vec<Value> =
+        rows.iter().map(|(k, (usage, n))| usage_json(json!({"key": k, "attempts": n}), usage)).collect();
+    Ok(json!({"by": by.as_str(), "rows": rows, "total_usd": usd_json(total.usd_micros)}))
 }
 
 /// The most a `logs` answer carries; a follower asks again from the offset it got.
@@ -279,8 +304,8 @@ pub fn log_chunk(
     if n > t.attempt {
         return Err(QueryError::NotFound(format!("task run {task_run} has no attempt {n} (latest: {})", t.attempt)));
     }
-    let path = state_dir.join(AttemptRecord::log_path(t.job_run, task_run, n));
-    let bytes = read_from(&path, offset).map_err(|e| QueryError::Invalid(format!("{}: {e}", path.display())))?;
+    let rel = AttemptRecord::log_path(t.job_run, task_run, n);
+    let bytes = read_from(state_dir, Path::new(&rel), offset).map_err(|e| QueryError::Invalid(e.to_string()))?;
     let running = t.attempt == n && t.state == TaskState::Running;
     Ok(json!({
         "task_run": task_run, "attempt": n, "offset": offset + bytes.len() as u64, "running": running,
@@ -290,9 +315,10 @@ pub fn log_chunk(
 
 /// Up to `LOG_CHUNK_BYTES` from `offset`, ending at a line end when one is in reach (so a
 /// multi-byte character is never split between two answers); nothing if there is no file yet.
-fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+fn read_from(state_dir: &Path, rel: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = match std::fs::File::open(path) {
+    let dir = crate::state_dir::StateDir::open(state_dir).map_err(std::io::Error::other)?;
+    let mut file = match dir.open_file(rel, crate::state_dir::Access::Read) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),

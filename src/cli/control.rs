@@ -201,7 +201,7 @@ pub fn dlq(state_dir: &Path, action: DlqAction) -> Result<(), CliError> {
 fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
     let dead = query::dead_letters(state_dir)?;
     if json {
-        outln!("{}", serde_json::to_string_pretty(&dead).unwrap_or_default());
+        outln!("{}", crate::json::pretty(&dead));
         return Ok(());
     }
     let items = dead.as_array().map(Vec::as_slice).unwrap_or_default();
@@ -210,7 +210,7 @@ fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     query::print_task_table(&dead);
-    let spent: u64 = items.iter().map(|t| crate::model::money::micros_of_json(&t["cost_usd"])).sum();
+    let spent = items.iter().map(|t| crate::model::money::micros_of_json(&t["cost_usd"])).fold(0, u64::saturating_add);
     outln!(
         "{} dead letter(s), {} spent on them; `gaffer dlq retry ID` or `gaffer dlq retry --all`",
         items.len(),

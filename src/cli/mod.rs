@@ -13,7 +13,9 @@ macro_rules! outln {
 }
 
 mod control;
+mod doctor;
 mod init;
+mod pricing;
 mod query;
 mod run;
 
@@ -195,6 +197,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the state dir: who may use it, every page and record of the store, the event
+    /// journal; say what is wrong and how to fix it (exit 3 if anything is).
+    Doctor,
+    /// The token prices in force: built-in, imported (`pricing import`), and FILE's `[pricing]`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Pricing {
+        #[command(subcommand)]
+        action: Option<PricingAction>,
+        /// A workflow file whose `[pricing."model"]` tables apply on top.
+        file: Option<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a control message to fd 3 from a task: heartbeat | progress TEXT | cost K=V... | output K=V.
     Emit {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -204,6 +220,13 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// The man page, in roff.
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricingAction {
+    /// Refresh the prices from LiteLLM's `model_prices_and_context_window.json` (kept in
+    /// STATE_DIR/pricing.toml, overriding the built-in table).
+    Import { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,10 +272,15 @@ pub fn main() -> i32 {
         init_diagnostics(None);
     }
     let state_dir = cli.state_dir.clone();
+    if let Err(e) = check_state_dir(&cli.command, &state_dir) {
+        eprintln!("gaffer: {e}");
+        return exit::STATE_DIR;
+    }
     let result = match cli.command {
         Command::Run(args) => return run::run(args, &state_dir),
         Command::Serve(args) => return run::serve(args, &state_dir),
         Command::Tui => return run::attach(&state_dir),
+        Command::Doctor => return doctor::doctor(&state_dir),
         Command::Validate { file } => return run::validate(&file),
         Command::Init { file } => init::init(&file),
         Command::Schema => init::schema(),
@@ -278,6 +306,8 @@ pub fn main() -> i32 {
         Command::Signal { run_id, name } => control::signal(&state_dir, &run_id, &name),
         Command::Dlq { action } => control::dlq(&state_dir, action.unwrap_or(DlqAction::List { json: false })),
         Command::Cost { by, since, json } => query::cost(&state_dir, by, since.as_deref(), json),
+        Command::Pricing { action: Some(PricingAction::Import { file }), .. } => pricing::import(&state_dir, &file),
+        Command::Pricing { action: None, file, json } => pricing::show(&state_dir, file.as_deref(), json),
         Command::Emit { words } => crate::executor::emit(&words).map_err(CliError::Usage),
         Command::Completions { shell } => {
             let mut text = Vec::new();
@@ -298,6 +328,23 @@ pub fn main() -> i32 {
             eprintln!("gaffer: {e}");
             e.code()
         }
+    }
+}
+
+/// A command that reads the state dir or talks to the socket in it refuses one that is not
+/// safe (`state_dir`), before doing either: whoever could write in it could answer for gaffer.
+/// `run` and `serve` check as they open the store; `doctor` reports instead of refusing.
+fn check_state_dir(command: &Command, state_dir: &std::path::Path) -> Result<(), crate::state_dir::StateDirError> {
+    use Command::*;
+    if matches!(
+        command,
+        Run(_) | Serve(_) | Validate { .. } | Schedules { .. } | Doctor | Emit { .. } | Completions { .. } | Man
+    ) {
+        return Ok(());
+    }
+    match crate::state_dir::StateDir::open_checked(state_dir) {
+        Ok(_) | Err(crate::state_dir::StateDirError::Missing(_)) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -328,7 +375,8 @@ pub(crate) fn init_diagnostics(to_file: Option<&std::path::Path>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let file = to_file.and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok());
+    let file =
+        to_file.and_then(|path| crate::state_dir::open_in_state_dir(path, crate::state_dir::Access::Append).ok());
     let _ = match file {
         Some(file) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).try_init(),
         None => builder.with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).try_init(),

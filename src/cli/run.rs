@@ -78,6 +78,9 @@ pub fn validate(file: &Path) -> i32 {
             for note in workflow.notes() {
                 eprintln!("gaffer: note: {note}");
             }
+            for warning in config::advice::warnings(&workflow) {
+                eprintln!("gaffer: warning: {}: {warning}", file.display());
+            }
             exit::OK
         }
         Err(code) => code,
@@ -116,7 +119,7 @@ pub fn schedules(file: &Path, count: usize, from: Option<&str>, as_json: bool) -
                 serde_json::json!({"job": job.name, "schedule": expression, "timezone": schedule.zone_name(), "next": next})
             })
             .collect();
-        outln!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+        outln!("{}", crate::json::pretty(&items));
         return exit::OK;
     }
     if rows.is_empty() {
@@ -374,13 +377,26 @@ where
     };
     let (store, closer, _lock) = match store::open_writer(options.state_dir) {
         Ok(opened) => opened,
-        Err(e @ StoreError::InUse { .. }) => {
+        Err(
+            e @ (StoreError::InUse { .. }
+            | StoreError::StateDir(_)
+            | StoreError::Damaged { .. }
+            | StoreError::Gone { .. }),
+        ) => {
             eprintln!("gaffer: {e}");
             return exit::STATE_DIR;
         }
         Err(e) => {
             eprintln!("gaffer: cannot open state dir {}: {e}", options.state_dir.display());
             return exit::STATE_DIR;
+        }
+    };
+    // Read from the state dir once it was checked (the imported price table lives there).
+    let pricing = match config::pricing::imported(options.state_dir) {
+        Ok(imported) => Pricing::layered(&[&config::pricing::builtin(), &imported, &workflow.pricing]),
+        Err(e) => {
+            eprintln!("gaffer: {e}");
+            return exit::USAGE;
         }
     };
     let log_file = tui.then(|| options.state_dir.join("gaffer.log"));
@@ -394,9 +410,12 @@ where
         for note in workflow.notes().into_iter().chain(process_note) {
             eprintln!("gaffer: note: {note}");
         }
+        for warning in config::advice::warnings(&workflow) {
+            eprintln!("gaffer: warning: {warning}");
+        }
     }
     let executor: Arc<dyn Executor> = if options.noop { Arc::new(NoopExecutor) } else { Arc::new(LocalExecutor) };
-    let pricing = Pricing::new(config::pricing::builtin(), &workflow.pricing);
+
     let state_dir = absolute(options.state_dir);
     let clock = Arc::new(SystemClock);
     let config =
@@ -603,7 +622,7 @@ pub fn attach(state_dir: &Path) -> i32 {
 
 /// A diagnostics file that nothing was written to is not worth leaving behind.
 fn remove_if_empty(path: &Path) {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.len() == 0) {
         let _ = std::fs::remove_file(path);
     }
 }

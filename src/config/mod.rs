@@ -3,6 +3,7 @@
 //! Validation reports every problem at once, each with the `LINE:COL` it is about, because a
 //! user fixing a file one error per run is slow and annoying.
 
+pub mod advice;
 mod checks;
 mod env_file;
 mod hooks;

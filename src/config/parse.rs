@@ -82,7 +82,8 @@ pub(super) const RETRY_KEYS: &[&str] = &[
     "non_retryable_exit_codes",
     "max_cost_usd",
 ];
-pub(super) const PRICING_KEYS: &[&str] = &["input_per_mtok", "output_per_mtok"];
+pub(super) const PRICING_KEYS: &[&str] =
+    &["input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok"];
 pub(super) const CACHE_KEYS: &[&str] = &["key", "ttl"];
 
 /// Default per-attempt log cap: 16 MiB.
@@ -341,11 +342,13 @@ fn read_pricing(r: &mut Reader, entry: &Entry) -> BTreeMap<String, Price> {
         let Some(fields) = r.table(&model) else {
             continue;
         };
-        let (mut input, mut output) = (None, None);
+        let (mut input, mut output, mut cache_read, mut cache_write) = (None, None, None, None);
         for e in r.entries(fields, model.at) {
             match e.name {
                 "input_per_mtok" => input = r.usd(&e),
                 "output_per_mtok" => output = r.usd(&e),
+                "cache_read_per_mtok" => cache_read = r.usd(&e),
+                "cache_write_per_mtok" => cache_write = r.usd(&e),
                 _ => r.unknown_key(&e, &format!("pricing `{}`", model.name), PRICING_KEYS),
             }
         }
@@ -357,6 +360,8 @@ fn read_pricing(r: &mut Reader, entry: &Entry) -> BTreeMap<String, Price> {
         let price = Price {
             input_usd_micros_per_mtok: input.unwrap_or_default(),
             output_usd_micros_per_mtok: output.unwrap_or_default(),
+            cache_read_usd_micros_per_mtok: cache_read,
+            cache_write_usd_micros_per_mtok: cache_write,
         };
         pricing.insert(model.name.to_string(), price);
     }
@@ -779,6 +784,7 @@ timeout = "90s"
 [pricing."claude-sonnet-4-5"]
 input_per_mtok = 3.00
 output_per_mtok = 15.00
+cache_read_per_mtok = 0.30
 "#;
 
     fn parse_ok(text: &str) -> Workflow {
@@ -814,7 +820,12 @@ output_per_mtok = 15.00
         assert_eq!(llm.aging, Some(Duration::from_secs(60)));
         assert_eq!(
             wf.pricing["claude-sonnet-4-5"],
-            Price { input_usd_micros_per_mtok: 3_000_000, output_usd_micros_per_mtok: 15_000_000 }
+            Price {
+                input_usd_micros_per_mtok: 3_000_000,
+                output_usd_micros_per_mtok: 15_000_000,
+                cache_read_usd_micros_per_mtok: Some(300_000),
+                cache_write_usd_micros_per_mtok: None,
+            }
         );
 
         let job = &wf.jobs[0];
@@ -1119,6 +1130,16 @@ nees = ["a"]
             }
         }
         Ok(())
+    }
+
+    /// Found by `scripts/fuzz.sh` (fuzz/artifacts/workflow_parse/): toml_edit 0.23 panicked
+    /// ("all items have spans") on a dotted key with an empty first part after a stray `==`.
+    #[test]
+    fn fuzz_finds_stay_fixed() {
+        for text in ["==\n.=", "==\n.=\n", "a==\n.b.=1"] {
+            check_positions(text).expect("parses without panicking, positions inside the file");
+            assert!(parse_text(Path::new("wf.toml"), text).is_err());
+        }
     }
 
     proptest! {

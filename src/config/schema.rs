@@ -324,10 +324,16 @@ struct Cache {
 #[derive(JsonSchema)]
 #[schemars(deny_unknown_fields)]
 struct Price {
-    /// Dollars per million input tokens.
+    /// Dollars per million input tokens (billed at the full input price).
     input_per_mtok: Usd,
     /// Dollars per million output tokens.
     output_per_mtok: Usd,
+    /// Dollars per million input tokens read from the prompt cache (default: the input price;
+    /// Anthropic bills 0.1× input).
+    cache_read_per_mtok: Option<Usd>,
+    /// Dollars per million input tokens written to the prompt cache (default: the input price;
+    /// Anthropic bills 1.25× input).
+    cache_write_per_mtok: Option<Usd>,
 }
 
 #[cfg(test)]

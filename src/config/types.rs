@@ -205,9 +205,11 @@ pub enum CommandSpec {
 pub enum CostSource {
     /// Only fd-3 `cost` lines.
     Protocol,
-    /// Also the `total_cost_usd` / `usage` of the final JSON result on stdout (claude -p --output-format json).
+    /// Also the agent's JSON result on stdout (`claude -p --output-format json|stream-json`, …).
+    /// Both JSON sources read every shape gaffer knows (README: "Agent results"); the name says
+    /// which tool the task runs.
     ClaudeJson,
-    /// Also the `usage` and `model` of the final JSON result on stdout (OpenAI chat completion).
+    /// Also the JSON result on stdout (an OpenAI chat completion or response, Codex's JSONL, …).
     OpenAiJson,
 }
 
@@ -366,9 +368,23 @@ impl HookLevel {
     }
 }
 
-/// Dollars per million tokens.
+/// Dollars per million tokens, by kind of token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Price {
     pub input_usd_micros_per_mtok: u64,
     pub output_usd_micros_per_mtok: u64,
+    /// Input read from the provider's prompt cache (Anthropic: 0.1× input). `None`: the input price.
+    pub cache_read_usd_micros_per_mtok: Option<u64>,
+    /// Input written to the prompt cache (Anthropic: 1.25× input). `None`: the input price.
+    pub cache_write_usd_micros_per_mtok: Option<u64>,
+}
+
+impl Price {
+    pub fn cache_read(&self) -> u64 {
+        self.cache_read_usd_micros_per_mtok.unwrap_or(self.input_usd_micros_per_mtok)
+    }
+
+    pub fn cache_write(&self) -> u64 {
+        self.cache_write_usd_micros_per_mtok.unwrap_or(self.input_usd_micros_per_mtok)
+    }
 }

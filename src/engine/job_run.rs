@@ -20,7 +20,7 @@ use super::{EngineEvent, Shared};
 use crate::config::template::{self, TemplateContext, UpstreamTask};
 use crate::config::{JobDef, Workflow};
 use crate::executor::{AttemptExit, AttemptSpec, KILL_GRACE, ProcessHandle};
-use crate::model::cost::{AttemptCost, CostDelta, Pricing};
+use crate::model::cost::{CostDelta, Pricing};
 use crate::model::graph::{self, Change, JobGraph, TaskStates};
 use crate::model::money::usd_json;
 use crate::model::policy::{self, AfterAttempt, AttemptOutcome, RunSoFar};
@@ -1033,28 +1033,18 @@ impl Handler<CostAdded> for JobRun {
         let Some(i) = self.idx(msg.task_run) else { return };
         let d = &msg.delta;
         let t = &mut self.tasks[i];
-        t.cost_usd_micros = t.cost_usd_micros.saturating_add(d.usd_micros);
-        t.input_tokens = t.input_tokens.saturating_add(d.input_tokens);
-        t.output_tokens = t.output_tokens.saturating_add(d.output_tokens);
-        self.record.cost_usd_micros = self.record.cost_usd_micros.saturating_add(d.usd_micros);
+        t.cost_usd_micros = t.cost_usd_micros.saturating_add(d.usage.usd_micros);
+        t.input_tokens = t.input_tokens.saturating_add(d.usage.input_tokens);
+        t.output_tokens = t.output_tokens.saturating_add(d.usage.output_tokens);
+        self.record.cost_usd_micros = self.record.cost_usd_micros.saturating_add(d.usage.usd_micros);
         let mut mutations = vec![Mutation::TaskRun(self.tasks[i].clone()), Mutation::JobRun(self.record.clone())];
-        if let Some((attempt, _)) = self.running.get_mut(&msg.task_run) {
-            let mut cost = AttemptCost {
-                usd_micros: attempt.cost_usd_micros,
-                input_tokens: attempt.input_tokens,
-                output_tokens: attempt.output_tokens,
-                model: attempt.model.clone(),
-            };
-            cost.add(d);
-            (attempt.cost_usd_micros, attempt.input_tokens, attempt.output_tokens, attempt.model) =
-                (cost.usd_micros, cost.input_tokens, cost.output_tokens, cost.model);
-            mutations.push(Mutation::Attempt(attempt.clone()));
-        }
         let mut event = self
             .task_event("task.cost", i)
-            .with("usd", usd_json(d.usd_micros))
-            .with("input_tokens", d.input_tokens)
-            .with("output_tokens", d.output_tokens);
+            .with("usd", usd_json(d.usage.usd_micros))
+            .with("input_tokens", d.usage.input_tokens)
+            .with("output_tokens", d.usage.output_tokens)
+            .with("cache_read_tokens", d.usage.cache_read_tokens)
+            .with("cache_write_tokens", d.usage.cache_write_tokens);
         event.attempt = Some(msg.attempt);
         if let Some(model) = &d.model {
             event = event.with("model", model.clone());
@@ -1062,8 +1052,71 @@ impl Handler<CostAdded> for JobRun {
         if d.unpriced {
             event = event.with("unpriced", true);
         }
-        self.persist_then(ctx, mutations, vec![event], |_, _| {});
+        let mut events = vec![event];
+        if let Some((attempt, _)) = self.running.get_mut(&msg.task_run).filter(|(a, _)| a.n == msg.attempt) {
+            attempt.add_cost(d.model.as_deref(), &d.usage);
+            mutations.push(Mutation::Attempt(attempt.clone()));
+        }
+        if d.unpriced {
+            events.extend(self.warn_attempt(i, msg.attempt, unpriced_warning(d), &mut mutations));
+        }
+        self.persist_then(ctx, mutations, events, |_, _| {});
         self.check_budgets(ctx, i);
+    }
+}
+
+/// Tokens that no price covers are counted as $0, and the attempt says so.
+fn unpriced_warning(d: &CostDelta) -> String {
+    let tokens = d.usage.tokens();
+    match &d.model {
+        Some(model) => format!(
+            "model `{model}` has no price in the pricing table: its {tokens} tokens are counted as $0 \
+             (add [pricing.\"{model}\"] to the workflow file, or refresh the table with `gaffer pricing import`)"
+        ),
+        None => format!(
+            "{tokens} tokens were reported without a model or dollars, so they are counted as $0 \
+             (report `usd=` or `model=` with them)"
+        ),
+    }
+}
+
+/// A warning about what a running attempt reported (`task.warning`): kept on its record and
+/// shown by `show` and the TUI.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WarningReported {
+    pub task_run: u64,
+    pub attempt: u32,
+    pub text: String,
+}
+
+impl Handler<WarningReported> for JobRun {
+    type Result = ();
+
+    fn handle(&mut self, msg: WarningReported, ctx: &mut Self::Context) {
+        let Some(i) = self.idx(msg.task_run) else { return };
+        let mut mutations = Vec::new();
+        let events: Vec<EngineEvent> =
+            self.warn_attempt(i, msg.attempt, msg.text, &mut mutations).into_iter().collect();
+        if !events.is_empty() {
+            self.persist_then(ctx, mutations, events, |_, _| {});
+        }
+    }
+}
+
+impl JobRun {
+    /// Adds `text` to the running attempt `n` of task `i` (if it has room) and returns its
+    /// `task.warning` event; the attempt's new record joins `mutations`.
+    fn warn_attempt(&mut self, i: usize, n: u32, text: String, mutations: &mut Vec<Mutation>) -> Option<EngineEvent> {
+        let (attempt, _) = self.running.get_mut(&self.tasks[i].id).filter(|(a, _)| a.n == n)?;
+        if !attempt.add_warning(text.clone()) {
+            return None;
+        }
+        mutations.retain(|m| !matches!(m, Mutation::Attempt(a) if a.task_run == attempt.task_run && a.n == n));
+        mutations.push(Mutation::Attempt(attempt.clone()));
+        let mut event = self.task_event("task.warning", i).with("message", text);
+        event.attempt = Some(n);
+        Some(event)
     }
 }
 

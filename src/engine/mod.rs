@@ -20,6 +20,7 @@ mod hooks;
 pub mod inbox;
 mod job_run;
 mod journal;
+mod journal_file;
 mod offline;
 mod retention;
 mod scheduler;
@@ -49,7 +50,7 @@ pub use worker::CurrentAttempt;
 use crate::config::Workflow;
 use crate::executor::Executor;
 use crate::model::JobState;
-use crate::model::cost::Pricing;
+use crate::model::cost::{ModelUsage, Pricing};
 use crate::store::{JobRunRecord, StoreError, StoreHandle, TaskRunRecord};
 
 /// Mailboxes are bounded (a `send` waits when one is full) but large: bursts of thousands of
@@ -173,6 +174,10 @@ pub struct EngineSnapshot {
     /// When each scheduled job last fired (or skipped a fire time), from the store.
     #[serde(default)]
     pub schedule_fires: BTreeMap<String, u64>,
+    /// Everything spent so far by model, summed as `gaffer cost --by model` sums it (task run
+    /// records do not say which models they paid for). Absent from an older server's answer.
+    #[serde(default)]
+    pub by_model: Vec<ModelUsage>,
 }
 
 /// A job as the views draw it.
@@ -543,13 +548,15 @@ impl EngineHandle {
         let store = self.store.clone();
         let records = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let reader = store.reader()?;
-            Ok((reader.job_runs()?, reader.task_runs()?, offline::schedule_fires(&reader)?))
+            let attempts = reader.attempts()?;
+            let by_model = offline::by_model(&attempts);
+            Ok((reader.job_runs()?, reader.task_runs()?, offline::schedule_fires(&reader)?, by_model))
         });
-        let (job_runs, task_runs, schedule_fires) =
+        let (job_runs, task_runs, schedule_fires, by_model) =
             records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
         let jobs = self.jobs.as_ref().clone();
         let (queues, workers) = (self.queues().await?, self.workers());
-        Ok(EngineSnapshot { job_runs, task_runs, queues, workers, jobs, schedule_fires })
+        Ok(EngineSnapshot { job_runs, task_runs, queues, workers, jobs, schedule_fires, by_model })
     }
 
     /// The task runs of one job run (a view learning of a new run from `job.started`).

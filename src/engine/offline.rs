@@ -12,7 +12,8 @@ use super::{
     WorkerSnapshot,
 };
 use crate::config::Workflow;
-use crate::store::{self, Reader, StoreError, TaskRunRecord};
+use crate::model::cost::ModelUsage;
+use crate::store::{self, AttemptRecord, Reader, StoreError, TaskRunRecord};
 
 /// What every command gets while no instance runs.
 pub const READ_ONLY: &str = "read-only: no instance running";
@@ -95,7 +96,15 @@ fn snapshot(reader: &Reader) -> Result<EngineSnapshot, StoreError> {
         workers: Vec::new(),
         jobs: workflow.as_ref().map(JobShape::of).unwrap_or_default(),
         schedule_fires: schedule_fires(reader)?,
+        by_model: by_model(&reader.attempts()?),
     })
+}
+
+/// Everything the attempts spent, by model, as `gaffer cost --by model` sums it: what a view
+/// files spending under (task run records do not say which models they paid for).
+pub(super) fn by_model(attempts: &[AttemptRecord]) -> Vec<ModelUsage> {
+    let sums = crate::model::cost::sum_by_model(attempts.iter().flat_map(|a| &a.by_model));
+    sums.into_iter().map(|(model, usage)| ModelUsage { model: Some(model), usage }).collect()
 }
 
 /// The declared queues (none running, nothing ready: no instance), with their pause switches.

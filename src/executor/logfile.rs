@@ -7,6 +7,8 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
+use crate::state_dir::{Access, open_under};
+
 pub struct CappedLog {
     file: BufWriter<File>,
     half: u64,
@@ -17,12 +19,10 @@ pub struct CappedLog {
 }
 
 impl CappedLog {
-    /// Creates (truncates) the file and its parent folders.
-    pub fn create(path: &Path, cap_bytes: u64) -> io::Result<Self> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let file = File::create(path)?;
+    /// Creates the file (0600; one that exists is replaced, a link is never followed) and its
+    /// parent folders (0700) at `path`, which must be under `state_dir`.
+    pub fn create(state_dir: &Path, path: &Path, cap_bytes: u64) -> io::Result<Self> {
+        let file = open_under(state_dir, path, Access::Replace)?;
         Ok(Self {
             file: BufWriter::with_capacity(64 * 1024, file),
             half: cap_bytes / 2,
@@ -90,9 +90,9 @@ mod tests {
     use super::*;
 
     fn log_with(cap: u64, chunks: &[&[u8]]) -> String {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = crate::state_dir::private_tempdir();
         let path = dir.path().join("sub/dir/a.log");
-        let mut log = CappedLog::create(&path, cap).expect("create");
+        let mut log = CappedLog::create(dir.path(), &path, cap).expect("create");
         for c in chunks {
             log.write(c).expect("write");
         }

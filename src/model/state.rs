@@ -122,6 +122,9 @@ pub enum FailReason {
     QueueTimeout,
     /// Waited for its `wait_for` signal longer than `wait_timeout`.
     WaitTimeout,
+    /// The agent's JSON result said it failed (`is_error: true`, an API error), whatever the
+    /// exit code.
+    AgentError,
     /// A template (`env`, `args`, `stdin`) could not be rendered: an undefined reference, a
     /// syntax error, or a render past its budget. Permanent: never retried by itself.
     TemplateError,
@@ -131,7 +134,7 @@ pub enum FailReason {
 }
 
 impl FailReason {
-    pub const ALL: [FailReason; 11] = [
+    pub const ALL: [FailReason; 12] = [
         FailReason::ExitCode,
         FailReason::Timeout,
         FailReason::HeartbeatTimeout,
@@ -141,6 +144,7 @@ impl FailReason {
         FailReason::Cancelled,
         FailReason::QueueTimeout,
         FailReason::WaitTimeout,
+        FailReason::AgentError,
         FailReason::TemplateError,
         FailReason::ResourceExhausted,
     ];
@@ -160,6 +164,7 @@ impl FailReason {
             FailReason::Cancelled => "cancelled",
             FailReason::QueueTimeout => "queue_timeout",
             FailReason::WaitTimeout => "wait_timeout",
+            FailReason::AgentError => "agent_error",
             FailReason::TemplateError => "template_error",
             FailReason::ResourceExhausted => "resource_exhausted",
         }

@@ -189,6 +189,7 @@ pub fn fixture() -> Model {
         workers,
         jobs: shapes(),
         schedule_fires: schedule_fires(),
+        by_model: Vec::new(),
     };
     let mut model = Model::new(snapshot, NOW_MS, "examples/report.toml", vec![2, 4, 5]);
     for e in fixture_events(ago) {
@@ -313,7 +314,14 @@ pub fn fixture_with(n: u64) -> Model {
         .iter()
         .map(|q| QueueSnapshot { name: (*q).into(), concurrency: 4, paused: false, ready: 0, running: 0 })
         .collect();
-    let snapshot =
-        EngineSnapshot { job_runs, task_runs, queues, workers, jobs: shapes(), schedule_fires: schedule_fires() };
+    let snapshot = EngineSnapshot {
+        job_runs,
+        task_runs,
+        queues,
+        workers,
+        jobs: shapes(),
+        schedule_fires: schedule_fires(),
+        by_model: Vec::new(),
+    };
     Model::new(snapshot, NOW_MS, "bench", Vec::new())
 }

@@ -188,9 +188,10 @@ fn execute(handle: &Rc<dyn Control>, state_dir: &Path, command: Command) -> Loca
             }
         }),
         Command::ReadLog { task_run, job_run, attempt } => {
-            let path = state_dir.join(format!("logs/{job_run}/{task_run}.{attempt}.log"));
+            let state_dir = state_dir.to_path_buf();
+            let rel = PathBuf::from(crate::store::AttemptRecord::log_path(job_run, task_run, attempt));
             Box::pin(async move {
-                let read = tokio::task::spawn_blocking(move || read_tail(&path, LOG_TAIL_BYTES)).await;
+                let read = tokio::task::spawn_blocking(move || read_tail(&state_dir, &rel, LOG_TAIL_BYTES)).await;
                 let text = read.map_err(|e| e.to_string()).and_then(|r| r);
                 vec![Msg::LogLoaded { task_run, attempt, text }]
             })
@@ -206,9 +207,11 @@ fn execute(handle: &Rc<dyn Control>, state_dir: &Path, command: Command) -> Loca
 }
 
 /// The last `max_bytes` of a log file from a line start, made inert (`crate::sanitize`).
-pub fn read_tail(path: &Path, max_bytes: u64) -> Result<String, String> {
+pub fn read_tail(state_dir: &Path, rel: &Path, max_bytes: u64) -> Result<String, String> {
+    let path = state_dir.join(rel);
     let shown = path.display();
-    let mut file = std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
+    let dir = crate::state_dir::StateDir::open(state_dir).map_err(|e| e.to_string())?;
+    let mut file = dir.open_file(rel, crate::state_dir::Access::Read).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| format!("{shown}: {e}"))?.len();
     let start = len.saturating_sub(max_bytes);
     file.seek(SeekFrom::Start(start)).map_err(|e| format!("{shown}: {e}"))?;

@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::engine::{EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, WorkerSnapshot};
+use crate::model::cost::{NO_MODEL, Usage};
+use crate::model::money::micros_of_json;
 use crate::model::schedule::Schedule;
 use crate::model::{FailReason, JobState, TaskState};
 use crate::store::{JobRunRecord, TaskRunRecord};
@@ -24,6 +26,8 @@ pub const HISTORY_MINUTES: u64 = 60;
 pub const COST_HISTORY_MINUTES: u64 = 24 * 60;
 /// How many attempts of one task run are remembered for its detail pane.
 const MAX_ATTEMPT_LINES: usize = 32;
+/// How many `task.warning`s of one task run are remembered for its detail pane.
+pub const MAX_WARNING_LINES: usize = 10;
 
 /// The views: the seven of SPEC §4.2 and the schedules, in key order (`1`..`8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -184,6 +188,8 @@ pub struct TaskRow {
     pub rec: TaskRunRecord,
     pub attempts: Vec<AttemptLine>,
     pub model: Option<String>,
+    /// `task.warning`s seen this session (attempt, message), the latest last.
+    pub warnings: Vec<(u32, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -250,10 +256,12 @@ pub struct CostBook {
     /// Keyed `job.task`.
     pub by_task: BTreeMap<String, u64>,
     pub by_queue: BTreeMap<String, u64>,
+    /// Spending by model, as `gaffer cost --by model` sums it: seeded from the snapshot's
+    /// figures, then kept current by `task.cost` events.
     pub by_model: BTreeMap<String, u64>,
     pub per_minute: BTreeMap<u64, u64>,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
+    /// Every kind of token, all models together (its `usd_micros` is unused: see `total`).
+    pub tokens: Usage,
 }
 
 /// The followed log (`l`) or the log tail of a task detail.
@@ -346,6 +354,10 @@ impl Model {
         };
         m.set_queues(snapshot.queues);
         m.set_workers(snapshot.workers);
+        for row in &snapshot.by_model {
+            *m.cost.by_model.entry(row.label().to_string()).or_default() += row.usage.usd_micros;
+            m.cost.tokens.add(&Usage { usd_micros: 0, ..row.usage });
+        }
         for rec in snapshot.job_runs {
             m.jobs.insert(rec.id, JobRow { rec, tasks: Vec::new(), done: 0, running: 0 });
         }
@@ -455,8 +467,9 @@ impl Model {
     /// Micro-dollars per hour over the last ten minutes.
     pub fn burn_per_hour(&self) -> u64 {
         let now_min = self.now_ms / MINUTE_MS;
-        let spent: u64 = self.cost.per_minute.range(now_min.saturating_sub(9)..=now_min).map(|(_, v)| v).sum();
-        spent * 6
+        let spent =
+            self.cost.per_minute.range(now_min.saturating_sub(9)..=now_min).fold(0, |a, (_, v)| v.saturating_add(a));
+        spent.saturating_mul(6)
     }
 
     /// Cost per minute for the last `n` minutes, oldest first.
@@ -512,14 +525,15 @@ impl Model {
             self.tally(&old.rec, -1);
             // Events already applied are at least as new as a store read that raced them for
             // the dynamic fields; keep what they said about attempts and the model.
-            let row = TaskRow { rec, attempts: old.attempts, model: old.model };
+            let row = TaskRow { rec, attempts: old.attempts, model: old.model, warnings: old.warnings };
             self.tally(&row.rec, 1);
             self.tasks.insert(row.rec.id, row);
         } else {
             let minute = rec.ended_at_ms.or(rec.started_at_ms).unwrap_or(rec.created_at_ms) / MINUTE_MS;
             if rec.cost_usd_micros > 0 {
+                // By model it is already in the snapshot's figures (the record does not say).
                 let (job, task, queue) = (rec.job.clone(), rec.task.clone(), rec.queue.clone());
-                self.add_cost(&job, &task, &queue, "unknown", minute, rec.cost_usd_micros);
+                self.add_cost(&job, &task, &queue, None, minute, rec.cost_usd_micros);
             }
             if rec.state.is_terminal()
                 && rec.state != TaskState::Skipped
@@ -529,7 +543,7 @@ impl Model {
             }
             let attempts = last_attempt_of(&rec).into_iter().collect();
             self.tally(&rec, 1);
-            self.tasks.insert(rec.id, TaskRow { rec, attempts, model: None });
+            self.tasks.insert(rec.id, TaskRow { rec, attempts, model: None, warnings: Vec::new() });
         }
         self.touch_tasks(true);
     }
@@ -597,15 +611,20 @@ impl Model {
         self.touch_tasks(false);
     }
 
-    fn add_cost(&mut self, job: &str, task: &str, queue: &str, model: &str, minute: u64, micros: u64) {
+    /// Adds spending to every aggregate; to `by_model` only when `model` is given (the
+    /// snapshot's per-model figures already hold what task run records carry).
+    fn add_cost(&mut self, job: &str, task: &str, queue: &str, model: Option<&str>, minute: u64, micros: u64) {
+        let add = |slot: &mut u64| *slot = slot.saturating_add(micros);
         let c = &mut self.cost;
-        c.total += micros;
-        *c.by_job.entry(job.to_string()).or_default() += micros;
-        *c.by_task.entry(format!("{job}.{task}")).or_default() += micros;
-        *c.by_queue.entry(queue.to_string()).or_default() += micros;
-        *c.by_model.entry(model.to_string()).or_default() += micros;
-        *c.per_minute.entry(minute).or_default() += micros;
-        *self.queue_mut(queue).cost_per_day.entry(minute * MINUTE_MS / DAY_MS).or_default() += micros;
+        add(&mut c.total);
+        add(c.by_job.entry(job.to_string()).or_default());
+        add(c.by_task.entry(format!("{job}.{task}")).or_default());
+        add(c.by_queue.entry(queue.to_string()).or_default());
+        if let Some(model) = model {
+            add(c.by_model.entry(model.to_string()).or_default());
+        }
+        add(c.per_minute.entry(minute).or_default());
+        add(self.queue_mut(queue).cost_per_day.entry(minute * MINUTE_MS / DAY_MS).or_default());
     }
 
     fn touch(&mut self, view: View) {
@@ -677,8 +696,8 @@ impl Model {
                     (None, Some(j)) => format!("job run j{j}"),
                     _ => "gaffer".into(),
                 };
-                let num = |k: &str| e.field(k).map(|v| v.to_string()).unwrap_or_default();
-                self.say(format!("{who}: budget exceeded, spent ${} of ${}", num("spent_usd"), num("limit_usd")), true);
+                let usd = |k: &str| crate::headless::dollars(e.field(k).map_or(0, micros_of_json));
+                self.say(format!("{who}: budget exceeded, spent {} of {}", usd("spent_usd"), usd("limit_usd")), true);
             }
             "hook.failed" => {
                 let text = |k: &str| e.str_field(k).unwrap_or("?").to_string();
@@ -760,6 +779,9 @@ impl Model {
         if e.event == "task.cost" {
             self.apply_cost(e, id);
         }
+        if e.event == "task.warning" {
+            self.apply_warning(e, id);
+        }
         let Some(row) = self.tasks.get_mut(&id) else { return };
         if let Some(a) = e.attempt {
             row.rec.attempt = row.rec.attempt.max(a);
@@ -837,26 +859,43 @@ impl Model {
     }
 
     fn apply_cost(&mut self, e: &EngineEvent, id: u64) {
-        let micros = e.field("usd").and_then(usd_micros).unwrap_or(0);
         let tokens = |k: &str| e.field(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let usage = Usage {
+            usd_micros: e.field("usd").and_then(usd_micros).unwrap_or(0),
+            input_tokens: tokens("input_tokens"),
+            output_tokens: tokens("output_tokens"),
+            cache_read_tokens: tokens("cache_read_tokens"),
+            cache_write_tokens: tokens("cache_write_tokens"),
+        };
         let model = e.str_field("model").map(str::to_string);
         let Some(row) = self.tasks.get_mut(&id) else { return };
-        row.rec.cost_usd_micros += micros;
-        row.rec.input_tokens += tokens("input_tokens");
-        row.rec.output_tokens += tokens("output_tokens");
+        let r = &mut row.rec;
+        r.cost_usd_micros = r.cost_usd_micros.saturating_add(usage.usd_micros);
+        r.input_tokens = r.input_tokens.saturating_add(usage.input_tokens);
+        r.output_tokens = r.output_tokens.saturating_add(usage.output_tokens);
         if model.is_some() {
             row.model = model.clone();
         }
-        let (job, task, queue, job_run) =
-            (row.rec.job.clone(), row.rec.task.clone(), row.rec.queue.clone(), row.rec.job_run);
-        self.cost.input_tokens += tokens("input_tokens");
-        self.cost.output_tokens += tokens("output_tokens");
+        let (job, task, queue, job_run) = (r.job.clone(), r.task.clone(), r.queue.clone(), r.job_run);
+        self.cost.tokens.add(&Usage { usd_micros: 0, ..usage });
         if let Some(j) = self.jobs.get_mut(&job_run) {
-            j.rec.cost_usd_micros += micros;
+            j.rec.cost_usd_micros = j.rec.cost_usd_micros.saturating_add(usage.usd_micros);
         }
-        let model = model.unwrap_or_else(|| "unknown".into());
-        self.add_cost(&job, &task, &queue, &model, e.ts_ms / MINUTE_MS, micros);
+        let model = model.as_deref().unwrap_or(NO_MODEL);
+        self.add_cost(&job, &task, &queue, Some(model), e.ts_ms / MINUTE_MS, usage.usd_micros);
         self.touch(View::Cost);
+    }
+
+    /// A warning about what an attempt reported: kept for the detail pane and said below the table.
+    fn apply_warning(&mut self, e: &EngineEvent, id: u64) {
+        let Some(row) = self.tasks.get_mut(&id) else { return };
+        let text = e.str_field("message").unwrap_or_default().to_string();
+        row.warnings.push((e.attempt.unwrap_or(row.rec.attempt), text.clone()));
+        if row.warnings.len() > MAX_WARNING_LINES {
+            row.warnings.remove(0);
+        }
+        let who = format!("#{} {}.{}", id, row.rec.job, row.rec.task);
+        self.say(format!("{who}: warning: {text}"), true);
     }
 
     // ---- indexes -------------------------------------------------------------------------
@@ -1124,6 +1163,5 @@ pub fn parse_reason(text: &str) -> Option<FailReason> {
 
 /// A JSON number of dollars as micro-dollars.
 fn usd_micros(v: &serde_json::Value) -> Option<u64> {
-    let usd = v.as_f64()?;
-    (usd.is_finite() && usd >= 0.0).then(|| (usd * 1_000_000.0).round() as u64)
+    v.is_number().then(|| micros_of_json(v))
 }

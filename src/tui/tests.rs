@@ -290,6 +290,54 @@ fn costs_are_aggregated_by_job_task_queue_and_model() {
     assert_eq!(m.burn_per_hour(), (12_300 + 152_000 + 41_000) * 6);
 }
 
+/// Attached to a server that already spent money: the snapshot's per-model figures fill the
+/// "by model" table (they used to land under `unknown`), and events add to them.
+#[test]
+fn spending_before_attaching_is_filed_under_its_models() {
+    use crate::engine::EngineSnapshot;
+    use crate::model::cost::{ModelUsage, Usage};
+    let mut rec = crate::store::TaskRunRecord::pending(1, 1, "j", "t", NOW_MS);
+    rec.cost_usd_micros = 30_000;
+    let usage = |usd, input| Usage { usd_micros: usd, input_tokens: input, cache_read_tokens: 5, ..Usage::default() };
+    let by_model = vec![
+        ModelUsage { model: Some("sonnet".into()), usage: usage(20_000, 100) },
+        ModelUsage { model: Some("(none)".into()), usage: usage(10_000, 0) },
+    ];
+    let snapshot = EngineSnapshot { task_runs: vec![rec], by_model, ..EngineSnapshot::default() };
+    let mut m = Model::new(snapshot, NOW_MS, "t", Vec::new());
+    assert_eq!(m.cost.total, 30_000);
+    assert_eq!(m.cost.by_model.get("sonnet"), Some(&20_000));
+    assert_eq!(m.cost.by_model.get("(none)"), Some(&10_000));
+    assert!(!m.cost.by_model.contains_key("unknown"));
+    assert_eq!((m.cost.tokens.input_tokens, m.cost.tokens.cache_read_tokens), (100, 10));
+    let mut e = EngineEvent::new("task.cost", NOW_MS).with("usd", 0.000001).with("cache_write_tokens", 7);
+    (e.job, e.job_run, e.task, e.task_run) = (Some("j".into()), Some(1), Some("t".into()), Some(1));
+    m.apply(&e);
+    assert_eq!(m.cost.by_model.get("(none)"), Some(&10_001), "a cost without a model is listed as `cost` lists it");
+    assert_eq!(m.cost.tokens.cache_write_tokens, 7);
+}
+
+#[test]
+fn a_warning_is_said_and_kept_for_the_detail_pane() {
+    let mut m = fixture();
+    let mut e = EngineEvent::new("task.warning", NOW_MS).with("message", "cost = \"claude-json\": no agent result");
+    (e.job, e.job_run, e.task, e.task_run, e.attempt) =
+        (Some("report".into()), Some(2), Some("parse".into()), Some(6), Some(1));
+    m.apply(&e);
+    assert_eq!(m.tasks[&6].warnings, vec![(1, "cost = \"claude-json\": no agent result".to_string())]);
+    let status = m.status.clone().expect("said");
+    assert!(status.error && status.text.contains("#6 report.parse: warning: cost"), "{}", status.text);
+    press(&mut m, "3");
+    m.prepare();
+    let row = m.index[m.focus.index()].iter().position(|id| *id == 6).expect("row of task run 6");
+    for _ in 0..row {
+        press(&mut m, "j");
+    }
+    key(&mut m, Code::Enter);
+    let screen = render_to_string(&m, 100, 30);
+    assert!(screen.contains("warnings") && screen.contains("no agent result"), "{screen}");
+}
+
 #[test]
 fn header_says_when_all_watched_runs_ended() {
     let mut m = fixture();
@@ -322,14 +370,14 @@ fn header_says_when_task_runs_wait_for_resources() {
 
 #[test]
 fn the_log_tail_is_cut_at_a_line_start_and_sanitized() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     let path = dir.path().join("1.1.log");
     let mut text = "x".repeat(100);
     text.push_str("\nfirst whole line\nevil \x1b[2J line\n");
     std::fs::write(&path, text).expect("write");
-    let tail = super::read_tail(&path, 50).expect("read");
+    let tail = super::read_tail(dir.path(), std::path::Path::new("1.1.log"), 50).expect("read");
     assert_eq!(tail, "first whole line\nevil ^[[2J line\n");
-    assert!(super::read_tail(&dir.path().join("none.log"), 50).is_err());
+    assert!(super::read_tail(dir.path(), std::path::Path::new("none.log"), 50).is_err());
 }
 
 #[test]
@@ -504,7 +552,7 @@ fn live_smoke() {
     let path = std::path::PathBuf::from(&file);
     let source = std::fs::read_to_string(&path).expect("workflow file");
     let workflow = crate::config::parse(&path, &source).expect("valid workflow");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     let state_dir = dir.path().to_path_buf();
     let (store, closer, _lock) = crate::store::open_writer(&state_dir).expect("state dir");
     let pricing = crate::model::cost::Pricing::new(crate::config::pricing::builtin(), &workflow.pricing);

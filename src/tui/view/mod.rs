@@ -98,9 +98,14 @@ pub fn bold() -> Style {
 }
 
 /// `$0.0123`.
+/// Dollars in at most `USD_WIDTH` characters: every money column is that wide, and an amount
+/// is rounded to fit (`$0.02388`), never cut off.
 pub fn usd(micros: u64) -> String {
-    crate::headless::dollars(micros)
+    crate::model::money::format_usd_fit(micros, USD_WIDTH)
 }
+
+/// The width of every money column.
+pub const USD_WIDTH: usize = 9;
 
 /// `950ms`, `2.4s`, `3m05s`, `2h03m`.
 pub fn dur(ms: u64) -> String {
