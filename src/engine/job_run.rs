@@ -893,7 +893,7 @@ pub struct Claim {
 impl Handler<Claim> for JobRun {
     type Result = ResponseActFuture<Self, Option<Claimed>>;
 
-    fn handle(&mut self, msg: Claim, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Claim, ctx: &mut Self::Context) -> Self::Result {
         let nothing = || -> ResponseActFuture<Self, Option<Claimed>> { Box::pin(actix::fut::ready(None)) };
         let Some(i) = self.idx(msg.task_run) else { return nothing() };
         if self.tasks[i].state != TaskState::Queued || self.stopping || self.budget_spent {
@@ -908,16 +908,21 @@ impl Handler<Claim> for JobRun {
         t.progress = None;
         let attempt = self.new_attempt(i, n);
         let render = self.render_spec(i, n);
-        let rendered: std::pin::Pin<Box<dyn Future<Output = Result<AttemptSpec, String>>>> =
-            if self.job().tasks[i].is_templated() {
-                // A template may take a while (within its budget): never on the actor's thread.
-                let blocking = tokio::task::spawn_blocking(render);
-                Box::pin(async move { blocking.await.map_err(|e| format!("rendering stopped: {e}"))? })
-            } else {
-                Box::pin(std::future::ready(render()))
-            };
         self.running.insert(msg.task_run, (attempt.clone(), Some(msg.worker)));
         let task_run = msg.task_run;
+        if !self.job().tasks[i].is_templated() {
+            // Nothing to render: the spec is ready now, and `running` is committed at once.
+            return match render() {
+                Ok(spec) => self.commit_claim(ctx, i, attempt, spec),
+                Err(e) => {
+                    self.template_failed(ctx, i, task_run, &e);
+                    nothing()
+                }
+            };
+        }
+        // A template may take a while (within its budget): never on the actor's thread.
+        let blocking = tokio::task::spawn_blocking(render);
+        let rendered = async move { blocking.await.map_err(|e| format!("rendering stopped: {e}"))? };
         Box::pin(rendered.into_actor(self).then(move |rendered, act, ctx| match rendered {
             Ok(spec) => act.commit_claim(ctx, i, attempt, spec),
             Err(e) => {

@@ -106,12 +106,50 @@ pub fn with_reserve<T>(mut step: impl FnMut() -> io::Result<T>) -> io::Result<T>
 }
 
 fn is_out_of_descriptors(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+    matches!(os_error(e), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// The machine (or gaffer's share of it) ran out of something an attempt needs to start:
 /// descriptors, processes, memory. Not the task's fault, and gone again once other attempts
 /// end: such a start is retried later and not counted as an attempt.
 pub fn is_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM))
+    matches!(os_error(e), Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM))
+}
+
+/// The OS error number of `e`, or of the first error behind it that has one (an error that names
+/// its path wraps the original, e.g. `state_dir::OsErrorAt`).
+fn os_error(e: &io::Error) -> Option<i32> {
+    if let Some(errno) = e.raw_os_error() {
+        return Some(errno);
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|inner| inner as _);
+    while let Some(error) = cause {
+        if let Some(errno) = error.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) {
+            return Some(errno);
+        }
+        cause = error.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exhaustion_is_seen_behind_an_error_that_names_its_path() {
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(is_exhaustion(&emfile) && is_out_of_descriptors(&emfile));
+        let named = crate::state_dir::StateDirError::Io {
+            path: "/s/.gaffer".into(),
+            reason: emfile.to_string(),
+            errno: Some(libc::EMFILE),
+        };
+        let wrapped = named.into_io();
+        assert!(wrapped.to_string().starts_with("/s/.gaffer: Too many open files"), "{wrapped}");
+        assert!(is_exhaustion(&wrapped));
+        assert!(is_exhaustion(&io::Error::from_raw_os_error(libc::EAGAIN)));
+        assert!(!is_exhaustion(&io::Error::from_raw_os_error(libc::ENOENT)));
+        assert!(!is_exhaustion(&io::Error::other("too many open files, said in words")));
+    }
 }
