@@ -267,6 +267,37 @@ row "restart: \`gaffer run\` of a 1-task job, $filled finished task runs in the 
 row "same, empty state dir (for comparison)" "$(med <"$WORK/empty.ms") ms" "—" "reference" \
   "process start → exit, a fresh state dir each rep (includes creating state.redb)"
 
+# ------------------------------------------------------------------ 7. limits (issue 9, items 4 and 6)
+log "7. validate a 10,000-task needs chain and cycle; a runaway template"
+chain_toml() { # $1 file, $2 tasks, $3 "cycle" to close the chain
+  awk -v n="$2" -v c="$3" 'BEGIN {
+    print "[jobs.j.tasks]"
+    for (i = 0; i < n; i++) {
+      need = (i > 0) ? sprintf(", needs = [\"t%d\"]", i - 1) : (c == "cycle" ? sprintf(", needs = [\"t%d\"]", n - 1) : "")
+      printf "t%d = { run = \"true\"%s }\n", i, need
+    }
+  }' >"$1"
+}
+chain_toml "$WORK/chain.toml" 10000 ""
+chain_toml "$WORK/cycle.toml" 10000 cycle
+: >"$WORK/chain.ms"; : >"$WORK/cycle.ms"
+for ((r = 1; r <= REPS; r++)); do
+  t0=$(now); "$GAFFER" validate "$WORK/chain.toml" >/dev/null; t1=$(now)
+  awk -v s="$(elapsed "$t0" "$t1")" 'BEGIN { print s * 1000 }' >>"$WORK/chain.ms"
+  t0=$(now); "$GAFFER" validate "$WORK/cycle.toml" >/dev/null 2>&1 || true; t1=$(now)
+  awk -v s="$(elapsed "$t0" "$t1")" 'BEGIN { print s * 1000 }' >>"$WORK/cycle.ms"
+done
+cycle_med=$(median_only <"$WORK/cycle.ms")
+row "\`gaffer validate\`, 10,000-task \`needs\` chain / cycle" "$(med '%.0f' <"$WORK/chain.ms") / $(med '%.0f' <"$WORK/cycle.ms") ms" "< 1 s" \
+  "$(verdict "$(awk -v m="$cycle_med" 'BEGIN { print m / 1000 }')" 1 le)" \
+  "process start → exit; was 22 s for the cycle when the checks were quadratic"
+printf '[jobs.j.tasks.t]\nrun = "true"\nenv = { X = "{%% for a in range(10000) %%}{%% for b in range(10000) %%}{%% for c in range(10000) %%}x{%% endfor %%}{%% endfor %%}{%% endfor %%}" }\n' >"$WORK/runaway.toml"
+t0=$(now); "$GAFFER" run "$WORK/runaway.toml" --state-dir "$WORK/state-runaway" --json >"$WORK/runaway.jsonl" 2>/dev/null || true; t1=$(now)
+runaway_s=$(elapsed "$t0" "$t1")
+row "runaway template (3 nested \`range(10000)\` in \`env\`) → dead letter" "$(awk -v s="$runaway_s" 'BEGIN { printf "%.0f", s * 1000 }') ms" "< 1 s" \
+  "$(verdict "$runaway_s" 1 le)" \
+  "\`gaffer run\` start → exit; the render stops at its fuel budget, reason template_error ($(grep -c '"reason":"template_error"' "$WORK/runaway.jsonl" || true) events); it froze the engine until the watchdog's exit 70 before"
+
 # ------------------------------------------------------------------ TUI (issue 3)
 log "TUI: one frame of each view with 100k task runs (release)"
 cargo test --release --quiet --lib tui::tests::render_bench -- --ignored --nocapture >"$WORK/tui.txt" 2>&1 || true

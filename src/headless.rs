@@ -111,6 +111,11 @@ fn describe(e: &EngineEvent) -> Option<String> {
                 dollars_of(e.field("limit_usd"))
             )
         }
+        "resource.exhausted" => format!(
+            "could not start, the machine is out of resources ({}); not counted, tries again in {}",
+            e.str_field("detail").unwrap_or("?"),
+            duration(e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0))
+        ),
         "budget.exceeded" => format!(
             "{} budget exceeded: spent {} of {}",
             e.str_field("scope").unwrap_or("job"),

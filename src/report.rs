@@ -112,7 +112,9 @@ pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnap
     let mut totals: BTreeMap<&str, u64> = TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
     let mut cost = 0u64;
+    let mut exhausted = ResourceWait::default();
     reader.each_task_run(|t| {
+        exhausted.count(&t);
         *totals.entry(t.state.as_str()).or_default() += 1;
         cost = cost.saturating_add(t.cost_usd_micros);
         let counts = queues.entry(t.queue).or_default();
@@ -133,9 +135,32 @@ pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnap
                    "circuit_open_until": time_json(circuits.get(name).copied())})
         })
         .collect();
-    Ok(
-        json!({"instance": {"running": pid.is_some(), "pid": pid}, "queues": queues, "totals": totals, "cost_usd": usd_json(cost)}),
-    )
+    Ok(json!({"instance": {"running": pid.is_some(), "pid": pid}, "queues": queues, "totals": totals,
+              "cost_usd": usd_json(cost), "waiting_for_resources": exhausted.to_json()}))
+}
+
+/// Task runs whose start found the machine out of descriptors, processes or memory, and wait
+/// to try again (`retrying` with reason `resource_exhausted`), with the newest reason given.
+#[derive(Default)]
+struct ResourceWait {
+    task_runs: u64,
+    detail: Option<(u64, String)>,
+}
+
+impl ResourceWait {
+    fn count(&mut self, t: &crate::store::TaskRunRecord) {
+        if t.state != TaskState::Retrying || t.reason != Some(crate::model::FailReason::ResourceExhausted) {
+            return;
+        }
+        self.task_runs += 1;
+        if self.detail.as_ref().is_none_or(|(id, _)| t.id > *id) {
+            self.detail = Some((t.id, t.detail.clone().unwrap_or_default()));
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({"task_runs": self.task_runs, "detail": self.detail.as_ref().map(|(_, d)| d)})
+    }
 }
 
 /// Queues from the definition of the newest job run (the store keeps definitions, not queues).

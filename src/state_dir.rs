@@ -52,7 +52,46 @@ pub enum StateDirError {
     #[error("{}", unsafe_text(.dir, .problems))]
     Unsafe { dir: PathBuf, problems: Vec<Problem> },
     #[error("{}: {reason}", path.display())]
-    Io { path: PathBuf, reason: String },
+    Io {
+        path: PathBuf,
+        reason: String,
+        /// The OS error behind it, kept so callers can tell a transient one (out of
+        /// descriptors) from a lasting one.
+        errno: Option<i32>,
+    },
+}
+
+impl StateDirError {
+    /// As an `io::Error` that keeps the OS error behind it (see [`OsErrorAt`]).
+    pub fn into_io(self) -> io::Error {
+        match self {
+            StateDirError::Io { errno: Some(errno), .. } => {
+                let source = io::Error::from_raw_os_error(errno);
+                io::Error::new(source.kind(), OsErrorAt { text: self.to_string(), source })
+            }
+            other => io::Error::other(other),
+        }
+    }
+}
+
+/// An OS error with the path it happened on in its message, and the original as its source, so
+/// that `resources::is_exhaustion` still sees `EMFILE` behind "…/.gaffer: Too many open files".
+#[derive(Debug)]
+pub struct OsErrorAt {
+    text: String,
+    source: io::Error,
+}
+
+impl std::fmt::Display for OsErrorAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for OsErrorAt {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
 }
 
 /// One thing wrong with the state dir, and the command that fixes it.
@@ -190,7 +229,7 @@ impl StateDir {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Err(StateDirError::Missing(path.to_path_buf())),
             Err(Errno::ENOTDIR) => return Err(io_error(path, "not a directory")),
-            Err(e) => return Err(io_error(path, &io::Error::from(e).to_string())),
+            Err(e) => return Err(os_error(path, &io::Error::from(e))),
         };
         Ok(StateDir { path: path.to_path_buf(), fd })
     }
@@ -210,7 +249,7 @@ impl StateDir {
     }
 
     fn root_problems(&self) -> Result<Vec<Problem>, StateDirError> {
-        let stat = fstat(&self.fd).map_err(|e| io_error(&self.path, &io::Error::from(e).to_string()))?;
+        let stat = fstat(&self.fd).map_err(|e| os_error(&self.path, &io::Error::from(e)))?;
         Ok(problem_with(&self.path, &stat, true).into_iter().collect())
     }
 
@@ -221,7 +260,7 @@ impl StateDir {
             let stat = match fstatat(&self.fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(stat) => stat,
                 Err(Errno::ENOENT) => continue,
-                Err(e) => return Err(io_error(&path, &io::Error::from(e).to_string())),
+                Err(e) => return Err(os_error(&path, &io::Error::from(e))),
             };
             let kind = SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits());
             let expected = match (is_dir, name) {
@@ -428,7 +467,8 @@ impl StateDir {
             }
             other => format!("{}: {}", path.display(), io::Error::from(other)),
         };
-        io::Error::new(io::Error::from(e).kind(), text)
+        let source = io::Error::from(e);
+        io::Error::new(source.kind(), OsErrorAt { text, source })
     }
 }
 
@@ -438,7 +478,7 @@ pub fn open_under(state_dir: &Path, path: &Path, access: Access) -> io::Result<F
     let rel = path
         .strip_prefix(state_dir)
         .map_err(|_| io::Error::other(format!("{} is not in the state dir {}", path.display(), state_dir.display())))?;
-    StateDir::open(state_dir).map_err(io::Error::other)?.open_file(rel, access)
+    StateDir::open(state_dir).map_err(StateDirError::into_io)?.open_file(rel, access)
 }
 
 /// Opens the file `path` directly in a state dir (`<state dir>/gaffer.log`), as
@@ -448,7 +488,7 @@ pub fn open_in_state_dir(path: &Path, access: Access) -> io::Result<File> {
         return Err(io::Error::other(format!("{}: not a file in a state dir", path.display())));
     };
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    StateDir::open(dir).map_err(io::Error::other)?.open_file(name, access)
+    StateDir::open(dir).map_err(StateDirError::into_io)?.open_file(name, access)
 }
 
 /// `rel` as (its folder, its last component).
@@ -523,18 +563,23 @@ fn create_private_dir(path: &Path) -> Result<(), StateDirError> {
         return Ok(());
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| io_error(parent, &e.to_string()))?;
+        std::fs::create_dir_all(parent).map_err(|e| os_error(parent, &e))?;
     }
     match std::fs::DirBuilder::new().mode(DIR_MODE).create(path) {
-        Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE))
-            .map_err(|e| io_error(path, &e.to_string())),
+        Ok(()) => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE)).map_err(|e| os_error(path, &e))
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_error(path, &e.to_string())),
+        Err(e) => Err(os_error(path, &e)),
     }
 }
 
 fn io_error(path: &Path, reason: &str) -> StateDirError {
-    StateDirError::Io { path: path.to_path_buf(), reason: reason.to_string() }
+    StateDirError::Io { path: path.to_path_buf(), reason: reason.to_string(), errno: None }
+}
+
+fn os_error(path: &Path, e: &io::Error) -> StateDirError {
+    StateDirError::Io { path: path.to_path_buf(), reason: e.to_string(), errno: e.raw_os_error() }
 }
 
 /// `alice (uid 1000)`, or `uid 1000` for an id with no name.

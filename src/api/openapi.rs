@@ -342,6 +342,16 @@ pub struct Status {
     /// Task runs per state.
     totals: BTreeMap<String, u64>,
     cost_usd: f64,
+    waiting_for_resources: ResourceWait,
+}
+
+/// Task runs whose start found the machine out of descriptors, processes or memory, waiting to
+/// try again (not counted as attempts).
+#[derive(ToSchema)]
+pub struct ResourceWait {
+    task_runs: u64,
+    /// The newest reason given.
+    detail: Option<String>,
 }
 
 #[derive(ToSchema)]

@@ -73,7 +73,12 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
     let value = match client::call(state_dir, "GET", "/v1/status", None) {
         Ok(value) => value,
         Err(ClientError::NotRunning(_)) => report::status_value(state_dir, store::instance_pid(state_dir), None)?,
-        Err(e) => return Err(CliError::Failed(e.to_string())),
+        // An instance short of descriptors cannot open the store to answer; this process can,
+        // and status matters most just then.
+        Err(e) => {
+            eprintln!("gaffer: the instance could not answer ({e}); read from the state dir instead");
+            report::status_value(state_dir, store::instance_pid(state_dir), None)?
+        }
     };
     if as_json {
         return print_json(&value);
@@ -113,6 +118,13 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
     outln!("task runs: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
+    let waiting = &value["waiting_for_resources"];
+    if let Some(n) = waiting["task_runs"].as_u64().filter(|n| *n > 0) {
+        outln!(
+            "waiting for resources: {n} task run(s) could not start ({}); they try again by themselves",
+            waiting["detail"].as_str().unwrap_or("out of resources")
+        );
+    }
     outln!("cost: {}", dollars(micros_of_json(&value["cost_usd"])));
     Ok(())
 }

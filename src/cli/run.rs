@@ -405,8 +405,9 @@ where
         workflow.set_workers(workers.max(1));
     }
     let workers = workflow.settings.workers;
+    let process_note = crate::executor::resources::prepare(workers);
     if !tui {
-        for note in workflow.notes() {
+        for note in workflow.notes().into_iter().chain(process_note) {
             eprintln!("gaffer: note: {note}");
         }
         for warning in config::advice::warnings(&workflow) {
@@ -497,15 +498,26 @@ where
             None
         }
     };
-    let hooks = handle.clone();
-    let code = match body(handle).await {
+    let code = match body(handle.clone()).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("gaffer: {e}");
             if matches!(e, engine::EngineError::Invalid(_)) { exit::USAGE } else { exit::INTERNAL }
         }
     };
-    hooks.drain_hooks().await;
+    if code == exit::INTERNAL {
+        // Nothing can be recorded now: the tasks die with gaffer, the next start records them.
+        handle.kill_all_now();
+    } else {
+        // Whatever still runs (a job run submitted through the socket while `run` waited for
+        // its own, a retried old run) is stopped as on SIGTERM: no task outlives gaffer.
+        let busy = handle.busy_workers();
+        if busy > 0 {
+            say(format, &format!("stopping: interrupting {busy} running task(s); they resume at the next start"));
+        }
+        handle.shutdown().await;
+    }
+    handle.drain_hooks().await;
     if let Some(api) = api {
         api.stop().await;
     }

@@ -1,7 +1,7 @@
 //! Checks that span several tasks of a job: `needs` names, `needs` cycles, and what templates
 //! refer to. Run on drafts so each problem keeps the position it was written at.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::parse::{DraftCommand, JobDraft, TaskDraft, TaskFields, merged_env};
 use super::template;
@@ -10,112 +10,149 @@ use super::values::{Located, Reader};
 /// minijinja's default global functions; using them in a template is fine.
 const BUILTIN_GLOBALS: &[&str] = &["range", "dict", "namespace", "debug"];
 
+/// At most this many `needs` cycles are spelled out per job; the rest are counted.
+const MAX_CYCLES_SHOWN: usize = 10;
+/// A cycle's path names at most this many tasks (its head and its end).
+const MAX_CYCLE_NAMES: usize = 12;
+/// "unknown task" lists at most this many of the job's tasks.
+const MAX_NAMES_LISTED: usize = 10;
+
+/// Linear in tasks plus `needs` entries (a 10,000-task chain or cycle validates in
+/// milliseconds); a template naming a task that is not a direct need costs that task's
+/// ancestry once.
 pub(super) fn check_job(r: &mut Reader, job: &JobDraft, defaults: &TaskFields) {
-    check_needs_names(r, job);
     let graph = NeedsGraph::new(&job.tasks);
-    for cycle in graph.cycles() {
-        let names: Vec<&str> = cycle.iter().chain(cycle.first()).map(|&i| graph.name(i)).collect();
-        r.error(job.tasks[cycle[0]].at, format!("`needs` cycle: {}", names.join(" -> ")));
+    check_needs_names(r, job, &graph);
+    let (cycles, more) = graph.cycles(MAX_CYCLES_SHOWN);
+    for cycle in &cycles {
+        r.error(job.tasks[cycle[0]].at, format!("`needs` cycle: {}", graph.cycle_path(cycle)));
     }
+    if more > 0 {
+        let at = job.tasks[cycles[0][0]].at;
+        r.error(at, format!("… and {more} more `needs` cycle(s) in job `{}`", job.name));
+    }
+    let mut ancestry = Ancestry::new(graph.len());
     for (i, task) in job.tasks.iter().enumerate() {
         let has_models = task.fields.retry.models.as_ref().or(defaults.retry.models.as_ref()).is_some();
-        let scope = Scope { job, task: &task.name, upstream: graph.upstream_of(i), has_models };
         for (label, text) in templates_of(task, defaults) {
-            check_template(r, &scope, &label, text);
+            let mut scope = Scope { job, graph: &graph, task: i, ancestry: &mut ancestry, has_models };
+            check_template(r, &mut scope, &label, text);
         }
     }
 }
 
-fn check_needs_names(r: &mut Reader, job: &JobDraft) {
-    let known: Vec<&str> = job.tasks.iter().map(|t| t.name.as_str()).collect();
+fn check_needs_names(r: &mut Reader, job: &JobDraft, graph: &NeedsGraph) {
     for task in &job.tasks {
-        for need in task.needs.iter().filter(|n| !known.contains(&n.value.as_str())) {
+        for need in task.needs.iter().filter(|n| graph.index(&n.value).is_none()) {
             let msg = format!(
                 "unknown task `{}` in `needs` of task `{}` (job `{}` has: {})",
                 need.value,
                 task.name,
                 job.name,
-                known.join(", ")
+                some_of(&graph.names, MAX_NAMES_LISTED)
             );
             r.error(need.at, msg);
         }
     }
 }
 
+/// `a, b, c` — or the first `max` and how many more.
+fn some_of(names: &[&str], max: usize) -> String {
+    match names.len().checked_sub(max) {
+        Some(more) if more > 0 => format!("{}, … {more} more", names[..max].join(", ")),
+        _ => names.join(", "),
+    }
+}
+
 /// Tasks as indices in file order; an edge `a -> b` means `a` needs `b`.
 struct NeedsGraph<'a> {
     names: Vec<&'a str>,
+    by_name: HashMap<&'a str, usize>,
+    /// Each task's needs, deduplicated, in file order; unknown names left out.
     edges: Vec<Vec<usize>>,
 }
 
 impl<'a> NeedsGraph<'a> {
     fn new(tasks: &'a [TaskDraft]) -> Self {
         let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+        let by_name: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let edges = tasks
             .iter()
             .map(|t| {
-                let mut out: Vec<usize> =
-                    t.needs.iter().filter_map(|n| names.iter().position(|name| *name == n.value)).collect();
-                out.dedup();
-                out
+                let mut seen = HashSet::new();
+                t.needs
+                    .iter()
+                    .filter_map(|n| by_name.get(n.value.as_str()).copied())
+                    .filter(|j| seen.insert(*j))
+                    .collect()
             })
             .collect();
-        NeedsGraph { names, edges }
+        NeedsGraph { names, by_name, edges }
     }
 
-    fn name(&self, i: usize) -> &'a str {
-        self.names[i]
+    fn len(&self) -> usize {
+        self.names.len()
     }
 
-    /// Each cycle once, rotated to start at its task that comes first in the file.
-    fn cycles(&self) -> Vec<Vec<usize>> {
-        let mut state = vec![Visit::New; self.names.len()];
-        let mut stack = Vec::new();
-        let mut found = Vec::new();
-        for i in 0..self.names.len() {
-            if state[i] == Visit::New {
-                self.visit(i, &mut state, &mut stack, &mut found);
+    fn index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The first `max` cycles, each rotated to start at its task that comes first in the file,
+    /// and how many more there are. One depth-first pass with an explicit stack (a 20,000-task
+    /// chain must not overflow the thread's stack): each edge back onto the stack closes one
+    /// distinct cycle, and only the shown ones are copied out.
+    fn cycles(&self, max: usize) -> (Vec<Vec<usize>>, usize) {
+        let mut state = vec![Visit::New; self.len()];
+        // The path being explored, and for each task on it the next of its edges to follow.
+        let mut path: Vec<usize> = Vec::new();
+        let mut next_edge: Vec<usize> = vec![0; self.len()];
+        let mut position: Vec<usize> = vec![0; self.len()];
+        let (mut shown, mut more) = (Vec::new(), 0);
+        for root in 0..self.len() {
+            if state[root] != Visit::New {
+                continue;
             }
-        }
-        let mut unique: Vec<Vec<usize>> = Vec::new();
-        for mut cycle in found {
-            let first = (0..cycle.len()).min_by_key(|&k| cycle[k]).unwrap_or(0);
-            cycle.rotate_left(first);
-            if !unique.contains(&cycle) {
-                unique.push(cycle);
-            }
-        }
-        unique
-    }
-
-    fn visit(&self, i: usize, state: &mut [Visit], stack: &mut Vec<usize>, found: &mut Vec<Vec<usize>>) {
-        state[i] = Visit::OnStack;
-        stack.push(i);
-        for &j in &self.edges[i] {
-            match state[j] {
-                Visit::New => self.visit(j, state, stack, found),
-                Visit::OnStack => {
-                    let start = stack.iter().position(|&k| k == j).unwrap_or(0);
-                    found.push(stack[start..].to_vec());
+            state[root] = Visit::OnStack;
+            position[root] = 0;
+            path.push(root);
+            while let Some(&i) = path.last() {
+                let Some(&j) = self.edges[i].get(next_edge[i]) else {
+                    state[i] = Visit::Done;
+                    path.pop();
+                    continue;
+                };
+                next_edge[i] += 1;
+                match state[j] {
+                    Visit::New => {
+                        state[j] = Visit::OnStack;
+                        position[j] = path.len();
+                        path.push(j);
+                    }
+                    Visit::OnStack if shown.len() < max => {
+                        let mut cycle = path[position[j]..].to_vec();
+                        let first = (0..cycle.len()).min_by_key(|&k| cycle[k]).unwrap_or(0);
+                        cycle.rotate_left(first);
+                        shown.push(cycle);
+                    }
+                    Visit::OnStack => more += 1,
+                    Visit::Done => {}
                 }
-                Visit::Done => {}
             }
         }
-        stack.pop();
-        state[i] = Visit::Done;
+        (shown, more)
     }
 
-    /// Names of every task `i` transitively needs. Costs the ancestry, not the job: a job may
-    /// have 100k independent tasks.
-    fn upstream_of(&self, i: usize) -> BTreeSet<&'a str> {
-        let mut seen = BTreeSet::new();
-        let mut todo = self.edges[i].clone();
-        while let Some(j) = todo.pop() {
-            if seen.insert(self.names[j]) {
-                todo.extend(&self.edges[j]);
-            }
+    /// `a -> b -> c -> a`, with the middle of a long cycle elided.
+    fn cycle_path(&self, cycle: &[usize]) -> String {
+        let mut names: Vec<&str> = cycle.iter().chain(cycle.first()).map(|&i| self.names[i]).collect();
+        if names.len() > MAX_CYCLE_NAMES {
+            let tail = names.split_off(names.len() - 2);
+            let elided = format!("… ({} more) …", names.len() - (MAX_CYCLE_NAMES - 2));
+            names.truncate(MAX_CYCLE_NAMES - 2);
+            return format!("{} -> {elided} -> {}", names.join(" -> "), tail.join(" -> "));
         }
-        seen
+        names.join(" -> ")
     }
 }
 
@@ -126,13 +163,54 @@ enum Visit {
     Done,
 }
 
+/// Answers "does task `i` (transitively) need task `j`?" by a search from `i` that stops at
+/// `j`. The visited marks are one array of generation stamps reused by every search, so a
+/// search costs what it visits, never the size of the job.
+struct Ancestry {
+    stamp: Vec<u32>,
+    generation: u32,
+    todo: Vec<usize>,
+}
+
+impl Ancestry {
+    fn new(tasks: usize) -> Self {
+        Ancestry { stamp: vec![0; tasks], generation: 0, todo: Vec::new() }
+    }
+
+    fn needs(&mut self, graph: &NeedsGraph, i: usize, j: usize) -> bool {
+        if graph.edges[i].contains(&j) {
+            return true;
+        }
+        self.generation += 1;
+        self.todo.clear();
+        self.todo.extend(&graph.edges[i]);
+        while let Some(k) = self.todo.pop() {
+            if k == j {
+                return true;
+            }
+            if self.stamp[k] != self.generation {
+                self.stamp[k] = self.generation;
+                self.todo.extend(&graph.edges[k]);
+            }
+        }
+        false
+    }
+}
+
 /// What a template of one task may refer to.
-struct Scope<'a> {
+struct Scope<'s, 'a> {
     job: &'a JobDraft,
-    task: &'a str,
-    upstream: BTreeSet<&'a str>,
+    graph: &'s NeedsGraph<'a>,
+    task: usize,
+    ancestry: &'s mut Ancestry,
     /// `retry.models` is set: `{{ model }}` has a value.
     has_models: bool,
+}
+
+impl Scope<'_, '_> {
+    fn depends_on(&mut self, name: &str) -> bool {
+        self.graph.index(name).is_some_and(|j| self.ancestry.needs(self.graph, self.task, j))
+    }
 }
 
 /// Every templated text of a task after merging defaults, labelled for messages.
@@ -151,7 +229,7 @@ fn templates_of<'a>(task: &'a TaskDraft, defaults: &'a TaskFields) -> Vec<(Strin
     out
 }
 
-fn check_template(r: &mut Reader, scope: &Scope, label: &str, text: &Located<String>) {
+fn check_template(r: &mut Reader, scope: &mut Scope, label: &str, text: &Located<String>) {
     let vars: HashSet<String> = match template::check_syntax(&text.value) {
         Ok(vars) => vars,
         Err(err) => {
@@ -185,7 +263,7 @@ fn secret_in<'a>(scope: &'a Scope, segments: &[&str]) -> Option<&'a str> {
     }
 }
 
-fn reference_problem(scope: &Scope, segments: &[&str]) -> Option<String> {
+fn reference_problem(scope: &mut Scope, segments: &[&str]) -> Option<String> {
     match segments {
         // A bare `params`/`tasks`/`job` is a dynamic lookup (`params[x]`): checked at render time.
         ["params"] | ["tasks"] | ["job"] => None,
@@ -197,18 +275,24 @@ fn reference_problem(scope: &Scope, segments: &[&str]) -> Option<String> {
         ["job", field, ..] => Some(format!("unknown `job.{field}` (available: job.run_id, job.name)")),
         ["item", ..] => Some("`item` is not available yet (for_each, SPEC §2.2)".to_string()),
         ["model"] if scope.has_models => None,
-        ["model", ..] => Some(format!("`model` has a value only with `retry.models` (task `{}` has none)", scope.task)),
+        ["model", ..] => Some(format!(
+            "`model` has a value only with `retry.models` (task `{}` has none)",
+            scope.graph.names[scope.task]
+        )),
         [name, ..] if BUILTIN_GLOBALS.contains(name) => None,
         [name, ..] => Some(format!("unknown variable `{name}` in template (available: params, tasks, job)")),
         [] => None,
     }
 }
 
-fn task_reference_problem(scope: &Scope, name: &str, rest: &[&str]) -> Option<String> {
-    if !scope.upstream.contains(name) {
+fn task_reference_problem(scope: &mut Scope, name: &str, rest: &[&str]) -> Option<String> {
+    if !scope.depends_on(name) {
         let exists = scope.job.tasks.iter().any(|t| t.name == name);
         let note = if exists { String::new() } else { format!(" (job `{}` has no task `{name}`)", scope.job.name) };
-        return Some(format!("template refers to task `{name}`, which `{}` does not depend on{note}", scope.task));
+        return Some(format!(
+            "template refers to task `{name}`, which `{}` does not depend on{note}",
+            scope.graph.names[scope.task]
+        ));
     }
     match rest {
         [] | ["outputs", ..] | ["exit_code"] => None,

@@ -39,10 +39,26 @@ pub struct Diagnostics {
 
 impl Diagnostics {
     /// Sorts by position and drops exact duplicates (a bad `[defaults]` value is seen once per task).
+    /// Messages quote the file, which is untrusted: they are sanitized (no terminal escapes or
+    /// bidi overrides reach the terminal) and cut to [`MAX_MESSAGE_CHARS`].
     pub fn new(path: PathBuf, mut items: Vec<Diagnostic>) -> Self {
+        for item in &mut items {
+            item.message = bounded_message(&item.message);
+        }
         items.sort();
         items.dedup();
         Diagnostics { path, items }
+    }
+}
+
+/// The longest diagnostic message printed; a longer one keeps its head and says how much was cut.
+pub const MAX_MESSAGE_CHARS: usize = 2000;
+
+fn bounded_message(message: &str) -> String {
+    let clean = crate::sanitize::sanitize(message);
+    match clean.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}… ({} more characters)", &clean[..cut], clean[cut..].chars().count()),
+        None => clean,
     }
 }
 
@@ -50,11 +66,13 @@ impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut items: Vec<&Diagnostic> = self.items.iter().collect();
         items.sort();
+        // A file name is untrusted too (a checked-out repository names it).
+        let path = crate::sanitize::sanitize(&self.path.display().to_string());
         for (i, d) in items.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: {}", self.path.display(), d.line, d.col, d.message)?;
+            write!(f, "{path}:{}:{}: {}", d.line, d.col, d.message)?;
         }
         Ok(())
     }

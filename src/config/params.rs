@@ -17,6 +17,7 @@ pub(super) fn read_params(r: &mut Reader, e: &Entry) -> BTreeMap<String, ParamDe
     };
     let mut params = BTreeMap::new();
     for entry in r.entries(table, e.at) {
+        r.check_name_length("param", entry.name, entry.key_at);
         let def = if entry.item.is_table_like() {
             read_param_table(r, &entry)
         } else {

@@ -17,7 +17,8 @@ use super::{checks, hooks};
 pub(super) const TOP_KEYS: &[&str] = &["settings", "queues", "defaults", "jobs", "pricing"];
 /// Logs of job runs that ended longer ago than this are removed by `gaffer serve`.
 const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
-pub(super) const SETTINGS_KEYS: &[&str] = &["workers", "log_max_bytes", "retention"];
+pub(super) const SETTINGS_KEYS: &[&str] =
+    &["workers", "log_max_bytes", "retention", "output_max_bytes", "outputs_max_bytes"];
 pub(super) const QUEUE_KEYS: &[&str] =
     &["concurrency", "rate_limit", "aging", "circuit", "on_failure", "on_dead_letter", "on_budget"];
 pub(super) const CIRCUIT_KEYS: &[&str] = &["failures", "within", "open_for"];
@@ -233,6 +234,7 @@ fn read_settings(r: &mut Reader, entry: Option<&Entry>) -> Settings {
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         log_max_bytes: DEFAULT_LOG_MAX_BYTES,
         retention: DEFAULT_RETENTION,
+        outputs: OutputLimits::default(),
     };
     let Some(table) = entry.and_then(|e| r.table(e)) else {
         return settings;
@@ -250,6 +252,18 @@ fn read_settings(r: &mut Reader, entry: Option<&Entry>) -> Settings {
                 }
             }
             "retention" => settings.retention = r.duration(&e, true).unwrap_or(settings.retention),
+            "output_max_bytes" => {
+                let ceiling = OutputLimits::ONE_CEILING_BYTES;
+                if let Some(n) = r.int_in(&e, 1, ceiling as i64, &format!("from 1 to {ceiling} (1 MiB)")) {
+                    settings.outputs.one_max_bytes = n.unsigned_abs() as usize;
+                }
+            }
+            "outputs_max_bytes" => {
+                let ceiling = OutputLimits::CEILING_BYTES;
+                if let Some(n) = r.int_in(&e, 1, ceiling as i64, &format!("from 1 to {ceiling} (64 MiB)")) {
+                    settings.outputs.all_max_bytes = n.unsigned_abs() as usize;
+                }
+            }
             _ => r.unknown_key(&e, "[settings]", SETTINGS_KEYS),
         }
     }
@@ -593,6 +607,9 @@ fn read_cache(r: &mut Reader, entry: &Entry) -> Option<(Located<String>, Duratio
 /// A signal name is typed on the command line (`gaffer signal j7 NAME`): keep it plain.
 fn read_signal_name(r: &mut Reader, e: &Entry) -> Option<String> {
     let name = r.string(e)?;
+    if !r.check_name_length("signal", &name, e.at) {
+        return None;
+    }
     let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !plain {
         r.error(e.at, format!("signal name `{name}` may only contain letters, digits, `_`, `-` and `.`"));
@@ -726,12 +743,8 @@ fn finish_task(task: &TaskDraft, defaults: &TaskFields, base_dir: &Path) -> Task
         // Only reachable when a diagnostic was recorded, so the workflow is discarded.
         None => CommandSpec::Argv(Vec::new()),
     };
-    let mut needs: Vec<String> = Vec::new();
-    for n in &task.needs {
-        if !needs.contains(&n.value) {
-            needs.push(n.value.clone());
-        }
-    }
+    let mut seen = std::collections::HashSet::new();
+    let needs: Vec<String> = task.needs.iter().filter(|n| seen.insert(&n.value)).map(|n| n.value.clone()).collect();
     let cwd = own.cwd.as_ref().or(defaults.cwd.as_ref()).map_or_else(
         || base_dir.to_path_buf(),
         |p| {

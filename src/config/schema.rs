@@ -71,6 +71,13 @@ struct Settings {
     log_max_bytes: Option<u64>,
     /// `gaffer serve` removes the logs of job runs that ended longer ago (default "14d").
     retention: Option<Duration>,
+    /// Largest output (key and value) an attempt may report, in bytes (default 64 KiB); a
+    /// bigger one is dropped with a warning.
+    #[schemars(range(min = 1, max = 1_048_576))]
+    output_max_bytes: Option<u64>,
+    /// All outputs of one attempt together, in bytes (default 1 MiB).
+    #[schemars(range(min = 1, max = 67_108_864))]
+    outputs_max_bytes: Option<u64>,
 }
 
 #[derive(JsonSchema)]

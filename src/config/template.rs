@@ -26,20 +26,64 @@ pub struct UpstreamTask {
     pub exit_code: Option<i32>,
 }
 
-/// Renders `template` against `ctx`. Errors are one human-readable line; an undefined reference
-/// is named (e.g. "`tasks.fetch.outputs.summary` is undefined (task `fetch` has outputs: a, b)").
+/// The work one render may do: minijinja's fuel, about one unit per instruction. Generous for
+/// interpolation and loops over upstream outputs; three nested `range(10000)` loops, which froze
+/// the engine before there was a budget, run out in milliseconds.
+pub const RENDER_FUEL: u64 = 50_000;
+/// The largest rendered value. An `env` value or argument past 128 KiB cannot reach `exec`
+/// anyway; `stdin` and cache keys get the same room as all outputs of a task run.
+pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
+
+/// True when `text` holds template syntax; anything else is used as it is, without rendering.
+pub fn is_templated(text: &str) -> bool {
+    text.contains("{{") || text.contains("{%")
+}
+
+/// Renders `template` against `ctx` within [`RENDER_FUEL`] and [`MAX_RENDERED_BYTES`]. Errors
+/// are one human-readable line; an undefined reference is named (e.g. "`tasks.fetch.outputs.summary`
+/// is undefined (task `fetch` has outputs: a, b)"). Every error is permanent: the same template
+/// against the same upstream outputs fails the same way again.
 pub fn render(template: &str, ctx: &TemplateContext) -> Result<String, String> {
-    let env = strict_environment();
+    let mut env = strict_environment();
+    env.set_fuel(Some(RENDER_FUEL));
     let compiled = env.template_from_str(template).map_err(|e| e.to_string())?;
     let root = context_value(ctx);
-    compiled.render(&root).map_err(|e| {
-        if e.kind() == ErrorKind::UndefinedError {
+    let mut out = CappedOutput::default();
+    match compiled.render_captured_to(&root, &mut out) {
+        Ok(_) => String::from_utf8(out.bytes).map_err(|_| "the result is not UTF-8".to_string()),
+        Err(_) if out.overflowed => Err(format!("the result is larger than {MAX_RENDERED_BYTES} bytes")),
+        Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(format!(
+            "the template ran out of its budget ({RENDER_FUEL} steps); simplify it or do the work in the task"
+        )),
+        Err(e) if e.kind() == ErrorKind::UndefinedError => {
             let vars = compiled.undeclared_variables(true);
-            explain_undefined(&root, &vars).unwrap_or_else(|| e.to_string())
-        } else {
-            e.to_string()
+            Err(explain_undefined(&root, &vars).unwrap_or_else(|| e.to_string()))
         }
-    })
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Collects a render's output and refuses to grow past [`MAX_RENDERED_BYTES`], which stops
+/// the render at that point instead of after it built the whole value.
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered value too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Compiles `template` and returns the variables it reads, with trivial attribute chains kept
@@ -161,6 +205,27 @@ mod tests {
         assert!(err.contains("`tasks.nope` is undefined"), "{err}");
         let err = render("{{ params.nope }}", &ctx()).expect_err("should fail");
         assert!(err.contains("`params.nope` is undefined"), "{err}");
+    }
+
+    #[test]
+    fn a_runaway_loop_runs_out_of_fuel_quickly() {
+        let text = "{% for a in range(10000) %}{% for b in range(10000) %}{% for c in range(10000) %}x{% endfor %}{% endfor %}{% endfor %}";
+        let err = render(text, &ctx()).expect_err("must run out");
+        assert!(err.contains("ran out of its budget"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_result_is_refused() {
+        let err = render("{{ 'x' * 2000000 }}", &ctx()).expect_err("too large");
+        assert!(err.contains("larger than 1048576 bytes"), "{err}");
+        let ok = render("{{ 'x' * 1000 }}", &ctx()).expect("small is fine");
+        assert_eq!(ok.len(), 1000);
+    }
+
+    #[test]
+    fn only_text_with_template_syntax_is_templated() {
+        assert!(is_templated("a {{ b }}") && is_templated("{% if x %}{% endif %}"));
+        assert!(!is_templated("plain $HOME { not }"));
     }
 
     #[test]

@@ -58,6 +58,31 @@ pub struct Settings {
     /// `gaffer serve` removes the logs of job runs that ended longer ago (default 14 days);
     /// their records stay.
     pub retention: Duration,
+    /// How much a task may report as outputs (`output_max_bytes`, `outputs_max_bytes`).
+    pub outputs: OutputLimits,
+}
+
+/// Caps on what one attempt reports as outputs: they are stored with the task run in
+/// `state.redb` and held in memory while its job run is active, so a task printing 100
+/// outputs of 1 MB must not grow the store and the process by 100 MB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// One output, key and value together (`output_max_bytes`, default 64 KiB).
+    pub one_max_bytes: usize,
+    /// All outputs of one attempt together (`outputs_max_bytes`, default 1 MiB).
+    pub all_max_bytes: usize,
+}
+
+impl OutputLimits {
+    /// The most either setting may be: one output is also one fd-3 line, read whole.
+    pub const CEILING_BYTES: usize = 64 * 1024 * 1024;
+    pub const ONE_CEILING_BYTES: usize = 1024 * 1024;
+}
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        OutputLimits { one_max_bytes: 64 * 1024, all_max_bytes: 1024 * 1024 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -242,6 +267,29 @@ pub struct ExpectPolicy {
     pub json_schema: Option<PathBuf>,
     /// A regular expression (Rust `regex` syntax) the output must match.
     pub matches: Option<String>,
+}
+
+impl TaskDef {
+    /// Every text of this task that is rendered as a template (`env` values, `args` items,
+    /// `stdin`, the cache key).
+    pub fn templates(&self) -> impl Iterator<Item = &str> {
+        let args = match &self.command {
+            CommandSpec::Argv(items) => items.as_slice(),
+            CommandSpec::Shell(_) => &[],
+        };
+        let cache = self.cache.as_ref().map(|c| c.key.as_str());
+        self.env
+            .values()
+            .map(String::as_str)
+            .chain(args.iter().map(String::as_str))
+            .chain(self.stdin.as_deref())
+            .chain(cache)
+    }
+
+    /// True when some text of the task uses template syntax, so rendering needs upstream outputs.
+    pub fn is_templated(&self) -> bool {
+        self.templates().any(super::template::is_templated)
+    }
 }
 
 /// Reuse a succeeded run of this task with the same rendered key, if younger than `ttl`.

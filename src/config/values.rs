@@ -10,6 +10,10 @@ use super::Diagnostic;
 use super::types::RateLimit;
 use crate::model::money::parse_usd_micros;
 
+/// The longest job, task, queue, param or signal name: names are typed on command lines and
+/// shown in every view, and a 200,000-character one validated but could never start.
+pub(super) const MAX_NAME_CHARS: usize = 128;
+
 /// A 1-based line and character column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Pos {
@@ -234,12 +238,29 @@ impl<'t> Reader<'t> {
         out
     }
 
-    /// Job, task and queue names end up in logs and command lines, so keep them plain.
+    /// Job, task and queue names end up in logs and command lines, so keep them plain and short.
     pub fn check_name(&mut self, kind: &str, name: &str, at: Pos) {
+        if !self.check_name_length(kind, name, at) {
+            return;
+        }
         let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !plain {
             self.error(at, format!("{kind} name `{name}` may only contain letters, digits, `_` and `-`"));
         }
+    }
+
+    /// A name longer than [`MAX_NAME_CHARS`] is an error (quoted only in part). True when it fits.
+    pub fn check_name_length(&mut self, kind: &str, name: &str, at: Pos) -> bool {
+        let chars = name.chars().count();
+        if chars <= MAX_NAME_CHARS {
+            return true;
+        }
+        let head: String = name.chars().take(24).collect();
+        self.error(
+            at,
+            format!("{kind} name `{head}…` is {chars} characters long; at most {MAX_NAME_CHARS} are allowed"),
+        );
+        false
     }
 }
 

@@ -58,6 +58,11 @@ pub struct JobRun {
     ended: bool,
     /// Commits made by `persist_then` whose callbacks have not run yet.
     inflight: usize,
+    /// Task runs whose last starts found the machine out of a resource, and how many times in
+    /// a row: their next try backs off further.
+    exhausted: HashMap<u64, u32>,
+    /// Graceful stops waiting for `running` to empty.
+    idle_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
     next_commit: u64,
     next_to_run: u64,
     committed: std::collections::BTreeMap<u64, (Vec<EngineEvent>, AfterCommit)>,
@@ -105,6 +110,8 @@ impl JobRun {
             interrupted,
             ended: false,
             inflight: 0,
+            exhausted: HashMap::new(),
+            idle_waiters: Vec::new(),
             next_commit: 0,
             next_to_run: 0,
             committed: Default::default(),
@@ -464,6 +471,12 @@ impl JobRun {
             self.persist_then(ctx, mutations, events, |_, _| {});
             return;
         }
+        if outcome.failure == Some(FailReason::ResourceExhausted) && !self.record.cancel_requested && !self.budget_spent
+        {
+            self.wait_for_resources(ctx, i, attempt, mutations, events);
+            return;
+        }
+        self.exhausted.remove(&self.tasks[i].id);
         let decision = self.decide(i, outcome);
         if outcome.failure.is_some() && decision != AfterAttempt::Cancelled {
             events.push(self.failed_event(i, &attempt));
@@ -530,6 +543,39 @@ impl JobRun {
         self.set_state(i, to);
         mutations.push(Mutation::TaskRun(self.tasks[i].clone()));
         self.after_task_ended(ctx, i, mutations, events);
+    }
+
+    /// The attempt could not start because the machine was out of descriptors, processes or
+    /// memory: not the task's fault, so not counted. The task run waits (`retrying`, backing
+    /// off while it keeps happening) and says why (`resource.exhausted`).
+    fn wait_for_resources(
+        &mut self,
+        ctx: &mut Context<Self>,
+        i: usize,
+        attempt: AttemptRecord,
+        mut mutations: Vec<Mutation>,
+        mut events: Vec<EngineEvent>,
+    ) {
+        let task_run = self.tasks[i].id;
+        let consecutive = self.exhausted.entry(task_run).or_default();
+        *consecutive += 1;
+        let delay = policy::exhaustion_delay(*consecutive, fastrand::f64());
+        let (delay_ms, due_ms) = (delay.as_millis() as u64, self.now() + delay.as_millis() as u64);
+        self.set_state(i, TaskState::Retrying);
+        let t = &mut self.tasks[i];
+        t.series_start += 1;
+        t.reason = Some(FailReason::ResourceExhausted);
+        t.detail = attempt.detail.clone();
+        t.not_before_ms = Some(due_ms);
+        let next = t.attempt + 1;
+        let detail = attempt.detail.clone().unwrap_or_default();
+        events.push(self.failed_event(i, &attempt));
+        events.push(self.task_event("task.retry_scheduled", i).with("delay_ms", delay_ms).with("next_attempt", next));
+        events.push(self.task_event("resource.exhausted", i).with("detail", detail).with("delay_ms", delay_ms));
+        mutations.push(Mutation::TaskRun(self.tasks[i].clone()));
+        self.persist_then(ctx, mutations, events, move |act, ctx| {
+            act.shared.scheduler.do_send(TaskTimer { task_run, due_ms, owner: ctx.address() })
+        });
     }
 
     /// The retry policy, overruled by a spent job budget and by a cancel of the whole run.
@@ -627,51 +673,69 @@ impl JobRun {
                 &self.record.params,
                 &self.shared.secrets.of(self.record.id),
             ),
-            // Validation allows templates to name only tasks this one (transitively) needs.
-            tasks: self
-                .graph
-                .ancestors(i)
-                .into_iter()
-                .map(|u| &self.tasks[u])
-                .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code }))
-                .collect(),
+            // Validation allows templates to name only tasks this one (transitively) needs. A
+            // task without templates needs none of them (a 10,000-task chain must not walk its
+            // ancestry at every start).
+            tasks: if !self.job().tasks[i].is_templated() {
+                Default::default()
+            } else {
+                self.graph
+                    .ancestors(i)
+                    .into_iter()
+                    .map(|u| &self.tasks[u])
+                    .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code }))
+                    .collect()
+            },
         }
     }
 
-    /// Renders the attempt's templates against params, upstream outputs and its model.
-    fn render_spec(&self, i: usize, attempt: u32, model: Option<&str>) -> Result<AttemptSpec, String> {
-        let def = &self.job().tasks[i];
+    /// The attempt's spec, as a function that renders its templates against params and
+    /// upstream outputs and its model: the render may be slow (within its budget), so it runs off the actor.
+    fn render_spec(
+        &self,
+        i: usize,
+        attempt: u32,
+        model: Option<String>,
+    ) -> impl FnOnce() -> Result<AttemptSpec, String> + Send + 'static {
+        let (workflow, job_index) = (self.workflow.clone(), self.job_index);
+        let ctx = TemplateContext { model: model.clone(), ..self.template_context(i) };
         let t = &self.tasks[i];
-        let ctx = TemplateContext { model: model.map(str::to_string), ..self.template_context(i) };
-        let render = |text: &str, what: &str| render_template(text, &ctx, what);
-        let command = match &def.command {
-            crate::config::CommandSpec::Shell(text) => crate::config::CommandSpec::Shell(text.clone()),
-            crate::config::CommandSpec::Argv(items) => {
-                crate::config::CommandSpec::Argv(items.iter().map(|a| render(a, "args")).collect::<Result<_, _>>()?)
-            }
-        };
-        // `env_file` values first: the executor applies them in order, so `env` wins.
-        let literal = def.env_file.iter().map(|(k, v)| Ok((k.clone(), v.clone())));
-        let mut env = literal
-            .chain(def.env.iter().map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?))))
-            .collect::<Result<Vec<_>, String>>()?;
-        env.extend(model.map(|m| ("GAFFER_MODEL".to_string(), m.to_string())));
-        let stdin = def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?;
-        Ok(AttemptSpec {
-            job: self.record.job.clone(),
-            task: t.task.clone(),
-            job_run: self.record.id,
-            task_run: t.id,
-            attempt,
-            command,
-            env,
-            stdin,
-            cwd: def.cwd.clone(),
-            state_dir: self.shared.state_dir.clone(),
-            log_path: self.shared.state_dir.join(AttemptRecord::log_path(self.record.id, t.id, attempt)),
-            log_cap_bytes: self.shared.log_cap_bytes,
-            cost_source: def.cost,
-        })
+        let (job, task, job_run, task_run) = (self.record.job.clone(), t.task.clone(), self.record.id, t.id);
+        let (state_dir, log_cap_bytes) = (self.shared.state_dir.clone(), self.shared.log_cap_bytes);
+        let output_limits = self.shared.output_limits;
+        move || {
+            let def = &workflow.jobs[job_index].tasks[i];
+            let render = |text: &str, what: &str| render_template(text, &ctx, what);
+            let command = match &def.command {
+                crate::config::CommandSpec::Shell(text) => crate::config::CommandSpec::Shell(text.clone()),
+                crate::config::CommandSpec::Argv(items) => {
+                    crate::config::CommandSpec::Argv(items.iter().map(|a| render(a, "args")).collect::<Result<_, _>>()?)
+                }
+            };
+            // `env_file` values first: the executor applies them in order, so `env` wins.
+            let literal = def.env_file.iter().map(|(k, v)| Ok((k.clone(), v.clone())));
+            let mut env = literal
+                .chain(def.env.iter().map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?))))
+                .collect::<Result<Vec<_>, String>>()?;
+            env.extend(model.map(|m| ("GAFFER_MODEL".to_string(), m)));
+            let stdin = def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?;
+            Ok(AttemptSpec {
+                job,
+                task,
+                job_run,
+                task_run,
+                attempt,
+                command,
+                env,
+                stdin,
+                cwd: def.cwd.clone(),
+                log_path: state_dir.join(AttemptRecord::log_path(job_run, task_run, attempt)),
+                state_dir,
+                log_cap_bytes,
+                output_limits,
+                cost_source: def.cost,
+            })
+        }
     }
 
     fn new_attempt(&self, i: usize, n: u32) -> AttemptRecord {
@@ -717,7 +781,8 @@ impl JobRun {
             }
             // Also what the record cannot name: a pid not yet committed, grandchildren that left
             // the group. They carry the attempt's environment.
-            crate::executor::kill_attempt_processes(&self.shared.state_dir, attempt.task_run, attempt.n);
+            let all = crate::executor::Candidates::All;
+            crate::executor::kill_attempt_processes(&self.shared.state_dir, attempt.task_run, attempt.n, all);
             let mut attempt = attempt;
             attempt.detail = Some("gaffer stopped while it ran".into());
             self.end_attempt(
@@ -858,7 +923,7 @@ fn last_change_per_task(changes: Vec<Change>) -> Vec<Change> {
 }
 
 fn render_template(text: &str, ctx: &TemplateContext, what: &str) -> Result<String, String> {
-    if !text.contains("{{") && !text.contains("{%") {
+    if !template::is_templated(text) {
         return Ok(text.to_string());
     }
     template::render(text, ctx).map_err(|e| format!("{what}: {e}"))
@@ -941,19 +1006,41 @@ impl Handler<Claim> for JobRun {
         // Model fallback: recorded on the attempt (its cost may name the exact model later).
         let models = &self.job().tasks[i].retry.models;
         attempt.model = policy::model_for_attempt(models, self.tasks[i].attempts_in_series()).map(str::to_string);
-        let spec = match self.render_spec(i, n, attempt.model.as_deref()) {
-            Ok(spec) => spec,
+        let render = self.render_spec(i, n, attempt.model.clone());
+        self.running.insert(msg.task_run, (attempt.clone(), Some(msg.worker)));
+        let task_run = msg.task_run;
+        if !self.job().tasks[i].is_templated() {
+            // Nothing to render: the spec is ready now, and `running` is committed at once.
+            return match render() {
+                Ok(spec) => self.commit_claim(ctx, i, attempt, spec),
+                Err(e) => {
+                    self.template_failed(ctx, i, task_run, &e);
+                    nothing()
+                }
+            };
+        }
+        // A template may take a while (within its budget): never on the actor's thread.
+        let blocking = tokio::task::spawn_blocking(render);
+        let rendered = async move { blocking.await.map_err(|e| format!("rendering stopped: {e}"))? };
+        Box::pin(rendered.into_actor(self).then(move |rendered, act, ctx| match rendered {
+            Ok(spec) => act.commit_claim(ctx, i, attempt, spec),
             Err(e) => {
-                attempt.detail = Some(crate::sanitize::sanitize(&e));
-                self.end_attempt(
-                    ctx,
-                    i,
-                    attempt,
-                    AttemptOutcome { failure: Some(FailReason::SpawnError), exit_code: None },
-                );
-                return nothing();
+                act.template_failed(ctx, i, task_run, &e);
+                nothing()
             }
-        };
+        }))
+    }
+}
+
+impl JobRun {
+    /// `running` + the attempt number become durable; only then does the worker get the spec.
+    fn commit_claim(
+        &mut self,
+        ctx: &mut Context<Self>,
+        i: usize,
+        attempt: AttemptRecord,
+        spec: AttemptSpec,
+    ) -> ResponseActFuture<Self, Option<Claimed>> {
         let def = &self.job().tasks[i];
         let claimed = Claimed {
             spec,
@@ -962,7 +1049,6 @@ impl Handler<Claim> for JobRun {
             pricing: self.shared.pricing.clone(),
             owner: ctx.address(),
         };
-        self.running.insert(msg.task_run, (attempt.clone(), Some(msg.worker)));
         let commit =
             self.shared.store.commit(vec![Mutation::TaskRun(self.tasks[i].clone()), Mutation::Attempt(attempt)]);
         Box::pin(commit.into_actor(self).map(move |result, act, _ctx| match result {
@@ -974,6 +1060,15 @@ impl Handler<Claim> for JobRun {
                 None
             }
         }))
+    }
+
+    /// A template that cannot be rendered fails the task run for good: it would fail the same
+    /// way at every retry (an undefined upstream output, a render past its budget).
+    fn template_failed(&mut self, ctx: &mut Context<Self>, i: usize, task_run: u64, error: &str) {
+        let Some((mut attempt, _)) = self.running.remove(&task_run) else { return };
+        self.note_if_idle();
+        attempt.detail = Some(crate::sanitize::sanitize(error));
+        self.end_attempt(ctx, i, attempt, AttemptOutcome { failure: Some(FailReason::TemplateError), exit_code: None });
     }
 }
 
@@ -1184,6 +1279,7 @@ impl Handler<AttemptEnded> for JobRun {
             return;
         }
         let Some((mut attempt, _)) = self.running.remove(&msg.task_run) else { return };
+        self.note_if_idle();
         attempt.exit_code = msg.exit.and_then(|e| e.exit_code);
         attempt.signal = msg.exit.and_then(|e| e.signal);
         attempt.detail = msg.detail;
@@ -1442,20 +1538,44 @@ impl Handler<Stop> for JobRun {
                 worker.do_send(Kill { task_run: *task_run, reason: FailReason::Interrupted, grace: SHUTDOWN_GRACE });
             }
         }
-        Box::pin(actix::fut::wrap_future::<_, Self>(async {}).then(|_, act, _| wait_until_idle(act)))
+        let idle = self.when_idle();
+        let waited = async move {
+            let _ = tokio::time::timeout(STOP_WAIT, idle).await;
+        };
+        // Then make sure every earlier commit landed.
+        Box::pin(actix::fut::wrap_future::<_, Self>(waited).then(|_, act, _| {
+            let flush = act.shared.store.commit(Vec::new());
+            actix::fut::wrap_future::<_, Self>(async move {
+                let _ = flush.await;
+            })
+        }))
     }
 }
 
-/// Polls until no attempt of this job run is running, then makes sure all earlier commits landed.
-fn wait_until_idle(act: &mut JobRun) -> ResponseActFuture<JobRun, ()> {
-    if act.running.is_empty() {
-        let flush = act.shared.store.commit(Vec::new());
-        return Box::pin(actix::fut::wrap_future::<_, JobRun>(async move {
-            let _ = flush.await;
-        }));
+/// How long a graceful stop waits for a job run's attempts: their grace, the SIGKILL after it,
+/// and the wait for their groups to be gone. Only a broken store (a start that could not be
+/// committed stays `running` in memory) makes it run out.
+const STOP_WAIT: Duration =
+    Duration::from_secs(SHUTDOWN_GRACE.as_secs() + 2 * crate::executor::KILL_GRACE.as_secs() + 5);
+
+impl JobRun {
+    /// Resolves once no attempt of this job run runs.
+    fn when_idle(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.running.is_empty() {
+            let _ = tx.send(());
+        } else {
+            self.idle_waiters.push(tx);
+        }
+        rx
     }
-    Box::pin(
-        actix::fut::wrap_future::<_, JobRun>(tokio::time::sleep(Duration::from_millis(20)))
-            .then(|_, act, _| wait_until_idle(act)),
-    )
+
+    /// Tells those waiting for `when_idle` once the last attempt ended.
+    fn note_if_idle(&mut self) {
+        if self.running.is_empty() {
+            for tx in self.idle_waiters.drain(..) {
+                let _ = tx.send(());
+            }
+        }
+    }
 }

@@ -126,6 +126,7 @@ pub struct Shared {
     pub state_dir: PathBuf,
     pub source: String,
     pub log_cap_bytes: u64,
+    pub output_limits: crate::config::OutputLimits,
     pub pricing: Arc<Pricing>,
     /// Secret param values: memory only.
     pub secrets: Arc<secrets::SecretBook>,
@@ -368,6 +369,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         state_dir: config.state_dir,
         source: config.source,
         log_cap_bytes: config.workflow.settings.log_max_bytes,
+        output_limits: config.workflow.settings.outputs,
         pricing: Arc::new(config.pricing),
         secrets: secrets.clone(),
         dispatcher: dispatcher.clone(),
@@ -606,9 +608,52 @@ impl EngineHandle {
         out
     }
 
-    /// Graceful stop: resolves when running attempts are interrupted and recorded.
+    /// Graceful stop: resolves when running attempts are interrupted and recorded, and no
+    /// worker runs anything any more (an attempt ends only once its processes are gone, see
+    /// `executor`), so nothing gaffer started outlives it.
     pub async fn shutdown(&self) {
         let _ = self.supervisor.send(supervisor::Shutdown).await;
+        // Each job run's Stop waited for its own attempts; this also covers one no registered
+        // job run knew of, so that gaffer never exits with a task still running.
+        if !self.workers_idle_within(job_run::SHUTDOWN_GRACE).await {
+            self.kill_running(crate::model::FailReason::Interrupted);
+            self.workers_idle_within(crate::executor::KILL_GRACE * 2).await;
+        }
+    }
+
+    /// How many workers run an attempt now.
+    pub fn busy_workers(&self) -> usize {
+        self.workers().iter().filter(|w| w.current.is_some()).count()
+    }
+
+    async fn workers_idle_within(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.busy_workers() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// After a fatal fault (the store cannot commit): nothing can be recorded any more, so no
+    /// graceful stop; every running attempt's process group is SIGKILLed at once, and the next
+    /// start records them `interrupted` (and finds any escapee by its environment).
+    pub fn kill_all_now(&self) {
+        let Ok(watch) = self.watch.lock() else { return };
+        for (activity, _) in watch.workers.values() {
+            if let Some(pid) = activity.current().and_then(|a| a.pid) {
+                crate::executor::kill_group_now(pid as i32);
+            }
+        }
+    }
+
+    fn kill_running(&self, reason: crate::model::FailReason) {
+        let Ok(watch) = self.watch.lock() else { return };
+        for (activity, _) in watch.workers.values() {
+            activity.kill_with_grace(reason, std::time::Duration::ZERO);
+        }
     }
 }
 

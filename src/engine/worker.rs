@@ -217,7 +217,11 @@ impl Worker {
                 claimed.owner.do_send(ProcessStarted { task_run, attempt, process: running.process });
                 self.follow(rx, running.done, ctx);
             }
-            Err(e) => self.finish(None, Some((FailReason::SpawnError, e.to_string())), ctx),
+            Err(e) => {
+                let reason =
+                    if e.is_resource_exhaustion() { FailReason::ResourceExhausted } else { FailReason::SpawnError };
+                self.finish(None, Some((reason, e.to_string())), ctx)
+            }
         }
     }
 

@@ -78,34 +78,82 @@ fn parse_start_ticks(stat: &str) -> Option<u64> {
     after_comm.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
-/// For crash recovery: every live process that still carries the environment gaffer gave one
-/// attempt (`GAFFER_STATE_DIR`, `GAFFER_TASK_RUN_ID`, `GAFFER_ATTEMPT`), grandchildren and
-/// `setsid` escapees included, whatever process group they are in now. This finds an attempt
-/// even when gaffer died before its pid was recorded. Only same-user processes are readable,
-/// which is every process gaffer started.
-pub fn attempt_processes(state_dir: &std::path::Path, task_run: u64, attempt: u32) -> Vec<u32> {
+/// The newest pid the kernel handed out in gaffer's pid namespace, `None` when unknown. A
+/// process started by an attempt got a pid between the value before its spawn and now.
+pub fn last_pid() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/kernel/ns_last_pid").ok()?.trim().parse().ok()
+}
+
+/// Which pids a search for an attempt's processes looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Candidates {
+    /// Every process (crash recovery: nothing is known about when the attempt ran).
+    All,
+    /// The pids handed out after `after` up to `upto` (wrapping at most once), for an attempt
+    /// known to have started after `after` was the newest pid.
+    Since { after: u32, upto: u32 },
+}
+
+impl Candidates {
+    /// Probing this many pids one by one costs about what listing /proc costs.
+    const PROBE_AT_MOST: u32 = 64;
+
+    pub(super) fn contains(self, pid: u32) -> bool {
+        match self {
+            Candidates::All => true,
+            Candidates::Since { after, upto } if after <= upto => pid > after && pid <= upto,
+            Candidates::Since { after, upto } => pid > after || pid <= upto,
+        }
+    }
+
+    /// The pids to probe directly, when there are few enough.
+    fn few(self) -> Option<std::ops::RangeInclusive<u32>> {
+        match self {
+            Candidates::Since { after, upto } if after <= upto && upto - after <= Self::PROBE_AT_MOST => {
+                Some(after + 1..=upto)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Every live process that carries the environment gaffer gave one attempt
+/// (`GAFFER_STATE_DIR`, `GAFFER_TASK_RUN_ID`, `GAFFER_ATTEMPT`), grandchildren and `setsid`
+/// escapees included, whatever process group they are in now. Only same-user processes are
+/// readable, which is every process gaffer started. Used at the end of every attempt (with the
+/// pids handed out since it started, usually a handful) and by crash recovery (all of them).
+pub fn attempt_processes(state_dir: &std::path::Path, task_run: u64, attempt: u32, candidates: Candidates) -> Vec<u32> {
     let wanted = [
         format!("GAFFER_STATE_DIR={}", state_dir.display()),
         format!("GAFFER_TASK_RUN_ID={task_run}"),
         format!("GAFFER_ATTEMPT={attempt}"),
     ];
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let own = std::process::id();
+    let carries_it = |pid: &u32| {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        wanted.iter().all(|w| vars.contains(&w.as_bytes()))
+    };
+    if let Some(pids) = candidates.few() {
+        return pids.filter(|pid| *pid != own).filter(carries_it).collect();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != own)
-        .filter(|pid| {
-            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
-            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-            wanted.iter().all(|w| vars.contains(&w.as_bytes()))
-        })
+        .filter(|pid| *pid != own && candidates.contains(*pid))
+        .filter(carries_it)
         .collect()
 }
 
-/// SIGKILLs every process of an interrupted attempt found by `attempt_processes`, and the
-/// process group each one leads.
-pub fn kill_attempt_processes(state_dir: &std::path::Path, task_run: u64, attempt: u32) -> usize {
-    let pids = attempt_processes(state_dir, task_run, attempt);
+/// SIGKILLs every process of an attempt found by `attempt_processes`, and the process group
+/// each one leads. Returns the pids killed.
+pub fn kill_attempt_processes(
+    state_dir: &std::path::Path,
+    task_run: u64,
+    attempt: u32,
+    candidates: Candidates,
+) -> Vec<u32> {
+    let pids = attempt_processes(state_dir, task_run, attempt, candidates);
     for pid in &pids {
         let Ok(raw) = i32::try_from(*pid) else { continue };
         if nix::unistd::getpgid(Some(Pid::from_raw(raw))).is_ok_and(|g| g.as_raw() == raw) {
@@ -113,7 +161,91 @@ pub fn kill_attempt_processes(state_dir: &std::path::Path, task_run: u64, attemp
         }
         let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
     }
-    pids.len()
+    pids
+}
+
+/// At the end of an attempt: kills what is left of it outside its process group (a `setsid`
+/// daemon, a double fork), again until nothing new turns up (one of them may have forked
+/// while the first pass ran), and waits until they are gone. Returns how many were killed.
+/// Blocking: call it off the engine's thread.
+pub fn sweep_attempt(state_dir: &std::path::Path, task_run: u64, attempt: u32, candidates: Candidates) -> usize {
+    const PASSES: usize = 3;
+    let mut killed = 0;
+    for _ in 0..PASSES {
+        // Read now, so whatever was forked since the last pass is a candidate too.
+        let candidates = match (candidates, last_pid()) {
+            (Candidates::Since { after, .. }, Some(upto)) => Candidates::Since { after, upto },
+            _ => Candidates::All,
+        };
+        let pids = kill_attempt_processes(state_dir, task_run, attempt, candidates);
+        if pids.is_empty() {
+            break;
+        }
+        killed += pids.len();
+        wait_gone(&pids, GONE_WITHIN);
+    }
+    killed
+}
+
+/// How long a SIGKILLed process gets to be gone before gaffer stops waiting for it (one stuck in
+/// uninterruptible sleep on a dead NFS mount can take longer; it is reported, not waited for).
+pub const GONE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Live: it exists and has not exited (a zombie waiting to be reaped has).
+fn is_live(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| matches!(rest.trim_start().as_bytes().first(), Some(b'Z' | b'X'))),
+        Err(_) => false,
+    }
+}
+
+/// Waits (blocking, bounded) until none of `pids` is live.
+fn wait_gone(pids: &[u32], within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while pids.iter().any(|&pid| is_live(pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The live members of process group `pgid` (zombies left out: an orphan waiting for a slow
+/// init to reap it has exited). Lists /proc: only for a group that outlived its SIGKILL.
+pub(super) fn live_members(pgid: i32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+            let fields: Vec<&str> = rest.split_ascii_whitespace().take(3).collect();
+            // After the comm: state, ppid, pgrp.
+            matches!(fields.as_slice(), [state, _, pgrp] if !matches!(*state, "Z" | "X") && pgrp.parse() == Ok(pgid))
+        })
+        .collect()
+}
+
+/// After the group was SIGKILLed: waits until no live process is left in it, so that when an
+/// attempt is reported ended (and when a graceful stop returns) nothing of it still runs.
+/// Usually the group is already empty; a member the kernel has not finished killing yet (a
+/// loaded machine) is waited for, within `within`. Returns the pids still live after that.
+pub async fn wait_group_gone(pgid: i32, within: Duration) -> Vec<u32> {
+    let Some(group) = group(pgid) else { return Vec::new() };
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if !group_exists(group) {
+            return Vec::new();
+        }
+        // Only zombies left (reparented orphans a lazy init has not reaped) counts as gone.
+        let live = tokio::task::spawn_blocking(move || live_members(pgid)).await.unwrap_or_default();
+        if live.is_empty() || tokio::time::Instant::now() >= deadline {
+            return live;
+        }
+        kill_group_now(pgid);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL);
+    }
 }
 
 #[cfg(test)]

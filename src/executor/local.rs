@@ -27,13 +27,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::agent_json::AgentJson;
-use super::group::{kill_group_now, start_ticks};
+use super::group::{self, kill_group_now, start_ticks};
 use super::lines::next_chunk;
 use super::logfile::CappedLog;
+use super::outputs::OutputBudget;
 use super::protocol::{MAX_CONTROL_LINE, Parser};
 use super::types::{AttemptEvent, AttemptExit, AttemptSpec, ProcessHandle};
-use super::{RunningAttempt, SpawnError};
-use crate::config::CommandSpec;
+use super::{RunningAttempt, SpawnError, resources};
+use crate::config::{CommandSpec, OutputLimits};
 
 /// The child's end of the control pipe.
 const CONTROL_FD: RawFd = 3;
@@ -67,15 +68,11 @@ pub fn spawn(spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result
     if !spec.cwd.is_dir() {
         return Err(SpawnError::CwdMissing { program, cwd: spec.cwd });
     }
-    let log = CappedLog::create(&spec.state_dir, &spec.log_path, spec.log_cap_bytes)
-        .map_err(|source| SpawnError::Log { path: spec.log_path.clone(), source })?;
-    let start_error = |source| SpawnError::Start { program: program.clone(), cwd: spec.cwd.clone(), source };
-    let launch = Launch::new(&spec, &program).map_err(start_error)?;
-    let (parent, child_ends) = pipes(spec.stdin.is_some()).map_err(SpawnError::Setup)?;
-    let spawned = launch.spawn(&child_ends);
-    // Our copies of the child's ends must go now, or the pipes never reach EOF.
-    drop(child_ends);
-    let pid = spawned.map_err(start_error)?;
+    // Each step that takes descriptors may use the reserve when they ran out; what is free
+    // again afterwards refills it.
+    let started = start(&spec, &program);
+    resources::refill_reserve();
+    let (log, parent, pid, leftovers) = started?;
 
     let child = Child::new(pid);
     let process = process_handle(pid);
@@ -86,10 +83,24 @@ pub fn spawn(spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result
         tokio::spawn(read_output(parent.stdout, true, tx.clone())),
         tokio::spawn(read_output(parent.stderr, false, tx)),
     ];
-    let attempt = Attempt::new(log, events, AgentJson::new(spec.cost_source));
-    let task = tokio::spawn(supervise(child, process.pgid, rx, readers, attempt));
+    let attempt = Attempt::new(log, events, AgentJson::new(spec.cost_source), spec.output_limits);
+    let task = tokio::spawn(supervise(child, process.pgid, rx, readers, attempt, leftovers));
     let done = async move { task.await.unwrap_or(AttemptExit { exit_code: None, signal: None }) };
     Ok(RunningAttempt { process: Some(process), done: Box::pin(done) })
+}
+
+/// Creates the log and the pipes and starts the process: everything of a spawn that can fail.
+fn start(spec: &AttemptSpec, program: &str) -> Result<(CappedLog, ParentEnds, Pid, Leftovers), SpawnError> {
+    let log = resources::with_reserve(|| CappedLog::create(&spec.state_dir, &spec.log_path, spec.log_cap_bytes))
+        .map_err(|source| SpawnError::Log { path: spec.log_path.clone(), source })?;
+    let start_error = |source| SpawnError::Start { program: program.to_string(), cwd: spec.cwd.clone(), source };
+    let launch = Launch::new(spec, program).map_err(start_error)?;
+    let leftovers = Leftovers::new(spec);
+    let (parent, child_ends) = resources::with_reserve(|| pipes(spec.stdin.is_some())).map_err(SpawnError::Setup)?;
+    let spawned = resources::with_reserve(|| launch.spawn(&child_ends));
+    // Our copies of the child's ends must go now, or the pipes never reach EOF.
+    drop(child_ends);
+    Ok((log, parent, spawned.map_err(start_error)?, leftovers))
 }
 
 fn program_name(command: &CommandSpec) -> Result<String, SpawnError> {
@@ -338,12 +349,19 @@ struct Attempt {
     /// replace them.
     own_outputs: std::collections::BTreeSet<String>,
     last_activity: Option<Instant>,
+    outputs: OutputBudget,
 }
 
 impl Attempt {
-    fn new(log: CappedLog, events: UnboundedSender<AttemptEvent>, json: Option<AgentJson>) -> Self {
+    fn new(
+        log: CappedLog,
+        events: UnboundedSender<AttemptEvent>,
+        json: Option<AgentJson>,
+        output_limits: OutputLimits,
+    ) -> Self {
         let own_outputs = Default::default();
-        Self { log, log_failed: false, events, parser: Parser::new(), json, own_outputs, last_activity: None }
+        let outputs = OutputBudget::new(output_limits);
+        Self { log, log_failed: false, events, parser: Parser::new(), json, own_outputs, last_activity: None, outputs }
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -409,7 +427,14 @@ impl Attempt {
         }
     }
 
-    fn send(&self, event: AttemptEvent) {
+    /// Every event leaves through here, so every output (fd 3, an agent's result) is held to
+    /// the attempt's output caps.
+    fn send(&mut self, event: AttemptEvent) {
+        if let AttemptEvent::Output { key, value } = &event
+            && let Err(why) = self.outputs.admit(key, value.len())
+        {
+            return self.warn(why);
+        }
         // The receiver may be gone (engine shutting down); the attempt still runs to the end.
         let _ = self.events.send(event);
     }
@@ -454,11 +479,14 @@ async fn supervise(
     mut rx: Receiver<Msg>,
     readers: Vec<JoinHandle<()>>,
     mut attempt: Attempt,
+    leftovers: Leftovers,
 ) -> AttemptExit {
-    let status = pump(&mut child, pgid, &mut rx, &mut attempt).await;
+    let mut clearing = Clearing::Pending(leftovers);
+    let status = pump(&mut child, pgid, &mut rx, &mut attempt, &mut clearing).await;
     for reader in readers {
         reader.abort();
     }
+    clearing.finish(pgid, &mut attempt).await;
     let exit = match status {
         Ok(status) => exit_of(status),
         Err(e) => {
@@ -472,7 +500,13 @@ async fn supervise(
 
 /// Logs pipe data until every pipe is closed, while watching for the leader's exit; when the
 /// leader is gone its group is killed so stray children cannot hold the pipes open.
-async fn pump(child: &mut Child, pgid: i32, rx: &mut Receiver<Msg>, attempt: &mut Attempt) -> io::Result<ExitStatus> {
+async fn pump(
+    child: &mut Child,
+    pgid: i32,
+    rx: &mut Receiver<Msg>,
+    attempt: &mut Attempt,
+    clearing: &mut Clearing,
+) -> io::Result<ExitStatus> {
     let mut status = None;
     let mut drain_deadline = None;
     loop {
@@ -495,6 +529,8 @@ async fn pump(child: &mut Child, pgid: i32, rx: &mut Receiver<Msg>, attempt: &mu
             },
             exited = child.wait(), if status.is_none() => {
                 kill_group_now(pgid);
+                // An escapee still holding the pipes is killed now, not after the drain timeout.
+                clearing.start(pgid);
                 status = Some(exited);
                 drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
             }
@@ -511,6 +547,102 @@ async fn pump(child: &mut Child, pgid: i32, rx: &mut Receiver<Msg>, attempt: &mu
             let status = child.wait().await;
             kill_group_now(pgid);
             status
+        }
+    }
+}
+
+/// What may be left of an attempt once its leader exited and its group was SIGKILLed: group
+/// members the kernel has not finished killing, and processes that left the group (`setsid`,
+/// a double fork) but still carry the attempt's `GAFFER_*` environment. Both are gone before
+/// the attempt is reported ended, so nothing of an ended attempt still runs — not after a
+/// graceful stop either.
+struct Leftovers {
+    state_dir: std::path::PathBuf,
+    task_run: u64,
+    attempt: u32,
+    /// The newest pid before the spawn: the attempt's processes have newer ones.
+    pids_after: Option<u32>,
+    started: Instant,
+}
+
+impl Leftovers {
+    /// Past this age the pid counter may have wrapped (32768 pids on many machines), so the
+    /// search looks at every process: a few milliseconds, against seconds of running.
+    const PID_WINDOW_FOR: Duration = Duration::from_secs(5);
+
+    fn new(spec: &AttemptSpec) -> Self {
+        Leftovers {
+            state_dir: spec.state_dir.clone(),
+            task_run: spec.task_run,
+            attempt: spec.attempt,
+            pids_after: group::last_pid(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Waits for the group to be gone, then finds and kills the escapees, off the engine's
+    /// thread (listing processes blocks).
+    async fn clear(self, pgid: i32) -> Cleared {
+        let live = group::wait_group_gone(pgid, group::GONE_WITHIN).await;
+        let candidates = match self.pids_after {
+            Some(after) if self.started.elapsed() < Self::PID_WINDOW_FOR => {
+                group::Candidates::Since { after, upto: after }
+            }
+            _ => group::Candidates::All,
+        };
+        let Leftovers { state_dir, task_run, attempt, .. } = self;
+        let swept =
+            tokio::task::spawn_blocking(move || group::sweep_attempt(&state_dir, task_run, attempt, candidates));
+        Cleared { live, killed: swept.await.unwrap_or(0) }
+    }
+}
+
+/// What clearing up after an attempt found.
+#[derive(Default)]
+struct Cleared {
+    /// Group members still live after SIGKILL and [`group::GONE_WITHIN`].
+    live: Vec<u32>,
+    /// Escapees killed by their environment.
+    killed: usize,
+}
+
+/// Clearing up starts as soon as the leader exited and runs while the pipes drain.
+enum Clearing {
+    Pending(Leftovers),
+    Started(JoinHandle<Cleared>),
+    Done,
+}
+
+impl Clearing {
+    fn start(&mut self, pgid: i32) {
+        if !matches!(self, Clearing::Pending(_)) {
+            return;
+        }
+        if let Clearing::Pending(leftovers) = std::mem::replace(self, Clearing::Done) {
+            *self = Clearing::Started(tokio::spawn(leftovers.clear(pgid)));
+        }
+    }
+
+    /// Waits for the clearing (starting it if the leader's exit came last) and says on the
+    /// attempt what it had to do.
+    async fn finish(mut self, pgid: i32, attempt: &mut Attempt) {
+        self.start(pgid);
+        let Clearing::Started(task) = self else { return };
+        let cleared = task.await.unwrap_or_default();
+        if !cleared.live.is_empty() {
+            attempt.warn(format!(
+                "process(es) {:?} of the task's group still ran {} s after SIGKILL; not waited for",
+                cleared.live,
+                group::GONE_WITHIN.as_secs()
+            ));
+        }
+        if cleared.killed > 0 {
+            attempt.warn(format!(
+                "killed {} process(es) that had left the task's process group (setsid or a double fork) \
+                 and still carried its GAFFER_* environment; remove GAFFER_TASK_RUN_ID from a daemon's \
+                 environment to let it outlive the task",
+                cleared.killed
+            ));
         }
     }
 }
@@ -592,9 +724,14 @@ impl Drop for Child {
     }
 }
 
+/// Sets FD_CLOEXEC on `fd`; true when it was not set before.
+pub(super) fn set_close_on_exec(fd: RawFd) -> io::Result<bool> {
+    sys::set_close_on_exec(fd)
+}
+
 /// The crate's only FFI: `posix_spawn` with its attribute and file-action objects,
-/// `pidfd_open` (and registering the pidfd with tokio) and `waitpid`. Each call is a plain
-/// libc call on memory owned here. nix's spawn wrappers cannot be used: they have no
+/// `pidfd_open` (and registering the pidfd with tokio), `waitpid`, and `fcntl` on a raw
+/// inherited fd. Each call is a plain libc call on memory owned here. nix's spawn wrappers cannot be used: they have no
 /// `posix_spawn_file_actions_addchdir_np` (glibc ≥ 2.29, so gaffer needs at least that glibc)
 /// and do not expose their raw objects to add it.
 #[allow(unsafe_code)]
@@ -720,6 +857,18 @@ mod sys {
         // SAFETY: an `OwnedFd` is open, and its `as_raw_fd` returns the same fd, until the
         // `AsyncFd` that owns it drops it.
         unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+    }
+
+    /// FD_CLOEXEC on a descriptor gaffer did not open itself; true when it changed.
+    pub fn set_close_on_exec(fd: RawFd) -> io::Result<bool> {
+        // SAFETY (both calls): fcntl on an integer; a closed or invalid fd fails with EBADF,
+        // and F_GETFD/F_SETFD touch only that descriptor's flag.
+        let flags = Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+        if flags & libc::FD_CLOEXEC != 0 {
+            return Ok(false);
+        }
+        Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+        Ok(true)
     }
 
     /// `waitpid` for one child: `None` while it runs (with `nohang`). Used instead of nix's,

@@ -9,7 +9,9 @@ mod json_values;
 mod lines;
 mod local;
 mod logfile;
+mod outputs;
 pub mod protocol;
+pub mod resources;
 pub mod types;
 
 #[cfg(test)]
@@ -22,7 +24,9 @@ use std::pin::Pin;
 use tokio::sync::mpsc::UnboundedSender;
 
 pub use emit::emit;
-pub use group::{is_same_process_alive, is_still_running, kill_attempt_processes, kill_group_now, terminate_group};
+pub use group::{
+    Candidates, is_same_process_alive, is_still_running, kill_attempt_processes, kill_group_now, terminate_group,
+};
 pub use hook::{HookOutcome, HookSpec, run_hook};
 pub use types::*;
 
@@ -52,6 +56,19 @@ pub enum SpawnError {
     Log { path: PathBuf, source: std::io::Error },
     #[error("cannot set up the attempt's pipes: {0}")]
     Setup(std::io::Error),
+}
+
+impl SpawnError {
+    /// The machine was out of descriptors, processes or memory: the attempt could not start
+    /// through no fault of the task, and may well start a little later.
+    pub fn is_resource_exhaustion(&self) -> bool {
+        match self {
+            SpawnError::Start { source, .. } | SpawnError::Log { source, .. } | SpawnError::Setup(source) => {
+                resources::is_exhaustion(source)
+            }
+            SpawnError::CwdMissing { .. } | SpawnError::EmptyCommand => false,
+        }
+    }
 }
 
 /// Runs attempts as local process groups.

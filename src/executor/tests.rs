@@ -31,6 +31,7 @@ fn spec(dir: &Path, command: CommandSpec) -> AttemptSpec {
         state_dir: dir.join("state"),
         log_path: dir.join("state/logs/7/42.2.log"),
         log_cap_bytes: 1024 * 1024,
+        output_limits: crate::config::OutputLimits::default(),
         cost_source: CostSource::Protocol,
     }
 }
@@ -72,21 +73,7 @@ async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> boo
 /// Live (non-zombie) members of a process group, from /proc. Zombies count as dead: pid 1 in
 /// a container does not always reap them.
 fn live_group_members(pgid: i32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-            fields.first() != Some(&"Z") && fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
-        })
-        .collect()
+    group::live_members(pgid)
 }
 
 fn is_dead(pid: u32) -> bool {
@@ -335,7 +322,56 @@ async fn leader_exit_kills_background_children_holding_the_pipes() {
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     assert!(r.exit.success());
     let pid: u32 = std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid number");
-    wait_until("background sleep to die", Duration::from_secs(2), || is_dead(pid)).await;
+    // Gone by the time the attempt is over, not some time later: a graceful stop that returns
+    // must leave nothing running.
+    assert!(is_dead(pid), "the background sleep outlived its attempt");
+}
+
+/// A task that starts `sleep 100` in a session of its own (behind `prefix`) and exits once the
+/// daemon has left its process group, its pid in `pid_file`.
+fn daemon_script(prefix: &str, pid_file: &Path) -> String {
+    let pid_file = pid_file.display();
+    format!(
+        "{prefix} setsid sh -c 'echo $$ > \"$0\"; exec sleep 100' '{pid_file}' </dev/null >/dev/null 2>&1 3>&- &\n\
+         while [ ! -s '{pid_file}' ]; do sleep 0.01; done"
+    )
+}
+
+/// Runs `daemon_script(prefix)`: the attempt, and the daemon's pid.
+async fn run_daemon_task(prefix: &str) -> (Run, u32) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("daemon.pid");
+    let r = run(sh(dir.path(), &daemon_script(prefix, &pid_file))).await;
+    assert!(r.exit.success(), "{}", r.log);
+    let pid = std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid number");
+    (r, pid)
+}
+
+#[tokio::test]
+async fn a_setsid_daemon_is_killed_at_the_end_of_its_attempt() {
+    // Its own session and group, its output away from the task's pipes: only the environment
+    // still ties it to the attempt.
+    let (r, pid) = run_daemon_task("").await;
+    assert!(is_dead(pid), "the setsid daemon outlived its attempt");
+    let warned = warnings(&r.events);
+    assert!(warned.iter().any(|w| w.contains("left the task's process group")), "{warned:?} {}", r.log);
+}
+
+#[tokio::test]
+async fn a_daemon_without_the_attempts_environment_is_left_alone() {
+    let (_, pid) = run_daemon_task("env -u GAFFER_TASK_RUN_ID").await;
+    let alive = !is_dead(pid);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    assert!(alive, "a process that dropped GAFFER_TASK_RUN_ID may outlive the task (documented escape hatch)");
+}
+
+#[test]
+fn pid_windows_wrap_at_most_once() {
+    let window = group::Candidates::Since { after: 100, upto: 110 };
+    assert!(!window.contains(100) && window.contains(101) && window.contains(110) && !window.contains(111));
+    let wrapped = group::Candidates::Since { after: 32_760, upto: 5 };
+    assert!(wrapped.contains(32_761) && wrapped.contains(3) && !wrapped.contains(6) && !wrapped.contains(32_760));
+    assert!(group::Candidates::All.contains(1));
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{CommandSpec, CostSource};
+use crate::config::{CommandSpec, CostSource, OutputLimits};
 
 /// One attempt, fully rendered: templates are already expanded.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct AttemptSpec {
     pub log_path: PathBuf,
     /// Head and tail are kept past this many bytes, with a marker between.
     pub log_cap_bytes: u64,
+    /// Outputs past these are dropped with a warning on the attempt.
+    pub output_limits: OutputLimits,
     pub cost_source: CostSource,
 }
 

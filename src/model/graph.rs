@@ -89,7 +89,9 @@ impl JobGraph {
     /// Builds the graph of a validated job (every `needs` entry names a task of the job).
     pub fn new(job: &JobDef) -> JobGraph {
         let names: Vec<String> = job.tasks.iter().map(|t| t.name.clone()).collect();
-        let index = |n: &String| names.iter().position(|m| m == n);
+        let by_name: std::collections::HashMap<&str, usize> =
+            names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let index = |n: &String| by_name.get(n.as_str()).copied();
         let needs: Vec<Vec<usize>> = job.tasks.iter().map(|t| t.needs.iter().filter_map(index).collect()).collect();
         JobGraph::from_needs(names.clone(), needs).with_gates(job.tasks.iter().map(|t| t.wait_for.is_some()).collect())
     }

@@ -68,7 +68,8 @@ pub fn after_attempt(policy: &RetryPolicy, outcome: AttemptOutcome, run: RunSoFa
         return AfterAttempt::Dead { reason: FailReason::Budget };
     }
     let non_retryable = outcome.exit_code.is_some_and(|c| policy.non_retryable_exit_codes.contains(&c));
-    if non_retryable || reason == FailReason::QueueTimeout || run.attempts_in_series >= policy.max_attempts {
+    let permanent = matches!(reason, FailReason::QueueTimeout | FailReason::TemplateError);
+    if non_retryable || permanent || run.attempts_in_series >= policy.max_attempts {
         return AfterAttempt::Dead { reason };
     }
     AfterAttempt::Retry { delay: retry_delay(policy, run.attempts_in_series, u) }
@@ -79,6 +80,18 @@ pub fn after_attempt(policy: &RetryPolicy, outcome: AttemptOutcome, run: RunSoFa
 pub fn model_for_attempt(models: &[String], attempt_in_series: u32) -> Option<&str> {
     let n = attempt_in_series.max(1) as usize;
     models.get(n - 1).or(models.last()).map(String::as_str)
+}
+
+/// Delay before a task run whose start found the machine out of a resource (descriptors,
+/// processes, memory) tries again: 0.5 s, doubling with each consecutive time, at most 30 s,
+/// plus up to half again of jitter so that the task runs that waited together do not all come
+/// back at the same moment. Such a start is not counted as an attempt.
+pub fn exhaustion_delay(consecutive: u32, u: f64) -> Duration {
+    const FIRST_SECS: f64 = 0.5;
+    const MAX_SECS: f64 = 30.0;
+    let exponent = consecutive.saturating_sub(1).min(16) as i32;
+    let base = (FIRST_SECS * 2f64.powi(exponent)).min(MAX_SECS);
+    Duration::from_secs_f64(base * (1.0 + 0.5 * u.clamp(0.0, 1.0)))
 }
 
 /// A budget is reached once the recorded cost is at or past it (SPEC §7 "reaches").
@@ -168,6 +181,12 @@ mod tests {
         );
         let cancelled = AttemptOutcome { failure: Some(FailReason::Cancelled), exit_code: None };
         assert_eq!(after_attempt(&p, cancelled, run(1, 0), 0.0), AfterAttempt::Cancelled);
+        let template = AttemptOutcome { failure: Some(FailReason::TemplateError), exit_code: None };
+        assert_eq!(
+            after_attempt(&p, template, run(1, 0), 0.0),
+            AfterAttempt::Dead { reason: FailReason::TemplateError },
+            "a template error would fail the same way again"
+        );
         let over = RunSoFar { budget_usd_micros: Some(100), ..run(1, 100) };
         assert_eq!(after_attempt(&p, failed(1), over, 0.0), AfterAttempt::Dead { reason: FailReason::Budget });
     }
@@ -195,6 +214,16 @@ mod tests {
         let picked: Vec<Option<&str>> = (1..=4).map(|n| model_for_attempt(&models, n)).collect();
         assert_eq!(picked, [Some("sonnet"), Some("haiku"), Some("haiku"), Some("haiku")]);
         assert_eq!(model_for_attempt(&[], 1), None);
+    }
+
+    #[test]
+    fn exhaustion_backs_off_up_to_half_a_minute() {
+        assert_eq!(exhaustion_delay(1, 0.0), Duration::from_millis(500));
+        assert_eq!(exhaustion_delay(2, 0.0), Duration::from_secs(1));
+        assert_eq!(exhaustion_delay(4, 0.0), Duration::from_secs(4));
+        assert_eq!(exhaustion_delay(7, 0.0), Duration::from_secs(30));
+        assert_eq!(exhaustion_delay(u32::MAX, 1.0), Duration::from_secs(45));
+        assert_eq!(exhaustion_delay(0, 0.0), Duration::from_millis(500));
     }
 
     #[test]

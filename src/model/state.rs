@@ -122,18 +122,24 @@ pub enum FailReason {
     QueueTimeout,
     /// Waited for its `wait_for` signal longer than `wait_timeout`.
     WaitTimeout,
+    /// The agent's JSON result said it failed (`is_error: true`, an API error), whatever the
+    /// exit code.
+    AgentError,
     /// Its result did not conform to the task's `expect` (a JSON Schema, a pattern).
     InvalidOutput,
     /// Its attempts were interrupted by gaffer itself dying, twice in a row: quarantined so it
     /// cannot take gaffer down again.
     Poison,
-    /// The agent's JSON result said it failed (`is_error: true`, an API error), whatever the
-    /// exit code.
-    AgentError,
+    /// A template (`env`, `args`, `stdin`) could not be rendered: an undefined reference, a
+    /// syntax error, or a render past its budget. Permanent: never retried by itself.
+    TemplateError,
+    /// The machine was out of a resource when the attempt was to start (open files,
+    /// processes, memory). Transient: the attempt is not counted and is tried again later.
+    ResourceExhausted,
 }
 
 impl FailReason {
-    pub const ALL: [FailReason; 12] = [
+    pub const ALL: [FailReason; 14] = [
         FailReason::ExitCode,
         FailReason::Timeout,
         FailReason::HeartbeatTimeout,
@@ -143,9 +149,11 @@ impl FailReason {
         FailReason::Cancelled,
         FailReason::QueueTimeout,
         FailReason::WaitTimeout,
+        FailReason::AgentError,
         FailReason::InvalidOutput,
         FailReason::Poison,
-        FailReason::AgentError,
+        FailReason::TemplateError,
+        FailReason::ResourceExhausted,
     ];
 
     pub fn parse(text: &str) -> Option<FailReason> {
@@ -166,6 +174,8 @@ impl FailReason {
             FailReason::InvalidOutput => "invalid_output",
             FailReason::Poison => "poison",
             FailReason::AgentError => "agent_error",
+            FailReason::TemplateError => "template_error",
+            FailReason::ResourceExhausted => "resource_exhausted",
         }
     }
 }

@@ -49,8 +49,12 @@ struct Request {
 /// The way in to the store for the running instance. Cheap to clone.
 #[derive(Clone)]
 pub struct StoreHandle {
-    tx: mpsc::Sender<Request>,
+    /// Declared (so dropped) before `tx`: the handle dropped last closes the database before
+    /// the store thread sees its channel close and `StoreCloser::close` returns. The other
+    /// order let the process exit while another thread was still closing the file, leaving it
+    /// marked for repair.
     db: Arc<Database>,
+    tx: mpsc::Sender<Request>,
     pub ids: Arc<Ids>,
     commits: Arc<AtomicU64>,
 }

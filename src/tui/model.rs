@@ -447,6 +447,15 @@ impl Model {
             && self.watched.iter().all(|id| self.jobs.get(id).is_some_and(|j| j.rec.state.is_terminal()))
     }
 
+    /// Task runs that could not start because the machine was out of resources and wait to
+    /// try again: shown in the header while there are any.
+    pub fn waiting_for_resources(&self) -> usize {
+        self.retrying
+            .iter()
+            .filter(|id| self.tasks.get(id).is_some_and(|row| row.rec.reason == Some(FailReason::ResourceExhausted)))
+            .count()
+    }
+
     pub fn workers_busy(&self) -> usize {
         self.workers.iter().filter(|w| w.snap.current.is_some()).count()
     }

@@ -352,6 +352,23 @@ fn header_says_when_all_watched_runs_ended() {
 }
 
 #[test]
+fn header_says_when_task_runs_wait_for_resources() {
+    let mut m = fixture();
+    assert!(!render_to_string(&m, 140, 30).contains("waiting for resources"));
+    for (name, reason) in [("task.failed", "resource_exhausted"), ("task.retry_scheduled", "")] {
+        let mut e = EngineEvent::new(name, NOW_MS).with("delay_ms", 500);
+        if !reason.is_empty() {
+            e = e.with("reason", reason).with("detail", "cannot set up the attempt's pipes: Too many open files");
+        }
+        (e.job, e.job_run, e.task, e.task_run, e.attempt) =
+            (Some("nightly".into()), Some(4), Some("backup".into()), Some(11), Some(3));
+        update(&mut m, Msg::Engine(e));
+    }
+    assert_eq!(m.waiting_for_resources(), 1);
+    assert!(render_to_string(&m, 140, 30).contains("⚠ 1 waiting for resources"));
+}
+
+#[test]
 fn the_log_tail_is_cut_at_a_line_start_and_sanitized() {
     let dir = crate::state_dir::private_tempdir();
     let path = dir.path().join("1.1.log");

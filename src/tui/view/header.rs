@@ -41,6 +41,12 @@ pub fn draw(model: &Model, frame: &mut Frame, [top, counts, tabs]: [Rect; 3]) {
         spans.push(sep());
         spans.push(Span::styled(crate::engine::READ_ONLY, bold().fg(Color::Yellow)));
     }
+    let starved = model.waiting_for_resources();
+    if starved > 0 {
+        spans.push(sep());
+        let text = format!("⚠ {starved} waiting for resources (too many open files or processes)");
+        spans.push(Span::styled(text, bold().fg(Color::Yellow)));
+    }
     if model.all_watched_ended() {
         spans.push(sep());
         spans.push(Span::styled("all runs ended — q to quit", bold().fg(Color::Green)));
