@@ -114,13 +114,10 @@ pub fn open_writer(state_dir: &Path) -> Result<(StoreHandle, StoreCloser, Instan
     create_private_dir(state_dir)?;
     let lock = InstanceLock::acquire(state_dir)?;
     let path = state_dir.join("state.redb");
-    let db =
-        Database::builder().set_concurrency_mode(ConcurrencyMode::SingleWriter).create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StoreError::InUse { state_dir: state_dir.to_path_buf(), pid: None }
-            }
-            other => db_err(other),
-        })?;
+    let db = builder().create(&path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { state_dir: state_dir.to_path_buf(), pid: None },
+        other => db_err(other),
+    })?;
     let ids = prepare(&db)?;
     let (handle, closer) = StoreHandle::start(db, ids)?;
     Ok((handle, closer, lock))
@@ -148,17 +145,26 @@ pub fn open_reader(state_dir: &Path) -> Result<Reader, StoreError> {
 }
 
 fn open_read_only(path: &Path) -> Result<redb::ReadOnlyDatabase, redb::DatabaseError> {
-    Database::builder().set_concurrency_mode(ConcurrencyMode::SingleWriter).open_read_only(path)
+    builder().open_read_only(path)
+}
+
+/// redb's page cache is per open database, and its default is 1 GiB: every page a commit wrote
+/// stayed cached until that much was, so a long-running `serve` grew by the size of everything
+/// it stored (~1.7 KB per task), and each API read of a large store added a cache of its own.
+/// The kernel's page cache holds the file anyway; redb's only saves the copy of hot pages.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+fn builder() -> redb::Builder {
+    let mut builder = Database::builder();
+    builder.set_concurrency_mode(ConcurrencyMode::SingleWriter).set_cache_size(CACHE_BYTES);
+    builder
 }
 
 /// A file left by a crash (kill -9) needs a repair that only a writer may make; with no
 /// instance running, a reader makes it, holding the instance lock meanwhile.
 fn repair(state_dir: &Path) -> Result<(), StoreError> {
     let _lock = InstanceLock::acquire(state_dir)?;
-    let db = Database::builder()
-        .set_concurrency_mode(ConcurrencyMode::SingleWriter)
-        .open(state_dir.join("state.redb"))
-        .map_err(db_err)?;
+    let db = builder().open(state_dir.join("state.redb")).map_err(db_err)?;
     drop(db);
     Ok(())
 }
