@@ -298,10 +298,16 @@ for ((r = 1; r <= REPS; r++)); do
   log "   rep $r: gaffer ${secs}s, peak $(kb_to_mb "$hwm") MB; raw ${raw}s"
 done
 many_mb=$(kb_to_mb "$(median_only <"$WORK/many.kb")")
+# Above the idle row's RSS (workers = 4, one task), when that row ran: what each attempt adds.
+per_attempt_kb() {
+  [ -s "$WORK/idle.kb" ] || return 0
+  awk -v k="$(median_only <"$WORK/many.kb")" -v i="$(median_only <"$WORK/idle.kb")" -v n="$MANY_N" \
+    'BEGIN { printf " (≈ %.0f KB per running attempt above the idle row, %d worker slots included)", (k - i) / n, n }'
+}
 many_ratio=$(median_only <"$WORK/many.ratio")
 row "peak RSS with $MANY_N tasks \`sleep 2\` running at once" "$(awk '{ printf "%.1f\n", $1 / 1024 }' "$WORK/many.kb" | med '%.1f') MB" "< 60 MB" \
   "$(verdict "$many_mb" 60 le)" \
-  "1 job × $MANY_N tasks \`run = \"sleep 2\"\`, \`workers = $MANY_N\`, \`gaffer run --json\`, fresh state dir; VmHWM polled every 50 ms from /proc/PID/status ($(awk -v k="$(median_only <"$WORK/many.kb")" -v n="$MANY_N" 'BEGIN { printf "%.0f", k / n }') KB per running attempt, gaffer's own memory included)"
+  "1 job × $MANY_N tasks \`run = \"sleep 2\"\`, \`workers = $MANY_N\`, \`gaffer run --json\`, fresh state dir; VmHWM polled every 50 ms from /proc/PID/status$(per_attempt_kb)"
 row "wall time of the same run vs raw spawn + sleep" "$(med '%.2f' <"$WORK/many.s") s vs $(med '%.2f' <"$WORK/many-raw.s") s" "≤ 1.2× raw" \
   "$(awk -v r="$many_ratio" 'BEGIN { printf "%s %.2f× of raw (median of per-rep ratios)", (r <= 1.2) ? "✅" : "❌ missed:", r }')" \
   "gaffer: process start → exit, every task.succeeded checked; raw: \`seq $MANY_N | xargs -P$MANY_N -n1 sh -c 'sleep 2'\`, wall; interleaved"
