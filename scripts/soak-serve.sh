@@ -41,6 +41,9 @@ if [ -z "${GAFFER:-}" ]; then
   log "building (cargo build --release)"
   cargo build --release --quiet --bin gaffer
   GAFFER="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/gaffer"
+  BUILT="gaffer $(git describe --always --dirty 2>/dev/null || echo '?')"
+else
+  BUILT="$GAFFER"
 fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gaffer-soak.XXXXXX")"
@@ -144,5 +147,5 @@ read -r verdict summary < <(awk -F'\t' -v warm_pct="$WARMUP_PCT" -v dur="$DURATI
     printf "%s %d tasks in %d s (%.0f/s), %d succeeded; RSS after warm-up (%d s, %d tasks) %.1f → %.1f MB, range %.1f–%.1f MB (spread %.1f MB, limit %s), slope %+.2f MB per 100,000 tasks (limit %s)\n", \
       ok ? "PASS" : "FAIL", tasks, dur, tasks / dur, succeeded, warm, warm_tasks, first, last, lo, hi, spread, limit, per100k, limit
   }' "$WORK/rss.tsv")
-echo "soak-serve: $verdict — $summary; peak RSS $((hwm_kb / 1024)) MB, RSS when drained $((final_kb / 1024)) MB; gaffer $(git describe --always --dirty 2>/dev/null || echo '?'), $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "soak-serve: $verdict — $summary; peak RSS $((hwm_kb / 1024)) MB, RSS when drained $((final_kb / 1024)) MB; $BUILT, $(date -u '+%Y-%m-%d %H:%M UTC')"
 [ "$verdict" = PASS ]
