@@ -45,7 +45,18 @@ fn describe(e: &EngineEvent) -> Option<String> {
         .map(|c| format!(", ${c}"))
         .unwrap_or_default();
     Some(match e.event {
+        "job.started" if e.field("from").is_some() => {
+            format!("job run reopened from task `{}` (retry --from)", e.str_field("from").unwrap_or("?"))
+        }
         "job.started" if e.field("retry").is_some() => "job run reopened by a retry".into(),
+        "job.redefined" => format!("job run switched to the current definition ({})", changes(e)),
+        "hook.failed" => format!(
+            "hook {} ({}) for {} failed: {reason}: {}",
+            e.str_field("hook").unwrap_or("?"),
+            e.str_field("level").unwrap_or("?"),
+            e.str_field("for_event").unwrap_or("?"),
+            e.str_field("detail").unwrap_or("")
+        ),
         "job.started" => "job started".into(),
         "job.succeeded" => format!("job succeeded{cost}"),
         "job.failed" => format!("job failed: {reason}{cost}"),
@@ -90,6 +101,13 @@ fn describe(e: &EngineEvent) -> Option<String> {
         ),
         _ => return None,
     })
+}
+
+/// The `changes` list of a `job.redefined` event, as one phrase.
+fn changes(e: &EngineEvent) -> String {
+    let items: Vec<&str> =
+        e.field("changes").and_then(|v| v.as_array()).into_iter().flatten().filter_map(|v| v.as_str()).collect();
+    items.join("; ")
 }
 
 /// The `HH:MM:SS` of a schedule's slot.

@@ -11,7 +11,9 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::client::parse_response;
-use crate::engine::{Control, EngineError, EngineEvent, EngineSnapshot, QueueSnapshot, Reply, Target, WorkerSnapshot};
+use crate::engine::{
+    Control, EngineError, EngineEvent, EngineSnapshot, QueueSnapshot, Reply, RetryOptions, Target, WorkerSnapshot,
+};
 use crate::store::TaskRunRecord;
 
 pub struct RemoteEngine {
@@ -86,6 +88,13 @@ impl Control for RemoteEngine {
 
     fn retry(&self, target: Target) -> Reply<'_, String> {
         Box::pin(self.message("/v1/retry", target))
+    }
+
+    fn retry_with(&self, target: Target, options: RetryOptions) -> Reply<'_, String> {
+        Box::pin(async move {
+            let answer: Value = self.call("POST", "/v1/retry", Some(options.request(target))).await?;
+            Ok(answer["message"].as_str().unwrap_or("done").to_string())
+        })
     }
 
     fn cancel(&self, target: Target) -> Reply<'_, String> {

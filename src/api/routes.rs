@@ -129,9 +129,18 @@ fn bad_target(message: String) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({"error": message}))
 }
 
-async fn retry(state: web::Data<ApiState>, body: web::Json<TargetBody>) -> HttpResponse {
+/// `{"target": "j7", "from": "TASK", "definition": "current"}`: the last two optional.
+#[derive(Deserialize)]
+struct RetryBody {
+    target: String,
+    #[serde(flatten)]
+    options: crate::engine::RetryOptions,
+}
+
+async fn retry(state: web::Data<ApiState>, body: web::Json<RetryBody>) -> HttpResponse {
+    let body = body.into_inner();
     match Target::parse(&body.target) {
-        Ok(t) => answer(state.handle.retry(t).await),
+        Ok(t) => answer(state.handle.retry_with(t, body.options).await),
         Err(message) => bad_target(message),
     }
 }

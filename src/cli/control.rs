@@ -9,14 +9,49 @@ use super::query::{self, parse_target};
 use super::{CliError, DlqAction};
 use crate::api::client::{self, ClientError};
 use crate::engine::Target;
-use crate::engine::inbox::{self, Action, InboxCommand};
+use crate::engine::inbox::{self, Action, InboxCommand, RetryOptions};
 use crate::headless::dollars;
 use crate::model::TaskState;
+use crate::model::rerun::DefinitionChoice;
 use crate::store;
 
 pub fn send(state_dir: &Path, action: &Action, ids: &[String]) -> Result<(), CliError> {
     let targets = ids.iter().map(|id| parse_target(id)).collect::<Result<Vec<_>, _>>()?;
-    send_targets(state_dir, action, &targets)
+    send_targets(state_dir, action, &targets, &RetryOptions::default())
+}
+
+/// `gaffer retry IDS [--from TASK] [--definition stored|current]`.
+pub fn retry(state_dir: &Path, ids: &[String], retry: RetryOptions) -> Result<(), CliError> {
+    let targets = ids.iter().map(|id| parse_target(id)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(task) = &retry.from {
+        let [Target::JobRun(job_run)] = targets[..] else {
+            return Err(CliError::Usage("--from re-runs part of one job run: give one job run id (j7)".into()));
+        };
+        check_from(state_dir, job_run, task)?;
+    }
+    send_targets(state_dir, &Action::Retry, &targets, &retry)
+}
+
+/// `--from` checked against the job run as stored, so a mistyped task name or a run that cannot
+/// go again from there is refused now, not when an offline retry is applied at the next start.
+/// (The running instance checks again, on the run as it is then.)
+fn check_from(state_dir: &Path, job_run: u64, task: &str) -> Result<(), CliError> {
+    let reader = query::open(state_dir)?;
+    let Some(record) = reader.job_run(job_run)? else { return Ok(()) };
+    let tasks = reader.task_runs_of(job_run)?;
+    let Some(stored) = reader.definition(record.definition)? else { return Ok(()) };
+    let Ok(workflow) = crate::config::parse(Path::new(&stored.path), &stored.source) else { return Ok(()) };
+    let Some(job) = workflow.jobs.iter().find(|j| j.name == record.job) else { return Ok(()) };
+    let names: Vec<&str> = tasks.iter().map(|t| t.task.as_str()).collect();
+    let job = crate::model::rerun::slice_job(job, &names);
+    let mut states: Vec<(u32, TaskState)> = tasks.iter().map(|t| (t.task_index, t.state)).collect();
+    states.sort_by_key(|(index, _)| *index);
+    let states: Vec<TaskState> = states.into_iter().map(|(_, s)| s).collect();
+    let graph = crate::model::graph::JobGraph::new(&job);
+    match crate::model::rerun::plan_from(&graph, &states, task) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(CliError::Failed(format!("job run j{job_run}: {e}; nothing was sent"))),
+    }
 }
 
 /// `gaffer signal RUN NAME`: releases what waits for NAME in job run RUN (or in task run 42).
@@ -32,10 +67,10 @@ pub fn signal(state_dir: &Path, id: &str, name: &str) -> Result<(), CliError> {
     if !tasks.is_empty() && !tasks.iter().any(|t| t.state == TaskState::Waiting) {
         return Err(CliError::Failed(format!("nothing in {target} is waiting; nothing was sent")));
     }
-    send_targets(state_dir, &Action::Signal(name.to_string()), &[target])
+    send_targets(state_dir, &Action::Signal(name.to_string()), &[target], &RetryOptions::default())
 }
 
-fn send_targets(state_dir: &Path, action: &Action, targets: &[Target]) -> Result<(), CliError> {
+fn send_targets(state_dir: &Path, action: &Action, targets: &[Target], retry: &RetryOptions) -> Result<(), CliError> {
     let reader = query::open(state_dir)?;
     for target in targets {
         let exists = match target {
@@ -48,7 +83,7 @@ fn send_targets(state_dir: &Path, action: &Action, targets: &[Target]) -> Result
     }
     let mut failed = false;
     for target in targets {
-        match deliver(state_dir, action, *target)? {
+        match deliver(state_dir, action, *target, retry)? {
             Ok(message) => outln!("{message}"),
             Err(message) => {
                 // The instance's answer names the run already.
@@ -62,9 +97,14 @@ fn send_targets(state_dir: &Path, action: &Action, targets: &[Target]) -> Result
 
 /// To the running instance through its socket; with none running, into the inbox for the
 /// next start.
-fn deliver(state_dir: &Path, action: &Action, target: Target) -> Result<Result<String, String>, CliError> {
+fn deliver(
+    state_dir: &Path,
+    action: &Action,
+    target: Target,
+    retry: &RetryOptions,
+) -> Result<Result<String, String>, CliError> {
     let (path, body) = match action {
-        Action::Retry => ("/v1/retry", serde_json::json!({"target": target.id_text()})),
+        Action::Retry => ("/v1/retry", retry.request(target)),
         Action::Cancel => ("/v1/cancel", serde_json::json!({"target": target.id_text()})),
         Action::Signal(name) => ("/v1/signal", serde_json::json!({"target": target.id_text(), "name": name})),
     };
@@ -72,12 +112,31 @@ fn deliver(state_dir: &Path, action: &Action, target: Target) -> Result<Result<S
         Ok(answer) => Ok(Ok(answer["message"].as_str().unwrap_or("done").to_string())),
         Err(ClientError::Refused(message)) => Ok(Err(message)),
         Err(ClientError::NotRunning(_)) if store::instance_pid(state_dir).is_none() => {
-            inbox::put(state_dir, &InboxCommand { action: action.clone(), target })
+            let command = InboxCommand { action: action.clone(), target, retry: offline(action, retry) };
+            inbox::put(state_dir, &command)
                 .map_err(|e| CliError::Failed(format!("cannot write to {}: {e}", state_dir.join("inbox").display())))?;
-            Ok(Ok(format!("{target}: recorded; it takes effect when gaffer next starts in {}", state_dir.display())))
+            let mut said =
+                format!("{target}: recorded; it takes effect when gaffer next starts in {}", state_dir.display());
+            if command.retry.definition == Some(DefinitionChoice::Stored) && retry.definition.is_none() {
+                said.push_str(
+                    " (no workflow file is known while gaffer is not running: the job run keeps the definition it \
+                     started with; `--definition current` switches it to the file the next start loads)",
+                );
+            }
+            Ok(Ok(said))
         }
         Err(e) => Err(CliError::Failed(e.to_string())),
     }
+}
+
+/// A retry recorded while no instance runs keeps the job run's stored definition unless told
+/// otherwise: there is no file in use to compare it with.
+fn offline(action: &Action, retry: &RetryOptions) -> RetryOptions {
+    let mut retry = retry.clone();
+    if *action == Action::Retry {
+        retry.definition.get_or_insert(DefinitionChoice::Stored);
+    }
+    retry
 }
 
 /// `gaffer submit`: needs a running instance (`gaffer serve`).
@@ -131,8 +190,11 @@ pub fn set_paused(state_dir: &Path, queue: &str, paused: bool) -> Result<(), Cli
 pub fn dlq(state_dir: &Path, action: DlqAction) -> Result<(), CliError> {
     match action {
         DlqAction::List { json } => list(state_dir, json),
-        DlqAction::Retry { ids, all } => act_on_dead(state_dir, &Action::Retry, &ids, all),
-        DlqAction::Purge { ids, all } => act_on_dead(state_dir, &Action::Cancel, &ids, all),
+        DlqAction::Retry { ids, all, definition } => {
+            let retry = RetryOptions { from: None, definition };
+            act_on_dead(state_dir, &Action::Retry, &ids, all, &retry)
+        }
+        DlqAction::Purge { ids, all } => act_on_dead(state_dir, &Action::Cancel, &ids, all, &RetryOptions::default()),
     }
 }
 
@@ -157,7 +219,13 @@ fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn act_on_dead(state_dir: &Path, action: &Action, ids: &[String], all: bool) -> Result<(), CliError> {
+fn act_on_dead(
+    state_dir: &Path,
+    action: &Action,
+    ids: &[String],
+    all: bool,
+    retry: &RetryOptions,
+) -> Result<(), CliError> {
     let dead: Vec<u64> =
         query::dead_letters(state_dir)?.as_array().into_iter().flatten().filter_map(|t| t["id"].as_u64()).collect();
     let targets: Vec<Target> = if all {
@@ -178,5 +246,5 @@ fn act_on_dead(state_dir: &Path, action: &Action, ids: &[String], all: bool) -> 
         outln!("no dead letters");
         return Ok(());
     }
-    send_targets(state_dir, action, &targets)
+    send_targets(state_dir, action, &targets, retry)
 }

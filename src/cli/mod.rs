@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::engine::Action;
+use crate::model::rerun::DefinitionChoice;
 use crate::report::CostBy;
 
 /// Exit codes (SPEC §8).
@@ -142,6 +143,13 @@ pub enum Command {
         /// Task run ids (42) and job run ids (j7).
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Re-run a finished job run (j7) from this task: it and everything downstream of it.
+        #[arg(long, value_name = "TASK")]
+        from: Option<String>,
+        /// When the job run's definition differs from the workflow file in use: `current`
+        /// switches the run to the file (recorded), `stored` runs it as it started.
+        #[arg(long, value_name = "stored|current", value_parser = DefinitionChoice::parse)]
+        definition: Option<DefinitionChoice>,
     },
     /// Cancel task runs (42) or job runs (j7).
     Cancel {
@@ -198,6 +206,9 @@ pub enum DlqAction {
         /// Every dead task run.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        /// As for `gaffer retry`: `current` or `stored`, when the file changed since the run started.
+        #[arg(long, value_name = "stored|current", value_parser = DefinitionChoice::parse)]
+        definition: Option<DefinitionChoice>,
     },
     /// Cancel dead task runs for good.
     Purge {
@@ -241,7 +252,9 @@ pub fn main() -> i32 {
         }
         Command::Pause { queue } => control::set_paused(&state_dir, &queue, true),
         Command::Resume { queue } => control::set_paused(&state_dir, &queue, false),
-        Command::Retry { ids } => control::send(&state_dir, &Action::Retry, &ids),
+        Command::Retry { ids, from, definition } => {
+            control::retry(&state_dir, &ids, crate::engine::RetryOptions { from, definition })
+        }
         Command::Cancel { ids } => control::send(&state_dir, &Action::Cancel, &ids),
         Command::Signal { run_id, name } => control::signal(&state_dir, &run_id, &name),
         Command::Dlq { action } => control::dlq(&state_dir, action.unwrap_or(DlqAction::List { json: false })),

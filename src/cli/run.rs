@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Override a job param: --param topic=go (repeatable).
     #[arg(long = "param", value_name = "K=V")]
     pub params: Vec<String>,
+    /// Run only this task of JOB, in a new job run; its needs are not run again: their outputs
+    /// come from their latest succeeded runs (refused if one never succeeded).
+    #[arg(long, value_name = "TASK")]
+    pub only: Option<String>,
     #[command(flatten)]
     pub display: DisplayArgs,
     /// Run every task as a no-op that succeeds at once (measures the engine alone).
@@ -208,13 +212,42 @@ fn params_per_job(
 pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
     let format = args.display.format();
     let screen = args.display.screen(&args.file);
+    let only = args.only.clone();
     let choose = |workflow: &Workflow| -> Result<_, String> {
         let params = parse_params(&args.params)?;
+        if let Some(task) = &args.only {
+            check_only(workflow, &args.jobs, task, state_dir)?;
+        }
         params_per_job(workflow, chosen_jobs(workflow, &args.jobs)?, &params)
     };
     let options =
         SessionOptions { file: &args.file, state_dir, workers: args.display.workers, noop: args.noop_executor };
-    session(options, screen.is_some(), choose, |config, jobs| drive(config, jobs, format, screen))
+    session(options, screen.is_some(), choose, |config, jobs| drive(config, jobs, only, format, screen))
+}
+
+/// `--only TASK`: one job named, TASK one of its tasks, and a succeeded run of everything it
+/// needs already in the state dir — checked before the state dir is opened for writing, so a
+/// refused command writes nothing.
+fn check_only(workflow: &Workflow, jobs: &[String], task: &str, state_dir: &Path) -> Result<(), String> {
+    let [job] = jobs else {
+        return Err(format!(
+            "--only {task} runs one task of one job: name the job (`gaffer run FILE JOB --only {task}`)"
+        ));
+    };
+    let Some(def) = workflow.jobs.iter().find(|j| &j.name == job) else { return Ok(()) }; // said by chosen_jobs
+    let reader = match store::open_reader(state_dir) {
+        Ok(reader) => Some(reader),
+        Err(StoreError::Missing(_)) => None,
+        Err(e) => return Err(format!("cannot read state dir {}: {e}", state_dir.display())),
+    };
+    match reader {
+        Some(reader) => engine::plan_only(&reader, def, task).map(|_| ()),
+        // Nothing has run here: only a task without needs can run alone.
+        None => {
+            let graph = crate::model::graph::JobGraph::new(def);
+            crate::model::rerun::only_plan(&graph, task, &[]).map(|_| ()).map_err(|e| format!("job `{job}`: {e}"))
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -378,6 +411,7 @@ where
             None
         }
     };
+    let hooks = handle.clone();
     let code = match body(handle).await {
         Ok(code) => code,
         Err(e) => {
@@ -385,6 +419,7 @@ where
             if matches!(e, engine::EngineError::Invalid(_)) { exit::USAGE } else { exit::INTERNAL }
         }
     };
+    hooks.drain_hooks().await;
     if let Some(api) = api {
         api.stop().await;
     }
@@ -397,9 +432,15 @@ fn absolute(path: &Path) -> PathBuf {
 }
 
 /// Starts the engine, resumes, triggers, prints events until every run ended or a signal came.
-async fn drive(config: EngineConfig, jobs: Vec<Trigger>, format: Format, screen: Option<Screen>) -> i32 {
+async fn drive(
+    config: EngineConfig,
+    jobs: Vec<Trigger>,
+    only: Option<String>,
+    format: Format,
+    screen: Option<Screen>,
+) -> i32 {
     with_engine(config, format, None, |handle| async move {
-        let (ids, events) = start_runs(&handle, jobs, format).await?;
+        let (ids, events) = start_runs(&handle, jobs, only.as_deref(), format).await?;
         Ok(follow(&handle, Some(ids), events, format, screen).await)
     })
     .await
@@ -410,6 +451,7 @@ type Events = tokio::sync::mpsc::UnboundedReceiver<EngineEvent>;
 async fn start_runs(
     handle: &EngineHandle,
     jobs: Vec<Trigger>,
+    only: Option<&str>,
     format: Format,
 ) -> Result<(Vec<u64>, Events), engine::EngineError> {
     let events = handle.subscribe().await?;
@@ -424,6 +466,13 @@ async fn start_runs(
         say(format, &format!("resuming unfinished job run(s) {}, as they were started", others.join(", ")));
     }
     for (job, params) in jobs {
+        if let Some(task) = only {
+            // An explicit one-task run starts even beside an unfinished run of its job.
+            let id = handle.submit_only(&job, params, task).await?;
+            say(format, &format!("j{id}: only task `{task}` of job `{job}` runs; see `gaffer show j{id}`"));
+            ids.push(id);
+            continue;
+        }
         if let Some((id, _)) = resumed.iter().find(|(_, j)| *j == job) {
             let how = "as it was started (its definition and params)";
             say(
@@ -609,6 +658,8 @@ async fn follow(
             signal_code
         }
     };
+    // Hooks of the last events (a `job.failed`) may still run: their `hook.failed` is printed too.
+    handle.drain_hooks().await;
     handle.flush_events().await;
     while let Ok(event) = events.try_recv() {
         let _ = headless::print(&mut stdout, format, &event);

@@ -4,6 +4,7 @@
 //! user fixing a file one error per run is slow and annoying.
 
 mod checks;
+mod hooks;
 mod parse;
 pub mod pricing;
 pub mod template;

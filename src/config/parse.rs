@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use toml_edit::{Document, TableLike};
 
-use super::checks;
 use super::types::*;
 use super::values::{Entry, Located, Pos, Reader, parse_rate_limit};
 use super::{Diagnostic, Diagnostics};
+use super::{checks, hooks};
 
 const TOP_KEYS: &[&str] = &["settings", "queues", "defaults", "jobs", "pricing"];
 /// Logs of job runs that ended longer ago than this are removed by `gaffer serve`.
 const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
 const SETTINGS_KEYS: &[&str] = &["workers", "log_max_bytes", "retention"];
-const QUEUE_KEYS: &[&str] = &["concurrency", "rate_limit", "aging"];
+const QUEUE_KEYS: &[&str] = &["concurrency", "rate_limit", "aging", "on_failure", "on_dead_letter", "on_budget"];
 const JOB_KEYS: &[&str] = &[
     "schedule",
     "timezone",
@@ -29,6 +29,9 @@ const JOB_KEYS: &[&str] = &[
     "catchup_window",
     "overlap",
     "max_active_runs",
+    "on_failure",
+    "on_dead_letter",
+    "on_budget",
 ];
 const DEFAULTS_KEYS: &[&str] = &[
     "env",
@@ -140,6 +143,7 @@ pub(super) struct JobDraft {
     pub fail_fast: bool,
     pub policy: SchedulePolicy,
     pub tasks: Vec<TaskDraft>,
+    pub hooks: Hooks,
 }
 
 pub(super) fn parse_workflow(path: &Path, text: &str) -> Result<Workflow, Diagnostics> {
@@ -252,6 +256,7 @@ fn read_queues(r: &mut Reader, entry: Option<&Entry>, workers: usize) -> BTreeMa
         concurrency_is_workers: true,
         rate_limit: None,
         aging: None,
+        hooks: Hooks::default(),
     });
     queues
 }
@@ -264,6 +269,7 @@ fn read_queue(r: &mut Reader, entry: &Entry, workers: usize) -> Option<QueueDef>
         concurrency_is_workers: true,
         rate_limit: None,
         aging: None,
+        hooks: Hooks::default(),
     };
     for e in r.entries(table, entry.at) {
         match e.name {
@@ -281,6 +287,7 @@ fn read_queue(r: &mut Reader, entry: &Entry, workers: usize) -> Option<QueueDef>
                 }
             }
             "aging" => queue.aging = r.duration(&e, true),
+            _ if hooks::read(r, &e, &mut queue.hooks) => {}
             _ => r.unknown_key(&e, &format!("queue `{}`", entry.name), QUEUE_KEYS),
         }
     }
@@ -358,6 +365,7 @@ fn read_job(r: &mut Reader, entry: &Entry) -> Option<JobDraft> {
         fail_fast: false,
         policy: SchedulePolicy::default(),
         tasks: Vec::new(),
+        hooks: Hooks::default(),
     };
     for e in r.entries(table, entry.at) {
         match e.name {
@@ -386,6 +394,7 @@ fn read_job(r: &mut Reader, entry: &Entry) -> Option<JobDraft> {
                 job.policy.max_active_runs =
                     r.int_in(&e, 1, 1000, "from 1 to 1000").map(|n| usize::try_from(n).unwrap_or(1));
             }
+            _ if hooks::read(r, &e, &mut job.hooks) => {}
             _ => r.unknown_key(&e, &format!("job `{}`", entry.name), JOB_KEYS),
         }
     }
@@ -627,6 +636,7 @@ fn finish_job(job: &JobDraft, defaults: &TaskFields, base_dir: &Path) -> JobDef 
         fail_fast: job.fail_fast,
         policy: job.policy,
         tasks: job.tasks.iter().map(|t| finish_task(t, defaults, base_dir)).collect(),
+        hooks: job.hooks.clone(),
     }
 }
 
@@ -893,7 +903,7 @@ nees = ["a"]
             errors(text),
             [
                 "2:11: `workers` must be an integer of at least 1",
-                "6:1: unknown key `burst` in queue `llm` (expected one of: concurrency, rate_limit, aging)",
+                "6:1: unknown key `burst` in queue `llm` (expected one of: concurrency, rate_limit, aging, on_failure, on_dead_letter, on_budget)",
                 "9:12: bad cron expression `0 25 * * *`: Component error: Number out of bounds.",
                 "10:12: unknown timezone `Mars/Olympus`",
                 "14:12: `priority` must be an integer from 0 to 100",

@@ -69,6 +69,7 @@ pub struct QueueDef {
     pub rate_limit: Option<RateLimit>,
     /// A waiting task run gains +1 priority per `aging` (anti-starvation); `None` = no aging.
     pub aging: Option<Duration>,
+    pub hooks: Hooks,
 }
 
 /// At most `count` attempts started per `window`.
@@ -91,6 +92,7 @@ pub struct JobDef {
     pub policy: SchedulePolicy,
     /// In file order; names are unique.
     pub tasks: Vec<TaskDef>,
+    pub hooks: Hooks,
 }
 
 /// How a scheduled job treats fire times missed while gaffer was down, and fire times that
@@ -223,6 +225,72 @@ impl Default for RetryPolicy {
             jitter: 0.2,
             non_retryable_exit_codes: Vec::new(),
             max_cost_usd_micros: None,
+        }
+    }
+}
+
+/// `on_failure`, `on_dead_letter`, `on_budget` of a job or a queue (`gaffer` runs them with the
+/// event as JSON on stdin; see `engine::hooks`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hooks {
+    pub on_failure: Option<Hook>,
+    pub on_dead_letter: Option<Hook>,
+    pub on_budget: Option<Hook>,
+}
+
+impl Hooks {
+    pub fn get(&self, key: HookKey) -> Option<&Hook> {
+        match key {
+            HookKey::OnFailure => self.on_failure.as_ref(),
+            HookKey::OnDeadLetter => self.on_dead_letter.as_ref(),
+            HookKey::OnBudget => self.on_budget.as_ref(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        HookKey::ALL.iter().all(|k| self.get(*k).is_none())
+    }
+}
+
+/// One hook: shell text for `sh -c`, killed (its whole process group) past `timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub run: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookKey {
+    OnFailure,
+    OnDeadLetter,
+    OnBudget,
+}
+
+impl HookKey {
+    pub const ALL: [HookKey; 3] = [HookKey::OnFailure, HookKey::OnDeadLetter, HookKey::OnBudget];
+
+    /// The key in the workflow file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKey::OnFailure => "on_failure",
+            HookKey::OnDeadLetter => "on_dead_letter",
+            HookKey::OnBudget => "on_budget",
+        }
+    }
+}
+
+/// Where a hook is declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookLevel {
+    Job,
+    Queue,
+}
+
+impl HookLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookLevel::Job => "job",
+            HookLevel::Queue => "queue",
         }
     }
 }

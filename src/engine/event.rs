@@ -119,6 +119,8 @@ pub const EVENT_NAMES: &[&str] = &[
     "schedule.fired",
     "schedule.skipped",
     "budget.exceeded",
+    "job.redefined",
+    "hook.failed",
 ];
 
 impl EngineEvent {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::Target;
+use crate::model::rerun::DefinitionChoice;
 
 /// What a command does to its target; the same for live commands and inbox files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +24,36 @@ pub enum Action {
 pub struct InboxCommand {
     pub action: Action,
     pub target: Target,
+    /// A retry's `--from` and `--definition` (absent in files written before they existed).
+    #[serde(default, skip_serializing_if = "RetryOptions::is_plain")]
+    pub retry: RetryOptions,
+}
+
+/// What a retry may ask beyond the plain one: `gaffer retry j7 --from TASK`, `--definition`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryOptions {
+    /// Re-run this task of the job run and everything downstream of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// What to do when the job run's definition differs from the file in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<DefinitionChoice>,
+}
+
+impl RetryOptions {
+    pub fn is_plain(&self) -> bool {
+        *self == RetryOptions::default()
+    }
+
+    /// The body of `POST /v1/retry`: `{"target": "j7", "from": …, "definition": …}`.
+    pub fn request(&self, target: Target) -> serde_json::Value {
+        let mut body = serde_json::json!({"target": target.id_text()});
+        if let (Some(body), Ok(serde_json::Value::Object(options))) = (body.as_object_mut(), serde_json::to_value(self))
+        {
+            body.extend(options);
+        }
+        body
+    }
 }
 
 fn dir(state_dir: &Path) -> PathBuf {

@@ -27,6 +27,10 @@ use crate::model::policy::{self, AfterAttempt, AttemptOutcome, RunSoFar};
 use crate::model::{FailReason, JobState, TaskState};
 use crate::store::{AttemptRecord, CacheEntry, JobRunRecord, Mutation, TaskRunRecord};
 
+mod rerun;
+pub(crate) use rerun::workflow_for_run;
+pub use rerun::{CheckDefinition, RetryFrom};
+
 /// How long running attempts get to stop on a graceful stop before SIGKILL (SPEC §7).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -685,13 +689,7 @@ impl JobRun {
                 t.state.phrase()
             ));
         }
-        let reopened = self.record.state.is_terminal();
-        self.ended = false;
-        self.budget_spent = false;
-        self.record.state = JobState::Running;
-        self.record.cancel_requested = false;
-        self.record.ended_at_ms = None;
-        self.record.reason = None;
+        let reopened = self.reopen_record();
         // A task run that never started was never released: it waits for its signal again.
         let to = if self.tasks[i].attempt == 0 { self.graph.ready_state(i) } else { TaskState::Queued };
         self.set_state(i, to);
@@ -713,6 +711,18 @@ impl JobRun {
             return Ok(format!("task run {id} waits for its signal again"));
         }
         Ok(format!("task run {id} queued again (attempt {} next)", self.tasks[i].attempt + 1))
+    }
+
+    /// A retry takes the job run back to `running`; true if it had ended.
+    fn reopen_record(&mut self) -> bool {
+        let reopened = self.record.state.is_terminal();
+        self.ended = false;
+        self.budget_spent = false;
+        self.record.state = JobState::Running;
+        self.record.cancel_requested = false;
+        self.record.ended_at_ms = None;
+        self.record.reason = None;
+        reopened
     }
 
     fn on_budget_spent(&mut self, ctx: &mut Context<Self>, limit: u64) {

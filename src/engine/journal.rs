@@ -49,6 +49,15 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// A subscriber that sees every event from the first one (made before the actor starts).
+    pub fn subscribe_now(&mut self) -> mpsc::UnboundedReceiver<EngineEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscribers.push(tx);
+        rx
+    }
+}
+
 impl Actor for Journal {
     type Context = Context<Self>;
 

@@ -16,6 +16,7 @@
 mod cron;
 mod dispatcher;
 mod event;
+mod hooks;
 pub mod inbox;
 mod job_run;
 mod journal;
@@ -35,10 +36,11 @@ use tokio::sync::mpsc;
 
 pub use dispatcher::QueueSnapshot;
 pub use event::{EVENT_NAMES, EngineEvent, rfc3339_ms};
-pub use inbox::Action;
+pub use inbox::{Action, RetryOptions};
 pub use job_run::SHUTDOWN_GRACE;
 use journal::Journal;
 use supervisor::Supervisor;
+pub use supervisor::plan_only;
 pub use worker::CurrentAttempt;
 
 use crate::config::Workflow;
@@ -224,6 +226,8 @@ pub trait Control {
     fn snapshot(&self) -> Reply<'_, EngineSnapshot>;
     fn subscribe(&self) -> Reply<'_, mpsc::UnboundedReceiver<EngineEvent>>;
     fn retry(&self, target: Target) -> Reply<'_, String>;
+    /// A retry with `--from` / `--definition`.
+    fn retry_with(&self, target: Target, options: RetryOptions) -> Reply<'_, String>;
     fn cancel(&self, target: Target) -> Reply<'_, String>;
     fn signal<'a>(&'a self, target: Target, name: &'a str) -> Reply<'a, String>;
     fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> Reply<'a, bool>;
@@ -243,6 +247,10 @@ impl Control for EngineHandle {
 
     fn retry(&self, target: Target) -> Reply<'_, String> {
         Box::pin(EngineHandle::retry(self, target))
+    }
+
+    fn retry_with(&self, target: Target, options: RetryOptions) -> Reply<'_, String> {
+        Box::pin(EngineHandle::retry_with(self, target, options))
     }
 
     fn cancel(&self, target: Target) -> Reply<'_, String> {
@@ -277,6 +285,8 @@ pub struct EngineHandle {
     watch: watchdog::WatchList,
     jobs: Arc<Vec<JobShape>>,
     state_dir: Arc<std::path::PathBuf>,
+    /// `None` when the workflow declares no hooks.
+    hooks: Option<hooks::HookRunner>,
     /// Keeps the watchdog's thread alive as long as a handle exists.
     _watchdog: Arc<ArbiterGuard>,
 }
@@ -293,7 +303,16 @@ impl Drop for ArbiterGuard {
 pub fn start(config: EngineConfig) -> EngineHandle {
     let definition = definition_hash(&config.workflow.path.display().to_string(), &config.source);
     let ledger = supervisor::RestartLedger::default();
-    let journal = Journal::new(&config.state_dir).start();
+    let mut journal = Journal::new(&config.state_dir);
+    let hook_events = journal.subscribe_now();
+    let journal = journal.start();
+    let hooks = hooks::HookRunner::start(
+        &config.workflow,
+        config.state_dir.clone(),
+        config.clock.clone(),
+        journal.clone(),
+        hook_events,
+    );
     let scheduler = scheduler::Scheduler::new(config.clock.clone()).start();
     let workers_total = config.workers.max(1);
     let paused = config.store.reader().and_then(|r| r.paused_queues()).unwrap_or_default();
@@ -342,6 +361,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         watch,
         jobs,
         state_dir,
+        hooks,
         _watchdog: Arc::new(ArbiterGuard(arbiter)),
     }
 }
@@ -393,6 +413,15 @@ impl EngineHandle {
         let _ = self.journal.send(journal::Flush).await;
     }
 
+    /// Resolves once the hooks of every event published so far have ended (each is bounded by
+    /// its timeout): `run` and `serve` wait for this before they exit.
+    pub async fn drain_hooks(&self) {
+        if let Some(hooks) = &self.hooks {
+            self.flush_events().await;
+            hooks.drain().await;
+        }
+    }
+
     /// Starts firing the workflow's cron schedules (`gaffer serve`), after catching up what
     /// was missed while nothing ran; returns how many catch-up fires were made.
     pub async fn serve_schedules(&self) -> Result<usize, EngineError> {
@@ -411,7 +440,24 @@ impl EngineHandle {
     }
 
     pub async fn retry(&self, target: Target) -> Result<String, EngineError> {
-        self.command(Action::Retry, target).await
+        self.retry_with(target, RetryOptions::default()).await
+    }
+
+    /// A retry with `--from` / `--definition` (see `RetryOptions`).
+    pub async fn retry_with(&self, target: Target, retry: RetryOptions) -> Result<String, EngineError> {
+        mailbox(self.supervisor.send(supervisor::Command { action: Action::Retry, target, retry }).await)?
+    }
+
+    /// `gaffer run FILE JOB --only TASK`: a new run of `job` with `task` alone, its needs'
+    /// outputs borrowed from their latest succeeded runs; refused if one never succeeded.
+    pub async fn submit_only(
+        &self,
+        job: &str,
+        params: BTreeMap<String, String>,
+        task: &str,
+    ) -> Result<u64, EngineError> {
+        let request = supervisor::SubmitOnly { job: job.to_string(), params, task: task.to_string() };
+        mailbox(self.supervisor.send(request).await)?
     }
 
     pub async fn cancel(&self, target: Target) -> Result<String, EngineError> {
@@ -425,7 +471,8 @@ impl EngineHandle {
     }
 
     async fn command(&self, action: Action, target: Target) -> Result<String, EngineError> {
-        mailbox(self.supervisor.send(supervisor::Command { action, target }).await)?
+        let retry = RetryOptions::default();
+        mailbox(self.supervisor.send(supervisor::Command { action, target, retry }).await)?
     }
 
     /// Pauses (or resumes) a queue, durably: a pause outlives a restart. False if there is no

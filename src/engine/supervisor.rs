@@ -12,12 +12,15 @@ use tokio::sync::oneshot;
 
 use super::dispatcher::{Dispatcher, StopDispatching};
 use super::inbox;
-use super::job_run::{Begin, Cancel, JobRun, Retry, Signal, Start, Stop};
+use super::job_run::{Begin, Cancel, JobRun, Signal, Start, Stop};
 use super::scheduler::Fire;
 use super::{EngineError, Shared, SubmitRequest, Submitted, Target};
 use crate::config::Workflow;
 use crate::model::{JobState, TaskState};
 use crate::store::{AttemptRecord, DefinitionRecord, JobRunRecord, Mutation, Reader, TaskRunRecord};
+
+mod rerun;
+pub use rerun::{SubmitOnly, plan_only};
 
 /// Restart intensity: more restarts of one worker than this within the window is a fault that
 /// restarting will not fix.
@@ -187,19 +190,8 @@ impl Supervisor {
         let job_index = self.job_index(job)?;
         let def = &self.workflow.jobs[job_index];
         let now = shared.clock.now_ms();
-        let id = shared.store.ids.next_job_run();
-        let record = JobRunRecord {
-            id,
-            job: job.to_string(),
-            definition: self.definition,
-            params: merged_params(def, params)?,
-            state: JobState::Running,
-            reason: None,
-            cost_usd_micros: 0,
-            created_at_ms: now,
-            ended_at_ms: None,
-            cancel_requested: false,
-        };
+        let record = self.new_job_run(&shared, def, params, now)?;
+        let id = record.id;
         let tasks = def
             .tasks
             .iter()
@@ -218,6 +210,28 @@ impl Supervisor {
         self.job_runs.insert(id, actor);
         self.job_of.insert(id, job.to_string());
         Ok(id)
+    }
+
+    /// A new job run of `def`, running, with the definition in use and `given` params.
+    fn new_job_run(
+        &self,
+        shared: &Shared,
+        def: &crate::config::JobDef,
+        given: BTreeMap<String, String>,
+        now: u64,
+    ) -> Result<JobRunRecord, EngineError> {
+        Ok(JobRunRecord {
+            id: shared.store.ids.next_job_run(),
+            job: def.name.clone(),
+            definition: self.definition,
+            params: merged_params(def, given)?,
+            state: JobState::Running,
+            reason: None,
+            cost_usd_micros: 0,
+            created_at_ms: now,
+            ended_at_ms: None,
+            cancel_requested: false,
+        })
     }
 
     fn job_index(&self, job: &str) -> Result<usize, EngineError> {
@@ -256,6 +270,7 @@ impl Supervisor {
             ))
         })?;
         let tasks = reader.task_runs_of(record.id)?;
+        let workflow = rerun::run_workflow(workflow, job_index, &record, &tasks)?;
         let mut interrupted = Vec::new();
         for t in tasks.iter().filter(|t| t.state == TaskState::Running) {
             let attempt =
@@ -395,10 +410,14 @@ impl Handler<ApplyInbox> for Supervisor {
                     .then(|| self.locate(command.target).ok())
                     .flatten()
                     .and_then(|(id, _)| self.job_name(id).map(|job| (id, job)));
+                // No workflow file was known when it was written: unless it said otherwise, the
+                // run keeps the definition it started with (said when it was recorded).
+                let mut retry = command.retry;
+                retry.definition.get_or_insert(crate::model::rerun::DefinitionChoice::Stored);
                 work.push((
                     file,
                     job_run,
-                    ctx.address().send(Command { action: command.action, target: command.target }),
+                    ctx.address().send(Command { action: command.action, target: command.target, retry }),
                 ));
             }
         }
@@ -505,12 +524,17 @@ impl Supervisor {
 pub struct Command {
     pub action: inbox::Action,
     pub target: Target,
+    /// `--from`, `--definition` of a retry (ignored by the other actions).
+    pub retry: inbox::RetryOptions,
 }
 
 impl Handler<Command> for Supervisor {
     type Result = ResponseFuture<Result<String, EngineError>>;
 
     fn handle(&mut self, msg: Command, _ctx: &mut Self::Context) -> Self::Result {
+        if msg.action == inbox::Action::Retry {
+            return self.retry_with(msg.target, msg.retry);
+        }
         let located = self.locate(msg.target).and_then(|(job_run, task_run)| {
             let actor = self.actor_for(job_run)?;
             Ok((actor, task_run))
@@ -519,7 +543,7 @@ impl Handler<Command> for Supervisor {
         Box::pin(async move {
             let (actor, task_run) = located?;
             let answer = match msg.action {
-                inbox::Action::Retry => actor.send(Retry { task_run }).await,
+                inbox::Action::Retry => unreachable!("retries go through `retry_with`"),
                 inbox::Action::Cancel => actor.send(Cancel { task_run }).await,
                 inbox::Action::Signal(name) => actor.send(Signal { task_run, name }).await,
             };

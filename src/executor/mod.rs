@@ -3,6 +3,7 @@
 
 mod emit;
 mod group;
+mod hook;
 mod json_cost;
 mod lines;
 mod local;
@@ -21,6 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 pub use emit::emit;
 pub use group::{is_same_process_alive, is_still_running, kill_attempt_processes, kill_group_now, terminate_group};
+pub use hook::{HookOutcome, HookSpec, run_hook};
 pub use types::*;
 
 pub trait Executor: Send + Sync + 'static {

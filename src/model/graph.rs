@@ -136,15 +136,25 @@ impl JobGraph {
     /// Every task `task` needs, directly or through others.
     /// Costs the size of the ancestry, not of the job (a job may have 100k independent tasks).
     pub fn ancestors(&self, task: usize) -> Vec<usize> {
-        let mut seen = std::collections::HashSet::new();
-        let mut stack: Vec<usize> = self.needs[task].clone();
-        while let Some(t) = stack.pop() {
-            if seen.insert(t) {
-                stack.extend(&self.needs[t]);
-            }
-        }
-        seen.into_iter().collect()
+        reachable(&self.needs, task)
     }
+
+    /// Every task that needs `task`, directly or through others (what `retry --from` re-runs).
+    pub fn descendants(&self, task: usize) -> Vec<usize> {
+        reachable(&self.dependents, task)
+    }
+}
+
+/// The tasks reached from `task` along `edges` (not `task` itself, in no particular order).
+fn reachable(edges: &[Vec<usize>], task: usize) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<usize> = edges[task].clone();
+    while let Some(t) = stack.pop() {
+        if seen.insert(t) {
+            stack.extend(&edges[t]);
+        }
+    }
+    seen.into_iter().collect()
 }
 
 /// A job run takes no new work once one of its tasks is dead or cancelled (SPEC §2.2 fail-fast
@@ -153,12 +163,13 @@ pub fn is_failing(states: &TaskStates) -> bool {
     states.count(TaskState::Dead) + states.count(TaskState::Cancelled) > 0
 }
 
-/// A new job run: the tasks with no `needs` are ready (queued, or waiting for their signal),
-/// the rest are pending.
+/// A new job run: the tasks whose `needs` all succeeded are ready (queued, or waiting for their
+/// signal), the rest are pending. In a plain run that is the tasks with no `needs`; an `--only`
+/// run starts with its needs succeeded (their outputs borrowed from earlier runs).
 pub fn start(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
     let mut changes = Vec::new();
     for task in 0..graph.len() {
-        if states[task] == TaskState::Pending && graph.needs[task].is_empty() {
+        if states[task] == TaskState::Pending && all_succeeded(&graph.needs[task], states) {
             set(states, &mut changes, task, graph.ready_state(task));
         }
     }
@@ -360,11 +371,23 @@ mod tests {
     }
 
     #[test]
-    fn ancestors_are_transitive() {
+    fn ancestors_and_descendants_are_transitive() {
         let mut a = diamond().ancestors(3);
         a.sort();
         assert_eq!(a, [0, 1, 2]);
         assert!(diamond().ancestors(4).is_empty());
+        let mut d = diamond().descendants(0);
+        d.sort();
+        assert_eq!(d, [1, 2, 3]);
+        assert!(diamond().descendants(3).is_empty());
+    }
+
+    #[test]
+    fn a_run_that_starts_with_its_needs_succeeded_queues_what_follows_them() {
+        let g = diamond();
+        let mut s = TaskStates::new(vec![Succeeded, Succeeded, Succeeded, Pending, Pending]);
+        start(&g, &mut s);
+        assert_eq!(s.as_slice(), [Succeeded, Succeeded, Succeeded, Queued, Queued]);
     }
 
     #[test]

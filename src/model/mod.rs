@@ -6,8 +6,10 @@
 
 pub mod cost;
 pub mod graph;
+pub mod hooks;
 pub mod money;
 pub mod policy;
+pub mod rerun;
 pub mod schedule;
 pub mod state;
 

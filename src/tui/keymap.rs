@@ -80,6 +80,7 @@ pub enum Action {
     Reverse,
     Help,
     Retry,
+    RetryFrom,
     Cancel,
     Pause,
     Approve,
@@ -139,6 +140,8 @@ impl Shown {
     }
 }
 
+/// Where a task run is selected in a list.
+const TASK_LISTS: ViewSet = ViewSet::of(&[View::Tasks, View::Retries, View::DeadLetters]);
 const TASK_VIEWS: ViewSet = ViewSet::of(&[View::Jobs, View::Tasks, View::Retries, View::DeadLetters, View::Workers]);
 const LISTS: ViewSet = ViewSet::of(&[View::Jobs, View::Tasks, View::Retries, View::DeadLetters]);
 const LOGGABLE: ViewSet = ViewSet::of(&[View::Tasks, View::Retries, View::DeadLetters, View::Workers]);
@@ -177,6 +180,7 @@ pub const BINDINGS: &[Binding] = &[
     bind!(&[Key::ch('s')], Action::Sort, LISTS, "sort by the next column", "sort"),
     bind!(&[Key::ch('S')], Action::Reverse, LISTS, "reverse the sort", ""),
     bind!(&[Key::ch('r')], Action::Retry, TASK_VIEWS, "retry task run / job run", "retry"),
+    bind!(&[Key::ch('R')], Action::RetryFrom, TASK_LISTS, "re-run the finished job run from this task", ""),
     bind!(&[Key::ch('c')], Action::Cancel, TASK_VIEWS, "cancel (asks if running)", "cancel"),
     bind!(&[Key::ch('p')], Action::Pause, ViewSet::of(&[View::Queues]), "pause / resume the queue", "pause"),
     bind!(

@@ -154,6 +154,12 @@ fn execute(handle: &Rc<dyn Control>, state_dir: &Path, command: Command) -> Loca
             let result = handle.retry(target).await.map_err(|e| e.to_string());
             vec![Msg::Done { command: Command::Retry(target), result }]
         }),
+        Command::RetryFrom { job_run, task } => Box::pin(async move {
+            let options = crate::engine::RetryOptions { from: Some(task.clone()), definition: None };
+            let result =
+                handle.retry_with(crate::engine::Target::JobRun(job_run), options).await.map_err(|e| e.to_string());
+            vec![Msg::Done { command: Command::RetryFrom { job_run, task }, result }]
+        }),
         Command::Cancel(target) => Box::pin(async move {
             let result = handle.cancel(target).await.map_err(|e| e.to_string());
             vec![Msg::Done { command: Command::Cancel(target), result }]

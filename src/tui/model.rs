@@ -612,6 +612,11 @@ impl Model {
                 let num = |k: &str| e.field(k).map(|v| v.to_string()).unwrap_or_default();
                 self.say(format!("{who}: budget exceeded, spent ${} of ${}", num("spent_usd"), num("limit_usd")), true);
             }
+            "hook.failed" => {
+                let text = |k: &str| e.str_field(k).unwrap_or("?").to_string();
+                let what = format!("hook {} ({}) for {}", text("hook"), text("level"), text("for_event"));
+                self.say(format!("{what} failed: {}: {}", text("reason"), text("detail")), true);
+            }
             _ if e.event.starts_with("task.") => self.apply_task(e),
             _ => {}
         }
@@ -648,7 +653,9 @@ impl Model {
             row.rec.reason = None;
         }
         self.touch(View::Jobs);
-        if e.event == "job.started" && !known { vec![Command::LoadJobRun(id)] } else { Vec::new() }
+        // A run reopened `--from` a task put succeeded task runs back to pending without an event each.
+        let reload = !known || e.field("from").is_some();
+        if e.event == "job.started" && reload { vec![Command::LoadJobRun(id)] } else { Vec::new() }
     }
 
     fn apply_task(&mut self, e: &EngineEvent) {

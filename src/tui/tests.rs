@@ -53,6 +53,17 @@ fn r_on_a_dead_letter_retries_it_and_shows_it_queued_at_once() {
 }
 
 #[test]
+fn shift_r_reruns_the_selected_tasks_job_run_from_it() {
+    let mut m = fixture();
+    press(&mut m, "5");
+    let (job_run, task) = (m.tasks[&9].rec.job_run, m.tasks[&9].rec.task.clone());
+    assert_eq!(press(&mut m, "R"), vec![Command::RetryFrom { job_run, task }]);
+    assert_eq!(state(&m, 9), TaskState::Dead, "nothing optimistic: the engine may refuse (run not finished)");
+    press(&mut m, "2");
+    assert!(press(&mut m, "R").is_empty(), "a job run row names no task");
+}
+
+#[test]
 fn a_failed_command_undoes_the_optimistic_change() {
     let mut m = fixture();
     press(&mut m, "5r");

@@ -36,6 +36,11 @@ pub enum Msg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Retry(Target),
+    /// `retry j7 --from TASK`: the task and what follows it run again.
+    RetryFrom {
+        job_run: u64,
+        task: String,
+    },
     Cancel(Target),
     /// Release a waiting task run: send it the signal it waits for.
     Signal {
@@ -292,6 +297,7 @@ fn act(model: &mut Model, action: Action) -> Vec<Command> {
         }
         Action::Help => model.mode = Mode::Help,
         Action::Retry => return retry(model),
+        Action::RetryFrom => return retry_from(model),
         Action::Cancel => return cancel(model),
         Action::Pause => return pause(model),
         Action::Approve => return approve(model),
@@ -400,6 +406,17 @@ fn retry(model: &mut Model) -> Vec<Command> {
     let command = Command::Retry(target);
     optimistic(model, &command);
     vec![command]
+}
+
+/// `R`: the selected task's job run goes again from that task (the engine says if it cannot).
+fn retry_from(model: &mut Model) -> Vec<Command> {
+    match model.selected_task() {
+        Some(t) => vec![Command::RetryFrom { job_run: t.rec.job_run, task: t.rec.task.clone() }],
+        None => {
+            model.say("select a task run to re-run its job run from", true);
+            Vec::new()
+        }
+    }
 }
 
 /// `a`: the selected task run waits (`wait_for`): send it its signal.

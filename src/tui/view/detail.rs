@@ -319,7 +319,7 @@ fn graph_line(
                 dim(),
             ));
         }
-        None => spans.push(Span::styled(format!("{label}(no task run)"), dim())),
+        None => spans.push(Span::styled(format!("{label}(not part of this run)"), dim())),
     }
     if !needs.is_empty() {
         spans.push(Span::styled(format!("  ← {}", needs.join(", ")), dim()));

@@ -1,0 +1,183 @@
+//! A JobRun's side of running part of a job again: `retry j7 --from TASK`, and the definition
+//! check every retry makes (`--definition stored|current`). The decisions are
+//! `model::rerun`'s; this carries them out and commits them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::JobRun;
+use crate::config::Workflow;
+use crate::model::TaskState;
+use crate::model::graph::{self, Change, JobGraph, TaskStates};
+use crate::model::rerun::{self, DefinitionChoice};
+use crate::store::Mutation;
+
+/// The workflow a job run sees: `workflow` with its job cut down to the tasks the run has task
+/// runs for (all of them, except for an `--only` run).
+pub(crate) fn workflow_for_run(
+    workflow: Arc<Workflow>,
+    job_index: usize,
+    run_tasks: &[&str],
+) -> Result<Arc<Workflow>, String> {
+    let job = &workflow.jobs[job_index];
+    let names: std::collections::HashSet<&str> = job.tasks.iter().map(|t| t.name.as_str()).collect();
+    if let Some(stray) = run_tasks.iter().find(|t| !names.contains(*t)) {
+        return Err(format!("it has a task run of `{stray}`, which its job `{}` does not have", job.name));
+    }
+    if run_tasks.len() == job.tasks.len() {
+        return Ok(workflow);
+    }
+    let mut sliced = (*workflow).clone();
+    sliced.jobs[job_index] = rerun::slice_job(job, run_tasks);
+    Ok(Arc::new(sliced))
+}
+
+/// Before a retry: compares the job run's definition with the file in use (`current`, whose
+/// definition key is `key`); refuses when they differ and no choice was made, or switches the
+/// run to `current` (recorded) when asked. Answers a note for the user, if there is one.
+#[derive(Message)]
+#[rtype(result = "Result<Option<String>, String>")]
+pub struct CheckDefinition {
+    pub current: Arc<Workflow>,
+    pub key: u64,
+    pub choice: Option<DefinitionChoice>,
+}
+
+impl Handler<CheckDefinition> for JobRun {
+    type Result = Result<Option<String>, String>;
+
+    fn handle(&mut self, msg: CheckDefinition, ctx: &mut Self::Context) -> Self::Result {
+        let result = self.check_definition(ctx, msg);
+        if result.is_err() {
+            self.release_if_idle(ctx);
+        }
+        result
+    }
+}
+
+impl JobRun {
+    fn check_definition(&mut self, ctx: &mut Context<Self>, msg: CheckDefinition) -> Result<Option<String>, String> {
+        if self.record.definition == msg.key {
+            return Ok(None);
+        }
+        let now = msg.current.jobs.iter().find(|j| j.name == self.record.job);
+        let changes = rerun::definition_changes(self.job(), now);
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let (id, file) = (self.record.id, msg.current.path.display().to_string());
+        let what = changes.join("; ");
+        match msg.choice {
+            None => Err(format!(
+                "job run j{id} was started from an earlier version of {file}, which has changed since ({what}); \
+                 a retry would run what it started with. Add `--definition current` to switch j{id} to {file} \
+                 as it is now (recorded), or `--definition stored` to run it as it started"
+            )),
+            Some(DefinitionChoice::Stored) => Ok(Some(format!(
+                "job run j{id} keeps the definition it started with ({file} has changed since: {what})"
+            ))),
+            Some(DefinitionChoice::Current) => {
+                self.switch_definition(ctx, &msg.current, msg.key, &changes)?;
+                Ok(Some(format!("job run j{id} now uses {file} as it is now ({what})")))
+            }
+        }
+    }
+
+    /// Re-points the run at `current`: its tasks in the new file order, their records and the
+    /// job run's definition key committed, `job.redefined` said.
+    fn switch_definition(
+        &mut self,
+        ctx: &mut Context<Self>,
+        current: &Arc<Workflow>,
+        key: u64,
+        changes: &[String],
+    ) -> Result<(), String> {
+        let id = self.record.id;
+        let refuse = |e: String| format!("job run j{id} cannot switch to the current definition: {e}");
+        let job_index = current
+            .jobs
+            .iter()
+            .position(|j| j.name == self.record.job)
+            .ok_or_else(|| refuse(format!("job `{}` is no longer in the file", self.record.job)))?;
+        let full = &current.jobs[job_index];
+        let names: Vec<String> = self.tasks.iter().map(|t| t.task.clone()).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        rerun::can_switch(&names, full).map_err(refuse)?;
+        let order: HashMap<&str, usize> = full.tasks.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+        self.tasks.sort_by_key(|t| order[t.task.as_str()]);
+        for t in &mut self.tasks {
+            let def = &full.tasks[order[t.task.as_str()]];
+            t.task_index = order[t.task.as_str()] as u32;
+            if t.state.is_terminal() {
+                // What a retry puts back in a queue follows the file now; what is queued or
+                // running stays where it is.
+                (t.queue, t.max_attempts) = (def.queue.clone(), def.retry.max_attempts);
+            }
+        }
+        self.workflow = workflow_for_run(current.clone(), job_index, &names).map_err(refuse)?;
+        self.job_index = job_index;
+        self.graph = JobGraph::new(self.job());
+        self.states = TaskStates::new(self.tasks.iter().map(|t| t.state).collect());
+        self.index_of = self.tasks.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+        let from = std::mem::replace(&mut self.record.definition, key);
+        let mut mutations = vec![Mutation::JobRun(self.record.clone())];
+        mutations.extend(self.tasks.iter().map(|t| Mutation::TaskRun(t.clone())));
+        let event = self
+            .job_event("job.redefined")
+            .with("from_definition", format!("{from:016x}"))
+            .with("to_definition", format!("{key:016x}"))
+            .with("changes", changes.to_vec());
+        self.persist_then(ctx, mutations, vec![event], |_, _| {});
+        Ok(())
+    }
+}
+
+/// `retry j7 --from TASK`: the task and everything downstream of it get a fresh series of
+/// attempts (attempt numbers go on); what is upstream keeps its outputs.
+#[derive(Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct RetryFrom {
+    pub task: String,
+}
+
+impl Handler<RetryFrom> for JobRun {
+    type Result = Result<String, String>;
+
+    fn handle(&mut self, msg: RetryFrom, ctx: &mut Self::Context) -> Self::Result {
+        let result = self.retry_from(ctx, &msg.task);
+        self.release_if_idle(ctx);
+        result
+    }
+}
+
+impl JobRun {
+    fn retry_from(&mut self, ctx: &mut Context<Self>, from: &str) -> Result<String, String> {
+        let id = self.record.id;
+        let rerun =
+            rerun::plan_from(&self.graph, self.states.as_slice(), from).map_err(|e| format!("job run j{id}: {e}"))?;
+        // A re-run means run again: a cache entry would hand back the result being replaced.
+        let mut mutations: Vec<Mutation> =
+            rerun.iter().filter_map(|&i| self.cache_key(i)).map(Mutation::Uncached).collect();
+        self.reopen_record();
+        let mut changes = Vec::new();
+        for &i in &rerun {
+            self.set_state(i, TaskState::Pending);
+            let t = &mut self.tasks[i];
+            t.series_start = t.attempt + 1;
+            t.outputs.clear();
+            (t.exit_code, t.reason, t.detail, t.progress) = (None, None, None, None);
+            (t.ended_at_ms, t.not_before_ms, t.queued_at_ms) = (None, None, None);
+            changes.push(Change { task: i, to: TaskState::Pending });
+        }
+        changes.extend(graph::reopen(&self.graph, &mut self.states));
+        self.sync(&changes);
+        mutations.push(Mutation::JobRun(self.record.clone()));
+        let event = self.job_event("job.started").with("retry", true).with("from", from);
+        let names: Vec<&str> = rerun.iter().map(|&i| self.tasks[i].task.as_str()).collect();
+        let said = format!("job run j{id} runs again from `{from}`: {} (attempt numbers go on)", names.join(", "));
+        self.apply_changes(ctx, changes, mutations, vec![event]);
+        Ok(said)
+    }
+}

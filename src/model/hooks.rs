@@ -1,0 +1,56 @@
+//! Which hooks an event calls (`on_failure`, `on_dead_letter`, `on_budget` on jobs and queues).
+//!
+//! | event                                  | job hook         | queue hook (the task's queue) |
+//! |----------------------------------------|------------------|-------------------------------|
+//! | `job.failed`                           | `on_failure`     | —                             |
+//! | `task.failed` (every failed attempt¹)  | —                | `on_failure`                  |
+//! | `task.dead_lettered`                   | `on_dead_letter` | `on_dead_letter`              |
+//! | `budget.exceeded`, scope `job`         | `on_budget`      | —                             |
+//! | `budget.exceeded`, scope `task`        | `on_budget`      | `on_budget`                   |
+//!
+//! ¹ Not an attempt `interrupted` by gaffer itself stopping or dying: that is not the task's
+//! failure (it is retried, and a dead letter that follows still calls `on_dead_letter`).
+
+use crate::config::{HookKey, HookLevel};
+
+/// The hooks `event` calls, job level first. `scope` and `reason` are those fields of the event.
+pub fn hooks_for(event: &str, scope: Option<&str>, reason: Option<&str>) -> Vec<(HookLevel, HookKey)> {
+    use HookKey::*;
+    use HookLevel::*;
+    match (event, scope) {
+        ("job.failed", _) => vec![(Job, OnFailure)],
+        ("task.failed", _) if reason == Some("interrupted") => Vec::new(),
+        ("task.failed", _) => vec![(Queue, OnFailure)],
+        ("task.dead_lettered", _) => vec![(Job, OnDeadLetter), (Queue, OnDeadLetter)],
+        ("budget.exceeded", Some("task")) => vec![(Job, OnBudget), (Queue, OnBudget)],
+        ("budget.exceeded", _) => vec![(Job, OnBudget)],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use HookKey::*;
+    use HookLevel::*;
+
+    #[test]
+    fn events_to_hooks() {
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [(HookLevel, HookKey)]);
+        let cases: &[Case] = &[
+            ("job.failed", None, Some("task t (#3) dead: exit_code 1"), &[(Job, OnFailure)]),
+            ("task.failed", None, Some("exit_code"), &[(Queue, OnFailure)]),
+            ("task.failed", None, Some("timeout"), &[(Queue, OnFailure)]),
+            ("task.failed", None, Some("interrupted"), &[]),
+            ("task.dead_lettered", None, Some("interrupted"), &[(Job, OnDeadLetter), (Queue, OnDeadLetter)]),
+            ("budget.exceeded", Some("job"), None, &[(Job, OnBudget)]),
+            ("budget.exceeded", Some("task"), None, &[(Job, OnBudget), (Queue, OnBudget)]),
+            ("job.succeeded", None, None, &[]),
+            ("task.retry_scheduled", None, None, &[]),
+            ("hook.failed", None, Some("exit_code"), &[]),
+        ];
+        for (event, scope, reason, want) in cases {
+            assert_eq!(hooks_for(event, *scope, *reason), *want, "{event} {scope:?} {reason:?}");
+        }
+    }
+}
