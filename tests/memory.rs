@@ -19,7 +19,13 @@ fn an_events_client_that_stops_reading_is_dropped() {
         "[jobs.chatty.tasks.t]\nrun = 'for i in $(seq {lines}); do echo \"progress step $i, padded so that each event is a few hundred bytes long\" >&3; done'\n"
     ));
     let _server = Server::start(&p);
-    let mut events = UnixStream::connect(p.state_dir().join("gaffer.sock")).expect("connect");
+    // The socket file exists a moment before the server listens on it.
+    let mut connected = None;
+    wait_until(Duration::from_secs(10), "the socket to accept", || {
+        connected = UnixStream::connect(p.state_dir().join("gaffer.sock")).ok();
+        connected.is_some()
+    });
+    let mut events = connected.expect("connected");
     events.write_all(b"GET /v1/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("request");
     let mut head = [0u8; 12];
     events.read_exact(&mut head).expect("response");

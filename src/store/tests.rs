@@ -29,8 +29,8 @@ pub fn task_run(id: u64, job_run: u64) -> TaskRunRecord {
 #[test]
 fn records_survive_reopen_and_sequences_continue() {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let (store, _closer, _lock) = open_writer(dir.path()).expect("open");
+    let closer = {
+        let (store, closer, _lock) = open_writer(dir.path()).expect("open");
         let j = store.ids.next_job_run();
         let t1 = store.ids.next_task_run();
         let t2 = store.ids.next_task_run();
@@ -41,7 +41,11 @@ fn records_survive_reopen_and_sequences_continue() {
                 Mutation::TaskRun(task_run(t2, j)),
             ])
             .expect("commit");
-    }
+        closer
+    };
+    // The store thread closes the file once it sees the handle gone; a busy machine may not
+    // have run it yet (the reopen then found the file still open: `InUse`).
+    closer.close(std::time::Duration::from_secs(10));
     let (store, _closer, _lock) = open_writer(dir.path()).expect("reopen");
     assert_eq!(store.ids.next_job_run(), 2, "ids are never reused");
     assert_eq!(store.ids.next_task_run(), 3);
