@@ -91,6 +91,12 @@ failed_submits=0
 while :; do
   now=$(usec)
   [ "$now" -ge "$end" ] && break
+  if ! kill -0 "$SERVER" 2>/dev/null; then
+    wait "$SERVER" || true
+    SERVER=""
+    echo "soak-serve: FAIL — serve exited after $((submitted * TASKS_PER_JOB)) tasks: $(tail -1 "$WORK/serve.err")"
+    exit 1
+  fi
   if [ "$now" -ge "$next_sample" ]; then
     printf '%d\t%d\t%s\n' $(((now - start) / 1000000)) $((submitted * TASKS_PER_JOB)) "$(rss_kb)" >>"$WORK/rss.tsv"
     next_sample=$((next_sample + SAMPLE_EVERY * 1000000))
