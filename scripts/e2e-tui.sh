@@ -3,7 +3,8 @@
 # task is cancelled with `c` `y`, a task printing terminal escape sequences is looked at, the
 # terminal title must survive, and `q` `y` must leave no process behind. Then `gaffer tui`
 # attaches to a headless server, approves a waiting task with `a`, and detaches with `q`,
-# leaving the server running.
+# leaving the server running. Last, with the server stopped, `gaffer tui` shows the state dir
+# read-only: commands say so, the Schedules view (8) lists the scheduled job.
 # Usage: scripts/e2e-tui.sh [path/to/gaffer]   (needs tmux)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,6 +101,12 @@ cat > "$work/approve.toml" <<'TOML'
 [jobs.release.tasks.publish]
 wait_for = "approval"
 run = 'touch published'
+
+[jobs.nightly]
+schedule = "0 3 * * *"
+timezone = "Asia/Tokyo"
+[jobs.nightly.tasks.t]
+run = 'true'
 TOML
 state2="$work/.gaffer2"
 GAFFER_STATE_DIR="$state2" "$bin" serve "$work/approve.toml" --headless >/dev/null 2>&1 &
@@ -115,10 +122,27 @@ tmux send-keys -t "$session" a
 for _ in $(seq 1 100); do [[ -e $work/published ]] && break; sleep 0.1; done
 [[ -e $work/published ]] || fail "a did not release the waiting task"
 wait_for "succeeded"
+tmux send-keys -t "$session" 8
+wait_for "Asia/Tokyo"
 tmux send-keys -t "$session" q
 for _ in $(seq 1 50); do [[ -s $work/detached ]] && break; sleep 0.1; done
 [[ -s $work/detached ]] || fail "q did not detach"
 kill -0 "$server" 2>/dev/null || fail "the server stopped when the TUI detached"
 kill -TERM "$server"
 wait "$server" || true
+
+# No instance now: the same state dir, read-only.
+tmux kill-session -t "$session"
+tmux new-session -d -s "$session" -x 120 -y 32 -c "$work" "GAFFER_STATE_DIR=$state2 $bin tui; echo EXIT=\$? > $work/readonly; sleep 600"
+wait_for "read-only: no instance running"
+tmux send-keys -t "$session" 2
+wait_for "Jobs (1)"
+tmux send-keys -t "$session" r
+for _ in $(seq 1 50); do screen | tail -n 2 | head -n 1 | grep -q "read-only" && break; sleep 0.1; done
+screen | tail -n 2 | head -n 1 | grep -q "read-only" || fail "r did not say the TUI is read-only"
+tmux send-keys -t "$session" 8
+wait_for "0 3 \* \* \*"
+tmux send-keys -t "$session" q
+for _ in $(seq 1 50); do [[ -s $work/readonly ]] && break; sleep 0.1; done
+grep -q "EXIT=0" "$work/readonly" 2>/dev/null || fail "q did not leave the read-only TUI cleanly"
 echo "e2e-tui: ok"

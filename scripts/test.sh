@@ -2,6 +2,8 @@
 # The whole test suite, as CI runs it: formatting, lints, unit + property + integration tests.
 # Usage: scripts/test.sh            (everything)
 #        scripts/test.sh --quick    (tests only, no fmt/clippy)
+#        scripts/test.sh --fuzz     (everything, then a short libFuzzer run of each fuzz target;
+#                                    needs nightly: see scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,4 +35,8 @@ cargo run --quiet --locked -- run examples/quickstart.toml --headless --state-di
 for example in examples/*.toml; do
   cargo run --quiet --locked -- validate "$example" >/dev/null
 done
+if [[ "${1:-}" == "--fuzz" ]]; then
+  echo "== fuzz smoke (scripts/fuzz.sh --smoke)"
+  scripts/fuzz.sh --smoke
+fi
 echo "all tests passed"

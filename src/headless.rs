@@ -15,7 +15,7 @@ pub enum Format {
 /// progress) are left out of the human form; they are in the journal and in `--json`.
 pub fn print(out: &mut impl Write, format: Format, event: &EngineEvent) -> std::io::Result<()> {
     match format {
-        Format::Json => writeln!(out, "{}", event.to_json()),
+        Format::Json => writeln!(out, "{}", crate::json::text(&event.to_json())),
         Format::Human => match human_line(event) {
             Some(line) => writeln!(out, "{line}"),
             None => Ok(()),
@@ -40,9 +40,9 @@ fn describe(e: &EngineEvent) -> Option<String> {
     let reason = e.str_field("reason").unwrap_or("");
     let cost = e
         .field("cost_usd")
-        .and_then(|v| v.as_f64())
-        .filter(|c| *c > 0.0)
-        .map(|c| format!(", ${c}"))
+        .map(crate::model::money::micros_of_json)
+        .filter(|c| *c > 0)
+        .map(|c| format!(", {}", dollars(c)))
         .unwrap_or_default();
     Some(match e.event {
         "job.started" if e.field("from").is_some() => {
@@ -83,6 +83,7 @@ fn describe(e: &EngineEvent) -> Option<String> {
         ),
         "task.dead_lettered" => format!("dead: {reason} (gaffer retry {} to run it again)", e.task_run.unwrap_or(0)),
         "task.cancelled" => "cancelled".into(),
+        "task.warning" => format!("warning: {}", e.str_field("message").unwrap_or_default()),
         "task.skipped" => "skipped".into(),
         "task.waiting" => {
             let name = e.str_field("wait_for").unwrap_or("?");
@@ -92,6 +93,23 @@ fn describe(e: &EngineEvent) -> Option<String> {
         "schedule.skipped" => format!("schedule slot {} skipped: {reason}", slot(e)),
         "worker.restarted" => {
             format!("worker {} restarted ({reason})", e.field("worker").map(|v| v.to_string()).unwrap_or_default())
+        }
+        "queue.circuit_opened" => format!(
+            "queue {}: circuit opened after {} failed attempts within {}; nothing starts from it until {}",
+            e.queue.as_deref().unwrap_or("?"),
+            e.field("failures").map(|v| v.to_string()).unwrap_or_default(),
+            duration(e.field("within_ms").and_then(|v| v.as_u64()).unwrap_or(0)),
+            e.str_field("until").unwrap_or("?")
+        ),
+        "queue.circuit_closed" => {
+            format!("queue {}: circuit closed, starting again", e.queue.as_deref().unwrap_or("?"))
+        }
+        "budget.raised" => {
+            format!(
+                "{} budget raised to {} by a retry",
+                e.str_field("scope").unwrap_or("job"),
+                dollars_of(e.field("limit_usd"))
+            )
         }
         "budget.exceeded" => format!(
             "{} budget exceeded: spent {} of {}",
@@ -143,6 +161,12 @@ pub fn duration(ms: u64) -> String {
         1_000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
         _ => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
     }
+}
+
+/// `2/3`: attempts used in the current series of a task run over its `max_attempts` (`2/?`
+/// while the maximum is not known yet). The one way CLI and TUI show it.
+pub fn tries(used_in_series: u64, max_attempts: u64) -> String {
+    if max_attempts == 0 { format!("{used_in_series}/?") } else { format!("{used_in_series}/{max_attempts}") }
 }
 
 /// `$0.0123`, for summaries.

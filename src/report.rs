@@ -8,7 +8,9 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::config::QueueDef;
 use crate::engine::{QueueSnapshot, Target, rfc3339_ms};
+use crate::model::cost::{Usage, sum_by_model};
 use crate::model::money::usd_json;
 use crate::model::{JobState, TaskState};
 use crate::sanitize::sanitize;
@@ -50,12 +52,36 @@ pub fn job_json(j: &JobRunRecord) -> Value {
 }
 
 pub fn attempt_json(a: &AttemptRecord) -> Value {
-    json!({
+    let models: Vec<Value> = a.by_model.iter().map(|m| usage_json(json!({"model": m.model}), &m.usage)).collect();
+    let head = json!({
         "n": a.n, "started_at": time_json(Some(a.started_at_ms)), "ended_at": time_json(a.ended_at_ms),
         "exit_code": a.exit_code, "signal": a.signal, "reason": a.reason.map(|r| r.as_str()), "detail": a.detail,
-        "cost_usd": usd_json(a.cost_usd_micros), "input_tokens": a.input_tokens, "output_tokens": a.output_tokens,
-        "model": a.model, "pid": a.pid, "log": a.log,
-    })
+    });
+    let mut value = usage_json(head, &a.usage());
+    for (key, v) in [
+        ("model", json!(a.model)),
+        ("models", json!(models)),
+        ("warnings", json!(a.warnings)),
+        ("pid", json!(a.pid)),
+        ("log", json!(a.log)),
+    ] {
+        value[key] = v;
+    }
+    value
+}
+
+/// `value` with the figures of `usage`: `cost_usd` and the token counts by kind.
+fn usage_json(mut value: Value, usage: &Usage) -> Value {
+    for (key, v) in [
+        ("cost_usd", usd_json(usage.usd_micros)),
+        ("input_tokens", json!(usage.input_tokens)),
+        ("output_tokens", json!(usage.output_tokens)),
+        ("cache_read_tokens", json!(usage.cache_read_tokens)),
+        ("cache_write_tokens", json!(usage.cache_write_tokens)),
+    ] {
+        value[key] = v;
+    }
+    value
 }
 
 /// SPEC §4.1 `status --json`, the same whether asked of the state dir or of the instance.
@@ -64,20 +90,29 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
     let pid = store::instance_pid(state_dir);
     let reader = store::open_reader(state_dir)?;
     let tasks = reader.task_runs()?;
-    let mut concurrency = latest_queue_caps(&reader)?;
+    let defs = latest_queues(&reader)?;
+    let mut concurrency: BTreeMap<String, usize> = defs.iter().map(|(k, q)| (k.clone(), q.concurrency)).collect();
     let mut paused = reader.paused_queues()?;
+    let mut circuits = match live {
+        Some(_) => BTreeMap::new(),
+        None => {
+            use crate::engine::Clock;
+            crate::engine::open_circuits(&reader, &defs, crate::engine::SystemClock.now_ms())?
+        }
+    };
     for q in live.unwrap_or_default() {
         concurrency.insert(q.name.clone(), q.concurrency);
         if q.paused {
             paused.insert(q.name.clone());
         }
+        circuits.extend(q.circuit_open_until_ms.map(|until| (q.name.clone(), until)));
     }
     let mut totals: BTreeMap<&str, u64> = TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
     let mut cost = 0u64;
     for t in &tasks {
         *totals.entry(t.state.as_str()).or_default() += 1;
-        cost += t.cost_usd_micros;
+        cost = cost.saturating_add(t.cost_usd_micros);
         let counts = queues.entry(t.queue.clone()).or_default();
         match t.state {
             TaskState::Queued => counts[0] += 1,
@@ -91,7 +126,8 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
         .iter()
         .map(|(name, c)| {
             json!({"name": name, "concurrency": concurrency.get(name), "paused": paused.contains(name),
-                   "queued": c[0], "running": c[1], "retrying": c[2], "dead": c[3]})
+                   "queued": c[0], "running": c[1], "retrying": c[2], "dead": c[3],
+                   "circuit_open_until": time_json(circuits.get(name).copied())})
         })
         .collect();
     Ok(
@@ -99,13 +135,9 @@ pub fn status_value(state_dir: &Path, live: Option<&[QueueSnapshot]>) -> Result<
     )
 }
 
-/// Queue caps from the definition of the newest job run (the store keeps definitions, not queues).
-fn latest_queue_caps(reader: &Reader) -> Result<BTreeMap<String, usize>, StoreError> {
-    let Some(latest) = reader.job_runs()?.into_iter().max_by_key(|j| j.id) else { return Ok(BTreeMap::new()) };
-    let Some(def) = reader.definition(latest.definition)? else { return Ok(BTreeMap::new()) };
-    Ok(crate::config::parse(Path::new(&def.path), &def.source)
-        .map(|w| w.queues.into_iter().map(|(k, q)| (k, q.concurrency)).collect())
-        .unwrap_or_default())
+/// Queues from the definition of the newest job run (the store keeps definitions, not queues).
+fn latest_queues(reader: &Reader) -> Result<BTreeMap<String, QueueDef>, StoreError> {
+    Ok(crate::engine::latest_workflow(reader)?.map(|w| w.queues).unwrap_or_default())
 }
 
 /// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its
@@ -116,12 +148,15 @@ pub fn show(reader: &Reader, target: Target) -> Result<Value, QueryError> {
             let t = reader.task_run(id)?.ok_or_else(|| not_found(target))?;
             let mut value = task_json(&t);
             value["attempts"] = Value::Array(reader.attempts_of(id)?.iter().map(attempt_json).collect());
+            let raised = reader.raised_budgets(t.job_run)?.task_runs.get(&id).copied();
+            value["budget_raised_usd"] = raised.map_or(Value::Null, usd_json);
             Ok(value)
         }
         Target::JobRun(id) => {
             let j = reader.job_run(id)?.ok_or_else(|| not_found(target))?;
             let mut value = job_json(&j);
             value["tasks"] = Value::Array(reader.task_runs_of(id)?.iter().map(task_json).collect());
+            value["budget_raised_usd"] = reader.raised_budgets(id)?.job_run.map_or(Value::Null, usd_json);
             Ok(value)
         }
     }
@@ -131,11 +166,29 @@ fn not_found(target: Target) -> QueryError {
     QueryError::NotFound(format!("no {target} in this state dir"))
 }
 
-/// `jobs --json`, optionally only those in `state`.
-pub fn jobs(reader: &Reader, state: Option<&str>) -> Result<Value, QueryError> {
-    let wanted = wanted_state(state, "job run", JobState::parse, &JobState::ALL.map(JobState::as_str))?;
-    let runs = reader.job_runs()?.into_iter().filter(|j| wanted.is_none_or(|w| j.state == w));
-    Ok(Value::Array(runs.map(|j| job_json(&j)).collect()))
+/// Which job runs `jobs` lists.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct JobFilter {
+    pub state: Option<String>,
+    /// The job's name in the workflow file.
+    pub job: Option<String>,
+    /// Only the newest this many, newest first.
+    pub limit: Option<usize>,
+}
+
+/// `jobs --json`: oldest first; with a `limit`, the newest that many, newest first.
+pub fn jobs(reader: &Reader, filter: &JobFilter) -> Result<Value, QueryError> {
+    let wanted =
+        wanted_state(filter.state.as_deref(), "job run", JobState::parse, &JobState::ALL.map(JobState::as_str))?;
+    let runs = reader
+        .job_runs()?
+        .into_iter()
+        .filter(|j| wanted.is_none_or(|w| j.state == w) && filter.job.as_ref().is_none_or(|name| &j.job == name));
+    let runs: Vec<Value> = match filter.limit {
+        Some(limit) => runs.rev().take(limit).map(|j| job_json(&j)).collect(),
+        None => runs.map(|j| job_json(&j)).collect(),
+    };
+    Ok(Value::Array(runs))
 }
 
 /// Which task runs `tasks` lists.
@@ -192,31 +245,31 @@ impl CostBy {
     }
 }
 
-/// `cost --json`: spending per group, from the attempts started at or after `since_ms`.
+/// `cost --json`: spending per group, from the attempts started at or after `since_ms`. By
+/// model, an attempt counts in the row of each model it paid for (`attempts`: how many did).
 pub fn cost(reader: &Reader, by: CostBy, since_ms: Option<u64>) -> Result<Value, QueryError> {
     let tasks: BTreeMap<u64, TaskRunRecord> = reader.task_runs()?.into_iter().map(|t| (t.id, t)).collect();
-    let mut rows: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    let mut rows: BTreeMap<String, (Usage, u64)> = BTreeMap::new();
+    let mut total = Usage::default();
     for a in reader.attempts()?.iter().filter(|a| since_ms.is_none_or(|s| a.started_at_ms >= s)) {
         let Some(t) = tasks.get(&a.task_run) else { continue };
-        let key = match by {
-            CostBy::Job => t.job.clone(),
-            CostBy::Task => format!("{}.{}", t.job, t.task),
-            CostBy::Queue => t.queue.clone(),
-            CostBy::Model => a.model.clone().unwrap_or_else(|| "(none)".into()),
-            CostBy::Day => rfc3339_ms(a.started_at_ms).get(..10).unwrap_or("").to_string(),
+        total.add(&a.usage());
+        let shares: Vec<(String, Usage)> = match by {
+            CostBy::Job => vec![(t.job.clone(), a.usage())],
+            CostBy::Task => vec![(format!("{}.{}", t.job, t.task), a.usage())],
+            CostBy::Queue => vec![(t.queue.clone(), a.usage())],
+            CostBy::Model => sum_by_model(&a.by_model).into_iter().collect(),
+            CostBy::Day => vec![(rfc3339_ms(a.started_at_ms).get(..10).unwrap_or("").to_string(), a.usage())],
         };
-        let row = rows.entry(sanitize(&key)).or_default();
-        row[0] += a.cost_usd_micros;
-        row[1] += a.input_tokens;
-        row[2] += a.output_tokens;
-        row[3] += 1;
+        for (key, usage) in shares {
+            let row = rows.entry(sanitize(&key)).or_default();
+            row.0.add(&usage);
+            row.1 += 1;
+        }
     }
-    let total: u64 = rows.values().map(|r| r[0]).sum();
-    let rows: Vec<Value> = rows
-        .iter()
-        .map(|(k, r)| json!({"key": k, "cost_usd": usd_json(r[0]), "input_tokens": r[1], "output_tokens": r[2], "attempts": r[3]}))
-        .collect();
-    Ok(json!({"by": by.as_str(), "rows": rows, "total_usd": usd_json(total)}))
+    let rows: Vec<Value> =
+        rows.iter().map(|(k, (usage, n))| usage_json(json!({"key": k, "attempts": n}), usage)).collect();
+    Ok(json!({"by": by.as_str(), "rows": rows, "total_usd": usd_json(total.usd_micros)}))
 }
 
 /// The most a `logs` answer carries; a follower asks again from the offset it got.
@@ -239,8 +292,8 @@ pub fn log_chunk(
     if n > t.attempt {
         return Err(QueryError::NotFound(format!("task run {task_run} has no attempt {n} (latest: {})", t.attempt)));
     }
-    let path = state_dir.join(AttemptRecord::log_path(t.job_run, task_run, n));
-    let bytes = read_from(&path, offset).map_err(|e| QueryError::Invalid(format!("{}: {e}", path.display())))?;
+    let rel = AttemptRecord::log_path(t.job_run, task_run, n);
+    let bytes = read_from(state_dir, Path::new(&rel), offset).map_err(|e| QueryError::Invalid(e.to_string()))?;
     let running = t.attempt == n && t.state == TaskState::Running;
     Ok(json!({
         "task_run": task_run, "attempt": n, "offset": offset + bytes.len() as u64, "running": running,
@@ -250,9 +303,10 @@ pub fn log_chunk(
 
 /// Up to `LOG_CHUNK_BYTES` from `offset`, ending at a line end when one is in reach (so a
 /// multi-byte character is never split between two answers); nothing if there is no file yet.
-fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+fn read_from(state_dir: &Path, rel: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = match std::fs::File::open(path) {
+    let dir = crate::state_dir::StateDir::open(state_dir).map_err(std::io::Error::other)?;
+    let mut file = match dir.open_file(rel, crate::state_dir::Access::Read) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),

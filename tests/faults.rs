@@ -2,58 +2,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use support::Project;
-
-/// A tiny tmpfs mounted on a folder, unmounted when dropped. Needs root (CI runs as root).
-struct SmallDisk {
-    at: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
-        std::fs::create_dir_all(at).ok()?;
-        let options = format!("size={size},mode=700");
-        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &options, "tmpfs"]).arg(at).status().ok()?.success();
-        ok.then(|| SmallDisk { at: at.to_path_buf() })
-    }
-
-    /// Fills the disk up to all but `keep` bytes (or as close as a writer racing us allows:
-    /// whatever gaffer writes meanwhile only fills it further).
-    fn fill(&self, keep: u64) {
-        std::fs::create_dir_all(self.filler()).expect("filler dir");
-        for n in 0..32 {
-            let stat = nix::sys::statvfs::statvfs(&self.at).expect("statvfs");
-            let free = stat.blocks_available() * stat.fragment_size();
-            if free <= keep + 4096 {
-                return;
-            }
-            // Half of what is left each time a racing write makes the exact size fail.
-            let size = if n == 0 { free - keep } else { (free - keep) / 2 };
-            let _ = Command::new("fallocate")
-                .args(["-l", &size.to_string()])
-                .arg(self.filler().join(n.to_string()))
-                .status();
-        }
-    }
-
-    /// Frees what `fill` took.
-    fn free(&self) {
-        std::fs::remove_dir_all(self.filler()).expect("free the disk");
-    }
-
-    fn filler(&self) -> PathBuf {
-        self.at.join("filler")
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
-    }
-}
+use support::{Project, SmallDisk};
 
 /// Fills the state dir's disk to all but `keep` bytes, runs 300 tasks, then frees the disk and
 /// runs again. `stored_before_full`: `keep` is enough to store the job run before the disk fills.
@@ -109,7 +58,7 @@ fn a_server_whose_disk_fills_up_exits_70_with_the_reason() {
             .stderr(std::process::Stdio::piped()),
     );
     let socket = p.state_dir().join("gaffer.sock");
-    support::wait_until(std::time::Duration::from_secs(10), "the socket", || socket.exists());
+    support::wait_for_socket(&socket);
     disk.fill(0);
     let submit = p.run(&["submit", "j"]);
     assert_ne!(submit.status.code(), Some(0), "a run that cannot be stored is refused");
@@ -180,7 +129,8 @@ const CAMPAIGN_TASKS: usize = 24;
 /// `task_run:attempt` to effects.log when it starts and when it ends, with a random duration.
 fn campaign_workflow(rng: &mut fastrand::Rng) -> String {
     let mut text = String::from(
-        "[settings]\nworkers = 3\n[defaults]\nretry = { max_attempts = 100, initial_interval = \"10ms\", jitter = 0.0 }\n",
+        // These kills are not the tasks' doing: no task run is quarantined as a poison pill.
+        "[settings]\nworkers = 3\n[defaults]\nretry = { max_attempts = 100, initial_interval = \"10ms\", jitter = 0.0, poison_after_crashes = 0 }\n",
     );
     for i in 0..CAMPAIGN_TASKS {
         let sleep = format!("0.{:02}", rng.u8(5..60));

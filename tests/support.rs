@@ -110,6 +110,12 @@ pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// Waits until the control socket at `path` accepts connections (it exists a moment before it
+/// listens: connecting in between is refused).
+pub fn wait_for_socket(path: &Path) {
+    wait_until(Duration::from_secs(10), "the control socket", || std::os::unix::net::UnixStream::connect(path).is_ok());
+}
+
 /// True if a process with this pid exists (and is not a zombie).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -144,7 +150,7 @@ impl Server {
                 .stderr(std::process::Stdio::null()),
         );
         let socket = p.state_dir().join("gaffer.sock");
-        wait_until(Duration::from_secs(10), "the control socket", || socket.exists());
+        wait_for_socket(&socket);
         server
     }
 }
@@ -155,5 +161,53 @@ impl Drop for Server {
             signal(self.child.id(), "TERM");
         }
         let _ = self.child.wait();
+    }
+}
+
+/// A tiny tmpfs mounted on a folder, unmounted when dropped. Needs root (CI runs as root).
+pub struct SmallDisk {
+    at: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).ok()?;
+        let options = format!("size={size},mode=700");
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &options, "tmpfs"]).arg(at).status().ok()?.success();
+        ok.then(|| SmallDisk { at: at.to_path_buf() })
+    }
+
+    /// Fills the disk up to all but `keep` bytes (or as close as a writer racing us allows:
+    /// whatever gaffer writes meanwhile only fills it further).
+    pub fn fill(&self, keep: u64) {
+        std::fs::create_dir_all(self.filler()).expect("filler dir");
+        for n in 0..32 {
+            let stat = nix::sys::statvfs::statvfs(&self.at).expect("statvfs");
+            let free = stat.blocks_available() * stat.fragment_size();
+            if free <= keep + 4096 {
+                return;
+            }
+            // Half of what is left each time a racing write makes the exact size fail.
+            let size = if n == 0 { free - keep } else { (free - keep) / 2 };
+            let _ = Command::new("fallocate")
+                .args(["-l", &size.to_string()])
+                .arg(self.filler().join(n.to_string()))
+                .status();
+        }
+    }
+
+    /// Frees what `fill` took.
+    pub fn free(&self) {
+        std::fs::remove_dir_all(self.filler()).expect("free the disk");
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.at.join("filler")
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
     }
 }

@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, web};
 
 use super::ApiState;
 use crate::model::TaskState;
+use crate::model::cost::sum_by_model;
 use crate::store::{self, StoreError};
 
 pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
@@ -35,7 +36,6 @@ fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
     let _ = writeln!(out, "gaffer_dead_letters {}", tasks.iter().filter(|t| t.state == TaskState::Dead).count());
     let mut failed: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut seconds, mut ended) = (0.0f64, 0u64);
-    let mut cost: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
     for a in &attempts {
         if let Some(reason) = a.reason {
             *failed.entry(reason.as_str()).or_default() += 1;
@@ -44,11 +44,9 @@ fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
             seconds += end.saturating_sub(a.started_at_ms) as f64 / 1000.0;
             ended += 1;
         }
-        let entry = cost.entry(a.model.clone().unwrap_or_else(|| "none".into())).or_default();
-        entry.0 += a.cost_usd_micros;
-        entry.1 += a.input_tokens;
-        entry.2 += a.output_tokens;
     }
+    // The same sums as `gaffer cost --by model`.
+    let cost = sum_by_model(attempts.iter().flat_map(|a| &a.by_model));
     header(&mut out, "gaffer_attempts_total", "counter", "Attempts started.");
     let _ = writeln!(out, "gaffer_attempts_total {}", attempts.len());
     header(
@@ -66,18 +64,25 @@ fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
         "gaffer_attempt_duration_seconds_sum {seconds:.3}\ngaffer_attempt_duration_seconds_count {ended}"
     );
     header(&mut out, "gaffer_cost_usd_total", "counter", "Dollars spent, by model.");
-    for (model, (usd, _, _)) in &cost {
-        let _ = writeln!(
-            out,
-            "gaffer_cost_usd_total{{model=\"{}\"}} {}",
-            label(model),
-            crate::model::money::format_usd(*usd)
-        );
+    for (model, usage) in &cost {
+        let usd = crate::model::money::format_usd(usage.usd_micros);
+        let _ = writeln!(out, "gaffer_cost_usd_total{{model=\"{}\"}} {usd}", label(model));
     }
-    header(&mut out, "gaffer_tokens_total", "counter", "Tokens, by model and direction.");
-    for (model, (_, input, output)) in &cost {
-        let _ = writeln!(out, "gaffer_tokens_total{{model=\"{}\",direction=\"input\"}} {input}", label(model));
-        let _ = writeln!(out, "gaffer_tokens_total{{model=\"{}\",direction=\"output\"}} {output}", label(model));
+    header(
+        &mut out,
+        "gaffer_tokens_total",
+        "counter",
+        "Tokens, by model and kind (input: billed at the input price; cache_read, cache_write: prompt cache).",
+    );
+    for (model, u) in &cost {
+        for (kind, n) in [
+            ("input", u.input_tokens),
+            ("output", u.output_tokens),
+            ("cache_read", u.cache_read_tokens),
+            ("cache_write", u.cache_write_tokens),
+        ] {
+            let _ = writeln!(out, "gaffer_tokens_total{{model=\"{}\",direction=\"{kind}\"}} {n}", label(model));
+        }
     }
     Ok(out)
 }

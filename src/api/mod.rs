@@ -20,10 +20,13 @@ use actix_web::{App, HttpServer, web};
 pub use remote::RemoteEngine;
 
 use crate::engine::EngineHandle;
+use crate::state_dir::StateDir;
+
+const SOCKET_FILE: &str = "gaffer.sock";
 
 /// Where the socket lives in a state dir.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("gaffer.sock")
+    state_dir.join(SOCKET_FILE)
 }
 
 /// What every handler gets.
@@ -54,9 +57,9 @@ impl Api {
     /// and the TCP address if one is given, and serves them on the current actix System.
     pub fn start(handle: EngineHandle, state_dir: &Path, tcp: Option<std::net::TcpListener>) -> std::io::Result<Api> {
         let path = socket_path(state_dir);
-        if path.exists() {
-            std::fs::remove_file(&path)?;
-        }
+        let dir = StateDir::open(state_dir).map_err(std::io::Error::other)?;
+        // A stale socket (or anything planted under its name: unlinked, never followed).
+        dir.remove_file(SOCKET_FILE)?;
         let listener = std::os::unix::net::UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         let token = if tcp.is_some() { Some(token::load_or_create(state_dir)?) } else { None };

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{ApiState, Peer};
 use crate::engine::{EngineError, Target};
-use crate::report::{self, CostBy, QueryError, TaskFilter};
+use crate::report::{self, CostBy, JobFilter, QueryError, TaskFilter};
 use crate::store::Reader;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -82,6 +82,12 @@ fn tcp_refusal(req: &ServiceRequest) -> Option<HttpResponse> {
     None
 }
 
+/// 200 with `value` as JSON, its numbers in plain decimals (`crate::json`): money must never
+/// reach a client as `1e-6`.
+fn ok_json(value: &impl serde::Serialize) -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(crate::json::text(value))
+}
+
 fn error(e: &EngineError) -> HttpResponse {
     let body = json!({"error": e.to_string()});
     match e {
@@ -95,7 +101,7 @@ async fn status(state: web::Data<ApiState>) -> HttpResponse {
     let dir = state.state_dir.clone();
     let live = state.handle.queues().await.ok();
     match web::block(move || report::status_value(&dir, live.as_deref())).await {
-        Ok(Ok(value)) => HttpResponse::Ok().json(value),
+        Ok(Ok(value)) => ok_json(&value),
         Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
     }
@@ -193,7 +199,7 @@ async fn set_paused(state: &ApiState, queue: &str, paused: bool) -> HttpResponse
 /// Everything a view draws its first frame from (`gaffer tui`).
 async fn snapshot(state: web::Data<ApiState>) -> HttpResponse {
     match state.handle.snapshot().await {
-        Ok(snapshot) => HttpResponse::Ok().json(snapshot),
+        Ok(snapshot) => ok_json(&snapshot),
         Err(e) => error(&e),
     }
 }
@@ -206,7 +212,7 @@ async fn query(
     let dir = state.state_dir.clone();
     let answer = web::block(move || read(&dir, &crate::store::open_reader(&dir)?)).await;
     match answer {
-        Ok(Ok(value)) => HttpResponse::Ok().json(value),
+        Ok(Ok(value)) => ok_json(&value),
         Ok(Err(QueryError::NotFound(message))) => HttpResponse::NotFound().json(json!({"error": message})),
         Ok(Err(QueryError::Invalid(message))) => HttpResponse::BadRequest().json(json!({"error": message})),
         Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
@@ -214,15 +220,10 @@ async fn query(
     }
 }
 
-#[derive(Deserialize)]
-struct JobsQuery {
-    state: Option<String>,
-}
-
-/// SPEC §4.1 `jobs --json`, filtered by `?state=`.
-async fn jobs(state: web::Data<ApiState>, q: web::Query<JobsQuery>) -> HttpResponse {
-    let wanted = q.into_inner().state;
-    query(&state, move |_, reader| report::jobs(reader, wanted.as_deref())).await
+/// SPEC §4.1 `jobs --json`, filtered by `?state=&job=&limit=`.
+async fn jobs(state: web::Data<ApiState>, filter: web::Query<JobFilter>) -> HttpResponse {
+    let filter = filter.into_inner();
+    query(&state, move |_, reader| report::jobs(reader, &filter)).await
 }
 
 /// SPEC §4.1 `tasks --json`, filtered by `?state=&job=&queue=` (`?state=dead`: the dead letters).
@@ -296,7 +297,7 @@ async fn events(state: web::Data<ApiState>) -> HttpResponse {
     let (tx, rx) = tokio::sync::mpsc::channel(EVENTS_AHEAD);
     actix_web::rt::spawn(async move {
         while let Some(event) = receiver.recv().await {
-            let chunk = web::Bytes::from(format!("data: {}\n\n", event.to_json()));
+            let chunk = web::Bytes::from(format!("data: {}\n\n", crate::json::text(&event.to_json())));
             if !matches!(tokio::time::timeout(EVENTS_STALL, tx.send(chunk)).await, Ok(Ok(()))) {
                 break; // gone or stalled; dropping `receiver` unsubscribes it
             }

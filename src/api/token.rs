@@ -1,25 +1,37 @@
 //! The bearer token for `--listen` TCP access (`state/token`, 0600, made on first use) and the
 //! checks that go with it.
 
-use std::io::Read;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
 use std::path::Path;
 
-/// Reads the token, or makes one (32 bytes from the kernel's CSPRNG, hex).
+use crate::state_dir::{Access, StateDir};
+
+const TOKEN_FILE: &str = "token";
+
+/// Reads the token, or makes one (32 bytes from the kernel's CSPRNG, hex). The file is read
+/// without following a link and must be the user's own (the state dir's check at start refused
+/// one that others could read or write); a new one is written whole, then renamed into place.
 pub fn load_or_create(state_dir: &Path) -> std::io::Result<String> {
-    let path = state_dir.join("token");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let token = text.trim().to_string();
-        if token.len() >= 32 {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-            return Ok(token);
+    let dir = StateDir::open(state_dir).map_err(std::io::Error::other)?;
+    match dir.open_file(TOKEN_FILE, Access::Read) {
+        Ok(mut file) => {
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            let token = text.trim().to_string();
+            if token.len() >= 32 {
+                return Ok(token);
+            }
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
-    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())?;
+    let mut file = dir.open_file(".token.new", Access::Replace)?;
+    file.write_all(format!("{token}\n").as_bytes())?;
+    file.sync_all()?;
+    dir.rename(".token.new", TOKEN_FILE)?;
     Ok(token)
 }
 
@@ -80,7 +92,8 @@ mod tests {
 
     #[test]
     fn token_file_is_private_and_stable() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::state_dir::private_tempdir();
         let first = load_or_create(dir.path()).expect("token");
         assert_eq!(first.len(), 64);
         assert_eq!(load_or_create(dir.path()).expect("token"), first);

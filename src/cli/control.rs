@@ -42,13 +42,7 @@ fn check_from(state_dir: &Path, job_run: u64, task: &str) -> Result<(), CliError
     let Some(stored) = reader.definition(record.definition)? else { return Ok(()) };
     let Ok(workflow) = crate::config::parse(Path::new(&stored.path), &stored.source) else { return Ok(()) };
     let Some(job) = workflow.jobs.iter().find(|j| j.name == record.job) else { return Ok(()) };
-    let names: Vec<&str> = tasks.iter().map(|t| t.task.as_str()).collect();
-    let job = crate::model::rerun::slice_job(job, &names);
-    let mut states: Vec<(u32, TaskState)> = tasks.iter().map(|t| (t.task_index, t.state)).collect();
-    states.sort_by_key(|(index, _)| *index);
-    let states: Vec<TaskState> = states.into_iter().map(|(_, s)| s).collect();
-    let graph = crate::model::graph::JobGraph::new(&job);
-    match crate::model::rerun::plan_from(&graph, &states, task) {
+    match crate::engine::manual_retry::rerun_set(job, &tasks, task) {
         Ok(_) => Ok(()),
         Err(e) => Err(CliError::Failed(format!("job run j{job_run}: {e}; nothing was sent"))),
     }
@@ -96,7 +90,8 @@ fn send_targets(state_dir: &Path, action: &Action, targets: &[Target], retry: &R
 }
 
 /// To the running instance through its socket; with none running, into the inbox for the
-/// next start.
+/// next start — once the same check the instance would make lets it through (a retry it would
+/// refuse is refused now, and nothing is left for the next start).
 fn deliver(
     state_dir: &Path,
     action: &Action,
@@ -112,6 +107,12 @@ fn deliver(
         Ok(answer) => Ok(Ok(answer["message"].as_str().unwrap_or("done").to_string())),
         Err(ClientError::Refused(message)) => Ok(Err(message)),
         Err(ClientError::NotRunning(_)) if store::instance_pid(state_dir).is_none() => {
+            if *action == Action::Retry
+                && let Err(refusal) =
+                    crate::engine::manual_retry::check_offline(&query::open(state_dir)?, target, retry)
+            {
+                return Ok(Err(refusal.to_string()));
+            }
             let command = InboxCommand { action: action.clone(), target, retry: offline(action, retry) };
             inbox::put(state_dir, &command)
                 .map_err(|e| CliError::Failed(format!("cannot write to {}: {e}", state_dir.join("inbox").display())))?;
@@ -191,7 +192,7 @@ pub fn dlq(state_dir: &Path, action: DlqAction) -> Result<(), CliError> {
     match action {
         DlqAction::List { json } => list(state_dir, json),
         DlqAction::Retry { ids, all, definition } => {
-            let retry = RetryOptions { from: None, definition };
+            let retry = RetryOptions { definition, ..RetryOptions::default() };
             act_on_dead(state_dir, &Action::Retry, &ids, all, &retry)
         }
         DlqAction::Purge { ids, all } => act_on_dead(state_dir, &Action::Cancel, &ids, all, &RetryOptions::default()),
@@ -201,7 +202,7 @@ pub fn dlq(state_dir: &Path, action: DlqAction) -> Result<(), CliError> {
 fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
     let dead = query::dead_letters(state_dir)?;
     if json {
-        outln!("{}", serde_json::to_string_pretty(&dead).unwrap_or_default());
+        outln!("{}", crate::json::pretty(&dead));
         return Ok(());
     }
     let items = dead.as_array().map(Vec::as_slice).unwrap_or_default();
@@ -210,7 +211,7 @@ fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     query::print_task_table(&dead);
-    let spent: u64 = items.iter().map(|t| crate::model::money::micros_of_json(&t["cost_usd"])).sum();
+    let spent = items.iter().map(|t| crate::model::money::micros_of_json(&t["cost_usd"])).fold(0, u64::saturating_add);
     outln!(
         "{} dead letter(s), {} spent on them; `gaffer dlq retry ID` or `gaffer dlq retry --all`",
         items.len(),

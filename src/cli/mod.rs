@@ -13,6 +13,9 @@ macro_rules! outln {
 }
 
 mod control;
+mod doctor;
+mod init;
+mod pricing;
 mod query;
 mod run;
 
@@ -55,10 +58,18 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run as a service: fire cron schedules, resume unfinished runs, until SIGINT/SIGTERM.
     Serve(run::ServeArgs),
-    /// Attach the terminal UI to the running instance (`q` detaches; the instance keeps running).
+    /// Attach the terminal UI to the running instance (`q` detaches; the instance keeps running);
+    /// with none running, show the state dir read-only.
     Tui,
     /// Check a workflow file; report every problem as FILE:LINE:COL.
     Validate { file: PathBuf },
+    /// Write a commented starter workflow (never over an existing file).
+    Init {
+        #[arg(default_value = "gaffer.toml")]
+        file: PathBuf,
+    },
+    /// Print the workflow file's JSON Schema (for taplo / VS Code: `#:schema ./gaffer.schema.json`).
+    Schema,
     /// Preview the next fire times of every scheduled job, in its zone and in UTC.
     Schedules {
         file: PathBuf,
@@ -76,11 +87,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Job runs.
+    /// Job runs, with their params (secrets as ***).
     Jobs {
         /// Only job runs in this state: running, succeeded, failed, cancelled.
         #[arg(long)]
         state: Option<String>,
+        /// Only runs of this job (its name in the workflow file).
+        #[arg(long)]
+        job: Option<String>,
+        /// Only the newest N, newest first.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
         /// JSON (SPEC §4.1) instead of a table.
         #[arg(long)]
         json: bool,
@@ -109,9 +126,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The log of a task run's attempt (default: the latest).
+    /// The log of a task run's attempt (default: the latest), or of every task of a job run.
     Logs {
-        /// The task run id (42).
+        /// A task run id (42), or a job run id (j7): each task run's latest attempt, under a header.
         id: String,
         /// Which attempt (1, 2, …; default: the latest).
         #[arg(long)]
@@ -124,7 +141,7 @@ pub enum Command {
     Submit {
         /// The job's name in the workflow file the instance serves.
         job: String,
-        /// Override a job param: --param topic=go (repeatable).
+        /// Set a job param: --param topic=go (repeatable; a secret one is held in memory only).
         #[arg(long = "param", value_name = "K=V")]
         params: Vec<String>,
         /// Priority for every task of this run (0..=100).
@@ -150,6 +167,10 @@ pub enum Command {
         /// switches the run to the file (recorded), `stored` runs it as it started.
         #[arg(long, value_name = "stored|current", value_parser = DefinitionChoice::parse)]
         definition: Option<DefinitionChoice>,
+        /// Raise the spent budgets in the retry's way (the job run's, the task run's) to this
+        /// many dollars for that run; without it such a retry is refused.
+        #[arg(long, value_name = "USD", value_parser = parse_budget)]
+        budget: Option<u64>,
     },
     /// Cancel task runs (42) or job runs (j7).
     Cancel {
@@ -180,6 +201,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the state dir: who may use it, every page and record of the store, the event
+    /// journal; say what is wrong and how to fix it (exit 3 if anything is).
+    Doctor,
+    /// The token prices in force: built-in, imported (`pricing import`), and FILE's `[pricing]`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Pricing {
+        #[command(subcommand)]
+        action: Option<PricingAction>,
+        /// A workflow file whose `[pricing."model"]` tables apply on top.
+        file: Option<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a control message to fd 3 from a task: heartbeat | progress TEXT | cost K=V... | output K=V.
     Emit {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -189,6 +224,13 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// The man page, in roff.
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricingAction {
+    /// Refresh the prices from LiteLLM's `model_prices_and_context_window.json` (kept in
+    /// STATE_DIR/pricing.toml, overriding the built-in table).
+    Import { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +262,14 @@ pub enum DlqAction {
     },
 }
 
+/// `--budget USD`: dollars, above zero, into micro-dollars.
+fn parse_budget(text: &str) -> Result<u64, String> {
+    match crate::model::money::parse_usd_micros(text)? {
+        0 => Err("a budget must be above $0".into()),
+        micros => Ok(micros),
+    }
+}
+
 /// Parses the arguments, runs the command, returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -234,14 +284,23 @@ pub fn main() -> i32 {
         init_diagnostics(None);
     }
     let state_dir = cli.state_dir.clone();
+    if let Err(e) = check_state_dir(&cli.command, &state_dir) {
+        eprintln!("gaffer: {e}");
+        return exit::STATE_DIR;
+    }
     let result = match cli.command {
         Command::Run(args) => return run::run(args, &state_dir),
         Command::Serve(args) => return run::serve(args, &state_dir),
         Command::Tui => return run::attach(&state_dir),
+        Command::Doctor => return doctor::doctor(&state_dir),
         Command::Validate { file } => return run::validate(&file),
+        Command::Init { file } => init::init(&file),
+        Command::Schema => init::schema(),
         Command::Schedules { file, count, from, json } => return run::schedules(&file, count, from.as_deref(), json),
         Command::Status { json } => query::status(&state_dir, json),
-        Command::Jobs { state, json } => query::jobs(&state_dir, state.as_deref(), json),
+        Command::Jobs { state, job, limit, json } => {
+            query::jobs(&state_dir, crate::report::JobFilter { state, job, limit }, json)
+        }
         Command::Tasks { state, job, queue, json } => {
             query::tasks(&state_dir, crate::report::TaskFilter { state, job, queue }, json)
         }
@@ -252,13 +311,16 @@ pub fn main() -> i32 {
         }
         Command::Pause { queue } => control::set_paused(&state_dir, &queue, true),
         Command::Resume { queue } => control::set_paused(&state_dir, &queue, false),
-        Command::Retry { ids, from, definition } => {
-            control::retry(&state_dir, &ids, crate::engine::RetryOptions { from, definition })
+        Command::Retry { ids, from, definition, budget } => {
+            let options = crate::engine::RetryOptions { from, definition, budget_usd_micros: budget };
+            control::retry(&state_dir, &ids, options)
         }
         Command::Cancel { ids } => control::send(&state_dir, &Action::Cancel, &ids),
         Command::Signal { run_id, name } => control::signal(&state_dir, &run_id, &name),
         Command::Dlq { action } => control::dlq(&state_dir, action.unwrap_or(DlqAction::List { json: false })),
         Command::Cost { by, since, json } => query::cost(&state_dir, by, since.as_deref(), json),
+        Command::Pricing { action: Some(PricingAction::Import { file }), .. } => pricing::import(&state_dir, &file),
+        Command::Pricing { action: None, file, json } => pricing::show(&state_dir, file.as_deref(), json),
         Command::Emit { words } => crate::executor::emit(&words).map_err(CliError::Usage),
         Command::Completions { shell } => {
             let mut text = Vec::new();
@@ -279,6 +341,23 @@ pub fn main() -> i32 {
             eprintln!("gaffer: {e}");
             e.code()
         }
+    }
+}
+
+/// A command that reads the state dir or talks to the socket in it refuses one that is not
+/// safe (`state_dir`), before doing either: whoever could write in it could answer for gaffer.
+/// `run` and `serve` check as they open the store; `doctor` reports instead of refusing.
+fn check_state_dir(command: &Command, state_dir: &std::path::Path) -> Result<(), crate::state_dir::StateDirError> {
+    use Command::*;
+    if matches!(
+        command,
+        Run(_) | Serve(_) | Validate { .. } | Schedules { .. } | Doctor | Emit { .. } | Completions { .. } | Man
+    ) {
+        return Ok(());
+    }
+    match crate::state_dir::StateDir::open_checked(state_dir) {
+        Ok(_) | Err(crate::state_dir::StateDirError::Missing(_)) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -309,7 +388,8 @@ pub(crate) fn init_diagnostics(to_file: Option<&std::path::Path>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let file = to_file.and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok());
+    let file =
+        to_file.and_then(|path| crate::state_dir::open_in_state_dir(path, crate::state_dir::Access::Append).ok());
     let _ = match file {
         Some(file) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).try_init(),
         None => builder.with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).try_init(),

@@ -15,11 +15,11 @@ use crate::api::client::{self, ClientError};
 use crate::engine::Target;
 use crate::headless::dollars;
 use crate::model::money::micros_of_json;
-use crate::report::{self, CostBy, QueryError, TaskFilter};
+use crate::report::{self, CostBy, JobFilter, QueryError, TaskFilter};
 use crate::store::{self, Reader};
 
 fn print_json(value: &Value) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
+    let text = crate::json::pretty(value);
     outln!("{text}");
     Ok(())
 }
@@ -96,6 +96,7 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
     for q in value["queues"].as_array().into_iter().flatten() {
         let cap = q["concurrency"].as_u64().map_or("-".to_string(), |c| c.to_string());
         let name = format!("{}{}", text(q, "name"), if q["paused"] == true { " (paused)" } else { "" });
+
         outln!(
             "{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}",
             name,
@@ -105,6 +106,14 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
             num(q, "retrying"),
             num(q, "dead")
         );
+    }
+    for q in value["queues"].as_array().into_iter().flatten() {
+        if let Some(until) = q["circuit_open_until"].as_str() {
+            outln!(
+                "queue {}: circuit open after a burst of failures, nothing starts from it until {until}",
+                text(q, "name")
+            );
+        }
     }
     let counts: Vec<String> = value["totals"]
         .as_object()
@@ -118,25 +127,41 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn jobs(state_dir: &Path, state: Option<&str>, as_json: bool) -> Result<(), CliError> {
-    let path = format!("/v1/jobs{}", query_string(&[("state", state)]));
-    let runs = fetch(state_dir, &path, |reader| report::jobs(reader, state)).map_err(usage_if_unknown_state)?;
+pub fn jobs(state_dir: &Path, filter: JobFilter, as_json: bool) -> Result<(), CliError> {
+    let limit = filter.limit.map(|n| n.to_string());
+    let path = format!(
+        "/v1/jobs{}",
+        query_string(&[
+            ("state", filter.state.as_deref()),
+            ("job", filter.job.as_deref()),
+            ("limit", limit.as_deref())
+        ])
+    );
+    let runs = fetch(state_dir, &path, |reader| report::jobs(reader, &filter)).map_err(usage_if_unknown_state)?;
     if as_json {
         return print_json(&runs);
     }
-    outln!("{:<6} {:<20} {:<10} {:>10} {:<24} REASON", "ID", "JOB", "STATE", "COST", "STARTED");
+    outln!("{:<6} {:<20} {:<10} {:>10} {:<24} {:<24} REASON", "ID", "JOB", "STATE", "COST", "STARTED", "PARAMS");
     for j in runs.as_array().into_iter().flatten() {
         outln!(
-            "{:<6} {:<20} {:<10} {:>10} {:<24} {}",
+            "{:<6} {:<20} {:<10} {:>10} {:<24} {:<24} {}",
             format!("j{}", num(j, "id")),
             text(j, "job"),
             text(j, "state"),
             dollars(micros_of_json(&j["cost_usd"])),
             text(j, "started_at"),
+            params_text(&j["params"]),
             text(j, "reason")
         );
     }
     Ok(())
+}
+
+/// `k=v k2=v2` (secrets are stored as `***`, so they print so).
+fn params_text(params: &Value) -> String {
+    let pairs = params.as_object().into_iter().flatten();
+    let text: Vec<String> = pairs.map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+    crate::sanitize::sanitize(&text.join(" "))
 }
 
 /// An unknown `--state` is a usage error (exit 2), whoever noticed it.
@@ -195,7 +220,7 @@ pub(super) fn print_task_table(runs: &Value) {
             format!("j{}", num(t, "job_run")),
             format!("{}.{}", text(t, "job"), text(t, "task")),
             text(t, "state"),
-            format!("{}/{}", num(t, "attempts_in_series"), num(t, "max_attempts")),
+            crate::headless::tries(num(t, "attempts_in_series"), num(t, "max_attempts")),
             text(t, "queue"),
             num(t, "priority"),
             dollars(micros_of_json(&t["cost_usd"])),
@@ -217,6 +242,7 @@ pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
             outln!("job run j{id} of `{}`: {}{reason}", text(&value, "job"), text(&value, "state"));
             outln!("params: {}", value["params"]);
             outln!("cost: {}", dollars(micros_of_json(&value["cost_usd"])));
+            print_raised_budget(&value);
             print_task_table(&value["tasks"]);
         }
     }
@@ -238,6 +264,7 @@ fn print_task_detail(t: &Value) {
         num(t, "input_tokens"),
         num(t, "output_tokens")
     );
+    print_raised_budget(t);
     if let Some(p) = t["progress"].as_str() {
         outln!("progress: {p}");
     }
@@ -255,29 +282,107 @@ fn print_task_detail(t: &Value) {
                 a["signal"].as_i64().map(|s| format!(" (signal {s})")).unwrap_or_default()
             ),
         };
+        let model = a["model"].as_str().map(|m| format!(", model {m}")).unwrap_or_default();
         outln!(
-            "  attempt {}: {how}, started {}, {} — {}",
+            "  attempt {}: {how}, started {}, {}{model}{} — {}",
             num(a, "n"),
             text(a, "started_at"),
             dollars(micros_of_json(&a["cost_usd"])),
+            attempt_usage(a),
             text(a, "log")
         );
+        for w in a["warnings"].as_array().into_iter().flatten() {
+            outln!("    warning: {}", w.as_str().unwrap_or_default());
+        }
     }
+}
+
+/// `budget: $0.50, raised by a retry` when `gaffer retry --budget` raised it for this run.
+fn print_raised_budget(value: &Value) {
+    if !value["budget_raised_usd"].is_null() {
+        outln!("budget: {}, raised by `gaffer retry --budget`", dollars(micros_of_json(&value["budget_raised_usd"])));
+    }
+}
+
+/// ` (sonnet: 9 in, 774 out, 36391 cache read, 12871 cache write; haiku: 407 out)`: the
+/// attempt's tokens by model, or nothing when it reported none.
+fn attempt_usage(a: &Value) -> String {
+    let parts: Vec<String> = a["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let counts = tokens_phrase(m);
+            let model = m["model"].as_str().unwrap_or(crate::model::cost::NO_MODEL);
+            (!counts.is_empty()).then(|| format!("{model}: {counts}"))
+        })
+        .collect();
+    if parts.is_empty() { String::new() } else { format!(" ({})", parts.join("; ")) }
+}
+
+/// `9 in, 774 out, 36391 cache read`: the nonzero token counts of a JSON row.
+fn tokens_phrase(row: &Value) -> String {
+    let kinds = [
+        ("input_tokens", "in"),
+        ("output_tokens", "out"),
+        ("cache_read_tokens", "cache read"),
+        ("cache_write_tokens", "cache write"),
+    ];
+    let parts: Vec<String> =
+        kinds.iter().filter(|(k, _)| num(row, k) > 0).map(|(k, name)| format!("{} {name}", num(row, k))).collect();
+    parts.join(", ")
 }
 
 /// How often `logs --follow` asks for more.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
 pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> Result<(), CliError> {
-    let Ok(Target::TaskRun(id)) = Target::parse(id) else {
-        return Err(CliError::Usage(format!("`{id}`: logs belong to task runs; give a task run id like 42")));
+    let id = match Target::parse(id) {
+        Ok(Target::TaskRun(id)) => id,
+        Ok(Target::JobRun(id)) if !follow && attempt.is_none() => return job_run_logs(state_dir, id),
+        Ok(Target::JobRun(_)) => {
+            return Err(CliError::Usage(format!(
+                "`{id}`: --follow and --attempt take a task run id (42); `gaffer logs {id}` alone prints every task's last attempt"
+            )));
+        }
+        Err(_) => {
+            return Err(CliError::Usage(format!(
+                "`{id}` is not an id: use a task run id like 42, or a job run id like j7"
+            )));
+        }
     };
     if follow && attempt.is_none() && !wait_for_first_attempt(state_dir, id)? {
         eprintln!("gaffer: task run {id} ended without running: no log");
         return Ok(());
     }
+    print_log(state_dir, id, attempt, follow).map(|_| ())
+}
+
+/// `logs j7`: each task run's latest attempt, in task run order, under a header naming it.
+fn job_run_logs(state_dir: &Path, job_run: u64) -> Result<(), CliError> {
+    let target = Target::JobRun(job_run);
+    let run = fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target))?;
+    for t in run["tasks"].as_array().into_iter().flatten() {
+        let (id, attempt, state) = (num(t, "id"), num(t, "attempt"), text(t, "state"));
+        let name = format!("{}.{}", text(t, "job"), text(t, "task"));
+        if attempt == 0 {
+            outln!("==> task run {id} {name}: {state}, no attempt <==");
+            continue;
+        }
+        outln!("==> task run {id} {name}: attempt {attempt}, {state} <==");
+        if !print_log(state_dir, id, Some(attempt as u32), false)? {
+            outln!();
+        }
+    }
+    Ok(())
+}
+
+/// Prints an attempt's log (default: the latest) from the start; `follow` keeps reading while
+/// the attempt runs. True when what it printed ends a line (or it printed nothing).
+fn print_log(state_dir: &Path, id: u64, attempt: Option<u32>, follow: bool) -> Result<bool, CliError> {
     let mut offset = 0;
     let mut attempt = attempt;
+    let mut line_ended = true;
     loop {
         let path = format!(
             "/v1/logs/{id}{}",
@@ -295,10 +400,13 @@ pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> R
             super::output_failed(e);
         }
         offset = num(&chunk, "offset");
+        if let Some(last) = piece.chars().last() {
+            line_ended = last == '\n';
+        }
         if piece.is_empty() {
             // Read to the end: done, unless following an attempt that still runs.
             if !follow || chunk["running"] != true {
-                return Ok(());
+                return Ok(line_ended);
             }
             std::thread::sleep(FOLLOW_EVERY);
         }
@@ -342,20 +450,24 @@ pub fn cost(state_dir: &Path, by: CostBy, since: Option<&str>, as_json: bool) ->
         return print_json(&value);
     }
     outln!(
-        "{:<32} {:>12} {:>12} {:>12} {:>8}",
+        "{:<32} {:>12} {:>12} {:>12} {:>12} {:>12} {:>8}",
         by.as_str().to_uppercase(),
         "COST",
         "IN TOKENS",
         "OUT TOKENS",
+        "CACHE READ",
+        "CACHE WRITE",
         "ATTEMPTS"
     );
     for r in value["rows"].as_array().into_iter().flatten() {
         outln!(
-            "{:<32} {:>12} {:>12} {:>12} {:>8}",
+            "{:<32} {:>12} {:>12} {:>12} {:>12} {:>12} {:>8}",
             text(r, "key"),
             dollars(micros_of_json(&r["cost_usd"])),
             num(r, "input_tokens"),
             num(r, "output_tokens"),
+            num(r, "cache_read_tokens"),
+            num(r, "cache_write_tokens"),
             num(r, "attempts")
         );
     }

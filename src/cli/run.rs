@@ -51,7 +51,7 @@ pub struct RunArgs {
     pub file: PathBuf,
     /// Jobs to run (default: every job without a `schedule`).
     pub jobs: Vec<String>,
-    /// Override a job param: --param topic=go (repeatable).
+    /// Set a job param: --param topic=go (repeatable; a secret one is held in memory only).
     #[arg(long = "param", value_name = "K=V")]
     pub params: Vec<String>,
     /// Run only this task of JOB, in a new job run; its needs are not run again: their outputs
@@ -77,6 +77,9 @@ pub fn validate(file: &Path) -> i32 {
             );
             for note in workflow.notes() {
                 eprintln!("gaffer: note: {note}");
+            }
+            for warning in config::advice::warnings(&workflow) {
+                eprintln!("gaffer: warning: {}: {warning}", file.display());
             }
             exit::OK
         }
@@ -116,7 +119,7 @@ pub fn schedules(file: &Path, count: usize, from: Option<&str>, as_json: bool) -
                 serde_json::json!({"job": job.name, "schedule": expression, "timezone": schedule.zone_name(), "next": next})
             })
             .collect();
-        outln!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+        outln!("{}", crate::json::pretty(&items));
         return exit::OK;
     }
     if rows.is_empty() {
@@ -140,7 +143,7 @@ fn load(file: &Path) -> Result<(Workflow, String), i32> {
             return Err(exit::USAGE);
         }
     };
-    match config::parse(file, &source) {
+    match config::parse_file(file, &source) {
         Ok(workflow) => Ok((workflow, source)),
         Err(diagnostics) => {
             eprint!("{diagnostics}");
@@ -179,6 +182,36 @@ fn chosen_jobs(workflow: &Workflow, named: &[String]) -> Result<Vec<String>, Str
 /// A job to trigger and the params it gets.
 type Trigger = (String, BTreeMap<String, String>);
 
+/// Whether some job of the workflow declares `key` a secret param.
+fn is_secret(workflow: &Workflow, key: &str) -> bool {
+    workflow.jobs.iter().any(|j| j.params.get(key).is_some_and(|p| p.secret))
+}
+
+/// The `--param` values that are secret params somewhere in the workflow: this process keeps
+/// them (in memory) for every run that needs them, resumed runs and retries included.
+fn secrets_given(workflow: &Workflow, params: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    params.iter().filter(|(k, _)| is_secret(workflow, k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The jobs with an unfinished run in the state dir (none when there is no store yet).
+fn unfinished_jobs(state_dir: &Path) -> std::collections::BTreeSet<String> {
+    let runs = store::open_reader(state_dir).and_then(|r| r.job_runs()).unwrap_or_default();
+    runs.into_iter().filter(|r| !r.state.is_terminal()).map(|r| r.job).collect()
+}
+
+/// Refuses a run of `job` that would lack a param value, before anything is opened.
+fn check_resolves(
+    workflow: &Workflow,
+    job: &str,
+    given: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let Some(def) = workflow.jobs.iter().find(|j| j.name == job) else { return Ok(()) };
+    let env = |var: &str| std::env::var(var).ok();
+    crate::model::params::resolve(def, given, &crate::model::params::Sources { instance: secrets, env: &env })
+        .map(|_| ())
+}
+
 /// Each `--param` goes to the chosen jobs that declare it; one that none of them declares is an
 /// error. Checked before the store is opened, so a refused command leaves nothing behind.
 fn params_per_job(
@@ -188,7 +221,8 @@ fn params_per_job(
 ) -> Result<Vec<Trigger>, String> {
     let declared = |job: &str| workflow.jobs.iter().find(|j| j.name == job).map(|j| &j.params);
     for key in params.keys() {
-        if !jobs.iter().any(|job| declared(job).is_some_and(|d| d.contains_key(key))) {
+        // A secret may also be for a run this command resumes.
+        if !jobs.iter().any(|job| declared(job).is_some_and(|d| d.contains_key(key))) && !is_secret(workflow, key) {
             let what: Vec<String> = jobs
                 .iter()
                 .map(|job| match declared(job).map(|d| d.keys().cloned().collect::<Vec<_>>().join(", ")) {
@@ -218,7 +252,15 @@ pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
         if let Some(task) = &args.only {
             check_only(workflow, &args.jobs, task, state_dir)?;
         }
-        params_per_job(workflow, chosen_jobs(workflow, &args.jobs)?, &params)
+        let secrets = secrets_given(workflow, &params);
+        let triggers = params_per_job(workflow, chosen_jobs(workflow, &args.jobs)?, &params)?;
+        // A job with an unfinished run is resumed, not started: its params are stored (the
+        // engine asks for its secrets then).
+        let resuming = unfinished_jobs(state_dir);
+        for (job, given) in triggers.iter().filter(|(job, _)| !resuming.contains(job)) {
+            check_resolves(workflow, job, given, &secrets)?;
+        }
+        Ok((triggers, secrets))
     };
     let options =
         SessionOptions { file: &args.file, state_dir, workers: args.display.workers, noop: args.noop_executor };
@@ -262,6 +304,10 @@ pub struct ServeArgs {
     /// Allow --listen on a non-loopback address (the token is then all that guards it).
     #[arg(long, requires = "listen")]
     pub listen_anywhere: bool,
+    /// A secret param's value for the runs this instance resumes, retries, fires on schedule or
+    /// is submitted without it: --param token=… (repeatable; held in memory only).
+    #[arg(long = "param", value_name = "K=V")]
+    pub params: Vec<String>,
 }
 
 /// `gaffer serve`: resume, fire schedules, take commands, until SIGINT/SIGTERM.
@@ -269,14 +315,35 @@ pub fn serve(args: ServeArgs, state_dir: &Path) -> i32 {
     let format = args.display.format();
     let screen = args.display.screen(&args.file);
     let options = SessionOptions { file: &args.file, state_dir, workers: args.display.workers, noop: false };
-    let listen = |_: &Workflow| -> Result<Option<std::net::TcpListener>, String> {
-        let Some(addr) = args.listen else { return Ok(None) };
+    let check = |workflow: &Workflow| -> Result<_, String> {
+        let secrets = serve_secrets(workflow, &args.params)?;
+        let Some(addr) = args.listen else { return Ok((None, secrets)) };
         if !addr.ip().is_loopback() && !args.listen_anywhere {
             return Err(format!("--listen {addr} is not a loopback address; add --listen-anywhere if you mean it"));
         }
-        std::net::TcpListener::bind(addr).map(Some).map_err(|e| format!("--listen {addr}: {e}"))
+        let tcp = std::net::TcpListener::bind(addr).map_err(|e| format!("--listen {addr}: {e}"))?;
+        Ok((Some(tcp), secrets))
     };
-    session(options, screen.is_some(), listen, |config, tcp| serve_forever(config, format, screen, tcp))
+    session(options, screen.is_some(), check, |config, (tcp, secrets)| {
+        serve_forever(config, format, screen, tcp, secrets)
+    })
+}
+
+/// `serve --param`: secrets only (a scheduled run takes the declared defaults; `submit --param`
+/// overrides per run). Every scheduled job must then have all its values.
+fn serve_secrets(workflow: &Workflow, raw: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let params = parse_params(raw)?;
+    if let Some(key) = params.keys().find(|k| !is_secret(workflow, k)) {
+        return Err(format!(
+            "serve --param gives secret params only, and no job declares `{key}` secret \
+             (a scheduled run takes the declared defaults; `gaffer submit --param` sets one run's)"
+        ));
+    }
+    for job in workflow.jobs.iter().filter(|j| j.schedule.is_some()) {
+        check_resolves(workflow, &job.name, &BTreeMap::new(), &params)
+            .map_err(|e| format!("{e}: its schedule fires it with no params of its own"))?;
+    }
+    Ok(params)
 }
 
 struct SessionOptions<'a> {
@@ -310,13 +377,26 @@ where
     };
     let (store, closer, _lock) = match store::open_writer(options.state_dir) {
         Ok(opened) => opened,
-        Err(e @ StoreError::InUse { .. }) => {
+        Err(
+            e @ (StoreError::InUse { .. }
+            | StoreError::StateDir(_)
+            | StoreError::Damaged { .. }
+            | StoreError::Gone { .. }),
+        ) => {
             eprintln!("gaffer: {e}");
             return exit::STATE_DIR;
         }
         Err(e) => {
             eprintln!("gaffer: cannot open state dir {}: {e}", options.state_dir.display());
             return exit::STATE_DIR;
+        }
+    };
+    // Read from the state dir once it was checked (the imported price table lives there).
+    let pricing = match config::pricing::imported(options.state_dir) {
+        Ok(imported) => Pricing::layered(&[&config::pricing::builtin(), &imported, &workflow.pricing]),
+        Err(e) => {
+            eprintln!("gaffer: {e}");
+            return exit::USAGE;
         }
     };
     let log_file = tui.then(|| options.state_dir.join("gaffer.log"));
@@ -329,9 +409,12 @@ where
         for note in workflow.notes() {
             eprintln!("gaffer: note: {note}");
         }
+        for warning in config::advice::warnings(&workflow) {
+            eprintln!("gaffer: warning: {warning}");
+        }
     }
     let executor: Arc<dyn Executor> = if options.noop { Arc::new(NoopExecutor) } else { Arc::new(LocalExecutor) };
-    let pricing = Pricing::new(config::pricing::builtin(), &workflow.pricing);
+
     let state_dir = absolute(options.state_dir);
     let clock = Arc::new(SystemClock);
     let config =
@@ -351,8 +434,10 @@ async fn serve_forever(
     format: Format,
     screen: Option<Screen>,
     tcp: Option<std::net::TcpListener>,
+    secrets: BTreeMap<String, String>,
 ) -> i32 {
     with_engine(config, format, tcp, |handle| async move {
+        handle.provide_secrets(secrets);
         let events = handle.subscribe().await?;
         let resumed = handle.resume_all().await?;
         let caught_up = handle.serve_schedules().await?;
@@ -434,12 +519,13 @@ fn absolute(path: &Path) -> PathBuf {
 /// Starts the engine, resumes, triggers, prints events until every run ended or a signal came.
 async fn drive(
     config: EngineConfig,
-    jobs: Vec<Trigger>,
+    (jobs, secrets): (Vec<Trigger>, BTreeMap<String, String>),
     only: Option<String>,
     format: Format,
     screen: Option<Screen>,
 ) -> i32 {
     with_engine(config, format, None, |handle| async move {
+        handle.provide_secrets(secrets);
         let (ids, events) = start_runs(&handle, jobs, only.as_deref(), format).await?;
         Ok(follow(&handle, Some(ids), events, format, screen).await)
     })
@@ -524,7 +610,7 @@ pub fn attach(state_dir: &Path) -> i32 {
 
 /// A diagnostics file that nothing was written to is not worth leaving behind.
 fn remove_if_empty(path: &Path) {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.len() == 0) {
         let _ = std::fs::remove_file(path);
     }
 }
@@ -539,23 +625,19 @@ fn attach_with_log(state_dir: &Path) -> i32 {
     };
     let state_dir = absolute(state_dir);
     runtime.block_on(tokio::task::LocalSet::new().run_until(async move {
-        let remote = match crate::api::RemoteEngine::connect(&state_dir).await {
-            Ok(remote) => remote,
-            Err(e) => {
-                eprintln!("gaffer: {e}: start one with `gaffer serve FILE` (or `gaffer run FILE`)");
-                return exit::FAILED;
-            }
+        let (control, session, title) = match connect(&state_dir).await {
+            Ok(connected) => connected,
+            Err(code) => return code,
         };
-        let events = match crate::engine::Control::subscribe(&remote).await {
+        let events = match control.subscribe().await {
             Ok(events) => events,
             Err(e) => {
                 eprintln!("gaffer: {e}");
                 return exit::FAILED;
             }
         };
-        let title = format!("attached to {}", state_dir.display());
-        let options = crate::tui::TuiOptions { title, state_dir, watched_job_runs: Vec::new(), attached: true };
-        match crate::tui::run(std::rc::Rc::new(remote), events, options).await {
+        let options = crate::tui::TuiOptions { title, state_dir, watched_job_runs: Vec::new(), session };
+        match crate::tui::run(control, events, options).await {
             Ok(_) => exit::OK,
             Err(e) => {
                 eprintln!("gaffer: {e}");
@@ -563,6 +645,34 @@ fn attach_with_log(state_dir: &Path) -> i32 {
             }
         }
     }))
+}
+
+type Connected = (std::rc::Rc<dyn crate::engine::Control>, crate::tui::Session, String);
+
+/// The running instance over its socket; with none running, the state dir read-only.
+async fn connect(state_dir: &Path) -> Result<Connected, i32> {
+    let shown = state_dir.display();
+    let unreachable = match crate::api::RemoteEngine::connect(state_dir).await {
+        Ok(remote) => {
+            return Ok((std::rc::Rc::new(remote), crate::tui::Session::Attached, format!("attached to {shown}")));
+        }
+        Err(e) => e,
+    };
+    if let Some(pid) = store::instance_pid(state_dir) {
+        eprintln!("gaffer: {unreachable}, yet instance {pid} holds {shown}: is it starting or stopping?");
+        return Err(exit::FAILED);
+    }
+    match crate::engine::OfflineEngine::open(state_dir) {
+        Ok(offline) => Ok((std::rc::Rc::new(offline), crate::tui::Session::ReadOnly, shown.to_string())),
+        Err(StoreError::Missing(_)) => {
+            eprintln!("gaffer: nothing has run in {shown} yet: start with `gaffer run FILE` or `gaffer serve FILE`");
+            Err(exit::FAILED)
+        }
+        Err(e) => {
+            eprintln!("gaffer: cannot read {shown}: {e}");
+            Err(exit::STATE_DIR)
+        }
+    }
 }
 
 /// Shows the engine in the TUI until `q` (or a signal). Quitting with work still running
@@ -576,7 +686,7 @@ async fn follow_tui(handle: &EngineHandle, ids: Option<Vec<u64>>, events: Events
         title: screen.title,
         state_dir,
         watched_job_runs: ids.clone().unwrap_or_default(),
-        attached: false,
+        session: crate::tui::Session::Owner,
     };
     let shown = crate::tui::run(std::rc::Rc::new(handle.clone()), events, options);
     let signalled = tokio::select! {

@@ -18,7 +18,8 @@ pub(super) fn check_job(r: &mut Reader, job: &JobDraft, defaults: &TaskFields) {
         r.error(job.tasks[cycle[0]].at, format!("`needs` cycle: {}", names.join(" -> ")));
     }
     for (i, task) in job.tasks.iter().enumerate() {
-        let scope = Scope { job, task: &task.name, upstream: graph.upstream_of(i) };
+        let has_models = task.fields.retry.models.as_ref().or(defaults.retry.models.as_ref()).is_some();
+        let scope = Scope { job, task: &task.name, upstream: graph.upstream_of(i), has_models };
         for (label, text) in templates_of(task, defaults) {
             check_template(r, &scope, &label, text);
         }
@@ -130,6 +131,8 @@ struct Scope<'a> {
     job: &'a JobDraft,
     task: &'a str,
     upstream: BTreeSet<&'a str>,
+    /// `retry.models` is set: `{{ model }}` has a value.
+    has_models: bool,
 }
 
 /// Every templated text of a task after merging defaults, labelled for messages.
@@ -161,7 +164,24 @@ fn check_template(r: &mut Reader, scope: &Scope, label: &str, text: &Located<Str
         let segments: Vec<&str> = var.split('.').collect();
         if let Some(problem) = reference_problem(scope, &segments) {
             r.error(text.at, problem);
+        } else if label == "cache.key"
+            && let Some(secret) = secret_in(scope, &segments)
+        {
+            r.error(
+                text.at,
+                format!("`cache.key` uses secret param `{secret}`: cache keys are stored in the state dir"),
+            );
         }
+    }
+}
+
+/// The secret param a reference reads, if any (a bare `params` may read any of them).
+fn secret_in<'a>(scope: &'a Scope, segments: &[&str]) -> Option<&'a str> {
+    let secret = |name: &str| scope.job.params.get(name).is_some_and(|p| p.secret);
+    match segments {
+        ["params"] => scope.job.params.keys().map(String::as_str).find(|name| secret(name)),
+        ["params", name, ..] => scope.job.params.get_key_value(*name).filter(|_| secret(name)).map(|(k, _)| k.as_str()),
+        _ => None,
     }
 }
 
@@ -176,6 +196,8 @@ fn reference_problem(scope: &Scope, segments: &[&str]) -> Option<String> {
         ["job", "run_id" | "name", ..] => None,
         ["job", field, ..] => Some(format!("unknown `job.{field}` (available: job.run_id, job.name)")),
         ["item", ..] => Some("`item` is not available yet (for_each, SPEC §2.2)".to_string()),
+        ["model"] if scope.has_models => None,
+        ["model", ..] => Some(format!("`model` has a value only with `retry.models` (task `{}` has none)", scope.task)),
         [name, ..] if BUILTIN_GLOBALS.contains(name) => None,
         [name, ..] => Some(format!("unknown variable `{name}` in template (available: params, tasks, job)")),
         [] => None,
@@ -285,6 +307,16 @@ mod tests {
                     [jobs.j.tasks.b]\nrun = \"x\"\nneeds = [\"a\"]\n\
                     [jobs.j.tasks.c]\nrun = \"x\"\n";
         assert_eq!(errors(text), ["2:14: template refers to task `a`, which `c` does not depend on"]);
+    }
+
+    #[test]
+    fn a_cache_key_may_not_use_a_secret() {
+        let text = "[jobs.j]\nparams = { token = { secret = true }, url = \"u\" }\n[jobs.j.tasks.t]\nrun = \"x\"\n\
+                    cache = { key = \"{{ params.url }} {{ params.token }}\", ttl = \"1h\" }\nenv = { T = \"{{ params.token }}\" }\n";
+        assert_eq!(
+            errors(text),
+            ["5:17: `cache.key` uses secret param `token`: cache keys are stored in the state dir"]
+        );
     }
 
     #[test]

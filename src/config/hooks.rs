@@ -10,7 +10,7 @@ use super::values::{Entry, Reader};
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// A hook that needs longer than this is a job, not a notification.
 const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(3600);
-const HOOK_TABLE_KEYS: &[&str] = &["run", "timeout"];
+pub(super) const HOOK_TABLE_KEYS: &[&str] = &["run", "timeout"];
 
 /// Reads `e` into `hooks` if it is a hook key; false if it is not one (the caller reports it).
 pub(super) fn read(r: &mut Reader, e: &Entry, hooks: &mut Hooks) -> bool {

@@ -3,10 +3,15 @@
 //! Validation reports every problem at once, each with the `LINE:COL` it is about, because a
 //! user fixing a file one error per run is slow and annoying.
 
+pub mod advice;
 mod checks;
+mod env_file;
+mod expect;
 mod hooks;
+mod params;
 mod parse;
 pub mod pricing;
+pub mod schema;
 pub mod template;
 pub mod types;
 mod values;
@@ -70,13 +75,23 @@ pub enum LoadError {
 pub fn load(path: &Path) -> Result<Workflow, LoadError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| LoadError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
-    parse(path, &text).map_err(LoadError::Invalid)
+    parse_file(path, &text).map_err(LoadError::Invalid)
 }
 
 /// Parses and validates workflow text; `path` names the file in diagnostics and anchors `cwd`.
+/// Files it refers to (`expect.json_schema`) are not read: a stored definition parses the same
+/// whatever became of them since.
 pub fn parse(path: &Path, text: &str) -> Result<Workflow, Diagnostics> {
-    parse::parse_workflow(path, text)
+    parse::parse_workflow(path, text, false)
 }
+
+/// [`parse`] of the workflow file at `path` as it is on disk now, also checking the files it
+/// refers to (`gaffer validate`, `run`, `serve`).
+pub fn parse_file(path: &Path, text: &str) -> Result<Workflow, Diagnostics> {
+    parse::parse_workflow(path, text, true)
+}
+
+pub use expect::load_schema;
 
 #[cfg(test)]
 mod tests {

@@ -7,17 +7,21 @@ use std::time::Duration;
 
 use toml_edit::{Document, TableLike};
 
+use super::env_file::{self, EnvFiles};
+use super::params;
 use super::types::*;
 use super::values::{Entry, Located, Pos, Reader, parse_rate_limit};
 use super::{Diagnostic, Diagnostics};
 use super::{checks, hooks};
 
-const TOP_KEYS: &[&str] = &["settings", "queues", "defaults", "jobs", "pricing"];
+pub(super) const TOP_KEYS: &[&str] = &["settings", "queues", "defaults", "jobs", "pricing"];
 /// Logs of job runs that ended longer ago than this are removed by `gaffer serve`.
 const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
-const SETTINGS_KEYS: &[&str] = &["workers", "log_max_bytes", "retention"];
-const QUEUE_KEYS: &[&str] = &["concurrency", "rate_limit", "aging", "on_failure", "on_dead_letter", "on_budget"];
-const JOB_KEYS: &[&str] = &[
+pub(super) const SETTINGS_KEYS: &[&str] = &["workers", "log_max_bytes", "retention"];
+pub(super) const QUEUE_KEYS: &[&str] =
+    &["concurrency", "rate_limit", "aging", "circuit", "on_failure", "on_dead_letter", "on_budget"];
+pub(super) const CIRCUIT_KEYS: &[&str] = &["failures", "within", "open_for"];
+pub(super) const JOB_KEYS: &[&str] = &[
     "schedule",
     "timezone",
     "params",
@@ -33,8 +37,9 @@ const JOB_KEYS: &[&str] = &[
     "on_dead_letter",
     "on_budget",
 ];
-const DEFAULTS_KEYS: &[&str] = &[
+pub(super) const DEFAULTS_KEYS: &[&str] = &[
     "env",
+    "env_file",
     "cwd",
     "queue",
     "priority",
@@ -45,10 +50,11 @@ const DEFAULTS_KEYS: &[&str] = &[
     "cost",
     "budget_usd",
 ];
-const TASK_KEYS: &[&str] = &[
+pub(super) const TASK_KEYS: &[&str] = &[
     "run",
     "args",
     "env",
+    "env_file",
     "stdin",
     "cwd",
     "needs",
@@ -63,11 +69,12 @@ const TASK_KEYS: &[&str] = &[
     "wait_for",
     "wait_timeout",
     "cache",
+    "expect",
     "description",
 ];
-const WORKFLOW_CONTROL_KEYS: &[&str] =
+pub(super) const WORKFLOW_CONTROL_KEYS: &[&str] =
     &["next", "join", "max_iterations", "for_each", "for_each_concurrency", "compensate"];
-const RETRY_KEYS: &[&str] = &[
+pub(super) const RETRY_KEYS: &[&str] = &[
     "max_attempts",
     "initial_interval",
     "backoff",
@@ -75,9 +82,12 @@ const RETRY_KEYS: &[&str] = &[
     "jitter",
     "non_retryable_exit_codes",
     "max_cost_usd",
+    "models",
+    "poison_after_crashes",
 ];
-const PRICING_KEYS: &[&str] = &["input_per_mtok", "output_per_mtok"];
-const CACHE_KEYS: &[&str] = &["key", "ttl"];
+pub(super) const PRICING_KEYS: &[&str] =
+    &["input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok"];
+pub(super) const CACHE_KEYS: &[&str] = &["key", "ttl"];
 
 /// Default per-attempt log cap: 16 MiB.
 const DEFAULT_LOG_MAX_BYTES: u64 = 16 * 1024 * 1024;
@@ -89,6 +99,7 @@ const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, Default)]
 pub(super) struct TaskFields {
     pub env: BTreeMap<String, Located<String>>,
+    pub env_file: Option<EnvFiles>,
     pub cwd: Option<PathBuf>,
     pub queue: Option<Located<String>>,
     pub priority: Option<u8>,
@@ -109,6 +120,8 @@ pub(super) struct RetryFields {
     pub jitter: Option<f64>,
     pub non_retryable_exit_codes: Option<Vec<i32>>,
     pub max_cost_usd_micros: Option<u64>,
+    pub models: Option<Vec<String>>,
+    pub poison_after_crashes: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +144,7 @@ pub(super) struct TaskDraft {
     pub wait_timeout: Option<Duration>,
     /// `cache = { key = "{{ … }}", ttl = "24h" }`; the key is a template.
     pub cache: Option<(Located<String>, Duration)>,
+    pub expect: Option<super::expect::ExpectDraft>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,7 +152,7 @@ pub(super) struct JobDraft {
     pub name: String,
     pub schedule: Option<String>,
     pub timezone: Option<String>,
-    pub params: BTreeMap<String, String>,
+    pub params: BTreeMap<String, ParamDef>,
     pub budget_usd_micros: Option<u64>,
     pub fail_fast: bool,
     pub policy: SchedulePolicy,
@@ -146,7 +160,8 @@ pub(super) struct JobDraft {
     pub hooks: Hooks,
 }
 
-pub(super) fn parse_workflow(path: &Path, text: &str) -> Result<Workflow, Diagnostics> {
+/// `check_files`: also read the files the workflow refers to (schema files).
+pub(super) fn parse_workflow(path: &Path, text: &str, check_files: bool) -> Result<Workflow, Diagnostics> {
     let doc = match Document::parse(text) {
         Ok(doc) => doc,
         Err(err) => {
@@ -158,7 +173,7 @@ pub(super) fn parse_workflow(path: &Path, text: &str) -> Result<Workflow, Diagno
         }
     };
     let mut r = Reader::new(text);
-    let workflow = read_workflow(&mut r, path, doc.as_table());
+    let workflow = read_workflow(&mut r, path, doc.as_table(), check_files);
     if r.diags.is_empty() { Ok(workflow) } else { Err(Diagnostics::new(path.to_path_buf(), r.diags)) }
 }
 
@@ -172,7 +187,7 @@ struct Sections<'a> {
     pricing: Option<Entry<'a>>,
 }
 
-fn read_workflow(r: &mut Reader, path: &Path, root: &dyn TableLike) -> Workflow {
+fn read_workflow(r: &mut Reader, path: &Path, root: &dyn TableLike, check_files: bool) -> Workflow {
     let mut sections = Sections::default();
     for e in r.entries(root, Pos::START) {
         match e.name {
@@ -186,15 +201,17 @@ fn read_workflow(r: &mut Reader, path: &Path, root: &dyn TableLike) -> Workflow 
     }
     let settings = read_settings(r, sections.settings.as_ref());
     let queues = read_queues(r, sections.queues.as_ref(), settings.workers);
-    let defaults = sections.defaults.as_ref().map(|e| read_defaults(r, e)).unwrap_or_default();
+    let mut defaults = sections.defaults.as_ref().map(|e| read_defaults(r, e)).unwrap_or_default();
     let pricing = sections.pricing.as_ref().map(|e| read_pricing(r, e)).unwrap_or_default();
-    let jobs = read_jobs(r, sections.jobs.as_ref());
+    let mut jobs = read_jobs(r, sections.jobs.as_ref());
+    let base_dir = base_dir(path);
+    env_file::load_all(r, &base_dir, &mut defaults, &mut jobs);
 
     check_queue_refs(r, &queues, &defaults, &jobs);
     for job in &jobs {
         checks::check_job(r, job, &defaults);
     }
-    let base_dir = base_dir(path);
+    super::expect::check(r, &jobs, &defaults, &base_dir, check_files);
     Workflow {
         path: path.to_path_buf(),
         jobs: jobs.iter().map(|j| finish_job(j, &defaults, &base_dir)).collect(),
@@ -256,6 +273,7 @@ fn read_queues(r: &mut Reader, entry: Option<&Entry>, workers: usize) -> BTreeMa
         concurrency_is_workers: true,
         rate_limit: None,
         aging: None,
+        circuit: None,
         hooks: Hooks::default(),
     });
     queues
@@ -269,6 +287,7 @@ fn read_queue(r: &mut Reader, entry: &Entry, workers: usize) -> Option<QueueDef>
         concurrency_is_workers: true,
         rate_limit: None,
         aging: None,
+        circuit: None,
         hooks: Hooks::default(),
     };
     for e in r.entries(table, entry.at) {
@@ -287,11 +306,39 @@ fn read_queue(r: &mut Reader, entry: &Entry, workers: usize) -> Option<QueueDef>
                 }
             }
             "aging" => queue.aging = r.duration(&e, true),
+            "circuit" => queue.circuit = read_circuit(r, &e),
             _ if hooks::read(r, &e, &mut queue.hooks) => {}
             _ => r.unknown_key(&e, &format!("queue `{}`", entry.name), QUEUE_KEYS),
         }
     }
     Some(queue)
+}
+
+/// `circuit = { failures = 5, within = "1m", open_for = "5m" }`: all three are needed.
+fn read_circuit(r: &mut Reader, entry: &Entry) -> Option<CircuitRule> {
+    let table = r.table(entry)?;
+    let (mut failures, mut within, mut open_for) = (None, None, None);
+    for e in r.entries(table, entry.at) {
+        match e.name {
+            "failures" => failures = r.int_in(&e, 1, 10_000, "from 1 to 10000").and_then(|n| u32::try_from(n).ok()),
+            "within" => within = r.duration(&e, true),
+            "open_for" => open_for = r.duration(&e, true),
+            _ => r.unknown_key(&e, "`circuit`", CIRCUIT_KEYS),
+        }
+    }
+    for (key, missing) in
+        [("failures", failures.is_none()), ("within", within.is_none()), ("open_for", open_for.is_none())]
+    {
+        if missing && !table.contains_key(key) {
+            r.error(
+                entry.at,
+                format!(
+                    "`circuit` needs `{key}` (e.g. circuit = {{ failures = 5, within = \"1m\", open_for = \"5m\" }})"
+                ),
+            );
+        }
+    }
+    Some(CircuitRule { failures: failures?, within: within?, open_for: open_for? })
 }
 
 fn read_defaults(r: &mut Reader, entry: &Entry) -> TaskFields {
@@ -320,11 +367,13 @@ fn read_pricing(r: &mut Reader, entry: &Entry) -> BTreeMap<String, Price> {
         let Some(fields) = r.table(&model) else {
             continue;
         };
-        let (mut input, mut output) = (None, None);
+        let (mut input, mut output, mut cache_read, mut cache_write) = (None, None, None, None);
         for e in r.entries(fields, model.at) {
             match e.name {
                 "input_per_mtok" => input = r.usd(&e),
                 "output_per_mtok" => output = r.usd(&e),
+                "cache_read_per_mtok" => cache_read = r.usd(&e),
+                "cache_write_per_mtok" => cache_write = r.usd(&e),
                 _ => r.unknown_key(&e, &format!("pricing `{}`", model.name), PRICING_KEYS),
             }
         }
@@ -336,6 +385,8 @@ fn read_pricing(r: &mut Reader, entry: &Entry) -> BTreeMap<String, Price> {
         let price = Price {
             input_usd_micros_per_mtok: input.unwrap_or_default(),
             output_usd_micros_per_mtok: output.unwrap_or_default(),
+            cache_read_usd_micros_per_mtok: cache_read,
+            cache_write_usd_micros_per_mtok: cache_write,
         };
         pricing.insert(model.name.to_string(), price);
     }
@@ -371,7 +422,7 @@ fn read_job(r: &mut Reader, entry: &Entry) -> Option<JobDraft> {
         match e.name {
             "schedule" => job.schedule = read_schedule(r, &e),
             "timezone" => job.timezone = read_timezone(r, &e),
-            "params" => job.params = r.scalar_table(&e).into_iter().collect(),
+            "params" => job.params = params::read_params(r, &e),
             "budget_usd" => job.budget_usd_micros = r.usd(&e),
             "fail_fast" => job.fail_fast = r.bool(&e).unwrap_or(false),
             "description" => {}
@@ -463,6 +514,7 @@ fn read_task(r: &mut Reader, entry: &Entry) -> Option<TaskDraft> {
         wait_for: None,
         wait_timeout: None,
         cache: None,
+        expect: None,
     };
     let (mut run, mut args) = (None, None);
     let mut wait_timeout_at = None;
@@ -475,6 +527,7 @@ fn read_task(r: &mut Reader, entry: &Entry) -> Option<TaskDraft> {
             "description" => {}
             "wait_for" => task.wait_for = read_signal_name(r, &e),
             "cache" => task.cache = read_cache(r, &e),
+            "expect" => task.expect = super::expect::read(r, &e),
             "wait_timeout" => {
                 wait_timeout_at = Some(e.key_at);
                 task.wait_timeout = r.duration(&e, true);
@@ -556,6 +609,7 @@ fn unsupported_workflow_control(r: &mut Reader, e: &Entry) {
 fn read_common_field(r: &mut Reader, e: &Entry, fields: &mut TaskFields) -> bool {
     match e.name {
         "env" => fields.env.extend(r.string_table(e)),
+        "env_file" => fields.env_file = env_file::read_paths(r, e),
         "cwd" => fields.cwd = r.string(e).map(PathBuf::from),
         "queue" => fields.queue = r.located_string(e),
         "priority" => {
@@ -603,9 +657,33 @@ fn read_retry(r: &mut Reader, entry: &Entry, retry: &mut RetryFields) {
                     .map(|codes| codes.into_iter().filter_map(|c| i32::try_from(c).ok()).collect());
             }
             "max_cost_usd" => retry.max_cost_usd_micros = r.usd(&e),
+            "models" => retry.models = read_models(r, &e),
+            "poison_after_crashes" => {
+                retry.poison_after_crashes =
+                    r.int_in(&e, 0, 100, "from 0 (never) to 100").and_then(|n| u32::try_from(n).ok());
+            }
             _ => r.unknown_key(&e, "`retry`", RETRY_KEYS),
         }
     }
+}
+
+/// `models = ["claude-sonnet-4-5", "claude-haiku-4-5"]`: model names as an agent CLI takes them.
+fn read_models(r: &mut Reader, e: &Entry) -> Option<Vec<String>> {
+    const MAX_MODELS: usize = 100;
+    let models = r.string_array(e)?;
+    if models.is_empty() || models.len() > MAX_MODELS {
+        r.error(e.at, format!("`models` needs from 1 to {MAX_MODELS} model names"));
+        return None;
+    }
+    let plain = |m: &str| !m.is_empty() && m.len() <= 200 && m.chars().all(|c| c.is_ascii_graphic());
+    let bad: Vec<&Located<String>> = models.iter().filter(|m| !plain(&m.value)).collect();
+    for m in &bad {
+        r.error(
+            m.at,
+            format!("model name `{}` must be 1 to 200 visible characters, no spaces", m.value.escape_debug()),
+        );
+    }
+    bad.is_empty().then(|| models.into_iter().map(|m| m.value).collect())
 }
 
 fn check_queue_refs(r: &mut Reader, queues: &BTreeMap<String, QueueDef>, defaults: &TaskFields, jobs: &[JobDraft]) {
@@ -665,6 +743,7 @@ fn finish_task(task: &TaskDraft, defaults: &TaskFields, base_dir: &Path) -> Task
         name: task.name.clone(),
         command,
         env: merged_env(task, defaults).into_iter().map(|(k, v)| (k.to_string(), v.value.clone())).collect(),
+        env_file: own.env_file.as_ref().or(defaults.env_file.as_ref()).map(|f| f.vars.clone()).unwrap_or_default(),
         stdin: task.stdin.as_ref().map(|s| s.value.clone()),
         cwd,
         needs,
@@ -683,6 +762,7 @@ fn finish_task(task: &TaskDraft, defaults: &TaskFields, base_dir: &Path) -> Task
         wait_for: task.wait_for.clone(),
         wait_timeout: task.wait_timeout,
         cache: task.cache.as_ref().map(|(key, ttl)| CachePolicy { key: key.value.clone(), ttl: *ttl }),
+        expect: task.expect.as_ref().map(|e| e.finish(base_dir)),
     }
 }
 
@@ -701,6 +781,11 @@ fn merge_retry(own: &RetryFields, defaults: &RetryFields) -> RetryPolicy {
             .or_else(|| defaults.non_retryable_exit_codes.clone())
             .unwrap_or(base.non_retryable_exit_codes),
         max_cost_usd_micros: own.max_cost_usd_micros.or(defaults.max_cost_usd_micros),
+        models: own.models.clone().or_else(|| defaults.models.clone()).unwrap_or_default(),
+        poison_after_crashes: own
+            .poison_after_crashes
+            .or(defaults.poison_after_crashes)
+            .unwrap_or(base.poison_after_crashes),
     }
 }
 
@@ -757,6 +842,7 @@ timeout = "90s"
 [pricing."claude-sonnet-4-5"]
 input_per_mtok = 3.00
 output_per_mtok = 15.00
+cache_read_per_mtok = 0.30
 "#;
 
     fn parse_ok(text: &str) -> Workflow {
@@ -792,7 +878,12 @@ output_per_mtok = 15.00
         assert_eq!(llm.aging, Some(Duration::from_secs(60)));
         assert_eq!(
             wf.pricing["claude-sonnet-4-5"],
-            Price { input_usd_micros_per_mtok: 3_000_000, output_usd_micros_per_mtok: 15_000_000 }
+            Price {
+                input_usd_micros_per_mtok: 3_000_000,
+                output_usd_micros_per_mtok: 15_000_000,
+                cache_read_usd_micros_per_mtok: Some(300_000),
+                cache_write_usd_micros_per_mtok: None,
+            }
         );
 
         let job = &wf.jobs[0];
@@ -800,9 +891,9 @@ output_per_mtok = 15.00
         assert_eq!(job.schedule.as_deref(), Some("0 9 * * MON-FRI"));
         assert_eq!(job.timezone.as_deref(), Some("Europe/Berlin"));
         assert_eq!(job.budget_usd_micros, Some(2_000_000));
-        assert_eq!(job.params["limit"], "10");
-        assert_eq!(job.params["ratio"], "0.50");
-        assert_eq!(job.params["dry"], "false");
+        assert_eq!(job.params["limit"], ParamDef::plain("10"));
+        assert_eq!(job.params["ratio"], ParamDef::plain("0.50"));
+        assert_eq!(job.params["dry"], ParamDef::plain("false"));
         let names: Vec<&str> = job.tasks.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["fetch", "analyze", "deliver"]);
 
@@ -836,6 +927,8 @@ output_per_mtok = 15.00
                 jitter: 0.2,
                 non_retryable_exit_codes: vec![2],
                 max_cost_usd_micros: Some(1_500_000),
+                models: Vec::new(),
+                poison_after_crashes: 2,
             }
         );
 
@@ -845,6 +938,26 @@ output_per_mtok = 15.00
         assert_eq!(deliver.stdin.as_deref(), Some("{{ tasks.analyze.outputs.text }}"));
         assert_eq!(deliver.queue_timeout, Some(Duration::from_secs(5400)));
         assert_eq!(deliver.timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn circuits_models_and_poison_are_read_and_checked() {
+        let wf = parse_ok(
+            "[queues.llm]\ncircuit = { failures = 5, within = \"1m\", open_for = \"5m\" }\n\
+             [jobs.j.tasks.t]\nrun = 'x'\nretry = { models = [\"a\", \"b\"], poison_after_crashes = 0 }\n",
+        );
+        let rule = CircuitRule { failures: 5, within: Duration::from_secs(60), open_for: Duration::from_secs(300) };
+        assert_eq!(wf.queues["llm"].circuit, Some(rule));
+        assert_eq!(wf.jobs[0].tasks[0].retry.models, ["a", "b"]);
+        assert_eq!(wf.jobs[0].tasks[0].retry.poison_after_crashes, 0);
+        assert_eq!(parse_ok("[jobs.j.tasks.t]\nrun = 'x'\n").jobs[0].tasks[0].retry.poison_after_crashes, 2);
+        let bad = "[queues.llm]\ncircuit = { failures = 0, within = \"1m\", opn_for = \"5m\" }\n\
+                   [jobs.j.tasks.t]\nrun = 'x'\nretry = { models = [\"has space\"], poison_after_crashes = -1 }\n";
+        assert_error(bad, "2:24: `failures` must be an integer from 1 to 10000");
+        assert_error(bad, "2:42: unknown key `opn_for` in `circuit`");
+        assert_error(bad, "2:11: `circuit` needs `open_for`");
+        assert_error(bad, "5:21: model name `has space` must be 1 to 200 visible characters, no spaces");
+        assert_error(bad, "5:58: `poison_after_crashes` must be an integer from 0 (never) to 100");
     }
 
     #[test]
@@ -903,14 +1016,14 @@ nees = ["a"]
             errors(text),
             [
                 "2:11: `workers` must be an integer of at least 1",
-                "6:1: unknown key `burst` in queue `llm` (expected one of: concurrency, rate_limit, aging, on_failure, on_dead_letter, on_budget)",
+                "6:1: unknown key `burst` in queue `llm` (expected one of: concurrency, rate_limit, aging, circuit, on_failure, on_dead_letter, on_budget)",
                 "9:12: bad cron expression `0 25 * * *`: Component error: Number out of bounds.",
                 "10:12: unknown timezone `Mars/Olympus`",
                 "14:12: `priority` must be an integer from 0 to 100",
                 "15:11: bad duration `5 minutes-ish` for `timeout`: invalid character at 9",
                 "16:9: unknown queue `gpu` (declared: default, llm)",
                 "17:10: unknown task `fetch2` in `needs` of task `fetch` (job `report` has: fetch)",
-                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, cache, description); did you mean `needs`?",
+                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, env_file, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, cache, expect, description); did you mean `needs`?",
             ]
         );
     }
@@ -1059,7 +1172,7 @@ nees = ["a"]
     #[test]
     fn scheduling_policies() {
         let text = "[jobs.j]\ncatchup = \"all\"\ncatchup_window = \"2h\"\noverlap = \"queue\"\nmax_active_runs = 2\n[jobs.j.tasks.t]\nrun = \"x\"\n";
-        let wf = parse_workflow(Path::new("w.toml"), text).expect("valid");
+        let wf = parse_workflow(Path::new("w.toml"), text, false).expect("valid");
         let policy = wf.jobs[0].policy;
         assert_eq!(policy.catchup, Catchup::All);
         assert_eq!(policy.catchup_window, Duration::from_secs(7200));
@@ -1097,6 +1210,16 @@ nees = ["a"]
             }
         }
         Ok(())
+    }
+
+    /// Found by `scripts/fuzz.sh` (fuzz/artifacts/workflow_parse/): toml_edit 0.23 panicked
+    /// ("all items have spans") on a dotted key with an empty first part after a stray `==`.
+    #[test]
+    fn fuzz_finds_stay_fixed() {
+        for text in ["==\n.=", "==\n.=\n", "a==\n.b.=1"] {
+            check_positions(text).expect("parses without panicking, positions inside the file");
+            assert!(parse_text(Path::new("wf.toml"), text).is_err());
+        }
     }
 
     proptest! {

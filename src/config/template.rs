@@ -15,6 +15,8 @@ pub struct TemplateContext {
     pub params: BTreeMap<String, String>,
     /// The upstream tasks this task (transitively) needs, by name.
     pub tasks: BTreeMap<String, UpstreamTask>,
+    /// This attempt's model from `retry.models` (`{{ model }}`); absent without it.
+    pub model: Option<String>,
 }
 
 /// What a finished upstream task exposes to templates.
@@ -63,7 +65,8 @@ fn context_value(ctx: &TemplateContext) -> Value {
     let job: Value =
         [("name", Value::from(ctx.job.as_str())), ("run_id", Value::from(ctx.job_run_id))].into_iter().collect();
     let params: Value = ctx.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    [("job", job), ("params", params), ("tasks", tasks)].into_iter().collect()
+    let model = ctx.model.as_deref().map(|m| ("model", Value::from(m)));
+    [("job", job), ("params", params), ("tasks", tasks)].into_iter().chain(model).collect()
 }
 
 fn upstream_value(task: &UpstreamTask) -> Value {
@@ -126,7 +129,7 @@ mod tests {
         tasks.insert("fetch".to_string(), UpstreamTask { outputs, exit_code: Some(0) });
         let mut params = BTreeMap::new();
         params.insert("topic".to_string(), "rust".to_string());
-        TemplateContext { job: "report".to_string(), job_run_id: 42, params, tasks }
+        TemplateContext { job: "report".to_string(), job_run_id: 42, params, tasks, model: None }
     }
 
     #[test]

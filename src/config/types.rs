@@ -70,6 +70,17 @@ pub struct QueueDef {
     /// A waiting task run gains +1 priority per `aging` (anti-starvation); `None` = no aging.
     pub aging: Option<Duration>,
     pub hooks: Hooks,
+    /// Pause the queue by itself after a burst of failed attempts (`circuit`).
+    pub circuit: Option<CircuitRule>,
+}
+
+/// `circuit = { failures = 5, within = "1m", open_for = "5m" }`: `failures` failed attempts
+/// within `within` open the circuit (nothing new starts from the queue) for `open_for`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitRule {
+    pub failures: u32,
+    pub within: Duration,
+    pub open_for: Duration,
 }
 
 /// At most `count` attempts started per `window`.
@@ -84,7 +95,9 @@ pub struct JobDef {
     pub name: String,
     pub schedule: Option<String>,
     pub timezone: Option<String>,
-    pub params: BTreeMap<String, String>,
+    /// Declared params: a plain default (`topic = "rust"`) or a table
+    /// (`token = { secret = true, env = "API_TOKEN" }`).
+    pub params: BTreeMap<String, ParamDef>,
     pub budget_usd_micros: Option<u64>,
     /// Cancel running tasks as soon as one task fails the job run.
     pub fail_fast: bool,
@@ -142,6 +155,24 @@ pub enum Overlap {
     Allow,
 }
 
+/// One declared job param and where its value may come from (`model::params` resolves it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParamDef {
+    /// Used when the run is given no value (never set for a secret: the file is stored).
+    pub default: Option<String>,
+    /// Never stored, journaled or shown: a run keeps it in memory only (`***` everywhere else).
+    pub secret: bool,
+    /// An environment variable of the gaffer process to read the value from when none is given.
+    pub env: Option<String>,
+}
+
+impl ParamDef {
+    /// A plain `name = "value"` param.
+    pub fn plain(default: &str) -> ParamDef {
+        ParamDef { default: Some(default.to_string()), secret: false, env: None }
+    }
+}
+
 impl JobDef {
     pub fn task(&self, name: &str) -> Option<&TaskDef> {
         self.tasks.iter().find(|t| t.name == name)
@@ -160,9 +191,11 @@ pub enum CommandSpec {
 pub enum CostSource {
     /// Only fd-3 `cost` lines.
     Protocol,
-    /// Also the `total_cost_usd` / `usage` of the final JSON result on stdout (claude -p --output-format json).
+    /// Also the agent's JSON result on stdout (`claude -p --output-format json|stream-json`, …).
+    /// Both JSON sources read every shape gaffer knows (README: "Agent results"); the name says
+    /// which tool the task runs.
     ClaudeJson,
-    /// Also the `usage` and `model` of the final JSON result on stdout (OpenAI chat completion).
+    /// Also the JSON result on stdout (an OpenAI chat completion or response, Codex's JSONL, …).
     OpenAiJson,
 }
 
@@ -172,6 +205,9 @@ pub struct TaskDef {
     pub command: CommandSpec,
     /// Values are templates.
     pub env: BTreeMap<String, String>,
+    /// Variables read from `env_file` when the file was loaded: literal values, never templated,
+    /// overridden by `env`.
+    pub env_file: BTreeMap<String, String>,
     /// A template.
     pub stdin: Option<String>,
     /// Absolute.
@@ -192,6 +228,20 @@ pub struct TaskDef {
     /// A wait longer than this dead-letters the task run (`wait_timeout`); `None` waits forever.
     pub wait_timeout: Option<Duration>,
     pub cache: Option<CachePolicy>,
+    /// What the result must look like for the attempt to succeed (`expect`).
+    pub expect: Option<ExpectPolicy>,
+}
+
+/// `expect = { output = "verdict", matches = "^(approve|reject)$" }` or
+/// `expect = { json_schema = "schemas/review.json" }`: both checks may be given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectPolicy {
+    /// The output checked; `None`: `result`, the agent's result.
+    pub output: Option<String>,
+    /// The JSON Schema file, absolute.
+    pub json_schema: Option<PathBuf>,
+    /// A regular expression (Rust `regex` syntax) the output must match.
+    pub matches: Option<String>,
 }
 
 /// Reuse a succeeded run of this task with the same rendered key, if younger than `ttl`.
@@ -213,6 +263,12 @@ pub struct RetryPolicy {
     pub jitter: f64,
     pub non_retryable_exit_codes: Vec<i32>,
     pub max_cost_usd_micros: Option<u64>,
+    /// Model fallback (`models`): attempt n of a series gets the n-th, the last one repeats, as
+    /// `{{ model }}` and `GAFFER_MODEL`. Empty: no model is set.
+    pub models: Vec<String>,
+    /// Quarantine the task run (`poison`) once gaffer itself dying interrupted this many of its
+    /// attempts in a row (`poison_after_crashes`, default 2); 0: never.
+    pub poison_after_crashes: u32,
 }
 
 impl Default for RetryPolicy {
@@ -225,6 +281,8 @@ impl Default for RetryPolicy {
             jitter: 0.2,
             non_retryable_exit_codes: Vec::new(),
             max_cost_usd_micros: None,
+            models: Vec::new(),
+            poison_after_crashes: 2,
         }
     }
 }
@@ -295,9 +353,23 @@ impl HookLevel {
     }
 }
 
-/// Dollars per million tokens.
+/// Dollars per million tokens, by kind of token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Price {
     pub input_usd_micros_per_mtok: u64,
     pub output_usd_micros_per_mtok: u64,
+    /// Input read from the provider's prompt cache (Anthropic: 0.1× input). `None`: the input price.
+    pub cache_read_usd_micros_per_mtok: Option<u64>,
+    /// Input written to the prompt cache (Anthropic: 1.25× input). `None`: the input price.
+    pub cache_write_usd_micros_per_mtok: Option<u64>,
+}
+
+impl Price {
+    pub fn cache_read(&self) -> u64 {
+        self.cache_read_usd_micros_per_mtok.unwrap_or(self.input_usd_micros_per_mtok)
+    }
+
+    pub fn cache_write(&self) -> u64 {
+        self.cache_write_usd_micros_per_mtok.unwrap_or(self.input_usd_micros_per_mtok)
+    }
 }

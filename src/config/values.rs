@@ -234,29 +234,6 @@ impl<'t> Reader<'t> {
         out
     }
 
-    /// A table of scalars stored as their text (`params`): strings, integers, floats, booleans.
-    pub fn scalar_table(&mut self, e: &Entry) -> Vec<(String, String)> {
-        let Some(table) = self.table(e) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for entry in self.entries(table, e.at) {
-            let text = match entry.item.as_value() {
-                Some(Value::String(s)) => Some(s.value().clone()),
-                Some(Value::Boolean(b)) => Some(b.value().to_string()),
-                Some(v @ (Value::Integer(_) | Value::Float(_))) => self.raw(v).map(str::to_string),
-                _ => None,
-            };
-            match text {
-                Some(t) => out.push((entry.name.to_string(), t)),
-                None => {
-                    self.error(entry.at, format!("`{}.{}` must be a string, number or boolean", e.name, entry.name))
-                }
-            }
-        }
-        out
-    }
-
     /// Job, task and queue names end up in logs and command lines, so keep them plain.
     pub fn check_name(&mut self, kind: &str, name: &str, at: Pos) {
         let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');

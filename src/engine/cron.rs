@@ -13,14 +13,16 @@ use crate::store::Mutation;
 
 impl Supervisor {
     /// Parses every job's schedule, catches up what was missed while gaffer was down (per the
-    /// job's `catchup`), and arms the Scheduler. Returns how many catch-up fires were made.
+    /// job's `catchup`), and arms the Scheduler. Returns how many catch-up fires started a run
+    /// (the overlap policy may skip some: those are `schedule.skipped`, not caught up).
     fn serve_schedules(&mut self, ctx: &mut Context<Self>) -> Result<usize, EngineError> {
         let shared = self.shared()?;
         let stored = shared.store.reader()?.schedules()?;
         let now = shared.clock.now_ms();
         let mut crons = Vec::new();
         let mut catch_ups = 0;
-        for job in self.workflow.jobs.iter().filter(|j| j.schedule.is_some()) {
+        let workflow = self.workflow.clone();
+        for job in workflow.jobs.iter().filter(|j| j.schedule.is_some()) {
             let expression = job.schedule.clone().unwrap_or_default();
             let schedule = Schedule::new(&expression, job.timezone.as_deref()).map_err(EngineError::Invalid)?;
             let (missed, next_due) = schedule::catch_up(
@@ -32,8 +34,12 @@ impl Supervisor {
                 now,
             );
             for scheduled_for in missed {
-                ctx.address().do_send(Fire { job: job.name.clone(), scheduled_for, next_due_ms: next_due });
-                catch_ups += 1;
+                // Fired here, in order, so each sees the runs the previous one started.
+                let fire = Fire { job: job.name.clone(), scheduled_for, next_due_ms: next_due };
+                match self.fire(fire, ctx) {
+                    Ok(started) => catch_ups += usize::from(started),
+                    Err(e) => tracing::error!("schedule of job `{}`: {e}", job.name),
+                }
             }
             crons.push((job.name.clone(), schedule, next_due));
         }
@@ -76,10 +82,11 @@ impl Supervisor {
             .unwrap_or(u64::MAX)
     }
 
-    fn fire(&mut self, msg: Fire, ctx: &mut Context<Self>) -> Result<(), EngineError> {
+    /// Applies the overlap policy to one fire time; true when it started a run.
+    fn fire(&mut self, msg: Fire, ctx: &mut Context<Self>) -> Result<bool, EngineError> {
         if self.is_stopping() {
             // Left unrecorded on purpose: the next start catches this fire time up.
-            return Ok(());
+            return Ok(false);
         }
         let shared = self.shared()?;
         let def = self
@@ -113,6 +120,7 @@ impl Supervisor {
                     if decision == FireDecision::Queue { "queued behind the active run" } else { "a run is active" };
                 drop(shared.store.commit(vec![remember]));
                 shared.journal.do_send(Publish(event("schedule.skipped").with("reason", reason)));
+                Ok(false)
             }
             FireDecision::CancelPreviousThenStart | FireDecision::Start => {
                 if decision == FireDecision::CancelPreviousThenStart {
@@ -124,15 +132,15 @@ impl Supervisor {
                 }
                 let begin = Begin::New { with: vec![remember], events: vec![event("schedule.fired")], begun: None };
                 self.submit_scheduled(&msg.job, begin)?;
+                let _ = ctx;
+                Ok(true)
             }
         }
-        let _ = ctx;
-        Ok(())
     }
 }
 
 /// Start firing the workflow's schedules (`gaffer serve`); answers how many missed fire times
-/// were caught up.
+/// started a run.
 #[derive(Message)]
 #[rtype(result = "Result<usize, EngineError>")]
 pub struct ServeSchedules;

@@ -1,6 +1,9 @@
 //! The Dispatcher actor: one ready list per queue, ordered by effective priority (priority plus
 //! aging, ties by enqueue order), handed to idle workers without ever exceeding
-//! `settings.workers`, a queue's `concurrency` or its `rate_limit`, and never from a paused queue.
+//! `settings.workers`, a queue's `concurrency` or its `rate_limit`, and never from a paused queue
+//! or one whose circuit is open. Rate limits and circuits are rules of `model::queue` over
+//! attempt start and failure times, seeded at start from the store ([`queue_history`]), so they
+//! hold across restarts.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -8,11 +11,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::SharedClock;
 use super::job_run::{JobRun, QueueTimedOut};
+use super::journal::{Journal, Publish};
 use super::worker::{Assign, Worker};
+use super::{EngineEvent, SharedClock, rfc3339_ms};
 use crate::config::QueueDef;
 use crate::model::policy::priority_key;
+use crate::model::queue::{self, circuit_open_until, rate_limit_opens_at};
+use crate::store::{Reader, StoreError, TaskRunRecord};
 
 /// How often entries waiting in a blocked queue are checked against their `queue_timeout`.
 const QUEUE_TIMEOUT_SWEEP: Duration = Duration::from_secs(1);
@@ -70,20 +76,117 @@ struct QueueState {
     ready: BinaryHeap<ReadyEntry>,
     running: usize,
     paused: bool,
-    /// Start times within the rate-limit window.
+    /// Attempt start times within the rate-limit window, oldest first.
     starts: VecDeque<u64>,
+    /// End times of failed attempts that count for the circuit, oldest first.
+    failures: VecDeque<u64>,
+    /// Until when the circuit is open, as last said (`queue.circuit_opened`).
+    circuit_until: Option<u64>,
 }
 
 impl QueueState {
+    /// Forgets what no longer matters to the queue's limits.
+    fn prune(&mut self, now_ms: u64) {
+        let keep_ms = queue::lookback(self.def.rate_limit, self.def.circuit).as_millis() as u64;
+        for times in [&mut self.starts, &mut self.failures] {
+            while times.front().is_some_and(|&t| now_ms.saturating_sub(t) > keep_ms) {
+                times.pop_front();
+            }
+        }
+    }
+
     /// When the rate limit lets the next attempt start (`None` = now).
     fn rate_limited_until(&mut self, now_ms: u64) -> Option<u64> {
         let limit = self.def.rate_limit?;
-        let window_ms = limit.window.as_millis() as u64;
-        while self.starts.front().is_some_and(|&t| now_ms.saturating_sub(t) >= window_ms) {
-            self.starts.pop_front();
-        }
-        if self.starts.len() < limit.count as usize { None } else { self.starts.front().map(|t| t + window_ms) }
+        self.prune(now_ms);
+        rate_limit_opens_at(self.starts.make_contiguous(), limit, now_ms)
     }
+
+    /// Until when the circuit is open now (`None`: closed).
+    fn circuit_open_until(&mut self, now_ms: u64) -> Option<u64> {
+        let rule = self.def.circuit?;
+        self.prune(now_ms);
+        circuit_open_until(rule, self.failures.make_contiguous(), now_ms)
+    }
+}
+
+/// What the store says about the queues' recent attempts: start times, and end times of the
+/// failures that count for a circuit, by queue, oldest first.
+#[derive(Debug, Default)]
+pub struct QueueHistory {
+    pub starts: BTreeMap<String, Vec<u64>>,
+    pub failures: BTreeMap<String, Vec<u64>>,
+}
+
+/// With no instance running: the circuits open at `now_ms`, by queue, from the failed attempts
+/// in the store, by the rule the next start applies (`status`, the read-only TUI).
+pub fn open_circuits(
+    reader: &Reader,
+    queues: &BTreeMap<String, QueueDef>,
+    now_ms: u64,
+) -> Result<BTreeMap<String, u64>, StoreError> {
+    let history = queue_history(reader, queues, now_ms)?;
+    Ok(queues
+        .iter()
+        .filter_map(|(name, q)| {
+            let failures = history.failures.get(name).map(Vec::as_slice).unwrap_or_default();
+            Some((name.clone(), circuit_open_until(q.circuit?, failures, now_ms)?))
+        })
+        .collect())
+}
+
+/// Task runs that may have had an attempt since `since_ms`. Such an attempt ended after it, or
+/// has not ended: so has its job run. Old job runs are skipped whole (a restart over a store
+/// full of them); when most are recent, one pass over every task run is cheaper than lookups.
+fn recent_task_runs(reader: &Reader, since_ms: u64) -> Result<Vec<TaskRunRecord>, StoreError> {
+    let jobs = reader.job_runs()?;
+    let recent: std::collections::HashSet<u64> =
+        jobs.iter().filter(|j| j.ended_at_ms.is_none_or(|e| e >= since_ms)).map(|j| j.id).collect();
+    if recent.len() * 4 < jobs.len() {
+        let per_job: Result<Vec<Vec<TaskRunRecord>>, StoreError> =
+            recent.iter().map(|&id| reader.task_runs_of(id)).collect();
+        return Ok(per_job?.into_iter().flatten().collect());
+    }
+    Ok(reader.task_runs()?.into_iter().filter(|t| recent.contains(&t.job_run)).collect())
+}
+
+/// Reads the attempts that still matter to a queue's rate limit or circuit (started or failed
+/// within its lookback). Queues without either cost nothing to read.
+pub fn queue_history(
+    reader: &Reader,
+    queues: &BTreeMap<String, QueueDef>,
+    now_ms: u64,
+) -> Result<QueueHistory, StoreError> {
+    let since: BTreeMap<&str, u64> = queues
+        .iter()
+        .filter(|(_, q)| q.rate_limit.is_some() || q.circuit.is_some())
+        .map(|(name, q)| {
+            (name.as_str(), now_ms.saturating_sub(queue::lookback(q.rate_limit, q.circuit).as_millis() as u64))
+        })
+        .collect();
+    let mut history = QueueHistory::default();
+    let Some(&earliest) = since.values().min() else { return Ok(history) };
+    for t in recent_task_runs(reader, earliest)? {
+        let Some(&since) = since.get(t.queue.as_str()) else { continue };
+        if t.ended_at_ms.is_some_and(|e| e < since) && t.state.is_terminal() {
+            continue;
+        }
+        for a in reader.attempts_of(t.id)? {
+            if a.started_at_ms >= since {
+                history.starts.entry(t.queue.clone()).or_default().push(a.started_at_ms);
+            }
+            if let (Some(reason), Some(ended)) = (a.reason, a.ended_at_ms)
+                && ended >= since
+                && queue::trips_circuit(reason)
+            {
+                history.failures.entry(t.queue.clone()).or_default().push(ended);
+            }
+        }
+    }
+    for times in history.starts.values_mut().chain(history.failures.values_mut()) {
+        times.sort_unstable();
+    }
+    Ok(history)
 }
 
 /// Live numbers of one queue, for `status` and the views.
@@ -94,10 +197,14 @@ pub struct QueueSnapshot {
     pub paused: bool,
     pub ready: usize,
     pub running: usize,
+    /// Open circuit: nothing starts from the queue until then (`circuit`).
+    #[serde(default)]
+    pub circuit_open_until_ms: Option<u64>,
 }
 
 pub struct Dispatcher {
     clock: SharedClock,
+    journal: Addr<Journal>,
     queues: BTreeMap<String, QueueState>,
     workers_total: usize,
     running_total: usize,
@@ -116,28 +223,34 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         clock: SharedClock,
+        journal: Addr<Journal>,
         queues: &BTreeMap<String, QueueDef>,
         workers_total: usize,
         paused: &std::collections::BTreeSet<String>,
+        mut history: QueueHistory,
     ) -> Dispatcher {
         let names = queues.keys().cloned().collect();
+        let now = clock.now_ms();
         let queues = queues
             .iter()
             .map(|(name, def)| {
-                (
-                    name.clone(),
-                    QueueState {
-                        def: def.clone(),
-                        ready: BinaryHeap::new(),
-                        running: 0,
-                        paused: paused.contains(name),
-                        starts: VecDeque::new(),
-                    },
-                )
+                let mut state = QueueState {
+                    def: def.clone(),
+                    ready: BinaryHeap::new(),
+                    running: 0,
+                    paused: paused.contains(name),
+                    starts: history.starts.remove(name).unwrap_or_default().into(),
+                    failures: history.failures.remove(name).unwrap_or_default().into(),
+                    circuit_until: None,
+                };
+                // Open since before this start: it said so then; it says when it closes.
+                state.circuit_until = state.circuit_open_until(now);
+                (name.clone(), state)
             })
             .collect();
         Dispatcher {
             clock,
+            journal,
             queues,
             workers_total,
             running_total: 0,
@@ -156,7 +269,7 @@ impl Dispatcher {
             return;
         }
         let now = self.clock.now_ms();
-        let mut earliest_wake: Option<u64> = None;
+        let mut earliest_wake = self.close_circuits(now);
         while !self.idle.is_empty() && self.running_total < self.workers_total {
             match self.pick(now, &mut earliest_wake) {
                 Some(entry) => self.assign(entry, now),
@@ -166,12 +279,33 @@ impl Dispatcher {
         self.set_wake(ctx, earliest_wake, now);
     }
 
+    /// Says which circuits closed by themselves; returns when the next open one closes.
+    fn close_circuits(&mut self, now: u64) -> Option<u64> {
+        let mut next = None;
+        for (name, queue) in &mut self.queues {
+            let Some(_) = queue.circuit_until else { continue };
+            queue.circuit_until = queue.circuit_open_until(now);
+            match queue.circuit_until {
+                Some(until) => next = Some(next.map_or(until, |n: u64| n.min(until))),
+                None => {
+                    let mut e = EngineEvent::new("queue.circuit_closed", now);
+                    e.queue = Some(name.clone());
+                    self.journal.do_send(Publish(e));
+                }
+            }
+        }
+        next
+    }
+
     /// The best entry of the next queue that may start one now, round robin over queues.
     fn pick(&mut self, now: u64, earliest_wake: &mut Option<u64>) -> Option<ReadyEntry> {
         for offset in 0..self.names.len() {
             let index = (self.next_queue + offset) % self.names.len();
             let Some(queue) = self.queues.get_mut(&self.names[index]) else { continue };
-            if queue.paused || queue.running >= queue.def.concurrency || queue.ready.is_empty() {
+            if queue.paused || queue.circuit_until.is_some() || queue.running >= queue.def.concurrency {
+                continue;
+            }
+            if queue.ready.is_empty() {
                 continue;
             }
             if let Some(until) = queue.rate_limited_until(now) {
@@ -254,6 +388,38 @@ impl Handler<Enqueue> for Dispatcher {
             };
             entry.key = priority_key(entry.priority, entry.queued_at_ms, queue.def.aging);
             queue.ready.push(entry);
+        }
+        self.dispatch(ctx);
+    }
+}
+
+/// A failed attempt of `queue` ended (one that counts for its circuit), after its outcome was
+/// committed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttemptFailed {
+    pub queue: String,
+    pub ended_at_ms: u64,
+}
+
+impl Handler<AttemptFailed> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttemptFailed, ctx: &mut Self::Context) {
+        let now = self.clock.now_ms();
+        let Some(queue) = self.queues.get_mut(&msg.queue) else { return };
+        let Some(rule) = queue.def.circuit else { return };
+        let at = queue.failures.partition_point(|&t| t <= msg.ended_at_ms);
+        queue.failures.insert(at, msg.ended_at_ms);
+        let was_open = queue.circuit_until.is_some();
+        queue.circuit_until = queue.circuit_open_until(now);
+        if let (false, Some(until)) = (was_open, queue.circuit_until) {
+            let mut e = EngineEvent::new("queue.circuit_opened", now)
+                .with("failures", rule.failures)
+                .with("within_ms", rule.within.as_millis() as u64)
+                .with("until", rfc3339_ms(until));
+            e.queue = Some(msg.queue.clone());
+            self.journal.do_send(Publish(e));
         }
         self.dispatch(ctx);
     }
@@ -344,6 +510,7 @@ impl Handler<Snapshot> for Dispatcher {
                     paused: q.paused,
                     ready: q.ready.len(),
                     running: q.running,
+                    circuit_open_until_ms: q.circuit_until,
                 })
                 .collect(),
         )

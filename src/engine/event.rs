@@ -119,6 +119,9 @@ pub const EVENT_NAMES: &[&str] = &[
     "schedule.fired",
     "schedule.skipped",
     "budget.exceeded",
+    "budget.raised",
+    "queue.circuit_opened",
+    "queue.circuit_closed",
     "job.redefined",
     "hook.failed",
 ];

@@ -82,7 +82,7 @@ impl HookTable {
         env.extend(ids.iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v.to_string()))));
         let names = [("GAFFER_JOB", &e.job), ("GAFFER_TASK", &e.task), ("GAFFER_QUEUE", &e.queue)];
         env.extend(names.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone()))));
-        let mut stdin = e.to_json().to_string().into_bytes();
+        let mut stdin = crate::json::text(&e.to_json()).into_bytes();
         stdin.push(b'\n');
         HookSpec {
             run: call.hook.run.clone(),
@@ -90,6 +90,7 @@ impl HookTable {
             cwd: self.base_dir.clone(),
             env,
             log_path: self.state_dir.join(log_path(&folder, &subject, level, key)),
+            state_dir: self.state_dir.clone(),
             header: format!("{key} ({level} hook) for {} at {}", e.event, super::rfc3339_ms(e.ts_ms)),
             timeout: call.hook.timeout,
         }

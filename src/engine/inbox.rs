@@ -3,12 +3,14 @@
 //! applies them through the same engine path as live commands. One JSON file per command,
 //! written atomically (temp file + rename); applying one removes it and logs how it went.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::Target;
 use crate::model::rerun::DefinitionChoice;
+use crate::state_dir::{Access, StateDir};
 
 /// What a command does to its target; the same for live commands and inbox files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +40,9 @@ pub struct RetryOptions {
     /// What to do when the job run's definition differs from the file in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub definition: Option<DefinitionChoice>,
+    /// `--budget USD`: raise the spent budgets in the retry's way to this (micro-dollars).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd_micros: Option<u64>,
 }
 
 impl RetryOptions {
@@ -56,34 +61,25 @@ impl RetryOptions {
     }
 }
 
-fn dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("inbox")
-}
+const FOLDER: &str = "inbox";
 
 /// Writes a command for the next start.
 pub fn put(state_dir: &Path, command: &InboxCommand) -> std::io::Result<()> {
-    let dir = dir(state_dir);
-    std::fs::create_dir_all(&dir)?;
+    let dir = StateDir::open(state_dir).map_err(std::io::Error::other)?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let name = format!("{nanos}-{}", std::process::id());
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = Path::new(FOLDER).join(format!(".{name}.tmp"));
     let body = serde_json::to_vec(command).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, body)?;
-    let file = dir.join(format!("{name}.json"));
-    std::fs::rename(&tmp, &file)
+    let mut file = dir.open_file(&tmp, Access::CreateNew)?;
+    file.write_all(&body)?;
+    file.sync_all()?;
+    dir.rename(&tmp, Path::new(FOLDER).join(format!("{name}.json")))
 }
 
 /// Takes every pending command, oldest first. Unreadable files are answered with an error.
 pub fn take(state_dir: &Path) -> Vec<(PathBuf, InboxCommand)> {
-    let Ok(entries) = std::fs::read_dir(dir(state_dir)) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
     let mut out = Vec::new();
-    for file in files {
-        let parsed = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<InboxCommand>(&b).ok());
+    for (file, parsed) in read_all(state_dir) {
         match parsed {
             Some(command) => out.push((file, command)),
             None => answer(&file, Err("unreadable command file".into())),
@@ -92,11 +88,48 @@ pub fn take(state_dir: &Path) -> Vec<(PathBuf, InboxCommand)> {
     out
 }
 
+/// The job runs a pending command cancels (whole runs only), without taking anything: a run
+/// about to be cancelled resumes without its secrets.
+pub fn cancelled_job_runs(state_dir: &Path) -> Vec<u64> {
+    read_all(state_dir)
+        .into_iter()
+        .filter_map(|(_, c)| match c? {
+            InboxCommand { action: Action::Cancel, target: Target::JobRun(id), .. } => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every command file, oldest first, parsed (`None`: unreadable).
+fn read_all(state_dir: &Path) -> Vec<(PathBuf, Option<InboxCommand>)> {
+    let Ok(dir) = StateDir::open(state_dir) else { return Vec::new() };
+    let names = dir.list(FOLDER).unwrap_or_default(); // sorted: oldest first
+    names
+        .into_iter()
+        .filter(|n| n.ends_with(".json"))
+        .map(|name| {
+            let rel = Path::new(FOLDER).join(name);
+            let parsed = read(&dir, &rel).and_then(|b| serde_json::from_slice::<InboxCommand>(&b).ok());
+            (dir.join(&rel), parsed)
+        })
+        .collect()
+}
+
+fn read(dir: &StateDir, rel: &Path) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    dir.open_file(rel, Access::Read).ok()?.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
 /// Removes an applied (or unreadable) command; nobody waits for it, so the outcome is logged.
 pub fn answer(file: &Path, result: Result<String, String>) {
     match result {
         Ok(message) => tracing::info!("inbox: {message}"),
         Err(message) => tracing::warn!("inbox command {}: {message}", file.display()),
     }
-    let _ = std::fs::remove_file(file);
+    // `file` is `<state dir>/inbox/<name>`, as `take` made it.
+    let (Some(name), Some(state_dir)) = (file.file_name(), file.parent().and_then(Path::parent)) else { return };
+    if let Ok(dir) = StateDir::open(state_dir) {
+        let _ = dir.remove_file(Path::new(FOLDER).join(name));
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::dispatcher::{Enqueue, ReadyEntry};
+use super::dispatcher::{AttemptFailed, Enqueue, ReadyEntry};
 use super::journal::Publish;
 use super::scheduler::{TaskTimer, Unschedule};
 use super::supervisor::{Fatal, JobRunEnded};
@@ -20,12 +20,12 @@ use super::{EngineEvent, Shared};
 use crate::config::template::{self, TemplateContext, UpstreamTask};
 use crate::config::{JobDef, Workflow};
 use crate::executor::{AttemptExit, AttemptSpec, KILL_GRACE, ProcessHandle};
-use crate::model::cost::{AttemptCost, CostDelta, Pricing};
+use crate::model::cost::{CostDelta, Pricing};
 use crate::model::graph::{self, Change, JobGraph, TaskStates};
 use crate::model::money::usd_json;
 use crate::model::policy::{self, AfterAttempt, AttemptOutcome, RunSoFar};
 use crate::model::{FailReason, JobState, TaskState};
-use crate::store::{AttemptRecord, CacheEntry, JobRunRecord, Mutation, TaskRunRecord};
+use crate::store::{AttemptRecord, CacheEntry, JobRunRecord, Mutation, RaisedBudgets, TaskRunRecord};
 
 mod rerun;
 pub(crate) use rerun::workflow_for_run;
@@ -50,6 +50,8 @@ pub struct JobRun {
     running: HashMap<u64, (AttemptRecord, Option<Addr<Worker>>)>,
     /// Set once the job run's budget is spent: no new attempt starts.
     budget_spent: bool,
+    /// Budgets a person raised with `gaffer retry --budget`; they replace the file's.
+    raised: RaisedBudgets,
     stopping: bool,
     /// Attempts found running in the store at start (crash recovery), by task run.
     interrupted: Vec<AttemptRecord>,
@@ -59,6 +61,8 @@ pub struct JobRun {
     next_commit: u64,
     next_to_run: u64,
     committed: std::collections::BTreeMap<u64, (Vec<EngineEvent>, AfterCommit)>,
+    /// More to run right after a commit's callback, by commit (see `after_last_commit`).
+    also_after: HashMap<u64, Vec<AfterCommit>>,
     /// Told once the new run's first commit (its records) is durable: a submit answers then.
     begun: Option<Begun>,
 }
@@ -76,13 +80,15 @@ impl JobRun {
         record: JobRunRecord,
         tasks: Vec<TaskRunRecord>,
         interrupted: Vec<AttemptRecord>,
+        raised: RaisedBudgets,
     ) -> JobRun {
         let graph = JobGraph::new(&workflow.jobs[job_index]);
         let mut ordered = tasks;
         ordered.sort_by_key(|t| t.task_index);
         let index_of = ordered.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
         let states = TaskStates::new(ordered.iter().map(|t| t.state).collect());
-        let budget_spent = policy::budget_reached(record.cost_usd_micros, workflow.jobs[job_index].budget_usd_micros);
+        let budget = raised.job_run.or(workflow.jobs[job_index].budget_usd_micros);
+        let budget_spent = policy::budget_reached(record.cost_usd_micros, budget);
         JobRun {
             shared,
             workflow,
@@ -94,6 +100,7 @@ impl JobRun {
             index_of,
             running: HashMap::new(),
             budget_spent,
+            raised,
             stopping: false,
             interrupted,
             ended: false,
@@ -101,12 +108,25 @@ impl JobRun {
             next_commit: 0,
             next_to_run: 0,
             committed: Default::default(),
+            also_after: HashMap::new(),
             begun: None,
         }
     }
 
     fn job(&self) -> &JobDef {
         &self.workflow.jobs[self.job_index]
+    }
+
+    /// The job run's budget in force: raised by a retry, else the file's.
+    fn job_budget(&self) -> Option<u64> {
+        self.raised.job_run.or(self.job().budget_usd_micros)
+    }
+
+    /// Task `i`'s `(budget_usd, retry.max_cost_usd)` in force.
+    fn task_limits(&self, i: usize) -> (Option<u64>, Option<u64>) {
+        let def = &self.job().tasks[i];
+        let raised = self.raised.task_runs.get(&self.tasks[i].id).copied();
+        crate::model::retry::task_limits(def.budget_usd_micros, def.retry.max_cost_usd_micros, raised)
     }
 
     fn now(&self) -> u64 {
@@ -174,14 +194,25 @@ impl JobRun {
         }));
     }
 
+    /// Runs `f` right after the callback of the last commit asked for, in the same turn: it
+    /// follows that commit even when the callback ends the actor.
+    fn after_last_commit(&mut self, f: impl FnOnce(&mut Self, &mut Context<Self>) + 'static) {
+        let seq = self.next_commit.saturating_sub(1);
+        self.also_after.entry(seq).or_default().push(Box::new(f));
+    }
+
     fn run_committed(&mut self, ctx: &mut Context<Self>) {
         while let Some((events, after)) = self.committed.remove(&self.next_to_run) {
+            let seq = self.next_to_run;
             self.next_to_run += 1;
             self.inflight -= 1;
             for event in events {
                 self.shared.journal.do_send(Publish(event));
             }
             after(self, ctx);
+            for also in self.also_after.remove(&seq).unwrap_or_default() {
+                also(self, ctx);
+            }
             if let Some(begun) = self.begun.take() {
                 let _ = begun.send(Ok(()));
             }
@@ -223,7 +254,12 @@ impl JobRun {
                     t.queued_at_ms = Some(now);
                     t.enqueue_seq = self.shared.store.ids.next_enqueue_seq();
                     ready.push(i);
-                    events.push(self.task_event("task.queued", i).with("priority", self.tasks[i].priority));
+                    let mut queued = self.task_event("task.queued", i).with("priority", self.tasks[i].priority);
+                    if self.tasks[i].series_start > 1 {
+                        // A new series of attempts (a retry): views count `n of max` from it.
+                        queued = queued.with("series_start", self.tasks[i].series_start);
+                    }
+                    events.push(queued);
                 }
                 TaskState::Waiting => {
                     t.not_before_ms = wait_timeout.map(|d| now + d.as_millis() as u64);
@@ -391,9 +427,28 @@ impl JobRun {
     }
 
     /// The attempt of task `i` is over (or never started): record it, apply the retry policy,
-    /// follow the graph.
-    fn end_attempt(&mut self, ctx: &mut Context<Self>, i: usize, mut attempt: AttemptRecord, outcome: AttemptOutcome) {
-        let now = self.now();
+    /// follow the graph; once that is durable, a failure is counted for its queue's circuit.
+    fn end_attempt(&mut self, ctx: &mut Context<Self>, i: usize, attempt: AttemptRecord, outcome: AttemptOutcome) {
+        let queue = self.tasks[i].queue.clone();
+        let ended_at_ms = self.now();
+        self.record_attempt_end(ctx, i, attempt, outcome, ended_at_ms);
+        let has_circuit = self.workflow.queues.get(&queue).is_some_and(|q| q.circuit.is_some());
+        if has_circuit && outcome.failure.is_some_and(crate::model::queue::trips_circuit) {
+            self.after_last_commit(move |act, _| act.shared.dispatcher.do_send(AttemptFailed { queue, ended_at_ms }));
+        }
+    }
+
+    fn record_attempt_end(
+        &mut self,
+        ctx: &mut Context<Self>,
+        i: usize,
+        mut attempt: AttemptRecord,
+        outcome: AttemptOutcome,
+        now: u64,
+    ) {
+        // A detail may quote a rendered template, so a secret param's value: never stored.
+        let secrets = self.shared.secrets.of(self.record.id);
+        attempt.detail = attempt.detail.map(|d| crate::model::params::redact(&d, &secrets));
         attempt.ended_at_ms = Some(now);
         attempt.reason = outcome.failure;
         let mut mutations = vec![Mutation::Attempt(attempt.clone())];
@@ -457,6 +512,12 @@ impl JobRun {
             }
             AfterAttempt::Dead { reason } => {
                 self.tasks[i].reason = Some(reason);
+                if reason == FailReason::Poison {
+                    self.tasks[i].detail = Some(format!(
+                        "gaffer died {} times in a row while it ran: quarantined, not started again",
+                        self.job().tasks[i].retry.poison_after_crashes
+                    ));
+                }
                 events.push(self.task_event("task.dead_lettered", i).with("reason", reason.as_str()));
                 TaskState::Dead
             }
@@ -475,10 +536,15 @@ impl JobRun {
     fn decide(&self, i: usize, outcome: AttemptOutcome) -> AfterAttempt {
         let t = &self.tasks[i];
         let def = &self.job().tasks[i];
+        let (budget_usd_micros, max_cost_usd_micros) = self.task_limits(i);
+        let crashes_in_a_row =
+            if outcome.failure == Some(FailReason::Interrupted) { self.crashes_in_a_row(i) } else { 0 };
         let run = RunSoFar {
             attempts_in_series: t.attempts_in_series(),
             cost_usd_micros: t.cost_usd_micros,
-            budget_usd_micros: def.budget_usd_micros,
+            budget_usd_micros,
+            max_cost_usd_micros,
+            crashes_in_a_row,
         };
         let decision = policy::after_attempt(&def.retry, outcome, run, fastrand::f64());
         match decision {
@@ -488,6 +554,24 @@ impl JobRun {
             _ if self.budget_spent => AfterAttempt::Dead { reason: FailReason::Budget },
             _ => decision,
         }
+    }
+
+    /// The attempt of task `i` ending now was interrupted by a crash (a graceful stop never
+    /// gets here): with the ones before it in its series that were too, how many in a row. Read
+    /// from the store, on this rare path only.
+    fn crashes_in_a_row(&self, i: usize) -> u32 {
+        let t = &self.tasks[i];
+        let earlier = self.shared.store.reader().and_then(|r| r.attempts_of(t.id)).unwrap_or_else(|e| {
+            tracing::warn!(task_run = t.id, "reading its attempts: {e}");
+            Vec::new()
+        });
+        let in_a_row = earlier
+            .iter()
+            .rev()
+            .filter(|a| a.n < t.attempt && a.n >= t.series_start)
+            .take_while(|a| a.reason == Some(FailReason::Interrupted))
+            .count();
+        u32::try_from(in_a_row).unwrap_or(u32::MAX).saturating_add(1)
     }
 
     /// Task `i` reached a terminal state: follow its edges; a newly failing job run with
@@ -535,9 +619,14 @@ impl JobRun {
     /// What task `i`'s templates see: params and the outputs of what it (transitively) needs.
     fn template_context(&self, i: usize) -> TemplateContext {
         TemplateContext {
+            model: None,
             job: self.record.job.clone(),
             job_run_id: self.record.id,
-            params: self.record.params.clone(),
+            params: crate::model::params::for_templates(
+                self.job(),
+                &self.record.params,
+                &self.shared.secrets.of(self.record.id),
+            ),
             // Validation allows templates to name only tasks this one (transitively) needs.
             tasks: self
                 .graph
@@ -549,11 +638,11 @@ impl JobRun {
         }
     }
 
-    /// Renders the attempt's templates against params and upstream outputs.
-    fn render_spec(&self, i: usize, attempt: u32) -> Result<AttemptSpec, String> {
+    /// Renders the attempt's templates against params, upstream outputs and its model.
+    fn render_spec(&self, i: usize, attempt: u32, model: Option<&str>) -> Result<AttemptSpec, String> {
         let def = &self.job().tasks[i];
         let t = &self.tasks[i];
-        let ctx = self.template_context(i);
+        let ctx = TemplateContext { model: model.map(str::to_string), ..self.template_context(i) };
         let render = |text: &str, what: &str| render_template(text, &ctx, what);
         let command = match &def.command {
             crate::config::CommandSpec::Shell(text) => crate::config::CommandSpec::Shell(text.clone()),
@@ -561,11 +650,12 @@ impl JobRun {
                 crate::config::CommandSpec::Argv(items.iter().map(|a| render(a, "args")).collect::<Result<_, _>>()?)
             }
         };
-        let env = def
-            .env
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?)))
+        // `env_file` values first: the executor applies them in order, so `env` wins.
+        let literal = def.env_file.iter().map(|(k, v)| Ok((k.clone(), v.clone())));
+        let mut env = literal
+            .chain(def.env.iter().map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?))))
             .collect::<Result<Vec<_>, String>>()?;
+        env.extend(model.map(|m| ("GAFFER_MODEL".to_string(), m.to_string())));
         let stdin = def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?;
         Ok(AttemptSpec {
             job: self.record.job.clone(),
@@ -680,7 +770,14 @@ impl JobRun {
         }
     }
 
-    fn retry_task(&mut self, ctx: &mut Context<Self>, i: usize) -> Result<String, String> {
+    /// Reopens task `i` for a fresh series; `with` and `events` are committed and published with it.
+    fn retry_task(
+        &mut self,
+        ctx: &mut Context<Self>,
+        i: usize,
+        with: Vec<Mutation>,
+        mut events: Vec<EngineEvent>,
+    ) -> Result<String, String> {
         let t = &self.tasks[i];
         if !t.state.is_retryable() {
             return Err(format!(
@@ -702,11 +799,12 @@ impl JobRun {
         let mut changes = vec![Change { task: i, to }];
         changes.extend(graph::reopen(&self.graph, &mut self.states));
         self.sync(&changes);
-        let mut events = Vec::new();
         if reopened {
             events.push(self.job_event("job.started").with("retry", true));
         }
-        self.apply_changes(ctx, changes, vec![Mutation::JobRun(self.record.clone())], events);
+        let mut mutations = with;
+        mutations.push(Mutation::JobRun(self.record.clone()));
+        self.apply_changes(ctx, changes, mutations, events);
         if to == TaskState::Waiting {
             return Ok(format!("task run {id} waits for its signal again"));
         }
@@ -840,7 +938,10 @@ impl Handler<Claim> for JobRun {
         t.started_at_ms.get_or_insert(now);
         t.progress = None;
         let mut attempt = self.new_attempt(i, n);
-        let spec = match self.render_spec(i, n) {
+        // Model fallback: recorded on the attempt (its cost may name the exact model later).
+        let models = &self.job().tasks[i].retry.models;
+        attempt.model = policy::model_for_attempt(models, self.tasks[i].attempts_in_series()).map(str::to_string);
+        let spec = match self.render_spec(i, n, attempt.model.as_deref()) {
             Ok(spec) => spec,
             Err(e) => {
                 attempt.detail = Some(crate::sanitize::sanitize(&e));
@@ -941,28 +1042,18 @@ impl Handler<CostAdded> for JobRun {
         let Some(i) = self.idx(msg.task_run) else { return };
         let d = &msg.delta;
         let t = &mut self.tasks[i];
-        t.cost_usd_micros = t.cost_usd_micros.saturating_add(d.usd_micros);
-        t.input_tokens = t.input_tokens.saturating_add(d.input_tokens);
-        t.output_tokens = t.output_tokens.saturating_add(d.output_tokens);
-        self.record.cost_usd_micros = self.record.cost_usd_micros.saturating_add(d.usd_micros);
+        t.cost_usd_micros = t.cost_usd_micros.saturating_add(d.usage.usd_micros);
+        t.input_tokens = t.input_tokens.saturating_add(d.usage.input_tokens);
+        t.output_tokens = t.output_tokens.saturating_add(d.usage.output_tokens);
+        self.record.cost_usd_micros = self.record.cost_usd_micros.saturating_add(d.usage.usd_micros);
         let mut mutations = vec![Mutation::TaskRun(self.tasks[i].clone()), Mutation::JobRun(self.record.clone())];
-        if let Some((attempt, _)) = self.running.get_mut(&msg.task_run) {
-            let mut cost = AttemptCost {
-                usd_micros: attempt.cost_usd_micros,
-                input_tokens: attempt.input_tokens,
-                output_tokens: attempt.output_tokens,
-                model: attempt.model.clone(),
-            };
-            cost.add(d);
-            (attempt.cost_usd_micros, attempt.input_tokens, attempt.output_tokens, attempt.model) =
-                (cost.usd_micros, cost.input_tokens, cost.output_tokens, cost.model);
-            mutations.push(Mutation::Attempt(attempt.clone()));
-        }
         let mut event = self
             .task_event("task.cost", i)
-            .with("usd", usd_json(d.usd_micros))
-            .with("input_tokens", d.input_tokens)
-            .with("output_tokens", d.output_tokens);
+            .with("usd", usd_json(d.usage.usd_micros))
+            .with("input_tokens", d.usage.input_tokens)
+            .with("output_tokens", d.usage.output_tokens)
+            .with("cache_read_tokens", d.usage.cache_read_tokens)
+            .with("cache_write_tokens", d.usage.cache_write_tokens);
         event.attempt = Some(msg.attempt);
         if let Some(model) = &d.model {
             event = event.with("model", model.clone());
@@ -970,17 +1061,91 @@ impl Handler<CostAdded> for JobRun {
         if d.unpriced {
             event = event.with("unpriced", true);
         }
-        self.persist_then(ctx, mutations, vec![event], |_, _| {});
+        let mut events = vec![event];
+        if let Some((attempt, _)) = self.running.get_mut(&msg.task_run).filter(|(a, _)| a.n == msg.attempt) {
+            attempt.add_cost(d.model.as_deref(), &d.usage);
+            mutations.push(Mutation::Attempt(attempt.clone()));
+        }
+        if d.unpriced {
+            events.extend(self.warn_attempt(i, msg.attempt, unpriced_warning(d), &mut mutations));
+        }
+        self.persist_then(ctx, mutations, events, |_, _| {});
         self.check_budgets(ctx, i);
     }
 }
 
+/// Tokens that no price covers are counted as $0, and the attempt says so.
+fn unpriced_warning(d: &CostDelta) -> String {
+    let tokens = d.usage.tokens();
+    match &d.model {
+        Some(model) => format!(
+            "model `{model}` has no price in the pricing table: its {tokens} tokens are counted as $0 \
+             (add [pricing.\"{model}\"] to the workflow file, or refresh the table with `gaffer pricing import`)"
+        ),
+        None => format!(
+            "{tokens} tokens were reported without a model or dollars, so they are counted as $0 \
+             (report `usd=` or `model=` with them)"
+        ),
+    }
+}
+
+/// A warning about what a running attempt reported (`task.warning`): kept on its record and
+/// shown by `show` and the TUI.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WarningReported {
+    pub task_run: u64,
+    pub attempt: u32,
+    pub text: String,
+}
+
+impl Handler<WarningReported> for JobRun {
+    type Result = ();
+
+    fn handle(&mut self, msg: WarningReported, ctx: &mut Self::Context) {
+        let Some(i) = self.idx(msg.task_run) else { return };
+        let mut mutations = Vec::new();
+        let events: Vec<EngineEvent> =
+            self.warn_attempt(i, msg.attempt, msg.text, &mut mutations).into_iter().collect();
+        if !events.is_empty() {
+            self.persist_then(ctx, mutations, events, |_, _| {});
+        }
+    }
+}
+
 impl JobRun {
+    /// Adds `text` to the running attempt `n` of task `i` (if it has room) and returns its
+    /// `task.warning` event; the attempt's new record joins `mutations`.
+    fn warn_attempt(&mut self, i: usize, n: u32, text: String, mutations: &mut Vec<Mutation>) -> Option<EngineEvent> {
+        let (attempt, _) = self.running.get_mut(&self.tasks[i].id).filter(|(a, _)| a.n == n)?;
+        if !attempt.add_warning(text.clone()) {
+            return None;
+        }
+        mutations.retain(|m| !matches!(m, Mutation::Attempt(a) if a.task_run == attempt.task_run && a.n == n));
+        mutations.push(Mutation::Attempt(attempt.clone()));
+        let mut event = self.task_event("task.warning", i).with("message", text);
+        event.attempt = Some(n);
+        Some(event)
+    }
+}
+
+impl JobRun {
+    /// Task `i`'s `expect` over an attempt's outputs: why they do not conform, if they do not.
+    /// The schema file is read now (the file as it is, like the command a run starts).
+    fn check_expect(&self, i: usize, outputs: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+        let Some(expect) = &self.job().tasks[i].expect else { return Ok(()) };
+        let schema = match &expect.json_schema {
+            Some(path) => Some(crate::config::load_schema(path).map_err(|e| format!("cannot check the output: {e}"))?),
+            None => None,
+        };
+        crate::model::expect::check(expect, outputs, schema.as_ref())
+    }
+
     fn check_budgets(&mut self, ctx: &mut Context<Self>, i: usize) {
-        let def = &self.job().tasks[i];
+        let (task_budget, _) = self.task_limits(i);
         let t = &self.tasks[i];
-        if policy::budget_reached(t.cost_usd_micros, def.budget_usd_micros) && t.state == TaskState::Running {
-            let limit = def.budget_usd_micros.unwrap_or(0);
+        if policy::budget_reached(t.cost_usd_micros, task_budget) && t.state == TaskState::Running {
+            let limit = task_budget.unwrap_or(0);
             let event = self
                 .task_event("budget.exceeded", i)
                 .with("scope", "task")
@@ -991,7 +1156,7 @@ impl JobRun {
                 worker.do_send(Kill { task_run: t.id, reason: FailReason::Budget, grace: KILL_GRACE });
             }
         }
-        let job_budget = self.job().budget_usd_micros;
+        let job_budget = self.job_budget();
         if !self.budget_spent && policy::budget_reached(self.record.cost_usd_micros, job_budget) {
             self.on_budget_spent(ctx, job_budget.unwrap_or(0));
         }
@@ -1022,8 +1187,15 @@ impl Handler<AttemptEnded> for JobRun {
         attempt.exit_code = msg.exit.and_then(|e| e.exit_code);
         attempt.signal = msg.exit.and_then(|e| e.signal);
         attempt.detail = msg.detail;
+        let mut failure = msg.reason;
+        if failure.is_none()
+            && let Err(why) = self.check_expect(i, &msg.outputs)
+        {
+            failure = Some(FailReason::InvalidOutput);
+            attempt.detail = Some(crate::sanitize::sanitize(&why));
+        }
         self.tasks[i].outputs.extend(msg.outputs);
-        let outcome = AttemptOutcome { failure: msg.reason, exit_code: attempt.exit_code };
+        let outcome = AttemptOutcome { failure, exit_code: attempt.exit_code };
         self.end_attempt(ctx, i, attempt, outcome);
     }
 }
@@ -1200,11 +1372,12 @@ impl JobRun {
 }
 
 /// Retry a dead or cancelled task run (fresh series of attempts), or every one of them in this
-/// job run (`task_run: None`).
+/// job run (`task_run: None`), raising the budgets in the way to `budget_usd_micros` if given.
 #[derive(Message)]
 #[rtype(result = "Result<String, String>")]
 pub struct Retry {
     pub task_run: Option<u64>,
+    pub budget_usd_micros: Option<u64>,
 }
 
 impl Handler<Retry> for JobRun {
@@ -1218,22 +1391,39 @@ impl Handler<Retry> for JobRun {
 }
 
 impl JobRun {
+    /// What may be retried and which budgets refuse it is `model::retry::plan`'s to say; the
+    /// raised budgets are committed with the first reopened task run, so none is half-applied.
     fn retry(&mut self, msg: Retry, ctx: &mut Context<Self>) -> Result<String, String> {
-        if let Some(task_run) = msg.task_run {
-            let i = self
-                .idx(task_run)
-                .ok_or_else(|| format!("task run {task_run} is not part of job run j{}", self.record.id))?;
-            return self.retry_task(ctx, i);
-        }
-        let retryable: Vec<usize> = (0..self.tasks.len()).filter(|&i| self.tasks[i].state.is_retryable()).collect();
-        if retryable.is_empty() {
-            return Err(format!("job run j{} has no dead or cancelled task runs to retry", self.record.id));
-        }
-        let mut said = Vec::new();
-        for i in retryable {
-            said.push(self.retry_task(ctx, i)?);
+        let (job, tasks) = super::manual_retry::spends(self.job(), &self.record, &self.tasks, &self.raised);
+        let plan = crate::model::retry::plan(&job, &tasks, msg.task_run, msg.budget_usd_micros)
+            .map_err(|refusal| refusal.to_string())?;
+        let (mut with, mut events) = self.raise_budgets(&plan);
+        let mut said: Vec<String> = events.iter().map(super::manual_retry::raised_line).collect();
+        for id in plan.task_runs {
+            let Some(i) = self.idx(id) else { continue };
+            said.push(self.retry_task(ctx, i, std::mem::take(&mut with), std::mem::take(&mut events))?);
         }
         Ok(said.join("\n"))
+    }
+
+    /// Records the plan's raised budgets in memory; returns their mutation and events.
+    fn raise_budgets(&mut self, plan: &crate::model::retry::RetryPlan) -> (Vec<Mutation>, Vec<EngineEvent>) {
+        let mut events = Vec::new();
+        if let Some(limit) = plan.raise_job_run {
+            self.raised.job_run = Some(limit);
+            events.push(self.job_event("budget.raised").with("scope", "job").with("limit_usd", usd_json(limit)));
+        }
+        for &(id, limit) in &plan.raise_task_runs {
+            self.raised.task_runs.insert(id, limit);
+            if let Some(i) = self.idx(id) {
+                events
+                    .push(self.task_event("budget.raised", i).with("scope", "task").with("limit_usd", usd_json(limit)));
+            }
+        }
+        if events.is_empty() {
+            return (Vec::new(), events);
+        }
+        (vec![Mutation::RaisedBudgets(self.record.id, self.raised.clone())], events)
     }
 }
 

@@ -20,8 +20,12 @@ mod hooks;
 pub mod inbox;
 mod job_run;
 mod journal;
+mod journal_file;
+pub mod manual_retry;
+mod offline;
 mod retention;
 mod scheduler;
+mod secrets;
 mod supervisor;
 mod watchdog;
 mod worker;
@@ -34,11 +38,12 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-pub use dispatcher::QueueSnapshot;
+pub use dispatcher::{QueueSnapshot, open_circuits, queue_history};
 pub use event::{EVENT_NAMES, EngineEvent, rfc3339_ms};
 pub use inbox::{Action, RetryOptions};
 pub use job_run::SHUTDOWN_GRACE;
 use journal::Journal;
+pub use offline::{OfflineEngine, READ_ONLY, latest_workflow};
 use supervisor::Supervisor;
 pub use supervisor::plan_only;
 pub use worker::CurrentAttempt;
@@ -46,7 +51,7 @@ pub use worker::CurrentAttempt;
 use crate::config::Workflow;
 use crate::executor::Executor;
 use crate::model::JobState;
-use crate::model::cost::Pricing;
+use crate::model::cost::{ModelUsage, Pricing};
 use crate::store::{JobRunRecord, StoreError, StoreHandle, TaskRunRecord};
 
 /// Mailboxes are bounded (a `send` waits when one is full) but large: bursts of thousands of
@@ -118,6 +123,8 @@ pub struct Shared {
     pub source: String,
     pub log_cap_bytes: u64,
     pub pricing: Arc<Pricing>,
+    /// Secret param values: memory only.
+    pub secrets: Arc<secrets::SecretBook>,
     dispatcher: Addr<dispatcher::Dispatcher>,
     scheduler: Addr<scheduler::Scheduler>,
     journal: Addr<Journal>,
@@ -164,6 +171,13 @@ pub struct EngineSnapshot {
     pub workers: Vec<WorkerSnapshot>,
     /// The jobs of the workflow this engine was started with: their graphs and budgets.
     pub jobs: Vec<JobShape>,
+    /// When each scheduled job last fired (or skipped a fire time), from the store.
+    #[serde(default)]
+    pub schedule_fires: BTreeMap<String, u64>,
+    /// Everything spent so far by model, summed as `gaffer cost --by model` sums it (task run
+    /// records do not say which models they paid for). Absent from an older server's answer.
+    #[serde(default)]
+    pub by_model: Vec<ModelUsage>,
 }
 
 /// A job as the views draw it.
@@ -172,6 +186,11 @@ pub struct JobShape {
     pub name: String,
     pub budget_usd_micros: Option<u64>,
     pub tasks: Vec<TaskShape>,
+    /// Its cron expression, if it has one, and the zone it is read in (`None`: the machine's).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,13 +205,15 @@ pub struct TaskShape {
 }
 
 impl JobShape {
-    fn of(workflow: &Workflow) -> Vec<JobShape> {
+    pub fn of(workflow: &Workflow) -> Vec<JobShape> {
         workflow
             .jobs
             .iter()
             .map(|j| JobShape {
                 name: j.name.clone(),
                 budget_usd_micros: j.budget_usd_micros,
+                schedule: j.schedule.clone(),
+                timezone: j.timezone.clone(),
                 tasks: j
                     .tasks
                     .iter()
@@ -285,6 +306,7 @@ pub struct EngineHandle {
     watch: watchdog::WatchList,
     jobs: Arc<Vec<JobShape>>,
     state_dir: Arc<std::path::PathBuf>,
+    secrets: Arc<secrets::SecretBook>,
     /// `None` when the workflow declares no hooks.
     hooks: Option<hooks::HookRunner>,
     /// Keeps the watchdog's thread alive as long as a handle exists.
@@ -315,12 +337,27 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     );
     let scheduler = scheduler::Scheduler::new(config.clock.clone()).start();
     let workers_total = config.workers.max(1);
-    let paused = config.store.reader().and_then(|r| r.paused_queues()).unwrap_or_default();
-    let dispatcher =
-        dispatcher::Dispatcher::new(config.clock.clone(), &config.workflow.queues, workers_total, &paused).start();
+    let reader = config.store.reader();
+    let paused = reader.as_ref().ok().and_then(|r| r.paused_queues().ok()).unwrap_or_default();
+    let history = reader
+        .and_then(|r| dispatcher::queue_history(&r, &config.workflow.queues, config.clock.now_ms()))
+        .unwrap_or_else(|e| {
+            tracing::warn!("rate limits and circuits start without their history: {e}");
+            Default::default()
+        });
+    let dispatcher = dispatcher::Dispatcher::new(
+        config.clock.clone(),
+        journal.clone(),
+        &config.workflow.queues,
+        workers_total,
+        &paused,
+        history,
+    )
+    .start();
     let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
     let store = config.store.clone();
     let state_dir = config.state_dir.clone();
+    let secrets = Arc::new(secrets::SecretBook::default());
     let shared = Arc::new(Shared {
         clock: config.clock.clone(),
         store: config.store,
@@ -328,6 +365,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         source: config.source,
         log_cap_bytes: config.workflow.settings.log_max_bytes,
         pricing: Arc::new(config.pricing),
+        secrets: secrets.clone(),
         dispatcher: dispatcher.clone(),
         scheduler: scheduler.clone(),
         journal: journal.clone(),
@@ -361,6 +399,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         watch,
         jobs,
         state_dir,
+        secrets,
         hooks,
         _watchdog: Arc::new(ArbiterGuard(arbiter)),
     }
@@ -386,6 +425,12 @@ impl EngineHandle {
         mailbox(self.journal.send(journal::Subscribe).await)
     }
 
+    /// Secret param values given to this process (`run`/`serve --param`): what resumed runs,
+    /// retries, scheduled fires and submits without their own use. Held in memory only.
+    pub fn provide_secrets(&self, values: BTreeMap<String, String>) {
+        self.secrets.set_instance(values);
+    }
+
     /// Starts actors for every unfinished job run in the store, then applies the commands
     /// `gaffer retry` / `cancel` / `signal` left in the inbox while no instance ran; returns the
     /// job runs resumed or touched, so `run` waits for those too. Nothing is dispatched until
@@ -408,8 +453,10 @@ impl EngineHandle {
         mailbox(self.scheduler.send(scheduler::Hold(held)).await)
     }
 
-    /// Resolves once every event published so far has reached the journal and subscribers.
+    /// Resolves once every event published so far has reached the journal and subscribers,
+    /// the dispatcher's too (a circuit opened by the last failure of a run).
     pub async fn flush_events(&self) {
+        let _ = self.dispatcher.send(dispatcher::Snapshot).await;
         let _ = self.journal.send(journal::Flush).await;
     }
 
@@ -423,7 +470,7 @@ impl EngineHandle {
     }
 
     /// Starts firing the workflow's cron schedules (`gaffer serve`), after catching up what
-    /// was missed while nothing ran; returns how many catch-up fires were made.
+    /// was missed while nothing ran; returns how many catch-up fires started a run.
     pub async fn serve_schedules(&self) -> Result<usize, EngineError> {
         mailbox(self.supervisor.send(cron::ServeSchedules).await)?
     }
@@ -516,11 +563,15 @@ impl EngineHandle {
         let store = self.store.clone();
         let records = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let reader = store.reader()?;
-            Ok((reader.job_runs()?, reader.task_runs()?))
+            let attempts = reader.attempts()?;
+            let by_model = offline::by_model(&attempts);
+            Ok((reader.job_runs()?, reader.task_runs()?, offline::schedule_fires(&reader)?, by_model))
         });
-        let (job_runs, task_runs) = records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
+        let (job_runs, task_runs, schedule_fires, by_model) =
+            records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
         let jobs = self.jobs.as_ref().clone();
-        Ok(EngineSnapshot { job_runs, task_runs, queues: self.queues().await?, workers: self.workers(), jobs })
+        let (queues, workers) = (self.queues().await?, self.workers());
+        Ok(EngineSnapshot { job_runs, task_runs, queues, workers, jobs, schedule_fires, by_model })
     }
 
     /// The task runs of one job run (a view learning of a new run from `job.started`).

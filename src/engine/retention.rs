@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::state_dir::StateDir;
 use crate::store::{Mutation, StoreError, StoreHandle};
 
 /// How often the sweep runs.
@@ -15,11 +16,13 @@ pub const EVERY: Duration = Duration::from_secs(3600);
 /// returns how many folders went.
 pub fn sweep(store: &StoreHandle, state_dir: &Path, now_ms: u64, retention: Duration) -> Result<usize, StoreError> {
     let cutoff = now_ms.saturating_sub(retention.as_millis() as u64);
+    let dir = StateDir::open(state_dir)?;
     let mut removed = 0;
     for run in store.reader()?.job_runs()? {
         let Some(ended) = run.ended_at_ms.filter(|ended| *ended < cutoff) else { continue };
-        let dir = state_dir.join("logs").join(run.id.to_string());
-        if dir.is_dir() && std::fs::remove_dir_all(&dir).is_ok() {
+        let logs = Path::new("logs").join(run.id.to_string());
+        // Never through a link: removing a planted one removes the link, not what it names.
+        if dir.exists(&logs).unwrap_or(false) && dir.remove_dir_all(&logs).is_ok() {
             tracing::debug!(job_run = run.id, ended, "removed logs past retention");
             removed += 1;
         }

@@ -205,7 +205,9 @@ impl Supervisor {
             }
             other => other,
         };
-        let actor = JobRun::new(shared, self.workflow.clone(), job_index, record, tasks, Vec::new()).start();
+        let actor =
+            JobRun::new(shared, self.workflow.clone(), job_index, record, tasks, Vec::new(), Default::default())
+                .start();
         actor.do_send(Start(begin));
         self.job_runs.insert(id, actor);
         self.job_of.insert(id, job.to_string());
@@ -220,11 +222,15 @@ impl Supervisor {
         given: BTreeMap<String, String>,
         now: u64,
     ) -> Result<JobRunRecord, EngineError> {
+        // Secrets stay in this process's memory; the record holds `***` for them.
+        let params = shared.secrets.resolve(def, &given).map_err(EngineError::Invalid)?;
+        let id = shared.store.ids.next_job_run();
+        shared.secrets.keep(id, params.secrets);
         Ok(JobRunRecord {
-            id: shared.store.ids.next_job_run(),
+            id,
             job: def.name.clone(),
             definition: self.definition,
-            params: merged_params(def, given)?,
+            params: params.stored,
             state: JobState::Running,
             reason: None,
             cost_usd_micros: 0,
@@ -241,16 +247,30 @@ impl Supervisor {
         })
     }
 
-    /// Starts an actor for every unfinished job run in the store.
+    /// Starts an actor for every unfinished job run in the store; refuses (starting none) when
+    /// one of them needs a secret this process was not given.
     fn resume_all(&mut self) -> Result<Vec<(u64, String)>, EngineError> {
         let shared = self.shared()?;
         let reader = shared.store.reader()?;
+        let records: Vec<JobRunRecord> = reader
+            .job_runs()?
+            .into_iter()
+            .filter(|r| !r.state.is_terminal() && !self.job_runs.contains_key(&r.id))
+            .collect();
+        let cancelled = inbox::cancelled_job_runs(&shared.state_dir);
+        let refusals: Vec<String> = records
+            .iter()
+            .filter(|r| !cancelled.contains(&r.id))
+            .filter_map(|r| {
+                self.ensure_secrets(&reader, r).err().map(|why| format!("{why}; or cancel it: gaffer cancel j{}", r.id))
+            })
+            .collect();
+        if !refusals.is_empty() {
+            return Err(EngineError::Invalid(refusals.join("\n")));
+        }
         let mut resumed = Vec::new();
-        for record in reader.job_runs()?.into_iter().filter(|r| !r.state.is_terminal()) {
+        for record in records {
             let (id, job) = (record.id, record.job.clone());
-            if self.job_runs.contains_key(&id) {
-                continue;
-            }
             let actor = self.revive(&shared, &reader, record)?;
             actor.do_send(Start(Begin::Resume));
             self.job_runs.insert(id, actor);
@@ -270,6 +290,7 @@ impl Supervisor {
             ))
         })?;
         let tasks = reader.task_runs_of(record.id)?;
+        let raised = reader.raised_budgets(record.id)?;
         let workflow = rerun::run_workflow(workflow, job_index, &record, &tasks)?;
         let mut interrupted = Vec::new();
         for t in tasks.iter().filter(|t| t.state == TaskState::Running) {
@@ -277,20 +298,23 @@ impl Supervisor {
                 reader.attempts_of(t.id)?.into_iter().find(|a| a.n == t.attempt).unwrap_or_else(|| lost_attempt(t));
             interrupted.push(attempt);
         }
-        Ok(JobRun::new(shared.clone(), workflow, job_index, record, tasks, interrupted).start())
+        Ok(JobRun::new(shared.clone(), workflow, job_index, record, tasks, interrupted, raised).start())
     }
 
     fn definition_of(&self, reader: &Reader, record: &JobRunRecord) -> Result<Arc<Workflow>, EngineError> {
         if record.definition == self.definition {
             return Ok(self.workflow.clone());
         }
-        let stored: DefinitionRecord = reader.definition(record.definition)?.ok_or_else(|| {
-            EngineError::Invalid(format!("job run j{}: its workflow definition is missing from the store", record.id))
-        })?;
-        let workflow = crate::config::parse(&PathBuf::from(&stored.path), &stored.source).map_err(|d| {
-            EngineError::Invalid(format!("job run j{}: its stored workflow no longer validates:\n{d}", record.id))
-        })?;
-        Ok(Arc::new(workflow))
+        Ok(Arc::new(stored_workflow(reader, record)?))
+    }
+
+    /// Makes sure this process holds the secrets job run `record` needs to go on (they are
+    /// never stored): from `--param` or the environment, else says what to give.
+    fn ensure_secrets(&self, reader: &Reader, record: &JobRunRecord) -> Result<(), String> {
+        let workflow = self.definition_of(reader, record).map_err(|e| e.to_string())?;
+        let Some(job) = workflow.jobs.iter().find(|j| j.name == record.job) else { return Ok(()) };
+        let shared = self.shared().map_err(|e| e.to_string())?;
+        shared.secrets.ensure(job, record.id).map_err(|why| format!("job run j{} (`{}`): {why}", record.id, record.job))
     }
 
     /// The live actor of job run `id`, or a revived one for a run that already ended.
@@ -315,6 +339,16 @@ impl Supervisor {
         Ok(actor)
     }
 
+    fn secrets_to_go_on(&self, job_run: u64) -> Result<(), EngineError> {
+        let reader = self.shared()?.store.reader()?;
+        let record = reader.job_run(job_run)?.ok_or(EngineError::UnknownId(Target::JobRun(job_run)))?;
+        self.ensure_secrets(&reader, &record).map_err(|why| {
+            EngineError::Invalid(format!(
+                "{why} — give it to `gaffer run` or `gaffer serve` (the process that runs it)"
+            ))
+        })
+    }
+
     fn job_name(&self, job_run: u64) -> Option<String> {
         let reader = self.shared.as_ref()?.store.reader().ok()?;
         reader.job_run(job_run).ok().flatten().map(|r| r.job)
@@ -333,25 +367,14 @@ impl Supervisor {
     }
 }
 
-/// The job's declared params with `given` on top; a param the job does not declare is an error.
-fn merged_params(
-    def: &crate::config::JobDef,
-    given: BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, EngineError> {
-    let mut merged = def.params.clone();
-    for (key, value) in given {
-        if !def.params.contains_key(&key) {
-            let declared: Vec<&str> = def.params.keys().map(String::as_str).collect();
-            let declared = if declared.is_empty() {
-                "it declares no params".to_string()
-            } else {
-                format!("declared: {}", declared.join(", "))
-            };
-            return Err(EngineError::Invalid(format!("unknown param `{key}` for job `{}` ({declared})", def.name)));
-        }
-        merged.insert(key, value);
-    }
-    Ok(merged)
+/// The workflow a job run was started with, parsed from the store.
+pub(super) fn stored_workflow(reader: &Reader, record: &JobRunRecord) -> Result<Workflow, EngineError> {
+    let stored: DefinitionRecord = reader.definition(record.definition)?.ok_or_else(|| {
+        EngineError::Invalid(format!("job run j{}: its workflow definition is missing from the store", record.id))
+    })?;
+    crate::config::parse(&PathBuf::from(&stored.path), &stored.source).map_err(|d| {
+        EngineError::Invalid(format!("job run j{}: its stored workflow no longer validates:\n{d}", record.id))
+    })
 }
 
 /// An idempotency key made before the job run had its id.
@@ -536,6 +559,10 @@ impl Handler<Command> for Supervisor {
             return self.retry_with(msg.target, msg.retry);
         }
         let located = self.locate(msg.target).and_then(|(job_run, task_run)| {
+            if let inbox::Action::Signal(_) = msg.action {
+                // A released task starts work again: it renders templates.
+                self.secrets_to_go_on(job_run)?;
+            }
             let actor = self.actor_for(job_run)?;
             Ok((actor, task_run))
         });

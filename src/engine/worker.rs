@@ -12,7 +12,9 @@ use actix::prelude::*;
 use tokio::sync::mpsc;
 
 use super::dispatcher::{Dispatcher, ReadyEntry, WorkerIdle};
-use super::job_run::{AttemptEnded, Claim, Claimed, CostAdded, JobRun, ProcessStarted, ProgressReported};
+use super::job_run::{
+    AttemptEnded, Claim, Claimed, CostAdded, JobRun, ProcessStarted, ProgressReported, WarningReported,
+};
 use super::journal::{Journal, Publish};
 use super::supervisor::RestartLedger;
 use super::watchdog::{WatchList, overdue_reason};
@@ -20,6 +22,7 @@ use super::{EngineEvent, SharedClock};
 use crate::executor::{AttemptEvent, AttemptExit, Executor, KILL_GRACE, ProcessHandle, terminate_group};
 use crate::model::FailReason;
 use crate::model::cost::Pricing;
+use crate::store::MAX_ATTEMPT_WARNINGS;
 
 /// What the watchdog and the killers see of a worker's current attempt. Shared across threads;
 /// the hot path (a line of output) only touches one atomic.
@@ -141,7 +144,9 @@ struct Current {
     owner: Addr<JobRun>,
     pricing: Arc<Pricing>,
     outputs: BTreeMap<String, String>,
-    warnings: u32,
+    warnings: usize,
+    /// The agent's result said it failed.
+    agent_error: Option<String>,
 }
 
 pub struct Worker {
@@ -202,6 +207,7 @@ impl Worker {
             pricing: claimed.pricing,
             outputs: BTreeMap::new(),
             warnings: 0,
+            agent_error: None,
         });
         self.activity.begin(task_run, attempt, now, claimed.timeout, claimed.heartbeat_timeout);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -261,7 +267,7 @@ impl Worker {
     ) {
         let killed = self.activity.end();
         let Some(current) = self.current.take() else { return };
-        let (reason, detail) = why_it_ended(spawn_error, killed, exit);
+        let (reason, detail) = why_it_ended(spawn_error, killed, exit, current.agent_error);
         current.owner.do_send(AttemptEnded {
             task_run: current.task_run,
             attempt: current.attempt,
@@ -294,17 +300,37 @@ impl Worker {
             }
             AttemptEvent::Warning(text) => {
                 current.warnings += 1;
-                // Already in the attempt's log; a person reads it there, not on gaffer's stderr.
+                // Already in the attempt's log; the first ones are also kept on its record and
+                // shown (`show`, the TUI), the rest only counted there.
                 tracing::debug!(task_run = current.task_run, attempt = current.attempt, "{text}");
+                if current.warnings <= MAX_ATTEMPT_WARNINGS {
+                    let (task_run, attempt) = (current.task_run, current.attempt);
+                    current.owner.do_send(WarningReported { task_run, attempt, text });
+                }
             }
+            AttemptEvent::AgentError(detail) => current.agent_error = Some(detail),
             AttemptEvent::Activity | AttemptEvent::Heartbeat => {}
         }
     }
 }
 
 /// Why an attempt ended (`None`: it succeeded), from how it went: a spawn error, a kill gaffer
-/// asked for, the exit status.
+/// asked for, the exit status, and what the agent's result said.
 fn why_it_ended(
+    spawn_error: Option<(FailReason, String)>,
+    killed: Option<Killed>,
+    exit: Option<AttemptExit>,
+    agent_error: Option<String>,
+) -> (Option<FailReason>, Option<String>) {
+    let (reason, detail) = how_the_process_ended(spawn_error, killed, exit);
+    match (reason, agent_error) {
+        // Exit 0, but the agent's own result says it failed: not a success.
+        (None, Some(detail)) => (Some(FailReason::AgentError), Some(detail)),
+        (reason, _) => (reason, detail),
+    }
+}
+
+fn how_the_process_ended(
     spawn_error: Option<(FailReason, String)>,
     killed: Option<Killed>,
     exit: Option<AttemptExit>,
@@ -431,6 +457,26 @@ mod tests {
 
     const EXIT_0: AttemptExit = AttemptExit { exit_code: Some(0), signal: None };
     const TERMINATED: AttemptExit = AttemptExit { exit_code: None, signal: Some(15) };
+
+    fn why_it_ended(
+        spawn_error: Option<(FailReason, String)>,
+        killed: Option<Killed>,
+        exit: Option<AttemptExit>,
+    ) -> (Option<FailReason>, Option<String>) {
+        super::why_it_ended(spawn_error, killed, exit, None)
+    }
+
+    #[test]
+    fn an_agent_that_says_it_failed_fails_its_attempt_even_after_exit_0() {
+        let said = || Some("error_during_execution".to_string());
+        assert_eq!(super::why_it_ended(None, None, Some(EXIT_0), said()), (Some(FailReason::AgentError), said()));
+        let exit_3 = AttemptExit { exit_code: Some(3), signal: None };
+        assert_eq!(super::why_it_ended(None, None, Some(exit_3), said()).0, Some(FailReason::ExitCode));
+        assert_eq!(
+            super::why_it_ended(None, killed(FailReason::Timeout, true), Some(TERMINATED), said()).0,
+            Some(FailReason::Timeout)
+        );
+    }
 
     #[test]
     fn an_attempt_ends_for_the_first_reason_that_applies() {

@@ -24,6 +24,8 @@ pub struct HookSpec {
     pub env: Vec<(String, String)>,
     /// Appended to, so a hook that fires again keeps its earlier output.
     pub log_path: PathBuf,
+    /// The state dir `log_path` is in: the log is opened through it (0600, never via a link).
+    pub state_dir: PathBuf,
     /// Written before the hook's output.
     pub header: String,
     pub timeout: Duration,
@@ -72,10 +74,7 @@ pub async fn run_hook(spec: HookSpec) -> HookOutcome {
 }
 
 fn open_log(spec: &HookSpec) -> std::io::Result<std::fs::File> {
-    if let Some(dir) = spec.log_path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log_path)?;
+    let mut log = crate::state_dir::open_under(&spec.state_dir, &spec.log_path, crate::state_dir::Access::Append)?;
     writeln!(log, "--- {}", spec.header)?;
     Ok(log)
 }
@@ -142,6 +141,7 @@ mod tests {
             cwd: dir.to_path_buf(),
             env: vec![("GAFFER_HOOK".into(), "on_failure".into())],
             log_path: dir.join("logs/1/hooks/j1.job.on_failure.log"),
+            state_dir: dir.to_path_buf(),
             header: "on_failure (job) for job.failed".into(),
             timeout,
         }
@@ -149,7 +149,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_hook_reads_the_event_and_logs_its_output() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = crate::state_dir::private_tempdir();
         let s = spec(dir.path(), "cat; echo \"hook=$GAFFER_HOOK\"; echo oops >&2", Duration::from_secs(10));
         assert_eq!(run_hook(s.clone()).await, HookOutcome::Succeeded);
         assert_eq!(run_hook(s.clone()).await, HookOutcome::Succeeded);
@@ -159,7 +159,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_hook_says_how() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = crate::state_dir::private_tempdir();
         let outcome = run_hook(spec(dir.path(), "exit 4", Duration::from_secs(10))).await;
         assert_eq!(outcome, HookOutcome::Failed { exit_code: Some(4), signal: None });
         assert_eq!(outcome.reason(), Some("exit_code"));
@@ -167,7 +167,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_hook_past_its_timeout_is_killed_with_its_group() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = crate::state_dir::private_tempdir();
         let run = "sleep 30 & echo $! > child.pid; wait";
         let started = Instant::now();
         let outcome = run_hook(spec(dir.path(), run, Duration::from_millis(300))).await;

@@ -26,8 +26,8 @@ use tokio::sync::mpsc::{self, Receiver, Sender, UnboundedSender};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::agent_json::AgentJson;
 use super::group::{kill_group_now, start_ticks};
-use super::json_cost::JsonCostTracker;
 use super::lines::ChunkReader;
 use super::logfile::CappedLog;
 use super::protocol::{MAX_CONTROL_LINE, Parser};
@@ -67,7 +67,7 @@ pub fn spawn(spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result
     if !spec.cwd.is_dir() {
         return Err(SpawnError::CwdMissing { program, cwd: spec.cwd });
     }
-    let log = CappedLog::create(&spec.log_path, spec.log_cap_bytes)
+    let log = CappedLog::create(&spec.state_dir, &spec.log_path, spec.log_cap_bytes)
         .map_err(|source| SpawnError::Log { path: spec.log_path.clone(), source })?;
     let start_error = |source| SpawnError::Start { program: program.clone(), cwd: spec.cwd.clone(), source };
     let launch = Launch::new(&spec, &program).map_err(start_error)?;
@@ -86,7 +86,7 @@ pub fn spawn(spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result
         tokio::spawn(read_output(parent.stdout, true, tx.clone())),
         tokio::spawn(read_output(parent.stderr, false, tx)),
     ];
-    let attempt = Attempt::new(log, events, JsonCostTracker::new(spec.cost_source));
+    let attempt = Attempt::new(log, events, AgentJson::new(spec.cost_source));
     let task = tokio::spawn(supervise(child, process.pgid, rx, readers, attempt));
     let done = async move { task.await.unwrap_or(AttemptExit { exit_code: None, signal: None }) };
     Ok(RunningAttempt { process: Some(process), done: Box::pin(done) })
@@ -333,13 +333,17 @@ struct Attempt {
     log_failed: bool,
     events: UnboundedSender<AttemptEvent>,
     parser: Parser,
-    json: Option<JsonCostTracker>,
+    json: Option<AgentJson>,
+    /// Outputs the task set itself on fd 3: an agent result's outputs of the same name do not
+    /// replace them.
+    own_outputs: std::collections::BTreeSet<String>,
     last_activity: Option<Instant>,
 }
 
 impl Attempt {
-    fn new(log: CappedLog, events: UnboundedSender<AttemptEvent>, json: Option<JsonCostTracker>) -> Self {
-        Self { log, log_failed: false, events, parser: Parser::new(), json, last_activity: None }
+    fn new(log: CappedLog, events: UnboundedSender<AttemptEvent>, json: Option<AgentJson>) -> Self {
+        let own_outputs = Default::default();
+        Self { log, log_failed: false, events, parser: Parser::new(), json, own_outputs, last_activity: None }
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -372,14 +376,37 @@ impl Attempt {
 
     /// Warnings also go to the log, where someone reading it will look for them.
     fn event(&mut self, event: AttemptEvent) {
-        if let AttemptEvent::Warning(msg) = &event {
-            self.write_log(format!("[gaffer] warning: {msg}\n").as_bytes());
+        match &event {
+            AttemptEvent::Warning(msg) => self.write_log(format!("[gaffer] warning: {msg}\n").as_bytes()),
+            AttemptEvent::Output { key, .. } => {
+                self.own_outputs.insert(key.clone());
+            }
+            _ => {}
         }
         self.send(event);
     }
 
     fn warn(&mut self, msg: String) {
         self.event(AttemptEvent::Warning(crate::sanitize::sanitize(&msg)));
+    }
+
+    /// The agent's result, before the exit is reported: costs, outputs, warnings, failure.
+    fn agent_outcome(&mut self, outcome: super::agent_json::AgentOutcome) {
+        for warning in outcome.warnings {
+            self.warn(warning);
+        }
+        for cost in outcome.costs {
+            self.send(AttemptEvent::Cost(cost));
+        }
+        for (key, value) in outcome.outputs {
+            if !self.own_outputs.contains(&key) {
+                self.send(AttemptEvent::Output { key, value });
+            }
+        }
+        if let Some(error) = outcome.error {
+            self.write_log(format!("[gaffer] the agent reported an error: {error}\n").as_bytes());
+            self.send(AttemptEvent::AgentError(error));
+        }
     }
 
     fn send(&self, event: AttemptEvent) {
@@ -397,12 +424,14 @@ impl Attempt {
         self.note_log_error(result);
     }
 
+    /// The first failed write makes the attempt's log incomplete; a warning on the attempt says
+    /// so (not written to the log, which cannot take it).
     fn note_log_error(&mut self, result: io::Result<()>) {
         if let Err(e) = result
             && !self.log_failed
         {
             self.log_failed = true;
-            tracing::warn!(error = %e, "writing attempt log failed");
+            self.send(AttemptEvent::Warning(format!("the log is incomplete: writing it failed: {e}")));
         }
     }
 
@@ -412,10 +441,7 @@ impl Attempt {
             self.event(event);
         }
         if let Some(json) = self.json.take() {
-            match json.finish() {
-                Ok(cost) => self.send(AttemptEvent::Cost(cost)),
-                Err(msg) => self.warn(msg),
-            }
+            self.agent_outcome(json.finish());
         }
         let result = self.log.finish();
         self.note_log_error(result);

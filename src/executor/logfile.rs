@@ -7,6 +7,8 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 
+use crate::state_dir::{Access, open_under};
+
 /// Buffered bytes are written out once there are this many (or at `flush`).
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -24,12 +26,10 @@ pub struct CappedLog {
 }
 
 impl CappedLog {
-    /// Creates (truncates) the file and its parent folders.
-    pub fn create(path: &Path, cap_bytes: u64) -> io::Result<Self> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let file = File::create(path)?;
+    /// Creates the file (0600; one that exists is replaced, a link is never followed) and its
+    /// parent folders (0700) at `path`, which must be under `state_dir`.
+    pub fn create(state_dir: &Path, path: &Path, cap_bytes: u64) -> io::Result<Self> {
+        let file = open_under(state_dir, path, Access::Replace)?;
         Ok(Self {
             file,
             pending: Vec::new(),
@@ -104,9 +104,9 @@ mod tests {
     use super::*;
 
     fn log_with(cap: u64, chunks: &[&[u8]]) -> String {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = crate::state_dir::private_tempdir();
         let path = dir.path().join("sub/dir/a.log");
-        let mut log = CappedLog::create(&path, cap).expect("create");
+        let mut log = CappedLog::create(dir.path(), &path, cap).expect("create");
         for c in chunks {
             log.write(c).expect("write");
         }
@@ -121,9 +121,9 @@ mod tests {
 
     #[test]
     fn holds_no_buffer_while_quiet() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = crate::state_dir::private_tempdir();
         let path = dir.path().join("a.log");
-        let mut log = CappedLog::create(&path, 1000).expect("create");
+        let mut log = CappedLog::create(dir.path(), &path, 1000).expect("create");
         assert_eq!(log.pending.capacity(), 0, "nothing printed, nothing held");
         log.write(b"hello\n").expect("write");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "", "buffered until the flush");

@@ -1,14 +1,15 @@
 //! Runs attempts. The engine only sees [`Executor`], [`RunningAttempt`] and the event stream;
 //! how a process is started, logged and killed stays in here.
 
+pub mod agent_json;
 mod emit;
 mod group;
 mod hook;
-mod json_cost;
+mod json_values;
 mod lines;
 mod local;
 mod logfile;
-mod protocol;
+pub mod protocol;
 pub mod types;
 
 #[cfg(test)]

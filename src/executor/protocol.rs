@@ -2,6 +2,7 @@
 //! fails the attempt; it becomes a warning that the caller logs and reports.
 
 use super::types::{AttemptEvent, CostReport};
+use crate::model::cost::MAX_TOKENS;
 use crate::sanitize::sanitize;
 
 /// Largest accepted `output` value; larger ones are dropped with a warning rather than
@@ -157,7 +158,8 @@ pub fn is_key_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
 }
 
-/// `usd=0.0123 input_tokens=1200 output_tokens=340 model=claude-sonnet-4-5`, any subset, no repeats.
+/// `usd=0.0123 input_tokens=1200 output_tokens=340 model=claude-sonnet-4-5` (and
+/// `cache_read_tokens`, `cache_write_tokens`), any subset, no repeats.
 fn parse_cost(fields: &str) -> Result<CostReport, String> {
     let mut cost = CostReport::default();
     let mut any = false;
@@ -168,6 +170,8 @@ fn parse_cost(fields: &str) -> Result<CostReport, String> {
             "usd" => cost.usd_micros.replace(parse_usd(value)?).is_some(),
             "input_tokens" => cost.input_tokens.replace(parse_tokens(name, value)?).is_some(),
             "output_tokens" => cost.output_tokens.replace(parse_tokens(name, value)?).is_some(),
+            "cache_read_tokens" => cost.cache_read_tokens.replace(parse_tokens(name, value)?).is_some(),
+            "cache_write_tokens" => cost.cache_write_tokens.replace(parse_tokens(name, value)?).is_some(),
             "model" => cost.model.replace(parse_model(value)?).is_some(),
             _ => return Err(format!("unknown cost field `{}`", quote(name))),
         };
@@ -187,11 +191,13 @@ fn parse_usd(value: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("cost usd must be a non-negative decimal like 0.0123, got `{}`", quote(value)))
 }
 
+/// A whole number of tokens up to `MAX_TOKENS`: `2^64-1` tokens is no real call, and
+/// accepting it would pin every total it is added to.
 fn parse_tokens(name: &str, value: &str) -> Result<u64, String> {
     let digits_only = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
     match value.parse::<u64>() {
-        Ok(n) if digits_only => Ok(n),
-        _ => Err(format!("cost {name} must be a whole number below 2^64, got `{}`", quote(value))),
+        Ok(n) if digits_only && n <= MAX_TOKENS => Ok(n),
+        _ => Err(format!("cost {name} must be a whole number of at most {MAX_TOKENS}, got `{}`", quote(value))),
     }
 }
 
@@ -301,9 +307,14 @@ mod tests {
             input_tokens: Some(1200),
             output_tokens: Some(340),
             model: Some("claude-sonnet-4-5".into()),
+            ..CostReport::default()
         };
         let line = "cost usd=0.0123 input_tokens=1200 output_tokens=340 model=claude-sonnet-4-5";
         assert_eq!(one(line), Some(AttemptEvent::Cost(expected)));
+        let cached = CostReport { cache_read_tokens: Some(9000), cache_write_tokens: Some(12), ..Default::default() };
+        assert_eq!(one("cost cache_read_tokens=9000 cache_write_tokens=12"), Some(AttemptEvent::Cost(cached)));
+        let at_most = CostReport { output_tokens: Some(MAX_TOKENS), ..Default::default() };
+        assert_eq!(one(&format!("cost output_tokens={MAX_TOKENS}")), Some(AttemptEvent::Cost(at_most)));
         let only_tokens = CostReport { input_tokens: Some(5), ..Default::default() };
         assert_eq!(one("cost input_tokens=5"), Some(AttemptEvent::Cost(only_tokens)));
         for bad in [
@@ -313,6 +324,8 @@ mod tests {
             "cost usd=NaN",
             "cost usd=1e5",
             "cost input_tokens=99999999999999999999999",
+            "cost input_tokens=18446744073709551615",
+            "cost cache_read_tokens=1000000000001",
             "cost input_tokens=-3",
             "cost input_tokens=+3",
             "cost usd=1 usd=2",

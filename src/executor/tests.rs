@@ -15,6 +15,9 @@ struct Run {
 }
 
 fn spec(dir: &Path, command: CommandSpec) -> AttemptSpec {
+    use std::os::unix::fs::DirBuilderExt;
+    // The log goes under the state dir, which must be private (see `state_dir`).
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(dir.join("state"));
     AttemptSpec {
         job: "nightly".into(),
         task: "fetch".into(),
@@ -26,7 +29,7 @@ fn spec(dir: &Path, command: CommandSpec) -> AttemptSpec {
         stdin: None,
         cwd: dir.to_path_buf(),
         state_dir: dir.join("state"),
-        log_path: dir.join("logs/7/42.2.log"),
+        log_path: dir.join("state/logs/7/42.2.log"),
         log_cap_bytes: 1024 * 1024,
         cost_source: CostSource::Protocol,
     }
@@ -122,6 +125,8 @@ async fn control_channel_messages() {
     let r = run(sh(dir.path(), script)).await;
     assert!(r.exit.success());
     let cost = CostReport {
+        cache_read_tokens: None,
+        cache_write_tokens: None,
         usd_micros: Some(12_300),
         input_tokens: Some(1200),
         output_tokens: Some(340),
@@ -164,7 +169,7 @@ async fn environment_stdin_and_cwd() {
          echo \"state=$GAFFER_STATE_DIR extra=$EXTRA\"; pwd; cat",
     );
     s.stdin = Some("from stdin\n".into());
-    s.log_path = dir.path().join("a.log");
+    s.log_path = s.state_dir.join("a.log");
     let r = run(s).await;
     assert!(r.exit.success());
     assert!(r.log.contains("nightly 7 fetch 42 2 3\n"), "{}", r.log);
@@ -347,16 +352,32 @@ async fn huge_output_without_newline_is_capped() {
 }
 
 #[tokio::test]
-async fn claude_json_result_becomes_one_cost_event() {
+async fn claude_json_result_becomes_a_cost_event_and_outputs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = sh(
         dir.path(),
-        r#"echo 'working...'; echo '{"type":"result","total_cost_usd":0.0421,"usage":{"input_tokens":1000,"output_tokens":200}}'"#,
+        r#"echo 'working...'; echo 'output session_id=mine' >&3; echo '{"type":"result","total_cost_usd":0.0421,"usage":{"input_tokens":1000,"output_tokens":200},"result":"ok","session_id":"s1","is_error":true}'"#,
     );
     s.cost_source = CostSource::ClaudeJson;
     let r = run(s).await;
-    let cost = CostReport { usd_micros: Some(42_100), input_tokens: Some(1000), output_tokens: Some(200), model: None };
-    assert_eq!(without_activity(&r.events), vec![AttemptEvent::Cost(cost)]);
+    let cost = CostReport {
+        usd_micros: Some(42_100),
+        input_tokens: Some(1000),
+        output_tokens: Some(200),
+        ..Default::default()
+    };
+    let out = |k: &str, v: &str| AttemptEvent::Output { key: k.into(), value: v.into() };
+    assert_eq!(
+        without_activity(&r.events),
+        vec![
+            out("session_id", "mine"),
+            AttemptEvent::Cost(cost),
+            out("result", "ok"),
+            out("is_error", "true"),
+            AttemptEvent::AgentError("error: ok".into()),
+        ],
+        "the task's own fd-3 output wins over the result's"
+    );
 
     let mut s = sh(dir.path(), "echo no json here");
     s.cost_source = CostSource::OpenAiJson;

@@ -27,13 +27,34 @@ pub struct AttemptSpec {
     pub cost_source: CostSource,
 }
 
-/// Token and dollar usage reported by a task. Every field is optional on the wire.
+/// Token and dollar usage reported by a task. Every field is optional on the wire; token
+/// counts are at most `model::cost::MAX_TOKENS` each (larger ones are refused with a warning).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CostReport {
     pub usd_micros: Option<u64>,
+    /// Input billed at the full input price (not read from or written to a prompt cache).
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    pub cache_read_tokens: Option<u64>,
+    pub cache_write_tokens: Option<u64>,
     pub model: Option<String>,
+}
+
+#[cfg(test)]
+impl CostReport {
+    /// For tables of cases: `tokens` are [input, output, cache read, cache write], 0 for
+    /// "not reported".
+    pub fn of(model: Option<&str>, usd: Option<u64>, tokens: [u64; 4]) -> CostReport {
+        let some = |n: u64| (n > 0).then_some(n);
+        CostReport {
+            usd_micros: usd,
+            input_tokens: some(tokens[0]),
+            output_tokens: some(tokens[1]),
+            cache_read_tokens: some(tokens[2]),
+            cache_write_tokens: some(tokens[3]),
+            model: model.map(str::to_string),
+        }
+    }
 }
 
 /// Streamed while the attempt runs, in order.
@@ -45,12 +66,17 @@ pub enum AttemptEvent {
     Heartbeat,
     /// `progress TEXT` on fd 3 (sanitized).
     Progress(String),
-    /// `cost …` on fd 3, or the final JSON result for `claude-json` / `openai-json`.
+    /// `cost …` on fd 3, or the agent's JSON result for `claude-json` / `openai-json` (one per
+    /// model it names).
     Cost(CostReport),
     /// `output key=value` or a `key<<EOF` block on fd 3 (value sanitized).
     Output { key: String, value: String },
-    /// A malformed fd-3 line, also written to the attempt's log as a warning.
+    /// A malformed fd-3 line, or an agent result gaffer could not read (no usage found…);
+    /// also written to the attempt's log as a warning.
     Warning(String),
+    /// The agent's result says it failed (`is_error: true`, an API error) even if the process
+    /// exits 0: the attempt fails with reason `agent_error` and this detail.
+    AgentError(String),
 }
 
 /// How the process group's leader ended.

@@ -1,15 +1,19 @@
 //! The rules of gaffer as plain functions over plain data: states, retry delays, effective
-//! priority, budgets and the job-run transition engine. Nothing here knows about actors, redb,
+//! priority, budgets, what a person's retry may do, and the job-run transition engine. Nothing here knows about actors, redb,
 //! processes or the clock; callers pass time and randomness in, so every rule is testable alone.
 //!
 //! Architecture Invariant: `model` depends on nothing else in the crate but the plain data types of `config` and `executor`.
 
 pub mod cost;
+pub mod expect;
 pub mod graph;
 pub mod hooks;
 pub mod money;
+pub mod params;
 pub mod policy;
+pub mod queue;
 pub mod rerun;
+pub mod retry;
 pub mod schedule;
 pub mod state;
 

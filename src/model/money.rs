@@ -52,7 +52,71 @@ pub fn format_usd(micros: u64) -> String {
     s
 }
 
+/// Micro-dollars as dollars in at most `width` characters with the `$`, for table cells: as
+/// many decimals as fit (at most six, trailing zeros trimmed to cents), rounded half up, never
+/// cut off (`$0.023877` in 9 characters, `$0.02388` in 8); whole dollars when no decimal fits,
+/// then thousands (`$12k`).
+pub fn format_usd_fit(micros: u64, width: usize) -> String {
+    for decimals in (0..=6u32).rev() {
+        let text = format!("${}", round_to_decimals(micros, decimals));
+        if text.len() <= width || (decimals == 0 && micros < 1_000 * MICROS_PER_USD) {
+            return text;
+        }
+    }
+    let thousands = (micros / MICROS_PER_USD).saturating_add(500) / 1_000;
+    format!("${thousands}k")
+}
+
+/// `micros` as dollars with `decimals` decimals (0..=6), rounded half up, trailing zeros
+/// trimmed down to cents (or none for whole dollars).
+fn round_to_decimals(micros: u64, decimals: u32) -> String {
+    let unit = 10u64.pow(6 - decimals);
+    let rounded = (u128::from(micros) + u128::from(unit / 2)) / u128::from(unit);
+    let scale = 10u128.pow(decimals);
+    let (whole, frac) = (rounded / scale, rounded % scale);
+    if decimals == 0 {
+        return whole.to_string();
+    }
+    let mut s = format!("{whole}.{frac:0width$}", width = decimals as usize);
+    while s.ends_with('0') && s.len() > s.find('.').unwrap_or(0) + 3 {
+        s.pop();
+    }
+    s
+}
+
+/// A JSON number's text (`0.0421`, `1e-7`, `3.75E-06`) times 10^`shift`, as micros, exactly:
+/// no float is involved, so a price or a cost keeps every digit it was written with. `None`
+/// for negative numbers and anything past `u64::MAX` micros.
+pub fn json_number_micros(text: &str, shift: i32) -> Option<u64> {
+    let (mantissa, exp) = match text.split_once(['e', 'E']) {
+        None => (text, 0),
+        Some((m, e)) => (m, e.parse::<i32>().ok()?),
+    };
+    parse_decimal_micros(&shift_decimal(mantissa, exp.checked_add(shift)?)?)
+}
+
+/// `("1.5", -3)` → `"0.0015"`; `("2", 2)` → `"200"`. Bounded so a hostile exponent cannot
+/// allocate much (anything outside ±40 is either 0 micros or an overflow anyway).
+fn shift_decimal(mantissa: &str, exp: i32) -> Option<String> {
+    if !(-40..=40).contains(&exp) || mantissa.starts_with('-') {
+        return None;
+    }
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let point = i32::try_from(int.len()).ok()? + exp; // position of '.' within `digits`
+    let text = if point <= 0 {
+        format!("0.{}{digits}", "0".repeat(point.unsigned_abs() as usize))
+    } else if point as usize >= digits.len() {
+        format!("{digits}{}", "0".repeat(point as usize - digits.len()))
+    } else {
+        let (a, b) = digits.split_at(point as usize);
+        format!("{a}.{b}")
+    };
+    Some(text)
+}
+
 /// Micro-dollars as a JSON number of dollars (SPEC §4.1: money in JSON is a decimal number).
+/// Printed through [`crate::json`], it is always plain digits (`0.000001`, never `1e-6`).
 pub fn usd_json(micros: u64) -> serde_json::Value {
     // A six-decimal literal parses to the nearest f64, which serializes back to the same literal.
     serde_json::from_str(&format_usd(micros)).unwrap_or(serde_json::Value::Null)
@@ -89,6 +153,49 @@ mod tests {
         for bad in ["", "-1", "abc", "1.2.3", "NaN", "inf", "1e5", "99999999999999999999", ".5", "+3"] {
             assert!(parse_usd_micros(bad).is_err(), "{bad} should be rejected");
         }
+    }
+
+    #[test]
+    fn money_fits_its_cell_rounded_never_cut() {
+        let cases: &[(u64, usize, &str)] = &[
+            (23_877, 9, "$0.023877"),
+            (23_877, 8, "$0.02388"),
+            (23_875, 7, "$0.0239"),
+            (1, 9, "$0.000001"),
+            (1, 8, "$0.00"),
+            (0, 8, "$0.00"),
+            (2_000_000, 8, "$2.00"),
+            (12_345_678, 9, "$12.34568"),
+            (999_999_999, 8, "$1000.00"),
+            (1_234_567_890_000, 9, "$1234568"),
+            (123_456_789_000_000, 8, "$123457k"),
+            (u64::MAX, 12, "$18446744074k"),
+        ];
+        for (micros, width, want) in cases {
+            assert_eq!(format_usd_fit(*micros, *width), *want, "{micros} in {width}");
+        }
+    }
+
+    #[test]
+    fn json_numbers_become_micros_exactly() {
+        let cases: &[(&str, i32, Option<u64>)] = &[
+            ("0.0421", 0, Some(42_100)),
+            ("1e-7", 0, Some(0)),
+            ("5e-7", 0, Some(1)),
+            ("1.5e3", 0, Some(1_500_000_000)),
+            ("2", 0, Some(2_000_000)),
+            ("0.0020350000000000004", 0, Some(2_035)),
+            ("3e-06", 6, Some(3_000_000)),
+            ("3.75E-06", 6, Some(3_750_000)),
+            ("1.25e-07", 6, Some(125_000)),
+            ("-2", 0, None),
+            ("1e300", 0, None),
+            ("18446744073709.551616", 0, None),
+        ];
+        for (text, shift, want) in cases {
+            assert_eq!(json_number_micros(text, *shift), *want, "{text} shifted {shift}");
+        }
+        assert_eq!(shift_decimal("1.5", -3).as_deref(), Some("0.0015"));
     }
 
     #[test]

@@ -30,7 +30,12 @@ pub struct RunSoFar {
     /// Attempts used in the current series (a dead-letter retry starts a new series).
     pub attempts_in_series: u32,
     pub cost_usd_micros: u64,
+    /// The task run's `budget_usd` and `retry.max_cost_usd` in force (a retry may have raised them).
     pub budget_usd_micros: Option<u64>,
+    pub max_cost_usd_micros: Option<u64>,
+    /// How many attempts in a row, this one included, gaffer itself dying interrupted (a crash,
+    /// not a graceful stop: those leave the series).
+    pub crashes_in_a_row: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,8 +46,9 @@ pub enum AfterAttempt {
     Cancelled,
 }
 
-/// The retry policy: success ends it; cancel never retries; budgets, non-retryable exit codes
-/// and the attempt cap dead-letter it; anything else retries after `retry_delay`.
+/// The retry policy: success ends it; cancel never retries; crashes in a row quarantine it
+/// (`poison`); budgets, non-retryable exit codes and the attempt cap dead-letter it; anything
+/// else retries after `retry_delay`.
 pub fn after_attempt(policy: &RetryPolicy, outcome: AttemptOutcome, run: RunSoFar, u: f64) -> AfterAttempt {
     let Some(reason) = outcome.failure else {
         return AfterAttempt::Succeeded;
@@ -50,10 +56,15 @@ pub fn after_attempt(policy: &RetryPolicy, outcome: AttemptOutcome, run: RunSoFa
     if reason == FailReason::Cancelled {
         return AfterAttempt::Cancelled;
     }
+    // A task run that gaffer dying interrupted again and again may be what takes it down.
+    let poison_after = policy.poison_after_crashes;
+    if reason == FailReason::Interrupted && poison_after > 0 && run.crashes_in_a_row >= poison_after {
+        return AfterAttempt::Dead { reason: FailReason::Poison };
+    }
     if reason == FailReason::Budget || budget_reached(run.cost_usd_micros, run.budget_usd_micros) {
         return AfterAttempt::Dead { reason: FailReason::Budget };
     }
-    if budget_reached(run.cost_usd_micros, policy.max_cost_usd_micros) {
+    if budget_reached(run.cost_usd_micros, run.max_cost_usd_micros) {
         return AfterAttempt::Dead { reason: FailReason::Budget };
     }
     let non_retryable = outcome.exit_code.is_some_and(|c| policy.non_retryable_exit_codes.contains(&c));
@@ -61,6 +72,13 @@ pub fn after_attempt(policy: &RetryPolicy, outcome: AttemptOutcome, run: RunSoFa
         return AfterAttempt::Dead { reason };
     }
     AfterAttempt::Retry { delay: retry_delay(policy, run.attempts_in_series, u) }
+}
+
+/// Model fallback: attempt `n` of a series (from 1) gets the n-th of `models`, the last one
+/// repeating; `None` without models. A person's retry starts a new series from the first.
+pub fn model_for_attempt(models: &[String], attempt_in_series: u32) -> Option<&str> {
+    let n = attempt_in_series.max(1) as usize;
+    models.get(n - 1).or(models.last()).map(String::as_str)
 }
 
 /// A budget is reached once the recorded cost is at or past it (SPEC §7 "reaches").
@@ -106,6 +124,8 @@ mod tests {
             jitter: 0.2,
             non_retryable_exit_codes: vec![2],
             max_cost_usd_micros: Some(1_500_000),
+            models: Vec::new(),
+            poison_after_crashes: 2,
         }
     }
 
@@ -114,7 +134,13 @@ mod tests {
     }
 
     fn run(attempts: u32, cost: u64) -> RunSoFar {
-        RunSoFar { attempts_in_series: attempts, cost_usd_micros: cost, budget_usd_micros: None }
+        RunSoFar {
+            attempts_in_series: attempts,
+            cost_usd_micros: cost,
+            budget_usd_micros: None,
+            max_cost_usd_micros: policy().max_cost_usd_micros,
+            crashes_in_a_row: 0,
+        }
     }
 
     #[test]
@@ -144,6 +170,31 @@ mod tests {
         assert_eq!(after_attempt(&p, cancelled, run(1, 0), 0.0), AfterAttempt::Cancelled);
         let over = RunSoFar { budget_usd_micros: Some(100), ..run(1, 100) };
         assert_eq!(after_attempt(&p, failed(1), over, 0.0), AfterAttempt::Dead { reason: FailReason::Budget });
+    }
+
+    #[test]
+    fn a_second_crash_in_a_row_is_poison() {
+        let p = policy();
+        let interrupted = AttemptOutcome { failure: Some(FailReason::Interrupted), exit_code: None };
+        let crashes = |n| RunSoFar { crashes_in_a_row: n, ..run(n, 0) };
+        assert!(matches!(after_attempt(&p, interrupted, crashes(1), 0.0), AfterAttempt::Retry { .. }));
+        assert_eq!(after_attempt(&p, interrupted, crashes(2), 0.0), AfterAttempt::Dead { reason: FailReason::Poison });
+        let one_left = RetryPolicy { max_attempts: 2, ..p };
+        assert_eq!(
+            after_attempt(&one_left, interrupted, crashes(2), 0.0),
+            AfterAttempt::Dead { reason: FailReason::Poison },
+            "poison says why, even when the attempts were used up too"
+        );
+        let never = RetryPolicy { poison_after_crashes: 0, ..policy() };
+        assert!(matches!(after_attempt(&never, interrupted, crashes(3), 0.0), AfterAttempt::Retry { .. }));
+    }
+
+    #[test]
+    fn attempt_n_gets_the_nth_model_and_the_last_repeats() {
+        let models = vec!["sonnet".to_string(), "haiku".to_string()];
+        let picked: Vec<Option<&str>> = (1..=4).map(|n| model_for_attempt(&models, n)).collect();
+        assert_eq!(picked, [Some("sonnet"), Some("haiku"), Some("haiku"), Some("haiku")]);
+        assert_eq!(model_for_attempt(&[], 1), None);
     }
 
     #[test]

@@ -91,6 +91,18 @@ impl Schedule {
         }
     }
 
+    /// `ms` in the schedule's zone to the minute (`2026-11-19 02:00`; seconds when not zero).
+    pub fn local_short(&self, ms: u64) -> String {
+        let Some(t) = i64::try_from(ms).ok().and_then(|ms| Utc.timestamp_millis_opt(ms).single()) else {
+            return String::new();
+        };
+        let format = if (ms / 1000).is_multiple_of(60) { "%Y-%m-%d %H:%M" } else { "%Y-%m-%d %H:%M:%S" };
+        match self.zone {
+            Zone::Named(tz) => t.with_timezone(&tz).format(format).to_string(),
+            Zone::Local => t.with_timezone(&chrono::Local).format(format).to_string(),
+        }
+    }
+
     fn next_in<Tz: TimeZone>(&self, after: DateTime<Tz>) -> Option<u64> {
         let next = self.cron.find_next_occurrence(&after, false).ok()?;
         u64::try_from(next.timestamp_millis()).ok()

@@ -122,9 +122,36 @@ pub enum FailReason {
     QueueTimeout,
     /// Waited for its `wait_for` signal longer than `wait_timeout`.
     WaitTimeout,
+    /// Its result did not conform to the task's `expect` (a JSON Schema, a pattern).
+    InvalidOutput,
+    /// Its attempts were interrupted by gaffer itself dying, twice in a row: quarantined so it
+    /// cannot take gaffer down again.
+    Poison,
+    /// The agent's JSON result said it failed (`is_error: true`, an API error), whatever the
+    /// exit code.
+    AgentError,
 }
 
 impl FailReason {
+    pub const ALL: [FailReason; 12] = [
+        FailReason::ExitCode,
+        FailReason::Timeout,
+        FailReason::HeartbeatTimeout,
+        FailReason::SpawnError,
+        FailReason::Interrupted,
+        FailReason::Budget,
+        FailReason::Cancelled,
+        FailReason::QueueTimeout,
+        FailReason::WaitTimeout,
+        FailReason::InvalidOutput,
+        FailReason::Poison,
+        FailReason::AgentError,
+    ];
+
+    pub fn parse(text: &str) -> Option<FailReason> {
+        FailReason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailReason::ExitCode => "exit_code",
@@ -136,6 +163,9 @@ impl FailReason {
             FailReason::Cancelled => "cancelled",
             FailReason::QueueTimeout => "queue_timeout",
             FailReason::WaitTimeout => "wait_timeout",
+            FailReason::InvalidOutput => "invalid_output",
+            FailReason::Poison => "poison",
+            FailReason::AgentError => "agent_error",
         }
     }
 }
@@ -151,6 +181,9 @@ mod tests {
         }
         for s in JobState::ALL {
             assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+        for r in FailReason::ALL {
+            assert_eq!(FailReason::parse(r.as_str()), Some(r));
         }
     }
 }

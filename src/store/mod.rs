@@ -9,6 +9,7 @@
 
 mod codec;
 mod lock;
+mod overlay;
 pub mod records;
 mod writer;
 
@@ -17,11 +18,15 @@ use std::path::{Path, PathBuf};
 use redb::{ConcurrencyMode, Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
 pub use crate::model::schedule::ScheduleState;
+use crate::state_dir::{Access, StateDir, StateDirError};
 pub use lock::{InstanceLock, holder as instance_pid};
-pub use records::{AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, TaskRunRecord};
+pub use records::{
+    AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, MAX_ATTEMPT_WARNINGS, RaisedBudgets, TaskRunRecord,
+};
 pub use writer::{Ids, StoreCloser, StoreHandle};
 
-/// Bumped on any change of tables or of a record's meaning; checked at open.
+/// Bumped on any change of tables or of a record's meaning; checked at open. A record's layout
+/// has its own version (`codec::Record`), so a new layout needs no bump.
 pub const SCHEMA_VERSION: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -40,6 +45,8 @@ const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused_queues");
 const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
 /// `cache` of SPEC §2.2: scoped key (`job/task/rendered key`) → the succeeded run to reuse.
 const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
+/// job run → the budgets a person raised in it (`gaffer retry ID --budget USD`).
+const RAISED_BUDGETS: TableDefinition<u64, &[u8]> = TableDefinition::new("raised_budgets");
 
 const SEQ_JOB_RUN: &str = "seq.job_run";
 const SEQ_TASK_RUN: &str = "seq.task_run";
@@ -53,6 +60,8 @@ pub enum StoreError {
     Io { path: PathBuf, reason: String },
     #[error("state.redb: {0}")]
     Db(String),
+    #[error("{0}")]
+    File(String),
     #[error(
         "state.redb: the disk is full ({0}): free some space and start gaffer again; every state committed so far is kept"
     )]
@@ -65,6 +74,21 @@ pub enum StoreError {
     Codec(String),
     #[error("no state dir at {}: nothing has run here yet", .0.display())]
     Missing(PathBuf),
+    #[error(
+        "{} cannot be used: {reason}. It was left as it is. Put back a copy of it if you have one (`gaffer doctor` checks a state dir); to start afresh instead, move it away: mv {} {}.damaged",
+        path.display(), path.display(), path.display()
+    )]
+    Damaged { path: PathBuf, reason: String },
+    #[error(
+        "{dir}/state.redb is missing, but {dir}/logs holds the logs of earlier runs: the store was moved or deleted. Put it back if you can (`gaffer doctor` checks it); to start afresh instead, move the old logs away first: mv {dir}/logs {dir}/logs.old",
+        dir = dir.display()
+    )]
+    Gone { dir: PathBuf },
+    #[error(transparent)]
+    StateDir(StateDirError),
+    /// A read-only open found a file a crash left, which only a writer may repair.
+    #[error("state.redb needs a repair")]
+    NeedsRepair,
     #[error("the store has stopped")]
     Closed,
 }
@@ -84,6 +108,24 @@ fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
 impl StoreError {
     fn io(path: &Path, e: std::io::Error) -> StoreError {
         StoreError::Io { path: path.to_path_buf(), reason: e.to_string() }
+    }
+
+    /// An error of a `StateDir` operation, which names its path already.
+    fn file(e: std::io::Error) -> StoreError {
+        StoreError::File(e.to_string())
+    }
+
+    fn damaged(dir: &StateDir, reason: &str) -> StoreError {
+        StoreError::Damaged { path: dir.join(STORE_FILE), reason: reason.to_string() }
+    }
+}
+
+impl From<StateDirError> for StoreError {
+    fn from(e: StateDirError) -> StoreError {
+        match e {
+            StateDirError::Missing(path) => StoreError::Missing(path),
+            other => StoreError::StateDir(other),
+        }
     }
 }
 
@@ -106,18 +148,31 @@ pub enum Mutation {
     IdempotencyKey(String, u64),
     Cached(String, CacheEntry),
     Uncached(String),
+    /// The whole set for one job run, replaced.
+    RaisedBudgets(u64, RaisedBudgets),
 }
 
-/// Opens (creating if needed) the state dir as its one writer: takes the instance lock, checks
-/// the schema version, and starts the group-commit thread.
+/// The store's file in the state dir.
+pub const STORE_FILE: &str = "state.redb";
+/// A new store is made under this name and renamed to [`STORE_FILE`] once initialized, so a
+/// `state.redb` is never a half-made file.
+const NEW_STORE_FILE: &str = "state.redb.new";
+
+/// Opens (creating if needed) the state dir as its one writer: checks the dir (see
+/// `state_dir`), takes the instance lock, opens the store — creating it only when there is no
+/// `state.redb` at all, verifying every page of an existing one — checks the schema version,
+/// and starts the group-commit thread.
 pub fn open_writer(state_dir: &Path) -> Result<(StoreHandle, StoreCloser, InstanceLock), StoreError> {
-    create_private_dir(state_dir)?;
-    let lock = InstanceLock::acquire(state_dir)?;
-    let path = state_dir.join("state.redb");
-    let db = builder().create(&path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { state_dir: state_dir.to_path_buf(), pid: None },
-        other => db_err(other),
-    })?;
+    let dir = StateDir::create_checked(state_dir)?;
+    let lock = InstanceLock::acquire(&dir)?;
+    let db = if dir.exists(STORE_FILE).map_err(StoreError::file)? {
+        open_existing(&dir)?
+    } else if !dir.list("logs").map_err(StoreError::file)?.is_empty() {
+        // Starting afresh would hand out the ids of those runs again, over their logs.
+        return Err(StoreError::Gone { dir: state_dir.to_path_buf() });
+    } else {
+        create_new(&dir)?
+    };
     let ids = prepare(&db)?;
     let (handle, closer) = StoreHandle::start(db, ids)?;
     Ok((handle, closer, lock))
@@ -125,27 +180,23 @@ pub fn open_writer(state_dir: &Path) -> Result<(StoreHandle, StoreCloser, Instan
 
 /// Opens the state dir for reading only; works while an instance writes.
 pub fn open_reader(state_dir: &Path) -> Result<Reader, StoreError> {
-    let path = state_dir.join("state.redb");
-    if state_dir.exists() && !state_dir.is_dir() {
-        return Err(StoreError::Io { path: state_dir.to_path_buf(), reason: "not a directory".into() });
-    }
-    if !path.exists() {
+    let dir = StateDir::open_checked(state_dir)?;
+    if !dir.exists(STORE_FILE).map_err(StoreError::file)? {
         return Err(StoreError::Missing(state_dir.to_path_buf()));
     }
-    let db = match open_read_only(&path) {
-        Err(redb::DatabaseError::RepairAborted) if lock::holder(state_dir).is_none() => {
-            repair(state_dir)?;
-            open_read_only(&path).map_err(db_err)?
+    let db = match open_read_only(&dir) {
+        Err(StoreError::NeedsRepair) if lock::holder_in(&dir).is_none() => {
+            repair(&dir)?;
+            open_read_only(&dir)?
         }
-        other => other.map_err(db_err)?,
+        Err(StoreError::NeedsRepair) => {
+            return Err(StoreError::Db("the file needs a repair the running instance makes: try again".into()));
+        }
+        other => other?,
     };
     let reader = Reader::new(&db)?;
     reader.check_schema()?;
     Ok(reader)
-}
-
-fn open_read_only(path: &Path) -> Result<redb::ReadOnlyDatabase, redb::DatabaseError> {
-    builder().open_read_only(path)
 }
 
 /// redb's page cache is per open database, and its default is 1 GiB: every page a commit wrote
@@ -160,21 +211,95 @@ fn builder() -> redb::Builder {
     builder
 }
 
-/// A file left by a crash (kill -9) needs a repair that only a writer may make; with no
-/// instance running, a reader makes it, holding the instance lock meanwhile.
-fn repair(state_dir: &Path) -> Result<(), StoreError> {
-    let _lock = InstanceLock::acquire(state_dir)?;
-    let db = builder().open(state_dir.join("state.redb")).map_err(db_err)?;
-    drop(db);
-    Ok(())
+/// `state.redb`, which must exist: opened without following a link, refused (and left as it
+/// is) when empty or when any page of it fails its checksum.
+fn open_store_file(dir: &StateDir, access: Access) -> Result<std::fs::File, StoreError> {
+    let path = dir.join(STORE_FILE);
+    let file = dir.open_file(STORE_FILE, access).map_err(StoreError::file)?;
+    let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+    if len == 0 {
+        return Err(StoreError::damaged(dir, "it is empty (0 bytes), so it holds no gaffer store"));
+    }
+    Ok(file)
 }
 
-/// The state dir holds logs and, later, a control socket: only its owner may enter it.
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| StoreError::io(dir, e))?;
+fn open_existing(dir: &StateDir) -> Result<Database, StoreError> {
+    let file = open_store_file(dir, Access::ReadWrite)?;
+    let backend = redb::backends::FileBackend::new(file).map_err(db_err)?;
+    // Every page is verified against its checksum: a damaged file is refused, never written to.
+    builder().set_check_integrity_on_open(true).create_with_backend(backend).map_err(|e| open_error(dir, e))
+}
+
+fn open_read_only(dir: &StateDir) -> Result<redb::ReadOnlyDatabase, StoreError> {
+    let file = open_store_file(dir, Access::Read)?;
+    let backend = redb::backends::FileBackend::new(file).map_err(db_err)?;
+    builder().open_read_only_with_backend(backend).map_err(|e| match e {
+        redb::DatabaseError::RepairAborted => StoreError::NeedsRepair,
+        other => open_error(dir, other),
+    })
+}
+
+/// A new store: made as `state.redb.new`, initialized and made durable, then renamed into place.
+fn create_new(dir: &StateDir) -> Result<Database, StoreError> {
+    let file = dir.open_file(NEW_STORE_FILE, Access::Replace).map_err(StoreError::file)?;
+    let backend = redb::backends::FileBackend::new(file).map_err(db_err)?;
+    let db = builder().create_with_backend(backend).map_err(db_err)?;
+    prepare(&db)?;
+    dir.rename(NEW_STORE_FILE, STORE_FILE).map_err(StoreError::file)?;
+    dir.sync().map_err(|e| StoreError::io(dir.path(), e))?;
+    Ok(db)
+}
+
+fn open_error(dir: &StateDir, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => {
+            StoreError::InUse { state_dir: dir.path().to_path_buf(), pid: None }
+        }
+        e if is_disk_full(&e) => StoreError::DiskFull(e.to_string()),
+        other => StoreError::damaged(dir, &other.to_string()),
     }
+}
+
+/// What `gaffer doctor` learned about the store.
+#[derive(Debug)]
+pub struct StoreCheck {
+    /// Every page was read and matched its checksum (not possible while an instance runs).
+    pub pages_verified: bool,
+    /// Records per table, each one decoded.
+    pub records: Vec<(&'static str, u64)>,
+}
+
+/// Checks the store without changing what it holds: every page against its checksum (unless an
+/// instance runs: then a snapshot is read), the schema version, and every record decodes.
+pub fn check(state_dir: &Path) -> Result<StoreCheck, StoreError> {
+    let dir = StateDir::open(state_dir)?;
+    if !dir.exists(STORE_FILE).map_err(StoreError::file)? {
+        return Err(StoreError::Missing(state_dir.to_path_buf()));
+    }
+    if lock::holder_in(&dir).is_some() {
+        let db = open_read_only(&dir)?;
+        let reader = Reader::new(&db)?;
+        reader.check_schema()?;
+        return Ok(StoreCheck { pages_verified: false, records: reader.decode_all()? });
+    }
+    let _lock = InstanceLock::acquire(&dir)?;
+    // The check commits what it verified; into memory, so the file stays as it is.
+    let file = open_store_file(&dir, Access::Read)?;
+    let overlay = overlay::Overlay::new(file).map_err(|e| StoreError::io(&dir.join(STORE_FILE), e))?;
+    let db = Database::builder()
+        .set_check_integrity_on_open(true)
+        .create_with_backend(overlay)
+        .map_err(|e| open_error(&dir, e))?;
+    let reader = Reader::new(&db)?;
+    reader.check_schema()?;
+    Ok(StoreCheck { pages_verified: true, records: reader.decode_all()? })
+}
+
+/// A file left by a crash (kill -9) needs a repair that only a writer may make; with no
+/// instance running, a reader makes it, holding the instance lock meanwhile.
+fn repair(dir: &StateDir) -> Result<(), StoreError> {
+    let _lock = InstanceLock::acquire(dir)?;
+    drop(open_existing(dir)?);
     Ok(())
 }
 
@@ -205,6 +330,7 @@ fn prepare(db: &Database) -> Result<Ids, StoreError> {
         txn.open_table(PAUSED).map_err(db_err)?;
         txn.open_table(IDEMPOTENCY).map_err(db_err)?;
         txn.open_table(CACHE).map_err(db_err)?;
+        txn.open_table(RAISED_BUDGETS).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)?;
     Ok(ids)
@@ -260,6 +386,12 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
                 txn.open_table(CACHE)
                     .map_err(db_err)?
                     .insert(key.as_str(), codec::encode(entry)?.as_slice())
+                    .map_err(db_err)?;
+            }
+            Mutation::RaisedBudgets(job_run, raised) => {
+                txn.open_table(RAISED_BUDGETS)
+                    .map_err(db_err)?
+                    .insert(*job_run, codec::encode(raised)?.as_slice())
                     .map_err(db_err)?;
             }
         }
@@ -382,6 +514,12 @@ impl Reader {
         Ok(keys)
     }
 
+    /// The budgets raised by retries in job run `job_run` (none: the file's hold).
+    pub fn raised_budgets(&self, job_run: u64) -> Result<RaisedBudgets, StoreError> {
+        let Some(table) = self.optional_table(RAISED_BUDGETS)? else { return Ok(RaisedBudgets::default()) };
+        Ok(table.get(job_run).map_err(db_err)?.map(|v| codec::decode(v.value())).transpose()?.unwrap_or_default())
+    }
+
     /// Queues paused by a person (`gaffer pause`), which stay paused across restarts.
     pub fn paused_queues(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
         let Some(table) = self.optional_table(PAUSED)? else { return Ok(Default::default()) };
@@ -390,6 +528,35 @@ impl Reader {
             out.insert(entry.map_err(db_err)?.0.value().to_string());
         }
         Ok(out)
+    }
+
+    /// Decodes every record of every table; the count per table.
+    pub fn decode_all(&self) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        let mut counts = vec![
+            ("definitions", self.decode_table::<u64, DefinitionRecord>(DEFINITIONS)?),
+            ("job_runs", self.decode_table::<u64, JobRunRecord>(JOB_RUNS)?),
+            ("task_runs", self.decode_table::<u64, TaskRunRecord>(TASK_RUNS)?),
+            ("attempts", self.decode_table::<(u64, u32), AttemptRecord>(ATTEMPTS)?),
+            ("schedules", self.decode_table::<&str, ScheduleState>(SCHEDULES)?),
+            ("cache", self.decode_table::<&str, CacheEntry>(CACHE)?),
+        ];
+        let index = self.txn.open_table(JOB_TASKS).map_err(db_err)?;
+        counts.push(("job_tasks", redb::ReadableTableMetadata::len(&index).map_err(db_err)?));
+        Ok(counts)
+    }
+
+    fn decode_table<K: redb::Key + 'static, T: codec::Record>(
+        &self,
+        def: TableDefinition<K, &[u8]>,
+    ) -> Result<u64, StoreError> {
+        let Some(table) = self.optional_table(def)? else { return Ok(0) };
+        let mut n = 0;
+        for entry in table.iter().map_err(db_err)? {
+            let (_, v) = entry.map_err(db_err)?;
+            codec::decode::<T>(v.value())?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// A table added after schema 1 (a file written by an older gaffer does not have it yet).
@@ -404,7 +571,7 @@ impl Reader {
         }
     }
 
-    fn all<T: serde::de::DeserializeOwned>(&self, def: TableDefinition<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
+    fn all<T: codec::Record>(&self, def: TableDefinition<u64, &[u8]>) -> Result<Vec<T>, StoreError> {
         let table = self.txn.open_table(def).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(db_err)? {
@@ -414,11 +581,7 @@ impl Reader {
         Ok(out)
     }
 
-    fn one<T: serde::de::DeserializeOwned>(
-        &self,
-        def: TableDefinition<u64, &[u8]>,
-        id: u64,
-    ) -> Result<Option<T>, StoreError> {
+    fn one<T: codec::Record>(&self, def: TableDefinition<u64, &[u8]>, id: u64) -> Result<Option<T>, StoreError> {
         let table = self.txn.open_table(def).map_err(db_err)?;
         match table.get(id).map_err(db_err)? {
             Some(v) => Ok(Some(codec::decode(v.value())?)),

@@ -5,7 +5,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::StoreError;
+use super::codec::{Record, body_of};
+use crate::model::cost::{ModelUsage, Usage, add_to_model};
+use crate::model::schedule::ScheduleState;
 use crate::model::{FailReason, JobState, TaskState};
+
+/// Warnings kept on one attempt's record; later ones are only in its log.
+pub const MAX_ATTEMPT_WARNINGS: usize = 10;
 
 /// One execution of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,11 +124,23 @@ pub struct AttemptRecord {
     pub reason: Option<FailReason>,
     pub detail: Option<String>,
     pub cost_usd_micros: u64,
+    /// Tokens billed at the full input price.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// The model of the latest cost report that named one.
     pub model: Option<String>,
     /// Relative to the state dir.
     pub log: String,
+    /// Input read from a prompt cache (layout 2).
+    pub cache_read_tokens: u64,
+    /// Input written to a prompt cache (layout 2).
+    pub cache_write_tokens: u64,
+    /// The same spending split by model, one row per model in order of first use; the totals
+    /// above are their sum (layout 2).
+    pub by_model: Vec<ModelUsage>,
+    /// What went wrong reading what the task reported (a malformed fd-3 line, an agent result
+    /// without usage, tokens of a model with no price), at most `MAX_ATTEMPT_WARNINGS` (layout 2).
+    pub warnings: Vec<String>,
 }
 
 impl AttemptRecord {
@@ -145,13 +164,122 @@ impl AttemptRecord {
             output_tokens: 0,
             model: None,
             log: AttemptRecord::log_path(job_run, task_run, n),
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            by_model: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// What this attempt spent, all models together.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            usd_micros: self.cost_usd_micros,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cache_read_tokens: self.cache_read_tokens,
+            cache_write_tokens: self.cache_write_tokens,
+        }
+    }
+
+    /// Adds one cost report's share: to the totals (saturating) and to its model's row.
+    pub fn add_cost(&mut self, model: Option<&str>, usage: &Usage) {
+        let mut total = self.usage();
+        total.add(usage);
+        self.cost_usd_micros = total.usd_micros;
+        self.input_tokens = total.input_tokens;
+        self.output_tokens = total.output_tokens;
+        self.cache_read_tokens = total.cache_read_tokens;
+        self.cache_write_tokens = total.cache_write_tokens;
+        if model.is_some() {
+            self.model = model.map(str::to_string);
+        }
+        add_to_model(&mut self.by_model, model, usage);
+    }
+
+    /// Keeps `warning` if there is room; says whether it was kept.
+    pub fn add_warning(&mut self, warning: String) -> bool {
+        let room = self.warnings.len() < MAX_ATTEMPT_WARNINGS;
+        if room {
+            self.warnings.push(warning);
+        }
+        room
     }
 
     pub fn log_path(job_run: u64, task_run: u64, n: u32) -> String {
         format!("logs/{job_run}/{task_run}.{n}.log")
     }
 }
+
+/// Budgets a person raised with `gaffer retry ID --budget USD` in one job run: they replace the
+/// file's for this run only (the job run's `budget_usd`; a task run's `budget_usd` and
+/// `retry.max_cost_usd`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaisedBudgets {
+    pub job_run: Option<u64>,
+    /// Task run id → its new limit.
+    pub task_runs: BTreeMap<u64, u64>,
+}
+
+impl Record for AttemptRecord {
+    /// 2: cache tokens, spending by model and warnings.
+    const VERSION: u8 = 2;
+
+    fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
+        match version {
+            1 => Ok(body_of::<AttemptRecordV1>(body)?.into()),
+            _ => Err(StoreError::Codec(format!("attempt layout {version} is not one this gaffer knows"))),
+        }
+    }
+}
+
+/// An attempt as layout 1 stored it (before cache tokens and spending by model).
+#[derive(Deserialize)]
+struct AttemptRecordV1 {
+    task_run: u64,
+    job_run: u64,
+    n: u32,
+    pid: Option<u32>,
+    pgid: Option<i32>,
+    start_ticks: u64,
+    started_at_ms: u64,
+    ended_at_ms: Option<u64>,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    reason: Option<FailReason>,
+    detail: Option<String>,
+    cost_usd_micros: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    model: Option<String>,
+    log: String,
+}
+
+impl From<AttemptRecordV1> for AttemptRecord {
+    /// Layout 1 counted cache tokens as input and knew one model per attempt.
+    fn from(v: AttemptRecordV1) -> AttemptRecord {
+        let mut a = AttemptRecord::started(v.task_run, v.job_run, v.n, v.started_at_ms);
+        (a.pid, a.pgid, a.start_ticks, a.ended_at_ms) = (v.pid, v.pgid, v.start_ticks, v.ended_at_ms);
+        (a.exit_code, a.signal, a.reason, a.detail, a.log) = (v.exit_code, v.signal, v.reason, v.detail, v.log);
+        let usage = Usage {
+            usd_micros: v.cost_usd_micros,
+            input_tokens: v.input_tokens,
+            output_tokens: v.output_tokens,
+            ..Usage::default()
+        };
+        if usage != Usage::default() || v.model.is_some() {
+            a.add_cost(v.model.as_deref(), &usage);
+        }
+        a
+    }
+}
+
+impl Record for JobRunRecord {}
+impl Record for TaskRunRecord {}
+impl Record for DefinitionRecord {}
+impl Record for CacheEntry {}
+impl Record for ScheduleState {}
+impl Record for RaisedBudgets {}
 
 /// The workflow file a job run was started from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

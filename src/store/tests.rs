@@ -28,8 +28,8 @@ pub fn task_run(id: u64, job_run: u64) -> TaskRunRecord {
 
 #[test]
 fn records_survive_reopen_and_sequences_continue() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let closer = {
+    let dir = crate::state_dir::private_tempdir();
+    {
         let (store, closer, _lock) = open_writer(dir.path()).expect("open");
         let j = store.ids.next_job_run();
         let t1 = store.ids.next_task_run();
@@ -41,11 +41,10 @@ fn records_survive_reopen_and_sequences_continue() {
                 Mutation::TaskRun(task_run(t2, j)),
             ])
             .expect("commit");
-        closer
-    };
-    // The store thread closes the file once it sees the handle gone; a busy machine may not
-    // have run it yet (the reopen then found the file still open: `InUse`).
-    closer.close(std::time::Duration::from_secs(10));
+        // The store thread may still hold the file for a moment after its last answer.
+        drop(store);
+        closer.close(std::time::Duration::from_secs(10));
+    }
     let (store, _closer, _lock) = open_writer(dir.path()).expect("reopen");
     assert_eq!(store.ids.next_job_run(), 2, "ids are never reused");
     assert_eq!(store.ids.next_task_run(), 3);
@@ -56,7 +55,7 @@ fn records_survive_reopen_and_sequences_continue() {
 
 #[test]
 fn second_writer_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     let (_store, _closer, _lock) = open_writer(dir.path()).expect("open");
     match open_writer(dir.path()) {
         Err(StoreError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
@@ -66,7 +65,7 @@ fn second_writer_is_refused() {
 
 #[test]
 fn reader_sees_commits_while_writer_is_open() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     let (store, _closer, _lock) = open_writer(dir.path()).expect("open");
     store.commit_blocking(vec![Mutation::JobRun(job_run(1))]).expect("commit");
     let reader = open_reader(dir.path()).expect("reader");
@@ -75,7 +74,7 @@ fn reader_sees_commits_while_writer_is_open() {
 
 #[test]
 fn concurrent_commits_share_transactions() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     let (store, _closer, _lock) = open_writer(dir.path()).expect("open");
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
     rt.block_on(async {
@@ -90,12 +89,70 @@ fn concurrent_commits_share_transactions() {
 
 #[test]
 fn newer_schema_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     {
         let db = redb::Database::create(dir.path().join("state.redb")).expect("create");
         let txn = db.begin_write().expect("txn");
         txn.open_table(META).expect("meta").insert("schema_version", SCHEMA_VERSION + 1).expect("insert");
         txn.commit().expect("commit");
     }
+    use std::os::unix::fs::PermissionsExt;
+    let private = std::fs::Permissions::from_mode(0o600);
+    std::fs::set_permissions(dir.path().join("state.redb"), private).expect("chmod");
     assert!(matches!(open_writer(dir.path()), Err(StoreError::Schema { .. })));
+}
+
+/// An attempt written in layout 1 (before cache tokens and spending by model) still reads, its
+/// spending filed under its one model.
+#[test]
+fn an_attempt_in_layout_1_reads_as_the_current_layout() {
+    #[derive(serde::Serialize)]
+    struct V1 {
+        task_run: u64,
+        job_run: u64,
+        n: u32,
+        pid: Option<u32>,
+        pgid: Option<i32>,
+        start_ticks: u64,
+        started_at_ms: u64,
+        ended_at_ms: Option<u64>,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        reason: Option<crate::model::FailReason>,
+        detail: Option<String>,
+        cost_usd_micros: u64,
+        input_tokens: u64,
+        output_tokens: u64,
+        model: Option<String>,
+        log: String,
+    }
+    let old = V1 {
+        task_run: 2,
+        job_run: 1,
+        n: 1,
+        pid: Some(42),
+        pgid: Some(42),
+        start_ticks: 7,
+        started_at_ms: 10,
+        ended_at_ms: Some(20),
+        exit_code: Some(0),
+        signal: None,
+        reason: None,
+        detail: None,
+        cost_usd_micros: 8_700,
+        input_tokens: 1200,
+        output_tokens: 340,
+        model: Some("claude-sonnet-4-5".into()),
+        log: "logs/1/2.1.log".into(),
+    };
+    let mut bytes = vec![1u8];
+    bytes.extend(postcard::to_stdvec(&old).expect("encode"));
+    let a: AttemptRecord = codec::decode(&bytes).expect("layout 1 reads");
+    assert_eq!((a.task_run, a.n, a.pid, a.ended_at_ms, a.log.as_str()), (2, 1, Some(42), Some(20), "logs/1/2.1.log"));
+    assert_eq!((a.cost_usd_micros, a.input_tokens, a.output_tokens, a.cache_read_tokens), (8_700, 1200, 340, 0));
+    assert_eq!(a.by_model.len(), 1);
+    assert_eq!((a.by_model[0].label(), a.by_model[0].usage.usd_micros), ("claude-sonnet-4-5", 8_700));
+    assert_eq!(codec::decode::<AttemptRecord>(&codec::encode(&a).expect("encode")).expect("decode"), a);
+    let newer = [9u8, 0];
+    assert!(codec::decode::<AttemptRecord>(&newer).is_err(), "a newer layout is refused, not misread");
 }

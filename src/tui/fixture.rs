@@ -9,7 +9,7 @@ use crate::store::{JobRunRecord, TaskRunRecord};
 
 use super::model::Model;
 
-/// 2026-11-18T08:26:40Z: every fixture is drawn at this instant.
+/// 2026-11-18T11:06:40Z: every fixture is drawn at this instant.
 pub const NOW_MS: u64 = 1_795_000_000_000;
 const S: u64 = 1_000;
 
@@ -17,6 +17,8 @@ fn shape(name: &str, budget: Option<u64>, tasks: &[(&str, &[&str], &str, Option<
     JobShape {
         name: name.into(),
         budget_usd_micros: budget,
+        schedule: None,
+        timezone: None,
         tasks: tasks
             .iter()
             .map(|(t, needs, queue, budget)| TaskShape {
@@ -30,8 +32,9 @@ fn shape(name: &str, budget: Option<u64>, tasks: &[(&str, &[&str], &str, Option<
     }
 }
 
+/// `nightly` runs on a schedule in Berlin; `report` is started by hand.
 fn shapes() -> Vec<JobShape> {
-    vec![
+    let mut shapes = vec![
         shape(
             "report",
             Some(1_000_000),
@@ -43,7 +46,15 @@ fn shapes() -> Vec<JobShape> {
             ],
         ),
         shape("nightly", None, &[("backup", &[], "default", None), ("vacuum", &["backup"], "default", None)]),
-    ]
+    ];
+    shapes[1].schedule = Some("0 2 * * *".into());
+    shapes[1].timezone = Some("Europe/Berlin".into());
+    shapes
+}
+
+/// `nightly` last fired at 02:00 Berlin time today (01:00Z).
+fn schedule_fires() -> BTreeMap<String, u64> {
+    BTreeMap::from([("nightly".to_string(), NOW_MS - (10 * 3600 + 6 * 60 + 40) * S)])
 }
 
 fn job(id: u64, name: &str, state: JobState, created: u64, ended: Option<u64>, cost: u64) -> JobRunRecord {
@@ -167,11 +178,40 @@ pub fn fixture() -> Model {
         },
     ];
     let queues = vec![
-        QueueSnapshot { name: "default".into(), concurrency: 4, paused: false, ready: 0, running: 1 },
-        QueueSnapshot { name: "io".into(), concurrency: 2, paused: true, ready: 1, running: 0 },
-        QueueSnapshot { name: "llm".into(), concurrency: 1, paused: false, ready: 0, running: 1 },
+        QueueSnapshot {
+            name: "default".into(),
+            concurrency: 4,
+            paused: false,
+            ready: 0,
+            running: 1,
+            circuit_open_until_ms: None,
+        },
+        QueueSnapshot {
+            name: "io".into(),
+            concurrency: 2,
+            paused: true,
+            ready: 1,
+            running: 0,
+            circuit_open_until_ms: None,
+        },
+        QueueSnapshot {
+            name: "llm".into(),
+            concurrency: 1,
+            paused: false,
+            ready: 0,
+            running: 1,
+            circuit_open_until_ms: Some(NOW_MS + 150 * S),
+        },
     ];
-    let snapshot = EngineSnapshot { job_runs: jr, task_runs: tr, queues, workers, jobs: shapes() };
+    let snapshot = EngineSnapshot {
+        job_runs: jr,
+        task_runs: tr,
+        queues,
+        workers,
+        jobs: shapes(),
+        schedule_fires: schedule_fires(),
+        by_model: Vec::new(),
+    };
     let mut model = Model::new(snapshot, NOW_MS, "examples/report.toml", vec![2, 4, 5]);
     for e in fixture_events(ago) {
         model.apply(&e);
@@ -293,8 +333,23 @@ pub fn fixture_with(n: u64) -> Model {
         .collect();
     let queues = ["default", "io", "llm"]
         .iter()
-        .map(|q| QueueSnapshot { name: (*q).into(), concurrency: 4, paused: false, ready: 0, running: 0 })
+        .map(|q| QueueSnapshot {
+            name: (*q).into(),
+            concurrency: 4,
+            paused: false,
+            ready: 0,
+            running: 0,
+            circuit_open_until_ms: None,
+        })
         .collect();
-    let snapshot = EngineSnapshot { job_runs, task_runs, queues, workers, jobs: shapes() };
+    let snapshot = EngineSnapshot {
+        job_runs,
+        task_runs,
+        queues,
+        workers,
+        jobs: shapes(),
+        schedule_fires: schedule_fires(),
+        by_model: Vec::new(),
+    };
     Model::new(snapshot, NOW_MS, "bench", Vec::new())
 }

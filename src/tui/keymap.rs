@@ -88,12 +88,19 @@ pub enum Action {
     Quit,
 }
 
+impl Action {
+    /// Whether the action asks the engine to change something (refused while read-only).
+    pub fn changes_state(self) -> bool {
+        matches!(self, Action::Retry | Action::RetryFrom | Action::Cancel | Action::Pause | Action::Approve)
+    }
+}
+
 /// A set of views, as a bit mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ViewSet(u8);
 
 impl ViewSet {
-    pub const ALL: ViewSet = ViewSet(0x7f);
+    pub const ALL: ViewSet = ViewSet(0xff);
 
     pub const fn of(views: &[View]) -> ViewSet {
         let mut bits = 0u8;
@@ -166,6 +173,7 @@ pub const BINDINGS: &[Binding] = &[
     bind!(&[Key::ch('5')], Action::GoTo(View::DeadLetters), ViewSet::ALL, "Dead letters", ""),
     bind!(&[Key::ch('6')], Action::GoTo(View::Cost), ViewSet::ALL, "Cost", ""),
     bind!(&[Key::ch('7')], Action::GoTo(View::Workers), ViewSet::ALL, "Workers", ""),
+    bind!(&[Key::ch('8')], Action::GoTo(View::Schedules), ViewSet::ALL, "Schedules", ""),
     bind!(&[Key::code(Code::Tab)], Action::NextView, ViewSet::ALL, "next view", ""),
     bind!(&[Key::code(Code::BackTab)], Action::PrevView, ViewSet::ALL, "previous view", ""),
     bind!(&[Key::ch('j'), Key::code(Code::Down)], Action::Down, ViewSet::ALL, "move down", ""),
@@ -211,16 +219,18 @@ pub fn footer(view: View, selected: Option<TaskState>) -> Vec<(String, &'static 
         .collect()
 }
 
-/// `(keys, help)` for every binding, in table order; the view keys (`1`..`7`) share a line.
-pub fn help_lines() -> Vec<(String, String)> {
+/// The keys of the views as one label: `1-8`.
+pub fn view_keys() -> String {
     let views: Vec<&Binding> = BINDINGS.iter().filter(|b| matches!(b.action, Action::GoTo(_))).collect();
-    let mut lines = Vec::new();
-    if let (Some(first), Some(last)) = (views.first(), views.last()) {
-        lines.push((
-            format!("{}-{}", first.keys[0].label(), last.keys[0].label()),
-            "switch view (see the tabs)".to_string(),
-        ));
+    match (views.first(), views.last()) {
+        (Some(first), Some(last)) => format!("{}-{}", first.keys[0].label(), last.keys[0].label()),
+        _ => String::new(),
     }
+}
+
+/// `(keys, help)` for every binding, in table order; the view keys (`1`..`8`) share a line.
+pub fn help_lines() -> Vec<(String, String)> {
+    let mut lines = vec![(view_keys(), "switch view (see the tabs)".to_string())];
     for b in BINDINGS.iter().filter(|b| !matches!(b.action, Action::GoTo(_))) {
         lines.push((b.keys.iter().map(|k| k.label()).collect::<Vec<_>>().join(" "), b.help.to_string()));
     }

@@ -42,7 +42,7 @@ use crate::engine::{Clock, Control, EngineEvent, SystemClock};
 
 #[doc(hidden)]
 pub use fixture::{fixture, fixture_with};
-pub use model::{Mode, Model, View};
+pub use model::{Mode, Model, Session, View};
 pub use update::{Command, Msg, update};
 
 /// The most of a log file the TUI reads (its tail).
@@ -63,8 +63,8 @@ pub struct TuiOptions {
     pub state_dir: PathBuf,
     /// The job runs this session started or resumed; the header says when all have ended.
     pub watched_job_runs: Vec<u64>,
-    /// Attached to a server that keeps running after `q` (`gaffer tui`).
-    pub attached: bool,
+    /// In-process, attached to a server, or read-only on a quiet state dir.
+    pub session: Session,
 }
 
 /// Why the TUI returned.
@@ -88,7 +88,7 @@ pub async fn run(
     while events.try_recv().is_ok() {}
     let snapshot = handle.snapshot().await.map_err(io::Error::other)?;
     let mut model = Model::new(snapshot, SystemClock.now_ms(), &options.title, options.watched_job_runs.clone());
-    model.attached = options.attached;
+    model.session = options.session;
     let mut screen = terminal::Screen::enter()?;
     let (w, h) = terminal::size()?;
     update(&mut model, Msg::Resize(w, h));
@@ -155,7 +155,7 @@ fn execute(handle: &Rc<dyn Control>, state_dir: &Path, command: Command) -> Loca
             vec![Msg::Done { command: Command::Retry(target), result }]
         }),
         Command::RetryFrom { job_run, task } => Box::pin(async move {
-            let options = crate::engine::RetryOptions { from: Some(task.clone()), definition: None };
+            let options = crate::engine::RetryOptions { from: Some(task.clone()), ..Default::default() };
             let result =
                 handle.retry_with(crate::engine::Target::JobRun(job_run), options).await.map_err(|e| e.to_string());
             vec![Msg::Done { command: Command::RetryFrom { job_run, task }, result }]
@@ -188,9 +188,10 @@ fn execute(handle: &Rc<dyn Control>, state_dir: &Path, command: Command) -> Loca
             }
         }),
         Command::ReadLog { task_run, job_run, attempt } => {
-            let path = state_dir.join(format!("logs/{job_run}/{task_run}.{attempt}.log"));
+            let state_dir = state_dir.to_path_buf();
+            let rel = PathBuf::from(crate::store::AttemptRecord::log_path(job_run, task_run, attempt));
             Box::pin(async move {
-                let read = tokio::task::spawn_blocking(move || read_tail(&path, LOG_TAIL_BYTES)).await;
+                let read = tokio::task::spawn_blocking(move || read_tail(&state_dir, &rel, LOG_TAIL_BYTES)).await;
                 let text = read.map_err(|e| e.to_string()).and_then(|r| r);
                 vec![Msg::LogLoaded { task_run, attempt, text }]
             })
@@ -206,9 +207,11 @@ fn execute(handle: &Rc<dyn Control>, state_dir: &Path, command: Command) -> Loca
 }
 
 /// The last `max_bytes` of a log file from a line start, made inert (`crate::sanitize`).
-pub fn read_tail(path: &Path, max_bytes: u64) -> Result<String, String> {
+pub fn read_tail(state_dir: &Path, rel: &Path, max_bytes: u64) -> Result<String, String> {
+    let path = state_dir.join(rel);
     let shown = path.display();
-    let mut file = std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
+    let dir = crate::state_dir::StateDir::open(state_dir).map_err(|e| e.to_string())?;
+    let mut file = dir.open_file(rel, crate::state_dir::Access::Read).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| format!("{shown}: {e}"))?.len();
     let start = len.saturating_sub(max_bytes);
     file.seek(SeekFrom::Start(start)).map_err(|e| format!("{shown}: {e}"))?;

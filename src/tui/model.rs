@@ -9,6 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::engine::{EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, WorkerSnapshot};
+use crate::model::cost::{NO_MODEL, Usage};
+use crate::model::money::micros_of_json;
+use crate::model::schedule::Schedule;
 use crate::model::{FailReason, JobState, TaskState};
 use crate::store::{JobRunRecord, TaskRunRecord};
 
@@ -23,8 +26,10 @@ pub const HISTORY_MINUTES: u64 = 60;
 pub const COST_HISTORY_MINUTES: u64 = 24 * 60;
 /// How many attempts of one task run are remembered for its detail pane.
 const MAX_ATTEMPT_LINES: usize = 32;
+/// How many `task.warning`s of one task run are remembered for its detail pane.
+pub const MAX_WARNING_LINES: usize = 10;
 
-/// The seven views of SPEC §4.2, in key order (`1`..`7`).
+/// The views: the seven of SPEC §4.2 and the schedules, in key order (`1`..`8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum View {
     Queues,
@@ -34,11 +39,23 @@ pub enum View {
     DeadLetters,
     Cost,
     Workers,
+    Schedules,
 }
 
+/// How many views there are.
+pub const VIEWS: usize = 8;
+
 impl View {
-    pub const ALL: [View; 7] =
-        [View::Queues, View::Jobs, View::Tasks, View::Retries, View::DeadLetters, View::Cost, View::Workers];
+    pub const ALL: [View; VIEWS] = [
+        View::Queues,
+        View::Jobs,
+        View::Tasks,
+        View::Retries,
+        View::DeadLetters,
+        View::Cost,
+        View::Workers,
+        View::Schedules,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
@@ -49,6 +66,18 @@ impl View {
             View::DeadLetters => "Dead letters",
             View::Cost => "Cost",
             View::Workers => "Workers",
+            View::Schedules => "Schedules",
+        }
+    }
+
+    /// The tab's title on a narrow terminal.
+    pub fn short_title(self) -> &'static str {
+        match self {
+            View::Retries => "Retry",
+            View::DeadLetters => "Dead",
+            View::Workers => "Work",
+            View::Schedules => "Sched",
+            other => other.title(),
         }
     }
 
@@ -159,6 +188,8 @@ pub struct TaskRow {
     pub rec: TaskRunRecord,
     pub attempts: Vec<AttemptLine>,
     pub model: Option<String>,
+    /// `task.warning`s seen this session (attempt, message), the latest last.
+    pub warnings: Vec<(u32, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,6 +206,8 @@ pub struct QueueRow {
     pub name: String,
     pub concurrency: usize,
     pub paused: bool,
+    /// Its circuit is open: nothing starts from it until then.
+    pub circuit_open_until_ms: Option<u64>,
     pub counts: [u32; 9],
     /// Task runs ended per minute (throughput).
     pub done_per_minute: BTreeMap<u64, u32>,
@@ -192,6 +225,31 @@ pub struct WorkerRow {
     pub snap: WorkerSnapshot,
 }
 
+/// A scheduled job: its cron line and zone, and when it last fired.
+#[derive(Debug, Clone)]
+pub struct ScheduleRow {
+    pub job: String,
+    pub expression: String,
+    pub timezone: Option<String>,
+    /// `None` when the expression no longer parses (a stored definition from another version).
+    pub schedule: Option<Schedule>,
+    /// The fire time it last handled, and whether it skipped it (a run was active).
+    pub last_ms: Option<u64>,
+    pub last_skipped: bool,
+}
+
+/// Who the TUI talks to, which decides what `q` and the commands do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    /// In the process that runs the engine (`gaffer run`/`serve`): `q` stops it.
+    Owner,
+    /// Attached to a server (`gaffer tui`): `q` detaches and stops nothing, so it never asks.
+    Attached,
+    /// No instance runs (`gaffer tui` on a quiet state dir): the store as it was left; commands
+    /// are refused.
+    ReadOnly,
+}
+
 /// Cost aggregates, all in micro-dollars.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CostBook {
@@ -200,10 +258,12 @@ pub struct CostBook {
     /// Keyed `job.task`.
     pub by_task: BTreeMap<String, u64>,
     pub by_queue: BTreeMap<String, u64>,
+    /// Spending by model, as `gaffer cost --by model` sums it: seeded from the snapshot's
+    /// figures, then kept current by `task.cost` events.
     pub by_model: BTreeMap<String, u64>,
     pub per_minute: BTreeMap<u64, u64>,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
+    /// Every kind of token, all models together (its `usd_micros` is unused: see `total`).
+    pub tokens: Usage,
 }
 
 /// The followed log (`l`) or the log tail of a task detail.
@@ -234,12 +294,14 @@ pub struct Model {
     pub size: (u16, u16),
     pub focus: View,
     pub mode: Mode,
-    pub panes: [Pane; 7],
+    pub panes: [Pane; VIEWS],
     pub detail_scroll: u16,
     pub tasks: BTreeMap<u64, TaskRow>,
     pub jobs: BTreeMap<u64, JobRow>,
     pub queues: BTreeMap<String, QueueRow>,
     pub workers: Vec<WorkerRow>,
+    /// The scheduled jobs, in name order.
+    pub schedules: Vec<ScheduleRow>,
     pub shapes: BTreeMap<String, JobShape>,
     pub counts: [usize; 9],
     pub retrying: BTreeSet<u64>,
@@ -249,16 +311,15 @@ pub struct Model {
     pub status: Option<Status>,
     /// Job runs this session was started for; the header says when all have ended.
     pub watched: Vec<u64>,
-    /// Attached to a server (`gaffer tui`): `q` detaches and stops nothing, so it never asks.
-    pub attached: bool,
+    pub session: Session,
     /// Task runs changed by a key before the engine confirmed it: their state before, to undo
     /// if the command fails.
     pub optimistic: BTreeMap<u64, TaskState>,
     /// Job runs a retry reopened before the engine confirmed it: their state and end before.
     pub optimistic_jobs: BTreeMap<u64, (JobState, Option<u64>)>,
     /// Per view: the ids of the rows, filtered and sorted (queues and workers by position).
-    pub index: [Vec<u64>; 7],
-    dirty: [bool; 7],
+    pub index: [Vec<u64>; VIEWS],
+    dirty: [bool; VIEWS],
     /// Set whenever something visible changed; the loop draws only then.
     pub changed: bool,
 }
@@ -277,6 +338,7 @@ impl Model {
             jobs: BTreeMap::new(),
             queues: BTreeMap::new(),
             workers: Vec::new(),
+            schedules: schedule_rows(&snapshot.jobs, &snapshot.schedule_fires),
             shapes: snapshot.jobs.into_iter().map(|j| (j.name.clone(), j)).collect(),
             counts: [0; 9],
             retrying: BTreeSet::new(),
@@ -285,15 +347,19 @@ impl Model {
             log: None,
             status: None,
             watched,
-            attached: false,
+            session: Session::Owner,
             optimistic: BTreeMap::new(),
             optimistic_jobs: BTreeMap::new(),
             index: Default::default(),
-            dirty: [true; 7],
+            dirty: [true; VIEWS],
             changed: true,
         };
         m.set_queues(snapshot.queues);
         m.set_workers(snapshot.workers);
+        for row in &snapshot.by_model {
+            *m.cost.by_model.entry(row.label().to_string()).or_default() += row.usage.usd_micros;
+            m.cost.tokens.add(&Usage { usd_micros: 0, ..row.usage });
+        }
         for rec in snapshot.job_runs {
             m.jobs.insert(rec.id, JobRow { rec, tasks: Vec::new(), done: 0, running: 0 });
         }
@@ -385,11 +451,18 @@ impl Model {
         self.workers.iter().filter(|w| w.snap.current.is_some()).count()
     }
 
+    /// The next fire time of a scheduled job: after the model's clock, and after the fire just
+    /// seen (an event can be newer than the last tick).
+    pub fn next_fire(&self, row: &ScheduleRow) -> Option<u64> {
+        row.schedule.as_ref()?.next_after(self.now_ms.max(row.last_ms.unwrap_or(0)))
+    }
+
     /// Micro-dollars per hour over the last ten minutes.
     pub fn burn_per_hour(&self) -> u64 {
         let now_min = self.now_ms / MINUTE_MS;
-        let spent: u64 = self.cost.per_minute.range(now_min.saturating_sub(9)..=now_min).map(|(_, v)| v).sum();
-        spent * 6
+        let spent =
+            self.cost.per_minute.range(now_min.saturating_sub(9)..=now_min).fold(0, |a, (_, v)| v.saturating_add(a));
+        spent.saturating_mul(6)
     }
 
     /// Cost per minute for the last `n` minutes, oldest first.
@@ -421,6 +494,7 @@ impl Model {
             row.name = q.name;
             row.concurrency = q.concurrency;
             row.paused = q.paused;
+            row.circuit_open_until_ms = q.circuit_open_until_ms;
         }
         self.touch(View::Queues);
     }
@@ -445,14 +519,15 @@ impl Model {
             self.tally(&old.rec, -1);
             // Events already applied are at least as new as a store read that raced them for
             // the dynamic fields; keep what they said about attempts and the model.
-            let row = TaskRow { rec, attempts: old.attempts, model: old.model };
+            let row = TaskRow { rec, attempts: old.attempts, model: old.model, warnings: old.warnings };
             self.tally(&row.rec, 1);
             self.tasks.insert(row.rec.id, row);
         } else {
             let minute = rec.ended_at_ms.or(rec.started_at_ms).unwrap_or(rec.created_at_ms) / MINUTE_MS;
             if rec.cost_usd_micros > 0 {
+                // By model it is already in the snapshot's figures (the record does not say).
                 let (job, task, queue) = (rec.job.clone(), rec.task.clone(), rec.queue.clone());
-                self.add_cost(&job, &task, &queue, "unknown", minute, rec.cost_usd_micros);
+                self.add_cost(&job, &task, &queue, None, minute, rec.cost_usd_micros);
             }
             if rec.state.is_terminal()
                 && rec.state != TaskState::Skipped
@@ -462,7 +537,7 @@ impl Model {
             }
             let attempts = last_attempt_of(&rec).into_iter().collect();
             self.tally(&rec, 1);
-            self.tasks.insert(rec.id, TaskRow { rec, attempts, model: None });
+            self.tasks.insert(rec.id, TaskRow { rec, attempts, model: None, warnings: Vec::new() });
         }
         self.touch_tasks(true);
     }
@@ -530,15 +605,20 @@ impl Model {
         self.touch_tasks(false);
     }
 
-    fn add_cost(&mut self, job: &str, task: &str, queue: &str, model: &str, minute: u64, micros: u64) {
+    /// Adds spending to every aggregate; to `by_model` only when `model` is given (the
+    /// snapshot's per-model figures already hold what task run records carry).
+    fn add_cost(&mut self, job: &str, task: &str, queue: &str, model: Option<&str>, minute: u64, micros: u64) {
+        let add = |slot: &mut u64| *slot = slot.saturating_add(micros);
         let c = &mut self.cost;
-        c.total += micros;
-        *c.by_job.entry(job.to_string()).or_default() += micros;
-        *c.by_task.entry(format!("{job}.{task}")).or_default() += micros;
-        *c.by_queue.entry(queue.to_string()).or_default() += micros;
-        *c.by_model.entry(model.to_string()).or_default() += micros;
-        *c.per_minute.entry(minute).or_default() += micros;
-        *self.queue_mut(queue).cost_per_day.entry(minute * MINUTE_MS / DAY_MS).or_default() += micros;
+        add(&mut c.total);
+        add(c.by_job.entry(job.to_string()).or_default());
+        add(c.by_task.entry(format!("{job}.{task}")).or_default());
+        add(c.by_queue.entry(queue.to_string()).or_default());
+        if let Some(model) = model {
+            add(c.by_model.entry(model.to_string()).or_default());
+        }
+        add(c.per_minute.entry(minute).or_default());
+        add(self.queue_mut(queue).cost_per_day.entry(minute * MINUTE_MS / DAY_MS).or_default());
     }
 
     fn touch(&mut self, view: View) {
@@ -603,14 +683,15 @@ impl Model {
                 }
                 self.touch(View::Workers);
             }
+            "schedule.fired" | "schedule.skipped" => self.apply_fire(e),
             "budget.exceeded" => {
                 let who = match (e.task_run, e.job_run) {
                     (Some(t), _) => format!("task run {t}"),
                     (None, Some(j)) => format!("job run j{j}"),
                     _ => "gaffer".into(),
                 };
-                let num = |k: &str| e.field(k).map(|v| v.to_string()).unwrap_or_default();
-                self.say(format!("{who}: budget exceeded, spent ${} of ${}", num("spent_usd"), num("limit_usd")), true);
+                let usd = |k: &str| crate::headless::dollars(e.field(k).map_or(0, micros_of_json));
+                self.say(format!("{who}: budget exceeded, spent {} of {}", usd("spent_usd"), usd("limit_usd")), true);
             }
             "hook.failed" => {
                 let text = |k: &str| e.str_field(k).unwrap_or("?").to_string();
@@ -621,6 +702,15 @@ impl Model {
             _ => {}
         }
         Vec::new()
+    }
+
+    fn apply_fire(&mut self, e: &EngineEvent) {
+        let when = e.str_field("scheduled_for").and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        let when = when.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
+        let Some(row) = self.schedules.iter_mut().find(|r| Some(&r.job) == e.job.as_ref()) else { return };
+        row.last_ms = when.or(Some(e.ts_ms));
+        row.last_skipped = e.event == "schedule.skipped";
+        self.touch(View::Schedules);
     }
 
     fn apply_job(&mut self, e: &EngineEvent) -> Vec<Command> {
@@ -683,6 +773,9 @@ impl Model {
         if e.event == "task.cost" {
             self.apply_cost(e, id);
         }
+        if e.event == "task.warning" {
+            self.apply_warning(e, id);
+        }
         let Some(row) = self.tasks.get_mut(&id) else { return };
         if let Some(a) = e.attempt {
             row.rec.attempt = row.rec.attempt.max(a);
@@ -695,6 +788,9 @@ impl Model {
                 r.ended_at_ms = None;
                 if let Some(p) = e.field("priority").and_then(|v| v.as_u64()) {
                     r.priority = p.min(255) as u8;
+                }
+                if let Some(n) = e.field("series_start").and_then(|v| v.as_u64()) {
+                    r.series_start = u32::try_from(n).unwrap_or(u32::MAX);
                 }
             }
             "task.started" => {
@@ -728,7 +824,7 @@ impl Model {
                 end_attempt(row, e, "succeeded");
             }
             "task.failed" => {
-                r.reason = e.str_field("reason").and_then(parse_reason);
+                r.reason = e.str_field("reason").and_then(FailReason::parse);
                 r.exit_code = e.field("exit_code").and_then(|v| v.as_i64()).map(|c| c as i32);
                 r.detail = e.str_field("detail").map(str::to_string);
                 end_attempt(row, e, e.str_field("reason").unwrap_or("failed"));
@@ -738,7 +834,7 @@ impl Model {
             }
             "task.dead_lettered" | "task.cancelled" | "task.skipped" => {
                 r.ended_at_ms = Some(ts);
-                if let Some(reason) = e.str_field("reason").and_then(parse_reason) {
+                if let Some(reason) = e.str_field("reason").and_then(FailReason::parse) {
                     r.reason = Some(reason);
                 } else if e.event == "task.cancelled" {
                     r.reason = Some(FailReason::Cancelled);
@@ -760,26 +856,43 @@ impl Model {
     }
 
     fn apply_cost(&mut self, e: &EngineEvent, id: u64) {
-        let micros = e.field("usd").and_then(usd_micros).unwrap_or(0);
         let tokens = |k: &str| e.field(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let usage = Usage {
+            usd_micros: e.field("usd").and_then(usd_micros).unwrap_or(0),
+            input_tokens: tokens("input_tokens"),
+            output_tokens: tokens("output_tokens"),
+            cache_read_tokens: tokens("cache_read_tokens"),
+            cache_write_tokens: tokens("cache_write_tokens"),
+        };
         let model = e.str_field("model").map(str::to_string);
         let Some(row) = self.tasks.get_mut(&id) else { return };
-        row.rec.cost_usd_micros += micros;
-        row.rec.input_tokens += tokens("input_tokens");
-        row.rec.output_tokens += tokens("output_tokens");
+        let r = &mut row.rec;
+        r.cost_usd_micros = r.cost_usd_micros.saturating_add(usage.usd_micros);
+        r.input_tokens = r.input_tokens.saturating_add(usage.input_tokens);
+        r.output_tokens = r.output_tokens.saturating_add(usage.output_tokens);
         if model.is_some() {
             row.model = model.clone();
         }
-        let (job, task, queue, job_run) =
-            (row.rec.job.clone(), row.rec.task.clone(), row.rec.queue.clone(), row.rec.job_run);
-        self.cost.input_tokens += tokens("input_tokens");
-        self.cost.output_tokens += tokens("output_tokens");
+        let (job, task, queue, job_run) = (r.job.clone(), r.task.clone(), r.queue.clone(), r.job_run);
+        self.cost.tokens.add(&Usage { usd_micros: 0, ..usage });
         if let Some(j) = self.jobs.get_mut(&job_run) {
-            j.rec.cost_usd_micros += micros;
+            j.rec.cost_usd_micros = j.rec.cost_usd_micros.saturating_add(usage.usd_micros);
         }
-        let model = model.unwrap_or_else(|| "unknown".into());
-        self.add_cost(&job, &task, &queue, &model, e.ts_ms / MINUTE_MS, micros);
+        let model = model.as_deref().unwrap_or(NO_MODEL);
+        self.add_cost(&job, &task, &queue, Some(model), e.ts_ms / MINUTE_MS, usage.usd_micros);
         self.touch(View::Cost);
+    }
+
+    /// A warning about what an attempt reported: kept for the detail pane and said below the table.
+    fn apply_warning(&mut self, e: &EngineEvent, id: u64) {
+        let Some(row) = self.tasks.get_mut(&id) else { return };
+        let text = e.str_field("message").unwrap_or_default().to_string();
+        row.warnings.push((e.attempt.unwrap_or(row.rec.attempt), text.clone()));
+        if row.warnings.len() > MAX_WARNING_LINES {
+            row.warnings.remove(0);
+        }
+        let who = format!("#{} {}.{}", id, row.rec.job, row.rec.task);
+        self.say(format!("{who}: warning: {text}"), true);
     }
 
     // ---- indexes -------------------------------------------------------------------------
@@ -819,6 +932,7 @@ impl Model {
         let mut rows: Vec<u64> = match view {
             View::Queues => (0..self.queues.len() as u64).collect(),
             View::Workers => self.workers.iter().map(|w| w.snap.id as u64).collect(),
+            View::Schedules => (0..self.schedules.len() as u64).collect(),
             View::Cost => Vec::new(),
             View::Jobs => self.sorted_jobs(self.jobs.values().filter(|j| filter.matches_job(j)), sort),
             View::Tasks => self.sorted_tasks(self.tasks.values().filter(|t| filter.matches_task(t)), sort),
@@ -884,9 +998,29 @@ impl Model {
 
     /// Marks every view dirty (focus changes, filters, sorts).
     pub fn invalidate(&mut self) {
-        self.dirty = [true; 7];
+        self.dirty = [true; VIEWS];
         self.changed = true;
     }
+}
+
+/// The rows of the Schedules view: every job with a cron line, with its last fire time.
+fn schedule_rows(jobs: &[JobShape], fires: &BTreeMap<String, u64>) -> Vec<ScheduleRow> {
+    let mut rows: Vec<ScheduleRow> = jobs
+        .iter()
+        .filter_map(|j| {
+            let expression = j.schedule.clone()?;
+            Some(ScheduleRow {
+                job: j.name.clone(),
+                schedule: Schedule::new(&expression, j.timezone.as_deref()).ok(),
+                expression,
+                timezone: j.timezone.clone(),
+                last_ms: fires.get(&j.name).copied(),
+                last_skipped: false,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| a.job.cmp(&b.job));
+    rows
 }
 
 /// Sorts `(key, id)` pairs and keeps the ids.
@@ -1020,23 +1154,7 @@ fn end_attempt(row: &mut TaskRow, e: &EngineEvent, outcome: &str) {
     }
 }
 
-pub fn parse_reason(text: &str) -> Option<FailReason> {
-    [
-        FailReason::ExitCode,
-        FailReason::Timeout,
-        FailReason::HeartbeatTimeout,
-        FailReason::SpawnError,
-        FailReason::Interrupted,
-        FailReason::Budget,
-        FailReason::Cancelled,
-        FailReason::QueueTimeout,
-    ]
-    .into_iter()
-    .find(|r| r.as_str() == text)
-}
-
 /// A JSON number of dollars as micro-dollars.
 fn usd_micros(v: &serde_json::Value) -> Option<u64> {
-    let usd = v.as_f64()?;
-    (usd.is_finite() && usd >= 0.0).then(|| (usd * 1_000_000.0).round() as u64)
+    v.is_number().then(|| micros_of_json(v))
 }

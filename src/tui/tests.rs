@@ -36,9 +36,9 @@ fn digits_tab_and_shift_tab_switch_views() {
     key(&mut m, Code::Tab);
     assert_eq!(m.focus, View::Queues, "Tab wraps around");
     key(&mut m, Code::BackTab);
-    assert_eq!(m.focus, View::Workers);
+    assert_eq!(m.focus, View::Schedules);
     key(&mut m, Code::BackTab);
-    assert_eq!(m.focus, View::Cost);
+    assert_eq!(m.focus, View::Workers);
 }
 
 #[test]
@@ -290,6 +290,54 @@ fn costs_are_aggregated_by_job_task_queue_and_model() {
     assert_eq!(m.burn_per_hour(), (12_300 + 152_000 + 41_000) * 6);
 }
 
+/// Attached to a server that already spent money: the snapshot's per-model figures fill the
+/// "by model" table (they used to land under `unknown`), and events add to them.
+#[test]
+fn spending_before_attaching_is_filed_under_its_models() {
+    use crate::engine::EngineSnapshot;
+    use crate::model::cost::{ModelUsage, Usage};
+    let mut rec = crate::store::TaskRunRecord::pending(1, 1, "j", "t", NOW_MS);
+    rec.cost_usd_micros = 30_000;
+    let usage = |usd, input| Usage { usd_micros: usd, input_tokens: input, cache_read_tokens: 5, ..Usage::default() };
+    let by_model = vec![
+        ModelUsage { model: Some("sonnet".into()), usage: usage(20_000, 100) },
+        ModelUsage { model: Some("(none)".into()), usage: usage(10_000, 0) },
+    ];
+    let snapshot = EngineSnapshot { task_runs: vec![rec], by_model, ..EngineSnapshot::default() };
+    let mut m = Model::new(snapshot, NOW_MS, "t", Vec::new());
+    assert_eq!(m.cost.total, 30_000);
+    assert_eq!(m.cost.by_model.get("sonnet"), Some(&20_000));
+    assert_eq!(m.cost.by_model.get("(none)"), Some(&10_000));
+    assert!(!m.cost.by_model.contains_key("unknown"));
+    assert_eq!((m.cost.tokens.input_tokens, m.cost.tokens.cache_read_tokens), (100, 10));
+    let mut e = EngineEvent::new("task.cost", NOW_MS).with("usd", 0.000001).with("cache_write_tokens", 7);
+    (e.job, e.job_run, e.task, e.task_run) = (Some("j".into()), Some(1), Some("t".into()), Some(1));
+    m.apply(&e);
+    assert_eq!(m.cost.by_model.get("(none)"), Some(&10_001), "a cost without a model is listed as `cost` lists it");
+    assert_eq!(m.cost.tokens.cache_write_tokens, 7);
+}
+
+#[test]
+fn a_warning_is_said_and_kept_for_the_detail_pane() {
+    let mut m = fixture();
+    let mut e = EngineEvent::new("task.warning", NOW_MS).with("message", "cost = \"claude-json\": no agent result");
+    (e.job, e.job_run, e.task, e.task_run, e.attempt) =
+        (Some("report".into()), Some(2), Some("parse".into()), Some(6), Some(1));
+    m.apply(&e);
+    assert_eq!(m.tasks[&6].warnings, vec![(1, "cost = \"claude-json\": no agent result".to_string())]);
+    let status = m.status.clone().expect("said");
+    assert!(status.error && status.text.contains("#6 report.parse: warning: cost"), "{}", status.text);
+    press(&mut m, "3");
+    m.prepare();
+    let row = m.index[m.focus.index()].iter().position(|id| *id == 6).expect("row of task run 6");
+    for _ in 0..row {
+        press(&mut m, "j");
+    }
+    key(&mut m, Code::Enter);
+    let screen = render_to_string(&m, 100, 30);
+    assert!(screen.contains("warnings") && screen.contains("no agent result"), "{screen}");
+}
+
 #[test]
 fn header_says_when_all_watched_runs_ended() {
     let mut m = fixture();
@@ -305,14 +353,14 @@ fn header_says_when_all_watched_runs_ended() {
 
 #[test]
 fn the_log_tail_is_cut_at_a_line_start_and_sanitized() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     let path = dir.path().join("1.1.log");
     let mut text = "x".repeat(100);
     text.push_str("\nfirst whole line\nevil \x1b[2J line\n");
     std::fs::write(&path, text).expect("write");
-    let tail = super::read_tail(&path, 50).expect("read");
+    let tail = super::read_tail(dir.path(), std::path::Path::new("1.1.log"), 50).expect("read");
     assert_eq!(tail, "first whole line\nevil ^[[2J line\n");
-    assert!(super::read_tail(&dir.path().join("none.log"), 50).is_err());
+    assert!(super::read_tail(dir.path(), std::path::Path::new("none.log"), 50).is_err());
 }
 
 #[test]
@@ -320,7 +368,7 @@ fn a_hundred_thousand_task_runs_render_every_view() {
     let m = fixture_with(100_000);
     assert_eq!(m.tasks.len(), 100_000);
     let timings = render_all_views_once(&m, 120, 40);
-    assert_eq!(timings.len(), 7);
+    assert_eq!(timings.len(), View::ALL.len());
 }
 
 // ---- snapshots ---------------------------------------------------------------------------
@@ -364,6 +412,46 @@ fn snapshot_cost() {
 #[test]
 fn snapshot_workers() {
     insta::assert_snapshot!("workers", snapshot_of("7"));
+}
+
+#[test]
+fn snapshot_schedules() {
+    insta::assert_snapshot!("schedules", snapshot_of("8"));
+}
+
+/// A fire seen as an event moves the last fire time; the next one follows the clock.
+#[test]
+fn a_schedule_fire_event_updates_the_schedules_view() {
+    let mut m = fixture();
+    let row = |m: &Model| m.schedules.iter().find(|r| r.job == "nightly").cloned().expect("nightly row");
+    let next = m.next_fire(&row(&m)).expect("a next fire time");
+    assert_eq!(crate::engine::rfc3339_ms(next), "2026-11-19T01:00:00.000Z", "02:00 in Berlin is 01:00Z in winter");
+    let mut e = EngineEvent::new("schedule.skipped", next + 5).with("scheduled_for", crate::engine::rfc3339_ms(next));
+    e.job = Some("nightly".into());
+    update(&mut m, Msg::Engine(e));
+    update(&mut m, Msg::Tick(next + 10));
+    assert_eq!((row(&m).last_ms, row(&m).last_skipped), (Some(next), true));
+    assert_eq!(m.next_fire(&row(&m)), Some(next + 24 * 3_600_000));
+    assert!(m.schedules.iter().all(|r| r.job != "report"), "a job without a schedule has no row");
+}
+
+/// With no instance running, the keys that would change something say so and change nothing;
+/// `q` leaves at once even though the store shows running task runs.
+#[test]
+fn read_only_refuses_commands_and_quits_without_asking() {
+    let mut m = fixture();
+    m.session = super::Session::ReadOnly;
+    for (view, keys) in [("5", "r"), ("5", "c"), ("1", "p"), ("3", "a"), ("2", "r"), ("2", "R")] {
+        press(&mut m, view);
+        assert!(press(&mut m, keys).is_empty(), "{keys} in view {view}");
+        assert_eq!(m.status.as_ref().map(|s| (s.text.as_str(), s.error)), Some((crate::engine::READ_ONLY, true)));
+    }
+    assert_eq!(state(&m, 9), TaskState::Dead, "nothing optimistic");
+    assert!(!m.queues["default"].paused);
+    assert!(m.count(TaskState::Running) > 0);
+    assert_eq!(press(&mut m, "q"), vec![Command::Quit]);
+    let screen = render_to_string(&m, 100, 30);
+    assert!(screen.lines().next().is_some_and(|l| l.contains("read-only: no instance running")), "{screen}");
 }
 
 #[test]
@@ -447,7 +535,7 @@ fn live_smoke() {
     let path = std::path::PathBuf::from(&file);
     let source = std::fs::read_to_string(&path).expect("workflow file");
     let workflow = crate::config::parse(&path, &source).expect("valid workflow");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::state_dir::private_tempdir();
     let state_dir = dir.path().to_path_buf();
     let (store, closer, _lock) = crate::store::open_writer(&state_dir).expect("state dir");
     let pricing = crate::model::cost::Pricing::new(crate::config::pricing::builtin(), &workflow.pricing);
@@ -471,7 +559,8 @@ fn live_smoke() {
         for job in jobs {
             ids.push(handle.submit(&job, Default::default()).await.expect("submit"));
         }
-        let options = super::TuiOptions { title: file, state_dir, watched_job_runs: ids, attached: false };
+        let options =
+            super::TuiOptions { title: file, state_dir, watched_job_runs: ids, session: super::Session::Owner };
         let exit = super::run(std::rc::Rc::new(handle.clone()), events, options).await;
         handle.shutdown().await;
         exit
@@ -557,7 +646,10 @@ fn the_task_graph_draws_siblings_as_a_tree() {
     let runs = (tasks.iter().enumerate())
         .map(|(i, t)| crate::store::TaskRunRecord::pending(40 + i as u64, 7, "review", &t.name, NOW_MS))
         .collect();
-    m.shapes.insert("review".into(), JobShape { name: "review".into(), budget_usd_micros: None, tasks });
+    m.shapes.insert(
+        "review".into(),
+        JobShape { name: "review".into(), budget_usd_micros: None, tasks, schedule: None, timezone: None },
+    );
     update(&mut m, Msg::JobRunLoaded(runs));
     press(&mut m, "2g");
     key(&mut m, Code::Enter);

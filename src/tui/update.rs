@@ -6,7 +6,7 @@ use crate::model::{JobState, TaskState};
 use crate::store::TaskRunRecord;
 
 use super::keymap::{self, Action, Code, Key};
-use super::model::{LogPane, Mode, Model, Subject, View};
+use super::model::{LogPane, Mode, Model, Session, Subject, View};
 
 /// Everything that can happen to the TUI.
 #[derive(Debug, Clone)]
@@ -268,6 +268,10 @@ fn other_attempt(model: &mut Model, step: i64) -> Vec<Command> {
 
 fn act(model: &mut Model, action: Action) -> Vec<Command> {
     let in_detail = matches!(model.mode, Mode::Detail(_));
+    if model.session == Session::ReadOnly && action.changes_state() {
+        model.say(crate::engine::READ_ONLY, true);
+        return Vec::new();
+    }
     match action {
         Action::GoTo(view) => focus(model, view),
         Action::NextView => focus(model, model.focus.next()),
@@ -354,7 +358,7 @@ fn details(model: &mut Model) -> Vec<Command> {
         View::Jobs => model.selected_job().map(|j| Subject::Job(j.rec.id)),
         View::Tasks | View::Retries | View::DeadLetters => model.selected_id().map(Subject::Task),
         View::Workers => model.selected_id().map(|id| Subject::Worker(id as usize)),
-        View::Cost => None,
+        View::Cost | View::Schedules => None,
     };
     let Some(subject) = subject else { return Vec::new() };
     model.detail_scroll = 0;
@@ -388,19 +392,21 @@ fn retry(model: &mut Model) -> Vec<Command> {
         return Vec::new();
     };
     // Said here rather than after a refusal: nothing changes on screen that would need undoing.
-    let retryable = |id: &u64| model.tasks.get(id).is_some_and(|t| t.rec.state.is_retryable());
-    let refusal = match target {
-        Target::TaskRun(id) => model.tasks.get(&id).filter(|t| !t.rec.state.is_retryable()).map(|t| {
-            format!("task run {id} {}; only dead or cancelled task runs can be retried", t.rec.state.phrase())
-        }),
-        Target::JobRun(j) => model
-            .jobs
-            .get(&j)
-            .filter(|job| !job.tasks.iter().any(retryable))
-            .map(|_| format!("job run j{j} has no dead or cancelled task runs to retry")),
+    // The engine's rule, on what the TUI knows (states); the budgets are the engine's to check.
+    let (job_run, task_run) = match target {
+        Target::TaskRun(id) => (model.tasks.get(&id).map_or(0, |t| t.rec.job_run), Some(id)),
+        Target::JobRun(j) => (j, None),
     };
-    if let Some(refusal) = refusal {
-        model.say(refusal, true);
+    let states: Vec<(u64, TaskState)> = model
+        .jobs
+        .get(&job_run)
+        .map(|job| job.tasks.iter().filter_map(|id| model.tasks.get(id).map(|t| (*id, t.rec.state))).collect())
+        .unwrap_or_default();
+    // A run the TUI has not loaded is left to the engine.
+    let checked =
+        if states.is_empty() { Ok(Vec::new()) } else { crate::model::retry::retryable(job_run, &states, task_run) };
+    if let Err(refusal) = checked {
+        model.say(refusal.to_string(), true);
         return Vec::new();
     }
     let command = Command::Retry(target);
@@ -541,7 +547,7 @@ fn follow_log(model: &mut Model) -> Vec<Command> {
 
 fn quit(model: &mut Model) -> Vec<Command> {
     let running = model.count(TaskState::Running);
-    if running == 0 || model.attached {
+    if running == 0 || model.session != Session::Owner {
         return vec![Command::Quit];
     }
     let plural = if running == 1 { "task" } else { "tasks" };

@@ -140,26 +140,35 @@ impl JobRun {
 #[rtype(result = "Result<String, String>")]
 pub struct RetryFrom {
     pub task: String,
+    /// `--budget`: raise the spent budgets in the way to this.
+    pub budget_usd_micros: Option<u64>,
 }
 
 impl Handler<RetryFrom> for JobRun {
     type Result = Result<String, String>;
 
     fn handle(&mut self, msg: RetryFrom, ctx: &mut Self::Context) -> Self::Result {
-        let result = self.retry_from(ctx, &msg.task);
+        let result = self.retry_from(ctx, &msg.task, msg.budget_usd_micros);
         self.release_if_idle(ctx);
         result
     }
 }
 
 impl JobRun {
-    fn retry_from(&mut self, ctx: &mut Context<Self>, from: &str) -> Result<String, String> {
+    fn retry_from(&mut self, ctx: &mut Context<Self>, from: &str, budget: Option<u64>) -> Result<String, String> {
         let id = self.record.id;
         let rerun =
             rerun::plan_from(&self.graph, self.states.as_slice(), from).map_err(|e| format!("job run j{id}: {e}"))?;
+        // A re-run spends too: the same budgets as a retry's hold it (`model::retry`).
+        let (job, spends) = super::super::manual_retry::spends(self.job(), &self.record, &self.tasks, &self.raised);
+        let ids: Vec<u64> = rerun.iter().map(|&i| self.tasks[i].id).collect();
+        let plan = crate::model::retry::budgets(&job, &spends, ids, None, budget, format!("j{id} --from {from}"))
+            .map_err(|refusal| refusal.to_string())?;
+        let (raised, mut events) = self.raise_budgets(&plan);
         // A re-run means run again: a cache entry would hand back the result being replaced.
         let mut mutations: Vec<Mutation> =
             rerun.iter().filter_map(|&i| self.cache_key(i)).map(Mutation::Uncached).collect();
+        mutations.extend(raised);
         self.reopen_record();
         let mut changes = Vec::new();
         for &i in &rerun {
@@ -174,10 +183,11 @@ impl JobRun {
         changes.extend(graph::reopen(&self.graph, &mut self.states));
         self.sync(&changes);
         mutations.push(Mutation::JobRun(self.record.clone()));
-        let event = self.job_event("job.started").with("retry", true).with("from", from);
+        let mut said: Vec<String> = events.iter().map(super::super::manual_retry::raised_line).collect();
+        events.push(self.job_event("job.started").with("retry", true).with("from", from));
         let names: Vec<&str> = rerun.iter().map(|&i| self.tasks[i].task.as_str()).collect();
-        let said = format!("job run j{id} runs again from `{from}`: {} (attempt numbers go on)", names.join(", "));
-        self.apply_changes(ctx, changes, mutations, vec![event]);
-        Ok(said)
+        said.push(format!("job run j{id} runs again from `{from}`: {} (attempt numbers go on)", names.join(", ")));
+        self.apply_changes(ctx, changes, mutations, events);
+        Ok(said.join("\n"))
     }
 }

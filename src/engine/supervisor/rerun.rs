@@ -87,7 +87,7 @@ impl Supervisor {
         let workflow = workflow_for_run(self.workflow.clone(), job_index, &names).map_err(EngineError::Invalid)?;
         let (tx, rx) = oneshot::channel();
         let id = record.id;
-        let actor = JobRun::new(shared, workflow, job_index, record, tasks, Vec::new()).start();
+        let actor = JobRun::new(shared, workflow, job_index, record, tasks, Vec::new(), Default::default()).start();
         actor.do_send(Start(Begin::New { with: Vec::new(), events: Vec::new(), begun: Some(tx) }));
         self.job_runs.insert(id, actor);
         self.job_of.insert(id, msg.job);
@@ -106,7 +106,11 @@ impl Supervisor {
             (Some(_), Target::TaskRun(id)) => Err(EngineError::Invalid(format!(
                 "--from re-runs part of a job run: give the job run (j7), not task run {id}"
             ))),
-            _ => self.locate(target).and_then(|(job_run, task_run)| Ok((self.actor_for(job_run)?, task_run))),
+            _ => self.locate(target).and_then(|(job_run, task_run)| {
+                // A retry is work done again: it renders templates, so it needs the run's secrets.
+                self.secrets_to_go_on(job_run)?;
+                Ok((self.actor_for(job_run)?, task_run))
+            }),
         };
         let store = self.shared.as_ref().map(|s| s.store.clone());
         Box::pin(async move {
@@ -114,9 +118,10 @@ impl Supervisor {
             let stopped = |_| EngineError::Stopped("the job run stopped".into());
             let check = CheckDefinition { current: current.0, key: current.1, choice: options.definition };
             let note = actor.send(check).await.map_err(stopped)?.map_err(EngineError::Invalid)?;
+            let budget_usd_micros = options.budget_usd_micros;
             let answer = match options.from {
-                Some(task) => actor.send(RetryFrom { task }).await,
-                None => actor.send(Retry { task_run }).await,
+                Some(task) => actor.send(RetryFrom { task, budget_usd_micros }).await,
+                None => actor.send(Retry { task_run, budget_usd_micros }).await,
             };
             // A switch made before a refused retry stays (it was asked for): say both.
             let with_note = |text: String| note.as_ref().map_or(text.clone(), |note| format!("{note}\n{text}"));

@@ -32,9 +32,11 @@ pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
 }
 
 fn draw_totals(model: &Model, frame: &mut Frame, area: Rect) {
-    let [left, right] = Layout::horizontal([Constraint::Length(34), Constraint::Min(10)]).areas(area);
-    let today: u64 = model.queues.values().map(|q| model.queue_cost_today(q)).sum();
     let c = &model.cost;
+    let tokens = tokens_line(&c.tokens);
+    let width = (tokens.chars().count() as u16 + 12).max(34);
+    let [left, right] = Layout::horizontal([Constraint::Length(width), Constraint::Min(10)]).areas(area);
+    let today: u64 = model.queues.values().map(|q| model.queue_cost_today(q)).fold(0, u64::saturating_add);
     let lines = vec![
         Line::from(vec![Span::styled(" total     ", dim()), Span::styled(usd(c.total), bold().fg(Color::Yellow))]),
         Line::from(vec![Span::styled(" today     ", dim()), Span::raw(usd(today))]),
@@ -42,10 +44,7 @@ fn draw_totals(model: &Model, frame: &mut Frame, area: Rect) {
             Span::styled(" burn rate ", dim()),
             Span::raw(format!("{}/h (last 10m)", usd(model.burn_per_hour()))),
         ]),
-        Line::from(vec![
-            Span::styled(" tokens    ", dim()),
-            Span::raw(format!("{} in / {} out", c.input_tokens, c.output_tokens)),
-        ]),
+        Line::from(vec![Span::styled(" tokens    ", dim()), Span::raw(tokens)]),
     ];
     frame.render_widget(Paragraph::new(lines), left);
     // One column per minute, as many minutes as the box is wide, the current one at the right
@@ -61,6 +60,15 @@ fn draw_totals(model: &Model, frame: &mut Frame, area: Rect) {
     frame.render_widget(Sparkline::default().block(block).data(&series).style(Style::new().fg(Color::Yellow)), right);
 }
 
+/// `1200 in / 340 out`, and the prompt-cache tokens when there were any.
+fn tokens_line(t: &crate::model::cost::Usage) -> String {
+    let mut line = format!("{} in / {} out", t.input_tokens, t.output_tokens);
+    if t.cache_read_tokens > 0 || t.cache_write_tokens > 0 {
+        line.push_str(&format!(" / {} cache read / {} cache write", t.cache_read_tokens, t.cache_write_tokens));
+    }
+    line
+}
+
 fn breakdown(frame: &mut Frame, area: Rect, title: &str, values: &BTreeMap<String, u64>, total: u64) {
     let mut sorted: Vec<(&String, &u64)> = values.iter().filter(|(_, v)| **v > 0).collect();
     sorted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -69,7 +77,7 @@ fn breakdown(frame: &mut Frame, area: Rect, title: &str, values: &BTreeMap<Strin
         .into_iter()
         .take(height)
         .map(|(name, v)| {
-            let share = (v * 100).checked_div(total).unwrap_or(0);
+            let share = (u128::from(*v) * 100).checked_div(u128::from(total)).unwrap_or(0);
             Row::new(vec![Span::raw(name.clone()), Span::raw(usd(*v)), Span::styled(format!("{share:>3}%"), dim())])
         })
         .collect();

@@ -6,7 +6,7 @@ use ratatui::style::{Color, Style};
 use ratatui::text::Span;
 use ratatui::widgets::{Cell, Row};
 
-use super::{TableSpec, age, dim, draw_table, usd};
+use super::{TableSpec, USD_WIDTH, age, dim, draw_table, usd};
 use crate::tui::model::{Model, View};
 
 const HEADER: &[&str] = &["id", "job.task", "reason", "attempts", "cost", "when", "detail"];
@@ -15,7 +15,7 @@ const WIDTHS: &[Constraint] = &[
     Constraint::Min(16),
     Constraint::Length(17),
     Constraint::Length(8),
-    Constraint::Length(8),
+    Constraint::Length(USD_WIDTH as u16),
     Constraint::Length(8),
     Constraint::Fill(2),
 ];

@@ -109,6 +109,15 @@ fn task(model: &Model, t: &TaskRow, frame: &mut Frame, area: Rect) {
             Span::raw(a.detail.clone().unwrap_or_default()),
         ]));
     }
+    if !t.warnings.is_empty() {
+        lines.push(Line::styled(" warnings", bold()));
+        for (n, text) in t.warnings.iter().rev().take(4) {
+            lines.push(Line::from(vec![
+                Span::styled(format!("   {n:>3}  "), dim()),
+                Span::styled(text.clone(), Style::new().fg(Color::Yellow)),
+            ]));
+        }
+    }
     if !r.outputs.is_empty() {
         lines.push(Line::styled(" outputs", bold()));
         for (k, v) in r.outputs.iter().take(8) {
@@ -315,7 +324,7 @@ fn graph_line(
             let pad = 10usize.saturating_sub(r.state.as_str().len());
             let took = took(model, t);
             spans.push(Span::styled(
-                format!("{:pad$} #{:<6} try {:<5} {:>7} {:>8}", "", r.id, attempts(r), took, usd(r.cost_usd_micros)),
+                format!("{:pad$} #{:<6} try {:<5} {:>7} {:>9}", "", r.id, attempts(r), took, usd(r.cost_usd_micros)),
                 dim(),
             ));
         }

@@ -51,7 +51,7 @@ fn key_spans(model: &Model) -> Vec<Span<'static>> {
             keys
         }
         Mode::Normal => {
-            let mut keys = vec![("1-7".to_string(), "views"), ("j/k".to_string(), "move")];
+            let mut keys = vec![(keymap::view_keys(), "views"), ("j/k".to_string(), "move")];
             keys.extend(keymap::footer(model.focus, selected));
             keys
         }

@@ -9,7 +9,7 @@ use ratatui::widgets::Paragraph;
 use crate::model::TaskState;
 
 use super::{bold, dim, task_color, usd};
-use crate::tui::model::{Model, View};
+use crate::tui::model::{Model, Session, View};
 
 /// The order states are counted in the header.
 const ORDER: [TaskState; 9] = [
@@ -37,6 +37,10 @@ pub fn draw(model: &Model, frame: &mut Frame, [top, counts, tabs]: [Rect; 3]) {
         Span::styled("cost ", dim()),
         Span::styled(usd(model.cost.total), bold().fg(Color::Yellow)),
     ];
+    if model.session == Session::ReadOnly {
+        spans.push(sep());
+        spans.push(Span::styled(crate::engine::READ_ONLY, bold().fg(Color::Yellow)));
+    }
     if model.all_watched_ended() {
         spans.push(sep());
         spans.push(Span::styled("all runs ended — q to quit", bold().fg(Color::Green)));
@@ -54,17 +58,25 @@ pub fn draw(model: &Model, frame: &mut Frame, [top, counts, tabs]: [Rect; 3]) {
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), counts);
 
-    let mut tab_spans = Vec::new();
-    for (i, view) in View::ALL.into_iter().enumerate() {
+    let label = |i: usize, view: View, short: bool| {
         let badge = match view {
             View::Retries if !model.retrying.is_empty() => format!(" {}", model.retrying.len()),
             View::DeadLetters if !model.dead.is_empty() => format!(" {}", model.dead.len()),
             _ => String::new(),
         };
-        let text = format!(" {} {}{badge} ", i + 1, view.title());
+        let title = if short && view != model.focus { view.short_title() } else { view.title() };
+        format!(" {} {title}{badge} ", i + 1)
+    };
+    // On a narrow terminal the tabs not shown take their short titles, so all eight fit.
+    let full: usize = View::ALL.into_iter().enumerate().map(|(i, v)| label(i, v, false).chars().count()).sum();
+    let short = full > usize::from(tabs.width);
+    let mut tab_spans = Vec::new();
+    for (i, view) in View::ALL.into_iter().enumerate() {
+        let text = label(i, view, short);
+        let badge = matches!(view, View::Retries | View::DeadLetters) && text.trim_end().ends_with(char::is_numeric);
         let style = if view == model.focus {
             Style::new().fg(Color::Black).bg(Color::Gray).add_modifier(Modifier::BOLD)
-        } else if view == View::DeadLetters && !badge.is_empty() {
+        } else if view == View::DeadLetters && badge {
             Style::new().fg(Color::Red)
         } else {
             Style::new()

@@ -10,6 +10,7 @@ mod help;
 mod jobs;
 mod queues;
 mod retries;
+mod schedules;
 mod tasks;
 mod workers;
 
@@ -55,6 +56,7 @@ fn draw_body(model: &Model, frame: &mut Frame, area: Rect) {
         View::DeadLetters => dead_letters::draw(model, frame, area),
         View::Cost => cost::draw(model, frame, area),
         View::Workers => workers::draw(model, frame, area),
+        View::Schedules => schedules::draw(model, frame, area),
     }
 }
 
@@ -96,9 +98,14 @@ pub fn bold() -> Style {
 }
 
 /// `$0.0123`.
+/// Dollars in at most `USD_WIDTH` characters: every money column is that wide, and an amount
+/// is rounded to fit (`$0.02388`), never cut off.
 pub fn usd(micros: u64) -> String {
-    crate::headless::dollars(micros)
+    crate::model::money::format_usd_fit(micros, USD_WIDTH)
 }
+
+/// The width of every money column.
+pub const USD_WIDTH: usize = 9;
 
 /// `950ms`, `2.4s`, `3m05s`, `2h03m`.
 pub fn dur(ms: u64) -> String {
@@ -205,8 +212,7 @@ pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
 
 /// Attempts used in the current series over the maximum (`2/3`; `2/?` before the record is read).
 pub fn attempts(r: &crate::store::TaskRunRecord) -> String {
-    let max = if r.max_attempts == 0 { "?".to_string() } else { r.max_attempts.to_string() };
-    format!("{}/{max}", r.attempts_in_series())
+    crate::headless::tries(u64::from(r.attempts_in_series()), u64::from(r.max_attempts))
 }
 
 /// `exit_code 3: detail`, the last failure of a task run.

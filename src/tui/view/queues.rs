@@ -1,4 +1,5 @@
-//! Queues: per queue ready / running / retrying / dead / paused, concurrency used/limit, a
+//! Queues: per queue ready / running / retrying / dead / paused or circuit open (with the time
+//! until it closes), concurrency used/limit, a
 //! throughput sparkline (task runs ended per minute, last 20 minutes) and cost today.
 
 use ratatui::Frame;
@@ -16,7 +17,7 @@ const HEADER: &[&str] =
     &["queue", "state", "ready", "running", "retrying", "dead", "used/limit", "ended/min (20m)", "cost today"];
 const WIDTHS: &[Constraint] = &[
     Constraint::Min(10),
-    Constraint::Length(7),
+    Constraint::Length(13),
     Constraint::Length(6),
     Constraint::Length(7),
     Constraint::Length(8),
@@ -35,7 +36,10 @@ pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
             let style = if v == 0 { dim() } else { Style::new().fg(task_color(s)) };
             Cell::from(Span::styled(v.to_string(), style))
         };
-        let state = if q.paused {
+        let state = if let Some(until) = q.circuit_open_until_ms {
+            let left = super::dur(until.saturating_sub(model.now_ms));
+            Span::styled(format!("circuit {left}"), Style::new().fg(Color::Red))
+        } else if q.paused {
             Span::styled("paused", Style::new().fg(Color::Yellow))
         } else {
             Span::styled("active", Style::new().fg(Color::Green))

@@ -7,7 +7,7 @@ use ratatui::widgets::{Cell, Row};
 
 use crate::model::TaskState;
 
-use super::{TableSpec, attempts, dim, draw_table, last_error, task_state_span, took, usd};
+use super::{TableSpec, USD_WIDTH, attempts, dim, draw_table, last_error, task_state_span, took, usd};
 use crate::tui::model::{Model, View};
 
 const HEADER: &[&str] = &["id", "job", "task", "state", "try", "queue", "duration", "cost", "progress / error"];
@@ -19,7 +19,7 @@ const WIDTHS: &[Constraint] = &[
     Constraint::Length(4),
     Constraint::Length(8),
     Constraint::Length(8),
-    Constraint::Length(8),
+    Constraint::Length(USD_WIDTH as u16),
     Constraint::Fill(2),
 ];
 

@@ -1,0 +1,92 @@
+//! A person's retry, checked the same way whether the running instance takes it (a `JobRun`
+//! actor) or `gaffer retry` leaves it in the inbox while none runs: both build the plain data
+//! of `model::retry` from the records and the job's definition here, and ask its `plan`.
+
+use super::inbox::RetryOptions;
+use super::{EngineError, EngineEvent, Target};
+use crate::config::JobDef;
+use crate::model::TaskState;
+use crate::model::graph::JobGraph;
+use crate::model::money::{format_usd, micros_of_json};
+use crate::model::retry::{self, JobRunSpend, TaskRunSpend};
+use crate::store::{JobRunRecord, RaisedBudgets, Reader, TaskRunRecord};
+
+/// The spending and the limits in force of a job run and its task runs.
+pub fn spends(
+    def: &JobDef,
+    record: &JobRunRecord,
+    tasks: &[TaskRunRecord],
+    raised: &RaisedBudgets,
+) -> (JobRunSpend, Vec<TaskRunSpend>) {
+    let job = JobRunSpend {
+        id: record.id,
+        spent_usd_micros: record.cost_usd_micros,
+        budget_usd_micros: raised.job_run.or(def.budget_usd_micros),
+    };
+    let tasks = tasks
+        .iter()
+        .map(|t| {
+            let task_def = def.tasks.get(t.task_index as usize);
+            let (budget, max_cost) = retry::task_limits(
+                task_def.and_then(|d| d.budget_usd_micros),
+                task_def.and_then(|d| d.retry.max_cost_usd_micros),
+                raised.task_runs.get(&t.id).copied(),
+            );
+            TaskRunSpend {
+                id: t.id,
+                state: t.state,
+                spent_usd_micros: t.cost_usd_micros,
+                budget_usd_micros: budget,
+                max_cost_usd_micros: max_cost,
+            }
+        })
+        .collect();
+    (job, tasks)
+}
+
+/// What a retry answers about a `budget.raised` event it made.
+pub fn raised_line(e: &EngineEvent) -> String {
+    let limit = format_usd(e.field("limit_usd").map_or(0, micros_of_json));
+    match e.task_run {
+        Some(id) => format!("task run {id}: budget raised to ${limit}"),
+        None => format!("job run j{}: budget raised to ${limit}", e.job_run.unwrap_or(0)),
+    }
+}
+
+/// The task runs `retry j7 --from TASK` runs again, by id, picked from the records as the job
+/// run would pick them (`model::rerun::plan_from`); else why it cannot go again from there.
+pub fn rerun_set(def: &JobDef, tasks: &[TaskRunRecord], from: &str) -> Result<Vec<u64>, String> {
+    let mut ordered: Vec<&TaskRunRecord> = tasks.iter().collect();
+    ordered.sort_by_key(|t| t.task_index);
+    let names: Vec<&str> = ordered.iter().map(|t| t.task.as_str()).collect();
+    let graph = JobGraph::new(&crate::model::rerun::slice_job(def, &names));
+    let states: Vec<TaskState> = ordered.iter().map(|t| t.state).collect();
+    let picked = crate::model::rerun::plan_from(&graph, &states, from).map_err(|e| e.to_string())?;
+    Ok(picked.into_iter().map(|i| ordered[i].id).collect())
+}
+
+/// The check a running instance would make, on the state dir while none runs: `Ok` if the
+/// retry would be taken, else the refusal as the instance would word it.
+pub fn check_offline(reader: &Reader, target: Target, options: &RetryOptions) -> Result<(), EngineError> {
+    let (job_run, task_run) = match target {
+        Target::JobRun(id) => (id, None),
+        Target::TaskRun(id) => (reader.task_run(id)?.ok_or(EngineError::UnknownId(target))?.job_run, Some(id)),
+    };
+    let record = reader.job_run(job_run)?.ok_or(EngineError::UnknownId(Target::JobRun(job_run)))?;
+    let workflow = super::supervisor::stored_workflow(reader, &record)?;
+    let def = workflow.jobs.iter().find(|j| j.name == record.job).ok_or_else(|| {
+        EngineError::Invalid(format!("job run j{job_run}: job `{}` is missing from its definition", record.job))
+    })?;
+    let tasks = reader.task_runs_of(job_run)?;
+    let (job, spent) = spends(def, &record, &tasks, &reader.raised_budgets(job_run)?);
+    let budget = options.budget_usd_micros;
+    let planned = match &options.from {
+        None => retry::plan(&job, &spent, task_run, budget),
+        Some(from) => {
+            let ids =
+                rerun_set(def, &tasks, from).map_err(|e| EngineError::Invalid(format!("job run j{job_run}: {e}")))?;
+            retry::budgets(&job, &spent, ids, None, budget, format!("j{job_run} --from {from}"))
+        }
+    };
+    planned.map(|_| ()).map_err(|refusal| EngineError::Invalid(refusal.to_string()))
+}

@@ -1,0 +1,226 @@
+//! Job params: where each value comes from, what is stored, and what templates see.
+//!
+//! A secret param's value lives only in the memory of the gaffer process that was given it:
+//! the stored run (and so every view of it: `show`, `jobs`, the journal, the TUI) holds `***`.
+//! A run that must go on in another process (resumed after a restart, retried later) needs the
+//! value again, from that process's `--param` or from the environment variable the param names.
+
+use std::collections::BTreeMap;
+
+use crate::config::{JobDef, ParamDef};
+
+/// What a secret's value is replaced with wherever it would be stored or shown.
+pub const MASK: &str = "***";
+
+pub type Values = BTreeMap<String, String>;
+
+/// Where values come from besides the request itself.
+pub struct Sources<'a> {
+    /// Secret values given to this gaffer process (`run`/`serve --param`): they serve resumed
+    /// runs, retries, scheduled fires and submits that do not carry their own.
+    pub instance: &'a Values,
+    /// The process environment, for params that name a variable (`env = "VAR"`).
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// A new run's params: what is stored (secrets masked) and the secrets themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    pub stored: Values,
+    pub secrets: Values,
+}
+
+/// The params of a new run of `job`: `given` over the environment and the declared defaults.
+/// A param the job does not declare, or one left without a value, is an error that says how to
+/// give it.
+pub fn resolve(job: &JobDef, given: &Values, sources: &Sources) -> Result<Resolved, String> {
+    if let Some(unknown) = given.keys().find(|k| !job.params.contains_key(*k)) {
+        let declared: Vec<&str> = job.params.keys().map(String::as_str).collect();
+        let declared = if declared.is_empty() {
+            "it declares no params".into()
+        } else {
+            format!("declared: {}", declared.join(", "))
+        };
+        return Err(format!("unknown param `{unknown}` for job `{}` ({declared})", job.name));
+    }
+    let mut resolved = Resolved::default();
+    let mut missing = Vec::new();
+    for (name, def) in &job.params {
+        let value = given.get(name).cloned().or_else(|| fallback(name, def, sources)).or_else(|| def.default.clone());
+        match (value, def.secret) {
+            (Some(value), true) => {
+                resolved.stored.insert(name.clone(), MASK.to_string());
+                resolved.secrets.insert(name.clone(), value);
+            }
+            (Some(value), false) => {
+                resolved.stored.insert(name.clone(), value);
+            }
+            (None, _) => {
+                let kind = if def.secret { "secret param" } else { "param" };
+                missing.push(format!("{kind} {}", how_to_give(name, def)));
+            }
+        }
+    }
+    if missing.is_empty() { Ok(resolved) } else { Err(format!("job `{}` needs {}", job.name, missing.join("; "))) }
+}
+
+/// A value not given with the request: the process's own secret, else the environment.
+fn fallback(name: &str, def: &ParamDef, sources: &Sources) -> Option<String> {
+    let instance = def.secret.then(|| sources.instance.get(name).cloned()).flatten();
+    instance.or_else(|| def.env.as_deref().and_then(|var| (sources.env)(var)))
+}
+
+/// "`token` (pass --param token=…, or set $API_TOKEN)".
+fn how_to_give(name: &str, def: &ParamDef) -> String {
+    let env = def.env.as_deref().map(|var| format!(", or set ${var}")).unwrap_or_default();
+    format!("`{name}` (pass --param {name}=…{env})")
+}
+
+/// The secrets a stored run of `job` needs again (they were never stored): what this process
+/// holds for the run, else its `--param`, else the environment. The error names every missing
+/// one and how to give it.
+pub fn secrets_again(job: &JobDef, held: Option<&Values>, sources: &Sources) -> Result<Values, String> {
+    let mut secrets = Values::new();
+    let mut missing = Vec::new();
+    for (name, def) in job.params.iter().filter(|(_, d)| d.secret) {
+        match held.and_then(|h| h.get(name).cloned()).or_else(|| fallback(name, def, sources)) {
+            Some(value) => {
+                secrets.insert(name.clone(), value);
+            }
+            None => missing.push(how_to_give(name, def)),
+        }
+    }
+    if missing.is_empty() {
+        Ok(secrets)
+    } else {
+        Err(format!("secrets are never stored, so it needs them again: {}", missing.join("; ")))
+    }
+}
+
+/// What templates see: the stored values, each secret's mask replaced by its value. A secret
+/// with no value is left out, so a template naming it fails instead of rendering `***`.
+pub fn for_templates(job: &JobDef, stored: &Values, secrets: &Values) -> Values {
+    let mut params: Values = stored
+        .iter()
+        .filter(|(name, _)| !job.params.get(*name).is_some_and(|d| d.secret))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    params.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
+    params
+}
+
+/// `text` with every secret value in it replaced by `***`: for error text that may quote a
+/// rendered value.
+pub fn redact(text: &str, secrets: &Values) -> String {
+    let mut values: Vec<&String> = secrets.values().filter(|v| !v.is_empty()).collect();
+    // The longest first, so a secret that contains another is hidden whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values.into_iter().fold(text.to_string(), |text, secret| text.replace(secret.as_str(), MASK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(params: &[(&str, ParamDef)]) -> JobDef {
+        let text = "[jobs.deploy.tasks.t]\nrun = \"x\"\n";
+        let mut job = crate::config::parse(std::path::Path::new("w.toml"), text).expect("valid").jobs.remove(0);
+        job.params = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        job
+    }
+
+    fn secret(env: Option<&str>) -> ParamDef {
+        ParamDef { default: None, secret: true, env: env.map(String::from) }
+    }
+
+    fn values(pairs: &[(&str, &str)]) -> Values {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn env_with(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |var| pairs.iter().find(|(k, _)| *k == var).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn where_each_value_comes_from() {
+        let j = job(&[
+            ("topic", ParamDef::plain("rust")),
+            ("region", ParamDef { default: Some("eu".into()), secret: false, env: Some("REGION".into()) }),
+            ("token", secret(Some("TOKEN"))),
+            ("key", secret(None)),
+        ]);
+        let env = env_with(&[("TOKEN", "from-env"), ("REGION", "us")]);
+        let instance = values(&[("key", "from-instance"), ("topic", "ignored: not a secret")]);
+        let sources = Sources { instance: &instance, env: &env };
+        type Pairs = &'static [(&'static str, &'static str)];
+        // (given, expected stored, expected secrets)
+        let table: &[(Pairs, Pairs, Pairs)] = &[
+            (
+                &[],
+                &[("topic", "rust"), ("region", "us"), ("token", MASK), ("key", MASK)],
+                &[("token", "from-env"), ("key", "from-instance")],
+            ),
+            (
+                &[("token", "given"), ("key", "k"), ("topic", "go"), ("region", "ap")],
+                &[("topic", "go"), ("region", "ap"), ("token", MASK), ("key", MASK)],
+                &[("token", "given"), ("key", "k")],
+            ),
+        ];
+        for (given, stored, secrets) in table {
+            let r = resolve(&j, &values(given), &sources).expect("resolves");
+            assert_eq!(r.stored, values(stored), "given {given:?}");
+            assert_eq!(r.secrets, values(secrets), "given {given:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_unknown_param_is_refused_with_how_to_give_it() {
+        let j = job(&[("token", secret(Some("TOKEN"))), ("who", ParamDef::default()), ("n", ParamDef::plain("1"))]);
+        let none = Values::new();
+        let sources = Sources { instance: &none, env: &|_| None };
+        assert_eq!(
+            resolve(&j, &none, &sources),
+            Err("job `deploy` needs secret param `token` (pass --param token=…, or set $TOKEN); \
+                 param `who` (pass --param who=…)"
+                .into())
+        );
+        assert_eq!(
+            resolve(&j, &values(&[("nope", "1")]), &sources),
+            Err("unknown param `nope` for job `deploy` (declared: n, token, who)".into())
+        );
+    }
+
+    #[test]
+    fn secrets_again_come_from_memory_then_the_process_then_the_environment() {
+        let j = job(&[("a", secret(None)), ("b", secret(Some("B"))), ("plain", ParamDef::plain("x"))]);
+        let env = env_with(&[("B", "b-env")]);
+        let instance = values(&[("a", "a-instance")]);
+        let sources = Sources { instance: &instance, env: &env };
+        assert_eq!(secrets_again(&j, None, &sources), Ok(values(&[("a", "a-instance"), ("b", "b-env")])));
+        let held = values(&[("a", "a-held"), ("b", "b-held")]);
+        assert_eq!(secrets_again(&j, Some(&held), &sources), Ok(held.clone()));
+        let none = Values::new();
+        let bare = Sources { instance: &none, env: &|_| None };
+        assert_eq!(
+            secrets_again(&j, None, &bare),
+            Err("secrets are never stored, so it needs them again: `a` (pass --param a=…); \
+                 `b` (pass --param b=…, or set $B)"
+                .into())
+        );
+    }
+
+    #[test]
+    fn templates_see_values_never_masks() {
+        let j = job(&[("a", secret(None)), ("b", secret(None)), ("plain", ParamDef::plain("x"))]);
+        let stored = values(&[("a", MASK), ("b", MASK), ("plain", "x")]);
+        let seen = for_templates(&j, &stored, &values(&[("a", "va")]));
+        assert_eq!(seen, values(&[("a", "va"), ("plain", "x")]), "b has no value: absent, not `***`");
+    }
+
+    #[test]
+    fn redact_hides_every_secret_whole() {
+        let secrets = values(&[("a", "abc"), ("b", "abcdef"), ("empty", "")]);
+        assert_eq!(redact("x abcdef y abc z", &secrets), "x *** y *** z");
+        assert_eq!(redact("nothing here", &secrets), "nothing here");
+    }
+}
