@@ -13,6 +13,7 @@
 #   SAMPLES=200     latency samples per executor (benches/latency.rs)
 #   REPS=3          repetitions where a row is cheap (median is shown, range in brackets)
 #   SINGLE_JOB_TIMEOUT=150   cap (s) on the one-job no-op run (it is quadratic in tasks per job)
+#   MANY_N=1000     tasks `sleep 2` running at once (workers = MANY_N) for the memory-per-task row
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ BIG_N="${BIG_N:-100000}"
 SAMPLES="${SAMPLES:-200}"
 REPS="${REPS:-3}"
 SINGLE_JOB_TIMEOUT="${SINGLE_JOB_TIMEOUT:-150}"
+MANY_N="${MANY_N:-1000}"
 PER_JOB=100 # tasks per job in the many-jobs layouts
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -297,6 +299,48 @@ runaway_s=$(elapsed "$t0" "$t1")
 row "runaway template (3 nested \`range(10000)\` in \`env\`) → dead letter" "$(awk -v s="$runaway_s" 'BEGIN { printf "%.0f", s * 1000 }') ms" "< 1 s" \
   "$(verdict "$runaway_s" 1 le)" \
   "\`gaffer run\` start → exit; the render stops at its fuel budget, reason template_error ($(grep -c '"reason":"template_error"' "$WORK/runaway.jsonl" || true) events); it froze the engine until the watchdog's exit 70 before"
+# ------------------------------------------------------------------ 8. many running tasks (issue 9)
+log "8. $MANY_N tasks \`sleep 2\` at once (workers = $MANY_N): peak RSS and wall vs xargs -P$MANY_N, $REPS reps interleaved"
+awk -v n="$MANY_N" 'BEGIN {
+  printf "[settings]\nworkers = %d\n\n", n
+  for (i = 0; i < n; i++) printf "[jobs.many.tasks.t%d]\nrun = \"sleep 2\"\n", i
+}' >"$WORK/many.toml"
+: >"$WORK/many.kb"; : >"$WORK/many.s"; : >"$WORK/many-raw.s"; : >"$WORK/many.ratio"
+for ((r = 1; r <= REPS; r++)); do
+  t0=$(now); seq "$MANY_N" | xargs -P"$MANY_N" -n1 sh -c 'sleep 2'; t1=$(now)
+  raw=$(elapsed "$t0" "$t1")
+  # Each attempt holds 4–5 descriptors in gaffer: make sure the soft limit is not what is measured.
+  t0=$(now)
+  (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    exec "$GAFFER" run "$WORK/many.toml" --state-dir "$WORK/state-many-$r" --json >"$WORK/many.jsonl" 2>"$WORK/err.txt") &
+  BG=$!; hwm=0
+  while kill -0 "$BG" 2>/dev/null; do
+    v=$(status_kb "$BG" VmHWM)
+    [ -n "$v" ] && [ "$v" -gt "$hwm" ] && hwm=$v
+    sleep 0.05
+  done
+  wait "$BG" || true; BG=""; t1=$(now)
+  secs=$(elapsed "$t0" "$t1")
+  ok=$(count_event "$WORK/many.jsonl" task.succeeded)
+  [ "$ok" -eq "$MANY_N" ] || { log "   gaffer: $ok/$MANY_N task.succeeded"; sed 's/^/[gaffer] /' "$WORK/err.txt" >&2; }
+  echo "$hwm" >>"$WORK/many.kb"; echo "$secs" >>"$WORK/many.s"; echo "$raw" >>"$WORK/many-raw.s"
+  awk -v g="$secs" -v r="$raw" 'BEGIN { print g / r }' >>"$WORK/many.ratio"
+  log "   rep $r: gaffer ${secs}s, peak $(kb_to_mb "$hwm") MB; raw ${raw}s"
+done
+many_mb=$(kb_to_mb "$(median_only <"$WORK/many.kb")")
+# Above the idle row's RSS (workers = 4, one task), when that row ran: what each attempt adds.
+per_attempt_kb() {
+  [ -s "$WORK/idle.kb" ] || return 0
+  awk -v k="$(median_only <"$WORK/many.kb")" -v i="$(median_only <"$WORK/idle.kb")" -v n="$MANY_N" \
+    'BEGIN { printf " (≈ %.0f KB per running attempt above the idle row, %d worker slots included)", (k - i) / n, n }'
+}
+many_ratio=$(median_only <"$WORK/many.ratio")
+row "peak RSS with $MANY_N tasks \`sleep 2\` running at once" "$(awk '{ printf "%.1f\n", $1 / 1024 }' "$WORK/many.kb" | med '%.1f') MB" "< 60 MB" \
+  "$(verdict "$many_mb" 60 le)" \
+  "1 job × $MANY_N tasks \`run = \"sleep 2\"\`, \`workers = $MANY_N\`, \`gaffer run --json\`, fresh state dir; VmHWM polled every 50 ms from /proc/PID/status$(per_attempt_kb)"
+row "wall time of the same run vs raw spawn + sleep" "$(med '%.2f' <"$WORK/many.s") s vs $(med '%.2f' <"$WORK/many-raw.s") s" "≤ 1.2× raw" \
+  "$(awk -v r="$many_ratio" 'BEGIN { printf "%s %.2f× of raw (median of per-rep ratios)", (r <= 1.2) ? "✅" : "❌ missed:", r }')" \
+  "gaffer: process start → exit, every task.succeeded checked; raw: \`seq $MANY_N | xargs -P$MANY_N -n1 sh -c 'sleep 2'\`, wall; interleaved"
 
 # ------------------------------------------------------------------ TUI (issue 3)
 log "TUI: one frame of each view with 100k task runs (release)"

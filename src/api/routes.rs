@@ -457,18 +457,33 @@ pub(super) async fn task_runs_of(state: web::Data<ApiState>, id: web::Path<Int64
     }
 }
 
+/// An events client that has taken nothing for this long while events wait for it is dropped
+/// (its stream ends): one that stopped reading (a suspended `gaffer tui`, a stuck script) must
+/// not make a busy `serve` keep every event for it.
+const EVENTS_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Events formatted ahead of what the client has taken.
+const EVENTS_AHEAD: usize = 256;
+
 /// Server-sent events: every engine event from now on (SPEC §6), one `data:` line each.
 #[utoipa::path(get, path = "/v1/events", tag = "views", responses(
     (status = 200, content_type = "text/event-stream", body = String), (status = 503, body = doc::Failure)))]
 pub(super) async fn events(state: web::Data<ApiState>) -> HttpResponse {
-    let receiver = match state.handle.subscribe().await {
+    let mut receiver = match state.handle.subscribe().await {
         Ok(receiver) => receiver,
         Err(e) => return error(&e),
     };
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        let event = receiver.recv().await?;
-        let chunk = web::Bytes::from(format!("data: {}\n\n", crate::json::text(&event.to_json())));
-        Some((Ok::<_, actix_web::Error>(chunk), receiver))
+    let (tx, rx) = tokio::sync::mpsc::channel(EVENTS_AHEAD);
+    actix_web::rt::spawn(async move {
+        while let Some(event) = receiver.recv().await {
+            let chunk = web::Bytes::from(format!("data: {}\n\n", crate::json::text(&event.to_json())));
+            if !matches!(tokio::time::timeout(EVENTS_STALL, tx.send(chunk)).await, Ok(Ok(()))) {
+                break; // gone or stalled; dropping `receiver` unsubscribes it
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, actix_web::Error>(chunk), rx))
     });
     HttpResponse::Ok().content_type("text/event-stream").insert_header(("Cache-Control", "no-cache")).streaming(stream)
 }

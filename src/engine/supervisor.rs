@@ -80,8 +80,11 @@ pub struct Supervisor {
     pub(super) job_of: HashMap<u64, String>,
     /// Fire times held by `overlap = "queue"` until the job's active run ends.
     pub(super) waiting_fires: HashMap<String, u64>,
-    /// Idempotency keys submitted by this process (the store has the older ones).
+    /// Idempotency keys of submits whose records are not durable yet (the store has the rest).
     keys: HashMap<String, u64>,
+    /// How job runs ended, kept only while a waiter still waits for them: a run that ended
+    /// before anyone asked is found in the store (`WaitFor`), so nothing here grows with the
+    /// number of runs a long-running `serve` has finished.
     ended: BTreeMap<u64, JobState>,
     /// Who waits for which job runs to end (`None`: only for a fatal fault).
     waiters: Vec<(Option<Vec<u64>>, Waiter)>,
@@ -138,6 +141,26 @@ impl Supervisor {
             }
         }
         self.waiters = still;
+        let waited: std::collections::BTreeSet<u64> =
+            self.waiters.iter().filter_map(|(ids, _)| ids.as_ref()).flatten().copied().collect();
+        self.ended.retain(|id, _| waited.contains(id));
+    }
+
+    /// Learns from the store how the runs among `ids` that have no actor ended (they ended
+    /// before this waiter came); a run that is neither live nor ended is waited for.
+    fn recall_ended(&mut self, ids: &[u64]) -> Result<(), EngineError> {
+        let gone: Vec<u64> =
+            ids.iter().copied().filter(|id| !self.job_runs.contains_key(id) && !self.ended.contains_key(id)).collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let reader = self.shared()?.store.reader()?;
+        for id in gone {
+            if let Some(record) = reader.job_run(id)?.filter(|r| r.state.is_terminal()) {
+                self.ended.insert(id, record.state);
+            }
+        }
+        Ok(())
     }
 
     /// Creates a job run of `job` with all its task runs pending, and starts its actor.
@@ -472,13 +495,15 @@ impl Handler<ResumeAll> for Supervisor {
 pub struct Submit(pub SubmitRequest);
 
 impl Handler<Submit> for Supervisor {
-    type Result = ResponseFuture<Result<Submitted, EngineError>>;
+    type Result = ResponseActFuture<Self, Result<Submitted, EngineError>>;
 
     /// Submits are handled one at a time here, so two with the same key cannot both create;
     /// the answer comes once the new run's records are durable, so an id handed out is kept.
+    /// From then on the store answers for its key, and `keys` forgets it.
     fn handle(&mut self, Submit(request): Submit, _ctx: &mut Self::Context) -> Self::Result {
+        let key = request.key.clone();
         let created = self.create(request);
-        Box::pin(async move {
+        let stored = async move {
             let (submitted, begun) = created?;
             if let Some(begun) = begun {
                 begun
@@ -487,7 +512,13 @@ impl Handler<Submit> for Supervisor {
                     .map_err(EngineError::Fatal)?;
             }
             Ok(submitted)
-        })
+        };
+        Box::pin(stored.into_actor(self).map(move |result: Result<Submitted, EngineError>, act, _ctx| {
+            if let (Ok(Submitted { existing: false, .. }), Some(key)) = (&result, key) {
+                act.keys.remove(&key);
+            }
+            result
+        }))
     }
 }
 
@@ -591,6 +622,11 @@ impl Handler<WaitFor> for Supervisor {
 
     fn handle(&mut self, WaitFor(ids): WaitFor, _ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
+        if let Some(ids) = &ids
+            && let Err(e) = self.recall_ended(ids)
+        {
+            return Box::pin(async move { Err(e) });
+        }
         self.waiters.push((ids, tx));
         self.answer_waiters();
         Box::pin(async move { rx.await.map_err(|_| EngineError::Stopped("the engine stopped".into()))? })
@@ -635,6 +671,22 @@ impl Handler<Shutdown> for Supervisor {
                 let _ = run.send(Stop).await;
             }
         })
+    }
+}
+
+/// What the Supervisor holds per job run, for the tests of what it keeps: live actors, their
+/// jobs, ended runs, idempotency keys, waiters.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "[usize; 5]")]
+pub struct Retained;
+
+#[cfg(test)]
+impl Handler<Retained> for Supervisor {
+    type Result = MessageResult<Retained>;
+
+    fn handle(&mut self, _: Retained, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult([self.job_runs.len(), self.job_of.len(), self.ended.len(), self.keys.len(), self.waiters.len()])
     }
 }
 
@@ -684,5 +736,48 @@ mod tests {
         sink.send(Fatal("flush".into())).await.expect("sink alive");
         let seen = seen.lock().expect("lock");
         assert!(seen.iter().any(|m| m.contains("worker 3 restarted 11 times")), "{seen:?}");
+    }
+
+    /// A long-running `serve` must not grow with the runs it has finished: once a job run has
+    /// ended and nobody waits for it, the Supervisor holds nothing of it; the store answers.
+    #[test]
+    fn finished_job_runs_leave_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = "[settings]\nworkers = 2\n[jobs.j.tasks.a]\nrun = \"true\"\n[jobs.j.tasks.b]\nrun = \"true\"\nneeds = [\"a\"]\n";
+        let workflow = crate::config::parse(&dir.path().join("w.toml"), text).expect("valid workflow");
+        let state_dir = dir.path().join("state");
+        let (store, closer, _lock) = crate::store::open_writer(&state_dir).expect("state dir");
+        let pricing = crate::model::cost::Pricing::new(crate::config::pricing::builtin(), &workflow.pricing);
+        let config = super::super::EngineConfig {
+            workflow: Arc::new(workflow),
+            source: text.into(),
+            state_dir,
+            store,
+            executor: Arc::new(crate::executor::NoopExecutor),
+            clock: Arc::new(super::super::SystemClock),
+            workers: 2,
+            pricing,
+        };
+        let system = actix::System::new();
+        system.block_on(async move {
+            let handle = super::super::start(config);
+            let submit = |key: &str| SubmitRequest { job: "j".into(), key: Some(key.into()), ..Default::default() };
+            let mut ids = Vec::new();
+            for n in 0..20 {
+                ids.push(handle.submit_request(submit(&format!("k{n}"))).await.expect("submit").job_run);
+            }
+            let ended = handle.wait(ids.clone()).await.expect("wait");
+            assert!(ended.iter().all(|(_, s)| *s == JobState::Succeeded), "{ended:?}");
+            let held = handle.supervisor.send(Retained).await.expect("supervisor");
+            assert_eq!(held, [0; 5], "job runs, jobs, ended, keys, waiters still held");
+            // What was forgotten is still known: a run that ended before anyone waited for
+            // it, and the key that made it.
+            assert_eq!(handle.wait(vec![ids[3]]).await.expect("wait"), vec![(ids[3], JobState::Succeeded)]);
+            let again = handle.submit_request(submit("k3")).await.expect("submit");
+            assert_eq!(again, Submitted { job_run: ids[3], existing: true });
+            handle.shutdown().await;
+        });
+        drop(system);
+        closer.close(Duration::from_secs(5));
     }
 }

@@ -19,8 +19,8 @@ use std::time::Duration;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{AccessFlags, Pid};
+use tokio::io::AsyncWriteExt;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc::{self, Receiver, Sender, UnboundedSender};
 use tokio::task::JoinHandle;
@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::agent_json::AgentJson;
 use super::group::{self, kill_group_now, start_ticks};
-use super::lines::next_chunk;
+use super::lines::ChunkReader;
 use super::logfile::CappedLog;
 use super::outputs::OutputBudget;
 use super::protocol::{MAX_CONTROL_LINE, Parser};
@@ -298,10 +298,10 @@ fn feed_stdin(pipe: Option<pipe::Sender>, stdin: Option<String>) {
     });
 }
 
-async fn read_output<R: AsyncRead + Unpin>(pipe: R, stdout: bool, tx: Sender<Msg>) {
-    let mut reader = BufReader::with_capacity(MAX_LOG_LINE, pipe);
+async fn read_output(pipe: pipe::Receiver, stdout: bool, tx: Sender<Msg>) {
+    let mut reader = ChunkReader::new(pipe);
     loop {
-        match next_chunk(&mut reader, MAX_LOG_LINE).await {
+        match reader.next_chunk(MAX_LOG_LINE).await {
             Ok(Some(bytes)) => {
                 if tx.send(Msg::Output { stdout, bytes }).await.is_err() {
                     return;
@@ -314,11 +314,11 @@ async fn read_output<R: AsyncRead + Unpin>(pipe: R, stdout: bool, tx: Sender<Msg
 }
 
 /// A control line longer than `MAX_CONTROL_LINE` is reported once and skipped to its newline.
-async fn read_control<R: AsyncRead + Unpin>(pipe: R, tx: Sender<Msg>) {
-    let mut reader = BufReader::new(pipe);
+async fn read_control(pipe: pipe::Receiver, tx: Sender<Msg>) {
+    let mut reader = ChunkReader::new(pipe);
     let mut skipping = false;
     loop {
-        let bytes = match next_chunk(&mut reader, MAX_CONTROL_LINE).await {
+        let bytes = match reader.next_chunk(MAX_CONTROL_LINE).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return,
             Err(e) => return tracing::warn!(error = %e, "reading control fd failed"),

@@ -4,13 +4,20 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use crate::state_dir::{Access, open_under};
 
+/// Buffered bytes are written out once there are this many (or at `flush`).
+const WRITE_BATCH: usize = 64 * 1024;
+
 pub struct CappedLog {
-    file: BufWriter<File>,
+    file: File,
+    /// Head bytes not yet written. Grows only with what the task printed since the last flush
+    /// and is freed by it, so a quiet attempt holds no buffer (a `BufWriter` would hold its
+    /// whole capacity for as long as the attempt runs).
+    pending: Vec<u8>,
     half: u64,
     head_written: u64,
     head_ends_with_newline: bool,
@@ -24,7 +31,8 @@ impl CappedLog {
     pub fn create(state_dir: &Path, path: &Path, cap_bytes: u64) -> io::Result<Self> {
         let file = open_under(state_dir, path, Access::Replace)?;
         Ok(Self {
-            file: BufWriter::with_capacity(64 * 1024, file),
+            file,
+            pending: Vec::new(),
             half: cap_bytes / 2,
             head_written: 0,
             head_ends_with_newline: true,
@@ -37,7 +45,7 @@ impl CappedLog {
         let room = usize::try_from(self.half - self.head_written).unwrap_or(usize::MAX);
         if room > 0 {
             let (head, rest) = bytes.split_at(room.min(bytes.len()));
-            self.file.write_all(head)?;
+            self.pending.extend_from_slice(head);
             self.head_written += head.len() as u64;
             if let Some(&last) = head.last() {
                 self.head_ends_with_newline = last == b'\n';
@@ -45,6 +53,9 @@ impl CappedLog {
             bytes = rest;
         }
         self.push_tail(bytes);
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush()?;
+        }
         Ok(())
     }
 
@@ -67,11 +78,14 @@ impl CappedLog {
 
     /// Makes what was written so far visible to readers of the file (the TUI tails it).
     pub fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        // Taken even when the write fails: a full disk must not make the buffer grow.
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() { Ok(()) } else { self.file.write_all(&pending) }
     }
 
     /// Writes the omission marker (if any) and the tail, then flushes.
     pub fn finish(&mut self) -> io::Result<()> {
+        self.flush()?;
         if self.omitted > 0 {
             let newline = if self.head_ends_with_newline { "" } else { "\n" };
             writeln!(self.file, "{newline}… [gaffer: {} bytes omitted] …", self.omitted)?;
@@ -81,7 +95,7 @@ impl CappedLog {
         self.file.write_all(b)?;
         self.tail = VecDeque::new();
         self.omitted = 0;
-        self.file.flush()
+        Ok(())
     }
 }
 
@@ -103,6 +117,19 @@ mod tests {
     #[test]
     fn under_cap_is_verbatim() {
         assert_eq!(log_with(100, &[b"a\n", b"b\n"]), "a\nb\n");
+    }
+
+    #[test]
+    fn holds_no_buffer_while_quiet() {
+        let dir = crate::state_dir::private_tempdir();
+        let path = dir.path().join("a.log");
+        let mut log = CappedLog::create(dir.path(), &path, 1000).expect("create");
+        assert_eq!(log.pending.capacity(), 0, "nothing printed, nothing held");
+        log.write(b"hello\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "", "buffered until the flush");
+        log.flush().expect("flush");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "hello\n");
+        assert_eq!(log.pending.capacity(), 0, "the buffer goes with the flush");
     }
 
     #[test]

@@ -199,9 +199,15 @@ pub fn open_reader(state_dir: &Path) -> Result<Reader, StoreError> {
     Ok(reader)
 }
 
+/// redb's page cache is per open database, and its default is 1 GiB: every page a commit wrote
+/// stayed cached until that much was, so a long-running `serve` grew by the size of everything
+/// it stored (~1.7 KB per task), and each API read of a large store added a cache of its own.
+/// The kernel's page cache holds the file anyway; redb's only saves the copy of hot pages.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 fn builder() -> redb::Builder {
     let mut builder = Database::builder();
-    builder.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    builder.set_concurrency_mode(ConcurrencyMode::SingleWriter).set_cache_size(CACHE_BYTES);
     builder
 }
 
