@@ -456,11 +456,15 @@ fn logs_filling_the_whole_state_dir_stop_nothing_silently_and_a_restart_loses_no
     }
     journal_is_whole(&p);
     eprintln!("the first run exited {:?}", out.status.code());
-    // Free space the way a person would: the logs that filled it.
-    std::fs::remove_dir_all(p.state_dir().join("logs/1")).expect("free the disk");
-    let again = p.run(&["run", "workflow.toml", "--headless"]);
-    assert!(again.status.code() == Some(0), "{}", stderr(&again));
-    journal_is_whole(&p);
+    if out.status.code() == Some(70) {
+        // Free space the way a person would: the logs that filled it. (After an exit 0 there
+        // is nothing to resume: a second `run` would start a new job run, whose logs fill the
+        // same small disk again.)
+        std::fs::remove_dir_all(p.state_dir().join("logs/1")).expect("free the disk");
+        let again = p.run(&["run", "workflow.toml", "--headless"]);
+        assert!(again.status.code() == Some(0), "{}", stderr(&again));
+        journal_is_whole(&p);
+    }
     let doctor = p.run(&["doctor"]);
     assert_eq!(doctor.status.code(), Some(0), "{}", stdout(&doctor));
     let tasks = p.tasks();
