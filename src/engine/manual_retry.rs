@@ -3,11 +3,10 @@
 //! of `model::retry` from the records and the job's definition here, and ask its `plan`.
 
 use super::inbox::RetryOptions;
-use super::{EngineError, EngineEvent, Target};
+use super::{EngineError, Target};
 use crate::config::JobDef;
 use crate::model::TaskState;
 use crate::model::graph::JobGraph;
-use crate::model::money::{format_usd, micros_of_json};
 use crate::model::retry::{self, JobRunSpend, TaskRunSpend};
 use crate::store::{JobRunRecord, RaisedBudgets, Reader, TaskRunRecord};
 
@@ -42,15 +41,6 @@ pub fn spends(
         })
         .collect();
     (job, tasks)
-}
-
-/// What a retry answers about a `budget.raised` event it made.
-pub fn raised_line(e: &EngineEvent) -> String {
-    let limit = format_usd(e.field("limit_usd").map_or(0, micros_of_json));
-    match e.task_run {
-        Some(id) => format!("task run {id}: budget raised to ${limit}"),
-        None => format!("job run j{}: budget raised to ${limit}", e.job_run.unwrap_or(0)),
-    }
 }
 
 /// The task runs `retry j7 --from TASK` runs again, by id, picked from the records as the job

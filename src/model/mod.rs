@@ -14,6 +14,7 @@ pub mod policy;
 pub mod queue;
 pub mod rerun;
 pub mod retry;
+pub mod run;
 pub mod schedule;
 pub mod state;
 

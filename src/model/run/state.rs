@@ -1,0 +1,211 @@
+//! What the core knows of one job run: its task runs (the core's own type, not the store's
+//! record) and the job run's own facts. Plain data; `step` changes it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::config::{JobDef, Workflow};
+use crate::model::graph::{Change, JobGraph, TaskStates};
+use crate::model::{FailReason, JobState, TaskState};
+
+/// What a task run is for (SPEC §2.2 `compensate`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kind {
+    #[default]
+    Task,
+    Compensation,
+}
+
+/// One task run as the core sees it. Its `state` mirrors `RunState::states`: change it only
+/// through `RunState::set_state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRun {
+    pub id: u64,
+    /// The task's name and its index in the job's file order (the graph's index).
+    pub task: String,
+    pub task_index: usize,
+    pub state: TaskState,
+    pub queue: String,
+    pub priority: u8,
+    /// Number of the latest attempt started; 0 before the first.
+    pub attempt: u32,
+    /// Attempt number that opened the current series (a person's retry opens a new one).
+    pub series_start: u32,
+    pub max_attempts: u32,
+    pub queued_at_ms: Option<u64>,
+    pub enqueue_seq: u64,
+    /// The one timer: a retry's delay (`retrying`) or a `wait_timeout` (`waiting`).
+    pub not_before_ms: Option<u64>,
+    pub outputs: BTreeMap<String, String>,
+    pub exit_code: Option<i32>,
+    pub cost_usd_micros: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub reason: Option<FailReason>,
+    pub detail: Option<String>,
+    pub progress: Option<String>,
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
+    pub iteration: u32,
+    pub item_index: Option<u32>,
+    pub item: Option<String>,
+    pub kind: Kind,
+    pub compensates: Option<u64>,
+}
+
+impl TaskRun {
+    /// Attempts used in the current series.
+    pub fn attempts_in_series(&self) -> u32 {
+        (self.attempt + 1).saturating_sub(self.series_start)
+    }
+}
+
+/// The job run's own facts the core decides on (the rest — definition, params — stays with
+/// the actor's record).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRunFacts {
+    pub id: u64,
+    pub job: String,
+    pub state: JobState,
+    pub reason: Option<String>,
+    pub cost_usd_micros: u64,
+    pub ended_at_ms: Option<u64>,
+    pub cancel_requested: bool,
+}
+
+/// Budgets a person raised with `gaffer retry --budget`; they replace the file's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Raised {
+    pub job_run: Option<u64>,
+    /// Task run id → its new limit.
+    pub task_runs: BTreeMap<u64, u64>,
+}
+
+/// One job run: its definition, task runs and flags. The whole state `step` works on.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    workflow: Arc<Workflow>,
+    job_index: usize,
+    pub graph: JobGraph,
+    pub job_run: JobRunFacts,
+    /// By task index (file order).
+    pub tasks: Vec<TaskRun>,
+    /// The authority on task states, with O(1) counts for the per-event questions.
+    pub states: TaskStates,
+    index_of: HashMap<u64, usize>,
+    /// Set once the job run's budget is spent: no new attempt starts.
+    pub budget_spent: bool,
+    pub raised: Raised,
+    /// A graceful stop is under way: nothing new starts, interrupted attempts go back to their queue.
+    pub stopping: bool,
+    /// The job run's end was recorded; the actor goes away once it is durable.
+    pub ended: bool,
+    /// Task runs whose last starts found the machine out of a resource, and how many times in
+    /// a row: their next try backs off further.
+    pub exhausted: HashMap<u64, u32>,
+}
+
+impl RunState {
+    pub fn new(
+        workflow: Arc<Workflow>,
+        job_index: usize,
+        job_run: JobRunFacts,
+        mut tasks: Vec<TaskRun>,
+        raised: Raised,
+    ) -> RunState {
+        tasks.sort_by_key(|t| t.task_index);
+        let graph = JobGraph::new(&workflow.jobs[job_index]);
+        let budget = raised.job_run.or(workflow.jobs[job_index].budget_usd_micros);
+        let budget_spent = crate::model::policy::budget_reached(job_run.cost_usd_micros, budget);
+        let mut state = RunState {
+            workflow,
+            job_index,
+            graph,
+            job_run,
+            tasks,
+            states: TaskStates::new(Vec::new()),
+            index_of: HashMap::new(),
+            budget_spent,
+            raised,
+            stopping: false,
+            ended: false,
+            exhausted: HashMap::new(),
+        };
+        state.reindex();
+        state
+    }
+
+    /// Rebuilds the graph, states and id index after the definition or the tasks' order changed.
+    pub fn redefine(&mut self, workflow: Arc<Workflow>, job_index: usize) {
+        self.workflow = workflow;
+        self.job_index = job_index;
+        self.graph = JobGraph::new(self.job());
+        self.tasks.sort_by_key(|t| t.task_index);
+        self.reindex();
+    }
+
+    fn reindex(&mut self) {
+        self.states = TaskStates::new(self.tasks.iter().map(|t| t.state).collect());
+        self.index_of = self.tasks.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+    }
+
+    pub fn workflow(&self) -> &Arc<Workflow> {
+        &self.workflow
+    }
+
+    pub fn job(&self) -> &JobDef {
+        &self.workflow.jobs[self.job_index]
+    }
+
+    pub fn job_index(&self) -> usize {
+        self.job_index
+    }
+
+    /// The index of task run `id`, if it belongs to this job run.
+    pub fn idx(&self, id: u64) -> Option<usize> {
+        self.index_of.get(&id).copied()
+    }
+
+    pub fn set_state(&mut self, i: usize, to: TaskState) {
+        self.states.set(i, to);
+        self.tasks[i].state = to;
+    }
+
+    /// Mirrors changes the graph made in `states` into the task runs.
+    pub fn sync(&mut self, changes: &[Change]) {
+        for c in changes {
+            self.tasks[c.task].state = c.to;
+        }
+    }
+
+    /// The job run's budget in force: raised by a retry, else the file's.
+    pub fn job_budget(&self) -> Option<u64> {
+        self.raised.job_run.or(self.job().budget_usd_micros)
+    }
+
+    /// Task `i`'s `(budget_usd, retry.max_cost_usd)` in force.
+    pub fn task_limits(&self, i: usize) -> (Option<u64>, Option<u64>) {
+        let def = &self.job().tasks[i];
+        let raised = self.raised.task_runs.get(&self.tasks[i].id).copied();
+        crate::model::retry::task_limits(def.budget_usd_micros, def.retry.max_cost_usd_micros, raised)
+    }
+
+    /// Task runs in state `running`, by id.
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.tasks.iter().filter(|t| t.state == TaskState::Running).map(|t| t.id).collect()
+    }
+
+    /// A retry takes the job run back to `running`; true if it had ended.
+    pub fn reopen(&mut self) -> bool {
+        let reopened = self.job_run.state.is_terminal();
+        self.ended = false;
+        self.budget_spent = false;
+        let j = &mut self.job_run;
+        j.state = JobState::Running;
+        j.cancel_requested = false;
+        j.ended_at_ms = None;
+        j.reason = None;
+        reopened
+    }
+}
