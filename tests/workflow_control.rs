@@ -193,3 +193,62 @@ fn serve_removes_cache_entries_past_their_ttl() {
     });
     drop(server);
 }
+
+/// One worker, so `bad` (higher priority) runs and dies before the independent branch starts.
+const SIBLINGS: &str = r#"
+[settings]
+workers = 1
+[jobs.j.tasks.bad]
+priority = 90
+retry = { max_attempts = 1 }
+run = 'exit 3'
+[jobs.j.tasks.after_bad]
+needs = ["bad"]
+run = 'touch after-bad'
+[jobs.j.tasks.branch]
+priority = 10
+run = 'touch branch'
+[jobs.j.tasks.branch_next]
+needs = ["branch"]
+run = 'touch branch-next'
+"#;
+
+#[test]
+fn an_independent_branch_still_runs_after_a_sibling_dies() {
+    let p = Project::new(SIBLINGS);
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1, "the job run fails: bad is dead");
+    assert_eq!(p.task("bad")["state"], "dead");
+    assert_eq!(p.task("after_bad")["state"], "skipped", "what needs the dead task is skipped");
+    assert!(!p.path().join("after-bad").exists());
+    for (task, file) in [("branch", "branch"), ("branch_next", "branch-next")] {
+        assert_eq!(p.task(task)["state"], "succeeded", "{task} is independent of bad");
+        assert!(p.path().join(file).exists(), "{task} ran");
+    }
+    let failed = named(&events, "job.failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["reason"], "task bad (#1) dead: exit_code 3");
+    let order: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    let dead_at = order.iter().position(|e| *e == "task.dead_lettered").expect("bad dead-lettered");
+    let started: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e["event"] == "task.started" && e["task"] != "bad")
+        .map(|(at, _)| at)
+        .collect();
+    assert!(started.iter().all(|&at| at > dead_at), "the branch started after bad had died: {order:?}");
+}
+
+#[test]
+fn with_fail_fast_nothing_new_starts_after_a_sibling_dies() {
+    let p = Project::new(&SIBLINGS.replace("[jobs.j.tasks.bad]", "[jobs.j]\nfail_fast = true\n[jobs.j.tasks.bad]"));
+    let (code, _) = p.run_json(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(p.task("bad")["state"], "dead");
+    for task in ["after_bad", "branch", "branch_next"] {
+        assert_eq!(p.task(task)["state"], "skipped", "{task} never starts once bad is dead");
+    }
+    for file in ["after-bad", "branch", "branch-next"] {
+        assert!(!p.path().join(file).exists(), "{file} was not made");
+    }
+}

@@ -19,6 +19,9 @@ pub struct JobGraph {
     dependents: Vec<Vec<usize>>,
     /// Tasks with `wait_for`: when ready they wait for a signal instead of entering a queue.
     gated: Vec<bool>,
+    /// `fail_fast = true` on the job: the first unhandled failure stops all new work. Without
+    /// it only what depends on the failure is skipped (SPEC §2.2 "Outcome").
+    pub fail_fast: bool,
 }
 
 /// The states of one job run's task runs, with a count per state so the questions asked on
@@ -93,7 +96,11 @@ impl JobGraph {
             names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
         let index = |n: &String| by_name.get(n.as_str()).copied();
         let needs: Vec<Vec<usize>> = job.tasks.iter().map(|t| t.needs.iter().filter_map(index).collect()).collect();
-        JobGraph::from_needs(names.clone(), needs).with_gates(job.tasks.iter().map(|t| t.wait_for.is_some()).collect())
+        let graph = JobGraph::from_needs(names.clone(), needs);
+        JobGraph {
+            fail_fast: job.fail_fast,
+            ..graph.with_gates(job.tasks.iter().map(|t| t.wait_for.is_some()).collect())
+        }
     }
 
     pub fn from_needs(names: Vec<String>, needs: Vec<Vec<usize>>) -> JobGraph {
@@ -104,7 +111,7 @@ impl JobGraph {
             }
         }
         let gated = vec![false; needs.len()];
-        JobGraph { names, needs, dependents, gated }
+        JobGraph { names, needs, dependents, gated, fail_fast: false }
     }
 
     /// Marks the tasks that wait for a signal once ready (`wait_for`), by index.
@@ -159,10 +166,15 @@ fn reachable(edges: &[Vec<usize>], task: usize) -> Vec<usize> {
     seen.into_iter().collect()
 }
 
-/// A job run takes no new work once one of its tasks is dead or cancelled (SPEC §2.2 fail-fast
-/// for new work): what would start next is skipped instead.
+/// One of the job run's tasks is dead or cancelled: an unhandled failure dooms the run.
 pub fn is_failing(states: &TaskStates) -> bool {
     states.count(TaskState::Dead) + states.count(TaskState::Cancelled) > 0
+}
+
+/// With `fail_fast`, a failing job run takes no new work: what would start next is skipped.
+/// Without it only what depends on the failure is (SPEC §2.2 "Outcome").
+fn stops_new_work(graph: &JobGraph, states: &TaskStates) -> bool {
+    graph.fail_fast && is_failing(states)
 }
 
 /// A new job run: the tasks whose `needs` all succeeded are ready (queued, or waiting for their
@@ -182,7 +194,7 @@ pub fn start(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
 pub fn after_end(graph: &JobGraph, states: &mut TaskStates, task: usize) -> Vec<Change> {
     let mut changes = Vec::new();
     follow_edges(graph, states, task, &mut changes);
-    if is_failing(states) {
+    if stops_new_work(graph, states) {
         stop_new_work(graph, states, &mut changes);
     }
     changes
@@ -205,7 +217,7 @@ pub fn reopen(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
 /// have come between a task's end and the commit of what follows it).
 pub fn reopen_pending(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
     let mut changes = Vec::new();
-    let failing = is_failing(states);
+    let failing = stops_new_work(graph, states);
     for task in topological_order(graph) {
         if states[task] != TaskState::Pending {
             continue;
@@ -235,7 +247,7 @@ pub fn outcome(states: &TaskStates, cancel_requested: bool) -> Option<JobState> 
 }
 
 fn follow_edges(graph: &JobGraph, states: &mut TaskStates, task: usize, changes: &mut Vec<Change>) {
-    let failing = is_failing(states);
+    let failing = stops_new_work(graph, states);
     for &next in &graph.dependents[task] {
         if states[next] != TaskState::Pending {
             continue;
@@ -325,13 +337,35 @@ mod tests {
     }
 
     #[test]
-    fn dead_task_skips_dependents_and_new_work() {
+    fn a_dead_task_skips_what_depends_on_it_and_independent_work_goes_on() {
         let g = diamond();
+        let mut s = TaskStates::new(vec![Pending; 5]);
+        start(&g, &mut s);
+        end(&g, &mut s, 0, Dead);
+        assert_eq!(s.as_slice(), [Dead, Skipped, Skipped, Skipped, Queued]);
+        assert_eq!(outcome(&s, false), None, "e is still to run");
+        end(&g, &mut s, 4, Succeeded);
+        assert_eq!(outcome(&s, false), Some(JobState::Failed));
+    }
+
+    #[test]
+    fn with_fail_fast_a_dead_task_stops_all_new_work() {
+        let g = JobGraph { fail_fast: true, ..diamond() };
         let mut s = TaskStates::new(vec![Pending; 5]);
         start(&g, &mut s);
         end(&g, &mut s, 0, Dead);
         assert_eq!(s.as_slice(), [Dead, Skipped, Skipped, Skipped, Skipped]);
         assert_eq!(outcome(&s, false), Some(JobState::Failed));
+    }
+
+    #[test]
+    fn a_branch_that_failed_leaves_its_siblings_join_skipped_once_they_end() {
+        let g = diamond();
+        let mut s = TaskStates::new(vec![Pending; 5]);
+        start(&g, &mut s);
+        end(&g, &mut s, 0, Succeeded);
+        end(&g, &mut s, 1, Dead);
+        assert_eq!(s.as_slice(), [Succeeded, Dead, Queued, Skipped, Queued], "c still runs, d needs b");
     }
 
     #[test]
@@ -369,7 +403,11 @@ mod tests {
         end(&g, &mut s, 0, Succeeded);
         assert_eq!(&s.as_slice()[1..3], [Queued, Waiting]);
         end(&g, &mut s, 1, Dead);
-        assert_eq!(s.as_slice(), [Succeeded, Dead, Skipped, Skipped, Skipped], "no new work once failing");
+        assert_eq!(s.as_slice(), [Succeeded, Dead, Waiting, Skipped, Queued], "c and e are independent of b");
+        let g = JobGraph { fail_fast: true, ..g };
+        let mut s = TaskStates::new(vec![Succeeded, Queued, Waiting, Pending, Queued]);
+        end(&g, &mut s, 1, Dead);
+        assert_eq!(s.as_slice(), [Succeeded, Dead, Skipped, Skipped, Skipped], "fail_fast: no new work once failing");
     }
 
     #[test]

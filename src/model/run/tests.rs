@@ -262,7 +262,56 @@ fn a_failure_retries_after_its_delay_then_dead_letters() {
          claim a =>
          timer a => a queued, enqueue a
          claim a => claimed a#2
-         fail a 3 => a failed#2(exit_code), a dead(exit_code), b skipped, c skipped, job failed (task a (#1) dead: exit_code 3), finish",
+         fail a 3 => a failed#2(exit_code), a dead(exit_code), b skipped",
+    );
+}
+
+#[test]
+fn a_dead_task_skips_its_dependents_and_an_independent_branch_goes_on() {
+    check(
+        JOB,
+        "begin
+         claim a
+         fail a 1
+         timer a
+         claim a
+         fail a 1
+         claim c
+         ok c",
+        "begin => job started, a queued, c queued, enqueue a, enqueue c
+         claim a => claimed a#1
+         fail a 1 => a failed#1(exit_code), a retry in 1000ms, timer a@4000
+         timer a => a queued, enqueue a
+         claim a => claimed a#2
+         fail a 1 => a failed#2(exit_code), a dead(exit_code), b skipped
+         claim c => claimed c#1
+         ok c => c succeeded, job failed (task a (#1) dead: exit_code 1), finish",
+    );
+}
+
+#[test]
+fn with_fail_fast_the_first_unhandled_failure_cancels_what_runs_and_starts_nothing() {
+    let fail_fast = format!("[jobs.j]\nfail_fast = true\n[jobs.j.tasks.e]\nrun = \"true\"\n{JOB}");
+    check(
+        &fail_fast,
+        "begin
+         claim e
+         claim a
+         fail a 1
+         timer a
+         claim a
+         fail a 1
+         claim c
+         end e cancelled",
+        "begin => job started, e queued, a queued, c queued, enqueue e, enqueue a, enqueue c
+         claim e => claimed e#1
+         claim a => claimed a#1
+         fail a 1 => a failed#1(exit_code), a retry in 1000ms, timer a@5000
+         timer a => a queued, enqueue a
+         claim a => claimed a#2
+         fail a 1 => a failed#2(exit_code), a dead(exit_code), b skipped, c skipped, kill e(cancelled)
+         claim c =>
+         end e cancelled => e cancelled, job failed (task a (#2) dead: exit_code 1), finish",
     );
 }
 
@@ -277,7 +326,7 @@ fn cancelling_the_run_kills_what_runs_and_ends_it_cancelled() {
          cancel",
         "begin => job started, a queued, c queued, enqueue a, enqueue c
          claim a => claimed a#1
-         cancel => b cancelled, c skipped, kill a(cancelled), ok: job run j7 is being cancelled
+         cancel => b cancelled, c cancelled, kill a(cancelled), ok: job run j7 is being cancelled
          end a cancelled => a cancelled, job cancelled, finish
          cancel => refused: job run j7 has already cancelled",
     );
