@@ -16,5 +16,6 @@ pub mod rerun;
 pub mod retry;
 pub mod schedule;
 pub mod state;
+pub mod workflow_graph;
 
 pub use state::{FailReason, JobState, TaskState};
