@@ -94,23 +94,15 @@ fn read_next(r: &mut Reader, e: &Entry) -> Vec<TransitionDraft> {
 
 fn read_transition(r: &mut Reader, table: &dyn TableLike, at: Pos) -> Option<TransitionDraft> {
     let (mut on, mut when, mut targets) = (None, None, None);
-    let mut complete = true;
     for e in r.entries(table, at) {
         match e.name {
-            "on" => {
-                on = read_on(r, &e);
-                complete &= on.is_some();
-            }
-            "when" => {
-                when = r.located_string(&e);
-                complete &= when.is_some();
-            }
+            "on" => on = read_on(r, &e),
+            "when" => when = r.located_string(&e),
             "do" => {
                 targets = r.string_array(&e);
                 if targets.as_ref().is_some_and(Vec::is_empty) {
                     r.error(e.at, "`do` must name at least one task");
                 }
-                complete &= targets.is_some();
             }
             _ => r.unknown_key(&e, "a transition", TRANSITION_KEYS),
         }
@@ -121,10 +113,9 @@ fn read_transition(r: &mut Reader, table: &dyn TableLike, at: Pos) -> Option<Tra
     if !table.contains_key("do") {
         r.error(at, "a transition needs `do` (the tasks it starts, e.g. do = [\"review\"])");
     }
-    if !complete {
-        return None;
-    }
-    Some(TransitionDraft { on: on?, when, targets: targets? })
+    // A bad `on` is reported above; the edge is kept so its targets do not look unreached
+    // (the workflow is discarded anyway).
+    Some(TransitionDraft { on: on.unwrap_or(TransitionOn::Always), when, targets: targets? })
 }
 
 fn read_on(r: &mut Reader, e: &Entry) -> Option<TransitionOn> {
@@ -230,4 +221,238 @@ pub fn unsupported_at_run(workflow: &Workflow) -> Result<(), Diagnostics> {
         })
         .collect();
     if items.is_empty() { Ok(()) } else { Err(Diagnostics::new(workflow.path.clone(), items)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<Workflow, Diagnostics> {
+        super::super::parse(Path::new("wf.toml"), text)
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.items.iter().map(|i| format!("{}:{}: {}", i.line, i.col, i.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn every_key_is_read_into_the_task() {
+        let text = "[jobs.j.tasks.a]\nrun = 'x'\ncompensate = 'undo'\nmax_iterations = 7\n\
+                    next = [{ on = 'success', when = \"outputs.v == 'ok'\", do = ['b', 'c', 'b'] }, { on = 'failure', do = ['c'] }]\n\
+                    [jobs.j.tasks.b]\nrun = 'x'\nfor_each = { os = ['linux', 'mac'], n = [1, 2.5] }\nnext = [{ on = 'always', do = ['c'] }]\n\
+                    [jobs.j.tasks.c]\nrun = 'x'\njoin = 2\nfor_each = ['p', 3, true]\nfor_each_concurrency = 4\n";
+        let wf = parse(text).expect("valid");
+        let [a, b, c] = &wf.jobs[0].tasks[..] else { panic!("three tasks") };
+        assert_eq!(a.compensate.as_deref(), Some("undo"));
+        assert_eq!(a.max_iterations, 7);
+        assert_eq!(
+            a.next,
+            [
+                Transition {
+                    on: TransitionOn::Success,
+                    when: Some("outputs.v == 'ok'".into()),
+                    targets: vec!["b".into(), "c".into()]
+                },
+                Transition { on: TransitionOn::Failure, when: None, targets: vec!["c".into()] },
+            ]
+        );
+        assert_eq!(
+            b.for_each,
+            Some(ForEach::Matrix(vec![
+                ("os".into(), vec!["linux".into(), "mac".into()]),
+                ("n".into(), vec![serde_json::json!(1), serde_json::json!(2.5)]),
+            ]))
+        );
+        assert_eq!((b.max_iterations, b.join, b.compensate.as_deref()), (DEFAULT_MAX_ITERATIONS, None, None));
+        assert_eq!(c.join, Some(Join::Count(2)));
+        assert_eq!(c.for_each, Some(ForEach::List(vec!["p".into(), serde_json::json!(3), serde_json::json!(true)])));
+        assert_eq!(c.for_each_concurrency, Some(4));
+        let keys: Vec<(&str, &str, usize, usize)> =
+            wf.control_keys.iter().map(|k| (k.task.as_str(), k.key.as_str(), k.line, k.col)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("a", "compensate", 3, 1),
+                ("a", "max_iterations", 4, 1),
+                ("a", "next", 5, 1),
+                ("b", "for_each", 8, 1),
+                ("b", "next", 9, 1),
+                ("c", "join", 12, 1),
+                ("c", "for_each", 13, 1),
+                ("c", "for_each_concurrency", 14, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn array_of_tables_and_templates_work_too() {
+        let text = "[jobs.j.tasks.list]\nrun = 'x'\n[jobs.j.tasks.each]\nneeds = ['list']\n\
+                    for_each = '{{ tasks.list.outputs.xs }}'\nargs = ['echo', '{{ item }} {{ item_index }}']\n\
+                    [[jobs.j.tasks.each.next]]\non = 'always'\ndo = ['done']\n[jobs.j.tasks.done]\nrun = 'x'\njoin = 'all'\n";
+        let wf = parse(text).expect("valid");
+        let each = wf.jobs[0].task("each").expect("each");
+        assert_eq!(each.for_each, Some(ForEach::Template("{{ tasks.list.outputs.xs }}".into())));
+        assert_eq!(each.next, [Transition { on: TransitionOn::Always, when: None, targets: vec!["done".into()] }]);
+        assert_eq!(wf.jobs[0].task("done").expect("done").join, Some(Join::All));
+    }
+
+    #[test]
+    fn bad_values_are_reported_with_positions() {
+        let t = |extra: &str| format!("[jobs.j.tasks.t]\nrun = \"x\"\n{extra}\n[jobs.j.tasks.u]\nrun = \"x\"\n");
+        let table: &[(&str, &str)] = &[
+            ("max_iterations = 0", "3:18: `max_iterations` must be an integer from 1 to 10000"),
+            ("max_iterations = 10001", "3:18: `max_iterations` must be an integer from 1 to 10000"),
+            (
+                "for_each = [1]\nfor_each_concurrency = 0",
+                "4:24: `for_each_concurrency` must be an integer of at least 1",
+            ),
+            ("for_each_concurrency = 2", "3:1: `for_each_concurrency` needs `for_each` in task `t`"),
+            ("for_each = { os = [] }", "3:19: matrix axis `os` must be a non-empty array of values"),
+            ("for_each = { os = 'linux' }", "3:19: matrix axis `os` must be a non-empty array of values"),
+            ("for_each = {}", "3:12: a `for_each` matrix needs at least one axis"),
+            (
+                "for_each = 3",
+                "3:12: `for_each` must be a template string, an array of items, or a matrix table of arrays",
+            ),
+            ("compensate = ' '", "3:14: `compensate` must not be empty"),
+            ("compensate = 1", "3:14: `compensate` must be a string"),
+            ("join = 0", "3:8: `join` must be \"all\" or a number of sources of at least 1"),
+            ("join = 'most'", "3:8: `join` must be \"all\" or a number of sources of at least 1"),
+            ("next = 'u'", "3:8: `next` must be an array of transitions"),
+            ("next = ['u']", "3:9: each entry of `next` must be a table"),
+            (
+                "next = [{ on = 'sometimes', do = ['u'] }]",
+                "3:16: `on` must be one of: success, failure, always (not `sometimes`)",
+            ),
+            ("next = [{ do = ['u'] }]", "3:9: a transition needs `on` (success, failure or always)"),
+            ("next = [{ on = 'success' }]", "3:9: a transition needs `do` (the tasks it starts"),
+            ("next = [{ on = 'success', do = [] }]", "3:32: `do` must name at least one task"),
+            (
+                "next = [{ on = 'success', do = ['u'], if = 'x' }]",
+                "3:39: unknown key `if` in a transition (expected one of: on, when, do)",
+            ),
+        ];
+        for (extra, want) in table {
+            let errs = errors(&t(extra));
+            assert!(errs.iter().any(|e| e.starts_with(want)), "{extra}: expected `{want}` in {errs:?}");
+        }
+    }
+
+    #[test]
+    fn cross_task_problems_are_reported_at_once() {
+        let text = r#"[jobs.j.tasks.a]
+run = "x"
+next = [{ on = "success", do = ["b", "zz"] }, { on = "failure", when = "outputs.v ==", do = ["c"] }]
+[jobs.j.tasks.b]
+run = "x"
+join = 2
+[jobs.j.tasks.c]
+run = "x"
+needs = ["a"]
+[jobs.j.tasks.d]
+run = "x"
+join = "all"
+"#;
+        assert_eq!(
+            errors(text),
+            [
+                "3:38: unknown task `zz` in `do` of task `a` (job `j` has: a, b, c, d)",
+                "3:72: bad expression in `when`: syntax error: unexpected end of input, expected expression (in <expression>:1)",
+                "3:94: task `c` has `needs` and is a `do` target of task `a`: a task may be reached by `needs` or by transitions, not both",
+                "6:8: `join = 2` on task `b`, which has 1 source task(s): a",
+                "12:8: `join` on task `d`, which is the target of no transition (`join` counts arrivals through `next`)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_job_where_nothing_can_start_is_an_error_but_a_transition_cycle_is_not() {
+        let cycle = "[jobs.j.tasks.a]\nrun = 'x'\nnext = [{ on = 'success', do = ['b'] }]\n\
+                     [jobs.j.tasks.b]\nrun = 'x'\nnext = [{ on = 'failure', do = ['a'] }]\n";
+        assert_eq!(
+            errors(cycle),
+            [
+                "1:15: job `j` has no entry task: every task has `needs` or is the target of a transition, so nothing starts"
+            ]
+        );
+        let entry = format!("[jobs.j.tasks.start]\nrun = 'x'\nnext = [{{ on = 'success', do = ['a'] }}]\n{cycle}");
+        assert_eq!(errors(&entry), Vec::<String>::new(), "a loop entered from an entry task is fine");
+    }
+
+    #[test]
+    fn templates_and_whens_may_use_tasks_upstream_through_transitions() {
+        let text = r#"[jobs.j.tasks.write]
+run = "x"
+next = [{ on = "success", do = ["review"] }]
+[jobs.j.tasks.review]
+args = ["{{ tasks.write.outputs.draft }}", "{{ tasks.revise.outputs.draft }}"]
+next = [{ on = "success", when = "outputs.verdict != 'ok' and attempt < 3 and exit_code == 0 and tasks.review.outputs.verdict and tasks.write.exit_code == 0", do = ["revise"] }]
+[jobs.j.tasks.revise]
+run = "x"
+next = [{ on = "success", do = ["review"] }]
+[jobs.j.tasks.other]
+args = ["{{ tasks.review.outputs.verdict }}"]
+next = [{ on = "success", when = "tasks.write.exit_code == 0 or foo", do = ["write2"] }]
+[jobs.j.tasks.write2]
+run = "x"
+"#;
+        assert_eq!(
+            errors(text),
+            [
+                "11:9: template refers to task `review`, which `other` does not depend on",
+                "12:34: `when` refers to task `write`, which `other` does not depend on",
+                "12:34: unknown variable `foo` in `when` (available: outputs, exit_code, attempt, params, tasks, job)",
+            ]
+        );
+    }
+
+    #[test]
+    fn item_is_for_fanned_out_tasks_and_for_each_templates_are_checked() {
+        let text = r#"[jobs.j.tasks.list]
+run = "x"
+[jobs.j.tasks.each]
+needs = ["list"]
+for_each = "{{ tasks.list.outputs.xs }} {{ item }}"
+args = ["{{ item.os }}", "{{ item_index }}"]
+[jobs.j.tasks.plain]
+args = ["{{ item_index }}"]
+[jobs.j.tasks.bad]
+for_each = "{{ tasks.plain.outputs.xs"
+run = "x"
+[jobs.j.tasks.far]
+for_each = "{{ tasks.list.outputs.xs }}"
+run = "x"
+"#;
+        let errs = errors(text);
+        assert_eq!(
+            errs[..3],
+            [
+                "5:12: `item` has no value in `for_each` itself, only in the task's other templates",
+                "8:9: `item_index` has a value only in a task with `for_each` (task `plain` has none)",
+                "10:12: bad template in `for_each`: syntax error: unexpected end of input, expected end of variable block (in <string>:1)",
+            ]
+        );
+        assert_eq!(errs[3], "13:12: template refers to task `list`, which `far` does not depend on");
+        assert_eq!(errs.len(), 4, "{errs:?}");
+    }
+
+    #[test]
+    fn running_refuses_what_the_engine_does_not_run_yet_naming_each_place() {
+        let text = "[jobs.j.tasks.a]\nrun = 'x'\nmax_iterations = 3\ncompensate = 'undo'\nnext = [{ on = 'success', do = ['b'] }]\n\
+                    [jobs.j.tasks.b]\nrun = 'x'\njoin = 'all'\n";
+        let err = unsupported_at_run(&parse(text).expect("valid")).expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "wf.toml:4:1: `compensate` of task `a` in job `j` is parsed but not run yet (SPEC §2.2 workflow control; `gaffer validate` accepts it)\n\
+             wf.toml:5:1: `next` of task `a` in job `j` is parsed but not run yet (SPEC §2.2 workflow control; `gaffer validate` accepts it)\n\
+             wf.toml:8:1: `join` of task `b` in job `j` is parsed but not run yet (SPEC §2.2 workflow control; `gaffer validate` accepts it)"
+        );
+        let only_cap = parse("[jobs.j.tasks.a]\nrun = 'x'\nmax_iterations = 3\n").expect("valid");
+        assert_eq!(unsupported_at_run(&only_cap), Ok(()), "max_iterations alone changes nothing today");
+    }
 }
