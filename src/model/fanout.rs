@@ -33,7 +33,8 @@ pub const MAX_ITEMS_TOTAL_BYTES: usize = 16 * 1024 * 1024;
 /// - Text whose first non-blank character is `[` is a JSON array, and must be one: a broken
 ///   array (an agent's trailing comma, a cut-off output) is an error, never read as lines.
 /// - Text that is one JSON object is an error: read as lines, a pretty-printed object would
-///   become one item per brace and field; the list the user wanted is inside it.
+///   become one item per brace and field; the list the user wanted is inside it. (JSON Lines
+///   of one line is such an object: a list of JSON values should be written as an array.)
 /// - Anything else is one item (a JSON string) per line, each line trimmed of surrounding
 ///   whitespace (including a `\r`), blank lines skipped: `"a\n\n  b \n"` → `["a", "b"]`, as a
 ///   shell loop over `ls` or a Jinja `{% for %}` with its indentation would be read. A line
