@@ -9,9 +9,6 @@ use super::values::{Entry, Located, Pos, Reader};
 use super::{Diagnostic, Diagnostics};
 
 pub(super) const TRANSITION_KEYS: &[&str] = &["on", "when", "do"];
-/// The most items a literal `for_each` list or matrix may make (a rendered list is bounded by
-/// the size of what renders it).
-pub(super) const MAX_LITERAL_ITEMS: usize = 100_000;
 
 /// The control keys of one task as written, with positions for the cross-checks.
 #[derive(Debug, Clone, Default)]
@@ -145,12 +142,14 @@ fn read_for_each(r: &mut Reader, e: &Entry) -> Option<Located<ForEach>> {
     let value = if let Some(text) = e.item.as_str() {
         ForEach::Template(text.to_string())
     } else if let Some(array) = e.item.as_array() {
-        let items: Vec<serde_json::Value> = array.iter().map(json_of).collect();
-        if items.len() > MAX_LITERAL_ITEMS {
-            r.error(e.at, format!("`for_each` lists {} items; at most {MAX_LITERAL_ITEMS} are allowed", items.len()));
-            return None;
+        // The same caps as items rendered at run time (count and bytes).
+        match crate::model::fanout::items_from_list(array.iter().map(json_of).collect()) {
+            Ok(items) => ForEach::List(items),
+            Err(message) => {
+                r.error(e.at, message);
+                return None;
+            }
         }
-        ForEach::List(items)
     } else if let Some(table) = e.item.as_table_like() {
         ForEach::Matrix(read_matrix(r, e, table)?)
     } else {
@@ -178,12 +177,15 @@ fn read_matrix(r: &mut Reader, e: &Entry, table: &dyn TableLike) -> Option<Vec<(
         r.error(e.at, "a `for_each` matrix needs at least one axis, e.g. { os = [\"linux\", \"mac\"] }");
         return None;
     }
-    let combinations = axes.iter().try_fold(1usize, |n, (_, values)| n.checked_mul(values.len()));
-    if combinations.is_none_or(|n| n > MAX_LITERAL_ITEMS) {
-        r.error(e.at, format!("the `for_each` matrix makes more than {MAX_LITERAL_ITEMS} combinations"));
+    if !ok {
         return None;
     }
-    ok.then_some(axes)
+    // The combinations pass the same caps as any other items.
+    if let Err(message) = crate::model::fanout::matrix_items(&axes) {
+        r.error(e.at, message);
+        return None;
+    }
+    Some(axes)
 }
 
 /// A TOML value as the JSON value a task sees as `{{ item }}` (a date-time becomes its text).
@@ -315,6 +317,10 @@ mod tests {
             ("for_each = { os = [] }", "3:19: matrix axis `os` must be a non-empty array of values"),
             ("for_each = { os = 'linux' }", "3:19: matrix axis `os` must be a non-empty array of values"),
             ("for_each = {}", "3:12: a `for_each` matrix needs at least one axis"),
+            (
+                "for_each = { a = [1,2,3,4,5,6,7,8,9,10], b = [1,2,3,4,5,6,7,8,9,10], c = [1,2,3,4,5,6,7,8,9,10], d = [1,2,3,4,5,6,7,8,9,10], e = [1,2,3,4,5,6,7,8,9,10], f = [1,2] }",
+                "3:12: for_each: 200000 items, more than the 100000 one task may fan out to",
+            ),
             (
                 "for_each = 3",
                 "3:12: `for_each` must be a template string, an array of items, or a matrix table of arrays",
