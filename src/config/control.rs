@@ -116,12 +116,8 @@ fn read_transition(r: &mut Reader, table: &dyn TableLike, at: Pos) -> Option<Tra
 }
 
 fn read_on(r: &mut Reader, e: &Entry) -> Option<TransitionOn> {
-    let text = r.string(e)?;
-    let found = TransitionOn::ALL.into_iter().find(|on| on.as_str() == text);
-    if found.is_none() {
-        r.error(e.at, format!("`on` must be one of: success, failure, always (not `{text}`)"));
-    }
-    found
+    let choices = TransitionOn::ALL.map(|on| (on.as_str(), on));
+    super::parse::read_choice(r, e, &choices)
 }
 
 /// `join = "all"` or `join = N` (N ≥ 1).

@@ -495,7 +495,7 @@ fn read_job(r: &mut Reader, entry: &Entry) -> Option<JobDraft> {
 }
 
 /// One of a fixed set of words.
-fn read_choice<T: Copy>(r: &mut Reader, e: &Entry, choices: &[(&str, T)]) -> Option<T> {
+pub(super) fn read_choice<T: Copy>(r: &mut Reader, e: &Entry, choices: &[(&str, T)]) -> Option<T> {
     let text = r.string(e)?;
     match choices.iter().find(|(word, _)| *word == text) {
         Some((_, value)) => Some(*value),
