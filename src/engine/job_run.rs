@@ -99,7 +99,7 @@ impl run::Env for ActorEnv<'_> {
     /// `job/task/rendered key`. A key that cannot be rendered (an output missing upstream)
     /// means no caching, said once.
     fn cache_key(&mut self, state: &RunState, i: usize) -> Option<String> {
-        let policy = state.job().tasks[i].cache.as_ref()?;
+        let policy = state.def(i).cache.as_ref()?;
         let context = template_context(self.shared, self.record, state, i);
         match render_template(&policy.key, &context, "cache.key") {
             Ok(key) => Some(format!("{}/{}/{key}", self.record.job, state.tasks[i].task)),
@@ -108,6 +108,30 @@ impl run::Env for ActorEnv<'_> {
                 None
             }
         }
+    }
+
+    fn next_task_run_id(&mut self) -> u64 {
+        self.shared.store.ids.next_task_run()
+    }
+
+    /// `when` over the ending task run's own facts, params, and every task's latest outputs.
+    fn when(&mut self, state: &RunState, i: usize, expression: &str) -> Result<bool, String> {
+        let t = &state.tasks[i];
+        let own = template::WhenFacts {
+            outputs: t.outputs.clone(),
+            exit_code: t.exit_code,
+            attempt: t.attempt,
+            item: t.item.clone(),
+            item_index: t.item_index,
+        };
+        let mut context = template_context(self.shared, self.record, state, i);
+        context.tasks = state
+            .latest
+            .iter()
+            .map(|&r| &state.tasks[r])
+            .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code }))
+            .collect();
+        template::evaluate_when(expression, &context, &own)
     }
 
     fn cache_entry(&mut self, key: &str) -> Option<run::CacheHit> {
@@ -130,14 +154,14 @@ fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i:
         // Validation allows templates to name only tasks this one (transitively) needs. A
         // task without templates needs none of them (a 10,000-task chain must not walk its
         // ancestry at every start).
-        tasks: if !job.tasks[i].is_templated() {
+        tasks: if !state.def(i).is_templated() {
             Default::default()
         } else {
             state
                 .graph
-                .ancestors(i)
+                .ancestors(state.tasks[i].task_index)
                 .into_iter()
-                .map(|u| &state.tasks[u])
+                .map(|u| &state.tasks[state.latest[u]])
                 .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code }))
                 .collect()
         },
@@ -285,7 +309,7 @@ impl JobRun {
         e.task_run = Some(t.id);
         e.attempt = (t.attempt > 0).then_some(t.attempt);
         e.queue = Some(t.queue.clone());
-        e
+        e.with("iteration", t.iteration)
     }
 
     fn job_event(&self, name: &'static str) -> EngineEvent {
@@ -335,6 +359,16 @@ impl JobRun {
                 };
                 e.with("limit_usd", usd_json(*limit_usd_micros))
             }
+            Note::TransitionFired { from, on, to, task_run } => {
+                let mut e = self
+                    .job_event("transition.fired")
+                    .with("from_task_run", self.run.tasks[*from].id)
+                    .with("on", on.as_str())
+                    .with("to", self.run.graph.names[*to].clone());
+                e.task = Some(self.run.tasks[*from].task.clone());
+                e.task_run = task_run.map(|r| self.run.tasks[r].id);
+                e
+            }
             Note::Task { task, what } => self.task_note_event(*task, what),
         }
     }
@@ -378,6 +412,8 @@ impl JobRun {
                 event("task.retry_scheduled").with("delay_ms", *delay_ms).with("next_attempt", *next_attempt)
             }
             TaskNote::DeadLettered { reason } => event("task.dead_lettered").with("reason", reason.as_str()),
+            TaskNote::Handled => event("task.handled"),
+            TaskNote::WhenFailed { message } => event("task.warning").with("message", message.clone()),
             TaskNote::Cancelled { from_dead: false } => event("task.cancelled"),
             TaskNote::Cancelled { from_dead: true } => event("task.cancelled").with("from", "dead"),
             TaskNote::ResourceExhausted { detail, delay_ms } => {
@@ -438,7 +474,7 @@ impl JobRun {
             .filter(|&&i| self.run.tasks[i].state == TaskState::Queued)
             .map(|&i| {
                 let t = &self.run.tasks[i];
-                let queue_timeout_ms = self.job().tasks[i].queue_timeout.map(|d| d.as_millis() as u64);
+                let queue_timeout_ms = self.run.def(i).queue_timeout.map(|d| d.as_millis() as u64);
                 let queued_at_ms = t.queued_at_ms.unwrap_or_else(|| self.now());
                 ReadyEntry::new(
                     t.id,
@@ -510,6 +546,7 @@ impl JobRun {
         model: Option<String>,
     ) -> impl FnOnce() -> Result<AttemptSpec, String> + Send + 'static {
         let (workflow, job_index) = (self.run.workflow().clone(), self.run.job_index());
+        let task_index = self.run.tasks[i].task_index;
         let ctx =
             TemplateContext { model: model.clone(), ..template_context(&self.shared, &self.record, &self.run, i) };
         let t = &self.run.tasks[i];
@@ -517,7 +554,7 @@ impl JobRun {
         let (state_dir, log_cap_bytes) = (self.shared.state_dir.clone(), self.shared.log_cap_bytes);
         let output_limits = self.shared.output_limits;
         move || {
-            let def = &workflow.jobs[job_index].tasks[i];
+            let def = &workflow.jobs[job_index].tasks[task_index];
             let render = |text: &str, what: &str| render_template(text, &ctx, what);
             let command = match &def.command {
                 crate::config::CommandSpec::Shell(text) => crate::config::CommandSpec::Shell(text.clone()),
@@ -663,7 +700,7 @@ impl Handler<Claim> for JobRun {
         attempt.model = granted.model;
         let render = self.render_spec(i, n, attempt.model.clone());
         self.running.insert(task_run, (attempt.clone(), Some(msg.worker)));
-        if !self.job().tasks[i].is_templated() {
+        if !self.run.def(i).is_templated() {
             // Nothing to render: the spec is ready now, and `running` is committed at once.
             return match render() {
                 Ok(spec) => self.commit_claim(ctx, i, attempt, spec),
@@ -695,7 +732,7 @@ impl JobRun {
         attempt: AttemptRecord,
         spec: AttemptSpec,
     ) -> ResponseActFuture<Self, Option<Claimed>> {
-        let def = &self.job().tasks[i];
+        let def = self.run.def(i);
         let claimed = Claimed {
             spec,
             timeout: def.timeout,
@@ -900,7 +937,7 @@ impl JobRun {
     /// Task `i`'s `expect` over an attempt's outputs: why they do not conform, if they do not.
     /// The schema file is read now (the file as it is, like the command a run starts).
     fn check_expect(&self, i: usize, outputs: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
-        let Some(expect) = &self.job().tasks[i].expect else { return Ok(()) };
+        let Some(expect) = &self.run.def(i).expect else { return Ok(()) };
         let schema = match &expect.json_schema {
             Some(path) => Some(crate::config::load_schema(path).map_err(|e| format!("cannot check the output: {e}"))?),
             None => None,

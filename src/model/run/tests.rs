@@ -61,6 +61,21 @@ impl Env for FixedEnv {
     fn cache_entry(&mut self, _: &str) -> Option<CacheHit> {
         None
     }
+    fn next_task_run_id(&mut self) -> u64 {
+        self.seq += 1;
+        100 + self.seq
+    }
+    /// Understands `outputs.KEY == 'VALUE'` and `outputs.KEY != 'VALUE'`; else an error.
+    fn when(&mut self, state: &RunState, run: usize, expression: &str) -> Result<bool, String> {
+        let (equal, (key, value)) = match (expression.split_once(" == "), expression.split_once(" != ")) {
+            (Some(kv), _) => (true, kv),
+            (None, Some(kv)) => (false, kv),
+            _ => return Err(format!("cannot read `{expression}`")),
+        };
+        let key = key.strip_prefix("outputs.").ok_or("only outputs")?;
+        let got = state.tasks[run].outputs.get(key).map(String::as_str);
+        Ok((got == Some(value.trim_matches('\''))) == equal)
+    }
 }
 
 /// A new job run of the only job in `toml`: task run ids 1, 2, … in file order.
@@ -115,7 +130,7 @@ fn new_run(toml: &str) -> RunState {
 }
 
 fn id_of(s: &RunState, name: &str) -> u64 {
-    s.tasks.iter().find(|t| t.task == name).map(|t| t.id).expect("a task of the job")
+    s.tasks.iter().rev().find(|t| t.task == name).map(|t| t.id).expect("a task of the job")
 }
 
 /// One script line as an input: `begin`, `claim a`, `ok a`, `fail a 2` (exit code),
@@ -132,6 +147,12 @@ fn input_of(s: &RunState, line: &str) -> Input {
         ["begin"] => Input::Begin,
         ["claim", _] => Input::Claim { task_run: task(1) },
         ["ok", _] => end(None, Some(0)),
+        ["ok", _, output] => {
+            let Input::AttemptEnded { task_run, mut end } = end(None, Some(0)) else { unreachable!() };
+            let (k, v) = output.split_once('=').expect("key=value");
+            end.outputs.insert(k.to_string(), v.to_string());
+            Input::AttemptEnded { task_run, end }
+        }
         ["fail", _, code] => end(Some(FailReason::ExitCode), code.parse().ok()),
         ["end", _, reason] => end(FailReason::parse(reason), None),
         ["timer", _] => {
@@ -177,6 +198,8 @@ fn render(s: &RunState, fx: &Effects) -> String {
                     TaskNote::Cancelled { .. } => "cancelled".into(),
                     TaskNote::ResourceExhausted { .. } => "exhausted".into(),
                     TaskNote::Progress { .. } => "progress".into(),
+                    TaskNote::Handled => "handled".into(),
+                    TaskNote::WhenFailed { .. } => "when failed".into(),
                 };
                 format!("{} {what}", name(*task))
             }
@@ -189,6 +212,14 @@ fn render(s: &RunState, fx: &Effects) -> String {
                 format!("budget exceeded{}", task.map(|i| format!(" {}", name(i))).unwrap_or_default())
             }
             Note::BudgetRaised { .. } => "budget raised".into(),
+            Note::TransitionFired { from, on, to, task_run } => format!(
+                "{}#{} -{}-> {}{}",
+                name(*from),
+                s.tasks[*from].iteration,
+                on.as_str(),
+                s.graph.names[*to],
+                task_run.map(|r| format!("#{}", s.tasks[r].iteration)).unwrap_or_default()
+            ),
         })
         .collect();
     out.extend(fx.enqueue.iter().map(|&i| format!("enqueue {}", name(i))));
