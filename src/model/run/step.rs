@@ -397,6 +397,8 @@ impl<E: Env> Step<'_, E> {
     /// unless it has a `join` that still waits (or already fired: later arrivals are ignored).
     fn arrive(&mut self, i: usize, on: TransitionOn, to: usize) {
         if let Some(join) = self.s.workflow_graph.join(to) {
+            // A join runs its target once: also when a person already cancelled or retried it.
+            self.s.join_fired[to] |= self.s.tasks[to].state != TaskState::Pending;
             let source = self.s.tasks[i].task_index;
             if !self.s.join_fired[to] && !self.s.arrivals[to].contains(&source) {
                 self.s.arrivals[to].push(source);
@@ -426,6 +428,9 @@ impl<E: Env> Step<'_, E> {
         let failing = self.s.graph.fail_fast && graph::is_failing(&self.s.states);
         if self.s.budget_spent || self.s.job_run.cancel_requested || self.s.iteration_limit || failing {
             return None;
+        }
+        if self.s.reached[task] == 0 && self.s.tasks[task].state != TaskState::Pending {
+            self.s.reached[task] = 1; // its first task run was started another way (a person's retry)
         }
         let count = self.s.reached[task];
         if count >= self.s.workflow_graph.max_iterations(task) {
