@@ -509,3 +509,36 @@ fn a_loop_past_max_iterations_fails_the_run_with_iteration_limit() {
     assert_eq!(failed[0]["reason"], "iteration_limit");
     assert!(!p.path().join("shipped").exists());
 }
+
+/// kill -9 while the second review of a loop runs: the restart resumes the same job run, the
+/// interrupted review is retried as the same iteration, and the loop goes on to its end.
+#[test]
+fn a_loop_killed_mid_iteration_resumes_where_it_was() {
+    let text = REVIEW_LOOP.replace("APPROVE_AT", "3").replace(
+        "run = 'n=$(cat rounds",
+        "retry = { max_attempts = 3, initial_interval = \"100ms\" }\nrun = 'sleep 0.3; n=$(cat rounds",
+    );
+    let p = Project::new(&text);
+    let mut child = p.spawn_run(&[]);
+    let rounds = p.path().join("rounds");
+    wait_until(Duration::from_secs(20), "the first review to finish", || {
+        std::fs::read_to_string(&rounds).is_ok_and(|t| t.trim() == "1")
+    });
+    wait_until(Duration::from_secs(20), "the second review to start", || {
+        p.tasks().iter().filter(|t| t["task"] == "review").count() == 2
+    });
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "the restart finishes the loop: {events:#?}");
+    assert_eq!(p.json(&["jobs", "--json"]).as_array().map(Vec::len), Some(1), "resumed, not started again");
+    assert_eq!(count(&p, "review", "succeeded"), 3, "{:?}", task_runs(&p));
+    assert_eq!(count(&p, "ship", "succeeded"), 1);
+    let iterations: Vec<u64> = named(&events, "task.succeeded")
+        .iter()
+        .filter(|e| e["task"] == "review")
+        .filter_map(|e| e["iteration"].as_u64())
+        .collect();
+    assert_eq!(iterations, [2, 3], "after the restart: the second review, then the third");
+}
