@@ -56,6 +56,40 @@ pub struct TaskRun {
 }
 
 impl TaskRun {
+    /// Task run `id` of task `task_index` (defined by `def`) as it is made: pending, no attempt.
+    pub fn new(id: u64, task_index: usize, def: &crate::config::TaskDef, iteration: u32, now_ms: u64) -> TaskRun {
+        TaskRun {
+            id,
+            task: def.name.clone(),
+            task_index,
+            state: TaskState::Pending,
+            queue: def.queue.clone(),
+            priority: def.priority,
+            attempt: 0,
+            series_start: 1,
+            max_attempts: def.retry.max_attempts,
+            queued_at_ms: None,
+            enqueue_seq: 0,
+            not_before_ms: None,
+            outputs: Default::default(),
+            exit_code: None,
+            cost_usd_micros: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            reason: None,
+            detail: None,
+            progress: None,
+            created_at_ms: now_ms,
+            started_at_ms: None,
+            ended_at_ms: None,
+            iteration,
+            item_index: None,
+            item: None,
+            kind: Kind::Task,
+            compensates: None,
+        }
+    }
+
     /// Attempts used in the current series.
     pub fn attempts_in_series(&self) -> u32 {
         (self.attempt + 1).saturating_sub(self.series_start)
@@ -197,32 +231,10 @@ impl RunState {
 
     /// A new task run of task `task`, pending, the next iteration; returns its index.
     pub fn add_instance(&mut self, task: usize, id: u64, now_ms: u64) -> usize {
-        let first = &self.tasks[task];
         let def = &self.job().tasks[task];
-        let run = TaskRun {
-            id,
-            state: TaskState::Pending,
-            attempt: 0,
-            series_start: 1,
-            max_attempts: def.retry.max_attempts,
-            queue: def.queue.clone(),
-            queued_at_ms: None,
-            enqueue_seq: 0,
-            not_before_ms: None,
-            outputs: Default::default(),
-            exit_code: None,
-            cost_usd_micros: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            reason: None,
-            detail: None,
-            progress: None,
-            created_at_ms: now_ms,
-            started_at_ms: None,
-            ended_at_ms: None,
-            iteration: self.reached[task],
-            ..first.clone()
-        };
+        // The priority the job run was submitted with holds for every task run of it.
+        let run =
+            TaskRun { priority: self.tasks[task].priority, ..TaskRun::new(id, task, def, self.reached[task], now_ms) };
         let i = self.tasks.len();
         self.index_of.insert(id, i);
         self.states.push(TaskState::Pending);
