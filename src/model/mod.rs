@@ -8,6 +8,7 @@ pub mod cost;
 pub mod expect;
 pub mod graph;
 pub mod hooks;
+pub mod instance;
 pub mod money;
 pub mod params;
 pub mod policy;

@@ -93,6 +93,14 @@ impl TaskRunKind {
             TaskRunKind::Compensation => "compensation",
         }
     }
+
+    /// Its place in the `task_instances` index key (stored: never renumber).
+    pub fn index_key(self) -> u8 {
+        match self {
+            TaskRunKind::Task => 0,
+            TaskRunKind::Compensation => 1,
+        }
+    }
 }
 
 impl TaskRunRecord {

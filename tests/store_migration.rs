@@ -1,0 +1,76 @@
+//! Store schema 2: a state dir written by gaffer before it (`tests/fixtures/state-v1-unfinished`,
+//! made by the release at eb194eb: a finished run, a dead letter, and a run killed with
+//! `kill -9` mid-task) opens with today's gaffer through the real binary, is migrated, and goes on.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::Value;
+use support::{Project, named};
+
+/// A project holding the fixture's workflow file and its `state.redb`, private as gaffer wants.
+fn project_from_fixture(name: &str) -> Project {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let p = Project::new(&std::fs::read_to_string(fixture.join("workflow.toml")).expect("workflow"));
+    std::fs::DirBuilder::new().mode(0o700).create(p.state_dir()).expect("state dir");
+    let store = p.state_dir().join("state.redb");
+    std::fs::copy(fixture.join("state.redb"), &store).expect("copy fixture");
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    p
+}
+
+fn task_run(p: &Project, id: u64) -> Value {
+    p.tasks().into_iter().find(|t| t["id"] == id).unwrap_or_else(|| panic!("task run {id}"))
+}
+
+#[test]
+fn a_store_from_before_schema_2_resumes_its_unfinished_run_and_retries_its_dead_letter() {
+    let p = project_from_fixture("state-v1-unfinished");
+    // Read before any writer opened it (a reader migrates nothing).
+    let finished_before = p.json(&["show", "1", "--json"]);
+    let job_before = p.json(&["show", "j1", "--json"]);
+    assert_eq!(finished_before["state"], "succeeded");
+    assert_eq!(finished_before["outputs"]["greeting"], "hi");
+    assert_eq!(finished_before["cost_usd"].to_string(), "0.0123");
+    assert_eq!(task_run(&p, 2)["state"], "dead");
+    assert_eq!(task_run(&p, 3)["state"], "running", "as the kill -9 left it");
+
+    // The cause is fixed; the dead letter is retried while no instance runs.
+    std::fs::write(p.path().join("fixed"), "").expect("fix");
+    let out = p.run(&["retry", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Today's gaffer migrates the store, resumes j3 and takes the retry of j2.
+    let out = p.run(&["run", "workflow.toml", "slow", "--json"]);
+    let events = support::events(&out.stdout, &out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{}\n{events:#?}", String::from_utf8_lossy(&out.stderr));
+    let interrupted: Vec<_> = named(&events, "task.failed").into_iter().filter(|e| e["task_run"] == 3).collect();
+    assert_eq!(interrupted.len(), 1, "{events:#?}");
+    assert_eq!((interrupted[0]["reason"].as_str(), interrupted[0]["attempt"].as_u64()), (Some("interrupted"), Some(1)));
+
+    let slow = task_run(&p, 3);
+    assert_eq!((slow["state"].as_str(), slow["attempt"].as_u64()), (Some("succeeded"), Some(2)), "{slow:#}");
+    assert_eq!(slow["outputs"]["woke"], "yes");
+    let attempts = p.json(&["show", "3", "--json"])["attempts"].clone();
+    let reasons: Vec<_> = attempts.as_array().expect("attempts").iter().map(|a| a["reason"].clone()).collect();
+    assert_eq!(reasons, [Value::from("interrupted"), Value::Null], "{attempts:#}");
+    let retried = task_run(&p, 2);
+    assert_eq!((retried["state"].as_str(), retried["attempt"].as_u64()), (Some("succeeded"), Some(3)), "{retried:#}");
+    let jobs = p.json(&["jobs", "--json"]);
+    let states: Vec<_> = jobs.as_array().expect("jobs").iter().map(|j| (j["id"].clone(), j["state"].clone())).collect();
+    assert_eq!(
+        states,
+        [(1.into(), "succeeded".into()), (2.into(), "succeeded".into()), (3.into(), "succeeded".into())],
+        "nothing new was started: {jobs:#}"
+    );
+
+    // The finished run reads as it did, and every task run now carries its instance fields.
+    assert_eq!(p.json(&["show", "1", "--json"]), finished_before);
+    assert_eq!(p.json(&["show", "j1", "--json"]), job_before);
+    for t in p.tasks() {
+        assert_eq!((t["iteration"].as_u64(), &t["item_index"], &t["item"]), (Some(1), &Value::Null, &Value::Null));
+        assert_eq!(t["kind"], "task");
+    }
+}
