@@ -19,6 +19,11 @@ use crate::store::{self, AttemptRecord, JobRunRecord, Reader, StoreError, TaskRu
 mod wire;
 pub use wire::{JobRunView, TaskRunView};
 
+/// Where attempt `n` of a task run logs, relative to the state dir (SPEC §5).
+pub fn attempt_log_path(job_run: u64, task_run: u64, n: u32) -> String {
+    AttemptRecord::log_path(job_run, task_run, n)
+}
+
 /// Why a query has no answer: the API turns these into 404 / 400 / 409 / 500.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {

@@ -90,6 +90,16 @@ impl From<&TaskRunRecord> for TaskRunView {
 }
 
 impl TaskRunView {
+    /// A task run as created with its job run (`TaskRunRecord::pending`): for fixtures.
+    pub fn pending(id: u64, job_run: u64, job: &str, task: &str, now_ms: u64) -> TaskRunView {
+        TaskRunView::from(&TaskRunRecord::pending(id, job_run, job, task, now_ms))
+    }
+
+    /// A compensation (saga) rather than the task's own run.
+    pub fn is_compensation(&self) -> bool {
+        self.kind == TaskRunKind::Compensation
+    }
+
     /// How people read its name: `review#2`, `fetch[3]` (`model::instance::label`).
     pub fn label(&self) -> String {
         crate::model::instance::label(&self.task, self.iteration, self.item_index)
@@ -304,5 +314,16 @@ mod tests {
         let expected = r#"{"id":7,"job":"report","state":"failed","params":{"topic":"rust"},"cost_usd":0.0123,"started_at":"2025-12-01T14:40:00.000Z","ended_at":null,"reason":"task fetch is dead"}"#;
         assert_eq!(json, expected);
         assert_eq!(serde_json::from_str::<JobRunView>(&json).expect("reads back"), JobRunView::from(&j));
+    }
+
+    /// The series the screen counts from is the one the wire counted.
+    #[test]
+    fn a_screen_row_from_the_wire_counts_the_same_attempts_in_its_series() {
+        for (attempt, series_start) in [(0, 1), (2, 1), (3, 3), (4, 3), (2, 3)] {
+            let mut rec = TaskRunRecord::pending(1, 1, "j", "t", 0);
+            (rec.attempt, rec.series_start) = (attempt, series_start);
+            let row = crate::tui::rows::TaskRun::from(TaskRunView::from(&rec));
+            assert_eq!(row.attempts_in_series(), rec.attempts_in_series(), "attempt {attempt}, series {series_start}");
+        }
     }
 }
