@@ -37,9 +37,9 @@ pub fn human_line(e: &EngineEvent) -> Option<String> {
 }
 
 /// The task of a task event labelled by the `iteration` and `item_index` it carries (SPEC §6):
-/// `review#2`, `fetch[3]` (`model::instance::label`).
+/// `review#2`, `fetch[3]` (`model::fanout::label`).
 fn instance_label(e: &EngineEvent, task: &str) -> String {
-    crate::model::instance::label_in(task, &e.fields)
+    crate::report::label_in(task, &e.fields)
 }
 
 fn describe(e: &EngineEvent) -> Option<String> {

@@ -100,9 +100,9 @@ impl TaskRunView {
         self.kind == TaskRunKind::Compensation
     }
 
-    /// How people read its name: `review#2`, `fetch[3]` (`model::instance::label`).
+    /// How people read its name: `review#2`, `fetch[3]` (`model::fanout::label`).
     pub fn label(&self) -> String {
-        crate::model::instance::label(&self.task, self.iteration, self.item_index)
+        crate::model::fanout::label(&self.task, self.iteration, self.item_index)
     }
 }
 
@@ -137,6 +137,19 @@ impl From<&JobRunRecord> for JobRunView {
             reason: j.reason.clone(),
         }
     }
+}
+
+/// `iteration` and `item_index` as JSON carries them (a task run's `--json`, a task event's
+/// fields); absent: a task's first run, no item (an older gaffer's answer, a job event).
+pub fn instance_in(fields: &serde_json::Map<String, Value>) -> (u32, Option<u32>) {
+    let small = |key| fields.get(key).and_then(Value::as_u64).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    (small("iteration").unwrap_or(1), small("item_index"))
+}
+
+/// `model::fanout::label` of a task run or task event in JSON: `review#2`, `fetch[3]`.
+pub fn label_in(task: &str, fields: &serde_json::Map<String, Value>) -> String {
+    let (iteration, item_index) = instance_in(fields);
+    crate::model::fanout::label(task, iteration, item_index)
 }
 
 /// A value `serde_json` holds, as the wire has it.
@@ -314,6 +327,18 @@ mod tests {
         let expected = r#"{"id":7,"job":"report","state":"failed","params":{"topic":"rust"},"cost_usd":0.0123,"started_at":"2025-12-01T14:40:00.000Z","ended_at":null,"reason":"task fetch is dead"}"#;
         assert_eq!(json, expected);
         assert_eq!(serde_json::from_str::<JobRunView>(&json).expect("reads back"), JobRunView::from(&j));
+    }
+
+    #[test]
+    fn json_of_a_task_run_or_event_is_labelled_by_its_instance_fields() {
+        let fields = |v: Value| v.as_object().cloned().unwrap_or_default();
+        assert_eq!(label_in("fetch", &fields(serde_json::json!({"iteration": 2, "item_index": 3}))), "fetch#2[3]");
+        assert_eq!(label_in("review", &fields(serde_json::json!({"iteration": 3}))), "review#3");
+        assert_eq!(
+            label_in("fetch", &fields(serde_json::json!({"item_index": null}))),
+            "fetch",
+            "absent: the first run"
+        );
     }
 
     /// The series the screen counts from is the one the wire counted.

@@ -764,7 +764,7 @@ impl Model {
             let mut rec = TaskRun::pending(id, job_run, job, task, e.ts_ms);
             rec.queue = e.queue.clone().unwrap_or_else(|| "default".into());
             // Task events carry which instance they are about (SPEC §6).
-            (rec.iteration, rec.item_index) = crate::model::instance::instance_in(&e.fields);
+            (rec.iteration, rec.item_index) = crate::report::instance_in(&e.fields);
             rec.compensation = e.str_field("kind") == Some("compensation");
             rec.max_attempts = 0;
             self.insert_task(rec);

@@ -77,9 +77,9 @@ impl TaskRun {
         if self.attempt < self.series_start { 0 } else { self.attempt - self.series_start + 1 }
     }
 
-    /// Its task as people read it: `review#2`, `fetch[3]` (`model::instance::label`).
+    /// Its task as people read it: `review#2`, `fetch[3]` (`model::fanout::label`).
     pub fn label(&self) -> String {
-        crate::model::instance::label(&self.task, self.iteration, self.item_index)
+        crate::model::fanout::label(&self.task, self.iteration, self.item_index)
     }
 }
 
