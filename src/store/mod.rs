@@ -426,7 +426,11 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
                 max_seq = max_seq.max(r.enqueue_seq);
                 task_runs.insert(r.id, codec::encode(r)?.as_slice()).map_err(db_err)?;
                 job_tasks.insert((r.job_run, r.id), ()).map_err(db_err)?;
-                instances.insert(instance_key(r), r.id).map_err(db_err)?;
+                // A task run's instance never changes: written once, only looked up after (a
+                // lookup dirties no page; an insert of the same entry would copy its path).
+                if instances.get(instance_key(r)).map_err(db_err)?.is_none() {
+                    instances.insert(instance_key(r), r.id).map_err(db_err)?;
+                }
             }
             Mutation::Attempt(a) => {
                 attempts.insert((a.task_run, a.n), codec::encode(a)?.as_slice()).map_err(db_err)?;
