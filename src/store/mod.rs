@@ -83,6 +83,10 @@ pub enum StoreError {
     Schema { found: u64 },
     #[error("state.redb: a stored value cannot be read: {0}")]
     Codec(String),
+    #[error(
+        "state.redb cannot be migrated from schema {from} to {SCHEMA_VERSION}: {reason}. Nothing was changed: the file is still at schema {from} (`gaffer doctor` checks it)"
+    )]
+    Migration { from: u64, reason: String },
     #[error("no state dir at {}: nothing has run here yet", .0.display())]
     Missing(PathBuf),
     #[error(
@@ -341,7 +345,8 @@ fn prepare(db: &Database) -> Result<Ids, StoreError> {
             None | Some(SCHEMA_VERSION) => {}
             Some(found) if (OLDEST_SCHEMA..SCHEMA_VERSION).contains(&found) => {
                 tracing::info!("state.redb: migrating from schema {found} to {SCHEMA_VERSION}");
-                migrate_task_runs(&txn)?;
+                // On error the transaction is dropped uncommitted: the file stays as it was.
+                migrate_task_runs(&txn).map_err(|e| StoreError::Migration { from: found, reason: e.to_string() })?;
             }
             Some(found) => return Err(StoreError::Schema { found }),
         }
@@ -380,8 +385,10 @@ fn migrate_task_runs(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     loop {
         let mut chunk: Vec<TaskRunRecord> = Vec::with_capacity(MIGRATION_CHUNK);
         for entry in task_runs.range(next..).map_err(db_err)?.take(MIGRATION_CHUNK) {
-            let (_, v) = entry.map_err(db_err)?;
-            chunk.push(codec::decode(v.value())?);
+            let (id, v) = entry.map_err(db_err)?;
+            let record =
+                codec::decode(v.value()).map_err(|e| StoreError::Codec(format!("task run {}: {e}", id.value())))?;
+            chunk.push(record);
         }
         let Some(last) = chunk.last() else { return Ok(()) };
         next = last.id.saturating_add(1);

@@ -176,6 +176,27 @@ fn a_schema_1_store_is_read_as_it_is_and_migrated_once_by_the_writer() {
     assert_eq!(schema_and_layouts(dir.path()), (Some(SCHEMA_VERSION), layouts));
 }
 
+/// A migration is whole or not at all: a task run that cannot be read stops it, says which, and
+/// leaves the file at schema 1 with every record as it was.
+#[test]
+fn a_migration_that_fails_changes_nothing() {
+    let dir = v1_fixture();
+    {
+        let db = redb::Database::create(dir.path().join(STORE_FILE)).expect("open");
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(TASK_RUNS).expect("task runs").insert(99, [1u8, 0xff, 0xff].as_slice()).expect("insert");
+        txn.commit().expect("commit");
+    }
+    let before = schema_and_layouts(dir.path());
+    let refused = open_writer(dir.path()).map(|_| ()).expect_err("an unreadable task run stops the migration");
+    assert!(matches!(refused, StoreError::Migration { from: 1, .. }), "{refused}");
+    let message = refused.to_string();
+    assert!(message.contains("task run 99") && message.contains("Nothing was changed"), "{message}");
+    assert_eq!(schema_and_layouts(dir.path()), before);
+    assert_eq!(before.0, Some(1));
+    assert!(before.1.iter().all(|&l| l == 1), "{before:?}");
+}
+
 #[test]
 fn instances_are_indexed_by_task_iteration_item_and_kind() {
     let dir = crate::state_dir::private_tempdir();
