@@ -13,7 +13,9 @@ use support::{Project, named};
 fn project_from_fixture(name: &str) -> Project {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    let p = Project::new(&std::fs::read_to_string(fixture.join("workflow.toml")).expect("workflow"));
+    // `state-v1` comes without its workflow file: any valid one opens it.
+    let workflow = std::fs::read_to_string(fixture.join("workflow.toml"));
+    let p = Project::new(&workflow.unwrap_or_else(|_| "[jobs.j.tasks.t]\nrun = 'true'\n".into()));
     std::fs::DirBuilder::new().mode(0o700).create(p.state_dir()).expect("state dir");
     let store = p.state_dir().join("state.redb");
     std::fs::copy(fixture.join("state.redb"), &store).expect("copy fixture");
@@ -73,4 +75,43 @@ fn a_store_from_before_schema_2_resumes_its_unfinished_run_and_retries_its_dead_
         assert_eq!((t["iteration"].as_u64(), &t["item_index"], &t["item"]), (Some(1), &Value::Null, &Value::Null));
         assert_eq!(t["kind"], "task");
     }
+}
+
+/// The schema a state dir records, read with redb directly (no gaffer in between).
+fn schema_of(store: &Path) -> Option<u64> {
+    use redb::{ReadableDatabase, TableDefinition};
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    let db = redb::Database::builder().open_read_only(store).expect("open");
+    let txn = db.begin_read().expect("read");
+    txn.open_table(META).expect("meta").get("schema_version").expect("get").map(|v| v.value())
+}
+
+/// Read commands read a schema 1 dir as it is; the first `run` migrates it; a dir of a newer
+/// gaffer is refused by every command and left byte for byte.
+#[test]
+fn read_commands_never_migrate_and_a_newer_schema_is_refused_untouched() {
+    let p = project_from_fixture("state-v1");
+    let store = p.state_dir().join("state.redb");
+    assert_eq!(p.tasks().len(), 4);
+    assert!(p.run(&["show", "2"]).status.success());
+    assert_eq!(schema_of(&store), Some(1), "a read command migrated the store");
+    let (code, _) = p.run_json(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(schema_of(&store), Some(2));
+
+    {
+        let db = redb::Database::create(&store).expect("open");
+        let txn = db.begin_write().expect("txn");
+        let meta = redb::TableDefinition::<&str, u64>::new("meta");
+        txn.open_table(meta).expect("meta").insert("schema_version", 3).expect("insert");
+        txn.commit().expect("commit");
+    }
+    let before = std::fs::read(&store).expect("read");
+    for args in [&["run", "workflow.toml", "--json"][..], &["tasks"], &["status"]] {
+        let out = p.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains("schema version 3") && stderr.contains("this gaffer understands 1 to 2"), "{stderr}");
+    }
+    assert!(std::fs::read(&store).expect("read") == before, "a refused store was written to");
 }
