@@ -1,6 +1,8 @@
 //! Store schema 2: a state dir written by gaffer before it (`tests/fixtures/state-v1-unfinished`,
 //! made by the release at eb194eb: a finished run, a dead letter, and a run killed with
-//! `kill -9` mid-task) opens with today's gaffer through the real binary, is migrated, and goes on.
+//! `kill -9` mid-task) opens with today's gaffer through the real binary, is migrated, and goes on;
+//! read commands never migrate; a newer schema is refused untouched; and task runs as instances
+//! read back through `--json` and the text views.
 
 mod support;
 
@@ -114,4 +116,47 @@ fn read_commands_never_migrate_and_a_newer_schema_is_refused_untouched() {
         assert!(stderr.contains("schema version 3") && stderr.contains("this gaffer understands 1 to 2"), "{stderr}");
     }
     assert!(std::fs::read(&store).expect("read") == before, "a refused store was written to");
+}
+
+/// Task runs as instances (several per task: iterations, items, compensations) as the store
+/// holds them reach `--json` with their fields and the text views with their labels.
+#[test]
+fn instances_read_back_with_their_fields_and_labels() {
+    use gaffer::store::{Mutation, TaskRunKind, TaskRunRecord};
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'true'\n");
+    assert_eq!(p.run_json(&[]).0, 0);
+    {
+        let (store, closer, lock) = gaffer::store::open_writer(&p.state_dir()).expect("open");
+        let first = store.reader().expect("reader").task_run(1).expect("read").expect("task run 1");
+        let again = TaskRunRecord { id: 2, iteration: 2, ..first.clone() };
+        let item = TaskRunRecord { id: 3, item_index: Some(1), item: Some(r#"{"os":"mac"}"#.into()), ..first.clone() };
+        let undo = TaskRunRecord { id: 4, kind: TaskRunKind::Compensation, compensates: Some(1), ..first.clone() };
+        let batch = [again, item, undo].into_iter().map(Mutation::TaskRun).collect();
+        store.commit_blocking(batch).expect("commit");
+        let instances = store.reader().expect("reader").instances_of(1, "t").expect("instances");
+        assert_eq!(instances.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 4, 3, 2]);
+        drop(store);
+        closer.close(std::time::Duration::from_secs(10));
+        drop(lock);
+    }
+    let tasks = p.tasks();
+    let fields: Vec<_> = tasks
+        .iter()
+        .map(|t| (t["iteration"].clone(), t["item_index"].clone(), t["item"].clone(), t["kind"].clone()))
+        .collect();
+    let null = Value::Null;
+    assert_eq!(
+        fields,
+        [
+            (1.into(), null.clone(), null.clone(), "task".into()),
+            (2.into(), null.clone(), null.clone(), "task".into()),
+            (1.into(), 1.into(), serde_json::json!({"os": "mac"}), "task".into()),
+            (1.into(), null.clone(), null.clone(), "compensation".into()),
+        ]
+    );
+    for args in [&["tasks"][..], &["show", "j1"]] {
+        let out = p.run(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains(" j.t#2 ") && text.contains(" j.t[1] "), "{args:?}:\n{text}");
+    }
 }
