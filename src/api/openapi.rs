@@ -165,7 +165,7 @@ pub struct TaskRunKindName;
 
 impl PartialSchema for TaskRunKindName {
     fn schema() -> RefOr<Schema> {
-        string_enum([TaskRunKind::Task, TaskRunKind::Compensation].map(TaskRunKind::as_str))
+        string_enum(TaskRunKind::ALL.map(TaskRunKind::as_str))
     }
 }
 

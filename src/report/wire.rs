@@ -163,41 +163,21 @@ pub trait Named: Sized + Copy {
     fn from_name(name: &str) -> Option<Self>;
 }
 
-impl Named for TaskState {
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn from_name(name: &str) -> Option<Self> {
-        TaskState::parse(name)
-    }
+/// Each of these names itself with `as_str` and reads the name back with `parse`.
+macro_rules! named_by_as_str {
+    ($($t:ty),*) => {$(
+        impl Named for $t {
+            fn name(self) -> &'static str {
+                self.as_str()
+            }
+            fn from_name(name: &str) -> Option<Self> {
+                <$t>::parse(name)
+            }
+        }
+    )*};
 }
 
-impl Named for JobState {
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn from_name(name: &str) -> Option<Self> {
-        JobState::parse(name)
-    }
-}
-
-impl Named for FailReason {
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn from_name(name: &str) -> Option<Self> {
-        FailReason::parse(name)
-    }
-}
-
-impl Named for TaskRunKind {
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn from_name(name: &str) -> Option<Self> {
-        [TaskRunKind::Task, TaskRunKind::Compensation].into_iter().find(|k| k.as_str() == name)
-    }
-}
+named_by_as_str!(TaskState, JobState, FailReason, TaskRunKind);
 
 fn unknown<E: serde::de::Error>(name: &str) -> E {
     E::custom(format!("unknown name `{name}`"))

@@ -94,6 +94,12 @@ impl TaskRunKind {
         }
     }
 
+    pub const ALL: [TaskRunKind; 2] = [TaskRunKind::Task, TaskRunKind::Compensation];
+
+    pub fn parse(name: &str) -> Option<TaskRunKind> {
+        TaskRunKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// Its place in the `task_instances` index key (stored: never renumber).
     pub fn index_key(self) -> u8 {
         match self {

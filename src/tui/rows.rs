@@ -41,35 +41,10 @@ pub struct TaskRun {
 }
 
 impl TaskRun {
-    /// A task run known from an event only: pending, no attempt yet, in the default queue.
+    /// A task run known from an event only: pending, no attempt yet, with a new task run's
+    /// defaults (the wire's `TaskRunView::pending`).
     pub fn pending(id: u64, job_run: u64, job: &str, task: &str, at_ms: u64) -> TaskRun {
-        TaskRun {
-            id,
-            job_run,
-            job: job.to_string(),
-            task: task.to_string(),
-            state: TaskState::Pending,
-            queue: "default".to_string(),
-            priority: 50,
-            attempt: 0,
-            series_start: 1,
-            max_attempts: 3,
-            not_before_ms: None,
-            outputs: BTreeMap::new(),
-            exit_code: None,
-            cost_usd_micros: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            reason: None,
-            detail: None,
-            progress: None,
-            created_at_ms: at_ms,
-            started_at_ms: None,
-            ended_at_ms: None,
-            iteration: 1,
-            item_index: None,
-            compensation: false,
-        }
+        TaskRun::from(TaskRunView::pending(id, job_run, job, task, at_ms))
     }
 
     /// Attempts used in the current series, what `max_attempts` is compared with.
