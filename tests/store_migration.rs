@@ -144,6 +144,8 @@ fn instances_read_back_with_their_fields_and_labels() {
         .iter()
         .map(|t| (t["iteration"].clone(), t["item_index"].clone(), t["item"].clone(), t["kind"].clone()))
         .collect();
+    let compensates: Vec<_> = tasks.iter().map(|t| t["compensates"].clone()).collect();
+    assert_eq!(compensates, [Value::Null, Value::Null, Value::Null, 1.into()]);
     let null = Value::Null;
     assert_eq!(
         fields,

@@ -217,6 +217,8 @@ pub struct TaskRun {
     /// `task`, or `compensation` for a run that undoes a succeeded one (saga).
     #[schema(value_type = TaskRunKindName)]
     kind: String,
+    /// For a compensation: the task run it undoes (its `GAFFER_COMPENSATES`); else null.
+    compensates: Option<u64>,
 }
 
 /// SPEC §4.1 `jobs --json` item.

@@ -53,6 +53,8 @@ pub struct TaskRunView {
     /// `task`, or `compensation` for a run that undoes a succeeded one (always present).
     #[serde(with = "name")]
     pub kind: TaskRunKind,
+    /// For a compensation: the task run it undoes (its `GAFFER_COMPENSATES`); else null.
+    pub compensates: Option<u64>,
 }
 
 impl From<&TaskRunRecord> for TaskRunView {
@@ -85,6 +87,7 @@ impl From<&TaskRunRecord> for TaskRunView {
             // Stored as JSON text; text that is not JSON (never written so) goes as a string.
             item: t.item.as_ref().map(|text| serde_json::from_str(text).unwrap_or_else(|_| Value::from(text.as_str()))),
             kind: t.kind,
+            compensates: t.compensates,
         }
     }
 }
@@ -282,7 +285,7 @@ mod tests {
         t.outputs.insert("answer".into(), "yes".into());
         (t.iteration, t.item_index, t.item) = (2, Some(4), Some(r#"{"os":"linux"}"#.into()));
         let json = crate::json::text(&to_value(&TaskRunView::from(&t)));
-        let expected = r#"{"id":3,"job":"report","job_run":2,"task":"fetch","state":"dead","attempt":2,"attempts_in_series":2,"max_attempts":3,"queue":"default","priority":50,"cost_usd":0.0087,"input_tokens":0,"output_tokens":0,"outputs":{"answer":"yes"},"reason":"exit_code","detail":null,"exit_code":3,"progress":null,"created_at":"2025-12-01T14:40:00.123Z","started_at":"2025-12-01T14:40:00.200Z","ended_at":"2025-12-01T14:40:01.000Z","not_before":null,"iteration":2,"item_index":4,"item":{"os":"linux"},"kind":"task"}"#;
+        let expected = r#"{"id":3,"job":"report","job_run":2,"task":"fetch","state":"dead","attempt":2,"attempts_in_series":2,"max_attempts":3,"queue":"default","priority":50,"cost_usd":0.0087,"input_tokens":0,"output_tokens":0,"outputs":{"answer":"yes"},"reason":"exit_code","detail":null,"exit_code":3,"progress":null,"created_at":"2025-12-01T14:40:00.123Z","started_at":"2025-12-01T14:40:00.200Z","ended_at":"2025-12-01T14:40:01.000Z","not_before":null,"iteration":2,"item_index":4,"item":{"os":"linux"},"kind":"task","compensates":null}"#;
         assert_eq!(json, expected);
         let back: TaskRunView = serde_json::from_str(&json).expect("the wire reads its own JSON");
         assert_eq!(back, TaskRunView::from(&t));

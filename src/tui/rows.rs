@@ -38,6 +38,8 @@ pub struct TaskRun {
     pub item_index: Option<u32>,
     /// A compensation (saga) rather than the task's own run.
     pub compensation: bool,
+    /// For a compensation: the task run it undoes.
+    pub compensates: Option<u64>,
 }
 
 impl TaskRun {
@@ -89,6 +91,7 @@ impl From<TaskRunView> for TaskRun {
             iteration: v.iteration,
             item_index: v.item_index,
             compensation,
+            compensates: v.compensates,
         }
     }
 }
