@@ -6,7 +6,7 @@
 #
 # Usage: scripts/fuzz.sh [RUNS] [TARGET...]     (default: 10000000 runs of every target)
 #        scripts/fuzz.sh --smoke                (a short run of each target: scripts/test.sh --fuzz)
-#        scripts/fuzz.sh --merge [TARGET...]    (re-minimize the committed seed corpora)
+#        scripts/fuzz.sh --merge [TARGET...]    (re-minimize the committed seed corpora; CORPUS_MAX=290)
 #
 # Every run starts from the committed seed corpus, fuzz/corpus/<target> (small, minimized with
 # `-merge=1`; only read), and keeps what it finds in fuzz/work/<target> (not committed), so runs
@@ -44,11 +44,37 @@ for target in "${targets[@]}"; do
   seeds="fuzz/corpus/$target" work="fuzz/work/$target"
   mkdir -p "$seeds" "$work"
   if [[ "$mode" == merge ]]; then
-    fresh=$(mktemp -d "fuzz/work/$target-merged.XXXXXX")
-    fuzz "$target" "$fresh" "$seeds" "$work" -- -merge=1 -max_len=8192 2>"target/fuzz-$target.log" \
-      || { tail -20 "target/fuzz-$target.log"; exit 1; }
+    # libFuzzer measures what each input covers (edges only: hit counts and compared values
+    # would keep thousands); then a greedy set cover keeps at most CORPUS_MAX inputs, each
+    # adding the most edges not yet covered, so the committed corpus stays small.
+    fresh=$(mktemp -d "fuzz/work/$target-merged.XXXXXX") control="fuzz/work/$target.merge-control"
+    rm -f "$control"
+    fuzz "$target" "$fresh" "$seeds" "$work" -- -set_cover_merge=1 -use_counters=0 -use_cmp=0 -max_len=8192 \
+      -merge_control_file="$control" 2>"target/fuzz-$target.log" || { tail -20 "target/fuzz-$target.log"; exit 1; }
+    rm -f "$fresh"/*
+    python3 - "$control" "$fresh" "${CORPUS_MAX:-290}" <<'PY'
+import shutil, sys
+control, out, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lines = open(control).read().split("\n")
+paths = lines[2 : 2 + int(lines[0])]
+covers = {}
+for line in lines[2 + len(paths) :]:
+    if line.startswith("COV "):
+        fields = line.split()
+        covers[int(fields[1])] = set(fields[2:])
+covered, chosen = set(), []
+while len(chosen) < cap:
+    best = max(covers, key=lambda i: len(covers[i] - covered), default=None)
+    if best is None or not covers[best] - covered:
+        break
+    covered |= covers.pop(best)
+    chosen.append(best)
+for i in chosen:
+    shutil.copy(paths[i], out)
+print(f"{len(chosen)} inputs cover {len(covered)} of {len(covered | set().union(*covers.values()))} edges", file=sys.stderr)
+PY
     rm -rf "$seeds" && mv "$fresh" "$seeds"
-    echo "fuzz $target: $(find "$seeds" -type f | wc -l) seeds, $(du -sk "$seeds" | cut -f1) KiB in $seeds"
+    echo "fuzz $target: $(find "$seeds" -type f | wc -l) seeds, $(cat "$seeds"/* | wc -c) bytes in $seeds"
     continue
   fi
   echo "== fuzz $target: $runs runs (sanitizer: $sanitizer)"
