@@ -1,11 +1,14 @@
-//! Checks that span several tasks of a job: `needs` names, `needs` cycles, and what templates
-//! refer to. Run on drafts so each problem keeps the position it was written at.
+//! Checks that span several tasks of a job: `needs` names and cycles, transition targets,
+//! joins, entry tasks, and what templates and `when` expressions refer to. Run on drafts so each
+//! problem keeps the position it was written at, over the one [`WorkflowGraph`] of the job.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
 use super::parse::{DraftCommand, JobDraft, TaskDraft, TaskFields, merged_env};
 use super::template;
+use super::types::{DEFAULT_MAX_ITERATIONS, ForEach, Join};
 use super::values::{Located, Reader};
+use crate::model::workflow_graph::{TaskNode, WorkflowGraph};
 
 /// minijinja's default global functions; using them in a template is fine.
 const BUILTIN_GLOBALS: &[&str] = &["range", "dict", "namespace", "debug"];
@@ -17,31 +20,61 @@ const MAX_CYCLE_NAMES: usize = 12;
 /// "unknown task" lists at most this many of the job's tasks.
 const MAX_NAMES_LISTED: usize = 10;
 
-/// Linear in tasks plus `needs` entries (a 10,000-task chain or cycle validates in
-/// milliseconds); a template naming a task that is not a direct need costs that task's
+/// Linear in tasks plus `needs` and transition entries (a 10,000-task chain or cycle validates
+/// in milliseconds); a template naming a task that is not a direct upstream costs that task's
 /// ancestry once.
 pub(super) fn check_job(r: &mut Reader, job: &JobDraft, defaults: &TaskFields) {
-    let graph = NeedsGraph::new(&job.tasks);
-    check_needs_names(r, job, &graph);
-    let (cycles, more) = graph.cycles(MAX_CYCLES_SHOWN);
+    let graph = WorkflowGraph::new(job.tasks.iter().map(node_of).collect());
+    let names: Vec<&str> = graph.names().iter().map(String::as_str).collect();
+    check_needs_names(r, job, &graph, &names);
+    check_transitions(r, job, &graph, &names);
+    check_joins(r, job, &graph);
+    let (cycles, more) = needs_cycles(&graph, MAX_CYCLES_SHOWN);
     for cycle in &cycles {
-        r.error(job.tasks[cycle[0]].at, format!("`needs` cycle: {}", graph.cycle_path(cycle)));
+        r.error(job.tasks[cycle[0]].at, format!("`needs` cycle: {}", cycle_path(&graph, cycle)));
     }
     if more > 0 {
         let at = job.tasks[cycles[0][0]].at;
         r.error(at, format!("… and {more} more `needs` cycle(s) in job `{}`", job.name));
     }
+    if cycles.is_empty() && !job.tasks.is_empty() && graph.entry_tasks().is_empty() {
+        r.error(
+            job.tasks[0].at,
+            format!(
+                "job `{}` has no entry task: every task has `needs` or is the target of a transition, so nothing starts",
+                job.name
+            ),
+        );
+    }
     let mut ancestry = Ancestry::new(graph.len());
     for (i, task) in job.tasks.iter().enumerate() {
         let has_models = task.fields.retry.models.as_ref().or(defaults.retry.models.as_ref()).is_some();
         for (label, text) in templates_of(task, defaults) {
-            let mut scope = Scope { job, graph: &graph, task: i, ancestry: &mut ancestry, has_models };
-            check_template(r, &mut scope, &label, text);
+            let mut scope = Scope { job, graph: &graph, task: i, ancestry: &mut ancestry, has_models, label: &label };
+            check_template(r, &mut scope, &text);
+        }
+        for when in task.control.next.iter().filter_map(|t| t.when.as_ref()) {
+            let mut scope = Scope { job, graph: &graph, task: i, ancestry: &mut ancestry, has_models, label: "when" };
+            check_when(r, &mut scope, when);
         }
     }
 }
 
-fn check_needs_names(r: &mut Reader, job: &JobDraft, graph: &NeedsGraph) {
+/// A draft task as the graph sees it.
+fn node_of(task: &TaskDraft) -> TaskNode {
+    TaskNode {
+        name: task.name.clone(),
+        needs: task.needs.iter().map(|n| n.value.clone()).collect(),
+        next: task.control.next.iter().map(super::control::TransitionDraft::finish).collect(),
+        join: task.control.join.as_ref().map(|j| j.value),
+        gated: task.wait_for.is_some(),
+        max_iterations: task.control.max_iterations.unwrap_or(DEFAULT_MAX_ITERATIONS),
+        fanned_out: task.control.for_each.is_some(),
+        has_compensation: task.control.compensate.is_some(),
+    }
+}
+
+fn check_needs_names(r: &mut Reader, job: &JobDraft, graph: &WorkflowGraph, names: &[&str]) {
     for task in &job.tasks {
         for need in task.needs.iter().filter(|n| graph.index(&n.value).is_none()) {
             let msg = format!(
@@ -49,9 +82,67 @@ fn check_needs_names(r: &mut Reader, job: &JobDraft, graph: &NeedsGraph) {
                 need.value,
                 task.name,
                 job.name,
-                some_of(&graph.names, MAX_NAMES_LISTED)
+                some_of(names, MAX_NAMES_LISTED)
             );
             r.error(need.at, msg);
+        }
+    }
+}
+
+/// Every `do` target is a task of the job, and one that is not also reached through `needs`.
+fn check_transitions(r: &mut Reader, job: &JobDraft, graph: &WorkflowGraph, names: &[&str]) {
+    for task in &job.tasks {
+        for target in task.control.next.iter().flat_map(|t| &t.targets) {
+            let Some(j) = graph.index(&target.value) else {
+                let msg = format!(
+                    "unknown task `{}` in `do` of task `{}` (job `{}` has: {})",
+                    target.value,
+                    task.name,
+                    job.name,
+                    some_of(names, MAX_NAMES_LISTED)
+                );
+                r.error(target.at, msg);
+                continue;
+            };
+            if !job.tasks[j].needs.is_empty() {
+                r.error(
+                    target.at,
+                    format!(
+                        "task `{}` has `needs` and is a `do` target of task `{}`: a task may be reached by `needs` or by transitions, not both",
+                        target.value, task.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A `join` sits on a transition target and asks for no more sources than it has.
+fn check_joins(r: &mut Reader, job: &JobDraft, graph: &WorkflowGraph) {
+    for (i, task) in job.tasks.iter().enumerate() {
+        let Some(join) = &task.control.join else { continue };
+        let sources = graph.sources(i);
+        if sources.is_empty() {
+            r.error(
+                join.at,
+                format!(
+                    "`join` on task `{}`, which is the target of no transition (`join` counts arrivals through `next`)",
+                    task.name
+                ),
+            );
+        } else if let Join::Count(n) = join.value
+            && n as usize > sources.len()
+        {
+            let names: Vec<&str> = sources.iter().map(|&s| graph.name(s)).collect();
+            r.error(
+                join.at,
+                format!(
+                    "`join = {n}` on task `{}`, which has {} source task(s): {}",
+                    task.name,
+                    sources.len(),
+                    some_of(&names, MAX_NAMES_LISTED)
+                ),
+            );
         }
     }
 }
@@ -64,96 +155,62 @@ fn some_of(names: &[&str], max: usize) -> String {
     }
 }
 
-/// Tasks as indices in file order; an edge `a -> b` means `a` needs `b`.
-struct NeedsGraph<'a> {
-    names: Vec<&'a str>,
-    by_name: HashMap<&'a str, usize>,
-    /// Each task's needs, deduplicated, in file order; unknown names left out.
-    edges: Vec<Vec<usize>>,
+/// The first `max` cycles of `needs`, each rotated to start at its task that comes first in the
+/// file, and how many more there are. One depth-first pass with an explicit stack (a
+/// 20,000-task chain must not overflow the thread's stack): each edge back onto the stack
+/// closes one distinct cycle, and only the shown ones are copied out. Transition cycles are
+/// allowed and not looked at.
+fn needs_cycles(graph: &WorkflowGraph, max: usize) -> (Vec<Vec<usize>>, usize) {
+    let mut state = vec![Visit::New; graph.len()];
+    // The path being explored, and for each task on it the next of its edges to follow.
+    let mut path: Vec<usize> = Vec::new();
+    let mut next_edge: Vec<usize> = vec![0; graph.len()];
+    let mut position: Vec<usize> = vec![0; graph.len()];
+    let (mut shown, mut more) = (Vec::new(), 0);
+    for root in 0..graph.len() {
+        if state[root] != Visit::New {
+            continue;
+        }
+        state[root] = Visit::OnStack;
+        position[root] = 0;
+        path.push(root);
+        while let Some(&i) = path.last() {
+            let Some(&j) = graph.needs(i).get(next_edge[i]) else {
+                state[i] = Visit::Done;
+                path.pop();
+                continue;
+            };
+            next_edge[i] += 1;
+            match state[j] {
+                Visit::New => {
+                    state[j] = Visit::OnStack;
+                    position[j] = path.len();
+                    path.push(j);
+                }
+                Visit::OnStack if shown.len() < max => {
+                    let mut cycle = path[position[j]..].to_vec();
+                    let first = (0..cycle.len()).min_by_key(|&k| cycle[k]).unwrap_or(0);
+                    cycle.rotate_left(first);
+                    shown.push(cycle);
+                }
+                Visit::OnStack => more += 1,
+                Visit::Done => {}
+            }
+        }
+    }
+    (shown, more)
 }
 
-impl<'a> NeedsGraph<'a> {
-    fn new(tasks: &'a [TaskDraft]) -> Self {
-        let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
-        let by_name: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-        let edges = tasks
-            .iter()
-            .map(|t| {
-                let mut seen = HashSet::new();
-                t.needs
-                    .iter()
-                    .filter_map(|n| by_name.get(n.value.as_str()).copied())
-                    .filter(|j| seen.insert(*j))
-                    .collect()
-            })
-            .collect();
-        NeedsGraph { names, by_name, edges }
+/// `a -> b -> c -> a`, with the middle of a long cycle elided.
+fn cycle_path(graph: &WorkflowGraph, cycle: &[usize]) -> String {
+    let mut names: Vec<&str> = cycle.iter().chain(cycle.first()).map(|&i| graph.name(i)).collect();
+    if names.len() > MAX_CYCLE_NAMES {
+        let tail = names.split_off(names.len() - 2);
+        let elided = format!("… ({} more) …", names.len() - (MAX_CYCLE_NAMES - 2));
+        names.truncate(MAX_CYCLE_NAMES - 2);
+        return format!("{} -> {elided} -> {}", names.join(" -> "), tail.join(" -> "));
     }
-
-    fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    fn index(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
-    }
-
-    /// The first `max` cycles, each rotated to start at its task that comes first in the file,
-    /// and how many more there are. One depth-first pass with an explicit stack (a 20,000-task
-    /// chain must not overflow the thread's stack): each edge back onto the stack closes one
-    /// distinct cycle, and only the shown ones are copied out.
-    fn cycles(&self, max: usize) -> (Vec<Vec<usize>>, usize) {
-        let mut state = vec![Visit::New; self.len()];
-        // The path being explored, and for each task on it the next of its edges to follow.
-        let mut path: Vec<usize> = Vec::new();
-        let mut next_edge: Vec<usize> = vec![0; self.len()];
-        let mut position: Vec<usize> = vec![0; self.len()];
-        let (mut shown, mut more) = (Vec::new(), 0);
-        for root in 0..self.len() {
-            if state[root] != Visit::New {
-                continue;
-            }
-            state[root] = Visit::OnStack;
-            position[root] = 0;
-            path.push(root);
-            while let Some(&i) = path.last() {
-                let Some(&j) = self.edges[i].get(next_edge[i]) else {
-                    state[i] = Visit::Done;
-                    path.pop();
-                    continue;
-                };
-                next_edge[i] += 1;
-                match state[j] {
-                    Visit::New => {
-                        state[j] = Visit::OnStack;
-                        position[j] = path.len();
-                        path.push(j);
-                    }
-                    Visit::OnStack if shown.len() < max => {
-                        let mut cycle = path[position[j]..].to_vec();
-                        let first = (0..cycle.len()).min_by_key(|&k| cycle[k]).unwrap_or(0);
-                        cycle.rotate_left(first);
-                        shown.push(cycle);
-                    }
-                    Visit::OnStack => more += 1,
-                    Visit::Done => {}
-                }
-            }
-        }
-        (shown, more)
-    }
-
-    /// `a -> b -> c -> a`, with the middle of a long cycle elided.
-    fn cycle_path(&self, cycle: &[usize]) -> String {
-        let mut names: Vec<&str> = cycle.iter().chain(cycle.first()).map(|&i| self.names[i]).collect();
-        if names.len() > MAX_CYCLE_NAMES {
-            let tail = names.split_off(names.len() - 2);
-            let elided = format!("… ({} more) …", names.len() - (MAX_CYCLE_NAMES - 2));
-            names.truncate(MAX_CYCLE_NAMES - 2);
-            return format!("{} -> {elided} -> {}", names.join(" -> "), tail.join(" -> "));
-        }
-        names.join(" -> ")
-    }
+    names.join(" -> ")
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -163,9 +220,10 @@ enum Visit {
     Done,
 }
 
-/// Answers "does task `i` (transitively) need task `j`?" by a search from `i` that stops at
-/// `j`. The visited marks are one array of generation stamps reused by every search, so a
-/// search costs what it visits, never the size of the job.
+/// Answers "is task `j` upstream of task `i` (through `needs` or transitions)?" by a search
+/// from `i` that stops at `j`. The visited marks are one array of generation stamps reused by
+/// every search, so a search costs what it visits, never the size of the job; the marks also
+/// make it safe on transition cycles.
 struct Ancestry {
     stamp: Vec<u32>,
     generation: u32,
@@ -177,63 +235,80 @@ impl Ancestry {
         Ancestry { stamp: vec![0; tasks], generation: 0, todo: Vec::new() }
     }
 
-    fn needs(&mut self, graph: &NeedsGraph, i: usize, j: usize) -> bool {
-        if graph.edges[i].contains(&j) {
+    fn is_upstream(&mut self, graph: &WorkflowGraph, i: usize, j: usize) -> bool {
+        if graph.direct_upstream(i).any(|k| k == j) {
             return true;
         }
         self.generation += 1;
         self.todo.clear();
-        self.todo.extend(&graph.edges[i]);
+        self.todo.extend(graph.direct_upstream(i));
         while let Some(k) = self.todo.pop() {
             if k == j {
                 return true;
             }
             if self.stamp[k] != self.generation {
                 self.stamp[k] = self.generation;
-                self.todo.extend(&graph.edges[k]);
+                self.todo.extend(graph.direct_upstream(k));
             }
         }
         false
     }
 }
 
-/// What a template of one task may refer to.
+/// What a template (or a `when`) of one task may refer to.
 struct Scope<'s, 'a> {
     job: &'a JobDraft,
-    graph: &'s NeedsGraph<'a>,
+    graph: &'s WorkflowGraph,
     task: usize,
     ancestry: &'s mut Ancestry,
     /// `retry.models` is set: `{{ model }}` has a value.
     has_models: bool,
+    /// What is checked: `env.X`, `args[0]`, `stdin`, `cache.key`, `for_each` or `when`.
+    label: &'s str,
 }
 
 impl Scope<'_, '_> {
+    /// A `when` may also read its own task (`tasks.T` of the run that ends).
     fn depends_on(&mut self, name: &str) -> bool {
-        self.graph.index(name).is_some_and(|j| self.ancestry.needs(self.graph, self.task, j))
+        self.graph.index(name).is_some_and(|j| {
+            (self.label == "when" && j == self.task) || self.ancestry.is_upstream(self.graph, self.task, j)
+        })
+    }
+
+    fn task_name(&self) -> &str {
+        self.graph.name(self.task)
+    }
+
+    /// `item` and `item_index` have values: a fanned-out task, outside its own `for_each`.
+    fn has_item(&self) -> bool {
+        self.graph.is_fanned_out(self.task) && self.label != "for_each"
     }
 }
 
 /// Every templated text of a task after merging defaults, labelled for messages.
-fn templates_of<'a>(task: &'a TaskDraft, defaults: &'a TaskFields) -> Vec<(String, &'a Located<String>)> {
-    let mut out: Vec<(String, &Located<String>)> =
-        merged_env(task, defaults).into_iter().map(|(k, v)| (format!("env.{k}"), v)).collect();
+fn templates_of(task: &TaskDraft, defaults: &TaskFields) -> Vec<(String, Located<String>)> {
+    let mut out: Vec<(String, Located<String>)> =
+        merged_env(task, defaults).into_iter().map(|(k, v)| (format!("env.{k}"), v.clone())).collect();
     if let Some(DraftCommand::Args(args)) = &task.command {
-        out.extend(args.iter().enumerate().map(|(i, a)| (format!("args[{i}]"), a)));
+        out.extend(args.iter().enumerate().map(|(i, a)| (format!("args[{i}]"), a.clone())));
     }
     if let Some(stdin) = &task.stdin {
-        out.push(("stdin".to_string(), stdin));
+        out.push(("stdin".to_string(), stdin.clone()));
     }
     if let Some((key, _)) = &task.cache {
-        out.push(("cache.key".to_string(), key));
+        out.push(("cache.key".to_string(), key.clone()));
+    }
+    if let Some(Located { value: ForEach::Template(text), at }) = &task.control.for_each {
+        out.push(("for_each".to_string(), Located { value: text.clone(), at: *at }));
     }
     out
 }
 
-fn check_template(r: &mut Reader, scope: &mut Scope, label: &str, text: &Located<String>) {
+fn check_template(r: &mut Reader, scope: &mut Scope, text: &Located<String>) {
     let vars: HashSet<String> = match template::check_syntax(&text.value) {
         Ok(vars) => vars,
         Err(err) => {
-            r.error(text.at, format!("bad template in `{label}`: {err}"));
+            r.error(text.at, format!("bad template in `{}`: {err}", scope.label));
             return;
         }
     };
@@ -242,13 +317,37 @@ fn check_template(r: &mut Reader, scope: &mut Scope, label: &str, text: &Located
         let segments: Vec<&str> = var.split('.').collect();
         if let Some(problem) = reference_problem(scope, &segments) {
             r.error(text.at, problem);
-        } else if label == "cache.key"
+        } else if scope.label == "cache.key"
             && let Some(secret) = secret_in(scope, &segments)
         {
             r.error(
                 text.at,
                 format!("`cache.key` uses secret param `{secret}`: cache keys are stored in the state dir"),
             );
+        }
+    }
+}
+
+/// A `when` is a bare expression over the ending run (`outputs`, `exit_code`, `attempt`) and
+/// what templates see.
+fn check_when(r: &mut Reader, scope: &mut Scope, when: &Located<String>) {
+    let vars = match template::check_expression(&when.value) {
+        Ok(vars) => vars,
+        Err(err) => {
+            let hint =
+                if template::is_templated(&when.value) { " (write a bare expression, without `{{ }}`)" } else { "" };
+            r.error(when.at, format!("bad expression in `when`: {err}{hint}"));
+            return;
+        }
+    };
+    let sorted: BTreeSet<&String> = vars.iter().collect();
+    for var in sorted {
+        let segments: Vec<&str> = var.split('.').collect();
+        if matches!(segments.first(), Some(&("outputs" | "exit_code" | "attempt"))) {
+            continue;
+        }
+        if let Some(problem) = reference_problem(scope, &segments) {
+            r.error(when.at, problem);
         }
     }
 }
@@ -273,13 +372,23 @@ fn reference_problem(scope: &mut Scope, segments: &[&str]) -> Option<String> {
         ["tasks", name, rest @ ..] => task_reference_problem(scope, name, rest),
         ["job", "run_id" | "name", ..] => None,
         ["job", field, ..] => Some(format!("unknown `job.{field}` (available: job.run_id, job.name)")),
-        ["item", ..] => Some("`item` is not available yet (for_each, SPEC §2.2)".to_string()),
-        ["model"] if scope.has_models => None,
-        ["model", ..] => Some(format!(
-            "`model` has a value only with `retry.models` (task `{}` has none)",
-            scope.graph.names[scope.task]
+        ["item", ..] | ["item_index", ..] if scope.has_item() => None,
+        ["item", ..] | ["item_index", ..] if scope.label == "for_each" => {
+            Some(format!("`{}` has no value in `for_each` itself, only in the task's other templates", segments[0]))
+        }
+        ["item", ..] | ["item_index", ..] => Some(format!(
+            "`{}` has a value only in a task with `for_each` (task `{}` has none)",
+            segments[0],
+            scope.task_name()
         )),
+        ["model"] if scope.has_models => None,
+        ["model", ..] => {
+            Some(format!("`model` has a value only with `retry.models` (task `{}` has none)", scope.task_name()))
+        }
         [name, ..] if BUILTIN_GLOBALS.contains(name) => None,
+        [name, ..] if scope.label == "when" => Some(format!(
+            "unknown variable `{name}` in `when` (available: outputs, exit_code, attempt, params, tasks, job)"
+        )),
         [name, ..] => Some(format!("unknown variable `{name}` in template (available: params, tasks, job)")),
         [] => None,
     }
@@ -289,10 +398,8 @@ fn task_reference_problem(scope: &mut Scope, name: &str, rest: &[&str]) -> Optio
     if !scope.depends_on(name) {
         let exists = scope.job.tasks.iter().any(|t| t.name == name);
         let note = if exists { String::new() } else { format!(" (job `{}` has no task `{name}`)", scope.job.name) };
-        return Some(format!(
-            "template refers to task `{name}`, which `{}` does not depend on{note}",
-            scope.graph.names[scope.task]
-        ));
+        let what = if scope.label == "when" { "`when`" } else { "template" };
+        return Some(format!("{what} refers to task `{name}`, which `{}` does not depend on{note}", scope.task_name()));
     }
     match rest {
         [] | ["outputs", ..] | ["exit_code"] => None,
@@ -363,7 +470,7 @@ mod tests {
             errors(text),
             [
                 "5:13: unknown param `nope` (declare it in `params`)",
-                "5:57: `item` is not available yet (for_each, SPEC §2.2)",
+                "5:57: `item` has a value only in a task with `for_each` (task `t` has none)",
                 "5:75: unknown `job.owner` (available: job.run_id, job.name)",
                 "5:98: unknown variable `foo` in template (available: params, tasks, job)",
             ]

@@ -5,6 +5,7 @@
 
 pub mod advice;
 mod checks;
+mod control;
 mod env_file;
 mod expect;
 mod hooks;
@@ -19,6 +20,7 @@ mod values;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use control::unsupported_at_run;
 pub use types::*;
 
 /// One problem in a workflow file; `line` and `col` are 1-based (`col` counts characters).

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use toml_edit::{Document, TableLike};
 
+use super::control::{self, ControlDraft};
 use super::env_file::{self, EnvFiles};
 use super::params;
 use super::types::*;
@@ -72,6 +73,12 @@ pub(super) const TASK_KEYS: &[&str] = &[
     "cache",
     "expect",
     "description",
+    "next",
+    "join",
+    "max_iterations",
+    "for_each",
+    "for_each_concurrency",
+    "compensate",
 ];
 pub(super) const WORKFLOW_CONTROL_KEYS: &[&str] =
     &["next", "join", "max_iterations", "for_each", "for_each_concurrency", "compensate"];
@@ -146,6 +153,8 @@ pub(super) struct TaskDraft {
     /// `cache = { key = "{{ … }}", ttl = "24h" }`; the key is a template.
     pub cache: Option<(Located<String>, Duration)>,
     pub expect: Option<super::expect::ExpectDraft>,
+    /// `next`, `join`, `for_each`, … (SPEC §2.2).
+    pub control: ControlDraft,
 }
 
 #[derive(Debug, Clone)]
@@ -220,7 +229,23 @@ fn read_workflow(r: &mut Reader, path: &Path, root: &dyn TableLike, check_files:
         settings,
         queues,
         pricing,
+        control_keys: control_keys(&jobs),
     }
+}
+
+fn control_keys(jobs: &[JobDraft]) -> Vec<ControlKeyUse> {
+    let tasks = jobs.iter().flat_map(|j| j.tasks.iter().map(move |t| (j, t)));
+    tasks
+        .flat_map(|(job, task)| {
+            task.control.keys.iter().map(move |k| ControlKeyUse {
+                job: job.name.clone(),
+                task: task.name.clone(),
+                key: k.value.clone(),
+                line: k.at.line,
+                col: k.at.col,
+            })
+        })
+        .collect()
 }
 
 /// The file's folder, absolute, without touching the filesystem (so symlinks stay as written).
@@ -364,7 +389,7 @@ fn read_defaults(r: &mut Reader, entry: &Entry) -> TaskFields {
         if matches!(e.name, "wait_for" | "wait_timeout" | "cache") {
             r.error(e.key_at, format!("`{}` belongs on the task that waits, not in [defaults]", e.name));
         } else if WORKFLOW_CONTROL_KEYS.contains(&e.name) {
-            unsupported_workflow_control(r, &e);
+            r.error(e.key_at, format!("`{}` belongs on a task, not in [defaults]", e.name));
         } else if !read_common_field(r, &e, &mut fields) {
             r.unknown_key(&e, "[defaults]", DEFAULTS_KEYS);
         }
@@ -470,7 +495,7 @@ fn read_job(r: &mut Reader, entry: &Entry) -> Option<JobDraft> {
 }
 
 /// One of a fixed set of words.
-fn read_choice<T: Copy>(r: &mut Reader, e: &Entry, choices: &[(&str, T)]) -> Option<T> {
+pub(super) fn read_choice<T: Copy>(r: &mut Reader, e: &Entry, choices: &[(&str, T)]) -> Option<T> {
     let text = r.string(e)?;
     match choices.iter().find(|(word, _)| *word == text) {
         Some((_, value)) => Some(*value),
@@ -529,6 +554,7 @@ fn read_task(r: &mut Reader, entry: &Entry) -> Option<TaskDraft> {
         wait_timeout: None,
         cache: None,
         expect: None,
+        control: ControlDraft::default(),
     };
     let (mut run, mut args) = (None, None);
     let mut wait_timeout_at = None;
@@ -546,7 +572,7 @@ fn read_task(r: &mut Reader, entry: &Entry) -> Option<TaskDraft> {
                 wait_timeout_at = Some(e.key_at);
                 task.wait_timeout = r.duration(&e, true);
             }
-            k if WORKFLOW_CONTROL_KEYS.contains(&k) => unsupported_workflow_control(r, &e),
+            _ if control::read(r, &e, &mut task.control) => {}
             _ => {
                 if !read_common_field(r, &e, &mut task.fields) {
                     r.unknown_key(&e, &format!("task `{}`", entry.name), TASK_KEYS);
@@ -556,6 +582,10 @@ fn read_task(r: &mut Reader, entry: &Entry) -> Option<TaskDraft> {
     }
     if let (Some(at), None) = (wait_timeout_at, &task.wait_for) {
         r.error(at, format!("`wait_timeout` needs `wait_for` in task `{}`", entry.name));
+    }
+    let concurrency_at = task.control.keys.iter().find(|k| k.value == "for_each_concurrency").map(|k| k.at);
+    if let (Some(at), false) = (concurrency_at, table.contains_key("for_each")) {
+        r.error(at, format!("`for_each_concurrency` needs `for_each` in task `{}`", entry.name));
     }
     task.command = match (run, args) {
         (Some(_), Some((args_at, _))) => {
@@ -616,10 +646,6 @@ fn read_signal_name(r: &mut Reader, e: &Entry) -> Option<String> {
         return None;
     }
     Some(name)
-}
-
-fn unsupported_workflow_control(r: &mut Reader, e: &Entry) {
-    r.error(e.key_at, format!("`{}` is not supported yet (workflow control, SPEC §2.2)", e.name));
 }
 
 /// Reads a key that tasks and `[defaults]` share; `false` if `e` is not one of them.
@@ -776,6 +802,12 @@ fn finish_task(task: &TaskDraft, defaults: &TaskFields, base_dir: &Path) -> Task
         wait_timeout: task.wait_timeout,
         cache: task.cache.as_ref().map(|(key, ttl)| CachePolicy { key: key.value.clone(), ttl: *ttl }),
         expect: task.expect.as_ref().map(|e| e.finish(base_dir)),
+        next: task.control.next.iter().map(control::TransitionDraft::finish).collect(),
+        join: task.control.join.as_ref().map(|j| j.value),
+        max_iterations: task.control.max_iterations.unwrap_or(DEFAULT_MAX_ITERATIONS),
+        for_each: task.control.for_each.as_ref().map(|f| f.value.clone()),
+        for_each_concurrency: task.control.for_each_concurrency,
+        compensate: task.control.compensate.clone(),
     }
 }
 
@@ -1036,7 +1068,7 @@ nees = ["a"]
                 "15:11: bad duration `5 minutes-ish` for `timeout`: invalid character at 9",
                 "16:9: unknown queue `gpu` (declared: default, llm)",
                 "17:10: unknown task `fetch2` in `needs` of task `fetch` (job `report` has: fetch)",
-                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, env_file, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, cache, expect, description); did you mean `needs`?",
+                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, env_file, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, cache, expect, description, next, join, max_iterations, for_each, for_each_concurrency, compensate); did you mean `needs`?",
             ]
         );
     }
@@ -1148,10 +1180,10 @@ nees = ["a"]
     }
 
     #[test]
-    fn workflow_control_keys_are_recognised() {
+    fn workflow_control_keys_belong_on_tasks() {
         for key in WORKFLOW_CONTROL_KEYS {
-            let text = format!("[jobs.j.tasks.t]\nrun = \"x\"\n{key} = 1\n");
-            assert_eq!(errors(&text), [format!("3:1: `{key}` is not supported yet (workflow control, SPEC §2.2)")]);
+            let text = format!("[defaults]\n{key} = 1\n[jobs.j.tasks.t]\nrun = \"x\"\n");
+            assert_eq!(errors(&text), [format!("2:1: `{key}` belongs on a task, not in [defaults]")]);
         }
     }
 

@@ -332,8 +332,72 @@ struct Task {
     expect: Option<Expect>,
     /// Free text.
     description: Option<String>,
+    /// Transitions when a task run ends for good, every matching one firing in file order:
+    /// `[{ on = "success", when = "outputs.verdict == 'ok'", do = ["ship"] }]`.
+    next: Option<Vec<TransitionEntry>>,
+    /// On a transition target: run once when "all" or N of its distinct source tasks arrived.
+    join: Option<JoinValue>,
+    /// At most this many task runs of this task per job run, 1..=10000 (default 10).
+    #[schemars(range(min = 1, max = 10000))]
+    max_iterations: Option<u32>,
+    /// Fan out: a template rendering a JSON array (or lines), a literal array, or a matrix
+    /// table of arrays; one task run per item, `{{ item }}` and `{{ item_index }}`.
+    for_each: Option<ForEachValue>,
+    /// At most this many items of this task run at once.
+    #[schemars(range(min = 1))]
+    for_each_concurrency: Option<u32>,
+    /// Shell text that undoes a succeeded run when the job run fails (saga, reverse order).
+    compensate: Option<String>,
     #[schemars(flatten)]
     common: Common,
+}
+
+/// One transition of `next`.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct TransitionEntry {
+    /// How the task run ended for good: "success", "failure" or "always".
+    on: TransitionOnValue,
+    /// A bare Jinja expression (no `{{ }}`) over `outputs`, `exit_code`, `attempt`, `params`,
+    /// `tasks`; absent = true.
+    when: Option<String>,
+    /// The tasks that get a new task run.
+    #[schemars(length(min = 1))]
+    r#do: Vec<String>,
+}
+
+#[derive(JsonSchema)]
+#[schemars(rename_all = "snake_case")]
+enum TransitionOnValue {
+    Success,
+    Failure,
+    Always,
+}
+
+#[derive(JsonSchema)]
+#[schemars(untagged)]
+enum JoinValue {
+    All(JoinAll),
+    Count(JoinCount),
+}
+
+/// How many distinct sources must arrive, at least 1.
+#[derive(JsonSchema)]
+#[schemars(transparent)]
+struct JoinCount(#[schemars(range(min = 1))] u32);
+
+#[derive(JsonSchema)]
+#[schemars(rename_all = "snake_case")]
+enum JoinAll {
+    All,
+}
+
+#[derive(JsonSchema)]
+#[schemars(untagged)]
+enum ForEachValue {
+    Template(String),
+    List(Vec<serde_json::Value>),
+    Matrix(BTreeMap<String, Vec<serde_json::Value>>),
 }
 
 #[derive(JsonSchema)]
@@ -468,6 +532,8 @@ mod tests {
             "[jobs.j]\noverlap = \"sometimes\"\n[jobs.j.tasks.t]\nrun = \"x\"\n",
             "[jobs.j]\nparams = { token = { secrte = true } }\n[jobs.j.tasks.t]\nrun = \"x\"\n",
             "[settings]\nthreads = 2\n[jobs.j.tasks.t]\nrun = \"x\"\n",
+            "[jobs.j.tasks.t]\nrun = \"x\"\nnext = [{ on = \"sometimes\", do = [\"t\"] }]\n",
+            "[jobs.j.tasks.t]\nrun = \"x\"\nmax_iterations = 0\n",
         ] {
             let value: Value = toml::from_str(bad).expect("toml");
             assert!(!validator.is_valid(&value), "accepted:\n{bad}");

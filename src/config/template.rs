@@ -94,6 +94,14 @@ pub(crate) fn check_syntax(template: &str) -> Result<HashSet<String>, String> {
     Ok(compiled.undeclared_variables(true))
 }
 
+/// Compiles a bare expression (`when`, no `{{ }}`) and returns the variables it reads, like
+/// [`check_syntax`].
+pub(crate) fn check_expression(expression: &str) -> Result<HashSet<String>, String> {
+    let env = strict_environment();
+    let compiled = env.compile_expression(expression).map_err(|e| e.to_string())?;
+    Ok(compiled.undeclared_variables(true))
+}
+
 fn strict_environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);

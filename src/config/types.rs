@@ -19,6 +19,18 @@ pub struct Workflow {
     pub jobs: Vec<JobDef>,
     /// `[pricing."model"]` overrides of `assets/pricing.toml`.
     pub pricing: BTreeMap<String, Price>,
+    /// Every workflow-control key (SPEC §2.2) written in the file, in file order.
+    pub control_keys: Vec<ControlKeyUse>,
+}
+
+/// Where a workflow-control key is written, kept on the [`Workflow`] so running can refuse it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlKeyUse {
+    pub job: String,
+    pub task: String,
+    pub key: String,
+    pub line: usize,
+    pub col: usize,
 }
 
 impl Workflow {
@@ -255,6 +267,74 @@ pub struct TaskDef {
     pub cache: Option<CachePolicy>,
     /// What the result must look like for the attempt to succeed (`expect`).
     pub expect: Option<ExpectPolicy>,
+    /// `next`: transitions evaluated when a task run ends for good, in file order (SPEC §2.2).
+    pub next: Vec<Transition>,
+    /// `join`: how many distinct transition sources must arrive before this task runs once.
+    pub join: Option<Join>,
+    /// At most this many task runs of this task in one job run (1..=10000, default 10).
+    pub max_iterations: u32,
+    /// `for_each`: one task run per item.
+    pub for_each: Option<ForEach>,
+    /// At most this many items of a fanned-out task run at once.
+    pub for_each_concurrency: Option<u32>,
+    /// `compensate`: shell text run to undo a succeeded task run when its job run fails (saga).
+    /// Never templated, like `run`.
+    pub compensate: Option<String>,
+}
+
+/// The default of `max_iterations`.
+pub const DEFAULT_MAX_ITERATIONS: u32 = 10;
+/// The largest `max_iterations`.
+pub const MAX_ITERATIONS_CEILING: u32 = 10_000;
+
+/// When a transition is considered: how the task run ended for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransitionOn {
+    Success,
+    Failure,
+    Always,
+}
+
+impl TransitionOn {
+    pub const ALL: [TransitionOn; 3] = [TransitionOn::Success, TransitionOn::Failure, TransitionOn::Always];
+
+    /// The word in the workflow file (and in `transition.fired` events).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionOn::Success => "success",
+            TransitionOn::Failure => "failure",
+            TransitionOn::Always => "always",
+        }
+    }
+}
+
+/// One entry of `next = [{ on, when, do }]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub on: TransitionOn,
+    /// A bare Jinja expression (no `{{ }}`); `None` = always true.
+    pub when: Option<String>,
+    /// `do`: the tasks that get a new task run, in file order, deduplicated.
+    pub targets: Vec<String>,
+}
+
+/// `join = "all"` or `join = N` on a transition target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    All,
+    Count(u32),
+}
+
+/// What a task fans out over (`for_each`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForEach {
+    /// A template rendered when the task is reached: a JSON array, or else one item per
+    /// non-empty line.
+    Template(String),
+    /// A literal TOML array, as JSON values.
+    List(Vec<serde_json::Value>),
+    /// `{ os = [...], py = [...] }`: one item per combination; axes in file order, none empty.
+    Matrix(Vec<(String, Vec<serde_json::Value>)>),
 }
 
 /// `expect = { output = "verdict", matches = "^(approve|reject)$" }` or
@@ -271,19 +351,24 @@ pub struct ExpectPolicy {
 
 impl TaskDef {
     /// Every text of this task that is rendered as a template (`env` values, `args` items,
-    /// `stdin`, the cache key).
+    /// `stdin`, the cache key, a `for_each` template).
     pub fn templates(&self) -> impl Iterator<Item = &str> {
         let args = match &self.command {
             CommandSpec::Argv(items) => items.as_slice(),
             CommandSpec::Shell(_) => &[],
         };
         let cache = self.cache.as_ref().map(|c| c.key.as_str());
+        let for_each = match &self.for_each {
+            Some(ForEach::Template(text)) => Some(text.as_str()),
+            _ => None,
+        };
         self.env
             .values()
             .map(String::as_str)
             .chain(args.iter().map(String::as_str))
             .chain(self.stdin.as_deref())
             .chain(cache)
+            .chain(for_each)
     }
 
     /// True when some text of the task uses template syntax, so rendering needs upstream outputs.

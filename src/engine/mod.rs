@@ -48,10 +48,11 @@ use supervisor::Supervisor;
 pub use supervisor::plan_only;
 pub use worker::CurrentAttempt;
 
-use crate::config::Workflow;
+use crate::config::{Transition, TransitionOn, Workflow};
 use crate::executor::Executor;
 use crate::model::JobState;
 use crate::model::cost::{ModelUsage, Pricing};
+use crate::model::workflow_graph::{TaskNode, WorkflowGraph};
 use crate::store::{JobRunRecord, StoreError, StoreHandle, TaskRunRecord};
 
 /// Mailboxes are bounded (a `send` waits when one is full) but large: bursts of thousands of
@@ -207,6 +208,18 @@ pub struct TaskShape {
     /// The signal the task waits for once ready (`wait_for`), what the TUI's approve sends.
     #[serde(default)]
     pub wait_for: Option<String>,
+    /// Its transitions (`next`, SPEC §2.2), in file order. Absent from an older server's answer.
+    #[serde(default)]
+    pub next: Vec<TransitionShape>,
+}
+
+/// One transition as the views draw it: `on` is "success", "failure" or "always".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionShape {
+    pub on: String,
+    #[serde(default)]
+    pub when: Option<String>,
+    pub targets: Vec<String>,
 }
 
 impl JobShape {
@@ -228,10 +241,36 @@ impl JobShape {
                         queue: t.queue.clone(),
                         budget_usd_micros: t.budget_usd_micros,
                         wait_for: t.wait_for.clone(),
+                        next: t
+                            .next
+                            .iter()
+                            .map(|n| TransitionShape {
+                                on: n.on.as_str().to_string(),
+                                when: n.when.clone(),
+                                targets: n.targets.clone(),
+                            })
+                            .collect(),
                     })
                     .collect(),
             })
             .collect()
+    }
+
+    /// The job's one workflow graph, as the views see it (transitions with an `on` this build
+    /// does not know are left out).
+    pub fn graph(&self) -> WorkflowGraph {
+        let transition = |n: &TransitionShape| {
+            let on = TransitionOn::ALL.into_iter().find(|on| on.as_str() == n.on)?;
+            Some(Transition { on, when: n.when.clone(), targets: n.targets.clone() })
+        };
+        let nodes = self.tasks.iter().map(|t| TaskNode {
+            name: t.name.clone(),
+            needs: t.needs.clone(),
+            next: t.next.iter().filter_map(transition).collect(),
+            gated: t.wait_for.is_some(),
+            ..TaskNode::default()
+        });
+        WorkflowGraph::new(nodes.collect())
     }
 }
 
@@ -670,5 +709,26 @@ mod tests {
         for t in [Target::TaskRun(42), Target::JobRun(7)] {
             assert_eq!(Target::parse(&t.id_text()), Ok(t));
         }
+    }
+
+    /// The views build the same workflow graph from a job's shape (even from JSON) as the
+    /// engine does from the file.
+    #[test]
+    fn a_job_shape_gives_the_workflow_graph_of_its_job() {
+        let text = "[jobs.j.tasks.a]\nrun = 'x'\nnext = [{ on = 'failure', when = 'attempt > 1', do = ['b'] }, { on = 'always', do = ['c'] }]\n\
+                    [jobs.j.tasks.b]\nrun = 'x'\nnext = [{ on = 'success', do = ['c'] }]\n[jobs.j.tasks.c]\nrun = 'x'\njoin = 'all'\n\
+                    [jobs.j.tasks.d]\nrun = 'x'\nneeds = ['c']\nwait_for = 'go'\n";
+        let workflow = crate::config::parse(std::path::Path::new("w.toml"), text).expect("valid");
+        let shapes = JobShape::of(&workflow);
+        let wire: Vec<JobShape> = serde_json::from_str(&serde_json::to_string(&shapes).expect("json")).expect("json");
+        let (from_shape, from_job) = (wire[0].graph(), WorkflowGraph::of(&workflow.jobs[0]));
+        assert_eq!(from_shape.names(), from_job.names());
+        for t in 0..from_job.len() {
+            assert_eq!(from_shape.transitions(t), from_job.transitions(t), "transitions of {t}");
+            assert_eq!(from_shape.sources(t), from_job.sources(t));
+            assert_eq!(from_shape.needs(t), from_job.needs(t));
+            assert_eq!(from_shape.is_gated(t), from_job.is_gated(t));
+        }
+        assert_eq!(from_shape.entry_tasks(), [0]);
     }
 }

@@ -9,6 +9,7 @@
 //! made, so the caller can persist exactly those and report them.
 
 use crate::config::JobDef;
+use crate::model::workflow_graph::WorkflowGraph;
 use crate::model::{JobState, TaskState};
 
 /// The edges of one job, by task index (file order).
@@ -88,12 +89,14 @@ pub struct Change {
 impl JobGraph {
     /// Builds the graph of a validated job (every `needs` entry names a task of the job).
     pub fn new(job: &JobDef) -> JobGraph {
-        let names: Vec<String> = job.tasks.iter().map(|t| t.name.clone()).collect();
-        let by_name: std::collections::HashMap<&str, usize> =
-            names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
-        let index = |n: &String| by_name.get(n.as_str()).copied();
-        let needs: Vec<Vec<usize>> = job.tasks.iter().map(|t| t.needs.iter().filter_map(index).collect()).collect();
-        JobGraph::from_needs(names.clone(), needs).with_gates(job.tasks.iter().map(|t| t.wait_for.is_some()).collect())
+        JobGraph::from_workflow(&WorkflowGraph::of(job))
+    }
+
+    /// The `needs` part of the workflow graph, which is what this engine runs today.
+    pub fn from_workflow(graph: &WorkflowGraph) -> JobGraph {
+        let needs = (0..graph.len()).map(|t| graph.needs(t).to_vec()).collect();
+        JobGraph::from_needs(graph.names().to_vec(), needs)
+            .with_gates((0..graph.len()).map(|t| graph.is_gated(t)).collect())
     }
 
     pub fn from_needs(names: Vec<String>, needs: Vec<Vec<usize>>) -> JobGraph {

@@ -2,10 +2,12 @@
 //! priority, budgets, what a person's retry may do, and the job-run transition engine. Nothing here knows about actors, redb,
 //! processes or the clock; callers pass time and randomness in, so every rule is testable alone.
 //!
-//! Architecture Invariant: `model` depends on nothing else in the crate but the plain data types of `config` and `executor`.
+//! Architecture Invariant: `model` depends on nothing else in the crate but the plain data types of `config` and `executor`, and
+//! `crate::json` (how JSON text is written: an item's JSON in `fanout`).
 
 pub mod cost;
 pub mod expect;
+pub mod fanout;
 pub mod graph;
 pub mod hooks;
 pub mod money;
@@ -14,7 +16,9 @@ pub mod policy;
 pub mod queue;
 pub mod rerun;
 pub mod retry;
+pub mod saga;
 pub mod schedule;
 pub mod state;
+pub mod workflow_graph;
 
 pub use state::{FailReason, JobState, TaskState};

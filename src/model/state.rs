@@ -21,10 +21,13 @@ pub enum TaskState {
     Skipped,
     /// Its needs succeeded; held for its `wait_for` signal (SPEC §2.2).
     Waiting,
+    /// Failed for good, but a transition handled the failure (SPEC §2.2): terminal, not a dead
+    /// letter, and it does not fail the job run. Last, so older stored states keep their tags.
+    Failed,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 9] = [
+    pub const ALL: [TaskState; 10] = [
         TaskState::Pending,
         TaskState::Queued,
         TaskState::Running,
@@ -34,6 +37,7 @@ impl TaskState {
         TaskState::Cancelled,
         TaskState::Skipped,
         TaskState::Waiting,
+        TaskState::Failed,
     ];
 
     /// "is running", "has succeeded", "was cancelled": the state in a sentence about a task run.
@@ -61,6 +65,7 @@ impl TaskState {
             TaskState::Cancelled => "cancelled",
             TaskState::Skipped => "skipped",
             TaskState::Waiting => "waiting",
+            TaskState::Failed => "failed",
         }
     }
 
@@ -70,12 +75,15 @@ impl TaskState {
 
     /// Nothing more happens to it unless a person retries it. `dead` counts: it waits for a person.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled | TaskState::Skipped)
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled | TaskState::Skipped | TaskState::Failed
+        )
     }
 
     /// A state that blocks its dependents for good (they are skipped).
     pub fn is_unsuccessful_end(self) -> bool {
-        matches!(self, TaskState::Dead | TaskState::Cancelled | TaskState::Skipped)
+        matches!(self, TaskState::Dead | TaskState::Cancelled | TaskState::Skipped | TaskState::Failed)
     }
 }
 

@@ -66,6 +66,33 @@ pub struct TaskRunRecord {
     pub created_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub ended_at_ms: Option<u64>,
+    /// 1 for the first task run of its task in the job run, 2 for the next … (SPEC §2.2: cycles
+    /// and repeated transitions give one task several runs).
+    pub iteration: u32,
+    /// Fan-out (`for_each`): which item this run is, 0-based, and the item as JSON text.
+    pub item_index: Option<u32>,
+    pub item: Option<String>,
+    /// A task's own run, or the compensation that undoes a succeeded one (saga).
+    pub kind: TaskRunKind,
+    /// For a compensation: the task run it undoes.
+    pub compensates: Option<u64>,
+}
+
+/// What a task run is for (SPEC §2.2 `compensate`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskRunKind {
+    #[default]
+    Task,
+    Compensation,
+}
+
+impl TaskRunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskRunKind::Task => "task",
+            TaskRunKind::Compensation => "compensation",
+        }
+    }
 }
 
 impl TaskRunRecord {
@@ -98,6 +125,11 @@ impl TaskRunRecord {
             created_at_ms: now_ms,
             started_at_ms: None,
             ended_at_ms: None,
+            iteration: 1,
+            item_index: None,
+            item: None,
+            kind: TaskRunKind::Task,
+            compensates: None,
         }
     }
 
@@ -275,7 +307,76 @@ impl From<AttemptRecordV1> for AttemptRecord {
 }
 
 impl Record for JobRunRecord {}
-impl Record for TaskRunRecord {}
+impl Record for TaskRunRecord {
+    /// 2: instances — iteration, fan-out item, kind (SPEC §2.2).
+    const VERSION: u8 = 2;
+
+    fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
+        match version {
+            1 => Ok(body_of::<TaskRunRecordV1>(body)?.into()),
+            _ => Err(StoreError::Codec(format!("task run layout {version} is not one this gaffer knows"))),
+        }
+    }
+}
+
+/// A task run as layout 1 stored it: one run per task in a job run.
+#[derive(Deserialize)]
+struct TaskRunRecordV1 {
+    id: u64,
+    job_run: u64,
+    job: String,
+    task: String,
+    task_index: u32,
+    state: TaskState,
+    queue: String,
+    priority: u8,
+    attempt: u32,
+    series_start: u32,
+    max_attempts: u32,
+    queued_at_ms: Option<u64>,
+    enqueue_seq: u64,
+    not_before_ms: Option<u64>,
+    outputs: BTreeMap<String, String>,
+    exit_code: Option<i32>,
+    cost_usd_micros: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    reason: Option<FailReason>,
+    detail: Option<String>,
+    progress: Option<String>,
+    created_at_ms: u64,
+    started_at_ms: Option<u64>,
+    ended_at_ms: Option<u64>,
+}
+
+impl From<TaskRunRecordV1> for TaskRunRecord {
+    /// Layout 1 had one run per task: its first iteration, no item, the task's own kind.
+    fn from(v: TaskRunRecordV1) -> TaskRunRecord {
+        TaskRunRecord {
+            task_index: v.task_index,
+            state: v.state,
+            queue: v.queue,
+            priority: v.priority,
+            attempt: v.attempt,
+            series_start: v.series_start,
+            max_attempts: v.max_attempts,
+            queued_at_ms: v.queued_at_ms,
+            enqueue_seq: v.enqueue_seq,
+            not_before_ms: v.not_before_ms,
+            outputs: v.outputs,
+            exit_code: v.exit_code,
+            cost_usd_micros: v.cost_usd_micros,
+            input_tokens: v.input_tokens,
+            output_tokens: v.output_tokens,
+            reason: v.reason,
+            detail: v.detail,
+            progress: v.progress,
+            started_at_ms: v.started_at_ms,
+            ended_at_ms: v.ended_at_ms,
+            ..TaskRunRecord::pending(v.id, v.job_run, &v.job, &v.task, v.created_at_ms)
+        }
+    }
+}
 impl Record for DefinitionRecord {}
 impl Record for CacheEntry {}
 impl Record for ScheduleState {}

@@ -27,6 +27,7 @@ fn shape(name: &str, budget: Option<u64>, tasks: &[(&str, &[&str], &str, Option<
                 queue: (*queue).into(),
                 budget_usd_micros: *budget,
                 wait_for: None,
+                next: Vec::new(),
             })
             .collect(),
     }

@@ -650,6 +650,7 @@ fn the_task_graph_draws_siblings_as_a_tree() {
         queue: "llm".into(),
         budget_usd_micros: None,
         wait_for: None,
+        next: Vec::new(),
     };
     let tasks = vec![
         shape("plan", &[]),

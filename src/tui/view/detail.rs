@@ -218,8 +218,8 @@ fn graph_lines(model: &Model, j: &crate::tui::model::JobRow) -> Vec<Line<'static
     let Some(shape) = model.shapes.get(&j.rec.job) else {
         return runs.iter().map(|t| graph_line(model, ("●", 1), &t.rec.task, &[], Some(t))).collect();
     };
-    let index = |name: &String| shape.tasks.iter().position(|t| &t.name == name);
-    let needs: Vec<Vec<usize>> = shape.tasks.iter().map(|t| t.needs.iter().filter_map(index).collect()).collect();
+    let graph = shape.graph();
+    let needs: Vec<&[usize]> = (0..graph.len()).map(|t| graph.needs(t)).collect();
     let rows = tree_rows(&needs);
     let widest = rows.iter().map(|r| r.branch.chars().count()).max().unwrap_or(1);
     let mut lines = Vec::new();
@@ -251,7 +251,7 @@ struct TreeRow {
 /// the need that sets its depth, so the indent still says how deep it is; when several do, under
 /// the last in file order, so a task joining siblings is drawn after all of them. Its other needs
 /// are only named on its line (`← a, b`).
-fn tree_rows(needs: &[Vec<usize>]) -> Vec<TreeRow> {
+fn tree_rows(needs: &[&[usize]]) -> Vec<TreeRow> {
     let depth = depths(needs);
     let mut children = vec![Vec::new(); needs.len()];
     let mut roots = Vec::new();
@@ -274,7 +274,7 @@ fn tree_rows(needs: &[Vec<usize>]) -> Vec<TreeRow> {
 }
 
 /// Each task's depth: 0 without needs, else one more than its deepest need's.
-fn depths(needs: &[Vec<usize>]) -> Vec<usize> {
+fn depths(needs: &[&[usize]]) -> Vec<usize> {
     let mut depth = vec![0usize; needs.len()];
     for _ in 0..needs.len() {
         for (i, mine) in needs.iter().enumerate() {

@@ -64,7 +64,7 @@ pub fn task_color(state: TaskState) -> Color {
     match state {
         TaskState::Succeeded => Color::Green,
         TaskState::Dead => Color::Red,
-        TaskState::Retrying => Color::Yellow,
+        TaskState::Retrying | TaskState::Failed => Color::Yellow,
         TaskState::Running => Color::Cyan,
         TaskState::Queued => Color::Blue,
         TaskState::Waiting => Color::Magenta,

@@ -1,0 +1,78 @@
+//! The workflow-control keys of SPEC §2.2 on the real binary, config side: `gaffer validate`
+//! accepts an example of every key and reports mistakes with `file:line:col`; `run` and `serve`
+//! refuse the keys the engine does not run yet, naming each place, and write nothing.
+
+mod support;
+
+use support::Project;
+
+const EVERY_KEY: &str = include_str!("fixtures/valid/workflow_control.toml");
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn validate_accepts_every_workflow_control_key() {
+    let p = Project::new(EVERY_KEY);
+    let out = p.run(&["validate", "workflow.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("workflow.toml: ok (2 jobs, 10 tasks"));
+}
+
+#[test]
+fn run_and_serve_refuse_what_the_engine_does_not_run_yet() {
+    let p = Project::new(EVERY_KEY);
+    for command in [&["run", "workflow.toml"][..], &["serve", "workflow.toml"][..]] {
+        let out = p.run(command);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        for (at, key, task) in [
+            ("4:1", "next", "write"),
+            ("21:1", "compensate", "ship"),
+            ("31:1", "for_each", "each"),
+            ("32:1", "for_each_concurrency", "each"),
+            ("46:1", "join", "summary"),
+        ] {
+            let wanted = format!("workflow.toml:{at}: `{key}` of task `{task}` in job");
+            assert!(err.contains(&wanted), "{command:?}: expected `{wanted}` in:\n{err}");
+        }
+        assert!(err.contains("is parsed but not run yet"), "{err}");
+        assert!(err.contains("nothing was run"), "{err}");
+        assert!(!p.state_dir().exists(), "{command:?}: nothing written");
+    }
+}
+
+#[test]
+fn max_iterations_alone_runs() {
+    let p = Project::new("[jobs.j.tasks.t]\nrun = 'echo ok'\nmax_iterations = 3\n");
+    let out = p.run(&["run", "workflow.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn validate_reports_every_workflow_control_mistake_at_once() {
+    let p = Project::new(
+        r#"[jobs.j.tasks.a]
+run = "true"
+max_iterations = 0
+next = [{ on = "sometimes", do = ["b"] }, { on = "success", when = "{{ x }}", do = ["nope"] }]
+[jobs.j.tasks.b]
+run = "true"
+join = 2
+"#,
+    );
+    let out = p.run(&["validate", "workflow.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for wanted in [
+        "workflow.toml:3:18: `max_iterations` must be an integer from 1 to 10000",
+        "workflow.toml:4:16: `on` must be one of: success, failure, always (not `sometimes`)",
+        "workflow.toml:4:68: bad expression in `when`",
+        "(write a bare expression, without `{{ }}`)",
+        "workflow.toml:4:85: unknown task `nope` in `do` of task `a`",
+        "workflow.toml:7:8: `join = 2` on task `b`, which has 1 source task(s): a",
+    ] {
+        assert!(err.contains(wanted), "expected `{wanted}` in:\n{err}");
+    }
+}
