@@ -383,7 +383,7 @@ mod tests {
             panic!("signal not decoded")
         };
         assert_eq!(name, "go");
-        let refused = decoded("POST", "/v1/status", "").unwrap_err();
+        let refused = decoded("POST", "/v1/status", "").expect_err("a GET endpoint refuses POST");
         assert_eq!(refused.allow, Some(Method::GET));
     }
 
@@ -396,6 +396,27 @@ mod tests {
         for content_type in ["application/json; charset=utf-8", "Application/JSON", "application/problem+json"] {
             let result = decode_request("POST", "/v1/cancel", Some(content_type), br#"{"target": "7"}"#);
             assert_eq!(status_of(result), 200, "{content_type}");
+        }
+    }
+
+    /// The router and the served document name the same endpoints: every operation of the
+    /// OpenAPI document decodes (a path parameter filled with `1`), none is 404 or 405.
+    #[test]
+    fn every_documented_operation_is_routed() {
+        let workflow = crate::config::parse(std::path::Path::new("w.toml"), "[jobs.a.tasks.t]\nrun = \"true\"\n")
+            .expect("workflow");
+        let document: serde_json::Value =
+            serde_json::from_str(&super::super::openapi::document(&workflow)).expect("document");
+        let paths = document["paths"].as_object().expect("paths");
+        assert_eq!(paths.len(), ENDPOINTS.len());
+        for (path, operations) in paths {
+            let filled: String =
+                path.split('/').map(|s| if s.starts_with('{') { "1" } else { s }).collect::<Vec<_>>().join("/");
+            for method in operations.as_object().expect("operations").keys() {
+                let body = r#"{"job": "a", "target": "1", "name": "go"}"#;
+                let result = decoded(&method.to_uppercase(), &filled, body);
+                assert!(result.is_ok(), "{method} {path}: {:?}", result.err());
+            }
         }
     }
 }
