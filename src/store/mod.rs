@@ -256,15 +256,13 @@ fn open_read_only(dir: &StateDir) -> Result<redb::ReadOnlyDatabase, StoreError> 
 }
 
 /// A store of a newer schema is refused before the writable open, which would write redb's
-/// header: the file is left byte for byte as it was. (A file that needs a repair cannot be read
-/// without a writer; `prepare` checks its schema after the repair.)
+/// header: the file is left byte for byte as it was. Only a schema read is acted on here: a file
+/// that needs a repair, or cannot be read at all, goes on to the writable open, which repairs
+/// it (then `prepare` checks its schema) or refuses it as damaged with the reason.
 fn refuse_newer_schema(dir: &StateDir) -> Result<(), StoreError> {
-    let db = match open_read_only(dir) {
-        Err(StoreError::NeedsRepair) => return Ok(()),
-        other => other?,
-    };
-    match Reader::new(&db)?.schema()? {
-        Some(found) if found > SCHEMA_VERSION => Err(StoreError::Schema { found }),
+    let schema = open_read_only(dir).and_then(|db| Reader::new(&db)?.schema());
+    match schema {
+        Ok(Some(found)) if found > SCHEMA_VERSION => Err(StoreError::Schema { found }),
         _ => Ok(()),
     }
 }
