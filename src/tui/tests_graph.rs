@@ -182,3 +182,27 @@ fn a_handled_failure_is_counted_and_drawn_as_failed() {
     let review = graph(&screen).into_iter().find(|l| l.contains("review ×3")).expect("review node");
     assert!(review.contains("2✓ 1✗"), "{review}");
 }
+
+/// SPEC §2.2's 10,000 items: one node collapsed; expanded, `G` brings the last item into sight.
+#[test]
+fn ten_thousand_items_are_one_node_and_the_cursor_keeps_the_last_in_sight() {
+    let mut m = detail_of(8);
+    let base = 1_000_000u64;
+    let runs: Vec<crate::store::TaskRunRecord> = (0..10_000u32)
+        .map(|item| {
+            let mut r = crate::store::TaskRunRecord::pending(base + u64::from(item), 8, "crawl", "fetch", NOW_MS);
+            (r.item_index, r.state) = (Some(12 + item), TaskState::Succeeded);
+            r
+        })
+        .collect();
+    m.insert_tasks(runs);
+    let screen = render_to_string(&m, 120, 30);
+    assert!(graph(&screen).iter().any(|l| l.contains("fetch ×10012") && l.contains("10009✓ 2⟳ 1✗")), "{screen}");
+    cursor_to(&mut m, "fetch ×10012");
+    key(&mut m, Code::Enter);
+    press(&mut m, "G");
+    // The graph's heading has scrolled away: look at the screen's lines.
+    let screen = render_to_string(&m, 120, 30);
+    assert!(screen.lines().any(|l| l.contains('▸') && l.contains("alert")), "{screen}");
+    assert!(screen.lines().any(|l| l.contains("fetch[10011]")), "{screen}");
+}
