@@ -206,3 +206,17 @@ fn ten_thousand_items_are_one_node_and_the_cursor_keeps_the_last_in_sight() {
     assert!(screen.lines().any(|l| l.contains('▸') && l.contains("alert")), "{screen}");
     assert!(screen.lines().any(|l| l.contains("fetch[10011]")), "{screen}");
 }
+
+/// A job run of a workflow other than the one loaded: its task runs one a line, named by
+/// instance; `j`/`k` scroll as in any detail.
+#[test]
+fn without_its_jobs_shape_a_job_run_lists_its_runs_and_scrolls() {
+    let mut m = detail_of(8);
+    m.shapes.remove("crawl");
+    let screen = render_to_string(&m, 120, 30);
+    let lines = graph(&screen);
+    assert!(lines.iter().any(|l| l.contains("fetch[4]") && l.contains("dead")), "{screen}");
+    assert_eq!(lines.len(), 13, "{screen}");
+    press(&mut m, "j");
+    assert_eq!(m.detail_scroll, 1);
+}

@@ -210,11 +210,11 @@ fn job(model: &Model, id: u64, frame: &mut Frame, area: Rect) {
     lines.extend(graph);
     // The cursor's line stays in sight: the lines above the graph scroll away first.
     let height = usize::from(area.height.saturating_sub(2)).max(1);
-    let scroll = (top + cursor + 1).saturating_sub(height);
-    frame.render_widget(
-        Paragraph::new(lines).block(bordered(format!("job run j{id}"))).scroll((scroll as u16, 0)),
-        area,
-    );
+    let scroll = match cursor {
+        Some(cursor) => u16::try_from((top + cursor + 1).saturating_sub(height)).unwrap_or(u16::MAX),
+        None => model.detail_scroll,
+    };
+    frame.render_widget(Paragraph::new(lines).block(bordered(format!("job run j{id}"))).scroll((scroll, 0)), area);
 }
 
 fn labelled(name: &str, mut line: Line<'static>) -> Line<'static> {
@@ -223,12 +223,12 @@ fn labelled(name: &str, mut line: Line<'static>) -> Line<'static> {
 }
 
 /// The task graph (`job_graph::rows`), one line a row, and the cursor's line. Without the job's
-/// shape (another workflow), one line per task run.
-fn graph_lines(model: &Model, j: &crate::tui::model::JobRow) -> (Vec<Line<'static>>, usize) {
+/// shape (another workflow), one line per task run and no cursor (`j`/`k` scroll).
+fn graph_lines(model: &Model, j: &crate::tui::model::JobRow) -> (Vec<Line<'static>>, Option<usize>) {
     let Some((graph, rows)) = job_graph::of_job(model, j) else {
         let runs = j.tasks.iter().filter_map(|id| model.tasks.get(id));
         let lines = runs.map(|t| run_line(model, ("●", 1), &job_graph::run_ref(t).label, t)).collect();
-        return (lines, 0);
+        return (lines, None);
     };
     let cursor = model.graph_cursor.min(rows.len().saturating_sub(1));
     let widest = rows.iter().map(|r| branch_of(r).chars().count()).max().unwrap_or(1);
@@ -247,7 +247,7 @@ fn graph_lines(model: &Model, j: &crate::tui::model::JobRow) -> (Vec<Line<'stati
             line
         })
         .collect();
-    (lines, cursor)
+    (lines, Some(cursor))
 }
 
 fn branch_of(row: &Row) -> &str {
