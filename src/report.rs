@@ -242,6 +242,7 @@ pub fn for_each_job(reader: &Reader, filter: &JobFilter, mut f: impl FnMut(Value
 
 /// Which task runs `tasks` lists (also the query string of `GET /v1/tasks`).
 #[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TaskFilter {
     /// Only the task runs in this state (`dead`: the dead letters).
     #[param(value_type = Option<crate::api::TaskStateName>, nullable = false)]

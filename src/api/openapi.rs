@@ -50,7 +50,7 @@ use crate::model::{JobState, TaskState};
     ),
     components(schemas(
         Status, TaskRun, JobRun, Attempt, TaskRunDetail, JobRunDetail, Cost, LogChunk, Message, Submitted, Failure,
-        crate::report::CostBy, super::routes::Int64
+        crate::report::CostBy, super::request::Int64
     )),
     modifiers(&BearerOverTcp, &Refusals),
     security(("bearer" = [])),
