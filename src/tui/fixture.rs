@@ -10,6 +10,7 @@ use crate::model::{FailReason, JobState, TaskState};
 use crate::report::{JobRunView, TaskRunView};
 
 use super::model::Model;
+use super::rows::{JobRun, TaskRun};
 
 /// 2026-11-18T11:06:40Z: every fixture is drawn at this instant.
 pub const NOW_MS: u64 = 1_795_000_000_000;
@@ -414,20 +415,19 @@ pub fn fixture_control() -> Model {
 
     let ago = |s: u64| NOW_MS - s * S;
     use TaskState::*;
-    let instance =
-        |r: &mut TaskRunRecord, iteration: u32, item: Option<u32>| (r.iteration, r.item_index) = (iteration, item);
+    let instance = |r: &mut TaskRun, iteration: u32, item: Option<u32>| (r.iteration, r.item_index) = (iteration, item);
     let mut runs = Vec::new();
     // j7: write, then review and revise twice; the third review runs.
     let steps = [("write", 1, Succeeded), ("review", 1, Succeeded), ("revise", 1, Succeeded), ("review", 2, Succeeded)];
     let more = [("revise", 2, Succeeded), ("review", 3, Running)];
     for (k, (name, iteration, state)) in steps.into_iter().chain(more).enumerate() {
-        let mut r = task(100 + k as u64, 7, "review", name, 0, "llm", state, ago(600 - 60 * k as u64));
+        let mut r = TaskRun::from(task(100 + k as u64, 7, "review", name, "llm", state, ago(600 - 60 * k as u64)));
         instance(&mut r, iteration, None);
         r.cost_usd_micros = 10_000;
         runs.push(r);
     }
     // j8: list, then fetch over 12 items: 9 succeeded, one running, one queued, one dead.
-    runs.push(task(200, 8, "crawl", "list", 0, "io", Succeeded, ago(300)));
+    runs.push(TaskRun::from(task(200, 8, "crawl", "list", "io", Succeeded, ago(300))));
     for item in 0..12u32 {
         let state = match item {
             4 => Dead,
@@ -435,7 +435,7 @@ pub fn fixture_control() -> Model {
             11 => Queued,
             _ => Succeeded,
         };
-        let mut r = task(201 + u64::from(item), 8, "crawl", "fetch", 1, "io", state, ago(280));
+        let mut r = TaskRun::from(task(201 + u64::from(item), 8, "crawl", "fetch", "io", state, ago(280)));
         instance(&mut r, 1, Some(item));
         if state == Dead {
             (r.attempt, r.reason, r.exit_code) = (3, Some(FailReason::ExitCode), Some(22));
@@ -446,11 +446,8 @@ pub fn fixture_control() -> Model {
     let saga = [("create", Succeeded, false), ("deploy", Succeeded, false), ("announce", Dead, false)];
     let undone = [("deploy", Succeeded, true), ("create", Succeeded, true)];
     for (k, (name, state, compensation)) in saga.into_iter().chain(undone).enumerate() {
-        let mut r = task(300 + k as u64, 9, "release", name, 0, "default", state, ago(900 - 60 * k as u64));
-        if compensation {
-            r.kind = crate::store::records::TaskRunKind::Compensation;
-            r.compensates = Some(if name == "deploy" { 301 } else { 300 });
-        }
+        let mut r = TaskRun::from(task(300 + k as u64, 9, "release", name, "default", state, ago(900 - 60 * k as u64)));
+        r.compensation = compensation;
         if state == Dead {
             (r.reason, r.exit_code) = (Some(FailReason::ExitCode), Some(1));
         }
@@ -463,7 +460,8 @@ pub fn fixture_control() -> Model {
         (9, "release", JobState::Failed, ago(900)),
     ] {
         let ended = state.is_terminal().then_some(ago(600));
-        model.jobs.get_mut(&id).expect("inserted with its task runs").rec = job(id, name, state, created, ended, 0);
+        model.jobs.get_mut(&id).expect("inserted with its task runs").rec =
+            JobRun::from(job(id, name, state, created, ended, 0));
     }
     model.jobs.get_mut(&9).expect("j9").rec.reason = Some("task announce (#302) dead: exit_code".into());
     model.invalidate();

@@ -372,8 +372,8 @@ pub fn of_job(model: &Model, j: &JobRow) -> Option<(WorkflowGraph, Vec<Row>)> {
 /// A task run as the graph names it (`model::fanout::label`; a compensation says `(undo)`).
 pub fn run_ref(t: &TaskRow) -> RunRef {
     let r = &t.rec;
-    let compensation = r.kind == crate::store::records::TaskRunKind::Compensation;
-    let mut label = crate::model::fanout::label(&r.task, r.iteration, r.item_index);
+    let compensation = r.compensation;
+    let mut label = r.label();
     if compensation {
         label.push_str(" (undo)");
     }

@@ -188,9 +188,9 @@ fn a_handled_failure_is_counted_and_drawn_as_failed() {
 fn ten_thousand_items_are_one_node_and_the_cursor_keeps_the_last_in_sight() {
     let mut m = detail_of(8);
     let base = 1_000_000u64;
-    let runs: Vec<crate::store::TaskRunRecord> = (0..10_000u32)
+    let runs: Vec<super::rows::TaskRun> = (0..10_000u32)
         .map(|item| {
-            let mut r = crate::store::TaskRunRecord::pending(base + u64::from(item), 8, "crawl", "fetch", NOW_MS);
+            let mut r = super::rows::TaskRun::pending(base + u64::from(item), 8, "crawl", "fetch", NOW_MS);
             (r.item_index, r.state) = (Some(12 + item), TaskState::Succeeded);
             r
         })
