@@ -447,7 +447,10 @@ pub fn fixture_control() -> Model {
     let undone = [("deploy", Succeeded, true), ("create", Succeeded, true)];
     for (k, (name, state, compensation)) in saga.into_iter().chain(undone).enumerate() {
         let mut r = TaskRun::from(task(300 + k as u64, 9, "release", name, "default", state, ago(900 - 60 * k as u64)));
-        r.compensation = compensation;
+        if compensation {
+            r.compensation = true;
+            r.compensates = Some(if name == "deploy" { 301 } else { 300 });
+        }
         if state == Dead {
             (r.reason, r.exit_code) = (Some(FailReason::ExitCode), Some(1));
         }
