@@ -8,6 +8,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use gaffer::engine::EngineEvent;
 use serde_json::Value;
 use support::Project;
 
@@ -71,4 +72,9 @@ fn event_json_shapes_are_pinned() {
     }
     let want = std::fs::read_to_string(&file).expect("golden file");
     assert_eq!(got, want, "event JSON shapes changed (SPEC §6); GAFFER_BLESS=1 rewrites the file");
+    // `gaffer tui` attached to a server parses the streamed lines back: every one must survive.
+    for line in &all {
+        let parsed = EngineEvent::from_json(line).unwrap_or_else(|| panic!("not parsed back: {line}"));
+        assert_eq!(&parsed.to_json(), line);
+    }
 }
