@@ -107,6 +107,14 @@ impl run::Env for ActorEnv<'_> {
         }
     }
 
+    fn next_task_run_id(&mut self) -> u64 {
+        self.shared.store.ids.next_task_run()
+    }
+
+    fn render_for_each(&mut self, state: &RunState, i: usize, text: &str) -> Result<String, String> {
+        render_template(text, &template_context(self.shared, self.record, state, i), "for_each")
+    }
+
     fn cache_entry(&mut self, key: &str) -> Option<run::CacheHit> {
         let entry = self.shared.store.reader().and_then(|r| r.cache_entry(key)).unwrap_or_else(|e| {
             tracing::warn!("reading the cache: {e}");
@@ -116,10 +124,23 @@ impl run::Env for ActorEnv<'_> {
     }
 }
 
-/// What task `i`'s templates see: params and the outputs of what it (transitively) needs.
+/// What task run `i`'s templates see: params, the outputs of what it (transitively) needs (a
+/// fanned-out task's as the list of its items'), and its fan-out item.
 fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i: usize) -> TemplateContext {
     let job = state.job();
+    let t = &state.tasks[i];
+    let item = t.item_index.zip(t.item.as_deref()).map(|(k, text)| (k, serde_json::from_str(text).unwrap_or_default()));
+    let upstream = |u: usize| {
+        let run = &state.tasks[u];
+        let items = state.fanouts.get(&u).map(|node| {
+            let outputs = node.runs.iter().enumerate().map(|(k, &r)| (k, state.tasks[r].outputs.clone()));
+            crate::model::fanout::outputs_in_item_order(node.runs.len(), outputs)
+        });
+        (run.task.clone(), UpstreamTask { outputs: run.outputs.clone(), exit_code: run.exit_code, items })
+    };
+    let task_index = t.task_index;
     TemplateContext {
+        item,
         model: None,
         job: record.job.clone(),
         job_run_id: record.id,
@@ -127,16 +148,10 @@ fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i:
         // Validation allows templates to name only tasks this one (transitively) needs. A
         // task without templates needs none of them (a 10,000-task chain must not walk its
         // ancestry at every start).
-        tasks: if !job.tasks[i].is_templated() {
+        tasks: if !job.tasks[task_index].is_templated() {
             Default::default()
         } else {
-            state
-                .graph
-                .ancestors(i)
-                .into_iter()
-                .map(|u| &state.tasks[u])
-                .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code }))
-                .collect()
+            state.graph.ancestors(task_index).into_iter().map(upstream).collect()
         },
     }
 }
@@ -280,7 +295,12 @@ impl JobRun {
         e.task_run = Some(t.id);
         e.attempt = (t.attempt > 0).then_some(t.attempt);
         e.queue = Some(t.queue.clone());
-        e
+        let e = e.with("iteration", t.iteration);
+        let e = match t.item_index {
+            Some(k) => e.with("item_index", k),
+            None => e,
+        };
+        if t.kind == run::Kind::Compensation { e.with("kind", "compensation") } else { e }
     }
 
     fn job_event(&self, name: &'static str) -> EngineEvent {
@@ -433,7 +453,7 @@ impl JobRun {
             .filter(|&&i| self.run.tasks[i].state == TaskState::Queued)
             .map(|&i| {
                 let t = &self.run.tasks[i];
-                let queue_timeout_ms = self.job().tasks[i].queue_timeout.map(|d| d.as_millis() as u64);
+                let queue_timeout_ms = self.run.def(i).queue_timeout.map(|d| d.as_millis() as u64);
                 let queued_at_ms = t.queued_at_ms.unwrap_or_else(|| self.now());
                 ReadyEntry::new(
                     t.id,
@@ -509,14 +529,18 @@ impl JobRun {
             TemplateContext { model: model.clone(), ..template_context(&self.shared, &self.record, &self.run, i) };
         let t = &self.run.tasks[i];
         let (job, task, job_run, task_run) = (self.record.job.clone(), t.task.clone(), self.record.id, t.id);
+        let task_index = t.task_index;
+        let compensation = self.compensation_env(i);
         let (state_dir, log_cap_bytes) = (self.shared.state_dir.clone(), self.shared.log_cap_bytes);
         let output_limits = self.shared.output_limits;
         move || {
-            let def = &workflow.jobs[job_index].tasks[i];
+            let def = &workflow.jobs[job_index].tasks[task_index];
             let render = |text: &str, what: &str| render_template(text, &ctx, what);
-            let command = match &def.command {
-                crate::config::CommandSpec::Shell(text) => crate::config::CommandSpec::Shell(text.clone()),
-                crate::config::CommandSpec::Argv(items) => {
+            let command = match (&compensation, &def.command) {
+                // A compensation runs the task's `compensate` by `sh -c`, never templated, like `run`.
+                (Some(_), _) => crate::config::CommandSpec::Shell(def.compensate.clone().unwrap_or_default()),
+                (None, crate::config::CommandSpec::Shell(text)) => crate::config::CommandSpec::Shell(text.clone()),
+                (None, crate::config::CommandSpec::Argv(items)) => {
                     crate::config::CommandSpec::Argv(items.iter().map(|a| render(a, "args")).collect::<Result<_, _>>()?)
                 }
             };
@@ -526,7 +550,13 @@ impl JobRun {
                 .chain(def.env.iter().map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?))))
                 .collect::<Result<Vec<_>, String>>()?;
             env.extend(model.map(|m| ("GAFFER_MODEL".to_string(), m)));
-            let stdin = def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?;
+            let stdin = match compensation {
+                Some(extra) => {
+                    env.extend(extra);
+                    None
+                }
+                None => def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?,
+            };
             Ok(AttemptSpec {
                 job,
                 task,
@@ -544,6 +574,16 @@ impl JobRun {
                 cost_source: def.cost,
             })
         }
+    }
+
+    /// What a compensation sees besides the task's environment (SPEC §2.2): the id of the run
+    /// it undoes and that run's outputs as `GAFFER_OUTPUT_<KEY>`. `None` for any other run.
+    fn compensation_env(&self, i: usize) -> Option<Vec<(String, String)>> {
+        let undone = self.run.tasks[i].compensates?;
+        let outputs = self.idx(undone).map(|u| self.run.tasks[u].outputs.clone()).unwrap_or_default();
+        let mut env = vec![("GAFFER_COMPENSATES".to_string(), undone.to_string())];
+        env.extend(crate::model::saga::output_env(&outputs));
+        Some(env)
     }
 
     /// A new run: `with` and `events` (a schedule's advance, an idempotency key) are committed
@@ -658,7 +698,7 @@ impl Handler<Claim> for JobRun {
         attempt.model = granted.model;
         let render = self.render_spec(i, n, attempt.model.clone());
         self.running.insert(task_run, (attempt.clone(), Some(msg.worker)));
-        if !self.job().tasks[i].is_templated() {
+        if !self.run.def(i).is_templated() {
             // Nothing to render: the spec is ready now, and `running` is committed at once.
             return match render() {
                 Ok(spec) => self.commit_claim(ctx, i, attempt, spec),
@@ -690,7 +730,7 @@ impl JobRun {
         attempt: AttemptRecord,
         spec: AttemptSpec,
     ) -> ResponseActFuture<Self, Option<Claimed>> {
-        let def = &self.job().tasks[i];
+        let def = self.run.def(i);
         let claimed = Claimed {
             spec,
             timeout: def.timeout,
@@ -870,7 +910,10 @@ impl JobRun {
     /// Task `i`'s `expect` over an attempt's outputs: why they do not conform, if they do not.
     /// The schema file is read now (the file as it is, like the command a run starts).
     fn check_expect(&self, i: usize, outputs: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
-        let Some(expect) = &self.job().tasks[i].expect else { return Ok(()) };
+        if self.run.tasks[i].kind == run::Kind::Compensation {
+            return Ok(()); // `expect` is about the task's result, not about undoing it
+        }
+        let Some(expect) = &self.run.def(i).expect else { return Ok(()) };
         let schema = match &expect.json_schema {
             Some(path) => Some(crate::config::load_schema(path).map_err(|e| format!("cannot check the output: {e}"))?),
             None => None,

@@ -57,6 +57,12 @@ impl TaskStates {
         self.counts[state as usize]
     }
 
+    /// One more task run (a fan-out item, a compensation): counted like the others.
+    pub fn push(&mut self, state: TaskState) {
+        self.counts[state as usize] += 1;
+        self.states.push(state);
+    }
+
     pub fn len(&self) -> usize {
         self.states.len()
     }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::config::{JobDef, Workflow};
+use crate::config::{JobDef, TaskDef, Workflow};
 use crate::model::graph::{Change, JobGraph, TaskStates};
 use crate::model::{FailReason, JobState, TaskState};
 
@@ -55,6 +55,11 @@ pub struct TaskRun {
 }
 
 impl TaskRun {
+    /// A task run beyond the one per task the graph knows: a fan-out item or a compensation.
+    pub fn is_extra(&self) -> bool {
+        self.item_index.is_some() || self.kind == Kind::Compensation
+    }
+
     /// Attempts used in the current series.
     pub fn attempts_in_series(&self) -> u32 {
         (self.attempt + 1).saturating_sub(self.series_start)
@@ -89,7 +94,9 @@ pub struct RunState {
     job_index: usize,
     pub graph: JobGraph,
     pub job_run: JobRunFacts,
-    /// By task index (file order).
+    /// By task index (file order) for the first `graph.len()`: one per task, the graph's nodes
+    /// (a fanned-out task's is its node: `running` while its items run, never attempted).
+    /// After them the extra runs (`TaskRun::is_extra`): fan-out items and compensations.
     pub tasks: Vec<TaskRun>,
     /// The authority on task states, with O(1) counts for the per-event questions.
     pub states: TaskStates,
@@ -104,6 +111,10 @@ pub struct RunState {
     /// Task runs whose last starts found the machine out of a resource, and how many times in
     /// a row: their next try backs off further.
     pub exhausted: HashMap<u64, u32>,
+    /// Fanned-out tasks whose items exist, by task index.
+    pub fanouts: HashMap<usize, super::fanout::Node>,
+    /// The failed run's saga, once it began (rebuilt from the stored compensations on a resume).
+    pub saga: Option<crate::model::saga::Saga>,
 }
 
 impl RunState {
@@ -114,7 +125,7 @@ impl RunState {
         mut tasks: Vec<TaskRun>,
         raised: Raised,
     ) -> RunState {
-        tasks.sort_by_key(|t| t.task_index);
+        tasks.sort_by_key(run_order);
         let graph = JobGraph::new(&workflow.jobs[job_index]);
         let budget = raised.job_run.or(workflow.jobs[job_index].budget_usd_micros);
         let budget_spent = crate::model::policy::budget_reached(job_run.cost_usd_micros, budget);
@@ -131,6 +142,8 @@ impl RunState {
             stopping: false,
             ended: false,
             exhausted: HashMap::new(),
+            fanouts: HashMap::new(),
+            saga: None,
         };
         state.reindex();
         state
@@ -141,13 +154,33 @@ impl RunState {
         self.workflow = workflow;
         self.job_index = job_index;
         self.graph = JobGraph::new(self.job());
-        self.tasks.sort_by_key(|t| t.task_index);
+        self.tasks.sort_by_key(run_order);
         self.reindex();
     }
 
     fn reindex(&mut self) {
         self.states = TaskStates::new(self.tasks.iter().map(|t| t.state).collect());
         self.index_of = self.tasks.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+        self.fanouts = super::fanout::nodes_of(&self.tasks);
+    }
+
+    /// Adds an extra task run (a fan-out item, a compensation); returns its index.
+    pub fn push_run(&mut self, t: TaskRun) -> usize {
+        let i = self.tasks.len();
+        self.states.push(t.state);
+        self.index_of.insert(t.id, i);
+        self.tasks.push(t);
+        i
+    }
+
+    /// True for the graph's own task runs (one per task), false for the extra ones.
+    pub fn is_node(&self, i: usize) -> bool {
+        i < self.graph.len()
+    }
+
+    /// The definition of task run `i`'s task.
+    pub fn def(&self, i: usize) -> &TaskDef {
+        &self.job().tasks[self.tasks[i].task_index]
     }
 
     pub fn workflow(&self) -> &Arc<Workflow> {
@@ -186,7 +219,7 @@ impl RunState {
 
     /// Task `i`'s `(budget_usd, retry.max_cost_usd)` in force.
     pub fn task_limits(&self, i: usize) -> (Option<u64>, Option<u64>) {
-        let def = &self.job().tasks[i];
+        let def = self.def(i);
         let raised = self.raised.task_runs.get(&self.tasks[i].id).copied();
         crate::model::retry::task_limits(def.budget_usd_micros, def.retry.max_cost_usd_micros, raised)
     }
@@ -208,4 +241,9 @@ impl RunState {
         j.reason = None;
         reopened
     }
+}
+
+/// The order of `RunState::tasks`: the one run per task in file order, then the extra runs by id.
+fn run_order(t: &TaskRun) -> (bool, usize, u64) {
+    if t.is_extra() { (true, 0, t.id) } else { (false, t.task_index, 0) }
 }

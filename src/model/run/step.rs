@@ -23,13 +23,13 @@ pub fn step(state: &mut RunState, input: Input, now_ms: u64, env: &mut impl Env)
     s.fx
 }
 
-struct Step<'a, E: Env> {
-    s: &'a mut RunState,
-    fx: Effects,
-    now: u64,
-    env: &'a mut E,
+pub(super) struct Step<'a, E: Env> {
+    pub(super) s: &'a mut RunState,
+    pub(super) fx: Effects,
+    pub(super) now: u64,
+    pub(super) env: &'a mut E,
     /// Something changed that may end the run: see whether it did once the step is done.
-    settle: bool,
+    pub(super) settle: bool,
 }
 
 impl<E: Env> Step<'_, E> {
@@ -86,7 +86,7 @@ impl<E: Env> Step<'_, E> {
         }
     }
 
-    fn task_note(&mut self, task: usize, what: TaskNote) {
+    pub(super) fn task_note(&mut self, task: usize, what: TaskNote) {
         self.fx.notes.push(Note::Task { task, what });
     }
 
@@ -115,7 +115,7 @@ impl<E: Env> Step<'_, E> {
 
     /// Turns graph changes into writes, notes and queue entries. A task about to be queued
     /// whose cache key hits succeeds on the spot, and its edges are followed in the same step.
-    fn apply(&mut self, changes: Vec<Change>) {
+    pub(super) fn apply(&mut self, changes: Vec<Change>) {
         self.settle = true;
         let mut work: VecDeque<Change> = last_change_per_task(changes).into();
         while let Some(change) = work.pop_front() {
@@ -123,7 +123,12 @@ impl<E: Env> Step<'_, E> {
             let starts_work = matches!(change.to, TaskState::Queued | TaskState::Waiting);
             if starts_work && (self.s.budget_spent || self.s.job_run.cancel_requested) {
                 self.s.set_state(i, TaskState::Skipped);
+            } else if change.to == TaskState::Queued && self.s.is_node(i) && self.s.def(i).for_each.is_some() {
+                // A fanned-out task is not queued itself: its items are (model/run/fanout.rs).
+                work.extend(self.fan_out(i));
+                continue;
             } else if change.to == TaskState::Queued
+                && self.s.is_node(i)
                 && let Some(hit) = self.cache_hit(i)
             {
                 self.succeed_from_cache(i, hit);
@@ -142,7 +147,7 @@ impl<E: Env> Step<'_, E> {
                     self.task_note(i, TaskNote::Queued { series_start });
                 }
                 TaskState::Waiting => {
-                    let def = &self.s.job().tasks[i];
+                    let def = self.s.def(i);
                     let wait_for = def.wait_for.clone().unwrap_or_default();
                     let due = def.wait_timeout.map(|d| self.now + d.as_millis() as u64);
                     let t = &mut self.s.tasks[i];
@@ -155,6 +160,9 @@ impl<E: Env> Step<'_, E> {
                 TaskState::Skipped => {
                     t.ended_at_ms = Some(self.now);
                     self.task_note(i, TaskNote::Skipped);
+                    if !self.s.is_node(i) {
+                        self.extra_ended(i);
+                    }
                 }
                 _ => {}
             }
@@ -164,7 +172,7 @@ impl<E: Env> Step<'_, E> {
 
     /// A stored success of task `i` with the same key, still within its `ttl`.
     fn cache_hit(&mut self, i: usize) -> Option<CacheHit> {
-        let ttl = self.s.job().tasks[i].cache.as_ref()?.ttl;
+        let ttl = self.s.def(i).cache.as_ref()?.ttl;
         let key = self.env.cache_key(self.s, i)?;
         let entry = self.env.cache_entry(&key)?;
         (self.now.saturating_sub(entry.succeeded_at_ms) <= ttl.as_millis() as u64).then_some(entry)
@@ -191,6 +199,9 @@ impl<E: Env> Step<'_, E> {
             return;
         }
         let Some(state) = graph::outcome(&self.s.states, self.s.job_run.cancel_requested) else { return };
+        if state == JobState::Failed && self.saga_goes_on() {
+            return; // its compensations run first (model/run/saga.rs)
+        }
         self.s.ended = true;
         self.fx.finish = true;
         self.fx.writes.push(Write::JobRun);
@@ -228,7 +239,9 @@ impl<E: Env> Step<'_, E> {
 
     fn claim(&mut self, task_run: u64) {
         let Some(i) = self.s.idx(task_run) else { return };
-        if self.s.tasks[i].state != TaskState::Queued || self.s.stopping || self.s.budget_spent {
+        // A compensation undoes what was spent for: a spent budget does not stop it.
+        let budget_stops = self.s.budget_spent && self.s.tasks[i].kind != super::Kind::Compensation;
+        if self.s.tasks[i].state != TaskState::Queued || self.s.stopping || budget_stops {
             return;
         }
         self.s.set_state(i, TaskState::Running);
@@ -238,7 +251,7 @@ impl<E: Env> Step<'_, E> {
         t.progress = None;
         let (attempt, in_series) = (t.attempt, t.attempts_in_series());
         // Model fallback: recorded on the attempt (its cost may name the exact model later).
-        let model = policy::model_for_attempt(&self.s.job().tasks[i].retry.models, in_series).map(str::to_string);
+        let model = policy::model_for_attempt(&self.s.def(i).retry.models, in_series).map(str::to_string);
         self.fx.claimed = Some(Claimed { task: i, attempt, model });
     }
 
@@ -304,7 +317,7 @@ impl<E: Env> Step<'_, E> {
                 return;
             }
             AfterAttempt::Dead { reason } => {
-                let crashes = self.s.job().tasks[i].retry.poison_after_crashes;
+                let crashes = self.s.def(i).retry.poison_after_crashes;
                 let t = &mut self.s.tasks[i];
                 t.reason = Some(reason);
                 if reason == FailReason::Poison {
@@ -328,7 +341,10 @@ impl<E: Env> Step<'_, E> {
 
     /// A succeeded task run with `cache` is remembered under its key.
     fn remember_in_cache(&mut self, i: usize) {
-        let Some(ttl) = self.s.job().tasks[i].cache.as_ref().map(|c| c.ttl.as_millis() as u64) else { return };
+        if !self.s.is_node(i) {
+            return; // items share the task's key; a compensation is no result
+        }
+        let Some(ttl) = self.s.def(i).cache.as_ref().map(|c| c.ttl.as_millis() as u64) else { return };
         let Some(key) = self.env.cache_key(self.s, i) else { return };
         let t = &self.s.tasks[i];
         let entry = CacheHit {
@@ -378,7 +394,7 @@ impl<E: Env> Step<'_, E> {
             max_cost_usd_micros,
             crashes_in_a_row,
         };
-        let decision = policy::after_attempt(&self.s.job().tasks[i].retry, outcome, run, self.env.random());
+        let decision = policy::after_attempt(&self.s.def(i).retry, outcome, run, self.env.random());
         match decision {
             AfterAttempt::Succeeded => decision,
             _ if self.s.job_run.cancel_requested => AfterAttempt::Cancelled,
@@ -390,7 +406,11 @@ impl<E: Env> Step<'_, E> {
 
     /// Task `i` reached a terminal state: follow its edges; with `fail_fast`, an unhandled
     /// failure cancels what still runs.
-    fn after_task_ended(&mut self, i: usize) {
+    pub(super) fn after_task_ended(&mut self, i: usize) {
+        if !self.s.is_node(i) {
+            self.extra_ended(i);
+            return;
+        }
         let failing = graph::is_failing(&self.s.states) && self.s.states[i].is_unsuccessful_end();
         let changes = graph::after_end(&self.s.graph, &mut self.s.states, i);
         self.s.sync(&changes);
@@ -400,7 +420,7 @@ impl<E: Env> Step<'_, E> {
         self.apply(changes);
     }
 
-    fn kill_running(&mut self, reason: FailReason) {
+    pub(super) fn kill_running(&mut self, reason: FailReason) {
         self.fx.kills.extend(self.s.running_ids().into_iter().map(|id| (id, reason)));
     }
 
@@ -478,7 +498,7 @@ impl<E: Env> Step<'_, E> {
 
     fn signal(&mut self, task_run: Option<u64>, name: &str) -> Result<String, String> {
         let waits_for_it = |s: &RunState, i: usize| {
-            s.tasks[i].state == TaskState::Waiting && s.job().tasks[i].wait_for.as_deref() == Some(name)
+            s.tasks[i].state == TaskState::Waiting && s.def(i).wait_for.as_deref() == Some(name)
         };
         let released: Vec<usize> = match task_run {
             Some(task_run) => {
@@ -512,7 +532,7 @@ impl<E: Env> Step<'_, E> {
         let waiting: Vec<String> = (0..tasks.len())
             .filter(|&i| tasks[i].state == TaskState::Waiting)
             .map(|i| {
-                let wants = self.s.job().tasks[i].wait_for.as_deref().unwrap_or("?");
+                let wants = self.s.def(i).wait_for.as_deref().unwrap_or("?");
                 format!("{} (#{}) waits for `{wants}`", tasks[i].task, tasks[i].id)
             })
             .collect();
@@ -609,6 +629,9 @@ impl<E: Env> Step<'_, E> {
         if !t.state.is_retryable() {
             let (id, phrase) = (t.id, t.state.phrase());
             return Err(format!("task run {id} {phrase}; only dead or cancelled task runs can be retried"));
+        }
+        if !self.s.is_node(i) || self.s.fanouts.contains_key(&i) {
+            return self.retry_extra(i);
         }
         let reopened = self.s.reopen();
         // A task run that never started was never released: it waits for its signal again.

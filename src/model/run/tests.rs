@@ -61,6 +61,15 @@ impl Env for FixedEnv {
     fn cache_entry(&mut self, _: &str) -> Option<CacheHit> {
         None
     }
+    fn next_task_run_id(&mut self) -> u64 {
+        self.seq += 1;
+        1000 + self.seq
+    }
+    fn render_for_each(&mut self, _: &RunState, _: usize, template: &str) -> Result<String, String> {
+        // The test's "rendered" text is what is between `{{ ` and ` }}`; `job.name` cannot render.
+        let inner = template.strip_prefix("{{ ").and_then(|t| t.strip_suffix(" }}"));
+        inner.filter(|t| *t != "job.name").map(str::to_string).ok_or_else(|| "for_each: cannot render".into())
+    }
 }
 
 /// A new job run of the only job in `toml`: task run ids 1, 2, … in file order.
@@ -115,7 +124,13 @@ fn new_run(toml: &str) -> RunState {
 }
 
 fn id_of(s: &RunState, name: &str) -> u64 {
-    s.tasks.iter().find(|t| t.task == name).map(|t| t.id).expect("a task of the job")
+    s.tasks.iter().find(|t| run_name(t) == name).map(|t| t.id).expect("a task of the job")
+}
+
+/// How scripts name a task run: its label (`fan[2]`), a compensation with `~` before (`~deploy`).
+fn run_name(t: &TaskRun) -> String {
+    let label = crate::model::fanout::label(&t.task, t.iteration, t.item_index);
+    if t.kind == Kind::Compensation { format!("~{label}") } else { label }
 }
 
 /// One script line as an input: `begin`, `claim a`, `ok a`, `fail a 2` (exit code),
@@ -132,6 +147,12 @@ fn input_of(s: &RunState, line: &str) -> Input {
         ["begin"] => Input::Begin,
         ["claim", _] => Input::Claim { task_run: task(1) },
         ["ok", _] => end(None, Some(0)),
+        ["ok", _, output] => {
+            let Input::AttemptEnded { task_run, mut end } = end(None, Some(0)) else { unreachable!() };
+            let (k, v) = output.split_once('=').expect("key=value");
+            end.outputs.insert(k.to_string(), v.to_string());
+            Input::AttemptEnded { task_run, end }
+        }
         ["fail", _, code] => end(Some(FailReason::ExitCode), code.parse().ok()),
         ["end", _, reason] => end(FailReason::parse(reason), None),
         ["timer", _] => {
@@ -157,7 +178,7 @@ fn input_of(s: &RunState, line: &str) -> Input {
 
 /// The effects, compact: what was said, queued, armed, killed, answered.
 fn render(s: &RunState, fx: &Effects) -> String {
-    let name = |i: usize| s.tasks[i].task.as_str();
+    let name = |i: usize| run_name(&s.tasks[i]);
     let by_id = |id: u64| name(s.idx(id).expect("known"));
     let mut out: Vec<String> = fx
         .notes
@@ -506,3 +527,6 @@ proptest! {
         }
     }
 }
+
+#[path = "fanout_tests.rs"]
+mod fanout_tests;

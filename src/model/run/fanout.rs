@@ -1,0 +1,292 @@
+//! `for_each` on the core (SPEC §2.2): a fanned-out task, once ready, gets one task run per
+//! item, all created in the step that reaches it (one commit, however many items); at most
+//! `for_each_concurrency` of them hold a slot at once. To the graph the task stays one node: its
+//! own task run is `running` while its items run and ends once they all ended — `succeeded`
+//! when every item did (at once for no items), else dead with the first failed item's reason.
+//! The rules (items, caps, slots, outcome) are `model::fanout`'s; this carries them out.
+
+use std::collections::HashMap;
+
+use crate::config::ForEach;
+use crate::model::fanout::{self, FanOut, FanOutOutcome, ItemState};
+use crate::model::graph::{self, Change};
+use crate::model::{FailReason, TaskState};
+
+use super::input::{Env, TaskNote, Write};
+use super::state::{Kind, TaskRun};
+use super::step::Step;
+
+/// One fanned-out task's items in this job run.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub fan: FanOut,
+    /// The task run index (in `RunState::tasks`) of each item, by item index.
+    pub runs: Vec<usize>,
+}
+
+/// The fan-outs of stored task runs (a resume): items grouped by their task, states counted.
+pub fn nodes_of(tasks: &[TaskRun]) -> HashMap<usize, Node> {
+    let mut runs: HashMap<usize, Vec<(u32, usize)>> = HashMap::new();
+    for (i, t) in tasks.iter().enumerate() {
+        if let (Some(k), Kind::Task) = (t.item_index, t.kind) {
+            runs.entry(t.task_index).or_default().push((k, i));
+        }
+    }
+    runs.into_iter()
+        .map(|(task, mut items)| {
+            items.sort_unstable();
+            let mut fan = FanOut::new(items.len());
+            for (k, &(_, i)) in items.iter().enumerate() {
+                let _ = fan.set(k, tasks[i].state.into());
+            }
+            (task, Node { fan, runs: items.into_iter().map(|(_, i)| i).collect() })
+        })
+        .collect()
+}
+
+impl TaskRun {
+    /// A new extra task run of the task whose own run is `of`: a fan-out item or a compensation.
+    pub fn extra_of(of: &TaskRun, id: u64, now_ms: u64) -> TaskRun {
+        TaskRun {
+            id,
+            state: TaskState::Pending,
+            attempt: 0,
+            series_start: 1,
+            queued_at_ms: None,
+            enqueue_seq: 0,
+            not_before_ms: None,
+            outputs: Default::default(),
+            exit_code: None,
+            cost_usd_micros: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            reason: None,
+            detail: None,
+            progress: None,
+            created_at_ms: now_ms,
+            started_at_ms: None,
+            ended_at_ms: None,
+            compensates: None,
+            ..of.clone()
+        }
+    }
+}
+
+impl<E: Env> Step<'_, E> {
+    /// Task `i` is ready: its items are made and the first ones queued. Returns what follows
+    /// from the node's end when it ends at once (no items, or no items to be had).
+    pub(super) fn fan_out(&mut self, i: usize) -> Vec<Change> {
+        let items = match self.s.def(i).for_each.clone() {
+            Some(ForEach::Template(text)) => {
+                self.env.render_for_each(self.s, i, &text).and_then(|text| fanout::items_from_rendered(&text))
+            }
+            Some(ForEach::List(items)) => fanout::items_from_list(items),
+            Some(ForEach::Matrix(axes)) => fanout::matrix_items(&axes),
+            None => Ok(Vec::new()),
+        };
+        self.s.set_state(i, TaskState::Running);
+        let t = &mut self.s.tasks[i];
+        t.started_at_ms.get_or_insert(self.now);
+        self.fx.writes.push(Write::TaskRun(i));
+        let items = match items {
+            Ok(items) => items,
+            Err(why) => {
+                // It would fail the same way again: permanent, like any template error.
+                t.detail = Some(crate::sanitize::sanitize(&why));
+                return self.end_node(i, TaskState::Dead, Some(FailReason::TemplateError));
+            }
+        };
+        if items.is_empty() {
+            return self.end_node(i, TaskState::Succeeded, None);
+        }
+        let node = self.s.tasks[i].clone();
+        let mut runs = Vec::with_capacity(items.len());
+        for (k, item) in items.iter().enumerate() {
+            let mut run = TaskRun::extra_of(&node, self.env.next_task_run_id(), self.now);
+            run.item_index = Some(k as u32);
+            run.item = Some(fanout::item_json(item));
+            let r = self.s.push_run(run);
+            self.fx.writes.push(Write::TaskRun(r));
+            runs.push(r);
+        }
+        self.s.fanouts.insert(i, Node { fan: FanOut::new(items.len()), runs });
+        self.start_items(i);
+        Vec::new()
+    }
+
+    /// Queues as many pending items of node `i` as its `for_each_concurrency` has slots for.
+    fn start_items(&mut self, i: usize) {
+        let cap = self.s.def(i).for_each_concurrency;
+        let Some(node) = self.s.fanouts.get(&i) else { return };
+        let start: Vec<(usize, usize)> = node.fan.next_to_start(cap).into_iter().map(|k| (k, node.runs[k])).collect();
+        for (k, r) in start {
+            self.set_item(i, k, r, TaskState::Queued);
+            self.queue_extra(r);
+        }
+    }
+
+    fn set_item(&mut self, node: usize, k: usize, r: usize, to: TaskState) {
+        self.s.set_state(r, to);
+        if let Some(n) = self.s.fanouts.get_mut(&node) {
+            let _ = n.fan.set(k, to.into());
+        }
+    }
+
+    /// Extra run `r` (already `queued`) goes to its queue.
+    pub(super) fn queue_extra(&mut self, r: usize) {
+        let t = &mut self.s.tasks[r];
+        t.queued_at_ms = Some(self.now);
+        t.enqueue_seq = self.env.next_enqueue_seq();
+        let series_start = (t.series_start > 1).then_some(t.series_start);
+        self.fx.enqueue.push(r);
+        self.fx.writes.push(Write::TaskRun(r));
+        self.task_note(r, TaskNote::Queued { series_start });
+    }
+
+    /// Extra run `r` ended for good (or was skipped): its fan-out or its saga moves on.
+    pub(super) fn extra_ended(&mut self, r: usize) {
+        self.settle = true;
+        let t = &self.s.tasks[r];
+        if t.kind == Kind::Compensation {
+            self.compensation_ended(r);
+            return;
+        }
+        let (node, Some(k)) = (t.task_index, t.item_index.map(|k| k as usize)) else { return };
+        let state = t.state;
+        if let Some(n) = self.s.fanouts.get_mut(&node) {
+            let _ = n.fan.set(k, state.into());
+        }
+        let fail_fast = self.s.job().fail_fast && graph::is_failing(&self.s.states);
+        if fail_fast && state.is_unsuccessful_end() {
+            self.kill_running(FailReason::Cancelled);
+        }
+        if fail_fast || self.s.budget_spent || self.s.job_run.cancel_requested || self.s.stopping {
+            if !self.s.stopping {
+                self.skip_pending_items(node);
+            }
+        } else {
+            self.start_items(node);
+        }
+        let outcome = self.s.fanouts.get(&node).map(|n| n.fan.outcome());
+        if self.s.tasks[node].state != TaskState::Running {
+            return;
+        }
+        let follows = match outcome {
+            Some(FanOutOutcome::Succeeded) => self.end_node(node, TaskState::Succeeded, None),
+            Some(FanOutOutcome::Failed) if self.s.job_run.cancel_requested => {
+                self.end_node(node, TaskState::Cancelled, Some(FailReason::Cancelled))
+            }
+            Some(FanOutOutcome::Failed) => {
+                let (reason, detail) = self.first_failed_item(node);
+                self.s.tasks[node].detail = Some(detail);
+                self.end_node(node, TaskState::Dead, reason)
+            }
+            _ => return,
+        };
+        self.apply(follows);
+    }
+
+    /// No new item of node `i` will start (fail_fast, budget, cancel): the rest are skipped.
+    fn skip_pending_items(&mut self, i: usize) {
+        let Some(node) = self.s.fanouts.get(&i) else { return };
+        let pending: Vec<(usize, usize)> = node
+            .runs
+            .iter()
+            .enumerate()
+            .filter(|&(_, &r)| self.s.tasks[r].state == TaskState::Pending)
+            .map(|(k, &r)| (k, r))
+            .collect();
+        for (k, r) in pending {
+            self.set_item(i, k, r, TaskState::Skipped);
+            self.s.tasks[r].ended_at_ms = Some(self.now);
+            self.fx.writes.push(Write::TaskRun(r));
+            self.task_note(r, TaskNote::Skipped);
+        }
+    }
+
+    /// Why node `i` failed: its first item that did not succeed.
+    fn first_failed_item(&self, i: usize) -> (Option<FailReason>, String) {
+        let node = &self.s.fanouts[&i];
+        let failed = node.fan.count(ItemState::Failed);
+        let first = node.runs.iter().map(|&r| &self.s.tasks[r]).find(|t| t.state != TaskState::Succeeded);
+        match first {
+            Some(t) => (
+                t.reason,
+                format!(
+                    "{failed} of {} items did not succeed; the first: item {} (task run {}) {}",
+                    node.fan.total(),
+                    t.item_index.unwrap_or(0),
+                    t.id,
+                    t.state.phrase()
+                ),
+            ),
+            None => (None, format!("{failed} items did not succeed")),
+        }
+    }
+
+    /// Node `i`'s own run ends `to`; returns what follows in the graph.
+    fn end_node(&mut self, i: usize, to: TaskState, reason: Option<FailReason>) -> Vec<Change> {
+        self.s.set_state(i, to);
+        let t = &mut self.s.tasks[i];
+        t.ended_at_ms = Some(self.now);
+        t.reason = reason;
+        let duration_ms = self.now.saturating_sub(t.started_at_ms.unwrap_or(self.now));
+        let cost_usd_micros =
+            self.s.fanouts.get(&i).map_or(0, |n| n.runs.iter().map(|&r| self.s.tasks[r].cost_usd_micros).sum());
+        self.s.tasks[i].cost_usd_micros = cost_usd_micros;
+        self.fx.writes.push(Write::TaskRun(i));
+        match to {
+            TaskState::Succeeded => {
+                self.task_note(i, TaskNote::Succeeded { duration_ms, cost_usd_micros, cached_from: None })
+            }
+            TaskState::Cancelled => self.task_note(i, TaskNote::Cancelled { from_dead: false }),
+            _ => self.task_note(i, TaskNote::DeadLettered { reason: reason.unwrap_or(FailReason::ExitCode) }),
+        }
+        let failing = graph::is_failing(&self.s.states) && to.is_unsuccessful_end();
+        let changes = graph::after_end(&self.s.graph, &mut self.s.states, i);
+        self.s.sync(&changes);
+        if failing && self.s.job().fail_fast {
+            self.kill_running(FailReason::Cancelled);
+        }
+        changes
+    }
+
+    /// A person's retry of an extra run (an item, a compensation) or of a fanned-out node.
+    pub(super) fn retry_extra(&mut self, i: usize) -> Result<String, String> {
+        let t = &self.s.tasks[i];
+        if self.s.is_node(i) {
+            return Err(format!("task run {} is the fan-out of task `{}`: retry its dead items instead", t.id, t.task));
+        }
+        let (node, item) = (t.task_index, t.item_index.map(|k| k as usize));
+        let reopened = self.s.reopen();
+        match item {
+            Some(k) => self.set_item(node, k, i, TaskState::Queued),
+            None => self.s.set_state(i, TaskState::Queued),
+        }
+        let t = &mut self.s.tasks[i];
+        t.series_start = t.attempt + 1;
+        (t.reason, t.detail, t.ended_at_ms) = (None, None, None);
+        let (id, next) = (t.id, t.attempt + 1);
+        if item.is_some() && self.s.tasks[node].state.is_terminal() {
+            // The node runs again until this item ends; what it had skipped is looked at afresh.
+            self.s.set_state(node, TaskState::Running);
+            let t = &mut self.s.tasks[node];
+            (t.reason, t.detail, t.ended_at_ms) = (None, None, None);
+            self.fx.writes.push(Write::TaskRun(node));
+            let changes = graph::reopen(&self.s.graph, &mut self.s.states);
+            self.s.sync(&changes);
+            self.apply(changes);
+        }
+        if let Some(c) = self.s.tasks[i].compensates {
+            if let Some(saga) = self.s.saga.as_mut() {
+                let _ = saga.record(c, crate::model::saga::CompensationState::InFlight);
+            }
+        }
+        if reopened {
+            self.fx.notes.push(super::input::Note::JobStarted { retry: true, from: None });
+        }
+        self.fx.writes.push(Write::JobRun);
+        self.queue_extra(i);
+        Ok(format!("task run {id} queued again (attempt {next} next)"))
+    }
+}
