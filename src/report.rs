@@ -43,7 +43,15 @@ pub fn task_json(t: &TaskRunRecord) -> Value {
         "outputs": t.outputs, "reason": t.reason.map(|r| r.as_str()), "detail": t.detail, "exit_code": t.exit_code,
         "progress": t.progress, "created_at": time_json(Some(t.created_at_ms)), "started_at": time_json(t.started_at_ms),
         "ended_at": time_json(t.ended_at_ms), "not_before": time_json(t.not_before_ms),
+        // SPEC §2.2: which run of its task this is, its fan-out item, what it is for.
+        "iteration": t.iteration, "item_index": t.item_index, "item": item_json(t.item.as_deref()),
+        "kind": t.kind.as_str(), "compensates": t.compensates,
     })
+}
+
+/// A fan-out item as the JSON value it is (stored as its JSON text).
+fn item_json(text: Option<&str>) -> Value {
+    text.map_or(Value::Null, |text| serde_json::from_str(text).unwrap_or_else(|_| json!(text)))
 }
 
 /// SPEC §4.1 `jobs --json` item.

@@ -284,16 +284,22 @@ mod tests {
         let with = |item: serde_json::Value| TemplateContext { item: Some((3, item)), ..ctx() };
         let map = with(serde_json::json!({"os": "linux", "py": 3.12}));
         assert_eq!(
-            render("{{ item }}|{{ item.os }}|{{ item.py }}|{{ item_index }}", &map).unwrap(),
+            render("{{ item }}|{{ item.os }}|{{ item.py }}|{{ item_index }}", &map).expect("renders"),
             r#"{"os":"linux","py":3.12}|linux|3.12|3"#
         );
-        assert_eq!(render("{{ item }} {{ item[1] }}", &with(serde_json::json!(["a", 2]))).unwrap(), r#"["a",2] 2"#);
-        assert_eq!(render("{{ item }}", &with(serde_json::json!("a.txt"))).unwrap(), "a.txt");
-        assert!(render("{{ item.arch }}", &map).unwrap_err().contains("item.arch"));
+        assert_eq!(
+            render("{{ item }} {{ item[1] }}", &with(serde_json::json!(["a", 2]))).expect("renders"),
+            r#"["a",2] 2"#
+        );
+        assert_eq!(render("{{ item }}", &with(serde_json::json!("a.txt"))).expect("renders"), "a.txt");
+        assert!(render("{{ item.arch }}", &map).expect_err("fails").contains("item.arch"));
         let mut upstream = ctx();
         let items = vec![BTreeMap::from([("n".to_string(), "1".to_string())]), BTreeMap::new()];
         upstream.tasks.insert("fan".into(), UpstreamTask { items: Some(items), ..Default::default() });
-        assert_eq!(render("{{ tasks.fan.outputs[0].n }} {{ tasks.fan.outputs | length }}", &upstream).unwrap(), "1 2");
+        assert_eq!(
+            render("{{ tasks.fan.outputs[0].n }} {{ tasks.fan.outputs | length }}", &upstream).expect("renders"),
+            "1 2"
+        );
     }
 
     #[test]

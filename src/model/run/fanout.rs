@@ -277,10 +277,8 @@ impl<E: Env> Step<'_, E> {
             self.s.sync(&changes);
             self.apply(changes);
         }
-        if let Some(c) = self.s.tasks[i].compensates {
-            if let Some(saga) = self.s.saga.as_mut() {
-                let _ = saga.record(c, crate::model::saga::CompensationState::InFlight);
-            }
+        if let (Some(c), Some(saga)) = (self.s.tasks[i].compensates, self.s.saga.as_mut()) {
+            let _ = saga.record(c, crate::model::saga::CompensationState::InFlight);
         }
         if reopened {
             self.fx.notes.push(super::input::Note::JobStarted { retry: true, from: None });
