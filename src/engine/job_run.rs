@@ -43,6 +43,9 @@ pub struct JobRun {
     run: RunState,
     /// The attempt each running task run is in, and the worker running it.
     running: HashMap<u64, (AttemptRecord, Option<Addr<Worker>>)>,
+    /// Running attempts whose pid is known but not yet written: it rides on the job run's next
+    /// commit, or is written alone after `PID_WRITE_DELAY` (see `ProcessStarted`).
+    pids_unwritten: std::collections::HashSet<u64>,
     /// Attempts found running in the store at start (crash recovery), by task run.
     interrupted: Vec<AttemptRecord>,
     /// The actor has told the supervisor it ended and is stopping.
@@ -173,6 +176,7 @@ impl JobRun {
             record,
             run,
             running: HashMap::new(),
+            pids_unwritten: Default::default(),
             interrupted,
             finished: false,
             inflight: 0,
@@ -241,6 +245,7 @@ impl JobRun {
             self.shared.scheduler.do_send(Unschedule { task_run });
         }
         mutations.extend(self.mutations_of(&fx.writes));
+        mutations.extend(self.unwritten_pids());
         events.extend(fx.notes.iter().map(|n| self.event_of(n)));
         let (enqueue, timers) = (std::mem::take(&mut fx.enqueue), std::mem::take(&mut fx.timers));
         let (circuits, finish) = (std::mem::take(&mut fx.circuit_failures), fx.finish);
@@ -772,7 +777,7 @@ pub struct ProcessStarted {
 impl Handler<ProcessStarted> for JobRun {
     type Result = ();
 
-    fn handle(&mut self, msg: ProcessStarted, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: ProcessStarted, ctx: &mut Self::Context) {
         let Some(i) = self.idx(msg.task_run) else { return };
         let mut event = self.task_event("task.started", i).with("priority", self.run.tasks[i].priority);
         let Some((attempt, _)) = self.running.get_mut(&msg.task_run).filter(|(a, _)| a.n == msg.attempt) else {
@@ -784,10 +789,35 @@ impl Handler<ProcessStarted> for JobRun {
             attempt.start_ticks = p.start_ticks;
             event = event.with("pid", p.pid);
             // The pid only helps crash recovery find the group (which also finds it by its
-            // environment): `running` is already durable, so nothing waits for this commit.
-            drop(self.shared.store.commit(vec![Mutation::Attempt(attempt.clone())]));
+            // environment): `running` is already durable, so the pid needs no commit of its
+            // own on the start path. It goes with the next one (most often the attempt's end).
+            self.pids_unwritten.insert(msg.task_run);
+            let (task_run, n) = (msg.task_run, msg.attempt);
+            ctx.run_later(PID_WRITE_DELAY, move |act, _| act.write_pid(task_run, n));
         }
         self.shared.journal.do_send(Publish(event));
+    }
+}
+
+/// How long a running attempt's pid may wait for another commit to ride on.
+const PID_WRITE_DELAY: Duration = Duration::from_secs(1);
+
+impl JobRun {
+    /// The attempt records of running attempts whose pid is not written yet; they are now.
+    fn unwritten_pids(&mut self) -> Vec<Mutation> {
+        let running = &self.running;
+        self.pids_unwritten
+            .drain()
+            .filter_map(|task_run| running.get(&task_run).map(|(a, _)| Mutation::Attempt(a.clone())))
+            .collect()
+    }
+
+    /// Attempt `n` of `task_run` still runs and its pid was not written with anything else.
+    fn write_pid(&mut self, task_run: u64, n: u32) {
+        let Some((attempt, _)) = self.running.get(&task_run).filter(|(a, _)| a.n == n) else { return };
+        if self.pids_unwritten.remove(&task_run) {
+            drop(self.shared.store.commit(vec![Mutation::Attempt(attempt.clone())]));
+        }
     }
 }
 
