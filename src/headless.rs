@@ -29,7 +29,13 @@ pub fn human_line(e: &EngineEvent) -> Option<String> {
     let time = crate::engine::rfc3339_ms(e.ts_ms);
     let clock = time.get(11..23).unwrap_or(&time);
     let who = match (&e.task_run, &e.task, &e.job_run, &e.job) {
-        (Some(id), Some(task), _, Some(job)) => format!("#{id} {job}.{task}"),
+        (Some(id), Some(task), _, Some(job)) => {
+            let iteration = e.field("iteration").and_then(serde_json::Value::as_u64).unwrap_or(1) as u32;
+            let item = e.field("item_index").and_then(serde_json::Value::as_u64).map(|k| k as u32);
+            let label = crate::model::fanout::label(task, iteration, item);
+            let undo = if e.str_field("kind") == Some("compensation") { "undo " } else { "" };
+            format!("#{id} {undo}{job}.{label}")
+        }
         (_, _, Some(id), Some(job)) => format!("j{id} {job}"),
         _ => String::from("gaffer"),
     };
