@@ -188,7 +188,7 @@ impl<E: Env> Step<'_, E> {
 
     /// No new item of node `i` will start (fail_fast, budget, cancel): the rest are skipped.
     fn skip_pending_items(&mut self, i: usize) {
-        let Some(node) = self.s.fanouts.get(&i) else { return };
+        let Some(node) = self.s.fanouts.get(&i).filter(|n| n.fan.count(ItemState::Pending) > 0) else { return };
         let pending: Vec<(usize, usize)> = node
             .runs
             .iter()
@@ -251,11 +251,26 @@ impl<E: Env> Step<'_, E> {
         changes
     }
 
-    /// A person's retry of an extra run (an item, a compensation) or of a fanned-out node.
+    /// A person's retry of an extra run (an item, a compensation) or of a fanned-out node: the
+    /// node's retry is its failed items' (a whole-run retry names them too: an item already
+    /// reopened by its node is not refused).
     pub(super) fn retry_extra(&mut self, i: usize) -> Result<String, String> {
         let t = &self.s.tasks[i];
         if self.s.is_node(i) {
-            return Err(format!("task run {} is the fan-out of task `{}`: retry its dead items instead", t.id, t.task));
+            let failed: Vec<usize> =
+                self.s.fanouts[&i].runs.iter().copied().filter(|&r| self.s.tasks[r].state.is_retryable()).collect();
+            if failed.is_empty() {
+                return Err(format!("task run {} (fan-out of `{}`) has no dead or cancelled item", t.id, t.task));
+            }
+            let said: Vec<String> = failed.into_iter().map(|r| self.retry_extra(r)).collect::<Result<_, _>>()?;
+            return Ok(said.join("\n"));
+        }
+        if !t.state.is_retryable() {
+            let (id, phrase) = (t.id, t.state.phrase());
+            if t.item_index.is_some() && !t.state.is_terminal() && t.series_start == t.attempt + 1 {
+                return Ok(format!("task run {id} {phrase} (reopened with its fan-out)"));
+            }
+            return Err(format!("task run {id} {phrase}; only dead or cancelled task runs can be retried"));
         }
         let (node, item) = (t.task_index, t.item_index.map(|k| k as usize));
         let reopened = self.s.reopen();

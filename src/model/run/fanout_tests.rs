@@ -245,3 +245,31 @@ fn no_saga_when_nothing_has_compensate_or_the_run_was_cancelled() {
          cancel => deploy cancelled, announce skipped, job cancelled, ok: job run j7 is being cancelled, finish",
     );
 }
+
+#[test]
+fn a_retry_of_a_dead_item_or_of_its_node_reopens_the_node() {
+    let job = FAN.replace("max_attempts = 2", "max_attempts = 1");
+    check(
+        &job,
+        "begin
+         claim fan[0]
+         fail fan[0] 3
+         claim fan[1]
+         ok fan[1]
+         claim fan[2]
+         ok fan[2]
+         retry fan
+         claim fan[0]
+         ok fan[0]",
+        "begin => job started, fan[0] queued, fan[1] queued, enqueue fan[0], enqueue fan[1]
+         claim fan[0] => claimed fan[0]#1
+         fail fan[0] 3 => fan[0] failed#1(exit_code), fan[0] dead(exit_code), fan[2] queued, enqueue fan[2]
+         claim fan[1] => claimed fan[1]#1
+         ok fan[1] => fan[1] succeeded
+         claim fan[2] => claimed fan[2]#1
+         ok fan[2] => fan[2] succeeded, fan dead(exit_code), sum skipped, job failed (task fan (#1) dead: exit_code), finish
+         retry fan => job started, fan[0] queued, enqueue fan[0], ok: task run 1001 queued again (attempt 2 next)
+         claim fan[0] => claimed fan[0]#2
+         ok fan[0] => fan[0] succeeded, fan succeeded, sum queued, enqueue sum",
+    );
+}

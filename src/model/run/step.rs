@@ -625,13 +625,13 @@ impl<E: Env> Step<'_, E> {
 
     /// Reopens task `i` for a fresh series.
     fn retry_task(&mut self, i: usize) -> Result<String, String> {
+        if !self.s.is_node(i) || self.s.fanouts.contains_key(&i) {
+            return self.retry_extra(i);
+        }
         let t = &self.s.tasks[i];
         if !t.state.is_retryable() {
             let (id, phrase) = (t.id, t.state.phrase());
             return Err(format!("task run {id} {phrase}; only dead or cancelled task runs can be retried"));
-        }
-        if !self.s.is_node(i) || self.s.fanouts.contains_key(&i) {
-            return self.retry_extra(i);
         }
         let reopened = self.s.reopen();
         // A task run that never started was never released: it waits for its signal again.
