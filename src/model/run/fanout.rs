@@ -173,7 +173,7 @@ impl<E: Env> Step<'_, E> {
         }
         let follows = match outcome {
             Some(FanOutOutcome::Succeeded) => self.end_node(node, TaskState::Succeeded, None),
-            Some(FanOutOutcome::Failed) if self.s.job_run.cancel_requested => {
+            Some(FanOutOutcome::Failed) if self.s.job_run.cancel_requested || self.first_failed_was_cancelled(node) => {
                 self.end_node(node, TaskState::Cancelled, Some(FailReason::Cancelled))
             }
             Some(FanOutOutcome::Failed) => {
@@ -202,6 +202,12 @@ impl<E: Env> Step<'_, E> {
             self.fx.writes.push(Write::TaskRun(r));
             self.task_note(r, TaskNote::Skipped);
         }
+    }
+
+    /// A person cancelled the fan-out (or its first failed item): the node is cancelled, not dead.
+    fn first_failed_was_cancelled(&self, i: usize) -> bool {
+        let runs = &self.s.fanouts[&i].runs;
+        runs.iter().map(|&r| self.s.tasks[r].state).find(|s| *s != TaskState::Succeeded) == Some(TaskState::Cancelled)
     }
 
     /// Why node `i` failed: its first item that did not succeed.
@@ -249,6 +255,18 @@ impl<E: Env> Step<'_, E> {
             self.kill_running(FailReason::Cancelled);
         }
         changes
+    }
+
+    /// A person's cancel of a running fan-out: its items that have not ended are cancelled; the
+    /// node ends `cancelled` once they all ended.
+    pub(super) fn cancel_items(&mut self, i: usize) -> String {
+        if self.s.job_run.cancel_requested {
+            return String::new(); // the whole run's cancel goes through the items itself
+        }
+        let open: Vec<usize> =
+            self.s.fanouts[&i].runs.iter().copied().filter(|&r| !self.s.tasks[r].state.is_terminal()).collect();
+        let said: Vec<String> = open.into_iter().map(|r| self.cancel_task(r)).collect();
+        said.join("\n")
     }
 
     /// A person's retry of an extra run (an item, a compensation) or of a fanned-out node: the

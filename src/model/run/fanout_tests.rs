@@ -273,3 +273,18 @@ fn a_retry_of_a_dead_item_or_of_its_node_reopens_the_node() {
          ok fan[0] => fan[0] succeeded, fan succeeded, sum queued, enqueue sum",
     );
 }
+
+#[test]
+fn cancelling_the_run_cancels_the_items_and_then_the_node() {
+    check(
+        FAN,
+        "begin
+         claim fan[0]
+         cancel
+         end fan[0] cancelled",
+        "begin => job started, fan[0] queued, fan[1] queued, enqueue fan[0], enqueue fan[1]
+         claim fan[0] => claimed fan[0]#1
+         cancel => sum cancelled, fan[1] cancelled, fan[2] skipped, kill fan[0](cancelled), ok: job run j7 is being cancelled
+         end fan[0] cancelled => fan[0] cancelled, fan cancelled, job cancelled, finish",
+    );
+}

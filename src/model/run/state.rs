@@ -226,7 +226,9 @@ impl RunState {
 
     /// Task runs in state `running`, by id.
     pub fn running_ids(&self) -> Vec<u64> {
-        self.tasks.iter().filter(|t| t.state == TaskState::Running).map(|t| t.id).collect()
+        // A fan-out's own run is `running` while its items run; it has no attempt to stop.
+        let attempted = |(i, t): &(usize, &TaskRun)| t.state == TaskState::Running && !self.fanouts.contains_key(i);
+        self.tasks.iter().enumerate().filter(attempted).map(|(_, t)| t.id).collect()
     }
 
     /// A retry takes the job run back to `running`; true if it had ended.

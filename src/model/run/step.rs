@@ -563,7 +563,10 @@ impl<E: Env> Step<'_, E> {
         Ok(format!("job run j{} is being cancelled", self.s.job_run.id))
     }
 
-    fn cancel_task(&mut self, i: usize) -> String {
+    pub(super) fn cancel_task(&mut self, i: usize) -> String {
+        if self.s.fanouts.contains_key(&i) && self.s.tasks[i].state == TaskState::Running {
+            return self.cancel_items(i);
+        }
         let t = &mut self.s.tasks[i];
         let id = t.id;
         match t.state {
