@@ -99,7 +99,7 @@ impl run::Env for ActorEnv<'_> {
     /// `job/task/rendered key`. A key that cannot be rendered (an output missing upstream)
     /// means no caching, said once.
     fn cache_key(&mut self, state: &RunState, i: usize) -> Option<String> {
-        let policy = state.job().tasks[i].cache.as_ref()?;
+        let policy = state.def(i).cache.as_ref()?;
         let context = template_context(self.shared, self.record, state, i);
         match render_template(&policy.key, &context, "cache.key") {
             Ok(key) => Some(format!("{}/{}/{key}", self.record.job, state.tasks[i].task)),
@@ -116,6 +116,26 @@ impl run::Env for ActorEnv<'_> {
 
     fn render_for_each(&mut self, state: &RunState, i: usize, text: &str) -> Result<String, String> {
         render_template(text, &template_context(self.shared, self.record, state, i), "for_each")
+    }
+
+    /// `when` over the ending task run's own facts, params, and every task's latest outputs.
+    fn when(&mut self, state: &RunState, i: usize, expression: &str) -> Result<bool, String> {
+        let t = &state.tasks[i];
+        let own = template::WhenFacts {
+            outputs: t.outputs.clone(),
+            exit_code: t.exit_code,
+            attempt: t.attempt,
+            item: t.item.clone(),
+            item_index: t.item_index,
+        };
+        let mut context = template_context(self.shared, self.record, state, i);
+        context.tasks = state
+            .latest
+            .iter()
+            .map(|&r| &state.tasks[r])
+            .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code, items: None }))
+            .collect();
+        template::evaluate_when(expression, &context, &own)
     }
 
     fn cache_entry(&mut self, key: &str) -> Option<run::CacheHit> {
@@ -151,10 +171,10 @@ fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i:
         // Validation allows templates to name only tasks this one (transitively) needs. A
         // task without templates needs none of them (a 10,000-task chain must not walk its
         // ancestry at every start).
-        tasks: if !job.tasks[task_index].is_templated() {
+        tasks: if !state.def(i).is_templated() {
             Default::default()
         } else {
-            state.graph.ancestors(task_index).into_iter().map(upstream).collect()
+            state.graph.ancestors(task_index).into_iter().map(|u| state.latest[u]).map(upstream).collect()
         },
     }
 }
@@ -355,6 +375,16 @@ impl JobRun {
                 };
                 e.with("limit_usd", usd_json(*limit_usd_micros))
             }
+            Note::TransitionFired { from, on, to, task_run } => {
+                let mut e = self
+                    .job_event("transition.fired")
+                    .with("from_task_run", self.run.tasks[*from].id)
+                    .with("on", on.as_str())
+                    .with("to", self.run.graph.names[*to].clone());
+                e.task = Some(self.run.tasks[*from].task.clone());
+                e.task_run = task_run.map(|r| self.run.tasks[r].id);
+                e
+            }
             Note::Task { task, what } => self.task_note_event(*task, what),
         }
     }
@@ -398,6 +428,8 @@ impl JobRun {
                 event("task.retry_scheduled").with("delay_ms", *delay_ms).with("next_attempt", *next_attempt)
             }
             TaskNote::DeadLettered { reason } => event("task.dead_lettered").with("reason", reason.as_str()),
+            TaskNote::Handled => event("task.handled"),
+            TaskNote::WhenFailed { message } => event("task.warning").with("message", message.clone()),
             TaskNote::Cancelled { from_dead: false } => event("task.cancelled"),
             TaskNote::Cancelled { from_dead: true } => event("task.cancelled").with("from", "dead"),
             TaskNote::ResourceExhausted { detail, delay_ms } => {
@@ -530,11 +562,11 @@ impl JobRun {
         model: Option<String>,
     ) -> impl FnOnce() -> Result<AttemptSpec, String> + Send + 'static {
         let (workflow, job_index) = (self.run.workflow().clone(), self.run.job_index());
+        let task_index = self.run.tasks[i].task_index;
         let ctx =
             TemplateContext { model: model.clone(), ..template_context(&self.shared, &self.record, &self.run, i) };
         let t = &self.run.tasks[i];
         let (job, task, job_run, task_run) = (self.record.job.clone(), t.task.clone(), self.record.id, t.id);
-        let task_index = t.task_index;
         let compensation = self.compensation_env(i);
         let (state_dir, log_cap_bytes) = (self.shared.state_dir.clone(), self.shared.log_cap_bytes);
         let output_limits = self.shared.output_limits;

@@ -53,7 +53,8 @@ use crate::executor::Executor;
 use crate::model::JobState;
 use crate::model::cost::{ModelUsage, Pricing};
 use crate::model::workflow_graph::{TaskNode, WorkflowGraph};
-use crate::store::{JobRunRecord, StoreError, StoreHandle, TaskRunRecord};
+use crate::report::{JobRunView, TaskRunView};
+use crate::store::{StoreError, StoreHandle};
 
 /// Mailboxes are bounded (a `send` waits when one is full) but large: bursts of thousands of
 /// task runs must not stall. `do_send` ignores the bound; it is used only for fire-and-forget
@@ -171,8 +172,9 @@ pub struct Submitted {
 /// Everything a view needs to draw its first frame; events keep it current afterwards.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EngineSnapshot {
-    pub job_runs: Vec<JobRunRecord>,
-    pub task_runs: Vec<TaskRunRecord>,
+    /// The wire's types, not the store's: the snapshot crosses the API to `gaffer tui`.
+    pub job_runs: Vec<JobRunView>,
+    pub task_runs: Vec<TaskRunView>,
     pub queues: Vec<QueueSnapshot>,
     pub workers: Vec<WorkerSnapshot>,
     /// The jobs of the workflow this engine was started with: their graphs and budgets.
@@ -296,7 +298,7 @@ pub trait Control {
     fn cancel(&self, target: Target) -> Reply<'_, String>;
     fn signal<'a>(&'a self, target: Target, name: &'a str) -> Reply<'a, String>;
     fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> Reply<'a, bool>;
-    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunRecord>>;
+    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunView>>;
     /// What has no events of its own: the worker slots and the queues (paused, running).
     fn live(&self) -> Reply<'_, (Vec<WorkerSnapshot>, Vec<QueueSnapshot>)>;
 }
@@ -330,7 +332,7 @@ impl Control for EngineHandle {
         Box::pin(EngineHandle::set_paused(self, queue, paused))
     }
 
-    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunRecord>> {
+    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunView>> {
         Box::pin(EngineHandle::task_runs_of(self, job_run))
     }
 
@@ -610,7 +612,9 @@ impl EngineHandle {
             let reader = store.reader()?;
             let attempts = reader.attempts()?;
             let by_model = offline::by_model(&attempts);
-            Ok((reader.job_runs()?, reader.task_runs()?, offline::schedule_fires(&reader)?, by_model))
+            let job_runs = reader.job_runs()?.iter().map(JobRunView::from).collect();
+            let task_runs = reader.task_runs()?.iter().map(TaskRunView::from).collect();
+            Ok((job_runs, task_runs, offline::schedule_fires(&reader)?, by_model))
         });
         let (job_runs, task_runs, schedule_fires, by_model) =
             records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
@@ -620,9 +624,11 @@ impl EngineHandle {
     }
 
     /// The task runs of one job run (a view learning of a new run from `job.started`).
-    pub async fn task_runs_of(&self, job_run: u64) -> Result<Vec<TaskRunRecord>, EngineError> {
+    pub async fn task_runs_of(&self, job_run: u64) -> Result<Vec<TaskRunView>, EngineError> {
         let store = self.store.clone();
-        let read = tokio::task::spawn_blocking(move || store.reader()?.task_runs_of(job_run));
+        let read = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>(store.reader()?.task_runs_of(job_run)?.iter().map(TaskRunView::from).collect())
+        });
         Ok(read.await.map_err(|e| EngineError::Stopped(e.to_string()))??)
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::engine::{CurrentAttempt, EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, TaskShape, WorkerSnapshot};
 use crate::model::{FailReason, JobState, TaskState};
-use crate::store::{JobRunRecord, TaskRunRecord};
+use crate::report::{JobRunView, TaskRunView};
 
 use super::model::Model;
 
@@ -58,46 +58,31 @@ fn schedule_fires() -> BTreeMap<String, u64> {
     BTreeMap::from([("nightly".to_string(), NOW_MS - (10 * 3600 + 6 * 60 + 40) * S)])
 }
 
-fn job(id: u64, name: &str, state: JobState, created: u64, ended: Option<u64>, cost: u64) -> JobRunRecord {
-    JobRunRecord {
+fn job(id: u64, name: &str, state: JobState, created: u64, ended: Option<u64>, cost: u64) -> JobRunView {
+    JobRunView {
         id,
         job: name.into(),
-        definition: 1,
         params: BTreeMap::new(),
         state,
         reason: None,
         cost_usd_micros: cost,
         created_at_ms: created,
         ended_at_ms: ended,
-        cancel_requested: false,
     }
 }
 
 /// A task run in `state`; started/ended times are set to suit the state.
 #[allow(clippy::too_many_arguments)]
-fn task(
-    id: u64,
-    job_run: u64,
-    job: &str,
-    name: &str,
-    index: u32,
-    queue: &str,
-    state: TaskState,
-    at: u64,
-) -> TaskRunRecord {
-    let mut r = TaskRunRecord::pending(id, job_run, job, name, at);
-    r.task_index = index;
+fn task(id: u64, job_run: u64, job: &str, name: &str, queue: &str, state: TaskState, at: u64) -> TaskRunView {
+    let mut r = TaskRunView::pending(id, job_run, job, name, at);
     r.queue = queue.into();
     r.state = state;
     if !matches!(state, TaskState::Pending | TaskState::Skipped | TaskState::Queued) {
-        r.attempt = 1;
+        (r.attempt, r.attempts_in_series) = (1, 1);
         r.started_at_ms = Some(at + S);
     }
     if state.is_terminal() && state != TaskState::Pending {
         r.ended_at_ms = Some(at + 20 * S);
-    }
-    if state == TaskState::Queued {
-        r.queued_at_ms = Some(at);
     }
     r
 }
@@ -117,24 +102,24 @@ pub fn fixture() -> Model {
     jr[0].params.insert("day".into(), "2026-11-17".into());
     use TaskState::*;
     let mut tr = vec![
-        task(1, 1, "report", "fetch", 0, "io", Succeeded, ago(3_600)),
-        task(2, 1, "report", "parse", 1, "default", Succeeded, ago(3_560)),
-        task(3, 1, "report", "summarize", 2, "llm", Succeeded, ago(3_520)),
-        task(4, 1, "report", "publish", 3, "default", Succeeded, ago(3_480)),
-        task(5, 2, "report", "fetch", 0, "io", Succeeded, ago(300)),
-        task(6, 2, "report", "parse", 1, "default", Running, ago(200)),
-        task(7, 2, "report", "summarize", 2, "llm", Running, ago(90)),
-        task(8, 2, "report", "publish", 3, "default", Pending, ago(300)),
-        task(9, 3, "nightly", "backup", 0, "default", Dead, ago(1_800)),
-        task(10, 3, "nightly", "vacuum", 1, "default", Skipped, ago(1_800)),
-        task(11, 4, "nightly", "backup", 0, "default", Retrying, ago(120)),
-        task(12, 4, "nightly", "vacuum", 1, "default", Pending, ago(120)),
-        task(13, 5, "report", "fetch", 0, "io", Queued, ago(60)),
-        task(14, 5, "report", "parse", 1, "default", Pending, ago(60)),
-        task(15, 6, "report", "fetch", 0, "io", Cancelled, ago(900)),
-        task(16, 6, "report", "parse", 1, "default", Skipped, ago(900)),
+        task(1, 1, "report", "fetch", "io", Succeeded, ago(3_600)),
+        task(2, 1, "report", "parse", "default", Succeeded, ago(3_560)),
+        task(3, 1, "report", "summarize", "llm", Succeeded, ago(3_520)),
+        task(4, 1, "report", "publish", "default", Succeeded, ago(3_480)),
+        task(5, 2, "report", "fetch", "io", Succeeded, ago(300)),
+        task(6, 2, "report", "parse", "default", Running, ago(200)),
+        task(7, 2, "report", "summarize", "llm", Running, ago(90)),
+        task(8, 2, "report", "publish", "default", Pending, ago(300)),
+        task(9, 3, "nightly", "backup", "default", Dead, ago(1_800)),
+        task(10, 3, "nightly", "vacuum", "default", Skipped, ago(1_800)),
+        task(11, 4, "nightly", "backup", "default", Retrying, ago(120)),
+        task(12, 4, "nightly", "vacuum", "default", Pending, ago(120)),
+        task(13, 5, "report", "fetch", "io", Queued, ago(60)),
+        task(14, 5, "report", "parse", "default", Pending, ago(60)),
+        task(15, 6, "report", "fetch", "io", Cancelled, ago(900)),
+        task(16, 6, "report", "parse", "default", Skipped, ago(900)),
     ];
-    let t = |tr: &mut Vec<TaskRunRecord>, id: u64| tr.iter().position(|t| t.id == id);
+    let t = |tr: &mut Vec<TaskRunView>, id: u64| tr.iter().position(|t| t.id == id);
     if let Some(i) = t(&mut tr, 9) {
         let r = &mut tr[i];
         (r.attempt, r.max_attempts, r.exit_code, r.reason) = (3, 3, Some(2), Some(FailReason::ExitCode));
@@ -204,6 +189,10 @@ pub fn fixture() -> Model {
             circuit_open_until_ms: Some(NOW_MS + 150 * S),
         },
     ];
+    // Every fixture run is in its first series of attempts.
+    for t in &mut tr {
+        t.attempts_in_series = t.attempt;
+    }
     let snapshot = EngineSnapshot {
         job_runs: jr,
         task_runs: tr,
@@ -287,7 +276,7 @@ pub fn fixture_with(n: u64) -> Model {
     let queues = ["io", "default", "llm", "default"];
     let jobs = n.div_ceil(8).max(1);
     let start = NOW_MS - 3_600 * S;
-    let job_runs: Vec<JobRunRecord> = (1..=jobs)
+    let job_runs: Vec<JobRunView> = (1..=jobs)
         .map(|j| {
             let state = if j % 5 == 0 {
                 JobState::Failed
@@ -300,13 +289,13 @@ pub fn fixture_with(n: u64) -> Model {
             job(j, "report", state, created, state.is_terminal().then_some(created + 30 * S), 0)
         })
         .collect();
-    let task_runs: Vec<TaskRunRecord> = (1..=n)
+    let task_runs: Vec<TaskRunView> = (1..=n)
         .map(|id| {
             let job_run = (id - 1) / 8 + 1;
             let i = ((id - 1) % 8) as usize;
             let state = STATES[(id as usize * 7) % STATES.len()];
             let created = start + job_run * 3_600 * S / jobs;
-            let mut r = task(id, job_run, "report", names[i], i as u32, queues[i % 4], state, created);
+            let mut r = task(id, job_run, "report", names[i], queues[i % 4], state, created);
             r.cost_usd_micros = (id * 37) % 5_000;
             if state == TaskState::Retrying {
                 r.not_before_ms = Some(NOW_MS + (id % 90) * S);

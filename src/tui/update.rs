@@ -1,9 +1,9 @@
 //! `update`: the only place the model changes. Pure: no I/O, no clock; what must happen outside
 //! (talk to the engine, read a file) comes back as [`Command`]s for the loop to run.
 
+use super::rows::TaskRun;
 use crate::engine::{EngineEvent, QueueSnapshot, Target, WorkerSnapshot};
 use crate::model::{JobState, TaskState};
-use crate::store::TaskRunRecord;
 
 use super::keymap::{self, Action, Code, Key};
 use super::model::{LogPane, Mode, Model, Session, Subject, View};
@@ -17,7 +17,7 @@ pub enum Msg {
     Tick(u64),
     Resize(u16, u16),
     /// The task runs of a job run first seen in `job.started`.
-    JobRunLoaded(Vec<TaskRunRecord>),
+    JobRunLoaded(Vec<TaskRun>),
     LogLoaded {
         task_run: u64,
         attempt: u32,

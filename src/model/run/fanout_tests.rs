@@ -268,7 +268,7 @@ fn a_retry_of_a_dead_item_or_of_its_node_reopens_the_node() {
          ok fan[1] => fan[1] succeeded
          claim fan[2] => claimed fan[2]#1
          ok fan[2] => fan[2] succeeded, fan dead(exit_code), sum skipped, job failed (task fan (#1) dead: exit_code), finish
-         retry fan => job started, fan[0] queued, enqueue fan[0], ok: task run 1001 queued again (attempt 2 next)
+         retry fan => job started, fan[0] queued, enqueue fan[0], ok: task run 101 queued again (attempt 2 next)
          claim fan[0] => claimed fan[0]#2
          ok fan[0] => fan[0] succeeded, fan succeeded, sum queued, enqueue sum",
     );

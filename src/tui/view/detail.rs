@@ -41,7 +41,7 @@ fn task(model: &Model, t: &TaskRow, frame: &mut Frame, area: Rect) {
     let r = &t.rec;
     let mut lines = vec![
         Line::from(vec![
-            Span::styled(format!(" #{} {}.{}  ", r.id, r.job, r.task), bold()),
+            Span::styled(format!(" #{} {}.{}  ", r.id, r.job, r.label()), bold()),
             task_state_span(r.state),
             Span::styled(
                 format!(
@@ -159,7 +159,7 @@ fn draw_tail(frame: &mut Frame, area: Rect, title: String, text: &str, scroll_up
 
 pub fn draw_log(model: &Model, id: u64, frame: &mut Frame, area: Rect) {
     let t = model.tasks.get(&id);
-    let name = t.map_or(String::new(), |t| format!(" {}.{}", t.rec.job, t.rec.task));
+    let name = t.map_or(String::new(), |t| format!(" {}.{}", t.rec.job, t.rec.label()));
     let state = t.map_or("", |t| t.rec.state.as_str());
     match model.log.as_ref().filter(|l| l.task_run == id) {
         Some(log) => {
@@ -372,7 +372,8 @@ fn worker(model: &Model, id: usize, frame: &mut Frame, area: Rect) {
     match w.snap.current {
         None => lines.push(field("state", "idle")),
         Some(c) => {
-            let task = model.tasks.get(&c.task_run).map_or(String::new(), |t| format!(" {}.{}", t.rec.job, t.rec.task));
+            let task =
+                model.tasks.get(&c.task_run).map_or(String::new(), |t| format!(" {}.{}", t.rec.job, t.rec.label()));
             lines.push(field("running", format!("#{}{task} attempt {}", c.task_run, c.attempt)));
             lines.push(field("pid", c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())));
             lines.push(field("for", dur(model.now_ms.saturating_sub(c.started_ms))));
