@@ -48,7 +48,7 @@ use supervisor::Supervisor;
 pub use supervisor::plan_only;
 pub use worker::CurrentAttempt;
 
-use crate::config::{Transition, TransitionOn, Workflow};
+use crate::config::{Join, Transition, TransitionOn, Workflow};
 use crate::executor::Executor;
 use crate::model::JobState;
 use crate::model::cost::{ModelUsage, Pricing};
@@ -213,6 +213,15 @@ pub struct TaskShape {
     /// Its transitions (`next`, SPEC §2.2), in file order. Absent from an older server's answer.
     #[serde(default)]
     pub next: Vec<TransitionShape>,
+    /// `join`: "all" or the count of sources, for the graph's join mark.
+    #[serde(default)]
+    pub join: Option<String>,
+    /// `for_each`: one task run per item.
+    #[serde(default)]
+    pub fanned_out: bool,
+    /// `compensate`: its succeeded runs are undone when the job run fails.
+    #[serde(default)]
+    pub compensated: bool,
 }
 
 /// One transition as the views draw it: `on` is "success", "failure" or "always".
@@ -252,6 +261,12 @@ impl JobShape {
                                 targets: n.targets.clone(),
                             })
                             .collect(),
+                        join: t.join.map(|j| match j {
+                            Join::All => "all".to_string(),
+                            Join::Count(n) => n.to_string(),
+                        }),
+                        fanned_out: t.for_each.is_some(),
+                        compensated: t.compensate.is_some(),
                     })
                     .collect(),
             })
@@ -270,6 +285,12 @@ impl JobShape {
             needs: t.needs.clone(),
             next: t.next.iter().filter_map(transition).collect(),
             gated: t.wait_for.is_some(),
+            join: t
+                .join
+                .as_deref()
+                .and_then(|j| if j == "all" { Some(Join::All) } else { j.parse().ok().map(Join::Count) }),
+            fanned_out: t.fanned_out,
+            has_compensation: t.compensated,
             ..TaskNode::default()
         });
         WorkflowGraph::new(nodes.collect())

@@ -3,11 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::engine::{CurrentAttempt, EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, TaskShape, WorkerSnapshot};
+use crate::engine::{
+    CurrentAttempt, EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, TaskShape, TransitionShape, WorkerSnapshot,
+};
 use crate::model::{FailReason, JobState, TaskState};
 use crate::report::{JobRunView, TaskRunView};
 
 use super::model::Model;
+use super::rows::{JobRun, TaskRun};
 
 /// 2026-11-18T11:06:40Z: every fixture is drawn at this instant.
 pub const NOW_MS: u64 = 1_795_000_000_000;
@@ -28,6 +31,9 @@ fn shape(name: &str, budget: Option<u64>, tasks: &[(&str, &[&str], &str, Option<
                 budget_usd_micros: *budget,
                 wait_for: None,
                 next: Vec::new(),
+                join: None,
+                fanned_out: false,
+                compensated: false,
             })
             .collect(),
     }
@@ -342,4 +348,127 @@ pub fn fixture_with(n: u64) -> Model {
         by_model: Vec::new(),
     };
     Model::new(snapshot, NOW_MS, "bench", Vec::new())
+}
+
+/// A transition of a fixture shape: `(on, when, targets)`.
+type Next<'a> = (&'a str, Option<&'a str>, &'a [&'a str]);
+
+fn transitions(next: &[Next]) -> Vec<TransitionShape> {
+    next.iter()
+        .map(|(on, when, targets)| TransitionShape {
+            on: (*on).into(),
+            when: when.map(str::to_string),
+            targets: targets.iter().map(|t| (*t).to_string()).collect(),
+        })
+        .collect()
+}
+
+/// [`fixture`] plus three job runs of workflow control (SPEC §2.2), with several task runs per
+/// task: j7 a review loop in its third round, j8 a fan-out of 12 items in mixed states, j9 a
+/// failed saga whose compensations ran.
+pub fn fixture_control() -> Model {
+    let mut model = fixture();
+    let mut review = shape(
+        "review",
+        None,
+        &[
+            ("write", &[], "llm", None),
+            ("review", &[], "llm", None),
+            ("revise", &[], "llm", None),
+            ("ship", &[], "default", None),
+        ],
+    );
+    review.tasks[0].next = transitions(&[("success", None, &["review"])]);
+    review.tasks[1].next = transitions(&[
+        ("success", Some("outputs.verdict == 'approved'"), &["ship"]),
+        ("success", Some("outputs.verdict != 'approved'"), &["revise"]),
+    ]);
+    review.tasks[2].next = transitions(&[("success", None, &["review"])]);
+    let mut crawl = shape(
+        "crawl",
+        None,
+        &[
+            ("list", &[], "io", None),
+            ("fetch", &["list"], "io", None),
+            ("summarize", &["fetch"], "llm", None),
+            ("alert", &[], "default", None),
+        ],
+    );
+    crawl.tasks[0].next = transitions(&[("failure", None, &["alert"])]);
+    crawl.tasks[1].next = transitions(&[("failure", None, &["alert"])]);
+    crawl.tasks[1].fanned_out = true;
+    crawl.tasks[3].join = Some("1".into());
+    let mut release = shape(
+        "release",
+        None,
+        &[
+            ("create", &[], "default", None),
+            ("deploy", &["create"], "default", None),
+            ("announce", &["deploy"], "default", None),
+        ],
+    );
+    release.tasks[0].compensated = true;
+    release.tasks[1].compensated = true;
+    for s in [review, crawl, release] {
+        model.shapes.insert(s.name.clone(), s);
+    }
+
+    let ago = |s: u64| NOW_MS - s * S;
+    use TaskState::*;
+    let instance = |r: &mut TaskRun, iteration: u32, item: Option<u32>| (r.iteration, r.item_index) = (iteration, item);
+    let mut runs = Vec::new();
+    // j7: write, then review and revise twice; the third review runs.
+    let steps = [("write", 1, Succeeded), ("review", 1, Succeeded), ("revise", 1, Succeeded), ("review", 2, Succeeded)];
+    let more = [("revise", 2, Succeeded), ("review", 3, Running)];
+    for (k, (name, iteration, state)) in steps.into_iter().chain(more).enumerate() {
+        let mut r = TaskRun::from(task(100 + k as u64, 7, "review", name, "llm", state, ago(600 - 60 * k as u64)));
+        instance(&mut r, iteration, None);
+        r.cost_usd_micros = 10_000;
+        runs.push(r);
+    }
+    // j8: list, then fetch over 12 items: 9 succeeded, one running, one queued, one dead.
+    runs.push(TaskRun::from(task(200, 8, "crawl", "list", "io", Succeeded, ago(300))));
+    for item in 0..12u32 {
+        let state = match item {
+            4 => Dead,
+            10 => Running,
+            11 => Queued,
+            _ => Succeeded,
+        };
+        let mut r = TaskRun::from(task(201 + u64::from(item), 8, "crawl", "fetch", "io", state, ago(280)));
+        instance(&mut r, 1, Some(item));
+        if state == Dead {
+            (r.attempt, r.reason, r.exit_code) = (3, Some(FailReason::ExitCode), Some(22));
+        }
+        runs.push(r);
+    }
+    // j9: create and deploy succeeded, announce died; both were undone, deploy first.
+    let saga = [("create", Succeeded, false), ("deploy", Succeeded, false), ("announce", Dead, false)];
+    let undone = [("deploy", Succeeded, true), ("create", Succeeded, true)];
+    for (k, (name, state, compensation)) in saga.into_iter().chain(undone).enumerate() {
+        let mut r = TaskRun::from(task(300 + k as u64, 9, "release", name, "default", state, ago(900 - 60 * k as u64)));
+        if compensation {
+            r.compensation = true;
+            r.compensates = Some(if name == "deploy" { 301 } else { 300 });
+        }
+        if state == Dead {
+            (r.reason, r.exit_code) = (Some(FailReason::ExitCode), Some(1));
+        }
+        runs.push(r);
+    }
+    model.insert_tasks(runs);
+    for (id, name, state, created) in [
+        (7, "review", JobState::Running, ago(600)),
+        (8, "crawl", JobState::Running, ago(300)),
+        (9, "release", JobState::Failed, ago(900)),
+    ] {
+        let ended = state.is_terminal().then_some(ago(600));
+        model.jobs.get_mut(&id).expect("inserted with its task runs").rec =
+            JobRun::from(job(id, name, state, created, ended, 0));
+    }
+    model.jobs.get_mut(&9).expect("j9").rec.reason = Some("task announce (#302) dead: exit_code".into());
+    model.invalidate();
+    model.prepare();
+    model.changed = false;
+    model
 }

@@ -16,6 +16,7 @@
 //! freezes the screen, and the TUI never blocks an actor.
 
 mod fixture;
+pub mod job_graph;
 pub mod keymap;
 pub mod model;
 pub mod rows;
@@ -25,6 +26,8 @@ pub mod view;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_graph;
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -42,7 +45,7 @@ use tokio::time::MissedTickBehavior;
 use crate::engine::{Clock, Control, EngineEvent, SystemClock};
 
 #[doc(hidden)]
-pub use fixture::{fixture, fixture_with};
+pub use fixture::{fixture, fixture_control, fixture_with};
 pub use model::{Mode, Model, Session, View};
 pub use update::{Command, Msg, update};
 

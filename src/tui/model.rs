@@ -42,6 +42,9 @@ pub enum View {
     Schedules,
 }
 
+/// How many task states there are (the counters' length).
+const STATES: usize = TaskState::ALL.len();
+
 /// How many views there are.
 pub const VIEWS: usize = 8;
 
@@ -208,7 +211,7 @@ pub struct QueueRow {
     pub paused: bool,
     /// Its circuit is open: nothing starts from it until then.
     pub circuit_open_until_ms: Option<u64>,
-    pub counts: [u32; 9],
+    pub counts: [u32; STATES],
     /// Task runs ended per minute (throughput).
     pub done_per_minute: BTreeMap<u64, u32>,
     pub cost_per_day: BTreeMap<u64, u64>,
@@ -296,6 +299,10 @@ pub struct Model {
     pub mode: Mode,
     pub panes: [Pane; VIEWS],
     pub detail_scroll: u16,
+    /// The row of a job run's task graph the cursor is on (`job_graph::rows`).
+    pub graph_cursor: usize,
+    /// Tasks of a job run whose task runs are listed under their node: `(job run, task)`.
+    pub expanded: BTreeSet<(u64, String)>,
     pub tasks: BTreeMap<u64, TaskRow>,
     pub jobs: BTreeMap<u64, JobRow>,
     pub queues: BTreeMap<String, QueueRow>,
@@ -303,7 +310,7 @@ pub struct Model {
     /// The scheduled jobs, in name order.
     pub schedules: Vec<ScheduleRow>,
     pub shapes: BTreeMap<String, JobShape>,
-    pub counts: [usize; 9],
+    pub counts: [usize; STATES],
     pub retrying: BTreeSet<u64>,
     pub dead: BTreeSet<u64>,
     pub cost: CostBook,
@@ -334,13 +341,15 @@ impl Model {
             mode: Mode::Normal,
             panes: Default::default(),
             detail_scroll: 0,
+            graph_cursor: 0,
+            expanded: BTreeSet::new(),
             tasks: BTreeMap::new(),
             jobs: BTreeMap::new(),
             queues: BTreeMap::new(),
             workers: Vec::new(),
             schedules: schedule_rows(&snapshot.jobs, &snapshot.schedule_fires),
             shapes: snapshot.jobs.into_iter().map(|j| (j.name.clone(), j)).collect(),
-            counts: [0; 9],
+            counts: [0; STATES],
             retrying: BTreeSet::new(),
             dead: BTreeSet::new(),
             cost: CostBook::default(),
@@ -780,6 +789,7 @@ impl Model {
             "task.cancelled" => Some(TaskState::Cancelled),
             "task.skipped" => Some(TaskState::Skipped),
             "task.waiting" => Some(TaskState::Waiting),
+            "task.handled" => Some(TaskState::Failed),
             _ => None,
         };
         if e.event == "task.cost" {
@@ -843,7 +853,7 @@ impl Model {
             "task.retry_scheduled" => {
                 r.not_before_ms = Some(ts + e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0));
             }
-            "task.dead_lettered" | "task.cancelled" | "task.skipped" => {
+            "task.dead_lettered" | "task.cancelled" | "task.skipped" | "task.handled" => {
                 r.ended_at_ms = Some(ts);
                 if let Some(reason) = e.str_field("reason").and_then(FailReason::parse) {
                     r.reason = Some(reason);
@@ -858,7 +868,7 @@ impl Model {
         }
         let queue = row.rec.queue.clone();
         if let Some(to) = new_state {
-            if matches!(to, TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled) {
+            if matches!(to, TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled | TaskState::Failed) {
                 *self.queue_mut(&queue).done_per_minute.entry(ts / MINUTE_MS).or_default() += 1;
             }
             self.set_state(id, to);

@@ -651,6 +651,9 @@ fn the_task_graph_draws_siblings_as_a_tree() {
         budget_usd_micros: None,
         wait_for: None,
         next: Vec::new(),
+        join: None,
+        fanned_out: false,
+        compensated: false,
     };
     let tasks = vec![
         shape("plan", &[]),
@@ -681,7 +684,7 @@ fn the_task_graph_draws_siblings_as_a_tree() {
         .collect();
     assert_eq!(
         graph,
-        ["   ● plan", "   ├● security", "   │ └● triage", "   ├● style", "   └● tests", "     └● summary", "   ● lint"],
+        [" ▸ ● plan", "   ├● security", "   │ └● triage", "   ├● style", "   └● tests", "     └● summary", "   ● lint"],
         "{screen}"
     );
     insta::assert_snapshot!("job_detail_tree", screen);
