@@ -288,3 +288,32 @@ fn cancelling_the_run_cancels_the_items_and_then_the_node() {
          end fan[0] cancelled => fan[0] cancelled, fan cancelled, job cancelled, finish",
     );
 }
+
+#[test]
+fn a_fanned_out_task_fires_its_transitions_once_its_items_ended() {
+    let job = r#"
+[jobs.j.tasks.fan]
+run = "true"
+for_each = ["a", "b"]
+next = [{ on = "success", do = ["done"] }]
+[jobs.j.tasks.done]
+run = "true"
+"#;
+    check(
+        job,
+        "begin
+         claim fan[0]
+         ok fan[0]
+         claim fan[1]
+         ok fan[1]
+         claim done
+         ok done",
+        "begin => job started, fan[0] queued, fan[1] queued, enqueue fan[0], enqueue fan[1]
+         claim fan[0] => claimed fan[0]#1
+         ok fan[0] => fan[0] succeeded
+         claim fan[1] => claimed fan[1]#1
+         ok fan[1] => fan[1] succeeded, fan succeeded, fan#1 -success-> done#1, done queued, enqueue done
+         claim done => claimed done#1
+         ok done => done succeeded, job succeeded, finish",
+    );
+}
