@@ -638,9 +638,19 @@ impl<E: Env> Step<'_, E> {
         }
         match self.s.tasks[i].state {
             TaskState::Retrying => {
-                self.s.set_state(i, TaskState::Queued);
                 self.s.tasks[i].not_before_ms = None;
-                self.apply(vec![Change { task: i, to: TaskState::Queued }]);
+                // With `fail_fast`, a failing run starts nothing new: not a retry either.
+                let to = if self.s.graph.fail_fast && graph::is_failing(&self.s.states) {
+                    TaskState::Skipped
+                } else {
+                    TaskState::Queued
+                };
+                self.s.set_state(i, to);
+                let mut changes = vec![Change { task: i, to }];
+                if to == TaskState::Skipped {
+                    changes.extend(self.follow_needs(i));
+                }
+                self.apply(changes);
             }
             TaskState::Waiting => self.dead_letter_unstarted(i, FailReason::WaitTimeout),
             _ => {}

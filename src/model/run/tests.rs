@@ -326,6 +326,27 @@ fn with_fail_fast_the_first_unhandled_failure_cancels_what_runs_and_starts_nothi
 }
 
 #[test]
+fn with_fail_fast_a_retry_due_after_the_failure_does_not_start() {
+    let fail_fast =
+        format!("[jobs.j]\nfail_fast = true\n[jobs.j.tasks.e]\nrun = \"true\"\nretry = {{ max_attempts = 1 }}\n{JOB}");
+    check(
+        &fail_fast,
+        "begin
+         claim a
+         fail a 1
+         claim e
+         fail e 1
+         timer a",
+        "begin => job started, e queued, a queued, c queued, enqueue e, enqueue a, enqueue c
+         claim a => claimed a#1
+         fail a 1 => a failed#1(exit_code), a retry in 1000ms, timer a@4000
+         claim e => claimed e#1
+         fail e 1 => e failed#1(exit_code), e dead(exit_code), c skipped
+         timer a => a skipped, b skipped, job failed (task e (#1) dead: exit_code 1), finish",
+    );
+}
+
+#[test]
 fn cancelling_the_run_kills_what_runs_and_ends_it_cancelled() {
     check(
         JOB,
