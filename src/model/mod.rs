@@ -19,6 +19,7 @@ pub mod retry;
 pub mod saga;
 pub mod schedule;
 pub mod state;
+pub mod sweep;
 pub mod workflow_graph;
 
 pub use state::{FailReason, JobState, TaskState};
