@@ -295,9 +295,9 @@ pub(super) async fn live(state: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
-/// A job run's task runs as the engine holds them (`gaffer tui`; shape not promised).
+/// A job run's task runs, each as `tasks --json` gives it (what `gaffer tui` loads when a run starts).
 #[utoipa::path(get, path = "/v1/job_runs/{id}/tasks", tag = "views", params(("id" = Int64, Path, description = "a job run, without its `j`")),
-    responses((status = 200, body = Vec<Object>), (status = 400, body = doc::Failure), (status = 404, body = doc::Failure),
+    responses((status = 200, body = Vec<doc::TaskRun>), (status = 400, body = doc::Failure), (status = 404, body = doc::Failure),
         (status = 503, body = doc::Failure)))]
 pub(super) async fn task_runs_of(state: web::Data<ApiState>, job_run: u64) -> HttpResponse {
     match state.handle.task_runs_of(job_run).await {
