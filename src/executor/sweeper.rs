@@ -29,6 +29,9 @@ struct Request {
 /// pass still kills something, at most this many times.
 const PASSES: usize = 3;
 
+/// How many "read, no `GAFFER_TASK_RUN_ID`" verdicts are kept between sweeps.
+const CLEAN_AT_MOST: usize = 8192;
+
 /// Kills what is left of an attempt outside its process group, waits until it is gone, and
 /// returns how many processes that was. `candidates` names the pids to look at (the newest one
 /// is read at each pass).
@@ -162,8 +165,9 @@ fn find(requests: &[Request], clean: &mut HashSet<(u32, u64)>) -> Vec<Vec<u32>> 
             }
         }
     }
-    // A full listing saw every live process: forget the verdicts of those that are gone.
-    if listed {
+    // A full listing saw every live process: forget the verdicts of those that are gone. Small
+    // windows only add; the bound keeps a long-running `serve` flat.
+    if listed || clean.len() + seen_clean.len() > CLEAN_AT_MOST {
         *clean = seen_clean;
     } else {
         clean.extend(seen_clean);

@@ -145,13 +145,15 @@ mod tests {
         Candidate { pid, own: OWN, leader: false, stat: None, parent_is_leader: false, known_clean: false }
     }
 
+    const RUNNING: Stat = Stat { ppid: 1, start_ticks: 5, exited: false };
+
     fn running() -> Option<Stat> {
-        Some(Stat { ppid: 1, start_ticks: 5, exited: false })
+        Some(RUNNING)
     }
 
     #[test]
     fn which_pids_are_read() {
-        let exited = Some(Stat { exited: true, ..running().unwrap() });
+        let exited = Some(Stat { exited: true, ..RUNNING });
         #[rustfmt::skip]
         let table = [
             // what is known                                                        next step
