@@ -1169,15 +1169,18 @@ fn logs_follow_of_a_task_that_ended_without_running_says_so() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ended without running"));
 }
 
-/// A retry reopens a failed run: a task that was skipped only because the run was failing
-/// goes pending and then queued again in one step, and is reported (and run) once.
+/// A retry reopens a failed `fail_fast` run: a task that was skipped only because the run was
+/// failing goes pending and then queued again in one step, and is reported (and run) once.
+/// (One worker: b runs first, then a dies while c waits in the queue.)
 #[test]
 fn a_reopened_task_is_queued_once() {
     let p = Project::new(
-        "[jobs.j.tasks.a]\nrun = 'test -e fixed'\nretry = { max_attempts = 1 }\n\
-         [jobs.j.tasks.b]\nrun = 'sleep 0.3'\n[jobs.j.tasks.c]\nneeds = [\"b\"]\nrun = 'echo c >> c.log'\n",
+        "[settings]\nworkers = 1\n[jobs.j]\nfail_fast = true\n\
+         [jobs.j.tasks.a]\npriority = 70\nrun = 'test -e fixed'\nretry = { max_attempts = 1 }\n\
+         [jobs.j.tasks.b]\npriority = 90\nrun = 'true'\n[jobs.j.tasks.c]\nneeds = [\"b\"]\nrun = 'echo c >> c.log'\n",
     );
     assert_eq!(p.run_json(&[]).0, 1);
+    assert_eq!(p.task("b")["state"], "succeeded");
     assert_eq!(p.task("c")["state"], "skipped", "b succeeded, but the run was failing by then");
     std::fs::write(p.path().join("fixed"), "").expect("fix");
     assert!(p.run(&["retry", "j1"]).status.success());

@@ -202,7 +202,7 @@ fn json_of(value: &Value) -> serde_json::Value {
 /// The keys of SPEC §2.2 that validate but that the engine does not run yet: `run`, `serve`
 /// (and so `submit`) refuse a workflow using them, naming each place. Delete a key from this
 /// list when the engine runs it; delete the function when the list is empty.
-const NOT_RUN_YET: &[&str] = &["next", "join", "for_each", "for_each_concurrency", "compensate"];
+const NOT_RUN_YET: &[&str] = &["for_each", "for_each_concurrency", "compensate"];
 
 pub fn unsupported_at_run(workflow: &Workflow) -> Result<(), Diagnostics> {
     let items: Vec<Diagnostic> = workflow
@@ -450,9 +450,7 @@ run = "x"
         let err = unsupported_at_run(&parse(text).expect("valid")).expect_err("refused");
         assert_eq!(
             err.to_string(),
-            "wf.toml:4:1: `compensate` of task `a` in job `j` is parsed but not run yet (SPEC §2.2 workflow control; `gaffer validate` accepts it)\n\
-             wf.toml:5:1: `next` of task `a` in job `j` is parsed but not run yet (SPEC §2.2 workflow control; `gaffer validate` accepts it)\n\
-             wf.toml:8:1: `join` of task `b` in job `j` is parsed but not run yet (SPEC §2.2 workflow control; `gaffer validate` accepts it)"
+            "wf.toml:4:1: `compensate` of task `a` in job `j` is parsed but not run yet (SPEC §2.2 workflow control; `gaffer validate` accepts it)"
         );
         let only_cap = parse("[jobs.j.tasks.a]\nrun = 'x'\nmax_iterations = 3\n").expect("valid");
         assert_eq!(unsupported_at_run(&only_cap), Ok(()), "max_iterations alone changes nothing today");

@@ -3,11 +3,10 @@
 //! of `model::retry` from the records and the job's definition here, and ask its `plan`.
 
 use super::inbox::RetryOptions;
-use super::{EngineError, EngineEvent, Target};
+use super::{EngineError, Target};
 use crate::config::JobDef;
 use crate::model::TaskState;
 use crate::model::graph::JobGraph;
-use crate::model::money::{format_usd, micros_of_json};
 use crate::model::retry::{self, JobRunSpend, TaskRunSpend};
 use crate::store::{JobRunRecord, RaisedBudgets, Reader, TaskRunRecord};
 
@@ -44,19 +43,11 @@ pub fn spends(
     (job, tasks)
 }
 
-/// What a retry answers about a `budget.raised` event it made.
-pub fn raised_line(e: &EngineEvent) -> String {
-    let limit = format_usd(e.field("limit_usd").map_or(0, micros_of_json));
-    match e.task_run {
-        Some(id) => format!("task run {id}: budget raised to ${limit}"),
-        None => format!("job run j{}: budget raised to ${limit}", e.job_run.unwrap_or(0)),
-    }
-}
-
 /// The task runs `retry j7 --from TASK` runs again, by id, picked from the records as the job
 /// run would pick them (`model::rerun::plan_from`); else why it cannot go again from there.
 pub fn rerun_set(def: &JobDef, tasks: &[TaskRunRecord], from: &str) -> Result<Vec<u64>, String> {
-    let mut ordered: Vec<&TaskRunRecord> = tasks.iter().collect();
+    // The first task run of each task (later iterations are not re-run by `--from`).
+    let mut ordered: Vec<&TaskRunRecord> = tasks.iter().filter(|t| t.iteration <= 1).collect();
     ordered.sort_by_key(|t| t.task_index);
     let names: Vec<&str> = ordered.iter().map(|t| t.task.as_str()).collect();
     let graph = JobGraph::new(&crate::model::rerun::slice_job(def, &names));

@@ -20,6 +20,11 @@ pub struct JobGraph {
     dependents: Vec<Vec<usize>>,
     /// Tasks with `wait_for`: when ready they wait for a signal instead of entering a queue.
     gated: Vec<bool>,
+    /// `fail_fast = true` on the job: the first unhandled failure stops all new work. Without
+    /// it only what depends on the failure is skipped (SPEC §2.2 "Outcome").
+    pub fail_fast: bool,
+    /// Targets of transitions (`next`): started by an arriving transition, never by `needs`.
+    targets: Vec<bool>,
 }
 
 /// The states of one job run's task runs, with a count per state so the questions asked on
@@ -48,6 +53,12 @@ impl TaskStates {
         self.counts[self.states[task] as usize] -= 1;
         self.counts[to as usize] += 1;
         self.states[task] = to;
+    }
+
+    /// A new task run (another instance of a task, SPEC §2.2), after the first one of each task.
+    pub fn push(&mut self, state: TaskState) {
+        self.counts[state as usize] += 1;
+        self.states.push(state);
     }
 
     pub fn count(&self, state: TaskState) -> usize {
@@ -89,14 +100,18 @@ pub struct Change {
 impl JobGraph {
     /// Builds the graph of a validated job (every `needs` entry names a task of the job).
     pub fn new(job: &JobDef) -> JobGraph {
-        JobGraph::from_workflow(&WorkflowGraph::of(job))
+        JobGraph { fail_fast: job.fail_fast, ..JobGraph::from_workflow(&WorkflowGraph::of(job)) }
     }
 
     /// The `needs` part of the workflow graph, which is what this engine runs today.
     pub fn from_workflow(graph: &WorkflowGraph) -> JobGraph {
         let needs = (0..graph.len()).map(|t| graph.needs(t).to_vec()).collect();
-        JobGraph::from_needs(graph.names().to_vec(), needs)
-            .with_gates((0..graph.len()).map(|t| graph.is_gated(t)).collect())
+        let targets = (0..graph.len()).map(|t| graph.is_transition_target(t)).collect();
+        JobGraph {
+            targets,
+            ..JobGraph::from_needs(graph.names().to_vec(), needs)
+                .with_gates((0..graph.len()).map(|t| graph.is_gated(t)).collect())
+        }
     }
 
     pub fn from_needs(names: Vec<String>, needs: Vec<Vec<usize>>) -> JobGraph {
@@ -107,7 +122,8 @@ impl JobGraph {
             }
         }
         let gated = vec![false; needs.len()];
-        JobGraph { names, needs, dependents, gated }
+        let targets = vec![false; needs.len()];
+        JobGraph { names, needs, dependents, gated, fail_fast: false, targets }
     }
 
     /// Marks the tasks that wait for a signal once ready (`wait_for`), by index.
@@ -162,10 +178,15 @@ fn reachable(edges: &[Vec<usize>], task: usize) -> Vec<usize> {
     seen.into_iter().collect()
 }
 
-/// A job run takes no new work once one of its tasks is dead or cancelled (SPEC §2.2 fail-fast
-/// for new work): what would start next is skipped instead.
+/// One of the job run's tasks is dead or cancelled: an unhandled failure dooms the run.
 pub fn is_failing(states: &TaskStates) -> bool {
     states.count(TaskState::Dead) + states.count(TaskState::Cancelled) > 0
+}
+
+/// With `fail_fast`, a failing job run takes no new work: what would start next is skipped.
+/// Without it only what depends on the failure is (SPEC §2.2 "Outcome").
+fn stops_new_work(graph: &JobGraph, states: &TaskStates) -> bool {
+    graph.fail_fast && is_failing(states)
 }
 
 /// A new job run: the tasks whose `needs` all succeeded are ready (queued, or waiting for their
@@ -174,7 +195,7 @@ pub fn is_failing(states: &TaskStates) -> bool {
 pub fn start(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
     let mut changes = Vec::new();
     for task in 0..graph.len() {
-        if states[task] == TaskState::Pending && all_succeeded(&graph.needs[task], states) {
+        if states[task] == TaskState::Pending && !graph.targets[task] && all_succeeded(&graph.needs[task], states) {
             set(states, &mut changes, task, graph.ready_state(task));
         }
     }
@@ -185,7 +206,7 @@ pub fn start(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
 pub fn after_end(graph: &JobGraph, states: &mut TaskStates, task: usize) -> Vec<Change> {
     let mut changes = Vec::new();
     follow_edges(graph, states, task, &mut changes);
-    if is_failing(states) {
+    if stops_new_work(graph, states) {
         stop_new_work(graph, states, &mut changes);
     }
     changes
@@ -208,9 +229,9 @@ pub fn reopen(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
 /// have come between a task's end and the commit of what follows it).
 pub fn reopen_pending(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
     let mut changes = Vec::new();
-    let failing = is_failing(states);
+    let failing = stops_new_work(graph, states);
     for task in topological_order(graph) {
-        if states[task] != TaskState::Pending {
+        if states[task] != TaskState::Pending || graph.targets[task] {
             continue;
         }
         let needs = &graph.needs[task];
@@ -228,17 +249,19 @@ pub fn outcome(states: &TaskStates, cancel_requested: bool) -> Option<JobState> 
     if !states.all_terminal() {
         return None;
     }
+    // A handled failure (`failed`) and what was skipped only because it was not reached do not
+    // fail the run; a dead or cancelled task run does (SPEC §2.2 "Outcome").
     Some(if cancel_requested {
         JobState::Cancelled
-    } else if states.count(TaskState::Succeeded) == states.len() {
-        JobState::Succeeded
-    } else {
+    } else if is_failing(states) {
         JobState::Failed
+    } else {
+        JobState::Succeeded
     })
 }
 
 fn follow_edges(graph: &JobGraph, states: &mut TaskStates, task: usize, changes: &mut Vec<Change>) {
-    let failing = is_failing(states);
+    let failing = stops_new_work(graph, states);
     for &next in &graph.dependents[task] {
         if states[next] != TaskState::Pending {
             continue;
@@ -265,7 +288,10 @@ fn stop_new_work(graph: &JobGraph, states: &mut TaskStates, changes: &mut Vec<Ch
     for task in 0..states.len() {
         if matches!(states[task], TaskState::Queued | TaskState::Waiting) {
             set(states, changes, task, TaskState::Skipped);
-            follow_edges(graph, states, task, changes);
+            // Later task runs of a task (index past the graph's) have no `needs` edges of their own.
+            if task < graph.len() {
+                follow_edges(graph, states, task, changes);
+            }
         }
     }
 }
@@ -328,13 +354,35 @@ mod tests {
     }
 
     #[test]
-    fn dead_task_skips_dependents_and_new_work() {
+    fn a_dead_task_skips_what_depends_on_it_and_independent_work_goes_on() {
         let g = diamond();
+        let mut s = TaskStates::new(vec![Pending; 5]);
+        start(&g, &mut s);
+        end(&g, &mut s, 0, Dead);
+        assert_eq!(s.as_slice(), [Dead, Skipped, Skipped, Skipped, Queued]);
+        assert_eq!(outcome(&s, false), None, "e is still to run");
+        end(&g, &mut s, 4, Succeeded);
+        assert_eq!(outcome(&s, false), Some(JobState::Failed));
+    }
+
+    #[test]
+    fn with_fail_fast_a_dead_task_stops_all_new_work() {
+        let g = JobGraph { fail_fast: true, ..diamond() };
         let mut s = TaskStates::new(vec![Pending; 5]);
         start(&g, &mut s);
         end(&g, &mut s, 0, Dead);
         assert_eq!(s.as_slice(), [Dead, Skipped, Skipped, Skipped, Skipped]);
         assert_eq!(outcome(&s, false), Some(JobState::Failed));
+    }
+
+    #[test]
+    fn a_branch_that_failed_leaves_its_siblings_join_skipped_once_they_end() {
+        let g = diamond();
+        let mut s = TaskStates::new(vec![Pending; 5]);
+        start(&g, &mut s);
+        end(&g, &mut s, 0, Succeeded);
+        end(&g, &mut s, 1, Dead);
+        assert_eq!(s.as_slice(), [Succeeded, Dead, Queued, Skipped, Queued], "c still runs, d needs b");
     }
 
     #[test]
@@ -372,7 +420,11 @@ mod tests {
         end(&g, &mut s, 0, Succeeded);
         assert_eq!(&s.as_slice()[1..3], [Queued, Waiting]);
         end(&g, &mut s, 1, Dead);
-        assert_eq!(s.as_slice(), [Succeeded, Dead, Skipped, Skipped, Skipped], "no new work once failing");
+        assert_eq!(s.as_slice(), [Succeeded, Dead, Waiting, Skipped, Queued], "c and e are independent of b");
+        let g = JobGraph { fail_fast: true, ..g };
+        let mut s = TaskStates::new(vec![Succeeded, Queued, Waiting, Pending, Queued]);
+        end(&g, &mut s, 1, Dead);
+        assert_eq!(s.as_slice(), [Succeeded, Dead, Skipped, Skipped, Skipped], "fail_fast: no new work once failing");
     }
 
     #[test]

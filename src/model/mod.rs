@@ -16,6 +16,7 @@ pub mod policy;
 pub mod queue;
 pub mod rerun;
 pub mod retry;
+pub mod run;
 pub mod saga;
 pub mod schedule;
 pub mod state;

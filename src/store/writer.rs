@@ -156,7 +156,10 @@ fn commit_loop(db: &std::sync::Weak<Database>, rx: &mpsc::Receiver<Request>, com
                 Err(_) => break,
             }
         }
-        match commit_group(db, &group) {
+        let committed = commit_group(db, &group);
+        // Counted before anyone hears of it, so a caller that was answered sees it counted.
+        commits.fetch_add(1, Ordering::Relaxed);
+        match committed {
             Ok(()) => answer(group, Ok(())),
             // One bad request must not fail the others that shared its transaction.
             Err(e) if group.len() > 1 => {
@@ -168,7 +171,6 @@ fn commit_loop(db: &std::sync::Weak<Database>, rx: &mpsc::Receiver<Request>, com
             }
             Err(e) => answer(group, Err(explain(e))),
         }
-        commits.fetch_add(1, Ordering::Relaxed);
     }
 }
 

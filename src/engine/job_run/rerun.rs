@@ -9,9 +9,8 @@ use actix::prelude::*;
 
 use super::JobRun;
 use crate::config::Workflow;
-use crate::model::TaskState;
-use crate::model::graph::{self, Change, JobGraph, TaskStates};
 use crate::model::rerun::{self, DefinitionChoice};
+use crate::model::run::Input;
 use crate::store::Mutation;
 
 /// The workflow a job run sees: `workflow` with its job cut down to the tasks the run has task
@@ -102,28 +101,24 @@ impl JobRun {
             .position(|j| j.name == self.record.job)
             .ok_or_else(|| refuse(format!("job `{}` is no longer in the file", self.record.job)))?;
         let full = &current.jobs[job_index];
-        let names: Vec<String> = self.tasks.iter().map(|t| t.task.clone()).collect();
+        let names: Vec<String> = self.run.tasks.iter().map(|t| t.task.clone()).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         rerun::can_switch(&names, full).map_err(refuse)?;
         let order: HashMap<&str, usize> = full.tasks.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-        self.tasks.sort_by_key(|t| order[t.task.as_str()]);
-        for t in &mut self.tasks {
+        for t in &mut self.run.tasks {
             let def = &full.tasks[order[t.task.as_str()]];
-            t.task_index = order[t.task.as_str()] as u32;
+            t.task_index = order[t.task.as_str()];
             if t.state.is_terminal() {
                 // What a retry puts back in a queue follows the file now; what is queued or
                 // running stays where it is.
                 (t.queue, t.max_attempts) = (def.queue.clone(), def.retry.max_attempts);
             }
         }
-        self.workflow = workflow_for_run(current.clone(), job_index, &names).map_err(refuse)?;
-        self.job_index = job_index;
-        self.graph = JobGraph::new(self.job());
-        self.states = TaskStates::new(self.tasks.iter().map(|t| t.state).collect());
-        self.index_of = self.tasks.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+        let workflow = workflow_for_run(current.clone(), job_index, &names).map_err(refuse)?;
+        self.run.redefine(workflow, job_index);
         let from = std::mem::replace(&mut self.record.definition, key);
-        let mut mutations = vec![Mutation::JobRun(self.record.clone())];
-        mutations.extend(self.tasks.iter().map(|t| Mutation::TaskRun(t.clone())));
+        let mut mutations = vec![Mutation::JobRun(self.job_record())];
+        mutations.extend((0..self.run.tasks.len()).map(|i| Mutation::TaskRun(self.task_record(i))));
         let event = self
             .job_event("job.redefined")
             .with("from_definition", format!("{from:016x}"))
@@ -157,37 +152,19 @@ impl Handler<RetryFrom> for JobRun {
 impl JobRun {
     fn retry_from(&mut self, ctx: &mut Context<Self>, from: &str, budget: Option<u64>) -> Result<String, String> {
         let id = self.record.id;
-        let rerun =
-            rerun::plan_from(&self.graph, self.states.as_slice(), from).map_err(|e| format!("job run j{id}: {e}"))?;
+        // `--from` re-runs the first task run of each task; later ones (iterations) must be over.
+        let firsts = self.run.graph.len();
+        if let Some(t) = self.run.tasks[firsts..].iter().find(|t| !t.state.is_terminal()) {
+            return Err(format!("job run j{id}: task `{}` (#{}) {}", t.task, t.id, t.state.phrase()));
+        }
+        let rerun = rerun::plan_from(&self.run.graph, &self.run.states.as_slice()[..firsts], from)
+            .map_err(|e| format!("job run j{id}: {e}"))?;
         // A re-run spends too: the same budgets as a retry's hold it (`model::retry`).
-        let (job, spends) = super::super::manual_retry::spends(self.job(), &self.record, &self.tasks, &self.raised);
-        let ids: Vec<u64> = rerun.iter().map(|&i| self.tasks[i].id).collect();
+        let (job, spends) = self.spends();
+        let ids: Vec<u64> = rerun.iter().map(|&i| self.run.tasks[i].id).collect();
         let plan = crate::model::retry::budgets(&job, &spends, ids, None, budget, format!("j{id} --from {from}"))
             .map_err(|refusal| refusal.to_string())?;
-        let (raised, mut events) = self.raise_budgets(&plan);
-        // A re-run means run again: a cache entry would hand back the result being replaced.
-        let mut mutations: Vec<Mutation> =
-            rerun.iter().filter_map(|&i| self.cache_key(i)).map(Mutation::Uncached).collect();
-        mutations.extend(raised);
-        self.reopen_record();
-        let mut changes = Vec::new();
-        for &i in &rerun {
-            self.set_state(i, TaskState::Pending);
-            let t = &mut self.tasks[i];
-            t.series_start = t.attempt + 1;
-            t.outputs.clear();
-            (t.exit_code, t.reason, t.detail, t.progress) = (None, None, None, None);
-            (t.ended_at_ms, t.not_before_ms, t.queued_at_ms) = (None, None, None);
-            changes.push(Change { task: i, to: TaskState::Pending });
-        }
-        changes.extend(graph::reopen(&self.graph, &mut self.states));
-        self.sync(&changes);
-        mutations.push(Mutation::JobRun(self.record.clone()));
-        let mut said: Vec<String> = events.iter().map(super::super::manual_retry::raised_line).collect();
-        events.push(self.job_event("job.started").with("retry", true).with("from", from));
-        let names: Vec<&str> = rerun.iter().map(|&i| self.tasks[i].task.as_str()).collect();
-        said.push(format!("job run j{id} runs again from `{from}`: {} (attempt numbers go on)", names.join(", ")));
-        self.apply_changes(ctx, changes, mutations, events);
-        Ok(said.join("\n"))
+        let input = Input::RunFrom { from: from.to_string(), tasks: rerun, plan };
+        self.step(ctx, input, Vec::new(), Vec::new()).reply.unwrap_or_else(|| Ok(String::new()))
     }
 }

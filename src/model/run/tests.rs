@@ -1,0 +1,733 @@
+//! The core without a runtime: scripts of inputs through one `check()` helper, and a property
+//! that random orders of inputs keep the invariants.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::{FailReason, JobState, TaskState};
+
+/// a (2 attempts) → b; c alone; d waits for `go` (at most 5 s).
+const JOB: &str = r#"
+[jobs.j.tasks.a]
+run = "true"
+retry = { max_attempts = 2, initial_interval = "1s", jitter = 0.0 }
+[jobs.j.tasks.b]
+run = "true"
+needs = ["a"]
+retry = { max_attempts = 1 }
+[jobs.j.tasks.c]
+run = "true"
+retry = { max_attempts = 1 }
+"#;
+
+const GATED: &str = r#"
+[jobs.j.tasks.d]
+run = "true"
+wait_for = "go"
+wait_timeout = "5s"
+"#;
+
+/// A job with a budget of $1.
+const BUDGET: &str = r#"
+[jobs.j]
+budget_usd = 1.00
+[jobs.j.tasks.a]
+run = "true"
+[jobs.j.tasks.b]
+run = "true"
+"#;
+
+struct FixedEnv {
+    seq: u64,
+}
+
+impl Env for FixedEnv {
+    fn random(&mut self) -> f64 {
+        0.0
+    }
+    fn next_enqueue_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+    fn crashes_in_a_row(&mut self, _: &TaskRun) -> u32 {
+        1
+    }
+    fn cache_key(&mut self, _: &RunState, _: usize) -> Option<String> {
+        None
+    }
+    fn cache_entry(&mut self, _: &str) -> Option<CacheHit> {
+        None
+    }
+    fn next_task_run_id(&mut self) -> u64 {
+        self.seq += 1;
+        100 + self.seq
+    }
+    /// Understands `outputs.KEY == 'VALUE'` and `outputs.KEY != 'VALUE'`; else an error.
+    fn when(&mut self, state: &RunState, run: usize, expression: &str) -> Result<bool, String> {
+        let (equal, (key, value)) = match (expression.split_once(" == "), expression.split_once(" != ")) {
+            (Some(kv), _) => (true, kv),
+            (None, Some(kv)) => (false, kv),
+            _ => return Err(format!("cannot read `{expression}`")),
+        };
+        let key = key.strip_prefix("outputs.").ok_or("only outputs")?;
+        let got = state.tasks[run].outputs.get(key).map(String::as_str);
+        Ok((got == Some(value.trim_matches('\''))) == equal)
+    }
+}
+
+/// A new job run of the only job in `toml`: task run ids 1, 2, … in file order.
+fn new_run(toml: &str) -> RunState {
+    let workflow = Arc::new(crate::config::parse(Path::new("w.toml"), toml).expect("valid workflow"));
+    let job = &workflow.jobs[0];
+    let tasks = job.tasks.iter().enumerate().map(|(i, def)| TaskRun::new(i as u64 + 1, i, def, 1, 0)).collect();
+    let facts = JobRunFacts {
+        id: 7,
+        job: job.name.clone(),
+        state: JobState::Running,
+        reason: None,
+        cost_usd_micros: 0,
+        ended_at_ms: None,
+        cancel_requested: false,
+    };
+    RunState::new(workflow, 0, facts, tasks, Raised::default())
+}
+
+fn id_of(s: &RunState, name: &str) -> u64 {
+    s.tasks.iter().rev().find(|t| t.task == name).map(|t| t.id).expect("a task of the job")
+}
+
+/// One script line as an input: `begin`, `claim a`, `ok a`, `fail a 2` (exit code),
+/// `end a reason`, `timer a`, `cancel [a]`, `retry a`, `signal go`, `cost a 600000`, `stop`.
+fn input_of(s: &RunState, line: &str) -> Input {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let task = |k: usize| id_of(s, words[k]);
+    let end = |failure: Option<FailReason>, exit_code: Option<i32>| {
+        let t = &s.tasks[s.idx(task(1)).expect("known")];
+        let end = AttemptEnd { n: t.attempt, exit_code, failure, ..Default::default() };
+        Input::AttemptEnded { task_run: t.id, end }
+    };
+    match words[..] {
+        ["begin"] => Input::Begin,
+        ["claim", _] => Input::Claim { task_run: task(1) },
+        ["ok", _] => end(None, Some(0)),
+        ["ok", _, output] => {
+            let Input::AttemptEnded { task_run, mut end } = end(None, Some(0)) else { unreachable!() };
+            let (k, v) = output.split_once('=').expect("key=value");
+            end.outputs.insert(k.to_string(), v.to_string());
+            Input::AttemptEnded { task_run, end }
+        }
+        ["fail", _, code] => end(Some(FailReason::ExitCode), code.parse().ok()),
+        ["end", _, reason] => end(FailReason::parse(reason), None),
+        ["timer", _] => {
+            let t = &s.tasks[s.idx(task(1)).expect("known")];
+            Input::TimerDue { task_run: t.id, due_ms: t.not_before_ms.unwrap_or(0) }
+        }
+        ["cancel"] => Input::Cancel { task_run: None },
+        ["cancel", _] => Input::Cancel { task_run: Some(task(1)) },
+        ["retry", _] => {
+            Input::Retry { plan: crate::model::retry::RetryPlan { task_runs: vec![task(1)], ..Default::default() } }
+        }
+        ["signal", name] => Input::Signal { task_run: None, name: name.to_string() },
+        ["cost", _, usd] => Input::CostAdded {
+            task_run: task(1),
+            usd_micros: usd.parse().expect("micros"),
+            input_tokens: 0,
+            output_tokens: 0,
+        },
+        ["stop"] => Input::Stop,
+        _ => panic!("unknown script line `{line}`"),
+    }
+}
+
+/// The effects, compact: what was said, queued, armed, killed, answered.
+fn render(s: &RunState, fx: &Effects) -> String {
+    let name = |i: usize| s.tasks[i].task.as_str();
+    let by_id = |id: u64| name(s.idx(id).expect("known"));
+    let mut out: Vec<String> = fx
+        .notes
+        .iter()
+        .map(|n| match n {
+            Note::Task { task, what } => {
+                let what = match what {
+                    TaskNote::Queued { .. } => "queued".to_string(),
+                    TaskNote::Waiting { .. } => "waiting".into(),
+                    TaskNote::Skipped => "skipped".into(),
+                    TaskNote::Succeeded { .. } => "succeeded".into(),
+                    TaskNote::Failed { attempt, reason, .. } => {
+                        format!("failed#{attempt}({})", reason.map_or("?", |r| r.as_str()))
+                    }
+                    TaskNote::RetryScheduled { delay_ms, .. } => format!("retry in {delay_ms}ms"),
+                    TaskNote::DeadLettered { reason } => format!("dead({})", reason.as_str()),
+                    TaskNote::Cancelled { .. } => "cancelled".into(),
+                    TaskNote::ResourceExhausted { .. } => "exhausted".into(),
+                    TaskNote::Progress { .. } => "progress".into(),
+                    TaskNote::Handled => "handled".into(),
+                    TaskNote::WhenFailed { .. } => "when failed".into(),
+                };
+                format!("{} {what}", name(*task))
+            }
+            Note::JobStarted { .. } => "job started".into(),
+            Note::JobEnded { state, reason, .. } => match reason {
+                Some(r) => format!("job {} ({r})", state.as_str()),
+                None => format!("job {}", state.as_str()),
+            },
+            Note::BudgetExceeded { task, .. } => {
+                format!("budget exceeded{}", task.map(|i| format!(" {}", name(i))).unwrap_or_default())
+            }
+            Note::BudgetRaised { .. } => "budget raised".into(),
+            Note::TransitionFired { from, on, to, task_run } => format!(
+                "{}#{} -{}-> {}{}",
+                name(*from),
+                s.tasks[*from].iteration,
+                on.as_str(),
+                s.graph.names[*to],
+                task_run.map(|r| format!("#{}", s.tasks[r].iteration)).unwrap_or_default()
+            ),
+        })
+        .collect();
+    out.extend(fx.enqueue.iter().map(|&i| format!("enqueue {}", name(i))));
+    out.extend(fx.timers.iter().map(|&(id, due)| format!("timer {}@{due}", by_id(id))));
+    out.extend(fx.kills.iter().map(|&(id, r)| format!("kill {}({})", by_id(id), r.as_str())));
+    if let Some(c) = &fx.claimed {
+        out.push(format!("claimed {}#{}", name(c.task), c.attempt));
+    }
+    if let Some(reply) = &fx.reply {
+        out.push(match reply {
+            Ok(r) => format!("ok: {r}"),
+            Err(e) => format!("refused: {e}"),
+        });
+    }
+    if fx.finish {
+        out.push("finish".into());
+    }
+    out.join(", ")
+}
+
+/// Runs `script` (one input a line, time 1000 ms apart) on a new run of `toml` and compares
+/// each line's effects with `expect` (`line => effects`, one a line); returns the state after.
+fn check(toml: &str, script: &str, expect: &str) -> RunState {
+    let mut s = new_run(toml);
+    let mut env = FixedEnv { seq: 0 };
+    let mut got = Vec::new();
+    for (n, line) in script.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+        let input = input_of(&s, line);
+        let fx = step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
+        got.push(format!("{line} => {}", render(&s, &fx)).trim_end().to_string());
+    }
+    let expect: Vec<&str> = expect.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert_eq!(got, expect, "\ngot:\n{}\n", got.join("\n"));
+    s
+}
+
+#[test]
+fn a_run_goes_through_its_graph_and_succeeds() {
+    check(
+        JOB,
+        "begin
+         claim a
+         ok a
+         claim b
+         claim c
+         ok c
+         ok b",
+        "begin => job started, a queued, c queued, enqueue a, enqueue c
+         claim a => claimed a#1
+         ok a => a succeeded, b queued, enqueue b
+         claim b => claimed b#1
+         claim c => claimed c#1
+         ok c => c succeeded
+         ok b => b succeeded, job succeeded, finish",
+    );
+}
+
+#[test]
+fn a_failure_retries_after_its_delay_then_dead_letters() {
+    check(
+        JOB,
+        "begin
+         claim a
+         fail a 3
+         claim a
+         timer a
+         claim a
+         fail a 3",
+        "begin => job started, a queued, c queued, enqueue a, enqueue c
+         claim a => claimed a#1
+         fail a 3 => a failed#1(exit_code), a retry in 1000ms, timer a@4000
+         claim a =>
+         timer a => a queued, enqueue a
+         claim a => claimed a#2
+         fail a 3 => a failed#2(exit_code), a dead(exit_code), b skipped",
+    );
+}
+
+#[test]
+fn a_dead_task_skips_its_dependents_and_an_independent_branch_goes_on() {
+    check(
+        JOB,
+        "begin
+         claim a
+         fail a 1
+         timer a
+         claim a
+         fail a 1
+         claim c
+         ok c",
+        "begin => job started, a queued, c queued, enqueue a, enqueue c
+         claim a => claimed a#1
+         fail a 1 => a failed#1(exit_code), a retry in 1000ms, timer a@4000
+         timer a => a queued, enqueue a
+         claim a => claimed a#2
+         fail a 1 => a failed#2(exit_code), a dead(exit_code), b skipped
+         claim c => claimed c#1
+         ok c => c succeeded, job failed (task a (#1) dead: exit_code 1), finish",
+    );
+}
+
+#[test]
+fn with_fail_fast_the_first_unhandled_failure_cancels_what_runs_and_starts_nothing() {
+    let fail_fast = format!("[jobs.j]\nfail_fast = true\n[jobs.j.tasks.e]\nrun = \"true\"\n{JOB}");
+    check(
+        &fail_fast,
+        "begin
+         claim e
+         claim a
+         fail a 1
+         timer a
+         claim a
+         fail a 1
+         claim c
+         end e cancelled",
+        "begin => job started, e queued, a queued, c queued, enqueue e, enqueue a, enqueue c
+         claim e => claimed e#1
+         claim a => claimed a#1
+         fail a 1 => a failed#1(exit_code), a retry in 1000ms, timer a@5000
+         timer a => a queued, enqueue a
+         claim a => claimed a#2
+         fail a 1 => a failed#2(exit_code), a dead(exit_code), b skipped, c skipped, kill e(cancelled)
+         claim c =>
+         end e cancelled => e cancelled, job failed (task a (#2) dead: exit_code 1), finish",
+    );
+}
+
+#[test]
+fn with_fail_fast_a_retry_due_after_the_failure_does_not_start() {
+    let fail_fast =
+        format!("[jobs.j]\nfail_fast = true\n[jobs.j.tasks.e]\nrun = \"true\"\nretry = {{ max_attempts = 1 }}\n{JOB}");
+    check(
+        &fail_fast,
+        "begin
+         claim a
+         fail a 1
+         claim e
+         fail e 1
+         timer a",
+        "begin => job started, e queued, a queued, c queued, enqueue e, enqueue a, enqueue c
+         claim a => claimed a#1
+         fail a 1 => a failed#1(exit_code), a retry in 1000ms, timer a@4000
+         claim e => claimed e#1
+         fail e 1 => e failed#1(exit_code), e dead(exit_code), c skipped
+         timer a => a skipped, b skipped, job failed (task e (#1) dead: exit_code 1), finish",
+    );
+}
+
+#[test]
+fn cancelling_the_run_kills_what_runs_and_ends_it_cancelled() {
+    check(
+        JOB,
+        "begin
+         claim a
+         cancel
+         end a cancelled
+         cancel",
+        "begin => job started, a queued, c queued, enqueue a, enqueue c
+         claim a => claimed a#1
+         cancel => b cancelled, c cancelled, kill a(cancelled), ok: job run j7 is being cancelled
+         end a cancelled => a cancelled, job cancelled, finish
+         cancel => refused: job run j7 has already cancelled",
+    );
+}
+
+#[test]
+fn a_graceful_stop_puts_an_interrupted_attempt_back_uncounted() {
+    check(
+        JOB,
+        "begin
+         claim a
+         stop
+         end a interrupted
+         claim c",
+        "begin => job started, a queued, c queued, enqueue a, enqueue c
+         claim a => claimed a#1
+         stop => kill a(interrupted)
+         end a interrupted => a failed#1(interrupted)
+         claim c =>",
+    );
+}
+
+#[test]
+fn a_dead_letter_retry_reopens_the_run_and_what_was_skipped() {
+    check(
+        JOB,
+        "begin
+         claim c
+         ok c
+         claim a
+         timer a
+         fail a 1
+         timer a
+         claim a
+         fail a 1
+         retry a
+         claim a
+         ok a",
+        "begin => job started, a queued, c queued, enqueue a, enqueue c
+         claim c => claimed c#1
+         ok c => c succeeded
+         claim a => claimed a#1
+         timer a =>
+         fail a 1 => a failed#1(exit_code), a retry in 1000ms, timer a@7000
+         timer a => a queued, enqueue a
+         claim a => claimed a#2
+         fail a 1 => a failed#2(exit_code), a dead(exit_code), b skipped, job failed (task a (#1) dead: exit_code 1), finish
+         retry a => job started, a queued, enqueue a, ok: task run 1 queued again (attempt 3 next)
+         claim a => claimed a#3
+         ok a => a succeeded, b queued, enqueue b",
+    );
+}
+
+#[test]
+fn a_signal_releases_a_waiting_task_and_its_timeout_dead_letters() {
+    check(
+        GATED,
+        "begin
+         signal nope
+         signal go
+         claim d",
+        "begin => job started, d waiting, timer d@6000
+         signal nope => refused: nothing in job run j7 waits for `nope`; d (#1) waits for `go`
+         signal go => d queued, enqueue d, ok: `go` released d (#1) in job run j7
+         claim d => claimed d#1",
+    );
+    check(
+        GATED,
+        "begin
+         timer d",
+        "begin => job started, d waiting, timer d@6000
+         timer d => d dead(wait_timeout), job failed (task d (#1) dead: wait_timeout), finish",
+    );
+}
+
+#[test]
+fn a_spent_job_budget_stops_work_and_fails_the_run() {
+    check(
+        BUDGET,
+        "begin
+         claim a
+         cost a 1000000
+         claim b
+         end a budget",
+        "begin => job started, a queued, b queued, enqueue a, enqueue b
+         claim a => claimed a#1
+         cost a 1000000 => budget exceeded, b skipped, kill a(budget)
+         claim b =>
+         end a budget => a failed#1(budget), a dead(budget), job failed (budget), finish",
+    );
+}
+
+/// Whatever order inputs come in, the invariants of SPEC §7 hold.
+fn random_input(s: &RunState, pick: (u8, usize)) -> Input {
+    let t = &s.tasks[pick.1 % s.tasks.len()];
+    let end = |failure| Input::AttemptEnded {
+        task_run: t.id,
+        end: AttemptEnd { n: t.attempt, failure, ..Default::default() },
+    };
+    match pick.0 % 12 {
+        0 | 1 => Input::Claim { task_run: t.id },
+        2 => end(None),
+        3 => Input::AttemptEnded {
+            task_run: t.id,
+            end: AttemptEnd {
+                n: t.attempt,
+                outputs: [("again".to_string(), "yes".to_string())].into(),
+                ..Default::default()
+            },
+        },
+        4 => end(Some(FailReason::ExitCode)),
+        5 => end(Some(FailReason::Interrupted)),
+        6 => Input::TimerDue { task_run: t.id, due_ms: t.not_before_ms.unwrap_or(0) },
+        7 => Input::Cancel { task_run: Some(t.id) },
+        8 => Input::Retry { plan: crate::model::retry::RetryPlan { task_runs: vec![t.id], ..Default::default() } },
+        9 => Input::Signal { task_run: None, name: "go".into() },
+        10 => Input::QueueTimedOut { task_run: t.id },
+        _ => end(Some(FailReason::Cancelled)),
+    }
+}
+
+const MIXED: &str = r#"
+[jobs.j.tasks.a]
+run = "true"
+retry = { max_attempts = 2, initial_interval = "1s" }
+[jobs.j.tasks.b]
+run = "true"
+needs = ["a"]
+[jobs.j.tasks.c]
+run = "true"
+wait_for = "go"
+[jobs.j.tasks.d]
+run = "true"
+needs = ["b", "c"]
+"#;
+
+/// a → b (join all of a and c), b loops on itself at most 3 times, c alone.
+const TRANSITIONS: &str = r#"
+[jobs.j.tasks.a]
+run = "true"
+retry = { max_attempts = 2, initial_interval = "1s" }
+next = [{ on = "always", do = ["b"] }]
+[jobs.j.tasks.c]
+run = "true"
+next = [{ on = "success", do = ["b"] }, { on = "failure", do = ["d"] }]
+[jobs.j.tasks.b]
+run = "true"
+join = "all"
+next = [{ on = "success", do = ["d"] }]
+[jobs.j.tasks.d]
+run = "true"
+max_iterations = 3
+next = [{ on = "success", when = "outputs.again == 'yes'", do = ["d"] }]
+"#;
+
+/// Random inputs against `toml`: the invariants of SPEC §7 and §2.2 hold after every step.
+fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseError> {
+    let mut s = new_run(toml);
+    let mut env = FixedEnv { seq: 0 };
+    let fx = step(&mut s, Input::Begin, 0, &mut env);
+    let mut ended = usize::from(fx.finish);
+    // Terminal reports since the task run was last reopened, by task run.
+    let mut terminal_said = vec![0u32; s.tasks.len()];
+    for (n, pick) in picks.into_iter().enumerate() {
+        let before: Vec<(TaskState, u32)> = s.tasks.iter().map(|t| (t.state, t.attempt)).collect();
+        let input = random_input(&s, pick);
+        let is_retry = matches!(input, Input::Retry { .. });
+        let fx = step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
+        terminal_said.resize(s.tasks.len(), 0);
+        if is_retry && matches!(fx.reply, Some(Ok(_))) {
+            terminal_said.iter_mut().for_each(|n| *n = 0); // a retry reopens what was skipped
+        }
+        for (i, t) in s.tasks.iter().enumerate() {
+            prop_assert_eq!(t.state, s.states[i], "the record mirrors the states");
+            let Some(&(was, attempt)) = before.get(i) else { continue };
+            // Attempts are gap-free, and only a queued task run starts one.
+            prop_assert!(t.attempt == attempt || (t.attempt == attempt + 1 && was == TaskState::Queued));
+            if was.is_terminal() && !t.state.is_terminal() {
+                terminal_said[i] = 0; // a retry reopened it
+            }
+        }
+        for note in &fx.notes {
+            if let Note::Task { task, what } = note {
+                let terminal = matches!(
+                    what,
+                    TaskNote::Succeeded { .. }
+                        | TaskNote::DeadLettered { .. }
+                        | TaskNote::Handled
+                        | TaskNote::Cancelled { from_dead: false }
+                        | TaskNote::Skipped
+                );
+                if terminal {
+                    terminal_said[*task] += 1;
+                    prop_assert!(terminal_said[*task] <= 1, "{} ended twice", s.tasks[*task].task);
+                }
+            }
+        }
+        for task in 0..s.graph.len() {
+            let runs = s.tasks.iter().filter(|t| t.task_index == task).count() as u32;
+            prop_assert!(runs <= s.workflow_graph.max_iterations(task).max(1), "iterations within max_iterations");
+            if s.workflow_graph.join(task).is_some() {
+                prop_assert_eq!(runs, 1, "a join target has one task run: its join fires once");
+            }
+        }
+        for &(id, _) in &fx.kills {
+            prop_assert_eq!(s.tasks[s.idx(id).expect("known")].state, TaskState::Running, "only what runs is killed");
+        }
+        if fx.finish {
+            ended += 1;
+            prop_assert!(s.tasks.iter().all(|t| t.state.is_terminal()), "a run ends when nothing is open");
+            prop_assert!(s.job_run.state.is_terminal());
+        }
+        let reopened = matches!(s.job_run.state, JobState::Running);
+        prop_assert!(ended <= 1 || reopened || fx.finish, "the end is recorded once per opening");
+        if reopened {
+            ended = 0;
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn random_orders_of_inputs_keep_the_invariants(picks in proptest::collection::vec((any::<u8>(), any::<usize>()), 1..80)) {
+        keeps_invariants(MIXED, picks)?;
+    }
+
+    #[test]
+    fn random_orders_of_inputs_through_transitions_keep_the_invariants(picks in proptest::collection::vec((any::<u8>(), any::<usize>()), 1..120)) {
+        keeps_invariants(TRANSITIONS, picks)?;
+    }
+}
+
+/// write → review; review loops until its verdict is `approved` (at most 2 runs), then ships;
+/// a failed review is handled by `notify`.
+const LOOP: &str = r#"
+[jobs.j.tasks.write]
+run = "true"
+next = [{ on = "success", do = ["review"] }]
+[jobs.j.tasks.review]
+run = "true"
+max_iterations = 2
+retry = { max_attempts = 1 }
+next = [
+  { on = "success", when = "outputs.verdict == 'approved'", do = ["ship"] },
+  { on = "success", when = "outputs.verdict != 'approved'", do = ["review"] },
+  { on = "failure", do = ["notify"] },
+]
+[jobs.j.tasks.ship]
+run = "true"
+[jobs.j.tasks.notify]
+run = "true"
+"#;
+
+#[test]
+fn a_loop_runs_again_until_an_output_ends_it() {
+    check(
+        LOOP,
+        "begin
+         claim write
+         ok write
+         claim review
+         ok review verdict=no
+         claim review
+         ok review verdict=approved
+         claim ship
+         ok ship",
+        "begin => job started, write queued, enqueue write
+         claim write => claimed write#1
+         ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
+         claim review => claimed review#1
+         ok review verdict=no => review succeeded, review#1 -success-> review#2, review queued, enqueue review
+         claim review => claimed review#1
+         ok review verdict=approved => review succeeded, review#2 -success-> ship#1, ship queued, enqueue ship
+         claim ship => claimed ship#1
+         ok ship => ship succeeded, notify skipped, job succeeded, finish",
+    );
+}
+
+#[test]
+fn one_run_too_many_fails_the_job_run_with_iteration_limit() {
+    check(
+        LOOP,
+        "begin
+         claim write
+         ok write
+         claim review
+         ok review verdict=no
+         claim review
+         ok review verdict=no",
+        "begin => job started, write queued, enqueue write
+         claim write => claimed write#1
+         ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
+         claim review => claimed review#1
+         ok review verdict=no => review succeeded, review#1 -success-> review#2, review queued, enqueue review
+         claim review => claimed review#1
+         ok review verdict=no => review succeeded, ship skipped, notify skipped, review#2 -success-> review, job failed (iteration_limit), finish",
+    );
+}
+
+#[test]
+fn a_failure_a_transition_handles_ends_failed_and_the_run_succeeds() {
+    check(
+        LOOP,
+        "begin
+         claim write
+         ok write
+         claim review
+         fail review 2
+         claim notify
+         ok notify",
+        "begin => job started, write queued, enqueue write
+         claim write => claimed write#1
+         ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
+         claim review => claimed review#1
+         fail review 2 => review failed#1(exit_code), review handled, review#1 -failure-> notify#1, notify queued, enqueue notify
+         claim notify => claimed notify#1
+         ok notify => notify succeeded, ship skipped, job succeeded, finish",
+    );
+}
+
+/// a, b and c all lead to `sum`, which runs once two of them arrived.
+const JOIN: &str = r#"
+[jobs.j.tasks.a]
+run = "true"
+retry = { max_attempts = 1 }
+next = [{ on = "success", do = ["sum"] }]
+[jobs.j.tasks.b]
+run = "true"
+retry = { max_attempts = 1 }
+next = [{ on = "success", do = ["sum"] }]
+[jobs.j.tasks.c]
+run = "true"
+next = [{ on = "success", do = ["sum"] }]
+[jobs.j.tasks.sum]
+run = "true"
+join = 2
+"#;
+
+#[test]
+fn a_join_of_n_fires_once_when_n_sources_arrived() {
+    check(
+        JOIN,
+        "begin
+         claim a
+         claim b
+         claim c
+         fail a 1
+         ok b
+         ok c
+         claim sum
+         ok sum",
+        "begin => job started, a queued, b queued, c queued, enqueue a, enqueue b, enqueue c
+         claim a => claimed a#1
+         claim b => claimed b#1
+         claim c => claimed c#1
+         fail a 1 => a failed#1(exit_code), a dead(exit_code)
+         ok b => b succeeded, b#1 -success-> sum
+         ok c => c succeeded, c#1 -success-> sum#1, sum queued, enqueue sum
+         claim sum => claimed sum#1
+         ok sum => sum succeeded, job failed (task a (#1) dead: exit_code 1), finish",
+    );
+}
+
+#[test]
+fn a_join_that_can_no_longer_be_satisfied_is_skipped() {
+    let s = check(
+        &JOIN.replace("join = 2", "join = \"all\""),
+        "begin
+         claim a
+         fail a 1
+         claim b
+         ok b
+         claim c
+         ok c",
+        "begin => job started, a queued, b queued, c queued, enqueue a, enqueue b, enqueue c
+         claim a => claimed a#1
+         fail a 1 => a failed#1(exit_code), a dead(exit_code)
+         claim b => claimed b#1
+         ok b => b succeeded, b#1 -success-> sum
+         claim c => claimed c#1
+         ok c => c succeeded, c#1 -success-> sum, sum skipped, job failed (task a (#1) dead: exit_code 1), finish",
+    );
+    assert_eq!(s.tasks[3].reason, Some(FailReason::JoinUnsatisfied));
+}
