@@ -29,7 +29,10 @@ pub fn human_line(e: &EngineEvent) -> Option<String> {
     let time = crate::engine::rfc3339_ms(e.ts_ms);
     let clock = time.get(11..23).unwrap_or(&time);
     let who = match (&e.task_run, &e.task, &e.job_run, &e.job) {
-        (Some(id), Some(task), _, Some(job)) => format!("#{id} {job}.{}", instance_label(e, task)),
+        (Some(id), Some(task), _, Some(job)) => {
+            let undo = if e.str_field("kind") == Some("compensation") { "undo " } else { "" };
+            format!("#{id} {undo}{job}.{}", instance_label(e, task))
+        }
         (_, _, Some(id), Some(job)) => format!("j{id} {job}"),
         _ => String::from("gaffer"),
     };

@@ -114,6 +114,10 @@ impl run::Env for ActorEnv<'_> {
         self.shared.store.ids.next_task_run()
     }
 
+    fn render_for_each(&mut self, state: &RunState, i: usize, text: &str) -> Result<String, String> {
+        render_template(text, &template_context(self.shared, self.record, state, i), "for_each")
+    }
+
     /// `when` over the ending task run's own facts, params, and every task's latest outputs.
     fn when(&mut self, state: &RunState, i: usize, expression: &str) -> Result<bool, String> {
         let t = &state.tasks[i];
@@ -125,12 +129,7 @@ impl run::Env for ActorEnv<'_> {
             item_index: t.item_index,
         };
         let mut context = template_context(self.shared, self.record, state, i);
-        context.tasks = state
-            .latest
-            .iter()
-            .map(|&r| &state.tasks[r])
-            .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code }))
-            .collect();
+        context.tasks = state.latest.iter().map(|&r| upstream(state, r)).collect();
         template::evaluate_when(expression, &context, &own)
     }
 
@@ -143,10 +142,15 @@ impl run::Env for ActorEnv<'_> {
     }
 }
 
-/// What task `i`'s templates see: params and the outputs of what it (transitively) needs.
+/// What task run `i`'s templates see: params, the outputs of what it (transitively) needs (a
+/// fanned-out task's as the list of its items'), and its fan-out item.
 fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i: usize) -> TemplateContext {
     let job = state.job();
+    let t = &state.tasks[i];
+    let item = t.item_index.zip(t.item.as_deref()).map(|(k, text)| (k, serde_json::from_str(text).unwrap_or_default()));
+    let task_index = t.task_index;
     TemplateContext {
+        item,
         model: None,
         job: record.job.clone(),
         job_run_id: record.id,
@@ -157,15 +161,20 @@ fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i:
         tasks: if !state.def(i).is_templated() {
             Default::default()
         } else {
-            state
-                .graph
-                .ancestors(state.tasks[i].task_index)
-                .into_iter()
-                .map(|u| &state.tasks[state.latest[u]])
-                .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code }))
-                .collect()
+            state.graph.ancestors(task_index).into_iter().map(|u| upstream(state, state.latest[u])).collect()
         },
     }
+}
+
+/// Task run `u` as templates see it under `tasks.<name>`: a fanned-out task's outputs are the
+/// list of its items' outputs, in item order (SPEC §2.2).
+fn upstream(state: &RunState, u: usize) -> (String, UpstreamTask) {
+    let run = &state.tasks[u];
+    let items = state.fanouts.get(&u).map(|node| {
+        let outputs = node.runs.iter().enumerate().map(|(k, &r)| (k, state.tasks[r].outputs.clone()));
+        crate::model::fanout::outputs_in_item_order(node.runs.len(), outputs)
+    });
+    (run.task.clone(), UpstreamTask { outputs: run.outputs.clone(), exit_code: run.exit_code, items })
 }
 
 impl JobRun {
@@ -309,7 +318,12 @@ impl JobRun {
         e.task_run = Some(t.id);
         e.attempt = (t.attempt > 0).then_some(t.attempt);
         e.queue = Some(t.queue.clone());
-        e.with("iteration", t.iteration)
+        let e = e.with("iteration", t.iteration);
+        let e = match t.item_index {
+            Some(k) => e.with("item_index", k),
+            None => e,
+        };
+        if t.kind == run::Kind::Compensation { e.with("kind", "compensation") } else { e }
     }
 
     fn job_event(&self, name: EventName) -> EngineEvent {
@@ -551,14 +565,17 @@ impl JobRun {
             TemplateContext { model: model.clone(), ..template_context(&self.shared, &self.record, &self.run, i) };
         let t = &self.run.tasks[i];
         let (job, task, job_run, task_run) = (self.record.job.clone(), t.task.clone(), self.record.id, t.id);
+        let compensation = self.compensation_env(i);
         let (state_dir, log_cap_bytes) = (self.shared.state_dir.clone(), self.shared.log_cap_bytes);
         let output_limits = self.shared.output_limits;
         move || {
             let def = &workflow.jobs[job_index].tasks[task_index];
             let render = |text: &str, what: &str| render_template(text, &ctx, what);
-            let command = match &def.command {
-                crate::config::CommandSpec::Shell(text) => crate::config::CommandSpec::Shell(text.clone()),
-                crate::config::CommandSpec::Argv(items) => {
+            let command = match (&compensation, &def.command) {
+                // A compensation runs the task's `compensate` by `sh -c`, never templated, like `run`.
+                (Some(_), _) => crate::config::CommandSpec::Shell(def.compensate.clone().unwrap_or_default()),
+                (None, crate::config::CommandSpec::Shell(text)) => crate::config::CommandSpec::Shell(text.clone()),
+                (None, crate::config::CommandSpec::Argv(items)) => {
                     crate::config::CommandSpec::Argv(items.iter().map(|a| render(a, "args")).collect::<Result<_, _>>()?)
                 }
             };
@@ -568,7 +585,13 @@ impl JobRun {
                 .chain(def.env.iter().map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?))))
                 .collect::<Result<Vec<_>, String>>()?;
             env.extend(model.map(|m| ("GAFFER_MODEL".to_string(), m)));
-            let stdin = def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?;
+            let stdin = match compensation {
+                Some(extra) => {
+                    env.extend(extra);
+                    None
+                }
+                None => def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?,
+            };
             Ok(AttemptSpec {
                 job,
                 task,
@@ -586,6 +609,16 @@ impl JobRun {
                 cost_source: def.cost,
             })
         }
+    }
+
+    /// What a compensation sees besides the task's environment (SPEC §2.2): the id of the run
+    /// it undoes and that run's outputs as `GAFFER_OUTPUT_<KEY>`. `None` for any other run.
+    fn compensation_env(&self, i: usize) -> Option<Vec<(String, String)>> {
+        let undone = self.run.tasks[i].compensates?;
+        let outputs = self.idx(undone).map(|u| self.run.tasks[u].outputs.clone()).unwrap_or_default();
+        let mut env = vec![("GAFFER_COMPENSATES".to_string(), undone.to_string())];
+        env.extend(crate::model::saga::output_env(&outputs));
+        Some(env)
     }
 
     /// A new run: `with` and `events` (a schedule's advance, an idempotency key) are committed
@@ -937,6 +970,9 @@ impl JobRun {
     /// Task `i`'s `expect` over an attempt's outputs: why they do not conform, if they do not.
     /// The schema file is read now (the file as it is, like the command a run starts).
     fn check_expect(&self, i: usize, outputs: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+        if self.run.tasks[i].kind == run::Kind::Compensation {
+            return Ok(()); // `expect` is about the task's result, not about undoing it
+        }
         let Some(expect) = &self.run.def(i).expect else { return Ok(()) };
         let schema = match &expect.json_schema {
             Some(path) => Some(crate::config::load_schema(path).map_err(|e| format!("cannot check the output: {e}"))?),

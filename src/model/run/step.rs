@@ -24,13 +24,13 @@ pub fn step(state: &mut RunState, input: Input, now_ms: u64, env: &mut impl Env)
     s.fx
 }
 
-struct Step<'a, E: Env> {
-    s: &'a mut RunState,
-    fx: Effects,
-    now: u64,
-    env: &'a mut E,
+pub(super) struct Step<'a, E: Env> {
+    pub(super) s: &'a mut RunState,
+    pub(super) fx: Effects,
+    pub(super) now: u64,
+    pub(super) env: &'a mut E,
     /// Something changed that may end the run: see whether it did once the step is done.
-    settle: bool,
+    pub(super) settle: bool,
 }
 
 impl<E: Env> Step<'_, E> {
@@ -87,7 +87,7 @@ impl<E: Env> Step<'_, E> {
         }
     }
 
-    fn task_note(&mut self, task: usize, what: TaskNote) {
+    pub(super) fn task_note(&mut self, task: usize, what: TaskNote) {
         self.fx.notes.push(Note::Task { task, what });
     }
 
@@ -116,7 +116,7 @@ impl<E: Env> Step<'_, E> {
 
     /// Turns graph changes into writes, notes and queue entries. A task about to be queued
     /// whose cache key hits succeeds on the spot, and its edges are followed in the same step.
-    fn apply(&mut self, changes: Vec<Change>) {
+    pub(super) fn apply(&mut self, changes: Vec<Change>) {
         self.settle = true;
         let mut work: VecDeque<Change> = last_change_per_task(changes).into();
         while let Some(change) = work.pop_front() {
@@ -124,7 +124,12 @@ impl<E: Env> Step<'_, E> {
             let starts_work = matches!(change.to, TaskState::Queued | TaskState::Waiting);
             if starts_work && (self.s.budget_spent || self.s.job_run.cancel_requested || self.s.iteration_limit) {
                 self.s.set_state(i, TaskState::Skipped);
+            } else if change.to == TaskState::Queued && self.s.is_node(i) && self.s.def(i).for_each.is_some() {
+                // A fanned-out task is not queued itself: its items are (model/run/fanout.rs).
+                self.fan_out(i);
+                continue;
             } else if change.to == TaskState::Queued
+                && self.s.is_node(i)
                 && let Some(hit) = self.cache_hit(i)
             {
                 self.succeed_from_cache(i, hit);
@@ -144,7 +149,7 @@ impl<E: Env> Step<'_, E> {
                     self.task_note(i, TaskNote::Queued { series_start });
                 }
                 TaskState::Waiting => {
-                    let def = &self.s.def(i);
+                    let def = self.s.def(i);
                     let wait_for = def.wait_for.clone().unwrap_or_default();
                     let due = def.wait_timeout.map(|d| self.now + d.as_millis() as u64);
                     let t = &mut self.s.tasks[i];
@@ -157,6 +162,9 @@ impl<E: Env> Step<'_, E> {
                 TaskState::Skipped => {
                     t.ended_at_ms = Some(self.now);
                     self.task_note(i, TaskNote::Skipped);
+                    if !self.s.is_node(i) {
+                        self.extra_ended(i);
+                    }
                 }
                 _ => {}
             }
@@ -196,6 +204,9 @@ impl<E: Env> Step<'_, E> {
         let Some(mut state) = graph::outcome(&self.s.states, self.s.job_run.cancel_requested) else { return };
         if state == JobState::Succeeded && (self.s.budget_spent || self.s.iteration_limit) {
             state = JobState::Failed;
+        }
+        if state == JobState::Failed && self.saga_goes_on() {
+            return; // its compensations run first (model/run/saga.rs)
         }
         self.s.ended = true;
         self.fx.finish = true;
@@ -237,7 +248,9 @@ impl<E: Env> Step<'_, E> {
 
     fn claim(&mut self, task_run: u64) {
         let Some(i) = self.s.idx(task_run) else { return };
-        if self.s.tasks[i].state != TaskState::Queued || self.s.stopping || self.s.budget_spent {
+        // A compensation undoes what was spent for: a spent budget does not stop it.
+        let budget_stops = self.s.budget_spent && self.s.tasks[i].kind != super::Kind::Compensation;
+        if self.s.tasks[i].state != TaskState::Queued || self.s.stopping || budget_stops {
             return;
         }
         self.s.set_state(i, TaskState::Running);
@@ -337,7 +350,7 @@ impl<E: Env> Step<'_, E> {
 
     /// Task run `i` failed for good: a failure that fires a transition is handled (`failed`),
     /// any other is a dead letter.
-    fn failed_for_good(&mut self, i: usize, reason: FailReason) {
+    pub(super) fn failed_for_good(&mut self, i: usize, reason: FailReason) {
         let matched = self.matching_transitions(i, false);
         let to = if matched.is_empty() {
             self.task_note(i, TaskNote::DeadLettered { reason });
@@ -353,7 +366,7 @@ impl<E: Env> Step<'_, E> {
 
     /// The transitions of task run `i`'s task whose `on` and `when` match how it ended, in
     /// file order: `(on, targets)`. A cancelled job run fires nothing.
-    fn matching_transitions(&mut self, i: usize, succeeded: bool) -> Vec<(TransitionOn, Vec<usize>)> {
+    pub(super) fn matching_transitions(&mut self, i: usize, succeeded: bool) -> Vec<(TransitionOn, Vec<usize>)> {
         if self.s.job_run.cancel_requested {
             return Vec::new();
         }
@@ -489,6 +502,9 @@ impl<E: Env> Step<'_, E> {
 
     /// A succeeded task run with `cache` is remembered under its key.
     fn remember_in_cache(&mut self, i: usize) {
+        if !self.s.is_node(i) {
+            return; // items share the task's key; a compensation is no result
+        }
         let Some(ttl) = self.s.def(i).cache.as_ref().map(|c| c.ttl.as_millis() as u64) else { return };
         let Some(key) = self.env.cache_key(self.s, i) else { return };
         let t = &self.s.tasks[i];
@@ -550,8 +566,13 @@ impl<E: Env> Step<'_, E> {
     }
 
     /// Task run `i` reached a terminal state: its matched transitions fire, its `needs` edges
-    /// are followed; with `fail_fast`, an unhandled failure cancels what still runs.
-    fn after_task_ended(&mut self, i: usize, matched: Vec<(TransitionOn, Vec<usize>)>) {
+    /// are followed; with `fail_fast`, an unhandled failure cancels what still runs. An extra
+    /// run (fan-out item, compensation) moves its fan-out or saga on instead.
+    pub(super) fn after_task_ended(&mut self, i: usize, matched: Vec<(TransitionOn, Vec<usize>)>) {
+        if !self.s.is_node(i) {
+            self.extra_ended(i);
+            return;
+        }
         self.fire(i, matched);
         let failing = graph::is_failing(&self.s.states) && self.s.states[i].is_unsuccessful_end();
         let changes = self.follow_needs(i);
@@ -561,7 +582,7 @@ impl<E: Env> Step<'_, E> {
         self.apply(changes);
     }
 
-    fn kill_running(&mut self, reason: FailReason) {
+    pub(super) fn kill_running(&mut self, reason: FailReason) {
         self.fx.kills.extend(self.s.running_ids().into_iter().map(|id| (id, reason)));
     }
 
@@ -716,7 +737,10 @@ impl<E: Env> Step<'_, E> {
         Ok(format!("job run j{} is being cancelled", self.s.job_run.id))
     }
 
-    fn cancel_task(&mut self, i: usize) -> String {
+    pub(super) fn cancel_task(&mut self, i: usize) -> String {
+        if self.s.fanouts.contains_key(&i) && self.s.tasks[i].state == TaskState::Running {
+            return self.cancel_items(i);
+        }
         let t = &mut self.s.tasks[i];
         let id = t.id;
         match t.state {
@@ -778,6 +802,9 @@ impl<E: Env> Step<'_, E> {
 
     /// Reopens task `i` for a fresh series.
     fn retry_task(&mut self, i: usize) -> Result<String, String> {
+        if !self.s.is_node(i) || self.s.fanouts.contains_key(&i) {
+            return self.retry_extra(i);
+        }
         let t = &self.s.tasks[i];
         if !t.state.is_retryable() {
             let (id, phrase) = (t.id, t.state.phrase());
