@@ -25,6 +25,21 @@ run = 'true'
 [jobs.shapes.tasks.slow]
 timeout = "200ms"
 run = 'sleep 5'
+
+[jobs.saga]
+budget_usd = 0.01
+on_failure = 'exit 7'
+on_budget = 'exit 0'
+[jobs.saga.tasks.create]
+compensate = 'true'
+run = 'true'
+next = [{ on = "success", do = ["items"] }]
+[jobs.saga.tasks.items]
+for_each = ["a", "b"]
+run = 'true'
+next = [{ on = "success", do = ["spend"] }]
+[jobs.saga.tasks.spend]
+run = 'echo "cost usd=0.02" >&3'
 "#;
 
 fn kind(v: &Value) -> &'static str {
@@ -61,9 +76,8 @@ fn shapes(events: &[Value]) -> String {
 #[test]
 fn event_json_shapes_are_pinned() {
     let p = Project::new(WORKFLOW);
-    let (code, events) = p.run_json(&[]);
-    assert_eq!(code, 1, "flaky and slow fail the job run");
-    let mut all = events;
+    let (code, mut all) = p.run_json(&[]);
+    assert_eq!(code, 1, "flaky and slow fail one job run, spend crosses the other's budget");
     all.extend(p.journal());
     let got = shapes(&all);
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/event_shapes.txt");
