@@ -30,8 +30,7 @@ pub fn human_line(e: &EngineEvent) -> Option<String> {
     let clock = time.get(11..23).unwrap_or(&time);
     let who = match (&e.task_run, &e.task, &e.job_run, &e.job) {
         (Some(id), Some(task), _, Some(job)) => {
-            let undo = if e.str_field("kind") == Some("compensation") { "undo " } else { "" };
-            format!("#{id} {undo}{job}.{}", instance_label(e, task))
+            format!("#{id} {job}.{}", instance_label(e, task))
         }
         (_, _, Some(id), Some(job)) => format!("j{id} {job}"),
         _ => String::from("gaffer"),

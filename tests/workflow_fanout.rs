@@ -223,6 +223,9 @@ fn a_failed_run_undoes_its_steps_latest_first() {
     let last_comp = events.iter().rposition(|e| e["kind"] == "compensation").expect("compensation events");
     let failed_at = events.iter().position(|e| e["event"] == "job.failed").expect("job.failed");
     assert!(failed_at > last_comp, "the job run ends once the saga is done");
+    // `show` names a compensation as every view does (`model::fanout::label`).
+    let show = String::from_utf8_lossy(&p.run(&["show", "j1"]).stdout).into_owned();
+    assert!(show.contains("deploy (undo)") && show.contains("create (undo)"), "{show}");
 }
 
 #[test]

@@ -107,7 +107,7 @@ fn id_of(s: &RunState, name: &str) -> u64 {
 /// How scripts name a task run: its task (the latest iteration wins), a fan-out item with its
 /// index (`fan[2]`), a compensation with `~` before (`~deploy`).
 fn run_name(t: &TaskRun) -> String {
-    let label = crate::model::fanout::label(&t.task, 1, t.item_index);
+    let label = crate::model::fanout::label(&t.task, 1, t.item_index, false);
     if t.kind == Kind::Compensation { format!("~{label}") } else { label }
 }
 
