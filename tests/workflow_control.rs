@@ -252,3 +252,293 @@ fn with_fail_fast_nothing_new_starts_after_a_sibling_dies() {
         assert!(!p.path().join(file).exists(), "{file} was not made");
     }
 }
+
+/// The task runs of each task, in the order they were made: `(task, iteration, state)`.
+fn task_runs(p: &Project) -> Vec<(String, u64, String)> {
+    let mut runs: Vec<(u64, String, String)> = p
+        .tasks()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_u64().unwrap_or(0),
+                t["task"].as_str().unwrap_or("").into(),
+                t["state"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    runs.sort();
+    let mut seen: std::collections::HashMap<String, u64> = Default::default();
+    runs.into_iter()
+        .map(|(_, task, state)| {
+            let n = seen.entry(task.clone()).or_default();
+            *n += 1;
+            (task, *n, state)
+        })
+        .collect()
+}
+
+/// How many task runs of `task` ended in `state`.
+fn count(p: &Project, task: &str, state: &str) -> usize {
+    task_runs(p).iter().filter(|(t, _, s)| t == task && s == state).count()
+}
+
+/// `(from task, on, to, whether a task run started)` of every `transition.fired`, in order.
+fn fired(events: &[serde_json::Value]) -> Vec<(String, String, String, bool)> {
+    named(events, "transition.fired")
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+            (s("task"), s("on"), s("to"), e["task_run"].is_u64())
+        })
+        .collect()
+}
+
+// Cases modelled on StackStorm Orquesta's conducting tests (sequential, split, join, decision,
+// error handling, cycles), through the real binary.
+
+#[test]
+fn transitions_run_tasks_in_sequence() {
+    let p = Project::new(
+        r#"
+[jobs.seq.tasks.one]
+run = 'echo one >> order'
+next = [{ on = "success", do = ["two"] }]
+[jobs.seq.tasks.two]
+run = 'echo two >> order'
+next = [{ on = "success", do = ["three"] }]
+[jobs.seq.tasks.three]
+run = 'echo three >> order'
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(std::fs::read_to_string(p.path().join("order")).expect("order"), "one\ntwo\nthree\n");
+    let want =
+        [("one", "two"), ("two", "three")].map(|(f, t)| (f.to_string(), "success".to_string(), t.to_string(), true));
+    assert_eq!(fired(&events), want);
+    let e = &named(&events, "transition.fired")[0];
+    assert!(e["from_task_run"].is_u64() && e["task_run"].is_u64(), "{e}");
+    assert!(named(&events, "task.started").iter().all(|e| e["iteration"] == 1), "task events carry iteration");
+}
+
+#[test]
+fn a_split_runs_every_target_and_a_join_all_waits_for_both_branches() {
+    let p = Project::new(
+        r#"
+[jobs.split.tasks.start]
+run = 'true'
+next = [{ on = "success", do = ["left", "right"] }]
+[jobs.split.tasks.left]
+run = 'touch left'
+next = [{ on = "success", do = ["merge"] }]
+[jobs.split.tasks.right]
+run = 'sleep 0.2; touch right'
+next = [{ on = "success", do = ["merge"] }]
+[jobs.split.tasks.merge]
+join = "all"
+run = 'test -e left && test -e right && echo merged >> merged'
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:#?}");
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("merged")).expect("merged"),
+        "merged\n",
+        "merge ran once, after both"
+    );
+    assert_eq!(count(&p, "merge", "succeeded"), 1);
+    let to_merge: Vec<bool> = fired(&events).into_iter().filter(|f| f.2 == "merge").map(|f| f.3).collect();
+    assert_eq!(to_merge, [false, true], "the first arrival waits, the second starts merge");
+}
+
+#[test]
+fn a_join_of_n_fires_with_a_failed_branch_and_ignores_later_arrivals() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.start]
+run = 'true'
+next = [{ on = "success", do = ["a", "b", "c"] }]
+[jobs.j.tasks.a]
+run = 'true'
+next = [{ on = "success", do = ["two"] }]
+[jobs.j.tasks.b]
+retry = { max_attempts = 1 }
+run = 'exit 1'
+next = [{ on = "success", do = ["two"] }]
+[jobs.j.tasks.c]
+run = 'sleep 0.3'
+next = [{ on = "success", do = ["two"] }]
+[jobs.j.tasks.two]
+join = 2
+run = 'echo ran >> two'
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1, "b is dead: an unhandled failure fails the run");
+    assert_eq!(p.task("b")["state"], "dead");
+    assert_eq!(std::fs::read_to_string(p.path().join("two")).expect("two"), "ran\n", "two ran once");
+    assert_eq!(count(&p, "two", "succeeded"), 1);
+    assert_eq!(fired(&events).iter().filter(|f| f.2 == "two").count(), 2, "a and c arrived; b fired nothing");
+}
+
+#[test]
+fn a_join_that_cannot_be_satisfied_is_skipped_with_join_unsatisfied() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.a]
+run = 'true'
+next = [{ on = "success", do = ["both"] }]
+[jobs.j.tasks.b]
+retry = { max_attempts = 1 }
+run = 'exit 1'
+next = [{ on = "success", do = ["both"] }]
+[jobs.j.tasks.both]
+join = "all"
+run = 'touch both'
+"#,
+    );
+    assert_eq!(p.run_json(&[]).0, 1);
+    let both = p.task("both");
+    assert_eq!(
+        (both["state"].as_str(), both["reason"].as_str()),
+        (Some("skipped"), Some("join_unsatisfied")),
+        "{both}"
+    );
+    assert!(!p.path().join("both").exists());
+}
+
+#[test]
+fn when_decides_which_branch_runs() {
+    let p = Project::new(
+        r#"
+[jobs.j]
+params = { size = "big" }
+[jobs.j.tasks.measure]
+args = ["sh", "-c", "echo output size={{ params.size }} >&3; exit 4"]
+retry = { max_attempts = 1 }
+next = [
+  { on = "failure", when = "exit_code == 4 and outputs.size == 'big'", do = ["big"] },
+  { on = "failure", when = "outputs.size == 'small'", do = ["small"] },
+  { on = "failure", when = "attempt == 1 and params.size == 'big'", do = ["also"] },
+]
+[jobs.j.tasks.big]
+run = 'touch big'
+[jobs.j.tasks.small]
+run = 'touch small'
+[jobs.j.tasks.also]
+run = 'touch also'
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "the failure is handled: {events:#?}");
+    assert!(p.path().join("big").exists() && p.path().join("also").exists(), "every matching transition fires");
+    assert!(!p.path().join("small").exists(), "a transition whose when is false does not");
+    assert_eq!(p.task("small")["state"], "skipped", "not reached");
+    assert_eq!(p.task("measure")["state"], "failed");
+}
+
+#[test]
+fn an_exit_code_handled_by_a_failure_transition_ends_failed_and_the_run_succeeds() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.deploy]
+retry = { max_attempts = 2, initial_interval = "100ms" }
+run = 'exit 3'
+next = [{ on = "failure", do = ["rollback"] }]
+[jobs.j.tasks.rollback]
+run = 'touch rolled-back'
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "a handled failure does not fail the run");
+    assert_eq!(p.task("deploy")["state"], "failed");
+    assert!(p.path().join("rolled-back").exists());
+    let names: Vec<&str> = events
+        .iter()
+        .filter(|e| e["task"] == "deploy")
+        .filter_map(|e| e["event"].as_str())
+        .filter(|n| *n != "task.queued" && *n != "task.started")
+        .collect();
+    assert_eq!(
+        names,
+        ["task.failed", "task.retry_scheduled", "task.failed", "task.handled", "transition.fired"],
+        "retries first, then the failure is handled"
+    );
+    assert!(named(&events, "task.dead_lettered").is_empty());
+    let dlq = p.run(&["dlq"]);
+    assert!(String::from_utf8_lossy(&dlq.stdout).contains("no dead letters"), "not a dead letter");
+}
+
+const REVIEW_LOOP: &str = r#"
+[jobs.j.tasks.write]
+run = 'echo draft'
+next = [{ on = "success", do = ["review"] }]
+[jobs.j.tasks.review]
+max_iterations = 5
+run = 'n=$(cat rounds 2>/dev/null || echo 0); n=$((n+1)); echo $n > rounds; if [ $n -ge APPROVE_AT ]; then echo output verdict=approved >&3; else echo output verdict=changes >&3; fi'
+next = [
+  { on = "success", when = "outputs.verdict == 'approved'", do = ["ship"] },
+  { on = "success", when = "outputs.verdict != 'approved'", do = ["review"] },
+]
+[jobs.j.tasks.ship]
+run = 'touch shipped'
+"#;
+
+#[test]
+fn a_loop_ends_when_an_output_says_so() {
+    let p = Project::new(&REVIEW_LOOP.replace("APPROVE_AT", "3"));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:#?}");
+    assert_eq!(count(&p, "review", "succeeded"), 3, "three rounds of review");
+    assert!(p.path().join("shipped").exists());
+    let iterations: Vec<u64> = named(&events, "task.started")
+        .iter()
+        .filter(|e| e["task"] == "review")
+        .filter_map(|e| e["iteration"].as_u64())
+        .collect();
+    assert_eq!(iterations, [1, 2, 3]);
+}
+
+#[test]
+fn a_loop_past_max_iterations_fails_the_run_with_iteration_limit() {
+    let p = Project::new(&REVIEW_LOOP.replace("APPROVE_AT", "99"));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(count(&p, "review", "succeeded"), 5, "max_iterations runs, then no more");
+    let failed = named(&events, "job.failed");
+    assert_eq!(failed[0]["reason"], "iteration_limit");
+    assert!(!p.path().join("shipped").exists());
+}
+
+/// kill -9 while the second review of a loop runs: the restart resumes the same job run, the
+/// interrupted review is retried as the same iteration, and the loop goes on to its end.
+#[test]
+fn a_loop_killed_mid_iteration_resumes_where_it_was() {
+    let text = REVIEW_LOOP.replace("APPROVE_AT", "3").replace(
+        "run = 'n=$(cat rounds",
+        "retry = { max_attempts = 3, initial_interval = \"100ms\" }\nrun = 'sleep 0.3; n=$(cat rounds",
+    );
+    let p = Project::new(&text);
+    let mut child = p.spawn_run(&[]);
+    let rounds = p.path().join("rounds");
+    wait_until(Duration::from_secs(20), "the first review to finish", || {
+        std::fs::read_to_string(&rounds).is_ok_and(|t| t.trim() == "1")
+    });
+    wait_until(Duration::from_secs(20), "the second review to start", || {
+        p.tasks().iter().filter(|t| t["task"] == "review").count() == 2
+    });
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "the restart finishes the loop: {events:#?}");
+    assert_eq!(p.json(&["jobs", "--json"]).as_array().map(Vec::len), Some(1), "resumed, not started again");
+    assert_eq!(count(&p, "review", "succeeded"), 3, "{:?}", task_runs(&p));
+    assert_eq!(count(&p, "ship", "succeeded"), 1);
+    let iterations: Vec<u64> = named(&events, "task.succeeded")
+        .iter()
+        .filter(|e| e["task"] == "review")
+        .filter_map(|e| e["iteration"].as_u64())
+        .collect();
+    assert_eq!(iterations, [2, 3], "after the restart: the second review, then the third");
+}

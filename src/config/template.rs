@@ -67,6 +67,43 @@ pub fn render(template: &str, ctx: &TemplateContext) -> Result<String, String> {
     }
 }
 
+/// What a transition's `when` sees besides the template context: the ending task run's own
+/// facts (SPEC §2.2).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WhenFacts {
+    pub outputs: BTreeMap<String, String>,
+    pub exit_code: Option<i32>,
+    pub attempt: u32,
+    /// The fan-out item as JSON text, and its index.
+    pub item: Option<String>,
+    pub item_index: Option<u32>,
+}
+
+/// Evaluates a bare `when` expression (no `{{ }}`) within [`RENDER_FUEL`]: its truthiness.
+pub fn evaluate_when(expression: &str, ctx: &TemplateContext, own: &WhenFacts) -> Result<bool, String> {
+    let mut env = strict_environment();
+    env.set_fuel(Some(RENDER_FUEL));
+    let compiled = env.compile_expression(expression).map_err(|e| e.to_string())?;
+    let outputs: Value = own.outputs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let item = own.item.as_deref().map(|text| match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(json) => Value::from_serialize(&json),
+        Err(_) => Value::from(text),
+    });
+    let facts = [
+        ("outputs", outputs),
+        ("exit_code", Value::from(own.exit_code)),
+        ("attempt", Value::from(own.attempt)),
+        ("item", item.unwrap_or_default()),
+        ("item_index", Value::from(own.item_index)),
+    ];
+    let root = minijinja::context! { ..Value::from_iter(facts), ..context_value(ctx) };
+    match compiled.eval(root) {
+        Ok(value) => Ok(value.is_true()),
+        Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(format!("ran out of its budget ({RENDER_FUEL} steps)")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Collects a render's output and refuses to grow past [`MAX_RENDERED_BYTES`], which stops
 /// the render at that point instead of after it built the whole value.
 #[derive(Default)]

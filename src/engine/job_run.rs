@@ -99,7 +99,7 @@ impl run::Env for ActorEnv<'_> {
     /// `job/task/rendered key`. A key that cannot be rendered (an output missing upstream)
     /// means no caching, said once.
     fn cache_key(&mut self, state: &RunState, i: usize) -> Option<String> {
-        let policy = state.job().tasks[i].cache.as_ref()?;
+        let policy = state.def(i).cache.as_ref()?;
         let context = template_context(self.shared, self.record, state, i);
         match render_template(&policy.key, &context, "cache.key") {
             Ok(key) => Some(format!("{}/{}/{key}", self.record.job, state.tasks[i].task)),
@@ -118,6 +118,21 @@ impl run::Env for ActorEnv<'_> {
         render_template(text, &template_context(self.shared, self.record, state, i), "for_each")
     }
 
+    /// `when` over the ending task run's own facts, params, and every task's latest outputs.
+    fn when(&mut self, state: &RunState, i: usize, expression: &str) -> Result<bool, String> {
+        let t = &state.tasks[i];
+        let own = template::WhenFacts {
+            outputs: t.outputs.clone(),
+            exit_code: t.exit_code,
+            attempt: t.attempt,
+            item: t.item.clone(),
+            item_index: t.item_index,
+        };
+        let mut context = template_context(self.shared, self.record, state, i);
+        context.tasks = (0..state.latest.len()).map(|u| upstream(state, u)).collect();
+        template::evaluate_when(expression, &context, &own)
+    }
+
     fn cache_entry(&mut self, key: &str) -> Option<run::CacheHit> {
         let entry = self.shared.store.reader().and_then(|r| r.cache_entry(key)).unwrap_or_else(|e| {
             tracing::warn!("reading the cache: {e}");
@@ -127,21 +142,23 @@ impl run::Env for ActorEnv<'_> {
     }
 }
 
+/// Task `u` as a template sees it: its latest task run's outputs (the current iteration), or a
+/// fanned-out task's as the list of its items'.
+fn upstream(state: &RunState, u: usize) -> (String, UpstreamTask) {
+    let run = &state.tasks[state.latest[u]];
+    let items = state.fanouts.get(&u).map(|node| {
+        let outputs = node.runs.iter().enumerate().map(|(k, &r)| (k, state.tasks[r].outputs.clone()));
+        crate::model::fanout::outputs_in_item_order(node.runs.len(), outputs)
+    });
+    (run.task.clone(), UpstreamTask { outputs: run.outputs.clone(), exit_code: run.exit_code, items })
+}
+
 /// What task run `i`'s templates see: params, the outputs of what it (transitively) needs (a
 /// fanned-out task's as the list of its items'), and its fan-out item.
 fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i: usize) -> TemplateContext {
     let job = state.job();
     let t = &state.tasks[i];
     let item = t.item_index.zip(t.item.as_deref()).map(|(k, text)| (k, serde_json::from_str(text).unwrap_or_default()));
-    let upstream = |u: usize| {
-        let run = &state.tasks[u];
-        let items = state.fanouts.get(&u).map(|node| {
-            let outputs = node.runs.iter().enumerate().map(|(k, &r)| (k, state.tasks[r].outputs.clone()));
-            crate::model::fanout::outputs_in_item_order(node.runs.len(), outputs)
-        });
-        (run.task.clone(), UpstreamTask { outputs: run.outputs.clone(), exit_code: run.exit_code, items })
-    };
-    let task_index = t.task_index;
     TemplateContext {
         item,
         model: None,
@@ -151,10 +168,10 @@ fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i:
         // Validation allows templates to name only tasks this one (transitively) needs. A
         // task without templates needs none of them (a 10,000-task chain must not walk its
         // ancestry at every start).
-        tasks: if !job.tasks[task_index].is_templated() {
+        tasks: if !state.def(i).is_templated() {
             Default::default()
         } else {
-            state.graph.ancestors(task_index).into_iter().map(upstream).collect()
+            state.graph.ancestors(state.tasks[i].task_index).into_iter().map(|u| upstream(state, u)).collect()
         },
     }
 }
@@ -355,6 +372,16 @@ impl JobRun {
                 };
                 e.with("limit_usd", usd_json(*limit_usd_micros))
             }
+            Note::TransitionFired { from, on, to, task_run } => {
+                let mut e = self
+                    .job_event("transition.fired")
+                    .with("from_task_run", self.run.tasks[*from].id)
+                    .with("on", on.as_str())
+                    .with("to", self.run.graph.names[*to].clone());
+                e.task = Some(self.run.tasks[*from].task.clone());
+                e.task_run = task_run.map(|r| self.run.tasks[r].id);
+                e
+            }
             Note::Task { task, what } => self.task_note_event(*task, what),
         }
     }
@@ -398,6 +425,8 @@ impl JobRun {
                 event("task.retry_scheduled").with("delay_ms", *delay_ms).with("next_attempt", *next_attempt)
             }
             TaskNote::DeadLettered { reason } => event("task.dead_lettered").with("reason", reason.as_str()),
+            TaskNote::Handled => event("task.handled"),
+            TaskNote::WhenFailed { message } => event("task.warning").with("message", message.clone()),
             TaskNote::Cancelled { from_dead: false } => event("task.cancelled"),
             TaskNote::Cancelled { from_dead: true } => event("task.cancelled").with("from", "dead"),
             TaskNote::ResourceExhausted { detail, delay_ms } => {

@@ -46,7 +46,8 @@ pub fn spends(
 /// The task runs `retry j7 --from TASK` runs again, by id, picked from the records as the job
 /// run would pick them (`model::rerun::plan_from`); else why it cannot go again from there.
 pub fn rerun_set(def: &JobDef, tasks: &[TaskRunRecord], from: &str) -> Result<Vec<u64>, String> {
-    let mut ordered: Vec<&TaskRunRecord> = tasks.iter().collect();
+    // The first task run of each task (later iterations are not re-run by `--from`).
+    let mut ordered: Vec<&TaskRunRecord> = tasks.iter().filter(|t| t.iteration <= 1).collect();
     ordered.sort_by_key(|t| t.task_index);
     let names: Vec<&str> = ordered.iter().map(|t| t.task.as_str()).collect();
     let graph = JobGraph::new(&crate::model::rerun::slice_job(def, &names));

@@ -23,6 +23,8 @@ pub struct JobGraph {
     /// `fail_fast = true` on the job: the first unhandled failure stops all new work. Without
     /// it only what depends on the failure is skipped (SPEC §2.2 "Outcome").
     pub fail_fast: bool,
+    /// Targets of transitions (`next`): started by an arriving transition, never by `needs`.
+    targets: Vec<bool>,
 }
 
 /// The states of one job run's task runs, with a count per state so the questions asked on
@@ -53,14 +55,15 @@ impl TaskStates {
         self.states[task] = to;
     }
 
-    pub fn count(&self, state: TaskState) -> usize {
-        self.counts[state as usize]
-    }
-
-    /// One more task run (a fan-out item, a compensation): counted like the others.
+    /// A new task run (another iteration, a fan-out item, a compensation; SPEC §2.2), after the
+    /// first one of each task.
     pub fn push(&mut self, state: TaskState) {
         self.counts[state as usize] += 1;
         self.states.push(state);
+    }
+
+    pub fn count(&self, state: TaskState) -> usize {
+        self.counts[state as usize]
     }
 
     pub fn len(&self) -> usize {
@@ -104,8 +107,12 @@ impl JobGraph {
     /// The `needs` part of the workflow graph, which is what this engine runs today.
     pub fn from_workflow(graph: &WorkflowGraph) -> JobGraph {
         let needs = (0..graph.len()).map(|t| graph.needs(t).to_vec()).collect();
-        JobGraph::from_needs(graph.names().to_vec(), needs)
-            .with_gates((0..graph.len()).map(|t| graph.is_gated(t)).collect())
+        let targets = (0..graph.len()).map(|t| graph.is_transition_target(t)).collect();
+        JobGraph {
+            targets,
+            ..JobGraph::from_needs(graph.names().to_vec(), needs)
+                .with_gates((0..graph.len()).map(|t| graph.is_gated(t)).collect())
+        }
     }
 
     pub fn from_needs(names: Vec<String>, needs: Vec<Vec<usize>>) -> JobGraph {
@@ -116,7 +123,8 @@ impl JobGraph {
             }
         }
         let gated = vec![false; needs.len()];
-        JobGraph { names, needs, dependents, gated, fail_fast: false }
+        let targets = vec![false; needs.len()];
+        JobGraph { names, needs, dependents, gated, fail_fast: false, targets }
     }
 
     /// Marks the tasks that wait for a signal once ready (`wait_for`), by index.
@@ -188,7 +196,7 @@ fn stops_new_work(graph: &JobGraph, states: &TaskStates) -> bool {
 pub fn start(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
     let mut changes = Vec::new();
     for task in 0..graph.len() {
-        if states[task] == TaskState::Pending && all_succeeded(&graph.needs[task], states) {
+        if states[task] == TaskState::Pending && !graph.targets[task] && all_succeeded(&graph.needs[task], states) {
             set(states, &mut changes, task, graph.ready_state(task));
         }
     }
@@ -224,7 +232,7 @@ pub fn reopen_pending(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> 
     let mut changes = Vec::new();
     let failing = stops_new_work(graph, states);
     for task in topological_order(graph) {
-        if states[task] != TaskState::Pending {
+        if states[task] != TaskState::Pending || graph.targets[task] {
             continue;
         }
         let needs = &graph.needs[task];
@@ -242,12 +250,14 @@ pub fn outcome(states: &TaskStates, cancel_requested: bool) -> Option<JobState> 
     if !states.all_terminal() {
         return None;
     }
+    // A handled failure (`failed`) and what was skipped only because it was not reached do not
+    // fail the run; a dead or cancelled task run does (SPEC §2.2 "Outcome").
     Some(if cancel_requested {
         JobState::Cancelled
-    } else if states.count(TaskState::Succeeded) == states.len() {
-        JobState::Succeeded
-    } else {
+    } else if is_failing(states) {
         JobState::Failed
+    } else {
+        JobState::Succeeded
     })
 }
 
@@ -279,7 +289,10 @@ fn stop_new_work(graph: &JobGraph, states: &mut TaskStates, changes: &mut Vec<Ch
     for task in 0..states.len() {
         if matches!(states[task], TaskState::Queued | TaskState::Waiting) {
             set(states, changes, task, TaskState::Skipped);
-            follow_edges(graph, states, task, changes);
+            // Later task runs of a task (index past the graph's) have no `needs` edges of their own.
+            if task < graph.len() {
+                follow_edges(graph, states, task, changes);
+            }
         }
     }
 }

@@ -144,10 +144,12 @@ pub enum FailReason {
     /// The machine was out of a resource when the attempt was to start (open files,
     /// processes, memory). Transient: the attempt is not counted and is tried again later.
     ResourceExhausted,
+    /// A `join` whose sources can no longer all (or N of them) arrive: recorded `skipped`.
+    JoinUnsatisfied,
 }
 
 impl FailReason {
-    pub const ALL: [FailReason; 14] = [
+    pub const ALL: [FailReason; 15] = [
         FailReason::ExitCode,
         FailReason::Timeout,
         FailReason::HeartbeatTimeout,
@@ -162,6 +164,7 @@ impl FailReason {
         FailReason::Poison,
         FailReason::TemplateError,
         FailReason::ResourceExhausted,
+        FailReason::JoinUnsatisfied,
     ];
 
     pub fn parse(text: &str) -> Option<FailReason> {
@@ -184,6 +187,7 @@ impl FailReason {
             FailReason::AgentError => "agent_error",
             FailReason::TemplateError => "template_error",
             FailReason::ResourceExhausted => "resource_exhausted",
+            FailReason::JoinUnsatisfied => "join_unsatisfied",
         }
     }
 }

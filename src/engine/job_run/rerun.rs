@@ -152,7 +152,12 @@ impl Handler<RetryFrom> for JobRun {
 impl JobRun {
     fn retry_from(&mut self, ctx: &mut Context<Self>, from: &str, budget: Option<u64>) -> Result<String, String> {
         let id = self.record.id;
-        let rerun = rerun::plan_from(&self.run.graph, self.run.states.as_slice(), from)
+        // `--from` re-runs the first task run of each task; later ones (iterations) must be over.
+        let firsts = self.run.graph.len();
+        if let Some(t) = self.run.tasks[firsts..].iter().find(|t| !t.state.is_terminal()) {
+            return Err(format!("job run j{id}: task `{}` (#{}) {}", t.task, t.id, t.state.phrase()));
+        }
+        let rerun = rerun::plan_from(&self.run.graph, &self.run.states.as_slice()[..firsts], from)
             .map_err(|e| format!("job run j{id}: {e}"))?;
         // A re-run spends too: the same budgets as a retry's hold it (`model::retry`).
         let (job, spends) = self.spends();

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::TransitionOn;
 use crate::model::retry::RetryPlan;
 use crate::model::{FailReason, JobState};
 
@@ -111,6 +112,9 @@ pub trait Env {
     fn next_task_run_id(&mut self) -> u64;
     /// Task `task`'s `for_each` template rendered against its upstream outputs and params.
     fn render_for_each(&mut self, state: &RunState, task: usize, template: &str) -> Result<String, String>;
+    /// Whether the `when` expression of a transition holds for task run `run`, which just
+    /// ended; why it cannot be evaluated, if it cannot.
+    fn when(&mut self, state: &RunState, run: usize, expression: &str) -> Result<bool, String>;
 }
 
 /// What one step decided, in the order the actor carries it out: kills and unschedules at
@@ -158,11 +162,36 @@ pub enum Write {
 /// What to report once the step is durable; the actor turns each into an event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Note {
-    JobStarted { retry: bool, from: Option<String> },
-    JobEnded { state: JobState, reason: Option<String>, cost_usd_micros: u64 },
-    BudgetExceeded { task: Option<usize>, limit_usd_micros: u64, spent_usd_micros: u64 },
-    BudgetRaised { task: Option<usize>, limit_usd_micros: u64 },
-    Task { task: usize, what: TaskNote },
+    JobStarted {
+        retry: bool,
+        from: Option<String>,
+    },
+    JobEnded {
+        state: JobState,
+        reason: Option<String>,
+        cost_usd_micros: u64,
+    },
+    BudgetExceeded {
+        task: Option<usize>,
+        limit_usd_micros: u64,
+        spent_usd_micros: u64,
+    },
+    BudgetRaised {
+        task: Option<usize>,
+        limit_usd_micros: u64,
+    },
+    /// A transition of task run `from` fired towards task `to`; `task_run` is the new task
+    /// run's index (none while a join waits, or when nothing new may start).
+    TransitionFired {
+        from: usize,
+        on: TransitionOn,
+        to: usize,
+        task_run: Option<usize>,
+    },
+    Task {
+        task: usize,
+        what: TaskNote,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -193,6 +222,12 @@ pub enum TaskNote {
     },
     DeadLettered {
         reason: FailReason,
+    },
+    /// A failure a transition handles: the task run ends `failed`, not dead.
+    Handled,
+    /// A `when` that could not be evaluated counts as false; the task run says why.
+    WhenFailed {
+        message: String,
     },
     Cancelled {
         from_dead: bool,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::{JobDef, TaskDef, Workflow};
 use crate::model::graph::{Change, JobGraph, TaskStates};
+use crate::model::workflow_graph::WorkflowGraph;
 use crate::model::{FailReason, JobState, TaskState};
 
 /// What a task run is for (SPEC §2.2 `compensate`).
@@ -92,14 +93,28 @@ pub struct Raised {
 pub struct RunState {
     workflow: Arc<Workflow>,
     job_index: usize,
+    /// The `needs` engine, over the first task run of each task.
     pub graph: JobGraph,
+    /// Transitions, joins and iteration caps.
+    pub workflow_graph: WorkflowGraph,
     pub job_run: JobRunFacts,
-    /// By task index (file order) for the first `graph.len()`: one per task, the graph's nodes
-    /// (a fanned-out task's is its node: `running` while its items run, never attempted).
-    /// After them the extra runs (`TaskRun::is_extra`): fan-out items and compensations.
+    /// By task index (file order) for the first `graph.len()`: the first task run of each task,
+    /// the graph's nodes (a fanned-out task's is its node: `running` while its items run, never
+    /// attempted). After them, in the order they were made, later iterations (SPEC §2.2) and the
+    /// extra runs (`TaskRun::is_extra`): fan-out items and compensations.
     pub tasks: Vec<TaskRun>,
-    /// The authority on task states, with O(1) counts for the per-event questions.
+    /// The authority on task run states (same indexes), with O(1) counts for the per-event questions.
     pub states: TaskStates,
+    /// Per task: how many of its task runs were reached (0 for a transition target not reached
+    /// yet), the latest one's index, the distinct source tasks a `join` has seen arrive, and
+    /// whether it fired.
+    pub reached: Vec<u32>,
+    pub latest: Vec<usize>,
+    pub arrivals: Vec<Vec<usize>>,
+    pub join_fired: Vec<bool>,
+    /// A task was due one more task run than its `max_iterations`: nothing new starts and the
+    /// run fails with reason `iteration_limit`.
+    pub iteration_limit: bool,
     index_of: HashMap<u64, usize>,
     /// Set once the job run's budget is spent: no new attempt starts.
     pub budget_spent: bool,
@@ -125,17 +140,24 @@ impl RunState {
         mut tasks: Vec<TaskRun>,
         raised: Raised,
     ) -> RunState {
-        tasks.sort_by_key(run_order);
+        sort_runs(&mut tasks);
         let graph = JobGraph::new(&workflow.jobs[job_index]);
+        let workflow_graph = WorkflowGraph::of(&workflow.jobs[job_index]);
         let budget = raised.job_run.or(workflow.jobs[job_index].budget_usd_micros);
         let budget_spent = crate::model::policy::budget_reached(job_run.cost_usd_micros, budget);
         let mut state = RunState {
             workflow,
             job_index,
             graph,
+            workflow_graph,
             job_run,
             tasks,
             states: TaskStates::new(Vec::new()),
+            reached: Vec::new(),
+            latest: Vec::new(),
+            arrivals: Vec::new(),
+            join_fired: Vec::new(),
+            iteration_limit: false,
             index_of: HashMap::new(),
             budget_spent,
             raised,
@@ -154,13 +176,32 @@ impl RunState {
         self.workflow = workflow;
         self.job_index = job_index;
         self.graph = JobGraph::new(self.job());
-        self.tasks.sort_by_key(run_order);
+        self.workflow_graph = WorkflowGraph::of(self.job());
+        sort_runs(&mut self.tasks);
         self.reindex();
     }
 
+    /// Rebuilds the indexes from the task runs. A transition target's first task run that is
+    /// still pending was not reached; a join fired once its target's first task run was.
     fn reindex(&mut self) {
         self.states = TaskStates::new(self.tasks.iter().map(|t| t.state).collect());
         self.index_of = self.tasks.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+        let n = self.graph.len();
+        self.latest = (0..n).collect();
+        self.reached = (0..n)
+            .map(|t| {
+                let unreached =
+                    self.workflow_graph.is_transition_target(t) && self.tasks[t].state == TaskState::Pending;
+                u32::from(!unreached)
+            })
+            .collect();
+        // Later iterations of a task (fan-out items and compensations belong to their node).
+        for (i, t) in self.tasks.iter().enumerate().skip(n).filter(|(_, t)| !t.is_extra()) {
+            self.latest[t.task_index] = i;
+            self.reached[t.task_index] = self.reached[t.task_index].max(t.iteration);
+        }
+        self.join_fired = (0..n).map(|t| self.reached[t] > 0).collect();
+        self.arrivals = vec![Vec::new(); n];
         self.fanouts = super::fanout::nodes_of(&self.tasks);
     }
 
@@ -173,14 +214,50 @@ impl RunState {
         i
     }
 
-    /// True for the graph's own task runs (one per task), false for the extra ones.
+    /// True for a task's own task runs (any iteration), false for the extra ones (fan-out
+    /// items, compensations).
     pub fn is_node(&self, i: usize) -> bool {
-        i < self.graph.len()
+        !self.tasks[i].is_extra()
     }
 
     /// The definition of task run `i`'s task.
     pub fn def(&self, i: usize) -> &TaskDef {
         &self.job().tasks[self.tasks[i].task_index]
+    }
+    /// A new task run of task `task`, pending, the next iteration; returns its index.
+    pub fn add_instance(&mut self, task: usize, id: u64, now_ms: u64) -> usize {
+        let first = &self.tasks[task];
+        let def = &self.job().tasks[task];
+        let run = TaskRun {
+            id,
+            state: TaskState::Pending,
+            attempt: 0,
+            series_start: 1,
+            max_attempts: def.retry.max_attempts,
+            queue: def.queue.clone(),
+            queued_at_ms: None,
+            enqueue_seq: 0,
+            not_before_ms: None,
+            outputs: Default::default(),
+            exit_code: None,
+            cost_usd_micros: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            reason: None,
+            detail: None,
+            progress: None,
+            created_at_ms: now_ms,
+            started_at_ms: None,
+            ended_at_ms: None,
+            iteration: self.reached[task],
+            ..first.clone()
+        };
+        let i = self.tasks.len();
+        self.index_of.insert(id, i);
+        self.states.push(TaskState::Pending);
+        self.tasks.push(run);
+        self.latest[task] = i;
+        i
     }
 
     pub fn workflow(&self) -> &Arc<Workflow> {
@@ -217,7 +294,7 @@ impl RunState {
         self.raised.job_run.or(self.job().budget_usd_micros)
     }
 
-    /// Task `i`'s `(budget_usd, retry.max_cost_usd)` in force.
+    /// Task run `i`'s `(budget_usd, retry.max_cost_usd)` in force.
     pub fn task_limits(&self, i: usize) -> (Option<u64>, Option<u64>) {
         let def = self.def(i);
         let raised = self.raised.task_runs.get(&self.tasks[i].id).copied();
@@ -234,6 +311,7 @@ impl RunState {
         let reopened = self.job_run.state.is_terminal();
         self.ended = false;
         self.budget_spent = false;
+        self.iteration_limit = false;
         let j = &mut self.job_run;
         j.state = JobState::Running;
         j.cancel_requested = false;
@@ -243,7 +321,8 @@ impl RunState {
     }
 }
 
-/// The order of `RunState::tasks`: the one run per task in file order, then the extra runs by id.
-fn run_order(t: &TaskRun) -> (bool, usize, u64) {
-    if t.is_extra() { (true, 0, t.id) } else { (false, t.task_index, 0) }
+/// The first task run of each task first, in file order; then the later ones (iterations,
+/// fan-out items, compensations) in the order they were made (by id).
+fn sort_runs(tasks: &mut [TaskRun]) {
+    tasks.sort_by_key(|t| if t.is_extra() || t.iteration > 1 { (true, 0, t.id) } else { (false, t.task_index, 0) });
 }

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::config::{Join, TransitionOn};
 use crate::executor::KILL_GRACE;
 use crate::model::graph::{self, Change};
 use crate::model::money::format_usd;
@@ -121,7 +122,7 @@ impl<E: Env> Step<'_, E> {
         while let Some(change) = work.pop_front() {
             let i = change.task;
             let starts_work = matches!(change.to, TaskState::Queued | TaskState::Waiting);
-            if starts_work && (self.s.budget_spent || self.s.job_run.cancel_requested) {
+            if starts_work && (self.s.budget_spent || self.s.job_run.cancel_requested || self.s.iteration_limit) {
                 self.s.set_state(i, TaskState::Skipped);
             } else if change.to == TaskState::Queued && self.s.is_node(i) && self.s.def(i).for_each.is_some() {
                 // A fanned-out task is not queued itself: its items are (model/run/fanout.rs).
@@ -132,8 +133,9 @@ impl<E: Env> Step<'_, E> {
                 && let Some(hit) = self.cache_hit(i)
             {
                 self.succeed_from_cache(i, hit);
-                let follows = graph::after_end(&self.s.graph, &mut self.s.states, i);
-                self.s.sync(&follows);
+                let matched = self.matching_transitions(i, true);
+                self.fire(i, matched);
+                let follows = self.follow_needs(i);
                 work.extend(follows);
                 continue;
             }
@@ -198,7 +200,11 @@ impl<E: Env> Step<'_, E> {
         if self.s.ended {
             return;
         }
-        let Some(state) = graph::outcome(&self.s.states, self.s.job_run.cancel_requested) else { return };
+        self.give_up_on_unreached();
+        let Some(mut state) = graph::outcome(&self.s.states, self.s.job_run.cancel_requested) else { return };
+        if state == JobState::Succeeded && (self.s.budget_spent || self.s.iteration_limit) {
+            state = JobState::Failed;
+        }
         if state == JobState::Failed && self.saga_goes_on() {
             return; // its compensations run first (model/run/saga.rs)
         }
@@ -220,6 +226,9 @@ impl<E: Env> Step<'_, E> {
     fn failure_reason(&self) -> String {
         if self.s.budget_spent {
             return "budget".into();
+        }
+        if self.s.iteration_limit {
+            return "iteration_limit".into();
         }
         let first = |s: TaskState| self.s.tasks.iter().find(|t| t.state == s);
         match (first(TaskState::Dead), first(TaskState::Cancelled)) {
@@ -325,8 +334,7 @@ impl<E: Env> Step<'_, E> {
                         "gaffer died {crashes} times in a row while it ran: quarantined, not started again"
                     ));
                 }
-                self.task_note(i, TaskNote::DeadLettered { reason });
-                TaskState::Dead
+                return self.failed_for_good(i, reason);
             }
             AfterAttempt::Cancelled => {
                 self.s.tasks[i].reason = Some(FailReason::Cancelled);
@@ -336,7 +344,161 @@ impl<E: Env> Step<'_, E> {
         };
         self.s.set_state(i, to);
         self.fx.writes.push(Write::TaskRun(i));
-        self.after_task_ended(i);
+        let matched = if to == TaskState::Succeeded { self.matching_transitions(i, true) } else { Vec::new() };
+        self.after_task_ended(i, matched);
+    }
+
+    /// Task run `i` failed for good: a failure that fires a transition is handled (`failed`),
+    /// any other is a dead letter.
+    fn failed_for_good(&mut self, i: usize, reason: FailReason) {
+        let matched = self.matching_transitions(i, false);
+        let to = if matched.is_empty() {
+            self.task_note(i, TaskNote::DeadLettered { reason });
+            TaskState::Dead
+        } else {
+            self.task_note(i, TaskNote::Handled);
+            TaskState::Failed
+        };
+        self.s.set_state(i, to);
+        self.fx.writes.push(Write::TaskRun(i));
+        self.after_task_ended(i, matched);
+    }
+
+    /// The transitions of task run `i`'s task whose `on` and `when` match how it ended, in
+    /// file order: `(on, targets)`. A cancelled job run fires nothing, nor does an extra run (a
+    /// fan-out item, a compensation): transitions belong to the task's own runs.
+    fn matching_transitions(&mut self, i: usize, succeeded: bool) -> Vec<(TransitionOn, Vec<usize>)> {
+        if self.s.job_run.cancel_requested || !self.s.is_node(i) {
+            return Vec::new();
+        }
+        let edges = self.s.workflow_graph.transitions(self.s.tasks[i].task_index).to_vec();
+        let mut matched = Vec::new();
+        for edge in edges {
+            let on = match edge.on {
+                TransitionOn::Success => succeeded,
+                TransitionOn::Failure => !succeeded,
+                TransitionOn::Always => true,
+            };
+            if !on {
+                continue;
+            }
+            if let Some(expression) = &edge.when {
+                match self.env.when(self.s, i, expression) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        let message = format!("`when = \"{expression}\"` counts as false: {e}");
+                        self.task_note(i, TaskNote::WhenFailed { message });
+                        continue;
+                    }
+                }
+            }
+            matched.push((edge.on, edge.targets));
+        }
+        matched
+    }
+
+    /// Each matched transition of task run `i` arrives at its targets, in order.
+    fn fire(&mut self, i: usize, matched: Vec<(TransitionOn, Vec<usize>)>) {
+        for (on, targets) in matched {
+            for to in targets {
+                self.arrive(i, on, to);
+            }
+        }
+    }
+
+    /// A transition from task run `i` arrives at task `to`: a new task run of it starts,
+    /// unless it has a `join` that still waits (or already fired: later arrivals are ignored).
+    fn arrive(&mut self, i: usize, on: TransitionOn, to: usize) {
+        if let Some(join) = self.s.workflow_graph.join(to) {
+            // A join runs its target once: also when a person already cancelled or retried it.
+            self.s.join_fired[to] |= self.s.tasks[to].state != TaskState::Pending;
+            let source = self.s.tasks[i].task_index;
+            if !self.s.join_fired[to] && !self.s.arrivals[to].contains(&source) {
+                self.s.arrivals[to].push(source);
+            }
+            let needed = match join {
+                Join::All => self.s.workflow_graph.sources(to).len(),
+                Join::Count(n) => n as usize,
+            };
+            if self.s.join_fired[to] || self.s.arrivals[to].len() < needed {
+                self.fx.notes.push(Note::TransitionFired { from: i, on, to, task_run: None });
+                return;
+            }
+            self.s.join_fired[to] = true;
+        }
+        let run = self.new_task_run(to);
+        self.fx.notes.push(Note::TransitionFired { from: i, on, to, task_run: run });
+        if let Some(r) = run {
+            let ready = self.s.graph.ready_state(to);
+            self.s.set_state(r, ready);
+            self.apply(vec![Change { task: r, to: ready }]);
+        }
+    }
+
+    /// The next task run of `task` (its first one if it was never reached), pending; none
+    /// when nothing new may start, or past `max_iterations` (the run then fails).
+    fn new_task_run(&mut self, task: usize) -> Option<usize> {
+        let failing = self.s.graph.fail_fast && graph::is_failing(&self.s.states);
+        if self.s.budget_spent || self.s.job_run.cancel_requested || self.s.iteration_limit || failing {
+            return None;
+        }
+        if self.s.reached[task] == 0 && self.s.tasks[task].state != TaskState::Pending {
+            self.s.reached[task] = 1; // its first task run was started another way (a person's retry)
+        }
+        let count = self.s.reached[task];
+        if count >= self.s.workflow_graph.max_iterations(task) {
+            self.s.iteration_limit = true;
+            self.stop_new_work();
+            return None;
+        }
+        self.s.reached[task] = count + 1;
+        let r = if count == 0 {
+            self.s.latest[task] = task;
+            task
+        } else {
+            let id = self.env.next_task_run_id();
+            self.s.add_instance(task, id, self.now)
+        };
+        self.fx.writes.push(Write::TaskRun(r));
+        Some(r)
+    }
+
+    /// Nothing left to do but task runs nobody will reach: they are skipped, a join that saw
+    /// some of its sources arrive with reason `join_unsatisfied`, the others as not reached.
+    fn give_up_on_unreached(&mut self) {
+        let open: usize = TaskState::ALL.iter().filter(|s| !s.is_terminal()).map(|s| self.s.states.count(*s)).sum();
+        if open == 0 || open != self.s.states.count(TaskState::Pending) {
+            return;
+        }
+        for i in 0..self.s.tasks.len() {
+            if self.s.tasks[i].state != TaskState::Pending {
+                continue;
+            }
+            let task = self.s.tasks[i].task_index;
+            let join_waits = self.s.workflow_graph.join(task).is_some() && !self.s.arrivals[task].is_empty();
+            self.s.set_state(i, TaskState::Skipped);
+            let t = &mut self.s.tasks[i];
+            t.ended_at_ms = Some(self.now);
+            if join_waits {
+                t.reason = Some(FailReason::JoinUnsatisfied);
+                t.detail = Some("its join can no longer be satisfied".into());
+            } else {
+                t.detail = Some("not reached".into());
+            }
+            self.task_note(i, TaskNote::Skipped);
+            self.fx.writes.push(Write::TaskRun(i));
+        }
+    }
+
+    /// Task run `i`'s `needs` edges, followed (only a task's first task run has them).
+    fn follow_needs(&mut self, i: usize) -> Vec<Change> {
+        if i >= self.s.graph.len() {
+            return Vec::new();
+        }
+        let changes = graph::after_end(&self.s.graph, &mut self.s.states, i);
+        self.s.sync(&changes);
+        changes
     }
 
     /// A succeeded task run with `cache` is remembered under its key.
@@ -404,16 +566,17 @@ impl<E: Env> Step<'_, E> {
         }
     }
 
-    /// Task `i` reached a terminal state: follow its edges; with `fail_fast`, an unhandled
-    /// failure cancels what still runs.
-    pub(super) fn after_task_ended(&mut self, i: usize) {
+    /// Task run `i` reached a terminal state: its matched transitions fire, its `needs` edges
+    /// are followed; with `fail_fast`, an unhandled failure cancels what still runs. An extra
+    /// run (item, compensation) moves its fan-out or saga on instead.
+    pub(super) fn after_task_ended(&mut self, i: usize, matched: Vec<(TransitionOn, Vec<usize>)>) {
         if !self.s.is_node(i) {
             self.extra_ended(i);
             return;
         }
+        self.fire(i, matched);
         let failing = graph::is_failing(&self.s.states) && self.s.states[i].is_unsuccessful_end();
-        let changes = graph::after_end(&self.s.graph, &mut self.s.states, i);
-        self.s.sync(&changes);
+        let changes = self.follow_needs(i);
         if failing && self.s.job().fail_fast {
             self.kill_running(FailReason::Cancelled);
         }
@@ -444,6 +607,11 @@ impl<E: Env> Step<'_, E> {
         let spent_usd_micros = self.s.job_run.cost_usd_micros;
         self.fx.notes.push(Note::BudgetExceeded { task: None, limit_usd_micros, spent_usd_micros });
         self.kill_running(FailReason::Budget);
+        self.stop_new_work();
+    }
+
+    /// Whatever has not started is skipped (its timers dropped); running attempts go on.
+    fn stop_new_work(&mut self) {
         let mut changes = Vec::new();
         for i in 0..self.s.tasks.len() {
             if matches!(
@@ -482,14 +650,11 @@ impl<E: Env> Step<'_, E> {
 
     /// A task run that never got to start is given up on: dead, with `reason`.
     fn dead_letter_unstarted(&mut self, i: usize, reason: FailReason) {
-        self.s.set_state(i, TaskState::Dead);
         let t = &mut self.s.tasks[i];
         t.reason = Some(reason);
         t.not_before_ms = None;
         t.ended_at_ms = Some(self.now);
-        self.task_note(i, TaskNote::DeadLettered { reason });
-        self.fx.writes.push(Write::TaskRun(i));
-        self.after_task_ended(i);
+        self.failed_for_good(i, reason);
     }
 
     fn not_part_of(&self, task_run: u64) -> String {
@@ -578,14 +743,14 @@ impl<E: Env> Step<'_, E> {
                 self.s.set_state(i, TaskState::Cancelled);
                 self.fx.writes.push(Write::TaskRun(i));
                 self.task_note(i, TaskNote::Cancelled { from_dead: false });
-                self.after_task_ended(i);
+                self.after_task_ended(i, Vec::new());
                 format!("task run {id} cancelled")
             }
             TaskState::Dead => {
                 self.s.set_state(i, TaskState::Cancelled);
                 self.fx.writes.push(Write::TaskRun(i));
                 self.task_note(i, TaskNote::Cancelled { from_dead: true });
-                self.after_task_ended(i);
+                self.after_task_ended(i, Vec::new());
                 format!("task run {id} removed from the dead-letter queue (cancelled)")
             }
             other => format!("task run {id} {} already", other.phrase()),
@@ -635,7 +800,8 @@ impl<E: Env> Step<'_, E> {
         }
         let reopened = self.s.reopen();
         // A task run that never started was never released: it waits for its signal again.
-        let to = if self.s.tasks[i].attempt == 0 { self.s.graph.ready_state(i) } else { TaskState::Queued };
+        let task = self.s.tasks[i].task_index;
+        let to = if self.s.tasks[i].attempt == 0 { self.s.graph.ready_state(task) } else { TaskState::Queued };
         self.s.set_state(i, to);
         let t = &mut self.s.tasks[i];
         t.series_start = t.attempt + 1;

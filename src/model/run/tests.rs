@@ -70,6 +70,17 @@ impl Env for FixedEnv {
         let inner = template.strip_prefix("{{ ").and_then(|t| t.strip_suffix(" }}"));
         inner.filter(|t| *t != "job.name").map(str::to_string).ok_or_else(|| "for_each: cannot render".into())
     }
+    /// Understands `outputs.KEY == 'VALUE'` and `outputs.KEY != 'VALUE'`; else an error.
+    fn when(&mut self, state: &RunState, run: usize, expression: &str) -> Result<bool, String> {
+        let (equal, (key, value)) = match (expression.split_once(" == "), expression.split_once(" != ")) {
+            (Some(kv), _) => (true, kv),
+            (None, Some(kv)) => (false, kv),
+            _ => return Err(format!("cannot read `{expression}`")),
+        };
+        let key = key.strip_prefix("outputs.").ok_or("only outputs")?;
+        let got = state.tasks[run].outputs.get(key).map(String::as_str);
+        Ok((got == Some(value.trim_matches('\''))) == equal)
+    }
 }
 
 /// A new job run of the only job in `toml`: task run ids 1, 2, … in file order.
@@ -124,7 +135,14 @@ fn new_run(toml: &str) -> RunState {
 }
 
 fn id_of(s: &RunState, name: &str) -> u64 {
-    s.tasks.iter().find(|t| run_name(t) == name).map(|t| t.id).expect("a task of the job")
+    let labelled = name.contains(['[', '#']) || name.starts_with('~');
+    let found = if labelled {
+        s.tasks.iter().rev().find(|t| run_name(t) == name)
+    } else {
+        // A bare task name is its latest own task run (the current iteration).
+        s.tasks.iter().rev().find(|t| t.task == name && !t.is_extra())
+    };
+    found.map(|t| t.id).expect("a task of the job")
 }
 
 /// How scripts name a task run: its label (`fan[2]`), a compensation with `~` before (`~deploy`).
@@ -198,6 +216,8 @@ fn render(s: &RunState, fx: &Effects) -> String {
                     TaskNote::Cancelled { .. } => "cancelled".into(),
                     TaskNote::ResourceExhausted { .. } => "exhausted".into(),
                     TaskNote::Progress { .. } => "progress".into(),
+                    TaskNote::Handled => "handled".into(),
+                    TaskNote::WhenFailed { .. } => "when failed".into(),
                 };
                 format!("{} {what}", name(*task))
             }
@@ -210,6 +230,14 @@ fn render(s: &RunState, fx: &Effects) -> String {
                 format!("budget exceeded{}", task.map(|i| format!(" {}", name(i))).unwrap_or_default())
             }
             Note::BudgetRaised { .. } => "budget raised".into(),
+            Note::TransitionFired { from, on, to, task_run } => format!(
+                "{}#{} -{}-> {}{}",
+                s.tasks[*from].task,
+                s.tasks[*from].iteration,
+                on.as_str(),
+                s.graph.names[*to],
+                task_run.map(|r| format!("#{}", s.tasks[r].iteration)).unwrap_or_default()
+            ),
         })
         .collect();
     out.extend(fx.enqueue.iter().map(|&i| format!("enqueue {}", name(i))));
@@ -449,7 +477,15 @@ fn random_input(s: &RunState, pick: (u8, usize)) -> Input {
     };
     match pick.0 % 12 {
         0 | 1 => Input::Claim { task_run: t.id },
-        2 | 3 => end(None),
+        2 => end(None),
+        3 => Input::AttemptEnded {
+            task_run: t.id,
+            end: AttemptEnd {
+                n: t.attempt,
+                outputs: [("again".to_string(), "yes".to_string())].into(),
+                ..Default::default()
+            },
+        },
         4 => end(Some(FailReason::ExitCode)),
         5 => end(Some(FailReason::Interrupted)),
         6 => Input::TimerDue { task_run: t.id, due_ms: t.not_before_ms.unwrap_or(0) },
@@ -476,56 +512,260 @@ run = "true"
 needs = ["b", "c"]
 "#;
 
+/// a → b (join all of a and c), b loops on itself at most 3 times, c alone.
+const TRANSITIONS: &str = r#"
+[jobs.j.tasks.a]
+run = "true"
+retry = { max_attempts = 2, initial_interval = "1s" }
+next = [{ on = "always", do = ["b"] }]
+[jobs.j.tasks.c]
+run = "true"
+next = [{ on = "success", do = ["b"] }, { on = "failure", do = ["d"] }]
+[jobs.j.tasks.b]
+run = "true"
+join = "all"
+next = [{ on = "success", do = ["d"] }]
+[jobs.j.tasks.d]
+run = "true"
+max_iterations = 3
+next = [{ on = "success", when = "outputs.again == 'yes'", do = ["d"] }]
+"#;
+
+/// Random inputs against `toml`: the invariants of SPEC §7 and §2.2 hold after every step.
+fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseError> {
+    let mut s = new_run(toml);
+    let mut env = FixedEnv { seq: 0 };
+    let fx = step(&mut s, Input::Begin, 0, &mut env);
+    let mut ended = usize::from(fx.finish);
+    // Terminal reports since the task run was last reopened, by task run.
+    let mut terminal_said = vec![0u32; s.tasks.len()];
+    for (n, pick) in picks.into_iter().enumerate() {
+        let before: Vec<(TaskState, u32)> = s.tasks.iter().map(|t| (t.state, t.attempt)).collect();
+        let input = random_input(&s, pick);
+        let is_retry = matches!(input, Input::Retry { .. });
+        let fx = step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
+        terminal_said.resize(s.tasks.len(), 0);
+        if is_retry && matches!(fx.reply, Some(Ok(_))) {
+            terminal_said.iter_mut().for_each(|n| *n = 0); // a retry reopens what was skipped
+        }
+        for (i, t) in s.tasks.iter().enumerate() {
+            prop_assert_eq!(t.state, s.states[i], "the record mirrors the states");
+            let Some(&(was, attempt)) = before.get(i) else { continue };
+            // Attempts are gap-free, and only a queued task run starts one.
+            prop_assert!(t.attempt == attempt || (t.attempt == attempt + 1 && was == TaskState::Queued));
+            if was.is_terminal() && !t.state.is_terminal() {
+                terminal_said[i] = 0; // a retry reopened it
+            }
+        }
+        for note in &fx.notes {
+            if let Note::Task { task, what } = note {
+                let terminal = matches!(
+                    what,
+                    TaskNote::Succeeded { .. }
+                        | TaskNote::DeadLettered { .. }
+                        | TaskNote::Handled
+                        | TaskNote::Cancelled { from_dead: false }
+                        | TaskNote::Skipped
+                );
+                if terminal {
+                    terminal_said[*task] += 1;
+                    prop_assert!(terminal_said[*task] <= 1, "{} ended twice", s.tasks[*task].task);
+                }
+            }
+        }
+        for task in 0..s.graph.len() {
+            let runs = s.tasks.iter().filter(|t| t.task_index == task).count() as u32;
+            prop_assert!(runs <= s.workflow_graph.max_iterations(task).max(1), "iterations within max_iterations");
+            if s.workflow_graph.join(task).is_some() {
+                prop_assert_eq!(runs, 1, "a join target has one task run: its join fires once");
+            }
+        }
+        for &(id, _) in &fx.kills {
+            prop_assert_eq!(s.tasks[s.idx(id).expect("known")].state, TaskState::Running, "only what runs is killed");
+        }
+        if fx.finish {
+            ended += 1;
+            prop_assert!(s.tasks.iter().all(|t| t.state.is_terminal()), "a run ends when nothing is open");
+            prop_assert!(s.job_run.state.is_terminal());
+        }
+        let reopened = matches!(s.job_run.state, JobState::Running);
+        prop_assert!(ended <= 1 || reopened || fx.finish, "the end is recorded once per opening");
+        if reopened {
+            ended = 0;
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #[test]
     fn random_orders_of_inputs_keep_the_invariants(picks in proptest::collection::vec((any::<u8>(), any::<usize>()), 1..80)) {
-        let mut s = new_run(MIXED);
-        let mut env = FixedEnv { seq: 0 };
-        let fx = step(&mut s, Input::Begin, 0, &mut env);
-        let mut ended = usize::from(fx.finish);
-        // Terminal reports since the task run was last reopened, by task.
-        let mut terminal_said = vec![0u32; s.tasks.len()];
-        for (n, pick) in picks.into_iter().enumerate() {
-            let before: Vec<(TaskState, u32)> = s.tasks.iter().map(|t| (t.state, t.attempt)).collect();
-            let input = random_input(&s, pick);
-            let is_retry = matches!(input, Input::Retry { .. });
-            let fx = step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
-            if is_retry && matches!(fx.reply, Some(Ok(_))) {
-                terminal_said.iter_mut().for_each(|n| *n = 0); // a retry reopens what was skipped
-            }
-            for (i, t) in s.tasks.iter().enumerate() {
-                prop_assert_eq!(t.state, s.states[i], "the record mirrors the states");
-                let (was, attempt) = before[i];
-                // Attempts are gap-free, and only a queued task run starts one.
-                prop_assert!(t.attempt == attempt || (t.attempt == attempt + 1 && was == TaskState::Queued));
-                if was.is_terminal() && !t.state.is_terminal() {
-                    terminal_said[i] = 0; // a retry reopened it
-                }
-            }
-            for note in &fx.notes {
-                if let Note::Task { task, what } = note {
-                    let terminal = matches!(what, TaskNote::Succeeded { .. } | TaskNote::DeadLettered { .. } | TaskNote::Cancelled { from_dead: false } | TaskNote::Skipped);
-                    if terminal {
-                        terminal_said[*task] += 1;
-                        prop_assert!(terminal_said[*task] <= 1, "{} ended twice", s.tasks[*task].task);
-                    }
-                }
-            }
-            for &(id, _) in &fx.kills {
-                prop_assert_eq!(s.tasks[s.idx(id).expect("known")].state, TaskState::Running, "only what runs is killed");
-            }
-            if fx.finish {
-                ended += 1;
-                prop_assert!(s.tasks.iter().all(|t| t.state.is_terminal()), "a run ends when nothing is open");
-                prop_assert!(s.job_run.state.is_terminal());
-            }
-            let reopened = matches!(s.job_run.state, JobState::Running);
-            prop_assert!(ended <= 1 || reopened || fx.finish, "the end is recorded once per opening");
-            if reopened {
-                ended = 0;
-            }
-        }
+        keeps_invariants(MIXED, picks)?;
     }
+
+    #[test]
+    fn random_orders_of_inputs_through_transitions_keep_the_invariants(picks in proptest::collection::vec((any::<u8>(), any::<usize>()), 1..120)) {
+        keeps_invariants(TRANSITIONS, picks)?;
+    }
+}
+
+/// write → review; review loops until its verdict is `approved` (at most 2 runs), then ships;
+/// a failed review is handled by `notify`.
+const LOOP: &str = r#"
+[jobs.j.tasks.write]
+run = "true"
+next = [{ on = "success", do = ["review"] }]
+[jobs.j.tasks.review]
+run = "true"
+max_iterations = 2
+retry = { max_attempts = 1 }
+next = [
+  { on = "success", when = "outputs.verdict == 'approved'", do = ["ship"] },
+  { on = "success", when = "outputs.verdict != 'approved'", do = ["review"] },
+  { on = "failure", do = ["notify"] },
+]
+[jobs.j.tasks.ship]
+run = "true"
+[jobs.j.tasks.notify]
+run = "true"
+"#;
+
+#[test]
+fn a_loop_runs_again_until_an_output_ends_it() {
+    check(
+        LOOP,
+        "begin
+         claim write
+         ok write
+         claim review
+         ok review verdict=no
+         claim review
+         ok review verdict=approved
+         claim ship
+         ok ship",
+        "begin => job started, write queued, enqueue write
+         claim write => claimed write#1
+         ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
+         claim review => claimed review#1
+         ok review verdict=no => review succeeded, review#1 -success-> review#2, review#2 queued, enqueue review#2
+         claim review => claimed review#2#1
+         ok review verdict=approved => review#2 succeeded, review#2 -success-> ship#1, ship queued, enqueue ship
+         claim ship => claimed ship#1
+         ok ship => ship succeeded, notify skipped, job succeeded, finish",
+    );
+}
+
+#[test]
+fn one_run_too_many_fails_the_job_run_with_iteration_limit() {
+    check(
+        LOOP,
+        "begin
+         claim write
+         ok write
+         claim review
+         ok review verdict=no
+         claim review
+         ok review verdict=no",
+        "begin => job started, write queued, enqueue write
+         claim write => claimed write#1
+         ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
+         claim review => claimed review#1
+         ok review verdict=no => review succeeded, review#1 -success-> review#2, review#2 queued, enqueue review#2
+         claim review => claimed review#2#1
+         ok review verdict=no => review#2 succeeded, ship skipped, notify skipped, review#2 -success-> review, job failed (iteration_limit), finish",
+    );
+}
+
+#[test]
+fn a_failure_a_transition_handles_ends_failed_and_the_run_succeeds() {
+    check(
+        LOOP,
+        "begin
+         claim write
+         ok write
+         claim review
+         fail review 2
+         claim notify
+         ok notify",
+        "begin => job started, write queued, enqueue write
+         claim write => claimed write#1
+         ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
+         claim review => claimed review#1
+         fail review 2 => review failed#1(exit_code), review handled, review#1 -failure-> notify#1, notify queued, enqueue notify
+         claim notify => claimed notify#1
+         ok notify => notify succeeded, ship skipped, job succeeded, finish",
+    );
+}
+
+/// a, b and c all lead to `sum`, which runs once two of them arrived.
+const JOIN: &str = r#"
+[jobs.j.tasks.a]
+run = "true"
+retry = { max_attempts = 1 }
+next = [{ on = "success", do = ["sum"] }]
+[jobs.j.tasks.b]
+run = "true"
+retry = { max_attempts = 1 }
+next = [{ on = "success", do = ["sum"] }]
+[jobs.j.tasks.c]
+run = "true"
+next = [{ on = "success", do = ["sum"] }]
+[jobs.j.tasks.sum]
+run = "true"
+join = 2
+"#;
+
+#[test]
+fn a_join_of_n_fires_once_when_n_sources_arrived() {
+    check(
+        JOIN,
+        "begin
+         claim a
+         claim b
+         claim c
+         fail a 1
+         ok b
+         ok c
+         claim sum
+         ok sum",
+        "begin => job started, a queued, b queued, c queued, enqueue a, enqueue b, enqueue c
+         claim a => claimed a#1
+         claim b => claimed b#1
+         claim c => claimed c#1
+         fail a 1 => a failed#1(exit_code), a dead(exit_code)
+         ok b => b succeeded, b#1 -success-> sum
+         ok c => c succeeded, c#1 -success-> sum#1, sum queued, enqueue sum
+         claim sum => claimed sum#1
+         ok sum => sum succeeded, job failed (task a (#1) dead: exit_code 1), finish",
+    );
+}
+
+#[test]
+fn a_join_that_can_no_longer_be_satisfied_is_skipped() {
+    check(
+        &JOIN.replace("join = 2", "join = \"all\""),
+        "begin
+         claim a
+         fail a 1
+         claim b
+         ok b
+         claim c
+         ok c",
+        "begin => job started, a queued, b queued, c queued, enqueue a, enqueue b, enqueue c
+         claim a => claimed a#1
+         fail a 1 => a failed#1(exit_code), a dead(exit_code)
+         claim b => claimed b#1
+         ok b => b succeeded, b#1 -success-> sum
+         claim c => claimed c#1
+         ok c => c succeeded, c#1 -success-> sum, sum skipped, job failed (task a (#1) dead: exit_code 1), finish",
+    );
+    let mut s = new_run(&JOIN.replace("join = 2", "join = \"all\""));
+    let mut env = FixedEnv { seq: 0 };
+    for line in ["begin", "claim a", "fail a 1", "claim b", "ok b", "claim c", "ok c"] {
+        let input = input_of(&s, line);
+        step(&mut s, input, 0, &mut env);
+    }
+    assert_eq!(s.tasks[3].reason, Some(FailReason::JoinUnsatisfied));
 }
 
 #[path = "fanout_tests.rs"]
