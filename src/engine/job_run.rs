@@ -129,7 +129,8 @@ impl run::Env for ActorEnv<'_> {
             item_index: t.item_index,
         };
         let mut context = template_context(self.shared, self.record, state, i);
-        context.tasks = (0..state.latest.len()).map(|u| upstream(state, u)).collect();
+        // The run that just ended is its own task's latest: `tasks.T` is that run for `T` itself.
+        context.tasks = (0..state.latest.len()).map(|u| upstream(state, u, usize::MAX)).collect();
         template::evaluate_when(expression, &context, &own)
     }
 
@@ -142,10 +143,16 @@ impl run::Env for ActorEnv<'_> {
     }
 }
 
-/// Task `u` as a template sees it: its latest task run's outputs (the current iteration), or a
-/// fanned-out task's as the list of its items'.
-fn upstream(state: &RunState, u: usize) -> (String, UpstreamTask) {
-    let run = &state.tasks[state.latest[u]];
+/// Task `u` as task run `rendering`'s templates see it: its latest task run's outputs (the
+/// current iteration; for a task on a loop through itself, the iteration before `rendering`),
+/// or a fanned-out task's as the list of its items'. A task not reached yet has no outputs.
+fn upstream(state: &RunState, u: usize, rendering: usize) -> (String, UpstreamTask) {
+    let mut latest = state.latest[u];
+    if latest == rendering {
+        let earlier = state.tasks[..rendering].iter().rposition(|t| t.task_index == u && !t.is_extra());
+        latest = earlier.unwrap_or(latest);
+    }
+    let run = &state.tasks[latest];
     let items = state.fanouts.get(&u).map(|node| {
         let outputs = node.runs.iter().enumerate().map(|(k, &r)| (k, state.tasks[r].outputs.clone()));
         crate::model::fanout::outputs_in_item_order(node.runs.len(), outputs)
@@ -171,7 +178,13 @@ fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i:
         tasks: if !state.def(i).is_templated() {
             Default::default()
         } else {
-            state.graph.ancestors(state.tasks[i].task_index).into_iter().map(|u| upstream(state, u)).collect()
+            // Upstream through `needs` and transitions, as validation allows (SPEC §2.2).
+            state
+                .workflow_graph
+                .upstream(state.tasks[i].task_index)
+                .into_iter()
+                .map(|u| upstream(state, u, i))
+                .collect()
         },
     }
 }
