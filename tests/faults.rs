@@ -320,7 +320,14 @@ fn check_control_campaign(p: &Project, seed: u64) {
     use std::collections::{BTreeMap, BTreeSet};
     let tasks = p.tasks();
     let jobs = p.json(&["jobs", "--json"]);
-    let ctx = format!("seed {seed}; job runs: {jobs:#}");
+    let runs: Vec<String> = tasks
+        .iter()
+        .map(|t| {
+            let (id, task, it, item, kind) = (&t["id"], &t["task"], &t["iteration"], &t["item_index"], &t["kind"]);
+            format!("{id} {task}#{it}[{item}] {kind} {} attempt {}", t["state"], t["attempt"])
+        })
+        .collect();
+    let ctx = format!("seed {seed}; job runs: {jobs}; task runs:\n{}", runs.join("\n"));
     assert_eq!(jobs.as_array().map(Vec::len), Some(1), "resumed, never resubmitted ({ctx})");
     assert_eq!(jobs[0]["state"], "failed", "`last` fails for good ({ctx})");
     let terminal = ["succeeded", "failed", "dead", "skipped", "cancelled"];

@@ -770,3 +770,26 @@ fn a_join_that_can_no_longer_be_satisfied_is_skipped() {
 
 #[path = "fanout_tests.rs"]
 mod fanout_tests;
+
+/// A join's arrivals were kept only in memory: a restart after `b` arrived (and before `c`
+/// did) forgot `b`, so `sum` never had its two sources, was skipped `join_unsatisfied`, and the
+/// run "succeeded" without it (found by the kill -9 campaign in tests/faults.rs).
+#[test]
+fn a_resume_remembers_which_sources_of_a_join_arrived() {
+    let mut s = new_run(JOIN);
+    let mut env = FixedEnv { seq: 0 };
+    let mut now = 0;
+    let mut run = |s: &mut RunState, line: &str| {
+        now += 1000;
+        let input = input_of(s, line);
+        step(s, input, now, &mut env)
+    };
+    for line in ["begin", "claim a", "claim b", "claim c", "fail a 1", "ok b"] {
+        run(&mut s, line);
+    }
+    let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
+    let fx = step(&mut resumed, Input::Resume, 10_000, &mut FixedEnv { seq: 50 });
+    assert_eq!(render(&resumed, &fx), "", "nothing fires again, nothing is said again");
+    let fx = run(&mut resumed, "ok c");
+    assert_eq!(render(&resumed, &fx), "c succeeded, c#1 -success-> sum#1, sum queued, enqueue sum");
+}
