@@ -15,6 +15,11 @@
 #   SINGLE_JOB_TIMEOUT=150   cap (s) on the one-job no-op run (it is quadratic in tasks per job)
 #   MANY_N=1000     tasks `sleep 2` running at once (workers = MANY_N) for the memory-per-task row
 #   FANOUT_N=10000  items of the one fanned-out task (`for_each`) for the fan-out row
+#   INSN_N=1000     tasks per run for the instructions-per-task rows (callgrind; INSN_N=0 skips them)
+#
+# Needs valgrind for the instructions-per-task rows (`apt-get install valgrind`): CPU counters
+# (`perf stat -e instructions`) are not available in most VMs, callgrind counts the same way
+# everywhere and whatever else the machine does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,9 +32,15 @@ REPS="${REPS:-3}"
 SINGLE_JOB_TIMEOUT="${SINGLE_JOB_TIMEOUT:-150}"
 MANY_N="${MANY_N:-1000}"
 FANOUT_N="${FANOUT_N:-10000}"
+INSN_N="${INSN_N:-1000}"
 PER_JOB=100 # tasks per job in the many-jobs layouts
 
 log() { printf '[bench] %s\n' "$*" >&2; }
+
+if [ "$INSN_N" -gt 0 ] && ! command -v valgrind >/dev/null 2>&1; then
+  echo "bench: the instructions-per-task rows need valgrind: apt-get install valgrind (or INSN_N=0 to skip them)" >&2
+  exit 1
+fi
 
 log "building (cargo build --release; cargo bench --bench latency --no-run)"
 cargo build --release --quiet
@@ -361,6 +372,44 @@ row "peak RSS with $MANY_N tasks \`sleep 2\` running at once" "$(awk '{ printf "
 row "wall time of the same run vs raw spawn + sleep" "$(med '%.2f' <"$WORK/many.s") s vs $(med '%.2f' <"$WORK/many-raw.s") s" "≤ 1.2× raw" \
   "$(awk -v r="$many_ratio" 'BEGIN { printf "%s %.2f× of raw (median of per-rep ratios)", (r <= 1.2) ? "✅" : "❌ missed:", r }')" \
   "gaffer: process start → exit, every task.succeeded checked; raw: \`seq $MANY_N | xargs -P$MANY_N -n1 sh -c 'sleep 2'\`, wall; interleaved"
+
+# ------------------------------------------------------------------ 9. instructions per task (issue 10)
+# gaffer's own instructions (user space, all its threads; not the tasks' processes: callgrind
+# does not follow children) per task run, as the difference between a run of INSN_N tasks and a
+# run of 1, so start-up and exit are not in it. Repeatable to about 1 % whatever the load (the
+# rest is timers and how many task runs one commit takes): a regression shows as a number.
+# Targets: the 2026-12-01 measurement + 10 % (BENCHMARKS.md).
+INSN_NOOP_TARGET=530000
+INSN_SHELL_TARGET=940000
+callgrind_instructions() { # workflow, extra args... -> instructions of the whole `gaffer run`
+  local wf="$1" out="$WORK/callgrind.out" state="$WORK/state-insn-$RANDOM$RANDOM"
+  shift
+  valgrind --tool=callgrind --callgrind-out-file="$out" --log-file="$WORK/callgrind.log" \
+    "$GAFFER" run "$wf" --state-dir "$state" --json --workers "$W" "$@" >"$WORK/insn.jsonl" 2>"$WORK/err.txt"
+  awk '/^summary:/ { print $2 }' "$out"
+}
+per_task_instructions() { # kind ("noop" | "shell"), extra args... -> instructions per task run
+  local kind="$1" one many
+  shift
+  gen_workflow "$WORK/insn-1.toml" 1
+  gen_workflow "$WORK/insn-n.toml" "$INSN_N"
+  one=$(callgrind_instructions "$WORK/insn-1.toml" "$@")
+  many=$(callgrind_instructions "$WORK/insn-n.toml" "$@")
+  [ "$(count_event "$WORK/insn.jsonl" task.succeeded)" -eq "$INSN_N" ] || { log "   $kind: not every task succeeded"; return 1; }
+  log "   $kind: $one instructions for 1 task, $many for $INSN_N"
+  awk -v a="$one" -v b="$many" -v n="$INSN_N" 'BEGIN { printf "%.0f", (b - a) / (n - 1) }'
+}
+if [ "$INSN_N" -gt 1 ]; then
+  log "9. instructions per task (valgrind --tool=callgrind), $INSN_N tasks vs 1, W=$W"
+  for kind in noop shell; do
+    extra=(); target=$INSN_SHELL_TARGET; what="shell tasks \`true\`"
+    [ "$kind" = noop ] && { extra=(--noop-executor); target=$INSN_NOOP_TARGET; what="durable no-op tasks"; }
+    per_task=$(per_task_instructions "$kind" "${extra[@]}")
+    row "instructions per task, $what (gaffer's own, callgrind)" "$(awk -v v="$per_task" 'BEGIN { printf "%.0f k", v / 1000 }')" \
+      "≤ $(awk -v v="$target" 'BEGIN { printf "%.0f k", v / 1000 }')" "$(verdict "$per_task" "$target" le)" \
+      "\`valgrind --tool=callgrind gaffer run --json --workers $W${extra[*]:+ ${extra[*]}}\` on 1 job × $INSN_N tasks minus the same with 1 task, ÷ $((INSN_N - 1)); user-space instructions of every gaffer thread, the tasks' processes not counted"
+  done
+fi
 
 # ------------------------------------------------------------------ TUI (issue 3)
 log "TUI: one frame of each view with 100k task runs (release)"

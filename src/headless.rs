@@ -30,16 +30,19 @@ pub fn human_line(e: &EngineEvent) -> Option<String> {
     let clock = time.get(11..23).unwrap_or(&time);
     let who = match (&e.task_run, &e.task, &e.job_run, &e.job) {
         (Some(id), Some(task), _, Some(job)) => {
-            let iteration = e.field("iteration").and_then(serde_json::Value::as_u64).unwrap_or(1) as u32;
-            let item = e.field("item_index").and_then(serde_json::Value::as_u64).map(|k| k as u32);
-            let label = crate::model::fanout::label(task, iteration, item);
             let undo = if e.str_field("kind") == Some("compensation") { "undo " } else { "" };
-            format!("#{id} {undo}{job}.{label}")
+            format!("#{id} {undo}{job}.{}", instance_label(e, task))
         }
         (_, _, Some(id), Some(job)) => format!("j{id} {job}"),
         _ => String::from("gaffer"),
     };
     Some(format!("{clock} {who:<28} {what}"))
+}
+
+/// The task of a task event labelled by the `iteration` and `item_index` it carries (SPEC §6):
+/// `review#2`, `fetch[3]` (`model::fanout::label`).
+fn instance_label(e: &EngineEvent, task: &str) -> String {
+    crate::report::label_in(task, &e.fields)
 }
 
 fn describe(e: &EngineEvent) -> Option<String> {
@@ -197,6 +200,9 @@ mod tests {
         let line = human_line(&e).expect("a line");
         assert!(line.contains(" #7 report.fetch "), "{line}");
         assert!(line.ends_with(" attempt 2 failed: exit_code 3"), "{line}");
+        let e = e.with("iteration", 2).with("item_index", 3);
+        let line = human_line(&e).expect("a line");
+        assert!(line.contains(" #7 report.fetch#2[3] "), "{line}");
         assert_eq!(duration(2_400), "2.4s");
         assert_eq!(duration(185_000), "3m05s");
     }

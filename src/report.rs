@@ -16,6 +16,14 @@ use crate::model::{JobState, TaskState};
 use crate::sanitize::sanitize;
 use crate::store::{self, AttemptRecord, JobRunRecord, Reader, StoreError, TaskRunRecord};
 
+mod wire;
+pub use wire::{JobRunView, TaskRunView, instance_in, label_in};
+
+/// Where attempt `n` of a task run logs, relative to the state dir (SPEC §5).
+pub fn attempt_log_path(job_run: u64, task_run: u64, n: u32) -> String {
+    AttemptRecord::log_path(job_run, task_run, n)
+}
+
 /// Why a query has no answer: the API turns these into 404 / 400 / 409 / 500.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -34,32 +42,14 @@ fn time_json(ms: Option<u64>) -> Value {
     ms.map_or(Value::Null, |ms| json!(rfc3339_ms(ms)))
 }
 
-/// SPEC §4.1 `tasks --json` item.
+/// SPEC §4.1 `tasks --json` item (the wire's `TaskRunView`).
 pub fn task_json(t: &TaskRunRecord) -> Value {
-    json!({
-        "id": t.id, "job": t.job, "job_run": t.job_run, "task": t.task, "state": t.state.as_str(),
-        "attempt": t.attempt, "attempts_in_series": t.attempts_in_series(), "max_attempts": t.max_attempts, "queue": t.queue, "priority": t.priority,
-        "cost_usd": usd_json(t.cost_usd_micros), "input_tokens": t.input_tokens, "output_tokens": t.output_tokens,
-        "outputs": t.outputs, "reason": t.reason.map(|r| r.as_str()), "detail": t.detail, "exit_code": t.exit_code,
-        "progress": t.progress, "created_at": time_json(Some(t.created_at_ms)), "started_at": time_json(t.started_at_ms),
-        "ended_at": time_json(t.ended_at_ms), "not_before": time_json(t.not_before_ms),
-        // SPEC §2.2: which run of its task this is, its fan-out item, what it is for.
-        "iteration": t.iteration, "item_index": t.item_index, "item": item_json(t.item.as_deref()),
-        "kind": t.kind.as_str(), "compensates": t.compensates,
-    })
+    wire::to_value(&TaskRunView::from(t))
 }
 
-/// A fan-out item as the JSON value it is (stored as its JSON text).
-fn item_json(text: Option<&str>) -> Value {
-    text.map_or(Value::Null, |text| serde_json::from_str(text).unwrap_or_else(|_| json!(text)))
-}
-
-/// SPEC §4.1 `jobs --json` item.
+/// SPEC §4.1 `jobs --json` item (the wire's `JobRunView`).
 pub fn job_json(j: &JobRunRecord) -> Value {
-    json!({
-        "id": j.id, "job": j.job, "state": j.state.as_str(), "params": j.params, "cost_usd": usd_json(j.cost_usd_micros),
-        "started_at": time_json(Some(j.created_at_ms)), "ended_at": time_json(j.ended_at_ms), "reason": j.reason,
-    })
+    wire::to_value(&JobRunView::from(j))
 }
 
 pub fn attempt_json(a: &AttemptRecord) -> Value {
@@ -250,6 +240,7 @@ pub fn for_each_job(reader: &Reader, filter: &JobFilter, mut f: impl FnMut(Value
 
 /// Which task runs `tasks` lists (also the query string of `GET /v1/tasks`).
 #[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TaskFilter {
     /// Only the task runs in this state (`dead`: the dead letters).
     #[param(value_type = Option<crate::api::TaskStateName>, nullable = false)]

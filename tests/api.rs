@@ -149,6 +149,11 @@ fn the_openapi_document_describes_every_endpoint_and_every_field() {
     described("Cost", &cost, "cost --json");
     described("CostRow", &cost["rows"][0], "cost --json (rows)");
     described("LogChunk", &gaffer::api::client::call(&p.state_dir(), "GET", "/v1/logs/1", None).expect("log"), "logs");
+    let loaded = gaffer::api::client::call(&p.state_dir(), "GET", "/v1/job_runs/1/tasks", None).expect("task runs");
+    described("TaskRun", &loaded[0], "/v1/job_runs/1/tasks");
+    assert_eq!(loaded[0], p.tasks()[0], "a loaded job run's task runs are shaped as `tasks --json`");
+    let answer = &doc["paths"]["/v1/job_runs/{id}/tasks"]["get"]["responses"]["200"]["content"]["application/json"];
+    assert_eq!(answer["schema"]["items"]["$ref"], "#/components/schemas/TaskRun", "{answer}");
 }
 
 /// Outside the document: another method is a 405 naming the one allowed, an unknown path a

@@ -291,8 +291,8 @@ fn the_tui_counts_attempts_of_a_retried_run_as_tasks_does() {
     assert_eq!(p.run_json(&[]).0, 1);
     let reader = gaffer::store::open_reader(&p.state_dir()).expect("reader");
     let snapshot = EngineSnapshot {
-        job_runs: reader.job_runs().expect("job runs"),
-        task_runs: reader.task_runs().expect("task runs"),
+        job_runs: reader.job_runs().expect("job runs").iter().map(gaffer::report::JobRunView::from).collect(),
+        task_runs: reader.task_runs().expect("task runs").iter().map(gaffer::report::TaskRunView::from).collect(),
         ..EngineSnapshot::default()
     };
     drop(reader);

@@ -1,5 +1,6 @@
 //! The workflow-control keys of SPEC §2.2 on the real binary, config side: `gaffer validate`
-//! accepts an example of every key and reports mistakes with `file:line:col`.
+//! accepts an example of every key and reports mistakes with `file:line:col`. (Every key runs
+//! now: tests/workflow_control.rs and tests/workflow_fanout.rs run them.)
 
 mod support;
 

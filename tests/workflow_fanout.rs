@@ -240,3 +240,28 @@ fn a_compensation_that_fails_for_good_is_a_dead_letter_and_the_saga_goes_on() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["task"], "deploy");
 }
+
+#[test]
+fn a_saga_cut_by_kill_9_goes_on_where_it_was_after_a_restart() {
+    let p = Project::new(&SAGA.replace(
+        "compensate = 'echo \"undo-deploy",
+        "compensate = 'echo \"undo-deploy-try $GAFFER_ATTEMPT\" >> log; [ -e go ] || sleep 30; echo \"undo-deploy",
+    ));
+    let mut first = p.spawn_run(&[]);
+    support::wait_until(std::time::Duration::from_secs(20), "the deploy compensation to start", || {
+        std::fs::read_to_string(p.path().join("log")).is_ok_and(|l| l.contains("undo-deploy-try 1"))
+    });
+    first.kill().expect("kill -9");
+    first.wait().expect("reaped");
+    std::fs::write(p.path().join("go"), "").expect("go");
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1, "{events:?}");
+    let log = read(&p, "log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(&lines[..4], ["create", "deploy", "announce", "undo-deploy-try 1"], "{log}");
+    assert!(lines[4].starts_with("undo-deploy-try 2") && lines[5].starts_with("undo-deploy prod"), "{log}");
+    assert!(lines[6].starts_with("undo-create") && lines.len() == 7, "each run undone once, in order: {log}");
+    assert_eq!(p.json(&["jobs", "--json"]).as_array().map(Vec::len), Some(1), "resumed, not run again");
+    let compensations = p.tasks().into_iter().filter(|t| t["kind"] == "compensation").count();
+    assert_eq!(compensations, 2);
+}

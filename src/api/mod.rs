@@ -9,6 +9,7 @@ pub mod client;
 mod metrics;
 mod openapi;
 mod remote;
+mod request;
 mod routes;
 mod stream;
 pub mod token;
@@ -22,6 +23,7 @@ use actix_web::{App, HttpServer, web};
 
 pub use openapi::TaskStateName;
 pub use remote::RemoteEngine;
+pub use request::{Request, RequestError, decode_request};
 
 use crate::config::Workflow;
 use crate::engine::EngineHandle;
@@ -95,23 +97,21 @@ impl Api {
         let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf(), token, openapi });
         let server = || {
             let state = state.clone();
-            HttpServer::new(move || {
-                App::new().app_data(state.clone()).configure(routes::extractor_errors).configure(routes::configure)
-            })
-            .workers(1)
-            .max_connections(MAX_CONNECTIONS)
-            .client_request_timeout(REQUEST_HEAD_TIMEOUT)
-            .keep_alive(KEEP_ALIVE)
-            .client_disconnect_timeout(DISCONNECT_TIMEOUT)
-            .disable_signals()
-            .shutdown_timeout(1)
-            .on_connect(|connection, extensions| {
-                let peer = match connection.downcast_ref::<tokio::net::UnixStream>() {
-                    Some(unix) => Peer::Local(unix.peer_cred().ok().map(|cred| cred.uid())),
-                    None => Peer::Tcp,
-                };
-                extensions.insert(peer);
-            })
+            HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
+                .workers(1)
+                .max_connections(MAX_CONNECTIONS)
+                .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+                .keep_alive(KEEP_ALIVE)
+                .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .on_connect(|connection, extensions| {
+                    let peer = match connection.downcast_ref::<tokio::net::UnixStream>() {
+                        Some(unix) => Peer::Local(unix.peer_cred().ok().map(|cred| cred.uid())),
+                        None => Peer::Tcp,
+                    };
+                    extensions.insert(peer);
+                })
         };
         let mut servers = vec![server().listen_uds(listener)?.run()];
         if let Some(tcp) = tcp {

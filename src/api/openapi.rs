@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::config::Workflow;
 use crate::model::{JobState, TaskState};
+use crate::store::TaskRunKind;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -50,7 +51,7 @@ use crate::model::{JobState, TaskState};
     ),
     components(schemas(
         Status, TaskRun, JobRun, Attempt, TaskRunDetail, JobRunDetail, Cost, LogChunk, Message, Submitted, Failure,
-        crate::report::CostBy, super::routes::Int64
+        crate::report::CostBy, super::request::Int64
     )),
     modifiers(&BearerOverTcp, &Refusals),
     security(("bearer" = [])),
@@ -159,6 +160,17 @@ impl PartialSchema for JobStateName {
 
 impl ToSchema for JobStateName {}
 
+/// What a task run is for (`store::TaskRunKind`).
+pub struct TaskRunKindName;
+
+impl PartialSchema for TaskRunKindName {
+    fn schema() -> RefOr<Schema> {
+        string_enum(TaskRunKind::ALL.map(TaskRunKind::as_str))
+    }
+}
+
+impl ToSchema for TaskRunKindName {}
+
 fn string_enum<const N: usize>(names: [&str; N]) -> RefOr<Schema> {
     ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)).into()
 }
@@ -196,6 +208,17 @@ pub struct TaskRun {
     ended_at: Option<String>,
     #[schema(format = DateTime)]
     not_before: Option<String>,
+    /// 1 for the task's first run in its job run, 2 for the next … (SPEC §2.2).
+    iteration: u32,
+    /// Fan-out (`for_each`): the item's place, 0-based; null for a task that does not fan out.
+    item_index: Option<u32>,
+    /// Fan-out: the item, as the JSON value it is (a matrix item is an object).
+    item: Option<serde_json::Value>,
+    /// `task`, or `compensation` for a run that undoes a succeeded one (saga).
+    #[schema(value_type = TaskRunKindName)]
+    kind: String,
+    /// For a compensation: the task run it undoes (its `GAFFER_COMPENSATES`); else null.
+    compensates: Option<u64>,
 }
 
 /// SPEC §4.1 `jobs --json` item.
@@ -329,6 +352,7 @@ impl ToSchema for Null {}
 /// `show ID --json`: a task run (`42`) or a job run (`j7`).
 #[derive(ToSchema)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // Only described, never built.
 pub enum Shown {
     TaskRun(TaskRunDetail),
     JobRun(JobRunDetail),

@@ -16,7 +16,7 @@ use super::client::{Client, ClientError, encode};
 use crate::engine::{
     Control, EngineError, EngineEvent, EngineSnapshot, QueueSnapshot, Reply, RetryOptions, Target, WorkerSnapshot,
 };
-use crate::store::TaskRunRecord;
+use crate::report::TaskRunView;
 
 pub struct RemoteEngine {
     client: Client,
@@ -110,7 +110,7 @@ impl Control for RemoteEngine {
         })
     }
 
-    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunRecord>> {
+    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunView>> {
         Box::pin(async move { self.call(Method::GET, &format!("/v1/job_runs/{job_run}/tasks"), None).await })
     }
 

@@ -1,107 +1,75 @@
 //! The endpoints. Reads go to the store (MVCC snapshots, never blocking the engine); writes go
 //! through the `EngineHandle`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::{ConnectionType, Method};
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{HttpResponse, web};
-use serde::Deserialize;
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
-use utoipa::{IntoParams, ToSchema};
 
-use super::openapi::{self as doc, JobStateName};
+use super::openapi as doc;
+use super::request::{self, BODY_LIMIT, CostQuery, Int64, JobsQuery, LogQuery, Request, RequestError};
+use super::request::{SignalBody, SubmitBody, TargetBody};
 use super::{ApiState, Peer};
-use crate::engine::{EngineError, Target};
+use crate::engine::{EngineError, RetryOptions, SubmitRequest, Target};
 use crate::report::{self, CostBy, JobFilter, QueryError, TaskFilter};
 use crate::store::Reader;
 
+/// Every request goes through the peer check, then [`dispatch`]: `request::decode` is the
+/// router and the only decoding of paths, queries and bodies.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("")
-            .wrap(from_fn(only_our_user))
-            .service(one(Method::GET, "/v1/status", status))
-            .service(one(Method::POST, "/v1/submit", submit))
-            .service(one(Method::POST, "/v1/retry", retry))
-            .service(one(Method::POST, "/v1/cancel", cancel))
-            .service(one(Method::POST, "/v1/signal", signal))
-            .service(one(Method::POST, "/v1/queues/{queue}/pause", pause))
-            .service(one(Method::POST, "/v1/queues/{queue}/resume", resume))
-            .service(one(Method::GET, "/v1/events", events))
-            .service(one(Method::GET, "/v1/snapshot", snapshot))
-            .service(one(Method::GET, "/v1/jobs", jobs))
-            .service(one(Method::GET, "/v1/tasks", tasks))
-            .service(one(Method::GET, "/v1/show/{target}", show))
-            .service(one(Method::GET, "/v1/cost", cost))
-            .service(one(Method::GET, "/v1/logs/{id}", logs))
-            .service(one(Method::GET, "/v1/live", live))
-            .service(one(Method::GET, "/v1/job_runs/{id}/tasks", task_runs_of))
-            .service(one(Method::GET, "/v1/openapi.json", openapi))
-            .service(one(Method::GET, "/metrics", super::metrics::metrics))
-            .default_service(web::to(|| async { HttpResponse::NotFound().json(json!({"error": "no such endpoint"})) })),
-    );
+    cfg.service(web::scope("").wrap(from_fn(only_our_user)).default_service(web::to(dispatch)));
 }
 
-/// A path served for one method; any other is answered 405 with the `Allow` header.
-fn one<F, Args>(method: Method, path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    let allow = method.to_string();
-    web::resource(path).route(web::method(method).to(handler)).default_service(web::to(move || {
-        let allow = allow.clone();
-        async move {
-            HttpResponse::MethodNotAllowed()
-                .insert_header((actix_web::http::header::ALLOW, allow.clone()))
-                .json(json!({"error": format!("this endpoint takes {allow} only")}))
+/// Decodes the request and runs the handler of its endpoint.
+async fn dispatch(state: web::Data<ApiState>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let body = match payload.to_bytes_limited(BODY_LIMIT).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return refusal(RequestError { status: 400, message: format!("request body: {e}"), allow: None }),
+        Err(_) => {
+            let message = format!("request body: larger than {BODY_LIMIT} bytes");
+            return refusal(RequestError { status: 413, message, allow: None });
         }
-    }))
-}
-
-/// An id, count or time as the API takes it: 0 to 2^63-1, OpenAPI's `int64`, so what the
-/// document promises is exactly what is accepted.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(try_from = "u64")]
-pub(super) struct Int64(u64);
-
-impl TryFrom<u64> for Int64 {
-    type Error = String;
-
-    fn try_from(n: u64) -> Result<Int64, String> {
-        i64::try_from(n).map(|_| Int64(n)).map_err(|_| format!("{n} is larger than 2^63-1"))
-    }
-}
-
-impl utoipa::PartialSchema for Int64 {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
-        let int64 = SchemaFormat::KnownFormat(KnownFormat::Int64);
-        ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(Some(int64))
-            .minimum(Some(0))
-            .maximum(Some(i64::MAX))
-            .into()
-    }
-}
-
-impl ToSchema for Int64 {}
-
-/// A body, query or path that does not parse is answered like every other refusal: JSON with
-/// the reason, status 400.
-pub fn extractor_errors(cfg: &mut web::ServiceConfig) {
-    let bad = |message: String| {
-        let response = HttpResponse::BadRequest().json(json!({"error": message}));
-        actix_web::error::InternalError::from_response(message, response).into()
     };
-    cfg.app_data(web::JsonConfig::default().error_handler(move |e, _| bad(format!("request body: {e}"))))
-        .app_data(web::QueryConfig::default().error_handler(move |e, _| bad(format!("query string: {e}"))))
-        .app_data(web::PathConfig::default().error_handler(move |e, _| bad(format!("path: {e}"))));
+    let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let request = match request::decode(req.method(), req.uri(), content_type, &body) {
+        Ok(request) => request,
+        Err(e) => return refusal(e),
+    };
+    match request {
+        Request::Status => status(state).await,
+        Request::Submit(submit_request) => submit(state, submit_request).await,
+        Request::Retry(target, options) => retry(state, target, options).await,
+        Request::Cancel(target) => cancel(state, target).await,
+        Request::Signal { target, name } => signal(state, target, name).await,
+        Request::Pause(queue) => pause(state, queue).await,
+        Request::Resume(queue) => resume(state, queue).await,
+        Request::Events => events(state).await,
+        Request::Snapshot => snapshot(state).await,
+        Request::Jobs(filter) => jobs(state, filter).await,
+        Request::Tasks(filter) => tasks(state, filter).await,
+        Request::Show(target) => show(state, target).await,
+        Request::Cost { by, since_ms } => cost(state, by, since_ms).await,
+        Request::Logs { task_run, attempt, offset } => logs(state, task_run, attempt, offset).await,
+        Request::Live => live(state).await,
+        Request::TaskRunsOf(job_run) => task_runs_of(state, job_run).await,
+        Request::OpenApi => openapi(state).await,
+        Request::Metrics => super::metrics::metrics(state).await,
+    }
+}
+
+/// A request not understood: JSON with the reason; a 405 names the method it takes (`Allow`).
+fn refusal(e: RequestError) -> HttpResponse {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = HttpResponse::build(status);
+    if let Some(allow) = e.allow {
+        response.insert_header((actix_web::http::header::ALLOW, allow.to_string()));
+    }
+    response.json(json!({"error": e.message}))
 }
 
 /// On the unix socket: only the uid gaffer runs as. Over TCP: the bearer token, and a Host
@@ -179,111 +147,38 @@ pub(super) async fn status(state: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
-/// Replaced in the served document by one alternative per job of the workflow.
-#[derive(Deserialize, ToSchema)]
-pub(super) struct SubmitBody {
-    job: String,
-    #[serde(default)]
-    params: BTreeMap<String, String>,
-    #[schema(maximum = 100)]
-    #[serde(default, deserialize_with = "whole_number")]
-    priority: Option<u8>,
-    key: Option<String>,
-}
-
-/// A JSON integer as JSON Schema counts them, `11.0` as well as `11` (found by schemathesis:
-/// the document says `integer`, and serde's `u8` refused `11.0`).
-fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
-    let Some(n) = Option::<f64>::deserialize(d)? else { return Ok(None) };
-    match n.fract() == 0.0 && (0.0..=255.0).contains(&n) {
-        true => Ok(Some(n as u8)),
-        false => Err(serde::de::Error::custom(format!("{n} is not a whole number from 0 to 255"))),
-    }
-}
-
 /// Starts a run of a job (`gaffer submit`); with a `key`, a repeat gets the first run back.
-#[utoipa::path(post, path = "/v1/submit", tag = "commands", responses(
+#[utoipa::path(post, path = "/v1/submit", tag = "commands", request_body = SubmitBody, responses(
     (status = 200, body = doc::Submitted), (status = 400, body = doc::Failure), (status = 503, body = doc::Failure)))]
-pub(super) async fn submit(state: web::Data<ApiState>, body: web::Json<SubmitBody>) -> HttpResponse {
-    let body = body.into_inner();
-    let request =
-        crate::engine::SubmitRequest { job: body.job, params: body.params, priority: body.priority, key: body.key };
+pub(super) async fn submit(state: web::Data<ApiState>, request: SubmitRequest) -> HttpResponse {
     match state.handle.submit_request(request).await {
         Ok(submitted) => HttpResponse::Ok().json(json!({"job_run": submitted.job_run, "existing": submitted.existing})),
         Err(e) => error(&e),
     }
 }
 
-#[derive(Deserialize, ToSchema)]
-pub(super) struct TargetBody {
-    /// A task run (`42`) or a job run (`j7`).
-    #[schema(pattern = r"^j?[0-9]{1,19}$")]
-    target: String,
-}
-
-fn bad_target(message: String) -> HttpResponse {
-    HttpResponse::BadRequest().json(json!({"error": message}))
-}
-
-/// `{"target": "j7", "from": "TASK", "definition": "current", "budget_usd_micros": 500000}`:
-/// all but `target` optional (described as `openapi::RetryBody`).
-#[derive(Deserialize)]
-pub(super) struct RetryRequest {
-    target: String,
-    #[serde(default)]
-    from: Option<String>,
-    #[serde(default)]
-    definition: Option<crate::model::rerun::DefinitionChoice>,
-    /// `gaffer retry --budget USD`, in micro-dollars.
-    #[serde(default)]
-    budget_usd_micros: Option<u64>,
-}
-
 /// Retries a dead or cancelled task run, or every one of a job run (`gaffer retry`).
 #[utoipa::path(post, path = "/v1/retry", tag = "commands", request_body = doc::RetryBody, responses(
     (status = 200, body = doc::Message), (status = 400, body = doc::Failure), (status = 404, body = doc::Failure),
     (status = 409, description = "nothing to retry there", body = doc::Failure), (status = 503, body = doc::Failure)))]
-pub(super) async fn retry(state: web::Data<ApiState>, body: web::Json<RetryRequest>) -> HttpResponse {
-    let body = body.into_inner();
-    let options = crate::engine::RetryOptions {
-        from: body.from,
-        definition: body.definition,
-        budget_usd_micros: body.budget_usd_micros,
-    };
-    match Target::parse(&body.target) {
-        Ok(t) => answer(state.handle.retry_with(t, options).await),
-        Err(message) => bad_target(message),
-    }
+pub(super) async fn retry(state: web::Data<ApiState>, target: Target, options: RetryOptions) -> HttpResponse {
+    answer(state.handle.retry_with(target, options).await)
 }
 
 /// Cancels a task run or a job run (`gaffer cancel`).
-#[utoipa::path(post, path = "/v1/cancel", tag = "commands", responses(
+#[utoipa::path(post, path = "/v1/cancel", tag = "commands", request_body = TargetBody, responses(
     (status = 200, body = doc::Message), (status = 400, body = doc::Failure), (status = 404, body = doc::Failure),
     (status = 409, description = "nothing to cancel there", body = doc::Failure), (status = 503, body = doc::Failure)))]
-pub(super) async fn cancel(state: web::Data<ApiState>, body: web::Json<TargetBody>) -> HttpResponse {
-    match Target::parse(&body.target) {
-        Ok(t) => answer(state.handle.cancel(t).await),
-        Err(message) => bad_target(message),
-    }
-}
-
-#[derive(Deserialize, ToSchema)]
-pub(super) struct SignalBody {
-    /// A task run (`42`) or a job run (`j7`).
-    #[schema(pattern = r"^j?[0-9]{1,19}$")]
-    target: String,
-    name: String,
+pub(super) async fn cancel(state: web::Data<ApiState>, target: Target) -> HttpResponse {
+    answer(state.handle.cancel(target).await)
 }
 
 /// Releases task runs waiting for `name`: all of a job run (`j7`) or one task run (`42`).
-#[utoipa::path(post, path = "/v1/signal", tag = "commands", responses(
+#[utoipa::path(post, path = "/v1/signal", tag = "commands", request_body = SignalBody, responses(
     (status = 200, body = doc::Message), (status = 400, body = doc::Failure), (status = 404, body = doc::Failure),
     (status = 409, description = "nothing waits for it there", body = doc::Failure), (status = 503, body = doc::Failure)))]
-pub(super) async fn signal(state: web::Data<ApiState>, body: web::Json<SignalBody>) -> HttpResponse {
-    match Target::parse(&body.target) {
-        Ok(t) => answer(state.handle.signal(t, &body.name).await),
-        Err(message) => bad_target(message),
-    }
+pub(super) async fn signal(state: web::Data<ApiState>, target: Target, name: String) -> HttpResponse {
+    answer(state.handle.signal(target, &name).await)
 }
 
 fn answer(result: Result<String, EngineError>) -> HttpResponse {
@@ -294,16 +189,16 @@ fn answer(result: Result<String, EngineError>) -> HttpResponse {
 }
 
 /// Holds a queue: nothing more starts from it until `resume`; kept across restarts.
-#[utoipa::path(post, path = "/v1/queues/{queue}/pause", tag = "commands", params(("queue", description = "a queue of the workflow")),
+#[utoipa::path(post, path = "/v1/queues/{queue}/pause", tag = "commands", params(("queue" = String, Path, description = "a queue of the workflow")),
     responses((status = 200, body = doc::Message), (status = 404, body = doc::Failure), (status = 503, body = doc::Failure)))]
-pub(super) async fn pause(state: web::Data<ApiState>, queue: web::Path<String>) -> HttpResponse {
+pub(super) async fn pause(state: web::Data<ApiState>, queue: String) -> HttpResponse {
     set_paused(&state, &queue, true).await
 }
 
 /// Releases a paused queue.
-#[utoipa::path(post, path = "/v1/queues/{queue}/resume", tag = "commands", params(("queue", description = "a queue of the workflow")),
+#[utoipa::path(post, path = "/v1/queues/{queue}/resume", tag = "commands", params(("queue" = String, Path, description = "a queue of the workflow")),
     responses((status = 200, body = doc::Message), (status = 404, body = doc::Failure), (status = 503, body = doc::Failure)))]
-pub(super) async fn resume(state: web::Data<ApiState>, queue: web::Path<String>) -> HttpResponse {
+pub(super) async fn resume(state: web::Data<ApiState>, queue: String) -> HttpResponse {
     set_paused(&state, &queue, false).await
 }
 
@@ -350,27 +245,10 @@ pub(super) fn query_error(e: QueryError) -> HttpResponse {
     }
 }
 
-/// `report::JobFilter` as the query string gives it (its `limit` within int64, as documented).
-#[derive(Deserialize, IntoParams)]
-pub(super) struct JobsQuery {
-    /// Only the job runs in this state.
-    #[param(value_type = Option<JobStateName>, nullable = false)]
-    state: Option<String>,
-    /// Only the runs of this job (its name in the workflow file).
-    #[param(nullable = false)]
-    job: Option<String>,
-    /// Only the newest this many, newest first.
-    #[param(value_type = Option<Int64>, nullable = false)]
-    limit: Option<Int64>,
-}
-
 /// SPEC §4.1 `jobs --json`, filtered by `?state=&job=&limit=`; streamed.
 #[utoipa::path(get, path = "/v1/jobs", tag = "read", params(JobsQuery), responses(
     (status = 200, body = Vec<doc::JobRun>), (status = 400, body = doc::Failure)))]
-pub(super) async fn jobs(state: web::Data<ApiState>, q: web::Query<JobsQuery>) -> HttpResponse {
-    let q = q.into_inner();
-    let limit = q.limit.map(|n| usize::try_from(n.0).unwrap_or(usize::MAX));
-    let filter = JobFilter { state: q.state, job: q.job, limit };
+pub(super) async fn jobs(state: web::Data<ApiState>, filter: JobFilter) -> HttpResponse {
     super::stream::json_array(&state, move |reader, emit| report::for_each_job(reader, &filter, emit)).await
 }
 
@@ -378,51 +256,24 @@ pub(super) async fn jobs(state: web::Data<ApiState>, q: web::Query<JobsQuery>) -
 /// Streamed: an answer of 100,000 task runs never sits whole in memory.
 #[utoipa::path(get, path = "/v1/tasks", tag = "read", params(TaskFilter), responses(
     (status = 200, body = Vec<doc::TaskRun>), (status = 400, body = doc::Failure)))]
-pub(super) async fn tasks(state: web::Data<ApiState>, filter: web::Query<TaskFilter>) -> HttpResponse {
-    let filter = filter.into_inner();
+pub(super) async fn tasks(state: web::Data<ApiState>, filter: TaskFilter) -> HttpResponse {
     super::stream::json_array(&state, move |reader, emit| report::for_each_task(reader, &filter, emit)).await
 }
 
 /// `show ID --json`: a task run (`42`) with its attempts, or a job run (`j7`) with its tasks.
 #[utoipa::path(get, path = "/v1/show/{target}", tag = "read",
-    params(("target", description = "a task run (`42`) or a job run (`j7`)", pattern = r"^j?[0-9]{1,19}$")),
+    params(("target" = String, Path, description = "a task run (`42`) or a job run (`j7`)", pattern = r"^j?[0-9]{1,19}$")),
     responses((status = 200, body = doc::Shown),
         (status = 400, body = doc::Failure), (status = 404, body = doc::Failure)))]
-pub(super) async fn show(state: web::Data<ApiState>, target: web::Path<String>) -> HttpResponse {
-    match Target::parse(&target) {
-        Ok(target) => query(&state, move |_, reader| report::show(reader, target)).await,
-        Err(message) => bad_target(message),
-    }
-}
-
-#[derive(Deserialize, IntoParams)]
-pub(super) struct CostQuery {
-    /// How to group (default `job`).
-    #[param(nullable = false)]
-    by: Option<CostBy>,
-    /// Only attempts started at or after this time (milliseconds since the Unix epoch).
-    #[param(value_type = Option<Int64>, nullable = false)]
-    since_ms: Option<Int64>,
+pub(super) async fn show(state: web::Data<ApiState>, target: Target) -> HttpResponse {
+    query(&state, move |_, reader| report::show(reader, target)).await
 }
 
 /// `cost --json`: `?by=job|task|queue|model|day&since_ms=EPOCH_MS`.
 #[utoipa::path(get, path = "/v1/cost", tag = "read", params(CostQuery), responses(
     (status = 200, body = doc::Cost), (status = 400, body = doc::Failure)))]
-pub(super) async fn cost(state: web::Data<ApiState>, q: web::Query<CostQuery>) -> HttpResponse {
-    let q = q.into_inner();
-    let since_ms = q.since_ms.map(|t| t.0);
-    query(&state, move |_, reader| report::cost(reader, q.by.unwrap_or(CostBy::Job), since_ms)).await
-}
-
-#[derive(Deserialize, IntoParams)]
-pub(super) struct LogQuery {
-    /// Which attempt (default: the latest).
-    #[param(minimum = 1, nullable = false)]
-    attempt: Option<u32>,
-    /// The byte to read from (default 0): the `offset` of the previous piece.
-    #[serde(default)]
-    #[param(value_type = Option<Int64>, nullable = false)]
-    offset: Option<Int64>,
+pub(super) async fn cost(state: web::Data<ApiState>, by: CostBy, since_ms: Option<u64>) -> HttpResponse {
+    query(&state, move |_, reader| report::cost(reader, by, since_ms)).await
 }
 
 /// A piece of an attempt's log from `?offset=` (default the latest attempt, from the start);
@@ -430,10 +281,8 @@ pub(super) struct LogQuery {
 #[utoipa::path(get, path = "/v1/logs/{id}", tag = "read", params(("id" = Int64, Path, description = "a task run"), LogQuery),
     responses((status = 200, body = doc::LogChunk), (status = 400, body = doc::Failure), (status = 404, body = doc::Failure),
         (status = 409, description = "no attempt has started yet", body = doc::Failure)))]
-pub(super) async fn logs(state: web::Data<ApiState>, id: web::Path<Int64>, q: web::Query<LogQuery>) -> HttpResponse {
-    let (id, q) = (id.into_inner().0, q.into_inner());
-    let offset = q.offset.map_or(0, |o| o.0);
-    query(&state, move |dir, reader| report::log_chunk(dir, reader, id, q.attempt, offset)).await
+pub(super) async fn logs(state: web::Data<ApiState>, task_run: u64, attempt: Option<u32>, offset: u64) -> HttpResponse {
+    query(&state, move |dir, reader| report::log_chunk(dir, reader, task_run, attempt, offset)).await
 }
 
 /// Workers and queues, for a view's once-a-second refresh (`gaffer tui`; shape not promised).
@@ -446,12 +295,12 @@ pub(super) async fn live(state: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
-/// A job run's task runs as the engine holds them (`gaffer tui`; shape not promised).
+/// A job run's task runs, each as `tasks --json` gives it (what `gaffer tui` loads when a run starts).
 #[utoipa::path(get, path = "/v1/job_runs/{id}/tasks", tag = "views", params(("id" = Int64, Path, description = "a job run, without its `j`")),
-    responses((status = 200, body = Vec<Object>), (status = 400, body = doc::Failure), (status = 404, body = doc::Failure),
+    responses((status = 200, body = Vec<doc::TaskRun>), (status = 400, body = doc::Failure), (status = 404, body = doc::Failure),
         (status = 503, body = doc::Failure)))]
-pub(super) async fn task_runs_of(state: web::Data<ApiState>, id: web::Path<Int64>) -> HttpResponse {
-    match state.handle.task_runs_of(id.0).await {
+pub(super) async fn task_runs_of(state: web::Data<ApiState>, job_run: u64) -> HttpResponse {
+    match state.handle.task_runs_of(job_run).await {
         Ok(tasks) => HttpResponse::Ok().json(tasks),
         Err(e) => error(&e),
     }

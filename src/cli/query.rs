@@ -61,6 +61,13 @@ fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
     if set.is_empty() { String::new() } else { format!("?{}", set.join("&")) }
 }
 
+/// `job.task` of a task run in JSON, its task labelled by iteration and item (`review#2`,
+/// `fetch[3]`: `model::fanout::label`). An older instance's answer has neither: `job.task`.
+fn task_name(t: &Value) -> String {
+    let none = serde_json::Map::new();
+    format!("{}.{}", text(t, "job"), crate::report::label_in(text(t, "task"), t.as_object().unwrap_or(&none)))
+}
+
 fn text<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or("")
 }
@@ -220,7 +227,7 @@ pub(super) fn print_task_table(runs: &Value) {
             "{:<6} {:<6} {:<24} {:<10} {:>7} {:<10} {:>4} {:>10} {}",
             num(t, "id"),
             format!("j{}", num(t, "job_run")),
-            format!("{}.{}", text(t, "job"), text(t, "task")),
+            task_name(t),
             text(t, "state"),
             crate::headless::tries(num(t, "attempts_in_series"), num(t, "max_attempts")),
             text(t, "queue"),
@@ -252,7 +259,7 @@ pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
 }
 
 fn print_task_detail(t: &Value) {
-    outln!("task run {} — {}.{} in job run j{}", num(t, "id"), text(t, "job"), text(t, "task"), num(t, "job_run"));
+    outln!("task run {} — {} in job run j{}", num(t, "id"), task_name(t), num(t, "job_run"));
     let reason = t["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
     outln!("state: {}{reason}", text(t, "state"));
     if let Some(detail) = t["detail"].as_str() {
@@ -366,7 +373,7 @@ fn job_run_logs(state_dir: &Path, job_run: u64) -> Result<(), CliError> {
     let run = fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target))?;
     for t in run["tasks"].as_array().into_iter().flatten() {
         let (id, attempt, state) = (num(t, "id"), num(t, "attempt"), text(t, "state"));
-        let name = format!("{}.{}", text(t, "job"), text(t, "task"));
+        let name = task_name(t);
         if attempt == 0 {
             outln!("==> task run {id} {name}: {state}, no attempt <==");
             continue;

@@ -18,7 +18,7 @@ pub(super) struct ControlDraft {
     pub for_each: Option<Located<ForEach>>,
     pub for_each_concurrency: Option<u32>,
     pub compensate: Option<String>,
-    /// Every control key the task writes, where its key is.
+    /// Every control key the task writes, where its key is (for [`unsupported_at_run`]).
     pub keys: Vec<Located<String>>,
 }
 
@@ -202,11 +202,9 @@ fn json_of(value: &Value) -> serde_json::Value {
 mod tests {
     use std::path::Path;
 
-    use crate::config::Diagnostics;
-
     use super::*;
 
-    fn parse(text: &str) -> Result<Workflow, Diagnostics> {
+    fn parse(text: &str) -> Result<Workflow, crate::config::Diagnostics> {
         super::super::parse(Path::new("wf.toml"), text)
     }
 

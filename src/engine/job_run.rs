@@ -129,8 +129,12 @@ impl run::Env for ActorEnv<'_> {
             item_index: t.item_index,
         };
         let mut context = template_context(self.shared, self.record, state, i);
-        // The run that just ended is its own task's latest: `tasks.T` is that run for `T` itself.
-        context.tasks = (0..state.latest.len()).map(|u| upstream(state, u, usize::MAX)).collect();
+        context.tasks = state
+            .latest
+            .iter()
+            .map(|&r| &state.tasks[r])
+            .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code, items: None }))
+            .collect();
         template::evaluate_when(expression, &context, &own)
     }
 
@@ -143,50 +147,52 @@ impl run::Env for ActorEnv<'_> {
     }
 }
 
-/// Task `u` as task run `rendering`'s templates see it: its latest task run's outputs (the
-/// current iteration; for a task on a loop through itself, the iteration before `rendering`),
-/// or a fanned-out task's as the list of its items'. A task not reached yet has no outputs.
-fn upstream(state: &RunState, u: usize, rendering: usize) -> (String, UpstreamTask) {
-    let mut latest = state.latest[u];
-    if latest == rendering {
-        let earlier = state.tasks[..rendering].iter().rposition(|t| t.task_index == u && !t.is_extra());
-        latest = earlier.unwrap_or(latest);
-    }
-    let run = &state.tasks[latest];
-    let items = state.fanouts.get(&u).map(|node| {
-        let outputs = node.runs.iter().enumerate().map(|(k, &r)| (k, state.tasks[r].outputs.clone()));
-        crate::model::fanout::outputs_in_item_order(node.runs.len(), outputs)
-    });
-    (run.task.clone(), UpstreamTask { outputs: run.outputs.clone(), exit_code: run.exit_code, items })
-}
-
 /// What task run `i`'s templates see: params, the outputs of what it (transitively) needs (a
 /// fanned-out task's as the list of its items'), and its fan-out item.
 fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i: usize) -> TemplateContext {
     let job = state.job();
     let t = &state.tasks[i];
     let item = t.item_index.zip(t.item.as_deref()).map(|(k, text)| (k, serde_json::from_str(text).unwrap_or_default()));
+    let upstream = |u: usize| {
+        let run = &state.tasks[u];
+        let items = state.fanouts.get(&u).map(|node| {
+            let outputs = node.runs.iter().enumerate().map(|(k, &r)| (k, state.tasks[r].outputs.clone()));
+            crate::model::fanout::outputs_in_item_order(node.runs.len(), outputs)
+        });
+        (run.task.clone(), UpstreamTask { outputs: run.outputs.clone(), exit_code: run.exit_code, items })
+    };
+    let task_index = t.task_index;
     TemplateContext {
         item,
         model: None,
         job: record.job.clone(),
         job_run_id: record.id,
         params: crate::model::params::for_templates(job, &record.params, &shared.secrets.of(record.id)),
-        // Validation allows templates to name only tasks this one (transitively) needs. A
-        // task without templates needs none of them (a 10,000-task chain must not walk its
-        // ancestry at every start).
+        // Validation allows templates to name only tasks upstream of this one, through `needs`
+        // or transitions (SPEC §2.2). A task without templates needs none of them (a
+        // 10,000-task chain must not walk its ancestry at every start).
         tasks: if !state.def(i).is_templated() {
             Default::default()
         } else {
-            // Upstream through `needs` and transitions, as validation allows (SPEC §2.2).
             state
                 .workflow_graph
-                .upstream(state.tasks[i].task_index)
+                .upstream(task_index)
                 .into_iter()
-                .map(|u| upstream(state, u, i))
+                .map(|u| seen_from(state, u, i))
+                .map(upstream)
                 .collect()
         },
     }
+}
+
+/// The task run of task `u` that task run `rendering` sees: `u`'s latest (the current
+/// iteration), or for a task on a loop through itself, its iteration before `rendering`.
+fn seen_from(state: &RunState, u: usize, rendering: usize) -> usize {
+    let latest = state.latest[u];
+    if latest != rendering {
+        return latest;
+    }
+    state.tasks[..rendering].iter().rposition(|t| t.task_index == u && !t.is_extra()).unwrap_or(latest)
 }
 
 impl JobRun {
@@ -572,11 +578,11 @@ impl JobRun {
         model: Option<String>,
     ) -> impl FnOnce() -> Result<AttemptSpec, String> + Send + 'static {
         let (workflow, job_index) = (self.run.workflow().clone(), self.run.job_index());
+        let task_index = self.run.tasks[i].task_index;
         let ctx =
             TemplateContext { model: model.clone(), ..template_context(&self.shared, &self.record, &self.run, i) };
         let t = &self.run.tasks[i];
         let (job, task, job_run, task_run) = (self.record.job.clone(), t.task.clone(), self.record.id, t.id);
-        let task_index = t.task_index;
         let compensation = self.compensation_env(i);
         let (state_dir, log_cap_bytes) = (self.shared.state_dir.clone(), self.shared.log_cap_bytes);
         let output_limits = self.shared.output_limits;

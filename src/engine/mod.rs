@@ -48,12 +48,13 @@ use supervisor::Supervisor;
 pub use supervisor::plan_only;
 pub use worker::CurrentAttempt;
 
-use crate::config::{Transition, TransitionOn, Workflow};
+use crate::config::{Join, Transition, TransitionOn, Workflow};
 use crate::executor::Executor;
 use crate::model::JobState;
 use crate::model::cost::{ModelUsage, Pricing};
 use crate::model::workflow_graph::{TaskNode, WorkflowGraph};
-use crate::store::{JobRunRecord, StoreError, StoreHandle, TaskRunRecord};
+use crate::report::{JobRunView, TaskRunView};
+use crate::store::{StoreError, StoreHandle};
 
 /// Mailboxes are bounded (a `send` waits when one is full) but large: bursts of thousands of
 /// task runs must not stall. `do_send` ignores the bound; it is used only for fire-and-forget
@@ -171,8 +172,9 @@ pub struct Submitted {
 /// Everything a view needs to draw its first frame; events keep it current afterwards.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EngineSnapshot {
-    pub job_runs: Vec<JobRunRecord>,
-    pub task_runs: Vec<TaskRunRecord>,
+    /// The wire's types, not the store's: the snapshot crosses the API to `gaffer tui`.
+    pub job_runs: Vec<JobRunView>,
+    pub task_runs: Vec<TaskRunView>,
     pub queues: Vec<QueueSnapshot>,
     pub workers: Vec<WorkerSnapshot>,
     /// The jobs of the workflow this engine was started with: their graphs and budgets.
@@ -211,6 +213,15 @@ pub struct TaskShape {
     /// Its transitions (`next`, SPEC §2.2), in file order. Absent from an older server's answer.
     #[serde(default)]
     pub next: Vec<TransitionShape>,
+    /// `join`: "all" or the count of sources, for the graph's join mark.
+    #[serde(default)]
+    pub join: Option<String>,
+    /// `for_each`: one task run per item.
+    #[serde(default)]
+    pub fanned_out: bool,
+    /// `compensate`: its succeeded runs are undone when the job run fails.
+    #[serde(default)]
+    pub compensated: bool,
 }
 
 /// One transition as the views draw it: `on` is "success", "failure" or "always".
@@ -250,6 +261,12 @@ impl JobShape {
                                 targets: n.targets.clone(),
                             })
                             .collect(),
+                        join: t.join.map(|j| match j {
+                            Join::All => "all".to_string(),
+                            Join::Count(n) => n.to_string(),
+                        }),
+                        fanned_out: t.for_each.is_some(),
+                        compensated: t.compensate.is_some(),
                     })
                     .collect(),
             })
@@ -268,6 +285,12 @@ impl JobShape {
             needs: t.needs.clone(),
             next: t.next.iter().filter_map(transition).collect(),
             gated: t.wait_for.is_some(),
+            join: t
+                .join
+                .as_deref()
+                .and_then(|j| if j == "all" { Some(Join::All) } else { j.parse().ok().map(Join::Count) }),
+            fanned_out: t.fanned_out,
+            has_compensation: t.compensated,
             ..TaskNode::default()
         });
         WorkflowGraph::new(nodes.collect())
@@ -296,7 +319,7 @@ pub trait Control {
     fn cancel(&self, target: Target) -> Reply<'_, String>;
     fn signal<'a>(&'a self, target: Target, name: &'a str) -> Reply<'a, String>;
     fn set_paused<'a>(&'a self, queue: &'a str, paused: bool) -> Reply<'a, bool>;
-    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunRecord>>;
+    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunView>>;
     /// What has no events of its own: the worker slots and the queues (paused, running).
     fn live(&self) -> Reply<'_, (Vec<WorkerSnapshot>, Vec<QueueSnapshot>)>;
 }
@@ -330,7 +353,7 @@ impl Control for EngineHandle {
         Box::pin(EngineHandle::set_paused(self, queue, paused))
     }
 
-    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunRecord>> {
+    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunView>> {
         Box::pin(EngineHandle::task_runs_of(self, job_run))
     }
 
@@ -610,7 +633,9 @@ impl EngineHandle {
             let reader = store.reader()?;
             let attempts = reader.attempts()?;
             let by_model = offline::by_model(&attempts);
-            Ok((reader.job_runs()?, reader.task_runs()?, offline::schedule_fires(&reader)?, by_model))
+            let job_runs = reader.job_runs()?.iter().map(JobRunView::from).collect();
+            let task_runs = reader.task_runs()?.iter().map(TaskRunView::from).collect();
+            Ok((job_runs, task_runs, offline::schedule_fires(&reader)?, by_model))
         });
         let (job_runs, task_runs, schedule_fires, by_model) =
             records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
@@ -620,9 +645,11 @@ impl EngineHandle {
     }
 
     /// The task runs of one job run (a view learning of a new run from `job.started`).
-    pub async fn task_runs_of(&self, job_run: u64) -> Result<Vec<TaskRunRecord>, EngineError> {
+    pub async fn task_runs_of(&self, job_run: u64) -> Result<Vec<TaskRunView>, EngineError> {
         let store = self.store.clone();
-        let read = tokio::task::spawn_blocking(move || store.reader()?.task_runs_of(job_run));
+        let read = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>(store.reader()?.task_runs_of(job_run)?.iter().map(TaskRunView::from).collect())
+        });
         Ok(read.await.map_err(|e| EngineError::Stopped(e.to_string()))??)
     }
 

@@ -13,7 +13,8 @@ use super::{
 };
 use crate::config::Workflow;
 use crate::model::cost::ModelUsage;
-use crate::store::{self, AttemptRecord, Reader, StoreError, TaskRunRecord};
+use crate::report::{JobRunView, TaskRunView};
+use crate::store::{self, AttemptRecord, Reader, StoreError};
 
 /// What every command gets while no instance runs.
 pub const READ_ONLY: &str = "read-only: no instance running";
@@ -77,8 +78,8 @@ impl Control for OfflineEngine {
         refused()
     }
 
-    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunRecord>> {
-        Box::pin(self.read(move |reader| reader.task_runs_of(job_run)))
+    fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunView>> {
+        Box::pin(self.read(move |reader| Ok(reader.task_runs_of(job_run)?.iter().map(TaskRunView::from).collect())))
     }
 
     fn live(&self) -> Reply<'_, (Vec<WorkerSnapshot>, Vec<QueueSnapshot>)> {
@@ -90,8 +91,8 @@ impl Control for OfflineEngine {
 fn snapshot(reader: &Reader) -> Result<EngineSnapshot, StoreError> {
     let workflow = latest_workflow(reader)?;
     Ok(EngineSnapshot {
-        job_runs: reader.job_runs()?,
-        task_runs: reader.task_runs()?,
+        job_runs: reader.job_runs()?.iter().map(JobRunView::from).collect(),
+        task_runs: reader.task_runs()?.iter().map(TaskRunView::from).collect(),
         queues: queues(reader, workflow.as_ref())?,
         workers: Vec::new(),
         jobs: workflow.as_ref().map(JobShape::of).unwrap_or_default(),

@@ -55,8 +55,7 @@ impl TaskStates {
         self.states[task] = to;
     }
 
-    /// A new task run (another iteration, a fan-out item, a compensation; SPEC §2.2), after the
-    /// first one of each task.
+    /// A new task run (another instance of a task, SPEC §2.2), after the first one of each task.
     pub fn push(&mut self, state: TaskState) {
         self.counts[state as usize] += 1;
         self.states.push(state);

@@ -21,13 +21,19 @@ pub use crate::model::schedule::ScheduleState;
 use crate::state_dir::{Access, StateDir, StateDirError};
 pub use lock::{InstanceLock, holder as instance_pid};
 pub use records::{
-    AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, MAX_ATTEMPT_WARNINGS, RaisedBudgets, TaskRunRecord,
+    AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, MAX_ATTEMPT_WARNINGS, RaisedBudgets, TaskRunKind,
+    TaskRunRecord,
 };
 pub use writer::{Ids, StoreCloser, StoreHandle};
 
 /// Bumped on any change of tables or of a record's meaning; checked at open. A record's layout
-/// has its own version (`codec::Record`), so a new layout needs no bump.
-pub const SCHEMA_VERSION: u64 = 1;
+/// has its own version (`codec::Record`), so a new layout needs no bump. The writer migrates an
+/// older store once, at open, in one transaction (`migrate`); readers read schema 1 as it is.
+///
+/// 2: task runs as instances — every task run in layout 2 and the `task_instances` index.
+pub const SCHEMA_VERSION: u64 = 2;
+/// The oldest schema this gaffer reads (and migrates when it writes).
+const OLDEST_SCHEMA: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DEFINITIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("definitions");
@@ -36,6 +42,11 @@ const TASK_RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("task_runs")
 /// (job_run, task_run) → (): the task runs of one job run, without a scan.
 const JOB_TASKS: TableDefinition<(u64, u64), ()> = TableDefinition::new("job_tasks");
 const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
+/// (job_run, task, iteration, item_index, kind) → task run: the instances of one task in one job
+/// run (SPEC §2.2: several per task), without a scan. `kind` is [`TaskRunKind::index_key`].
+/// Schema 2; a schema 1 file is indexed by the migration.
+type InstanceKey<'a> = (u64, &'a str, u32, Option<u32>, u8);
+const TASK_INSTANCES: TableDefinition<InstanceKey<'static>, u64> = TableDefinition::new("task_instances");
 /// job name → ScheduleState: the next fire time survives restarts (added in schema 1; a file
 /// without it simply has no schedules yet).
 const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
@@ -67,11 +78,15 @@ pub enum StoreError {
     )]
     DiskFull(String),
     #[error(
-        "state.redb has schema version {found}, this gaffer understands {SCHEMA_VERSION}: use the gaffer that wrote it, or a newer one"
+        "state.redb has schema version {found}, this gaffer understands {OLDEST_SCHEMA} to {SCHEMA_VERSION}: it was left as it is; use the gaffer that wrote it, or a newer one"
     )]
     Schema { found: u64 },
     #[error("state.redb: a stored value cannot be read: {0}")]
     Codec(String),
+    #[error(
+        "state.redb cannot be migrated from schema {from} to {SCHEMA_VERSION}: {reason}. Nothing was changed: the file is still at schema {from} (`gaffer doctor` checks it)"
+    )]
+    Migration { from: u64, reason: String },
     #[error("no state dir at {}: nothing has run here yet", .0.display())]
     Missing(PathBuf),
     #[error(
@@ -166,6 +181,7 @@ pub fn open_writer(state_dir: &Path) -> Result<(StoreHandle, StoreCloser, Instan
     let dir = StateDir::create_checked(state_dir)?;
     let lock = InstanceLock::acquire(&dir)?;
     let db = if dir.exists(STORE_FILE).map_err(StoreError::file)? {
+        refuse_newer_schema(&dir)?;
         open_existing(&dir)?
     } else if !dir.list("logs").map_err(StoreError::file)?.is_empty() {
         // Starting afresh would hand out the ids of those runs again, over their logs.
@@ -239,6 +255,18 @@ fn open_read_only(dir: &StateDir) -> Result<redb::ReadOnlyDatabase, StoreError> 
     })
 }
 
+/// A store of a newer schema is refused before the writable open, which would write redb's
+/// header: the file is left byte for byte as it was. Only a schema read is acted on here: a file
+/// that needs a repair, or cannot be read at all, goes on to the writable open, which repairs
+/// it (then `prepare` checks its schema) or refuses it as damaged with the reason.
+fn refuse_newer_schema(dir: &StateDir) -> Result<(), StoreError> {
+    let schema = open_read_only(dir).and_then(|db| Reader::new(&db)?.schema());
+    match schema {
+        Ok(Some(found)) if found > SCHEMA_VERSION => Err(StoreError::Schema { found }),
+        _ => Ok(()),
+    }
+}
+
 /// A new store: made as `state.redb.new`, initialized and made durable, then renamed into place.
 fn create_new(dir: &StateDir) -> Result<Database, StoreError> {
     let file = dir.open_file(NEW_STORE_FILE, Access::Replace).map_err(StoreError::file)?;
@@ -303,7 +331,8 @@ fn repair(dir: &StateDir) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Creates the tables of a new file, checks the schema of an old one, and loads the sequences.
+/// Creates the tables of a new file, checks the schema of an old one and migrates it, and loads
+/// the sequences — all in one transaction, so a migration is whole or not at all.
 fn prepare(db: &Database) -> Result<Ids, StoreError> {
     let txn = db.begin_write().map_err(db_err)?;
     let ids;
@@ -311,11 +340,16 @@ fn prepare(db: &Database) -> Result<Ids, StoreError> {
         let mut meta = txn.open_table(META).map_err(db_err)?;
         let version = meta.get("schema_version").map_err(db_err)?.map(|v| v.value());
         match version {
-            None => {
-                meta.insert("schema_version", SCHEMA_VERSION).map_err(db_err)?;
+            None | Some(SCHEMA_VERSION) => {}
+            Some(found) if (OLDEST_SCHEMA..SCHEMA_VERSION).contains(&found) => {
+                tracing::info!("state.redb: migrating from schema {found} to {SCHEMA_VERSION}");
+                // On error the transaction is dropped uncommitted: the file stays as it was.
+                migrate_task_runs(&txn).map_err(|e| StoreError::Migration { from: found, reason: e.to_string() })?;
             }
-            Some(SCHEMA_VERSION) => {}
             Some(found) => return Err(StoreError::Schema { found }),
+        }
+        if version != Some(SCHEMA_VERSION) {
+            meta.insert("schema_version", SCHEMA_VERSION).map_err(db_err)?;
         }
         let get = |key: &str| -> Result<u64, StoreError> {
             Ok(meta.get(key).map_err(db_err)?.map(|v| v.value()).unwrap_or(0))
@@ -325,6 +359,7 @@ fn prepare(db: &Database) -> Result<Ids, StoreError> {
         txn.open_table(JOB_RUNS).map_err(db_err)?;
         txn.open_table(TASK_RUNS).map_err(db_err)?;
         txn.open_table(JOB_TASKS).map_err(db_err)?;
+        txn.open_table(TASK_INSTANCES).map_err(db_err)?;
         txn.open_table(ATTEMPTS).map_err(db_err)?;
         txn.open_table(SCHEDULES).map_err(db_err)?;
         txn.open_table(PAUSED).map_err(db_err)?;
@@ -336,6 +371,39 @@ fn prepare(db: &Database) -> Result<Ids, StoreError> {
     Ok(ids)
 }
 
+/// Task runs rewritten per migration step, so memory stays bounded however many there are.
+const MIGRATION_CHUNK: usize = 1024;
+
+/// Schema 1 → 2: every task run rewritten in the current layout (decoding reads layout 1) and
+/// entered in `task_instances`. Walks the table in chunks of ids, each read before it is written.
+fn migrate_task_runs(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut task_runs = txn.open_table(TASK_RUNS).map_err(db_err)?;
+    let mut instances = txn.open_table(TASK_INSTANCES).map_err(db_err)?;
+    let mut next = 0u64;
+    loop {
+        let mut chunk: Vec<TaskRunRecord> = Vec::with_capacity(MIGRATION_CHUNK);
+        for entry in task_runs.range(next..).map_err(db_err)?.take(MIGRATION_CHUNK) {
+            let (id, v) = entry.map_err(db_err)?;
+            let record =
+                codec::decode(v.value()).map_err(|e| StoreError::Codec(format!("task run {}: {e}", id.value())))?;
+            chunk.push(record);
+        }
+        let Some(last) = chunk.last() else { return Ok(()) };
+        next = last.id.saturating_add(1);
+        for r in &chunk {
+            task_runs.insert(r.id, codec::encode(r)?.as_slice()).map_err(db_err)?;
+            instances.insert(instance_key(r), r.id).map_err(db_err)?;
+        }
+        if chunk.len() < MIGRATION_CHUNK || last.id == u64::MAX {
+            return Ok(());
+        }
+    }
+}
+
+fn instance_key(r: &TaskRunRecord) -> InstanceKey<'_> {
+    (r.job_run, r.task.as_str(), r.iteration, r.item_index, r.kind.index_key())
+}
+
 /// Applies one batch inside one write transaction; the sequences follow the ids written.
 fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreError> {
     let mut meta = txn.open_table(META).map_err(db_err)?;
@@ -343,6 +411,7 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
     let mut job_runs = txn.open_table(JOB_RUNS).map_err(db_err)?;
     let mut task_runs = txn.open_table(TASK_RUNS).map_err(db_err)?;
     let mut job_tasks = txn.open_table(JOB_TASKS).map_err(db_err)?;
+    let mut instances = txn.open_table(TASK_INSTANCES).map_err(db_err)?;
     let mut attempts = txn.open_table(ATTEMPTS).map_err(db_err)?;
     let mut schedules = txn.open_table(SCHEDULES).map_err(db_err)?;
     let mut paused = txn.open_table(PAUSED).map_err(db_err)?;
@@ -362,6 +431,11 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
                 max_seq = max_seq.max(r.enqueue_seq);
                 task_runs.insert(r.id, codec::encode(r)?.as_slice()).map_err(db_err)?;
                 job_tasks.insert((r.job_run, r.id), ()).map_err(db_err)?;
+                // A task run's instance never changes: written once, only looked up after (a
+                // lookup dirties no page; an insert of the same entry would copy its path).
+                if instances.get(instance_key(r)).map_err(db_err)?.is_none() {
+                    instances.insert(instance_key(r), r.id).map_err(db_err)?;
+                }
             }
             Mutation::Attempt(a) => {
                 attempts.insert((a.task_run, a.n), codec::encode(a)?.as_slice()).map_err(db_err)?;
@@ -422,10 +496,16 @@ impl Reader {
         Ok(Reader { txn: db.begin_read().map_err(db_err)? })
     }
 
-    fn check_schema(&self) -> Result<(), StoreError> {
+    /// The schema version the file records (none: not a gaffer store, or a new one).
+    pub fn schema(&self) -> Result<Option<u64>, StoreError> {
         let meta = self.txn.open_table(META).map_err(db_err)?;
-        match meta.get("schema_version").map_err(db_err)?.map(|v| v.value()) {
-            Some(SCHEMA_VERSION) => Ok(()),
+        Ok(meta.get("schema_version").map_err(db_err)?.map(|v| v.value()))
+    }
+
+    /// Readers read every schema from `OLDEST_SCHEMA` on as it is (the writer migrates).
+    fn check_schema(&self) -> Result<(), StoreError> {
+        match self.schema()? {
+            Some(found) if (OLDEST_SCHEMA..=SCHEMA_VERSION).contains(&found) => Ok(()),
             Some(found) => Err(StoreError::Schema { found }),
             None => Err(StoreError::Db("no schema version: not a gaffer state file".into())),
         }
@@ -474,6 +554,23 @@ impl Reader {
         for entry in index.range((job_run, 0)..=(job_run, u64::MAX)).map_err(db_err)? {
             let (key, _) = entry.map_err(db_err)?;
             if let Some(r) = self.task_run(key.value().1)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The task runs of one task in one job run (its instances: iterations, items and
+    /// compensations), ordered by iteration, then item, then kind. A schema 1 file (read before
+    /// any writer migrated it) has no index: its task runs are filtered instead.
+    pub fn instances_of(&self, job_run: u64, task: &str) -> Result<Vec<TaskRunRecord>, StoreError> {
+        let Some(index) = self.optional_table(TASK_INSTANCES)? else {
+            return Ok(self.task_runs_of(job_run)?.into_iter().filter(|r| r.task == task).collect());
+        };
+        let mut out = Vec::new();
+        let (first, last) = ((job_run, task, 0, None, 0), (job_run, task, u32::MAX, Some(u32::MAX), u8::MAX));
+        for entry in index.range(first..=last).map_err(db_err)? {
+            if let Some(r) = self.task_run(entry.map_err(db_err)?.1.value())? {
                 out.push(r);
             }
         }
@@ -564,6 +661,9 @@ impl Reader {
         ];
         let index = self.txn.open_table(JOB_TASKS).map_err(db_err)?;
         counts.push(("job_tasks", redb::ReadableTableMetadata::len(&index).map_err(db_err)?));
+        if let Some(index) = self.optional_table(TASK_INSTANCES)? {
+            counts.push(("task_instances", redb::ReadableTableMetadata::len(&index).map_err(db_err)?));
+        }
         Ok(counts)
     }
 

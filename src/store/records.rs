@@ -93,6 +93,20 @@ impl TaskRunKind {
             TaskRunKind::Compensation => "compensation",
         }
     }
+
+    pub const ALL: [TaskRunKind; 2] = [TaskRunKind::Task, TaskRunKind::Compensation];
+
+    pub fn parse(name: &str) -> Option<TaskRunKind> {
+        TaskRunKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Its place in the `task_instances` index key (stored: never renumber).
+    pub fn index_key(self) -> u8 {
+        match self {
+            TaskRunKind::Task => 0,
+            TaskRunKind::Compensation => 1,
+        }
+    }
 }
 
 impl TaskRunRecord {

@@ -99,7 +99,127 @@ fn newer_schema_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let private = std::fs::Permissions::from_mode(0o600);
     std::fs::set_permissions(dir.path().join("state.redb"), private).expect("chmod");
-    assert!(matches!(open_writer(dir.path()), Err(StoreError::Schema { .. })));
+    let before = std::fs::read(dir.path().join("state.redb")).expect("read");
+    let refused = open_writer(dir.path()).map(|_| ()).expect_err("a newer schema is refused");
+    assert!(matches!(refused, StoreError::Schema { found } if found == SCHEMA_VERSION + 1), "{refused}");
+    assert!(refused.to_string().contains("left as it is"), "{refused}");
+    assert!(matches!(open_reader(dir.path()).map(|_| ()), Err(StoreError::Schema { .. })));
+    let after = std::fs::read(dir.path().join("state.redb")).expect("read");
+    assert!(before == after, "the refused file was written to");
+}
+
+/// The checked-in schema 1 store (made by gaffer before schema 2), copied into a private dir.
+fn v1_fixture() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = crate::state_dir::private_tempdir();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v1/state.redb");
+    let store = dir.path().join(STORE_FILE);
+    std::fs::copy(fixture, &store).expect("copy fixture");
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    dir
+}
+
+/// The schema recorded, and the layout byte of every task run as it lies on disk.
+fn schema_and_layouts(dir: &Path) -> (Option<u64>, Vec<u8>) {
+    let db = open_read_only(&StateDir::open(dir).expect("dir")).expect("open");
+    let reader = Reader::new(&db).expect("reader");
+    let table = reader.txn.open_table(TASK_RUNS).expect("task runs");
+    let layouts = table.iter().expect("iter").map(|e| e.expect("entry").1.value()[0]).collect();
+    (reader.schema().expect("schema"), layouts)
+}
+
+fn close(store: StoreHandle, closer: StoreCloser) {
+    drop(store);
+    closer.close(std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn a_schema_1_store_is_read_as_it_is_and_migrated_once_by_the_writer() {
+    let dir = v1_fixture();
+    let original = std::fs::read(dir.path().join(STORE_FILE)).expect("read");
+    let (schema, layouts) = schema_and_layouts(dir.path());
+    assert_eq!(schema, Some(1));
+    assert!(!layouts.is_empty() && layouts.iter().all(|&l| l == 1), "the fixture is layout 1: {layouts:?}");
+
+    // A reader reads it without writing.
+    let reader = open_reader(dir.path()).expect("a reader reads schema 1");
+    let (jobs, tasks) = (reader.job_runs().expect("jobs"), reader.task_runs().expect("tasks"));
+    let attempts = reader.attempts().expect("attempts");
+    let analyze = tasks.iter().find(|t| t.task == "analyze").expect("analyze").clone();
+    assert_eq!(reader.instances_of(analyze.job_run, "analyze").expect("instances"), vec![analyze.clone()]);
+    drop(reader);
+    assert!(std::fs::read(dir.path().join(STORE_FILE)).expect("read") == original, "a reader wrote to the file");
+
+    // The writer migrates: schema 2, every task run rewritten in layout 2 and indexed.
+    let (store, closer, lock) = open_writer(dir.path()).expect("the writer opens schema 1");
+    let reader = store.reader().expect("reader");
+    assert_eq!((reader.job_runs().expect("jobs"), reader.task_runs().expect("tasks")), (jobs.clone(), tasks.clone()));
+    assert_eq!(reader.attempts().expect("attempts"), attempts);
+    assert_eq!(reader.instances_of(analyze.job_run, "analyze").expect("instances"), vec![analyze.clone()]);
+    let counts = reader.decode_all().expect("decode");
+    let count = |table| counts.iter().find(|(t, _)| *t == table).map(|c| c.1);
+    assert_eq!(count("task_instances"), Some(tasks.len() as u64), "{counts:?}");
+    drop(reader);
+    close(store, closer);
+    drop(lock);
+    let (schema, layouts) = schema_and_layouts(dir.path());
+    assert_eq!(schema, Some(SCHEMA_VERSION));
+    assert!(layouts.len() == tasks.len() && layouts.iter().all(|&l| l == 2), "{layouts:?}");
+
+    // A second open finds schema 2 and migrates nothing: the records are the same bytes.
+    let (store, closer, lock) = open_writer(dir.path()).expect("reopen");
+    let reader = store.reader().expect("reader");
+    assert_eq!(reader.task_runs().expect("tasks"), tasks);
+    drop(reader);
+    close(store, closer);
+    drop(lock);
+    assert_eq!(schema_and_layouts(dir.path()), (Some(SCHEMA_VERSION), layouts));
+}
+
+/// A migration is whole or not at all: a task run that cannot be read stops it, says which, and
+/// leaves the file at schema 1 with every record as it was.
+#[test]
+fn a_migration_that_fails_changes_nothing() {
+    let dir = v1_fixture();
+    {
+        let db = redb::Database::create(dir.path().join(STORE_FILE)).expect("open");
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(TASK_RUNS).expect("task runs").insert(99, [1u8, 0xff, 0xff].as_slice()).expect("insert");
+        txn.commit().expect("commit");
+    }
+    let before = schema_and_layouts(dir.path());
+    let refused = open_writer(dir.path()).map(|_| ()).expect_err("an unreadable task run stops the migration");
+    assert!(matches!(refused, StoreError::Migration { from: 1, .. }), "{refused}");
+    let message = refused.to_string();
+    assert!(message.contains("task run 99") && message.contains("Nothing was changed"), "{message}");
+    assert_eq!(schema_and_layouts(dir.path()), before);
+    assert_eq!(before.0, Some(1));
+    assert!(before.1.iter().all(|&l| l == 1), "{before:?}");
+}
+
+#[test]
+fn instances_are_indexed_by_task_iteration_item_and_kind() {
+    let dir = crate::state_dir::private_tempdir();
+    let (store, _closer, _lock) = open_writer(dir.path()).expect("open");
+    let mut batch = vec![Mutation::JobRun(job_run(1))];
+    for (id, task, iteration, item_index, kind) in [
+        (1, "fetch", 1, Some(1), TaskRunKind::Task),
+        (2, "fetch", 1, Some(0), TaskRunKind::Task),
+        (3, "review", 2, None, TaskRunKind::Task),
+        (4, "review", 1, None, TaskRunKind::Task),
+        (5, "review", 1, None, TaskRunKind::Compensation),
+        (6, "reviewer", 1, None, TaskRunKind::Task),
+    ] {
+        let r = TaskRunRecord { iteration, item_index, kind, ..TaskRunRecord::pending(id, 1, "report", task, 1) };
+        batch.push(Mutation::TaskRun(r));
+    }
+    store.commit_blocking(batch).expect("commit");
+    let reader = store.reader().expect("reader");
+    let ids = |task| reader.instances_of(1, task).expect("instances").iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids("fetch"), [2, 1], "in item order");
+    assert_eq!(ids("review"), [4, 5, 3], "by iteration, the compensation beside the run it undoes");
+    assert_eq!(ids("reviewer"), [6]);
+    assert!(reader.instances_of(2, "fetch").expect("other run").is_empty());
 }
 
 /// An attempt written in layout 1 (before cache tokens and spending by model) still reads, its

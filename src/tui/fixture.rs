@@ -3,11 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::engine::{CurrentAttempt, EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, TaskShape, WorkerSnapshot};
+use crate::engine::{
+    CurrentAttempt, EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, TaskShape, TransitionShape, WorkerSnapshot,
+};
 use crate::model::{FailReason, JobState, TaskState};
-use crate::store::{JobRunRecord, TaskRunRecord};
+use crate::report::{JobRunView, TaskRunView};
 
 use super::model::Model;
+use super::rows::{JobRun, TaskRun};
 
 /// 2026-11-18T11:06:40Z: every fixture is drawn at this instant.
 pub const NOW_MS: u64 = 1_795_000_000_000;
@@ -28,6 +31,9 @@ fn shape(name: &str, budget: Option<u64>, tasks: &[(&str, &[&str], &str, Option<
                 budget_usd_micros: *budget,
                 wait_for: None,
                 next: Vec::new(),
+                join: None,
+                fanned_out: false,
+                compensated: false,
             })
             .collect(),
     }
@@ -58,46 +64,31 @@ fn schedule_fires() -> BTreeMap<String, u64> {
     BTreeMap::from([("nightly".to_string(), NOW_MS - (10 * 3600 + 6 * 60 + 40) * S)])
 }
 
-fn job(id: u64, name: &str, state: JobState, created: u64, ended: Option<u64>, cost: u64) -> JobRunRecord {
-    JobRunRecord {
+fn job(id: u64, name: &str, state: JobState, created: u64, ended: Option<u64>, cost: u64) -> JobRunView {
+    JobRunView {
         id,
         job: name.into(),
-        definition: 1,
         params: BTreeMap::new(),
         state,
         reason: None,
         cost_usd_micros: cost,
         created_at_ms: created,
         ended_at_ms: ended,
-        cancel_requested: false,
     }
 }
 
 /// A task run in `state`; started/ended times are set to suit the state.
 #[allow(clippy::too_many_arguments)]
-fn task(
-    id: u64,
-    job_run: u64,
-    job: &str,
-    name: &str,
-    index: u32,
-    queue: &str,
-    state: TaskState,
-    at: u64,
-) -> TaskRunRecord {
-    let mut r = TaskRunRecord::pending(id, job_run, job, name, at);
-    r.task_index = index;
+fn task(id: u64, job_run: u64, job: &str, name: &str, queue: &str, state: TaskState, at: u64) -> TaskRunView {
+    let mut r = TaskRunView::pending(id, job_run, job, name, at);
     r.queue = queue.into();
     r.state = state;
     if !matches!(state, TaskState::Pending | TaskState::Skipped | TaskState::Queued) {
-        r.attempt = 1;
+        (r.attempt, r.attempts_in_series) = (1, 1);
         r.started_at_ms = Some(at + S);
     }
     if state.is_terminal() && state != TaskState::Pending {
         r.ended_at_ms = Some(at + 20 * S);
-    }
-    if state == TaskState::Queued {
-        r.queued_at_ms = Some(at);
     }
     r
 }
@@ -117,24 +108,24 @@ pub fn fixture() -> Model {
     jr[0].params.insert("day".into(), "2026-11-17".into());
     use TaskState::*;
     let mut tr = vec![
-        task(1, 1, "report", "fetch", 0, "io", Succeeded, ago(3_600)),
-        task(2, 1, "report", "parse", 1, "default", Succeeded, ago(3_560)),
-        task(3, 1, "report", "summarize", 2, "llm", Succeeded, ago(3_520)),
-        task(4, 1, "report", "publish", 3, "default", Succeeded, ago(3_480)),
-        task(5, 2, "report", "fetch", 0, "io", Succeeded, ago(300)),
-        task(6, 2, "report", "parse", 1, "default", Running, ago(200)),
-        task(7, 2, "report", "summarize", 2, "llm", Running, ago(90)),
-        task(8, 2, "report", "publish", 3, "default", Pending, ago(300)),
-        task(9, 3, "nightly", "backup", 0, "default", Dead, ago(1_800)),
-        task(10, 3, "nightly", "vacuum", 1, "default", Skipped, ago(1_800)),
-        task(11, 4, "nightly", "backup", 0, "default", Retrying, ago(120)),
-        task(12, 4, "nightly", "vacuum", 1, "default", Pending, ago(120)),
-        task(13, 5, "report", "fetch", 0, "io", Queued, ago(60)),
-        task(14, 5, "report", "parse", 1, "default", Pending, ago(60)),
-        task(15, 6, "report", "fetch", 0, "io", Cancelled, ago(900)),
-        task(16, 6, "report", "parse", 1, "default", Skipped, ago(900)),
+        task(1, 1, "report", "fetch", "io", Succeeded, ago(3_600)),
+        task(2, 1, "report", "parse", "default", Succeeded, ago(3_560)),
+        task(3, 1, "report", "summarize", "llm", Succeeded, ago(3_520)),
+        task(4, 1, "report", "publish", "default", Succeeded, ago(3_480)),
+        task(5, 2, "report", "fetch", "io", Succeeded, ago(300)),
+        task(6, 2, "report", "parse", "default", Running, ago(200)),
+        task(7, 2, "report", "summarize", "llm", Running, ago(90)),
+        task(8, 2, "report", "publish", "default", Pending, ago(300)),
+        task(9, 3, "nightly", "backup", "default", Dead, ago(1_800)),
+        task(10, 3, "nightly", "vacuum", "default", Skipped, ago(1_800)),
+        task(11, 4, "nightly", "backup", "default", Retrying, ago(120)),
+        task(12, 4, "nightly", "vacuum", "default", Pending, ago(120)),
+        task(13, 5, "report", "fetch", "io", Queued, ago(60)),
+        task(14, 5, "report", "parse", "default", Pending, ago(60)),
+        task(15, 6, "report", "fetch", "io", Cancelled, ago(900)),
+        task(16, 6, "report", "parse", "default", Skipped, ago(900)),
     ];
-    let t = |tr: &mut Vec<TaskRunRecord>, id: u64| tr.iter().position(|t| t.id == id);
+    let t = |tr: &mut Vec<TaskRunView>, id: u64| tr.iter().position(|t| t.id == id);
     if let Some(i) = t(&mut tr, 9) {
         let r = &mut tr[i];
         (r.attempt, r.max_attempts, r.exit_code, r.reason) = (3, 3, Some(2), Some(FailReason::ExitCode));
@@ -204,6 +195,10 @@ pub fn fixture() -> Model {
             circuit_open_until_ms: Some(NOW_MS + 150 * S),
         },
     ];
+    // Every fixture run is in its first series of attempts.
+    for t in &mut tr {
+        t.attempts_in_series = t.attempt;
+    }
     let snapshot = EngineSnapshot {
         job_runs: jr,
         task_runs: tr,
@@ -287,7 +282,7 @@ pub fn fixture_with(n: u64) -> Model {
     let queues = ["io", "default", "llm", "default"];
     let jobs = n.div_ceil(8).max(1);
     let start = NOW_MS - 3_600 * S;
-    let job_runs: Vec<JobRunRecord> = (1..=jobs)
+    let job_runs: Vec<JobRunView> = (1..=jobs)
         .map(|j| {
             let state = if j % 5 == 0 {
                 JobState::Failed
@@ -300,13 +295,13 @@ pub fn fixture_with(n: u64) -> Model {
             job(j, "report", state, created, state.is_terminal().then_some(created + 30 * S), 0)
         })
         .collect();
-    let task_runs: Vec<TaskRunRecord> = (1..=n)
+    let task_runs: Vec<TaskRunView> = (1..=n)
         .map(|id| {
             let job_run = (id - 1) / 8 + 1;
             let i = ((id - 1) % 8) as usize;
             let state = STATES[(id as usize * 7) % STATES.len()];
             let created = start + job_run * 3_600 * S / jobs;
-            let mut r = task(id, job_run, "report", names[i], i as u32, queues[i % 4], state, created);
+            let mut r = task(id, job_run, "report", names[i], queues[i % 4], state, created);
             r.cost_usd_micros = (id * 37) % 5_000;
             if state == TaskState::Retrying {
                 r.not_before_ms = Some(NOW_MS + (id % 90) * S);
@@ -353,4 +348,127 @@ pub fn fixture_with(n: u64) -> Model {
         by_model: Vec::new(),
     };
     Model::new(snapshot, NOW_MS, "bench", Vec::new())
+}
+
+/// A transition of a fixture shape: `(on, when, targets)`.
+type Next<'a> = (&'a str, Option<&'a str>, &'a [&'a str]);
+
+fn transitions(next: &[Next]) -> Vec<TransitionShape> {
+    next.iter()
+        .map(|(on, when, targets)| TransitionShape {
+            on: (*on).into(),
+            when: when.map(str::to_string),
+            targets: targets.iter().map(|t| (*t).to_string()).collect(),
+        })
+        .collect()
+}
+
+/// [`fixture`] plus three job runs of workflow control (SPEC §2.2), with several task runs per
+/// task: j7 a review loop in its third round, j8 a fan-out of 12 items in mixed states, j9 a
+/// failed saga whose compensations ran.
+pub fn fixture_control() -> Model {
+    let mut model = fixture();
+    let mut review = shape(
+        "review",
+        None,
+        &[
+            ("write", &[], "llm", None),
+            ("review", &[], "llm", None),
+            ("revise", &[], "llm", None),
+            ("ship", &[], "default", None),
+        ],
+    );
+    review.tasks[0].next = transitions(&[("success", None, &["review"])]);
+    review.tasks[1].next = transitions(&[
+        ("success", Some("outputs.verdict == 'approved'"), &["ship"]),
+        ("success", Some("outputs.verdict != 'approved'"), &["revise"]),
+    ]);
+    review.tasks[2].next = transitions(&[("success", None, &["review"])]);
+    let mut crawl = shape(
+        "crawl",
+        None,
+        &[
+            ("list", &[], "io", None),
+            ("fetch", &["list"], "io", None),
+            ("summarize", &["fetch"], "llm", None),
+            ("alert", &[], "default", None),
+        ],
+    );
+    crawl.tasks[0].next = transitions(&[("failure", None, &["alert"])]);
+    crawl.tasks[1].next = transitions(&[("failure", None, &["alert"])]);
+    crawl.tasks[1].fanned_out = true;
+    crawl.tasks[3].join = Some("1".into());
+    let mut release = shape(
+        "release",
+        None,
+        &[
+            ("create", &[], "default", None),
+            ("deploy", &["create"], "default", None),
+            ("announce", &["deploy"], "default", None),
+        ],
+    );
+    release.tasks[0].compensated = true;
+    release.tasks[1].compensated = true;
+    for s in [review, crawl, release] {
+        model.shapes.insert(s.name.clone(), s);
+    }
+
+    let ago = |s: u64| NOW_MS - s * S;
+    use TaskState::*;
+    let instance = |r: &mut TaskRun, iteration: u32, item: Option<u32>| (r.iteration, r.item_index) = (iteration, item);
+    let mut runs = Vec::new();
+    // j7: write, then review and revise twice; the third review runs.
+    let steps = [("write", 1, Succeeded), ("review", 1, Succeeded), ("revise", 1, Succeeded), ("review", 2, Succeeded)];
+    let more = [("revise", 2, Succeeded), ("review", 3, Running)];
+    for (k, (name, iteration, state)) in steps.into_iter().chain(more).enumerate() {
+        let mut r = TaskRun::from(task(100 + k as u64, 7, "review", name, "llm", state, ago(600 - 60 * k as u64)));
+        instance(&mut r, iteration, None);
+        r.cost_usd_micros = 10_000;
+        runs.push(r);
+    }
+    // j8: list, then fetch over 12 items: 9 succeeded, one running, one queued, one dead.
+    runs.push(TaskRun::from(task(200, 8, "crawl", "list", "io", Succeeded, ago(300))));
+    for item in 0..12u32 {
+        let state = match item {
+            4 => Dead,
+            10 => Running,
+            11 => Queued,
+            _ => Succeeded,
+        };
+        let mut r = TaskRun::from(task(201 + u64::from(item), 8, "crawl", "fetch", "io", state, ago(280)));
+        instance(&mut r, 1, Some(item));
+        if state == Dead {
+            (r.attempt, r.reason, r.exit_code) = (3, Some(FailReason::ExitCode), Some(22));
+        }
+        runs.push(r);
+    }
+    // j9: create and deploy succeeded, announce died; both were undone, deploy first.
+    let saga = [("create", Succeeded, false), ("deploy", Succeeded, false), ("announce", Dead, false)];
+    let undone = [("deploy", Succeeded, true), ("create", Succeeded, true)];
+    for (k, (name, state, compensation)) in saga.into_iter().chain(undone).enumerate() {
+        let mut r = TaskRun::from(task(300 + k as u64, 9, "release", name, "default", state, ago(900 - 60 * k as u64)));
+        if compensation {
+            r.compensation = true;
+            r.compensates = Some(if name == "deploy" { 301 } else { 300 });
+        }
+        if state == Dead {
+            (r.reason, r.exit_code) = (Some(FailReason::ExitCode), Some(1));
+        }
+        runs.push(r);
+    }
+    model.insert_tasks(runs);
+    for (id, name, state, created) in [
+        (7, "review", JobState::Running, ago(600)),
+        (8, "crawl", JobState::Running, ago(300)),
+        (9, "release", JobState::Failed, ago(900)),
+    ] {
+        let ended = state.is_terminal().then_some(ago(600));
+        model.jobs.get_mut(&id).expect("inserted with its task runs").rec =
+            JobRun::from(job(id, name, state, created, ended, 0));
+    }
+    model.jobs.get_mut(&9).expect("j9").rec.reason = Some("task announce (#302) dead: exit_code".into());
+    model.invalidate();
+    model.prepare();
+    model.changed = false;
+    model
 }

@@ -182,12 +182,24 @@ pub const BINDINGS: &[Binding] = &[
     bind!(&[Key::code(Code::PageUp), Key::ctrl('u')], Action::PageUp, ViewSet::ALL, "page up", ""),
     bind!(&[Key::ch('g'), Key::code(Code::Home)], Action::Top, ViewSet::ALL, "top", ""),
     bind!(&[Key::ch('G'), Key::code(Code::End)], Action::Bottom, ViewSet::ALL, "bottom", ""),
-    bind!(&[Key::code(Code::Enter)], Action::Details, TABLES, "details of the row", "details"),
-    bind!(&[Key::code(Code::Esc)], Action::Back, ViewSet::ALL, "back / clear the filter", ""),
+    bind!(
+        &[Key::code(Code::Enter)],
+        Action::Details,
+        TABLES,
+        "details; in a job run's graph: expand/fold a task's runs",
+        "details"
+    ),
+    bind!(&[Key::code(Code::Esc)], Action::Back, ViewSet::ALL, "back / clear the filter / fold a task's runs", ""),
     bind!(&[Key::ch('/')], Action::Filter, LISTS, "filter: text or a state", "filter"),
     bind!(&[Key::ch('s')], Action::Sort, LISTS, "sort by the next column", "sort"),
     bind!(&[Key::ch('S')], Action::Reverse, LISTS, "reverse the sort", ""),
-    bind!(&[Key::ch('r')], Action::Retry, TASK_VIEWS, "retry task run / job run", "retry"),
+    bind!(
+        &[Key::ch('r')],
+        Action::Retry,
+        TASK_VIEWS,
+        "retry a task run / a job run's dead and cancelled runs",
+        "retry"
+    ),
     bind!(&[Key::ch('R')], Action::RetryFrom, TASK_LISTS, "re-run the finished job run from this task", ""),
     bind!(&[Key::ch('c')], Action::Cancel, TASK_VIEWS, "cancel (asks if running)", "cancel"),
     bind!(&[Key::ch('p')], Action::Pause, ViewSet::of(&[View::Queues]), "pause / resume the queue", "pause"),

@@ -16,14 +16,18 @@
 //! freezes the screen, and the TUI never blocks an actor.
 
 mod fixture;
+pub mod job_graph;
 pub mod keymap;
 pub mod model;
+pub mod rows;
 pub mod terminal;
 pub mod update;
 pub mod view;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_graph;
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -41,7 +45,7 @@ use tokio::time::MissedTickBehavior;
 use crate::engine::{Clock, Control, EngineEvent, SystemClock};
 
 #[doc(hidden)]
-pub use fixture::{fixture, fixture_with};
+pub use fixture::{fixture, fixture_control, fixture_with};
 pub use model::{Mode, Model, Session, View};
 pub use update::{Command, Msg, update};
 
@@ -183,13 +187,13 @@ fn execute(handle: &Rc<dyn Control>, state_dir: &Path, command: Command) -> Loca
         }
         Command::LoadJobRun(id) => Box::pin(async move {
             match handle.task_runs_of(id).await {
-                Ok(records) => vec![Msg::JobRunLoaded(records)],
+                Ok(views) => vec![Msg::JobRunLoaded(views.into_iter().map(rows::TaskRun::from).collect())],
                 Err(e) => vec![Msg::Done { command, result: Err(format!("job run j{id}: {e}")) }],
             }
         }),
         Command::ReadLog { task_run, job_run, attempt } => {
             let state_dir = state_dir.to_path_buf();
-            let rel = PathBuf::from(crate::store::AttemptRecord::log_path(job_run, task_run, attempt));
+            let rel = PathBuf::from(crate::report::attempt_log_path(job_run, task_run, attempt));
             Box::pin(async move {
                 let read = tokio::task::spawn_blocking(move || read_tail(&state_dir, &rel, LOG_TAIL_BYTES)).await;
                 let text = read.map_err(|e| e.to_string()).and_then(|r| r);

@@ -8,12 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::rows::{JobRun, TaskRun};
 use crate::engine::{EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, WorkerSnapshot};
 use crate::model::cost::{NO_MODEL, Usage};
 use crate::model::money::micros_of_json;
 use crate::model::schedule::Schedule;
 use crate::model::{FailReason, JobState, TaskState};
-use crate::store::{JobRunRecord, TaskRunRecord};
 
 use super::update::Command;
 
@@ -41,6 +41,9 @@ pub enum View {
     Workers,
     Schedules,
 }
+
+/// How many task states there are (the counters' length).
+const STATES: usize = TaskState::ALL.len();
 
 /// How many views there are.
 pub const VIEWS: usize = 8;
@@ -185,7 +188,7 @@ pub struct AttemptLine {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRow {
-    pub rec: TaskRunRecord,
+    pub rec: TaskRun,
     pub attempts: Vec<AttemptLine>,
     pub model: Option<String>,
     /// `task.warning`s seen this session (attempt, message), the latest last.
@@ -194,7 +197,7 @@ pub struct TaskRow {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRow {
-    pub rec: JobRunRecord,
+    pub rec: JobRun,
     /// Task runs of this job run, in creation order.
     pub tasks: Vec<u64>,
     pub done: u32,
@@ -208,7 +211,7 @@ pub struct QueueRow {
     pub paused: bool,
     /// Its circuit is open: nothing starts from it until then.
     pub circuit_open_until_ms: Option<u64>,
-    pub counts: [u32; 9],
+    pub counts: [u32; STATES],
     /// Task runs ended per minute (throughput).
     pub done_per_minute: BTreeMap<u64, u32>,
     pub cost_per_day: BTreeMap<u64, u64>,
@@ -296,6 +299,10 @@ pub struct Model {
     pub mode: Mode,
     pub panes: [Pane; VIEWS],
     pub detail_scroll: u16,
+    /// The row of a job run's task graph the cursor is on (`job_graph::rows`).
+    pub graph_cursor: usize,
+    /// Tasks of a job run whose task runs are listed under their node: `(job run, task)`.
+    pub expanded: BTreeSet<(u64, String)>,
     pub tasks: BTreeMap<u64, TaskRow>,
     pub jobs: BTreeMap<u64, JobRow>,
     pub queues: BTreeMap<String, QueueRow>,
@@ -303,7 +310,7 @@ pub struct Model {
     /// The scheduled jobs, in name order.
     pub schedules: Vec<ScheduleRow>,
     pub shapes: BTreeMap<String, JobShape>,
-    pub counts: [usize; 9],
+    pub counts: [usize; STATES],
     pub retrying: BTreeSet<u64>,
     pub dead: BTreeSet<u64>,
     pub cost: CostBook,
@@ -334,13 +341,15 @@ impl Model {
             mode: Mode::Normal,
             panes: Default::default(),
             detail_scroll: 0,
+            graph_cursor: 0,
+            expanded: BTreeSet::new(),
             tasks: BTreeMap::new(),
             jobs: BTreeMap::new(),
             queues: BTreeMap::new(),
             workers: Vec::new(),
             schedules: schedule_rows(&snapshot.jobs, &snapshot.schedule_fires),
             shapes: snapshot.jobs.into_iter().map(|j| (j.name.clone(), j)).collect(),
-            counts: [0; 9],
+            counts: [0; STATES],
             retrying: BTreeSet::new(),
             dead: BTreeSet::new(),
             cost: CostBook::default(),
@@ -360,10 +369,10 @@ impl Model {
             *m.cost.by_model.entry(row.label().to_string()).or_default() += row.usage.usd_micros;
             m.cost.tokens.add(&Usage { usd_micros: 0, ..row.usage });
         }
-        for rec in snapshot.job_runs {
+        for rec in snapshot.job_runs.into_iter().map(JobRun::from) {
             m.jobs.insert(rec.id, JobRow { rec, tasks: Vec::new(), done: 0, running: 0 });
         }
-        m.insert_tasks(snapshot.task_runs);
+        m.insert_tasks(snapshot.task_runs.into_iter().map(TaskRun::from).collect());
         for view in View::ALL {
             m.panes[view.index()].reverse = view == View::Jobs;
         }
@@ -517,13 +526,13 @@ impl Model {
     }
 
     /// Adds or replaces task runs (the snapshot, or a job run loaded after `job.started`).
-    pub fn insert_tasks(&mut self, records: Vec<TaskRunRecord>) {
+    pub fn insert_tasks(&mut self, records: Vec<TaskRun>) {
         for rec in records {
             self.insert_task(rec);
         }
     }
 
-    fn insert_task(&mut self, rec: TaskRunRecord) {
+    fn insert_task(&mut self, rec: TaskRun) {
         if let Some(old) = self.tasks.remove(&rec.id) {
             self.tally(&old.rec, -1);
             // Events already applied are at least as new as a store read that raced them for
@@ -552,7 +561,7 @@ impl Model {
     }
 
     /// Adds (`sign` 1) or removes (-1) one task run's share of every counter.
-    fn tally(&mut self, rec: &TaskRunRecord, sign: i32) {
+    fn tally(&mut self, rec: &TaskRun, sign: i32) {
         let s = rec.state as usize;
         let add = |n: &mut u32| *n = n.saturating_add_signed(sign);
         self.counts[s] = self.counts[s].saturating_add_signed(sign as isize);
@@ -761,8 +770,11 @@ impl Model {
         let Some(id) = e.task_run else { return };
         if !self.tasks.contains_key(&id) {
             let (Some(job_run), Some(job), Some(task)) = (e.job_run, &e.job, &e.task) else { return };
-            let mut rec = TaskRunRecord::pending(id, job_run, job, task, e.ts_ms);
+            let mut rec = TaskRun::pending(id, job_run, job, task, e.ts_ms);
             rec.queue = e.queue.clone().unwrap_or_else(|| "default".into());
+            // Task events carry which instance they are about (SPEC §6).
+            (rec.iteration, rec.item_index) = crate::report::instance_in(&e.fields);
+            rec.compensation = e.str_field("kind") == Some("compensation");
             rec.max_attempts = 0;
             self.insert_task(rec);
         }
@@ -777,6 +789,7 @@ impl Model {
             "task.cancelled" => Some(TaskState::Cancelled),
             "task.skipped" => Some(TaskState::Skipped),
             "task.waiting" => Some(TaskState::Waiting),
+            "task.handled" => Some(TaskState::Failed),
             _ => None,
         };
         if e.event == "task.cost" {
@@ -792,7 +805,6 @@ impl Model {
         let r = &mut row.rec;
         match e.event {
             "task.queued" => {
-                r.queued_at_ms = Some(ts);
                 r.not_before_ms = None;
                 r.ended_at_ms = None;
                 if let Some(p) = e.field("priority").and_then(|v| v.as_u64()) {
@@ -841,7 +853,7 @@ impl Model {
             "task.retry_scheduled" => {
                 r.not_before_ms = Some(ts + e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0));
             }
-            "task.dead_lettered" | "task.cancelled" | "task.skipped" => {
+            "task.dead_lettered" | "task.cancelled" | "task.skipped" | "task.handled" => {
                 r.ended_at_ms = Some(ts);
                 if let Some(reason) = e.str_field("reason").and_then(FailReason::parse) {
                     r.reason = Some(reason);
@@ -856,7 +868,7 @@ impl Model {
         }
         let queue = row.rec.queue.clone();
         if let Some(to) = new_state {
-            if matches!(to, TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled) {
+            if matches!(to, TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled | TaskState::Failed) {
                 *self.queue_mut(&queue).done_per_minute.entry(ts / MINUTE_MS).or_default() += 1;
             }
             self.set_state(id, to);
@@ -900,7 +912,7 @@ impl Model {
         if row.warnings.len() > MAX_WARNING_LINES {
             row.warnings.remove(0);
         }
-        let who = format!("#{} {}.{}", id, row.rec.job, row.rec.task);
+        let who = format!("#{} {}.{}", id, row.rec.job, row.rec.label());
         self.say(format!("{who}: warning: {text}"), true);
     }
 
@@ -1099,23 +1111,12 @@ fn contains_ignore_case(haystack: &str, lower_needle: &str) -> bool {
 }
 
 /// A job run known only from an event so far (its record was never read).
-fn placeholder_job(id: u64, job: &str, at_ms: u64) -> JobRunRecord {
-    JobRunRecord {
-        id,
-        job: job.to_string(),
-        definition: u64::MAX,
-        params: BTreeMap::new(),
-        state: JobState::Running,
-        reason: None,
-        cost_usd_micros: 0,
-        created_at_ms: at_ms,
-        ended_at_ms: None,
-        cancel_requested: false,
-    }
+fn placeholder_job(id: u64, job: &str, at_ms: u64) -> JobRun {
+    JobRun::running(id, job, at_ms)
 }
 
 /// The latest attempt of a stored task run, as far as the record tells.
-fn last_attempt_of(rec: &TaskRunRecord) -> Option<AttemptLine> {
+fn last_attempt_of(rec: &TaskRun) -> Option<AttemptLine> {
     if rec.attempt == 0 {
         return None;
     }

@@ -258,9 +258,9 @@ fn a_new_job_run_is_loaded_and_its_events_keep_it_current() {
     let mut started = EngineEvent::new("job.started", NOW_MS);
     (started.job, started.job_run) = (Some("nightly".into()), Some(7));
     assert_eq!(update(&mut m, Msg::Engine(started.clone())), vec![Command::LoadJobRun(7)]);
-    let mut a = crate::store::TaskRunRecord::pending(30, 7, "nightly", "backup", NOW_MS);
+    let mut a = crate::tui::rows::TaskRun::pending(30, 7, "nightly", "backup", NOW_MS);
     a.state = TaskState::Queued;
-    let b = crate::store::TaskRunRecord::pending(31, 7, "nightly", "vacuum", NOW_MS);
+    let b = crate::tui::rows::TaskRun::pending(31, 7, "nightly", "vacuum", NOW_MS);
     update(&mut m, Msg::JobRunLoaded(vec![a, b]));
     assert_eq!(m.jobs[&7].tasks, vec![30, 31]);
     let mut e = EngineEvent::new("task.failed", NOW_MS + 500).with("reason", "exit_code").with("exit_code", 4);
@@ -296,7 +296,7 @@ fn costs_are_aggregated_by_job_task_queue_and_model() {
 fn spending_before_attaching_is_filed_under_its_models() {
     use crate::engine::EngineSnapshot;
     use crate::model::cost::{ModelUsage, Usage};
-    let mut rec = crate::store::TaskRunRecord::pending(1, 1, "j", "t", NOW_MS);
+    let mut rec = crate::report::TaskRunView::pending(1, 1, "j", "t", NOW_MS);
     rec.cost_usd_micros = 30_000;
     let usage = |usd, input| Usage { usd_micros: usd, input_tokens: input, cache_read_tokens: 5, ..Usage::default() };
     let by_model = vec![
@@ -651,6 +651,9 @@ fn the_task_graph_draws_siblings_as_a_tree() {
         budget_usd_micros: None,
         wait_for: None,
         next: Vec::new(),
+        join: None,
+        fanned_out: false,
+        compensated: false,
     };
     let tasks = vec![
         shape("plan", &[]),
@@ -662,7 +665,7 @@ fn the_task_graph_draws_siblings_as_a_tree() {
         shape("lint", &[]),
     ];
     let runs = (tasks.iter().enumerate())
-        .map(|(i, t)| crate::store::TaskRunRecord::pending(40 + i as u64, 7, "review", &t.name, NOW_MS))
+        .map(|(i, t)| crate::tui::rows::TaskRun::pending(40 + i as u64, 7, "review", &t.name, NOW_MS))
         .collect();
     m.shapes.insert(
         "review".into(),
@@ -681,7 +684,7 @@ fn the_task_graph_draws_siblings_as_a_tree() {
         .collect();
     assert_eq!(
         graph,
-        ["   ● plan", "   ├● security", "   │ └● triage", "   ├● style", "   └● tests", "     └● summary", "   ● lint"],
+        [" ▸ ● plan", "   ├● security", "   │ └● triage", "   ├● style", "   └● tests", "     └● summary", "   ● lint"],
         "{screen}"
     );
     insta::assert_snapshot!("job_detail_tree", screen);
@@ -722,7 +725,7 @@ fn a_retrying_task_run_stops_counting_at_the_end_of_its_last_attempt() {
 fn a_retrying_task_run_read_without_its_attempt_end_shows_no_running_clock() {
     let mut m = fixture();
     // As a snapshot holds it: the task run has not ended, and the end of its attempt is not in it.
-    let mut rec = crate::store::TaskRunRecord::pending(40, 7, "nightly", "backup", NOW_MS - 300_000);
+    let mut rec = crate::tui::rows::TaskRun::pending(40, 7, "nightly", "backup", NOW_MS - 300_000);
     (rec.state, rec.attempt, rec.started_at_ms) = (TaskState::Retrying, 1, Some(NOW_MS - 290_000));
     (rec.not_before_ms, rec.exit_code) = (Some(NOW_MS + 10_000), Some(1));
     rec.reason = Some(crate::model::FailReason::ExitCode);
@@ -816,4 +819,23 @@ fn brackets_in_the_log_view_show_earlier_attempts_which_are_not_reread() {
     assert_eq!(m.log.as_ref().and_then(|l| l.pinned), None, "back on the latest, which is followed again");
     let tick = update(&mut m, Msg::Tick(NOW_MS + 2_000));
     assert!(tick.contains(&Command::ReadLog { task_run: 6, job_run: 2, attempt: 3 }), "{tick:?}");
+}
+
+/// One task with several runs in a job run (SPEC §2.2): each row names its iteration or item,
+/// as the events say, with the labels `tasks` and the headless lines use.
+#[test]
+fn task_runs_of_one_task_are_labelled_by_iteration_and_item() {
+    let mut m = fixture();
+    let mut second = EngineEvent::new("task.queued", NOW_MS).with("priority", 50).with("iteration", 2);
+    (second.job, second.job_run, second.task, second.task_run) =
+        (Some("report".into()), Some(5), Some("parse".into()), Some(40));
+    let mut item = EngineEvent::new("task.queued", NOW_MS).with("priority", 50).with("item_index", 3);
+    (item.job, item.job_run, item.task, item.task_run) =
+        (Some("report".into()), Some(5), Some("fetch".into()), Some(41));
+    update(&mut m, Msg::Engine(second));
+    update(&mut m, Msg::Engine(item));
+    press(&mut m, "3");
+    assert!(task_row(&m, 40).contains(" parse#2 "), "{}", task_row(&m, 40));
+    assert!(task_row(&m, 41).contains(" fetch[3] "), "{}", task_row(&m, 41));
+    assert!(task_row(&m, 14).contains(" parse "), "a first run keeps its plain name: {}", task_row(&m, 14));
 }

@@ -1,10 +1,11 @@
 //! `update`: the only place the model changes. Pure: no I/O, no clock; what must happen outside
 //! (talk to the engine, read a file) comes back as [`Command`]s for the loop to run.
 
+use super::rows::TaskRun;
 use crate::engine::{EngineEvent, QueueSnapshot, Target, WorkerSnapshot};
 use crate::model::{JobState, TaskState};
-use crate::store::TaskRunRecord;
 
+use super::job_graph::{self, Row};
 use super::keymap::{self, Action, Code, Key};
 use super::model::{LogPane, Mode, Model, Session, Subject, View};
 
@@ -17,7 +18,7 @@ pub enum Msg {
     Tick(u64),
     Resize(u16, u16),
     /// The task runs of a job run first seen in `job.started`.
-    JobRunLoaded(Vec<TaskRunRecord>),
+    JobRunLoaded(Vec<TaskRun>),
     LogLoaded {
         task_run: u64,
         attempt: u32,
@@ -272,6 +273,11 @@ fn act(model: &mut Model, action: Action) -> Vec<Command> {
         model.say(crate::engine::READ_ONLY, true);
         return Vec::new();
     }
+    if let Mode::Detail(Subject::Job(job_run)) = model.mode
+        && let Some(commands) = on_job_graph(model, job_run, action)
+    {
+        return commands;
+    }
     match action {
         Action::GoTo(view) => focus(model, view),
         Action::NextView => focus(model, model.focus.next()),
@@ -309,6 +315,40 @@ fn act(model: &mut Model, action: Action) -> Vec<Command> {
         Action::Quit => return quit(model),
     }
     Vec::new()
+}
+
+/// Keys on a job run's task graph: the cursor moves over its rows, `Enter` expands the task
+/// under it into its task runs or collapses it, `Esc` collapses it. `None`: the key does what it
+/// does elsewhere (`Esc` on a collapsed task goes back, `r` retries the job run …).
+fn on_job_graph(model: &mut Model, job_run: u64, action: Action) -> Option<Vec<Command>> {
+    let (graph, rows) = model.jobs.get(&job_run).and_then(|j| job_graph::of_job(model, j))?;
+    let last = rows.len().saturating_sub(1);
+    let cursor = model.graph_cursor.min(last);
+    let page = model.page();
+    let row = rows.get(cursor)?;
+    let key = (job_run, graph.name(row.task()).to_string());
+    // The task's own row, where the cursor lands when its instances fold away.
+    let task_row = rows[..=cursor].iter().rposition(|r| matches!(r, Row::Task { task, .. } if *task == row.task()));
+    let expanded = matches!(row, Row::Instance { .. } | Row::Task { expanded: true, .. });
+    match action {
+        Action::Down => model.graph_cursor = (cursor + 1).min(last),
+        Action::Up => model.graph_cursor = cursor.saturating_sub(1),
+        Action::PageDown => model.graph_cursor = (cursor + page).min(last),
+        Action::PageUp => model.graph_cursor = cursor.saturating_sub(page),
+        Action::Top => model.graph_cursor = 0,
+        Action::Bottom => model.graph_cursor = last,
+        Action::Details | Action::Back if expanded => {
+            model.expanded.remove(&key);
+            model.graph_cursor = task_row.unwrap_or(cursor);
+        }
+        Action::Details => {
+            if matches!(row, Row::Task { grouped: true, .. }) {
+                model.expanded.insert(key);
+            }
+        }
+        _ => return None,
+    }
+    Some(Vec::new())
 }
 
 fn focus(model: &mut Model, view: View) {
@@ -362,6 +402,7 @@ fn details(model: &mut Model) -> Vec<Command> {
     };
     let Some(subject) = subject else { return Vec::new() };
     model.detail_scroll = 0;
+    model.graph_cursor = 0;
     let command = match &subject {
         Subject::Task(id) => model.tasks.get(id).filter(|t| t.rec.attempt > 0).map(read_log),
         _ => None,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::config::ForEach;
 use crate::model::fanout::{self, FanOut, FanOutOutcome, ItemState};
-use crate::model::graph::{self, Change};
+use crate::model::graph;
 use crate::model::{FailReason, TaskState};
 
 use super::input::{Env, TaskNote, Write};
@@ -24,12 +24,19 @@ pub struct Node {
     pub runs: Vec<usize>,
 }
 
-/// The fan-outs of stored task runs (a resume): items grouped by their task, states counted.
+/// The fan-outs of stored task runs (a resume), by their node's index: items grouped by the
+/// task run of their task and iteration that is not an item, states counted.
 pub fn nodes_of(tasks: &[TaskRun]) -> HashMap<usize, Node> {
+    let node_of: HashMap<(usize, u32), usize> = tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !t.is_extra())
+        .map(|(i, t)| ((t.task_index, t.iteration), i))
+        .collect();
     let mut runs: HashMap<usize, Vec<(u32, usize)>> = HashMap::new();
     for (i, t) in tasks.iter().enumerate() {
-        if let (Some(k), Kind::Task) = (t.item_index, t.kind) {
-            runs.entry(t.task_index).or_default().push((k, i));
+        if let (Some(k), Kind::Task, Some(&node)) = (t.item_index, t.kind, node_of.get(&(t.task_index, t.iteration))) {
+            runs.entry(node).or_default().push((k, i));
         }
     }
     runs.into_iter()
@@ -73,9 +80,9 @@ impl TaskRun {
 }
 
 impl<E: Env> Step<'_, E> {
-    /// Task `i` is ready: its items are made and the first ones queued. Returns what follows
-    /// from the node's end when it ends at once (no items, or no items to be had).
-    pub(super) fn fan_out(&mut self, i: usize) -> Vec<Change> {
+    /// Task run `i` of a fanned-out task is ready: its items are made and the first ones
+    /// queued; it ends at once when there are no items (or no items to be had).
+    pub(super) fn fan_out(&mut self, i: usize) {
         let items = match self.s.def(i).for_each.clone() {
             Some(ForEach::Template(text)) => {
                 self.env.render_for_each(self.s, i, &text).and_then(|text| fanout::items_from_rendered(&text))
@@ -111,7 +118,6 @@ impl<E: Env> Step<'_, E> {
         }
         self.s.fanouts.insert(i, Node { fan: FanOut::new(items.len()), runs });
         self.start_items(i);
-        Vec::new()
     }
 
     /// Queues as many pending items of node `i` as its `for_each_concurrency` has slots for.
@@ -151,7 +157,8 @@ impl<E: Env> Step<'_, E> {
             self.compensation_ended(r);
             return;
         }
-        let (node, Some(k)) = (t.task_index, t.item_index.map(|k| k as usize)) else { return };
+        let Some(k) = t.item_index.map(|k| k as usize) else { return };
+        let Some(node) = self.node_of(r) else { return };
         let state = t.state;
         if let Some(n) = self.s.fanouts.get_mut(&node) {
             let _ = n.fan.set(k, state.into());
@@ -171,9 +178,9 @@ impl<E: Env> Step<'_, E> {
         if self.s.tasks[node].state != TaskState::Running {
             return;
         }
-        let follows = match outcome {
+        match outcome {
             Some(FanOutOutcome::Succeeded) => self.end_node(node, TaskState::Succeeded, None),
-            Some(FanOutOutcome::Failed) if self.s.job_run.cancel_requested => {
+            Some(FanOutOutcome::Failed) if self.s.job_run.cancel_requested || self.first_failed_was_cancelled(node) => {
                 self.end_node(node, TaskState::Cancelled, Some(FailReason::Cancelled))
             }
             Some(FanOutOutcome::Failed) => {
@@ -181,14 +188,20 @@ impl<E: Env> Step<'_, E> {
                 self.s.tasks[node].detail = Some(detail);
                 self.end_node(node, TaskState::Dead, reason)
             }
-            _ => return,
-        };
-        self.apply(follows);
+            _ => {}
+        }
+    }
+
+    /// The node (the fanned-out task's own run, same task and iteration) of item run `r`.
+    fn node_of(&self, r: usize) -> Option<usize> {
+        let t = &self.s.tasks[r];
+        let same = |n: &usize| self.s.tasks[*n].task_index == t.task_index && self.s.tasks[*n].iteration == t.iteration;
+        self.s.fanouts.keys().copied().find(same)
     }
 
     /// No new item of node `i` will start (fail_fast, budget, cancel): the rest are skipped.
     fn skip_pending_items(&mut self, i: usize) {
-        let Some(node) = self.s.fanouts.get(&i) else { return };
+        let Some(node) = self.s.fanouts.get(&i).filter(|n| n.fan.count(ItemState::Pending) > 0) else { return };
         let pending: Vec<(usize, usize)> = node
             .runs
             .iter()
@@ -202,6 +215,12 @@ impl<E: Env> Step<'_, E> {
             self.fx.writes.push(Write::TaskRun(r));
             self.task_note(r, TaskNote::Skipped);
         }
+    }
+
+    /// A person cancelled the fan-out (or its first failed item): the node is cancelled, not dead.
+    fn first_failed_was_cancelled(&self, i: usize) -> bool {
+        let runs = &self.s.fanouts[&i].runs;
+        runs.iter().map(|&r| self.s.tasks[r].state).find(|s| *s != TaskState::Succeeded) == Some(TaskState::Cancelled)
     }
 
     /// Why node `i` failed: its first item that did not succeed.
@@ -224,9 +243,8 @@ impl<E: Env> Step<'_, E> {
         }
     }
 
-    /// Node `i`'s own run ends `to`; returns what follows in the graph.
-    fn end_node(&mut self, i: usize, to: TaskState, reason: Option<FailReason>) -> Vec<Change> {
-        self.s.set_state(i, to);
+    /// Node `i`'s own run ends `to`, as any task run does: transitions, `needs`, fail_fast.
+    fn end_node(&mut self, i: usize, to: TaskState, reason: Option<FailReason>) {
         let t = &mut self.s.tasks[i];
         t.ended_at_ms = Some(self.now);
         t.reason = reason;
@@ -237,27 +255,55 @@ impl<E: Env> Step<'_, E> {
         self.fx.writes.push(Write::TaskRun(i));
         match to {
             TaskState::Succeeded => {
-                self.task_note(i, TaskNote::Succeeded { duration_ms, cost_usd_micros, cached_from: None })
+                self.s.set_state(i, to);
+                self.task_note(i, TaskNote::Succeeded { duration_ms, cost_usd_micros, cached_from: None });
+                let matched = self.matching_transitions(i, true);
+                self.after_task_ended(i, matched);
             }
-            TaskState::Cancelled => self.task_note(i, TaskNote::Cancelled { from_dead: false }),
-            _ => self.task_note(i, TaskNote::DeadLettered { reason: reason.unwrap_or(FailReason::ExitCode) }),
+            TaskState::Cancelled => {
+                self.s.set_state(i, to);
+                self.task_note(i, TaskNote::Cancelled { from_dead: false });
+                self.after_task_ended(i, Vec::new());
+            }
+            _ => self.failed_for_good(i, reason.unwrap_or(FailReason::ExitCode)),
         }
-        let failing = graph::is_failing(&self.s.states) && to.is_unsuccessful_end();
-        let changes = graph::after_end(&self.s.graph, &mut self.s.states, i);
-        self.s.sync(&changes);
-        if failing && self.s.job().fail_fast {
-            self.kill_running(FailReason::Cancelled);
-        }
-        changes
     }
 
-    /// A person's retry of an extra run (an item, a compensation) or of a fanned-out node.
+    /// A person's cancel of a running fan-out: its items that have not ended are cancelled; the
+    /// node ends `cancelled` once they all ended.
+    pub(super) fn cancel_items(&mut self, i: usize) -> String {
+        if self.s.job_run.cancel_requested {
+            return String::new(); // the whole run's cancel goes through the items itself
+        }
+        let open: Vec<usize> =
+            self.s.fanouts[&i].runs.iter().copied().filter(|&r| !self.s.tasks[r].state.is_terminal()).collect();
+        let said: Vec<String> = open.into_iter().map(|r| self.cancel_task(r)).collect();
+        said.join("\n")
+    }
+
+    /// A person's retry of an extra run (an item, a compensation) or of a fanned-out node: the
+    /// node's retry is its failed items' (a whole-run retry names them too: an item already
+    /// reopened by its node is not refused).
     pub(super) fn retry_extra(&mut self, i: usize) -> Result<String, String> {
         let t = &self.s.tasks[i];
         if self.s.is_node(i) {
-            return Err(format!("task run {} is the fan-out of task `{}`: retry its dead items instead", t.id, t.task));
+            let failed: Vec<usize> =
+                self.s.fanouts[&i].runs.iter().copied().filter(|&r| self.s.tasks[r].state.is_retryable()).collect();
+            if failed.is_empty() {
+                return Err(format!("task run {} (fan-out of `{}`) has no dead or cancelled item", t.id, t.task));
+            }
+            let said: Vec<String> = failed.into_iter().map(|r| self.retry_extra(r)).collect::<Result<_, _>>()?;
+            return Ok(said.join("\n"));
         }
-        let (node, item) = (t.task_index, t.item_index.map(|k| k as usize));
+        if !t.state.is_retryable() {
+            let (id, phrase) = (t.id, t.state.phrase());
+            if t.item_index.is_some() && !t.state.is_terminal() && t.series_start == t.attempt + 1 {
+                return Ok(format!("task run {id} {phrase} (reopened with its fan-out)"));
+            }
+            return Err(format!("task run {id} {phrase}; only dead or cancelled task runs can be retried"));
+        }
+        let item = t.item_index.map(|k| k as usize);
+        let node = self.node_of(i).unwrap_or(i);
         let reopened = self.s.reopen();
         match item {
             Some(k) => self.set_item(node, k, i, TaskState::Queued),

@@ -245,3 +245,75 @@ fn no_saga_when_nothing_has_compensate_or_the_run_was_cancelled() {
          cancel => deploy cancelled, announce skipped, job cancelled, ok: job run j7 is being cancelled, finish",
     );
 }
+
+#[test]
+fn a_retry_of_a_dead_item_or_of_its_node_reopens_the_node() {
+    let job = FAN.replace("max_attempts = 2", "max_attempts = 1");
+    check(
+        &job,
+        "begin
+         claim fan[0]
+         fail fan[0] 3
+         claim fan[1]
+         ok fan[1]
+         claim fan[2]
+         ok fan[2]
+         retry fan
+         claim fan[0]
+         ok fan[0]",
+        "begin => job started, fan[0] queued, fan[1] queued, enqueue fan[0], enqueue fan[1]
+         claim fan[0] => claimed fan[0]#1
+         fail fan[0] 3 => fan[0] failed#1(exit_code), fan[0] dead(exit_code), fan[2] queued, enqueue fan[2]
+         claim fan[1] => claimed fan[1]#1
+         ok fan[1] => fan[1] succeeded
+         claim fan[2] => claimed fan[2]#1
+         ok fan[2] => fan[2] succeeded, fan dead(exit_code), sum skipped, job failed (task fan (#1) dead: exit_code), finish
+         retry fan => job started, fan[0] queued, enqueue fan[0], ok: task run 101 queued again (attempt 2 next)
+         claim fan[0] => claimed fan[0]#2
+         ok fan[0] => fan[0] succeeded, fan succeeded, sum queued, enqueue sum",
+    );
+}
+
+#[test]
+fn cancelling_the_run_cancels_the_items_and_then_the_node() {
+    check(
+        FAN,
+        "begin
+         claim fan[0]
+         cancel
+         end fan[0] cancelled",
+        "begin => job started, fan[0] queued, fan[1] queued, enqueue fan[0], enqueue fan[1]
+         claim fan[0] => claimed fan[0]#1
+         cancel => sum cancelled, fan[1] cancelled, fan[2] skipped, kill fan[0](cancelled), ok: job run j7 is being cancelled
+         end fan[0] cancelled => fan[0] cancelled, fan cancelled, job cancelled, finish",
+    );
+}
+
+#[test]
+fn a_fanned_out_task_fires_its_transitions_once_its_items_ended() {
+    let job = r#"
+[jobs.j.tasks.fan]
+run = "true"
+for_each = ["a", "b"]
+next = [{ on = "success", do = ["done"] }]
+[jobs.j.tasks.done]
+run = "true"
+"#;
+    check(
+        job,
+        "begin
+         claim fan[0]
+         ok fan[0]
+         claim fan[1]
+         ok fan[1]
+         claim done
+         ok done",
+        "begin => job started, fan[0] queued, fan[1] queued, enqueue fan[0], enqueue fan[1]
+         claim fan[0] => claimed fan[0]#1
+         ok fan[0] => fan[0] succeeded
+         claim fan[1] => claimed fan[1]#1
+         ok fan[1] => fan[1] succeeded, fan succeeded, fan#1 -success-> done#1, done queued, enqueue done
+         claim done => claimed done#1
+         ok done => done succeeded, job succeeded, finish",
+    );
+}

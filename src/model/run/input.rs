@@ -108,13 +108,13 @@ pub trait Env {
     fn cache_key(&mut self, state: &RunState, task: usize) -> Option<String>;
     /// The stored entry under `key`, if any (the core checks its age).
     fn cache_entry(&mut self, key: &str) -> Option<CacheHit>;
-    /// A fresh task run id (fan-out items, compensations).
+    /// A new task run id (a durable sequence).
     fn next_task_run_id(&mut self) -> u64;
-    /// Task `task`'s `for_each` template rendered against its upstream outputs and params.
-    fn render_for_each(&mut self, state: &RunState, task: usize, template: &str) -> Result<String, String>;
     /// Whether the `when` expression of a transition holds for task run `run`, which just
     /// ended; why it cannot be evaluated, if it cannot.
     fn when(&mut self, state: &RunState, run: usize, expression: &str) -> Result<bool, String>;
+    /// Task `task`'s `for_each` template rendered against its upstream outputs and params.
+    fn render_for_each(&mut self, state: &RunState, task: usize, template: &str) -> Result<String, String>;
 }
 
 /// What one step decided, in the order the actor carries it out: kills and unschedules at

@@ -16,7 +16,7 @@ use super::step::Step;
 /// compensations that already exist recorded in it.
 pub fn saga_of(state: &RunState) -> Saga {
     let runs: Vec<EndedRun> = (0..state.tasks.len())
-        .filter(|&i| !state.fanouts.contains_key(&i) || !state.is_node(i))
+        .filter(|i| !state.fanouts.contains_key(i))
         .map(|i| {
             let t = &state.tasks[i];
             EndedRun {

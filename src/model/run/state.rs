@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::config::{JobDef, TaskDef, Workflow};
+use crate::config::{JobDef, Workflow};
 use crate::model::graph::{Change, JobGraph, TaskStates};
 use crate::model::workflow_graph::WorkflowGraph;
 use crate::model::{FailReason, JobState, TaskState};
@@ -56,6 +56,40 @@ pub struct TaskRun {
 }
 
 impl TaskRun {
+    /// Task run `id` of task `task_index` (defined by `def`) as it is made: pending, no attempt.
+    pub fn new(id: u64, task_index: usize, def: &crate::config::TaskDef, iteration: u32, now_ms: u64) -> TaskRun {
+        TaskRun {
+            id,
+            task: def.name.clone(),
+            task_index,
+            state: TaskState::Pending,
+            queue: def.queue.clone(),
+            priority: def.priority,
+            attempt: 0,
+            series_start: 1,
+            max_attempts: def.retry.max_attempts,
+            queued_at_ms: None,
+            enqueue_seq: 0,
+            not_before_ms: None,
+            outputs: Default::default(),
+            exit_code: None,
+            cost_usd_micros: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            reason: None,
+            detail: None,
+            progress: None,
+            created_at_ms: now_ms,
+            started_at_ms: None,
+            ended_at_ms: None,
+            iteration,
+            item_index: None,
+            item: None,
+            kind: Kind::Task,
+            compensates: None,
+        }
+    }
+
     /// A task run beyond the one per task the graph knows: a fan-out item or a compensation.
     pub fn is_extra(&self) -> bool {
         self.item_index.is_some() || self.kind == Kind::Compensation
@@ -98,10 +132,10 @@ pub struct RunState {
     /// Transitions, joins and iteration caps.
     pub workflow_graph: WorkflowGraph,
     pub job_run: JobRunFacts,
-    /// By task index (file order) for the first `graph.len()`: the first task run of each task,
-    /// the graph's nodes (a fanned-out task's is its node: `running` while its items run, never
-    /// attempted). After them, in the order they were made, later iterations (SPEC §2.2) and the
-    /// extra runs (`TaskRun::is_extra`): fan-out items and compensations.
+    /// Every task run: the first one of each task at its task's index (file order), later ones
+    /// (another iteration, SPEC §2.2) after them in the order they were made, and the extra runs
+    /// (`TaskRun::is_extra`: fan-out items, compensations) among those. A fanned-out task's own
+    /// run is its node: `running` while its items run, never attempted.
     pub tasks: Vec<TaskRun>,
     /// The authority on task run states (same indexes), with O(1) counts for the per-event questions.
     pub states: TaskStates,
@@ -195,7 +229,6 @@ impl RunState {
                 u32::from(!unreached)
             })
             .collect();
-        // Later iterations of a task (fan-out items and compensations belong to their node).
         for (i, t) in self.tasks.iter().enumerate().skip(n).filter(|(_, t)| !t.is_extra()) {
             self.latest[t.task_index] = i;
             self.reached[t.task_index] = self.reached[t.task_index].max(t.iteration);
@@ -214,44 +247,23 @@ impl RunState {
         i
     }
 
-    /// True for a task's own task runs (any iteration), false for the extra ones (fan-out
-    /// items, compensations).
+    /// True for the task runs of the workflow's graph (a task's first run, later iterations),
+    /// false for the extra ones (fan-out items, compensations).
     pub fn is_node(&self, i: usize) -> bool {
         !self.tasks[i].is_extra()
     }
 
     /// The definition of task run `i`'s task.
-    pub fn def(&self, i: usize) -> &TaskDef {
+    pub fn def(&self, i: usize) -> &crate::config::TaskDef {
         &self.job().tasks[self.tasks[i].task_index]
     }
+
     /// A new task run of task `task`, pending, the next iteration; returns its index.
     pub fn add_instance(&mut self, task: usize, id: u64, now_ms: u64) -> usize {
-        let first = &self.tasks[task];
         let def = &self.job().tasks[task];
-        let run = TaskRun {
-            id,
-            state: TaskState::Pending,
-            attempt: 0,
-            series_start: 1,
-            max_attempts: def.retry.max_attempts,
-            queue: def.queue.clone(),
-            queued_at_ms: None,
-            enqueue_seq: 0,
-            not_before_ms: None,
-            outputs: Default::default(),
-            exit_code: None,
-            cost_usd_micros: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            reason: None,
-            detail: None,
-            progress: None,
-            created_at_ms: now_ms,
-            started_at_ms: None,
-            ended_at_ms: None,
-            iteration: self.reached[task],
-            ..first.clone()
-        };
+        // The priority the job run was submitted with holds for every task run of it.
+        let run =
+            TaskRun { priority: self.tasks[task].priority, ..TaskRun::new(id, task, def, self.reached[task], now_ms) };
         let i = self.tasks.len();
         self.index_of.insert(id, i);
         self.states.push(TaskState::Pending);
@@ -303,7 +315,9 @@ impl RunState {
 
     /// Task runs in state `running`, by id.
     pub fn running_ids(&self) -> Vec<u64> {
-        self.tasks.iter().filter(|t| t.state == TaskState::Running).map(|t| t.id).collect()
+        // A fan-out's own run is `running` while its items run; it has no attempt to stop.
+        let attempted = |(i, t): &(usize, &TaskRun)| t.state == TaskState::Running && !self.fanouts.contains_key(i);
+        self.tasks.iter().enumerate().filter(attempted).map(|(_, t)| t.id).collect()
     }
 
     /// A retry takes the job run back to `running`; true if it had ended.
@@ -321,8 +335,9 @@ impl RunState {
     }
 }
 
-/// The first task run of each task first, in file order; then the later ones (iterations,
-/// fan-out items, compensations) in the order they were made (by id).
+/// The first task run of each task first, in file order; then the later ones by task and
+/// iteration (each task's first task run has iteration 1), fan-out items and compensations
+/// among them (by id).
 fn sort_runs(tasks: &mut [TaskRun]) {
-    tasks.sort_by_key(|t| if t.is_extra() || t.iteration > 1 { (true, 0, t.id) } else { (false, t.task_index, 0) });
+    tasks.sort_by_key(|t| (t.iteration > 1 || t.is_extra(), t.task_index, t.iteration, t.id));
 }

@@ -127,7 +127,7 @@ impl<E: Env> Step<'_, E> {
                 self.s.set_state(i, TaskState::Skipped);
             } else if change.to == TaskState::Queued && self.s.is_node(i) && self.s.def(i).for_each.is_some() {
                 // A fanned-out task is not queued itself: its items are (model/run/fanout.rs).
-                work.extend(self.fan_out(i));
+                self.fan_out(i);
                 continue;
             } else if change.to == TaskState::Queued
                 && self.s.is_node(i)
@@ -351,7 +351,7 @@ impl<E: Env> Step<'_, E> {
 
     /// Task run `i` failed for good: a failure that fires a transition is handled (`failed`),
     /// any other is a dead letter.
-    fn failed_for_good(&mut self, i: usize, reason: FailReason) {
+    pub(super) fn failed_for_good(&mut self, i: usize, reason: FailReason) {
         let matched = self.matching_transitions(i, false);
         let to = if matched.is_empty() {
             self.task_note(i, TaskNote::DeadLettered { reason });
@@ -366,10 +366,9 @@ impl<E: Env> Step<'_, E> {
     }
 
     /// The transitions of task run `i`'s task whose `on` and `when` match how it ended, in
-    /// file order: `(on, targets)`. A cancelled job run fires nothing, nor does an extra run (a
-    /// fan-out item, a compensation): transitions belong to the task's own runs.
-    fn matching_transitions(&mut self, i: usize, succeeded: bool) -> Vec<(TransitionOn, Vec<usize>)> {
-        if self.s.job_run.cancel_requested || !self.s.is_node(i) {
+    /// file order: `(on, targets)`. A cancelled job run fires nothing.
+    pub(super) fn matching_transitions(&mut self, i: usize, succeeded: bool) -> Vec<(TransitionOn, Vec<usize>)> {
+        if self.s.job_run.cancel_requested {
             return Vec::new();
         }
         let edges = self.s.workflow_graph.transitions(self.s.tasks[i].task_index).to_vec();
@@ -593,7 +592,7 @@ impl<E: Env> Step<'_, E> {
 
     /// Task run `i` reached a terminal state: its matched transitions fire, its `needs` edges
     /// are followed; with `fail_fast`, an unhandled failure cancels what still runs. An extra
-    /// run (item, compensation) moves its fan-out or saga on instead.
+    /// run (fan-out item, compensation) moves its fan-out or saga on instead.
     pub(super) fn after_task_ended(&mut self, i: usize, matched: Vec<(TransitionOn, Vec<usize>)>) {
         if !self.s.is_node(i) {
             self.extra_ended(i);
@@ -664,9 +663,19 @@ impl<E: Env> Step<'_, E> {
         }
         match self.s.tasks[i].state {
             TaskState::Retrying => {
-                self.s.set_state(i, TaskState::Queued);
                 self.s.tasks[i].not_before_ms = None;
-                self.apply(vec![Change { task: i, to: TaskState::Queued }]);
+                // With `fail_fast`, a failing run starts nothing new: not a retry either.
+                let to = if self.s.graph.fail_fast && graph::is_failing(&self.s.states) {
+                    TaskState::Skipped
+                } else {
+                    TaskState::Queued
+                };
+                self.s.set_state(i, to);
+                let mut changes = vec![Change { task: i, to }];
+                if to == TaskState::Skipped {
+                    changes.extend(self.follow_needs(i));
+                }
+                self.apply(changes);
             }
             TaskState::Waiting => self.dead_letter_unstarted(i, FailReason::WaitTimeout),
             _ => {}
@@ -753,7 +762,10 @@ impl<E: Env> Step<'_, E> {
         Ok(format!("job run j{} is being cancelled", self.s.job_run.id))
     }
 
-    fn cancel_task(&mut self, i: usize) -> String {
+    pub(super) fn cancel_task(&mut self, i: usize) -> String {
+        if self.s.fanouts.contains_key(&i) && self.s.tasks[i].state == TaskState::Running {
+            return self.cancel_items(i);
+        }
         let t = &mut self.s.tasks[i];
         let id = t.id;
         match t.state {
@@ -815,13 +827,13 @@ impl<E: Env> Step<'_, E> {
 
     /// Reopens task `i` for a fresh series.
     fn retry_task(&mut self, i: usize) -> Result<String, String> {
+        if !self.s.is_node(i) || self.s.fanouts.contains_key(&i) {
+            return self.retry_extra(i);
+        }
         let t = &self.s.tasks[i];
         if !t.state.is_retryable() {
             let (id, phrase) = (t.id, t.state.phrase());
             return Err(format!("task run {id} {phrase}; only dead or cancelled task runs can be retried"));
-        }
-        if !self.s.is_node(i) || self.s.fanouts.contains_key(&i) {
-            return self.retry_extra(i);
         }
         let reopened = self.s.reopen();
         // A task run that never started was never released: it waits for its signal again.

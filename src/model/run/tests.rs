@@ -63,12 +63,7 @@ impl Env for FixedEnv {
     }
     fn next_task_run_id(&mut self) -> u64 {
         self.seq += 1;
-        1000 + self.seq
-    }
-    fn render_for_each(&mut self, _: &RunState, _: usize, template: &str) -> Result<String, String> {
-        // The test's "rendered" text is what is between `{{ ` and ` }}`; `job.name` cannot render.
-        let inner = template.strip_prefix("{{ ").and_then(|t| t.strip_suffix(" }}"));
-        inner.filter(|t| *t != "job.name").map(str::to_string).ok_or_else(|| "for_each: cannot render".into())
+        100 + self.seq
     }
     /// Understands `outputs.KEY == 'VALUE'` and `outputs.KEY != 'VALUE'`; else an error.
     fn when(&mut self, state: &RunState, run: usize, expression: &str) -> Result<bool, String> {
@@ -81,47 +76,18 @@ impl Env for FixedEnv {
         let got = state.tasks[run].outputs.get(key).map(String::as_str);
         Ok((got == Some(value.trim_matches('\''))) == equal)
     }
+    fn render_for_each(&mut self, _: &RunState, _: usize, template: &str) -> Result<String, String> {
+        // The test's "rendered" text is what is between `{{ ` and ` }}`; `job.name` cannot render.
+        let inner = template.strip_prefix("{{ ").and_then(|t| t.strip_suffix(" }}"));
+        inner.filter(|t| *t != "job.name").map(str::to_string).ok_or_else(|| "for_each: cannot render".into())
+    }
 }
 
 /// A new job run of the only job in `toml`: task run ids 1, 2, … in file order.
 fn new_run(toml: &str) -> RunState {
     let workflow = Arc::new(crate::config::parse(Path::new("w.toml"), toml).expect("valid workflow"));
     let job = &workflow.jobs[0];
-    let tasks = job
-        .tasks
-        .iter()
-        .enumerate()
-        .map(|(i, def)| TaskRun {
-            id: i as u64 + 1,
-            task: def.name.clone(),
-            task_index: i,
-            state: TaskState::Pending,
-            queue: def.queue.clone(),
-            priority: def.priority,
-            attempt: 0,
-            series_start: 1,
-            max_attempts: def.retry.max_attempts,
-            queued_at_ms: None,
-            enqueue_seq: 0,
-            not_before_ms: None,
-            outputs: Default::default(),
-            exit_code: None,
-            cost_usd_micros: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            reason: None,
-            detail: None,
-            progress: None,
-            created_at_ms: 0,
-            started_at_ms: None,
-            ended_at_ms: None,
-            iteration: 1,
-            item_index: None,
-            item: None,
-            kind: Kind::Task,
-            compensates: None,
-        })
-        .collect();
+    let tasks = job.tasks.iter().enumerate().map(|(i, def)| TaskRun::new(i as u64 + 1, i, def, 1, 0)).collect();
     let facts = JobRunFacts {
         id: 7,
         job: job.name.clone(),
@@ -135,19 +101,13 @@ fn new_run(toml: &str) -> RunState {
 }
 
 fn id_of(s: &RunState, name: &str) -> u64 {
-    let labelled = name.contains(['[', '#']) || name.starts_with('~');
-    let found = if labelled {
-        s.tasks.iter().rev().find(|t| run_name(t) == name)
-    } else {
-        // A bare task name is its latest own task run (the current iteration).
-        s.tasks.iter().rev().find(|t| t.task == name && !t.is_extra())
-    };
-    found.map(|t| t.id).expect("a task of the job")
+    s.tasks.iter().rev().find(|t| run_name(t) == name).map(|t| t.id).expect("a task of the job")
 }
 
-/// How scripts name a task run: its label (`fan[2]`), a compensation with `~` before (`~deploy`).
+/// How scripts name a task run: its task (the latest iteration wins), a fan-out item with its
+/// index (`fan[2]`), a compensation with `~` before (`~deploy`).
 fn run_name(t: &TaskRun) -> String {
-    let label = crate::model::fanout::label(&t.task, t.iteration, t.item_index);
+    let label = crate::model::fanout::label(&t.task, 1, t.item_index);
     if t.kind == Kind::Compensation { format!("~{label}") } else { label }
 }
 
@@ -232,7 +192,7 @@ fn render(s: &RunState, fx: &Effects) -> String {
             Note::BudgetRaised { .. } => "budget raised".into(),
             Note::TransitionFired { from, on, to, task_run } => format!(
                 "{}#{} -{}-> {}{}",
-                s.tasks[*from].task,
+                name(*from),
                 s.tasks[*from].iteration,
                 on.as_str(),
                 s.graph.names[*to],
@@ -259,8 +219,8 @@ fn render(s: &RunState, fx: &Effects) -> String {
 }
 
 /// Runs `script` (one input a line, time 1000 ms apart) on a new run of `toml` and compares
-/// each line's effects with `expect` (`line => effects`, one a line).
-fn check(toml: &str, script: &str, expect: &str) {
+/// each line's effects with `expect` (`line => effects`, one a line); returns the state after.
+fn check(toml: &str, script: &str, expect: &str) -> RunState {
     let mut s = new_run(toml);
     let mut env = FixedEnv { seq: 0 };
     let mut got = Vec::new();
@@ -271,6 +231,7 @@ fn check(toml: &str, script: &str, expect: &str) {
     }
     let expect: Vec<&str> = expect.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     assert_eq!(got, expect, "\ngot:\n{}\n", got.join("\n"));
+    s
 }
 
 #[test]
@@ -361,6 +322,27 @@ fn with_fail_fast_the_first_unhandled_failure_cancels_what_runs_and_starts_nothi
          fail a 1 => a failed#2(exit_code), a dead(exit_code), b skipped, c skipped, kill e(cancelled)
          claim c =>
          end e cancelled => e cancelled, job failed (task a (#2) dead: exit_code 1), finish",
+    );
+}
+
+#[test]
+fn with_fail_fast_a_retry_due_after_the_failure_does_not_start() {
+    let fail_fast =
+        format!("[jobs.j]\nfail_fast = true\n[jobs.j.tasks.e]\nrun = \"true\"\nretry = {{ max_attempts = 1 }}\n{JOB}");
+    check(
+        &fail_fast,
+        "begin
+         claim a
+         fail a 1
+         claim e
+         fail e 1
+         timer a",
+        "begin => job started, e queued, a queued, c queued, enqueue e, enqueue a, enqueue c
+         claim a => claimed a#1
+         fail a 1 => a failed#1(exit_code), a retry in 1000ms, timer a@4000
+         claim e => claimed e#1
+         fail e 1 => e failed#1(exit_code), e dead(exit_code), c skipped
+         timer a => a skipped, b skipped, job failed (task e (#1) dead: exit_code 1), finish",
     );
 }
 
@@ -647,9 +629,9 @@ fn a_loop_runs_again_until_an_output_ends_it() {
          claim write => claimed write#1
          ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
          claim review => claimed review#1
-         ok review verdict=no => review succeeded, review#1 -success-> review#2, review#2 queued, enqueue review#2
-         claim review => claimed review#2#1
-         ok review verdict=approved => review#2 succeeded, review#2 -success-> ship#1, ship queued, enqueue ship
+         ok review verdict=no => review succeeded, review#1 -success-> review#2, review queued, enqueue review
+         claim review => claimed review#1
+         ok review verdict=approved => review succeeded, review#2 -success-> ship#1, ship queued, enqueue ship
          claim ship => claimed ship#1
          ok ship => ship succeeded, notify skipped, job succeeded, finish",
     );
@@ -670,9 +652,9 @@ fn one_run_too_many_fails_the_job_run_with_iteration_limit() {
          claim write => claimed write#1
          ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
          claim review => claimed review#1
-         ok review verdict=no => review succeeded, review#1 -success-> review#2, review#2 queued, enqueue review#2
-         claim review => claimed review#2#1
-         ok review verdict=no => review#2 succeeded, ship skipped, notify skipped, review#2 -success-> review, job failed (iteration_limit), finish",
+         ok review verdict=no => review succeeded, review#1 -success-> review#2, review queued, enqueue review
+         claim review => claimed review#1
+         ok review verdict=no => review succeeded, ship skipped, notify skipped, review#2 -success-> review, job failed (iteration_limit), finish",
     );
 }
 
@@ -742,7 +724,7 @@ fn a_join_of_n_fires_once_when_n_sources_arrived() {
 
 #[test]
 fn a_join_that_can_no_longer_be_satisfied_is_skipped() {
-    check(
+    let s = check(
         &JOIN.replace("join = 2", "join = \"all\""),
         "begin
          claim a
@@ -759,12 +741,6 @@ fn a_join_that_can_no_longer_be_satisfied_is_skipped() {
          claim c => claimed c#1
          ok c => c succeeded, c#1 -success-> sum, sum skipped, job failed (task a (#1) dead: exit_code 1), finish",
     );
-    let mut s = new_run(&JOIN.replace("join = 2", "join = \"all\""));
-    let mut env = FixedEnv { seq: 0 };
-    for line in ["begin", "claim a", "fail a 1", "claim b", "ok b", "claim c", "ok c"] {
-        let input = input_of(&s, line);
-        step(&mut s, input, 0, &mut env);
-    }
     assert_eq!(s.tasks[3].reason, Some(FailReason::JoinUnsatisfied));
 }
 

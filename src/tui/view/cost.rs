@@ -100,7 +100,7 @@ fn budgets(model: &Model) -> Vec<(String, u64, u64)> {
     for t in model.tasks.values().rev().filter(|t| t.rec.state == TaskState::Running).take(8) {
         let shape = model.shapes.get(&t.rec.job).and_then(|s| s.tasks.iter().find(|x| x.name == t.rec.task));
         if let Some(limit) = shape.and_then(|s| s.budget_usd_micros) {
-            out.push((format!("#{} {}.{}", t.rec.id, t.rec.job, t.rec.task), t.rec.cost_usd_micros, limit, false));
+            out.push((format!("#{} {}.{}", t.rec.id, t.rec.job, t.rec.label()), t.rec.cost_usd_micros, limit, false));
         }
     }
     out.sort_by_key(|b| b.3);

@@ -30,7 +30,7 @@ pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
         let when = r.ended_at_ms.map(|t| format!("{} ago", age(model.now_ms.saturating_sub(t)))).unwrap_or_default();
         Some(Row::new(vec![
             Cell::from(r.id.to_string()),
-            Cell::from(format!("{}.{}", r.job, r.task)),
+            Cell::from(format!("{}.{}", r.job, r.label())),
             Cell::from(Span::styled(reason, Style::new().fg(Color::Red))),
             Cell::from(r.attempt.to_string()),
             Cell::from(usd(r.cost_usd_micros)),

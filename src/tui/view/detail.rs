@@ -3,7 +3,7 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Color, Style};
+use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 
@@ -11,6 +11,8 @@ use crate::model::TaskState;
 
 use super::jobs::progress;
 use super::{age, attempts, bold, dim, dur, job_state_span, last_error, sparkline, task_state_span, took, usd};
+use crate::model::workflow_graph::WorkflowGraph;
+use crate::tui::job_graph::{self, Bucket, Counts, Row, RunRef};
 use crate::tui::model::{Model, Subject, TaskRow};
 
 pub fn draw(model: &Model, subject: &Subject, frame: &mut Frame, area: Rect) {
@@ -41,7 +43,7 @@ fn task(model: &Model, t: &TaskRow, frame: &mut Frame, area: Rect) {
     let r = &t.rec;
     let mut lines = vec![
         Line::from(vec![
-            Span::styled(format!(" #{} {}.{}  ", r.id, r.job, r.task), bold()),
+            Span::styled(format!(" #{} {}.{}  ", r.id, r.job, r.label()), bold()),
             task_state_span(r.state),
             Span::styled(
                 format!(
@@ -159,7 +161,7 @@ fn draw_tail(frame: &mut Frame, area: Rect, title: String, text: &str, scroll_up
 
 pub fn draw_log(model: &Model, id: u64, frame: &mut Frame, area: Rect) {
     let t = model.tasks.get(&id);
-    let name = t.map_or(String::new(), |t| format!(" {}.{}", t.rec.job, t.rec.task));
+    let name = t.map_or(String::new(), |t| format!(" {}.{}", t.rec.job, t.rec.label()));
     let state = t.map_or("", |t| t.rec.state.as_str());
     match model.log.as_ref().filter(|l| l.task_run == id) {
         Some(log) => {
@@ -199,12 +201,20 @@ fn job(model: &Model, id: u64, frame: &mut Frame, area: Rect) {
         ]));
     }
     lines.push(Line::raw(""));
-    lines.push(Line::styled(" task graph", bold()));
-    lines.extend(graph_lines(model, j));
-    frame.render_widget(
-        Paragraph::new(lines).block(bordered(format!("job run j{id}"))).scroll((model.detail_scroll, 0)),
-        area,
-    );
+    lines.push(Line::from(vec![
+        Span::styled(" task graph", bold()),
+        Span::styled(format!("   {}  · Enter expands", job_graph::legend()), dim()),
+    ]));
+    let top = lines.len();
+    let (graph, cursor) = graph_lines(model, j);
+    lines.extend(graph);
+    // The cursor's line stays in sight: the lines above the graph scroll away first.
+    let height = usize::from(area.height.saturating_sub(2)).max(1);
+    let scroll = match cursor {
+        Some(cursor) => u16::try_from((top + cursor + 1).saturating_sub(height)).unwrap_or(u16::MAX),
+        None => model.detail_scroll,
+    };
+    frame.render_widget(Paragraph::new(lines).block(bordered(format!("job run j{id}"))).scroll((scroll, 0)), area);
 }
 
 fn labelled(name: &str, mut line: Line<'static>) -> Line<'static> {
@@ -212,128 +222,160 @@ fn labelled(name: &str, mut line: Line<'static>) -> Line<'static> {
     line
 }
 
-/// One line per task run (per task, if it has none), the `needs` graph drawn as a tree.
-fn graph_lines(model: &Model, j: &crate::tui::model::JobRow) -> Vec<Line<'static>> {
-    let runs: Vec<&TaskRow> = j.tasks.iter().filter_map(|id| model.tasks.get(id)).collect();
-    let Some(shape) = model.shapes.get(&j.rec.job) else {
-        return runs.iter().map(|t| graph_line(model, ("●", 1), &t.rec.task, &[], Some(t))).collect();
+/// The task graph (`job_graph::rows`), one line a row, and the cursor's line. Without the job's
+/// shape (another workflow), one line per task run and no cursor (`j`/`k` scroll).
+fn graph_lines(model: &Model, j: &crate::tui::model::JobRow) -> (Vec<Line<'static>>, Option<usize>) {
+    let Some((graph, rows)) = job_graph::of_job(model, j) else {
+        let runs = j.tasks.iter().filter_map(|id| model.tasks.get(id));
+        let lines = runs.map(|t| run_line(model, ("●", 1), &job_graph::run_ref(t).label, t)).collect();
+        return (lines, None);
     };
-    let graph = shape.graph();
-    let needs: Vec<&[usize]> = (0..graph.len()).map(|t| graph.needs(t)).collect();
-    let rows = tree_rows(&needs);
-    let widest = rows.iter().map(|r| r.branch.chars().count()).max().unwrap_or(1);
-    let mut lines = Vec::new();
-    for row in rows {
-        let t = &shape.tasks[row.task];
-        let mut branch = row.branch.as_str();
-        let mut drawn = false;
-        for r in runs.iter().filter(|r| r.rec.task == t.name) {
-            lines.push(graph_line(model, (branch, widest), &t.name, &t.needs, Some(r)));
-            (branch, drawn) = (row.more.as_str(), true);
-        }
-        if !drawn {
-            lines.push(graph_line(model, (branch, widest), &t.name, &t.needs, None));
-        }
-    }
-    lines
+    let cursor = model.graph_cursor.min(rows.len().saturating_sub(1));
+    let widest = rows.iter().map(|r| branch_of(r).chars().count()).max().unwrap_or(1);
+    let lines = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut line = graph_row(model, &graph, row, widest);
+            if i == cursor {
+                line.spans[0] = Span::styled(" ▸", bold().fg(Color::Cyan));
+                let named = 3.min(line.spans.len());
+                for span in &mut line.spans[1..named] {
+                    span.style = span.style.add_modifier(Modifier::REVERSED);
+                }
+            }
+            line
+        })
+        .collect();
+    (lines, Some(cursor))
 }
 
-/// One task of the drawn graph.
-struct TreeRow {
-    task: usize,
-    /// `│ ├●`: the connectors of its ancestors, then its own.
-    branch: String,
-    /// The same width on the lines of its further task runs: `│ │●`.
-    more: String,
-}
-
-/// The `needs` graph (as task indexes) laid out as a tree, in drawing order. A task hangs under
-/// the need that sets its depth, so the indent still says how deep it is; when several do, under
-/// the last in file order, so a task joining siblings is drawn after all of them. Its other needs
-/// are only named on its line (`← a, b`).
-fn tree_rows(needs: &[&[usize]]) -> Vec<TreeRow> {
-    let depth = depths(needs);
-    let mut children = vec![Vec::new(); needs.len()];
-    let mut roots = Vec::new();
-    for (i, mine) in needs.iter().enumerate() {
-        match mine.iter().copied().filter(|&k| depth[k] + 1 == depth[i]).max() {
-            Some(parent) => children[parent].push(i),
-            None => roots.push(i),
-        }
-    }
-    let mut rows = Vec::new();
-    let mut seen = vec![false; needs.len()];
-    for root in roots {
-        walk(root, None, &children, &mut seen, &mut rows);
-    }
-    // Only a cycle (which validation rejects) leaves tasks out: draw them rather than lose them.
-    for i in 0..needs.len() {
-        walk(i, None, &children, &mut seen, &mut rows);
-    }
-    rows
-}
-
-/// Each task's depth: 0 without needs, else one more than its deepest need's.
-fn depths(needs: &[&[usize]]) -> Vec<usize> {
-    let mut depth = vec![0usize; needs.len()];
-    for _ in 0..needs.len() {
-        for (i, mine) in needs.iter().enumerate() {
-            depth[i] = mine.iter().map(|&k| depth[k] + 1).max().unwrap_or(0);
-        }
-    }
-    depth
-}
-
-/// Adds task `i` and its subtree. `at` is `None` for a root, else the connectors of its
-/// ancestors and whether it is the last of its siblings (`└`, and no `│` below it).
-fn walk(i: usize, at: Option<(&str, bool)>, children: &[Vec<usize>], seen: &mut [bool], rows: &mut Vec<TreeRow>) {
-    if std::mem::replace(&mut seen[i], true) {
-        return;
-    }
-    let (branch, more, below) = match at {
-        None => ("●".to_string(), "●".to_string(), String::new()),
-        Some((prefix, last)) => {
-            let (own, down) = if last { ('└', ' ') } else { ('├', '│') };
-            (format!("{prefix}{own}●"), format!("{prefix}{down}●"), format!("{prefix}{down} "))
-        }
-    };
-    rows.push(TreeRow { task: i, branch, more });
-    let mine = &children[i];
-    for (k, &child) in mine.iter().enumerate() {
-        walk(child, Some((&below, k + 1 == mine.len())), children, seen, rows);
+fn branch_of(row: &Row) -> &str {
+    match row {
+        Row::Task { branch, .. } | Row::Instance { branch, .. } | Row::Back { branch, .. } => branch,
     }
 }
 
-/// `branch` is `(this line's, the widest's)`: names line up in one column whatever the indent.
-fn graph_line(
+/// One row of the graph: a task (its run, its counts, or not reached), one of its runs, or a
+/// transition back up (`↺ review  on failure`). Names line up in one column whatever the indent.
+fn graph_row(model: &Model, graph: &WorkflowGraph, row: &Row, widest: usize) -> Line<'static> {
+    let branch = branch_of(row);
+    let name_width = (17 + widest).saturating_sub(branch.chars().count());
+    match row {
+        Row::Back { edge, .. } => Line::from(vec![
+            Span::raw("  "),
+            Span::styled(format!(" {branch} "), dim()),
+            Span::styled(format!("{:<name_width$} ", graph.name(edge.to)), Style::new().fg(Color::Magenta)),
+            Span::styled(format!("loops back {}", edge.condition()), dim()),
+        ]),
+        Row::Instance { run, .. } => match model.tasks.get(&run.id) {
+            Some(t) => {
+                let mut line = run_line(model, (branch, widest), &format!("  {}", run.label), t);
+                if run.compensation {
+                    line.spans[2].style = Style::new().fg(Color::Magenta);
+                }
+                line
+            }
+            None => Line::raw(""),
+        },
+        Row::Task { task, incoming, runs, grouped, expanded, .. } => {
+            let name = graph.name(*task);
+            let mut line = match (runs.as_slice(), grouped) {
+                ([], _) => Line::from(vec![
+                    Span::raw("  "),
+                    Span::styled(format!(" {branch} "), dim()),
+                    Span::styled(format!("{name:<name_width$} "), dim()),
+                    Span::styled(format!("{:<RUN_COLUMNS$}", "not reached"), dim()),
+                ]),
+                ([one], false) => match model.tasks.get(&one.id) {
+                    Some(t) => run_line(model, (branch, widest), &one.label, t),
+                    None => Line::raw(""),
+                },
+                (runs, _) => group_line(model, (branch, widest), name, runs, *expanded),
+            };
+            let mut from: Vec<String> = incoming.iter().map(|e| e.describe(graph)).collect();
+            if let Some(mark) = job_graph::join_mark(graph, *task) {
+                from.insert(0, mark);
+            }
+            if !from.is_empty() {
+                line.spans.push(Span::styled(format!("  ← {}", from.join(", ")), dim()));
+            }
+            line
+        }
+    }
+}
+
+/// `review ×12  9✓ 2⟳ 1✗  undo 1✓`: a task with several runs as one node, its cost summed.
+fn group_line(
     model: &Model,
-    branch: (&str, usize),
+    (branch, widest): (&str, usize),
     name: &str,
-    needs: &[String],
-    run: Option<&TaskRow>,
+    runs: &[RunRef],
+    expanded: bool,
 ) -> Line<'static> {
-    let (branch, widest) = branch;
-    let mut spans = vec![Span::styled(format!("   {branch} "), dim())];
+    let (undo, own): (Vec<&RunRef>, Vec<&RunRef>) = runs.iter().partition(|r| r.compensation);
+    let fold = if expanded { "▾" } else { "▸" };
+    let label = format!("{name} ×{} {fold}", own.len());
     let width = (17 + widest).saturating_sub(branch.chars().count());
-    let label = format!("{name:<width$} ");
-    match run {
-        Some(t) => {
-            let r = &t.rec;
-            spans.push(Span::raw(label));
-            spans.push(task_state_span(r.state));
-            let pad = 10usize.saturating_sub(r.state.as_str().len());
-            let took = took(model, t);
-            spans.push(Span::styled(
-                format!("{:pad$} #{:<6} try {:<5} {:>7} {:>9}", "", r.id, attempts(r), took, usd(r.cost_usd_micros)),
-                dim(),
-            ));
-        }
-        None => spans.push(Span::styled(format!("{label}(not part of this run)"), dim())),
+    let mut spans =
+        vec![Span::raw("  "), Span::styled(format!(" {branch} "), dim()), Span::raw(format!("{label:<width$} "))];
+    let mut used = counts(&mut spans, &own);
+    if !undo.is_empty() {
+        spans.push(Span::styled("undo ", Style::new().fg(Color::Magenta)));
+        used += 5 + counts(&mut spans, &undo);
     }
-    if !needs.is_empty() {
-        spans.push(Span::styled(format!("  ← {}", needs.join(", ")), dim()));
-    }
+    let cost: u64 = runs.iter().filter_map(|r| model.tasks.get(&r.id)).map(|t| t.rec.cost_usd_micros).sum();
+    let pad = (RUN_COLUMNS - 18).saturating_sub(used);
+    spans.push(Span::styled(format!("{:pad$} {:>7} {:>9}", "", "", usd(cost)), dim()));
     Line::from(spans)
+}
+
+/// Adds `9✓ 2⟳ 1✗ ` in colour; returns how many characters it took.
+fn counts(spans: &mut Vec<Span<'static>>, runs: &[&RunRef]) -> usize {
+    let mut used = 0;
+    for (bucket, n) in Counts::of(runs.iter().map(|r| r.state)).parts() {
+        let text = format!("{n}{} ", bucket.glyph());
+        used += text.chars().count();
+        spans.push(Span::styled(text, Style::new().fg(bucket_color(bucket))));
+    }
+    used
+}
+
+fn bucket_color(bucket: Bucket) -> Color {
+    match bucket {
+        Bucket::Succeeded => Color::Green,
+        Bucket::Active => Color::Cyan,
+        Bucket::Failed => Color::Red,
+        Bucket::Skipped => Color::DarkGray,
+    }
+}
+
+/// How wide a run's columns are after its name (state, id, tries, time, cost): a node with
+/// counts and a task not reached are padded to it, so the edges (`← …`) line up.
+const RUN_COLUMNS: usize = 46;
+
+/// One task run: state, id, tries, time, cost. `branch` is `(this line's, the widest's)`.
+fn run_line(model: &Model, (branch, widest): (&str, usize), label: &str, t: &TaskRow) -> Line<'static> {
+    let width = (17 + widest).saturating_sub(branch.chars().count());
+    let r = &t.rec;
+    let pad = 10usize.saturating_sub(r.state.as_str().len());
+    Line::from(vec![
+        Span::raw("  "),
+        Span::styled(format!(" {branch} "), dim()),
+        Span::raw(format!("{label:<width$} ")),
+        task_state_span(r.state),
+        Span::styled(
+            format!(
+                "{:pad$} #{:<6} try {:<5} {:>7} {:>9}",
+                "",
+                r.id,
+                attempts(r),
+                took(model, t),
+                usd(r.cost_usd_micros)
+            ),
+            dim(),
+        ),
+    ])
 }
 
 fn queue(model: &Model, name: &str, frame: &mut Frame, area: Rect) {
@@ -372,7 +414,8 @@ fn worker(model: &Model, id: usize, frame: &mut Frame, area: Rect) {
     match w.snap.current {
         None => lines.push(field("state", "idle")),
         Some(c) => {
-            let task = model.tasks.get(&c.task_run).map_or(String::new(), |t| format!(" {}.{}", t.rec.job, t.rec.task));
+            let task =
+                model.tasks.get(&c.task_run).map_or(String::new(), |t| format!(" {}.{}", t.rec.job, t.rec.label()));
             lines.push(field("running", format!("#{}{task} attempt {}", c.task_run, c.attempt)));
             lines.push(field("pid", c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())));
             lines.push(field("for", dur(model.now_ms.saturating_sub(c.started_ms))));

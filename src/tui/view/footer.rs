@@ -9,7 +9,7 @@ use ratatui::widgets::Paragraph;
 
 use super::{bold, dim};
 use crate::tui::keymap;
-use crate::tui::model::{Mode, Model};
+use crate::tui::model::{Mode, Model, Subject};
 
 pub fn draw(model: &Model, frame: &mut Frame, status: Rect, keys: Rect) {
     let line = match &model.mode {
@@ -41,8 +41,14 @@ fn key_spans(model: &Model) -> Vec<Span<'static>> {
         Mode::Log(_) => {
             vec![("Esc".into(), "back"), ("j/k".into(), "scroll"), ("G".into(), "follow"), ("[ ]".into(), "attempts")]
         }
-        Mode::Detail(_) => {
-            let mut keys = vec![("Esc".to_string(), "back"), ("j/k".to_string(), "scroll")];
+        Mode::Detail(subject) => {
+            let mut keys = match subject {
+                // A job run's detail moves a cursor over its task graph.
+                Subject::Job(_) => {
+                    vec![("Esc".to_string(), "back"), ("j/k".to_string(), "move"), ("Enter".to_string(), "expand")]
+                }
+                _ => vec![("Esc".to_string(), "back"), ("j/k".to_string(), "scroll")],
+            };
             keys.extend(
                 keymap::footer(model.focus, selected)
                     .into_iter()

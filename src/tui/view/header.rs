@@ -12,13 +12,14 @@ use super::{bold, dim, task_color, usd};
 use crate::tui::model::{Model, Session, View};
 
 /// The order states are counted in the header.
-const ORDER: [TaskState; 9] = [
+const ORDER: [TaskState; 10] = [
     TaskState::Running,
     TaskState::Queued,
     TaskState::Pending,
     TaskState::Retrying,
     TaskState::Waiting,
     TaskState::Dead,
+    TaskState::Failed,
     TaskState::Succeeded,
     TaskState::Cancelled,
     TaskState::Skipped,

@@ -211,12 +211,12 @@ pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
 }
 
 /// Attempts used in the current series over the maximum (`2/3`; `2/?` before the record is read).
-pub fn attempts(r: &crate::store::TaskRunRecord) -> String {
+pub fn attempts(r: &crate::tui::rows::TaskRun) -> String {
     crate::headless::tries(u64::from(r.attempts_in_series()), u64::from(r.max_attempts))
 }
 
 /// `exit_code 3: detail`, the last failure of a task run.
-pub fn last_error(r: &crate::store::TaskRunRecord) -> String {
+pub fn last_error(r: &crate::tui::rows::TaskRun) -> String {
     let mut text = r.reason.map_or("", |r| r.as_str()).to_string();
     if let Some(code) = r.exit_code {
         text.push_str(&format!(" {code}"));

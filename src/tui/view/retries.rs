@@ -30,7 +30,7 @@ pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
         };
         Some(Row::new(vec![
             Cell::from(r.id.to_string()),
-            Cell::from(format!("{}.{}", r.job, r.task)),
+            Cell::from(format!("{}.{}", r.job, r.label())),
             Cell::from(attempts(r)),
             Cell::from(Span::styled(countdown, Style::new().fg(Color::Yellow))),
             Cell::from(r.queue.clone()),

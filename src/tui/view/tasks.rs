@@ -35,7 +35,7 @@ pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
         Some(Row::new(vec![
             Cell::from(r.id.to_string()),
             Cell::from(r.job.clone()),
-            Cell::from(r.task.clone()),
+            Cell::from(r.label()),
             Cell::from(task_state_span(r.state)),
             Cell::from(attempts(r)),
             Cell::from(r.queue.clone()),

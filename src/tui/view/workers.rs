@@ -40,7 +40,7 @@ pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
                 Cell::from(restarts),
             ]));
         };
-        let task = model.tasks.get(&c.task_run).map_or(String::new(), |t| format!(" {}.{}", t.rec.job, t.rec.task));
+        let task = model.tasks.get(&c.task_run).map_or(String::new(), |t| format!(" {}.{}", t.rec.job, t.rec.label()));
         let silent = model.now_ms.saturating_sub(c.last_activity_ms);
         let heartbeat_style = if silent > 60_000 { Style::new().fg(Color::Red) } else { Style::new() };
         Some(Row::new(vec![
