@@ -90,7 +90,10 @@ fn describe(e: &EngineEvent) -> Option<String> {
             e.field("next_attempt").map(|v| v.to_string()).unwrap_or_default(),
             duration(e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0))
         ),
-        "task.dead_lettered" => format!("dead: {reason} (gaffer retry {} to run it again)", e.task_run.unwrap_or(0)),
+        "task.dead_lettered" => {
+            let why = e.str_field("detail").map(|d| format!(": {d}")).unwrap_or_default();
+            format!("dead: {reason}{why} (gaffer retry {} to run it again)", e.task_run.unwrap_or(0))
+        }
         "task.cancelled" => "cancelled".into(),
         "task.warning" => format!("warning: {}", e.str_field("message").unwrap_or_default()),
         "task.skipped" => "skipped".into(),

@@ -29,3 +29,88 @@ next = [{ on = "success", when = "outputs.round | int < 3", do = ["spin"] }]
     let rounds = std::fs::read_to_string(p.path().join("rounds")).expect("rounds");
     assert_eq!(rounds, "1 0\n2 0\n3 0\n", "each round saw the one before, and `start` through the transition");
 }
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// What a headless run printed: its lines and its summary.
+fn printed(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
+}
+
+/// A fan-out over an output that is a JSON object dies before any item runs: the headless line
+/// and the event say why (there is no failed attempt to say it), not only `template_error`.
+#[test]
+fn a_fan_out_over_an_object_says_why_it_died() {
+    let p = Project::new(
+        r#"
+[jobs.fan.tasks.list]
+run = '''echo 'output xs={"a": 1, "b": 2}' >&3'''
+[jobs.fan.tasks.each]
+needs = ["list"]
+for_each = "{{ tasks.list.outputs.xs }}"
+env = { ITEM = "{{ item }}" }
+run = 'echo "$ITEM"'
+"#,
+    );
+    let out = p.run(&["run", "workflow.toml", "--headless"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = printed(&out);
+    let dead = said.lines().find(|l| l.contains("fan.each") && l.contains("dead:")).unwrap_or_else(|| panic!("{said}"));
+    assert!(dead.contains("template_error: for_each: the rendered text is a JSON object, not a list"), "{dead}");
+    let event = p.journal().into_iter().find(|e| e["event"] == "task.dead_lettered").expect("task.dead_lettered");
+    assert!(event["detail"].as_str().is_some_and(|d| d.contains("JSON object")), "{event}");
+}
+
+/// A `when` naming an output the run did not write counts as false; the warning names the
+/// outputs it did write, so the typo shows.
+#[test]
+fn a_when_over_a_missing_output_names_the_outputs_there_are() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.review]
+run = 'echo "output verdict=ok" >&3'
+next = [{ on = "success", when = "outputs.verdit == 'ok'", do = ["ship"] }]
+[jobs.j.tasks.ship]
+run = 'true'
+"#,
+    );
+    let out = p.run(&["run", "workflow.toml", "--headless"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = printed(&out);
+    assert!(said.contains("counts as false") && said.contains("the outputs this run wrote: verdict"), "{said}");
+}
+
+/// The mistakes a newcomer from Orquesta or GitHub Actions makes first, all reported at once
+/// with `file:line:col`, and nothing run.
+#[test]
+fn validate_names_each_newcomer_mistake_where_it_is() {
+    let p = Project::new(
+        r#"[jobs.ci.tasks.build]
+run = "make"
+next = [{ on = "success", do = ["tset"] }, { on = "failure", when = "{{ exit_code == 2 }}", do = ["report"] }]
+[jobs.ci.tasks.test]
+run = "make test"
+[jobs.ci.tasks.report]
+run = "echo report"
+[jobs.ci.tasks.lint]
+run = "lint"
+join = 2
+"#,
+    );
+    for command in ["validate", "run"] {
+        let out = p.run(&[command, "workflow.toml"]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let said = stderr(&out);
+        for wanted in [
+            "workflow.toml:3:33: unknown task `tset` in `do` of task `build` (job `ci` has: build, test, report, lint)",
+            "workflow.toml:3:69: bad expression in `when`",
+            "(write a bare expression, without `{{ }}`)",
+            "workflow.toml:10:8: `join` on task `lint`, which is the target of no transition",
+        ] {
+            assert!(said.contains(wanted), "{command}: expected `{wanted}` in:\n{said}");
+        }
+        assert!(!p.state_dir().join("state.redb").exists(), "{command}: nothing stored");
+    }
+}

@@ -443,7 +443,15 @@ impl JobRun {
             TaskNote::RetryScheduled { delay_ms, next_attempt } => {
                 event("task.retry_scheduled").with("delay_ms", *delay_ms).with("next_attempt", *next_attempt)
             }
-            TaskNote::DeadLettered { reason } => event("task.dead_lettered").with("reason", reason.as_str()),
+            TaskNote::DeadLettered { reason } => {
+                let e = event("task.dead_lettered").with("reason", reason.as_str());
+                // No failed attempt said why (a fan-out's `for_each` that cannot be rendered, an
+                // item that failed): the run's detail does.
+                match (&self.run.tasks[i].detail, self.run.tasks[i].attempt) {
+                    (Some(detail), 0) => e.with("detail", detail.clone()),
+                    _ => e,
+                }
+            }
             TaskNote::Handled => event("task.handled"),
             TaskNote::WhenFailed { message } => event("task.warning").with("message", message.clone()),
             TaskNote::Cancelled { from_dead: false } => event("task.cancelled"),
