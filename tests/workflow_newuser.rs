@@ -114,3 +114,36 @@ join = 2
         assert!(!p.state_dir().join("state.redb").exists(), "{command}: nothing stored");
     }
 }
+
+/// In `tasks` and `show jN` a compensation reads as what it is (`undo ship.deploy`), not as a
+/// second run of the step it undoes; loop rounds and items carry their labels.
+#[test]
+fn tables_name_compensations_rounds_and_items() {
+    let p = Project::new(
+        r#"
+[jobs.ship.tasks.create]
+run = 'true'
+compensate = 'true'
+next = [{ on = "success", do = ["poll"] }]
+[jobs.ship.tasks.poll]
+env = { PREV = "{{ tasks.poll.outputs.n | default(0) }}" }
+run = 'echo "output n=$((PREV + 1))" >&3'
+next = [{ on = "success", when = "outputs.n | int < 2", do = ["poll"] }, { on = "success", when = "outputs.n | int >= 2", do = ["fetch"] }]
+[jobs.ship.tasks.fetch]
+for_each = ["a", "b"]
+run = 'true'
+next = [{ on = "success", do = ["announce"] }]
+[jobs.ship.tasks.announce]
+retry = { max_attempts = 1 }
+run = 'exit 1'
+"#,
+    );
+    assert_eq!(p.run(&["run", "workflow.toml"]).status.code(), Some(1));
+    for args in [&["tasks"][..], &["show", "j1"][..]] {
+        let out = p.run(args);
+        let table = String::from_utf8_lossy(&out.stdout);
+        for wanted in ["ship.poll#2", "ship.fetch[1]", "undo ship.create"] {
+            assert!(table.contains(wanted), "{args:?}: expected `{wanted}` in:\n{table}");
+        }
+    }
+}
