@@ -265,3 +265,35 @@ fn a_saga_cut_by_kill_9_goes_on_where_it_was_after_a_restart() {
     let compensations = p.tasks().into_iter().filter(|t| t["kind"] == "compensation").count();
     assert_eq!(compensations, 2);
 }
+
+#[test]
+fn a_retried_dead_item_lets_the_fan_out_and_its_dependent_succeed() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.fan]
+for_each = ["a", "b"]
+retry = { max_attempts = 1 }
+env = { ITEM = "{{ item }}" }
+run = '''echo "$ITEM" >> ran; [ "$ITEM" = a ] || [ -e fixed ]'''
+[jobs.j.tasks.after]
+needs = ["fan"]
+run = 'echo after >> ran'
+"#,
+    );
+    assert_eq!(p.run_json(&[]).0, 1);
+    let refused = p.run(&["retry", "j1", "--from", "fan"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(said.contains("cannot run the fanned-out task `fan` again yet"), "{said}");
+    std::fs::write(p.path().join("fixed"), "").expect("fix");
+    let tasks = p.tasks();
+    let dead = items_of(&tasks, "fan").into_iter().find(|t| t["state"] == "dead").expect("a dead item");
+    assert_eq!(dead["item"], "b");
+    let out = p.run(&["retry", &dead["id"].to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:?}");
+    assert_eq!(sorted_lines(&p, "ran"), ["a", "after", "b", "b"], "only the dead item ran again, then the dependent");
+    let node = p.tasks().into_iter().find(|t| t["task"] == "fan" && t["item_index"].is_null()).expect("the node");
+    assert_eq!(node["state"], "succeeded");
+}

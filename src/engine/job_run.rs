@@ -129,12 +129,7 @@ impl run::Env for ActorEnv<'_> {
             item_index: t.item_index,
         };
         let mut context = template_context(self.shared, self.record, state, i);
-        context.tasks = state
-            .latest
-            .iter()
-            .map(|&r| &state.tasks[r])
-            .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code, items: None }))
-            .collect();
+        context.tasks = state.latest.iter().map(|&r| upstream(state, r)).collect();
         template::evaluate_when(expression, &context, &own)
     }
 
@@ -153,14 +148,6 @@ fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i:
     let job = state.job();
     let t = &state.tasks[i];
     let item = t.item_index.zip(t.item.as_deref()).map(|(k, text)| (k, serde_json::from_str(text).unwrap_or_default()));
-    let upstream = |u: usize| {
-        let run = &state.tasks[u];
-        let items = state.fanouts.get(&u).map(|node| {
-            let outputs = node.runs.iter().enumerate().map(|(k, &r)| (k, state.tasks[r].outputs.clone()));
-            crate::model::fanout::outputs_in_item_order(node.runs.len(), outputs)
-        });
-        (run.task.clone(), UpstreamTask { outputs: run.outputs.clone(), exit_code: run.exit_code, items })
-    };
     let task_index = t.task_index;
     TemplateContext {
         item,
@@ -178,8 +165,7 @@ fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i:
                 .workflow_graph
                 .upstream(task_index)
                 .into_iter()
-                .map(|u| seen_from(state, u, i))
-                .map(upstream)
+                .map(|u| upstream(state, seen_from(state, u, i)))
                 .collect()
         },
     }
@@ -193,6 +179,17 @@ fn seen_from(state: &RunState, u: usize, rendering: usize) -> usize {
         return latest;
     }
     state.tasks[..rendering].iter().rposition(|t| t.task_index == u && !t.is_extra()).unwrap_or(latest)
+}
+
+/// Task run `u` as templates see it under `tasks.<name>`: a fanned-out task's outputs are the
+/// list of its items' outputs, in item order (SPEC §2.2).
+fn upstream(state: &RunState, u: usize) -> (String, UpstreamTask) {
+    let run = &state.tasks[u];
+    let items = state.fanouts.get(&u).map(|node| {
+        let outputs = node.runs.iter().enumerate().map(|(k, &r)| (k, state.tasks[r].outputs.clone()));
+        crate::model::fanout::outputs_in_item_order(node.runs.len(), outputs)
+    });
+    (run.task.clone(), UpstreamTask { outputs: run.outputs.clone(), exit_code: run.exit_code, items })
 }
 
 impl JobRun {

@@ -8,6 +8,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use super::types::ProcessHandle;
+use crate::model::sweep::{self as rules, Marker};
 
 const POLL: Duration = Duration::from_millis(50);
 
@@ -117,32 +118,41 @@ impl Candidates {
     }
 }
 
+/// Every pid in /proc (processes, not threads).
+pub(super) fn listed_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect()
+}
+
+/// The pids to probe one by one for all of `windows` together, when there are few enough
+/// (else /proc is listed).
+pub(super) fn few_in_all(windows: &[Candidates]) -> Option<Vec<u32>> {
+    let mut pids = Vec::new();
+    for window in windows {
+        pids.extend(window.few()?);
+        if pids.len() > Candidates::PROBE_AT_MOST as usize {
+            return None;
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    Some(pids)
+}
+
 /// Every live process that carries the environment gaffer gave one attempt
 /// (`GAFFER_STATE_DIR`, `GAFFER_TASK_RUN_ID`, `GAFFER_ATTEMPT`), grandchildren and `setsid`
 /// escapees included, whatever process group they are in now. Only same-user processes are
-/// readable, which is every process gaffer started. Used at the end of every attempt (with the
-/// pids handed out since it started, usually a handful) and by crash recovery (all of them).
+/// readable, which is every process gaffer started. Used by crash recovery (all of them); the
+/// end of an attempt goes through `sweeper`, which serves many attempts at once.
 pub fn attempt_processes(state_dir: &std::path::Path, task_run: u64, attempt: u32, candidates: Candidates) -> Vec<u32> {
-    let wanted = [
-        format!("GAFFER_STATE_DIR={}", state_dir.display()),
-        format!("GAFFER_TASK_RUN_ID={task_run}"),
-        format!("GAFFER_ATTEMPT={attempt}"),
-    ];
+    let marker = Marker::new(state_dir, task_run, attempt);
     let own = std::process::id();
     let carries_it = |pid: &u32| {
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
-        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        wanted.iter().all(|w| vars.contains(&w.as_bytes()))
+        !rules::matches(&environ, &[&marker]).carries.is_empty()
     };
-    if let Some(pids) = candidates.few() {
-        return pids.filter(|pid| *pid != own).filter(carries_it).collect();
-    }
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != own && candidates.contains(*pid))
-        .filter(carries_it)
-        .collect()
+    let pids = few_in_all(&[candidates]).unwrap_or_else(listed_pids);
+    pids.into_iter().filter(|pid| *pid != own && candidates.contains(*pid)).filter(carries_it).collect()
 }
 
 /// SIGKILLs every process of an attempt found by `attempt_processes`, and the process group
@@ -154,37 +164,19 @@ pub fn kill_attempt_processes(
     candidates: Candidates,
 ) -> Vec<u32> {
     let pids = attempt_processes(state_dir, task_run, attempt, candidates);
-    for pid in &pids {
+    kill_processes(&pids);
+    pids
+}
+
+/// SIGKILLs each of `pids` and the process group each one leads.
+pub(super) fn kill_processes(pids: &[u32]) {
+    for pid in pids {
         let Ok(raw) = i32::try_from(*pid) else { continue };
         if nix::unistd::getpgid(Some(Pid::from_raw(raw))).is_ok_and(|g| g.as_raw() == raw) {
             kill_group_now(raw);
         }
         let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
     }
-    pids
-}
-
-/// At the end of an attempt: kills what is left of it outside its process group (a `setsid`
-/// daemon, a double fork), again until nothing new turns up (one of them may have forked
-/// while the first pass ran), and waits until they are gone. Returns how many were killed.
-/// Blocking: call it off the engine's thread.
-pub fn sweep_attempt(state_dir: &std::path::Path, task_run: u64, attempt: u32, candidates: Candidates) -> usize {
-    const PASSES: usize = 3;
-    let mut killed = 0;
-    for _ in 0..PASSES {
-        // Read now, so whatever was forked since the last pass is a candidate too.
-        let candidates = match (candidates, last_pid()) {
-            (Candidates::Since { after, .. }, Some(upto)) => Candidates::Since { after, upto },
-            _ => Candidates::All,
-        };
-        let pids = kill_attempt_processes(state_dir, task_run, attempt, candidates);
-        if pids.is_empty() {
-            break;
-        }
-        killed += pids.len();
-        wait_gone(&pids, GONE_WITHIN);
-    }
-    killed
 }
 
 /// How long a SIGKILLed process gets to be gone before gaffer stops waiting for it (one stuck in
@@ -202,7 +194,7 @@ fn is_live(pid: u32) -> bool {
 }
 
 /// Waits (blocking, bounded) until none of `pids` is live.
-fn wait_gone(pids: &[u32], within: Duration) {
+pub(super) fn wait_gone(pids: &[u32], within: Duration) {
     let deadline = std::time::Instant::now() + within;
     while pids.iter().any(|&pid| is_live(pid)) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -212,9 +204,8 @@ fn wait_gone(pids: &[u32], within: Duration) {
 /// The live members of process group `pgid` (zombies left out: an orphan waiting for a slow
 /// init to reap it has exited). Lists /proc: only for a group that outlived its SIGKILL.
 pub(super) fn live_members(pgid: i32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    listed_pids()
+        .into_iter()
         .filter(|pid| {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
             let Some((_, rest)) = stat.rsplit_once(')') else { return false };

@@ -32,9 +32,11 @@ use super::lines::ChunkReader;
 use super::logfile::CappedLog;
 use super::outputs::OutputBudget;
 use super::protocol::{MAX_CONTROL_LINE, Parser};
+use super::sweeper;
 use super::types::{AttemptEvent, AttemptExit, AttemptSpec, ProcessHandle};
 use super::{RunningAttempt, SpawnError, resources};
 use crate::config::{CommandSpec, OutputLimits};
+use crate::model::sweep::Marker;
 
 /// The child's end of the control pipe.
 const CONTROL_FD: RawFd = 3;
@@ -557,9 +559,7 @@ async fn pump(
 /// the attempt is reported ended, so nothing of an ended attempt still runs — not after a
 /// graceful stop either.
 struct Leftovers {
-    state_dir: std::path::PathBuf,
-    task_run: u64,
-    attempt: u32,
+    marker: Marker,
     /// The newest pid before the spawn: the attempt's processes have newer ones.
     pids_after: Option<u32>,
     started: Instant,
@@ -572,16 +572,13 @@ impl Leftovers {
 
     fn new(spec: &AttemptSpec) -> Self {
         Leftovers {
-            state_dir: spec.state_dir.clone(),
-            task_run: spec.task_run,
-            attempt: spec.attempt,
+            marker: Marker::new(&spec.state_dir, spec.task_run, spec.attempt),
             pids_after: group::last_pid(),
             started: Instant::now(),
         }
     }
 
-    /// Waits for the group to be gone, then finds and kills the escapees, off the engine's
-    /// thread (listing processes blocks).
+    /// Waits for the group to be gone, then has the sweeper find and kill the escapees.
     async fn clear(self, pgid: i32) -> Cleared {
         let live = group::wait_group_gone(pgid, group::GONE_WITHIN).await;
         let candidates = match self.pids_after {
@@ -590,10 +587,7 @@ impl Leftovers {
             }
             _ => group::Candidates::All,
         };
-        let Leftovers { state_dir, task_run, attempt, .. } = self;
-        let swept =
-            tokio::task::spawn_blocking(move || group::sweep_attempt(&state_dir, task_run, attempt, candidates));
-        Cleared { live, killed: swept.await.unwrap_or(0) }
+        Cleared { live, killed: sweeper::sweep(self.marker, candidates).await }
     }
 }
 
@@ -670,7 +664,10 @@ enum Waiter {
 impl Child {
     fn new(pid: Pid) -> Self {
         let waiter = match sys::pidfd(pid) {
-            Ok(fd) => Waiter::PidFd(fd),
+            Ok(fd) => {
+                sweeper::register_leader(pid.as_raw() as u32);
+                Waiter::PidFd(fd)
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "no pidfd for the task; waiting for it on a blocking thread");
                 Self::blocking(pid)
@@ -698,6 +695,8 @@ impl Child {
         let result = match &mut self.waiter {
             Waiter::PidFd(fd) => loop {
                 let mut ready = fd.readable().await?;
+                // It has exited: its pid must not vouch for anything once reaped.
+                sweeper::unregister_leader(self.pid.as_raw() as u32);
                 match sys::wait(self.pid, true) {
                     Ok(Some(status)) => break Ok(status),
                     Ok(None) => ready.clear_ready(),
@@ -719,6 +718,7 @@ impl Drop for Child {
     /// exits.
     fn drop(&mut self) {
         if let Waiter::PidFd(_) = self.waiter {
+            sweeper::unregister_leader(self.pid.as_raw() as u32);
             let _ = sys::wait(self.pid, true);
         }
     }

@@ -12,6 +12,7 @@ mod logfile;
 mod outputs;
 pub mod protocol;
 pub mod resources;
+mod sweeper;
 pub mod types;
 
 #[cfg(test)]

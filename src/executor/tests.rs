@@ -440,3 +440,42 @@ async fn noop_executor_succeeds_at_once() {
     assert!(rx.try_recv().is_err());
     assert!(!dir.path().join("logs").exists());
 }
+
+#[tokio::test]
+async fn attempts_ending_together_are_each_swept_of_their_own_daemons_only() {
+    // Six attempts end at about the same time, so one sweep serves several; a seventh still
+    // runs with its own daemon, which must survive until its attempt ends.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec_for = |task_run: u64, script: &str| AttemptSpec {
+        task_run,
+        log_path: dir.path().join(format!("state/logs/7/{task_run}.2.log")),
+        ..sh(dir.path(), script)
+    };
+    let pid_of = |name: &str| -> u32 {
+        std::fs::read_to_string(dir.path().join(name)).expect("pid file").trim().parse().expect("pid number")
+    };
+    let release = dir.path().join("release");
+    let neighbour_script = format!(
+        "{}\nwhile [ ! -e '{}' ]; do sleep 0.01; done",
+        daemon_script("", &dir.path().join("neighbour.pid")),
+        release.display()
+    );
+    let neighbour = tokio::spawn(run(spec_for(200, &neighbour_script)));
+    wait_until("the neighbour's daemon", Duration::from_secs(10), || dir.path().join("neighbour.pid").exists()).await;
+    let together: Vec<_> = (0..6u64)
+        .map(|i| tokio::spawn(run(spec_for(100 + i, &daemon_script("", &dir.path().join(format!("d{i}.pid")))))))
+        .collect();
+    for (i, attempt) in together.into_iter().enumerate() {
+        let r = attempt.await.expect("attempt");
+        assert!(r.exit.success(), "{}", r.log);
+        assert!(is_dead(pid_of(&format!("d{i}.pid"))), "attempt {i}'s daemon outlived it");
+        let warned = warnings(&r.events);
+        assert!(warned.iter().any(|w| w.starts_with("killed 1 process(es)")), "attempt {i}: {warned:?}");
+    }
+    let neighbours_daemon = pid_of("neighbour.pid");
+    assert!(!is_dead(neighbours_daemon), "a running attempt's daemon was killed by another attempt's sweep");
+    std::fs::write(&release, "").expect("release");
+    let r = tokio::time::timeout(Duration::from_secs(20), neighbour).await.expect("neighbour ended").expect("join");
+    assert!(r.exit.success(), "{}", r.log);
+    assert!(is_dead(neighbours_daemon), "the neighbour's daemon outlived its attempt");
+}

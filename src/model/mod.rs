@@ -20,6 +20,7 @@ pub mod run;
 pub mod saga;
 pub mod schedule;
 pub mod state;
+pub mod sweep;
 pub mod workflow_graph;
 
 pub use state::{FailReason, JobState, TaskState};

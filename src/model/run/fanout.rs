@@ -52,29 +52,14 @@ pub fn nodes_of(tasks: &[TaskRun]) -> HashMap<usize, Node> {
 }
 
 impl TaskRun {
-    /// A new extra task run of the task whose own run is `of`: a fan-out item or a compensation.
-    pub fn extra_of(of: &TaskRun, id: u64, now_ms: u64) -> TaskRun {
+    /// A new extra task run of `of`'s task (defined by `def`), its iteration and item: a fan-out
+    /// item (the caller sets its index) or a compensation (the caller sets kind and target).
+    pub fn extra_of(of: &TaskRun, def: &crate::config::TaskDef, id: u64, now_ms: u64) -> TaskRun {
         TaskRun {
-            id,
-            state: TaskState::Pending,
-            attempt: 0,
-            series_start: 1,
-            queued_at_ms: None,
-            enqueue_seq: 0,
-            not_before_ms: None,
-            outputs: Default::default(),
-            exit_code: None,
-            cost_usd_micros: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            reason: None,
-            detail: None,
-            progress: None,
-            created_at_ms: now_ms,
-            started_at_ms: None,
-            ended_at_ms: None,
-            compensates: None,
-            ..of.clone()
+            priority: of.priority,
+            item_index: of.item_index,
+            item: of.item.clone(),
+            ..TaskRun::new(id, of.task_index, def, of.iteration, now_ms)
         }
     }
 }
@@ -109,7 +94,7 @@ impl<E: Env> Step<'_, E> {
         let node = self.s.tasks[i].clone();
         let mut runs = Vec::with_capacity(items.len());
         for (k, item) in items.iter().enumerate() {
-            let mut run = TaskRun::extra_of(&node, self.env.next_task_run_id(), self.now);
+            let mut run = TaskRun::extra_of(&node, self.s.def(i), self.env.next_task_run_id(), self.now);
             run.item_index = Some(k as u32);
             run.item = Some(fanout::item_json(item));
             let r = self.s.push_run(run);

@@ -317,3 +317,42 @@ run = "true"
          ok done => done succeeded, job succeeded, finish",
     );
 }
+
+#[test]
+fn each_succeeded_item_of_a_compensated_task_is_undone_latest_first() {
+    let job = r#"
+[jobs.j.tasks.fan]
+run = "true"
+for_each = ["a", "b"]
+compensate = "echo undo"
+[jobs.j.tasks.last]
+run = "false"
+needs = ["fan"]
+retry = { max_attempts = 1 }
+"#;
+    check(
+        job,
+        "begin
+         claim fan[1]
+         ok fan[1]
+         claim fan[0]
+         ok fan[0]
+         claim last
+         fail last 1
+         claim ~fan[0]
+         ok ~fan[0]
+         claim ~fan[1]
+         ok ~fan[1]",
+        "begin => job started, fan[0] queued, fan[1] queued, enqueue fan[0], enqueue fan[1]
+         claim fan[1] => claimed fan[1]#1
+         ok fan[1] => fan[1] succeeded
+         claim fan[0] => claimed fan[0]#1
+         ok fan[0] => fan[0] succeeded, fan succeeded, last queued, enqueue last
+         claim last => claimed last#1
+         fail last 1 => last failed#1(exit_code), last dead(exit_code), ~fan[0] queued, enqueue ~fan[0]
+         claim ~fan[0] => claimed ~fan[0]#1
+         ok ~fan[0] => ~fan[0] succeeded, ~fan[1] queued, enqueue ~fan[1]
+         claim ~fan[1] => claimed ~fan[1]#1
+         ok ~fan[1] => ~fan[1] succeeded, job failed (task last (#2) dead: exit_code 1), finish",
+    );
+}

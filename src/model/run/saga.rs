@@ -63,11 +63,10 @@ impl<E: Env> Step<'_, E> {
     /// A compensation of task run `undone`, queued now.
     fn compensate(&mut self, undone: u64) {
         let Some(u) = self.s.idx(undone) else { return };
-        let mut run = TaskRun::extra_of(&self.s.tasks[u], self.env.next_task_run_id(), self.now);
+        let mut run = TaskRun::extra_of(&self.s.tasks[u], self.s.def(u), self.env.next_task_run_id(), self.now);
         run.kind = Kind::Compensation;
         run.compensates = Some(undone);
         run.state = TaskState::Queued;
-        run.max_attempts = self.s.def(u).retry.max_attempts;
         let r = self.s.push_run(run);
         if let Some(saga) = self.s.saga.as_mut() {
             let _ = saga.record(undone, CompensationState::InFlight);
