@@ -754,18 +754,15 @@ mod fanout_tests;
 fn a_resume_remembers_which_sources_of_a_join_arrived() {
     let mut s = new_run(JOIN);
     let mut env = FixedEnv { seq: 0 };
-    let mut now = 0;
-    let mut run = |s: &mut RunState, line: &str| {
-        now += 1000;
-        let input = input_of(s, line);
-        step(s, input, now, &mut env)
-    };
-    for line in ["begin", "claim a", "claim b", "claim c", "fail a 1", "ok b"] {
-        run(&mut s, line);
+    for (n, line) in ["begin", "claim a", "claim b", "claim c", "fail a 1", "ok b"].into_iter().enumerate() {
+        let input = input_of(&s, line);
+        step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
     }
+    // A restart: the state rebuilt from its task runs as stored, `c` still running.
     let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
-    let fx = step(&mut resumed, Input::Resume, 10_000, &mut FixedEnv { seq: 50 });
+    let fx = step(&mut resumed, Input::Resume, 10_000, &mut env);
     assert_eq!(render(&resumed, &fx), "", "nothing fires again, nothing is said again");
-    let fx = run(&mut resumed, "ok c");
+    let input = input_of(&resumed, "ok c");
+    let fx = step(&mut resumed, input, 11_000, &mut env);
     assert_eq!(render(&resumed, &fx), "c succeeded, c#1 -success-> sum#1, sum queued, enqueue sum");
 }
