@@ -16,7 +16,7 @@ use super::journal::Publish;
 use super::scheduler::{TaskTimer, Unschedule};
 use super::supervisor::{Fatal, JobRunEnded};
 use super::worker::{Kill, Worker};
-use super::{EngineEvent, Shared};
+use super::{EngineEvent, EventName, Shared};
 use crate::config::template::{self, TemplateContext, UpstreamTask};
 use crate::config::{JobDef, Workflow};
 use crate::executor::{AttemptExit, AttemptSpec, KILL_GRACE, ProcessHandle};
@@ -324,7 +324,7 @@ impl JobRun {
         mutations
     }
 
-    fn task_event(&self, name: &'static str, i: usize) -> EngineEvent {
+    fn task_event(&self, name: EventName, i: usize) -> EngineEvent {
         let t = &self.run.tasks[i];
         let mut e = EngineEvent::new(name, self.now());
         e.job = Some(self.record.job.clone());
@@ -341,7 +341,7 @@ impl JobRun {
         if t.kind == run::Kind::Compensation { e.with("kind", "compensation") } else { e }
     }
 
-    fn job_event(&self, name: &'static str) -> EngineEvent {
+    fn job_event(&self, name: EventName) -> EngineEvent {
         let mut e = EngineEvent::new(name, self.now());
         e.job = Some(self.record.job.clone());
         e.job_run = Some(self.record.id);
@@ -353,10 +353,10 @@ impl JobRun {
         match note {
             Note::JobStarted { retry: false, .. } => {
                 let params = serde_json::to_value(&self.record.params).unwrap_or_default();
-                self.job_event("job.started").with("params", params)
+                self.job_event(EventName::JobStarted).with("params", params)
             }
             Note::JobStarted { retry: true, from } => {
-                let e = self.job_event("job.started").with("retry", true);
+                let e = self.job_event(EventName::JobStarted).with("retry", true);
                 match from {
                     Some(from) => e.with("from", from.clone()),
                     None => e,
@@ -364,9 +364,9 @@ impl JobRun {
             }
             Note::JobEnded { state, reason, cost_usd_micros } => {
                 let name = match state {
-                    JobState::Succeeded => "job.succeeded",
-                    JobState::Cancelled => "job.cancelled",
-                    JobState::Failed | JobState::Running => "job.failed",
+                    JobState::Succeeded => EventName::JobSucceeded,
+                    JobState::Cancelled => EventName::JobCancelled,
+                    JobState::Failed | JobState::Running => EventName::JobFailed,
                 };
                 let e = self.job_event(name).with("cost_usd", usd_json(*cost_usd_micros));
                 match reason {
@@ -376,21 +376,21 @@ impl JobRun {
             }
             Note::BudgetExceeded { task, limit_usd_micros, spent_usd_micros } => {
                 let e = match task {
-                    Some(i) => self.task_event("budget.exceeded", *i).with("scope", "task"),
-                    None => self.job_event("budget.exceeded").with("scope", "job"),
+                    Some(i) => self.task_event(EventName::BudgetExceeded, *i).with("scope", "task"),
+                    None => self.job_event(EventName::BudgetExceeded).with("scope", "job"),
                 };
                 e.with("limit_usd", usd_json(*limit_usd_micros)).with("spent_usd", usd_json(*spent_usd_micros))
             }
             Note::BudgetRaised { task, limit_usd_micros } => {
                 let e = match task {
-                    Some(i) => self.task_event("budget.raised", *i).with("scope", "task"),
-                    None => self.job_event("budget.raised").with("scope", "job"),
+                    Some(i) => self.task_event(EventName::BudgetRaised, *i).with("scope", "task"),
+                    None => self.job_event(EventName::BudgetRaised).with("scope", "job"),
                 };
                 e.with("limit_usd", usd_json(*limit_usd_micros))
             }
             Note::TransitionFired { from, on, to, task_run } => {
                 let mut e = self
-                    .job_event("transition.fired")
+                    .job_event(EventName::TransitionFired)
                     .with("from_task_run", self.run.tasks[*from].id)
                     .with("on", on.as_str())
                     .with("to", self.run.graph.names[*to].clone());
@@ -406,16 +406,16 @@ impl JobRun {
         let event = |name| self.task_event(name, i);
         match what {
             TaskNote::Queued { series_start } => {
-                let e = event("task.queued").with("priority", self.run.tasks[i].priority);
+                let e = event(EventName::TaskQueued).with("priority", self.run.tasks[i].priority);
                 match series_start {
                     Some(n) => e.with("series_start", *n),
                     None => e,
                 }
             }
-            TaskNote::Waiting { wait_for } => event("task.waiting").with("wait_for", wait_for.clone()),
-            TaskNote::Skipped => event("task.skipped"),
+            TaskNote::Waiting { wait_for } => event(EventName::TaskWaiting).with("wait_for", wait_for.clone()),
+            TaskNote::Skipped => event(EventName::TaskSkipped),
             TaskNote::Succeeded { duration_ms, cost_usd_micros, cached_from } => {
-                let e = event("task.succeeded")
+                let e = event(EventName::TaskSucceeded)
                     .with("duration_ms", *duration_ms)
                     .with("cost_usd", usd_json(*cost_usd_micros));
                 match cached_from {
@@ -424,7 +424,7 @@ impl JobRun {
                 }
             }
             TaskNote::Failed { attempt, reason, exit_code, signal, detail } => {
-                let mut e = event("task.failed").with("reason", reason.map_or("exit_code", |r| r.as_str()));
+                let mut e = event(EventName::TaskFailed).with("reason", reason.map_or("exit_code", |r| r.as_str()));
                 e.attempt = Some(*attempt);
                 if let Some(code) = exit_code {
                     e = e.with("exit_code", *code);
@@ -438,10 +438,10 @@ impl JobRun {
                 e
             }
             TaskNote::RetryScheduled { delay_ms, next_attempt } => {
-                event("task.retry_scheduled").with("delay_ms", *delay_ms).with("next_attempt", *next_attempt)
+                event(EventName::TaskRetryScheduled).with("delay_ms", *delay_ms).with("next_attempt", *next_attempt)
             }
             TaskNote::DeadLettered { reason } => {
-                let e = event("task.dead_lettered").with("reason", reason.as_str());
+                let e = event(EventName::TaskDeadLettered).with("reason", reason.as_str());
                 // No failed attempt said why (a fan-out's `for_each` that cannot be rendered, an
                 // item that failed): the run's detail does.
                 match (&self.run.tasks[i].detail, self.run.tasks[i].attempt) {
@@ -449,14 +449,14 @@ impl JobRun {
                     _ => e,
                 }
             }
-            TaskNote::Handled => event("task.handled"),
-            TaskNote::WhenFailed { message } => event("task.warning").with("message", message.clone()),
-            TaskNote::Cancelled { from_dead: false } => event("task.cancelled"),
-            TaskNote::Cancelled { from_dead: true } => event("task.cancelled").with("from", "dead"),
+            TaskNote::Handled => event(EventName::TaskHandled),
+            TaskNote::WhenFailed { message } => event(EventName::TaskWarning).with("message", message.clone()),
+            TaskNote::Cancelled { from_dead: false } => event(EventName::TaskCancelled),
+            TaskNote::Cancelled { from_dead: true } => event(EventName::TaskCancelled).with("from", "dead"),
             TaskNote::ResourceExhausted { detail, delay_ms } => {
-                event("resource.exhausted").with("detail", detail.clone()).with("delay_ms", *delay_ms)
+                event(EventName::ResourceExhausted).with("detail", detail.clone()).with("delay_ms", *delay_ms)
             }
-            TaskNote::Progress { text } => event("task.progress").with("message", text.clone()),
+            TaskNote::Progress { text } => event(EventName::TaskProgress).with("message", text.clone()),
         }
     }
 
@@ -832,7 +832,7 @@ impl Handler<ProcessStarted> for JobRun {
 
     fn handle(&mut self, msg: ProcessStarted, ctx: &mut Self::Context) {
         let Some(i) = self.idx(msg.task_run) else { return };
-        let mut event = self.task_event("task.started", i).with("priority", self.run.tasks[i].priority);
+        let mut event = self.task_event(EventName::TaskStarted, i).with("priority", self.run.tasks[i].priority);
         let Some((attempt, _)) = self.running.get_mut(&msg.task_run).filter(|(a, _)| a.n == msg.attempt) else {
             return;
         };
@@ -904,7 +904,7 @@ impl Handler<CostAdded> for JobRun {
         let Some(i) = self.idx(msg.task_run) else { return };
         let d = &msg.delta;
         let mut event = self
-            .task_event("task.cost", i)
+            .task_event(EventName::TaskCost, i)
             .with("usd", usd_json(d.usage.usd_micros))
             .with("input_tokens", d.usage.input_tokens)
             .with("output_tokens", d.usage.output_tokens)
@@ -985,7 +985,7 @@ impl JobRun {
         }
         mutations.retain(|m| !matches!(m, Mutation::Attempt(a) if a.task_run == attempt.task_run && a.n == n));
         mutations.push(Mutation::Attempt(attempt.clone()));
-        let mut event = self.task_event("task.warning", i).with("message", text);
+        let mut event = self.task_event(EventName::TaskWarning, i).with("message", text);
         event.attempt = Some(n);
         Some(event)
     }
