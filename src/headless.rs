@@ -90,7 +90,8 @@ fn describe(e: &EngineEvent) -> Option<String> {
             duration(e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0))
         ),
         EventName::TaskDeadLettered => {
-            format!("dead: {reason} (gaffer retry {} to run it again)", e.task_run.unwrap_or(0))
+            let why = e.str_field("detail").map(|d| format!(": {d}")).unwrap_or_default();
+            format!("dead: {reason}{why} (gaffer retry {} to run it again)", e.task_run.unwrap_or(0))
         }
         EventName::TaskCancelled => "cancelled".into(),
         EventName::TaskWarning => format!("warning: {}", e.str_field("message").unwrap_or_default()),

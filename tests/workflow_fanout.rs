@@ -66,7 +66,8 @@ args = ["sh", "-c", "echo line $0 >> seen", "{{ item }}"]
 [jobs.j.tasks.literal]
 for_each = ["p", 3, { k = "v" }]
 stdin = "{{ item }}"
-run = 'cat >> seen; echo >> seen'
+# One write per item: items run at once, and two writes could interleave.
+run = 'printf "%s\n" "$(cat)" >> seen'
 [jobs.j.tasks.matrix]
 for_each = { os = ["linux", "mac"], py = ["3.11", "3.12"] }
 env = { OS = "{{ item.os }}", PY = "{{ item.py }}" }

@@ -100,6 +100,12 @@ pub fn evaluate_when(expression: &str, ctx: &TemplateContext, own: &WhenFacts) -
     match compiled.eval(root) {
         Ok(value) => Ok(value.is_true()),
         Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(format!("ran out of its budget ({RENDER_FUEL} steps)")),
+        Err(e) if e.kind() == ErrorKind::UndefinedError => {
+            // Mostly an output the run did not write: say which it did.
+            let keys: Vec<&str> = own.outputs.keys().map(String::as_str).collect();
+            let wrote = if keys.is_empty() { "none".to_string() } else { keys.join(", ") };
+            Err(format!("{e}; the outputs this run wrote: {wrote}"))
+        }
         Err(e) => Err(e.to_string()),
     }
 }

@@ -155,15 +155,30 @@ fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i:
         job: record.job.clone(),
         job_run_id: record.id,
         params: crate::model::params::for_templates(job, &record.params, &shared.secrets.of(record.id)),
-        // Validation allows templates to name only tasks this one (transitively) needs. A
-        // task without templates needs none of them (a 10,000-task chain must not walk its
-        // ancestry at every start).
+        // Validation allows templates to name only tasks upstream of this one, through `needs`
+        // or transitions (SPEC §2.2). A task without templates needs none of them (a
+        // 10,000-task chain must not walk its ancestry at every start).
         tasks: if !state.def(i).is_templated() {
             Default::default()
         } else {
-            state.graph.ancestors(task_index).into_iter().map(|u| upstream(state, state.latest[u])).collect()
+            state
+                .workflow_graph
+                .upstream(task_index)
+                .into_iter()
+                .map(|u| upstream(state, seen_from(state, u, i)))
+                .collect()
         },
     }
+}
+
+/// The task run of task `u` that task run `rendering` sees: `u`'s latest (the current
+/// iteration), or for a task on a loop through itself, its iteration before `rendering`.
+fn seen_from(state: &RunState, u: usize, rendering: usize) -> usize {
+    let latest = state.latest[u];
+    if latest != rendering {
+        return latest;
+    }
+    state.tasks[..rendering].iter().rposition(|t| t.task_index == u && !t.is_extra()).unwrap_or(latest)
 }
 
 /// Task run `u` as templates see it under `tasks.<name>`: a fanned-out task's outputs are the
@@ -425,7 +440,15 @@ impl JobRun {
             TaskNote::RetryScheduled { delay_ms, next_attempt } => {
                 event(EventName::TaskRetryScheduled).with("delay_ms", *delay_ms).with("next_attempt", *next_attempt)
             }
-            TaskNote::DeadLettered { reason } => event(EventName::TaskDeadLettered).with("reason", reason.as_str()),
+            TaskNote::DeadLettered { reason } => {
+                let e = event(EventName::TaskDeadLettered).with("reason", reason.as_str());
+                // No failed attempt said why (a fan-out's `for_each` that cannot be rendered, an
+                // item that failed): the run's detail does.
+                match (&self.run.tasks[i].detail, self.run.tasks[i].attempt) {
+                    (Some(detail), 0) => e.with("detail", detail.clone()),
+                    _ => e,
+                }
+            }
             TaskNote::Handled => event(EventName::TaskHandled),
             TaskNote::WhenFailed { message } => event(EventName::TaskWarning).with("message", message.clone()),
             TaskNote::Cancelled { from_dead: false } => event(EventName::TaskCancelled),

@@ -103,6 +103,7 @@ impl<E: Env> Step<'_, E> {
 
     /// Re-arms what a stored run had armed: timers, and its queued task runs.
     fn resume(&mut self) {
+        self.recount_arrivals();
         for t in &self.s.tasks {
             match (t.state, t.not_before_ms) {
                 (TaskState::Retrying, due) | (TaskState::Waiting, due @ Some(_)) => {
@@ -395,6 +396,30 @@ impl<E: Env> Step<'_, E> {
             matched.push((edge.on, edge.targets));
         }
         matched
+    }
+
+    /// A join's arrivals live only in memory: on a resume they are counted again from the
+    /// ended runs of its sources whose transitions match (as they matched when they ended), so
+    /// a join that had seen some of its sources before a restart still fires.
+    fn recount_arrivals(&mut self) {
+        let notes = self.fx.notes.len();
+        for to in 0..self.s.graph.len() {
+            if self.s.workflow_graph.join(to).is_none() || self.s.join_fired[to] {
+                continue;
+            }
+            for r in 0..self.s.tasks.len() {
+                let (source, state) = (self.s.tasks[r].task_index, self.s.tasks[r].state);
+                let ended = matches!(state, TaskState::Succeeded | TaskState::Failed);
+                if !ended || !self.s.is_node(r) || !self.s.workflow_graph.sources(to).contains(&source) {
+                    continue;
+                }
+                let matched = self.matching_transitions(r, state == TaskState::Succeeded);
+                if matched.iter().any(|(_, targets)| targets.contains(&to)) && !self.s.arrivals[to].contains(&source) {
+                    self.s.arrivals[to].push(source);
+                }
+            }
+        }
+        self.fx.notes.truncate(notes); // a `when` that cannot be evaluated said so when it ended
     }
 
     /// Each matched transition of task run `i` arrives at its targets, in order.

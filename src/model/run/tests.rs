@@ -746,3 +746,23 @@ fn a_join_that_can_no_longer_be_satisfied_is_skipped() {
 
 #[path = "fanout_tests.rs"]
 mod fanout_tests;
+
+/// A join's arrivals were kept only in memory: a restart after `b` arrived (and before `c`
+/// did) forgot `b`, so `sum` never had its two sources, was skipped `join_unsatisfied`, and the
+/// run "succeeded" without it (found by the kill -9 campaign in tests/faults.rs).
+#[test]
+fn a_resume_remembers_which_sources_of_a_join_arrived() {
+    let mut s = new_run(JOIN);
+    let mut env = FixedEnv { seq: 0 };
+    for (n, line) in ["begin", "claim a", "claim b", "claim c", "fail a 1", "ok b"].into_iter().enumerate() {
+        let input = input_of(&s, line);
+        step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
+    }
+    // A restart: the state rebuilt from its task runs as stored, `c` still running.
+    let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
+    let fx = step(&mut resumed, Input::Resume, 10_000, &mut env);
+    assert_eq!(render(&resumed, &fx), "", "nothing fires again, nothing is said again");
+    let input = input_of(&resumed, "ok c");
+    let fx = step(&mut resumed, input, 11_000, &mut env);
+    assert_eq!(render(&resumed, &fx), "c succeeded, c#1 -success-> sum#1, sum queued, enqueue sum");
+}
