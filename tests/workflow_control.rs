@@ -542,3 +542,74 @@ fn a_loop_killed_mid_iteration_resumes_where_it_was() {
         .collect();
     assert_eq!(iterations, [2, 3], "after the restart: the second review, then the third");
 }
+
+/// `show jN` lists a loop's task runs in the order they ran and the transition that reached
+/// each; `tasks --json` carries it as `reached_by`.
+#[test]
+fn show_lists_a_loop_in_run_order_with_the_transitions_taken() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.write]
+run = 'echo draft'
+next = [{ on = "success", do = ["review"] }]
+[jobs.j.tasks.review]
+max_iterations = 3
+run = 'n=$(cat rounds 2>/dev/null || echo 0); n=$((n+1)); echo $n > rounds; if [ $n -ge 2 ]; then echo output verdict=approved >&3; else echo output verdict=changes >&3; fi'
+next = [
+  { on = "success", when = "outputs.verdict == 'approved'", do = ["ship"] },
+  { on = "success", when = "outputs.verdict != 'approved'", do = ["revise"] },
+]
+[jobs.j.tasks.revise]
+run = 'echo revised'
+next = [{ on = "always", do = ["review"] }]
+[jobs.j.tasks.ship]
+run = 'touch shipped'
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:#?}");
+
+    let tasks = p.tasks();
+    let id_of = |task: &str, iteration: u64| {
+        tasks
+            .iter()
+            .find(|t| t["task"] == task && t["iteration"] == iteration)
+            .and_then(|t| t["id"].as_u64())
+            .unwrap_or_else(|| panic!("no {task}#{iteration}"))
+    };
+    let reached_by = |task: &str, iteration: u64| {
+        tasks.iter().find(|t| t["task"] == task && t["iteration"] == iteration).map(|t| t["reached_by"].clone())
+    };
+    assert_eq!(reached_by("write", 1), Some(serde_json::Value::Null), "started by the job run, not a transition");
+    let want = |from: u64, on: &str| Some(serde_json::json!({"from_task_run": from, "on": on}));
+    assert_eq!(reached_by("review", 1), want(id_of("write", 1), "success"));
+    assert_eq!(reached_by("revise", 1), want(id_of("review", 1), "success"));
+    assert_eq!(reached_by("review", 2), want(id_of("revise", 1), "always"));
+    assert_eq!(reached_by("ship", 1), want(id_of("review", 2), "success"));
+
+    let out = p.run(&["show", "j1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|name| name.starts_with("j."))
+        .collect();
+    assert_eq!(rows, ["j.write", "j.review", "j.revise", "j.review#2", "j.ship"], "in run order:\n{stdout}");
+    let arrows: Vec<String> = stdout
+        .lines()
+        .skip_while(|l| *l != "transitions:")
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        arrows,
+        [
+            "review ← write (success)",
+            "revise ← review (success)",
+            "review#2 ← revise (always)",
+            "ship ← review#2 (success)"
+        ],
+        "{stdout}"
+    );
+}

@@ -219,6 +219,17 @@ pub struct TaskRun {
     kind: String,
     /// For a compensation: the task run it undoes (its `GAFFER_COMPENSATES`); else null.
     compensates: Option<u64>,
+    /// For a task run a transition (`next`) started: where it came from; else null.
+    reached_by: Option<ReachedBy>,
+}
+
+/// How a transition reached a task run.
+#[derive(ToSchema)]
+pub struct ReachedBy {
+    /// The task run whose end fired the transition.
+    from_task_run: u64,
+    /// The transition's `on`: `success`, `failure` or `always`.
+    on: String,
 }
 
 /// SPEC §4.1 `jobs --json` item.

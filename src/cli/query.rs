@@ -253,10 +253,42 @@ pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
             outln!("params: {}", value["params"]);
             outln!("cost: {}", dollars(micros_of_json(&value["cost_usd"])));
             print_raised_budget(&value);
-            print_task_table(&value["tasks"]);
+            let runs = in_run_order(&value["tasks"]);
+            print_task_table(&Value::Array(runs.clone()));
+            print_transitions(&runs);
         }
     }
     Ok(())
+}
+
+/// A job run's task runs in the order they ran: the started ones by start time, then the
+/// others by the time they were made, ties by id. A task's first run is made with its job run,
+/// so only the start time puts a loop's `write, review, revise, review#2` in order.
+fn in_run_order(runs: &Value) -> Vec<Value> {
+    let mut runs = runs.as_array().cloned().unwrap_or_default();
+    let key = |t: &Value| {
+        let started = t["started_at"].as_str().map(str::to_owned);
+        (started.is_none(), started.unwrap_or_else(|| text(t, "created_at").to_owned()), num(t, "id"))
+    };
+    runs.sort_by_cached_key(key);
+    runs
+}
+
+/// The transitions taken, one line per task run a transition started:
+/// `review#2  ← revise (success)`.
+fn print_transitions(runs: &[Value]) {
+    let none = serde_json::Map::new();
+    let label = |t: &Value| crate::report::label_in(text(t, "task"), t.as_object().unwrap_or(&none));
+    let reached: Vec<&Value> = runs.iter().filter(|t| t["reached_by"].is_object()).collect();
+    if reached.is_empty() {
+        return;
+    }
+    outln!("transitions:");
+    for t in reached {
+        let from_id = num(&t["reached_by"], "from_task_run");
+        let from = runs.iter().find(|r| num(r, "id") == from_id).map(label).unwrap_or_else(|| from_id.to_string());
+        outln!("  {:<24} ← {from} ({})", label(t), text(&t["reached_by"], "on"));
+    }
 }
 
 fn print_task_detail(t: &Value) {

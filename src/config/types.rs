@@ -306,6 +306,10 @@ impl TransitionOn {
             TransitionOn::Always => "always",
         }
     }
+
+    pub fn parse(word: &str) -> Option<TransitionOn> {
+        TransitionOn::ALL.into_iter().find(|on| on.as_str() == word)
+    }
 }
 
 /// One entry of `next = [{ on, when, do }]`.

@@ -55,6 +55,17 @@ pub struct TaskRunView {
     pub kind: TaskRunKind,
     /// For a compensation: the task run it undoes (its `GAFFER_COMPENSATES`); else null.
     pub compensates: Option<u64>,
+    /// For a task run a transition started: the task run it came from and the `on` that
+    /// matched; else null (also absent in an older gaffer's answer).
+    #[serde(default)]
+    pub reached_by: Option<ReachedByView>,
+}
+
+/// `reached_by` on the wire: `{"from_task_run": 4, "on": "success"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReachedByView {
+    pub from_task_run: u64,
+    pub on: String,
 }
 
 impl From<&TaskRunRecord> for TaskRunView {
@@ -88,6 +99,10 @@ impl From<&TaskRunRecord> for TaskRunView {
             item: t.item.as_ref().map(|text| serde_json::from_str(text).unwrap_or_else(|_| Value::from(text.as_str()))),
             kind: t.kind,
             compensates: t.compensates,
+            reached_by: t
+                .reached_by
+                .as_ref()
+                .map(|by| ReachedByView { from_task_run: by.from_task_run, on: by.on.clone() }),
         }
     }
 }
@@ -285,8 +300,9 @@ mod tests {
         (t.started_at_ms, t.ended_at_ms) = (Some(1_764_600_000_200), Some(1_764_600_001_000));
         t.outputs.insert("answer".into(), "yes".into());
         (t.iteration, t.item_index, t.item) = (2, Some(4), Some(r#"{"os":"linux"}"#.into()));
+        t.reached_by = Some(crate::store::records::ReachedBy { from_task_run: 2, on: "failure".into() });
         let json = crate::json::text(&to_value(&TaskRunView::from(&t)));
-        let expected = r#"{"id":3,"job":"report","job_run":2,"task":"fetch","state":"dead","attempt":2,"attempts_in_series":2,"max_attempts":3,"queue":"default","priority":50,"cost_usd":0.0087,"input_tokens":0,"output_tokens":0,"outputs":{"answer":"yes"},"reason":"exit_code","detail":null,"exit_code":3,"progress":null,"created_at":"2025-12-01T14:40:00.123Z","started_at":"2025-12-01T14:40:00.200Z","ended_at":"2025-12-01T14:40:01.000Z","not_before":null,"iteration":2,"item_index":4,"item":{"os":"linux"},"kind":"task","compensates":null}"#;
+        let expected = r#"{"id":3,"job":"report","job_run":2,"task":"fetch","state":"dead","attempt":2,"attempts_in_series":2,"max_attempts":3,"queue":"default","priority":50,"cost_usd":0.0087,"input_tokens":0,"output_tokens":0,"outputs":{"answer":"yes"},"reason":"exit_code","detail":null,"exit_code":3,"progress":null,"created_at":"2025-12-01T14:40:00.123Z","started_at":"2025-12-01T14:40:00.200Z","ended_at":"2025-12-01T14:40:01.000Z","not_before":null,"iteration":2,"item_index":4,"item":{"os":"linux"},"kind":"task","compensates":null,"reached_by":{"from_task_run":2,"on":"failure"}}"#;
         assert_eq!(json, expected);
         let back: TaskRunView = serde_json::from_str(&json).expect("the wire reads its own JSON");
         assert_eq!(back, TaskRunView::from(&t));

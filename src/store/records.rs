@@ -76,6 +76,17 @@ pub struct TaskRunRecord {
     pub kind: TaskRunKind,
     /// For a compensation: the task run it undoes.
     pub compensates: Option<u64>,
+    /// For a task run a transition (SPEC §2.2 `next`) started: the task run it came from and
+    /// the `on` that matched; none for one started by `needs`, a fan-out or a person.
+    pub reached_by: Option<ReachedBy>,
+}
+
+/// How a transition reached a task run: from which task run, on `success`, `failure` or
+/// `always` (the workflow file's word).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReachedBy {
+    pub from_task_run: u64,
+    pub on: String,
 }
 
 /// What a task run is for (SPEC §2.2 `compensate`).
@@ -144,6 +155,7 @@ impl TaskRunRecord {
             item: None,
             kind: TaskRunKind::Task,
             compensates: None,
+            reached_by: None,
         }
     }
 
@@ -322,7 +334,7 @@ impl From<AttemptRecordV1> for AttemptRecord {
 
 impl Record for JobRunRecord {}
 impl Record for TaskRunRecord {
-    /// 2: instances — iteration, fan-out item, kind (SPEC §2.2).
+    /// 2: instances — iteration, fan-out item, kind, how a transition reached it (SPEC §2.2).
     const VERSION: u8 = 2;
 
     fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
@@ -364,7 +376,8 @@ struct TaskRunRecordV1 {
 }
 
 impl From<TaskRunRecordV1> for TaskRunRecord {
-    /// Layout 1 had one run per task: its first iteration, no item, the task's own kind.
+    /// Layout 1 had one run per task: its first iteration, no item, the task's own kind, not
+    /// reached by a transition.
     fn from(v: TaskRunRecordV1) -> TaskRunRecord {
         TaskRunRecord {
             task_index: v.task_index,

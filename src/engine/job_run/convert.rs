@@ -1,8 +1,9 @@
 //! The store's records ↔ the core's plain state (`model::run`): the actor's side of the
 //! boundary, so the core never sees a store type.
 
-use crate::model::run::{CacheHit, JobRunFacts, Kind, Raised, TaskRun};
-use crate::store::records::TaskRunKind;
+use crate::config::TransitionOn;
+use crate::model::run::{CacheHit, JobRunFacts, Kind, Raised, ReachedBy, TaskRun};
+use crate::store::records::{self, TaskRunKind};
 use crate::store::{CacheEntry, JobRunRecord, RaisedBudgets, TaskRunRecord};
 
 impl From<TaskRunRecord> for TaskRun {
@@ -39,6 +40,10 @@ impl From<TaskRunRecord> for TaskRun {
                 TaskRunKind::Compensation => Kind::Compensation,
             },
             compensates: r.compensates,
+            // A word this gaffer does not know (never written so) reads as not recorded.
+            reached_by: r.reached_by.and_then(|by| {
+                Some(ReachedBy { from_task_run: by.from_task_run, on: TransitionOn::parse(&by.on)? })
+            }),
         }
     }
 }
@@ -79,6 +84,9 @@ pub fn task_run_record(job_run: &JobRunRecord, t: &TaskRun) -> TaskRunRecord {
             Kind::Compensation => TaskRunKind::Compensation,
         },
         compensates: t.compensates,
+        reached_by: t
+            .reached_by
+            .map(|by| records::ReachedBy { from_task_run: by.from_task_run, on: by.on.as_str().to_string() }),
     }
 }
 

@@ -17,5 +17,5 @@ mod step;
 mod tests;
 
 pub use input::{AttemptEnd, CacheHit, Claimed, Effects, Env, Input, Note, TaskNote, Write};
-pub use state::{JobRunFacts, Kind, Raised, RunState, TaskRun};
+pub use state::{JobRunFacts, Kind, Raised, ReachedBy, RunState, TaskRun};
 pub use step::step;

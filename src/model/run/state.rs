@@ -53,6 +53,15 @@ pub struct TaskRun {
     pub item: Option<String>,
     pub kind: Kind,
     pub compensates: Option<u64>,
+    /// Set when a transition started this task run (`step::arrive`).
+    pub reached_by: Option<ReachedBy>,
+}
+
+/// The task run a transition came from and the `on` that matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReachedBy {
+    pub from_task_run: u64,
+    pub on: crate::config::TransitionOn,
 }
 
 impl TaskRun {
@@ -87,6 +96,7 @@ impl TaskRun {
             item: None,
             kind: Kind::Task,
             compensates: None,
+            reached_by: None,
         }
     }
 

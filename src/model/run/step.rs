@@ -11,7 +11,7 @@ use crate::model::retry::RetryPlan;
 use crate::model::{FailReason, JobState, TaskState};
 
 use super::input::{AttemptEnd, CacheHit, Claimed, Effects, Env, Input, Note, TaskNote, Write};
-use super::state::RunState;
+use super::state::{ReachedBy, RunState};
 
 /// Decides what `input` does to the job run at `now_ms`. Never fails: an input about a task run
 /// this job run does not have, or that no longer applies, changes nothing.
@@ -454,6 +454,7 @@ impl<E: Env> Step<'_, E> {
         let run = self.new_task_run(to);
         self.fx.notes.push(Note::TransitionFired { from: i, on, to, task_run: run });
         if let Some(r) = run {
+            self.s.tasks[r].reached_by = Some(ReachedBy { from_task_run: self.s.tasks[i].id, on });
             let ready = self.s.graph.ready_state(to);
             self.s.set_state(r, ready);
             self.apply(vec![Change { task: r, to: ready }]);
