@@ -76,6 +76,7 @@ fn a_store_from_before_schema_2_resumes_its_unfinished_run_and_retries_its_dead_
     for t in p.tasks() {
         assert_eq!((t["iteration"].as_u64(), &t["item_index"], &t["item"]), (Some(1), &Value::Null, &Value::Null));
         assert_eq!(t["kind"], "task");
+        assert_eq!(t["reached_by"], Value::Null, "layout 1 knew no transitions");
     }
 }
 

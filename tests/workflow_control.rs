@@ -590,11 +590,8 @@ run = 'touch shipped'
     let out = p.run(&["show", "j1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let rows: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(2))
-        .filter(|name| name.starts_with("j."))
-        .collect();
+    let rows: Vec<&str> =
+        stdout.lines().filter_map(|l| l.split_whitespace().nth(2)).filter(|name| name.starts_with("j.")).collect();
     assert_eq!(rows, ["j.write", "j.review", "j.revise", "j.review#2", "j.ship"], "in run order:\n{stdout}");
     let arrows: Vec<String> = stdout
         .lines()

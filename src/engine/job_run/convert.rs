@@ -41,9 +41,9 @@ impl From<TaskRunRecord> for TaskRun {
             },
             compensates: r.compensates,
             // A word this gaffer does not know (never written so) reads as not recorded.
-            reached_by: r.reached_by.and_then(|by| {
-                Some(ReachedBy { from_task_run: by.from_task_run, on: TransitionOn::parse(&by.on)? })
-            }),
+            reached_by: r
+                .reached_by
+                .and_then(|by| Some(ReachedBy { from_task_run: by.from_task_run, on: TransitionOn::parse(&by.on)? })),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
+use crate::config::TransitionOn;
 use crate::model::{FailReason, JobState, TaskState};
 
 /// a (2 attempts) → b; c alone; d waits for `go` (at most 5 s).
@@ -562,6 +563,12 @@ fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseE
                 prop_assert_eq!(runs, 1, "a join target has one task run: its join fires once");
             }
         }
+        for t in &s.tasks {
+            if let Some(by) = t.reached_by {
+                let from = s.idx(by.from_task_run).map(|f| s.tasks[f].state);
+                prop_assert!(from.is_some_and(TaskState::is_terminal), "reached from a task run that ended");
+            }
+        }
         for &(id, _) in &fx.kills {
             prop_assert_eq!(s.tasks[s.idx(id).expect("known")].state, TaskState::Running, "only what runs is killed");
         }
@@ -634,6 +641,40 @@ fn a_loop_runs_again_until_an_output_ends_it() {
          ok review verdict=approved => review succeeded, review#2 -success-> ship#1, ship queued, enqueue ship
          claim ship => claimed ship#1
          ok ship => ship succeeded, notify skipped, job succeeded, finish",
+    );
+}
+
+/// Each task run a transition started remembers the task run it came from and the `on`.
+#[test]
+fn a_task_run_a_transition_started_records_how_it_was_reached() {
+    let s = check(
+        LOOP,
+        "begin
+         claim write
+         ok write
+         claim review
+         ok review verdict=no",
+        "begin => job started, write queued, enqueue write
+         claim write => claimed write#1
+         ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
+         claim review => claimed review#1
+         ok review verdict=no => review succeeded, review#1 -success-> review#2, review queued, enqueue review",
+    );
+    let reached: Vec<(String, u32, Option<ReachedBy>)> =
+        s.tasks.iter().map(|t| (t.task.clone(), t.iteration, t.reached_by)).collect();
+    let by = |from: &str| Some(ReachedBy { from_task_run: id_of(&s, from), on: TransitionOn::Success });
+    let first_review = s.tasks.iter().find(|t| t.task == "review" && t.iteration == 1).map(|t| t.id);
+    let from_first_review =
+        Some(ReachedBy { from_task_run: first_review.expect("review#1"), on: TransitionOn::Success });
+    assert_eq!(
+        reached,
+        [
+            ("write".into(), 1, None),
+            ("review".into(), 1, by("write")),
+            ("ship".into(), 1, None),
+            ("notify".into(), 1, None),
+            ("review".into(), 2, from_first_review),
+        ]
     );
 }
 
