@@ -107,7 +107,7 @@ fn measure(executor: Arc<dyn Executor>, samples: u64, gap_ms: u64, jitter_ms: u6
                 if event.job_run != Some(id) {
                     continue;
                 }
-                match event.event {
+                match event.event.as_str() {
                     "task.started" => started = Some(t0.elapsed()),
                     "job.succeeded" => break,
                     "job.failed" | "job.cancelled" => panic!("job run {id} ended with {}", event.event),

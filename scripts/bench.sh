@@ -14,6 +14,7 @@
 #   REPS=3          repetitions where a row is cheap (median is shown, range in brackets)
 #   SINGLE_JOB_TIMEOUT=150   cap (s) on the one-job no-op run (it is quadratic in tasks per job)
 #   MANY_N=1000     tasks `sleep 2` running at once (workers = MANY_N) for the memory-per-task row
+#   FANOUT_N=10000  items of the one fanned-out task (`for_each`) for the fan-out row
 #   INSN_N=1000     tasks per run for the instructions-per-task rows (callgrind; INSN_N=0 skips them)
 #
 # Needs valgrind for the instructions-per-task rows (`apt-get install valgrind`): CPU counters
@@ -30,6 +31,7 @@ SAMPLES="${SAMPLES:-200}"
 REPS="${REPS:-3}"
 SINGLE_JOB_TIMEOUT="${SINGLE_JOB_TIMEOUT:-150}"
 MANY_N="${MANY_N:-1000}"
+FANOUT_N="${FANOUT_N:-10000}"
 INSN_N="${INSN_N:-1000}"
 PER_JOB=100 # tasks per job in the many-jobs layouts
 
@@ -310,6 +312,24 @@ runaway_s=$(elapsed "$t0" "$t1")
 row "runaway template (3 nested \`range(10000)\` in \`env\`) → dead letter" "$(awk -v s="$runaway_s" 'BEGIN { printf "%.0f", s * 1000 }') ms" "< 1 s" \
   "$(verdict "$runaway_s" 1 le)" \
   "\`gaffer run\` start → exit; the render stops at its fuel budget, reason template_error ($(grep -c '"reason":"template_error"' "$WORK/runaway.jsonl" || true) events); it froze the engine until the watchdog's exit 70 before"
+# ------------------------------------------------------------------ 7b. a 10,000-item fan-out (issue 10)
+log "7b. one task fanned out over $FANOUT_N items (--noop-executor, W=$W), then a summary step"
+awk -v n="$FANOUT_N" -v w="$W" 'BEGIN {
+  printf "[settings]\nworkers = %d\n\n[jobs.fan.tasks.each]\nrun = \"true\"\nfor_each = [", w
+  for (i = 0; i < n; i++) printf "%s%d", (i ? ", " : ""), i
+  printf "]\n[jobs.fan.tasks.sum]\nneeds = [\"each\"]\nrun = \"true\"\n"
+}' >"$WORK/fanout.toml"
+: >"$WORK/fanout.s"; : >"$WORK/fanout.kb"
+for ((r = 1; r <= REPS; r++)); do
+  /usr/bin/time -f "%e %M" -o "$WORK/fanout.time" "$GAFFER" run "$WORK/fanout.toml" --state-dir "$WORK/state-fanout-$r" \
+    --json --workers "$W" --noop-executor >"$WORK/fanout.jsonl" 2>/dev/null || true
+  done_items=$(grep '"event":"task.succeeded"' "$WORK/fanout.jsonl" | grep -c '"item_index"' || true)
+  [ "$done_items" = "$FANOUT_N" ] || { echo "fan-out: $done_items of $FANOUT_N items succeeded" >&2; exit 1; }
+  read -r secs kb <"$WORK/fanout.time"; echo "$secs" >>"$WORK/fanout.s"; echo "$kb" >>"$WORK/fanout.kb"
+done
+row "fan-out: 1 task × $FANOUT_N items, wall / peak RSS" \
+  "$(med '%.2f' <"$WORK/fanout.s") s / $(awk '{ printf "%.1f\n", $1 / 1024 }' "$WORK/fanout.kb" | med '%.1f') MB" "—" "measured" \
+  "\`gaffer run --noop-executor --json --workers $W\`, literal \`for_each\` of $FANOUT_N numbers + a dependent; process start → exit and VmHWM (/usr/bin/time); every item's task.succeeded checked"
 # ------------------------------------------------------------------ 8. many running tasks (issue 9)
 log "8. $MANY_N tasks \`sleep 2\` at once (workers = $MANY_N): peak RSS and wall vs xargs -P$MANY_N, $REPS reps interleaved"
 awk -v n="$MANY_N" 'BEGIN {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A long kill -9 campaign: the test `kill_9_campaign_loses_nothing_and_never_runs_an_unrecorded_attempt`
-# (tests/faults.rs) over and over, each time with a new seed and more rounds than CI runs.
+# A long kill -9 campaign: the two `kill_9_campaign_*` tests of tests/faults.rs (a DAG of `needs`,
+# and a workflow with a loop, a join, a 50-item fan-out and a saga) over and over, each time with a
+# new seed and more rounds than CI runs (CI: GAFFER_KILL9_ROUNDS=6).
 # A failure prints its GAFFER_KILL9_SEED; rerun just that one with
 #   GAFFER_KILL9_SEED=<seed> GAFFER_KILL9_ROUNDS=<rounds> cargo nextest run --test faults kill_9 --no-capture
 #

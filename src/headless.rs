@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use crate::engine::EngineEvent;
+use crate::engine::{EngineEvent, EventName};
 use crate::model::money::format_usd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,9 @@ pub fn human_line(e: &EngineEvent) -> Option<String> {
     let time = crate::engine::rfc3339_ms(e.ts_ms);
     let clock = time.get(11..23).unwrap_or(&time);
     let who = match (&e.task_run, &e.task, &e.job_run, &e.job) {
-        (Some(id), Some(task), _, Some(job)) => format!("#{id} {job}.{}", instance_label(e, task)),
+        (Some(id), Some(task), _, Some(job)) => {
+            format!("#{id} {job}.{}", instance_label(e, task))
+        }
         (_, _, Some(id), Some(job)) => format!("j{id} {job}"),
         _ => String::from("gaffer"),
     };
@@ -51,78 +53,81 @@ fn describe(e: &EngineEvent) -> Option<String> {
         .map(|c| format!(", {}", dollars(c)))
         .unwrap_or_default();
     Some(match e.event {
-        "job.started" if e.field("from").is_some() => {
+        EventName::JobStarted if e.field("from").is_some() => {
             format!("job run reopened from task `{}` (retry --from)", e.str_field("from").unwrap_or("?"))
         }
-        "job.started" if e.field("retry").is_some() => "job run reopened by a retry".into(),
-        "job.redefined" => format!("job run switched to the current definition ({})", changes(e)),
-        "hook.failed" => format!(
+        EventName::JobStarted if e.field("retry").is_some() => "job run reopened by a retry".into(),
+        EventName::JobRedefined => format!("job run switched to the current definition ({})", changes(e)),
+        EventName::HookFailed => format!(
             "hook {} ({}) for {} failed: {reason}: {}",
             e.str_field("hook").unwrap_or("?"),
             e.str_field("level").unwrap_or("?"),
             e.str_field("for_event").unwrap_or("?"),
             e.str_field("detail").unwrap_or("")
         ),
-        "job.started" => "job started".into(),
-        "job.succeeded" => format!("job succeeded{cost}"),
-        "job.failed" => format!("job failed: {reason}{cost}"),
-        "job.cancelled" => format!("job cancelled{cost}"),
-        "task.queued" => "queued".into(),
-        "task.started" => match e.field("pid") {
+        EventName::JobStarted => "job started".into(),
+        EventName::JobSucceeded => format!("job succeeded{cost}"),
+        EventName::JobFailed => format!("job failed: {reason}{cost}"),
+        EventName::JobCancelled => format!("job cancelled{cost}"),
+        EventName::TaskQueued => "queued".into(),
+        EventName::TaskStarted => match e.field("pid") {
             Some(pid) => format!("started (attempt {}, pid {pid})", e.attempt.unwrap_or(1)),
             None => format!("started (attempt {})", e.attempt.unwrap_or(1)),
         },
-        "task.succeeded" if e.field("cached").is_some() => {
+        EventName::TaskSucceeded if e.field("cached").is_some() => {
             format!(
                 "succeeded from the cache (reused task run {})",
                 e.field("from_task_run").map(|v| v.to_string()).unwrap_or_default()
             )
         }
-        "task.succeeded" => {
+        EventName::TaskSucceeded => {
             format!("succeeded in {}{cost}", duration(e.field("duration_ms").and_then(|v| v.as_u64()).unwrap_or(0)))
         }
-        "task.failed" => failed(e),
-        "task.retry_scheduled" => format!(
+        EventName::TaskFailed => failed(e),
+        EventName::TaskRetryScheduled => format!(
             "retry {} in {}",
             e.field("next_attempt").map(|v| v.to_string()).unwrap_or_default(),
             duration(e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0))
         ),
-        "task.dead_lettered" => format!("dead: {reason} (gaffer retry {} to run it again)", e.task_run.unwrap_or(0)),
-        "task.cancelled" => "cancelled".into(),
-        "task.warning" => format!("warning: {}", e.str_field("message").unwrap_or_default()),
-        "task.skipped" => "skipped".into(),
-        "task.waiting" => {
+        EventName::TaskDeadLettered => {
+            let why = e.str_field("detail").map(|d| format!(": {d}")).unwrap_or_default();
+            format!("dead: {reason}{why} (gaffer retry {} to run it again)", e.task_run.unwrap_or(0))
+        }
+        EventName::TaskCancelled => "cancelled".into(),
+        EventName::TaskWarning => format!("warning: {}", e.str_field("message").unwrap_or_default()),
+        EventName::TaskSkipped => "skipped".into(),
+        EventName::TaskWaiting => {
             let name = e.str_field("wait_for").unwrap_or("?");
             format!("waiting for `{name}` (gaffer signal j{} {name} to release it)", e.job_run.unwrap_or(0))
         }
-        "schedule.fired" => format!("schedule fired (slot {})", slot(e)),
-        "schedule.skipped" => format!("schedule slot {} skipped: {reason}", slot(e)),
-        "worker.restarted" => {
+        EventName::ScheduleFired => format!("schedule fired (slot {})", slot(e)),
+        EventName::ScheduleSkipped => format!("schedule slot {} skipped: {reason}", slot(e)),
+        EventName::WorkerRestarted => {
             format!("worker {} restarted ({reason})", e.field("worker").map(|v| v.to_string()).unwrap_or_default())
         }
-        "queue.circuit_opened" => format!(
+        EventName::QueueCircuitOpened => format!(
             "queue {}: circuit opened after {} failed attempts within {}; nothing starts from it until {}",
             e.queue.as_deref().unwrap_or("?"),
             e.field("failures").map(|v| v.to_string()).unwrap_or_default(),
             duration(e.field("within_ms").and_then(|v| v.as_u64()).unwrap_or(0)),
             e.str_field("until").unwrap_or("?")
         ),
-        "queue.circuit_closed" => {
+        EventName::QueueCircuitClosed => {
             format!("queue {}: circuit closed, starting again", e.queue.as_deref().unwrap_or("?"))
         }
-        "budget.raised" => {
+        EventName::BudgetRaised => {
             format!(
                 "{} budget raised to {} by a retry",
                 e.str_field("scope").unwrap_or("job"),
                 dollars_of(e.field("limit_usd"))
             )
         }
-        "resource.exhausted" => format!(
+        EventName::ResourceExhausted => format!(
             "could not start, the machine is out of resources ({}); not counted, tries again in {}",
             e.str_field("detail").unwrap_or("?"),
             duration(e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0))
         ),
-        "budget.exceeded" => format!(
+        EventName::BudgetExceeded => format!(
             "{} budget exceeded: spent {} of {}",
             e.str_field("scope").unwrap_or("job"),
             dollars_of(e.field("spent_usd")),
@@ -191,7 +196,7 @@ mod tests {
 
     #[test]
     fn lines_name_the_task_and_what_happened() {
-        let mut e = EngineEvent::new("task.failed", 0).with("reason", "exit_code").with("exit_code", 3);
+        let mut e = EngineEvent::new(EventName::TaskFailed, 0).with("reason", "exit_code").with("exit_code", 3);
         (e.job, e.job_run, e.task, e.task_run, e.attempt) =
             (Some("report".into()), Some(1), Some("fetch".into()), Some(7), Some(2));
         let line = human_line(&e).expect("a line");

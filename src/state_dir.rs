@@ -283,6 +283,14 @@ impl StateDir {
                     fix: format!("move it away: mv {} {}.old", quote(&path), quote(&path)),
                 });
             } else if let Some(problem) = problem_with(&path, &stat, is_dir) {
+                if problem.open && name == "gaffer.sock" {
+                    // Our own socket, loose because an older gaffer was killed between its bind
+                    // and its chmod: made private on the spot (it is replaced at start anyway).
+                    let private = Mode::from_bits_truncate(FILE_MODE);
+                    fchmodat(&self.fd, name, private, FchmodatFlags::FollowSymlink)
+                        .map_err(|e| os_error(&path, &io::Error::from(e)))?;
+                    continue;
+                }
                 problems.push(problem);
             }
         }

@@ -542,14 +542,3 @@ fn a_loop_killed_mid_iteration_resumes_where_it_was() {
         .collect();
     assert_eq!(iterations, [2, 3], "after the restart: the second review, then the third");
 }
-
-#[test]
-fn the_review_loop_example_revises_until_approved() {
-    let p = Project::new(include_str!("../examples/review-loop.toml"));
-    let (code, events) = p.run_json(&[]);
-    assert_eq!(code, 0, "{events:#?}");
-    assert_eq!(count(&p, "review", "succeeded"), 3);
-    assert_eq!(count(&p, "revise", "succeeded"), 2);
-    assert_eq!(count(&p, "ship", "succeeded"), 1);
-    assert_eq!(p.task("notify")["state"], "skipped", "not reached");
-}

@@ -1,6 +1,6 @@
 //! The workflow-control keys of SPEC §2.2 on the real binary, config side: `gaffer validate`
-//! accepts an example of every key and reports mistakes with `file:line:col`; `run` and `serve`
-//! refuse the keys the engine does not run yet, naming each place, and write nothing.
+//! accepts an example of every key and reports mistakes with `file:line:col`. (Every key runs
+//! now: tests/workflow_control.rs and tests/workflow_fanout.rs run them.)
 
 mod support;
 
@@ -18,26 +18,6 @@ fn validate_accepts_every_workflow_control_key() {
     let out = p.run(&["validate", "workflow.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("workflow.toml: ok (2 jobs, 10 tasks"));
-}
-
-#[test]
-fn run_and_serve_refuse_what_the_engine_does_not_run_yet() {
-    let p = Project::new(EVERY_KEY);
-    for command in [&["run", "workflow.toml"][..], &["serve", "workflow.toml"][..]] {
-        let out = p.run(command);
-        assert_eq!(out.status.code(), Some(2), "{command:?}: {}", stderr(&out));
-        let err = stderr(&out);
-        for (at, key, task) in
-            [("21:1", "compensate", "ship"), ("31:1", "for_each", "each"), ("32:1", "for_each_concurrency", "each")]
-        {
-            let wanted = format!("workflow.toml:{at}: `{key}` of task `{task}` in job");
-            assert!(err.contains(&wanted), "{command:?}: expected `{wanted}` in:\n{err}");
-        }
-        assert!(err.contains("is parsed but not run yet"), "{err}");
-        assert!(!err.contains("`next`") && !err.contains("`join`"), "next and join run: {err}");
-        assert!(err.contains("nothing was run"), "{err}");
-        assert!(!p.state_dir().exists(), "{command:?}: nothing written");
-    }
 }
 
 #[test]

@@ -10,6 +10,9 @@
 # `| jq .` would), `stream` as --output-format stream-json --verbose: an init line, assistant
 # messages as the work goes, and the result line last.
 #
+# With FAKE_AGENT_RESULT set, the result (the agent's answer) is that text (no `"` or `\`)
+# instead of "NAME review: looks fine".
+#
 # With FAKE_AGENT_LEDGER set, each model's line `MODEL USD IN OUT CACHE_READ CACHE_WRITE` is
 # appended to that file: what was printed, for a test to add up.
 name="${1:-task}"
@@ -35,8 +38,8 @@ model_usage() {
 }
 
 result_line() {
-    printf '{"type":"result","subtype":"success","is_error":false,"duration_ms":1500,"duration_api_ms":1400,"num_turns":2,"result":"%s review: looks fine","session_id":"%s","total_cost_usd":%s,"usage":{"input_tokens":12,"cache_creation_input_tokens":2100,"cache_read_input_tokens":20480,"output_tokens":480,"server_tool_use":{"web_search_requests":0},"service_tier":"standard"},"modelUsage":{%s},"permission_denials":[],"uuid":"00000000-0000-4000-8000-000000000000"}\n' \
-        "$name" "$session" "$total" "$(model_usage)"
+    printf '{"type":"result","subtype":"success","is_error":false,"duration_ms":1500,"duration_api_ms":1400,"num_turns":2,"result":"%s","session_id":"%s","total_cost_usd":%s,"usage":{"input_tokens":12,"cache_creation_input_tokens":2100,"cache_read_input_tokens":20480,"output_tokens":480,"server_tool_use":{"web_search_requests":0},"service_tier":"standard"},"modelUsage":{%s},"permission_denials":[],"uuid":"00000000-0000-4000-8000-000000000000"}\n' \
+        "${FAKE_AGENT_RESULT:-$name review: looks fine}" "$session" "$total" "$(model_usage)"
 }
 
 case "$layout" in

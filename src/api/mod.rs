@@ -84,10 +84,14 @@ impl Api {
     ) -> std::io::Result<Api> {
         let path = socket_path(state_dir);
         let dir = StateDir::open(state_dir).map_err(std::io::Error::other)?;
-        // A stale socket (or anything planted under its name: unlinked, never followed).
-        dir.remove_file(SOCKET_FILE)?;
-        let listener = std::os::unix::net::UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        // Bound under a side name, made 0600, then renamed into place: a kill -9 between the
+        // bind (mode from the umask) and the chmod never leaves a loose `gaffer.sock` behind.
+        // A stale one (or anything planted under either name) is unlinked, never followed.
+        let binding = format!("{SOCKET_FILE}.new");
+        dir.remove_file(&binding)?;
+        let listener = std::os::unix::net::UnixListener::bind(state_dir.join(&binding))?;
+        std::fs::set_permissions(state_dir.join(&binding), std::fs::Permissions::from_mode(0o600))?;
+        dir.rename(&binding, SOCKET_FILE)?;
         let token = if tcp.is_some() { Some(token::load_or_create(state_dir)?) } else { None };
         let openapi = openapi::document(workflow);
         let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf(), token, openapi });

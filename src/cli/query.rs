@@ -62,7 +62,8 @@ fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
 }
 
 /// `job.task` of a task run in JSON, its task labelled by iteration and item (`review#2`,
-/// `fetch[3]`: `model::fanout::label`). An older instance's answer has neither: `job.task`.
+/// `fetch[3]`, `deploy (undo)`: `model::fanout::label`). An older instance's answer has none of
+/// them: `job.task`.
 fn task_name(t: &Value) -> String {
     let none = serde_json::Map::new();
     format!("{}.{}", text(t, "job"), crate::report::label_in(text(t, "task"), t.as_object().unwrap_or(&none)))

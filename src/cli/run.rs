@@ -368,14 +368,6 @@ where
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    if let Err(not_run_yet) = config::unsupported_at_run(&workflow) {
-        eprintln!("{not_run_yet}");
-        eprintln!(
-            "gaffer: {} workflow-control key(s) the engine does not run yet; nothing was run",
-            not_run_yet.items.len()
-        );
-        return exit::USAGE;
-    }
     let checked = match check(&workflow) {
         Ok(checked) => checked,
         Err(e) => {

@@ -6,7 +6,6 @@ use toml_edit::{TableLike, Value};
 
 use super::types::*;
 use super::values::{Entry, Located, Pos, Reader};
-use super::{Diagnostic, Diagnostics};
 
 pub(super) const TRANSITION_KEYS: &[&str] = &["on", "when", "do"];
 
@@ -199,35 +198,13 @@ fn json_of(value: &Value) -> serde_json::Value {
     }
 }
 
-/// The keys of SPEC §2.2 that validate but that the engine does not run yet: `run`, `serve`
-/// (and so `submit`) refuse a workflow using them, naming each place. Delete a key from this
-/// list when the engine runs it; delete the function when the list is empty.
-const NOT_RUN_YET: &[&str] = &["for_each", "for_each_concurrency", "compensate"];
-
-pub fn unsupported_at_run(workflow: &Workflow) -> Result<(), Diagnostics> {
-    let items: Vec<Diagnostic> = workflow
-        .control_keys
-        .iter()
-        .filter(|u| NOT_RUN_YET.contains(&u.key.as_str()))
-        .map(|u| Diagnostic {
-            line: u.line,
-            col: u.col,
-            message: format!(
-                "`{}` of task `{}` in job `{}` is parsed but not run yet (SPEC §2.2 workflow control; `gaffer validate` accepts it)",
-                u.key, u.task, u.job
-            ),
-        })
-        .collect();
-    if items.is_empty() { Ok(()) } else { Err(Diagnostics::new(workflow.path.clone(), items)) }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
 
-    fn parse(text: &str) -> Result<Workflow, Diagnostics> {
+    fn parse(text: &str) -> Result<Workflow, crate::config::Diagnostics> {
         super::super::parse(Path::new("wf.toml"), text)
     }
 
@@ -441,18 +418,5 @@ run = "x"
         );
         assert_eq!(errs[3], "13:12: template refers to task `list`, which `far` does not depend on");
         assert_eq!(errs.len(), 4, "{errs:?}");
-    }
-
-    #[test]
-    fn running_refuses_what_the_engine_does_not_run_yet_naming_each_place() {
-        let text = "[jobs.j.tasks.a]\nrun = 'x'\nmax_iterations = 3\ncompensate = 'undo'\nnext = [{ on = 'success', do = ['b'] }]\n\
-                    [jobs.j.tasks.b]\nrun = 'x'\njoin = 'all'\n";
-        let err = unsupported_at_run(&parse(text).expect("valid")).expect_err("refused");
-        assert_eq!(
-            err.to_string(),
-            "wf.toml:4:1: `compensate` of task `a` in job `j` is parsed but not run yet (SPEC §2.2 workflow control; `gaffer validate` accepts it)"
-        );
-        let only_cap = parse("[jobs.j.tasks.a]\nrun = 'x'\nmax_iterations = 3\n").expect("valid");
-        assert_eq!(unsupported_at_run(&only_cap), Ok(()), "max_iterations alone changes nothing today");
     }
 }

@@ -20,7 +20,6 @@ mod values;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use control::unsupported_at_run;
 pub use types::*;
 
 /// One problem in a workflow file; `line` and `col` are 1-based (`col` counts characters).

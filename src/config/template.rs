@@ -17,6 +17,8 @@ pub struct TemplateContext {
     pub tasks: BTreeMap<String, UpstreamTask>,
     /// This attempt's model from `retry.models` (`{{ model }}`); absent without it.
     pub model: Option<String>,
+    /// A fan-out item's `(item_index, item)` (`{{ item_index }}`, `{{ item }}`); absent outside one.
+    pub item: Option<(u32, serde_json::Value)>,
 }
 
 /// What a finished upstream task exposes to templates.
@@ -24,6 +26,8 @@ pub struct TemplateContext {
 pub struct UpstreamTask {
     pub outputs: BTreeMap<String, String>,
     pub exit_code: Option<i32>,
+    /// A fanned-out task: its items' outputs in item order, which `outputs` then is (SPEC §2.2).
+    pub items: Option<Vec<BTreeMap<String, String>>>,
 }
 
 /// The work one render may do: minijinja's fuel, about one unit per instruction. Generous for
@@ -96,6 +100,12 @@ pub fn evaluate_when(expression: &str, ctx: &TemplateContext, own: &WhenFacts) -
     match compiled.eval(root) {
         Ok(value) => Ok(value.is_true()),
         Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(format!("ran out of its budget ({RENDER_FUEL} steps)")),
+        Err(e) if e.kind() == ErrorKind::UndefinedError => {
+            // Mostly an output the run did not write: say which it did.
+            let keys: Vec<&str> = own.outputs.keys().map(String::as_str).collect();
+            let wrote = if keys.is_empty() { "none".to_string() } else { keys.join(", ") };
+            Err(format!("{e}; the outputs this run wrote: {wrote}"))
+        }
         Err(e) => Err(e.to_string()),
     }
 }
@@ -155,12 +165,65 @@ fn context_value(ctx: &TemplateContext) -> Value {
         [("name", Value::from(ctx.job.as_str())), ("run_id", Value::from(ctx.job_run_id))].into_iter().collect();
     let params: Value = ctx.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let model = ctx.model.as_deref().map(|m| ("model", Value::from(m)));
-    [("job", job), ("params", params), ("tasks", tasks)].into_iter().chain(model).collect()
+    let item =
+        ctx.item.iter().flat_map(|(index, item)| [("item_index", Value::from(*index)), ("item", item_value(item))]);
+    [("job", job), ("params", params), ("tasks", tasks)].into_iter().chain(model).chain(item).collect()
 }
 
 fn upstream_value(task: &UpstreamTask) -> Value {
-    let outputs: Value = task.outputs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let map = |outputs: &BTreeMap<String, String>| -> Value {
+        outputs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    };
+    let outputs = match &task.items {
+        Some(items) => Value::from(items.iter().map(map).collect::<Vec<Value>>()),
+        None => map(&task.outputs),
+    };
     [("outputs", outputs), ("exit_code", Value::from(task.exit_code))].into_iter().collect()
+}
+
+/// `{{ item }}` renders as `model::fanout::item_text` (a string bare, anything else as JSON),
+/// not in minijinja's own map format; `{{ item.os }}` and `{{ item[0] }}` still reach inside.
+fn item_value(item: &serde_json::Value) -> Value {
+    match item {
+        serde_json::Value::Object(_) | serde_json::Value::Array(_) => Value::from_object(Item(item.clone())),
+        other => Value::from_serialize(other),
+    }
+}
+
+/// A JSON object or array as a template value (see [`item_value`]).
+#[derive(Debug)]
+struct Item(serde_json::Value);
+
+impl minijinja::value::Object for Item {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        match self.0 {
+            serde_json::Value::Array(_) => minijinja::value::ObjectRepr::Seq,
+            _ => minijinja::value::ObjectRepr::Map,
+        }
+    }
+
+    fn get_value(self: &std::sync::Arc<Self>, key: &Value) -> Option<Value> {
+        let found = match &self.0 {
+            serde_json::Value::Object(map) => map.get(key.as_str()?),
+            serde_json::Value::Array(items) => items.get(usize::try_from(key.as_i64()?).ok()?),
+            _ => None,
+        };
+        found.map(item_value)
+    }
+
+    fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
+        match &self.0 {
+            serde_json::Value::Object(map) => {
+                minijinja::value::Enumerator::Values(map.keys().map(|k| Value::from(k.as_str())).collect())
+            }
+            serde_json::Value::Array(items) => minijinja::value::Enumerator::Seq(items.len()),
+            _ => minijinja::value::Enumerator::Empty,
+        }
+    }
+
+    fn render(self: &std::sync::Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::model::fanout::item_text(&self.0))
+    }
 }
 
 /// Finds the first referenced path that does not resolve and describes it, with what is there.
@@ -215,10 +278,10 @@ mod tests {
         outputs.insert("summary".to_string(), "all good".to_string());
         outputs.insert("count".to_string(), "3".to_string());
         let mut tasks = BTreeMap::new();
-        tasks.insert("fetch".to_string(), UpstreamTask { outputs, exit_code: Some(0) });
+        tasks.insert("fetch".to_string(), UpstreamTask { outputs, exit_code: Some(0), items: None });
         let mut params = BTreeMap::new();
         params.insert("topic".to_string(), "rust".to_string());
-        TemplateContext { job: "report".to_string(), job_run_id: 42, params, tasks, model: None }
+        TemplateContext { job: "report".to_string(), job_run_id: 42, params, tasks, model: None, item: None }
     }
 
     #[test]
@@ -257,6 +320,29 @@ mod tests {
         let text = "{% for a in range(10000) %}{% for b in range(10000) %}{% for c in range(10000) %}x{% endfor %}{% endfor %}{% endfor %}";
         let err = render(text, &ctx()).expect_err("must run out");
         assert!(err.contains("ran out of its budget"), "{err}");
+    }
+
+    #[test]
+    fn items_render_as_item_text_and_open_by_key_and_index() {
+        let with = |item: serde_json::Value| TemplateContext { item: Some((3, item)), ..ctx() };
+        let map = with(serde_json::json!({"os": "linux", "py": 3.12}));
+        assert_eq!(
+            render("{{ item }}|{{ item.os }}|{{ item.py }}|{{ item_index }}", &map).expect("renders"),
+            r#"{"os":"linux","py":3.12}|linux|3.12|3"#
+        );
+        assert_eq!(
+            render("{{ item }} {{ item[1] }}", &with(serde_json::json!(["a", 2]))).expect("renders"),
+            r#"["a",2] 2"#
+        );
+        assert_eq!(render("{{ item }}", &with(serde_json::json!("a.txt"))).expect("renders"), "a.txt");
+        assert!(render("{{ item.arch }}", &map).expect_err("fails").contains("item.arch"));
+        let mut upstream = ctx();
+        let items = vec![BTreeMap::from([("n".to_string(), "1".to_string())]), BTreeMap::new()];
+        upstream.tasks.insert("fan".into(), UpstreamTask { items: Some(items), ..Default::default() });
+        assert_eq!(
+            render("{{ tasks.fan.outputs[0].n }} {{ tasks.fan.outputs | length }}", &upstream).expect("renders"),
+            "1 2"
+        );
     }
 
     #[test]

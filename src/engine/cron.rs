@@ -7,7 +7,7 @@ use super::job_run::{Begin, Cancel};
 use super::journal::Publish;
 use super::scheduler::{ArmCrons, Fire};
 use super::supervisor::Supervisor;
-use super::{EngineError, EngineEvent, rfc3339_ms};
+use super::{EngineError, EngineEvent, EventName, rfc3339_ms};
 use crate::model::schedule::{self, FireDecision, Schedule, ScheduleState};
 use crate::store::Mutation;
 
@@ -104,7 +104,7 @@ impl Supervisor {
         };
         let active: Vec<u64> = self.job_of.iter().filter(|(_, j)| **j == msg.job).map(|(id, _)| *id).collect();
         let decision = schedule::on_fire(&def.policy, active.len(), self.waiting_fires.contains_key(&msg.job));
-        let event = |name: &'static str| {
+        let event = |name: EventName| {
             let mut e =
                 EngineEvent::new(name, shared.clock.now_ms()).with("scheduled_for", rfc3339_ms(msg.scheduled_for));
             e.job = Some(msg.job.clone());
@@ -119,7 +119,7 @@ impl Supervisor {
                 let reason =
                     if decision == FireDecision::Queue { "queued behind the active run" } else { "a run is active" };
                 drop(shared.store.commit(vec![remember]));
-                shared.journal.do_send(Publish(event("schedule.skipped").with("reason", reason)));
+                shared.journal.do_send(Publish(event(EventName::ScheduleSkipped).with("reason", reason)));
                 Ok(false)
             }
             FireDecision::CancelPreviousThenStart | FireDecision::Start => {
@@ -130,7 +130,8 @@ impl Supervisor {
                         }
                     }
                 }
-                let begin = Begin::New { with: vec![remember], events: vec![event("schedule.fired")], begun: None };
+                let begin =
+                    Begin::New { with: vec![remember], events: vec![event(EventName::ScheduleFired)], begun: None };
                 self.submit_scheduled(&msg.job, begin)?;
                 let _ = ctx;
                 Ok(true)

@@ -2,12 +2,14 @@
 
 use serde_json::{Map, Value, json};
 
+pub use crate::model::event_name::EventName;
+
 /// One engine event. The JSON form is the journal line and the `--json` output line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineEvent {
     pub ts_ms: u64,
     /// `task.succeeded`, `job.started`, … (SPEC §6).
-    pub event: &'static str,
+    pub event: EventName,
     pub job: Option<String>,
     pub job_run: Option<u64>,
     pub task: Option<String>,
@@ -19,7 +21,7 @@ pub struct EngineEvent {
 }
 
 impl EngineEvent {
-    pub fn new(event: &'static str, ts_ms: u64) -> EngineEvent {
+    pub fn new(event: EventName, ts_ms: u64) -> EngineEvent {
         EngineEvent {
             ts_ms,
             event,
@@ -50,7 +52,7 @@ impl EngineEvent {
     pub fn to_json(&self) -> Value {
         let mut obj = Map::new();
         obj.insert("ts".into(), json!(rfc3339_ms(self.ts_ms)));
-        obj.insert("event".into(), json!(self.event));
+        obj.insert("event".into(), json!(self.event.as_str()));
         let common: [(&str, Value); 6] = [
             ("job", self.job.clone().into()),
             ("job_run", self.job_run.into()),
@@ -83,8 +85,9 @@ mod tests {
 
     #[test]
     fn json_shape_matches_spec() {
-        let mut e =
-            EngineEvent::new("task.succeeded", 1_795_000_000_123).with("duration_ms", 5).with("cost_usd", 0.0123);
+        let mut e = EngineEvent::new(EventName::TaskSucceeded, 1_795_000_000_123)
+            .with("duration_ms", 5)
+            .with("cost_usd", 0.0123);
         e.job = Some("report".into());
         e.job_run = Some(3);
         e.task = Some("fetch".into());
@@ -98,41 +101,13 @@ mod tests {
     }
 }
 
-/// Every event name gaffer emits: parsing a remote event maps its name back to one of these.
-pub const EVENT_NAMES: &[&str] = &[
-    "job.started",
-    "job.succeeded",
-    "job.failed",
-    "job.cancelled",
-    "task.queued",
-    "task.started",
-    "task.succeeded",
-    "task.failed",
-    "task.retry_scheduled",
-    "task.dead_lettered",
-    "task.cancelled",
-    "task.skipped",
-    "task.waiting",
-    "task.cost",
-    "task.progress",
-    "worker.restarted",
-    "schedule.fired",
-    "schedule.skipped",
-    "budget.exceeded",
-    "budget.raised",
-    "queue.circuit_opened",
-    "queue.circuit_closed",
-    "job.redefined",
-    "hook.failed",
-];
-
 impl EngineEvent {
     /// The inverse of `to_json`, for events read from the control socket (`gaffer tui`).
     /// `None` for a line that is not an event gaffer knows.
     pub fn from_json(value: &Value) -> Option<EngineEvent> {
         let obj = value.as_object()?;
         let name = obj.get("event")?.as_str()?;
-        let event = EVENT_NAMES.iter().find(|n| **n == name)?;
+        let event = EventName::parse(name)?;
         let ts = obj.get("ts").and_then(Value::as_str).and_then(|t| humantime::parse_rfc3339(t).ok());
         let ts_ms = ts.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64);
         let text = |k: &str| obj.get(k).and_then(Value::as_str).map(String::from);
@@ -157,10 +132,29 @@ mod round_trip {
 
     #[test]
     fn from_json_inverts_to_json() {
-        let mut e = EngineEvent::new("task.failed", 1_795_000_000_123).with("reason", "timeout").with("exit_code", 3);
+        let mut e =
+            EngineEvent::new(EventName::TaskFailed, 1_795_000_000_123).with("reason", "timeout").with("exit_code", 3);
         (e.job, e.job_run, e.task, e.task_run, e.attempt, e.queue) =
             (Some("j".into()), Some(1), Some("t".into()), Some(2), Some(3), Some("q".into()));
         assert_eq!(EngineEvent::from_json(&e.to_json()), Some(e));
         assert_eq!(EngineEvent::from_json(&json!({"event": "made.up"})), None);
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::*;
+
+    /// Regression: the old name list lacked `task.warning`, `task.handled`, `transition.fired`
+    /// and `resource.exhausted`, so `gaffer tui` attached to a server dropped those events.
+    #[test]
+    fn every_name_parses_back_and_every_event_round_trips() {
+        for name in EventName::ALL {
+            assert_eq!(EventName::parse(name.as_str()), Some(name));
+            let e = EngineEvent::new(name, 1_795_000_000_123).with("message", "m");
+            assert_eq!(EngineEvent::from_json(&e.to_json()), Some(e), "{name}");
+        }
+        let distinct: std::collections::HashSet<_> = EventName::ALL.iter().map(|n| n.as_str()).collect();
+        assert_eq!(distinct.len(), EventName::ALL.len());
     }
 }

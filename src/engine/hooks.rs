@@ -15,7 +15,7 @@ use actix::Addr;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::journal::{Journal, Publish};
-use super::{EngineEvent, SharedClock};
+use super::{EngineEvent, EventName, SharedClock};
 use crate::config::{Hook, HookKey, HookLevel, Hooks, Workflow};
 use crate::executor::{HookOutcome, HookSpec, run_hook};
 
@@ -209,12 +209,12 @@ struct Failure {
 fn report_failure(table: &HookTable, journal: &Addr<Journal>, call: &HookCall, failure: Failure) {
     let (key, level) = (call.key.as_str(), call.level.as_str());
     let Failure { reason, detail, code, log } = failure;
-    tracing::warn!(hook = key, level, event = call.event.event, log, "hook failed: {reason}: {detail}");
+    tracing::warn!(hook = key, level, event = call.event.event.as_str(), log, "hook failed: {reason}: {detail}");
     let e = &call.event;
-    let mut failed = EngineEvent::new("hook.failed", table.clock.now_ms())
+    let mut failed = EngineEvent::new(EventName::HookFailed, table.clock.now_ms())
         .with("hook", key)
         .with("level", level)
-        .with("for_event", e.event)
+        .with("for_event", e.event.as_str())
         .with("reason", reason)
         .with("detail", crate::sanitize::sanitize(&detail));
     (failed.job, failed.job_run, failed.task, failed.task_run, failed.queue) =

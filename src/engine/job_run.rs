@@ -16,7 +16,7 @@ use super::journal::Publish;
 use super::scheduler::{TaskTimer, Unschedule};
 use super::supervisor::{Fatal, JobRunEnded};
 use super::worker::{Kill, Worker};
-use super::{EngineEvent, Shared};
+use super::{EngineEvent, EventName, Shared};
 use crate::config::template::{self, TemplateContext, UpstreamTask};
 use crate::config::{JobDef, Workflow};
 use crate::executor::{AttemptExit, AttemptSpec, KILL_GRACE, ProcessHandle};
@@ -114,6 +114,10 @@ impl run::Env for ActorEnv<'_> {
         self.shared.store.ids.next_task_run()
     }
 
+    fn render_for_each(&mut self, state: &RunState, i: usize, text: &str) -> Result<String, String> {
+        render_template(text, &template_context(self.shared, self.record, state, i), "for_each")
+    }
+
     /// `when` over the ending task run's own facts, params, and every task's latest outputs.
     fn when(&mut self, state: &RunState, i: usize, expression: &str) -> Result<bool, String> {
         let t = &state.tasks[i];
@@ -125,12 +129,7 @@ impl run::Env for ActorEnv<'_> {
             item_index: t.item_index,
         };
         let mut context = template_context(self.shared, self.record, state, i);
-        context.tasks = state
-            .latest
-            .iter()
-            .map(|&r| &state.tasks[r])
-            .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code }))
-            .collect();
+        context.tasks = state.latest.iter().map(|&r| upstream(state, r)).collect();
         template::evaluate_when(expression, &context, &own)
     }
 
@@ -143,29 +142,54 @@ impl run::Env for ActorEnv<'_> {
     }
 }
 
-/// What task `i`'s templates see: params and the outputs of what it (transitively) needs.
+/// What task run `i`'s templates see: params, the outputs of what it (transitively) needs (a
+/// fanned-out task's as the list of its items'), and its fan-out item.
 fn template_context(shared: &Shared, record: &JobRunRecord, state: &RunState, i: usize) -> TemplateContext {
     let job = state.job();
+    let t = &state.tasks[i];
+    let item = t.item_index.zip(t.item.as_deref()).map(|(k, text)| (k, serde_json::from_str(text).unwrap_or_default()));
+    let task_index = t.task_index;
     TemplateContext {
+        item,
         model: None,
         job: record.job.clone(),
         job_run_id: record.id,
         params: crate::model::params::for_templates(job, &record.params, &shared.secrets.of(record.id)),
-        // Validation allows templates to name only tasks this one (transitively) needs. A
-        // task without templates needs none of them (a 10,000-task chain must not walk its
-        // ancestry at every start).
+        // Validation allows templates to name only tasks upstream of this one, through `needs`
+        // or transitions (SPEC §2.2). A task without templates needs none of them (a
+        // 10,000-task chain must not walk its ancestry at every start).
         tasks: if !state.def(i).is_templated() {
             Default::default()
         } else {
             state
-                .graph
-                .ancestors(state.tasks[i].task_index)
+                .workflow_graph
+                .upstream(task_index)
                 .into_iter()
-                .map(|u| &state.tasks[state.latest[u]])
-                .map(|u| (u.task.clone(), UpstreamTask { outputs: u.outputs.clone(), exit_code: u.exit_code }))
+                .map(|u| upstream(state, seen_from(state, u, i)))
                 .collect()
         },
     }
+}
+
+/// The task run of task `u` that task run `rendering` sees: `u`'s latest (the current
+/// iteration), or for a task on a loop through itself, its iteration before `rendering`.
+fn seen_from(state: &RunState, u: usize, rendering: usize) -> usize {
+    let latest = state.latest[u];
+    if latest != rendering {
+        return latest;
+    }
+    state.tasks[..rendering].iter().rposition(|t| t.task_index == u && !t.is_extra()).unwrap_or(latest)
+}
+
+/// Task run `u` as templates see it under `tasks.<name>`: a fanned-out task's outputs are the
+/// list of its items' outputs, in item order (SPEC §2.2).
+fn upstream(state: &RunState, u: usize) -> (String, UpstreamTask) {
+    let run = &state.tasks[u];
+    let items = state.fanouts.get(&u).map(|node| {
+        let outputs = node.runs.iter().enumerate().map(|(k, &r)| (k, state.tasks[r].outputs.clone()));
+        crate::model::fanout::outputs_in_item_order(node.runs.len(), outputs)
+    });
+    (run.task.clone(), UpstreamTask { outputs: run.outputs.clone(), exit_code: run.exit_code, items })
 }
 
 impl JobRun {
@@ -300,7 +324,7 @@ impl JobRun {
         mutations
     }
 
-    fn task_event(&self, name: &'static str, i: usize) -> EngineEvent {
+    fn task_event(&self, name: EventName, i: usize) -> EngineEvent {
         let t = &self.run.tasks[i];
         let mut e = EngineEvent::new(name, self.now());
         e.job = Some(self.record.job.clone());
@@ -309,10 +333,15 @@ impl JobRun {
         e.task_run = Some(t.id);
         e.attempt = (t.attempt > 0).then_some(t.attempt);
         e.queue = Some(t.queue.clone());
-        e.with("iteration", t.iteration)
+        let e = e.with("iteration", t.iteration);
+        let e = match t.item_index {
+            Some(k) => e.with("item_index", k),
+            None => e,
+        };
+        if t.kind == run::Kind::Compensation { e.with("kind", "compensation") } else { e }
     }
 
-    fn job_event(&self, name: &'static str) -> EngineEvent {
+    fn job_event(&self, name: EventName) -> EngineEvent {
         let mut e = EngineEvent::new(name, self.now());
         e.job = Some(self.record.job.clone());
         e.job_run = Some(self.record.id);
@@ -324,10 +353,10 @@ impl JobRun {
         match note {
             Note::JobStarted { retry: false, .. } => {
                 let params = serde_json::to_value(&self.record.params).unwrap_or_default();
-                self.job_event("job.started").with("params", params)
+                self.job_event(EventName::JobStarted).with("params", params)
             }
             Note::JobStarted { retry: true, from } => {
-                let e = self.job_event("job.started").with("retry", true);
+                let e = self.job_event(EventName::JobStarted).with("retry", true);
                 match from {
                     Some(from) => e.with("from", from.clone()),
                     None => e,
@@ -335,9 +364,9 @@ impl JobRun {
             }
             Note::JobEnded { state, reason, cost_usd_micros } => {
                 let name = match state {
-                    JobState::Succeeded => "job.succeeded",
-                    JobState::Cancelled => "job.cancelled",
-                    JobState::Failed | JobState::Running => "job.failed",
+                    JobState::Succeeded => EventName::JobSucceeded,
+                    JobState::Cancelled => EventName::JobCancelled,
+                    JobState::Failed | JobState::Running => EventName::JobFailed,
                 };
                 let e = self.job_event(name).with("cost_usd", usd_json(*cost_usd_micros));
                 match reason {
@@ -347,21 +376,21 @@ impl JobRun {
             }
             Note::BudgetExceeded { task, limit_usd_micros, spent_usd_micros } => {
                 let e = match task {
-                    Some(i) => self.task_event("budget.exceeded", *i).with("scope", "task"),
-                    None => self.job_event("budget.exceeded").with("scope", "job"),
+                    Some(i) => self.task_event(EventName::BudgetExceeded, *i).with("scope", "task"),
+                    None => self.job_event(EventName::BudgetExceeded).with("scope", "job"),
                 };
                 e.with("limit_usd", usd_json(*limit_usd_micros)).with("spent_usd", usd_json(*spent_usd_micros))
             }
             Note::BudgetRaised { task, limit_usd_micros } => {
                 let e = match task {
-                    Some(i) => self.task_event("budget.raised", *i).with("scope", "task"),
-                    None => self.job_event("budget.raised").with("scope", "job"),
+                    Some(i) => self.task_event(EventName::BudgetRaised, *i).with("scope", "task"),
+                    None => self.job_event(EventName::BudgetRaised).with("scope", "job"),
                 };
                 e.with("limit_usd", usd_json(*limit_usd_micros))
             }
             Note::TransitionFired { from, on, to, task_run } => {
                 let mut e = self
-                    .job_event("transition.fired")
+                    .job_event(EventName::TransitionFired)
                     .with("from_task_run", self.run.tasks[*from].id)
                     .with("on", on.as_str())
                     .with("to", self.run.graph.names[*to].clone());
@@ -377,16 +406,16 @@ impl JobRun {
         let event = |name| self.task_event(name, i);
         match what {
             TaskNote::Queued { series_start } => {
-                let e = event("task.queued").with("priority", self.run.tasks[i].priority);
+                let e = event(EventName::TaskQueued).with("priority", self.run.tasks[i].priority);
                 match series_start {
                     Some(n) => e.with("series_start", *n),
                     None => e,
                 }
             }
-            TaskNote::Waiting { wait_for } => event("task.waiting").with("wait_for", wait_for.clone()),
-            TaskNote::Skipped => event("task.skipped"),
+            TaskNote::Waiting { wait_for } => event(EventName::TaskWaiting).with("wait_for", wait_for.clone()),
+            TaskNote::Skipped => event(EventName::TaskSkipped),
             TaskNote::Succeeded { duration_ms, cost_usd_micros, cached_from } => {
-                let e = event("task.succeeded")
+                let e = event(EventName::TaskSucceeded)
                     .with("duration_ms", *duration_ms)
                     .with("cost_usd", usd_json(*cost_usd_micros));
                 match cached_from {
@@ -395,7 +424,7 @@ impl JobRun {
                 }
             }
             TaskNote::Failed { attempt, reason, exit_code, signal, detail } => {
-                let mut e = event("task.failed").with("reason", reason.map_or("exit_code", |r| r.as_str()));
+                let mut e = event(EventName::TaskFailed).with("reason", reason.map_or("exit_code", |r| r.as_str()));
                 e.attempt = Some(*attempt);
                 if let Some(code) = exit_code {
                     e = e.with("exit_code", *code);
@@ -409,17 +438,25 @@ impl JobRun {
                 e
             }
             TaskNote::RetryScheduled { delay_ms, next_attempt } => {
-                event("task.retry_scheduled").with("delay_ms", *delay_ms).with("next_attempt", *next_attempt)
+                event(EventName::TaskRetryScheduled).with("delay_ms", *delay_ms).with("next_attempt", *next_attempt)
             }
-            TaskNote::DeadLettered { reason } => event("task.dead_lettered").with("reason", reason.as_str()),
-            TaskNote::Handled => event("task.handled"),
-            TaskNote::WhenFailed { message } => event("task.warning").with("message", message.clone()),
-            TaskNote::Cancelled { from_dead: false } => event("task.cancelled"),
-            TaskNote::Cancelled { from_dead: true } => event("task.cancelled").with("from", "dead"),
+            TaskNote::DeadLettered { reason } => {
+                let e = event(EventName::TaskDeadLettered).with("reason", reason.as_str());
+                // No failed attempt said why (a fan-out's `for_each` that cannot be rendered, an
+                // item that failed): the run's detail does.
+                match (&self.run.tasks[i].detail, self.run.tasks[i].attempt) {
+                    (Some(detail), 0) => e.with("detail", detail.clone()),
+                    _ => e,
+                }
+            }
+            TaskNote::Handled => event(EventName::TaskHandled),
+            TaskNote::WhenFailed { message } => event(EventName::TaskWarning).with("message", message.clone()),
+            TaskNote::Cancelled { from_dead: false } => event(EventName::TaskCancelled),
+            TaskNote::Cancelled { from_dead: true } => event(EventName::TaskCancelled).with("from", "dead"),
             TaskNote::ResourceExhausted { detail, delay_ms } => {
-                event("resource.exhausted").with("detail", detail.clone()).with("delay_ms", *delay_ms)
+                event(EventName::ResourceExhausted).with("detail", detail.clone()).with("delay_ms", *delay_ms)
             }
-            TaskNote::Progress { text } => event("task.progress").with("message", text.clone()),
+            TaskNote::Progress { text } => event(EventName::TaskProgress).with("message", text.clone()),
         }
     }
 
@@ -551,14 +588,17 @@ impl JobRun {
             TemplateContext { model: model.clone(), ..template_context(&self.shared, &self.record, &self.run, i) };
         let t = &self.run.tasks[i];
         let (job, task, job_run, task_run) = (self.record.job.clone(), t.task.clone(), self.record.id, t.id);
+        let compensation = self.compensation_env(i);
         let (state_dir, log_cap_bytes) = (self.shared.state_dir.clone(), self.shared.log_cap_bytes);
         let output_limits = self.shared.output_limits;
         move || {
             let def = &workflow.jobs[job_index].tasks[task_index];
             let render = |text: &str, what: &str| render_template(text, &ctx, what);
-            let command = match &def.command {
-                crate::config::CommandSpec::Shell(text) => crate::config::CommandSpec::Shell(text.clone()),
-                crate::config::CommandSpec::Argv(items) => {
+            let command = match (&compensation, &def.command) {
+                // A compensation runs the task's `compensate` by `sh -c`, never templated, like `run`.
+                (Some(_), _) => crate::config::CommandSpec::Shell(def.compensate.clone().unwrap_or_default()),
+                (None, crate::config::CommandSpec::Shell(text)) => crate::config::CommandSpec::Shell(text.clone()),
+                (None, crate::config::CommandSpec::Argv(items)) => {
                     crate::config::CommandSpec::Argv(items.iter().map(|a| render(a, "args")).collect::<Result<_, _>>()?)
                 }
             };
@@ -568,7 +608,13 @@ impl JobRun {
                 .chain(def.env.iter().map(|(k, v)| Ok((k.clone(), render(v, &format!("env.{k}"))?))))
                 .collect::<Result<Vec<_>, String>>()?;
             env.extend(model.map(|m| ("GAFFER_MODEL".to_string(), m)));
-            let stdin = def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?;
+            let stdin = match compensation {
+                Some(extra) => {
+                    env.extend(extra);
+                    None
+                }
+                None => def.stdin.as_deref().map(|s| render(s, "stdin")).transpose()?,
+            };
             Ok(AttemptSpec {
                 job,
                 task,
@@ -586,6 +632,16 @@ impl JobRun {
                 cost_source: def.cost,
             })
         }
+    }
+
+    /// What a compensation sees besides the task's environment (SPEC §2.2): the id of the run
+    /// it undoes and that run's outputs as `GAFFER_OUTPUT_<KEY>`. `None` for any other run.
+    fn compensation_env(&self, i: usize) -> Option<Vec<(String, String)>> {
+        let undone = self.run.tasks[i].compensates?;
+        let outputs = self.idx(undone).map(|u| self.run.tasks[u].outputs.clone()).unwrap_or_default();
+        let mut env = vec![("GAFFER_COMPENSATES".to_string(), undone.to_string())];
+        env.extend(crate::model::saga::output_env(&outputs));
+        Some(env)
     }
 
     /// A new run: `with` and `events` (a schedule's advance, an idempotency key) are committed
@@ -776,7 +832,7 @@ impl Handler<ProcessStarted> for JobRun {
 
     fn handle(&mut self, msg: ProcessStarted, ctx: &mut Self::Context) {
         let Some(i) = self.idx(msg.task_run) else { return };
-        let mut event = self.task_event("task.started", i).with("priority", self.run.tasks[i].priority);
+        let mut event = self.task_event(EventName::TaskStarted, i).with("priority", self.run.tasks[i].priority);
         let Some((attempt, _)) = self.running.get_mut(&msg.task_run).filter(|(a, _)| a.n == msg.attempt) else {
             return;
         };
@@ -848,7 +904,7 @@ impl Handler<CostAdded> for JobRun {
         let Some(i) = self.idx(msg.task_run) else { return };
         let d = &msg.delta;
         let mut event = self
-            .task_event("task.cost", i)
+            .task_event(EventName::TaskCost, i)
             .with("usd", usd_json(d.usage.usd_micros))
             .with("input_tokens", d.usage.input_tokens)
             .with("output_tokens", d.usage.output_tokens)
@@ -929,7 +985,7 @@ impl JobRun {
         }
         mutations.retain(|m| !matches!(m, Mutation::Attempt(a) if a.task_run == attempt.task_run && a.n == n));
         mutations.push(Mutation::Attempt(attempt.clone()));
-        let mut event = self.task_event("task.warning", i).with("message", text);
+        let mut event = self.task_event(EventName::TaskWarning, i).with("message", text);
         event.attempt = Some(n);
         Some(event)
     }
@@ -937,6 +993,9 @@ impl JobRun {
     /// Task `i`'s `expect` over an attempt's outputs: why they do not conform, if they do not.
     /// The schema file is read now (the file as it is, like the command a run starts).
     fn check_expect(&self, i: usize, outputs: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+        if self.run.tasks[i].kind == run::Kind::Compensation {
+            return Ok(()); // `expect` is about the task's result, not about undoing it
+        }
         let Some(expect) = &self.run.def(i).expect else { return Ok(()) };
         let schema = match &expect.json_schema {
             Some(path) => Some(crate::config::load_schema(path).map_err(|e| format!("cannot check the output: {e}"))?),

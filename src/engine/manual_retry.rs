@@ -8,6 +8,7 @@ use crate::config::JobDef;
 use crate::model::TaskState;
 use crate::model::graph::JobGraph;
 use crate::model::retry::{self, JobRunSpend, TaskRunSpend};
+use crate::store::records::TaskRunKind;
 use crate::store::{JobRunRecord, RaisedBudgets, Reader, TaskRunRecord};
 
 /// The spending and the limits in force of a job run and its task runs.
@@ -47,12 +48,25 @@ pub fn spends(
 /// run would pick them (`model::rerun::plan_from`); else why it cannot go again from there.
 pub fn rerun_set(def: &JobDef, tasks: &[TaskRunRecord], from: &str) -> Result<Vec<u64>, String> {
     // The first task run of each task (later iterations are not re-run by `--from`).
-    let mut ordered: Vec<&TaskRunRecord> = tasks.iter().filter(|t| t.iteration <= 1).collect();
+    // Fan-out items and compensations are not the task's own run.
+    let own = |t: &&TaskRunRecord| t.iteration <= 1 && t.item_index.is_none() && t.kind == TaskRunKind::Task;
+    let mut ordered: Vec<&TaskRunRecord> = tasks.iter().filter(own).collect();
     ordered.sort_by_key(|t| t.task_index);
     let names: Vec<&str> = ordered.iter().map(|t| t.task.as_str()).collect();
     let graph = JobGraph::new(&crate::model::rerun::slice_job(def, &names));
     let states: Vec<TaskState> = ordered.iter().map(|t| t.state).collect();
     let picked = crate::model::rerun::plan_from(&graph, &states, from).map_err(|e| e.to_string())?;
+    // Its items would have to be made again beside the old ones: not done yet, said plainly.
+    if let Some(t) = picked
+        .iter()
+        .map(|&i| ordered[i])
+        .find(|t| def.tasks.get(t.task_index as usize).is_some_and(|d| d.for_each.is_some()))
+    {
+        return Err(format!(
+            "`retry --from` cannot run the fanned-out task `{}` again yet; retry its dead items (or the job run) instead",
+            t.task
+        ));
+    }
     Ok(picked.into_iter().map(|i| ordered[i].id).collect())
 }
 

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use dispatcher::{QueueSnapshot, open_circuits, queue_history};
-pub use event::{EVENT_NAMES, EngineEvent, rfc3339_ms};
+pub use event::{EngineEvent, EventName, rfc3339_ms};
 pub use inbox::{Action, RetryOptions};
 pub use job_run::SHUTDOWN_GRACE;
 use journal::Journal;

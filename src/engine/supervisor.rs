@@ -293,7 +293,9 @@ impl Supervisor {
         let raised = reader.raised_budgets(record.id)?;
         let workflow = rerun::run_workflow(workflow, job_index, &record, &tasks)?;
         let mut interrupted = Vec::new();
-        for t in tasks.iter().filter(|t| t.state == TaskState::Running) {
+        // A fanned-out task's own run is `running` while its items run, without an attempt of
+        // its own: nothing of it was interrupted (its items were, if they ran).
+        for t in tasks.iter().filter(|t| t.state == TaskState::Running && t.attempt > 0) {
             let attempt =
                 reader.attempts_of(t.id)?.into_iter().find(|a| a.n == t.attempt).unwrap_or_else(|| lost_attempt(t));
             interrupted.push(attempt);

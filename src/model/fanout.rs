@@ -154,15 +154,18 @@ pub fn item_json(item: &Value) -> String {
 }
 
 /// How every view names a task run: the task, `#n` from its second iteration on, `[i]` for a
-/// fan-out item — `review`, `review#2`, `fetch[3]`, `fetch#2[3]`. Headless lines, the TUI and
-/// `show` all use this one function.
-pub fn label(task: &str, iteration: u32, item_index: Option<u32>) -> String {
+/// fan-out item, ` (undo)` for a compensation — `review`, `review#2`, `fetch[3]`, `fetch#2[3]`,
+/// `deploy (undo)`. Headless lines, the TUI, `tasks` and `show` all use this one function.
+pub fn label(task: &str, iteration: u32, item_index: Option<u32>, compensation: bool) -> String {
     let mut label = task.to_string();
     if iteration > 1 {
         let _ = write!(label, "#{iteration}");
     }
     if let Some(index) = item_index {
         let _ = write!(label, "[{index}]");
+    }
+    if compensation {
+        label.push_str(" (undo)");
     }
     label
 }
@@ -472,15 +475,17 @@ mod tests {
     #[test]
     fn labels() {
         let cases = [
-            (("review", 1, None), "review"),
-            (("review", 2, None), "review#2"),
-            (("fetch", 1, Some(3)), "fetch[3]"),
-            (("fetch", 2, Some(3)), "fetch#2[3]"),
-            (("fetch", 1, Some(0)), "fetch[0]"),
-            (("odd", 0, None), "odd"),
+            (("review", 1, None, false), "review"),
+            (("review", 2, None, false), "review#2"),
+            (("fetch", 1, Some(3), false), "fetch[3]"),
+            (("fetch", 2, Some(3), false), "fetch#2[3]"),
+            (("fetch", 1, Some(0), false), "fetch[0]"),
+            (("odd", 0, None, false), "odd"),
+            (("deploy", 1, None, true), "deploy (undo)"),
+            (("each", 1, Some(2), true), "each[2] (undo)"),
         ];
-        for ((task, iteration, item), want) in cases {
-            assert_eq!(label(task, iteration, item), want);
+        for ((task, iteration, item, compensation), want) in cases {
+            assert_eq!(label(task, iteration, item, compensation), want);
         }
     }
 

@@ -12,18 +12,19 @@
 //! failure (it is retried, and a dead letter that follows still calls `on_dead_letter`).
 
 use crate::config::{HookKey, HookLevel};
+use crate::model::event_name::EventName;
 
 /// The hooks `event` calls, job level first. `scope` and `reason` are those fields of the event.
-pub fn hooks_for(event: &str, scope: Option<&str>, reason: Option<&str>) -> Vec<(HookLevel, HookKey)> {
+pub fn hooks_for(event: EventName, scope: Option<&str>, reason: Option<&str>) -> Vec<(HookLevel, HookKey)> {
     use HookKey::*;
     use HookLevel::*;
     match (event, scope) {
-        ("job.failed", _) => vec![(Job, OnFailure)],
-        ("task.failed", _) if reason == Some("interrupted") => Vec::new(),
-        ("task.failed", _) => vec![(Queue, OnFailure)],
-        ("task.dead_lettered", _) => vec![(Job, OnDeadLetter), (Queue, OnDeadLetter)],
-        ("budget.exceeded", Some("task")) => vec![(Job, OnBudget), (Queue, OnBudget)],
-        ("budget.exceeded", _) => vec![(Job, OnBudget)],
+        (EventName::JobFailed, _) => vec![(Job, OnFailure)],
+        (EventName::TaskFailed, _) if reason == Some("interrupted") => Vec::new(),
+        (EventName::TaskFailed, _) => vec![(Queue, OnFailure)],
+        (EventName::TaskDeadLettered, _) => vec![(Job, OnDeadLetter), (Queue, OnDeadLetter)],
+        (EventName::BudgetExceeded, Some("task")) => vec![(Job, OnBudget), (Queue, OnBudget)],
+        (EventName::BudgetExceeded, _) => vec![(Job, OnBudget)],
         _ => Vec::new(),
     }
 }
@@ -36,21 +37,21 @@ mod tests {
 
     #[test]
     fn events_to_hooks() {
-        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [(HookLevel, HookKey)]);
+        type Case<'a> = (EventName, Option<&'a str>, Option<&'a str>, &'a [(HookLevel, HookKey)]);
         let cases: &[Case] = &[
-            ("job.failed", None, Some("task t (#3) dead: exit_code 1"), &[(Job, OnFailure)]),
-            ("task.failed", None, Some("exit_code"), &[(Queue, OnFailure)]),
-            ("task.failed", None, Some("timeout"), &[(Queue, OnFailure)]),
-            ("task.failed", None, Some("interrupted"), &[]),
-            ("task.dead_lettered", None, Some("interrupted"), &[(Job, OnDeadLetter), (Queue, OnDeadLetter)]),
-            ("budget.exceeded", Some("job"), None, &[(Job, OnBudget)]),
-            ("budget.exceeded", Some("task"), None, &[(Job, OnBudget), (Queue, OnBudget)]),
-            ("job.succeeded", None, None, &[]),
-            ("task.retry_scheduled", None, None, &[]),
-            ("hook.failed", None, Some("exit_code"), &[]),
+            (EventName::JobFailed, None, Some("task t (#3) dead: exit_code 1"), &[(Job, OnFailure)]),
+            (EventName::TaskFailed, None, Some("exit_code"), &[(Queue, OnFailure)]),
+            (EventName::TaskFailed, None, Some("timeout"), &[(Queue, OnFailure)]),
+            (EventName::TaskFailed, None, Some("interrupted"), &[]),
+            (EventName::TaskDeadLettered, None, Some("interrupted"), &[(Job, OnDeadLetter), (Queue, OnDeadLetter)]),
+            (EventName::BudgetExceeded, Some("job"), None, &[(Job, OnBudget)]),
+            (EventName::BudgetExceeded, Some("task"), None, &[(Job, OnBudget), (Queue, OnBudget)]),
+            (EventName::JobSucceeded, None, None, &[]),
+            (EventName::TaskRetryScheduled, None, None, &[]),
+            (EventName::HookFailed, None, Some("exit_code"), &[]),
         ];
         for (event, scope, reason, want) in cases {
-            assert_eq!(hooks_for(event, *scope, *reason), *want, "{event} {scope:?} {reason:?}");
+            assert_eq!(hooks_for(*event, *scope, *reason), *want, "{event} {scope:?} {reason:?}");
         }
     }
 }

@@ -6,6 +6,7 @@
 //! `crate::json` (how JSON text is written: an item's JSON in `fanout`).
 
 pub mod cost;
+pub mod event_name;
 pub mod expect;
 pub mod fanout;
 pub mod graph;

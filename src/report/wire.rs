@@ -105,7 +105,7 @@ impl TaskRunView {
 
     /// How people read its name: `review#2`, `fetch[3]` (`model::fanout::label`).
     pub fn label(&self) -> String {
-        crate::model::fanout::label(&self.task, self.iteration, self.item_index)
+        crate::model::fanout::label(&self.task, self.iteration, self.item_index, self.is_compensation())
     }
 }
 
@@ -152,7 +152,8 @@ pub fn instance_in(fields: &serde_json::Map<String, Value>) -> (u32, Option<u32>
 /// `model::fanout::label` of a task run or task event in JSON: `review#2`, `fetch[3]`.
 pub fn label_in(task: &str, fields: &serde_json::Map<String, Value>) -> String {
     let (iteration, item_index) = instance_in(fields);
-    crate::model::fanout::label(task, iteration, item_index)
+    let compensation = fields.get("kind").and_then(Value::as_str) == Some(TaskRunKind::Compensation.as_str());
+    crate::model::fanout::label(task, iteration, item_index, compensation)
 }
 
 /// A value `serde_json` holds, as the wire has it.
@@ -317,6 +318,8 @@ mod tests {
         let fields = |v: Value| v.as_object().cloned().unwrap_or_default();
         assert_eq!(label_in("fetch", &fields(serde_json::json!({"iteration": 2, "item_index": 3}))), "fetch#2[3]");
         assert_eq!(label_in("review", &fields(serde_json::json!({"iteration": 3}))), "review#3");
+        assert_eq!(label_in("deploy", &fields(serde_json::json!({"kind": "compensation"}))), "deploy (undo)");
+        assert_eq!(label_in("deploy", &fields(serde_json::json!({"kind": "task"}))), "deploy");
         assert_eq!(
             label_in("fetch", &fields(serde_json::json!({"item_index": null}))),
             "fetch",

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::engine::{
-    CurrentAttempt, EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, TaskShape, TransitionShape, WorkerSnapshot,
+    CurrentAttempt, EngineEvent, EngineSnapshot, EventName, JobShape, QueueSnapshot, TaskShape, TransitionShape,
+    WorkerSnapshot,
 };
 use crate::model::{FailReason, JobState, TaskState};
 use crate::report::{JobRunView, TaskRunView};
@@ -217,7 +218,7 @@ pub fn fixture() -> Model {
     model
 }
 
-fn event(name: &'static str, at: u64, job_run: u64, job: &str, task_run: u64, task: &str, queue: &str) -> EngineEvent {
+fn event(name: EventName, at: u64, job_run: u64, job: &str, task_run: u64, task: &str, queue: &str) -> EngineEvent {
     let mut e = EngineEvent::new(name, at);
     e.job = Some(job.into());
     e.job_run = Some(job_run);
@@ -231,7 +232,7 @@ fn event(name: &'static str, at: u64, job_run: u64, job: &str, task_run: u64, ta
 /// Costs with models, progress, a failure: the same events the engine would send.
 fn fixture_events(ago: impl Fn(u64) -> u64) -> Vec<EngineEvent> {
     let cost = |at, jr, job: &str, tr, task: &str, q: &str, usd: f64, model: &str| {
-        event("task.cost", at, jr, job, tr, task, q)
+        event(EventName::TaskCost, at, jr, job, tr, task, q)
             .with("usd", usd)
             .with("input_tokens", 1200)
             .with("output_tokens", 340)
@@ -243,15 +244,17 @@ fn fixture_events(ago: impl Fn(u64) -> u64) -> Vec<EngineEvent> {
         cost(ago(240), 2, "report", 6, "parse", "default", 0.0123, "claude-haiku-4-5"),
         cost(ago(50), 2, "report", 7, "summarize", "llm", 0.1520, "claude-sonnet-4-5"),
         cost(ago(20), 2, "report", 7, "summarize", "llm", 0.0410, "claude-sonnet-4-5"),
-        event("task.progress", ago(5), 2, "report", 6, "parse", "default").with("message", "3/12 parsing page 3"),
-        event("task.progress", ago(3), 2, "report", 7, "summarize", "llm").with("message", "drafting section 2"),
+        event(EventName::TaskProgress, ago(5), 2, "report", 6, "parse", "default")
+            .with("message", "3/12 parsing page 3"),
+        event(EventName::TaskProgress, ago(3), 2, "report", 7, "summarize", "llm")
+            .with("message", "drafting section 2"),
         // Task run 11's first attempt, seen live: it ran 19 s and waits 142 s for its retry.
-        event("task.started", ago(119), 4, "nightly", 11, "backup", "default"),
-        event("task.failed", ago(100), 4, "nightly", 11, "backup", "default")
+        event(EventName::TaskStarted, ago(119), 4, "nightly", 11, "backup", "default"),
+        event(EventName::TaskFailed, ago(100), 4, "nightly", 11, "backup", "default")
             .with("reason", "exit_code")
             .with("exit_code", 1)
             .with("detail", "rsync: host unreachable"),
-        event("task.retry_scheduled", ago(100), 4, "nightly", 11, "backup", "default")
+        event(EventName::TaskRetryScheduled, ago(100), 4, "nightly", 11, "backup", "default")
             .with("delay_ms", 142_000)
             .with("next_attempt", 2),
     ]

@@ -372,12 +372,7 @@ pub fn of_job(model: &Model, j: &JobRow) -> Option<(WorkflowGraph, Vec<Row>)> {
 /// A task run as the graph names it (`model::fanout::label`; a compensation says `(undo)`).
 pub fn run_ref(t: &TaskRow) -> RunRef {
     let r = &t.rec;
-    let compensation = r.compensation;
-    let mut label = r.label();
-    if compensation {
-        label.push_str(" (undo)");
-    }
-    RunRef { id: r.id, label, state: r.state, compensation }
+    RunRef { id: r.id, label: r.label(), state: r.state, compensation: r.compensation }
 }
 
 /// Joins as the graph marks them: `⋈ all of 3`, `⋈ 2 of 3`.

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::rows::{JobRun, TaskRun};
-use crate::engine::{EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, WorkerSnapshot};
+use crate::engine::{EngineEvent, EngineSnapshot, EventName, JobShape, QueueSnapshot, WorkerSnapshot};
 use crate::model::cost::{NO_MODEL, Usage};
 use crate::model::money::micros_of_json;
 use crate::model::schedule::Schedule;
@@ -689,11 +689,11 @@ impl Model {
     /// Applies one engine event. Returns what the loop must fetch (a new job run's task runs).
     pub fn apply(&mut self, e: &EngineEvent) -> Vec<Command> {
         self.changed = true;
-        if e.event.starts_with("job.") {
+        if e.event.is_job() {
             return self.apply_job(e);
         }
         match e.event {
-            "worker.restarted" => {
+            EventName::WorkerRestarted => {
                 let id = e.field("worker").and_then(|v| v.as_u64()).unwrap_or(u64::MAX);
                 if let Some(w) = self.workers.iter_mut().find(|w| w.snap.id as u64 == id) {
                     w.snap.restarts += 1;
@@ -701,8 +701,8 @@ impl Model {
                 }
                 self.touch(View::Workers);
             }
-            "schedule.fired" | "schedule.skipped" => self.apply_fire(e),
-            "budget.exceeded" => {
+            EventName::ScheduleFired | EventName::ScheduleSkipped => self.apply_fire(e),
+            EventName::BudgetExceeded => {
                 let who = match (e.task_run, e.job_run) {
                     (Some(t), _) => format!("task run {t}"),
                     (None, Some(j)) => format!("job run j{j}"),
@@ -711,12 +711,12 @@ impl Model {
                 let usd = |k: &str| crate::headless::dollars(e.field(k).map_or(0, micros_of_json));
                 self.say(format!("{who}: budget exceeded, spent {} of {}", usd("spent_usd"), usd("limit_usd")), true);
             }
-            "hook.failed" => {
+            EventName::HookFailed => {
                 let text = |k: &str| e.str_field(k).unwrap_or("?").to_string();
                 let what = format!("hook {} ({}) for {}", text("hook"), text("level"), text("for_event"));
                 self.say(format!("{what} failed: {}: {}", text("reason"), text("detail")), true);
             }
-            _ if e.event.starts_with("task.") => self.apply_task(e),
+            _ if e.event.is_task() => self.apply_task(e),
             _ => {}
         }
         Vec::new()
@@ -727,7 +727,7 @@ impl Model {
         let when = when.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
         let Some(row) = self.schedules.iter_mut().find(|r| Some(&r.job) == e.job.as_ref()) else { return };
         row.last_ms = when.or(Some(e.ts_ms));
-        row.last_skipped = e.event == "schedule.skipped";
+        row.last_skipped = e.event == EventName::ScheduleSkipped;
         self.touch(View::Schedules);
     }
 
@@ -743,10 +743,10 @@ impl Model {
             running: 0,
         });
         let state = match e.event {
-            "job.started" => JobState::Running,
-            "job.succeeded" => JobState::Succeeded,
-            "job.failed" => JobState::Failed,
-            "job.cancelled" => JobState::Cancelled,
+            EventName::JobStarted => JobState::Running,
+            EventName::JobSucceeded => JobState::Succeeded,
+            EventName::JobFailed => JobState::Failed,
+            EventName::JobCancelled => JobState::Cancelled,
             _ => return Vec::new(),
         };
         row.rec.state = state;
@@ -763,7 +763,7 @@ impl Model {
         self.touch(View::Jobs);
         // A run reopened `--from` a task put succeeded task runs back to pending without an event each.
         let reload = !known || e.field("from").is_some();
-        if e.event == "job.started" && reload { vec![Command::LoadJobRun(id)] } else { Vec::new() }
+        if e.event == EventName::JobStarted && reload { vec![Command::LoadJobRun(id)] } else { Vec::new() }
     }
 
     fn apply_task(&mut self, e: &EngineEvent) {
@@ -781,21 +781,21 @@ impl Model {
         self.optimistic.remove(&id);
         let ts = e.ts_ms;
         let new_state = match e.event {
-            "task.queued" => Some(TaskState::Queued),
-            "task.started" => Some(TaskState::Running),
-            "task.succeeded" => Some(TaskState::Succeeded),
-            "task.retry_scheduled" => Some(TaskState::Retrying),
-            "task.dead_lettered" => Some(TaskState::Dead),
-            "task.cancelled" => Some(TaskState::Cancelled),
-            "task.skipped" => Some(TaskState::Skipped),
-            "task.waiting" => Some(TaskState::Waiting),
-            "task.handled" => Some(TaskState::Failed),
+            EventName::TaskQueued => Some(TaskState::Queued),
+            EventName::TaskStarted => Some(TaskState::Running),
+            EventName::TaskSucceeded => Some(TaskState::Succeeded),
+            EventName::TaskRetryScheduled => Some(TaskState::Retrying),
+            EventName::TaskDeadLettered => Some(TaskState::Dead),
+            EventName::TaskCancelled => Some(TaskState::Cancelled),
+            EventName::TaskSkipped => Some(TaskState::Skipped),
+            EventName::TaskWaiting => Some(TaskState::Waiting),
+            EventName::TaskHandled => Some(TaskState::Failed),
             _ => None,
         };
-        if e.event == "task.cost" {
+        if e.event == EventName::TaskCost {
             self.apply_cost(e, id);
         }
-        if e.event == "task.warning" {
+        if e.event == EventName::TaskWarning {
             self.apply_warning(e, id);
         }
         let Some(row) = self.tasks.get_mut(&id) else { return };
@@ -804,7 +804,7 @@ impl Model {
         }
         let r = &mut row.rec;
         match e.event {
-            "task.queued" => {
+            EventName::TaskQueued => {
                 r.not_before_ms = None;
                 r.ended_at_ms = None;
                 if let Some(p) = e.field("priority").and_then(|v| v.as_u64()) {
@@ -814,7 +814,7 @@ impl Model {
                     r.series_start = u32::try_from(n).unwrap_or(u32::MAX);
                 }
             }
-            "task.started" => {
+            EventName::TaskStarted => {
                 r.started_at_ms = Some(ts);
                 r.ended_at_ms = None;
                 r.progress = None;
@@ -835,8 +835,8 @@ impl Model {
                     row.attempts.remove(0);
                 }
             }
-            "task.progress" => r.progress = e.str_field("message").map(str::to_string),
-            "task.succeeded" => {
+            EventName::TaskProgress => r.progress = e.str_field("message").map(str::to_string),
+            EventName::TaskSucceeded => {
                 r.ended_at_ms = Some(ts);
                 r.reason = None;
                 if let Some(cost) = e.field("cost_usd").and_then(usd_micros) {
@@ -844,23 +844,26 @@ impl Model {
                 }
                 end_attempt(row, e, "succeeded");
             }
-            "task.failed" => {
+            EventName::TaskFailed => {
                 r.reason = e.str_field("reason").and_then(FailReason::parse);
                 r.exit_code = e.field("exit_code").and_then(|v| v.as_i64()).map(|c| c as i32);
                 r.detail = e.str_field("detail").map(str::to_string);
                 end_attempt(row, e, e.str_field("reason").unwrap_or("failed"));
             }
-            "task.retry_scheduled" => {
+            EventName::TaskRetryScheduled => {
                 r.not_before_ms = Some(ts + e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0));
             }
-            "task.dead_lettered" | "task.cancelled" | "task.skipped" | "task.handled" => {
+            EventName::TaskDeadLettered
+            | EventName::TaskCancelled
+            | EventName::TaskSkipped
+            | EventName::TaskHandled => {
                 r.ended_at_ms = Some(ts);
                 if let Some(reason) = e.str_field("reason").and_then(FailReason::parse) {
                     r.reason = Some(reason);
-                } else if e.event == "task.cancelled" {
+                } else if e.event == EventName::TaskCancelled {
                     r.reason = Some(FailReason::Cancelled);
                 }
-                if e.event == "task.cancelled" {
+                if e.event == EventName::TaskCancelled {
                     end_attempt(row, e, "cancelled");
                 }
             }

@@ -56,7 +56,7 @@ impl TaskRun {
 
     /// Its task as people read it: `review#2`, `fetch[3]` (`model::fanout::label`).
     pub fn label(&self) -> String {
-        crate::model::fanout::label(&self.task, self.iteration, self.item_index)
+        crate::model::fanout::label(&self.task, self.iteration, self.item_index, self.compensation)
     }
 }
 

@@ -9,6 +9,7 @@ use actix::prelude::*;
 
 use super::JobRun;
 use crate::config::Workflow;
+use crate::engine::EventName;
 use crate::model::rerun::{self, DefinitionChoice};
 use crate::model::run::Input;
 use crate::store::Mutation;
@@ -120,7 +121,7 @@ impl JobRun {
         let mut mutations = vec![Mutation::JobRun(self.job_record())];
         mutations.extend((0..self.run.tasks.len()).map(|i| Mutation::TaskRun(self.task_record(i))));
         let event = self
-            .job_event("job.redefined")
+            .job_event(EventName::JobRedefined)
             .with("from_definition", format!("{from:016x}"))
             .with("to_definition", format!("{key:016x}"))
             .with("changes", changes.to_vec());

@@ -113,6 +113,8 @@ pub trait Env {
     /// Whether the `when` expression of a transition holds for task run `run`, which just
     /// ended; why it cannot be evaluated, if it cannot.
     fn when(&mut self, state: &RunState, run: usize, expression: &str) -> Result<bool, String>;
+    /// Task `task`'s `for_each` template rendered against its upstream outputs and params.
+    fn render_for_each(&mut self, state: &RunState, task: usize, template: &str) -> Result<String, String>;
 }
 
 /// What one step decided, in the order the actor carries it out: kills and unschedules at

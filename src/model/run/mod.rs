@@ -8,7 +8,9 @@
 //! the enqueue sequence, the cache, earlier attempts) through `Env`. The `JobRun` actor builds
 //! the input from its message, steps, commits the writes (group commit) and carries out the rest.
 
+mod fanout;
 mod input;
+mod saga;
 mod state;
 mod step;
 #[cfg(test)]

@@ -90,6 +90,11 @@ impl TaskRun {
         }
     }
 
+    /// A task run beyond the one per task the graph knows: a fan-out item or a compensation.
+    pub fn is_extra(&self) -> bool {
+        self.item_index.is_some() || self.kind == Kind::Compensation
+    }
+
     /// Attempts used in the current series.
     pub fn attempts_in_series(&self) -> u32 {
         (self.attempt + 1).saturating_sub(self.series_start)
@@ -128,7 +133,9 @@ pub struct RunState {
     pub workflow_graph: WorkflowGraph,
     pub job_run: JobRunFacts,
     /// Every task run: the first one of each task at its task's index (file order), later ones
-    /// (another iteration, SPEC §2.2) after them in the order they were made.
+    /// (another iteration, SPEC §2.2) after them in the order they were made, and the extra runs
+    /// (`TaskRun::is_extra`: fan-out items, compensations) among those. A fanned-out task's own
+    /// run is its node: `running` while its items run, never attempted.
     pub tasks: Vec<TaskRun>,
     /// The authority on task run states (same indexes), with O(1) counts for the per-event questions.
     pub states: TaskStates,
@@ -153,6 +160,10 @@ pub struct RunState {
     /// Task runs whose last starts found the machine out of a resource, and how many times in
     /// a row: their next try backs off further.
     pub exhausted: HashMap<u64, u32>,
+    /// Fanned-out tasks whose items exist, by task index.
+    pub fanouts: HashMap<usize, super::fanout::Node>,
+    /// The failed run's saga, once it began (rebuilt from the stored compensations on a resume).
+    pub saga: Option<crate::model::saga::Saga>,
 }
 
 impl RunState {
@@ -187,6 +198,8 @@ impl RunState {
             stopping: false,
             ended: false,
             exhausted: HashMap::new(),
+            fanouts: HashMap::new(),
+            saga: None,
         };
         state.reindex();
         state
@@ -216,12 +229,28 @@ impl RunState {
                 u32::from(!unreached)
             })
             .collect();
-        for (i, t) in self.tasks.iter().enumerate().skip(n) {
+        for (i, t) in self.tasks.iter().enumerate().skip(n).filter(|(_, t)| !t.is_extra()) {
             self.latest[t.task_index] = i;
             self.reached[t.task_index] = self.reached[t.task_index].max(t.iteration);
         }
         self.join_fired = (0..n).map(|t| self.reached[t] > 0).collect();
         self.arrivals = vec![Vec::new(); n];
+        self.fanouts = super::fanout::nodes_of(&self.tasks);
+    }
+
+    /// Adds an extra task run (a fan-out item, a compensation); returns its index.
+    pub fn push_run(&mut self, t: TaskRun) -> usize {
+        let i = self.tasks.len();
+        self.states.push(t.state);
+        self.index_of.insert(t.id, i);
+        self.tasks.push(t);
+        i
+    }
+
+    /// True for the task runs of the workflow's graph (a task's first run, later iterations),
+    /// false for the extra ones (fan-out items, compensations).
+    pub fn is_node(&self, i: usize) -> bool {
+        !self.tasks[i].is_extra()
     }
 
     /// The definition of task run `i`'s task.
@@ -286,7 +315,9 @@ impl RunState {
 
     /// Task runs in state `running`, by id.
     pub fn running_ids(&self) -> Vec<u64> {
-        self.tasks.iter().filter(|t| t.state == TaskState::Running).map(|t| t.id).collect()
+        // A fan-out's own run is `running` while its items run; it has no attempt to stop.
+        let attempted = |(i, t): &(usize, &TaskRun)| t.state == TaskState::Running && !self.fanouts.contains_key(i);
+        self.tasks.iter().enumerate().filter(attempted).map(|(_, t)| t.id).collect()
     }
 
     /// A retry takes the job run back to `running`; true if it had ended.
@@ -305,7 +336,8 @@ impl RunState {
 }
 
 /// The first task run of each task first, in file order; then the later ones by task and
-/// iteration (each task's first task run has iteration 1).
+/// iteration (each task's first task run has iteration 1), fan-out items and compensations
+/// among them (by id).
 fn sort_runs(tasks: &mut [TaskRun]) {
-    tasks.sort_by_key(|t| (t.iteration > 1, t.task_index, t.iteration));
+    tasks.sort_by_key(|t| (t.iteration > 1 || t.is_extra(), t.task_index, t.iteration, t.id));
 }

@@ -24,13 +24,13 @@ pub fn step(state: &mut RunState, input: Input, now_ms: u64, env: &mut impl Env)
     s.fx
 }
 
-struct Step<'a, E: Env> {
-    s: &'a mut RunState,
-    fx: Effects,
-    now: u64,
-    env: &'a mut E,
+pub(super) struct Step<'a, E: Env> {
+    pub(super) s: &'a mut RunState,
+    pub(super) fx: Effects,
+    pub(super) now: u64,
+    pub(super) env: &'a mut E,
     /// Something changed that may end the run: see whether it did once the step is done.
-    settle: bool,
+    pub(super) settle: bool,
 }
 
 impl<E: Env> Step<'_, E> {
@@ -87,7 +87,7 @@ impl<E: Env> Step<'_, E> {
         }
     }
 
-    fn task_note(&mut self, task: usize, what: TaskNote) {
+    pub(super) fn task_note(&mut self, task: usize, what: TaskNote) {
         self.fx.notes.push(Note::Task { task, what });
     }
 
@@ -103,6 +103,7 @@ impl<E: Env> Step<'_, E> {
 
     /// Re-arms what a stored run had armed: timers, and its queued task runs.
     fn resume(&mut self) {
+        self.recount_arrivals();
         for t in &self.s.tasks {
             match (t.state, t.not_before_ms) {
                 (TaskState::Retrying, due) | (TaskState::Waiting, due @ Some(_)) => {
@@ -116,7 +117,7 @@ impl<E: Env> Step<'_, E> {
 
     /// Turns graph changes into writes, notes and queue entries. A task about to be queued
     /// whose cache key hits succeeds on the spot, and its edges are followed in the same step.
-    fn apply(&mut self, changes: Vec<Change>) {
+    pub(super) fn apply(&mut self, changes: Vec<Change>) {
         self.settle = true;
         let mut work: VecDeque<Change> = last_change_per_task(changes).into();
         while let Some(change) = work.pop_front() {
@@ -124,7 +125,12 @@ impl<E: Env> Step<'_, E> {
             let starts_work = matches!(change.to, TaskState::Queued | TaskState::Waiting);
             if starts_work && (self.s.budget_spent || self.s.job_run.cancel_requested || self.s.iteration_limit) {
                 self.s.set_state(i, TaskState::Skipped);
+            } else if change.to == TaskState::Queued && self.s.is_node(i) && self.s.def(i).for_each.is_some() {
+                // A fanned-out task is not queued itself: its items are (model/run/fanout.rs).
+                self.fan_out(i);
+                continue;
             } else if change.to == TaskState::Queued
+                && self.s.is_node(i)
                 && let Some(hit) = self.cache_hit(i)
             {
                 self.succeed_from_cache(i, hit);
@@ -144,7 +150,7 @@ impl<E: Env> Step<'_, E> {
                     self.task_note(i, TaskNote::Queued { series_start });
                 }
                 TaskState::Waiting => {
-                    let def = &self.s.def(i);
+                    let def = self.s.def(i);
                     let wait_for = def.wait_for.clone().unwrap_or_default();
                     let due = def.wait_timeout.map(|d| self.now + d.as_millis() as u64);
                     let t = &mut self.s.tasks[i];
@@ -157,6 +163,9 @@ impl<E: Env> Step<'_, E> {
                 TaskState::Skipped => {
                     t.ended_at_ms = Some(self.now);
                     self.task_note(i, TaskNote::Skipped);
+                    if !self.s.is_node(i) {
+                        self.extra_ended(i);
+                    }
                 }
                 _ => {}
             }
@@ -196,6 +205,9 @@ impl<E: Env> Step<'_, E> {
         let Some(mut state) = graph::outcome(&self.s.states, self.s.job_run.cancel_requested) else { return };
         if state == JobState::Succeeded && (self.s.budget_spent || self.s.iteration_limit) {
             state = JobState::Failed;
+        }
+        if state == JobState::Failed && self.saga_goes_on() {
+            return; // its compensations run first (model/run/saga.rs)
         }
         self.s.ended = true;
         self.fx.finish = true;
@@ -237,7 +249,9 @@ impl<E: Env> Step<'_, E> {
 
     fn claim(&mut self, task_run: u64) {
         let Some(i) = self.s.idx(task_run) else { return };
-        if self.s.tasks[i].state != TaskState::Queued || self.s.stopping || self.s.budget_spent {
+        // A compensation undoes what was spent for: a spent budget does not stop it.
+        let budget_stops = self.s.budget_spent && self.s.tasks[i].kind != super::Kind::Compensation;
+        if self.s.tasks[i].state != TaskState::Queued || self.s.stopping || budget_stops {
             return;
         }
         self.s.set_state(i, TaskState::Running);
@@ -337,7 +351,7 @@ impl<E: Env> Step<'_, E> {
 
     /// Task run `i` failed for good: a failure that fires a transition is handled (`failed`),
     /// any other is a dead letter.
-    fn failed_for_good(&mut self, i: usize, reason: FailReason) {
+    pub(super) fn failed_for_good(&mut self, i: usize, reason: FailReason) {
         let matched = self.matching_transitions(i, false);
         let to = if matched.is_empty() {
             self.task_note(i, TaskNote::DeadLettered { reason });
@@ -353,7 +367,7 @@ impl<E: Env> Step<'_, E> {
 
     /// The transitions of task run `i`'s task whose `on` and `when` match how it ended, in
     /// file order: `(on, targets)`. A cancelled job run fires nothing.
-    fn matching_transitions(&mut self, i: usize, succeeded: bool) -> Vec<(TransitionOn, Vec<usize>)> {
+    pub(super) fn matching_transitions(&mut self, i: usize, succeeded: bool) -> Vec<(TransitionOn, Vec<usize>)> {
         if self.s.job_run.cancel_requested {
             return Vec::new();
         }
@@ -382,6 +396,30 @@ impl<E: Env> Step<'_, E> {
             matched.push((edge.on, edge.targets));
         }
         matched
+    }
+
+    /// A join's arrivals live only in memory: on a resume they are counted again from the
+    /// ended runs of its sources whose transitions match (as they matched when they ended), so
+    /// a join that had seen some of its sources before a restart still fires.
+    fn recount_arrivals(&mut self) {
+        let notes = self.fx.notes.len();
+        for to in 0..self.s.graph.len() {
+            if self.s.workflow_graph.join(to).is_none() || self.s.join_fired[to] {
+                continue;
+            }
+            for r in 0..self.s.tasks.len() {
+                let (source, state) = (self.s.tasks[r].task_index, self.s.tasks[r].state);
+                let ended = matches!(state, TaskState::Succeeded | TaskState::Failed);
+                if !ended || !self.s.is_node(r) || !self.s.workflow_graph.sources(to).contains(&source) {
+                    continue;
+                }
+                let matched = self.matching_transitions(r, state == TaskState::Succeeded);
+                if matched.iter().any(|(_, targets)| targets.contains(&to)) && !self.s.arrivals[to].contains(&source) {
+                    self.s.arrivals[to].push(source);
+                }
+            }
+        }
+        self.fx.notes.truncate(notes); // a `when` that cannot be evaluated said so when it ended
     }
 
     /// Each matched transition of task run `i` arrives at its targets, in order.
@@ -489,6 +527,9 @@ impl<E: Env> Step<'_, E> {
 
     /// A succeeded task run with `cache` is remembered under its key.
     fn remember_in_cache(&mut self, i: usize) {
+        if !self.s.is_node(i) {
+            return; // items share the task's key; a compensation is no result
+        }
         let Some(ttl) = self.s.def(i).cache.as_ref().map(|c| c.ttl.as_millis() as u64) else { return };
         let Some(key) = self.env.cache_key(self.s, i) else { return };
         let t = &self.s.tasks[i];
@@ -550,8 +591,13 @@ impl<E: Env> Step<'_, E> {
     }
 
     /// Task run `i` reached a terminal state: its matched transitions fire, its `needs` edges
-    /// are followed; with `fail_fast`, an unhandled failure cancels what still runs.
-    fn after_task_ended(&mut self, i: usize, matched: Vec<(TransitionOn, Vec<usize>)>) {
+    /// are followed; with `fail_fast`, an unhandled failure cancels what still runs. An extra
+    /// run (fan-out item, compensation) moves its fan-out or saga on instead.
+    pub(super) fn after_task_ended(&mut self, i: usize, matched: Vec<(TransitionOn, Vec<usize>)>) {
+        if !self.s.is_node(i) {
+            self.extra_ended(i);
+            return;
+        }
         self.fire(i, matched);
         let failing = graph::is_failing(&self.s.states) && self.s.states[i].is_unsuccessful_end();
         let changes = self.follow_needs(i);
@@ -561,7 +607,7 @@ impl<E: Env> Step<'_, E> {
         self.apply(changes);
     }
 
-    fn kill_running(&mut self, reason: FailReason) {
+    pub(super) fn kill_running(&mut self, reason: FailReason) {
         self.fx.kills.extend(self.s.running_ids().into_iter().map(|id| (id, reason)));
     }
 
@@ -716,7 +762,10 @@ impl<E: Env> Step<'_, E> {
         Ok(format!("job run j{} is being cancelled", self.s.job_run.id))
     }
 
-    fn cancel_task(&mut self, i: usize) -> String {
+    pub(super) fn cancel_task(&mut self, i: usize) -> String {
+        if self.s.fanouts.contains_key(&i) && self.s.tasks[i].state == TaskState::Running {
+            return self.cancel_items(i);
+        }
         let t = &mut self.s.tasks[i];
         let id = t.id;
         match t.state {
@@ -778,6 +827,9 @@ impl<E: Env> Step<'_, E> {
 
     /// Reopens task `i` for a fresh series.
     fn retry_task(&mut self, i: usize) -> Result<String, String> {
+        if !self.s.is_node(i) || self.s.fanouts.contains_key(&i) {
+            return self.retry_extra(i);
+        }
         let t = &self.s.tasks[i];
         if !t.state.is_retryable() {
             let (id, phrase) = (t.id, t.state.phrase());

@@ -76,6 +76,11 @@ impl Env for FixedEnv {
         let got = state.tasks[run].outputs.get(key).map(String::as_str);
         Ok((got == Some(value.trim_matches('\''))) == equal)
     }
+    fn render_for_each(&mut self, _: &RunState, _: usize, template: &str) -> Result<String, String> {
+        // The test's "rendered" text is what is between `{{ ` and ` }}`; `job.name` cannot render.
+        let inner = template.strip_prefix("{{ ").and_then(|t| t.strip_suffix(" }}"));
+        inner.filter(|t| *t != "job.name").map(str::to_string).ok_or_else(|| "for_each: cannot render".into())
+    }
 }
 
 /// A new job run of the only job in `toml`: task run ids 1, 2, … in file order.
@@ -96,7 +101,14 @@ fn new_run(toml: &str) -> RunState {
 }
 
 fn id_of(s: &RunState, name: &str) -> u64 {
-    s.tasks.iter().rev().find(|t| t.task == name).map(|t| t.id).expect("a task of the job")
+    s.tasks.iter().rev().find(|t| run_name(t) == name).map(|t| t.id).expect("a task of the job")
+}
+
+/// How scripts name a task run: its task (the latest iteration wins), a fan-out item with its
+/// index (`fan[2]`), a compensation with `~` before (`~deploy`).
+fn run_name(t: &TaskRun) -> String {
+    let label = crate::model::fanout::label(&t.task, 1, t.item_index, false);
+    if t.kind == Kind::Compensation { format!("~{label}") } else { label }
 }
 
 /// One script line as an input: `begin`, `claim a`, `ok a`, `fail a 2` (exit code),
@@ -144,7 +156,7 @@ fn input_of(s: &RunState, line: &str) -> Input {
 
 /// The effects, compact: what was said, queued, armed, killed, answered.
 fn render(s: &RunState, fx: &Effects) -> String {
-    let name = |i: usize| s.tasks[i].task.as_str();
+    let name = |i: usize| run_name(&s.tasks[i]);
     let by_id = |id: u64| name(s.idx(id).expect("known"));
     let mut out: Vec<String> = fx
         .notes
@@ -730,4 +742,27 @@ fn a_join_that_can_no_longer_be_satisfied_is_skipped() {
          ok c => c succeeded, c#1 -success-> sum, sum skipped, job failed (task a (#1) dead: exit_code 1), finish",
     );
     assert_eq!(s.tasks[3].reason, Some(FailReason::JoinUnsatisfied));
+}
+
+#[path = "fanout_tests.rs"]
+mod fanout_tests;
+
+/// A join's arrivals were kept only in memory: a restart after `b` arrived (and before `c`
+/// did) forgot `b`, so `sum` never had its two sources, was skipped `join_unsatisfied`, and the
+/// run "succeeded" without it (found by the kill -9 campaign in tests/faults.rs).
+#[test]
+fn a_resume_remembers_which_sources_of_a_join_arrived() {
+    let mut s = new_run(JOIN);
+    let mut env = FixedEnv { seq: 0 };
+    for (n, line) in ["begin", "claim a", "claim b", "claim c", "fail a 1", "ok b"].into_iter().enumerate() {
+        let input = input_of(&s, line);
+        step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
+    }
+    // A restart: the state rebuilt from its task runs as stored, `c` still running.
+    let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
+    let fx = step(&mut resumed, Input::Resume, 10_000, &mut env);
+    assert_eq!(render(&resumed, &fx), "", "nothing fires again, nothing is said again");
+    let input = input_of(&resumed, "ok c");
+    let fx = step(&mut resumed, input, 11_000, &mut env);
+    assert_eq!(render(&resumed, &fx), "c succeeded, c#1 -success-> sum#1, sum queued, enqueue sum");
 }
