@@ -18,7 +18,7 @@ pub(super) struct ControlDraft {
     pub for_each: Option<Located<ForEach>>,
     pub for_each_concurrency: Option<u32>,
     pub compensate: Option<String>,
-    /// Every control key the task writes, where its key is (for [`unsupported_at_run`]).
+    /// Every control key the task writes, where its key is (for the cross-checks).
     pub keys: Vec<Located<String>>,
 }
 
@@ -247,21 +247,6 @@ mod tests {
         assert_eq!(c.join, Some(Join::Count(2)));
         assert_eq!(c.for_each, Some(ForEach::List(vec!["p".into(), serde_json::json!(3), serde_json::json!(true)])));
         assert_eq!(c.for_each_concurrency, Some(4));
-        let keys: Vec<(&str, &str, usize, usize)> =
-            wf.control_keys.iter().map(|k| (k.task.as_str(), k.key.as_str(), k.line, k.col)).collect();
-        assert_eq!(
-            keys,
-            [
-                ("a", "compensate", 3, 1),
-                ("a", "max_iterations", 4, 1),
-                ("a", "next", 5, 1),
-                ("b", "for_each", 8, 1),
-                ("b", "next", 9, 1),
-                ("c", "join", 12, 1),
-                ("c", "for_each", 13, 1),
-                ("c", "for_each_concurrency", 14, 1),
-            ]
-        );
     }
 
     #[test]

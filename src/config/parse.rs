@@ -229,23 +229,7 @@ fn read_workflow(r: &mut Reader, path: &Path, root: &dyn TableLike, check_files:
         settings,
         queues,
         pricing,
-        control_keys: control_keys(&jobs),
     }
-}
-
-fn control_keys(jobs: &[JobDraft]) -> Vec<ControlKeyUse> {
-    let tasks = jobs.iter().flat_map(|j| j.tasks.iter().map(move |t| (j, t)));
-    tasks
-        .flat_map(|(job, task)| {
-            task.control.keys.iter().map(move |k| ControlKeyUse {
-                job: job.name.clone(),
-                task: task.name.clone(),
-                key: k.value.clone(),
-                line: k.at.line,
-                col: k.at.col,
-            })
-        })
-        .collect()
 }
 
 /// The file's folder, absolute, without touching the filesystem (so symlinks stay as written).

@@ -19,18 +19,6 @@ pub struct Workflow {
     pub jobs: Vec<JobDef>,
     /// `[pricing."model"]` overrides of `assets/pricing.toml`.
     pub pricing: BTreeMap<String, Price>,
-    /// Every workflow-control key (SPEC §2.2) written in the file, in file order.
-    pub control_keys: Vec<ControlKeyUse>,
-}
-
-/// Where a workflow-control key is written, kept on the [`Workflow`] so running can refuse it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlKeyUse {
-    pub job: String,
-    pub task: String,
-    pub key: String,
-    pub line: usize,
-    pub col: usize,
 }
 
 impl Workflow {
