@@ -339,7 +339,8 @@ fn a_second_instance_is_refused() {
     let status = p.json(&["status", "--json"]);
     assert_eq!(status["instance"]["running"], true, "read-only commands work while it runs");
     assert_eq!(status["totals"]["running"], 1);
-    child.kill().ok();
+    // A graceful stop, so the task's `sleep 300` goes with it (a SIGKILL would orphan it).
+    signal(child.id(), "TERM");
     child.wait().ok();
 }
 

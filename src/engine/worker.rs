@@ -19,7 +19,9 @@ use super::journal::{Journal, Publish};
 use super::supervisor::RestartLedger;
 use super::watchdog::{WatchList, overdue_reason};
 use super::{EngineEvent, EventName, SharedClock};
-use crate::executor::{AttemptEvent, AttemptExit, Executor, KILL_GRACE, ProcessHandle, terminate_group};
+use crate::executor::{
+    AttemptEvent, AttemptExit, Executor, KILL_GRACE, ProcessHandle, spawn_off_thread, terminate_group,
+};
 use crate::model::FailReason;
 use crate::model::cost::Pricing;
 use crate::store::MAX_ATTEMPT_WARNINGS;
@@ -42,6 +44,8 @@ struct ActivityState {
     heartbeat_timeout_ms: u64,
     process: Option<ProcessHandle>,
     kill_reason: Option<Killed>,
+    /// The grace period of a kill asked for before the process existed.
+    kill_grace: Duration,
 }
 
 /// A kill gaffer asked for, and whether it found the attempt's process still running (a kill
@@ -65,13 +69,19 @@ impl Activity {
                 heartbeat_timeout_ms: heartbeat_timeout.as_millis() as u64,
                 process: None,
                 kill_reason: None,
+                kill_grace: Duration::ZERO,
             };
         }
     }
 
+    /// The attempt's process exists. A kill asked for while it was being started (the spawn
+    /// runs off the worker's thread) reaches it now.
     fn set_process(&self, process: Option<ProcessHandle>) {
-        if let Ok(mut s) = self.inner.lock() {
-            s.process = process;
+        let Ok(mut s) = self.inner.lock() else { return };
+        s.process = process;
+        if let (Some(process), Some(killed)) = (process, s.kill_reason.as_mut()) {
+            killed.found_running = true;
+            tokio::spawn(terminate_group(process, s.kill_grace));
         }
     }
 
@@ -120,8 +130,10 @@ impl Activity {
         }
         let found_running = s.process.is_some_and(|p| crate::executor::is_still_running(&p));
         s.kill_reason.get_or_insert(Killed { reason, found_running });
-        if let Some(process) = s.process {
-            tokio::spawn(terminate_group(process, grace));
+        match s.process {
+            Some(process) => drop(tokio::spawn(terminate_group(process, grace))),
+            // Still starting: `set_process` kills it.
+            None => s.kill_grace = grace,
         }
     }
 }
@@ -211,18 +223,22 @@ impl Worker {
         });
         self.activity.begin(task_run, attempt, now, claimed.timeout, claimed.heartbeat_timeout);
         let (tx, rx) = mpsc::unbounded_channel();
-        match self.executor.spawn(claimed.spec, tx) {
+        // Off this thread, which runs every worker and job run; the worker takes no message
+        // until the process exists (or could not be started).
+        let spawning = spawn_off_thread(self.executor.clone(), claimed.spec, tx);
+        let owner = claimed.owner;
+        ctx.wait(spawning.into_actor(self).map(move |spawned, act, ctx| match spawned {
             Ok(running) => {
-                self.activity.set_process(running.process);
-                claimed.owner.do_send(ProcessStarted { task_run, attempt, process: running.process });
-                self.follow(rx, running.done, ctx);
+                act.activity.set_process(running.process);
+                owner.do_send(ProcessStarted { task_run, attempt, process: running.process });
+                act.follow(rx, running.done, ctx);
             }
             Err(e) => {
                 let reason =
                     if e.is_resource_exhaustion() { FailReason::ResourceExhausted } else { FailReason::SpawnError };
-                self.finish(None, Some((reason, e.to_string())), ctx)
+                act.finish(None, Some((reason, e.to_string())), ctx)
             }
-        }
+        }));
     }
 
     /// Streams the attempt's events into this actor, in order, then its exit.
@@ -516,5 +532,38 @@ mod tests {
         // A task that traps SIGTERM and exits 0 was stopped, not finished.
         assert_eq!(why_it_ended(None, killed(FailReason::Budget, true), Some(EXIT_0)).0, Some(FailReason::Budget));
         assert_eq!(why_it_ended(None, killed(FailReason::Timeout, true), Some(EXIT_0)).0, Some(FailReason::Timeout));
+    }
+}
+
+#[cfg(test)]
+mod kill_while_starting {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+
+    use super::*;
+
+    /// The spawn runs off the worker's thread: a kill asked for before the process exists
+    /// (graceful stop's fallback, the watchdog) must still reach it once it does.
+    #[tokio::test]
+    async fn a_kill_asked_for_while_the_process_starts_reaches_it() {
+        let activity = Activity::default();
+        activity.begin(1, 1, 0, Duration::from_secs(60), Duration::ZERO);
+        activity.kill_with_grace(FailReason::Interrupted, Duration::ZERO);
+
+        let mut child = std::process::Command::new("sleep").arg("30").process_group(0).spawn().expect("spawn sleep");
+        let pid = child.id();
+        activity.set_process(Some(ProcessHandle { pid, pgid: pid as i32, start_ticks: 0 }));
+
+        let status = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the process was not killed");
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        assert_eq!(activity.end(), Some(Killed { reason: FailReason::Interrupted, found_running: true }));
     }
 }

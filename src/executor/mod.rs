@@ -21,6 +21,7 @@ mod tests;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -35,6 +36,37 @@ pub trait Executor: Send + Sync + 'static {
     /// Starts the attempt; returns once the process exists (or could not be started).
     /// Must be called inside a tokio runtime (a current-thread one is fine).
     fn spawn(&self, spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError>;
+
+    /// Whether `spawn` blocks its thread (for the length of a process start) and so belongs on
+    /// a spawn thread (see [`spawn_off_thread`]) rather than the engine's.
+    fn blocks(&self) -> bool {
+        true
+    }
+}
+
+/// How many attempts may be starting at once. A start blocks its thread until the child has
+/// exec'd (`posix_spawn`'s vfork) after creating the log and the pipes: done on the engine's
+/// one thread, 1,000 starts queued behind each other and took seconds. A few threads let them
+/// overlap without one blocking-pool thread per waiting worker.
+const SPAWN_THREADS: usize = 4;
+static SPAWN_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWN_THREADS);
+
+/// [`Executor::spawn`] on one of at most [`SPAWN_THREADS`] threads of tokio's blocking pool
+/// (which enter the runtime, as `spawn` needs), so that the calling thread goes on running
+/// actors meanwhile. Executors that do not block are called right here.
+pub async fn spawn_off_thread(
+    executor: Arc<dyn Executor>,
+    spec: AttemptSpec,
+    events: UnboundedSender<AttemptEvent>,
+) -> Result<RunningAttempt, SpawnError> {
+    if !executor.blocks() {
+        return executor.spawn(spec, events);
+    }
+    // Never closed, so acquiring cannot fail.
+    let _slot = SPAWN_SLOTS.acquire().await;
+    tokio::task::spawn_blocking(move || executor.spawn(spec, events))
+        .await
+        .unwrap_or_else(|e| Err(SpawnError::Setup(std::io::Error::other(format!("the spawn thread failed: {e}")))))
 }
 
 pub struct RunningAttempt {
@@ -90,5 +122,9 @@ impl Executor for NoopExecutor {
     fn spawn(&self, _spec: AttemptSpec, _events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError> {
         let exit = AttemptExit { exit_code: Some(0), signal: None };
         Ok(RunningAttempt { process: None, done: Box::pin(std::future::ready(exit)) })
+    }
+
+    fn blocks(&self) -> bool {
+        false
     }
 }
