@@ -544,51 +544,6 @@ fn render_bench() {
     println!("rebuild Tasks rows (100k, filter dead): {:?}, {} rows", started.elapsed(), m.len());
 }
 
-/// Drives the real loop on a real terminal (run it in tmux):
-/// `GAFFER_TUI_SMOKE=examples/agents.toml cargo test --lib tui::tests::live_smoke -- --ignored --nocapture`
-#[test]
-#[ignore = "needs a terminal"]
-fn live_smoke() {
-    use std::sync::Arc;
-    let Ok(file) = std::env::var("GAFFER_TUI_SMOKE") else { return };
-    let path = std::path::PathBuf::from(&file);
-    let source = std::fs::read_to_string(&path).expect("workflow file");
-    let workflow = crate::config::parse(&path, &source).expect("valid workflow");
-    let dir = crate::state_dir::private_tempdir();
-    let state_dir = dir.path().to_path_buf();
-    let (store, closer, _lock) = crate::store::open_writer(&state_dir).expect("state dir");
-    let pricing = crate::model::cost::Pricing::new(crate::config::pricing::builtin(), &workflow.pricing);
-    let workers = workflow.settings.workers;
-    let jobs: Vec<String> = workflow.jobs.iter().map(|j| j.name.clone()).collect();
-    let config = crate::engine::EngineConfig {
-        workflow: Arc::new(workflow),
-        source,
-        state_dir: state_dir.clone(),
-        store,
-        executor: Arc::new(crate::executor::LocalExecutor),
-        clock: Arc::new(crate::engine::SystemClock),
-        workers,
-        pricing,
-    };
-    let system = actix::System::new();
-    let exit = system.block_on(async move {
-        let handle = crate::engine::start(config);
-        let events = handle.subscribe().await.expect("subscribe");
-        let mut ids = Vec::new();
-        for job in jobs {
-            ids.push(handle.submit(&job, Default::default()).await.expect("submit"));
-        }
-        let options =
-            super::TuiOptions { title: file, state_dir, watched_job_runs: ids, session: super::Session::Owner };
-        let exit = super::run(std::rc::Rc::new(handle.clone()), events, options).await;
-        handle.shutdown().await;
-        exit
-    });
-    drop(system);
-    closer.close(std::time::Duration::from_secs(5));
-    println!("tui exit: {exit:?}");
-}
-
 #[test]
 fn a_approves_the_selected_waiting_task_with_its_signal() {
     let mut m = fixture();
