@@ -157,7 +157,7 @@ impl From<&JobRunRecord> for JobRunView {
     }
 }
 
-/// `iteration` and `item_index` as JSON carries them (a task run's `--json`, a task event's
+/// `iteration` and `item_index` as JSON carries them (a task run's `--json` or API answer
 /// fields); absent: a task's first run, no item (an older gaffer's answer, a job event).
 pub fn instance_in(fields: &serde_json::Map<String, Value>) -> (u32, Option<u32>) {
     let small = |key| fields.get(key).and_then(Value::as_u64).map(|n| u32::try_from(n).unwrap_or(u32::MAX));

@@ -6,7 +6,7 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::style::Color;
 
-use crate::engine::{EngineEvent, EventName, Target};
+use crate::engine::{EngineEvent, EventData, Target};
 use crate::model::TaskState;
 
 use super::fixture::{NOW_MS, fixture_control};
@@ -172,7 +172,7 @@ fn r_on_a_failed_job_run_retries_what_failed_and_nothing_else() {
 #[test]
 fn a_handled_failure_is_counted_and_drawn_as_failed() {
     let mut m = detail_of(7);
-    let mut e = EngineEvent::new(EventName::TaskHandled, NOW_MS);
+    let mut e = EngineEvent::new(EventData::TaskHandled, NOW_MS);
     (e.job, e.job_run, e.task, e.task_run) = (Some("review".into()), Some(7), Some("review".into()), Some(105));
     update(&mut m, Msg::Engine(e));
     assert_eq!(m.tasks[&105].rec.state, TaskState::Failed);

@@ -9,7 +9,7 @@ use actix::prelude::*;
 
 use super::JobRun;
 use crate::config::Workflow;
-use crate::engine::EventName;
+use crate::engine::EventData;
 use crate::model::rerun::{self, DefinitionChoice};
 use crate::model::run::Input;
 use crate::store::Mutation;
@@ -120,11 +120,11 @@ impl JobRun {
         let from = std::mem::replace(&mut self.record.definition, key);
         let mut mutations = vec![Mutation::JobRun(self.job_record())];
         mutations.extend((0..self.run.tasks.len()).map(|i| Mutation::TaskRun(self.task_record(i))));
-        let event = self
-            .job_event(EventName::JobRedefined)
-            .with("from_definition", format!("{from:016x}"))
-            .with("to_definition", format!("{key:016x}"))
-            .with("changes", changes.to_vec());
+        let event = self.job_event(EventData::JobRedefined {
+            from_definition: from,
+            to_definition: key,
+            changes: changes.to_vec(),
+        });
         self.persist_then(ctx, mutations, vec![event], |_, _| {});
         Ok(())
     }
