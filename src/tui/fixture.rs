@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::TransitionOn;
 use crate::engine::{
     AttemptFailure, CurrentAttempt, EngineEvent, EngineSnapshot, EventData, JobShape, QueueSnapshot, TaskShape,
     TransitionShape, WorkerSnapshot,
@@ -12,7 +13,7 @@ use crate::model::{FailReason, JobState, TaskState};
 use crate::report::{JobRunView, TaskRunView};
 
 use super::model::Model;
-use super::rows::{JobRun, TaskRun};
+use super::rows::{JobRun, ReachedBy, TaskRun};
 
 /// 2026-11-18T11:06:40Z: every fixture is drawn at this instant.
 pub const NOW_MS: u64 = 1_795_000_000_000;
@@ -440,6 +441,9 @@ pub fn fixture_control() -> Model {
         let mut r = TaskRun::from(task(100 + k as u64, 7, "review", name, "llm", state, ago(600 - 60 * k as u64)));
         instance(&mut r, iteration, None);
         r.cost_usd_micros = 10_000;
+        // Each run after `write` was started by the `success` transition of the one before.
+        let from_task_run = (k > 0).then(|| 99 + k as u64);
+        r.reached_by = from_task_run.map(|from_task_run| ReachedBy { from_task_run, on: TransitionOn::Success });
         runs.push(r);
     }
     // j8: list, then fetch over 12 items: 9 succeeded, one running, one queued, one dead.

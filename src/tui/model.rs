@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::rows::{JobRun, TaskRun};
+use super::rows::{JobRun, ReachedBy, TaskRun};
 use crate::engine::{
     AttemptFailure, EngineEvent, EngineSnapshot, EventData, EventName, Instance, JobShape, JobStart, QueueSnapshot,
     WorkerSnapshot,
@@ -30,6 +30,8 @@ pub const COST_HISTORY_MINUTES: u64 = 24 * 60;
 const MAX_ATTEMPT_LINES: usize = 32;
 /// How many `task.warning`s of one task run are remembered for its detail pane.
 pub const MAX_WARNING_LINES: usize = 10;
+/// Transitions seen for task runs not on screen yet (their `task.queued` follows at once).
+const MAX_UNSEEN_TRANSITIONS: usize = 1_024;
 
 /// The views: the seven of SPEC §4.2 and the schedules, in key order (`1`..`8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -326,6 +328,8 @@ pub struct Model {
     pub optimistic: BTreeMap<u64, TaskState>,
     /// Job runs a retry reopened before the engine confirmed it: their state and end before.
     pub optimistic_jobs: BTreeMap<u64, (JobState, Option<u64>)>,
+    /// `transition.fired` of task runs not on screen yet: how each was reached, until it is.
+    unseen_transitions: BTreeMap<u64, ReachedBy>,
     /// Per view: the ids of the rows, filtered and sorted (queues and workers by position).
     pub index: [Vec<u64>; VIEWS],
     dirty: [bool; VIEWS],
@@ -361,6 +365,7 @@ impl Model {
             session: Session::Owner,
             optimistic: BTreeMap::new(),
             optimistic_jobs: BTreeMap::new(),
+            unseen_transitions: BTreeMap::new(),
             index: Default::default(),
             dirty: [true; VIEWS],
             changed: true,
@@ -534,11 +539,15 @@ impl Model {
         }
     }
 
-    fn insert_task(&mut self, rec: TaskRun) {
+    fn insert_task(&mut self, mut rec: TaskRun) {
+        if let Some(by) = self.unseen_transitions.remove(&rec.id) {
+            rec.reached_by = rec.reached_by.or(Some(by));
+        }
         if let Some(old) = self.tasks.remove(&rec.id) {
             self.tally(&old.rec, -1);
             // Events already applied are at least as new as a store read that raced them for
             // the dynamic fields; keep what they said about attempts and the model.
+            rec.reached_by = rec.reached_by.or(old.rec.reached_by);
             let row = TaskRow { rec, attempts: old.attempts, model: old.model, warnings: old.warnings };
             self.tally(&row.rec, 1);
             self.tasks.insert(row.rec.id, row);
@@ -715,6 +724,21 @@ impl Model {
                     format!("{who}: budget exceeded, spent {} of {}", usd(*spent_usd_micros), usd(*limit_usd_micros)),
                     true,
                 );
+            }
+            EventData::TransitionFired { from_task_run, on, .. } => {
+                // `task_run` is the run the transition started (none while a join waits); its
+                // own events come next, so it is most often not on screen yet.
+                let Some(id) = e.task_run else { return Vec::new() };
+                let by = ReachedBy { from_task_run: *from_task_run, on: *on };
+                match self.tasks.get_mut(&id) {
+                    Some(row) => row.rec.reached_by = Some(by),
+                    None => {
+                        self.unseen_transitions.insert(id, by);
+                        while self.unseen_transitions.len() > MAX_UNSEEN_TRANSITIONS {
+                            self.unseen_transitions.pop_first();
+                        }
+                    }
+                }
             }
             EventData::HookFailed(h) => {
                 let what = format!("hook {} ({}) for {}", h.hook, h.level, h.for_event);
