@@ -591,10 +591,10 @@ pub fn rfc3339_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// The inverse of [`rfc3339_ms`].
+/// The inverse of [`rfc3339_ms`] (any RFC 3339 time; `None` before the epoch).
 pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
-    let t = humantime::parse_rfc3339_weak(text).ok()?;
-    t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
+    let time = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    u64::try_from(time.timestamp_millis()).ok()
 }
 
 #[cfg(test)]

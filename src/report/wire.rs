@@ -263,8 +263,7 @@ mod time {
     }
 
     pub fn ms_of(text: &str) -> Option<u64> {
-        let time = chrono::DateTime::parse_from_rfc3339(text).ok()?;
-        u64::try_from(time.timestamp_millis()).ok()
+        crate::engine::parse_rfc3339_ms(text)
     }
 }
 
