@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::config::TransitionOn;
@@ -226,132 +227,86 @@ impl EventData {
         }
     }
 
-    /// The event's own fields as JSON, in the order they are written.
-    fn fields(&self) -> Vec<(&'static str, Value)> {
-        let some = |key, v: Option<Value>| v.map(|v| (key, v));
+    /// The event's own fields as JSON, in the order they are written; `None` for an optional
+    /// field the event does not have (it is left out, not written as null).
+    fn fields(&self) -> Vec<Option<(&'static str, Value)>> {
         match self {
-            EventData::JobStarted(JobStart::New { params }) => vec![("params", json!(params))],
-            EventData::JobStarted(JobStart::Retry { from }) => {
-                [Some(("retry", json!(true))), some("from", from.as_ref().map(|f| json!(f)))]
-                    .into_iter()
-                    .flatten()
-                    .collect()
+            EventData::JobStarted(JobStart::New { params }) => vec![put("params", params)],
+            EventData::JobStarted(JobStart::Retry { from }) => vec![put("retry", true), opt("from", from)],
+            EventData::JobSucceeded(end) | EventData::JobFailed(end) | EventData::JobCancelled(end) => {
+                vec![usd("cost_usd", end.cost_usd_micros), opt("reason", &end.reason)]
             }
-            EventData::JobSucceeded(end) | EventData::JobFailed(end) | EventData::JobCancelled(end) => [
-                Some(("cost_usd", usd_json(end.cost_usd_micros))),
-                some("reason", end.reason.as_ref().map(|r| json!(r))),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
             EventData::JobRedefined { from_definition, to_definition, changes } => vec![
-                ("from_definition", json!(format!("{from_definition:016x}"))),
-                ("to_definition", json!(format!("{to_definition:016x}"))),
-                ("changes", json!(changes)),
+                put("from_definition", format!("{from_definition:016x}")),
+                put("to_definition", format!("{to_definition:016x}")),
+                put("changes", changes),
             ],
             EventData::TaskQueued { priority, series_start } => {
-                [Some(("priority", json!(priority))), some("series_start", series_start.map(|n| json!(n)))]
-                    .into_iter()
-                    .flatten()
-                    .collect()
+                vec![put("priority", priority), opt("series_start", series_start)]
             }
-            EventData::TaskStarted { priority, pid } => {
-                [Some(("priority", json!(priority))), some("pid", pid.map(|p| json!(p)))]
-                    .into_iter()
-                    .flatten()
-                    .collect()
-            }
-            EventData::TaskSucceeded { duration_ms, cost_usd_micros, cached_from } => [
-                Some(("duration_ms", json!(duration_ms))),
-                Some(("cost_usd", usd_json(*cost_usd_micros))),
+            EventData::TaskStarted { priority, pid } => vec![put("priority", priority), opt("pid", pid)],
+            EventData::TaskSucceeded { duration_ms, cost_usd_micros, cached_from } => vec![
+                put("duration_ms", duration_ms),
+                usd("cost_usd", *cost_usd_micros),
                 cached_from.map(|_| ("cached", json!(true))),
-                some("from_task_run", cached_from.map(|id| json!(id))),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-            EventData::TaskFailed(f) => [
-                Some(("reason", json!(f.reason.as_str()))),
-                some("exit_code", f.exit_code.map(|c| json!(c))),
-                some("signal", f.signal.map(|s| json!(s))),
-                some("detail", f.detail.as_ref().map(|d| json!(d))),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
+                opt("from_task_run", cached_from),
+            ],
+            EventData::TaskFailed(f) => vec![
+                put("reason", f.reason.as_str()),
+                opt("exit_code", &f.exit_code),
+                opt("signal", &f.signal),
+                opt("detail", &f.detail),
+            ],
             EventData::TaskRetryScheduled { delay_ms, next_attempt } => {
-                vec![("delay_ms", json!(delay_ms)), ("next_attempt", json!(next_attempt))]
+                vec![put("delay_ms", delay_ms), put("next_attempt", next_attempt)]
             }
             EventData::TaskDeadLettered { reason, detail } => {
-                [Some(("reason", json!(reason.as_str()))), some("detail", detail.as_ref().map(|d| json!(d)))]
-                    .into_iter()
-                    .flatten()
-                    .collect()
+                vec![put("reason", reason.as_str()), opt("detail", detail)]
             }
-            EventData::TaskCancelled { from_dead } => {
-                if *from_dead {
-                    vec![("from", json!("dead"))]
-                } else {
-                    Vec::new()
-                }
-            }
+            EventData::TaskCancelled { from_dead } => vec![from_dead.then(|| ("from", json!("dead")))],
             EventData::TaskSkipped | EventData::TaskHandled | EventData::QueueCircuitClosed => Vec::new(),
-            EventData::TaskWaiting { wait_for } => vec![("wait_for", json!(wait_for))],
-            EventData::TaskCost { usage, model, unpriced } => [
-                Some(("usd", usd_json(usage.usd_micros))),
-                Some(("input_tokens", json!(usage.input_tokens))),
-                Some(("output_tokens", json!(usage.output_tokens))),
-                Some(("cache_read_tokens", json!(usage.cache_read_tokens))),
-                Some(("cache_write_tokens", json!(usage.cache_write_tokens))),
-                some("model", model.as_ref().map(|m| json!(m))),
+            EventData::TaskWaiting { wait_for } => vec![put("wait_for", wait_for)],
+            EventData::TaskCost { usage, model, unpriced } => vec![
+                usd("usd", usage.usd_micros),
+                put("input_tokens", usage.input_tokens),
+                put("output_tokens", usage.output_tokens),
+                put("cache_read_tokens", usage.cache_read_tokens),
+                put("cache_write_tokens", usage.cache_write_tokens),
+                opt("model", model),
                 unpriced.then(|| ("unpriced", json!(true))),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-            EventData::TaskProgress { message } | EventData::TaskWarning { message } => {
-                vec![("message", json!(message))]
-            }
+            ],
+            EventData::TaskProgress { message } | EventData::TaskWarning { message } => vec![put("message", message)],
             EventData::TransitionFired { from_task_run, on, to } => {
-                vec![("from_task_run", json!(from_task_run)), ("on", json!(on.as_str())), ("to", json!(to))]
+                vec![put("from_task_run", from_task_run), put("on", on.as_str()), put("to", to)]
             }
-            EventData::ResourceExhausted { detail, delay_ms } => {
-                vec![("detail", json!(detail)), ("delay_ms", json!(delay_ms))]
-            }
+            EventData::ResourceExhausted { detail, delay_ms } => vec![put("detail", detail), put("delay_ms", delay_ms)],
             EventData::WorkerRestarted { worker, reason, restarts } => {
-                vec![("worker", json!(worker)), ("reason", json!(reason)), ("restarts", json!(restarts))]
+                vec![put("worker", worker), put("reason", reason), put("restarts", restarts)]
             }
-            EventData::ScheduleFired { scheduled_for_ms } => {
-                vec![("scheduled_for", json!(rfc3339_ms(*scheduled_for_ms)))]
-            }
+            EventData::ScheduleFired { scheduled_for_ms } => vec![put("scheduled_for", rfc3339_ms(*scheduled_for_ms))],
             EventData::ScheduleSkipped { scheduled_for_ms, reason } => {
-                vec![("scheduled_for", json!(rfc3339_ms(*scheduled_for_ms))), ("reason", json!(reason))]
+                vec![put("scheduled_for", rfc3339_ms(*scheduled_for_ms)), put("reason", reason)]
             }
             EventData::BudgetExceeded { scope, limit_usd_micros, spent_usd_micros } => vec![
-                ("scope", json!(scope.as_str())),
-                ("limit_usd", usd_json(*limit_usd_micros)),
-                ("spent_usd", usd_json(*spent_usd_micros)),
+                put("scope", scope.as_str()),
+                usd("limit_usd", *limit_usd_micros),
+                usd("spent_usd", *spent_usd_micros),
             ],
             EventData::BudgetRaised { scope, limit_usd_micros } => {
-                vec![("scope", json!(scope.as_str())), ("limit_usd", usd_json(*limit_usd_micros))]
+                vec![put("scope", scope.as_str()), usd("limit_usd", *limit_usd_micros)]
             }
-            EventData::QueueCircuitOpened { failures, within_ms, until_ms } => vec![
-                ("failures", json!(failures)),
-                ("within_ms", json!(within_ms)),
-                ("until", json!(rfc3339_ms(*until_ms))),
+            EventData::QueueCircuitOpened { failures, within_ms, until_ms } => {
+                vec![put("failures", failures), put("within_ms", within_ms), put("until", rfc3339_ms(*until_ms))]
+            }
+            EventData::HookFailed(h) => vec![
+                put("hook", &h.hook),
+                put("level", &h.level),
+                put("for_event", h.for_event.as_str()),
+                put("reason", &h.reason),
+                put("detail", &h.detail),
+                opt("exit_code", &h.exit_code),
+                opt("log", &h.log),
             ],
-            EventData::HookFailed(h) => [
-                Some(("hook", json!(h.hook))),
-                Some(("level", json!(h.level))),
-                Some(("for_event", json!(h.for_event.as_str()))),
-                Some(("reason", json!(h.reason))),
-                Some(("detail", json!(h.detail))),
-                some("exit_code", h.exit_code.map(|c| json!(c))),
-                some("log", h.log.as_ref().map(|l| json!(l))),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
         }
     }
 
@@ -460,6 +415,21 @@ impl EventData {
     }
 }
 
+/// A field every event of its kind has.
+fn put(key: &'static str, value: impl Serialize) -> Option<(&'static str, Value)> {
+    Some((key, json!(value)))
+}
+
+/// A field written only when there is a value.
+fn opt<T: Serialize>(key: &'static str, value: &Option<T>) -> Option<(&'static str, Value)> {
+    value.as_ref().map(|v| (key, json!(v)))
+}
+
+/// Money: micro-dollars as a decimal number of dollars.
+fn usd(key: &'static str, micros: u64) -> Option<(&'static str, Value)> {
+    Some((key, usd_json(micros)))
+}
+
 /// The fields of an event's JSON object, read by type.
 struct Fields<'a>(&'a Map<String, Value>);
 
@@ -561,7 +531,7 @@ impl EngineEvent {
                 obj.insert("kind".into(), json!("compensation"));
             }
         }
-        for (key, value) in self.data.fields() {
+        for (key, value) in self.data.fields().into_iter().flatten() {
             obj.insert(key.into(), value);
         }
         Value::Object(obj)
