@@ -398,6 +398,8 @@ impl JobRun {
 
     fn task_note_event(&self, i: usize, what: &TaskNote) -> EngineEvent {
         let priority = self.run.tasks[i].priority;
+        // `task.failed` names the attempt that failed, whatever the run's latest is now.
+        let mut failed_attempt = None;
         let data = match what {
             TaskNote::Queued { series_start } => EventData::TaskQueued { priority, series_start: *series_start },
             TaskNote::Waiting { wait_for } => EventData::TaskWaiting { wait_for: wait_for.clone() },
@@ -408,17 +410,13 @@ impl JobRun {
                 cached_from: *cached_from,
             },
             TaskNote::Failed { attempt, reason, exit_code, signal, detail } => {
-                let mut e = self.task_event(
-                    EventData::TaskFailed(AttemptFailure {
-                        reason: reason.unwrap_or(FailReason::ExitCode),
-                        exit_code: *exit_code,
-                        signal: *signal,
-                        detail: detail.clone(),
-                    }),
-                    i,
-                );
-                e.attempt = Some(*attempt);
-                return e;
+                failed_attempt = Some(*attempt);
+                EventData::TaskFailed(AttemptFailure {
+                    reason: reason.unwrap_or(FailReason::ExitCode),
+                    exit_code: *exit_code,
+                    signal: *signal,
+                    detail: detail.clone(),
+                })
             }
             TaskNote::RetryScheduled { delay_ms, next_attempt } => {
                 EventData::TaskRetryScheduled { delay_ms: *delay_ms, next_attempt: *next_attempt }
@@ -437,7 +435,9 @@ impl JobRun {
             }
             TaskNote::Progress { text } => EventData::TaskProgress { message: text.clone() },
         };
-        self.task_event(data, i)
+        let mut e = self.task_event(data, i);
+        e.attempt = failed_attempt.or(e.attempt);
+        e
     }
 
     /// Commits `mutations`; then publishes `events` and runs `after`. Callbacks run in the
