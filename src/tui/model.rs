@@ -540,9 +540,8 @@ impl Model {
     }
 
     fn insert_task(&mut self, mut rec: TaskRun) {
-        if let Some(by) = self.unseen_transitions.remove(&rec.id) {
-            rec.reached_by = rec.reached_by.or(Some(by));
-        }
+        let unseen = self.unseen_transitions.remove(&rec.id);
+        rec.reached_by = rec.reached_by.or(unseen);
         if let Some(old) = self.tasks.remove(&rec.id) {
             self.tally(&old.rec, -1);
             // Events already applied are at least as new as a store read that raced them for
@@ -726,18 +725,9 @@ impl Model {
                 );
             }
             EventData::TransitionFired { from_task_run, on, .. } => {
-                // `task_run` is the run the transition started (none while a join waits); its
-                // own events come next, so it is most often not on screen yet.
-                let Some(id) = e.task_run else { return Vec::new() };
-                let by = ReachedBy { from_task_run: *from_task_run, on: *on };
-                match self.tasks.get_mut(&id) {
-                    Some(row) => row.rec.reached_by = Some(by),
-                    None => {
-                        self.unseen_transitions.insert(id, by);
-                        while self.unseen_transitions.len() > MAX_UNSEEN_TRANSITIONS {
-                            self.unseen_transitions.pop_first();
-                        }
-                    }
+                // `task_run` is the run the transition started (none while a join waits).
+                if let Some(id) = e.task_run {
+                    self.apply_transition(id, ReachedBy { from_task_run: *from_task_run, on: *on });
                 }
             }
             EventData::HookFailed(h) => {
@@ -748,6 +738,20 @@ impl Model {
             _ => {}
         }
         Vec::new()
+    }
+
+    /// Task run `id` was started by a transition. Its own events come next, so it is most
+    /// often not on screen yet: kept until it is.
+    fn apply_transition(&mut self, id: u64, by: ReachedBy) {
+        match self.tasks.get_mut(&id) {
+            Some(row) => row.rec.reached_by = Some(by),
+            None => {
+                self.unseen_transitions.insert(id, by);
+                while self.unseen_transitions.len() > MAX_UNSEEN_TRANSITIONS {
+                    self.unseen_transitions.pop_first();
+                }
+            }
+        }
     }
 
     fn apply_fire(&mut self, e: &EngineEvent, scheduled_for_ms: u64, skipped: bool) {
