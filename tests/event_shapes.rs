@@ -41,6 +41,19 @@ run = 'true'
 next = [{ on = "success", do = ["spend"] }]
 [jobs.saga.tasks.spend]
 run = 'echo "cost usd=0.02" >&3'
+
+[jobs.handled]
+[jobs.handled.tasks.check]
+run = 'exit 3'
+next = [{ on = "failure", do = ["fix"] }]
+[jobs.handled.tasks.fix]
+run = 'true'
+
+[jobs.gate]
+[jobs.gate.tasks.approve]
+wait_for = "go"
+wait_timeout = "50ms"
+run = 'true'
 "#;
 
 fn kind(v: &Value) -> &'static str {
@@ -78,7 +91,10 @@ fn shapes(events: &[Value]) -> String {
 fn event_json_shapes_are_pinned() {
     let p = Project::new(WORKFLOW);
     let (code, mut all) = p.run_json(&[]);
-    assert_eq!(code, 1, "flaky and slow fail one job run, spend crosses the other's budget");
+    assert_eq!(
+        code, 1,
+        "flaky and slow fail one job run, spend crosses the other's budget, approve is never signalled"
+    );
     all.extend(p.journal());
     let got = shapes(&all);
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/event_shapes.txt");
