@@ -210,6 +210,27 @@ impl WorkflowGraph {
         out
     }
 
+    /// The tasks a job run makes a task run of when it is created (SPEC §2.2: a task never
+    /// reached gets none): every task reached through `needs` alone — not a transition target,
+    /// and no need behind one. The others get theirs when a transition or their needs reach
+    /// them. Linear in tasks plus `needs` edges.
+    pub fn made_at_start(&self) -> Vec<bool> {
+        let mut made = vec![true; self.len()];
+        let mut stack: Vec<usize> = (0..self.len()).filter(|&t| self.is_transition_target(t)).collect();
+        while let Some(t) = stack.pop() {
+            if std::mem::replace(&mut made[t], false) {
+                stack.extend(&self.dependents[t]);
+            }
+        }
+        made
+    }
+
+    /// True when a need of `task` is a transition target (a task that may run several times):
+    /// `task` follows that need's latest task run, once nothing can reach the need again.
+    pub fn needs_a_target(&self, task: usize) -> bool {
+        self.needs[task].iter().any(|&n| self.is_transition_target(n))
+    }
+
     /// True when `of` is upstream of `task` (see [`WorkflowGraph::upstream`]).
     pub fn is_upstream(&self, of: usize, task: usize) -> bool {
         self.upstream(task).contains(&of)

@@ -15,6 +15,7 @@ fn job_run(id: u64) -> JobRunRecord {
         created_at_ms: 1,
         ended_at_ms: None,
         cancel_requested: false,
+        sliced: false,
     }
 }
 
