@@ -208,7 +208,9 @@ fn stops_new_work(graph: &JobGraph, states: &TaskStates) -> bool {
 pub fn start(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
     let mut changes = Vec::new();
     for task in 0..graph.len() {
-        if states[task] == TaskState::Pending && !graph.is_left_to_core(task) && all_succeeded(&graph.needs[task], states)
+        if states[task] == TaskState::Pending
+            && !graph.is_left_to_core(task)
+            && all_succeeded(&graph.needs[task], states)
         {
             set(states, &mut changes, task, graph.ready_state(task));
         }

@@ -10,8 +10,8 @@ use actix::prelude::*;
 use super::JobRun;
 use crate::config::Workflow;
 use crate::engine::EventName;
-use crate::model::rerun::{self, DefinitionChoice};
 use crate::model::TaskState;
+use crate::model::rerun::{self, DefinitionChoice};
 use crate::model::run::Input;
 use crate::store::Mutation;
 

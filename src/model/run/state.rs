@@ -382,7 +382,13 @@ impl RunState {
 /// The first task run of each task at its task's index, in file order (a stand-in where the
 /// task has none: nothing reached it); then the later ones by task and iteration (each task's
 /// first task run has iteration 1), fan-out items and compensations among them (by id).
+/// Each run's `task_index` is set to its task's index in `job`, which for an `--only` run is the
+/// job cut down to the run's tasks (its records hold the index in the whole job).
 fn place_runs(job: &JobDef, mut tasks: Vec<TaskRun>, priority: Option<u8>) -> Vec<TaskRun> {
+    let index: HashMap<&str, usize> = job.tasks.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    for t in &mut tasks {
+        t.task_index = index.get(t.task.as_str()).copied().unwrap_or(t.task_index);
+    }
     tasks.sort_by_key(|t| (t.iteration > 1 || t.is_extra(), t.task_index, t.iteration, t.id));
     let firsts = tasks.iter().take_while(|t| t.iteration <= 1 && !t.is_extra()).count();
     let later = tasks.split_off(firsts);

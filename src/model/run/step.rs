@@ -211,8 +211,7 @@ impl<E: Env> Step<'_, E> {
         }
         self.decide_held();
         self.give_up_on_unreached();
-        let Some(mut state) = graph::outcome(&self.s.states, self.s.not_made, self.s.job_run.cancel_requested)
-        else {
+        let Some(mut state) = graph::outcome(&self.s.states, self.s.not_made, self.s.job_run.cancel_requested) else {
             return;
         };
         if state == JobState::Succeeded && (self.s.budget_spent || self.s.iteration_limit) {

@@ -91,8 +91,7 @@ fn new_run(toml: &str) -> RunState {
     let job = &workflow.jobs[0];
     let made = crate::model::workflow_graph::WorkflowGraph::of(job).made_at_start();
     let made_at_start = job.tasks.iter().enumerate().filter(|(i, _)| made[*i]);
-    let tasks =
-        made_at_start.enumerate().map(|(n, (i, def))| TaskRun::new(n as u64 + 1, i, def, 1, 0)).collect();
+    let tasks = made_at_start.enumerate().map(|(n, (i, def))| TaskRun::new(n as u64 + 1, i, def, 1, 0)).collect();
     let facts = JobRunFacts {
         id: 7,
         job: job.name.clone(),
@@ -548,8 +547,13 @@ fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseE
         for &held in &s.held {
             let was = before.get(held).map(|b| b.0);
             if was == Some(TaskState::Pending) && s.tasks[held].state == TaskState::Queued {
-                let open = |(i, t): (usize, &TaskRun)| i != held && s.is_node(i) && t.is_made() && !t.state.is_terminal();
-                prop_assert!(!s.tasks.iter().enumerate().any(open), "{} started while its need may run again", s.tasks[held].task);
+                let open =
+                    |(i, t): (usize, &TaskRun)| i != held && s.is_node(i) && t.is_made() && !t.state.is_terminal();
+                prop_assert!(
+                    !s.tasks.iter().enumerate().any(open),
+                    "{} started while its need may run again",
+                    s.tasks[held].task
+                );
             }
         }
         terminal_said.resize(s.tasks.len(), 0);
@@ -695,11 +699,7 @@ fn a_task_run_a_transition_started_records_how_it_was_reached() {
         Some(ReachedBy { from_task_run: first_review.expect("review#1"), on: TransitionOn::Success });
     assert_eq!(
         reached,
-        [
-            ("write".into(), 1, None),
-            ("review".into(), 1, by("write")),
-            ("review".into(), 2, from_first_review),
-        ]
+        [("write".into(), 1, None), ("review".into(), 1, by("write")), ("review".into(), 2, from_first_review),]
     );
 }
 
