@@ -163,10 +163,11 @@ impl JobRun {
         if let Some(t) = self.run.tasks[firsts..].iter().find(|t| !t.state.is_terminal()) {
             return Err(format!("job run j{id}: task `{}` (#{}) {}", t.task, t.id, t.state.phrase()));
         }
-        // A task nothing reached reads as skipped: not open, not succeeded.
+        // Each task as its dependents see it: by its latest task run; one nothing reached reads
+        // as skipped (not open, not succeeded).
         let reached = |i: usize| self.run.tasks[i].is_made();
-        let states: Vec<_> =
-            (0..firsts).map(|i| if reached(i) { self.run.states[i] } else { TaskState::Skipped }).collect();
+        let latest = |i: usize| self.run.tasks[self.run.latest[i]].state;
+        let states: Vec<_> = (0..firsts).map(|i| if reached(i) { latest(i) } else { TaskState::Skipped }).collect();
         let rerun = rerun::plan_from(&self.run.graph, &states, from).map_err(|e| format!("job run j{id}: {e}"))?;
         // A re-run spends too: the same budgets as a retry's hold it (`model::retry`).
         let (job, spends) = self.spends();

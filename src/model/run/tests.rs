@@ -870,32 +870,38 @@ fn a_task_never_reached_gets_no_task_run() {
     assert_eq!(s.tasks.iter().filter(|t| t.is_made()).count(), 1, "review, revise and publish were not reached");
 }
 
+/// Through [`NEEDS_A_LOOP`] to review's second round, queued: the script and its effects.
+const TO_ROUND_TWO: (&str, &str) = (
+    "begin
+     claim write
+     ok write
+     claim review
+     ok review verdict=no
+     claim revise
+     ok revise
+     claim review",
+    "begin => job started, write queued, enqueue write
+     claim write => claimed write#1
+     ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
+     claim review => claimed review#1
+     ok review verdict=no => review succeeded, review#1 -success-> revise#1, revise queued, enqueue revise
+     claim revise => claimed revise#1
+     ok revise => revise succeeded, revise#1 -success-> review#2, review queued, enqueue review
+     claim review => claimed review#1",
+);
+
 #[test]
 fn a_task_that_needs_a_loop_runs_once_after_its_last_iteration() {
     let s = check(
         NEEDS_A_LOOP,
-        "begin
-         claim write
-         ok write
-         claim review
-         ok review verdict=no
-         claim revise
-         ok revise
-         claim review
-         ok review verdict=approved
-         claim publish
-         ok publish",
-        "begin => job started, write queued, enqueue write
-         claim write => claimed write#1
-         ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
-         claim review => claimed review#1
-         ok review verdict=no => review succeeded, review#1 -success-> revise#1, revise queued, enqueue revise
-         claim revise => claimed revise#1
-         ok revise => revise succeeded, revise#1 -success-> review#2, review queued, enqueue review
-         claim review => claimed review#1
-         ok review verdict=approved => review succeeded, publish queued, enqueue publish
-         claim publish => claimed publish#1
-         ok publish => publish succeeded, job succeeded, finish",
+        &format!("{}\nok review verdict=approved\nclaim publish\nok publish", TO_ROUND_TWO.0),
+        &format!(
+            "{}\n{}\n{}\n{}",
+            TO_ROUND_TWO.1,
+            "ok review verdict=approved => review succeeded, publish queued, enqueue publish",
+            "claim publish => claimed publish#1",
+            "ok publish => publish succeeded, job succeeded, finish"
+        ),
     );
     let publish = s.tasks.iter().filter(|t| t.task == "publish").count();
     assert_eq!(publish, 1, "publish runs once");
@@ -905,27 +911,9 @@ fn a_task_that_needs_a_loop_runs_once_after_its_last_iteration() {
 
 #[test]
 fn a_task_that_needs_a_loop_is_skipped_when_its_last_iteration_fails() {
-    check(
-        NEEDS_A_LOOP,
-        "begin
-         claim write
-         ok write
-         claim review
-         ok review verdict=no
-         claim revise
-         ok revise
-         claim review
-         fail review 3",
-        "begin => job started, write queued, enqueue write
-         claim write => claimed write#1
-         ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
-         claim review => claimed review#1
-         ok review verdict=no => review succeeded, review#1 -success-> revise#1, revise queued, enqueue revise
-         claim revise => claimed revise#1
-         ok revise => revise succeeded, revise#1 -success-> review#2, review queued, enqueue review
-         claim review => claimed review#1
-         fail review 3 => review failed#1(exit_code), review dead(exit_code), publish skipped, job failed (task review (#106) dead: exit_code 3), finish",
-    );
+    let ended = "fail review 3 => review failed#1(exit_code), review dead(exit_code), publish skipped, \
+                 job failed (task review (#106) dead: exit_code 3), finish";
+    check(NEEDS_A_LOOP, &format!("{}\nfail review 3", TO_ROUND_TWO.0), &format!("{}\n{ended}", TO_ROUND_TWO.1));
 }
 
 /// `c` is reached from `a` and from `b` (no join: twice); `d` needs `c`.
