@@ -143,3 +143,28 @@ fn retry_from_a_task_that_needs_a_loop_runs_it_again_with_the_last_iteration() {
     assert_eq!(runs_of(&tasks, "review").len(), 3, "review was not run again");
     assert!(runs_of(&tasks, "escalate").is_empty(), "still not reached");
 }
+
+/// kill -9 while the loop runs (revise running): the restart goes on from the stored task runs,
+/// makes no task run of what was not reached, and `publish` still runs once, after round 3.
+#[test]
+fn a_kill_mid_loop_resumes_and_publish_still_follows_the_last_round() {
+    let p = Project::new(&REVIEW_THEN_PUBLISH.replace("run = 'true'\nnext", "run = 'sleep 0.5'\nnext"));
+    let mut child = p.spawn_run(&[]);
+    support::wait_until(std::time::Duration::from_secs(20), "revise to run", || {
+        let out = p.run(&["tasks", "--json"]); // fails until the state dir exists
+        let tasks: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        tasks.as_array().into_iter().flatten().any(|t| t["task"] == "revise" && t["state"] == "running")
+    });
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    assert!(p.tasks().iter().all(|t| t["task"] != "publish" && t["task"] != "escalate"), "not reached yet");
+
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "the resumed run finishes: {events:#?}");
+    let tasks = p.tasks();
+    assert_eq!(runs_of(&tasks, "review").len(), 3);
+    assert_eq!(runs_of(&tasks, "publish").len(), 1);
+    assert!(runs_of(&tasks, "escalate").is_empty());
+    let published = std::fs::read_to_string(p.path().join("published")).expect("publish ran");
+    assert_eq!(published, "3\n");
+}
