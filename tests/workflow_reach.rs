@@ -126,6 +126,15 @@ fn an_only_run_keeps_its_cut_and_says_nothing_is_unreached() {
     let names: Vec<&str> = show["tasks"].as_array().expect("tasks").iter().filter_map(|t| t["task"].as_str()).collect();
     assert_eq!(names, ["review", "publish"], "the task and its borrowed need");
     assert_eq!(show["not_reached"], serde_json::json!([]), "an --only run's job is its cut");
+
+    // Its task runs were made with their index in the whole job (review 1, publish 4) but its
+    // job has two tasks: the run, the offline check of a retry and the retry find them by name.
+    let out = p.run(&["retry", "j2", "--from", "publish"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:#?}");
+    let published = std::fs::read_to_string(p.path().join("published")).expect("publish ran");
+    assert_eq!(published, "3\n3\n3\n", "j1, the --only run j2, and j2 again; each saw review#3's outputs");
 }
 
 #[test]
