@@ -293,6 +293,23 @@ mod tests {
         );
     }
 
+    /// What a job run makes at once: the entry task and what follows it through `needs` alone;
+    /// not the transition targets, nor what needs one (`publish`).
+    #[test]
+    fn made_at_start_is_what_needs_alone_reach() {
+        let mut nodes: Vec<TaskNode> = Vec::new();
+        let g = review_loop();
+        assert_eq!(g.made_at_start(), [true, false, false, false, true, true]);
+        assert!((0..g.len()).all(|t| !g.needs_a_target(t)));
+        nodes.push(node("write", &[], &[(TransitionOn::Success, &["review"])]));
+        nodes.push(node("review", &[], &[]));
+        nodes.push(node("publish", &["review", "write"], &[]));
+        nodes.push(node("announce", &["publish"], &[]));
+        let g = WorkflowGraph::new(nodes);
+        assert_eq!(g.made_at_start(), [true, false, false, false]);
+        assert_eq!((0..g.len()).map(|t| g.needs_a_target(t)).collect::<Vec<_>>(), [false, false, true, false]);
+    }
+
     #[test]
     fn upstream_follows_needs_and_transitions_through_cycles() {
         let g = review_loop();
