@@ -456,10 +456,33 @@ impl Rules {
                 let sent_at = w.now;
                 w.send(Msg::Renew { id, sent_at });
             }
-            Action::SelfExpire(i) | Action::Crash(i) => {
-                if a == Action::Crash(i) {
-                    w.crashes += 1;
+            Action::SelfExpire(i) => {
+                let m = &mut w.machines[i];
+                let attempts: Vec<(u64, u32)> = match m.work {
+                    Some(Work::Claimed { task, attempt } | Work::Running { task, attempt }) => {
+                        vec![(task as u64, attempt)]
+                    }
+                    None => vec![],
+                };
+                let job_runs: Vec<u64> = m.owns.map(|_| 0).into_iter().collect();
+                let duties = expired_duties(&attempts, &job_runs);
+                if !duties.kill.is_empty() {
+                    // Killed before they end: they never report.
+                    m.work = None;
                 }
+                if !duties.drop_job_runs.is_empty() {
+                    m.owns = None;
+                    m.plans = vec![None; b.tasks];
+                }
+                if duties.rejoin {
+                    m.id = None;
+                    m.renew_in_flight = false;
+                }
+            }
+            Action::Crash(i) => {
+                // kill -9: the node forgets everything; its orphans die with the group (or are
+                // killed when it starts again), so they never report.
+                w.crashes += 1;
                 let m = &mut w.machines[i];
                 *m = Machine {
                     id: None,
