@@ -18,7 +18,10 @@
 //! `check.rs` (tests only) explores every interleaving of a small cluster — claims, starts,
 //! renewals, delayed messages (a partition), paused nodes (SIGSTOP), crashes, adoptions, reaps,
 //! outcomes — through these very functions, and asserts that no task run ever has two attempts
-//! the store accepts. Bigger bounds: `GAFFER_LEASE_CHECK=big cargo nextest run -E 'test(lease)'`.
+//! the store accepts. The default bounds (2 machines, 1 task run, 3 ticks of a 3-tick lease,
+//! 62k states) take seconds; bigger ones: `GAFFER_LEASE_CHECK=big cargo nextest run -E
+//! 'test(lease_rules_hold)'`, or `GAFFER_LEASE_CHECK=machines=3,time=4,joins=2,crashes=1,resend=1`
+//! (keys in `check.rs`, `bounds_from_env`; states grow about fivefold per tick).
 
 use crate::config::RetryPolicy;
 use crate::model::policy::{AfterAttempt, AttemptOutcome, RunSoFar, after_attempt};
