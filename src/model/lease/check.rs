@@ -8,8 +8,10 @@
 //! - a paused node (SIGSTOP) or a slow one: a machine's moves are interleaved arbitrarily with
 //!   the store clock, so any move may come arbitrarily late — after its check (a claim before the
 //!   start it leads to, a snapshot before the commit planned on it);
-//! - a network partition: renewals, acknowledgements and outcomes are messages, delivered in
-//!   any order, arbitrarily late (also after their sender died and rejoined);
+//! - a network partition: renewals and outcomes are messages, delivered in any order,
+//!   arbitrarily late (also after their sender died and rejoined), outcomes twice with `resend`
+//!   (a batch resent after its answer was lost); a renewal's answer arrives at once (a late one
+//!   only makes the node believe less of its lease, which a late move of the node covers);
 //! - kill -9: a machine forgets everything; its in-flight messages still arrive;
 //! - node clocks: one rate for all clocks (monotonic clocks; drift is not modelled).
 //!
@@ -18,6 +20,12 @@
 //!
 //! A [`Flaw`] replaces one rule by a broken one; the tests assert the checker finds each, so the
 //! checker cannot pass by checking nothing.
+//!
+//! Invariants: a task run never has two attempts the store holds running, and no attempt is
+//! recorded twice (an outcome and an interruption, or two outcomes); a taken outcome is the
+//! current attempt's; the commits of one epoch come from one node; every claimed attempt is
+//! counted (an interrupted one too); no attempt runs after one succeeded; a node never believes
+//! its lease lasts longer than the store holds it; and, once faults stop, every task run ends.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
