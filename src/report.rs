@@ -14,7 +14,7 @@ use crate::model::cost::{Usage, sum_by_model};
 use crate::model::money::usd_json;
 use crate::model::{JobState, TaskState};
 use crate::sanitize::sanitize;
-use crate::store::{self, AttemptRecord, JobRunRecord, Reader, StoreError, TaskRunRecord};
+use crate::store::{self, AttemptRecord, JobRunRecord, Snapshot, StoreError, TaskRunRecord};
 
 mod wire;
 pub use wire::{JobRunView, TaskRunView, instance_in, label_in};
@@ -89,15 +89,15 @@ fn usage_json(mut value: Value, usage: &Usage) -> Value {
 /// `pid`: the running instance's (the instance knows its own, even if someone deleted
 /// `instance.lock`); `live`: its queues, so a queue with no task runs yet is listed too.
 pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnapshot]>) -> Result<Value, StoreError> {
-    let reader = store::open_reader(state_dir)?;
-    let defs = latest_queues(&reader)?;
+    let reader = store::StoreLocation::state_dir(state_dir).snapshot()?;
+    let defs = latest_queues(&*reader)?;
     let mut concurrency: BTreeMap<String, usize> = defs.iter().map(|(k, q)| (k.clone(), q.concurrency)).collect();
     let mut paused = reader.paused_queues()?;
     let mut circuits = match live {
         Some(_) => BTreeMap::new(),
         None => {
             use crate::engine::Clock;
-            crate::engine::open_circuits(&reader, &defs, crate::engine::SystemClock.now_ms())?
+            crate::engine::open_circuits(&*reader, &defs, crate::engine::SystemClock.now_ms())?
         }
     };
     for q in live.unwrap_or_default() {
@@ -111,7 +111,7 @@ pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnap
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
     let mut cost = 0u64;
     let mut exhausted = ResourceWait::default();
-    reader.each_task_run(|t| {
+    reader.each_task_run(&mut |t| {
         exhausted.count(&t);
         *totals.entry(t.state.as_str()).or_default() += 1;
         cost = cost.saturating_add(t.cost_usd_micros);
@@ -162,13 +162,13 @@ impl ResourceWait {
 }
 
 /// Queues from the definition of the newest job run (the store keeps definitions, not queues).
-fn latest_queues(reader: &Reader) -> Result<BTreeMap<String, QueueDef>, StoreError> {
+fn latest_queues(reader: &dyn Snapshot) -> Result<BTreeMap<String, QueueDef>, StoreError> {
     Ok(crate::engine::latest_workflow(reader)?.map(|w| w.queues).unwrap_or_default())
 }
 
 /// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its
 /// task runs.
-pub fn show(reader: &Reader, target: Target) -> Result<Value, QueryError> {
+pub fn show(reader: &dyn Snapshot, target: Target) -> Result<Value, QueryError> {
     match target {
         Target::TaskRun(id) => {
             let t = reader.task_run(id)?.ok_or_else(|| not_found(target))?;
@@ -203,7 +203,7 @@ pub struct JobFilter {
 }
 
 /// `jobs --json`: oldest first; with a `limit`, the newest that many, newest first.
-pub fn jobs(reader: &Reader, filter: &JobFilter) -> Result<Value, QueryError> {
+pub fn jobs(reader: &dyn Snapshot, filter: &JobFilter) -> Result<Value, QueryError> {
     collected(|emit| for_each_job(reader, filter, emit))
 }
 
@@ -219,11 +219,15 @@ fn collected(query: impl FnOnce(&mut dyn FnMut(Value) -> bool) -> Result<(), Que
 
 /// The items of `jobs --json` one at a time, for an answer streamed as it is read; `f` returns
 /// false to stop.
-pub fn for_each_job(reader: &Reader, filter: &JobFilter, mut f: impl FnMut(Value) -> bool) -> Result<(), QueryError> {
+pub fn for_each_job(
+    reader: &dyn Snapshot,
+    filter: &JobFilter,
+    mut f: impl FnMut(Value) -> bool,
+) -> Result<(), QueryError> {
     let wanted =
         wanted_state(filter.state.as_deref(), "job run", JobState::parse, &JobState::ALL.map(JobState::as_str))?;
     let mut left = filter.limit.unwrap_or(usize::MAX);
-    let visit = |j: JobRunRecord| {
+    let mut visit = |j: JobRunRecord| {
         let selected = wanted.is_none_or(|w| j.state == w) && filter.job.as_ref().is_none_or(|name| &j.job == name);
         if !selected {
             return true;
@@ -233,8 +237,8 @@ pub fn for_each_job(reader: &Reader, filter: &JobFilter, mut f: impl FnMut(Value
     };
     match filter.limit {
         Some(0) => Ok(()),
-        Some(_) => Ok(reader.each_job_run_newest_first(visit)?),
-        None => Ok(reader.each_job_run(visit)?),
+        Some(_) => Ok(reader.each_job_run_newest_first(&mut visit)?),
+        None => Ok(reader.each_job_run(&mut visit)?),
     }
 }
 
@@ -254,12 +258,16 @@ pub struct TaskFilter {
 }
 
 /// `tasks --json` (and `dlq list --json`: state `dead`).
-pub fn tasks(reader: &Reader, filter: &TaskFilter) -> Result<Value, QueryError> {
+pub fn tasks(reader: &dyn Snapshot, filter: &TaskFilter) -> Result<Value, QueryError> {
     collected(|emit| for_each_task(reader, filter, emit))
 }
 
 /// The items of `tasks --json` one at a time; `f` returns false to stop.
-pub fn for_each_task(reader: &Reader, filter: &TaskFilter, mut f: impl FnMut(Value) -> bool) -> Result<(), QueryError> {
+pub fn for_each_task(
+    reader: &dyn Snapshot,
+    filter: &TaskFilter,
+    mut f: impl FnMut(Value) -> bool,
+) -> Result<(), QueryError> {
     let states = TaskState::ALL.map(TaskState::as_str);
     let wanted = wanted_state(filter.state.as_deref(), "task run", TaskState::parse, &states)?;
     let selected = |t: &TaskRunRecord| {
@@ -267,7 +275,7 @@ pub fn for_each_task(reader: &Reader, filter: &TaskFilter, mut f: impl FnMut(Val
             && filter.job.as_ref().is_none_or(|j| &t.job == j)
             && filter.queue.as_ref().is_none_or(|q| &t.queue == q)
     };
-    Ok(reader.each_task_run(|t| !selected(&t) || f(task_json(&t)))?)
+    Ok(reader.each_task_run(&mut |t| !selected(&t) || f(task_json(&t)))?)
 }
 
 /// A `--state` filter: none, or one of `names` (an unknown one is refused, naming them all).
@@ -306,7 +314,7 @@ impl CostBy {
 
 /// `cost --json`: spending per group, from the attempts started at or after `since_ms`. By
 /// model, an attempt counts in the row of each model it paid for (`attempts`: how many did).
-pub fn cost(reader: &Reader, by: CostBy, since_ms: Option<u64>) -> Result<Value, QueryError> {
+pub fn cost(reader: &dyn Snapshot, by: CostBy, since_ms: Option<u64>) -> Result<Value, QueryError> {
     let tasks: BTreeMap<u64, TaskRunRecord> = reader.task_runs()?.into_iter().map(|t| (t.id, t)).collect();
     let mut rows: BTreeMap<String, (Usage, u64)> = BTreeMap::new();
     let mut total = Usage::default();
@@ -338,7 +346,7 @@ const LOG_CHUNK_BYTES: u64 = 1 << 20;
 /// drive a terminal), the offset to ask from next, and whether the attempt still runs.
 pub fn log_chunk(
     state_dir: &Path,
-    reader: &Reader,
+    reader: &dyn Snapshot,
     task_run: u64,
     attempt: Option<u32>,
     offset: u64,

@@ -17,7 +17,7 @@ impl Supervisor {
     /// (the overlap policy may skip some: those are `schedule.skipped`, not caught up).
     fn serve_schedules(&mut self, ctx: &mut Context<Self>) -> Result<usize, EngineError> {
         let shared = self.shared()?;
-        let stored = shared.store.reader()?.schedules()?;
+        let stored = shared.store.snapshot()?.schedules()?;
         let now = shared.clock.now_ms();
         let mut crons = Vec::new();
         let mut catch_ups = 0;

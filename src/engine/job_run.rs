@@ -78,12 +78,12 @@ impl run::Env for ActorEnv<'_> {
     }
 
     fn next_enqueue_seq(&mut self) -> u64 {
-        self.shared.store.ids.next_enqueue_seq()
+        self.shared.store.next_enqueue_seq()
     }
 
     /// Read from the store, on this rare path only (an attempt a crash interrupted).
     fn crashes_in_a_row(&mut self, t: &run::TaskRun) -> u32 {
-        let earlier = self.shared.store.reader().and_then(|r| r.attempts_of(t.id)).unwrap_or_else(|e| {
+        let earlier = self.shared.store.snapshot().and_then(|r| r.attempts_of(t.id)).unwrap_or_else(|e| {
             tracing::warn!(task_run = t.id, "reading its attempts: {e}");
             Vec::new()
         });
@@ -111,7 +111,7 @@ impl run::Env for ActorEnv<'_> {
     }
 
     fn next_task_run_id(&mut self) -> u64 {
-        self.shared.store.ids.next_task_run()
+        self.shared.store.next_task_run()
     }
 
     fn render_for_each(&mut self, state: &RunState, i: usize, text: &str) -> Result<String, String> {
@@ -134,7 +134,7 @@ impl run::Env for ActorEnv<'_> {
     }
 
     fn cache_entry(&mut self, key: &str) -> Option<run::CacheHit> {
-        let entry = self.shared.store.reader().and_then(|r| r.cache_entry(key)).unwrap_or_else(|e| {
+        let entry = self.shared.store.snapshot().and_then(|r| r.cache_entry(key)).unwrap_or_else(|e| {
             tracing::warn!("reading the cache: {e}");
             None
         })?;

@@ -17,7 +17,7 @@ use super::scheduler::Fire;
 use super::{EngineError, Shared, SubmitRequest, Submitted, Target};
 use crate::config::Workflow;
 use crate::model::{JobState, TaskState};
-use crate::store::{AttemptRecord, DefinitionRecord, JobRunRecord, Mutation, Reader, TaskRunRecord};
+use crate::store::{AttemptRecord, DefinitionRecord, JobRunRecord, Mutation, Snapshot, TaskRunRecord};
 
 mod rerun;
 pub use rerun::{SubmitOnly, plan_only};
@@ -154,7 +154,7 @@ impl Supervisor {
         if gone.is_empty() {
             return Ok(());
         }
-        let reader = self.shared()?.store.reader()?;
+        let reader = self.shared()?.store.snapshot()?;
         for id in gone {
             if let Some(record) = reader.job_run(id)?.filter(|r| r.state.is_terminal()) {
                 self.ended.insert(id, record.state);
@@ -168,7 +168,7 @@ impl Supervisor {
         if let Some(id) = self.keys.get(key) {
             return Ok(Some(*id));
         }
-        Ok(self.shared()?.store.reader()?.idempotency_key(key)?)
+        Ok(self.shared()?.store.snapshot()?.idempotency_key(key)?)
     }
 
     /// Creates a job run of `job` with all its task runs pending, and starts its actor.
@@ -196,7 +196,7 @@ impl Supervisor {
             .tasks
             .iter()
             .enumerate()
-            .map(|(i, t)| new_task_run(shared.store.ids.next_task_run(), &record, i, t, now))
+            .map(|(i, t)| new_task_run(shared.store.next_task_run(), &record, i, t, now))
             .map(|t| TaskRunRecord { priority: priority.unwrap_or(t.priority), ..t })
             .collect();
         let begin = match begin {
@@ -224,7 +224,7 @@ impl Supervisor {
     ) -> Result<JobRunRecord, EngineError> {
         // Secrets stay in this process's memory; the record holds `***` for them.
         let params = shared.secrets.resolve(def, &given).map_err(EngineError::Invalid)?;
-        let id = shared.store.ids.next_job_run();
+        let id = shared.store.next_job_run();
         shared.secrets.keep(id, params.secrets);
         Ok(JobRunRecord {
             id,
@@ -251,7 +251,7 @@ impl Supervisor {
     /// one of them needs a secret this process was not given.
     fn resume_all(&mut self) -> Result<Vec<(u64, String)>, EngineError> {
         let shared = self.shared()?;
-        let reader = shared.store.reader()?;
+        let reader = shared.store.snapshot()?;
         let records: Vec<JobRunRecord> = reader
             .job_runs()?
             .into_iter()
@@ -262,7 +262,9 @@ impl Supervisor {
             .iter()
             .filter(|r| !cancelled.contains(&r.id))
             .filter_map(|r| {
-                self.ensure_secrets(&reader, r).err().map(|why| format!("{why}; or cancel it: gaffer cancel j{}", r.id))
+                self.ensure_secrets(&*reader, r)
+                    .err()
+                    .map(|why| format!("{why}; or cancel it: gaffer cancel j{}", r.id))
             })
             .collect();
         if !refusals.is_empty() {
@@ -271,7 +273,7 @@ impl Supervisor {
         let mut resumed = Vec::new();
         for record in records {
             let (id, job) = (record.id, record.job.clone());
-            let actor = self.revive(&shared, &reader, record)?;
+            let actor = self.revive(&shared, &*reader, record)?;
             actor.do_send(Start(Begin::Resume));
             self.job_runs.insert(id, actor);
             self.job_of.insert(id, job.clone());
@@ -281,7 +283,12 @@ impl Supervisor {
     }
 
     /// Rebuilds a job run's actor from the store, with the definition it was started with.
-    fn revive(&self, shared: &Arc<Shared>, reader: &Reader, record: JobRunRecord) -> Result<Addr<JobRun>, EngineError> {
+    fn revive(
+        &self,
+        shared: &Arc<Shared>,
+        reader: &dyn Snapshot,
+        record: JobRunRecord,
+    ) -> Result<Addr<JobRun>, EngineError> {
         let workflow = self.definition_of(reader, &record)?;
         let job_index = workflow.jobs.iter().position(|j| j.name == record.job).ok_or_else(|| {
             EngineError::Invalid(format!(
@@ -303,7 +310,7 @@ impl Supervisor {
         Ok(JobRun::new(shared.clone(), workflow, job_index, record, tasks, interrupted, raised).start())
     }
 
-    fn definition_of(&self, reader: &Reader, record: &JobRunRecord) -> Result<Arc<Workflow>, EngineError> {
+    fn definition_of(&self, reader: &dyn Snapshot, record: &JobRunRecord) -> Result<Arc<Workflow>, EngineError> {
         if record.definition == self.definition {
             return Ok(self.workflow.clone());
         }
@@ -312,7 +319,7 @@ impl Supervisor {
 
     /// Makes sure this process holds the secrets job run `record` needs to go on (they are
     /// never stored): from `--param` or the environment, else says what to give.
-    fn ensure_secrets(&self, reader: &Reader, record: &JobRunRecord) -> Result<(), String> {
+    fn ensure_secrets(&self, reader: &dyn Snapshot, record: &JobRunRecord) -> Result<(), String> {
         let workflow = self.definition_of(reader, record).map_err(|e| e.to_string())?;
         let Some(job) = workflow.jobs.iter().find(|j| j.name == record.job) else { return Ok(()) };
         let shared = self.shared().map_err(|e| e.to_string())?;
@@ -325,11 +332,11 @@ impl Supervisor {
             return Ok(addr.clone());
         }
         let shared = self.shared()?;
-        let reader = shared.store.reader()?;
+        let reader = shared.store.snapshot()?;
         let record = reader.job_run(id)?.ok_or(EngineError::UnknownId(Target::JobRun(id)))?;
         let unfinished = !record.state.is_terminal();
         let job = record.job.clone();
-        let actor = self.revive(&shared, &reader, record)?;
+        let actor = self.revive(&shared, &*reader, record)?;
         if unfinished {
             // A command that came before `ResumeAll` (the socket opens first): this run is
             // resumed here, and `ResumeAll` skips it, so it must not be left un-started.
@@ -342,9 +349,9 @@ impl Supervisor {
     }
 
     fn secrets_to_go_on(&self, job_run: u64) -> Result<(), EngineError> {
-        let reader = self.shared()?.store.reader()?;
+        let reader = self.shared()?.store.snapshot()?;
         let record = reader.job_run(job_run)?.ok_or(EngineError::UnknownId(Target::JobRun(job_run)))?;
-        self.ensure_secrets(&reader, &record).map_err(|why| {
+        self.ensure_secrets(&*reader, &record).map_err(|why| {
             EngineError::Invalid(format!(
                 "{why} — give it to `gaffer run` or `gaffer serve` (the process that runs it)"
             ))
@@ -352,7 +359,7 @@ impl Supervisor {
     }
 
     fn job_name(&self, job_run: u64) -> Option<String> {
-        let reader = self.shared.as_ref()?.store.reader().ok()?;
+        let reader = self.shared.as_ref()?.store.snapshot().ok()?;
         reader.job_run(job_run).ok().flatten().map(|r| r.job)
     }
 
@@ -361,7 +368,7 @@ impl Supervisor {
         match target {
             Target::JobRun(id) => Ok((id, None)),
             Target::TaskRun(id) => {
-                let reader = self.shared()?.store.reader()?;
+                let reader = self.shared()?.store.snapshot()?;
                 let t = reader.task_run(id)?.ok_or(EngineError::UnknownId(target))?;
                 Ok((t.job_run, Some(id)))
             }
@@ -370,7 +377,7 @@ impl Supervisor {
 }
 
 /// The workflow a job run was started with, parsed from the store.
-pub(super) fn stored_workflow(reader: &Reader, record: &JobRunRecord) -> Result<Workflow, EngineError> {
+pub(super) fn stored_workflow(reader: &dyn Snapshot, record: &JobRunRecord) -> Result<Workflow, EngineError> {
     let stored: DefinitionRecord = reader.definition(record.definition)?.ok_or_else(|| {
         EngineError::Invalid(format!("job run j{}: its workflow definition is missing from the store", record.id))
     })?;
@@ -754,7 +761,7 @@ mod tests {
             workflow: Arc::new(workflow),
             source: text.into(),
             state_dir,
-            store,
+            store: store.into(),
             executor: Arc::new(crate::executor::NoopExecutor),
             clock: Arc::new(super::super::SystemClock),
             workers: 2,

@@ -17,12 +17,12 @@ use crate::config::JobDef;
 use crate::model::TaskState;
 use crate::model::graph::JobGraph;
 use crate::model::rerun::{self, Borrowed, OnlyPlan, PastRun};
-use crate::store::{JobRunRecord, Reader, TaskRunRecord};
+use crate::store::{JobRunRecord, Snapshot, TaskRunRecord};
 
 /// Which earlier task runs an `--only` run of `task` borrows its needs' outputs from, read from
 /// `reader`; refused (nothing created) when a need never succeeded. The CLI asks this before it
 /// opens the state dir for writing, the engine again when it creates the run.
-pub fn plan_only(reader: &Reader, job: &JobDef, task: &str) -> Result<(OnlyPlan, Vec<TaskRunRecord>), String> {
+pub fn plan_only(reader: &dyn Snapshot, job: &JobDef, task: &str) -> Result<(OnlyPlan, Vec<TaskRunRecord>), String> {
     let history: Vec<TaskRunRecord> =
         reader.task_runs().map_err(|e| e.to_string())?.into_iter().filter(|t| t.job == job.name).collect();
     let past: Vec<PastRun> =
@@ -65,14 +65,14 @@ impl Supervisor {
         }
         let job_index = self.job_index(&msg.job)?;
         let def = &self.workflow.jobs[job_index];
-        let (plan, history) = plan_only(&shared.store.reader()?, def, &msg.task).map_err(EngineError::Invalid)?;
+        let (plan, history) = plan_only(&*shared.store.snapshot()?, def, &msg.task).map_err(EngineError::Invalid)?;
         let now = shared.clock.now_ms();
         let record = self.new_job_run(&shared, def, msg.params, now)?;
         let by_id: HashMap<u64, &TaskRunRecord> = history.iter().map(|h| (h.id, h)).collect();
         let borrowed: HashMap<usize, Borrowed> = plan.borrowed.iter().copied().collect();
         let mut tasks = Vec::new();
         for i in plan.tasks() {
-            let mut t = new_task_run(shared.store.ids.next_task_run(), &record, i, &def.tasks[i], now);
+            let mut t = new_task_run(shared.store.next_task_run(), &record, i, &def.tasks[i], now);
             if let Some(from) = borrowed.get(&i) {
                 let source = by_id.get(&from.task_run);
                 t.state = TaskState::Succeeded;
