@@ -661,16 +661,14 @@ impl JobRun {
             if self.idx(attempt.task_run).is_none() {
                 continue;
             }
-            if let (Some(pid), Some(pgid)) = (attempt.pid, attempt.pgid) {
-                let process = ProcessHandle { pid, pgid, start_ticks: attempt.start_ticks };
-                if crate::executor::is_same_process_alive(&process) {
-                    crate::executor::kill_group_now(pgid);
-                }
-            }
             // Also what the record cannot name: a pid not yet committed, grandchildren that left
             // the group. They carry the attempt's environment.
-            let all = crate::executor::Candidates::All;
-            crate::executor::kill_attempt_processes(&self.shared.state_dir, attempt.task_run, attempt.n, all);
+            let process = attempt.pid.zip(attempt.pgid).map(|(pid, pgid)| ProcessHandle {
+                pid,
+                pgid,
+                start_ticks: attempt.start_ticks,
+            });
+            self.shared.executor.kill_orphans(&self.shared.state_dir, attempt.task_run, attempt.n, process);
             attempt.detail = Some("gaffer stopped while it ran".into());
             self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
         }

@@ -132,6 +132,8 @@ pub struct Shared {
     pub pricing: Arc<Pricing>,
     /// Secret param values: memory only.
     pub secrets: Arc<secrets::SecretBook>,
+    /// What starts, stops and finds this node's attempts' processes.
+    pub executor: Arc<dyn Executor>,
     dispatcher: Addr<dispatcher::Dispatcher>,
     scheduler: Addr<scheduler::Scheduler>,
     journal: Addr<Journal>,
@@ -434,6 +436,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         output_limits: config.workflow.settings.outputs,
         pricing: Arc::new(config.pricing),
         secrets: secrets.clone(),
+        executor: config.executor.clone(),
         dispatcher: dispatcher.clone(),
         scheduler: scheduler.clone(),
         journal: journal.clone(),
@@ -709,9 +712,7 @@ impl EngineHandle {
     pub fn kill_all_now(&self) {
         let Ok(watch) = self.watch.lock() else { return };
         for (activity, _) in watch.workers.values() {
-            if let Some(pid) = activity.current().and_then(|a| a.pid) {
-                crate::executor::kill_group_now(pid as i32);
-            }
+            activity.kill_now();
         }
     }
 

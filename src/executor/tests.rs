@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::group::{is_same_process_alive, kill_group_now, terminate_group};
 use super::*;
 use crate::config::{CommandSpec, CostSource};
 
