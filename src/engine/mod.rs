@@ -25,6 +25,8 @@ pub mod manual_retry;
 mod offline;
 mod retention;
 mod scheduler;
+#[cfg(test)]
+mod seam_tests;
 mod secrets;
 mod supervisor;
 mod watchdog;
