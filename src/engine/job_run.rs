@@ -48,6 +48,9 @@ pub struct JobRun {
     pids_unwritten: std::collections::HashSet<u64>,
     /// Attempts found running in the store at start (crash recovery), by task run.
     interrupted: Vec<AttemptRecord>,
+    /// How many attempts right before each of those, in its series, a crash interrupted too
+    /// (read with them, off the thread: the core asks while it decides).
+    crashes_before: HashMap<u64, u32>,
     /// The actor has told the supervisor it ended and is stopping.
     finished: bool,
     /// Commits made by `persist_then` whose callbacks have not run yet.
@@ -70,6 +73,7 @@ pub type Begun = tokio::sync::oneshot::Sender<Result<(), String>>;
 struct ActorEnv<'a> {
     shared: &'a Shared,
     record: &'a JobRunRecord,
+    crashes_before: &'a HashMap<u64, u32>,
 }
 
 impl run::Env for ActorEnv<'_> {
@@ -81,19 +85,9 @@ impl run::Env for ActorEnv<'_> {
         self.shared.store.next_enqueue_seq()
     }
 
-    /// Read from the store, on this rare path only (an attempt a crash interrupted).
+    /// Asked only of an attempt a crash interrupted, which the actor was started with.
     fn crashes_in_a_row(&mut self, t: &run::TaskRun) -> u32 {
-        let earlier = self.shared.store.snapshot().and_then(|r| r.attempts_of(t.id)).unwrap_or_else(|e| {
-            tracing::warn!(task_run = t.id, "reading its attempts: {e}");
-            Vec::new()
-        });
-        let in_a_row = earlier
-            .iter()
-            .rev()
-            .filter(|a| a.n < t.attempt && a.n >= t.series_start)
-            .take_while(|a| a.reason == Some(FailReason::Interrupted))
-            .count();
-        u32::try_from(in_a_row).unwrap_or(u32::MAX).saturating_add(1)
+        self.crashes_before.get(&t.id).copied().unwrap_or(0).saturating_add(1)
     }
 
     /// `job/task/rendered key`. A key that cannot be rendered (an output missing upstream)
@@ -199,9 +193,11 @@ impl JobRun {
         job_index: usize,
         record: JobRunRecord,
         tasks: Vec<TaskRunRecord>,
-        interrupted: Vec<AttemptRecord>,
+        interrupted: Vec<Interrupted>,
         raised: RaisedBudgets,
     ) -> JobRun {
+        let crashes_before = interrupted.iter().map(|i| (i.attempt.task_run, i.crashes_before)).collect();
+        let interrupted = interrupted.into_iter().map(|i| i.attempt).collect();
         let tasks = tasks.into_iter().map(run::TaskRun::from).collect();
         let run = RunState::new(workflow, job_index, (&record).into(), tasks, raised.into());
         JobRun {
@@ -211,6 +207,7 @@ impl JobRun {
             running: HashMap::new(),
             pids_unwritten: Default::default(),
             interrupted,
+            crashes_before,
             finished: false,
             inflight: 0,
             idle_waiters: Vec::new(),
@@ -253,7 +250,7 @@ impl JobRun {
         events: Vec<EngineEvent>,
     ) -> Effects {
         let now = self.now();
-        let mut env = ActorEnv { shared: &self.shared, record: &self.record };
+        let mut env = ActorEnv { shared: &self.shared, record: &self.record, crashes_before: &self.crashes_before };
         let mut fx = run::step(&mut self.run, input, now, &mut env);
         self.carry_out(ctx, &mut fx, mutations, events);
         fx
@@ -681,6 +678,26 @@ fn render_template(text: &str, ctx: &TemplateContext, what: &str) -> Result<Stri
         return Ok(text.to_string());
     }
     template::render(text, ctx).map_err(|e| format!("{what}: {e}"))
+}
+
+/// An attempt found running in the store at start: a crash interrupted it.
+pub struct Interrupted {
+    pub attempt: AttemptRecord,
+    /// How many attempts right before it in its task run's series a crash interrupted too.
+    pub crashes_before: u32,
+}
+
+impl Interrupted {
+    /// `attempt` of task run `t`, with `earlier`: the task run's stored attempts.
+    pub fn of(attempt: AttemptRecord, t: &TaskRunRecord, earlier: &[AttemptRecord]) -> Interrupted {
+        let in_a_row = earlier
+            .iter()
+            .rev()
+            .filter(|a| a.n < t.attempt && a.n >= t.series_start)
+            .take_while(|a| a.reason == Some(FailReason::Interrupted))
+            .count();
+        Interrupted { attempt, crashes_before: u32::try_from(in_a_row).unwrap_or(u32::MAX) }
+    }
 }
 
 /// How a JobRun actor begins.

@@ -105,7 +105,7 @@ impl Target {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     #[error("{0}")]
     Invalid(String),
