@@ -50,6 +50,10 @@ struct MemoryStore {
     tables: Mutex<Tables>,
     ids: [AtomicU64; 3],
     commits: AtomicU64,
+    /// The engine's thread, once known: a snapshot taken on it is counted in `on_engine_thread`.
+    engine_thread: Mutex<Option<std::thread::ThreadId>>,
+    on_engine_thread: AtomicU64,
+    snapshots: AtomicU64,
 }
 
 impl MemoryStore {
@@ -58,6 +62,9 @@ impl MemoryStore {
             tables: Mutex::default(),
             ids: [AtomicU64::new(FIRST_ID), AtomicU64::new(FIRST_ID), AtomicU64::new(FIRST_ID)],
             commits: AtomicU64::new(0),
+            engine_thread: Mutex::default(),
+            on_engine_thread: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
         }
     }
 
@@ -80,6 +87,10 @@ impl Store for MemoryStore {
     }
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError> {
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
+        if *self.engine_thread.lock().map_err(|_| StoreError::Closed)? == Some(std::thread::current().id()) {
+            self.on_engine_thread.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Box::new(self.tables.lock().map_err(|_| StoreError::Closed)?.clone()))
     }
 
@@ -171,24 +182,28 @@ impl Snapshot for Tables {
     }
 }
 
+fn config(dir: &std::path::Path, text: &str, store: &Arc<MemoryStore>) -> EngineConfig {
+    let workflow = crate::config::parse(&dir.join("w.toml"), text).expect("valid workflow");
+    EngineConfig {
+        pricing: crate::model::cost::Pricing::new(crate::config::pricing::builtin(), &workflow.pricing),
+        workflow: Arc::new(workflow),
+        source: text.into(),
+        state_dir: dir.to_path_buf(),
+        store: crate::store::StoreHandle::new(store.clone()),
+        executor: Arc::new(crate::executor::LocalExecutor),
+        clock: Arc::new(SystemClock),
+        workers: 1,
+    }
+}
+
 /// A one-task run on the in-memory store, with real processes: it succeeds, its records are
 /// in that store with the ids it handed out, and the engine's views read them from there.
 #[test]
 fn an_engine_runs_a_job_run_on_another_store() {
     let dir = crate::state_dir::private_tempdir();
     let text = "[jobs.j.tasks.hello]\nrun = \"echo hello\"\n";
-    let workflow = crate::config::parse(&dir.path().join("w.toml"), text).expect("valid workflow");
     let store = Arc::new(MemoryStore::new());
-    let config = EngineConfig {
-        workflow: Arc::new(workflow.clone()),
-        source: text.into(),
-        state_dir: dir.path().to_path_buf(),
-        store: crate::store::StoreHandle::new(store.clone()),
-        executor: Arc::new(crate::executor::LocalExecutor),
-        clock: Arc::new(SystemClock),
-        workers: 1,
-        pricing: crate::model::cost::Pricing::new(crate::config::pricing::builtin(), &workflow.pricing),
-    };
+    let config = config(dir.path(), text, &store);
     let system = actix::System::new();
     let (ended, views) = system.block_on(async move {
         let handle = super::start(config);
@@ -211,4 +226,39 @@ fn an_engine_runs_a_job_run_on_another_store() {
     assert_eq!(attempts.iter().map(|a| (a.n, a.exit_code)).collect::<Vec<_>>(), [(1, Some(0))]);
     assert!(task_run.enqueue_seq > FIRST_ID, "the enqueue sequence comes from the store: {}", task_run.enqueue_seq);
     assert!(store.commit_count() >= 2, "the run was committed through the store");
+}
+
+/// The engine's actors share one thread: the Supervisor reads the store (resume, the inbox, an
+/// idempotency key, a wait for an ended run, a command's target, `--only`'s plan, schedules)
+/// on tokio's blocking pool, never on that thread.
+#[test]
+fn the_supervisor_reads_the_store_off_the_engine_thread() {
+    let dir = crate::state_dir::private_tempdir();
+    let text =
+        "[jobs.j.tasks.hello]\nrun = \"true\"\n[jobs.c]\nschedule = \"0 0 1 1 *\"\n[jobs.c.tasks.t]\nrun = \"true\"\n";
+    let store = Arc::new(MemoryStore::new());
+    let config = config(dir.path(), text, &store);
+    let system = actix::System::new();
+    let watched = store.clone();
+    system.block_on(async move {
+        let handle = super::start(config);
+        // From here on the engine runs on this thread (its start-up reads are before).
+        *watched.engine_thread.lock().expect("lock") = Some(std::thread::current().id());
+        handle.resume_all().await.expect("resume");
+        let keyed = || SubmitRequest { job: "j".into(), key: Some("k".into()), ..Default::default() };
+        let first = handle.submit_request(keyed()).await.expect("submit").job_run;
+        handle.wait(vec![first]).await.expect("wait");
+        let again = handle.submit_request(keyed()).await.expect("submit again");
+        assert_eq!((again.job_run, again.existing), (first, true));
+        assert_eq!(handle.wait(vec![first]).await.expect("wait again"), vec![(first, JobState::Succeeded)]);
+        let _ = handle.retry(super::Target::JobRun(first)).await;
+        let _ = handle.cancel(super::Target::TaskRun(first)).await;
+        let only = handle.submit_only("j", BTreeMap::new(), "hello").await.expect("--only");
+        handle.wait(vec![only]).await.expect("wait --only");
+        handle.serve_schedules().await.expect("schedules");
+        handle.shutdown().await;
+    });
+    let on_thread = store.on_engine_thread.load(Ordering::Relaxed);
+    assert_eq!(on_thread, 0, "snapshots taken on the engine's thread");
+    assert!(store.snapshots.load(Ordering::Relaxed) >= 8, "the reads happened");
 }
