@@ -658,8 +658,8 @@ impl JobRun {
             if self.idx(attempt.task_run).is_none() {
                 continue;
             }
-            // Also what the record cannot name: a pid not yet committed, grandchildren that left
-            // the group. They carry the attempt's environment.
+            // Its recorded group, and what the record cannot name: a pid not yet committed,
+            // grandchildren that left the group (they carry the attempt's environment).
             let process = attempt.pid.zip(attempt.pgid).map(|(pid, pgid)| ProcessHandle {
                 pid,
                 pgid,
