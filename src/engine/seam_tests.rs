@@ -124,59 +124,77 @@ impl Snapshot for Tables {
     fn job_runs(&self) -> Result<Vec<JobRunRecord>, StoreError> {
         Ok(self.job_runs.values().cloned().collect())
     }
+
     fn task_runs(&self) -> Result<Vec<TaskRunRecord>, StoreError> {
         Ok(self.task_runs.values().cloned().collect())
     }
+
     fn each_job_run(&self, f: &mut dyn FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
         each(self.job_runs.values().cloned(), f)
     }
+
     fn each_job_run_newest_first(&self, f: &mut dyn FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
         each(self.job_runs.values().rev().cloned(), f)
     }
+
     fn each_task_run(&self, f: &mut dyn FnMut(TaskRunRecord) -> bool) -> Result<(), StoreError> {
         each(self.task_runs.values().cloned(), f)
     }
+
     fn job_run(&self, id: u64) -> Result<Option<JobRunRecord>, StoreError> {
         Ok(self.job_runs.get(&id).cloned())
     }
+
     fn task_run(&self, id: u64) -> Result<Option<TaskRunRecord>, StoreError> {
         Ok(self.task_runs.get(&id).cloned())
     }
+
     fn definition(&self, hash: u64) -> Result<Option<DefinitionRecord>, StoreError> {
         Ok(self.definitions.get(&hash).cloned())
     }
+
     fn task_runs_of(&self, job_run: u64) -> Result<Vec<TaskRunRecord>, StoreError> {
         Ok(self.task_runs.values().filter(|t| t.job_run == job_run).cloned().collect())
     }
+
     fn instances_of(&self, job_run: u64, task: &str) -> Result<Vec<TaskRunRecord>, StoreError> {
         let mut runs: Vec<_> = self.task_runs_of(job_run)?.into_iter().filter(|t| t.task == task).collect();
         runs.sort_by_key(|t| (t.iteration, t.item_index, t.kind.index_key()));
         Ok(runs)
     }
+
     fn attempts_of(&self, task_run: u64) -> Result<Vec<AttemptRecord>, StoreError> {
         Ok(self.attempts.range((task_run, 0)..=(task_run, u32::MAX)).map(|(_, a)| a.clone()).collect())
     }
+
     fn attempts(&self) -> Result<Vec<AttemptRecord>, StoreError> {
         Ok(self.attempts.values().cloned().collect())
     }
+
     fn each_attempt(&self, f: &mut dyn FnMut(AttemptRecord) -> bool) -> Result<(), StoreError> {
         each(self.attempts.values().cloned(), f)
     }
+
     fn schedules(&self) -> Result<BTreeMap<String, ScheduleState>, StoreError> {
         Ok(self.schedules.clone())
     }
+
     fn idempotency_key(&self, key: &str) -> Result<Option<u64>, StoreError> {
         Ok(self.keys.get(key).copied())
     }
+
     fn cache_entry(&self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
         Ok(self.cache.get(key).cloned())
     }
+
     fn expired_cache_keys(&self, now_ms: u64) -> Result<Vec<String>, StoreError> {
         Ok(self.cache.iter().filter(|(_, e)| e.expires_at_ms < now_ms).map(|(k, _)| k.clone()).collect())
     }
+
     fn raised_budgets(&self, job_run: u64) -> Result<RaisedBudgets, StoreError> {
         Ok(self.raised.get(&job_run).cloned().unwrap_or_default())
     }
+
     fn paused_queues(&self) -> Result<BTreeSet<String>, StoreError> {
         Ok(self.paused.clone())
     }

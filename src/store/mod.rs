@@ -750,57 +750,75 @@ impl Snapshot for Reader {
     fn job_runs(&self) -> Result<Vec<JobRunRecord>, StoreError> {
         Reader::job_runs(self)
     }
+
     fn task_runs(&self) -> Result<Vec<TaskRunRecord>, StoreError> {
         Reader::task_runs(self)
     }
+
     fn each_job_run(&self, f: &mut dyn FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
         Reader::each_job_run(self, f)
     }
+
     fn each_job_run_newest_first(&self, f: &mut dyn FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
         Reader::each_job_run_newest_first(self, f)
     }
+
     fn each_task_run(&self, f: &mut dyn FnMut(TaskRunRecord) -> bool) -> Result<(), StoreError> {
         Reader::each_task_run(self, f)
     }
+
     fn job_run(&self, id: u64) -> Result<Option<JobRunRecord>, StoreError> {
         Reader::job_run(self, id)
     }
+
     fn task_run(&self, id: u64) -> Result<Option<TaskRunRecord>, StoreError> {
         Reader::task_run(self, id)
     }
+
     fn definition(&self, hash: u64) -> Result<Option<DefinitionRecord>, StoreError> {
         Reader::definition(self, hash)
     }
+
     fn task_runs_of(&self, job_run: u64) -> Result<Vec<TaskRunRecord>, StoreError> {
         Reader::task_runs_of(self, job_run)
     }
+
     fn instances_of(&self, job_run: u64, task: &str) -> Result<Vec<TaskRunRecord>, StoreError> {
         Reader::instances_of(self, job_run, task)
     }
+
     fn attempts_of(&self, task_run: u64) -> Result<Vec<AttemptRecord>, StoreError> {
         Reader::attempts_of(self, task_run)
     }
+
     fn attempts(&self) -> Result<Vec<AttemptRecord>, StoreError> {
         Reader::attempts(self)
     }
+
     fn each_attempt(&self, f: &mut dyn FnMut(AttemptRecord) -> bool) -> Result<(), StoreError> {
         Reader::each_attempt(self, f)
     }
+
     fn schedules(&self) -> Result<std::collections::BTreeMap<String, ScheduleState>, StoreError> {
         Reader::schedules(self)
     }
+
     fn idempotency_key(&self, key: &str) -> Result<Option<u64>, StoreError> {
         Reader::idempotency_key(self, key)
     }
+
     fn cache_entry(&self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
         Reader::cache_entry(self, key)
     }
+
     fn expired_cache_keys(&self, now_ms: u64) -> Result<Vec<String>, StoreError> {
         Reader::expired_cache_keys(self, now_ms)
     }
+
     fn raised_budgets(&self, job_run: u64) -> Result<RaisedBudgets, StoreError> {
         Reader::raised_budgets(self, job_run)
     }
+
     fn paused_queues(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
         Reader::paused_queues(self)
     }
