@@ -320,8 +320,9 @@ impl Supervisor {
         })
     }
 
-    /// The job run `target` names, its live actor (or one revived for it), and the task run
-    /// inside it, if any: read off the thread, then `then` on the actor with them.
+    /// The job run `target` names, the task run inside it (if any) and what the store holds of
+    /// that job run (nothing yet while its first commit is not durable): read off the thread,
+    /// then `then` on the actor with them.
     fn with_target<R: 'static>(
         &self,
         ctx: &mut Context<Self>,
