@@ -1,0 +1,367 @@
+//! What a cluster of nodes needs of the queue beyond a store (CLUSTER-DESIGN.md): nodes and
+//! their leases, claiming ready task runs, fenced completion, wake-ups.
+//!
+//! The statements follow pg-probe's RESULTS.md: a claim is `id = ANY(ARRAY(subquery))` (the
+//! outer update is always a primary-key lookup), completion is by primary key fenced by node and
+//! attempt, never by `state` (a generic plan would walk the partial `running` index), and every
+//! session plans for its parameters (`force_custom_plan`, set by `pg::connect`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client};
+
+use super::writer::{QUEUE_CHANNEL, from_db, to_db};
+use super::{PgError, QueueFacts};
+use crate::model::TaskState;
+use crate::store::codec;
+use crate::store::records::{AttemptRecord, TaskRunRecord};
+
+/// This node's row in `nodes`: its id fences everything it claims and completes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub id: i64,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub lease: Duration,
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Registers a node named `name` with a fresh id and a lease of `lease` from now. A row of the
+/// same name whose lease ran out (or that stopped) is replaced; one still alive is refused: two
+/// live nodes must not share a name.
+pub async fn register_node(c: &mut Client, name: &str, labels: &[String], lease: Duration) -> Result<Node, PgError> {
+    let tx = c.transaction().await?;
+    let alive = tx
+        .query_opt(
+            "SELECT lease_until FROM nodes WHERE name = $1 AND lease_until > now() AND NOT stopped FOR UPDATE",
+            &[&name],
+        )
+        .await?;
+    if alive.is_some() {
+        return Err(PgError::Db(format!(
+            "a node named {name} is running (its lease has not run out): give this one another name"
+        )));
+    }
+    tx.execute("DELETE FROM nodes WHERE name = $1", &[&name]).await?;
+    let row = tx
+        .query_one(
+            "INSERT INTO nodes (name, labels, lease_until) \
+             VALUES ($1, $2, now() + $3 * interval '1 millisecond') RETURNING id",
+            &[&name, &labels, &millis(lease)],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(Node { id: row.get(0), name: name.to_string(), labels: labels.to_vec(), lease })
+}
+
+/// Renews the node's lease; false when it had already run out (or the node was stopped): then
+/// the node is dead to the others and must not renew, claim or complete any more.
+pub async fn renew(c: &Client, node: &Node) -> Result<bool, PgError> {
+    let renewed = c
+        .execute(
+            "UPDATE nodes SET heartbeat_at = now(), lease_until = now() + $2 * interval '1 millisecond' \
+             WHERE id = $1 AND lease_until > now() AND NOT stopped",
+            &[&node.id, &millis(node.lease)],
+        )
+        .await?;
+    Ok(renewed == 1)
+}
+
+/// A graceful stop: the lease ends now.
+pub async fn stop_node(c: &Client, node: &Node) -> Result<(), PgError> {
+    c.execute("UPDATE nodes SET stopped = true, lease_until = now() WHERE id = $1", &[&node.id]).await?;
+    Ok(())
+}
+
+/// A node whose lease ran out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadNode {
+    pub id: i64,
+    pub name: String,
+    /// Stopped gracefully (it left nothing running), rather than gone silent.
+    pub stopped: bool,
+}
+
+/// Nodes whose lease ran out: their job runs may be adopted and their running attempts are
+/// recorded `interrupted` by whoever adopts them.
+pub async fn dead_nodes(c: &Client) -> Result<Vec<DeadNode>, PgError> {
+    let rows = c.query("SELECT id, name, stopped FROM nodes WHERE lease_until <= now() ORDER BY id", &[]).await?;
+    Ok(rows.iter().map(|r| DeadNode { id: r.get(0), name: r.get(1), stopped: r.get(2) }).collect())
+}
+
+/// A task run this node claimed: it is `running` on this node with attempt `attempt`. Its
+/// record is as it was queued; the claimer commits the running record next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub id: u64,
+    pub attempt: u32,
+    pub record: TaskRunRecord,
+}
+
+const CLAIM: &str = "UPDATE task_runs SET state = 'running', node = $1, attempt = attempt + 1 \
+     WHERE id = ANY(ARRAY( \
+         SELECT id FROM task_runs \
+         WHERE state = 'queued' AND queue = $2 AND (not_before IS NULL OR not_before <= now()) \
+           AND requires <@ $3::text[] \
+         ORDER BY sort_key DESC, enqueue_seq LIMIT $4 FOR UPDATE SKIP LOCKED)) \
+       AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND lease_until > now() AND NOT stopped) \
+     RETURNING id, attempt, record";
+
+/// Claims up to `k` ready task runs of `queue` (its best first: highest `sort_key`, then lowest
+/// enqueue sequence) whose `requires` the node's labels cover, as one transaction. With a
+/// `cluster_cap` (a declared queue's concurrency) the claim takes the queue's advisory lock,
+/// counts the task runs running on every node and claims at most what is left. Nothing is
+/// claimed once the node's lease ran out.
+pub async fn claim(
+    c: &mut Client,
+    node: &Node,
+    queue: &str,
+    k: usize,
+    cluster_cap: Option<u32>,
+) -> Result<Vec<Claimed>, PgError> {
+    let tx = c.transaction().await?;
+    let mut k = k as i64;
+    if let Some(cap) = cluster_cap {
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext('gaffer.queue.' || $1))", &[&queue]).await?;
+        let running: i64 = tx
+            .query_one("SELECT count(*) FROM task_runs WHERE queue = $1 AND state = 'running'", &[&queue])
+            .await?
+            .get(0);
+        k = k.min(i64::from(cap) - running);
+    }
+    if k <= 0 {
+        return Ok(Vec::new());
+    }
+    let stmt = tx.prepare(CLAIM).await?;
+    let rows = tx.query(&stmt, &[&node.id, &queue, &node.labels, &k]).await?;
+    tx.commit().await?;
+    rows.iter()
+        .map(|r| {
+            let attempt: i32 = r.get(1);
+            Ok(Claimed { id: from_db(r.get(0)), attempt: attempt as u32, record: codec::decode(r.get(2))? })
+        })
+        .collect()
+}
+
+/// An attempt that ended, as its node reports it: the task run's new record and the attempt's.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub task_run: TaskRunRecord,
+    pub attempt: AttemptRecord,
+}
+
+/// What became of one reported outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    /// The task run is no longer this node's attempt `n` (another node adopted it, or it was
+    /// claimed again), or the node's lease ran out: nothing of it was written.
+    Refused,
+}
+
+/// By primary key only: `id = ANY($2)` with each row's values picked by its place in the arrays.
+/// A join with `unnest(...)` reads the same but lets the planner hash-join over a sequential scan
+/// once the table is small against the batch (seen here: 10k rows, batches of 64).
+const COMPLETE: &str = "UPDATE task_runs SET \
+         state = ($4::text[])[array_position($2::bigint[], id)], \
+         record = ($5::bytea[])[array_position($2::bigint[], id)], \
+         sort_key = ($6::bigint[])[array_position($2::bigint[], id)], \
+         enqueue_seq = ($7::bigint[])[array_position($2::bigint[], id)], \
+         not_before = to_timestamp(($8::bigint[])[array_position($2::bigint[], id)] / 1000.0) \
+     WHERE id = ANY($2::bigint[]) AND node = $1 AND attempt = ($3::int[])[array_position($2::bigint[], id)] \
+       AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND lease_until > now() AND NOT stopped) \
+     RETURNING id";
+const PUT_ATTEMPTS: &str = "INSERT INTO attempts (task_run, n, node, record) \
+     SELECT a.task_run, a.n, $1, a.record FROM unnest($2::bigint[], $3::int[], $4::bytea[]) AS a(task_run, n, record) \
+     ON CONFLICT (task_run, n) DO UPDATE SET node = excluded.node, record = excluded.record";
+
+/// Writes a batch of ended attempts in one transaction. Each is fenced: its task run must still
+/// be this node's attempt `n`, and the node's lease valid; those that are not are refused and
+/// reported so (one verdict per outcome, in order), never silently dropped. A task run put
+/// back in its queue (a retry) wakes the nodes.
+pub async fn complete(
+    c: &mut Client,
+    node: &Node,
+    outcomes: &[Outcome],
+    facts: &QueueFacts,
+) -> Result<Vec<Verdict>, PgError> {
+    let mut cols = CompleteColumns::default();
+    for o in outcomes {
+        let r = &o.task_run;
+        cols.ids.push(to_db(r.id));
+        cols.attempts.push(o.attempt.n as i32);
+        cols.states.push(r.state.as_str().to_string());
+        cols.records.push(codec::encode(r)?);
+        cols.sort_keys.push(facts(r).sort_key);
+        cols.enqueue_seqs.push(to_db(r.enqueue_seq));
+        cols.not_before.push(r.not_before_ms.map(to_db));
+    }
+    let tx = c.transaction().await?;
+    let stmt = tx.prepare(COMPLETE).await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &node.id,
+                &cols.ids,
+                &cols.attempts,
+                &cols.states,
+                &cols.records,
+                &cols.sort_keys,
+                &cols.enqueue_seqs,
+                &cols.not_before,
+            ],
+        )
+        .await?;
+    let accepted: BTreeSet<u64> = rows.iter().map(|r| from_db(r.get(0))).collect();
+    let verdicts: Vec<Verdict> = outcomes
+        .iter()
+        .map(|o| if accepted.contains(&o.task_run.id) { Verdict::Accepted } else { Verdict::Refused })
+        .collect();
+    let kept: Vec<&Outcome> = outcomes.iter().filter(|o| accepted.contains(&o.task_run.id)).collect();
+    if !kept.is_empty() {
+        let task_runs: Vec<i64> = kept.iter().map(|o| to_db(o.attempt.task_run)).collect();
+        let ns: Vec<i32> = kept.iter().map(|o| o.attempt.n as i32).collect();
+        let records = kept.iter().map(|o| codec::encode(&o.attempt)).collect::<Result<Vec<_>, _>>()?;
+        let stmt = tx.prepare(PUT_ATTEMPTS).await?;
+        tx.execute(&stmt, &[&node.id, &task_runs, &ns, &records]).await?;
+        let requeued: BTreeSet<&str> =
+            kept.iter().filter(|o| o.task_run.state == TaskState::Queued).map(|o| o.task_run.queue.as_str()).collect();
+        for queue in requeued {
+            tx.execute("SELECT pg_notify($1, $2)", &[&QUEUE_CHANNEL, &queue]).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(verdicts)
+}
+
+#[derive(Default)]
+struct CompleteColumns {
+    ids: Vec<i64>,
+    attempts: Vec<i32>,
+    states: Vec<String>,
+    records: Vec<Vec<u8>>,
+    sort_keys: Vec<i64>,
+    enqueue_seqs: Vec<i64>,
+    not_before: Vec<Option<i64>>,
+}
+
+/// Wake-ups of one node: one connection that `LISTEN`s on [`QUEUE_CHANNEL`] (reconnecting with
+/// backoff when it is lost), and a fallback poll for whatever a lost connection missed.
+pub struct Waker {
+    rx: mpsc::UnboundedReceiver<Wake>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+enum Wake {
+    Queue(String),
+    /// The connection was (re)made: anything may have been missed.
+    Reconnected,
+}
+
+/// Why [`Waker::wait`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Woken {
+    /// These queues got ready task runs (every notification that arrived, coalesced).
+    Queues(BTreeSet<String>),
+    /// Nothing was heard within the poll interval, or the listening connection was remade:
+    /// look at every queue.
+    Poll,
+}
+
+impl Waker {
+    /// Starts listening; returns once the first `LISTEN` is in place.
+    pub async fn listen(url: &str) -> Result<Waker, PgError> {
+        let config = super::config(url)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let first = listen_once(&config).await?;
+        let task = tokio::spawn(async move {
+            let mut connection = Some(first);
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if let Some(connection) = connection.take() {
+                    forward(connection, &tx).await;
+                    backoff = Duration::from_millis(100);
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                match listen_once(&config).await {
+                    Ok(c) => {
+                        let _ = tx.send(Wake::Reconnected);
+                        connection = Some(c);
+                    }
+                    Err(e) => tracing::warn!("postgres: cannot listen for wake-ups ({e}); retrying"),
+                }
+            }
+        });
+        Ok(Waker { rx, task })
+    }
+
+    /// Waits for a notification or until `poll` passed; takes every notification already there.
+    pub async fn wait(&mut self, poll: Duration) -> Woken {
+        let first = match tokio::time::timeout(poll, self.rx.recv()).await {
+            Ok(Some(wake)) => wake,
+            Ok(None) | Err(_) => return Woken::Poll,
+        };
+        let mut queues = BTreeSet::new();
+        let mut poll_all = false;
+        let mut take = |wake| match wake {
+            Wake::Queue(q) => {
+                queues.insert(q);
+            }
+            Wake::Reconnected => poll_all = true,
+        };
+        take(first);
+        while let Ok(wake) = self.rx.try_recv() {
+            take(wake);
+        }
+        if poll_all { Woken::Poll } else { Woken::Queues(queues) }
+    }
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A listening connection: its client (kept alive) and the messages it receives.
+struct Listening {
+    _client: Client,
+    messages: mpsc::UnboundedReceiver<AsyncMessage>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+async fn listen_once(config: &tokio_postgres::Config) -> Result<Listening, PgError> {
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (tx, messages) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if tx.send(message).is_err() {
+                return;
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {QUEUE_CHANNEL}")).await?;
+    Ok(Listening { _client: client, messages, driver })
+}
+
+/// Forwards notifications until the connection ends.
+async fn forward(mut listening: Listening, wake: &mpsc::UnboundedSender<Wake>) {
+    while let Some(message) = listening.messages.recv().await {
+        if let AsyncMessage::Notification(n) = message
+            && wake.send(Wake::Queue(n.payload().to_string())).is_err()
+        {
+            break;
+        }
+    }
+    listening.driver.abort();
+}
