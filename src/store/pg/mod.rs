@@ -15,6 +15,7 @@
 //! Every session runs with `plan_cache_mode = force_custom_plan`: a generic plan cached while
 //! the queue looked empty walks the whole table for every claim (pg-probe RESULTS.md, trap 1).
 
+mod batch;
 mod ids;
 mod migrate;
 pub mod queue;
@@ -147,6 +148,11 @@ impl PgStore {
     /// A consistent snapshot of everything committed so far.
     pub async fn snapshot(&self) -> Result<PgSnapshot, PgError> {
         PgSnapshot::begin(self.pool.get().await?).await
+    }
+
+    /// The pool, for the queue's long-lived helpers (`queue::Completer`, `queue::Heartbeat`).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// A connection of the pool (queue primitives take one).

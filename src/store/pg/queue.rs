@@ -7,9 +7,12 @@
 //! session plans for its parameters (`force_custom_plan`, set by `pg::connect`).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, Client};
 
 use super::writer::{QUEUE_CHANNEL, from_db, to_db};
@@ -238,6 +241,104 @@ pub async fn complete(
     }
     tx.commit().await?;
     Ok(verdicts)
+}
+
+/// Outcomes per completion transaction, at most.
+const MAX_OUTCOMES: usize = 256;
+
+type Reported = (Outcome, oneshot::Sender<Result<Verdict, PgError>>);
+
+/// A node's completions, flushed in batches: every outcome reported while the previous batch
+/// was being committed goes into the next one ([`complete`]), and each reporter hears its own
+/// verdict. Cheap to clone; ends when every clone is gone.
+#[derive(Clone)]
+pub struct Completer {
+    tx: mpsc::UnboundedSender<Reported>,
+    flushes: Arc<AtomicU64>,
+}
+
+impl Completer {
+    pub fn start(pool: Pool, node: Node, facts: QueueFacts) -> Completer {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Reported>();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counted = flushes.clone();
+        tokio::spawn(async move {
+            while let Some(group) = super::batch::next_group(&mut rx, MAX_OUTCOMES, |_| 1).await {
+                let (outcomes, replies): (Vec<Outcome>, Vec<_>) = group.into_iter().unzip();
+                let verdicts = match pool.get().await {
+                    Ok(mut c) => complete(&mut c, &node, &outcomes, &facts).await,
+                    Err(e) => Err(e.into()),
+                };
+                counted.fetch_add(1, Ordering::Relaxed);
+                for (i, reply) in replies.into_iter().enumerate() {
+                    let _ = reply.send(verdicts.as_ref().map(|v| v[i]).map_err(Clone::clone));
+                }
+            }
+        });
+        Completer { tx, flushes }
+    }
+
+    /// Resolves once the outcome is committed (or refused, or failed with the reason).
+    pub async fn complete(&self, outcome: Outcome) -> Result<Verdict, PgError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((outcome, reply)).map_err(|_| PgError::Closed)?;
+        answer.await.map_err(|_| PgError::Closed)?
+    }
+
+    /// Completion transactions so far.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+}
+
+/// Renews a node's lease every third of it, until the lease is lost (it ran out before a renewal
+/// reached the database: the node is dead to the others) or the heartbeat is dropped. A renewal
+/// that fails (the database restarting) is retried at the next beat: the lease decides.
+pub struct Heartbeat {
+    lost: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    pub fn start(pool: Pool, node: Node) -> Heartbeat {
+        let (tx, lost) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut beat = tokio::time::interval(node.lease / 3);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                beat.tick().await;
+                let renewed = match pool.get().await {
+                    Ok(c) => renew(&c, &node).await,
+                    Err(e) => Err(e.into()),
+                };
+                match renewed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!("postgres: node {} lost its lease", node.name);
+                        let _ = tx.send(true);
+                        return;
+                    }
+                    Err(e) => tracing::warn!("postgres: node {} cannot renew its lease: {e}", node.name),
+                }
+            }
+        });
+        Heartbeat { lost, task }
+    }
+
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Resolves once the lease is lost.
+    pub async fn lost(&mut self) {
+        let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[derive(Default)]

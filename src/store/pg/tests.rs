@@ -440,3 +440,50 @@ async fn queued_task_runs_wake_a_listener_once_per_commit() {
     store.commit(vec![Mutation::JobRun(job_run(j))]).await.expect("commit");
     assert!(ours(waker.wait(Duration::from_millis(300)).await).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_reported_together_share_transactions_and_each_hears_its_verdict() {
+    let db = test_db_or_skip!();
+    let store = open(&db).await;
+    enqueue(&store, "default", 200).await;
+    let me = node(&store, "batcher", &[], LONG).await;
+    let mut c = store.connection().await.expect("conn");
+    let claimed = queue::claim(&mut c, &me, "default", 200, None).await.expect("claim");
+    assert_eq!(claimed.len(), 200);
+    let completer = queue::Completer::start(store.pool().clone(), me.clone(), plain_queue_facts());
+    let reports = claimed.iter().enumerate().map(|(i, claim)| {
+        let mut outcome = succeeded(claim);
+        if i % 50 == 0 {
+            outcome.attempt.n += 1; // not the attempt this node holds
+        }
+        let completer = completer.clone();
+        tokio::spawn(async move { completer.complete(outcome).await })
+    });
+    let mut verdicts = Vec::new();
+    for report in reports.collect::<Vec<_>>() {
+        verdicts.push(report.await.expect("join").expect("complete"));
+    }
+    let refused: Vec<usize> = (0..200).filter(|i| verdicts[*i] == Verdict::Refused).collect();
+    assert_eq!(refused, [0, 50, 100, 150], "each reporter hears its own verdict");
+    assert!(completer.flush_count() < 200, "200 outcomes took {} transactions", completer.flush_count());
+    assert_eq!(db.psql("SELECT count(*) FROM task_runs WHERE state = 'succeeded'").trim(), "196");
+    assert_eq!(db.psql("SELECT count(*) FROM attempts").trim(), "196");
+}
+
+#[tokio::test]
+async fn a_heartbeat_keeps_a_node_alive_and_says_when_its_lease_is_lost() {
+    let db = test_db_or_skip!();
+    let store = open(&db).await;
+    let lease = Duration::from_millis(300);
+    let me = node(&store, "beating", &[], lease).await;
+    let mut heartbeat = queue::Heartbeat::start(store.pool().clone(), me.clone());
+    tokio::time::sleep(lease * 3).await;
+    let c = store.connection().await.expect("conn");
+    assert!(queue::dead_nodes(&c).await.expect("dead").is_empty(), "renewed past three leases");
+    assert!(!heartbeat.is_lost());
+    // Paused past its lease (as SIGSTOP would): the next beat finds it gone and says so.
+    db.psql(&format!("UPDATE nodes SET lease_until = now() - interval '1 second' WHERE id = {}", me.id));
+    tokio::time::timeout(lease * 2, heartbeat.lost()).await.expect("the loss is reported within a beat");
+    assert!(heartbeat.is_lost());
+    assert_eq!(queue::dead_nodes(&c).await.expect("dead").iter().map(|d| d.id).collect::<Vec<_>>(), [me.id]);
+}

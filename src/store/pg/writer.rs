@@ -56,14 +56,7 @@ impl Writer {
 }
 
 async fn commit_loop(pool: Pool, facts: QueueFacts, mut rx: mpsc::UnboundedReceiver<Request>, commits: Arc<AtomicU64>) {
-    while let Some(first) = rx.recv().await {
-        let mut size = first.batch.len();
-        let mut group = vec![first];
-        while size < MAX_BATCH_MUTATIONS {
-            let Ok(next) = rx.try_recv() else { break };
-            size += next.batch.len();
-            group.push(next);
-        }
+    while let Some(group) = super::batch::next_group(&mut rx, MAX_BATCH_MUTATIONS, |r| r.batch.len()).await {
         let committed = commit_group(&pool, &facts, &group).await;
         commits.fetch_add(1, Ordering::Relaxed);
         match committed {
