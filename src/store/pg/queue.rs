@@ -37,7 +37,12 @@ fn millis(d: Duration) -> f64 {
 /// Registers a node named `name` with a fresh id and a lease of `lease` from now. A row of the
 /// same name whose lease ran out (or that stopped) is replaced; one still alive is refused: two
 /// live nodes must not share a name.
-pub async fn register_node(c: &mut Client, name: &str, labels: &[String], lease: Duration) -> Result<Node, PgError> {
+pub async fn register_node(
+    c: &mut deadpool_postgres::Client,
+    name: &str,
+    labels: &[String],
+    lease: Duration,
+) -> Result<Node, PgError> {
     let tx = c.transaction().await?;
     let alive = tx
         .query_opt(
@@ -121,28 +126,34 @@ const CLAIM: &str = "UPDATE task_runs SET state = 'running', node = $1, attempt 
 /// counts the task runs running on every node and claims at most what is left. Nothing is
 /// claimed once the node's lease ran out.
 pub async fn claim(
-    c: &mut Client,
+    c: &mut deadpool_postgres::Client,
     node: &Node,
     queue: &str,
     k: usize,
     cluster_cap: Option<u32>,
 ) -> Result<Vec<Claimed>, PgError> {
-    let tx = c.transaction().await?;
-    let mut k = k as i64;
-    if let Some(cap) = cluster_cap {
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext('gaffer.queue.' || $1))", &[&queue]).await?;
-        let running: i64 = tx
-            .query_one("SELECT count(*) FROM task_runs WHERE queue = $1 AND state = 'running'", &[&queue])
-            .await?
-            .get(0);
-        k = k.min(i64::from(cap) - running);
-    }
-    if k <= 0 {
-        return Ok(Vec::new());
-    }
-    let stmt = tx.prepare(CLAIM).await?;
-    let rows = tx.query(&stmt, &[&node.id, &queue, &node.labels, &k]).await?;
-    tx.commit().await?;
+    let k = k as i64;
+    let rows = match cluster_cap {
+        // One statement, one commit: the common case costs one round trip.
+        None => {
+            let stmt = c.prepare_cached(CLAIM).await?;
+            c.query(&stmt, &[&node.id, &queue, &node.labels, &k]).await?
+        }
+        Some(cap) => {
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext('gaffer.queue.' || $1))", &[&queue]).await?;
+            let count = tx.prepare_cached(COUNT_RUNNING).await?;
+            let running: i64 = tx.query_one(&count, &[&queue]).await?.get(0);
+            let k = k.min(i64::from(cap) - running);
+            if k <= 0 {
+                return Ok(Vec::new());
+            }
+            let stmt = tx.prepare_cached(CLAIM).await?;
+            let rows = tx.query(&stmt, &[&node.id, &queue, &node.labels, &k]).await?;
+            tx.commit().await?;
+            rows
+        }
+    };
     rows.iter()
         .map(|r| {
             let attempt: i32 = r.get(1);
@@ -150,6 +161,9 @@ pub async fn claim(
         })
         .collect()
 }
+
+/// Uses the partial `running` index; only ever inside the capped claim (RESULTS.md trap 3).
+const COUNT_RUNNING: &str = "SELECT count(*) FROM task_runs WHERE queue = $1 AND state = 'running'";
 
 /// An attempt that ended, as its node reports it: the task run's new record and the attempt's.
 #[derive(Debug, Clone)]
@@ -170,7 +184,8 @@ pub enum Verdict {
 /// By primary key only: `id = ANY($2)` with each row's values picked by its place in the arrays.
 /// A join with `unnest(...)` reads the same but lets the planner hash-join over a sequential scan
 /// once the table is small against the batch (seen here: 10k rows, batches of 64).
-const COMPLETE: &str = "UPDATE task_runs SET \
+const COMPLETE: &str = "WITH done AS ( \
+     UPDATE task_runs SET \
          state = ($4::text[])[array_position($2::bigint[], id)], \
          record = ($5::bytea[])[array_position($2::bigint[], id)], \
          sort_key = ($6::bigint[])[array_position($2::bigint[], id)], \
@@ -178,17 +193,21 @@ const COMPLETE: &str = "UPDATE task_runs SET \
          not_before = to_timestamp(($8::bigint[])[array_position($2::bigint[], id)] / 1000.0) \
      WHERE id = ANY($2::bigint[]) AND node = $1 AND attempt = ($3::int[])[array_position($2::bigint[], id)] \
        AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND lease_until > now() AND NOT stopped) \
-     RETURNING id";
-const PUT_ATTEMPTS: &str = "INSERT INTO attempts (task_run, n, node, record) \
-     SELECT a.task_run, a.n, $1, a.record FROM unnest($2::bigint[], $3::int[], $4::bytea[]) AS a(task_run, n, record) \
-     ON CONFLICT (task_run, n) DO UPDATE SET node = excluded.node, record = excluded.record";
+     RETURNING id \
+ ), kept AS ( \
+     INSERT INTO attempts (task_run, n, node, record) \
+     SELECT a.task_run, a.n, $1, a.record FROM unnest($2::bigint[], $3::int[], $9::bytea[]) AS a(task_run, n, record) \
+     WHERE a.task_run IN (SELECT id FROM done) \
+     ON CONFLICT (task_run, n) DO UPDATE SET node = excluded.node, record = excluded.record \
+ ) \
+ SELECT id FROM done";
 
 /// Writes a batch of ended attempts in one transaction. Each is fenced: its task run must still
 /// be this node's attempt `n`, and the node's lease valid; those that are not are refused and
 /// reported so (one verdict per outcome, in order), never silently dropped. A task run put
 /// back in its queue (a retry) wakes the nodes.
 pub async fn complete(
-    c: &mut Client,
+    c: &deadpool_postgres::Client,
     node: &Node,
     outcomes: &[Outcome],
     facts: &QueueFacts,
@@ -196,6 +215,12 @@ pub async fn complete(
     let mut cols = CompleteColumns::default();
     for o in outcomes {
         let r = &o.task_run;
+        if o.attempt.task_run != r.id {
+            return Err(PgError::Db(format!(
+                "task run {}: the outcome carries task run {}'s attempt",
+                r.id, o.attempt.task_run
+            )));
+        }
         cols.ids.push(to_db(r.id));
         cols.attempts.push(o.attempt.n as i32);
         cols.states.push(r.state.as_str().to_string());
@@ -203,10 +228,11 @@ pub async fn complete(
         cols.sort_keys.push(facts(r).sort_key);
         cols.enqueue_seqs.push(to_db(r.enqueue_seq));
         cols.not_before.push(r.not_before_ms.map(to_db));
+        cols.attempt_records.push(codec::encode(&o.attempt)?);
     }
-    let tx = c.transaction().await?;
-    let stmt = tx.prepare(COMPLETE).await?;
-    let rows = tx
+    // One statement (so one commit): the fenced update and the accepted attempts' records.
+    let stmt = c.prepare_cached(COMPLETE).await?;
+    let rows = c
         .query(
             &stmt,
             &[
@@ -218,29 +244,24 @@ pub async fn complete(
                 &cols.sort_keys,
                 &cols.enqueue_seqs,
                 &cols.not_before,
+                &cols.attempt_records,
             ],
         )
         .await?;
     let accepted: BTreeSet<u64> = rows.iter().map(|r| from_db(r.get(0))).collect();
-    let verdicts: Vec<Verdict> = outcomes
+    let requeued: BTreeSet<&str> = outcomes
+        .iter()
+        .filter(|o| o.task_run.state == TaskState::Queued && accepted.contains(&o.task_run.id))
+        .map(|o| o.task_run.queue.as_str())
+        .collect();
+    if !requeued.is_empty() {
+        let queues: Vec<&str> = requeued.into_iter().collect();
+        c.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[&QUEUE_CHANNEL, &queues]).await?;
+    }
+    Ok(outcomes
         .iter()
         .map(|o| if accepted.contains(&o.task_run.id) { Verdict::Accepted } else { Verdict::Refused })
-        .collect();
-    let kept: Vec<&Outcome> = outcomes.iter().filter(|o| accepted.contains(&o.task_run.id)).collect();
-    if !kept.is_empty() {
-        let task_runs: Vec<i64> = kept.iter().map(|o| to_db(o.attempt.task_run)).collect();
-        let ns: Vec<i32> = kept.iter().map(|o| o.attempt.n as i32).collect();
-        let records = kept.iter().map(|o| codec::encode(&o.attempt)).collect::<Result<Vec<_>, _>>()?;
-        let stmt = tx.prepare(PUT_ATTEMPTS).await?;
-        tx.execute(&stmt, &[&node.id, &task_runs, &ns, &records]).await?;
-        let requeued: BTreeSet<&str> =
-            kept.iter().filter(|o| o.task_run.state == TaskState::Queued).map(|o| o.task_run.queue.as_str()).collect();
-        for queue in requeued {
-            tx.execute("SELECT pg_notify($1, $2)", &[&QUEUE_CHANNEL, &queue]).await?;
-        }
-    }
-    tx.commit().await?;
-    Ok(verdicts)
+        .collect())
 }
 
 /// Outcomes per completion transaction, at most.
@@ -266,7 +287,7 @@ impl Completer {
             while let Some(group) = super::batch::next_group(&mut rx, MAX_OUTCOMES, |_| 1).await {
                 let (outcomes, replies): (Vec<Outcome>, Vec<_>) = group.into_iter().unzip();
                 let verdicts = match pool.get().await {
-                    Ok(mut c) => complete(&mut c, &node, &outcomes, &facts).await,
+                    Ok(c) => complete(&c, &node, &outcomes, &facts).await,
                     Err(e) => Err(e.into()),
                 };
                 counted.fetch_add(1, Ordering::Relaxed);
@@ -350,6 +371,7 @@ struct CompleteColumns {
     sort_keys: Vec<i64>,
     enqueue_seqs: Vec<i64>,
     not_before: Vec<Option<i64>>,
+    attempt_records: Vec<Vec<u8>>,
 }
 
 /// Wake-ups of one node: one connection that `LISTEN`s on [`QUEUE_CHANNEL`] (reconnecting with

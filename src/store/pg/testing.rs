@@ -13,7 +13,9 @@
 //! Root cannot run the server (PostgreSQL refuses it): then `initdb` and `pg_ctl` run as user
 //! `postgres` through `runuser`, and the data dir is theirs. The server listens on 127.0.0.1
 //! only, on a free port picked at start, with no unix socket; durability is off
-//! (`fsync=off`): these tests need a real server, not a durable one.
+//! (`fsync=off`): these tests need a real server, not a durable one. With
+//! `GAFFER_TEST_PG_DURABLE` set, a second server (its own dir, `-durable`) keeps PostgreSQL's
+//! defaults, for benchmarks.
 //!
 //! Without PostgreSQL, `TestDb::get` prints why the test is skipped and returns `None`.
 
@@ -23,6 +25,10 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::fcntl::{Flock, FlockArg};
+
+/// Set (to anything): a server of its own with PostgreSQL's durable defaults (fsync on), for
+/// benchmarks whose figures are compared with pg-probe's.
+pub const DURABLE: &str = "GAFFER_TEST_PG_DURABLE";
 
 /// One test's database: a schema of its own on the shared server, dropped at the end.
 pub struct TestDb {
@@ -48,13 +54,15 @@ impl TestDb {
             eprintln!("skipped: PostgreSQL is not installed (apt-get install postgresql; .ci/run does)");
             return None;
         };
-        let base = std::env::temp_dir().join(format!("gaffer-pgtest-{}", nix::unistd::getuid()));
+        let durable = std::env::var_os(DURABLE).is_some();
+        let kind = if durable { "-durable" } else { "" };
+        let base = std::env::temp_dir().join(format!("gaffer-pgtest-{}{kind}", nix::unistd::getuid()));
         std::fs::create_dir_all(&base).expect("pg test dir");
         // The server runs as `postgres` when we are root: it must be able to walk to its data dir.
         set_mode(&base, 0o755);
         let start = lock(&base.join("start.lock"), FlockArg::LockExclusive).expect("start.lock");
         let users = lock(&base.join("users.lock"), FlockArg::LockShared).expect("users.lock");
-        let server = Server::running(&bin, &base).unwrap_or_else(|| Server::start(&bin, &base));
+        let server = Server::running(&bin, &base).unwrap_or_else(|| Server::start(&bin, &base, durable));
         server.drop_schemas_of_dead_processes();
         drop(start);
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -104,7 +112,7 @@ impl Server {
         run(&mut ready).status.success().then_some(server)
     }
 
-    fn start(bin: &Path, base: &Path) -> Server {
+    fn start(bin: &Path, base: &Path, durable: bool) -> Server {
         let data = base.join("data");
         let version = bin.parent().and_then(|p| p.file_name()).map(|v| v.to_string_lossy().into_owned());
         let made_by = std::fs::read_to_string(data.join("PG_VERSION")).ok().map(|v| v.trim().to_string());
@@ -118,10 +126,11 @@ impl Server {
             check(&mut initdb, "initdb");
         }
         let port = free_port();
-        let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        );
+        let mut options =
+            format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=200");
+        if !durable {
+            options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
         let mut start = server_command(&bin.join("pg_ctl"));
         start.arg("-D").arg(&data).arg("-l").arg(data.join("server.log")).args(["-w", "-t", "60", "-o", &options]);
         start.arg("start");

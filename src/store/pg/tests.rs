@@ -279,7 +279,7 @@ async fn a_cluster_wide_cap_holds_across_three_claimers() {
                 idle_rounds = 0;
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(1..4))).await;
                 let outcomes: Vec<Outcome> = claimed.iter().map(succeeded).collect();
-                let verdicts = queue::complete(&mut c, &node, &outcomes, &facts).await.expect("complete");
+                let verdicts = queue::complete(&c, &node, &outcomes, &facts).await.expect("complete");
                 assert!(verdicts.iter().all(|v| *v == Verdict::Accepted), "{verdicts:?}");
                 done += claimed.len();
             }
@@ -313,13 +313,13 @@ async fn a_late_outcome_from_an_expired_node_is_refused() {
     // One batch, one verdict per row: a stale attempt number is refused beside an accepted one.
     let mut stale = succeeded(&claimed[1]);
     stale.attempt.n += 1;
-    let verdicts = queue::complete(&mut c, &short, &[succeeded(&claimed[0]), stale], &facts).await.expect("complete");
+    let verdicts = queue::complete(&c, &short, &[succeeded(&claimed[0]), stale], &facts).await.expect("complete");
     assert_eq!(verdicts, [Verdict::Accepted, Verdict::Refused]);
 
     tokio::time::sleep(Duration::from_millis(400)).await;
     let dead = queue::dead_nodes(&c).await.expect("dead nodes");
     assert!(dead.iter().any(|d| d.id == short.id && !d.stopped), "{dead:?}");
-    let late = queue::complete(&mut c, &short, &[succeeded(&claimed[1])], &facts).await.expect("complete");
+    let late = queue::complete(&c, &short, &[succeeded(&claimed[1])], &facts).await.expect("complete");
     assert_eq!(late, [Verdict::Refused], "a node whose lease ran out may not complete");
     let state = db.psql(&format!("SELECT state, node FROM task_runs WHERE id = {}", ids[1]));
     assert_eq!(state.trim(), format!("running|{}", short.id), "the refused outcome wrote nothing");
@@ -330,7 +330,7 @@ async fn a_late_outcome_from_an_expired_node_is_refused() {
     // The name is free again: the node comes back as a new node, and the old fence still holds.
     let again = node(&store, "short", &[], LONG).await;
     assert_ne!(again.id, short.id);
-    let late = queue::complete(&mut c, &again, &[succeeded(&claimed[1])], &facts).await.expect("complete");
+    let late = queue::complete(&c, &again, &[succeeded(&claimed[1])], &facts).await.expect("complete");
     assert_eq!(late, [Verdict::Refused], "another node's attempt");
     assert!(queue::register_node(&mut c, "short", &[], LONG).await.is_err(), "two live nodes with one name");
 }
@@ -399,7 +399,7 @@ async fn claim_and_complete_never_scan_the_task_runs_table() {
         let claimed = queue::claim(&mut c, &me, "default", k, None).await.expect("claim");
         assert_eq!(claimed.len(), k);
         let outcomes: Vec<Outcome> = claimed.iter().map(succeeded).collect();
-        let verdicts = queue::complete(&mut c, &me, &outcomes, &facts).await.expect("complete");
+        let verdicts = queue::complete(&c, &me, &outcomes, &facts).await.expect("complete");
         assert!(verdicts.iter().all(|v| *v == Verdict::Accepted));
     }
     c.execute("SELECT pg_stat_force_next_flush()", &[]).await.expect("flush");
@@ -486,4 +486,53 @@ async fn a_heartbeat_keeps_a_node_alive_and_says_when_its_lease_is_lost() {
     tokio::time::timeout(lease * 2, heartbeat.lost()).await.expect("the loss is reported within a beat");
     assert!(heartbeat.is_lost());
     assert_eq!(queue::dead_nodes(&c).await.expect("dead").iter().map(|d| d.id).collect::<Vec<_>>(), [me.id]);
+}
+
+/// Claim + complete throughput of a backlog drained by `W` claimers, `k` per transaction (the
+/// figure pg-probe's `backlog` mode calls "drain"). A benchmark, not a test: run by
+/// `scripts/bench.sh` (PG_BENCH=1) on a durable server:
+/// `GAFFER_TEST_PG_DURABLE=1 cargo test --release --lib pg_claim_complete_throughput -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench.sh"]
+async fn pg_claim_complete_throughput() {
+    let db = test_db_or_skip!();
+    let workers: usize = std::env::var("PG_BENCH_W").ok().and_then(|w| w.parse().ok()).unwrap_or(4);
+    for (k, n) in [(1usize, 5_000usize), (10, 20_000), (64, 50_000)] {
+        let store =
+            PgStore::open(&db.url, PgOptions { pool_size: workers + 2, ..PgOptions::default() }).await.expect("open");
+        let queue: &'static str = Box::leak(format!("bench-{k}").into_boxed_str());
+        let started = std::time::Instant::now();
+        enqueue(&store, queue, n).await;
+        let enqueue_secs = started.elapsed().as_secs_f64();
+        let started = std::time::Instant::now();
+        let mut drains = Vec::new();
+        for w in 0..workers {
+            let (store, me) = (store.clone(), node(&store, &format!("bench-{k}-{w}"), &[], LONG).await);
+            drains.push(tokio::spawn(async move {
+                let mut c = store.connection().await.expect("conn");
+                let facts = plain_queue_facts();
+                let mut done = 0;
+                loop {
+                    let claimed = queue::claim(&mut c, &me, queue, k, None).await.expect("claim");
+                    if claimed.is_empty() {
+                        return done;
+                    }
+                    let outcomes: Vec<Outcome> = claimed.iter().map(succeeded).collect();
+                    queue::complete(&c, &me, &outcomes, &facts).await.expect("complete");
+                    done += claimed.len();
+                }
+            }));
+        }
+        let mut done = 0;
+        for d in drains {
+            done += d.await.expect("join");
+        }
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(done, n);
+        println!(
+            "PG_BENCH k={k} W={workers} N={n}: drain (claim+complete) {:.0} tasks/s ({secs:.2} s); enqueue {:.0} tasks/s",
+            n as f64 / secs,
+            n as f64 / enqueue_secs
+        );
+    }
 }
