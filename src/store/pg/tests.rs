@@ -439,6 +439,26 @@ async fn queued_task_runs_wake_a_listener_once_per_commit() {
     // A commit that queues nothing wakes nobody: the wait ends by its poll.
     store.commit(vec![Mutation::JobRun(job_run(j))]).await.expect("commit");
     assert!(ours(waker.wait(Duration::from_millis(300)).await).is_empty());
+
+    // The listening connection is lost (the server restarted, a proxy cut it): the waker says
+    // to look at every queue once it listens again, and wakes on the next commit as before.
+    let killed = db.psql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = '{}' AND query LIKE 'LISTEN%'",
+        db.schema
+    ));
+    assert_eq!(killed.trim(), "1");
+    assert_eq!(waker.wait(Duration::from_secs(10)).await, Woken::Poll);
+    let again = store.ids.next_task_run().await.expect("id");
+    store.commit(vec![Mutation::TaskRun(queued(again, j, &q1, 50, 0))]).await.expect("commit");
+    let mut heard = BTreeSet::new();
+    for _ in 0..20 {
+        heard.extend(ours(waker.wait(Duration::from_millis(500)).await));
+        if !heard.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(heard, BTreeSet::from([q1]), "heard after the reconnection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
