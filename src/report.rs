@@ -181,11 +181,24 @@ pub fn show(reader: &Reader, target: Target) -> Result<Value, QueryError> {
         Target::JobRun(id) => {
             let j = reader.job_run(id)?.ok_or_else(|| not_found(target))?;
             let mut value = job_json(&j);
-            value["tasks"] = Value::Array(reader.task_runs_of(id)?.iter().map(task_json).collect());
+            let runs = reader.task_runs_of(id)?;
+            value["not_reached"] = json!(not_reached(reader, &j, &runs)?);
+            value["tasks"] = Value::Array(runs.iter().map(task_json).collect());
             value["budget_raised_usd"] = reader.raised_budgets(id)?.job_run.map_or(Value::Null, usd_json);
             Ok(value)
         }
     }
+}
+
+/// The tasks of job run `j`'s job with no task run in it: nothing reached them (SPEC §2.2), in
+/// file order. None for an `--only` run (its job is what it has task runs for), nor when its
+/// stored definition cannot be read back.
+fn not_reached(reader: &Reader, j: &JobRunRecord, runs: &[TaskRunRecord]) -> Result<Vec<String>, StoreError> {
+    let Some(stored) = reader.definition(j.definition)?.filter(|_| !j.sliced) else { return Ok(Vec::new()) };
+    let Ok(workflow) = crate::config::parse(Path::new(&stored.path), &stored.source) else { return Ok(Vec::new()) };
+    let Some(job) = workflow.jobs.iter().find(|job| job.name == j.job) else { return Ok(Vec::new()) };
+    let have: std::collections::HashSet<&str> = runs.iter().map(|t| t.task.as_str()).collect();
+    Ok(job.tasks.iter().filter(|t| !have.contains(t.name.as_str())).map(|t| t.name.clone()).collect())
 }
 
 fn not_found(target: Target) -> QueryError {
@@ -251,6 +264,18 @@ pub struct TaskFilter {
     /// Only the task runs of this queue.
     #[param(nullable = false)]
     pub queue: Option<String>,
+    /// Only the task runs of this job run (`j7` or `7`).
+    #[param(nullable = false)]
+    pub run: Option<String>,
+    /// Only the task runs of this task (its name in the workflow file): with `run`, its
+    /// instances in that job run (iterations, items, compensations) in order.
+    #[param(nullable = false)]
+    pub task: Option<String>,
+}
+
+/// A job run id as people type it: `j7` or `7`.
+pub fn parse_job_run_id(text: &str) -> Option<u64> {
+    text.strip_prefix('j').unwrap_or(text).parse().ok().filter(|&id| id > 0)
 }
 
 /// `tasks --json` (and `dlq list --json`: state `dead`).
@@ -266,8 +291,24 @@ pub fn for_each_task(reader: &Reader, filter: &TaskFilter, mut f: impl FnMut(Val
         wanted.is_none_or(|w| t.state == w)
             && filter.job.as_ref().is_none_or(|j| &t.job == j)
             && filter.queue.as_ref().is_none_or(|q| &t.queue == q)
+            && filter.task.as_ref().is_none_or(|name| &t.task == name)
     };
-    Ok(reader.each_task_run(|t| !selected(&t) || f(task_json(&t)))?)
+    let Some(run) = filter.run.as_deref() else {
+        return Ok(reader.each_task_run(|t| !selected(&t) || f(task_json(&t)))?);
+    };
+    let run =
+        parse_job_run_id(run).ok_or_else(|| QueryError::Invalid(format!("`{run}` is not a job run id (like j7)")))?;
+    // One job run's (or one task's) runs are read through their indexes, not by a scan.
+    let runs = match filter.task.as_deref() {
+        Some(task) => reader.instances_of(run, task)?,
+        None => reader.task_runs_of(run)?,
+    };
+    for t in runs.iter().filter(|t| selected(t)) {
+        if !f(task_json(t)) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// A `--state` filter: none, or one of `names` (an unknown one is refused, naming them all).
