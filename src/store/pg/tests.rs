@@ -38,6 +38,7 @@ fn job_run(id: u64) -> JobRunRecord {
         created_at_ms: 1,
         ended_at_ms: None,
         cancel_requested: false,
+        sliced: false,
     }
 }
 
