@@ -9,9 +9,10 @@ use std::time::Duration;
 use super::queue::{self, Claimed, Node, Outcome, Verdict, Waker, Woken};
 use super::testing::TestDb;
 use super::*;
-use crate::model::{JobState, TaskState};
+use crate::model::TaskState;
 use crate::store::Mutation;
-use crate::store::records::{AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, RaisedBudgets};
+use crate::store::records::{AttemptRecord, CacheEntry, DefinitionRecord, RaisedBudgets};
+use crate::store::tests::job_run;
 
 macro_rules! test_db_or_skip {
     () => {
@@ -24,22 +25,6 @@ macro_rules! test_db_or_skip {
 
 async fn open(db: &TestDb) -> PgStore {
     PgStore::open(&db.url, PgOptions::default()).await.expect("open the pg store")
-}
-
-fn job_run(id: u64) -> JobRunRecord {
-    JobRunRecord {
-        id,
-        job: "report".into(),
-        definition: u64::MAX - 3,
-        params: Default::default(),
-        state: JobState::Running,
-        reason: None,
-        cost_usd_micros: 12_300,
-        created_at_ms: 1,
-        ended_at_ms: None,
-        cancel_requested: false,
-        sliced: false,
-    }
 }
 
 fn queued(id: u64, job_run: u64, queue: &str, priority: u8, queued_at_ms: u64) -> TaskRunRecord {
