@@ -175,9 +175,13 @@ impl Server {
     }
 }
 
-/// The newest `/usr/lib/postgresql/<version>/bin` with a server in it.
+/// The newest `/usr/lib/postgresql/<version>/bin` with a server in it (Debian's layout).
 fn postgres_bin() -> Option<PathBuf> {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    postgres_bin_in(Path::new("/usr/lib/postgresql"))
+}
+
+fn postgres_bin_in(root: &Path) -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
         .ok()?
         .flatten()
         .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
@@ -238,4 +242,37 @@ fn check(command: &mut Command, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_installed_server_is_used_and_none_means_skip() {
+        let root = tempfile::tempdir().expect("tempdir");
+        assert_eq!(postgres_bin_in(root.path()), None, "nothing installed: the tests are skipped");
+        for (version, complete) in [("13", true), ("15", true), ("16", false), ("notes", true)] {
+            let bin = root.path().join(version).join("bin");
+            std::fs::create_dir_all(&bin).expect("mkdir");
+            std::fs::write(bin.join("pg_ctl"), "").expect("pg_ctl");
+            if complete {
+                std::fs::write(bin.join("initdb"), "").expect("initdb");
+            }
+        }
+        assert_eq!(postgres_bin_in(root.path()), Some(root.path().join("15/bin")), "16 has no initdb");
+    }
+
+    #[test]
+    fn schemas_a_killed_run_left_are_dropped_by_the_next() {
+        let Some(first) = TestDb::get() else { return };
+        // A pid above any pid_max: the process that made this schema is gone.
+        first.server.psql("CREATE SCHEMA t_999999999_0");
+        let second = TestDb::get().expect("the server is installed");
+        let left = second.server.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 't_999999999_0'");
+        assert_eq!(left.trim(), "0");
+        let ours =
+            format!("SELECT count(*) FROM pg_namespace WHERE nspname IN ('{}', '{}')", first.schema, second.schema);
+        assert_eq!(second.server.psql(&ours).trim(), "2", "live tests' schemas are kept");
+    }
 }
