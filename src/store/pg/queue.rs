@@ -18,6 +18,7 @@ use tokio_postgres::{AsyncMessage, Client};
 use super::writer::{QUEUE_CHANNEL, from_db, to_db};
 use super::{PgError, QueueFacts};
 use crate::model::TaskState;
+use crate::model::lease::{Fence, Refused, outcome_accepted};
 use crate::store::codec;
 use crate::store::records::{AttemptRecord, TaskRunRecord};
 
@@ -176,22 +177,26 @@ pub struct Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Accepted,
-    /// The task run is no longer this node's attempt `n` (another node adopted it, or it was
-    /// claimed again), or the node's lease ran out: nothing of it was written.
-    Refused,
+    /// Nothing of it was written, for this reason (`model::lease::outcome_accepted`'s).
+    Refused(Refused),
 }
 
-/// By primary key only: `id = ANY($2)` with each row's values picked by its place in the arrays.
-/// A join with `unnest(...)` reads the same but lets the planner hash-join over a sequential scan
-/// once the table is small against the batch (seen here: 10k rows, batches of 64).
+/// `model::lease::outcome_accepted` in SQL: the task run runs, as this node's attempt `n`, and the
+/// node is live; taking it ends the attempt (`node = NULL`). By primary key only: `id = ANY($2)`
+/// with each row's values picked by its place in the arrays (a join with `unnest(...)` lets the
+/// planner hash-join over a sequential scan once the table is small against the batch: seen at
+/// 10k rows, batches of 64), and the state is tested as `coalesce(state, '')` so that no plan
+/// can walk the partial `running` index instead (RESULTS.md trap 3).
 const COMPLETE: &str = "WITH done AS ( \
      UPDATE task_runs SET \
          state = ($4::text[])[array_position($2::bigint[], id)], \
          record = ($5::bytea[])[array_position($2::bigint[], id)], \
          sort_key = ($6::bigint[])[array_position($2::bigint[], id)], \
          enqueue_seq = ($7::bigint[])[array_position($2::bigint[], id)], \
-         not_before = to_timestamp(($8::bigint[])[array_position($2::bigint[], id)] / 1000.0) \
+         not_before = to_timestamp(($8::bigint[])[array_position($2::bigint[], id)] / 1000.0), \
+         node = NULL \
      WHERE id = ANY($2::bigint[]) AND node = $1 AND attempt = ($3::int[])[array_position($2::bigint[], id)] \
+       AND coalesce(state, '') = 'running' \
        AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND lease_until > now() AND NOT stopped) \
      RETURNING id \
  ), kept AS ( \
@@ -258,10 +263,61 @@ pub async fn complete(
         let queues: Vec<&str> = requeued.into_iter().collect();
         c.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[&QUEUE_CHANNEL, &queues]).await?;
     }
+    let refused: Vec<i64> = cols.ids.iter().copied().filter(|id| !accepted.contains(&from_db(*id))).collect();
+    let reasons = if refused.is_empty() { Default::default() } else { refusals(c, node, &refused).await? };
     Ok(outcomes
         .iter()
-        .map(|o| if accepted.contains(&o.task_run.id) { Verdict::Accepted } else { Verdict::Refused })
+        .map(|o| match accepted.contains(&o.task_run.id) {
+            true => Verdict::Accepted,
+            false => {
+                let fence = reasons.get(&o.task_run.id).copied();
+                Verdict::Refused(refusal(fence, node, o.attempt.n, reasons.live))
+            }
+        })
         .collect())
+}
+
+/// What the refused task runs look like now, and whether the node is live, read after the fact
+/// (for the report only: the refusal itself was the update's).
+#[derive(Default)]
+struct Refusals {
+    fences: std::collections::BTreeMap<u64, Fence>,
+    live: bool,
+}
+
+impl Refusals {
+    fn get(&self, id: &u64) -> Option<&Fence> {
+        self.fences.get(id)
+    }
+}
+
+async fn refusals(c: &deadpool_postgres::Client, node: &Node, ids: &[i64]) -> Result<Refusals, PgError> {
+    let rows = c.query("SELECT id, state, node, attempt FROM task_runs WHERE id = ANY($1)", &[&ids]).await?;
+    let mut fences = std::collections::BTreeMap::new();
+    for r in rows {
+        let state: String = r.get(1);
+        let on: Option<i64> = r.get(2);
+        let attempt: i32 = r.get(3);
+        let state = TaskState::parse(&state).unwrap_or(TaskState::Pending);
+        fences.insert(from_db(r.get(0)), Fence { state, node: on.map(from_db), attempt: attempt as u32 });
+    }
+    let live = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND lease_until > now() AND NOT stopped)",
+            &[&node.id],
+        )
+        .await?
+        .get(0);
+    Ok(Refusals { fences, live })
+}
+
+/// The model's reason; a task run gone, or one that changed since (the rule now says yes), was
+/// no longer running as this attempt when the update looked.
+fn refusal(fence: Option<Fence>, node: &Node, attempt: u32, live: bool) -> Refused {
+    match fence.map(|f| outcome_accepted(f, from_db(node.id), attempt, live)) {
+        Some(Err(reason)) => reason,
+        Some(Ok(())) | None => Refused::NotRunning,
+    }
 }
 
 /// Outcomes per completion transaction, at most.
