@@ -100,6 +100,13 @@ fn describe(e: &EngineEvent) -> Option<String> {
             let name = e.str_field("wait_for").unwrap_or("?");
             format!("waiting for `{name}` (gaffer signal j{} {name} to release it)", e.job_run.unwrap_or(0))
         }
+        EventName::TaskBlocked => {
+            let list = |key| -> Vec<String> {
+                let items = e.field(key).and_then(|v| v.as_array()).into_iter().flatten();
+                items.filter_map(|v| v.as_str().map(String::from)).collect()
+            };
+            format!("blocked: {}", crate::model::routing::blocked_reason(&list("requires"), &list("node_labels")))
+        }
         EventName::ScheduleFired => format!("schedule fired (slot {})", slot(e)),
         EventName::ScheduleSkipped => format!("schedule slot {} skipped: {reason}", slot(e)),
         EventName::WorkerRestarted => {

@@ -87,8 +87,14 @@ fn usage_json(mut value: Value, usage: &Usage) -> Value {
 
 /// SPEC §4.1 `status --json`, the same whether asked of the state dir or of the instance.
 /// `pid`: the running instance's (the instance knows its own, even if someone deleted
-/// `instance.lock`); `live`: its queues, so a queue with no task runs yet is listed too.
-pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnapshot]>) -> Result<Value, StoreError> {
+/// `instance.lock`); `live`: its queues, so a queue with no task runs yet is listed too;
+/// `labels`: the running node's (`--label`), which say what no node can run (`model::routing`).
+pub fn status_value(
+    state_dir: &Path,
+    pid: Option<u32>,
+    live: Option<&[QueueSnapshot]>,
+    labels: Option<&[String]>,
+) -> Result<Value, StoreError> {
     let reader = store::open_reader(state_dir)?;
     let defs = latest_queues(&reader)?;
     let mut concurrency: BTreeMap<String, usize> = defs.iter().map(|(k, q)| (k.clone(), q.concurrency)).collect();
@@ -111,8 +117,10 @@ pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnap
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
     let mut cost = 0u64;
     let mut exhausted = ResourceWait::default();
+    let mut unroutable = Unroutable::new(labels);
     reader.each_task_run(|t| {
         exhausted.count(&t);
+        unroutable.count(&t);
         *totals.entry(t.state.as_str()).or_default() += 1;
         cost = cost.saturating_add(t.cost_usd_micros);
         let counts = queues.entry(t.queue).or_default();
@@ -130,11 +138,42 @@ pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnap
         .map(|(name, c)| {
             json!({"name": name, "concurrency": concurrency.get(name), "paused": paused.contains(name),
                    "queued": c[0], "running": c[1], "retrying": c[2], "dead": c[3],
+                   "unroutable": unroutable.per_queue.get(name).copied().unwrap_or(0),
                    "circuit_open_until": time_json(circuits.get(name).copied())})
         })
         .collect();
     Ok(json!({"instance": {"running": pid.is_some(), "pid": pid}, "queues": queues, "totals": totals,
-              "cost_usd": usd_json(cost), "waiting_for_resources": exhausted.to_json()}))
+              "cost_usd": usd_json(cost), "waiting_for_resources": exhausted.to_json(),
+              "node": labels.map(|l| json!({"labels": l})), "unroutable": unroutable.listed}))
+}
+
+/// Queued task runs no live node can run (`model::routing::unroutable`): counted per queue,
+/// the first [`Unroutable::LISTED`] of them listed with the reason. Nothing is unroutable while
+/// no node runs (then nothing starts at all).
+struct Unroutable<'a> {
+    nodes: Vec<&'a [String]>,
+    per_queue: BTreeMap<String, u64>,
+    listed: Vec<Value>,
+}
+
+impl<'a> Unroutable<'a> {
+    const LISTED: usize = 20;
+
+    fn new(labels: Option<&'a [String]>) -> Self {
+        Unroutable { nodes: labels.into_iter().collect(), per_queue: BTreeMap::new(), listed: Vec::new() }
+    }
+
+    fn count(&mut self, t: &crate::store::TaskRunRecord) {
+        if t.state != TaskState::Queued || !crate::model::routing::unroutable(&t.requires, &self.nodes) {
+            return;
+        }
+        *self.per_queue.entry(t.queue.clone()).or_default() += 1;
+        if self.listed.len() < Self::LISTED {
+            let labels = self.nodes.first().copied().unwrap_or_default();
+            self.listed.push(json!({"task_run": t.id, "job_run": t.job_run, "job": t.job, "task": t.task,
+                "requires": t.requires, "reason": crate::model::routing::blocked_reason(&t.requires, labels)}));
+        }
+    }
 }
 
 /// Task runs whose start found the machine out of descriptors, processes or memory, and wait
@@ -167,12 +206,21 @@ fn latest_queues(reader: &Reader) -> Result<BTreeMap<String, QueueDef>, StoreErr
 }
 
 /// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its
-/// task runs.
-pub fn show(reader: &Reader, target: Target) -> Result<Value, QueryError> {
+/// task runs. `labels`: the running node's; a queued task run it cannot start says why
+/// (`blocked`).
+pub fn show(reader: &Reader, target: Target, labels: Option<&[String]>) -> Result<Value, QueryError> {
+    let with_blocked = |t: &TaskRunRecord| {
+        let mut value = task_json(t);
+        let nodes: Vec<&[String]> = labels.into_iter().collect();
+        if t.state == TaskState::Queued && crate::model::routing::unroutable(&t.requires, &nodes) {
+            value["blocked"] = crate::model::routing::blocked_reason(&t.requires, nodes[0]).into();
+        }
+        value
+    };
     match target {
         Target::TaskRun(id) => {
             let t = reader.task_run(id)?.ok_or_else(|| not_found(target))?;
-            let mut value = task_json(&t);
+            let mut value = with_blocked(&t);
             value["attempts"] = Value::Array(reader.attempts_of(id)?.iter().map(attempt_json).collect());
             let raised = reader.raised_budgets(t.job_run)?.task_runs.get(&id).copied();
             value["budget_raised_usd"] = raised.map_or(Value::Null, usd_json);
@@ -181,7 +229,7 @@ pub fn show(reader: &Reader, target: Target) -> Result<Value, QueryError> {
         Target::JobRun(id) => {
             let j = reader.job_run(id)?.ok_or_else(|| not_found(target))?;
             let mut value = job_json(&j);
-            value["tasks"] = Value::Array(reader.task_runs_of(id)?.iter().map(task_json).collect());
+            value["tasks"] = Value::Array(reader.task_runs_of(id)?.iter().map(with_blocked).collect());
             value["budget_raised_usd"] = reader.raised_budgets(id)?.job_run.map_or(Value::Null, usd_json);
             Ok(value)
         }

@@ -69,6 +69,7 @@ pub(super) const TASK_KEYS: &[&str] = &[
     "retry",
     "cost",
     "budget_usd",
+    "requires",
     "wait_for",
     "wait_timeout",
     "cache",
@@ -80,7 +81,6 @@ pub(super) const TASK_KEYS: &[&str] = &[
     "for_each",
     "for_each_concurrency",
     "compensate",
-    "requires",
 ];
 pub(super) const WORKFLOW_CONTROL_KEYS: &[&str] =
     &["next", "join", "max_iterations", "for_each", "for_each_concurrency", "compensate"];
@@ -1076,7 +1076,7 @@ nees = ["a"]
                 "15:11: bad duration `5 minutes-ish` for `timeout`: invalid character at 9",
                 "16:9: unknown queue `gpu` (declared: default, llm)",
                 "17:10: unknown task `fetch2` in `needs` of task `fetch` (job `report` has: fetch)",
-                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, env_file, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, cache, expect, description, next, join, max_iterations, for_each, for_each_concurrency, compensate); did you mean `needs`?",
+                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, env_file, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, requires, wait_for, wait_timeout, cache, expect, description, next, join, max_iterations, for_each, for_each_concurrency, compensate); did you mean `needs`?",
             ]
         );
     }

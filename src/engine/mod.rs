@@ -132,6 +132,8 @@ pub struct Shared {
     pub pricing: Arc<Pricing>,
     /// Secret param values: memory only.
     pub secrets: Arc<secrets::SecretBook>,
+    /// This node's labels (`--label`).
+    pub labels: Arc<Vec<String>>,
     dispatcher: Addr<dispatcher::Dispatcher>,
     scheduler: Addr<scheduler::Scheduler>,
     journal: Addr<Journal>,
@@ -149,6 +151,8 @@ pub struct EngineConfig {
     pub clock: SharedClock,
     pub workers: usize,
     pub pricing: Pricing,
+    /// This node's labels (`--label`): it starts only task runs whose `requires` they cover.
+    pub labels: Vec<String>,
 }
 
 /// A submit from outside (`gaffer submit`, the API).
@@ -376,6 +380,7 @@ pub struct EngineHandle {
     secrets: Arc<secrets::SecretBook>,
     /// `None` when the workflow declares no hooks.
     hooks: Option<hooks::HookRunner>,
+    labels: Arc<Vec<String>>,
     /// Keeps the watchdog's thread alive as long as a handle exists.
     _watchdog: Arc<ArbiterGuard>,
 }
@@ -419,13 +424,16 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         workers_total,
         &paused,
         history,
+        config.labels.clone(),
     )
     .start();
     let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
     let store = config.store.clone();
     let state_dir = config.state_dir.clone();
     let secrets = Arc::new(secrets::SecretBook::default());
+    let labels = Arc::new(config.labels);
     let shared = Arc::new(Shared {
+        labels: labels.clone(),
         clock: config.clock.clone(),
         store: config.store,
         state_dir: config.state_dir,
@@ -469,6 +477,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         state_dir,
         secrets,
         hooks,
+        labels,
         _watchdog: Arc::new(ArbiterGuard(arbiter)),
     }
 }
@@ -656,6 +665,11 @@ impl EngineHandle {
     /// The state dir this engine writes.
     pub fn state_dir(&self) -> &std::path::Path {
         &self.state_dir
+    }
+
+    /// This node's labels (`--label`), sorted as given.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
     }
 
     /// Each worker slot and what it runs, read without asking the actors.

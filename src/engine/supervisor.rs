@@ -405,6 +405,7 @@ fn new_task_run(
         queue: def.queue.clone(),
         priority: def.priority,
         max_attempts: def.retry.max_attempts,
+        requires: def.requires.clone(),
         ..TaskRunRecord::pending(id, job_run.id, &job_run.job, &def.name, now)
     }
 }
@@ -759,6 +760,7 @@ mod tests {
             clock: Arc::new(super::super::SystemClock),
             workers: 2,
             pricing,
+            labels: Vec::new(),
         };
         let system = actix::System::new();
         system.block_on(async move {

@@ -126,11 +126,11 @@ mod tests {
             ("a\u{1b}[31m", "has '\\u{1b}'"),
             (&"x".repeat(MAX_LABEL_LEN + 1), "longer than 64"),
         ] {
-            let err = check_label(bad).unwrap_err();
+            let err = check_label(bad).expect_err(bad);
             assert!(err.contains(says), "{bad:?}: {err}");
         }
         assert!(check_labels(&vec!["a"; MAX_LABELS]).is_ok());
-        assert!(check_labels(&vec!["a"; MAX_LABELS + 1]).unwrap_err().contains("at most 32"));
+        assert!(check_labels(&vec!["a"; MAX_LABELS + 1]).expect_err("33 labels").contains("at most 32"));
     }
 
     proptest! {
