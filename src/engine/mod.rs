@@ -190,6 +190,10 @@ pub struct EngineSnapshot {
     /// records do not say which models they paid for). Absent from an older server's answer.
     #[serde(default)]
     pub by_model: Vec<ModelUsage>,
+    /// The running node's labels (`--label`); `None` when no node runs (read-only views) or
+    /// from an older server.
+    #[serde(default)]
+    pub node_labels: Option<Vec<String>>,
 }
 
 /// A job as the views draw it.
@@ -650,7 +654,8 @@ impl EngineHandle {
             records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
         let jobs = self.jobs.as_ref().clone();
         let (queues, workers) = (self.queues().await?, self.workers());
-        Ok(EngineSnapshot { job_runs, task_runs, queues, workers, jobs, schedule_fires, by_model })
+        let node_labels = Some(self.labels.to_vec());
+        Ok(EngineSnapshot { job_runs, task_runs, queues, workers, jobs, schedule_fires, by_model, node_labels })
     }
 
     /// The task runs of one job run (a view learning of a new run from `job.started`).

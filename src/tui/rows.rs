@@ -40,6 +40,8 @@ pub struct TaskRun {
     pub compensation: bool,
     /// For a compensation: the task run it undoes.
     pub compensates: Option<u64>,
+    /// Node labels a node must have to start it (`requires`).
+    pub requires: Vec<String>,
 }
 
 impl TaskRun {
@@ -92,6 +94,7 @@ impl From<TaskRunView> for TaskRun {
             item_index: v.item_index,
             compensation,
             compensates: v.compensates,
+            requires: v.requires,
         }
     }
 }
