@@ -205,18 +205,22 @@ fn latest_queues(reader: &Reader) -> Result<BTreeMap<String, QueueDef>, StoreErr
     Ok(crate::engine::latest_workflow(reader)?.map(|w| w.queues).unwrap_or_default())
 }
 
+/// [`task_json`], and for a queued task run the node with `labels` cannot start (no other node
+/// runs yet), why: `blocked`.
+fn task_json_on(t: &TaskRunRecord, labels: Option<&[String]>) -> Value {
+    let mut value = task_json(t);
+    let nodes: Vec<&[String]> = labels.into_iter().collect();
+    if t.state == TaskState::Queued && crate::model::routing::unroutable(&t.requires, &nodes) {
+        value["blocked"] = crate::model::routing::blocked_reason(&t.requires, nodes[0]).into();
+    }
+    value
+}
+
 /// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its
 /// task runs. `labels`: the running node's; a queued task run it cannot start says why
 /// (`blocked`).
 pub fn show(reader: &Reader, target: Target, labels: Option<&[String]>) -> Result<Value, QueryError> {
-    let with_blocked = |t: &TaskRunRecord| {
-        let mut value = task_json(t);
-        let nodes: Vec<&[String]> = labels.into_iter().collect();
-        if t.state == TaskState::Queued && crate::model::routing::unroutable(&t.requires, &nodes) {
-            value["blocked"] = crate::model::routing::blocked_reason(&t.requires, nodes[0]).into();
-        }
-        value
-    };
+    let with_blocked = |t: &TaskRunRecord| task_json_on(t, labels);
     match target {
         Target::TaskRun(id) => {
             let t = reader.task_run(id)?.ok_or_else(|| not_found(target))?;
@@ -306,6 +310,11 @@ pub struct TaskFilter {
     /// instances in that job run (iterations, items, compensations) in order.
     #[param(nullable = false)]
     pub task: Option<String>,
+    /// The running node's labels (set by the instance answering, never by a client): a queued
+    /// task run it cannot start says why (`blocked`).
+    #[serde(skip)]
+    #[param(ignore)]
+    pub node_labels: Option<Vec<String>>,
 }
 
 /// A job run id as people type it: `j7` or `7`.
@@ -322,6 +331,7 @@ pub fn tasks(reader: &Reader, filter: &TaskFilter) -> Result<Value, QueryError> 
 pub fn for_each_task(reader: &Reader, filter: &TaskFilter, mut f: impl FnMut(Value) -> bool) -> Result<(), QueryError> {
     let states = TaskState::ALL.map(TaskState::as_str);
     let wanted = wanted_state(filter.state.as_deref(), "task run", TaskState::parse, &states)?;
+    let labels = filter.node_labels.as_deref();
     let selected = |t: &TaskRunRecord| {
         wanted.is_none_or(|w| t.state == w)
             && filter.job.as_ref().is_none_or(|j| &t.job == j)
@@ -329,7 +339,7 @@ pub fn for_each_task(reader: &Reader, filter: &TaskFilter, mut f: impl FnMut(Val
             && filter.task.as_ref().is_none_or(|name| &t.task == name)
     };
     let Some(run) = filter.run.as_deref() else {
-        return Ok(reader.each_task_run(|t| !selected(&t) || f(task_json(&t)))?);
+        return Ok(reader.each_task_run(|t| !selected(&t) || f(task_json_on(&t, labels)))?);
     };
     let run =
         parse_job_run_id(run).ok_or_else(|| QueryError::Invalid(format!("`{run}` is not a job run id (like j7)")))?;
@@ -339,7 +349,7 @@ pub fn for_each_task(reader: &Reader, filter: &TaskFilter, mut f: impl FnMut(Val
         None => reader.task_runs_of(run)?,
     };
     for t in runs.iter().filter(|t| selected(t)) {
-        if !f(task_json(t)) {
+        if !f(task_json_on(t, labels)) {
             break;
         }
     }

@@ -22,6 +22,10 @@ run = "echo fit on $GAFFER_TASK_RUN_ID"
 run = "echo hello"
 "#;
 
+fn shown_reason() -> Value {
+    "requires [gpu]: no node has it — start one with --label gpu".into()
+}
+
 fn state_of(p: &Project, task: &str) -> String {
     p.task(task)["state"].as_str().unwrap_or_default().to_string()
 }
@@ -137,11 +141,15 @@ fn serve_keeps_a_task_nobody_can_run_queued_and_visibly_blocked_until_a_node_has
     assert!(human.contains("node labels: eu"), "{human}");
 
     let shown = p.json(&["show", &id.to_string(), "--json"]);
-    assert_eq!(shown["blocked"], "requires [gpu]: no node has it — start one with --label gpu", "{shown:#}");
+    assert_eq!(shown["blocked"], shown_reason(), "{shown:#}");
     let shown = String::from_utf8_lossy(&p.run(&["show", &id.to_string()]).stdout).to_string();
     assert!(shown.contains("blocked: requires [gpu]"), "{shown}");
+    assert_eq!(p.task("fit")["blocked"], shown_reason(), "tasks --json says it too");
+    let table = String::from_utf8_lossy(&p.run(&["tasks"]).stdout).to_string();
+    assert!(table.lines().any(|l| l.contains("train.fit") && l.contains("blocked: no node has gpu")), "{table}");
     assert_eq!(state_of(&p, "fit"), "queued", "it waits, it does not fail");
     drop(server);
+    assert_eq!(p.task("fit").get("blocked"), None, "with no node running, nothing is blocked");
 
     // With no instance, nothing runs at all: not one task's problem, so nothing is unroutable.
     let offline = p.json(&["status", "--json"]);
@@ -179,4 +187,17 @@ fn run_stops_when_a_job_run_it_resumes_is_blocked_here() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("blocked: requires [gpu]: no node has it — start one with --label gpu"), "{stdout}");
     assert_eq!(state_of(&p, "fit"), "queued", "left for a node that can run it");
+}
+
+/// A task run no node can start still leaves by its `queue_timeout` (dead-lettered), as one
+/// waiting behind a full queue does.
+#[test]
+fn queue_timeout_holds_for_a_task_run_nobody_can_start() {
+    let p = Project::new("[jobs.train.tasks.fit]\nrequires = [\"gpu\"]\nqueue_timeout = \"1s\"\nrun = \"true\"\n");
+    let _server = Server::start(&p);
+    assert!(p.run(&["submit", "train"]).status.success());
+    wait_until(Duration::from_secs(10), "fit to be dead-lettered by its queue_timeout", || {
+        state_of(&p, "fit") == "dead"
+    });
+    assert_eq!(p.task("fit")["reason"], "queue_timeout");
 }

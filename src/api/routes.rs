@@ -258,7 +258,8 @@ pub(super) async fn jobs(state: web::Data<ApiState>, filter: JobFilter) -> HttpR
 /// Streamed: an answer of 100,000 task runs never sits whole in memory.
 #[utoipa::path(get, path = "/v1/tasks", tag = "read", params(TaskFilter), responses(
     (status = 200, body = Vec<doc::TaskRun>), (status = 400, body = doc::Failure)))]
-pub(super) async fn tasks(state: web::Data<ApiState>, filter: TaskFilter) -> HttpResponse {
+pub(super) async fn tasks(state: web::Data<ApiState>, mut filter: TaskFilter) -> HttpResponse {
+    filter.node_labels = Some(state.handle.labels().to_vec());
     super::stream::json_array(&state, move |reader, emit| report::for_each_task(reader, &filter, emit)).await
 }
 

@@ -232,6 +232,11 @@ pub(super) fn dead_letters(state_dir: &Path) -> Result<Value, CliError> {
     fetch(state_dir, "/v1/tasks?state=dead", |reader| report::tasks(reader, &filter))
 }
 
+/// `["gpu", "eu"]` as `gpu, eu`.
+fn labels_of(list: &Value) -> String {
+    list.as_array().into_iter().flatten().filter_map(|l| l.as_str()).collect::<Vec<_>>().join(", ")
+}
+
 pub(super) fn print_task_table(runs: &Value) {
     outln!(
         "{:<6} {:<6} {:<24} {:<10} {:>7} {:<10} {:>4} {:>10} REASON",
@@ -255,7 +260,10 @@ pub(super) fn print_task_table(runs: &Value) {
             text(t, "queue"),
             num(t, "priority"),
             dollars(micros_of_json(&t["cost_usd"])),
-            text(t, "reason")
+            match t["blocked"].as_str() {
+                Some(_) => format!("blocked: no node has {}", labels_of(&t["requires"])),
+                None => text(t, "reason").to_string(),
+            }
         );
     }
 }
@@ -324,9 +332,8 @@ fn print_task_detail(t: &Value) {
         outln!("blocked: {blocked}");
     }
     outln!("queue: {} (priority {})", text(t, "queue"), num(t, "priority"));
-    if let Some(requires) = t["requires"].as_array() {
-        let labels: Vec<&str> = requires.iter().filter_map(|l| l.as_str()).collect();
-        outln!("requires: {}", labels.join(", "));
+    if t["requires"].is_array() {
+        outln!("requires: {}", labels_of(&t["requires"]));
     }
     outln!("attempts: {} of {} in this series", num(t, "attempts_in_series"), num(t, "max_attempts"));
     outln!(
