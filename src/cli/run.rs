@@ -509,6 +509,8 @@ async fn serve_forever(
         let resumed = handle.resume_all().await?;
         let caught_up = handle.serve_schedules().await?;
         let pid = std::process::id();
+        let labels = handle.labels();
+        let pid = if labels.is_empty() { pid.to_string() } else { format!("{pid}, labels {}", labels.join(", ")) };
         let status = format!("serving (pid {pid}): {} unfinished run(s) resumed, {caught_up} missed fire time(s) caught up; SIGINT or SIGTERM stops", resumed.len());
         say(format, &status);
         let watchdog = notify_systemd(&handle, &status);

@@ -672,7 +672,7 @@ impl EngineHandle {
         &self.state_dir
     }
 
-    /// This node's labels (`--label`), sorted as given.
+    /// This node's labels (`--label`), in the order given.
     pub fn labels(&self) -> &[String] {
         &self.labels
     }
