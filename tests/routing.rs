@@ -88,6 +88,9 @@ fn bad_labels_are_refused_with_the_reason() {
         assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?} {env:?}: {stderr}");
     }
+    // Set but empty is no labels, as unset is.
+    let out = p.gaffer(&["run", "workflow.toml", "plain"]).env("GAFFER_LABELS", "").output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bad = Project::new("[jobs.j.tasks.t]\nrun = 'x'\nrequires = [\"gpu\", \"Eu\"]\n");
     let out = bad.run(&["validate", "workflow.toml"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

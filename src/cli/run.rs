@@ -384,6 +384,10 @@ fn serve_secrets(workflow: &Workflow, raw: &[String]) -> Result<BTreeMap<String,
 
 /// `--label`s (or `GAFFER_LABELS=gpu,eu`) checked as `requires` is, each once, in the order given.
 fn node_labels(given: &[String]) -> Result<Vec<String>, String> {
+    // `GAFFER_LABELS=` (set, but empty) means no labels, as an unset variable does.
+    if given == [""] && std::env::var_os("GAFFER_LABELS").is_some_and(|v| v.is_empty()) {
+        return Ok(Vec::new());
+    }
     let mut labels: Vec<String> = Vec::new();
     for label in given.iter().map(|l| l.trim()) {
         crate::model::routing::check_label(label).map_err(|e| format!("--label: {e}"))?;
