@@ -17,7 +17,7 @@ use crate::sanitize::sanitize;
 use crate::store::{self, AttemptRecord, JobRunRecord, Reader, StoreError, TaskRunRecord};
 
 mod wire;
-pub use wire::{JobRunView, TaskRunView, instance_in, label_in};
+pub use wire::{JobRunView, TaskRunView, label_in};
 
 /// Where attempt `n` of a task run logs, relative to the state dir (SPEC §5).
 pub fn attempt_log_path(job_run: u64, task_run: u64, n: u32) -> String {

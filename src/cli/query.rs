@@ -276,7 +276,10 @@ pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
         return print_json(&value);
     }
     match target {
-        Target::TaskRun(_) => print_task_detail(&value),
+        Target::TaskRun(_) => {
+            let from = reached_from(state_dir, &value["reached_by"]);
+            print_task_detail(&value, from.as_ref());
+        }
         Target::JobRun(id) => {
             let reason = value["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
             outln!("job run j{id} of `{}`: {}{reason}", text(&value, "job"), text(&value, "state"));
@@ -326,10 +329,24 @@ fn print_transitions(runs: &[Value]) {
     }
 }
 
-fn print_task_detail(t: &Value) {
+/// The task run a transition came from (`reached_by`), if there is one and it can be read.
+fn reached_from(state_dir: &Path, reached_by: &Value) -> Option<Value> {
+    let target = Target::TaskRun(reached_by["from_task_run"].as_u64()?);
+    fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target, None)).ok()
+}
+
+/// `show ID` of a task run; `from` is the task run a transition started it from.
+fn print_task_detail(t: &Value, from: Option<&Value>) {
     outln!("task run {} — {} in job run j{}", num(t, "id"), task_name(t), num(t, "job_run"));
     let reason = t["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
     outln!("state: {}{reason}", text(t, "state"));
+    if t["reached_by"].is_object() {
+        // As the TUI's detail says it: `← #12 revise (success)`.
+        let label = from
+            .and_then(|f| Some(format!(" {}", crate::report::label_in(text(f, "task"), f.as_object()?))))
+            .unwrap_or_default();
+        outln!("reached: ← #{}{label} ({})", num(&t["reached_by"], "from_task_run"), text(&t["reached_by"], "on"));
+    }
     if let Some(detail) = t["detail"].as_str() {
         outln!("detail: {detail}");
     }

@@ -830,7 +830,7 @@ async fn follow(
         tokio::select! {
             Some(event) = events.recv() => {
                 let _ = headless::print(&mut stdout, format, &event);
-                if event.event == engine::EventName::TaskBlocked && event.job_run.is_some_and(|j| watched.contains(&j)) {
+                if event.name() == engine::EventName::TaskBlocked && event.job_run.is_some_and(|j| watched.contains(&j)) {
                     blocked = Some(event);
                     break Err(exit::FAILED);
                 }

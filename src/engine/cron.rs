@@ -7,7 +7,7 @@ use super::job_run::{Begin, Cancel};
 use super::journal::Publish;
 use super::scheduler::{ArmCrons, Fire};
 use super::supervisor::Supervisor;
-use super::{EngineError, EngineEvent, EventName, rfc3339_ms};
+use super::{EngineError, EngineEvent, EventData};
 use crate::model::schedule::{self, FireDecision, Schedule, ScheduleState};
 use crate::store::Mutation;
 
@@ -104,9 +104,8 @@ impl Supervisor {
         };
         let active: Vec<u64> = self.job_of.iter().filter(|(_, j)| **j == msg.job).map(|(id, _)| *id).collect();
         let decision = schedule::on_fire(&def.policy, active.len(), self.waiting_fires.contains_key(&msg.job));
-        let event = |name: EventName| {
-            let mut e =
-                EngineEvent::new(name, shared.clock.now_ms()).with("scheduled_for", rfc3339_ms(msg.scheduled_for));
+        let event = |data: EventData| {
+            let mut e = EngineEvent::new(data, shared.clock.now_ms());
             e.job = Some(msg.job.clone());
             e
         };
@@ -119,7 +118,8 @@ impl Supervisor {
                 let reason =
                     if decision == FireDecision::Queue { "queued behind the active run" } else { "a run is active" };
                 drop(shared.store.commit(vec![remember]));
-                shared.journal.do_send(Publish(event(EventName::ScheduleSkipped).with("reason", reason)));
+                let skipped = EventData::ScheduleSkipped { scheduled_for_ms: msg.scheduled_for, reason: reason.into() };
+                shared.journal.do_send(Publish(event(skipped)));
                 Ok(false)
             }
             FireDecision::CancelPreviousThenStart | FireDecision::Start => {
@@ -130,8 +130,11 @@ impl Supervisor {
                         }
                     }
                 }
-                let begin =
-                    Begin::New { with: vec![remember], events: vec![event(EventName::ScheduleFired)], begun: None };
+                let begin = Begin::New {
+                    with: vec![remember],
+                    events: vec![event(EventData::ScheduleFired { scheduled_for_ms: msg.scheduled_for })],
+                    begun: None,
+                };
                 self.submit_scheduled(&msg.job, begin)?;
                 let _ = ctx;
                 Ok(true)

@@ -16,7 +16,7 @@ use actix::prelude::*;
 use super::job_run::{JobRun, QueueTimedOut};
 use super::journal::{Journal, Publish};
 use super::worker::{Assign, Worker};
-use super::{EngineEvent, EventName, SharedClock, rfc3339_ms};
+use super::{EngineEvent, EventData, SharedClock};
 use crate::config::QueueDef;
 use crate::model::policy::priority_key;
 use crate::model::queue::{self, circuit_open_until, rate_limit_opens_at};
@@ -316,7 +316,7 @@ impl Dispatcher {
             match queue.circuit_until {
                 Some(until) => next = Some(next.map_or(until, |n: u64| n.min(until))),
                 None => {
-                    let mut e = EngineEvent::new(EventName::QueueCircuitClosed, now);
+                    let mut e = EngineEvent::new(EventData::QueueCircuitClosed, now);
                     e.queue = Some(name.clone());
                     self.journal.do_send(Publish(e));
                 }
@@ -454,10 +454,12 @@ impl Handler<AttemptFailed> for Dispatcher {
         let was_open = queue.circuit_until.is_some();
         queue.circuit_until = queue.circuit_open_until(now);
         if let (false, Some(until)) = (was_open, queue.circuit_until) {
-            let mut e = EngineEvent::new(EventName::QueueCircuitOpened, now)
-                .with("failures", rule.failures)
-                .with("within_ms", rule.within.as_millis() as u64)
-                .with("until", rfc3339_ms(until));
+            let opened = EventData::QueueCircuitOpened {
+                failures: rule.failures,
+                within_ms: rule.within.as_millis() as u64,
+                until_ms: until,
+            };
+            let mut e = EngineEvent::new(opened, now);
             e.queue = Some(msg.queue.clone());
             self.journal.do_send(Publish(e));
         }

@@ -39,7 +39,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use dispatcher::{QueueSnapshot, open_circuits, queue_history};
-pub use event::{EngineEvent, EventName, rfc3339_ms};
+pub use event::{
+    AttemptFailure, BudgetScope, EngineEvent, EventData, EventName, HookFailure, Instance, JobEnd, JobStart,
+    parse_rfc3339_ms, rfc3339_ms,
+};
 pub use inbox::{Action, RetryOptions};
 pub use job_run::SHUTDOWN_GRACE;
 use journal::Journal;

@@ -18,7 +18,7 @@ use super::job_run::{
 use super::journal::{Journal, Publish};
 use super::supervisor::RestartLedger;
 use super::watchdog::{WatchList, overdue_reason};
-use super::{EngineEvent, EventName, SharedClock};
+use super::{EngineEvent, EventData, SharedClock};
 use crate::executor::{
     AttemptEvent, AttemptExit, Executor, KILL_GRACE, ProcessHandle, spawn_off_thread, terminate_group,
 };
@@ -392,10 +392,8 @@ impl actix::Supervised for Worker {
         if let Ok(mut watch) = self.watch.lock() {
             *watch.restarts.entry(self.id).or_default() += 1;
         }
-        let event = EngineEvent::new(EventName::WorkerRestarted, self.clock.now_ms())
-            .with("worker", self.id)
-            .with("reason", reason)
-            .with("restarts", self.restarts);
+        let restarted = EventData::WorkerRestarted { worker: self.id as u64, reason, restarts: self.restarts };
+        let event = EngineEvent::new(restarted, self.clock.now_ms());
         self.journal.do_send(Publish(event));
     }
 }

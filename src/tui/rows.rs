@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::TransitionOn;
 use crate::model::{FailReason, JobState, TaskState};
 use crate::report::{JobRunView, TaskRunView};
 
@@ -40,8 +41,18 @@ pub struct TaskRun {
     pub compensation: bool,
     /// For a compensation: the task run it undoes.
     pub compensates: Option<u64>,
+    /// For a task run a transition started: where it came from.
+    pub reached_by: Option<ReachedBy>,
     /// Node labels a node must have to start it (`requires`).
     pub requires: Vec<String>,
+}
+
+/// How a transition reached a task run (SPEC §2.2): the task run it came from and the `on`
+/// that matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReachedBy {
+    pub from_task_run: u64,
+    pub on: TransitionOn,
 }
 
 impl TaskRun {
@@ -94,6 +105,9 @@ impl From<TaskRunView> for TaskRun {
             item_index: v.item_index,
             compensation,
             compensates: v.compensates,
+            reached_by: v
+                .reached_by
+                .and_then(|by| Some(ReachedBy { from_task_run: by.from_task_run, on: TransitionOn::parse(&by.on)? })),
             requires: v.requires,
         }
     }
