@@ -79,7 +79,7 @@ fn measure(executor: Arc<dyn Executor>, samples: u64, gap_ms: u64, jitter_ms: u6
         workflow: Arc::new(workflow),
         source: WORKFLOW.to_string(),
         state_dir: std::path::absolute(Path::new(&state_dir)).expect("absolute path"),
-        store,
+        store: store.into(),
         executor,
         clock: Arc::new(SystemClock),
         workers: 4,

@@ -16,7 +16,7 @@ use crate::engine::Target;
 use crate::headless::dollars;
 use crate::model::money::micros_of_json;
 use crate::report::{self, CostBy, JobFilter, QueryError, TaskFilter};
-use crate::store::{self, Reader};
+use crate::store::{self, Snapshot};
 
 fn print_json(value: &Value) -> Result<(), CliError> {
     let text = crate::json::pretty(value);
@@ -28,15 +28,15 @@ pub(super) fn parse_target(id: &str) -> Result<Target, CliError> {
     Target::parse(id).map_err(CliError::Usage)
 }
 
-pub(super) fn open(state_dir: &Path) -> Result<Reader, CliError> {
-    Ok(store::open_reader(state_dir)?)
+pub(super) fn open(state_dir: &Path) -> Result<Box<dyn Snapshot>, CliError> {
+    Ok(store::StoreLocation::state_dir(state_dir).snapshot()?)
 }
 
 /// `GET path` from the running instance, or `local` on the state dir when none answers.
 fn fetch(
     state_dir: &Path,
     path: &str,
-    local: impl FnOnce(&Reader) -> Result<Value, QueryError>,
+    local: impl FnOnce(&dyn Snapshot) -> Result<Value, QueryError>,
 ) -> Result<Value, CliError> {
     match client::call(state_dir, "GET", path, None) {
         Ok(value) => {
@@ -45,7 +45,7 @@ fn fetch(
         }
         Err(ClientError::NotRunning(_)) => {
             tracing::debug!(path, "no instance runs: read from the state dir");
-            local(&open(state_dir)?).map_err(|e| match e {
+            local(&*open(state_dir)?).map_err(|e| match e {
                 QueryError::Store(e) => CliError::Store(e),
                 other => CliError::Failed(other.to_string()),
             })

@@ -1,6 +1,8 @@
 //! `gaffer serve`'s schedules, on the Supervisor: catch-up at start, overlap policies at each
 //! fire time, and the persisted next fire time committed together with the run it starts.
 
+use std::collections::BTreeMap;
+
 use actix::prelude::*;
 
 use super::job_run::{Begin, Cancel};
@@ -15,9 +17,13 @@ impl Supervisor {
     /// Parses every job's schedule, catches up what was missed while gaffer was down (per the
     /// job's `catchup`), and arms the Scheduler. Returns how many catch-up fires started a run
     /// (the overlap policy may skip some: those are `schedule.skipped`, not caught up).
-    fn serve_schedules(&mut self, ctx: &mut Context<Self>) -> Result<usize, EngineError> {
+    /// `stored`: the persisted schedule states, read off the thread.
+    fn serve_schedules(
+        &mut self,
+        stored: BTreeMap<String, ScheduleState>,
+        ctx: &mut Context<Self>,
+    ) -> Result<usize, EngineError> {
         let shared = self.shared()?;
-        let stored = shared.store.reader()?.schedules()?;
         let now = shared.clock.now_ms();
         let mut crons = Vec::new();
         let mut catch_ups = 0;
@@ -150,10 +156,10 @@ impl Supervisor {
 pub struct ServeSchedules;
 
 impl Handler<ServeSchedules> for Supervisor {
-    type Result = Result<usize, EngineError>;
+    type Result = ResponseFuture<Result<usize, EngineError>>;
 
     fn handle(&mut self, _: ServeSchedules, ctx: &mut Self::Context) -> Self::Result {
-        self.serve_schedules(ctx)
+        self.read_then(ctx, |reader| Ok(reader.schedules()?), |act, stored, ctx| act.serve_schedules(stored, ctx))
     }
 }
 

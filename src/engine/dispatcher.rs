@@ -21,7 +21,7 @@ use crate::config::QueueDef;
 use crate::model::policy::priority_key;
 use crate::model::queue::{self, circuit_open_until, rate_limit_opens_at};
 use crate::model::routing::can_run;
-use crate::store::{Reader, StoreError, TaskRunRecord};
+use crate::store::{self, StoreError, TaskRunRecord};
 
 /// How often entries waiting in a blocked queue are checked against their `queue_timeout`.
 const QUEUE_TIMEOUT_SWEEP: Duration = Duration::from_secs(1);
@@ -144,7 +144,7 @@ pub struct QueueHistory {
 /// With no instance running: the circuits open at `now_ms`, by queue, from the failed attempts
 /// in the store, by the rule the next start applies (`status`, the read-only TUI).
 pub fn open_circuits(
-    reader: &Reader,
+    reader: &dyn store::Snapshot,
     queues: &BTreeMap<String, QueueDef>,
     now_ms: u64,
 ) -> Result<BTreeMap<String, u64>, StoreError> {
@@ -161,7 +161,7 @@ pub fn open_circuits(
 /// Task runs that may have had an attempt since `since_ms`. Such an attempt ended after it, or
 /// has not ended: so has its job run. Old job runs are skipped whole (a restart over a store
 /// full of them); when most are recent, one pass over every task run is cheaper than lookups.
-fn recent_task_runs(reader: &Reader, since_ms: u64) -> Result<Vec<TaskRunRecord>, StoreError> {
+fn recent_task_runs(reader: &dyn store::Snapshot, since_ms: u64) -> Result<Vec<TaskRunRecord>, StoreError> {
     let jobs = reader.job_runs()?;
     let recent: std::collections::HashSet<u64> =
         jobs.iter().filter(|j| j.ended_at_ms.is_none_or(|e| e >= since_ms)).map(|j| j.id).collect();
@@ -176,7 +176,7 @@ fn recent_task_runs(reader: &Reader, since_ms: u64) -> Result<Vec<TaskRunRecord>
 /// Reads the attempts that still matter to a queue's rate limit or circuit (started or failed
 /// within its lookback). Queues without either cost nothing to read.
 pub fn queue_history(
-    reader: &Reader,
+    reader: &dyn store::Snapshot,
     queues: &BTreeMap<String, QueueDef>,
     now_ms: u64,
 ) -> Result<QueueHistory, StoreError> {

@@ -47,6 +47,9 @@ pub struct JobRun {
     pids_unwritten: std::collections::HashSet<u64>,
     /// Attempts found running in the store at start (crash recovery), by task run.
     interrupted: Vec<AttemptRecord>,
+    /// How many attempts right before each of those, in its series, a crash interrupted too
+    /// (read with them, off the thread: the core asks while it decides).
+    crashes_before: HashMap<u64, u32>,
     /// The actor has told the supervisor it ended and is stopping.
     finished: bool,
     /// Commits made by `persist_then` whose callbacks have not run yet.
@@ -69,6 +72,7 @@ pub type Begun = tokio::sync::oneshot::Sender<Result<(), String>>;
 struct ActorEnv<'a> {
     shared: &'a Shared,
     record: &'a JobRunRecord,
+    crashes_before: &'a HashMap<u64, u32>,
 }
 
 impl run::Env for ActorEnv<'_> {
@@ -77,22 +81,12 @@ impl run::Env for ActorEnv<'_> {
     }
 
     fn next_enqueue_seq(&mut self) -> u64 {
-        self.shared.store.ids.next_enqueue_seq()
+        self.shared.store.next_enqueue_seq()
     }
 
-    /// Read from the store, on this rare path only (an attempt a crash interrupted).
+    /// Asked only of an attempt a crash interrupted, which the actor was started with.
     fn crashes_in_a_row(&mut self, t: &run::TaskRun) -> u32 {
-        let earlier = self.shared.store.reader().and_then(|r| r.attempts_of(t.id)).unwrap_or_else(|e| {
-            tracing::warn!(task_run = t.id, "reading its attempts: {e}");
-            Vec::new()
-        });
-        let in_a_row = earlier
-            .iter()
-            .rev()
-            .filter(|a| a.n < t.attempt && a.n >= t.series_start)
-            .take_while(|a| a.reason == Some(FailReason::Interrupted))
-            .count();
-        u32::try_from(in_a_row).unwrap_or(u32::MAX).saturating_add(1)
+        self.crashes_before.get(&t.id).copied().unwrap_or(0).saturating_add(1)
     }
 
     /// `job/task/rendered key`. A key that cannot be rendered (an output missing upstream)
@@ -110,7 +104,7 @@ impl run::Env for ActorEnv<'_> {
     }
 
     fn next_task_run_id(&mut self) -> u64 {
-        self.shared.store.ids.next_task_run()
+        self.shared.store.next_task_run()
     }
 
     fn render_for_each(&mut self, state: &RunState, i: usize, text: &str) -> Result<String, String> {
@@ -133,7 +127,7 @@ impl run::Env for ActorEnv<'_> {
     }
 
     fn cache_entry(&mut self, key: &str) -> Option<run::CacheHit> {
-        let entry = self.shared.store.reader().and_then(|r| r.cache_entry(key)).unwrap_or_else(|e| {
+        let entry = self.shared.store.snapshot().and_then(|r| r.cache_entry(key)).unwrap_or_else(|e| {
             tracing::warn!("reading the cache: {e}");
             None
         })?;
@@ -198,9 +192,11 @@ impl JobRun {
         job_index: usize,
         record: JobRunRecord,
         tasks: Vec<TaskRunRecord>,
-        interrupted: Vec<AttemptRecord>,
+        interrupted: Vec<Interrupted>,
         raised: RaisedBudgets,
     ) -> JobRun {
+        let crashes_before = interrupted.iter().map(|i| (i.attempt.task_run, i.crashes_before)).collect();
+        let interrupted = interrupted.into_iter().map(|i| i.attempt).collect();
         let tasks = tasks.into_iter().map(run::TaskRun::from).collect();
         let run = RunState::new(workflow, job_index, (&record).into(), tasks, raised.into());
         JobRun {
@@ -210,6 +206,7 @@ impl JobRun {
             running: HashMap::new(),
             pids_unwritten: Default::default(),
             interrupted,
+            crashes_before,
             finished: false,
             inflight: 0,
             idle_waiters: Vec::new(),
@@ -252,7 +249,7 @@ impl JobRun {
         events: Vec<EngineEvent>,
     ) -> Effects {
         let now = self.now();
-        let mut env = ActorEnv { shared: &self.shared, record: &self.record };
+        let mut env = ActorEnv { shared: &self.shared, record: &self.record, crashes_before: &self.crashes_before };
         let mut fx = run::step(&mut self.run, input, now, &mut env);
         self.carry_out(ctx, &mut fx, mutations, events);
         fx
@@ -655,16 +652,14 @@ impl JobRun {
             if self.idx(attempt.task_run).is_none() {
                 continue;
             }
-            if let (Some(pid), Some(pgid)) = (attempt.pid, attempt.pgid) {
-                let process = ProcessHandle { pid, pgid, start_ticks: attempt.start_ticks };
-                if crate::executor::is_same_process_alive(&process) {
-                    crate::executor::kill_group_now(pgid);
-                }
-            }
-            // Also what the record cannot name: a pid not yet committed, grandchildren that left
-            // the group. They carry the attempt's environment.
-            let all = crate::executor::Candidates::All;
-            crate::executor::kill_attempt_processes(&self.shared.state_dir, attempt.task_run, attempt.n, all);
+            // Its recorded group, and what the record cannot name: a pid not yet committed,
+            // grandchildren that left the group (they carry the attempt's environment).
+            let process = attempt.pid.zip(attempt.pgid).map(|(pid, pgid)| ProcessHandle {
+                pid,
+                pgid,
+                start_ticks: attempt.start_ticks,
+            });
+            self.shared.executor.kill_orphans(&self.shared.state_dir, attempt.task_run, attempt.n, process);
             attempt.detail = Some("gaffer stopped while it ran".into());
             self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
         }
@@ -677,6 +672,26 @@ fn render_template(text: &str, ctx: &TemplateContext, what: &str) -> Result<Stri
         return Ok(text.to_string());
     }
     template::render(text, ctx).map_err(|e| format!("{what}: {e}"))
+}
+
+/// An attempt found running in the store at start: a crash interrupted it.
+pub struct Interrupted {
+    pub attempt: AttemptRecord,
+    /// How many attempts right before it in its task run's series a crash interrupted too.
+    pub crashes_before: u32,
+}
+
+impl Interrupted {
+    /// `attempt` of task run `t`, with `earlier`: the task run's stored attempts.
+    pub fn of(attempt: AttemptRecord, t: &TaskRunRecord, earlier: &[AttemptRecord]) -> Interrupted {
+        let in_a_row = earlier
+            .iter()
+            .rev()
+            .filter(|a| a.n < t.attempt && a.n >= t.series_start)
+            .take_while(|a| a.reason == Some(FailReason::Interrupted))
+            .count();
+        Interrupted { attempt, crashes_before: u32::try_from(in_a_row).unwrap_or(u32::MAX) }
+    }
 }
 
 /// How a JobRun actor begins.
