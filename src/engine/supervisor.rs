@@ -479,7 +479,9 @@ impl Handler<ResumeAll> for Supervisor {
         // The store commits in order, so every job run written after this refers to a stored definition.
         let definition =
             DefinitionRecord { path: self.workflow.path.display().to_string(), source: shared.source.clone() };
-        drop(shared.store.commit(vec![Mutation::Definition(self.definition, definition)]));
+        // Awaited before the answer: `serve` says it is serving only once its definition is
+        // durable (a disk that fills after that line fails a submit, not the start-up).
+        let stored = shared.store.commit(vec![Mutation::Definition(self.definition, definition)]);
         let (in_use, state_dir) = (self.definition, shared.state_dir.clone());
         let read = move |reader: &dyn Snapshot| {
             let mut runs = Vec::new();
@@ -489,7 +491,10 @@ impl Handler<ResumeAll> for Supervisor {
             Ok((runs, inbox::cancelled_job_runs(&state_dir)))
         };
         let resumed = self.read_then(ctx, read, |act, (runs, cancelled), _ctx| act.resume_all(runs, &cancelled));
-        Box::pin(resumed)
+        Box::pin(async move {
+            stored.await.map_err(|e| EngineError::Fatal(e.to_string()))?;
+            resumed.await
+        })
     }
 }
 
