@@ -382,6 +382,7 @@ fn new_task_run(
         queue: def.queue.clone(),
         priority: def.priority,
         max_attempts: def.retry.max_attempts,
+        requires: def.requires.clone(),
         ..TaskRunRecord::pending(id, job_run.id, &job_run.job, &def.name, now)
     }
 }
@@ -796,6 +797,7 @@ mod tests {
             clock: Arc::new(super::super::SystemClock),
             workers: 2,
             pricing,
+            labels: Vec::new(),
         };
         let system = actix::System::new();
         system.block_on(async move {
