@@ -22,8 +22,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -53,32 +51,9 @@ pub trait Executor: Send + Sync + 'static {
 const SPAWN_THREADS: usize = 4;
 static SPAWN_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWN_THREADS);
 
-/// A start with no other start under way and none ended within this long is a lone one (a task
-/// submitted to an idle engine): it is done on the calling thread. Handing it to a spawn thread
-/// and back costs two thread wake-ups, which on a busy machine took longer than the start itself
-/// (p99 45 ms and 31 ms under a load average of 12 on 2 CPUs). The next start within this gap
-/// (the rest of a burst) goes to the spawn threads, so a burst never queues on the engine thread.
-const LONE_START_GAP: Duration = Duration::from_millis(5);
-
-/// When the last start ended, in µs since [`start_clock`]'s epoch (0: none yet).
-static LAST_START_END_US: AtomicU64 = AtomicU64::new(0);
-
-fn start_clock() -> u64 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    // +1 so that "now" is never the "none yet" value.
-    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
-}
-
-/// True when no start is under way and none ended within [`LONE_START_GAP`] of `now_us`.
-fn is_lone_start(now_us: u64, last_end_us: u64, starts_under_way: usize) -> bool {
-    starts_under_way == 0
-        && (last_end_us == 0 || now_us.saturating_sub(last_end_us) >= LONE_START_GAP.as_micros() as u64)
-}
-
 /// [`Executor::spawn`] on one of at most [`SPAWN_THREADS`] threads of tokio's blocking pool
 /// (which enter the runtime, as `spawn` needs), so that the calling thread goes on running
-/// actors meanwhile; a lone start (see [`LONE_START_GAP`]) and executors that do not block are
-/// called right here.
+/// actors meanwhile. Executors that do not block are called right here.
 pub async fn spawn_off_thread(
     executor: Arc<dyn Executor>,
     spec: AttemptSpec,
@@ -87,22 +62,14 @@ pub async fn spawn_off_thread(
     if !executor.blocks() {
         return executor.spawn(spec, events);
     }
-    let under_way = SPAWN_THREADS - SPAWN_SLOTS.available_permits();
-    if is_lone_start(start_clock(), LAST_START_END_US.load(Ordering::Relaxed), under_way) {
-        let spawned = executor.spawn(spec, events);
-        LAST_START_END_US.store(start_clock(), Ordering::Relaxed);
-        return spawned;
-    }
     // Never closed, so acquiring cannot fail.
     let _slot = SPAWN_SLOTS.acquire().await;
-    let spawned = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         crate::sched::prefer_short_waits();
         executor.spawn(spec, events)
     })
     .await
-    .unwrap_or_else(|e| Err(SpawnError::Setup(std::io::Error::other(format!("the spawn thread failed: {e}")))));
-    LAST_START_END_US.store(start_clock(), Ordering::Relaxed);
-    spawned
+    .unwrap_or_else(|e| Err(SpawnError::Setup(std::io::Error::other(format!("the spawn thread failed: {e}")))))
 }
 
 pub struct RunningAttempt {

@@ -479,21 +479,3 @@ async fn attempts_ending_together_are_each_swept_of_their_own_daemons_only() {
     assert!(r.exit.success(), "{}", r.log);
     assert!(is_dead(neighbours_daemon), "the neighbour's daemon outlived its attempt");
 }
-
-#[test]
-fn a_start_is_lone_with_nothing_starting_and_the_last_start_long_over() {
-    let gap = LONE_START_GAP.as_micros() as u64;
-    let now = 1_000_000;
-    // (last start ended at, starts under way) -> done on the calling thread?
-    let cases = [
-        (0, 0, true),              // the first start ever
-        (now - gap, 0, true),      // the last one ended a whole gap ago
-        (now - gap + 1, 0, false), // a burst: the next start came right after the last one
-        (now, 0, false),
-        (0, 1, false), // another start is under way on a spawn thread
-        (now - 10 * gap, 4, false),
-    ];
-    for (last_end, under_way, lone) in cases {
-        assert_eq!(is_lone_start(now, last_end, under_way), lone, "last end {last_end}, {under_way} under way");
-    }
-}
