@@ -19,6 +19,11 @@
 #   SECTIONS="1 2 3 9"   only these sections (default all: 1 2 3 4 5 6 7 7b 8 9 tui serve)
 #   GAFFER=PATH LATENCY_BIN=PATH   measure these binaries (another build, e.g. the last release)
 #                   instead of building the tree's; tui and serve always measure the tree's
+#   PG_BENCH=1      also the PostgreSQL queue rows: claim+complete throughput of a drained backlog,
+#                   k = 1, 10, 64 per statement, PG_BENCH_W=4 claimers, on a private durable server
+#                   (src/store/pg/tests.rs `pg_claim_complete_throughput`, #[ignore]; compare with
+#                   ../shared/bench/pg-probe RESULTS.md "backlog … drain"). Alone:
+#                   GAFFER_TEST_PG_DURABLE=1 cargo test --release --lib pg_claim_complete_throughput -- --ignored --nocapture
 #
 # Needs valgrind for the instructions-per-task rows (`apt-get install valgrind`): CPU counters
 # (`perf stat -e instructions`) are not available in most VMs, callgrind counts the same way
@@ -478,6 +483,18 @@ row "submits/s through the control socket (1 client / 4 clients)" "$(printf '%.0
   "benches/serve.rs: POST /v1/submit of a 1-task job over state/gaffer.sock, answered once the run is durable; ${SUBMITS:-1000} submits (the tasks run meanwhile)"
 row "cron firing delay p50 / p99 (scheduled second → task.started)" "$(sv cron_delay_p50_ms) / $(sv cron_delay_p99_ms) ms" "p99 < 50 ms" "$(verdict "$(sv cron_delay_p99_ms)" 50 le)" \
   "benches/serve.rs: \`* * * * * *\` schedule for ${CRON_SECONDS:-15} s under \`gaffer serve\`, journal timestamps (ms); $(sv cron_fires) fires"
+fi
+
+# ------------------------------------------------------------------ PostgreSQL queue (issue 11)
+if [ -n "${PG_BENCH:-}" ]; then
+  log "postgres: claim+complete throughput (k = 1, 10, 64)"
+  GAFFER_TEST_PG_DURABLE=1 cargo test --quiet --release --lib pg_claim_complete_throughput -- --ignored --nocapture 2>/dev/null |
+    grep '^PG_BENCH' >"$WORK/pg.txt" || true
+  while read -r line; do
+    k=$(sed -E 's/.* k=([0-9]+) .*/\1/' <<<"$line")
+    row "postgres claim+complete tasks/s, $k per statement (drain of a backlog)" "$(sed -E 's/.*\) ([0-9]+) tasks\/s \(.*/\1/' <<<"$line")" "—" "measured" \
+      "pg_claim_complete_throughput: ${line#PG_BENCH }"
+  done <"$WORK/pg.txt"
 fi
 
 # ------------------------------------------------------------------ the table

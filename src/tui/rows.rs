@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::TransitionOn;
 use crate::model::{FailReason, JobState, TaskState};
 use crate::report::{JobRunView, TaskRunView};
 
@@ -40,6 +41,16 @@ pub struct TaskRun {
     pub compensation: bool,
     /// For a compensation: the task run it undoes.
     pub compensates: Option<u64>,
+    /// For a task run a transition started: where it came from.
+    pub reached_by: Option<ReachedBy>,
+}
+
+/// How a transition reached a task run (SPEC §2.2): the task run it came from and the `on`
+/// that matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReachedBy {
+    pub from_task_run: u64,
+    pub on: TransitionOn,
 }
 
 impl TaskRun {
@@ -92,6 +103,9 @@ impl From<TaskRunView> for TaskRun {
             item_index: v.item_index,
             compensation,
             compensates: v.compensates,
+            reached_by: v
+                .reached_by
+                .and_then(|by| Some(ReachedBy { from_task_run: by.from_task_run, on: TransitionOn::parse(&by.on)? })),
         }
     }
 }
