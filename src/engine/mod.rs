@@ -406,6 +406,8 @@ impl Drop for ArbiterGuard {
 
 /// Starts the actor tree. Must run inside an actix `System`.
 pub fn start(config: EngineConfig) -> EngineHandle {
+    // Every actor runs on this thread: it is woken at each step of a task's start.
+    crate::sched::prefer_short_waits();
     let definition = definition_hash(&config.workflow.path.display().to_string(), &config.source);
     let ledger = supervisor::RestartLedger::default();
     let mut journal = Journal::new(&config.state_dir);
