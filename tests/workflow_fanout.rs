@@ -285,10 +285,6 @@ run = 'echo after >> ran'
 "#,
     );
     assert_eq!(p.run_json(&[]).0, 1);
-    let refused = p.run(&["retry", "j1", "--from", "fan"]);
-    assert_eq!(refused.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
-    assert!(said.contains("cannot run the fanned-out task `fan` again yet"), "{said}");
     std::fs::write(p.path().join("fixed"), "").expect("fix");
     let tasks = p.tasks();
     let dead = items_of(&tasks, "fan").into_iter().find(|t| t["state"] == "dead").expect("a dead item");

@@ -56,17 +56,8 @@ pub fn rerun_set(def: &JobDef, tasks: &[TaskRunRecord], from: &str) -> Result<Ve
     let graph = JobGraph::new(&crate::model::rerun::slice_job(def, &names));
     let states: Vec<TaskState> = ordered.iter().map(|t| t.state).collect();
     let picked = crate::model::rerun::plan_from(&graph, &states, from).map_err(|e| e.to_string())?;
-    // Its items would have to be made again beside the old ones: not done yet, said plainly.
-    if let Some(t) = picked
-        .iter()
-        .map(|&i| ordered[i])
-        .find(|t| def.tasks.get(t.task_index as usize).is_some_and(|d| d.for_each.is_some()))
-    {
-        return Err(format!(
-            "`retry --from` cannot run the fanned-out task `{}` again yet; retry its dead items (or the job run) instead",
-            t.task
-        ));
-    }
+    // A fanned-out task among them fans out again over its list as rendered then
+    // (`model/run/fanout.rs`): its items are not picked here.
     Ok(picked.into_iter().map(|i| ordered[i].id).collect())
 }
 

@@ -105,6 +105,15 @@ impl TaskRun {
         self.item_index.is_some() || self.kind == Kind::Compensation
     }
 
+    /// Made to run again from scratch (`retry --from`): a new series of attempts (attempt
+    /// numbers go on), nothing of the last run's result kept. The caller sets the state.
+    pub fn reset_for_rerun(&mut self) {
+        self.series_start = self.attempt + 1;
+        self.outputs.clear();
+        (self.exit_code, self.reason, self.detail, self.progress) = (None, None, None, None);
+        (self.ended_at_ms, self.not_before_ms, self.queued_at_ms) = (None, None, None);
+    }
+
     /// Attempts used in the current series.
     pub fn attempts_in_series(&self) -> u32 {
         (self.attempt + 1).saturating_sub(self.series_start)

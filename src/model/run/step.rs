@@ -872,11 +872,7 @@ impl<E: Env> Step<'_, E> {
         let mut changes = Vec::new();
         for &i in rerun {
             self.s.set_state(i, TaskState::Pending);
-            let t = &mut self.s.tasks[i];
-            t.series_start = t.attempt + 1;
-            t.outputs.clear();
-            (t.exit_code, t.reason, t.detail, t.progress) = (None, None, None, None);
-            (t.ended_at_ms, t.not_before_ms, t.queued_at_ms) = (None, None, None);
+            self.s.tasks[i].reset_for_rerun();
             changes.push(Change { task: i, to: TaskState::Pending });
         }
         changes.extend(graph::reopen(&self.s.graph, &mut self.s.states));

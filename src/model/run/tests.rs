@@ -77,10 +77,17 @@ impl Env for FixedEnv {
         let got = state.tasks[run].outputs.get(key).map(String::as_str);
         Ok((got == Some(value.trim_matches('\''))) == equal)
     }
-    fn render_for_each(&mut self, _: &RunState, _: usize, template: &str) -> Result<String, String> {
-        // The test's "rendered" text is what is between `{{ ` and ` }}`; `job.name` cannot render.
+    fn render_for_each(&mut self, state: &RunState, _: usize, template: &str) -> Result<String, String> {
+        // The test's "rendered" text is what is between `{{ ` and ` }}`, or the output it names
+        // (`tasks.T.outputs.K`, T's latest run); `job.name` cannot render.
         let inner = template.strip_prefix("{{ ").and_then(|t| t.strip_suffix(" }}"));
-        inner.filter(|t| *t != "job.name").map(str::to_string).ok_or_else(|| "for_each: cannot render".into())
+        let output = |path: &str| {
+            let (task, key) = path.strip_prefix("tasks.")?.split_once(".outputs.")?;
+            let t = state.graph.names.iter().position(|n| n == task)?;
+            state.tasks[state.latest[t]].outputs.get(key).cloned()
+        };
+        let rendered = inner.filter(|t| *t != "job.name").map(|t| output(t).unwrap_or_else(|| t.to_string()));
+        rendered.ok_or_else(|| "for_each: cannot render".into())
     }
 }
 
@@ -106,14 +113,17 @@ fn id_of(s: &RunState, name: &str) -> u64 {
 }
 
 /// How scripts name a task run: its task (the latest iteration wins), a fan-out item with its
-/// index (`fan[2]`), a compensation with `~` before (`~deploy`).
+/// iteration past the first and index (`fan[2]`, `fan#2[0]`), a compensation with `~` before
+/// (`~deploy`).
 fn run_name(t: &TaskRun) -> String {
-    let label = crate::model::fanout::label(&t.task, 1, t.item_index, false);
+    let iteration = if t.item_index.is_some() { t.iteration } else { 1 };
+    let label = crate::model::fanout::label(&t.task, iteration, t.item_index, false);
     if t.kind == Kind::Compensation { format!("~{label}") } else { label }
 }
 
 /// One script line as an input: `begin`, `claim a`, `ok a`, `fail a 2` (exit code),
-/// `end a reason`, `timer a`, `cancel [a]`, `retry a`, `signal go`, `cost a 600000`, `stop`.
+/// `end a reason`, `timer a`, `cancel [a]`, `retry a`, `from a` (`retry --from`), `signal go`,
+/// `cost a 600000`, `stop`.
 fn input_of(s: &RunState, line: &str) -> Input {
     let words: Vec<&str> = line.split_whitespace().collect();
     let task = |k: usize| id_of(s, words[k]);
@@ -142,6 +152,12 @@ fn input_of(s: &RunState, line: &str) -> Input {
         ["cancel", _] => Input::Cancel { task_run: Some(task(1)) },
         ["retry", _] => {
             Input::Retry { plan: crate::model::retry::RetryPlan { task_runs: vec![task(1)], ..Default::default() } }
+        }
+        ["from", task] => {
+            let firsts = s.graph.len();
+            let tasks = crate::model::rerun::plan_from(&s.graph, &s.states.as_slice()[..firsts], task)
+                .expect("it may run again from there");
+            Input::RunFrom { from: task.to_string(), tasks, plan: Default::default() }
         }
         ["signal", name] => Input::Signal { task_run: None, name: name.to_string() },
         ["cost", _, usd] => Input::CostAdded {
