@@ -170,7 +170,9 @@ fn retry_from_what_feeds_a_fan_out_fans_it_out_again_over_the_new_list() {
     assert_eq!(ids, before, "item k runs again in item k's task run");
     let got: Vec<(&str, &str, &str)> = items
         .iter()
-        .map(|t| (t["item"].as_str().unwrap_or("?"), t["state"].as_str().unwrap_or("?"), t["reason"].as_str().unwrap_or("")))
+        .map(|t| {
+            (t["item"].as_str().unwrap_or("?"), t["state"].as_str().unwrap_or("?"), t["reason"].as_str().unwrap_or(""))
+        })
         .collect();
     assert_eq!(got, [("x", "succeeded", ""), ("y", "succeeded", ""), ("c", "skipped", "not_in_list")]);
 }
@@ -188,4 +190,46 @@ fn retry_from_a_fanned_out_task_runs_its_items_and_its_dependents_again() {
     assert_eq!(read(&p, "summary"), "a,b\na,b\n");
     let items = items_of(&p.tasks(), "fan", 1);
     assert!(items.iter().all(|t| t["attempt"] == 2 && t["state"] == "succeeded"), "{items:?}");
+}
+
+#[test]
+fn a_fanned_out_task_shows_as_the_group_of_its_items_not_as_a_task_run_of_its_own() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.fan]
+for_each = ["a", "b"]
+run = 'true'
+[jobs.j.tasks.none]
+for_each = []
+run = 'echo never >> ran'
+[jobs.j.tasks.after]
+needs = ["none"]
+run = 'true'
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:?}");
+    let tasks = p.tasks();
+    let kinds = |task: &str| -> Vec<(String, String)> {
+        tasks
+            .iter()
+            .filter(|t| t["task"] == task)
+            .map(|t| (t["kind"].as_str().unwrap_or("?").to_string(), t["state"].as_str().unwrap_or("?").to_string()))
+            .collect()
+    };
+    let group = ("fanout".to_string(), "succeeded".to_string());
+    let item = ("task".to_string(), "succeeded".to_string());
+    assert_eq!(kinds("fan"), [group.clone(), item.clone(), item]);
+    assert_eq!(kinds("none"), [group], "an empty list succeeds at once, its group visible");
+    assert!(!p.path().join("ran").exists());
+    let ended: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "task.succeeded" && e["item_index"].is_null() && e["task"] != "after")
+        .collect();
+    assert!(ended.len() == 2 && ended.iter().all(|e| e["kind"] == "fanout"), "a group's events say so: {ended:?}");
+    let status = p.json(&["status", "--json"]);
+    assert_eq!(status["totals"]["succeeded"], 3, "two items and `after`; groups are not task runs: {status}");
+    let table = String::from_utf8_lossy(&p.run(&["show", "j1"]).stdout).into_owned();
+    let fan = table.lines().find(|l| l.contains(" j.fan ")).unwrap_or_default();
+    assert!(fan.contains("items") && !fan.contains("0/3"), "the group has no attempts of its own: {table}");
 }

@@ -211,6 +211,14 @@ pub(super) fn dead_letters(state_dir: &Path) -> Result<Value, CliError> {
     fetch(state_dir, "/v1/tasks?state=dead", |reader| report::tasks(reader, &filter))
 }
 
+/// `1/3`; a fan-out's group (kind `fanout`) is never attempted itself: its items are.
+fn attempts_column(t: &Value) -> String {
+    if t["kind"] == "fanout" {
+        return "items".into();
+    }
+    crate::headless::tries(num(t, "attempts_in_series"), num(t, "max_attempts"))
+}
+
 pub(super) fn print_task_table(runs: &Value) {
     outln!(
         "{:<6} {:<6} {:<24} {:<10} {:>7} {:<10} {:>4} {:>10} REASON",
@@ -230,7 +238,7 @@ pub(super) fn print_task_table(runs: &Value) {
             format!("j{}", num(t, "job_run")),
             task_name(t),
             text(t, "state"),
-            crate::headless::tries(num(t, "attempts_in_series"), num(t, "max_attempts")),
+            attempts_column(t),
             text(t, "queue"),
             num(t, "priority"),
             dollars(micros_of_json(&t["cost_usd"])),

@@ -26,7 +26,7 @@ use crate::model::run::{self, AttemptEnd, Effects, Input, Note, RunState, TaskNo
 use crate::model::{FailReason, JobState, TaskState};
 use crate::store::{AttemptRecord, JobRunRecord, Mutation, RaisedBudgets, TaskRunRecord};
 
-mod convert;
+pub(super) mod convert;
 mod rerun;
 pub(crate) use rerun::workflow_for_run;
 pub use rerun::{CheckDefinition, RetryFrom};
@@ -338,7 +338,10 @@ impl JobRun {
             Some(k) => e.with("item_index", k),
             None => e,
         };
-        if t.kind == run::Kind::Compensation { e.with("kind", "compensation") } else { e }
+        match t.kind {
+            run::Kind::Task => e,
+            kind => e.with("kind", convert::kind_record(kind).as_str()),
+        }
     }
 
     fn job_event(&self, name: EventName) -> EngineEvent {

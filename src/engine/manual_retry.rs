@@ -49,7 +49,7 @@ pub fn spends(
 pub fn rerun_set(def: &JobDef, tasks: &[TaskRunRecord], from: &str) -> Result<Vec<u64>, String> {
     // The first task run of each task (later iterations are not re-run by `--from`).
     // Fan-out items and compensations are not the task's own run.
-    let own = |t: &&TaskRunRecord| t.iteration <= 1 && t.item_index.is_none() && t.kind == TaskRunKind::Task;
+    let own = |t: &&TaskRunRecord| t.iteration <= 1 && t.item_index.is_none() && t.kind != TaskRunKind::Compensation;
     let mut ordered: Vec<&TaskRunRecord> = tasks.iter().filter(own).collect();
     ordered.sort_by_key(|t| t.task_index);
     let names: Vec<&str> = ordered.iter().map(|t| t.task.as_str()).collect();

@@ -89,12 +89,15 @@ pub struct ReachedBy {
     pub on: String,
 }
 
-/// What a task run is for (SPEC §2.2 `compensate`).
+/// What a task run is for (SPEC §2.2 `compensate`, `for_each`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskRunKind {
     #[default]
     Task,
     Compensation,
+    /// A fanned-out task's own run: the group of its items (`running` while they run, ended
+    /// by their outcome), never attempted itself. Not a task run of its own in the totals.
+    FanOut,
 }
 
 impl TaskRunKind {
@@ -102,10 +105,11 @@ impl TaskRunKind {
         match self {
             TaskRunKind::Task => "task",
             TaskRunKind::Compensation => "compensation",
+            TaskRunKind::FanOut => "fanout",
         }
     }
 
-    pub const ALL: [TaskRunKind; 2] = [TaskRunKind::Task, TaskRunKind::Compensation];
+    pub const ALL: [TaskRunKind; 3] = [TaskRunKind::Task, TaskRunKind::Compensation, TaskRunKind::FanOut];
 
     pub fn parse(name: &str) -> Option<TaskRunKind> {
         TaskRunKind::ALL.into_iter().find(|k| k.as_str() == name)
@@ -116,6 +120,7 @@ impl TaskRunKind {
         match self {
             TaskRunKind::Task => 0,
             TaskRunKind::Compensation => 1,
+            TaskRunKind::FanOut => 2,
         }
     }
 }

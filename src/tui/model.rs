@@ -542,13 +542,14 @@ impl Model {
             self.tasks.insert(row.rec.id, row);
         } else {
             let minute = rec.ended_at_ms.or(rec.started_at_ms).unwrap_or(rec.created_at_ms) / MINUTE_MS;
-            if rec.cost_usd_micros > 0 {
-                // By model it is already in the snapshot's figures (the record does not say).
+            if rec.cost_usd_micros > 0 && !rec.fanout {
+                // A fan-out's group sums its items' cost, counted with them. By model it is already in the snapshot's figures (the record does not say).
                 let (job, task, queue) = (rec.job.clone(), rec.task.clone(), rec.queue.clone());
                 self.add_cost(&job, &task, &queue, None, minute, rec.cost_usd_micros);
             }
             if rec.state.is_terminal()
                 && rec.state != TaskState::Skipped
+                && !rec.fanout
                 && let Some(ended) = rec.ended_at_ms
             {
                 *self.queue_mut(&rec.queue).done_per_minute.entry(ended / MINUTE_MS).or_default() += 1;
@@ -564,8 +565,11 @@ impl Model {
     fn tally(&mut self, rec: &TaskRun, sign: i32) {
         let s = rec.state as usize;
         let add = |n: &mut u32| *n = n.saturating_add_signed(sign);
-        self.counts[s] = self.counts[s].saturating_add_signed(sign as isize);
-        add(&mut self.queue_mut(&rec.queue).counts[s]);
+        // A fan-out's group belongs to its job run but is not a task run of its own: its items count.
+        if !rec.fanout {
+            self.counts[s] = self.counts[s].saturating_add_signed(sign as isize);
+            add(&mut self.queue_mut(&rec.queue).counts[s]);
+        }
         let job = self.jobs.entry(rec.job_run).or_insert_with(|| JobRow {
             rec: placeholder_job(rec.job_run, &rec.job, rec.created_at_ms),
             tasks: Vec::new(),
@@ -578,6 +582,9 @@ impl Model {
             }
         } else if let Ok(pos) = job.tasks.binary_search(&rec.id) {
             job.tasks.remove(pos);
+        }
+        if rec.fanout {
+            return;
         }
         if rec.state.is_terminal() {
             add(&mut job.done);
@@ -775,6 +782,7 @@ impl Model {
             // Task events carry which instance they are about (SPEC §6).
             (rec.iteration, rec.item_index) = crate::report::instance_in(&e.fields);
             rec.compensation = e.str_field("kind") == Some("compensation");
+            rec.fanout = e.str_field("kind") == Some("fanout");
             rec.max_attempts = 0;
             self.insert_task(rec);
         }

@@ -61,6 +61,7 @@ impl TaskRun {
             priority: of.priority,
             item_index: of.item_index,
             item: of.item.clone(),
+            kind: Kind::Task,
             ..TaskRun::new(id, of.task_index, def, of.iteration, now_ms)
         }
     }

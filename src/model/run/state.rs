@@ -9,12 +9,22 @@ use crate::model::graph::{Change, JobGraph, TaskStates};
 use crate::model::workflow_graph::WorkflowGraph;
 use crate::model::{FailReason, JobState, TaskState};
 
-/// What a task run is for (SPEC §2.2 `compensate`).
+/// What a task run is for (SPEC §2.2 `compensate`, `for_each`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Kind {
     #[default]
     Task,
     Compensation,
+    /// A fanned-out task's own run, its node: the group of its items, never attempted.
+    FanOut,
+}
+
+impl Kind {
+    /// The kind of a task's own run (not an item, not a compensation): a fanned-out task's
+    /// is its items' group.
+    pub fn own_run_of(def: &crate::config::TaskDef) -> Kind {
+        if def.for_each.is_some() { Kind::FanOut } else { Kind::Task }
+    }
 }
 
 /// One task run as the core sees it. Its `state` mirrors `RunState::states`: change it only
@@ -94,7 +104,7 @@ impl TaskRun {
             iteration,
             item_index: None,
             item: None,
-            kind: Kind::Task,
+            kind: Kind::own_run_of(def),
             compensates: None,
             reached_by: None,
         }
