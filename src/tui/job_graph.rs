@@ -359,8 +359,7 @@ pub fn rows(graph: &WorkflowGraph, mut runs: Vec<Vec<RunRef>>, expanded: impl Fn
 pub fn of_job(model: &Model, j: &JobRow) -> Option<(WorkflowGraph, Vec<Row>)> {
     let graph = model.shapes.get(&j.rec.job)?.graph();
     let mut runs: Vec<Vec<RunRef>> = vec![Vec::new(); graph.len()];
-    // A fan-out's group is the node itself; its items are the runs counted under it.
-    for t in j.tasks.iter().filter_map(|id| model.tasks.get(id)).filter(|t| !t.rec.fanout) {
+    for t in j.tasks.iter().filter_map(|id| model.tasks.get(id)) {
         if let Some(task) = graph.index(&t.rec.task) {
             runs[task].push(run_ref(t));
         }

@@ -563,13 +563,15 @@ impl Model {
 
     /// Adds (`sign` 1) or removes (-1) one task run's share of every counter.
     fn tally(&mut self, rec: &TaskRun, sign: i32) {
+        if rec.fanout {
+            // A fan-out's group is not a task run of its own: its items are counted, and are
+            // the runs its job run's progress and graph show (the node draws the group).
+            return;
+        }
         let s = rec.state as usize;
         let add = |n: &mut u32| *n = n.saturating_add_signed(sign);
-        // A fan-out's group belongs to its job run but is not a task run of its own: its items count.
-        if !rec.fanout {
-            self.counts[s] = self.counts[s].saturating_add_signed(sign as isize);
-            add(&mut self.queue_mut(&rec.queue).counts[s]);
-        }
+        self.counts[s] = self.counts[s].saturating_add_signed(sign as isize);
+        add(&mut self.queue_mut(&rec.queue).counts[s]);
         let job = self.jobs.entry(rec.job_run).or_insert_with(|| JobRow {
             rec: placeholder_job(rec.job_run, &rec.job, rec.created_at_ms),
             tasks: Vec::new(),
@@ -582,9 +584,6 @@ impl Model {
             }
         } else if let Ok(pos) = job.tasks.binary_search(&rec.id) {
             job.tasks.remove(pos);
-        }
-        if rec.fanout {
-            return;
         }
         if rec.state.is_terminal() {
             add(&mut job.done);
