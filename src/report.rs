@@ -14,7 +14,7 @@ use crate::model::cost::{Usage, sum_by_model};
 use crate::model::money::usd_json;
 use crate::model::{JobState, TaskState};
 use crate::sanitize::sanitize;
-use crate::store::{self, AttemptRecord, JobRunRecord, Reader, StoreError, TaskRunKind, TaskRunRecord};
+use crate::store::{self, AttemptRecord, JobRunRecord, Reader, StoreError, TaskRunRecord};
 
 mod wire;
 pub use wire::{JobRunView, TaskRunView, instance_in, label_in};
@@ -112,7 +112,7 @@ pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnap
     let mut cost = 0u64;
     let mut exhausted = ResourceWait::default();
     reader.each_task_run(|t| {
-        if t.kind == TaskRunKind::FanOut {
+        if !t.is_counted() {
             return true; // a fan-out's group: its items are the task runs (and hold its cost)
         }
         exhausted.count(&t);

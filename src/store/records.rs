@@ -126,6 +126,12 @@ impl TaskRunKind {
 }
 
 impl TaskRunRecord {
+    /// False for a fan-out's group (kind `fanout`): wherever task runs are counted (totals,
+    /// queues, cost, metrics) its items are, not it.
+    pub fn is_counted(&self) -> bool {
+        self.kind != TaskRunKind::FanOut
+    }
+
     /// A task run as created with its job run: pending, no attempt yet, in the default queue at
     /// priority 50 with 3 attempts (set the task's own with struct update syntax).
     pub fn pending(id: u64, job_run: u64, job: &str, task: &str, now_ms: u64) -> TaskRunRecord {

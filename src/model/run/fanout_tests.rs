@@ -2,6 +2,7 @@
 //! outcome, outputs in item order, the saga's order, and a resume rebuilding both.
 
 use super::*;
+use crate::model::fanout::ItemState;
 
 /// `fan` over three literal items, at most two at once, then `sum` after it.
 const FAN: &str = r#"
@@ -525,4 +526,34 @@ fn retry_from_a_fanned_out_task_runs_every_item_and_its_dependents_again() {
          claim sum => claimed sum#2
          ok sum => sum succeeded, job succeeded, finish"#,
     );
+}
+
+#[test]
+fn a_resume_in_the_second_round_rebuilds_each_rounds_fan_out_on_its_own() {
+    let mut s = new_run(LOOP);
+    let mut env = FixedEnv { seq: 0 };
+    let mut now = 0;
+    let mut run = |s: &mut RunState, line: &str| {
+        now += 1000;
+        let input = input_of(s, line);
+        step(s, input, now, &mut env)
+    };
+    let first_round = ["claim fan[0]", "ok fan[0]", "claim fan[1]", "ok fan[1]", "claim fan[2]", "ok fan[2]"];
+    for line in ["begin", "claim start", "ok start"].into_iter().chain(first_round) {
+        run(&mut s, line);
+    }
+    for line in ["claim check", "ok check again=yes", "claim fan#2[0]"] {
+        run(&mut s, line);
+    }
+    // A restart: the state rebuilt from its task runs (as stored).
+    let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
+    let mut fans: Vec<(u32, usize, usize)> = resumed
+        .fanouts
+        .iter()
+        .map(|(&node, n)| (resumed.tasks[node].iteration, n.fan.total(), n.fan.count(ItemState::Succeeded)))
+        .collect();
+    fans.sort_unstable();
+    assert_eq!(fans, [(1, 3, 3), (2, 3, 0)]);
+    let fx = run(&mut resumed, "ok fan#2[0]");
+    assert_eq!(render(&resumed, &fx), "fan#2[0] succeeded, fan#2[2] queued, enqueue fan#2[2]");
 }
