@@ -254,6 +254,18 @@ pub struct TaskFilter {
     /// Only the task runs of this queue.
     #[param(nullable = false)]
     pub queue: Option<String>,
+    /// Only the task runs of this job run (`j7` or `7`).
+    #[param(nullable = false)]
+    pub run: Option<String>,
+    /// Only the task runs of this task (its name in the workflow file): with `run`, its
+    /// instances in that job run (iterations, items, compensations) in order.
+    #[param(nullable = false)]
+    pub task: Option<String>,
+}
+
+/// A job run id as people type it: `j7` or `7`.
+pub fn parse_job_run_id(text: &str) -> Option<u64> {
+    text.strip_prefix('j').unwrap_or(text).parse().ok().filter(|&id| id > 0)
 }
 
 /// `tasks --json` (and `dlq list --json`: state `dead`).
@@ -269,8 +281,24 @@ pub fn for_each_task(reader: &Reader, filter: &TaskFilter, mut f: impl FnMut(Val
         wanted.is_none_or(|w| t.state == w)
             && filter.job.as_ref().is_none_or(|j| &t.job == j)
             && filter.queue.as_ref().is_none_or(|q| &t.queue == q)
+            && filter.task.as_ref().is_none_or(|name| &t.task == name)
     };
-    Ok(reader.each_task_run(|t| !selected(&t) || f(task_json(&t)))?)
+    let Some(run) = filter.run.as_deref() else {
+        return Ok(reader.each_task_run(|t| !selected(&t) || f(task_json(&t)))?);
+    };
+    let run =
+        parse_job_run_id(run).ok_or_else(|| QueryError::Invalid(format!("`{run}` is not a job run id (like j7)")))?;
+    // One job run's (or one task's) runs are read through their indexes, not by a scan.
+    let runs = match filter.task.as_deref() {
+        Some(task) => reader.instances_of(run, task)?,
+        None => reader.task_runs_of(run)?,
+    };
+    for t in runs.iter().filter(|t| selected(t)) {
+        if !f(task_json(t)) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// A `--state` filter: none, or one of `names` (an unknown one is refused, naming them all).

@@ -57,4 +57,15 @@ fn the_review_loop_example_revises_until_approved_and_records_each_rounds_cost()
     assert_eq!(micros(&jobs[0]["cost_usd"]), 20_000 + 3 * 30_000 + 2 * 25_000, "the job run's cost adds up");
     let show = String::from_utf8_lossy(&gaffer(&["show", "j1"]).stdout).into_owned();
     assert!(show.contains("review.review#3"), "views name the rounds: {show}");
+
+    // One task's rounds in one job run, in order, without sorting: `tasks --run --task`.
+    let out = gaffer(&["tasks", "--run", "j1", "--task", "review", "--json"]);
+    let rounds: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let iterations: Vec<u64> = rounds.iter().filter_map(|t| t["iteration"].as_u64()).collect();
+    assert_eq!(iterations, [1, 2, 3], "{}", String::from_utf8_lossy(&out.stderr));
+    let all: Vec<Value> = serde_json::from_slice(&gaffer(&["tasks", "--run", "j1", "--json"]).stdout).expect("json");
+    assert_eq!(all.len(), tasks.len(), "one job run: all its task runs");
+    let bad = gaffer(&["tasks", "--run", "jx"]);
+    assert_eq!(bad.status.code(), Some(2), "a bad run id is a usage error");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a job run id"));
 }

@@ -105,7 +105,7 @@ pub enum Command {
     /// Task runs.
     Tasks {
         /// Only task runs in this state: pending, queued, running, retrying, waiting, succeeded,
-        /// dead, cancelled, skipped.
+        /// failed, dead, cancelled, skipped.
         #[arg(long)]
         state: Option<String>,
         /// Only task runs of this job (its name in the workflow file, not a run id).
@@ -114,6 +114,12 @@ pub enum Command {
         /// Only task runs in this queue.
         #[arg(long)]
         queue: Option<String>,
+        /// Only task runs of this job run (j7).
+        #[arg(long)]
+        run: Option<String>,
+        /// Only task runs of this task; with --run, its iterations, items and compensations in order.
+        #[arg(long)]
+        task: Option<String>,
         /// JSON (SPEC §4.1) instead of a table.
         #[arg(long)]
         json: bool,
@@ -301,8 +307,8 @@ pub fn main() -> i32 {
         Command::Jobs { state, job, limit, json } => {
             query::jobs(&state_dir, crate::report::JobFilter { state, job, limit }, json)
         }
-        Command::Tasks { state, job, queue, json } => {
-            query::tasks(&state_dir, crate::report::TaskFilter { state, job, queue }, json)
+        Command::Tasks { state, job, queue, run, task, json } => {
+            query::tasks(&state_dir, crate::report::TaskFilter { state, job, queue, run, task }, json)
         }
         Command::Show { id, json } => query::show(&state_dir, &id, json),
         Command::Logs { id, attempt, follow } => query::logs(&state_dir, &id, attempt, follow),

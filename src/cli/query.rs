@@ -183,12 +183,17 @@ fn usage_if_unknown_state(e: CliError) -> CliError {
 }
 
 pub fn tasks(state_dir: &Path, filter: TaskFilter, as_json: bool) -> Result<(), CliError> {
+    if let Some(run) = filter.run.as_deref().filter(|run| report::parse_job_run_id(run).is_none()) {
+        return Err(CliError::Usage(format!("`{run}` is not a job run id (like j7)")));
+    }
     let path = format!(
         "/v1/tasks{}",
         query_string(&[
             ("state", filter.state.as_deref()),
             ("job", filter.job.as_deref()),
-            ("queue", filter.queue.as_deref())
+            ("queue", filter.queue.as_deref()),
+            ("run", filter.run.as_deref()),
+            ("task", filter.task.as_deref())
         ])
     );
     let runs = fetch(state_dir, &path, |reader| report::tasks(reader, &filter)).map_err(usage_if_unknown_state)?;
@@ -196,7 +201,7 @@ pub fn tasks(state_dir: &Path, filter: TaskFilter, as_json: bool) -> Result<(), 
     if runs.as_array().is_some_and(Vec::is_empty)
         && let Some(job) = filter.job.as_deref().filter(|j| looks_like_a_run_id(j))
     {
-        eprintln!("gaffer: --job takes a job's name; `{job}` looks like a job run id: try `gaffer show {job}`");
+        eprintln!("gaffer: --job takes a job's name; `{job}` looks like a job run id: try `gaffer tasks --run {job}`");
     }
     if as_json {
         return print_json(&runs);
