@@ -7,17 +7,7 @@
 mod support;
 
 use serde_json::Value;
-use support::Project;
-
-fn read(p: &Project, file: &str) -> String {
-    std::fs::read_to_string(p.path().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
-}
-
-fn sorted_lines(p: &Project, file: &str) -> Vec<String> {
-    let mut lines: Vec<String> = read(p, file).lines().map(str::to_string).collect();
-    lines.sort();
-    lines
-}
+use support::{Project, read, sorted_lines};
 
 /// The item task runs of `task`'s iteration `iteration`, in item order.
 fn items_of(tasks: &[Value], task: &str, iteration: u64) -> Vec<Value> {

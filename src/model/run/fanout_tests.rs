@@ -192,13 +192,8 @@ fn a_failed_run_undoes_its_steps_one_at_a_time_latest_first() {
 #[test]
 fn a_compensation_names_what_it_undoes_and_a_resume_rebuilds_the_saga() {
     let mut s = new_run(SAGA);
-    let mut env = FixedEnv { seq: 0 };
-    let mut now = 0;
-    let mut run = |s: &mut RunState, line: &str| {
-        now += 1000;
-        let input = input_of(s, line);
-        step(s, input, now, &mut env)
-    };
+    let mut driver = Driver::new();
+    let mut run = |s: &mut RunState, line: &str| driver.line(s, line);
     for line in ["begin", "claim create", "ok create", "claim deploy", "ok deploy", "claim announce", "fail announce 1"]
     {
         run(&mut s, line);
@@ -206,7 +201,7 @@ fn a_compensation_names_what_it_undoes_and_a_resume_rebuilds_the_saga() {
     let comp = s.tasks.last().expect("a compensation").clone();
     assert_eq!((comp.kind, comp.compensates, comp.task.as_str()), (Kind::Compensation, Some(2), "deploy"));
     // A restart: the state rebuilt from its task runs (as stored) goes on where it was.
-    let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
+    let mut resumed = restarted(&s);
     assert!(resumed.saga.is_none());
     run(&mut resumed, "claim ~deploy");
     let fx = run(&mut resumed, "ok ~deploy");
@@ -222,7 +217,7 @@ fn a_resume_rebuilds_a_fan_out_from_its_items() {
     let mut s = new_run(FAN);
     let mut env = FixedEnv { seq: 0 };
     step(&mut s, Input::Begin, 1000, &mut env);
-    let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
+    let mut resumed = restarted(&s);
     let node = &resumed.fanouts[&0];
     assert_eq!((node.fan.total(), node.fan.in_flight()), (3, 2));
     let first = resumed.tasks[node.runs[0]].id;
@@ -485,7 +480,7 @@ fn retry_from_upstream_fans_out_again_over_the_new_list_reusing_each_items_run()
         ],
         "items 0 and 1 run again over the new list in their own task runs; item 2 is history"
     );
-    let resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
+    let resumed = restarted(&s);
     assert_eq!(resumed.fanouts[&1].fan.total(), 2, "a resume counts only the items of the list in force");
 }
 
@@ -531,13 +526,8 @@ fn retry_from_a_fanned_out_task_runs_every_item_and_its_dependents_again() {
 #[test]
 fn a_resume_in_the_second_round_rebuilds_each_rounds_fan_out_on_its_own() {
     let mut s = new_run(LOOP);
-    let mut env = FixedEnv { seq: 0 };
-    let mut now = 0;
-    let mut run = |s: &mut RunState, line: &str| {
-        now += 1000;
-        let input = input_of(s, line);
-        step(s, input, now, &mut env)
-    };
+    let mut driver = Driver::new();
+    let mut run = |s: &mut RunState, line: &str| driver.line(s, line);
     let first_round = ["claim fan[0]", "ok fan[0]", "claim fan[1]", "ok fan[1]", "claim fan[2]", "ok fan[2]"];
     for line in ["begin", "claim start", "ok start"].into_iter().chain(first_round) {
         run(&mut s, line);
@@ -545,8 +535,7 @@ fn a_resume_in_the_second_round_rebuilds_each_rounds_fan_out_on_its_own() {
     for line in ["claim check", "ok check again=yes", "claim fan#2[0]"] {
         run(&mut s, line);
     }
-    // A restart: the state rebuilt from its task runs (as stored).
-    let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
+    let mut resumed = restarted(&s);
     let mut fans: Vec<(u32, usize, usize)> = resumed
         .fanouts
         .iter()

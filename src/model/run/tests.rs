@@ -235,6 +235,29 @@ fn render(s: &RunState, fx: &Effects) -> String {
     out.join(", ")
 }
 
+/// Feeds script lines one at a time, 1000 ms apart, to a run or to its restarted self.
+struct Driver {
+    env: FixedEnv,
+    now: u64,
+}
+
+impl Driver {
+    fn new() -> Driver {
+        Driver { env: FixedEnv { seq: 0 }, now: 0 }
+    }
+
+    fn line(&mut self, s: &mut RunState, line: &str) -> Effects {
+        self.now += 1000;
+        let input = input_of(s, line);
+        step(s, input, self.now, &mut self.env)
+    }
+}
+
+/// `s` rebuilt from its task runs as they are stored: what a restart resumes.
+fn restarted(s: &RunState) -> RunState {
+    RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default())
+}
+
 /// Runs `script` (one input a line, time 1000 ms apart) on a new run of `toml` and compares
 /// each line's effects with `expect` (`line => effects`, one a line); returns the state after.
 fn check(toml: &str, script: &str, expect: &str) -> RunState {
@@ -816,7 +839,7 @@ fn a_resume_remembers_which_sources_of_a_join_arrived() {
         step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
     }
     // A restart: the state rebuilt from its task runs as stored, `c` still running.
-    let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
+    let mut resumed = restarted(&s);
     let fx = step(&mut resumed, Input::Resume, 10_000, &mut env);
     assert_eq!(render(&resumed, &fx), "", "nothing fires again, nothing is said again");
     let input = input_of(&resumed, "ok c");
