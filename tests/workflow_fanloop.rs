@@ -223,3 +223,34 @@ run = 'true'
     let fan = table.lines().find(|l| l.contains(" j.fan ")).unwrap_or_default();
     assert!(fan.contains("items") && !fan.contains("0/3"), "the group has no attempts of its own: {table}");
 }
+
+#[test]
+fn the_dead_letters_of_a_fan_out_are_its_dead_items_and_retrying_them_finishes_it() {
+    let p = Project::new(
+        r#"
+[jobs.j.tasks.fan]
+for_each = ["a", "b", "c"]
+retry = { max_attempts = 1 }
+env = { ITEM = "{{ item }}" }
+run = '''echo "$ITEM" >> ran; [ "$ITEM" = a ] || [ -e fixed ]'''
+[jobs.j.tasks.after]
+needs = ["fan"]
+run = 'echo after >> ran'
+"#,
+    );
+    assert_eq!(p.run_json(&[]).0, 1);
+    let dead = p.json(&["dlq", "list", "--json"]);
+    let items: Vec<(&str, u64)> = dead
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| (t["kind"].as_str().unwrap_or("?"), t["item_index"].as_u64().unwrap_or(99)))
+        .collect();
+    assert_eq!(items, [("task", 1), ("task", 2)], "the items, not their group: {dead}");
+    std::fs::write(p.path().join("fixed"), "").expect("fix");
+    let out = p.run(&["dlq", "retry", "--all"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:?}");
+    assert_eq!(sorted_lines(&p, "ran"), ["a", "after", "b", "b", "c", "c"]);
+}

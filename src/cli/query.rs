@@ -210,10 +210,13 @@ pub fn tasks(state_dir: &Path, filter: TaskFilter, as_json: bool) -> Result<(), 
     Ok(())
 }
 
-/// The dead letters, as `tasks --state dead` answers them.
+/// The dead letters, as `tasks --state dead` answers them, less a fan-out's group (kind
+/// `fanout`): its dead items are the dead letters (retrying them reopens it).
 pub(super) fn dead_letters(state_dir: &Path) -> Result<Value, CliError> {
     let filter = TaskFilter { state: Some("dead".into()), ..TaskFilter::default() };
-    fetch(state_dir, "/v1/tasks?state=dead", |reader| report::tasks(reader, &filter))
+    let dead = fetch(state_dir, "/v1/tasks?state=dead", |reader| report::tasks(reader, &filter))?;
+    let letters = dead.as_array().into_iter().flatten().filter(|t| t["kind"] != "fanout").cloned();
+    Ok(Value::Array(letters.collect()))
 }
 
 /// `1/3`; a fan-out's group (kind `fanout`) is never attempted itself: its items are.
