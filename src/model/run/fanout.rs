@@ -136,6 +136,16 @@ impl<E: Env> Step<'_, E> {
         }
     }
 
+    /// On a resume: a running fan-out with a free slot and a pending item (a retried item
+    /// stored before its slot came) starts it, so nothing waits for an end that will not come.
+    pub(super) fn resume_items(&mut self) {
+        let running: Vec<usize> =
+            self.s.fanouts.keys().copied().filter(|&n| self.s.tasks[n].state == TaskState::Running).collect();
+        for node in running {
+            self.start_items(node);
+        }
+    }
+
     /// Queues as many pending items of node `i` as its `for_each_concurrency` has slots for.
     fn start_items(&mut self, i: usize) {
         let cap = self.s.def(i).for_each_concurrency;
@@ -322,7 +332,8 @@ impl<E: Env> Step<'_, E> {
         let node = self.node_of(i).unwrap_or(i);
         let reopened = self.s.reopen();
         match item {
-            Some(k) => self.set_item(node, k, i, TaskState::Queued),
+            // It waits for a `for_each_concurrency` slot like any item (`start_items` below).
+            Some(k) => self.set_item(node, k, i, TaskState::Pending),
             None => self.s.set_state(i, TaskState::Queued),
         }
         let t = &mut self.s.tasks[i];
@@ -346,7 +357,15 @@ impl<E: Env> Step<'_, E> {
             self.fx.notes.push(super::input::Note::JobStarted { retry: true, from: None });
         }
         self.fx.writes.push(Write::JobRun);
-        self.queue_extra(i);
+        self.fx.writes.push(Write::TaskRun(i));
+        if item.is_none() {
+            self.queue_extra(i);
+        } else {
+            self.start_items(node);
+        }
+        if self.s.tasks[i].state == TaskState::Pending {
+            return Ok(format!("task run {id} waits for a for_each_concurrency slot (attempt {next} next)"));
+        }
         Ok(format!("task run {id} queued again (attempt {next} next)"))
     }
 }

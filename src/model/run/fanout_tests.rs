@@ -546,3 +546,31 @@ fn a_resume_in_the_second_round_rebuilds_each_rounds_fan_out_on_its_own() {
     let fx = run(&mut resumed, "ok fan#2[0]");
     assert_eq!(render(&resumed, &fx), "fan#2[0] succeeded, fan#2[2] queued, enqueue fan#2[2]");
 }
+
+#[test]
+fn a_retried_dead_item_waits_for_a_slot_while_its_fan_out_runs() {
+    let job = FAN.replace("max_attempts = 2", "max_attempts = 1");
+    check(
+        &job,
+        "begin
+         claim fan[0]
+         fail fan[0] 3
+         retry fan[0]
+         claim fan[1]
+         ok fan[1]
+         claim fan[2]
+         ok fan[2]
+         claim fan[0]
+         ok fan[0]",
+        "begin => job started, fan[0] queued, fan[1] queued, enqueue fan[0], enqueue fan[1]
+         claim fan[0] => claimed fan[0]#1
+         fail fan[0] 3 => fan[0] failed#1(exit_code), fan[0] dead(exit_code), fan[2] queued, enqueue fan[2]
+         retry fan[0] => ok: task run 101 waits for a for_each_concurrency slot (attempt 2 next)
+         claim fan[1] => claimed fan[1]#1
+         ok fan[1] => fan[1] succeeded, fan[0] queued, enqueue fan[0]
+         claim fan[2] => claimed fan[2]#1
+         ok fan[2] => fan[2] succeeded
+         claim fan[0] => claimed fan[0]#2
+         ok fan[0] => fan[0] succeeded, fan succeeded, sum queued, enqueue sum",
+    );
+}

@@ -553,6 +553,39 @@ max_iterations = 3
 next = [{ on = "success", when = "outputs.again == 'yes'", do = ["d"] }]
 "#;
 
+/// `a` → `fan` (three items, two at once) → `check`, which sends `fan` round again while its
+/// output says so (three rounds at most).
+const FAN_LOOP: &str = r#"
+[jobs.j.tasks.a]
+run = "true"
+next = [{ on = "success", do = ["fan"] }]
+[jobs.j.tasks.fan]
+run = "true"
+for_each = ["x", "y", "z"]
+for_each_concurrency = 2
+max_iterations = 3
+retry = { max_attempts = 2, initial_interval = "1s" }
+next = [{ on = "success", do = ["check"] }]
+[jobs.j.tasks.check]
+run = "true"
+max_iterations = 3
+next = [{ on = "success", when = "outputs.again == 'yes'", do = ["fan"] }]
+"#;
+
+/// [`random_input`], or once the run is over a `retry --from` a random task (as the engine
+/// allows it: every task run ended, the plan accepted).
+fn random_input_or_from(s: &RunState, pick: (u8, usize)) -> Input {
+    let firsts = s.graph.len();
+    let from = &s.graph.names[pick.1 % firsts];
+    let over = s.tasks.iter().all(|t| t.state.is_terminal());
+    match crate::model::rerun::plan_from(&s.graph, &s.states.as_slice()[..firsts], from) {
+        Ok(tasks) if over && pick.0 % 13 == 12 => {
+            Input::RunFrom { from: from.clone(), tasks, plan: Default::default() }
+        }
+        _ => random_input(s, pick),
+    }
+}
+
 /// Random inputs against `toml`: the invariants of SPEC §7 and §2.2 hold after every step.
 fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseError> {
     let mut s = new_run(toml);
@@ -563,8 +596,9 @@ fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseE
     let mut terminal_said = vec![0u32; s.tasks.len()];
     for (n, pick) in picks.into_iter().enumerate() {
         let before: Vec<(TaskState, u32)> = s.tasks.iter().map(|t| (t.state, t.attempt)).collect();
-        let input = random_input(&s, pick);
-        let is_retry = matches!(input, Input::Retry { .. });
+        let reached_before: Vec<Option<ReachedBy>> = s.tasks.iter().map(|t| t.reached_by).collect();
+        let input = random_input_or_from(&s, pick);
+        let is_retry = matches!(input, Input::Retry { .. } | Input::RunFrom { .. });
         let fx = step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
         terminal_said.resize(s.tasks.len(), 0);
         if is_retry && matches!(fx.reply, Some(Ok(_))) {
@@ -596,16 +630,33 @@ fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseE
             }
         }
         for task in 0..s.graph.len() {
-            let runs = s.tasks.iter().filter(|t| t.task_index == task).count() as u32;
+            let runs = s.tasks.iter().filter(|t| t.task_index == task && !t.is_extra()).count() as u32;
             prop_assert!(runs <= s.workflow_graph.max_iterations(task).max(1), "iterations within max_iterations");
             if s.workflow_graph.join(task).is_some() {
                 prop_assert_eq!(runs, 1, "a join target has one task run: its join fires once");
             }
         }
-        for t in &s.tasks {
-            if let Some(by) = t.reached_by {
+        for (i, t) in s.tasks.iter().enumerate() {
+            // When a transition reaches it (later a `retry --from` may reopen the source).
+            let reached_now = t.reached_by.is_some() && reached_before.get(i).is_none_or(|by| *by != t.reached_by);
+            if let Some(by) = t.reached_by.filter(|_| reached_now) {
                 let from = s.idx(by.from_task_run).map(|f| s.tasks[f].state);
                 prop_assert!(from.is_some_and(TaskState::is_terminal), "reached from a task run that ended");
+            }
+        }
+        for (&node, fan) in &s.fanouts {
+            // Each reaching of a fanned-out task is a fan-out of its own: its items, its cap.
+            let items: Vec<&TaskRun> = fan.runs.iter().map(|&r| &s.tasks[r]).collect();
+            let own = items.iter().enumerate().all(|(k, t)| {
+                t.item_index == Some(k as u32)
+                    && t.iteration == s.tasks[node].iteration
+                    && t.task_index == s.tasks[node].task_index
+            });
+            prop_assert!(own, "a fan-out's items are its own, in item order");
+            let holding = items.iter().filter(|t| crate::model::fanout::ItemState::from(t.state).in_flight()).count();
+            prop_assert!(holding <= 2, "for_each_concurrency holds per fan-out");
+            if s.tasks[node].state.is_terminal() {
+                prop_assert!(items.iter().all(|t| t.state.is_terminal()), "a fan-out ends after its items");
             }
         }
         for &(id, _) in &fx.kills {
@@ -629,6 +680,11 @@ proptest! {
     #[test]
     fn random_orders_of_inputs_keep_the_invariants(picks in proptest::collection::vec((any::<u8>(), any::<usize>()), 1..80)) {
         keeps_invariants(MIXED, picks)?;
+    }
+
+    #[test]
+    fn random_orders_of_inputs_through_a_looping_fan_out_keep_the_invariants(picks in proptest::collection::vec((any::<u8>(), any::<usize>()), 1..160)) {
+        keeps_invariants(FAN_LOOP, picks)?;
     }
 
     #[test]
@@ -845,4 +901,36 @@ fn a_resume_remembers_which_sources_of_a_join_arrived() {
     let input = input_of(&resumed, "ok c");
     let fx = step(&mut resumed, input, 11_000, &mut env);
     assert_eq!(render(&resumed, &fx), "c succeeded, c#1 -success-> sum#1, sum queued, enqueue sum");
+}
+
+/// A task a transition reached is ready at once when `retry --from` names it: no transition
+/// will reach it again (it was left pending, then skipped as not reached, and the run that had
+/// failed ended `succeeded`).
+#[test]
+fn retry_from_a_task_a_transition_reached_runs_it_again() {
+    check(
+        TRANSITIONS,
+        "begin
+         cancel b
+         claim a
+         ok a
+         claim c
+         ok c
+         from b
+         claim b
+         ok b
+         claim d
+         ok d",
+        "begin => job started, a queued, c queued, enqueue a, enqueue c
+         cancel b => b cancelled, ok: task run 3 cancelled
+         claim a => claimed a#1
+         ok a => a succeeded, a#1 -always-> b
+         claim c => claimed c#1
+         ok c => c succeeded, c#1 -success-> b, d skipped, job failed (task b (#3) cancelled), finish
+         from b => job started, b queued, enqueue b, ok: job run j7 runs again from `b`: b (attempt numbers go on)
+         claim b => claimed b#1
+         ok b => b succeeded, b#1 -success-> d#1, d queued, enqueue d
+         claim d => claimed d#1
+         ok d => d succeeded, job succeeded, finish",
+    );
 }
