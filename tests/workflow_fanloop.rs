@@ -254,3 +254,19 @@ run = 'echo after >> ran'
     assert_eq!(code, 0, "{events:?}");
     assert_eq!(sorted_lines(&p, "ran"), ["a", "after", "b", "b", "c", "c"]);
 }
+
+#[test]
+fn retry_from_a_fanned_out_task_a_transition_reached_runs_it_and_what_its_transitions_reach() {
+    let p = Project::new(LOOP);
+    assert_eq!(p.run_json(&[]).0, 0);
+    let out = p.run(&["retry", "j1", "--from", "fan"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 0, "{events:?}");
+    // Its list is rendered anew from `plan` as it is now (round 2's); then `check` runs again.
+    let seen = sorted_lines(&p, "seen");
+    assert_eq!(seen, ["r1-a", "r1-b", "r1-c", "r2-a", "r2-a", "r2-b", "r2-b", "r2-c", "r2-c"]);
+    assert_eq!(read(&p, "summary"), "r1-a,r1-b,r1-c\nr2-a,r2-b,r2-c\nr2-a,r2-b,r2-c\n");
+    let items = items_of(&p.tasks(), "fan", 1);
+    assert!(items.iter().all(|t| t["attempt"] == 2 && t["item"].as_str().is_some_and(|i| i.starts_with("r2-"))));
+}
