@@ -222,6 +222,9 @@ run = 'true'
     let table = String::from_utf8_lossy(&p.run(&["show", "j1"]).stdout).into_owned();
     let fan = table.lines().find(|l| l.contains(" j.fan ")).unwrap_or_default();
     assert!(fan.contains("items") && !fan.contains("0/3"), "the group has no attempts of its own: {table}");
+    let group = tasks.iter().find(|t| t["task"] == "fan" && t["kind"] == "fanout").expect("fan's group");
+    let detail = String::from_utf8_lossy(&p.run(&["show", &group["id"].to_string()]).stdout).into_owned();
+    assert!(detail.contains("a fan-out: the group of its items") && !detail.contains("attempts:"), "{detail}");
 }
 
 #[test]

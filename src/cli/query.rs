@@ -315,7 +315,12 @@ fn print_task_detail(t: &Value) {
         outln!("detail: {detail}");
     }
     outln!("queue: {} (priority {})", text(t, "queue"), num(t, "priority"));
-    outln!("attempts: {} of {} in this series", num(t, "attempts_in_series"), num(t, "max_attempts"));
+    if t["kind"] == "fanout" {
+        let (run, task) = (num(t, "job_run"), text(t, "task"));
+        outln!("a fan-out: the group of its items, never attempted itself (`gaffer tasks --run j{run} --task {task}`)");
+    } else {
+        outln!("attempts: {} of {} in this series", num(t, "attempts_in_series"), num(t, "max_attempts"));
+    }
     outln!(
         "cost: {} ({} input, {} output tokens)",
         dollars(micros_of_json(&t["cost_usd"])),
