@@ -184,11 +184,24 @@ pub fn show(reader: &Reader, target: Target) -> Result<Value, QueryError> {
         Target::JobRun(id) => {
             let j = reader.job_run(id)?.ok_or_else(|| not_found(target))?;
             let mut value = job_json(&j);
-            value["tasks"] = Value::Array(reader.task_runs_of(id)?.iter().map(task_json).collect());
+            let runs = reader.task_runs_of(id)?;
+            value["not_reached"] = json!(not_reached(reader, &j, &runs)?);
+            value["tasks"] = Value::Array(runs.iter().map(task_json).collect());
             value["budget_raised_usd"] = reader.raised_budgets(id)?.job_run.map_or(Value::Null, usd_json);
             Ok(value)
         }
     }
+}
+
+/// The tasks of job run `j`'s job with no task run in it: nothing reached them (SPEC §2.2), in
+/// file order. None for an `--only` run (its job is what it has task runs for), nor when its
+/// stored definition cannot be read back.
+fn not_reached(reader: &Reader, j: &JobRunRecord, runs: &[TaskRunRecord]) -> Result<Vec<String>, StoreError> {
+    let Some(stored) = reader.definition(j.definition)?.filter(|_| !j.sliced) else { return Ok(Vec::new()) };
+    let Ok(workflow) = crate::config::parse(Path::new(&stored.path), &stored.source) else { return Ok(Vec::new()) };
+    let Some(job) = workflow.jobs.iter().find(|job| job.name == j.job) else { return Ok(Vec::new()) };
+    let have: std::collections::HashSet<&str> = runs.iter().map(|t| t.task.as_str()).collect();
+    Ok(job.tasks.iter().filter(|t| !have.contains(t.name.as_str())).map(|t| t.name.clone()).collect())
 }
 
 fn not_found(target: Target) -> QueryError {

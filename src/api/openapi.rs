@@ -306,6 +306,9 @@ pub struct JobRunDetail {
     #[serde(flatten)]
     job_run: JobRun,
     tasks: Vec<TaskRun>,
+    /// The tasks of its job with no task run in it: nothing reached them (SPEC §2.2), in file
+    /// order; empty for an `--only` run.
+    not_reached: Vec<String>,
     /// The job run's budget as raised by `gaffer retry --budget`, if it was.
     budget_raised_usd: Option<f64>,
 }

@@ -42,7 +42,7 @@ fn check_from(state_dir: &Path, job_run: u64, task: &str) -> Result<(), CliError
     let Some(stored) = reader.definition(record.definition)? else { return Ok(()) };
     let Ok(workflow) = crate::config::parse(Path::new(&stored.path), &stored.source) else { return Ok(()) };
     let Some(job) = workflow.jobs.iter().find(|j| j.name == record.job) else { return Ok(()) };
-    match crate::engine::manual_retry::rerun_set(job, &tasks, task) {
+    match crate::engine::manual_retry::rerun_set(job, &record, &tasks, task) {
         Ok(_) => Ok(()),
         Err(e) => Err(CliError::Failed(format!("job run j{job_run}: {e}; nothing was sent"))),
     }

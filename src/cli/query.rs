@@ -272,6 +272,11 @@ pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
             let runs = in_run_order(&value["tasks"]);
             print_task_table(&Value::Array(runs.clone()));
             print_transitions(&runs);
+            let not_reached: Vec<&str> =
+                value["not_reached"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            if !not_reached.is_empty() {
+                outln!("not reached: {}", not_reached.join(", "));
+            }
         }
     }
     Ok(())

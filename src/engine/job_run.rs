@@ -1151,7 +1151,8 @@ impl Handler<Retry> for JobRun {
 impl JobRun {
     /// The spending and limits in force of this job run and its task runs (`model::retry`'s data).
     fn spends(&self) -> (crate::model::retry::JobRunSpend, Vec<crate::model::retry::TaskRunSpend>) {
-        let records: Vec<TaskRunRecord> = (0..self.run.tasks.len()).map(|i| self.task_record(i)).collect();
+        let made = (0..self.run.tasks.len()).filter(|&i| self.run.tasks[i].is_made());
+        let records: Vec<TaskRunRecord> = made.map(|i| self.task_record(i)).collect();
         let raised: RaisedBudgets = (&self.run.raised).into();
         super::manual_retry::spends(self.job(), &self.job_record(), &records, &raised)
     }

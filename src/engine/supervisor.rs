@@ -171,8 +171,8 @@ impl Supervisor {
         Ok(self.shared()?.store.reader()?.idempotency_key(key)?)
     }
 
-    /// Creates a job run of `job` with all its task runs pending, and starts its actor.
-    /// An idempotency-key mutation in `begin` gets the new id filled in.
+    /// Creates a job run of `job` with the task runs it makes at once pending, and starts its
+    /// actor. An idempotency-key mutation in `begin` gets the new id filled in.
     fn submit(
         &mut self,
         job: &str,
@@ -192,10 +192,14 @@ impl Supervisor {
         let now = shared.clock.now_ms();
         let record = self.new_job_run(&shared, def, params, now)?;
         let id = record.id;
+        // A task nothing reaches gets no task run (SPEC §2.2): those behind a transition get
+        // theirs when one reaches them (`model::run`).
+        let made = crate::model::workflow_graph::WorkflowGraph::of(def).made_at_start();
         let tasks = def
             .tasks
             .iter()
             .enumerate()
+            .filter(|(i, _)| made[*i])
             .map(|(i, t)| new_task_run(shared.store.ids.next_task_run(), &record, i, t, now))
             .map(|t| TaskRunRecord { priority: priority.unwrap_or(t.priority), ..t })
             .collect();
@@ -237,6 +241,7 @@ impl Supervisor {
             created_at_ms: now,
             ended_at_ms: None,
             cancel_requested: false,
+            sliced: false,
         })
     }
 

@@ -25,6 +25,9 @@ pub struct JobGraph {
     pub fail_fast: bool,
     /// Targets of transitions (`next`): started by an arriving transition, never by `needs`.
     targets: Vec<bool>,
+    /// Tasks that need a transition target: that need may run several times, so the job-run
+    /// core (`model::run`) decides them from its latest task run, not this engine.
+    held: Vec<bool>,
 }
 
 /// The states of one job run's task runs, with a count per state so the questions asked on
@@ -77,8 +80,9 @@ impl TaskStates {
         &self.states
     }
 
-    fn all_terminal(&self) -> bool {
-        TaskState::ALL.iter().filter(|s| !s.is_terminal()).all(|s| self.count(*s) == 0)
+    /// How many states are not terminal.
+    pub fn open(&self) -> usize {
+        TaskState::ALL.iter().filter(|s| !s.is_terminal()).map(|s| self.count(*s)).sum()
     }
 }
 
@@ -107,8 +111,10 @@ impl JobGraph {
     pub fn from_workflow(graph: &WorkflowGraph) -> JobGraph {
         let needs = (0..graph.len()).map(|t| graph.needs(t).to_vec()).collect();
         let targets = (0..graph.len()).map(|t| graph.is_transition_target(t)).collect();
+        let held = (0..graph.len()).map(|t| graph.needs_a_target(t)).collect();
         JobGraph {
             targets,
+            held,
             ..JobGraph::from_needs(graph.names().to_vec(), needs)
                 .with_gates((0..graph.len()).map(|t| graph.is_gated(t)).collect())
         }
@@ -123,7 +129,8 @@ impl JobGraph {
         }
         let gated = vec![false; needs.len()];
         let targets = vec![false; needs.len()];
-        JobGraph { names, needs, dependents, gated, fail_fast: false, targets }
+        let held = vec![false; needs.len()];
+        JobGraph { names, needs, dependents, gated, fail_fast: false, targets, held }
     }
 
     /// Marks the tasks that wait for a signal once ready (`wait_for`), by index.
@@ -134,6 +141,12 @@ impl JobGraph {
     }
 
     /// Where `task` goes once its needs succeeded: its queue, or `waiting` for its signal.
+    /// True when `task` is started by transitions, or decided by the job-run core (it needs a
+    /// transition target): this engine leaves it alone.
+    pub fn is_left_to_core(&self, task: usize) -> bool {
+        self.targets[task] || self.held[task]
+    }
+
     pub fn ready_state(&self, task: usize) -> TaskState {
         if self.gated[task] { TaskState::Waiting } else { TaskState::Queued }
     }
@@ -195,7 +208,10 @@ fn stops_new_work(graph: &JobGraph, states: &TaskStates) -> bool {
 pub fn start(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> {
     let mut changes = Vec::new();
     for task in 0..graph.len() {
-        if states[task] == TaskState::Pending && !graph.targets[task] && all_succeeded(&graph.needs[task], states) {
+        if states[task] == TaskState::Pending
+            && !graph.is_left_to_core(task)
+            && all_succeeded(&graph.needs[task], states)
+        {
             set(states, &mut changes, task, graph.ready_state(task));
         }
     }
@@ -231,7 +247,7 @@ pub fn reopen_pending(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> 
     let mut changes = Vec::new();
     let failing = stops_new_work(graph, states);
     for task in topological_order(graph) {
-        if states[task] != TaskState::Pending || graph.targets[task] {
+        if states[task] != TaskState::Pending || graph.is_left_to_core(task) {
             continue;
         }
         let needs = &graph.needs[task];
@@ -244,9 +260,11 @@ pub fn reopen_pending(graph: &JobGraph, states: &mut TaskStates) -> Vec<Change> 
     changes
 }
 
-/// `None` while anything can still happen; otherwise how the job run ended.
-pub fn outcome(states: &TaskStates, cancel_requested: bool) -> Option<JobState> {
-    if !states.all_terminal() {
+/// `None` while anything can still happen; otherwise how the job run ended. `unreached` of the
+/// pending states are tasks nothing reached, which have no task run (SPEC §2.2): they do not
+/// keep the run open.
+pub fn outcome(states: &TaskStates, unreached: usize, cancel_requested: bool) -> Option<JobState> {
+    if states.open() > unreached {
         return None;
     }
     // A handled failure (`failed`) and what was skipped only because it was not reached do not
@@ -263,7 +281,7 @@ pub fn outcome(states: &TaskStates, cancel_requested: bool) -> Option<JobState> 
 fn follow_edges(graph: &JobGraph, states: &mut TaskStates, task: usize, changes: &mut Vec<Change>) {
     let failing = stops_new_work(graph, states);
     for &next in &graph.dependents[task] {
-        if states[next] != TaskState::Pending {
+        if states[next] != TaskState::Pending || graph.held[next] {
             continue;
         }
         if states[task].is_unsuccessful_end() {
@@ -360,9 +378,9 @@ mod tests {
         start(&g, &mut s);
         end(&g, &mut s, 0, Dead);
         assert_eq!(s.as_slice(), [Dead, Skipped, Skipped, Skipped, Queued]);
-        assert_eq!(outcome(&s, false), None, "e is still to run");
+        assert_eq!(outcome(&s, 0, false), None, "e is still to run");
         end(&g, &mut s, 4, Succeeded);
-        assert_eq!(outcome(&s, false), Some(JobState::Failed));
+        assert_eq!(outcome(&s, 0, false), Some(JobState::Failed));
     }
 
     #[test]
@@ -372,7 +390,7 @@ mod tests {
         start(&g, &mut s);
         end(&g, &mut s, 0, Dead);
         assert_eq!(s.as_slice(), [Dead, Skipped, Skipped, Skipped, Skipped]);
-        assert_eq!(outcome(&s, false), Some(JobState::Failed));
+        assert_eq!(outcome(&s, 0, false), Some(JobState::Failed));
     }
 
     #[test]
@@ -393,7 +411,7 @@ mod tests {
         s.set(4, Running);
         end(&g, &mut s, 0, Dead);
         assert_eq!(s[4], Running);
-        assert_eq!(outcome(&s, false), None);
+        assert_eq!(outcome(&s, 0, false), None);
     }
 
     #[test]
@@ -415,7 +433,7 @@ mod tests {
         let mut s = TaskStates::new(vec![Pending; 5]);
         start(&g, &mut s);
         assert_eq!(s.as_slice(), [Waiting, Pending, Pending, Pending, Queued]);
-        assert_eq!(outcome(&s, false), None, "a waiting task keeps the run open");
+        assert_eq!(outcome(&s, 0, false), None, "a waiting task keeps the run open");
         s.set(0, Queued);
         end(&g, &mut s, 0, Succeeded);
         assert_eq!(&s.as_slice()[1..3], [Queued, Waiting]);
@@ -449,9 +467,9 @@ mod tests {
 
     #[test]
     fn outcomes() {
-        assert_eq!(outcome(&TaskStates::new(vec![Succeeded, Succeeded]), false), Some(JobState::Succeeded));
-        assert_eq!(outcome(&TaskStates::new(vec![Succeeded, Cancelled]), true), Some(JobState::Cancelled));
-        assert_eq!(outcome(&TaskStates::new(vec![Succeeded, Retrying]), false), None);
+        assert_eq!(outcome(&TaskStates::new(vec![Succeeded, Succeeded]), 0, false), Some(JobState::Succeeded));
+        assert_eq!(outcome(&TaskStates::new(vec![Succeeded, Cancelled]), 0, true), Some(JobState::Cancelled));
+        assert_eq!(outcome(&TaskStates::new(vec![Succeeded, Retrying]), 0, false), None);
     }
 
     /// A random DAG: each task needs some of the tasks before it.
@@ -473,7 +491,7 @@ mod tests {
             let mut s = TaskStates::new(vec![Pending; g.len()]);
             start(&g, &mut s);
             let mut steps = 0;
-            while outcome(&s, false).is_none() {
+            while outcome(&s, 0, false).is_none() {
                 let queued: Vec<usize> = (0..g.len()).filter(|&t| s[t] == Queued).collect();
                 prop_assert!(!queued.is_empty(), "stuck: {:?}", s.as_slice());
                 let t = queued[picks[steps % picks.len()] % queued.len()];
@@ -484,7 +502,7 @@ mod tests {
                 prop_assert!(steps <= g.len());
             }
             let all_ok = (0..g.len()).all(|t| fates[t]);
-            prop_assert_eq!(outcome(&s, false), Some(if all_ok { JobState::Succeeded } else { JobState::Failed }));
+            prop_assert_eq!(outcome(&s, 0, false), Some(if all_ok { JobState::Succeeded } else { JobState::Failed }));
             if s.count(Skipped) > 0 {
                 prop_assert!(!fates.iter().take(g.len()).all(|f| *f), "a task was skipped though every task succeeded");
             }

@@ -210,6 +210,27 @@ impl WorkflowGraph {
         out
     }
 
+    /// The tasks a job run makes a task run of when it is created (SPEC §2.2: a task never
+    /// reached gets none): every task reached through `needs` alone — not a transition target,
+    /// and no need behind one. The others get theirs when a transition or their needs reach
+    /// them. Linear in tasks plus `needs` edges.
+    pub fn made_at_start(&self) -> Vec<bool> {
+        let mut made = vec![true; self.len()];
+        let mut stack: Vec<usize> = (0..self.len()).filter(|&t| self.is_transition_target(t)).collect();
+        while let Some(t) = stack.pop() {
+            if std::mem::replace(&mut made[t], false) {
+                stack.extend(&self.dependents[t]);
+            }
+        }
+        made
+    }
+
+    /// True when a need of `task` is a transition target (a task that may run several times):
+    /// `task` follows that need's latest task run, once nothing can reach the need again.
+    pub fn needs_a_target(&self, task: usize) -> bool {
+        self.needs[task].iter().any(|&n| self.is_transition_target(n))
+    }
+
     /// True when `of` is upstream of `task` (see [`WorkflowGraph::upstream`]).
     pub fn is_upstream(&self, of: usize, task: usize) -> bool {
         self.upstream(task).contains(&of)
@@ -270,6 +291,23 @@ mod tests {
             review.iter().map(|e| (e.on, e.targets.clone())).collect::<Vec<_>>(),
             [(TransitionOn::Failure, vec![2]), (TransitionOn::Success, vec![3])]
         );
+    }
+
+    /// What a job run makes at once: the entry task and what follows it through `needs` alone;
+    /// not the transition targets, nor what needs one (`publish`).
+    #[test]
+    fn made_at_start_is_what_needs_alone_reach() {
+        let mut nodes: Vec<TaskNode> = Vec::new();
+        let g = review_loop();
+        assert_eq!(g.made_at_start(), [true, false, false, false, true, true]);
+        assert!((0..g.len()).all(|t| !g.needs_a_target(t)));
+        nodes.push(node("write", &[], &[(TransitionOn::Success, &["review"])]));
+        nodes.push(node("review", &[], &[]));
+        nodes.push(node("publish", &["review", "write"], &[]));
+        nodes.push(node("announce", &["publish"], &[]));
+        let g = WorkflowGraph::new(nodes);
+        assert_eq!(g.made_at_start(), [true, false, false, false]);
+        assert_eq!((0..g.len()).map(|t| g.needs_a_target(t)).collect::<Vec<_>>(), [false, false, true, false]);
     }
 
     #[test]

@@ -322,6 +322,7 @@ mod tests {
             created_at_ms: 1_764_600_000_000,
             ended_at_ms: None,
             cancel_requested: false,
+            sliced: false,
         };
         let json = crate::json::text(&to_value(&JobRunView::from(&j)));
         let expected = r#"{"id":7,"job":"report","state":"failed","params":{"topic":"rust"},"cost_usd":0.0123,"started_at":"2025-12-01T14:40:00.000Z","ended_at":null,"reason":"task fetch is dead"}"#;

@@ -28,6 +28,43 @@ pub struct JobRunRecord {
     pub created_at_ms: u64,
     pub ended_at_ms: Option<u64>,
     pub cancel_requested: bool,
+    /// Its job is its definition cut down to the tasks it has task runs for: an `--only` run,
+    /// and every run stored in layout 1 (which made a task run of each of its tasks at once).
+    /// Otherwise its job is the whole definition, and a task with no task run was not reached.
+    pub sliced: bool,
+}
+
+/// A job run as layout 1 stored it (before task runs were made only when reached).
+#[derive(Deserialize)]
+struct JobRunRecordV1 {
+    id: u64,
+    job: String,
+    definition: u64,
+    params: BTreeMap<String, String>,
+    state: JobState,
+    reason: Option<String>,
+    cost_usd_micros: u64,
+    created_at_ms: u64,
+    ended_at_ms: Option<u64>,
+    cancel_requested: bool,
+}
+
+impl From<JobRunRecordV1> for JobRunRecord {
+    fn from(r: JobRunRecordV1) -> JobRunRecord {
+        JobRunRecord {
+            id: r.id,
+            job: r.job,
+            definition: r.definition,
+            params: r.params,
+            state: r.state,
+            reason: r.reason,
+            cost_usd_micros: r.cost_usd_micros,
+            created_at_ms: r.created_at_ms,
+            ended_at_ms: r.ended_at_ms,
+            cancel_requested: r.cancel_requested,
+            sliced: true,
+        }
+    }
 }
 
 /// One task inside one job run.
@@ -343,7 +380,17 @@ impl From<AttemptRecordV1> for AttemptRecord {
     }
 }
 
-impl Record for JobRunRecord {}
+impl Record for JobRunRecord {
+    /// 2: `sliced` (task runs are made when reached, SPEC §2.2).
+    const VERSION: u8 = 2;
+
+    fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
+        match version {
+            1 => Ok(body_of::<JobRunRecordV1>(body)?.into()),
+            _ => Err(StoreError::Codec(format!("job run layout {version} is not one this gaffer knows"))),
+        }
+    }
+}
 impl Record for TaskRunRecord {
     /// 2: instances — iteration, fan-out item, kind, how a transition reached it (SPEC §2.2).
     const VERSION: u8 = 2;

@@ -15,6 +15,7 @@ fn job_run(id: u64) -> JobRunRecord {
         created_at_ms: 1,
         ended_at_ms: None,
         cancel_requested: false,
+        sliced: false,
     }
 }
 
@@ -275,4 +276,41 @@ fn an_attempt_in_layout_1_reads_as_the_current_layout() {
     assert_eq!(codec::decode::<AttemptRecord>(&codec::encode(&a).expect("encode")).expect("decode"), a);
     let newer = [9u8, 0];
     assert!(codec::decode::<AttemptRecord>(&newer).is_err(), "a newer layout is refused, not misread");
+}
+
+/// A job run written in layout 1 (when every run made a task run of each of its tasks at once)
+/// reads as `sliced`: its job is what it has task runs for, as it always was.
+#[test]
+fn a_job_run_in_layout_1_reads_as_sliced() {
+    #[derive(serde::Serialize)]
+    struct V1 {
+        id: u64,
+        job: String,
+        definition: u64,
+        params: BTreeMap<String, String>,
+        state: JobState,
+        reason: Option<String>,
+        cost_usd_micros: u64,
+        created_at_ms: u64,
+        ended_at_ms: Option<u64>,
+        cancel_requested: bool,
+    }
+    let j = job_run(3);
+    let old = V1 {
+        id: j.id,
+        job: j.job.clone(),
+        definition: j.definition,
+        params: j.params.clone(),
+        state: j.state,
+        reason: j.reason.clone(),
+        cost_usd_micros: j.cost_usd_micros,
+        created_at_ms: j.created_at_ms,
+        ended_at_ms: j.ended_at_ms,
+        cancel_requested: j.cancel_requested,
+    };
+    let mut bytes = vec![1u8];
+    bytes.extend(postcard::to_stdvec(&old).expect("encode"));
+    let read: JobRunRecord = codec::decode(&bytes).expect("layout 1 reads");
+    assert_eq!(read, JobRunRecord { sliced: true, ..j.clone() });
+    assert_eq!(codec::decode::<JobRunRecord>(&codec::encode(&j).expect("encode")).expect("decode"), j);
 }

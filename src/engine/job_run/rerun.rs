@@ -14,19 +14,21 @@ use crate::model::rerun::{self, DefinitionChoice};
 use crate::model::run::Input;
 use crate::store::Mutation;
 
-/// The workflow a job run sees: `workflow` with its job cut down to the tasks the run has task
-/// runs for (all of them, except for an `--only` run).
+/// The workflow a job run sees: `workflow`, with its job cut down to the tasks the run has task
+/// runs for when the run is `sliced` (an `--only` run, or one stored before task runs were made
+/// when reached). Either way each of its task runs must be of a task of the job.
 pub(crate) fn workflow_for_run(
     workflow: Arc<Workflow>,
     job_index: usize,
     run_tasks: &[&str],
+    sliced: bool,
 ) -> Result<Arc<Workflow>, String> {
     let job = &workflow.jobs[job_index];
     let names: std::collections::HashSet<&str> = job.tasks.iter().map(|t| t.name.as_str()).collect();
     if let Some(stray) = run_tasks.iter().find(|t| !names.contains(*t)) {
         return Err(format!("it has a task run of `{stray}`, which its job `{}` does not have", job.name));
     }
-    if run_tasks.len() == job.tasks.len() {
+    if !sliced || run_tasks.len() == job.tasks.len() {
         return Ok(workflow);
     }
     let mut sliced = (*workflow).clone();
@@ -102,11 +104,12 @@ impl JobRun {
             .position(|j| j.name == self.record.job)
             .ok_or_else(|| refuse(format!("job `{}` is no longer in the file", self.record.job)))?;
         let full = &current.jobs[job_index];
-        let names: Vec<String> = self.run.tasks.iter().map(|t| t.task.clone()).collect();
+        let made = self.run.tasks.iter().filter(|t| t.is_made());
+        let names: Vec<String> = made.map(|t| t.task.clone()).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         rerun::can_switch(&names, full).map_err(refuse)?;
         let order: HashMap<&str, usize> = full.tasks.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-        for t in &mut self.run.tasks {
+        for t in self.run.tasks.iter_mut().filter(|t| t.is_made()) {
             let def = &full.tasks[order[t.task.as_str()]];
             t.task_index = order[t.task.as_str()];
             if t.state.is_terminal() {
@@ -115,11 +118,12 @@ impl JobRun {
                 (t.queue, t.max_attempts) = (def.queue.clone(), def.retry.max_attempts);
             }
         }
-        let workflow = workflow_for_run(current.clone(), job_index, &names).map_err(refuse)?;
+        let workflow = workflow_for_run(current.clone(), job_index, &names, self.record.sliced).map_err(refuse)?;
         self.run.redefine(workflow, job_index);
         let from = std::mem::replace(&mut self.record.definition, key);
         let mut mutations = vec![Mutation::JobRun(self.job_record())];
-        mutations.extend((0..self.run.tasks.len()).map(|i| Mutation::TaskRun(self.task_record(i))));
+        let made = (0..self.run.tasks.len()).filter(|&i| self.run.tasks[i].is_made());
+        mutations.extend(made.map(|i| Mutation::TaskRun(self.task_record(i))));
         let event = self
             .job_event(EventName::JobRedefined)
             .with("from_definition", format!("{from:016x}"))
@@ -158,11 +162,12 @@ impl JobRun {
         if let Some(t) = self.run.tasks[firsts..].iter().find(|t| !t.state.is_terminal()) {
             return Err(format!("job run j{id}: task `{}` (#{}) {}", t.task, t.id, t.state.phrase()));
         }
-        let rerun = rerun::plan_from(&self.run.graph, &self.run.states.as_slice()[..firsts], from)
+        let reached = |i: usize| self.run.tasks[i].is_made();
+        let rerun = rerun::plan_from(&self.run.graph, &self.run.states_for_rerun(), from)
             .map_err(|e| format!("job run j{id}: {e}"))?;
         // A re-run spends too: the same budgets as a retry's hold it (`model::retry`).
         let (job, spends) = self.spends();
-        let ids: Vec<u64> = rerun.iter().map(|&i| self.run.tasks[i].id).collect();
+        let ids: Vec<u64> = rerun.iter().filter(|&&i| reached(i)).map(|&i| self.run.tasks[i].id).collect();
         let plan = crate::model::retry::budgets(&job, &spends, ids, None, budget, format!("j{id} --from {from}"))
             .map_err(|refusal| refusal.to_string())?;
         let input = Input::RunFrom { from: from.to_string(), tasks: rerun, plan };

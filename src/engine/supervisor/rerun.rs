@@ -67,7 +67,7 @@ impl Supervisor {
         let def = &self.workflow.jobs[job_index];
         let (plan, history) = plan_only(&shared.store.reader()?, def, &msg.task).map_err(EngineError::Invalid)?;
         let now = shared.clock.now_ms();
-        let record = self.new_job_run(&shared, def, msg.params, now)?;
+        let record = JobRunRecord { sliced: true, ..self.new_job_run(&shared, def, msg.params, now)? };
         let by_id: HashMap<u64, &TaskRunRecord> = history.iter().map(|h| (h.id, h)).collect();
         let borrowed: HashMap<usize, Borrowed> = plan.borrowed.iter().copied().collect();
         let mut tasks = Vec::new();
@@ -84,7 +84,8 @@ impl Supervisor {
             tasks.push(t);
         }
         let names: Vec<&str> = tasks.iter().map(|t| t.task.as_str()).collect();
-        let workflow = workflow_for_run(self.workflow.clone(), job_index, &names).map_err(EngineError::Invalid)?;
+        let workflow =
+            workflow_for_run(self.workflow.clone(), job_index, &names, true).map_err(EngineError::Invalid)?;
         let (tx, rx) = oneshot::channel();
         let id = record.id;
         let actor = JobRun::new(shared, workflow, job_index, record, tasks, Vec::new(), Default::default()).start();
@@ -136,7 +137,8 @@ impl Supervisor {
     }
 }
 
-/// The workflow a revived job run needs: its stored one, cut down to its task runs' tasks.
+/// The workflow a revived job run needs: its stored one, cut down to its task runs' tasks if
+/// it is sliced (`JobRunRecord::sliced`).
 pub(super) fn run_workflow(
     workflow: Arc<crate::config::Workflow>,
     job_index: usize,
@@ -144,6 +146,6 @@ pub(super) fn run_workflow(
     tasks: &[TaskRunRecord],
 ) -> Result<Arc<crate::config::Workflow>, EngineError> {
     let names: Vec<&str> = tasks.iter().map(|t| t.task.as_str()).collect();
-    workflow_for_run(workflow, job_index, &names)
+    workflow_for_run(workflow, job_index, &names, record.sliced)
         .map_err(|e| EngineError::Invalid(format!("job run j{}: {e}", record.id)))
 }

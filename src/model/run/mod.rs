@@ -10,6 +10,7 @@
 
 mod fanout;
 mod input;
+mod reach;
 mod saga;
 mod state;
 mod step;

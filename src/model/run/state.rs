@@ -67,6 +67,9 @@ pub struct TaskRun {
     pub reached_by: Option<ReachedBy>,
 }
 
+/// The id of a task's stand-in while nothing reached it (ids start at 1).
+const NOT_MADE: u64 = 0;
+
 /// The task run a transition came from and the `on` that matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReachedBy {
@@ -108,6 +111,13 @@ impl TaskRun {
             compensates: None,
             reached_by: None,
         }
+    }
+
+    /// False for the stand-in the core keeps at a task's index while nothing reached the task:
+    /// it has no id, is never written nor reported (SPEC §2.2: a task never reached gets no
+    /// task run), and becomes a task run when a transition or its needs reach it (`RunState::make`).
+    pub fn is_made(&self) -> bool {
+        self.id != NOT_MADE
     }
 
     /// A task run beyond the one per task the graph knows: a fan-out item or a compensation.
@@ -184,6 +194,12 @@ pub struct RunState {
     pub raised: Raised,
     /// A graceful stop is under way: nothing new starts, interrupted attempts go back to their queue.
     pub stopping: bool,
+    /// How many tasks nothing reached yet (stand-ins at their index, `TaskRun::is_made`).
+    pub not_made: usize,
+    /// Tasks that need a transition target, which the core decides (`run/reach.rs`).
+    pub held: Vec<usize>,
+    /// The priority the job run was submitted with, when it overrides the tasks' own.
+    submitted_priority: Option<u8>,
     /// The job run's end was recorded; the actor goes away once it is durable.
     pub ended: bool,
     /// Task runs whose last starts found the machine out of a resource, and how many times in
@@ -200,10 +216,12 @@ impl RunState {
         workflow: Arc<Workflow>,
         job_index: usize,
         job_run: JobRunFacts,
-        mut tasks: Vec<TaskRun>,
+        tasks: Vec<TaskRun>,
         raised: Raised,
     ) -> RunState {
-        sort_runs(&mut tasks);
+        let job = &workflow.jobs[job_index];
+        let submitted_priority = submitted_priority(job, &tasks);
+        let tasks = place_runs(job, tasks, submitted_priority);
         let graph = JobGraph::new(&workflow.jobs[job_index]);
         let workflow_graph = WorkflowGraph::of(&workflow.jobs[job_index]);
         let budget = raised.job_run.or(workflow.jobs[job_index].budget_usd_micros);
@@ -225,6 +243,9 @@ impl RunState {
             budget_spent,
             raised,
             stopping: false,
+            not_made: 0,
+            held: Vec::new(),
+            submitted_priority,
             ended: false,
             exhausted: HashMap::new(),
             fanouts: HashMap::new(),
@@ -240,21 +261,25 @@ impl RunState {
         self.job_index = job_index;
         self.graph = JobGraph::new(self.job());
         self.workflow_graph = WorkflowGraph::of(self.job());
-        sort_runs(&mut self.tasks);
+        let tasks = std::mem::take(&mut self.tasks).into_iter().filter(TaskRun::is_made).collect();
+        self.tasks = place_runs(self.job(), tasks, self.submitted_priority);
         self.reindex();
     }
 
-    /// Rebuilds the indexes from the task runs. A transition target's first task run that is
-    /// still pending was not reached; a join fired once its target's first task run was.
+    /// Rebuilds the indexes from the task runs. A task with no task run was not reached, nor was
+    /// a transition target whose first task run is still pending (a store written before task
+    /// runs were made when reached); a join fired once its target's first task run was.
     fn reindex(&mut self) {
         self.states = TaskStates::new(self.tasks.iter().map(|t| t.state).collect());
-        self.index_of = self.tasks.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+        self.index_of = self.tasks.iter().enumerate().filter(|(_, t)| t.is_made()).map(|(i, t)| (t.id, i)).collect();
+        self.not_made = self.tasks.iter().filter(|t| !t.is_made()).count();
         let n = self.graph.len();
+        self.held = (0..n).filter(|&t| self.workflow_graph.needs_a_target(t)).collect();
         self.latest = (0..n).collect();
         self.reached = (0..n)
             .map(|t| {
-                let unreached =
-                    self.workflow_graph.is_transition_target(t) && self.tasks[t].state == TaskState::Pending;
+                let unreached = !self.tasks[t].is_made()
+                    || (self.workflow_graph.is_transition_target(t) && self.tasks[t].state == TaskState::Pending);
                 u32::from(!unreached)
             })
             .collect();
@@ -274,6 +299,24 @@ impl RunState {
         self.index_of.insert(t.id, i);
         self.tasks.push(t);
         i
+    }
+
+    /// Task `task`'s stand-in becomes its first task run, with id `id`, made at `now_ms`.
+    pub fn make(&mut self, task: usize, id: u64, now_ms: u64) {
+        debug_assert!(!self.tasks[task].is_made());
+        let t = &mut self.tasks[task];
+        (t.id, t.created_at_ms) = (id, now_ms);
+        self.index_of.insert(id, task);
+        self.not_made -= 1;
+    }
+
+    /// Each task as `retry --from` judges it (`model::rerun::plan_from`), in task order: by its
+    /// latest task run, as its dependents see it; one nothing reached reads as skipped (not
+    /// open, not succeeded).
+    pub fn states_for_rerun(&self) -> Vec<TaskState> {
+        let state =
+            |i: usize| if self.tasks[i].is_made() { self.tasks[self.latest[i]].state } else { TaskState::Skipped };
+        (0..self.graph.len()).map(state).collect()
     }
 
     /// True for the task runs of the workflow's graph (a task's first run, later iterations),
@@ -364,9 +407,38 @@ impl RunState {
     }
 }
 
-/// The first task run of each task first, in file order; then the later ones by task and
-/// iteration (each task's first task run has iteration 1), fan-out items and compensations
-/// among them (by id).
-fn sort_runs(tasks: &mut [TaskRun]) {
+/// The first task run of each task at its task's index, in file order (a stand-in where the
+/// task has none: nothing reached it); then the later ones by task and iteration (each task's
+/// first task run has iteration 1), fan-out items and compensations among them (by id).
+/// Each run's `task_index` is set to its task's index in `job`, which for an `--only` run is the
+/// job cut down to the run's tasks (its records hold the index in the whole job).
+fn place_runs(job: &JobDef, mut tasks: Vec<TaskRun>, priority: Option<u8>) -> Vec<TaskRun> {
+    let index: HashMap<&str, usize> = job.tasks.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    for t in &mut tasks {
+        t.task_index = index.get(t.task.as_str()).copied().unwrap_or(t.task_index);
+    }
     tasks.sort_by_key(|t| (t.iteration > 1 || t.is_extra(), t.task_index, t.iteration, t.id));
+    let firsts = tasks.iter().take_while(|t| t.iteration <= 1 && !t.is_extra()).count();
+    let later = tasks.split_off(firsts);
+    let mut firsts = tasks.into_iter().peekable();
+    let mut placed = Vec::with_capacity(job.tasks.len() + later.len());
+    for (i, def) in job.tasks.iter().enumerate() {
+        match firsts.next_if(|t| t.task_index == i) {
+            Some(t) => placed.push(t),
+            None => {
+                let stand_in = TaskRun::new(NOT_MADE, i, def, 1, 0);
+                placed.push(TaskRun { priority: priority.unwrap_or(def.priority), ..stand_in });
+            }
+        }
+    }
+    placed.extend(firsts); // none in a store this gaffer wrote; kept rather than lost
+    placed.extend(later);
+    placed
+}
+
+/// The priority a job run was submitted with, if it overrode its tasks' own: the first task
+/// run whose priority is not its task's. (Not stored apart: every task run carries it.)
+fn submitted_priority(job: &JobDef, tasks: &[TaskRun]) -> Option<u8> {
+    let overridden = |t: &&TaskRun| job.tasks.get(t.task_index).is_some_and(|d| d.priority != t.priority);
+    tasks.iter().find(overridden).map(|t| t.priority)
 }

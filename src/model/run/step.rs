@@ -96,7 +96,8 @@ impl<E: Env> Step<'_, E> {
         let changes = graph::start(&self.s.graph, &mut self.s.states);
         self.s.sync(&changes);
         self.fx.writes.push(Write::JobRun);
-        self.fx.writes.extend((0..self.s.tasks.len()).map(Write::TaskRun));
+        let made = (0..self.s.tasks.len()).filter(|&i| self.s.tasks[i].is_made());
+        self.fx.writes.extend(made.map(Write::TaskRun));
         self.fx.notes.push(Note::JobStarted { retry: false, from: None });
         self.apply(changes);
     }
@@ -123,6 +124,13 @@ impl<E: Env> Step<'_, E> {
         let mut work: VecDeque<Change> = last_change_per_task(changes).into();
         while let Some(change) = work.pop_front() {
             let i = change.task;
+            if !self.s.tasks[i].is_made() {
+                if change.to == TaskState::Pending {
+                    continue; // still nothing reached it
+                }
+                let id = self.env.next_task_run_id();
+                self.s.make(i, id, self.now);
+            }
             let starts_work = matches!(change.to, TaskState::Queued | TaskState::Waiting);
             if starts_work && (self.s.budget_spent || self.s.job_run.cancel_requested || self.s.iteration_limit) {
                 self.s.set_state(i, TaskState::Skipped);
@@ -202,8 +210,11 @@ impl<E: Env> Step<'_, E> {
         if self.s.ended {
             return;
         }
+        self.decide_held();
         self.give_up_on_unreached();
-        let Some(mut state) = graph::outcome(&self.s.states, self.s.job_run.cancel_requested) else { return };
+        let Some(mut state) = graph::outcome(&self.s.states, self.s.not_made, self.s.job_run.cancel_requested) else {
+            return;
+        };
         if state == JobState::Succeeded && (self.s.budget_spent || self.s.iteration_limit) {
             state = JobState::Failed;
         }
@@ -480,6 +491,10 @@ impl<E: Env> Step<'_, E> {
         }
         self.s.reached[task] = count + 1;
         let r = if count == 0 {
+            if !self.s.tasks[task].is_made() {
+                let id = self.env.next_task_run_id();
+                self.s.make(task, id, self.now);
+            }
             self.s.latest[task] = task;
             task
         } else {
@@ -490,10 +505,12 @@ impl<E: Env> Step<'_, E> {
         Some(r)
     }
 
-    /// Nothing left to do but task runs nobody will reach: they are skipped, a join that saw
-    /// some of its sources arrive with reason `join_unsatisfied`, the others as not reached.
+    /// Nothing left to do but tasks nobody will reach. A join that saw some of its sources
+    /// arrive is recorded skipped with reason `join_unsatisfied`; a task nothing reached keeps
+    /// no task run (SPEC §2.2); a pending task run of one (a store written before task runs
+    /// were made when reached) is skipped as not reached.
     fn give_up_on_unreached(&mut self) {
-        let open: usize = TaskState::ALL.iter().filter(|s| !s.is_terminal()).map(|s| self.s.states.count(*s)).sum();
+        let open = self.s.states.open();
         if open == 0 || open != self.s.states.count(TaskState::Pending) {
             return;
         }
@@ -503,6 +520,13 @@ impl<E: Env> Step<'_, E> {
             }
             let task = self.s.tasks[i].task_index;
             let join_waits = self.s.workflow_graph.join(task).is_some() && !self.s.arrivals[task].is_empty();
+            if !self.s.tasks[i].is_made() {
+                if !join_waits {
+                    continue;
+                }
+                let id = self.env.next_task_run_id();
+                self.s.make(i, id, self.now);
+            }
             self.s.set_state(i, TaskState::Skipped);
             let t = &mut self.s.tasks[i];
             t.ended_at_ms = Some(self.now);
@@ -518,7 +542,7 @@ impl<E: Env> Step<'_, E> {
     }
 
     /// Task run `i`'s `needs` edges, followed (only a task's first task run has them).
-    fn follow_needs(&mut self, i: usize) -> Vec<Change> {
+    pub(super) fn follow_needs(&mut self, i: usize) -> Vec<Change> {
         if i >= self.s.graph.len() {
             return Vec::new();
         }
@@ -640,10 +664,13 @@ impl<E: Env> Step<'_, E> {
     fn stop_new_work(&mut self) {
         let mut changes = Vec::new();
         for i in 0..self.s.tasks.len() {
-            if matches!(
-                self.s.states[i],
-                TaskState::Queued | TaskState::Pending | TaskState::Retrying | TaskState::Waiting
-            ) {
+            // What nothing reached stays unreached: it gets no task run (SPEC §2.2).
+            if self.s.tasks[i].is_made()
+                && matches!(
+                    self.s.states[i],
+                    TaskState::Queued | TaskState::Pending | TaskState::Retrying | TaskState::Waiting
+                )
+            {
                 self.s.set_state(i, TaskState::Skipped);
                 self.fx.unschedule.push(self.s.tasks[i].id);
                 changes.push(Change { task: i, to: TaskState::Skipped });
@@ -757,7 +784,9 @@ impl<E: Env> Step<'_, E> {
             return Err(format!("job run j{} has already {}", j.id, j.state.as_str()));
         }
         self.s.job_run.cancel_requested = true;
-        let open: Vec<usize> = (0..self.s.tasks.len()).filter(|&i| !self.s.tasks[i].state.is_terminal()).collect();
+        let open: Vec<usize> = (0..self.s.tasks.len())
+            .filter(|&i| self.s.tasks[i].is_made() && !self.s.tasks[i].state.is_terminal())
+            .collect();
         for i in open {
             self.cancel_task(i);
         }
@@ -864,7 +893,7 @@ impl<E: Env> Step<'_, E> {
     fn run_from(&mut self, from: &str, rerun: &[usize], plan: &RetryPlan) -> String {
         let mut said = self.raise_budgets(plan);
         // A re-run means run again: a cache entry would hand back the result being replaced.
-        for &i in rerun {
+        for &i in rerun.iter().filter(|&&i| self.s.tasks[i].is_made()) {
             if let Some(key) = self.env.cache_key(self.s, i) {
                 self.fx.writes.push(Write::Uncached(key));
             }

@@ -91,11 +91,14 @@ impl Env for FixedEnv {
     }
 }
 
-/// A new job run of the only job in `toml`: task run ids 1, 2, … in file order.
+/// A new job run of the only job in `toml`, with the task runs a job run makes at once (as the
+/// Supervisor does): ids 1, 2, … in file order.
 fn new_run(toml: &str) -> RunState {
     let workflow = Arc::new(crate::config::parse(Path::new("w.toml"), toml).expect("valid workflow"));
     let job = &workflow.jobs[0];
-    let tasks = job.tasks.iter().enumerate().map(|(i, def)| TaskRun::new(i as u64 + 1, i, def, 1, 0)).collect();
+    let made = crate::model::workflow_graph::WorkflowGraph::of(job).made_at_start();
+    let made_at_start = job.tasks.iter().enumerate().filter(|(i, _)| made[*i]);
+    let tasks = made_at_start.enumerate().map(|(n, (i, def))| TaskRun::new(n as u64 + 1, i, def, 1, 0)).collect();
     let facts = JobRunFacts {
         id: 7,
         job: job.name.clone(),
@@ -154,8 +157,7 @@ fn input_of(s: &RunState, line: &str) -> Input {
             Input::Retry { plan: crate::model::retry::RetryPlan { task_runs: vec![task(1)], ..Default::default() } }
         }
         ["from", task] => {
-            let firsts = s.graph.len();
-            let tasks = crate::model::rerun::plan_from(&s.graph, &s.states.as_slice()[..firsts], task)
+            let tasks = crate::model::rerun::plan_from(&s.graph, &s.states_for_rerun(), task)
                 .expect("it may run again from there");
             Input::RunFrom { from: task.to_string(), tasks, plan: Default::default() }
         }
@@ -551,6 +553,9 @@ next = [{ on = "success", do = ["d"] }]
 run = "true"
 max_iterations = 3
 next = [{ on = "success", when = "outputs.again == 'yes'", do = ["d"] }]
+[jobs.j.tasks.e]
+run = "true"
+needs = ["d"]
 "#;
 
 /// `a` → `fan` (three items, two at once) → `check`, which sends `fan` round again while its
@@ -575,10 +580,9 @@ next = [{ on = "success", when = "outputs.again == 'yes'", do = ["fan"] }]
 /// [`random_input`], or once the run is over a `retry --from` a random task (as the engine
 /// allows it: every task run ended, the plan accepted).
 fn random_input_or_from(s: &RunState, pick: (u8, usize)) -> Input {
-    let firsts = s.graph.len();
-    let from = &s.graph.names[pick.1 % firsts];
-    let over = s.tasks.iter().all(|t| t.state.is_terminal());
-    match crate::model::rerun::plan_from(&s.graph, &s.states.as_slice()[..firsts], from) {
+    let from = &s.graph.names[pick.1 % s.graph.len()];
+    let over = s.tasks.iter().all(|t| !t.is_made() || t.state.is_terminal());
+    match crate::model::rerun::plan_from(&s.graph, &s.states_for_rerun(), from) {
         Ok(tasks) if over && pick.0 % 13 == 12 => {
             Input::RunFrom { from: from.clone(), tasks, plan: Default::default() }
         }
@@ -600,6 +604,29 @@ fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseE
         let input = random_input_or_from(&s, pick);
         let is_retry = matches!(input, Input::Retry { .. } | Input::RunFrom { .. });
         let fx = step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
+        for w in &fx.writes {
+            if let Write::TaskRun(i) = w {
+                prop_assert!(s.tasks[*i].is_made(), "a task nothing reached is never written");
+            }
+        }
+        for note in &fx.notes {
+            if let Note::Task { task, .. } = note {
+                prop_assert!(s.tasks[*task].is_made(), "a task nothing reached is never reported");
+            }
+        }
+        // A task that needs a looping task starts once nothing can reach that task again.
+        for &held in &s.held {
+            let was = before.get(held).map(|b| b.0);
+            if was == Some(TaskState::Pending) && s.tasks[held].state == TaskState::Queued {
+                let open =
+                    |(i, t): (usize, &TaskRun)| i != held && s.is_node(i) && t.is_made() && !t.state.is_terminal();
+                prop_assert!(
+                    !s.tasks.iter().enumerate().any(open),
+                    "{} started while its need may run again",
+                    s.tasks[held].task
+                );
+            }
+        }
         terminal_said.resize(s.tasks.len(), 0);
         if is_retry && matches!(fx.reply, Some(Ok(_))) {
             terminal_said.iter_mut().for_each(|n| *n = 0); // a retry reopens what was skipped
@@ -664,7 +691,8 @@ fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseE
         }
         if fx.finish {
             ended += 1;
-            prop_assert!(s.tasks.iter().all(|t| t.state.is_terminal()), "a run ends when nothing is open");
+            let open = |t: &&TaskRun| t.is_made() && !t.state.is_terminal();
+            prop_assert!(!s.tasks.iter().any(|t| open(&t)), "a run ends when nothing is open");
             prop_assert!(s.job_run.state.is_terminal());
         }
         let reopened = matches!(s.job_run.state, JobState::Running);
@@ -735,7 +763,7 @@ fn a_loop_runs_again_until_an_output_ends_it() {
          claim review => claimed review#1
          ok review verdict=approved => review succeeded, review#2 -success-> ship#1, ship queued, enqueue ship
          claim ship => claimed ship#1
-         ok ship => ship succeeded, notify skipped, job succeeded, finish",
+         ok ship => ship succeeded, job succeeded, finish",
     );
 }
 
@@ -755,21 +783,16 @@ fn a_task_run_a_transition_started_records_how_it_was_reached() {
          claim review => claimed review#1
          ok review verdict=no => review succeeded, review#1 -success-> review#2, review queued, enqueue review",
     );
+    // `ship` and `notify` were not reached: no task run of them.
     let reached: Vec<(String, u32, Option<ReachedBy>)> =
-        s.tasks.iter().map(|t| (t.task.clone(), t.iteration, t.reached_by)).collect();
+        s.tasks.iter().filter(|t| t.is_made()).map(|t| (t.task.clone(), t.iteration, t.reached_by)).collect();
     let by = |from: &str| Some(ReachedBy { from_task_run: id_of(&s, from), on: TransitionOn::Success });
     let first_review = s.tasks.iter().find(|t| t.task == "review" && t.iteration == 1).map(|t| t.id);
     let from_first_review =
         Some(ReachedBy { from_task_run: first_review.expect("review#1"), on: TransitionOn::Success });
     assert_eq!(
         reached,
-        [
-            ("write".into(), 1, None),
-            ("review".into(), 1, by("write")),
-            ("ship".into(), 1, None),
-            ("notify".into(), 1, None),
-            ("review".into(), 2, from_first_review),
-        ]
+        [("write".into(), 1, None), ("review".into(), 1, by("write")), ("review".into(), 2, from_first_review),]
     );
 }
 
@@ -790,7 +813,7 @@ fn one_run_too_many_fails_the_job_run_with_iteration_limit() {
          claim review => claimed review#1
          ok review verdict=no => review succeeded, review#1 -success-> review#2, review queued, enqueue review
          claim review => claimed review#1
-         ok review verdict=no => review succeeded, ship skipped, notify skipped, review#2 -success-> review, job failed (iteration_limit), finish",
+         ok review verdict=no => review succeeded, review#2 -success-> review, job failed (iteration_limit), finish",
     );
 }
 
@@ -811,7 +834,7 @@ fn a_failure_a_transition_handles_ends_failed_and_the_run_succeeds() {
          claim review => claimed review#1
          fail review 2 => review failed#1(exit_code), review handled, review#1 -failure-> notify#1, notify queued, enqueue notify
          claim notify => claimed notify#1
-         ok notify => notify succeeded, ship skipped, job succeeded, finish",
+         ok notify => notify succeeded, job succeeded, finish",
     );
 }
 
@@ -903,34 +926,189 @@ fn a_resume_remembers_which_sources_of_a_join_arrived() {
     assert_eq!(render(&resumed, &fx), "c succeeded, c#1 -success-> sum#1, sum queued, enqueue sum");
 }
 
-/// A task a transition reached is ready at once when `retry --from` names it: no transition
-/// will reach it again (it was left pending, then skipped as not reached, and the run that had
-/// failed ended `succeeded`).
+/// write → review, which loops through `revise` until its verdict is `approved`; `publish`
+/// needs `review`: it follows review's latest task run, once nothing can reach review again.
+const NEEDS_A_LOOP: &str = r#"
+[jobs.j.tasks.write]
+run = "true"
+retry = { max_attempts = 1 }
+next = [{ on = "success", do = ["review"] }]
+[jobs.j.tasks.review]
+run = "true"
+max_iterations = 3
+retry = { max_attempts = 1 }
+next = [{ on = "success", when = "outputs.verdict != 'approved'", do = ["revise"] }]
+[jobs.j.tasks.revise]
+run = "true"
+next = [{ on = "success", do = ["review"] }]
+[jobs.j.tasks.publish]
+run = "true"
+needs = ["review"]
+"#;
+
 #[test]
-fn retry_from_a_task_a_transition_reached_runs_it_again() {
-    check(
-        TRANSITIONS,
+fn a_task_never_reached_gets_no_task_run() {
+    let s = new_run(NEEDS_A_LOOP);
+    let made: Vec<&str> = s.tasks.iter().filter(|t| t.is_made()).map(|t| t.task.as_str()).collect();
+    assert_eq!(made, ["write"], "only the entry task has a task run when the job run is made");
+    let s = check(
+        NEEDS_A_LOOP,
         "begin
-         cancel b
+         claim write
+         fail write 1",
+        "begin => job started, write queued, enqueue write
+         claim write => claimed write#1
+         fail write 1 => write failed#1(exit_code), write dead(exit_code), job failed (task write (#1) dead: exit_code 1), finish",
+    );
+    assert_eq!(s.tasks.iter().filter(|t| t.is_made()).count(), 1, "review, revise and publish were not reached");
+}
+
+/// Through [`NEEDS_A_LOOP`] to review's second round, queued: the script and its effects.
+const TO_ROUND_TWO: (&str, &str) = (
+    "begin
+     claim write
+     ok write
+     claim review
+     ok review verdict=no
+     claim revise
+     ok revise
+     claim review",
+    "begin => job started, write queued, enqueue write
+     claim write => claimed write#1
+     ok write => write succeeded, write#1 -success-> review#1, review queued, enqueue review
+     claim review => claimed review#1
+     ok review verdict=no => review succeeded, review#1 -success-> revise#1, revise queued, enqueue revise
+     claim revise => claimed revise#1
+     ok revise => revise succeeded, revise#1 -success-> review#2, review queued, enqueue review
+     claim review => claimed review#1",
+);
+
+#[test]
+fn a_task_that_needs_a_loop_runs_once_after_its_last_iteration() {
+    let s = check(
+        NEEDS_A_LOOP,
+        &format!("{}\nok review verdict=approved\nclaim publish\nok publish", TO_ROUND_TWO.0),
+        &format!(
+            "{}\n{}\n{}\n{}",
+            TO_ROUND_TWO.1,
+            "ok review verdict=approved => review succeeded, publish queued, enqueue publish",
+            "claim publish => claimed publish#1",
+            "ok publish => publish succeeded, job succeeded, finish"
+        ),
+    );
+    let publish = s.tasks.iter().filter(|t| t.task == "publish").count();
+    assert_eq!(publish, 1, "publish runs once");
+    let review = &s.tasks[s.latest[1]];
+    assert_eq!((review.iteration, review.outputs["verdict"].as_str()), (2, "approved"), "it followed review#2");
+}
+
+#[test]
+fn a_task_that_needs_a_loop_is_skipped_when_its_last_iteration_fails() {
+    let ended = "fail review 3 => review failed#1(exit_code), review dead(exit_code), publish skipped, \
+                 job failed (task review (#106) dead: exit_code 3), finish";
+    check(NEEDS_A_LOOP, &format!("{}\nfail review 3", TO_ROUND_TWO.0), &format!("{}\n{ended}", TO_ROUND_TWO.1));
+}
+
+/// `c` is reached from `a` and from `b` (no join: twice); `d` needs `c`.
+const NEEDS_TWO_ARRIVALS: &str = r#"
+[jobs.j.tasks.a]
+run = "true"
+next = [{ on = "success", do = ["c"] }]
+[jobs.j.tasks.b]
+run = "true"
+next = [{ on = "success", do = ["c"] }]
+[jobs.j.tasks.c]
+run = "true"
+[jobs.j.tasks.d]
+run = "true"
+needs = ["c"]
+"#;
+
+#[test]
+fn a_task_that_needs_a_task_reached_twice_waits_for_both_runs() {
+    check(
+        NEEDS_TWO_ARRIVALS,
+        "begin
          claim a
          ok a
          claim c
          ok c
+         claim b
+         ok b
+         claim c
+         ok c",
+        "begin => job started, a queued, b queued, enqueue a, enqueue b
+         claim a => claimed a#1
+         ok a => a succeeded, a#1 -success-> c#1, c queued, enqueue c
+         claim c => claimed c#1
+         ok c => c succeeded
+         claim b => claimed b#1
+         ok b => b succeeded, b#1 -success-> c#2, c queued, enqueue c
+         claim c => claimed c#1
+         ok c => c succeeded, d queued, enqueue d",
+    );
+}
+
+/// A restart while `review` loops: the state rebuilt from the stored task runs (no task run
+/// of `publish`) goes on as before, and `publish` follows the last iteration.
+#[test]
+fn a_resume_mid_loop_keeps_unreached_tasks_unmade() {
+    let mut s = new_run(NEEDS_A_LOOP);
+    let mut env = FixedEnv { seq: 0 };
+    let script = ["begin", "claim write", "ok write", "claim review", "ok review verdict=no"];
+    for (n, line) in script.into_iter().enumerate() {
+        let input = input_of(&s, line);
+        step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
+    }
+    let stored: Vec<TaskRun> = s.tasks.iter().filter(|t| t.is_made()).cloned().collect();
+    assert_eq!(stored.len(), 3, "write, review#1, revise#1");
+    let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), stored, Raised::default());
+    let fx = step(&mut resumed, Input::Resume, 10_000, &mut env);
+    assert_eq!(render(&resumed, &fx), "enqueue revise");
+    let fx = step(&mut resumed, Input::Settle, 10_001, &mut env);
+    assert_eq!(render(&resumed, &fx), "", "publish is not started by a resume");
+    for line in ["claim revise", "ok revise", "claim review", "ok review verdict=approved"] {
+        let input = input_of(&resumed, line);
+        let fx = step(&mut resumed, input, 11_000, &mut env);
+        if line.ends_with("approved") {
+            assert_eq!(render(&resumed, &fx), "review succeeded, publish queued, enqueue publish");
+        }
+    }
+}
+
+/// A task a transition reached is ready at once when `retry --from` names it: no transition
+/// will reach it again (it was left pending, then skipped as not reached).
+#[test]
+fn retry_from_a_task_a_transition_reached_runs_it_again() {
+    check(
+        &TRANSITIONS.replace("join = \"all\"", "join = \"all\"\nretry = { max_attempts = 1 }"),
+        "begin
+         claim a
+         ok a
+         claim c
+         ok c
+         claim b
+         fail b 1
          from b
          claim b
          ok b
          claim d
-         ok d",
+         ok d
+         claim e
+         ok e",
         "begin => job started, a queued, c queued, enqueue a, enqueue c
-         cancel b => b cancelled, ok: task run 3 cancelled
          claim a => claimed a#1
          ok a => a succeeded, a#1 -always-> b
          claim c => claimed c#1
-         ok c => c succeeded, c#1 -success-> b, d skipped, job failed (task b (#3) cancelled), finish
-         from b => job started, b queued, enqueue b, ok: job run j7 runs again from `b`: b (attempt numbers go on)
+         ok c => c succeeded, c#1 -success-> b#1, b queued, enqueue b
          claim b => claimed b#1
+         fail b 1 => b failed#1(exit_code), b dead(exit_code), job failed (task b (#103) dead: exit_code 1), finish
+         from b => job started, b queued, enqueue b, ok: job run j7 runs again from `b`: b (attempt numbers go on)
+         claim b => claimed b#2
          ok b => b succeeded, b#1 -success-> d#1, d queued, enqueue d
          claim d => claimed d#1
-         ok d => d succeeded, job succeeded, finish",
+         ok d => d succeeded, e queued, enqueue e
+         claim e => claimed e#1
+         ok e => e succeeded, job succeeded, finish",
     );
 }
