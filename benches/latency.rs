@@ -79,7 +79,7 @@ fn measure(executor: Arc<dyn Executor>, samples: u64, gap_ms: u64, jitter_ms: u6
         workflow: Arc::new(workflow),
         source: WORKFLOW.to_string(),
         state_dir: std::path::absolute(Path::new(&state_dir)).expect("absolute path"),
-        store,
+        store: store.into(),
         executor,
         clock: Arc::new(SystemClock),
         workers: 4,
@@ -107,10 +107,10 @@ fn measure(executor: Arc<dyn Executor>, samples: u64, gap_ms: u64, jitter_ms: u6
                 if event.job_run != Some(id) {
                     continue;
                 }
-                match event.event.as_str() {
+                match event.name().as_str() {
                     "task.started" => started = Some(t0.elapsed()),
                     "job.succeeded" => break,
-                    "job.failed" | "job.cancelled" => panic!("job run {id} ended with {}", event.event),
+                    "job.failed" | "job.cancelled" => panic!("job run {id} ended with {}", event.name()),
                     _ => {}
                 }
             }

@@ -2,7 +2,8 @@
 
 use std::io::Write;
 
-use crate::engine::{EngineEvent, EventName};
+use crate::engine::{AttemptFailure, EngineEvent, EventData, JobStart};
+use crate::model::FailReason;
 use crate::model::money::format_usd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,146 +29,116 @@ pub fn human_line(e: &EngineEvent) -> Option<String> {
     let what = describe(e)?;
     let time = crate::engine::rfc3339_ms(e.ts_ms);
     let clock = time.get(11..23).unwrap_or(&time);
-    let who = match (&e.task_run, &e.task, &e.job_run, &e.job) {
-        (Some(id), Some(task), _, Some(job)) => {
-            format!("#{id} {job}.{}", instance_label(e, task))
-        }
+    // A task event's task is labelled by the run it is (SPEC §6): `review#2`, `fetch[3]`.
+    let who = match (&e.task_run, e.task_label(), &e.job_run, &e.job) {
+        (Some(id), Some(task), _, Some(job)) => format!("#{id} {job}.{task}"),
         (_, _, Some(id), Some(job)) => format!("j{id} {job}"),
         _ => String::from("gaffer"),
     };
     Some(format!("{clock} {who:<28} {what}"))
 }
 
-/// The task of a task event labelled by the `iteration` and `item_index` it carries (SPEC §6):
-/// `review#2`, `fetch[3]` (`model::fanout::label`).
-fn instance_label(e: &EngineEvent, task: &str) -> String {
-    crate::report::label_in(task, &e.fields)
-}
-
 fn describe(e: &EngineEvent) -> Option<String> {
-    let reason = e.str_field("reason").unwrap_or("");
-    let cost = e
-        .field("cost_usd")
-        .map(crate::model::money::micros_of_json)
-        .filter(|c| *c > 0)
-        .map(|c| format!(", {}", dollars(c)))
-        .unwrap_or_default();
-    Some(match e.event {
-        EventName::JobStarted if e.field("from").is_some() => {
-            format!("job run reopened from task `{}` (retry --from)", e.str_field("from").unwrap_or("?"))
+    let cost = |micros: u64| if micros > 0 { format!(", {}", dollars(micros)) } else { String::new() };
+    Some(match &e.data {
+        EventData::JobStarted(JobStart::Retry { from: Some(from) }) => {
+            format!("job run reopened from task `{from}` (retry --from)")
         }
-        EventName::JobStarted if e.field("retry").is_some() => "job run reopened by a retry".into(),
-        EventName::JobRedefined => format!("job run switched to the current definition ({})", changes(e)),
-        EventName::HookFailed => format!(
-            "hook {} ({}) for {} failed: {reason}: {}",
-            e.str_field("hook").unwrap_or("?"),
-            e.str_field("level").unwrap_or("?"),
-            e.str_field("for_event").unwrap_or("?"),
-            e.str_field("detail").unwrap_or("")
-        ),
-        EventName::JobStarted => "job started".into(),
-        EventName::JobSucceeded => format!("job succeeded{cost}"),
-        EventName::JobFailed => format!("job failed: {reason}{cost}"),
-        EventName::JobCancelled => format!("job cancelled{cost}"),
-        EventName::TaskQueued => "queued".into(),
-        EventName::TaskStarted => match e.field("pid") {
-            Some(pid) => format!("started (attempt {}, pid {pid})", e.attempt.unwrap_or(1)),
-            None => format!("started (attempt {})", e.attempt.unwrap_or(1)),
-        },
-        EventName::TaskSucceeded if e.field("cached").is_some() => {
-            format!(
-                "succeeded from the cache (reused task run {})",
-                e.field("from_task_run").map(|v| v.to_string()).unwrap_or_default()
-            )
+        EventData::JobStarted(JobStart::Retry { from: None }) => "job run reopened by a retry".into(),
+        EventData::JobStarted(JobStart::New { .. }) => "job started".into(),
+        EventData::JobRedefined { changes, .. } => {
+            format!("job run switched to the current definition ({})", changes.join("; "))
         }
-        EventName::TaskSucceeded => {
-            format!("succeeded in {}{cost}", duration(e.field("duration_ms").and_then(|v| v.as_u64()).unwrap_or(0)))
+        EventData::HookFailed(h) => {
+            format!("hook {} ({}) for {} failed: {}: {}", h.hook, h.level, h.for_event, h.reason, h.detail)
         }
-        EventName::TaskFailed => failed(e),
-        EventName::TaskRetryScheduled => format!(
-            "retry {} in {}",
-            e.field("next_attempt").map(|v| v.to_string()).unwrap_or_default(),
-            duration(e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0))
-        ),
-        EventName::TaskDeadLettered => {
-            let why = e.str_field("detail").map(|d| format!(": {d}")).unwrap_or_default();
-            format!("dead: {reason}{why} (gaffer retry {} to run it again)", e.task_run.unwrap_or(0))
+        EventData::JobSucceeded(end) => format!("job succeeded{}", cost(end.cost_usd_micros)),
+        EventData::JobFailed(end) => {
+            format!("job failed: {}{}", end.reason.as_deref().unwrap_or(""), cost(end.cost_usd_micros))
         }
-        EventName::TaskCancelled => "cancelled".into(),
-        EventName::TaskWarning => format!("warning: {}", e.str_field("message").unwrap_or_default()),
-        EventName::TaskSkipped => "skipped".into(),
-        EventName::TaskWaiting => {
-            let name = e.str_field("wait_for").unwrap_or("?");
-            format!("waiting for `{name}` (gaffer signal j{} {name} to release it)", e.job_run.unwrap_or(0))
+        EventData::JobCancelled(end) => format!("job cancelled{}", cost(end.cost_usd_micros)),
+        EventData::TaskQueued { .. } => "queued".into(),
+        EventData::TaskStarted { pid: Some(pid), .. } => {
+            format!("started (attempt {}, pid {pid})", e.attempt.unwrap_or(1))
         }
-        EventName::ScheduleFired => format!("schedule fired (slot {})", slot(e)),
-        EventName::ScheduleSkipped => format!("schedule slot {} skipped: {reason}", slot(e)),
-        EventName::WorkerRestarted => {
-            format!("worker {} restarted ({reason})", e.field("worker").map(|v| v.to_string()).unwrap_or_default())
+        EventData::TaskStarted { pid: None, .. } => format!("started (attempt {})", e.attempt.unwrap_or(1)),
+        EventData::TaskSucceeded { cached_from: Some(from), .. } => {
+            format!("succeeded from the cache (reused task run {from})")
         }
-        EventName::QueueCircuitOpened => format!(
-            "queue {}: circuit opened after {} failed attempts within {}; nothing starts from it until {}",
+        EventData::TaskSucceeded { duration_ms, cost_usd_micros, cached_from: None } => {
+            format!("succeeded in {}{}", duration(*duration_ms), cost(*cost_usd_micros))
+        }
+        EventData::TaskFailed(failure) => failed(e.attempt.unwrap_or(0), failure),
+        EventData::TaskRetryScheduled { delay_ms, next_attempt } => {
+            format!("retry {next_attempt} in {}", duration(*delay_ms))
+        }
+        EventData::TaskDeadLettered { reason, detail } => {
+            let why = detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default();
+            format!("dead: {}{why} (gaffer retry {} to run it again)", reason.as_str(), e.task_run.unwrap_or(0))
+        }
+        EventData::TaskCancelled { .. } => "cancelled".into(),
+        EventData::TaskWarning { message } => format!("warning: {message}"),
+        EventData::TaskSkipped => "skipped".into(),
+        EventData::TaskWaiting { wait_for } => {
+            format!("waiting for `{wait_for}` (gaffer signal j{} {wait_for} to release it)", e.job_run.unwrap_or(0))
+        }
+        EventData::ScheduleFired { scheduled_for_ms } => format!("schedule fired (slot {})", slot(*scheduled_for_ms)),
+        EventData::ScheduleSkipped { scheduled_for_ms, reason } => {
+            format!("schedule slot {} skipped: {reason}", slot(*scheduled_for_ms))
+        }
+        EventData::WorkerRestarted { worker, reason, .. } => format!("worker {worker} restarted ({reason})"),
+        EventData::QueueCircuitOpened { failures, within_ms, until_ms } => format!(
+            "queue {}: circuit opened after {failures} failed attempts within {}; nothing starts from it until {}",
             e.queue.as_deref().unwrap_or("?"),
-            e.field("failures").map(|v| v.to_string()).unwrap_or_default(),
-            duration(e.field("within_ms").and_then(|v| v.as_u64()).unwrap_or(0)),
-            e.str_field("until").unwrap_or("?")
+            duration(*within_ms),
+            crate::engine::rfc3339_ms(*until_ms)
         ),
-        EventName::QueueCircuitClosed => {
+        EventData::QueueCircuitClosed => {
             format!("queue {}: circuit closed, starting again", e.queue.as_deref().unwrap_or("?"))
         }
-        EventName::BudgetRaised => {
-            format!(
-                "{} budget raised to {} by a retry",
-                e.str_field("scope").unwrap_or("job"),
-                dollars_of(e.field("limit_usd"))
-            )
+        EventData::BudgetRaised { scope, limit_usd_micros } => {
+            format!("{} budget raised to {} by a retry", scope.as_str(), dollars(*limit_usd_micros))
         }
-        EventName::ResourceExhausted => format!(
-            "could not start, the machine is out of resources ({}); not counted, tries again in {}",
-            e.str_field("detail").unwrap_or("?"),
-            duration(e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0))
+        EventData::ResourceExhausted { detail, delay_ms } => format!(
+            "could not start, the machine is out of resources ({detail}); not counted, tries again in {}",
+            duration(*delay_ms)
         ),
-        EventName::BudgetExceeded => format!(
+        EventData::BudgetExceeded { scope, limit_usd_micros, spent_usd_micros } => format!(
             "{} budget exceeded: spent {} of {}",
-            e.str_field("scope").unwrap_or("job"),
-            dollars_of(e.field("spent_usd")),
-            dollars_of(e.field("limit_usd"))
+            scope.as_str(),
+            dollars(*spent_usd_micros),
+            dollars(*limit_usd_micros)
         ),
-        _ => return None,
+        EventData::TaskCost { .. }
+        | EventData::TaskProgress { .. }
+        | EventData::TaskHandled
+        | EventData::TransitionFired { .. } => return None,
     })
 }
 
-/// The `changes` list of a `job.redefined` event, as one phrase.
-fn changes(e: &EngineEvent) -> String {
-    let items: Vec<&str> =
-        e.field("changes").and_then(|v| v.as_array()).into_iter().flatten().filter_map(|v| v.as_str()).collect();
-    items.join("; ")
-}
-
 /// The `HH:MM:SS` of a schedule's slot.
-fn slot(e: &EngineEvent) -> String {
-    e.str_field("scheduled_for").and_then(|t| t.get(11..19)).unwrap_or("?").to_string()
+fn slot(scheduled_for_ms: u64) -> String {
+    crate::engine::rfc3339_ms(scheduled_for_ms).get(11..19).unwrap_or("?").to_string()
 }
 
-fn failed(e: &EngineEvent) -> String {
-    let reason = e.str_field("reason").unwrap_or("?");
-    let mut text = format!("attempt {} failed: {reason}", e.attempt.unwrap_or(0));
-    if let Some(code) = e.field("exit_code") {
+fn failed(attempt: u32, f: &AttemptFailure) -> String {
+    let reason = f.reason;
+    let mut text = format!("attempt {attempt} failed: {}", reason.as_str());
+    if let Some(code) = f.exit_code {
         // "exit_code 3" reads as the reason it is; otherwise the code is a detail.
-        text.push_str(&if reason == "exit_code" { format!(" {code}") } else { format!(" (exit code {code})") });
+        text.push_str(&if reason == FailReason::ExitCode {
+            format!(" {code}")
+        } else {
+            format!(" (exit code {code})")
+        });
     }
-    if let Some(signal) = e.field("signal") {
+    if let Some(signal) = f.signal {
         text.push_str(&format!(" (signal {signal})"));
     }
-    if let Some(detail) = e.str_field("detail") {
+    if let Some(detail) = &f.detail {
         text.push_str(&format!(": {detail}"));
     }
     text
-}
-
-/// A dollar amount from an event (a JSON number) as `$0.10`.
-fn dollars_of(v: Option<&serde_json::Value>) -> String {
-    dollars(v.map_or(0, crate::model::money::micros_of_json))
 }
 
 /// `950ms`, `2.4s`, `3m05s`.
@@ -196,13 +167,15 @@ mod tests {
 
     #[test]
     fn lines_name_the_task_and_what_happened() {
-        let mut e = EngineEvent::new(EventName::TaskFailed, 0).with("reason", "exit_code").with("exit_code", 3);
+        let failure = AttemptFailure { reason: FailReason::ExitCode, exit_code: Some(3), signal: None, detail: None };
+        let mut e = EngineEvent::new(EventData::TaskFailed(failure), 0);
         (e.job, e.job_run, e.task, e.task_run, e.attempt) =
             (Some("report".into()), Some(1), Some("fetch".into()), Some(7), Some(2));
         let line = human_line(&e).expect("a line");
         assert!(line.contains(" #7 report.fetch "), "{line}");
         assert!(line.ends_with(" attempt 2 failed: exit_code 3"), "{line}");
-        let e = e.with("iteration", 2).with("item_index", 3);
+        e.instance =
+            Some(crate::engine::Instance { iteration: 2, item_index: Some(3), compensation: false, fanout: false });
         let line = human_line(&e).expect("a line");
         assert!(line.contains(" #7 report.fetch#2[3] "), "{line}");
         assert_eq!(duration(2_400), "2.4s");

@@ -4,7 +4,9 @@
 //! $0.000001 would print as `1e-6`. Money in JSON is a decimal number (SPEC §4.1) that people
 //! read and scripts compare, so every JSON gaffer writes — events, `--json` output, API answers
 //! — goes through these functions, whose formatter writes floats with Rust's `Display`: the
-//! shortest digits that read back as the same number, and never an exponent.
+//! shortest digits that read back as the same number, and never an exponent. A float stays a
+//! float on the wire: a whole number of dollars is written `2.0`, not `2`, so a reader that
+//! tells integers from decimals (Python's `json`, the event shapes test) sees money as one type.
 
 use std::io;
 
@@ -37,11 +39,11 @@ struct Plain<F>(F);
 
 impl<F: Formatter> Formatter for Plain<F> {
     fn write_f64<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
-        write!(writer, "{value}")
+        write_decimal(writer, value.to_string())
     }
 
     fn write_f32<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f32) -> io::Result<()> {
-        write!(writer, "{value}")
+        write_decimal(writer, value.to_string())
     }
 
     fn begin_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
@@ -81,6 +83,13 @@ impl<F: Formatter> Formatter for Plain<F> {
     }
 }
 
+/// `Display` of a float, with `.0` added to a whole number (`0` → `0.0`) so it reads back as a
+/// float. `Display` never writes an exponent, and JSON holds no NaN or infinity.
+fn write_decimal<W: ?Sized + io::Write>(writer: &mut W, digits: String) -> io::Result<()> {
+    let point = if digits.contains('.') { "" } else { ".0" };
+    write!(writer, "{digits}{point}")
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -98,5 +107,16 @@ mod tests {
         assert_eq!(pretty, "[\n  0.000005\n]");
         let back: serde_json::Value = serde_json::from_str(&text(&value)).expect("valid JSON");
         assert_eq!(back["small"].as_f64(), Some(0.000001));
+    }
+
+    /// Regression: `task.succeeded`'s `cost_usd` was `0` (an integer) for a free task and
+    /// `0.0123` for a paid one; whole dollars were integers too (SPEC §4.1: a decimal number).
+    #[test]
+    fn whole_dollars_stay_decimal_numbers() {
+        let value = json!({"free": usd_json(0), "two": usd_json(2_000_000), "n": 3});
+        assert_eq!(text(&value), r#"{"free":0.0,"two":2.0,"n":3}"#);
+        let back: serde_json::Value = serde_json::from_str(&text(&value)).expect("valid JSON");
+        assert!(back["free"].is_f64() && back["two"].is_f64() && back["n"].is_u64(), "{back}");
+        assert_eq!(text(&json!(1e300)).parse::<f64>().ok(), Some(1e300));
     }
 }

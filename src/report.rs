@@ -14,10 +14,10 @@ use crate::model::cost::{Usage, sum_by_model};
 use crate::model::money::usd_json;
 use crate::model::{JobState, TaskState};
 use crate::sanitize::sanitize;
-use crate::store::{self, AttemptRecord, JobRunRecord, Reader, StoreError, TaskRunRecord};
+use crate::store::{self, AttemptRecord, JobRunRecord, Snapshot, StoreError, TaskRunRecord};
 
 mod wire;
-pub use wire::{JobRunView, TaskRunView, instance_in, label_in};
+pub use wire::{JobRunView, TaskRunView, label_in};
 
 /// Where attempt `n` of a task run logs, relative to the state dir (SPEC §5).
 pub fn attempt_log_path(job_run: u64, task_run: u64, n: u32) -> String {
@@ -89,15 +89,15 @@ fn usage_json(mut value: Value, usage: &Usage) -> Value {
 /// `pid`: the running instance's (the instance knows its own, even if someone deleted
 /// `instance.lock`); `live`: its queues, so a queue with no task runs yet is listed too.
 pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnapshot]>) -> Result<Value, StoreError> {
-    let reader = store::open_reader(state_dir)?;
-    let defs = latest_queues(&reader)?;
+    let reader = store::StoreLocation::state_dir(state_dir).snapshot()?;
+    let defs = latest_queues(&*reader)?;
     let mut concurrency: BTreeMap<String, usize> = defs.iter().map(|(k, q)| (k.clone(), q.concurrency)).collect();
     let mut paused = reader.paused_queues()?;
     let mut circuits = match live {
         Some(_) => BTreeMap::new(),
         None => {
             use crate::engine::Clock;
-            crate::engine::open_circuits(&reader, &defs, crate::engine::SystemClock.now_ms())?
+            crate::engine::open_circuits(&*reader, &defs, crate::engine::SystemClock.now_ms())?
         }
     };
     for q in live.unwrap_or_default() {
@@ -111,7 +111,7 @@ pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnap
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
     let mut cost = 0u64;
     let mut exhausted = ResourceWait::default();
-    reader.each_task_run(|t| {
+    reader.each_task_run(&mut |t| {
         if !t.is_counted() {
             return true; // a fan-out's group: its items are the task runs (and hold its cost)
         }
@@ -165,13 +165,13 @@ impl ResourceWait {
 }
 
 /// Queues from the definition of the newest job run (the store keeps definitions, not queues).
-fn latest_queues(reader: &Reader) -> Result<BTreeMap<String, QueueDef>, StoreError> {
+fn latest_queues(reader: &dyn Snapshot) -> Result<BTreeMap<String, QueueDef>, StoreError> {
     Ok(crate::engine::latest_workflow(reader)?.map(|w| w.queues).unwrap_or_default())
 }
 
 /// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its
 /// task runs.
-pub fn show(reader: &Reader, target: Target) -> Result<Value, QueryError> {
+pub fn show(reader: &dyn Snapshot, target: Target) -> Result<Value, QueryError> {
     match target {
         Target::TaskRun(id) => {
             let t = reader.task_run(id)?.ok_or_else(|| not_found(target))?;
@@ -196,7 +196,7 @@ pub fn show(reader: &Reader, target: Target) -> Result<Value, QueryError> {
 /// The tasks of job run `j`'s job with no task run in it: nothing reached them (SPEC §2.2), in
 /// file order. None for an `--only` run (its job is what it has task runs for), nor when its
 /// stored definition cannot be read back.
-fn not_reached(reader: &Reader, j: &JobRunRecord, runs: &[TaskRunRecord]) -> Result<Vec<String>, StoreError> {
+fn not_reached(reader: &dyn Snapshot, j: &JobRunRecord, runs: &[TaskRunRecord]) -> Result<Vec<String>, StoreError> {
     let Some(stored) = reader.definition(j.definition)?.filter(|_| !j.sliced) else { return Ok(Vec::new()) };
     let Ok(workflow) = crate::config::parse(Path::new(&stored.path), &stored.source) else { return Ok(Vec::new()) };
     let Some(job) = workflow.jobs.iter().find(|job| job.name == j.job) else { return Ok(Vec::new()) };
@@ -219,7 +219,7 @@ pub struct JobFilter {
 }
 
 /// `jobs --json`: oldest first; with a `limit`, the newest that many, newest first.
-pub fn jobs(reader: &Reader, filter: &JobFilter) -> Result<Value, QueryError> {
+pub fn jobs(reader: &dyn Snapshot, filter: &JobFilter) -> Result<Value, QueryError> {
     collected(|emit| for_each_job(reader, filter, emit))
 }
 
@@ -235,11 +235,15 @@ fn collected(query: impl FnOnce(&mut dyn FnMut(Value) -> bool) -> Result<(), Que
 
 /// The items of `jobs --json` one at a time, for an answer streamed as it is read; `f` returns
 /// false to stop.
-pub fn for_each_job(reader: &Reader, filter: &JobFilter, mut f: impl FnMut(Value) -> bool) -> Result<(), QueryError> {
+pub fn for_each_job(
+    reader: &dyn Snapshot,
+    filter: &JobFilter,
+    mut f: impl FnMut(Value) -> bool,
+) -> Result<(), QueryError> {
     let wanted =
         wanted_state(filter.state.as_deref(), "job run", JobState::parse, &JobState::ALL.map(JobState::as_str))?;
     let mut left = filter.limit.unwrap_or(usize::MAX);
-    let visit = |j: JobRunRecord| {
+    let mut visit = |j: JobRunRecord| {
         let selected = wanted.is_none_or(|w| j.state == w) && filter.job.as_ref().is_none_or(|name| &j.job == name);
         if !selected {
             return true;
@@ -249,8 +253,8 @@ pub fn for_each_job(reader: &Reader, filter: &JobFilter, mut f: impl FnMut(Value
     };
     match filter.limit {
         Some(0) => Ok(()),
-        Some(_) => Ok(reader.each_job_run_newest_first(visit)?),
-        None => Ok(reader.each_job_run(visit)?),
+        Some(_) => Ok(reader.each_job_run_newest_first(&mut visit)?),
+        None => Ok(reader.each_job_run(&mut visit)?),
     }
 }
 
@@ -282,12 +286,16 @@ pub fn parse_job_run_id(text: &str) -> Option<u64> {
 }
 
 /// `tasks --json` (and `dlq list --json`: state `dead`).
-pub fn tasks(reader: &Reader, filter: &TaskFilter) -> Result<Value, QueryError> {
+pub fn tasks(reader: &dyn Snapshot, filter: &TaskFilter) -> Result<Value, QueryError> {
     collected(|emit| for_each_task(reader, filter, emit))
 }
 
 /// The items of `tasks --json` one at a time; `f` returns false to stop.
-pub fn for_each_task(reader: &Reader, filter: &TaskFilter, mut f: impl FnMut(Value) -> bool) -> Result<(), QueryError> {
+pub fn for_each_task(
+    reader: &dyn Snapshot,
+    filter: &TaskFilter,
+    mut f: impl FnMut(Value) -> bool,
+) -> Result<(), QueryError> {
     let states = TaskState::ALL.map(TaskState::as_str);
     let wanted = wanted_state(filter.state.as_deref(), "task run", TaskState::parse, &states)?;
     let selected = |t: &TaskRunRecord| {
@@ -297,7 +305,7 @@ pub fn for_each_task(reader: &Reader, filter: &TaskFilter, mut f: impl FnMut(Val
             && filter.task.as_ref().is_none_or(|name| &t.task == name)
     };
     let Some(run) = filter.run.as_deref() else {
-        return Ok(reader.each_task_run(|t| !selected(&t) || f(task_json(&t)))?);
+        return Ok(reader.each_task_run(&mut |t| !selected(&t) || f(task_json(&t)))?);
     };
     let run =
         parse_job_run_id(run).ok_or_else(|| QueryError::Invalid(format!("`{run}` is not a job run id (like j7)")))?;
@@ -350,7 +358,7 @@ impl CostBy {
 
 /// `cost --json`: spending per group, from the attempts started at or after `since_ms`. By
 /// model, an attempt counts in the row of each model it paid for (`attempts`: how many did).
-pub fn cost(reader: &Reader, by: CostBy, since_ms: Option<u64>) -> Result<Value, QueryError> {
+pub fn cost(reader: &dyn Snapshot, by: CostBy, since_ms: Option<u64>) -> Result<Value, QueryError> {
     let tasks: BTreeMap<u64, TaskRunRecord> = reader.task_runs()?.into_iter().map(|t| (t.id, t)).collect();
     let mut rows: BTreeMap<String, (Usage, u64)> = BTreeMap::new();
     let mut total = Usage::default();
@@ -382,7 +390,7 @@ const LOG_CHUNK_BYTES: u64 = 1 << 20;
 /// drive a terminal), the offset to ask from next, and whether the attempt still runs.
 pub fn log_chunk(
     state_dir: &Path,
-    reader: &Reader,
+    reader: &dyn Snapshot,
     task_run: u64,
     attempt: Option<u32>,
     offset: u64,

@@ -577,7 +577,7 @@ fn in_process_snapshot(p: &Project) -> gaffer::engine::EngineSnapshot {
         workflow: Arc::new(workflow),
         source,
         state_dir: std::path::absolute(p.state_dir()).expect("absolute"),
-        store,
+        store: store.into(),
         executor: Arc::new(gaffer::executor::LocalExecutor),
         clock: Arc::new(gaffer::engine::SystemClock),
         workers: 2,

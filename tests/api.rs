@@ -69,7 +69,7 @@ fn remote_engine_follows_the_event_stream() {
         let mut seen = Vec::new();
         while !seen.contains(&"job.succeeded") {
             let event = tokio::time::timeout(Duration::from_secs(20), events.recv()).await.expect("an event in time");
-            seen.push(event.expect("the stream stays open").event.as_str());
+            seen.push(event.expect("the stream stays open").name().as_str());
         }
         assert_eq!(seen.iter().filter(|e| **e == "task.succeeded").count(), 2, "{seen:?}");
         let tasks = remote.task_runs_of(1).await.expect("task runs");

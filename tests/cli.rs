@@ -850,8 +850,8 @@ fn a_remote_engine_sees_and_drives_a_server() {
         assert!(p.run(&["submit", "j"]).status.success());
         let mut names = Vec::new();
         while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
-            names.push(e.event.as_str());
-            if e.event.as_str() == "job.failed" {
+            names.push(e.name().as_str());
+            if e.name().as_str() == "job.failed" {
                 break;
             }
         }
@@ -863,7 +863,7 @@ fn a_remote_engine_sees_and_drives_a_server() {
         std::fs::write(p.path().join("fixed"), "").expect("fix");
         remote.retry(Target::TaskRun(1)).await.expect("retry");
         while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
-            if e.event.as_str() == "job.succeeded" {
+            if e.name().as_str() == "job.succeeded" {
                 break;
             }
         }

@@ -1,7 +1,8 @@
 //! Golden test of the event JSON (SPEC §6): a workflow that emits most event kinds runs through
 //! the real binary, and the shape of every line — its key set and each value's JSON type, per
 //! event name — must equal the pinned file `tests/fixtures/event_shapes.txt`. It guards the
-//! typed-event refactor (issue #10 item 4): the Rust type may change, the JSON may not.
+//! typed events (issue #10 item 4, `engine::EventData`): the Rust type may change, the JSON may
+//! not.
 //! Set `GAFFER_BLESS=1` to rewrite the file after a deliberate change to the contract.
 
 mod support;
@@ -40,6 +41,19 @@ run = 'true'
 next = [{ on = "success", do = ["spend"] }]
 [jobs.saga.tasks.spend]
 run = 'echo "cost usd=0.02" >&3'
+
+[jobs.handled]
+[jobs.handled.tasks.check]
+run = 'exit 3'
+next = [{ on = "failure", do = ["fix"] }]
+[jobs.handled.tasks.fix]
+run = 'true'
+
+[jobs.gate]
+[jobs.gate.tasks.approve]
+wait_for = "go"
+wait_timeout = "50ms"
+run = 'true'
 "#;
 
 fn kind(v: &Value) -> &'static str {
@@ -77,7 +91,10 @@ fn shapes(events: &[Value]) -> String {
 fn event_json_shapes_are_pinned() {
     let p = Project::new(WORKFLOW);
     let (code, mut all) = p.run_json(&[]);
-    assert_eq!(code, 1, "flaky and slow fail one job run, spend crosses the other's budget");
+    assert_eq!(
+        code, 1,
+        "flaky and slow fail one job run, spend crosses the other's budget, approve is never signalled"
+    );
     all.extend(p.journal());
     let got = shapes(&all);
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/event_shapes.txt");
@@ -86,7 +103,15 @@ fn event_json_shapes_are_pinned() {
     }
     let want = std::fs::read_to_string(&file).expect("golden file");
     assert_eq!(got, want, "event JSON shapes changed (SPEC §6); GAFFER_BLESS=1 rewrites the file");
-    // `gaffer tui` attached to a server parses the streamed lines back: every one must survive.
+    // Money on the wire is a decimal number, whole dollars too (SPEC §4.1): a free task's
+    // `cost_usd` was once the integer `0` beside a paid one's `0.0123`.
+    for line in &all {
+        for (key, value) in line.as_object().into_iter().flatten().filter(|(k, _)| k.ends_with("usd")) {
+            assert_eq!(kind(value), "float", "{key} in {line}");
+        }
+    }
+    // `gaffer tui` attached to a server parses the streamed lines back into typed events:
+    // every one must survive, field for field.
     for line in &all {
         let parsed = EngineEvent::from_json(line).unwrap_or_else(|| panic!("not parsed back: {line}"));
         assert_eq!(&parsed.to_json(), line);

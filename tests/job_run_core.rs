@@ -32,7 +32,7 @@ fn a_one_task_job_run_commits_twice_before_its_task_starts_and_once_at_its_end()
         workflow: Arc::new(workflow),
         source: WORKFLOW.to_string(),
         state_dir: std::path::absolute(Path::new(&state_dir)).expect("absolute path"),
-        store,
+        store: store.into(),
         executor: Arc::new(LocalExecutor),
         clock: Arc::new(SystemClock),
         workers: 2,
@@ -49,8 +49,8 @@ fn a_one_task_job_run_commits_twice_before_its_task_starts_and_once_at_its_end()
             loop {
                 let event = events.recv().await.expect("event stream open");
                 if event.job_run == Some(id)
-                    && event.event.is_job()
-                    && event.event != gaffer::engine::EventName::JobStarted
+                    && event.name().is_job()
+                    && event.name() != gaffer::engine::EventName::JobStarted
                 {
                     commits.push(counter.commit_count() - before);
                     break;

@@ -25,11 +25,11 @@ pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
 /// One pass over the task runs and one over the attempts, each record dropped once counted:
 /// a scrape costs the same memory whatever the store holds.
 fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
-    let reader = store::open_reader(state_dir)?;
+    let reader = store::StoreLocation::state_dir(state_dir).snapshot()?;
     let mut out = String::new();
     let mut by_state: BTreeMap<(String, &str), u64> = BTreeMap::new();
     let mut dead = 0u64;
-    reader.each_task_run(|t| {
+    reader.each_task_run(&mut |t| {
         if !t.is_counted() {
             return true; // a fan-out's group: its items are counted
         }
@@ -46,7 +46,7 @@ fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
     let mut failed: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut seconds, mut ended, mut started) = (0.0f64, 0u64, 0u64);
     let mut cost = BTreeMap::new();
-    reader.each_attempt(|a| {
+    reader.each_attempt(&mut |a| {
         started += 1;
         if let Some(reason) = a.reason {
             *failed.entry(reason.as_str()).or_default() += 1;

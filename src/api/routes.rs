@@ -17,7 +17,7 @@ use super::request::{SignalBody, SubmitBody, TargetBody};
 use super::{ApiState, Peer};
 use crate::engine::{EngineError, RetryOptions, SubmitRequest, Target};
 use crate::report::{self, CostBy, JobFilter, QueryError, TaskFilter};
-use crate::store::Reader;
+use crate::store::Snapshot;
 
 /// Every request goes through the peer check, then [`dispatch`]: `request::decode` is the
 /// router and the only decoding of paths, queries and bodies.
@@ -225,10 +225,10 @@ pub(super) async fn snapshot(state: web::Data<ApiState>) -> HttpResponse {
 /// Runs a query of the store off the server's threads.
 async fn query(
     state: &ApiState,
-    read: impl FnOnce(&Path, &Reader) -> Result<Value, QueryError> + Send + 'static,
+    read: impl FnOnce(&Path, &dyn Snapshot) -> Result<Value, QueryError> + Send + 'static,
 ) -> HttpResponse {
     let dir = state.state_dir.clone();
-    let answer = web::block(move || read(&dir, &crate::store::open_reader(&dir)?)).await;
+    let answer = web::block(move || read(&dir, &*crate::store::StoreLocation::state_dir(&dir).snapshot()?)).await;
     match answer {
         Ok(Ok(value)) => ok_json(&value),
         Ok(Err(e)) => query_error(e),

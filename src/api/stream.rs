@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ApiState;
 use crate::report::QueryError;
-use crate::store::Reader;
+use crate::store::Snapshot;
 
 /// The size a chunk is sent at.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -24,7 +24,7 @@ type Chunk = Result<web::Bytes, std::io::Error>;
 /// after it cuts the body, so the client sees a broken answer rather than a short list.
 pub async fn json_array<F>(state: &ApiState, produce: F) -> HttpResponse
 where
-    F: FnOnce(&Reader, &mut dyn FnMut(Value) -> bool) -> Result<(), QueryError> + Send + 'static,
+    F: FnOnce(&dyn Snapshot, &mut dyn FnMut(Value) -> bool) -> Result<(), QueryError> + Send + 'static,
 {
     let dir = state.state_dir.clone();
     let (head_tx, head_rx) = oneshot::channel();
@@ -32,9 +32,10 @@ where
     // Runs on its own; the answer comes through the channels.
     let _detached = web::block(move || {
         let mut out = ArrayWriter { head: Some(head_tx), tx, buf: Vec::with_capacity(CHUNK_BYTES), items: 0 };
-        let result = crate::store::open_reader(&dir)
+        let result = crate::store::StoreLocation::state_dir(&dir)
+            .snapshot()
             .map_err(QueryError::from)
-            .and_then(|reader| produce(&reader, &mut |item| out.push(&item)));
+            .and_then(|reader| produce(&*reader, &mut |item| out.push(&item)));
         out.finish(result);
     });
     match head_rx.await {

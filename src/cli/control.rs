@@ -109,7 +109,7 @@ fn deliver(
         Err(ClientError::NotRunning(_)) if store::instance_pid(state_dir).is_none() => {
             if *action == Action::Retry
                 && let Err(refusal) =
-                    crate::engine::manual_retry::check_offline(&query::open(state_dir)?, target, retry)
+                    crate::engine::manual_retry::check_offline(&*query::open(state_dir)?, target, retry)
             {
                 return Ok(Err(refusal.to_string()));
             }

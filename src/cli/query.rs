@@ -16,7 +16,7 @@ use crate::engine::Target;
 use crate::headless::dollars;
 use crate::model::money::micros_of_json;
 use crate::report::{self, CostBy, JobFilter, QueryError, TaskFilter};
-use crate::store::{self, Reader};
+use crate::store::{self, Snapshot};
 
 fn print_json(value: &Value) -> Result<(), CliError> {
     let text = crate::json::pretty(value);
@@ -28,15 +28,15 @@ pub(super) fn parse_target(id: &str) -> Result<Target, CliError> {
     Target::parse(id).map_err(CliError::Usage)
 }
 
-pub(super) fn open(state_dir: &Path) -> Result<Reader, CliError> {
-    Ok(store::open_reader(state_dir)?)
+pub(super) fn open(state_dir: &Path) -> Result<Box<dyn Snapshot>, CliError> {
+    Ok(store::StoreLocation::state_dir(state_dir).snapshot()?)
 }
 
 /// `GET path` from the running instance, or `local` on the state dir when none answers.
 fn fetch(
     state_dir: &Path,
     path: &str,
-    local: impl FnOnce(&Reader) -> Result<Value, QueryError>,
+    local: impl FnOnce(&dyn Snapshot) -> Result<Value, QueryError>,
 ) -> Result<Value, CliError> {
     match client::call(state_dir, "GET", path, None) {
         Ok(value) => {
@@ -45,7 +45,7 @@ fn fetch(
         }
         Err(ClientError::NotRunning(_)) => {
             tracing::debug!(path, "no instance runs: read from the state dir");
-            local(&open(state_dir)?).map_err(|e| match e {
+            local(&*open(state_dir)?).map_err(|e| match e {
                 QueryError::Store(e) => CliError::Store(e),
                 other => CliError::Failed(other.to_string()),
             })
@@ -262,7 +262,10 @@ pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
         return print_json(&value);
     }
     match target {
-        Target::TaskRun(_) => print_task_detail(&value),
+        Target::TaskRun(_) => {
+            let from = reached_from(state_dir, &value["reached_by"]);
+            print_task_detail(&value, from.as_ref());
+        }
         Target::JobRun(id) => {
             let reason = value["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
             outln!("job run j{id} of `{}`: {}{reason}", text(&value, "job"), text(&value, "state"));
@@ -312,10 +315,24 @@ fn print_transitions(runs: &[Value]) {
     }
 }
 
-fn print_task_detail(t: &Value) {
+/// The task run a transition came from (`reached_by`), if there is one and it can be read.
+fn reached_from(state_dir: &Path, reached_by: &Value) -> Option<Value> {
+    let target = Target::TaskRun(reached_by["from_task_run"].as_u64()?);
+    fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target)).ok()
+}
+
+/// `show ID` of a task run; `from` is the task run a transition started it from.
+fn print_task_detail(t: &Value, from: Option<&Value>) {
     outln!("task run {} — {} in job run j{}", num(t, "id"), task_name(t), num(t, "job_run"));
     let reason = t["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
     outln!("state: {}{reason}", text(t, "state"));
+    if t["reached_by"].is_object() {
+        // As the TUI's detail says it: `← #12 revise (success)`.
+        let label = from
+            .and_then(|f| Some(format!(" {}", crate::report::label_in(text(f, "task"), f.as_object()?))))
+            .unwrap_or_default();
+        outln!("reached: ← #{}{label} ({})", num(&t["reached_by"], "from_task_run"), text(&t["reached_by"], "on"));
+    }
     if let Some(detail) = t["detail"].as_str() {
         outln!("detail: {detail}");
     }

@@ -195,7 +195,7 @@ fn secrets_given(workflow: &Workflow, params: &BTreeMap<String, String>) -> BTre
 
 /// The jobs with an unfinished run in the state dir (none when there is no store yet).
 fn unfinished_jobs(state_dir: &Path) -> std::collections::BTreeSet<String> {
-    let runs = store::open_reader(state_dir).and_then(|r| r.job_runs()).unwrap_or_default();
+    let runs = store::StoreLocation::state_dir(state_dir).snapshot().and_then(|r| r.job_runs()).unwrap_or_default();
     runs.into_iter().filter(|r| !r.state.is_terminal()).map(|r| r.job).collect()
 }
 
@@ -277,13 +277,13 @@ fn check_only(workflow: &Workflow, jobs: &[String], task: &str, state_dir: &Path
         ));
     };
     let Some(def) = workflow.jobs.iter().find(|j| &j.name == job) else { return Ok(()) }; // said by chosen_jobs
-    let reader = match store::open_reader(state_dir) {
+    let reader = match store::StoreLocation::state_dir(state_dir).snapshot() {
         Ok(reader) => Some(reader),
         Err(StoreError::Missing(_)) => None,
         Err(e) => return Err(format!("cannot read state dir {}: {e}", state_dir.display())),
     };
     match reader {
-        Some(reader) => engine::plan_only(&reader, def, task).map(|_| ()),
+        Some(reader) => engine::plan_only(&*reader, def, task).map(|_| ()),
         // Nothing has run here: only a task without needs can run alone.
         None => {
             let graph = crate::model::graph::JobGraph::new(def);
@@ -418,8 +418,16 @@ where
 
     let state_dir = absolute(options.state_dir);
     let clock = Arc::new(SystemClock);
-    let config =
-        EngineConfig { workflow: Arc::new(workflow), source, state_dir, store, executor, clock, workers, pricing };
+    let config = EngineConfig {
+        workflow: Arc::new(workflow),
+        source,
+        state_dir,
+        store: store.into(),
+        executor,
+        clock,
+        workers,
+        pricing,
+    };
     let system = actix::System::new();
     let code = system.block_on(body(config, checked));
     drop(system);

@@ -1,13 +1,15 @@
 //! `gaffer serve`'s schedules, on the Supervisor: catch-up at start, overlap policies at each
 //! fire time, and the persisted next fire time committed together with the run it starts.
 
+use std::collections::BTreeMap;
+
 use actix::prelude::*;
 
 use super::job_run::{Begin, Cancel};
 use super::journal::Publish;
 use super::scheduler::{ArmCrons, Fire};
 use super::supervisor::Supervisor;
-use super::{EngineError, EngineEvent, EventName, rfc3339_ms};
+use super::{EngineError, EngineEvent, EventData};
 use crate::model::schedule::{self, FireDecision, Schedule, ScheduleState};
 use crate::store::Mutation;
 
@@ -15,9 +17,13 @@ impl Supervisor {
     /// Parses every job's schedule, catches up what was missed while gaffer was down (per the
     /// job's `catchup`), and arms the Scheduler. Returns how many catch-up fires started a run
     /// (the overlap policy may skip some: those are `schedule.skipped`, not caught up).
-    fn serve_schedules(&mut self, ctx: &mut Context<Self>) -> Result<usize, EngineError> {
+    /// `stored`: the persisted schedule states, read off the thread.
+    fn serve_schedules(
+        &mut self,
+        stored: BTreeMap<String, ScheduleState>,
+        ctx: &mut Context<Self>,
+    ) -> Result<usize, EngineError> {
         let shared = self.shared()?;
-        let stored = shared.store.reader()?.schedules()?;
         let now = shared.clock.now_ms();
         let mut crons = Vec::new();
         let mut catch_ups = 0;
@@ -104,9 +110,8 @@ impl Supervisor {
         };
         let active: Vec<u64> = self.job_of.iter().filter(|(_, j)| **j == msg.job).map(|(id, _)| *id).collect();
         let decision = schedule::on_fire(&def.policy, active.len(), self.waiting_fires.contains_key(&msg.job));
-        let event = |name: EventName| {
-            let mut e =
-                EngineEvent::new(name, shared.clock.now_ms()).with("scheduled_for", rfc3339_ms(msg.scheduled_for));
+        let event = |data: EventData| {
+            let mut e = EngineEvent::new(data, shared.clock.now_ms());
             e.job = Some(msg.job.clone());
             e
         };
@@ -119,7 +124,8 @@ impl Supervisor {
                 let reason =
                     if decision == FireDecision::Queue { "queued behind the active run" } else { "a run is active" };
                 drop(shared.store.commit(vec![remember]));
-                shared.journal.do_send(Publish(event(EventName::ScheduleSkipped).with("reason", reason)));
+                let skipped = EventData::ScheduleSkipped { scheduled_for_ms: msg.scheduled_for, reason: reason.into() };
+                shared.journal.do_send(Publish(event(skipped)));
                 Ok(false)
             }
             FireDecision::CancelPreviousThenStart | FireDecision::Start => {
@@ -130,8 +136,11 @@ impl Supervisor {
                         }
                     }
                 }
-                let begin =
-                    Begin::New { with: vec![remember], events: vec![event(EventName::ScheduleFired)], begun: None };
+                let begin = Begin::New {
+                    with: vec![remember],
+                    events: vec![event(EventData::ScheduleFired { scheduled_for_ms: msg.scheduled_for })],
+                    begun: None,
+                };
                 self.submit_scheduled(&msg.job, begin)?;
                 let _ = ctx;
                 Ok(true)
@@ -147,10 +156,10 @@ impl Supervisor {
 pub struct ServeSchedules;
 
 impl Handler<ServeSchedules> for Supervisor {
-    type Result = Result<usize, EngineError>;
+    type Result = ResponseFuture<Result<usize, EngineError>>;
 
     fn handle(&mut self, _: ServeSchedules, ctx: &mut Self::Context) -> Self::Result {
-        self.serve_schedules(ctx)
+        self.read_then(ctx, |reader| Ok(reader.schedules()?), |act, stored, ctx| act.serve_schedules(stored, ctx))
     }
 }
 

@@ -14,11 +14,11 @@ use actix::prelude::*;
 use super::job_run::{JobRun, QueueTimedOut};
 use super::journal::{Journal, Publish};
 use super::worker::{Assign, Worker};
-use super::{EngineEvent, EventName, SharedClock, rfc3339_ms};
+use super::{EngineEvent, EventData, SharedClock};
 use crate::config::QueueDef;
 use crate::model::policy::priority_key;
 use crate::model::queue::{self, circuit_open_until, rate_limit_opens_at};
-use crate::store::{Reader, StoreError, TaskRunRecord};
+use crate::store::{self, StoreError, TaskRunRecord};
 
 /// How often entries waiting in a blocked queue are checked against their `queue_timeout`.
 const QUEUE_TIMEOUT_SWEEP: Duration = Duration::from_secs(1);
@@ -121,7 +121,7 @@ pub struct QueueHistory {
 /// With no instance running: the circuits open at `now_ms`, by queue, from the failed attempts
 /// in the store, by the rule the next start applies (`status`, the read-only TUI).
 pub fn open_circuits(
-    reader: &Reader,
+    reader: &dyn store::Snapshot,
     queues: &BTreeMap<String, QueueDef>,
     now_ms: u64,
 ) -> Result<BTreeMap<String, u64>, StoreError> {
@@ -138,7 +138,7 @@ pub fn open_circuits(
 /// Task runs that may have had an attempt since `since_ms`. Such an attempt ended after it, or
 /// has not ended: so has its job run. Old job runs are skipped whole (a restart over a store
 /// full of them); when most are recent, one pass over every task run is cheaper than lookups.
-fn recent_task_runs(reader: &Reader, since_ms: u64) -> Result<Vec<TaskRunRecord>, StoreError> {
+fn recent_task_runs(reader: &dyn store::Snapshot, since_ms: u64) -> Result<Vec<TaskRunRecord>, StoreError> {
     let jobs = reader.job_runs()?;
     let recent: std::collections::HashSet<u64> =
         jobs.iter().filter(|j| j.ended_at_ms.is_none_or(|e| e >= since_ms)).map(|j| j.id).collect();
@@ -153,7 +153,7 @@ fn recent_task_runs(reader: &Reader, since_ms: u64) -> Result<Vec<TaskRunRecord>
 /// Reads the attempts that still matter to a queue's rate limit or circuit (started or failed
 /// within its lookback). Queues without either cost nothing to read.
 pub fn queue_history(
-    reader: &Reader,
+    reader: &dyn store::Snapshot,
     queues: &BTreeMap<String, QueueDef>,
     now_ms: u64,
 ) -> Result<QueueHistory, StoreError> {
@@ -288,7 +288,7 @@ impl Dispatcher {
             match queue.circuit_until {
                 Some(until) => next = Some(next.map_or(until, |n: u64| n.min(until))),
                 None => {
-                    let mut e = EngineEvent::new(EventName::QueueCircuitClosed, now);
+                    let mut e = EngineEvent::new(EventData::QueueCircuitClosed, now);
                     e.queue = Some(name.clone());
                     self.journal.do_send(Publish(e));
                 }
@@ -414,10 +414,12 @@ impl Handler<AttemptFailed> for Dispatcher {
         let was_open = queue.circuit_until.is_some();
         queue.circuit_until = queue.circuit_open_until(now);
         if let (false, Some(until)) = (was_open, queue.circuit_until) {
-            let mut e = EngineEvent::new(EventName::QueueCircuitOpened, now)
-                .with("failures", rule.failures)
-                .with("within_ms", rule.within.as_millis() as u64)
-                .with("until", rfc3339_ms(until));
+            let opened = EventData::QueueCircuitOpened {
+                failures: rule.failures,
+                within_ms: rule.within.as_millis() as u64,
+                until_ms: until,
+            };
+            let mut e = EngineEvent::new(opened, now);
             e.queue = Some(msg.queue.clone());
             self.journal.do_send(Publish(e));
         }

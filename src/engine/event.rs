@@ -1,58 +1,517 @@
 //! What the engine tells the world (SPEC §6): every state change, after it is durable.
+//!
+//! An event is typed end to end: the common fields, which run of a task it is about
+//! ([`Instance`]), and [`EventData`], one variant per event name carrying that event's own
+//! fields. Producers build a variant, consumers (headless lines, the TUI, the hook rules) match
+//! on it; only [`EngineEvent::to_json`] and [`EngineEvent::from_json`] know the JSON keys.
+//! Money is micro-dollars here and a decimal number of dollars on the wire
+//! (`model::money::usd_json`); times are milliseconds here and RFC 3339 on the wire.
 
+use std::collections::BTreeMap;
+
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-pub use crate::model::event_name::EventName;
+use crate::config::TransitionOn;
+use crate::model::cost::Usage;
+use crate::model::money::{micros_of_json, usd_json};
+use crate::model::state::FailReason;
+
+pub use crate::model::event_name::{BudgetScope, EventName};
 
 /// One engine event. The JSON form is the journal line and the `--json` output line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineEvent {
     pub ts_ms: u64,
-    /// `task.succeeded`, `job.started`, … (SPEC §6).
-    pub event: EventName,
     pub job: Option<String>,
     pub job_run: Option<u64>,
     pub task: Option<String>,
     pub task_run: Option<u64>,
     pub attempt: Option<u32>,
     pub queue: Option<String>,
-    /// The event's extra fields (`reason`, `cost_usd`, `delay_ms`, …).
-    pub fields: Map<String, Value>,
+    /// Which run of its task a task event is about (SPEC §6); `None` on other events.
+    pub instance: Option<Instance>,
+    /// The event's name and its own fields.
+    pub data: EventData,
+}
+
+/// `iteration`, `item_index` and `"kind": "compensation"` of a task event (SPEC §6), or
+/// `"kind": "fanout"` for a fanned-out task's group of items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    pub iteration: u32,
+    pub item_index: Option<u32>,
+    pub compensation: bool,
+    pub fanout: bool,
+}
+
+impl Instance {
+    /// A task's first run, not an item, not a compensation.
+    pub const FIRST: Instance = Instance { iteration: 1, item_index: None, compensation: false, fanout: false };
+
+    /// `model::fanout::label`: `review#2`, `fetch[3]`, `deploy (undo)`.
+    pub fn label(&self, task: &str) -> String {
+        crate::model::fanout::label(task, self.iteration, self.item_index, self.compensation)
+    }
+}
+
+/// How a job run started: new (with its params, secrets as `***`), or reopened by a retry
+/// (`from` the task of `retry --from`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobStart {
+    New { params: BTreeMap<String, String> },
+    Retry { from: Option<String> },
+}
+
+/// `job.succeeded`, `job.failed`, `job.cancelled`: what the job run cost, and why it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEnd {
+    pub cost_usd_micros: u64,
+    pub reason: Option<String>,
+}
+
+/// `task.failed`: one failed attempt (the last one too).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptFailure {
+    pub reason: FailReason,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub detail: Option<String>,
+}
+
+/// `hook.failed`: a hook that could not run or did not exit 0; the job run is not touched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookFailure {
+    /// `on_failure`, `on_dead_letter`, `on_budget`.
+    pub hook: String,
+    /// `job` or `queue`.
+    pub level: String,
+    pub for_event: EventName,
+    pub reason: String,
+    pub detail: String,
+    pub exit_code: Option<i32>,
+    /// The hook's log, relative to the state dir; `None` when it never ran.
+    pub log: Option<String>,
+}
+
+/// One variant per [`EventName`], each with the fields SPEC §6 (and README, for gaffer's own
+/// events) gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventData {
+    JobStarted(JobStart),
+    JobSucceeded(JobEnd),
+    JobFailed(JobEnd),
+    JobCancelled(JobEnd),
+    /// `retry --definition current` switched the run to the file in use.
+    JobRedefined {
+        from_definition: u64,
+        to_definition: u64,
+        changes: Vec<String>,
+    },
+    /// `series_start` when a new series of attempts begins (a retry).
+    TaskQueued {
+        priority: u8,
+        series_start: Option<u32>,
+    },
+    TaskStarted {
+        priority: u8,
+        pid: Option<u32>,
+    },
+    /// `cached_from`: the task run whose result was reused (`"cached": true`).
+    TaskSucceeded {
+        duration_ms: u64,
+        cost_usd_micros: u64,
+        cached_from: Option<u64>,
+    },
+    TaskFailed(AttemptFailure),
+    TaskRetryScheduled {
+        delay_ms: u64,
+        next_attempt: u32,
+    },
+    /// `detail` when no failed attempt said why (a `for_each` that cannot be rendered).
+    TaskDeadLettered {
+        reason: FailReason,
+        detail: Option<String>,
+    },
+    /// `from_dead`: a dead letter was cancelled (`"from": "dead"`).
+    TaskCancelled {
+        from_dead: bool,
+    },
+    TaskSkipped,
+    TaskWaiting {
+        wait_for: String,
+    },
+    /// `unpriced`: tokens no price covers, counted as $0.
+    TaskCost {
+        usage: Usage,
+        model: Option<String>,
+        unpriced: bool,
+    },
+    TaskProgress {
+        message: String,
+    },
+    TaskWarning {
+        message: String,
+    },
+    TaskHandled,
+    /// A transition of task run `from_task_run` fired towards task `to`.
+    TransitionFired {
+        from_task_run: u64,
+        on: TransitionOn,
+        to: String,
+    },
+    ResourceExhausted {
+        detail: String,
+        delay_ms: u64,
+    },
+    WorkerRestarted {
+        worker: u64,
+        reason: String,
+        restarts: u32,
+    },
+    ScheduleFired {
+        scheduled_for_ms: u64,
+    },
+    ScheduleSkipped {
+        scheduled_for_ms: u64,
+        reason: String,
+    },
+    BudgetExceeded {
+        scope: BudgetScope,
+        limit_usd_micros: u64,
+        spent_usd_micros: u64,
+    },
+    BudgetRaised {
+        scope: BudgetScope,
+        limit_usd_micros: u64,
+    },
+    QueueCircuitOpened {
+        failures: u32,
+        within_ms: u64,
+        until_ms: u64,
+    },
+    QueueCircuitClosed,
+    HookFailed(HookFailure),
+}
+
+impl EventData {
+    /// The event's name (the JSON `event` tag).
+    pub fn name(&self) -> EventName {
+        match self {
+            EventData::JobStarted(_) => EventName::JobStarted,
+            EventData::JobSucceeded(_) => EventName::JobSucceeded,
+            EventData::JobFailed(_) => EventName::JobFailed,
+            EventData::JobCancelled(_) => EventName::JobCancelled,
+            EventData::JobRedefined { .. } => EventName::JobRedefined,
+            EventData::TaskQueued { .. } => EventName::TaskQueued,
+            EventData::TaskStarted { .. } => EventName::TaskStarted,
+            EventData::TaskSucceeded { .. } => EventName::TaskSucceeded,
+            EventData::TaskFailed(_) => EventName::TaskFailed,
+            EventData::TaskRetryScheduled { .. } => EventName::TaskRetryScheduled,
+            EventData::TaskDeadLettered { .. } => EventName::TaskDeadLettered,
+            EventData::TaskCancelled { .. } => EventName::TaskCancelled,
+            EventData::TaskSkipped => EventName::TaskSkipped,
+            EventData::TaskWaiting { .. } => EventName::TaskWaiting,
+            EventData::TaskCost { .. } => EventName::TaskCost,
+            EventData::TaskProgress { .. } => EventName::TaskProgress,
+            EventData::TaskWarning { .. } => EventName::TaskWarning,
+            EventData::TaskHandled => EventName::TaskHandled,
+            EventData::TransitionFired { .. } => EventName::TransitionFired,
+            EventData::ResourceExhausted { .. } => EventName::ResourceExhausted,
+            EventData::WorkerRestarted { .. } => EventName::WorkerRestarted,
+            EventData::ScheduleFired { .. } => EventName::ScheduleFired,
+            EventData::ScheduleSkipped { .. } => EventName::ScheduleSkipped,
+            EventData::BudgetExceeded { .. } => EventName::BudgetExceeded,
+            EventData::BudgetRaised { .. } => EventName::BudgetRaised,
+            EventData::QueueCircuitOpened { .. } => EventName::QueueCircuitOpened,
+            EventData::QueueCircuitClosed => EventName::QueueCircuitClosed,
+            EventData::HookFailed(_) => EventName::HookFailed,
+        }
+    }
+
+    /// The event's own fields as JSON, in the order they are written; `None` for an optional
+    /// field the event does not have (it is left out, not written as null).
+    fn fields(&self) -> Vec<Option<(&'static str, Value)>> {
+        match self {
+            EventData::JobStarted(JobStart::New { params }) => vec![put("params", params)],
+            EventData::JobStarted(JobStart::Retry { from }) => vec![put("retry", true), opt("from", from)],
+            EventData::JobSucceeded(end) | EventData::JobFailed(end) | EventData::JobCancelled(end) => {
+                vec![usd("cost_usd", end.cost_usd_micros), opt("reason", &end.reason)]
+            }
+            EventData::JobRedefined { from_definition, to_definition, changes } => vec![
+                put("from_definition", format!("{from_definition:016x}")),
+                put("to_definition", format!("{to_definition:016x}")),
+                put("changes", changes),
+            ],
+            EventData::TaskQueued { priority, series_start } => {
+                vec![put("priority", priority), opt("series_start", series_start)]
+            }
+            EventData::TaskStarted { priority, pid } => vec![put("priority", priority), opt("pid", pid)],
+            EventData::TaskSucceeded { duration_ms, cost_usd_micros, cached_from } => vec![
+                put("duration_ms", duration_ms),
+                usd("cost_usd", *cost_usd_micros),
+                cached_from.map(|_| ("cached", json!(true))),
+                opt("from_task_run", cached_from),
+            ],
+            EventData::TaskFailed(f) => vec![
+                put("reason", f.reason.as_str()),
+                opt("exit_code", &f.exit_code),
+                opt("signal", &f.signal),
+                opt("detail", &f.detail),
+            ],
+            EventData::TaskRetryScheduled { delay_ms, next_attempt } => {
+                vec![put("delay_ms", delay_ms), put("next_attempt", next_attempt)]
+            }
+            EventData::TaskDeadLettered { reason, detail } => {
+                vec![put("reason", reason.as_str()), opt("detail", detail)]
+            }
+            EventData::TaskCancelled { from_dead } => vec![from_dead.then(|| ("from", json!("dead")))],
+            EventData::TaskSkipped | EventData::TaskHandled | EventData::QueueCircuitClosed => Vec::new(),
+            EventData::TaskWaiting { wait_for } => vec![put("wait_for", wait_for)],
+            EventData::TaskCost { usage, model, unpriced } => vec![
+                usd("usd", usage.usd_micros),
+                put("input_tokens", usage.input_tokens),
+                put("output_tokens", usage.output_tokens),
+                put("cache_read_tokens", usage.cache_read_tokens),
+                put("cache_write_tokens", usage.cache_write_tokens),
+                opt("model", model),
+                unpriced.then(|| ("unpriced", json!(true))),
+            ],
+            EventData::TaskProgress { message } | EventData::TaskWarning { message } => vec![put("message", message)],
+            EventData::TransitionFired { from_task_run, on, to } => {
+                vec![put("from_task_run", from_task_run), put("on", on.as_str()), put("to", to)]
+            }
+            EventData::ResourceExhausted { detail, delay_ms } => vec![put("detail", detail), put("delay_ms", delay_ms)],
+            EventData::WorkerRestarted { worker, reason, restarts } => {
+                vec![put("worker", worker), put("reason", reason), put("restarts", restarts)]
+            }
+            EventData::ScheduleFired { scheduled_for_ms } => vec![put("scheduled_for", rfc3339_ms(*scheduled_for_ms))],
+            EventData::ScheduleSkipped { scheduled_for_ms, reason } => {
+                vec![put("scheduled_for", rfc3339_ms(*scheduled_for_ms)), put("reason", reason)]
+            }
+            EventData::BudgetExceeded { scope, limit_usd_micros, spent_usd_micros } => vec![
+                put("scope", scope.as_str()),
+                usd("limit_usd", *limit_usd_micros),
+                usd("spent_usd", *spent_usd_micros),
+            ],
+            EventData::BudgetRaised { scope, limit_usd_micros } => {
+                vec![put("scope", scope.as_str()), usd("limit_usd", *limit_usd_micros)]
+            }
+            EventData::QueueCircuitOpened { failures, within_ms, until_ms } => {
+                vec![put("failures", failures), put("within_ms", within_ms), put("until", rfc3339_ms(*until_ms))]
+            }
+            EventData::HookFailed(h) => vec![
+                put("hook", &h.hook),
+                put("level", &h.level),
+                put("for_event", h.for_event.as_str()),
+                put("reason", &h.reason),
+                put("detail", &h.detail),
+                opt("exit_code", &h.exit_code),
+                opt("log", &h.log),
+            ],
+        }
+    }
+
+    /// The inverse of `fields`: `None` when a field the event must have is missing or is not
+    /// of its type.
+    fn parse(name: EventName, f: &Fields) -> Option<EventData> {
+        Some(match name {
+            EventName::JobStarted if f.flag("retry") => EventData::JobStarted(JobStart::Retry { from: f.text("from") }),
+            EventName::JobStarted => {
+                let params = match f.0.get("params") {
+                    None => BTreeMap::new(),
+                    Some(v) => serde_json::from_value(v.clone()).ok()?,
+                };
+                EventData::JobStarted(JobStart::New { params })
+            }
+            EventName::JobSucceeded => EventData::JobSucceeded(f.job_end()?),
+            EventName::JobFailed => EventData::JobFailed(f.job_end()?),
+            EventName::JobCancelled => EventData::JobCancelled(f.job_end()?),
+            EventName::JobRedefined => EventData::JobRedefined {
+                from_definition: u64::from_str_radix(&f.text("from_definition")?, 16).ok()?,
+                to_definition: u64::from_str_radix(&f.text("to_definition")?, 16).ok()?,
+                changes: serde_json::from_value(f.0.get("changes")?.clone()).ok()?,
+            },
+            EventName::TaskQueued => {
+                EventData::TaskQueued { priority: f.small("priority")?, series_start: f.small("series_start") }
+            }
+            EventName::TaskStarted => EventData::TaskStarted { priority: f.small("priority")?, pid: f.small("pid") },
+            EventName::TaskSucceeded => EventData::TaskSucceeded {
+                duration_ms: f.u64("duration_ms")?,
+                cost_usd_micros: f.usd("cost_usd")?,
+                cached_from: f.flag("cached").then(|| f.u64("from_task_run")).flatten(),
+            },
+            EventName::TaskFailed => EventData::TaskFailed(AttemptFailure {
+                reason: FailReason::parse(&f.text("reason")?)?,
+                exit_code: f.int("exit_code"),
+                signal: f.int("signal"),
+                detail: f.text("detail"),
+            }),
+            EventName::TaskRetryScheduled => {
+                EventData::TaskRetryScheduled { delay_ms: f.u64("delay_ms")?, next_attempt: f.small("next_attempt")? }
+            }
+            EventName::TaskDeadLettered => {
+                EventData::TaskDeadLettered { reason: FailReason::parse(&f.text("reason")?)?, detail: f.text("detail") }
+            }
+            EventName::TaskCancelled => {
+                EventData::TaskCancelled { from_dead: f.text("from").as_deref() == Some("dead") }
+            }
+            EventName::TaskSkipped => EventData::TaskSkipped,
+            EventName::TaskWaiting => EventData::TaskWaiting { wait_for: f.text("wait_for")? },
+            EventName::TaskCost => EventData::TaskCost {
+                usage: Usage {
+                    usd_micros: f.usd("usd")?,
+                    input_tokens: f.u64("input_tokens").unwrap_or(0),
+                    output_tokens: f.u64("output_tokens").unwrap_or(0),
+                    cache_read_tokens: f.u64("cache_read_tokens").unwrap_or(0),
+                    cache_write_tokens: f.u64("cache_write_tokens").unwrap_or(0),
+                },
+                model: f.text("model"),
+                unpriced: f.flag("unpriced"),
+            },
+            EventName::TaskProgress => EventData::TaskProgress { message: f.text("message")? },
+            EventName::TaskWarning => EventData::TaskWarning { message: f.text("message")? },
+            EventName::TaskHandled => EventData::TaskHandled,
+            EventName::TransitionFired => EventData::TransitionFired {
+                from_task_run: f.u64("from_task_run")?,
+                on: TransitionOn::parse(&f.text("on")?)?,
+                to: f.text("to")?,
+            },
+            EventName::ResourceExhausted => {
+                EventData::ResourceExhausted { detail: f.text("detail")?, delay_ms: f.u64("delay_ms")? }
+            }
+            EventName::WorkerRestarted => EventData::WorkerRestarted {
+                worker: f.u64("worker")?,
+                reason: f.text("reason")?,
+                restarts: f.small("restarts")?,
+            },
+            EventName::ScheduleFired => EventData::ScheduleFired { scheduled_for_ms: f.time("scheduled_for")? },
+            EventName::ScheduleSkipped => {
+                EventData::ScheduleSkipped { scheduled_for_ms: f.time("scheduled_for")?, reason: f.text("reason")? }
+            }
+            EventName::BudgetExceeded => EventData::BudgetExceeded {
+                scope: BudgetScope::parse(&f.text("scope")?)?,
+                limit_usd_micros: f.usd("limit_usd")?,
+                spent_usd_micros: f.usd("spent_usd")?,
+            },
+            EventName::BudgetRaised => EventData::BudgetRaised {
+                scope: BudgetScope::parse(&f.text("scope")?)?,
+                limit_usd_micros: f.usd("limit_usd")?,
+            },
+            EventName::QueueCircuitOpened => EventData::QueueCircuitOpened {
+                failures: f.small("failures")?,
+                within_ms: f.u64("within_ms")?,
+                until_ms: f.time("until")?,
+            },
+            EventName::QueueCircuitClosed => EventData::QueueCircuitClosed,
+            EventName::HookFailed => EventData::HookFailed(HookFailure {
+                hook: f.text("hook")?,
+                level: f.text("level")?,
+                for_event: EventName::parse(&f.text("for_event")?)?,
+                reason: f.text("reason")?,
+                detail: f.text("detail").unwrap_or_default(),
+                exit_code: f.int("exit_code"),
+                log: f.text("log"),
+            }),
+        })
+    }
+}
+
+/// A field every event of its kind has.
+fn put(key: &'static str, value: impl Serialize) -> Option<(&'static str, Value)> {
+    Some((key, json!(value)))
+}
+
+/// A field written only when there is a value.
+fn opt<T: Serialize>(key: &'static str, value: &Option<T>) -> Option<(&'static str, Value)> {
+    value.as_ref().map(|v| (key, json!(v)))
+}
+
+/// Money: micro-dollars as a decimal number of dollars.
+fn usd(key: &'static str, micros: u64) -> Option<(&'static str, Value)> {
+    Some((key, usd_json(micros)))
+}
+
+/// The fields of an event's JSON object, read by type.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn text(&self, key: &str) -> Option<String> {
+        self.0.get(key).and_then(Value::as_str).map(String::from)
+    }
+
+    fn u64(&self, key: &str) -> Option<u64> {
+        self.0.get(key).and_then(Value::as_u64)
+    }
+
+    /// An unsigned number that must fit its type (`u8` priority, `u32` attempt numbers).
+    fn small<T: TryFrom<u64>>(&self, key: &str) -> Option<T> {
+        self.u64(key).and_then(|n| T::try_from(n).ok())
+    }
+
+    fn int(&self, key: &str) -> Option<i32> {
+        self.0.get(key).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok())
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        self.0.get(key).and_then(Value::as_bool) == Some(true)
+    }
+
+    /// Dollars (a JSON number) as micro-dollars.
+    fn usd(&self, key: &str) -> Option<u64> {
+        self.0.get(key).filter(|v| v.is_number()).map(micros_of_json)
+    }
+
+    /// An RFC 3339 time as milliseconds since the epoch.
+    fn time(&self, key: &str) -> Option<u64> {
+        parse_rfc3339_ms(self.0.get(key)?.as_str()?)
+    }
+
+    fn job_end(&self) -> Option<JobEnd> {
+        Some(JobEnd { cost_usd_micros: self.usd("cost_usd")?, reason: self.text("reason") })
+    }
+
+    fn instance(&self) -> Option<Instance> {
+        Some(Instance {
+            iteration: self.small("iteration")?,
+            item_index: self.small("item_index"),
+            compensation: self.text("kind").as_deref() == Some("compensation"),
+            fanout: self.text("kind").as_deref() == Some("fanout"),
+        })
+    }
 }
 
 impl EngineEvent {
-    pub fn new(event: EventName, ts_ms: u64) -> EngineEvent {
+    pub fn new(data: EventData, ts_ms: u64) -> EngineEvent {
         EngineEvent {
             ts_ms,
-            event,
             job: None,
             job_run: None,
             task: None,
             task_run: None,
             attempt: None,
             queue: None,
-            fields: Map::new(),
+            instance: None,
+            data,
         }
     }
 
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> EngineEvent {
-        self.fields.insert(key.to_string(), value.into());
-        self
+    /// `task.succeeded`, `job.started`, … (SPEC §6).
+    pub fn name(&self) -> EventName {
+        self.data.name()
     }
 
-    pub fn field(&self, key: &str) -> Option<&Value> {
-        self.fields.get(key)
+    /// The task of a task event with the run it is (`review#2`, `fetch[3]`), else the task.
+    pub fn task_label(&self) -> Option<String> {
+        let task = self.task.as_deref()?;
+        Some(self.instance.unwrap_or(Instance::FIRST).label(task))
     }
 
-    pub fn str_field(&self, key: &str) -> Option<&str> {
-        self.fields.get(key).and_then(Value::as_str)
-    }
-
-    /// The JSON object of SPEC §6, common fields first.
+    /// The JSON object of SPEC §6: common fields first, then the instance, then the event's own.
     pub fn to_json(&self) -> Value {
         let mut obj = Map::new();
         obj.insert("ts".into(), json!(rfc3339_ms(self.ts_ms)));
-        obj.insert("event".into(), json!(self.event.as_str()));
+        obj.insert("event".into(), json!(self.name().as_str()));
         let common: [(&str, Value); 6] = [
             ("job", self.job.clone().into()),
             ("job_run", self.job_run.into()),
@@ -66,10 +525,38 @@ impl EngineEvent {
                 obj.insert(key.into(), value);
             }
         }
-        for (key, value) in &self.fields {
-            obj.insert(key.clone(), value.clone());
+        if let Some(i) = &self.instance {
+            obj.insert("iteration".into(), json!(i.iteration));
+            if let Some(k) = i.item_index {
+                obj.insert("item_index".into(), json!(k));
+            }
+            if i.compensation {
+                obj.insert("kind".into(), json!("compensation"));
+            } else if i.fanout {
+                obj.insert("kind".into(), json!("fanout"));
+            }
+        }
+        for (key, value) in self.data.fields().into_iter().flatten() {
+            obj.insert(key.into(), value);
         }
         Value::Object(obj)
+    }
+
+    /// The inverse of `to_json`, for events read from the control socket (`gaffer tui`).
+    /// `None` for a line that is not an event gaffer knows, or lacks a field its event has.
+    pub fn from_json(value: &Value) -> Option<EngineEvent> {
+        let obj = value.as_object()?;
+        let name = EventName::parse(obj.get("event")?.as_str()?)?;
+        let f = Fields(obj);
+        let mut e = EngineEvent::new(EventData::parse(name, &f)?, f.time("ts").unwrap_or(0));
+        e.job = f.text("job");
+        e.job_run = f.u64("job_run");
+        e.task = f.text("task");
+        e.task_run = f.u64("task_run");
+        e.attempt = f.small("attempt");
+        e.queue = f.text("queue");
+        e.instance = f.instance();
+        Some(e)
     }
 }
 
@@ -79,82 +566,11 @@ pub fn rfc3339_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_shape_matches_spec() {
-        let mut e = EngineEvent::new(EventName::TaskSucceeded, 1_795_000_000_123)
-            .with("duration_ms", 5)
-            .with("cost_usd", 0.0123);
-        e.job = Some("report".into());
-        e.job_run = Some(3);
-        e.task = Some("fetch".into());
-        e.task_run = Some(9);
-        e.attempt = Some(1);
-        e.queue = Some("default".into());
-        let line = e.to_json().to_string();
-        assert!(line.starts_with(r#"{"ts":"2026-11-18T"#), "{line}");
-        assert!(line.contains(r#""event":"task.succeeded","job":"report","job_run":3,"task":"fetch","task_run":9,"attempt":1,"queue":"default""#), "{line}");
-        assert!(line.ends_with(r#""duration_ms":5,"cost_usd":0.0123}"#), "{line}");
-    }
-}
-
-impl EngineEvent {
-    /// The inverse of `to_json`, for events read from the control socket (`gaffer tui`).
-    /// `None` for a line that is not an event gaffer knows.
-    pub fn from_json(value: &Value) -> Option<EngineEvent> {
-        let obj = value.as_object()?;
-        let name = obj.get("event")?.as_str()?;
-        let event = EventName::parse(name)?;
-        let ts = obj.get("ts").and_then(Value::as_str).and_then(|t| humantime::parse_rfc3339(t).ok());
-        let ts_ms = ts.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64);
-        let text = |k: &str| obj.get(k).and_then(Value::as_str).map(String::from);
-        let mut e = EngineEvent::new(event, ts_ms);
-        e.job = text("job");
-        e.job_run = obj.get("job_run").and_then(Value::as_u64);
-        e.task = text("task");
-        e.task_run = obj.get("task_run").and_then(Value::as_u64);
-        e.attempt = obj.get("attempt").and_then(Value::as_u64).and_then(|a| u32::try_from(a).ok());
-        e.queue = text("queue");
-        const COMMON: [&str; 8] = ["ts", "event", "job", "job_run", "task", "task_run", "attempt", "queue"];
-        for (k, v) in obj.iter().filter(|(k, _)| !COMMON.contains(&k.as_str())) {
-            e.fields.insert(k.clone(), v.clone());
-        }
-        Some(e)
-    }
+/// The inverse of [`rfc3339_ms`] (any RFC 3339 time; `None` before the epoch).
+pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    let time = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    u64::try_from(time.timestamp_millis()).ok()
 }
 
 #[cfg(test)]
-mod round_trip {
-    use super::*;
-
-    #[test]
-    fn from_json_inverts_to_json() {
-        let mut e =
-            EngineEvent::new(EventName::TaskFailed, 1_795_000_000_123).with("reason", "timeout").with("exit_code", 3);
-        (e.job, e.job_run, e.task, e.task_run, e.attempt, e.queue) =
-            (Some("j".into()), Some(1), Some("t".into()), Some(2), Some(3), Some("q".into()));
-        assert_eq!(EngineEvent::from_json(&e.to_json()), Some(e));
-        assert_eq!(EngineEvent::from_json(&json!({"event": "made.up"})), None);
-    }
-}
-
-#[cfg(test)]
-mod names {
-    use super::*;
-
-    /// Regression: the old name list lacked `task.warning`, `task.handled`, `transition.fired`
-    /// and `resource.exhausted`, so `gaffer tui` attached to a server dropped those events.
-    #[test]
-    fn every_name_parses_back_and_every_event_round_trips() {
-        for name in EventName::ALL {
-            assert_eq!(EventName::parse(name.as_str()), Some(name));
-            let e = EngineEvent::new(name, 1_795_000_000_123).with("message", "m");
-            assert_eq!(EngineEvent::from_json(&e.to_json()), Some(e), "{name}");
-        }
-        let distinct: std::collections::HashSet<_> = EventName::ALL.iter().map(|n| n.as_str()).collect();
-        assert_eq!(distinct.len(), EventName::ALL.len());
-    }
-}
+mod tests;

@@ -15,7 +15,7 @@ use actix::Addr;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::journal::{Journal, Publish};
-use super::{EngineEvent, EventName, SharedClock};
+use super::{EngineEvent, EventData, HookFailure, SharedClock};
 use crate::config::{Hook, HookKey, HookLevel, Hooks, Workflow};
 use crate::executor::{HookOutcome, HookSpec, run_hook};
 
@@ -50,7 +50,12 @@ impl HookTable {
 
     /// The hooks `event` calls, with what each one is run with.
     fn calls(&self, event: &EngineEvent) -> Vec<HookCall> {
-        let levels = crate::model::hooks::hooks_for(event.event, event.str_field("scope"), event.str_field("reason"));
+        let (scope, reason) = match &event.data {
+            EventData::BudgetExceeded { scope, .. } => (Some(*scope), None),
+            EventData::TaskFailed(failure) => (None, Some(failure.reason)),
+            _ => (None, None),
+        };
+        let levels = crate::model::hooks::hooks_for(event.name(), scope, reason);
         levels
             .into_iter()
             .filter_map(|(level, key)| {
@@ -76,7 +81,7 @@ impl HookTable {
         let mut env = vec![
             ("GAFFER_HOOK".to_string(), key.to_string()),
             ("GAFFER_HOOK_LEVEL".to_string(), level.to_string()),
-            ("GAFFER_EVENT".to_string(), e.event.to_string()),
+            ("GAFFER_EVENT".to_string(), e.name().to_string()),
         ];
         let ids = [("GAFFER_JOB_RUN_ID", e.job_run), ("GAFFER_TASK_RUN_ID", e.task_run)];
         env.extend(ids.iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v.to_string()))));
@@ -91,7 +96,7 @@ impl HookTable {
             env,
             log_path: self.state_dir.join(log_path(&folder, &subject, level, key)),
             state_dir: self.state_dir.clone(),
-            header: format!("{key} ({level} hook) for {} at {}", e.event, super::rfc3339_ms(e.ts_ms)),
+            header: format!("{key} ({level} hook) for {} at {}", e.name(), super::rfc3339_ms(e.ts_ms)),
             timeout: call.hook.timeout,
         }
     }
@@ -209,22 +214,20 @@ struct Failure {
 fn report_failure(table: &HookTable, journal: &Addr<Journal>, call: &HookCall, failure: Failure) {
     let (key, level) = (call.key.as_str(), call.level.as_str());
     let Failure { reason, detail, code, log } = failure;
-    tracing::warn!(hook = key, level, event = call.event.event.as_str(), log, "hook failed: {reason}: {detail}");
+    tracing::warn!(hook = key, level, event = call.event.name().as_str(), log, "hook failed: {reason}: {detail}");
     let e = &call.event;
-    let mut failed = EngineEvent::new(EventName::HookFailed, table.clock.now_ms())
-        .with("hook", key)
-        .with("level", level)
-        .with("for_event", e.event.as_str())
-        .with("reason", reason)
-        .with("detail", crate::sanitize::sanitize(&detail));
+    let failure = HookFailure {
+        hook: key.to_string(),
+        level: level.to_string(),
+        for_event: e.name(),
+        reason: reason.to_string(),
+        detail: crate::sanitize::sanitize(&detail),
+        exit_code: code,
+        log: (!log.is_empty()).then_some(log),
+    };
+    let mut failed = EngineEvent::new(EventData::HookFailed(failure), table.clock.now_ms());
     (failed.job, failed.job_run, failed.task, failed.task_run, failed.queue) =
         (e.job.clone(), e.job_run, e.task.clone(), e.task_run, e.queue.clone());
-    if let Some(code) = code {
-        failed = failed.with("exit_code", code);
-    }
-    if !log.is_empty() {
-        failed = failed.with("log", log);
-    }
     journal.do_send(Publish(failed));
 }
 

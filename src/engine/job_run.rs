@@ -16,12 +16,11 @@ use super::journal::Publish;
 use super::scheduler::{TaskTimer, Unschedule};
 use super::supervisor::{Fatal, JobRunEnded};
 use super::worker::{Kill, Worker};
-use super::{EngineEvent, EventName, Shared};
+use super::{AttemptFailure, BudgetScope, EngineEvent, EventData, Instance, JobEnd, JobStart, Shared};
 use crate::config::template::{self, TemplateContext, UpstreamTask};
 use crate::config::{JobDef, Workflow};
 use crate::executor::{AttemptExit, AttemptSpec, KILL_GRACE, ProcessHandle};
 use crate::model::cost::{CostDelta, Pricing};
-use crate::model::money::usd_json;
 use crate::model::run::{self, AttemptEnd, Effects, Input, Note, RunState, TaskNote, Write};
 use crate::model::{FailReason, JobState, TaskState};
 use crate::store::{AttemptRecord, JobRunRecord, Mutation, RaisedBudgets, TaskRunRecord};
@@ -48,6 +47,9 @@ pub struct JobRun {
     pids_unwritten: std::collections::HashSet<u64>,
     /// Attempts found running in the store at start (crash recovery), by task run.
     interrupted: Vec<AttemptRecord>,
+    /// How many attempts right before each of those, in its series, a crash interrupted too
+    /// (read with them, off the thread: the core asks while it decides).
+    crashes_before: HashMap<u64, u32>,
     /// The actor has told the supervisor it ended and is stopping.
     finished: bool,
     /// Commits made by `persist_then` whose callbacks have not run yet.
@@ -70,6 +72,7 @@ pub type Begun = tokio::sync::oneshot::Sender<Result<(), String>>;
 struct ActorEnv<'a> {
     shared: &'a Shared,
     record: &'a JobRunRecord,
+    crashes_before: &'a HashMap<u64, u32>,
 }
 
 impl run::Env for ActorEnv<'_> {
@@ -78,22 +81,12 @@ impl run::Env for ActorEnv<'_> {
     }
 
     fn next_enqueue_seq(&mut self) -> u64 {
-        self.shared.store.ids.next_enqueue_seq()
+        self.shared.store.next_enqueue_seq()
     }
 
-    /// Read from the store, on this rare path only (an attempt a crash interrupted).
+    /// Asked only of an attempt a crash interrupted, which the actor was started with.
     fn crashes_in_a_row(&mut self, t: &run::TaskRun) -> u32 {
-        let earlier = self.shared.store.reader().and_then(|r| r.attempts_of(t.id)).unwrap_or_else(|e| {
-            tracing::warn!(task_run = t.id, "reading its attempts: {e}");
-            Vec::new()
-        });
-        let in_a_row = earlier
-            .iter()
-            .rev()
-            .filter(|a| a.n < t.attempt && a.n >= t.series_start)
-            .take_while(|a| a.reason == Some(FailReason::Interrupted))
-            .count();
-        u32::try_from(in_a_row).unwrap_or(u32::MAX).saturating_add(1)
+        self.crashes_before.get(&t.id).copied().unwrap_or(0).saturating_add(1)
     }
 
     /// `job/task/rendered key`. A key that cannot be rendered (an output missing upstream)
@@ -111,7 +104,7 @@ impl run::Env for ActorEnv<'_> {
     }
 
     fn next_task_run_id(&mut self) -> u64 {
-        self.shared.store.ids.next_task_run()
+        self.shared.store.next_task_run()
     }
 
     fn render_for_each(&mut self, state: &RunState, i: usize, text: &str) -> Result<String, String> {
@@ -134,7 +127,7 @@ impl run::Env for ActorEnv<'_> {
     }
 
     fn cache_entry(&mut self, key: &str) -> Option<run::CacheHit> {
-        let entry = self.shared.store.reader().and_then(|r| r.cache_entry(key)).unwrap_or_else(|e| {
+        let entry = self.shared.store.snapshot().and_then(|r| r.cache_entry(key)).unwrap_or_else(|e| {
             tracing::warn!("reading the cache: {e}");
             None
         })?;
@@ -199,9 +192,11 @@ impl JobRun {
         job_index: usize,
         record: JobRunRecord,
         tasks: Vec<TaskRunRecord>,
-        interrupted: Vec<AttemptRecord>,
+        interrupted: Vec<Interrupted>,
         raised: RaisedBudgets,
     ) -> JobRun {
+        let crashes_before = interrupted.iter().map(|i| (i.attempt.task_run, i.crashes_before)).collect();
+        let interrupted = interrupted.into_iter().map(|i| i.attempt).collect();
         let tasks = tasks.into_iter().map(run::TaskRun::from).collect();
         let run = RunState::new(workflow, job_index, (&record).into(), tasks, raised.into());
         JobRun {
@@ -211,6 +206,7 @@ impl JobRun {
             running: HashMap::new(),
             pids_unwritten: Default::default(),
             interrupted,
+            crashes_before,
             finished: false,
             inflight: 0,
             idle_waiters: Vec::new(),
@@ -253,7 +249,7 @@ impl JobRun {
         events: Vec<EngineEvent>,
     ) -> Effects {
         let now = self.now();
-        let mut env = ActorEnv { shared: &self.shared, record: &self.record };
+        let mut env = ActorEnv { shared: &self.shared, record: &self.record, crashes_before: &self.crashes_before };
         let mut fx = run::step(&mut self.run, input, now, &mut env);
         self.carry_out(ctx, &mut fx, mutations, events);
         fx
@@ -324,79 +320,72 @@ impl JobRun {
         mutations
     }
 
-    fn task_event(&self, name: EventName, i: usize) -> EngineEvent {
+    fn task_event(&self, data: EventData, i: usize) -> EngineEvent {
         let t = &self.run.tasks[i];
-        let mut e = EngineEvent::new(name, self.now());
+        let mut e = EngineEvent::new(data, self.now());
         e.job = Some(self.record.job.clone());
         e.job_run = Some(self.record.id);
         e.task = Some(t.task.clone());
         e.task_run = Some(t.id);
         e.attempt = (t.attempt > 0).then_some(t.attempt);
         e.queue = Some(t.queue.clone());
-        let e = e.with("iteration", t.iteration);
-        let e = match t.item_index {
-            Some(k) => e.with("item_index", k),
-            None => e,
-        };
-        match t.kind {
-            run::Kind::Task => e,
-            kind => e.with("kind", convert::kind_record(kind).as_str()),
-        }
+        e.instance = Some(Instance {
+            iteration: t.iteration,
+            item_index: t.item_index,
+            compensation: t.kind == run::Kind::Compensation,
+            fanout: t.kind == run::Kind::FanOut,
+        });
+        e
     }
 
-    fn job_event(&self, name: EventName) -> EngineEvent {
-        let mut e = EngineEvent::new(name, self.now());
+    fn job_event(&self, data: EventData) -> EngineEvent {
+        let mut e = EngineEvent::new(data, self.now());
         e.job = Some(self.record.job.clone());
         e.job_run = Some(self.record.id);
         e
+    }
+
+    /// A budget event: of task run `task`, or of the job run.
+    fn budget_event(&self, task: Option<usize>, data: impl Fn(BudgetScope) -> EventData) -> EngineEvent {
+        match task {
+            Some(i) => self.task_event(data(BudgetScope::Task), i),
+            None => self.job_event(data(BudgetScope::Job)),
+        }
     }
 
     /// The event that reports `note`.
     fn event_of(&self, note: &Note) -> EngineEvent {
         match note {
             Note::JobStarted { retry: false, .. } => {
-                let params = serde_json::to_value(&self.record.params).unwrap_or_default();
-                self.job_event(EventName::JobStarted).with("params", params)
+                self.job_event(EventData::JobStarted(JobStart::New { params: self.record.params.clone() }))
             }
             Note::JobStarted { retry: true, from } => {
-                let e = self.job_event(EventName::JobStarted).with("retry", true);
-                match from {
-                    Some(from) => e.with("from", from.clone()),
-                    None => e,
-                }
+                self.job_event(EventData::JobStarted(JobStart::Retry { from: from.clone() }))
             }
             Note::JobEnded { state, reason, cost_usd_micros } => {
-                let name = match state {
-                    JobState::Succeeded => EventName::JobSucceeded,
-                    JobState::Cancelled => EventName::JobCancelled,
-                    JobState::Failed | JobState::Running => EventName::JobFailed,
-                };
-                let e = self.job_event(name).with("cost_usd", usd_json(*cost_usd_micros));
-                match reason {
-                    Some(reason) => e.with("reason", reason.clone()),
-                    None => e,
-                }
+                let end = JobEnd { cost_usd_micros: *cost_usd_micros, reason: reason.clone() };
+                self.job_event(match state {
+                    JobState::Succeeded => EventData::JobSucceeded(end),
+                    JobState::Cancelled => EventData::JobCancelled(end),
+                    JobState::Failed | JobState::Running => EventData::JobFailed(end),
+                })
             }
             Note::BudgetExceeded { task, limit_usd_micros, spent_usd_micros } => {
-                let e = match task {
-                    Some(i) => self.task_event(EventName::BudgetExceeded, *i).with("scope", "task"),
-                    None => self.job_event(EventName::BudgetExceeded).with("scope", "job"),
-                };
-                e.with("limit_usd", usd_json(*limit_usd_micros)).with("spent_usd", usd_json(*spent_usd_micros))
+                self.budget_event(*task, |scope| EventData::BudgetExceeded {
+                    scope,
+                    limit_usd_micros: *limit_usd_micros,
+                    spent_usd_micros: *spent_usd_micros,
+                })
             }
             Note::BudgetRaised { task, limit_usd_micros } => {
-                let e = match task {
-                    Some(i) => self.task_event(EventName::BudgetRaised, *i).with("scope", "task"),
-                    None => self.job_event(EventName::BudgetRaised).with("scope", "job"),
-                };
-                e.with("limit_usd", usd_json(*limit_usd_micros))
+                self.budget_event(*task, |scope| EventData::BudgetRaised { scope, limit_usd_micros: *limit_usd_micros })
             }
             Note::TransitionFired { from, on, to, task_run } => {
-                let mut e = self
-                    .job_event(EventName::TransitionFired)
-                    .with("from_task_run", self.run.tasks[*from].id)
-                    .with("on", on.as_str())
-                    .with("to", self.run.graph.names[*to].clone());
+                let mut e = self.job_event(EventData::TransitionFired {
+                    from_task_run: self.run.tasks[*from].id,
+                    on: *on,
+                    to: self.run.graph.names[*to].clone(),
+                });
                 e.task = Some(self.run.tasks[*from].task.clone());
                 e.task_run = task_run.map(|r| self.run.tasks[r].id);
                 e
@@ -406,61 +395,47 @@ impl JobRun {
     }
 
     fn task_note_event(&self, i: usize, what: &TaskNote) -> EngineEvent {
-        let event = |name| self.task_event(name, i);
-        match what {
-            TaskNote::Queued { series_start } => {
-                let e = event(EventName::TaskQueued).with("priority", self.run.tasks[i].priority);
-                match series_start {
-                    Some(n) => e.with("series_start", *n),
-                    None => e,
-                }
-            }
-            TaskNote::Waiting { wait_for } => event(EventName::TaskWaiting).with("wait_for", wait_for.clone()),
-            TaskNote::Skipped => event(EventName::TaskSkipped),
-            TaskNote::Succeeded { duration_ms, cost_usd_micros, cached_from } => {
-                let e = event(EventName::TaskSucceeded)
-                    .with("duration_ms", *duration_ms)
-                    .with("cost_usd", usd_json(*cost_usd_micros));
-                match cached_from {
-                    Some(from) => e.with("cached", true).with("from_task_run", *from),
-                    None => e,
-                }
-            }
+        let priority = self.run.tasks[i].priority;
+        // `task.failed` names the attempt that failed, whatever the run's latest is now.
+        let mut failed_attempt = None;
+        let data = match what {
+            TaskNote::Queued { series_start } => EventData::TaskQueued { priority, series_start: *series_start },
+            TaskNote::Waiting { wait_for } => EventData::TaskWaiting { wait_for: wait_for.clone() },
+            TaskNote::Skipped => EventData::TaskSkipped,
+            TaskNote::Succeeded { duration_ms, cost_usd_micros, cached_from } => EventData::TaskSucceeded {
+                duration_ms: *duration_ms,
+                cost_usd_micros: *cost_usd_micros,
+                cached_from: *cached_from,
+            },
             TaskNote::Failed { attempt, reason, exit_code, signal, detail } => {
-                let mut e = event(EventName::TaskFailed).with("reason", reason.map_or("exit_code", |r| r.as_str()));
-                e.attempt = Some(*attempt);
-                if let Some(code) = exit_code {
-                    e = e.with("exit_code", *code);
-                }
-                if let Some(signal) = signal {
-                    e = e.with("signal", *signal);
-                }
-                if let Some(detail) = detail {
-                    e = e.with("detail", detail.clone());
-                }
-                e
+                failed_attempt = Some(*attempt);
+                EventData::TaskFailed(AttemptFailure {
+                    reason: reason.unwrap_or(FailReason::ExitCode),
+                    exit_code: *exit_code,
+                    signal: *signal,
+                    detail: detail.clone(),
+                })
             }
             TaskNote::RetryScheduled { delay_ms, next_attempt } => {
-                event(EventName::TaskRetryScheduled).with("delay_ms", *delay_ms).with("next_attempt", *next_attempt)
+                EventData::TaskRetryScheduled { delay_ms: *delay_ms, next_attempt: *next_attempt }
             }
-            TaskNote::DeadLettered { reason } => {
-                let e = event(EventName::TaskDeadLettered).with("reason", reason.as_str());
-                // No failed attempt said why (a fan-out's `for_each` that cannot be rendered, an
-                // item that failed): the run's detail does.
-                match (&self.run.tasks[i].detail, self.run.tasks[i].attempt) {
-                    (Some(detail), 0) => e.with("detail", detail.clone()),
-                    _ => e,
-                }
-            }
-            TaskNote::Handled => event(EventName::TaskHandled),
-            TaskNote::WhenFailed { message } => event(EventName::TaskWarning).with("message", message.clone()),
-            TaskNote::Cancelled { from_dead: false } => event(EventName::TaskCancelled),
-            TaskNote::Cancelled { from_dead: true } => event(EventName::TaskCancelled).with("from", "dead"),
+            // No failed attempt said why (a fan-out's `for_each` that cannot be rendered, an
+            // item that failed): the run's detail does.
+            TaskNote::DeadLettered { reason } => EventData::TaskDeadLettered {
+                reason: *reason,
+                detail: self.run.tasks[i].detail.clone().filter(|_| self.run.tasks[i].attempt == 0),
+            },
+            TaskNote::Handled => EventData::TaskHandled,
+            TaskNote::WhenFailed { message } => EventData::TaskWarning { message: message.clone() },
+            TaskNote::Cancelled { from_dead } => EventData::TaskCancelled { from_dead: *from_dead },
             TaskNote::ResourceExhausted { detail, delay_ms } => {
-                event(EventName::ResourceExhausted).with("detail", detail.clone()).with("delay_ms", *delay_ms)
+                EventData::ResourceExhausted { detail: detail.clone(), delay_ms: *delay_ms }
             }
-            TaskNote::Progress { text } => event(EventName::TaskProgress).with("message", text.clone()),
-        }
+            TaskNote::Progress { text } => EventData::TaskProgress { message: text.clone() },
+        };
+        let mut e = self.task_event(data, i);
+        e.attempt = failed_attempt.or(e.attempt);
+        e
     }
 
     /// Commits `mutations`; then publishes `events` and runs `after`. Callbacks run in the
@@ -664,16 +639,14 @@ impl JobRun {
             if self.idx(attempt.task_run).is_none() {
                 continue;
             }
-            if let (Some(pid), Some(pgid)) = (attempt.pid, attempt.pgid) {
-                let process = ProcessHandle { pid, pgid, start_ticks: attempt.start_ticks };
-                if crate::executor::is_same_process_alive(&process) {
-                    crate::executor::kill_group_now(pgid);
-                }
-            }
-            // Also what the record cannot name: a pid not yet committed, grandchildren that left
-            // the group. They carry the attempt's environment.
-            let all = crate::executor::Candidates::All;
-            crate::executor::kill_attempt_processes(&self.shared.state_dir, attempt.task_run, attempt.n, all);
+            // Its recorded group, and what the record cannot name: a pid not yet committed,
+            // grandchildren that left the group (they carry the attempt's environment).
+            let process = attempt.pid.zip(attempt.pgid).map(|(pid, pgid)| ProcessHandle {
+                pid,
+                pgid,
+                start_ticks: attempt.start_ticks,
+            });
+            self.shared.executor.kill_orphans(&self.shared.state_dir, attempt.task_run, attempt.n, process);
             attempt.detail = Some("gaffer stopped while it ran".into());
             self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
         }
@@ -686,6 +659,26 @@ fn render_template(text: &str, ctx: &TemplateContext, what: &str) -> Result<Stri
         return Ok(text.to_string());
     }
     template::render(text, ctx).map_err(|e| format!("{what}: {e}"))
+}
+
+/// An attempt found running in the store at start: a crash interrupted it.
+pub struct Interrupted {
+    pub attempt: AttemptRecord,
+    /// How many attempts right before it in its task run's series a crash interrupted too.
+    pub crashes_before: u32,
+}
+
+impl Interrupted {
+    /// `attempt` of task run `t`, with `earlier`: the task run's stored attempts.
+    pub fn of(attempt: AttemptRecord, t: &TaskRunRecord, earlier: &[AttemptRecord]) -> Interrupted {
+        let in_a_row = earlier
+            .iter()
+            .rev()
+            .filter(|a| a.n < t.attempt && a.n >= t.series_start)
+            .take_while(|a| a.reason == Some(FailReason::Interrupted))
+            .count();
+        Interrupted { attempt, crashes_before: u32::try_from(in_a_row).unwrap_or(u32::MAX) }
+    }
 }
 
 /// How a JobRun actor begins.
@@ -835,7 +828,8 @@ impl Handler<ProcessStarted> for JobRun {
 
     fn handle(&mut self, msg: ProcessStarted, ctx: &mut Self::Context) {
         let Some(i) = self.idx(msg.task_run) else { return };
-        let mut event = self.task_event(EventName::TaskStarted, i).with("priority", self.run.tasks[i].priority);
+        let pid = msg.process.as_ref().map(|p| p.pid);
+        let event = self.task_event(EventData::TaskStarted { priority: self.run.tasks[i].priority, pid }, i);
         let Some((attempt, _)) = self.running.get_mut(&msg.task_run).filter(|(a, _)| a.n == msg.attempt) else {
             return;
         };
@@ -843,7 +837,6 @@ impl Handler<ProcessStarted> for JobRun {
             attempt.pid = Some(p.pid);
             attempt.pgid = Some(p.pgid);
             attempt.start_ticks = p.start_ticks;
-            event = event.with("pid", p.pid);
             // The pid only helps crash recovery find the group (which also finds it by its
             // environment): `running` is already durable, so the pid needs no commit of its
             // own on the start path. It goes with the next one (most often the attempt's end).
@@ -906,20 +899,9 @@ impl Handler<CostAdded> for JobRun {
     fn handle(&mut self, msg: CostAdded, ctx: &mut Self::Context) {
         let Some(i) = self.idx(msg.task_run) else { return };
         let d = &msg.delta;
-        let mut event = self
-            .task_event(EventName::TaskCost, i)
-            .with("usd", usd_json(d.usage.usd_micros))
-            .with("input_tokens", d.usage.input_tokens)
-            .with("output_tokens", d.usage.output_tokens)
-            .with("cache_read_tokens", d.usage.cache_read_tokens)
-            .with("cache_write_tokens", d.usage.cache_write_tokens);
+        let mut event =
+            self.task_event(EventData::TaskCost { usage: d.usage, model: d.model.clone(), unpriced: d.unpriced }, i);
         event.attempt = Some(msg.attempt);
-        if let Some(model) = &d.model {
-            event = event.with("model", model.clone());
-        }
-        if d.unpriced {
-            event = event.with("unpriced", true);
-        }
         let mut events = vec![event];
         let mut mutations = Vec::new();
         if let Some((attempt, _)) = self.running.get_mut(&msg.task_run).filter(|(a, _)| a.n == msg.attempt) {
@@ -988,7 +970,7 @@ impl JobRun {
         }
         mutations.retain(|m| !matches!(m, Mutation::Attempt(a) if a.task_run == attempt.task_run && a.n == n));
         mutations.push(Mutation::Attempt(attempt.clone()));
-        let mut event = self.task_event(EventName::TaskWarning, i).with("message", text);
+        let mut event = self.task_event(EventData::TaskWarning { message: text }, i);
         event.attempt = Some(n);
         Some(event)
     }

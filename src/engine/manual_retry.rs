@@ -11,7 +11,7 @@ use crate::model::TaskState;
 use crate::model::graph::JobGraph;
 use crate::model::retry::{self, JobRunSpend, TaskRunSpend};
 use crate::store::records::TaskRunKind;
-use crate::store::{JobRunRecord, RaisedBudgets, Reader, TaskRunRecord};
+use crate::store::{JobRunRecord, RaisedBudgets, Snapshot, TaskRunRecord};
 
 /// The spending and the limits in force of a job run and its task runs.
 pub fn spends(
@@ -83,7 +83,7 @@ pub fn rerun_set(def: &JobDef, record: &JobRunRecord, tasks: &[TaskRunRecord], f
 
 /// The check a running instance would make, on the state dir while none runs: `Ok` if the
 /// retry would be taken, else the refusal as the instance would word it.
-pub fn check_offline(reader: &Reader, target: Target, options: &RetryOptions) -> Result<(), EngineError> {
+pub fn check_offline(reader: &dyn Snapshot, target: Target, options: &RetryOptions) -> Result<(), EngineError> {
     let (job_run, task_run) = match target {
         Target::JobRun(id) => (id, None),
         Target::TaskRun(id) => (reader.task_run(id)?.ok_or(EngineError::UnknownId(target))?.job_run, Some(id)),

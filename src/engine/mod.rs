@@ -25,6 +25,8 @@ pub mod manual_retry;
 mod offline;
 mod retention;
 mod scheduler;
+#[cfg(test)]
+mod seam_tests;
 mod secrets;
 mod supervisor;
 mod watchdog;
@@ -39,7 +41,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use dispatcher::{QueueSnapshot, open_circuits, queue_history};
-pub use event::{EngineEvent, EventName, rfc3339_ms};
+pub use event::{
+    AttemptFailure, BudgetScope, EngineEvent, EventData, EventName, HookFailure, Instance, JobEnd, JobStart,
+    parse_rfc3339_ms, rfc3339_ms,
+};
 pub use inbox::{Action, RetryOptions};
 pub use job_run::SHUTDOWN_GRACE;
 use journal::Journal;
@@ -103,7 +108,7 @@ impl Target {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     #[error("{0}")]
     Invalid(String),
@@ -132,6 +137,8 @@ pub struct Shared {
     pub pricing: Arc<Pricing>,
     /// Secret param values: memory only.
     pub secrets: Arc<secrets::SecretBook>,
+    /// What starts, stops and finds this node's attempts' processes.
+    pub executor: Arc<dyn Executor>,
     dispatcher: Addr<dispatcher::Dispatcher>,
     scheduler: Addr<scheduler::Scheduler>,
     journal: Addr<Journal>,
@@ -404,10 +411,10 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     );
     let scheduler = scheduler::Scheduler::new(config.clock.clone()).start();
     let workers_total = config.workers.max(1);
-    let reader = config.store.reader();
+    let reader = config.store.snapshot();
     let paused = reader.as_ref().ok().and_then(|r| r.paused_queues().ok()).unwrap_or_default();
     let history = reader
-        .and_then(|r| dispatcher::queue_history(&r, &config.workflow.queues, config.clock.now_ms()))
+        .and_then(|r| dispatcher::queue_history(&*r, &config.workflow.queues, config.clock.now_ms()))
         .unwrap_or_else(|e| {
             tracing::warn!("rate limits and circuits start without their history: {e}");
             Default::default()
@@ -434,6 +441,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         output_limits: config.workflow.settings.outputs,
         pricing: Arc::new(config.pricing),
         secrets: secrets.clone(),
+        executor: config.executor.clone(),
         dispatcher: dispatcher.clone(),
         scheduler: scheduler.clone(),
         journal: journal.clone(),
@@ -630,12 +638,12 @@ impl EngineHandle {
     pub async fn snapshot(&self) -> Result<EngineSnapshot, EngineError> {
         let store = self.store.clone();
         let records = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let reader = store.reader()?;
+            let reader = store.snapshot()?;
             let attempts = reader.attempts()?;
             let by_model = offline::by_model(&attempts);
             let job_runs = reader.job_runs()?.iter().map(JobRunView::from).collect();
             let task_runs = reader.task_runs()?.iter().map(TaskRunView::from).collect();
-            Ok((job_runs, task_runs, offline::schedule_fires(&reader)?, by_model))
+            Ok((job_runs, task_runs, offline::schedule_fires(&*reader)?, by_model))
         });
         let (job_runs, task_runs, schedule_fires, by_model) =
             records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
@@ -648,7 +656,7 @@ impl EngineHandle {
     pub async fn task_runs_of(&self, job_run: u64) -> Result<Vec<TaskRunView>, EngineError> {
         let store = self.store.clone();
         let read = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>(store.reader()?.task_runs_of(job_run)?.iter().map(TaskRunView::from).collect())
+            Ok::<_, StoreError>(store.snapshot()?.task_runs_of(job_run)?.iter().map(TaskRunView::from).collect())
         });
         Ok(read.await.map_err(|e| EngineError::Stopped(e.to_string()))??)
     }
@@ -709,9 +717,7 @@ impl EngineHandle {
     pub fn kill_all_now(&self) {
         let Ok(watch) = self.watch.lock() else { return };
         for (activity, _) in watch.workers.values() {
-            if let Some(pid) = activity.current().and_then(|a| a.pid) {
-                crate::executor::kill_group_now(pid as i32);
-            }
+            activity.kill_now();
         }
     }
 

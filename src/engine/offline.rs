@@ -14,7 +14,7 @@ use super::{
 use crate::config::Workflow;
 use crate::model::cost::ModelUsage;
 use crate::report::{JobRunView, TaskRunView};
-use crate::store::{self, AttemptRecord, Reader, StoreError};
+use crate::store::{AttemptRecord, Snapshot, StoreError, StoreLocation};
 
 /// What every command gets while no instance runs.
 pub const READ_ONLY: &str = "read-only: no instance running";
@@ -29,17 +29,17 @@ pub struct OfflineEngine {
 impl OfflineEngine {
     /// Fails when there is no store to read (nothing ever ran here).
     pub fn open(state_dir: &Path) -> Result<OfflineEngine, StoreError> {
-        store::open_reader(state_dir)?;
+        StoreLocation::state_dir(state_dir).snapshot()?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(OfflineEngine { state_dir: state_dir.to_path_buf(), _events: tx, events: std::cell::RefCell::new(Some(rx)) })
     }
 
     async fn read<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&Reader) -> Result<T, StoreError> + Send + 'static,
+        read: impl FnOnce(&dyn Snapshot) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, EngineError> {
         let dir = self.state_dir.clone();
-        let answer = tokio::task::spawn_blocking(move || read(&store::open_reader(&dir)?));
+        let answer = tokio::task::spawn_blocking(move || read(&*StoreLocation::state_dir(&dir).snapshot()?));
         Ok(answer.await.map_err(|e| EngineError::Stopped(e.to_string()))??)
     }
 }
@@ -88,7 +88,7 @@ impl Control for OfflineEngine {
 }
 
 /// The store as it was left: the newest run's workflow gives the jobs' shapes and the queues.
-fn snapshot(reader: &Reader) -> Result<EngineSnapshot, StoreError> {
+fn snapshot(reader: &dyn Snapshot) -> Result<EngineSnapshot, StoreError> {
     let workflow = latest_workflow(reader)?;
     Ok(EngineSnapshot {
         job_runs: reader.job_runs()?.iter().map(JobRunView::from).collect(),
@@ -110,7 +110,7 @@ pub(super) fn by_model(attempts: &[AttemptRecord]) -> Vec<ModelUsage> {
 
 /// The declared queues (none running, nothing ready: no instance), with their pause switches
 /// and the circuits the next start would find open.
-fn queues(reader: &Reader, workflow: Option<&Workflow>) -> Result<Vec<QueueSnapshot>, StoreError> {
+fn queues(reader: &dyn Snapshot, workflow: Option<&Workflow>) -> Result<Vec<QueueSnapshot>, StoreError> {
     use super::Clock;
     let paused = reader.paused_queues()?;
     let circuits = match workflow {
@@ -131,13 +131,13 @@ fn queues(reader: &Reader, workflow: Option<&Workflow>) -> Result<Vec<QueueSnaps
 }
 
 /// When each scheduled job last fired (or skipped a fire time).
-pub(super) fn schedule_fires(reader: &Reader) -> Result<BTreeMap<String, u64>, StoreError> {
+pub(super) fn schedule_fires(reader: &dyn Snapshot) -> Result<BTreeMap<String, u64>, StoreError> {
     Ok(reader.schedules()?.into_iter().filter_map(|(job, s)| Some((job, s.last_fired_ms?))).collect())
 }
 
 /// The workflow the newest job run was started with (the store keeps definitions, not queues
 /// or jobs); `None` before any run, or if it no longer validates.
-pub fn latest_workflow(reader: &Reader) -> Result<Option<Workflow>, StoreError> {
+pub fn latest_workflow(reader: &dyn Snapshot) -> Result<Option<Workflow>, StoreError> {
     let Some(latest) = reader.job_runs()?.into_iter().max_by_key(|j| j.id) else { return Ok(None) };
     let Some(def) = reader.definition(latest.definition)? else { return Ok(None) };
     Ok(crate::config::parse(Path::new(&def.path), &def.source).ok())

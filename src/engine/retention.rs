@@ -18,7 +18,7 @@ pub fn sweep(store: &StoreHandle, state_dir: &Path, now_ms: u64, retention: Dura
     let cutoff = now_ms.saturating_sub(retention.as_millis() as u64);
     let dir = StateDir::open(state_dir)?;
     let mut removed = 0;
-    for run in store.reader()?.job_runs()? {
+    for run in store.snapshot()?.job_runs()? {
         let Some(ended) = run.ended_at_ms.filter(|ended| *ended < cutoff) else { continue };
         let logs = Path::new("logs").join(run.id.to_string());
         // Never through a link: removing a planted one removes the link, not what it names.
@@ -32,7 +32,7 @@ pub fn sweep(store: &StoreHandle, state_dir: &Path, now_ms: u64, retention: Dura
 
 /// Removes the cache entries whose `ttl` ran out; returns how many.
 pub fn sweep_cache(store: &StoreHandle, now_ms: u64) -> Result<usize, StoreError> {
-    let expired = store.reader()?.expired_cache_keys(now_ms)?;
+    let expired = store.snapshot()?.expired_cache_keys(now_ms)?;
     let n = expired.len();
     if n > 0 {
         store.commit_blocking(expired.into_iter().map(Mutation::Uncached).collect())?;

@@ -16,10 +16,12 @@ use super::job_run::{Begin, Cancel, JobRun, Signal, Start, Stop};
 use super::scheduler::Fire;
 use super::{EngineError, Shared, SubmitRequest, Submitted, Target};
 use crate::config::Workflow;
-use crate::model::{JobState, TaskState};
-use crate::store::{AttemptRecord, DefinitionRecord, JobRunRecord, Mutation, Reader, TaskRunRecord};
+use crate::model::JobState;
+use crate::store::{AttemptRecord, DefinitionRecord, JobRunRecord, Mutation, Snapshot, TaskRunRecord};
 
+mod reads;
 mod rerun;
+use reads::{Reading, StoredRun, read_target};
 pub use rerun::{SubmitOnly, plan_only};
 
 /// Restart intensity: more restarts of one worker than this within the window is a fault that
@@ -146,29 +148,10 @@ impl Supervisor {
         self.ended.retain(|id, _| waited.contains(id));
     }
 
-    /// Learns from the store how the runs among `ids` that have no actor ended (they ended
-    /// before this waiter came); a run that is neither live nor ended is waited for.
-    fn recall_ended(&mut self, ids: &[u64]) -> Result<(), EngineError> {
-        let gone: Vec<u64> =
-            ids.iter().copied().filter(|id| !self.job_runs.contains_key(id) && !self.ended.contains_key(id)).collect();
-        if gone.is_empty() {
-            return Ok(());
-        }
-        let reader = self.shared()?.store.reader()?;
-        for id in gone {
-            if let Some(record) = reader.job_run(id)?.filter(|r| r.state.is_terminal()) {
-                self.ended.insert(id, record.state);
-            }
-        }
-        Ok(())
-    }
-
-    /// Creates a job run of `job` with all its task runs pending, and starts its actor.
-    fn job_run_of_key(&self, key: &str) -> Result<Option<u64>, EngineError> {
-        if let Some(id) = self.keys.get(key) {
-            return Ok(Some(*id));
-        }
-        Ok(self.shared()?.store.reader()?.idempotency_key(key)?)
+    /// The runs among `ids` with neither an actor nor a known end: the store says how those
+    /// ended (before this waiter came); a run that is neither live nor ended is waited for.
+    fn gone(&self, ids: &[u64]) -> Vec<u64> {
+        ids.iter().copied().filter(|id| !self.job_runs.contains_key(id) && !self.ended.contains_key(id)).collect()
     }
 
     /// Creates a job run of `job` with the task runs it makes at once pending, and starts its
@@ -200,7 +183,7 @@ impl Supervisor {
             .iter()
             .enumerate()
             .filter(|(i, _)| made[*i])
-            .map(|(i, t)| new_task_run(shared.store.ids.next_task_run(), &record, i, t, now))
+            .map(|(i, t)| new_task_run(shared.store.next_task_run(), &record, i, t, now))
             .map(|t| TaskRunRecord { priority: priority.unwrap_or(t.priority), ..t })
             .collect();
         let begin = match begin {
@@ -228,7 +211,7 @@ impl Supervisor {
     ) -> Result<JobRunRecord, EngineError> {
         // Secrets stay in this process's memory; the record holds `***` for them.
         let params = shared.secrets.resolve(def, &given).map_err(EngineError::Invalid)?;
-        let id = shared.store.ids.next_job_run();
+        let id = shared.store.next_job_run();
         shared.secrets.keep(id, params.secrets);
         Ok(JobRunRecord {
             id,
@@ -252,31 +235,25 @@ impl Supervisor {
         })
     }
 
-    /// Starts an actor for every unfinished job run in the store; refuses (starting none) when
-    /// one of them needs a secret this process was not given.
-    fn resume_all(&mut self) -> Result<Vec<(u64, String)>, EngineError> {
+    /// Starts an actor for every unfinished job run in the store (`runs`, read off the thread);
+    /// refuses (starting none) when one of them needs a secret this process was not given.
+    fn resume_all(&mut self, runs: Vec<StoredRun>, cancelled: &[u64]) -> Result<Vec<(u64, String)>, EngineError> {
         let shared = self.shared()?;
-        let reader = shared.store.reader()?;
-        let records: Vec<JobRunRecord> = reader
-            .job_runs()?
-            .into_iter()
-            .filter(|r| !r.state.is_terminal() && !self.job_runs.contains_key(&r.id))
-            .collect();
-        let cancelled = inbox::cancelled_job_runs(&shared.state_dir);
-        let refusals: Vec<String> = records
+        let runs: Vec<StoredRun> = runs.into_iter().filter(|r| !self.job_runs.contains_key(&r.record.id)).collect();
+        let refusals: Vec<String> = runs
             .iter()
-            .filter(|r| !cancelled.contains(&r.id))
+            .filter(|r| !cancelled.contains(&r.record.id))
             .filter_map(|r| {
-                self.ensure_secrets(&reader, r).err().map(|why| format!("{why}; or cancel it: gaffer cancel j{}", r.id))
+                self.ensure_secrets(r).err().map(|why| format!("{why}; or cancel it: gaffer cancel j{}", r.record.id))
             })
             .collect();
         if !refusals.is_empty() {
             return Err(EngineError::Invalid(refusals.join("\n")));
         }
         let mut resumed = Vec::new();
-        for record in records {
-            let (id, job) = (record.id, record.job.clone());
-            let actor = self.revive(&shared, &reader, record)?;
+        for run in runs {
+            let (id, job) = (run.record.id, run.record.job.clone());
+            let actor = self.revive(&shared, run)?;
             actor.do_send(Start(Begin::Resume));
             self.job_runs.insert(id, actor);
             self.job_of.insert(id, job.clone());
@@ -285,56 +262,49 @@ impl Supervisor {
         Ok(resumed)
     }
 
-    /// Rebuilds a job run's actor from the store, with the definition it was started with.
-    fn revive(&self, shared: &Arc<Shared>, reader: &Reader, record: JobRunRecord) -> Result<Addr<JobRun>, EngineError> {
-        let workflow = self.definition_of(reader, &record)?;
+    /// Rebuilds a job run's actor from what the store holds of it, with the definition it was
+    /// started with.
+    fn revive(&self, shared: &Arc<Shared>, run: StoredRun) -> Result<Addr<JobRun>, EngineError> {
+        let workflow = self.definition_of(&run)?;
+        let StoredRun { record, tasks, raised, interrupted, .. } = run;
         let job_index = workflow.jobs.iter().position(|j| j.name == record.job).ok_or_else(|| {
             EngineError::Invalid(format!(
                 "job run j{}: job `{}` is missing from its stored definition",
                 record.id, record.job
             ))
         })?;
-        let tasks = reader.task_runs_of(record.id)?;
-        let raised = reader.raised_budgets(record.id)?;
         let workflow = rerun::run_workflow(workflow, job_index, &record, &tasks)?;
-        let mut interrupted = Vec::new();
-        // A fanned-out task's own run is `running` while its items run, without an attempt of
-        // its own: nothing of it was interrupted (its items were, if they ran).
-        for t in tasks.iter().filter(|t| t.state == TaskState::Running && t.attempt > 0) {
-            let attempt =
-                reader.attempts_of(t.id)?.into_iter().find(|a| a.n == t.attempt).unwrap_or_else(|| lost_attempt(t));
-            interrupted.push(attempt);
-        }
         Ok(JobRun::new(shared.clone(), workflow, job_index, record, tasks, interrupted, raised).start())
     }
 
-    fn definition_of(&self, reader: &Reader, record: &JobRunRecord) -> Result<Arc<Workflow>, EngineError> {
-        if record.definition == self.definition {
-            return Ok(self.workflow.clone());
+    fn definition_of(&self, run: &StoredRun) -> Result<Arc<Workflow>, EngineError> {
+        match &run.stored_workflow {
+            None => Ok(self.workflow.clone()),
+            Some(stored) => stored.clone(),
         }
-        Ok(Arc::new(stored_workflow(reader, record)?))
     }
 
-    /// Makes sure this process holds the secrets job run `record` needs to go on (they are
+    /// Makes sure this process holds the secrets job run `run` needs to go on (they are
     /// never stored): from `--param` or the environment, else says what to give.
-    fn ensure_secrets(&self, reader: &Reader, record: &JobRunRecord) -> Result<(), String> {
-        let workflow = self.definition_of(reader, record).map_err(|e| e.to_string())?;
+    fn ensure_secrets(&self, run: &StoredRun) -> Result<(), String> {
+        let record = &run.record;
+        let workflow = self.definition_of(run).map_err(|e| e.to_string())?;
         let Some(job) = workflow.jobs.iter().find(|j| j.name == record.job) else { return Ok(()) };
         let shared = self.shared().map_err(|e| e.to_string())?;
         shared.secrets.ensure(job, record.id).map_err(|why| format!("job run j{} (`{}`): {why}", record.id, record.job))
     }
 
-    /// The live actor of job run `id`, or a revived one for a run that already ended.
-    fn actor_for(&mut self, id: u64) -> Result<Addr<JobRun>, EngineError> {
+    /// The live actor of job run `id`, or one revived from `stored` (read off the thread) for a
+    /// run that has none.
+    fn actor_for(&mut self, id: u64, stored: Option<StoredRun>) -> Result<Addr<JobRun>, EngineError> {
         if let Some(addr) = self.job_runs.get(&id) {
             return Ok(addr.clone());
         }
         let shared = self.shared()?;
-        let reader = shared.store.reader()?;
-        let record = reader.job_run(id)?.ok_or(EngineError::UnknownId(Target::JobRun(id)))?;
-        let unfinished = !record.state.is_terminal();
-        let job = record.job.clone();
-        let actor = self.revive(&shared, &reader, record)?;
+        let run = stored.ok_or(EngineError::UnknownId(Target::JobRun(id)))?;
+        let unfinished = !run.record.state.is_terminal();
+        let job = run.record.job.clone();
+        let actor = self.revive(&shared, run)?;
         if unfinished {
             // A command that came before `ResumeAll` (the socket opens first): this run is
             // resumed here, and `ResumeAll` skips it, so it must not be left un-started.
@@ -346,36 +316,38 @@ impl Supervisor {
         Ok(actor)
     }
 
-    fn secrets_to_go_on(&self, job_run: u64) -> Result<(), EngineError> {
-        let reader = self.shared()?.store.reader()?;
-        let record = reader.job_run(job_run)?.ok_or(EngineError::UnknownId(Target::JobRun(job_run)))?;
-        self.ensure_secrets(&reader, &record).map_err(|why| {
+    fn secrets_to_go_on(&self, job_run: u64, stored: Option<&StoredRun>) -> Result<(), EngineError> {
+        let run = stored.ok_or(EngineError::UnknownId(Target::JobRun(job_run)))?;
+        self.ensure_secrets(run).map_err(|why| {
             EngineError::Invalid(format!(
                 "{why} — give it to `gaffer run` or `gaffer serve` (the process that runs it)"
             ))
         })
     }
 
-    fn job_name(&self, job_run: u64) -> Option<String> {
-        let reader = self.shared.as_ref()?.store.reader().ok()?;
-        reader.job_run(job_run).ok().flatten().map(|r| r.job)
-    }
-
-    /// Which job run a target belongs to, and the task run inside it, if any.
-    fn locate(&self, target: Target) -> Result<(u64, Option<u64>), EngineError> {
-        match target {
-            Target::JobRun(id) => Ok((id, None)),
-            Target::TaskRun(id) => {
-                let reader = self.shared()?.store.reader()?;
-                let t = reader.task_run(id)?.ok_or(EngineError::UnknownId(target))?;
-                Ok((t.job_run, Some(id)))
-            }
-        }
+    /// The job run `target` names, the task run inside it (if any) and what the store holds of
+    /// that job run (nothing yet while its first commit is not durable): read off the thread,
+    /// then `then` on the actor with them.
+    fn with_target<R: 'static>(
+        &self,
+        ctx: &mut Context<Self>,
+        target: Target,
+        then: impl FnOnce(&mut Self, u64, Option<u64>, Option<StoredRun>) -> Result<R, EngineError> + 'static,
+    ) -> Reading<R> {
+        let in_use = self.definition;
+        self.read_then(
+            ctx,
+            move |reader| read_target(reader, target, in_use),
+            move |act, found, _ctx| {
+                let (job_run, task_run, stored) = found;
+                then(act, job_run, task_run, stored)
+            },
+        )
     }
 }
 
 /// The workflow a job run was started with, parsed from the store.
-pub(super) fn stored_workflow(reader: &Reader, record: &JobRunRecord) -> Result<Workflow, EngineError> {
+pub(super) fn stored_workflow(reader: &dyn Snapshot, record: &JobRunRecord) -> Result<Workflow, EngineError> {
     let stored: DefinitionRecord = reader.definition(record.definition)?.ok_or_else(|| {
         EngineError::Invalid(format!("job run j{}: its workflow definition is missing from the store", record.id))
     })?;
@@ -394,7 +366,7 @@ fn with_job_run(mutation: Mutation, id: u64) -> Mutation {
 
 /// A running task run with no attempt record (a crash between the two commits cannot happen,
 /// they share one; this only guards against a damaged store).
-fn lost_attempt(t: &TaskRunRecord) -> AttemptRecord {
+pub(super) fn lost_attempt(t: &TaskRunRecord) -> AttemptRecord {
     AttemptRecord::started(t.id, t.job_run, t.attempt, t.started_at_ms.unwrap_or(0))
 }
 
@@ -433,26 +405,37 @@ impl Handler<ApplyInbox> for Supervisor {
     type Result = ResponseFuture<Result<Vec<(u64, String)>, EngineError>>;
 
     fn handle(&mut self, _: ApplyInbox, ctx: &mut Self::Context) -> Self::Result {
-        let mut work = Vec::new();
-        if let Some(shared) = self.shared.clone() {
-            for (file, command) in inbox::take(&shared.state_dir) {
-                // Runs a retry or a signal set going again are waited for; a cancel ends things.
-                let job_run = (command.action != inbox::Action::Cancel)
-                    .then(|| self.locate(command.target).ok())
-                    .flatten()
-                    .and_then(|(id, _)| self.job_name(id).map(|job| (id, job)));
-                // No workflow file was known when it was written: unless it said otherwise, the
-                // run keeps the definition it started with (said when it was recorded).
-                let mut retry = command.retry;
-                retry.definition.get_or_insert(crate::model::rerun::DefinitionChoice::Stored);
-                work.push((
-                    file,
-                    job_run,
-                    ctx.address().send(Command { action: command.action, target: command.target, retry }),
-                ));
-            }
-        }
+        let Some(state_dir) = self.shared.as_ref().map(|s| s.state_dir.clone()) else {
+            return Box::pin(async { Ok(Vec::new()) });
+        };
+        let taken = self.read_then(
+            ctx,
+            move |reader| {
+                let commands = inbox::take(&state_dir).into_iter().map(|(file, command)| {
+                    // Runs a retry or a signal set going again are waited for; a cancel ends things.
+                    let job_run = (command.action != inbox::Action::Cancel)
+                        .then(|| reads::locate(reader, command.target).ok())
+                        .flatten()
+                        .and_then(|(id, _)| reader.job_run(id).ok().flatten().map(|r| (id, r.job)));
+                    (file, command, job_run)
+                });
+                Ok(commands.collect::<Vec<_>>())
+            },
+            |_act, commands, ctx| {
+                let mut work = Vec::new();
+                for (file, command, job_run) in commands {
+                    // No workflow file was known when it was written: unless it said otherwise,
+                    // the run keeps the definition it started with (said when it was recorded).
+                    let mut retry = command.retry;
+                    retry.definition.get_or_insert(crate::model::rerun::DefinitionChoice::Stored);
+                    let command = Command { action: command.action, target: command.target, retry };
+                    work.push((file, job_run, ctx.address().send(command)));
+                }
+                Ok(work)
+            },
+        );
         Box::pin(async move {
+            let work = taken.await?;
             let mut touched = Vec::new();
             for (file, job_run, answer) in work {
                 let result = match answer.await {
@@ -486,15 +469,27 @@ impl Handler<Attach> for Supervisor {
 pub struct ResumeAll;
 
 impl Handler<ResumeAll> for Supervisor {
-    type Result = Result<Vec<(u64, String)>, EngineError>;
+    type Result = ResponseFuture<Result<Vec<(u64, String)>, EngineError>>;
 
-    fn handle(&mut self, _: ResumeAll, _ctx: &mut Self::Context) -> Self::Result {
-        let shared = self.shared()?;
+    fn handle(&mut self, _: ResumeAll, ctx: &mut Self::Context) -> Self::Result {
+        let shared = match self.shared() {
+            Ok(shared) => shared,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
         // The store commits in order, so every job run written after this refers to a stored definition.
         let definition =
             DefinitionRecord { path: self.workflow.path.display().to_string(), source: shared.source.clone() };
         drop(shared.store.commit(vec![Mutation::Definition(self.definition, definition)]));
-        self.resume_all()
+        let (in_use, state_dir) = (self.definition, shared.state_dir.clone());
+        let read = move |reader: &dyn Snapshot| {
+            let mut runs = Vec::new();
+            for record in reader.job_runs()?.into_iter().filter(|r| !r.state.is_terminal()) {
+                runs.push(reads::stored_run(reader, record, in_use)?);
+            }
+            Ok((runs, inbox::cancelled_job_runs(&state_dir)))
+        };
+        let resumed = self.read_then(ctx, read, |act, (runs, cancelled), _ctx| act.resume_all(runs, &cancelled));
+        Box::pin(resumed)
     }
 }
 
@@ -508,11 +503,19 @@ impl Handler<Submit> for Supervisor {
     /// Submits are handled one at a time here, so two with the same key cannot both create;
     /// the answer comes once the new run's records are durable, so an id handed out is kept.
     /// From then on the store answers for its key, and `keys` forgets it.
-    fn handle(&mut self, Submit(request): Submit, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Submit(request): Submit, ctx: &mut Self::Context) -> Self::Result {
         let key = request.key.clone();
-        let created = self.create(request);
+        let created: Reading<_> = match key.clone() {
+            // A key no submit of this instance holds: the store says whether it made a run.
+            Some(key) if !self.keys.contains_key(&key) => self.read_then(
+                ctx,
+                move |reader| Ok(reader.idempotency_key(&key)?),
+                |act, stored, _ctx| act.create(request, stored),
+            ),
+            _ => Box::pin(std::future::ready(self.create(request, None))),
+        };
         let stored = async move {
-            let (submitted, begun) = created?;
+            let (submitted, begun) = created.await?;
             if let Some(begun) = begun {
                 begun
                     .await
@@ -533,9 +536,10 @@ impl Handler<Submit> for Supervisor {
 type Begun = Option<oneshot::Receiver<Result<(), String>>>;
 
 impl Supervisor {
-    fn create(&mut self, request: SubmitRequest) -> Result<(Submitted, Begun), EngineError> {
+    /// `stored`: the job run the store has for the request's key, if it has one.
+    fn create(&mut self, request: SubmitRequest, stored: Option<u64>) -> Result<(Submitted, Begun), EngineError> {
         if let Some(key) = &request.key
-            && let Some(job_run) = self.job_run_of_key(key)?
+            && let Some(job_run) = self.keys.get(key).copied().or(stored)
         {
             return Ok((Submitted { job_run, existing: true }, None));
         }
@@ -562,21 +566,21 @@ pub struct Command {
 impl Handler<Command> for Supervisor {
     type Result = ResponseFuture<Result<String, EngineError>>;
 
-    fn handle(&mut self, msg: Command, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Command, ctx: &mut Self::Context) -> Self::Result {
         if msg.action == inbox::Action::Retry {
-            return self.retry_with(msg.target, msg.retry);
+            return self.retry_with(ctx, msg.target, msg.retry);
         }
-        let located = self.locate(msg.target).and_then(|(job_run, task_run)| {
-            if let inbox::Action::Signal(_) = msg.action {
+        let signal = matches!(msg.action, inbox::Action::Signal(_));
+        let located = self.with_target(ctx, msg.target, move |act, job_run, task_run, stored| {
+            if signal {
                 // A released task starts work again: it renders templates.
-                self.secrets_to_go_on(job_run)?;
+                act.secrets_to_go_on(job_run, stored.as_ref())?;
             }
-            let actor = self.actor_for(job_run)?;
-            Ok((actor, task_run))
+            Ok((act.actor_for(job_run, stored)?, task_run))
         });
         let store = self.shared.as_ref().map(|s| s.store.clone());
         Box::pin(async move {
-            let (actor, task_run) = located?;
+            let (actor, task_run) = located.await?;
             let answer = match msg.action {
                 inbox::Action::Retry => unreachable!("retries go through `retry_with`"),
                 inbox::Action::Cancel => actor.send(Cancel { task_run }).await,
@@ -628,16 +632,35 @@ pub struct WaitFor(pub Option<Vec<u64>>);
 impl Handler<WaitFor> for Supervisor {
     type Result = ResponseFuture<Result<Vec<(u64, JobState)>, EngineError>>;
 
-    fn handle(&mut self, WaitFor(ids): WaitFor, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, WaitFor(ids): WaitFor, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        if let Some(ids) = &ids
-            && let Err(e) = self.recall_ended(ids)
-        {
-            return Box::pin(async move { Err(e) });
+        let gone = ids.as_deref().map(|ids| self.gone(ids)).unwrap_or_default();
+        let answered = async move { rx.await.map_err(|_| EngineError::Stopped("the engine stopped".into()))? };
+        if gone.is_empty() {
+            self.waiters.push((ids, tx));
+            self.answer_waiters();
+            return Box::pin(answered);
         }
-        self.waiters.push((ids, tx));
-        self.answer_waiters();
-        Box::pin(async move { rx.await.map_err(|_| EngineError::Stopped("the engine stopped".into()))? })
+        let recalled = self.read_then(
+            ctx,
+            move |reader| {
+                let mut ended = Vec::new();
+                for id in gone {
+                    ended.extend(reader.job_run(id)?.filter(|r| r.state.is_terminal()).map(|r| (id, r.state)));
+                }
+                Ok(ended)
+            },
+            move |act, ended, _ctx| {
+                act.ended.extend(ended);
+                act.waiters.push((ids, tx));
+                act.answer_waiters();
+                Ok(())
+            },
+        );
+        Box::pin(async move {
+            recalled.await?;
+            answered.await
+        })
     }
 }
 
@@ -760,7 +783,7 @@ mod tests {
             workflow: Arc::new(workflow),
             source: text.into(),
             state_dir,
-            store,
+            store: store.into(),
             executor: Arc::new(crate::executor::NoopExecutor),
             clock: Arc::new(super::super::SystemClock),
             workers: 2,

@@ -18,20 +18,19 @@ use super::job_run::{
 use super::journal::{Journal, Publish};
 use super::supervisor::RestartLedger;
 use super::watchdog::{WatchList, overdue_reason};
-use super::{EngineEvent, EventName, SharedClock};
-use crate::executor::{
-    AttemptEvent, AttemptExit, Executor, KILL_GRACE, ProcessHandle, spawn_off_thread, terminate_group,
-};
+use super::{EngineEvent, EventData, SharedClock};
+use crate::executor::{AttemptEvent, AttemptExit, Executor, KILL_GRACE, ProcessHandle, spawn_off_thread};
 use crate::model::FailReason;
 use crate::model::cost::Pricing;
 use crate::store::MAX_ATTEMPT_WARNINGS;
 
 /// What the watchdog and the killers see of a worker's current attempt. Shared across threads;
 /// the hot path (a line of output) only touches one atomic.
-#[derive(Default)]
 pub struct Activity {
     last_ms: AtomicU64,
     inner: Mutex<ActivityState>,
+    /// What kills the attempt's processes.
+    executor: Arc<dyn Executor>,
 }
 
 #[derive(Default)]
@@ -57,6 +56,10 @@ struct Killed {
 }
 
 impl Activity {
+    pub fn new(executor: Arc<dyn Executor>) -> Activity {
+        Activity { last_ms: AtomicU64::default(), inner: Mutex::default(), executor }
+    }
+
     fn begin(&self, task_run: u64, attempt: u32, now_ms: u64, timeout: Duration, heartbeat_timeout: Duration) {
         self.last_ms.store(now_ms, Ordering::Relaxed);
         if let Ok(mut s) = self.inner.lock() {
@@ -81,7 +84,7 @@ impl Activity {
         s.process = process;
         if let (Some(process), Some(killed)) = (process, s.kill_reason.as_mut()) {
             killed.found_running = true;
-            tokio::spawn(terminate_group(process, s.kill_grace));
+            tokio::spawn(self.executor.terminate(process, s.kill_grace));
         }
     }
 
@@ -123,15 +126,23 @@ impl Activity {
         self.kill_with_grace(reason, KILL_GRACE);
     }
 
+    /// SIGKILLs the attempt's process group at once, if it has one (see `kill_all_now`).
+    pub fn kill_now(&self) {
+        let Ok(s) = self.inner.lock() else { return };
+        if let Some(process) = s.process.filter(|_| s.active) {
+            self.executor.kill_now(process);
+        }
+    }
+
     pub fn kill_with_grace(&self, reason: FailReason, grace: Duration) {
         let Ok(mut s) = self.inner.lock() else { return };
         if !s.active {
             return;
         }
-        let found_running = s.process.is_some_and(|p| crate::executor::is_still_running(&p));
+        let found_running = s.process.is_some_and(|p| self.executor.is_running(&p));
         s.kill_reason.get_or_insert(Killed { reason, found_running });
         match s.process {
-            Some(process) => drop(tokio::spawn(terminate_group(process, grace))),
+            Some(process) => drop(tokio::spawn(self.executor.terminate(process, grace))),
             // Still starting: `set_process` kills it.
             None => s.kill_grace = grace,
         }
@@ -190,12 +201,12 @@ impl Worker {
         Worker {
             id,
             clock,
-            executor,
+            executor: executor.clone(),
             dispatcher,
             journal,
             watch,
             ledger,
-            activity: Arc::default(),
+            activity: Arc::new(Activity::new(executor)),
             current: None,
             release_on_start: None,
             restarts: 0,
@@ -386,16 +397,14 @@ impl actix::Supervised for Worker {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.restarts += 1;
         self.current = None;
-        self.activity = Arc::default();
+        self.activity = Arc::new(Activity::new(self.executor.clone()));
         let reason = self.restart_reason.take().unwrap_or_else(|| "stopped".into());
         self.ledger.record(self.id, &reason);
         if let Ok(mut watch) = self.watch.lock() {
             *watch.restarts.entry(self.id).or_default() += 1;
         }
-        let event = EngineEvent::new(EventName::WorkerRestarted, self.clock.now_ms())
-            .with("worker", self.id)
-            .with("reason", reason)
-            .with("restarts", self.restarts);
+        let restarted = EventData::WorkerRestarted { worker: self.id as u64, reason, restarts: self.restarts };
+        let event = EngineEvent::new(restarted, self.clock.now_ms());
         self.journal.do_send(Publish(event));
     }
 }
@@ -545,7 +554,7 @@ mod kill_while_starting {
     /// (graceful stop's fallback, the watchdog) must still reach it once it does.
     #[tokio::test]
     async fn a_kill_asked_for_while_the_process_starts_reaches_it() {
-        let activity = Activity::default();
+        let activity = Activity::new(Arc::new(crate::executor::LocalExecutor));
         activity.begin(1, 1, 0, Duration::from_secs(60), Duration::ZERO);
         activity.kill_with_grace(FailReason::Interrupted, Duration::ZERO);
 

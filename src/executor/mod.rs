@@ -19,16 +19,15 @@ pub mod types;
 mod tests;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
 pub use emit::emit;
-pub use group::{
-    Candidates, is_same_process_alive, is_still_running, kill_attempt_processes, kill_group_now, terminate_group,
-};
+pub use group::Candidates;
 pub use hook::{HookOutcome, HookSpec, run_hook};
 pub use types::*;
 
@@ -42,6 +41,24 @@ pub trait Executor: Send + Sync + 'static {
     fn blocks(&self) -> bool {
         true
     }
+
+    /// Stops an attempt: SIGTERM to its process group, SIGKILL after `grace`. Resolves once the
+    /// group is gone or was SIGKILLed; fine for a group already gone.
+    fn terminate(&self, process: ProcessHandle, grace: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// SIGKILLs an attempt's process group at once (after a fatal fault nothing can be recorded,
+    /// so there is no grace period to wait through).
+    fn kill_now(&self, process: ProcessHandle);
+
+    /// Whether the attempt's leader still runs: not exited, and not a later process that reused
+    /// its pid.
+    fn is_running(&self, process: &ProcessHandle) -> bool;
+
+    /// Crash recovery: kills what is left of attempt `attempt` of `task_run`, which an earlier
+    /// gaffer on this state dir recorded running — its group, if `process` is still that same
+    /// process, and every process carrying the attempt's environment (a pid never recorded,
+    /// `setsid` escapees). Blocks while it searches.
+    fn kill_orphans(&self, state_dir: &Path, task_run: u64, attempt: u32, process: Option<ProcessHandle>);
 }
 
 /// How many attempts may be starting at once. A start blocks its thread until the child has
@@ -112,6 +129,25 @@ impl Executor for LocalExecutor {
     fn spawn(&self, spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError> {
         local::spawn(spec, events)
     }
+
+    fn terminate(&self, process: ProcessHandle, grace: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(group::terminate_group(process, grace))
+    }
+
+    fn kill_now(&self, process: ProcessHandle) {
+        group::kill_group_now(process.pgid);
+    }
+
+    fn is_running(&self, process: &ProcessHandle) -> bool {
+        group::is_still_running(process)
+    }
+
+    fn kill_orphans(&self, state_dir: &Path, task_run: u64, attempt: u32, process: Option<ProcessHandle>) {
+        if let Some(process) = process.filter(group::is_same_process_alive) {
+            group::kill_group_now(process.pgid);
+        }
+        group::kill_attempt_processes(state_dir, task_run, attempt, Candidates::All);
+    }
 }
 
 /// For benchmarks of the engine: no process, no log, no events, success at once.
@@ -127,4 +163,17 @@ impl Executor for NoopExecutor {
     fn blocks(&self) -> bool {
         false
     }
+
+    fn terminate(&self, _process: ProcessHandle, _grace: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// It starts no process, so it has none to kill.
+    fn kill_now(&self, _process: ProcessHandle) {}
+
+    fn is_running(&self, _process: &ProcessHandle) -> bool {
+        false
+    }
+
+    fn kill_orphans(&self, _state_dir: &Path, _task_run: u64, _attempt: u32, _process: Option<ProcessHandle>) {}
 }

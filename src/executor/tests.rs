@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::group::{is_same_process_alive, kill_group_now, terminate_group};
 use super::*;
 use crate::config::{CommandSpec, CostSource};
 
@@ -478,4 +479,41 @@ async fn attempts_ending_together_are_each_swept_of_their_own_daemons_only() {
     let r = tokio::time::timeout(Duration::from_secs(20), neighbour).await.expect("neighbour ended").expect("join");
     assert!(r.exit.success(), "{}", r.log);
     assert!(is_dead(neighbours_daemon), "the neighbour's daemon outlived its attempt");
+}
+
+/// Crash recovery through the trait: what an attempt left running is killed — its recorded group
+/// and a `setsid` escapee found by its environment — while a recorded pid that is now another
+/// process (its start time differs) is left alone.
+#[tokio::test]
+async fn kill_orphans_kills_an_attempts_group_and_escapees_but_not_a_recycled_pid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("escapee.pid");
+    let script = format!("{}\nsleep 100", daemon_script("", &pid_file));
+    let spec = sh(dir.path(), &script);
+    let state_dir = spec.state_dir.clone();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let attempt = LocalExecutor.spawn(spec, tx).expect("spawn");
+    let process = attempt.process.expect("process");
+    let written = || std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim().parse::<u32>().is_ok());
+    wait_until("the escapee's pid", Duration::from_secs(5), written).await;
+    let escapee: u32 = std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid number");
+
+    use std::os::unix::process::CommandExt;
+    let mut bystander = std::process::Command::new("sleep").arg("30").process_group(0).spawn().expect("spawn sleep");
+    let recycled = ProcessHandle { pid: bystander.id(), pgid: bystander.id() as i32, start_ticks: 1 };
+    LocalExecutor.kill_orphans(&state_dir, 999, 1, Some(recycled));
+    assert!(bystander.try_wait().expect("try_wait").is_none(), "a recycled pid was killed");
+    bystander.kill().expect("kill the bystander");
+    let _ = bystander.wait();
+
+    LocalExecutor.kill_orphans(&state_dir, 42, 2, Some(process));
+    // Checked without yielding to the runtime, so the end-of-attempt sweep cannot be what did it.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !is_dead(escapee) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(is_dead(escapee), "the escapee outlived kill_orphans");
+    let exit = tokio::time::timeout(Duration::from_secs(5), attempt.done).await.expect("done");
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert!(!LocalExecutor.is_running(&process));
 }

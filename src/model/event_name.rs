@@ -123,3 +123,23 @@ impl std::fmt::Display for EventName {
         f.write_str(self.as_str())
     }
 }
+
+/// Whose budget a `budget.exceeded` / `budget.raised` event is about (its `scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BudgetScope {
+    Job,
+    Task,
+}
+
+impl BudgetScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetScope::Job => "job",
+            BudgetScope::Task => "task",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<BudgetScope> {
+        [BudgetScope::Job, BudgetScope::Task].into_iter().find(|s| s.as_str() == word)
+    }
+}

@@ -12,18 +12,24 @@
 //! failure (it is retried, and a dead letter that follows still calls `on_dead_letter`).
 
 use crate::config::{HookKey, HookLevel};
-use crate::model::event_name::EventName;
+use crate::model::FailReason;
+use crate::model::event_name::{BudgetScope, EventName};
 
-/// The hooks `event` calls, job level first. `scope` and `reason` are those fields of the event.
-pub fn hooks_for(event: EventName, scope: Option<&str>, reason: Option<&str>) -> Vec<(HookLevel, HookKey)> {
+/// The hooks `event` calls, job level first. `scope` is a budget event's, `reason` a failed
+/// attempt's.
+pub fn hooks_for(
+    event: EventName,
+    scope: Option<BudgetScope>,
+    reason: Option<FailReason>,
+) -> Vec<(HookLevel, HookKey)> {
     use HookKey::*;
     use HookLevel::*;
     match (event, scope) {
         (EventName::JobFailed, _) => vec![(Job, OnFailure)],
-        (EventName::TaskFailed, _) if reason == Some("interrupted") => Vec::new(),
+        (EventName::TaskFailed, _) if reason == Some(FailReason::Interrupted) => Vec::new(),
         (EventName::TaskFailed, _) => vec![(Queue, OnFailure)],
         (EventName::TaskDeadLettered, _) => vec![(Job, OnDeadLetter), (Queue, OnDeadLetter)],
-        (EventName::BudgetExceeded, Some("task")) => vec![(Job, OnBudget), (Queue, OnBudget)],
+        (EventName::BudgetExceeded, Some(BudgetScope::Task)) => vec![(Job, OnBudget), (Queue, OnBudget)],
         (EventName::BudgetExceeded, _) => vec![(Job, OnBudget)],
         _ => Vec::new(),
     }
@@ -37,18 +43,18 @@ mod tests {
 
     #[test]
     fn events_to_hooks() {
-        type Case<'a> = (EventName, Option<&'a str>, Option<&'a str>, &'a [(HookLevel, HookKey)]);
+        type Case<'a> = (EventName, Option<BudgetScope>, Option<FailReason>, &'a [(HookLevel, HookKey)]);
         let cases: &[Case] = &[
-            (EventName::JobFailed, None, Some("task t (#3) dead: exit_code 1"), &[(Job, OnFailure)]),
-            (EventName::TaskFailed, None, Some("exit_code"), &[(Queue, OnFailure)]),
-            (EventName::TaskFailed, None, Some("timeout"), &[(Queue, OnFailure)]),
-            (EventName::TaskFailed, None, Some("interrupted"), &[]),
-            (EventName::TaskDeadLettered, None, Some("interrupted"), &[(Job, OnDeadLetter), (Queue, OnDeadLetter)]),
-            (EventName::BudgetExceeded, Some("job"), None, &[(Job, OnBudget)]),
-            (EventName::BudgetExceeded, Some("task"), None, &[(Job, OnBudget), (Queue, OnBudget)]),
+            (EventName::JobFailed, None, None, &[(Job, OnFailure)]),
+            (EventName::TaskFailed, None, Some(FailReason::ExitCode), &[(Queue, OnFailure)]),
+            (EventName::TaskFailed, None, Some(FailReason::Timeout), &[(Queue, OnFailure)]),
+            (EventName::TaskFailed, None, Some(FailReason::Interrupted), &[]),
+            (EventName::TaskDeadLettered, None, None, &[(Job, OnDeadLetter), (Queue, OnDeadLetter)]),
+            (EventName::BudgetExceeded, Some(BudgetScope::Job), None, &[(Job, OnBudget)]),
+            (EventName::BudgetExceeded, Some(BudgetScope::Task), None, &[(Job, OnBudget), (Queue, OnBudget)]),
             (EventName::JobSucceeded, None, None, &[]),
             (EventName::TaskRetryScheduled, None, None, &[]),
-            (EventName::HookFailed, None, Some("exit_code"), &[]),
+            (EventName::HookFailed, None, None, &[]),
         ];
         for (event, scope, reason, want) in cases {
             assert_eq!(hooks_for(*event, *scope, *reason), *want, "{event} {scope:?} {reason:?}");

@@ -11,6 +11,7 @@ pub mod expect;
 pub mod fanout;
 pub mod graph;
 pub mod hooks;
+pub mod lease;
 pub mod money;
 pub mod params;
 pub mod policy;

@@ -157,14 +157,15 @@ impl From<&JobRunRecord> for JobRunView {
     }
 }
 
-/// `iteration` and `item_index` as JSON carries them (a task run's `--json`, a task event's
-/// fields); absent: a task's first run, no item (an older gaffer's answer, a job event).
-pub fn instance_in(fields: &serde_json::Map<String, Value>) -> (u32, Option<u32>) {
+/// `iteration` and `item_index` of a task run's JSON (`--json`, an API answer); absent: a
+/// task's first run, no item (an older gaffer's answer). Events carry theirs typed
+/// (`engine::Instance`).
+fn instance_in(fields: &serde_json::Map<String, Value>) -> (u32, Option<u32>) {
     let small = |key| fields.get(key).and_then(Value::as_u64).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     (small("iteration").unwrap_or(1), small("item_index"))
 }
 
-/// `model::fanout::label` of a task run or task event in JSON: `review#2`, `fetch[3]`.
+/// `model::fanout::label` of a task run in JSON: `review#2`, `fetch[3]`.
 pub fn label_in(task: &str, fields: &serde_json::Map<String, Value>) -> String {
     let (iteration, item_index) = instance_in(fields);
     let compensation = fields.get("kind").and_then(Value::as_str) == Some(TaskRunKind::Compensation.as_str());
@@ -263,8 +264,7 @@ mod time {
     }
 
     pub fn ms_of(text: &str) -> Option<u64> {
-        let time = chrono::DateTime::parse_from_rfc3339(text).ok()?;
-        u64::try_from(time.timestamp_millis()).ok()
+        crate::engine::parse_rfc3339_ms(text)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Durable state in one redb file, `state.redb`.
 //!
-//! One writer: the running instance, through [`StoreHandle`], whose thread batches every
+//! One writer: the running instance, through [`RedbStore`] (behind the [`Store`] seam), whose thread batches every
 //! mutation that arrives while the previous commit is being made durable into one write
 //! transaction (group commit) and answers each caller only after that commit. Readers (the CLI
 //! while an instance runs, or the instance itself) open MVCC snapshots and never block it.
@@ -11,6 +11,7 @@ mod codec;
 mod lock;
 mod overlay;
 pub mod records;
+mod seam;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +25,8 @@ pub use records::{
     AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, MAX_ATTEMPT_WARNINGS, RaisedBudgets, TaskRunKind,
     TaskRunRecord,
 };
-pub use writer::{Ids, StoreCloser, StoreHandle};
+pub use seam::{Committing, Snapshot, Store, StoreHandle, StoreLocation};
+pub use writer::{Ids, RedbStore, StoreCloser};
 
 /// Bumped on any change of tables or of a record's meaning; checked at open. A record's layout
 /// has its own version (`codec::Record`), so a new layout needs no bump. The writer migrates an
@@ -177,7 +179,7 @@ const NEW_STORE_FILE: &str = "state.redb.new";
 /// `state_dir`), takes the instance lock, opens the store — creating it only when there is no
 /// `state.redb` at all, verifying every page of an existing one — checks the schema version,
 /// and starts the group-commit thread.
-pub fn open_writer(state_dir: &Path) -> Result<(StoreHandle, StoreCloser, InstanceLock), StoreError> {
+pub fn open_writer(state_dir: &Path) -> Result<(RedbStore, StoreCloser, InstanceLock), StoreError> {
     let dir = StateDir::create_checked(state_dir)?;
     let lock = InstanceLock::acquire(&dir)?;
     let db = if dir.exists(STORE_FILE).map_err(StoreError::file)? {
@@ -190,7 +192,7 @@ pub fn open_writer(state_dir: &Path) -> Result<(StoreHandle, StoreCloser, Instan
         create_new(&dir)?
     };
     let ids = prepare(&db)?;
-    let (handle, closer) = StoreHandle::start(db, ids)?;
+    let (handle, closer) = RedbStore::start(db, ids)?;
     Ok((handle, closer, lock))
 }
 
@@ -740,6 +742,85 @@ impl Reader {
             Some(v) => Ok(Some(codec::decode(v.value())?)),
             None => Ok(None),
         }
+    }
+}
+
+/// The redb snapshot behind the seam: each method is `Reader`'s own.
+impl Snapshot for Reader {
+    fn job_runs(&self) -> Result<Vec<JobRunRecord>, StoreError> {
+        Reader::job_runs(self)
+    }
+
+    fn task_runs(&self) -> Result<Vec<TaskRunRecord>, StoreError> {
+        Reader::task_runs(self)
+    }
+
+    fn each_job_run(&self, f: &mut dyn FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
+        Reader::each_job_run(self, f)
+    }
+
+    fn each_job_run_newest_first(&self, f: &mut dyn FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
+        Reader::each_job_run_newest_first(self, f)
+    }
+
+    fn each_task_run(&self, f: &mut dyn FnMut(TaskRunRecord) -> bool) -> Result<(), StoreError> {
+        Reader::each_task_run(self, f)
+    }
+
+    fn job_run(&self, id: u64) -> Result<Option<JobRunRecord>, StoreError> {
+        Reader::job_run(self, id)
+    }
+
+    fn task_run(&self, id: u64) -> Result<Option<TaskRunRecord>, StoreError> {
+        Reader::task_run(self, id)
+    }
+
+    fn definition(&self, hash: u64) -> Result<Option<DefinitionRecord>, StoreError> {
+        Reader::definition(self, hash)
+    }
+
+    fn task_runs_of(&self, job_run: u64) -> Result<Vec<TaskRunRecord>, StoreError> {
+        Reader::task_runs_of(self, job_run)
+    }
+
+    fn instances_of(&self, job_run: u64, task: &str) -> Result<Vec<TaskRunRecord>, StoreError> {
+        Reader::instances_of(self, job_run, task)
+    }
+
+    fn attempts_of(&self, task_run: u64) -> Result<Vec<AttemptRecord>, StoreError> {
+        Reader::attempts_of(self, task_run)
+    }
+
+    fn attempts(&self) -> Result<Vec<AttemptRecord>, StoreError> {
+        Reader::attempts(self)
+    }
+
+    fn each_attempt(&self, f: &mut dyn FnMut(AttemptRecord) -> bool) -> Result<(), StoreError> {
+        Reader::each_attempt(self, f)
+    }
+
+    fn schedules(&self) -> Result<std::collections::BTreeMap<String, ScheduleState>, StoreError> {
+        Reader::schedules(self)
+    }
+
+    fn idempotency_key(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Reader::idempotency_key(self, key)
+    }
+
+    fn cache_entry(&self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
+        Reader::cache_entry(self, key)
+    }
+
+    fn expired_cache_keys(&self, now_ms: u64) -> Result<Vec<String>, StoreError> {
+        Reader::expired_cache_keys(self, now_ms)
+    }
+
+    fn raised_budgets(&self, job_run: u64) -> Result<RaisedBudgets, StoreError> {
+        Reader::raised_budgets(self, job_run)
+    }
+
+    fn paused_queues(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        Reader::paused_queues(self)
     }
 }
 

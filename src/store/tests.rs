@@ -129,7 +129,7 @@ fn schema_and_layouts(dir: &Path) -> (Option<u64>, Vec<u8>) {
     (reader.schema().expect("schema"), layouts)
 }
 
-fn close(store: StoreHandle, closer: StoreCloser) {
+fn close(store: RedbStore, closer: StoreCloser) {
     drop(store);
     closer.close(std::time::Duration::from_secs(10));
 }

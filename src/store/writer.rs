@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use redb::Database;
 use tokio::sync::oneshot;
 
-use super::{Mutation, Reader, StoreError, apply, db_err};
+use super::{Committing, Mutation, Reader, Snapshot, Store, StoreError, apply, db_err};
 
 /// A commit takes at most this many mutations; a larger backlog is split so no caller waits on
 /// an unbounded transaction.
@@ -46,9 +46,10 @@ struct Request {
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// The way in to the store for the running instance. Cheap to clone.
+/// The redb store of the running instance (`open_writer`), behind [`super::StoreHandle`] for
+/// the engine. Cheap to clone.
 #[derive(Clone)]
-pub struct StoreHandle {
+pub struct RedbStore {
     /// Declared (so dropped) before `tx`: the handle dropped last closes the database before
     /// the store thread sees its channel close and `StoreCloser::close` returns. The other
     /// order let the process exit while another thread was still closing the file, leaving it
@@ -59,8 +60,8 @@ pub struct StoreHandle {
     commits: Arc<AtomicU64>,
 }
 
-impl StoreHandle {
-    pub(super) fn start(db: Database, ids: Ids) -> Result<(StoreHandle, StoreCloser), StoreError> {
+impl RedbStore {
+    pub(super) fn start(db: Database, ids: Ids) -> Result<(RedbStore, StoreCloser), StoreError> {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Request>();
         let commits = Arc::new(AtomicU64::new(0));
@@ -70,7 +71,7 @@ impl StoreHandle {
             .name("gaffer-store".into())
             .spawn(move || commit_loop(&thread_db, &rx, &thread_commits))
             .map_err(|e| StoreError::Db(format!("cannot start the store thread: {e}")))?;
-        Ok((StoreHandle { tx, db, ids: Arc::new(ids), commits }, StoreCloser { thread }))
+        Ok((RedbStore { tx, db, ids: Arc::new(ids), commits }, StoreCloser { thread }))
     }
 
     /// Resolves once `batch` is durable (or failed to become so, with the reason).
@@ -98,6 +99,36 @@ impl StoreHandle {
     /// Durable transactions made so far (for benchmarks: mutations per fsync).
     pub fn commit_count(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+}
+
+impl Store for RedbStore {
+    fn commit(&self, batch: Vec<Mutation>) -> Committing {
+        Box::pin(RedbStore::commit(self, batch))
+    }
+
+    fn commit_blocking(&self, batch: Vec<Mutation>) -> Result<(), StoreError> {
+        RedbStore::commit_blocking(self, batch)
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError> {
+        Ok(Box::new(self.reader()?))
+    }
+
+    fn commit_count(&self) -> u64 {
+        RedbStore::commit_count(self)
+    }
+
+    fn next_job_run(&self) -> u64 {
+        self.ids.next_job_run()
+    }
+
+    fn next_task_run(&self) -> u64 {
+        self.ids.next_task_run()
+    }
+
+    fn next_enqueue_seq(&self) -> u64 {
+        self.ids.next_enqueue_seq()
     }
 }
 

@@ -3,15 +3,17 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::TransitionOn;
 use crate::engine::{
-    CurrentAttempt, EngineEvent, EngineSnapshot, EventName, JobShape, QueueSnapshot, TaskShape, TransitionShape,
-    WorkerSnapshot,
+    AttemptFailure, CurrentAttempt, EngineEvent, EngineSnapshot, EventData, JobShape, QueueSnapshot, TaskShape,
+    TransitionShape, WorkerSnapshot,
 };
+use crate::model::cost::Usage;
 use crate::model::{FailReason, JobState, TaskState};
 use crate::report::{JobRunView, TaskRunView};
 
 use super::model::Model;
-use super::rows::{JobRun, TaskRun};
+use super::rows::{JobRun, ReachedBy, TaskRun};
 
 /// 2026-11-18T11:06:40Z: every fixture is drawn at this instant.
 pub const NOW_MS: u64 = 1_795_000_000_000;
@@ -218,8 +220,8 @@ pub fn fixture() -> Model {
     model
 }
 
-fn event(name: EventName, at: u64, job_run: u64, job: &str, task_run: u64, task: &str, queue: &str) -> EngineEvent {
-    let mut e = EngineEvent::new(name, at);
+fn event(data: EventData, at: u64, job_run: u64, job: &str, task_run: u64, task: &str, queue: &str) -> EngineEvent {
+    let mut e = EngineEvent::new(data, at);
     e.job = Some(job.into());
     e.job_run = Some(job_run);
     e.task = Some(task.into());
@@ -231,32 +233,44 @@ fn event(name: EventName, at: u64, job_run: u64, job: &str, task_run: u64, task:
 
 /// Costs with models, progress, a failure: the same events the engine would send.
 fn fixture_events(ago: impl Fn(u64) -> u64) -> Vec<EngineEvent> {
-    let cost = |at, jr, job: &str, tr, task: &str, q: &str, usd: f64, model: &str| {
-        event(EventName::TaskCost, at, jr, job, tr, task, q)
-            .with("usd", usd)
-            .with("input_tokens", 1200)
-            .with("output_tokens", 340)
-            .with("model", model)
+    let cost = |at, jr, job: &str, tr, task: &str, q: &str, usd_micros: u64, model: &str| {
+        let usage = Usage { usd_micros, input_tokens: 1200, output_tokens: 340, ..Usage::default() };
+        event(EventData::TaskCost { usage, model: Some(model.into()), unpriced: false }, at, jr, job, tr, task, q)
     };
+    let progress = |message: &str| EventData::TaskProgress { message: message.into() };
     vec![
-        cost(ago(3_500), 1, "report", 3, "summarize", "llm", 0.1834, "claude-sonnet-4-5"),
-        cost(ago(3_470), 1, "report", 4, "publish", "default", 0.0021, "claude-haiku-4-5"),
-        cost(ago(240), 2, "report", 6, "parse", "default", 0.0123, "claude-haiku-4-5"),
-        cost(ago(50), 2, "report", 7, "summarize", "llm", 0.1520, "claude-sonnet-4-5"),
-        cost(ago(20), 2, "report", 7, "summarize", "llm", 0.0410, "claude-sonnet-4-5"),
-        event(EventName::TaskProgress, ago(5), 2, "report", 6, "parse", "default")
-            .with("message", "3/12 parsing page 3"),
-        event(EventName::TaskProgress, ago(3), 2, "report", 7, "summarize", "llm")
-            .with("message", "drafting section 2"),
+        cost(ago(3_500), 1, "report", 3, "summarize", "llm", 183_400, "claude-sonnet-4-5"),
+        cost(ago(3_470), 1, "report", 4, "publish", "default", 2_100, "claude-haiku-4-5"),
+        cost(ago(240), 2, "report", 6, "parse", "default", 12_300, "claude-haiku-4-5"),
+        cost(ago(50), 2, "report", 7, "summarize", "llm", 152_000, "claude-sonnet-4-5"),
+        cost(ago(20), 2, "report", 7, "summarize", "llm", 41_000, "claude-sonnet-4-5"),
+        event(progress("3/12 parsing page 3"), ago(5), 2, "report", 6, "parse", "default"),
+        event(progress("drafting section 2"), ago(3), 2, "report", 7, "summarize", "llm"),
         // Task run 11's first attempt, seen live: it ran 19 s and waits 142 s for its retry.
-        event(EventName::TaskStarted, ago(119), 4, "nightly", 11, "backup", "default"),
-        event(EventName::TaskFailed, ago(100), 4, "nightly", 11, "backup", "default")
-            .with("reason", "exit_code")
-            .with("exit_code", 1)
-            .with("detail", "rsync: host unreachable"),
-        event(EventName::TaskRetryScheduled, ago(100), 4, "nightly", 11, "backup", "default")
-            .with("delay_ms", 142_000)
-            .with("next_attempt", 2),
+        event(EventData::TaskStarted { priority: 50, pid: None }, ago(119), 4, "nightly", 11, "backup", "default"),
+        event(
+            EventData::TaskFailed(AttemptFailure {
+                reason: FailReason::ExitCode,
+                exit_code: Some(1),
+                signal: None,
+                detail: Some("rsync: host unreachable".into()),
+            }),
+            ago(100),
+            4,
+            "nightly",
+            11,
+            "backup",
+            "default",
+        ),
+        event(
+            EventData::TaskRetryScheduled { delay_ms: 142_000, next_attempt: 2 },
+            ago(100),
+            4,
+            "nightly",
+            11,
+            "backup",
+            "default",
+        ),
     ]
 }
 
@@ -427,6 +441,9 @@ pub fn fixture_control() -> Model {
         let mut r = TaskRun::from(task(100 + k as u64, 7, "review", name, "llm", state, ago(600 - 60 * k as u64)));
         instance(&mut r, iteration, None);
         r.cost_usd_micros = 10_000;
+        // Each run after `write` was started by the `success` transition of the one before.
+        let from_task_run = (k > 0).then(|| 99 + k as u64);
+        r.reached_by = from_task_run.map(|from_task_run| ReachedBy { from_task_run, on: TransitionOn::Success });
         runs.push(r);
     }
     // j8: list, then fetch over 12 items: 9 succeeded, one running, one queued, one dead.

@@ -8,10 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::rows::{JobRun, TaskRun};
-use crate::engine::{EngineEvent, EngineSnapshot, EventName, JobShape, QueueSnapshot, WorkerSnapshot};
+use super::rows::{JobRun, ReachedBy, TaskRun};
+use crate::engine::{
+    AttemptFailure, EngineEvent, EngineSnapshot, EventData, EventName, Instance, JobShape, JobStart, QueueSnapshot,
+    WorkerSnapshot,
+};
 use crate::model::cost::{NO_MODEL, Usage};
-use crate::model::money::micros_of_json;
 use crate::model::schedule::Schedule;
 use crate::model::{FailReason, JobState, TaskState};
 
@@ -28,6 +30,8 @@ pub const COST_HISTORY_MINUTES: u64 = 24 * 60;
 const MAX_ATTEMPT_LINES: usize = 32;
 /// How many `task.warning`s of one task run are remembered for its detail pane.
 pub const MAX_WARNING_LINES: usize = 10;
+/// Transitions seen for task runs not on screen yet (their `task.queued` follows at once).
+const MAX_UNSEEN_TRANSITIONS: usize = 1_024;
 
 /// The views: the seven of SPEC §4.2 and the schedules, in key order (`1`..`8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -324,6 +328,8 @@ pub struct Model {
     pub optimistic: BTreeMap<u64, TaskState>,
     /// Job runs a retry reopened before the engine confirmed it: their state and end before.
     pub optimistic_jobs: BTreeMap<u64, (JobState, Option<u64>)>,
+    /// `transition.fired` of task runs not on screen yet: how each was reached, until it is.
+    unseen_transitions: BTreeMap<u64, ReachedBy>,
     /// Per view: the ids of the rows, filtered and sorted (queues and workers by position).
     pub index: [Vec<u64>; VIEWS],
     dirty: [bool; VIEWS],
@@ -359,6 +365,7 @@ impl Model {
             session: Session::Owner,
             optimistic: BTreeMap::new(),
             optimistic_jobs: BTreeMap::new(),
+            unseen_transitions: BTreeMap::new(),
             index: Default::default(),
             dirty: [true; VIEWS],
             changed: true,
@@ -532,11 +539,14 @@ impl Model {
         }
     }
 
-    fn insert_task(&mut self, rec: TaskRun) {
+    fn insert_task(&mut self, mut rec: TaskRun) {
+        let unseen = self.unseen_transitions.remove(&rec.id);
+        rec.reached_by = rec.reached_by.or(unseen);
         if let Some(old) = self.tasks.remove(&rec.id) {
             self.tally(&old.rec, -1);
             // Events already applied are at least as new as a store read that raced them for
             // the dynamic fields; keep what they said about attempts and the model.
+            rec.reached_by = rec.reached_by.or(old.rec.reached_by);
             let row = TaskRow { rec, attempts: old.attempts, model: old.model, warnings: old.warnings };
             self.tally(&row.rec, 1);
             self.tasks.insert(row.rec.id, row);
@@ -695,45 +705,65 @@ impl Model {
     /// Applies one engine event. Returns what the loop must fetch (a new job run's task runs).
     pub fn apply(&mut self, e: &EngineEvent) -> Vec<Command> {
         self.changed = true;
-        if e.event.is_job() {
+        if e.name().is_job() {
             return self.apply_job(e);
         }
-        match e.event {
-            EventName::WorkerRestarted => {
-                let id = e.field("worker").and_then(|v| v.as_u64()).unwrap_or(u64::MAX);
-                if let Some(w) = self.workers.iter_mut().find(|w| w.snap.id as u64 == id) {
+        match &e.data {
+            EventData::WorkerRestarted { worker, .. } => {
+                if let Some(w) = self.workers.iter_mut().find(|w| w.snap.id as u64 == *worker) {
                     w.snap.restarts += 1;
                     w.snap.current = None;
                 }
                 self.touch(View::Workers);
             }
-            EventName::ScheduleFired | EventName::ScheduleSkipped => self.apply_fire(e),
-            EventName::BudgetExceeded => {
+            EventData::ScheduleFired { scheduled_for_ms } => self.apply_fire(e, *scheduled_for_ms, false),
+            EventData::ScheduleSkipped { scheduled_for_ms, .. } => self.apply_fire(e, *scheduled_for_ms, true),
+            EventData::BudgetExceeded { limit_usd_micros, spent_usd_micros, .. } => {
                 let who = match (e.task_run, e.job_run) {
                     (Some(t), _) => format!("task run {t}"),
                     (None, Some(j)) => format!("job run j{j}"),
                     _ => "gaffer".into(),
                 };
-                let usd = |k: &str| crate::headless::dollars(e.field(k).map_or(0, micros_of_json));
-                self.say(format!("{who}: budget exceeded, spent {} of {}", usd("spent_usd"), usd("limit_usd")), true);
+                let usd = crate::headless::dollars;
+                self.say(
+                    format!("{who}: budget exceeded, spent {} of {}", usd(*spent_usd_micros), usd(*limit_usd_micros)),
+                    true,
+                );
             }
-            EventName::HookFailed => {
-                let text = |k: &str| e.str_field(k).unwrap_or("?").to_string();
-                let what = format!("hook {} ({}) for {}", text("hook"), text("level"), text("for_event"));
-                self.say(format!("{what} failed: {}: {}", text("reason"), text("detail")), true);
+            EventData::TransitionFired { from_task_run, on, .. } => {
+                // `task_run` is the run the transition started (none while a join waits).
+                if let Some(id) = e.task_run {
+                    self.apply_transition(id, ReachedBy { from_task_run: *from_task_run, on: *on });
+                }
             }
-            _ if e.event.is_task() => self.apply_task(e),
+            EventData::HookFailed(h) => {
+                let what = format!("hook {} ({}) for {}", h.hook, h.level, h.for_event);
+                self.say(format!("{what} failed: {}: {}", h.reason, h.detail), true);
+            }
+            _ if e.name().is_task() => self.apply_task(e),
             _ => {}
         }
         Vec::new()
     }
 
-    fn apply_fire(&mut self, e: &EngineEvent) {
-        let when = e.str_field("scheduled_for").and_then(|t| humantime::parse_rfc3339_weak(t).ok());
-        let when = when.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
+    /// Task run `id` was started by a transition. Its own events come next, so it is most
+    /// often not on screen yet: kept until it is.
+    fn apply_transition(&mut self, id: u64, by: ReachedBy) {
+        match self.tasks.get_mut(&id) {
+            Some(row) => row.rec.reached_by = Some(by),
+            None => {
+                self.unseen_transitions.insert(id, by);
+                while self.unseen_transitions.len() > MAX_UNSEEN_TRANSITIONS {
+                    self.unseen_transitions.pop_first();
+                }
+            }
+        }
+    }
+
+    fn apply_fire(&mut self, e: &EngineEvent, scheduled_for_ms: u64, skipped: bool) {
         let Some(row) = self.schedules.iter_mut().find(|r| Some(&r.job) == e.job.as_ref()) else { return };
-        row.last_ms = when.or(Some(e.ts_ms));
-        row.last_skipped = e.event == EventName::ScheduleSkipped;
+        row.last_ms = Some(scheduled_for_ms);
+        row.last_skipped = skipped;
         self.touch(View::Schedules);
     }
 
@@ -748,28 +778,32 @@ impl Model {
             done: 0,
             running: 0,
         });
-        let state = match e.event {
-            EventName::JobStarted => JobState::Running,
-            EventName::JobSucceeded => JobState::Succeeded,
-            EventName::JobFailed => JobState::Failed,
-            EventName::JobCancelled => JobState::Cancelled,
+        let (state, end) = match &e.data {
+            EventData::JobStarted(_) => (JobState::Running, None),
+            EventData::JobSucceeded(end) => (JobState::Succeeded, Some(end)),
+            EventData::JobFailed(end) => (JobState::Failed, Some(end)),
+            EventData::JobCancelled(end) => (JobState::Cancelled, Some(end)),
             _ => return Vec::new(),
         };
         row.rec.state = state;
-        if state.is_terminal() {
-            row.rec.ended_at_ms = Some(e.ts_ms);
-            row.rec.reason = e.str_field("reason").map(str::to_string);
-            if let Some(cost) = e.field("cost_usd").and_then(usd_micros) {
-                row.rec.cost_usd_micros = cost;
+        match end {
+            Some(end) => {
+                row.rec.ended_at_ms = Some(e.ts_ms);
+                row.rec.reason = end.reason.clone();
+                row.rec.cost_usd_micros = end.cost_usd_micros;
             }
-        } else {
-            row.rec.ended_at_ms = None;
-            row.rec.reason = None;
+            None => {
+                row.rec.ended_at_ms = None;
+                row.rec.reason = None;
+            }
         }
         self.touch(View::Jobs);
         // A run reopened `--from` a task put succeeded task runs back to pending without an event each.
-        let reload = !known || e.field("from").is_some();
-        if e.event == EventName::JobStarted && reload { vec![Command::LoadJobRun(id)] } else { Vec::new() }
+        match &e.data {
+            EventData::JobStarted(JobStart::Retry { from: Some(_) }) => vec![Command::LoadJobRun(id)],
+            EventData::JobStarted(_) if !known => vec![Command::LoadJobRun(id)],
+            _ => Vec::new(),
+        }
     }
 
     fn apply_task(&mut self, e: &EngineEvent) {
@@ -779,15 +813,16 @@ impl Model {
             let mut rec = TaskRun::pending(id, job_run, job, task, e.ts_ms);
             rec.queue = e.queue.clone().unwrap_or_else(|| "default".into());
             // Task events carry which instance they are about (SPEC §6).
-            (rec.iteration, rec.item_index) = crate::report::instance_in(&e.fields);
-            rec.compensation = e.str_field("kind") == Some("compensation");
-            rec.fanout = e.str_field("kind") == Some("fanout");
+            let instance = e.instance.unwrap_or(Instance::FIRST);
+            (rec.iteration, rec.item_index) = (instance.iteration, instance.item_index);
+            rec.compensation = instance.compensation;
+            rec.fanout = instance.fanout;
             rec.max_attempts = 0;
             self.insert_task(rec);
         }
         self.optimistic.remove(&id);
         let ts = e.ts_ms;
-        let new_state = match e.event {
+        let new_state = match e.name() {
             EventName::TaskQueued => Some(TaskState::Queued),
             EventName::TaskStarted => Some(TaskState::Running),
             EventName::TaskSucceeded => Some(TaskState::Succeeded),
@@ -799,29 +834,26 @@ impl Model {
             EventName::TaskHandled => Some(TaskState::Failed),
             _ => None,
         };
-        if e.event == EventName::TaskCost {
-            self.apply_cost(e, id);
-        }
-        if e.event == EventName::TaskWarning {
-            self.apply_warning(e, id);
+        match &e.data {
+            EventData::TaskCost { usage, model, .. } => self.apply_cost(e, id, usage, model.as_deref()),
+            EventData::TaskWarning { message } => self.apply_warning(e, id, message),
+            _ => {}
         }
         let Some(row) = self.tasks.get_mut(&id) else { return };
         if let Some(a) = e.attempt {
             row.rec.attempt = row.rec.attempt.max(a);
         }
         let r = &mut row.rec;
-        match e.event {
-            EventName::TaskQueued => {
+        match &e.data {
+            EventData::TaskQueued { priority, series_start } => {
                 r.not_before_ms = None;
                 r.ended_at_ms = None;
-                if let Some(p) = e.field("priority").and_then(|v| v.as_u64()) {
-                    r.priority = p.min(255) as u8;
-                }
-                if let Some(n) = e.field("series_start").and_then(|v| v.as_u64()) {
-                    r.series_start = u32::try_from(n).unwrap_or(u32::MAX);
+                r.priority = *priority;
+                if let Some(n) = series_start {
+                    r.series_start = *n;
                 }
             }
-            EventName::TaskStarted => {
+            EventData::TaskStarted { .. } => {
                 r.started_at_ms = Some(ts);
                 r.ended_at_ms = None;
                 r.progress = None;
@@ -842,38 +874,30 @@ impl Model {
                     row.attempts.remove(0);
                 }
             }
-            EventName::TaskProgress => r.progress = e.str_field("message").map(str::to_string),
-            EventName::TaskSucceeded => {
+            EventData::TaskProgress { message } => r.progress = Some(message.clone()),
+            EventData::TaskSucceeded { cost_usd_micros, .. } => {
                 r.ended_at_ms = Some(ts);
                 r.reason = None;
-                if let Some(cost) = e.field("cost_usd").and_then(usd_micros) {
-                    r.cost_usd_micros = r.cost_usd_micros.max(cost);
-                }
-                end_attempt(row, e, "succeeded");
+                r.cost_usd_micros = r.cost_usd_micros.max(*cost_usd_micros);
+                end_attempt(row, e, "succeeded", None);
             }
-            EventName::TaskFailed => {
-                r.reason = e.str_field("reason").and_then(FailReason::parse);
-                r.exit_code = e.field("exit_code").and_then(|v| v.as_i64()).map(|c| c as i32);
-                r.detail = e.str_field("detail").map(str::to_string);
-                end_attempt(row, e, e.str_field("reason").unwrap_or("failed"));
+            EventData::TaskFailed(failure) => {
+                r.reason = Some(failure.reason);
+                r.exit_code = failure.exit_code;
+                r.detail = failure.detail.clone();
+                end_attempt(row, e, failure.reason.as_str(), Some(failure));
             }
-            EventName::TaskRetryScheduled => {
-                r.not_before_ms = Some(ts + e.field("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0));
-            }
-            EventName::TaskDeadLettered
-            | EventName::TaskCancelled
-            | EventName::TaskSkipped
-            | EventName::TaskHandled => {
+            EventData::TaskRetryScheduled { delay_ms, .. } => r.not_before_ms = Some(ts + delay_ms),
+            EventData::TaskDeadLettered { reason, .. } => {
                 r.ended_at_ms = Some(ts);
-                if let Some(reason) = e.str_field("reason").and_then(FailReason::parse) {
-                    r.reason = Some(reason);
-                } else if e.event == EventName::TaskCancelled {
-                    r.reason = Some(FailReason::Cancelled);
-                }
-                if e.event == EventName::TaskCancelled {
-                    end_attempt(row, e, "cancelled");
-                }
+                r.reason = Some(*reason);
             }
+            EventData::TaskCancelled { .. } => {
+                r.ended_at_ms = Some(ts);
+                r.reason = Some(FailReason::Cancelled);
+                end_attempt(row, e, "cancelled", None);
+            }
+            EventData::TaskSkipped | EventData::TaskHandled => r.ended_at_ms = Some(ts),
             _ => {}
         }
         let queue = row.rec.queue.clone();
@@ -886,16 +910,9 @@ impl Model {
         self.touch_tasks(false);
     }
 
-    fn apply_cost(&mut self, e: &EngineEvent, id: u64) {
-        let tokens = |k: &str| e.field(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        let usage = Usage {
-            usd_micros: e.field("usd").and_then(usd_micros).unwrap_or(0),
-            input_tokens: tokens("input_tokens"),
-            output_tokens: tokens("output_tokens"),
-            cache_read_tokens: tokens("cache_read_tokens"),
-            cache_write_tokens: tokens("cache_write_tokens"),
-        };
-        let model = e.str_field("model").map(str::to_string);
+    fn apply_cost(&mut self, e: &EngineEvent, id: u64, usage: &Usage, model: Option<&str>) {
+        let usage = *usage;
+        let model = model.map(str::to_string);
         let Some(row) = self.tasks.get_mut(&id) else { return };
         let r = &mut row.rec;
         r.cost_usd_micros = r.cost_usd_micros.saturating_add(usage.usd_micros);
@@ -915,9 +932,9 @@ impl Model {
     }
 
     /// A warning about what an attempt reported: kept for the detail pane and said below the table.
-    fn apply_warning(&mut self, e: &EngineEvent, id: u64) {
+    fn apply_warning(&mut self, e: &EngineEvent, id: u64, text: &str) {
         let Some(row) = self.tasks.get_mut(&id) else { return };
-        let text = e.str_field("message").unwrap_or_default().to_string();
+        let text = text.to_string();
         row.warnings.push((e.attempt.unwrap_or(row.rec.attempt), text.clone()));
         if row.warnings.len() > MAX_WARNING_LINES {
             row.warnings.remove(0);
@@ -1145,7 +1162,8 @@ fn last_attempt_of(rec: &TaskRun) -> Option<AttemptLine> {
     })
 }
 
-fn end_attempt(row: &mut TaskRow, e: &EngineEvent, outcome: &str) {
+/// Ends the line of the event's attempt with `outcome`, and what a failed attempt said.
+fn end_attempt(row: &mut TaskRow, e: &EngineEvent, outcome: &str, failure: Option<&AttemptFailure>) {
     let n = e.attempt.unwrap_or(row.rec.attempt);
     let line = match row.attempts.iter_mut().find(|a| a.n == n) {
         Some(line) => line,
@@ -1163,18 +1181,14 @@ fn end_attempt(row: &mut TaskRow, e: &EngineEvent, outcome: &str) {
     };
     line.ended_ms = Some(e.ts_ms);
     line.outcome = outcome.to_string();
-    if let Some(code) = e.field("exit_code").and_then(|v| v.as_i64()) {
-        line.exit_code = Some(code);
+    let Some(f) = failure else { return };
+    if let Some(code) = f.exit_code {
+        line.exit_code = Some(code.into());
     }
-    if let Some(signal) = e.field("signal").and_then(|v| v.as_i64()) {
+    if let Some(signal) = f.signal {
         line.outcome = format!("{outcome} (signal {signal})");
     }
-    if let Some(detail) = e.str_field("detail") {
-        line.detail = Some(detail.to_string());
+    if let Some(detail) = &f.detail {
+        line.detail = Some(detail.clone());
     }
-}
-
-/// A JSON number of dollars as micro-dollars.
-fn usd_micros(v: &serde_json::Value) -> Option<u64> {
-    v.is_number().then(|| micros_of_json(v))
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::TransitionOn;
 use crate::model::{FailReason, JobState, TaskState};
 use crate::report::{JobRunView, TaskRunView};
 
@@ -43,6 +44,16 @@ pub struct TaskRun {
     /// A fanned-out task's own run (kind `fanout`): the group of its items, not counted as a
     /// task run of its own.
     pub fanout: bool,
+    /// For a task run a transition started: where it came from.
+    pub reached_by: Option<ReachedBy>,
+}
+
+/// How a transition reached a task run (SPEC §2.2): the task run it came from and the `on`
+/// that matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReachedBy {
+    pub from_task_run: u64,
+    pub on: TransitionOn,
 }
 
 impl TaskRun {
@@ -97,6 +108,9 @@ impl From<TaskRunView> for TaskRun {
             compensation,
             compensates: v.compensates,
             fanout,
+            reached_by: v
+                .reached_by
+                .and_then(|by| Some(ReachedBy { from_task_run: by.from_task_run, on: TransitionOn::parse(&by.on)? })),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `update` asserts and view snapshots on a fixed fixture (fixed clock).
 
-use crate::engine::{EngineEvent, EventName, Target};
+use crate::engine::{AttemptFailure, EngineEvent, EventData, Instance, JobEnd, JobStart, Target};
+use crate::model::FailReason;
 use crate::model::TaskState;
 
 use super::fixture::{NOW_MS, fixture, fixture_with};
@@ -77,7 +78,7 @@ fn a_failed_command_undoes_the_optimistic_change() {
 fn the_confirming_event_settles_the_optimistic_state() {
     let mut m = fixture();
     press(&mut m, "5r");
-    let mut e = EngineEvent::new(EventName::TaskQueued, NOW_MS);
+    let mut e = EngineEvent::new(EventData::TaskQueued { priority: 50, series_start: None }, NOW_MS);
     (e.job, e.job_run, e.task, e.task_run, e.queue) =
         (Some("nightly".into()), Some(3), Some("backup".into()), Some(9), Some("default".into()));
     update(&mut m, Msg::Engine(e));
@@ -255,7 +256,7 @@ fn s_cycles_the_sort_column_and_capital_s_reverses() {
 #[test]
 fn a_new_job_run_is_loaded_and_its_events_keep_it_current() {
     let mut m = fixture();
-    let mut started = EngineEvent::new(EventName::JobStarted, NOW_MS);
+    let mut started = EngineEvent::new(EventData::JobStarted(JobStart::New { params: Default::default() }), NOW_MS);
     (started.job, started.job_run) = (Some("nightly".into()), Some(7));
     assert_eq!(update(&mut m, Msg::Engine(started.clone())), vec![Command::LoadJobRun(7)]);
     let mut a = crate::tui::rows::TaskRun::pending(30, 7, "nightly", "backup", NOW_MS);
@@ -263,14 +264,13 @@ fn a_new_job_run_is_loaded_and_its_events_keep_it_current() {
     let b = crate::tui::rows::TaskRun::pending(31, 7, "nightly", "vacuum", NOW_MS);
     update(&mut m, Msg::JobRunLoaded(vec![a, b]));
     assert_eq!(m.jobs[&7].tasks, vec![30, 31]);
-    let mut e = EngineEvent::new(EventName::TaskFailed, NOW_MS + 500).with("reason", "exit_code").with("exit_code", 4);
+    let failure = AttemptFailure { reason: FailReason::ExitCode, exit_code: Some(4), signal: None, detail: None };
+    let mut e = EngineEvent::new(EventData::TaskFailed(failure), NOW_MS + 500);
     (e.job, e.job_run, e.task, e.task_run, e.attempt) =
         (Some("nightly".into()), Some(7), Some("backup".into()), Some(30), Some(1));
     update(&mut m, Msg::Engine(e.clone()));
     let mut retry = e.clone();
-    retry.event = EventName::TaskRetryScheduled;
-    retry.fields.clear();
-    let retry = retry.with("delay_ms", 5_000).with("next_attempt", 2);
+    retry.data = EventData::TaskRetryScheduled { delay_ms: 5_000, next_attempt: 2 };
     update(&mut m, Msg::Engine(retry));
     assert_eq!(state(&m, 30), TaskState::Retrying);
     assert_eq!(m.tasks[&30].rec.not_before_ms, Some(NOW_MS + 5_500));
@@ -310,7 +310,8 @@ fn spending_before_attaching_is_filed_under_its_models() {
     assert_eq!(m.cost.by_model.get("(none)"), Some(&10_000));
     assert!(!m.cost.by_model.contains_key("unknown"));
     assert_eq!((m.cost.tokens.input_tokens, m.cost.tokens.cache_read_tokens), (100, 10));
-    let mut e = EngineEvent::new(EventName::TaskCost, NOW_MS).with("usd", 0.000001).with("cache_write_tokens", 7);
+    let usage = Usage { usd_micros: 1, cache_write_tokens: 7, ..Usage::default() };
+    let mut e = EngineEvent::new(EventData::TaskCost { usage, model: None, unpriced: false }, NOW_MS);
     (e.job, e.job_run, e.task, e.task_run) = (Some("j".into()), Some(1), Some("t".into()), Some(1));
     m.apply(&e);
     assert_eq!(m.cost.by_model.get("(none)"), Some(&10_001), "a cost without a model is listed as `cost` lists it");
@@ -320,8 +321,8 @@ fn spending_before_attaching_is_filed_under_its_models() {
 #[test]
 fn a_warning_is_said_and_kept_for_the_detail_pane() {
     let mut m = fixture();
-    let mut e =
-        EngineEvent::new(EventName::TaskWarning, NOW_MS).with("message", "cost = \"claude-json\": no agent result");
+    let warning = EventData::TaskWarning { message: "cost = \"claude-json\": no agent result".into() };
+    let mut e = EngineEvent::new(warning, NOW_MS);
     (e.job, e.job_run, e.task, e.task_run, e.attempt) =
         (Some("report".into()), Some(2), Some("parse".into()), Some(6), Some(1));
     m.apply(&e);
@@ -344,7 +345,7 @@ fn header_says_when_all_watched_runs_ended() {
     let mut m = fixture();
     assert!(!m.all_watched_ended());
     for id in [2, 4, 5] {
-        let mut e = EngineEvent::new(EventName::JobSucceeded, NOW_MS);
+        let mut e = EngineEvent::new(EventData::JobSucceeded(JobEnd { cost_usd_micros: 0, reason: None }), NOW_MS);
         (e.job, e.job_run) = (Some("report".into()), Some(id));
         update(&mut m, Msg::Engine(e));
     }
@@ -356,11 +357,15 @@ fn header_says_when_all_watched_runs_ended() {
 fn header_says_when_task_runs_wait_for_resources() {
     let mut m = fixture();
     assert!(!render_to_string(&m, 140, 30).contains("waiting for resources"));
-    for (name, reason) in [(EventName::TaskFailed, "resource_exhausted"), (EventName::TaskRetryScheduled, "")] {
-        let mut e = EngineEvent::new(name, NOW_MS).with("delay_ms", 500);
-        if !reason.is_empty() {
-            e = e.with("reason", reason).with("detail", "cannot set up the attempt's pipes: Too many open files");
-        }
+    let failure = AttemptFailure {
+        reason: FailReason::ResourceExhausted,
+        exit_code: None,
+        signal: None,
+        detail: Some("cannot set up the attempt's pipes: Too many open files".into()),
+    };
+    let retry = EventData::TaskRetryScheduled { delay_ms: 500, next_attempt: 4 };
+    for data in [EventData::TaskFailed(failure), retry] {
+        let mut e = EngineEvent::new(data, NOW_MS);
         (e.job, e.job_run, e.task, e.task_run, e.attempt) =
             (Some("nightly".into()), Some(4), Some("backup".into()), Some(11), Some(3));
         update(&mut m, Msg::Engine(e));
@@ -444,8 +449,8 @@ fn a_schedule_fire_event_updates_the_schedules_view() {
     let row = |m: &Model| m.schedules.iter().find(|r| r.job == "nightly").cloned().expect("nightly row");
     let next = m.next_fire(&row(&m)).expect("a next fire time");
     assert_eq!(crate::engine::rfc3339_ms(next), "2026-11-19T01:00:00.000Z", "02:00 in Berlin is 01:00Z in winter");
-    let mut e =
-        EngineEvent::new(EventName::ScheduleSkipped, next + 5).with("scheduled_for", crate::engine::rfc3339_ms(next));
+    let skipped = EventData::ScheduleSkipped { scheduled_for_ms: next, reason: "a run is active".into() };
+    let mut e = EngineEvent::new(skipped, next + 5);
     e.job = Some("nightly".into());
     update(&mut m, Msg::Engine(e));
     update(&mut m, Msg::Tick(next + 10));
@@ -522,7 +527,7 @@ fn render_bench() {
         }
     }
     press(&mut m, "3");
-    let mut e = EngineEvent::new(EventName::TaskProgress, NOW_MS).with("message", "step 2/3");
+    let mut e = EngineEvent::new(EventData::TaskProgress { message: "step 2/3".into() }, NOW_MS);
     (e.job, e.job_run, e.task, e.task_run) = (Some("report".into()), Some(1), Some("fetch".into()), Some(7));
     let started = Instant::now();
     for _ in 0..1_000 {
@@ -783,10 +788,13 @@ fn brackets_in_the_log_view_show_earlier_attempts_which_are_not_reread() {
 #[test]
 fn task_runs_of_one_task_are_labelled_by_iteration_and_item() {
     let mut m = fixture();
-    let mut second = EngineEvent::new(EventName::TaskQueued, NOW_MS).with("priority", 50).with("iteration", 2);
+    let queued = || EngineEvent::new(EventData::TaskQueued { priority: 50, series_start: None }, NOW_MS);
+    let mut second = queued();
+    second.instance = Some(Instance { iteration: 2, ..Instance::FIRST });
     (second.job, second.job_run, second.task, second.task_run) =
         (Some("report".into()), Some(5), Some("parse".into()), Some(40));
-    let mut item = EngineEvent::new(EventName::TaskQueued, NOW_MS).with("priority", 50).with("item_index", 3);
+    let mut item = queued();
+    item.instance = Some(Instance { item_index: Some(3), ..Instance::FIRST });
     (item.job, item.job_run, item.task, item.task_run) =
         (Some("report".into()), Some(5), Some("fetch".into()), Some(41));
     update(&mut m, Msg::Engine(second));

@@ -6,12 +6,14 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::style::Color;
 
-use crate::engine::{EngineEvent, EventName, Target};
+use crate::config::TransitionOn;
+use crate::engine::{EngineEvent, EventData, Target};
 use crate::model::TaskState;
 
 use super::fixture::{NOW_MS, fixture_control};
 use super::keymap::{Code, Key};
 use super::model::{Mode, Model, Subject};
+use super::rows::ReachedBy;
 use super::update::{Command, Msg, update};
 use super::{render_to_string, view};
 
@@ -172,7 +174,7 @@ fn r_on_a_failed_job_run_retries_what_failed_and_nothing_else() {
 #[test]
 fn a_handled_failure_is_counted_and_drawn_as_failed() {
     let mut m = detail_of(7);
-    let mut e = EngineEvent::new(EventName::TaskHandled, NOW_MS);
+    let mut e = EngineEvent::new(EventData::TaskHandled, NOW_MS);
     (e.job, e.job_run, e.task, e.task_run) = (Some("review".into()), Some(7), Some("review".into()), Some(105));
     update(&mut m, Msg::Engine(e));
     assert_eq!(m.tasks[&105].rec.state, TaskState::Failed);
@@ -219,4 +221,39 @@ fn without_its_jobs_shape_a_job_run_lists_its_runs_and_scrolls() {
     assert_eq!(lines.len(), 13, "{screen}");
     press(&mut m, "j");
     assert_eq!(m.detail_scroll, 1);
+}
+
+/// A task run's detail says how it was reached, as `show jN` does: the task run it came from
+/// and the `on` that matched (the wire's `reached_by`).
+#[test]
+fn a_task_runs_detail_says_which_transition_reached_it() {
+    let mut m = fixture_control();
+    m.mode = Mode::Detail(Subject::Task(105));
+    let screen = render_to_string(&m, 100, 24);
+    assert!(screen.contains("reached   ← #104 revise#2 (success)"), "{screen}");
+    insta::assert_snapshot!("task_detail_reached_by", screen);
+    m.mode = Mode::Detail(Subject::Task(100));
+    assert!(!render_to_string(&m, 100, 24).contains("reached"), "an entry task was reached by nothing");
+}
+
+/// Live, `transition.fired` comes before the new run's own events: the detail still says
+/// where it came from.
+#[test]
+fn a_transition_seen_live_reaches_the_run_it_started() {
+    let mut m = fixture_control();
+    let mut fired = EngineEvent::new(
+        EventData::TransitionFired { from_task_run: 105, on: TransitionOn::Success, to: "ship".into() },
+        NOW_MS,
+    );
+    (fired.job, fired.job_run, fired.task, fired.task_run) =
+        (Some("review".into()), Some(7), Some("review".into()), Some(200));
+    let mut queued = EngineEvent::new(EventData::TaskQueued { priority: 50, series_start: None }, NOW_MS);
+    (queued.job, queued.job_run, queued.task, queued.task_run) =
+        (Some("review".into()), Some(7), Some("ship".into()), Some(200));
+    update(&mut m, Msg::Engine(fired));
+    update(&mut m, Msg::Engine(queued));
+    assert_eq!(m.tasks[&200].rec.reached_by, Some(ReachedBy { from_task_run: 105, on: TransitionOn::Success }));
+    m.mode = Mode::Detail(Subject::Task(200));
+    let screen = render_to_string(&m, 100, 24);
+    assert!(screen.contains("reached   ← #105 review#3 (success)"), "{screen}");
 }

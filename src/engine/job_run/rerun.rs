@@ -9,7 +9,7 @@ use actix::prelude::*;
 
 use super::JobRun;
 use crate::config::Workflow;
-use crate::engine::EventName;
+use crate::engine::EventData;
 use crate::model::rerun::{self, DefinitionChoice};
 use crate::model::run::Input;
 use crate::store::Mutation;
@@ -124,11 +124,11 @@ impl JobRun {
         let mut mutations = vec![Mutation::JobRun(self.job_record())];
         let made = (0..self.run.tasks.len()).filter(|&i| self.run.tasks[i].is_made());
         mutations.extend(made.map(|i| Mutation::TaskRun(self.task_record(i))));
-        let event = self
-            .job_event(EventName::JobRedefined)
-            .with("from_definition", format!("{from:016x}"))
-            .with("to_definition", format!("{key:016x}"))
-            .with("changes", changes.to_vec());
+        let event = self.job_event(EventData::JobRedefined {
+            from_definition: from,
+            to_definition: key,
+            changes: changes.to_vec(),
+        });
         self.persist_then(ctx, mutations, vec![event], |_, _| {});
         Ok(())
     }

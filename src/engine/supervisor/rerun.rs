@@ -17,12 +17,12 @@ use crate::config::JobDef;
 use crate::model::TaskState;
 use crate::model::graph::JobGraph;
 use crate::model::rerun::{self, Borrowed, OnlyPlan, PastRun};
-use crate::store::{JobRunRecord, Reader, TaskRunRecord};
+use crate::store::{JobRunRecord, Snapshot, TaskRunRecord};
 
 /// Which earlier task runs an `--only` run of `task` borrows its needs' outputs from, read from
 /// `reader`; refused (nothing created) when a need never succeeded. The CLI asks this before it
 /// opens the state dir for writing, the engine again when it creates the run.
-pub fn plan_only(reader: &Reader, job: &JobDef, task: &str) -> Result<(OnlyPlan, Vec<TaskRunRecord>), String> {
+pub fn plan_only(reader: &dyn Snapshot, job: &JobDef, task: &str) -> Result<(OnlyPlan, Vec<TaskRunRecord>), String> {
     let history: Vec<TaskRunRecord> =
         reader.task_runs().map_err(|e| e.to_string())?.into_iter().filter(|t| t.job == job.name).collect();
     let past: Vec<PastRun> =
@@ -44,10 +44,20 @@ pub struct SubmitOnly {
 impl Handler<SubmitOnly> for Supervisor {
     type Result = ResponseFuture<Result<u64, EngineError>>;
 
-    fn handle(&mut self, msg: SubmitOnly, _ctx: &mut Self::Context) -> Self::Result {
-        let created = self.create_only(msg);
+    fn handle(&mut self, msg: SubmitOnly, ctx: &mut Self::Context) -> Self::Result {
+        let (workflow, job) = (self.workflow.clone(), msg.job.clone());
+        let task = msg.task.clone();
+        let created = self.read_then(
+            ctx,
+            move |reader| {
+                // An unknown job is said by `create_only`.
+                let Some(def) = workflow.jobs.iter().find(|j| j.name == job) else { return Ok(None) };
+                plan_only(reader, def, &task).map(Some).map_err(EngineError::Invalid)
+            },
+            |act, plan, _ctx| act.create_only(msg, plan),
+        );
         Box::pin(async move {
-            let (id, begun) = created?;
+            let (id, begun) = created.await?;
             begun
                 .await
                 .map_err(|_| EngineError::Stopped("the job run stopped before it was stored".into()))?
@@ -58,21 +68,26 @@ impl Handler<SubmitOnly> for Supervisor {
 }
 
 impl Supervisor {
-    fn create_only(&mut self, msg: SubmitOnly) -> Result<(u64, oneshot::Receiver<Result<(), String>>), EngineError> {
+    /// `planned`: `plan_only`'s answer, read off the thread (`None` for an unknown job).
+    fn create_only(
+        &mut self,
+        msg: SubmitOnly,
+        planned: Option<(OnlyPlan, Vec<TaskRunRecord>)>,
+    ) -> Result<(u64, oneshot::Receiver<Result<(), String>>), EngineError> {
         let shared = self.shared()?;
         if self.is_stopping() {
             return Err(EngineError::Stopped("gaffer is stopping".into()));
         }
         let job_index = self.job_index(&msg.job)?;
         let def = &self.workflow.jobs[job_index];
-        let (plan, history) = plan_only(&shared.store.reader()?, def, &msg.task).map_err(EngineError::Invalid)?;
+        let (plan, history) = planned.ok_or_else(|| EngineError::Invalid(format!("unknown job `{}`", msg.job)))?;
         let now = shared.clock.now_ms();
         let record = JobRunRecord { sliced: true, ..self.new_job_run(&shared, def, msg.params, now)? };
         let by_id: HashMap<u64, &TaskRunRecord> = history.iter().map(|h| (h.id, h)).collect();
         let borrowed: HashMap<usize, Borrowed> = plan.borrowed.iter().copied().collect();
         let mut tasks = Vec::new();
         for i in plan.tasks() {
-            let mut t = new_task_run(shared.store.ids.next_task_run(), &record, i, &def.tasks[i], now);
+            let mut t = new_task_run(shared.store.next_task_run(), &record, i, &def.tasks[i], now);
             if let Some(from) = borrowed.get(&i) {
                 let source = by_id.get(&from.task_run);
                 t.state = TaskState::Succeeded;
@@ -99,23 +114,23 @@ impl Supervisor {
     /// use), then a plain retry or `--from`. Answered once the change is durable.
     pub(super) fn retry_with(
         &mut self,
+        ctx: &mut Context<Self>,
         target: Target,
         options: RetryOptions,
     ) -> ResponseFuture<Result<String, EngineError>> {
         let current = (self.workflow.clone(), self.definition);
-        let located = match (&options.from, target) {
-            (Some(_), Target::TaskRun(id)) => Err(EngineError::Invalid(format!(
-                "--from re-runs part of a job run: give the job run (j7), not task run {id}"
-            ))),
-            _ => self.locate(target).and_then(|(job_run, task_run)| {
-                // A retry is work done again: it renders templates, so it needs the run's secrets.
-                self.secrets_to_go_on(job_run)?;
-                Ok((self.actor_for(job_run)?, task_run))
-            }),
-        };
+        if let (Some(_), Target::TaskRun(id)) = (&options.from, target) {
+            let refused = format!("--from re-runs part of a job run: give the job run (j7), not task run {id}");
+            return Box::pin(async move { Err(EngineError::Invalid(refused)) });
+        }
+        let located = self.with_target(ctx, target, |act, job_run, task_run, stored| {
+            // A retry is work done again: it renders templates, so it needs the run's secrets.
+            act.secrets_to_go_on(job_run, stored.as_ref())?;
+            Ok((act.actor_for(job_run, stored)?, task_run))
+        });
         let store = self.shared.as_ref().map(|s| s.store.clone());
         Box::pin(async move {
-            let (actor, task_run) = located?;
+            let (actor, task_run) = located.await?;
             let stopped = |_| EngineError::Stopped("the job run stopped".into());
             let check = CheckDefinition { current: current.0, key: current.1, choice: options.definition };
             // Refusals from the run as it is now (the API answers them 409).

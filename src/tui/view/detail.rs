@@ -14,6 +14,7 @@ use super::{age, attempts, bold, dim, dur, job_state_span, last_error, sparkline
 use crate::model::workflow_graph::WorkflowGraph;
 use crate::tui::job_graph::{self, Bucket, Counts, Row, RunRef};
 use crate::tui::model::{Model, Subject, TaskRow};
+use crate::tui::rows::ReachedBy;
 
 pub fn draw(model: &Model, subject: &Subject, frame: &mut Frame, area: Rect) {
     match subject {
@@ -58,6 +59,9 @@ fn task(model: &Model, t: &TaskRow, frame: &mut Frame, area: Rect) {
         ]),
         field("duration", duration(model, t)),
     ];
+    if let Some(by) = &r.reached_by {
+        lines.push(field("reached", reached(model, by)));
+    }
     let model_name = t.model.clone().map(|m| format!(" · {m}")).unwrap_or_default();
     lines.push(field(
         "cost",
@@ -138,6 +142,12 @@ fn task(model: &Model, t: &TaskRow, frame: &mut Frame, area: Rect) {
     };
     let text = log.map_or("", |l| l.text.as_str());
     draw_tail(frame, log_area, title, text, 0);
+}
+
+/// How a transition reached a task run, as `show jN` says it: `← #12 revise (success)`.
+fn reached(model: &Model, by: &ReachedBy) -> String {
+    let from = model.tasks.get(&by.from_task_run).map(|f| format!(" {}", f.rec.label())).unwrap_or_default();
+    format!("← #{}{from} ({})", by.from_task_run, by.on.as_str())
 }
 
 /// The `duration` field of a task run's detail.

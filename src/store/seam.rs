@@ -1,0 +1,122 @@
+//! The seam between gaffer and where its durable state lives: [`Store`] (commits and ids, for
+//! the running instance) and [`Snapshot`] (consistent reads, for everyone). The engine, the CLI,
+//! the API and the TUI see the store only through these; `RedbStore` and `Reader` are the redb
+//! implementations, and [`StoreLocation`] is the one place a location becomes a snapshot.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::{
+    AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, Mutation, RaisedBudgets, ScheduleState, StoreError,
+    TaskRunRecord,
+};
+
+/// A commit on its way: resolves once the batch is durable, or with why it could not be made so.
+pub type Committing = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>>;
+
+/// Where the running instance commits, and where its ids come from.
+///
+/// Ids are unique and increasing for the store that hands them out, not necessarily gap-free: a
+/// store may reserve them in blocks (a database sequence) and lose the rest of a block on a crash.
+/// An id is made durable by the commit that first writes a record with it; one that reached the
+/// store is never handed out again.
+pub trait Store: Send + Sync + 'static {
+    /// Commits `batch` whole; the future resolves once it is durable.
+    fn commit(&self, batch: Vec<Mutation>) -> Committing;
+    /// [`Store::commit`] for callers outside any runtime (start-up, the CLI).
+    fn commit_blocking(&self, batch: Vec<Mutation>) -> Result<(), StoreError>;
+    /// A consistent view of everything committed so far. May block (it may open a file or ask
+    /// a server): call it off the engine's actor thread — tokio's blocking pool, or the CLI.
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError>;
+    /// Durable transactions made so far (for benchmarks: mutations per fsync).
+    fn commit_count(&self) -> u64;
+    fn next_job_run(&self) -> u64;
+    fn next_task_run(&self) -> u64;
+    /// The sequence that orders equal priorities in a queue.
+    fn next_enqueue_seq(&self) -> u64;
+}
+
+/// The running instance's store, whatever is behind it. Cheap to clone.
+#[derive(Clone)]
+pub struct StoreHandle(Arc<dyn Store>);
+
+impl StoreHandle {
+    pub fn new(store: Arc<dyn Store>) -> StoreHandle {
+        StoreHandle(store)
+    }
+}
+
+impl std::ops::Deref for StoreHandle {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &(dyn Store + 'static) {
+        &*self.0
+    }
+}
+
+impl<S: Store> From<S> for StoreHandle {
+    fn from(store: S) -> StoreHandle {
+        StoreHandle(Arc::new(store))
+    }
+}
+
+/// A consistent, read-only view of the store. Every record is read as committed; nothing seen
+/// through one snapshot changes while it is held.
+pub trait Snapshot: Send {
+    fn job_runs(&self) -> Result<Vec<JobRunRecord>, StoreError>;
+    fn task_runs(&self) -> Result<Vec<TaskRunRecord>, StoreError>;
+    /// Every job run in id order, one at a time (no list of them all is built); `f` returns
+    /// false to stop.
+    fn each_job_run(&self, f: &mut dyn FnMut(JobRunRecord) -> bool) -> Result<(), StoreError>;
+    /// Every job run, newest first, one at a time; `f` returns false to stop.
+    fn each_job_run_newest_first(&self, f: &mut dyn FnMut(JobRunRecord) -> bool) -> Result<(), StoreError>;
+    /// Every task run in id order, one at a time; `f` returns false to stop.
+    fn each_task_run(&self, f: &mut dyn FnMut(TaskRunRecord) -> bool) -> Result<(), StoreError>;
+    fn job_run(&self, id: u64) -> Result<Option<JobRunRecord>, StoreError>;
+    fn task_run(&self, id: u64) -> Result<Option<TaskRunRecord>, StoreError>;
+    fn definition(&self, hash: u64) -> Result<Option<DefinitionRecord>, StoreError>;
+    /// The task runs of one job run, in id order.
+    fn task_runs_of(&self, job_run: u64) -> Result<Vec<TaskRunRecord>, StoreError>;
+    /// The task runs of one task in one job run, by iteration, then item, then kind.
+    fn instances_of(&self, job_run: u64, task: &str) -> Result<Vec<TaskRunRecord>, StoreError>;
+    fn attempts_of(&self, task_run: u64) -> Result<Vec<AttemptRecord>, StoreError>;
+    fn attempts(&self) -> Result<Vec<AttemptRecord>, StoreError>;
+    /// Every attempt, one at a time; `f` returns false to stop.
+    fn each_attempt(&self, f: &mut dyn FnMut(AttemptRecord) -> bool) -> Result<(), StoreError>;
+    /// Persisted schedule states by job name.
+    fn schedules(&self) -> Result<BTreeMap<String, ScheduleState>, StoreError>;
+    /// The job run a submit with this idempotency key created, if one did.
+    fn idempotency_key(&self, key: &str) -> Result<Option<u64>, StoreError>;
+    /// The cached run stored under a scoped cache key, if any (its age is the caller's business).
+    fn cache_entry(&self, key: &str) -> Result<Option<CacheEntry>, StoreError>;
+    /// The keys of cache entries whose time ran out before `now_ms`.
+    fn expired_cache_keys(&self, now_ms: u64) -> Result<Vec<String>, StoreError>;
+    /// The budgets raised by retries in job run `job_run` (none: the file's hold).
+    fn raised_budgets(&self, job_run: u64) -> Result<RaisedBudgets, StoreError>;
+    /// Queues paused by a person, which stay paused across restarts.
+    fn paused_queues(&self) -> Result<BTreeSet<String>, StoreError>;
+}
+
+/// Where the durable state is: what the read commands, the API and the offline TUI open
+/// snapshots from. Today always the state dir's `state.redb`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// `STATE_DIR/state.redb`.
+    StateDir(PathBuf),
+}
+
+impl StoreLocation {
+    pub fn state_dir(path: &Path) -> StoreLocation {
+        StoreLocation::StateDir(path.to_path_buf())
+    }
+
+    /// A snapshot of what the store at this location holds; works while an instance writes.
+    pub fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError> {
+        match self {
+            StoreLocation::StateDir(dir) => Ok(Box::new(super::open_reader(dir)?)),
+        }
+    }
+}
