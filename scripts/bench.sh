@@ -16,6 +16,11 @@
 #   MANY_N=1000     tasks `sleep 2` running at once (workers = MANY_N) for the memory-per-task row
 #   FANOUT_N=10000  items of the one fanned-out task (`for_each`) for the fan-out row
 #   INSN_N=1000     tasks per run for the instructions-per-task rows (callgrind; INSN_N=0 skips them)
+#   PG_BENCH=1      also the PostgreSQL queue rows: claim+complete throughput of a drained backlog,
+#                   k = 1, 10, 64 per statement, PG_BENCH_W=4 claimers, on a private durable server
+#                   (src/store/pg/tests.rs `pg_claim_complete_throughput`, #[ignore]; compare with
+#                   ../shared/bench/pg-probe RESULTS.md "backlog … drain"). Alone:
+#                   GAFFER_TEST_PG_DURABLE=1 cargo test --release --lib pg_claim_complete_throughput -- --ignored --nocapture
 #
 # Needs valgrind for the instructions-per-task rows (`apt-get install valgrind`): CPU counters
 # (`perf stat -e instructions`) are not available in most VMs, callgrind counts the same way
@@ -442,6 +447,18 @@ row "submits/s through the control socket (1 client / 4 clients)" "$(printf '%.0
   "benches/serve.rs: POST /v1/submit of a 1-task job over state/gaffer.sock, answered once the run is durable; ${SUBMITS:-1000} submits (the tasks run meanwhile)"
 row "cron firing delay p50 / p99 (scheduled second → task.started)" "$(sv cron_delay_p50_ms) / $(sv cron_delay_p99_ms) ms" "p99 < 50 ms" "$(verdict "$(sv cron_delay_p99_ms)" 50 le)" \
   "benches/serve.rs: \`* * * * * *\` schedule for ${CRON_SECONDS:-15} s under \`gaffer serve\`, journal timestamps (ms); $(sv cron_fires) fires"
+
+# ------------------------------------------------------------------ PostgreSQL queue (issue 11)
+if [ -n "${PG_BENCH:-}" ]; then
+  log "postgres: claim+complete throughput (k = 1, 10, 64)"
+  GAFFER_TEST_PG_DURABLE=1 cargo test --quiet --release --lib pg_claim_complete_throughput -- --ignored --nocapture 2>/dev/null |
+    grep '^PG_BENCH' >"$WORK/pg.txt" || true
+  while read -r line; do
+    k=$(sed -E 's/.* k=([0-9]+) .*/\1/' <<<"$line")
+    row "postgres claim+complete tasks/s, $k per statement (drain of a backlog)" "$(sed -E 's/.*\) ([0-9]+) tasks\/s \(.*/\1/' <<<"$line")" "—" "measured" \
+      "pg_claim_complete_throughput: ${line#PG_BENCH }"
+  done <"$WORK/pg.txt"
+fi
 
 # ------------------------------------------------------------------ the table
 T_END=$EPOCHREALTIME

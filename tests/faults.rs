@@ -60,8 +60,21 @@ fn a_server_whose_disk_fills_up_exits_70_with_the_reason() {
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped()),
     );
-    let socket = p.state_dir().join("gaffer.sock");
-    support::wait_for_socket(&socket);
+    // Everything serve says, read as it comes: the disk is filled only once it said it serves
+    // (its start-up commit is durable then), so what fails is the submit, never the start.
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = server.child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn({
+        let said = said.clone();
+        move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut buf) {
+                said.lock().expect("said").push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    let text = || said.lock().expect("said").clone();
+    support::wait_until(std::time::Duration::from_secs(10), "serve to say it serves", || text().contains("serving"));
     disk.fill(0);
     let submit = p.run(&["submit", "j"]);
     assert_ne!(submit.status.code(), Some(0), "a run that cannot be stored is refused");
@@ -75,8 +88,8 @@ fn a_server_whose_disk_fills_up_exits_70_with_the_reason() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(70));
-    let mut said = String::new();
-    std::io::Read::read_to_string(&mut server.child.stderr.take().expect("stderr"), &mut said).expect("stderr");
+    reader.join().expect("stderr reader");
+    let said = text();
     assert!(said.contains("the disk is full"), "{said}");
 }
 

@@ -459,7 +459,13 @@ pub struct Attach(pub Arc<Shared>);
 impl Handler<Attach> for Supervisor {
     type Result = ();
 
+    /// The definition in use is committed first of all, before the API can take a submit:
+    /// the store commits in order, so every job run written after this refers to a stored
+    /// definition.
     fn handle(&mut self, Attach(shared): Attach, _ctx: &mut Self::Context) {
+        let definition =
+            DefinitionRecord { path: self.workflow.path.display().to_string(), source: shared.source.clone() };
+        drop(shared.store.commit(vec![Mutation::Definition(self.definition, definition)]));
         self.shared = Some(shared);
     }
 }
@@ -476,10 +482,10 @@ impl Handler<ResumeAll> for Supervisor {
             Ok(shared) => shared,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        // The store commits in order, so every job run written after this refers to a stored definition.
-        let definition =
-            DefinitionRecord { path: self.workflow.path.display().to_string(), source: shared.source.clone() };
-        drop(shared.store.commit(vec![Mutation::Definition(self.definition, definition)]));
+        // Awaited before the answer: `serve` says it is serving only once the definition
+        // `Attach` committed is durable (commits are in order; a disk that fills after that
+        // line fails a submit, not the start-up).
+        let stored = shared.store.commit(Vec::new());
         let (in_use, state_dir) = (self.definition, shared.state_dir.clone());
         let read = move |reader: &dyn Snapshot| {
             let mut runs = Vec::new();
@@ -489,7 +495,10 @@ impl Handler<ResumeAll> for Supervisor {
             Ok((runs, inbox::cancelled_job_runs(&state_dir)))
         };
         let resumed = self.read_then(ctx, read, |act, (runs, cancelled), _ctx| act.resume_all(runs, &cancelled));
-        Box::pin(resumed)
+        Box::pin(async move {
+            stored.await.map_err(|e| EngineError::Fatal(e.to_string()))?;
+            resumed.await
+        })
     }
 }
 

@@ -10,6 +10,7 @@
 mod codec;
 mod lock;
 mod overlay;
+pub mod pg;
 pub mod records;
 mod seam;
 mod writer;

@@ -24,7 +24,9 @@ pub type Committing = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send
 /// An id is made durable by the commit that first writes a record with it; one that reached the
 /// store is never handed out again.
 pub trait Store: Send + Sync + 'static {
-    /// Commits `batch` whole; the future resolves once it is durable.
+    /// Commits `batch` whole; the future resolves once it is durable. Batches are committed in
+    /// the order of the calls (the batch is handed over before this returns, not when the
+    /// future is first polled): callers rely on it, e.g. a definition before the runs naming it.
     fn commit(&self, batch: Vec<Mutation>) -> Committing;
     /// [`Store::commit`] for callers outside any runtime (start-up, the CLI).
     fn commit_blocking(&self, batch: Vec<Mutation>) -> Result<(), StoreError>;

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::model::{JobState, TaskState};
 
-fn job_run(id: u64) -> JobRunRecord {
+pub fn job_run(id: u64) -> JobRunRecord {
     JobRunRecord {
         id,
         job: "report".into(),

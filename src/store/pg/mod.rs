@@ -1,0 +1,190 @@
+//! The store in PostgreSQL, shared by several gaffer nodes (issue #11, CLUSTER-DESIGN.md).
+//!
+//! Records are the bytes redb stores (`store::codec`), one row each; the columns beside them are
+//! only what queries need (queue, state, sort key, node, attempt…). Schema in versioned
+//! migrations (`migrations/*.sql`, embedded), applied at open in one transaction; a database of a
+//! newer schema is refused before anything is written.
+//!
+//! - [`PgStore::commit`]: group commit, as redb's writer thread: every batch that arrives while
+//!   the previous transaction commits goes into the next one (`writer.rs`).
+//! - [`PgStore::snapshot`]: a REPEATABLE READ transaction, the reads of `store::Reader`
+//!   (`snapshot.rs`).
+//! - `queue.rs`: what a cluster needs beyond a store — nodes and their leases, claiming ready
+//!   task runs (priority, labels, cluster-wide caps), fenced completion, wake-ups.
+//!
+//! Every session runs with `plan_cache_mode = force_custom_plan`: a generic plan cached while
+//! the queue looked empty walks the whole table for every claim (pg-probe RESULTS.md, trap 1).
+
+mod batch;
+mod ids;
+mod migrate;
+pub mod queue;
+mod snapshot;
+#[cfg(test)]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use super::records::TaskRunRecord;
+pub use ids::{ID_BLOCK, IdBlocks};
+pub use migrate::{MIGRATIONS, SCHEMA_VERSION};
+pub use snapshot::PgSnapshot;
+pub use writer::Writer;
+
+/// What went wrong talking to PostgreSQL.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PgError {
+    #[error("postgres: {0}")]
+    Db(String),
+    #[error("postgres: the connection string is not valid: {0}")]
+    Config(String),
+    #[error(
+        "postgres: the database has gaffer schema {found}, this gaffer understands up to {SCHEMA_VERSION}: nothing was changed; use the gaffer that wrote it, or a newer one"
+    )]
+    Schema { found: i32 },
+    #[error("postgres: {0}")]
+    Codec(String),
+    #[error("the store has stopped")]
+    Closed,
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> PgError {
+        // The server's own message (with its detail) says more than "db error".
+        match e.as_db_error() {
+            Some(db) => PgError::Db(match db.detail() {
+                Some(detail) => format!("{} ({detail})", db.message()),
+                None => db.message().to_string(),
+            }),
+            None => PgError::Db(e.to_string()),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> PgError {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => PgError::Db(other.to_string()),
+        }
+    }
+}
+
+impl From<super::StoreError> for PgError {
+    fn from(e: super::StoreError) -> PgError {
+        PgError::Codec(e.to_string())
+    }
+}
+
+/// The columns of a task run that only the workflow knows (the store knows records): its
+/// queue order under aging and the labels it requires of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueColumns {
+    pub sort_key: i64,
+    pub requires: Vec<String>,
+}
+
+/// Computes [`QueueColumns`] for a task run about to be written.
+pub type QueueFacts = Arc<dyn Fn(&TaskRunRecord) -> QueueColumns + Send + Sync>;
+
+/// Without a workflow's facts: its priority is its order, and it requires nothing.
+pub fn plain_queue_facts() -> QueueFacts {
+    Arc::new(|r: &TaskRunRecord| QueueColumns { sort_key: i64::from(r.priority), requires: Vec::new() })
+}
+
+/// `model::policy::priority_key` as a column: clamped into a bigint (only an aging of
+/// millions of years overflows it).
+pub fn sort_key(priority_key: i128) -> i64 {
+    priority_key.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+/// How to open a [`PgStore`].
+#[derive(Clone)]
+pub struct PgOptions {
+    /// Connections in the pool (the writer, the claimer and snapshots share them).
+    pub pool_size: usize,
+    pub queue_facts: QueueFacts,
+}
+
+impl Default for PgOptions {
+    fn default() -> PgOptions {
+        PgOptions { pool_size: 8, queue_facts: plain_queue_facts() }
+    }
+}
+
+/// The PostgreSQL store of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    writer: Writer,
+    pub ids: Arc<IdBlocks>,
+}
+
+impl PgStore {
+    /// Connects, applies the migrations this database lacks (or refuses a newer schema before
+    /// writing anything), and starts the group-commit task. Must be called in a tokio runtime.
+    pub async fn open(url: &str, options: PgOptions) -> Result<PgStore, PgError> {
+        let pool = connect(url, options.pool_size)?;
+        let mut client = pool.get().await?;
+        migrate::migrate(&mut client).await?;
+        drop(client);
+        let writer = Writer::start(pool.clone(), options.queue_facts.clone());
+        Ok(PgStore { ids: Arc::new(IdBlocks::new(pool.clone())), pool, writer })
+    }
+
+    /// Resolves once `batch` is committed (or failed, with the reason), in one transaction with
+    /// whatever other batches arrived meanwhile.
+    pub async fn commit(&self, batch: Vec<super::Mutation>) -> Result<(), PgError> {
+        self.writer.commit(batch).await
+    }
+
+    /// A consistent snapshot of everything committed so far.
+    pub async fn snapshot(&self) -> Result<PgSnapshot, PgError> {
+        PgSnapshot::begin(self.pool.get().await?).await
+    }
+
+    /// The pool, for the queue's long-lived helpers (`queue::Completer`, `queue::Heartbeat`).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// A connection of the pool (queue primitives take one).
+    pub async fn connection(&self) -> Result<deadpool_postgres::Client, PgError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Transactions the writer committed so far (for tests and benchmarks: batches per commit).
+    pub fn commit_count(&self) -> u64 {
+        self.writer.commit_count()
+    }
+}
+
+/// A pool over `url` (a libpq connection string or a `postgres://` URL); every session plans
+/// each statement for its parameters (`force_custom_plan`).
+pub fn connect(url: &str, size: usize) -> Result<Pool, PgError> {
+    let manager = Manager::from_config(config(url)?, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager)
+        .max_size(size.max(2))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| PgError::Config(e.to_string()))
+}
+
+/// The session settings of every gaffer connection added to `url`'s.
+pub fn config(url: &str) -> Result<tokio_postgres::Config, PgError> {
+    let mut config: tokio_postgres::Config =
+        url.parse().map_err(|e: tokio_postgres::Error| PgError::Config(e.to_string()))?;
+    let options = format!("{} -c plan_cache_mode=force_custom_plan", config.get_options().unwrap_or_default());
+    config.options(options.trim());
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    Ok(config)
+}

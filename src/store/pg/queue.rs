@@ -1,0 +1,546 @@
+//! What a cluster of nodes needs of the queue beyond a store (CLUSTER-DESIGN.md): nodes and
+//! their leases, claiming ready task runs, fenced completion, wake-ups.
+//!
+//! The statements follow pg-probe's RESULTS.md: a claim is `id = ANY(ARRAY(subquery))` (the
+//! outer update is always a primary-key lookup), completion is by primary key fenced by node and
+//! attempt, never by `state` (a generic plan would walk the partial `running` index), and every
+//! session plans for its parameters (`force_custom_plan`, set by `pg::connect`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::{AsyncMessage, Client};
+
+use super::writer::{QUEUE_CHANNEL, from_db, to_db};
+use super::{PgError, QueueFacts};
+use crate::model::TaskState;
+use crate::model::lease::{Fence, Refused, outcome_accepted};
+use crate::store::codec;
+use crate::store::records::{AttemptRecord, TaskRunRecord};
+
+/// This node's row in `nodes`: its id fences everything it claims and completes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub id: i64,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub lease: Duration,
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Registers a node named `name` with a fresh id and a lease of `lease` from now. A row of the
+/// same name whose lease ran out (or that stopped) is replaced; one still alive is refused: two
+/// live nodes must not share a name.
+pub async fn register_node(
+    c: &mut deadpool_postgres::Client,
+    name: &str,
+    labels: &[String],
+    lease: Duration,
+) -> Result<Node, PgError> {
+    let tx = c.transaction().await?;
+    let alive = tx
+        .query_opt(
+            "SELECT lease_until FROM nodes WHERE name = $1 AND lease_until > now() AND NOT stopped FOR UPDATE",
+            &[&name],
+        )
+        .await?;
+    if alive.is_some() {
+        return Err(PgError::Db(format!(
+            "a node named {name} is running (its lease has not run out): give this one another name"
+        )));
+    }
+    tx.execute("DELETE FROM nodes WHERE name = $1", &[&name]).await?;
+    let row = tx
+        .query_one(
+            "INSERT INTO nodes (name, labels, lease_until) \
+             VALUES ($1, $2, now() + $3 * interval '1 millisecond') RETURNING id",
+            &[&name, &labels, &millis(lease)],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(Node { id: row.get(0), name: name.to_string(), labels: labels.to_vec(), lease })
+}
+
+/// Renews the node's lease; false when it had already run out (or the node was stopped): then
+/// the node is dead to the others and must not renew, claim or complete any more.
+pub async fn renew(c: &Client, node: &Node) -> Result<bool, PgError> {
+    let renewed = c
+        .execute(
+            "UPDATE nodes SET heartbeat_at = now(), lease_until = now() + $2 * interval '1 millisecond' \
+             WHERE id = $1 AND lease_until > now() AND NOT stopped",
+            &[&node.id, &millis(node.lease)],
+        )
+        .await?;
+    Ok(renewed == 1)
+}
+
+/// A graceful stop: the lease ends now.
+pub async fn stop_node(c: &Client, node: &Node) -> Result<(), PgError> {
+    c.execute("UPDATE nodes SET stopped = true, lease_until = now() WHERE id = $1", &[&node.id]).await?;
+    Ok(())
+}
+
+/// A node whose lease ran out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadNode {
+    pub id: i64,
+    pub name: String,
+    /// Stopped gracefully (it left nothing running), rather than gone silent.
+    pub stopped: bool,
+}
+
+/// Nodes whose lease ran out: their job runs may be adopted and their running attempts are
+/// recorded `interrupted` by whoever adopts them.
+pub async fn dead_nodes(c: &Client) -> Result<Vec<DeadNode>, PgError> {
+    let rows = c.query("SELECT id, name, stopped FROM nodes WHERE lease_until <= now() ORDER BY id", &[]).await?;
+    Ok(rows.iter().map(|r| DeadNode { id: r.get(0), name: r.get(1), stopped: r.get(2) }).collect())
+}
+
+/// A task run this node claimed: it is `running` on this node with attempt `attempt`. Its
+/// record is as it was queued; the claimer commits the running record next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub id: u64,
+    pub attempt: u32,
+    pub record: TaskRunRecord,
+}
+
+const CLAIM: &str = "UPDATE task_runs SET state = 'running', node = $1, attempt = attempt + 1 \
+     WHERE id = ANY(ARRAY( \
+         SELECT id FROM task_runs \
+         WHERE state = 'queued' AND queue = $2 AND (not_before IS NULL OR not_before <= now()) \
+           AND requires <@ $3::text[] \
+         ORDER BY sort_key DESC, enqueue_seq LIMIT $4 FOR UPDATE SKIP LOCKED)) \
+       AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND lease_until > now() AND NOT stopped) \
+     RETURNING id, attempt, record";
+
+/// Claims up to `k` ready task runs of `queue` (its best first: highest `sort_key`, then lowest
+/// enqueue sequence) whose `requires` the node's labels cover, as one transaction. With a
+/// `cluster_cap` (a declared queue's concurrency) the claim takes the queue's advisory lock,
+/// counts the task runs running on every node and claims at most what is left. Nothing is
+/// claimed once the node's lease ran out.
+pub async fn claim(
+    c: &mut deadpool_postgres::Client,
+    node: &Node,
+    queue: &str,
+    k: usize,
+    cluster_cap: Option<u32>,
+) -> Result<Vec<Claimed>, PgError> {
+    let k = k as i64;
+    let rows = match cluster_cap {
+        // One statement, one commit: the common case costs one round trip.
+        None => {
+            let stmt = c.prepare_cached(CLAIM).await?;
+            c.query(&stmt, &[&node.id, &queue, &node.labels, &k]).await?
+        }
+        Some(cap) => {
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext('gaffer.queue.' || $1))", &[&queue]).await?;
+            let count = tx.prepare_cached(COUNT_RUNNING).await?;
+            let running: i64 = tx.query_one(&count, &[&queue]).await?.get(0);
+            let k = k.min(i64::from(cap) - running);
+            if k <= 0 {
+                return Ok(Vec::new());
+            }
+            let stmt = tx.prepare_cached(CLAIM).await?;
+            let rows = tx.query(&stmt, &[&node.id, &queue, &node.labels, &k]).await?;
+            tx.commit().await?;
+            rows
+        }
+    };
+    rows.iter()
+        .map(|r| {
+            let attempt: i32 = r.get(1);
+            Ok(Claimed { id: from_db(r.get(0)), attempt: attempt as u32, record: codec::decode(r.get(2))? })
+        })
+        .collect()
+}
+
+/// Uses the partial `running` index; only ever inside the capped claim (RESULTS.md trap 3).
+const COUNT_RUNNING: &str = "SELECT count(*) FROM task_runs WHERE queue = $1 AND state = 'running'";
+
+/// An attempt that ended, as its node reports it: the task run's new record and the attempt's.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub task_run: TaskRunRecord,
+    pub attempt: AttemptRecord,
+}
+
+/// What became of one reported outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    /// Nothing of it was written, for this reason (`model::lease::outcome_accepted`'s).
+    Refused(Refused),
+}
+
+/// `model::lease::outcome_accepted` in SQL: the task run runs, as this node's attempt `n`, and the
+/// node is live; taking it ends the attempt (`node = NULL`). By primary key only: `id = ANY($2)`
+/// with each row's values picked by its place in the arrays (a join with `unnest(...)` lets the
+/// planner hash-join over a sequential scan once the table is small against the batch: seen at
+/// 10k rows, batches of 64), and the state is tested as `coalesce(state, '')` so that no plan
+/// can walk the partial `running` index instead (RESULTS.md trap 3).
+const COMPLETE: &str = "WITH done AS ( \
+     UPDATE task_runs SET \
+         state = ($4::text[])[array_position($2::bigint[], id)], \
+         record = ($5::bytea[])[array_position($2::bigint[], id)], \
+         sort_key = ($6::bigint[])[array_position($2::bigint[], id)], \
+         enqueue_seq = ($7::bigint[])[array_position($2::bigint[], id)], \
+         not_before = to_timestamp(($8::bigint[])[array_position($2::bigint[], id)] / 1000.0), \
+         node = NULL \
+     WHERE id = ANY($2::bigint[]) AND node = $1 AND attempt = ($3::int[])[array_position($2::bigint[], id)] \
+       AND coalesce(state, '') = 'running' \
+       AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND lease_until > now() AND NOT stopped) \
+     RETURNING id \
+ ), kept AS ( \
+     INSERT INTO attempts (task_run, n, node, record) \
+     SELECT a.task_run, a.n, $1, a.record FROM unnest($2::bigint[], $3::int[], $9::bytea[]) AS a(task_run, n, record) \
+     WHERE a.task_run IN (SELECT id FROM done) \
+     ON CONFLICT (task_run, n) DO UPDATE SET node = excluded.node, record = excluded.record \
+ ) \
+ SELECT id FROM done";
+
+/// Writes a batch of ended attempts in one transaction. Each is fenced: its task run must still
+/// be this node's attempt `n`, and the node's lease valid; those that are not are refused and
+/// reported so (one verdict per outcome, in order), never silently dropped. A task run put
+/// back in its queue (a retry) wakes the nodes.
+pub async fn complete(
+    c: &deadpool_postgres::Client,
+    node: &Node,
+    outcomes: &[Outcome],
+    facts: &QueueFacts,
+) -> Result<Vec<Verdict>, PgError> {
+    let mut cols = CompleteColumns::default();
+    for o in outcomes {
+        let r = &o.task_run;
+        if o.attempt.task_run != r.id {
+            return Err(PgError::Db(format!(
+                "task run {}: the outcome carries task run {}'s attempt",
+                r.id, o.attempt.task_run
+            )));
+        }
+        cols.ids.push(to_db(r.id));
+        cols.attempts.push(o.attempt.n as i32);
+        cols.states.push(r.state.as_str().to_string());
+        cols.records.push(codec::encode(r)?);
+        cols.sort_keys.push(facts(r).sort_key);
+        cols.enqueue_seqs.push(to_db(r.enqueue_seq));
+        cols.not_before.push(r.not_before_ms.map(to_db));
+        cols.attempt_records.push(codec::encode(&o.attempt)?);
+    }
+    // One statement (so one commit): the fenced update and the accepted attempts' records.
+    let stmt = c.prepare_cached(COMPLETE).await?;
+    let rows = c
+        .query(
+            &stmt,
+            &[
+                &node.id,
+                &cols.ids,
+                &cols.attempts,
+                &cols.states,
+                &cols.records,
+                &cols.sort_keys,
+                &cols.enqueue_seqs,
+                &cols.not_before,
+                &cols.attempt_records,
+            ],
+        )
+        .await?;
+    let accepted: BTreeSet<u64> = rows.iter().map(|r| from_db(r.get(0))).collect();
+    let requeued: BTreeSet<&str> = outcomes
+        .iter()
+        .filter(|o| o.task_run.state == TaskState::Queued && accepted.contains(&o.task_run.id))
+        .map(|o| o.task_run.queue.as_str())
+        .collect();
+    if !requeued.is_empty() {
+        let queues: Vec<&str> = requeued.into_iter().collect();
+        c.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[&QUEUE_CHANNEL, &queues]).await?;
+    }
+    let refused: Vec<i64> = cols.ids.iter().copied().filter(|id| !accepted.contains(&from_db(*id))).collect();
+    let reasons = if refused.is_empty() { Default::default() } else { refusals(c, node, &refused).await? };
+    Ok(outcomes
+        .iter()
+        .map(|o| match accepted.contains(&o.task_run.id) {
+            true => Verdict::Accepted,
+            false => {
+                let fence = reasons.get(&o.task_run.id).copied();
+                Verdict::Refused(refusal(fence, node, o.attempt.n, reasons.live))
+            }
+        })
+        .collect())
+}
+
+/// What the refused task runs look like now, and whether the node is live, read after the fact
+/// (for the report only: the refusal itself was the update's).
+#[derive(Default)]
+struct Refusals {
+    fences: std::collections::BTreeMap<u64, Fence>,
+    live: bool,
+}
+
+impl Refusals {
+    fn get(&self, id: &u64) -> Option<&Fence> {
+        self.fences.get(id)
+    }
+}
+
+async fn refusals(c: &deadpool_postgres::Client, node: &Node, ids: &[i64]) -> Result<Refusals, PgError> {
+    let rows = c.query("SELECT id, state, node, attempt FROM task_runs WHERE id = ANY($1)", &[&ids]).await?;
+    let mut fences = std::collections::BTreeMap::new();
+    for r in rows {
+        let state: String = r.get(1);
+        let on: Option<i64> = r.get(2);
+        let attempt: i32 = r.get(3);
+        let state = TaskState::parse(&state).unwrap_or(TaskState::Pending);
+        fences.insert(from_db(r.get(0)), Fence { state, node: on.map(from_db), attempt: attempt as u32 });
+    }
+    let live = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND lease_until > now() AND NOT stopped)",
+            &[&node.id],
+        )
+        .await?
+        .get(0);
+    Ok(Refusals { fences, live })
+}
+
+/// The model's reason; a task run gone, or one that changed since (the rule now says yes), was
+/// no longer running as this attempt when the update looked.
+fn refusal(fence: Option<Fence>, node: &Node, attempt: u32, live: bool) -> Refused {
+    match fence.map(|f| outcome_accepted(f, from_db(node.id), attempt, live)) {
+        Some(Err(reason)) => reason,
+        Some(Ok(())) | None => Refused::NotRunning,
+    }
+}
+
+/// Outcomes per completion transaction, at most.
+const MAX_OUTCOMES: usize = 256;
+
+type Reported = (Outcome, oneshot::Sender<Result<Verdict, PgError>>);
+
+/// A node's completions, flushed in batches: every outcome reported while the previous batch
+/// was being committed goes into the next one ([`complete`]), and each reporter hears its own
+/// verdict. Cheap to clone; ends when every clone is gone.
+#[derive(Clone)]
+pub struct Completer {
+    tx: mpsc::UnboundedSender<Reported>,
+    flushes: Arc<AtomicU64>,
+}
+
+impl Completer {
+    pub fn start(pool: Pool, node: Node, facts: QueueFacts) -> Completer {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Reported>();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counted = flushes.clone();
+        tokio::spawn(async move {
+            while let Some(group) = super::batch::next_group(&mut rx, MAX_OUTCOMES, |_| 1).await {
+                let (outcomes, replies): (Vec<Outcome>, Vec<_>) = group.into_iter().unzip();
+                let verdicts = match pool.get().await {
+                    Ok(c) => complete(&c, &node, &outcomes, &facts).await,
+                    Err(e) => Err(e.into()),
+                };
+                counted.fetch_add(1, Ordering::Relaxed);
+                for (i, reply) in replies.into_iter().enumerate() {
+                    let _ = reply.send(verdicts.as_ref().map(|v| v[i]).map_err(Clone::clone));
+                }
+            }
+        });
+        Completer { tx, flushes }
+    }
+
+    /// Resolves once the outcome is committed (or refused, or failed with the reason).
+    pub async fn complete(&self, outcome: Outcome) -> Result<Verdict, PgError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((outcome, reply)).map_err(|_| PgError::Closed)?;
+        answer.await.map_err(|_| PgError::Closed)?
+    }
+
+    /// Completion transactions so far.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+}
+
+/// Renews a node's lease every third of it, until the lease is lost (it ran out before a renewal
+/// reached the database: the node is dead to the others) or the heartbeat is dropped. A renewal
+/// that fails (the database restarting) is retried at the next beat: the lease decides.
+pub struct Heartbeat {
+    lost: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    pub fn start(pool: Pool, node: Node) -> Heartbeat {
+        let (tx, lost) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut beat = tokio::time::interval(node.lease / 3);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                beat.tick().await;
+                let renewed = match pool.get().await {
+                    Ok(c) => renew(&c, &node).await,
+                    Err(e) => Err(e.into()),
+                };
+                match renewed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!("postgres: node {} lost its lease", node.name);
+                        let _ = tx.send(true);
+                        return;
+                    }
+                    Err(e) => tracing::warn!("postgres: node {} cannot renew its lease: {e}", node.name),
+                }
+            }
+        });
+        Heartbeat { lost, task }
+    }
+
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Resolves once the lease is lost.
+    pub async fn lost(&mut self) {
+        let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Default)]
+struct CompleteColumns {
+    ids: Vec<i64>,
+    attempts: Vec<i32>,
+    states: Vec<String>,
+    records: Vec<Vec<u8>>,
+    sort_keys: Vec<i64>,
+    enqueue_seqs: Vec<i64>,
+    not_before: Vec<Option<i64>>,
+    attempt_records: Vec<Vec<u8>>,
+}
+
+/// Wake-ups of one node: one connection that `LISTEN`s on [`QUEUE_CHANNEL`] (reconnecting with
+/// backoff when it is lost), and a fallback poll for whatever a lost connection missed.
+pub struct Waker {
+    rx: mpsc::UnboundedReceiver<Wake>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+enum Wake {
+    Queue(String),
+    /// The connection was (re)made: anything may have been missed.
+    Reconnected,
+}
+
+/// Why [`Waker::wait`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Woken {
+    /// These queues got ready task runs (every notification that arrived, coalesced).
+    Queues(BTreeSet<String>),
+    /// Nothing was heard within the poll interval, or the listening connection was remade:
+    /// look at every queue.
+    Poll,
+}
+
+impl Waker {
+    /// Starts listening; returns once the first `LISTEN` is in place.
+    pub async fn listen(url: &str) -> Result<Waker, PgError> {
+        let config = super::config(url)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let first = listen_once(&config).await?;
+        let task = tokio::spawn(async move {
+            let mut connection = Some(first);
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if let Some(connection) = connection.take() {
+                    forward(connection, &tx).await;
+                    backoff = Duration::from_millis(100);
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                match listen_once(&config).await {
+                    Ok(c) => {
+                        let _ = tx.send(Wake::Reconnected);
+                        connection = Some(c);
+                    }
+                    Err(e) => tracing::warn!("postgres: cannot listen for wake-ups ({e}); retrying"),
+                }
+            }
+        });
+        Ok(Waker { rx, task })
+    }
+
+    /// Waits for a notification or until `poll` passed; takes every notification already there.
+    pub async fn wait(&mut self, poll: Duration) -> Woken {
+        let first = match tokio::time::timeout(poll, self.rx.recv()).await {
+            Ok(Some(wake)) => wake,
+            Ok(None) | Err(_) => return Woken::Poll,
+        };
+        let mut queues = BTreeSet::new();
+        let mut poll_all = false;
+        let mut take = |wake| match wake {
+            Wake::Queue(q) => {
+                queues.insert(q);
+            }
+            Wake::Reconnected => poll_all = true,
+        };
+        take(first);
+        while let Ok(wake) = self.rx.try_recv() {
+            take(wake);
+        }
+        if poll_all { Woken::Poll } else { Woken::Queues(queues) }
+    }
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A listening connection: its client (kept alive) and the messages it receives.
+struct Listening {
+    _client: Client,
+    messages: mpsc::UnboundedReceiver<AsyncMessage>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+async fn listen_once(config: &tokio_postgres::Config) -> Result<Listening, PgError> {
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (tx, messages) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if tx.send(message).is_err() {
+                return;
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {QUEUE_CHANNEL}")).await?;
+    Ok(Listening { _client: client, messages, driver })
+}
+
+/// Forwards notifications until the connection ends.
+async fn forward(mut listening: Listening, wake: &mpsc::UnboundedSender<Wake>) {
+    while let Some(message) = listening.messages.recv().await {
+        if let AsyncMessage::Notification(n) = message
+            && wake.send(Wake::Queue(n.payload().to_string())).is_err()
+        {
+            break;
+        }
+    }
+    listening.driver.abort();
+}

@@ -1,0 +1,213 @@
+//! Group commit over PostgreSQL, as `store::writer` does over redb: one task takes every batch
+//! that queued up while the previous transaction committed and applies them all in one
+//! transaction, answering each caller after the commit. A group that fails is retried batch by
+//! batch, so one bad batch does not fail the others that shared its transaction.
+//!
+//! Task runs that enter `queued` wake the nodes: one `pg_notify` per queue per transaction
+//! (a NOTIFY per enqueue serializes commits and halves throughput, pg-probe RESULTS.md).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use deadpool_postgres::{Pool, Transaction};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+
+use super::{PgError, QueueFacts};
+use crate::model::TaskState;
+use crate::store::{Mutation, codec};
+
+/// A transaction takes at most this many mutations (as redb's writer).
+const MAX_BATCH_MUTATIONS: usize = 4096;
+
+/// The channel a node listens on; the payload is the queue name.
+pub const QUEUE_CHANNEL: &str = "gaffer_queue";
+
+struct Request {
+    batch: Vec<Mutation>,
+    reply: oneshot::Sender<Result<(), PgError>>,
+}
+
+/// The way in to the group-commit task. Cheap to clone; the task ends when every clone is gone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Request>,
+    commits: Arc<AtomicU64>,
+}
+
+impl Writer {
+    pub fn start(pool: Pool, facts: QueueFacts) -> Writer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let commits = Arc::new(AtomicU64::new(0));
+        tokio::spawn(commit_loop(pool, facts, rx, commits.clone()));
+        Writer { tx, commits }
+    }
+
+    pub async fn commit(&self, batch: Vec<Mutation>) -> Result<(), PgError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Request { batch, reply }).map_err(|_| PgError::Closed)?;
+        answer.await.map_err(|_| PgError::Closed)?
+    }
+
+    pub fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+async fn commit_loop(pool: Pool, facts: QueueFacts, mut rx: mpsc::UnboundedReceiver<Request>, commits: Arc<AtomicU64>) {
+    while let Some(group) = super::batch::next_group(&mut rx, MAX_BATCH_MUTATIONS, |r| r.batch.len()).await {
+        let committed = commit_group(&pool, &facts, &group).await;
+        commits.fetch_add(1, Ordering::Relaxed);
+        match committed {
+            Ok(()) => answer(group, Ok(())),
+            Err(e) if group.len() > 1 => {
+                tracing::warn!("postgres: a group commit failed ({e}); committing its batches one by one");
+                for request in group {
+                    let result = commit_group(&pool, &facts, std::slice::from_ref(&request)).await;
+                    commits.fetch_add(1, Ordering::Relaxed);
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => answer(group, Err(e)),
+        }
+    }
+}
+
+fn answer(group: Vec<Request>, result: Result<(), PgError>) {
+    for request in group {
+        let _ = request.reply.send(result.clone());
+    }
+}
+
+async fn commit_group(pool: &Pool, facts: &QueueFacts, group: &[Request]) -> Result<(), PgError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut woken = BTreeSet::new();
+    for request in group {
+        apply(&tx, &request.batch, facts, &mut woken).await?;
+    }
+    if !woken.is_empty() {
+        let queues: Vec<String> = woken.into_iter().collect();
+        tx.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[&QUEUE_CHANNEL, &queues]).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// Applies one batch: every statement is sent at once (pipelined on the connection, executed in
+/// order), then their answers are awaited.
+pub async fn apply(
+    tx: &Transaction<'_>,
+    batch: &[Mutation],
+    facts: &QueueFacts,
+    woken: &mut BTreeSet<String>,
+) -> Result<(), PgError> {
+    let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::with_capacity(batch.len());
+    for m in batch {
+        statements.push(statement(m, facts)?);
+        if let Mutation::TaskRun(r) = m
+            && r.state == TaskState::Queued
+        {
+            woken.insert(r.queue.clone());
+        }
+    }
+    let mut prepared = Vec::with_capacity(statements.len());
+    for (sql, _) in &statements {
+        prepared.push(tx.prepare_cached(sql).await?);
+    }
+    let params: Vec<Vec<&(dyn ToSql + Sync)>> =
+        statements.iter().map(|(_, ps)| ps.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()).collect();
+    let runs = prepared.iter().zip(&params).map(|(stmt, ps)| tx.execute(stmt, ps));
+    futures_util::future::try_join_all(runs).await?;
+    Ok(())
+}
+
+const PUT_DEFINITION: &str = "INSERT INTO definitions (hash, record) VALUES ($1, $2) \
+     ON CONFLICT (hash) DO UPDATE SET record = excluded.record";
+const PUT_JOB_RUN: &str = "INSERT INTO job_runs (id, job, state, record) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (id) DO UPDATE SET job = excluded.job, state = excluded.state, record = excluded.record";
+/// `node` is not written: only a claim sets it (and a completion keeps it, as the attempt's).
+const PUT_TASK_RUN: &str = "INSERT INTO task_runs (id, job_run, task, iteration, item_index, kind, state, \
+     queue, sort_key, enqueue_seq, not_before, requires, attempt, record) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11::bigint / 1000.0), $12, $13, $14) \
+     ON CONFLICT (id) DO UPDATE SET state = excluded.state, queue = excluded.queue, \
+     sort_key = excluded.sort_key, enqueue_seq = excluded.enqueue_seq, not_before = excluded.not_before, \
+     requires = excluded.requires, attempt = excluded.attempt, record = excluded.record";
+const PUT_ATTEMPT: &str = "INSERT INTO attempts (task_run, n, record) VALUES ($1, $2, $3) \
+     ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record";
+const PUT_SCHEDULE: &str = "INSERT INTO schedules (job, record) VALUES ($1, $2) \
+     ON CONFLICT (job) DO UPDATE SET record = excluded.record";
+const PAUSE: &str = "INSERT INTO paused_queues (queue) VALUES ($1) ON CONFLICT DO NOTHING";
+const RESUME: &str = "DELETE FROM paused_queues WHERE queue = $1";
+const PUT_KEY: &str = "INSERT INTO idempotency (key, job_run) VALUES ($1, $2) \
+     ON CONFLICT (key) DO UPDATE SET job_run = excluded.job_run";
+const PUT_CACHE: &str = "INSERT INTO cache (key, expires_at_ms, record) VALUES ($1, $2, $3) \
+     ON CONFLICT (key) DO UPDATE SET expires_at_ms = excluded.expires_at_ms, record = excluded.record";
+const DELETE_CACHE: &str = "DELETE FROM cache WHERE key = $1";
+const PUT_RAISED: &str = "INSERT INTO raised_budgets (job_run, record) VALUES ($1, $2) \
+     ON CONFLICT (job_run) DO UPDATE SET record = excluded.record";
+
+/// Ids and hashes are u64 in gaffer, bigint in PostgreSQL: stored bit for bit (`as`), read back
+/// with [`from_db`]. Ids from the sequences never reach the sign bit; definition hashes may.
+pub fn to_db(v: u64) -> i64 {
+    v as i64
+}
+
+pub fn from_db(v: i64) -> u64 {
+    v as u64
+}
+
+fn statement(m: &Mutation, facts: &QueueFacts) -> Result<(&'static str, Vec<Param>), PgError> {
+    Ok(match m {
+        Mutation::Definition(hash, d) => (PUT_DEFINITION, vec![Box::new(to_db(*hash)), Box::new(codec::encode(d)?)]),
+        Mutation::JobRun(r) => (
+            PUT_JOB_RUN,
+            vec![
+                Box::new(to_db(r.id)),
+                Box::new(r.job.clone()),
+                Box::new(r.state.as_str()),
+                Box::new(codec::encode(r)?),
+            ],
+        ),
+        Mutation::TaskRun(r) => {
+            let columns = facts(r);
+            (
+                PUT_TASK_RUN,
+                vec![
+                    Box::new(to_db(r.id)),
+                    Box::new(to_db(r.job_run)),
+                    Box::new(r.task.clone()),
+                    Box::new(r.iteration as i32),
+                    Box::new(r.item_index.map(|i| i as i32)),
+                    Box::new(i16::from(r.kind.index_key())),
+                    Box::new(r.state.as_str()),
+                    Box::new(r.queue.clone()),
+                    Box::new(columns.sort_key),
+                    Box::new(to_db(r.enqueue_seq)),
+                    Box::new(r.not_before_ms.map(to_db)),
+                    Box::new(columns.requires),
+                    Box::new(r.attempt as i32),
+                    Box::new(codec::encode(r)?),
+                ],
+            )
+        }
+        Mutation::Attempt(a) => {
+            (PUT_ATTEMPT, vec![Box::new(to_db(a.task_run)), Box::new(a.n as i32), Box::new(codec::encode(a)?)])
+        }
+        Mutation::Schedule(job, state) => (PUT_SCHEDULE, vec![Box::new(job.clone()), Box::new(codec::encode(state)?)]),
+        Mutation::QueuePaused(queue, true) => (PAUSE, vec![Box::new(queue.clone())]),
+        Mutation::QueuePaused(queue, false) => (RESUME, vec![Box::new(queue.clone())]),
+        Mutation::IdempotencyKey(key, job_run) => (PUT_KEY, vec![Box::new(key.clone()), Box::new(to_db(*job_run))]),
+        Mutation::Cached(key, entry) => (
+            PUT_CACHE,
+            vec![Box::new(key.clone()), Box::new(to_db(entry.expires_at_ms)), Box::new(codec::encode(entry)?)],
+        ),
+        Mutation::Uncached(key) => (DELETE_CACHE, vec![Box::new(key.clone())]),
+        Mutation::RaisedBudgets(job_run, raised) => {
+            (PUT_RAISED, vec![Box::new(to_db(*job_run)), Box::new(codec::encode(raised)?)])
+        }
+    })
+}
