@@ -61,6 +61,9 @@ fn describe(e: &EngineEvent) -> Option<String> {
         EventData::TaskStarted { pid: Some(pid), .. } => {
             format!("started (attempt {}, pid {pid})", e.attempt.unwrap_or(1))
         }
+        EventData::TaskBlocked { requires, node_labels } => {
+            format!("blocked: {}", crate::model::routing::blocked_reason(requires, node_labels))
+        }
         EventData::TaskStarted { pid: None, .. } => format!("started (attempt {})", e.attempt.unwrap_or(1)),
         EventData::TaskSucceeded { cached_from: Some(from), .. } => {
             format!("succeeded from the cache (reused task run {from})")

@@ -141,6 +141,11 @@ pub enum EventData {
     TaskWaiting {
         wait_for: String,
     },
+    /// Queued, but this node lacks labels it `requires`: it waits for a node that has them.
+    TaskBlocked {
+        requires: Vec<String>,
+        node_labels: Vec<String>,
+    },
     /// `unpriced`: tokens no price covers, counted as $0.
     TaskCost {
         usage: Usage,
@@ -212,6 +217,7 @@ impl EventData {
             EventData::TaskCancelled { .. } => EventName::TaskCancelled,
             EventData::TaskSkipped => EventName::TaskSkipped,
             EventData::TaskWaiting { .. } => EventName::TaskWaiting,
+            EventData::TaskBlocked { .. } => EventName::TaskBlocked,
             EventData::TaskCost { .. } => EventName::TaskCost,
             EventData::TaskProgress { .. } => EventName::TaskProgress,
             EventData::TaskWarning { .. } => EventName::TaskWarning,
@@ -268,6 +274,9 @@ impl EventData {
             EventData::TaskCancelled { from_dead } => vec![from_dead.then(|| ("from", json!("dead")))],
             EventData::TaskSkipped | EventData::TaskHandled | EventData::QueueCircuitClosed => Vec::new(),
             EventData::TaskWaiting { wait_for } => vec![put("wait_for", wait_for)],
+            EventData::TaskBlocked { requires, node_labels } => {
+                vec![put("requires", requires), put("node_labels", node_labels)]
+            }
             EventData::TaskCost { usage, model, unpriced } => vec![
                 usd("usd", usage.usd_micros),
                 put("input_tokens", usage.input_tokens),
@@ -358,6 +367,10 @@ impl EventData {
             }
             EventName::TaskSkipped => EventData::TaskSkipped,
             EventName::TaskWaiting => EventData::TaskWaiting { wait_for: f.text("wait_for")? },
+            EventName::TaskBlocked => EventData::TaskBlocked {
+                requires: serde_json::from_value(f.0.get("requires")?.clone()).ok()?,
+                node_labels: serde_json::from_value(f.0.get("node_labels")?.clone()).ok()?,
+            },
             EventName::TaskCost => EventData::TaskCost {
                 usage: Usage {
                     usd_micros: f.usd("usd")?,

@@ -116,6 +116,9 @@ pub struct TaskRunRecord {
     /// For a task run a transition (SPEC §2.2 `next`) started: the task run it came from and
     /// the `on` that matched; none for one started by `needs`, a fan-out or a person.
     pub reached_by: Option<ReachedBy>,
+    /// Node labels a node must have to start it (the task's `requires`); empty: any node.
+    /// Keep it the last field: layout 2 is layout 3 without it (see `upgrade`).
+    pub requires: Vec<String>,
 }
 
 /// How a transition reached a task run: from which task run, on `success`, `failure` or
@@ -204,6 +207,7 @@ impl TaskRunRecord {
             kind: TaskRunKind::Task,
             compensates: None,
             reached_by: None,
+            requires: Vec::new(),
         }
     }
 
@@ -393,11 +397,16 @@ impl Record for JobRunRecord {
 }
 impl Record for TaskRunRecord {
     /// 2: instances — iteration, fan-out item, kind, how a transition reached it (SPEC §2.2).
-    const VERSION: u8 = 2;
+    /// 3: `requires`, appended.
+    const VERSION: u8 = 3;
 
     fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
         match version {
             1 => Ok(body_of::<TaskRunRecordV1>(body)?.into()),
+            // Postcard writes fields in order with no names: a layout 2 body followed by an
+            // empty list (its length, one 0 byte) is the layout 3 body of a task run that
+            // requires nothing, which is what every task run before `requires` was.
+            2 => Ok(body_of::<TaskRunRecord>(&[body, &[0]].concat())?),
             _ => Err(StoreError::Codec(format!("task run layout {version} is not one this gaffer knows"))),
         }
     }

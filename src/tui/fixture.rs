@@ -210,6 +210,7 @@ pub fn fixture() -> Model {
         jobs: shapes(),
         schedule_fires: schedule_fires(),
         by_model: Vec::new(),
+        node_labels: Some(Vec::new()),
     };
     let mut model = Model::new(snapshot, NOW_MS, "examples/report.toml", vec![2, 4, 5]);
     for e in fixture_events(ago) {
@@ -363,6 +364,7 @@ pub fn fixture_with(n: u64) -> Model {
         jobs: shapes(),
         schedule_fires: schedule_fires(),
         by_model: Vec::new(),
+        node_labels: Some(Vec::new()),
     };
     Model::new(snapshot, NOW_MS, "bench", Vec::new())
 }

@@ -46,6 +46,8 @@ pub struct TaskRun {
     pub fanout: bool,
     /// For a task run a transition started: where it came from.
     pub reached_by: Option<ReachedBy>,
+    /// Node labels a node must have to start it (`requires`).
+    pub requires: Vec<String>,
 }
 
 /// How a transition reached a task run (SPEC §2.2): the task run it came from and the `on`
@@ -111,6 +113,7 @@ impl From<TaskRunView> for TaskRun {
             reached_by: v
                 .reached_by
                 .and_then(|by| Some(ReachedBy { from_task_run: by.from_task_run, on: TransitionOn::parse(&by.on)? })),
+            requires: v.requires,
         }
     }
 }

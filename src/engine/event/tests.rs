@@ -38,6 +38,9 @@ fn sample(name: EventName) -> EngineEvent {
         }
         EventName::TaskCancelled => EventData::TaskCancelled { from_dead: true },
         EventName::TaskSkipped => EventData::TaskSkipped,
+        EventName::TaskBlocked => {
+            EventData::TaskBlocked { requires: vec!["gpu".into(), "eu".into()], node_labels: Vec::new() }
+        }
         EventName::TaskWaiting => EventData::TaskWaiting { wait_for: "approve".into() },
         EventName::TaskCost => EventData::TaskCost {
             usage: Usage {

@@ -58,8 +58,8 @@ pub fn kind_record(kind: Kind) -> TaskRunKind {
     }
 }
 
-/// The record of task run `t` of the job run `job_run`.
-pub fn task_run_record(job_run: &JobRunRecord, t: &TaskRun) -> TaskRunRecord {
+/// The record of task run `t` of the job run `job_run`, whose task `requires` these node labels.
+pub fn task_run_record(job_run: &JobRunRecord, t: &TaskRun, requires: &[String]) -> TaskRunRecord {
     TaskRunRecord {
         id: t.id,
         job_run: job_run.id,
@@ -94,6 +94,7 @@ pub fn task_run_record(job_run: &JobRunRecord, t: &TaskRun) -> TaskRunRecord {
         reached_by: t
             .reached_by
             .map(|by| records::ReachedBy { from_task_run: by.from_task_run, on: by.on.as_str().to_string() }),
+        requires: requires.to_vec(),
     }
 }
 
