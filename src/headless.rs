@@ -177,7 +177,8 @@ mod tests {
         let line = human_line(&e).expect("a line");
         assert!(line.contains(" #7 report.fetch "), "{line}");
         assert!(line.ends_with(" attempt 2 failed: exit_code 3"), "{line}");
-        e.instance = Some(crate::engine::Instance { iteration: 2, item_index: Some(3), compensation: false });
+        e.instance =
+            Some(crate::engine::Instance { iteration: 2, item_index: Some(3), compensation: false, fanout: false });
         let line = human_line(&e).expect("a line");
         assert!(line.contains(" #7 report.fetch#2[3] "), "{line}");
         assert_eq!(duration(2_400), "2.4s");

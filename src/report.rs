@@ -119,6 +119,9 @@ pub fn status_value(
     let mut exhausted = ResourceWait::default();
     let mut unroutable = Unroutable::new(labels);
     reader.each_task_run(&mut |t| {
+        if !t.is_counted() {
+            return true; // a fan-out's group: its items are the task runs (and hold its cost)
+        }
         exhausted.count(&t);
         unroutable.count(&t);
         *totals.entry(t.state.as_str()).or_default() += 1;

@@ -226,10 +226,21 @@ pub fn tasks(state_dir: &Path, filter: TaskFilter, as_json: bool) -> Result<(), 
     Ok(())
 }
 
-/// The dead letters, as `tasks --state dead` answers them.
+/// The dead letters, as `tasks --state dead` answers them, less a fan-out's group (kind
+/// `fanout`): its dead items are the dead letters (retrying them reopens it).
 pub(super) fn dead_letters(state_dir: &Path) -> Result<Value, CliError> {
     let filter = TaskFilter { state: Some("dead".into()), ..TaskFilter::default() };
-    fetch(state_dir, "/v1/tasks?state=dead", |reader| report::tasks(reader, &filter))
+    let dead = fetch(state_dir, "/v1/tasks?state=dead", |reader| report::tasks(reader, &filter))?;
+    let letters = dead.as_array().into_iter().flatten().filter(|t| t["kind"] != "fanout").cloned();
+    Ok(Value::Array(letters.collect()))
+}
+
+/// `1/3`; a fan-out's group (kind `fanout`) is never attempted itself: its items are.
+fn attempts_column(t: &Value) -> String {
+    if t["kind"] == "fanout" {
+        return "items".into();
+    }
+    crate::headless::tries(num(t, "attempts_in_series"), num(t, "max_attempts"))
 }
 
 /// `["gpu", "eu"]` as `gpu, eu`.
@@ -256,7 +267,7 @@ pub(super) fn print_task_table(runs: &Value) {
             format!("j{}", num(t, "job_run")),
             task_name(t),
             text(t, "state"),
-            crate::headless::tries(num(t, "attempts_in_series"), num(t, "max_attempts")),
+            attempts_column(t),
             text(t, "queue"),
             num(t, "priority"),
             dollars(micros_of_json(&t["cost_usd"])),
@@ -357,7 +368,12 @@ fn print_task_detail(t: &Value, from: Option<&Value>) {
     if t["requires"].is_array() {
         outln!("requires: {}", labels_of(&t["requires"]));
     }
-    outln!("attempts: {} of {} in this series", num(t, "attempts_in_series"), num(t, "max_attempts"));
+    if t["kind"] == "fanout" {
+        let (run, task) = (num(t, "job_run"), text(t, "task"));
+        outln!("a fan-out: the group of its items, never attempted itself (`gaffer tasks --run j{run} --task {task}`)");
+    } else {
+        outln!("attempts: {} of {} in this series", num(t, "attempts_in_series"), num(t, "max_attempts"));
+    }
     outln!(
         "cost: {} ({} input, {} output tokens)",
         dollars(micros_of_json(&t["cost_usd"])),

@@ -35,17 +35,19 @@ pub struct EngineEvent {
     pub data: EventData,
 }
 
-/// `iteration`, `item_index` and `"kind": "compensation"` of a task event (SPEC §6).
+/// `iteration`, `item_index` and `"kind": "compensation"` of a task event (SPEC §6), or
+/// `"kind": "fanout"` for a fanned-out task's group of items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Instance {
     pub iteration: u32,
     pub item_index: Option<u32>,
     pub compensation: bool,
+    pub fanout: bool,
 }
 
 impl Instance {
     /// A task's first run, not an item, not a compensation.
-    pub const FIRST: Instance = Instance { iteration: 1, item_index: None, compensation: false };
+    pub const FIRST: Instance = Instance { iteration: 1, item_index: None, compensation: false, fanout: false };
 
     /// `model::fanout::label`: `review#2`, `fetch[3]`, `deploy (undo)`.
     pub fn label(&self, task: &str) -> String {
@@ -487,6 +489,7 @@ impl Fields<'_> {
             iteration: self.small("iteration")?,
             item_index: self.small("item_index"),
             compensation: self.text("kind").as_deref() == Some("compensation"),
+            fanout: self.text("kind").as_deref() == Some("fanout"),
         })
     }
 }
@@ -542,6 +545,8 @@ impl EngineEvent {
             }
             if i.compensation {
                 obj.insert("kind".into(), json!("compensation"));
+            } else if i.fanout {
+                obj.insert("kind".into(), json!("fanout"));
             }
         }
         for (key, value) in self.data.fields().into_iter().flatten() {

@@ -25,7 +25,7 @@ use crate::model::run::{self, AttemptEnd, Effects, Input, Note, RunState, TaskNo
 use crate::model::{FailReason, JobState, TaskState};
 use crate::store::{AttemptRecord, JobRunRecord, Mutation, RaisedBudgets, TaskRunRecord};
 
-mod convert;
+pub(super) mod convert;
 mod rerun;
 pub(crate) use rerun::workflow_for_run;
 pub use rerun::{CheckDefinition, RetryFrom};
@@ -333,6 +333,7 @@ impl JobRun {
             iteration: t.iteration,
             item_index: t.item_index,
             compensation: t.kind == run::Kind::Compensation,
+            fanout: t.kind == run::Kind::FanOut,
         });
         e
     }

@@ -382,6 +382,7 @@ fn new_task_run(
         queue: def.queue.clone(),
         priority: def.priority,
         max_attempts: def.retry.max_attempts,
+        kind: super::job_run::convert::kind_record(crate::model::run::Kind::own_run_of(def)),
         requires: def.requires.clone(),
         ..TaskRunRecord::pending(id, job_run.id, &job_run.job, &def.name, now)
     }

@@ -129,12 +129,15 @@ pub struct ReachedBy {
     pub on: String,
 }
 
-/// What a task run is for (SPEC §2.2 `compensate`).
+/// What a task run is for (SPEC §2.2 `compensate`, `for_each`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskRunKind {
     #[default]
     Task,
     Compensation,
+    /// A fanned-out task's own run: the group of its items (`running` while they run, ended
+    /// by their outcome), never attempted itself. Not a task run of its own in the totals.
+    FanOut,
 }
 
 impl TaskRunKind {
@@ -142,10 +145,11 @@ impl TaskRunKind {
         match self {
             TaskRunKind::Task => "task",
             TaskRunKind::Compensation => "compensation",
+            TaskRunKind::FanOut => "fanout",
         }
     }
 
-    pub const ALL: [TaskRunKind; 2] = [TaskRunKind::Task, TaskRunKind::Compensation];
+    pub const ALL: [TaskRunKind; 3] = [TaskRunKind::Task, TaskRunKind::Compensation, TaskRunKind::FanOut];
 
     pub fn parse(name: &str) -> Option<TaskRunKind> {
         TaskRunKind::ALL.into_iter().find(|k| k.as_str() == name)
@@ -156,11 +160,18 @@ impl TaskRunKind {
         match self {
             TaskRunKind::Task => 0,
             TaskRunKind::Compensation => 1,
+            TaskRunKind::FanOut => 2,
         }
     }
 }
 
 impl TaskRunRecord {
+    /// False for a fan-out's group (kind `fanout`): wherever task runs are counted (totals,
+    /// queues, cost, metrics) its items are, not it.
+    pub fn is_counted(&self) -> bool {
+        self.kind != TaskRunKind::FanOut
+    }
+
     /// A task run as created with its job run: pending, no attempt yet, in the default queue at
     /// priority 50 with 3 attempts (set the task's own with struct update syntax).
     pub fn pending(id: u64, job_run: u64, job: &str, task: &str, now_ms: u64) -> TaskRunRecord {

@@ -464,6 +464,10 @@ pub fn fixture_control() -> Model {
         }
         runs.push(r);
     }
+    // fetch's own run: the group of its items (kind `fanout`), never attempted, not counted.
+    let mut group = TaskRun::from(task(199, 8, "crawl", "fetch", "io", Running, ago(280)));
+    (group.attempt, group.series_start, group.fanout) = (0, 1, true);
+    runs.push(group);
     // j9: create and deploy succeeded, announce died; both were undone, deploy first.
     let saga = [("create", Succeeded, false), ("deploy", Succeeded, false), ("announce", Dead, false)];
     let undone = [("deploy", Succeeded, true), ("create", Succeeded, true)];

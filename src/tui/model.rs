@@ -572,13 +572,14 @@ impl Model {
             self.tasks.insert(row.rec.id, row);
         } else {
             let minute = rec.ended_at_ms.or(rec.started_at_ms).unwrap_or(rec.created_at_ms) / MINUTE_MS;
-            if rec.cost_usd_micros > 0 {
-                // By model it is already in the snapshot's figures (the record does not say).
+            if rec.cost_usd_micros > 0 && !rec.fanout {
+                // A fan-out's group sums its items' cost, counted with them. By model it is already in the snapshot's figures (the record does not say).
                 let (job, task, queue) = (rec.job.clone(), rec.task.clone(), rec.queue.clone());
                 self.add_cost(&job, &task, &queue, None, minute, rec.cost_usd_micros);
             }
             if rec.state.is_terminal()
                 && rec.state != TaskState::Skipped
+                && !rec.fanout
                 && let Some(ended) = rec.ended_at_ms
             {
                 *self.queue_mut(&rec.queue).done_per_minute.entry(ended / MINUTE_MS).or_default() += 1;
@@ -592,6 +593,11 @@ impl Model {
 
     /// Adds (`sign` 1) or removes (-1) one task run's share of every counter.
     fn tally(&mut self, rec: &TaskRun, sign: i32) {
+        if rec.fanout {
+            // A fan-out's group is not a task run of its own: its items are counted, and are
+            // the runs its job run's progress and graph show (the node draws the group).
+            return;
+        }
         let s = rec.state as usize;
         let add = |n: &mut u32| *n = n.saturating_add_signed(sign);
         self.counts[s] = self.counts[s].saturating_add_signed(sign as isize);
@@ -833,6 +839,7 @@ impl Model {
             let instance = e.instance.unwrap_or(Instance::FIRST);
             (rec.iteration, rec.item_index) = (instance.iteration, instance.item_index);
             rec.compensation = instance.compensation;
+            rec.fanout = instance.fanout;
             rec.max_attempts = 0;
             self.insert_task(rec);
         }

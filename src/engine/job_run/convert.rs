@@ -38,6 +38,7 @@ impl From<TaskRunRecord> for TaskRun {
             kind: match r.kind {
                 TaskRunKind::Task => Kind::Task,
                 TaskRunKind::Compensation => Kind::Compensation,
+                TaskRunKind::FanOut => Kind::FanOut,
             },
             compensates: r.compensates,
             // A word this gaffer does not know (never written so) reads as not recorded.
@@ -45,6 +46,15 @@ impl From<TaskRunRecord> for TaskRun {
                 .reached_by
                 .and_then(|by| Some(ReachedBy { from_task_run: by.from_task_run, on: TransitionOn::parse(&by.on)? })),
         }
+    }
+}
+
+/// The store's word for the core's `kind`.
+pub fn kind_record(kind: Kind) -> TaskRunKind {
+    match kind {
+        Kind::Task => TaskRunKind::Task,
+        Kind::Compensation => TaskRunKind::Compensation,
+        Kind::FanOut => TaskRunKind::FanOut,
     }
 }
 
@@ -79,10 +89,7 @@ pub fn task_run_record(job_run: &JobRunRecord, t: &TaskRun, requires: &[String])
         iteration: t.iteration,
         item_index: t.item_index,
         item: t.item.clone(),
-        kind: match t.kind {
-            Kind::Task => TaskRunKind::Task,
-            Kind::Compensation => TaskRunKind::Compensation,
-        },
+        kind: kind_record(t.kind),
         compensates: t.compensates,
         reached_by: t
             .reached_by
