@@ -37,7 +37,8 @@ impl From<PgError> for StoreError {
 /// The PostgreSQL store of one node as a [`Store`].
 pub struct PgBackend {
     store: PgStore,
-    runtime: Runtime,
+    /// Shared with the snapshots, which outlive the store if they like.
+    runtime: Arc<Runtime>,
     job_runs: Arc<Prefetched>,
     task_runs: Arc<Prefetched>,
     enqueue_seqs: Arc<Prefetched>,
@@ -47,7 +48,7 @@ impl PgBackend {
     /// Connects to `url`, applies the migrations (or refuses a newer schema), reserves the first
     /// id blocks. Blocks: call it off any runtime's worker thread.
     pub fn open(url: &str, options: PgOptions) -> Result<PgBackend, StoreError> {
-        let runtime = Runtime::start()?;
+        let runtime = Arc::new(Runtime::start()?);
         let url = url.to_string();
         let store = runtime.block_on(async move { PgStore::open(&url, options).await })?;
         let prefetch = |sequence| Prefetched::start(&runtime, store.pool().clone(), sequence);
@@ -79,7 +80,7 @@ impl Store for PgBackend {
     fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError> {
         let store = self.store.clone();
         let snapshot = self.runtime.block_on(async move { store.snapshot().await })?;
-        Ok(Box::new(PgSyncSnapshot { snapshot: Some(Arc::new(snapshot)), runtime: self.runtime.handle.clone() }))
+        Ok(Box::new(PgSyncSnapshot { snapshot: Some(Arc::new(snapshot)), runtime: self.runtime.clone() }))
     }
 
     fn commit_count(&self) -> u64 {
@@ -126,12 +127,17 @@ impl Runtime {
         Ok(Runtime { handle, stop: Some(stop) })
     }
 
-    /// Runs `work` on the runtime and waits for its answer on this thread.
+    /// Runs `work` on the runtime and waits for its answer on this thread (never call it on the
+    /// runtime's own thread).
     fn block_on<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, PgError>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        run_on(&self.handle, work)
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        Ok(rx.recv().map_err(|_| StoreError::Closed)??)
     }
 }
 
@@ -141,17 +147,6 @@ impl Drop for Runtime {
             let _ = stop.send(());
         }
     }
-}
-
-fn run_on<T: Send + 'static>(
-    runtime: &Handle,
-    work: impl Future<Output = Result<T, PgError>> + Send + 'static,
-) -> Result<T, StoreError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    runtime.spawn(async move {
-        let _ = tx.send(work.await);
-    });
-    Ok(rx.recv().map_err(|_| StoreError::Closed)??)
 }
 
 /// One sequence's ids: the block being handed out and the next one, reserved ahead.
@@ -227,7 +222,7 @@ impl Prefetched {
 struct PgSyncSnapshot {
     /// `None` only while being dropped.
     snapshot: Option<Arc<PgSnapshot>>,
-    runtime: Handle,
+    runtime: Arc<Runtime>,
 }
 
 impl PgSyncSnapshot {
@@ -237,7 +232,7 @@ impl PgSyncSnapshot {
         F: Future<Output = Result<T, PgError>> + Send + 'static,
     {
         let snapshot = self.snapshot.clone().expect("a snapshot lives until dropped");
-        run_on(&self.runtime, read(snapshot))
+        self.runtime.block_on(read(snapshot))
     }
 }
 
@@ -245,7 +240,7 @@ impl Drop for PgSyncSnapshot {
     /// The transaction is ended on the runtime (`PgSnapshot`'s drop sends the ROLLBACK there).
     fn drop(&mut self) {
         if let Some(snapshot) = self.snapshot.take() {
-            self.runtime.spawn(async move { drop(snapshot) });
+            self.runtime.handle.spawn(async move { drop(snapshot) });
         }
     }
 }
