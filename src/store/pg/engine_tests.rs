@@ -8,7 +8,7 @@ use super::testing::TestDb;
 use super::{PgBackend, PgOptions};
 use crate::engine::{EngineConfig, SubmitRequest, SystemClock};
 use crate::model::{JobState, TaskState};
-use crate::store::{Store, StoreHandle};
+use crate::store::{Store, StoreHandle, StoreLocation};
 
 fn config(dir: &std::path::Path, text: &str, store: StoreHandle) -> EngineConfig {
     let workflow = crate::config::parse(&dir.join("w.toml"), text).expect("valid workflow");
@@ -75,6 +75,10 @@ run = "echo last"
     let definition = snapshot.definition(job_run.definition).expect("read").expect("its definition");
     assert_eq!(definition.source, text);
     drop(snapshot);
+    let elsewhere = StoreLocation::Postgres(db.url.clone()).snapshot().expect("a reader's snapshot");
+    assert_eq!(elsewhere.job_run(id).expect("read"), Some(job_run), "read by a reader of its own");
+    assert_eq!(elsewhere.attempts().expect("read").len(), 4);
+    drop(elsewhere);
 
     // The rows are really in the database, seen by another client.
     let sql = format!("SELECT state FROM job_runs WHERE id = {id}; SELECT count(*) FROM attempts");

@@ -61,6 +61,15 @@ impl PgBackend {
         })
     }
 
+    /// A snapshot of the database at `url`, for a reader (no ids are reserved). Blocks.
+    pub fn snapshot_of(url: &str) -> Result<Box<dyn Snapshot>, StoreError> {
+        let runtime = Arc::new(Runtime::start()?);
+        let url = url.to_string();
+        let options = PgOptions { pool_size: 2, ..PgOptions::default() };
+        let snapshot = runtime.block_on(async move { PgStore::open(&url, options).await?.snapshot().await })?;
+        Ok(Box::new(PgSyncSnapshot { snapshot: Some(Arc::new(snapshot)), runtime }))
+    }
+
     /// The async store underneath (its queue primitives, async snapshots), for code on its runtime.
     pub fn store(&self) -> &PgStore {
         &self.store
