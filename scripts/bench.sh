@@ -16,6 +16,9 @@
 #   MANY_N=1000     tasks `sleep 2` running at once (workers = MANY_N) for the memory-per-task row
 #   FANOUT_N=10000  items of the one fanned-out task (`for_each`) for the fan-out row
 #   INSN_N=1000     tasks per run for the instructions-per-task rows (callgrind; INSN_N=0 skips them)
+#   SECTIONS="1 2 3 9"   only these sections (default all: 1 2 3 4 5 6 7 7b 8 9 tui serve)
+#   GAFFER=PATH LATENCY_BIN=PATH   measure these binaries (another build, e.g. the last release)
+#                   instead of building the tree's; tui and serve always measure the tree's
 #   PG_BENCH=1      also the PostgreSQL queue rows: claim+complete throughput of a drained backlog,
 #                   k = 1, 10, 64 per statement, PG_BENCH_W=4 claimers, on a private durable server
 #                   (src/store/pg/tests.rs `pg_claim_complete_throughput`, #[ignore]; compare with
@@ -47,13 +50,21 @@ if [ "$INSN_N" -gt 0 ] && ! command -v valgrind >/dev/null 2>&1; then
   exit 1
 fi
 
-log "building (cargo build --release; cargo bench --bench latency --no-run)"
-cargo build --release --quiet
-TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-GAFFER="$(cd "$TARGET_DIR/release" && pwd)/gaffer"
-LATENCY_BIN="$(cargo bench --quiet --bench latency --no-run --message-format=json 2>/dev/null |
-  grep -o '"executable":"[^"]*latency[^"]*"' | tail -1 | cut -d'"' -f4)"
-[ -x "$LATENCY_BIN" ] || { echo "cannot build benches/latency.rs" >&2; exit 1; }
+SECTIONS="${SECTIONS:-1 2 3 4 5 6 7 7b 8 9 tui serve}"
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
+if [ -z "${GAFFER:-}" ]; then
+  log "building (cargo build --release)"
+  cargo build --release --quiet
+  TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+  GAFFER="$(cd "$TARGET_DIR/release" && pwd)/gaffer"
+fi
+if [ -z "${LATENCY_BIN:-}" ] && want 3; then
+  log "building (cargo bench --bench latency --no-run)"
+  LATENCY_BIN="$(cargo bench --quiet --bench latency --no-run --message-format=json 2>/dev/null |
+    grep -o '"executable":"[^"]*latency[^"]*"' | tail -1 | cut -d'"' -f4)"
+  [ -x "$LATENCY_BIN" ] || { echo "cannot build benches/latency.rs" >&2; exit 1; }
+fi
 # The build left dirty pages; their writeback would slow every fsync measured below.
 sync
 
@@ -148,6 +159,7 @@ ROWS=()
 row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 |"); }
 
 # ------------------------------------------------------------------ 1. shell tasks vs raw spawn
+if want 1; then
 log "1. $N shell tasks \`true\`, W=$W: gaffer (1 job × $N tasks) vs seq | xargs -P$W -n1 true, $REPS reps interleaved"
 gen_workflow "$WORK/shell.toml" "$N"
 : >"$WORK/shell.tps"; : >"$WORK/raw.tps"; : >"$WORK/shell.ratio"
@@ -167,8 +179,10 @@ row "shell tasks/s (\`true\`, N=$N, W=$W)" "$(med <"$WORK/shell.tps")" "≥ 90 %
   "\`gaffer run --json --workers $W\` on 1 job × $N independent tasks \`run = \"true\"\` (each is \`sh -c true\` in its own process group, logged), fresh state dir; N / wall of the whole process; every task.succeeded checked"
 row "raw spawn tasks/s (same machine, same run)" "$(med <"$WORK/raw.tps")" "—" "reference" \
   "\`seq $N | xargs -P$W -n1 true\`, wall; interleaved with the gaffer reps"
+fi
 
 # ------------------------------------------------------------------ 2. durable no-op tasks
+if want 2; then
 log "2. $NOOP_N durable no-op tasks (--noop-executor), W=$W"
 gen_workflow "$WORK/noop-many.toml" "$NOOP_N" "$PER_JOB"
 : >"$WORK/noop.tps"; : >"$WORK/noop.syncs"
@@ -205,8 +219,10 @@ else
     "as above, one job holding all tasks; stopped by the ${SINGLE_JOB_TIMEOUT}s cap (exit $rc)"
 fi
 log "   one job: ${secs}s"
+fi
 
 # ------------------------------------------------------------------ 3. enqueue→start latency
+if want 3; then
 log "3. enqueue→start latency (benches/latency.rs, $SAMPLES samples per executor)"
 SAMPLES="$SAMPLES" "$LATENCY_BIN" --bench >"$WORK/latency.txt" 2>"$WORK/latency.err" || {
   cat "$WORK/latency.err" >&2; exit 1
@@ -222,8 +238,10 @@ for ex in noop local; do
     "$(verdict "$(awk -v b="$p99" 'BEGIN { print b / 1000 }')" 2 le)" \
     "benches/latency.rs: library API, \`Instant\` before \`submit\` → own \`task.started\` event received; $SAMPLES samples, 2–7 ms idle gaps; max $(awk -v m="$mx" 'BEGIN { printf "%.2f", m / 1000 }') ms; $c commits per 1-task job run"
 done
+fi
 
 # ------------------------------------------------------------------ 4. idle RSS
+if want 4; then
 log "4. idle RSS (workflow: one task \`sleep 3\`)"
 printf '[jobs.idle.tasks.sleep]\nrun = "sleep 3"\n' >"$WORK/idle.toml"
 : >"$WORK/idle.kb"
@@ -238,8 +256,10 @@ idle_mb=$(kb_to_mb "$(median_only <"$WORK/idle.kb")")
 row "idle RSS of a running \`gaffer run\`" "$(awk '{ printf "%.1f\n", $1 / 1024 }' "$WORK/idle.kb" | med '%.1f') MB" "< 15 MB" \
   "$(verdict "$idle_mb" 15 le)" \
   "VmRSS from /proc/PID/status 1 s after start; workflow = one task \`sleep 3\` (the sleep itself is a separate process, not counted)"
+fi
 
 # ------------------------------------------------------------------ 5. peak RSS with BIG_N queued
+if want 5; then
 log "5. peak RSS with $BIG_N queued task runs"
 awk -v n="$BIG_N" 'BEGIN {
   printf "[settings]\nworkers = 1\n\n[jobs.big.tasks.t0]\nrun = \"sleep 60\"\npriority = 100\n"
@@ -263,8 +283,10 @@ fi
 hwm_mb=$(kb_to_mb "${hwm:-0}")
 row "peak RSS with $BIG_N queued task runs" "$hwm_mb MB" "< 150 MB" "$(verdict "$hwm_mb" 150 le)" \
   "1 job × $BIG_N tasks, workers = 1, task t0 = \`sleep 60\` at priority 100 runs, the other $((BIG_N - 1)) are queued ($queued task.queued seen); VmHWM 1 s later (VmRSS then $(kb_to_mb "${rss_after:-0}") MB); \`gaffer validate\` of the same file alone peaks at $( [ "$parse_kb" = n/a ] && echo n/a || kb_to_mb "$parse_kb") MB"
+fi
 
 # ------------------------------------------------------------------ 6. restart time
+if want 6; then
 log "6. restart time with $BIG_N finished task runs in the store"
 gen_workflow "$WORK/fill.toml" "$BIG_N" "$PER_JOB"
 t0=$(now)
@@ -286,8 +308,10 @@ row "restart: \`gaffer run\` of a 1-task job, $filled finished task runs in the 
   "process start → exit (nothing subtracted); store filled first by one \`--noop-executor\` run of $((BIG_N / PER_JOB)) jobs × $PER_JOB tasks; each rep adds one more job run"
 row "same, empty state dir (for comparison)" "$(med <"$WORK/empty.ms") ms" "—" "reference" \
   "process start → exit, a fresh state dir each rep (includes creating state.redb)"
+fi
 
 # ------------------------------------------------------------------ 7. limits (issue 9, items 4 and 6)
+if want 7; then
 log "7. validate a 10,000-task needs chain and cycle; a runaway template"
 chain_toml() { # $1 file, $2 tasks, $3 "cycle" to close the chain
   awk -v n="$2" -v c="$3" 'BEGIN {
@@ -317,7 +341,10 @@ runaway_s=$(elapsed "$t0" "$t1")
 row "runaway template (3 nested \`range(10000)\` in \`env\`) → dead letter" "$(awk -v s="$runaway_s" 'BEGIN { printf "%.0f", s * 1000 }') ms" "< 1 s" \
   "$(verdict "$runaway_s" 1 le)" \
   "\`gaffer run\` start → exit; the render stops at its fuel budget, reason template_error ($(grep -c '"reason":"template_error"' "$WORK/runaway.jsonl" || true) events); it froze the engine until the watchdog's exit 70 before"
+fi
+
 # ------------------------------------------------------------------ 7b. a 10,000-item fan-out (issue 10)
+if want 7b; then
 log "7b. one task fanned out over $FANOUT_N items (--noop-executor, W=$W), then a summary step"
 awk -v n="$FANOUT_N" -v w="$W" 'BEGIN {
   printf "[settings]\nworkers = %d\n\n[jobs.fan.tasks.each]\nrun = \"true\"\nfor_each = [", w
@@ -335,7 +362,10 @@ done
 row "fan-out: 1 task × $FANOUT_N items, wall / peak RSS" \
   "$(med '%.2f' <"$WORK/fanout.s") s / $(awk '{ printf "%.1f\n", $1 / 1024 }' "$WORK/fanout.kb" | med '%.1f') MB" "—" "measured" \
   "\`gaffer run --noop-executor --json --workers $W\`, literal \`for_each\` of $FANOUT_N numbers + a dependent; process start → exit and VmHWM (/usr/bin/time); every item's task.succeeded checked"
+fi
+
 # ------------------------------------------------------------------ 8. many running tasks (issue 9)
+if want 8; then
 log "8. $MANY_N tasks \`sleep 2\` at once (workers = $MANY_N): peak RSS and wall vs xargs -P$MANY_N, $REPS reps interleaved"
 awk -v n="$MANY_N" 'BEGIN {
   printf "[settings]\nworkers = %d\n\n", n
@@ -377,8 +407,10 @@ row "peak RSS with $MANY_N tasks \`sleep 2\` running at once" "$(awk '{ printf "
 row "wall time of the same run vs raw spawn + sleep" "$(med '%.2f' <"$WORK/many.s") s vs $(med '%.2f' <"$WORK/many-raw.s") s" "≤ 1.2× raw" \
   "$(awk -v r="$many_ratio" 'BEGIN { printf "%s %.2f× of raw (median of per-rep ratios)", (r <= 1.2) ? "✅" : "❌ missed:", r }')" \
   "gaffer: process start → exit, every task.succeeded checked; raw: \`seq $MANY_N | xargs -P$MANY_N -n1 sh -c 'sleep 2'\`, wall; interleaved"
+fi
 
 # ------------------------------------------------------------------ 9. instructions per task (issue 10)
+if want 9; then
 # gaffer's own instructions (user space, all its threads; not the tasks' processes: callgrind
 # does not follow children) per task run, as the difference between a run of INSN_N tasks and a
 # run of 1, so start-up and exit are not in it. Repeatable to about 1 % whatever the load (the
@@ -415,8 +447,10 @@ if [ "$INSN_N" -gt 1 ]; then
       "\`valgrind --tool=callgrind gaffer run --json --workers $W${extra[*]:+ ${extra[*]}}\` on 1 job × $INSN_N tasks minus the same with 1 task, ÷ $((INSN_N - 1)); user-space instructions of every gaffer thread, the tasks' processes not counted"
   done
 fi
+fi
 
 # ------------------------------------------------------------------ TUI (issue 3)
+if want tui; then
 log "TUI: one frame of each view with 100k task runs (release)"
 cargo test --release --quiet --lib tui::tests::render_bench -- --ignored --nocapture >"$WORK/tui.txt" 2>&1 || true
 # "draw <view name, maybe two words> <duration>": the duration is the last field.
@@ -438,8 +472,10 @@ if command -v tmux >/dev/null 2>&1; then
   row "TUI's added RSS (same idle workflow, TUI vs headless)" "$(awk -v a="$tui_kb" -v b="$idle_kb" 'BEGIN { printf "%.1f", (a - b) / 1024 }') MB" "—" "measured" \
     "VmRSS of \`gaffer run\` in a 200×60 tmux pane 1.5 s after start ($(awk -v a="$tui_kb" 'BEGIN { printf "%.1f", a / 1024 }') MB) minus the headless idle row"
 fi
+fi
 
 # ------------------------------------------------------------------ serve (issue 4)
+if want serve; then
 log "serve: submits/s through the socket, cron firing delay"
 cargo bench --quiet --bench serve -- "${SUBMITS:-1000}" "${CRON_SECONDS:-15}" >"$WORK/serve.json" 2>/dev/null || true
 sv() { grep -o "\"$1\":[0-9.]*" "$WORK/serve.json" | cut -d: -f2; }
@@ -447,6 +483,7 @@ row "submits/s through the control socket (1 client / 4 clients)" "$(printf '%.0
   "benches/serve.rs: POST /v1/submit of a 1-task job over state/gaffer.sock, answered once the run is durable; ${SUBMITS:-1000} submits (the tasks run meanwhile)"
 row "cron firing delay p50 / p99 (scheduled second → task.started)" "$(sv cron_delay_p50_ms) / $(sv cron_delay_p99_ms) ms" "p99 < 50 ms" "$(verdict "$(sv cron_delay_p99_ms)" 50 le)" \
   "benches/serve.rs: \`* * * * * *\` schedule for ${CRON_SECONDS:-15} s under \`gaffer serve\`, journal timestamps (ms); $(sv cron_fires) fires"
+fi
 
 # ------------------------------------------------------------------ PostgreSQL queue (issue 11)
 if [ -n "${PG_BENCH:-}" ]; then
@@ -465,7 +502,7 @@ T_END=$EPOCHREALTIME
 FSYNC_AFTER="$(fsync_probe)"
 ROWS=("| environment: 4 KiB O_DSYNC write, before / after the run | $FSYNC_BEFORE / $FSYNC_AFTER ms | — | context | \`dd bs=4096 count=256 oflag=dsync conv=notrunc\`, mean; every gaffer commit is 2 fdatasync, so the durable rows scale with this |" "${ROWS[@]}")
 echo
-echo "gaffer $(git describe --always --dirty 2>/dev/null || echo '?') · $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')) · $(uname -sr) · load avg before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg) · $(date -u '+%Y-%m-%d %H:%M UTC') · took $(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.0f", b - a }') s"
+echo "gaffer $("$GAFFER" --version | awk '{ print $2 }') $GAFFER (tree $(git describe --always --dirty 2>/dev/null || echo '?')) · $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')) · $(uname -sr) · load avg before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg) · $(date -u '+%Y-%m-%d %H:%M UTC') · took $(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.0f", b - a }') s"
 echo "N=$N W=$W NOOP_N=$NOOP_N BIG_N=$BIG_N SAMPLES=$SAMPLES REPS=$REPS; values are the median (min–max) of REPS runs unless the row says otherwise"
 echo
 echo "| metric | value | target | ratio / verdict | how measured |"

@@ -61,6 +61,9 @@ fn describe(e: &EngineEvent) -> Option<String> {
         EventData::TaskStarted { pid: Some(pid), .. } => {
             format!("started (attempt {}, pid {pid})", e.attempt.unwrap_or(1))
         }
+        EventData::TaskBlocked { requires, node_labels } => {
+            format!("blocked: {}", crate::model::routing::blocked_reason(requires, node_labels))
+        }
         EventData::TaskStarted { pid: None, .. } => format!("started (attempt {})", e.attempt.unwrap_or(1)),
         EventData::TaskSucceeded { cached_from: Some(from), .. } => {
             format!("succeeded from the cache (reused task run {from})")
@@ -174,7 +177,8 @@ mod tests {
         let line = human_line(&e).expect("a line");
         assert!(line.contains(" #7 report.fetch "), "{line}");
         assert!(line.ends_with(" attempt 2 failed: exit_code 3"), "{line}");
-        e.instance = Some(crate::engine::Instance { iteration: 2, item_index: Some(3), compensation: false });
+        e.instance =
+            Some(crate::engine::Instance { iteration: 2, item_index: Some(3), compensation: false, fanout: false });
         let line = human_line(&e).expect("a line");
         assert!(line.contains(" #7 report.fetch#2[3] "), "{line}");
         assert_eq!(duration(2_400), "2.4s");

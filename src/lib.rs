@@ -18,6 +18,7 @@
 //! - [`notify`]: systemd's notify protocol (READY, STOPPING, watchdog pings) for `serve`.
 //! - [`sanitize`]: makes untrusted text inert where it enters gaffer.
 //! - [`json`]: JSON text as gaffer prints it (numbers never with an exponent).
+//! - [`sched`]: a short scheduler slice for the threads on the enqueue → start path.
 
 pub mod api;
 pub mod cli;
@@ -30,6 +31,7 @@ pub mod model;
 pub mod notify;
 pub mod report;
 pub mod sanitize;
+pub mod sched;
 pub mod state_dir;
 pub mod store;
 pub mod tui;

@@ -87,8 +87,14 @@ fn usage_json(mut value: Value, usage: &Usage) -> Value {
 
 /// SPEC §4.1 `status --json`, the same whether asked of the state dir or of the instance.
 /// `pid`: the running instance's (the instance knows its own, even if someone deleted
-/// `instance.lock`); `live`: its queues, so a queue with no task runs yet is listed too.
-pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnapshot]>) -> Result<Value, StoreError> {
+/// `instance.lock`); `live`: its queues, so a queue with no task runs yet is listed too;
+/// `labels`: the running node's (`--label`), which say what no node can run (`model::routing`).
+pub fn status_value(
+    state_dir: &Path,
+    pid: Option<u32>,
+    live: Option<&[QueueSnapshot]>,
+    labels: Option<&[String]>,
+) -> Result<Value, StoreError> {
     let reader = store::StoreLocation::state_dir(state_dir).snapshot()?;
     let defs = latest_queues(&*reader)?;
     let mut concurrency: BTreeMap<String, usize> = defs.iter().map(|(k, q)| (k.clone(), q.concurrency)).collect();
@@ -111,8 +117,13 @@ pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnap
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
     let mut cost = 0u64;
     let mut exhausted = ResourceWait::default();
+    let mut unroutable = Unroutable::new(labels);
     reader.each_task_run(&mut |t| {
+        if !t.is_counted() {
+            return true; // a fan-out's group: its items are the task runs (and hold its cost)
+        }
         exhausted.count(&t);
+        unroutable.count(&t);
         *totals.entry(t.state.as_str()).or_default() += 1;
         cost = cost.saturating_add(t.cost_usd_micros);
         let counts = queues.entry(t.queue).or_default();
@@ -130,11 +141,42 @@ pub fn status_value(state_dir: &Path, pid: Option<u32>, live: Option<&[QueueSnap
         .map(|(name, c)| {
             json!({"name": name, "concurrency": concurrency.get(name), "paused": paused.contains(name),
                    "queued": c[0], "running": c[1], "retrying": c[2], "dead": c[3],
+                   "unroutable": unroutable.per_queue.get(name).copied().unwrap_or(0),
                    "circuit_open_until": time_json(circuits.get(name).copied())})
         })
         .collect();
     Ok(json!({"instance": {"running": pid.is_some(), "pid": pid}, "queues": queues, "totals": totals,
-              "cost_usd": usd_json(cost), "waiting_for_resources": exhausted.to_json()}))
+              "cost_usd": usd_json(cost), "waiting_for_resources": exhausted.to_json(),
+              "node": labels.map(|l| json!({"labels": l})), "unroutable": unroutable.listed}))
+}
+
+/// Queued task runs no live node can run (`model::routing::unroutable`): counted per queue,
+/// the first [`Unroutable::LISTED`] of them listed with the reason. Nothing is unroutable while
+/// no node runs (then nothing starts at all).
+struct Unroutable<'a> {
+    nodes: Vec<&'a [String]>,
+    per_queue: BTreeMap<String, u64>,
+    listed: Vec<Value>,
+}
+
+impl<'a> Unroutable<'a> {
+    const LISTED: usize = 20;
+
+    fn new(labels: Option<&'a [String]>) -> Self {
+        Unroutable { nodes: labels.into_iter().collect(), per_queue: BTreeMap::new(), listed: Vec::new() }
+    }
+
+    fn count(&mut self, t: &crate::store::TaskRunRecord) {
+        if t.state != TaskState::Queued || !crate::model::routing::unroutable(&t.requires, &self.nodes) {
+            return;
+        }
+        *self.per_queue.entry(t.queue.clone()).or_default() += 1;
+        if self.listed.len() < Self::LISTED {
+            let labels = self.nodes.first().copied().unwrap_or_default();
+            self.listed.push(json!({"task_run": t.id, "job_run": t.job_run, "job": t.job, "task": t.task,
+                "requires": t.requires, "reason": crate::model::routing::blocked_reason(&t.requires, labels)}));
+        }
+    }
 }
 
 /// Task runs whose start found the machine out of descriptors, processes or memory, and wait
@@ -166,13 +208,26 @@ fn latest_queues(reader: &dyn Snapshot) -> Result<BTreeMap<String, QueueDef>, St
     Ok(crate::engine::latest_workflow(reader)?.map(|w| w.queues).unwrap_or_default())
 }
 
+/// [`task_json`], and for a queued task run the node with `labels` cannot start (no other node
+/// runs yet), why: `blocked`.
+fn task_json_on(t: &TaskRunRecord, labels: Option<&[String]>) -> Value {
+    let mut value = task_json(t);
+    let nodes: Vec<&[String]> = labels.into_iter().collect();
+    if t.state == TaskState::Queued && crate::model::routing::unroutable(&t.requires, &nodes) {
+        value["blocked"] = crate::model::routing::blocked_reason(&t.requires, nodes[0]).into();
+    }
+    value
+}
+
 /// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its
-/// task runs.
-pub fn show(reader: &dyn Snapshot, target: Target) -> Result<Value, QueryError> {
+/// task runs. `labels`: the running node's; a queued task run it cannot start says why
+/// (`blocked`).
+pub fn show(reader: &dyn Snapshot, target: Target, labels: Option<&[String]>) -> Result<Value, QueryError> {
+    let with_blocked = |t: &TaskRunRecord| task_json_on(t, labels);
     match target {
         Target::TaskRun(id) => {
             let t = reader.task_run(id)?.ok_or_else(|| not_found(target))?;
-            let mut value = task_json(&t);
+            let mut value = with_blocked(&t);
             value["attempts"] = Value::Array(reader.attempts_of(id)?.iter().map(attempt_json).collect());
             let raised = reader.raised_budgets(t.job_run)?.task_runs.get(&id).copied();
             value["budget_raised_usd"] = raised.map_or(Value::Null, usd_json);
@@ -183,7 +238,7 @@ pub fn show(reader: &dyn Snapshot, target: Target) -> Result<Value, QueryError> 
             let mut value = job_json(&j);
             let runs = reader.task_runs_of(id)?;
             value["not_reached"] = json!(not_reached(reader, &j, &runs)?);
-            value["tasks"] = Value::Array(runs.iter().map(task_json).collect());
+            value["tasks"] = Value::Array(runs.iter().map(with_blocked).collect());
             value["budget_raised_usd"] = reader.raised_budgets(id)?.job_run.map_or(Value::Null, usd_json);
             Ok(value)
         }
@@ -275,6 +330,11 @@ pub struct TaskFilter {
     /// instances in that job run (iterations, items, compensations) in order.
     #[param(nullable = false)]
     pub task: Option<String>,
+    /// The running node's labels (set by the instance answering, never by a client): a queued
+    /// task run it cannot start says why (`blocked`).
+    #[serde(skip)]
+    #[param(ignore)]
+    pub node_labels: Option<Vec<String>>,
 }
 
 /// A job run id as people type it: `j7` or `7`.
@@ -295,6 +355,7 @@ pub fn for_each_task(
 ) -> Result<(), QueryError> {
     let states = TaskState::ALL.map(TaskState::as_str);
     let wanted = wanted_state(filter.state.as_deref(), "task run", TaskState::parse, &states)?;
+    let labels = filter.node_labels.as_deref();
     let selected = |t: &TaskRunRecord| {
         wanted.is_none_or(|w| t.state == w)
             && filter.job.as_ref().is_none_or(|j| &t.job == j)
@@ -302,7 +363,7 @@ pub fn for_each_task(
             && filter.task.as_ref().is_none_or(|name| &t.task == name)
     };
     let Some(run) = filter.run.as_deref() else {
-        return Ok(reader.each_task_run(&mut |t| !selected(&t) || f(task_json(&t)))?);
+        return Ok(reader.each_task_run(&mut |t| !selected(&t) || f(task_json_on(&t, labels)))?);
     };
     let run =
         parse_job_run_id(run).ok_or_else(|| QueryError::Invalid(format!("`{run}` is not a job run id (like j7)")))?;
@@ -312,7 +373,7 @@ pub fn for_each_task(
         None => reader.task_runs_of(run)?,
     };
     for t in runs.iter().filter(|t| selected(t)) {
-        if !f(task_json(t)) {
+        if !f(task_json_on(t, labels)) {
             break;
         }
     }

@@ -582,6 +582,7 @@ fn in_process_snapshot(p: &Project) -> gaffer::engine::EngineSnapshot {
         clock: Arc::new(gaffer::engine::SystemClock),
         workers: 2,
         pricing,
+        labels: Vec::new(),
     };
     let system = actix::System::new();
     let snapshot = system.block_on(async move {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gaffer::engine::EngineEvent;
 use serde_json::Value;
-use support::Project;
+use support::{Project, Server, wait_until};
 
 const WORKFLOW: &str = r#"
 [jobs.shapes]
@@ -54,6 +54,10 @@ run = 'true'
 wait_for = "go"
 wait_timeout = "50ms"
 run = 'true'
+
+[jobs.routed.tasks.gpu]
+requires = ["gpu"]
+run = 'true'
 "#;
 
 fn kind(v: &Value) -> &'static str {
@@ -90,11 +94,18 @@ fn shapes(events: &[Value]) -> String {
 #[test]
 fn event_json_shapes_are_pinned() {
     let p = Project::new(WORKFLOW);
-    let (code, mut all) = p.run_json(&[]);
+    let (code, mut all) = p.run_json(&["shapes", "saga", "handled", "gate"]);
     assert_eq!(
         code, 1,
         "flaky and slow fail one job run, spend crosses the other's budget, approve is never signalled"
     );
+    {
+        // `task.blocked`: a node without the label `serve`s (`run` would refuse the job).
+        let _server = Server::start(&p);
+        assert!(p.run(&["submit", "routed"]).status.success());
+        let blocked = || p.journal().iter().any(|e| e["event"] == "task.blocked");
+        wait_until(std::time::Duration::from_secs(10), "task.blocked", blocked);
+    }
     all.extend(p.journal());
     let got = shapes(&all);
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/event_shapes.txt");

@@ -348,7 +348,7 @@ fn check_control_campaign(p: &Project, seed: u64) {
         assert!(terminal.contains(&t["state"].as_str().unwrap_or("")), "not ended: {t:#} ({ctx})");
     }
     let (own, compensations): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) =
-        tasks.iter().partition(|t| t["kind"] == "task");
+        tasks.iter().partition(|t| t["kind"] != "compensation"); // a task's own, items, a fan-out's group
 
     // One task run per (task, iteration, item): never a second one for the same place.
     let mut places: BTreeMap<(String, u64, Option<u64>), u64> = BTreeMap::new();

@@ -36,6 +36,7 @@ fn a_one_task_job_run_commits_twice_before_its_task_starts_and_once_at_its_end()
         executor: Arc::new(LocalExecutor),
         clock: Arc::new(SystemClock),
         workers: 2,
+        labels: Vec::new(),
     };
     let system = actix::System::new();
     let commits: Vec<u64> = system.block_on(async move {

@@ -87,6 +87,18 @@ impl Project {
     }
 }
 
+/// The text of `file` in the project's folder (a test's task wrote it).
+pub fn read(p: &Project, file: &str) -> String {
+    std::fs::read_to_string(p.path().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// `file`'s lines, sorted: what tasks running at once appended, in an order that does not matter.
+pub fn sorted_lines(p: &Project, file: &str) -> Vec<String> {
+    let mut lines: Vec<String> = read(p, file).lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
 pub fn events(stdout: &[u8], stderr: &[u8]) -> Vec<Value> {
     let text = String::from_utf8_lossy(stdout);
     text.lines()

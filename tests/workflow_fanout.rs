@@ -5,17 +5,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{Project, named};
-
-fn read(p: &Project, file: &str) -> String {
-    std::fs::read_to_string(p.path().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
-}
-
-fn sorted_lines(p: &Project, file: &str) -> Vec<String> {
-    let mut lines: Vec<String> = read(p, file).lines().map(str::to_string).collect();
-    lines.sort();
-    lines
-}
+use support::{Project, named, read, sorted_lines};
 
 fn items_of<'a>(tasks: &'a [Value], task: &str) -> Vec<&'a Value> {
     let mut items: Vec<&Value> = tasks.iter().filter(|t| t["task"] == task && !t["item_index"].is_null()).collect();
@@ -285,10 +275,6 @@ run = 'echo after >> ran'
 "#,
     );
     assert_eq!(p.run_json(&[]).0, 1);
-    let refused = p.run(&["retry", "j1", "--from", "fan"]);
-    assert_eq!(refused.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
-    assert!(said.contains("cannot run the fanned-out task `fan` again yet"), "{said}");
     std::fs::write(p.path().join("fixed"), "").expect("fix");
     let tasks = p.tasks();
     let dead = items_of(&tasks, "fan").into_iter().find(|t| t["state"] == "dead").expect("a dead item");

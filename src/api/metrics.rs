@@ -30,6 +30,9 @@ fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
     let mut by_state: BTreeMap<(String, &str), u64> = BTreeMap::new();
     let mut dead = 0u64;
     reader.each_task_run(&mut |t| {
+        if !t.is_counted() {
+            return true; // a fan-out's group: its items are counted
+        }
         dead += u64::from(t.state == TaskState::Dead);
         *by_state.entry((t.queue, t.state.as_str())).or_default() += 1;
         true

@@ -97,21 +97,25 @@ impl Api {
         let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf(), token, openapi });
         let server = || {
             let state = state.clone();
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::configure))
-                .workers(1)
-                .max_connections(MAX_CONNECTIONS)
-                .client_request_timeout(REQUEST_HEAD_TIMEOUT)
-                .keep_alive(KEEP_ALIVE)
-                .client_disconnect_timeout(DISCONNECT_TIMEOUT)
-                .disable_signals()
-                .shutdown_timeout(1)
-                .on_connect(|connection, extensions| {
-                    let peer = match connection.downcast_ref::<tokio::net::UnixStream>() {
-                        Some(unix) => Peer::Local(unix.peer_cred().ok().map(|cred| cred.uid())),
-                        None => Peer::Tcp,
-                    };
-                    extensions.insert(peer);
-                })
+            // The factory runs on the worker's thread: a submit wakes it (see `crate::sched`).
+            HttpServer::new(move || {
+                crate::sched::prefer_short_waits();
+                App::new().app_data(state.clone()).configure(routes::configure)
+            })
+            .workers(1)
+            .max_connections(MAX_CONNECTIONS)
+            .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+            .keep_alive(KEEP_ALIVE)
+            .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+            .disable_signals()
+            .shutdown_timeout(1)
+            .on_connect(|connection, extensions| {
+                let peer = match connection.downcast_ref::<tokio::net::UnixStream>() {
+                    Some(unix) => Peer::Local(unix.peer_cred().ok().map(|cred| cred.uid())),
+                    None => Peer::Tcp,
+                };
+                extensions.insert(peer);
+            })
         };
         let mut servers = vec![server().listen_uds(listener)?.run()];
         if let Some(tcp) = tcp {

@@ -221,6 +221,11 @@ pub struct TaskRun {
     compensates: Option<u64>,
     /// For a task run a transition (`next`) started: where it came from; else null.
     reached_by: Option<ReachedBy>,
+    /// Node labels a node must have to start it (`requires`); absent when it requires none.
+    requires: Option<Vec<String>>,
+    /// `show`, asked of a running instance: why this queued task run cannot start (no live
+    /// node has the labels it requires); absent otherwise.
+    blocked: Option<String>,
 }
 
 /// How a transition reached a task run.
@@ -381,6 +386,27 @@ pub struct Status {
     totals: BTreeMap<String, u64>,
     cost_usd: f64,
     waiting_for_resources: ResourceWait,
+    /// The running node; null when no instance runs.
+    node: Option<Node>,
+    /// Queued task runs no live node can run (at most 20 listed; `queues[].unroutable` counts all).
+    unroutable: Vec<UnroutableTaskRun>,
+}
+
+#[derive(ToSchema)]
+pub struct Node {
+    /// Its `--label`s: it starts only task runs whose `requires` they cover.
+    labels: Vec<String>,
+}
+
+#[derive(ToSchema)]
+pub struct UnroutableTaskRun {
+    task_run: u64,
+    job_run: u64,
+    job: String,
+    task: String,
+    requires: Vec<String>,
+    /// What is missing and how to provide it.
+    reason: String,
 }
 
 /// Task runs whose start found the machine out of descriptors, processes or memory, waiting to
@@ -407,6 +433,8 @@ pub struct QueueStatus {
     running: u64,
     retrying: u64,
     dead: u64,
+    /// Queued task runs that no live node has the labels for (`requires`).
+    unroutable: u64,
     /// While the queue's circuit breaker holds it paused: when it reopens.
     #[schema(format = DateTime)]
     circuit_open_until: Option<String>,

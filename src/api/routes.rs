@@ -140,7 +140,9 @@ fn error(e: &EngineError) -> HttpResponse {
 pub(super) async fn status(state: web::Data<ApiState>) -> HttpResponse {
     let dir = state.state_dir.clone();
     let live = state.handle.queues().await.ok();
-    match web::block(move || report::status_value(&dir, Some(std::process::id()), live.as_deref())).await {
+    let labels = state.handle.labels().to_vec();
+    match web::block(move || report::status_value(&dir, Some(std::process::id()), live.as_deref(), Some(&labels))).await
+    {
         Ok(Ok(value)) => ok_json(&value),
         Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
@@ -256,7 +258,8 @@ pub(super) async fn jobs(state: web::Data<ApiState>, filter: JobFilter) -> HttpR
 /// Streamed: an answer of 100,000 task runs never sits whole in memory.
 #[utoipa::path(get, path = "/v1/tasks", tag = "read", params(TaskFilter), responses(
     (status = 200, body = Vec<doc::TaskRun>), (status = 400, body = doc::Failure)))]
-pub(super) async fn tasks(state: web::Data<ApiState>, filter: TaskFilter) -> HttpResponse {
+pub(super) async fn tasks(state: web::Data<ApiState>, mut filter: TaskFilter) -> HttpResponse {
+    filter.node_labels = Some(state.handle.labels().to_vec());
     super::stream::json_array(&state, move |reader, emit| report::for_each_task(reader, &filter, emit)).await
 }
 
@@ -266,7 +269,8 @@ pub(super) async fn tasks(state: web::Data<ApiState>, filter: TaskFilter) -> Htt
     responses((status = 200, body = doc::Shown),
         (status = 400, body = doc::Failure), (status = 404, body = doc::Failure)))]
 pub(super) async fn show(state: web::Data<ApiState>, target: Target) -> HttpResponse {
-    query(&state, move |_, reader| report::show(reader, target)).await
+    let labels = state.handle.labels().to_vec();
+    query(&state, move |_, reader| report::show(reader, target, Some(&labels))).await
 }
 
 /// `cost --json`: `?by=job|task|queue|model|day&since_ms=EPOCH_MS`.

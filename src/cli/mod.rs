@@ -307,9 +307,11 @@ pub fn main() -> i32 {
         Command::Jobs { state, job, limit, json } => {
             query::jobs(&state_dir, crate::report::JobFilter { state, job, limit }, json)
         }
-        Command::Tasks { state, job, queue, run, task, json } => {
-            query::tasks(&state_dir, crate::report::TaskFilter { state, job, queue, run, task }, json)
-        }
+        Command::Tasks { state, job, queue, run, task, json } => query::tasks(
+            &state_dir,
+            crate::report::TaskFilter { state, job, queue, run, task, ..Default::default() },
+            json,
+        ),
         Command::Show { id, json } => query::show(&state_dir, &id, json),
         Command::Logs { id, attempt, follow } => query::logs(&state_dir, &id, attempt, follow),
         Command::Submit { job, params, priority, key } => {

@@ -80,12 +80,12 @@ fn num(v: &Value, key: &str) -> u64 {
 pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
     let value = match client::call(state_dir, "GET", "/v1/status", None) {
         Ok(value) => value,
-        Err(ClientError::NotRunning(_)) => report::status_value(state_dir, store::instance_pid(state_dir), None)?,
+        Err(ClientError::NotRunning(_)) => report::status_value(state_dir, store::instance_pid(state_dir), None, None)?,
         // An instance short of descriptors cannot open the store to answer; this process can,
         // and status matters most just then.
         Err(e) => {
             eprintln!("gaffer: the instance could not answer ({e}); read from the state dir instead");
-            report::status_value(state_dir, store::instance_pid(state_dir), None)?
+            report::status_value(state_dir, store::instance_pid(state_dir), None, None)?
         }
     };
     if as_json {
@@ -117,6 +117,22 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
                 text(q, "name")
             );
         }
+    }
+    if let Some(labels) = value["node"]["labels"].as_array() {
+        let labels: Vec<&str> = labels.iter().filter_map(|l| l.as_str()).collect();
+        outln!("node labels: {}", if labels.is_empty() { "none".to_string() } else { labels.join(", ") });
+    }
+    for q in value["queues"].as_array().into_iter().flatten().filter(|q| num(q, "unroutable") > 0) {
+        outln!("queue {}: {} queued task run(s) no node can run", text(q, "name"), num(q, "unroutable"));
+    }
+    for t in value["unroutable"].as_array().into_iter().flatten() {
+        outln!(
+            "task run {} (job run j{}, task {}) {}",
+            num(t, "task_run"),
+            num(t, "job_run"),
+            text(t, "task"),
+            text(t, "reason")
+        );
     }
     let counts: Vec<String> = value["totals"]
         .as_object()
@@ -210,10 +226,26 @@ pub fn tasks(state_dir: &Path, filter: TaskFilter, as_json: bool) -> Result<(), 
     Ok(())
 }
 
-/// The dead letters, as `tasks --state dead` answers them.
+/// The dead letters, as `tasks --state dead` answers them, less a fan-out's group (kind
+/// `fanout`): its dead items are the dead letters (retrying them reopens it).
 pub(super) fn dead_letters(state_dir: &Path) -> Result<Value, CliError> {
     let filter = TaskFilter { state: Some("dead".into()), ..TaskFilter::default() };
-    fetch(state_dir, "/v1/tasks?state=dead", |reader| report::tasks(reader, &filter))
+    let dead = fetch(state_dir, "/v1/tasks?state=dead", |reader| report::tasks(reader, &filter))?;
+    let letters = dead.as_array().into_iter().flatten().filter(|t| t["kind"] != "fanout").cloned();
+    Ok(Value::Array(letters.collect()))
+}
+
+/// `1/3`; a fan-out's group (kind `fanout`) is never attempted itself: its items are.
+fn attempts_column(t: &Value) -> String {
+    if t["kind"] == "fanout" {
+        return "items".into();
+    }
+    crate::headless::tries(num(t, "attempts_in_series"), num(t, "max_attempts"))
+}
+
+/// `["gpu", "eu"]` as `gpu, eu`.
+fn labels_of(list: &Value) -> String {
+    list.as_array().into_iter().flatten().filter_map(|l| l.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 pub(super) fn print_task_table(runs: &Value) {
@@ -235,18 +267,22 @@ pub(super) fn print_task_table(runs: &Value) {
             format!("j{}", num(t, "job_run")),
             task_name(t),
             text(t, "state"),
-            crate::headless::tries(num(t, "attempts_in_series"), num(t, "max_attempts")),
+            attempts_column(t),
             text(t, "queue"),
             num(t, "priority"),
             dollars(micros_of_json(&t["cost_usd"])),
-            text(t, "reason")
+            match t["blocked"].as_str() {
+                Some(_) => format!("blocked: no node has {}", labels_of(&t["requires"])),
+                None => text(t, "reason").to_string(),
+            }
         );
     }
 }
 
 pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
     let target = parse_target(id)?;
-    let value = fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target))?;
+    let value =
+        fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target, None))?;
     if as_json {
         return print_json(&value);
     }
@@ -307,7 +343,7 @@ fn print_transitions(runs: &[Value]) {
 /// The task run a transition came from (`reached_by`), if there is one and it can be read.
 fn reached_from(state_dir: &Path, reached_by: &Value) -> Option<Value> {
     let target = Target::TaskRun(reached_by["from_task_run"].as_u64()?);
-    fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target)).ok()
+    fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target, None)).ok()
 }
 
 /// `show ID` of a task run; `from` is the task run a transition started it from.
@@ -325,8 +361,19 @@ fn print_task_detail(t: &Value, from: Option<&Value>) {
     if let Some(detail) = t["detail"].as_str() {
         outln!("detail: {detail}");
     }
+    if let Some(blocked) = t["blocked"].as_str() {
+        outln!("blocked: {blocked}");
+    }
     outln!("queue: {} (priority {})", text(t, "queue"), num(t, "priority"));
-    outln!("attempts: {} of {} in this series", num(t, "attempts_in_series"), num(t, "max_attempts"));
+    if t["requires"].is_array() {
+        outln!("requires: {}", labels_of(&t["requires"]));
+    }
+    if t["kind"] == "fanout" {
+        let (run, task) = (num(t, "job_run"), text(t, "task"));
+        outln!("a fan-out: the group of its items, never attempted itself (`gaffer tasks --run j{run} --task {task}`)");
+    } else {
+        outln!("attempts: {} of {} in this series", num(t, "attempts_in_series"), num(t, "max_attempts"));
+    }
     outln!(
         "cost: {} ({} input, {} output tokens)",
         dollars(micros_of_json(&t["cost_usd"])),
@@ -430,7 +477,7 @@ pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> R
 /// `logs j7`: each task run's latest attempt, in task run order, under a header naming it.
 fn job_run_logs(state_dir: &Path, job_run: u64) -> Result<(), CliError> {
     let target = Target::JobRun(job_run);
-    let run = fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target))?;
+    let run = fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target, None))?;
     for t in run["tasks"].as_array().into_iter().flatten() {
         let (id, attempt, state) = (num(t, "id"), num(t, "attempt"), text(t, "state"));
         let name = task_name(t);
@@ -488,7 +535,7 @@ fn wait_for_first_attempt(state_dir: &Path, id: u64) -> Result<bool, CliError> {
     let target = Target::TaskRun(id);
     let mut said = false;
     loop {
-        let t = fetch(state_dir, &format!("/v1/show/{id}"), |reader| report::show(reader, target))?;
+        let t = fetch(state_dir, &format!("/v1/show/{id}"), |reader| report::show(reader, target, None))?;
         let state = text(&t, "state");
         let ended = crate::model::TaskState::parse(state).is_some_and(|s| s.is_terminal());
         if num(&t, "attempt") > 0 || ended {

@@ -21,7 +21,7 @@ use crate::model::schedule::Schedule;
 use crate::notify::Notifier;
 use crate::store::{self, StoreError};
 
-/// What `run` and `serve` share: how to show progress, and the worker cap.
+/// What `run` and `serve` share: how to show progress, the worker cap and the node's labels.
 #[derive(Debug, Args)]
 pub struct DisplayArgs {
     /// No terminal UI, progress lines only.
@@ -33,6 +33,10 @@ pub struct DisplayArgs {
     /// Cap on running attempts (overrides settings.workers).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// A capability of this node (repeatable: --label gpu --label eu): it runs only the task
+    /// runs whose `requires` it has every label of; tasks without `requires` run anywhere.
+    #[arg(long = "label", value_name = "LABEL", env = "GAFFER_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
 }
 
 impl DisplayArgs {
@@ -254,6 +258,10 @@ pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
         }
         let secrets = secrets_given(workflow, &params);
         let triggers = params_per_job(workflow, chosen_jobs(workflow, &args.jobs)?, &params)?;
+        let labels = node_labels(&args.display.labels)?;
+        for (job, _) in &triggers {
+            check_routable(workflow, job, args.only.as_deref(), &labels)?;
+        }
         // A job with an unfinished run is resumed, not started: its params are stored (the
         // engine asks for its secrets then).
         let resuming = unfinished_jobs(state_dir);
@@ -262,9 +270,31 @@ pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
         }
         Ok((triggers, secrets))
     };
-    let options =
-        SessionOptions { file: &args.file, state_dir, workers: args.display.workers, noop: args.noop_executor };
+    let options = SessionOptions {
+        file: &args.file,
+        state_dir,
+        workers: args.display.workers,
+        labels: &args.display.labels,
+        noop: args.noop_executor,
+    };
     session(options, screen.is_some(), choose, |config, jobs| drive(config, jobs, only, format, screen))
+}
+
+/// `run` is one node: a task of a job it starts that requires a label this node lacks could
+/// never start, so it is refused before anything is written (`serve` waits instead: another
+/// node, or a restart with the label, may come).
+fn check_routable(workflow: &Workflow, job: &str, only: Option<&str>, labels: &[String]) -> Result<(), String> {
+    let Some(def) = workflow.jobs.iter().find(|j| j.name == job) else { return Ok(()) };
+    let tasks = def.tasks.iter().filter(|t| only.is_none_or(|o| o == t.name));
+    match tasks.into_iter().find(|t| !crate::model::routing::can_run(&t.requires, labels)) {
+        None => Ok(()),
+        Some(t) => Err(format!(
+            "job `{job}`, task `{}`: {}; `gaffer run` is this one node, so it could never start \
+             (give it the label, or let `gaffer serve` on a node that has it run the job)",
+            t.name,
+            crate::model::routing::blocked_reason(&t.requires, labels)
+        )),
+    }
 }
 
 /// `--only TASK`: one job named, TASK one of its tasks, and a succeeded run of everything it
@@ -314,7 +344,13 @@ pub struct ServeArgs {
 pub fn serve(args: ServeArgs, state_dir: &Path) -> i32 {
     let format = args.display.format();
     let screen = args.display.screen(&args.file);
-    let options = SessionOptions { file: &args.file, state_dir, workers: args.display.workers, noop: false };
+    let options = SessionOptions {
+        file: &args.file,
+        state_dir,
+        workers: args.display.workers,
+        labels: &args.display.labels,
+        noop: false,
+    };
     let check = |workflow: &Workflow| -> Result<_, String> {
         let secrets = serve_secrets(workflow, &args.params)?;
         let Some(addr) = args.listen else { return Ok((None, secrets)) };
@@ -346,10 +382,28 @@ fn serve_secrets(workflow: &Workflow, raw: &[String]) -> Result<BTreeMap<String,
     Ok(params)
 }
 
+/// `--label`s (or `GAFFER_LABELS=gpu,eu`) checked as `requires` is, each once, in the order given.
+fn node_labels(given: &[String]) -> Result<Vec<String>, String> {
+    // `GAFFER_LABELS=` (set, but empty) means no labels, as an unset variable does.
+    if given == [""] && std::env::var_os("GAFFER_LABELS").is_some_and(|v| v.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let mut labels: Vec<String> = Vec::new();
+    for label in given.iter().map(|l| l.trim()) {
+        crate::model::routing::check_label(label).map_err(|e| format!("--label: {e}"))?;
+        if !labels.iter().any(|l| l == label) {
+            labels.push(label.to_string());
+        }
+    }
+    crate::model::routing::check_labels(&labels).map_err(|e| format!("--label: {e}"))?;
+    Ok(labels)
+}
+
 struct SessionOptions<'a> {
     file: &'a Path,
     state_dir: &'a Path,
     workers: Option<usize>,
+    labels: &'a [String],
     noop: bool,
 }
 
@@ -367,6 +421,13 @@ where
     let (mut workflow, source) = match load(options.file) {
         Ok(loaded) => loaded,
         Err(code) => return code,
+    };
+    let labels = match node_labels(options.labels) {
+        Ok(labels) => labels,
+        Err(e) => {
+            eprintln!("gaffer: {e}");
+            return exit::USAGE;
+        }
     };
     let checked = match check(&workflow) {
         Ok(checked) => checked,
@@ -427,6 +488,7 @@ where
         clock,
         workers,
         pricing,
+        labels,
     };
     let system = actix::System::new();
     let code = system.block_on(body(config, checked));
@@ -451,6 +513,8 @@ async fn serve_forever(
         let resumed = handle.resume_all().await?;
         let caught_up = handle.serve_schedules().await?;
         let pid = std::process::id();
+        let labels = handle.labels();
+        let pid = if labels.is_empty() { pid.to_string() } else { format!("{pid}, labels {}", labels.join(", ")) };
         let status = format!("serving (pid {pid}): {} unfinished run(s) resumed, {caught_up} missed fire time(s) caught up; SIGINT or SIGTERM stops", resumed.len());
         say(format, &status);
         let watchdog = notify_systemd(&handle, &status);
@@ -752,6 +816,9 @@ async fn follow(
         eprintln!("gaffer: cannot install signal handlers");
         return exit::INTERNAL;
     };
+    // `run` waits for these; one of their task runs this node cannot run would keep it forever.
+    let watched = ids.clone().unwrap_or_default();
+    let mut blocked = None;
     let wait = async {
         match ids {
             Some(ids) => handle.wait(ids).await,
@@ -761,7 +828,13 @@ async fn follow(
     tokio::pin!(wait);
     let outcome = loop {
         tokio::select! {
-            Some(event) = events.recv() => { let _ = headless::print(&mut stdout, format, &event); }
+            Some(event) = events.recv() => {
+                let _ = headless::print(&mut stdout, format, &event);
+                if event.name() == engine::EventName::TaskBlocked && event.job_run.is_some_and(|j| watched.contains(&j)) {
+                    blocked = Some(event);
+                    break Err(exit::FAILED);
+                }
+            }
             result = &mut wait => break Ok(result),
             _ = sigint.recv() => break Err(exit::SIGINT),
             _ = sigterm.recv() => break Err(exit::SIGTERM),
@@ -777,6 +850,17 @@ async fn follow(
             let signal_code = *signal_code;
             if let Some(notifier) = Notifier::from_env() {
                 notifier.send("STOPPING=1");
+            }
+            if let Some(e) = &blocked {
+                // Said whatever the format: it is why the command fails.
+                eprintln!(
+                    "gaffer: task run {} (job run j{}, task {}) cannot start on this node (see the `task.blocked` \
+                     event); `gaffer run` is one node, so it stops here: the job run stays queued and resumes at \
+                     the next start, on a node with the labels (`gaffer run --label …` or `gaffer serve --label …`)",
+                    e.task_run.unwrap_or(0),
+                    e.job_run.unwrap_or(0),
+                    e.task.as_deref().unwrap_or("?")
+                );
             }
             say(
                 format,

@@ -51,6 +51,7 @@ pub(super) const DEFAULTS_KEYS: &[&str] = &[
     "retry",
     "cost",
     "budget_usd",
+    "requires",
 ];
 pub(super) const TASK_KEYS: &[&str] = &[
     "run",
@@ -68,6 +69,7 @@ pub(super) const TASK_KEYS: &[&str] = &[
     "retry",
     "cost",
     "budget_usd",
+    "requires",
     "wait_for",
     "wait_timeout",
     "cache",
@@ -117,6 +119,8 @@ pub(super) struct TaskFields {
     pub retry: RetryFields,
     pub cost: Option<CostSource>,
     pub budget_usd_micros: Option<u64>,
+    /// Node labels a task run needs (`requires`); a task's list replaces the defaults' whole.
+    pub requires: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -648,9 +652,28 @@ fn read_common_field(r: &mut Reader, e: &Entry, fields: &mut TaskFields) -> bool
         "retry" => read_retry(r, e, &mut fields.retry),
         "cost" => fields.cost = read_cost(r, e),
         "budget_usd" => fields.budget_usd_micros = r.usd(e),
+        "requires" => fields.requires = read_requires(r, e),
         _ => return false,
     }
     true
+}
+
+/// `requires = ["gpu", "eu"]`: node labels (`model::routing`'s syntax), each reported where it is.
+fn read_requires(r: &mut Reader, e: &Entry) -> Option<Vec<String>> {
+    use crate::model::routing::{MAX_LABELS, check_label};
+    let labels = r.string_array(e)?;
+    if labels.len() > MAX_LABELS {
+        r.error(e.at, format!("`requires` names {} labels; at most {MAX_LABELS} are allowed", labels.len()));
+        return None;
+    }
+    let mut ok = true;
+    for label in &labels {
+        if let Err(message) = check_label(&label.value) {
+            r.error(label.at, format!("`requires`: {message}"));
+            ok = false;
+        }
+    }
+    ok.then(|| labels.into_iter().map(|l| l.value).collect())
 }
 
 fn read_cost(r: &mut Reader, e: &Entry) -> Option<CostSource> {
@@ -782,6 +805,7 @@ fn finish_task(task: &TaskDraft, defaults: &TaskFields, base_dir: &Path) -> Task
         retry: merge_retry(&own.retry, &defaults.retry),
         cost: own.cost.or(defaults.cost).unwrap_or(CostSource::Protocol),
         budget_usd_micros: own.budget_usd_micros.or(defaults.budget_usd_micros),
+        requires: own.requires.clone().or_else(|| defaults.requires.clone()).unwrap_or_default(),
         wait_for: task.wait_for.clone(),
         wait_timeout: task.wait_timeout,
         cache: task.cache.as_ref().map(|(key, ttl)| CachePolicy { key: key.value.clone(), ttl: *ttl }),
@@ -1052,7 +1076,7 @@ nees = ["a"]
                 "15:11: bad duration `5 minutes-ish` for `timeout`: invalid character at 9",
                 "16:9: unknown queue `gpu` (declared: default, llm)",
                 "17:10: unknown task `fetch2` in `needs` of task `fetch` (job `report` has: fetch)",
-                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, env_file, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, wait_for, wait_timeout, cache, expect, description, next, join, max_iterations, for_each, for_each_concurrency, compensate); did you mean `needs`?",
+                "18:1: unknown key `nees` in task `fetch` (expected one of: run, args, env, env_file, stdin, cwd, needs, queue, priority, timeout, heartbeat_timeout, queue_timeout, retry, cost, budget_usd, requires, wait_for, wait_timeout, cache, expect, description, next, join, max_iterations, for_each, for_each_concurrency, compensate); did you mean `needs`?",
             ]
         );
     }
@@ -1249,6 +1273,24 @@ nees = ["a"]
             check_positions(text).expect("parses without panicking, positions inside the file");
             assert!(parse_text(Path::new("wf.toml"), text).is_err());
         }
+    }
+
+    #[test]
+    fn requires_is_inherited_whole_and_checked_where_written() {
+        let wf = parse_ok(
+            "[defaults]\nrequires = [\"eu\"]\n[jobs.j.tasks.a]\nrun = 'x'\n\
+             [jobs.j.tasks.b]\nrun = 'x'\nrequires = [\"gpu\", \"cuda_12.4\"]\n\
+             [jobs.j.tasks.c]\nrun = 'x'\nrequires = []\n",
+        );
+        let requires: Vec<&[String]> = wf.jobs[0].tasks.iter().map(|t| t.requires.as_slice()).collect();
+        assert_eq!(requires, [&["eu".to_string()][..], &["gpu".to_string(), "cuda_12.4".to_string()], &[]]);
+        assert!(parse_ok("[jobs.j.tasks.t]\nrun = 'x'\n").jobs[0].tasks[0].requires.is_empty());
+        let bad = "[defaults]\nrequires = \"gpu\"\n[jobs.j.tasks.t]\nrun = 'x'\nrequires = [\"gpu\", \"GPU\", \"\"]\n";
+        assert_error(bad, "2:12: `requires` must be an array of strings");
+        assert_error(bad, "5:20: `requires`: label `GPU` has 'G'");
+        assert_error(bad, "5:27: `requires`: a label must not be empty");
+        let many = format!("[jobs.j.tasks.t]\nrun = 'x'\nrequires = [{}]\n", vec!["\"a\""; 33].join(", "));
+        assert_error(&many, "3:12: `requires` names 33 labels; at most 32 are allowed");
     }
 
     proptest! {

@@ -176,7 +176,14 @@ struct Common {
     cost: Option<CostSource>,
     /// Per task run, all attempts together.
     budget_usd: Option<Usd>,
+    /// Node labels a node must have to run the task (`gaffer serve --label gpu`); none: any node.
+    #[schemars(length(max = 32))]
+    requires: Option<Vec<Label>>,
 }
+
+/// A node label: lowercase letters, digits, `_`, `.`, `-`; 1 to 64 of them.
+#[derive(JsonSchema)]
+struct Label(#[schemars(regex(pattern = r"^[a-z0-9_.-]{1,64}$"))] String);
 
 /// What every task gets unless it says otherwise.
 #[derive(JsonSchema)]
@@ -534,6 +541,8 @@ mod tests {
             "[settings]\nthreads = 2\n[jobs.j.tasks.t]\nrun = \"x\"\n",
             "[jobs.j.tasks.t]\nrun = \"x\"\nnext = [{ on = \"sometimes\", do = [\"t\"] }]\n",
             "[jobs.j.tasks.t]\nrun = \"x\"\nmax_iterations = 0\n",
+            "[jobs.j.tasks.t]\nrun = \"x\"\nrequires = [\"GPU\"]\n",
+            "[defaults]\nrequires = [\"\"]\n[jobs.j.tasks.t]\nrun = \"x\"\n",
         ] {
             let value: Value = toml::from_str(bad).expect("toml");
             assert!(!validator.is_valid(&value), "accepted:\n{bad}");

@@ -247,6 +247,8 @@ pub struct TaskDef {
     pub retry: RetryPolicy,
     pub cost: CostSource,
     pub budget_usd_micros: Option<u64>,
+    /// Node labels a node must have to run this task's runs (`requires`; empty: any node).
+    pub requires: Vec<String>,
     /// Once its `needs` succeeded the task run waits (state `waiting`) for this signal
     /// (`gaffer signal RUN NAME`, the TUI's `a`) before it is queued.
     pub wait_for: Option<String>,

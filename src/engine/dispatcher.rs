@@ -3,7 +3,9 @@
 //! `settings.workers`, a queue's `concurrency` or its `rate_limit`, and never from a paused queue
 //! or one whose circuit is open. Rate limits and circuits are rules of `model::queue` over
 //! attempt start and failure times, seeded at start from the store ([`queue_history`]), so they
-//! hold across restarts.
+//! hold across restarts. A task run whose `requires` this node's labels do not satisfy
+//! (`model::routing`) is never handed out: it waits aside in its queue's `blocked`, visibly
+//! (`status`, `show`, the TUI), until a node that has the labels takes it.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -18,6 +20,7 @@ use super::{EngineEvent, EventData, SharedClock};
 use crate::config::QueueDef;
 use crate::model::policy::priority_key;
 use crate::model::queue::{self, circuit_open_until, rate_limit_opens_at};
+use crate::model::routing::can_run;
 use crate::store::{self, StoreError, TaskRunRecord};
 
 /// How often entries waiting in a blocked queue are checked against their `queue_timeout`.
@@ -32,6 +35,8 @@ pub struct ReadyEntry {
     pub queued_at_ms: u64,
     pub queue_timeout_ms: Option<u64>,
     pub owner: Addr<JobRun>,
+    /// Node labels it needs (`requires`).
+    pub requires: Vec<String>,
     key: i128,
 }
 
@@ -45,7 +50,22 @@ impl ReadyEntry {
         queue_timeout_ms: Option<u64>,
         owner: Addr<JobRun>,
     ) -> ReadyEntry {
-        ReadyEntry { task_run, queue, priority, enqueue_seq, queued_at_ms, queue_timeout_ms, owner, key: 0 }
+        ReadyEntry {
+            task_run,
+            queue,
+            priority,
+            enqueue_seq,
+            queued_at_ms,
+            queue_timeout_ms,
+            owner,
+            requires: Vec::new(),
+            key: 0,
+        }
+    }
+
+    /// The entry of a task run that needs these node labels.
+    pub fn requiring(self, requires: &[String]) -> ReadyEntry {
+        ReadyEntry { requires: requires.to_vec(), ..self }
     }
 
     fn timed_out(&self, now_ms: u64) -> bool {
@@ -74,6 +94,9 @@ impl Ord for ReadyEntry {
 struct QueueState {
     def: QueueDef,
     ready: BinaryHeap<ReadyEntry>,
+    /// Entries this node can never start (it lacks labels they require), by task run. They
+    /// leave by their `queue_timeout`, or when their job run's actor is gone.
+    blocked: BTreeMap<u64, ReadyEntry>,
     running: usize,
     paused: bool,
     /// Attempt start times within the rate-limit window, oldest first.
@@ -208,6 +231,8 @@ pub struct Dispatcher {
     queues: BTreeMap<String, QueueState>,
     workers_total: usize,
     running_total: usize,
+    /// This node's labels (`--label`): what it may start (`model::routing::can_run`).
+    labels: Vec<String>,
     idle: Vec<Addr<Worker>>,
     stopping: bool,
     /// Nothing is handed out while held: at start, until every resumed run has had the
@@ -228,6 +253,7 @@ impl Dispatcher {
         workers_total: usize,
         paused: &std::collections::BTreeSet<String>,
         mut history: QueueHistory,
+        labels: Vec<String>,
     ) -> Dispatcher {
         let names = queues.keys().cloned().collect();
         let now = clock.now_ms();
@@ -237,6 +263,7 @@ impl Dispatcher {
                 let mut state = QueueState {
                     def: def.clone(),
                     ready: BinaryHeap::new(),
+                    blocked: BTreeMap::new(),
                     running: 0,
                     paused: paused.contains(name),
                     starts: history.starts.remove(name).unwrap_or_default().into(),
@@ -254,6 +281,7 @@ impl Dispatcher {
             queues,
             workers_total,
             running_total: 0,
+            labels,
             idle: Vec::new(),
             stopping: false,
             held: false,
@@ -347,9 +375,17 @@ impl Dispatcher {
     }
 
     /// Entries that timed out while their queue was blocked leave it now, not when it unblocks.
+    /// Entries this node cannot run leave likewise, and once their job run is gone.
     fn sweep_queue_timeouts(&mut self) {
         let now = self.clock.now_ms();
         for queue in self.queues.values_mut() {
+            queue.blocked.retain(|_, entry| {
+                if entry.timed_out(now) {
+                    entry.owner.do_send(QueueTimedOut { task_run: entry.task_run });
+                    return false;
+                }
+                entry.owner.connected()
+            });
             if !queue.ready.iter().any(|e| e.timed_out(now)) {
                 continue;
             }
@@ -387,7 +423,11 @@ impl Handler<Enqueue> for Dispatcher {
                 continue;
             };
             entry.key = priority_key(entry.priority, entry.queued_at_ms, queue.def.aging);
-            queue.ready.push(entry);
+            if can_run(&entry.requires, &self.labels) {
+                queue.ready.push(entry);
+            } else {
+                queue.blocked.insert(entry.task_run, entry);
+            }
         }
         self.dispatch(ctx);
     }

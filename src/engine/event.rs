@@ -35,17 +35,19 @@ pub struct EngineEvent {
     pub data: EventData,
 }
 
-/// `iteration`, `item_index` and `"kind": "compensation"` of a task event (SPEC §6).
+/// `iteration`, `item_index` and `"kind": "compensation"` of a task event (SPEC §6), or
+/// `"kind": "fanout"` for a fanned-out task's group of items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Instance {
     pub iteration: u32,
     pub item_index: Option<u32>,
     pub compensation: bool,
+    pub fanout: bool,
 }
 
 impl Instance {
     /// A task's first run, not an item, not a compensation.
-    pub const FIRST: Instance = Instance { iteration: 1, item_index: None, compensation: false };
+    pub const FIRST: Instance = Instance { iteration: 1, item_index: None, compensation: false, fanout: false };
 
     /// `model::fanout::label`: `review#2`, `fetch[3]`, `deploy (undo)`.
     pub fn label(&self, task: &str) -> String {
@@ -139,6 +141,11 @@ pub enum EventData {
     TaskWaiting {
         wait_for: String,
     },
+    /// Queued, but this node lacks labels it `requires`: it waits for a node that has them.
+    TaskBlocked {
+        requires: Vec<String>,
+        node_labels: Vec<String>,
+    },
     /// `unpriced`: tokens no price covers, counted as $0.
     TaskCost {
         usage: Usage,
@@ -210,6 +217,7 @@ impl EventData {
             EventData::TaskCancelled { .. } => EventName::TaskCancelled,
             EventData::TaskSkipped => EventName::TaskSkipped,
             EventData::TaskWaiting { .. } => EventName::TaskWaiting,
+            EventData::TaskBlocked { .. } => EventName::TaskBlocked,
             EventData::TaskCost { .. } => EventName::TaskCost,
             EventData::TaskProgress { .. } => EventName::TaskProgress,
             EventData::TaskWarning { .. } => EventName::TaskWarning,
@@ -266,6 +274,9 @@ impl EventData {
             EventData::TaskCancelled { from_dead } => vec![from_dead.then(|| ("from", json!("dead")))],
             EventData::TaskSkipped | EventData::TaskHandled | EventData::QueueCircuitClosed => Vec::new(),
             EventData::TaskWaiting { wait_for } => vec![put("wait_for", wait_for)],
+            EventData::TaskBlocked { requires, node_labels } => {
+                vec![put("requires", requires), put("node_labels", node_labels)]
+            }
             EventData::TaskCost { usage, model, unpriced } => vec![
                 usd("usd", usage.usd_micros),
                 put("input_tokens", usage.input_tokens),
@@ -356,6 +367,10 @@ impl EventData {
             }
             EventName::TaskSkipped => EventData::TaskSkipped,
             EventName::TaskWaiting => EventData::TaskWaiting { wait_for: f.text("wait_for")? },
+            EventName::TaskBlocked => EventData::TaskBlocked {
+                requires: serde_json::from_value(f.0.get("requires")?.clone()).ok()?,
+                node_labels: serde_json::from_value(f.0.get("node_labels")?.clone()).ok()?,
+            },
             EventName::TaskCost => EventData::TaskCost {
                 usage: Usage {
                     usd_micros: f.usd("usd")?,
@@ -474,6 +489,7 @@ impl Fields<'_> {
             iteration: self.small("iteration")?,
             item_index: self.small("item_index"),
             compensation: self.text("kind").as_deref() == Some("compensation"),
+            fanout: self.text("kind").as_deref() == Some("fanout"),
         })
     }
 }
@@ -529,6 +545,8 @@ impl EngineEvent {
             }
             if i.compensation {
                 obj.insert("kind".into(), json!("compensation"));
+            } else if i.fanout {
+                obj.insert("kind".into(), json!("fanout"));
             }
         }
         for (key, value) in self.data.fields().into_iter().flatten() {

@@ -25,7 +25,7 @@ use crate::model::run::{self, AttemptEnd, Effects, Input, Note, RunState, TaskNo
 use crate::model::{FailReason, JobState, TaskState};
 use crate::store::{AttemptRecord, JobRunRecord, Mutation, RaisedBudgets, TaskRunRecord};
 
-mod convert;
+pub(super) mod convert;
 mod rerun;
 pub(crate) use rerun::workflow_for_run;
 pub use rerun::{CheckDefinition, RetryFrom};
@@ -231,7 +231,7 @@ impl JobRun {
 
     /// The record of task run `i` as it is now.
     fn task_record(&self, i: usize) -> TaskRunRecord {
-        convert::task_run_record(&self.record, &self.run.tasks[i])
+        convert::task_run_record(&self.record, &self.run.tasks[i], &self.run.def(i).requires)
     }
 
     /// The job run's record as it is now.
@@ -333,6 +333,7 @@ impl JobRun {
             iteration: t.iteration,
             item_index: t.item_index,
             compensation: t.kind == run::Kind::Compensation,
+            fanout: t.kind == run::Kind::FanOut,
         });
         e
     }
@@ -499,10 +500,24 @@ impl JobRun {
                     queue_timeout_ms,
                     ctx.address(),
                 )
+                .requiring(&self.run.def(i).requires)
             })
             .collect();
         if !entries.is_empty() {
+            self.say_blocked(&entries);
             self.shared.dispatcher.do_send(Enqueue(entries));
+        }
+    }
+
+    /// `task.blocked` for each entry this node lacks the labels of: it waits in its queue
+    /// until a node that has them takes it (the Dispatcher never hands it out here).
+    fn say_blocked(&self, entries: &[ReadyEntry]) {
+        let labels = &self.shared.labels;
+        for entry in entries.iter().filter(|e| !crate::model::routing::can_run(&e.requires, labels)) {
+            let Some(i) = self.idx(entry.task_run) else { continue };
+            let blocked = EventData::TaskBlocked { requires: entry.requires.clone(), node_labels: labels.to_vec() };
+            let event = self.task_event(blocked, i);
+            self.shared.journal.do_send(Publish(event));
         }
     }
 

@@ -53,7 +53,7 @@ pub fn spends(
 /// nothing reached as skipped); else why it cannot go again from there.
 pub fn rerun_set(def: &JobDef, record: &JobRunRecord, tasks: &[TaskRunRecord], from: &str) -> Result<Vec<u64>, String> {
     // A task's own runs: fan-out items and compensations are not. `--from` re-runs the first.
-    let own = |t: &&TaskRunRecord| t.item_index.is_none() && t.kind == TaskRunKind::Task;
+    let own = |t: &&TaskRunRecord| t.item_index.is_none() && t.kind != TaskRunKind::Compensation;
     let mut first: HashMap<&str, &TaskRunRecord> = HashMap::new();
     let mut latest: HashMap<&str, &TaskRunRecord> = HashMap::new();
     for t in tasks.iter().filter(own) {
@@ -76,13 +76,8 @@ pub fn rerun_set(def: &JobDef, record: &JobRunRecord, tasks: &[TaskRunRecord], f
     let state = |d: &crate::config::TaskDef| latest.get(d.name.as_str()).map_or(TaskState::Skipped, |t| t.state);
     let states: Vec<TaskState> = job.tasks.iter().map(state).collect();
     let picked = crate::model::rerun::plan_from(&JobGraph::new(&job), &states, from).map_err(|e| e.to_string())?;
-    // Its items would have to be made again beside the old ones: not done yet, said plainly.
-    if let Some(d) = picked.iter().map(|&i| &job.tasks[i]).find(|d| d.for_each.is_some()) {
-        return Err(format!(
-            "`retry --from` cannot run the fanned-out task `{}` again yet; retry its dead items (or the job run) instead",
-            d.name
-        ));
-    }
+    // A fanned-out task among them fans out again over its list as rendered then
+    // (`model/run/fanout.rs`): its items are not picked here.
     Ok(picked.into_iter().filter_map(|i| first.get(job.tasks[i].name.as_str()).map(|t| t.id)).collect())
 }
 

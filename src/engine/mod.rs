@@ -137,6 +137,8 @@ pub struct Shared {
     pub pricing: Arc<Pricing>,
     /// Secret param values: memory only.
     pub secrets: Arc<secrets::SecretBook>,
+    /// This node's labels (`--label`).
+    pub labels: Arc<Vec<String>>,
     /// What starts, stops and finds this node's attempts' processes.
     pub executor: Arc<dyn Executor>,
     dispatcher: Addr<dispatcher::Dispatcher>,
@@ -156,6 +158,8 @@ pub struct EngineConfig {
     pub clock: SharedClock,
     pub workers: usize,
     pub pricing: Pricing,
+    /// This node's labels (`--label`): it starts only task runs whose `requires` they cover.
+    pub labels: Vec<String>,
 }
 
 /// A submit from outside (`gaffer submit`, the API).
@@ -193,6 +197,10 @@ pub struct EngineSnapshot {
     /// records do not say which models they paid for). Absent from an older server's answer.
     #[serde(default)]
     pub by_model: Vec<ModelUsage>,
+    /// The running node's labels (`--label`); `None` when no node runs (read-only views) or
+    /// from an older server.
+    #[serde(default)]
+    pub node_labels: Option<Vec<String>>,
 }
 
 /// A job as the views draw it.
@@ -383,6 +391,7 @@ pub struct EngineHandle {
     secrets: Arc<secrets::SecretBook>,
     /// `None` when the workflow declares no hooks.
     hooks: Option<hooks::HookRunner>,
+    labels: Arc<Vec<String>>,
     /// Keeps the watchdog's thread alive as long as a handle exists.
     _watchdog: Arc<ArbiterGuard>,
 }
@@ -397,6 +406,8 @@ impl Drop for ArbiterGuard {
 
 /// Starts the actor tree. Must run inside an actix `System`.
 pub fn start(config: EngineConfig) -> EngineHandle {
+    // Every actor runs on this thread: it is woken at each step of a task's start.
+    crate::sched::prefer_short_waits();
     let definition = definition_hash(&config.workflow.path.display().to_string(), &config.source);
     let ledger = supervisor::RestartLedger::default();
     let mut journal = Journal::new(&config.state_dir);
@@ -426,13 +437,16 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         workers_total,
         &paused,
         history,
+        config.labels.clone(),
     )
     .start();
     let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
     let store = config.store.clone();
     let state_dir = config.state_dir.clone();
     let secrets = Arc::new(secrets::SecretBook::default());
+    let labels = Arc::new(config.labels);
     let shared = Arc::new(Shared {
+        labels: labels.clone(),
         clock: config.clock.clone(),
         store: config.store,
         state_dir: config.state_dir,
@@ -477,6 +491,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         state_dir,
         secrets,
         hooks,
+        labels,
         _watchdog: Arc::new(ArbiterGuard(arbiter)),
     }
 }
@@ -649,7 +664,8 @@ impl EngineHandle {
             records.await.map_err(|e| EngineError::Stopped(e.to_string()))??;
         let jobs = self.jobs.as_ref().clone();
         let (queues, workers) = (self.queues().await?, self.workers());
-        Ok(EngineSnapshot { job_runs, task_runs, queues, workers, jobs, schedule_fires, by_model })
+        let node_labels = Some(self.labels.to_vec());
+        Ok(EngineSnapshot { job_runs, task_runs, queues, workers, jobs, schedule_fires, by_model, node_labels })
     }
 
     /// The task runs of one job run (a view learning of a new run from `job.started`).
@@ -664,6 +680,11 @@ impl EngineHandle {
     /// The state dir this engine writes.
     pub fn state_dir(&self) -> &std::path::Path {
         &self.state_dir
+    }
+
+    /// This node's labels (`--label`), in the order given.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
     }
 
     /// Each worker slot and what it runs, read without asking the actors.

@@ -98,6 +98,8 @@ fn snapshot(reader: &dyn Snapshot) -> Result<EngineSnapshot, StoreError> {
         jobs: workflow.as_ref().map(JobShape::of).unwrap_or_default(),
         schedule_fires: schedule_fires(reader)?,
         by_model: by_model(&reader.attempts()?),
+        // No node runs while this engine reads.
+        node_labels: None,
     })
 }
 

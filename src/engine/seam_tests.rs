@@ -211,6 +211,7 @@ fn config(dir: &std::path::Path, text: &str, store: &Arc<MemoryStore>) -> Engine
         executor: Arc::new(crate::executor::LocalExecutor),
         clock: Arc::new(SystemClock),
         workers: 1,
+        labels: Vec::new(),
     }
 }
 

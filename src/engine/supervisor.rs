@@ -382,6 +382,8 @@ fn new_task_run(
         queue: def.queue.clone(),
         priority: def.priority,
         max_attempts: def.retry.max_attempts,
+        kind: super::job_run::convert::kind_record(crate::model::run::Kind::own_run_of(def)),
+        requires: def.requires.clone(),
         ..TaskRunRecord::pending(id, job_run.id, &job_run.job, &def.name, now)
     }
 }
@@ -796,6 +798,7 @@ mod tests {
             clock: Arc::new(super::super::SystemClock),
             workers: 2,
             pricing,
+            labels: Vec::new(),
         };
         let system = actix::System::new();
         system.block_on(async move {

@@ -729,7 +729,7 @@ pub(super) fn set_close_on_exec(fd: RawFd) -> io::Result<bool> {
     sys::set_close_on_exec(fd)
 }
 
-/// The crate's only FFI: `posix_spawn` with its attribute and file-action objects,
+/// The crate's FFI (besides `crate::sched`'s `sched_setattr`): `posix_spawn` with its attribute and file-action objects,
 /// `pidfd_open` (and registering the pidfd with tokio), `waitpid`, and `fcntl` on a raw
 /// inherited fd. Each call is a plain libc call on memory owned here. nix's spawn wrappers cannot be used: they have no
 /// `posix_spawn_file_actions_addchdir_np` (glibc ≥ 2.29, so gaffer needs at least that glibc)

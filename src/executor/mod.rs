@@ -81,9 +81,12 @@ pub async fn spawn_off_thread(
     }
     // Never closed, so acquiring cannot fail.
     let _slot = SPAWN_SLOTS.acquire().await;
-    tokio::task::spawn_blocking(move || executor.spawn(spec, events))
-        .await
-        .unwrap_or_else(|e| Err(SpawnError::Setup(std::io::Error::other(format!("the spawn thread failed: {e}")))))
+    tokio::task::spawn_blocking(move || {
+        crate::sched::prefer_short_waits();
+        executor.spawn(spec, events)
+    })
+    .await
+    .unwrap_or_else(|e| Err(SpawnError::Setup(std::io::Error::other(format!("the spawn thread failed: {e}")))))
 }
 
 pub struct RunningAttempt {

@@ -20,6 +20,7 @@ pub enum EventName {
     TaskCancelled,
     TaskSkipped,
     TaskWaiting,
+    TaskBlocked,
     TaskCost,
     TaskProgress,
     TaskWarning,
@@ -37,7 +38,7 @@ pub enum EventName {
 }
 
 impl EventName {
-    pub const ALL: [EventName; 28] = [
+    pub const ALL: [EventName; 29] = [
         EventName::JobStarted,
         EventName::JobSucceeded,
         EventName::JobFailed,
@@ -52,6 +53,7 @@ impl EventName {
         EventName::TaskCancelled,
         EventName::TaskSkipped,
         EventName::TaskWaiting,
+        EventName::TaskBlocked,
         EventName::TaskCost,
         EventName::TaskProgress,
         EventName::TaskWarning,
@@ -85,6 +87,7 @@ impl EventName {
             EventName::TaskCancelled => "task.cancelled",
             EventName::TaskSkipped => "task.skipped",
             EventName::TaskWaiting => "task.waiting",
+            EventName::TaskBlocked => "task.blocked",
             EventName::TaskCost => "task.cost",
             EventName::TaskProgress => "task.progress",
             EventName::TaskWarning => "task.warning",

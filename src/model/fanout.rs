@@ -276,18 +276,22 @@ impl FanOut {
     }
 
     /// Item `index` moved to `state`. Refused: an index past the end, and going back to
-    /// `Pending` (an item that started has a task run; it never un-starts).
+    /// `Pending` from anything but `Failed` (an item in flight or succeeded never un-starts; a
+    /// failed one a person retries waits for a slot again).
     pub fn set(&mut self, index: usize, state: ItemState) -> Result<(), String> {
         let total = self.total();
         let Some(old) = self.states.get_mut(index) else {
             return Err(format!("fan-out item {index} does not exist ({total} items)"));
         };
-        if state == ItemState::Pending && *old != ItemState::Pending {
+        if state == ItemState::Pending && !matches!(*old, ItemState::Pending | ItemState::Failed) {
             return Err(format!("fan-out item {index} already started; it cannot be pending again"));
         }
         self.counts[old.slot()] -= 1;
         self.counts[state.slot()] += 1;
         *old = state;
+        if state == ItemState::Pending {
+            self.first_pending = self.first_pending.min(index);
+        }
         while self.states.get(self.first_pending).is_some_and(|s| *s != ItemState::Pending) {
             self.first_pending += 1;
         }
@@ -527,6 +531,12 @@ mod tests {
         fan.set(0, Queued).expect("start");
         assert!(fan.set(0, Pending).is_err_and(|e| e.contains("already started")));
         assert_eq!((fan.count(Queued), fan.count(Pending), fan.in_flight()), (1, 1, 1));
+        // A failed item a person retries waits for a slot again, first in line.
+        fan.set(1, Queued).expect("start");
+        fan.set(0, Failed).expect("end");
+        fan.set(0, Pending).expect("a retried failed item");
+        assert_eq!(fan.next_to_start(Some(1)), [] as [usize; 0], "item 1 holds the only slot");
+        assert_eq!(fan.next_to_start(Some(2)), [0]);
 
         let counted: Vec<ItemState> = TaskState::ALL.into_iter().map(ItemState::from).collect();
         assert_eq!(

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod queue;
 pub mod rerun;
 pub mod retry;
+pub mod routing;
 pub mod run;
 pub mod saga;
 pub mod schedule;

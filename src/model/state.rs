@@ -146,10 +146,13 @@ pub enum FailReason {
     ResourceExhausted,
     /// A `join` whose sources can no longer all (or N of them) arrive: recorded `skipped`.
     JoinUnsatisfied,
+    /// A fan-out item that `retry --from` left out: the re-rendered `for_each` list is shorter
+    /// now. Recorded `skipped`, kept as history, no longer one of its node's items.
+    NotInList,
 }
 
 impl FailReason {
-    pub const ALL: [FailReason; 15] = [
+    pub const ALL: [FailReason; 16] = [
         FailReason::ExitCode,
         FailReason::Timeout,
         FailReason::HeartbeatTimeout,
@@ -165,6 +168,7 @@ impl FailReason {
         FailReason::TemplateError,
         FailReason::ResourceExhausted,
         FailReason::JoinUnsatisfied,
+        FailReason::NotInList,
     ];
 
     pub fn parse(text: &str) -> Option<FailReason> {
@@ -188,6 +192,7 @@ impl FailReason {
             FailReason::TemplateError => "template_error",
             FailReason::ResourceExhausted => "resource_exhausted",
             FailReason::JoinUnsatisfied => "join_unsatisfied",
+            FailReason::NotInList => "not_in_list",
         }
     }
 }

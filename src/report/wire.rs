@@ -59,6 +59,9 @@ pub struct TaskRunView {
     /// matched; else null (also absent in an older gaffer's answer).
     #[serde(default)]
     pub reached_by: Option<ReachedByView>,
+    /// Node labels a node must have to start it (`requires`); absent when it requires none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 /// `reached_by` on the wire: `{"from_task_run": 4, "on": "success"}`.
@@ -103,6 +106,7 @@ impl From<&TaskRunRecord> for TaskRunView {
                 .reached_by
                 .as_ref()
                 .map(|by| ReachedByView { from_task_run: by.from_task_run, on: by.on.clone() }),
+            requires: t.requires.clone(),
         }
     }
 }

@@ -116,6 +116,9 @@ pub struct TaskRunRecord {
     /// For a task run a transition (SPEC §2.2 `next`) started: the task run it came from and
     /// the `on` that matched; none for one started by `needs`, a fan-out or a person.
     pub reached_by: Option<ReachedBy>,
+    /// Node labels a node must have to start it (the task's `requires`); empty: any node.
+    /// Keep it the last field: layout 2 is layout 3 without it (see `upgrade`).
+    pub requires: Vec<String>,
 }
 
 /// How a transition reached a task run: from which task run, on `success`, `failure` or
@@ -126,12 +129,15 @@ pub struct ReachedBy {
     pub on: String,
 }
 
-/// What a task run is for (SPEC §2.2 `compensate`).
+/// What a task run is for (SPEC §2.2 `compensate`, `for_each`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskRunKind {
     #[default]
     Task,
     Compensation,
+    /// A fanned-out task's own run: the group of its items (`running` while they run, ended
+    /// by their outcome), never attempted itself. Not a task run of its own in the totals.
+    FanOut,
 }
 
 impl TaskRunKind {
@@ -139,10 +145,11 @@ impl TaskRunKind {
         match self {
             TaskRunKind::Task => "task",
             TaskRunKind::Compensation => "compensation",
+            TaskRunKind::FanOut => "fanout",
         }
     }
 
-    pub const ALL: [TaskRunKind; 2] = [TaskRunKind::Task, TaskRunKind::Compensation];
+    pub const ALL: [TaskRunKind; 3] = [TaskRunKind::Task, TaskRunKind::Compensation, TaskRunKind::FanOut];
 
     pub fn parse(name: &str) -> Option<TaskRunKind> {
         TaskRunKind::ALL.into_iter().find(|k| k.as_str() == name)
@@ -153,11 +160,18 @@ impl TaskRunKind {
         match self {
             TaskRunKind::Task => 0,
             TaskRunKind::Compensation => 1,
+            TaskRunKind::FanOut => 2,
         }
     }
 }
 
 impl TaskRunRecord {
+    /// False for a fan-out's group (kind `fanout`): wherever task runs are counted (totals,
+    /// queues, cost, metrics) its items are, not it.
+    pub fn is_counted(&self) -> bool {
+        self.kind != TaskRunKind::FanOut
+    }
+
     /// A task run as created with its job run: pending, no attempt yet, in the default queue at
     /// priority 50 with 3 attempts (set the task's own with struct update syntax).
     pub fn pending(id: u64, job_run: u64, job: &str, task: &str, now_ms: u64) -> TaskRunRecord {
@@ -193,6 +207,7 @@ impl TaskRunRecord {
             kind: TaskRunKind::Task,
             compensates: None,
             reached_by: None,
+            requires: Vec::new(),
         }
     }
 
@@ -382,11 +397,16 @@ impl Record for JobRunRecord {
 }
 impl Record for TaskRunRecord {
     /// 2: instances — iteration, fan-out item, kind, how a transition reached it (SPEC §2.2).
-    const VERSION: u8 = 2;
+    /// 3: `requires`, appended.
+    const VERSION: u8 = 3;
 
     fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
         match version {
             1 => Ok(body_of::<TaskRunRecordV1>(body)?.into()),
+            // Postcard writes fields in order with no names: a layout 2 body followed by an
+            // empty list (its length, one 0 byte) is the layout 3 body of a task run that
+            // requires nothing, which is what every task run before `requires` was.
+            2 => Ok(body_of::<TaskRunRecord>(&[body, &[0]].concat())?),
             _ => Err(StoreError::Codec(format!("task run layout {version} is not one this gaffer knows"))),
         }
     }

@@ -237,7 +237,8 @@ fn a_schema_1_store_is_read_as_it_is_and_migrated_once_by_the_writer() {
     drop(lock);
     let (schema, layouts) = schema_and_layouts(dir.path());
     assert_eq!(schema, Some(SCHEMA_VERSION));
-    assert!(layouts.len() == tasks.len() && layouts.iter().all(|&l| l == 2), "{layouts:?}");
+    let current = <TaskRunRecord as codec::Record>::VERSION;
+    assert!(layouts.len() == tasks.len() && layouts.iter().all(|&l| l == current), "{layouts:?}");
 
     // A second open finds schema 2 and migrates nothing: the records are the same bytes.
     let (store, closer, lock) = open_writer(dir.path()).expect("reopen");
@@ -345,6 +346,22 @@ fn an_attempt_in_layout_1_reads_as_the_current_layout() {
     assert_eq!(codec::decode::<AttemptRecord>(&codec::encode(&a).expect("encode")).expect("decode"), a);
     let newer = [9u8, 0];
     assert!(codec::decode::<AttemptRecord>(&newer).is_err(), "a newer layout is refused, not misread");
+}
+
+/// A task run written in layout 2 (before `requires`) reads as one that requires nothing, and
+/// a layout 3 one keeps its labels.
+#[test]
+fn a_task_run_in_layout_2_reads_as_requiring_nothing() {
+    let mut t = task_run(7, 3);
+    t.reached_by = Some(crate::store::records::ReachedBy { from_task_run: 5, on: "failure".into() });
+    let current = codec::encode(&t).expect("encode");
+    // Layout 2 is exactly layout 3 of a run requiring nothing, minus that empty list's byte.
+    assert_eq!(current.last(), Some(&0));
+    let mut old = current[..current.len() - 1].to_vec();
+    old[0] = 2;
+    assert_eq!(codec::decode::<TaskRunRecord>(&old).expect("layout 2 reads"), t);
+    let gpu = TaskRunRecord { requires: vec!["gpu".into(), "eu".into()], ..t };
+    assert_eq!(codec::decode::<TaskRunRecord>(&codec::encode(&gpu).expect("encode")).expect("decode"), gpu);
 }
 
 /// A job run written in layout 1 (when every run made a task run of each of its tasks at once)

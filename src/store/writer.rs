@@ -155,6 +155,8 @@ impl StoreCloser {
 /// Waits for work, takes everything that queued up meanwhile, commits it once, answers all.
 /// Holds the database weakly, so dropping the last handle closes it.
 fn commit_loop(db: &std::sync::Weak<Database>, rx: &mpsc::Receiver<Request>, commits: &AtomicU64) {
+    // Woken twice on every task's start path (its run's commit, then `running`).
+    crate::sched::prefer_short_waits();
     // After an I/O error redb refuses every later commit with "Previous I/O error occurred":
     // the first error is the one worth telling, whoever asks later (a caller may have dropped
     // the answer to the commit that hit it).

@@ -210,6 +210,7 @@ pub fn fixture() -> Model {
         jobs: shapes(),
         schedule_fires: schedule_fires(),
         by_model: Vec::new(),
+        node_labels: Some(Vec::new()),
     };
     let mut model = Model::new(snapshot, NOW_MS, "examples/report.toml", vec![2, 4, 5]);
     for e in fixture_events(ago) {
@@ -363,6 +364,7 @@ pub fn fixture_with(n: u64) -> Model {
         jobs: shapes(),
         schedule_fires: schedule_fires(),
         by_model: Vec::new(),
+        node_labels: Some(Vec::new()),
     };
     Model::new(snapshot, NOW_MS, "bench", Vec::new())
 }
@@ -462,6 +464,10 @@ pub fn fixture_control() -> Model {
         }
         runs.push(r);
     }
+    // fetch's own run: the group of its items (kind `fanout`), never attempted, not counted.
+    let mut group = TaskRun::from(task(199, 8, "crawl", "fetch", "io", Running, ago(280)));
+    (group.attempt, group.series_start, group.fanout) = (0, 1, true);
+    runs.push(group);
     // j9: create and deploy succeeded, announce died; both were undone, deploy first.
     let saga = [("create", Succeeded, false), ("deploy", Succeeded, false), ("announce", Dead, false)];
     let undone = [("deploy", Succeeded, true), ("create", Succeeded, true)];

@@ -216,6 +216,8 @@ pub struct QueueRow {
     /// Its circuit is open: nothing starts from it until then.
     pub circuit_open_until_ms: Option<u64>,
     pub counts: [u32; STATES],
+    /// Queued task runs no live node can run (`Model::blocked`).
+    pub blocked: u32,
     /// Task runs ended per minute (throughput).
     pub done_per_minute: BTreeMap<u64, u32>,
     pub cost_per_day: BTreeMap<u64, u64>,
@@ -224,6 +226,21 @@ pub struct QueueRow {
 impl QueueRow {
     pub fn count(&self, state: TaskState) -> u32 {
         self.counts[state as usize]
+    }
+}
+
+impl Model {
+    /// Whether `rec` waits queued for labels no live node has (`model::routing`); never while
+    /// no node runs.
+    pub fn blocked(&self, rec: &TaskRun) -> bool {
+        let nodes: Vec<&[String]> = self.node_labels.iter().map(Vec::as_slice).collect();
+        rec.state == TaskState::Queued && crate::model::routing::unroutable(&rec.requires, &nodes)
+    }
+
+    /// Why `rec` cannot start, when it cannot ([`Model::blocked`]).
+    pub fn blocked_reason(&self, rec: &TaskRun) -> Option<String> {
+        let labels = self.node_labels.as_deref().unwrap_or_default();
+        self.blocked(rec).then(|| crate::model::routing::blocked_reason(&rec.requires, labels))
     }
 }
 
@@ -315,6 +332,8 @@ pub struct Model {
     pub schedules: Vec<ScheduleRow>,
     pub shapes: BTreeMap<String, JobShape>,
     pub counts: [usize; STATES],
+    /// The running node's labels (`EngineSnapshot::node_labels`).
+    pub node_labels: Option<Vec<String>>,
     pub retrying: BTreeSet<u64>,
     pub dead: BTreeSet<u64>,
     pub cost: CostBook,
@@ -356,6 +375,7 @@ impl Model {
             schedules: schedule_rows(&snapshot.jobs, &snapshot.schedule_fires),
             shapes: snapshot.jobs.into_iter().map(|j| (j.name.clone(), j)).collect(),
             counts: [0; STATES],
+            node_labels: snapshot.node_labels,
             retrying: BTreeSet::new(),
             dead: BTreeSet::new(),
             cost: CostBook::default(),
@@ -552,13 +572,14 @@ impl Model {
             self.tasks.insert(row.rec.id, row);
         } else {
             let minute = rec.ended_at_ms.or(rec.started_at_ms).unwrap_or(rec.created_at_ms) / MINUTE_MS;
-            if rec.cost_usd_micros > 0 {
-                // By model it is already in the snapshot's figures (the record does not say).
+            if rec.cost_usd_micros > 0 && !rec.fanout {
+                // A fan-out's group sums its items' cost, counted with them. By model it is already in the snapshot's figures (the record does not say).
                 let (job, task, queue) = (rec.job.clone(), rec.task.clone(), rec.queue.clone());
                 self.add_cost(&job, &task, &queue, None, minute, rec.cost_usd_micros);
             }
             if rec.state.is_terminal()
                 && rec.state != TaskState::Skipped
+                && !rec.fanout
                 && let Some(ended) = rec.ended_at_ms
             {
                 *self.queue_mut(&rec.queue).done_per_minute.entry(ended / MINUTE_MS).or_default() += 1;
@@ -572,10 +593,18 @@ impl Model {
 
     /// Adds (`sign` 1) or removes (-1) one task run's share of every counter.
     fn tally(&mut self, rec: &TaskRun, sign: i32) {
+        if rec.fanout {
+            // A fan-out's group is not a task run of its own: its items are counted, and are
+            // the runs its job run's progress and graph show (the node draws the group).
+            return;
+        }
         let s = rec.state as usize;
         let add = |n: &mut u32| *n = n.saturating_add_signed(sign);
         self.counts[s] = self.counts[s].saturating_add_signed(sign as isize);
         add(&mut self.queue_mut(&rec.queue).counts[s]);
+        if self.blocked(rec) {
+            add(&mut self.queue_mut(&rec.queue).blocked);
+        }
         let job = self.jobs.entry(rec.job_run).or_insert_with(|| JobRow {
             rec: placeholder_job(rec.job_run, &rec.job, rec.created_at_ms),
             tasks: Vec::new(),
@@ -810,6 +839,7 @@ impl Model {
             let instance = e.instance.unwrap_or(Instance::FIRST);
             (rec.iteration, rec.item_index) = (instance.iteration, instance.item_index);
             rec.compensation = instance.compensation;
+            rec.fanout = instance.fanout;
             rec.max_attempts = 0;
             self.insert_task(rec);
         }
@@ -830,6 +860,7 @@ impl Model {
         match &e.data {
             EventData::TaskCost { usage, model, .. } => self.apply_cost(e, id, usage, model.as_deref()),
             EventData::TaskWarning { message } => self.apply_warning(e, id, message),
+            EventData::TaskBlocked { requires, .. } => self.apply_requires(id, requires),
             _ => {}
         }
         let Some(row) = self.tasks.get_mut(&id) else { return };
@@ -901,6 +932,18 @@ impl Model {
             self.set_state(id, to);
         }
         self.touch_tasks(false);
+    }
+
+    /// `task.blocked` says what the task run requires (a row made from events did not know).
+    fn apply_requires(&mut self, id: u64, requires: &[String]) {
+        let Some(row) = self.tasks.get(&id) else { return };
+        let mut rec = row.rec.clone();
+        self.tally(&rec, -1);
+        rec.requires = requires.to_vec();
+        self.tally(&rec, 1);
+        if let Some(row) = self.tasks.get_mut(&id) {
+            row.rec.requires = rec.requires;
+        }
     }
 
     fn apply_cost(&mut self, e: &EngineEvent, id: u64, usage: &Usage, model: Option<&str>) {

@@ -41,8 +41,13 @@ pub struct TaskRun {
     pub compensation: bool,
     /// For a compensation: the task run it undoes.
     pub compensates: Option<u64>,
+    /// A fanned-out task's own run (kind `fanout`): the group of its items, not counted as a
+    /// task run of its own.
+    pub fanout: bool,
     /// For a task run a transition started: where it came from.
     pub reached_by: Option<ReachedBy>,
+    /// Node labels a node must have to start it (`requires`).
+    pub requires: Vec<String>,
 }
 
 /// How a transition reached a task run (SPEC §2.2): the task run it came from and the `on`
@@ -76,6 +81,7 @@ impl From<TaskRunView> for TaskRun {
         // The wire says how many attempts the series used; the screen counts from its start.
         let series_start = (v.attempt + 1).saturating_sub(v.attempts_in_series);
         let compensation = v.is_compensation();
+        let fanout = v.kind == crate::store::TaskRunKind::FanOut;
         TaskRun {
             id: v.id,
             job_run: v.job_run,
@@ -103,9 +109,11 @@ impl From<TaskRunView> for TaskRun {
             item_index: v.item_index,
             compensation,
             compensates: v.compensates,
+            fanout,
             reached_by: v
                 .reached_by
                 .and_then(|by| Some(ReachedBy { from_task_run: by.from_task_run, on: TransitionOn::parse(&by.on)? })),
+            requires: v.requires,
         }
     }
 }

@@ -804,3 +804,44 @@ fn task_runs_of_one_task_are_labelled_by_iteration_and_item() {
     assert!(task_row(&m, 41).contains(" fetch[3] "), "{}", task_row(&m, 41));
     assert!(task_row(&m, 14).contains(" parse "), "a first run keeps its plain name: {}", task_row(&m, 14));
 }
+
+#[test]
+fn task_runs_no_node_can_run_are_counted_per_queue_and_said_in_the_detail() {
+    use crate::engine::EngineSnapshot;
+    let mut queued = crate::report::TaskRunView::pending(1, 1, "train", "fit", NOW_MS);
+    (queued.state, queued.requires) = (TaskState::Queued, vec!["gpu".into()]);
+    let unchanged = queued.clone();
+    let mut anywhere = crate::report::TaskRunView::pending(2, 1, "train", "prep", NOW_MS);
+    anywhere.state = TaskState::Queued;
+    let snapshot = EngineSnapshot {
+        task_runs: vec![queued, anywhere],
+        node_labels: Some(vec!["eu".into()]),
+        ..EngineSnapshot::default()
+    };
+    let mut m = Model::new(snapshot, NOW_MS, "t", Vec::new());
+    assert_eq!(m.queues["default"].blocked, 1);
+    // A task run known from events only learns what it requires from `task.blocked`.
+    let event = |name, id: u64| {
+        let mut e = EngineEvent::new(name, NOW_MS);
+        (e.job, e.job_run, e.task, e.task_run, e.queue) =
+            (Some("train".into()), Some(1), Some("eval".into()), Some(id), Some("default".into()));
+        e
+    };
+    m.apply(&event(EventData::TaskQueued { priority: 50, series_start: None }, 3));
+    assert_eq!(m.queues["default"].blocked, 1);
+    let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+    m.apply(&event(EventData::TaskBlocked { requires: labels(&["gpu", "eu"]), node_labels: labels(&["eu"]) }, 3));
+    assert_eq!(m.queues["default"].blocked, 2);
+    assert_eq!(
+        m.blocked_reason(&m.tasks[&3].rec).as_deref(),
+        Some("requires [gpu, eu]: no node has it — start one with --label gpu")
+    );
+    m.apply(&event(EventData::TaskCancelled { from_dead: false }, 3));
+    assert_eq!(m.queues["default"].blocked, 1, "only queued ones count");
+    press(&mut m, "1");
+    let screen = render_to_string(&m, 120, 20);
+    assert!(screen.contains("1 blocked") && screen.contains("labels eu"), "{screen}");
+    // With no node running (a read-only view), nothing is called blocked.
+    let offline = EngineSnapshot { task_runs: vec![unchanged], ..EngineSnapshot::default() };
+    assert_eq!(Model::new(offline, NOW_MS, "t", Vec::new()).queues["default"].blocked, 0);
+}

@@ -38,6 +38,9 @@ fn sample(name: EventName) -> EngineEvent {
         }
         EventName::TaskCancelled => EventData::TaskCancelled { from_dead: true },
         EventName::TaskSkipped => EventData::TaskSkipped,
+        EventName::TaskBlocked => {
+            EventData::TaskBlocked { requires: vec!["gpu".into(), "eu".into()], node_labels: Vec::new() }
+        }
         EventName::TaskWaiting => EventData::TaskWaiting { wait_for: "approve".into() },
         EventName::TaskCost => EventData::TaskCost {
             usage: Usage {
@@ -111,7 +114,9 @@ fn every_event_round_trips_through_its_json_line() {
 #[test]
 fn the_optional_forms_round_trip_too() {
     let mut compensation = sample(EventName::TaskQueued);
-    compensation.instance = Some(Instance { iteration: 3, item_index: Some(0), compensation: true });
+    compensation.instance = Some(Instance { iteration: 3, item_index: Some(0), compensation: true, fanout: false });
+    let mut group = sample(EventName::TaskQueued);
+    group.instance = Some(Instance { iteration: 2, item_index: None, compensation: false, fanout: true });
     let mut job = EngineEvent::new(
         EventData::JobStarted(JobStart::New { params: [("day".to_string(), "***".to_string())].into() }),
         0,
@@ -119,6 +124,7 @@ fn the_optional_forms_round_trip_too() {
     job.job = Some("j".into());
     let events = [
         compensation,
+        group,
         job,
         EngineEvent::new(EventData::JobStarted(JobStart::Retry { from: None }), 0),
         EngineEvent::new(EventData::TaskCancelled { from_dead: false }, 0),
@@ -157,7 +163,7 @@ fn lines_that_are_not_gaffer_events_are_refused() {
 fn task_labels_say_which_run() {
     let mut e = sample(EventName::TaskFailed);
     assert_eq!(e.task_label().as_deref(), Some("fetch"));
-    e.instance = Some(Instance { iteration: 2, item_index: Some(3), compensation: false });
+    e.instance = Some(Instance { iteration: 2, item_index: Some(3), compensation: false, fanout: false });
     assert_eq!(e.task_label().as_deref(), Some("fetch#2[3]"));
     e.instance = None;
     assert_eq!(e.task_label().as_deref(), Some("fetch"));

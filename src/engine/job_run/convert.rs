@@ -38,6 +38,7 @@ impl From<TaskRunRecord> for TaskRun {
             kind: match r.kind {
                 TaskRunKind::Task => Kind::Task,
                 TaskRunKind::Compensation => Kind::Compensation,
+                TaskRunKind::FanOut => Kind::FanOut,
             },
             compensates: r.compensates,
             // A word this gaffer does not know (never written so) reads as not recorded.
@@ -48,8 +49,17 @@ impl From<TaskRunRecord> for TaskRun {
     }
 }
 
-/// The record of task run `t` of the job run `job_run`.
-pub fn task_run_record(job_run: &JobRunRecord, t: &TaskRun) -> TaskRunRecord {
+/// The store's word for the core's `kind`.
+pub fn kind_record(kind: Kind) -> TaskRunKind {
+    match kind {
+        Kind::Task => TaskRunKind::Task,
+        Kind::Compensation => TaskRunKind::Compensation,
+        Kind::FanOut => TaskRunKind::FanOut,
+    }
+}
+
+/// The record of task run `t` of the job run `job_run`, whose task `requires` these node labels.
+pub fn task_run_record(job_run: &JobRunRecord, t: &TaskRun, requires: &[String]) -> TaskRunRecord {
     TaskRunRecord {
         id: t.id,
         job_run: job_run.id,
@@ -79,14 +89,12 @@ pub fn task_run_record(job_run: &JobRunRecord, t: &TaskRun) -> TaskRunRecord {
         iteration: t.iteration,
         item_index: t.item_index,
         item: t.item.clone(),
-        kind: match t.kind {
-            Kind::Task => TaskRunKind::Task,
-            Kind::Compensation => TaskRunKind::Compensation,
-        },
+        kind: kind_record(t.kind),
         compensates: t.compensates,
         reached_by: t
             .reached_by
             .map(|by| records::ReachedBy { from_task_run: by.from_task_run, on: by.on.as_str().to_string() }),
+        requires: requires.to_vec(),
     }
 }
 

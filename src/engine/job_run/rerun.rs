@@ -10,7 +10,6 @@ use actix::prelude::*;
 use super::JobRun;
 use crate::config::Workflow;
 use crate::engine::EventData;
-use crate::model::TaskState;
 use crate::model::rerun::{self, DefinitionChoice};
 use crate::model::run::Input;
 use crate::store::Mutation;
@@ -163,12 +162,9 @@ impl JobRun {
         if let Some(t) = self.run.tasks[firsts..].iter().find(|t| !t.state.is_terminal()) {
             return Err(format!("job run j{id}: task `{}` (#{}) {}", t.task, t.id, t.state.phrase()));
         }
-        // Each task as its dependents see it: by its latest task run; one nothing reached reads
-        // as skipped (not open, not succeeded).
         let reached = |i: usize| self.run.tasks[i].is_made();
-        let latest = |i: usize| self.run.tasks[self.run.latest[i]].state;
-        let states: Vec<_> = (0..firsts).map(|i| if reached(i) { latest(i) } else { TaskState::Skipped }).collect();
-        let rerun = rerun::plan_from(&self.run.graph, &states, from).map_err(|e| format!("job run j{id}: {e}"))?;
+        let rerun = rerun::plan_from(&self.run.graph, &self.run.states_for_rerun(), from)
+            .map_err(|e| format!("job run j{id}: {e}"))?;
         // A re-run spends too: the same budgets as a retry's hold it (`model::retry`).
         let (job, spends) = self.spends();
         let ids: Vec<u64> = rerun.iter().filter(|&&i| reached(i)).map(|&i| self.run.tasks[i].id).collect();

@@ -34,7 +34,9 @@ pub fn nodes_of(tasks: &[TaskRun]) -> HashMap<usize, Node> {
         .map(|(i, t)| ((t.task_index, t.iteration), i))
         .collect();
     let mut runs: HashMap<usize, Vec<(u32, usize)>> = HashMap::new();
-    for (i, t) in tasks.iter().enumerate() {
+    // An item a `retry --from` left out is history, not one of its node's items.
+    let counted = |t: &TaskRun| t.reason != Some(FailReason::NotInList);
+    for (i, t) in tasks.iter().enumerate().filter(|(_, t)| counted(t)) {
         if let (Some(k), Kind::Task, Some(&node)) = (t.item_index, t.kind, node_of.get(&(t.task_index, t.iteration))) {
             runs.entry(node).or_default().push((k, i));
         }
@@ -59,6 +61,7 @@ impl TaskRun {
             priority: of.priority,
             item_index: of.item_index,
             item: of.item.clone(),
+            kind: Kind::Task,
             ..TaskRun::new(id, of.task_index, def, of.iteration, now_ms)
         }
     }
@@ -80,29 +83,67 @@ impl<E: Env> Step<'_, E> {
         let t = &mut self.s.tasks[i];
         t.started_at_ms.get_or_insert(self.now);
         self.fx.writes.push(Write::TaskRun(i));
+        // `retry --from` runs a fan-out again that has items already: item k's task run is
+        // item k again (a new series of attempts), so the same item keeps one history.
+        let earlier = self.s.fanouts.remove(&i).map_or_else(Vec::new, |n| n.runs);
         let items = match items {
             Ok(items) => items,
             Err(why) => {
                 // It would fail the same way again: permanent, like any template error.
-                t.detail = Some(crate::sanitize::sanitize(&why));
+                self.s.tasks[i].detail = Some(crate::sanitize::sanitize(&why));
+                self.leave_out(&earlier);
                 return self.end_node(i, TaskState::Dead, Some(FailReason::TemplateError));
             }
         };
+        self.leave_out(earlier.get(items.len()..).unwrap_or_default());
         if items.is_empty() {
             return self.end_node(i, TaskState::Succeeded, None);
         }
         let node = self.s.tasks[i].clone();
         let mut runs = Vec::with_capacity(items.len());
         for (k, item) in items.iter().enumerate() {
-            let mut run = TaskRun::extra_of(&node, self.s.def(i), self.env.next_task_run_id(), self.now);
-            run.item_index = Some(k as u32);
-            run.item = Some(fanout::item_json(item));
-            let r = self.s.push_run(run);
+            let r = match earlier.get(k) {
+                Some(&r) => {
+                    self.s.set_state(r, TaskState::Pending);
+                    self.s.tasks[r].reset_for_rerun();
+                    r
+                }
+                None => {
+                    let mut run = TaskRun::extra_of(&node, self.s.def(i), self.env.next_task_run_id(), self.now);
+                    run.item_index = Some(k as u32);
+                    self.s.push_run(run)
+                }
+            };
+            self.s.tasks[r].item = Some(fanout::item_json(item));
             self.fx.writes.push(Write::TaskRun(r));
             runs.push(r);
         }
         self.s.fanouts.insert(i, Node { fan: FanOut::new(items.len()), runs });
         self.start_items(i);
+    }
+
+    /// Items of an earlier fan-out that the re-rendered list no longer has: skipped
+    /// (`not_in_list`), kept as history, no longer counted by their node.
+    fn leave_out(&mut self, runs: &[usize]) {
+        for &r in runs {
+            self.s.set_state(r, TaskState::Skipped);
+            let t = &mut self.s.tasks[r];
+            t.reason = Some(FailReason::NotInList);
+            t.detail = Some("no longer in the for_each list (retry --from)".into());
+            t.ended_at_ms = Some(self.now);
+            self.fx.writes.push(Write::TaskRun(r));
+            self.task_note(r, TaskNote::Skipped);
+        }
+    }
+
+    /// On a resume: a running fan-out with a free slot and a pending item (a retried item
+    /// stored before its slot came) starts it, so nothing waits for an end that will not come.
+    pub(super) fn resume_items(&mut self) {
+        let running: Vec<usize> =
+            self.s.fanouts.keys().copied().filter(|&n| self.s.tasks[n].state == TaskState::Running).collect();
+        for node in running {
+            self.start_items(node);
+        }
     }
 
     /// Queues as many pending items of node `i` as its `for_each_concurrency` has slots for.
@@ -291,7 +332,8 @@ impl<E: Env> Step<'_, E> {
         let node = self.node_of(i).unwrap_or(i);
         let reopened = self.s.reopen();
         match item {
-            Some(k) => self.set_item(node, k, i, TaskState::Queued),
+            // It waits for a `for_each_concurrency` slot like any item (`start_items` below).
+            Some(k) => self.set_item(node, k, i, TaskState::Pending),
             None => self.s.set_state(i, TaskState::Queued),
         }
         let t = &mut self.s.tasks[i];
@@ -315,7 +357,15 @@ impl<E: Env> Step<'_, E> {
             self.fx.notes.push(super::input::Note::JobStarted { retry: true, from: None });
         }
         self.fx.writes.push(Write::JobRun);
-        self.queue_extra(i);
+        self.fx.writes.push(Write::TaskRun(i));
+        if item.is_none() {
+            self.queue_extra(i);
+        } else {
+            self.start_items(node);
+        }
+        if self.s.tasks[i].state == TaskState::Pending {
+            return Ok(format!("task run {id} waits for a for_each_concurrency slot (attempt {next} next)"));
+        }
         Ok(format!("task run {id} queued again (attempt {next} next)"))
     }
 }

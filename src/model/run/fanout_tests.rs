@@ -2,6 +2,7 @@
 //! outcome, outputs in item order, the saga's order, and a resume rebuilding both.
 
 use super::*;
+use crate::model::fanout::ItemState;
 
 /// `fan` over three literal items, at most two at once, then `sum` after it.
 const FAN: &str = r#"
@@ -191,13 +192,8 @@ fn a_failed_run_undoes_its_steps_one_at_a_time_latest_first() {
 #[test]
 fn a_compensation_names_what_it_undoes_and_a_resume_rebuilds_the_saga() {
     let mut s = new_run(SAGA);
-    let mut env = FixedEnv { seq: 0 };
-    let mut now = 0;
-    let mut run = |s: &mut RunState, line: &str| {
-        now += 1000;
-        let input = input_of(s, line);
-        step(s, input, now, &mut env)
-    };
+    let mut driver = Driver::new();
+    let mut run = |s: &mut RunState, line: &str| driver.line(s, line);
     for line in ["begin", "claim create", "ok create", "claim deploy", "ok deploy", "claim announce", "fail announce 1"]
     {
         run(&mut s, line);
@@ -205,7 +201,7 @@ fn a_compensation_names_what_it_undoes_and_a_resume_rebuilds_the_saga() {
     let comp = s.tasks.last().expect("a compensation").clone();
     assert_eq!((comp.kind, comp.compensates, comp.task.as_str()), (Kind::Compensation, Some(2), "deploy"));
     // A restart: the state rebuilt from its task runs (as stored) goes on where it was.
-    let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
+    let mut resumed = restarted(&s);
     assert!(resumed.saga.is_none());
     run(&mut resumed, "claim ~deploy");
     let fx = run(&mut resumed, "ok ~deploy");
@@ -221,7 +217,7 @@ fn a_resume_rebuilds_a_fan_out_from_its_items() {
     let mut s = new_run(FAN);
     let mut env = FixedEnv { seq: 0 };
     step(&mut s, Input::Begin, 1000, &mut env);
-    let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
+    let mut resumed = restarted(&s);
     let node = &resumed.fanouts[&0];
     assert_eq!((node.fan.total(), node.fan.in_flight()), (3, 2));
     let first = resumed.tasks[node.runs[0]].id;
@@ -354,5 +350,227 @@ retry = { max_attempts = 1 }
          ok ~fan[0] => ~fan[0] succeeded, ~fan[1] queued, enqueue ~fan[1]
          claim ~fan[1] => claimed ~fan[1]#1
          ok ~fan[1] => ~fan[1] succeeded, job failed (task last (#2) dead: exit_code 1), finish",
+    );
+}
+
+/// `start` → `fan` (three items, two at once) → `check`, which sends `fan` round again while
+/// its output says so.
+const LOOP: &str = r#"
+[jobs.j.tasks.start]
+run = "true"
+next = [{ on = "success", do = ["fan"] }]
+[jobs.j.tasks.fan]
+run = "true"
+for_each = ["a", "b", "c"]
+for_each_concurrency = 2
+retry = { max_attempts = 1 }
+next = [{ on = "success", do = ["check"] }]
+[jobs.j.tasks.check]
+run = "true"
+next = [{ on = "success", when = "outputs.again == 'yes'", do = ["fan"] }]
+"#;
+
+#[test]
+fn each_iteration_of_a_looping_fanned_out_task_fans_out_on_its_own() {
+    let s = check(
+        LOOP,
+        "begin
+         claim start
+         ok start
+         claim fan[0]
+         ok fan[0]
+         claim fan[1]
+         ok fan[1]
+         claim fan[2]
+         ok fan[2]
+         claim check
+         ok check again=yes
+         claim fan#2[0]
+         ok fan#2[0]
+         claim fan#2[1]
+         ok fan#2[1]
+         claim fan#2[2]
+         ok fan#2[2]
+         claim check
+         ok check again=no",
+        "begin => job started, start queued, enqueue start
+         claim start => claimed start#1
+         ok start => start succeeded, start#1 -success-> fan#1, fan[0] queued, fan[1] queued, enqueue fan[0], enqueue fan[1]
+         claim fan[0] => claimed fan[0]#1
+         ok fan[0] => fan[0] succeeded, fan[2] queued, enqueue fan[2]
+         claim fan[1] => claimed fan[1]#1
+         ok fan[1] => fan[1] succeeded
+         claim fan[2] => claimed fan[2]#1
+         ok fan[2] => fan[2] succeeded, fan succeeded, fan#1 -success-> check#1, check queued, enqueue check
+         claim check => claimed check#1
+         ok check again=yes => check succeeded, check#1 -success-> fan#2, fan#2[0] queued, fan#2[1] queued, enqueue fan#2[0], enqueue fan#2[1]
+         claim fan#2[0] => claimed fan#2[0]#1
+         ok fan#2[0] => fan#2[0] succeeded, fan#2[2] queued, enqueue fan#2[2]
+         claim fan#2[1] => claimed fan#2[1]#1
+         ok fan#2[1] => fan#2[1] succeeded
+         claim fan#2[2] => claimed fan#2[2]#1
+         ok fan#2[2] => fan#2[2] succeeded, fan succeeded, fan#2 -success-> check#2, check queued, enqueue check
+         claim check => claimed check#1
+         ok check again=no => check succeeded, job succeeded, finish",
+    );
+    let items = |iteration: u32| s.tasks.iter().filter(|t| t.item_index.is_some() && t.iteration == iteration).count();
+    assert_eq!((items(1), items(2)), (3, 3), "each iteration has items of its own");
+    assert_eq!(s.fanouts.len(), 2, "one fan-out per reaching");
+}
+
+/// `list` → `fan` over `list`'s output `xs` (one attempt per item) → `sum`.
+const FROM_LIST: &str = r#"
+[jobs.j.tasks.list]
+run = "true"
+[jobs.j.tasks.fan]
+run = "true"
+needs = ["list"]
+for_each = "{{ tasks.list.outputs.xs }}"
+retry = { max_attempts = 1 }
+[jobs.j.tasks.sum]
+run = "true"
+needs = ["fan"]
+"#;
+
+#[test]
+fn retry_from_upstream_fans_out_again_over_the_new_list_reusing_each_items_run() {
+    let s = check(
+        FROM_LIST,
+        r#"begin
+         claim list
+         ok list xs=["a","b","c"]
+         claim fan[0]
+         ok fan[0]
+         claim fan[1]
+         fail fan[1] 1
+         claim fan[2]
+         ok fan[2]
+         from list
+         claim list
+         ok list xs=["x","y"]
+         claim fan[0]
+         ok fan[0]
+         claim fan[1]
+         ok fan[1]"#,
+        r#"begin => job started, list queued, enqueue list
+         claim list => claimed list#1
+         ok list xs=["a","b","c"] => list succeeded, fan[0] queued, fan[1] queued, fan[2] queued, enqueue fan[0], enqueue fan[1], enqueue fan[2]
+         claim fan[0] => claimed fan[0]#1
+         ok fan[0] => fan[0] succeeded
+         claim fan[1] => claimed fan[1]#1
+         fail fan[1] 1 => fan[1] failed#1(exit_code), fan[1] dead(exit_code)
+         claim fan[2] => claimed fan[2]#1
+         ok fan[2] => fan[2] succeeded, fan dead(exit_code), sum skipped, job failed (task fan (#2) dead: exit_code), finish
+         from list => job started, list queued, enqueue list, ok: job run j7 runs again from `list`: list, fan, sum (attempt numbers go on)
+         claim list => claimed list#2
+         ok list xs=["x","y"] => list succeeded, fan[2] skipped, fan[0] queued, fan[1] queued, enqueue fan[0], enqueue fan[1]
+         claim fan[0] => claimed fan[0]#2
+         ok fan[0] => fan[0] succeeded
+         claim fan[1] => claimed fan[1]#2
+         ok fan[1] => fan[1] succeeded, fan succeeded, sum queued, enqueue sum"#,
+    );
+    let items: Vec<(Option<&str>, TaskState, Option<FailReason>)> =
+        s.tasks[3..].iter().map(|t| (t.item.as_deref(), t.state, t.reason)).collect();
+    assert_eq!(
+        items,
+        [
+            (Some(r#""x""#), TaskState::Succeeded, None),
+            (Some(r#""y""#), TaskState::Succeeded, None),
+            (Some(r#""c""#), TaskState::Skipped, Some(FailReason::NotInList)),
+        ],
+        "items 0 and 1 run again over the new list in their own task runs; item 2 is history"
+    );
+    let resumed = restarted(&s);
+    assert_eq!(resumed.fanouts[&1].fan.total(), 2, "a resume counts only the items of the list in force");
+}
+
+#[test]
+fn retry_from_a_fanned_out_task_runs_every_item_and_its_dependents_again() {
+    check(
+        &FROM_LIST.replace("\n[jobs.j.tasks.sum]", "\nfor_each_concurrency = 1\n[jobs.j.tasks.sum]"),
+        r#"begin
+         claim list
+         ok list xs=["a","b"]
+         claim fan[0]
+         ok fan[0]
+         claim fan[1]
+         ok fan[1]
+         claim sum
+         ok sum
+         from fan
+         claim fan[0]
+         ok fan[0]
+         claim fan[1]
+         ok fan[1]
+         claim sum
+         ok sum"#,
+        r#"begin => job started, list queued, enqueue list
+         claim list => claimed list#1
+         ok list xs=["a","b"] => list succeeded, fan[0] queued, enqueue fan[0]
+         claim fan[0] => claimed fan[0]#1
+         ok fan[0] => fan[0] succeeded, fan[1] queued, enqueue fan[1]
+         claim fan[1] => claimed fan[1]#1
+         ok fan[1] => fan[1] succeeded, fan succeeded, sum queued, enqueue sum
+         claim sum => claimed sum#1
+         ok sum => sum succeeded, job succeeded, finish
+         from fan => job started, fan[0] queued, enqueue fan[0], ok: job run j7 runs again from `fan`: fan, sum (attempt numbers go on)
+         claim fan[0] => claimed fan[0]#2
+         ok fan[0] => fan[0] succeeded, fan[1] queued, enqueue fan[1]
+         claim fan[1] => claimed fan[1]#2
+         ok fan[1] => fan[1] succeeded, fan succeeded, sum queued, enqueue sum
+         claim sum => claimed sum#2
+         ok sum => sum succeeded, job succeeded, finish"#,
+    );
+}
+
+#[test]
+fn a_resume_in_the_second_round_rebuilds_each_rounds_fan_out_on_its_own() {
+    let mut s = new_run(LOOP);
+    let mut driver = Driver::new();
+    let mut run = |s: &mut RunState, line: &str| driver.line(s, line);
+    let first_round = ["claim fan[0]", "ok fan[0]", "claim fan[1]", "ok fan[1]", "claim fan[2]", "ok fan[2]"];
+    for line in ["begin", "claim start", "ok start"].into_iter().chain(first_round) {
+        run(&mut s, line);
+    }
+    for line in ["claim check", "ok check again=yes", "claim fan#2[0]"] {
+        run(&mut s, line);
+    }
+    let mut resumed = restarted(&s);
+    let mut fans: Vec<(u32, usize, usize)> = resumed
+        .fanouts
+        .iter()
+        .map(|(&node, n)| (resumed.tasks[node].iteration, n.fan.total(), n.fan.count(ItemState::Succeeded)))
+        .collect();
+    fans.sort_unstable();
+    assert_eq!(fans, [(1, 3, 3), (2, 3, 0)]);
+    let fx = run(&mut resumed, "ok fan#2[0]");
+    assert_eq!(render(&resumed, &fx), "fan#2[0] succeeded, fan#2[2] queued, enqueue fan#2[2]");
+}
+
+#[test]
+fn a_retried_dead_item_waits_for_a_slot_while_its_fan_out_runs() {
+    let job = FAN.replace("max_attempts = 2", "max_attempts = 1");
+    check(
+        &job,
+        "begin
+         claim fan[0]
+         fail fan[0] 3
+         retry fan[0]
+         claim fan[1]
+         ok fan[1]
+         claim fan[2]
+         ok fan[2]
+         claim fan[0]
+         ok fan[0]",
+        "begin => job started, fan[0] queued, fan[1] queued, enqueue fan[0], enqueue fan[1]
+         claim fan[0] => claimed fan[0]#1
+         fail fan[0] 3 => fan[0] failed#1(exit_code), fan[0] dead(exit_code), fan[2] queued, enqueue fan[2]
+         retry fan[0] => ok: task run 101 waits for a for_each_concurrency slot (attempt 2 next)
+         claim fan[1] => claimed fan[1]#1
+         ok fan[1] => fan[1] succeeded, fan[0] queued, enqueue fan[0]
+         claim fan[2] => claimed fan[2]#1
+         ok fan[2] => fan[2] succeeded
+         claim fan[0] => claimed fan[0]#2
+         ok fan[0] => fan[0] succeeded, fan succeeded, sum queued, enqueue sum",
     );
 }

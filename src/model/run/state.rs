@@ -9,12 +9,22 @@ use crate::model::graph::{Change, JobGraph, TaskStates};
 use crate::model::workflow_graph::WorkflowGraph;
 use crate::model::{FailReason, JobState, TaskState};
 
-/// What a task run is for (SPEC §2.2 `compensate`).
+/// What a task run is for (SPEC §2.2 `compensate`, `for_each`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Kind {
     #[default]
     Task,
     Compensation,
+    /// A fanned-out task's own run, its node: the group of its items, never attempted.
+    FanOut,
+}
+
+impl Kind {
+    /// The kind of a task's own run (not an item, not a compensation): a fanned-out task's
+    /// is its items' group.
+    pub fn own_run_of(def: &crate::config::TaskDef) -> Kind {
+        if def.for_each.is_some() { Kind::FanOut } else { Kind::Task }
+    }
 }
 
 /// One task run as the core sees it. Its `state` mirrors `RunState::states`: change it only
@@ -97,7 +107,7 @@ impl TaskRun {
             iteration,
             item_index: None,
             item: None,
-            kind: Kind::Task,
+            kind: Kind::own_run_of(def),
             compensates: None,
             reached_by: None,
         }
@@ -113,6 +123,15 @@ impl TaskRun {
     /// A task run beyond the one per task the graph knows: a fan-out item or a compensation.
     pub fn is_extra(&self) -> bool {
         self.item_index.is_some() || self.kind == Kind::Compensation
+    }
+
+    /// Made to run again from scratch (`retry --from`): a new series of attempts (attempt
+    /// numbers go on), nothing of the last run's result kept. The caller sets the state.
+    pub fn reset_for_rerun(&mut self) {
+        self.series_start = self.attempt + 1;
+        self.outputs.clear();
+        (self.exit_code, self.reason, self.detail, self.progress) = (None, None, None, None);
+        (self.ended_at_ms, self.not_before_ms, self.queued_at_ms) = (None, None, None);
     }
 
     /// Attempts used in the current series.
@@ -289,6 +308,15 @@ impl RunState {
         (t.id, t.created_at_ms) = (id, now_ms);
         self.index_of.insert(id, task);
         self.not_made -= 1;
+    }
+
+    /// Each task as `retry --from` judges it (`model::rerun::plan_from`), in task order: by its
+    /// latest task run, as its dependents see it; one nothing reached reads as skipped (not
+    /// open, not succeeded).
+    pub fn states_for_rerun(&self) -> Vec<TaskState> {
+        let state =
+            |i: usize| if self.tasks[i].is_made() { self.tasks[self.latest[i]].state } else { TaskState::Skipped };
+        (0..self.graph.len()).map(state).collect()
     }
 
     /// True for the task runs of the workflow's graph (a task's first run, later iterations),

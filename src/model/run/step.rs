@@ -64,8 +64,8 @@ impl<E: Env> Step<'_, E> {
             Input::AttemptEnded { task_run, end } => {
                 let Some(i) = self.s.idx(task_run) else { return };
                 let t = &self.s.tasks[i];
-                // Only the attempt in progress can end, once.
-                if t.state == TaskState::Running && t.attempt == end.n {
+                // Only the attempt in progress can end, once (a fan-out's group has none).
+                if t.state == TaskState::Running && t.attempt == end.n && end.n > 0 {
                     self.attempt_ended(i, end);
                 }
             }
@@ -105,6 +105,7 @@ impl<E: Env> Step<'_, E> {
     /// Re-arms what a stored run had armed: timers, and its queued task runs.
     fn resume(&mut self) {
         self.recount_arrivals();
+        self.resume_items();
         for t in &self.s.tasks {
             match (t.state, t.not_before_ms) {
                 (TaskState::Retrying, due) | (TaskState::Waiting, due @ Some(_)) => {
@@ -900,13 +901,14 @@ impl<E: Env> Step<'_, E> {
         self.s.reopen();
         let mut changes = Vec::new();
         for &i in rerun {
-            self.s.set_state(i, TaskState::Pending);
-            let t = &mut self.s.tasks[i];
-            t.series_start = t.attempt + 1;
-            t.outputs.clear();
-            (t.exit_code, t.reason, t.detail, t.progress) = (None, None, None, None);
-            (t.ended_at_ms, t.not_before_ms, t.queued_at_ms) = (None, None, None);
-            changes.push(Change { task: i, to: TaskState::Pending });
+            // A transition reached `from` last time; no transition will now: it is ready at
+            // once (the rest follow it through `needs`, or are reached again by its transitions).
+            let task = self.s.tasks[i].task_index;
+            let reached = self.s.tasks[i].task == from && self.s.workflow_graph.is_transition_target(task);
+            let to = if reached { self.s.graph.ready_state(task) } else { TaskState::Pending };
+            self.s.set_state(i, to);
+            self.s.tasks[i].reset_for_rerun();
+            changes.push(Change { task: i, to });
         }
         changes.extend(graph::reopen(&self.s.graph, &mut self.s.states));
         self.s.sync(&changes);

@@ -77,10 +77,17 @@ impl Env for FixedEnv {
         let got = state.tasks[run].outputs.get(key).map(String::as_str);
         Ok((got == Some(value.trim_matches('\''))) == equal)
     }
-    fn render_for_each(&mut self, _: &RunState, _: usize, template: &str) -> Result<String, String> {
-        // The test's "rendered" text is what is between `{{ ` and ` }}`; `job.name` cannot render.
+    fn render_for_each(&mut self, state: &RunState, _: usize, template: &str) -> Result<String, String> {
+        // The test's "rendered" text is what is between `{{ ` and ` }}`, or the output it names
+        // (`tasks.T.outputs.K`, T's latest run); `job.name` cannot render.
         let inner = template.strip_prefix("{{ ").and_then(|t| t.strip_suffix(" }}"));
-        inner.filter(|t| *t != "job.name").map(str::to_string).ok_or_else(|| "for_each: cannot render".into())
+        let output = |path: &str| {
+            let (task, key) = path.strip_prefix("tasks.")?.split_once(".outputs.")?;
+            let t = state.graph.names.iter().position(|n| n == task)?;
+            state.tasks[state.latest[t]].outputs.get(key).cloned()
+        };
+        let rendered = inner.filter(|t| *t != "job.name").map(|t| output(t).unwrap_or_else(|| t.to_string()));
+        rendered.ok_or_else(|| "for_each: cannot render".into())
     }
 }
 
@@ -109,14 +116,17 @@ fn id_of(s: &RunState, name: &str) -> u64 {
 }
 
 /// How scripts name a task run: its task (the latest iteration wins), a fan-out item with its
-/// index (`fan[2]`), a compensation with `~` before (`~deploy`).
+/// iteration past the first and index (`fan[2]`, `fan#2[0]`), a compensation with `~` before
+/// (`~deploy`).
 fn run_name(t: &TaskRun) -> String {
-    let label = crate::model::fanout::label(&t.task, 1, t.item_index, false);
+    let iteration = if t.item_index.is_some() { t.iteration } else { 1 };
+    let label = crate::model::fanout::label(&t.task, iteration, t.item_index, false);
     if t.kind == Kind::Compensation { format!("~{label}") } else { label }
 }
 
 /// One script line as an input: `begin`, `claim a`, `ok a`, `fail a 2` (exit code),
-/// `end a reason`, `timer a`, `cancel [a]`, `retry a`, `signal go`, `cost a 600000`, `stop`.
+/// `end a reason`, `timer a`, `cancel [a]`, `retry a`, `from a` (`retry --from`), `signal go`,
+/// `cost a 600000`, `stop`.
 fn input_of(s: &RunState, line: &str) -> Input {
     let words: Vec<&str> = line.split_whitespace().collect();
     let task = |k: usize| id_of(s, words[k]);
@@ -145,6 +155,11 @@ fn input_of(s: &RunState, line: &str) -> Input {
         ["cancel", _] => Input::Cancel { task_run: Some(task(1)) },
         ["retry", _] => {
             Input::Retry { plan: crate::model::retry::RetryPlan { task_runs: vec![task(1)], ..Default::default() } }
+        }
+        ["from", task] => {
+            let tasks = crate::model::rerun::plan_from(&s.graph, &s.states_for_rerun(), task)
+                .expect("it may run again from there");
+            Input::RunFrom { from: task.to_string(), tasks, plan: Default::default() }
         }
         ["signal", name] => Input::Signal { task_run: None, name: name.to_string() },
         ["cost", _, usd] => Input::CostAdded {
@@ -220,6 +235,29 @@ fn render(s: &RunState, fx: &Effects) -> String {
         out.push("finish".into());
     }
     out.join(", ")
+}
+
+/// Feeds script lines one at a time, 1000 ms apart, to a run or to its restarted self.
+struct Driver {
+    env: FixedEnv,
+    now: u64,
+}
+
+impl Driver {
+    fn new() -> Driver {
+        Driver { env: FixedEnv { seq: 0 }, now: 0 }
+    }
+
+    fn line(&mut self, s: &mut RunState, line: &str) -> Effects {
+        self.now += 1000;
+        let input = input_of(s, line);
+        step(s, input, self.now, &mut self.env)
+    }
+}
+
+/// `s` rebuilt from its task runs as they are stored: what a restart resumes.
+fn restarted(s: &RunState) -> RunState {
+    RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default())
 }
 
 /// Runs `script` (one input a line, time 1000 ms apart) on a new run of `toml` and compares
@@ -520,8 +558,40 @@ run = "true"
 needs = ["d"]
 "#;
 
+/// `a` → `fan` (three items, two at once) → `check`, which sends `fan` round again while its
+/// output says so (three rounds at most).
+const FAN_LOOP: &str = r#"
+[jobs.j.tasks.a]
+run = "true"
+next = [{ on = "success", do = ["fan"] }]
+[jobs.j.tasks.fan]
+run = "true"
+for_each = ["x", "y", "z"]
+for_each_concurrency = 2
+max_iterations = 3
+retry = { max_attempts = 2, initial_interval = "1s" }
+next = [{ on = "success", do = ["check"] }]
+[jobs.j.tasks.check]
+run = "true"
+max_iterations = 3
+next = [{ on = "success", when = "outputs.again == 'yes'", do = ["fan"] }]
+"#;
+
+/// [`random_input`], or (`with_from`) once the run is over a `retry --from` a random task (as
+/// the engine allows it: every task run ended, the plan accepted).
+fn random_input_or_from(s: &RunState, pick: (u8, usize), with_from: bool) -> Input {
+    let from = &s.graph.names[pick.1 % s.graph.len()];
+    let over = s.tasks.iter().all(|t| !t.is_made() || t.state.is_terminal());
+    match crate::model::rerun::plan_from(&s.graph, &s.states_for_rerun(), from) {
+        Ok(tasks) if with_from && over && pick.0 % 13 == 12 => {
+            Input::RunFrom { from: from.clone(), tasks, plan: Default::default() }
+        }
+        _ => random_input(s, pick),
+    }
+}
+
 /// Random inputs against `toml`: the invariants of SPEC §7 and §2.2 hold after every step.
-fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseError> {
+fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>, with_from: bool) -> Result<(), TestCaseError> {
     let mut s = new_run(toml);
     let mut env = FixedEnv { seq: 0 };
     let fx = step(&mut s, Input::Begin, 0, &mut env);
@@ -530,8 +600,9 @@ fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseE
     let mut terminal_said = vec![0u32; s.tasks.len()];
     for (n, pick) in picks.into_iter().enumerate() {
         let before: Vec<(TaskState, u32)> = s.tasks.iter().map(|t| (t.state, t.attempt)).collect();
-        let input = random_input(&s, pick);
-        let is_retry = matches!(input, Input::Retry { .. });
+        let reached_before: Vec<Option<ReachedBy>> = s.tasks.iter().map(|t| t.reached_by).collect();
+        let input = random_input_or_from(&s, pick, with_from);
+        let is_retry = matches!(input, Input::Retry { .. } | Input::RunFrom { .. });
         let fx = step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
         for w in &fx.writes {
             if let Write::TaskRun(i) = w {
@@ -586,20 +657,40 @@ fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseE
             }
         }
         for task in 0..s.graph.len() {
-            let runs = s.tasks.iter().filter(|t| t.task_index == task).count() as u32;
+            let runs = s.tasks.iter().filter(|t| t.task_index == task && !t.is_extra()).count() as u32;
             prop_assert!(runs <= s.workflow_graph.max_iterations(task).max(1), "iterations within max_iterations");
             if s.workflow_graph.join(task).is_some() {
                 prop_assert_eq!(runs, 1, "a join target has one task run: its join fires once");
             }
         }
-        for t in &s.tasks {
-            if let Some(by) = t.reached_by {
+        for (i, t) in s.tasks.iter().enumerate() {
+            // When a transition reaches it (later a `retry --from` may reopen the source).
+            let reached_now = t.reached_by.is_some() && reached_before.get(i).is_none_or(|by| *by != t.reached_by);
+            if let Some(by) = t.reached_by.filter(|_| reached_now) {
                 let from = s.idx(by.from_task_run).map(|f| s.tasks[f].state);
                 prop_assert!(from.is_some_and(TaskState::is_terminal), "reached from a task run that ended");
             }
         }
+        for (&node, fan) in &s.fanouts {
+            // Each reaching of a fanned-out task is a fan-out of its own: its items, its cap.
+            let items: Vec<&TaskRun> = fan.runs.iter().map(|&r| &s.tasks[r]).collect();
+            let own = items.iter().enumerate().all(|(k, t)| {
+                t.item_index == Some(k as u32)
+                    && t.iteration == s.tasks[node].iteration
+                    && t.task_index == s.tasks[node].task_index
+            });
+            prop_assert!(own, "a fan-out's items are its own, in item order");
+            let holding = items.iter().filter(|t| crate::model::fanout::ItemState::from(t.state).in_flight()).count();
+            prop_assert!(holding <= 2, "for_each_concurrency holds per fan-out");
+            if s.tasks[node].state.is_terminal() {
+                prop_assert!(items.iter().all(|t| t.state.is_terminal()), "a fan-out ends after its items");
+            }
+        }
         for &(id, _) in &fx.kills {
             prop_assert_eq!(s.tasks[s.idx(id).expect("known")].state, TaskState::Running, "only what runs is killed");
+        }
+        if fx.notes.iter().any(|n| matches!(n, Note::JobStarted { .. })) {
+            ended = 0; // reopened (and perhaps over again) in this very step
         }
         if fx.finish {
             ended += 1;
@@ -619,12 +710,17 @@ fn keeps_invariants(toml: &str, picks: Vec<(u8, usize)>) -> Result<(), TestCaseE
 proptest! {
     #[test]
     fn random_orders_of_inputs_keep_the_invariants(picks in proptest::collection::vec((any::<u8>(), any::<usize>()), 1..80)) {
-        keeps_invariants(MIXED, picks)?;
+        keeps_invariants(MIXED, picks, false)?;
+    }
+
+    #[test]
+    fn random_orders_of_inputs_through_a_looping_fan_out_keep_the_invariants(picks in proptest::collection::vec((any::<u8>(), any::<usize>()), 1..160)) {
+        keeps_invariants(FAN_LOOP, picks, true)?;
     }
 
     #[test]
     fn random_orders_of_inputs_through_transitions_keep_the_invariants(picks in proptest::collection::vec((any::<u8>(), any::<usize>()), 1..120)) {
-        keeps_invariants(TRANSITIONS, picks)?;
+        keeps_invariants(TRANSITIONS, picks, false)?;
     }
 }
 
@@ -825,7 +921,7 @@ fn a_resume_remembers_which_sources_of_a_join_arrived() {
         step(&mut s, input, 1000 * (n as u64 + 1), &mut env);
     }
     // A restart: the state rebuilt from its task runs as stored, `c` still running.
-    let mut resumed = RunState::new(s.workflow().clone(), 0, s.job_run.clone(), s.tasks.clone(), Raised::default());
+    let mut resumed = restarted(&s);
     let fx = step(&mut resumed, Input::Resume, 10_000, &mut env);
     assert_eq!(render(&resumed, &fx), "", "nothing fires again, nothing is said again");
     let input = input_of(&resumed, "ok c");
@@ -981,4 +1077,41 @@ fn a_resume_mid_loop_keeps_unreached_tasks_unmade() {
             assert_eq!(render(&resumed, &fx), "review succeeded, publish queued, enqueue publish");
         }
     }
+}
+
+/// A task a transition reached is ready at once when `retry --from` names it: no transition
+/// will reach it again (it was left pending, then skipped as not reached).
+#[test]
+fn retry_from_a_task_a_transition_reached_runs_it_again() {
+    check(
+        &TRANSITIONS.replace("join = \"all\"", "join = \"all\"\nretry = { max_attempts = 1 }"),
+        "begin
+         claim a
+         ok a
+         claim c
+         ok c
+         claim b
+         fail b 1
+         from b
+         claim b
+         ok b
+         claim d
+         ok d
+         claim e
+         ok e",
+        "begin => job started, a queued, c queued, enqueue a, enqueue c
+         claim a => claimed a#1
+         ok a => a succeeded, a#1 -always-> b
+         claim c => claimed c#1
+         ok c => c succeeded, c#1 -success-> b#1, b queued, enqueue b
+         claim b => claimed b#1
+         fail b 1 => b failed#1(exit_code), b dead(exit_code), job failed (task b (#103) dead: exit_code 1), finish
+         from b => job started, b queued, enqueue b, ok: job run j7 runs again from `b`: b (attempt numbers go on)
+         claim b => claimed b#2
+         ok b => b succeeded, b#1 -success-> d#1, d queued, enqueue d
+         claim d => claimed d#1
+         ok d => d succeeded, e queued, enqueue e
+         claim e => claimed e#1
+         ok e => e succeeded, job succeeded, finish",
+    );
 }

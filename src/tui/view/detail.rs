@@ -79,6 +79,15 @@ fn task(model: &Model, t: &TaskRow, frame: &mut Frame, area: Rect) {
             .unwrap_or_else(|| "?".into());
         lines.push(field("waits for", format!("`{name}`: a approves (or gaffer signal j{} {name})", r.job_run)));
     }
+    if !r.requires.is_empty() {
+        lines.push(field("requires", r.requires.join(", ")));
+    }
+    if let Some(reason) = model.blocked_reason(r) {
+        lines.push(Line::from(vec![
+            Span::styled(" blocked   ", dim()),
+            Span::styled(reason, Style::new().fg(Color::Magenta)),
+        ]));
+    }
     if r.state == TaskState::Retrying {
         let due = r.not_before_ms.map_or(0, |t| t.saturating_sub(model.now_ms));
         lines.push(field("retry in", dur(due)));
@@ -404,6 +413,7 @@ fn queue(model: &Model, name: &str, frame: &mut Frame, area: Rect) {
             if q.concurrency == 0 { "unlimited".to_string() } else { format!("{} at a time", q.concurrency) },
         ),
         field("cost today", usd(model.queue_cost_today(q))),
+        field("unroutable", format!("{} queued that no node has the labels for", q.blocked)),
         field("ended/min", sparkline(&model.throughput_series(q, 60))),
         Line::raw(""),
     ];

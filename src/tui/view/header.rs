@@ -34,10 +34,11 @@ pub fn draw(model: &Model, frame: &mut Frame, [top, counts, tabs]: [Rect; 3]) {
         Span::styled("workers ", dim()),
         Span::styled(format!("{}/{}", model.workers_busy(), model.workers.len()), bold()),
         Span::styled(" busy", dim()),
-        sep(),
-        Span::styled("cost ", dim()),
-        Span::styled(usd(model.cost.total), bold().fg(Color::Yellow)),
     ];
+    if let Some(labels) = model.node_labels.as_ref().filter(|l| !l.is_empty()) {
+        spans.push(Span::styled(format!(" · labels {}", labels.join(",")), dim()));
+    }
+    spans.extend([sep(), Span::styled("cost ", dim()), Span::styled(usd(model.cost.total), bold().fg(Color::Yellow))]);
     if model.session == Session::ReadOnly {
         spans.push(sep());
         spans.push(Span::styled(crate::engine::READ_ONLY, bold().fg(Color::Yellow)));

@@ -1,5 +1,5 @@
 //! Queues: per queue ready / running / retrying / dead / paused or circuit open (with the time
-//! until it closes), concurrency used/limit, a
+//! until it closes) or how many queued task runs no node can run, concurrency used/limit, a
 //! throughput sparkline (task runs ended per minute, last 20 minutes) and cost today.
 
 use ratatui::Frame;
@@ -41,6 +41,9 @@ pub fn draw(model: &Model, frame: &mut Frame, area: Rect) {
             Span::styled(format!("circuit {left}"), Style::new().fg(Color::Red))
         } else if q.paused {
             Span::styled("paused", Style::new().fg(Color::Yellow))
+        } else if q.blocked > 0 {
+            // Queued task runs no node has the labels for: `status` and the detail say which.
+            Span::styled(format!("{} blocked", q.blocked), Style::new().fg(Color::Magenta))
         } else {
             Span::styled("active", Style::new().fg(Color::Green))
         };
