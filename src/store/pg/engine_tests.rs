@@ -21,6 +21,7 @@ fn config(dir: &std::path::Path, text: &str, store: StoreHandle) -> EngineConfig
         executor: Arc::new(crate::executor::LocalExecutor),
         clock: Arc::new(SystemClock),
         workers: 2,
+        labels: Vec::new(),
     }
 }
 
