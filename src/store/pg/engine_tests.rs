@@ -6,24 +6,9 @@ use std::sync::Arc;
 
 use super::testing::TestDb;
 use super::{PgBackend, PgOptions};
-use crate::engine::{EngineConfig, SubmitRequest, SystemClock};
+use crate::engine::seam_tests::{config_on, run_to_end};
 use crate::model::{JobState, TaskState};
 use crate::store::{Store, StoreHandle, StoreLocation};
-
-fn config(dir: &std::path::Path, text: &str, store: StoreHandle) -> EngineConfig {
-    let workflow = crate::config::parse(&dir.join("w.toml"), text).expect("valid workflow");
-    EngineConfig {
-        pricing: crate::model::cost::Pricing::new(crate::config::pricing::builtin(), &workflow.pricing),
-        workflow: Arc::new(workflow),
-        source: text.into(),
-        state_dir: dir.to_path_buf(),
-        store,
-        executor: Arc::new(crate::executor::LocalExecutor),
-        clock: Arc::new(SystemClock),
-        workers: 2,
-        labels: Vec::new(),
-    }
-}
 
 #[test]
 fn an_engine_runs_a_job_run_with_needs_and_a_retry_on_postgres() {
@@ -45,18 +30,9 @@ run = "echo last"
         marker = marker.display()
     );
     let backend = Arc::new(PgBackend::open(&db.url, PgOptions::default()).expect("open the pg store"));
-    let config = config(dir.path(), &text, StoreHandle::new(backend.clone()));
-    let system = actix::System::new();
-    let (ended, views) = system.block_on(async move {
-        let handle = crate::engine::start(config);
-        handle.resume_all().await.expect("resume");
-        let submitted = handle.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await;
-        let id = submitted.expect("submit").job_run;
-        let ended = handle.wait(vec![id]).await.expect("wait");
-        let views = handle.task_runs_of(id).await.expect("task runs");
-        handle.shutdown().await;
-        (ended, views)
-    });
+    let mut config = config_on(dir.path(), &text, StoreHandle::new(backend.clone()));
+    config.workers = 2;
+    let (ended, views) = run_to_end(config, "j");
     let [(id, JobState::Succeeded)] = ended[..] else { panic!("{ended:?} {views:?}") };
     assert_eq!(views.len(), 3, "{views:?}");
 
