@@ -510,12 +510,24 @@ impl<E: Env> Step<'_, E> {
     /// no task run (SPEC §2.2); a pending task run of one (a store written before task runs
     /// were made when reached) is skipped as not reached.
     fn give_up_on_unreached(&mut self) {
-        let open = self.s.states.open();
-        if open == 0 || open != self.s.states.count(TaskState::Pending) {
+        let only_pending_left =
+            |s: &RunState| s.states.open() != 0 && s.states.open() == s.states.count(TaskState::Pending);
+        if !only_pending_left(self.s) {
             return;
         }
+        // First what waits for a transition or a join; a task that needs a transition target
+        // (`held`) may be released by that: its need can no longer be reached again.
+        self.give_up_pending(|s, i| !s.held.contains(&s.tasks[i].task_index));
+        self.decide_held();
+        if only_pending_left(self.s) {
+            self.give_up_pending(|_, _| true);
+        }
+    }
+
+    /// Skips the pending task runs `which` picks (see `give_up_on_unreached`).
+    fn give_up_pending(&mut self, which: impl Fn(&RunState, usize) -> bool) {
         for i in 0..self.s.tasks.len() {
-            if self.s.tasks[i].state != TaskState::Pending {
+            if self.s.tasks[i].state != TaskState::Pending || !which(self.s, i) {
                 continue;
             }
             let task = self.s.tasks[i].task_index;
