@@ -26,7 +26,7 @@ mod offline;
 mod retention;
 mod scheduler;
 #[cfg(test)]
-mod seam_tests;
+pub(crate) mod seam_tests;
 mod secrets;
 mod supervisor;
 mod watchdog;

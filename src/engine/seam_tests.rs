@@ -201,18 +201,39 @@ impl Snapshot for Tables {
 }
 
 fn config(dir: &std::path::Path, text: &str, store: &Arc<MemoryStore>) -> EngineConfig {
+    config_on(dir, text, crate::store::StoreHandle::new(store.clone()))
+}
+
+/// An engine's config for `text` (in `dir`, one worker) on `store`.
+pub(crate) fn config_on(dir: &std::path::Path, text: &str, store: crate::store::StoreHandle) -> EngineConfig {
     let workflow = crate::config::parse(&dir.join("w.toml"), text).expect("valid workflow");
     EngineConfig {
         pricing: crate::model::cost::Pricing::new(crate::config::pricing::builtin(), &workflow.pricing),
         workflow: Arc::new(workflow),
         source: text.into(),
         state_dir: dir.to_path_buf(),
-        store: crate::store::StoreHandle::new(store.clone()),
+        store,
         executor: Arc::new(crate::executor::LocalExecutor),
         clock: Arc::new(SystemClock),
         workers: 1,
         labels: Vec::new(),
     }
+}
+
+/// Starts an engine, submits one run of `job`, waits for its end and stops: how it ended, and
+/// its task runs as the engine showed them.
+pub(crate) fn run_to_end(config: EngineConfig, job: &str) -> (Vec<(u64, JobState)>, Vec<super::TaskRunView>) {
+    let system = actix::System::new();
+    system.block_on(async move {
+        let handle = super::start(config);
+        handle.resume_all().await.expect("resume");
+        let submitted = handle.submit_request(SubmitRequest { job: job.into(), ..Default::default() }).await;
+        let id = submitted.expect("submit").job_run;
+        let ended = handle.wait(vec![id]).await.expect("wait");
+        let views = handle.task_runs_of(id).await.expect("task runs");
+        handle.shutdown().await;
+        (ended, views)
+    })
 }
 
 /// A one-task run on the in-memory store, with real processes: it succeeds, its records are
@@ -222,18 +243,7 @@ fn an_engine_runs_a_job_run_on_another_store() {
     let dir = crate::state_dir::private_tempdir();
     let text = "[jobs.j.tasks.hello]\nrun = \"echo hello\"\n";
     let store = Arc::new(MemoryStore::new());
-    let config = config(dir.path(), text, &store);
-    let system = actix::System::new();
-    let (ended, views) = system.block_on(async move {
-        let handle = super::start(config);
-        handle.resume_all().await.expect("resume");
-        let submitted = handle.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await;
-        let id = submitted.expect("submit").job_run;
-        let ended = handle.wait(vec![id]).await.expect("wait");
-        let views = handle.task_runs_of(id).await.expect("task runs");
-        handle.shutdown().await;
-        (ended, views)
-    });
+    let (ended, views) = run_to_end(config(dir.path(), text, &store), "j");
     assert_eq!(ended, vec![(FIRST_ID + 1, JobState::Succeeded)], "{views:?}");
     assert_eq!(views.len(), 1, "{views:?}");
     let snapshot = store.snapshot().expect("snapshot");

@@ -103,11 +103,14 @@ pub trait Snapshot: Send {
 }
 
 /// Where the durable state is: what the read commands, the API and the offline TUI open
-/// snapshots from. Today always the state dir's `state.redb`.
+/// snapshots from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     /// `STATE_DIR/state.redb`.
     StateDir(PathBuf),
+    /// A PostgreSQL database: a `postgres://` URL or a libpq connection string (experimental,
+    /// not offered by the CLI yet).
+    Postgres(String),
 }
 
 impl StoreLocation {
@@ -119,6 +122,7 @@ impl StoreLocation {
     pub fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError> {
         match self {
             StoreLocation::StateDir(dir) => Ok(Box::new(super::open_reader(dir)?)),
+            StoreLocation::Postgres(url) => super::pg::PgBackend::snapshot_of(url),
         }
     }
 }

@@ -73,10 +73,7 @@ fn reader_sees_commits_while_writer_is_open() {
     assert_eq!(reader.job_runs().expect("read").len(), 1);
 }
 
-#[test]
-fn concurrent_commits_share_transactions() {
-    let dir = crate::state_dir::private_tempdir();
-    let (store, _closer, _lock) = open_writer(dir.path()).expect("open");
+fn concurrent_commits_share_transactions(store: &dyn Store) {
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
     rt.block_on(async {
         let commits: Vec<_> = (1..=500).map(|i| store.commit(vec![Mutation::TaskRun(task_run(i, 1))])).collect();
@@ -85,8 +82,83 @@ fn concurrent_commits_share_transactions() {
         }
     });
     assert!(store.commit_count() < 500, "500 commits took {} transactions", store.commit_count());
-    assert_eq!(store.reader().expect("reader").task_runs().expect("read").len(), 500);
+    assert_eq!(store.snapshot().expect("snapshot").task_runs().expect("read").len(), 500);
 }
+
+/// A batch is handed over when `commit` is called, not when its answer is awaited: the later
+/// call's batch is committed after the earlier one, though its answer is never awaited.
+fn batches_commit_in_the_order_of_the_calls(store: &dyn Store) {
+    let mut ended = job_run(1);
+    ended.state = JobState::Succeeded;
+    let first = store.commit(vec![Mutation::JobRun(job_run(1))]);
+    let second = store.commit(vec![Mutation::JobRun(ended.clone())]);
+    drop(second);
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+    rt.block_on(first).expect("commit");
+    store.commit_blocking(vec![]).expect("an empty commit behind both");
+    assert_eq!(store.snapshot().expect("snapshot").job_run(1).expect("read"), Some(ended));
+}
+
+/// A snapshot sees what was committed before it, and nothing committed after.
+fn a_snapshot_keeps_its_view(store: &dyn Store) {
+    store.commit_blocking(vec![Mutation::JobRun(job_run(1))]).expect("commit");
+    let before = store.snapshot().expect("snapshot");
+    store.commit_blocking(vec![Mutation::JobRun(job_run(2)), Mutation::TaskRun(task_run(3, 2))]).expect("commit");
+    assert_eq!(before.job_runs().expect("read"), [job_run(1)]);
+    assert_eq!(before.task_run(3).expect("read"), None);
+    let mut newest_first = Vec::new();
+    let after = store.snapshot().expect("snapshot");
+    after
+        .each_job_run_newest_first(&mut |r| {
+            newest_first.push(r.id);
+            true
+        })
+        .expect("read");
+    assert_eq!(newest_first, [2, 1]);
+    assert_eq!(after.task_runs_of(2).expect("read"), [task_run(3, 2)]);
+}
+
+/// Ids of each sequence are distinct and increasing, over several of PostgreSQL's blocks.
+fn ids_are_distinct_and_increasing(store: &dyn Store) {
+    for next in [Store::next_job_run, Store::next_task_run, Store::next_enqueue_seq] {
+        let ids: Vec<u64> = (0..200).map(|_| next(store)).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    }
+}
+
+/// The tests above, once on each backend (PostgreSQL's say so and pass when it is not installed).
+macro_rules! on_each_backend {
+    ($($test:ident),* $(,)?) => {
+        mod on_redb {
+            $(
+                #[test]
+                fn $test() {
+                    let dir = crate::state_dir::private_tempdir();
+                    let (store, _closer, _lock) = super::open_writer(dir.path()).expect("open");
+                    super::$test(&store);
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[test]
+                fn $test() {
+                    let Some(db) = crate::store::pg::testing::TestDb::get() else { return };
+                    let store = crate::store::pg::PgBackend::open(&db.url, Default::default()).expect("open");
+                    super::$test(&store);
+                }
+            )*
+        }
+    };
+}
+
+on_each_backend!(
+    concurrent_commits_share_transactions,
+    batches_commit_in_the_order_of_the_calls,
+    a_snapshot_keeps_its_view,
+    ids_are_distinct_and_increasing,
+    instances_are_indexed_by_task_iteration_item_and_kind,
+);
 
 #[test]
 fn newer_schema_is_refused() {
@@ -199,10 +271,7 @@ fn a_migration_that_fails_changes_nothing() {
     assert!(before.1.iter().all(|&l| l == 1), "{before:?}");
 }
 
-#[test]
-fn instances_are_indexed_by_task_iteration_item_and_kind() {
-    let dir = crate::state_dir::private_tempdir();
-    let (store, _closer, _lock) = open_writer(dir.path()).expect("open");
+fn instances_are_indexed_by_task_iteration_item_and_kind(store: &dyn Store) {
     let mut batch = vec![Mutation::JobRun(job_run(1))];
     for (id, task, iteration, item_index, kind) in [
         (1, "fetch", 1, Some(1), TaskRunKind::Task),
@@ -216,7 +285,7 @@ fn instances_are_indexed_by_task_iteration_item_and_kind() {
         batch.push(Mutation::TaskRun(r));
     }
     store.commit_blocking(batch).expect("commit");
-    let reader = store.reader().expect("reader");
+    let reader = store.snapshot().expect("snapshot");
     let ids = |task| reader.instances_of(1, task).expect("instances").iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(ids("fetch"), [2, 1], "in item order");
     assert_eq!(ids("review"), [4, 5, 3], "by iteration, the compensation beside the run it undoes");

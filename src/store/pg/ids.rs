@@ -31,26 +31,36 @@ impl IdBlocks {
     }
 
     pub async fn next_job_run(&self) -> Result<u64, PgError> {
-        self.next(&self.job_run, "job_run_ids").await
+        self.next(&self.job_run, JOB_RUN_IDS).await
     }
 
     pub async fn next_task_run(&self) -> Result<u64, PgError> {
-        self.next(&self.task_run, "task_run_ids").await
+        self.next(&self.task_run, TASK_RUN_IDS).await
     }
 
     pub async fn next_enqueue_seq(&self) -> Result<u64, PgError> {
-        self.next(&self.enqueue, "enqueue_seqs").await
+        self.next(&self.enqueue, ENQUEUE_SEQS).await
     }
 
     async fn next(&self, block: &Mutex<Block>, sequence: &str) -> Result<u64, PgError> {
         let mut block = block.lock().await;
         if block.next == block.end {
-            let client = self.pool.get().await?;
-            let first: i64 = client.query_one("SELECT nextval($1::text::regclass)", &[&sequence]).await?.get(0);
-            let first = u64::try_from(first).map_err(|_| PgError::Db(format!("{sequence} is negative")))?;
+            let first = reserve(&self.pool, sequence).await?;
             *block = Block { next: first, end: first + ID_BLOCK };
         }
         block.next += 1;
         Ok(block.next - 1)
     }
+}
+
+/// The sequences, by what they number.
+pub const JOB_RUN_IDS: &str = "job_run_ids";
+pub const TASK_RUN_IDS: &str = "task_run_ids";
+pub const ENQUEUE_SEQS: &str = "enqueue_seqs";
+
+/// Reserves the next block of `sequence`: `first..first + ID_BLOCK` are this node's.
+pub async fn reserve(pool: &Pool, sequence: &str) -> Result<u64, PgError> {
+    let client = pool.get().await?;
+    let first: i64 = client.query_one("SELECT nextval($1::text::regclass)", &[&sequence]).await?.get(0);
+    u64::try_from(first).map_err(|_| PgError::Db(format!("{sequence} is negative")))
 }

@@ -9,6 +9,8 @@
 //!   the previous transaction commits goes into the next one (`writer.rs`).
 //! - [`PgStore::snapshot`]: a REPEATABLE READ transaction, the reads of `store::Reader`
 //!   (`snapshot.rs`).
+//! - [`PgBackend`]: the same store behind the synchronous `store::Store`/`Snapshot` seam, on a
+//!   runtime thread of its own, with ids reserved one block ahead (`seam.rs`).
 //! - `queue.rs`: what a cluster needs beyond a store — nodes and their leases, claiming ready
 //!   task runs (priority, labels, cluster-wide caps), fenced completion, wake-ups.
 //!
@@ -16,9 +18,12 @@
 //! the queue looked empty walks the whole table for every claim (pg-probe RESULTS.md, trap 1).
 
 mod batch;
+#[cfg(test)]
+mod engine_tests;
 mod ids;
 mod migrate;
 pub mod queue;
+mod seam;
 mod snapshot;
 #[cfg(test)]
 pub mod testing;
@@ -35,6 +40,7 @@ use tokio_postgres::NoTls;
 use super::records::TaskRunRecord;
 pub use ids::{ID_BLOCK, IdBlocks};
 pub use migrate::{MIGRATIONS, SCHEMA_VERSION};
+pub use seam::PgBackend;
 pub use snapshot::PgSnapshot;
 pub use writer::Writer;
 

@@ -45,9 +45,18 @@ impl Writer {
     }
 
     pub async fn commit(&self, batch: Vec<Mutation>) -> Result<(), PgError> {
+        self.hand_over(batch).await
+    }
+
+    /// Queues `batch` now (batches commit in the order they were handed over), and returns the
+    /// answer to await: resolved once the batch is committed. Runs on any thread, in no runtime.
+    pub fn hand_over(&self, batch: Vec<Mutation>) -> impl Future<Output = Result<(), PgError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Request { batch, reply }).map_err(|_| PgError::Closed)?;
-        answer.await.map_err(|_| PgError::Closed)?
+        let sent = self.tx.send(Request { batch, reply }).map_err(|_| PgError::Closed);
+        async move {
+            sent?;
+            answer.await.map_err(|_| PgError::Closed)?
+        }
     }
 
     pub fn commit_count(&self) -> u64 {

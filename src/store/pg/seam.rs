@@ -1,0 +1,345 @@
+//! The PostgreSQL store behind the synchronous seam (`store::Store`, `store::Snapshot`).
+//!
+//! The client is async, the seam is not: [`PgBackend`] runs the pool, the group-commit task and
+//! every query on a runtime of its own (one thread, `gaffer-pg`), and its methods hand work to
+//! it. A caller then waits on a plain channel, never inside the runtime, so the seam works from
+//! any thread: the engine's actors (which only await [`Store::commit`]'s answer), tokio's
+//! blocking pool, the CLI.
+//!
+//! Ids come from in-memory blocks with the next block already reserved ([`Prefetched`]): the
+//! engine's actors take ids without waiting on the database, unless they use up a block of
+//! [`ID_BLOCK`] faster than one `nextval` answers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::runtime::Handle;
+
+use super::ids::{ENQUEUE_SEQS, ID_BLOCK, JOB_RUN_IDS, TASK_RUN_IDS, reserve};
+use super::{PgError, PgOptions, PgSnapshot, PgStore};
+use crate::store::{
+    AttemptRecord, CacheEntry, Committing, DefinitionRecord, JobRunRecord, Mutation, RaisedBudgets, ScheduleState,
+    Snapshot, Store, StoreError, TaskRunRecord,
+};
+
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> StoreError {
+        match e {
+            PgError::Closed => StoreError::Closed,
+            other => StoreError::File(other.to_string()),
+        }
+    }
+}
+
+/// The PostgreSQL store of one node as a [`Store`].
+pub struct PgBackend {
+    store: PgStore,
+    /// Shared with the snapshots, which outlive the store if they like.
+    runtime: Arc<Runtime>,
+    job_runs: Arc<Prefetched>,
+    task_runs: Arc<Prefetched>,
+    enqueue_seqs: Arc<Prefetched>,
+}
+
+impl PgBackend {
+    /// Connects to `url`, applies the migrations (or refuses a newer schema), reserves the first
+    /// id blocks. Blocks: call it off any runtime's worker thread.
+    pub fn open(url: &str, options: PgOptions) -> Result<PgBackend, StoreError> {
+        let runtime = Arc::new(Runtime::start()?);
+        let url = url.to_string();
+        let store = runtime.block_on(async move { PgStore::open(&url, options).await })?;
+        let prefetch = |sequence| Prefetched::start(&runtime, store.pool().clone(), sequence);
+        Ok(PgBackend {
+            job_runs: prefetch(JOB_RUN_IDS)?,
+            task_runs: prefetch(TASK_RUN_IDS)?,
+            enqueue_seqs: prefetch(ENQUEUE_SEQS)?,
+            store,
+            runtime,
+        })
+    }
+
+    /// A snapshot of the database at `url`, for a reader (no ids are reserved). Blocks.
+    pub fn snapshot_of(url: &str) -> Result<Box<dyn Snapshot>, StoreError> {
+        let runtime = Arc::new(Runtime::start()?);
+        let url = url.to_string();
+        let options = PgOptions { pool_size: 2, ..PgOptions::default() };
+        let snapshot = runtime.block_on(async move { PgStore::open(&url, options).await?.snapshot().await })?;
+        Ok(Box::new(PgSyncSnapshot { snapshot: Some(Arc::new(snapshot)), runtime }))
+    }
+
+    /// The async store underneath (its queue primitives, async snapshots), for code on its runtime.
+    pub fn store(&self) -> &PgStore {
+        &self.store
+    }
+}
+
+impl Store for PgBackend {
+    fn commit(&self, batch: Vec<Mutation>) -> Committing {
+        let answer = self.store.writer.hand_over(batch);
+        Box::pin(async move { Ok(answer.await?) })
+    }
+
+    fn commit_blocking(&self, batch: Vec<Mutation>) -> Result<(), StoreError> {
+        self.runtime.block_on(self.store.writer.hand_over(batch))
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError> {
+        let store = self.store.clone();
+        let snapshot = self.runtime.block_on(async move { store.snapshot().await })?;
+        Ok(Box::new(PgSyncSnapshot { snapshot: Some(Arc::new(snapshot)), runtime: self.runtime.clone() }))
+    }
+
+    fn commit_count(&self) -> u64 {
+        self.store.commit_count()
+    }
+
+    fn next_job_run(&self) -> u64 {
+        self.job_runs.next(&self.runtime.handle)
+    }
+
+    fn next_task_run(&self) -> u64 {
+        self.task_runs.next(&self.runtime.handle)
+    }
+
+    fn next_enqueue_seq(&self) -> u64 {
+        self.enqueue_seqs.next(&self.runtime.handle)
+    }
+}
+
+/// A current-thread tokio runtime on a thread of its own, stopped when this is dropped (tasks
+/// still queued are dropped with it: a commit not yet answered then fails as `Closed`).
+struct Runtime {
+    handle: Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Runtime {
+    fn start() -> Result<Runtime, StoreError> {
+        let (started, handle) = std::sync::mpsc::sync_channel(1);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("gaffer-pg".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => return drop(started.send(Err(e.to_string()))),
+                };
+                let _ = started.send(Ok(runtime.handle().clone()));
+                // The thread drives every task spawned on the handle while it waits here.
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(|e| StoreError::File(format!("postgres: cannot start its thread: {e}")))?;
+        let handle = handle.recv().map_err(|_| StoreError::Closed)?.map_err(StoreError::File)?;
+        Ok(Runtime { handle, stop: Some(stop) })
+    }
+
+    /// Runs `work` on the runtime and waits for its answer on this thread (never call it on the
+    /// runtime's own thread).
+    fn block_on<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, PgError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        Ok(rx.recv().map_err(|_| StoreError::Closed)??)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// One sequence's ids: the block being handed out and the next one, reserved ahead.
+struct Prefetched {
+    pool: Pool,
+    sequence: &'static str,
+    blocks: Mutex<Blocks>,
+    refilled: Condvar,
+}
+
+struct Blocks {
+    /// `next..end` still free.
+    next: u64,
+    end: u64,
+    /// The first id of the block reserved ahead, once its `nextval` answered.
+    ahead: Option<u64>,
+}
+
+impl Prefetched {
+    /// Reserves the first block and the one ahead of it (in this order: ids increase).
+    fn start(runtime: &Runtime, pool: Pool, sequence: &'static str) -> Result<Arc<Prefetched>, StoreError> {
+        let reserving = pool.clone();
+        let (first, ahead) = runtime.block_on(async move {
+            let first = reserve(&reserving, sequence).await?;
+            Ok((first, reserve(&reserving, sequence).await?))
+        })?;
+        let blocks = Blocks { next: first, end: first + ID_BLOCK, ahead: Some(ahead) };
+        Ok(Arc::new(Prefetched { pool, sequence, blocks: Mutex::new(blocks), refilled: Condvar::new() }))
+    }
+
+    fn next(self: &Arc<Self>, runtime: &Handle) -> u64 {
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        if blocks.next == blocks.end {
+            // Only when a block was used up within one round trip to the database.
+            let mut blocks_now =
+                self.refilled.wait_while(blocks, |b| b.ahead.is_none()).unwrap_or_else(|e| e.into_inner());
+            let first = blocks_now.ahead.take().expect("waited for it");
+            (blocks_now.next, blocks_now.end) = (first, first + ID_BLOCK);
+            blocks = blocks_now;
+            runtime.spawn(self.clone().reserve_ahead());
+        }
+        blocks.next += 1;
+        blocks.next - 1
+    }
+
+    /// Reserves the block after the current one, retrying (with backoff) until the database
+    /// answers: the ids are needed whatever the outage.
+    async fn reserve_ahead(self: Arc<Self>) {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match reserve(&self.pool, self.sequence).await {
+                Ok(first) => {
+                    self.blocks.lock().unwrap_or_else(|e| e.into_inner()).ahead = Some(first);
+                    self.refilled.notify_all();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "postgres: cannot reserve ids of {} ({e}); trying again in {pause:?}",
+                        self.sequence
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// A [`PgSnapshot`] read synchronously: each read runs on the store's runtime, in the
+/// snapshot's REPEATABLE READ transaction, held until this is dropped. The `each_*` reads
+/// fetch their rows first, then call `f` (which may read this snapshot again).
+struct PgSyncSnapshot {
+    /// `None` only while being dropped.
+    snapshot: Option<Arc<PgSnapshot>>,
+    runtime: Arc<Runtime>,
+}
+
+impl PgSyncSnapshot {
+    fn read<T, F>(&self, read: impl FnOnce(Arc<PgSnapshot>) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, PgError>> + Send + 'static,
+    {
+        let snapshot = self.snapshot.clone().expect("a snapshot lives until dropped");
+        self.runtime.block_on(read(snapshot))
+    }
+}
+
+impl Drop for PgSyncSnapshot {
+    /// The transaction is ended on the runtime (`PgSnapshot`'s drop sends the ROLLBACK there).
+    fn drop(&mut self) {
+        if let Some(snapshot) = self.snapshot.take() {
+            self.runtime.handle.spawn(async move { drop(snapshot) });
+        }
+    }
+}
+
+fn each<T>(rows: impl Iterator<Item = T>, f: &mut dyn FnMut(T) -> bool) -> Result<(), StoreError> {
+    for row in rows {
+        if !f(row) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+impl Snapshot for PgSyncSnapshot {
+    fn job_runs(&self) -> Result<Vec<JobRunRecord>, StoreError> {
+        self.read(|s| async move { s.job_runs().await })
+    }
+
+    fn task_runs(&self) -> Result<Vec<TaskRunRecord>, StoreError> {
+        self.read(|s| async move { s.task_runs().await })
+    }
+
+    fn each_job_run(&self, f: &mut dyn FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
+        each(self.job_runs()?.into_iter(), f)
+    }
+
+    fn each_job_run_newest_first(&self, f: &mut dyn FnMut(JobRunRecord) -> bool) -> Result<(), StoreError> {
+        each(self.job_runs()?.into_iter().rev(), f)
+    }
+
+    fn each_task_run(&self, f: &mut dyn FnMut(TaskRunRecord) -> bool) -> Result<(), StoreError> {
+        each(self.task_runs()?.into_iter(), f)
+    }
+
+    fn job_run(&self, id: u64) -> Result<Option<JobRunRecord>, StoreError> {
+        self.read(|s| async move { s.job_run(id).await })
+    }
+
+    fn task_run(&self, id: u64) -> Result<Option<TaskRunRecord>, StoreError> {
+        self.read(|s| async move { s.task_run(id).await })
+    }
+
+    fn definition(&self, hash: u64) -> Result<Option<DefinitionRecord>, StoreError> {
+        self.read(|s| async move { s.definition(hash).await })
+    }
+
+    fn task_runs_of(&self, job_run: u64) -> Result<Vec<TaskRunRecord>, StoreError> {
+        self.read(|s| async move { s.task_runs_of(job_run).await })
+    }
+
+    fn instances_of(&self, job_run: u64, task: &str) -> Result<Vec<TaskRunRecord>, StoreError> {
+        let task = task.to_string();
+        self.read(|s| async move { s.instances_of(job_run, &task).await })
+    }
+
+    fn attempts_of(&self, task_run: u64) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.read(|s| async move { s.attempts_of(task_run).await })
+    }
+
+    fn attempts(&self) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.read(|s| async move { s.attempts().await })
+    }
+
+    fn each_attempt(&self, f: &mut dyn FnMut(AttemptRecord) -> bool) -> Result<(), StoreError> {
+        each(self.attempts()?.into_iter(), f)
+    }
+
+    fn schedules(&self) -> Result<BTreeMap<String, ScheduleState>, StoreError> {
+        self.read(|s| async move { s.schedules().await })
+    }
+
+    fn idempotency_key(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let key = key.to_string();
+        self.read(|s| async move { s.idempotency_key(&key).await })
+    }
+
+    fn cache_entry(&self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
+        let key = key.to_string();
+        self.read(|s| async move { s.cache_entry(&key).await })
+    }
+
+    fn expired_cache_keys(&self, now_ms: u64) -> Result<Vec<String>, StoreError> {
+        self.read(|s| async move { s.expired_cache_keys(now_ms).await })
+    }
+
+    fn raised_budgets(&self, job_run: u64) -> Result<RaisedBudgets, StoreError> {
+        self.read(|s| async move { s.raised_budgets(job_run).await })
+    }
+
+    fn paused_queues(&self) -> Result<BTreeSet<String>, StoreError> {
+        self.read(|s| async move { s.paused_queues().await })
+    }
+}
