@@ -337,9 +337,11 @@ pub struct TaskFilter {
     pub node_labels: Option<Vec<String>>,
 }
 
-/// A job run id as people type it: `j7` or `7`.
+/// A job run id as people type it: `j7`, or `7` where only a job run can be meant (`--run`).
 pub fn parse_job_run_id(text: &str) -> Option<u64> {
-    text.strip_prefix('j').unwrap_or(text).parse().ok().filter(|&id| id > 0)
+    match Target::parse(text).ok()? {
+        Target::JobRun(id) | Target::TaskRun(id) => Some(id).filter(|&id| id > 0),
+    }
 }
 
 /// `tasks --json` (and `dlq list --json`: state `dead`).

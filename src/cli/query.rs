@@ -213,7 +213,7 @@ pub fn tasks(state_dir: &Path, filter: TaskFilter, as_json: bool) -> Result<(), 
         ])
     );
     let runs = fetch(state_dir, &path, |reader| report::tasks(reader, &filter)).map_err(usage_if_unknown_state)?;
-    let looks_like_a_run_id = |job: &str| job.strip_prefix('j').is_some_and(|n| n.parse::<u64>().is_ok());
+    let looks_like_a_run_id = |job: &str| matches!(Target::parse(job), Ok(Target::JobRun(_)));
     if runs.as_array().is_some_and(Vec::is_empty)
         && let Some(job) = filter.job.as_deref().filter(|j| looks_like_a_run_id(j))
     {
