@@ -426,6 +426,23 @@ impl Handler<Assign> for Worker {
     }
 }
 
+/// Start a task run its job run already claimed for this worker and committed `running`
+/// (reserved at submit: `dispatcher::Reserve`). `queue` is the slot the dispatcher took.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Launch {
+    pub claimed: Claimed,
+    pub queue: String,
+}
+
+impl Handler<Launch> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Launch, ctx: &mut Self::Context) {
+        self.launch(msg.claimed, msg.queue, ctx);
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Signal(AttemptEvent);
