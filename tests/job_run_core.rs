@@ -179,3 +179,26 @@ fn a_templated_task_reserved_at_submit_is_claimed_the_ordinary_way() {
     assert_eq!(said, "world\nyou\n", "each run's task ran once, rendered");
     assert_eq!(commits, 3, "the submit, the ordinary claim, the end");
 }
+
+/// A cancel that reaches the job run while its first commit (the reserved task `running` in it)
+/// is under way: the kill waits behind the worker's claim and stops the process once it exists,
+/// rather than reaching a worker with nothing running yet and being lost.
+#[test]
+fn a_cancel_sent_with_the_submit_stops_its_reserved_task() {
+    let workflow = "[jobs.long.tasks.t]\nrun = 'sleep 30'\n";
+    with_engine(workflow, 2, async |handle, events, _, _| {
+        let cancel = async {
+            tokio::task::yield_now().await;
+            handle.cancel(engine::Target::JobRun(1)).await
+        };
+        let (submitted, cancelled) = tokio::join!(handle.submit("long", BTreeMap::new()), cancel);
+        let id = submitted.expect("submit");
+        assert_eq!(id, 1, "the first job run of a fresh state dir");
+        if cancelled.is_err() {
+            // It came before the job run existed: then once it does.
+            handle.cancel(engine::Target::JobRun(id)).await.expect("cancel");
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(10), events.next(id, EventName::JobCancelled)).await;
+        assert!(ended.is_ok(), "the task kept running after its job run was cancelled");
+    });
+}

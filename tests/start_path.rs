@@ -17,10 +17,25 @@ retry = { max_attempts = 3, initial_interval = "10ms", jitter = 0.0 }
 run = 'echo "$GAFFER_ATTEMPT" >> ran; [ -e go ] || sleep 30'
 "#;
 
+/// `gaffer serve`, once it says it serves: resumed runs have taken the inbox and dispatching is
+/// released (a submit before that waits in its queue the ordinary way). `name`: its stderr.
+fn serve(p: &Project, name: &str) -> Server {
+    let said = p.path().join(name);
+    let server = Server::spawn(
+        p.gaffer(&["serve", "workflow.toml", "--headless"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&said).expect("stderr file")),
+    );
+    let text = || std::fs::read_to_string(&said).unwrap_or_default();
+    wait_until(Duration::from_secs(10), "serve to say it serves", || text().contains("serving"));
+    server
+}
+
 #[test]
 fn a_kill_right_after_submit_answers_finds_the_task_running_and_the_restart_runs_it() {
     let p = Project::new(WORKFLOW);
-    let mut server = Server::start(&p);
+    let mut server = serve(&p, "serve1.err");
     let out = p.run(&["submit", "j"]);
     assert!(out.status.success(), "submit: {}", String::from_utf8_lossy(&out.stderr));
     server.child.kill().expect("kill -9");
@@ -36,7 +51,7 @@ fn a_kill_right_after_submit_answers_finds_the_task_running_and_the_restart_runs
 
     // The restart: attempt 1 interrupted (its process killed if it had started), attempt 2 runs.
     std::fs::write(p.path().join("go"), "").expect("go");
-    let _server = Server::start(&p);
+    let _server = serve(&p, "serve2.err");
     wait_until(Duration::from_secs(30), "the task run to succeed", || p.task("t")["state"] == "succeeded");
     let shown = p.json(&["show", &id, "--json"]);
     let attempts = shown["attempts"].as_array().expect("attempts");
@@ -59,16 +74,8 @@ fn a_disk_that_refuses_the_submits_commit_starts_nothing() {
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let said = p.path().join("serve.err");
-    let mut server = Server::spawn(
-        p.gaffer(&["serve", "workflow.toml", "--headless"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&said).expect("serve.err")),
-    );
     // Filled only once serve says it serves (its start-up commit is durable then).
-    let text = || std::fs::read_to_string(&said).unwrap_or_default();
-    wait_until(Duration::from_secs(10), "serve to say it serves", || text().contains("serving"));
+    let mut server = serve(&p, "serve.err");
     disk.fill(0);
     let submit = p.run(&["submit", "j"]);
     assert_ne!(submit.status.code(), Some(0), "a run that cannot be stored is refused");

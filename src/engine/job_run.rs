@@ -3,7 +3,9 @@
 //! Each message becomes a `run::Input`; `run::step` decides and returns `Effects`; the actor
 //! commits their writes (group commit, `persist_then`) and only then acts on them (enqueue,
 //! timers) and reports them (events). Kills and unschedules go out at once. In-memory state runs
-//! ahead of the disk; nothing outside this actor ever sees a state that is not yet durable.
+//! ahead of the disk; nothing outside this actor acts on a state that is not yet durable (the
+//! Dispatcher's `Reserve` looks at a new run's entries before its commit, but the workers it
+//! reserves get them only after).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -686,8 +688,10 @@ impl JobRun {
 
     /// Carries out the first step of a new run with the workers reserved for it: each reserved
     /// task run is claimed now, its `running` and attempt committed with the run's records, and
-    /// handed to its worker (`Launch`) once that commit is durable. A claim that cannot be made
-    /// here (a spec to render off the thread) goes to its worker as an ordinary `Assign`.
+    /// its worker told at once (`Launch`) to wait for the claim, which it gets once that commit
+    /// is durable: a kill sent meanwhile (a stop, a cancel) waits behind it, as behind a
+    /// `Claim`. A claim that cannot be made here (a spec to render off the thread) goes to its
+    /// worker as an ordinary `Assign` after the commit.
     fn begin_reserved(
         &mut self,
         ctx: &mut Context<Self>,
@@ -698,7 +702,7 @@ impl JobRun {
     ) {
         // Reported as the step left them (queued), before the claims below move them on.
         events.extend(fx.notes.drain(..).map(|n| self.event_of(&n)));
-        let mut handoffs = Vec::with_capacity(reserved.len());
+        let mut handoffs: Vec<(Addr<Worker>, Handoff)> = Vec::new();
         let mut failed = Vec::new();
         // A reserved task run goes to its worker only: not to the dispatcher again.
         fx.enqueue.retain(|&i| !reserved.iter().any(|(e, _)| e.task_run == self.run.tasks[i].id));
@@ -707,7 +711,11 @@ impl JobRun {
                 Some((attempt, claimed)) => {
                     mutations.push(Mutation::Attempt(attempt));
                     match claimed {
-                        Ok(claimed) => Ok(Launch { claimed, queue: entry.queue }),
+                        Ok(claimed) => {
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            worker.do_send(Launch { claimed: rx, queue: entry.queue });
+                            Ok((claimed, tx))
+                        }
                         Err(e) => {
                             failed.push((entry.task_run, e));
                             Err(Assign(entry))
@@ -721,7 +729,7 @@ impl JobRun {
         let handoff: AfterCommit = Box::new(move |_, _| {
             for (worker, handoff) in handoffs {
                 match handoff {
-                    Ok(launch) => worker.do_send(launch),
+                    Ok((claimed, tx)) => drop(tx.send(claimed)),
                     // The ordinary claim: it renders off the thread, or finds the run ended.
                     Err(assign) => worker.do_send(assign),
                 }
@@ -821,6 +829,13 @@ impl Handler<Start> for JobRun {
         }
     }
 }
+
+/// Hands a reserved worker its claim once it is durable (dropped unsent: it never became so).
+type ClaimSender = tokio::sync::oneshot::Sender<Claimed>;
+
+/// What a reserved worker gets once a new run's first commit is durable: its claim, or an
+/// ordinary `Assign`.
+type Handoff = Result<(Claimed, ClaimSender), Assign>;
 
 /// What a worker needs to start an attempt it claimed.
 pub struct Claimed {
