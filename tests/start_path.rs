@@ -85,3 +85,32 @@ fn a_disk_that_refuses_the_submits_commit_starts_nothing() {
     assert!(!p.path().join("ran").exists(), "the task started although its `running` was never stored");
     drop(disk);
 }
+
+/// `gaffer run` submits its jobs one by one, and a task may start as soon as its run is
+/// committed: a SIGTERM while the later ones are still being submitted stops gracefully (the
+/// started task is stopped, gaffer exits 143) rather than killing gaffer by the default action
+/// and leaving the task running.
+#[test]
+fn a_sigterm_while_run_still_submits_stops_the_tasks_already_started() {
+    let mut text = String::from("[settings]\nworkers = 2\n[jobs.a.tasks.t]\nrun = 'echo $$ > started; sleep 60'\n");
+    for i in 0..300 {
+        text.push_str(&format!("[jobs.b{i:03}.tasks.t]\nrun = 'true'\n"));
+    }
+    let p = Project::new(&text);
+    let child = p.spawn_run(&["--headless"]);
+    let started = p.path().join("started");
+    wait_until(Duration::from_secs(20), "the first task to start", || {
+        std::fs::read_to_string(&started).is_ok_and(|t| t.ends_with('\n'))
+    });
+    support::signal(child.id(), "TERM");
+    let out = child.wait_with_output().expect("wait");
+    let status = out.status;
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    let pid: i32 = std::fs::read_to_string(&started).expect("started").trim().parse().expect("pid");
+    let alive = support::alive(pid);
+    if alive {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(!alive, "the task outlived gaffer (exit {status:?})");
+    assert_eq!(status.code(), Some(143), "a graceful stop: {status:?} {said}");
+}
