@@ -92,6 +92,40 @@ impl Cluster {
     }
 }
 
+/// Starts `nodes`, submits one run of job `j` to the first, which must end `expect`; then stops
+/// them all. The job run's id, and the events each node published meanwhile.
+fn run_on_first(
+    db: &TestDb,
+    text: &str,
+    nodes: &[(&str, usize, &[&str])],
+    expect: JobState,
+) -> (u64, Vec<Vec<EngineEvent>>) {
+    let system = actix::System::new();
+    system.block_on(async {
+        let cluster = Cluster::start(db, text, nodes).await;
+        let mut subscribed = Vec::new();
+        for node in &cluster.nodes {
+            subscribed.push(node.subscribe().await.expect("subscribe"));
+        }
+        let a = &cluster.nodes[0];
+        let id =
+            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+        assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, expect)]);
+        a.flush_events().await;
+        let events = subscribed.iter_mut().map(drain).collect();
+        cluster.stop().await;
+        (id, events)
+    })
+}
+
+/// The task runs of job run `id` and their attempts, read back through the store.
+fn records(db: &TestDb, id: u64) -> Vec<(crate::store::TaskRunRecord, Vec<crate::store::AttemptRecord>)> {
+    let backend = PgBackend::open(&db.url, PgOptions::default()).expect("open");
+    let snapshot = backend.snapshot().expect("snapshot");
+    let tasks = snapshot.task_runs_of(id).expect("read");
+    tasks.into_iter().map(|t| (t.clone(), snapshot.attempts_of(t.id).expect("read"))).collect()
+}
+
 /// Everything published so far.
 fn drain(events: &mut UnboundedReceiver<EngineEvent>) -> Vec<EngineEvent> {
     let mut out = Vec::new();
@@ -125,23 +159,8 @@ fn a_job_run_submitted_to_one_node_runs_on_several_and_its_owner_decides() {
             ran.display()
         ));
     }
-    let system = actix::System::new();
-    let (id, a_events, others) = system.block_on(async {
-        let cluster = Cluster::start(&db, &text, &[("a", 2, &[]), ("b", 2, &[]), ("c", 2, &[])]).await;
-        let mut a_events = cluster.nodes[0].subscribe().await.expect("subscribe");
-        let mut b_events = cluster.nodes[1].subscribe().await.expect("subscribe");
-        let mut c_events = cluster.nodes[2].subscribe().await.expect("subscribe");
-        let a = &cluster.nodes[0];
-        let id =
-            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
-        let ended = a.wait(vec![id]).await.expect("wait");
-        assert_eq!(ended, [(id, JobState::Succeeded)]);
-        a.flush_events().await;
-        let (a_events, mut others) = (drain(&mut a_events), drain(&mut b_events));
-        others.extend(drain(&mut c_events));
-        cluster.stop().await;
-        (id, a_events, others)
-    });
+    let (id, events) = run_on_first(&db, &text, &[("a", 2, &[]), ("b", 2, &[]), ("c", 2, &[])], JobState::Succeeded);
+    let (a_events, others) = (&events[0], events[1..].concat());
     let where_ran: BTreeSet<String> = lines(&ran).into_iter().collect();
     assert_eq!(lines(&ran).len(), 12, "each task ran once: {where_ran:?}");
     assert!(where_ran.len() >= 2, "all twelve ran on one node: {where_ran:?}");
@@ -163,11 +182,8 @@ fn a_job_run_submitted_to_one_node_runs_on_several_and_its_owner_decides() {
     let remote: usize = remote.trim().parse().expect("count");
     assert!(remote >= 1, "no attempt row says another node ran it");
     // The records the owner wrote read back as it saw them.
-    let backend = PgBackend::open(&db.url, PgOptions::default()).expect("open");
-    let snapshot = backend.snapshot().expect("snapshot");
-    for t in snapshot.task_runs_of(id).expect("read") {
+    for (t, attempts) in records(&db, id) {
         assert_eq!((t.state, t.attempt), (TaskState::Succeeded, 1), "{t:?}");
-        let attempts = snapshot.attempts_of(t.id).expect("read");
         assert_eq!(
             attempts.iter().map(|a| (a.n, a.exit_code, a.ended_at_ms.is_some())).collect::<Vec<_>>(),
             [(1, Some(0), true)]
@@ -192,21 +208,8 @@ retry = {{ max_attempts = 2, initial_interval = "50ms", backoff = 1.0, jitter = 
 "#,
         marker = marker.display()
     );
-    let system = actix::System::new();
-    let (id, a_events, b_events) = system.block_on(async {
-        let cluster = Cluster::start(&db, &text, &[("a", 1, &[]), ("b", 1, &["remote"])]).await;
-        let mut a_events = cluster.nodes[0].subscribe().await.expect("subscribe");
-        let mut b_events = cluster.nodes[1].subscribe().await.expect("subscribe");
-        let a = &cluster.nodes[0];
-        let id =
-            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
-        let ended = a.wait(vec![id]).await.expect("wait");
-        assert_eq!(ended, [(id, JobState::Succeeded)]);
-        a.flush_events().await;
-        let events = (drain(&mut a_events), drain(&mut b_events));
-        cluster.stop().await;
-        (id, events.0, events.1)
-    });
+    let (id, events) = run_on_first(&db, &text, &[("a", 1, &[]), ("b", 1, &["remote"])], JobState::Succeeded);
+    let (a_events, b_events) = (&events[0], &events[1]);
     let names: Vec<&str> = a_events.iter().filter(|e| e.job_run == Some(id)).map(|e| e.data.name().as_str()).collect();
     for expected in ["task.started", "task.failed", "task.retry_scheduled", "task.succeeded", "job.succeeded"] {
         assert!(names.contains(&expected), "the owner did not say {expected}: {names:?}");
@@ -217,11 +220,8 @@ retry = {{ max_attempts = 2, initial_interval = "50ms", backoff = 1.0, jitter = 
         "SELECT a.n, a.node FROM attempts a JOIN task_runs t ON t.id = a.task_run WHERE t.job_run = {id} ORDER BY a.n"
     ));
     assert_eq!(attempts.split_whitespace().collect::<Vec<_>>(), [format!("1|{b_id}"), format!("2|{b_id}")]);
-    let backend = PgBackend::open(&db.url, PgOptions::default()).expect("open");
-    let snapshot = backend.snapshot().expect("snapshot");
-    let task = snapshot.task_runs_of(id).expect("read").pop().expect("the task run");
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
     assert_eq!((task.state, task.attempt), (TaskState::Succeeded, 2));
-    let attempts = snapshot.attempts_of(task.id).expect("read");
     assert_eq!(
         attempts.iter().map(|a| (a.n, a.exit_code, a.reason)).collect::<Vec<_>>(),
         [(1, Some(3), Some(FailReason::ExitCode)), (2, Some(0), None)]
@@ -242,15 +242,7 @@ fn a_declared_queue_cap_holds_across_nodes() {
             times.display()
         ));
     }
-    let system = actix::System::new();
-    system.block_on(async {
-        let cluster = Cluster::start(&db, &text, &[("a", 3, &[]), ("b", 3, &[]), ("c", 3, &[])]).await;
-        let a = &cluster.nodes[0];
-        let id =
-            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
-        assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, JobState::Succeeded)]);
-        cluster.stop().await;
-    });
+    run_on_first(&db, &text, &[("a", 3, &[]), ("b", 3, &[]), ("c", 3, &[])], JobState::Succeeded);
     let runs: Vec<(u128, u128, String)> = lines(&times)
         .iter()
         .map(|l| {
@@ -304,11 +296,8 @@ fn cancelling_a_job_run_kills_its_attempt_on_another_node() {
     assert!(started.elapsed() < Duration::from_secs(20), "the attempt ran to its end: {:?}", started.elapsed());
     let pid: i32 = std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid");
     assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(), "process {pid} still runs");
-    let backend = PgBackend::open(&db.url, PgOptions::default()).expect("open");
-    let snapshot = backend.snapshot().expect("snapshot");
-    let task = snapshot.task_runs_of(id).expect("read").pop().expect("the task run");
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
     assert_eq!(task.state, TaskState::Cancelled);
-    let attempts = snapshot.attempts_of(task.id).expect("read");
     assert_eq!(attempts.iter().map(|a| a.reason).collect::<Vec<_>>(), [Some(FailReason::Cancelled)]);
     let b_id = node_id(&db, "b");
     let ran_on = db.psql(&format!("SELECT node FROM attempts WHERE task_run = {}", task.id));
