@@ -110,7 +110,8 @@ fn run_on_first(
         let a = &cluster.nodes[0];
         let id =
             a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
-        assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, expect)]);
+        let ended = tokio::time::timeout(Duration::from_secs(60), a.wait(vec![id])).await;
+        assert_eq!(ended.expect("the job run did not end within a minute").expect("wait"), [(id, expect)]);
         a.flush_events().await;
         let events = subscribed.iter_mut().map(drain).collect();
         cluster.stop().await;
@@ -302,4 +303,20 @@ fn cancelling_a_job_run_kills_its_attempt_on_another_node() {
     let b_id = node_id(&db, "b");
     let ran_on = db.psql(&format!("SELECT node FROM attempts WHERE task_run = {}", task.id));
     assert_eq!(ran_on.trim(), b_id);
+}
+
+/// An attempt that cannot even start on the node that claimed it (no such program) still
+/// reaches its owner, which records the spawn error and decides (retries, then the job run
+/// fails).
+#[test]
+fn an_attempt_that_cannot_start_on_another_node_is_recorded_by_its_owner() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j.tasks.missing]\nrequires = [\"remote\"]\nargs = [\"/nonexistent/gaffer-test-program\"]\n";
+    let (id, _) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &["remote"])], JobState::Failed);
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
+    assert_eq!(task.state, TaskState::Dead);
+    // Retried by the default policy, each time decided by the owner.
+    let reasons: Vec<_> = attempts.iter().map(|a| (a.n, a.reason)).collect();
+    assert_eq!(reasons, (1..=task.attempt).map(|n| (n, Some(FailReason::SpawnError))).collect::<Vec<_>>());
+    assert!(task.attempt >= 1);
 }
