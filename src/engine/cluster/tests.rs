@@ -229,8 +229,8 @@ retry = {{ max_attempts = 2, initial_interval = "50ms", backoff = 1.0, jitter = 
     );
 }
 
-/// A declared queue's `concurrency = 2` holds across three nodes of three workers each: the
-/// tasks themselves write when they start and end, and no three ever overlap.
+/// A declared queue's `concurrency = 2` holds across three nodes (seven workers): the tasks
+/// themselves write when they start and end, and no three ever overlap.
 #[test]
 fn a_declared_queue_cap_holds_across_nodes() {
     let Some(db) = TestDb::get() else { return };
@@ -243,7 +243,8 @@ fn a_declared_queue_cap_holds_across_nodes() {
             times.display()
         ));
     }
-    run_on_first(&db, &text, &[("a", 3, &[]), ("b", 3, &[]), ("c", 3, &[])], JobState::Succeeded);
+    // The owner has one worker: the second slot is always another node's.
+    run_on_first(&db, &text, &[("a", 1, &[]), ("b", 3, &[]), ("c", 3, &[])], JobState::Succeeded);
     let runs: Vec<(u128, u128, String)> = lines(&times)
         .iter()
         .map(|l| {
@@ -319,4 +320,21 @@ fn an_attempt_that_cannot_start_on_another_node_is_recorded_by_its_owner() {
     let reasons: Vec<_> = attempts.iter().map(|a| (a.n, a.reason)).collect();
     assert_eq!(reasons, (1..=task.attempt).map(|n| (n, Some(FailReason::SpawnError))).collect::<Vec<_>>());
     assert!(task.attempt >= 1);
+}
+
+/// Spending reported on another node reaches the owner (`Cost` letters): past the job run's
+/// budget the owner stops the attempt over there (`Kill`), and records what it cost.
+#[test]
+fn a_budget_crossed_on_another_node_stops_the_attempt_there() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j]\nbudget_usd = 0.05\n[jobs.j.tasks.spender]\nrequires = [\"remote\"]\n\
+                run = \"echo 'cost usd=0.04' >&3; sleep 0.3; echo 'cost usd=0.04' >&3; exec sleep 30\"\n";
+    let started = std::time::Instant::now();
+    let (id, events) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &["remote"])], JobState::Failed);
+    assert!(started.elapsed() < Duration::from_secs(20), "the attempt ran to its end: {:?}", started.elapsed());
+    assert!(events[0].iter().any(|e| matches!(e.data, EventData::BudgetExceeded { .. })), "the owner said so");
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
+    assert_eq!(task.state, TaskState::Dead);
+    let spent: Vec<_> = attempts.iter().map(|a| (a.reason, a.cost_usd_micros)).collect();
+    assert_eq!(spent, [(Some(FailReason::Budget), 80_000)]);
 }
