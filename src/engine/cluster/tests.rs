@@ -357,3 +357,16 @@ fn progress_warnings_and_outputs_of_a_remote_attempt_reach_its_owner() {
     assert_eq!(remote.1.len(), 1);
     assert!(!remote.1[0].warnings.is_empty(), "the warning is on the owner's record of the attempt");
 }
+
+/// A task run no node takes within its `queue_timeout` is timed out by its owner, as a single
+/// node's Dispatcher would.
+#[test]
+fn a_task_run_nobody_claims_times_out_on_its_owner() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j.tasks.gpu]\nrequires = [\"gpu\"]\nqueue_timeout = \"300ms\"\nrun = \"true\"\n";
+    let started = std::time::Instant::now();
+    let (id, _) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &[])], JobState::Failed);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
+    assert_eq!((task.state, task.reason, attempts.len()), (TaskState::Dead, Some(FailReason::QueueTimeout), 0));
+}
