@@ -40,6 +40,7 @@ fn with_engine<T: 'static>(
         clock: Arc::new(SystemClock),
         workers,
         labels: Vec::new(),
+        cluster: None,
     };
     let system = actix::System::new();
     let out = system.block_on(async move {
