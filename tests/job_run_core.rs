@@ -33,6 +33,7 @@ fn a_one_task_job_run_commits_twice_before_its_task_starts_and_once_at_its_end()
         source: WORKFLOW.to_string(),
         state_dir: std::path::absolute(Path::new(&state_dir)).expect("absolute path"),
         store: store.into(),
+        location: store::StoreLocation::state_dir(&state_dir),
         executor: Arc::new(LocalExecutor),
         clock: Arc::new(SystemClock),
         workers: 2,

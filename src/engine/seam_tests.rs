@@ -213,6 +213,7 @@ pub(crate) fn config_on(dir: &std::path::Path, text: &str, store: crate::store::
         source: text.into(),
         state_dir: dir.to_path_buf(),
         store,
+        location: crate::store::StoreLocation::state_dir(dir),
         executor: Arc::new(crate::executor::LocalExecutor),
         clock: Arc::new(SystemClock),
         workers: 1,
