@@ -96,6 +96,11 @@ fn a_serve_on_postgres_is_read_by_every_command_from_another_state_dir() {
     }
     assert!(!elsewhere.state_dir().join("inbox").exists());
 
+    // Through the node's socket, the node answers from the database too (its API reads it).
+    let status = json_with_store(&node, &url, &["status", "--json"]);
+    assert!(status["instance"]["pid"].is_u64() && status["totals"]["succeeded"] == 4, "{status}");
+    let through_node = json_with_store(&node, &url, &["tasks", "--json", "--run", &run]);
+    assert_eq!(through_node, tasks, "the same answer either way");
     // Through the node's socket the same command works.
     let (code, out, err) = with_store(&node, &url, &["retry", &run]);
     assert_ne!(code, 2, "answered by the node: {out}{err}");
