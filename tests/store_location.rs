@@ -113,6 +113,9 @@ fn a_serve_on_postgres_is_read_by_every_command_from_another_state_dir() {
     let (code, out, _) = with_store(&node, &url, &["show", &run]);
     assert_eq!(code, 0);
     assert!(out.contains(&format!("job run {run} of `report`")), "{out}");
+    let (code, out, _) = with_store(&node, &url, &["doctor"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("every record decodes: 1 job runs, 4 task runs"), "the database checked: {out}");
 }
 
 #[test]

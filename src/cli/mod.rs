@@ -310,7 +310,7 @@ pub fn main() -> i32 {
         Command::Run(args) => return run::run(args, &at),
         Command::Serve(args) => return run::serve(args, &at),
         Command::Tui => return run::attach(&at),
-        Command::Doctor => return doctor::doctor(&state_dir),
+        Command::Doctor => return doctor::doctor(&at),
         Command::Validate { file } => return run::validate(&file),
         Command::Init { file } => init::init(&file),
         Command::Schema => init::schema(),
