@@ -126,7 +126,7 @@ impl Reader {
             return Ok(reader.clone());
         }
         let runtime = Arc::new(Runtime::start()?);
-        let pool = super::connect(url, 2)?;
+        let pool = super::connect(url, 4)?;
         let checking = pool.clone();
         runtime.block_on(async move {
             let client = checking.get().await?;
