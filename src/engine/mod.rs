@@ -21,6 +21,7 @@ pub mod inbox;
 mod job_run;
 mod journal;
 mod journal_file;
+mod log_shipping;
 pub mod manual_retry;
 mod offline;
 mod retention;
@@ -406,11 +407,13 @@ impl Drop for ArbiterGuard {
 
 /// Starts the actor tree. Must run inside an actix `System`.
 pub fn start(config: EngineConfig) -> EngineHandle {
+    let config = EngineConfig { executor: log_shipping::wrap(config.executor, &config.store), ..config };
     // Every actor runs on this thread: it is woken at each step of a task's start.
     crate::sched::prefer_short_waits();
     let definition = definition_hash(&config.workflow.path.display().to_string(), &config.source);
     let ledger = supervisor::RestartLedger::default();
     let mut journal = Journal::new(&config.state_dir);
+    journal.record_in(config.store.clone());
     let hook_events = journal.subscribe_now();
     let journal = journal.start();
     let hooks = hooks::HookRunner::start(

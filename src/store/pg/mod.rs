@@ -19,8 +19,12 @@
 
 mod batch;
 #[cfg(test)]
+mod cron_tests;
+#[cfg(test)]
 mod engine_tests;
+mod events;
 mod ids;
+mod logs;
 mod migrate;
 pub mod queue;
 mod seam;
@@ -59,6 +63,9 @@ pub enum PgError {
     Codec(String),
     #[error("the store has stopped")]
     Closed,
+    /// Another node recorded this fire time of `job`'s schedule first (the batch was not written).
+    #[error("postgres: the schedule of job `{job}` was fired by another node")]
+    FireTaken { job: String },
 }
 
 impl From<tokio_postgres::Error> for PgError {

@@ -12,23 +12,27 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::runtime::Handle;
 
+use super::events::EventLog;
 use super::ids::{ENQUEUE_SEQS, ID_BLOCK, JOB_RUN_IDS, TASK_RUN_IDS, reserve};
+use super::logs::Shipment;
 use super::{PgError, PgOptions, PgSnapshot, PgStore};
 use crate::store::{
-    AttemptRecord, CacheEntry, Committing, DefinitionRecord, JobRunRecord, Mutation, RaisedBudgets, ScheduleState,
-    Snapshot, Store, StoreError, TaskRunRecord,
+    AttemptRecord, CacheEntry, Committing, DefinitionRecord, JobRunRecord, LogShipping, Mutation, NodeView,
+    RaisedBudgets, ScheduleState, Snapshot, Store, StoreError, StoredEvent, TaskRunRecord,
 };
 
 impl From<PgError> for StoreError {
     fn from(e: PgError) -> StoreError {
         match e {
             PgError::Closed => StoreError::Closed,
+            PgError::FireTaken { job } => StoreError::FireTaken { job },
             other => StoreError::File(other.to_string()),
         }
     }
@@ -42,6 +46,7 @@ pub struct PgBackend {
     job_runs: Arc<Prefetched>,
     task_runs: Arc<Prefetched>,
     enqueue_seqs: Arc<Prefetched>,
+    events: EventLog,
 }
 
 impl PgBackend {
@@ -52,7 +57,12 @@ impl PgBackend {
         let url = url.to_string();
         let store = runtime.block_on(async move { PgStore::open(&url, options).await })?;
         let prefetch = |sequence| Prefetched::start(&runtime, store.pool().clone(), sequence);
+        let events = {
+            let _entered = runtime.handle.enter();
+            EventLog::start(store.pool().clone())
+        };
         Ok(PgBackend {
+            events,
             job_runs: prefetch(JOB_RUN_IDS)?,
             task_runs: prefetch(TASK_RUN_IDS)?,
             enqueue_seqs: prefetch(ENQUEUE_SEQS)?,
@@ -106,6 +116,17 @@ impl Store for PgBackend {
 
     fn next_enqueue_seq(&self) -> u64 {
         self.enqueue_seqs.next(&self.runtime.handle)
+    }
+
+    fn ship_log(&self, task_run: u64, attempt: u32, state_dir: &Path, path: &Path) -> Option<LogShipping> {
+        let (shipping, shipper) = LogShipping::new();
+        let shipment = Shipment { task_run, attempt, state_dir: state_dir.to_path_buf(), path: path.to_path_buf() };
+        self.runtime.handle.spawn(super::logs::ship(self.store.pool().clone(), shipment, shipper));
+        Some(shipping)
+    }
+
+    fn record_event(&self, job_run: Option<u64>, at_ms: u64, json: &str) {
+        self.events.record(StoredEvent { seq: 0, job_run, at_ms, json: json.to_string() });
     }
 }
 
@@ -341,5 +362,17 @@ impl Snapshot for PgSyncSnapshot {
 
     fn paused_queues(&self) -> Result<BTreeSet<String>, StoreError> {
         self.read(|s| async move { s.paused_queues().await })
+    }
+
+    fn log_bytes(&self, task_run: u64, attempt: u32, offset: u64, max: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(move |s| async move { s.log_bytes(task_run, attempt, offset, max).await.map(Some) })
+    }
+
+    fn events_after(&self, seq: u64, limit: usize) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+        self.read(move |s| async move { s.events_after(seq, limit).await.map(Some) })
+    }
+
+    fn nodes(&self) -> Result<Option<Vec<NodeView>>, StoreError> {
+        self.read(|s| async move { s.nodes().await.map(Some) })
     }
 }
