@@ -464,7 +464,12 @@ pub fn log_chunk(
         return Err(QueryError::NotFound(format!("task run {task_run} has no attempt {n} (latest: {})", t.attempt)));
     }
     let rel = AttemptRecord::log_path(t.job_run, task_run, n);
-    let bytes = read_from(state_dir, Path::new(&rel), offset).map_err(|e| QueryError::Invalid(e.to_string()))?;
+    let bytes = match read_from(state_dir, Path::new(&rel), offset) {
+        // Not on this machine: the copy its node shipped into a shared store, if any.
+        Ok(None) => reader.log_bytes(task_run, n, offset, LOG_CHUNK_BYTES)?.map(cut_at_line_end).unwrap_or_default(),
+        Ok(Some(bytes)) => bytes,
+        Err(e) => return Err(QueryError::Invalid(e.to_string())),
+    };
     let running = t.attempt == n && t.state == TaskState::Running;
     Ok(json!({
         "task_run": task_run, "attempt": n, "offset": offset + bytes.len() as u64, "running": running,
@@ -473,18 +478,24 @@ pub fn log_chunk(
 }
 
 /// Up to `LOG_CHUNK_BYTES` from `offset`, ending at a line end when one is in reach (so a
-/// multi-byte character is never split between two answers); nothing if there is no file yet.
-fn read_from(state_dir: &Path, rel: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+/// multi-byte character is never split between two answers); `None` if there is no file here.
+fn read_from(state_dir: &Path, rel: &Path, offset: u64) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::{Read, Seek, SeekFrom};
     let dir = crate::state_dir::StateDir::open(state_dir).map_err(std::io::Error::other)?;
     let mut file = match dir.open_file(rel, crate::state_dir::Access::Read) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     file.seek(SeekFrom::Start(offset))?;
     let mut bytes = Vec::new();
     file.take(LOG_CHUNK_BYTES).read_to_end(&mut bytes)?;
+    Ok(Some(cut_at_line_end(bytes)))
+}
+
+/// A piece of a log read up to `LOG_CHUNK_BYTES`, cut after its last line end (or, for one line
+/// longer than that, at a character boundary), so the next piece starts a line.
+fn cut_at_line_end(mut bytes: Vec<u8>) -> Vec<u8> {
     if let Some(end) = bytes.iter().rposition(|b| *b == b'\n') {
         bytes.truncate(end + 1);
     } else if bytes.len() as u64 == LOG_CHUNK_BYTES {
@@ -492,5 +503,5 @@ fn read_from(state_dir: &Path, rel: &Path, offset: u64) -> std::io::Result<Vec<u
         let valid = std::str::from_utf8(&bytes).map_or_else(|e| e.valid_up_to(), str::len);
         bytes.truncate(valid.max(1));
     }
-    Ok(bytes)
+    bytes
 }

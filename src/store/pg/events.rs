@@ -39,20 +39,35 @@ const APPEND: &str = "INSERT INTO events (job_run, at_ms, json) \
 pub struct EventLog {
     tx: mpsc::Sender<StoredEvent>,
     dropped: Arc<AtomicU64>,
+    /// Queued and not yet appended.
+    pending: Arc<AtomicU64>,
 }
 
 impl EventLog {
     /// Starts the appending task on the current runtime.
     pub fn start(pool: Pool) -> EventLog {
         let (tx, rx) = mpsc::channel(MAX_PENDING);
-        tokio::spawn(append_loop(pool, rx));
-        EventLog { tx, dropped: Arc::new(AtomicU64::new(0)) }
+        let pending = Arc::new(AtomicU64::new(0));
+        tokio::spawn(append_loop(pool, rx, pending.clone()));
+        EventLog { tx, dropped: Arc::new(AtomicU64::new(0)), pending }
+    }
+
+    /// Resolves once every event queued so far is appended, or after `within`.
+    pub async fn drained(&self, within: Duration) {
+        let wait = async {
+            while self.pending.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(within, wait).await;
     }
 
     /// Queues `event` for the stream (its `seq` is the database's to assign); dropped when
     /// [`MAX_PENDING`] wait already.
     pub fn record(&self, event: StoredEvent) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
         if self.tx.try_send(event).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(
@@ -63,7 +78,7 @@ impl EventLog {
     }
 }
 
-async fn append_loop(pool: Pool, mut rx: mpsc::Receiver<StoredEvent>) {
+async fn append_loop(pool: Pool, mut rx: mpsc::Receiver<StoredEvent>, pending: Arc<AtomicU64>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_INSERT {
@@ -76,6 +91,7 @@ async fn append_loop(pool: Pool, mut rx: mpsc::Receiver<StoredEvent>) {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
+        pending.fetch_sub(group.len() as u64, Ordering::AcqRel);
     }
 }
 

@@ -30,6 +30,8 @@ pub mod queue;
 mod seam;
 mod snapshot;
 #[cfg(test)]
+mod stream_tests;
+#[cfg(test)]
 pub mod testing;
 #[cfg(test)]
 mod tests;

@@ -130,6 +130,17 @@ impl Store for PgBackend {
     }
 }
 
+impl Drop for PgBackend {
+    /// Events published just before the stop still reach the stream (bounded).
+    fn drop(&mut self) {
+        let events = self.events.clone();
+        let _ = self.runtime.block_on(async move {
+            events.drained(Duration::from_secs(2)).await;
+            Ok(())
+        });
+    }
+}
+
 /// A current-thread tokio runtime on a thread of its own, stopped when this is dropped (tasks
 /// still queued are dropped with it: a commit not yet answered then fails as `Closed`).
 struct Runtime {
