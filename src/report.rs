@@ -145,9 +145,24 @@ pub fn status_value(
                    "circuit_open_until": time_json(circuits.get(name).copied())})
         })
         .collect();
-    Ok(json!({"instance": {"running": pid.is_some(), "pid": pid}, "queues": queues, "totals": totals,
+    let mut status = json!({"instance": {"running": pid.is_some(), "pid": pid}, "queues": queues, "totals": totals,
               "cost_usd": usd_json(cost), "waiting_for_resources": exhausted.to_json(),
-              "node": labels.map(|l| json!({"labels": l})), "unroutable": unroutable.listed}))
+              "node": labels.map(|l| json!({"labels": l})), "unroutable": unroutable.listed});
+    if let Some(nodes) = nodes_json(&*reader)? {
+        status["nodes"] = nodes;
+    }
+    Ok(status)
+}
+
+/// The cluster's nodes (a store shared by several nodes only): name, labels, heartbeat age and
+/// whether the lease is live, at the store's clock.
+pub fn nodes_json(reader: &dyn Snapshot) -> Result<Option<Value>, StoreError> {
+    let Some(nodes) = reader.nodes()? else { return Ok(None) };
+    let rows: Vec<Value> = nodes
+        .iter()
+        .map(|n| json!({"name": n.name, "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "live": n.live}))
+        .collect();
+    Ok(Some(Value::Array(rows)))
 }
 
 /// Queued task runs no live node can run (`model::routing::unroutable`): counted per queue,

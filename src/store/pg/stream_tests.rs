@@ -185,4 +185,14 @@ async fn the_nodes_are_listed_with_heartbeat_age_and_liveness() {
     assert_eq!(seen, [("a-node", vec![], false), ("b-node", labels, true)]);
     assert!((42_000..60_000).contains(&nodes[0].heartbeat_age_ms), "{nodes:?}");
     assert!(nodes[1].heartbeat_age_ms < 10_000, "{nodes:?}");
+    let url = db.url.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        let snapshot = StoreLocation::Postgres(url).snapshot().expect("snapshot");
+        crate::report::nodes_json(&*snapshot).expect("read").expect("a cluster's nodes")
+    })
+    .await
+    .expect("read");
+    assert_eq!(listed[1]["name"], "b-node");
+    assert_eq!(listed[1]["labels"], serde_json::json!(["gpu", "eu"]));
+    assert_eq!((listed[0]["live"].clone(), listed[1]["live"].clone()), (false.into(), true.into()), "{listed}");
 }
