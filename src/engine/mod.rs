@@ -321,6 +321,22 @@ pub struct WorkerSnapshot {
     pub restarts: u32,
 }
 
+/// A node of the cluster as the views show it (the Workers view): heartbeat age and liveness
+/// at the store's clock when read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub heartbeat_age_ms: u64,
+    pub live: bool,
+}
+
+impl From<crate::store::NodeView> for NodeStatus {
+    fn from(n: crate::store::NodeView) -> NodeStatus {
+        NodeStatus { name: n.name, labels: n.labels, heartbeat_age_ms: n.heartbeat_age_ms, live: n.live }
+    }
+}
+
 /// A reply from an engine, local or remote.
 pub type Reply<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, EngineError>> + 'a>>;
 
@@ -338,6 +354,10 @@ pub trait Control {
     fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunView>>;
     /// What has no events of its own: the worker slots and the queues (paused, running).
     fn live(&self) -> Reply<'_, (Vec<WorkerSnapshot>, Vec<QueueSnapshot>)>;
+    /// The cluster's nodes, read now; none without a cluster (and, for now, over the API).
+    fn nodes(&self) -> Reply<'_, Vec<NodeStatus>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 impl Control for EngineHandle {
@@ -375,6 +395,15 @@ impl Control for EngineHandle {
 
     fn live(&self) -> Reply<'_, (Vec<WorkerSnapshot>, Vec<QueueSnapshot>)> {
         Box::pin(async move { Ok((EngineHandle::workers(self), EngineHandle::queues(self).await?)) })
+    }
+
+    fn nodes(&self) -> Reply<'_, Vec<NodeStatus>> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let nodes = tokio::task::spawn_blocking(move || store.nodes()).await;
+            let nodes = nodes.map_err(|e| EngineError::Stopped(e.to_string()))??;
+            Ok(nodes.unwrap_or_default().into_iter().map(NodeStatus::from).collect())
+        })
     }
 }
 

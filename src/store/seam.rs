@@ -50,6 +50,11 @@ pub trait Store: Send + Sync + 'static {
     /// run, to a shared store's event stream ([`Snapshot::events_after`]); bounded: what does
     /// not fit is dropped with a warning. Nothing for redb, whose journal is `events/*.jsonl`.
     fn record_event(&self, _job_run: Option<u64>, _at_ms: u64, _json: &str) {}
+    /// The cluster's nodes now (as [`Snapshot::nodes`]); `None` for a store of one machine,
+    /// which answers without opening anything. May block.
+    fn nodes(&self) -> Result<Option<Vec<NodeView>>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// An attempt's log being copied into the store ([`Store::ship_log`]).

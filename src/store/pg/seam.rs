@@ -125,6 +125,10 @@ impl Store for PgBackend {
         Some(shipping)
     }
 
+    fn nodes(&self) -> Result<Option<Vec<NodeView>>, StoreError> {
+        Store::snapshot(self)?.nodes()
+    }
+
     fn record_event(&self, job_run: Option<u64>, at_ms: u64, json: &str) {
         self.events.record(StoredEvent { seq: 0, job_run, at_ms, json: json.to_string() });
     }

@@ -54,18 +54,19 @@ fn the_event_stream_holds_both_nodes_events_in_commit_order_per_job_run() {
         std::thread::spawn(move || {
             let dir = crate::state_dir::private_tempdir();
             let config = config_on(dir.path(), text, StoreHandle::new(backend));
-            with_engine(config, |handle| async move {
-                let mut events = handle.subscribe().await.expect("subscribe");
+            let (id, mut events) = with_engine(config, |handle| async move {
+                let events = handle.subscribe().await.expect("subscribe");
                 let id = handle.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await;
                 let id = id.expect("submit").job_run;
                 assert_eq!(handle.wait(vec![id]).await.expect("wait"), [(id, JobState::Succeeded)]);
-                handle.flush_events().await;
-                let mut published = Vec::new();
-                while let Ok(e) = events.try_recv() {
-                    published.push(crate::json::text(&e.to_json()));
-                }
-                (handle, (id, published))
-            })
+                (handle, (id, events))
+            });
+            // After the stop: every event this node published, up to its last.
+            let mut published = Vec::new();
+            while let Ok(e) = events.try_recv() {
+                published.push(crate::json::text(&e.to_json()));
+            }
+            (id, published)
         })
     };
     let backends = [pg(&db), pg(&db)];
