@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::executor::{AttemptEvent, AttemptSpec, Executor, ProcessHandle, RunningAttempt, SpawnError};
-use crate::store::StoreHandle;
+use crate::store::{AttemptLog, StoreHandle};
 
 pub struct ShippingExecutor {
     inner: Arc<dyn Executor>,
@@ -25,12 +25,11 @@ pub fn wrap(inner: Arc<dyn Executor>, store: &StoreHandle) -> Arc<dyn Executor> 
 
 impl Executor for ShippingExecutor {
     fn spawn(&self, spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError> {
-        let (task_run, attempt) = (spec.task_run, spec.attempt);
-        let (state_dir, log_path) = (spec.state_dir.clone(), spec.log_path.clone());
+        let (job_run, task_run, attempt) = (spec.job_run, spec.task_run, spec.attempt);
+        let (state_dir, path) = (spec.state_dir.clone(), spec.log_path.clone());
         let running = self.inner.spawn(spec, events)?;
-        let Some(shipping) = self.store.ship_log(task_run, attempt, &state_dir, &log_path) else {
-            return Ok(running);
-        };
+        let log = AttemptLog { job_run, task_run, attempt, state_dir: &state_dir, path: &path };
+        let Some(shipping) = self.store.ship_log(log) else { return Ok(running) };
         let done = running.done;
         let done = async move {
             let exit = done.await;

@@ -27,7 +27,7 @@ pub use records::{
     TaskRunRecord,
 };
 pub use seam::{
-    Committing, LogShipper, LogShipping, NodeView, Snapshot, Store, StoreHandle, StoreLocation, StoredEvent,
+    AttemptLog, Committing, LogShipper, LogShipping, NodeView, Snapshot, Store, StoreHandle, StoreLocation, StoredEvent,
 };
 pub use writer::{Ids, RedbStore, StoreCloser};
 

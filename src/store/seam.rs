@@ -43,8 +43,14 @@ pub trait Store: Send + Sync + 'static {
     /// (`executor::logfile`) — into the store while the attempt runs, for a store shared by
     /// several nodes: `logs` then reads it from any node ([`Snapshot::log_bytes`]). `None` where
     /// the file is the only copy (redb).
-    fn ship_log(&self, _task_run: u64, _attempt: u32, _state_dir: &Path, _path: &Path) -> Option<LogShipping> {
+    fn ship_log(&self, _attempt: AttemptLog<'_>) -> Option<LogShipping> {
         None
+    }
+    /// Retention (`settings.retention`) of what a shared store keeps for every node: the shipped
+    /// logs of `ended` job runs and the events from before `events_before_ms`. Nothing for redb
+    /// (the sweep removes the files).
+    fn forget_past_retention(&self, _ended: &[u64], _events_before_ms: u64) -> Result<(), StoreError> {
+        Ok(())
     }
     /// Appends an event (its JSON line), published after its commit in commit order per job
     /// run, to a shared store's event stream ([`Snapshot::events_after`]); bounded: what does
@@ -55,6 +61,17 @@ pub trait Store: Send + Sync + 'static {
     fn nodes(&self) -> Result<Option<Vec<NodeView>>, StoreError> {
         Ok(None)
     }
+}
+
+/// Which attempt's log to ship, and where its file is ([`Store::ship_log`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptLog<'a> {
+    pub job_run: u64,
+    pub task_run: u64,
+    pub attempt: u32,
+    pub state_dir: &'a Path,
+    /// Under `state_dir`.
+    pub path: &'a Path,
 }
 
 /// An attempt's log being copied into the store ([`Store::ship_log`]).

@@ -130,3 +130,10 @@ pub async fn events_after(
         })
         .collect())
 }
+
+/// Removes the events from before `before_ms` (retention).
+pub async fn forget_before(pool: &Pool, before_ms: u64) -> Result<(), PgError> {
+    let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
+    pool.get().await?.execute("DELETE FROM events WHERE at_ms < $1", &[&before]).await?;
+    Ok(())
+}

@@ -25,12 +25,15 @@ const ROUND_BYTES: u64 = 16 * CHUNK_BYTES as u64;
 /// How long the end of an attempt waits for its last chunks when the database does not answer.
 const FINISH_WITHIN: Duration = Duration::from_secs(5);
 
-const PUT_CHUNKS: &str = "INSERT INTO log_chunks (task_run, attempt, seq, at, bytes) \
-     SELECT $1, $2, s, a, b FROM unnest($3::int[], $4::bigint[], $5::bytea[]) AS c(s, a, b) \
+const PUT_CHUNKS: &str = "INSERT INTO log_chunks (job_run, task_run, attempt, seq, at, bytes) \
+     SELECT $1, $2, $3, s, a, b FROM unnest($4::int[], $5::bigint[], $6::bytea[]) AS c(s, a, b) \
      ON CONFLICT DO NOTHING";
+/// Job runs per retention statement.
+const FORGET_BATCH: usize = 1_024;
 
 /// One attempt's log on its way into the database.
 pub struct Shipment {
+    pub job_run: u64,
     pub task_run: u64,
     pub attempt: u32,
     pub state_dir: PathBuf,
@@ -124,8 +127,18 @@ async fn put_chunks(
 ) -> Result<(), PgError> {
     let client = pool.get().await?;
     let statement = client.prepare_cached(PUT_CHUNKS).await?;
-    let (task_run, attempt) = (to_db(shipment.task_run), shipment.attempt as i32);
-    client.execute(&statement, &[&task_run, &attempt, &seqs, &offsets, &chunks]).await?;
+    let (job_run, task_run, attempt) = (to_db(shipment.job_run), to_db(shipment.task_run), shipment.attempt as i32);
+    client.execute(&statement, &[&job_run, &task_run, &attempt, &seqs, &offsets, &chunks]).await?;
+    Ok(())
+}
+
+/// Removes the shipped logs of `job_runs` (retention).
+pub async fn forget(pool: &Pool, job_runs: &[u64]) -> Result<(), PgError> {
+    let client = pool.get().await?;
+    for ids in job_runs.chunks(FORGET_BATCH) {
+        let ids: Vec<i64> = ids.iter().copied().map(to_db).collect();
+        client.execute("DELETE FROM log_chunks WHERE job_run = ANY($1)", &[&ids]).await?;
+    }
     Ok(())
 }
 

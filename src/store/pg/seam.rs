@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use super::ids::{ENQUEUE_SEQS, ID_BLOCK, JOB_RUN_IDS, TASK_RUN_IDS, reserve};
 use super::logs::Shipment;
 use super::{PgError, PgOptions, PgSnapshot, PgStore};
 use crate::store::{
-    AttemptRecord, CacheEntry, Committing, DefinitionRecord, JobRunRecord, LogShipping, Mutation, NodeView,
+    AttemptLog, AttemptRecord, CacheEntry, Committing, DefinitionRecord, JobRunRecord, LogShipping, Mutation, NodeView,
     RaisedBudgets, ScheduleState, Snapshot, Store, StoreError, StoredEvent, TaskRunRecord,
 };
 
@@ -118,11 +117,25 @@ impl Store for PgBackend {
         self.enqueue_seqs.next(&self.runtime.handle)
     }
 
-    fn ship_log(&self, task_run: u64, attempt: u32, state_dir: &Path, path: &Path) -> Option<LogShipping> {
+    fn ship_log(&self, log: AttemptLog<'_>) -> Option<LogShipping> {
         let (shipping, shipper) = LogShipping::new();
-        let shipment = Shipment { task_run, attempt, state_dir: state_dir.to_path_buf(), path: path.to_path_buf() };
+        let shipment = Shipment {
+            job_run: log.job_run,
+            task_run: log.task_run,
+            attempt: log.attempt,
+            state_dir: log.state_dir.to_path_buf(),
+            path: log.path.to_path_buf(),
+        };
         self.runtime.handle.spawn(super::logs::ship(self.store.pool().clone(), shipment, shipper));
         Some(shipping)
+    }
+
+    fn forget_past_retention(&self, ended: &[u64], events_before_ms: u64) -> Result<(), StoreError> {
+        let (pool, ended) = (self.store.pool().clone(), ended.to_vec());
+        self.runtime.block_on(async move {
+            super::logs::forget(&pool, &ended).await?;
+            super::events::forget_before(&pool, events_before_ms).await
+        })
     }
 
     fn nodes(&self) -> Result<Option<Vec<NodeView>>, StoreError> {

@@ -79,7 +79,6 @@ fn the_event_stream_holds_both_nodes_events_in_commit_order_per_job_run() {
         let events = reader.snapshot().expect("snapshot").events_after(0, 10_000).expect("read").expect("kept");
         (events.len() >= total).then_some(events)
     });
-    drop(backends);
     assert_eq!(stream.len(), total, "each event once");
     assert!(stream.windows(2).all(|w| w[0].seq < w[1].seq), "in seq order");
     for (id, lines) in &published {
@@ -90,6 +89,13 @@ fn the_event_stream_holds_both_nodes_events_in_commit_order_per_job_run() {
     let middle = stream[total / 2].seq;
     let page = reader.snapshot().expect("snapshot").events_after(middle, 3).expect("read").expect("kept");
     assert_eq!(page, stream[total / 2 + 1..total / 2 + 4].to_vec(), "a page after a seq");
+    // Retention: the events from before a time go, the later ones stay.
+    let cutoff = stream[total / 2].at_ms;
+    backends[0].forget_past_retention(&[], cutoff).expect("retention");
+    let kept = reader.snapshot().expect("snapshot").events_after(0, 10_000).expect("read").expect("kept");
+    let later: Vec<_> = stream.iter().filter(|e| e.at_ms >= cutoff).cloned().collect();
+    assert_eq!(kept, later, "events past retention removed");
+    drop(backends);
 }
 
 /// An attempt's log is in the database while it still runs, and all of it after it ended, in
@@ -112,7 +118,7 @@ fn a_log_is_shipped_while_its_attempt_runs_and_read_where_the_file_is_not() {
     let (url, other_dir) = (db.url.clone(), elsewhere.path().to_path_buf());
     let log_of = move |task_run: u64, offset: u64| log_chunk(&url, &other_dir, task_run, offset);
     let log_here = log_of.clone();
-    let (task_run, local) = with_engine(config, move |handle| async move {
+    let (job_run, task_run, local) = with_engine(config, move |handle| async move {
         let id = handle.submit("j", BTreeMap::new()).await.expect("submit");
         let task_run = loop {
             let runs = handle.task_runs_of(id).await.expect("task runs");
@@ -135,7 +141,7 @@ fn a_log_is_shipped_while_its_attempt_runs_and_read_where_the_file_is_not() {
         let snapshot = handle.task_runs_of(id).await.expect("task runs");
         let job_run = snapshot[0].job_run;
         let rel = crate::store::AttemptRecord::log_path(job_run, task_run, 1);
-        (handle, (task_run, std::fs::read(dir.path().join(rel)).expect("the local log")))
+        (handle, (job_run, task_run, std::fs::read(dir.path().join(rel)).expect("the local log")))
     });
     let expected = format!("first line\n{}\nlast line\n", "x".repeat(150_000));
     assert_eq!(String::from_utf8_lossy(&local), expected, "the local file");
@@ -158,7 +164,10 @@ fn a_log_is_shipped_while_its_attempt_runs_and_read_where_the_file_is_not() {
         offset = next;
     }
     assert_eq!(read, expected, "`logs` from a node without the file");
-    assert!(backend.commit_count() > 0);
+    backend.forget_past_retention(&[job_run + 1], 0).expect("retention of another job run");
+    assert!(!log_of(task_run, 0)["text"].as_str().expect("text").is_empty(), "kept");
+    backend.forget_past_retention(&[job_run], 0).expect("retention");
+    assert_eq!(log_of(task_run, 0)["text"], "", "removed past retention");
 }
 
 /// `logs`' read of one piece of a log, as a reader with `state_dir` (which lacks the file) makes it.

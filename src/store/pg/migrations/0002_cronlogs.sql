@@ -19,6 +19,7 @@ CREATE INDEX events_at ON events (at_ms);
 -- node, also after the node that ran the attempt is gone. `at`: the chunk's first byte's offset
 -- in the log, so a reader asks for a range without reading what comes before it.
 CREATE TABLE log_chunks (
+    job_run  bigint  NOT NULL,
     task_run bigint  NOT NULL,
     attempt  integer NOT NULL,
     seq      integer NOT NULL,
@@ -26,3 +27,5 @@ CREATE TABLE log_chunks (
     bytes    bytea   NOT NULL,
     PRIMARY KEY (task_run, attempt, seq)
 );
+-- What retention removes: the chunks of job runs ended past `settings.retention`.
+CREATE INDEX log_chunks_job_run ON log_chunks (job_run);
