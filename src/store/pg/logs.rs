@@ -5,12 +5,17 @@
 //! appended to — into `log_chunks`: every [`FLUSH_EVERY`] while the attempt runs and once more
 //! when it ended, in chunks of at most [`CHUNK_BYTES`], each row carrying the byte offset it
 //! starts at. The file stays the node's own copy; the rows are what other nodes read.
+//!
+//! Every attempt's shipper hands its chunks to the node's one [`ChunkWriter`], which inserts
+//! all that arrived while its previous insert ran in one statement (group commit, as the
+//! store's writer): many short attempts ending at once cost one round trip, not one each.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
 
 use super::PgError;
 use super::writer::to_db;
@@ -26,8 +31,10 @@ const ROUND_BYTES: u64 = 16 * CHUNK_BYTES as u64;
 const FINISH_WITHIN: Duration = Duration::from_secs(5);
 
 const PUT_CHUNKS: &str = "INSERT INTO log_chunks (job_run, task_run, attempt, seq, at, bytes) \
-     SELECT $1, $2, $3, s, a, b FROM unnest($4::int[], $5::bigint[], $6::bytea[]) AS c(s, a, b) \
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::bigint[], $6::bytea[]) \
      ON CONFLICT DO NOTHING";
+/// Chunks in one insert, at most (16 MiB).
+const MAX_INSERT_CHUNKS: usize = 256;
 /// Job runs per retention statement.
 const FORGET_BATCH: usize = 1_024;
 
@@ -40,8 +47,65 @@ pub struct Shipment {
     pub path: PathBuf,
 }
 
+/// One chunk of one attempt's log, as a row.
+struct Chunk {
+    job_run: i64,
+    task_run: i64,
+    attempt: i32,
+    seq: i32,
+    at: i64,
+    bytes: Vec<u8>,
+}
+
+struct Put {
+    chunks: Vec<Chunk>,
+    reply: oneshot::Sender<Result<(), PgError>>,
+}
+
+/// The node's way into `log_chunks`. Cheap to clone; its task ends with the last clone.
+#[derive(Clone)]
+pub struct ChunkWriter {
+    tx: mpsc::UnboundedSender<Put>,
+}
+
+impl ChunkWriter {
+    /// Starts the inserting task on the current runtime.
+    pub fn start(pool: Pool) -> ChunkWriter {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Put>();
+        tokio::spawn(async move {
+            while let Some(group) = super::batch::next_group(&mut rx, MAX_INSERT_CHUNKS, |p| p.chunks.len()).await {
+                let result = put_all(&pool, &group).await;
+                for put in group {
+                    let _ = put.reply.send(result.clone());
+                }
+            }
+        });
+        ChunkWriter { tx }
+    }
+
+    async fn put(&self, chunks: Vec<Chunk>) -> Result<(), PgError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Put { chunks, reply }).map_err(|_| PgError::Closed)?;
+        answer.await.map_err(|_| PgError::Closed)?
+    }
+}
+
+async fn put_all(pool: &Pool, group: &[Put]) -> Result<(), PgError> {
+    let chunks = || group.iter().flat_map(|p| &p.chunks);
+    let job_runs: Vec<i64> = chunks().map(|c| c.job_run).collect();
+    let task_runs: Vec<i64> = chunks().map(|c| c.task_run).collect();
+    let attempts: Vec<i32> = chunks().map(|c| c.attempt).collect();
+    let seqs: Vec<i32> = chunks().map(|c| c.seq).collect();
+    let offsets: Vec<i64> = chunks().map(|c| c.at).collect();
+    let bytes: Vec<&[u8]> = chunks().map(|c| c.bytes.as_slice()).collect();
+    let client = pool.get().await?;
+    let statement = client.prepare_cached(PUT_CHUNKS).await?;
+    client.execute(&statement, &[&job_runs, &task_runs, &attempts, &seqs, &offsets, &bytes]).await?;
+    Ok(())
+}
+
 /// Ships `shipment` until its attempt ended (or its handle was dropped), then the rest.
-pub async fn ship(pool: Pool, shipment: Shipment, shipper: LogShipper) {
+pub async fn ship(writer: ChunkWriter, shipment: Shipment, shipper: LogShipper) {
     let LogShipper { mut ended, shipped } = shipper;
     let mut shipped_up_to = ShippedUpTo::default();
     let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -53,7 +117,7 @@ pub async fn ship(pool: Pool, shipment: Shipment, shipper: LogShipper) {
         };
         if last {
             let rest = async {
-                while ship_round(&pool, &shipment, &mut shipped_up_to).await {
+                while ship_round(&writer, &shipment, &mut shipped_up_to).await {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
@@ -67,7 +131,7 @@ pub async fn ship(pool: Pool, shipment: Shipment, shipper: LogShipper) {
             }
             break;
         }
-        ship_round(&pool, &shipment, &mut shipped_up_to).await;
+        ship_round(&writer, &shipment, &mut shipped_up_to).await;
     }
     let _ = shipped.send(());
 }
@@ -81,7 +145,7 @@ struct ShippedUpTo {
 
 /// Ships what the file gained (one round's worth at most); true when more is left to ship, or
 /// when the round failed (it is tried again from the same offset).
-async fn ship_round(pool: &Pool, shipment: &Shipment, up_to: &mut ShippedUpTo) -> bool {
+async fn ship_round(writer: &ChunkWriter, shipment: &Shipment, up_to: &mut ShippedUpTo) -> bool {
     let (state_dir, path, offset) = (shipment.state_dir.clone(), shipment.path.clone(), up_to.offset);
     let read = tokio::task::spawn_blocking(move || read_new(&state_dir, &path, offset)).await;
     let bytes = match read {
@@ -97,16 +161,21 @@ async fn ship_round(pool: &Pool, shipment: &Shipment, up_to: &mut ShippedUpTo) -
         return false;
     }
     let more = bytes.len() as u64 == ROUND_BYTES;
-    let (mut seqs, mut offsets, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
+    let mut chunks = Vec::new();
     let mut next = *up_to;
-    for chunk in bytes.chunks(CHUNK_BYTES) {
-        seqs.push(next.seq);
-        offsets.push(to_db(next.offset));
-        chunks.push(chunk.to_vec());
+    for piece in bytes.chunks(CHUNK_BYTES) {
+        chunks.push(Chunk {
+            job_run: to_db(shipment.job_run),
+            task_run: to_db(shipment.task_run),
+            attempt: shipment.attempt as i32,
+            seq: next.seq,
+            at: to_db(next.offset),
+            bytes: piece.to_vec(),
+        });
         next.seq += 1;
-        next.offset += chunk.len() as u64;
+        next.offset += piece.len() as u64;
     }
-    match put_chunks(pool, shipment, &seqs, &offsets, &chunks).await {
+    match writer.put(chunks).await {
         Ok(()) => {
             *up_to = next;
             more
@@ -116,20 +185,6 @@ async fn ship_round(pool: &Pool, shipment: &Shipment, up_to: &mut ShippedUpTo) -
             true
         }
     }
-}
-
-async fn put_chunks(
-    pool: &Pool,
-    shipment: &Shipment,
-    seqs: &[i32],
-    offsets: &[i64],
-    chunks: &[Vec<u8>],
-) -> Result<(), PgError> {
-    let client = pool.get().await?;
-    let statement = client.prepare_cached(PUT_CHUNKS).await?;
-    let (job_run, task_run, attempt) = (to_db(shipment.job_run), to_db(shipment.task_run), shipment.attempt as i32);
-    client.execute(&statement, &[&job_run, &task_run, &attempt, &seqs, &offsets, &chunks]).await?;
-    Ok(())
 }
 
 /// Removes the shipped logs of `job_runs` (retention).

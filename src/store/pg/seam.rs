@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 
 use super::events::EventLog;
 use super::ids::{ENQUEUE_SEQS, ID_BLOCK, JOB_RUN_IDS, TASK_RUN_IDS, reserve};
-use super::logs::Shipment;
+use super::logs::{ChunkWriter, Shipment};
 use super::{PgError, PgOptions, PgSnapshot, PgStore};
 use crate::store::{
     AttemptLog, AttemptRecord, CacheEntry, Committing, DefinitionRecord, JobRunRecord, LogShipping, Mutation, NodeView,
@@ -46,6 +46,7 @@ pub struct PgBackend {
     task_runs: Arc<Prefetched>,
     enqueue_seqs: Arc<Prefetched>,
     events: EventLog,
+    chunks: ChunkWriter,
 }
 
 impl PgBackend {
@@ -56,12 +57,13 @@ impl PgBackend {
         let url = url.to_string();
         let store = runtime.block_on(async move { PgStore::open(&url, options).await })?;
         let prefetch = |sequence| Prefetched::start(&runtime, store.pool().clone(), sequence);
-        let events = {
+        let (events, chunks) = {
             let _entered = runtime.handle.enter();
-            EventLog::start(store.pool().clone())
+            (EventLog::start(store.pool().clone()), ChunkWriter::start(store.pool().clone()))
         };
         Ok(PgBackend {
             events,
+            chunks,
             job_runs: prefetch(JOB_RUN_IDS)?,
             task_runs: prefetch(TASK_RUN_IDS)?,
             enqueue_seqs: prefetch(ENQUEUE_SEQS)?,
@@ -126,7 +128,7 @@ impl Store for PgBackend {
             state_dir: log.state_dir.to_path_buf(),
             path: log.path.to_path_buf(),
         };
-        self.runtime.handle.spawn(super::logs::ship(self.store.pool().clone(), shipment, shipper));
+        self.runtime.handle.spawn(super::logs::ship(self.chunks.clone(), shipment, shipper));
         Some(shipping)
     }
 
