@@ -24,7 +24,7 @@ impl Journal {
     }
 
     /// Every event published from now on also goes to `store`'s event stream
-    /// (`Store::record_events`), in the order published.
+    /// (`Store::record_event`), in the order published.
     pub fn record_in(&mut self, store: StoreHandle) {
         self.store = Some(store);
     }
