@@ -47,7 +47,11 @@ async fn a_fire_time_recorded_by_one_node_refuses_the_whole_batch_of_another() {
 fn two_engines_on_one_database_start_one_run_per_fire_time() {
     let Some(db) = TestDb::get() else { return };
     let text = "[jobs.c]\nschedule = \"* * * * * *\"\noverlap = \"allow\"\n[jobs.c.tasks.t]\nrun = \"true\"\n";
+    // Both resume (nothing) before either fires: without ownership (the cluster engine's), a
+    // node starting later would resume the other's runs too.
+    let started = Arc::new(std::sync::Barrier::new(2));
     let node = |url: String| {
+        let started = started.clone();
         std::thread::spawn(move || {
             let dir = crate::state_dir::private_tempdir();
             let backend = Arc::new(PgBackend::open(&url, PgOptions::default()).expect("open the pg store"));
@@ -55,6 +59,7 @@ fn two_engines_on_one_database_start_one_run_per_fire_time() {
             actix::System::new().block_on(async move {
                 let handle = crate::engine::start(config);
                 handle.resume_all().await.expect("resume");
+                tokio::task::spawn_blocking(move || started.wait()).await.expect("both started");
                 let mut events = handle.subscribe().await.expect("subscribe");
                 handle.serve_schedules().await.expect("serve schedules");
                 tokio::time::sleep(Duration::from_millis(3_500)).await;

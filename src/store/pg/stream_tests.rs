@@ -50,11 +50,16 @@ fn pg(db: &TestDb) -> Arc<PgBackend> {
 fn the_event_stream_holds_both_nodes_events_in_commit_order_per_job_run() {
     let Some(db) = TestDb::get() else { return };
     let text = "[jobs.j.tasks.a]\nrun = \"echo a\"\n[jobs.j.tasks.b]\nneeds = [\"a\"]\nrun = \"echo b\"\n";
+    // Both nodes have resumed (found nothing) before either submits: without ownership (the
+    // cluster engine's), a node starting later would resume the other's run as its own.
+    let started = Arc::new(std::sync::Barrier::new(2));
     let node = |backend: Arc<PgBackend>| {
+        let started = started.clone();
         std::thread::spawn(move || {
             let dir = crate::state_dir::private_tempdir();
             let config = config_on(dir.path(), text, StoreHandle::new(backend));
             let (id, mut events) = with_engine(config, |handle| async move {
+                tokio::task::spawn_blocking(move || started.wait()).await.expect("both started");
                 let events = handle.subscribe().await.expect("subscribe");
                 let id = handle.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await;
                 let id = id.expect("submit").job_run;
@@ -79,7 +84,9 @@ fn the_event_stream_holds_both_nodes_events_in_commit_order_per_job_run() {
         let events = reader.snapshot().expect("snapshot").events_after(0, 10_000).expect("read").expect("kept");
         (events.len() >= total).then_some(events)
     });
-    assert_eq!(stream.len(), total, "each event once");
+    let extra: Vec<&String> =
+        stream.iter().map(|e| &e.json).filter(|j| !published.values().flatten().any(|p| p == *j)).collect();
+    assert_eq!(stream.len(), total, "each event once; not published: {extra:?}");
     assert!(stream.windows(2).all(|w| w[0].seq < w[1].seq), "in seq order");
     for (id, lines) in &published {
         let of_run: Vec<&String> = stream.iter().filter(|e| e.job_run == Some(*id)).map(|e| &e.json).collect();
