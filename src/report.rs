@@ -117,7 +117,9 @@ pub fn status_value(
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
     let mut cost = 0u64;
     let mut exhausted = ResourceWait::default();
-    let mut unroutable = Unroutable::new(labels);
+    let cluster = reader.nodes()?;
+    let routing = routing_labels(cluster.as_deref(), labels);
+    let mut unroutable = Unroutable::new(&routing);
     reader.each_task_run(&mut |t| {
         if !t.is_counted() {
             return true; // a fan-out's group: its items are the task runs (and hold its cost)
@@ -148,21 +150,28 @@ pub fn status_value(
     let mut status = json!({"instance": {"running": pid.is_some(), "pid": pid}, "queues": queues, "totals": totals,
               "cost_usd": usd_json(cost), "waiting_for_resources": exhausted.to_json(),
               "node": labels.map(|l| json!({"labels": l})), "unroutable": unroutable.listed});
-    if let Some(nodes) = nodes_json(&*reader)? {
-        status["nodes"] = nodes;
+    if let Some(nodes) = &cluster {
+        status["nodes"] = nodes_json(nodes);
     }
     Ok(status)
 }
 
+/// Whose labels decide what no node can run: a cluster's live nodes (a store shared by nodes),
+/// else the running instance's (none while no instance runs).
+fn routing_labels(cluster: Option<&[store::NodeView]>, instance: Option<&[String]>) -> Vec<Vec<String>> {
+    match cluster {
+        Some(nodes) => nodes.iter().filter(|n| n.live).map(|n| n.labels.clone()).collect(),
+        None => instance.map(|labels| vec![labels.to_vec()]).unwrap_or_default(),
+    }
+}
+
 /// The cluster's nodes (a store shared by several nodes only): name, labels, heartbeat age and
 /// whether the lease is live, at the store's clock.
-pub fn nodes_json(reader: &dyn Snapshot) -> Result<Option<Value>, StoreError> {
-    let Some(nodes) = reader.nodes()? else { return Ok(None) };
-    let rows: Vec<Value> = nodes
+pub fn nodes_json(nodes: &[store::NodeView]) -> Value {
+    let rows = nodes
         .iter()
-        .map(|n| json!({"name": n.name, "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "live": n.live}))
-        .collect();
-    Ok(Some(Value::Array(rows)))
+        .map(|n| json!({"name": n.name, "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "live": n.live}));
+    Value::Array(rows.collect())
 }
 
 /// Queued task runs no live node can run (`model::routing::unroutable`): counted per queue,
@@ -177,8 +186,9 @@ struct Unroutable<'a> {
 impl<'a> Unroutable<'a> {
     const LISTED: usize = 20;
 
-    fn new(labels: Option<&'a [String]>) -> Self {
-        Unroutable { nodes: labels.into_iter().collect(), per_queue: BTreeMap::new(), listed: Vec::new() }
+    /// `nodes`: each live node's labels.
+    fn new(nodes: &'a [Vec<String>]) -> Self {
+        Unroutable { nodes: nodes.iter().map(Vec::as_slice).collect(), per_queue: BTreeMap::new(), listed: Vec::new() }
     }
 
     fn count(&mut self, t: &crate::store::TaskRunRecord) {
@@ -519,4 +529,26 @@ fn cut_at_line_end(mut bytes: Vec<u8>) -> Vec<u8> {
         bytes.truncate(valid.max(1));
     }
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, labels: &[&str], live: bool) -> store::NodeView {
+        let labels = labels.iter().map(|l| l.to_string()).collect();
+        store::NodeView { id: 1, name: name.into(), labels, heartbeat_age_ms: 0, live }
+    }
+
+    #[test]
+    fn a_clusters_live_nodes_decide_what_is_unroutable_else_the_instance() {
+        let gpu = vec!["gpu".to_string()];
+        assert_eq!(routing_labels(None, Some(&gpu)), vec![vec!["gpu".to_string()]]);
+        assert!(routing_labels(None, None).is_empty(), "no instance: nothing is unroutable");
+        let cluster = [node("a", &["gpu"], false), node("b", &["eu"], true), node("c", &[], true)];
+        assert_eq!(routing_labels(Some(&cluster), Some(&gpu)), [vec!["eu".to_string()], vec![]], "live ones only");
+        let routing = routing_labels(Some(&cluster), None);
+        let nodes: Vec<&[String]> = routing.iter().map(Vec::as_slice).collect();
+        assert!(crate::model::routing::unroutable(&gpu, &nodes), "only a dead node has gpu");
+    }
 }
