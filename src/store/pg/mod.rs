@@ -19,13 +19,19 @@
 
 mod batch;
 #[cfg(test)]
+mod cron_tests;
+#[cfg(test)]
 mod engine_tests;
+mod events;
 mod ids;
+mod logs;
 pub mod mail;
 mod migrate;
 pub mod queue;
 mod seam;
 mod snapshot;
+#[cfg(test)]
+mod stream_tests;
 /// The private PostgreSQL the tests start, for the integration tests too (`tests/`).
 #[doc(hidden)]
 pub mod testing;
@@ -65,6 +71,9 @@ pub enum PgError {
     Codec(String),
     #[error("the store has stopped")]
     Closed,
+    /// Another node recorded this fire time of `job`'s schedule first (the batch was not written).
+    #[error("postgres: the schedule of job `{job}` was fired by another node")]
+    FireTaken { job: String },
 }
 
 impl From<tokio_postgres::Error> for PgError {
