@@ -13,6 +13,7 @@
 //! Architecture Invariant: only `engine` knows actix. Views (headless output, later the TUI and
 //! the control API) see only [`EngineHandle`] and [`EngineEvent`].
 
+pub mod cluster;
 mod cron;
 mod dispatcher;
 mod event;
@@ -141,6 +142,8 @@ pub struct Shared {
     pub labels: Arc<Vec<String>>,
     /// What starts, stops and finds this node's attempts' processes.
     pub executor: Arc<dyn Executor>,
+    /// This engine's cluster node, in cluster mode.
+    pub cluster: Option<Arc<cluster::ClusterNode>>,
     dispatcher: Addr<dispatcher::Dispatcher>,
     scheduler: Addr<scheduler::Scheduler>,
     journal: Addr<Journal>,
@@ -160,6 +163,9 @@ pub struct EngineConfig {
     pub pricing: Pricing,
     /// This node's labels (`--label`): it starts only task runs whose `requires` they cover.
     pub labels: Vec<String>,
+    /// A node of a cluster on PostgreSQL (`cluster.rs`); `None`: one machine, the in-memory
+    /// Dispatcher (redb, and PostgreSQL used as a plain store).
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// A submit from outside (`gaffer submit`, the API).
@@ -392,6 +398,8 @@ pub struct EngineHandle {
     /// `None` when the workflow declares no hooks.
     hooks: Option<hooks::HookRunner>,
     labels: Arc<Vec<String>>,
+    /// This engine's cluster node, in cluster mode.
+    cluster: Option<Arc<cluster::ClusterNode>>,
     /// Keeps the watchdog's thread alive as long as a handle exists.
     _watchdog: Arc<ArbiterGuard>,
 }
@@ -404,8 +412,16 @@ impl Drop for ArbiterGuard {
     }
 }
 
-/// Starts the actor tree. Must run inside an actix `System`.
+/// Starts the actor tree. Must run inside an actix `System`. Panics if a cluster node cannot
+/// join (see [`try_start`]).
 pub fn start(config: EngineConfig) -> EngineHandle {
+    try_start(config).unwrap_or_else(|e| panic!("cannot start the engine: {e}"))
+}
+
+/// Starts the actor tree; in cluster mode, first registers the node (refused when a live node
+/// has its name, or the database cannot be reached). Must run inside an actix `System`.
+pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
+    let cluster = config.cluster.as_ref().map(cluster::ClusterNode::join).transpose()?.map(Arc::new);
     // Every actor runs on this thread: it is woken at each step of a task's start.
     crate::sched::prefer_short_waits();
     let definition = definition_hash(&config.workflow.path.display().to_string(), &config.source);
@@ -456,6 +472,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         pricing: Arc::new(config.pricing),
         secrets: secrets.clone(),
         executor: config.executor.clone(),
+        cluster: cluster.clone(),
         dispatcher: dispatcher.clone(),
         scheduler: scheduler.clone(),
         journal: journal.clone(),
@@ -480,7 +497,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     watchdog::Watchdog::start_in_arbiter(&arbiter.handle(), move |_| watchdog::Watchdog::new(clock, watched));
     let jobs = Arc::new(JobShape::of(&config.workflow));
     let state_dir = Arc::new(state_dir);
-    EngineHandle {
+    Ok(EngineHandle {
         supervisor,
         journal,
         dispatcher,
@@ -492,8 +509,9 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         secrets,
         hooks,
         labels,
+        cluster,
         _watchdog: Arc::new(ArbiterGuard(arbiter)),
-    }
+    })
 }
 
 /// FNV-1a over the path and the text: a stable key for a workflow definition.
@@ -713,6 +731,9 @@ impl EngineHandle {
         if !self.workers_idle_within(job_run::SHUTDOWN_GRACE).await {
             self.kill_running(crate::model::FailReason::Interrupted);
             self.workers_idle_within(crate::executor::KILL_GRACE * 2).await;
+        }
+        if let Some(node) = &self.cluster {
+            node.leave().await;
         }
     }
 

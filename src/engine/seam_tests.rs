@@ -217,6 +217,7 @@ pub(crate) fn config_on(dir: &std::path::Path, text: &str, store: crate::store::
         clock: Arc::new(SystemClock),
         workers: 1,
         labels: Vec::new(),
+        cluster: None,
     }
 }
 

@@ -799,6 +799,7 @@ mod tests {
             workers: 2,
             pricing,
             labels: Vec::new(),
+            cluster: None,
         };
         let system = actix::System::new();
         system.block_on(async move {

@@ -70,6 +70,11 @@ impl Ownership {
         *self.lock() = State { node: Some(node), epochs: HashMap::new() };
     }
 
+    /// Back to a plain store: nothing owned, nothing fenced.
+    pub fn leave(&self) {
+        *self.lock() = State::default();
+    }
+
     /// The node this store commits for, if any.
     pub fn node(&self) -> Option<NodeId> {
         self.lock().node

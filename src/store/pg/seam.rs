@@ -75,6 +75,28 @@ impl PgBackend {
     pub fn store(&self) -> &PgStore {
         &self.store
     }
+
+    /// A job run this store creates from now on is owned by cluster node `node`.
+    pub fn set_owner_node(&self, node: Option<i64>) {
+        self.store.writer.set_owner_node(node);
+    }
+
+    /// Runs `work` on the store's runtime and waits for it here (never on that runtime's thread).
+    pub fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, PgError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.runtime.block_on(work)
+    }
+
+    /// Spawns `work` on the store's runtime (the cluster's long-lived tasks: heartbeat, claims,
+    /// mail); its handle may be awaited from any runtime.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        self.runtime.handle.spawn(work)
+    }
 }
 
 impl Store for PgBackend {

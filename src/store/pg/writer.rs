@@ -39,14 +39,26 @@ struct Request {
 pub struct Writer {
     tx: mpsc::UnboundedSender<Request>,
     commits: Arc<AtomicU64>,
+    /// The cluster node this store writes for and the job runs it owns (`fence.rs`).
+    ownership: Arc<Ownership>,
 }
 
 impl Writer {
     pub fn start(pool: Pool, facts: QueueFacts, ownership: Arc<Ownership>) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let commits = Arc::new(AtomicU64::new(0));
-        tokio::spawn(commit_loop(pool, facts, ownership, rx, commits.clone()));
-        Writer { tx, commits }
+        tokio::spawn(commit_loop(pool, facts, ownership.clone(), rx, commits.clone()));
+        Writer { tx, commits, ownership }
+    }
+
+    /// From now on this writer commits for cluster node `node`: a job run it creates is owned
+    /// by `node` (`owner_node = node, owner_epoch = 1`) and its commits are fenced; a new id
+    /// (a rejoin) owns nothing of the old one's. `None`: a plain store, nothing fenced.
+    pub fn set_owner_node(&self, node: Option<i64>) {
+        match node {
+            Some(node) => self.ownership.join(from_db(node)),
+            None => self.ownership.leave(),
+        }
     }
 
     pub async fn commit(&self, batch: Vec<Mutation>) -> Result<(), PgError> {

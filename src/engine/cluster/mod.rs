@@ -1,0 +1,103 @@
+//! A node of a gaffer cluster (issue #11, docs/cluster-design.md, "The cluster engine"): an
+//! engine whose store is PostgreSQL, registered in `nodes` with a lease it renews, whose
+//! Dispatcher claims ready task runs of every node's job runs from the database.
+//!
+//! The node that creates a job run owns it and makes all of its decisions; any node's workers
+//! may run its attempts. A worker that claimed an attempt of a job run owned elsewhere starts
+//! the spec the owner rendered when it queued the task run, and talks to the owner by mail
+//! (`store::pg::mail`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::model::lease::{DEFAULT_LEASE_MS, check_lease_ms};
+use crate::store::pg::PgBackend;
+use crate::store::pg::queue::{self, Heartbeat, Node};
+
+use super::EngineError;
+
+/// How an engine runs as a cluster node (`EngineConfig::cluster`).
+#[derive(Clone)]
+pub struct ClusterConfig {
+    pub backend: Arc<PgBackend>,
+    /// How long the node's lease lasts without a renewal (renewed every third of it).
+    pub lease: Duration,
+    /// Unique among live nodes (`--node` / `GAFFER_NODE`, default `<hostname>-<pid>`).
+    pub node_name: String,
+    /// The node's labels as `nodes.labels` records them and claims match them (`requires <@
+    /// labels`); give the same as `EngineConfig::labels`.
+    pub labels: Vec<String>,
+}
+
+impl ClusterConfig {
+    /// A node of the default name and lease, without labels.
+    pub fn new(backend: Arc<PgBackend>) -> ClusterConfig {
+        ClusterConfig {
+            backend,
+            lease: Duration::from_millis(DEFAULT_LEASE_MS),
+            node_name: default_node_name(),
+            labels: Vec::new(),
+        }
+    }
+}
+
+/// `<hostname>-<pid>`: unique on a machine, readable in `status`.
+pub fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!("{}-{}", if host.is_empty() { "gaffer" } else { host }, std::process::id())
+}
+
+/// This engine's node: its row in `nodes` (whose id fences its claims and completions) and the
+/// heartbeat that renews its lease.
+pub struct ClusterNode {
+    pub backend: Arc<PgBackend>,
+    pub node: Node,
+    heartbeat: Heartbeat,
+}
+
+impl ClusterNode {
+    /// Registers the node and starts its heartbeat. Blocks (a round trip to the database).
+    pub fn join(config: &ClusterConfig) -> Result<ClusterNode, EngineError> {
+        check_lease_ms(config.lease.as_millis() as u64).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let backend = config.backend.clone();
+        let pool = backend.store().pool().clone();
+        let (name, labels, lease) = (config.node_name.clone(), config.labels.clone(), config.lease);
+        let node = backend.run(async move {
+            let mut c = pool.get().await?;
+            queue::register_node(&mut c, &name, &labels, lease).await
+        })?;
+        backend.set_owner_node(Some(node.id));
+        let (pool, beating) = (backend.store().pool().clone(), node.clone());
+        // Started on the store's runtime, where its renewals run.
+        let heartbeat = backend.run(async move { Ok(Heartbeat::start(pool, beating)) })?;
+        tracing::info!("cluster: joined as node {} (id {})", node.name, node.id);
+        Ok(ClusterNode { backend, node, heartbeat })
+    }
+
+    pub fn id(&self) -> i64 {
+        self.node.id
+    }
+
+    /// The lease ran out before a renewal reached the database: the node is dead to the others.
+    pub fn lease_lost(&self) -> bool {
+        self.heartbeat.is_lost()
+    }
+
+    /// A graceful stop: the lease ends now, so the others know at once.
+    pub async fn leave(&self) {
+        let (pool, node) = (self.backend.store().pool().clone(), self.node.clone());
+        let left = self.backend.spawn(async move {
+            let c = pool.get().await?;
+            queue::stop_node(&c, &node).await
+        });
+        match left.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cluster: node {} could not say it stopped: {e}", self.node.name),
+            Err(e) => tracing::warn!("cluster: node {} could not say it stopped: {e}", self.node.name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
