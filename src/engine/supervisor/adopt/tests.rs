@@ -62,8 +62,11 @@ fn kill_group(pid: Option<u32>) {
     }
 }
 
+/// Running, not a zombie: a dead node's process has nobody left in this test to reap it.
 fn alive(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    state.is_some_and(|s| s != "Z" && s != "X")
 }
 
 /// Node A owns a job run whose attempt runs on A; A dies without a word (its engine dropped,
