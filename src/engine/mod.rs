@@ -455,6 +455,7 @@ pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         history,
         config.labels.clone(),
     )
+    .in_cluster(cluster.clone())
     .start();
     let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
     let store = config.store.clone();
@@ -478,18 +479,30 @@ pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         journal: journal.clone(),
         supervisor: supervisor.clone(),
     });
-    supervisor.do_send(supervisor::Attach(shared));
+    supervisor.do_send(supervisor::Attach(shared.clone()));
     let watch = watchdog::WatchList::default();
+    let link = cluster.clone().map(|node| worker::ClusterLink {
+        node,
+        supervisor: supervisor.clone(),
+        state_dir: state_dir.clone(),
+        pricing: shared.pricing.clone(),
+    });
     for id in 0..workers_total {
-        let (clock, executor, dispatcher, journal, watch, ledger) = (
+        let (clock, executor, dispatcher, journal, watch, ledger, link) = (
             config.clock.clone(),
             config.executor.clone(),
             dispatcher.clone(),
             journal.clone(),
             watch.clone(),
             ledger.clone(),
+            link.clone(),
         );
-        actix::Supervisor::start(move |_| worker::Worker::new(id, clock, executor, dispatcher, journal, watch, ledger));
+        actix::Supervisor::start(move |_| {
+            worker::Worker::new(id, clock, executor, dispatcher, journal, watch, ledger).in_cluster(link)
+        });
+    }
+    if let Some(node) = &cluster {
+        node.start_pumps(dispatcher.clone(), supervisor.clone(), watch.clone());
     }
     let arbiter = Arbiter::new();
     let clock = config.clock.clone();

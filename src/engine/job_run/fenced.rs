@@ -18,8 +18,10 @@ impl JobRun {
         }
         self.fenced = true;
         tracing::warn!("job run j{}: another node owns it now; stopping here without committing", self.record.id);
-        for (&task_run, (_, worker)) in &self.running {
-            if let Some(worker) = worker {
+        // This node's own attempts only: one running on another node goes on, and its outcome
+        // reaches the new owner (mail is read by whoever owns the job run).
+        for (&task_run, (_, runner)) in &self.running {
+            if let Some(super::Runner::Local(worker)) = runner {
                 worker.do_send(super::Kill { task_run, reason: FailReason::Interrupted, grace: KILL_GRACE });
             }
         }

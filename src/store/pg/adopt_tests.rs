@@ -92,8 +92,8 @@ async fn the_old_owners_commits_are_fenced_after_adoption_and_the_rest_of_its_gr
     );
 
     // A's late outcome is refused: its lease passed.
-    let outcome = Outcome { task_run: running(t, j), attempt: AttemptRecord::started(t, j, 1, 5) };
-    let verdict = queue::complete(&c, &node_a, &[outcome], &plain_queue_facts()).await.expect("complete");
+    let outcome: Outcome = AttemptRecord::started(t, j, 1, 5);
+    let verdict = queue::complete(&c, &node_a, &[outcome]).await.expect("complete");
     assert_eq!(verdict, [Verdict::Refused(Refused::LeaseExpired)]);
 
     // A commits two batches at once: the one for j is fenced out, the creation of j2 beside it

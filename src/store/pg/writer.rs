@@ -246,6 +246,7 @@ const PUT_KEY: &str = "INSERT INTO idempotency (key, job_run) VALUES ($1, $2) \
 const PUT_CACHE: &str = "INSERT INTO cache (key, expires_at_ms, record) VALUES ($1, $2, $3) \
      ON CONFLICT (key) DO UPDATE SET expires_at_ms = excluded.expires_at_ms, record = excluded.record";
 const DELETE_CACHE: &str = "DELETE FROM cache WHERE key = $1";
+const PUT_SPEC: &str = "UPDATE task_runs SET spec = $2 WHERE id = $1";
 const PUT_RAISED: &str = "INSERT INTO raised_budgets (job_run, record) VALUES ($1, $2) \
      ON CONFLICT (job_run) DO UPDATE SET record = excluded.record";
 
@@ -314,5 +315,6 @@ fn statement(m: &Mutation, facts: &QueueFacts, owner: Option<u64>) -> Result<(&'
         Mutation::RaisedBudgets(job_run, raised) => {
             (PUT_RAISED, vec![Box::new(to_db(*job_run)), Box::new(codec::encode(raised)?)])
         }
+        Mutation::Spec(task_run, spec) => (PUT_SPEC, vec![Box::new(to_db(*task_run)), Box::new(spec.clone())]),
     })
 }
