@@ -106,6 +106,10 @@ impl Supervisor {
             node.current().name,
             duties.drop_job_runs.len()
         );
+        // Every attempt of this node, whoever owns its job run: their outcomes would be refused.
+        if let Ok(shared) = self.shared() {
+            shared.kill_all_attempts();
+        }
         for id in &duties.drop_job_runs {
             if let Some(actor) = self.job_runs.remove(id) {
                 actor.do_send(Disown);
