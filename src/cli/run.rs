@@ -509,6 +509,7 @@ async fn serve_forever(
     secrets: BTreeMap<String, String>,
 ) -> i32 {
     with_engine(config, format, tcp, |handle| async move {
+        let Some(signals) = Signals::listen() else { return Ok(exit::INTERNAL) };
         handle.provide_secrets(secrets);
         let events = handle.subscribe().await?;
         let resumed = handle.resume_all().await?;
@@ -519,7 +520,7 @@ async fn serve_forever(
         let status = format!("serving (pid {pid}): {} unfinished run(s) resumed, {caught_up} missed fire time(s) caught up; SIGINT or SIGTERM stops", resumed.len());
         say(format, &status);
         let watchdog = notify_systemd(&handle, &status);
-        let code = match follow(&handle, None, events, format, screen).await {
+        let code = match follow(&handle, None, events, format, screen, signals).await {
             exit::SIGTERM => exit::OK,
             code => code,
         };
@@ -611,14 +612,33 @@ async fn drive(
     screen: Option<Screen>,
 ) -> i32 {
     with_engine(config, format, None, |handle| async move {
+        let Some(signals) = Signals::listen() else { return Ok(exit::INTERNAL) };
         handle.provide_secrets(secrets);
         let (ids, events) = start_runs(&handle, jobs, only.as_deref(), format).await?;
-        Ok(follow(&handle, Some(ids), events, format, screen).await)
+        Ok(follow(&handle, Some(ids), events, format, screen, signals).await)
     })
     .await
 }
 
 type Events = tokio::sync::mpsc::UnboundedReceiver<EngineEvent>;
+
+/// SIGINT and SIGTERM, listened to from before anything is resumed or submitted: a task may
+/// start as soon as its run is committed, and a signal from then on must stop gracefully, not
+/// kill gaffer by the default action and leave the task behind.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Option<Signals> {
+        let (Ok(int), Ok(term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            eprintln!("gaffer: cannot install signal handlers");
+            return None;
+        };
+        Some(Signals { int, term })
+    }
+}
 
 async fn start_runs(
     handle: &EngineHandle,
@@ -763,10 +783,14 @@ async fn connect(state_dir: &Path) -> Result<Connected, i32> {
 
 /// Shows the engine in the TUI until `q` (or a signal). Quitting with work still running
 /// stops gracefully (it resumes at the next start).
-async fn follow_tui(handle: &EngineHandle, ids: Option<Vec<u64>>, events: Events, screen: Screen) -> i32 {
-    let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        return exit::INTERNAL;
-    };
+async fn follow_tui(
+    handle: &EngineHandle,
+    ids: Option<Vec<u64>>,
+    events: Events,
+    screen: Screen,
+    signals: Signals,
+) -> i32 {
+    let Signals { int: mut sigint, term: mut sigterm } = signals;
     let state_dir = handle.state_dir().to_path_buf();
     let options = crate::tui::TuiOptions {
         title: screen.title,
@@ -808,15 +832,13 @@ async fn follow(
     mut events: Events,
     format: Format,
     screen: Option<Screen>,
+    signals: Signals,
 ) -> i32 {
     if let Some(screen) = screen {
-        return follow_tui(handle, ids, events, screen).await;
+        return follow_tui(handle, ids, events, screen, signals).await;
     }
     let mut stdout = std::io::stdout();
-    let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        eprintln!("gaffer: cannot install signal handlers");
-        return exit::INTERNAL;
-    };
+    let Signals { int: mut sigint, term: mut sigterm } = signals;
     // `run` waits for these; one of their task runs this node cannot run would keep it forever.
     let watched = ids.clone().unwrap_or_default();
     let mut blocked = None;
