@@ -80,6 +80,7 @@ fn measure(executor: Arc<dyn Executor>, samples: u64, gap_ms: u64, jitter_ms: u6
         source: WORKFLOW.to_string(),
         state_dir: std::path::absolute(Path::new(&state_dir)).expect("absolute path"),
         store: store.into(),
+        location: store::StoreLocation::state_dir(&state_dir),
         executor,
         clock: Arc::new(SystemClock),
         workers: 4,

@@ -14,7 +14,7 @@ use crate::model::cost::{Usage, sum_by_model};
 use crate::model::money::usd_json;
 use crate::model::{JobState, TaskState};
 use crate::sanitize::sanitize;
-use crate::store::{self, AttemptRecord, JobRunRecord, Snapshot, StoreError, TaskRunRecord};
+use crate::store::{AttemptRecord, JobRunRecord, Snapshot, StoreError, StoreLocation, TaskRunRecord};
 
 mod wire;
 pub use wire::{JobRunView, TaskRunView, label_in};
@@ -90,12 +90,12 @@ fn usage_json(mut value: Value, usage: &Usage) -> Value {
 /// `instance.lock`); `live`: its queues, so a queue with no task runs yet is listed too;
 /// `labels`: the running node's (`--label`), which say what no node can run (`model::routing`).
 pub fn status_value(
-    state_dir: &Path,
+    store: &StoreLocation,
     pid: Option<u32>,
     live: Option<&[QueueSnapshot]>,
     labels: Option<&[String]>,
 ) -> Result<Value, StoreError> {
-    let reader = store::StoreLocation::state_dir(state_dir).snapshot()?;
+    let reader = store.snapshot()?;
     let defs = latest_queues(&*reader)?;
     let mut concurrency: BTreeMap<String, usize> = defs.iter().map(|(k, q)| (k.clone(), q.concurrency)).collect();
     let mut paused = reader.paused_queues()?;
@@ -473,10 +473,15 @@ pub fn log_chunk(
 }
 
 /// Up to `LOG_CHUNK_BYTES` from `offset`, ending at a line end when one is in reach (so a
-/// multi-byte character is never split between two answers); nothing if there is no file yet.
+/// multi-byte character is never split between two answers); nothing if there is no file yet,
+/// or no state dir (a reader of a shared store on a machine where nothing ran).
 fn read_from(state_dir: &Path, rel: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    let dir = crate::state_dir::StateDir::open(state_dir).map_err(std::io::Error::other)?;
+    let dir = match crate::state_dir::StateDir::open(state_dir) {
+        Ok(dir) => dir,
+        Err(crate::state_dir::StateDirError::Missing(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
     let mut file = match dir.open_file(rel, crate::state_dir::Access::Read) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

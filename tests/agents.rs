@@ -578,6 +578,7 @@ fn in_process_snapshot(p: &Project) -> gaffer::engine::EngineSnapshot {
         source,
         state_dir: std::path::absolute(p.state_dir()).expect("absolute"),
         store: store.into(),
+        location: gaffer::store::StoreLocation::state_dir(&p.state_dir()),
         executor: Arc::new(gaffer::executor::LocalExecutor),
         clock: Arc::new(gaffer::engine::SystemClock),
         workers: 2,

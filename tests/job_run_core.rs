@@ -36,6 +36,7 @@ fn with_engine<T: 'static>(
         source: workflow.to_string(),
         state_dir: std::path::absolute(Path::new(&state_dir)).expect("absolute path"),
         store: counter.clone(),
+        location: store::StoreLocation::state_dir(&state_dir),
         executor: Arc::new(LocalExecutor),
         clock: Arc::new(SystemClock),
         workers,

@@ -8,14 +8,14 @@ use actix_web::{HttpResponse, web};
 use super::ApiState;
 use crate::model::TaskState;
 use crate::model::cost::add_by_model;
-use crate::store::{self, StoreError};
+use crate::store::{StoreError, StoreLocation};
 
 /// Prometheus text (`gaffer_*`), computed from a store snapshot at each scrape.
 #[utoipa::path(get, path = "/metrics", tag = "read", responses(
     (status = 200, content_type = "text/plain", body = String), (status = 500, content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
-    let dir = state.state_dir.clone();
-    match web::block(move || render(&dir)).await {
+    let store = state.store.clone();
+    match web::block(move || render(&store)).await {
         Ok(Ok(text)) => HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text),
         Ok(Err(e)) => HttpResponse::InternalServerError().body(e.to_string()),
         Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
@@ -24,8 +24,8 @@ pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
 
 /// One pass over the task runs and one over the attempts, each record dropped once counted:
 /// a scrape costs the same memory whatever the store holds.
-fn render(state_dir: &std::path::Path) -> Result<String, StoreError> {
-    let reader = store::StoreLocation::state_dir(state_dir).snapshot()?;
+fn render(store: &StoreLocation) -> Result<String, StoreError> {
+    let reader = store.snapshot()?;
     let mut out = String::new();
     let mut by_state: BTreeMap<(String, &str), u64> = BTreeMap::new();
     let mut dead = 0u64;

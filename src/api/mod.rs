@@ -40,6 +40,8 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 pub struct ApiState {
     pub handle: EngineHandle,
     pub state_dir: PathBuf,
+    /// Where the engine's store is: every read opens a snapshot of it.
+    pub store: crate::store::StoreLocation,
     /// The bearer token TCP clients must send (`None`: no TCP listener).
     pub token: Option<String>,
     /// `GET /v1/openapi.json`, made at start for this workflow.
@@ -94,7 +96,8 @@ impl Api {
         dir.rename(&binding, SOCKET_FILE)?;
         let token = if tcp.is_some() { Some(token::load_or_create(state_dir)?) } else { None };
         let openapi = openapi::document(workflow);
-        let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf(), token, openapi });
+        let store = handle.location().clone();
+        let state = web::Data::new(ApiState { handle, state_dir: state_dir.to_path_buf(), store, token, openapi });
         let server = || {
             let state = state.clone();
             // The factory runs on the worker's thread: a submit wakes it (see `crate::sched`).

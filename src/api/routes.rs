@@ -138,10 +138,11 @@ fn error(e: &EngineError) -> HttpResponse {
 #[utoipa::path(get, path = "/v1/status", tag = "read", responses(
     (status = 200, body = doc::Status), (status = 500, body = doc::Failure)))]
 pub(super) async fn status(state: web::Data<ApiState>) -> HttpResponse {
-    let dir = state.state_dir.clone();
+    let store = state.store.clone();
     let live = state.handle.queues().await.ok();
     let labels = state.handle.labels().to_vec();
-    match web::block(move || report::status_value(&dir, Some(std::process::id()), live.as_deref(), Some(&labels))).await
+    match web::block(move || report::status_value(&store, Some(std::process::id()), live.as_deref(), Some(&labels)))
+        .await
     {
         Ok(Ok(value)) => ok_json(&value),
         Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
@@ -229,8 +230,8 @@ async fn query(
     state: &ApiState,
     read: impl FnOnce(&Path, &dyn Snapshot) -> Result<Value, QueryError> + Send + 'static,
 ) -> HttpResponse {
-    let dir = state.state_dir.clone();
-    let answer = web::block(move || read(&dir, &*crate::store::StoreLocation::state_dir(&dir).snapshot()?)).await;
+    let (dir, store) = (state.state_dir.clone(), state.store.clone());
+    let answer = web::block(move || read(&dir, &*store.snapshot()?)).await;
     match answer {
         Ok(Ok(value)) => ok_json(&value),
         Ok(Err(e)) => query_error(e),

@@ -26,13 +26,13 @@ pub async fn json_array<F>(state: &ApiState, produce: F) -> HttpResponse
 where
     F: FnOnce(&dyn Snapshot, &mut dyn FnMut(Value) -> bool) -> Result<(), QueryError> + Send + 'static,
 {
-    let dir = state.state_dir.clone();
+    let store = state.store.clone();
     let (head_tx, head_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     // Runs on its own; the answer comes through the channels.
     let _detached = web::block(move || {
         let mut out = ArrayWriter { head: Some(head_tx), tx, buf: Vec::with_capacity(CHUNK_BYTES), items: 0 };
-        let result = crate::store::StoreLocation::state_dir(&dir)
+        let result = store
             .snapshot()
             .map_err(QueryError::from)
             .and_then(|reader| produce(&*reader, &mut |item| out.push(&item)));

@@ -1,12 +1,14 @@
 //! Commands that change state: `retry`, `cancel`, `signal`, `dlq retry|purge`, `pause`,
 //! `resume`, `submit`. A running instance takes them through its socket; with none running,
 //! `retry`, `cancel` and `signal` wait in the inbox and take effect at the next start (SPEC §4).
+//! With `--store` (a database other nodes share) and no node answering here, they are refused
+//! instead: no node of that database reads this state dir's inbox.
 
 use std::path::Path;
 use std::time::Duration;
 
 use super::query::{self, parse_target};
-use super::{CliError, DlqAction};
+use super::{CliError, DlqAction, Place};
 use crate::api::client::{self, ClientError};
 use crate::engine::Target;
 use crate::engine::inbox::{self, Action, InboxCommand, RetryOptions};
@@ -15,28 +17,28 @@ use crate::model::TaskState;
 use crate::model::rerun::DefinitionChoice;
 use crate::store;
 
-pub fn send(state_dir: &Path, action: &Action, ids: &[String]) -> Result<(), CliError> {
+pub fn send(at: &Place, action: &Action, ids: &[String]) -> Result<(), CliError> {
     let targets = ids.iter().map(|id| parse_target(id)).collect::<Result<Vec<_>, _>>()?;
-    send_targets(state_dir, action, &targets, &RetryOptions::default())
+    send_targets(at, action, &targets, &RetryOptions::default())
 }
 
 /// `gaffer retry IDS [--from TASK] [--definition stored|current]`.
-pub fn retry(state_dir: &Path, ids: &[String], retry: RetryOptions) -> Result<(), CliError> {
+pub fn retry(at: &Place, ids: &[String], retry: RetryOptions) -> Result<(), CliError> {
     let targets = ids.iter().map(|id| parse_target(id)).collect::<Result<Vec<_>, _>>()?;
     if let Some(task) = &retry.from {
         let [Target::JobRun(job_run)] = targets[..] else {
             return Err(CliError::Usage("--from re-runs part of one job run: give one job run id (j7)".into()));
         };
-        check_from(state_dir, job_run, task)?;
+        check_from(at, job_run, task)?;
     }
-    send_targets(state_dir, &Action::Retry, &targets, &retry)
+    send_targets(at, &Action::Retry, &targets, &retry)
 }
 
 /// `--from` checked against the job run as stored, so a mistyped task name or a run that cannot
 /// go again from there is refused now, not when an offline retry is applied at the next start.
 /// (The running instance checks again, on the run as it is then.)
-fn check_from(state_dir: &Path, job_run: u64, task: &str) -> Result<(), CliError> {
-    let reader = query::open(state_dir)?;
+fn check_from(at: &Place, job_run: u64, task: &str) -> Result<(), CliError> {
+    let reader = query::open(at)?;
     let Some(record) = reader.job_run(job_run)? else { return Ok(()) };
     let tasks = reader.task_runs_of(job_run)?;
     let Some(stored) = reader.definition(record.definition)? else { return Ok(()) };
@@ -49,9 +51,9 @@ fn check_from(state_dir: &Path, job_run: u64, task: &str) -> Result<(), CliError
 }
 
 /// `gaffer signal RUN NAME`: releases what waits for NAME in job run RUN (or in task run 42).
-pub fn signal(state_dir: &Path, id: &str, name: &str) -> Result<(), CliError> {
+pub fn signal(at: &Place, id: &str, name: &str) -> Result<(), CliError> {
     let target = parse_target(id)?;
-    let reader = query::open(state_dir)?;
+    let reader = query::open(at)?;
     let tasks = match target {
         Target::JobRun(id) => reader.task_runs_of(id)?,
         Target::TaskRun(id) => reader.task_run(id)?.into_iter().collect(),
@@ -61,23 +63,23 @@ pub fn signal(state_dir: &Path, id: &str, name: &str) -> Result<(), CliError> {
     if !tasks.is_empty() && !tasks.iter().any(|t| t.state == TaskState::Waiting) {
         return Err(CliError::Failed(format!("nothing in {target} is waiting; nothing was sent")));
     }
-    send_targets(state_dir, &Action::Signal(name.to_string()), &[target], &RetryOptions::default())
+    send_targets(at, &Action::Signal(name.to_string()), &[target], &RetryOptions::default())
 }
 
-fn send_targets(state_dir: &Path, action: &Action, targets: &[Target], retry: &RetryOptions) -> Result<(), CliError> {
-    let reader = query::open(state_dir)?;
+fn send_targets(at: &Place, action: &Action, targets: &[Target], retry: &RetryOptions) -> Result<(), CliError> {
+    let reader = query::open(at)?;
     for target in targets {
         let exists = match target {
             Target::TaskRun(id) => reader.task_run(*id)?.is_some(),
             Target::JobRun(id) => reader.job_run(*id)?.is_some(),
         };
         if !exists {
-            return Err(CliError::Failed(format!("no {target} in {}; nothing was sent", state_dir.display())));
+            return Err(CliError::Failed(format!("no {target} in {}; nothing was sent", at.shown())));
         }
     }
     let mut failed = false;
     for target in targets {
-        match deliver(state_dir, action, *target, retry)? {
+        match deliver(at, action, *target, retry)? {
             Ok(message) => outln!("{message}"),
             Err(message) => {
                 // The instance's answer names the run already.
@@ -93,7 +95,7 @@ fn send_targets(state_dir: &Path, action: &Action, targets: &[Target], retry: &R
 /// next start — once the same check the instance would make lets it through (a retry it would
 /// refuse is refused now, and nothing is left for the next start).
 fn deliver(
-    state_dir: &Path,
+    at: &Place,
     action: &Action,
     target: Target,
     retry: &RetryOptions,
@@ -103,13 +105,14 @@ fn deliver(
         Action::Cancel => ("/v1/cancel", serde_json::json!({"target": target.id_text()})),
         Action::Signal(name) => ("/v1/signal", serde_json::json!({"target": target.id_text(), "name": name})),
     };
-    match client::call(state_dir, "POST", path, Some(&body)) {
+    match client::call(&at.state_dir, "POST", path, Some(&body)) {
         Ok(answer) => Ok(Ok(answer["message"].as_str().unwrap_or("done").to_string())),
         Err(ClientError::Refused(message)) => Ok(Err(message)),
-        Err(ClientError::NotRunning(_)) if store::instance_pid(state_dir).is_none() => {
+        Err(ClientError::NotRunning(_)) if at.store.is_postgres() => Err(needs_a_node(at, action.name())),
+        Err(ClientError::NotRunning(_)) if store::instance_pid(&at.state_dir).is_none() => {
+            let state_dir = &at.state_dir;
             if *action == Action::Retry
-                && let Err(refusal) =
-                    crate::engine::manual_retry::check_offline(&*query::open(state_dir)?, target, retry)
+                && let Err(refusal) = crate::engine::manual_retry::check_offline(&*query::open(at)?, target, retry)
             {
                 return Ok(Err(refusal.to_string()));
             }
@@ -130,6 +133,18 @@ fn deliver(
     }
 }
 
+/// A command that needs an engine, given `--store` with no node answering on this state dir's
+/// socket: it is not left in this state dir's inbox (the nodes of that store would never read
+/// it), and the store is not changed behind their backs. A usage error: what to do instead.
+fn needs_a_node(at: &Place, command: &str) -> CliError {
+    CliError::Usage(format!(
+        "`{command}` needs a running gaffer node, and none answers on {}: give the --state-dir of a node that \
+         runs `gaffer serve FILE --store {}`, or start one here; nothing was changed",
+        at.state_dir.display(),
+        at.store
+    ))
+}
+
 /// A retry recorded while no instance runs keeps the job run's stored definition unless told
 /// otherwise: there is no file in use to compare it with.
 fn offline(action: &Action, retry: &RetryOptions) -> RetryOptions {
@@ -142,7 +157,7 @@ fn offline(action: &Action, retry: &RetryOptions) -> RetryOptions {
 
 /// `gaffer submit`: needs a running instance (`gaffer serve`).
 pub fn submit(
-    state_dir: &Path,
+    at: &Place,
     job: &str,
     params: &[String],
     priority: Option<u8>,
@@ -150,10 +165,11 @@ pub fn submit(
 ) -> Result<(), CliError> {
     let params = super::run::parse_params(params).map_err(CliError::Usage)?;
     let body = serde_json::json!({"job": job, "params": params, "priority": priority, "key": key});
-    let answer = client::call(state_dir, "POST", "/v1/submit", Some(&body)).map_err(|e| match e {
+    let answer = client::call(&at.state_dir, "POST", "/v1/submit", Some(&body)).map_err(|e| match e {
+        ClientError::NotRunning(_) if at.store.is_postgres() => needs_a_node(at, "submit"),
         ClientError::NotRunning(_) => CliError::Failed(format!(
             "no gaffer instance runs in {}: start one with `gaffer serve FILE`, or run the job now with `gaffer run FILE {job}`",
-            state_dir.display()
+            at.state_dir.display()
         )),
         ClientError::Refused(message) => CliError::Usage(message),
         other => CliError::Failed(other.to_string()),
@@ -168,16 +184,17 @@ pub fn submit(
 }
 
 /// `gaffer pause` / `resume`: through the instance, or straight into the store when none runs.
-pub fn set_paused(state_dir: &Path, queue: &str, paused: bool) -> Result<(), CliError> {
+pub fn set_paused(at: &Place, queue: &str, paused: bool) -> Result<(), CliError> {
     let verb = if paused { "pause" } else { "resume" };
-    match client::call(state_dir, "POST", &format!("/v1/queues/{}/{verb}", client::encode(queue)), None) {
+    match client::call(&at.state_dir, "POST", &format!("/v1/queues/{}/{verb}", client::encode(queue)), None) {
         Ok(answer) => {
             outln!("{}", answer["message"].as_str().unwrap_or("done"));
             Ok(())
         }
         Err(ClientError::Refused(message)) => Err(CliError::Failed(message)),
-        Err(ClientError::NotRunning(_)) if store::instance_pid(state_dir).is_none() => {
-            let (store, closer, _lock) = store::open_writer(state_dir)?;
+        Err(ClientError::NotRunning(_)) if at.store.is_postgres() => Err(needs_a_node(at, verb)),
+        Err(ClientError::NotRunning(_)) if store::instance_pid(&at.state_dir).is_none() => {
+            let (store, closer, _lock) = store::open_writer(&at.state_dir)?;
             store.commit_blocking(vec![store::Mutation::QueuePaused(queue.to_string(), paused)])?;
             drop(store);
             closer.close(Duration::from_secs(5));
@@ -188,19 +205,19 @@ pub fn set_paused(state_dir: &Path, queue: &str, paused: bool) -> Result<(), Cli
     }
 }
 
-pub fn dlq(state_dir: &Path, action: DlqAction) -> Result<(), CliError> {
+pub fn dlq(at: &Place, action: DlqAction) -> Result<(), CliError> {
     match action {
-        DlqAction::List { json } => list(state_dir, json),
+        DlqAction::List { json } => list(at, json),
         DlqAction::Retry { ids, all, definition } => {
             let retry = RetryOptions { definition, ..RetryOptions::default() };
-            act_on_dead(state_dir, &Action::Retry, &ids, all, &retry)
+            act_on_dead(at, &Action::Retry, &ids, all, &retry)
         }
-        DlqAction::Purge { ids, all } => act_on_dead(state_dir, &Action::Cancel, &ids, all, &RetryOptions::default()),
+        DlqAction::Purge { ids, all } => act_on_dead(at, &Action::Cancel, &ids, all, &RetryOptions::default()),
     }
 }
 
-fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
-    let dead = query::dead_letters(state_dir)?;
+fn list(at: &Place, json: bool) -> Result<(), CliError> {
+    let dead = query::dead_letters(at)?;
     if json {
         outln!("{}", crate::json::pretty(&dead));
         return Ok(());
@@ -220,15 +237,9 @@ fn list(state_dir: &Path, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn act_on_dead(
-    state_dir: &Path,
-    action: &Action,
-    ids: &[String],
-    all: bool,
-    retry: &RetryOptions,
-) -> Result<(), CliError> {
+fn act_on_dead(at: &Place, action: &Action, ids: &[String], all: bool, retry: &RetryOptions) -> Result<(), CliError> {
     let dead: Vec<u64> =
-        query::dead_letters(state_dir)?.as_array().into_iter().flatten().filter_map(|t| t["id"].as_u64()).collect();
+        query::dead_letters(at)?.as_array().into_iter().flatten().filter_map(|t| t["id"].as_u64()).collect();
     let targets: Vec<Target> = if all {
         dead.iter().map(|id| Target::TaskRun(*id)).collect()
     } else {
@@ -247,5 +258,5 @@ fn act_on_dead(
         outln!("no dead letters");
         return Ok(());
     }
-    send_targets(state_dir, action, &targets, retry)
+    send_targets(at, action, &targets, retry)
 }

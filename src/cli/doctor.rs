@@ -6,9 +6,10 @@
 use std::io::Read;
 use std::path::Path;
 
+use super::Place;
 use super::exit;
 use crate::state_dir::{Access, Problem, StateDir};
-use crate::store::{self, StoreError};
+use crate::store::{self, StoreError, StoreLocation};
 
 /// Files of the journal and how their lines read.
 #[derive(Debug, Default)]
@@ -20,7 +21,8 @@ struct JournalCheck {
 }
 
 /// Prints one line per check; exit 0 when nothing is wrong, 3 otherwise.
-pub fn doctor(state_dir: &Path) -> i32 {
+pub fn doctor(at: &Place) -> i32 {
+    let state_dir = at.state_dir.as_path();
     outln!("state dir {}", state_dir.display());
     let (problems, dir) = match StateDir::inspect(state_dir) {
         Ok((dir, problems)) => (problems, dir),
@@ -30,7 +32,10 @@ pub fn doctor(state_dir: &Path) -> i32 {
         }
     };
     let mut fine = check_contents(&dir, problems);
-    fine &= check_store(state_dir);
+    fine &= match &at.store {
+        StoreLocation::StateDir(_) => check_store(state_dir),
+        database => check_database(database),
+    };
     fine &= check_journal(&dir);
     if fine {
         outln!("all good");
@@ -109,6 +114,28 @@ fn check_store(state_dir: &Path) -> bool {
                 state_dir.join("logs").display(),
                 state_dir.join("logs").display()
             );
+            false
+        }
+    }
+}
+
+/// A database given with `--store`: reachable, at this gaffer's schema (a reader's check, so
+/// nothing is migrated), and every record of the runs and attempts decodes.
+fn check_database(store: &StoreLocation) -> bool {
+    let read = || -> Result<[usize; 3], StoreError> {
+        let snapshot = store.snapshot()?;
+        Ok([snapshot.job_runs()?.len(), snapshot.task_runs()?.len(), snapshot.attempts()?.len()])
+    };
+    match read() {
+        Ok([job_runs, task_runs, attempts]) => {
+            outln!(
+                "ok    store {store}: schema {}; every record decodes: {job_runs} job runs, {task_runs} task runs, {attempts} attempts",
+                store::pg::SCHEMA_VERSION
+            );
+            true
+        }
+        Err(e) => {
+            outln!("FAIL  store {store}: {e}");
             false
         }
     }

@@ -27,6 +27,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::engine::Action;
 use crate::model::rerun::DefinitionChoice;
 use crate::report::CostBy;
+use crate::store::StoreLocation;
 
 /// Exit codes (SPEC §8).
 pub mod exit {
@@ -48,6 +49,10 @@ pub struct Cli {
     /// Where state lives (default: $GAFFER_STATE_DIR, else ./.gaffer).
     #[arg(long, global = true, env = "GAFFER_STATE_DIR", default_value = ".gaffer")]
     pub state_dir: PathBuf,
+    /// The store: a postgres://USER@HOST/DB URL (PostgreSQL, shared by several nodes); none for
+    /// the state dir's own (default: $GAFFER_STORE). The state dir stays this node's either way.
+    #[arg(long, global = true, env = "GAFFER_STORE", hide_env_values = true, value_name = "URL")]
+    pub store: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -294,39 +299,42 @@ pub fn main() -> i32 {
         eprintln!("gaffer: {e}");
         return exit::STATE_DIR;
     }
+    let at = match StoreLocation::choose(cli.store.as_deref(), &state_dir) {
+        Ok(store) => Place { state_dir: state_dir.clone(), store },
+        Err(e) => {
+            eprintln!("gaffer: {e}");
+            return exit::USAGE;
+        }
+    };
     let result = match cli.command {
-        Command::Run(args) => return run::run(args, &state_dir),
-        Command::Serve(args) => return run::serve(args, &state_dir),
-        Command::Tui => return run::attach(&state_dir),
-        Command::Doctor => return doctor::doctor(&state_dir),
+        Command::Run(args) => return run::run(args, &at),
+        Command::Serve(args) => return run::serve(args, &at),
+        Command::Tui => return run::attach(&at),
+        Command::Doctor => return doctor::doctor(&at),
         Command::Validate { file } => return run::validate(&file),
         Command::Init { file } => init::init(&file),
         Command::Schema => init::schema(),
         Command::Schedules { file, count, from, json } => return run::schedules(&file, count, from.as_deref(), json),
-        Command::Status { json } => query::status(&state_dir, json),
+        Command::Status { json } => query::status(&at, json),
         Command::Jobs { state, job, limit, json } => {
-            query::jobs(&state_dir, crate::report::JobFilter { state, job, limit }, json)
+            query::jobs(&at, crate::report::JobFilter { state, job, limit }, json)
         }
-        Command::Tasks { state, job, queue, run, task, json } => query::tasks(
-            &state_dir,
-            crate::report::TaskFilter { state, job, queue, run, task, ..Default::default() },
-            json,
-        ),
-        Command::Show { id, json } => query::show(&state_dir, &id, json),
-        Command::Logs { id, attempt, follow } => query::logs(&state_dir, &id, attempt, follow),
-        Command::Submit { job, params, priority, key } => {
-            control::submit(&state_dir, &job, &params, priority, key.as_deref())
+        Command::Tasks { state, job, queue, run, task, json } => {
+            query::tasks(&at, crate::report::TaskFilter { state, job, queue, run, task, ..Default::default() }, json)
         }
-        Command::Pause { queue } => control::set_paused(&state_dir, &queue, true),
-        Command::Resume { queue } => control::set_paused(&state_dir, &queue, false),
+        Command::Show { id, json } => query::show(&at, &id, json),
+        Command::Logs { id, attempt, follow } => query::logs(&at, &id, attempt, follow),
+        Command::Submit { job, params, priority, key } => control::submit(&at, &job, &params, priority, key.as_deref()),
+        Command::Pause { queue } => control::set_paused(&at, &queue, true),
+        Command::Resume { queue } => control::set_paused(&at, &queue, false),
         Command::Retry { ids, from, definition, budget } => {
             let options = crate::engine::RetryOptions { from, definition, budget_usd_micros: budget };
-            control::retry(&state_dir, &ids, options)
+            control::retry(&at, &ids, options)
         }
-        Command::Cancel { ids } => control::send(&state_dir, &Action::Cancel, &ids),
-        Command::Signal { run_id, name } => control::signal(&state_dir, &run_id, &name),
-        Command::Dlq { action } => control::dlq(&state_dir, action.unwrap_or(DlqAction::List { json: false })),
-        Command::Cost { by, since, json } => query::cost(&state_dir, by, since.as_deref(), json),
+        Command::Cancel { ids } => control::send(&at, &Action::Cancel, &ids),
+        Command::Signal { run_id, name } => control::signal(&at, &run_id, &name),
+        Command::Dlq { action } => control::dlq(&at, action.unwrap_or(DlqAction::List { json: false })),
+        Command::Cost { by, since, json } => query::cost(&at, by, since.as_deref(), json),
         Command::Pricing { action: Some(PricingAction::Import { file }), .. } => pricing::import(&state_dir, &file),
         Command::Pricing { action: None, file, json } => pricing::show(&state_dir, file.as_deref(), json),
         Command::Emit { words } => crate::executor::emit(&words).map_err(CliError::Usage),
@@ -348,6 +356,23 @@ pub fn main() -> i32 {
         Err(e) => {
             eprintln!("gaffer: {e}");
             e.code()
+        }
+    }
+}
+
+/// Where a command works: this node's state dir (its control socket, inbox, logs, token) and
+/// the store (`--store` / `GAFFER_STORE`; the state dir's own when none is given).
+pub(crate) struct Place {
+    pub state_dir: PathBuf,
+    pub store: StoreLocation,
+}
+
+impl Place {
+    /// How messages name where the state is: the state dir, or the database (no password).
+    fn shown(&self) -> String {
+        match &self.store {
+            StoreLocation::StateDir(_) => self.state_dir.display().to_string(),
+            database => database.to_string(),
         }
     }
 }

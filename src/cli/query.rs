@@ -5,12 +5,11 @@
 //! human output is printed from that JSON, so a command prints the same either way.
 
 use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::CliError;
+use super::{CliError, Place};
 use crate::api::client::{self, ClientError};
 use crate::engine::Target;
 use crate::headless::dollars;
@@ -28,24 +27,26 @@ pub(super) fn parse_target(id: &str) -> Result<Target, CliError> {
     Target::parse(id).map_err(CliError::Usage)
 }
 
-pub(super) fn open(state_dir: &Path) -> Result<Box<dyn Snapshot>, CliError> {
-    Ok(store::StoreLocation::state_dir(state_dir).snapshot()?)
+/// A snapshot of the store the command reads (`--store`, else the state dir's).
+pub(super) fn open(at: &Place) -> Result<Box<dyn Snapshot>, CliError> {
+    Ok(at.store.snapshot()?)
 }
 
-/// `GET path` from the running instance, or `local` on the state dir when none answers.
+/// `GET path` from the running instance, or `local` on the store when none answers.
 fn fetch(
-    state_dir: &Path,
+    at: &Place,
     path: &str,
     local: impl FnOnce(&dyn Snapshot) -> Result<Value, QueryError>,
 ) -> Result<Value, CliError> {
-    match client::call(state_dir, "GET", path, None) {
+    match client::call(&at.state_dir, "GET", path, None) {
         Ok(value) => {
             tracing::debug!(path, "answered by the running instance");
             Ok(value)
         }
         Err(ClientError::NotRunning(_)) => {
-            tracing::debug!(path, "no instance runs: read from the state dir");
-            local(&*open(state_dir)?).map_err(|e| match e {
+            let from = if at.store.is_postgres() { "the database" } else { "the state dir" };
+            tracing::debug!(path, "no instance runs: read from {from}");
+            local(&*open(at)?).map_err(|e| match e {
                 QueryError::Store(e) => CliError::Store(e),
                 other => CliError::Failed(other.to_string()),
             })
@@ -77,15 +78,17 @@ fn num(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or(0)
 }
 
-pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
-    let value = match client::call(state_dir, "GET", "/v1/status", None) {
+pub fn status(at: &Place, as_json: bool) -> Result<(), CliError> {
+    let value = match client::call(&at.state_dir, "GET", "/v1/status", None) {
         Ok(value) => value,
-        Err(ClientError::NotRunning(_)) => report::status_value(state_dir, store::instance_pid(state_dir), None, None)?,
+        Err(ClientError::NotRunning(_)) => {
+            report::status_value(&at.store, store::instance_pid(&at.state_dir), None, None)?
+        }
         // An instance short of descriptors cannot open the store to answer; this process can,
         // and status matters most just then.
         Err(e) => {
             eprintln!("gaffer: the instance could not answer ({e}); read from the state dir instead");
-            report::status_value(state_dir, store::instance_pid(state_dir), None, None)?
+            report::status_value(&at.store, store::instance_pid(&at.state_dir), None, None)?
         }
     };
     if as_json {
@@ -93,6 +96,7 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
     }
     match value["instance"]["pid"].as_u64() {
         Some(pid) => outln!("instance: running (pid {pid})"),
+        None if at.store.is_postgres() => outln!("instance: none on this state dir; read from {}", at.store),
         None => outln!("instance: not running"),
     }
     outln!("{:<16} {:>11} {:>7} {:>8} {:>9} {:>5}", "QUEUE", "CONCURRENCY", "QUEUED", "RUNNING", "RETRYING", "DEAD");
@@ -153,7 +157,7 @@ pub fn status(state_dir: &Path, as_json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn jobs(state_dir: &Path, filter: JobFilter, as_json: bool) -> Result<(), CliError> {
+pub fn jobs(at: &Place, filter: JobFilter, as_json: bool) -> Result<(), CliError> {
     let limit = filter.limit.map(|n| n.to_string());
     let path = format!(
         "/v1/jobs{}",
@@ -163,7 +167,7 @@ pub fn jobs(state_dir: &Path, filter: JobFilter, as_json: bool) -> Result<(), Cl
             ("limit", limit.as_deref())
         ])
     );
-    let runs = fetch(state_dir, &path, |reader| report::jobs(reader, &filter)).map_err(usage_if_unknown_state)?;
+    let runs = fetch(at, &path, |reader| report::jobs(reader, &filter)).map_err(usage_if_unknown_state)?;
     if as_json {
         return print_json(&runs);
     }
@@ -198,7 +202,7 @@ fn usage_if_unknown_state(e: CliError) -> CliError {
     }
 }
 
-pub fn tasks(state_dir: &Path, filter: TaskFilter, as_json: bool) -> Result<(), CliError> {
+pub fn tasks(at: &Place, filter: TaskFilter, as_json: bool) -> Result<(), CliError> {
     if let Some(run) = filter.run.as_deref().filter(|run| report::parse_job_run_id(run).is_none()) {
         return Err(CliError::Usage(format!("`{run}` is not a job run id (like j7)")));
     }
@@ -212,7 +216,7 @@ pub fn tasks(state_dir: &Path, filter: TaskFilter, as_json: bool) -> Result<(), 
             ("task", filter.task.as_deref())
         ])
     );
-    let runs = fetch(state_dir, &path, |reader| report::tasks(reader, &filter)).map_err(usage_if_unknown_state)?;
+    let runs = fetch(at, &path, |reader| report::tasks(reader, &filter)).map_err(usage_if_unknown_state)?;
     let looks_like_a_run_id = |job: &str| matches!(Target::parse(job), Ok(Target::JobRun(_)));
     if runs.as_array().is_some_and(Vec::is_empty)
         && let Some(job) = filter.job.as_deref().filter(|j| looks_like_a_run_id(j))
@@ -228,9 +232,9 @@ pub fn tasks(state_dir: &Path, filter: TaskFilter, as_json: bool) -> Result<(), 
 
 /// The dead letters, as `tasks --state dead` answers them, less a fan-out's group (kind
 /// `fanout`): its dead items are the dead letters (retrying them reopens it).
-pub(super) fn dead_letters(state_dir: &Path) -> Result<Value, CliError> {
+pub(super) fn dead_letters(at: &Place) -> Result<Value, CliError> {
     let filter = TaskFilter { state: Some("dead".into()), ..TaskFilter::default() };
-    let dead = fetch(state_dir, "/v1/tasks?state=dead", |reader| report::tasks(reader, &filter))?;
+    let dead = fetch(at, "/v1/tasks?state=dead", |reader| report::tasks(reader, &filter))?;
     let letters = dead.as_array().into_iter().flatten().filter(|t| t["kind"] != "fanout").cloned();
     Ok(Value::Array(letters.collect()))
 }
@@ -279,16 +283,15 @@ pub(super) fn print_task_table(runs: &Value) {
     }
 }
 
-pub fn show(state_dir: &Path, id: &str, as_json: bool) -> Result<(), CliError> {
+pub fn show(at: &Place, id: &str, as_json: bool) -> Result<(), CliError> {
     let target = parse_target(id)?;
-    let value =
-        fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target, None))?;
+    let value = fetch(at, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target, None))?;
     if as_json {
         return print_json(&value);
     }
     match target {
         Target::TaskRun(_) => {
-            let from = reached_from(state_dir, &value["reached_by"]);
+            let from = reached_from(at, &value["reached_by"]);
             print_task_detail(&value, from.as_ref());
         }
         Target::JobRun(id) => {
@@ -341,9 +344,9 @@ fn print_transitions(runs: &[Value]) {
 }
 
 /// The task run a transition came from (`reached_by`), if there is one and it can be read.
-fn reached_from(state_dir: &Path, reached_by: &Value) -> Option<Value> {
+fn reached_from(at: &Place, reached_by: &Value) -> Option<Value> {
     let target = Target::TaskRun(reached_by["from_task_run"].as_u64()?);
-    fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target, None)).ok()
+    fetch(at, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target, None)).ok()
 }
 
 /// `show ID` of a task run; `from` is the task run a transition started it from.
@@ -452,10 +455,10 @@ fn tokens_phrase(row: &Value) -> String {
 /// How often `logs --follow` asks for more.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
-pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> Result<(), CliError> {
+pub fn logs(at: &Place, id: &str, attempt: Option<u32>, follow: bool) -> Result<(), CliError> {
     let id = match Target::parse(id) {
         Ok(Target::TaskRun(id)) => id,
-        Ok(Target::JobRun(id)) if !follow && attempt.is_none() => return job_run_logs(state_dir, id),
+        Ok(Target::JobRun(id)) if !follow && attempt.is_none() => return job_run_logs(at, id),
         Ok(Target::JobRun(_)) => {
             return Err(CliError::Usage(format!(
                 "`{id}`: --follow and --attempt take a task run id (42); `gaffer logs {id}` alone prints every task's last attempt"
@@ -467,17 +470,17 @@ pub fn logs(state_dir: &Path, id: &str, attempt: Option<u32>, follow: bool) -> R
             )));
         }
     };
-    if follow && attempt.is_none() && !wait_for_first_attempt(state_dir, id)? {
+    if follow && attempt.is_none() && !wait_for_first_attempt(at, id)? {
         eprintln!("gaffer: task run {id} ended without running: no log");
         return Ok(());
     }
-    print_log(state_dir, id, attempt, follow).map(|_| ())
+    print_log(at, id, attempt, follow).map(|_| ())
 }
 
 /// `logs j7`: each task run's latest attempt, in task run order, under a header naming it.
-fn job_run_logs(state_dir: &Path, job_run: u64) -> Result<(), CliError> {
+fn job_run_logs(at: &Place, job_run: u64) -> Result<(), CliError> {
     let target = Target::JobRun(job_run);
-    let run = fetch(state_dir, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target, None))?;
+    let run = fetch(at, &format!("/v1/show/{}", target.id_text()), |reader| report::show(reader, target, None))?;
     for t in run["tasks"].as_array().into_iter().flatten() {
         let (id, attempt, state) = (num(t, "id"), num(t, "attempt"), text(t, "state"));
         let name = task_name(t);
@@ -486,7 +489,7 @@ fn job_run_logs(state_dir: &Path, job_run: u64) -> Result<(), CliError> {
             continue;
         }
         outln!("==> task run {id} {name}: attempt {attempt}, {state} <==");
-        if !print_log(state_dir, id, Some(attempt as u32), false)? {
+        if !print_log(at, id, Some(attempt as u32), false)? {
             outln!();
         }
     }
@@ -495,7 +498,7 @@ fn job_run_logs(state_dir: &Path, job_run: u64) -> Result<(), CliError> {
 
 /// Prints an attempt's log (default: the latest) from the start; `follow` keeps reading while
 /// the attempt runs. True when what it printed ends a line (or it printed nothing).
-fn print_log(state_dir: &Path, id: u64, attempt: Option<u32>, follow: bool) -> Result<bool, CliError> {
+fn print_log(at: &Place, id: u64, attempt: Option<u32>, follow: bool) -> Result<bool, CliError> {
     let mut offset = 0;
     let mut attempt = attempt;
     let mut line_ended = true;
@@ -507,7 +510,7 @@ fn print_log(state_dir: &Path, id: u64, attempt: Option<u32>, follow: bool) -> R
                 ("offset", Some(&offset.to_string()))
             ])
         );
-        let chunk = fetch(state_dir, &path, |reader| report::log_chunk(state_dir, reader, id, attempt, offset))?;
+        let chunk = fetch(at, &path, |reader| report::log_chunk(&at.state_dir, reader, id, attempt, offset))?;
         // Keep following the attempt we started with, even when a retry begins meanwhile.
         attempt = attempt.or(chunk["attempt"].as_u64().map(|n| n as u32));
         let piece = text(&chunk, "text");
@@ -531,11 +534,11 @@ fn print_log(state_dir: &Path, id: u64, attempt: Option<u32>, follow: bool) -> R
 
 /// `logs --follow` of a task run still waiting to start: wait for its first attempt rather
 /// than refuse. False if it ended without one (skipped, cancelled, reused from the cache).
-fn wait_for_first_attempt(state_dir: &Path, id: u64) -> Result<bool, CliError> {
+fn wait_for_first_attempt(at: &Place, id: u64) -> Result<bool, CliError> {
     let target = Target::TaskRun(id);
     let mut said = false;
     loop {
-        let t = fetch(state_dir, &format!("/v1/show/{id}"), |reader| report::show(reader, target, None))?;
+        let t = fetch(at, &format!("/v1/show/{id}"), |reader| report::show(reader, target, None))?;
         let state = text(&t, "state");
         let ended = crate::model::TaskState::parse(state).is_some_and(|s| s.is_terminal());
         if num(&t, "attempt") > 0 || ended {
@@ -549,7 +552,7 @@ fn wait_for_first_attempt(state_dir: &Path, id: u64) -> Result<bool, CliError> {
     }
 }
 
-pub fn cost(state_dir: &Path, by: CostBy, since: Option<&str>, as_json: bool) -> Result<(), CliError> {
+pub fn cost(at: &Place, by: CostBy, since: Option<&str>, as_json: bool) -> Result<(), CliError> {
     let since_ms = since
         .map(|s| {
             humantime::parse_duration(s)
@@ -561,7 +564,7 @@ pub fn cost(state_dir: &Path, by: CostBy, since: Option<&str>, as_json: bool) ->
         "/v1/cost{}",
         query_string(&[("by", Some(by.as_str())), ("since_ms", since_ms.map(|ms| ms.to_string()).as_deref())])
     );
-    let value = fetch(state_dir, &path, |reader| report::cost(reader, by, since_ms))?;
+    let value = fetch(at, &path, |reader| report::cost(reader, by, since_ms))?;
     if as_json {
         return print_json(&value);
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::Place;
 use super::exit;
 use crate::api::Api;
 use crate::config::{self, Workflow};
@@ -19,7 +20,7 @@ use crate::model::JobState;
 use crate::model::cost::Pricing;
 use crate::model::schedule::Schedule;
 use crate::notify::Notifier;
-use crate::store::{self, StoreError};
+use crate::store::{self, StoreError, StoreLocation};
 
 /// What `run` and `serve` share: how to show progress, the worker cap and the node's labels.
 #[derive(Debug, Args)]
@@ -37,6 +38,10 @@ pub struct DisplayArgs {
     /// runs whose `requires` it has every label of; tasks without `requires` run anywhere.
     #[arg(long = "label", value_name = "LABEL", env = "GAFFER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// This node's name in a cluster (`--store postgres://…`), unique among live nodes
+    /// (default: <hostname>-<pid>).
+    #[arg(long = "node", value_name = "NAME", env = "GAFFER_NODE")]
+    pub node: Option<String>,
 }
 
 impl DisplayArgs {
@@ -197,9 +202,9 @@ fn secrets_given(workflow: &Workflow, params: &BTreeMap<String, String>) -> BTre
     params.iter().filter(|(k, _)| is_secret(workflow, k)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-/// The jobs with an unfinished run in the state dir (none when there is no store yet).
-fn unfinished_jobs(state_dir: &Path) -> std::collections::BTreeSet<String> {
-    let runs = store::StoreLocation::state_dir(state_dir).snapshot().and_then(|r| r.job_runs()).unwrap_or_default();
+/// The jobs with an unfinished run in the store (none when there is no store yet).
+fn unfinished_jobs(store: &StoreLocation) -> std::collections::BTreeSet<String> {
+    let runs = store.snapshot().and_then(|r| r.job_runs()).unwrap_or_default();
     runs.into_iter().filter(|r| !r.state.is_terminal()).map(|r| r.job).collect()
 }
 
@@ -247,14 +252,14 @@ fn params_per_job(
         .collect())
 }
 
-pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
+pub fn run(args: RunArgs, at: &Place) -> i32 {
     let format = args.display.format();
     let screen = args.display.screen(&args.file);
     let only = args.only.clone();
     let choose = |workflow: &Workflow| -> Result<_, String> {
         let params = parse_params(&args.params)?;
         if let Some(task) = &args.only {
-            check_only(workflow, &args.jobs, task, state_dir)?;
+            check_only(workflow, &args.jobs, task, &at.store)?;
         }
         let secrets = secrets_given(workflow, &params);
         let triggers = params_per_job(workflow, chosen_jobs(workflow, &args.jobs)?, &params)?;
@@ -264,7 +269,7 @@ pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
         }
         // A job with an unfinished run is resumed, not started: its params are stored (the
         // engine asks for its secrets then).
-        let resuming = unfinished_jobs(state_dir);
+        let resuming = unfinished_jobs(&at.store);
         for (job, given) in triggers.iter().filter(|(job, _)| !resuming.contains(job)) {
             check_resolves(workflow, job, given, &secrets)?;
         }
@@ -272,9 +277,10 @@ pub fn run(args: RunArgs, state_dir: &Path) -> i32 {
     };
     let options = SessionOptions {
         file: &args.file,
-        state_dir,
+        at,
         workers: args.display.workers,
         labels: &args.display.labels,
+        node: args.display.node.as_deref(),
         noop: args.noop_executor,
     };
     session(options, screen.is_some(), choose, |config, jobs| drive(config, jobs, only, format, screen))
@@ -298,19 +304,19 @@ fn check_routable(workflow: &Workflow, job: &str, only: Option<&str>, labels: &[
 }
 
 /// `--only TASK`: one job named, TASK one of its tasks, and a succeeded run of everything it
-/// needs already in the state dir — checked before the state dir is opened for writing, so a
+/// needs already in the store — checked before the store is opened for writing, so a
 /// refused command writes nothing.
-fn check_only(workflow: &Workflow, jobs: &[String], task: &str, state_dir: &Path) -> Result<(), String> {
+fn check_only(workflow: &Workflow, jobs: &[String], task: &str, store: &StoreLocation) -> Result<(), String> {
     let [job] = jobs else {
         return Err(format!(
             "--only {task} runs one task of one job: name the job (`gaffer run FILE JOB --only {task}`)"
         ));
     };
     let Some(def) = workflow.jobs.iter().find(|j| &j.name == job) else { return Ok(()) }; // said by chosen_jobs
-    let reader = match store::StoreLocation::state_dir(state_dir).snapshot() {
+    let reader = match store.snapshot() {
         Ok(reader) => Some(reader),
         Err(StoreError::Missing(_)) => None,
-        Err(e) => return Err(format!("cannot read state dir {}: {e}", state_dir.display())),
+        Err(e) => return Err(format!("cannot read {store}: {e}")),
     };
     match reader {
         Some(reader) => engine::plan_only(&*reader, def, task).map(|_| ()),
@@ -341,14 +347,15 @@ pub struct ServeArgs {
 }
 
 /// `gaffer serve`: resume, fire schedules, take commands, until SIGINT/SIGTERM.
-pub fn serve(args: ServeArgs, state_dir: &Path) -> i32 {
+pub fn serve(args: ServeArgs, at: &Place) -> i32 {
     let format = args.display.format();
     let screen = args.display.screen(&args.file);
     let options = SessionOptions {
         file: &args.file,
-        state_dir,
+        at,
         workers: args.display.workers,
         labels: &args.display.labels,
+        node: args.display.node.as_deref(),
         noop: false,
     };
     let check = |workflow: &Workflow| -> Result<_, String> {
@@ -382,6 +389,19 @@ fn serve_secrets(workflow: &Workflow, raw: &[String]) -> Result<BTreeMap<String,
     Ok(params)
 }
 
+/// A node name (`--node`): what `nodes.name` and `status` show, so short and printable.
+fn check_node_name(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    match name {
+        "" => Err("a node name cannot be empty".into()),
+        _ if name.len() > 64 => Err(format!("`{name}` is longer than 64 bytes")),
+        _ if name.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+            Err(format!("{name:?}: a node name has no spaces or control characters"))
+        }
+        _ => Ok(name.to_string()),
+    }
+}
+
 /// `--label`s (or `GAFFER_LABELS=gpu,eu`) checked as `requires` is, each once, in the order given.
 fn node_labels(given: &[String]) -> Result<Vec<String>, String> {
     // `GAFFER_LABELS=` (set, but empty) means no labels, as an unset variable does.
@@ -401,9 +421,11 @@ fn node_labels(given: &[String]) -> Result<Vec<String>, String> {
 
 struct SessionOptions<'a> {
     file: &'a Path,
-    state_dir: &'a Path,
+    at: &'a Place,
     workers: Option<usize>,
     labels: &'a [String],
+    /// `--node`: the name of this node in a cluster.
+    node: Option<&'a str>,
     noop: bool,
 }
 
@@ -436,7 +458,17 @@ where
             return exit::USAGE;
         }
     };
-    let (store, closer, _lock) = match store::open_writer(options.state_dir) {
+    let node_name = match options.node.map(check_node_name).transpose() {
+        Ok(name) => name,
+        Err(e) => {
+            eprintln!("gaffer: --node: {e}");
+            return exit::USAGE;
+        }
+    };
+    let state_dir = options.at.state_dir.as_path();
+    // On PostgreSQL the queue columns (priority with aging, `requires`) come from this workflow.
+    let facts = crate::engine::cluster::queue_facts(&workflow);
+    let opened = match store::open_store(&options.at.store, state_dir, facts) {
         Ok(opened) => opened,
         Err(
             e @ (StoreError::InUse { .. }
@@ -447,20 +479,24 @@ where
             eprintln!("gaffer: {e}");
             return exit::STATE_DIR;
         }
+        Err(e) if options.at.store.is_postgres() => {
+            eprintln!("gaffer: cannot open the store {}: {e}", options.at.store);
+            return exit::STATE_DIR;
+        }
         Err(e) => {
-            eprintln!("gaffer: cannot open state dir {}: {e}", options.state_dir.display());
+            eprintln!("gaffer: cannot open state dir {}: {e}", state_dir.display());
             return exit::STATE_DIR;
         }
     };
     // Read from the state dir once it was checked (the imported price table lives there).
-    let pricing = match config::pricing::imported(options.state_dir) {
+    let pricing = match config::pricing::imported(state_dir) {
         Ok(imported) => Pricing::layered(&[&config::pricing::builtin(), &imported, &workflow.pricing]),
         Err(e) => {
             eprintln!("gaffer: {e}");
             return exit::USAGE;
         }
     };
-    let log_file = tui.then(|| options.state_dir.join("gaffer.log"));
+    let log_file = tui.then(|| state_dir.join("gaffer.log"));
     super::init_diagnostics(log_file.as_deref());
     if let Some(workers) = options.workers {
         workflow.set_workers(workers.max(1));
@@ -477,24 +513,31 @@ where
     }
     let executor: Arc<dyn Executor> = if options.noop { Arc::new(NoopExecutor) } else { Arc::new(LocalExecutor) };
 
-    let state_dir = absolute(options.state_dir);
-    let clock = Arc::new(SystemClock);
+    // The one place `run` and `serve` build the engine's config from the store's location: on
+    // PostgreSQL every engine is a node of the cluster that shares the database.
+    let cluster = opened.postgres.clone().map(|backend| crate::engine::cluster::ClusterConfig {
+        lease: workflow.settings.lease,
+        node_name: node_name.unwrap_or_else(crate::engine::cluster::default_node_name),
+        labels: labels.clone(),
+        ..crate::engine::cluster::ClusterConfig::new(backend)
+    });
     let config = EngineConfig {
         workflow: Arc::new(workflow),
         source,
-        state_dir,
-        store: store.into(),
+        state_dir: absolute(state_dir),
+        store: opened.store.clone(),
+        location: options.at.store.clone(),
         executor,
-        clock,
+        clock: Arc::new(SystemClock),
         workers,
         pricing,
         labels,
-        cluster: None,
+        cluster,
     };
     let system = actix::System::new();
     let code = system.block_on(body(config, checked));
     drop(system);
-    closer.close(std::time::Duration::from_secs(5));
+    opened.close(std::time::Duration::from_secs(5));
     if let Some(log) = log_file {
         remove_if_empty(&log);
     }
@@ -706,10 +749,10 @@ impl Screen {
 
 /// `gaffer tui`: the TUI on a running instance, over its socket. `q` detaches; the instance
 /// keeps running whatever happens to this process.
-pub fn attach(state_dir: &Path) -> i32 {
-    let log = state_dir.join("gaffer-tui.log");
+pub fn attach(at: &Place) -> i32 {
+    let log = at.state_dir.join("gaffer-tui.log");
     super::init_diagnostics(Some(&log));
-    let code = attach_with_log(state_dir);
+    let code = attach_with_log(at);
     remove_if_empty(&log);
     code
 }
@@ -721,7 +764,7 @@ fn remove_if_empty(path: &Path) {
     }
 }
 
-fn attach_with_log(state_dir: &Path) -> i32 {
+fn attach_with_log(at: &Place) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -729,9 +772,9 @@ fn attach_with_log(state_dir: &Path) -> i32 {
             return exit::INTERNAL;
         }
     };
-    let state_dir = absolute(state_dir);
+    let state_dir = absolute(&at.state_dir);
     runtime.block_on(tokio::task::LocalSet::new().run_until(async move {
-        let (control, session, title) = match connect(&state_dir).await {
+        let (control, session, title) = match connect(&state_dir, &at.store).await {
             Ok(connected) => connected,
             Err(code) => return code,
         };
@@ -755,8 +798,8 @@ fn attach_with_log(state_dir: &Path) -> i32 {
 
 type Connected = (std::rc::Rc<dyn crate::engine::Control>, crate::tui::Session, String);
 
-/// The running instance over its socket; with none running, the state dir read-only.
-async fn connect(state_dir: &Path) -> Result<Connected, i32> {
+/// The running instance over its socket; with none running, the store read-only.
+async fn connect(state_dir: &Path, store: &StoreLocation) -> Result<Connected, i32> {
     let shown = state_dir.display();
     let unreachable = match crate::api::RemoteEngine::connect(state_dir).await {
         Ok(remote) => {
@@ -768,14 +811,15 @@ async fn connect(state_dir: &Path) -> Result<Connected, i32> {
         eprintln!("gaffer: {unreachable}, yet instance {pid} holds {shown}: is it starting or stopping?");
         return Err(exit::FAILED);
     }
-    match crate::engine::OfflineEngine::open(state_dir) {
-        Ok(offline) => Ok((std::rc::Rc::new(offline), crate::tui::Session::ReadOnly, shown.to_string())),
+    let title = if store.is_postgres() { store.to_string() } else { shown.to_string() };
+    match crate::engine::OfflineEngine::open(store) {
+        Ok(offline) => Ok((std::rc::Rc::new(offline), crate::tui::Session::ReadOnly, title)),
         Err(StoreError::Missing(_)) => {
             eprintln!("gaffer: nothing has run in {shown} yet: start with `gaffer run FILE` or `gaffer serve FILE`");
             Err(exit::FAILED)
         }
         Err(e) => {
-            eprintln!("gaffer: cannot read {shown}: {e}");
+            eprintln!("gaffer: cannot read {title}: {e}");
             Err(exit::STATE_DIR)
         }
     }

@@ -60,6 +60,9 @@ pub struct Settings {
     pub retention: Duration,
     /// How much a task may report as outputs (`output_max_bytes`, `outputs_max_bytes`).
     pub outputs: OutputLimits,
+    /// A cluster node's lease (`lease`, default 30 s, bounds in `model::lease`): a node silent
+    /// this long is dead, and its job runs and attempts are taken over by the others.
+    pub lease: Duration,
 }
 
 /// Caps on what one attempt reports as outputs: they are stored with the task run in

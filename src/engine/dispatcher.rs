@@ -245,14 +245,14 @@ pub struct Dispatcher {
     next_queue: usize,
     /// The keys of `queues`, fixed at start, for the round robin.
     names: Vec<String>,
+    /// While a `Reserve` is answered: its task runs, and those handed out with their worker.
+    reserving: Option<Reserving>,
     /// In a cluster: ready task runs are claimed from the database (`claim`), not handed out
     /// from the heaps, which stay empty.
     cluster: Option<Arc<ClusterNode>>,
     /// A claim is being made; `claim_again`: something woke the Dispatcher meanwhile.
     claiming: bool,
     claim_again: bool,
-    /// While a `Reserve` is answered: its task runs, and those handed out with their worker.
-    reserving: Option<Reserving>,
 }
 
 /// The task runs a `Reserve` asks about, and those an idle worker was found for.
@@ -304,10 +304,10 @@ impl Dispatcher {
             wake: None,
             next_queue: 0,
             names,
+            reserving: None,
             cluster: None,
             claiming: false,
             claim_again: false,
-            reserving: None,
         }
     }
 
@@ -577,7 +577,9 @@ impl Handler<Reserve> for Dispatcher {
     type Result = MessageResult<Reserve>;
 
     fn handle(&mut self, Reserve(entries): Reserve, ctx: &mut Self::Context) -> Self::Result {
-        if self.stopping || self.held || self.idle.is_empty() || self.running_total >= self.workers_total {
+        // A cluster node's workers take only what they claim from the database.
+        let cluster = self.cluster.is_some();
+        if cluster || self.stopping || self.held || self.idle.is_empty() || self.running_total >= self.workers_total {
             return MessageResult(Vec::new());
         }
         let asked: std::collections::HashSet<u64> = entries.iter().map(|e| e.task_run).collect();

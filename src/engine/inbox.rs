@@ -22,6 +22,17 @@ pub enum Action {
     Signal(String),
 }
 
+impl Action {
+    /// The command's name, as the CLI spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Retry => "retry",
+            Action::Cancel => "cancel",
+            Action::Signal(_) => "signal",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxCommand {
     pub action: Action,

@@ -143,14 +143,6 @@ impl run::Env for ActorEnv<'_> {
         context.tasks = state.latest.iter().map(|&r| upstream(state, r)).collect();
         template::evaluate_when(expression, &context, &own)
     }
-
-    fn cache_entry(&mut self, key: &str) -> Option<run::CacheHit> {
-        let entry = self.shared.store.snapshot().and_then(|r| r.cache_entry(key)).unwrap_or_else(|e| {
-            tracing::warn!("reading the cache: {e}");
-            None
-        })?;
-        Some(entry.into())
-    }
 }
 
 /// What task run `i`'s templates see: params, the outputs of what it (transitively) needs (a
@@ -315,6 +307,9 @@ impl JobRun {
         for &task_run in &fx.unschedule {
             self.shared.scheduler.do_send(Unschedule { task_run });
         }
+        for (task_run, key) in std::mem::take(&mut fx.cache_reads) {
+            self.read_cache(ctx, task_run, key);
+        }
         mutations.extend(self.mutations_of(&fx.writes));
         mutations.extend(self.unwritten_pids());
         let unrenderable = self.queued_specs(&fx.enqueue, &mut mutations);
@@ -343,6 +338,27 @@ impl JobRun {
                 act.finish(ctx);
             }
         });
+    }
+
+    /// Reads the cache entry under `key` on tokio's blocking pool (never a store read on the
+    /// engine's thread) and steps the answer (`Input::CacheRead`); a failed read is a miss.
+    fn read_cache(&mut self, ctx: &mut Context<Self>, task_run: u64, key: String) {
+        let store = self.shared.store.clone();
+        let read = tokio::task::spawn_blocking(move || store.snapshot().and_then(|r| r.cache_entry(&key)));
+        ctx.spawn(read.into_actor(self).map(move |read, act, ctx| {
+            let entry = match read {
+                Ok(Ok(entry)) => entry.map(run::CacheHit::from),
+                Ok(Err(e)) => {
+                    tracing::warn!(task_run, "reading the cache: {e}");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(task_run, "reading the cache: {e}");
+                    None
+                }
+            };
+            act.step(ctx, Input::CacheRead { task_run, entry }, Vec::new(), Vec::new());
+        }));
     }
 
     /// The store mutations of the core's writes, each task run written once.
@@ -540,7 +556,7 @@ impl JobRun {
     /// claims from the database.
     fn enqueue(&self, tasks: &[usize], ctx: &mut Context<Self>) {
         if self.shared.cluster.is_some() {
-            return;
+            return self.arm_queue_timeouts(tasks, ctx);
         }
         let entries = self.ready_entries(tasks, ctx);
         if !entries.is_empty() {

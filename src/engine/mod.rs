@@ -60,7 +60,7 @@ use crate::model::JobState;
 use crate::model::cost::{ModelUsage, Pricing};
 use crate::model::workflow_graph::{TaskNode, WorkflowGraph};
 use crate::report::{JobRunView, TaskRunView};
-use crate::store::{StoreError, StoreHandle};
+use crate::store::{StoreError, StoreHandle, StoreLocation};
 
 /// Mailboxes are bounded (a `send` waits when one is full) but large: bursts of thousands of
 /// task runs must not stall. `do_send` ignores the bound; it is used only for fire-and-forget
@@ -159,6 +159,8 @@ pub struct EngineConfig {
     pub source: String,
     pub state_dir: PathBuf,
     pub store: StoreHandle,
+    /// Where `store` is, for the readers beside the engine (the API, `/metrics`).
+    pub location: StoreLocation,
     pub executor: Arc<dyn Executor>,
     pub clock: SharedClock,
     pub workers: usize,
@@ -396,6 +398,7 @@ pub struct EngineHandle {
     watch: watchdog::WatchList,
     jobs: Arc<Vec<JobShape>>,
     state_dir: Arc<std::path::PathBuf>,
+    location: Arc<StoreLocation>,
     secrets: Arc<secrets::SecretBook>,
     /// `None` when the workflow declares no hooks.
     hooks: Option<hooks::HookRunner>,
@@ -513,6 +516,7 @@ pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
     watchdog::Watchdog::start_in_arbiter(&arbiter.handle(), move |_| watchdog::Watchdog::new(clock, watched));
     let jobs = Arc::new(JobShape::of(&config.workflow));
     let state_dir = Arc::new(state_dir);
+    let location = Arc::new(config.location);
     Ok(EngineHandle {
         supervisor,
         journal,
@@ -522,6 +526,7 @@ pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         watch,
         jobs,
         state_dir,
+        location,
         secrets,
         hooks,
         labels,
@@ -714,6 +719,11 @@ impl EngineHandle {
     /// The state dir this engine writes.
     pub fn state_dir(&self) -> &std::path::Path {
         &self.state_dir
+    }
+
+    /// Where this engine's store is: what the API's reads open snapshots from.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
     }
 
     /// This node's labels (`--label`), in the order given.

@@ -3,7 +3,7 @@
 //! answered with [`READ_ONLY`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tokio::sync::mpsc;
 
@@ -20,7 +20,7 @@ use crate::store::{AttemptRecord, Snapshot, StoreError, StoreLocation};
 pub const READ_ONLY: &str = "read-only: no instance running";
 
 pub struct OfflineEngine {
-    state_dir: PathBuf,
+    store: StoreLocation,
     /// Held so the event stream stays open (and silent) for as long as the view lives.
     _events: mpsc::UnboundedSender<EngineEvent>,
     events: std::cell::RefCell<Option<mpsc::UnboundedReceiver<EngineEvent>>>,
@@ -28,18 +28,18 @@ pub struct OfflineEngine {
 
 impl OfflineEngine {
     /// Fails when there is no store to read (nothing ever ran here).
-    pub fn open(state_dir: &Path) -> Result<OfflineEngine, StoreError> {
-        StoreLocation::state_dir(state_dir).snapshot()?;
+    pub fn open(store: &StoreLocation) -> Result<OfflineEngine, StoreError> {
+        store.snapshot()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        Ok(OfflineEngine { state_dir: state_dir.to_path_buf(), _events: tx, events: std::cell::RefCell::new(Some(rx)) })
+        Ok(OfflineEngine { store: store.clone(), _events: tx, events: std::cell::RefCell::new(Some(rx)) })
     }
 
     async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&dyn Snapshot) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, EngineError> {
-        let dir = self.state_dir.clone();
-        let answer = tokio::task::spawn_blocking(move || read(&*StoreLocation::state_dir(&dir).snapshot()?));
+        let store = self.store.clone();
+        let answer = tokio::task::spawn_blocking(move || read(&*store.snapshot()?));
         Ok(answer.await.map_err(|e| EngineError::Stopped(e.to_string()))??)
     }
 }

@@ -214,6 +214,7 @@ pub(crate) fn config_on(dir: &std::path::Path, text: &str, store: crate::store::
         source: text.into(),
         state_dir: dir.to_path_buf(),
         store,
+        location: crate::store::StoreLocation::state_dir(dir),
         executor: Arc::new(crate::executor::LocalExecutor),
         clock: Arc::new(SystemClock),
         workers: 1,
@@ -292,4 +293,38 @@ fn the_supervisor_reads_the_store_off_the_engine_thread() {
     let on_thread = store.on_engine_thread.load(Ordering::Relaxed);
     assert_eq!(on_thread, 0, "snapshots taken on the engine's thread");
     assert!(store.snapshots.load(Ordering::Relaxed) >= 8, "the reads happened");
+}
+
+/// A task with `cache` asks the store for its entry as an effect of the core: the JobRun actor
+/// reads it on tokio's blocking pool, never on the engine's thread, and the second run reuses
+/// the first one's success.
+#[test]
+fn a_cached_task_reads_the_cache_off_the_engine_thread() {
+    let dir = crate::state_dir::private_tempdir();
+    let text = "[jobs.j.tasks.get]\nrun = \"echo got >&3 || true\"\ncache = { key = \"k\", ttl = \"1h\" }\n\
+                [jobs.j.tasks.use]\nrun = \"true\"\nneeds = [\"get\"]\n";
+    let store = Arc::new(MemoryStore::new());
+    let config = config(dir.path(), text, &store);
+    let system = actix::System::new();
+    let watched = store.clone();
+    let views = system.block_on(async move {
+        let handle = super::start(config);
+        *watched.engine_thread.lock().expect("lock") = Some(std::thread::current().id());
+        handle.resume_all().await.expect("resume");
+        let mut views = Vec::new();
+        for _ in 0..2 {
+            let id = handle.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await;
+            let id = id.expect("submit").job_run;
+            assert_eq!(handle.wait(vec![id]).await.expect("wait"), vec![(id, JobState::Succeeded)]);
+            views.push(handle.task_runs_of(id).await.expect("task runs"));
+        }
+        handle.shutdown().await;
+        views
+    });
+    let get = |run: usize| views[run].iter().find(|t| t.task == "get").cloned().expect("get");
+    assert_eq!(get(0).attempt, 1, "the first run runs it");
+    let reused = get(1);
+    assert_eq!(reused.attempt, 0, "the second reuses it: {reused:?}");
+    assert!(reused.detail.as_deref().is_some_and(|d| d.starts_with("cached: reused task run")), "{reused:?}");
+    assert_eq!(store.on_engine_thread.load(Ordering::Relaxed), 0, "snapshots taken on the engine's thread");
 }

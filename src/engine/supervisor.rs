@@ -856,6 +856,7 @@ mod tests {
         let config = super::super::EngineConfig {
             workflow: Arc::new(workflow),
             source: text.into(),
+            location: crate::store::StoreLocation::state_dir(&state_dir),
             state_dir,
             store: store.into(),
             executor: Arc::new(crate::executor::NoopExecutor),

@@ -177,6 +177,20 @@ pub struct RemoteOwner {
     /// What the completion writes: kept up to date with what the attempt reports.
     record: AttemptRecord,
     journal: Addr<Journal>,
+    /// `Started` was mailed: an attempt that never started (a spawn error) mails it before it
+    /// ends, so that its owner records it.
+    started: bool,
+}
+
+impl RemoteOwner {
+    fn mail_started(&mut self, process: Option<ProcessHandle>) {
+        if let Some(p) = process {
+            (self.record.pid, self.record.pgid, self.record.start_ticks) = (Some(p.pid), Some(p.pgid), p.start_ticks);
+        }
+        self.started = true;
+        let mail = Mail::Started { node: self.node.id(), process: process.map(|p| (p.pid, p.pgid, p.start_ticks)) };
+        self.node.mailer.send(Owner::letter(self, mail));
+    }
 }
 
 impl Owner {
@@ -188,15 +202,7 @@ impl Owner {
     fn started(&mut self, task_run: u64, attempt: u32, process: Option<ProcessHandle>) {
         match self {
             Owner::Local(owner) => owner.do_send(ProcessStarted { task_run, attempt, process }),
-            Owner::Remote(remote) => {
-                if let Some(p) = process {
-                    (remote.record.pid, remote.record.pgid, remote.record.start_ticks) =
-                        (Some(p.pid), Some(p.pgid), p.start_ticks);
-                }
-                let node = remote.node.id();
-                let mail = Mail::Started { node, process: process.map(|p| (p.pid, p.pgid, p.start_ticks)) };
-                remote.node.mailer.send(Owner::letter(remote, mail));
-            }
+            Owner::Remote(remote) => remote.mail_started(process),
         }
     }
 
@@ -231,11 +237,14 @@ impl Owner {
     /// The attempt is over. Remotely: its record goes in through the fenced completion, and
     /// only an outcome taken is mailed (`Ended`); a refused one is said here, never applied.
     fn ended(self, ended: AttemptEnded, now_ms: u64) {
-        let remote = match self {
+        let mut remote = match self {
             Owner::Local(owner) => return owner.do_send(ended),
             Owner::Remote(remote) => remote,
         };
-        let RemoteOwner { node, mut record, journal } = *remote;
+        if !remote.started {
+            remote.mail_started(None);
+        }
+        let RemoteOwner { node, mut record, journal, .. } = *remote;
         record.ended_at_ms = Some(now_ms);
         record.exit_code = ended.exit.and_then(|e| e.exit_code);
         record.signal = ended.exit.and_then(|e| e.signal);
@@ -574,7 +583,7 @@ impl Worker {
         let mut record =
             AttemptRecord::started(claimed.id, claimed.record.job_run, claimed.attempt, self.clock.now_ms());
         record.model = spec.model.clone();
-        let remote = RemoteOwner { node: link.node.clone(), record, journal: self.journal.clone() };
+        let remote = RemoteOwner { node: link.node.clone(), record, journal: self.journal.clone(), started: false };
         let started = Claimed {
             spec: spec.to_attempt_spec(&link.state_dir),
             timeout: Duration::from_millis(spec.timeout_ms),

@@ -205,6 +205,55 @@ pub fn open_writer(state_dir: &Path) -> Result<(RedbStore, StoreCloser, Instance
     Ok((handle, closer, lock))
 }
 
+/// The engine's store at `location`, opened as its one writer (`run`, `serve`).
+pub struct OpenedStore {
+    pub store: StoreHandle,
+    /// The PostgreSQL backend itself, for what a cluster node needs beyond [`Store`] (its queue
+    /// primitives); `None` on redb.
+    pub postgres: Option<std::sync::Arc<pg::PgBackend>>,
+    closer: Option<StoreCloser>,
+    _lock: InstanceLock,
+}
+
+impl OpenedStore {
+    /// Lets go of the store and waits (up to `timeout`) for its last commits to be durable. The
+    /// handle held here is dropped first: redb's writer ends once the last handle is gone, and
+    /// the closer would otherwise wait the whole `timeout` for this one.
+    pub fn close(self, timeout: std::time::Duration) {
+        let OpenedStore { store, postgres, closer, _lock } = self;
+        drop((store, postgres));
+        if let Some(closer) = closer {
+            closer.close(timeout);
+        }
+    }
+}
+
+/// Opens the store at `location` as the engine's: the state dir's redb ([`open_writer`]), or a
+/// PostgreSQL database — migrated to this gaffer's schema, a newer one refused — while this
+/// node's state dir (its socket, logs, inbox) is locked as its one instance all the same.
+pub fn open_store(
+    location: &StoreLocation,
+    state_dir: &Path,
+    queue_facts: pg::QueueFacts,
+) -> Result<OpenedStore, StoreError> {
+    match location {
+        StoreLocation::StateDir(dir) => {
+            let (store, closer, lock) = open_writer(dir)?;
+            Ok(OpenedStore { store: store.into(), postgres: None, closer: Some(closer), _lock: lock })
+        }
+        StoreLocation::Postgres(url) => {
+            let dir = StateDir::create_checked(state_dir)?;
+            let lock = InstanceLock::acquire(&dir)?;
+            let backend = std::sync::Arc::new(pg::PgBackend::open(
+                url,
+                pg::PgOptions { queue_facts, ..pg::PgOptions::default() },
+            )?);
+            let store = StoreHandle::new(backend.clone());
+            Ok(OpenedStore { store, postgres: Some(backend), closer: None, _lock: lock })
+        }
+    }
+}
+
 /// Opens the state dir for reading only; works while an instance writes.
 pub fn open_reader(state_dir: &Path) -> Result<Reader, StoreError> {
     let dir = StateDir::open_checked(state_dir)?;

@@ -102,14 +102,14 @@ pub trait Snapshot: Send {
     fn paused_queues(&self) -> Result<BTreeSet<String>, StoreError>;
 }
 
-/// Where the durable state is: what the read commands, the API and the offline TUI open
-/// snapshots from.
+/// Where the durable state is: what `run`/`serve` open as the engine's store, and what the read
+/// commands, the API (`/metrics` too) and the offline TUI open snapshots from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     /// `STATE_DIR/state.redb`.
     StateDir(PathBuf),
-    /// A PostgreSQL database: a `postgres://` URL or a libpq connection string (experimental,
-    /// not offered by the CLI yet).
+    /// A PostgreSQL database: a `postgres://` URL (`--store`, `GAFFER_STORE`) or a libpq
+    /// connection string (tests).
     Postgres(String),
 }
 
@@ -118,11 +118,94 @@ impl StoreLocation {
         StoreLocation::StateDir(path.to_path_buf())
     }
 
+    /// `--store` / `GAFFER_STORE`: a `postgres://` or `postgresql://` URL is that database;
+    /// none (or an empty one) is the state dir's own store. Anything else, or a URL that cannot
+    /// be read, is refused with the reason (the password never shown).
+    pub fn choose(given: Option<&str>, state_dir: &Path) -> Result<StoreLocation, String> {
+        let Some(url) = given.map(str::trim).filter(|g| !g.is_empty()) else {
+            return Ok(StoreLocation::state_dir(state_dir));
+        };
+        if !["postgres://", "postgresql://"].iter().any(|scheme| url.starts_with(scheme)) {
+            return Err(format!(
+                "--store `{}`: not a store gaffer knows: give a postgres://USER@HOST/DB URL (PostgreSQL), \
+                 or no --store (and no GAFFER_STORE) for the state dir's own store",
+                redacted(url)
+            ));
+        }
+        super::pg::config(url).map_err(|e| format!("--store `{}`: {e}", redacted(url)))?;
+        Ok(StoreLocation::Postgres(url.to_string()))
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, StoreLocation::Postgres(_))
+    }
+
     /// A snapshot of what the store at this location holds; works while an instance writes.
     pub fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError> {
         match self {
             StoreLocation::StateDir(dir) => Ok(Box::new(super::open_reader(dir)?)),
-            StoreLocation::Postgres(url) => super::pg::PgBackend::snapshot_of(url),
+            // Named, since a command may read a database on another machine.
+            StoreLocation::Postgres(url) => super::pg::PgBackend::snapshot_of(url)
+                .map_err(|e| StoreError::File(format!("store {}: {e}", redacted(url)))),
         }
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    /// The state dir's store file, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::StateDir(dir) => write!(f, "{}", dir.join(super::STORE_FILE).display()),
+            StoreLocation::Postgres(url) => f.write_str(&redacted(url)),
+        }
+    }
+}
+
+/// `url` with the password of its user part (`postgres://me:secret@db/x`) and of a `password=`
+/// parameter replaced by `***`, for messages.
+fn redacted(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(start) = out.find("://").map(|i| i + 3) {
+        let authority_end = out[start..].find(['/', '?']).map_or(out.len(), |i| start + i);
+        if let Some(at) = out[start..authority_end].rfind('@').map(|i| start + i)
+            && let Some(colon) = out[start..at].find(':').map(|i| start + i)
+        {
+            out.replace_range(colon + 1..at, "***");
+        }
+    }
+    if let Some(i) = out.find("password=") {
+        let value = i + "password=".len();
+        let end = out[value..].find(['&', ' ']).map_or(out.len(), |e| value + e);
+        out.replace_range(value..end, "***");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_is_chosen_by_its_url_and_anything_else_is_refused() {
+        let dir = Path::new("/s");
+        assert_eq!(StoreLocation::choose(None, dir), Ok(StoreLocation::state_dir(dir)));
+        assert_eq!(StoreLocation::choose(Some(" "), dir), Ok(StoreLocation::state_dir(dir)), "GAFFER_STORE=");
+        for url in ["postgres://me@db/gaffer", "postgresql://me:pw@db:5433/gaffer?sslmode=disable"] {
+            assert_eq!(StoreLocation::choose(Some(url), dir), Ok(StoreLocation::Postgres(url.into())));
+        }
+        let refused = StoreLocation::choose(Some("mysql://me:pw@db/x"), dir).expect_err("not a store");
+        assert!(refused.contains("not a store gaffer knows") && refused.contains("me:***@db"), "{refused}");
+        let refused = StoreLocation::choose(Some("postgres://me:pw@db:notaport/x"), dir).expect_err("bad port");
+        assert!(refused.starts_with("--store `postgres://me:***@db:notaport/x`: postgres:"), "{refused}");
+        assert!(!refused.contains("pw"), "{refused}");
+    }
+
+    #[test]
+    fn a_location_is_shown_without_its_password() {
+        let shown = |url: &str| StoreLocation::Postgres(url.into()).to_string();
+        assert_eq!(shown("postgres://me:s3cret@db:5432/g"), "postgres://me:***@db:5432/g");
+        assert_eq!(shown("postgres://me@db/g?password=s3cret&x=1"), "postgres://me@db/g?password=***&x=1");
+        assert_eq!(shown("postgres://db/g"), "postgres://db/g");
+        assert_eq!(StoreLocation::state_dir(Path::new("/s")).to_string(), "/s/state.redb");
     }
 }

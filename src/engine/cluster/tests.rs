@@ -110,7 +110,8 @@ fn run_on_first(
         let a = &cluster.nodes[0];
         let id =
             a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
-        assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, expect)]);
+        let ended = tokio::time::timeout(Duration::from_secs(60), a.wait(vec![id])).await;
+        assert_eq!(ended.expect("the job run did not end within a minute").expect("wait"), [(id, expect)]);
         a.flush_events().await;
         let events = subscribed.iter_mut().map(drain).collect();
         cluster.stop().await;
@@ -228,8 +229,8 @@ retry = {{ max_attempts = 2, initial_interval = "50ms", backoff = 1.0, jitter = 
     );
 }
 
-/// A declared queue's `concurrency = 2` holds across three nodes of three workers each: the
-/// tasks themselves write when they start and end, and no three ever overlap.
+/// A declared queue's `concurrency = 2` holds across three nodes (seven workers): the tasks
+/// themselves write when they start and end, and no three ever overlap.
 #[test]
 fn a_declared_queue_cap_holds_across_nodes() {
     let Some(db) = TestDb::get() else { return };
@@ -242,7 +243,8 @@ fn a_declared_queue_cap_holds_across_nodes() {
             times.display()
         ));
     }
-    run_on_first(&db, &text, &[("a", 3, &[]), ("b", 3, &[]), ("c", 3, &[])], JobState::Succeeded);
+    // The owner has one worker: the second slot is always another node's.
+    run_on_first(&db, &text, &[("a", 1, &[]), ("b", 3, &[]), ("c", 3, &[])], JobState::Succeeded);
     let runs: Vec<(u128, u128, String)> = lines(&times)
         .iter()
         .map(|l| {
@@ -302,4 +304,69 @@ fn cancelling_a_job_run_kills_its_attempt_on_another_node() {
     let b_id = node_id(&db, "b");
     let ran_on = db.psql(&format!("SELECT node FROM attempts WHERE task_run = {}", task.id));
     assert_eq!(ran_on.trim(), b_id);
+}
+
+/// An attempt that cannot even start on the node that claimed it (no such program) still
+/// reaches its owner, which records the spawn error and decides (retries, then the job run
+/// fails).
+#[test]
+fn an_attempt_that_cannot_start_on_another_node_is_recorded_by_its_owner() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j.tasks.missing]\nrequires = [\"remote\"]\nargs = [\"/nonexistent/gaffer-test-program\"]\n";
+    let (id, _) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &["remote"])], JobState::Failed);
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
+    assert_eq!(task.state, TaskState::Dead);
+    // Retried by the default policy, each time decided by the owner.
+    let reasons: Vec<_> = attempts.iter().map(|a| (a.n, a.reason)).collect();
+    assert_eq!(reasons, (1..=task.attempt).map(|n| (n, Some(FailReason::SpawnError))).collect::<Vec<_>>());
+    assert!(task.attempt >= 1);
+}
+
+/// Spending reported on another node reaches the owner (`Cost` letters): past the job run's
+/// budget the owner stops the attempt over there (`Kill`), and records what it cost.
+#[test]
+fn a_budget_crossed_on_another_node_stops_the_attempt_there() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j]\nbudget_usd = 0.05\n[jobs.j.tasks.spender]\nrequires = [\"remote\"]\n\
+                run = \"echo 'cost usd=0.04' >&3; sleep 0.3; echo 'cost usd=0.04' >&3; exec sleep 30\"\n";
+    let started = std::time::Instant::now();
+    let (id, events) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &["remote"])], JobState::Failed);
+    assert!(started.elapsed() < Duration::from_secs(20), "the attempt ran to its end: {:?}", started.elapsed());
+    assert!(events[0].iter().any(|e| matches!(e.data, EventData::BudgetExceeded { .. })), "the owner said so");
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
+    assert_eq!(task.state, TaskState::Dead);
+    let spent: Vec<_> = attempts.iter().map(|a| (a.reason, a.cost_usd_micros)).collect();
+    assert_eq!(spent, [(Some(FailReason::Budget), 80_000)]);
+}
+
+/// What an attempt on another node reports reaches its owner by mail: progress and warnings as
+/// events and on the attempt's record, outputs (the next task's template sees them), and an
+/// `expect` the owner checks.
+#[test]
+fn progress_warnings_and_outputs_of_a_remote_attempt_reach_its_owner() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j.tasks.remote]\nrequires = [\"remote\"]\n\
+                run = \"echo 'progress half way' >&3; echo 'nonsense line' >&3; echo 'output answer=42' >&3\"\n\
+                [jobs.j.tasks.local]\nneeds = [\"remote\"]\nargs = [\"test\", \"{{ tasks.remote.outputs.answer }}\", \"=\", \"42\"]\n";
+    let (id, events) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &["remote"])], JobState::Succeeded);
+    let said = |f: &dyn Fn(&EventData) -> bool| events[0].iter().any(|e| e.job_run == Some(id) && f(&e.data));
+    assert!(said(&|d| matches!(d, EventData::TaskProgress { message } if message == "half way")), "{:?}", events[0]);
+    assert!(said(&|d| matches!(d, EventData::TaskWarning { .. })), "{:?}", events[0]);
+    let remote = records(&db, id).into_iter().find(|(t, _)| t.task == "remote").expect("the remote task run");
+    assert_eq!(remote.0.outputs.get("answer").map(String::as_str), Some("42"));
+    assert_eq!(remote.1.len(), 1);
+    assert!(!remote.1[0].warnings.is_empty(), "the warning is on the owner's record of the attempt");
+}
+
+/// A task run no node takes within its `queue_timeout` is timed out by its owner, as a single
+/// node's Dispatcher would.
+#[test]
+fn a_task_run_nobody_claims_times_out_on_its_owner() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j.tasks.gpu]\nrequires = [\"gpu\"]\nqueue_timeout = \"300ms\"\nrun = \"true\"\n";
+    let started = std::time::Instant::now();
+    let (id, _) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &[])], JobState::Failed);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
+    assert_eq!((task.state, task.reason, attempts.len()), (TaskState::Dead, Some(FailReason::QueueTimeout), 0));
 }

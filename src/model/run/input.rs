@@ -68,6 +68,12 @@ pub enum Input {
     },
     /// Graceful stop: running attempts are interrupted, nothing new starts.
     Stop,
+    /// The answer to a `cache_reads` effect: the entry stored under the task run's cache key,
+    /// if any (read off the actor's thread).
+    CacheRead {
+        task_run: u64,
+        entry: Option<CacheHit>,
+    },
 }
 
 /// How an attempt ended, as the worker saw it (the actor checked `expect` already).
@@ -104,10 +110,9 @@ pub trait Env {
     /// How many attempts in a row of `task_run`'s series, the one ending now included, gaffer
     /// dying interrupted.
     fn crashes_in_a_row(&mut self, task_run: &TaskRun) -> u32;
-    /// The scoped cache key of task `task`, if it has `cache` and its key renders.
+    /// The scoped cache key of task `task`, if it has `cache` and its key renders. (Its entry
+    /// is not asked of the `Env`: reading the store is an effect, `Effects::cache_reads`.)
     fn cache_key(&mut self, state: &RunState, task: usize) -> Option<String>;
-    /// The stored entry under `key`, if any (the core checks its age).
-    fn cache_entry(&mut self, key: &str) -> Option<CacheHit>;
     /// A new task run id (a durable sequence).
     fn next_task_run_id(&mut self) -> u64;
     /// Whether the `when` expression of a transition holds for task run `run`, which just
@@ -139,6 +144,10 @@ pub struct Effects {
     pub reply: Option<Result<String, String>>,
     /// `Claim` granted: commit the task run with its new attempt, then hand it out.
     pub claimed: Option<Claimed>,
+    /// `(task_run, cache key)`: a task run ready to queue whose `cache` may hold a result to
+    /// reuse; read the entry under the key and answer with `Input::CacheRead`. The task run is
+    /// queued (or succeeds from the cache) only then.
+    pub cache_reads: Vec<(u64, String)>,
 }
 
 /// A claim granted: attempt `attempt` of task `task` may start, with `model` (fallback).

@@ -205,6 +205,9 @@ pub struct RunState {
     /// Task runs whose last starts found the machine out of a resource, and how many times in
     /// a row: their next try backs off further.
     pub exhausted: HashMap<u64, u32>,
+    /// Task runs ready to queue whose `cache` entry the core asked for (`Effects::cache_reads`)
+    /// and has not heard of yet (`Input::CacheRead`). Not stored: a resume queues them.
+    pub cache_asked: std::collections::HashSet<u64>,
     /// Fanned-out tasks whose items exist, by task index.
     pub fanouts: HashMap<usize, super::fanout::Node>,
     /// The failed run's saga, once it began (rebuilt from the stored compensations on a resume).
@@ -248,6 +251,7 @@ impl RunState {
             submitted_priority,
             ended: false,
             exhausted: HashMap::new(),
+            cache_asked: Default::default(),
             fanouts: HashMap::new(),
             saga: None,
         };

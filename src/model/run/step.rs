@@ -84,6 +84,7 @@ impl<E: Env> Step<'_, E> {
                 self.s.stopping = true;
                 self.kill_running(FailReason::Interrupted);
             }
+            Input::CacheRead { task_run, entry } => self.cache_read(task_run, entry),
         }
     }
 
@@ -140,13 +141,17 @@ impl<E: Env> Step<'_, E> {
                 continue;
             } else if change.to == TaskState::Queued
                 && self.s.is_node(i)
-                && let Some(hit) = self.cache_hit(i)
+                && self.s.def(i).cache.is_some()
+                && let Some(key) = self.env.cache_key(self.s, i)
             {
-                self.succeed_from_cache(i, hit);
-                let matched = self.matching_transitions(i, true);
-                self.fire(i, matched);
-                let follows = self.follow_needs(i);
-                work.extend(follows);
+                // Its cache may hold a result: the store is asked (an effect), and the task run
+                // is queued or reused when the answer comes (`cache_read`). Ready for its queue
+                // meanwhile, so a record written before then is a queued one.
+                let t = &mut self.s.tasks[i];
+                t.queued_at_ms = Some(self.now);
+                t.enqueue_seq = self.env.next_enqueue_seq();
+                self.s.cache_asked.insert(t.id);
+                self.fx.cache_reads.push((t.id, key));
                 continue;
             }
             let t = &mut self.s.tasks[i];
@@ -154,9 +159,7 @@ impl<E: Env> Step<'_, E> {
                 TaskState::Queued => {
                     t.queued_at_ms = Some(self.now);
                     t.enqueue_seq = self.env.next_enqueue_seq();
-                    self.fx.enqueue.push(i);
-                    let series_start = (t.series_start > 1).then_some(t.series_start);
-                    self.task_note(i, TaskNote::Queued { series_start });
+                    self.queue(i);
                 }
                 TaskState::Waiting => {
                     let def = self.s.def(i);
@@ -182,12 +185,44 @@ impl<E: Env> Step<'_, E> {
         }
     }
 
-    /// A stored success of task `i` with the same key, still within its `ttl`.
-    fn cache_hit(&mut self, i: usize) -> Option<CacheHit> {
-        let ttl = self.s.def(i).cache.as_ref()?.ttl;
-        let key = self.env.cache_key(self.s, i)?;
-        let entry = self.env.cache_entry(&key)?;
-        (self.now.saturating_sub(entry.succeeded_at_ms) <= ttl.as_millis() as u64).then_some(entry)
+    /// Task run `i`, ready, goes to its queue.
+    fn queue(&mut self, i: usize) {
+        self.fx.enqueue.push(i);
+        let t = &self.s.tasks[i];
+        let series_start = (t.series_start > 1).then_some(t.series_start);
+        self.task_note(i, TaskNote::Queued { series_start });
+    }
+
+    /// The store answered what task run `task_run`'s cache holds: a success of the same task
+    /// with the same key, still within its `ttl`, is reused on the spot (its edges followed in
+    /// this step); anything else queues it. An answer nobody waits for any more (the task run
+    /// was cancelled or skipped meanwhile, or the run restarted) changes nothing.
+    fn cache_read(&mut self, task_run: u64, entry: Option<CacheHit>) {
+        let Some(i) = self.s.idx(task_run) else { return };
+        if !self.s.cache_asked.remove(&task_run) || self.s.tasks[i].state != TaskState::Queued {
+            return;
+        }
+        self.settle = true;
+        self.fx.writes.push(Write::TaskRun(i));
+        if self.s.budget_spent || self.s.job_run.cancel_requested || self.s.iteration_limit {
+            self.s.set_state(i, TaskState::Skipped);
+            self.s.tasks[i].ended_at_ms = Some(self.now);
+            self.task_note(i, TaskNote::Skipped);
+            return;
+        }
+        let ttl = self.s.def(i).cache.as_ref().map_or(0, |c| c.ttl.as_millis() as u64);
+        match entry.filter(|e| self.now.saturating_sub(e.succeeded_at_ms) <= ttl) {
+            Some(hit) if !self.s.stopping => {
+                self.succeed_from_cache(i, hit);
+                let matched = self.matching_transitions(i, true);
+                self.fire(i, matched);
+                let follows = self.follow_needs(i);
+                self.apply(follows);
+            }
+            // Stopping: left queued (and written so), a resume queues it.
+            _ if self.s.stopping => {}
+            _ => self.queue(i),
+        }
     }
 
     /// Task `i` succeeds with the outputs of the run it reuses; cost 0, no attempt.

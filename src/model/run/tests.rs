@@ -56,11 +56,9 @@ impl Env for FixedEnv {
     fn crashes_in_a_row(&mut self, _: &TaskRun) -> u32 {
         1
     }
-    fn cache_key(&mut self, _: &RunState, _: usize) -> Option<String> {
-        None
-    }
-    fn cache_entry(&mut self, _: &str) -> Option<CacheHit> {
-        None
+    /// A task with `cache` has its name as its key.
+    fn cache_key(&mut self, state: &RunState, i: usize) -> Option<String> {
+        state.def(i).cache.as_ref().map(|_| state.tasks[i].task.clone())
     }
     fn next_task_run_id(&mut self) -> u64 {
         self.seq += 1;
@@ -125,6 +123,7 @@ fn run_name(t: &TaskRun) -> String {
 }
 
 /// One script line as an input: `begin`, `claim a`, `ok a`, `fail a 2` (exit code),
+/// `cached a none|MS` (the answer to reading a's cache: nothing, or a success at MS),
 /// `end a reason`, `timer a`, `qtimeout a` (its `queue_timeout`), `cancel [a]`, `retry a`, `from a` (`retry --from`), `signal go`,
 /// `cost a 600000`, `stop`.
 fn input_of(s: &RunState, line: &str) -> Input {
@@ -170,6 +169,20 @@ fn input_of(s: &RunState, line: &str) -> Input {
             output_tokens: 0,
         },
         ["stop"] => Input::Stop,
+        // The store's answer about a's cache entry: none, or a success at `at` ms (lines are
+        // 1000 ms apart, the first at 1000).
+        ["cached", _, "none"] => Input::CacheRead { task_run: task(1), entry: None },
+        ["cached", _, at] => {
+            let entry = CacheHit {
+                task_run: 90,
+                job_run: 6,
+                succeeded_at_ms: at.parse().expect("ms"),
+                expires_at_ms: u64::MAX,
+                outputs: [("answer".to_string(), "42".to_string())].into(),
+                exit_code: Some(0),
+            };
+            Input::CacheRead { task_run: task(1), entry: Some(entry) }
+        }
         _ => panic!("unknown script line `{line}`"),
     }
 }
@@ -220,6 +233,7 @@ fn render(s: &RunState, fx: &Effects) -> String {
             ),
         })
         .collect();
+    out.extend(fx.cache_reads.iter().map(|(id, key)| format!("read cache {key} for {}", by_id(*id))));
     out.extend(fx.enqueue.iter().map(|&i| format!("enqueue {}", name(i))));
     out.extend(fx.timers.iter().map(|&(id, due)| format!("timer {}@{due}", by_id(id))));
     out.extend(fx.kills.iter().map(|&(id, r)| format!("kill {}({})", by_id(id), r.as_str())));
@@ -1143,4 +1157,94 @@ fn giving_up_on_a_join_releases_what_needs_the_task_it_would_have_reached() {
          claim e => claimed e#1
          ok e => e succeeded, job succeeded, finish",
     );
+}
+
+/// a ⟶ b with `cache` (ttl 2 s) ⟶ c.
+const CACHED: &str = r#"
+[jobs.j.tasks.a]
+run = "true"
+[jobs.j.tasks.b]
+run = "true"
+needs = ["a"]
+cache = { key = "k", ttl = "2s" }
+[jobs.j.tasks.c]
+run = "true"
+needs = ["b"]
+"#;
+
+#[test]
+fn a_cached_task_is_read_from_the_store_as_an_effect_then_reused_or_queued() {
+    // Reused: the answer is a fresh success; b succeeds without an attempt and c follows at once.
+    let s = check(
+        CACHED,
+        "begin
+         claim a
+         ok a
+         cached b 2500",
+        "begin => job started, a queued, enqueue a
+         claim a => claimed a#1
+         ok a => a succeeded, read cache b for b
+         cached b 2500 => b succeeded, c queued, enqueue c",
+    );
+    let b = &s.tasks[1];
+    assert_eq!(
+        (b.state, b.attempt, b.outputs.get("answer").map(String::as_str)),
+        (TaskState::Succeeded, 0, Some("42"))
+    );
+    assert_eq!(b.detail.as_deref(), Some("cached: reused task run 90 of job run j6"));
+    // Nothing there, or too old (4000 − 1000 > 2 s): b is queued as any task.
+    for answer in ["cached b none", "cached b 1000"] {
+        check(
+            CACHED,
+            &format!("begin\nclaim a\nok a\n{answer}\nclaim b\nok b"),
+            &format!(
+                "begin => job started, a queued, enqueue a
+                 claim a => claimed a#1
+                 ok a => a succeeded, read cache b for b
+                 {answer} => b queued, enqueue b
+                 claim b => claimed b#1
+                 ok b => b succeeded, c queued, enqueue c"
+            ),
+        );
+    }
+}
+
+#[test]
+fn a_cache_answer_nobody_waits_for_changes_nothing() {
+    // Cancelled while the store was asked: the answer, even a hit, is ignored.
+    check(
+        CACHED,
+        "begin
+         claim a
+         ok a
+         cancel
+         cached b 3500
+         cached b 3500",
+        "begin => job started, a queued, enqueue a
+         claim a => claimed a#1
+         ok a => a succeeded, read cache b for b
+         cancel => b cancelled, c skipped, job cancelled, ok: job run j7 is being cancelled, finish
+         cached b 3500 =>
+         cached b 3500 =>",
+    );
+    // Asked once, answered once: a second answer is not a second success.
+    let mut s = new_run(CACHED);
+    let mut d = Driver::new();
+    for line in ["begin", "claim a", "ok a", "cached b 3500"] {
+        d.line(&mut s, line);
+    }
+    let again = Input::CacheRead { task_run: s.tasks[1].id, entry: None };
+    assert_eq!(step(&mut s, again, 6000, &mut d.env), Effects::default());
+    // A stop before the answer: b stays queued (written so), and a resume queues it.
+    let mut s = new_run(CACHED);
+    let mut d = Driver::new();
+    for line in ["begin", "claim a", "ok a", "stop"] {
+        d.line(&mut s, line);
+    }
+    let fx = d.line(&mut s, "cached b 4000");
+    assert_eq!((fx.enqueue.as_slice(), s.tasks[1].state), (&[][..], TaskState::Queued));
+    assert!(fx.writes.contains(&Write::TaskRun(1)), "{fx:?}");
+    let mut resumed = restarted(&s);
+    let fx = step(&mut resumed, Input::Resume, 7000, &mut d.env);
+    assert_eq!(fx.enqueue, [1], "queued at the next start, the cache not asked again");
 }

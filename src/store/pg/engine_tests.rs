@@ -56,6 +56,12 @@ run = "echo last"
     assert_eq!(elsewhere.job_run(id).expect("read"), Some(job_run), "read by a reader of its own");
     assert_eq!(elsewhere.attempts().expect("read").len(), 4);
     drop(elsewhere);
+    // `gaffer tui --store` with no node here: the read-only views over the same database.
+    let offline = crate::engine::OfflineEngine::open(&StoreLocation::Postgres(db.url.clone())).expect("offline");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let seen = runtime.block_on(crate::engine::Control::snapshot(&offline)).expect("its snapshot");
+    assert_eq!(seen.task_runs.len(), 3, "{seen:?}");
+    assert!(seen.job_runs.iter().any(|j| j.id == id), "{seen:?}");
 
     // The rows are really in the database, seen by another client.
     let sql = format!("SELECT state FROM job_runs WHERE id = {id}; SELECT count(*) FROM attempts");

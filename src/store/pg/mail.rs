@@ -177,13 +177,14 @@ const DRAIN: &str = "WITH taken AS ( \
      DELETE FROM node_mail WHERE id IN ( \
          SELECT id FROM node_mail WHERE to_node = $1 \
          UNION ALL \
-         SELECT m.id FROM node_mail m JOIN job_runs j ON j.id = m.job_run \
-         WHERE m.to_node IS NULL AND j.owner_node = $1) \
+         SELECT m.id FROM node_mail m WHERE m.to_node IS NULL \
+           AND EXISTS (SELECT 1 FROM job_runs j WHERE j.id = m.job_run AND j.owner_node = $1)) \
      RETURNING id, job_run, to_node, task_run, attempt, body \
  ) SELECT job_run, to_node, task_run, attempt, body FROM taken ORDER BY id";
 
 /// Takes every letter for node `me`: those addressed to it, and those to the owner of a job run
-/// it owns; in the order they were written. A letter that cannot be read is dropped, said.
+/// it owns (walked from the few letters, each job run by its primary key); in the order they
+/// were written. A letter that cannot be read is dropped, said.
 pub async fn drain(c: &deadpool_postgres::Client, me: i64) -> Result<Vec<Letter>, PgError> {
     let stmt = c.prepare_cached(DRAIN).await?;
     let rows = c.query(&stmt, &[&me]).await?;

@@ -41,6 +41,18 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, PgError
     Ok(found.max(SCHEMA_VERSION))
 }
 
+/// A reader's check: the database must be at exactly [`SCHEMA_VERSION`]. A newer one is refused
+/// as the writer refuses it; an older one (or none) is refused too, since applying migrations is
+/// the business of a `gaffer serve` of this version, not of a command that only reads.
+pub async fn check_current(client: &tokio_postgres::Client) -> Result<(), PgError> {
+    let found = schema_version(client).await?;
+    refuse_newer(found)?;
+    match found.unwrap_or(0) {
+        SCHEMA_VERSION => Ok(()),
+        found => Err(PgError::Pending { found }),
+    }
+}
+
 /// The schema the database records; none before the first migration.
 pub async fn schema_version(client: &tokio_postgres::Client) -> Result<Option<i32>, PgError> {
     let exists: bool = client.query_one("SELECT to_regclass('gaffer_schema') IS NOT NULL", &[]).await?.get(0);

@@ -30,7 +30,8 @@ mod migrate;
 pub mod queue;
 mod seam;
 mod snapshot;
-#[cfg(test)]
+/// The private PostgreSQL the tests start, for the integration tests too (`tests/`).
+#[doc(hidden)]
 pub mod testing;
 #[cfg(test)]
 mod tests;
@@ -60,6 +61,10 @@ pub enum PgError {
         "postgres: the database has gaffer schema {found}, this gaffer understands up to {SCHEMA_VERSION}: nothing was changed; use the gaffer that wrote it, or a newer one"
     )]
     Schema { found: i32 },
+    #[error(
+        "postgres: the database is at gaffer schema {found}, this gaffer expects {SCHEMA_VERSION}: start a `gaffer serve --store …` of this version to migrate it (a command that only reads never does)"
+    )]
+    Pending { found: i32 },
     #[error("postgres: {0}")]
     Codec(String),
     #[error("the store has stopped")]
@@ -78,7 +83,11 @@ impl From<tokio_postgres::Error> for PgError {
                 Some(detail) => format!("{} ({detail})", db.message()),
                 None => db.message().to_string(),
             }),
-            None => PgError::Db(e.to_string()),
+            // "error connecting to server" alone does not say why: the cause follows.
+            None => PgError::Db(match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            }),
         }
     }
 }

@@ -65,13 +65,14 @@ impl PgBackend {
         })
     }
 
-    /// A snapshot of the database at `url`, for a reader (no ids are reserved). Blocks.
+    /// A snapshot of the database at `url`, for a reader: no ids are reserved, nothing is
+    /// written, and a database whose schema is not this gaffer's is refused, older or newer (a
+    /// reader never migrates: `migrate::check_current`). Blocks.
     pub fn snapshot_of(url: &str) -> Result<Box<dyn Snapshot>, StoreError> {
-        let runtime = Arc::new(Runtime::start()?);
-        let url = url.to_string();
-        let options = PgOptions { pool_size: 2, ..PgOptions::default() };
-        let snapshot = runtime.block_on(async move { PgStore::open(&url, options).await?.snapshot().await })?;
-        Ok(Box::new(PgSyncSnapshot { snapshot: Some(Arc::new(snapshot)), runtime }))
+        let reader = Reader::of(url)?;
+        let pool = reader.pool.clone();
+        let snapshot = reader.runtime.block_on(async move { PgSnapshot::begin(pool.get().await?).await })?;
+        Ok(Box::new(PgSyncSnapshot { snapshot: Some(Arc::new(snapshot)), runtime: reader.runtime.clone() }))
     }
 
     /// The async store underneath (its queue primitives, async snapshots), for code on its runtime.
@@ -137,6 +138,34 @@ impl Store for PgBackend {
 
     fn next_enqueue_seq(&self) -> u64 {
         self.enqueue_seqs.next(&self.runtime.handle)
+    }
+}
+
+/// A reader's connections to one database: a small pool on a runtime of its own, made at the
+/// first snapshot and kept for the process, so a command that reads often (`logs --follow`, the
+/// API, the offline TUI) does not connect and check the schema again each time.
+struct Reader {
+    runtime: Arc<Runtime>,
+    pool: Pool,
+}
+
+impl Reader {
+    fn of(url: &str) -> Result<Arc<Reader>, StoreError> {
+        static READERS: Mutex<BTreeMap<String, Arc<Reader>>> = Mutex::new(BTreeMap::new());
+        let mut readers = READERS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reader) = readers.get(url) {
+            return Ok(reader.clone());
+        }
+        let runtime = Arc::new(Runtime::start()?);
+        let pool = super::connect(url, 4)?;
+        let checking = pool.clone();
+        runtime.block_on(async move {
+            let client = checking.get().await?;
+            super::migrate::check_current(&client).await
+        })?;
+        let reader = Arc::new(Reader { runtime, pool });
+        readers.insert(url.to_string(), reader.clone());
+        Ok(reader)
     }
 }
 

@@ -76,6 +76,15 @@ impl TestDb {
         Some(TestDb { url, schema, server, users: Some(users) })
     }
 
+    /// The same database as a `postgres://` URL, the form `--store` takes.
+    pub fn postgres_url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?application_name={schema}&options=-c%20search_path%3D{schema}",
+            self.server.port,
+            schema = self.schema
+        )
+    }
+
     /// Runs SQL through `psql` (outside the code under test), returning its unaligned output.
     pub fn psql(&self, sql: &str) -> String {
         self.server.psql(&format!("SET search_path = {}; {sql}", self.schema))

@@ -561,3 +561,46 @@ async fn pg_claim_complete_throughput() {
         );
     }
 }
+
+/// Letters are read in the order they were sent, once each, by the node they are for: the
+/// owner of their job run when read (`to_node` NULL), or the node named; long texts are cut.
+#[tokio::test]
+async fn mail_reaches_its_job_runs_owner_or_its_node_in_order_once() {
+    use super::mail::{self, Letter, MAX_TEXT_BYTES, Mail, Mailer};
+    let db = test_db_or_skip!();
+    let store = open(&db).await;
+    let (owner, runner) = (node(&store, "owner", &[], LONG).await, node(&store, "runner", &[], LONG).await);
+    let j = store.ids.next_job_run().await.expect("id");
+    store.commit(vec![Mutation::JobRun(job_run(j))]).await.expect("commit");
+    db.psql(&format!("UPDATE job_runs SET owner_node = {} WHERE id = {j}", owner.id));
+    let mailer = Mailer::start(store.pool().clone());
+    let letter = |to_node, mail| Letter { job_run: j, to_node, task_run: 7, attempt: 1, mail };
+    let long = "é".repeat(MAX_TEXT_BYTES);
+    mailer.send(letter(None, Mail::Started { node: runner.id, process: Some((1, 1, 0)) }));
+    mailer.send(letter(None, Mail::Progress { text: long.clone() }));
+    mailer.send(letter(Some(runner.id), Mail::Kill { reason: crate::model::FailReason::Cancelled, grace_ms: 5 }));
+    mailer.send(letter(None, Mail::Warning { text: "w".into() }));
+    let c = store.connection().await.expect("conn");
+    let mut for_owner = Vec::new();
+    for _ in 0..100 {
+        for_owner.extend(mail::drain(&c, owner.id).await.expect("drain"));
+        if for_owner.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kinds: Vec<_> = for_owner.iter().map(|l| std::mem::discriminant(&l.mail)).collect();
+    let expected = [
+        Mail::Started { node: 0, process: None },
+        Mail::Progress { text: String::new() },
+        Mail::Warning { text: String::new() },
+    ];
+    assert_eq!(kinds, expected.iter().map(std::mem::discriminant).collect::<Vec<_>>(), "{for_owner:?}");
+    let Mail::Progress { text } = &for_owner[1].mail else { unreachable!() };
+    assert!(text.len() <= MAX_TEXT_BYTES && long.starts_with(text.as_str()) && !text.is_empty(), "cut at a char");
+    let for_runner = mail::drain(&c, runner.id).await.expect("drain");
+    assert_eq!(for_runner.len(), 1, "{for_runner:?}");
+    assert!(matches!(for_runner[0].mail, Mail::Kill { grace_ms: 5, .. }));
+    assert!(mail::drain(&c, owner.id).await.expect("drain").is_empty(), "read once");
+    assert_eq!(db.psql("SELECT count(*) FROM node_mail").trim(), "0");
+}
