@@ -17,12 +17,16 @@
 //! Every session runs with `plan_cache_mode = force_custom_plan`: a generic plan cached while
 //! the queue looked empty walks the whole table for every claim (pg-probe RESULTS.md, trap 1).
 
+pub mod adopt;
+#[cfg(test)]
+mod adopt_tests;
 mod batch;
 #[cfg(test)]
 mod cron_tests;
 #[cfg(test)]
 mod engine_tests;
 mod events;
+pub mod fence;
 mod ids;
 mod logs;
 pub mod mail;
@@ -74,6 +78,10 @@ pub enum PgError {
     /// Another node recorded this fire time of `job`'s schedule first (the batch was not written).
     #[error("postgres: the schedule of job `{job}` was fired by another node")]
     FireTaken { job: String },
+    /// A commit for a job run this node does not own (any more) at its epoch: nothing of the
+    /// batch was written (`fence.rs`).
+    #[error("job run j{job_run}: another node owns it now; this node's commit for it was not written")]
+    Fenced { job_run: u64 },
 }
 
 impl From<tokio_postgres::Error> for PgError {
@@ -151,6 +159,8 @@ pub struct PgStore {
     pool: Pool,
     writer: Writer,
     pub ids: Arc<IdBlocks>,
+    /// The node this store commits for and the job runs it owns (none: nothing is fenced).
+    pub ownership: Arc<fence::Ownership>,
 }
 
 impl PgStore {
@@ -161,8 +171,9 @@ impl PgStore {
         let mut client = pool.get().await?;
         migrate::migrate(&mut client).await?;
         drop(client);
-        let writer = Writer::start(pool.clone(), options.queue_facts.clone());
-        Ok(PgStore { ids: Arc::new(IdBlocks::new(pool.clone())), pool, writer })
+        let ownership = Arc::new(fence::Ownership::default());
+        let writer = Writer::start(pool.clone(), options.queue_facts.clone(), ownership.clone());
+        Ok(PgStore { ids: Arc::new(IdBlocks::new(pool.clone())), pool, writer, ownership })
     }
 
     /// Resolves once `batch` is committed (or failed, with the reason), in one transaction with
