@@ -86,6 +86,7 @@ fn measure(executor: Arc<dyn Executor>, samples: u64, gap_ms: u64, jitter_ms: u6
         workers: 4,
         pricing,
         labels: Vec::new(),
+        cluster: None,
     };
     let system = actix::System::new();
     let (samples, commits) = system.block_on(async move {

@@ -584,6 +584,7 @@ fn in_process_snapshot(p: &Project) -> gaffer::engine::EngineSnapshot {
         workers: 2,
         pricing,
         labels: Vec::new(),
+        cluster: None,
     };
     let system = actix::System::new();
     let snapshot = system.block_on(async move {

@@ -38,6 +38,7 @@ fn a_one_task_job_run_commits_twice_before_its_task_starts_and_once_at_its_end()
         clock: Arc::new(SystemClock),
         workers: 2,
         labels: Vec::new(),
+        cluster: None,
     };
     let system = actix::System::new();
     let commits: Vec<u64> = system.block_on(async move {

@@ -496,6 +496,7 @@ where
         workers,
         pricing,
         labels,
+        cluster: None,
     };
     let system = actix::System::new();
     let code = system.block_on(body(config, checked));

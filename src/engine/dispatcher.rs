@@ -9,13 +9,15 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
+use super::cluster::ClusterNode;
 use super::job_run::{JobRun, QueueTimedOut};
 use super::journal::{Journal, Publish};
-use super::worker::{Assign, Worker};
+use super::worker::{Assign, AssignClaimed, Worker};
 use super::{EngineEvent, EventData, SharedClock};
 use crate::config::QueueDef;
 use crate::model::policy::priority_key;
@@ -243,6 +245,12 @@ pub struct Dispatcher {
     next_queue: usize,
     /// The keys of `queues`, fixed at start, for the round robin.
     names: Vec<String>,
+    /// In a cluster: ready task runs are claimed from the database (`claim`), not handed out
+    /// from the heaps, which stay empty.
+    cluster: Option<Arc<ClusterNode>>,
+    /// A claim is being made; `claim_again`: something woke the Dispatcher meanwhile.
+    claiming: bool,
+    claim_again: bool,
 }
 
 impl Dispatcher {
@@ -288,13 +296,24 @@ impl Dispatcher {
             wake: None,
             next_queue: 0,
             names,
+            cluster: None,
+            claiming: false,
+            claim_again: false,
         }
+    }
+
+    /// A cluster node's Dispatcher: it claims from the database (see `claim`).
+    pub fn in_cluster(self, cluster: Option<Arc<ClusterNode>>) -> Dispatcher {
+        Dispatcher { cluster, ..self }
     }
 
     /// Hands out as much work as the caps allow right now.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         if self.stopping || self.held {
             return;
+        }
+        if self.cluster.is_some() {
+            return self.claim(ctx);
         }
         let now = self.clock.now_ms();
         let mut earliest_wake = self.close_circuits(now);
@@ -364,6 +383,95 @@ impl Dispatcher {
         worker.do_send(Assign(entry));
     }
 
+    /// Cluster mode: claims as many ready task runs as workers are idle (`queue::claim`, one
+    /// claiming connection), queues in turn; a declared queue's `concurrency` holds across
+    /// nodes (the claim counts every node's running task runs), an undeclared one's is this
+    /// node's `workers`; paused queues (on any node) and open circuits are skipped, and a rate
+    /// limit holds for this node's starts. Claimed rows go to idle workers.
+    fn claim(&mut self, ctx: &mut Context<Self>) {
+        if self.claiming {
+            self.claim_again = true;
+            return;
+        }
+        let free = self.idle.len().min(self.workers_total.saturating_sub(self.running_total));
+        let Some(node) = self.cluster.clone().filter(|_| free > 0) else { return };
+        let now = self.clock.now_ms();
+        let mut asks = Vec::new();
+        for offset in 0..self.names.len() {
+            let name = &self.names[(self.next_queue + offset) % self.names.len()];
+            let Some(queue) = self.queues.get_mut(name) else { continue };
+            if queue.paused || queue.circuit_until.is_some() || queue.rate_limited_until(now).is_some() {
+                continue;
+            }
+            let (k, cluster_cap) = match queue.def.concurrency_is_workers {
+                true => (queue.def.concurrency.saturating_sub(queue.running).min(free), None),
+                false => (free, Some(u32::try_from(queue.def.concurrency).unwrap_or(u32::MAX))),
+            };
+            if k > 0 {
+                asks.push((name.clone(), k, cluster_cap));
+            }
+        }
+        self.next_queue = self.next_queue.wrapping_add(1);
+        if asks.is_empty() {
+            return;
+        }
+        self.claiming = true;
+        let pool = node.backend.store().pool().clone();
+        let me = node.node.clone();
+        let claims = node.backend.spawn(async move {
+            let mut c = pool.get().await?;
+            let (mut left, mut got) = (free, Vec::new());
+            for (queue, k, cap) in asks {
+                if left == 0 {
+                    break;
+                }
+                let claimed = crate::store::pg::queue::claim(&mut c, &me, &queue, k.min(left), cap).await?;
+                left -= claimed.len().min(left);
+                got.extend(claimed.into_iter().map(|c| (queue.clone(), c)));
+            }
+            Ok::<_, crate::store::pg::PgError>(got)
+        });
+        ctx.spawn(claims.into_actor(self).map(move |result, act, ctx| {
+            act.claiming = false;
+            let claimed = match result {
+                Ok(Ok(claimed)) => claimed,
+                Ok(Err(e)) => {
+                    tracing::warn!("cluster: cannot claim ({e}); trying again at the next wake-up");
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::warn!("cluster: the claim stopped ({e})");
+                    Vec::new()
+                }
+            };
+            // Claimed some: there may be more. Woken meanwhile: look again.
+            let again = !claimed.is_empty() | std::mem::take(&mut act.claim_again);
+            for (queue, claimed) in claimed {
+                act.assign_claimed(queue, claimed, now);
+            }
+            if again {
+                act.dispatch(ctx);
+            }
+        }));
+    }
+
+    /// A claimed task run goes to an idle worker (there is one: a claim takes at most as many
+    /// as there were, and only claims take them in cluster mode).
+    fn assign_claimed(&mut self, queue: String, claimed: crate::store::pg::queue::Claimed, now: u64) {
+        let Some(worker) = self.idle.pop() else {
+            tracing::error!(task_run = claimed.id, "claimed with no idle worker to run it");
+            return;
+        };
+        if let Some(state) = self.queues.get_mut(&queue) {
+            state.running += 1;
+            if state.def.rate_limit.is_some() {
+                state.starts.push_back(now);
+            }
+        }
+        self.running_total += 1;
+        worker.do_send(AssignClaimed { claimed, queue });
+    }
+
     fn set_wake(&mut self, ctx: &mut Context<Self>, at_ms: Option<u64>, now: u64) {
         if let Some(handle) = self.wake.take() {
             ctx.cancel_future(handle);
@@ -429,6 +537,19 @@ impl Handler<Enqueue> for Dispatcher {
                 queue.blocked.insert(entry.task_run, entry);
             }
         }
+        self.dispatch(ctx);
+    }
+}
+
+/// Cluster mode: task runs may have become ready (a notification, or the poll).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClaimNow;
+
+impl Handler<ClaimNow> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: ClaimNow, ctx: &mut Self::Context) {
         self.dispatch(ctx);
     }
 }

@@ -15,7 +15,7 @@ use super::dispatcher::{AttemptFailed, Enqueue, ReadyEntry};
 use super::journal::Publish;
 use super::scheduler::{TaskTimer, Unschedule};
 use super::supervisor::{Fatal, JobRunEnded};
-use super::worker::{Kill, Worker};
+use super::worker::{Kill, Owner, Worker};
 use super::{AttemptFailure, BudgetScope, EngineEvent, EventData, Instance, JobEnd, JobStart, Shared};
 use crate::config::template::{self, TemplateContext, UpstreamTask};
 use crate::config::{JobDef, Workflow};
@@ -25,7 +25,9 @@ use crate::model::run::{self, AttemptEnd, Effects, Input, Note, RunState, TaskNo
 use crate::model::{FailReason, JobState, TaskState};
 use crate::store::{AttemptRecord, JobRunRecord, Mutation, RaisedBudgets, TaskRunRecord};
 
+mod cluster;
 pub(super) mod convert;
+pub use cluster::Mailed;
 mod rerun;
 pub(crate) use rerun::workflow_for_run;
 pub use rerun::{CheckDefinition, RetryFrom};
@@ -40,8 +42,8 @@ pub struct JobRun {
     record: JobRunRecord,
     /// Every decision's state: the task runs, the graph, budgets, flags.
     run: RunState,
-    /// The attempt each running task run is in, and the worker running it.
-    running: HashMap<u64, (AttemptRecord, Option<Addr<Worker>>)>,
+    /// The attempt each running task run is in, and who runs it.
+    running: HashMap<u64, (AttemptRecord, Option<Runner>)>,
     /// Running attempts whose pid is known but not yet written: it rides on the job run's next
     /// commit, or is written alone after `PID_WRITE_DELAY` (see `ProcessStarted`).
     pids_unwritten: std::collections::HashSet<u64>,
@@ -61,6 +63,12 @@ pub struct JobRun {
     committed: std::collections::BTreeMap<u64, (Vec<EngineEvent>, AfterCommit)>,
     /// Told once the new run's first commit (its records) is durable: a submit answers then.
     begun: Option<Begun>,
+}
+
+/// Who runs an attempt: a worker of this engine, or (in a cluster) another node, told by mail.
+pub enum Runner {
+    Local(Addr<Worker>),
+    Remote(i64),
 }
 
 type AfterCommit = Box<dyn FnOnce(&mut JobRun, &mut Context<JobRun>)>;
@@ -257,9 +265,13 @@ impl JobRun {
         mut events: Vec<EngineEvent>,
     ) {
         for &(task_run, reason) in &fx.kills {
-            if let Some((_, Some(worker))) = self.running.get(&task_run) {
-                let grace = if reason == FailReason::Interrupted { SHUTDOWN_GRACE } else { KILL_GRACE };
-                worker.do_send(Kill { task_run, reason, grace });
+            let grace = if reason == FailReason::Interrupted { SHUTDOWN_GRACE } else { KILL_GRACE };
+            match self.running.get(&task_run) {
+                Some((_, Some(Runner::Local(worker)))) => worker.do_send(Kill { task_run, reason, grace }),
+                Some((attempt, Some(Runner::Remote(node)))) => {
+                    self.mail_kill(*node, task_run, attempt.n, reason, grace)
+                }
+                _ => {}
             }
         }
         for &task_run in &fx.unschedule {
@@ -270,6 +282,7 @@ impl JobRun {
         }
         mutations.extend(self.mutations_of(&fx.writes));
         mutations.extend(self.unwritten_pids());
+        let unrenderable = self.queued_specs(&fx.enqueue, &mut mutations);
         events.extend(fx.notes.iter().map(|n| self.event_of(n)));
         let (enqueue, timers) = (std::mem::take(&mut fx.enqueue), std::mem::take(&mut fx.timers));
         let (circuits, finish) = (std::mem::take(&mut fx.circuit_failures), fx.finish);
@@ -279,6 +292,9 @@ impl JobRun {
         }
         self.persist_then(ctx, mutations, events, move |act, ctx| {
             act.enqueue(&enqueue, ctx);
+            for (task_run, error) in unrenderable {
+                act.fail_unrenderable(ctx, task_run, &error);
+            }
             for (task_run, due_ms) in timers {
                 act.shared.scheduler.do_send(TaskTimer { task_run, due_ms, owner: ctx.address() });
             }
@@ -498,8 +514,13 @@ impl JobRun {
         }
     }
 
-    /// Hands the queued ones among `tasks` to the dispatcher, in one batch.
+    /// Hands the queued ones among `tasks` to the dispatcher, in one batch. In a cluster the
+    /// committed `queued` rows (with their specs) are the enqueue: every node's Dispatcher
+    /// claims from the database.
     fn enqueue(&self, tasks: &[usize], ctx: &mut Context<Self>) {
+        if self.shared.cluster.is_some() {
+            return;
+        }
         let entries: Vec<ReadyEntry> = tasks
             .iter()
             .filter(|&&i| self.run.tasks[i].state == TaskState::Queued)
@@ -756,7 +777,7 @@ pub struct Claimed {
     pub timeout: Duration,
     pub heartbeat_timeout: Duration,
     pub pricing: Arc<Pricing>,
-    pub owner: Addr<JobRun>,
+    pub owner: Owner,
 }
 
 /// A worker asks for `task_run`: answered after `running` + the attempt number are durable,
@@ -766,6 +787,9 @@ pub struct Claimed {
 pub struct Claim {
     pub task_run: u64,
     pub worker: Addr<Worker>,
+    /// The attempt number a cluster node claimed in the database: granted only if it is the
+    /// next one here too.
+    pub attempt: Option<u32>,
 }
 
 impl Handler<Claim> for JobRun {
@@ -774,14 +798,27 @@ impl Handler<Claim> for JobRun {
     fn handle(&mut self, msg: Claim, ctx: &mut Self::Context) -> Self::Result {
         let nothing = || -> ResponseActFuture<Self, Option<Claimed>> { Box::pin(actix::fut::ready(None)) };
         let task_run = msg.task_run;
+        let next = self.idx(task_run).map(|i| self.run.tasks[i].attempt + 1);
+        if msg.attempt.is_some_and(|n| Some(n) != next) {
+            tracing::error!(
+                task_run,
+                "claimed attempt {:?} in the store, but the next one here is {next:?}",
+                msg.attempt
+            );
+            self.refuse_claim(ctx, task_run);
+            return nothing();
+        }
         let Some(granted) = self.step(ctx, Input::Claim { task_run }, Vec::new(), Vec::new()).claimed else {
+            if msg.attempt.is_some() {
+                self.refuse_claim(ctx, task_run);
+            }
             return nothing();
         };
         let (i, n) = (granted.task, granted.attempt);
         let mut attempt = AttemptRecord::started(task_run, self.record.id, n, self.now());
         attempt.model = granted.model;
         let render = self.render_spec(i, n, attempt.model.clone());
-        self.running.insert(task_run, (attempt.clone(), Some(msg.worker)));
+        self.running.insert(task_run, (attempt.clone(), Some(Runner::Local(msg.worker))));
         if !self.run.def(i).is_templated() {
             // Nothing to render: the spec is ready now, and `running` is committed at once.
             return match render() {
@@ -820,7 +857,7 @@ impl JobRun {
             timeout: def.timeout,
             heartbeat_timeout: def.heartbeat_timeout,
             pricing: self.shared.pricing.clone(),
-            owner: ctx.address(),
+            owner: Owner::Local(ctx.address()),
         };
         let commit = self.shared.store.commit(vec![Mutation::TaskRun(self.task_record(i)), Mutation::Attempt(attempt)]);
         Box::pin(commit.into_actor(self).map(move |result, act, _ctx| match result {

@@ -13,6 +13,7 @@
 //! Architecture Invariant: only `engine` knows actix. Views (headless output, later the TUI and
 //! the control API) see only [`EngineHandle`] and [`EngineEvent`].
 
+pub mod cluster;
 mod cron;
 mod dispatcher;
 mod event;
@@ -141,6 +142,8 @@ pub struct Shared {
     pub labels: Arc<Vec<String>>,
     /// What starts, stops and finds this node's attempts' processes.
     pub executor: Arc<dyn Executor>,
+    /// This engine's cluster node, in cluster mode.
+    pub cluster: Option<Arc<cluster::ClusterNode>>,
     dispatcher: Addr<dispatcher::Dispatcher>,
     scheduler: Addr<scheduler::Scheduler>,
     journal: Addr<Journal>,
@@ -162,6 +165,9 @@ pub struct EngineConfig {
     pub pricing: Pricing,
     /// This node's labels (`--label`): it starts only task runs whose `requires` they cover.
     pub labels: Vec<String>,
+    /// A node of a cluster on PostgreSQL (`cluster.rs`); `None`: one machine, the in-memory
+    /// Dispatcher (redb, and PostgreSQL used as a plain store).
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// A submit from outside (`gaffer submit`, the API).
@@ -395,6 +401,8 @@ pub struct EngineHandle {
     /// `None` when the workflow declares no hooks.
     hooks: Option<hooks::HookRunner>,
     labels: Arc<Vec<String>>,
+    /// This engine's cluster node, in cluster mode.
+    cluster: Option<Arc<cluster::ClusterNode>>,
     /// Keeps the watchdog's thread alive as long as a handle exists.
     _watchdog: Arc<ArbiterGuard>,
 }
@@ -407,8 +415,16 @@ impl Drop for ArbiterGuard {
     }
 }
 
-/// Starts the actor tree. Must run inside an actix `System`.
+/// Starts the actor tree. Must run inside an actix `System`. Panics if a cluster node cannot
+/// join (see [`try_start`]).
 pub fn start(config: EngineConfig) -> EngineHandle {
+    try_start(config).unwrap_or_else(|e| panic!("cannot start the engine: {e}"))
+}
+
+/// Starts the actor tree; in cluster mode, first registers the node (refused when a live node
+/// has its name, or the database cannot be reached). Must run inside an actix `System`.
+pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
+    let cluster = config.cluster.as_ref().map(cluster::ClusterNode::join).transpose()?.map(Arc::new);
     // Every actor runs on this thread: it is woken at each step of a task's start.
     crate::sched::prefer_short_waits();
     let definition = definition_hash(&config.workflow.path.display().to_string(), &config.source);
@@ -442,6 +458,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         history,
         config.labels.clone(),
     )
+    .in_cluster(cluster.clone())
     .start();
     let supervisor = Supervisor::new(config.workflow.clone(), definition, ledger.clone()).start();
     let store = config.store.clone();
@@ -459,23 +476,36 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         pricing: Arc::new(config.pricing),
         secrets: secrets.clone(),
         executor: config.executor.clone(),
+        cluster: cluster.clone(),
         dispatcher: dispatcher.clone(),
         scheduler: scheduler.clone(),
         journal: journal.clone(),
         supervisor: supervisor.clone(),
     });
-    supervisor.do_send(supervisor::Attach(shared));
+    supervisor.do_send(supervisor::Attach(shared.clone()));
     let watch = watchdog::WatchList::default();
+    let link = cluster.clone().map(|node| worker::ClusterLink {
+        node,
+        supervisor: supervisor.clone(),
+        state_dir: state_dir.clone(),
+        pricing: shared.pricing.clone(),
+    });
     for id in 0..workers_total {
-        let (clock, executor, dispatcher, journal, watch, ledger) = (
+        let (clock, executor, dispatcher, journal, watch, ledger, link) = (
             config.clock.clone(),
             config.executor.clone(),
             dispatcher.clone(),
             journal.clone(),
             watch.clone(),
             ledger.clone(),
+            link.clone(),
         );
-        actix::Supervisor::start(move |_| worker::Worker::new(id, clock, executor, dispatcher, journal, watch, ledger));
+        actix::Supervisor::start(move |_| {
+            worker::Worker::new(id, clock, executor, dispatcher, journal, watch, ledger).in_cluster(link)
+        });
+    }
+    if let Some(node) = &cluster {
+        node.start_pumps(dispatcher.clone(), supervisor.clone(), watch.clone());
     }
     let arbiter = Arbiter::new();
     let clock = config.clock.clone();
@@ -484,7 +514,7 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     let jobs = Arc::new(JobShape::of(&config.workflow));
     let state_dir = Arc::new(state_dir);
     let location = Arc::new(config.location);
-    EngineHandle {
+    Ok(EngineHandle {
         supervisor,
         journal,
         dispatcher,
@@ -497,8 +527,9 @@ pub fn start(config: EngineConfig) -> EngineHandle {
         secrets,
         hooks,
         labels,
+        cluster,
         _watchdog: Arc::new(ArbiterGuard(arbiter)),
-    }
+    })
 }
 
 /// FNV-1a over the path and the text: a stable key for a workflow definition.
@@ -723,6 +754,9 @@ impl EngineHandle {
         if !self.workers_idle_within(job_run::SHUTDOWN_GRACE).await {
             self.kill_running(crate::model::FailReason::Interrupted);
             self.workers_idle_within(crate::executor::KILL_GRACE * 2).await;
+        }
+        if let Some(node) = &self.cluster {
+            node.leave().await;
         }
     }
 

@@ -39,6 +39,7 @@ impl Tables {
             Mutation::Cached(key, entry) => drop(self.cache.insert(key, entry)),
             Mutation::Uncached(key) => drop(self.cache.remove(&key)),
             Mutation::RaisedBudgets(id, raised) => drop(self.raised.insert(id, raised)),
+            Mutation::Spec(..) => {}
         }
     }
 }
@@ -218,6 +219,7 @@ pub(crate) fn config_on(dir: &std::path::Path, text: &str, store: crate::store::
         clock: Arc::new(SystemClock),
         workers: 1,
         labels: Vec::new(),
+        cluster: None,
     }
 }
 

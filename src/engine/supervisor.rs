@@ -457,6 +457,38 @@ impl Handler<ApplyInbox> for Supervisor {
 #[rtype(result = "()")]
 pub struct Attach(pub Arc<Shared>);
 
+/// The JobRun actor of `job_run` if this engine runs it (in a cluster: this node owns it).
+#[derive(Message)]
+#[rtype(result = "Option<Addr<JobRun>>")]
+pub struct LocalOwner(pub u64);
+
+impl Handler<LocalOwner> for Supervisor {
+    type Result = Option<Addr<JobRun>>;
+
+    fn handle(&mut self, LocalOwner(job_run): LocalOwner, _ctx: &mut Self::Context) -> Self::Result {
+        self.job_runs.get(&job_run).cloned()
+    }
+}
+
+/// Letters for the owner of job runs this node owns (`store::pg::mail`), in the order written:
+/// each goes to its job run's actor. One for a job run no actor runs here any more is dropped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Delivered(pub Vec<crate::store::pg::mail::Letter>);
+
+impl Handler<Delivered> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Delivered(letters): Delivered, _ctx: &mut Self::Context) {
+        for letter in letters {
+            match self.job_runs.get(&letter.job_run) {
+                Some(actor) => actor.do_send(crate::engine::job_run::Mailed(letter)),
+                None => tracing::debug!(job_run = letter.job_run, "mail for a job run not running here: dropped"),
+            }
+        }
+    }
+}
+
 impl Handler<Attach> for Supervisor {
     type Result = ();
 
@@ -800,6 +832,7 @@ mod tests {
             workers: 2,
             pricing,
             labels: Vec::new(),
+            cluster: None,
         };
         let system = actix::System::new();
         system.block_on(async move {

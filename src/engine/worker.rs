@@ -11,18 +11,21 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::mpsc;
 
+use super::cluster::{ClusterNode, QueuedSpec};
 use super::dispatcher::{Dispatcher, ReadyEntry, WorkerIdle};
 use super::job_run::{
     AttemptEnded, Claim, Claimed, CostAdded, JobRun, ProcessStarted, ProgressReported, WarningReported,
 };
 use super::journal::{Journal, Publish};
-use super::supervisor::RestartLedger;
+use super::supervisor::{LocalOwner, RestartLedger, Supervisor};
 use super::watchdog::{WatchList, overdue_reason};
 use super::{EngineEvent, EventData, SharedClock};
 use crate::executor::{AttemptEvent, AttemptExit, Executor, KILL_GRACE, ProcessHandle, spawn_off_thread};
 use crate::model::FailReason;
-use crate::model::cost::Pricing;
-use crate::store::MAX_ATTEMPT_WARNINGS;
+use crate::model::cost::{CostDelta, Pricing};
+use crate::store::pg::mail::{Letter, Mail};
+use crate::store::pg::queue::{self, Verdict};
+use crate::store::{AttemptRecord, MAX_ATTEMPT_WARNINGS, codec};
 
 /// What the watchdog and the killers see of a worker's current attempt. Shared across threads;
 /// the hot path (a line of output) only touches one atomic.
@@ -159,12 +162,127 @@ pub struct CurrentAttempt {
     pub pid: Option<u32>,
 }
 
+/// Who decides for the job run of the attempt a worker runs, and how the worker tells it what
+/// happens: a JobRun actor of this engine by message, or in a cluster the node that owns the
+/// job run, by mail (`store::pg::mail`) with the outcome through the fenced completion.
+pub enum Owner {
+    Local(Addr<JobRun>),
+    Remote(Box<RemoteOwner>),
+}
+
+/// An attempt of a job run another node owns, as this node runs it.
+pub struct RemoteOwner {
+    node: Arc<ClusterNode>,
+    /// What the completion writes: kept up to date with what the attempt reports.
+    record: AttemptRecord,
+    journal: Addr<Journal>,
+    /// `Started` was mailed: an attempt that never started (a spawn error) mails it before it
+    /// ends, so that its owner records it.
+    started: bool,
+}
+
+impl RemoteOwner {
+    fn mail_started(&mut self, process: Option<ProcessHandle>) {
+        if let Some(p) = process {
+            (self.record.pid, self.record.pgid, self.record.start_ticks) = (Some(p.pid), Some(p.pgid), p.start_ticks);
+        }
+        self.started = true;
+        let mail = Mail::Started { node: self.node.id(), process: process.map(|p| (p.pid, p.pgid, p.start_ticks)) };
+        self.node.mailer.send(Owner::letter(self, mail));
+    }
+}
+
+impl Owner {
+    fn letter(remote: &RemoteOwner, mail: Mail) -> Letter {
+        let a = &remote.record;
+        Letter { job_run: a.job_run, to_node: None, task_run: a.task_run, attempt: a.n, mail }
+    }
+
+    fn started(&mut self, task_run: u64, attempt: u32, process: Option<ProcessHandle>) {
+        match self {
+            Owner::Local(owner) => owner.do_send(ProcessStarted { task_run, attempt, process }),
+            Owner::Remote(remote) => remote.mail_started(process),
+        }
+    }
+
+    fn progress(&mut self, task_run: u64, text: String) {
+        match self {
+            Owner::Local(owner) => owner.do_send(ProgressReported { task_run, text }),
+            Owner::Remote(remote) => remote.node.mailer.send(Owner::letter(remote, Mail::Progress { text })),
+        }
+    }
+
+    fn cost(&mut self, task_run: u64, attempt: u32, delta: CostDelta) {
+        match self {
+            Owner::Local(owner) => owner.do_send(CostAdded { task_run, attempt, delta }),
+            Owner::Remote(remote) => {
+                remote.record.add_cost(delta.model.as_deref(), &delta.usage);
+                let mail = Mail::Cost { usage: delta.usage, model: delta.model, unpriced: delta.unpriced };
+                remote.node.mailer.send(Owner::letter(remote, mail));
+            }
+        }
+    }
+
+    fn warning(&mut self, task_run: u64, attempt: u32, text: String) {
+        match self {
+            Owner::Local(owner) => owner.do_send(WarningReported { task_run, attempt, text }),
+            Owner::Remote(remote) => {
+                remote.record.add_warning(text.clone());
+                remote.node.mailer.send(Owner::letter(remote, Mail::Warning { text }));
+            }
+        }
+    }
+
+    /// The attempt is over. Remotely: its record goes in through the fenced completion, and
+    /// only an outcome taken is mailed (`Ended`); a refused one is said here, never applied.
+    fn ended(self, ended: AttemptEnded, now_ms: u64) {
+        let mut remote = match self {
+            Owner::Local(owner) => return owner.do_send(ended),
+            Owner::Remote(remote) => remote,
+        };
+        if !remote.started {
+            remote.mail_started(None);
+        }
+        let RemoteOwner { node, mut record, journal, .. } = *remote;
+        record.ended_at_ms = Some(now_ms);
+        record.exit_code = ended.exit.and_then(|e| e.exit_code);
+        record.signal = ended.exit.and_then(|e| e.signal);
+        record.reason = ended.reason;
+        record.detail = ended.detail.clone();
+        let mail = Mail::Ended {
+            exit_code: record.exit_code,
+            signal: record.signal,
+            reason: ended.reason,
+            detail: ended.detail,
+            outputs: ended.outputs,
+        };
+        let letter =
+            Letter { job_run: record.job_run, to_node: None, task_run: record.task_run, attempt: record.n, mail };
+        actix::spawn(async move {
+            let (task_run, n) = (record.task_run, record.n);
+            match node.completer.complete(record).await {
+                Ok(Verdict::Accepted) => node.mailer.send(letter),
+                Ok(Verdict::Refused(why)) => {
+                    let message = format!(
+                        "the outcome of attempt {n} was refused by the store ({why:?}): another node decides now"
+                    );
+                    tracing::warn!(task_run, "{message}");
+                    let mut event = EngineEvent::new(EventData::TaskWarning { message }, now_ms);
+                    (event.task_run, event.attempt, event.job_run) = (Some(task_run), Some(n), Some(letter.job_run));
+                    journal.do_send(Publish(event));
+                }
+                Err(e) => tracing::error!(task_run, "cannot record the outcome of attempt {n}: {e}"),
+            }
+        });
+    }
+}
+
 /// The attempt a worker is running.
 struct Current {
     task_run: u64,
     attempt: u32,
     queue: String,
-    owner: Addr<JobRun>,
+    owner: Owner,
     pricing: Arc<Pricing>,
     outputs: BTreeMap<String, String>,
     warnings: usize,
@@ -182,6 +300,8 @@ pub struct Worker {
     ledger: RestartLedger,
     activity: Arc<Activity>,
     current: Option<Current>,
+    /// In a cluster: what running attempts of other nodes' job runs takes.
+    cluster: Option<ClusterLink>,
     /// The queue slot to give back at the next start (set when stopping for a restart).
     release_on_start: Option<String>,
     restarts: u32,
@@ -199,6 +319,7 @@ impl Worker {
         ledger: RestartLedger,
     ) -> Worker {
         Worker {
+            cluster: None,
             id,
             clock,
             executor: executor.clone(),
@@ -214,6 +335,11 @@ impl Worker {
         }
     }
 
+    /// A cluster node's worker: it also runs attempts of job runs other nodes own.
+    pub fn in_cluster(self, cluster: Option<ClusterLink>) -> Worker {
+        Worker { cluster, ..self }
+    }
+
     fn free(&mut self, finished_queue: Option<String>, ctx: &mut Context<Self>) {
         self.dispatcher.do_send(WorkerIdle { worker: ctx.address(), finished_queue });
     }
@@ -226,7 +352,7 @@ impl Worker {
             task_run,
             attempt,
             queue,
-            owner: claimed.owner.clone(),
+            owner: claimed.owner,
             pricing: claimed.pricing,
             outputs: BTreeMap::new(),
             warnings: 0,
@@ -237,11 +363,12 @@ impl Worker {
         // Off this thread, which runs every worker and job run; the worker takes no message
         // until the process exists (or could not be started).
         let spawning = spawn_off_thread(self.executor.clone(), claimed.spec, tx);
-        let owner = claimed.owner;
         ctx.wait(spawning.into_actor(self).map(move |spawned, act, ctx| match spawned {
             Ok(running) => {
                 act.activity.set_process(running.process);
-                owner.do_send(ProcessStarted { task_run, attempt, process: running.process });
+                if let Some(current) = act.current.as_mut() {
+                    current.owner.started(task_run, attempt, running.process);
+                }
                 act.follow(rx, running.done, ctx);
             }
             Err(e) => {
@@ -299,14 +426,15 @@ impl Worker {
         let killed = self.activity.end();
         let Some(current) = self.current.take() else { return };
         let (reason, detail) = why_it_ended(spawn_error, killed, exit, current.agent_error);
-        current.owner.do_send(AttemptEnded {
+        let ended = AttemptEnded {
             task_run: current.task_run,
             attempt: current.attempt,
             exit,
             reason,
             detail,
             outputs: current.outputs,
-        });
+        };
+        current.owner.ended(ended, self.clock.now_ms());
         if matches!(reason, Some(FailReason::Timeout | FailReason::HeartbeatTimeout)) {
             self.release_on_start = Some(current.queue);
             self.restart_reason = reason.map(|r| r.as_str().to_string());
@@ -319,12 +447,10 @@ impl Worker {
     fn on_signal(&mut self, event: AttemptEvent) {
         let Some(current) = self.current.as_mut() else { return };
         match event {
-            AttemptEvent::Progress(text) => {
-                current.owner.do_send(ProgressReported { task_run: current.task_run, text })
-            }
+            AttemptEvent::Progress(text) => current.owner.progress(current.task_run, text),
             AttemptEvent::Cost(report) => {
                 let delta = current.pricing.price(&report);
-                current.owner.do_send(CostAdded { task_run: current.task_run, attempt: current.attempt, delta });
+                current.owner.cost(current.task_run, current.attempt, delta);
             }
             AttemptEvent::Output { key, value } => {
                 current.outputs.insert(key, value);
@@ -336,7 +462,7 @@ impl Worker {
                 tracing::debug!(task_run = current.task_run, attempt = current.attempt, "{text}");
                 if current.warnings <= MAX_ATTEMPT_WARNINGS {
                     let (task_run, attempt) = (current.task_run, current.attempt);
-                    current.owner.do_send(WarningReported { task_run, attempt, text });
+                    current.owner.warning(task_run, attempt, text);
                 }
             }
             AttemptEvent::AgentError(detail) => current.agent_error = Some(detail),
@@ -418,10 +544,84 @@ impl Handler<Assign> for Worker {
 
     fn handle(&mut self, Assign(entry): Assign, ctx: &mut Self::Context) {
         let queue = entry.queue.clone();
-        let claim = entry.owner.send(Claim { task_run: entry.task_run, worker: ctx.address() });
+        self.claim_from(entry.owner, entry.task_run, None, queue, ctx);
+    }
+}
+
+impl Worker {
+    /// Asks the local JobRun `owner` for attempt `attempt` (any: `None`) of `task_run`, and
+    /// starts it if granted.
+    fn claim_from(
+        &mut self,
+        owner: Addr<JobRun>,
+        task_run: u64,
+        attempt: Option<u32>,
+        queue: String,
+        ctx: &mut Context<Self>,
+    ) {
+        let claim = owner.send(Claim { task_run, attempt, worker: ctx.address() });
         ctx.wait(claim.into_actor(self).map(move |answer, act, ctx| match answer {
             Ok(Some(claimed)) => act.launch(claimed, queue, ctx),
             _ => act.free(Some(queue), ctx),
+        }));
+    }
+
+    /// A task run this node claimed from the cluster's queue whose job run another node owns:
+    /// its spec, as the owner rendered it, starts here at once.
+    fn launch_for_remote_owner(&mut self, claimed: queue::Claimed, queue: String, ctx: &mut Context<Self>) {
+        let Some(link) = self.cluster.clone() else { return self.free(Some(queue), ctx) };
+        let spec = claimed.spec.as_deref().map(codec::decode::<QueuedSpec>);
+        let spec = match spec {
+            Some(Ok(spec)) if spec.task_run == claimed.id && spec.attempt == claimed.attempt => spec,
+            // Its owner could not render it, and fails it itself (or the row is not ours to run).
+            other => {
+                tracing::debug!(task_run = claimed.id, "claimed without a spec to run: {other:?}");
+                return self.free(Some(queue), ctx);
+            }
+        };
+        let mut record =
+            AttemptRecord::started(claimed.id, claimed.record.job_run, claimed.attempt, self.clock.now_ms());
+        record.model = spec.model.clone();
+        let remote = RemoteOwner { node: link.node.clone(), record, journal: self.journal.clone(), started: false };
+        let started = Claimed {
+            spec: spec.to_attempt_spec(&link.state_dir),
+            timeout: Duration::from_millis(spec.timeout_ms),
+            heartbeat_timeout: Duration::from_millis(spec.heartbeat_timeout_ms),
+            pricing: link.pricing.clone(),
+            owner: Owner::Remote(Box::new(remote)),
+        };
+        self.launch(started, queue, ctx);
+    }
+}
+
+/// What a worker of a cluster node needs besides its engine's actors.
+#[derive(Clone)]
+pub struct ClusterLink {
+    pub node: Arc<ClusterNode>,
+    pub supervisor: Addr<Supervisor>,
+    pub state_dir: std::path::PathBuf,
+    pub pricing: Arc<Pricing>,
+}
+
+/// A task run this node claimed from the cluster's queue (attempt `claimed.attempt`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AssignClaimed {
+    pub claimed: queue::Claimed,
+    pub queue: String,
+}
+
+impl Handler<AssignClaimed> for Worker {
+    type Result = ();
+
+    /// Its job run's owner is a JobRun of this engine (claimed as today, the attempt number must
+    /// be the one claimed), or another node.
+    fn handle(&mut self, AssignClaimed { claimed, queue }: AssignClaimed, ctx: &mut Self::Context) {
+        let Some(link) = self.cluster.clone() else { return self.free(Some(queue), ctx) };
+        let lookup = link.supervisor.send(LocalOwner(claimed.record.job_run));
+        ctx.wait(lookup.into_actor(self).map(move |owner, act, ctx| match owner {
+            Ok(Some(owner)) => act.claim_from(owner, claimed.id, Some(claimed.attempt), queue, ctx),
+            _ => act.launch_for_remote_owner(claimed, queue, ctx),
         }));
     }
 }

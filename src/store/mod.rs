@@ -7,7 +7,7 @@
 //!
 //! Architecture Invariant: `store` knows nothing of actors or processes; it stores records.
 
-mod codec;
+pub mod codec;
 mod lock;
 mod overlay;
 pub mod pg;
@@ -168,6 +168,10 @@ pub enum Mutation {
     Uncached(String),
     /// The whole set for one job run, replaced.
     RaisedBudgets(u64, RaisedBudgets),
+    /// A queued task run's next attempt, rendered by its owner (`engine::cluster::QueuedSpec`
+    /// codec bytes; `None`: none), for a cluster node that claims it. Comes after the task
+    /// run's own write in its batch. Only a cluster's store keeps it; redb has no use for it.
+    Spec(u64, Option<Vec<u8>>),
 }
 
 /// The store's file in the state dir.
@@ -509,6 +513,7 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
                     .insert(*job_run, codec::encode(raised)?.as_slice())
                     .map_err(db_err)?;
             }
+            Mutation::Spec(..) => {}
         }
     }
     for (key, value) in [(SEQ_JOB_RUN, max_job), (SEQ_TASK_RUN, max_task), (SEQ_ENQUEUE, max_seq)] {

@@ -21,6 +21,7 @@ mod batch;
 #[cfg(test)]
 mod engine_tests;
 mod ids;
+pub mod mail;
 mod migrate;
 pub mod queue;
 mod seam;
@@ -105,9 +106,10 @@ pub struct QueueColumns {
 /// Computes [`QueueColumns`] for a task run about to be written.
 pub type QueueFacts = Arc<dyn Fn(&TaskRunRecord) -> QueueColumns + Send + Sync>;
 
-/// Without a workflow's facts: its priority is its order, and it requires nothing.
+/// Without a workflow's facts: its priority is its order (no aging); it requires what its
+/// record says.
 pub fn plain_queue_facts() -> QueueFacts {
-    Arc::new(|r: &TaskRunRecord| QueueColumns { sort_key: i64::from(r.priority), requires: Vec::new() })
+    Arc::new(|r: &TaskRunRecord| QueueColumns { sort_key: i64::from(r.priority), requires: r.requires.clone() })
 }
 
 /// `model::policy::priority_key` as a column: clamped into a bigint (only an aging of

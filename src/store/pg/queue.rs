@@ -15,8 +15,9 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, Client};
 
-use super::writer::{QUEUE_CHANNEL, from_db, to_db};
-use super::{PgError, QueueFacts};
+use super::PgError;
+pub use super::writer::QUEUE_CHANNEL;
+use super::writer::{from_db, to_db};
 use crate::model::TaskState;
 use crate::model::lease::{Fence, Refused, outcome_accepted};
 use crate::store::codec;
@@ -104,12 +105,14 @@ pub async fn dead_nodes(c: &Client) -> Result<Vec<DeadNode>, PgError> {
 }
 
 /// A task run this node claimed: it is `running` on this node with attempt `attempt`. Its
-/// record is as it was queued; the claimer commits the running record next.
+/// record is as it was queued (the owner of its job run writes the running one).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claimed {
     pub id: u64,
     pub attempt: u32,
     pub record: TaskRunRecord,
+    /// The attempt as its owner rendered it when it queued the task run (`task_runs.spec`).
+    pub spec: Option<Vec<u8>>,
 }
 
 const CLAIM: &str = "UPDATE task_runs SET state = 'running', node = $1, attempt = attempt + 1 \
@@ -119,10 +122,12 @@ const CLAIM: &str = "UPDATE task_runs SET state = 'running', node = $1, attempt 
            AND requires <@ $3::text[] \
          ORDER BY sort_key DESC, enqueue_seq LIMIT $4 FOR UPDATE SKIP LOCKED)) \
        AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND lease_until > now() AND NOT stopped) \
-     RETURNING id, attempt, record";
+       AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE queue = $2) \
+     RETURNING id, attempt, record, spec";
 
 /// Claims up to `k` ready task runs of `queue` (its best first: highest `sort_key`, then lowest
-/// enqueue sequence) whose `requires` the node's labels cover, as one transaction. With a
+/// enqueue sequence) whose `requires` the node's labels cover, as one transaction; nothing from
+/// a paused queue (`paused_queues`, whichever node paused it). With a
 /// `cluster_cap` (a declared queue's concurrency) the claim takes the queue's advisory lock,
 /// counts the task runs running on every node and claims at most what is left. Nothing is
 /// claimed once the node's lease ran out.
@@ -158,7 +163,12 @@ pub async fn claim(
     rows.iter()
         .map(|r| {
             let attempt: i32 = r.get(1);
-            Ok(Claimed { id: from_db(r.get(0)), attempt: attempt as u32, record: codec::decode(r.get(2))? })
+            Ok(Claimed {
+                id: from_db(r.get(0)),
+                attempt: attempt as u32,
+                record: codec::decode(r.get(2))?,
+                spec: r.get(3),
+            })
         })
         .collect()
 }
@@ -166,12 +176,10 @@ pub async fn claim(
 /// Uses the partial `running` index; only ever inside the capped claim (RESULTS.md trap 3).
 const COUNT_RUNNING: &str = "SELECT count(*) FROM task_runs WHERE queue = $1 AND state = 'running'";
 
-/// An attempt that ended, as its node reports it: the task run's new record and the attempt's.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub task_run: TaskRunRecord,
-    pub attempt: AttemptRecord,
-}
+/// An attempt that ended, as the node that ran it reports it: its record. The task run's own
+/// record is not the reporter's to write: its job run's owner writes it when it hears of the
+/// end (`store::pg::mail`, `Ended`).
+pub type Outcome = AttemptRecord;
 
 /// What became of one reported outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,26 +190,22 @@ pub enum Verdict {
 }
 
 /// `model::lease::outcome_accepted` in SQL: the task run runs, as this node's attempt `n`, and the
-/// node is live; taking it ends the attempt (`node = NULL`). By primary key only: `id = ANY($2)`
-/// with each row's values picked by its place in the arrays (a join with `unnest(...)` lets the
-/// planner hash-join over a sequential scan once the table is small against the batch: seen at
-/// 10k rows, batches of 64), and the state is tested as `coalesce(state, '')` so that no plan
-/// can walk the partial `running` index instead (RESULTS.md trap 3).
+/// node is live; taking it ends the attempt (`node = NULL`) and writes the attempt's row. The
+/// task run's state and record stay as they are: its owner writes them (it alone decides what
+/// follows). By primary key only: `id = ANY($2)` with each row's attempt picked by its place in
+/// the array (a join with `unnest(...)` lets the planner hash-join over a sequential scan once
+/// the table is small against the batch: seen at 10k rows, batches of 64), and the state is
+/// tested as `coalesce(state, '')` so that no plan can walk the partial `running` index instead
+/// (RESULTS.md trap 3).
 const COMPLETE: &str = "WITH done AS ( \
-     UPDATE task_runs SET \
-         state = ($4::text[])[array_position($2::bigint[], id)], \
-         record = ($5::bytea[])[array_position($2::bigint[], id)], \
-         sort_key = ($6::bigint[])[array_position($2::bigint[], id)], \
-         enqueue_seq = ($7::bigint[])[array_position($2::bigint[], id)], \
-         not_before = to_timestamp(($8::bigint[])[array_position($2::bigint[], id)] / 1000.0), \
-         node = NULL \
+     UPDATE task_runs SET node = NULL \
      WHERE id = ANY($2::bigint[]) AND node = $1 AND attempt = ($3::int[])[array_position($2::bigint[], id)] \
        AND coalesce(state, '') = 'running' \
        AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND lease_until > now() AND NOT stopped) \
      RETURNING id \
  ), kept AS ( \
      INSERT INTO attempts (task_run, n, node, record) \
-     SELECT a.task_run, a.n, $1, a.record FROM unnest($2::bigint[], $3::int[], $9::bytea[]) AS a(task_run, n, record) \
+     SELECT a.task_run, a.n, $1, a.record FROM unnest($2::bigint[], $3::int[], $4::bytea[]) AS a(task_run, n, record) \
      WHERE a.task_run IN (SELECT id FROM done) \
      ON CONFLICT (task_run, n) DO UPDATE SET node = excluded.node, record = excluded.record \
  ) \
@@ -209,70 +213,29 @@ const COMPLETE: &str = "WITH done AS ( \
 
 /// Writes a batch of ended attempts in one transaction. Each is fenced: its task run must still
 /// be this node's attempt `n`, and the node's lease valid; those that are not are refused and
-/// reported so (one verdict per outcome, in order), never silently dropped. A task run put
-/// back in its queue (a retry) wakes the nodes.
+/// reported so (one verdict per outcome, in order), never silently dropped.
 pub async fn complete(
     c: &deadpool_postgres::Client,
     node: &Node,
     outcomes: &[Outcome],
-    facts: &QueueFacts,
 ) -> Result<Vec<Verdict>, PgError> {
-    let mut cols = CompleteColumns::default();
-    for o in outcomes {
-        let r = &o.task_run;
-        if o.attempt.task_run != r.id {
-            return Err(PgError::Db(format!(
-                "task run {}: the outcome carries task run {}'s attempt",
-                r.id, o.attempt.task_run
-            )));
-        }
-        cols.ids.push(to_db(r.id));
-        cols.attempts.push(o.attempt.n as i32);
-        cols.states.push(r.state.as_str().to_string());
-        cols.records.push(codec::encode(r)?);
-        cols.sort_keys.push(facts(r).sort_key);
-        cols.enqueue_seqs.push(to_db(r.enqueue_seq));
-        cols.not_before.push(r.not_before_ms.map(to_db));
-        cols.attempt_records.push(codec::encode(&o.attempt)?);
+    let (mut ids, mut attempts, mut records) = (Vec::new(), Vec::new(), Vec::new());
+    for a in outcomes {
+        ids.push(to_db(a.task_run));
+        attempts.push(a.n as i32);
+        records.push(codec::encode(a)?);
     }
     // One statement (so one commit): the fenced update and the accepted attempts' records.
     let stmt = c.prepare_cached(COMPLETE).await?;
-    let rows = c
-        .query(
-            &stmt,
-            &[
-                &node.id,
-                &cols.ids,
-                &cols.attempts,
-                &cols.states,
-                &cols.records,
-                &cols.sort_keys,
-                &cols.enqueue_seqs,
-                &cols.not_before,
-                &cols.attempt_records,
-            ],
-        )
-        .await?;
+    let rows = c.query(&stmt, &[&node.id, &ids, &attempts, &records]).await?;
     let accepted: BTreeSet<u64> = rows.iter().map(|r| from_db(r.get(0))).collect();
-    let requeued: BTreeSet<&str> = outcomes
-        .iter()
-        .filter(|o| o.task_run.state == TaskState::Queued && accepted.contains(&o.task_run.id))
-        .map(|o| o.task_run.queue.as_str())
-        .collect();
-    if !requeued.is_empty() {
-        let queues: Vec<&str> = requeued.into_iter().collect();
-        c.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[&QUEUE_CHANNEL, &queues]).await?;
-    }
-    let refused: Vec<i64> = cols.ids.iter().copied().filter(|id| !accepted.contains(&from_db(*id))).collect();
+    let refused: Vec<i64> = ids.iter().copied().filter(|id| !accepted.contains(&from_db(*id))).collect();
     let reasons = if refused.is_empty() { Default::default() } else { refusals(c, node, &refused).await? };
     Ok(outcomes
         .iter()
-        .map(|o| match accepted.contains(&o.task_run.id) {
+        .map(|a| match accepted.contains(&a.task_run) {
             true => Verdict::Accepted,
-            false => {
-                let fence = reasons.get(&o.task_run.id).copied();
-                Verdict::Refused(refusal(fence, node, o.attempt.n, reasons.live))
-            }
+            false => Verdict::Refused(refusal(reasons.get(&a.task_run).copied(), node, a.n, reasons.live)),
         })
         .collect())
 }
@@ -335,7 +298,7 @@ pub struct Completer {
 }
 
 impl Completer {
-    pub fn start(pool: Pool, node: Node, facts: QueueFacts) -> Completer {
+    pub fn start(pool: Pool, node: Node) -> Completer {
         let (tx, mut rx) = mpsc::unbounded_channel::<Reported>();
         let flushes = Arc::new(AtomicU64::new(0));
         let counted = flushes.clone();
@@ -343,7 +306,7 @@ impl Completer {
             while let Some(group) = super::batch::next_group(&mut rx, MAX_OUTCOMES, |_| 1).await {
                 let (outcomes, replies): (Vec<Outcome>, Vec<_>) = group.into_iter().unzip();
                 let verdicts = match pool.get().await {
-                    Ok(c) => complete(&c, &node, &outcomes, &facts).await,
+                    Ok(c) => complete(&c, &node, &outcomes).await,
                     Err(e) => Err(e.into()),
                 };
                 counted.fetch_add(1, Ordering::Relaxed);
@@ -418,18 +381,6 @@ impl Drop for Heartbeat {
     }
 }
 
-#[derive(Default)]
-struct CompleteColumns {
-    ids: Vec<i64>,
-    attempts: Vec<i32>,
-    states: Vec<String>,
-    records: Vec<Vec<u8>>,
-    sort_keys: Vec<i64>,
-    enqueue_seqs: Vec<i64>,
-    not_before: Vec<Option<i64>>,
-    attempt_records: Vec<Vec<u8>>,
-}
-
 /// Wake-ups of one node: one connection that `LISTEN`s on [`QUEUE_CHANNEL`] (reconnecting with
 /// backoff when it is lost), and a fallback poll for whatever a lost connection missed.
 pub struct Waker {
@@ -454,11 +405,16 @@ pub enum Woken {
 }
 
 impl Waker {
-    /// Starts listening; returns once the first `LISTEN` is in place.
+    /// Starts listening for ready task runs; returns once the first `LISTEN` is in place.
     pub async fn listen(url: &str) -> Result<Waker, PgError> {
+        Waker::listen_on(url, QUEUE_CHANNEL).await
+    }
+
+    /// Starts listening on `channel` (each notification's payload is what `wait` reports).
+    pub async fn listen_on(url: &str, channel: &'static str) -> Result<Waker, PgError> {
         let config = super::config(url)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let first = listen_once(&config).await?;
+        let first = listen_once(&config, channel).await?;
         let task = tokio::spawn(async move {
             let mut connection = Some(first);
             let mut backoff = Duration::from_millis(100);
@@ -472,7 +428,7 @@ impl Waker {
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-                match listen_once(&config).await {
+                match listen_once(&config, channel).await {
                     Ok(c) => {
                         let _ = tx.send(Wake::Reconnected);
                         connection = Some(c);
@@ -519,7 +475,7 @@ struct Listening {
     driver: tokio::task::JoinHandle<()>,
 }
 
-async fn listen_once(config: &tokio_postgres::Config) -> Result<Listening, PgError> {
+async fn listen_once(config: &tokio_postgres::Config, channel: &str) -> Result<Listening, PgError> {
     let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
     let (tx, messages) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
@@ -529,7 +485,7 @@ async fn listen_once(config: &tokio_postgres::Config) -> Result<Listening, PgErr
             }
         }
     });
-    client.batch_execute(&format!("LISTEN {QUEUE_CHANNEL}")).await?;
+    client.batch_execute(&format!("LISTEN {channel}")).await?;
     Ok(Listening { _client: client, messages, driver })
 }
 

@@ -37,6 +37,8 @@ impl From<PgError> for StoreError {
 /// The PostgreSQL store of one node as a [`Store`].
 pub struct PgBackend {
     store: PgStore,
+    /// Where it connects (a listener needs a connection of its own).
+    url: String,
     /// Shared with the snapshots, which outlive the store if they like.
     runtime: Arc<Runtime>,
     job_runs: Arc<Prefetched>,
@@ -49,13 +51,14 @@ impl PgBackend {
     /// id blocks. Blocks: call it off any runtime's worker thread.
     pub fn open(url: &str, options: PgOptions) -> Result<PgBackend, StoreError> {
         let runtime = Arc::new(Runtime::start()?);
-        let url = url.to_string();
-        let store = runtime.block_on(async move { PgStore::open(&url, options).await })?;
+        let opening = url.to_string();
+        let store = runtime.block_on(async move { PgStore::open(&opening, options).await })?;
         let prefetch = |sequence| Prefetched::start(&runtime, store.pool().clone(), sequence);
         Ok(PgBackend {
             job_runs: prefetch(JOB_RUN_IDS)?,
             task_runs: prefetch(TASK_RUN_IDS)?,
             enqueue_seqs: prefetch(ENQUEUE_SEQS)?,
+            url: url.to_string(),
             store,
             runtime,
         })
@@ -74,6 +77,33 @@ impl PgBackend {
     /// The async store underneath (its queue primitives, async snapshots), for code on its runtime.
     pub fn store(&self) -> &PgStore {
         &self.store
+    }
+
+    /// The connection string it was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A job run this store creates from now on is owned by cluster node `node`.
+    pub fn set_owner_node(&self, node: Option<i64>) {
+        self.store.writer.set_owner_node(node);
+    }
+
+    /// Runs `work` on the store's runtime and waits for it here (never on that runtime's thread).
+    pub fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, PgError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.runtime.block_on(work)
+    }
+
+    /// Spawns `work` on the store's runtime (the cluster's long-lived tasks: heartbeat, claims,
+    /// mail); its handle may be awaited from any runtime.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        self.runtime.handle.spawn(work)
     }
 }
 

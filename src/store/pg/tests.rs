@@ -59,14 +59,19 @@ async fn node(store: &PgStore, name: &str, labels: &[&str], lease: Duration) -> 
     queue::register_node(&mut store.connection().await.expect("conn"), name, &labels, lease).await.expect("register")
 }
 
-/// The outcome a node reports for a claimed task run: succeeded.
+/// The outcome a node reports for a claimed task run: its attempt succeeded.
 fn succeeded(c: &Claimed) -> Outcome {
+    let mut attempt = AttemptRecord::started(c.id, c.record.job_run, c.attempt, 2);
+    attempt.exit_code = Some(0);
+    attempt
+}
+
+/// What the task run's owner writes once it heard of that outcome: the task run succeeded.
+fn owner_wrote(c: &Claimed) -> Mutation {
     let mut task_run = c.record.clone();
     task_run.state = TaskState::Succeeded;
     task_run.attempt = c.attempt;
-    let mut attempt = AttemptRecord::started(c.id, task_run.job_run, c.attempt, 2);
-    attempt.exit_code = Some(0);
-    Outcome { task_run, attempt }
+    Mutation::TaskRun(task_run)
 }
 
 const LONG: Duration = Duration::from_secs(60);
@@ -91,7 +96,7 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused_before_anything_is_
     drop(first);
     let second = open(&db).await;
     drop(second);
-    assert_eq!(db.psql("SELECT string_agg(version::text, ',') FROM gaffer_schema").trim(), "1", "applied once");
+    assert_eq!(db.psql("SELECT string_agg(version::text, ',') FROM gaffer_schema").trim(), "1,2", "applied once");
     assert!(tables().trim().parse::<u32>().expect("count") > 10);
 }
 
@@ -253,7 +258,6 @@ async fn a_cluster_wide_cap_holds_across_three_claimers() {
         let (store, node) = (store.clone(), node(&store, name, &[], LONG).await);
         claimers.push(tokio::spawn(async move {
             let mut c = store.connection().await.expect("conn");
-            let facts = plain_queue_facts();
             let mut done = 0;
             let mut idle_rounds = 0;
             while idle_rounds < 50 {
@@ -266,8 +270,10 @@ async fn a_cluster_wide_cap_holds_across_three_claimers() {
                 idle_rounds = 0;
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(1..4))).await;
                 let outcomes: Vec<Outcome> = claimed.iter().map(succeeded).collect();
-                let verdicts = queue::complete(&c, &node, &outcomes, &facts).await.expect("complete");
+                let verdicts = queue::complete(&c, &node, &outcomes).await.expect("complete");
                 assert!(verdicts.iter().all(|v| *v == Verdict::Accepted), "{verdicts:?}");
+                // The running count drops once the owner wrote what follows.
+                store.commit(claimed.iter().map(owner_wrote).collect()).await.expect("commit");
                 done += claimed.len();
             }
             done
@@ -290,7 +296,6 @@ async fn a_late_outcome_from_an_expired_node_is_refused() {
     let db = test_db_or_skip!();
     let store = open(&db).await;
     let ids = enqueue(&store, "default", 3).await;
-    let facts = plain_queue_facts();
     let mut c = store.connection().await.expect("conn");
     let short = node(&store, "short", &[], Duration::from_millis(300)).await;
     let claimed = queue::claim(&mut c, &short, "default", 2, None).await.expect("claim");
@@ -299,17 +304,20 @@ async fn a_late_outcome_from_an_expired_node_is_refused() {
 
     // One batch, one verdict per row: a stale attempt number is refused beside an accepted one.
     let mut stale = succeeded(&claimed[1]);
-    stale.attempt.n += 1;
-    let verdicts = queue::complete(&c, &short, &[succeeded(&claimed[0]), stale], &facts).await.expect("complete");
+    stale.n += 1;
+    let verdicts = queue::complete(&c, &short, &[succeeded(&claimed[0]), stale]).await.expect("complete");
     assert_eq!(verdicts, [Verdict::Accepted, Verdict::Refused(Refused::StaleAttempt)]);
+    let taken = db.psql(&format!("SELECT state, node IS NULL FROM task_runs WHERE id = {}", ids[0]));
+    assert_eq!(taken.trim(), "running|t", "the attempt ended (node NULL); the task run is its owner's to write");
 
-    let again = queue::complete(&c, &short, &[succeeded(&claimed[0])], &facts).await.expect("complete");
-    assert_eq!(again, [Verdict::Refused(Refused::NotRunning)], "an outcome is taken once");
+    // Taken: the attempt runs on no node any more.
+    let again = queue::complete(&c, &short, &[succeeded(&claimed[0])]).await.expect("complete");
+    assert_eq!(again, [Verdict::Refused(Refused::OtherNode)], "an outcome is taken once");
 
     tokio::time::sleep(Duration::from_millis(400)).await;
     let dead = queue::dead_nodes(&c).await.expect("dead nodes");
     assert!(dead.iter().any(|d| d.id == short.id && !d.stopped), "{dead:?}");
-    let late = queue::complete(&c, &short, &[succeeded(&claimed[1])], &facts).await.expect("complete");
+    let late = queue::complete(&c, &short, &[succeeded(&claimed[1])]).await.expect("complete");
     assert_eq!(late, [Verdict::Refused(Refused::LeaseExpired)], "a node whose lease ran out may not complete");
     let state = db.psql(&format!("SELECT state, node FROM task_runs WHERE id = {}", ids[1]));
     assert_eq!(state.trim(), format!("running|{}", short.id), "the refused outcome wrote nothing");
@@ -320,7 +328,7 @@ async fn a_late_outcome_from_an_expired_node_is_refused() {
     // The name is free again: the node comes back as a new node, and the old fence still holds.
     let again = node(&store, "short", &[], LONG).await;
     assert_ne!(again.id, short.id);
-    let late = queue::complete(&c, &again, &[succeeded(&claimed[1])], &facts).await.expect("complete");
+    let late = queue::complete(&c, &again, &[succeeded(&claimed[1])]).await.expect("complete");
     assert_eq!(late, [Verdict::Refused(Refused::OtherNode)], "another node's attempt");
     assert!(queue::register_node(&mut c, "short", &[], LONG).await.is_err(), "two live nodes with one name");
 }
@@ -374,7 +382,6 @@ async fn claim_and_complete_never_scan_the_task_runs_table() {
     }
     let store = open(&db).await;
     let me = node(&store, "scanner", &[], LONG).await;
-    let facts = plain_queue_facts();
     let mut c = store.connection().await.expect("conn");
     let scans = || {
         let row = db.psql(
@@ -389,14 +396,14 @@ async fn claim_and_complete_never_scan_the_task_runs_table() {
         let claimed = queue::claim(&mut c, &me, "default", k, None).await.expect("claim");
         assert_eq!(claimed.len(), k);
         let outcomes: Vec<Outcome> = claimed.iter().map(succeeded).collect();
-        let verdicts = queue::complete(&c, &me, &outcomes, &facts).await.expect("complete");
+        let verdicts = queue::complete(&c, &me, &outcomes).await.expect("complete");
         assert!(verdicts.iter().all(|v| *v == Verdict::Accepted));
     }
     c.execute("SELECT pg_stat_force_next_flush()", &[]).await.expect("flush");
     let after = scans();
     assert!(after.1 - before.1 >= 240, "the index scans of the loop were not counted: {before:?} → {after:?}");
     assert_eq!(after.0 - before.0, 0, "claim/complete scanned task_runs {} times", after.0 - before.0);
-    let done = db.psql("SELECT count(*) FROM task_runs WHERE state = 'succeeded'");
+    let done = db.psql("SELECT count(*) FROM attempts");
     assert_eq!(done.trim(), (40 * (1 + 10 + 64)).to_string());
 }
 
@@ -467,11 +474,11 @@ async fn completions_reported_together_share_transactions_and_each_hears_its_ver
     let mut c = store.connection().await.expect("conn");
     let claimed = queue::claim(&mut c, &me, "default", 200, None).await.expect("claim");
     assert_eq!(claimed.len(), 200);
-    let completer = queue::Completer::start(store.pool().clone(), me.clone(), plain_queue_facts());
+    let completer = queue::Completer::start(store.pool().clone(), me.clone());
     let reports = claimed.iter().enumerate().map(|(i, claim)| {
         let mut outcome = succeeded(claim);
         if i % 50 == 0 {
-            outcome.attempt.n += 1; // not the attempt this node holds
+            outcome.n += 1; // not the attempt this node holds
         }
         let completer = completer.clone();
         tokio::spawn(async move { completer.complete(outcome).await })
@@ -483,7 +490,7 @@ async fn completions_reported_together_share_transactions_and_each_hears_its_ver
     let refused: Vec<usize> = (0..200).filter(|i| verdicts[*i] == Verdict::Refused(Refused::StaleAttempt)).collect();
     assert_eq!(refused, [0, 50, 100, 150], "each reporter hears its own verdict");
     assert!(completer.flush_count() < 200, "200 outcomes took {} transactions", completer.flush_count());
-    assert_eq!(db.psql("SELECT count(*) FROM task_runs WHERE state = 'succeeded'").trim(), "196");
+    assert_eq!(db.psql("SELECT count(*) FROM task_runs WHERE node IS NULL").trim(), "196", "attempts ended");
     assert_eq!(db.psql("SELECT count(*) FROM attempts").trim(), "196");
 }
 
@@ -527,7 +534,6 @@ async fn pg_claim_complete_throughput() {
             let (store, me) = (store.clone(), node(&store, &format!("bench-{k}-{w}"), &[], LONG).await);
             drains.push(tokio::spawn(async move {
                 let mut c = store.connection().await.expect("conn");
-                let facts = plain_queue_facts();
                 let mut done = 0;
                 loop {
                     let claimed = queue::claim(&mut c, &me, queue, k, None).await.expect("claim");
@@ -535,7 +541,7 @@ async fn pg_claim_complete_throughput() {
                         return done;
                     }
                     let outcomes: Vec<Outcome> = claimed.iter().map(succeeded).collect();
-                    queue::complete(&c, &me, &outcomes, &facts).await.expect("complete");
+                    queue::complete(&c, &me, &outcomes).await.expect("complete");
                     done += claimed.len();
                 }
             }));
@@ -552,4 +558,47 @@ async fn pg_claim_complete_throughput() {
             n as f64 / enqueue_secs
         );
     }
+}
+
+/// Letters are read in the order they were sent, once each, by the node they are for: the
+/// owner of their job run when read (`to_node` NULL), or the node named; long texts are cut.
+#[tokio::test]
+async fn mail_reaches_its_job_runs_owner_or_its_node_in_order_once() {
+    use super::mail::{self, Letter, MAX_TEXT_BYTES, Mail, Mailer};
+    let db = test_db_or_skip!();
+    let store = open(&db).await;
+    let (owner, runner) = (node(&store, "owner", &[], LONG).await, node(&store, "runner", &[], LONG).await);
+    let j = store.ids.next_job_run().await.expect("id");
+    store.commit(vec![Mutation::JobRun(job_run(j))]).await.expect("commit");
+    db.psql(&format!("UPDATE job_runs SET owner_node = {} WHERE id = {j}", owner.id));
+    let mailer = Mailer::start(store.pool().clone());
+    let letter = |to_node, mail| Letter { job_run: j, to_node, task_run: 7, attempt: 1, mail };
+    let long = "é".repeat(MAX_TEXT_BYTES);
+    mailer.send(letter(None, Mail::Started { node: runner.id, process: Some((1, 1, 0)) }));
+    mailer.send(letter(None, Mail::Progress { text: long.clone() }));
+    mailer.send(letter(Some(runner.id), Mail::Kill { reason: crate::model::FailReason::Cancelled, grace_ms: 5 }));
+    mailer.send(letter(None, Mail::Warning { text: "w".into() }));
+    let c = store.connection().await.expect("conn");
+    let mut for_owner = Vec::new();
+    for _ in 0..100 {
+        for_owner.extend(mail::drain(&c, owner.id).await.expect("drain"));
+        if for_owner.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kinds: Vec<_> = for_owner.iter().map(|l| std::mem::discriminant(&l.mail)).collect();
+    let expected = [
+        Mail::Started { node: 0, process: None },
+        Mail::Progress { text: String::new() },
+        Mail::Warning { text: String::new() },
+    ];
+    assert_eq!(kinds, expected.iter().map(std::mem::discriminant).collect::<Vec<_>>(), "{for_owner:?}");
+    let Mail::Progress { text } = &for_owner[1].mail else { unreachable!() };
+    assert!(text.len() <= MAX_TEXT_BYTES && long.starts_with(text.as_str()) && !text.is_empty(), "cut at a char");
+    let for_runner = mail::drain(&c, runner.id).await.expect("drain");
+    assert_eq!(for_runner.len(), 1, "{for_runner:?}");
+    assert!(matches!(for_runner[0].mail, Mail::Kill { grace_ms: 5, .. }));
+    assert!(mail::drain(&c, owner.id).await.expect("drain").is_empty(), "read once");
+    assert_eq!(db.psql("SELECT count(*) FROM node_mail").trim(), "0");
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::{mpsc, oneshot};
@@ -34,14 +34,23 @@ struct Request {
 pub struct Writer {
     tx: mpsc::UnboundedSender<Request>,
     commits: Arc<AtomicU64>,
+    /// The cluster node this store writes for (0: none): a job run it creates is its own.
+    owner: Arc<AtomicI64>,
 }
 
 impl Writer {
     pub fn start(pool: Pool, facts: QueueFacts) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let commits = Arc::new(AtomicU64::new(0));
-        tokio::spawn(commit_loop(pool, facts, rx, commits.clone()));
-        Writer { tx, commits }
+        let owner = Arc::new(AtomicI64::new(0));
+        tokio::spawn(commit_loop(pool, facts, rx, commits.clone(), owner.clone()));
+        Writer { tx, commits, owner }
+    }
+
+    /// From now on, a job run this writer creates is owned by `node` (`owner_node = node,
+    /// owner_epoch = 1`); `None`: by nobody (a plain store).
+    pub fn set_owner_node(&self, node: Option<i64>) {
+        self.owner.store(node.unwrap_or(0), Ordering::Relaxed);
     }
 
     pub async fn commit(&self, batch: Vec<Mutation>) -> Result<(), PgError> {
@@ -64,8 +73,15 @@ impl Writer {
     }
 }
 
-async fn commit_loop(pool: Pool, facts: QueueFacts, mut rx: mpsc::UnboundedReceiver<Request>, commits: Arc<AtomicU64>) {
+async fn commit_loop(
+    pool: Pool,
+    facts: QueueFacts,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    commits: Arc<AtomicU64>,
+    owner: Arc<AtomicI64>,
+) {
     while let Some(group) = super::batch::next_group(&mut rx, MAX_BATCH_MUTATIONS, |r| r.batch.len()).await {
+        let facts = Facts { queue: &facts, owner: Some(owner.load(Ordering::Relaxed)).filter(|&n| n != 0) };
         let committed = commit_group(&pool, &facts, &group).await;
         commits.fetch_add(1, Ordering::Relaxed);
         match committed {
@@ -89,7 +105,14 @@ fn answer(group: Vec<Request>, result: Result<(), PgError>) {
     }
 }
 
-async fn commit_group(pool: &Pool, facts: &QueueFacts, group: &[Request]) -> Result<(), PgError> {
+/// What a commit needs besides its mutations.
+pub struct Facts<'a> {
+    pub queue: &'a QueueFacts,
+    /// The node whose new job runs these are (cluster mode).
+    pub owner: Option<i64>,
+}
+
+async fn commit_group(pool: &Pool, facts: &Facts<'_>, group: &[Request]) -> Result<(), PgError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let mut woken = BTreeSet::new();
@@ -111,7 +134,7 @@ type Param = Box<dyn ToSql + Sync + Send>;
 pub async fn apply(
     tx: &Transaction<'_>,
     batch: &[Mutation],
-    facts: &QueueFacts,
+    facts: &Facts<'_>,
     woken: &mut BTreeSet<String>,
 ) -> Result<(), PgError> {
     let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::with_capacity(batch.len());
@@ -136,7 +159,10 @@ pub async fn apply(
 
 const PUT_DEFINITION: &str = "INSERT INTO definitions (hash, record) VALUES ($1, $2) \
      ON CONFLICT (hash) DO UPDATE SET record = excluded.record";
-const PUT_JOB_RUN: &str = "INSERT INTO job_runs (id, job, state, record) VALUES ($1, $2, $3, $4) \
+/// A job run created on a cluster node is that node's (epoch 1); the owner is never changed by
+/// a write (adoption does that).
+const PUT_JOB_RUN: &str = "INSERT INTO job_runs (id, job, state, record, owner_node, owner_epoch) \
+     VALUES ($1, $2, $3, $4, $5, CASE WHEN $5::bigint IS NULL THEN 0 ELSE 1 END) \
      ON CONFLICT (id) DO UPDATE SET job = excluded.job, state = excluded.state, record = excluded.record";
 /// `node` is not written: only a claim sets it (and a completion keeps it, as the attempt's).
 const PUT_TASK_RUN: &str = "INSERT INTO task_runs (id, job_run, task, iteration, item_index, kind, state, \
@@ -156,6 +182,7 @@ const PUT_KEY: &str = "INSERT INTO idempotency (key, job_run) VALUES ($1, $2) \
 const PUT_CACHE: &str = "INSERT INTO cache (key, expires_at_ms, record) VALUES ($1, $2, $3) \
      ON CONFLICT (key) DO UPDATE SET expires_at_ms = excluded.expires_at_ms, record = excluded.record";
 const DELETE_CACHE: &str = "DELETE FROM cache WHERE key = $1";
+const PUT_SPEC: &str = "UPDATE task_runs SET spec = $2 WHERE id = $1";
 const PUT_RAISED: &str = "INSERT INTO raised_budgets (job_run, record) VALUES ($1, $2) \
      ON CONFLICT (job_run) DO UPDATE SET record = excluded.record";
 
@@ -169,7 +196,7 @@ pub fn from_db(v: i64) -> u64 {
     v as u64
 }
 
-fn statement(m: &Mutation, facts: &QueueFacts) -> Result<(&'static str, Vec<Param>), PgError> {
+fn statement(m: &Mutation, facts: &Facts<'_>) -> Result<(&'static str, Vec<Param>), PgError> {
     Ok(match m {
         Mutation::Definition(hash, d) => (PUT_DEFINITION, vec![Box::new(to_db(*hash)), Box::new(codec::encode(d)?)]),
         Mutation::JobRun(r) => (
@@ -179,10 +206,11 @@ fn statement(m: &Mutation, facts: &QueueFacts) -> Result<(&'static str, Vec<Para
                 Box::new(r.job.clone()),
                 Box::new(r.state.as_str()),
                 Box::new(codec::encode(r)?),
+                Box::new(facts.owner),
             ],
         ),
         Mutation::TaskRun(r) => {
-            let columns = facts(r);
+            let columns = (facts.queue)(r);
             (
                 PUT_TASK_RUN,
                 vec![
@@ -218,5 +246,6 @@ fn statement(m: &Mutation, facts: &QueueFacts) -> Result<(&'static str, Vec<Para
         Mutation::RaisedBudgets(job_run, raised) => {
             (PUT_RAISED, vec![Box::new(to_db(*job_run)), Box::new(codec::encode(raised)?)])
         }
+        Mutation::Spec(task_run, spec) => (PUT_SPEC, vec![Box::new(to_db(*task_run)), Box::new(spec.clone())]),
     })
 }

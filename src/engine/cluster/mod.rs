@@ -1,0 +1,323 @@
+//! A node of a gaffer cluster (issue #11, docs/cluster-design.md, "The cluster engine"): an
+//! engine whose store is PostgreSQL, registered in `nodes` with a lease it renews, whose
+//! Dispatcher claims ready task runs of every node's job runs from the database.
+//!
+//! The node that creates a job run owns it and makes all of its decisions; any node's workers
+//! may run its attempts. A worker that claimed an attempt of a job run owned elsewhere starts
+//! the spec the owner rendered when it queued the task run, and talks to the owner by mail
+//! (`store::pg::mail`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::Addr;
+use serde::{Deserialize, Serialize};
+
+use super::EngineError;
+use super::dispatcher::{ClaimNow, Dispatcher};
+use super::supervisor::{Delivered, Supervisor};
+use super::watchdog::WatchList;
+use super::worker::Kill;
+use crate::config::{CommandSpec, CostSource, OutputLimits};
+use crate::executor::AttemptSpec;
+use crate::model::lease::{DEFAULT_LEASE_MS, check_lease_ms};
+use crate::store::codec;
+use crate::store::pg::PgBackend;
+use crate::store::pg::mail::{self, Letter, MAIL_CHANNEL, Mail, Mailer};
+use crate::store::pg::queue::{self, Completer, Heartbeat, Node, Waker};
+use crate::store::records::AttemptRecord;
+
+/// How often a node looks for work and mail when no notification came (a lost one, a
+/// listener reconnecting).
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// How an engine runs as a cluster node (`EngineConfig::cluster`).
+#[derive(Clone)]
+pub struct ClusterConfig {
+    pub backend: Arc<PgBackend>,
+    /// How long the node's lease lasts without a renewal (renewed every third of it).
+    pub lease: Duration,
+    /// Unique among live nodes (`--node` / `GAFFER_NODE`, default `<hostname>-<pid>`).
+    pub node_name: String,
+    /// The node's labels as `nodes.labels` records them and claims match them (`requires <@
+    /// labels`); give the same as `EngineConfig::labels`.
+    pub labels: Vec<String>,
+}
+
+impl ClusterConfig {
+    /// A node of the default name and lease, without labels.
+    pub fn new(backend: Arc<PgBackend>) -> ClusterConfig {
+        ClusterConfig {
+            backend,
+            lease: Duration::from_millis(DEFAULT_LEASE_MS),
+            node_name: default_node_name(),
+            labels: Vec::new(),
+        }
+    }
+}
+
+/// `<hostname>-<pid>`: unique on a machine, readable in `status`.
+pub fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!("{}-{}", if host.is_empty() { "gaffer" } else { host }, std::process::id())
+}
+
+/// This engine's node: its row in `nodes` (whose id fences its claims and completions) and the
+/// heartbeat that renews its lease.
+pub struct ClusterNode {
+    pub backend: Arc<PgBackend>,
+    pub node: Node,
+    heartbeat: Heartbeat,
+    /// Outcomes of attempts of job runs owned elsewhere, fenced (`queue::complete`).
+    pub completer: Completer,
+    /// Letters to owners and to the nodes running this node's attempts.
+    pub mailer: Mailer,
+    /// The claim wake-ups and the mail reader, stopped when the node leaves.
+    pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl ClusterNode {
+    /// Registers the node and starts its heartbeat. Blocks (a round trip to the database).
+    pub fn join(config: &ClusterConfig) -> Result<ClusterNode, EngineError> {
+        check_lease_ms(config.lease.as_millis() as u64).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let backend = config.backend.clone();
+        let pool = backend.store().pool().clone();
+        let (name, labels, lease) = (config.node_name.clone(), config.labels.clone(), config.lease);
+        let node = backend.run(async move {
+            let mut c = pool.get().await?;
+            queue::register_node(&mut c, &name, &labels, lease).await
+        })?;
+        backend.set_owner_node(Some(node.id));
+        let (pool, beating) = (backend.store().pool().clone(), node.clone());
+        // Started on the store's runtime, where their tasks run.
+        let (heartbeat, completer, mailer) = backend.run(async move {
+            let completer = Completer::start(pool.clone(), beating.clone());
+            Ok((Heartbeat::start(pool.clone(), beating), completer, Mailer::start(pool)))
+        })?;
+        tracing::info!("cluster: joined as node {} (id {})", node.name, node.id);
+        Ok(ClusterNode { backend, node, heartbeat, completer, mailer, pumps: Mutex::default() })
+    }
+
+    /// Starts what feeds the engine: claim wake-ups (a `NOTIFY gaffer_queue` or the poll) to
+    /// the Dispatcher, and this node's mail — kills to its workers, the rest to the Supervisor,
+    /// which hands each letter to the JobRun actor of its job run.
+    pub(super) fn start_pumps(&self, dispatcher: Addr<Dispatcher>, supervisor: Addr<Supervisor>, workers: WatchList) {
+        let url = self.backend.url().to_string();
+        let wakes = self.backend.spawn(wake_dispatcher(url.clone(), dispatcher));
+        let pool = self.backend.store().pool().clone();
+        let mail = self.backend.spawn(read_mail(url, pool, self.node.id, supervisor, workers));
+        if let Ok(mut pumps) = self.pumps.lock() {
+            pumps.extend([wakes, mail]);
+        }
+    }
+
+    fn stop_pumps(&self) {
+        if let Ok(mut pumps) = self.pumps.lock() {
+            pumps.drain(..).for_each(|p| p.abort());
+        }
+    }
+
+    pub fn id(&self) -> i64 {
+        self.node.id
+    }
+
+    /// The lease ran out before a renewal reached the database: the node is dead to the others.
+    pub fn lease_lost(&self) -> bool {
+        self.heartbeat.is_lost()
+    }
+
+    /// A graceful stop: the lease ends now, so the others know at once.
+    pub async fn leave(&self) {
+        self.stop_pumps();
+        let (pool, node) = (self.backend.store().pool().clone(), self.node.clone());
+        let left = self.backend.spawn(async move {
+            let c = pool.get().await?;
+            queue::stop_node(&c, &node).await
+        });
+        match left.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cluster: node {} could not say it stopped: {e}", self.node.name),
+            Err(e) => tracing::warn!("cluster: node {} could not say it stopped: {e}", self.node.name),
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.stop_pumps();
+    }
+}
+
+/// Wakes the Dispatcher to claim when task runs became ready (or every [`POLL`]), until it is gone.
+async fn wake_dispatcher(url: String, dispatcher: Addr<Dispatcher>) {
+    let mut waker = listen(&url, queue::QUEUE_CHANNEL).await;
+    while dispatcher.connected() {
+        wait(&mut waker).await;
+        dispatcher.do_send(ClaimNow);
+    }
+}
+
+async fn listen(url: &str, channel: &'static str) -> Option<Waker> {
+    match Waker::listen_on(url, channel).await {
+        Ok(waker) => Some(waker),
+        Err(e) => {
+            tracing::warn!("cluster: cannot listen on {channel} ({e}); polling every {POLL:?}");
+            None
+        }
+    }
+}
+
+async fn wait(waker: &mut Option<Waker>) {
+    match waker {
+        Some(waker) => drop(waker.wait(POLL).await),
+        None => tokio::time::sleep(POLL).await,
+    }
+}
+
+/// Reads this node's mail as it comes (or every [`POLL`]), until the Supervisor is gone.
+async fn read_mail(
+    url: String,
+    pool: deadpool_postgres::Pool,
+    me: i64,
+    supervisor: Addr<Supervisor>,
+    workers: WatchList,
+) {
+    let mut waker = listen(&url, MAIL_CHANNEL).await;
+    while supervisor.connected() {
+        wait(&mut waker).await;
+        let letters = match pool.get().await {
+            Ok(c) => mail::drain(&c, me).await,
+            Err(e) => Err(e.into()),
+        };
+        let letters = match letters {
+            Ok(letters) => letters,
+            Err(e) => {
+                tracing::warn!("cluster: cannot read mail ({e}); trying again");
+                continue;
+            }
+        };
+        let (kills, to_owner): (Vec<Letter>, Vec<Letter>) = letters.into_iter().partition(|l| l.to_node == Some(me));
+        for letter in kills {
+            let Mail::Kill { reason, grace_ms } = letter.mail else { continue };
+            let addrs: Vec<_> =
+                workers.lock().map(|w| w.workers.values().map(|(_, a)| a.clone()).collect()).unwrap_or_default();
+            for worker in addrs {
+                worker.do_send(Kill { task_run: letter.task_run, reason, grace: Duration::from_millis(grace_ms) });
+            }
+        }
+        if !to_owner.is_empty() {
+            supervisor.do_send(Delivered(to_owner));
+        }
+    }
+}
+
+/// The queue columns of a task run under `workflow`: its priority with its queue's aging (the
+/// order the in-memory Dispatcher keeps), and the labels it requires. What a cluster node's
+/// store is opened with (`PgOptions::queue_facts`).
+pub fn queue_facts(workflow: &crate::config::Workflow) -> crate::store::pg::QueueFacts {
+    let aging: std::collections::BTreeMap<String, Option<Duration>> =
+        workflow.queues.iter().map(|(name, q)| (name.clone(), q.aging)).collect();
+    Arc::new(move |r: &crate::store::TaskRunRecord| {
+        let aging = aging.get(&r.queue).copied().flatten();
+        let key = crate::model::policy::priority_key(r.priority, r.queued_at_ms.unwrap_or(0), aging);
+        crate::store::pg::QueueColumns { sort_key: crate::store::pg::sort_key(key), requires: r.requires.clone() }
+    })
+}
+
+/// An attempt as its job run's owner rendered it when it queued the task run
+/// (`task_runs.spec`): what another node needs to run it, with nothing of the owner's machine
+/// (its state dir, where the log goes, are the runner's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedSpec {
+    pub job: String,
+    pub task: String,
+    pub job_run: u64,
+    pub task_run: u64,
+    pub attempt: u32,
+    /// `sh -c` text, or argv.
+    pub shell: Option<String>,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub stdin: Option<String>,
+    pub cwd: PathBuf,
+    pub log_cap_bytes: u64,
+    pub output_one_max_bytes: u64,
+    pub output_all_max_bytes: u64,
+    /// `CostSource` as 0 (protocol), 1 (claude JSON), 2 (OpenAI JSON).
+    pub cost_source: u8,
+    pub timeout_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    /// The model of this attempt (`retry.models`), recorded on the attempt.
+    pub model: Option<String>,
+}
+
+impl codec::Record for QueuedSpec {}
+
+impl QueuedSpec {
+    pub fn of(spec: &AttemptSpec, timeout: Duration, heartbeat_timeout: Duration, model: Option<String>) -> QueuedSpec {
+        let (shell, argv) = match &spec.command {
+            CommandSpec::Shell(text) => (Some(text.clone()), Vec::new()),
+            CommandSpec::Argv(items) => (None, items.clone()),
+        };
+        QueuedSpec {
+            job: spec.job.clone(),
+            task: spec.task.clone(),
+            job_run: spec.job_run,
+            task_run: spec.task_run,
+            attempt: spec.attempt,
+            shell,
+            argv,
+            env: spec.env.clone(),
+            stdin: spec.stdin.clone(),
+            cwd: spec.cwd.clone(),
+            log_cap_bytes: spec.log_cap_bytes,
+            output_one_max_bytes: spec.output_limits.one_max_bytes as u64,
+            output_all_max_bytes: spec.output_limits.all_max_bytes as u64,
+            cost_source: match spec.cost_source {
+                CostSource::Protocol => 0,
+                CostSource::ClaudeJson => 1,
+                CostSource::OpenAiJson => 2,
+            },
+            timeout_ms: timeout.as_millis() as u64,
+            heartbeat_timeout_ms: heartbeat_timeout.as_millis() as u64,
+            model,
+        }
+    }
+
+    /// The spec to start on this node, whose state dir is `state_dir`.
+    pub fn to_attempt_spec(&self, state_dir: &Path) -> AttemptSpec {
+        let command = match &self.shell {
+            Some(text) => CommandSpec::Shell(text.clone()),
+            None => CommandSpec::Argv(self.argv.clone()),
+        };
+        let limit = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(OutputLimits::CEILING_BYTES);
+        AttemptSpec {
+            job: self.job.clone(),
+            task: self.task.clone(),
+            job_run: self.job_run,
+            task_run: self.task_run,
+            attempt: self.attempt,
+            command,
+            env: self.env.clone(),
+            stdin: self.stdin.clone(),
+            cwd: self.cwd.clone(),
+            state_dir: state_dir.to_path_buf(),
+            log_path: state_dir.join(AttemptRecord::log_path(self.job_run, self.task_run, self.attempt)),
+            log_cap_bytes: self.log_cap_bytes,
+            output_limits: OutputLimits {
+                one_max_bytes: limit(self.output_one_max_bytes),
+                all_max_bytes: limit(self.output_all_max_bytes),
+            },
+            cost_source: match self.cost_source {
+                1 => CostSource::ClaudeJson,
+                2 => CostSource::OpenAiJson,
+                _ => CostSource::Protocol,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

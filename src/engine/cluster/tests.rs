@@ -1,0 +1,340 @@
+//! Cluster nodes on one real PostgreSQL (`store::pg::testing`), each an engine in this process
+//! with real processes: who runs what, and that the owner decides.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::ClusterConfig;
+use crate::engine::seam_tests::config_on;
+use crate::engine::{EngineConfig, EngineEvent, EngineHandle, EventData, SubmitRequest, Target};
+use crate::model::{FailReason, JobState, TaskState};
+use crate::store::pg::testing::TestDb;
+use crate::store::pg::{PgBackend, PgOptions};
+use crate::store::{Store, StoreHandle};
+
+/// An engine config of node `name` on the test database.
+fn node_config(db: &TestDb, dir: &std::path::Path, text: &str, name: &str, workers: usize) -> EngineConfig {
+    let workflow = crate::config::parse(&dir.join("w.toml"), text).expect("valid workflow");
+    let options = PgOptions { queue_facts: super::queue_facts(&workflow), ..PgOptions::default() };
+    let backend = Arc::new(PgBackend::open(&db.url, options).expect("open the pg store"));
+    let mut config = config_on(dir, text, StoreHandle::new(backend.clone()));
+    config.workers = workers;
+    config.cluster = Some(ClusterConfig {
+        lease: Duration::from_secs(6),
+        node_name: name.to_string(),
+        ..ClusterConfig::new(backend)
+    });
+    config
+}
+
+/// A node registers at start with its labels, owns the job runs it creates (epoch 1), and says
+/// it stopped when it stops.
+#[test]
+fn a_node_registers_owns_what_it_creates_and_leaves() {
+    let Some(db) = TestDb::get() else { return };
+    let dir = crate::state_dir::private_tempdir();
+    let text = "[jobs.j.tasks.hello]\nrun = \"true\"\n";
+    let mut config = node_config(&db, dir.path(), text, "node-a", 1);
+    config.cluster.as_mut().expect("cluster").labels = vec!["gpu".into()];
+    let system = actix::System::new();
+    let id = system.block_on(async move {
+        let handle = crate::engine::start(config);
+        handle.resume_all().await.expect("resume");
+        let node = db.psql("SELECT name, labels, stopped, lease_until > now() FROM nodes");
+        assert_eq!(node.split_whitespace().collect::<Vec<_>>(), ["node-a|{gpu}|f|t"], "{node}");
+        let submitted = handle.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await;
+        let id = submitted.expect("submit").job_run;
+        let ended = handle.wait(vec![id]).await.expect("wait");
+        assert_eq!(ended, [(id, JobState::Succeeded)]);
+        handle.shutdown().await;
+        (id, db)
+    });
+    let (id, db) = id;
+    let owner = db.psql(&format!(
+        "SELECT n.name, j.owner_epoch FROM job_runs j JOIN nodes n ON n.id = j.owner_node WHERE j.id = {id}"
+    ));
+    assert_eq!(owner.trim(), "node-a|1", "{owner}");
+    let node = db.psql("SELECT stopped, lease_until <= now() FROM nodes");
+    assert_eq!(node.trim(), "t|t", "{node}");
+}
+
+/// Nodes started on one database, each with a state dir of its own: `(name, workers, labels)`.
+struct Cluster {
+    nodes: Vec<EngineHandle>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    async fn start(db: &TestDb, text: &str, nodes: &[(&str, usize, &[&str])]) -> Cluster {
+        let mut handles = Vec::new();
+        let mut dirs = Vec::new();
+        for &(name, workers, labels) in nodes {
+            let dir = crate::state_dir::private_tempdir();
+            let mut config = node_config(db, dir.path(), text, name, workers);
+            let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+            config.labels = labels.clone();
+            config.cluster.as_mut().expect("cluster").labels = labels;
+            let handle = crate::engine::start(config);
+            handle.resume_all().await.expect("resume");
+            handles.push(handle);
+            dirs.push(dir);
+        }
+        Cluster { nodes: handles, _dirs: dirs }
+    }
+
+    async fn stop(self) {
+        for node in &self.nodes {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// Starts `nodes`, submits one run of job `j` to the first, which must end `expect`; then stops
+/// them all. The job run's id, and the events each node published meanwhile.
+fn run_on_first(
+    db: &TestDb,
+    text: &str,
+    nodes: &[(&str, usize, &[&str])],
+    expect: JobState,
+) -> (u64, Vec<Vec<EngineEvent>>) {
+    let system = actix::System::new();
+    system.block_on(async {
+        let cluster = Cluster::start(db, text, nodes).await;
+        let mut subscribed = Vec::new();
+        for node in &cluster.nodes {
+            subscribed.push(node.subscribe().await.expect("subscribe"));
+        }
+        let a = &cluster.nodes[0];
+        let id =
+            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+        let ended = tokio::time::timeout(Duration::from_secs(60), a.wait(vec![id])).await;
+        assert_eq!(ended.expect("the job run did not end within a minute").expect("wait"), [(id, expect)]);
+        a.flush_events().await;
+        let events = subscribed.iter_mut().map(drain).collect();
+        cluster.stop().await;
+        (id, events)
+    })
+}
+
+/// The task runs of job run `id` and their attempts, read back through the store.
+fn records(db: &TestDb, id: u64) -> Vec<(crate::store::TaskRunRecord, Vec<crate::store::AttemptRecord>)> {
+    let backend = PgBackend::open(&db.url, PgOptions::default()).expect("open");
+    let snapshot = backend.snapshot().expect("snapshot");
+    let tasks = snapshot.task_runs_of(id).expect("read");
+    tasks.into_iter().map(|t| (t.clone(), snapshot.attempts_of(t.id).expect("read"))).collect()
+}
+
+/// Everything published so far.
+fn drain(events: &mut UnboundedReceiver<EngineEvent>) -> Vec<EngineEvent> {
+    let mut out = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        out.push(e);
+    }
+    out
+}
+
+fn node_id(db: &TestDb, name: &str) -> String {
+    db.psql(&format!("SELECT id FROM nodes WHERE name = '{name}'")).trim().to_string()
+}
+
+/// Lines of a file the tasks append to.
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+/// Twelve independent tasks submitted to node a: nodes b and c claim some of them (each task
+/// says where it ran), and node a, the owner, decides everything — every task run's end and
+/// the job run's are a's events, none are b's or c's, and the records say so.
+#[test]
+fn a_job_run_submitted_to_one_node_runs_on_several_and_its_owner_decides() {
+    let Some(db) = TestDb::get() else { return };
+    let out = crate::state_dir::private_tempdir();
+    let ran = out.path().join("ran");
+    let mut text = String::new();
+    for n in 0..12 {
+        text.push_str(&format!(
+            "[jobs.j.tasks.t{n}]\nrun = \"echo \\\"$GAFFER_STATE_DIR\\\" >> '{}'; sleep 0.2\"\n",
+            ran.display()
+        ));
+    }
+    let (id, events) = run_on_first(&db, &text, &[("a", 2, &[]), ("b", 2, &[]), ("c", 2, &[])], JobState::Succeeded);
+    let (a_events, others) = (&events[0], events[1..].concat());
+    let where_ran: BTreeSet<String> = lines(&ran).into_iter().collect();
+    assert_eq!(lines(&ran).len(), 12, "each task ran once: {where_ran:?}");
+    assert!(where_ran.len() >= 2, "all twelve ran on one node: {where_ran:?}");
+
+    let succeeded = a_events.iter().filter(|e| matches!(e.data, EventData::TaskSucceeded { .. })).count();
+    assert_eq!(succeeded, 12, "the owner said every task's end");
+    assert!(a_events.iter().any(|e| matches!(e.data, EventData::JobSucceeded(_))));
+    let decided_elsewhere: Vec<_> = others.iter().filter(|e| e.job_run == Some(id)).map(|e| e.data.name()).collect();
+    assert!(decided_elsewhere.is_empty(), "other nodes published {decided_elsewhere:?}");
+
+    let a_id = node_id(&db, "a");
+    let owner = db.psql(&format!("SELECT owner_node, owner_epoch, state FROM job_runs WHERE id = {id}"));
+    assert_eq!(owner.trim(), format!("{a_id}|1|succeeded"));
+    let rows = db.psql(&format!(
+        "SELECT count(*) FILTER (WHERE state = 'succeeded' AND attempt = 1), count(*) FROM task_runs WHERE job_run = {id}"
+    ));
+    assert_eq!(rows.trim(), "12|12", "{rows}");
+    let remote = db.psql(&format!("SELECT count(*) FROM attempts WHERE node IS NOT NULL AND node <> {a_id}"));
+    let remote: usize = remote.trim().parse().expect("count");
+    assert!(remote >= 1, "no attempt row says another node ran it");
+    // The records the owner wrote read back as it saw them.
+    for (t, attempts) in records(&db, id) {
+        assert_eq!((t.state, t.attempt), (TaskState::Succeeded, 1), "{t:?}");
+        assert_eq!(
+            attempts.iter().map(|a| (a.n, a.exit_code, a.ended_at_ms.is_some())).collect::<Vec<_>>(),
+            [(1, Some(0), true)]
+        );
+    }
+    assert_eq!(db.psql("SELECT count(*) FROM node_mail").trim(), "0", "every letter was read");
+}
+
+/// A task only node b can run (`requires`) fails there once: its owner a hears of it by mail,
+/// decides the retry by the task's policy, and b runs the second attempt.
+#[test]
+fn a_retry_of_an_attempt_that_failed_on_another_node_is_decided_by_its_owner() {
+    let Some(db) = TestDb::get() else { return };
+    let out = crate::state_dir::private_tempdir();
+    let marker = out.path().join("failed-once");
+    let text = format!(
+        r#"
+[jobs.j.tasks.flaky]
+requires = ["remote"]
+run = "test -e '{marker}' || {{ touch '{marker}'; exit 3; }}"
+retry = {{ max_attempts = 2, initial_interval = "50ms", backoff = 1.0, jitter = 0.0 }}
+"#,
+        marker = marker.display()
+    );
+    let (id, events) = run_on_first(&db, &text, &[("a", 1, &[]), ("b", 1, &["remote"])], JobState::Succeeded);
+    let (a_events, b_events) = (&events[0], &events[1]);
+    let names: Vec<&str> = a_events.iter().filter(|e| e.job_run == Some(id)).map(|e| e.data.name().as_str()).collect();
+    for expected in ["task.started", "task.failed", "task.retry_scheduled", "task.succeeded", "job.succeeded"] {
+        assert!(names.contains(&expected), "the owner did not say {expected}: {names:?}");
+    }
+    assert!(b_events.iter().all(|e| e.job_run != Some(id)), "b decided something: {b_events:?}");
+    let b_id = node_id(&db, "b");
+    let attempts = db.psql(&format!(
+        "SELECT a.n, a.node FROM attempts a JOIN task_runs t ON t.id = a.task_run WHERE t.job_run = {id} ORDER BY a.n"
+    ));
+    assert_eq!(attempts.split_whitespace().collect::<Vec<_>>(), [format!("1|{b_id}"), format!("2|{b_id}")]);
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
+    assert_eq!((task.state, task.attempt), (TaskState::Succeeded, 2));
+    assert_eq!(
+        attempts.iter().map(|a| (a.n, a.exit_code, a.reason)).collect::<Vec<_>>(),
+        [(1, Some(3), Some(FailReason::ExitCode)), (2, Some(0), None)]
+    );
+}
+
+/// A declared queue's `concurrency = 2` holds across three nodes (seven workers): the tasks
+/// themselves write when they start and end, and no three ever overlap.
+#[test]
+fn a_declared_queue_cap_holds_across_nodes() {
+    let Some(db) = TestDb::get() else { return };
+    let out = crate::state_dir::private_tempdir();
+    let times = out.path().join("times");
+    let mut text = String::from("[queues.capped]\nconcurrency = 2\n");
+    for n in 0..10 {
+        text.push_str(&format!(
+            "[jobs.j.tasks.t{n}]\nqueue = \"capped\"\nrun = \"s=$(date +%s%N); sleep 0.3; echo $s $(date +%s%N) \\\"$GAFFER_STATE_DIR\\\" >> '{}'\"\n",
+            times.display()
+        ));
+    }
+    // The owner has one worker: the second slot is always another node's.
+    run_on_first(&db, &text, &[("a", 1, &[]), ("b", 3, &[]), ("c", 3, &[])], JobState::Succeeded);
+    let runs: Vec<(u128, u128, String)> = lines(&times)
+        .iter()
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let n = |f: &mut std::str::SplitWhitespace| f.next().expect("field").parse::<u128>().expect("ns");
+            (n(&mut f), n(&mut f), f.next().expect("dir").to_string())
+        })
+        .collect();
+    assert_eq!(runs.len(), 10);
+    let most = runs.iter().map(|(start, _, _)| runs.iter().filter(|(s, e, _)| s <= start && start < e).count()).max();
+    assert_eq!(most, Some(2), "at most 2 at once, and 2 were used: {runs:?}");
+    let nodes: BTreeSet<&str> = runs.iter().map(|(_, _, dir)| dir.as_str()).collect();
+    assert!(nodes.len() >= 2, "the capped queue ran on one node only: {nodes:?}");
+}
+
+/// Cancelling a job run on its owner kills its attempt running on another node (a `Kill`
+/// letter), and the owner records it cancelled.
+#[test]
+fn cancelling_a_job_run_kills_its_attempt_on_another_node() {
+    let Some(db) = TestDb::get() else { return };
+    let out = crate::state_dir::private_tempdir();
+    let pid_file = out.path().join("pid");
+    let text = format!(
+        "[jobs.j.tasks.long]\nrequires = [\"remote\"]\nrun = \"echo $$ > '{}'; exec sleep 30\"\n",
+        pid_file.display()
+    );
+    let system = actix::System::new();
+    let started = std::time::Instant::now();
+    let id = system.block_on(async {
+        let cluster = Cluster::start(&db, &text, &[("a", 1, &[]), ("b", 1, &["remote"])]).await;
+        let a = &cluster.nodes[0];
+        let mut events = a.subscribe().await.expect("subscribe");
+        let id =
+            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+        // The owner knows it started over there.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), events.recv())
+                .await
+                .expect("task.started")
+                .expect("open")
+            {
+                e if matches!(e.data, EventData::TaskStarted { .. }) => break,
+                _ => {}
+            }
+        }
+        a.cancel(Target::JobRun(id)).await.expect("cancel");
+        assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, JobState::Cancelled)]);
+        cluster.stop().await;
+        id
+    });
+    assert!(started.elapsed() < Duration::from_secs(20), "the attempt ran to its end: {:?}", started.elapsed());
+    let pid: i32 = std::fs::read_to_string(&pid_file).expect("pid").trim().parse().expect("pid");
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(), "process {pid} still runs");
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
+    assert_eq!(task.state, TaskState::Cancelled);
+    assert_eq!(attempts.iter().map(|a| a.reason).collect::<Vec<_>>(), [Some(FailReason::Cancelled)]);
+    let b_id = node_id(&db, "b");
+    let ran_on = db.psql(&format!("SELECT node FROM attempts WHERE task_run = {}", task.id));
+    assert_eq!(ran_on.trim(), b_id);
+}
+
+/// An attempt that cannot even start on the node that claimed it (no such program) still
+/// reaches its owner, which records the spawn error and decides (retries, then the job run
+/// fails).
+#[test]
+fn an_attempt_that_cannot_start_on_another_node_is_recorded_by_its_owner() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j.tasks.missing]\nrequires = [\"remote\"]\nargs = [\"/nonexistent/gaffer-test-program\"]\n";
+    let (id, _) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &["remote"])], JobState::Failed);
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
+    assert_eq!(task.state, TaskState::Dead);
+    // Retried by the default policy, each time decided by the owner.
+    let reasons: Vec<_> = attempts.iter().map(|a| (a.n, a.reason)).collect();
+    assert_eq!(reasons, (1..=task.attempt).map(|n| (n, Some(FailReason::SpawnError))).collect::<Vec<_>>());
+    assert!(task.attempt >= 1);
+}
+
+/// Spending reported on another node reaches the owner (`Cost` letters): past the job run's
+/// budget the owner stops the attempt over there (`Kill`), and records what it cost.
+#[test]
+fn a_budget_crossed_on_another_node_stops_the_attempt_there() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j]\nbudget_usd = 0.05\n[jobs.j.tasks.spender]\nrequires = [\"remote\"]\n\
+                run = \"echo 'cost usd=0.04' >&3; sleep 0.3; echo 'cost usd=0.04' >&3; exec sleep 30\"\n";
+    let started = std::time::Instant::now();
+    let (id, events) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &["remote"])], JobState::Failed);
+    assert!(started.elapsed() < Duration::from_secs(20), "the attempt ran to its end: {:?}", started.elapsed());
+    assert!(events[0].iter().any(|e| matches!(e.data, EventData::BudgetExceeded { .. })), "the owner said so");
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
+    assert_eq!(task.state, TaskState::Dead);
+    let spent: Vec<_> = attempts.iter().map(|a| (a.reason, a.cost_usd_micros)).collect();
+    assert_eq!(spent, [(Some(FailReason::Budget), 80_000)]);
+}

@@ -1,0 +1,137 @@
+//! A JobRun actor as the owner of its job run in a cluster (docs/cluster-design.md): it renders
+//! each queued task run's next attempt into the row it commits, hears from the nodes that run
+//! its attempts by mail, and sends them kills. Every decision is still `model::run`'s, stepped
+//! with the same inputs as for a local worker.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::{AttemptEnded, CostAdded, JobRun, ProgressReported, Runner, WarningReported};
+use crate::engine::EventData;
+use crate::engine::cluster::QueuedSpec;
+use crate::executor::{AttemptExit, KILL_GRACE};
+use crate::model::cost::CostDelta;
+use crate::model::run::Input;
+use crate::model::{FailReason, TaskState, policy};
+use crate::store::pg::mail::{Letter, Mail};
+use crate::store::{AttemptRecord, Mutation, codec};
+
+impl JobRun {
+    /// In a cluster: the next attempt of each task run among `tasks` that is queued, rendered
+    /// now and committed with its row (`Mutation::Spec`), so that any node can run it. Those
+    /// that cannot be rendered are returned: they fail as a template error once committed.
+    pub(super) fn queued_specs(&self, tasks: &[usize], mutations: &mut Vec<Mutation>) -> Vec<(u64, String)> {
+        let mut unrenderable = Vec::new();
+        if self.shared.cluster.is_none() {
+            return unrenderable;
+        }
+        for &i in tasks.iter().filter(|&&i| self.run.tasks[i].state == TaskState::Queued) {
+            let t = &self.run.tasks[i];
+            // As `Input::Claim` will number and pick the model of the next attempt.
+            let (n, in_series) = (t.attempt + 1, (t.attempt + 2).saturating_sub(t.series_start));
+            let def = self.run.def(i);
+            let model = policy::model_for_attempt(&def.retry.models, in_series).map(str::to_string);
+            let rendered = (self.render_spec(i, n, model.clone()))().and_then(|spec| {
+                let queued = QueuedSpec::of(&spec, def.timeout, def.heartbeat_timeout, model);
+                codec::encode(&queued).map_err(|e| e.to_string())
+            });
+            match rendered {
+                Ok(bytes) => mutations.push(Mutation::Spec(t.id, Some(bytes))),
+                Err(e) => {
+                    mutations.push(Mutation::Spec(t.id, None));
+                    unrenderable.push((t.id, e));
+                }
+            }
+        }
+        unrenderable
+    }
+
+    /// A queued task run whose next attempt cannot be rendered: that attempt fails here, as a
+    /// template error (what a local claim does with it).
+    pub(super) fn fail_unrenderable(&mut self, ctx: &mut Context<Self>, task_run: u64, error: &str) {
+        let Some(granted) = self.step(ctx, Input::Claim { task_run }, Vec::new(), Vec::new()).claimed else { return };
+        let mut attempt = AttemptRecord::started(task_run, self.record.id, granted.attempt, self.now());
+        attempt.model = granted.model;
+        self.running.insert(task_run, (attempt, None));
+        self.template_failed(ctx, task_run, error);
+    }
+
+    /// Tells node `node` to stop attempt `n` of `task_run`.
+    pub(super) fn mail_kill(&self, node: i64, task_run: u64, n: u32, reason: FailReason, grace: Duration) {
+        let Some(cluster) = &self.shared.cluster else { return };
+        let kill = Mail::Kill { reason, grace_ms: grace.as_millis() as u64 };
+        cluster.mailer.send(Letter { job_run: self.record.id, to_node: Some(node), task_run, attempt: n, mail: kill });
+    }
+
+    /// A claim of attempt `n` in the store that this owner does not grant (the task run was
+    /// cancelled, its budget spent, the run is stopping): the row is written back as the task
+    /// run is here, so it is not left `running` with nobody running it (its late outcome is
+    /// then refused).
+    pub(super) fn refuse_claim(&mut self, ctx: &mut Context<Self>, task_run: u64) {
+        let Some(i) = self.idx(task_run) else { return };
+        let record = self.task_record(i);
+        self.persist_then(ctx, vec![Mutation::TaskRun(record)], Vec::new(), |_, _| {});
+    }
+
+    /// Node `node` started attempt `n` of `task_run`: the claim as the core sees it, then
+    /// `running` committed, as for a local worker (its spec was rendered when it was queued).
+    fn remote_started(
+        &mut self,
+        ctx: &mut Context<Self>,
+        task_run: u64,
+        n: u32,
+        node: i64,
+        process: Option<(u32, i32, u64)>,
+    ) {
+        let next = self.idx(task_run).map(|i| self.run.tasks[i].attempt + 1);
+        let granted = match next == Some(n) {
+            true => self.step(ctx, Input::Claim { task_run }, Vec::new(), Vec::new()).claimed,
+            false => None,
+        };
+        let Some(granted) = granted else {
+            self.mail_kill(node, task_run, n, FailReason::Cancelled, KILL_GRACE);
+            return self.refuse_claim(ctx, task_run);
+        };
+        let i = granted.task;
+        let mut attempt = AttemptRecord::started(task_run, self.record.id, n, self.now());
+        attempt.model = granted.model;
+        if let Some((pid, pgid, start_ticks)) = process {
+            (attempt.pid, attempt.pgid, attempt.start_ticks) = (Some(pid), Some(pgid), start_ticks);
+        }
+        self.running.insert(task_run, (attempt.clone(), Some(Runner::Remote(node))));
+        let started = EventData::TaskStarted { priority: self.run.tasks[i].priority, pid: process.map(|p| p.0) };
+        let event = self.task_event(started, i);
+        let writes = vec![Mutation::TaskRun(self.task_record(i)), Mutation::Attempt(attempt)];
+        self.persist_then(ctx, writes, vec![event], |_, _| {});
+    }
+}
+
+/// A letter for this job run's owner from a node running one of its attempts.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Mailed(pub Letter);
+
+impl Handler<Mailed> for JobRun {
+    type Result = ();
+
+    /// The same inputs as a local worker's messages.
+    fn handle(&mut self, Mailed(letter): Mailed, ctx: &mut Self::Context) {
+        let (task_run, attempt) = (letter.task_run, letter.attempt);
+        let current = self.running.get(&task_run).is_some_and(|(a, _)| a.n == attempt);
+        match letter.mail {
+            Mail::Started { node, process } => self.remote_started(ctx, task_run, attempt, node, process),
+            Mail::Cost { usage, model, unpriced } => {
+                let delta = CostDelta { usage, model, unpriced };
+                Handler::handle(self, CostAdded { task_run, attempt, delta }, ctx)
+            }
+            Mail::Progress { text } if current => Handler::handle(self, ProgressReported { task_run, text }, ctx),
+            Mail::Warning { text } => Handler::handle(self, WarningReported { task_run, attempt, text }, ctx),
+            Mail::Ended { exit_code, signal, reason, detail, outputs } => {
+                let exit = (exit_code.is_some() || signal.is_some()).then_some(AttemptExit { exit_code, signal });
+                Handler::handle(self, AttemptEnded { task_run, attempt, exit, reason, detail, outputs }, ctx)
+            }
+            Mail::Progress { .. } | Mail::Kill { .. } => {}
+        }
+    }
+}
