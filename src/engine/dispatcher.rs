@@ -395,6 +395,11 @@ impl Dispatcher {
         }
         let free = self.idle.len().min(self.workers_total.saturating_sub(self.running_total));
         let Some(node) = self.cluster.clone().filter(|_| free > 0) else { return };
+        // A node whose lease ran out starts nothing (`model::lease::expired_duties`) until it
+        // joined again, under the id it claims with then.
+        if node.lease_lost() {
+            return;
+        }
         let now = self.clock.now_ms();
         let mut asks = Vec::new();
         for offset in 0..self.names.len() {
@@ -417,7 +422,7 @@ impl Dispatcher {
         }
         self.claiming = true;
         let pool = node.backend.store().pool().clone();
-        let me = node.node.clone();
+        let me = node.current();
         let claims = node.backend.spawn(async move {
             let mut c = pool.get().await?;
             let (mut left, mut got) = (free, Vec::new());

@@ -27,8 +27,10 @@ use crate::store::{AttemptRecord, JobRunRecord, Mutation, RaisedBudgets, TaskRun
 
 mod cluster;
 pub(super) mod convert;
+mod fenced;
 pub use cluster::Mailed;
 mod rerun;
+pub use fenced::Disown;
 pub(crate) use rerun::workflow_for_run;
 pub use rerun::{CheckDefinition, RetryFrom};
 
@@ -49,6 +51,12 @@ pub struct JobRun {
     pids_unwritten: std::collections::HashSet<u64>,
     /// Attempts found running in the store at start (crash recovery), by task run.
     interrupted: Vec<AttemptRecord>,
+    /// Those of them that ran on another node, which died (adoption): no process of this
+    /// machine is theirs.
+    interrupted_elsewhere: std::collections::HashSet<u64>,
+    /// Another node owns this job run now (a commit was fenced out, or this node's lease ran
+    /// out): nothing more is committed, and the actor stops (`fenced.rs`).
+    fenced: bool,
     /// How many attempts right before each of those, in its series, a crash interrupted too
     /// (read with them, off the thread: the core asks while it decides).
     crashes_before: HashMap<u64, u32>,
@@ -196,6 +204,7 @@ impl JobRun {
         raised: RaisedBudgets,
     ) -> JobRun {
         let crashes_before = interrupted.iter().map(|i| (i.attempt.task_run, i.crashes_before)).collect();
+        let interrupted_elsewhere = interrupted.iter().filter(|i| i.elsewhere).map(|i| i.attempt.task_run).collect();
         let interrupted = interrupted.into_iter().map(|i| i.attempt).collect();
         let tasks = tasks.into_iter().map(run::TaskRun::from).collect();
         let run = RunState::new(workflow, job_index, (&record).into(), tasks, raised.into());
@@ -206,6 +215,8 @@ impl JobRun {
             running: HashMap::new(),
             pids_unwritten: Default::default(),
             interrupted,
+            interrupted_elsewhere,
+            fenced: false,
             crashes_before,
             finished: false,
             inflight: 0,
@@ -481,6 +492,9 @@ impl JobRun {
         events: Vec<EngineEvent>,
         after: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
     ) {
+        if self.fenced {
+            return;
+        }
         let commit = self.shared.store.commit(mutations);
         let seq = self.next_commit;
         self.next_commit += 1;
@@ -490,6 +504,7 @@ impl JobRun {
                 act.committed.insert(seq, (events, Box::new(after)));
                 act.run_committed(ctx);
             }
+            Err(crate::store::StoreError::Fenced { .. }) => act.fenced_out(ctx),
             Err(e) => {
                 let message = format!("job run j{}: cannot commit to the store: {e}", act.record.id);
                 if let Some(begun) = act.begun.take() {
@@ -692,6 +707,12 @@ impl JobRun {
             }
             // Its recorded group, and what the record cannot name: a pid not yet committed,
             // grandchildren that left the group (they carry the attempt's environment).
+            // Not when its node was another machine, which died: nothing here is its.
+            if self.interrupted_elsewhere.contains(&attempt.task_run) {
+                attempt.detail = Some("its node died while it ran".into());
+                self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
+                continue;
+            }
             let process = attempt.pid.zip(attempt.pgid).map(|(pid, pgid)| ProcessHandle {
                 pid,
                 pgid,
@@ -717,6 +738,8 @@ pub struct Interrupted {
     pub attempt: AttemptRecord,
     /// How many attempts right before it in its task run's series a crash interrupted too.
     pub crashes_before: u32,
+    /// It ran on another node, which died (an adopted job run): its processes are not here.
+    pub elsewhere: bool,
 }
 
 impl Interrupted {
@@ -728,7 +751,7 @@ impl Interrupted {
             .filter(|a| a.n < t.attempt && a.n >= t.series_start)
             .take_while(|a| a.reason == Some(FailReason::Interrupted))
             .count();
-        Interrupted { attempt, crashes_before: u32::try_from(in_a_row).unwrap_or(u32::MAX) }
+        Interrupted { attempt, crashes_before: u32::try_from(in_a_row).unwrap_or(u32::MAX), elsewhere: false }
     }
 }
 
@@ -859,9 +882,16 @@ impl JobRun {
             pricing: self.shared.pricing.clone(),
             owner: Owner::Local(ctx.address()),
         };
+        if self.fenced {
+            return Box::pin(actix::fut::ready(None));
+        }
         let commit = self.shared.store.commit(vec![Mutation::TaskRun(self.task_record(i)), Mutation::Attempt(attempt)]);
-        Box::pin(commit.into_actor(self).map(move |result, act, _ctx| match result {
+        Box::pin(commit.into_actor(self).map(move |result, act, ctx| match result {
             Ok(()) => Some(claimed),
+            Err(crate::store::StoreError::Fenced { .. }) => {
+                act.fenced_out(ctx);
+                None
+            }
             Err(e) => {
                 act.shared
                     .supervisor
@@ -931,7 +961,7 @@ impl JobRun {
     /// Attempt `n` of `task_run` still runs and its pid was not written with anything else.
     fn write_pid(&mut self, task_run: u64, n: u32) {
         let Some((attempt, _)) = self.running.get(&task_run).filter(|(a, _)| a.n == n) else { return };
-        if self.pids_unwritten.remove(&task_run) {
+        if self.pids_unwritten.remove(&task_run) && !self.fenced {
             drop(self.shared.store.commit(vec![Mutation::Attempt(attempt.clone())]));
         }
     }

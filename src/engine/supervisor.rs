@@ -19,6 +19,7 @@ use crate::config::Workflow;
 use crate::model::JobState;
 use crate::store::{AttemptRecord, DefinitionRecord, JobRunRecord, Mutation, Snapshot, TaskRunRecord};
 
+mod adopt;
 mod reads;
 mod rerun;
 use reads::{Reading, StoredRun, read_target};
@@ -92,6 +93,8 @@ pub struct Supervisor {
     waiters: Vec<(Option<Vec<u64>>, Waiter)>,
     fatal: Option<String>,
     stopping: bool,
+    /// Cluster mode: the adoption tick runs (`adopt.rs`).
+    cluster_ticking: bool,
 }
 
 impl Supervisor {
@@ -109,6 +112,7 @@ impl Supervisor {
             waiters: Vec::new(),
             fatal: None,
             stopping: false,
+            cluster_ticking: false,
         }
     }
 
@@ -519,6 +523,14 @@ impl Handler<ResumeAll> for Supervisor {
         // `Attach` committed is durable (commits are in order; a disk that fills after that
         // line fails a submit, not the start-up).
         let stored = shared.store.commit(Vec::new());
+        if self.is_cluster() {
+            // A node resumes only what it adopts: the others' job runs are theirs.
+            let adopted = self.resume_cluster(ctx);
+            return Box::pin(async move {
+                stored.await.map_err(|e| EngineError::Fatal(e.to_string()))?;
+                adopted.await
+            });
+        }
         let (in_use, state_dir) = (self.definition, shared.state_dir.clone());
         let read = move |reader: &dyn Snapshot| {
             let mut runs = Vec::new();
@@ -663,6 +675,26 @@ impl Handler<JobRunEnded> for Supervisor {
             ctx.address().do_send(Fire { job, scheduled_for, next_due_ms });
         }
         self.answer_waiters();
+    }
+}
+
+/// A JobRun actor stopped without an end of its own: another node owns its job run now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JobRunDropped {
+    pub id: u64,
+    pub actor: Addr<JobRun>,
+}
+
+impl Handler<JobRunDropped> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobRunDropped, _ctx: &mut Self::Context) {
+        // Only that actor: the job run may have been adopted again since, by a new actor.
+        if self.job_runs.get(&msg.id) == Some(&msg.actor) {
+            self.job_runs.remove(&msg.id);
+            self.job_of.remove(&msg.id);
+        }
     }
 }
 

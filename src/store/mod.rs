@@ -109,6 +109,10 @@ pub enum StoreError {
     NeedsRepair,
     #[error("the store has stopped")]
     Closed,
+    /// A cluster node committed for a job run another node adopted (`store::pg::fence`):
+    /// nothing of the batch was written; the job run is that node's to decide now.
+    #[error("job run j{job_run}: another node owns it now; this node's commit for it was not written")]
+    Fenced { job_run: u64 },
 }
 
 /// ENOSPC anywhere in the error's chain (redb wraps the `io::Error`; its message is the fallback).

@@ -68,8 +68,13 @@ pub fn default_node_name() -> String {
 /// heartbeat that renews its lease.
 pub struct ClusterNode {
     pub backend: Arc<PgBackend>,
+    /// The node as it first joined; after a rejoin (its lease ran out) [`ClusterNode::current`].
     pub node: Node,
     heartbeat: Heartbeat,
+    /// The node and heartbeat of the latest rejoin, if the node rejoined (`supervisor/adopt.rs`).
+    /// The completer and the mail reader stay on the first id (a gap: after a rejoin this node's
+    /// remote outcomes are refused, and kills sent to its new id are not read).
+    rejoined: Mutex<Option<(Node, Heartbeat)>>,
     /// Outcomes of attempts of job runs owned elsewhere, fenced (`queue::complete`).
     pub completer: Completer,
     /// Letters to owners and to the nodes running this node's attempts.
@@ -83,21 +88,29 @@ impl ClusterNode {
     pub fn join(config: &ClusterConfig) -> Result<ClusterNode, EngineError> {
         check_lease_ms(config.lease.as_millis() as u64).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let backend = config.backend.clone();
-        let pool = backend.store().pool().clone();
-        let (name, labels, lease) = (config.node_name.clone(), config.labels.clone(), config.lease);
-        let node = backend.run(async move {
-            let mut c = pool.get().await?;
-            queue::register_node(&mut c, &name, &labels, lease).await
-        })?;
-        backend.set_owner_node(Some(node.id));
+        let (node, heartbeat) = register(&backend, &config.node_name, &config.labels, config.lease)?;
         let (pool, beating) = (backend.store().pool().clone(), node.clone());
         // Started on the store's runtime, where their tasks run.
-        let (heartbeat, completer, mailer) = backend.run(async move {
-            let completer = Completer::start(pool.clone(), beating.clone());
-            Ok((Heartbeat::start(pool.clone(), beating), completer, Mailer::start(pool)))
-        })?;
-        tracing::info!("cluster: joined as node {} (id {})", node.name, node.id);
-        Ok(ClusterNode { backend, node, heartbeat, completer, mailer, pumps: Mutex::default() })
+        let (completer, mailer) =
+            backend.run(async move { Ok((Completer::start(pool.clone(), beating), Mailer::start(pool))) })?;
+        let rejoined = Mutex::default();
+        Ok(ClusterNode { backend, node, heartbeat, rejoined, completer, mailer, pumps: Mutex::default() })
+    }
+
+    /// This node's row now: the first one, or the latest rejoin's.
+    pub fn current(&self) -> Node {
+        let rejoined = self.rejoined.lock().unwrap_or_else(|e| e.into_inner());
+        rejoined.as_ref().map(|(node, _)| node.clone()).unwrap_or_else(|| self.node.clone())
+    }
+
+    /// After the lease ran out (`model::lease::ExpiredDuties::rejoin`): the node joins again
+    /// under a new id with a new lease; the old id stays dead, and nothing it owned is owned.
+    /// Blocks (a round trip to the database).
+    pub fn rejoin(&self) -> Result<Node, EngineError> {
+        let old = self.current();
+        let (node, heartbeat) = register(&self.backend, &old.name, &old.labels, old.lease)?;
+        *self.rejoined.lock().unwrap_or_else(|e| e.into_inner()) = Some((node.clone(), heartbeat));
+        Ok(node)
     }
 
     /// Starts what feeds the engine: claim wake-ups (a `NOTIFY gaffer_queue` or the poll) to
@@ -120,18 +133,20 @@ impl ClusterNode {
     }
 
     pub fn id(&self) -> i64 {
-        self.node.id
+        self.current().id
     }
 
-    /// The lease ran out before a renewal reached the database: the node is dead to the others.
+    /// The lease ran out before a renewal reached the database, or by this node's own count
+    /// (`model::lease::own_lease`): the node is dead to the others.
     pub fn lease_lost(&self) -> bool {
-        self.heartbeat.is_lost()
+        let rejoined = self.rejoined.lock().unwrap_or_else(|e| e.into_inner());
+        rejoined.as_ref().map_or(&self.heartbeat, |(_, beat)| beat).is_lost()
     }
 
     /// A graceful stop: the lease ends now, so the others know at once.
     pub async fn leave(&self) {
         self.stop_pumps();
-        let (pool, node) = (self.backend.store().pool().clone(), self.node.clone());
+        let (pool, node) = (self.backend.store().pool().clone(), self.current());
         let left = self.backend.spawn(async move {
             let c = pool.get().await?;
             queue::stop_node(&c, &node).await
@@ -142,6 +157,29 @@ impl ClusterNode {
             Err(e) => tracing::warn!("cluster: node {} could not say it stopped: {e}", self.node.name),
         }
     }
+}
+
+/// Registers a node, makes the store commit for it, and starts its heartbeat, whose own count
+/// of the lease starts when the registration was sent.
+fn register(
+    backend: &Arc<PgBackend>,
+    name: &str,
+    labels: &[String],
+    lease: Duration,
+) -> Result<(Node, Heartbeat), EngineError> {
+    let pool = backend.store().pool().clone();
+    let (name, labels) = (name.to_string(), labels.to_vec());
+    let sent = std::time::Instant::now();
+    let node = backend.run(async move {
+        let mut c = pool.get().await?;
+        queue::register_node(&mut c, &name, &labels, lease).await
+    })?;
+    backend.set_owner_node(Some(node.id));
+    let (pool, beating) = (backend.store().pool().clone(), node.clone());
+    // Started on the store's runtime, where its renewals run.
+    let heartbeat = backend.run(async move { Ok(Heartbeat::start_from(pool, beating, sent)) })?;
+    tracing::info!("cluster: joined as node {} (id {})", node.name, node.id);
+    Ok((node, heartbeat))
 }
 
 impl Drop for ClusterNode {

@@ -3,8 +3,11 @@
 use super::PgError;
 
 /// The migrations in order: version n is `MIGRATIONS[n - 1]`. Append, never edit one that shipped.
-pub const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_init.sql"), include_str!("migrations/0002_cluster.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_cluster.sql"),
+    include_str!("migrations/0003_adopt.sql"),
+];
 
 /// The schema this gaffer writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

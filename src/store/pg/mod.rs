@@ -17,9 +17,13 @@
 //! Every session runs with `plan_cache_mode = force_custom_plan`: a generic plan cached while
 //! the queue looked empty walks the whole table for every claim (pg-probe RESULTS.md, trap 1).
 
+pub mod adopt;
+#[cfg(test)]
+mod adopt_tests;
 mod batch;
 #[cfg(test)]
 mod engine_tests;
+pub mod fence;
 mod ids;
 pub mod mail;
 mod migrate;
@@ -65,6 +69,10 @@ pub enum PgError {
     Codec(String),
     #[error("the store has stopped")]
     Closed,
+    /// A commit for a job run this node does not own (any more) at its epoch: nothing of the
+    /// batch was written (`fence.rs`).
+    #[error("job run j{job_run}: another node owns it now; this node's commit for it was not written")]
+    Fenced { job_run: u64 },
 }
 
 impl From<tokio_postgres::Error> for PgError {
@@ -138,6 +146,8 @@ pub struct PgStore {
     pool: Pool,
     writer: Writer,
     pub ids: Arc<IdBlocks>,
+    /// The node this store commits for and the job runs it owns (none: nothing is fenced).
+    pub ownership: Arc<fence::Ownership>,
 }
 
 impl PgStore {
@@ -148,8 +158,9 @@ impl PgStore {
         let mut client = pool.get().await?;
         migrate::migrate(&mut client).await?;
         drop(client);
-        let writer = Writer::start(pool.clone(), options.queue_facts.clone());
-        Ok(PgStore { ids: Arc::new(IdBlocks::new(pool.clone())), pool, writer })
+        let ownership = Arc::new(fence::Ownership::default());
+        let writer = Writer::start(pool.clone(), options.queue_facts.clone(), ownership.clone());
+        Ok(PgStore { ids: Arc::new(IdBlocks::new(pool.clone())), pool, writer, ownership })
     }
 
     /// Resolves once `batch` is committed (or failed, with the reason), in one transaction with

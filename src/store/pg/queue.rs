@@ -19,7 +19,7 @@ use super::PgError;
 pub use super::writer::QUEUE_CHANNEL;
 use super::writer::{from_db, to_db};
 use crate::model::TaskState;
-use crate::model::lease::{Fence, Refused, outcome_accepted};
+use crate::model::lease::{Fence, OwnLease, Refused, believed_until_ms, outcome_accepted, own_lease};
 use crate::store::codec;
 use crate::store::records::{AttemptRecord, TaskRunRecord};
 
@@ -334,25 +334,69 @@ impl Completer {
 /// Renews a node's lease every third of it, until the lease is lost (it ran out before a renewal
 /// reached the database: the node is dead to the others) or the heartbeat is dropped. A renewal
 /// that fails (the database restarting) is retried at the next beat: the lease decides.
+///
+/// The node also keeps its own count (`model::lease::own_lease`): its lease runs until `lease`
+/// after it *sent* the last renewal the database took (or its registration), so a node cut off
+/// from the database, or paused, knows its lease passed without being told.
 pub struct Heartbeat {
     lost: watch::Receiver<bool>,
+    own: Arc<OwnCount>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A node's own count of its lease, on its monotonic clock.
+struct OwnCount {
+    base: std::time::Instant,
+    lease_ms: u64,
+    /// `model::lease::believed_until_ms`, in ms since `base`.
+    believed_until_ms: AtomicU64,
+    last_sent_ms: AtomicU64,
+}
+
+impl OwnCount {
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn expired(&self) -> bool {
+        let until = self.believed_until_ms.load(Ordering::Relaxed);
+        let sent = self.last_sent_ms.load(Ordering::Relaxed);
+        own_lease(until, sent, false, self.now_ms(), self.lease_ms) == OwnLease::Expired
+    }
+}
+
 impl Heartbeat {
+    /// Starts renewing `node`'s lease, counted from now.
     pub fn start(pool: Pool, node: Node) -> Heartbeat {
+        Heartbeat::start_from(pool, node, std::time::Instant::now())
+    }
+
+    /// Starts renewing `node`'s lease, which its registration sent at `joined`.
+    pub fn start_from(pool: Pool, node: Node, joined: std::time::Instant) -> Heartbeat {
         let (tx, lost) = watch::channel(false);
+        let lease_ms = node.lease.as_millis() as u64;
+        let own = Arc::new(OwnCount {
+            base: joined,
+            lease_ms,
+            believed_until_ms: AtomicU64::new(believed_until_ms(0, lease_ms)),
+            last_sent_ms: AtomicU64::new(0),
+        });
+        let counting = own.clone();
         let task = tokio::spawn(async move {
             let mut beat = tokio::time::interval(node.lease / 3);
             beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 beat.tick().await;
+                let sent = counting.now_ms();
                 let renewed = match pool.get().await {
                     Ok(c) => renew(&c, &node).await,
                     Err(e) => Err(e.into()),
                 };
                 match renewed {
-                    Ok(true) => {}
+                    Ok(true) => {
+                        counting.last_sent_ms.store(sent, Ordering::Relaxed);
+                        counting.believed_until_ms.store(believed_until_ms(sent, lease_ms), Ordering::Relaxed);
+                    }
                     Ok(false) => {
                         tracing::error!("postgres: node {} lost its lease", node.name);
                         let _ = tx.send(true);
@@ -362,14 +406,15 @@ impl Heartbeat {
                 }
             }
         });
-        Heartbeat { lost, task }
+        Heartbeat { lost, own, task }
     }
 
+    /// The lease is lost: the database said so, or this node's own count ran out.
     pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
+        *self.lost.borrow() || self.own.expired()
     }
 
-    /// Resolves once the lease is lost.
+    /// Resolves once the database said the lease is lost.
     pub async fn lost(&mut self) {
         let _ = self.lost.wait_for(|lost| *lost).await;
     }

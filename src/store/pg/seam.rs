@@ -29,6 +29,7 @@ impl From<PgError> for StoreError {
     fn from(e: PgError) -> StoreError {
         match e {
             PgError::Closed => StoreError::Closed,
+            PgError::Fenced { job_run } => StoreError::Fenced { job_run },
             other => StoreError::File(other.to_string()),
         }
     }

@@ -3,17 +3,22 @@
 //! transaction, answering each caller after the commit. A group that fails is retried batch by
 //! batch, so one bad batch does not fail the others that shared its transaction.
 //!
+//! With a node set, each batch is fenced by its job runs' owner and epoch before anything is
+//! written (`fence.rs`): a fenced-out batch writes nothing and its caller hears
+//! [`PgError::Fenced`], while the other batches of its group commit as if it were not there.
+//!
 //! Task runs that enter `queued` wake the nodes: one `pg_notify` per queue per transaction
 //! (a NOTIFY per enqueue serializes commits and halves throughput, pg-probe RESULTS.md).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
+use super::fence::{Judge, Ownership, Row, Verdicts};
 use super::{PgError, QueueFacts};
 use crate::model::TaskState;
 use crate::store::{Mutation, codec};
@@ -34,23 +39,26 @@ struct Request {
 pub struct Writer {
     tx: mpsc::UnboundedSender<Request>,
     commits: Arc<AtomicU64>,
-    /// The cluster node this store writes for (0: none): a job run it creates is its own.
-    owner: Arc<AtomicI64>,
+    /// The cluster node this store writes for and the job runs it owns (`fence.rs`).
+    ownership: Arc<Ownership>,
 }
 
 impl Writer {
-    pub fn start(pool: Pool, facts: QueueFacts) -> Writer {
+    pub fn start(pool: Pool, facts: QueueFacts, ownership: Arc<Ownership>) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let commits = Arc::new(AtomicU64::new(0));
-        let owner = Arc::new(AtomicI64::new(0));
-        tokio::spawn(commit_loop(pool, facts, rx, commits.clone(), owner.clone()));
-        Writer { tx, commits, owner }
+        tokio::spawn(commit_loop(pool, facts, ownership.clone(), rx, commits.clone()));
+        Writer { tx, commits, ownership }
     }
 
-    /// From now on, a job run this writer creates is owned by `node` (`owner_node = node,
-    /// owner_epoch = 1`); `None`: by nobody (a plain store).
+    /// From now on this writer commits for cluster node `node`: a job run it creates is owned
+    /// by `node` (`owner_node = node, owner_epoch = 1`) and its commits are fenced; a new id
+    /// (a rejoin) owns nothing of the old one's. `None`: a plain store, nothing fenced.
     pub fn set_owner_node(&self, node: Option<i64>) {
-        self.owner.store(node.unwrap_or(0), Ordering::Relaxed);
+        match node {
+            Some(node) => self.ownership.join(from_db(node)),
+            None => self.ownership.leave(),
+        }
     }
 
     pub async fn commit(&self, batch: Vec<Mutation>) -> Result<(), PgError> {
@@ -76,70 +84,115 @@ impl Writer {
 async fn commit_loop(
     pool: Pool,
     facts: QueueFacts,
+    ownership: Arc<Ownership>,
     mut rx: mpsc::UnboundedReceiver<Request>,
     commits: Arc<AtomicU64>,
-    owner: Arc<AtomicI64>,
 ) {
     while let Some(group) = super::batch::next_group(&mut rx, MAX_BATCH_MUTATIONS, |r| r.batch.len()).await {
-        let facts = Facts { queue: &facts, owner: Some(owner.load(Ordering::Relaxed)).filter(|&n| n != 0) };
-        let committed = commit_group(&pool, &facts, &group).await;
+        let committed = commit_group(&pool, &facts, &ownership, &group).await;
         commits.fetch_add(1, Ordering::Relaxed);
         match committed {
-            Ok(()) => answer(group, Ok(())),
+            Ok(fenced) => answer(group, fenced),
             Err(e) if group.len() > 1 => {
                 tracing::warn!("postgres: a group commit failed ({e}); committing its batches one by one");
                 for request in group {
-                    let result = commit_group(&pool, &facts, std::slice::from_ref(&request)).await;
+                    let result = commit_group(&pool, &facts, &ownership, std::slice::from_ref(&request)).await;
                     commits.fetch_add(1, Ordering::Relaxed);
-                    let _ = request.reply.send(result);
+                    let _ = request.reply.send(result.and_then(|fenced| outcome(fenced[0])));
                 }
             }
-            Err(e) => answer(group, Err(e)),
+            Err(e) => {
+                for request in group {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
 
-fn answer(group: Vec<Request>, result: Result<(), PgError>) {
-    for request in group {
-        let _ = request.reply.send(result.clone());
+fn outcome(fenced: Option<u64>) -> Result<(), PgError> {
+    match fenced {
+        None => Ok(()),
+        Some(job_run) => Err(PgError::Fenced { job_run }),
     }
 }
 
-/// What a commit needs besides its mutations.
-pub struct Facts<'a> {
-    pub queue: &'a QueueFacts,
-    /// The node whose new job runs these are (cluster mode).
-    pub owner: Option<i64>,
+fn answer(group: Vec<Request>, fenced: Vec<Option<u64>>) {
+    for (request, fenced) in group.into_iter().zip(fenced) {
+        let _ = request.reply.send(outcome(fenced));
+    }
 }
 
-async fn commit_group(pool: &Pool, facts: &Facts<'_>, group: &[Request]) -> Result<(), PgError> {
+/// Commits the batches of `group` that the fence takes, in one transaction; per batch, the job
+/// run it was fenced out by (`None`: written).
+async fn commit_group(
+    pool: &Pool,
+    facts: &QueueFacts,
+    ownership: &Ownership,
+    group: &[Request],
+) -> Result<Vec<Option<u64>>, PgError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let judge = ownership.judge();
+    let batches: Vec<&[Mutation]> = group.iter().map(|r| r.batch.as_slice()).collect();
+    let verdicts = match &judge {
+        None => Verdicts { fenced: vec![None; group.len()], ..Verdicts::default() },
+        Some(judge) => judge.decide(&batches, &read_fence(&tx, &Judge::to_read(&batches)).await?),
+    };
+    let owner = judge.as_ref().map(Judge::node);
     let mut woken = BTreeSet::new();
-    for request in group {
-        apply(&tx, &request.batch, facts, &mut woken).await?;
+    for (batch, fenced) in batches.iter().zip(&verdicts.fenced) {
+        if fenced.is_none() {
+            apply(&tx, batch, facts, owner, &mut woken).await?;
+        }
     }
     if !woken.is_empty() {
         let queues: Vec<String> = woken.into_iter().collect();
         tx.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[&QUEUE_CHANNEL, &queues]).await?;
     }
     tx.commit().await?;
-    Ok(())
+    if let Some(judge) = &judge {
+        ownership.learn(judge, &verdicts);
+    }
+    Ok(verdicts.fenced)
+}
+
+/// `model::lease::commit_accepted`'s read: the owner and epoch of each job run the group
+/// writes, locked until the commit (an adoption of one of them waits for it), by primary key.
+const READ_FENCE: &str = "SELECT id, owner_node, owner_epoch FROM job_runs WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+async fn read_fence(tx: &Transaction<'_>, job_runs: &[u64]) -> Result<std::collections::BTreeMap<u64, Row>, PgError> {
+    if job_runs.is_empty() {
+        return Ok(Default::default());
+    }
+    let ids: Vec<i64> = job_runs.iter().copied().map(to_db).collect();
+    let stmt = tx.prepare_cached(READ_FENCE).await?;
+    let rows = tx.query(&stmt, &[&ids]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let owner: Option<i64> = r.get(1);
+            let epoch: i64 = r.get(2);
+            (from_db(r.get(0)), (owner.map(from_db), from_db(epoch)))
+        })
+        .collect())
 }
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
 /// Applies one batch: every statement is sent at once (pipelined on the connection, executed in
-/// order), then their answers are awaited.
+/// order), then their answers are awaited. A job run created with a node `owner` is written as
+/// that node's at epoch 1.
 pub async fn apply(
     tx: &Transaction<'_>,
     batch: &[Mutation],
-    facts: &Facts<'_>,
+    facts: &QueueFacts,
+    owner: Option<u64>,
     woken: &mut BTreeSet<String>,
 ) -> Result<(), PgError> {
     let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::with_capacity(batch.len());
     for m in batch {
-        statements.push(statement(m, facts)?);
+        statements.push(statement(m, facts, owner)?);
         if let Mutation::TaskRun(r) = m
             && r.state == TaskState::Queued
         {
@@ -159,11 +212,10 @@ pub async fn apply(
 
 const PUT_DEFINITION: &str = "INSERT INTO definitions (hash, record) VALUES ($1, $2) \
      ON CONFLICT (hash) DO UPDATE SET record = excluded.record";
-/// A job run created on a cluster node is that node's (epoch 1); the owner is never changed by
-/// a write (adoption does that).
+/// The owner columns are written only by the insert that creates the row (an adoption changes
+/// them, never a commit).
 const PUT_JOB_RUN: &str = "INSERT INTO job_runs (id, job, state, record, owner_node, owner_epoch) \
-     VALUES ($1, $2, $3, $4, $5, CASE WHEN $5::bigint IS NULL THEN 0 ELSE 1 END) \
-     ON CONFLICT (id) DO UPDATE SET job = excluded.job, state = excluded.state, record = excluded.record";
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET job = excluded.job, state = excluded.state, record = excluded.record";
 /// `node` is not written: only a claim sets it (and a completion keeps it, as the attempt's).
 const PUT_TASK_RUN: &str = "INSERT INTO task_runs (id, job_run, task, iteration, item_index, kind, state, \
      queue, sort_key, enqueue_seq, not_before, requires, attempt, record) \
@@ -171,6 +223,18 @@ const PUT_TASK_RUN: &str = "INSERT INTO task_runs (id, job_run, task, iteration,
      ON CONFLICT (id) DO UPDATE SET state = excluded.state, queue = excluded.queue, \
      sort_key = excluded.sort_key, enqueue_seq = excluded.enqueue_seq, not_before = excluded.not_before, \
      requires = excluded.requires, attempt = excluded.attempt, record = excluded.record";
+/// [`PUT_TASK_RUN`] by a node (`$15`): an attempt its owner starts itself runs on it, so `node`
+/// is set when the task run becomes `running` here (a claim by another node set it already and
+/// is kept) and cleared when it stops running — what `model::lease::orphaned_attempt` reads.
+const PUT_TASK_RUN_BY_NODE: &str = "INSERT INTO task_runs (id, job_run, task, iteration, item_index, kind, state, \
+     queue, sort_key, enqueue_seq, not_before, requires, attempt, record, node) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11::bigint / 1000.0), $12, $13, $14, \
+     CASE WHEN $7 = 'running' THEN $15::bigint END) \
+     ON CONFLICT (id) DO UPDATE SET state = excluded.state, queue = excluded.queue, \
+     sort_key = excluded.sort_key, enqueue_seq = excluded.enqueue_seq, not_before = excluded.not_before, \
+     requires = excluded.requires, attempt = excluded.attempt, record = excluded.record, \
+     node = CASE WHEN excluded.state <> 'running' THEN NULL \
+                 WHEN task_runs.state = 'running' THEN task_runs.node ELSE excluded.node END";
 const PUT_ATTEMPT: &str = "INSERT INTO attempts (task_run, n, record) VALUES ($1, $2, $3) \
      ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record";
 const PUT_SCHEDULE: &str = "INSERT INTO schedules (job, record) VALUES ($1, $2) \
@@ -196,7 +260,7 @@ pub fn from_db(v: i64) -> u64 {
     v as u64
 }
 
-fn statement(m: &Mutation, facts: &Facts<'_>) -> Result<(&'static str, Vec<Param>), PgError> {
+fn statement(m: &Mutation, facts: &QueueFacts, owner: Option<u64>) -> Result<(&'static str, Vec<Param>), PgError> {
     Ok(match m {
         Mutation::Definition(hash, d) => (PUT_DEFINITION, vec![Box::new(to_db(*hash)), Box::new(codec::encode(d)?)]),
         Mutation::JobRun(r) => (
@@ -206,30 +270,35 @@ fn statement(m: &Mutation, facts: &Facts<'_>) -> Result<(&'static str, Vec<Param
                 Box::new(r.job.clone()),
                 Box::new(r.state.as_str()),
                 Box::new(codec::encode(r)?),
-                Box::new(facts.owner),
+                Box::new(owner.map(to_db)),
+                Box::new(if owner.is_some() { 1i64 } else { 0 }),
             ],
         ),
         Mutation::TaskRun(r) => {
-            let columns = (facts.queue)(r);
-            (
-                PUT_TASK_RUN,
-                vec![
-                    Box::new(to_db(r.id)),
-                    Box::new(to_db(r.job_run)),
-                    Box::new(r.task.clone()),
-                    Box::new(r.iteration as i32),
-                    Box::new(r.item_index.map(|i| i as i32)),
-                    Box::new(i16::from(r.kind.index_key())),
-                    Box::new(r.state.as_str()),
-                    Box::new(r.queue.clone()),
-                    Box::new(columns.sort_key),
-                    Box::new(to_db(r.enqueue_seq)),
-                    Box::new(r.not_before_ms.map(to_db)),
-                    Box::new(columns.requires),
-                    Box::new(r.attempt as i32),
-                    Box::new(codec::encode(r)?),
-                ],
-            )
+            let columns = facts(r);
+            let mut params: Vec<Param> = vec![
+                Box::new(to_db(r.id)),
+                Box::new(to_db(r.job_run)),
+                Box::new(r.task.clone()),
+                Box::new(r.iteration as i32),
+                Box::new(r.item_index.map(|i| i as i32)),
+                Box::new(i16::from(r.kind.index_key())),
+                Box::new(r.state.as_str()),
+                Box::new(r.queue.clone()),
+                Box::new(columns.sort_key),
+                Box::new(to_db(r.enqueue_seq)),
+                Box::new(r.not_before_ms.map(to_db)),
+                Box::new(columns.requires),
+                Box::new(r.attempt as i32),
+                Box::new(codec::encode(r)?),
+            ];
+            match owner {
+                None => (PUT_TASK_RUN, params),
+                Some(node) => {
+                    params.push(Box::new(to_db(node)));
+                    (PUT_TASK_RUN_BY_NODE, params)
+                }
+            }
         }
         Mutation::Attempt(a) => {
             (PUT_ATTEMPT, vec![Box::new(to_db(a.task_run)), Box::new(a.n as i32), Box::new(codec::encode(a)?)])

@@ -1,0 +1,167 @@
+//! The Supervisor of a cluster node (issue #11 §3 and §7, `model::lease`): every lease/3 it
+//! adopts the unfinished job runs of dead or absent owners and resumes them through the resume
+//! path — an attempt that ran on a dead node is recorded `interrupted` and retried by policy,
+//! one running on a live node stays running (its outcome comes to the owner) — and when its own
+//! lease ran out it does `model::lease::expired_duties`: its JobRun actors stop without
+//! committing, killing their attempts, and the node rejoins under a new id.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::Supervisor;
+use super::reads::{Reading, StoredRun, stored_run};
+use crate::engine::EngineError;
+use crate::engine::cluster::ClusterNode;
+use crate::engine::job_run::Disown;
+use crate::model::lease::{expired_duties, renew_every_ms};
+use crate::store::pg::adopt::{adopt_orphaned_job_runs, running_attempts};
+
+/// Job runs adopted per round at most (the rest wait for the next round, lease/3 later).
+const ADOPT_PER_ROUND: usize = 256;
+
+impl Supervisor {
+    fn cluster(&self) -> Option<Arc<ClusterNode>> {
+        self.shared.as_ref().and_then(|s| s.cluster.clone())
+    }
+
+    pub(super) fn is_cluster(&self) -> bool {
+        self.cluster().is_some()
+    }
+
+    /// Cluster mode's resume: the first adoption round (this node's own job runs from before a
+    /// restart are a dead node's too), then one every lease/3.
+    pub(super) fn resume_cluster(&mut self, ctx: &mut Context<Self>) -> Reading<Vec<(u64, String)>> {
+        if !self.cluster_ticking
+            && let Some(node) = self.cluster()
+        {
+            self.cluster_ticking = true;
+            let every = std::time::Duration::from_millis(renew_every_ms(node.current().lease.as_millis() as u64));
+            ctx.run_interval(every, |act, ctx| act.cluster_tick(ctx));
+        }
+        self.adopt_round(ctx)
+    }
+
+    fn cluster_tick(&mut self, ctx: &mut Context<Self>) {
+        let Some(node) = self.cluster() else { return };
+        if self.stopping {
+            return;
+        }
+        if node.lease_lost() {
+            self.lease_lost(ctx, node);
+            return;
+        }
+        drop(self.adopt_round(ctx));
+    }
+
+    /// Adopts what dead or absent owners left, then resumes each adopted job run here. The
+    /// adoption is made before the snapshot the runs are read from, so the old owner's last
+    /// commits are in it (its later ones are fenced out).
+    fn adopt_round(&mut self, ctx: &mut Context<Self>) -> Reading<Vec<(u64, String)>> {
+        let Some(node) = self.cluster() else { return Box::pin(async { Ok(Vec::new()) }) };
+        let Ok(shared) = self.shared() else { return Box::pin(async { Ok(Vec::new()) }) };
+        let in_use = self.definition;
+        let read = move |_before: &dyn crate::store::Snapshot| {
+            let runs = adopt(&node)?;
+            if runs.is_empty() {
+                return Ok(Vec::new());
+            }
+            let snapshot = shared.store.snapshot()?;
+            let mut stored = Vec::new();
+            for (job_run, orphaned) in runs {
+                let Some(record) = snapshot.job_run(job_run)? else { continue };
+                stored.push(adopted_run(stored_run(&*snapshot, record, in_use)?, &orphaned));
+            }
+            Ok(stored)
+        };
+        self.read_then(ctx, read, |act, runs, _ctx| Ok(act.resume_adopted(runs)))
+    }
+
+    /// Starts an actor for each adopted run; one this node cannot go on with (a secret param it
+    /// was not given) is left, said in the log.
+    fn resume_adopted(&mut self, runs: Vec<StoredRun>) -> Vec<(u64, String)> {
+        let mut resumed = Vec::new();
+        for run in runs {
+            let id = run.record.id;
+            match self.resume_all(vec![run], &[]) {
+                Ok(started) => resumed.extend(started),
+                Err(e) => tracing::error!("cluster: adopted job run j{id} cannot go on here: {e}"),
+            }
+        }
+        if !resumed.is_empty() {
+            tracing::info!("cluster: adopted and resumed {} job run(s)", resumed.len());
+        }
+        resumed
+    }
+
+    /// `model::lease::expired_duties`: nothing new starts here, every JobRun actor stops without
+    /// committing (killing its attempts through their workers and the Executor), and the node
+    /// joins again under a new id; then it adopts like any other node.
+    fn lease_lost(&mut self, ctx: &mut Context<Self>, node: Arc<ClusterNode>) {
+        let owned: Vec<u64> = self.job_runs.keys().copied().collect();
+        let duties = expired_duties(&[], &owned);
+        tracing::error!(
+            "cluster: node {} lost its lease; dropping {} job run(s) and joining again",
+            node.current().name,
+            duties.drop_job_runs.len()
+        );
+        for id in &duties.drop_job_runs {
+            if let Some(actor) = self.job_runs.remove(id) {
+                actor.do_send(Disown);
+            }
+            self.job_of.remove(id);
+        }
+        if !duties.rejoin {
+            return;
+        }
+        let rejoin = tokio::task::spawn_blocking(move || node.rejoin());
+        ctx.wait(rejoin.into_actor(self).map(|joined, act, ctx| match joined {
+            Ok(Ok(node)) => {
+                tracing::info!("cluster: joined again as node id {}", node.id);
+                drop(act.adopt_round(ctx));
+            }
+            Ok(Err(e)) => tracing::error!("cluster: cannot join again ({e}); trying at the next tick"),
+            Err(e) => tracing::error!("cluster: cannot join again ({e}); trying at the next tick"),
+        }));
+    }
+}
+
+/// Adopts for `node` (the store then owns each at its new epoch) and says, per adopted job run,
+/// which of its task runs' attempts ran on a dead node. Blocks.
+fn adopt(node: &ClusterNode) -> Result<Vec<(u64, HashSet<u64>)>, EngineError> {
+    let me = node.current();
+    let backend = node.backend.clone();
+    let pool = backend.store().pool().clone();
+    let adopted = backend.run(async move {
+        let c = pool.get().await?;
+        let mut found = Vec::new();
+        for adopted in adopt_orphaned_job_runs(&c, &me, ADOPT_PER_ROUND).await? {
+            let orphaned = running_attempts(&c, adopted.job_run).await?;
+            found.push((adopted, orphaned.into_iter().filter(|r| r.orphaned).map(|r| r.task_run).collect()));
+        }
+        Ok(found)
+    })?;
+    let ownership = &backend.store().ownership;
+    Ok(adopted
+        .into_iter()
+        .map(|(a, orphaned)| {
+            ownership.adopted(a.job_run, a.epoch);
+            (a.job_run, orphaned)
+        })
+        .collect())
+}
+
+/// The adopted run as the resume path takes it: only attempts that ran on a dead node are
+/// interrupted (and their processes are not on this machine); one that runs on a live node
+/// stays running.
+fn adopted_run(mut run: StoredRun, orphaned: &HashSet<u64>) -> StoredRun {
+    run.interrupted.retain(|i| orphaned.contains(&i.attempt.task_run));
+    for i in &mut run.interrupted {
+        i.elsewhere = true;
+    }
+    run
+}
+
+#[cfg(test)]
+mod tests;

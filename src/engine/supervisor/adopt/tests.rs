@@ -1,0 +1,183 @@
+//! Adoption and a lost lease with engines in this process on one real PostgreSQL
+//! (`store::pg::testing`) and real processes: a node's job run goes on elsewhere when it dies,
+//! and a node whose lease ran out drops its work and joins again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::engine::cluster::ClusterConfig;
+use crate::engine::seam_tests::config_on;
+use crate::engine::{EngineConfig, SubmitRequest};
+use crate::model::{FailReason, JobState, TaskState};
+use crate::store::pg::testing::TestDb;
+use crate::store::pg::{PgBackend, PgOptions};
+use crate::store::{Store, StoreHandle};
+
+/// The first attempt leaves a marker and sleeps long; a retry finds the marker and succeeds.
+fn workflow(marker: &std::path::Path) -> String {
+    format!(
+        r#"
+[jobs.j.tasks.long]
+run = "test -e '{m}' && exit 0; touch '{m}'; exec sleep 60"
+retry = {{ max_attempts = 3, initial_interval = "50ms", backoff = 1.0, jitter = 0.0 }}
+"#,
+        m = marker.display()
+    )
+}
+
+/// Node `name` with the shortest lease (3 s: adoption is looked at every second).
+fn node_config(db: &TestDb, dir: &std::path::Path, text: &str, name: &str) -> (EngineConfig, Arc<PgBackend>) {
+    let backend = Arc::new(PgBackend::open(&db.url, PgOptions::default()).expect("open the pg store"));
+    let mut config = config_on(dir, text, StoreHandle::new(backend.clone()));
+    config.cluster = Some(ClusterConfig {
+        lease: Duration::from_millis(crate::model::lease::MIN_LEASE_MS),
+        node_name: name.to_string(),
+        ..ClusterConfig::new(backend.clone())
+    });
+    (config, backend)
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "waited {within:?} for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An attempt's `(reason, pid)`.
+type Tried = (Option<FailReason>, Option<u32>);
+
+/// `(state, attempt)` of the job run's one task run, and its attempts.
+fn task_of(backend: &PgBackend, job_run: u64) -> (TaskState, u32, Vec<Tried>) {
+    let snapshot = backend.snapshot().expect("snapshot");
+    let t = snapshot.task_runs_of(job_run).expect("read").pop().expect("a task run");
+    let attempts = snapshot.attempts_of(t.id).expect("read").iter().map(|a| (a.reason, a.pid)).collect();
+    (t.state, t.attempt, attempts)
+}
+
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Running, not a zombie: a dead node's process has nobody left in this test to reap it.
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    state.is_some_and(|s| s != "Z" && s != "X")
+}
+
+/// Node A owns a job run whose attempt runs on A; A dies without a word (its engine dropped,
+/// its lease made to pass); node B adopts the run within the lease, records A's attempt
+/// `interrupted` and retries it to success. A's sleeping process is not B's to kill.
+#[test]
+fn a_dead_nodes_job_run_is_adopted_and_its_attempt_retried_elsewhere() {
+    let Some(db) = TestDb::get() else { return };
+    let (dir_a, dir_b) = (crate::state_dir::private_tempdir(), crate::state_dir::private_tempdir());
+    let marker = dir_a.path().join("started-once");
+    let text = workflow(&marker);
+    let (config_a, backend_a) = node_config(&db, dir_a.path(), &text, "node-a");
+    let (config_b, backend_b) = node_config(&db, dir_b.path(), &text, "node-b");
+
+    // Node A, on a thread and an actix system of its own, submits and runs the first attempt.
+    let (tx, submitted) = std::sync::mpsc::channel();
+    let (die, dying) = tokio::sync::oneshot::channel::<()>();
+    let a = std::thread::spawn(move || {
+        let system = actix::System::new();
+        system.block_on(async move {
+            let handle = crate::engine::start(config_a);
+            handle.resume_all().await.expect("resume");
+            let id = handle.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await;
+            tx.send(id.expect("submit").job_run).expect("send");
+            let _ = dying.await;
+            // Dropped without `shutdown`: nothing graceful happens.
+            drop(handle);
+        });
+        drop(system);
+    });
+    let j = submitted.recv().expect("A submitted");
+    wait_until(
+        "A's attempt to run with its pid",
+        Duration::from_secs(20),
+        || matches!(task_of(&backend_a, j), (TaskState::Running, 1, ref a) if a.len() == 1 && a[0].1.is_some()),
+    );
+    let a_id = db.psql("SELECT id FROM nodes WHERE name = 'node-a'").trim().to_string();
+    assert_eq!(db.psql(&format!("SELECT owner_node, owner_epoch FROM job_runs WHERE id = {j}")).trim(), {
+        format!("{a_id}|1")
+    });
+    let first_pid = task_of(&backend_a, j).2[0].1;
+
+    let system = actix::System::new();
+    system.block_on(async move {
+        let handle = crate::engine::start(config_b);
+        assert_eq!(handle.resume_all().await.expect("resume"), [], "A is live: nothing to adopt");
+        die.send(()).expect("A is running");
+        tokio::task::spawn_blocking(move || a.join().expect("A's thread")).await.expect("join");
+        db.psql(&format!("UPDATE nodes SET lease_until = now() - interval '1s' WHERE id = {a_id}"));
+        let lease = Duration::from_millis(crate::model::lease::MIN_LEASE_MS);
+        let ended = tokio::time::timeout(lease + Duration::from_secs(20), handle.wait(vec![j])).await;
+        assert_eq!(ended.expect("B ended it in time").expect("wait"), [(j, JobState::Succeeded)]);
+        let (state, attempt, attempts) = task_of(&backend_b, j);
+        assert_eq!((state, attempt), (TaskState::Succeeded, 2));
+        assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), [Some(FailReason::Interrupted), None]);
+        let b_id = db.psql("SELECT id FROM nodes WHERE name = 'node-b'").trim().to_string();
+        let owner = db.psql(&format!("SELECT owner_node, owner_epoch FROM job_runs WHERE id = {j}"));
+        assert_eq!(owner.trim(), format!("{b_id}|2"), "adopted once, at the next epoch");
+        let snapshot = backend_b.snapshot().expect("snapshot");
+        let t = snapshot.task_runs_of(j).expect("read").pop().expect("task run");
+        let first = &snapshot.attempts_of(t.id).expect("read")[0];
+        assert_eq!(first.detail.as_deref(), Some("its node died while it ran"));
+        drop(snapshot);
+        if let Some(pid) = first_pid {
+            assert!(alive(pid), "B killed a process of another node");
+        }
+        handle.shutdown().await;
+    });
+    kill_group(first_pid);
+}
+
+/// A node whose lease passed (here: made to pass in the database) finds out at its next renewal:
+/// it kills its attempt, drops its job run without committing, joins again under a new id, and
+/// then adopts its old job run like any node would, retrying the interrupted attempt.
+#[test]
+fn a_node_that_lost_its_lease_kills_its_attempts_and_rejoins_under_a_new_id() {
+    let Some(db) = TestDb::get() else { return };
+    let dir = crate::state_dir::private_tempdir();
+    let marker = dir.path().join("started-once");
+    let (config, backend) = node_config(&db, dir.path(), &workflow(&marker), "node-a");
+    let system = actix::System::new();
+    let first_pid = system.block_on(async move {
+        let handle = crate::engine::start(config);
+        handle.resume_all().await.expect("resume");
+        let submitted = handle.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await;
+        let j = submitted.expect("submit").job_run;
+        let running = {
+            let backend = backend.clone();
+            move || matches!(task_of(&backend, j), (TaskState::Running, 1, ref a) if a[0].1.is_some())
+        };
+        let start = Instant::now();
+        while !tokio::task::spawn_blocking(running.clone()).await.expect("read") {
+            assert!(start.elapsed() < Duration::from_secs(20), "the first attempt never ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let first_pid = task_of(&backend, j).2[0].1.expect("pid");
+        let old_id = db.psql("SELECT id FROM nodes WHERE name = 'node-a'").trim().to_string();
+        db.psql(&format!("UPDATE nodes SET lease_until = now() - interval '1s' WHERE id = {old_id}"));
+
+        let ended = tokio::time::timeout(Duration::from_secs(30), handle.wait(vec![j])).await;
+        assert_eq!(ended.expect("ended in time").expect("wait"), [(j, JobState::Succeeded)]);
+        assert!(!alive(first_pid), "the attempt of the lost lease was killed");
+        let new_id = db.psql("SELECT id FROM nodes WHERE name = 'node-a'").trim().to_string();
+        assert_ne!(new_id, old_id, "joined again under a new id");
+        let owner = db.psql(&format!("SELECT owner_node, owner_epoch FROM job_runs WHERE id = {j}"));
+        assert_eq!(owner.trim(), format!("{new_id}|2"), "adopted by the new id");
+        let (state, attempt, attempts) = task_of(&backend, j);
+        assert_eq!((state, attempt), (TaskState::Succeeded, 2));
+        assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), [Some(FailReason::Interrupted), None]);
+        handle.shutdown().await;
+        first_pid
+    });
+    kill_group(Some(first_pid));
+}

@@ -1,0 +1,90 @@
+//! Adoption (issue #11 §3, `model::lease::adoption` and `orphaned_attempt`): a live node takes
+//! over the unfinished job runs of dead or absent owners, bumping their epoch so the old owner's
+//! late commits are fenced out (`fence.rs`), and finds which of their attempts ran on a dead
+//! node (the adopter records those `interrupted`) and which still run on a live one (their
+//! outcome reaches the new owner).
+
+use deadpool_postgres::Client;
+
+use super::PgError;
+use super::queue::Node;
+use super::writer::{from_db, to_db};
+use crate::model::TaskState;
+use crate::model::lease::{Fence, NodeId, orphaned_attempt};
+
+/// A job run this node adopted, and the epoch that fences its commits from now on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    pub job_run: u64,
+    pub epoch: u64,
+}
+
+/// `model::lease::adoption` over every unfinished job run whose owner is absent or dead, at
+/// most `limit` of them: the outer update re-checks the rule on each row (by primary key), and
+/// rows another transaction holds (a commit of their owner, another adopter) are skipped, to be
+/// looked at next time. Nothing is adopted once `me`'s own lease ran out.
+const ADOPT: &str = "UPDATE job_runs SET owner_node = $1, owner_epoch = owner_epoch + 1 \
+     WHERE id = ANY(ARRAY( \
+         SELECT id FROM job_runs WHERE state = 'running' \
+           AND (owner_node IS NULL OR NOT EXISTS ( \
+               SELECT 1 FROM nodes WHERE id = job_runs.owner_node AND lease_until > now())) \
+         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)) \
+       AND (owner_node IS NULL OR NOT EXISTS ( \
+           SELECT 1 FROM nodes WHERE id = job_runs.owner_node AND lease_until > now())) \
+       AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND lease_until > now() AND NOT stopped) \
+     RETURNING id, owner_epoch";
+
+/// Adopts up to `limit` unfinished job runs of dead or absent owners for `me`, in id order.
+pub async fn adopt_orphaned_job_runs(c: &Client, me: &Node, limit: usize) -> Result<Vec<Adopted>, PgError> {
+    let stmt = c.prepare_cached(ADOPT).await?;
+    let rows = c.query(&stmt, &[&me.id, &(limit as i64)]).await?;
+    let mut adopted: Vec<Adopted> = rows
+        .iter()
+        .map(|r| {
+            let epoch: i64 = r.get(1);
+            Adopted { job_run: from_db(r.get(0)), epoch: from_db(epoch) }
+        })
+        .collect();
+    adopted.sort_by_key(|a| a.job_run);
+    Ok(adopted)
+}
+
+/// An attempt the store holds running in an adopted job run, and what the adopter does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunningAttempt {
+    pub task_run: u64,
+    pub attempt: u32,
+    /// The node running it (`None`: its outcome was taken, the owner has yet to decide).
+    pub node: Option<NodeId>,
+    /// Its node is dead: record it `interrupted` ([`orphaned_attempt`]).
+    pub orphaned: bool,
+}
+
+/// The task runs of `job_run` the store holds running, each with its node and whether that node
+/// is live. By the `(job_run, …)` index; the state is compared through `coalesce` so that no plan
+/// walks the partial `running` index instead (pg-probe RESULTS.md, trap 3).
+const RUNNING: &str = "SELECT t.id, t.node, t.attempt, \
+         EXISTS (SELECT 1 FROM nodes n WHERE n.id = t.node AND n.lease_until > now()) \
+     FROM task_runs t WHERE t.job_run = $1 AND coalesce(t.state, '') = 'running' AND t.attempt > 0 \
+     ORDER BY t.id";
+
+/// What runs in `job_run` and where: read by its adopter before it resumes the job run.
+pub async fn running_attempts(c: &Client, job_run: u64) -> Result<Vec<RunningAttempt>, PgError> {
+    let stmt = c.prepare_cached(RUNNING).await?;
+    let rows = c.query(&stmt, &[&to_db(job_run)]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let node: Option<i64> = r.get(1);
+            let attempt: i32 = r.get(2);
+            let live: bool = r.get(3);
+            let fence = Fence { state: TaskState::Running, node: node.map(from_db), attempt: attempt as u32 };
+            RunningAttempt {
+                task_run: from_db(r.get(0)),
+                attempt: attempt as u32,
+                node: fence.node,
+                orphaned: orphaned_attempt(fence, live).is_some(),
+            }
+        })
+        .collect())
+}

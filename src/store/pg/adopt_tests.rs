@@ -1,0 +1,140 @@
+//! Ownership, epoch fencing and adoption against a real PostgreSQL (issue #11 §3): two stores
+//! on one database are two nodes.
+
+use std::time::Duration;
+
+use super::adopt::{Adopted, RunningAttempt, adopt_orphaned_job_runs, running_attempts};
+use super::queue::{self, Node, Outcome, Verdict};
+use super::testing::TestDb;
+use super::*;
+use crate::model::TaskState;
+use crate::model::lease::Refused;
+use crate::store::records::AttemptRecord;
+use crate::store::tests::job_run;
+use crate::store::{Mutation, StoreError};
+
+const LONG: Duration = Duration::from_secs(600);
+
+async fn node_store(db: &TestDb, name: &str) -> (PgStore, Node) {
+    let store = PgStore::open(&db.url, PgOptions::default()).await.expect("open the pg store");
+    let mut c = store.connection().await.expect("conn");
+    let node = queue::register_node(&mut c, name, &[], LONG).await.expect("register");
+    store.ownership.join(node.id as u64);
+    (store, node)
+}
+
+fn running(id: u64, job_run: u64) -> TaskRunRecord {
+    let mut t = TaskRunRecord::pending(id, job_run, "report", "sleep", 1);
+    t.state = TaskState::Running;
+    t.attempt = 1;
+    t
+}
+
+fn fenced(result: Result<(), PgError>) -> Option<u64> {
+    match result {
+        Err(PgError::Fenced { job_run }) => Some(job_run),
+        Ok(()) => None,
+        Err(e) => panic!("not a fence: {e}"),
+    }
+}
+
+fn one_line(db: &TestDb, sql: &str) -> String {
+    db.psql(sql).trim().to_string()
+}
+
+#[tokio::test]
+async fn the_old_owners_commits_are_fenced_after_adoption_and_the_rest_of_its_group_commits() {
+    let Some(db) = TestDb::get() else { return };
+    let (a, node_a) = node_store(&db, "a").await;
+    let (b, node_b) = node_store(&db, "b").await;
+
+    // A creates j: it owns it at epoch 1, and the task run it starts runs on A.
+    let j = a.ids.next_job_run().await.expect("id");
+    let (t, t2) = (a.ids.next_task_run().await.expect("id"), a.ids.next_task_run().await.expect("id"));
+    let created = vec![
+        Mutation::JobRun(job_run(j)),
+        Mutation::TaskRun(running(t, j)),
+        Mutation::TaskRun(running(t2, j)),
+        Mutation::Attempt(AttemptRecord::started(t, j, 1, 5)),
+    ];
+    a.commit(created).await.expect("a creation is taken");
+    assert_eq!(one_line(&db, &format!("SELECT owner_node, owner_epoch FROM job_runs WHERE id = {j}")), {
+        format!("{}|1", node_a.id)
+    });
+    assert_eq!(one_line(&db, &format!("SELECT node FROM task_runs WHERE id = {t}")), node_a.id.to_string());
+    assert_eq!(a.ownership.epoch(j), Some(1));
+    // t2 was claimed by B (a live node): its attempt runs there.
+    db.psql(&format!("UPDATE task_runs SET node = {} WHERE id = {t2}", node_b.id));
+    a.commit(vec![Mutation::TaskRun(running(t2, j))]).await.expect("the owner's commit");
+    assert_eq!(one_line(&db, &format!("SELECT node FROM task_runs WHERE id = {t2}")), node_b.id.to_string());
+
+    // B does not own j: its commit for it is fenced, nothing written; nor may it adopt j yet.
+    let mut queued = running(t, j);
+    queued.state = TaskState::Queued;
+    assert_eq!(fenced(b.commit(vec![Mutation::TaskRun(queued.clone())]).await), Some(j));
+    assert_eq!(one_line(&db, &format!("SELECT state FROM task_runs WHERE id = {t}")), "running");
+    let mut c = b.connection().await.expect("conn");
+    assert_eq!(adopt_orphaned_job_runs(&c, &node_b, 10).await.expect("adopt"), [], "A is live");
+
+    // A's lease runs out: B adopts j at epoch 2; A's attempt is orphaned, the one on B is not.
+    db.psql(&format!("UPDATE nodes SET lease_until = now() - interval '1s' WHERE id = {}", node_a.id));
+    let adopted = adopt_orphaned_job_runs(&c, &node_b, 10).await.expect("adopt");
+    assert_eq!(adopted, [Adopted { job_run: j, epoch: 2 }]);
+    b.ownership.adopted(j, 2);
+    assert_eq!(adopt_orphaned_job_runs(&c, &node_b, 10).await.expect("adopt"), [], "adopted once");
+    let b_id = node_b.id as u64;
+    assert_eq!(
+        running_attempts(&c, j).await.expect("running"),
+        [
+            RunningAttempt { task_run: t, attempt: 1, node: Some(node_a.id as u64), orphaned: true },
+            RunningAttempt { task_run: t2, attempt: 1, node: Some(b_id), orphaned: false },
+        ]
+    );
+
+    // A's late outcome is refused: its lease passed.
+    let outcome: Outcome = AttemptRecord::started(t, j, 1, 5);
+    let verdict = queue::complete(&c, &node_a, &[outcome]).await.expect("complete");
+    assert_eq!(verdict, [Verdict::Refused(Refused::LeaseExpired)]);
+
+    // A commits two batches at once: the one for j is fenced out, the creation of j2 beside it
+    // in the same group is taken (and A, dead or not, owns j2 until someone adopts it).
+    let j2 = a.ids.next_job_run().await.expect("id");
+    let before = a.commit_count();
+    let (late, other) =
+        tokio::join!(a.commit(vec![Mutation::TaskRun(queued.clone())]), a.commit(vec![Mutation::JobRun(job_run(j2))]));
+    assert_eq!(fenced(late), Some(j));
+    assert_eq!(fenced(other), None);
+    assert_eq!(a.commit_count(), before + 1, "both batches shared one transaction");
+    assert_eq!(one_line(&db, &format!("SELECT state FROM task_runs WHERE id = {t}")), "running");
+    assert_eq!(one_line(&db, &format!("SELECT owner_node, owner_epoch FROM job_runs WHERE id = {j2}")), {
+        format!("{}|1", node_a.id)
+    });
+    assert_eq!((a.ownership.epoch(j), a.ownership.epoch(j2)), (None, Some(1)), "A forgot j");
+
+    // The new owner records the interrupted attempt and queues the retry at its epoch.
+    let mut interrupted = AttemptRecord::started(t, j, 1, 5);
+    interrupted.reason = Some(crate::model::FailReason::Interrupted);
+    b.commit(vec![Mutation::Attempt(interrupted), Mutation::TaskRun(queued)]).await.expect("the new owner's commit");
+    let row = one_line(&db, &format!("SELECT state, coalesce(node, 0) FROM task_runs WHERE id = {t}"));
+    assert_eq!(row, "queued|0", "no node runs it any more");
+    c = b.connection().await.expect("conn");
+    assert!(running_attempts(&c, j).await.expect("running").iter().all(|r| r.task_run != t));
+
+    // Through the seam, a fenced commit is `StoreError::Fenced`.
+    assert!(matches!(StoreError::from(PgError::Fenced { job_run: j }), StoreError::Fenced { job_run } if job_run == j));
+}
+
+#[tokio::test]
+async fn a_store_without_a_node_fences_nothing_and_owns_nothing() {
+    let Some(db) = TestDb::get() else { return };
+    let plain = PgStore::open(&db.url, PgOptions::default()).await.expect("open");
+    let j = plain.ids.next_job_run().await.expect("id");
+    let t = plain.ids.next_task_run().await.expect("id");
+    plain.commit(vec![Mutation::JobRun(job_run(j)), Mutation::TaskRun(running(t, j))]).await.expect("commit");
+    db.psql(&format!("UPDATE job_runs SET owner_node = 42, owner_epoch = 9 WHERE id = {j}"));
+    plain.commit(vec![Mutation::TaskRun(running(t, j))]).await.expect("not fenced");
+    let row = one_line(&db, &format!("SELECT owner_node, owner_epoch FROM job_runs WHERE id = {j}"));
+    assert_eq!(row, "42|9", "a commit never changes the owner");
+    assert_eq!(one_line(&db, &format!("SELECT coalesce(node, 0) FROM task_runs WHERE id = {t}")), "0");
+    assert!(plain.ownership.owned().is_empty());
+}
