@@ -38,6 +38,10 @@ pub struct DisplayArgs {
     /// runs whose `requires` it has every label of; tasks without `requires` run anywhere.
     #[arg(long = "label", value_name = "LABEL", env = "GAFFER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// This node's name in a cluster (`--store postgres://…`): unique among live nodes
+    /// (default `<hostname>-<pid>`).
+    #[arg(long, value_name = "NAME", env = "GAFFER_NODE")]
+    pub node: Option<String>,
 }
 
 impl DisplayArgs {
@@ -276,6 +280,7 @@ pub fn run(args: RunArgs, at: &Place) -> i32 {
         at,
         workers: args.display.workers,
         labels: &args.display.labels,
+        node: args.display.node.as_deref(),
         noop: args.noop_executor,
     };
     session(options, screen.is_some(), choose, |config, jobs| drive(config, jobs, only, format, screen))
@@ -350,6 +355,7 @@ pub fn serve(args: ServeArgs, at: &Place) -> i32 {
         at,
         workers: args.display.workers,
         labels: &args.display.labels,
+        node: args.display.node.as_deref(),
         noop: false,
     };
     let check = |workflow: &Workflow| -> Result<_, String> {
@@ -405,6 +411,7 @@ struct SessionOptions<'a> {
     at: &'a Place,
     workers: Option<usize>,
     labels: &'a [String],
+    node: Option<&'a str>,
     noop: bool,
 }
 
@@ -438,7 +445,8 @@ where
         }
     };
     let state_dir = options.at.state_dir.as_path();
-    let opened = match store::open_store(&options.at.store, state_dir) {
+    let queue_facts = engine::cluster::queue_facts(&workflow);
+    let opened = match store::open_store(&options.at.store, state_dir, queue_facts) {
         Ok(opened) => opened,
         Err(
             e @ (StoreError::InUse { .. }
@@ -484,7 +492,14 @@ where
     let executor: Arc<dyn Executor> = if options.noop { Arc::new(NoopExecutor) } else { Arc::new(LocalExecutor) };
 
     // The one place `run` and `serve` build the engine's config from the store's location
-    // (`opened.postgres` is the PostgreSQL backend a cluster node needs beyond the `Store`).
+    // (`opened.postgres` is the PostgreSQL backend a cluster node needs beyond the `Store`):
+    // an engine on PostgreSQL is a node of the cluster on that database.
+    let cluster = opened.postgres.clone().map(|backend| engine::cluster::ClusterConfig {
+        lease: workflow.settings.lease,
+        node_name: options.node.map_or_else(engine::cluster::default_node_name, str::to_string),
+        labels: labels.clone(),
+        ..engine::cluster::ClusterConfig::new(backend)
+    });
     let config = EngineConfig {
         workflow: Arc::new(workflow),
         source,
@@ -496,7 +511,7 @@ where
         workers,
         pricing,
         labels,
-        cluster: None,
+        cluster,
     };
     let system = actix::System::new();
     let code = system.block_on(body(config, checked));

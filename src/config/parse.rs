@@ -19,7 +19,7 @@ pub(super) const TOP_KEYS: &[&str] = &["settings", "queues", "defaults", "jobs",
 /// Logs of job runs that ended longer ago than this are removed by `gaffer serve`.
 const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
 pub(super) const SETTINGS_KEYS: &[&str] =
-    &["workers", "log_max_bytes", "retention", "output_max_bytes", "outputs_max_bytes"];
+    &["workers", "log_max_bytes", "retention", "output_max_bytes", "outputs_max_bytes", "lease"];
 pub(super) const QUEUE_KEYS: &[&str] =
     &["concurrency", "rate_limit", "aging", "circuit", "on_failure", "on_dead_letter", "on_budget"];
 pub(super) const CIRCUIT_KEYS: &[&str] = &["failures", "within", "open_for"];
@@ -248,6 +248,7 @@ fn read_settings(r: &mut Reader, entry: Option<&Entry>) -> Settings {
         log_max_bytes: DEFAULT_LOG_MAX_BYTES,
         retention: DEFAULT_RETENTION,
         outputs: OutputLimits::default(),
+        lease: std::time::Duration::from_millis(crate::model::lease::DEFAULT_LEASE_MS),
     };
     let Some(table) = entry.and_then(|e| r.table(e)) else {
         return settings;
@@ -265,6 +266,14 @@ fn read_settings(r: &mut Reader, entry: Option<&Entry>) -> Settings {
                 }
             }
             "retention" => settings.retention = r.duration(&e, true).unwrap_or(settings.retention),
+            "lease" => {
+                let lease = r.duration(&e, true);
+                match lease.map(|d| crate::model::lease::check_lease_ms(d.as_millis() as u64)) {
+                    Some(Ok(ms)) => settings.lease = std::time::Duration::from_millis(ms),
+                    Some(Err(bad)) => r.error(e.at, bad.to_string()),
+                    None => {}
+                }
+            }
             "output_max_bytes" => {
                 let ceiling = OutputLimits::ONE_CEILING_BYTES;
                 if let Some(n) = r.int_in(&e, 1, ceiling as i64, &format!("from 1 to {ceiling} (1 MiB)")) {

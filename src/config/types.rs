@@ -60,6 +60,9 @@ pub struct Settings {
     pub retention: Duration,
     /// How much a task may report as outputs (`output_max_bytes`, `outputs_max_bytes`).
     pub outputs: OutputLimits,
+    /// A cluster node's lease (`lease`, default 30 s, 3 s to 10 min): how long the others wait
+    /// after its last renewal before they adopt its job runs (docs/cluster-design.md).
+    pub lease: Duration,
 }
 
 /// Caps on what one attempt reports as outputs: they are stored with the task run in

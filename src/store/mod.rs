@@ -226,8 +226,13 @@ impl OpenedStore {
 
 /// Opens the store at `location` as the engine's: the state dir's redb ([`open_writer`]), or a
 /// PostgreSQL database — migrated to this gaffer's schema, a newer one refused — while this
-/// node's state dir (its socket, logs, inbox) is locked as its one instance all the same.
-pub fn open_store(location: &StoreLocation, state_dir: &Path) -> Result<OpenedStore, StoreError> {
+/// node's state dir (its socket, logs, inbox) is locked as its one instance all the same; its
+/// queue columns are filled from `queue_facts` (the workflow's aging and `requires`).
+pub fn open_store(
+    location: &StoreLocation,
+    state_dir: &Path,
+    queue_facts: pg::QueueFacts,
+) -> Result<OpenedStore, StoreError> {
     match location {
         StoreLocation::StateDir(dir) => {
             let (store, closer, lock) = open_writer(dir)?;
@@ -236,7 +241,10 @@ pub fn open_store(location: &StoreLocation, state_dir: &Path) -> Result<OpenedSt
         StoreLocation::Postgres(url) => {
             let dir = StateDir::create_checked(state_dir)?;
             let lock = InstanceLock::acquire(&dir)?;
-            let backend = std::sync::Arc::new(pg::PgBackend::open(url, pg::PgOptions::default())?);
+            let backend = std::sync::Arc::new(pg::PgBackend::open(
+                url,
+                pg::PgOptions { queue_facts, ..pg::PgOptions::default() },
+            )?);
             let store = StoreHandle::new(backend.clone());
             Ok(OpenedStore { store, postgres: Some(backend), closer: None, _lock: lock })
         }
