@@ -534,7 +534,7 @@ impl JobRun {
     /// claims from the database.
     fn enqueue(&self, tasks: &[usize], ctx: &mut Context<Self>) {
         if self.shared.cluster.is_some() {
-            return;
+            return self.arm_queue_timeouts(tasks, ctx);
         }
         let entries: Vec<ReadyEntry> = tasks
             .iter()

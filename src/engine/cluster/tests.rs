@@ -338,3 +338,35 @@ fn a_budget_crossed_on_another_node_stops_the_attempt_there() {
     let spent: Vec<_> = attempts.iter().map(|a| (a.reason, a.cost_usd_micros)).collect();
     assert_eq!(spent, [(Some(FailReason::Budget), 80_000)]);
 }
+
+/// What an attempt on another node reports reaches its owner by mail: progress and warnings as
+/// events and on the attempt's record, outputs (the next task's template sees them), and an
+/// `expect` the owner checks.
+#[test]
+fn progress_warnings_and_outputs_of_a_remote_attempt_reach_its_owner() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j.tasks.remote]\nrequires = [\"remote\"]\n\
+                run = \"echo 'progress half way' >&3; echo 'nonsense line' >&3; echo 'output answer=42' >&3\"\n\
+                [jobs.j.tasks.local]\nneeds = [\"remote\"]\nargs = [\"test\", \"{{ tasks.remote.outputs.answer }}\", \"=\", \"42\"]\n";
+    let (id, events) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &["remote"])], JobState::Succeeded);
+    let said = |f: &dyn Fn(&EventData) -> bool| events[0].iter().any(|e| e.job_run == Some(id) && f(&e.data));
+    assert!(said(&|d| matches!(d, EventData::TaskProgress { message } if message == "half way")), "{:?}", events[0]);
+    assert!(said(&|d| matches!(d, EventData::TaskWarning { .. })), "{:?}", events[0]);
+    let remote = records(&db, id).into_iter().find(|(t, _)| t.task == "remote").expect("the remote task run");
+    assert_eq!(remote.0.outputs.get("answer").map(String::as_str), Some("42"));
+    assert_eq!(remote.1.len(), 1);
+    assert!(!remote.1[0].warnings.is_empty(), "the warning is on the owner's record of the attempt");
+}
+
+/// A task run no node takes within its `queue_timeout` is timed out by its owner, as a single
+/// node's Dispatcher would.
+#[test]
+fn a_task_run_nobody_claims_times_out_on_its_owner() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j.tasks.gpu]\nrequires = [\"gpu\"]\nqueue_timeout = \"300ms\"\nrun = \"true\"\n";
+    let started = std::time::Instant::now();
+    let (id, _) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &[])], JobState::Failed);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let (task, attempts) = records(&db, id).pop().expect("the task run");
+    assert_eq!((task.state, task.reason, attempts.len()), (TaskState::Dead, Some(FailReason::QueueTimeout), 0));
+}

@@ -47,6 +47,22 @@ impl JobRun {
         unrenderable
     }
 
+    /// In a cluster no Dispatcher here holds the queued task runs: the owner times out those
+    /// of `tasks` with a `queue_timeout` itself (nothing happens if one started meanwhile; one
+    /// claimed but not yet heard of is refused when its `Started` comes).
+    pub(super) fn arm_queue_timeouts(&self, tasks: &[usize], ctx: &mut Context<Self>) {
+        let now = self.now();
+        for &i in tasks.iter().filter(|&&i| self.run.tasks[i].state == TaskState::Queued) {
+            let Some(timeout) = self.run.def(i).queue_timeout else { continue };
+            let t = &self.run.tasks[i];
+            let waited = Duration::from_millis(now.saturating_sub(t.queued_at_ms.unwrap_or(now)));
+            let task_run = t.id;
+            ctx.run_later(timeout.saturating_sub(waited), move |act, ctx| {
+                act.step(ctx, Input::QueueTimedOut { task_run }, Vec::new(), Vec::new());
+            });
+        }
+    }
+
     /// A queued task run whose next attempt cannot be rendered: that attempt fails here, as a
     /// template error (what a local claim does with it).
     pub(super) fn fail_unrenderable(&mut self, ctx: &mut Context<Self>, task_run: u64, error: &str) {
