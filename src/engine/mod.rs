@@ -144,6 +144,8 @@ pub struct Shared {
     pub executor: Arc<dyn Executor>,
     /// This engine's cluster node, in cluster mode.
     pub cluster: Option<Arc<cluster::ClusterNode>>,
+    /// The workers and what they run (a node whose lease ran out kills it all).
+    workers: watchdog::WatchList,
     dispatcher: Addr<dispatcher::Dispatcher>,
     scheduler: Addr<scheduler::Scheduler>,
     journal: Addr<Journal>,
@@ -465,6 +467,7 @@ pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
     let state_dir = config.state_dir.clone();
     let secrets = Arc::new(secrets::SecretBook::default());
     let labels = Arc::new(config.labels);
+    let watch = watchdog::WatchList::default();
     let shared = Arc::new(Shared {
         labels: labels.clone(),
         clock: config.clock.clone(),
@@ -477,13 +480,13 @@ pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         secrets: secrets.clone(),
         executor: config.executor.clone(),
         cluster: cluster.clone(),
+        workers: watch.clone(),
         dispatcher: dispatcher.clone(),
         scheduler: scheduler.clone(),
         journal: journal.clone(),
         supervisor: supervisor.clone(),
     });
     supervisor.do_send(supervisor::Attach(shared.clone()));
-    let watch = watchdog::WatchList::default();
     let link = cluster.clone().map(|node| worker::ClusterLink {
         node,
         supervisor: supervisor.clone(),
@@ -787,10 +790,23 @@ impl EngineHandle {
     }
 
     fn kill_running(&self, reason: crate::model::FailReason) {
-        let Ok(watch) = self.watch.lock() else { return };
-        for (activity, _) in watch.workers.values() {
-            activity.kill_with_grace(reason, std::time::Duration::ZERO);
-        }
+        kill_all(&self.watch, reason);
+    }
+}
+
+impl Shared {
+    /// Kills every attempt this node's workers run (`model::lease::expired_duties`: attempts of
+    /// job runs owned elsewhere too, whose outcomes the store would refuse now).
+    pub(crate) fn kill_all_attempts(&self) {
+        kill_all(&self.workers, crate::model::FailReason::Interrupted);
+    }
+}
+
+/// Kills every attempt the workers of `watch` run, at once.
+fn kill_all(watch: &watchdog::WatchList, reason: crate::model::FailReason) {
+    let Ok(watch) = watch.lock() else { return };
+    for (activity, _) in watch.workers.values() {
+        activity.kill_with_grace(reason, std::time::Duration::ZERO);
     }
 }
 

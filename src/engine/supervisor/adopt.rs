@@ -68,10 +68,16 @@ impl Supervisor {
                 return Ok(Vec::new());
             }
             let snapshot = shared.store.snapshot()?;
-            let mut stored = Vec::new();
+            let (mut stored, mut reset) = (Vec::new(), Vec::new());
             for (job_run, orphaned) in runs {
                 let Some(record) = snapshot.job_run(job_run)? else { continue };
-                stored.push(adopted_run(stored_run(&*snapshot, record, in_use)?, &orphaned));
+                let run = stored_run(&*snapshot, record, in_use)?;
+                reset.extend(claimed_unheard(&run, &orphaned));
+                stored.push(adopted_run(run, &orphaned));
+            }
+            drop(snapshot);
+            if !reset.is_empty() {
+                shared.store.commit_blocking(reset)?;
             }
             Ok(stored)
         };
@@ -106,6 +112,10 @@ impl Supervisor {
             node.current().name,
             duties.drop_job_runs.len()
         );
+        // Every attempt of this node, whoever owns its job run: their outcomes would be refused.
+        if let Ok(shared) = self.shared() {
+            shared.kill_all_attempts();
+        }
         for id in &duties.drop_job_runs {
             if let Some(actor) = self.job_runs.remove(id) {
                 actor.do_send(Disown);
@@ -150,6 +160,13 @@ fn adopt(node: &ClusterNode) -> Result<Vec<(u64, HashSet<u64>)>, EngineError> {
             (a.job_run, orphaned)
         })
         .collect())
+}
+
+/// Rows a dead node claimed before the owner heard it started them (`running` on that node,
+/// the owner's record not): written back as the owner sees them, so they can be claimed again.
+fn claimed_unheard(run: &StoredRun, orphaned: &HashSet<u64>) -> Vec<crate::store::Mutation> {
+    let unheard = run.tasks.iter().filter(|t| orphaned.contains(&t.id) && t.state != crate::model::TaskState::Running);
+    unheard.cloned().map(crate::store::Mutation::TaskRun).collect()
 }
 
 /// The adopted run as the resume path takes it: only attempts that ran on a dead node are

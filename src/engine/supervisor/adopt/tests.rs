@@ -9,6 +9,7 @@ use crate::engine::cluster::ClusterConfig;
 use crate::engine::seam_tests::config_on;
 use crate::engine::{EngineConfig, SubmitRequest};
 use crate::model::{FailReason, JobState, TaskState};
+use crate::store::pg::queue;
 use crate::store::pg::testing::TestDb;
 use crate::store::pg::{PgBackend, PgOptions};
 use crate::store::{Store, StoreHandle};
@@ -56,6 +57,26 @@ fn task_of(backend: &PgBackend, job_run: u64) -> (TaskState, u32, Vec<Tried>) {
     (t.state, t.attempt, attempts)
 }
 
+/// A node on a thread and an actix system of its own that submits a run of `j`: its id, the
+/// signal that drops the node without a word (no graceful stop), and its thread.
+fn node_on_thread(config: EngineConfig) -> (u64, tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    let (tx, submitted) = std::sync::mpsc::channel();
+    let (die, dying) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let system = actix::System::new();
+        system.block_on(async move {
+            let handle = crate::engine::start(config);
+            handle.resume_all().await.expect("resume");
+            let id = handle.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await;
+            tx.send(id.expect("submit").job_run).expect("send");
+            let _ = dying.await;
+            drop(handle);
+        });
+        drop(system);
+    });
+    (submitted.recv().expect("submitted"), die, thread)
+}
+
 fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
@@ -82,22 +103,7 @@ fn a_dead_nodes_job_run_is_adopted_and_its_attempt_retried_elsewhere() {
     let (config_b, backend_b) = node_config(&db, dir_b.path(), &text, "node-b");
 
     // Node A, on a thread and an actix system of its own, submits and runs the first attempt.
-    let (tx, submitted) = std::sync::mpsc::channel();
-    let (die, dying) = tokio::sync::oneshot::channel::<()>();
-    let a = std::thread::spawn(move || {
-        let system = actix::System::new();
-        system.block_on(async move {
-            let handle = crate::engine::start(config_a);
-            handle.resume_all().await.expect("resume");
-            let id = handle.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await;
-            tx.send(id.expect("submit").job_run).expect("send");
-            let _ = dying.await;
-            // Dropped without `shutdown`: nothing graceful happens.
-            drop(handle);
-        });
-        drop(system);
-    });
-    let j = submitted.recv().expect("A submitted");
+    let (j, die, a) = node_on_thread(config_a);
     wait_until(
         "A's attempt to run with its pid",
         Duration::from_secs(20),
@@ -180,4 +186,50 @@ fn a_node_that_lost_its_lease_kills_its_attempts_and_rejoins_under_a_new_id() {
         first_pid
     });
     kill_group(Some(first_pid));
+}
+
+/// A node claimed a task run of another node's job run and died before its owner heard it
+/// started it; then the owner died too. The adopter writes the row back as the owner saw it
+/// (queued), so it is claimed again and runs.
+#[test]
+fn a_claim_its_owner_never_heard_of_is_put_back_by_the_adopter() {
+    let Some(db) = TestDb::get() else { return };
+    let (dir_a, dir_b) = (crate::state_dir::private_tempdir(), crate::state_dir::private_tempdir());
+    let text = "[jobs.j.tasks.gpu]\nrun = \"true\"\nrequires = [\"gpu\"]\n";
+    let (config_a, backend_a) = node_config(&db, dir_a.path(), text, "node-a");
+    let (mut config_b, _) = node_config(&db, dir_b.path(), text, "node-b");
+    config_b.labels = vec!["gpu".into()];
+    config_b.cluster.as_mut().expect("cluster").labels = vec!["gpu".into()];
+
+    // A cannot run it (no label): X, a node with the label, claims it and dies without a word.
+    let (j, die, a) = node_on_thread(config_a);
+    wait_until("the task run to be queued", Duration::from_secs(20), || task_of(&backend_a, j).0 == TaskState::Queued);
+    let store = backend_a.store().clone();
+    let x = backend_a
+        .run(async move {
+            let mut c = store.connection().await?;
+            let x = queue::register_node(&mut c, "node-x", &["gpu".to_string()], Duration::from_secs(60)).await?;
+            let claimed = queue::claim(&mut c, &x, "default", 1, None).await?;
+            Ok((x, claimed.len()))
+        })
+        .expect("X claims");
+    assert_eq!(x.1, 1, "X claimed it");
+    die.send(()).expect("A is running");
+    a.join().expect("A's thread");
+    db.psql("UPDATE nodes SET lease_until = now() - interval '1s' WHERE name IN ('node-a', 'node-x')");
+    let row = db.psql(&format!("SELECT state, node FROM task_runs WHERE job_run = {j}"));
+    assert_eq!(row.trim(), format!("running|{}", x.0.id), "running on X, the owner's record queued");
+
+    let system = actix::System::new();
+    system.block_on(async move {
+        let handle = crate::engine::start(config_b);
+        let resumed = handle.resume_all().await.expect("resume");
+        assert_eq!(resumed, [(j, "j".to_string())], "B adopted it at start");
+        let ended = tokio::time::timeout(Duration::from_secs(20), handle.wait(vec![j])).await;
+        assert_eq!(ended.expect("ended in time").expect("wait"), [(j, JobState::Succeeded)]);
+        handle.shutdown().await;
+    });
+    let attempts = db
+        .psql(&format!("SELECT count(*) FROM attempts a JOIN task_runs t ON t.id = a.task_run WHERE t.job_run = {j}"));
+    assert_eq!(attempts.trim(), "1", "X's unheard claim left no attempt; B's run is the first");
 }
