@@ -127,6 +127,11 @@ fn a_store_that_is_not_a_postgres_url_is_a_usage_error_without_its_password() {
         assert!(err.contains("--store `"), "{url}: {err}");
         assert!(!err.contains("hunter2"), "the password is never shown: {err}");
     }
+    // A good URL of a database that does not answer: the store's error (exit 3), with the cause.
+    let (code, _, err) = with_store(&p, "postgres://me:hunter2@127.0.0.1:1/x", &["status"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("store postgres://me:***@127.0.0.1:1/x: postgres: error connecting"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
     let out = p.gaffer(&["jobs"]).env("GAFFER_STORE", "redis://db").output().expect("gaffer");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("not a store gaffer knows"), "{}", text(&out.stderr));

@@ -1,6 +1,8 @@
 //! Commands that change state: `retry`, `cancel`, `signal`, `dlq retry|purge`, `pause`,
 //! `resume`, `submit`. A running instance takes them through its socket; with none running,
 //! `retry`, `cancel` and `signal` wait in the inbox and take effect at the next start (SPEC §4).
+//! With `--store` (a database other nodes share) and no node answering here, they are refused
+//! instead: no node of that database reads this state dir's inbox.
 
 use std::path::Path;
 use std::time::Duration;

@@ -44,7 +44,8 @@ fn fetch(
             Ok(value)
         }
         Err(ClientError::NotRunning(_)) => {
-            tracing::debug!(path, "no instance runs here: read from the store");
+            let from = if at.store.is_postgres() { "the database" } else { "the state dir" };
+            tracing::debug!(path, "no instance runs: read from {from}");
             local(&*open(at)?).map_err(|e| match e {
                 QueryError::Store(e) => CliError::Store(e),
                 other => CliError::Failed(other.to_string()),

@@ -216,9 +216,13 @@ pub struct OpenedStore {
 }
 
 impl OpenedStore {
-    /// Waits (up to `timeout`) for the last commits to be durable, then lets go of the store.
+    /// Lets go of the store and waits (up to `timeout`) for its last commits to be durable. The
+    /// handle held here is dropped first: redb's writer ends once the last handle is gone, and
+    /// the closer would otherwise wait the whole `timeout` for this one.
     pub fn close(self, timeout: std::time::Duration) {
-        if let Some(closer) = self.closer {
+        let OpenedStore { store, postgres, closer, _lock } = self;
+        drop((store, postgres));
+        if let Some(closer) = closer {
             closer.close(timeout);
         }
     }

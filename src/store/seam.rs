@@ -144,7 +144,9 @@ impl StoreLocation {
     pub fn snapshot(&self) -> Result<Box<dyn Snapshot>, StoreError> {
         match self {
             StoreLocation::StateDir(dir) => Ok(Box::new(super::open_reader(dir)?)),
-            StoreLocation::Postgres(url) => super::pg::PgBackend::snapshot_of(url),
+            // Named, since a command may read a database on another machine.
+            StoreLocation::Postgres(url) => super::pg::PgBackend::snapshot_of(url)
+                .map_err(|e| StoreError::File(format!("store {}: {e}", redacted(url)))),
         }
     }
 }

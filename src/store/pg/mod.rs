@@ -83,7 +83,11 @@ impl From<tokio_postgres::Error> for PgError {
                 Some(detail) => format!("{} ({detail})", db.message()),
                 None => db.message().to_string(),
             }),
-            None => PgError::Db(e.to_string()),
+            // "error connecting to server" alone does not say why: the cause follows.
+            None => PgError::Db(match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            }),
         }
     }
 }
