@@ -285,7 +285,9 @@ fn a_node_killed_with_kill_9_mid_run_loses_nothing() {
 
 #[test]
 fn a_node_paused_past_its_lease_is_fenced_out_and_rejoins() {
-    let workflow = job_of("paused", 6, &marked("if [ $NODE_TAG = a ]; then sleep 30; else sleep 0.3; fi"), None);
+    // a's attempts outlast its pause, until the file `{marks}.quick` says otherwise.
+    let slow_on_a = "if [ $NODE_TAG = a ] && [ ! -e {marks}.quick ]; then sleep 30; else sleep 0.3; fi";
+    let workflow = job_of("paused", 6, &marked(slow_on_a), None);
     let Some(cluster) = Cluster::start(&workflow, 2) else { return };
     let first_id = cluster.live_node_id("a").expect("a joined");
     let id = cluster.submit(0, "paused");
@@ -311,9 +313,14 @@ fn a_node_paused_past_its_lease_is_fenced_out_and_rejoins() {
         assert_eq!(a["reason"], "interrupted", "a's attempt {m:?}: {a}");
     }
     assert_eq!(cluster.job_state(id), "succeeded");
-    // The rejoined node works: a new run spreads to it too.
+    // The rejoined node works: it owns a new run, and runs some of it.
+    std::fs::write(cluster.shared.path().join("marks.quick"), "").expect("quick");
     let again = cluster.submit(0, "paused");
-    cluster.wait_for_state(again, "succeeded", Duration::from_secs(60));
+    cluster.wait_for_state(again, "succeeded", Duration::from_secs(30));
+    assert_all_succeeded(&cluster, again, 6);
+    let ours: Vec<u64> = cluster.tasks(again).iter().filter_map(|t| t["id"].as_u64()).collect();
+    let marks = cluster.marks();
+    assert!(marks.iter().any(|m| m.node == "a" && ours.contains(&m.task_run)), "a ran none of j{again}: {marks:?}");
 }
 
 #[test]

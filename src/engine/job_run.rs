@@ -203,6 +203,12 @@ impl JobRun {
         interrupted: Vec<Interrupted>,
         raised: RaisedBudgets,
     ) -> JobRun {
+        let (going_on, interrupted): (Vec<Interrupted>, Vec<Interrupted>) =
+            interrupted.into_iter().partition(|i| i.goes_on.is_some());
+        let running = going_on
+            .into_iter()
+            .map(|i| (i.attempt.task_run, (i.attempt, i.goes_on.flatten().map(Runner::Remote))))
+            .collect();
         let crashes_before = interrupted.iter().map(|i| (i.attempt.task_run, i.crashes_before)).collect();
         let interrupted_elsewhere = interrupted.iter().filter(|i| i.elsewhere).map(|i| i.attempt.task_run).collect();
         let interrupted = interrupted.into_iter().map(|i| i.attempt).collect();
@@ -212,7 +218,7 @@ impl JobRun {
             shared,
             record,
             run,
-            running: HashMap::new(),
+            running,
             pids_unwritten: Default::default(),
             interrupted,
             interrupted_elsewhere,
@@ -740,6 +746,9 @@ pub struct Interrupted {
     pub crashes_before: u32,
     /// It ran on another node, which died (an adopted job run): its processes are not here.
     pub elsewhere: bool,
+    /// An adopted job run's attempt that was not interrupted: it still runs on that live node,
+    /// or ended there (`None`) and its `Ended` letter is on its way to whoever owns the run.
+    pub goes_on: Option<Option<i64>>,
 }
 
 impl Interrupted {
@@ -751,7 +760,8 @@ impl Interrupted {
             .filter(|a| a.n < t.attempt && a.n >= t.series_start)
             .take_while(|a| a.reason == Some(FailReason::Interrupted))
             .count();
-        Interrupted { attempt, crashes_before: u32::try_from(in_a_row).unwrap_or(u32::MAX), elsewhere: false }
+        let crashes_before = u32::try_from(in_a_row).unwrap_or(u32::MAX);
+        Interrupted { attempt, crashes_before, elsewhere: false, goes_on: None }
     }
 }
 
