@@ -47,14 +47,17 @@ struct Mark {
 
 impl Cluster {
     /// `workflow` (its `{marks}` replaced by the shared file's path) served by nodes `a`, `b`
-    /// and `c`, each with `workers` workers.
+    /// and `c`, each with `workers` workers and the shortest lease.
     fn start(workflow: &str, workers: usize) -> Option<Cluster> {
-        let db = TestDb::get()?;
+        Some(Cluster::on(TestDb::get()?, workflow, workers, LEASE))
+    }
+
+    fn on(db: TestDb, workflow: &str, workers: usize, lease: &str) -> Cluster {
         let url = db.postgres_url();
         let shared = tempfile::tempdir().expect("tempdir");
         let marks = shared.path().join("marks");
         let text = format!(
-            "[settings]\nworkers = {workers}\nlease = \"{LEASE}\"\n\n{}",
+            "[settings]\nworkers = {workers}\nlease = \"{lease}\"\n\n{}",
             workflow.replace("{marks}", &marks.display().to_string())
         );
         let mut cluster = Cluster { db, url, shared, nodes: Vec::new() };
@@ -65,7 +68,7 @@ impl Cluster {
         for i in 0..3 {
             cluster.serve(i);
         }
-        Some(cluster)
+        cluster
     }
 
     fn serve(&mut self, i: usize) {
@@ -344,4 +347,59 @@ fn a_declared_queue_cap_holds_across_nodes() {
     assert_eq!(most, 2, "the cap was reached (else the test shows nothing)");
     let nodes: std::collections::BTreeSet<&str> = marks.iter().map(|m| m.node.as_str()).collect();
     assert!(nodes.len() >= 2, "more than one node ran them: {nodes:?}");
+}
+
+#[test]
+fn postgres_restarted_under_load_loses_nothing_and_doubles_nothing() {
+    let Some(db) = TestDb::own_server() else { return };
+    // A lease longer than the restart: the nodes ride it out instead of rejoining.
+    let workflow = job_of("load", 12, &marked("sleep 0.5"), None);
+    let cluster = Cluster::on(db, &workflow, 2, "20s");
+    let id = cluster.submit(0, "load");
+    wait_until(Duration::from_secs(20), "attempts running", || cluster.marks().len() >= 3);
+    cluster.db.restart_server();
+    cluster.wait_for_state(id, "succeeded", Duration::from_secs(60));
+    assert_all_succeeded(&cluster, id, 12);
+    let marks = cluster.marks();
+    // At least once, never twice: each attempt's process started once, and each task run
+    // has exactly one successful attempt.
+    let mut starts: BTreeMap<(u64, u32), usize> = BTreeMap::new();
+    for m in marks.iter().filter(|m| m.start) {
+        *starts.entry((m.task_run, m.attempt)).or_default() += 1;
+    }
+    assert!(starts.values().all(|&n| n == 1), "an attempt started twice: {marks:?}");
+    let attempts = cluster.attempts(id);
+    for task in cluster.tasks(id) {
+        let task_run = task["id"].as_u64().expect("id");
+        let succeeded =
+            attempts.iter().filter(|((t, _), a)| *t == task_run && a["reason"].is_null() && !a["ended_at"].is_null());
+        assert_eq!(succeeded.count(), 1, "task run {task_run}: {attempts:?}");
+    }
+    for node in ["a", "b", "c"] {
+        assert!(cluster.live_node_id(node).is_some(), "node {node} is still in the cluster");
+    }
+}
+
+#[test]
+fn a_runner_paused_past_its_lease_has_its_attempts_run_again_by_the_owner() {
+    let workflow = job_of("runner", 6, &marked("if [ $NODE_TAG = b ]; then sleep 30; else sleep 0.3; fi"), None);
+    let Some(cluster) = Cluster::start(&workflow, 2) else { return };
+    let id = cluster.submit(0, "runner");
+    wait_until(Duration::from_secs(20), "b running an attempt", || !cluster.running_on("b").is_empty());
+    signal(cluster.pid(1), "STOP");
+    let cut = cluster.running_on("b");
+    // The owner (a, alive) sees b's lease run out and runs b's attempts again elsewhere.
+    cluster.wait_for_state(id, "succeeded", Duration::from_secs(40));
+    assert_all_succeeded(&cluster, id, 6);
+    signal(cluster.pid(1), "CONT");
+    wait_until(Duration::from_secs(20), "b's orphaned processes killed", || {
+        cut.iter().all(|m| nix::sys::signal::killpg(nix::unistd::Pid::from_raw(m.pgid), None).is_err())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let attempts = cluster.attempts(id);
+    for m in &cut {
+        let a = &attempts[&(m.task_run, m.attempt)];
+        assert_eq!(a["reason"], "interrupted", "b's attempt {m:?}: {a}");
+    }
+    assert_eq!(cluster.job_state(id), "succeeded");
 }

@@ -29,6 +29,7 @@ mod cluster;
 pub(super) mod convert;
 mod fenced;
 pub use cluster::Mailed;
+pub use cluster::RunnerDied;
 mod rerun;
 pub use fenced::Disown;
 pub(crate) use rerun::workflow_for_run;
