@@ -38,9 +38,9 @@ pub struct DisplayArgs {
     /// runs whose `requires` it has every label of; tasks without `requires` run anywhere.
     #[arg(long = "label", value_name = "LABEL", env = "GAFFER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
-    /// This node's name in a cluster (`--store postgres://…`): unique among live nodes
-    /// (default `<hostname>-<pid>`).
-    #[arg(long, value_name = "NAME", env = "GAFFER_NODE")]
+    /// This node's name in a cluster (`--store postgres://…`), unique among live nodes
+    /// (default: <hostname>-<pid>).
+    #[arg(long = "node", value_name = "NAME", env = "GAFFER_NODE")]
     pub node: Option<String>,
 }
 
@@ -389,6 +389,19 @@ fn serve_secrets(workflow: &Workflow, raw: &[String]) -> Result<BTreeMap<String,
     Ok(params)
 }
 
+/// A node name (`--node`): what `nodes.name` and `status` show, so short and printable.
+fn check_node_name(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    match name {
+        "" => Err("a node name cannot be empty".into()),
+        _ if name.len() > 64 => Err(format!("`{name}` is longer than 64 bytes")),
+        _ if name.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+            Err(format!("{name:?}: a node name has no spaces or control characters"))
+        }
+        _ => Ok(name.to_string()),
+    }
+}
+
 /// `--label`s (or `GAFFER_LABELS=gpu,eu`) checked as `requires` is, each once, in the order given.
 fn node_labels(given: &[String]) -> Result<Vec<String>, String> {
     // `GAFFER_LABELS=` (set, but empty) means no labels, as an unset variable does.
@@ -411,6 +424,7 @@ struct SessionOptions<'a> {
     at: &'a Place,
     workers: Option<usize>,
     labels: &'a [String],
+    /// `--node`: the name of this node in a cluster.
     node: Option<&'a str>,
     noop: bool,
 }
@@ -444,9 +458,17 @@ where
             return exit::USAGE;
         }
     };
+    let node_name = match options.node.map(check_node_name).transpose() {
+        Ok(name) => name,
+        Err(e) => {
+            eprintln!("gaffer: --node: {e}");
+            return exit::USAGE;
+        }
+    };
     let state_dir = options.at.state_dir.as_path();
-    let queue_facts = engine::cluster::queue_facts(&workflow);
-    let opened = match store::open_store(&options.at.store, state_dir, queue_facts) {
+    // On PostgreSQL the queue columns (priority with aging, `requires`) come from this workflow.
+    let facts = crate::engine::cluster::queue_facts(&workflow);
+    let opened = match store::open_store(&options.at.store, state_dir, facts) {
         Ok(opened) => opened,
         Err(
             e @ (StoreError::InUse { .. }
@@ -491,14 +513,13 @@ where
     }
     let executor: Arc<dyn Executor> = if options.noop { Arc::new(NoopExecutor) } else { Arc::new(LocalExecutor) };
 
-    // The one place `run` and `serve` build the engine's config from the store's location
-    // (`opened.postgres` is the PostgreSQL backend a cluster node needs beyond the `Store`):
-    // an engine on PostgreSQL is a node of the cluster on that database.
-    let cluster = opened.postgres.clone().map(|backend| engine::cluster::ClusterConfig {
+    // The one place `run` and `serve` build the engine's config from the store's location: on
+    // PostgreSQL every engine is a node of the cluster that shares the database.
+    let cluster = opened.postgres.clone().map(|backend| crate::engine::cluster::ClusterConfig {
         lease: workflow.settings.lease,
-        node_name: options.node.map_or_else(engine::cluster::default_node_name, str::to_string),
+        node_name: node_name.unwrap_or_else(crate::engine::cluster::default_node_name),
         labels: labels.clone(),
-        ..engine::cluster::ClusterConfig::new(backend)
+        ..crate::engine::cluster::ClusterConfig::new(backend)
     });
     let config = EngineConfig {
         workflow: Arc::new(workflow),
@@ -531,6 +552,7 @@ async fn serve_forever(
     secrets: BTreeMap<String, String>,
 ) -> i32 {
     with_engine(config, format, tcp, |handle| async move {
+        let Some(signals) = Signals::listen() else { return Ok(exit::INTERNAL) };
         handle.provide_secrets(secrets);
         let events = handle.subscribe().await?;
         let resumed = handle.resume_all().await?;
@@ -541,7 +563,7 @@ async fn serve_forever(
         let status = format!("serving (pid {pid}): {} unfinished run(s) resumed, {caught_up} missed fire time(s) caught up; SIGINT or SIGTERM stops", resumed.len());
         say(format, &status);
         let watchdog = notify_systemd(&handle, &status);
-        let code = match follow(&handle, None, events, format, screen).await {
+        let code = match follow(&handle, None, events, format, screen, signals).await {
             exit::SIGTERM => exit::OK,
             code => code,
         };
@@ -633,14 +655,33 @@ async fn drive(
     screen: Option<Screen>,
 ) -> i32 {
     with_engine(config, format, None, |handle| async move {
+        let Some(signals) = Signals::listen() else { return Ok(exit::INTERNAL) };
         handle.provide_secrets(secrets);
         let (ids, events) = start_runs(&handle, jobs, only.as_deref(), format).await?;
-        Ok(follow(&handle, Some(ids), events, format, screen).await)
+        Ok(follow(&handle, Some(ids), events, format, screen, signals).await)
     })
     .await
 }
 
 type Events = tokio::sync::mpsc::UnboundedReceiver<EngineEvent>;
+
+/// SIGINT and SIGTERM, listened to from before anything is resumed or submitted: a task may
+/// start as soon as its run is committed, and a signal from then on must stop gracefully, not
+/// kill gaffer by the default action and leave the task behind.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Option<Signals> {
+        let (Ok(int), Ok(term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            eprintln!("gaffer: cannot install signal handlers");
+            return None;
+        };
+        Some(Signals { int, term })
+    }
+}
 
 async fn start_runs(
     handle: &EngineHandle,
@@ -786,10 +827,14 @@ async fn connect(state_dir: &Path, store: &StoreLocation) -> Result<Connected, i
 
 /// Shows the engine in the TUI until `q` (or a signal). Quitting with work still running
 /// stops gracefully (it resumes at the next start).
-async fn follow_tui(handle: &EngineHandle, ids: Option<Vec<u64>>, events: Events, screen: Screen) -> i32 {
-    let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        return exit::INTERNAL;
-    };
+async fn follow_tui(
+    handle: &EngineHandle,
+    ids: Option<Vec<u64>>,
+    events: Events,
+    screen: Screen,
+    signals: Signals,
+) -> i32 {
+    let Signals { int: mut sigint, term: mut sigterm } = signals;
     let state_dir = handle.state_dir().to_path_buf();
     let options = crate::tui::TuiOptions {
         title: screen.title,
@@ -831,15 +876,13 @@ async fn follow(
     mut events: Events,
     format: Format,
     screen: Option<Screen>,
+    signals: Signals,
 ) -> i32 {
     if let Some(screen) = screen {
-        return follow_tui(handle, ids, events, screen).await;
+        return follow_tui(handle, ids, events, screen, signals).await;
     }
     let mut stdout = std::io::stdout();
-    let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        eprintln!("gaffer: cannot install signal handlers");
-        return exit::INTERNAL;
-    };
+    let Signals { int: mut sigint, term: mut sigterm } = signals;
     // `run` waits for these; one of their task runs this node cannot run would keep it forever.
     let watched = ids.clone().unwrap_or_default();
     let mut blocked = None;

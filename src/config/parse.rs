@@ -267,11 +267,12 @@ fn read_settings(r: &mut Reader, entry: Option<&Entry>) -> Settings {
             }
             "retention" => settings.retention = r.duration(&e, true).unwrap_or(settings.retention),
             "lease" => {
-                let lease = r.duration(&e, true);
-                match lease.map(|d| crate::model::lease::check_lease_ms(d.as_millis() as u64)) {
-                    Some(Ok(ms)) => settings.lease = std::time::Duration::from_millis(ms),
-                    Some(Err(bad)) => r.error(e.at, bad.to_string()),
-                    None => {}
+                if let Some(d) = r.duration(&e, true) {
+                    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                    match crate::model::lease::check_lease_ms(ms) {
+                        Ok(_) => settings.lease = d,
+                        Err(err) => r.error(e.at, format!("`lease`: {err}")),
+                    }
                 }
             }
             "output_max_bytes" => {

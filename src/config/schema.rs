@@ -78,8 +78,8 @@ struct Settings {
     /// All outputs of one attempt together, in bytes (default 1 MiB).
     #[schemars(range(min = 1, max = 67_108_864))]
     outputs_max_bytes: Option<u64>,
-    /// A cluster node's lease on PostgreSQL (default "30s", from "3s" to "10m"): the others
-    /// adopt its job runs this long after its last renewal.
+    /// A cluster node's lease on PostgreSQL (default "30s", from "3s" to "10m"): a node silent
+    /// this long is dead, and the other nodes take over its job runs and attempts.
     lease: Option<Duration>,
 }
 

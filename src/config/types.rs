@@ -60,8 +60,8 @@ pub struct Settings {
     pub retention: Duration,
     /// How much a task may report as outputs (`output_max_bytes`, `outputs_max_bytes`).
     pub outputs: OutputLimits,
-    /// A cluster node's lease (`lease`, default 30 s, 3 s to 10 min): how long the others wait
-    /// after its last renewal before they adopt its job runs (docs/cluster-design.md).
+    /// A cluster node's lease (`lease`, default 30 s, bounds in `model::lease`): a node silent
+    /// this long is dead, and its job runs and attempts are taken over by the others.
     pub lease: Duration,
 }
 

@@ -245,12 +245,20 @@ pub struct Dispatcher {
     next_queue: usize,
     /// The keys of `queues`, fixed at start, for the round robin.
     names: Vec<String>,
+    /// While a `Reserve` is answered: its task runs, and those handed out with their worker.
+    reserving: Option<Reserving>,
     /// In a cluster: ready task runs are claimed from the database (`claim`), not handed out
     /// from the heaps, which stay empty.
     cluster: Option<Arc<ClusterNode>>,
     /// A claim is being made; `claim_again`: something woke the Dispatcher meanwhile.
     claiming: bool,
     claim_again: bool,
+}
+
+/// The task runs a `Reserve` asks about, and those an idle worker was found for.
+struct Reserving {
+    asked: std::collections::HashSet<u64>,
+    taken: Vec<(ReadyEntry, Addr<Worker>)>,
 }
 
 impl Dispatcher {
@@ -296,9 +304,26 @@ impl Dispatcher {
             wake: None,
             next_queue: 0,
             names,
+            reserving: None,
             cluster: None,
             claiming: false,
             claim_again: false,
+        }
+    }
+
+    /// Puts `entries` in their queues' ready lists (or aside, when this node cannot run them).
+    fn add(&mut self, entries: Vec<ReadyEntry>) {
+        for mut entry in entries {
+            let Some(queue) = self.queues.get_mut(&entry.queue) else {
+                tracing::error!(task_run = entry.task_run, "unknown queue `{}`", entry.queue);
+                continue;
+            };
+            entry.key = priority_key(entry.priority, entry.queued_at_ms, queue.def.aging);
+            if can_run(&entry.requires, &self.labels) {
+                queue.ready.push(entry);
+            } else {
+                queue.blocked.insert(entry.task_run, entry);
+            }
         }
     }
 
@@ -380,7 +405,10 @@ impl Dispatcher {
             }
         }
         self.running_total += 1;
-        worker.do_send(Assign(entry));
+        match &mut self.reserving {
+            Some(r) if r.asked.contains(&entry.task_run) => r.taken.push((entry, worker)),
+            _ => worker.do_send(Assign(entry)),
+        }
     }
 
     /// Cluster mode: claims as many ready task runs as workers are idle (`queue::claim`, one
@@ -530,19 +558,42 @@ impl Handler<Enqueue> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, Enqueue(entries): Enqueue, ctx: &mut Self::Context) {
-        for mut entry in entries {
-            let Some(queue) = self.queues.get_mut(&entry.queue) else {
-                tracing::error!(task_run = entry.task_run, "unknown queue `{}`", entry.queue);
-                continue;
-            };
-            entry.key = priority_key(entry.priority, entry.queued_at_ms, queue.def.aging);
-            if can_run(&entry.requires, &self.labels) {
-                queue.ready.push(entry);
-            } else {
-                queue.blocked.insert(entry.task_run, entry);
+        self.add(entries);
+        self.dispatch(ctx);
+    }
+}
+
+/// A new job run's ready task runs, asked about *before* its records are committed: those an
+/// idle worker may start now, by the same rules as any dispatch (priority, caps, rate limits,
+/// circuits, pauses, labels), come back with that worker, its slot taken as by an `Assign`.
+/// The job run commits them `running` together with its records, so a task that finds a worker
+/// free at submit waits for one commit before its start, not two. The others are not kept:
+/// the job run enqueues them once its records are durable, as ever.
+#[derive(Message)]
+#[rtype(result = "Vec<(ReadyEntry, Addr<Worker>)>")]
+pub struct Reserve(pub Vec<ReadyEntry>);
+
+impl Handler<Reserve> for Dispatcher {
+    type Result = MessageResult<Reserve>;
+
+    fn handle(&mut self, Reserve(entries): Reserve, ctx: &mut Self::Context) -> Self::Result {
+        // A cluster node's workers take only what they claim from the database.
+        let cluster = self.cluster.is_some();
+        if cluster || self.stopping || self.held || self.idle.is_empty() || self.running_total >= self.workers_total {
+            return MessageResult(Vec::new());
+        }
+        let asked: std::collections::HashSet<u64> = entries.iter().map(|e| e.task_run).collect();
+        self.add(entries);
+        self.reserving = Some(Reserving { asked, taken: Vec::new() });
+        self.dispatch(ctx);
+        let Some(Reserving { asked, taken }) = self.reserving.take() else { return MessageResult(Vec::new()) };
+        if taken.len() < asked.len() {
+            for queue in self.queues.values_mut() {
+                queue.ready.retain(|e| !asked.contains(&e.task_run));
+                queue.blocked.retain(|id, _| !asked.contains(id));
             }
         }
-        self.dispatch(ctx);
+        MessageResult(taken)
     }
 }
 

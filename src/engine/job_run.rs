@@ -3,7 +3,9 @@
 //! Each message becomes a `run::Input`; `run::step` decides and returns `Effects`; the actor
 //! commits their writes (group commit, `persist_then`) and only then acts on them (enqueue,
 //! timers) and reports them (events). Kills and unschedules go out at once. In-memory state runs
-//! ahead of the disk; nothing outside this actor ever sees a state that is not yet durable.
+//! ahead of the disk; nothing outside this actor acts on a state that is not yet durable (the
+//! Dispatcher's `Reserve` looks at a new run's entries before its commit, but the workers it
+//! reserves get them only after).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,11 +13,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::dispatcher::{AttemptFailed, Enqueue, ReadyEntry};
+use super::dispatcher::{AttemptFailed, Enqueue, ReadyEntry, Reserve};
 use super::journal::Publish;
 use super::scheduler::{TaskTimer, Unschedule};
 use super::supervisor::{Fatal, JobRunEnded};
-use super::worker::{Kill, Owner, Worker};
+use super::worker::{Assign, Kill, Launch, Owner, Worker};
 use super::{AttemptFailure, BudgetScope, EngineEvent, EventData, Instance, JobEnd, JobStart, Shared};
 use crate::config::template::{self, TemplateContext, UpstreamTask};
 use crate::config::{JobDef, Workflow};
@@ -266,11 +268,16 @@ impl JobRun {
         mutations: Vec<Mutation>,
         events: Vec<EngineEvent>,
     ) -> Effects {
-        let now = self.now();
-        let mut env = ActorEnv { shared: &self.shared, record: &self.record, crashes_before: &self.crashes_before };
-        let mut fx = run::step(&mut self.run, input, now, &mut env);
+        let mut fx = self.decide(input);
         self.carry_out(ctx, &mut fx, mutations, events);
         fx
+    }
+
+    /// One input through the core: the state changed, the effects to carry out.
+    fn decide(&mut self, input: Input) -> Effects {
+        let now = self.now();
+        let mut env = ActorEnv { shared: &self.shared, record: &self.record, crashes_before: &self.crashes_before };
+        run::step(&mut self.run, input, now, &mut env)
     }
 
     /// Kills and unschedules now; the writes committed; then the notes published, and the
@@ -279,8 +286,20 @@ impl JobRun {
         &mut self,
         ctx: &mut Context<Self>,
         fx: &mut Effects,
+        mutations: Vec<Mutation>,
+        events: Vec<EngineEvent>,
+    ) {
+        self.carry_out_then(ctx, fx, mutations, events, None);
+    }
+
+    /// `carry_out`, and `then` once the writes are durable (before the end, if the run ended).
+    fn carry_out_then(
+        &mut self,
+        ctx: &mut Context<Self>,
+        fx: &mut Effects,
         mut mutations: Vec<Mutation>,
         mut events: Vec<EngineEvent>,
+        then: Option<AfterCommit>,
     ) {
         for &(task_run, reason) in &fx.kills {
             let grace = if reason == FailReason::Interrupted { SHUTDOWN_GRACE } else { KILL_GRACE };
@@ -305,7 +324,7 @@ impl JobRun {
         let (enqueue, timers) = (std::mem::take(&mut fx.enqueue), std::mem::take(&mut fx.timers));
         let (circuits, finish) = (std::mem::take(&mut fx.circuit_failures), fx.finish);
         let nothing_after = enqueue.is_empty() && timers.is_empty() && circuits.is_empty() && !finish;
-        if mutations.is_empty() && events.is_empty() && nothing_after {
+        if mutations.is_empty() && events.is_empty() && nothing_after && then.is_none() {
             return;
         }
         self.persist_then(ctx, mutations, events, move |act, ctx| {
@@ -318,6 +337,9 @@ impl JobRun {
             }
             for (queue, ended_at_ms) in circuits {
                 act.shared.dispatcher.do_send(AttemptFailed { queue, ended_at_ms });
+            }
+            if let Some(then) = then {
+                then(act, ctx);
             }
             if finish {
                 act.finish(ctx);
@@ -543,7 +565,16 @@ impl JobRun {
         if self.shared.cluster.is_some() {
             return self.arm_queue_timeouts(tasks, ctx);
         }
-        let entries: Vec<ReadyEntry> = tasks
+        let entries = self.ready_entries(tasks, ctx);
+        if !entries.is_empty() {
+            self.say_blocked(&entries);
+            self.shared.dispatcher.do_send(Enqueue(entries));
+        }
+    }
+
+    /// The dispatcher's entries of the queued ones among `tasks`.
+    fn ready_entries(&self, tasks: &[usize], ctx: &mut Context<Self>) -> Vec<ReadyEntry> {
+        tasks
             .iter()
             .filter(|&&i| self.run.tasks[i].state == TaskState::Queued)
             .map(|&i| {
@@ -561,11 +592,7 @@ impl JobRun {
                 )
                 .requiring(&self.run.def(i).requires)
             })
-            .collect();
-        if !entries.is_empty() {
-            self.say_blocked(&entries);
-            self.shared.dispatcher.do_send(Enqueue(entries));
-        }
+            .collect()
     }
 
     /// `task.blocked` for each entry this node lacks the labels of: it waits in its queue
@@ -632,7 +659,7 @@ impl JobRun {
         i: usize,
         attempt: u32,
         model: Option<String>,
-    ) -> impl FnOnce() -> Result<AttemptSpec, String> + Send + 'static {
+    ) -> impl FnOnce() -> Result<AttemptSpec, String> + Send + 'static + use<> {
         let (workflow, job_index) = (self.run.workflow().clone(), self.run.job_index());
         let task_index = self.run.tasks[i].task_index;
         let ctx =
@@ -697,11 +724,80 @@ impl JobRun {
 
     /// A new run: `with` and `events` (a schedule's advance, an idempotency key) are committed
     /// and published with its records.
+    /// The task runs it makes ready are first offered to the dispatcher (`Reserve`): those an
+    /// idle worker takes are claimed at once and committed `running` in this same commit, so
+    /// they wait for one commit before their start, not two.
     fn begin_new(&mut self, ctx: &mut Context<Self>, with: Vec<Mutation>, mut events: Vec<EngineEvent>) {
         for event in &mut events {
             event.job_run.get_or_insert(self.record.id);
         }
-        self.step(ctx, Input::Begin, with, events);
+        let mut fx = self.decide(Input::Begin);
+        let entries = self.ready_entries(&fx.enqueue, ctx);
+        if entries.is_empty() {
+            return self.carry_out(ctx, &mut fx, with, events);
+        }
+        // Nothing else is handled until the answer: this run's commits stay in order.
+        let reserve = self.shared.dispatcher.send(Reserve(entries));
+        ctx.wait(
+            reserve
+                .into_actor(self)
+                .map(move |reserved, act, ctx| act.begin_reserved(ctx, fx, with, events, reserved.unwrap_or_default())),
+        );
+    }
+
+    /// Carries out the first step of a new run with the workers reserved for it: each reserved
+    /// task run is claimed now, its `running` and attempt committed with the run's records, and
+    /// its worker told at once (`Launch`) to wait for the claim, which it gets once that commit
+    /// is durable: a kill sent meanwhile (a stop, a cancel) waits behind it, as behind a
+    /// `Claim`. A claim that cannot be made here (a spec to render off the thread) goes to its
+    /// worker as an ordinary `Assign` after the commit.
+    fn begin_reserved(
+        &mut self,
+        ctx: &mut Context<Self>,
+        mut fx: Effects,
+        mut mutations: Vec<Mutation>,
+        mut events: Vec<EngineEvent>,
+        reserved: Vec<(ReadyEntry, Addr<Worker>)>,
+    ) {
+        // Reported as the step left them (queued), before the claims below move them on.
+        events.extend(fx.notes.drain(..).map(|n| self.event_of(&n)));
+        let mut handoffs: Vec<(Addr<Worker>, Handoff)> = Vec::new();
+        let mut failed = Vec::new();
+        // A reserved task run goes to its worker only: not to the dispatcher again.
+        fx.enqueue.retain(|&i| !reserved.iter().any(|(e, _)| e.task_run == self.run.tasks[i].id));
+        for (entry, worker) in reserved {
+            let handoff = match self.claim_now(ctx, entry.task_run, worker.clone()) {
+                Some((attempt, claimed)) => {
+                    mutations.push(Mutation::Attempt(attempt));
+                    match claimed {
+                        Ok(claimed) => {
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            worker.do_send(Launch { claimed: rx, queue: entry.queue });
+                            Ok((claimed, tx))
+                        }
+                        Err(e) => {
+                            failed.push((entry.task_run, e));
+                            Err(Assign(entry))
+                        }
+                    }
+                }
+                None => Err(Assign(entry)),
+            };
+            handoffs.push((worker, handoff));
+        }
+        let handoff: AfterCommit = Box::new(move |_, _| {
+            for (worker, handoff) in handoffs {
+                match handoff {
+                    Ok((claimed, tx)) => drop(tx.send(claimed)),
+                    // The ordinary claim: it renders off the thread, or finds the run ended.
+                    Err(assign) => worker.do_send(assign),
+                }
+            }
+        });
+        self.carry_out_then(ctx, &mut fx, mutations, events, Some(handoff));
+        for (task_run, e) in failed {
+            self.template_failed(ctx, task_run, &e);
+        }
     }
 
     /// A run found unfinished in the store: timers and queues re-armed, interrupted attempts
@@ -805,6 +901,13 @@ impl Handler<Start> for JobRun {
     }
 }
 
+/// Hands a reserved worker its claim once it is durable (dropped unsent: it never became so).
+type ClaimSender = tokio::sync::oneshot::Sender<Claimed>;
+
+/// What a reserved worker gets once a new run's first commit is durable: its claim, or an
+/// ordinary `Assign`.
+type Handoff = Result<(Claimed, ClaimSender), Assign>;
+
 /// What a worker needs to start an attempt it claimed.
 pub struct Claimed {
     pub spec: AttemptSpec,
@@ -842,17 +945,12 @@ impl Handler<Claim> for JobRun {
             self.refuse_claim(ctx, task_run);
             return nothing();
         }
-        let Some(granted) = self.step(ctx, Input::Claim { task_run }, Vec::new(), Vec::new()).claimed else {
+        let Some((i, attempt, render)) = self.grant(ctx, task_run, msg.worker) else {
             if msg.attempt.is_some() {
                 self.refuse_claim(ctx, task_run);
             }
             return nothing();
         };
-        let (i, n) = (granted.task, granted.attempt);
-        let mut attempt = AttemptRecord::started(task_run, self.record.id, n, self.now());
-        attempt.model = granted.model;
-        let render = self.render_spec(i, n, attempt.model.clone());
-        self.running.insert(task_run, (attempt.clone(), Some(Runner::Local(msg.worker))));
         if !self.run.def(i).is_templated() {
             // Nothing to render: the spec is ready now, and `running` is committed at once.
             return match render() {
@@ -877,6 +975,51 @@ impl Handler<Claim> for JobRun {
 }
 
 impl JobRun {
+    /// The core grants `worker` the claim of `task_run`: task run `i` is `running` in memory with
+    /// a new attempt (to commit), and the function that renders the attempt's spec.
+    fn grant(
+        &mut self,
+        ctx: &mut Context<Self>,
+        task_run: u64,
+        worker: Addr<Worker>,
+    ) -> Option<(usize, AttemptRecord, impl FnOnce() -> Result<AttemptSpec, String> + Send + 'static + use<>)> {
+        let granted = self.step(ctx, Input::Claim { task_run }, Vec::new(), Vec::new()).claimed?;
+        let (i, n) = (granted.task, granted.attempt);
+        let mut attempt = AttemptRecord::started(task_run, self.record.id, n, self.now());
+        attempt.model = granted.model;
+        let render = self.render_spec(i, n, attempt.model.clone());
+        self.running.insert(task_run, (attempt.clone(), Some(Runner::Local(worker))));
+        Some((i, attempt, render))
+    }
+
+    /// A claim made for a reserved worker while a new run begins, when its spec needs no
+    /// rendering off the thread: the attempt to commit with the run's records, and what the
+    /// worker starts (or why its spec failed). `None`: not claimed here.
+    fn claim_now(
+        &mut self,
+        ctx: &mut Context<Self>,
+        task_run: u64,
+        worker: Addr<Worker>,
+    ) -> Option<(AttemptRecord, Result<Claimed, String>)> {
+        if self.run.def(self.idx(task_run)?).is_templated() {
+            return None;
+        }
+        let (i, attempt, render) = self.grant(ctx, task_run, worker)?;
+        Some((attempt, render().map(|spec| self.claimed(ctx, i, spec))))
+    }
+
+    /// What the worker of task run `i` needs to start it with `spec`.
+    fn claimed(&self, ctx: &Context<Self>, i: usize, spec: AttemptSpec) -> Claimed {
+        let def = self.run.def(i);
+        Claimed {
+            spec,
+            timeout: def.timeout,
+            heartbeat_timeout: def.heartbeat_timeout,
+            pricing: self.shared.pricing.clone(),
+            owner: Owner::Local(ctx.address()),
+        }
+    }
+
     /// `running` + the attempt number become durable; only then does the worker get the spec.
     fn commit_claim(
         &mut self,
@@ -885,14 +1028,7 @@ impl JobRun {
         attempt: AttemptRecord,
         spec: AttemptSpec,
     ) -> ResponseActFuture<Self, Option<Claimed>> {
-        let def = self.run.def(i);
-        let claimed = Claimed {
-            spec,
-            timeout: def.timeout,
-            heartbeat_timeout: def.heartbeat_timeout,
-            pricing: self.shared.pricing.clone(),
-            owner: Owner::Local(ctx.address()),
-        };
+        let claimed = self.claimed(ctx, i, spec);
         if self.fenced {
             return Box::pin(actix::fut::ready(None));
         }

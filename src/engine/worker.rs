@@ -1,5 +1,6 @@
 //! Worker actors: one per worker slot, one attempt at a time. A worker claims its task run from
-//! the job run (which commits `running` + the attempt number before answering), starts it
+//! the job run (which commits `running` + the attempt number before answering), or is handed
+//! one its job run claimed for it in its first commit (`Launch`, reserved at submit), starts it
 //! through the `Executor`, streams what the task reports back to the job run, and reports the
 //! exit. After the watchdog kills its attempt the worker stops and its supervisor restarts it.
 
@@ -622,6 +623,29 @@ impl Handler<AssignClaimed> for Worker {
         ctx.wait(lookup.into_actor(self).map(move |owner, act, ctx| match owner {
             Ok(Some(owner)) => act.claim_from(owner, claimed.id, Some(claimed.attempt), queue, ctx),
             _ => act.launch_for_remote_owner(claimed, queue, ctx),
+        }));
+    }
+}
+
+/// A task run its job run claimed for this worker while it begins (reserved at submit:
+/// `dispatcher::Reserve`): the claim comes once its `running` is durable, and the worker takes
+/// no other message until then (a kill meanwhile reaches the attempt, as after `Assign`). A
+/// claim that never comes (its commit failed) frees the worker. `queue`: the slot it holds.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Launch {
+    pub claimed: tokio::sync::oneshot::Receiver<Claimed>,
+    pub queue: String,
+}
+
+impl Handler<Launch> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Launch, ctx: &mut Self::Context) {
+        let queue = msg.queue;
+        ctx.wait(msg.claimed.into_actor(self).map(move |claimed, act, ctx| match claimed {
+            Ok(claimed) => act.launch(claimed, queue, ctx),
+            Err(_) => act.free(Some(queue), ctx),
         }));
     }
 }

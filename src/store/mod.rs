@@ -230,8 +230,7 @@ impl OpenedStore {
 
 /// Opens the store at `location` as the engine's: the state dir's redb ([`open_writer`]), or a
 /// PostgreSQL database — migrated to this gaffer's schema, a newer one refused — while this
-/// node's state dir (its socket, logs, inbox) is locked as its one instance all the same; its
-/// queue columns are filled from `queue_facts` (the workflow's aging and `requires`).
+/// node's state dir (its socket, logs, inbox) is locked as its one instance all the same.
 pub fn open_store(
     location: &StoreLocation,
     state_dir: &Path,
