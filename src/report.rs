@@ -117,7 +117,9 @@ pub fn status_value(
     let mut queues: BTreeMap<String, [u64; 4]> = concurrency.keys().map(|q| (q.clone(), [0; 4])).collect();
     let mut cost = 0u64;
     let mut exhausted = ResourceWait::default();
-    let mut unroutable = Unroutable::new(labels);
+    let cluster = reader.nodes()?;
+    let routing = routing_labels(cluster.as_deref(), labels);
+    let mut unroutable = Unroutable::new(&routing);
     reader.each_task_run(&mut |t| {
         if !t.is_counted() {
             return true; // a fan-out's group: its items are the task runs (and hold its cost)
@@ -145,9 +147,31 @@ pub fn status_value(
                    "circuit_open_until": time_json(circuits.get(name).copied())})
         })
         .collect();
-    Ok(json!({"instance": {"running": pid.is_some(), "pid": pid}, "queues": queues, "totals": totals,
+    let mut status = json!({"instance": {"running": pid.is_some(), "pid": pid}, "queues": queues, "totals": totals,
               "cost_usd": usd_json(cost), "waiting_for_resources": exhausted.to_json(),
-              "node": labels.map(|l| json!({"labels": l})), "unroutable": unroutable.listed}))
+              "node": labels.map(|l| json!({"labels": l})), "unroutable": unroutable.listed});
+    if let Some(nodes) = &cluster {
+        status["nodes"] = nodes_json(nodes);
+    }
+    Ok(status)
+}
+
+/// Whose labels decide what no node can run: a cluster's live nodes (a store shared by nodes),
+/// else the running instance's (none while no instance runs).
+fn routing_labels(cluster: Option<&[crate::store::NodeView]>, instance: Option<&[String]>) -> Vec<Vec<String>> {
+    match cluster {
+        Some(nodes) => nodes.iter().filter(|n| n.live).map(|n| n.labels.clone()).collect(),
+        None => instance.map(|labels| vec![labels.to_vec()]).unwrap_or_default(),
+    }
+}
+
+/// The cluster's nodes (a store shared by several nodes only): name, labels, heartbeat age and
+/// whether the lease is live, at the store's clock.
+pub fn nodes_json(nodes: &[crate::store::NodeView]) -> Value {
+    let rows = nodes
+        .iter()
+        .map(|n| json!({"name": n.name, "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "live": n.live}));
+    Value::Array(rows.collect())
 }
 
 /// Queued task runs no live node can run (`model::routing::unroutable`): counted per queue,
@@ -162,8 +186,9 @@ struct Unroutable<'a> {
 impl<'a> Unroutable<'a> {
     const LISTED: usize = 20;
 
-    fn new(labels: Option<&'a [String]>) -> Self {
-        Unroutable { nodes: labels.into_iter().collect(), per_queue: BTreeMap::new(), listed: Vec::new() }
+    /// `nodes`: each live node's labels.
+    fn new(nodes: &'a [Vec<String>]) -> Self {
+        Unroutable { nodes: nodes.iter().map(Vec::as_slice).collect(), per_queue: BTreeMap::new(), listed: Vec::new() }
     }
 
     fn count(&mut self, t: &crate::store::TaskRunRecord) {
@@ -464,7 +489,12 @@ pub fn log_chunk(
         return Err(QueryError::NotFound(format!("task run {task_run} has no attempt {n} (latest: {})", t.attempt)));
     }
     let rel = AttemptRecord::log_path(t.job_run, task_run, n);
-    let bytes = read_from(state_dir, Path::new(&rel), offset).map_err(|e| QueryError::Invalid(e.to_string()))?;
+    let bytes = match read_from(state_dir, Path::new(&rel), offset) {
+        // Not on this machine: the copy its node shipped into a shared store, if any.
+        Ok(None) => reader.log_bytes(task_run, n, offset, LOG_CHUNK_BYTES)?.map(cut_at_line_end).unwrap_or_default(),
+        Ok(Some(bytes)) => bytes,
+        Err(e) => return Err(QueryError::Invalid(e.to_string())),
+    };
     let running = t.attempt == n && t.state == TaskState::Running;
     Ok(json!({
         "task_run": task_run, "attempt": n, "offset": offset + bytes.len() as u64, "running": running,
@@ -473,23 +503,29 @@ pub fn log_chunk(
 }
 
 /// Up to `LOG_CHUNK_BYTES` from `offset`, ending at a line end when one is in reach (so a
-/// multi-byte character is never split between two answers); nothing if there is no file yet,
-/// or no state dir (a reader of a shared store on a machine where nothing ran).
-fn read_from(state_dir: &Path, rel: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+/// multi-byte character is never split between two answers); `None` if there is no file here
+/// (or no state dir: a reader of a shared store on a machine where nothing ran).
+fn read_from(state_dir: &Path, rel: &Path, offset: u64) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::{Read, Seek, SeekFrom};
     let dir = match crate::state_dir::StateDir::open(state_dir) {
         Ok(dir) => dir,
-        Err(crate::state_dir::StateDirError::Missing(_)) => return Ok(Vec::new()),
+        Err(crate::state_dir::StateDirError::Missing(_)) => return Ok(None),
         Err(e) => return Err(std::io::Error::other(e)),
     };
     let mut file = match dir.open_file(rel, crate::state_dir::Access::Read) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     file.seek(SeekFrom::Start(offset))?;
     let mut bytes = Vec::new();
     file.take(LOG_CHUNK_BYTES).read_to_end(&mut bytes)?;
+    Ok(Some(cut_at_line_end(bytes)))
+}
+
+/// A piece of a log read up to `LOG_CHUNK_BYTES`, cut after its last line end (or, for one line
+/// longer than that, at a character boundary), so the next piece starts a line.
+fn cut_at_line_end(mut bytes: Vec<u8>) -> Vec<u8> {
     if let Some(end) = bytes.iter().rposition(|b| *b == b'\n') {
         bytes.truncate(end + 1);
     } else if bytes.len() as u64 == LOG_CHUNK_BYTES {
@@ -497,5 +533,27 @@ fn read_from(state_dir: &Path, rel: &Path, offset: u64) -> std::io::Result<Vec<u
         let valid = std::str::from_utf8(&bytes).map_or_else(|e| e.valid_up_to(), str::len);
         bytes.truncate(valid.max(1));
     }
-    Ok(bytes)
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, labels: &[&str], live: bool) -> crate::store::NodeView {
+        let labels = labels.iter().map(|l| l.to_string()).collect();
+        crate::store::NodeView { id: 1, name: name.into(), labels, heartbeat_age_ms: 0, live }
+    }
+
+    #[test]
+    fn a_clusters_live_nodes_decide_what_is_unroutable_else_the_instance() {
+        let gpu = vec!["gpu".to_string()];
+        assert_eq!(routing_labels(None, Some(&gpu)), vec![vec!["gpu".to_string()]]);
+        assert!(routing_labels(None, None).is_empty(), "no instance: nothing is unroutable");
+        let cluster = [node("a", &["gpu"], false), node("b", &["eu"], true), node("c", &[], true)];
+        assert_eq!(routing_labels(Some(&cluster), Some(&gpu)), [vec!["eu".to_string()], vec![]], "live ones only");
+        let routing = routing_labels(Some(&cluster), None);
+        let nodes: Vec<&[String]> = routing.iter().map(Vec::as_slice).collect();
+        assert!(crate::model::routing::unroutable(&gpu, &nodes), "only a dead node has gpu");
+    }
 }

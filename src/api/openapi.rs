@@ -390,6 +390,20 @@ pub struct Status {
     node: Option<Node>,
     /// Queued task runs no live node can run (at most 20 listed; `queues[].unroutable` counts all).
     unroutable: Vec<UnroutableTaskRun>,
+    /// The cluster's nodes by name, when the store is PostgreSQL (absent otherwise).
+    #[schema(required = false)]
+    nodes: Option<Vec<ClusterNode>>,
+}
+
+/// A node of the cluster, at the database's clock.
+#[derive(ToSchema)]
+pub struct ClusterNode {
+    name: String,
+    labels: Vec<String>,
+    /// Since its last heartbeat.
+    heartbeat_age_ms: u64,
+    /// Its lease has not run out (and it has not stopped).
+    live: bool,
 }
 
 #[derive(ToSchema)]

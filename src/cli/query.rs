@@ -78,6 +78,21 @@ fn num(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or(0)
 }
 
+/// `status`'s table of the cluster's nodes (nothing without a cluster): name, labels,
+/// heartbeat age, live or dead.
+fn node_lines(nodes: &Value) -> Vec<String> {
+    let Some(nodes) = nodes.as_array() else { return Vec::new() };
+    let mut lines = vec![format!("{:<24} {:<20} {:>10} {}", "NODE", "LABELS", "HEARTBEAT", "STATE")];
+    for n in nodes {
+        let labels: Vec<&str> = n["labels"].as_array().into_iter().flatten().filter_map(|l| l.as_str()).collect();
+        let labels = if labels.is_empty() { "-".to_string() } else { labels.join(",") };
+        let age = format!("{}s ago", num(n, "heartbeat_age_ms") / 1000);
+        let state = if n["live"] == true { "live" } else { "dead" };
+        lines.push(format!("{:<24} {:<20} {:>10} {state}", text(n, "name"), labels, age));
+    }
+    lines
+}
+
 pub fn status(at: &Place, as_json: bool) -> Result<(), CliError> {
     let value = match client::call(&at.state_dir, "GET", "/v1/status", None) {
         Ok(value) => value,
@@ -121,6 +136,9 @@ pub fn status(at: &Place, as_json: bool) -> Result<(), CliError> {
                 text(q, "name")
             );
         }
+    }
+    for line in node_lines(&value["nodes"]) {
+        outln!("{line}");
     }
     if let Some(labels) = value["node"]["labels"].as_array() {
         let labels: Vec<&str> = labels.iter().filter_map(|l| l.as_str()).collect();
@@ -602,5 +620,24 @@ mod tests {
     fn query_strings_are_encoded_and_skip_unset_keys() {
         assert_eq!(query_string(&[("state", None)]), "");
         assert_eq!(query_string(&[("job", Some("a b&c")), ("q", None), ("n", Some("1"))]), "?job=a%20b%26c&n=1");
+    }
+
+    #[test]
+    fn status_lists_the_clusters_nodes_with_heartbeat_age_and_liveness() {
+        assert!(node_lines(&Value::Null).is_empty(), "no cluster, no table");
+        let nodes = serde_json::json!([
+            {"name": "a", "labels": ["gpu", "eu"], "heartbeat_age_ms": 2_400, "live": true},
+            {"name": "b", "labels": [], "heartbeat_age_ms": 45_000, "live": false},
+        ]);
+        let lines = node_lines(&nodes);
+        let words: Vec<Vec<&str>> = lines.iter().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(
+            words,
+            [
+                vec!["NODE", "LABELS", "HEARTBEAT", "STATE"],
+                vec!["a", "gpu,eu", "2s", "ago", "live"],
+                vec!["b", "-", "45s", "ago", "dead"]
+            ]
+        );
     }
 }

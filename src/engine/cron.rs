@@ -41,7 +41,7 @@ impl Supervisor {
             );
             for scheduled_for in missed {
                 // Fired here, in order, so each sees the runs the previous one started.
-                let fire = Fire { job: job.name.clone(), scheduled_for, next_due_ms: next_due };
+                let fire = Fire { job: job.name.clone(), scheduled_for, next_due_ms: next_due, held: false };
                 match self.fire(fire, ctx) {
                     Ok(started) => catch_ups += usize::from(started),
                     Err(e) => tracing::error!("schedule of job `{}`: {e}", job.name),
@@ -115,17 +115,31 @@ impl Supervisor {
             e.job = Some(msg.job.clone());
             e
         };
+        // On a shared store this write takes the fire time (`schedule::fire_accepted`): if another
+        // node took it first, the whole fire is refused and nothing of it is written (`FireLost`).
         let remember = Mutation::Schedule(msg.job.clone(), state);
         match decision {
             FireDecision::Skip | FireDecision::Queue => {
+                let reason =
+                    if decision == FireDecision::Queue { "queued behind the active run" } else { "a run is active" };
+                let skipped =
+                    event(EventData::ScheduleSkipped { scheduled_for_ms: msg.scheduled_for, reason: reason.into() });
                 if decision == FireDecision::Queue {
                     self.waiting_fires.insert(msg.job.clone(), msg.scheduled_for);
                 }
-                let reason =
-                    if decision == FireDecision::Queue { "queued behind the active run" } else { "a run is active" };
-                drop(shared.store.commit(vec![remember]));
-                let skipped = EventData::ScheduleSkipped { scheduled_for_ms: msg.scheduled_for, reason: reason.into() };
-                shared.journal.do_send(Publish(event(skipped)));
+                let (journal, job, scheduled_for) = (shared.journal.clone(), msg.job.clone(), msg.scheduled_for);
+                // Told once the fire time is recorded as this node's. Another node may have taken
+                // it (a shared store): then that node handles it, and this one holds nothing.
+                let recorded = shared.store.commit(vec![remember]).into_actor(self);
+                ctx.spawn(recorded.map(move |result, act, _| match result {
+                    Ok(()) => journal.do_send(Publish(skipped)),
+                    Err(crate::store::StoreError::FireTaken { .. }) => {
+                        if act.waiting_fires.get(&job) == Some(&scheduled_for) {
+                            act.waiting_fires.remove(&job);
+                        }
+                    }
+                    Err(e) => tracing::warn!("schedule of job `{job}`: cannot record a skipped fire time: {e}"),
+                }));
                 Ok(false)
             }
             FireDecision::CancelPreviousThenStart | FireDecision::Start => {
@@ -137,12 +151,11 @@ impl Supervisor {
                     }
                 }
                 let begin = Begin::New {
-                    with: vec![remember],
+                    with: if msg.held { Vec::new() } else { vec![remember] },
                     events: vec![event(EventData::ScheduleFired { scheduled_for_ms: msg.scheduled_for })],
                     begun: None,
                 };
                 self.submit_scheduled(&msg.job, begin)?;
-                let _ = ctx;
                 Ok(true)
             }
         }
@@ -160,6 +173,25 @@ impl Handler<ServeSchedules> for Supervisor {
 
     fn handle(&mut self, _: ServeSchedules, ctx: &mut Self::Context) -> Self::Result {
         self.read_then(ctx, |reader| Ok(reader.schedules()?), |act, stored, ctx| act.serve_schedules(stored, ctx))
+    }
+}
+
+/// A scheduled run's first commit was refused because another node took its fire time first
+/// (`StoreError::FireTaken`): the run never existed; its actor has stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FireLost {
+    pub job_run: u64,
+}
+
+impl Handler<FireLost> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FireLost, _ctx: &mut Self::Context) {
+        self.job_runs.remove(&msg.job_run);
+        if let Some(job) = self.job_of.remove(&msg.job_run) {
+            tracing::debug!("schedule of job `{job}`: another node fired it first");
+        }
     }
 }
 

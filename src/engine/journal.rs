@@ -8,16 +8,25 @@ use tokio::sync::mpsc;
 
 use super::EngineEvent;
 use super::journal_file::JournalFile;
+use crate::store::StoreHandle;
 
 pub struct Journal {
     file: Option<JournalFile>,
     subscribers: Vec<mpsc::UnboundedSender<EngineEvent>>,
+    /// The store, which appends every event to a cluster's stream (nothing for redb).
+    store: Option<StoreHandle>,
 }
 
 impl Journal {
     pub fn new(state_dir: &Path) -> Journal {
         let file = JournalFile::open(state_dir).inspect_err(|e| tracing::error!("event journal disabled: {e}")).ok();
-        Journal { file, subscribers: Vec::new() }
+        Journal { file, subscribers: Vec::new(), store: None }
+    }
+
+    /// Every event published from now on also goes to `store`'s event stream
+    /// (`Store::record_event`), in the order published.
+    pub fn record_in(&mut self, store: StoreHandle) {
+        self.store = Some(store);
     }
 }
 
@@ -46,10 +55,15 @@ impl Handler<Publish> for Journal {
     type Result = ();
 
     fn handle(&mut self, Publish(event): Publish, _ctx: &mut Self::Context) {
-        if let Some(file) = &mut self.file {
+        if self.file.is_some() || self.store.is_some() {
             let mut line = crate::json::text(&event.to_json());
-            line.push('\n');
-            file.append(&chrono::Utc::now().format("%Y-%m-%d").to_string(), line.as_bytes());
+            if let Some(store) = &self.store {
+                store.record_event(event.job_run, event.ts_ms, &line);
+            }
+            if let Some(file) = &mut self.file {
+                line.push('\n');
+                file.append(&chrono::Utc::now().format("%Y-%m-%d").to_string(), line.as_bytes());
+            }
         }
         self.subscribers.retain(|s| s.send(event.clone()).is_ok());
     }

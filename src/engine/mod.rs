@@ -22,6 +22,7 @@ pub mod inbox;
 mod job_run;
 mod journal;
 mod journal_file;
+mod log_shipping;
 pub mod manual_retry;
 mod offline;
 mod retention;
@@ -330,6 +331,22 @@ pub struct WorkerSnapshot {
     pub restarts: u32,
 }
 
+/// A node of the cluster as the views show it (the Workers view): heartbeat age and liveness
+/// at the store's clock when read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub heartbeat_age_ms: u64,
+    pub live: bool,
+}
+
+impl From<crate::store::NodeView> for NodeStatus {
+    fn from(n: crate::store::NodeView) -> NodeStatus {
+        NodeStatus { name: n.name, labels: n.labels, heartbeat_age_ms: n.heartbeat_age_ms, live: n.live }
+    }
+}
+
 /// A reply from an engine, local or remote.
 pub type Reply<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, EngineError>> + 'a>>;
 
@@ -347,6 +364,10 @@ pub trait Control {
     fn task_runs_of(&self, job_run: u64) -> Reply<'_, Vec<TaskRunView>>;
     /// What has no events of its own: the worker slots and the queues (paused, running).
     fn live(&self) -> Reply<'_, (Vec<WorkerSnapshot>, Vec<QueueSnapshot>)>;
+    /// The cluster's nodes, read now; none without a cluster (and, for now, over the API).
+    fn nodes(&self) -> Reply<'_, Vec<NodeStatus>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 impl Control for EngineHandle {
@@ -384,6 +405,15 @@ impl Control for EngineHandle {
 
     fn live(&self) -> Reply<'_, (Vec<WorkerSnapshot>, Vec<QueueSnapshot>)> {
         Box::pin(async move { Ok((EngineHandle::workers(self), EngineHandle::queues(self).await?)) })
+    }
+
+    fn nodes(&self) -> Reply<'_, Vec<NodeStatus>> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let nodes = tokio::task::spawn_blocking(move || store.nodes()).await;
+            let nodes = nodes.map_err(|e| EngineError::Stopped(e.to_string()))??;
+            Ok(nodes.unwrap_or_default().into_iter().map(NodeStatus::from).collect())
+        })
     }
 }
 
@@ -427,11 +457,13 @@ pub fn start(config: EngineConfig) -> EngineHandle {
 /// has its name, or the database cannot be reached). Must run inside an actix `System`.
 pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
     let cluster = config.cluster.as_ref().map(cluster::ClusterNode::join).transpose()?.map(Arc::new);
+    let config = EngineConfig { executor: log_shipping::wrap(config.executor, &config.store), ..config };
     // Every actor runs on this thread: it is woken at each step of a task's start.
     crate::sched::prefer_short_waits();
     let definition = definition_hash(&config.workflow.path.display().to_string(), &config.source);
     let ledger = supervisor::RestartLedger::default();
     let mut journal = Journal::new(&config.state_dir);
+    journal.record_in(config.store.clone());
     let hook_events = journal.subscribe_now();
     let journal = journal.start();
     let hooks = hooks::HookRunner::start(

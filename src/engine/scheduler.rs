@@ -78,7 +78,7 @@ impl Scheduler {
             }
             let scheduled_for = *due;
             *due = schedule.next_after(now.max(scheduled_for)).unwrap_or(u64::MAX);
-            fire_to.do_send(Fire { job: job.clone(), scheduled_for, next_due_ms: *due });
+            fire_to.do_send(Fire { job: job.clone(), scheduled_for, next_due_ms: *due, held: false });
         }
     }
 }
@@ -153,6 +153,9 @@ pub struct Fire {
     pub scheduled_for: u64,
     /// The fire time after this one, already armed; persisted by whoever handles the fire.
     pub next_due_ms: u64,
+    /// A fire time `overlap = "queue"` held, starting now: it was recorded (and taken, on a
+    /// shared store) when it was held.
+    pub held: bool,
 }
 
 /// Start firing these schedules (job, schedule, first due time), telling `fire_to`.

@@ -78,7 +78,7 @@ pub struct Supervisor {
     pub(super) workflow: Arc<Workflow>,
     pub(super) definition: u64,
     pub(super) ledger: RestartLedger,
-    job_runs: HashMap<u64, Addr<JobRun>>,
+    pub(super) job_runs: HashMap<u64, Addr<JobRun>>,
     /// The job of each live job run, for overlap policies.
     pub(super) job_of: HashMap<u64, String>,
     /// Fire times held by `overlap = "queue"` until the job's active run ends.
@@ -690,7 +690,7 @@ impl Handler<JobRunEnded> for Supervisor {
         {
             // `overlap = "queue"`: the held fire time starts now that the run it waited for ended.
             let next_due_ms = self.next_due_of(&job);
-            ctx.address().do_send(Fire { job, scheduled_for, next_due_ms });
+            ctx.address().do_send(Fire { job, scheduled_for, next_due_ms, held: true });
         }
         self.answer_waiters();
     }

@@ -268,6 +268,20 @@ pub fn on_fire(policy: &crate::config::SchedulePolicy, active: usize, one_waitin
     }
 }
 
+/// Whether handling fire time `fired` may be recorded over a stored state that last handled
+/// `stored_last_fired` — the rule that makes a schedule fire once however many nodes share the
+/// store: a fire time is taken by the first node to record it, and never after a later one was
+/// (catch-up fires in increasing order, so each is still taken once). A state that handled no
+/// fire time replaces anything. `store::pg` checks it in the transaction that creates the run:
+/// `ON CONFLICT (job) DO UPDATE … WHERE schedules.last_fired_ms IS NULL OR
+/// schedules.last_fired_ms < excluded.last_fired_ms`; no row written → the whole fire is refused.
+pub fn fire_accepted(stored_last_fired: Option<u64>, fired: Option<u64>) -> bool {
+    match (stored_last_fired, fired) {
+        (_, None) | (None, Some(_)) => true,
+        (Some(stored), Some(fired)) => stored < fired,
+    }
+}
+
 #[cfg(test)]
 mod policy_tests {
     use std::time::Duration;
@@ -329,5 +343,20 @@ mod policy_tests {
         assert_eq!(on_fire(&with(Overlap::CancelPrevious, None), 2, false), FireDecision::CancelPreviousThenStart);
         assert_eq!(on_fire(&with(Overlap::Allow, None), 5, false), FireDecision::Start);
         assert_eq!(on_fire(&with(Overlap::Allow, Some(2)), 2, false), FireDecision::Skip);
+    }
+
+    #[test]
+    fn a_fire_time_is_taken_once_and_never_after_a_later_one() {
+        let table = [
+            (None, Some(60_000), true),
+            (Some(0), Some(60_000), true),
+            (Some(60_000), Some(60_000), false),
+            (Some(120_000), Some(60_000), false),
+            (Some(60_000), None, true),
+            (None, None, true),
+        ];
+        for (stored, fired, accepted) in table {
+            assert_eq!(fire_accepted(stored, fired), accepted, "{stored:?} then {fired:?}");
+        }
     }
 }

@@ -26,7 +26,9 @@ pub use records::{
     AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, MAX_ATTEMPT_WARNINGS, RaisedBudgets, TaskRunKind,
     TaskRunRecord,
 };
-pub use seam::{Committing, Snapshot, Store, StoreHandle, StoreLocation};
+pub use seam::{
+    AttemptLog, Committing, LogShipper, LogShipping, NodeView, Snapshot, Store, StoreHandle, StoreLocation, StoredEvent,
+};
 pub use writer::{Ids, RedbStore, StoreCloser};
 
 /// Bumped on any change of tables or of a record's meaning; checked at open. A record's layout
@@ -113,6 +115,10 @@ pub enum StoreError {
     /// nothing of the batch was written; the job run is that node's to decide now.
     #[error("job run j{job_run}: another node owns it now; this node's commit for it was not written")]
     Fenced { job_run: u64 },
+    /// A shared store refused a batch: another node recorded this fire time of `job`'s schedule
+    /// (or a later one) first (`model::schedule::fire_accepted`). Nothing of the batch was written.
+    #[error("the schedule of job `{job}` was fired by another node")]
+    FireTaken { job: String },
 }
 
 /// ENOSPC anywhere in the error's chain (redb wraps the `io::Error`; its message is the fallback).
@@ -165,6 +171,9 @@ pub enum Mutation {
     JobRun(JobRunRecord),
     TaskRun(TaskRunRecord),
     Attempt(AttemptRecord),
+    /// A schedule's state after handling a fire time. A store shared by several nodes takes it
+    /// only while no node recorded that fire time or a later one (`schedule::fire_accepted`),
+    /// else it refuses the whole batch with [`StoreError::FireTaken`]; redb has one writer.
     Schedule(String, ScheduleState),
     QueuePaused(String, bool),
     IdempotencyKey(String, u64),

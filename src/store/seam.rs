@@ -39,6 +39,87 @@ pub trait Store: Send + Sync + 'static {
     fn next_task_run(&self) -> u64;
     /// The sequence that orders equal priorities in a queue.
     fn next_enqueue_seq(&self) -> u64;
+    /// Starts copying an attempt's log — the file at `path` under `state_dir`, which only grows
+    /// (`executor::logfile`) — into the store while the attempt runs, for a store shared by
+    /// several nodes: `logs` then reads it from any node ([`Snapshot::log_bytes`]). `None` where
+    /// the file is the only copy (redb).
+    fn ship_log(&self, _attempt: AttemptLog<'_>) -> Option<LogShipping> {
+        None
+    }
+    /// Retention (`settings.retention`) of what a shared store keeps for every node: the shipped
+    /// logs of `ended` job runs and the events from before `events_before_ms`. Nothing for redb
+    /// (the sweep removes the files).
+    fn forget_past_retention(&self, _ended: &[u64], _events_before_ms: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Appends an event (its JSON line), published after its commit in commit order per job
+    /// run, to a shared store's event stream ([`Snapshot::events_after`]); bounded: what does
+    /// not fit is dropped with a warning. Nothing for redb, whose journal is `events/*.jsonl`.
+    fn record_event(&self, _job_run: Option<u64>, _at_ms: u64, _json: &str) {}
+    /// The cluster's nodes now (as [`Snapshot::nodes`]); `None` for a store of one machine,
+    /// which answers without opening anything. May block.
+    fn nodes(&self) -> Result<Option<Vec<NodeView>>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// Which attempt's log to ship, and where its file is ([`Store::ship_log`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptLog<'a> {
+    pub job_run: u64,
+    pub task_run: u64,
+    pub attempt: u32,
+    pub state_dir: &'a Path,
+    /// Under `state_dir`.
+    pub path: &'a Path,
+}
+
+/// An attempt's log being copied into the store ([`Store::ship_log`]).
+pub struct LogShipping {
+    ended: tokio::sync::oneshot::Sender<()>,
+    shipped: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// The shipper's side of a [`LogShipping`]: told when the attempt ended (or the handle was
+/// dropped), answers once the rest of the log is stored.
+pub struct LogShipper {
+    pub ended: tokio::sync::oneshot::Receiver<()>,
+    pub shipped: tokio::sync::oneshot::Sender<()>,
+}
+
+impl LogShipping {
+    pub fn new() -> (LogShipping, LogShipper) {
+        let (ended, ended_rx) = tokio::sync::oneshot::channel();
+        let (shipped_tx, shipped) = tokio::sync::oneshot::channel();
+        (LogShipping { ended, shipped }, LogShipper { ended: ended_rx, shipped: shipped_tx })
+    }
+
+    /// The attempt has ended: resolves once the rest of its log is stored (or given up on).
+    pub async fn finish(self) {
+        let _ = self.ended.send(());
+        let _ = self.shipped.await;
+    }
+}
+
+/// One event in a shared store's event stream: its place (`seq`, increasing in commit order,
+/// assigned by the store), its job run, when it happened and its JSON line (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub job_run: Option<u64>,
+    pub at_ms: u64,
+    pub json: String,
+}
+
+/// A node of a cluster as `status` shows it, its heartbeat age and liveness at the store's clock.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeView {
+    pub id: u64,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub heartbeat_age_ms: u64,
+    /// Its lease has not passed (`model::lease`); a stopped node is not live.
+    pub live: bool,
 }
 
 /// The running instance's store, whatever is behind it. Cheap to clone.
@@ -100,6 +181,21 @@ pub trait Snapshot: Send {
     fn raised_budgets(&self, job_run: u64) -> Result<RaisedBudgets, StoreError>;
     /// Queues paused by a person, which stay paused across restarts.
     fn paused_queues(&self) -> Result<BTreeSet<String>, StoreError>;
+    /// Up to `max` bytes of an attempt's log from byte `offset`, as its node shipped them into
+    /// the store ([`Store::ship_log`]); `None` where the store holds no logs (redb: they are
+    /// files in the state dir).
+    fn log_bytes(&self, _task_run: u64, _attempt: u32, _offset: u64, _max: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+    /// Up to `limit` events of the cluster's stream after `seq`, in order; `None` where the
+    /// store keeps no events (redb: the journal files).
+    fn events_after(&self, _seq: u64, _limit: usize) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+        Ok(None)
+    }
+    /// The cluster's nodes by name; `None` for a store of one machine (redb).
+    fn nodes(&self) -> Result<Option<Vec<NodeView>>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Where the durable state is: what `run`/`serve` open as the engine's store, and what the read

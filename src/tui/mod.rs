@@ -201,10 +201,12 @@ fn execute(handle: &Rc<dyn Control>, state_dir: &Path, command: Command) -> Loca
             })
         }
         Command::Refresh => Box::pin(async move {
-            match handle.live().await {
+            let mut msgs = match handle.live().await {
                 Ok((workers, queues)) => vec![Msg::Workers(workers), Msg::Queues(queues)],
                 Err(_) => Vec::new(),
-            }
+            };
+            msgs.extend(handle.nodes().await.ok().map(Msg::Nodes));
+            msgs
         }),
         Command::Quit => Box::pin(async { Vec::new() }),
     }

@@ -328,6 +328,8 @@ pub struct Model {
     pub jobs: BTreeMap<u64, JobRow>,
     pub queues: BTreeMap<String, QueueRow>,
     pub workers: Vec<WorkerRow>,
+    /// The cluster's nodes by name, as last read (none without a cluster).
+    pub nodes: Vec<crate::engine::NodeStatus>,
     /// The scheduled jobs, in name order.
     pub schedules: Vec<ScheduleRow>,
     pub shapes: BTreeMap<String, JobShape>,
@@ -372,6 +374,7 @@ impl Model {
             jobs: BTreeMap::new(),
             queues: BTreeMap::new(),
             workers: Vec::new(),
+            nodes: Vec::new(),
             schedules: schedule_rows(&snapshot.jobs, &snapshot.schedule_fires),
             shapes: snapshot.jobs.into_iter().map(|j| (j.name.clone(), j)).collect(),
             counts: [0; STATES],

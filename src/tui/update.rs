@@ -2,7 +2,7 @@
 //! (talk to the engine, read a file) comes back as [`Command`]s for the loop to run.
 
 use super::rows::TaskRun;
-use crate::engine::{EngineEvent, QueueSnapshot, Target, WorkerSnapshot};
+use crate::engine::{EngineEvent, NodeStatus, QueueSnapshot, Target, WorkerSnapshot};
 use crate::model::{JobState, TaskState};
 
 use super::job_graph::{self, Row};
@@ -26,6 +26,8 @@ pub enum Msg {
     },
     Workers(Vec<WorkerSnapshot>),
     Queues(Vec<QueueSnapshot>),
+    /// The cluster's nodes, read at the refresh (none without a cluster).
+    Nodes(Vec<NodeStatus>),
     /// How a command sent to the engine went (its answer, or the error).
     Done {
         command: Command,
@@ -90,6 +92,13 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Command> {
         }
         Msg::Queues(queues) => {
             model.set_queues(queues);
+            Vec::new()
+        }
+        Msg::Nodes(nodes) => {
+            if nodes != model.nodes {
+                model.nodes = nodes;
+                model.changed = true;
+            }
             Vec::new()
         }
         Msg::Done { command, result } => {

@@ -6,7 +6,8 @@ use super::PgError;
 pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_cluster.sql"),
-    include_str!("migrations/0003_adopt.sql"),
+    include_str!("migrations/0003_cronlogs.sql"),
+    include_str!("migrations/0004_adopt.sql"),
 ];
 
 /// The schema this gaffer writes.

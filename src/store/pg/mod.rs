@@ -22,14 +22,20 @@ pub mod adopt;
 mod adopt_tests;
 mod batch;
 #[cfg(test)]
+mod cron_tests;
+#[cfg(test)]
 mod engine_tests;
+mod events;
 pub mod fence;
 mod ids;
+mod logs;
 pub mod mail;
 mod migrate;
 pub mod queue;
 mod seam;
 mod snapshot;
+#[cfg(test)]
+mod stream_tests;
 /// The private PostgreSQL the tests start, for the integration tests too (`tests/`).
 #[doc(hidden)]
 pub mod testing;
@@ -73,6 +79,9 @@ pub enum PgError {
     /// batch was written (`fence.rs`).
     #[error("job run j{job_run}: another node owns it now; this node's commit for it was not written")]
     Fenced { job_run: u64 },
+    /// Another node recorded this fire time of `job`'s schedule first (the batch was not written).
+    #[error("postgres: the schedule of job `{job}` was fired by another node")]
+    FireTaken { job: String },
 }
 
 impl From<tokio_postgres::Error> for PgError {

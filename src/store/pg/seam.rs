@@ -18,11 +18,13 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::runtime::Handle;
 
+use super::events::EventLog;
 use super::ids::{ENQUEUE_SEQS, ID_BLOCK, JOB_RUN_IDS, TASK_RUN_IDS, reserve};
+use super::logs::{ChunkWriter, Shipment};
 use super::{PgError, PgOptions, PgSnapshot, PgStore};
 use crate::store::{
-    AttemptRecord, CacheEntry, Committing, DefinitionRecord, JobRunRecord, Mutation, RaisedBudgets, ScheduleState,
-    Snapshot, Store, StoreError, TaskRunRecord,
+    AttemptLog, AttemptRecord, CacheEntry, Committing, DefinitionRecord, JobRunRecord, LogShipping, Mutation, NodeView,
+    RaisedBudgets, ScheduleState, Snapshot, Store, StoreError, StoredEvent, TaskRunRecord,
 };
 
 impl From<PgError> for StoreError {
@@ -30,6 +32,7 @@ impl From<PgError> for StoreError {
         match e {
             PgError::Closed => StoreError::Closed,
             PgError::Fenced { job_run } => StoreError::Fenced { job_run },
+            PgError::FireTaken { job } => StoreError::FireTaken { job },
             other => StoreError::File(other.to_string()),
         }
     }
@@ -45,6 +48,8 @@ pub struct PgBackend {
     job_runs: Arc<Prefetched>,
     task_runs: Arc<Prefetched>,
     enqueue_seqs: Arc<Prefetched>,
+    events: EventLog,
+    chunks: ChunkWriter,
 }
 
 impl PgBackend {
@@ -55,7 +60,13 @@ impl PgBackend {
         let opening = url.to_string();
         let store = runtime.block_on(async move { PgStore::open(&opening, options).await })?;
         let prefetch = |sequence| Prefetched::start(&runtime, store.pool().clone(), sequence);
+        let (events, chunks) = {
+            let _entered = runtime.handle.enter();
+            (EventLog::start(store.pool().clone()), ChunkWriter::start(store.pool().clone()))
+        };
         Ok(PgBackend {
+            events,
+            chunks,
             job_runs: prefetch(JOB_RUN_IDS)?,
             task_runs: prefetch(TASK_RUN_IDS)?,
             enqueue_seqs: prefetch(ENQUEUE_SEQS)?,
@@ -138,6 +149,46 @@ impl Store for PgBackend {
 
     fn next_enqueue_seq(&self) -> u64 {
         self.enqueue_seqs.next(&self.runtime.handle)
+    }
+
+    fn ship_log(&self, log: AttemptLog<'_>) -> Option<LogShipping> {
+        let (shipping, shipper) = LogShipping::new();
+        let shipment = Shipment {
+            job_run: log.job_run,
+            task_run: log.task_run,
+            attempt: log.attempt,
+            state_dir: log.state_dir.to_path_buf(),
+            path: log.path.to_path_buf(),
+        };
+        self.runtime.handle.spawn(super::logs::ship(self.chunks.clone(), shipment, shipper));
+        Some(shipping)
+    }
+
+    fn forget_past_retention(&self, ended: &[u64], events_before_ms: u64) -> Result<(), StoreError> {
+        let (pool, ended) = (self.store.pool().clone(), ended.to_vec());
+        self.runtime.block_on(async move {
+            super::logs::forget(&pool, &ended).await?;
+            super::events::forget_before(&pool, events_before_ms).await
+        })
+    }
+
+    fn nodes(&self) -> Result<Option<Vec<NodeView>>, StoreError> {
+        Store::snapshot(self)?.nodes()
+    }
+
+    fn record_event(&self, job_run: Option<u64>, at_ms: u64, json: &str) {
+        self.events.record(StoredEvent { seq: 0, job_run, at_ms, json: json.to_string() });
+    }
+}
+
+impl Drop for PgBackend {
+    /// Events published just before the stop still reach the stream (bounded).
+    fn drop(&mut self) {
+        let events = self.events.clone();
+        let _ = self.runtime.block_on(async move {
+            events.drained(Duration::from_secs(2)).await;
+            Ok(())
+        });
     }
 }
 
@@ -401,5 +452,17 @@ impl Snapshot for PgSyncSnapshot {
 
     fn paused_queues(&self) -> Result<BTreeSet<String>, StoreError> {
         self.read(|s| async move { s.paused_queues().await })
+    }
+
+    fn log_bytes(&self, task_run: u64, attempt: u32, offset: u64, max: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(move |s| async move { s.log_bytes(task_run, attempt, offset, max).await.map(Some) })
+    }
+
+    fn events_after(&self, seq: u64, limit: usize) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+        self.read(move |s| async move { s.events_after(seq, limit).await.map(Some) })
+    }
+
+    fn nodes(&self) -> Result<Option<Vec<NodeView>>, StoreError> {
+        self.read(|s| async move { s.nodes().await.map(Some) })
     }
 }

@@ -10,9 +10,9 @@ use tokio_postgres::types::ToSql;
 
 use super::PgError;
 use super::writer::{from_db, to_db};
-use crate::store::ScheduleState;
 use crate::store::codec::{self, Record};
 use crate::store::records::{AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, RaisedBudgets, TaskRunRecord};
+use crate::store::{NodeView, ScheduleState, StoredEvent};
 
 pub struct PgSnapshot {
     /// `None` only while being dropped.
@@ -123,6 +123,42 @@ impl PgSnapshot {
     pub async fn paused_queues(&self) -> Result<BTreeSet<String>, PgError> {
         let rows = self.client().query("SELECT queue FROM paused_queues", &[]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Up to `max` bytes of an attempt's shipped log from byte `offset` (`logs.rs`).
+    pub async fn log_bytes(&self, task_run: u64, attempt: u32, offset: u64, max: u64) -> Result<Vec<u8>, PgError> {
+        super::logs::log_bytes(self.client(), task_run, attempt, offset, max).await
+    }
+
+    /// Up to `limit` events of the cluster's stream after `seq` (`events.rs`).
+    pub async fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<StoredEvent>, PgError> {
+        super::events::events_after(self.client(), seq, limit).await
+    }
+
+    /// The nodes by name, their heartbeat age and liveness at the database's clock (the
+    /// snapshot's start): live while the lease has not passed and the node has not stopped
+    /// (`model::lease`).
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, PgError> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT id, name, labels, \
+                 greatest(0, (extract(epoch FROM now() - heartbeat_at) * 1000)::bigint), \
+                 lease_until > now() AND NOT stopped \
+                 FROM nodes ORDER BY name",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeView {
+                id: from_db(r.get(0)),
+                name: r.get(1),
+                labels: r.get(2),
+                heartbeat_age_ms: from_db(r.get(3)),
+                live: r.get(4),
+            })
+            .collect())
     }
 
     /// Decodes every record of every table; the count per table.

@@ -96,9 +96,9 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused_before_anything_is_
     drop(first);
     let second = open(&db).await;
     drop(second);
-    let each_once: Vec<String> = (1..=SCHEMA_VERSION).map(|v| v.to_string()).collect();
+    let every: Vec<String> = (1..=SCHEMA_VERSION).map(|v| v.to_string()).collect();
     let applied = db.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM gaffer_schema");
-    assert_eq!(applied.trim(), each_once.join(","), "applied once");
+    assert_eq!(applied.trim(), every.join(","), "each applied once");
     assert!(tables().trim().parse::<u32>().expect("count") > 10);
 }
 

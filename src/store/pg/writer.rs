@@ -94,7 +94,9 @@ async fn commit_loop(
         match committed {
             Ok(fenced) => answer(group, fenced),
             Err(e) if group.len() > 1 => {
-                tracing::warn!("postgres: a group commit failed ({e}); committing its batches one by one");
+                if !matches!(e, PgError::FireTaken { .. }) {
+                    tracing::warn!("postgres: a group commit failed ({e}); committing its batches one by one");
+                }
                 for request in group {
                     let result = commit_retrying(&pool, &facts, &ownership, std::slice::from_ref(&request)).await;
                     commits.fetch_add(1, Ordering::Relaxed);
@@ -251,7 +253,15 @@ pub async fn apply(
     let params: Vec<Vec<&(dyn ToSql + Sync)>> =
         statements.iter().map(|(_, ps)| ps.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()).collect();
     let runs = prepared.iter().zip(&params).map(|(stmt, ps)| tx.execute(stmt, ps));
-    futures_util::future::try_join_all(runs).await?;
+    let written = futures_util::future::try_join_all(runs).await?;
+    // A fire time another node recorded first writes no row: the whole batch is refused.
+    for (m, rows) in batch.iter().zip(written) {
+        if let Mutation::Schedule(job, _) = m
+            && rows == 0
+        {
+            return Err(PgError::FireTaken { job: job.clone() });
+        }
+    }
     Ok(())
 }
 
@@ -282,8 +292,11 @@ const PUT_TASK_RUN_BY_NODE: &str = "INSERT INTO task_runs (id, job_run, task, it
                  WHEN task_runs.state = 'running' THEN task_runs.node ELSE excluded.node END";
 const PUT_ATTEMPT: &str = "INSERT INTO attempts (task_run, n, record) VALUES ($1, $2, $3) \
      ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record";
-const PUT_SCHEDULE: &str = "INSERT INTO schedules (job, record) VALUES ($1, $2) \
-     ON CONFLICT (job) DO UPDATE SET record = excluded.record";
+/// Taken only as `model::schedule::fire_accepted` says; otherwise no row is written.
+const PUT_SCHEDULE: &str = "INSERT INTO schedules (job, record, last_fired_ms) VALUES ($1, $2, $3) \
+     ON CONFLICT (job) DO UPDATE SET record = excluded.record, last_fired_ms = excluded.last_fired_ms \
+     WHERE excluded.last_fired_ms IS NULL OR schedules.last_fired_ms IS NULL \
+     OR schedules.last_fired_ms < excluded.last_fired_ms";
 const PAUSE: &str = "INSERT INTO paused_queues (queue) VALUES ($1) ON CONFLICT DO NOTHING";
 const RESUME: &str = "DELETE FROM paused_queues WHERE queue = $1";
 const PUT_KEY: &str = "INSERT INTO idempotency (key, job_run) VALUES ($1, $2) \
@@ -348,7 +361,10 @@ fn statement(m: &Mutation, facts: &QueueFacts, owner: Option<u64>) -> Result<(&'
         Mutation::Attempt(a) => {
             (PUT_ATTEMPT, vec![Box::new(to_db(a.task_run)), Box::new(a.n as i32), Box::new(codec::encode(a)?)])
         }
-        Mutation::Schedule(job, state) => (PUT_SCHEDULE, vec![Box::new(job.clone()), Box::new(codec::encode(state)?)]),
+        Mutation::Schedule(job, state) => (
+            PUT_SCHEDULE,
+            vec![Box::new(job.clone()), Box::new(codec::encode(state)?), Box::new(state.last_fired_ms.map(to_db))],
+        ),
         Mutation::QueuePaused(queue, true) => (PAUSE, vec![Box::new(queue.clone())]),
         Mutation::QueuePaused(queue, false) => (RESUME, vec![Box::new(queue.clone())]),
         Mutation::IdempotencyKey(key, job_run) => (PUT_KEY, vec![Box::new(key.clone()), Box::new(to_db(*job_run))]),

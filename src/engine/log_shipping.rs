@@ -1,0 +1,64 @@
+//! Ships every attempt's log into a store shared by several nodes (`Store::ship_log`), so
+//! `logs` works from any node: an [`Executor`] around the real one that starts shipping once
+//! the attempt's log exists and whose `done` resolves after the last of it is stored. With redb
+//! the store ships nothing and the attempt is the inner executor's, untouched.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::executor::{AttemptEvent, AttemptSpec, Executor, ProcessHandle, RunningAttempt, SpawnError};
+use crate::store::{AttemptLog, StoreHandle};
+
+pub struct ShippingExecutor {
+    inner: Arc<dyn Executor>,
+    store: StoreHandle,
+}
+
+/// `inner`, shipping the logs of the attempts it starts into `store`.
+pub fn wrap(inner: Arc<dyn Executor>, store: &StoreHandle) -> Arc<dyn Executor> {
+    Arc::new(ShippingExecutor { inner, store: store.clone() })
+}
+
+impl Executor for ShippingExecutor {
+    fn spawn(&self, spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError> {
+        let (job_run, task_run, attempt) = (spec.job_run, spec.task_run, spec.attempt);
+        let (state_dir, path) = (spec.state_dir.clone(), spec.log_path.clone());
+        let running = self.inner.spawn(spec, events)?;
+        if running.process.is_none() {
+            return Ok(running); // no process, no log (the no-op executor of benchmarks)
+        }
+        let log = AttemptLog { job_run, task_run, attempt, state_dir: &state_dir, path: &path };
+        let Some(shipping) = self.store.ship_log(log) else { return Ok(running) };
+        let done = running.done;
+        let done = async move {
+            let exit = done.await;
+            shipping.finish().await;
+            exit
+        };
+        Ok(RunningAttempt { process: running.process, done: Box::pin(done) })
+    }
+
+    fn blocks(&self) -> bool {
+        self.inner.blocks()
+    }
+
+    fn terminate(&self, process: ProcessHandle, grace: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        self.inner.terminate(process, grace)
+    }
+
+    fn kill_now(&self, process: ProcessHandle) {
+        self.inner.kill_now(process)
+    }
+
+    fn is_running(&self, process: &ProcessHandle) -> bool {
+        self.inner.is_running(process)
+    }
+
+    fn kill_orphans(&self, state_dir: &Path, task_run: u64, attempt: u32, process: Option<ProcessHandle>) {
+        self.inner.kill_orphans(state_dir, task_run, attempt, process)
+    }
+}
