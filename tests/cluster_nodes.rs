@@ -403,3 +403,21 @@ fn a_runner_paused_past_its_lease_has_its_attempts_run_again_by_the_owner() {
     }
     assert_eq!(cluster.job_state(id), "succeeded");
 }
+
+#[test]
+fn a_schedule_fires_once_per_fire_time_across_three_nodes() {
+    let workflow =
+        format!("[jobs.tick]\nschedule = \"*/2 * * * * *\"\n[jobs.tick.tasks.t]\nrun = '{}'\n", marked("true"));
+    let Some(cluster) = Cluster::start(&workflow, 2) else { return };
+    wait_until(Duration::from_secs(30), "three fire times", || cluster.marks().iter().filter(|m| m.start).count() >= 3);
+    // Every node had its chance at each fire time: one job run each, never two.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut starts: Vec<u128> = cluster.marks().iter().filter(|m| m.start).map(|m| m.nanos).collect();
+    starts.sort();
+    for pair in starts.windows(2) {
+        assert!(pair[1] - pair[0] > 1_000_000_000, "two runs of one fire time: {starts:?}");
+    }
+    let runs = cluster.db.psql("SELECT count(*) FROM job_runs WHERE job = 'tick'");
+    let runs: usize = runs.trim().parse().expect("a count");
+    assert!(runs >= starts.len() && runs <= starts.len() + 1, "{runs} job runs for {} starts", starts.len());
+}
