@@ -809,6 +809,7 @@ impl JobRun {
     /// ended (their process groups killed if still alive), and the graph settled.
     fn resume(&mut self, ctx: &mut Context<Self>) {
         self.step(ctx, Input::Resume, Vec::new(), Vec::new());
+        self.end_from_rows_unless_mailed(ctx);
         for mut attempt in std::mem::take(&mut self.interrupted) {
             if self.idx(attempt.task_run).is_none() {
                 continue;
@@ -831,6 +832,41 @@ impl JobRun {
             self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
         }
         self.step(ctx, Input::Settle, Vec::new(), Vec::new());
+    }
+}
+
+/// How long an adopter waits for the `Ended` letter of an attempt that another node already
+/// completed (its row says so) before it takes the outcome from the row.
+const ENDED_LETTER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl JobRun {
+    /// Adopted attempts that ended on their node (the fenced completion wrote their row) but
+    /// whose `Ended` letter the old owner may have read and died before acting on: if no letter
+    /// comes within [`ENDED_LETTER_GRACE`], the outcome is the row's (without its outputs,
+    /// which only the letter carries).
+    fn end_from_rows_unless_mailed(&mut self, ctx: &mut Context<Self>) {
+        let awaited: Vec<(u64, u32)> = self
+            .running
+            .iter()
+            .filter(|(_, (a, runner))| runner.is_none() && a.ended_at_ms.is_some())
+            .map(|(&task_run, (a, _))| (task_run, a.n))
+            .collect();
+        if awaited.is_empty() {
+            return;
+        }
+        ctx.run_later(ENDED_LETTER_GRACE, move |act, ctx| {
+            for (task_run, n) in awaited {
+                let still = matches!(act.running.get(&task_run), Some((a, None)) if a.n == n);
+                let Some((attempt, _)) = still.then(|| act.running.remove(&task_run)).flatten() else { continue };
+                tracing::warn!(
+                    task_run,
+                    "job run j{}: no `Ended` letter for attempt {n}; its row's outcome taken",
+                    act.record.id
+                );
+                act.note_if_idle();
+                act.ended_attempt(ctx, attempt, Default::default());
+            }
+        });
     }
 }
 
