@@ -533,12 +533,12 @@ impl JobRun {
                 act.committed.insert(seq, (events, Box::new(after)));
                 act.run_committed(ctx);
             }
-            Err(crate::store::StoreError::Fenced { .. }) => act.fenced_out(ctx),
             Err(crate::store::StoreError::FireTaken { .. }) => {
                 // A scheduled run whose fire time another node took: it never existed.
                 act.shared.supervisor.do_send(super::cron::FireLost { job_run: act.record.id });
                 ctx.stop();
             }
+            Err(crate::store::StoreError::Fenced { .. }) => act.fenced_out(ctx),
             Err(e) => {
                 let message = format!("job run j{}: cannot commit to the store: {e}", act.record.id);
                 if let Some(begun) = act.begun.take() {

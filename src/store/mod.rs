@@ -111,14 +111,14 @@ pub enum StoreError {
     NeedsRepair,
     #[error("the store has stopped")]
     Closed,
-    /// A cluster node committed for a job run another node adopted (`store::pg::fence`):
-    /// nothing of the batch was written; the job run is that node's to decide now.
-    #[error("job run j{job_run}: another node owns it now; this node's commit for it was not written")]
-    Fenced { job_run: u64 },
     /// A shared store refused a batch: another node recorded this fire time of `job`'s schedule
     /// (or a later one) first (`model::schedule::fire_accepted`). Nothing of the batch was written.
     #[error("the schedule of job `{job}` was fired by another node")]
     FireTaken { job: String },
+    /// A cluster node committed for a job run another node adopted (`store::pg::fence`):
+    /// nothing of the batch was written; the job run is that node's to decide now.
+    #[error("job run j{job_run}: another node owns it now; this node's commit for it was not written")]
+    Fenced { job_run: u64 },
 }
 
 /// ENOSPC anywhere in the error's chain (redb wraps the `io::Error`; its message is the fallback).

@@ -75,13 +75,13 @@ pub enum PgError {
     Codec(String),
     #[error("the store has stopped")]
     Closed,
+    /// Another node recorded this fire time of `job`'s schedule first (the batch was not written).
+    #[error("postgres: the schedule of job `{job}` was fired by another node")]
+    FireTaken { job: String },
     /// A commit for a job run this node does not own (any more) at its epoch: nothing of the
     /// batch was written (`fence.rs`).
     #[error("job run j{job_run}: another node owns it now; this node's commit for it was not written")]
     Fenced { job_run: u64 },
-    /// Another node recorded this fire time of `job`'s schedule first (the batch was not written).
-    #[error("postgres: the schedule of job `{job}` was fired by another node")]
-    FireTaken { job: String },
 }
 
 impl From<tokio_postgres::Error> for PgError {

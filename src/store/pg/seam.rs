@@ -31,8 +31,8 @@ impl From<PgError> for StoreError {
     fn from(e: PgError) -> StoreError {
         match e {
             PgError::Closed => StoreError::Closed,
-            PgError::Fenced { job_run } => StoreError::Fenced { job_run },
             PgError::FireTaken { job } => StoreError::FireTaken { job },
+            PgError::Fenced { job_run } => StoreError::Fenced { job_run },
             other => StoreError::File(other.to_string()),
         }
     }
