@@ -31,6 +31,7 @@ mod cluster;
 pub(super) mod convert;
 mod fenced;
 pub use cluster::Mailed;
+pub use cluster::RunnerDied;
 mod rerun;
 pub use fenced::Disown;
 pub(crate) use rerun::workflow_for_run;
@@ -205,6 +206,12 @@ impl JobRun {
         interrupted: Vec<Interrupted>,
         raised: RaisedBudgets,
     ) -> JobRun {
+        let (going_on, interrupted): (Vec<Interrupted>, Vec<Interrupted>) =
+            interrupted.into_iter().partition(|i| i.goes_on.is_some());
+        let running = going_on
+            .into_iter()
+            .map(|i| (i.attempt.task_run, (i.attempt, i.goes_on.flatten().map(Runner::Remote))))
+            .collect();
         let crashes_before = interrupted.iter().map(|i| (i.attempt.task_run, i.crashes_before)).collect();
         let interrupted_elsewhere = interrupted.iter().filter(|i| i.elsewhere).map(|i| i.attempt.task_run).collect();
         let interrupted = interrupted.into_iter().map(|i| i.attempt).collect();
@@ -214,7 +221,7 @@ impl JobRun {
             shared,
             record,
             run,
-            running: HashMap::new(),
+            running,
             pids_unwritten: Default::default(),
             interrupted,
             interrupted_elsewhere,
@@ -802,6 +809,7 @@ impl JobRun {
     /// ended (their process groups killed if still alive), and the graph settled.
     fn resume(&mut self, ctx: &mut Context<Self>) {
         self.step(ctx, Input::Resume, Vec::new(), Vec::new());
+        self.end_from_rows_unless_mailed(ctx);
         for mut attempt in std::mem::take(&mut self.interrupted) {
             if self.idx(attempt.task_run).is_none() {
                 continue;
@@ -827,6 +835,41 @@ impl JobRun {
     }
 }
 
+/// How long an adopter waits for the `Ended` letter of an attempt that another node already
+/// completed (its row says so) before it takes the outcome from the row.
+const ENDED_LETTER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl JobRun {
+    /// Adopted attempts that ended on their node (the fenced completion wrote their row) but
+    /// whose `Ended` letter the old owner may have read and died before acting on: if no letter
+    /// comes within [`ENDED_LETTER_GRACE`], the outcome is the row's (without its outputs,
+    /// which only the letter carries).
+    fn end_from_rows_unless_mailed(&mut self, ctx: &mut Context<Self>) {
+        let awaited: Vec<(u64, u32)> = self
+            .running
+            .iter()
+            .filter(|(_, (a, runner))| runner.is_none() && a.ended_at_ms.is_some())
+            .map(|(&task_run, (a, _))| (task_run, a.n))
+            .collect();
+        if awaited.is_empty() {
+            return;
+        }
+        ctx.run_later(ENDED_LETTER_GRACE, move |act, ctx| {
+            for (task_run, n) in awaited {
+                let still = matches!(act.running.get(&task_run), Some((a, None)) if a.n == n);
+                let Some((attempt, _)) = still.then(|| act.running.remove(&task_run)).flatten() else { continue };
+                tracing::warn!(
+                    task_run,
+                    "job run j{}: no `Ended` letter for attempt {n}; its row's outcome taken",
+                    act.record.id
+                );
+                act.note_if_idle();
+                act.ended_attempt(ctx, attempt, Default::default());
+            }
+        });
+    }
+}
+
 fn render_template(text: &str, ctx: &TemplateContext, what: &str) -> Result<String, String> {
     if !template::is_templated(text) {
         return Ok(text.to_string());
@@ -841,6 +884,9 @@ pub struct Interrupted {
     pub crashes_before: u32,
     /// It ran on another node, which died (an adopted job run): its processes are not here.
     pub elsewhere: bool,
+    /// An adopted job run's attempt that was not interrupted: it still runs on that live node,
+    /// or ended there (`None`) and its `Ended` letter is on its way to whoever owns the run.
+    pub goes_on: Option<Option<i64>>,
 }
 
 impl Interrupted {
@@ -852,7 +898,8 @@ impl Interrupted {
             .filter(|a| a.n < t.attempt && a.n >= t.series_start)
             .take_while(|a| a.reason == Some(FailReason::Interrupted))
             .count();
-        Interrupted { attempt, crashes_before: u32::try_from(in_a_row).unwrap_or(u32::MAX), elsewhere: false }
+        let crashes_before = u32::try_from(in_a_row).unwrap_or(u32::MAX);
+        Interrupted { attempt, crashes_before, elsewhere: false, goes_on: None }
     }
 }
 

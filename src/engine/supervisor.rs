@@ -95,6 +95,13 @@ pub struct Supervisor {
     stopping: bool,
     /// Cluster mode: the adoption tick runs (`adopt.rs`).
     cluster_ticking: bool,
+    /// A rejoin after a lost lease is under way: the ticks a paused node fires in a burst when
+    /// it resumes must not each start one.
+    rejoining: bool,
+    /// Letters read for a job run this node owns but runs no actor for yet: an adoption
+    /// commits the ownership before the actor starts, and the mail reader may drain the run's
+    /// letters in between. Handed over when it starts (`adopt.rs`); oldest dropped past a bound.
+    early_mail: std::collections::VecDeque<crate::store::pg::mail::Letter>,
 }
 
 impl Supervisor {
@@ -113,6 +120,8 @@ impl Supervisor {
             fatal: None,
             stopping: false,
             cluster_ticking: false,
+            rejoining: false,
+            early_mail: Default::default(),
         }
     }
 
@@ -480,6 +489,9 @@ impl Handler<LocalOwner> for Supervisor {
 #[rtype(result = "()")]
 pub struct Delivered(pub Vec<crate::store::pg::mail::Letter>);
 
+/// Letters kept for job runs whose actor has not started (`Supervisor::early_mail`).
+const EARLY_MAIL_MAX: usize = 4096;
+
 impl Handler<Delivered> for Supervisor {
     type Result = ();
 
@@ -487,7 +499,13 @@ impl Handler<Delivered> for Supervisor {
         for letter in letters {
             match self.job_runs.get(&letter.job_run) {
                 Some(actor) => actor.do_send(crate::engine::job_run::Mailed(letter)),
-                None => tracing::debug!(job_run = letter.job_run, "mail for a job run not running here: dropped"),
+                None => {
+                    if self.early_mail.len() >= EARLY_MAIL_MAX {
+                        let dropped = self.early_mail.pop_front().map(|l| l.job_run);
+                        tracing::debug!(job_run = dropped, "mail for a job run not running here: dropped");
+                    }
+                    self.early_mail.push_back(letter);
+                }
             }
         }
     }

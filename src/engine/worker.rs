@@ -261,7 +261,7 @@ impl Owner {
             Letter { job_run: record.job_run, to_node: None, task_run: record.task_run, attempt: record.n, mail };
         actix::spawn(async move {
             let (task_run, n) = (record.task_run, record.n);
-            match node.completer.complete(record).await {
+            match node.completer().complete(record).await {
                 Ok(Verdict::Accepted) => node.mailer.send(letter),
                 Ok(Verdict::Refused(why)) => {
                     let message = format!(

@@ -8,6 +8,7 @@
 //! (`store::pg::mail`).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,11 +73,12 @@ pub struct ClusterNode {
     pub node: Node,
     heartbeat: Heartbeat,
     /// The node and heartbeat of the latest rejoin, if the node rejoined (`supervisor/adopt.rs`).
-    /// The completer and the mail reader stay on the first id (a gap: after a rejoin this node's
-    /// remote outcomes are refused, and kills sent to its new id are not read).
     rejoined: Mutex<Option<(Node, Heartbeat)>>,
-    /// Outcomes of attempts of job runs owned elsewhere, fenced (`queue::complete`).
-    pub completer: Completer,
+    /// The current id (the first, or the latest rejoin's), as the mail reader reads it.
+    current_id: Arc<AtomicI64>,
+    /// Outcomes of attempts of job runs owned elsewhere, fenced (`queue::complete`) as the
+    /// current node: a rejoin starts a new one.
+    completer: Mutex<Completer>,
     /// Letters to owners and to the nodes running this node's attempts.
     pub mailer: Mailer,
     /// The claim wake-ups and the mail reader, stopped when the node leaves.
@@ -94,7 +96,9 @@ impl ClusterNode {
         let (completer, mailer) =
             backend.run(async move { Ok((Completer::start(pool.clone(), beating), Mailer::start(pool))) })?;
         let rejoined = Mutex::default();
-        Ok(ClusterNode { backend, node, heartbeat, rejoined, completer, mailer, pumps: Mutex::default() })
+        let current_id = Arc::new(AtomicI64::new(node.id));
+        let completer = Mutex::new(completer);
+        Ok(ClusterNode { backend, node, heartbeat, rejoined, current_id, completer, mailer, pumps: Mutex::default() })
     }
 
     /// This node's row now: the first one, or the latest rejoin's.
@@ -109,7 +113,11 @@ impl ClusterNode {
     pub fn rejoin(&self) -> Result<Node, EngineError> {
         let old = self.current();
         let (node, heartbeat) = register(&self.backend, &old.name, &old.labels, old.lease)?;
+        let (pool, completing) = (self.backend.store().pool().clone(), node.clone());
+        let completer = self.backend.run(async move { Ok(Completer::start(pool, completing)) })?;
+        *self.completer.lock().unwrap_or_else(|e| e.into_inner()) = completer;
         *self.rejoined.lock().unwrap_or_else(|e| e.into_inner()) = Some((node.clone(), heartbeat));
+        self.current_id.store(node.id, Ordering::Relaxed);
         Ok(node)
     }
 
@@ -120,7 +128,7 @@ impl ClusterNode {
         let url = self.backend.url().to_string();
         let wakes = self.backend.spawn(wake_dispatcher(url.clone(), dispatcher));
         let pool = self.backend.store().pool().clone();
-        let mail = self.backend.spawn(read_mail(url, pool, self.node.id, supervisor, workers));
+        let mail = self.backend.spawn(read_mail(url, pool, self.current_id.clone(), supervisor, workers));
         if let Ok(mut pumps) = self.pumps.lock() {
             pumps.extend([wakes, mail]);
         }
@@ -130,6 +138,11 @@ impl ClusterNode {
         if let Ok(mut pumps) = self.pumps.lock() {
             pumps.drain(..).for_each(|p| p.abort());
         }
+    }
+
+    /// The completer of the current node id (`queue::complete`).
+    pub fn completer(&self) -> Completer {
+        self.completer.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn id(&self) -> i64 {
@@ -218,13 +231,15 @@ async fn wait(waker: &mut Option<Waker>) {
 async fn read_mail(
     url: String,
     pool: deadpool_postgres::Pool,
-    me: i64,
+    current_id: Arc<AtomicI64>,
     supervisor: Addr<Supervisor>,
     workers: WatchList,
 ) {
     let mut waker = listen(&url, MAIL_CHANNEL).await;
     while supervisor.connected() {
         wait(&mut waker).await;
+        // After a rejoin, the new id's mail: the old id owns nothing any more.
+        let me = current_id.load(Ordering::Relaxed);
         let letters = match pool.get().await {
             Ok(c) => mail::drain(&c, me).await,
             Err(e) => Err(e.into()),

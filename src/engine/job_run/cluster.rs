@@ -151,3 +151,26 @@ impl Handler<Mailed> for JobRun {
         }
     }
 }
+
+/// The node running attempt `attempt` of `task_run` died (its lease ran out) while this node
+/// owns the job run: the attempt is recorded `interrupted` and retried by policy; whatever
+/// that node reports later is refused by the fence.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunnerDied {
+    pub task_run: u64,
+    pub attempt: u32,
+}
+
+impl Handler<RunnerDied> for JobRun {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunnerDied, ctx: &mut Self::Context) {
+        let remote =
+            matches!(self.running.get(&msg.task_run), Some((a, Some(Runner::Remote(_)))) if a.n == msg.attempt);
+        let Some((mut attempt, _)) = remote.then(|| self.running.remove(&msg.task_run)).flatten() else { return };
+        self.note_if_idle();
+        attempt.detail = Some("its node died while it ran".into());
+        self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
+    }
+}

@@ -15,8 +15,9 @@ use super::reads::{Reading, StoredRun, stored_run};
 use crate::engine::EngineError;
 use crate::engine::cluster::ClusterNode;
 use crate::engine::job_run::Disown;
+use crate::engine::job_run::RunnerDied;
 use crate::model::lease::{expired_duties, renew_every_ms};
-use crate::store::pg::adopt::{adopt_orphaned_job_runs, running_attempts};
+use crate::store::pg::adopt::{RunningAttempt, adopt_orphaned_job_runs, orphaned_attempts_of, running_attempts};
 
 /// Job runs adopted per round at most (the rest wait for the next round, lease/3 later).
 const ADOPT_PER_ROUND: usize = 256;
@@ -48,11 +49,36 @@ impl Supervisor {
         if self.stopping {
             return;
         }
+        if self.rejoining {
+            return;
+        }
         if node.lease_lost() {
             self.lease_lost(ctx, node);
             return;
         }
         drop(self.adopt_round(ctx));
+        self.reap_dead_runners(ctx, &node);
+    }
+
+    /// Attempts of the job runs this node owns whose runner died: each JobRun records its own
+    /// `interrupted` (an adopter does the same for the runs it takes over).
+    fn reap_dead_runners(&mut self, ctx: &mut Context<Self>, node: &ClusterNode) {
+        let (pool, me) = (node.backend.store().pool().clone(), node.current());
+        let found = node.backend.spawn(async move {
+            let c = pool.get().await?;
+            orphaned_attempts_of(&c, &me).await
+        });
+        ctx.spawn(found.into_actor(self).map(|found, act, _ctx| match found {
+            Ok(Ok(found)) => {
+                for (job_run, task_run, attempt) in found {
+                    if let Some(actor) = act.job_runs.get(&job_run) {
+                        actor.do_send(RunnerDied { task_run, attempt });
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("cluster: cannot look for attempts on dead nodes: {e}"),
+            Err(e) => tracing::warn!("cluster: cannot look for attempts on dead nodes: {e}"),
+        }));
     }
 
     /// Adopts what dead or absent owners left, then resumes each adopted job run here. The
@@ -69,11 +95,12 @@ impl Supervisor {
             }
             let snapshot = shared.store.snapshot()?;
             let (mut stored, mut reset) = (Vec::new(), Vec::new());
-            for (job_run, orphaned) in runs {
+            for (job_run, running) in runs {
                 let Some(record) = snapshot.job_run(job_run)? else { continue };
                 let run = stored_run(&*snapshot, record, in_use)?;
+                let orphaned: HashSet<u64> = running.iter().filter(|r| r.orphaned).map(|r| r.task_run).collect();
                 reset.extend(claimed_unheard(&run, &orphaned));
-                stored.push(adopted_run(run, &orphaned));
+                stored.push(adopted_run(run, &running));
             }
             drop(snapshot);
             if !reset.is_empty() {
@@ -98,7 +125,19 @@ impl Supervisor {
         if !resumed.is_empty() {
             tracing::info!("cluster: adopted and resumed {} job run(s)", resumed.len());
         }
+        self.hand_over_early_mail();
         resumed
+    }
+
+    /// Letters read before their job run's actor started go to it now, in the order read.
+    fn hand_over_early_mail(&mut self) {
+        let letters = std::mem::take(&mut self.early_mail);
+        for letter in letters {
+            match self.job_runs.get(&letter.job_run) {
+                Some(actor) => actor.do_send(crate::engine::job_run::Mailed(letter)),
+                None => self.early_mail.push_back(letter),
+            }
+        }
     }
 
     /// `model::lease::expired_duties`: nothing new starts here, every JobRun actor stops without
@@ -125,21 +164,25 @@ impl Supervisor {
         if !duties.rejoin {
             return;
         }
+        self.rejoining = true;
         let rejoin = tokio::task::spawn_blocking(move || node.rejoin());
-        ctx.wait(rejoin.into_actor(self).map(|joined, act, ctx| match joined {
-            Ok(Ok(node)) => {
-                tracing::info!("cluster: joined again as node id {}", node.id);
-                drop(act.adopt_round(ctx));
+        ctx.wait(rejoin.into_actor(self).map(|joined, act, ctx| {
+            act.rejoining = false;
+            match joined {
+                Ok(Ok(node)) => {
+                    tracing::info!("cluster: joined again as node id {}", node.id);
+                    drop(act.adopt_round(ctx));
+                }
+                Ok(Err(e)) => tracing::error!("cluster: cannot join again ({e}); trying at the next tick"),
+                Err(e) => tracing::error!("cluster: cannot join again ({e}); trying at the next tick"),
             }
-            Ok(Err(e)) => tracing::error!("cluster: cannot join again ({e}); trying at the next tick"),
-            Err(e) => tracing::error!("cluster: cannot join again ({e}); trying at the next tick"),
         }));
     }
 }
 
 /// Adopts for `node` (the store then owns each at its new epoch) and says, per adopted job run,
-/// which of its task runs' attempts ran on a dead node. Blocks.
-fn adopt(node: &ClusterNode) -> Result<Vec<(u64, HashSet<u64>)>, EngineError> {
+/// its task runs' running attempts and where they run. Blocks.
+fn adopt(node: &ClusterNode) -> Result<Vec<(u64, Vec<RunningAttempt>)>, EngineError> {
     let me = node.current();
     let backend = node.backend.clone();
     let pool = backend.store().pool().clone();
@@ -147,17 +190,17 @@ fn adopt(node: &ClusterNode) -> Result<Vec<(u64, HashSet<u64>)>, EngineError> {
         let c = pool.get().await?;
         let mut found = Vec::new();
         for adopted in adopt_orphaned_job_runs(&c, &me, ADOPT_PER_ROUND).await? {
-            let orphaned = running_attempts(&c, adopted.job_run).await?;
-            found.push((adopted, orphaned.into_iter().filter(|r| r.orphaned).map(|r| r.task_run).collect()));
+            let running = running_attempts(&c, adopted.job_run).await?;
+            found.push((adopted, running));
         }
         Ok(found)
     })?;
     let ownership = &backend.store().ownership;
     Ok(adopted
         .into_iter()
-        .map(|(a, orphaned)| {
+        .map(|(a, running)| {
             ownership.adopted(a.job_run, a.epoch);
-            (a.job_run, orphaned)
+            (a.job_run, running)
         })
         .collect())
 }
@@ -171,11 +214,15 @@ fn claimed_unheard(run: &StoredRun, orphaned: &HashSet<u64>) -> Vec<crate::store
 
 /// The adopted run as the resume path takes it: only attempts that ran on a dead node are
 /// interrupted (and their processes are not on this machine); one that runs on a live node
-/// stays running.
-fn adopted_run(mut run: StoredRun, orphaned: &HashSet<u64>) -> StoredRun {
-    run.interrupted.retain(|i| orphaned.contains(&i.attempt.task_run));
+/// stays running, or ended there and its `Ended` letter is still to be read: the new owner
+/// awaits it as the old one did.
+fn adopted_run(mut run: StoredRun, running: &[RunningAttempt]) -> StoredRun {
     for i in &mut run.interrupted {
         i.elsewhere = true;
+        let found = running.iter().find(|r| r.task_run == i.attempt.task_run);
+        if let Some(r) = found.filter(|r| !r.orphaned) {
+            i.goes_on = Some(r.node.map(|n| n as i64));
+        }
     }
     run
 }

@@ -88,3 +88,26 @@ pub async fn running_attempts(c: &Client, job_run: u64) -> Result<Vec<RunningAtt
         })
         .collect())
 }
+
+/// Attempts of the job runs `me` owns that run on another node whose lease ran out: the
+/// owner records them `interrupted` ([`orphaned_attempt`]), as an adopter does for the runs it
+/// takes. From the owner's open job runs (their index), then each one's task runs by theirs.
+const ORPHANED_OF_MINE: &str = "SELECT t.job_run, t.id, t.attempt FROM job_runs j \
+     JOIN task_runs t ON t.job_run = j.id \
+     WHERE j.owner_node = $1 AND j.state = 'running' AND coalesce(t.state, '') = 'running' \
+       AND t.node IS NOT NULL AND t.node <> $1 \
+       AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = t.node AND n.lease_until > now()) \
+     ORDER BY t.id";
+
+/// `(job run, task run, attempt)` of each attempt of `me`'s job runs whose node died.
+pub async fn orphaned_attempts_of(c: &Client, me: &Node) -> Result<Vec<(u64, u64, u32)>, PgError> {
+    let stmt = c.prepare_cached(ORPHANED_OF_MINE).await?;
+    let rows = c.query(&stmt, &[&me.id]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let attempt: i32 = r.get(2);
+            (from_db(r.get(0)), from_db(r.get(1)), attempt as u32)
+        })
+        .collect())
+}

@@ -37,6 +37,8 @@ pub struct TestDb {
     pub schema: String,
     server: Server,
     users: Option<Flock<File>>,
+    /// A server of this test's own ([`TestDb::own_server`]): stopped and removed when dropped.
+    own: bool,
 }
 
 #[derive(Clone)]
@@ -73,7 +75,41 @@ impl TestDb {
              options='-c search_path={schema}'",
             server.port
         );
-        Some(TestDb { url, schema, server, users: Some(users) })
+        Some(TestDb { url, schema, server, users: Some(users), own: false })
+    }
+
+    /// A database on a server of this test's own (its own data dir and port), which the test
+    /// may restart ([`TestDb::restart_server`]) without disturbing the tests sharing the
+    /// common one; stopped and removed when dropped. `None` as [`TestDb::get`].
+    pub fn own_server() -> Option<TestDb> {
+        let Some(bin) = postgres_bin() else {
+            eprintln!("skipped: PostgreSQL is not installed (apt-get install postgresql; .ci/run does)");
+            return None;
+        };
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let uid = nix::unistd::getuid();
+        let base = std::env::temp_dir().join(format!("gaffer-pgtest-{uid}-own-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&base).expect("pg test dir");
+        set_mode(&base, 0o755);
+        let server = Server::start(&bin, &base, false);
+        let schema = format!("t_{}_own{n}", std::process::id());
+        server.psql(&format!("CREATE SCHEMA {schema}"));
+        let url = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres application_name={schema} \
+             options='-c search_path={schema}'",
+            server.port
+        );
+        Some(TestDb { url, schema, server, users: None, own: true })
+    }
+
+    /// Stops this test's own server (fast: sessions ended, as a crash or an upgrade would)
+    /// and starts it again on the same port. Panics on the shared server.
+    pub fn restart_server(&self) {
+        assert!(self.own, "only a test's own server is restarted");
+        self.server.stop();
+        self.server.launch(false);
+        std::fs::write(self.server.base.join("port"), self.server.port.to_string()).expect("port file");
     }
 
     /// The same database as a `postgres://` URL, the form `--store` takes.
@@ -93,6 +129,11 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if self.own {
+            self.server.stop();
+            let _ = std::fs::remove_dir_all(&self.server.base);
+            return;
+        }
         // The test's own connections may still hold locks (a snapshot's open transaction, a
         // rollback its runtime will never send, the runtime being blocked right here): they
         // are ended first, or the drop would wait for them forever.
@@ -134,18 +175,24 @@ impl Server {
             initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]);
             check(&mut initdb, "initdb");
         }
-        let port = free_port();
+        let server = Server { bin: bin.to_path_buf(), base: base.to_path_buf(), port: free_port() };
+        server.launch(durable);
+        std::fs::write(base.join("port"), server.port.to_string()).expect("port file");
+        server
+    }
+
+    /// `pg_ctl start` on the server's data dir and port, waiting until it answers.
+    fn launch(&self, durable: bool) {
+        let (data, port) = (self.base.join("data"), self.port);
         let mut options =
             format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=200");
         if !durable {
             options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
-        let mut start = server_command(&bin.join("pg_ctl"));
+        let mut start = server_command(&self.bin.join("pg_ctl"));
         start.arg("-D").arg(&data).arg("-l").arg(data.join("server.log")).args(["-w", "-t", "60", "-o", &options]);
         start.arg("start");
         check(&mut start, "pg_ctl start");
-        std::fs::write(base.join("port"), port.to_string()).expect("port file");
-        Server { bin: bin.to_path_buf(), base: base.to_path_buf(), port }
     }
 
     fn stop(&self) {

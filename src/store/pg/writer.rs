@@ -89,7 +89,7 @@ async fn commit_loop(
     commits: Arc<AtomicU64>,
 ) {
     while let Some(group) = super::batch::next_group(&mut rx, MAX_BATCH_MUTATIONS, |r| r.batch.len()).await {
-        let committed = commit_group(&pool, &facts, &ownership, &group).await;
+        let committed = commit_retrying(&pool, &facts, &ownership, &group).await;
         commits.fetch_add(1, Ordering::Relaxed);
         match committed {
             Ok(fenced) => answer(group, fenced),
@@ -98,7 +98,7 @@ async fn commit_loop(
                     tracing::warn!("postgres: a group commit failed ({e}); committing its batches one by one");
                 }
                 for request in group {
-                    let result = commit_group(&pool, &facts, &ownership, std::slice::from_ref(&request)).await;
+                    let result = commit_retrying(&pool, &facts, &ownership, std::slice::from_ref(&request)).await;
                     commits.fetch_add(1, Ordering::Relaxed);
                     let _ = request.reply.send(result.and_then(|fenced| outcome(fenced[0])));
                 }
@@ -110,6 +110,51 @@ async fn commit_loop(
             }
         }
     }
+}
+
+/// How long a commit is tried again while the database cannot be reached (a restart, a
+/// failover), waiting longer each time up to [`RECONNECT_MAX_WAIT`]; past it, the error goes to
+/// the committer as before. A commit is idempotent (puts by key, the same fence), so one whose
+/// answer was lost may be made twice.
+const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+const RECONNECT_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn commit_retrying(
+    pool: &Pool,
+    facts: &QueueFacts,
+    ownership: &Ownership,
+    group: &[Request],
+) -> Result<Vec<Option<u64>>, PgError> {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(50);
+    loop {
+        match commit_group(pool, facts, ownership, group).await {
+            Err(e) if unreachable(&e) && started.elapsed() < RECONNECT_FOR => {
+                tracing::warn!("postgres: cannot commit ({e}); trying again in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RECONNECT_MAX_WAIT);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The database is not there for now (restarting, shutting down, unreachable), rather than
+/// refusing the commit: worth trying again on a new connection.
+fn unreachable(e: &PgError) -> bool {
+    const SIGNS: [&str; 10] = [
+        "terminating connection",
+        "shutting down",
+        "starting up",
+        "recovery mode",
+        "error connecting",
+        "connection closed",
+        "Connection refused",
+        "Connection reset",
+        "Broken pipe",
+        "No route to host",
+    ];
+    matches!(e, PgError::Db(m) if SIGNS.iter().any(|s| m.contains(s)))
 }
 
 fn outcome(fenced: Option<u64>) -> Result<(), PgError> {
