@@ -701,6 +701,10 @@ impl Handler<JobRunEnded> for Supervisor {
     fn handle(&mut self, msg: JobRunEnded, ctx: &mut Self::Context) {
         self.job_runs.remove(&msg.id);
         self.ended.insert(msg.id, msg.state);
+        // Nobody decides for an ended job run: a command about it takes it over (`relay.rs`).
+        if let Some(node) = self.cluster() {
+            node.backend.store().ownership.release(msg.id);
+        }
         if let Some(job) = self.job_of.remove(&msg.id)
             && let Some(scheduled_for) = self.waiting_fires.remove(&job)
         {

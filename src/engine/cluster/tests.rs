@@ -39,6 +39,7 @@ fn a_node_registers_owns_what_it_creates_and_leaves() {
     let text = "[jobs.j.tasks.hello]\nrun = \"true\"\n";
     let mut config = node_config(&db, dir.path(), text, "node-a", 1);
     config.cluster.as_mut().expect("cluster").labels = vec!["gpu".into()];
+    let backend = config.cluster.as_ref().expect("cluster").backend.clone();
     let system = actix::System::new();
     let id = system.block_on(async move {
         let handle = crate::engine::start(config);
@@ -49,6 +50,7 @@ fn a_node_registers_owns_what_it_creates_and_leaves() {
         let id = submitted.expect("submit").job_run;
         let ended = handle.wait(vec![id]).await.expect("wait");
         assert_eq!(ended, [(id, JobState::Succeeded)]);
+        assert_eq!(backend.store().ownership.owned(), Vec::<u64>::new(), "an ended run is forgotten");
         handle.shutdown().await;
         (id, db)
     });
