@@ -290,9 +290,7 @@ pub fn queue_facts(workflow: &crate::config::Workflow) -> crate::store::pg::Queu
     let aging: std::collections::BTreeMap<String, Option<Duration>> =
         workflow.queues.iter().map(|(name, q)| (name.clone(), q.aging)).collect();
     Arc::new(move |r: &crate::store::TaskRunRecord| {
-        let aging = aging.get(&r.queue).copied().flatten();
-        let key = crate::model::policy::priority_key(r.priority, r.queued_at_ms.unwrap_or(0), aging);
-        crate::store::pg::QueueColumns { sort_key: crate::store::pg::sort_key(key), requires: r.requires.clone() }
+        crate::store::pg::queue_columns(r, aging.get(&r.queue).copied().flatten())
     })
 }
 
