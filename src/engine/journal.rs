@@ -69,6 +69,20 @@ impl Handler<Publish> for Journal {
     }
 }
 
+/// Another cluster node's event (`cluster::follow_events`): to the subscribers only — it is in
+/// that node's journal and in the cluster's stream already.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Echo(pub EngineEvent);
+
+impl Handler<Echo> for Journal {
+    type Result = ();
+
+    fn handle(&mut self, Echo(event): Echo, _ctx: &mut Self::Context) {
+        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "mpsc::UnboundedReceiver<EngineEvent>")]
 pub struct Subscribe;

@@ -540,7 +540,7 @@ pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         });
     }
     if let Some(node) = &cluster {
-        node.start_pumps(dispatcher.clone(), supervisor.clone(), watch.clone());
+        node.start_pumps(dispatcher.clone(), supervisor.clone(), watch.clone(), journal.clone());
     }
     let arbiter = Arbiter::new();
     let clock = config.clock.clone();

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EngineError;
 use super::dispatcher::{ClaimNow, Dispatcher};
+use super::journal::{Echo, Journal};
 use super::supervisor::{Delivered, Supervisor};
 use super::watchdog::WatchList;
 use super::worker::Kill;
@@ -127,15 +128,22 @@ impl ClusterNode {
     /// Starts what feeds the engine: claim wake-ups (a `NOTIFY gaffer_queue` or the poll) to
     /// the Dispatcher, and this node's mail — kills to its workers, the rest to the Supervisor,
     /// which hands each letter to the JobRun actor of its job run.
-    pub(super) fn start_pumps(&self, dispatcher: Addr<Dispatcher>, supervisor: Addr<Supervisor>, workers: WatchList) {
+    pub(super) fn start_pumps(
+        &self,
+        dispatcher: Addr<Dispatcher>,
+        supervisor: Addr<Supervisor>,
+        workers: WatchList,
+        journal: Addr<Journal>,
+    ) {
         let url = self.backend.url().to_string();
         let wakes = self.backend.spawn(wake_dispatcher(url.clone(), dispatcher));
         let pool = self.backend.store().pool().clone();
         let reader =
             MailReader { current_id: self.current_id.clone(), supervisor, workers, relays: self.relays.clone() };
-        let mail = self.backend.spawn(read_mail(url, pool, reader));
+        let mail = self.backend.spawn(read_mail(url, pool.clone(), reader));
+        let events = self.backend.spawn(follow_events(pool, self.backend.event_log().clone(), journal));
         if let Ok(mut pumps) = self.pumps.lock() {
-            pumps.extend([wakes, mail]);
+            pumps.extend([wakes, mail, events]);
         }
     }
 
@@ -229,6 +237,37 @@ async fn wait(waker: &mut Option<Waker>) {
     match waker {
         Some(waker) => drop(waker.wait(POLL).await),
         None => tokio::time::sleep(POLL).await,
+    }
+}
+
+/// The other nodes' events, from the cluster's stream (`store::pg::events`) as they commit,
+/// to this node's subscribers (its TUI, `--json`, SSE), so each shows the whole cluster; read
+/// every [`POLL`] from the end of the stream at start, until the Journal is gone.
+async fn follow_events(pool: deadpool_postgres::Pool, log: crate::store::pg::events::EventLog, journal: Addr<Journal>) {
+    use crate::store::pg::events::{events_after, last_seq};
+    let mut after = None;
+    while journal.connected() {
+        let read = async {
+            let c = pool.get().await?;
+            let from = match after {
+                Some(seq) => seq,
+                None => last_seq(&c).await?,
+            };
+            Ok::<_, crate::store::pg::PgError>((from, events_after(&c, from, 1024).await?))
+        };
+        match read.await {
+            Ok((from, events)) => {
+                after = Some(events.last().map_or(from, |e| e.seq));
+                for stored in log.others(events) {
+                    let value = serde_json::from_str(&stored.json).ok();
+                    if let Some(event) = value.as_ref().and_then(crate::engine::EngineEvent::from_json) {
+                        journal.do_send(Echo(event));
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("cluster: cannot read the event stream ({e}); trying again"),
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -443,3 +443,38 @@ fn a_retry_of_an_ended_job_run_on_another_node_takes_it_over() {
     ));
     assert_eq!(owner.trim(), "b|2", "{owner}");
 }
+
+/// Issue #11 §6: the event stream of every node (its TUI, `--json`, SSE) carries the whole
+/// cluster's events: b's subscribers see the job run a owns, each of a's events once.
+#[test]
+fn a_nodes_subscribers_see_the_events_of_job_runs_another_node_owns() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j.tasks.hello]\nrun = \"true\"\n";
+    let system = actix::System::new();
+    system.block_on(async {
+        let cluster = Cluster::start(&db, text, &[("a", 1, &[]), ("b", 1, &[])]).await;
+        let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+        let mut on_a = a.subscribe().await.expect("subscribe");
+        let mut on_b = b.subscribe().await.expect("subscribe");
+        let id =
+            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+        assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, JobState::Succeeded)]);
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !seen.iter().any(|e: &EngineEvent| matches!(e.data, EventData::JobSucceeded(_))) {
+            let e = tokio::time::timeout_at(deadline, on_b.recv()).await.expect("a's events reach b").expect("open");
+            if e.job_run == Some(id) {
+                seen.push(e);
+            }
+        }
+        a.flush_events().await;
+        // Long enough for a's follower to have read its own events back: not handed to a again.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let on_a: Vec<EngineEvent> = drain(&mut on_a).into_iter().filter(|e| e.job_run == Some(id)).collect();
+        let names = |events: &[EngineEvent]| events.iter().map(|e| e.data.name()).collect::<Vec<_>>();
+        assert_eq!(on_a.iter().filter(|e| matches!(e.data, EventData::JobSucceeded(_))).count(), 1, "{on_a:?}");
+        seen.extend(drain(&mut on_b).into_iter().filter(|e| e.job_run == Some(id)));
+        assert_eq!(names(&seen), names(&on_a), "each of a's events once, in a's order");
+        cluster.stop().await;
+    });
+}

@@ -32,7 +32,26 @@ const MAX_INSERT: usize = 1_024;
 
 const APPEND: &str = "INSERT INTO events (job_run, at_ms, json) \
      SELECT j, a, t FROM unnest($1::bigint[], $2::bigint[], $3::text[]) WITH ORDINALITY AS e(j, a, t, n) \
-     ORDER BY n";
+     ORDER BY n RETURNING seq";
+
+/// Own events remembered for the follower, at most (past that the oldest are forgotten).
+const MAX_OWN: usize = 65_536;
+
+/// The `seq`s of this node's own events, so that its follower ([`EventLog::take_own`]) does
+/// not hand the node's events back to it. A `seq` is in it before its append commits, so
+/// before any reader can see it.
+#[derive(Default)]
+struct Own(std::sync::Mutex<std::collections::BTreeSet<u64>>);
+
+impl Own {
+    fn add(&self, seqs: impl IntoIterator<Item = u64>) {
+        let mut own = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        own.extend(seqs);
+        while own.len() > MAX_OWN {
+            own.pop_first();
+        }
+    }
+}
 
 /// A node's way into the event stream. Cheap to clone.
 #[derive(Clone)]
@@ -41,15 +60,26 @@ pub struct EventLog {
     dropped: Arc<AtomicU64>,
     /// Queued and not yet appended.
     pending: Arc<AtomicU64>,
+    own: Arc<Own>,
 }
 
 impl EventLog {
     /// Starts the appending task on the current runtime.
     pub fn start(pool: Pool) -> EventLog {
         let (tx, rx) = mpsc::channel(MAX_PENDING);
-        let pending = Arc::new(AtomicU64::new(0));
-        tokio::spawn(append_loop(pool, rx, pending.clone()));
-        EventLog { tx, dropped: Arc::new(AtomicU64::new(0)), pending }
+        let (pending, own) = (Arc::new(AtomicU64::new(0)), Arc::new(Own::default()));
+        tokio::spawn(append_loop(pool, rx, pending.clone(), own.clone()));
+        EventLog { tx, dropped: Arc::new(AtomicU64::new(0)), pending, own }
+    }
+
+    /// Of `events` (read in `seq` order), those another node published; forgets this node's
+    /// own up to the last of them.
+    pub fn others(&self, events: Vec<StoredEvent>) -> Vec<StoredEvent> {
+        let Some(last) = events.last().map(|e| e.seq) else { return events };
+        let mut own = self.own.0.lock().unwrap_or_else(|e| e.into_inner());
+        let others = events.into_iter().filter(|e| !own.contains(&e.seq)).collect();
+        *own = own.split_off(&(last + 1));
+        others
     }
 
     /// Resolves once every event queued so far is appended, or after `within`.
@@ -78,7 +108,7 @@ impl EventLog {
     }
 }
 
-async fn append_loop(pool: Pool, mut rx: mpsc::Receiver<StoredEvent>, pending: Arc<AtomicU64>) {
+async fn append_loop(pool: Pool, mut rx: mpsc::Receiver<StoredEvent>, pending: Arc<AtomicU64>, own: Arc<Own>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_INSERT {
@@ -86,7 +116,7 @@ async fn append_loop(pool: Pool, mut rx: mpsc::Receiver<StoredEvent>, pending: A
             group.push(next);
         }
         let mut pause = Duration::from_millis(50);
-        while let Err(e) = append(&pool, &group).await {
+        while let Err(e) = append(&pool, &group, &own).await {
             tracing::warn!("postgres: cannot append to the event stream ({e}); trying again in {pause:?}");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
@@ -95,14 +125,15 @@ async fn append_loop(pool: Pool, mut rx: mpsc::Receiver<StoredEvent>, pending: A
     }
 }
 
-async fn append(pool: &Pool, group: &[StoredEvent]) -> Result<(), PgError> {
+async fn append(pool: &Pool, group: &[StoredEvent], own: &Own) -> Result<(), PgError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK]).await?;
     let job_runs: Vec<Option<i64>> = group.iter().map(|e| e.job_run.map(to_db)).collect();
     let times: Vec<i64> = group.iter().map(|e| to_db(e.at_ms)).collect();
     let lines: Vec<&str> = group.iter().map(|e| e.json.as_str()).collect();
-    tx.execute(APPEND, &[&job_runs, &times, &lines]).await?;
+    let seqs = tx.query(APPEND, &[&job_runs, &times, &lines]).await?;
+    own.add(seqs.iter().map(|r| from_db(r.get(0))));
     tx.commit().await?;
     Ok(())
 }
@@ -136,4 +167,10 @@ pub async fn forget_before(pool: &Pool, before_ms: u64) -> Result<(), PgError> {
     let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
     pool.get().await?.execute("DELETE FROM events WHERE at_ms < $1", &[&before]).await?;
     Ok(())
+}
+
+/// The last `seq` of the stream now (0: empty): a follower starts after it.
+pub async fn last_seq(client: &deadpool_postgres::Client) -> Result<u64, PgError> {
+    let row = client.query_one("SELECT coalesce(max(seq), 0) FROM events", &[]).await?;
+    Ok(from_db(row.get(0)))
 }

@@ -25,7 +25,7 @@ mod batch;
 mod cron_tests;
 #[cfg(test)]
 mod engine_tests;
-mod events;
+pub mod events;
 pub mod fence;
 mod ids;
 mod logs;

@@ -53,6 +53,11 @@ pub struct PgBackend {
 }
 
 impl PgBackend {
+    /// This node's way into the cluster's event stream.
+    pub fn event_log(&self) -> &EventLog {
+        &self.events
+    }
+
     /// Connects to `url`, applies the migrations (or refuses a newer schema), reserves the first
     /// id blocks. Blocks: call it off any runtime's worker thread.
     pub fn open(url: &str, options: PgOptions) -> Result<PgBackend, StoreError> {
