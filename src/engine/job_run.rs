@@ -1434,7 +1434,8 @@ impl Handler<Stop> for JobRun {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: Stop, ctx: &mut Self::Context) -> Self::Result {
-        self.step(ctx, Input::Stop, Vec::new(), Vec::new());
+        let parked = self.parked(&(0..self.run.tasks.len()).collect::<Vec<_>>());
+        self.step(ctx, Input::Stop, parked, Vec::new());
         let idle = self.when_idle();
         let waited = async move {
             let _ = tokio::time::timeout(STOP_WAIT, idle).await;

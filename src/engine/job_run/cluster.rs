@@ -86,8 +86,24 @@ impl JobRun {
     /// then refused).
     pub(super) fn refuse_claim(&mut self, ctx: &mut Context<Self>, task_run: u64) {
         let Some(i) = self.idx(task_run) else { return };
-        let record = self.task_record(i);
-        self.persist_then(ctx, vec![Mutation::TaskRun(record)], Vec::new(), |_, _| {});
+        let mut writes = vec![Mutation::TaskRun(self.task_record(i))];
+        // Stopping, a queued task run is parked: claimed again, it would be refused again.
+        if self.run.stopping {
+            writes.extend(self.parked(&[i]));
+        }
+        self.persist_then(ctx, writes, Vec::new(), |_, _| {});
+    }
+
+    /// A graceful stop in a cluster: the queued task runs among `tasks` lose their rendered
+    /// spec, so no node runs them while this owner stops (a node that claims one gives it back,
+    /// `queue::give_back`); the node that adopts the run renders them again when it resumes it.
+    pub(super) fn parked(&self, tasks: &[usize]) -> Vec<Mutation> {
+        if self.shared.cluster.is_none() {
+            return Vec::new();
+        }
+        let queued =
+            tasks.iter().filter(|&&i| self.run.tasks[i].is_made() && self.run.tasks[i].state == TaskState::Queued);
+        queued.map(|&i| Mutation::Spec(self.run.tasks[i].id, None)).collect()
     }
 
     /// Node `node` started attempt `n` of `task_run`: the claim as the core sees it, then

@@ -47,6 +47,11 @@ impl Supervisor {
     fn cluster_tick(&mut self, ctx: &mut Context<Self>) {
         let Some(node) = self.cluster() else { return };
         if self.stopping {
+            // A graceful stop waits for this node's job runs' attempts: one whose runner died
+            // never reports, so it is recorded `interrupted` here as at any other time.
+            if !self.rejoining && !node.lease_lost() {
+                self.reap_dead_runners(ctx, &node);
+            }
             return;
         }
         if self.rejoining {
