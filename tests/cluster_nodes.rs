@@ -475,6 +475,46 @@ fn an_owner_stopped_after_its_runner_was_killed_stops_within_its_lease_and_grace
     }
 }
 
+#[test]
+fn what_no_live_node_can_run_and_what_runs_on_every_node_are_seen_from_any_node() {
+    // As many attempts as workers: two run on each node.
+    let mut workflow = job_of("busy", 6, &marked("sleep 30"), None);
+    workflow.push_str("[jobs.gpu.tasks.fit]\nrun = 'true'\nrequires = [\"gpu\"]\n");
+    let Some(cluster) = Cluster::start(&workflow, 2) else { return };
+    let gpu = cluster.submit(0, "gpu");
+    // status, read from the database by a machine with no node: nobody has the label.
+    let status = cluster.json(&["status"]);
+    let unroutable = status["unroutable"].as_array().cloned().unwrap_or_default();
+    assert_eq!(unroutable.len(), 1, "{status:#}");
+    assert_eq!(unroutable[0]["job_run"], gpu);
+    assert_eq!(unroutable[0]["reason"], "requires [gpu]: no node has it — start one with --label gpu");
+    let default = status["queues"].as_array().and_then(|q| q.iter().find(|q| q["name"] == "default").cloned());
+    assert_eq!(default.expect("the default queue")["unroutable"], 1, "{status:#}");
+    let shown = cluster.json(&["show", &format!("j{gpu}")]);
+    assert_eq!(shown["tasks"][0]["blocked"], unroutable[0]["reason"], "{shown:#}");
+    // Node a's view of the cluster (what `gaffer tui` attached to it shows in Workers): the
+    // attempts running on b and c too, each under its node.
+    let busy = cluster.submit(0, "busy");
+    wait_until(Duration::from_secs(20), "b and c running attempts", || {
+        !cluster.running_on("b").is_empty() && !cluster.running_on("c").is_empty()
+    });
+    let state_dir = cluster.nodes[0].project.state_dir();
+    let seen = |name: &str| -> Vec<(u64, u32)> {
+        let nodes = gaffer::api::client::call(&state_dir, "GET", "/v1/nodes", None).expect("GET /v1/nodes");
+        let nodes: Vec<gaffer::engine::NodeStatus> = serde_json::from_value(nodes).expect("nodes");
+        let node = nodes.into_iter().find(|n| n.name == name && n.live).expect("the node, live");
+        node.running.iter().map(|a| (a.task_run, a.attempt)).collect()
+    };
+    for name in ["b", "c"] {
+        wait_until(Duration::from_secs(10), &format!("a to see {name}'s attempts"), || {
+            let running = seen(name);
+            cluster.running_on(name).iter().all(|m| running.contains(&(m.task_run, m.attempt)))
+        });
+    }
+    let listed: usize = ["a", "b", "c"].iter().map(|n| seen(n).len()).sum();
+    assert_eq!(listed, cluster.tasks(busy).iter().filter(|t| t["state"] == "running").count(), "each once");
+}
+
 /// The kill -9 campaign's cluster mode (issue #11 §8; `scripts/kill9-campaign.sh --cluster`
 /// runs it with new seeds): job runs of many short tasks submitted to all three nodes, then,
 /// round after round, a random node killed with kill -9 at a random moment and started again

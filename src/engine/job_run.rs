@@ -31,7 +31,7 @@ mod cluster;
 pub(super) mod convert;
 mod fenced;
 pub use cluster::Mailed;
-pub use cluster::RunnerDied;
+pub use cluster::{EndedUnmailed, RunnerDied};
 mod rerun;
 pub use fenced::Disown;
 pub(crate) use rerun::workflow_for_run;

@@ -190,3 +190,32 @@ impl Handler<RunnerDied> for JobRun {
         self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
     }
 }
+
+/// An attempt of this job run that its runner completed (its row is written) before the runner
+/// died without its `Ended` letter reaching this owner: the outcome is the row's (without the
+/// outputs, which only the letter carries), as an adopter takes it
+/// (`end_from_rows_unless_mailed`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EndedUnmailed(pub AttemptRecord);
+
+impl Handler<EndedUnmailed> for JobRun {
+    type Result = ();
+
+    fn handle(&mut self, EndedUnmailed(row): EndedUnmailed, ctx: &mut Self::Context) {
+        let task_run = row.task_run;
+        let awaited = matches!(self.running.get(&task_run), Some((a, Some(Runner::Remote(_)))) if a.n == row.n);
+        if !awaited || row.ended_at_ms.is_none() {
+            return;
+        }
+        self.running.remove(&task_run);
+        tracing::warn!(
+            task_run,
+            "job run j{}: its runner died before its `Ended` letter for attempt {}; its row's outcome taken",
+            self.record.id,
+            row.n
+        );
+        self.note_if_idle();
+        self.ended_attempt(ctx, row, Default::default());
+    }
+}
