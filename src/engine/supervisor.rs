@@ -101,7 +101,7 @@ pub struct Supervisor {
     /// Letters read for a job run this node owns but runs no actor for yet: an adoption
     /// commits the ownership before the actor starts, and the mail reader may drain the run's
     /// letters in between. Handed over when it starts (`adopt.rs`); oldest dropped past a bound.
-    early_mail: std::collections::VecDeque<crate::store::pg::mail::Letter>,
+    early_mail: std::collections::VecDeque<crate::store::pg::mail::Received>,
 }
 
 impl Supervisor {
@@ -487,7 +487,7 @@ impl Handler<LocalOwner> for Supervisor {
 /// each goes to its job run's actor. One for a job run no actor runs here any more is dropped.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Delivered(pub Vec<crate::store::pg::mail::Letter>);
+pub struct Delivered(pub Vec<crate::store::pg::mail::Received>);
 
 /// Letters kept for job runs whose actor has not started (`Supervisor::early_mail`).
 const EARLY_MAIL_MAX: usize = 4096;
@@ -497,11 +497,11 @@ impl Handler<Delivered> for Supervisor {
 
     fn handle(&mut self, Delivered(letters): Delivered, _ctx: &mut Self::Context) {
         for letter in letters {
-            match self.job_runs.get(&letter.job_run) {
+            match self.job_runs.get(&letter.letter.job_run) {
                 Some(actor) => actor.do_send(crate::engine::job_run::Mailed(letter)),
                 None => {
                     if self.early_mail.len() >= EARLY_MAIL_MAX {
-                        let dropped = self.early_mail.pop_front().map(|l| l.job_run);
+                        let dropped = self.early_mail.pop_front().map(|l| l.letter.job_run);
                         tracing::debug!(job_run = dropped, "mail for a job run not running here: dropped");
                     }
                     self.early_mail.push_back(letter);

@@ -25,7 +25,7 @@ use crate::executor::AttemptSpec;
 use crate::model::lease::{DEFAULT_LEASE_MS, check_lease_ms};
 use crate::store::codec;
 use crate::store::pg::PgBackend;
-use crate::store::pg::mail::{self, Letter, MAIL_CHANNEL, Mail, Mailer};
+use crate::store::pg::mail::{self, MAIL_CHANNEL, Mail, Mailer, Received};
 use crate::store::pg::queue::{self, Completer, Heartbeat, Node, Waker};
 use crate::store::records::AttemptRecord;
 
@@ -251,8 +251,9 @@ async fn read_mail(
                 continue;
             }
         };
-        let (kills, to_owner): (Vec<Letter>, Vec<Letter>) = letters.into_iter().partition(|l| l.to_node == Some(me));
-        for letter in kills {
+        let (kills, to_owner): (Vec<Received>, Vec<Received>) =
+            letters.into_iter().partition(|r| r.letter.to_node == Some(me));
+        for Received { letter, .. } in kills {
             let Mail::Kill { reason, grace_ms } = letter.mail else { continue };
             let addrs: Vec<_> =
                 workers.lock().map(|w| w.workers.values().map(|(_, a)| a.clone()).collect()).unwrap_or_default();

@@ -149,7 +149,7 @@ impl Supervisor {
     fn hand_over_early_mail(&mut self) {
         let letters = std::mem::take(&mut self.early_mail);
         for letter in letters {
-            match self.job_runs.get(&letter.job_run) {
+            match self.job_runs.get(&letter.letter.job_run) {
                 Some(actor) => actor.do_send(crate::engine::job_run::Mailed(letter)),
                 None => self.early_mail.push_back(letter),
             }

@@ -6,7 +6,13 @@
 //! whoever owns the job run when the mail is read (`to_node` NULL), so an adoption needs no
 //! redirect. The owner writes `Kill` to the node running an attempt. Letters are written in the
 //! order they were sent, in batches (one transaction and one `NOTIFY gaffer_mail` per batch),
-//! and read in id order, each once (read = deleted).
+//! and read in id order.
+//!
+//! A letter to an owner is read at least once: reading marks it with the owner's epoch, and the
+//! owner deletes it in the commit that applies it (`Mutation::MailRead`), so an owner killed
+//! between reading and committing leaves it to its adopter, whose new epoch has not read it.
+//! A letter to a node (`Kill`) is read once (read = deleted): a node that dies is not running
+//! what it was told to kill. Letters of ended job runs are deleted by their owner's next read.
 
 use std::collections::BTreeMap;
 
@@ -173,34 +179,61 @@ async fn post(pool: &Pool, letters: &[Letter]) -> Result<(), PgError> {
     Ok(())
 }
 
-const DRAIN: &str = "WITH taken AS ( \
-     DELETE FROM node_mail WHERE id IN ( \
-         SELECT id FROM node_mail WHERE to_node = $1 \
-         UNION ALL \
-         SELECT m.id FROM node_mail m WHERE m.to_node IS NULL \
-           AND EXISTS (SELECT 1 FROM job_runs j WHERE j.id = m.job_run AND j.owner_node = $1)) \
+/// Letters for node `$1`: those to it are taken (deleted); those to the owner of a job run it
+/// owns and this owner epoch has not read yet are marked read by it; those of its ended job runs
+/// (late ones nobody will act on) are deleted. From the few letters, each job run by its key.
+const DRAIN: &str = "WITH to_owner AS ( \
+     UPDATE node_mail m SET read_epoch = j.owner_epoch FROM job_runs j \
+     WHERE m.to_node IS NULL AND j.id = m.job_run AND j.owner_node = $1 AND j.state = 'running' \
+       AND m.read_epoch IS DISTINCT FROM j.owner_epoch \
+     RETURNING m.id, m.job_run, m.to_node, m.task_run, m.attempt, m.body \
+ ), to_node AS ( \
+     DELETE FROM node_mail WHERE to_node = $1 \
      RETURNING id, job_run, to_node, task_run, attempt, body \
- ) SELECT job_run, to_node, task_run, attempt, body FROM taken ORDER BY id";
+ ), too_late AS ( \
+     DELETE FROM node_mail m USING job_runs j \
+     WHERE m.to_node IS NULL AND j.id = m.job_run AND j.owner_node = $1 AND j.state <> 'running' \
+ ) SELECT * FROM to_owner UNION ALL SELECT * FROM to_node ORDER BY id";
 
-/// Takes every letter for node `me`: those addressed to it, and those to the owner of a job run
-/// it owns (walked from the few letters, each job run by its primary key); in the order they
-/// were written. A letter that cannot be read is dropped, said.
-pub async fn drain(c: &deadpool_postgres::Client, me: i64) -> Result<Vec<Letter>, PgError> {
+/// A letter as read, with its row's id: an owner deletes it with the commit that applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub id: i64,
+    pub letter: Letter,
+}
+
+/// Reads every letter for node `me` not read yet ([`DRAIN`]), in the order they were written.
+/// A letter that cannot be read is dropped, said.
+pub async fn drain(c: &deadpool_postgres::Client, me: i64) -> Result<Vec<Received>, PgError> {
     let stmt = c.prepare_cached(DRAIN).await?;
     let rows = c.query(&stmt, &[&me]).await?;
     let mut letters = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
     for r in rows {
-        let body: Vec<u8> = r.get(4);
+        let id: i64 = r.get(0);
+        let body: Vec<u8> = r.get(5);
         let mail = match body.len() <= MAX_BODY_BYTES {
             true => codec::decode::<Mail>(&body).map_err(|e| e.to_string()),
             false => Err(format!("{} bytes, more than a letter may be", body.len())),
         };
-        let attempt: i32 = r.get(3);
-        let (job_run, task_run) = (from_db(r.get(0)), from_db(r.get(2)));
+        let attempt: i32 = r.get(4);
+        let (job_run, task_run) = (from_db(r.get(1)), from_db(r.get(3)));
         match mail {
-            Ok(mail) => letters.push(Letter { job_run, to_node: r.get(1), task_run, attempt: attempt as u32, mail }),
-            Err(e) => tracing::warn!("postgres: dropped a letter about task run {task_run} that cannot be read: {e}"),
+            Ok(mail) => letters.push(Received {
+                id,
+                letter: Letter { job_run, to_node: r.get(2), task_run, attempt: attempt as u32, mail },
+            }),
+            Err(e) => {
+                tracing::warn!("postgres: dropped a letter about task run {task_run} that cannot be read: {e}");
+                unreadable.push(id);
+            }
         }
+    }
+    if !unreadable.is_empty() {
+        c.execute(DELETE_READ, &[&unreadable]).await?;
     }
     Ok(letters)
 }
+
+/// Deletes letters by id: those an owner applied (in the commit that applied them).
+pub const DELETE_READ: &str = "DELETE FROM node_mail WHERE id = ANY($1)";
