@@ -187,6 +187,7 @@ async fn a_claim_its_node_cannot_run_is_given_back_to_the_queue_once() {
         "queued again at the count before the claim, not claimable for a while"
     );
     assert!(!queue::give_back(&c, node_b.id, t, 2, pause).await.expect("give back"), "once");
+}
 
 /// The kill -9 flake of `tests/cluster_nodes.rs`: an owner read `Ended` letters and died before
 /// the commit applying them. The letters are not lost: its adopter (a new epoch) reads them
