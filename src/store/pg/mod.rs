@@ -130,7 +130,14 @@ pub type QueueFacts = Arc<dyn Fn(&TaskRunRecord) -> QueueColumns + Send + Sync>;
 /// Without a workflow's facts: its priority is its order (no aging); it requires what its
 /// record says.
 pub fn plain_queue_facts() -> QueueFacts {
-    Arc::new(|r: &TaskRunRecord| QueueColumns { sort_key: i64::from(r.priority), requires: r.requires.clone() })
+    Arc::new(|r: &TaskRunRecord| queue_columns(r, None))
+}
+
+/// A task run's queue columns, its queue aging by `aging` (`model::policy::priority_key`): the
+/// one formula of `engine::cluster::queue_facts` and [`plain_queue_facts`].
+pub fn queue_columns(r: &TaskRunRecord, aging: Option<Duration>) -> QueueColumns {
+    let key = crate::model::policy::priority_key(r.priority, r.queued_at_ms.unwrap_or(0), aging);
+    QueueColumns { sort_key: sort_key(key), requires: r.requires.clone() }
 }
 
 /// `model::policy::priority_key` as a column: clamped into a bigint (only an aging of
