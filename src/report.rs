@@ -168,9 +168,10 @@ fn routing_labels(cluster: Option<&[crate::store::NodeView]>, instance: Option<&
 /// The cluster's nodes (a store shared by several nodes only): name, labels, heartbeat age and
 /// whether the lease is live, at the store's clock.
 pub fn nodes_json(nodes: &[crate::store::NodeView]) -> Value {
-    let rows = nodes
-        .iter()
-        .map(|n| json!({"name": n.name, "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "live": n.live}));
+    let rows = nodes.iter().map(|n| {
+        json!({"name": n.name, "labels": n.labels, "heartbeat_age_ms": n.heartbeat_age_ms, "live": n.live,
+                        "running": n.running.len()})
+    });
     Value::Array(rows.collect())
 }
 
@@ -233,22 +234,23 @@ fn latest_queues(reader: &dyn Snapshot) -> Result<BTreeMap<String, QueueDef>, St
     Ok(crate::engine::latest_workflow(reader)?.map(|w| w.queues).unwrap_or_default())
 }
 
-/// [`task_json`], and for a queued task run the node with `labels` cannot start (no other node
-/// runs yet), why: `blocked`.
-fn task_json_on(t: &TaskRunRecord, labels: Option<&[String]>) -> Value {
+/// [`task_json`], and for a queued task run no node of `nodes` (each one's labels) can start,
+/// why: `blocked`.
+fn task_json_on(t: &TaskRunRecord, nodes: &[&[String]]) -> Value {
     let mut value = task_json(t);
-    let nodes: Vec<&[String]> = labels.into_iter().collect();
-    if t.state == TaskState::Queued && crate::model::routing::unroutable(&t.requires, &nodes) {
+    if t.state == TaskState::Queued && crate::model::routing::unroutable(&t.requires, nodes) {
         value["blocked"] = crate::model::routing::blocked_reason(&t.requires, nodes[0]).into();
     }
     value
 }
 
 /// `show 42 --json`: the task run with its attempts; `show j7 --json`: the job run with its
-/// task runs. `labels`: the running node's; a queued task run it cannot start says why
-/// (`blocked`).
+/// task runs. `labels`: the running node's; a queued task run no live node (of a cluster, else
+/// the running node) can start says why (`blocked`).
 pub fn show(reader: &dyn Snapshot, target: Target, labels: Option<&[String]>) -> Result<Value, QueryError> {
-    let with_blocked = |t: &TaskRunRecord| task_json_on(t, labels);
+    let routing = routing_labels(reader.nodes()?.as_deref(), labels);
+    let nodes: Vec<&[String]> = routing.iter().map(Vec::as_slice).collect();
+    let with_blocked = |t: &TaskRunRecord| task_json_on(t, &nodes);
     match target {
         Target::TaskRun(id) => {
             let t = reader.task_run(id)?.ok_or_else(|| not_found(target))?;
@@ -382,7 +384,9 @@ pub fn for_each_task(
 ) -> Result<(), QueryError> {
     let states = TaskState::ALL.map(TaskState::as_str);
     let wanted = wanted_state(filter.state.as_deref(), "task run", TaskState::parse, &states)?;
-    let labels = filter.node_labels.as_deref();
+    let routing = routing_labels(reader.nodes()?.as_deref(), filter.node_labels.as_deref());
+    let labels: Vec<&[String]> = routing.iter().map(Vec::as_slice).collect();
+    let labels = labels.as_slice();
     let selected = |t: &TaskRunRecord| {
         wanted.is_none_or(|w| t.state == w)
             && filter.job.as_ref().is_none_or(|j| &t.job == j)
@@ -542,7 +546,7 @@ mod tests {
 
     fn node(name: &str, labels: &[&str], live: bool) -> crate::store::NodeView {
         let labels = labels.iter().map(|l| l.to_string()).collect();
-        crate::store::NodeView { id: 1, name: name.into(), labels, heartbeat_age_ms: 0, live }
+        crate::store::NodeView { id: 1, name: name.into(), labels, heartbeat_age_ms: 0, live, running: Vec::new() }
     }
 
     #[test]

@@ -105,6 +105,7 @@ fn the_openapi_document_describes_every_endpoint_and_every_field() {
             "/v1/jobs",
             "/v1/live",
             "/v1/logs/{id}",
+            "/v1/nodes",
             "/v1/openapi.json",
             "/v1/queues/{queue}/pause",
             "/v1/queues/{queue}/resume",

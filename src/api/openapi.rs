@@ -45,6 +45,7 @@ use crate::store::TaskRunKind;
         super::routes::cost,
         super::routes::logs,
         super::routes::live,
+        super::routes::nodes,
         super::routes::task_runs_of,
         super::metrics::metrics,
         super::routes::openapi,
@@ -404,6 +405,8 @@ pub struct ClusterNode {
     heartbeat_age_ms: u64,
     /// Its lease has not run out (and it has not stopped).
     live: bool,
+    /// How many attempts run on it now.
+    running: u64,
 }
 
 #[derive(ToSchema)]

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 
 use super::client::{Client, ClientError, encode};
 use crate::engine::{
-    Control, EngineError, EngineEvent, EngineSnapshot, QueueSnapshot, Reply, RetryOptions, Target, WorkerSnapshot,
+    Control, EngineError, EngineEvent, EngineSnapshot, NodeStatus, QueueSnapshot, Reply, RetryOptions, Target,
+    WorkerSnapshot,
 };
 use crate::report::TaskRunView;
 
@@ -116,5 +117,9 @@ impl Control for RemoteEngine {
 
     fn live(&self) -> Reply<'_, (Vec<WorkerSnapshot>, Vec<QueueSnapshot>)> {
         Box::pin(self.call(Method::GET, "/v1/live", None))
+    }
+
+    fn nodes(&self) -> Reply<'_, Vec<NodeStatus>> {
+        Box::pin(self.call(Method::GET, "/v1/nodes", None))
     }
 }

@@ -37,6 +37,7 @@ pub enum Request {
     Cost { by: CostBy, since_ms: Option<u64> },
     Logs { task_run: u64, attempt: Option<u32>, offset: u64 },
     Live,
+    Nodes,
     TaskRunsOf(u64),
     OpenApi,
     Metrics,
@@ -75,13 +76,14 @@ enum Endpoint {
     Cost,
     Logs,
     Live,
+    Nodes,
     TaskRunsOf,
     OpenApi,
     Metrics,
 }
 
 /// Every endpoint: the one method it takes and its path (actix's pattern syntax).
-const ENDPOINTS: [(Method, &str, Endpoint); 18] = [
+const ENDPOINTS: [(Method, &str, Endpoint); 19] = [
     (Method::GET, "/v1/status", Endpoint::Status),
     (Method::POST, "/v1/submit", Endpoint::Submit),
     (Method::POST, "/v1/retry", Endpoint::Retry),
@@ -97,6 +99,7 @@ const ENDPOINTS: [(Method, &str, Endpoint); 18] = [
     (Method::GET, "/v1/cost", Endpoint::Cost),
     (Method::GET, "/v1/logs/{id}", Endpoint::Logs),
     (Method::GET, "/v1/live", Endpoint::Live),
+    (Method::GET, "/v1/nodes", Endpoint::Nodes),
     (Method::GET, "/v1/job_runs/{id}/tasks", Endpoint::TaskRunsOf),
     (Method::GET, "/v1/openapi.json", Endpoint::OpenApi),
     (Method::GET, "/metrics", Endpoint::Metrics),
@@ -170,6 +173,7 @@ pub fn decode(method: &Method, uri: &Uri, content_type: Option<&str>, body: &[u8
             Request::Logs { task_run, attempt: q.attempt, offset: q.offset.map_or(0, |o| o.0) }
         }
         Endpoint::Live => Request::Live,
+        Endpoint::Nodes => Request::Nodes,
         Endpoint::TaskRunsOf => Request::TaskRunsOf(path_params::<Int64>(&path)?.0),
         Endpoint::OpenApi => Request::OpenApi,
         Endpoint::Metrics => Request::Metrics,

@@ -56,6 +56,7 @@ async fn dispatch(state: web::Data<ApiState>, req: HttpRequest, payload: web::Pa
         Request::Cost { by, since_ms } => cost(state, by, since_ms).await,
         Request::Logs { task_run, attempt, offset } => logs(state, task_run, attempt, offset).await,
         Request::Live => live(state).await,
+        Request::Nodes => nodes(state).await,
         Request::TaskRunsOf(job_run) => task_runs_of(state, job_run).await,
         Request::OpenApi => openapi(state).await,
         Request::Metrics => super::metrics::metrics(state).await,
@@ -296,6 +297,17 @@ pub(super) async fn logs(state: web::Data<ApiState>, task_run: u64, attempt: Opt
 pub(super) async fn live(state: web::Data<ApiState>) -> HttpResponse {
     match state.handle.queues().await {
         Ok(queues) => HttpResponse::Ok().json((state.handle.workers(), queues)),
+        Err(e) => error(&e),
+    }
+}
+
+/// The cluster's nodes with the attempts running on each, for the Workers view of `gaffer tui`
+/// (an empty list without a cluster; shape not promised).
+#[utoipa::path(get, path = "/v1/nodes", tag = "views", responses(
+    (status = 200, body = Vec<Value>), (status = 503, body = doc::Failure)))]
+pub(super) async fn nodes(state: web::Data<ApiState>) -> HttpResponse {
+    match crate::engine::Control::nodes(&state.handle).await {
+        Ok(nodes) => HttpResponse::Ok().json(nodes),
         Err(e) => error(&e),
     }
 }

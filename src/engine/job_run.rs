@@ -31,7 +31,7 @@ mod cluster;
 pub(super) mod convert;
 mod fenced;
 pub use cluster::Mailed;
-pub use cluster::RunnerDied;
+pub use cluster::{EndedUnmailed, RunnerDied};
 mod rerun;
 pub use fenced::Disown;
 pub(crate) use rerun::workflow_for_run;
@@ -1441,7 +1441,8 @@ impl Handler<Stop> for JobRun {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: Stop, ctx: &mut Self::Context) -> Self::Result {
-        self.step(ctx, Input::Stop, Vec::new(), Vec::new());
+        let parked = self.parked(&(0..self.run.tasks.len()).collect::<Vec<_>>());
+        self.step(ctx, Input::Stop, parked, Vec::new());
         let idle = self.when_idle();
         let waited = async move {
             let _ = tokio::time::timeout(STOP_WAIT, idle).await;

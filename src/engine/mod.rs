@@ -339,11 +339,15 @@ pub struct NodeStatus {
     pub labels: Vec<String>,
     pub heartbeat_age_ms: u64,
     pub live: bool,
+    /// The attempts running on it, whichever node owns their job runs.
+    #[serde(default)]
+    pub running: Vec<crate::store::RunningOnNode>,
 }
 
 impl From<crate::store::NodeView> for NodeStatus {
     fn from(n: crate::store::NodeView) -> NodeStatus {
-        NodeStatus { name: n.name, labels: n.labels, heartbeat_age_ms: n.heartbeat_age_ms, live: n.live }
+        let (name, labels, heartbeat_age_ms, live, running) = (n.name, n.labels, n.heartbeat_age_ms, n.live, n.running);
+        NodeStatus { name, labels, heartbeat_age_ms, live, running }
     }
 }
 

@@ -8,8 +8,8 @@ use std::path::Path;
 use tokio::sync::mpsc;
 
 use super::{
-    Control, EngineError, EngineEvent, EngineSnapshot, JobShape, QueueSnapshot, Reply, RetryOptions, Target,
-    WorkerSnapshot,
+    Control, EngineError, EngineEvent, EngineSnapshot, JobShape, NodeStatus, QueueSnapshot, Reply, RetryOptions,
+    Target, WorkerSnapshot,
 };
 use crate::config::Workflow;
 use crate::model::cost::ModelUsage;
@@ -84,6 +84,13 @@ impl Control for OfflineEngine {
 
     fn live(&self) -> Reply<'_, (Vec<WorkerSnapshot>, Vec<QueueSnapshot>)> {
         Box::pin(self.read(|reader| Ok((Vec::new(), queues(reader, latest_workflow(reader)?.as_ref())?))))
+    }
+
+    /// A cluster's nodes, read from the database like the rest (none on redb).
+    fn nodes(&self) -> Reply<'_, Vec<NodeStatus>> {
+        Box::pin(
+            self.read(|reader| Ok(reader.nodes()?.unwrap_or_default().into_iter().map(NodeStatus::from).collect())),
+        )
     }
 }
 

@@ -577,6 +577,7 @@ impl Worker {
             // Its owner could not render it, and fails it itself (or the row is not ours to run).
             other => {
                 tracing::debug!(task_run = claimed.id, "claimed without a spec to run: {other:?}");
+                give_back(&link.node, &claimed);
                 return self.free(Some(queue), ctx);
             }
         };
@@ -593,6 +594,28 @@ impl Worker {
         };
         self.launch(started, queue, ctx);
     }
+}
+
+/// How long a row given back (`queue::give_back`) waits before it may be claimed again: its
+/// owner renders it meanwhile, or stops and leaves it to the node that adopts the run.
+const GIVEN_BACK_FOR: Duration = Duration::from_secs(1);
+
+/// A claimed row this node cannot run goes back to the queue, not left `running` with nobody
+/// running it.
+fn give_back(node: &ClusterNode, claimed: &queue::Claimed) {
+    let (pool, me, task_run, attempt) = (node.backend.store().pool().clone(), node.id(), claimed.id, claimed.attempt);
+    drop(node.backend.spawn(async move {
+        let given = match pool.get().await {
+            Ok(c) => queue::give_back(&c, me, task_run, attempt, GIVEN_BACK_FOR).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = given {
+            tracing::warn!(
+                task_run,
+                "cluster: cannot give back a claim it cannot run ({e}); its owner or adopter will"
+            );
+        }
+    }));
 }
 
 /// What a worker of a cluster node needs besides its engine's actors.

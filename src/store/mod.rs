@@ -27,7 +27,8 @@ pub use records::{
     TaskRunRecord,
 };
 pub use seam::{
-    AttemptLog, Committing, LogShipper, LogShipping, NodeView, Snapshot, Store, StoreHandle, StoreLocation, StoredEvent,
+    AttemptLog, Committing, LogShipper, LogShipping, NodeView, RunningOnNode, Snapshot, Store, StoreHandle,
+    StoreLocation, StoredEvent,
 };
 pub use writer::{Ids, RedbStore, StoreCloser};
 

@@ -120,6 +120,17 @@ pub struct NodeView {
     pub heartbeat_age_ms: u64,
     /// Its lease has not passed (`model::lease`); a stopped node is not live.
     pub live: bool,
+    /// The attempts running on it (the task runs whose `node` it is), by task run id.
+    pub running: Vec<RunningOnNode>,
+}
+
+/// An attempt running on a node of a cluster, as the Workers view lists it under its node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunningOnNode {
+    pub task_run: u64,
+    pub attempt: u32,
+    pub job_run: u64,
+    pub task: String,
 }
 
 /// The running instance's store, whatever is behind it. Cheap to clone.

@@ -233,14 +233,47 @@ impl Model {
     /// Whether `rec` waits queued for labels no live node has (`model::routing`); never while
     /// no node runs.
     pub fn blocked(&self, rec: &TaskRun) -> bool {
-        let nodes: Vec<&[String]> = self.node_labels.iter().map(Vec::as_slice).collect();
-        rec.state == TaskState::Queued && crate::model::routing::unroutable(&rec.requires, &nodes)
+        rec.state == TaskState::Queued && crate::model::routing::unroutable(&rec.requires, &self.routing())
     }
 
     /// Why `rec` cannot start, when it cannot ([`Model::blocked`]).
     pub fn blocked_reason(&self, rec: &TaskRun) -> Option<String> {
-        let labels = self.node_labels.as_deref().unwrap_or_default();
+        let labels = self.routing().first().copied().unwrap_or_default();
         self.blocked(rec).then(|| crate::model::routing::blocked_reason(&rec.requires, labels))
+    }
+
+    /// Whose labels decide what no node can run: a cluster's live nodes, else the running
+    /// node's (none in a read-only view), as `status` decides.
+    fn routing(&self) -> Vec<&[String]> {
+        match self.nodes.is_empty() {
+            true => self.node_labels.iter().map(Vec::as_slice).collect(),
+            false => self.nodes.iter().filter(|n| n.live).map(|n| n.labels.as_slice()).collect(),
+        }
+    }
+
+    /// The cluster's nodes as read now; the blocked counts follow when the live nodes' labels
+    /// changed (a node with the missing label joined, or the last one left).
+    pub fn set_nodes(&mut self, nodes: Vec<crate::engine::NodeStatus>) {
+        if nodes == self.nodes {
+            return;
+        }
+        let before: Vec<Vec<String>> = self.routing().iter().map(|l| l.to_vec()).collect();
+        self.nodes = nodes;
+        if before != self.routing() {
+            self.recount_blocked();
+        }
+        self.changed = true;
+    }
+
+    fn recount_blocked(&mut self) {
+        let mut blocked: BTreeMap<String, u32> = BTreeMap::new();
+        for row in self.tasks.values().filter(|r| !r.rec.fanout && self.blocked(&r.rec)) {
+            *blocked.entry(row.rec.queue.clone()).or_default() += 1;
+        }
+        for (name, q) in &mut self.queues {
+            q.blocked = blocked.get(name).copied().unwrap_or(0);
+        }
+        self.dirty[View::Queues.index()] = true;
     }
 }
 

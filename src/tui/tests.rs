@@ -806,6 +806,39 @@ fn task_runs_of_one_task_are_labelled_by_iteration_and_item() {
 }
 
 #[test]
+fn in_a_cluster_the_live_nodes_labels_decide_what_no_node_can_run() {
+    use crate::engine::{EngineSnapshot, NodeStatus};
+    let mut queued = crate::report::TaskRunView::pending(1, 1, "train", "fit", NOW_MS);
+    (queued.state, queued.requires) = (TaskState::Queued, vec!["gpu".into()]);
+    let snapshot =
+        EngineSnapshot { task_runs: vec![queued], node_labels: Some(Vec::new()), ..EngineSnapshot::default() };
+    let mut m = Model::new(snapshot, NOW_MS, "t", Vec::new());
+    assert_eq!(m.queues["default"].blocked, 1, "this node has no gpu, and knows no other");
+    let node = |name: &str, labels: &[&str], live| NodeStatus {
+        name: name.into(),
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        heartbeat_age_ms: 1_000,
+        live,
+        running: Vec::new(),
+    };
+    update(&mut m, Msg::Nodes(vec![node("a", &[], true), node("box", &["gpu"], true)]));
+    assert_eq!(m.queues["default"].blocked, 0, "another live node has gpu: it waits its turn there");
+    assert_eq!(m.blocked_reason(&m.tasks[&1].rec), None);
+    update(&mut m, Msg::Nodes(vec![node("a", &[], true), node("box", &["gpu"], false)]));
+    assert_eq!(m.queues["default"].blocked, 1, "the gpu node's lease ran out");
+    assert_eq!(
+        m.blocked_reason(&m.tasks[&1].rec).as_deref(),
+        Some("requires [gpu]: no node has it — start one with --label gpu")
+    );
+    press(&mut m, "1");
+    let screen = render_to_string(&m, 120, 20);
+    assert!(screen.contains("1 blocked"), "{screen}");
+    // Only the live nodes' labels count, whichever node this view is attached to.
+    update(&mut m, Msg::Nodes(vec![node("a", &["gpu"], false), node("box", &["gpu"], true)]));
+    assert_eq!(m.queues["default"].blocked, 0);
+}
+
+#[test]
 fn task_runs_no_node_can_run_are_counted_per_queue_and_said_in_the_detail() {
     use crate::engine::EngineSnapshot;
     let mut queued = crate::report::TaskRunView::pending(1, 1, "train", "fit", NOW_MS);

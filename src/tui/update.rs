@@ -95,10 +95,7 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Command> {
             Vec::new()
         }
         Msg::Nodes(nodes) => {
-            if nodes != model.nodes {
-                model.nodes = nodes;
-                model.changed = true;
-            }
+            model.set_nodes(nodes);
             Vec::new()
         }
         Msg::Done { command, result } => {

@@ -86,8 +86,24 @@ impl JobRun {
     /// then refused).
     pub(super) fn refuse_claim(&mut self, ctx: &mut Context<Self>, task_run: u64) {
         let Some(i) = self.idx(task_run) else { return };
-        let record = self.task_record(i);
-        self.persist_then(ctx, vec![Mutation::TaskRun(record)], Vec::new(), |_, _| {});
+        let mut writes = vec![Mutation::TaskRun(self.task_record(i))];
+        // Stopping, a queued task run is parked: claimed again, it would be refused again.
+        if self.run.stopping {
+            writes.extend(self.parked(&[i]));
+        }
+        self.persist_then(ctx, writes, Vec::new(), |_, _| {});
+    }
+
+    /// A graceful stop in a cluster: the queued task runs among `tasks` lose their rendered
+    /// spec, so no node runs them while this owner stops (a node that claims one gives it back,
+    /// `queue::give_back`); the node that adopts the run renders them again when it resumes it.
+    pub(super) fn parked(&self, tasks: &[usize]) -> Vec<Mutation> {
+        if self.shared.cluster.is_none() {
+            return Vec::new();
+        }
+        let queued =
+            tasks.iter().filter(|&&i| self.run.tasks[i].is_made() && self.run.tasks[i].state == TaskState::Queued);
+        queued.map(|&i| Mutation::Spec(self.run.tasks[i].id, None)).collect()
     }
 
     /// Node `node` started attempt `n` of `task_run`: the claim as the core sees it, then
@@ -186,5 +202,34 @@ impl Handler<RunnerDied> for JobRun {
         self.note_if_idle();
         attempt.detail = Some("its node died while it ran".into());
         self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
+    }
+}
+
+/// An attempt of this job run that its runner completed (its row is written) before the runner
+/// died without its `Ended` letter reaching this owner: the outcome is the row's (without the
+/// outputs, which only the letter carries), as an adopter takes it
+/// (`end_from_rows_unless_mailed`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EndedUnmailed(pub AttemptRecord);
+
+impl Handler<EndedUnmailed> for JobRun {
+    type Result = ();
+
+    fn handle(&mut self, EndedUnmailed(row): EndedUnmailed, ctx: &mut Self::Context) {
+        let task_run = row.task_run;
+        let awaited = matches!(self.running.get(&task_run), Some((a, Some(Runner::Remote(_)))) if a.n == row.n);
+        if !awaited || row.ended_at_ms.is_none() {
+            return;
+        }
+        self.running.remove(&task_run);
+        tracing::warn!(
+            task_run,
+            "job run j{}: its runner died before its `Ended` letter for attempt {}; its row's outcome taken",
+            self.record.id,
+            row.n
+        );
+        self.note_if_idle();
+        self.ended_attempt(ctx, row, Default::default());
     }
 }

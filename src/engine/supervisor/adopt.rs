@@ -15,9 +15,11 @@ use super::reads::{Reading, StoredRun, stored_run};
 use crate::engine::EngineError;
 use crate::engine::cluster::ClusterNode;
 use crate::engine::job_run::Disown;
-use crate::engine::job_run::RunnerDied;
+use crate::engine::job_run::{EndedUnmailed, RunnerDied};
 use crate::model::lease::{expired_duties, renew_every_ms};
-use crate::store::pg::adopt::{RunningAttempt, adopt_orphaned_job_runs, orphaned_attempts_of, running_attempts};
+use crate::store::pg::adopt::{
+    RunningAttempt, adopt_orphaned_job_runs, ended_unmailed_of, orphaned_attempts_of, running_attempts,
+};
 
 /// Job runs adopted per round at most (the rest wait for the next round, lease/3 later).
 const ADOPT_PER_ROUND: usize = 256;
@@ -47,6 +49,11 @@ impl Supervisor {
     fn cluster_tick(&mut self, ctx: &mut Context<Self>) {
         let Some(node) = self.cluster() else { return };
         if self.stopping {
+            // A graceful stop waits for this node's job runs' attempts: one whose runner died
+            // never reports, so it is recorded `interrupted` here as at any other time.
+            if !self.rejoining && !node.lease_lost() {
+                self.reap_dead_runners(ctx, &node);
+            }
             return;
         }
         if self.rejoining {
@@ -61,18 +68,27 @@ impl Supervisor {
     }
 
     /// Attempts of the job runs this node owns whose runner died: each JobRun records its own
-    /// `interrupted` (an adopter does the same for the runs it takes over).
+    /// `interrupted` (an adopter does the same for the runs it takes over), or, when the runner
+    /// completed it before it died and its `Ended` letter never came, the outcome of its row.
     fn reap_dead_runners(&mut self, ctx: &mut Context<Self>, node: &ClusterNode) {
         let (pool, me) = (node.backend.store().pool().clone(), node.current());
         let found = node.backend.spawn(async move {
             let c = pool.get().await?;
-            orphaned_attempts_of(&c, &me).await
+            Ok::<_, crate::store::pg::PgError>((
+                orphaned_attempts_of(&c, &me).await?,
+                ended_unmailed_of(&c, &me).await?,
+            ))
         });
         ctx.spawn(found.into_actor(self).map(|found, act, _ctx| match found {
-            Ok(Ok(found)) => {
-                for (job_run, task_run, attempt) in found {
+            Ok(Ok((died, ended))) => {
+                for (job_run, task_run, attempt) in died {
                     if let Some(actor) = act.job_runs.get(&job_run) {
                         actor.do_send(RunnerDied { task_run, attempt });
+                    }
+                }
+                for (job_run, row) in ended {
+                    if let Some(actor) = act.job_runs.get(&job_run) {
+                        actor.do_send(EndedUnmailed(row));
                     }
                 }
             }

@@ -112,6 +112,26 @@ pub async fn orphaned_attempts_of(c: &Client, me: &Node) -> Result<Vec<(u64, u64
         .collect())
 }
 
+/// Attempts of the job runs `me` owns that another node completed (the fenced completion wrote
+/// their row, `task_runs.node` is cleared) and that node died since: its `Ended` letter, if it
+/// was ever sent, had a lease to arrive; the owner takes the row's outcome. `attempts.node` is
+/// the node that completed it.
+const ENDED_UNMAILED_OF_MINE: &str = "SELECT t.job_run, a.record FROM job_runs j \
+     JOIN task_runs t ON t.job_run = j.id \
+     JOIN attempts a ON a.task_run = t.id AND a.n = t.attempt \
+     WHERE j.owner_node = $1 AND j.state = 'running' AND coalesce(t.state, '') = 'running' \
+       AND t.node IS NULL AND a.node IS NOT NULL AND a.node <> $1 \
+       AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = a.node AND n.lease_until > now()) \
+     ORDER BY t.id";
+
+/// `(job run, the attempt's row)` of each attempt of `me`'s job runs that a node since dead
+/// completed without the owner hearing its `Ended` letter.
+pub async fn ended_unmailed_of(c: &Client, me: &Node) -> Result<Vec<(u64, crate::store::AttemptRecord)>, PgError> {
+    let stmt = c.prepare_cached(ENDED_UNMAILED_OF_MINE).await?;
+    let rows = c.query(&stmt, &[&me.id]).await?;
+    rows.iter().map(|r| Ok((from_db(r.get(0)), crate::store::codec::decode(r.get(1))?))).collect()
+}
+
 /// A job run as a command routes by it (`model::lease::command_route`): its id, whether it
 /// runs, and its owner. From a task run's id (`by_task_run`) or the job run's.
 const ROUTE_OF_JOB_RUN: &str = "SELECT id, state = 'running', owner_node FROM job_runs WHERE id = $1";

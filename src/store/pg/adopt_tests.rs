@@ -139,6 +139,56 @@ async fn a_store_without_a_node_fences_nothing_and_owns_nothing() {
     assert!(plain.ownership.owned().is_empty());
 }
 
+#[tokio::test]
+async fn an_attempt_completed_by_a_runner_that_died_before_its_letter_is_found_by_its_owner() {
+    let Some(db) = TestDb::get() else { return };
+    let (a, node_a) = node_store(&db, "a").await;
+    let (_b, node_b) = node_store(&db, "b").await;
+    let j = a.ids.next_job_run().await.expect("id");
+    let t = a.ids.next_task_run().await.expect("id");
+    a.commit(vec![Mutation::JobRun(job_run(j)), Mutation::TaskRun(running(t, j))]).await.expect("created");
+    // B claimed attempt 1 and completes it (fenced): the row is written, the task run's node cleared.
+    db.psql(&format!("UPDATE task_runs SET node = {} WHERE id = {t}", node_b.id));
+    let c = a.connection().await.expect("conn");
+    let mut ended = AttemptRecord::started(t, j, 1, 5);
+    ended.ended_at_ms = Some(9);
+    ended.exit_code = Some(0);
+    assert_eq!(queue::complete(&c, &node_b, &[ended.clone()]).await.expect("complete"), [Verdict::Accepted]);
+    // Its `Ended` letter may still come while B lives; once B is dead, it never will.
+    assert_eq!(super::adopt::ended_unmailed_of(&c, &node_a).await.expect("read"), []);
+    db.psql(&format!("UPDATE nodes SET lease_until = now() - interval '1s' WHERE id = {}", node_b.id));
+    let found = super::adopt::ended_unmailed_of(&c, &node_a).await.expect("read");
+    assert_eq!(found, [(j, ended)], "the row's outcome, for the owner to take");
+    assert_eq!(super::adopt::orphaned_attempts_of(&c, &node_a).await.expect("read"), [], "not also interrupted");
+}
+
+#[tokio::test]
+async fn a_claim_its_node_cannot_run_is_given_back_to_the_queue_once() {
+    let Some(db) = TestDb::get() else { return };
+    let (a, _node_a) = node_store(&db, "a").await;
+    let (_b, node_b) = node_store(&db, "b").await;
+    let j = a.ids.next_job_run().await.expect("id");
+    let t = a.ids.next_task_run().await.expect("id");
+    let mut queued = running(t, j);
+    (queued.state, queued.attempt) = (TaskState::Queued, 1);
+    a.commit(vec![Mutation::JobRun(job_run(j)), Mutation::TaskRun(queued)]).await.expect("created");
+    // B claims attempt 2 (the row had no spec for it).
+    db.psql(&format!("UPDATE task_runs SET state = 'running', node = {}, attempt = 2 WHERE id = {t}", node_b.id));
+    let c = a.connection().await.expect("conn");
+    let pause = Duration::from_secs(60);
+    assert!(!queue::give_back(&c, node_b.id, t, 1, pause).await.expect("give back"), "not that attempt");
+    assert!(queue::give_back(&c, node_b.id, t, 2, pause).await.expect("give back"));
+    let row = format!(
+        "SELECT state, coalesce(node, 0), attempt, not_before > now() + interval '30s' FROM task_runs WHERE id = {t}"
+    );
+    assert_eq!(
+        one_line(&db, &row),
+        "queued|0|1|t",
+        "queued again at the count before the claim, not claimable for a while"
+    );
+    assert!(!queue::give_back(&c, node_b.id, t, 2, pause).await.expect("give back"), "once");
+}
+
 /// The kill -9 flake of `tests/cluster_nodes.rs`: an owner read `Ended` letters and died before
 /// the commit applying them. The letters are not lost: its adopter (a new epoch) reads them
 /// again; a letter applied by the commit of an owner is gone; a fenced commit deletes nothing.

@@ -173,6 +173,21 @@ pub async fn claim(
         .collect()
 }
 
+/// Gives back a claimed row this node cannot run — its spec is missing (the owner fails that
+/// attempt itself, or parked it while it stops) or is for another attempt (the owner queued it
+/// again without rendering it anew, as a graceful stop does) — so it is not left `running` with
+/// nobody running it: queued again at the attempt count before the claim, not claimable for
+/// `pause` (the owner, or the node that adopts the run, renders it meanwhile). Nothing happens
+/// if the row is no longer this node's claim.
+const GIVE_BACK: &str = "UPDATE task_runs SET state = 'queued', node = NULL, attempt = attempt - 1, \
+         not_before = now() + make_interval(secs => $4::double precision) \
+     WHERE id = $2 AND node = $1 AND attempt = $3 AND coalesce(state, '') = 'running'";
+
+pub async fn give_back(c: &Client, node: i64, task_run: u64, attempt: u32, pause: Duration) -> Result<bool, PgError> {
+    let n = c.execute(GIVE_BACK, &[&node, &to_db(task_run), &(attempt as i32), &pause.as_secs_f64()]).await?;
+    Ok(n == 1)
+}
+
 /// Uses the partial `running` index; only ever inside the capped claim (RESULTS.md trap 3).
 const COUNT_RUNNING: &str = "SELECT count(*) FROM task_runs WHERE queue = $1 AND state = 'running'";
 

@@ -12,7 +12,7 @@ use super::PgError;
 use super::writer::{from_db, to_db};
 use crate::store::codec::{self, Record};
 use crate::store::records::{AttemptRecord, CacheEntry, DefinitionRecord, JobRunRecord, RaisedBudgets, TaskRunRecord};
-use crate::store::{NodeView, ScheduleState, StoredEvent};
+use crate::store::{NodeView, RunningOnNode, ScheduleState, StoredEvent};
 
 pub struct PgSnapshot {
     /// `None` only while being dropped.
@@ -139,6 +139,25 @@ impl PgSnapshot {
     /// snapshot's start): live while the lease has not passed and the node has not stopped
     /// (`model::lease`).
     pub async fn nodes(&self) -> Result<Vec<NodeView>, PgError> {
+        let mut running: std::collections::HashMap<i64, Vec<RunningOnNode>> = Default::default();
+        let attempts = self
+            .client()
+            .query(
+                "SELECT node, id, attempt, job_run, task FROM task_runs \
+                 WHERE state = 'running' AND node IS NOT NULL ORDER BY id",
+                &[],
+            )
+            .await?;
+        for r in &attempts {
+            let attempt: i32 = r.get(2);
+            let on = RunningOnNode {
+                task_run: from_db(r.get(1)),
+                attempt: attempt as u32,
+                job_run: from_db(r.get(3)),
+                task: r.get(4),
+            };
+            running.entry(r.get(0)).or_default().push(on);
+        }
         let rows = self
             .client()
             .query(
@@ -157,6 +176,7 @@ impl PgSnapshot {
                 labels: r.get(2),
                 heartbeat_age_ms: from_db(r.get(3)),
                 live: r.get(4),
+                running: running.remove(&r.get::<_, i64>(0)).unwrap_or_default(),
             })
             .collect())
     }
