@@ -21,6 +21,7 @@ use crate::store::{AttemptRecord, DefinitionRecord, JobRunRecord, Mutation, Snap
 
 mod adopt;
 mod reads;
+mod relay;
 mod rerun;
 use reads::{Reading, StoredRun, read_target};
 pub use rerun::{SubmitOnly, plan_only};
@@ -495,8 +496,12 @@ const EARLY_MAIL_MAX: usize = 4096;
 impl Handler<Delivered> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, Delivered(letters): Delivered, _ctx: &mut Self::Context) {
+    fn handle(&mut self, Delivered(letters): Delivered, ctx: &mut Self::Context) {
         for letter in letters {
+            if matches!(letter.letter.mail, crate::store::pg::mail::Mail::Command { .. }) {
+                self.relayed_command(letter, ctx);
+                continue;
+            }
             match self.job_runs.get(&letter.letter.job_run) {
                 Some(actor) => actor.do_send(crate::engine::job_run::Mailed(letter)),
                 None => {
@@ -638,7 +643,18 @@ pub struct Command {
 impl Handler<Command> for Supervisor {
     type Result = ResponseFuture<Result<String, EngineError>>;
 
+    /// Carried out here, or in a cluster where its job run's owner is (`relay.rs`).
     fn handle(&mut self, msg: Command, ctx: &mut Self::Context) -> Self::Result {
+        match self.cluster() {
+            Some(node) if !self.runs_here(msg.target) => self.command_in_cluster(node, msg, ctx),
+            _ => self.command_here(msg, ctx),
+        }
+    }
+}
+
+impl Supervisor {
+    /// A command carried out by this node's actor of the job run (started for it if need be).
+    fn command_here(&mut self, msg: Command, ctx: &mut Context<Self>) -> ResponseFuture<Result<String, EngineError>> {
         if msg.action == inbox::Action::Retry {
             return self.retry_with(ctx, msg.target, msg.retry);
         }
@@ -685,6 +701,10 @@ impl Handler<JobRunEnded> for Supervisor {
     fn handle(&mut self, msg: JobRunEnded, ctx: &mut Self::Context) {
         self.job_runs.remove(&msg.id);
         self.ended.insert(msg.id, msg.state);
+        // Nobody decides for an ended job run: a command about it takes it over (`relay.rs`).
+        if let Some(node) = self.cluster() {
+            node.backend.store().ownership.release(msg.id);
+        }
         if let Some(job) = self.job_of.remove(&msg.id)
             && let Some(scheduled_for) = self.waiting_fires.remove(&job)
         {

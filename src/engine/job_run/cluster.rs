@@ -160,7 +160,8 @@ impl JobRun {
                 let exit = (exit_code.is_some() || signal.is_some()).then_some(AttemptExit { exit_code, signal });
                 Handler::handle(self, AttemptEnded { task_run, attempt, exit, reason, detail, outputs }, ctx)
             }
-            Mail::Progress { .. } | Mail::Kill { .. } => {}
+            // Kills go to workers, commands and answers to the Supervisor (`cluster::relay`).
+            Mail::Progress { .. } | Mail::Kill { .. } | Mail::Command { .. } | Mail::Answer { .. } => {}
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::store::pg::adopt::{RunningAttempt, adopt_orphaned_job_runs, orphaned_
 const ADOPT_PER_ROUND: usize = 256;
 
 impl Supervisor {
-    fn cluster(&self) -> Option<Arc<ClusterNode>> {
+    pub(super) fn cluster(&self) -> Option<Arc<ClusterNode>> {
         self.shared.as_ref().and_then(|s| s.cluster.clone())
     }
 

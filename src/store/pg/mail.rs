@@ -72,6 +72,37 @@ pub enum Mail {
         reason: FailReason,
         grace_ms: u64,
     },
+    /// To the job run's owner: a command given on node `from` (`engine::cluster::relay`), to be
+    /// answered by an [`Mail::Answer`] to that node. `task_run`/`attempt` of its letter are 0.
+    Command {
+        request: u64,
+        from: i64,
+        command: Relayed,
+    },
+    /// To the node that relayed command `request`: what the owner answered (`Err`: refused).
+    Answer {
+        request: u64,
+        result: Result<String, String>,
+    },
+}
+
+/// A command relayed to a job run's owner: what it does, to the job run or one of its task runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relayed {
+    pub action: RelayedAction,
+    /// `None`: the whole job run.
+    pub task_run: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayedAction {
+    Cancel,
+    Signal(String),
+    Retry {
+        from: Option<String>,
+        definition: Option<crate::model::rerun::DefinitionChoice>,
+        budget_usd_micros: Option<u64>,
+    },
 }
 
 impl codec::Record for Mail {}
@@ -85,6 +116,8 @@ impl Mail {
             Mail::Warning { .. } => "warning",
             Mail::Ended { .. } => "ended",
             Mail::Kill { .. } => "kill",
+            Mail::Command { .. } => "command",
+            Mail::Answer { .. } => "answer",
         }
     }
 
@@ -97,6 +130,7 @@ impl Mail {
             Mail::Ended { exit_code, signal, reason, detail, outputs } => {
                 Mail::Ended { exit_code, signal, reason, detail: detail.map(cut), outputs }
             }
+            Mail::Answer { request, result } => Mail::Answer { request, result: result.map(cut).map_err(cut) },
             other => other,
         }
     }
@@ -240,3 +274,10 @@ pub async fn drain(c: &deadpool_postgres::Client, me: i64) -> Result<Vec<Receive
 
 /// Deletes letters by id: those an owner applied (in the commit that applied them).
 pub const DELETE_READ: &str = "DELETE FROM node_mail WHERE id = ANY($1)";
+
+/// Deletes letters an owner handled outside a job run's commit (a relayed command, once
+/// answered).
+pub async fn delete(pool: &Pool, ids: &[i64]) -> Result<(), PgError> {
+    pool.get().await?.execute(DELETE_READ, &[&ids]).await?;
+    Ok(())
+}
