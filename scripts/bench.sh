@@ -601,7 +601,7 @@ eff=$(awk -v a="$s1" -v b="$s3" 'BEGIN { printf "%.3f", a / (3 * b) }')
 log "   1 node ${s1}s (load $load1), 3 nodes ${s3}s (load $load3): $eff of linear"
 row "agent-like scaling: $SLEEP_N × \`sleep 0.5\`, 3 nodes × 4 vs 1 node × 4" "${s3} s vs ${s1} s (ideal ${ideal} s on 1 node)" "≥ 0.8 × linear" \
   "$(awk -v e="$eff" 'BEGIN { printf "%s %.2f × linear (1-node time ÷ (3 × 3-node time))", (e >= 0.8) ? "✅" : "❌ missed:", e }')" \
-  "3 jobs × 100 tasks \`run = \"sleep 0.5\"\` (local executor, one process each); node 1 \`gaffer run --store URL --workers 4\`, nodes 2–3 \`gaffer serve --workers 4\`; wall of node 1; load $load1 / $load3"
+  "$SLEEP_N tasks \`run = \"sleep 0.5\"\` in jobs of ≤ 100 (local executor, one process each); node 1 \`gaffer run --store URL --workers 4\`, nodes 2–3 \`gaffer serve --workers 4\`; wall of node 1; load $load1 / $load3"
 cl_pg_stop
 fi
 fi
