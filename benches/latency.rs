@@ -6,6 +6,11 @@
 //!
 //!   cargo bench --bench latency                 # 200 samples per executor, 2–7 ms gaps
 //!   SAMPLES=500 GAP_MS=5 cargo bench --bench latency
+//!   STORE=postgres://postgres@127.0.0.1:54331/gaffer cargo bench --bench latency
+//!
+//! With `STORE` (a PostgreSQL URL, as `--store`) the engine is a one-node cluster on that
+//! database: the queued row is the enqueue, the node's listener (LISTEN/NOTIFY) wakes its
+//! Dispatcher, which claims from the database (scripts/bench.sh's cluster section).
 //!
 //! Prints a human table and one `RESULT key=value ...` line per executor for scripts/bench.sh.
 //! Under `cargo test --benches` (no `--bench` argument) it runs 3 samples as a smoke test.
@@ -72,21 +77,24 @@ fn measure(executor: Arc<dyn Executor>, samples: u64, gap_ms: u64, jitter_ms: u6
     std::fs::write(&file, WORKFLOW).expect("write workflow");
     let workflow = config::parse(&file, WORKFLOW).expect("valid workflow");
     let state_dir = dir.path().join("state");
-    let (store, closer, lock) = store::open_writer(&state_dir).expect("open state dir");
-    let counter = store.clone();
+    let location = store::StoreLocation::choose(std::env::var("STORE").ok().as_deref(), &state_dir).expect("STORE");
+    let facts = engine::cluster::queue_facts(&workflow);
+    let opened = store::open_store(&location, &state_dir, facts).expect("open the store");
+    let counter = opened.store.clone();
+    let cluster = opened.postgres.clone().map(engine::cluster::ClusterConfig::new);
     let pricing = Pricing::new(config::pricing::builtin(), &workflow.pricing);
     let config = EngineConfig {
         workflow: Arc::new(workflow),
         source: WORKFLOW.to_string(),
         state_dir: std::path::absolute(Path::new(&state_dir)).expect("absolute path"),
-        store: store.into(),
-        location: store::StoreLocation::state_dir(&state_dir),
+        store: opened.store.clone(),
+        location,
         executor,
         clock: Arc::new(SystemClock),
         workers: 4,
         pricing,
         labels: Vec::new(),
-        cluster: None,
+        cluster,
     };
     let system = actix::System::new();
     let (samples, commits) = system.block_on(async move {
@@ -127,8 +135,7 @@ fn measure(executor: Arc<dyn Executor>, samples: u64, gap_ms: u64, jitter_ms: u6
         (out, commits)
     });
     drop(system);
-    closer.close(Duration::from_secs(5));
-    drop(lock);
+    opened.close(Duration::from_secs(5));
     Outcome { samples, commits }
 }
 

@@ -16,7 +16,12 @@
 #   MANY_N=1000     tasks `sleep 2` running at once (workers = MANY_N) for the memory-per-task row
 #   FANOUT_N=10000  items of the one fanned-out task (`for_each`) for the fan-out row
 #   INSN_N=1000     tasks per run for the instructions-per-task rows (callgrind; INSN_N=0 skips them)
-#   SECTIONS="1 2 3 9"   only these sections (default all: 1 2 3 4 5 6 7 7b 8 9 tui serve)
+#   SECTIONS="1 2 3 9"   only these sections (default all: 1 2 3 4 5 6 7 7b 8 9 tui serve cluster)
+#   CLUSTER_N=5000  no-op tasks per run of the cluster rows (section `cluster`: gaffer nodes on a
+#                   private durable PostgreSQL started by scripts/pg-local.sh, 1 and 3 nodes at
+#                   W = 4 and 64 beside redb; enqueue→start through LISTEN/NOTIFY; SLEEP_N=300
+#                   tasks `sleep 0.5` on 1 × 4 vs 3 × 4 workers). Skipped, saying so, without
+#                   PostgreSQL. The 30-minute soak is scripts/soak-cluster.sh.
 #   GAFFER=PATH LATENCY_BIN=PATH   measure these binaries (another build, e.g. the last release)
 #                   instead of building the tree's; tui and serve always measure the tree's
 #   PG_BENCH=1      also the PostgreSQL queue rows: claim+complete throughput of a drained backlog,
@@ -50,7 +55,7 @@ if [ "$INSN_N" -gt 0 ] && ! command -v valgrind >/dev/null 2>&1; then
   exit 1
 fi
 
-SECTIONS="${SECTIONS:-1 2 3 4 5 6 7 7b 8 9 tui serve}"
+SECTIONS="${SECTIONS:-1 2 3 4 5 6 7 7b 8 9 tui serve cluster}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if [ -z "${GAFFER:-}" ]; then
@@ -59,7 +64,7 @@ if [ -z "${GAFFER:-}" ]; then
   TARGET_DIR="${CARGO_TARGET_DIR:-target}"
   GAFFER="$(cd "$TARGET_DIR/release" && pwd)/gaffer"
 fi
-if [ -z "${LATENCY_BIN:-}" ] && want 3; then
+if [ -z "${LATENCY_BIN:-}" ] && { want 3 || want cluster; }; then
   log "building (cargo bench --bench latency --no-run)"
   LATENCY_BIN="$(cargo bench --quiet --bench latency --no-run --message-format=json 2>/dev/null |
     grep -o '"executable":"[^"]*latency[^"]*"' | tail -1 | cut -d'"' -f4)"
@@ -73,8 +78,12 @@ sync
 # make each later repetition slower (seen here: 18 → 455 µs per file creation).
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gaffer-bench.XXXXXX")"
 BG=""
+# shellcheck source=scripts/cluster-lib.sh
+. scripts/cluster-lib.sh
 cleanup() {
   if [ -n "$BG" ] && kill -0 "$BG" 2>/dev/null; then kill -KILL "$BG" 2>/dev/null || true; fi
+  cl_stop_nodes
+  cl_pg_stop
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -114,6 +123,21 @@ verdict() { # value target "ge"|"le" -> "✅ 1.23×" / "❌ 0.45×" (value / tar
 }
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 count_event() { grep -c "\"event\":\"$2\"" "$1" || true; }
+# lat_of FILE EXECUTOR KEY: a value of benches/latency.rs's `RESULT` line for that executor.
+lat_of() { awk -v ex="$2" -v k="$3" '$1 == "RESULT" { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } if (v["executor"] == ex) print v[k] }' "$1"; }
+executor_label() { if [ "$1" = local ]; then echo "local executor, \`true\` via sh -c"; else echo "no-op executor"; fi; }
+# lat_row FILE EXECUTOR LABEL TARGET_MS HOW: the p50 / p99 row of one executor of a
+# benches/latency.rs output ({max} and {commits} in HOW filled in); false if it has none.
+lat_row() {
+  local p50 p99 mx c how
+  p50=$(lat_of "$1" "$2" p50_us); p99=$(lat_of "$1" "$2" p99_us)
+  [ -n "$p99" ] || return 1
+  mx=$(lat_of "$1" "$2" max_us); c=$(lat_of "$1" "$2" commits_per_sample)
+  how=${5//\{max\}/$(awk -v m="$mx" 'BEGIN { printf "%.2f", m / 1000 }')}
+  row "$3 ($(executor_label "$2"))" \
+    "$(awk -v a="$p50" -v b="$p99" 'BEGIN { printf "%.2f / %.2f ms", a / 1000, b / 1000 }')" "p99 < $4 ms" \
+    "$(verdict "$(awk -v b="$p99" 'BEGIN { print b / 1000 }')" "$4" le)" "${how//\{commits\}/$c}"
+}
 
 # One job with $2 independent tasks `true`, or ($3 > 0) $2/$3 jobs of $3 tasks each.
 gen_workflow() {
@@ -228,15 +252,11 @@ SAMPLES="$SAMPLES" "$LATENCY_BIN" --bench >"$WORK/latency.txt" 2>"$WORK/latency.
   cat "$WORK/latency.err" >&2; exit 1
 }
 sed 's/^/[bench]    /' "$WORK/latency.txt" | grep -v RESULT >&2
-lat() { awk -v ex="$1" -v k="$2" '$1 == "RESULT" { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } if (v["executor"] == ex) print v[k] }' "$WORK/latency.txt"; }
+lat() { lat_of "$WORK/latency.txt" "$@"; }
 for ex in noop local; do
-  p50=$(lat "$ex" p50_us); p99=$(lat "$ex" p99_us); mx=$(lat "$ex" max_us); c=$(lat "$ex" commits_per_sample)
-  [ -z "$p99" ] && continue
-  what="no-op executor"; [ "$ex" = local ] && what="local executor, \`true\` via sh -c"
-  row "enqueue→start p50 / p99, idle ($what)" \
-    "$(awk -v a="$p50" -v b="$p99" 'BEGIN { printf "%.2f / %.2f ms", a / 1000, b / 1000 }')" "p99 < 2 ms" \
-    "$(verdict "$(awk -v b="$p99" 'BEGIN { print b / 1000 }')" 2 le)" \
-    "benches/latency.rs: library API, \`Instant\` before \`submit\` → own \`task.started\` event received; $SAMPLES samples, 2–7 ms idle gaps; max $(awk -v m="$mx" 'BEGIN { printf "%.2f", m / 1000 }') ms; $c commits per 1-task job run"
+  lat_row "$WORK/latency.txt" "$ex" "enqueue→start p50 / p99, idle" 2 \
+    "benches/latency.rs: library API, \`Instant\` before \`submit\` → own \`task.started\` event received; $SAMPLES samples, 2–7 ms idle gaps; max {max} ms; {commits} commits per 1-task job run" || continue
+  c=$(lat "$ex" commits_per_sample); what=$(executor_label "$ex")
   # Deterministic, whatever the disk and the load do: the job run with its task already
   # `running` (a worker was idle at submit), then the end. Each commit is fdatasync-bound.
   row "commits per 1-task job run ($what)" "$c" "≤ 2 (1 before the start)" "$(verdict "$c" 2 le)" \
@@ -487,6 +507,103 @@ row "submits/s through the control socket (1 client / 4 clients)" "$(printf '%.0
   "benches/serve.rs: POST /v1/submit of a 1-task job over state/gaffer.sock, answered once the run is durable; ${SUBMITS:-1000} submits (the tasks run meanwhile)"
 row "cron firing delay p50 / p99 (scheduled second → task.started)" "$(sv cron_delay_p50_ms) / $(sv cron_delay_p99_ms) ms" "p99 < 50 ms" "$(verdict "$(sv cron_delay_p99_ms)" 50 le)" \
   "benches/serve.rs: \`* * * * * *\` schedule for ${CRON_SECONDS:-15} s under \`gaffer serve\`, journal timestamps (ms); $(sv cron_fires) fires"
+fi
+
+# ------------------------------------------------------------------ cluster on PostgreSQL (issue 11 item 9)
+if want cluster; then
+if [ -z "$(cl_pg_bin)" ]; then
+  log "cluster: skipped: PostgreSQL is not installed (apt-get install postgresql; .ci/run does)"
+  row "cluster rows (PostgreSQL, issue 11)" "skipped" "—" "—" "PostgreSQL is not installed here: \`apt-get install postgresql\` (scripts/pg-local.sh installs it as root)"
+else
+cl_pg_start
+log "cluster: private durable PostgreSQL on port $CL_PG_PORT ($("$CL_PG_BIN/postgres" --version | awk '{ print $NF }'), PostgreSQL defaults: fsync on)"
+# cluster_run NODES W WORKFLOW N [--noop-executor]: node 1 is `gaffer run` (it owns the job runs
+# and exits when they end), nodes 2..NODES are `gaffer serve` started first; a fresh database.
+# Prints "seconds commits_per_task seq_scans_of_queue_tables".
+cluster_run() {
+  local nodes="$1" w="$2" wf="$3" n="$4" db i t0 t1 rc=0 ok c0
+  shift 4
+  db=$(cl_new_db)
+  for ((i = 2; i <= nodes; i++)); do cl_serve "$db" "$wf" "n$i" "$w" "$WORK/$db-n$i" "$@" || { cl_stop_nodes; return 1; }; done
+  c0=$(cl_commits "$db")
+  t0=$(now)
+  "$GAFFER" run "$wf" --json --store "$(cl_url "$db")" --node n1 --workers "$w" --state-dir "$WORK/$db-n1" "$@" \
+    >"$WORK/$db.jsonl" 2>"$WORK/$db-n1.log" || rc=$?
+  t1=$(now)
+  cl_stop_nodes
+  ok=$(count_event "$WORK/$db.jsonl" task.succeeded)
+  if [ "$rc" -ne 0 ] || [ "$ok" -ne "$n" ]; then
+    log "   $nodes node(s), W=$w: exit $rc, $ok/$n task.succeeded"; sed 's/^/[gaffer] /' "$WORK/$db-n1.log" | tail -20 >&2
+    return 1
+  fi
+  sleep 0.6 # the last sessions' statistics reach pg_stat_database
+  echo "$(elapsed "$t0" "$t1") $(awk -v a="$c0" -v b="$(cl_commits "$db")" -v n="$n" 'BEGIN { printf "%.2f", (b - a) / n }') $(cl_seq_scan_total "$db")"
+}
+
+CLUSTER_N="${CLUSTER_N:-5000}"
+gen_workflow "$WORK/cl-noop.toml" "$CLUSTER_N" "$PER_JOB"
+for cw in 4 64; do
+  log "cluster: $CLUSTER_N no-op tasks ($((CLUSTER_N / PER_JOB)) jobs × $PER_JOB), W=$cw per node: redb, PostgreSQL 1 node, 3 nodes; $REPS reps interleaved"
+  : >"$WORK/cl-redb-$cw.tps"; : >"$WORK/cl-1-$cw.tps"; : >"$WORK/cl-3-$cw.tps"; : >"$WORK/cl-1-$cw.load"
+  for ((r = 1; r <= REPS; r++)); do
+    t0=$(now)
+    "$GAFFER" run "$WORK/cl-noop.toml" --state-dir "$WORK/cl-redb-$cw-$r" --json --workers "$cw" --noop-executor >"$WORK/cl-redb.jsonl" 2>/dev/null
+    t1=$(now)
+    [ "$(count_event "$WORK/cl-redb.jsonl" task.succeeded)" -eq "$CLUSTER_N" ] || { log "   redb run incomplete"; exit 1; }
+    redb_tps=$(rate "$CLUSTER_N" "$(elapsed "$t0" "$t1")")
+    echo "$redb_tps" >>"$WORK/cl-redb-$cw.tps"
+    log "   rep $r, redb: $redb_tps tasks/s"
+    for nodes in 1 3; do
+      res=$(cluster_run "$nodes" "$cw" "$WORK/cl-noop.toml" "$CLUSTER_N" --noop-executor) || exit 1
+      read -r secs cpt scans <<<"$res"
+      echo "$(rate "$CLUSTER_N" "$secs")" >>"$WORK/cl-$nodes-$cw.tps"
+      echo "$cpt" >>"$WORK/cl-$nodes-$cw.cpt"; echo "$scans" >>"$WORK/cl-$nodes-$cw.scans"
+      log "   rep $r, $nodes node(s): $(rate "$CLUSTER_N" "$secs") tasks/s (${secs}s, $cpt commits/task, queue-table seq scans $scans; load $(cl_load))"
+    done
+    cl_load >>"$WORK/cl-1-$cw.load"
+  done
+  redb_med=$(median_only <"$WORK/cl-redb-$cw.tps")
+  for nodes in 1 3; do
+    tps_med=$(median_only <"$WORK/cl-$nodes-$cw.tps")
+    target="—"; verdict_text="$(awk -v p="$tps_med" -v r="$redb_med" 'BEGIN { printf "measured; %.2f× redb", p / r }')"
+    if [ "$nodes" = 1 ] && [ "$cw" = 64 ]; then
+      target="≥ 10 000/s"; verdict_text="$(verdict "$tps_med" 10000 ge); $(awk -v p="$tps_med" -v r="$redb_med" 'BEGIN { printf "%.2f× redb", p / r }')"
+    fi
+    row "PostgreSQL no-op tasks/s, $nodes node(s) × W=$cw (N=$CLUSTER_N, $((CLUSTER_N / PER_JOB)) jobs × $PER_JOB)" \
+      "$(med <"$WORK/cl-$nodes-$cw.tps")" "$target" "$verdict_text" \
+      "node 1 = \`gaffer run --noop-executor --json --store URL --workers $cw\` (owns every job run; N / its wall, process start → exit)$([ "$nodes" = 3 ] && echo ", nodes 2–3 = \`gaffer serve --noop-executor\` started before it")$(printf '; %s commits/task (pg_stat_database.xact_commit ÷ N), queue-table seq scans per run: %s; load avg after each rep: %s' "$(median_only <"$WORK/cl-$nodes-$cw.cpt")" "$(tr '\n' ' ' <"$WORK/cl-$nodes-$cw.scans" | sed 's/ $//')" "$(awk '{ printf "%s%s", (NR > 1 ? "; " : ""), $1 }' "$WORK/cl-1-$cw.load")")"
+  done
+  row "redb no-op tasks/s, 1 node × W=$cw (same N, same sitting)" "$(med <"$WORK/cl-redb-$cw.tps")" "—" "reference" \
+    "\`gaffer run --noop-executor --json --workers $cw\`, fresh state dir, interleaved with the PostgreSQL reps"
+done
+row "PostgreSQL limit on this machine (pg-probe, not re-measured here)" "3.9k (k=1, W=64) / 16.9k (k=10, W=64) / 21.4k (k=10, W=16) tasks/s" "—" "reference" \
+  "../shared/bench/pg-probe RESULTS.md (2026-12-01), \`pg-probe mixed\` medians: enqueue + claim + complete, k tasks per statement, W connections, fsync on; the target 10k = half the batched (k=10) limit. Same server settings as here"
+
+log "cluster: enqueue→start latency on a 1-node cluster (benches/latency.rs, STORE=…, $SAMPLES samples)"
+db=$(cl_new_db)
+STORE="$(cl_url "$db")" SAMPLES="$SAMPLES" "$LATENCY_BIN" --bench >"$WORK/cl-latency.txt" 2>"$WORK/cl-latency.err" || {
+  cat "$WORK/cl-latency.err" >&2; exit 1
+}
+sed 's/^/[bench]    /' "$WORK/cl-latency.txt" | grep -v RESULT >&2
+for ex in noop local; do
+  lat_row "$WORK/cl-latency.txt" "$ex" "PostgreSQL enqueue→start p50 / p99, idle 1-node cluster" 5 \
+    "benches/latency.rs with STORE=postgres://… (engine = a cluster node: queued row + NOTIFY → the node's listener → claim → start); \`submit\` → own \`task.started\`; $SAMPLES samples, max {max} ms; {commits} store commits per 1-task job run; load $(cl_load)" || true
+done
+
+SLEEP_N="${SLEEP_N:-300}"
+log "cluster: $SLEEP_N tasks \`sleep 0.5\` on 1 node × 4 workers vs 3 nodes × 4 workers"
+awk -v n="$SLEEP_N" 'BEGIN { for (i = 0; i < n; i++) printf "[jobs.j%d.tasks.t%d]\nrun = \"sleep 0.5\"\n", int(i / 100), i % 100 }' >"$WORK/cl-sleep.toml"
+res1=$(cluster_run 1 4 "$WORK/cl-sleep.toml" "$SLEEP_N") || exit 1; load1=$(cl_load)
+res3=$(cluster_run 3 4 "$WORK/cl-sleep.toml" "$SLEEP_N") || exit 1; load3=$(cl_load)
+s1=${res1%% *}; s3=${res3%% *}
+ideal=$(awk -v n="$SLEEP_N" 'BEGIN { printf "%.1f", n * 0.5 / 4 }')
+eff=$(awk -v a="$s1" -v b="$s3" 'BEGIN { printf "%.3f", a / (3 * b) }')
+log "   1 node ${s1}s (load $load1), 3 nodes ${s3}s (load $load3): $eff of linear"
+row "agent-like scaling: $SLEEP_N × \`sleep 0.5\`, 3 nodes × 4 vs 1 node × 4" "${s3} s vs ${s1} s (ideal ${ideal} s on 1 node)" "≥ 0.8 × linear" \
+  "$(awk -v e="$eff" 'BEGIN { printf "%s %.2f × linear (1-node time ÷ (3 × 3-node time))", (e >= 0.8) ? "✅" : "❌ missed:", e }')" \
+  "$SLEEP_N tasks \`run = \"sleep 0.5\"\` in jobs of ≤ 100 (local executor, one process each); node 1 \`gaffer run --store URL --workers 4\`, nodes 2–3 \`gaffer serve --workers 4\`; wall of node 1; load $load1 / $load3"
+cl_pg_stop
+fi
 fi
 
 # ------------------------------------------------------------------ PostgreSQL queue (issue 11)

@@ -344,6 +344,9 @@ pub struct ServeArgs {
     /// is submitted without it: --param token=… (repeatable; held in memory only).
     #[arg(long = "param", value_name = "K=V")]
     pub params: Vec<String>,
+    /// Run every task as a no-op that succeeds at once (the cluster benchmark's other nodes).
+    #[arg(long, hide = true)]
+    pub noop_executor: bool,
 }
 
 /// `gaffer serve`: resume, fire schedules, take commands, until SIGINT/SIGTERM.
@@ -356,7 +359,7 @@ pub fn serve(args: ServeArgs, at: &Place) -> i32 {
         workers: args.display.workers,
         labels: &args.display.labels,
         node: args.display.node.as_deref(),
-        noop: false,
+        noop: args.noop_executor,
     };
     let check = |workflow: &Workflow| -> Result<_, String> {
         let secrets = serve_secrets(workflow, &args.params)?;

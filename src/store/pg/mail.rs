@@ -215,7 +215,10 @@ async fn post(pool: &Pool, letters: &[Letter]) -> Result<(), PgError> {
 
 /// Letters for node `$1`: those to it are taken (deleted); those to the owner of a job run it
 /// owns and this owner epoch has not read yet are marked read by it; those of its ended job runs
-/// (late ones nobody will act on) are deleted. From the few letters, each job run by its key.
+/// (late ones nobody will act on) are deleted. From the few letters, each job run by its key:
+/// `too_late` looks its job run up per letter (a scalar subquery), because the join it was
+/// became a hash join over a sequential scan of every job run this node ever owned, on every
+/// drain (seen in scripts/soak-cluster.sh: `job_runs.seq_scan` grew all along).
 const DRAIN: &str = "WITH to_owner AS ( \
      UPDATE node_mail m SET read_epoch = j.owner_epoch FROM job_runs j \
      WHERE m.to_node IS NULL AND j.id = m.job_run AND j.owner_node = $1 AND j.state = 'running' \
@@ -225,8 +228,8 @@ const DRAIN: &str = "WITH to_owner AS ( \
      DELETE FROM node_mail WHERE to_node = $1 \
      RETURNING id, job_run, to_node, task_run, attempt, body \
  ), too_late AS ( \
-     DELETE FROM node_mail m USING job_runs j \
-     WHERE m.to_node IS NULL AND j.id = m.job_run AND j.owner_node = $1 AND j.state <> 'running' \
+     DELETE FROM node_mail m WHERE m.to_node IS NULL AND ( \
+         SELECT j.owner_node = $1 AND j.state <> 'running' FROM job_runs j WHERE j.id = m.job_run) \
  ) SELECT * FROM to_owner UNION ALL SELECT * FROM to_node ORDER BY id";
 
 /// A letter as read, with its row's id: an owner deletes it with the commit that applies it.

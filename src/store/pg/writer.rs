@@ -188,11 +188,9 @@ async fn commit_group(
     };
     let owner = judge.as_ref().map(Judge::node);
     let mut woken = BTreeSet::new();
-    for (batch, fenced) in batches.iter().zip(&verdicts.fenced) {
-        if fenced.is_none() {
-            apply(&tx, batch, facts, owner, &mut woken).await?;
-        }
-    }
+    let taken: Vec<&[Mutation]> =
+        batches.iter().zip(&verdicts.fenced).filter(|(_, fenced)| fenced.is_none()).map(|(b, _)| *b).collect();
+    apply(&tx, &taken, facts, owner, &mut woken).await?;
     if !woken.is_empty() {
         let queues: Vec<String> = woken.into_iter().collect();
         tx.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[&QUEUE_CHANNEL, &queues]).await?;
@@ -227,18 +225,22 @@ async fn read_fence(tx: &Transaction<'_>, job_runs: &[u64]) -> Result<std::colle
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// Applies one batch: every statement is sent at once (pipelined on the connection, executed in
-/// order), then their answers are awaited. A job run created with a node `owner` is written as
-/// that node's at epoch 1.
+/// Applies the batches of a group: every statement of every batch is sent at once (pipelined
+/// on the connection, executed in order), then their answers are awaited. One round trip per
+/// group, not per batch: a group of 64 one-task batches (a node's workers each starting or
+/// ending an attempt) awaited batch by batch held its transaction open for 64 round trips,
+/// which bounded a node to a few hundred tasks/s (BENCHMARKS.md, cluster rows). A job run
+/// created with a node `owner` is written as that node's at epoch 1.
 pub async fn apply(
     tx: &Transaction<'_>,
-    batch: &[Mutation],
+    batches: &[&[Mutation]],
     facts: &QueueFacts,
     owner: Option<u64>,
     woken: &mut BTreeSet<String>,
 ) -> Result<(), PgError> {
-    let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::with_capacity(batch.len());
-    for m in batch {
+    let mutations = batches.iter().flat_map(|b| b.iter());
+    let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::new();
+    for m in mutations.clone() {
         statements.push(statement(m, facts, owner)?);
         if let Mutation::TaskRun(r) = m
             && r.state == TaskState::Queued
@@ -254,8 +256,9 @@ pub async fn apply(
         statements.iter().map(|(_, ps)| ps.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()).collect();
     let runs = prepared.iter().zip(&params).map(|(stmt, ps)| tx.execute(stmt, ps));
     let written = futures_util::future::try_join_all(runs).await?;
-    // A fire time another node recorded first writes no row: the whole batch is refused.
-    for (m, rows) in batch.iter().zip(written) {
+    // A fire time another node recorded first writes no row: its batch is refused (the group
+    // is then committed batch by batch, and only that one fails).
+    for (m, rows) in mutations.zip(written) {
         if let Mutation::Schedule(job, _) = m
             && rows == 0
         {
