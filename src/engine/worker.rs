@@ -24,6 +24,8 @@ use super::{EngineEvent, EventData, SharedClock};
 use crate::executor::{AttemptEvent, AttemptExit, Executor, KILL_GRACE, ProcessHandle, spawn_off_thread};
 use crate::model::FailReason;
 use crate::model::cost::{CostDelta, Pricing};
+use crate::model::lease::Refused;
+use crate::store::pg::PgError;
 use crate::store::pg::mail::{Letter, Mail};
 use crate::store::pg::queue::{self, Verdict};
 use crate::store::{AttemptRecord, MAX_ATTEMPT_WARNINGS, codec};
@@ -261,7 +263,7 @@ impl Owner {
             Letter { job_run: record.job_run, to_node: None, task_run: record.task_run, attempt: record.n, mail };
         actix::spawn(async move {
             let (task_run, n) = (record.task_run, record.n);
-            match node.completer().complete(record).await {
+            match complete_retrying(&node, record).await {
                 Ok(Verdict::Accepted) => node.mailer.send(letter),
                 Ok(Verdict::Refused(why)) => {
                     let message = format!(
@@ -275,6 +277,33 @@ impl Owner {
                 Err(e) => tracing::error!(task_run, "cannot record the outcome of attempt {n}: {e}"),
             }
         });
+    }
+}
+
+/// The fenced completion of `record`, tried again while the database is away (a restart) and
+/// this node is the one that ran it: an outcome dropped here would leave its task run
+/// `running` with nobody running it. A try whose answer was lost may have been taken: the next
+/// then finds the attempt ended with no node (`OtherNode` for this very attempt, which no other
+/// node can hold) and counts as taken.
+async fn complete_retrying(node: &ClusterNode, record: AttemptRecord) -> Result<Verdict, PgError> {
+    let me = node.id();
+    let mut pause = Duration::from_millis(50);
+    let mut tried = false;
+    loop {
+        match node.completer().complete(record.clone()).await {
+            Ok(Verdict::Refused(Refused::OtherNode)) if tried => return Ok(Verdict::Accepted),
+            Err(e) if !node.lease_lost() && node.id() == me => {
+                tracing::warn!(
+                    task_run = record.task_run,
+                    "cannot record the outcome of attempt {} yet ({e}); trying again in {pause:?}",
+                    record.n
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                tried = true;
+            }
+            other => return other,
+        }
     }
 }
 
