@@ -28,6 +28,8 @@ mod engine_tests;
 mod events;
 pub mod fence;
 mod ids;
+#[cfg(test)]
+mod limits_tests;
 mod logs;
 pub mod mail;
 mod migrate;
