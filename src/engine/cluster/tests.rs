@@ -370,3 +370,40 @@ fn a_task_run_nobody_claims_times_out_on_its_owner() {
     let (task, attempts) = records(&db, id).pop().expect("the task run");
     assert_eq!((task.state, task.reason, attempts.len()), (TaskState::Dead, Some(FailReason::QueueTimeout), 0));
 }
+
+/// Start times the tasks wrote (ns), with the state dir of the node each ran on.
+fn starts(path: &std::path::Path) -> Vec<(u128, String)> {
+    lines(path)
+        .iter()
+        .map(|l| {
+            let (ns, dir) = l.split_once(' ').expect("two fields");
+            (ns.parse().expect("ns"), dir.to_string())
+        })
+        .collect()
+}
+
+/// A queue's `rate_limit = "2/2s"` holds across two nodes: their starts together never put
+/// three in one window (less 0.5 s for the spawn's own delay). Half the tasks only node a can
+/// run, half only b (`requires`), so both nodes start from the queue at once.
+#[test]
+fn a_queues_rate_limit_holds_across_nodes() {
+    let Some(db) = TestDb::get() else { return };
+    let out = crate::state_dir::private_tempdir();
+    let times = out.path().join("times");
+    let mut text = String::from("[queues.limited]\nrate_limit = \"2/2s\"\n");
+    for n in 0..6 {
+        text.push_str(&format!(
+            "[jobs.j.tasks.t{n}]\nqueue = \"limited\"\nrequires = [\"{}\"]\nrun = \"echo $(date +%s%N) \\\"$GAFFER_STATE_DIR\\\" >> '{}'\"\n",
+            if n % 2 == 0 { "a" } else { "b" },
+            times.display()
+        ));
+    }
+    run_on_first(&db, &text, &[("a", 3, &["a"]), ("b", 3, &["b"])], JobState::Succeeded);
+    let starts = starts(&times);
+    assert_eq!(starts.len(), 6);
+    let window_ns = 1_500_000_000;
+    let most = starts.iter().map(|(t, _)| starts.iter().filter(|(s, _)| s >= t && s - t < window_ns).count()).max();
+    assert!(most <= Some(2), "more than 2 starts within 1.5 s: {starts:?}");
+    let nodes: BTreeSet<&str> = starts.iter().map(|(_, dir)| dir.as_str()).collect();
+    assert_eq!(nodes.len(), 2, "{starts:?}");
+}
