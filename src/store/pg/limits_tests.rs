@@ -1,14 +1,17 @@
-//! A queue's rate limit and circuit hold across the cluster (issue #11 §2): claims of several
-//! nodes at once are decided under the queue's lock from every node's starts and failures.
+//! A queue's rate limit and circuit, and a job's active runs, hold across the cluster (issue
+//! #11 §2): claims of several nodes at once are decided under the queue's lock from every
+//! node's starts and failures; a run's creation counts every node's running runs of its job.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::PgStore;
 use super::queue::{self, Limits, Node, Outcome};
 use super::testing::TestDb;
 use super::tests::{LONG, enqueue, node, open, owner_wrote, succeeded};
+use super::{PgError, PgStore};
 use crate::config::{CircuitRule, RateLimit};
+use crate::store::Mutation;
+use crate::store::tests::job_run;
 
 /// One claim as the claimer saw it: it was decided somewhere between `asked` and `answered`
 /// (the database's clock is not the test's), and took `took` task runs.
@@ -120,7 +123,7 @@ async fn a_circuit_opened_by_one_nodes_failures_holds_the_queue_on_every_node() 
     assert_eq!((claim.claimed.len(), claim.circuit_open_for), (4, None), "closed by itself");
 }
 
-/// The limits' reads use `queue_marks`' index, never a scan, at a few thousand marks.
+/// The limits' reads use their indexes, never a scan, at a few thousand marks and job runs.
 #[tokio::test]
 async fn the_limits_read_their_marks_by_index() {
     let Some(db) = TestDb::get() else { return };
@@ -128,11 +131,57 @@ async fn the_limits_read_their_marks_by_index() {
     db.psql(
         "INSERT INTO queue_marks (queue, failure, at_ms) \
          SELECT 'q' || (i % 20), i % 7 = 0, (extract(epoch FROM now()) * 1000)::bigint - i FROM generate_series(1, 5000) i; \
-         ANALYZE queue_marks",
+         ANALYZE queue_marks; \
+         INSERT INTO job_runs (id, job, state, record) \
+         SELECT i, 'job' || (i % 20), CASE WHEN i % 50 = 0 THEN 'running' ELSE 'succeeded' END, '\\x00' \
+         FROM generate_series(1, 5000) i; \
+         ANALYZE job_runs",
     );
-    for (sql, args) in [(queue::PRUNE_MARKS, "('q3', 60000)"), (queue::READ_MARKS, "('q3')")] {
+    let plans = [
+        (queue::PRUNE_MARKS, "('q3', 60000)", "queue_marks_by_queue"),
+        (queue::READ_MARKS, "('q3')", "queue_marks_by_queue"),
+        (super::writer::ACTIVE_RUNS_BELOW, "('job3', 2, '{1,2}')", "job_runs_running_by_job"),
+    ];
+    for (sql, args, index) in plans {
         let plan =
             db.psql(&format!("SET plan_cache_mode = force_custom_plan; PREPARE p AS {sql}; EXPLAIN EXECUTE p{args}"));
-        assert!(plan.contains("queue_marks_by_queue") && !plan.contains("Seq Scan"), "{sql}:\n{plan}");
+        assert!(plan.contains(index) && !plan.contains("Seq Scan"), "{sql}:\n{plan}");
     }
+}
+
+/// Two nodes' stores each commit, at once, a new run of job `report` bounded to 2 active runs
+/// (`Mutation::ActiveRunsBelow`): whatever the interleaving, 2 are taken in all, the others
+/// are refused whole (`RunLimit`), and once one ends another is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_never_start_runs_of_a_job_past_its_limit() {
+    let Some(db) = TestDb::get() else { return };
+    let stores = [open(&db).await, open(&db).await];
+    let start = |store: &PgStore, id: u64| {
+        let batch = vec![Mutation::JobRun(job_run(id)), Mutation::ActiveRunsBelow("report".into(), 2)];
+        let store = store.clone();
+        tokio::spawn(async move { store.commit(batch).await })
+    };
+    let mut tries = Vec::new();
+    for id in 1..=6 {
+        tries.push(start(&stores[(id % 2) as usize], id));
+    }
+    let mut taken = Vec::new();
+    for (id, t) in (1..=6).zip(tries) {
+        match t.await.expect("join") {
+            Ok(()) => taken.push(id),
+            Err(PgError::RunLimit { job }) => assert_eq!(job, "report"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(taken.len(), 2, "taken: {taken:?}");
+    let running = db.psql("SELECT count(*) FROM job_runs WHERE job = 'report' AND state = 'running'");
+    assert_eq!(running.trim(), "2", "nothing of a refused batch is written");
+    let mut ended = job_run(taken[0]);
+    ended.state = crate::model::JobState::Succeeded;
+    stores[0].commit(vec![Mutation::JobRun(ended)]).await.expect("end one");
+    start(&stores[1], 7).await.expect("join").expect("room again");
+    // Another job's runs do not count.
+    let mut other = job_run(8);
+    other.job = "other".into();
+    stores[0].commit(vec![Mutation::JobRun(other), Mutation::ActiveRunsBelow("other".into(), 1)]).await.expect("other");
 }
