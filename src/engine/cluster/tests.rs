@@ -407,3 +407,42 @@ fn a_queues_rate_limit_holds_across_nodes() {
     let nodes: BTreeSet<&str> = starts.iter().map(|(_, dir)| dir.as_str()).collect();
     assert_eq!(nodes.len(), 2, "{starts:?}");
 }
+
+/// A run of a job submitted to node a runs 2 s; node b serves the job's schedule (every
+/// second, `overlap = "skip"`, the default) and counts none of its own: its fire times while
+/// a's run is active are skipped (said by b), and runs never overlap.
+#[test]
+fn overlap_holds_across_nodes() {
+    let Some(db) = TestDb::get() else { return };
+    let out = crate::state_dir::private_tempdir();
+    let times = out.path().join("times");
+    let text = format!(
+        "[jobs.c]\nschedule = \"* * * * * *\"\n[jobs.c.tasks.t]\nrun = \"s=$(date +%s%N); sleep 2; echo $s $(date +%s%N) >> '{}'\"\n",
+        times.display()
+    );
+    let system = actix::System::new();
+    let b_events = system.block_on(async {
+        let cluster = Cluster::start(&db, &text, &[("a", 1, &[]), ("b", 1, &[])]).await;
+        let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+        let mut b_events = b.subscribe().await.expect("subscribe");
+        a.submit_request(SubmitRequest { job: "c".into(), ..Default::default() }).await.expect("submit");
+        b.serve_schedules().await.expect("serve schedules");
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        cluster.stop().await;
+        drain(&mut b_events)
+    });
+    let runs: Vec<(u128, u128)> = lines(&times)
+        .iter()
+        .map(|l| {
+            let (s, e) = l.split_once(' ').expect("two fields");
+            (s.parse().expect("ns"), e.parse().expect("ns"))
+        })
+        .collect();
+    for (i, a) in runs.iter().enumerate() {
+        for b in &runs[i + 1..] {
+            assert!(a.1 <= b.0 || b.1 <= a.0, "two runs at once: {a:?} {b:?} of {runs:?}");
+        }
+    }
+    let skipped = b_events.iter().filter(|e| matches!(&e.data, EventData::ScheduleSkipped { .. })).count();
+    assert!(skipped >= 1, "b skipped no fire time: {:?}", b_events.iter().map(|e| e.data.name()).collect::<Vec<_>>());
+}
