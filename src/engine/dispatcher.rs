@@ -428,8 +428,9 @@ impl Dispatcher {
     /// Cluster mode: claims as many ready task runs as workers are idle (`queue::claim`, one
     /// claiming connection), queues in turn; a declared queue's `concurrency` holds across
     /// nodes (the claim counts every node's running task runs), an undeclared one's is this
-    /// node's `workers`; paused queues (on any node) and open circuits are skipped, and a rate
-    /// limit holds for this node's starts. Claimed rows go to idle workers.
+    /// node's `workers`; paused queues (on any node) are skipped, and a rate limit and a circuit
+    /// hold over every node's starts and failures (`queue::claim_within`). Claimed rows go to
+    /// idle workers.
     fn claim(&mut self, ctx: &mut Context<Self>) {
         if self.claiming {
             self.claim_again = true;
