@@ -282,7 +282,7 @@ fn not_reached(reader: &dyn Snapshot, j: &JobRunRecord, runs: &[TaskRunRecord]) 
 }
 
 fn not_found(target: Target) -> QueryError {
-    QueryError::NotFound(format!("no {target} in this state dir"))
+    QueryError::NotFound(format!("no {target} in the store"))
 }
 
 /// Which job runs `jobs` lists.

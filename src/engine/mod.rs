@@ -118,7 +118,7 @@ pub enum EngineError {
     /// already ended, nothing waits for that signal): the API answers 409.
     #[error("{0}")]
     Refused(String),
-    #[error("no {0} in this state dir")]
+    #[error("no {0} in the store")]
     UnknownId(Target),
     #[error(transparent)]
     Store(#[from] StoreError),
