@@ -10,6 +10,7 @@ use super::journal::Publish;
 use super::scheduler::{ArmCrons, Fire};
 use super::supervisor::Supervisor;
 use super::{EngineError, EngineEvent, EventData};
+use crate::config::Overlap;
 use crate::model::schedule::{self, FireDecision, Schedule, ScheduleState};
 use crate::store::Mutation;
 
@@ -102,44 +103,12 @@ impl Supervisor {
             .find(|j| j.name == msg.job)
             .cloned()
             .ok_or_else(|| EngineError::Invalid(format!("no job `{}`", msg.job)))?;
-        let state = ScheduleState {
-            expression: def.schedule.clone().unwrap_or_default(),
-            timezone: def.timezone.clone(),
-            next_due_ms: msg.next_due_ms,
-            last_fired_ms: Some(msg.scheduled_for),
-        };
         let active: Vec<u64> = self.job_of.iter().filter(|(_, j)| **j == msg.job).map(|(id, _)| *id).collect();
         let decision = schedule::on_fire(&def.policy, active.len(), self.waiting_fires.contains_key(&msg.job));
-        let event = |data: EventData| {
-            let mut e = EngineEvent::new(data, shared.clock.now_ms());
-            e.job = Some(msg.job.clone());
-            e
-        };
-        // On a shared store this write takes the fire time (`schedule::fire_accepted`): if another
-        // node took it first, the whole fire is refused and nothing of it is written (`FireLost`).
-        let remember = Mutation::Schedule(msg.job.clone(), state);
         match decision {
             FireDecision::Skip | FireDecision::Queue => {
-                let reason =
-                    if decision == FireDecision::Queue { "queued behind the active run" } else { "a run is active" };
-                let skipped =
-                    event(EventData::ScheduleSkipped { scheduled_for_ms: msg.scheduled_for, reason: reason.into() });
-                if decision == FireDecision::Queue {
-                    self.waiting_fires.insert(msg.job.clone(), msg.scheduled_for);
-                }
-                let (journal, job, scheduled_for) = (shared.journal.clone(), msg.job.clone(), msg.scheduled_for);
-                // Told once the fire time is recorded as this node's. Another node may have taken
-                // it (a shared store): then that node handles it, and this one holds nothing.
-                let recorded = shared.store.commit(vec![remember]).into_actor(self);
-                ctx.spawn(recorded.map(move |result, act, _| match result {
-                    Ok(()) => journal.do_send(Publish(skipped)),
-                    Err(crate::store::StoreError::FireTaken { .. }) => {
-                        if act.waiting_fires.get(&job) == Some(&scheduled_for) {
-                            act.waiting_fires.remove(&job);
-                        }
-                    }
-                    Err(e) => tracing::warn!("schedule of job `{job}`: cannot record a skipped fire time: {e}"),
-                }));
+                let hold = decision == FireDecision::Queue;
+                self.skip_fire(&msg, if hold { "queued behind the active run" } else { "a run is active" }, hold, ctx)?;
                 Ok(false)
             }
             FireDecision::CancelPreviousThenStart | FireDecision::Start => {
@@ -150,16 +119,76 @@ impl Supervisor {
                         }
                     }
                 }
-                let begin = Begin::New {
-                    with: if msg.held { Vec::new() } else { vec![remember] },
-                    events: vec![event(EventData::ScheduleFired { scheduled_for_ms: msg.scheduled_for })],
-                    begun: None,
-                };
-                self.submit_scheduled(&msg.job, begin)?;
+                let mut with = if msg.held { Vec::new() } else { vec![self.remember(&def, &msg)] };
+                // In a cluster the runs this node counted are only its own: the store checks the
+                // start against every node's in the transaction that creates the run.
+                let bounded = (decision == FireDecision::Start && self.is_cluster())
+                    .then(|| schedule::start_limit(&def.policy))
+                    .flatten();
+                if let Some(limit) = bounded {
+                    with.push(Mutation::ActiveRunsBelow(msg.job.clone(), limit));
+                }
+                let event = fire_event(
+                    &msg,
+                    EventData::ScheduleFired { scheduled_for_ms: msg.scheduled_for },
+                    shared.clock.now_ms(),
+                );
+                let begin = Begin::New { with, events: vec![event], begun: None };
+                let id = self.submit_scheduled(&msg.job, begin)?;
+                if bounded.is_some() && !msg.held && def.policy.overlap != Overlap::Queue {
+                    self.bounded_fires.insert(id, msg);
+                }
                 Ok(true)
             }
         }
     }
+
+    /// The schedule's state once `msg` is handled. On a shared store this write takes the fire
+    /// time (`schedule::fire_accepted`): if another node took it first, the whole batch is
+    /// refused and nothing of it is written (`FireLost`).
+    fn remember(&self, def: &crate::config::JobDef, msg: &Fire) -> Mutation {
+        let state = ScheduleState {
+            expression: def.schedule.clone().unwrap_or_default(),
+            timezone: def.timezone.clone(),
+            next_due_ms: msg.next_due_ms,
+            last_fired_ms: Some(msg.scheduled_for),
+        };
+        Mutation::Schedule(msg.job.clone(), state)
+    }
+
+    /// Records fire time `msg` as handled without a run (`hold`: `overlap = "queue"` keeps it
+    /// until the active run ends) and says `schedule.skipped` once that is durable.
+    fn skip_fire(&mut self, msg: &Fire, reason: &str, hold: bool, ctx: &mut Context<Self>) -> Result<(), EngineError> {
+        let shared = self.shared()?;
+        let def = self.workflow.jobs.iter().find(|j| j.name == msg.job).cloned();
+        let def = def.ok_or_else(|| EngineError::Invalid(format!("no job `{}`", msg.job)))?;
+        let data = EventData::ScheduleSkipped { scheduled_for_ms: msg.scheduled_for, reason: reason.into() };
+        let skipped = fire_event(msg, data, shared.clock.now_ms());
+        if hold {
+            self.waiting_fires.insert(msg.job.clone(), msg.scheduled_for);
+        }
+        let (journal, job, scheduled_for) = (shared.journal.clone(), msg.job.clone(), msg.scheduled_for);
+        // Told once the fire time is recorded as this node's. Another node may have taken
+        // it (a shared store): then that node handles it, and this one holds nothing.
+        let recorded = shared.store.commit(vec![self.remember(&def, msg)]).into_actor(self);
+        ctx.spawn(recorded.map(move |result, act, _| match result {
+            Ok(()) => journal.do_send(Publish(skipped)),
+            Err(crate::store::StoreError::FireTaken { .. }) => {
+                if act.waiting_fires.get(&job) == Some(&scheduled_for) {
+                    act.waiting_fires.remove(&job);
+                }
+            }
+            Err(e) => tracing::warn!("schedule of job `{job}`: cannot record a skipped fire time: {e}"),
+        }));
+        Ok(())
+    }
+}
+
+/// An event of `msg`'s job.
+fn fire_event(msg: &Fire, data: EventData, now_ms: u64) -> EngineEvent {
+    let mut e = EngineEvent::new(data, now_ms);
+    e.job = Some(msg.job.clone());
+    e
 }
 
 /// Start firing the workflow's schedules (`gaffer serve`); answers how many missed fire times
@@ -177,20 +206,32 @@ impl Handler<ServeSchedules> for Supervisor {
 }
 
 /// A scheduled run's first commit was refused because another node took its fire time first
-/// (`StoreError::FireTaken`): the run never existed; its actor has stopped.
+/// (`StoreError::FireTaken`), or because enough runs of its job run on other nodes for its
+/// overlap policy (`StoreError::RunLimit`, `refused`): the run never existed; its actor has
+/// stopped. Refused, the fire time is skipped as if this node had counted those runs (except
+/// under `overlap = "queue"`: the node whose run is active holds it).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FireLost {
     pub job_run: u64,
+    pub refused: bool,
 }
 
 impl Handler<FireLost> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: FireLost, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: FireLost, ctx: &mut Self::Context) {
         self.job_runs.remove(&msg.job_run);
-        if let Some(job) = self.job_of.remove(&msg.job_run) {
-            tracing::debug!("schedule of job `{job}`: another node fired it first");
+        let fire = self.bounded_fires.remove(&msg.job_run);
+        let Some(job) = self.job_of.remove(&msg.job_run) else { return };
+        if !msg.refused {
+            return tracing::debug!("schedule of job `{job}`: another node fired it first");
+        }
+        tracing::debug!("schedule of job `{job}`: runs of it are active on other nodes");
+        if let Some(fire) = fire
+            && let Err(e) = self.skip_fire(&fire, "a run is active", false, ctx)
+        {
+            tracing::error!("schedule of job `{job}`: {e}");
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::config::QueueDef;
 use crate::model::policy::priority_key;
 use crate::model::queue::{self, circuit_open_until, rate_limit_opens_at};
 use crate::model::routing::can_run;
+use crate::store::pg::queue::Limits;
 use crate::store::{self, StoreError, TaskRunRecord};
 
 /// How often entries waiting in a blocked queue are checked against their `queue_timeout`.
@@ -107,6 +108,12 @@ struct QueueState {
     failures: VecDeque<u64>,
     /// Until when the circuit is open, as last said (`queue.circuit_opened`).
     circuit_until: Option<u64>,
+    /// Cluster mode: the last claim found the queue's rate limit or circuit (counted over every
+    /// node) lets nothing start before then; it is not asked again until then.
+    held_until: Option<u64>,
+    /// Cluster mode: the circuit is open until then, as the last claim found it (another node
+    /// may have opened it: that node said so).
+    cluster_circuit_until: Option<u64>,
 }
 
 impl QueueState {
@@ -285,6 +292,8 @@ impl Dispatcher {
                     starts: history.starts.remove(name).unwrap_or_default().into(),
                     failures: history.failures.remove(name).unwrap_or_default().into(),
                     circuit_until: None,
+                    held_until: None,
+                    cluster_circuit_until: None,
                 };
                 // Open since before this start: it said so then; it says when it closes.
                 state.circuit_until = state.circuit_open_until(now);
@@ -354,9 +363,14 @@ impl Dispatcher {
     /// Says which circuits closed by themselves; returns when the next open one closes.
     fn close_circuits(&mut self, now: u64) -> Option<u64> {
         let mut next = None;
+        let cluster = self.cluster.is_some();
         for (name, queue) in &mut self.queues {
-            let Some(_) = queue.circuit_until else { continue };
-            queue.circuit_until = queue.circuit_open_until(now);
+            let Some(until) = queue.circuit_until else { continue };
+            queue.circuit_until = match cluster {
+                // Opened by this node's recorded failure, until then (`record_failure`).
+                true => Some(until).filter(|&u| u > now),
+                false => queue.circuit_open_until(now),
+            };
             match queue.circuit_until {
                 Some(until) => next = Some(next.map_or(until, |n: u64| n.min(until))),
                 None => {
@@ -414,13 +428,19 @@ impl Dispatcher {
     /// Cluster mode: claims as many ready task runs as workers are idle (`queue::claim`, one
     /// claiming connection), queues in turn; a declared queue's `concurrency` holds across
     /// nodes (the claim counts every node's running task runs), an undeclared one's is this
-    /// node's `workers`; paused queues (on any node) and open circuits are skipped, and a rate
-    /// limit holds for this node's starts. Claimed rows go to idle workers.
+    /// node's `workers`; paused queues (on any node) are skipped, and a rate limit and a circuit
+    /// hold over every node's starts and failures (`queue::claim_within`). Claimed rows go to
+    /// idle workers.
     fn claim(&mut self, ctx: &mut Context<Self>) {
         if self.claiming {
             self.claim_again = true;
             return;
         }
+        let now = self.clock.now_ms();
+        // Circuits this node opened close by time, whether or not a worker is free.
+        self.close_circuits(now);
+        let wake = self.cluster_wake(now);
+        self.set_wake(ctx, wake, now);
         let free = self.idle.len().min(self.workers_total.saturating_sub(self.running_total));
         let Some(node) = self.cluster.clone().filter(|_| free > 0) else { return };
         // A node whose lease ran out starts nothing (`model::lease::expired_duties`) until it
@@ -428,20 +448,20 @@ impl Dispatcher {
         if node.lease_lost() {
             return;
         }
-        let now = self.clock.now_ms();
         let mut asks = Vec::new();
         for offset in 0..self.names.len() {
             let name = &self.names[(self.next_queue + offset) % self.names.len()];
             let Some(queue) = self.queues.get_mut(name) else { continue };
-            if queue.paused || queue.circuit_until.is_some() || queue.rate_limited_until(now).is_some() {
+            if queue.paused || queue.circuit_until.is_some() || queue.held_until.is_some_and(|t| t > now) {
                 continue;
             }
-            let (k, cluster_cap) = match queue.def.concurrency_is_workers {
+            let (k, cap) = match queue.def.concurrency_is_workers {
                 true => (queue.def.concurrency.saturating_sub(queue.running).min(free), None),
                 false => (free, Some(u32::try_from(queue.def.concurrency).unwrap_or(u32::MAX))),
             };
+            let limits = Limits { cap, rate_limit: queue.def.rate_limit, circuit: queue.def.circuit };
             if k > 0 {
-                asks.push((name.clone(), k, cluster_cap));
+                asks.push((name.clone(), k, limits));
             }
         }
         self.next_queue = self.next_queue.wrapping_add(1);
@@ -453,34 +473,38 @@ impl Dispatcher {
         let me = node.current();
         let claims = node.backend.spawn(async move {
             let mut c = pool.get().await?;
-            let (mut left, mut got) = (free, Vec::new());
-            for (queue, k, cap) in asks {
+            let (mut left, mut got, mut held) = (free, Vec::new(), Vec::new());
+            for (queue, k, limits) in asks {
                 if left == 0 {
                     break;
                 }
-                let claimed = crate::store::pg::queue::claim(&mut c, &me, &queue, k.min(left), cap).await?;
-                left -= claimed.len().min(left);
-                got.extend(claimed.into_iter().map(|c| (queue.clone(), c)));
+                let claim = crate::store::pg::queue::claim_within(&mut c, &me, &queue, k.min(left), &limits).await?;
+                left -= claim.claimed.len().min(left);
+                held.push((queue.clone(), claim.look_again_in, claim.circuit_open_for));
+                got.extend(claim.claimed.into_iter().map(|c| (queue.clone(), c)));
             }
-            Ok::<_, crate::store::pg::PgError>(got)
+            Ok::<_, crate::store::pg::PgError>((got, held))
         });
         ctx.spawn(claims.into_actor(self).map(move |result, act, ctx| {
             act.claiming = false;
-            let claimed = match result {
-                Ok(Ok(claimed)) => claimed,
+            let (claimed, held) = match result {
+                Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => {
                     tracing::warn!("cluster: cannot claim ({e}); trying again at the next wake-up");
-                    Vec::new()
+                    Default::default()
                 }
                 Err(e) => {
                     tracing::warn!("cluster: the claim stopped ({e})");
-                    Vec::new()
+                    Default::default()
                 }
             };
+            act.hold_limited(held, now);
+            let wake = act.cluster_wake(act.clock.now_ms());
+            act.set_wake(ctx, wake, now);
             // Claimed some: there may be more. Woken meanwhile: look again.
             let again = !claimed.is_empty() | std::mem::take(&mut act.claim_again);
             for (queue, claimed) in claimed {
-                act.assign_claimed(queue, claimed, now);
+                act.assign_claimed(queue, claimed);
             }
             if again {
                 act.dispatch(ctx);
@@ -490,19 +514,34 @@ impl Dispatcher {
 
     /// A claimed task run goes to an idle worker (there is one: a claim takes at most as many
     /// as there were, and only claims take them in cluster mode).
-    fn assign_claimed(&mut self, queue: String, claimed: crate::store::pg::queue::Claimed, now: u64) {
+    fn assign_claimed(&mut self, queue: String, claimed: crate::store::pg::queue::Claimed) {
         let Some(worker) = self.idle.pop() else {
             tracing::error!(task_run = claimed.id, "claimed with no idle worker to run it");
             return;
         };
         if let Some(state) = self.queues.get_mut(&queue) {
             state.running += 1;
-            if state.def.rate_limit.is_some() {
-                state.starts.push_back(now);
-            }
         }
         self.running_total += 1;
         worker.do_send(AssignClaimed { claimed, queue });
+    }
+
+    /// Cluster mode: queues whose rate limit or circuit (every node's starts and failures) let
+    /// nothing more start are not asked again until the claim said.
+    fn hold_limited(&mut self, held: Vec<(String, Option<Duration>, Option<Duration>)>, now: u64) {
+        let at = |d: Duration| now.saturating_add(d.as_millis() as u64);
+        for (name, look_again_in, circuit_open_for) in held {
+            let Some(queue) = self.queues.get_mut(&name) else { continue };
+            queue.held_until = look_again_in.map(at);
+            queue.cluster_circuit_until = circuit_open_for.map(at);
+        }
+    }
+
+    /// Cluster mode: when to look again for what a limit holds now (a hold ends, a circuit this
+    /// node opened closes); the LISTEN wake-ups and the poll cover the rest.
+    fn cluster_wake(&self, now: u64) -> Option<u64> {
+        let queues = self.queues.values();
+        queues.flat_map(|q| [q.held_until, q.circuit_until]).flatten().filter(|&t| t > now).min()
     }
 
     fn set_wake(&mut self, ctx: &mut Context<Self>, at_ms: Option<u64>, now: u64) {
@@ -623,24 +662,67 @@ impl Handler<AttemptFailed> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: AttemptFailed, ctx: &mut Self::Context) {
+        if self.cluster.is_some() {
+            return self.record_failure(msg.queue, ctx);
+        }
         let now = self.clock.now_ms();
         let Some(queue) = self.queues.get_mut(&msg.queue) else { return };
-        let Some(rule) = queue.def.circuit else { return };
+        if queue.def.circuit.is_none() {
+            return;
+        }
         let at = queue.failures.partition_point(|&t| t <= msg.ended_at_ms);
         queue.failures.insert(at, msg.ended_at_ms);
         let was_open = queue.circuit_until.is_some();
         queue.circuit_until = queue.circuit_open_until(now);
         if let (false, Some(until)) = (was_open, queue.circuit_until) {
-            let opened = EventData::QueueCircuitOpened {
-                failures: rule.failures,
-                within_ms: rule.within.as_millis() as u64,
-                until_ms: until,
-            };
-            let mut e = EngineEvent::new(opened, now);
-            e.queue = Some(msg.queue.clone());
-            self.journal.do_send(Publish(e));
+            self.say_circuit_opened(&msg.queue, until, now);
         }
         self.dispatch(ctx);
+    }
+}
+
+impl Dispatcher {
+    fn say_circuit_opened(&self, name: &str, until: u64, now: u64) {
+        let Some(rule) = self.queues.get(name).and_then(|q| q.def.circuit) else { return };
+        let opened = EventData::QueueCircuitOpened {
+            failures: rule.failures,
+            within_ms: rule.within.as_millis() as u64,
+            until_ms: until,
+        };
+        let mut e = EngineEvent::new(opened, now);
+        e.queue = Some(name.to_string());
+        self.journal.do_send(Publish(e));
+    }
+
+    /// Cluster mode: the failure goes to the database (`queue::record_failure`), where every
+    /// node's claims count it. The node whose failure opened the circuit says so, and later
+    /// that it closed; the others just find the queue held when they claim.
+    fn record_failure(&mut self, name: String, ctx: &mut Context<Self>) {
+        let Some(queue) = self.queues.get(&name) else { return };
+        let limits = Limits { cap: None, rate_limit: queue.def.rate_limit, circuit: queue.def.circuit };
+        let Some(node) = self.cluster.clone().filter(|_| limits.circuit.is_some()) else { return };
+        let pool = node.backend.store().pool().clone();
+        let queue = name.clone();
+        let recorded = node.backend.spawn(async move {
+            let mut c = pool.get().await?;
+            crate::store::pg::queue::record_failure(&mut c, &queue, &limits).await
+        });
+        ctx.spawn(recorded.into_actor(self).map(move |result, act, ctx| {
+            let now = act.clock.now_ms();
+            match result {
+                Ok(Ok(Some(open_for))) => {
+                    let until = now.saturating_add(open_for.as_millis() as u64);
+                    if let Some(queue) = act.queues.get_mut(&name) {
+                        queue.circuit_until = Some(until);
+                    }
+                    act.say_circuit_opened(&name, until, now);
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!("cluster: cannot record a failure of queue `{name}` ({e})"),
+                Err(e) => tracing::warn!("cluster: recording a failure of queue `{name}` stopped ({e})"),
+            }
+            act.dispatch(ctx);
+        }));
     }
 }
 
@@ -720,6 +802,7 @@ impl Handler<Snapshot> for Dispatcher {
     type Result = MessageResult<Snapshot>;
 
     fn handle(&mut self, _: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        let now = self.clock.now_ms();
         MessageResult(
             self.queues
                 .iter()
@@ -729,7 +812,7 @@ impl Handler<Snapshot> for Dispatcher {
                     paused: q.paused,
                     ready: q.ready.len(),
                     running: q.running,
-                    circuit_open_until_ms: q.circuit_until,
+                    circuit_open_until_ms: q.circuit_until.or(q.cluster_circuit_until.filter(|&u| u > now)),
                 })
                 .collect(),
         )

@@ -540,9 +540,11 @@ impl JobRun {
                 act.committed.insert(seq, (events, Box::new(after)));
                 act.run_committed(ctx);
             }
-            Err(crate::store::StoreError::FireTaken { .. }) => {
-                // A scheduled run whose fire time another node took: it never existed.
-                act.shared.supervisor.do_send(super::cron::FireLost { job_run: act.record.id });
+            Err(e @ (crate::store::StoreError::FireTaken { .. } | crate::store::StoreError::RunLimit { .. })) => {
+                // A scheduled run whose fire time another node took, or that would pass its
+                // job's overlap policy counted over the cluster: it never existed.
+                let refused = matches!(e, crate::store::StoreError::RunLimit { .. });
+                act.shared.supervisor.do_send(super::cron::FireLost { job_run: act.record.id, refused });
                 ctx.stop();
             }
             Err(crate::store::StoreError::Fenced { .. }) => act.fenced_out(ctx),

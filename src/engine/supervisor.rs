@@ -84,6 +84,9 @@ pub struct Supervisor {
     pub(super) job_of: HashMap<u64, String>,
     /// Fire times held by `overlap = "queue"` until the job's active run ends.
     pub(super) waiting_fires: HashMap<String, u64>,
+    /// Cluster mode: fire times whose run the store may still refuse (other nodes' runs of the
+    /// job, `Mutation::ActiveRunsBelow`), by job run, to skip if it does; kept while the run is.
+    pub(super) bounded_fires: HashMap<u64, super::scheduler::Fire>,
     /// Idempotency keys of submits whose records are not durable yet (the store has the rest).
     keys: HashMap<String, u64>,
     /// How job runs ended, kept only while a waiter still waits for them: a run that ended
@@ -115,6 +118,7 @@ impl Supervisor {
             job_runs: HashMap::new(),
             job_of: HashMap::new(),
             waiting_fires: HashMap::new(),
+            bounded_fires: HashMap::new(),
             keys: HashMap::new(),
             ended: BTreeMap::new(),
             waiters: Vec::new(),
@@ -700,6 +704,7 @@ impl Handler<JobRunEnded> for Supervisor {
 
     fn handle(&mut self, msg: JobRunEnded, ctx: &mut Self::Context) {
         self.job_runs.remove(&msg.id);
+        self.bounded_fires.remove(&msg.id);
         self.ended.insert(msg.id, msg.state);
         // Nobody decides for an ended job run: a command about it takes it over (`relay.rs`).
         if let Some(node) = self.cluster() {
@@ -732,6 +737,7 @@ impl Handler<JobRunDropped> for Supervisor {
         if self.job_runs.get(&msg.id) == Some(&msg.actor) {
             self.job_runs.remove(&msg.id);
             self.job_of.remove(&msg.id);
+            self.bounded_fires.remove(&msg.id);
         }
     }
 }

@@ -268,6 +268,22 @@ pub fn on_fire(policy: &crate::config::SchedulePolicy, active: usize, one_waitin
     }
 }
 
+/// How many runs of the job may be active, cluster-wide, for a `Start` that [`on_fire`] decided
+/// to stand (`None`: any number): the count at which `on_fire` would no longer start. A node
+/// decides from the runs it sees; a store shared by several nodes checks this bound against
+/// every node's running job runs in the transaction that creates the run
+/// (`Mutation::ActiveRunsBelow`), so two nodes never both start one past it. A
+/// `CancelPreviousThenStart` is not bounded (its node cancels the runs it sees first).
+pub fn start_limit(policy: &crate::config::SchedulePolicy) -> Option<usize> {
+    use crate::config::Overlap;
+    match policy.overlap {
+        Overlap::Allow => policy.max_active_runs,
+        Overlap::Skip | Overlap::Queue | Overlap::CancelPrevious => {
+            Some(policy.max_active_runs.map_or(1, |m| m.min(1)))
+        }
+    }
+}
+
 /// Whether handling fire time `fired` may be recorded over a stored state that last handled
 /// `stored_last_fired` — the rule that makes a schedule fire once however many nodes share the
 /// store: a fire time is taken by the first node to record it, and never after a later one was
@@ -331,6 +347,21 @@ mod policy_tests {
         let state = ScheduleState { expression: "0 * * * *".into(), ..stored(0) };
         let (fire, _) = catch_up(&s, Some(&state), "* * * * *", Some("UTC"), &SchedulePolicy::default(), 100 * MIN);
         assert!(fire.is_empty());
+    }
+
+    /// `start_limit` is exactly where `on_fire` stops starting, for every policy.
+    #[test]
+    fn the_start_limit_is_where_on_fire_stops_starting() {
+        for overlap in [Overlap::Skip, Overlap::Queue, Overlap::CancelPrevious, Overlap::Allow] {
+            for max in [None, Some(1), Some(2), Some(5)] {
+                let policy = SchedulePolicy { overlap, max_active_runs: max, ..SchedulePolicy::default() };
+                for active in 0..8 {
+                    let starts = on_fire(&policy, active, false) == FireDecision::Start;
+                    let below = start_limit(&policy).is_none_or(|limit| active < limit);
+                    assert_eq!(starts, below, "{overlap:?} max {max:?} with {active} active");
+                }
+            }
+        }
     }
 
     #[test]

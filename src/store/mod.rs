@@ -116,6 +116,11 @@ pub enum StoreError {
     /// (or a later one) first (`model::schedule::fire_accepted`). Nothing of the batch was written.
     #[error("the schedule of job `{job}` was fired by another node")]
     FireTaken { job: String },
+    /// A shared store refused a batch that would start a run of `job` past its overlap policy:
+    /// enough runs of it are running on other nodes (`Mutation::ActiveRunsBelow`). Nothing of
+    /// the batch was written.
+    #[error("job `{job}` has as many active runs as its overlap policy allows (on other nodes)")]
+    RunLimit { job: String },
     /// A cluster node committed for a job run another node adopted (`store::pg::fence`):
     /// nothing of the batch was written; the job run is that node's to decide now.
     #[error("job run j{job_run}: another node owns it now; this node's commit for it was not written")]
@@ -190,6 +195,13 @@ pub enum Mutation {
     /// with it, so that a letter whose effect was not committed is read again by an adopter.
     /// Fenced with the job run. Only a cluster's store has mail; redb has no use for it.
     MailRead(u64, Vec<i64>),
+    /// Not a record but a condition of its batch, which starts a run of job `0`: a store shared
+    /// by several nodes takes the batch only while fewer than `1` runs of the job are running
+    /// on any node, the batch's own new ones not counted (`model::schedule::start_limit`),
+    /// counted in the transaction that creates the run under the job's lock; else it refuses
+    /// the whole batch with [`StoreError::RunLimit`]. redb has one writer, whose Supervisor
+    /// counts every run itself.
+    ActiveRunsBelow(String, usize),
 }
 
 /// The store's file in the state dir.
@@ -542,7 +554,7 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
                     .insert(*job_run, codec::encode(raised)?.as_slice())
                     .map_err(db_err)?;
             }
-            Mutation::Spec(..) | Mutation::MailRead(..) => {}
+            Mutation::Spec(..) | Mutation::MailRead(..) | Mutation::ActiveRunsBelow(..) => {}
         }
     }
     for (key, value) in [(SEQ_JOB_RUN, max_job), (SEQ_TASK_RUN, max_task), (SEQ_ENQUEUE, max_seq)] {

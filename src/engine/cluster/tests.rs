@@ -377,6 +377,82 @@ fn a_task_run_nobody_claims_times_out_on_its_owner() {
     assert_eq!((task.state, task.reason, attempts.len()), (TaskState::Dead, Some(FailReason::QueueTimeout), 0));
 }
 
+/// Start times the tasks wrote (ns), with the state dir of the node each ran on.
+fn starts(path: &std::path::Path) -> Vec<(u128, String)> {
+    lines(path)
+        .iter()
+        .map(|l| {
+            let (ns, dir) = l.split_once(' ').expect("two fields");
+            (ns.parse().expect("ns"), dir.to_string())
+        })
+        .collect()
+}
+
+/// A queue's `rate_limit = "2/2s"` holds across two nodes: their starts together never put
+/// three in one window (less 0.5 s for the spawn's own delay). Half the tasks only node a can
+/// run, half only b (`requires`), so both nodes start from the queue at once.
+#[test]
+fn a_queues_rate_limit_holds_across_nodes() {
+    let Some(db) = TestDb::get() else { return };
+    let out = crate::state_dir::private_tempdir();
+    let times = out.path().join("times");
+    let mut text = String::from("[queues.limited]\nrate_limit = \"2/2s\"\n");
+    for n in 0..6 {
+        text.push_str(&format!(
+            "[jobs.j.tasks.t{n}]\nqueue = \"limited\"\nrequires = [\"{}\"]\nrun = \"echo $(date +%s%N) \\\"$GAFFER_STATE_DIR\\\" >> '{}'\"\n",
+            if n % 2 == 0 { "a" } else { "b" },
+            times.display()
+        ));
+    }
+    run_on_first(&db, &text, &[("a", 3, &["a"]), ("b", 3, &["b"])], JobState::Succeeded);
+    let starts = starts(&times);
+    assert_eq!(starts.len(), 6);
+    let window_ns = 1_500_000_000;
+    let most = starts.iter().map(|(t, _)| starts.iter().filter(|(s, _)| s >= t && s - t < window_ns).count()).max();
+    assert!(most <= Some(2), "more than 2 starts within 1.5 s: {starts:?}");
+    let nodes: BTreeSet<&str> = starts.iter().map(|(_, dir)| dir.as_str()).collect();
+    assert_eq!(nodes.len(), 2, "{starts:?}");
+}
+
+/// A run of a job submitted to node a runs 2 s; node b serves the job's schedule (every
+/// second, `overlap = "skip"`, the default) and counts none of its own: its fire times while
+/// a's run is active are skipped (said by b), and runs never overlap.
+#[test]
+fn overlap_holds_across_nodes() {
+    let Some(db) = TestDb::get() else { return };
+    let out = crate::state_dir::private_tempdir();
+    let times = out.path().join("times");
+    let text = format!(
+        "[jobs.c]\nschedule = \"* * * * * *\"\n[jobs.c.tasks.t]\nrun = \"s=$(date +%s%N); sleep 2; echo $s $(date +%s%N) >> '{}'\"\n",
+        times.display()
+    );
+    let system = actix::System::new();
+    let b_events = system.block_on(async {
+        let cluster = Cluster::start(&db, &text, &[("a", 1, &[]), ("b", 1, &[])]).await;
+        let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+        let mut b_events = b.subscribe().await.expect("subscribe");
+        a.submit_request(SubmitRequest { job: "c".into(), ..Default::default() }).await.expect("submit");
+        b.serve_schedules().await.expect("serve schedules");
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        cluster.stop().await;
+        drain(&mut b_events)
+    });
+    let runs: Vec<(u128, u128)> = lines(&times)
+        .iter()
+        .map(|l| {
+            let (s, e) = l.split_once(' ').expect("two fields");
+            (s.parse().expect("ns"), e.parse().expect("ns"))
+        })
+        .collect();
+    for (i, a) in runs.iter().enumerate() {
+        for b in &runs[i + 1..] {
+            assert!(a.1 <= b.0 || b.1 <= a.0, "two runs at once: {a:?} {b:?} of {runs:?}");
+        }
+    }
+    let skipped = b_events.iter().filter(|e| matches!(&e.data, EventData::ScheduleSkipped { .. })).count();
+    assert!(skipped >= 1, "b skipped no fire time: {:?}", b_events.iter().map(|e| e.data.name()).collect::<Vec<_>>());
+}
+
 /// A cancel given on a node that does not own the job run (the CLI, the API, a TUI keypress on
 /// any node) goes to its owner by mail and comes back with its answer: the owner cancels, and
 /// the other node never starts an actor for the run (it would resume it, killing its attempts,

@@ -29,7 +29,7 @@ impl Supervisor {
         self.shared.as_ref().and_then(|s| s.cluster.clone())
     }
 
-    pub(super) fn is_cluster(&self) -> bool {
+    pub(in crate::engine) fn is_cluster(&self) -> bool {
         self.cluster().is_some()
     }
 

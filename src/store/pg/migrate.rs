@@ -9,6 +9,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_cronlogs.sql"),
     include_str!("migrations/0004_adopt.sql"),
     include_str!("migrations/0005_mail_read.sql"),
+    include_str!("migrations/0006_limits.sql"),
 ];
 
 /// The schema this gaffer writes.

@@ -28,6 +28,8 @@ mod engine_tests;
 pub mod events;
 pub mod fence;
 mod ids;
+#[cfg(test)]
+mod limits_tests;
 mod logs;
 pub mod mail;
 mod migrate;
@@ -78,6 +80,9 @@ pub enum PgError {
     /// Another node recorded this fire time of `job`'s schedule first (the batch was not written).
     #[error("postgres: the schedule of job `{job}` was fired by another node")]
     FireTaken { job: String },
+    /// Enough runs of `job` run already for its overlap policy (the batch was not written).
+    #[error("postgres: job `{job}` has as many active runs as its overlap policy allows")]
+    RunLimit { job: String },
     /// A commit for a job run this node does not own (any more) at its epoch: nothing of the
     /// batch was written (`fence.rs`).
     #[error("job run j{job_run}: another node owns it now; this node's commit for it was not written")]

@@ -11,15 +11,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, Client};
 
 use super::PgError;
 pub use super::writer::QUEUE_CHANNEL;
 use super::writer::{from_db, to_db};
+use crate::config::{CircuitRule, RateLimit};
 use crate::model::TaskState;
 use crate::model::lease::{Fence, OwnLease, Refused, believed_until_ms, outcome_accepted, own_lease};
+use crate::model::queue::{failure_opens_circuit, lookback, room};
 use crate::store::codec;
 use crate::store::records::{AttemptRecord, TaskRunRecord};
 
@@ -138,28 +140,83 @@ pub async fn claim(
     k: usize,
     cluster_cap: Option<u32>,
 ) -> Result<Vec<Claimed>, PgError> {
+    let limits = Limits { cap: cluster_cap, ..Limits::default() };
+    Ok(claim_within(c, node, queue, k, &limits).await?.claimed)
+}
+
+/// What holds a queue across the cluster: a declared `concurrency`, a `rate_limit`, a `circuit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub cap: Option<u32>,
+    pub rate_limit: Option<RateLimit>,
+    pub circuit: Option<CircuitRule>,
+}
+
+/// What a claim took, and when nothing more may start from its queue for now.
+#[derive(Debug, Default)]
+pub struct Claim {
+    pub claimed: Vec<Claimed>,
+    /// The rate limit or the circuit lets nothing more start until this much later (measured
+    /// from the claim, at the database's clock).
+    pub look_again_in: Option<Duration>,
+    /// The circuit is open for this much longer.
+    pub circuit_open_for: Option<Duration>,
+}
+
+/// [`claim`] of a queue with `limits`. A cap, a rate limit or a circuit is decided under the
+/// queue's advisory lock, in the claim's transaction, from every node's facts: running task
+/// runs (the cap), claims in the rate limit's window and failures that count for the circuit
+/// (`queue_marks`, `model::queue::room`); the claimed task runs are written there as starts
+/// in the same transaction. So nodes claiming at once never together pass a limit.
+pub async fn claim_within(
+    c: &mut deadpool_postgres::Client,
+    node: &Node,
+    queue: &str,
+    k: usize,
+    limits: &Limits,
+) -> Result<Claim, PgError> {
     let k = k as i64;
-    let rows = match cluster_cap {
+    if *limits == Limits::default() {
         // One statement, one commit: the common case costs one round trip.
-        None => {
-            let stmt = c.prepare_cached(CLAIM).await?;
-            c.query(&stmt, &[&node.id, &queue, &node.labels, &k]).await?
-        }
-        Some(cap) => {
-            let tx = c.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock(hashtext('gaffer.queue.' || $1))", &[&queue]).await?;
-            let count = tx.prepare_cached(COUNT_RUNNING).await?;
-            let running: i64 = tx.query_one(&count, &[&queue]).await?.get(0);
-            let k = k.min(i64::from(cap) - running);
-            if k <= 0 {
-                return Ok(Vec::new());
-            }
-            let stmt = tx.prepare_cached(CLAIM).await?;
-            let rows = tx.query(&stmt, &[&node.id, &queue, &node.labels, &k]).await?;
-            tx.commit().await?;
-            rows
-        }
-    };
+        let stmt = c.prepare_cached(CLAIM).await?;
+        let rows = c.query(&stmt, &[&node.id, &queue, &node.labels, &k]).await?;
+        return Ok(Claim { claimed: claimed(&rows)?, ..Claim::default() });
+    }
+    let tx = c.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('gaffer.queue.' || $1))", &[&queue]).await?;
+    let mut k = k;
+    if let Some(cap) = limits.cap {
+        let count = tx.prepare_cached(COUNT_RUNNING).await?;
+        let running: i64 = tx.query_one(&count, &[&queue]).await?.get(0);
+        k = k.min(i64::from(cap) - running);
+    }
+    let mut answer = Claim::default();
+    let mut now_ms = None;
+    if limits.rate_limit.is_some() || limits.circuit.is_some() {
+        let marks = read_marks(&tx, queue, lookback(limits.rate_limit, limits.circuit)).await?;
+        let now = from_db(marks.now_ms);
+        let room = room(limits.rate_limit, limits.circuit, &marks.starts, &marks.failures, now);
+        let after = |at: u64| Duration::from_millis(at.saturating_sub(now));
+        answer.look_again_in = room.look_again_at.map(after);
+        answer.circuit_open_for = room.circuit_until.map(after);
+        k = k.min(i64::try_from(room.may_start).unwrap_or(i64::MAX));
+        now_ms = Some(marks.now_ms);
+    }
+    if k <= 0 {
+        return Ok(answer);
+    }
+    let stmt = tx.prepare_cached(CLAIM).await?;
+    let rows = tx.query(&stmt, &[&node.id, &queue, &node.labels, &k]).await?;
+    if let (Some(now_ms), Some(_), false) = (now_ms, limits.rate_limit, rows.is_empty()) {
+        let stmt = tx.prepare_cached(MARK_STARTS).await?;
+        tx.execute(&stmt, &[&queue, &now_ms, &(rows.len() as i64)]).await?;
+    }
+    tx.commit().await?;
+    answer.claimed = claimed(&rows)?;
+    Ok(answer)
+}
+
+fn claimed(rows: &[tokio_postgres::Row]) -> Result<Vec<Claimed>, PgError> {
     rows.iter()
         .map(|r| {
             let attempt: i32 = r.get(1);
@@ -186,6 +243,53 @@ const GIVE_BACK: &str = "UPDATE task_runs SET state = 'queued', node = NULL, att
 pub async fn give_back(c: &Client, node: i64, task_run: u64, attempt: u32, pause: Duration) -> Result<bool, PgError> {
     let n = c.execute(GIVE_BACK, &[&node, &to_db(task_run), &(attempt as i32), &pause.as_secs_f64()]).await?;
     Ok(n == 1)
+}
+
+/// A queue's facts for its limits, at the database's clock.
+struct Marks {
+    now_ms: i64,
+    starts: Vec<u64>,
+    failures: Vec<u64>,
+}
+
+/// Drops the marks of `$1` older than `$2` ms before the database's clock (`now()`, one clock
+/// for every node's marks); then reads that clock and the starts and failures left, oldest
+/// first. Index range scans of `queue_marks_by_queue` only.
+pub(super) const PRUNE_MARKS: &str = "DELETE FROM queue_marks WHERE queue = $1 AND failure = ANY('{f,t}')      AND at_ms < (extract(epoch FROM now()) * 1000)::bigint - $2";
+pub(super) const READ_MARKS: &str = "SELECT (extract(epoch FROM now()) * 1000)::bigint,      ARRAY(SELECT at_ms FROM queue_marks WHERE queue = $1 AND NOT failure ORDER BY at_ms),      ARRAY(SELECT at_ms FROM queue_marks WHERE queue = $1 AND failure ORDER BY at_ms)";
+/// `$3` starts of queue `$1` at `$2`.
+const MARK_STARTS: &str =
+    "INSERT INTO queue_marks (queue, failure, at_ms) SELECT $1, false, $2 FROM generate_series(1, $3::bigint)";
+
+/// Under the queue's lock: what still matters to its limits (older marks are deleted first).
+async fn read_marks(tx: &Transaction<'_>, queue: &str, lookback: Duration) -> Result<Marks, PgError> {
+    let keep_ms = i64::try_from(lookback.as_millis()).unwrap_or(i64::MAX);
+    let prune = tx.prepare_cached(PRUNE_MARKS).await?;
+    tx.execute(&prune, &[&queue, &keep_ms]).await?;
+    let read = tx.prepare_cached(READ_MARKS).await?;
+    let row = tx.query_one(&read, &[&queue]).await?;
+    let times = |i: usize| row.get::<_, Vec<i64>>(i).into_iter().map(from_db).collect();
+    Ok(Marks { now_ms: row.get(0), starts: times(1), failures: times(2) })
+}
+
+/// Records a failed attempt of `queue` that counts for its circuit (`model::queue::trips_circuit`),
+/// at the database's clock, under the queue's lock; answers for how long it opened the circuit
+/// when this failure is the one that opened it (`model::queue::failure_opens_circuit`), so one
+/// node in the cluster says `queue.circuit_opened` for it.
+pub async fn record_failure(
+    c: &mut deadpool_postgres::Client,
+    queue: &str,
+    limits: &Limits,
+) -> Result<Option<Duration>, PgError> {
+    let Some(rule) = limits.circuit else { return Ok(None) };
+    let tx = c.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('gaffer.queue.' || $1))", &[&queue]).await?;
+    let marks = read_marks(&tx, queue, lookback(limits.rate_limit, limits.circuit)).await?;
+    let opened = failure_opens_circuit(rule, &marks.failures, from_db(marks.now_ms));
+    tx.execute("INSERT INTO queue_marks (queue, failure, at_ms) VALUES ($1, true, $2)", &[&queue, &marks.now_ms])
+        .await?;
+    tx.commit().await?;
+    Ok(opened.map(|until| Duration::from_millis(until.saturating_sub(from_db(marks.now_ms)))))
 }
 
 /// Uses the partial `running` index; only ever inside the capped claim (RESULTS.md trap 3).

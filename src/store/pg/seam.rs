@@ -32,6 +32,7 @@ impl From<PgError> for StoreError {
         match e {
             PgError::Closed => StoreError::Closed,
             PgError::FireTaken { job } => StoreError::FireTaken { job },
+            PgError::RunLimit { job } => StoreError::RunLimit { job },
             PgError::Fenced { job_run } => StoreError::Fenced { job_run },
             other => StoreError::File(other.to_string()),
         }

@@ -24,7 +24,7 @@ macro_rules! test_db_or_skip {
     };
 }
 
-async fn open(db: &TestDb) -> PgStore {
+pub(super) async fn open(db: &TestDb) -> PgStore {
     PgStore::open(&db.url, PgOptions::default()).await.expect("open the pg store")
 }
 
@@ -39,7 +39,7 @@ fn queued(id: u64, job_run: u64, queue: &str, priority: u8, queued_at_ms: u64) -
 }
 
 /// `n` queued task runs of one new job run in `queue`, committed; their ids.
-async fn enqueue(store: &PgStore, queue: &str, n: usize) -> Vec<u64> {
+pub(super) async fn enqueue(store: &PgStore, queue: &str, n: usize) -> Vec<u64> {
     let j = store.ids.next_job_run().await.expect("id");
     let mut batch = vec![Mutation::JobRun(job_run(j))];
     let mut ids = Vec::new();
@@ -54,27 +54,27 @@ async fn enqueue(store: &PgStore, queue: &str, n: usize) -> Vec<u64> {
     ids
 }
 
-async fn node(store: &PgStore, name: &str, labels: &[&str], lease: Duration) -> Node {
+pub(super) async fn node(store: &PgStore, name: &str, labels: &[&str], lease: Duration) -> Node {
     let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
     queue::register_node(&mut store.connection().await.expect("conn"), name, &labels, lease).await.expect("register")
 }
 
 /// The outcome a node reports for a claimed task run: its attempt succeeded.
-fn succeeded(c: &Claimed) -> Outcome {
+pub(super) fn succeeded(c: &Claimed) -> Outcome {
     let mut attempt = AttemptRecord::started(c.id, c.record.job_run, c.attempt, 2);
     attempt.exit_code = Some(0);
     attempt
 }
 
 /// What the task run's owner writes once it heard of that outcome: the task run succeeded.
-fn owner_wrote(c: &Claimed) -> Mutation {
+pub(super) fn owner_wrote(c: &Claimed) -> Mutation {
     let mut task_run = c.record.clone();
     task_run.state = TaskState::Succeeded;
     task_run.attempt = c.attempt;
     Mutation::TaskRun(task_run)
 }
 
-const LONG: Duration = Duration::from_secs(60);
+pub(super) const LONG: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn migrations_apply_once_and_a_newer_schema_is_refused_before_anything_is_written() {

@@ -94,7 +94,7 @@ async fn commit_loop(
         match committed {
             Ok(fenced) => answer(group, fenced),
             Err(e) if group.len() > 1 => {
-                if !matches!(e, PgError::FireTaken { .. }) {
+                if !matches!(e, PgError::FireTaken { .. } | PgError::RunLimit { .. }) {
                     tracing::warn!("postgres: a group commit failed ({e}); committing its batches one by one");
                 }
                 for request in group {
@@ -238,10 +238,10 @@ pub async fn apply(
     owner: Option<u64>,
     woken: &mut BTreeSet<String>,
 ) -> Result<(), PgError> {
-    let mutations = batches.iter().flat_map(|b| b.iter());
+    lock_jobs_counted(tx, batches).await?;
     let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::new();
-    for m in mutations.clone() {
-        statements.push(statement(m, facts, owner)?);
+    for (batch, m) in batches.iter().flat_map(|b| b.iter().map(move |m| (*b, m))) {
+        statements.push(statement(m, facts, owner, batch)?);
         if let Mutation::TaskRun(r) = m
             && r.state == TaskState::Queued
         {
@@ -256,14 +256,34 @@ pub async fn apply(
         statements.iter().map(|(_, ps)| ps.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()).collect();
     let runs = prepared.iter().zip(&params).map(|(stmt, ps)| tx.execute(stmt, ps));
     let written = futures_util::future::try_join_all(runs).await?;
-    // A fire time another node recorded first writes no row: its batch is refused (the group
-    // is then committed batch by batch, and only that one fails).
-    for (m, rows) in mutations.zip(written) {
-        if let Mutation::Schedule(job, _) = m
-            && rows == 0
-        {
-            return Err(PgError::FireTaken { job: job.clone() });
+    // A fire time another node recorded first writes no row, nor a count at the job's limit
+    // answers one: its batch is refused (the group is then committed batch by batch, and only
+    // that one fails).
+    for (m, rows) in batches.iter().flat_map(|b| b.iter()).zip(written) {
+        match m {
+            Mutation::Schedule(job, _) if rows == 0 => return Err(PgError::FireTaken { job: job.clone() }),
+            Mutation::ActiveRunsBelow(job, _) if rows == 0 => return Err(PgError::RunLimit { job: job.clone() }),
+            _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Takes the lock of each job whose running runs the group counts (`ActiveRunsBelow`), before
+/// the count's statement starts (each statement sees what committed before it began): two
+/// transactions that would each start a run of the job take turns, and the second counts the
+/// first's. Every job of the group in name order, so two groups never wait on each other's.
+async fn lock_jobs_counted(tx: &Transaction<'_>, batches: &[&[Mutation]]) -> Result<(), PgError> {
+    let jobs: BTreeSet<&str> = batches
+        .iter()
+        .flat_map(|b| b.iter())
+        .filter_map(|m| match m {
+            Mutation::ActiveRunsBelow(job, _) => Some(job.as_str()),
+            _ => None,
+        })
+        .collect();
+    for job in jobs {
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext('gaffer.job.' || $1))", &[&job]).await?;
     }
     Ok(())
 }
@@ -308,6 +328,10 @@ const PUT_CACHE: &str = "INSERT INTO cache (key, expires_at_ms, record) VALUES (
      ON CONFLICT (key) DO UPDATE SET expires_at_ms = excluded.expires_at_ms, record = excluded.record";
 const DELETE_CACHE: &str = "DELETE FROM cache WHERE key = $1";
 const PUT_SPEC: &str = "UPDATE task_runs SET spec = $2 WHERE id = $1";
+/// One row while fewer than `$2` runs of job `$1` are running, not counting `$3` (the batch's
+/// own new job runs): the partial index `job_runs_running_by_job`.
+pub(super) const ACTIVE_RUNS_BELOW: &str = "SELECT 1 WHERE (SELECT count(*) FROM job_runs \
+     WHERE job = $1 AND state = 'running' AND NOT (id = ANY($3::bigint[]))) < $2";
 const PUT_RAISED: &str = "INSERT INTO raised_budgets (job_run, record) VALUES ($1, $2) \
      ON CONFLICT (job_run) DO UPDATE SET record = excluded.record";
 
@@ -321,7 +345,12 @@ pub fn from_db(v: i64) -> u64 {
     v as u64
 }
 
-fn statement(m: &Mutation, facts: &QueueFacts, owner: Option<u64>) -> Result<(&'static str, Vec<Param>), PgError> {
+fn statement(
+    m: &Mutation,
+    facts: &QueueFacts,
+    owner: Option<u64>,
+    batch: &[Mutation],
+) -> Result<(&'static str, Vec<Param>), PgError> {
     Ok(match m {
         Mutation::Definition(hash, d) => (PUT_DEFINITION, vec![Box::new(to_db(*hash)), Box::new(codec::encode(d)?)]),
         Mutation::JobRun(r) => (
@@ -381,5 +410,16 @@ fn statement(m: &Mutation, facts: &QueueFacts, owner: Option<u64>) -> Result<(&'
         }
         Mutation::Spec(task_run, spec) => (PUT_SPEC, vec![Box::new(to_db(*task_run)), Box::new(spec.clone())]),
         Mutation::MailRead(_, ids) => (super::mail::DELETE_READ, vec![Box::new(ids.clone())]),
+        Mutation::ActiveRunsBelow(job, limit) => {
+            let created: Vec<i64> = batch
+                .iter()
+                .filter_map(|m| match m {
+                    Mutation::JobRun(r) => Some(to_db(r.id)),
+                    _ => None,
+                })
+                .collect();
+            let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
+            (ACTIVE_RUNS_BELOW, vec![Box::new(job.clone()), Box::new(limit), Box::new(created)])
+        }
     })
 }
