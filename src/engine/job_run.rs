@@ -75,6 +75,9 @@ pub struct JobRun {
     committed: std::collections::BTreeMap<u64, (Vec<EngineEvent>, AfterCommit)>,
     /// Told once the new run's first commit (its records) is durable: a submit answers then.
     begun: Option<Begun>,
+    /// In a cluster: letters handled since the last commit, deleted by the next one, which
+    /// carries their effect (`store::pg::mail`: read at least once).
+    mail_applied: Vec<i64>,
 }
 
 /// Who runs an attempt: a worker of this engine, or (in a cluster) another node, told by mail.
@@ -235,6 +238,7 @@ impl JobRun {
             next_to_run: 0,
             committed: Default::default(),
             begun: None,
+            mail_applied: Vec::new(),
         }
     }
 
@@ -526,12 +530,15 @@ impl JobRun {
     fn persist_then(
         &mut self,
         ctx: &mut Context<Self>,
-        mutations: Vec<Mutation>,
+        mut mutations: Vec<Mutation>,
         events: Vec<EngineEvent>,
         after: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
     ) {
         if self.fenced {
             return;
+        }
+        if !self.mail_applied.is_empty() {
+            mutations.push(Mutation::MailRead(self.record.id, std::mem::take(&mut self.mail_applied)));
         }
         let commit = self.shared.store.commit(mutations);
         self.await_commit(ctx, commit, events, after);

@@ -39,7 +39,7 @@ impl Tables {
             Mutation::Cached(key, entry) => drop(self.cache.insert(key, entry)),
             Mutation::Uncached(key) => drop(self.cache.remove(&key)),
             Mutation::RaisedBudgets(id, raised) => drop(self.raised.insert(id, raised)),
-            Mutation::Spec(..) => {}
+            Mutation::Spec(..) | Mutation::MailRead(..) => {}
         }
     }
 }

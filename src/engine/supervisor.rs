@@ -21,6 +21,7 @@ use crate::store::{AttemptRecord, DefinitionRecord, JobRunRecord, Mutation, Snap
 
 mod adopt;
 mod reads;
+mod relay;
 mod rerun;
 use reads::{Reading, StoredRun, read_target};
 pub use rerun::{SubmitOnly, plan_only};
@@ -101,7 +102,7 @@ pub struct Supervisor {
     /// Letters read for a job run this node owns but runs no actor for yet: an adoption
     /// commits the ownership before the actor starts, and the mail reader may drain the run's
     /// letters in between. Handed over when it starts (`adopt.rs`); oldest dropped past a bound.
-    early_mail: std::collections::VecDeque<crate::store::pg::mail::Letter>,
+    early_mail: std::collections::VecDeque<crate::store::pg::mail::Received>,
 }
 
 impl Supervisor {
@@ -487,7 +488,7 @@ impl Handler<LocalOwner> for Supervisor {
 /// each goes to its job run's actor. One for a job run no actor runs here any more is dropped.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Delivered(pub Vec<crate::store::pg::mail::Letter>);
+pub struct Delivered(pub Vec<crate::store::pg::mail::Received>);
 
 /// Letters kept for job runs whose actor has not started (`Supervisor::early_mail`).
 const EARLY_MAIL_MAX: usize = 4096;
@@ -495,13 +496,17 @@ const EARLY_MAIL_MAX: usize = 4096;
 impl Handler<Delivered> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, Delivered(letters): Delivered, _ctx: &mut Self::Context) {
+    fn handle(&mut self, Delivered(letters): Delivered, ctx: &mut Self::Context) {
         for letter in letters {
-            match self.job_runs.get(&letter.job_run) {
+            if matches!(letter.letter.mail, crate::store::pg::mail::Mail::Command { .. }) {
+                self.relayed_command(letter, ctx);
+                continue;
+            }
+            match self.job_runs.get(&letter.letter.job_run) {
                 Some(actor) => actor.do_send(crate::engine::job_run::Mailed(letter)),
                 None => {
                     if self.early_mail.len() >= EARLY_MAIL_MAX {
-                        let dropped = self.early_mail.pop_front().map(|l| l.job_run);
+                        let dropped = self.early_mail.pop_front().map(|l| l.letter.job_run);
                         tracing::debug!(job_run = dropped, "mail for a job run not running here: dropped");
                     }
                     self.early_mail.push_back(letter);
@@ -638,7 +643,18 @@ pub struct Command {
 impl Handler<Command> for Supervisor {
     type Result = ResponseFuture<Result<String, EngineError>>;
 
+    /// Carried out here, or in a cluster where its job run's owner is (`relay.rs`).
     fn handle(&mut self, msg: Command, ctx: &mut Self::Context) -> Self::Result {
+        match self.cluster() {
+            Some(node) if !self.runs_here(msg.target) => self.command_in_cluster(node, msg, ctx),
+            _ => self.command_here(msg, ctx),
+        }
+    }
+}
+
+impl Supervisor {
+    /// A command carried out by this node's actor of the job run (started for it if need be).
+    fn command_here(&mut self, msg: Command, ctx: &mut Context<Self>) -> ResponseFuture<Result<String, EngineError>> {
         if msg.action == inbox::Action::Retry {
             return self.retry_with(ctx, msg.target, msg.retry);
         }
@@ -685,6 +701,10 @@ impl Handler<JobRunEnded> for Supervisor {
     fn handle(&mut self, msg: JobRunEnded, ctx: &mut Self::Context) {
         self.job_runs.remove(&msg.id);
         self.ended.insert(msg.id, msg.state);
+        // Nobody decides for an ended job run: a command about it takes it over (`relay.rs`).
+        if let Some(node) = self.cluster() {
+            node.backend.store().ownership.release(msg.id);
+        }
         if let Some(job) = self.job_of.remove(&msg.id)
             && let Some(scheduled_for) = self.waiting_fires.remove(&job)
         {

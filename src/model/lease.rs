@@ -249,9 +249,53 @@ pub fn after_interrupted(policy: &RetryPolicy, run: RunSoFar, u: f64) -> AfterAt
     after_attempt(policy, outcome, run, u)
 }
 
+/// Where a command given on a node (cancel, retry, signal: the CLI, the API, a TUI keypress)
+/// about a job run is carried out in a cluster. Its decisions are its owner's alone, so a node
+/// never starts an actor for a job run another node owns: it relays the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandRoute {
+    /// This node owns it (or no such job run: said here).
+    Here,
+    /// It runs, owned by another node (or by a dead one, whose adopter will read it): the
+    /// command goes to its owner by mail, and the answer comes back the same way.
+    ToOwner,
+    /// It ended, so nobody decides for it: this node takes it over (epoch + 1, fencing any
+    /// other node that would revive it too) and carries the command out here.
+    TakeOver,
+}
+
+/// [`CommandRoute`] for a job run as the store has it: `None` when there is no such job run,
+/// else whether it runs and its owner.
+pub fn command_route(stored: Option<(bool, Option<NodeId>)>, me: NodeId) -> CommandRoute {
+    match stored {
+        None => CommandRoute::Here,
+        Some((false, _)) => CommandRoute::TakeOver,
+        Some((true, Some(owner))) if owner == me => CommandRoute::Here,
+        Some((true, _)) => CommandRoute::ToOwner,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_goes_to_whoever_decides_for_the_job_run() {
+        use CommandRoute::*;
+        let me = 4;
+        let table = [
+            (None, Here),                       // unknown: said here
+            (Some((true, Some(4))), Here),      // mine and running
+            (Some((true, Some(9))), ToOwner),   // another node's
+            (Some((true, None)), ToOwner),      // nobody's yet: its adopter answers
+            (Some((false, Some(9))), TakeOver), // ended on another node
+            (Some((false, Some(4))), TakeOver), // ended here: a new epoch all the same
+            (Some((false, None)), TakeOver),
+        ];
+        for (stored, route) in table {
+            assert_eq!(command_route(stored, me), route, "{stored:?}");
+        }
+    }
 
     fn fence(state: TaskState, node: Option<NodeId>, attempt: u32) -> Fence {
         Fence { state, node, attempt }

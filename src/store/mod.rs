@@ -185,6 +185,10 @@ pub enum Mutation {
     /// codec bytes; `None`: none), for a cluster node that claims it. Comes after the task
     /// run's own write in its batch. Only a cluster's store keeps it; redb has no use for it.
     Spec(u64, Option<Vec<u8>>),
+    /// Letters to job run `.0`'s owner (`store::pg::mail`, by id) that this batch applied: deleted
+    /// with it, so that a letter whose effect was not committed is read again by an adopter.
+    /// Fenced with the job run. Only a cluster's store has mail; redb has no use for it.
+    MailRead(u64, Vec<i64>),
 }
 
 /// The store's file in the state dir.
@@ -537,7 +541,7 @@ fn apply(txn: &redb::WriteTransaction, batch: &[Mutation]) -> Result<(), StoreEr
                     .insert(*job_run, codec::encode(raised)?.as_slice())
                     .map_err(db_err)?;
             }
-            Mutation::Spec(..) => {}
+            Mutation::Spec(..) | Mutation::MailRead(..) => {}
         }
     }
     for (key, value) in [(SEQ_JOB_RUN, max_job), (SEQ_TASK_RUN, max_task), (SEQ_ENQUEUE, max_seq)] {

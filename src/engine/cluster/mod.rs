@@ -25,7 +25,7 @@ use crate::executor::AttemptSpec;
 use crate::model::lease::{DEFAULT_LEASE_MS, check_lease_ms};
 use crate::store::codec;
 use crate::store::pg::PgBackend;
-use crate::store::pg::mail::{self, Letter, MAIL_CHANNEL, Mail, Mailer};
+use crate::store::pg::mail::{self, MAIL_CHANNEL, Mail, Mailer, Received};
 use crate::store::pg::queue::{self, Completer, Heartbeat, Node, Waker};
 use crate::store::records::AttemptRecord;
 
@@ -83,6 +83,8 @@ pub struct ClusterNode {
     pub mailer: Mailer,
     /// The claim wake-ups and the mail reader, stopped when the node leaves.
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Commands relayed to other nodes' job runs, waiting for their answers.
+    pub relays: Arc<relay::Relays>,
 }
 
 impl ClusterNode {
@@ -98,7 +100,8 @@ impl ClusterNode {
         let rejoined = Mutex::default();
         let current_id = Arc::new(AtomicI64::new(node.id));
         let completer = Mutex::new(completer);
-        Ok(ClusterNode { backend, node, heartbeat, rejoined, current_id, completer, mailer, pumps: Mutex::default() })
+        let (pumps, relays) = (Mutex::default(), Arc::default());
+        Ok(ClusterNode { backend, node, heartbeat, rejoined, current_id, completer, mailer, pumps, relays })
     }
 
     /// This node's row now: the first one, or the latest rejoin's.
@@ -128,7 +131,9 @@ impl ClusterNode {
         let url = self.backend.url().to_string();
         let wakes = self.backend.spawn(wake_dispatcher(url.clone(), dispatcher));
         let pool = self.backend.store().pool().clone();
-        let mail = self.backend.spawn(read_mail(url, pool, self.current_id.clone(), supervisor, workers));
+        let reader =
+            MailReader { current_id: self.current_id.clone(), supervisor, workers, relays: self.relays.clone() };
+        let mail = self.backend.spawn(read_mail(url, pool, reader));
         if let Ok(mut pumps) = self.pumps.lock() {
             pumps.extend([wakes, mail]);
         }
@@ -227,14 +232,17 @@ async fn wait(waker: &mut Option<Waker>) {
     }
 }
 
-/// Reads this node's mail as it comes (or every [`POLL`]), until the Supervisor is gone.
-async fn read_mail(
-    url: String,
-    pool: deadpool_postgres::Pool,
+/// Where the mail a node reads goes.
+struct MailReader {
     current_id: Arc<AtomicI64>,
     supervisor: Addr<Supervisor>,
     workers: WatchList,
-) {
+    relays: Arc<relay::Relays>,
+}
+
+/// Reads this node's mail as it comes (or every [`POLL`]), until the Supervisor is gone.
+async fn read_mail(url: String, pool: deadpool_postgres::Pool, reader: MailReader) {
+    let MailReader { current_id, supervisor, workers, relays } = reader;
     let mut waker = listen(&url, MAIL_CHANNEL).await;
     while supervisor.connected() {
         wait(&mut waker).await;
@@ -251,13 +259,22 @@ async fn read_mail(
                 continue;
             }
         };
-        let (kills, to_owner): (Vec<Letter>, Vec<Letter>) = letters.into_iter().partition(|l| l.to_node == Some(me));
-        for letter in kills {
-            let Mail::Kill { reason, grace_ms } = letter.mail else { continue };
-            let addrs: Vec<_> =
-                workers.lock().map(|w| w.workers.values().map(|(_, a)| a.clone()).collect()).unwrap_or_default();
-            for worker in addrs {
-                worker.do_send(Kill { task_run: letter.task_run, reason, grace: Duration::from_millis(grace_ms) });
+        let (to_me, to_owner): (Vec<Received>, Vec<Received>) =
+            letters.into_iter().partition(|r| r.letter.to_node == Some(me));
+        for Received { letter, .. } in to_me {
+            match letter.mail {
+                Mail::Kill { reason, grace_ms } => {
+                    let addrs: Vec<_> = workers
+                        .lock()
+                        .map(|w| w.workers.values().map(|(_, a)| a.clone()).collect())
+                        .unwrap_or_default();
+                    let grace = Duration::from_millis(grace_ms);
+                    for worker in addrs {
+                        worker.do_send(Kill { task_run: letter.task_run, reason, grace });
+                    }
+                }
+                Mail::Answer { request, result } => relays.answered(request, result),
+                _ => {}
             }
         }
         if !to_owner.is_empty() {
@@ -371,6 +388,8 @@ impl QueuedSpec {
         }
     }
 }
+
+pub mod relay;
 
 #[cfg(test)]
 mod tests;

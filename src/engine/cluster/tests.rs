@@ -39,6 +39,7 @@ fn a_node_registers_owns_what_it_creates_and_leaves() {
     let text = "[jobs.j.tasks.hello]\nrun = \"true\"\n";
     let mut config = node_config(&db, dir.path(), text, "node-a", 1);
     config.cluster.as_mut().expect("cluster").labels = vec!["gpu".into()];
+    let backend = config.cluster.as_ref().expect("cluster").backend.clone();
     let system = actix::System::new();
     let id = system.block_on(async move {
         let handle = crate::engine::start(config);
@@ -49,6 +50,7 @@ fn a_node_registers_owns_what_it_creates_and_leaves() {
         let id = submitted.expect("submit").job_run;
         let ended = handle.wait(vec![id]).await.expect("wait");
         assert_eq!(ended, [(id, JobState::Succeeded)]);
+        assert_eq!(backend.store().ownership.owned(), Vec::<u64>::new(), "an ended run is forgotten");
         handle.shutdown().await;
         (id, db)
     });
@@ -369,4 +371,75 @@ fn a_task_run_nobody_claims_times_out_on_its_owner() {
     assert!(started.elapsed() < Duration::from_secs(20));
     let (task, attempts) = records(&db, id).pop().expect("the task run");
     assert_eq!((task.state, task.reason, attempts.len()), (TaskState::Dead, Some(FailReason::QueueTimeout), 0));
+}
+
+/// A cancel given on a node that does not own the job run (the CLI, the API, a TUI keypress on
+/// any node) goes to its owner by mail and comes back with its answer: the owner cancels, and
+/// the other node never starts an actor for the run (it would resume it, killing its attempts,
+/// and be fenced: a cancel that said it was done and was not).
+#[test]
+fn a_cancel_given_on_another_node_is_carried_out_by_the_owner() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[jobs.j.tasks.long]\nrun = \"exec sleep 30\"\n";
+    let system = actix::System::new();
+    let started = std::time::Instant::now();
+    let (id, answer) = system.block_on(async {
+        let cluster = Cluster::start(&db, text, &[("a", 1, &[]), ("b", 1, &[])]).await;
+        let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+        let mut events = a.subscribe().await.expect("subscribe");
+        let id =
+            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(20), events.recv()).await.expect("started").expect("open");
+            if matches!(e.data, EventData::TaskStarted { .. }) {
+                break;
+            }
+        }
+        let answer = b.cancel(Target::JobRun(id)).await.expect("the owner's answer");
+        assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, JobState::Cancelled)]);
+        cluster.stop().await;
+        (id, answer)
+    });
+    assert!(answer.contains("cancel"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(20), "the attempt ran to its end: {:?}", started.elapsed());
+    let owner = db.psql(&format!(
+        "SELECT n.name, j.owner_epoch FROM job_runs j JOIN nodes n ON n.id = j.owner_node WHERE j.id = {id}"
+    ));
+    assert_eq!(owner.trim(), "a|1", "still a's, never taken: {owner}");
+    let (_, attempts) = &records(&db, id)[0];
+    assert_eq!(attempts.len(), 1, "one attempt, cancelled, not interrupted and retried: {attempts:?}");
+    assert_eq!(attempts[0].reason, Some(FailReason::Cancelled), "{attempts:?}");
+}
+
+/// A retry of an ended job run given on another node: nobody decides for an ended run, so that
+/// node takes it over (a new epoch) and runs the retry as its owner.
+#[test]
+fn a_retry_of_an_ended_job_run_on_another_node_takes_it_over() {
+    let Some(db) = TestDb::get() else { return };
+    let dir = crate::state_dir::private_tempdir();
+    let flag = dir.path().join("ok");
+    let text = format!("[jobs.j.tasks.t]\nrun = \"test -e '{}'\"\n", flag.display());
+    let system = actix::System::new();
+    let id = system.block_on(async {
+        let cluster = Cluster::start(&db, &text, &[("a", 1, &[]), ("b", 1, &[])]).await;
+        let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+        let id =
+            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+        assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, JobState::Failed)]);
+        std::fs::write(&flag, "").expect("flag");
+        // Each node here has its workflow file in a dir of its own (a task's cwd): as stored.
+        let stored = crate::engine::inbox::RetryOptions {
+            definition: Some(crate::model::rerun::DefinitionChoice::Stored),
+            ..Default::default()
+        };
+        b.retry_with(Target::JobRun(id), stored).await.expect("the retry");
+        let ended = tokio::time::timeout(Duration::from_secs(30), b.wait(vec![id])).await.expect("ended in time");
+        assert_eq!(ended.expect("wait"), [(id, JobState::Succeeded)]);
+        cluster.stop().await;
+        id
+    });
+    let owner = db.psql(&format!(
+        "SELECT n.name, j.owner_epoch FROM job_runs j JOIN nodes n ON n.id = j.owner_node WHERE j.id = {id}"
+    ));
+    assert_eq!(owner.trim(), "b|2", "{owner}");
 }

@@ -14,7 +14,7 @@ use crate::executor::{AttemptExit, KILL_GRACE};
 use crate::model::cost::CostDelta;
 use crate::model::run::Input;
 use crate::model::{FailReason, TaskState, policy};
-use crate::store::pg::mail::{Letter, Mail};
+use crate::store::pg::mail::{Letter, Mail, Received};
 use crate::store::{AttemptRecord, Mutation, codec};
 
 impl JobRun {
@@ -126,13 +126,26 @@ impl JobRun {
 /// A letter for this job run's owner from a node running one of its attempts.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Mailed(pub Letter);
+pub struct Mailed(pub Received);
 
 impl Handler<Mailed> for JobRun {
     type Result = ();
 
+    /// The letter is handled, then deleted with the commit that carries its effect (its own
+    /// commit when handling it wrote nothing): if this node dies before that commit, the
+    /// letter is still there for the adopter.
+    fn handle(&mut self, Mailed(Received { id, letter }): Mailed, ctx: &mut Self::Context) {
+        self.mail_applied.push(id);
+        self.handle_letter(letter, ctx);
+        if !self.mail_applied.is_empty() {
+            self.persist_then(ctx, Vec::new(), Vec::new(), |_, _| {});
+        }
+    }
+}
+
+impl JobRun {
     /// The same inputs as a local worker's messages.
-    fn handle(&mut self, Mailed(letter): Mailed, ctx: &mut Self::Context) {
+    fn handle_letter(&mut self, letter: Letter, ctx: &mut Context<Self>) {
         let (task_run, attempt) = (letter.task_run, letter.attempt);
         let current = self.running.get(&task_run).is_some_and(|(a, _)| a.n == attempt);
         match letter.mail {
@@ -147,7 +160,8 @@ impl Handler<Mailed> for JobRun {
                 let exit = (exit_code.is_some() || signal.is_some()).then_some(AttemptExit { exit_code, signal });
                 Handler::handle(self, AttemptEnded { task_run, attempt, exit, reason, detail, outputs }, ctx)
             }
-            Mail::Progress { .. } | Mail::Kill { .. } => {}
+            // Kills go to workers, commands and answers to the Supervisor (`cluster::relay`).
+            Mail::Progress { .. } | Mail::Kill { .. } | Mail::Command { .. } | Mail::Answer { .. } => {}
         }
     }
 }

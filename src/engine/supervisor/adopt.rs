@@ -23,7 +23,7 @@ use crate::store::pg::adopt::{RunningAttempt, adopt_orphaned_job_runs, orphaned_
 const ADOPT_PER_ROUND: usize = 256;
 
 impl Supervisor {
-    fn cluster(&self) -> Option<Arc<ClusterNode>> {
+    pub(super) fn cluster(&self) -> Option<Arc<ClusterNode>> {
         self.shared.as_ref().and_then(|s| s.cluster.clone())
     }
 
@@ -133,7 +133,7 @@ impl Supervisor {
     fn hand_over_early_mail(&mut self) {
         let letters = std::mem::take(&mut self.early_mail);
         for letter in letters {
-            match self.job_runs.get(&letter.job_run) {
+            match self.job_runs.get(&letter.letter.job_run) {
                 Some(actor) => actor.do_send(crate::engine::job_run::Mailed(letter)),
                 None => self.early_mail.push_back(letter),
             }

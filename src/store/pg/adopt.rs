@@ -111,3 +111,34 @@ pub async fn orphaned_attempts_of(c: &Client, me: &Node) -> Result<Vec<(u64, u64
         })
         .collect())
 }
+
+/// A job run as a command routes by it (`model::lease::command_route`): its id, whether it
+/// runs, and its owner. From a task run's id (`by_task_run`) or the job run's.
+const ROUTE_OF_JOB_RUN: &str = "SELECT id, state = 'running', owner_node FROM job_runs WHERE id = $1";
+const ROUTE_OF_TASK_RUN: &str = "SELECT j.id, j.state = 'running', j.owner_node \
+     FROM task_runs t JOIN job_runs j ON j.id = t.job_run WHERE t.id = $1";
+
+/// `(job run, running, owner)` of the job run `id` names (a task run's when `by_task_run`).
+pub async fn route_of(c: &Client, id: u64, by_task_run: bool) -> Result<Option<(u64, bool, Option<NodeId>)>, PgError> {
+    let stmt = c.prepare_cached(if by_task_run { ROUTE_OF_TASK_RUN } else { ROUTE_OF_JOB_RUN }).await?;
+    let row = c.query_opt(&stmt, &[&to_db(id)]).await?;
+    Ok(row.map(|r| {
+        let owner: Option<i64> = r.get(2);
+        (from_db(r.get(0)), r.get(1), owner.map(from_db))
+    }))
+}
+
+/// `CommandRoute::TakeOver`: `me` owns the ended job run from now on, at a new epoch (so a node
+/// that took it over before is fenced out); `None` if it runs again (another node took it over
+/// and retried it first) or `me`'s lease ran out.
+const TAKE_OVER: &str = "UPDATE job_runs SET owner_node = $1, owner_epoch = owner_epoch + 1 \
+     WHERE id = $2 AND state <> 'running' \
+       AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND lease_until > now() AND NOT stopped) \
+     RETURNING owner_epoch";
+
+/// Takes over ended job run `job_run` for `me`: the epoch it owns it at, if it did.
+pub async fn take_over_ended(c: &Client, me: &Node, job_run: u64) -> Result<Option<u64>, PgError> {
+    let stmt = c.prepare_cached(TAKE_OVER).await?;
+    let row = c.query_opt(&stmt, &[&me.id, &to_db(job_run)]).await?;
+    Ok(row.map(|r| from_db(r.get::<_, i64>(0))))
+}

@@ -138,3 +138,116 @@ async fn a_store_without_a_node_fences_nothing_and_owns_nothing() {
     assert_eq!(one_line(&db, &format!("SELECT coalesce(node, 0) FROM task_runs WHERE id = {t}")), "0");
     assert!(plain.ownership.owned().is_empty());
 }
+
+/// The kill -9 flake of `tests/cluster_nodes.rs`: an owner read `Ended` letters and died before
+/// the commit applying them. The letters are not lost: its adopter (a new epoch) reads them
+/// again; a letter applied by the commit of an owner is gone; a fenced commit deletes nothing.
+#[tokio::test]
+async fn letters_an_owner_read_but_never_applied_are_read_again_by_its_adopter() {
+    use super::mail::{self, Letter, Mail, Mailer};
+    let Some(db) = TestDb::get() else { return };
+    let (a, node_a) = node_store(&db, "a").await;
+    let (b, node_b) = node_store(&db, "b").await;
+    let j = a.ids.next_job_run().await.expect("id");
+    a.commit(vec![Mutation::JobRun(job_run(j))]).await.expect("a creation is taken");
+
+    let mailer = Mailer::start(b.pool().clone());
+    let ended = |task_run| Letter {
+        job_run: j,
+        to_node: None,
+        task_run,
+        attempt: 1,
+        mail: Mail::Ended { exit_code: Some(0), signal: None, reason: None, detail: None, outputs: Default::default() },
+    };
+    for t in [3, 4, 5] {
+        mailer.send(ended(t));
+    }
+    let c = a.connection().await.expect("conn");
+    let mut read = Vec::new();
+    for _ in 0..100 {
+        read.extend(mail::drain(&c, node_a.id).await.expect("drain"));
+        if read.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(read.iter().map(|r| r.letter.task_run).collect::<Vec<_>>(), [3, 4, 5]);
+    // A applies the first letter (its commit deletes it), then dies before applying the others.
+    a.commit(vec![Mutation::MailRead(j, vec![read[0].id])]).await.expect("the owner's commit");
+    assert!(mail::drain(&c, node_a.id).await.expect("drain").is_empty(), "A read them already");
+    db.psql(&format!("UPDATE nodes SET lease_until = now() - interval '1s' WHERE id = {}", node_a.id));
+    let cb = b.connection().await.expect("conn");
+    let adopted = adopt_orphaned_job_runs(&cb, &node_b, 10).await.expect("adopt");
+    assert_eq!(adopted, [Adopted { job_run: j, epoch: 2 }]);
+    b.ownership.adopted(j, 2);
+
+    // A's late commit applying them is fenced: nothing deleted. B reads the two A never applied.
+    let late = a.commit(vec![Mutation::MailRead(j, vec![read[1].id, read[2].id])]).await;
+    assert_eq!(fenced(late), Some(j));
+    let again = mail::drain(&cb, node_b.id).await.expect("drain");
+    assert_eq!(again.iter().map(|r| r.letter.task_run).collect::<Vec<_>>(), [4, 5], "{again:?}");
+    assert!(mail::drain(&cb, node_b.id).await.expect("drain").is_empty(), "once per epoch");
+    b.commit(vec![Mutation::MailRead(j, again.iter().map(|r| r.id).collect())]).await.expect("B applies them");
+    assert_eq!(one_line(&db, "SELECT count(*) FROM node_mail"), "0");
+}
+
+/// Letters that come after their job run ended (a late `Progress`) are deleted by the owner's
+/// next read, not kept for ever.
+#[tokio::test]
+async fn letters_of_an_ended_job_run_are_deleted_by_its_owners_next_read() {
+    use super::mail::{self, Letter, Mail, Mailer};
+    let Some(db) = TestDb::get() else { return };
+    let (a, node_a) = node_store(&db, "a").await;
+    let j = a.ids.next_job_run().await.expect("id");
+    let mut record = job_run(j);
+    a.commit(vec![Mutation::JobRun(record.clone())]).await.expect("created");
+    record.state = crate::model::JobState::Succeeded;
+    a.commit(vec![Mutation::JobRun(record)]).await.expect("ended");
+    let mailer = Mailer::start(a.pool().clone());
+    mailer.send(Letter {
+        job_run: j,
+        to_node: None,
+        task_run: 3,
+        attempt: 1,
+        mail: Mail::Progress { text: "late".into() },
+    });
+    for _ in 0..100 {
+        if one_line(&db, "SELECT count(*) FROM node_mail") == "1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = a.connection().await.expect("conn");
+    assert!(mail::drain(&c, node_a.id).await.expect("drain").is_empty());
+    assert_eq!(one_line(&db, "SELECT count(*) FROM node_mail"), "0");
+}
+
+/// A node paused (SIGSTOP) in the middle of a commit holds its job run's row lock, and adoption
+/// skips locked rows: the server ends such a session (`IDLE_IN_TRANSACTION_MS`), so the job run
+/// is adopted once the paused node's lease ran out (a `cluster_nodes` flake: adopted only when
+/// the paused node was let go on).
+#[tokio::test]
+async fn a_node_paused_inside_a_transaction_does_not_keep_its_job_runs_from_adoption() {
+    let Some(db) = TestDb::get() else { return };
+    let (a, node_a) = node_store(&db, "a").await;
+    let (b, node_b) = node_store(&db, "b").await;
+    let j = a.ids.next_job_run().await.expect("id");
+    a.commit(vec![Mutation::JobRun(job_run(j))]).await.expect("a creation is taken");
+    // A's commit of j stops half-way: the row is locked, the transaction open, A silent.
+    let mut paused = a.connection().await.expect("conn");
+    let tx = paused.transaction().await.expect("begin");
+    tx.query("SELECT id FROM job_runs WHERE id = $1 FOR UPDATE", &[&(j as i64)]).await.expect("lock");
+    db.psql(&format!("UPDATE nodes SET lease_until = now() - interval '1s' WHERE id = {}", node_a.id));
+    let c = b.connection().await.expect("conn");
+    let limit = Duration::from_millis(super::IDLE_IN_TRANSACTION_MS) + Duration::from_secs(5);
+    let started = std::time::Instant::now();
+    let adopted = loop {
+        let adopted = adopt_orphaned_job_runs(&c, &node_b, 10).await.expect("adopt");
+        if !adopted.is_empty() || started.elapsed() > limit {
+            break adopted;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(adopted, [Adopted { job_run: j, epoch: 2 }], "still locked after {:?}", started.elapsed());
+    assert!(tx.commit().await.is_err(), "the paused session was ended");
+}

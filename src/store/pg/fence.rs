@@ -132,7 +132,7 @@ pub fn job_runs_written(batch: &[Mutation]) -> BTreeSet<u64> {
             Mutation::JobRun(r) => Some(r.id),
             Mutation::TaskRun(r) => Some(r.job_run),
             Mutation::Attempt(a) => Some(a.job_run),
-            Mutation::RaisedBudgets(j, _) => Some(*j),
+            Mutation::RaisedBudgets(j, _) | Mutation::MailRead(j, _) => Some(*j),
             _ => None,
         })
         .collect()

@@ -6,7 +6,13 @@
 //! whoever owns the job run when the mail is read (`to_node` NULL), so an adoption needs no
 //! redirect. The owner writes `Kill` to the node running an attempt. Letters are written in the
 //! order they were sent, in batches (one transaction and one `NOTIFY gaffer_mail` per batch),
-//! and read in id order, each once (read = deleted).
+//! and read in id order.
+//!
+//! A letter to an owner is read at least once: reading marks it with the owner's epoch, and the
+//! owner deletes it in the commit that applies it (`Mutation::MailRead`), so an owner killed
+//! between reading and committing leaves it to its adopter, whose new epoch has not read it.
+//! A letter to a node (`Kill`) is read once (read = deleted): a node that dies is not running
+//! what it was told to kill. Letters of ended job runs are deleted by their owner's next read.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +72,37 @@ pub enum Mail {
         reason: FailReason,
         grace_ms: u64,
     },
+    /// To the job run's owner: a command given on node `from` (`engine::cluster::relay`), to be
+    /// answered by an [`Mail::Answer`] to that node. `task_run`/`attempt` of its letter are 0.
+    Command {
+        request: u64,
+        from: i64,
+        command: Relayed,
+    },
+    /// To the node that relayed command `request`: what the owner answered (`Err`: refused).
+    Answer {
+        request: u64,
+        result: Result<String, String>,
+    },
+}
+
+/// A command relayed to a job run's owner: what it does, to the job run or one of its task runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relayed {
+    pub action: RelayedAction,
+    /// `None`: the whole job run.
+    pub task_run: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayedAction {
+    Cancel,
+    Signal(String),
+    Retry {
+        from: Option<String>,
+        definition: Option<crate::model::rerun::DefinitionChoice>,
+        budget_usd_micros: Option<u64>,
+    },
 }
 
 impl codec::Record for Mail {}
@@ -79,6 +116,8 @@ impl Mail {
             Mail::Warning { .. } => "warning",
             Mail::Ended { .. } => "ended",
             Mail::Kill { .. } => "kill",
+            Mail::Command { .. } => "command",
+            Mail::Answer { .. } => "answer",
         }
     }
 
@@ -91,6 +130,7 @@ impl Mail {
             Mail::Ended { exit_code, signal, reason, detail, outputs } => {
                 Mail::Ended { exit_code, signal, reason, detail: detail.map(cut), outputs }
             }
+            Mail::Answer { request, result } => Mail::Answer { request, result: result.map(cut).map_err(cut) },
             other => other,
         }
     }
@@ -173,34 +213,68 @@ async fn post(pool: &Pool, letters: &[Letter]) -> Result<(), PgError> {
     Ok(())
 }
 
-const DRAIN: &str = "WITH taken AS ( \
-     DELETE FROM node_mail WHERE id IN ( \
-         SELECT id FROM node_mail WHERE to_node = $1 \
-         UNION ALL \
-         SELECT m.id FROM node_mail m WHERE m.to_node IS NULL \
-           AND EXISTS (SELECT 1 FROM job_runs j WHERE j.id = m.job_run AND j.owner_node = $1)) \
+/// Letters for node `$1`: those to it are taken (deleted); those to the owner of a job run it
+/// owns and this owner epoch has not read yet are marked read by it; those of its ended job runs
+/// (late ones nobody will act on) are deleted. From the few letters, each job run by its key.
+const DRAIN: &str = "WITH to_owner AS ( \
+     UPDATE node_mail m SET read_epoch = j.owner_epoch FROM job_runs j \
+     WHERE m.to_node IS NULL AND j.id = m.job_run AND j.owner_node = $1 AND j.state = 'running' \
+       AND m.read_epoch IS DISTINCT FROM j.owner_epoch \
+     RETURNING m.id, m.job_run, m.to_node, m.task_run, m.attempt, m.body \
+ ), to_node AS ( \
+     DELETE FROM node_mail WHERE to_node = $1 \
      RETURNING id, job_run, to_node, task_run, attempt, body \
- ) SELECT job_run, to_node, task_run, attempt, body FROM taken ORDER BY id";
+ ), too_late AS ( \
+     DELETE FROM node_mail m USING job_runs j \
+     WHERE m.to_node IS NULL AND j.id = m.job_run AND j.owner_node = $1 AND j.state <> 'running' \
+ ) SELECT * FROM to_owner UNION ALL SELECT * FROM to_node ORDER BY id";
 
-/// Takes every letter for node `me`: those addressed to it, and those to the owner of a job run
-/// it owns (walked from the few letters, each job run by its primary key); in the order they
-/// were written. A letter that cannot be read is dropped, said.
-pub async fn drain(c: &deadpool_postgres::Client, me: i64) -> Result<Vec<Letter>, PgError> {
+/// A letter as read, with its row's id: an owner deletes it with the commit that applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub id: i64,
+    pub letter: Letter,
+}
+
+/// Reads every letter for node `me` not read yet ([`DRAIN`]), in the order they were written.
+/// A letter that cannot be read is dropped, said.
+pub async fn drain(c: &deadpool_postgres::Client, me: i64) -> Result<Vec<Received>, PgError> {
     let stmt = c.prepare_cached(DRAIN).await?;
     let rows = c.query(&stmt, &[&me]).await?;
     let mut letters = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
     for r in rows {
-        let body: Vec<u8> = r.get(4);
+        let id: i64 = r.get(0);
+        let body: Vec<u8> = r.get(5);
         let mail = match body.len() <= MAX_BODY_BYTES {
             true => codec::decode::<Mail>(&body).map_err(|e| e.to_string()),
             false => Err(format!("{} bytes, more than a letter may be", body.len())),
         };
-        let attempt: i32 = r.get(3);
-        let (job_run, task_run) = (from_db(r.get(0)), from_db(r.get(2)));
+        let attempt: i32 = r.get(4);
+        let (job_run, task_run) = (from_db(r.get(1)), from_db(r.get(3)));
         match mail {
-            Ok(mail) => letters.push(Letter { job_run, to_node: r.get(1), task_run, attempt: attempt as u32, mail }),
-            Err(e) => tracing::warn!("postgres: dropped a letter about task run {task_run} that cannot be read: {e}"),
+            Ok(mail) => letters.push(Received {
+                id,
+                letter: Letter { job_run, to_node: r.get(2), task_run, attempt: attempt as u32, mail },
+            }),
+            Err(e) => {
+                tracing::warn!("postgres: dropped a letter about task run {task_run} that cannot be read: {e}");
+                unreadable.push(id);
+            }
         }
     }
+    if !unreadable.is_empty() {
+        c.execute(DELETE_READ, &[&unreadable]).await?;
+    }
     Ok(letters)
+}
+
+/// Deletes letters by id: those an owner applied (in the commit that applied them).
+pub const DELETE_READ: &str = "DELETE FROM node_mail WHERE id = ANY($1)";
+
+/// Deletes letters an owner handled outside a job run's commit (a relayed command, once
+/// answered).
+pub async fn delete(pool: &Pool, ids: &[i64]) -> Result<(), PgError> {
+    pool.get().await?.execute(DELETE_READ, &[&ids]).await?;
+    Ok(())
 }

@@ -8,6 +8,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_cluster.sql"),
     include_str!("migrations/0003_cronlogs.sql"),
     include_str!("migrations/0004_adopt.sql"),
+    include_str!("migrations/0005_mail_read.sql"),
 ];
 
 /// The schema this gaffer writes.

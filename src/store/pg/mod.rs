@@ -214,11 +214,23 @@ pub fn connect(url: &str, size: usize) -> Result<Pool, PgError> {
         .map_err(|e| PgError::Config(e.to_string()))
 }
 
+/// How long the server lets a gaffer session sit in an open transaction waiting for the node
+/// (`idle_in_transaction_session_timeout`). A node paused (SIGSTOP) or cut off in the middle of a
+/// commit would otherwise hold its job runs' row locks for as long as its connection looks
+/// alive, and adopters skip locked rows (`SKIP LOCKED`): its job runs would never be adopted.
+/// Under the shortest lease, so the locks are gone before anyone may adopt; gaffer's own
+/// transactions wait on the node for milliseconds. A session ended so is a lost connection to
+/// the node: the transaction rolls back and the writer tries the batch again.
+pub const IDLE_IN_TRANSACTION_MS: u64 = crate::model::lease::MIN_LEASE_MS * 2 / 3;
+
 /// The session settings of every gaffer connection added to `url`'s.
 pub fn config(url: &str) -> Result<tokio_postgres::Config, PgError> {
     let mut config: tokio_postgres::Config =
         url.parse().map_err(|e: tokio_postgres::Error| PgError::Config(e.to_string()))?;
-    let options = format!("{} -c plan_cache_mode=force_custom_plan", config.get_options().unwrap_or_default());
+    let options = format!(
+        "{} -c plan_cache_mode=force_custom_plan -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+        config.get_options().unwrap_or_default()
+    );
     config.options(options.trim());
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));

@@ -562,8 +562,9 @@ async fn pg_claim_complete_throughput() {
     }
 }
 
-/// Letters are read in the order they were sent, once each, by the node they are for: the
-/// owner of their job run when read (`to_node` NULL), or the node named; long texts are cut.
+/// Letters are read in the order they were sent, by the node they are for: the owner of their
+/// job run when read (`to_node` NULL: once per owner epoch, deleted by the commit that applies
+/// them), or the node named (once: deleted on read); long texts are cut.
 #[tokio::test]
 async fn mail_reaches_its_job_runs_owner_or_its_node_in_order_once() {
     use super::mail::{self, Letter, MAX_TEXT_BYTES, Mail, Mailer};
@@ -589,18 +590,22 @@ async fn mail_reaches_its_job_runs_owner_or_its_node_in_order_once() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let kinds: Vec<_> = for_owner.iter().map(|l| std::mem::discriminant(&l.mail)).collect();
+    let kinds: Vec<_> = for_owner.iter().map(|r| std::mem::discriminant(&r.letter.mail)).collect();
     let expected = [
         Mail::Started { node: 0, process: None },
         Mail::Progress { text: String::new() },
         Mail::Warning { text: String::new() },
     ];
     assert_eq!(kinds, expected.iter().map(std::mem::discriminant).collect::<Vec<_>>(), "{for_owner:?}");
-    let Mail::Progress { text } = &for_owner[1].mail else { unreachable!() };
+    let Mail::Progress { text } = &for_owner[1].letter.mail else { unreachable!() };
     assert!(text.len() <= MAX_TEXT_BYTES && long.starts_with(text.as_str()) && !text.is_empty(), "cut at a char");
     let for_runner = mail::drain(&c, runner.id).await.expect("drain");
     assert_eq!(for_runner.len(), 1, "{for_runner:?}");
-    assert!(matches!(for_runner[0].mail, Mail::Kill { grace_ms: 5, .. }));
-    assert!(mail::drain(&c, owner.id).await.expect("drain").is_empty(), "read once");
+    assert!(matches!(for_runner[0].letter.mail, Mail::Kill { grace_ms: 5, .. }));
+    assert!(mail::drain(&c, runner.id).await.expect("drain").is_empty(), "a node's letter: read once");
+    assert!(mail::drain(&c, owner.id).await.expect("drain").is_empty(), "read once by this owner epoch");
+    assert_eq!(db.psql("SELECT count(*) FROM node_mail").trim(), "3", "kept until applied");
+    let applied = for_owner.iter().map(|r| r.id).collect();
+    store.commit(vec![Mutation::MailRead(j, applied)]).await.expect("the owner applies them");
     assert_eq!(db.psql("SELECT count(*) FROM node_mail").trim(), "0");
 }

@@ -377,5 +377,6 @@ fn statement(m: &Mutation, facts: &QueueFacts, owner: Option<u64>) -> Result<(&'
             (PUT_RAISED, vec![Box::new(to_db(*job_run)), Box::new(codec::encode(raised)?)])
         }
         Mutation::Spec(task_run, spec) => (PUT_SPEC, vec![Box::new(to_db(*task_run)), Box::new(spec.clone())]),
+        Mutation::MailRead(_, ids) => (super::mail::DELETE_READ, vec![Box::new(ids.clone())]),
     })
 }
