@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::FutureExt;
 
 use super::dispatcher::{AttemptFailed, Enqueue, ReadyEntry, Reserve};
 use super::journal::Publish;
@@ -21,7 +22,7 @@ use super::worker::{Assign, Kill, Launch, Owner, Worker};
 use super::{AttemptFailure, BudgetScope, EngineEvent, EventData, Instance, JobEnd, JobStart, Shared};
 use crate::config::template::{self, TemplateContext, UpstreamTask};
 use crate::config::{JobDef, Workflow};
-use crate::executor::{AttemptExit, AttemptSpec, KILL_GRACE, ProcessHandle};
+use crate::executor::{AttemptExit, AttemptSpec, Durable, KILL_GRACE, ProcessHandle};
 use crate::model::cost::{CostDelta, Pricing};
 use crate::model::run::{self, AttemptEnd, Effects, Input, Note, RunState, TaskNote, Write};
 use crate::model::{FailReason, JobState, TaskState};
@@ -293,10 +294,12 @@ impl JobRun {
         mutations: Vec<Mutation>,
         events: Vec<EngineEvent>,
     ) {
-        self.carry_out_then(ctx, fx, mutations, events, None);
+        self.carry_out_then(ctx, fx, mutations, events, None, false);
     }
 
     /// `carry_out`, and `then` once the writes are durable (before the end, if the run ended).
+    /// With `share`, also their commit's outcome (see `persist_shared_then`); `None` when
+    /// there was nothing to commit, or the run may commit no more.
     fn carry_out_then(
         &mut self,
         ctx: &mut Context<Self>,
@@ -304,7 +307,8 @@ impl JobRun {
         mut mutations: Vec<Mutation>,
         mut events: Vec<EngineEvent>,
         then: Option<AfterCommit>,
-    ) {
+        share: bool,
+    ) -> Option<SharedCommit> {
         for &(task_run, reason) in &fx.kills {
             let grace = if reason == FailReason::Interrupted { SHUTDOWN_GRACE } else { KILL_GRACE };
             match self.running.get(&task_run) {
@@ -329,9 +333,9 @@ impl JobRun {
         let (circuits, finish) = (std::mem::take(&mut fx.circuit_failures), fx.finish);
         let nothing_after = enqueue.is_empty() && timers.is_empty() && circuits.is_empty() && !finish;
         if mutations.is_empty() && events.is_empty() && nothing_after && then.is_none() {
-            return;
+            return None;
         }
-        self.persist_then(ctx, mutations, events, move |act, ctx| {
+        let after = move |act: &mut Self, ctx: &mut Context<Self>| {
             act.enqueue(&enqueue, ctx);
             for (task_run, error) in unrenderable {
                 act.fail_unrenderable(ctx, task_run, &error);
@@ -348,7 +352,12 @@ impl JobRun {
             if finish {
                 act.finish(ctx);
             }
-        });
+        };
+        if share {
+            return self.persist_shared_then(ctx, mutations, events, after);
+        }
+        self.persist_then(ctx, mutations, events, after);
+        None
     }
 
     /// Reads the cache entry under `key` on tokio's blocking pool (never a store read on the
@@ -532,6 +541,36 @@ impl JobRun {
             mutations.push(Mutation::MailRead(self.record.id, std::mem::take(&mut self.mail_applied)));
         }
         let commit = self.shared.store.commit(mutations);
+        self.await_commit(ctx, commit, events, after);
+    }
+
+    /// `persist_then`, also returning the commit's outcome for what acts on it off this
+    /// thread (a reserved worker's spawn thread, woken by the store's answer itself). `None`:
+    /// the run may commit no more (fenced).
+    fn persist_shared_then(
+        &mut self,
+        ctx: &mut Context<Self>,
+        mutations: Vec<Mutation>,
+        events: Vec<EngineEvent>,
+        after: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) -> Option<SharedCommit> {
+        if self.fenced {
+            return None;
+        }
+        let commit = self.shared.store.commit(mutations).shared();
+        self.await_commit(ctx, Box::pin(commit.clone()), events, after);
+        Some(commit)
+    }
+
+    /// Takes the outcome of the run's next commit: `events` published and `after` run once it
+    /// and every commit before it are durable.
+    fn await_commit(
+        &mut self,
+        ctx: &mut Context<Self>,
+        commit: crate::store::Committing,
+        events: Vec<EngineEvent>,
+        after: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
         let seq = self.next_commit;
         self.next_commit += 1;
         self.inflight += 1;
@@ -761,10 +800,10 @@ impl JobRun {
 
     /// Carries out the first step of a new run with the workers reserved for it: each reserved
     /// task run is claimed now, its `running` and attempt committed with the run's records, and
-    /// its worker told at once (`Launch`) to wait for the claim, which it gets once that commit
-    /// is durable: a kill sent meanwhile (a stop, a cancel) waits behind it, as behind a
-    /// `Claim`. A claim that cannot be made here (a spec to render off the thread) goes to its
-    /// worker as an ordinary `Assign` after the commit.
+    /// its worker handed the claim at once (`Launch`) with what says when that commit is
+    /// durable: it starts the process then, and a kill sent meanwhile (a stop, a cancel) waits
+    /// behind it, as behind a `Claim`. A claim that cannot be made here (a spec to render off
+    /// the thread) goes to its worker as an ordinary `Assign` after the commit.
     fn begin_reserved(
         &mut self,
         ctx: &mut Context<Self>,
@@ -775,40 +814,39 @@ impl JobRun {
     ) {
         // Reported as the step left them (queued), before the claims below move them on.
         events.extend(fx.notes.drain(..).map(|n| self.event_of(&n)));
-        let mut handoffs: Vec<(Addr<Worker>, Handoff)> = Vec::new();
+        let mut launches: Vec<(Addr<Worker>, Claimed, String)> = Vec::new();
+        let mut assigns: Vec<(Addr<Worker>, Assign)> = Vec::new();
         let mut failed = Vec::new();
         // A reserved task run goes to its worker only: not to the dispatcher again.
         fx.enqueue.retain(|&i| !reserved.iter().any(|(e, _)| e.task_run == self.run.tasks[i].id));
         for (entry, worker) in reserved {
-            let handoff = match self.claim_now(ctx, entry.task_run, worker.clone()) {
-                Some((attempt, claimed)) => {
+            match self.claim_now(ctx, entry.task_run, worker.clone()) {
+                Some((attempt, Ok(claimed))) => {
                     mutations.push(Mutation::Attempt(attempt));
-                    match claimed {
-                        Ok(claimed) => {
-                            let (tx, rx) = tokio::sync::oneshot::channel();
-                            worker.do_send(Launch { claimed: rx, queue: entry.queue });
-                            Ok((claimed, tx))
-                        }
-                        Err(e) => {
-                            failed.push((entry.task_run, e));
-                            Err(Assign(entry))
-                        }
-                    }
+                    launches.push((worker, claimed, entry.queue));
                 }
-                None => Err(Assign(entry)),
-            };
-            handoffs.push((worker, handoff));
+                Some((attempt, Err(e))) => {
+                    mutations.push(Mutation::Attempt(attempt));
+                    failed.push((entry.task_run, e));
+                    assigns.push((worker, Assign(entry)));
+                }
+                None => assigns.push((worker, Assign(entry))),
+            }
         }
-        let handoff: AfterCommit = Box::new(move |_, _| {
-            for (worker, handoff) in handoffs {
-                match handoff {
-                    Ok((claimed, tx)) => drop(tx.send(claimed)),
-                    // The ordinary claim: it renders off the thread, or finds the run ended.
-                    Err(assign) => worker.do_send(assign),
-                }
+        // The ordinary claim: it renders off the thread, or finds the run ended.
+        let assign: AfterCommit = Box::new(move |_, _| {
+            for (worker, assign) in assigns {
+                worker.do_send(assign);
             }
         });
-        self.carry_out_then(ctx, &mut fx, mutations, events, Some(handoff));
+        let commit = self.carry_out_then(ctx, &mut fx, mutations, events, Some(assign), true);
+        for (worker, claimed, queue) in launches {
+            let durable: Durable = match &commit {
+                Some(commit) => Box::pin(commit.clone().map(|outcome| outcome.is_ok())),
+                None => Box::pin(std::future::ready(false)),
+            };
+            worker.do_send(Launch { claimed, durable, queue });
+        }
         for (task_run, e) in failed {
             self.template_failed(ctx, task_run, &e);
         }
@@ -951,12 +989,8 @@ impl Handler<Start> for JobRun {
     }
 }
 
-/// Hands a reserved worker its claim once it is durable (dropped unsent: it never became so).
-type ClaimSender = tokio::sync::oneshot::Sender<Claimed>;
-
-/// What a reserved worker gets once a new run's first commit is durable: its claim, or an
-/// ordinary `Assign`.
-type Handoff = Result<(Claimed, ClaimSender), Assign>;
+/// A commit whose outcome several wait for: the run's actor and its reserved workers.
+type SharedCommit = futures_util::future::Shared<crate::store::Committing>;
 
 /// What a worker needs to start an attempt it claimed.
 pub struct Claimed {

@@ -21,7 +21,7 @@ use super::journal::{Journal, Publish};
 use super::supervisor::{LocalOwner, RestartLedger, Supervisor};
 use super::watchdog::{WatchList, overdue_reason};
 use super::{EngineEvent, EventData, SharedClock};
-use crate::executor::{AttemptEvent, AttemptExit, Executor, KILL_GRACE, ProcessHandle, spawn_off_thread};
+use crate::executor::{AttemptEvent, AttemptExit, Durable, Executor, KILL_GRACE, ProcessHandle, spawn_off_thread};
 use crate::model::FailReason;
 use crate::model::cost::{CostDelta, Pricing};
 use crate::model::lease::Refused;
@@ -374,7 +374,9 @@ impl Worker {
         self.dispatcher.do_send(WorkerIdle { worker: ctx.address(), finished_queue });
     }
 
-    fn launch(&mut self, claimed: Claimed, queue: String, ctx: &mut Context<Self>) {
+    /// Starts `claimed`'s attempt; with `durable`, once its claim's commit is durable (a claim
+    /// whose commit failed starts nothing and frees the worker).
+    fn launch(&mut self, claimed: Claimed, queue: String, durable: Option<Durable>, ctx: &mut Context<Self>) {
         let now = self.clock.now_ms();
         let task_run = claimed.spec.task_run;
         let attempt = claimed.spec.attempt;
@@ -392,16 +394,21 @@ impl Worker {
         let (tx, rx) = mpsc::unbounded_channel();
         // Off this thread, which runs every worker and job run; the worker takes no message
         // until the process exists (or could not be started).
-        let spawning = spawn_off_thread(self.executor.clone(), claimed.spec, tx);
+        let spawning = spawn_off_thread(self.executor.clone(), claimed.spec, tx, durable);
         ctx.wait(spawning.into_actor(self).map(move |spawned, act, ctx| match spawned {
-            Ok(running) => {
+            None => {
+                act.activity.end();
+                let queue = act.current.take().map(|c| c.queue);
+                act.free(queue, ctx);
+            }
+            Some(Ok(running)) => {
                 act.activity.set_process(running.process);
                 if let Some(current) = act.current.as_mut() {
                     current.owner.started(task_run, attempt, running.process);
                 }
                 act.follow(rx, running.done, ctx);
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 let reason =
                     if e.is_resource_exhaustion() { FailReason::ResourceExhausted } else { FailReason::SpawnError };
                 act.finish(None, Some((reason, e.to_string())), ctx)
@@ -591,7 +598,7 @@ impl Worker {
     ) {
         let claim = owner.send(Claim { task_run, attempt, worker: ctx.address() });
         ctx.wait(claim.into_actor(self).map(move |answer, act, ctx| match answer {
-            Ok(Some(claimed)) => act.launch(claimed, queue, ctx),
+            Ok(Some(claimed)) => act.launch(claimed, queue, None, ctx),
             _ => act.free(Some(queue), ctx),
         }));
     }
@@ -621,7 +628,7 @@ impl Worker {
             pricing: link.pricing.clone(),
             owner: Owner::Remote(Box::new(remote)),
         };
-        self.launch(started, queue, ctx);
+        self.launch(started, queue, None, ctx);
     }
 }
 
@@ -680,13 +687,15 @@ impl Handler<AssignClaimed> for Worker {
 }
 
 /// A task run its job run claimed for this worker while it begins (reserved at submit:
-/// `dispatcher::Reserve`): the claim comes once its `running` is durable, and the worker takes
-/// no other message until then (a kill meanwhile reaches the attempt, as after `Assign`). A
-/// claim that never comes (its commit failed) frees the worker. `queue`: the slot it holds.
+/// `dispatcher::Reserve`), sent with the commit that makes it `running`: its process starts
+/// once `durable` says that commit is durable, and the worker takes no other message until
+/// then (a kill meanwhile reaches the attempt, as after `Assign`). A commit that fails starts
+/// nothing and frees the worker. `queue`: the slot it holds.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Launch {
-    pub claimed: tokio::sync::oneshot::Receiver<Claimed>,
+    pub claimed: Claimed,
+    pub durable: Durable,
     pub queue: String,
 }
 
@@ -694,11 +703,7 @@ impl Handler<Launch> for Worker {
     type Result = ();
 
     fn handle(&mut self, msg: Launch, ctx: &mut Self::Context) {
-        let queue = msg.queue;
-        ctx.wait(msg.claimed.into_actor(self).map(move |claimed, act, ctx| match claimed {
-            Ok(claimed) => act.launch(claimed, queue, ctx),
-            Err(_) => act.free(Some(queue), ctx),
-        }));
+        self.launch(msg.claimed, msg.queue, Some(msg.durable), ctx);
     }
 }
 

@@ -68,25 +68,48 @@ pub trait Executor: Send + Sync + 'static {
 const SPAWN_THREADS: usize = 4;
 static SPAWN_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPAWN_THREADS);
 
+/// Resolves once the commit that made an attempt `running` is durable (`true`), or failed to
+/// become so (`false`): SPEC §7, no process before that commit.
+pub type Durable = Pin<Box<dyn Future<Output = bool> + Send>>;
+
 /// [`Executor::spawn`] on one of at most [`SPAWN_THREADS`] threads of tokio's blocking pool
 /// (which enter the runtime, as `spawn` needs), so that the calling thread goes on running
 /// actors meanwhile. Executors that do not block are called right here.
+///
+/// With `durable`, the spawn waits for it on that thread and starts nothing (`None`) when it
+/// says the commit failed. The store thread's answer then wakes the spawn thread itself: the
+/// process starts without waiting for the engine's thread to wake, take the answer and hand
+/// the spawn over (one thread wake-up fewer on the enqueue → start path), and the thread was
+/// woken while the commit was being written, not after.
 pub async fn spawn_off_thread(
     executor: Arc<dyn Executor>,
     spec: AttemptSpec,
     events: UnboundedSender<AttemptEvent>,
-) -> Result<RunningAttempt, SpawnError> {
+    durable: Option<Durable>,
+) -> Option<Result<RunningAttempt, SpawnError>> {
     if !executor.blocks() {
-        return executor.spawn(spec, events);
+        if let Some(durable) = durable
+            && !durable.await
+        {
+            return None;
+        }
+        return Some(executor.spawn(spec, events));
     }
     // Never closed, so acquiring cannot fail.
     let _slot = SPAWN_SLOTS.acquire().await;
     tokio::task::spawn_blocking(move || {
         crate::sched::prefer_short_waits();
-        executor.spawn(spec, events)
+        // A blocking-pool thread is outside any task, so it may block on a future; the store's
+        // answer needs no I/O driver of the runtime to arrive.
+        if let Some(durable) = durable
+            && !tokio::runtime::Handle::current().block_on(durable)
+        {
+            return None;
+        }
+        Some(executor.spawn(spec, events))
     })
     .await
-    .unwrap_or_else(|e| Err(SpawnError::Setup(std::io::Error::other(format!("the spawn thread failed: {e}")))))
+    .unwrap_or_else(|e| Some(Err(SpawnError::Setup(std::io::Error::other(format!("the spawn thread failed: {e}"))))))
 }
 
 pub struct RunningAttempt {

@@ -517,3 +517,30 @@ async fn kill_orphans_kills_an_attempts_group_and_escapees_but_not_a_recycled_pi
     assert_eq!(exit.signal, Some(libc::SIGKILL));
     assert!(!LocalExecutor.is_running(&process));
 }
+
+/// SPEC §7 on the spawn thread: a spawn handed the commit's outcome starts its process only once
+/// the commit is durable, and none at all when it failed.
+#[tokio::test]
+async fn a_spawn_waits_for_its_commit_and_starts_nothing_when_it_failed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("ran");
+    let script = format!("echo $$ > '{}'", marker.display());
+
+    let failed: Durable = Box::pin(std::future::ready(false));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let spawned = spawn_off_thread(Arc::new(LocalExecutor), sh(dir.path(), &script), tx, Some(failed)).await;
+    assert!(spawned.is_none(), "a failed commit started something");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!marker.exists(), "the process ran although its commit failed");
+
+    let (commit, durable) = tokio::sync::oneshot::channel::<bool>();
+    let durable: Durable = Box::pin(async move { durable.await.unwrap_or(false) });
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let spawning = tokio::spawn(spawn_off_thread(Arc::new(LocalExecutor), sh(dir.path(), &script), tx, Some(durable)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!spawning.is_finished() && !marker.exists(), "started before its commit was durable");
+    commit.send(true).expect("the spawn waits");
+    let running = spawning.await.expect("joined").expect("durable").expect("spawned");
+    tokio::time::timeout(Duration::from_secs(20), running.done).await.expect("finished in time");
+    assert!(marker.exists(), "the process ran once its commit was durable");
+}
