@@ -129,6 +129,17 @@ fn records(db: &TestDb, id: u64) -> Vec<(crate::store::TaskRunRecord, Vec<crate:
     tasks.into_iter().map(|t| (t.clone(), snapshot.attempts_of(t.id).expect("read"))).collect()
 }
 
+/// Waits (20 s at most) until a `task.started` comes.
+async fn until_started(events: &mut UnboundedReceiver<EngineEvent>) {
+    loop {
+        let e =
+            tokio::time::timeout(Duration::from_secs(20), events.recv()).await.expect("task.started").expect("open");
+        if matches!(e.data, EventData::TaskStarted { .. }) {
+            return;
+        }
+    }
+}
+
 /// Everything published so far.
 fn drain(events: &mut UnboundedReceiver<EngineEvent>) -> Vec<EngineEvent> {
     let mut out = Vec::new();
@@ -286,16 +297,7 @@ fn cancelling_a_job_run_kills_its_attempt_on_another_node() {
         let id =
             a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
         // The owner knows it started over there.
-        loop {
-            match tokio::time::timeout(Duration::from_secs(20), events.recv())
-                .await
-                .expect("task.started")
-                .expect("open")
-            {
-                e if matches!(e.data, EventData::TaskStarted { .. }) => break,
-                _ => {}
-            }
-        }
+        until_started(&mut events).await;
         a.cancel(Target::JobRun(id)).await.expect("cancel");
         assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, JobState::Cancelled)]);
         cluster.stop().await;
@@ -469,12 +471,7 @@ fn a_cancel_given_on_another_node_is_carried_out_by_the_owner() {
         let mut events = a.subscribe().await.expect("subscribe");
         let id =
             a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
-        loop {
-            let e = tokio::time::timeout(Duration::from_secs(20), events.recv()).await.expect("started").expect("open");
-            if matches!(e.data, EventData::TaskStarted { .. }) {
-                break;
-            }
-        }
+        until_started(&mut events).await;
         let answer = b.cancel(Target::JobRun(id)).await.expect("the owner's answer");
         assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, JobState::Cancelled)]);
         cluster.stop().await;
