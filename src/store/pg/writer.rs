@@ -19,8 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use super::fence::{Judge, Ownership, Row, Verdicts};
-use super::{PgError, QueueFacts};
+use super::{PgError, QueueFacts, merge};
 use crate::model::TaskState;
+use crate::store::records::TaskRunRecord;
 use crate::store::{Mutation, codec};
 
 /// A transaction takes at most this many mutations (as redb's writer).
@@ -225,12 +226,14 @@ async fn read_fence(tx: &Transaction<'_>, job_runs: &[u64]) -> Result<std::colle
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// Applies the batches of a group: every statement of every batch is sent at once (pipelined
-/// on the connection, executed in order), then their answers are awaited. One round trip per
-/// group, not per batch: a group of 64 one-task batches (a node's workers each starting or
-/// ending an attempt) awaited batch by batch held its transaction open for 64 round trips,
-/// which bounded a node to a few hundred tasks/s (BENCHMARKS.md, cluster rows). A job run
-/// created with a node `owner` is written as that node's at epoch 1.
+/// Applies the batches of a group: one multi-row statement per table (`merge.rs`: a task
+/// run's last write in the group, its spec on the same upsert), then the rest one statement
+/// each; every statement is sent at once (pipelined on the connection, executed in order),
+/// then their answers are awaited. One round trip per group, and a handful of statements
+/// whatever its size: a group of 64 one-task batches was ~6 single-row statements per task
+/// (BENCHMARKS.md, cluster rows). A group that counts running job runs (`ActiveRunsBelow`) is
+/// applied mutation by mutation, in order. A job run created with a node `owner` is written as
+/// that node's at epoch 1.
 pub async fn apply(
     tx: &Transaction<'_>,
     batches: &[&[Mutation]],
@@ -239,14 +242,26 @@ pub async fn apply(
     woken: &mut BTreeSet<String>,
 ) -> Result<(), PgError> {
     lock_jobs_counted(tx, batches).await?;
-    let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::new();
-    for (batch, m) in batches.iter().flat_map(|b| b.iter().map(move |m| (*b, m))) {
-        statements.push(statement(m, facts, owner, batch)?);
+    let all = || batches.iter().flat_map(|b| b.iter());
+    for m in all() {
         if let Mutation::TaskRun(r) = m
             && r.state == TaskState::Queued
         {
             woken.insert(r.queue.clone());
         }
+    }
+    let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::new();
+    let rest: Vec<(&Mutation, &[Mutation])> = if merge::mergeable(all()) {
+        let merged = merge::merge(all());
+        statements.extend(merged_statements(&merged, facts, owner)?);
+        // `ActiveRunsBelow`, the one statement that reads its batch, is not merged.
+        merged.rest.into_iter().map(|m| (m, &[][..])).collect()
+    } else {
+        batches.iter().flat_map(|b| b.iter().map(move |m| (m, *b))).collect()
+    };
+    let first_rest = statements.len();
+    for (m, batch) in &rest {
+        statements.push(statement(m, facts, owner, batch)?);
     }
     let mut prepared = Vec::with_capacity(statements.len());
     for (sql, _) in &statements {
@@ -259,14 +274,103 @@ pub async fn apply(
     // A fire time another node recorded first writes no row, nor a count at the job's limit
     // answers one: its batch is refused (the group is then committed batch by batch, and only
     // that one fails).
-    for (m, rows) in batches.iter().flat_map(|b| b.iter()).zip(written) {
+    for ((m, _), rows) in rest.iter().zip(&written[first_rest..]) {
         match m {
-            Mutation::Schedule(job, _) if rows == 0 => return Err(PgError::FireTaken { job: job.clone() }),
-            Mutation::ActiveRunsBelow(job, _) if rows == 0 => return Err(PgError::RunLimit { job: job.clone() }),
+            Mutation::Schedule(job, _) if *rows == 0 => return Err(PgError::FireTaken { job: job.clone() }),
+            Mutation::ActiveRunsBelow(job, _) if *rows == 0 => return Err(PgError::RunLimit { job: job.clone() }),
             _ => {}
         }
     }
     Ok(())
+}
+
+/// The multi-row statements of a merged group, empty tables left out.
+fn merged_statements(
+    merged: &merge::Merged<'_>,
+    facts: &QueueFacts,
+    owner: Option<u64>,
+) -> Result<Vec<(&'static str, Vec<Param>)>, PgError> {
+    let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::new();
+    if !merged.job_runs.is_empty() {
+        let rs = &merged.job_runs;
+        let records: Vec<Vec<u8>> = rs.iter().map(|r| codec::encode(*r)).collect::<Result<_, _>>()?;
+        statements.push((
+            PUT_JOB_RUNS,
+            vec![
+                Box::new(rs.iter().map(|r| to_db(r.id)).collect::<Vec<_>>()),
+                Box::new(rs.iter().map(|r| r.job.clone()).collect::<Vec<_>>()),
+                Box::new(rs.iter().map(|r| r.state.as_str()).collect::<Vec<_>>()),
+                Box::new(records),
+                Box::new(owner.map(to_db)),
+                Box::new(if owner.is_some() { 1i64 } else { 0 }),
+            ],
+        ));
+    }
+    let plain: Vec<_> = merged.task_runs.iter().map(|r| (*r, None)).collect();
+    for (rows, with_spec) in [(&plain, false), (&merged.task_runs_with_spec, true)] {
+        if rows.is_empty() {
+            continue;
+        }
+        let sql: &'static str = if with_spec { &PUT_TASK_RUNS_WITH_SPEC } else { &PUT_TASK_RUNS };
+        statements.push((sql, task_run_params(rows, with_spec, facts, owner)?));
+    }
+    if !merged.attempts.is_empty() {
+        let a = &merged.attempts;
+        let records: Vec<Vec<u8>> = a.iter().map(|a| codec::encode(*a)).collect::<Result<_, _>>()?;
+        statements.push((
+            PUT_ATTEMPTS,
+            vec![
+                Box::new(a.iter().map(|a| to_db(a.task_run)).collect::<Vec<_>>()),
+                Box::new(a.iter().map(|a| a.n as i32).collect::<Vec<_>>()),
+                Box::new(records),
+            ],
+        ));
+    }
+    if !merged.specs.is_empty() {
+        let ids: Vec<i64> = merged.specs.iter().map(|(id, _)| to_db(*id)).collect();
+        let specs: Vec<Option<Vec<u8>>> = merged.specs.iter().map(|(_, s)| s.map(<[u8]>::to_vec)).collect();
+        statements.push((PUT_SPECS, vec![Box::new(ids), Box::new(specs)]));
+    }
+    if !merged.mail_read.is_empty() {
+        statements.push((super::mail::DELETE_READ, vec![Box::new(merged.mail_read.clone())]));
+    }
+    Ok(statements)
+}
+
+/// The arrays of [`PUT_TASK_RUNS`] (and the specs of [`PUT_TASK_RUNS_WITH_SPEC`]).
+fn task_run_params(
+    rows: &[(&TaskRunRecord, Option<&[u8]>)],
+    with_spec: bool,
+    facts: &QueueFacts,
+    owner: Option<u64>,
+) -> Result<Vec<Param>, PgError> {
+    let columns: Vec<_> = rows.iter().map(|(r, _)| facts(r)).collect();
+    let records: Vec<Vec<u8>> = rows.iter().map(|(r, _)| codec::encode(*r)).collect::<Result<_, _>>()?;
+    let requires: Vec<String> = columns
+        .iter()
+        .map(|c| serde_json::to_string(&c.requires).map_err(|e| PgError::Db(format!("requires: {e}"))))
+        .collect::<Result<_, _>>()?;
+    let mut params: Vec<Param> = vec![
+        Box::new(rows.iter().map(|(r, _)| to_db(r.id)).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| to_db(r.job_run)).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| r.task.clone()).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| r.iteration as i32).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| r.item_index.map(|i| i as i32)).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| i16::from(r.kind.index_key())).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| r.state.as_str()).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| r.queue.clone()).collect::<Vec<_>>()),
+        Box::new(columns.iter().map(|c| c.sort_key).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| to_db(r.enqueue_seq)).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| r.not_before_ms.map(to_db)).collect::<Vec<_>>()),
+        Box::new(requires),
+        Box::new(rows.iter().map(|(r, _)| r.attempt as i32).collect::<Vec<_>>()),
+        Box::new(records),
+        Box::new(owner.map(to_db)),
+    ];
+    if with_spec {
+        params.push(Box::new(rows.iter().map(|(_, s)| s.map(<[u8]>::to_vec)).collect::<Vec<_>>()));
+    }
+    Ok(params)
 }
 
 /// Takes the lock of each job whose running runs the group counts (`ActiveRunsBelow`), before
@@ -313,6 +417,44 @@ const PUT_TASK_RUN_BY_NODE: &str = "INSERT INTO task_runs (id, job_run, task, it
      requires = excluded.requires, attempt = excluded.attempt, record = excluded.record, \
      node = CASE WHEN excluded.state <> 'running' THEN NULL \
                  WHEN task_runs.state = 'running' THEN task_runs.node ELSE excluded.node END";
+/// [`PUT_JOB_RUN`] for many rows: the arrays `$1`–`$4`, the owner `$5`, `$6` as one.
+const PUT_JOB_RUNS: &str = "INSERT INTO job_runs (id, job, state, record, owner_node, owner_epoch) \
+     SELECT id, job, state, record, $5::bigint, $6::bigint \
+     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[]) AS r(id, job, state, record) \
+     ON CONFLICT (id) DO UPDATE SET job = excluded.job, state = excluded.state, record = excluded.record";
+/// [`PUT_TASK_RUN_BY_NODE`] for many rows (arrays `$1`–`$14`, each row's `requires` a JSON
+/// array), `$15` the node (NULL: a plain store, which never writes `node`).
+static PUT_TASK_RUNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| put_task_runs(false));
+/// The same, also writing each row's spec (`$16`): the group writes it with the row.
+static PUT_TASK_RUNS_WITH_SPEC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| put_task_runs(true));
+
+fn put_task_runs(with_spec: bool) -> String {
+    let (col, arg, set) = match with_spec {
+        true => (", spec", ", $16::bytea[]", ", spec = excluded.spec"),
+        false => ("", "", ""),
+    };
+    format!(
+        "INSERT INTO task_runs (id, job_run, task, iteration, item_index, kind, state, queue, sort_key, \
+         enqueue_seq, not_before, requires, attempt, record, node{col}) \
+         SELECT id, job_run, task, iteration, item_index, kind, state, queue, sort_key, enqueue_seq, \
+         to_timestamp(not_before / 1000.0), ARRAY(SELECT json_array_elements_text(requires::json)), attempt, \
+         record, CASE WHEN state = 'running' THEN $15::bigint END{col} \
+         FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int4[], $5::int4[], $6::int2[], $7::text[], \
+         $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::text[], $13::int4[], $14::bytea[]{arg}) \
+         AS r(id, job_run, task, iteration, item_index, kind, state, queue, sort_key, enqueue_seq, not_before, \
+         requires, attempt, record{col}) \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, queue = excluded.queue, \
+         sort_key = excluded.sort_key, enqueue_seq = excluded.enqueue_seq, not_before = excluded.not_before, \
+         requires = excluded.requires, attempt = excluded.attempt, record = excluded.record, \
+         node = CASE WHEN $15::bigint IS NULL THEN task_runs.node WHEN excluded.state <> 'running' THEN NULL \
+                     WHEN task_runs.state = 'running' THEN task_runs.node ELSE excluded.node END{set}"
+    )
+}
+const PUT_ATTEMPTS: &str = "INSERT INTO attempts (task_run, n, record) \
+     SELECT * FROM unnest($1::bigint[], $2::int4[], $3::bytea[]) \
+     ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record";
+const PUT_SPECS: &str = "UPDATE task_runs t SET spec = s.spec \
+     FROM unnest($1::bigint[], $2::bytea[]) AS s(id, spec) WHERE t.id = s.id";
 const PUT_ATTEMPT: &str = "INSERT INTO attempts (task_run, n, record) VALUES ($1, $2, $3) \
      ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record";
 /// Taken only as `model::schedule::fire_accepted` says; otherwise no row is written.
