@@ -29,14 +29,14 @@ pub struct Merged<'a> {
     pub rest: Vec<&'a Mutation>,
 }
 
-/// A group whose writes may be merged: one that counts running job runs (`ActiveRunsBelow`)
-/// must see the job runs of the batches before it and not those after, so its group is
-/// applied mutation by mutation, in order.
+/// A group whose writes may be merged as one: one that counts running job runs
+/// (`ActiveRunsBelow`) must see the job runs of the batches before it and not those after, so
+/// its batches are merged each on its own, in order.
 pub fn mergeable<'a>(mutations: impl IntoIterator<Item = &'a Mutation>) -> bool {
     !mutations.into_iter().any(|m| matches!(m, Mutation::ActiveRunsBelow(..)))
 }
 
-/// The group's final rows per table. Call only for a [`mergeable`] group.
+/// The final rows per table of a [`mergeable`] group, or of one batch.
 pub fn merge<'a>(mutations: impl IntoIterator<Item = &'a Mutation>) -> Merged<'a> {
     let mut job_runs = BTreeMap::new();
     let mut task_runs = BTreeMap::new();

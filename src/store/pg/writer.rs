@@ -250,18 +250,22 @@ pub async fn apply(
             woken.insert(r.queue.clone());
         }
     }
-    let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::new();
-    let rest: Vec<(&Mutation, &[Mutation])> = if merge::mergeable(all()) {
-        let merged = merge::merge(all());
-        statements.extend(merged_statements(&merged, facts, owner)?);
-        // `ActiveRunsBelow`, the one statement that reads its batch, is not merged.
-        merged.rest.into_iter().map(|m| (m, &[][..])).collect()
-    } else {
-        batches.iter().flat_map(|b| b.iter().map(move |m| (m, *b))).collect()
+    // A group that counts running job runs is merged batch by batch, in order: each count
+    // sees the batches before it, not those after.
+    let units: Vec<(&[Mutation], Vec<&Mutation>)> = match merge::mergeable(all()) {
+        true => vec![(&[][..], all().collect())],
+        false => batches.iter().map(|b| (*b, b.iter().collect())).collect(),
     };
-    let first_rest = statements.len();
-    for (m, batch) in &rest {
-        statements.push(statement(m, facts, owner, batch)?);
+    let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::new();
+    // The mutations written one statement each, by the index of their statement.
+    let mut rest: Vec<(&Mutation, usize)> = Vec::new();
+    for (batch, mutations) in units {
+        let merged = merge::merge(mutations);
+        statements.extend(merged_statements(&merged, facts, owner)?);
+        for m in merged.rest {
+            rest.push((m, statements.len()));
+            statements.push(statement(m, batch)?);
+        }
     }
     let mut prepared = Vec::with_capacity(statements.len());
     for (sql, _) in &statements {
@@ -274,10 +278,11 @@ pub async fn apply(
     // A fire time another node recorded first writes no row, nor a count at the job's limit
     // answers one: its batch is refused (the group is then committed batch by batch, and only
     // that one fails).
-    for ((m, _), rows) in rest.iter().zip(&written[first_rest..]) {
+    for (m, at) in rest {
+        let rows = written[at];
         match m {
-            Mutation::Schedule(job, _) if *rows == 0 => return Err(PgError::FireTaken { job: job.clone() }),
-            Mutation::ActiveRunsBelow(job, _) if *rows == 0 => return Err(PgError::RunLimit { job: job.clone() }),
+            Mutation::Schedule(job, _) if rows == 0 => return Err(PgError::FireTaken { job: job.clone() }),
+            Mutation::ActiveRunsBelow(job, _) if rows == 0 => return Err(PgError::RunLimit { job: job.clone() }),
             _ => {}
         }
     }
@@ -394,36 +399,17 @@ async fn lock_jobs_counted(tx: &Transaction<'_>, batches: &[&[Mutation]]) -> Res
 
 const PUT_DEFINITION: &str = "INSERT INTO definitions (hash, record) VALUES ($1, $2) \
      ON CONFLICT (hash) DO UPDATE SET record = excluded.record";
-/// The owner columns are written only by the insert that creates the row (an adoption changes
-/// them, never a commit).
-const PUT_JOB_RUN: &str = "INSERT INTO job_runs (id, job, state, record, owner_node, owner_epoch) \
-     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET job = excluded.job, state = excluded.state, record = excluded.record";
-/// `node` is not written: only a claim sets it (and a completion keeps it, as the attempt's).
-const PUT_TASK_RUN: &str = "INSERT INTO task_runs (id, job_run, task, iteration, item_index, kind, state, \
-     queue, sort_key, enqueue_seq, not_before, requires, attempt, record) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11::bigint / 1000.0), $12, $13, $14) \
-     ON CONFLICT (id) DO UPDATE SET state = excluded.state, queue = excluded.queue, \
-     sort_key = excluded.sort_key, enqueue_seq = excluded.enqueue_seq, not_before = excluded.not_before, \
-     requires = excluded.requires, attempt = excluded.attempt, record = excluded.record";
-/// [`PUT_TASK_RUN`] by a node (`$15`): an attempt its owner starts itself runs on it, so `node`
-/// is set when the task run becomes `running` here (a claim by another node set it already and
-/// is kept) and cleared when it stops running — what `model::lease::orphaned_attempt` reads.
-const PUT_TASK_RUN_BY_NODE: &str = "INSERT INTO task_runs (id, job_run, task, iteration, item_index, kind, state, \
-     queue, sort_key, enqueue_seq, not_before, requires, attempt, record, node) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11::bigint / 1000.0), $12, $13, $14, \
-     CASE WHEN $7 = 'running' THEN $15::bigint END) \
-     ON CONFLICT (id) DO UPDATE SET state = excluded.state, queue = excluded.queue, \
-     sort_key = excluded.sort_key, enqueue_seq = excluded.enqueue_seq, not_before = excluded.not_before, \
-     requires = excluded.requires, attempt = excluded.attempt, record = excluded.record, \
-     node = CASE WHEN excluded.state <> 'running' THEN NULL \
-                 WHEN task_runs.state = 'running' THEN task_runs.node ELSE excluded.node END";
-/// [`PUT_JOB_RUN`] for many rows: the arrays `$1`–`$4`, the owner `$5`, `$6` as one.
+/// Job runs: the arrays `$1`–`$4`, the owner `$5`, `$6` as one. The owner columns are written
+/// only by the insert that creates the row (an adoption changes them, never a commit).
 const PUT_JOB_RUNS: &str = "INSERT INTO job_runs (id, job, state, record, owner_node, owner_epoch) \
      SELECT id, job, state, record, $5::bigint, $6::bigint \
      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[]) AS r(id, job, state, record) \
      ON CONFLICT (id) DO UPDATE SET job = excluded.job, state = excluded.state, record = excluded.record";
-/// [`PUT_TASK_RUN_BY_NODE`] for many rows (arrays `$1`–`$14`, each row's `requires` a JSON
-/// array), `$15` the node (NULL: a plain store, which never writes `node`).
+/// Task runs: the arrays `$1`–`$14` (each row's `requires` a JSON array), `$15` the node. A
+/// node's owner runs the attempts it starts itself, so `node` is set when the task run becomes
+/// `running` here (a claim by another node set it already and is kept) and cleared when it
+/// stops running — what `model::lease::orphaned_attempt` reads. A plain store (`$15` NULL)
+/// never writes `node`: only a claim sets it (and a completion keeps it, as the attempt's).
 static PUT_TASK_RUNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| put_task_runs(false));
 /// The same, also writing each row's spec (`$16`): the group writes it with the row.
 static PUT_TASK_RUNS_WITH_SPEC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| put_task_runs(true));
@@ -455,8 +441,6 @@ const PUT_ATTEMPTS: &str = "INSERT INTO attempts (task_run, n, record) \
      ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record";
 const PUT_SPECS: &str = "UPDATE task_runs t SET spec = s.spec \
      FROM unnest($1::bigint[], $2::bytea[]) AS s(id, spec) WHERE t.id = s.id";
-const PUT_ATTEMPT: &str = "INSERT INTO attempts (task_run, n, record) VALUES ($1, $2, $3) \
-     ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record";
 /// Taken only as `model::schedule::fire_accepted` says; otherwise no row is written.
 const PUT_SCHEDULE: &str = "INSERT INTO schedules (job, record, last_fired_ms) VALUES ($1, $2, $3) \
      ON CONFLICT (job) DO UPDATE SET record = excluded.record, last_fired_ms = excluded.last_fired_ms \
@@ -469,7 +453,6 @@ const PUT_KEY: &str = "INSERT INTO idempotency (key, job_run) VALUES ($1, $2) \
 const PUT_CACHE: &str = "INSERT INTO cache (key, expires_at_ms, record) VALUES ($1, $2, $3) \
      ON CONFLICT (key) DO UPDATE SET expires_at_ms = excluded.expires_at_ms, record = excluded.record";
 const DELETE_CACHE: &str = "DELETE FROM cache WHERE key = $1";
-const PUT_SPEC: &str = "UPDATE task_runs SET spec = $2 WHERE id = $1";
 /// One row while fewer than `$2` runs of job `$1` are running, not counting `$3` (the batch's
 /// own new job runs): the partial index `job_runs_running_by_job`.
 pub(super) const ACTIVE_RUNS_BELOW: &str = "SELECT 1 WHERE (SELECT count(*) FROM job_runs \
@@ -487,54 +470,10 @@ pub fn from_db(v: i64) -> u64 {
     v as u64
 }
 
-fn statement(
-    m: &Mutation,
-    facts: &QueueFacts,
-    owner: Option<u64>,
-    batch: &[Mutation],
-) -> Result<(&'static str, Vec<Param>), PgError> {
+/// The statement of a mutation the group does not merge (`merge::Merged::rest`).
+fn statement(m: &Mutation, batch: &[Mutation]) -> Result<(&'static str, Vec<Param>), PgError> {
     Ok(match m {
         Mutation::Definition(hash, d) => (PUT_DEFINITION, vec![Box::new(to_db(*hash)), Box::new(codec::encode(d)?)]),
-        Mutation::JobRun(r) => (
-            PUT_JOB_RUN,
-            vec![
-                Box::new(to_db(r.id)),
-                Box::new(r.job.clone()),
-                Box::new(r.state.as_str()),
-                Box::new(codec::encode(r)?),
-                Box::new(owner.map(to_db)),
-                Box::new(if owner.is_some() { 1i64 } else { 0 }),
-            ],
-        ),
-        Mutation::TaskRun(r) => {
-            let columns = facts(r);
-            let mut params: Vec<Param> = vec![
-                Box::new(to_db(r.id)),
-                Box::new(to_db(r.job_run)),
-                Box::new(r.task.clone()),
-                Box::new(r.iteration as i32),
-                Box::new(r.item_index.map(|i| i as i32)),
-                Box::new(i16::from(r.kind.index_key())),
-                Box::new(r.state.as_str()),
-                Box::new(r.queue.clone()),
-                Box::new(columns.sort_key),
-                Box::new(to_db(r.enqueue_seq)),
-                Box::new(r.not_before_ms.map(to_db)),
-                Box::new(columns.requires),
-                Box::new(r.attempt as i32),
-                Box::new(codec::encode(r)?),
-            ];
-            match owner {
-                None => (PUT_TASK_RUN, params),
-                Some(node) => {
-                    params.push(Box::new(to_db(node)));
-                    (PUT_TASK_RUN_BY_NODE, params)
-                }
-            }
-        }
-        Mutation::Attempt(a) => {
-            (PUT_ATTEMPT, vec![Box::new(to_db(a.task_run)), Box::new(a.n as i32), Box::new(codec::encode(a)?)])
-        }
         Mutation::Schedule(job, state) => (
             PUT_SCHEDULE,
             vec![Box::new(job.clone()), Box::new(codec::encode(state)?), Box::new(state.last_fired_ms.map(to_db))],
@@ -550,8 +489,6 @@ fn statement(
         Mutation::RaisedBudgets(job_run, raised) => {
             (PUT_RAISED, vec![Box::new(to_db(*job_run)), Box::new(codec::encode(raised)?)])
         }
-        Mutation::Spec(task_run, spec) => (PUT_SPEC, vec![Box::new(to_db(*task_run)), Box::new(spec.clone())]),
-        Mutation::MailRead(_, ids) => (super::mail::DELETE_READ, vec![Box::new(ids.clone())]),
         Mutation::ActiveRunsBelow(job, limit) => {
             let created: Vec<i64> = batch
                 .iter()
@@ -562,6 +499,14 @@ fn statement(
                 .collect();
             let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
             (ACTIVE_RUNS_BELOW, vec![Box::new(job.clone()), Box::new(limit), Box::new(created)])
+        }
+        // `merge::merge` takes these into its tables: never here.
+        Mutation::JobRun(_)
+        | Mutation::TaskRun(_)
+        | Mutation::Attempt(_)
+        | Mutation::Spec(..)
+        | Mutation::MailRead(..) => {
+            return Err(PgError::Db("a merged mutation has no statement of its own".into()));
         }
     })
 }
