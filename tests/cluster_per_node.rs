@@ -1,7 +1,9 @@
-//! Secret params in a cluster (SPEC: secrets live in memory only): `gaffer serve` nodes on one
+//! What each node of a cluster holds for itself, seen through `gaffer serve` nodes on one
 //! private PostgreSQL (`gaffer::store::pg::testing`; skipped, and saying so, without
-//! PostgreSQL installed). The task on any node gets the secret, and no row of any table holds
-//! it; a node without it fails the attempt saying so instead of running it without.
+//! PostgreSQL installed): its secret params (SPEC: secrets live in memory only — the task on
+//! any node gets the secret, no row of any table holds it, a node without it says so), its
+//! own runs of a schedule (`overlap = "cancel_previous"` cancels every node's), and its own
+//! path to the workflow file (a `retry` on another node does not see a changed definition).
 
 mod support;
 
@@ -16,11 +18,11 @@ const SECRET: &str = "s3cr3t-t0ken-4711";
 
 /// Job `deploy`: `n` tasks that append `NODE TASK_RUN <env> <arg> <stdin>` to `{marks}`, each
 /// field read from the secret param (stdin upper-cased, so a template that changes it counts).
-fn workflow(n: usize, workers: usize, marks: &str) -> String {
-    let mut text = format!(
-        "[settings]\nworkers = {workers}\nlease = \"3s\"\n\n[jobs.deploy]\n\
-         params = {{ token = {{ secret = true, env = \"DEPLOY_TOKEN\" }}, region = \"eu-west-9z\" }}\n"
-    );
+fn secret_job(n: usize) -> String {
+    let marks = "{marks}";
+    let mut text = "[jobs.deploy]\n\
+         params = { token = { secret = true, env = \"DEPLOY_TOKEN\" }, region = \"eu-west-9z\" }\n"
+        .to_string();
     for i in 1..=n {
         text.push_str(&format!(
             "[jobs.deploy.tasks.t{i}]\n\
@@ -41,19 +43,22 @@ struct Nodes {
 }
 
 impl Nodes {
-    /// One `serve` per `(name, secret)`, given the secret (if any) in `$DEPLOY_TOKEN`.
-    fn start(nodes: &[(&str, Option<&str>)], n: usize, workers: usize) -> Option<Nodes> {
+    /// One `serve` of `jobs` (`{marks}` in it: a file every node shares) per `(name, secret)`,
+    /// given the secret (if any) in `$DEPLOY_TOKEN`, each in a folder of its own.
+    fn start(jobs: &str, nodes: &[(&str, Option<&str>)], workers: usize) -> Option<Nodes> {
         let db = TestDb::get()?;
         let url = db.postgres_url();
         let shared = tempfile::tempdir().expect("tempdir");
-        let text = workflow(n, workers, &shared.path().join("marks").display().to_string());
+        let marks = shared.path().join("marks").display().to_string();
+        let text = format!("[settings]\nworkers = {workers}\nlease = \"3s\"\n\n{}", jobs.replace("{marks}", &marks));
         let mut cluster = Nodes { db, url, shared, projects: Vec::new(), servers: Vec::new() };
         // One at a time: the first migrates the database.
         for (name, secret) in nodes {
             let project = Project::new(&text);
             let log = std::fs::File::create(project.path().join("serve.log")).expect("serve.log");
-            let mut serve =
-                project.gaffer(&["serve", "workflow.toml", "--headless", "--store", &cluster.url, "--node", name]);
+            // The file by its absolute path: each node's is another (as on separate machines).
+            let file = project.path().join("workflow.toml").display().to_string();
+            let mut serve = project.gaffer(&["serve", &file, "--headless", "--store", &cluster.url, "--node", name]);
             serve.env("NODE_TAG", name).env_remove("DEPLOY_TOKEN");
             if let Some(secret) = secret {
                 serve.env("DEPLOY_TOKEN", secret);
@@ -66,15 +71,17 @@ impl Nodes {
         Some(cluster)
     }
 
-    /// `gaffer submit deploy EXTRA…` through node 0's socket.
-    fn submit(&self, extra: &[&str]) -> std::process::Output {
-        let mut args = vec!["submit", "deploy", "--store", &self.url];
-        args.extend_from_slice(extra);
-        self.projects[0].gaffer(&args).env_remove("DEPLOY_TOKEN").stdin(Stdio::null()).output().expect("submit")
+    /// `gaffer ARGS --store URL` through node `i`'s socket.
+    fn command(&self, i: usize, args: &[&str]) -> std::process::Output {
+        let project = &self.projects[i];
+        let mut cmd = project.gaffer(args);
+        cmd.args(["--store", &self.url]).env_remove("DEPLOY_TOKEN").stdin(Stdio::null());
+        cmd.output().expect("gaffer")
     }
 
-    fn submitted(&self) -> u64 {
-        let out = self.submit(&[]);
+    /// `gaffer submit JOB` through node 0: the job run's id.
+    fn submitted(&self, job: &str) -> u64 {
+        let out = self.command(0, &["submit", job]);
         assert!(out.status.success(), "submit: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
         text.trim().trim_start_matches('j').parse().unwrap_or_else(|_| panic!("a job run id: {text}"))
@@ -137,11 +144,18 @@ impl Nodes {
     }
 }
 
+impl Drop for Nodes {
+    /// The nodes stop before their database goes (fields drop in order: `db` first).
+    fn drop(&mut self) {
+        self.servers.clear();
+    }
+}
+
 #[test]
 fn a_secret_reaches_tasks_on_every_node_and_no_table_holds_it() {
     let nodes = [("a", Some(SECRET)), ("b", Some(SECRET)), ("c", Some(SECRET))];
-    let Some(cluster) = Nodes::start(&nodes, 9, 1) else { return };
-    let id = cluster.submitted();
+    let Some(cluster) = Nodes::start(&secret_job(9), &nodes, 1) else { return };
+    let id = cluster.submitted("deploy");
     assert_eq!(cluster.wait_ended(id), "succeeded", "{}", cluster.logs());
 
     let marks = cluster.marks();
@@ -165,14 +179,14 @@ fn a_secret_reaches_tasks_on_every_node_and_no_table_holds_it() {
 #[test]
 fn a_node_without_the_secret_fails_the_attempt_saying_so_and_one_run_cannot_bring_its_own() {
     // `a` and `b` have one worker each, only `a` the secret: b claims some of the tasks.
-    let Some(cluster) = Nodes::start(&[("a", Some(SECRET)), ("b", None)], 4, 1) else { return };
+    let Some(cluster) = Nodes::start(&secret_job(4), &[("a", Some(SECRET)), ("b", None)], 1) else { return };
 
-    let refused = cluster.submit(&["--param", "token=another-value"]);
+    let refused = cluster.command(0, &["submit", "deploy", "--param", "token=another-value"]);
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "a per-run secret in a cluster is refused");
     assert!(said.contains("`token`") && said.contains("DEPLOY_TOKEN") && !said.contains("another-value"), "{said}");
 
-    let id = cluster.submitted();
+    let id = cluster.submitted("deploy");
     // Failed, or succeeded where a retry ran on `a`: what matters is what b did.
     cluster.wait_ended(id);
     let marks = cluster.marks();
@@ -189,4 +203,39 @@ fn a_node_without_the_secret_fails_the_attempt_saying_so_and_one_run_cannot_brin
     assert!(text.contains(&why), "an attempt says why b did not run it: {text}");
     assert!(text.contains("`token` (pass --param token=…, or set $DEPLOY_TOKEN)"), "{text}");
     assert!(cluster.rows_holding(SECRET).is_empty(), "{:#?}", cluster.rows_holding(SECRET));
+}
+
+#[test]
+fn cancel_previous_cancels_the_runs_other_nodes_own() {
+    let jobs = "[jobs.tick]\nschedule = \"*/2 * * * * *\"\noverlap = \"cancel_previous\"\n\
+                [jobs.tick.tasks.t]\nrun = \"sleep 8\"\n";
+    let Some(cluster) = Nodes::start(jobs, &[("a", None), ("b", None)], 1) else { return };
+    let owners = "SELECT count(DISTINCT owner_node) FROM job_runs WHERE job = 'tick'";
+    wait_until(Duration::from_secs(60), "runs of `tick` fired by both nodes", || cluster.db.psql(owners).trim() == "2");
+    // Each node cancels its own at each fire time; without the relay the other node's run
+    // would go on (two running, and runs that end `succeeded` after their 8 s).
+    let running = "SELECT count(*) FROM job_runs WHERE job = 'tick' AND state = 'running'";
+    wait_until(Duration::from_secs(10), "one running run of `tick`", || cluster.db.psql(running).trim() == "1");
+    let ended = cluster.db.psql("SELECT DISTINCT state FROM job_runs WHERE job = 'tick' AND state <> 'running'");
+    assert_eq!(ended.trim(), "cancelled", "{}", cluster.logs());
+    // Every fire time started a run: a node that had none of its own did not skip it.
+    let skipped = cluster.db.psql("SELECT count(*) FROM events WHERE json LIKE '%schedule.skipped%'");
+    assert_eq!(skipped.trim(), "0", "{}", cluster.logs());
+}
+
+#[test]
+fn a_retry_on_a_node_whose_workflow_file_is_elsewhere_sees_no_change() {
+    let jobs = "[jobs.once]\n[jobs.once.tasks.t]\nrun = \"exit 3\"\nretry = { max_attempts = 1 }\n";
+    let Some(cluster) = Nodes::start(jobs, &[("a", None), ("b", None)], 1) else { return };
+    assert_ne!(cluster.projects[0].path(), cluster.projects[1].path());
+    let id = cluster.submitted("once");
+    assert_eq!(cluster.wait_ended(id), "failed");
+    let retried = cluster.command(1, &["retry", &format!("j{id}")]);
+    let (out, err) = (String::from_utf8_lossy(&retried.stdout), String::from_utf8_lossy(&retried.stderr));
+    assert!(retried.status.success(), "retry through b: {out}{err}");
+    assert!(!format!("{out}{err}").contains("changed"), "{out}{err}");
+    wait_until(Duration::from_secs(20), "the retry ran the task again", || {
+        cluster.db.psql("SELECT count(*) FROM attempts").trim() == "2"
+    });
+    assert_eq!(cluster.wait_ended(id), "failed", "it ran again (and failed again)");
 }
