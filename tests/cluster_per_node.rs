@@ -88,15 +88,7 @@ impl Nodes {
     }
 
     fn json(&self, args: &[&str]) -> Value {
-        let out = self.projects[0]
-            .gaffer(args)
-            .args(["--json", "--store", &self.url])
-            .env("GAFFER_STATE_DIR", self.shared.path().join("reader"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("gaffer");
-        assert!(out.status.success(), "gaffer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        support::store_json(&self.projects[0], args, &self.url, &self.shared.path().join("reader"))
     }
 
     fn wait_ended(&self, id: u64) -> String {
@@ -203,6 +195,11 @@ fn a_node_without_the_secret_fails_the_attempt_saying_so_and_one_run_cannot_brin
     assert!(text.contains(&why), "an attempt says why b did not run it: {text}");
     assert!(text.contains("`token` (pass --param token=…, or set $DEPLOY_TOKEN)"), "{text}");
     assert!(cluster.rows_holding(SECRET).is_empty(), "{:#?}", cluster.rows_holding(SECRET));
+    let b_said = std::fs::read_to_string(cluster.projects[1].path().join("serve.log")).unwrap_or_default();
+    assert!(
+        b_said.contains("warning: this node holds no value for secret param `token`"),
+        "b said so when it started: {b_said}"
+    );
 }
 
 #[test]

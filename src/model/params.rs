@@ -149,6 +149,21 @@ pub fn given_secret_not_held(job: &JobDef, given: &Values, sources: &Sources) ->
     ))
 }
 
+/// The secret params of `jobs` a cluster node would find no value for (`run`/`serve --param`,
+/// the param's environment variable): said when it starts, since a task of theirs that reads
+/// one fails on this node (its owner never stores the value to send).
+pub fn secrets_not_held<'a>(jobs: impl IntoIterator<Item = &'a JobDef>, sources: &Sources) -> Vec<String> {
+    let mut missing = Vec::new();
+    for job in jobs {
+        for (name, def) in job.params.iter().filter(|(_, d)| d.secret) {
+            if fallback(name, def, sources).is_none() {
+                missing.push(format!("secret param {} of job `{}`", how_to_give(name, def), job.name));
+            }
+        }
+    }
+    missing
+}
+
 /// What templates see: the stored values, each secret's mask replaced by its value. A secret
 /// with no value is left out, so a template naming it fails instead of rendering `***`.
 pub fn for_templates(job: &JobDef, stored: &Values, secrets: &Values) -> Values {
@@ -318,5 +333,22 @@ mod tests {
         let instance = values(&[("token", "v")]);
         let held = Sources { instance: &instance, env: &|_| None };
         assert_eq!(given_secret_not_held(&j, &values(&[("token", "v")]), &held), None);
+    }
+
+    #[test]
+    fn a_node_says_which_secrets_it_holds_no_value_for() {
+        let j = job(&[("token", secret(Some("TOKEN"))), ("key", secret(None)), ("plain", ParamDef::plain("x"))]);
+        let none = Values::new();
+        let bare = Sources { instance: &none, env: &|_| None };
+        assert_eq!(
+            secrets_not_held([&j], &bare),
+            [
+                "secret param `key` (pass --param key=…) of job `deploy`",
+                "secret param `token` (pass --param token=…, or set $TOKEN) of job `deploy`"
+            ]
+        );
+        let env = env_with(&[("TOKEN", "t")]);
+        let instance = values(&[("key", "k")]);
+        assert!(secrets_not_held([&j], &Sources { instance: &instance, env: &env }).is_empty());
     }
 }
