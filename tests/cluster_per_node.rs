@@ -236,3 +236,23 @@ fn a_retry_on_a_node_whose_workflow_file_is_elsewhere_sees_no_change() {
     });
     assert_eq!(cluster.wait_ended(id), "failed", "it ran again (and failed again)");
 }
+
+#[test]
+fn gaffer_run_on_postgres_takes_a_secret_by_param() {
+    let Some(db) = TestDb::get() else { return };
+    let shared = tempfile::tempdir().expect("tempdir");
+    let marks = shared.path().join("marks");
+    let text = format!("[settings]\nworkers = 2\n\n{}", secret_job(2).replace("{marks}", &marks.display().to_string()));
+    let project = Project::new(&text);
+    let param = format!("token={SECRET}");
+    let out = project
+        .gaffer(&["run", "workflow.toml", "deploy", "--headless", "--store", &db.postgres_url(), "--param", &param])
+        .env_remove("DEPLOY_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("gaffer run");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "a secret given to `run` is the node's own: {said}");
+    let text = std::fs::read_to_string(&marks).unwrap_or_default();
+    assert_eq!(text.lines().filter(|l| l.contains(&format!("arg:{SECRET}"))).count(), 2, "{text}");
+}
