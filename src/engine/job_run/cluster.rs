@@ -220,7 +220,15 @@ impl Handler<RunnerDied> for JobRun {
     fn handle(&mut self, msg: RunnerDied, ctx: &mut Self::Context) {
         let remote =
             matches!(self.running.get(&msg.task_run), Some((a, Some(Runner::Remote(_)))) if a.n == msg.attempt);
-        let Some((mut attempt, _)) = remote.then(|| self.running.remove(&msg.task_run)).flatten() else { return };
+        let Some((mut attempt, _)) = remote.then(|| self.running.remove(&msg.task_run)).flatten() else {
+            // A claim this owner never heard of (its runner died before its `Started` came): the
+            // row goes back as the task run is here, queued, to be claimed again (what an
+            // adopter does, `claimed_unheard`); else it stayed `running` on a dead node.
+            if self.idx(msg.task_run).is_some_and(|i| self.run.tasks[i].state == TaskState::Queued) {
+                self.refuse_claim(ctx, msg.task_run);
+            }
+            return;
+        };
         self.note_if_idle();
         attempt.detail = Some("its node died while it ran".into());
         self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
