@@ -492,6 +492,16 @@ fn what_no_live_node_can_run_and_what_runs_on_every_node_are_seen_from_any_node(
     assert_eq!(default.expect("the default queue")["unroutable"], 1, "{status:#}");
     let shown = cluster.json(&["show", &format!("j{gpu}")]);
     assert_eq!(shown["tasks"][0]["blocked"], unroutable[0]["reason"], "{shown:#}");
+    // Its owner, a, said so once, as one node does (the `task.blocked` event in its journal).
+    let fit = unroutable[0]["task_run"].clone();
+    let said = || {
+        let journal = cluster.nodes[0].project.journal();
+        journal.into_iter().filter(|e| e["event"] == "task.blocked" && e["task_run"] == fit).collect::<Vec<_>>()
+    };
+    wait_until(Duration::from_secs(10), "a's task.blocked event", || !said().is_empty());
+    let said = said();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert_eq!((&said[0]["requires"], &said[0]["node_labels"]), (&serde_json::json!(["gpu"]), &serde_json::json!([])));
     // Node a's view of the cluster (what `gaffer tui` attached to it shows in Workers): the
     // attempts running on b and c too, each under its node.
     let busy = cluster.submit(0, "busy");
