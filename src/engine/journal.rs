@@ -55,6 +55,9 @@ impl Handler<Publish> for Journal {
     type Result = ();
 
     fn handle(&mut self, Publish(event): Publish, _ctx: &mut Self::Context) {
+        // Live subscribers first: a `write` to the journal file may wait on the filesystem's
+        // own journal, and `task.started` is on the enqueue → start path they measure.
+        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
         if self.file.is_some() || self.store.is_some() {
             let mut line = crate::json::text(&event.to_json());
             if let Some(store) = &self.store {
@@ -65,7 +68,6 @@ impl Handler<Publish> for Journal {
                 file.append(&chrono::Utc::now().format("%Y-%m-%d").to_string(), line.as_bytes());
             }
         }
-        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
     }
 }
 

@@ -25,21 +25,19 @@ pub fn wrap(inner: Arc<dyn Executor>, store: &StoreHandle) -> Arc<dyn Executor> 
 
 impl Executor for ShippingExecutor {
     fn spawn(&self, spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError> {
-        let (job_run, task_run, attempt) = (spec.job_run, spec.task_run, spec.attempt);
-        let (state_dir, path) = (spec.state_dir.clone(), spec.log_path.clone());
-        let running = self.inner.spawn(spec, events)?;
-        if running.process.is_none() {
-            return Ok(running); // no process, no log (the no-op executor of benchmarks)
-        }
-        let log = AttemptLog { job_run, task_run, attempt, state_dir: &state_dir, path: &path };
-        let Some(shipping) = self.store.ship_log(log) else { return Ok(running) };
-        let done = running.done;
-        let done = async move {
-            let exit = done.await;
-            shipping.finish().await;
-            exit
-        };
-        Ok(RunningAttempt { process: running.process, done: Box::pin(done) })
+        let log = ShippedLog::of(&spec);
+        Ok(self.ship(log, self.inner.spawn(spec, events)?))
+    }
+
+    fn spawn_once_durable(
+        &self,
+        spec: AttemptSpec,
+        events: UnboundedSender<AttemptEvent>,
+        durable: &mut dyn FnMut() -> bool,
+    ) -> Option<Result<RunningAttempt, SpawnError>> {
+        let log = ShippedLog::of(&spec);
+        let started = self.inner.spawn_once_durable(spec, events, durable)?;
+        Some(started.map(|running| self.ship(log, running)))
     }
 
     fn blocks(&self) -> bool {
@@ -60,5 +58,45 @@ impl Executor for ShippingExecutor {
 
     fn kill_orphans(&self, state_dir: &Path, task_run: u64, attempt: u32, process: Option<ProcessHandle>) {
         self.inner.kill_orphans(state_dir, task_run, attempt, process)
+    }
+}
+
+/// What shipping needs to know of an attempt's log, taken before the spec goes to the executor.
+struct ShippedLog {
+    job_run: u64,
+    task_run: u64,
+    attempt: u32,
+    state_dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl ShippedLog {
+    fn of(spec: &AttemptSpec) -> Self {
+        ShippedLog {
+            job_run: spec.job_run,
+            task_run: spec.task_run,
+            attempt: spec.attempt,
+            state_dir: spec.state_dir.clone(),
+            path: spec.log_path.clone(),
+        }
+    }
+}
+
+impl ShippingExecutor {
+    /// `running`, whose `done` resolves once the last of its log is shipped.
+    fn ship(&self, log: ShippedLog, running: RunningAttempt) -> RunningAttempt {
+        if running.process.is_none() {
+            return running; // no process, no log (the no-op executor of benchmarks)
+        }
+        let ShippedLog { job_run, task_run, attempt, state_dir, path } = &log;
+        let log = AttemptLog { job_run: *job_run, task_run: *task_run, attempt: *attempt, state_dir, path };
+        let Some(shipping) = self.store.ship_log(log) else { return running };
+        let done = running.done;
+        let done = async move {
+            let exit = done.await;
+            shipping.finish().await;
+            exit
+        };
+        RunningAttempt { process: running.process, done: Box::pin(done) }
     }
 }

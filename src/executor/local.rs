@@ -66,43 +66,105 @@ enum Msg {
 }
 
 pub fn spawn(spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError> {
-    let program = program_name(&spec.command)?;
-    if !spec.cwd.is_dir() {
-        return Err(SpawnError::CwdMissing { program, cwd: spec.cwd });
-    }
-    // Each step that takes descriptors may use the reserve when they ran out; what is free
-    // again afterwards refills it.
-    let started = start(&spec, &program);
-    resources::refill_reserve();
-    let (log, parent, pid, leftovers) = started?;
-
-    let child = Child::new(pid);
-    let process = process_handle(pid);
-    feed_stdin(parent.stdin, spec.stdin);
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let readers = vec![
-        tokio::spawn(read_control(parent.control, tx.clone())),
-        tokio::spawn(read_output(parent.stdout, true, tx.clone())),
-        tokio::spawn(read_output(parent.stderr, false, tx)),
-    ];
-    let attempt = Attempt::new(log, events, AgentJson::new(spec.cost_source), spec.output_limits);
-    let task = tokio::spawn(supervise(child, process.pgid, rx, readers, attempt, leftovers));
-    let done = async move { task.await.unwrap_or(AttemptExit { exit_code: None, signal: None }) };
-    Ok(RunningAttempt { process: Some(process), done: Box::pin(done) })
+    let prepared = Prepared::new(&spec)?;
+    prepared.start(spec, events)
 }
 
-/// Creates the log and the pipes and starts the process: everything of a spawn that can fail.
-fn start(spec: &AttemptSpec, program: &str) -> Result<(CappedLog, ParentEnds, Pid, Leftovers), SpawnError> {
-    let log = resources::with_reserve(|| CappedLog::create(&spec.state_dir, &spec.log_path, spec.log_cap_bytes))
-        .map_err(|source| SpawnError::Log { path: spec.log_path.clone(), source })?;
-    let start_error = |source| SpawnError::Start { program: program.to_string(), cwd: spec.cwd.clone(), source };
-    let launch = Launch::new(spec, program).map_err(start_error)?;
-    let leftovers = Leftovers::new(spec);
-    let (parent, child_ends) = resources::with_reserve(|| pipes(spec.stdin.is_some())).map_err(SpawnError::Setup)?;
-    let spawned = resources::with_reserve(|| launch.spawn(&child_ends));
-    // Our copies of the child's ends must go now, or the pipes never reach EOF.
-    drop(child_ends);
-    Ok((log, parent, spawned.map_err(start_error)?, leftovers))
+/// [`spawn`] of an attempt whose `running` commit may still be in flight: the log and the
+/// pipes are made first, while the commit's fsyncs run, and the process is started only
+/// once `durable()` says that commit is durable (SPEC §7); when it failed, nothing starts
+/// and the empty log is removed.
+pub fn spawn_once_durable(
+    spec: AttemptSpec,
+    events: UnboundedSender<AttemptEvent>,
+    durable: &mut dyn FnMut() -> bool,
+) -> Option<Result<RunningAttempt, SpawnError>> {
+    let prepared = Prepared::new(&spec);
+    if !durable() {
+        if let Ok(prepared) = prepared {
+            prepared.abandon(&spec);
+        }
+        return None;
+    }
+    Some(prepared.and_then(|prepared| prepared.start(spec, events)))
+}
+
+/// What a start needs that can be made before the process may start: the log, the C strings
+/// of the command and environment, and the pipes.
+struct Prepared {
+    program: String,
+    log: CappedLog,
+    launch: Launch,
+    parent: ParentEnds,
+    child_ends: ChildEnds,
+}
+
+impl Prepared {
+    fn new(spec: &AttemptSpec) -> Result<Self, SpawnError> {
+        let program = program_name(&spec.command)?;
+        if !spec.cwd.is_dir() {
+            return Err(SpawnError::CwdMissing { program, cwd: spec.cwd.clone() });
+        }
+        // Each step that takes descriptors may use the reserve when they ran out; what is free
+        // again afterwards refills it (after the start, in `start`).
+        let made = Self::make(spec, program);
+        if made.is_err() {
+            resources::refill_reserve();
+        }
+        made
+    }
+
+    /// Everything of a preparation that can fail.
+    fn make(spec: &AttemptSpec, program: String) -> Result<Self, SpawnError> {
+        let log = resources::with_reserve(|| CappedLog::create(&spec.state_dir, &spec.log_path, spec.log_cap_bytes))
+            .map_err(|source| SpawnError::Log { path: spec.log_path.clone(), source })?;
+        let launch = Launch::new(spec, &program).map_err(|source| start_error(spec, &program, source))?;
+        let (parent, child_ends) =
+            resources::with_reserve(|| pipes(spec.stdin.is_some())).map_err(SpawnError::Setup)?;
+        Ok(Self { program, log, launch, parent, child_ends })
+    }
+
+    /// Starts the process and its supervision.
+    fn start(self, spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError> {
+        let Prepared { program, log, launch, parent, child_ends } = self;
+        let leftovers = Leftovers::new(&spec);
+        let spawned = resources::with_reserve(|| launch.spawn(&child_ends));
+        // Our copies of the child's ends must go now, or the pipes never reach EOF.
+        drop(child_ends);
+        resources::refill_reserve();
+        let pid = spawned.map_err(|source| start_error(&spec, &program, source))?;
+
+        let child = Child::new(pid);
+        let process = process_handle(pid);
+        feed_stdin(parent.stdin, spec.stdin);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let readers = vec![
+            tokio::spawn(read_control(parent.control, tx.clone())),
+            tokio::spawn(read_output(parent.stdout, true, tx.clone())),
+            tokio::spawn(read_output(parent.stderr, false, tx)),
+        ];
+        let attempt = Attempt::new(log, events, AgentJson::new(spec.cost_source), spec.output_limits);
+        let task = tokio::spawn(supervise(child, process.pgid, rx, readers, attempt, leftovers));
+        let done = async move { task.await.unwrap_or(AttemptExit { exit_code: None, signal: None }) };
+        Ok(RunningAttempt { process: Some(process), done: Box::pin(done) })
+    }
+
+    /// The commit failed, so this attempt never starts: its pipes close, and its log (empty)
+    /// goes, so that no log is left for an attempt that never ran.
+    fn abandon(self, spec: &AttemptSpec) {
+        drop(self);
+        if let Some(rel) = spec.log_path.strip_prefix(&spec.state_dir).ok()
+            && let Ok(dir) = crate::state_dir::StateDir::open(&spec.state_dir)
+            && let Err(e) = dir.remove_file(rel)
+        {
+            tracing::debug!("cannot remove the log of an attempt that never started: {e}");
+        }
+        resources::refill_reserve();
+    }
+}
+
+fn start_error(spec: &AttemptSpec, program: &str, source: io::Error) -> SpawnError {
+    SpawnError::Start { program: program.to_string(), cwd: spec.cwd.clone(), source }
 }
 
 fn program_name(command: &CommandSpec) -> Result<String, SpawnError> {

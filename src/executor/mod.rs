@@ -36,6 +36,20 @@ pub trait Executor: Send + Sync + 'static {
     /// Must be called inside a tokio runtime (a current-thread one is fine).
     fn spawn(&self, spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError>;
 
+    /// [`Executor::spawn`] for an attempt whose `running` commit may still be in flight:
+    /// `durable()` blocks until that commit's outcome is known and says whether it is durable.
+    /// Nothing starts when it is not (`None`; SPEC §7). This waits, then spawns; an executor
+    /// with work that needs no commit (a log file, pipes) does that first, so that it overlaps
+    /// the commit's fsyncs.
+    fn spawn_once_durable(
+        &self,
+        spec: AttemptSpec,
+        events: UnboundedSender<AttemptEvent>,
+        durable: &mut dyn FnMut() -> bool,
+    ) -> Option<Result<RunningAttempt, SpawnError>> {
+        durable().then(|| self.spawn(spec, events))
+    }
+
     /// Whether `spawn` blocks its thread (for the length of a process start) and so belongs on
     /// a spawn thread (see [`spawn_off_thread`]) rather than the engine's.
     fn blocks(&self) -> bool {
@@ -80,7 +94,8 @@ pub type Durable = Pin<Box<dyn Future<Output = bool> + Send>>;
 /// says the commit failed. The store thread's answer then wakes the spawn thread itself: the
 /// process starts without waiting for the engine's thread to wake, take the answer and hand
 /// the spawn over (one thread wake-up fewer on the enqueue → start path), and the thread was
-/// woken while the commit was being written, not after.
+/// woken while the commit was being written, not after: it makes the log and the pipes
+/// meanwhile ([`Executor::spawn_once_durable`]).
 pub async fn spawn_off_thread(
     executor: Arc<dyn Executor>,
     spec: AttemptSpec,
@@ -101,12 +116,14 @@ pub async fn spawn_off_thread(
         crate::sched::prefer_short_waits();
         // A blocking-pool thread is outside any task, so it may block on a future; the store's
         // answer needs no I/O driver of the runtime to arrive.
-        if let Some(durable) = durable
-            && !tokio::runtime::Handle::current().block_on(durable)
-        {
-            return None;
+        match durable {
+            Some(durable) => {
+                let mut durable = Some(durable);
+                let mut wait = || durable.take().is_some_and(|d| tokio::runtime::Handle::current().block_on(d));
+                executor.spawn_once_durable(spec, events, &mut wait)
+            }
+            None => Some(executor.spawn(spec, events)),
         }
-        Some(executor.spawn(spec, events))
     })
     .await
     .unwrap_or_else(|e| Some(Err(SpawnError::Setup(std::io::Error::other(format!("the spawn thread failed: {e}"))))))
@@ -154,6 +171,15 @@ pub struct LocalExecutor;
 impl Executor for LocalExecutor {
     fn spawn(&self, spec: AttemptSpec, events: UnboundedSender<AttemptEvent>) -> Result<RunningAttempt, SpawnError> {
         local::spawn(spec, events)
+    }
+
+    fn spawn_once_durable(
+        &self,
+        spec: AttemptSpec,
+        events: UnboundedSender<AttemptEvent>,
+        durable: &mut dyn FnMut() -> bool,
+    ) -> Option<Result<RunningAttempt, SpawnError>> {
+        local::spawn_once_durable(spec, events, durable)
     }
 
     fn terminate(&self, process: ProcessHandle, grace: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {

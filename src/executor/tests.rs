@@ -519,7 +519,8 @@ async fn kill_orphans_kills_an_attempts_group_and_escapees_but_not_a_recycled_pi
 }
 
 /// SPEC §7 on the spawn thread: a spawn handed the commit's outcome starts its process only once
-/// the commit is durable, and none at all when it failed.
+/// the commit is durable, and none at all when it failed (leaving no log of an attempt that
+/// never ran). The log is made while the commit is in flight, off the path after it.
 #[tokio::test]
 async fn a_spawn_waits_for_its_commit_and_starts_nothing_when_it_failed() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -528,15 +529,19 @@ async fn a_spawn_waits_for_its_commit_and_starts_nothing_when_it_failed() {
 
     let failed: Durable = Box::pin(std::future::ready(false));
     let (tx, _rx) = mpsc::unbounded_channel();
-    let spawned = spawn_off_thread(Arc::new(LocalExecutor), sh(dir.path(), &script), tx, Some(failed)).await;
+    let spec = sh(dir.path(), &script);
+    let log_path = spec.log_path.clone();
+    let spawned = spawn_off_thread(Arc::new(LocalExecutor), spec, tx, Some(failed)).await;
     assert!(spawned.is_none(), "a failed commit started something");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!marker.exists(), "the process ran although its commit failed");
+    assert!(!log_path.exists(), "a log was left for an attempt that never started");
 
     let (commit, durable) = tokio::sync::oneshot::channel::<bool>();
     let durable: Durable = Box::pin(async move { durable.await.unwrap_or(false) });
     let (tx, _rx) = mpsc::unbounded_channel();
     let spawning = tokio::spawn(spawn_off_thread(Arc::new(LocalExecutor), sh(dir.path(), &script), tx, Some(durable)));
+    wait_until("the log made while the commit is in flight", Duration::from_secs(10), || log_path.exists()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!spawning.is_finished() && !marker.exists(), "started before its commit was durable");
     commit.send(true).expect("the spawn waits");
