@@ -317,11 +317,13 @@ const PUT_ATTEMPT: &str = "INSERT INTO attempts (task_run, n, record) VALUES ($1
      ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record";
 /// [`PUT_ATTEMPT`] by a node (`$4`): the row names the node that runs the attempt — the task
 /// run's `node` while it runs as attempt `$2` (a claim's, or this node's own start that
-/// [`PUT_TASK_RUN_BY_NODE`] wrote just before), else this node — and keeps the node a row
-/// already has (the runner's fenced completion wrote it, `queue::COMPLETE`).
+/// [`PUT_TASK_RUN_BY_NODE`] wrote just before), else the node the row already names (the
+/// runner's fenced completion wrote it, `queue::COMPLETE`, and cleared the task run's), else
+/// this node.
 const PUT_ATTEMPT_BY_NODE: &str = "INSERT INTO attempts (task_run, n, node, record) \
      VALUES ($1, $2, coalesce((SELECT node FROM task_runs WHERE id = $1 AND attempt = $2), $4::bigint), $3) \
-     ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record, node = coalesce(attempts.node, excluded.node)";
+     ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record, \
+     node = coalesce((SELECT node FROM task_runs WHERE id = $1 AND attempt = $2), attempts.node, excluded.node)";
 /// Taken only as `model::schedule::fire_accepted` says; otherwise no row is written.
 const PUT_SCHEDULE: &str = "INSERT INTO schedules (job, record, last_fired_ms) VALUES ($1, $2, $3) \
      ON CONFLICT (job) DO UPDATE SET record = excluded.record, last_fired_ms = excluded.last_fired_ms \
