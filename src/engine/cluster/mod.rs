@@ -430,3 +430,5 @@ pub mod relay;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unheard_tests;

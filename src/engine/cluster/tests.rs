@@ -16,7 +16,7 @@ use crate::store::pg::{PgBackend, PgOptions};
 use crate::store::{Store, StoreHandle};
 
 /// An engine config of node `name` on the test database.
-fn node_config(db: &TestDb, dir: &std::path::Path, text: &str, name: &str, workers: usize) -> EngineConfig {
+pub(super) fn node_config(db: &TestDb, dir: &std::path::Path, text: &str, name: &str, workers: usize) -> EngineConfig {
     let workflow = crate::config::parse(&dir.join("w.toml"), text).expect("valid workflow");
     let options = PgOptions { queue_facts: super::queue_facts(&workflow), ..PgOptions::default() };
     let backend = Arc::new(PgBackend::open(&db.url, options).expect("open the pg store"));

@@ -198,7 +198,17 @@ impl Handler<RunnerDied> for JobRun {
     fn handle(&mut self, msg: RunnerDied, ctx: &mut Self::Context) {
         let remote =
             matches!(self.running.get(&msg.task_run), Some((a, Some(Runner::Remote(_)))) if a.n == msg.attempt);
-        let Some((mut attempt, _)) = remote.then(|| self.running.remove(&msg.task_run)).flatten() else { return };
+        if !remote {
+            // Claimed by a node that died before this owner heard it start (a node killed while
+            // it starts up): written back as the owner sees it, as an adopter does
+            // (`claimed_unheard`), so that it is claimed again instead of staying `running`.
+            let unheard = self.idx(msg.task_run).map(|i| &self.run.tasks[i]);
+            if unheard.is_some_and(|t| t.state == TaskState::Queued && t.attempt + 1 == msg.attempt) {
+                self.refuse_claim(ctx, msg.task_run);
+            }
+            return;
+        }
+        let Some((mut attempt, _)) = self.running.remove(&msg.task_run) else { return };
         self.note_if_idle();
         attempt.detail = Some("its node died while it ran".into());
         self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));

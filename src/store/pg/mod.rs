@@ -32,6 +32,9 @@ mod ids;
 mod limits_tests;
 mod logs;
 pub mod mail;
+mod merge;
+#[cfg(test)]
+mod merge_tests;
 mod migrate;
 pub mod queue;
 mod seam;

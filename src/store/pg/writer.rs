@@ -19,8 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use super::fence::{Judge, Ownership, Row, Verdicts};
-use super::{PgError, QueueFacts};
+use super::{PgError, QueueFacts, merge};
 use crate::model::TaskState;
+use crate::store::records::TaskRunRecord;
 use crate::store::{Mutation, codec};
 
 /// A transaction takes at most this many mutations (as redb's writer).
@@ -225,12 +226,14 @@ async fn read_fence(tx: &Transaction<'_>, job_runs: &[u64]) -> Result<std::colle
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// Applies the batches of a group: every statement of every batch is sent at once (pipelined
-/// on the connection, executed in order), then their answers are awaited. One round trip per
-/// group, not per batch: a group of 64 one-task batches (a node's workers each starting or
-/// ending an attempt) awaited batch by batch held its transaction open for 64 round trips,
-/// which bounded a node to a few hundred tasks/s (BENCHMARKS.md, cluster rows). A job run
-/// created with a node `owner` is written as that node's at epoch 1.
+/// Applies the batches of a group: one multi-row statement per table (`merge.rs`: a task
+/// run's last write in the group, its spec on the same upsert), then the rest one statement
+/// each; every statement is sent at once (pipelined on the connection, executed in order),
+/// then their answers are awaited. One round trip per group, and a handful of statements
+/// whatever its size: a group of 64 one-task batches was ~6 single-row statements per task
+/// (BENCHMARKS.md, cluster rows). A group that counts running job runs (`ActiveRunsBelow`) is
+/// applied mutation by mutation, in order. A job run created with a node `owner` is written as
+/// that node's at epoch 1.
 pub async fn apply(
     tx: &Transaction<'_>,
     batches: &[&[Mutation]],
@@ -239,13 +242,29 @@ pub async fn apply(
     woken: &mut BTreeSet<String>,
 ) -> Result<(), PgError> {
     lock_jobs_counted(tx, batches).await?;
-    let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::new();
-    for (batch, m) in batches.iter().flat_map(|b| b.iter().map(move |m| (*b, m))) {
-        statements.push(statement(m, facts, owner, batch)?);
+    let all = || batches.iter().flat_map(|b| b.iter());
+    for m in all() {
         if let Mutation::TaskRun(r) = m
             && r.state == TaskState::Queued
         {
             woken.insert(r.queue.clone());
+        }
+    }
+    // A group that counts running job runs is merged batch by batch, in order: each count
+    // sees the batches before it, not those after.
+    let units: Vec<(&[Mutation], Vec<&Mutation>)> = match merge::mergeable(all()) {
+        true => vec![(&[][..], all().collect())],
+        false => batches.iter().map(|b| (*b, b.iter().collect())).collect(),
+    };
+    let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::new();
+    // The mutations written one statement each, by the index of their statement.
+    let mut rest: Vec<(&Mutation, usize)> = Vec::new();
+    for (batch, mutations) in units {
+        let merged = merge::merge(mutations);
+        statements.extend(merged_statements(&merged, facts, owner)?);
+        for m in merged.rest {
+            rest.push((m, statements.len()));
+            statements.push(statement(m, batch)?);
         }
     }
     let mut prepared = Vec::with_capacity(statements.len());
@@ -259,7 +278,8 @@ pub async fn apply(
     // A fire time another node recorded first writes no row, nor a count at the job's limit
     // answers one: its batch is refused (the group is then committed batch by batch, and only
     // that one fails).
-    for (m, rows) in batches.iter().flat_map(|b| b.iter()).zip(written) {
+    for (m, at) in rest {
+        let rows = written[at];
         match m {
             Mutation::Schedule(job, _) if rows == 0 => return Err(PgError::FireTaken { job: job.clone() }),
             Mutation::ActiveRunsBelow(job, _) if rows == 0 => return Err(PgError::RunLimit { job: job.clone() }),
@@ -267,6 +287,96 @@ pub async fn apply(
         }
     }
     Ok(())
+}
+
+/// The multi-row statements of a merged group, empty tables left out.
+fn merged_statements(
+    merged: &merge::Merged<'_>,
+    facts: &QueueFacts,
+    owner: Option<u64>,
+) -> Result<Vec<(&'static str, Vec<Param>)>, PgError> {
+    let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::new();
+    if !merged.job_runs.is_empty() {
+        let rs = &merged.job_runs;
+        let records: Vec<Vec<u8>> = rs.iter().map(|r| codec::encode(*r)).collect::<Result<_, _>>()?;
+        statements.push((
+            PUT_JOB_RUNS,
+            vec![
+                Box::new(rs.iter().map(|r| to_db(r.id)).collect::<Vec<_>>()),
+                Box::new(rs.iter().map(|r| r.job.clone()).collect::<Vec<_>>()),
+                Box::new(rs.iter().map(|r| r.state.as_str()).collect::<Vec<_>>()),
+                Box::new(records),
+                Box::new(owner.map(to_db)),
+                Box::new(if owner.is_some() { 1i64 } else { 0 }),
+            ],
+        ));
+    }
+    let plain: Vec<_> = merged.task_runs.iter().map(|r| (*r, None)).collect();
+    for (rows, with_spec) in [(&plain, false), (&merged.task_runs_with_spec, true)] {
+        if rows.is_empty() {
+            continue;
+        }
+        let sql: &'static str = if with_spec { &PUT_TASK_RUNS_WITH_SPEC } else { &PUT_TASK_RUNS };
+        statements.push((sql, task_run_params(rows, with_spec, facts, owner)?));
+    }
+    if !merged.attempts.is_empty() {
+        let a = &merged.attempts;
+        let records: Vec<Vec<u8>> = a.iter().map(|a| codec::encode(*a)).collect::<Result<_, _>>()?;
+        statements.push((
+            PUT_ATTEMPTS,
+            vec![
+                Box::new(a.iter().map(|a| to_db(a.task_run)).collect::<Vec<_>>()),
+                Box::new(a.iter().map(|a| a.n as i32).collect::<Vec<_>>()),
+                Box::new(records),
+                Box::new(owner.map(to_db)),
+            ],
+        ));
+    }
+    if !merged.specs.is_empty() {
+        let ids: Vec<i64> = merged.specs.iter().map(|(id, _)| to_db(*id)).collect();
+        let specs: Vec<Option<Vec<u8>>> = merged.specs.iter().map(|(_, s)| s.map(<[u8]>::to_vec)).collect();
+        statements.push((PUT_SPECS, vec![Box::new(ids), Box::new(specs)]));
+    }
+    if !merged.mail_read.is_empty() {
+        statements.push((super::mail::DELETE_READ, vec![Box::new(merged.mail_read.clone())]));
+    }
+    Ok(statements)
+}
+
+/// The arrays of [`PUT_TASK_RUNS`] (and the specs of [`PUT_TASK_RUNS_WITH_SPEC`]).
+fn task_run_params(
+    rows: &[(&TaskRunRecord, Option<&[u8]>)],
+    with_spec: bool,
+    facts: &QueueFacts,
+    owner: Option<u64>,
+) -> Result<Vec<Param>, PgError> {
+    let columns: Vec<_> = rows.iter().map(|(r, _)| facts(r)).collect();
+    let records: Vec<Vec<u8>> = rows.iter().map(|(r, _)| codec::encode(*r)).collect::<Result<_, _>>()?;
+    let requires: Vec<String> = columns
+        .iter()
+        .map(|c| serde_json::to_string(&c.requires).map_err(|e| PgError::Db(format!("requires: {e}"))))
+        .collect::<Result<_, _>>()?;
+    let mut params: Vec<Param> = vec![
+        Box::new(rows.iter().map(|(r, _)| to_db(r.id)).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| to_db(r.job_run)).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| r.task.clone()).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| r.iteration as i32).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| r.item_index.map(|i| i as i32)).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| i16::from(r.kind.index_key())).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| r.state.as_str()).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| r.queue.clone()).collect::<Vec<_>>()),
+        Box::new(columns.iter().map(|c| c.sort_key).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| to_db(r.enqueue_seq)).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|(r, _)| r.not_before_ms.map(to_db)).collect::<Vec<_>>()),
+        Box::new(requires),
+        Box::new(rows.iter().map(|(r, _)| r.attempt as i32).collect::<Vec<_>>()),
+        Box::new(records),
+        Box::new(owner.map(to_db)),
+    ];
+    if with_spec {
+        params.push(Box::new(rows.iter().map(|(_, s)| s.map(<[u8]>::to_vec)).collect::<Vec<_>>()));
+    }
+    Ok(params)
 }
 
 /// Takes the lock of each job whose running runs the group counts (`ActiveRunsBelow`), before
@@ -290,40 +400,58 @@ async fn lock_jobs_counted(tx: &Transaction<'_>, batches: &[&[Mutation]]) -> Res
 
 const PUT_DEFINITION: &str = "INSERT INTO definitions (hash, record) VALUES ($1, $2) \
      ON CONFLICT (hash) DO UPDATE SET record = excluded.record";
-/// The owner columns are written only by the insert that creates the row (an adoption changes
-/// them, never a commit).
-const PUT_JOB_RUN: &str = "INSERT INTO job_runs (id, job, state, record, owner_node, owner_epoch) \
-     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET job = excluded.job, state = excluded.state, record = excluded.record";
-/// `node` is not written: only a claim sets it (and a completion keeps it, as the attempt's).
-const PUT_TASK_RUN: &str = "INSERT INTO task_runs (id, job_run, task, iteration, item_index, kind, state, \
-     queue, sort_key, enqueue_seq, not_before, requires, attempt, record) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11::bigint / 1000.0), $12, $13, $14) \
-     ON CONFLICT (id) DO UPDATE SET state = excluded.state, queue = excluded.queue, \
-     sort_key = excluded.sort_key, enqueue_seq = excluded.enqueue_seq, not_before = excluded.not_before, \
-     requires = excluded.requires, attempt = excluded.attempt, record = excluded.record";
-/// [`PUT_TASK_RUN`] by a node (`$15`): an attempt its owner starts itself runs on it, so `node`
-/// is set when the task run becomes `running` here (a claim by another node set it already and
-/// is kept) and cleared when it stops running — what `model::lease::orphaned_attempt` reads.
-const PUT_TASK_RUN_BY_NODE: &str = "INSERT INTO task_runs (id, job_run, task, iteration, item_index, kind, state, \
-     queue, sort_key, enqueue_seq, not_before, requires, attempt, record, node) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11::bigint / 1000.0), $12, $13, $14, \
-     CASE WHEN $7 = 'running' THEN $15::bigint END) \
-     ON CONFLICT (id) DO UPDATE SET state = excluded.state, queue = excluded.queue, \
-     sort_key = excluded.sort_key, enqueue_seq = excluded.enqueue_seq, not_before = excluded.not_before, \
-     requires = excluded.requires, attempt = excluded.attempt, record = excluded.record, \
-     node = CASE WHEN excluded.state <> 'running' THEN NULL \
-                 WHEN task_runs.state = 'running' THEN task_runs.node ELSE excluded.node END";
-const PUT_ATTEMPT: &str = "INSERT INTO attempts (task_run, n, record) VALUES ($1, $2, $3) \
-     ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record";
-/// [`PUT_ATTEMPT`] by a node (`$4`): the row names the node that runs the attempt — the task
-/// run's `node` while it runs as attempt `$2` (a claim's, or this node's own start that
-/// [`PUT_TASK_RUN_BY_NODE`] wrote just before), else the node the row already names (the
-/// runner's fenced completion wrote it, `queue::COMPLETE`, and cleared the task run's), else
-/// this node.
-const PUT_ATTEMPT_BY_NODE: &str = "INSERT INTO attempts (task_run, n, node, record) \
-     VALUES ($1, $2, coalesce((SELECT node FROM task_runs WHERE id = $1 AND attempt = $2), $4::bigint), $3) \
+/// Job runs: the arrays `$1`–`$4`, the owner `$5`, `$6` as one. The owner columns are written
+/// only by the insert that creates the row (an adoption changes them, never a commit).
+const PUT_JOB_RUNS: &str = "INSERT INTO job_runs (id, job, state, record, owner_node, owner_epoch) \
+     SELECT id, job, state, record, $5::bigint, $6::bigint \
+     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[]) AS r(id, job, state, record) \
+     ON CONFLICT (id) DO UPDATE SET job = excluded.job, state = excluded.state, record = excluded.record";
+/// Task runs: the arrays `$1`–`$14` (each row's `requires` a JSON array), `$15` the node. A
+/// node's owner runs the attempts it starts itself, so `node` is set when the task run becomes
+/// `running` here (a claim by another node set it already and is kept) and cleared when it
+/// stops running — what `model::lease::orphaned_attempt` reads. A plain store (`$15` NULL)
+/// never writes `node`: only a claim sets it (and a completion keeps it, as the attempt's).
+static PUT_TASK_RUNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| put_task_runs(false));
+/// The same, also writing each row's spec (`$16`): the group writes it with the row.
+static PUT_TASK_RUNS_WITH_SPEC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| put_task_runs(true));
+
+fn put_task_runs(with_spec: bool) -> String {
+    let (col, arg, set) = match with_spec {
+        true => (", spec", ", $16::bytea[]", ", spec = excluded.spec"),
+        false => ("", "", ""),
+    };
+    format!(
+        "INSERT INTO task_runs (id, job_run, task, iteration, item_index, kind, state, queue, sort_key, \
+         enqueue_seq, not_before, requires, attempt, record, node{col}) \
+         SELECT id, job_run, task, iteration, item_index, kind, state, queue, sort_key, enqueue_seq, \
+         to_timestamp(not_before / 1000.0), ARRAY(SELECT json_array_elements_text(requires::json)), attempt, \
+         record, CASE WHEN state = 'running' THEN $15::bigint END{col} \
+         FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int4[], $5::int4[], $6::int2[], $7::text[], \
+         $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::text[], $13::int4[], $14::bytea[]{arg}) \
+         AS r(id, job_run, task, iteration, item_index, kind, state, queue, sort_key, enqueue_seq, not_before, \
+         requires, attempt, record{col}) \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, queue = excluded.queue, \
+         sort_key = excluded.sort_key, enqueue_seq = excluded.enqueue_seq, not_before = excluded.not_before, \
+         requires = excluded.requires, attempt = excluded.attempt, record = excluded.record, \
+         node = CASE WHEN $15::bigint IS NULL THEN task_runs.node WHEN excluded.state <> 'running' THEN NULL \
+                     WHEN task_runs.state = 'running' THEN task_runs.node ELSE excluded.node END{set}"
+    )
+}
+/// Attempts: the arrays `$1`–`$3`, `$4` the node. With a node, each row names the node that
+/// runs the attempt — the task run's `node` while it runs as that attempt (a claim's, or this
+/// node's own start that [`PUT_TASK_RUNS`] wrote just before, in the same group), else the
+/// node the row already names (the runner's fenced completion wrote it, `queue::COMPLETE`, and
+/// cleared the task run's), else this node. A plain store (`$4` NULL) never writes `node`.
+const PUT_ATTEMPTS: &str = "INSERT INTO attempts AS a (task_run, n, node, record) \
+     SELECT r.task_run, r.n, \
+       CASE WHEN $4::bigint IS NOT NULL THEN coalesce((SELECT t.node FROM task_runs t \
+         WHERE t.id = r.task_run AND t.attempt = r.n), $4::bigint) END, r.record \
+     FROM unnest($1::bigint[], $2::int4[], $3::bytea[]) AS r(task_run, n, record) \
      ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record, \
-     node = coalesce((SELECT node FROM task_runs WHERE id = $1 AND attempt = $2), attempts.node, excluded.node)";
+     node = CASE WHEN $4::bigint IS NULL THEN a.node ELSE coalesce((SELECT t.node FROM task_runs t \
+       WHERE t.id = excluded.task_run AND t.attempt = excluded.n), a.node, excluded.node) END";
+const PUT_SPECS: &str = "UPDATE task_runs t SET spec = s.spec \
+     FROM unnest($1::bigint[], $2::bytea[]) AS s(id, spec) WHERE t.id = s.id";
 /// Taken only as `model::schedule::fire_accepted` says; otherwise no row is written.
 const PUT_SCHEDULE: &str = "INSERT INTO schedules (job, record, last_fired_ms) VALUES ($1, $2, $3) \
      ON CONFLICT (job) DO UPDATE SET record = excluded.record, last_fired_ms = excluded.last_fired_ms \
@@ -336,7 +464,6 @@ const PUT_KEY: &str = "INSERT INTO idempotency (key, job_run) VALUES ($1, $2) \
 const PUT_CACHE: &str = "INSERT INTO cache (key, expires_at_ms, record) VALUES ($1, $2, $3) \
      ON CONFLICT (key) DO UPDATE SET expires_at_ms = excluded.expires_at_ms, record = excluded.record";
 const DELETE_CACHE: &str = "DELETE FROM cache WHERE key = $1";
-const PUT_SPEC: &str = "UPDATE task_runs SET spec = $2 WHERE id = $1";
 /// One row while fewer than `$2` runs of job `$1` are running, not counting `$3` (the batch's
 /// own new job runs): the partial index `job_runs_running_by_job`.
 pub(super) const ACTIVE_RUNS_BELOW: &str = "SELECT 1 WHERE (SELECT count(*) FROM job_runs \
@@ -354,62 +481,10 @@ pub fn from_db(v: i64) -> u64 {
     v as u64
 }
 
-fn statement(
-    m: &Mutation,
-    facts: &QueueFacts,
-    owner: Option<u64>,
-    batch: &[Mutation],
-) -> Result<(&'static str, Vec<Param>), PgError> {
+/// The statement of a mutation the group does not merge (`merge::Merged::rest`).
+fn statement(m: &Mutation, batch: &[Mutation]) -> Result<(&'static str, Vec<Param>), PgError> {
     Ok(match m {
         Mutation::Definition(hash, d) => (PUT_DEFINITION, vec![Box::new(to_db(*hash)), Box::new(codec::encode(d)?)]),
-        Mutation::JobRun(r) => (
-            PUT_JOB_RUN,
-            vec![
-                Box::new(to_db(r.id)),
-                Box::new(r.job.clone()),
-                Box::new(r.state.as_str()),
-                Box::new(codec::encode(r)?),
-                Box::new(owner.map(to_db)),
-                Box::new(if owner.is_some() { 1i64 } else { 0 }),
-            ],
-        ),
-        Mutation::TaskRun(r) => {
-            let columns = facts(r);
-            let mut params: Vec<Param> = vec![
-                Box::new(to_db(r.id)),
-                Box::new(to_db(r.job_run)),
-                Box::new(r.task.clone()),
-                Box::new(r.iteration as i32),
-                Box::new(r.item_index.map(|i| i as i32)),
-                Box::new(i16::from(r.kind.index_key())),
-                Box::new(r.state.as_str()),
-                Box::new(r.queue.clone()),
-                Box::new(columns.sort_key),
-                Box::new(to_db(r.enqueue_seq)),
-                Box::new(r.not_before_ms.map(to_db)),
-                Box::new(columns.requires),
-                Box::new(r.attempt as i32),
-                Box::new(codec::encode(r)?),
-            ];
-            match owner {
-                None => (PUT_TASK_RUN, params),
-                Some(node) => {
-                    params.push(Box::new(to_db(node)));
-                    (PUT_TASK_RUN_BY_NODE, params)
-                }
-            }
-        }
-        Mutation::Attempt(a) => {
-            let mut params: Vec<Param> =
-                vec![Box::new(to_db(a.task_run)), Box::new(a.n as i32), Box::new(codec::encode(a)?)];
-            match owner {
-                None => (PUT_ATTEMPT, params),
-                Some(node) => {
-                    params.push(Box::new(to_db(node)));
-                    (PUT_ATTEMPT_BY_NODE, params)
-                }
-            }
-        }
         Mutation::Schedule(job, state) => (
             PUT_SCHEDULE,
             vec![Box::new(job.clone()), Box::new(codec::encode(state)?), Box::new(state.last_fired_ms.map(to_db))],
@@ -425,8 +500,6 @@ fn statement(
         Mutation::RaisedBudgets(job_run, raised) => {
             (PUT_RAISED, vec![Box::new(to_db(*job_run)), Box::new(codec::encode(raised)?)])
         }
-        Mutation::Spec(task_run, spec) => (PUT_SPEC, vec![Box::new(to_db(*task_run)), Box::new(spec.clone())]),
-        Mutation::MailRead(_, ids) => (super::mail::DELETE_READ, vec![Box::new(ids.clone())]),
         Mutation::ActiveRunsBelow(job, limit) => {
             let created: Vec<i64> = batch
                 .iter()
@@ -437,6 +510,14 @@ fn statement(
                 .collect();
             let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
             (ACTIVE_RUNS_BELOW, vec![Box::new(job.clone()), Box::new(limit), Box::new(created)])
+        }
+        // `merge::merge` takes these into its tables: never here.
+        Mutation::JobRun(_)
+        | Mutation::TaskRun(_)
+        | Mutation::Attempt(_)
+        | Mutation::Spec(..)
+        | Mutation::MailRead(..) => {
+            return Err(PgError::Db("a merged mutation has no statement of its own".into()));
         }
     })
 }
