@@ -106,16 +106,7 @@ impl Cluster {
 
     /// `gaffer ARGS --json --store URL`, read from the database by a state dir with no node.
     fn json(&self, args: &[&str]) -> Value {
-        let reader = &self.nodes[0].project;
-        let out = reader
-            .gaffer(args)
-            .args(["--json", "--store", &self.url])
-            .env("GAFFER_STATE_DIR", self.shared.path().join("reader"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("gaffer");
-        assert!(out.status.success(), "gaffer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        support::store_json(&self.nodes[0].project, args, &self.url, &self.shared.path().join("reader"))
     }
 
     fn job_state(&self, id: u64) -> String {

@@ -88,6 +88,20 @@ impl Project {
 }
 
 /// The text of `file` in the project's folder (a test's task wrote it).
+/// `gaffer ARGS --json --store URL` through `p`'s binary with `state_dir` (one no node serves:
+/// the command reads the database itself): its JSON.
+pub fn store_json(p: &Project, args: &[&str], url: &str, state_dir: &Path) -> Value {
+    let out = p
+        .gaffer(args)
+        .args(["--json", "--store", url])
+        .env("GAFFER_STATE_DIR", state_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("gaffer");
+    assert!(out.status.success(), "gaffer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
 pub fn read(p: &Project, file: &str) -> String {
     std::fs::read_to_string(p.path().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
 }

@@ -547,6 +547,20 @@ where
     code
 }
 
+/// A cluster node renders the secret fields of the tasks it runs from its own secrets: one it
+/// has no value for is said at start (a task that reads it fails on this node).
+fn warn_of_secrets_not_held(config: &EngineConfig, secrets: &BTreeMap<String, String>, tui: bool) {
+    if config.cluster.is_none() {
+        return;
+    }
+    let env = |var: &str| std::env::var(var).ok();
+    let sources = crate::model::params::Sources { instance: secrets, env: &env };
+    for missing in crate::model::params::secrets_not_held(&config.workflow.jobs, &sources) {
+        let note = format!("this node holds no value for {missing}: its tasks that read it fail on this node");
+        if tui { tracing::warn!("{note}") } else { eprintln!("gaffer: warning: {note}") }
+    }
+}
+
 async fn serve_forever(
     config: EngineConfig,
     format: Format,
@@ -554,6 +568,7 @@ async fn serve_forever(
     tcp: Option<std::net::TcpListener>,
     secrets: BTreeMap<String, String>,
 ) -> i32 {
+    warn_of_secrets_not_held(&config, &secrets, screen.is_some());
     with_engine(config, format, tcp, |handle| async move {
         let Some(signals) = Signals::listen() else { return Ok(exit::INTERNAL) };
         handle.provide_secrets(secrets);

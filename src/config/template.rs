@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
 
-/// Everything a template can see when a task run starts.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Everything a template can see when a task run starts. Serializable: in a cluster the fields
+/// that read a secret param travel with it to the node that renders them (`engine::cluster`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TemplateContext {
     pub job: String,
     pub job_run_id: u64,
@@ -22,7 +23,7 @@ pub struct TemplateContext {
 }
 
 /// What a finished upstream task exposes to templates.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UpstreamTask {
     pub outputs: BTreeMap<String, String>,
     pub exit_code: Option<i32>,

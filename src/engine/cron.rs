@@ -104,7 +104,13 @@ impl Supervisor {
             .cloned()
             .ok_or_else(|| EngineError::Invalid(format!("no job `{}`", msg.job)))?;
         let active: Vec<u64> = self.job_of.iter().filter(|(_, j)| **j == msg.job).map(|(id, _)| *id).collect();
-        let decision = schedule::on_fire(&def.policy, active.len(), self.waiting_fires.contains_key(&msg.job));
+        let cluster = self.is_cluster();
+        let waiting = self.waiting_fires.contains_key(&msg.job);
+        let decision = if cluster {
+            schedule::on_fire_in_cluster(&def.policy, active.len(), waiting)
+        } else {
+            schedule::on_fire(&def.policy, active.len(), waiting)
+        };
         match decision {
             FireDecision::Skip | FireDecision::Queue => {
                 let hold = decision == FireDecision::Queue;
@@ -112,7 +118,8 @@ impl Supervisor {
                 Ok(false)
             }
             FireDecision::CancelPreviousThenStart | FireDecision::Start => {
-                if decision == FireDecision::CancelPreviousThenStart {
+                // In a cluster every node's runs are cancelled, once this node took the fire time.
+                if decision == FireDecision::CancelPreviousThenStart && !cluster {
                     for id in &active {
                         if let Some(run) = self.job_runs_addr(*id) {
                             run.do_send(Cancel { task_run: None });
@@ -133,8 +140,18 @@ impl Supervisor {
                     EventData::ScheduleFired { scheduled_for_ms: msg.scheduled_for },
                     shared.clock.now_ms(),
                 );
-                let begin = Begin::New { with, events: vec![event], begun: None };
+                let (begun, created) = match decision == FireDecision::CancelPreviousThenStart && cluster {
+                    true => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        (Some(tx), Some(rx))
+                    }
+                    false => (None, None),
+                };
+                let begin = Begin::New { with, events: vec![event], begun };
                 let id = self.submit_scheduled(&msg.job, begin)?;
+                if let Some(created) = created {
+                    self.cancel_previous_in_cluster(&msg.job, id, created);
+                }
                 if bounded.is_some() && !msg.held && def.policy.overlap != Overlap::Queue {
                     self.bounded_fires.insert(id, msg);
                 }

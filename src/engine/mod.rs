@@ -528,6 +528,8 @@ pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         supervisor: supervisor.clone(),
         state_dir: state_dir.clone(),
         pricing: shared.pricing.clone(),
+        secrets: secrets.clone(),
+        workflow: config.workflow.clone(),
     });
     for id in 0..workers_total {
         let (clock, executor, dispatcher, journal, watch, ledger, link) = (

@@ -65,4 +65,25 @@ impl SecretBook {
         book.runs.insert(job_run, found);
         Ok(())
     }
+
+    /// The secrets `names` of job run `job_run` (a run of `job`) for a task this node runs:
+    /// held for the run (this node created or resumed it), else given to this process or in
+    /// the environment, as for a run it resumes; else says which are missing and how to give them.
+    pub fn for_runner(&self, job: &JobDef, job_run: u64, names: &[String]) -> Result<Values, String> {
+        let book = self.book();
+        let env = |var: &str| std::env::var(var).ok();
+        let sources = Sources { instance: &book.instance, env: &env };
+        params::secrets_named(job, |name| names.iter().any(|n| n == name), book.runs.get(&job_run), &sources)
+    }
+
+    /// In a cluster: a secret given with one run's request must be one this node holds itself
+    /// (see `params::given_secret_not_held`).
+    pub fn check_given_in_cluster(&self, job: &JobDef, given: &Values) -> Result<(), String> {
+        let book = self.book();
+        let env = |var: &str| std::env::var(var).ok();
+        match params::given_secret_not_held(job, given, &Sources { instance: &book.instance, env: &env }) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
 }

@@ -228,6 +228,9 @@ impl Supervisor {
         now: u64,
     ) -> Result<JobRunRecord, EngineError> {
         // Secrets stay in this process's memory; the record holds `***` for them.
+        if shared.cluster.is_some() {
+            shared.secrets.check_given_in_cluster(def, &given).map_err(EngineError::Invalid)?;
+        }
         let params = shared.secrets.resolve(def, &given).map_err(EngineError::Invalid)?;
         let id = shared.store.next_job_run();
         shared.secrets.keep(id, params.secrets);

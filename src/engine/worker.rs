@@ -21,7 +21,9 @@ use super::journal::{Journal, Publish};
 use super::supervisor::{LocalOwner, RestartLedger, Supervisor};
 use super::watchdog::{WatchList, overdue_reason};
 use super::{EngineEvent, EventData, SharedClock};
-use crate::executor::{AttemptEvent, AttemptExit, Durable, Executor, KILL_GRACE, ProcessHandle, spawn_off_thread};
+use crate::executor::{
+    AttemptEvent, AttemptExit, AttemptSpec, Durable, Executor, KILL_GRACE, ProcessHandle, spawn_off_thread,
+};
 use crate::model::FailReason;
 use crate::model::cost::{CostDelta, Pricing};
 use crate::model::lease::Refused;
@@ -376,10 +378,10 @@ impl Worker {
 
     /// Starts `claimed`'s attempt; with `durable`, once its claim's commit is durable (a claim
     /// whose commit failed starts nothing and frees the worker).
-    fn launch(&mut self, claimed: Claimed, queue: String, durable: Option<Durable>, ctx: &mut Context<Self>) {
-        let now = self.clock.now_ms();
-        let task_run = claimed.spec.task_run;
-        let attempt = claimed.spec.attempt;
+    /// `claimed` is this worker's attempt now (before its process starts, or fails to): its
+    /// spec, to start.
+    fn begin(&mut self, claimed: Claimed, queue: String) -> AttemptSpec {
+        let (task_run, attempt) = (claimed.spec.task_run, claimed.spec.attempt);
         self.current = Some(Current {
             task_run,
             attempt,
@@ -390,11 +392,18 @@ impl Worker {
             warnings: 0,
             agent_error: None,
         });
-        self.activity.begin(task_run, attempt, now, claimed.timeout, claimed.heartbeat_timeout);
+        self.activity.begin(task_run, attempt, self.clock.now_ms(), claimed.timeout, claimed.heartbeat_timeout);
+        claimed.spec
+    }
+
+    fn launch(&mut self, claimed: Claimed, queue: String, durable: Option<Durable>, ctx: &mut Context<Self>) {
+        let task_run = claimed.spec.task_run;
+        let attempt = claimed.spec.attempt;
+        let spec = self.begin(claimed, queue);
         let (tx, rx) = mpsc::unbounded_channel();
         // Off this thread, which runs every worker and job run; the worker takes no message
         // until the process exists (or could not be started).
-        let spawning = spawn_off_thread(self.executor.clone(), claimed.spec, tx, durable);
+        let spawning = spawn_off_thread(self.executor.clone(), spec, tx, durable);
         ctx.wait(spawning.into_actor(self).map(move |spawned, act, ctx| match spawned {
             None => {
                 act.activity.end();
@@ -608,7 +617,7 @@ impl Worker {
     fn launch_for_remote_owner(&mut self, claimed: queue::Claimed, queue: String, ctx: &mut Context<Self>) {
         let Some(link) = self.cluster.clone() else { return self.free(Some(queue), ctx) };
         let spec = claimed.spec.as_deref().map(codec::decode::<QueuedSpec>);
-        let spec = match spec {
+        let mut spec = match spec {
             Some(Ok(spec)) if spec.task_run == claimed.id && spec.attempt == claimed.attempt => spec,
             // Its owner could not render it, and fails it itself (or the row is not ours to run).
             other => {
@@ -617,6 +626,7 @@ impl Worker {
                 return self.free(Some(queue), ctx);
             }
         };
+        let secrets = render_secret_fields(&link, &mut spec);
         let mut record =
             AttemptRecord::started(claimed.id, claimed.record.job_run, claimed.attempt, self.clock.now_ms());
         record.model = spec.model.clone();
@@ -628,8 +638,33 @@ impl Worker {
             pricing: link.pricing.clone(),
             owner: Owner::Remote(Box::new(remote)),
         };
-        self.launch(started, queue, None, ctx);
+        match secrets {
+            Ok(()) => self.launch(started, queue, None, ctx),
+            Err(why) => {
+                tracing::warn!(task_run = claimed.id, "cluster: {why}");
+                // Never run with a secret left out: the attempt fails here, saying why.
+                self.begin(started, queue);
+                self.finish(None, Some((FailReason::SpawnError, why)), ctx);
+            }
+        }
     }
+}
+
+/// Renders the fields of `spec` that read a secret param (its owner left them out of the
+/// database) from the secrets this node holds; refuses, naming the node, the job run and the
+/// params, when it does not hold them.
+fn render_secret_fields(link: &ClusterLink, spec: &mut QueuedSpec) -> Result<(), String> {
+    let Some(held_back) = spec.secret_fields.take() else { return Ok(()) };
+    let node = link.node.current().name.clone();
+    let (job_run, task) = (spec.job_run, spec.task.clone());
+    let cannot = |why: String| format!("node {node} cannot run job run j{job_run}'s task `{task}`: {why}");
+    let Some(job) = link.workflow.jobs.iter().find(|j| j.name == spec.job) else {
+        return Err(cannot(format!("its workflow has no job `{}`", spec.job)));
+    };
+    let secrets = link.secrets.for_runner(job, spec.job_run, &held_back.names).map_err(|why| {
+        cannot(format!("{why}, to `gaffer serve` on this node (every node that may run it needs them)"))
+    })?;
+    held_back.render_into(spec, &secrets).map_err(cannot)
 }
 
 /// How long a row given back (`queue::give_back`) waits before it may be claimed again: its
@@ -661,6 +696,9 @@ pub struct ClusterLink {
     pub supervisor: Addr<Supervisor>,
     pub state_dir: std::path::PathBuf,
     pub pricing: Arc<Pricing>,
+    /// The secrets this node was given: it renders a claimed spec's secret fields from them.
+    pub secrets: Arc<super::secrets::SecretBook>,
+    pub workflow: Arc<crate::config::Workflow>,
 }
 
 /// A task run this node claimed from the cluster's queue (attempt `claimed.attempt`).

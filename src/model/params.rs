@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::template::TemplateContext;
 use crate::config::{JobDef, ParamDef};
 
 /// What a secret's value is replaced with wherever it would be stored or shown.
@@ -80,9 +81,20 @@ fn how_to_give(name: &str, def: &ParamDef) -> String {
 /// holds for the run, else its `--param`, else the environment. The error names every missing
 /// one and how to give it.
 pub fn secrets_again(job: &JobDef, held: Option<&Values>, sources: &Sources) -> Result<Values, String> {
+    secrets_named(job, |_| true, held, sources)
+}
+
+/// [`secrets_again`] for the secret params of `job` that `wanted` names only: what a cluster
+/// node needs to render the fields of a task that read them.
+pub fn secrets_named(
+    job: &JobDef,
+    wanted: impl Fn(&str) -> bool,
+    held: Option<&Values>,
+    sources: &Sources,
+) -> Result<Values, String> {
     let mut secrets = Values::new();
     let mut missing = Vec::new();
-    for (name, def) in job.params.iter().filter(|(_, d)| d.secret) {
+    for (name, def) in job.params.iter().filter(|(name, d)| d.secret && wanted(name)) {
         match held.and_then(|h| h.get(name).cloned()).or_else(|| fallback(name, def, sources)) {
             Some(value) => {
                 secrets.insert(name.clone(), value);
@@ -95,6 +107,61 @@ pub fn secrets_again(job: &JobDef, held: Option<&Values>, sources: &Sources) -> 
     } else {
         Err(format!("secrets are never stored, so it needs them again: {}", missing.join("; ")))
     }
+}
+
+/// The secret params (`secret_names`, each with its value in `ctx.params`) whose value
+/// `template`'s rendering depends on: those without which it renders otherwise, or not at all.
+/// Found by rendering, not by reading the template (a slice `params.key[:4]` or
+/// `params.get('key')` hides the name from a reading), so a template that only looks like it
+/// reads one (`{% if false %}{{ params.key }}{% endif %}`) reads none; its text without the
+/// secret is then the same as with it.
+pub fn secrets_read<'a>(template: &str, ctx: &TemplateContext, secret_names: &[&'a str]) -> Vec<&'a str> {
+    if !crate::config::template::is_templated(template) || !template.contains("params") {
+        return Vec::new();
+    }
+    let with = crate::config::template::render(template, ctx);
+    let depends_on = |name: &str| {
+        let mut without = ctx.clone();
+        without.params.remove(name);
+        match (&with, crate::config::template::render(template, &without)) {
+            (Ok(with), Ok(without)) => *with != without,
+            _ => true,
+        }
+    };
+    secret_names.iter().copied().filter(|name| depends_on(name)).collect()
+}
+
+/// A secret param given with one run's request (`submit --param`) that this cluster node would
+/// not find itself (in its `--param` or the environment, or not the same value): refused,
+/// since no other node could ever get it (it is never stored), so the tasks it runs elsewhere
+/// would see another value or none.
+pub fn given_secret_not_held(job: &JobDef, given: &Values, sources: &Sources) -> Option<String> {
+    let (name, def) = job
+        .params
+        .iter()
+        .filter(|(name, def)| def.secret && given.contains_key(*name))
+        .find(|(name, def)| fallback(name, def, sources).as_ref() != given.get(*name))?;
+    Some(format!(
+        "secret param `{name}` of job `{}` cannot be given with one run in a cluster: it is never stored, \
+         so the nodes that run its tasks take it from their own `serve --param {name}=…`{}; give it to every node",
+        job.name,
+        def.env.as_deref().map(|var| format!(" or ${var}")).unwrap_or_default()
+    ))
+}
+
+/// The secret params of `jobs` a cluster node would find no value for (`run`/`serve --param`,
+/// the param's environment variable): said when it starts, since a task of theirs that reads
+/// one fails on this node (its owner never stores the value to send).
+pub fn secrets_not_held<'a>(jobs: impl IntoIterator<Item = &'a JobDef>, sources: &Sources) -> Vec<String> {
+    let mut missing = Vec::new();
+    for job in jobs {
+        for (name, def) in job.params.iter().filter(|(_, d)| d.secret) {
+            if fallback(name, def, sources).is_none() {
+                missing.push(format!("secret param {} of job `{}`", how_to_give(name, def), job.name));
+            }
+        }
+    }
+    missing
 }
 
 /// What templates see: the stored values, each secret's mask replaced by its value. A secret
@@ -222,5 +289,66 @@ mod tests {
         let secrets = values(&[("a", "abc"), ("b", "abcdef"), ("empty", "")]);
         assert_eq!(redact("x abcdef y abc z", &secrets), "x *** y *** z");
         assert_eq!(redact("nothing here", &secrets), "nothing here");
+    }
+
+    #[test]
+    fn a_template_reads_the_secrets_its_rendering_depends_on() {
+        let secrets = ["token", "key"];
+        let params = values(&[("token", "t0ken"), ("key", "k3y-long"), ("region", "eu")]);
+        let ctx = TemplateContext { params, ..TemplateContext::default() };
+        let table: &[(&str, &[&str])] = &[
+            ("plain text {{", &[]),
+            ("no template", &[]),
+            ("{{ params.region }}", &[]),
+            ("Bearer {{ params.token }}", &["token"]),
+            ("{{ params.token | upper }}-{{ params.key[:4] }}", &["token", "key"]),
+            ("{{ params.key[:4] }}", &["key"]),
+            ("{{ params.region ~ (params.key | length) }}", &["key"]),
+            ("{% if params.key %}k{% endif %}", &["key"]),
+            ("{{ params['token'] }}", &["token"]),
+            ("{% for k in params %}{{ k }}{% endfor %}", &["token", "key"]),
+            ("{{ params | length }}", &["token", "key"]),
+            ("{% if false %}{{ params.key }}{% endif %}", &[]),
+            // One that cannot render reads them all (its render fails before anything is sent).
+            ("{{ params.tokens }}", &["token", "key"]),
+        ];
+        for (template, expected) in table {
+            assert_eq!(secrets_read(template, &ctx, &secrets), *expected, "{template}");
+        }
+        assert!(secrets_read("{{ params.token }}", &ctx, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_secret_given_with_one_run_must_be_what_the_node_holds_itself() {
+        let j = job(&[("token", secret(Some("TOKEN"))), ("plain", ParamDef::plain("x"))]);
+        let env = env_with(&[("TOKEN", "from-env")]);
+        let none = Values::new();
+        let from_env = Sources { instance: &none, env: &env };
+        assert_eq!(given_secret_not_held(&j, &values(&[("plain", "y")]), &from_env), None);
+        assert_eq!(given_secret_not_held(&j, &values(&[("token", "from-env")]), &from_env), None);
+        let refused = given_secret_not_held(&j, &values(&[("token", "other")]), &from_env).expect("refused");
+        assert!(refused.contains("`token`") && refused.contains("$TOKEN") && !refused.contains("other"), "{refused}");
+        let bare = Sources { instance: &none, env: &|_| None };
+        assert!(given_secret_not_held(&j, &values(&[("token", "v")]), &bare).is_some());
+        let instance = values(&[("token", "v")]);
+        let held = Sources { instance: &instance, env: &|_| None };
+        assert_eq!(given_secret_not_held(&j, &values(&[("token", "v")]), &held), None);
+    }
+
+    #[test]
+    fn a_node_says_which_secrets_it_holds_no_value_for() {
+        let j = job(&[("token", secret(Some("TOKEN"))), ("key", secret(None)), ("plain", ParamDef::plain("x"))]);
+        let none = Values::new();
+        let bare = Sources { instance: &none, env: &|_| None };
+        assert_eq!(
+            secrets_not_held([&j], &bare),
+            [
+                "secret param `key` (pass --param key=…) of job `deploy`",
+                "secret param `token` (pass --param token=…, or set $TOKEN) of job `deploy`"
+            ]
+        );
+        let env = env_with(&[("TOKEN", "t")]);
+        let instance = values(&[("key", "k")]);
+        assert!(secrets_not_held([&j], &Sources { instance: &instance, env: &env }).is_empty());
     }
 }

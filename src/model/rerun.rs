@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -208,14 +209,26 @@ pub fn plan_from(graph: &JobGraph, states: &[TaskState], from: &str) -> Result<V
 /// What differs between the job as a job run stored it and the job in the file now, as far as
 /// the run's own tasks go: a changed or removed task, or a job setting that changes how they run.
 /// Tasks added since are not part of the run and are not listed; nor are hooks or the schedule.
-pub fn definition_changes(stored: &JobDef, current: Option<&JobDef>) -> Vec<String> {
+///
+/// `stored_dir` and `current_dir` are the folders of the two files (`Workflow::base_dir`): a
+/// path the file gives relative to its folder (`cwd`, `expect.json_schema`) is the same path
+/// in both when it is the same under each folder, so the same file at another place (another
+/// node of a cluster, a moved project) has not changed.
+pub fn definition_changes(
+    stored: &JobDef,
+    stored_dir: &Path,
+    current: Option<&JobDef>,
+    current_dir: &Path,
+) -> Vec<String> {
     let Some(current) = current else { return vec![format!("job `{}` is no longer in the file", stored.name)] };
     let now = tasks_by_name(current);
     let mut changes = Vec::new();
     for task in &stored.tasks {
         match now.get(task.name.as_str()) {
             None => changes.push(format!("task `{}` removed", task.name)),
-            Some(now) if *now != task => changes.push(format!("task `{}` changed", task.name)),
+            Some(now) if moved(now, current_dir, stored_dir) != *task => {
+                changes.push(format!("task `{}` changed", task.name))
+            }
             Some(_) => {}
         }
     }
@@ -226,6 +239,18 @@ pub fn definition_changes(stored: &JobDef, current: Option<&JobDef>) -> Vec<Stri
     ];
     changes.extend(settings.iter().filter(|(_, differs)| *differs).map(|(key, _)| format!("`{key}` changed")));
     changes
+}
+
+/// `task` of a file in folder `from` as if that file were in folder `to`: its paths under `from`
+/// are under `to` (paths outside the folder stay as they are).
+fn moved(task: &TaskDef, from: &Path, to: &Path) -> TaskDef {
+    let rebase = |path: &Path| path.strip_prefix(from).map_or_else(|_| path.to_path_buf(), |rel| to.join(rel));
+    let mut task = task.clone();
+    task.cwd = rebase(&task.cwd);
+    if let Some(schema) = task.expect.as_mut().and_then(|e| e.json_schema.as_mut()) {
+        *schema = rebase(schema);
+    }
+    task
 }
 
 /// Whether a job run whose task runs are `run_tasks` can switch to `current`: each of its tasks
@@ -366,10 +391,31 @@ mod tests {
                 &["task `b` removed"],
             ),
         ];
+        let dir = Path::new("/wf");
         for (now, want) in cases {
-            assert_eq!(definition_changes(&stored, Some(&job(now))), *want, "{now}");
+            assert_eq!(definition_changes(&stored, dir, Some(&job(now)), dir), *want, "{now}");
         }
-        assert_eq!(definition_changes(&stored, None), ["job `j` is no longer in the file"]);
+        assert_eq!(definition_changes(&stored, dir, None, dir), ["job `j` is no longer in the file"]);
+    }
+
+    #[test]
+    fn the_same_file_in_another_folder_has_not_changed() {
+        let text = format!(
+            "{BASE}[jobs.j.tasks.c]\ncwd = \"sub\"\nrun = \"true\"\nexpect = {{ output = \"v\", json_schema = \"s.json\" }}\n\
+             [jobs.j.tasks.d]\ncwd = \"/abs\"\nrun = \"true\"\n"
+        );
+        let at = |file: &str, text: &str| {
+            let wf = crate::config::parse(Path::new(file), text).expect("valid");
+            (wf.jobs[0].clone(), wf.base_dir)
+        };
+        let (stored, stored_dir) = at("/node-a/flow/gaffer.toml", &text);
+        let (elsewhere, dir) = at("/node-b/x/gaffer.toml", &text);
+        assert_ne!(stored.tasks[2].cwd, elsewhere.tasks[2].cwd, "cwd is absolute once read");
+        assert!(definition_changes(&stored, &stored_dir, Some(&elsewhere), &dir).is_empty());
+        let (edited, dir) = at("/node-b/x/gaffer.toml", &text.replace("cwd = \"sub\"", "cwd = \"other\""));
+        assert_eq!(definition_changes(&stored, &stored_dir, Some(&edited), &dir), ["task `c` changed"]);
+        let (edited, dir) = at("/node-b/x/gaffer.toml", &text.replace("/abs", "/elsewhere"));
+        assert_eq!(definition_changes(&stored, &stored_dir, Some(&edited), &dir), ["task `d` changed"]);
     }
 
     #[test]

@@ -268,6 +268,18 @@ pub fn on_fire(policy: &crate::config::SchedulePolicy, active: usize, one_waitin
     }
 }
 
+/// [`on_fire`] on a node of a cluster, which counts only its own runs (`active`): under
+/// `overlap = "cancel_previous"` it always cancels and starts, whatever it counted, since runs
+/// of other nodes may be active (it cancels every node's once its run is created, i.e. once it
+/// took the fire time); any other policy decides as [`on_fire`], its `Start` bounded
+/// cluster-wide by [`start_limit`].
+pub fn on_fire_in_cluster(policy: &crate::config::SchedulePolicy, active: usize, one_waiting: bool) -> FireDecision {
+    match policy.overlap {
+        crate::config::Overlap::CancelPrevious => FireDecision::CancelPreviousThenStart,
+        _ => on_fire(policy, active, one_waiting),
+    }
+}
+
 /// How many runs of the job may be active, cluster-wide, for a `Start` that [`on_fire`] decided
 /// to stand (`None`: any number): the count at which `on_fire` would no longer start. A node
 /// decides from the runs it sees; a store shared by several nodes checks this bound against
@@ -374,6 +386,21 @@ mod policy_tests {
         assert_eq!(on_fire(&with(Overlap::CancelPrevious, None), 2, false), FireDecision::CancelPreviousThenStart);
         assert_eq!(on_fire(&with(Overlap::Allow, None), 5, false), FireDecision::Start);
         assert_eq!(on_fire(&with(Overlap::Allow, Some(2)), 2, false), FireDecision::Skip);
+    }
+
+    #[test]
+    fn in_a_cluster_cancel_previous_cancels_and_starts_whatever_the_node_counted() {
+        for overlap in [Overlap::Skip, Overlap::Queue, Overlap::CancelPrevious, Overlap::Allow] {
+            for max in [None, Some(1), Some(2)] {
+                let policy = SchedulePolicy { overlap, max_active_runs: max, ..SchedulePolicy::default() };
+                for (active, waiting) in [(0, false), (1, false), (1, true), (3, false)] {
+                    let here = on_fire(&policy, active, waiting);
+                    let want =
+                        if overlap == Overlap::CancelPrevious { FireDecision::CancelPreviousThenStart } else { here };
+                    assert_eq!(on_fire_in_cluster(&policy, active, waiting), want, "{overlap:?} {max:?} {active}");
+                }
+            }
+        }
     }
 
     #[test]

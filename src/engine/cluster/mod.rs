@@ -358,9 +358,22 @@ pub struct QueuedSpec {
     pub heartbeat_timeout_ms: u64,
     /// The model of this attempt (`retry.models`), recorded on the attempt.
     pub model: Option<String>,
+    /// The fields that read a secret param, left for the runner to render (`***` above).
+    pub secret_fields: Option<SecretFields>,
 }
 
-impl codec::Record for QueuedSpec {}
+impl codec::Record for QueuedSpec {
+    /// 2: `secret_fields`.
+    const VERSION: u8 = 2;
+
+    fn upgrade(version: u8, body: &[u8]) -> Result<Self, crate::store::StoreError> {
+        match version {
+            // Layout 1 is layout 2 without its last field: postcard writes a `None` as one 0.
+            1 => codec::body_of(&[body, &[0]].concat()),
+            _ => Err(crate::store::StoreError::Codec(format!("queued spec version {version} is unknown"))),
+        }
+    }
+}
 
 impl QueuedSpec {
     pub fn of(spec: &AttemptSpec, timeout: Duration, heartbeat_timeout: Duration, model: Option<String>) -> QueuedSpec {
@@ -390,6 +403,7 @@ impl QueuedSpec {
             timeout_ms: timeout.as_millis() as u64,
             heartbeat_timeout_ms: heartbeat_timeout.as_millis() as u64,
             model,
+            secret_fields: None,
         }
     }
 
@@ -427,6 +441,9 @@ impl QueuedSpec {
 }
 
 pub mod relay;
+pub mod secret_fields;
+
+pub use secret_fields::SecretFields;
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use super::ClusterNode;
 use crate::engine::inbox::{Action, RetryOptions};
 use crate::engine::{EngineError, Target};
 use crate::model::lease::{CommandRoute, command_route};
-use crate::store::pg::adopt::{route_of, take_over_ended};
+use crate::store::pg::adopt::{route_of, running_of_job, take_over_ended};
 use crate::store::pg::mail::{Letter, Mail, Relayed, RelayedAction};
 
 type Answer = Result<String, String>;
@@ -131,4 +131,13 @@ pub async fn relay(node: &ClusterNode, job_run: u64, command: Relayed) -> Result
             )))
         }
     }
+}
+
+/// The running job runs of `job` on every node of the cluster.
+pub async fn running_runs_of(node: &ClusterNode, job: &str) -> Result<Vec<u64>, EngineError> {
+    let (store, job) = (node.backend.store().clone(), job.to_string());
+    let read = node.backend.spawn(async move { running_of_job(&store.pool().get().await?, &job).await });
+    let read: Result<_, crate::store::pg::PgError> =
+        read.await.map_err(|e| EngineError::Stopped(format!("cluster: {e}")))?;
+    read.map_err(|e| EngineError::Store(e.into()))
 }

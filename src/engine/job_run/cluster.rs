@@ -8,8 +8,9 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::{AttemptEnded, CostAdded, JobRun, ProgressReported, Runner, WarningReported};
+use crate::config::template::TemplateContext;
 use crate::engine::EventData;
-use crate::engine::cluster::QueuedSpec;
+use crate::engine::cluster::{QueuedSpec, SecretFields, secret_fields};
 use crate::executor::{AttemptExit, KILL_GRACE};
 use crate::model::cost::CostDelta;
 use crate::model::run::Input;
@@ -33,7 +34,8 @@ impl JobRun {
             let def = self.run.def(i);
             let model = policy::model_for_attempt(&def.retry.models, in_series).map(str::to_string);
             let rendered = (self.render_spec(i, n, model.clone()))().and_then(|spec| {
-                let queued = QueuedSpec::of(&spec, def.timeout, def.heartbeat_timeout, model);
+                let mut queued = QueuedSpec::of(&spec, def.timeout, def.heartbeat_timeout, model.clone());
+                queued.secret_fields = self.secret_fields(i, model, &mut queued)?;
                 codec::encode(&queued).map_err(|e| e.to_string())
             });
             match rendered {
@@ -45,6 +47,26 @@ impl JobRun {
             }
         }
         unrenderable
+    }
+
+    /// Secrets are never stored: the fields of task run `i`'s `spec` that read a secret param
+    /// are taken out of it (`***`), to be rendered by the node that runs it
+    /// (`cluster::secret_fields`).
+    fn secret_fields(
+        &self,
+        i: usize,
+        model: Option<String>,
+        spec: &mut QueuedSpec,
+    ) -> Result<Option<SecretFields>, String> {
+        let def = self.run.def(i);
+        let secret_names: Vec<&str> =
+            self.run.job().params.iter().filter(|(_, p)| p.secret).map(|(name, _)| name.as_str()).collect();
+        if secret_names.is_empty() || !def.is_templated() {
+            return Ok(None);
+        }
+        let ctx = TemplateContext { model, ..super::template_context(&self.shared, &self.record, &self.run, i) };
+        let compensation = self.run.tasks[i].compensates.is_some();
+        secret_fields::hold_back(spec, def, compensation, &ctx, &secret_names)
     }
 
     /// In a cluster no Dispatcher here holds the queued task runs: the owner times out those

@@ -65,7 +65,7 @@ impl JobRun {
             return Ok(None);
         }
         let now = msg.current.jobs.iter().find(|j| j.name == self.record.job);
-        let changes = rerun::definition_changes(self.job(), now);
+        let changes = rerun::definition_changes(self.job(), &self.run.workflow().base_dir, now, &msg.current.base_dir);
         if changes.is_empty() {
             return Ok(None);
         }

@@ -10,6 +10,7 @@ use actix::prelude::*;
 use super::{Command, Supervisor};
 use crate::engine::cluster::ClusterNode;
 use crate::engine::cluster::relay::{self, relayed, unrelayed};
+use crate::engine::inbox::Action;
 use crate::engine::{EngineError, Target};
 use crate::model::lease::CommandRoute;
 use crate::store::pg::mail::{self, Letter, Mail, Received};
@@ -75,5 +76,36 @@ impl Supervisor {
                 }
             }));
         }));
+    }
+
+    /// `overlap = "cancel_previous"` in a cluster: once job run `started` of `job` is created
+    /// (`created`: this node took the fire time; a node that lost it cancels nothing), every
+    /// other running run of `job`, on any node, is cancelled — each through its owner, as
+    /// `gaffer cancel` on this node would.
+    pub(in crate::engine) fn cancel_previous_in_cluster(
+        &self,
+        job: &str,
+        started: u64,
+        created: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    ) {
+        let (Some(node), Some(shared)) = (self.cluster(), self.shared.clone()) else { return };
+        let (me, job) = (shared.supervisor.clone(), job.to_string());
+        actix::spawn(async move {
+            if !matches!(created.await, Ok(Ok(()))) {
+                return;
+            }
+            let running = match relay::running_runs_of(&node, &job).await {
+                Ok(running) => running,
+                Err(e) => return tracing::warn!("cluster: cannot find the runs of `{job}` to cancel: {e}"),
+            };
+            for id in running.into_iter().filter(|id| *id != started) {
+                let cancel = Command { action: Action::Cancel, target: Target::JobRun(id), retry: Default::default() };
+                match me.send(cancel).await {
+                    Ok(Ok(_)) => tracing::info!("overlap = \"cancel_previous\": job run j{id} of `{job}` cancelled"),
+                    Ok(Err(e)) => tracing::warn!("overlap = \"cancel_previous\": cannot cancel job run j{id}: {e}"),
+                    Err(_) => return,
+                }
+            }
+        });
     }
 }

@@ -148,6 +148,15 @@ pub async fn route_of(c: &Client, id: u64, by_task_run: bool) -> Result<Option<(
     }))
 }
 
+/// The running job runs of `job`, on every node (`overlap = "cancel_previous"`): the partial
+/// index `job_runs_running_by_job`.
+const RUNNING_OF_JOB: &str = "SELECT id FROM job_runs WHERE job = $1 AND state = 'running' ORDER BY id";
+
+pub async fn running_of_job(c: &Client, job: &str) -> Result<Vec<u64>, PgError> {
+    let stmt = c.prepare_cached(RUNNING_OF_JOB).await?;
+    Ok(c.query(&stmt, &[&job]).await?.iter().map(|r| from_db(r.get(0))).collect())
+}
+
 /// `CommandRoute::TakeOver`: `me` owns the ended job run from now on, at a new epoch (so a node
 /// that took it over before is fenced out); `None` if it runs again (another node took it over
 /// and retried it first) or `me`'s lease ran out.

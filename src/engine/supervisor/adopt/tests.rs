@@ -233,3 +233,53 @@ fn a_claim_its_owner_never_heard_of_is_put_back_by_the_adopter() {
         .psql(&format!("SELECT count(*) FROM attempts a JOIN task_runs t ON t.id = a.task_run WHERE t.job_run = {j}"));
     assert_eq!(attempts.trim(), "1", "X's unheard claim left no attempt; B's run is the first");
 }
+
+/// A node claimed a task run of a live owner's job run and died before the owner heard it
+/// started it (paused between its process's start and its `Started` letter): the owner writes
+/// the row back (queued) when it finds the runner dead, so another node claims it and runs it.
+#[test]
+fn a_claim_a_live_owner_never_heard_of_is_put_back_when_its_runner_dies() {
+    let Some(db) = TestDb::get() else { return };
+    let (dir_a, dir_b) = (crate::state_dir::private_tempdir(), crate::state_dir::private_tempdir());
+    let text = "[settings]\nlease = \"3s\"\n[jobs.j.tasks.gpu]\nrun = \"true\"\nrequires = [\"gpu\"]\n";
+    let (config_a, backend_a) = node_config(&db, dir_a.path(), text, "node-a");
+    let (mut config_b, _) = node_config(&db, dir_b.path(), text, "node-b");
+    config_b.labels = vec!["gpu".into()];
+    config_b.cluster.as_mut().expect("cluster").labels = vec!["gpu".into()];
+
+    // A cannot run it (no label): X, a node with the label, claims it and dies without a word.
+    let (j, die, a) = node_on_thread(config_a);
+    wait_until("the task run to be queued", Duration::from_secs(20), || task_of(&backend_a, j).0 == TaskState::Queued);
+    let store = backend_a.store().clone();
+    let x = backend_a
+        .run(async move {
+            let mut c = store.connection().await?;
+            let x = queue::register_node(&mut c, "node-x", &["gpu".to_string()], Duration::from_secs(60)).await?;
+            let claimed = queue::claim(&mut c, &x, "default", 1, None).await?;
+            Ok((x, claimed.len()))
+        })
+        .expect("X claims");
+    assert_eq!(x.1, 1, "X claimed it");
+    db.psql("UPDATE nodes SET lease_until = now() - interval '1s' WHERE name = 'node-x'");
+
+    // A, alive, owns the run; B has the label and runs it once A put the row back.
+    let system = actix::System::new();
+    let db = &db;
+    system.block_on(async move {
+        let handle = crate::engine::start(config_b);
+        handle.resume_all().await.expect("resume");
+        // Polled without blocking this thread, which runs B.
+        let started = std::time::Instant::now();
+        let succeeded = format!("SELECT count(*) FROM task_runs WHERE job_run = {j} AND state = 'succeeded'");
+        while db.psql(&succeeded).trim() != "1" {
+            assert!(started.elapsed() < Duration::from_secs(20), "the task run did not succeed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        handle.shutdown().await;
+    });
+    die.send(()).expect("A is running");
+    a.join().expect("A's thread");
+    let attempts = db
+        .psql(&format!("SELECT count(*) FROM attempts a JOIN task_runs t ON t.id = a.task_run WHERE t.job_run = {j}"));
+    assert_eq!(attempts.trim(), "1", "X's unheard claim left no attempt; B's run is the first");
+}
