@@ -447,5 +447,3 @@ pub use secret_fields::SecretFields;
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod unheard_tests;
