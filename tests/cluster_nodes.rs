@@ -249,9 +249,9 @@ fn a_job_submitted_to_one_node_runs_on_all_three() {
     for node in ["a", "b", "c"] {
         assert!(marks.iter().any(|m| m.start && m.node == node), "node {node} ran none of them: {marks:?}");
     }
-    // The database says the same: attempts completed by the nodes that did not own the run.
-    let remote = cluster.db.psql("SELECT count(DISTINCT node) FROM attempts WHERE node IS NOT NULL");
-    assert_eq!(remote.trim(), "2", "b and c recorded their attempts");
+    // The database says the same: every attempt row names the node that ran it, the owner's too.
+    let nodes = cluster.db.psql("SELECT count(DISTINCT node), count(*) FILTER (WHERE node IS NULL) FROM attempts");
+    assert_eq!(nodes.trim(), "3|0", "each node's attempts recorded as its own");
     let attempts = cluster.attempts(id);
     assert_eq!(attempts.len(), 12, "one attempt each, none doubled: {attempts:?}");
 }
@@ -483,6 +483,16 @@ fn what_no_live_node_can_run_and_what_runs_on_every_node_are_seen_from_any_node(
     assert_eq!(default.expect("the default queue")["unroutable"], 1, "{status:#}");
     let shown = cluster.json(&["show", &format!("j{gpu}")]);
     assert_eq!(shown["tasks"][0]["blocked"], unroutable[0]["reason"], "{shown:#}");
+    // Its owner, a, said so once, as one node does (the `task.blocked` event in its journal).
+    let fit = unroutable[0]["task_run"].clone();
+    let said = || {
+        let journal = cluster.nodes[0].project.journal();
+        journal.into_iter().filter(|e| e["event"] == "task.blocked" && e["task_run"] == fit).collect::<Vec<_>>()
+    };
+    wait_until(Duration::from_secs(10), "a's task.blocked event", || !said().is_empty());
+    let said = said();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert_eq!((&said[0]["requires"], &said[0]["node_labels"]), (&serde_json::json!(["gpu"]), &serde_json::json!([])));
     // Node a's view of the cluster (what `gaffer tui` attached to it shows in Workers): the
     // attempts running on b and c too, each under its node.
     let busy = cluster.submit(0, "busy");

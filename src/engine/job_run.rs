@@ -28,6 +28,7 @@ use crate::model::run::{self, AttemptEnd, Effects, Input, Note, RunState, TaskNo
 use crate::model::{FailReason, JobState, TaskState};
 use crate::store::{AttemptRecord, JobRunRecord, Mutation, RaisedBudgets, TaskRunRecord};
 
+mod blocked;
 mod cluster;
 pub(super) mod convert;
 mod fenced;
@@ -616,6 +617,7 @@ impl JobRun {
     /// claims from the database.
     fn enqueue(&self, tasks: &[usize], ctx: &mut Context<Self>) {
         if self.shared.cluster.is_some() {
+            self.say_blocked_in_cluster(tasks, ctx);
             return self.arm_queue_timeouts(tasks, ctx);
         }
         let entries = self.ready_entries(tasks, ctx);

@@ -66,7 +66,7 @@ fn a_node_registers_owns_what_it_creates_and_leaves() {
 /// Nodes started on one database, each with a state dir of its own: `(name, workers, labels)`.
 struct Cluster {
     nodes: Vec<EngineHandle>,
-    _dirs: Vec<tempfile::TempDir>,
+    dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -84,7 +84,7 @@ impl Cluster {
             handles.push(handle);
             dirs.push(dir);
         }
-        Cluster { nodes: handles, _dirs: dirs }
+        Cluster { nodes: handles, dirs }
     }
 
     async fn stop(self) {
@@ -233,6 +233,8 @@ retry = {{ max_attempts = 2, initial_interval = "50ms", backoff = 1.0, jitter = 
         assert!(names.contains(&expected), "the owner did not say {expected}: {names:?}");
     }
     assert!(b_events.iter().all(|e| e.job_run != Some(id)), "b decided something: {b_events:?}");
+    // b has the label `remote`: the owner, lacking it, does not call the task run blocked.
+    assert!(!a_events.iter().any(|e| matches!(e.data, EventData::TaskBlocked { .. })), "{a_events:?}");
     let b_id = node_id(&db, "b");
     let attempts = db.psql(&format!(
         "SELECT a.n, a.node FROM attempts a JOIN task_runs t ON t.id = a.task_run WHERE t.job_run = {id} ORDER BY a.n"
@@ -373,10 +375,17 @@ fn a_task_run_nobody_claims_times_out_on_its_owner() {
     let Some(db) = TestDb::get() else { return };
     let text = "[jobs.j.tasks.gpu]\nrequires = [\"gpu\"]\nqueue_timeout = \"300ms\"\nrun = \"true\"\n";
     let started = std::time::Instant::now();
-    let (id, _) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &[])], JobState::Failed);
+    let (id, events) = run_on_first(&db, text, &[("a", 1, &[]), ("b", 1, &[])], JobState::Failed);
     assert!(started.elapsed() < Duration::from_secs(20));
     let (task, attempts) = records(&db, id).pop().expect("the task run");
     assert_eq!((task.state, task.reason, attempts.len()), (TaskState::Dead, Some(FailReason::QueueTimeout), 0));
+    // No live node has `gpu`: its owner said so once, as one node does (`task.blocked`).
+    let blocked: Vec<&EngineEvent> =
+        events[0].iter().filter(|e| matches!(e.data, EventData::TaskBlocked { .. })).collect();
+    assert_eq!(blocked.len(), 1, "{:?}", events[0]);
+    assert_eq!((blocked[0].job_run, blocked[0].task_run), (Some(id), Some(task.id)));
+    let EventData::TaskBlocked { requires, node_labels } = &blocked[0].data else { unreachable!() };
+    assert_eq!((requires.as_slice(), node_labels.as_slice()), (&["gpu".to_string()][..], &[][..]));
 }
 
 /// Start times the tasks wrote (ns), with the state dir of the node each ran on.
@@ -554,4 +563,59 @@ fn a_nodes_subscribers_see_the_events_of_job_runs_another_node_owns() {
         assert_eq!(names(&seen), names(&on_a), "each of a's events once, in a's order");
         cluster.stop().await;
     });
+}
+
+/// Every attempt row names the node that ran it (`attempts.node`), the owner's own attempts
+/// too (they were NULL): each task writes its task run, attempt and state dir, and the rows say
+/// the same node, for a first attempt and a retry, on the owner and on the others.
+#[test]
+fn every_attempt_row_names_the_node_that_ran_it() {
+    let Some(db) = TestDb::get() else { return };
+    let out = crate::state_dir::private_tempdir();
+    let (ran, marker) = (out.path().join("ran"), out.path().join("failed-once"));
+    let report = format!("echo $GAFFER_TASK_RUN_ID $GAFFER_ATTEMPT \\\"$GAFFER_STATE_DIR\\\" >> '{}'", ran.display());
+    let mut text = format!(
+        "[jobs.j.tasks.flaky]\nrun = \"{report}; test -e '{m}' || {{ touch '{m}'; exit 3; }}\"\n\
+         retry = {{ max_attempts = 2, initial_interval = \"50ms\", backoff = 1.0, jitter = 0.0 }}\n",
+        m = marker.display()
+    );
+    for n in 0..9 {
+        text.push_str(&format!("[jobs.j.tasks.t{n}]\nrun = \"{report}; sleep 0.2\"\n"));
+    }
+    let system = actix::System::new();
+    let (id, dirs) = system.block_on(async {
+        let cluster = Cluster::start(&db, &text, &[("a", 2, &[]), ("b", 2, &[]), ("c", 2, &[])]).await;
+        let a = &cluster.nodes[0];
+        let id =
+            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+        let ended = tokio::time::timeout(Duration::from_secs(60), a.wait(vec![id])).await.expect("ended in 60 s");
+        assert_eq!(ended.expect("wait"), [(id, JobState::Succeeded)]);
+        let dirs: Vec<(String, std::path::PathBuf)> =
+            ["a", "b", "c"].iter().zip(&cluster.dirs).map(|(n, d)| (n.to_string(), d.path().to_path_buf())).collect();
+        cluster.stop().await;
+        (id, dirs)
+    });
+    let node_of_dir = |dir: &str| {
+        let found = dirs.iter().find(|(_, d)| d.to_str() == Some(dir));
+        found.map(|(name, _)| name.clone()).unwrap_or_else(|| panic!("no node has state dir {dir}"))
+    };
+    let mut expected: Vec<String> = lines(&ran)
+        .iter()
+        .map(|l| {
+            let mut words = l.splitn(3, ' ');
+            let (task_run, n, dir) = (words.next(), words.next(), words.next());
+            format!("{}|{}|{}", task_run.expect("id"), n.expect("attempt"), node_of_dir(dir.expect("dir")))
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(expected.len(), 11, "ten tasks, one retried: {expected:?}");
+    let rows = db.psql(&format!(
+        "SELECT a.task_run || '|' || a.n || '|' || coalesce(n.name, 'NULL') FROM attempts a \
+         JOIN task_runs t ON t.id = a.task_run LEFT JOIN nodes n ON n.id = a.node \
+         WHERE t.job_run = {id} ORDER BY 1"
+    ));
+    let mut rows: Vec<String> = rows.split_whitespace().map(str::to_string).collect();
+    rows.sort();
+    assert_eq!(rows, expected, "attempt rows (task run|n|node) against where each attempt ran");
+    assert!(rows.iter().any(|r| r.ends_with("|a")), "the owner ran none itself: {rows:?}");
 }

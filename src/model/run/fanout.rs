@@ -219,7 +219,7 @@ impl<E: Env> Step<'_, E> {
     }
 
     /// The node (the fanned-out task's own run, same task and iteration) of item run `r`.
-    fn node_of(&self, r: usize) -> Option<usize> {
+    pub(super) fn node_of(&self, r: usize) -> Option<usize> {
         let t = &self.s.tasks[r];
         let same = |n: &usize| self.s.tasks[*n].task_index == t.task_index && self.s.tasks[*n].iteration == t.iteration;
         self.s.fanouts.keys().copied().find(same)

@@ -574,3 +574,27 @@ fn a_retried_dead_item_waits_for_a_slot_while_its_fan_out_runs() {
          ok fan[0] => fan[0] succeeded, fan succeeded, sum queued, enqueue sum",
     );
 }
+
+/// `retry jN` of a fan-out whose items died names the node and its items; the node's retry is
+/// its items', and each item is reopened and said once (it was said twice: "queued again" by
+/// the node's retry, then "reopened with its fan-out" for itself).
+#[test]
+fn a_whole_run_retry_of_a_dead_fan_out_says_each_item_once() {
+    let job = FAN.replace("max_attempts = 2", "max_attempts = 1").replace("for_each_concurrency = 2\n", "");
+    let mut s = new_run(&job);
+    let mut driver = Driver::new();
+    for line in ["begin", "claim fan[0]", "claim fan[1]", "claim fan[2]", "fail fan[0] 3", "fail fan[1] 3", "ok fan[2]"]
+    {
+        driver.line(&mut s, line);
+    }
+    assert_eq!(s.job_run.state, JobState::Failed);
+    let fx = driver.line(&mut s, "retry-all");
+    let (a, b) = (id_of(&s, "fan[0]"), id_of(&s, "fan[1]"));
+    let answer = format!("task run {a} queued again (attempt 2 next)\ntask run {b} queued again (attempt 2 next)");
+    assert_eq!(fx.reply, Some(Ok(answer)));
+    let state = |name: &str| s.tasks[s.idx(id_of(&s, name)).expect("known")].state;
+    assert_eq!(
+        [state("fan[0]"), state("fan[1]"), state("fan[2]")],
+        [TaskState::Queued, TaskState::Queued, TaskState::Succeeded]
+    );
+}

@@ -896,8 +896,13 @@ impl<E: Env> Step<'_, E> {
     /// The plan's task runs get a fresh series of attempts.
     fn retry(&mut self, plan: RetryPlan) -> Result<String, String> {
         let mut said = self.raise_budgets(&plan);
-        for id in plan.task_runs {
-            let Some(i) = self.s.idx(id) else { continue };
+        let named: Vec<usize> = plan.task_runs.iter().filter_map(|&id| self.s.idx(id)).collect();
+        for &i in &named {
+            // A fanned-out node's retry is its failed items' (`retry_extra`): an item whose node
+            // the plan names too is reopened, and said, once — by its node.
+            if self.s.tasks[i].item_index.is_some() && self.node_of(i).is_some_and(|node| named.contains(&node)) {
+                continue;
+            }
             said.push(self.retry_task(i)?);
         }
         Ok(said.join("\n"))

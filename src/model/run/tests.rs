@@ -124,7 +124,7 @@ fn run_name(t: &TaskRun) -> String {
 
 /// One script line as an input: `begin`, `claim a`, `ok a`, `fail a 2` (exit code),
 /// `cached a none|MS` (the answer to reading a's cache: nothing, or a success at MS),
-/// `end a reason`, `timer a`, `qtimeout a` (its `queue_timeout`), `cancel [a]`, `retry a`, `from a` (`retry --from`), `signal go`,
+/// `end a reason`, `timer a`, `qtimeout a` (its `queue_timeout`), `cancel [a]`, `retry a`, `retry-all` (`retry jN`), `from a` (`retry --from`), `signal go`,
 /// `cost a 600000`, `stop`.
 fn input_of(s: &RunState, line: &str) -> Input {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -155,6 +155,12 @@ fn input_of(s: &RunState, line: &str) -> Input {
         ["cancel", _] => Input::Cancel { task_run: Some(task(1)) },
         ["retry", _] => {
             Input::Retry { plan: crate::model::retry::RetryPlan { task_runs: vec![task(1)], ..Default::default() } }
+        }
+        // `retry jN`: the whole run's dead and cancelled task runs, as `model::retry::plan` names them.
+        ["retry-all"] => {
+            let states: Vec<(u64, TaskState)> = s.tasks.iter().map(|t| (t.id, t.state)).collect();
+            let task_runs = crate::model::retry::retryable(s.job_run.id, &states, None).expect("something to retry");
+            Input::Retry { plan: crate::model::retry::RetryPlan { task_runs, ..Default::default() } }
         }
         ["from", task] => {
             let tasks = crate::model::rerun::plan_from(&s.graph, &s.states_for_rerun(), task)

@@ -328,6 +328,7 @@ fn merged_statements(
                 Box::new(a.iter().map(|a| to_db(a.task_run)).collect::<Vec<_>>()),
                 Box::new(a.iter().map(|a| a.n as i32).collect::<Vec<_>>()),
                 Box::new(records),
+                Box::new(owner.map(to_db)),
             ],
         ));
     }
@@ -436,9 +437,19 @@ fn put_task_runs(with_spec: bool) -> String {
                      WHEN task_runs.state = 'running' THEN task_runs.node ELSE excluded.node END{set}"
     )
 }
-const PUT_ATTEMPTS: &str = "INSERT INTO attempts (task_run, n, record) \
-     SELECT * FROM unnest($1::bigint[], $2::int4[], $3::bytea[]) \
-     ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record";
+/// Attempts: the arrays `$1`–`$3`, `$4` the node. With a node, each row names the node that
+/// runs the attempt — the task run's `node` while it runs as that attempt (a claim's, or this
+/// node's own start that [`PUT_TASK_RUNS`] wrote just before, in the same group), else the
+/// node the row already names (the runner's fenced completion wrote it, `queue::COMPLETE`, and
+/// cleared the task run's), else this node. A plain store (`$4` NULL) never writes `node`.
+const PUT_ATTEMPTS: &str = "INSERT INTO attempts AS a (task_run, n, node, record) \
+     SELECT r.task_run, r.n, \
+       CASE WHEN $4::bigint IS NOT NULL THEN coalesce((SELECT t.node FROM task_runs t \
+         WHERE t.id = r.task_run AND t.attempt = r.n), $4::bigint) END, r.record \
+     FROM unnest($1::bigint[], $2::int4[], $3::bytea[]) AS r(task_run, n, record) \
+     ON CONFLICT (task_run, n) DO UPDATE SET record = excluded.record, \
+     node = CASE WHEN $4::bigint IS NULL THEN a.node ELSE coalesce((SELECT t.node FROM task_runs t \
+       WHERE t.id = excluded.task_run AND t.attempt = excluded.n), a.node, excluded.node) END";
 const PUT_SPECS: &str = "UPDATE task_runs t SET spec = s.spec \
      FROM unnest($1::bigint[], $2::bytea[]) AS s(id, spec) WHERE t.id = s.id";
 /// Taken only as `model::schedule::fire_accepted` says; otherwise no row is written.
