@@ -59,6 +59,9 @@ pub struct JobRun {
     /// Those of them that ran on another node, which died (adoption): no process of this
     /// machine is theirs.
     interrupted_elsewhere: std::collections::HashSet<u64>,
+    /// Those of them claimed by a node that died before this job run's owner heard them start
+    /// (`model::lease::DeadRunner::Unheard`): queued in the record, claimed here first.
+    interrupted_unheard: std::collections::HashSet<u64>,
     /// Another node owns this job run now (a commit was fenced out, or this node's lease ran
     /// out): nothing more is committed, and the actor stops (`fenced.rs`).
     fenced: bool,
@@ -219,6 +222,7 @@ impl JobRun {
             .collect();
         let crashes_before = interrupted.iter().map(|i| (i.attempt.task_run, i.crashes_before)).collect();
         let interrupted_elsewhere = interrupted.iter().filter(|i| i.elsewhere).map(|i| i.attempt.task_run).collect();
+        let interrupted_unheard = interrupted.iter().filter(|i| i.unheard).map(|i| i.attempt.task_run).collect();
         let interrupted = interrupted.into_iter().map(|i| i.attempt).collect();
         let tasks = tasks.into_iter().map(run::TaskRun::from).collect();
         let run = RunState::new(workflow, job_index, (&record).into(), tasks, raised.into());
@@ -230,6 +234,7 @@ impl JobRun {
             pids_unwritten: Default::default(),
             interrupted,
             interrupted_elsewhere,
+            interrupted_unheard,
             fenced: false,
             crashes_before,
             finished: false,
@@ -857,6 +862,15 @@ impl JobRun {
     /// A run found unfinished in the store: timers and queues re-armed, interrupted attempts
     /// ended (their process groups killed if still alive), and the graph settled.
     fn resume(&mut self, ctx: &mut Context<Self>) {
+        // Unheard claims first: each becomes the attempt it was (then `interrupted`), not a
+        // queued task run to enqueue again.
+        let unheard = std::mem::take(&mut self.interrupted_unheard);
+        let (claims, interrupted) =
+            std::mem::take(&mut self.interrupted).into_iter().partition(|a| unheard.contains(&a.task_run));
+        self.interrupted = interrupted;
+        for attempt in claims {
+            self.record_unheard(ctx, attempt.task_run, attempt.n);
+        }
         self.step(ctx, Input::Resume, Vec::new(), Vec::new());
         self.end_from_rows_unless_mailed(ctx);
         for mut attempt in std::mem::take(&mut self.interrupted) {
@@ -883,6 +897,9 @@ impl JobRun {
         self.step(ctx, Input::Settle, Vec::new(), Vec::new());
     }
 }
+
+/// The detail of an attempt whose node died before its job run's owner heard it start.
+pub(super) const UNHEARD: &str = "its node died before its start was heard";
 
 /// How long an adopter waits for the `Ended` letter of an attempt that another node already
 /// completed (its row says so) before it takes the outcome from the row.
@@ -936,6 +953,9 @@ pub struct Interrupted {
     /// An adopted job run's attempt that was not interrupted: it still runs on that live node,
     /// or ended there (`None`) and its `Ended` letter is on its way to whoever owns the run.
     pub goes_on: Option<Option<i64>>,
+    /// Claimed by a node that died before the owner heard it start (`model::lease::
+    /// DeadRunner::Unheard`): the record says `queued` at the attempt before this one.
+    pub unheard: bool,
 }
 
 impl Interrupted {
@@ -948,7 +968,15 @@ impl Interrupted {
             .take_while(|a| a.reason == Some(FailReason::Interrupted))
             .count();
         let crashes_before = u32::try_from(in_a_row).unwrap_or(u32::MAX);
-        Interrupted { attempt, crashes_before, elsewhere: false, goes_on: None }
+        Interrupted { attempt, crashes_before, elsewhere: false, goes_on: None, unheard: false }
+    }
+
+    /// Attempt `n` of task run `t` (queued at `n - 1` in its record), claimed by node that died
+    /// before its owner heard it start: it counts as a crash like any attempt its node took down.
+    pub fn unheard(t: &TaskRunRecord, n: u32, earlier: &[AttemptRecord], now_ms: u64) -> Interrupted {
+        let claimed = TaskRunRecord { attempt: n, ..t.clone() };
+        let attempt = AttemptRecord::started(t.id, t.job_run, n, now_ms);
+        Interrupted { elsewhere: true, unheard: true, ..Interrupted::of(attempt, &claimed, earlier) }
     }
 }
 

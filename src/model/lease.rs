@@ -241,6 +241,39 @@ pub fn orphaned_attempt(fence: Fence, node_live: bool) -> Option<(NodeId, u32)> 
     }
 }
 
+/// What the owner of a job run (or the node that adopts it) does about a task run whose row the
+/// store holds `running` at attempt `fence.attempt` on a node that is dead, given its own record
+/// of that task run (`record_state`, `record_attempt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadRunner {
+    /// Nothing: the row is not an orphan (its node is live, or none runs it).
+    Nothing,
+    /// The owner heard attempt `n` start: it is recorded `interrupted` and retried by policy.
+    Interrupted(u32),
+    /// The node claimed attempt `n` and died before the owner heard it start (the owner's
+    /// record is still `queued` at `n - 1`; the claimer may have been the owner itself, paused
+    /// or killed before its `running` commit): attempt `n` is recorded all the same, started
+    /// and `interrupted`, and retried by policy as attempt `n + 1`. It may have run: its number
+    /// is never given again, and its late outcome is refused ([`outcome_accepted`]: the task run
+    /// is no longer running as attempt `n` on that node).
+    Unheard(u32),
+    /// The owner's record and the row disagree in a way no claim explains (the owner's own
+    /// decision not yet committed, or never seen): the row is written back as the record says,
+    /// so it does not stay `running` with nobody running it.
+    WriteBack,
+}
+
+/// [`DeadRunner`] for the row `fence`, whose node is live or not (`node_live`), and the owner's
+/// record of the task run. SQL (finding the rows): [`orphaned_attempt`]'s.
+pub fn dead_runner(fence: Fence, node_live: bool, record_state: TaskState, record_attempt: u32) -> DeadRunner {
+    let Some((_, n)) = orphaned_attempt(fence, node_live) else { return DeadRunner::Nothing };
+    match record_state {
+        TaskState::Running if record_attempt == n => DeadRunner::Interrupted(n),
+        TaskState::Queued if record_attempt.checked_add(1) == Some(n) => DeadRunner::Unheard(n),
+        _ => DeadRunner::WriteBack,
+    }
+}
+
 /// What follows an attempt interrupted by its node dying: it counts as an attempt of the series
 /// (and as a crash in a row, so a task run that kills its nodes is quarantined as `poison`),
 /// then the retry policy decides, as for any failed attempt.
@@ -385,6 +418,49 @@ mod tests {
         assert_eq!(orphaned_attempt(running, true), None);
         assert_eq!(orphaned_attempt(fence(TaskState::Running, None, 3), false), None, "ended, awaiting decision");
         assert_eq!(orphaned_attempt(fence(TaskState::Queued, Some(7), 3), false), None);
+    }
+
+    #[test]
+    fn a_dead_runners_attempt_counts_whether_or_not_its_owner_heard_it_start() {
+        use DeadRunner::*;
+        use TaskState::*;
+        let on_dead = |attempt| fence(Running, Some(7), attempt);
+        // (row, runner live, record state, record attempt) → what the owner does.
+        let table = [
+            (on_dead(3), false, Running, 3, Interrupted(3)), // heard: the usual orphan
+            (on_dead(3), false, Queued, 2, Unheard(3)),      // claimed, never heard: counts as 3
+            (on_dead(1), false, Queued, 0, Unheard(1)),      // the very first attempt
+            (on_dead(3), true, Queued, 2, Nothing),          // a live runner: its `Started` is on its way
+            (on_dead(3), true, Running, 3, Nothing),         // runs on a live node
+            (fence(Running, None, 3), false, Running, 3, Nothing), // ended, awaiting the owner
+            (fence(Queued, Some(7), 3), false, Queued, 3, Nothing), // not running
+            (on_dead(3), false, Retrying, 4, WriteBack),     // the owner decided past it, uncommitted
+            (on_dead(3), false, Queued, 3, WriteBack),       // likewise (its claim would be 4)
+            (on_dead(3), false, Queued, 1, WriteBack),       // two attempts apart: no claim does that
+            (on_dead(3), false, Cancelled, 2, WriteBack),    // cancelled before the claim was heard
+            (on_dead(3), false, Running, 2, WriteBack),
+        ];
+        for (row, live, state, attempt, want) in table {
+            assert_eq!(dead_runner(row, live, state, attempt), want, "{row:?} live={live} {state:?} {attempt}");
+        }
+    }
+
+    /// An unheard attempt `n` recorded, then retried as `n + 1`: the dead claimer's outcome of
+    /// `n`, reported late, is refused whether the retry is queued or claimed by another node.
+    #[test]
+    fn an_unheard_attempts_late_outcome_is_refused() {
+        assert_eq!(
+            dead_runner(fence(TaskState::Running, Some(7), 3), false, TaskState::Queued, 2),
+            DeadRunner::Unheard(3)
+        );
+        // The owner committed attempt 3 interrupted and queued the retry: the row is queued at 3.
+        let retried = fence(TaskState::Queued, None, 3);
+        assert_eq!(outcome_accepted(retried, 7, 3, true), Err(Refused::NotRunning));
+        // Another node claimed it: attempt 4 there.
+        let claimed = claim(retried, &[], &[], 8, true).expect("claimable");
+        assert_eq!(claimed.attempt, 4, "the number 3 is not given again");
+        assert_eq!(outcome_accepted(claimed, 7, 3, true), Err(Refused::StaleAttempt));
+        assert_eq!(outcome_accepted(claimed, 7, 3, false), Err(Refused::StaleAttempt));
     }
 
     #[test]

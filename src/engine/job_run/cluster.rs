@@ -13,6 +13,7 @@ use crate::engine::EventData;
 use crate::engine::cluster::{QueuedSpec, SecretFields, secret_fields};
 use crate::executor::{AttemptExit, KILL_GRACE};
 use crate::model::cost::CostDelta;
+use crate::model::lease::{DeadRunner, Fence, dead_runner};
 use crate::model::run::Input;
 use crate::model::{FailReason, TaskState, policy};
 use crate::store::pg::mail::{Letter, Mail, Received};
@@ -116,6 +117,34 @@ impl JobRun {
         self.persist_then(ctx, writes, Vec::new(), |_, _| {});
     }
 
+    /// Attempt `n` of `task_run` was claimed by a node that died before this owner heard it
+    /// start (`model::lease::DeadRunner::Unheard`): the core claims it here, so that it is
+    /// attempt `n`, committed as started on that node (the row keeps the claimer as its node,
+    /// and so does the attempt's row), then recorded `interrupted` and retried by policy as
+    /// `n + 1`. A claim the core does not grant (cancelled, budget spent, stopping) is written
+    /// back as the task run is here.
+    pub(super) fn record_unheard(&mut self, ctx: &mut Context<Self>, task_run: u64, n: u32) {
+        let next = self.idx(task_run).map(|i| &self.run.tasks[i]).filter(|t| t.state == TaskState::Queued);
+        let granted = match next.is_some_and(|t| t.attempt + 1 == n) {
+            true => self.step(ctx, Input::Claim { task_run }, Vec::new(), Vec::new()).claimed,
+            false => None,
+        };
+        let Some(granted) = granted.filter(|g| g.attempt == n) else { return self.refuse_claim(ctx, task_run) };
+        let mut attempt = AttemptRecord::started(task_run, self.record.id, n, self.now());
+        attempt.model = granted.model;
+        self.running.insert(task_run, (attempt.clone(), None));
+        let writes = vec![Mutation::TaskRun(self.task_record(granted.task)), Mutation::Attempt(attempt)];
+        // Its end in a commit of its own after this one: in the same group, the row's last
+        // write (queued, no node) would name this node as the attempt's.
+        self.persist_then(ctx, writes, Vec::new(), move |act, ctx| {
+            let still = matches!(act.running.get(&task_run), Some((a, None)) if a.n == n);
+            let Some((mut attempt, _)) = still.then(|| act.running.remove(&task_run)).flatten() else { return };
+            act.note_if_idle();
+            attempt.detail = Some(super::UNHEARD.into());
+            act.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
+        });
+    }
+
     /// A graceful stop in a cluster: the queued task runs among `tasks` lose their rendered
     /// spec, so no node runs them while this owner stops (a node that claims one gives it back,
     /// `queue::give_back`); the node that adopts the run renders them again when it resumes it.
@@ -217,23 +246,31 @@ pub struct RunnerDied {
 impl Handler<RunnerDied> for JobRun {
     type Result = ();
 
+    /// What happens is `model::lease::dead_runner`'s: an attempt heard of ends `interrupted`;
+    /// one claimed but never heard of (a node killed or paused while it starts it) is recorded
+    /// as that attempt, `interrupted`, so its number is not given again; a row no claim explains
+    /// is written back as the task run is here.
     fn handle(&mut self, msg: RunnerDied, ctx: &mut Self::Context) {
-        let remote =
-            matches!(self.running.get(&msg.task_run), Some((a, Some(Runner::Remote(_)))) if a.n == msg.attempt);
-        if !remote {
-            // Claimed by a node that died before this owner heard it start (a node killed while
-            // it starts up): written back as the owner sees it, as an adopter does
-            // (`claimed_unheard`), so that it is claimed again instead of staying `running`.
-            let unheard = self.idx(msg.task_run).map(|i| &self.run.tasks[i]);
-            if unheard.is_some_and(|t| t.state == TaskState::Queued && t.attempt + 1 == msg.attempt) {
-                self.refuse_claim(ctx, msg.task_run);
+        let Some(i) = self.idx(msg.task_run) else { return };
+        let (state, attempt) = (self.run.tasks[i].state, self.run.tasks[i].attempt);
+        // The store found it running on a dead node (`orphaned_attempts_of`; which one does not
+        // matter here).
+        let fence = Fence { state: TaskState::Running, node: Some(0), attempt: msg.attempt };
+        match dead_runner(fence, false, state, attempt) {
+            DeadRunner::Interrupted(n) => {
+                let remote = matches!(self.running.get(&msg.task_run), Some((a, Some(Runner::Remote(_)))) if a.n == n);
+                let Some((mut attempt, _)) = remote.then(|| self.running.remove(&msg.task_run)).flatten() else {
+                    return;
+                };
+                self.note_if_idle();
+                attempt.detail = Some("its node died while it ran".into());
+                self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
             }
-            return;
+            DeadRunner::Unheard(n) => self.record_unheard(ctx, msg.task_run, n),
+            // Not a running attempt here, nor a claim of the next one: as the owner has it.
+            DeadRunner::WriteBack => self.refuse_claim(ctx, msg.task_run),
+            DeadRunner::Nothing => {}
         }
-        let Some((mut attempt, _)) = self.running.remove(&msg.task_run) else { return };
-        self.note_if_idle();
-        attempt.detail = Some("its node died while it ran".into());
-        self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
     }
 }
 

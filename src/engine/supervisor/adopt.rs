@@ -5,7 +5,6 @@
 //! lease ran out it does `model::lease::expired_duties`: its JobRun actors stop without
 //! committing, killing their attempts, and the node rejoins under a new id.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -15,8 +14,9 @@ use super::reads::{Reading, StoredRun, stored_run};
 use crate::engine::EngineError;
 use crate::engine::cluster::ClusterNode;
 use crate::engine::job_run::Disown;
-use crate::engine::job_run::{EndedUnmailed, RunnerDied};
-use crate::model::lease::{expired_duties, renew_every_ms};
+use crate::engine::job_run::{EndedUnmailed, Interrupted, RunnerDied};
+use crate::model::TaskState;
+use crate::model::lease::{DeadRunner, Fence, dead_runner, expired_duties, renew_every_ms};
 use crate::store::pg::adopt::{
     RunningAttempt, adopt_orphaned_job_runs, ended_unmailed_of, orphaned_attempts_of, running_attempts,
 };
@@ -110,12 +110,12 @@ impl Supervisor {
                 return Ok(Vec::new());
             }
             let snapshot = shared.store.snapshot()?;
+            let now = shared.clock.now_ms();
             let (mut stored, mut reset) = (Vec::new(), Vec::new());
             for (job_run, running) in runs {
                 let Some(record) = snapshot.job_run(job_run)? else { continue };
-                let run = stored_run(&*snapshot, record, in_use)?;
-                let orphaned: HashSet<u64> = running.iter().filter(|r| r.orphaned).map(|r| r.task_run).collect();
-                reset.extend(claimed_unheard(&run, &orphaned));
+                let mut run = stored_run(&*snapshot, record, in_use)?;
+                reset.extend(dead_runners(&*snapshot, &mut run, &running, now)?);
                 stored.push(adopted_run(run, &running));
             }
             drop(snapshot);
@@ -221,11 +221,33 @@ fn adopt(node: &ClusterNode) -> Result<Vec<(u64, Vec<RunningAttempt>)>, EngineEr
         .collect())
 }
 
-/// Rows a dead node claimed before the owner heard it started them (`running` on that node,
-/// the owner's record not): written back as the owner sees them, so they can be claimed again.
-fn claimed_unheard(run: &StoredRun, orphaned: &HashSet<u64>) -> Vec<crate::store::Mutation> {
-    let unheard = run.tasks.iter().filter(|t| orphaned.contains(&t.id) && t.state != crate::model::TaskState::Running);
-    unheard.cloned().map(crate::store::Mutation::TaskRun).collect()
+/// `model::lease::dead_runner` over the adopted run's rows on dead nodes. A row a dead node
+/// claimed before the owner heard it start (`running` on that node, the owner's record `queued`
+/// one attempt before) joins the run's interrupted attempts as that attempt (the resumed JobRun
+/// claims it, then records it `interrupted`, and the policy retries it as the next one), so an
+/// attempt number is never given twice. A row no claim explains is written back as the owner's
+/// record says (returned), so it does not stay `running` with nobody running it.
+fn dead_runners(
+    snapshot: &dyn crate::store::Snapshot,
+    run: &mut StoredRun,
+    running: &[RunningAttempt],
+    now_ms: u64,
+) -> Result<Vec<crate::store::Mutation>, EngineError> {
+    let mut write_back = Vec::new();
+    for r in running.iter().filter(|r| r.orphaned) {
+        let Some(t) = run.tasks.iter().find(|t| t.id == r.task_run) else { continue };
+        let fence = Fence { state: TaskState::Running, node: r.node, attempt: r.attempt };
+        match dead_runner(fence, false, t.state, t.attempt) {
+            DeadRunner::Unheard(n) => {
+                let earlier = snapshot.attempts_of(t.id)?;
+                run.interrupted.push(Interrupted::unheard(t, n, &earlier, now_ms));
+            }
+            DeadRunner::WriteBack => write_back.push(crate::store::Mutation::TaskRun(t.clone())),
+            // Heard of: `stored_run` found it among the interrupted attempts already.
+            DeadRunner::Interrupted(_) | DeadRunner::Nothing => {}
+        }
+    }
+    Ok(write_back)
 }
 
 /// The adopted run as the resume path takes it: only attempts that ran on a dead node are
@@ -233,7 +255,7 @@ fn claimed_unheard(run: &StoredRun, orphaned: &HashSet<u64>) -> Vec<crate::store
 /// stays running, or ended there and its `Ended` letter is still to be read: the new owner
 /// awaits it as the old one did.
 fn adopted_run(mut run: StoredRun, running: &[RunningAttempt]) -> StoredRun {
-    for i in &mut run.interrupted {
+    for i in run.interrupted.iter_mut().filter(|i| !i.unheard) {
         i.elsewhere = true;
         let found = running.iter().find(|r| r.task_run == i.attempt.task_run);
         if let Some(r) = found.filter(|r| !r.orphaned) {

@@ -189,10 +189,10 @@ fn a_node_that_lost_its_lease_kills_its_attempts_and_rejoins_under_a_new_id() {
 }
 
 /// A node claimed a task run of another node's job run and died before its owner heard it
-/// started it; then the owner died too. The adopter writes the row back as the owner saw it
-/// (queued), so it is claimed again and runs.
+/// started it; then the owner died too. The adopter records that claim as attempt 1,
+/// `interrupted` (it may have run), and the policy retries it as attempt 2, which runs.
 #[test]
-fn a_claim_its_owner_never_heard_of_is_put_back_by_the_adopter() {
+fn a_claim_its_owner_never_heard_of_counts_as_an_interrupted_attempt_for_the_adopter() {
     let Some(db) = TestDb::get() else { return };
     let (dir_a, dir_b) = (crate::state_dir::private_tempdir(), crate::state_dir::private_tempdir());
     let text = "[jobs.j.tasks.gpu]\nrun = \"true\"\nrequires = [\"gpu\"]\n";
@@ -229,16 +229,15 @@ fn a_claim_its_owner_never_heard_of_is_put_back_by_the_adopter() {
         assert_eq!(ended.expect("ended in time").expect("wait"), [(j, JobState::Succeeded)]);
         handle.shutdown().await;
     });
-    let attempts = db
-        .psql(&format!("SELECT count(*) FROM attempts a JOIN task_runs t ON t.id = a.task_run WHERE t.job_run = {j}"));
-    assert_eq!(attempts.trim(), "1", "X's unheard claim left no attempt; B's run is the first");
+    assert_unheard_then_retried(&db, j, x.0.id);
 }
 
 /// A node claimed a task run of a live owner's job run and died before the owner heard it
-/// started it (paused between its process's start and its `Started` letter): the owner writes
-/// the row back (queued) when it finds the runner dead, so another node claims it and runs it.
+/// started it (paused between its process's start and its `Started` letter): the owner records
+/// that claim as attempt 1, `interrupted`, when it finds the runner dead, and another node runs
+/// the retry, attempt 2.
 #[test]
-fn a_claim_a_live_owner_never_heard_of_is_put_back_when_its_runner_dies() {
+fn a_claim_a_live_owner_never_heard_of_counts_as_an_interrupted_attempt_when_its_runner_dies() {
     let Some(db) = TestDb::get() else { return };
     let (dir_a, dir_b) = (crate::state_dir::private_tempdir(), crate::state_dir::private_tempdir());
     let text = "[settings]\nlease = \"3s\"\n[jobs.j.tasks.gpu]\nrun = \"true\"\nrequires = [\"gpu\"]\n";
@@ -279,7 +278,21 @@ fn a_claim_a_live_owner_never_heard_of_is_put_back_when_its_runner_dies() {
     });
     die.send(()).expect("A is running");
     a.join().expect("A's thread");
-    let attempts = db
-        .psql(&format!("SELECT count(*) FROM attempts a JOIN task_runs t ON t.id = a.task_run WHERE t.job_run = {j}"));
-    assert_eq!(attempts.trim(), "1", "X's unheard claim left no attempt; B's run is the first");
+    assert_unheard_then_retried(db, j, x.0.id);
+}
+
+/// X's unheard claim is attempt 1, `interrupted` with the detail saying so and X as its node;
+/// attempt 2 succeeded on another node; no attempt number was given twice.
+fn assert_unheard_then_retried(db: &TestDb, j: u64, x: i64) {
+    let rows = db.psql(&format!(
+        "SELECT a.n, a.node = {x}, t.attempt, t.state FROM attempts a JOIN task_runs t ON t.id = a.task_run \
+         WHERE t.job_run = {j} ORDER BY a.n"
+    ));
+    assert_eq!(rows.trim(), "1|t|2|succeeded\n2|f|2|succeeded", "attempts of j{j}");
+    let snapshot = PgBackend::open(&db.url, PgOptions::default()).expect("open").snapshot().expect("snapshot");
+    let t = snapshot.task_runs_of(j).expect("read").pop().expect("a task run");
+    let attempts = snapshot.attempts_of(t.id).expect("read");
+    assert_eq!(attempts[0].reason, Some(FailReason::Interrupted));
+    assert_eq!(attempts[0].detail.as_deref(), Some("its node died before its start was heard"));
+    assert_eq!(attempts[1].reason, None);
 }
