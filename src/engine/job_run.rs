@@ -1065,10 +1065,13 @@ impl Handler<Claim> for JobRun {
             }
             return nothing();
         };
+        // Claimed from the cluster's queue: the claim's commit made it `running` on this node
+        // as this attempt; it stands for the owner's own `running`.
+        let in_store = msg.attempt.is_some() && self.shared.cluster.is_some();
         if !self.run.def(i).is_templated() {
             // Nothing to render: the spec is ready now, and `running` is committed at once.
             return match render() {
-                Ok(spec) => self.commit_claim(ctx, i, attempt, spec),
+                Ok(spec) => self.commit_claim(ctx, i, attempt, spec, in_store),
                 Err(e) => {
                     self.template_failed(ctx, task_run, &e);
                     nothing()
@@ -1079,7 +1082,7 @@ impl Handler<Claim> for JobRun {
         let blocking = tokio::task::spawn_blocking(render);
         let rendered = async move { blocking.await.map_err(|e| format!("rendering stopped: {e}"))? };
         Box::pin(rendered.into_actor(self).then(move |rendered, act, ctx| match rendered {
-            Ok(spec) => act.commit_claim(ctx, i, attempt, spec),
+            Ok(spec) => act.commit_claim(ctx, i, attempt, spec, in_store),
             Err(e) => {
                 act.template_failed(ctx, task_run, &e);
                 nothing()
@@ -1135,18 +1138,32 @@ impl JobRun {
     }
 
     /// `running` + the attempt number become durable; only then does the worker get the spec.
+    /// `in_store`: they are already — a claim from the cluster's queue committed the task run
+    /// `running` on this node as this attempt (`store::pg::queue::claim`) — so the worker gets
+    /// the spec now and the owner's records (the task run, the attempt) follow in its next
+    /// commit, often with the attempt's end. If this node dies or is paused past its lease
+    /// before that commit, the row is `running` on a dead node while the owner's committed
+    /// record says `queued`: whoever finds it records that attempt `interrupted`
+    /// (`model::lease::DeadRunner::Unheard`), so its number is never given again.
     fn commit_claim(
         &mut self,
         ctx: &mut Context<Self>,
         i: usize,
         attempt: AttemptRecord,
         spec: AttemptSpec,
+        in_store: bool,
     ) -> ResponseActFuture<Self, Option<Claimed>> {
         let claimed = self.claimed(ctx, i, spec);
         if self.fenced {
             return Box::pin(actix::fut::ready(None));
         }
-        let commit = self.shared.store.commit(vec![Mutation::TaskRun(self.task_record(i)), Mutation::Attempt(attempt)]);
+        let writes = vec![Mutation::TaskRun(self.task_record(i)), Mutation::Attempt(attempt)];
+        if in_store {
+            // A commit refused (another node owns the run now) kills the attempt: `fenced_out`.
+            self.persist_then(ctx, writes, Vec::new(), |_, _| {});
+            return Box::pin(actix::fut::ready(Some(claimed)));
+        }
+        let commit = self.shared.store.commit(writes);
         Box::pin(commit.into_actor(self).map(move |result, act, ctx| match result {
             Ok(()) => Some(claimed),
             Err(crate::store::StoreError::Fenced { .. }) => {
