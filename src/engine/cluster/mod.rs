@@ -360,16 +360,21 @@ pub struct QueuedSpec {
     pub model: Option<String>,
     /// The fields that read a secret param, left for the runner to render (`***` above).
     pub secret_fields: Option<SecretFields>,
+    /// The task's `env_file`s (absolute paths, in order): their values are not in `env`, the
+    /// runner reads them itself and puts them in front of it (`cluster::env_files`).
+    pub env_files: Vec<PathBuf>,
 }
 
 impl codec::Record for QueuedSpec {
-    /// 2: `secret_fields`.
-    const VERSION: u8 = 2;
+    /// 2: `secret_fields`. 3: `env_files` (before it, `env` held their values).
+    const VERSION: u8 = 3;
 
     fn upgrade(version: u8, body: &[u8]) -> Result<Self, crate::store::StoreError> {
         match version {
-            // Layout 1 is layout 2 without its last field: postcard writes a `None` as one 0.
-            1 => codec::body_of(&[body, &[0]].concat()),
+            // Layouts 1 and 2 are layout 3 without their last fields: postcard writes a `None`
+            // and an empty list as one 0 each.
+            1 => codec::body_of(&[body, &[0, 0]].concat()),
+            2 => codec::body_of(&[body, &[0]].concat()),
             _ => Err(crate::store::StoreError::Codec(format!("queued spec version {version} is unknown"))),
         }
     }
@@ -404,6 +409,7 @@ impl QueuedSpec {
             heartbeat_timeout_ms: heartbeat_timeout.as_millis() as u64,
             model,
             secret_fields: None,
+            env_files: Vec::new(),
         }
     }
 
@@ -440,6 +446,7 @@ impl QueuedSpec {
     }
 }
 
+pub mod env_files;
 pub mod relay;
 pub mod secret_fields;
 
