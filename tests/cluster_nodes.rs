@@ -312,7 +312,7 @@ fn a_node_killed_and_started_again_at_once_under_its_name_serves_and_its_work_go
 
     // Started with another state dir under a live node's name: refused once that node renewed
     // (after up to a lease and a second of waiting), said, not a panic.
-    let other = Project::new("[jobs.x.tasks.t]\nrun = \"true\"\n");
+    let other = Project::new(&format!("[settings]\nlease = \"{LEASE}\"\n[jobs.x.tasks.t]\nrun = \"true\"\n"));
     let out = other
         .gaffer(&["serve", "workflow.toml", "--headless", "--store", &cluster.url, "--node", "b"])
         .stdin(Stdio::null())
@@ -322,6 +322,25 @@ fn a_node_killed_and_started_again_at_once_under_its_name_serves_and_its_work_go
     assert_eq!(out.status.code(), Some(70), "{err}");
     assert!(err.contains("gaffer: cannot start: postgres: a node named b is running"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+
+    // Killed again, and started with another state dir: it waits for the lease to run out.
+    let mut b = cluster.nodes[1].server.take().expect("b serves");
+    b.child.kill().expect("kill -9");
+    let _ = b.child.wait();
+    let log = std::fs::File::create(other.path().join("serve.log")).expect("serve.log");
+    let _elsewhere = Server::spawn(
+        other
+            .gaffer(&["serve", "workflow.toml", "--headless", "--store", &cluster.url, "--node", "b"])
+            .env("RUST_LOG", "gaffer=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log),
+    );
+    wait_until(Duration::from_secs(15), "b serving from another state dir", || {
+        cluster.live_node_id("b").is_some_and(|id| id != again)
+    });
+    let said = std::fs::read_to_string(other.path().join("serve.log")).unwrap_or_default();
+    assert!(said.contains("waiting up to 3s for its lease to run out"), "{said}");
 }
 
 /// Until node `name` runs an attempt of job run `id` and the owner heard of every attempt it
