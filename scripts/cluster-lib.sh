@@ -13,17 +13,26 @@ cl_pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 
 cl_free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# Starts the private server (its data under a temp dir of its own, removed by cl_pg_stop).
+# Starts the private server: its data under a temp dir of its own on a free port, removed by
+# cl_pg_stop; or, with BASE and PORT set (a machine shared with others: each their own port),
+# under BASE on PORT, only stopped by cl_pg_stop (the data stays for a look afterwards).
+CL_PG_KEEP=0
 cl_pg_start() {
   CL_PG_BIN="$(cl_pg_bin)"
-  CL_PG_BASE="$(mktemp -d "${TMPDIR:-/tmp}/gaffer-cluster-pg.XXXXXX")"
-  CL_PG_PORT="$(cl_free_port)"
+  if [ -n "${BASE:-}" ] && [ -n "${PORT:-}" ]; then
+    CL_PG_BASE="$BASE" CL_PG_PORT="$PORT" CL_PG_KEEP=1
+  else
+    CL_PG_BASE="$(mktemp -d "${TMPDIR:-/tmp}/gaffer-cluster-pg.XXXXXX")"
+    CL_PG_PORT="$(cl_free_port)"
+  fi
   BASE="$CL_PG_BASE" PORT="$CL_PG_PORT" "$CL_ROOT/scripts/pg-local.sh" start >/dev/null
 }
 
 cl_pg_stop() {
   [ -n "$CL_PG_BASE" ] || return 0
-  BASE="$CL_PG_BASE" PORT="$CL_PG_PORT" "$CL_ROOT/scripts/pg-local.sh" destroy >/dev/null 2>&1 || true
+  local how=destroy
+  [ "$CL_PG_KEEP" = 1 ] && how=stop
+  BASE="$CL_PG_BASE" PORT="$CL_PG_PORT" "$CL_ROOT/scripts/pg-local.sh" "$how" >/dev/null 2>&1 || true
   CL_PG_BASE=""
 }
 
@@ -40,12 +49,13 @@ cl_new_db() {
 cl_url() { echo "postgres://postgres@127.0.0.1:$CL_PG_PORT/$1"; }
 
 # cl_serve DB WORKFLOW NAME WORKERS STATE_DIR [extra args…]: a headless `gaffer serve` node in
-# the background (pid appended to CL_NODE_PIDS), returning once its control socket answers.
+# the background (pid appended to CL_NODE_PIDS; output appended to STATE_DIR.log), returning
+# once its control socket answers.
 cl_serve() {
   local db="$1" wf="$2" name="$3" workers="$4" state="$5"
   shift 5
   "$GAFFER" serve "$wf" --headless --store "$(cl_url "$db")" --node "$name" --workers "$workers" \
-    --state-dir "$state" "$@" >"$state.log" 2>&1 &
+    --state-dir "$state" "$@" >>"$state.log" 2>&1 &
   CL_NODE_PIDS+=($!)
   local deadline=$((SECONDS + 30))
   until python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' "$state/gaffer.sock" 2>/dev/null; do
@@ -54,6 +64,16 @@ cl_serve() {
     fi
     sleep 0.05
   done
+}
+
+# cl_socket_up STATE_DIR: the node's control socket answers.
+cl_socket_up() { python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' "$1/gaffer.sock" 2>/dev/null; }
+
+# cl_forget_node PID: a node that is gone (killed, or exited) is no longer one cl_stop_nodes stops.
+cl_forget_node() {
+  local p kept=()
+  for p in "${CL_NODE_PIDS[@]}"; do [ "$p" = "$1" ] || kept+=("$p"); done
+  CL_NODE_PIDS=("${kept[@]}")
 }
 
 # Stops every node cl_serve started (SIGTERM: a graceful stop, the lease ends) and waits for

@@ -1,7 +1,8 @@
 //! What each node of a cluster holds for itself, seen through `gaffer serve` nodes on one
 //! private PostgreSQL (`gaffer::store::pg::testing`; skipped, and saying so, without
 //! PostgreSQL installed): its secret params (SPEC: secrets live in memory only — the task on
-//! any node gets the secret, no row of any table holds it, a node without it says so), its
+//! any node gets the secret, no row of any table holds it, a node without it says so), the
+//! values of its `env_file`s (read on the node that runs the task, never stored), its
 //! own runs of a schedule (`overlap = "cancel_previous"` cancels every node's), and its own
 //! path to the workflow file (a `retry` on another node does not see a changed definition).
 
@@ -46,6 +47,11 @@ impl Nodes {
     /// One `serve` of `jobs` (`{marks}` in it: a file every node shares) per `(name, secret)`,
     /// given the secret (if any) in `$DEPLOY_TOKEN`, each in a folder of its own.
     fn start(jobs: &str, nodes: &[(&str, Option<&str>)], workers: usize) -> Option<Nodes> {
+        Nodes::start_with(jobs, nodes, workers, &[])
+    }
+
+    /// As [`Nodes::start`], with `files` (name, text) written beside each node's workflow file.
+    fn start_with(jobs: &str, nodes: &[(&str, Option<&str>)], workers: usize, files: &[(&str, &str)]) -> Option<Nodes> {
         let db = TestDb::get()?;
         let url = db.postgres_url();
         let shared = tempfile::tempdir().expect("tempdir");
@@ -55,6 +61,9 @@ impl Nodes {
         // One at a time: the first migrates the database.
         for (name, secret) in nodes {
             let project = Project::new(&text);
+            for (name, text) in files {
+                std::fs::write(project.path().join(name), text).expect("write a file beside the workflow");
+            }
             let log = std::fs::File::create(project.path().join("serve.log")).expect("serve.log");
             // The file by its absolute path: each node's is another (as on separate machines).
             let file = project.path().join("workflow.toml").display().to_string();
@@ -200,6 +209,84 @@ fn a_node_without_the_secret_fails_the_attempt_saying_so_and_one_run_cannot_brin
         b_said.contains("warning: this node holds no value for secret param `token`"),
         "b said so when it started: {b_said}"
     );
+}
+
+const API_KEY: &str = "sk-envfile-8812-live";
+const SHADOWED: &str = "shadowed-by-env-77";
+
+/// Job `keys`: `n` tasks that append `NODE TASK_RUN $API_KEY $SHADOWED $TOKEN` to `{marks}`,
+/// `API_KEY` from the `.env` beside the workflow file, `SHADOWED` there and in `env` (which
+/// wins), `TOKEN` from a secret param.
+fn env_file_job(n: usize) -> String {
+    let mut text = "[jobs.keys]\nparams = { token = { secret = true, env = \"DEPLOY_TOKEN\" } }\n".to_string();
+    for i in 1..=n {
+        text.push_str(&format!(
+            "[jobs.keys.tasks.t{i}]\n\
+             env_file = \".env\"\n\
+             args = [\"sh\", \"-c\", 'sleep 0.3; echo \"$NODE_TAG $GAFFER_TASK_RUN_ID $API_KEY $SHADOWED $TOKEN\" >> {{marks}}']\n\
+             env = {{ TOKEN = \"{{{{ params.token }}}}\", SHADOWED = \"from-env\" }}\n"
+        ));
+    }
+    text
+}
+
+fn dot_env() -> String {
+    format!("API_KEY={API_KEY}\nSHADOWED={SHADOWED}\n")
+}
+
+#[test]
+fn env_file_values_reach_tasks_on_every_node_and_no_table_holds_them() {
+    let nodes = [("a", Some(SECRET)), ("b", Some(SECRET)), ("c", Some(SECRET))];
+    let Some(cluster) = Nodes::start_with(&env_file_job(9), &nodes, 1, &[(".env", &dot_env())]) else { return };
+    let id = cluster.submitted("keys");
+    assert_eq!(cluster.wait_ended(id), "succeeded", "{}", cluster.logs());
+
+    let marks = cluster.marks();
+    assert_eq!(marks.len(), 9, "{marks:?}");
+    for mark in &marks {
+        assert_eq!(mark[2..], [API_KEY, "from-env", SECRET], "file, env over file, secret: {mark:?}");
+    }
+    let elsewhere = marks.iter().filter(|m| m[0] != "a").count();
+    assert!(elsewhere > 0, "b and c ran some of a's tasks (the values read there): {marks:?}");
+
+    // Every table, whole (events, attempts, job_runs' params, task_runs' specs, mail, logs …).
+    for value in [API_KEY, "8812-live", SHADOWED, SECRET] {
+        let found = cluster.rows_holding(value);
+        assert!(found.is_empty(), "{value} is stored: {found:#?}");
+    }
+    // The spec names the file instead (a's, by its path: the same path on every node).
+    let file = cluster.projects[0].path().join(".env").display().to_string();
+    let named = cluster.rows_holding(&file);
+    assert!(named.iter().any(|r| r.starts_with("task_runs")), "{named:#?}");
+}
+
+#[test]
+fn a_node_that_cannot_read_the_env_file_fails_the_attempt_naming_it() {
+    // Each node loaded its own `.env` (beside its own workflow file); a's is gone since, so
+    // b, which reads the file of a's runs at a's path, cannot: a's own attempts use what a
+    // read when it loaded its workflow, as on one node.
+    let nodes = [("a", Some(SECRET)), ("b", Some(SECRET))];
+    let Some(cluster) = Nodes::start_with(&env_file_job(4), &nodes, 1, &[(".env", &dot_env())]) else { return };
+    let file = cluster.projects[0].path().join(".env");
+    std::fs::remove_file(&file).expect("rm a's .env");
+    let id = cluster.submitted("keys");
+    cluster.wait_ended(id);
+
+    let marks = cluster.marks();
+    assert!(marks.iter().all(|m| m[0] == "a" && m[2] == API_KEY), "b ran nothing, a with the values: {marks:?}");
+    let tasks = cluster.json(&["tasks", "--run", &format!("j{id}")]);
+    let shown: Vec<Value> = tasks
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| cluster.json(&["show", &t["id"].as_u64().expect("id").to_string()]))
+        .collect();
+    let text = serde_json::to_string(&shown).expect("json");
+    let file = file.display().to_string();
+    let why = format!("node b cannot run job run j{id}'s task `t");
+    assert!(text.contains(&why), "an attempt says why b did not run it: {text}");
+    assert!(text.contains(&format!("env_file {file}: cannot read {file}: No such file")), "{text}");
+    assert!(cluster.rows_holding(API_KEY).is_empty(), "{:#?}", cluster.rows_holding(API_KEY));
 }
 
 #[test]

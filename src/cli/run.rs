@@ -625,7 +625,15 @@ where
 {
     let state_dir = config.state_dir.clone();
     let workflow = config.workflow.clone();
-    let handle = engine::start(config);
+    let handle = match engine::try_start(config) {
+        Ok(handle) => handle,
+        // A cluster node refused its name, a database out of reach: said, not a panic.
+        Err(e) => {
+            eprintln!("gaffer: cannot start: {e}");
+            actix::System::current().stop();
+            return if matches!(e, engine::EngineError::Invalid(_)) { exit::USAGE } else { exit::INTERNAL };
+        }
+    };
     let api = match Api::start(handle.clone(), &workflow, &state_dir, tcp) {
         Ok(api) => Some(api),
         Err(e) => {

@@ -1,9 +1,11 @@
 //! `env_file = ".env"` (or a list, later files winning): dotenv files read when the workflow is
 //! loaded, relative to the workflow file. Their values are literal (never templated) and `env`
-//! wins over them. The file's text is not kept in the state dir (only the workflow file is).
+//! wins over them. The file's text is not kept in the state dir (only the workflow file is), nor
+//! in a cluster's database: a node that runs another node's task reads the files itself
+//! ([`read_all`], docs/cluster-design.md, "`env_file` in a cluster").
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::parse::{JobDraft, TaskFields};
 use super::values::{Entry, Located, Reader};
@@ -12,6 +14,8 @@ use super::values::{Entry, Located, Reader};
 #[derive(Debug, Clone, Default)]
 pub(super) struct EnvFiles {
     pub paths: Vec<Located<String>>,
+    /// `paths` made absolute (under the workflow file's folder), once loaded.
+    pub files: Vec<PathBuf>,
     pub vars: BTreeMap<String, String>,
 }
 
@@ -25,7 +29,7 @@ pub(super) fn read_paths(r: &mut Reader, e: &Entry) -> Option<EnvFiles> {
         r.error(empty.at, "`env_file` must name a file");
         return None;
     }
-    Some(EnvFiles { paths, vars: BTreeMap::new() })
+    Some(EnvFiles { paths, files: Vec::new(), vars: BTreeMap::new() })
 }
 
 /// Reads every env file named in `[defaults]` and the tasks; a problem is reported where the
@@ -36,22 +40,34 @@ pub(super) fn load_all(r: &mut Reader, base_dir: &Path, defaults: &mut TaskField
     for field in fields {
         if let Some(files) = field.env_file.as_mut() {
             for path in &files.paths {
-                match read_one(base_dir, &path.value) {
+                let full = base_dir.join(&path.value);
+                match read_one(&full) {
                     Ok(vars) => files.vars.extend(vars),
                     Err(message) => r.error(path.at, format!("env_file `{}`: {message}", path.value)),
                 }
+                files.files.push(full);
             }
         }
     }
 }
 
+/// The variables of the env files `files` (absolute, as [`crate::config::TaskDef::env_files`]
+/// holds them), later files winning: what loading the workflow reads, read again now. An
+/// error names the file and never quotes a line of it.
+pub fn read_all(files: &[PathBuf]) -> Result<BTreeMap<String, String>, String> {
+    let mut vars = BTreeMap::new();
+    for file in files {
+        vars.extend(read_one(file).map_err(|e| format!("env_file {}: {e}", file.display()))?);
+    }
+    Ok(vars)
+}
+
 /// One dotenv file's variables, in file order (a later line wins).
-fn read_one(base_dir: &Path, path: &str) -> Result<Vec<(String, String)>, String> {
-    let full = base_dir.join(path);
+fn read_one(full: &Path) -> Result<Vec<(String, String)>, String> {
     let shown = full.display();
-    let text = match std::fs::metadata(&full) {
+    let text = match std::fs::metadata(full) {
         Ok(m) if m.len() > MAX_ENV_FILE_BYTES => return Err(format!("{shown} is larger than 1 MiB")),
-        Ok(_) => std::fs::read_to_string(&full).map_err(|e| format!("cannot read {shown}: {e}"))?,
+        Ok(_) => std::fs::read_to_string(full).map_err(|e| format!("cannot read {shown}: {e}"))?,
         Err(e) => return Err(format!("cannot read {shown}: {e}")),
     };
     let mut vars = Vec::new();

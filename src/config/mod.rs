@@ -20,6 +20,7 @@ mod values;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use env_file::read_all as read_env_files;
 pub use types::*;
 
 /// One problem in a workflow file; `line` and `col` are 1-based (`col` counts characters).

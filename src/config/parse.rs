@@ -800,6 +800,7 @@ fn finish_task(task: &TaskDraft, defaults: &TaskFields, base_dir: &Path) -> Task
         command,
         env: merged_env(task, defaults).into_iter().map(|(k, v)| (k.to_string(), v.value.clone())).collect(),
         env_file: own.env_file.as_ref().or(defaults.env_file.as_ref()).map(|f| f.vars.clone()).unwrap_or_default(),
+        env_files: own.env_file.as_ref().or(defaults.env_file.as_ref()).map(|f| f.files.clone()).unwrap_or_default(),
         stdin: task.stdin.as_ref().map(|s| s.value.clone()),
         cwd,
         needs,

@@ -236,6 +236,9 @@ pub struct TaskDef {
     /// Variables read from `env_file` when the file was loaded: literal values, never templated,
     /// overridden by `env`.
     pub env_file: BTreeMap<String, String>,
+    /// The files `env_file` names, absolute, in order: a cluster node that runs another
+    /// node's task reads them itself (their values are never stored).
+    pub env_files: Vec<PathBuf>,
     /// A template.
     pub stdin: Option<String>,
     /// Absolute.

@@ -460,7 +460,8 @@ pub fn start(config: EngineConfig) -> EngineHandle {
 /// Starts the actor tree; in cluster mode, first registers the node (refused when a live node
 /// has its name, or the database cannot be reached). Must run inside an actix `System`.
 pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
-    let cluster = config.cluster.as_ref().map(cluster::ClusterNode::join).transpose()?.map(Arc::new);
+    let cluster =
+        config.cluster.as_ref().map(|c| cluster::ClusterNode::join(c, &config.state_dir)).transpose()?.map(Arc::new);
     let config = EngineConfig { executor: log_shipping::wrap(config.executor, &config.store), ..config };
     // Every actor runs on this thread: it is woken at each step of a task's start.
     crate::sched::prefer_short_waits();

@@ -626,7 +626,7 @@ impl Worker {
                 return self.free(Some(queue), ctx);
             }
         };
-        let secrets = render_secret_fields(&link, &mut spec);
+        let secrets = render_secret_fields(&link, &mut spec).and_then(|()| read_env_files(&link, &mut spec));
         let mut record =
             AttemptRecord::started(claimed.id, claimed.record.job_run, claimed.attempt, self.clock.now_ms());
         record.model = spec.model.clone();
@@ -665,6 +665,14 @@ fn render_secret_fields(link: &ClusterLink, spec: &mut QueuedSpec) -> Result<(),
         cannot(format!("{why}, to `gaffer serve` on this node (every node that may run it needs them)"))
     })?;
     held_back.render_into(spec, &secrets).map_err(cannot)
+}
+
+/// Puts the `env_file` values of `spec` (never stored) back from this node's files
+/// (`cluster::env_files`); refuses, naming the node, the job run and the file, when it cannot.
+fn read_env_files(link: &ClusterLink, spec: &mut QueuedSpec) -> Result<(), String> {
+    super::cluster::env_files::read_into(spec, &link.workflow).map_err(|why| {
+        format!("node {} cannot run job run j{}'s task `{}`: {why}", link.node.current().name, spec.job_run, spec.task)
+    })
 }
 
 /// How long a row given back (`queue::give_back`) waits before it may be claimed again: its

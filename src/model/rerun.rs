@@ -247,6 +247,7 @@ fn moved(task: &TaskDef, from: &Path, to: &Path) -> TaskDef {
     let rebase = |path: &Path| path.strip_prefix(from).map_or_else(|_| path.to_path_buf(), |rel| to.join(rel));
     let mut task = task.clone();
     task.cwd = rebase(&task.cwd);
+    task.env_files = task.env_files.iter().map(|f| rebase(f)).collect();
     if let Some(schema) = task.expect.as_mut().and_then(|e| e.json_schema.as_mut()) {
         *schema = rebase(schema);
     }

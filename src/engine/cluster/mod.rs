@@ -25,9 +25,9 @@ use crate::config::{CommandSpec, CostSource, OutputLimits};
 use crate::executor::AttemptSpec;
 use crate::model::lease::{DEFAULT_LEASE_MS, check_lease_ms};
 use crate::store::codec;
-use crate::store::pg::PgBackend;
 use crate::store::pg::mail::{self, MAIL_CHANNEL, Mail, Mailer, Received};
 use crate::store::pg::queue::{self, Completer, Heartbeat, Node, Waker};
+use crate::store::pg::{PgBackend, PgError};
 use crate::store::records::AttemptRecord;
 
 /// How often a node looks for work and mail when no notification came (a lost one, a
@@ -86,14 +86,18 @@ pub struct ClusterNode {
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Commands relayed to other nodes' job runs, waiting for their answers.
     pub relays: Arc<relay::Relays>,
+    /// This node's state dir, where it notes the node it joined as ([`NODE_FILE`]).
+    state_dir: PathBuf,
 }
 
 impl ClusterNode {
     /// Registers the node and starts its heartbeat. Blocks (a round trip to the database).
-    pub fn join(config: &ClusterConfig) -> Result<ClusterNode, EngineError> {
+    /// `state_dir`: this node's, which it holds locked (see [`register`]).
+    pub fn join(config: &ClusterConfig, state_dir: &Path) -> Result<ClusterNode, EngineError> {
         check_lease_ms(config.lease.as_millis() as u64).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let backend = config.backend.clone();
-        let (node, heartbeat) = register(&backend, &config.node_name, &config.labels, config.lease)?;
+        let state_dir = state_dir.to_path_buf();
+        let (node, heartbeat) = register(&backend, &config.node_name, &config.labels, config.lease, &state_dir)?;
         let (pool, beating) = (backend.store().pool().clone(), node.clone());
         // Started on the store's runtime, where their tasks run.
         let (completer, mailer) =
@@ -102,7 +106,7 @@ impl ClusterNode {
         let current_id = Arc::new(AtomicI64::new(node.id));
         let completer = Mutex::new(completer);
         let (pumps, relays) = (Mutex::default(), Arc::default());
-        Ok(ClusterNode { backend, node, heartbeat, rejoined, current_id, completer, mailer, pumps, relays })
+        Ok(ClusterNode { backend, node, heartbeat, rejoined, current_id, completer, mailer, pumps, relays, state_dir })
     }
 
     /// This node's row now: the first one, or the latest rejoin's.
@@ -116,7 +120,7 @@ impl ClusterNode {
     /// Blocks (a round trip to the database).
     pub fn rejoin(&self) -> Result<Node, EngineError> {
         let old = self.current();
-        let (node, heartbeat) = register(&self.backend, &old.name, &old.labels, old.lease)?;
+        let (node, heartbeat) = register(&self.backend, &old.name, &old.labels, old.lease, &self.state_dir)?;
         let (pool, completing) = (self.backend.store().pool().clone(), node.clone());
         let completer = self.backend.run(async move { Ok(Completer::start(pool, completing)) })?;
         *self.completer.lock().unwrap_or_else(|e| e.into_inner()) = completer;
@@ -185,21 +189,72 @@ impl ClusterNode {
     }
 }
 
+/// In a node's state dir: `<node id> <database>` of the node its process last joined as (the
+/// database as a hash of the store's URL), so that the next process on that state dir — which
+/// holds the state dir's lock, so the one that wrote it is gone — knows that node is dead.
+const NODE_FILE: &str = "cluster-node";
+
+/// The node a previous process on `state_dir` joined `url`'s database as, if it said so.
+fn previous_node(state_dir: &Path, url: &str) -> Option<i64> {
+    let text = std::fs::read_to_string(state_dir.join(NODE_FILE)).ok()?;
+    let (id, db) = text.trim().split_once(' ')?;
+    (db == format!("{:016x}", url_hash(url))).then(|| id.parse().ok()).flatten()
+}
+
+fn url_hash(url: &str) -> u64 {
+    url.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// Registers a node, makes the store commit for it, and starts its heartbeat, whose own count
 /// of the lease starts when the registration was sent.
+///
+/// A node started again on the state dir of one that was killed (kill -9, the OOM killer;
+/// systemd restarts it 2 s later under the same `--node` name) ends that node's lease first,
+/// instead of being refused its name until the lease runs out: the state dir's lock, which
+/// this process holds, says the process that joined as that node is gone. A name held by a
+/// node that is not this state dir's previous one is waited for, up to a lease and a second
+/// (a node restarted with a fresh state dir: its old lease runs out meanwhile); a holder that
+/// still renews after that is refused as before.
 fn register(
     backend: &Arc<PgBackend>,
     name: &str,
     labels: &[String],
     lease: Duration,
+    state_dir: &Path,
 ) -> Result<(Node, Heartbeat), EngineError> {
     let pool = backend.store().pool().clone();
     let (name, labels) = (name.to_string(), labels.to_vec());
+    let previous = previous_node(state_dir, backend.url());
     let sent = std::time::Instant::now();
     let node = backend.run(async move {
         let mut c = pool.get().await?;
-        queue::register_node(&mut c, &name, &labels, lease).await
+        if let Some(id) = previous
+            && queue::end_lease_of_gone(&c, id, &name).await?
+        {
+            tracing::warn!(
+                "cluster: node {name} (id {id}), this state dir's previous process, is gone: its lease ended now, \
+                 its job runs are adopted and its running attempts retried"
+            );
+        }
+        let deadline = tokio::time::Instant::now() + lease + Duration::from_secs(1);
+        let mut said = false;
+        loop {
+            match queue::register_node(&mut c, &name, &labels, lease).await {
+                Err(PgError::NameHeld(why)) if tokio::time::Instant::now() < deadline => {
+                    if !said {
+                        tracing::warn!("cluster: {why}; waiting up to {lease:?} for its lease to run out");
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => break other,
+            }
+        }
     })?;
+    let noted = format!("{} {:016x}\n", node.id, url_hash(backend.url()));
+    if let Err(e) = std::fs::write(state_dir.join(NODE_FILE), noted) {
+        tracing::warn!("cluster: cannot note the node it joined as in {}: {e}", state_dir.display());
+    }
     backend.set_owner_node(Some(node.id));
     let (pool, beating) = (backend.store().pool().clone(), node.clone());
     // Started on the store's runtime, where its renewals run.
@@ -360,16 +415,21 @@ pub struct QueuedSpec {
     pub model: Option<String>,
     /// The fields that read a secret param, left for the runner to render (`***` above).
     pub secret_fields: Option<SecretFields>,
+    /// The task's `env_file`s (absolute paths, in order): their values are not in `env`, the
+    /// runner reads them itself and puts them in front of it (`cluster::env_files`).
+    pub env_files: Vec<PathBuf>,
 }
 
 impl codec::Record for QueuedSpec {
-    /// 2: `secret_fields`.
-    const VERSION: u8 = 2;
+    /// 2: `secret_fields`. 3: `env_files` (before it, `env` held their values).
+    const VERSION: u8 = 3;
 
     fn upgrade(version: u8, body: &[u8]) -> Result<Self, crate::store::StoreError> {
         match version {
-            // Layout 1 is layout 2 without its last field: postcard writes a `None` as one 0.
-            1 => codec::body_of(&[body, &[0]].concat()),
+            // Layouts 1 and 2 are layout 3 without their last fields: postcard writes a `None`
+            // and an empty list as one 0 each.
+            1 => codec::body_of(&[body, &[0, 0]].concat()),
+            2 => codec::body_of(&[body, &[0]].concat()),
             _ => Err(crate::store::StoreError::Codec(format!("queued spec version {version} is unknown"))),
         }
     }
@@ -404,6 +464,7 @@ impl QueuedSpec {
             heartbeat_timeout_ms: heartbeat_timeout.as_millis() as u64,
             model,
             secret_fields: None,
+            env_files: Vec::new(),
         }
     }
 
@@ -440,6 +501,7 @@ impl QueuedSpec {
     }
 }
 
+pub mod env_files;
 pub mod relay;
 pub mod secret_fields;
 

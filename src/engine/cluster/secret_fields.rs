@@ -70,9 +70,9 @@ pub fn hold_back(
             take(FieldAt::Arg(k as u32), text, slot);
         }
     }
-    // As `render_spec` lays out `env`: the `env_file` values first, then `env`'s, in order.
-    for (k, (key, text)) in def.env.iter().enumerate() {
-        let at = def.env_file.len() + k;
+    // As `render_spec` lays out `env`: `env`'s values in order, once the `env_file` values that
+    // came first are held back (`cluster::env_files`, done before this).
+    for (at, (key, text)) in def.env.iter().enumerate() {
         match spec.env.get_mut(at) {
             Some((name, slot)) if name == key => take(FieldAt::Env(at as u32), text, slot),
             _ => return Err(format!("the rendered env has no `{key}` where the task's is")),
@@ -133,7 +133,6 @@ mod tests {
             def.command = CommandSpec::Argv(argv.iter().map(|a| a.to_string()).collect());
         }
         def.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        def.env_file = [("FROM_FILE".to_string(), "literal".to_string())].into();
         def.stdin = stdin.map(str::to_string);
         def
     }
@@ -158,8 +157,8 @@ mod tests {
             CommandSpec::Shell(text) => (Some(text.clone()), Vec::new()),
             CommandSpec::Argv(items) => (None, items.iter().map(render).collect()),
         };
-        let mut env: Vec<(String, String)> = def.env_file.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        env.extend(def.env.iter().map(|(k, v)| (k.clone(), render(v))));
+        // Without the `env_file` values, held back before (`cluster::env_files`).
+        let env: Vec<(String, String)> = def.env.iter().map(|(k, v)| (k.clone(), render(v))).collect();
         QueuedSpec {
             job: "j".into(),
             task: "t".into(),
@@ -179,6 +178,7 @@ mod tests {
             heartbeat_timeout_ms: 0,
             model: None,
             secret_fields: None,
+            env_files: def.env_files.clone(),
         }
     }
 
@@ -248,10 +248,14 @@ mod tests {
     fn a_spec_queued_by_an_older_node_still_reads() {
         let def = task(None, &[], None);
         let spec = rendered(&def, &ctx(&[]));
-        let mut older = crate::store::codec::encode(&spec).expect("encode");
-        // Layout 1: no `secret_fields` (its `None` is the last byte).
-        assert_eq!(older.pop(), Some(0));
-        older[0] = 1;
-        assert_eq!(crate::store::codec::decode::<QueuedSpec>(&older).expect("decode"), spec);
+        let newest = crate::store::codec::encode(&spec).expect("encode");
+        // Layout 2: no `env_files` (its empty list is the last byte); layout 1: nor
+        // `secret_fields` (its `None`, the byte before).
+        for (version, cut) in [(2, 1), (1, 2)] {
+            let mut older = newest.clone();
+            assert!(older.split_off(older.len() - cut).iter().all(|&b| b == 0));
+            older[0] = version;
+            assert_eq!(crate::store::codec::decode::<QueuedSpec>(&older).expect("decode"), spec, "layout {version}");
+        }
     }
 }

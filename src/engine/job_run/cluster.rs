@@ -10,7 +10,7 @@ use actix::prelude::*;
 use super::{AttemptEnded, CostAdded, JobRun, ProgressReported, Runner, WarningReported};
 use crate::config::template::TemplateContext;
 use crate::engine::EventData;
-use crate::engine::cluster::{QueuedSpec, SecretFields, secret_fields};
+use crate::engine::cluster::{QueuedSpec, SecretFields, env_files, secret_fields};
 use crate::executor::{AttemptExit, KILL_GRACE};
 use crate::model::cost::CostDelta;
 use crate::model::lease::{DeadRunner, Fence, dead_runner};
@@ -21,7 +21,8 @@ use crate::store::{AttemptRecord, Mutation, codec};
 
 impl JobRun {
     /// In a cluster: the next attempt of each task run among `tasks` that is queued, rendered
-    /// now and committed with its row (`Mutation::Spec`), so that any node can run it. Those
+    /// now and committed with its row (`Mutation::Spec`), so that any node can run it (without
+    /// its secrets and `env_file` values, which the runner puts back). Those
     /// that cannot be rendered are returned: they fail as a template error once committed.
     pub(super) fn queued_specs(&self, tasks: &[usize], mutations: &mut Vec<Mutation>) -> Vec<(u64, String)> {
         let mut unrenderable = Vec::new();
@@ -36,6 +37,7 @@ impl JobRun {
             let model = policy::model_for_attempt(&def.retry.models, in_series).map(str::to_string);
             let rendered = (self.render_spec(i, n, model.clone()))().and_then(|spec| {
                 let mut queued = QueuedSpec::of(&spec, def.timeout, def.heartbeat_timeout, model.clone());
+                env_files::hold_back(&mut queued, def)?;
                 queued.secret_fields = self.secret_fields(i, model, &mut queued)?;
                 codec::encode(&queued).map_err(|e| e.to_string())
             });

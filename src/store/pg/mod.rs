@@ -66,6 +66,9 @@ pub use writer::Writer;
 pub enum PgError {
     #[error("postgres: {0}")]
     Db(String),
+    /// A live node has the name a node registers under (`queue::register_node`).
+    #[error("postgres: {0}")]
+    NameHeld(String),
     #[error("postgres: the connection string is not valid: {0}")]
     Config(String),
     #[error(

@@ -55,7 +55,7 @@ pub async fn register_node(
         )
         .await?;
     if alive.is_some() {
-        return Err(PgError::Db(format!(
+        return Err(PgError::NameHeld(format!(
             "a node named {name} is running (its lease has not run out): give this one another name"
         )));
     }
@@ -69,6 +69,21 @@ pub async fn register_node(
         .await?;
     tx.commit().await?;
     Ok(Node { id: row.get(0), name: name.to_string(), labels: labels.to_vec(), lease })
+}
+
+/// The lease of node `id` named `name` ends now, if it still runs: what a node started again on
+/// the state dir of that node's process, which is gone (the state dir's lock is the new one's),
+/// does before it registers, so that it need not wait for that lease to run out (kill -9 and a
+/// restart by systemd). True when it did end one. Its job runs and attempts are then a dead
+/// node's: adopted, and recorded `interrupted`, as after any lease that ran out.
+pub async fn end_lease_of_gone(c: &Client, id: i64, name: &str) -> Result<bool, PgError> {
+    let ended = c
+        .execute(
+            "UPDATE nodes SET lease_until = now() WHERE id = $1 AND name = $2 AND lease_until > now() AND NOT stopped",
+            &[&id, &name],
+        )
+        .await?;
+    Ok(ended == 1)
 }
 
 /// Renews the node's lease; false when it had already run out (or the node was stopped): then
