@@ -16,7 +16,7 @@ pub enum Format {
 /// progress) are left out of the human form; they are in the journal and in `--json`.
 pub fn print(out: &mut impl Write, format: Format, event: &EngineEvent) -> std::io::Result<()> {
     match format {
-        Format::Json => writeln!(out, "{}", crate::json::text(&event.to_json())),
+        Format::Json => writeln!(out, "{}", event.to_json_text()),
         Format::Human => match human_line(event) {
             Some(line) => writeln!(out, "{line}"),
             None => Ok(()),

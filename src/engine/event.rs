@@ -522,10 +522,27 @@ impl EngineEvent {
 
     /// The JSON object of SPEC §6: common fields first, then the instance, then the event's own.
     pub fn to_json(&self) -> Value {
-        let mut obj = Map::new();
-        obj.insert("ts".into(), json!(rfc3339_ms(self.ts_ms)));
-        obj.insert("event".into(), json!(self.name().as_str()));
-        let common: [(&str, Value); 6] = [
+        Value::Object(self.fields().into_iter().map(|(key, value)| (key.to_string(), value)).collect::<Map<_, _>>())
+    }
+
+    /// [`to_json`](Self::to_json) as one line of text (`crate::json::text`), the same bytes,
+    /// written without building the object (a map with hashed, allocated keys): the journal,
+    /// the cluster's stream and `--json` encode every event this way.
+    pub fn to_json_text(&self) -> String {
+        crate::json::text(&Ordered(self.fields()))
+    }
+
+    /// The fields of [`to_json`](Self::to_json) in order; a key given twice keeps its first
+    /// place and its last value, as a map's insert does.
+    fn fields(&self) -> Vec<(&'static str, Value)> {
+        let mut obj: Vec<(&'static str, Value)> = Vec::with_capacity(12);
+        let mut insert = |key: &'static str, value: Value| match obj.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => obj.push((key, value)),
+        };
+        insert("ts", json!(rfc3339_ms(self.ts_ms)));
+        insert("event", json!(self.name().as_str()));
+        let common: [(&'static str, Value); 6] = [
             ("job", self.job.clone().into()),
             ("job_run", self.job_run.into()),
             ("task", self.task.clone().into()),
@@ -535,24 +552,24 @@ impl EngineEvent {
         ];
         for (key, value) in common {
             if !value.is_null() {
-                obj.insert(key.into(), value);
+                insert(key, value);
             }
         }
         if let Some(i) = &self.instance {
-            obj.insert("iteration".into(), json!(i.iteration));
+            insert("iteration", json!(i.iteration));
             if let Some(k) = i.item_index {
-                obj.insert("item_index".into(), json!(k));
+                insert("item_index", json!(k));
             }
             if i.compensation {
-                obj.insert("kind".into(), json!("compensation"));
+                insert("kind", json!("compensation"));
             } else if i.fanout {
-                obj.insert("kind".into(), json!("fanout"));
+                insert("kind", json!("fanout"));
             }
         }
         for (key, value) in self.data.fields().into_iter().flatten() {
-            obj.insert(key.into(), value);
+            insert(key, value);
         }
-        Value::Object(obj)
+        obj
     }
 
     /// The inverse of `to_json`, for events read from the control socket (`gaffer tui`).
@@ -570,6 +587,20 @@ impl EngineEvent {
         e.queue = f.text("queue");
         e.instance = f.instance();
         Some(e)
+    }
+}
+
+/// An event's fields serialized as the JSON object they make, in order.
+struct Ordered(Vec<(&'static str, Value)>);
+
+impl Serialize for Ordered {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
     }
 }
 

@@ -59,7 +59,7 @@ impl Handler<Publish> for Journal {
         // own journal, and `task.started` is on the enqueue → start path they measure.
         self.subscribers.retain(|s| s.send(event.clone()).is_ok());
         if self.file.is_some() || self.store.is_some() {
-            let mut line = crate::json::text(&event.to_json());
+            let mut line = event.to_json_text();
             if let Some(store) = &self.store {
                 store.record_event(event.job_run, event.ts_ms, &line);
             }

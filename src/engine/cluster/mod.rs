@@ -299,7 +299,7 @@ async fn wait(waker: &mut Option<Waker>) {
 /// to this node's subscribers (its TUI, `--json`, SSE), so each shows the whole cluster; read
 /// every [`POLL`] from the end of the stream at start, until the Journal is gone.
 async fn follow_events(pool: deadpool_postgres::Pool, log: crate::store::pg::events::EventLog, journal: Addr<Journal>) {
-    use crate::store::pg::events::{events_after, last_seq};
+    use crate::store::pg::events::last_seq;
     let mut after = None;
     while journal.connected() {
         let read = async {
@@ -308,12 +308,13 @@ async fn follow_events(pool: deadpool_postgres::Pool, log: crate::store::pg::eve
                 Some(seq) => seq,
                 None => last_seq(&c).await?,
             };
-            Ok::<_, crate::store::pg::PgError>((from, events_after(&c, from, 1024).await?))
+            // This node's own rows are left out by the database (it has their events).
+            log.follow(&c, from, 1024).await
         };
         match read.await {
-            Ok((from, events)) => {
-                after = Some(events.last().map_or(from, |e| e.seq));
-                for stored in log.others(events) {
+            Ok((last, events)) => {
+                after = Some(last);
+                for stored in events {
                     let value = serde_json::from_str(&stored.json).ok();
                     if let Some(event) = value.as_ref().and_then(crate::engine::EngineEvent::from_json) {
                         journal.do_send(Echo(event));

@@ -141,6 +141,19 @@ fn the_optional_forms_round_trip_too() {
     ];
     for e in events {
         assert_eq!(EngineEvent::from_json(&e.to_json()), Some(e.clone()), "{}", e.to_json());
+        assert_eq!(e.to_json_text(), crate::json::text(&e.to_json()), "the line is the object's text");
+    }
+}
+
+/// The journal's, the stream's and `--json`'s line (written without building the object) is the
+/// object's text, byte for byte, for every event.
+#[test]
+fn the_json_line_is_the_json_objects_text() {
+    for name in EventName::ALL {
+        let e = sample(name);
+        assert_eq!(e.to_json_text(), crate::json::text(&e.to_json()), "{name:?}");
+        let bare = EngineEvent::new(e.data.clone(), 1_796_000_000_123);
+        assert_eq!(bare.to_json_text(), crate::json::text(&bare.to_json()), "{name:?} alone");
     }
 }
 

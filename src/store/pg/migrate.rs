@@ -10,6 +10,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_adopt.sql"),
     include_str!("migrations/0005_mail_read.sql"),
     include_str!("migrations/0006_limits.sql"),
+    include_str!("migrations/0007_lean_writes.sql"),
 ];
 
 /// The schema this gaffer writes.

@@ -213,3 +213,63 @@ async fn the_nodes_are_listed_with_heartbeat_age_and_liveness() {
     assert_eq!(listed[1]["labels"], serde_json::json!(["gpu", "eu"]));
     assert_eq!((listed[0]["live"].clone(), listed[1]["live"].clone()), (false.into(), true.into()), "{listed}");
 }
+
+/// The stream in rows of many events (migration 7): a row of schema 6 still reads as one event;
+/// pages of any size cut through rows; a follower gets only the other nodes' events, its own
+/// rows' lines never sent; retention removes the events past it from a row holding later ones,
+/// which keep their places.
+#[tokio::test]
+async fn events_in_rows_read_page_and_expire_one_by_one() {
+    use super::events::{EventLog, events_after, forget_before, last_seq};
+    use crate::store::StoredEvent;
+    let Some(db) = TestDb::get() else { return };
+    let store = PgStore::open(&db.url, PgOptions::default()).await.expect("open");
+    // A row as schema 6 wrote it: one event, its place from the sequence.
+    db.psql("INSERT INTO events (job_run, at_ms, json) VALUES (1, 100, '{\"old\":1}')");
+    let (a, b) = (EventLog::start(store.pool().clone()), EventLog::start(store.pool().clone()));
+    let event = |n: u64| StoredEvent { seq: 0, job_run: Some(n % 3), at_ms: 1_000 + n, json: format!("{{\"n\":{n}}}") };
+    for n in 0..10 {
+        a.record(event(n));
+    }
+    a.drained(Duration::from_secs(10)).await;
+    for n in 10..15 {
+        b.record(event(n));
+    }
+    b.drained(Duration::from_secs(10)).await;
+    let c = store.connection().await.expect("conn");
+    let all = events_after(&c, 0, 1_000).await.expect("read");
+    let lines: Vec<&str> = all.iter().map(|e| e.json.as_str()).collect();
+    let expected: Vec<String> =
+        std::iter::once("{\"old\":1}".to_string()).chain((0..15).map(|n| format!("{{\"n\":{n}}}"))).collect();
+    assert_eq!(lines, expected, "every event once, in order");
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "increasing places: {all:?}");
+    assert_eq!(all[3].job_run, Some(2));
+    assert_eq!(all[3].at_ms, 1_002);
+    assert_eq!(last_seq(&c).await.expect("last"), all[15].seq);
+    let rows: usize = db.psql("SELECT count(*) FROM events").trim().parse().expect("count");
+    assert!(rows < 16, "events share rows: {rows} rows for 16 events");
+    // Pages through rows, from any place.
+    for size in [1, 2, 3, 7] {
+        let (mut read, mut after) = (Vec::new(), 0);
+        loop {
+            let page = events_after(&c, after, size).await.expect("page");
+            assert!(page.len() <= size);
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            read.extend(page);
+        }
+        assert_eq!(read, all, "pages of {size}");
+    }
+    // Each follower: the other's events only.
+    let (last, from_b) = a.follow(&c, all[0].seq, 1_000).await.expect("follow");
+    assert_eq!(last, all[15].seq);
+    assert_eq!(from_b, all[11..].to_vec(), "a sees b's events only");
+    let (_, from_a) = b.follow(&c, 0, 1_000).await.expect("follow");
+    assert_eq!(from_a, all[..11].to_vec(), "b sees a's (and the old row)");
+    // Retention at 1_004: the old row goes, and events 0–3 from a's rows; the rest keep their places.
+    forget_before(store.pool(), 1_004).await.expect("retention");
+    let kept = events_after(&c, 0, 1_000).await.expect("read");
+    assert_eq!(kept, all[5..].to_vec(), "past retention removed, one by one");
+    forget_before(store.pool(), 2_000).await.expect("retention");
+    assert!(events_after(&c, 0, 1_000).await.expect("read").is_empty());
+}

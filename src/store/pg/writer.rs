@@ -424,7 +424,8 @@ fn put_task_runs(with_spec: bool) -> String {
         "INSERT INTO task_runs (id, job_run, task, iteration, item_index, kind, state, queue, sort_key, \
          enqueue_seq, not_before, requires, attempt, record, node{col}) \
          SELECT id, job_run, task, iteration, item_index, kind, state, queue, sort_key, enqueue_seq, \
-         to_timestamp(not_before / 1000.0), ARRAY(SELECT json_array_elements_text(requires::json)), attempt, \
+         to_timestamp(not_before / 1000.0), \
+         CASE WHEN requires = '[]' THEN '{{}}'::text[] ELSE ARRAY(SELECT json_array_elements_text(requires::json)) END, attempt, \
          record, CASE WHEN state = 'running' THEN $15::bigint END{col} \
          FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int4[], $5::int4[], $6::int2[], $7::text[], \
          $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::text[], $13::int4[], $14::bytea[]{arg}) \
