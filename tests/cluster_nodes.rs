@@ -285,7 +285,7 @@ fn a_node_killed_with_kill_9_mid_run_loses_nothing() {
 fn a_node_killed_and_started_again_at_once_under_its_name_serves_and_its_work_goes_on() {
     // As systemd does it (Restart=on-failure, RestartSec=2): the same `--node` name and state
     // dir, long before the killed node's lease would have run out.
-    let workflow = job_of("again", 8, &marked("if [ $NODE_TAG = b ]; then sleep 5; else sleep 0.3; fi"), None);
+    let workflow = job_of("again", 8, &marked("if [ $NODE_TAG = b ]; then sleep 10; else sleep 0.3; fi"), None);
     let Some(mut cluster) = Cluster::start(&workflow, 2) else { return };
     let first = cluster.live_node_id("b").expect("b joined");
     let id = cluster.submit(0, "again");
@@ -306,6 +306,11 @@ fn a_node_killed_and_started_again_at_once_under_its_name_serves_and_its_work_go
         said.contains(&format!("cluster: node b (id {first}), this state dir's previous process, is gone")),
         "{said}"
     );
+    // The task processes the killed b left running were killed by the b started on its state dir.
+    assert!(said.contains("task process(es) an earlier process on this state dir left running"), "{said}");
+    wait_until(Duration::from_secs(5), "b's left-behind processes gone", || {
+        cut.iter().all(|m| nix::sys::signal::killpg(nix::unistd::Pid::from_raw(m.pgid), None).is_err())
+    });
     cluster.wait_for_state(id, "succeeded", Duration::from_secs(40));
     assert_all_succeeded(&cluster, id, 8);
     assert_cut_interrupted(&cluster, id, &cut);

@@ -59,6 +59,10 @@ impl Executor for ShippingExecutor {
     fn kill_orphans(&self, state_dir: &Path, task_run: u64, attempt: u32, process: Option<ProcessHandle>) {
         self.inner.kill_orphans(state_dir, task_run, attempt, process)
     }
+
+    fn kill_left_behind(&self, state_dir: &Path) -> usize {
+        self.inner.kill_left_behind(state_dir)
+    }
 }
 
 /// What shipping needs to know of an attempt's log, taken before the spec goes to the executor.

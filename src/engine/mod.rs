@@ -462,6 +462,16 @@ pub fn start(config: EngineConfig) -> EngineHandle {
 pub fn try_start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
     let cluster =
         config.cluster.as_ref().map(|c| cluster::ClusterNode::join(c, &config.state_dir)).transpose()?.map(Arc::new);
+    if cluster.is_some() {
+        // An earlier process on this state dir that was killed left its tasks running: its
+        // node is dead (its lease ended or ran out), so they are run again elsewhere.
+        let killed = config.executor.kill_left_behind(&config.state_dir);
+        if killed > 0 {
+            tracing::warn!(
+                "cluster: killed {killed} task process(es) an earlier process on this state dir left running"
+            );
+        }
+    }
     let config = EngineConfig { executor: log_shipping::wrap(config.executor, &config.store), ..config };
     // Every actor runs on this thread: it is woken at each step of a task's start.
     crate::sched::prefer_short_waits();

@@ -168,6 +168,30 @@ pub fn kill_attempt_processes(
     pids
 }
 
+/// SIGKILLs every live process (not this one) that carries an attempt's environment of
+/// `state_dir` (`GAFFER_STATE_DIR` it, and a `GAFFER_TASK_RUN_ID`), whatever its attempt, and
+/// the group each one leads; waits (bounded) until they are gone. Returns how many.
+pub fn kill_state_dir_processes(state_dir: &std::path::Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = [b"GAFFER_STATE_DIR=", state_dir.as_os_str().as_bytes()].concat();
+    let own = std::process::id();
+    let carries_it = |pid: &u32| {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+        let mut vars = environ.split(|b| *b == 0);
+        let (mut of_dir, mut of_attempt) = (false, false);
+        for var in &mut vars {
+            of_dir |= var == dir.as_slice();
+            of_attempt |= var.starts_with(b"GAFFER_TASK_RUN_ID=");
+        }
+        of_dir && of_attempt
+    };
+    let pids: Vec<u32> =
+        listed_pids().into_iter().filter(|pid| *pid != own && is_live(*pid)).filter(carries_it).collect();
+    kill_processes(&pids);
+    wait_gone(&pids, GONE_WITHIN);
+    pids.len()
+}
+
 /// SIGKILLs each of `pids` and the process group each one leads.
 pub(super) fn kill_processes(pids: &[u32]) {
     for pid in pids {

@@ -73,6 +73,14 @@ pub trait Executor: Send + Sync + 'static {
     /// process, and every process carrying the attempt's environment (a pid never recorded,
     /// `setsid` escapees). Blocks while it searches.
     fn kill_orphans(&self, state_dir: &Path, task_run: u64, attempt: u32, process: Option<ProcessHandle>);
+
+    /// A cluster node starting on `state_dir`, which it holds locked and on which it has
+    /// started nothing yet: kills every process carrying an attempt's environment of that
+    /// state dir — left by an earlier process on it that was killed (kill -9), whose node's
+    /// attempts are being run again elsewhere. Returns how many. Blocks while it searches.
+    fn kill_left_behind(&self, _state_dir: &Path) -> usize {
+        0
+    }
 }
 
 /// How many attempts may be starting at once. A start blocks its thread until the child has
@@ -199,6 +207,10 @@ impl Executor for LocalExecutor {
             group::kill_group_now(process.pgid);
         }
         group::kill_attempt_processes(state_dir, task_run, attempt, Candidates::All);
+    }
+
+    fn kill_left_behind(&self, state_dir: &Path) -> usize {
+        group::kill_state_dir_processes(state_dir)
     }
 }
 
