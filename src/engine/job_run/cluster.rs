@@ -175,7 +175,18 @@ impl JobRun {
             false => None,
         };
         let Some(granted) = granted else {
+            let heard =
+                matches!(self.running.get(&task_run), Some((a, Some(Runner::Remote(r)))) if a.n == n && *r == node);
+            if heard {
+                return; // the same letter again: that attempt runs there, as heard
+            }
             self.mail_kill(node, task_run, n, FailReason::Cancelled, KILL_GRACE);
+            // A late letter of an attempt this owner counted already (its runner was found dead
+            // and the claim recorded `interrupted`, `model::lease::DeadRunner::Unheard`): the row
+            // may be another node's claim of the next attempt by now, not to be written over.
+            if next.is_some_and(|next| n < next) {
+                return;
+            }
             return self.refuse_claim(ctx, task_run);
         };
         let i = granted.task;
