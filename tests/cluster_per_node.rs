@@ -111,6 +111,18 @@ impl Nodes {
         state
     }
 
+    /// `show` of every task run of job run `id`, as one JSON text.
+    fn shown(&self, id: u64) -> String {
+        let tasks = self.json(&["tasks", "--run", &format!("j{id}")]);
+        let shown: Vec<Value> = tasks
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .map(|t| self.json(&["show", &t["id"].as_u64().expect("id").to_string()]))
+            .collect();
+        serde_json::to_string(&shown).expect("json")
+    }
+
     fn marks(&self) -> Vec<Vec<String>> {
         let text = std::fs::read_to_string(self.shared.path().join("marks")).unwrap_or_default();
         text.lines().map(|l| l.split_whitespace().map(str::to_string).collect()).collect()
@@ -192,14 +204,7 @@ fn a_node_without_the_secret_fails_the_attempt_saying_so_and_one_run_cannot_brin
     cluster.wait_ended(id);
     let marks = cluster.marks();
     assert!(marks.iter().all(|m| m[0] == "a" && m[2] == SECRET), "b ran nothing, a every field: {marks:?}");
-    let tasks = cluster.json(&["tasks", "--run", &format!("j{id}")]);
-    let shown: Vec<Value> = tasks
-        .as_array()
-        .expect("tasks")
-        .iter()
-        .map(|t| cluster.json(&["show", &t["id"].as_u64().expect("id").to_string()]))
-        .collect();
-    let text = serde_json::to_string(&shown).expect("json");
+    let text = cluster.shown(id);
     let why = format!("node b cannot run job run j{id}'s task");
     assert!(text.contains(&why), "an attempt says why b did not run it: {text}");
     assert!(text.contains("`token` (pass --param token=…, or set $DEPLOY_TOKEN)"), "{text}");
@@ -274,14 +279,7 @@ fn a_node_that_cannot_read_the_env_file_fails_the_attempt_naming_it() {
 
     let marks = cluster.marks();
     assert!(marks.iter().all(|m| m[0] == "a" && m[2] == API_KEY), "b ran nothing, a with the values: {marks:?}");
-    let tasks = cluster.json(&["tasks", "--run", &format!("j{id}")]);
-    let shown: Vec<Value> = tasks
-        .as_array()
-        .expect("tasks")
-        .iter()
-        .map(|t| cluster.json(&["show", &t["id"].as_u64().expect("id").to_string()]))
-        .collect();
-    let text = serde_json::to_string(&shown).expect("json");
+    let text = cluster.shown(id);
     let file = file.display().to_string();
     let why = format!("node b cannot run job run j{id}'s task `t");
     assert!(text.contains(&why), "an attempt says why b did not run it: {text}");
