@@ -98,6 +98,15 @@ impl JobRun {
         self.template_failed(ctx, task_run, error);
     }
 
+    /// The running attempt of `task_run`, whose runner is gone, ends `interrupted` with `detail`
+    /// and is retried by policy.
+    fn interrupt_running(&mut self, ctx: &mut Context<Self>, task_run: u64, detail: &str) {
+        let Some((mut attempt, _)) = self.running.remove(&task_run) else { return };
+        self.note_if_idle();
+        attempt.detail = Some(detail.into());
+        self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
+    }
+
     /// Tells node `node` to stop attempt `n` of `task_run`.
     pub(super) fn mail_kill(&self, node: i64, task_run: u64, n: u32, reason: FailReason, grace: Duration) {
         let Some(cluster) = &self.shared.cluster else { return };
@@ -139,11 +148,9 @@ impl JobRun {
         // Its end in a commit of its own after this one: in the same group, the row's last
         // write (queued, no node) would name this node as the attempt's.
         self.persist_then(ctx, writes, Vec::new(), move |act, ctx| {
-            let still = matches!(act.running.get(&task_run), Some((a, None)) if a.n == n);
-            let Some((mut attempt, _)) = still.then(|| act.running.remove(&task_run)).flatten() else { return };
-            act.note_if_idle();
-            attempt.detail = Some(super::UNHEARD.into());
-            act.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
+            if matches!(act.running.get(&task_run), Some((a, None)) if a.n == n) {
+                act.interrupt_running(ctx, task_run, super::UNHEARD);
+            }
         });
     }
 
@@ -272,12 +279,9 @@ impl Handler<RunnerDied> for JobRun {
         match dead_runner(fence, false, state, attempt) {
             DeadRunner::Interrupted(n) => {
                 let remote = matches!(self.running.get(&msg.task_run), Some((a, Some(Runner::Remote(_)))) if a.n == n);
-                let Some((mut attempt, _)) = remote.then(|| self.running.remove(&msg.task_run)).flatten() else {
-                    return;
-                };
-                self.note_if_idle();
-                attempt.detail = Some("its node died while it ran".into());
-                self.end_attempt(ctx, attempt, Some(FailReason::Interrupted));
+                if remote {
+                    self.interrupt_running(ctx, msg.task_run, "its node died while it ran");
+                }
             }
             DeadRunner::Unheard(n) => self.record_unheard(ctx, msg.task_run, n),
             // Not a running attempt here, nor a claim of the next one: as the owner has it.
