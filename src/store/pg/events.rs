@@ -227,8 +227,11 @@ async fn read_after(
     limit: usize,
     own: &[i64],
 ) -> Result<(u64, Vec<StoredEvent>), PgError> {
-    let stmt = client.prepare_cached(READ_AFTER).await?;
     let (mut events, mut last) = (Vec::new(), seq);
+    if limit == 0 {
+        return Ok((last, events));
+    }
+    let stmt = client.prepare_cached(READ_AFTER).await?;
     // A row that starts up to MAX_INSERT places before `seq` may hold events after it.
     let mut from = to_db(seq).saturating_sub(MAX_INSERT as i64);
     loop {
@@ -237,19 +240,22 @@ async fn read_after(
             let mut these = Vec::new();
             let row_last = row_events(row, seq, &mut these);
             from = row.get(0);
-            if events.len() + these.len() > limit {
-                // This row does not fit: stop before it (unless nothing was read yet).
-                if events.is_empty() {
-                    these.truncate(limit);
-                    last = these.last().map_or(last, |e| e.seq);
-                    events = these;
-                }
+            let room = limit - events.len();
+            if these.len() > room {
+                // The page ends inside this row: its last event is the place read (the next
+                // read starts there and filters the row's earlier events out again).
+                these.truncate(room);
+                last = these.last().map_or(last, |e| e.seq);
+                events.extend(these);
                 return Ok((last, events));
             }
             last = last.max(row_last);
             events.extend(these);
+            if events.len() == limit {
+                return Ok((last, events));
+            }
         }
-        if (rows.len() as i64) < ROWS_AT_ONCE || events.len() >= limit {
+        if (rows.len() as i64) < ROWS_AT_ONCE {
             return Ok((last, events));
         }
     }
