@@ -16,7 +16,10 @@
 //! - node clocks: one rate for all clocks (monotonic clocks; drift is not modelled).
 //!
 //! The owner's commits are blind writes of whole records (what `store::Mutation` is), fenced by
-//! the epoch alone: the model shows that the node lease's fences make them safe.
+//! the epoch alone: the model shows that the node lease's fences make them safe. The owner's
+//! record of a task run (`task_runs.record`) is apart from the columns the claim writes: it
+//! learns of a claim only from the runner's `Started` mail (or its own worker), so a claimer
+//! that dies before that is an unheard claim, which [`dead_runner`] must count.
 //!
 //! A [`Flaw`] replaces one rule by a broken one; the tests assert the checker finds each, so the
 //! checker cannot pass by checking nothing.
@@ -76,8 +79,8 @@ impl Bounds {
         }
     }
 
-    /// `GAFFER_LEASE_CHECK=big`: one more tick of the store clock — 313k states instead of 62k
-    /// (about three minutes in a debug build on a busy machine).
+    /// `GAFFER_LEASE_CHECK=big`: one more tick of the store clock (several times the small
+    /// world's 180k states; minutes in a debug build on a busy machine).
     pub fn big() -> Bounds {
         Bounds { max_time: 4, ..Bounds::small() }
     }
@@ -103,6 +106,10 @@ pub enum Flaw {
     AdoptFromLiveOwner,
     /// A reaped attempt is not counted: its number is handed out again.
     InterruptedUncounted,
+    /// A row claimed by a node that died before its owner heard the start is written back as
+    /// the owner's record has it (queued at the old count) instead of counted: what gaffer did
+    /// before `model::lease::dead_runner` had [`DeadRunner::Unheard`].
+    UnheardWrittenBack,
 }
 
 /// What the store recorded of one attempt.
@@ -116,7 +123,14 @@ enum Rec {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct TaskRow {
+    /// The columns the claim, the fenced completion and the owner's commits write.
     fence: Fence,
+    /// The owner's record of the task run (`task_runs.record`): its state and the attempts it
+    /// counted. Only the owner's commits write it, so it lags the claim until the owner hears
+    /// the start (a `Started` mail, or its own worker's claim, committed in its next group).
+    record: (TaskState, u32),
+    /// The latest `Started` mail the store holds for the task run (the attempt it names).
+    mail: Option<u32>,
     attempts: Vec<Rec>,
 }
 
@@ -127,6 +141,12 @@ enum Plan {
     Decide { epoch: u64, next: TaskState },
     /// Attempt `attempt` runs on a dead node: record it interrupted, then `next`.
     Reap { epoch: u64, attempt: u32, next: TaskState },
+    /// The owner heard attempt `attempt` start: its record says `running` as that attempt (a
+    /// blind write of the row as `writer.rs`'s `PUT_TASK_RUNS` does it: the node a running row
+    /// names is kept).
+    Heard { epoch: u64, attempt: u32 },
+    /// The row is written back as the owner's record has it.
+    WriteBack { epoch: u64, state: TaskState, attempt: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -260,7 +280,12 @@ impl World {
             leases: vec![b.lease; b.machines],
             job: Ownership { owner: Some(0), epoch: 1 },
             tasks: vec![
-                TaskRow { fence: Fence { state: TaskState::Queued, node: None, attempt: 0 }, attempts: vec![] };
+                TaskRow {
+                    fence: Fence { state: TaskState::Queued, node: None, attempt: 0 },
+                    record: (TaskState::Queued, 0),
+                    mail: None,
+                    attempts: vec![],
+                };
                 b.tasks
             ],
             machines: (0..b.machines).map(machine).collect(),
@@ -293,7 +318,12 @@ impl World {
             .tasks
             .iter()
             .enumerate()
-            .map(|(i, t)| format!("t{i} {:?} node={:?} attempts={:?}", t.fence.state, t.fence.node, t.attempts))
+            .map(|(i, t)| {
+                format!(
+                    "t{i} {:?} node={:?} record={:?} mail={:?} attempts={:?}",
+                    t.fence.state, t.fence.node, t.record, t.mail, t.attempts
+                )
+            })
             .collect();
         let ids: Vec<String> = self.machines.iter().enumerate().map(|(i, m)| format!("m{i}={:?}", m.id)).collect();
         format!(
@@ -387,9 +417,15 @@ impl Rules {
     fn plan(&self, w: &World, t: usize, epoch: u64) -> Option<Plan> {
         let row = &w.tasks[t];
         let fence = row.fence;
-        if let Some((_, attempt)) = orphaned_attempt(fence, fence.node.is_some_and(|n| w.live(n))) {
-            let next = self.retry(fence.attempt, true);
-            return Some(Plan::Reap { epoch, attempt, next });
+        let (record_state, record_attempt) = row.record;
+        let reap = |attempt: u32| Plan::Reap { epoch, attempt, next: self.retry(attempt, true) };
+        let write_back = Plan::WriteBack { epoch, state: record_state, attempt: record_attempt };
+        match dead_runner(fence, fence.node.is_some_and(|n| w.live(n)), record_state, record_attempt) {
+            DeadRunner::Interrupted(n) => return Some(reap(n)),
+            DeadRunner::Unheard(_) if self.flaw == Flaw::UnheardWrittenBack => return Some(write_back),
+            DeadRunner::Unheard(n) => return Some(reap(n)),
+            DeadRunner::WriteBack => return Some(write_back),
+            DeadRunner::Nothing => {}
         }
         if fence.state == TaskState::Running && fence.node.is_none() {
             let next = match row.attempts.last() {
@@ -398,7 +434,13 @@ impl Rules {
             };
             return Some(Plan::Decide { epoch, next });
         }
-        None
+        // A `Started` mail of the attempt the row runs, not yet in the record. (A late one of an
+        // attempt already counted is only a kill of that attempt: nothing to write.)
+        let heard = row.mail.filter(|&n| fence.state == TaskState::Running && fence.attempt == n);
+        match heard {
+            Some(attempt) if row.record != (TaskState::Running, attempt) => Some(Plan::Heard { epoch, attempt }),
+            _ => None,
+        }
     }
 
     /// Queued again or dead, by the retry policy, after `attempts` attempts.
@@ -503,6 +545,10 @@ impl Rules {
             Action::Start(i) => {
                 if let Some(Work::Claimed { task, attempt }) = w.machines[i].work {
                     w.machines[i].work = Some(Work::Running { task, attempt });
+                    // The `Started` mail is a row the runner inserts as it starts (a late
+                    // insert is this move made late).
+                    let mail = &mut w.tasks[task].mail;
+                    *mail = Some(mail.map_or(attempt, |m| m.max(attempt)));
                 }
             }
             Action::Finish(i, ok) => {
@@ -547,7 +593,10 @@ impl Rules {
         let m = &mut w.machines[i];
         let (Some(id), Some(plan)) = (m.id, m.plans[t].take()) else { return Err("no plan".into()) };
         let epoch = match plan {
-            Plan::Decide { epoch, .. } | Plan::Reap { epoch, .. } => epoch,
+            Plan::Decide { epoch, .. }
+            | Plan::Reap { epoch, .. }
+            | Plan::Heard { epoch, .. }
+            | Plan::WriteBack { epoch, .. } => epoch,
         };
         let accepted = commit_accepted(w.job, id, epoch) || self.flaw == Flaw::CommitIgnoresEpoch;
         if !accepted {
@@ -567,7 +616,16 @@ impl Rules {
         // Blind writes of whole records, as the owner's batch is.
         let row = &mut w.tasks[t];
         match plan {
-            Plan::Decide { next, .. } => row.fence = Fence { state: next, node: None, attempt: row.fence.attempt },
+            Plan::Decide { next, .. } => {
+                row.fence = Fence { state: next, node: None, attempt: row.fence.attempt };
+                row.record = (next, row.fence.attempt);
+            }
+            Plan::Heard { attempt, .. } => {
+                let node = if row.fence.state == TaskState::Running { row.fence.node } else { Some(id) };
+                row.fence = Fence { state: TaskState::Running, node, attempt };
+                row.record = (TaskState::Running, attempt);
+            }
+            Plan::WriteBack { state, attempt, .. } => row.fence = Fence { state, node: None, attempt },
             Plan::Reap { attempt, next, .. } => {
                 let rec = &mut row.attempts[attempt as usize - 1];
                 if *rec != Rec::Running {
@@ -582,6 +640,7 @@ impl Rules {
                     counted -= 1;
                 }
                 row.fence = Fence { state: next, node: None, attempt: counted };
+                row.record = (next, counted);
             }
         }
         Ok(())
@@ -698,6 +757,8 @@ pub struct Coverage {
     pub refused_outcomes: usize,
     /// Commits refused by the epoch fence.
     pub fenced_commits: usize,
+    /// Reaps of an attempt whose start the owner never heard (its record still `queued`).
+    pub unheard_reaps: usize,
 }
 
 impl Coverage {
@@ -706,7 +767,12 @@ impl Coverage {
             |w: &World| w.tasks.iter().flat_map(|t| &t.attempts).filter(|r| **r == Rec::Interrupted).count();
         match action {
             Action::Adopt(_) => self.adoptions += 1,
-            Action::Commit(..) if interrupted(after) > interrupted(before) => self.reaps += 1,
+            Action::Commit(_, t) if interrupted(after) > interrupted(before) => {
+                self.reaps += 1;
+                if before.tasks[t].record.0 == TaskState::Queued {
+                    self.unheard_reaps += 1;
+                }
+            }
             Action::Commit(i, _) if after.machines[i].owns.is_none() && before.machines[i].owns.is_some() => {
                 self.fenced_commits += 1
             }
@@ -716,7 +782,11 @@ impl Coverage {
     }
 
     fn all_seen(&self) -> bool {
-        self.adoptions > 0 && self.reaps > 0 && self.refused_outcomes > 0 && self.fenced_commits > 0
+        self.adoptions > 0
+            && self.reaps > 0
+            && self.refused_outcomes > 0
+            && self.fenced_commits > 0
+            && self.unheard_reaps > 0
     }
 }
 
@@ -910,6 +980,7 @@ fn lease_checker_finds_each_broken_rule() {
         Flaw::CommitIgnoresEpoch,
         Flaw::AdoptFromLiveOwner,
         Flaw::InterruptedUncounted,
+        Flaw::UnheardWrittenBack,
     ];
     for flaw in flaws {
         match explore(Bounds { resend: true, ..Bounds::small() }, flaw) {
