@@ -157,6 +157,36 @@ fn the_json_line_is_the_json_objects_text() {
     }
 }
 
+/// The line writes names as serde_json does — quotes, backslashes, control characters,
+/// DEL and non-ASCII — and every kind of instance, with and without an attempt.
+#[test]
+fn the_json_line_escapes_and_instances_as_the_object_does() {
+    let names = ["plain", "q\"uote", "back\\slash", "tab\tnew\nline\u{1}\u{1f}", "del\u{7f}", "ünï \u{2028} 🦀", ""];
+    let instances = [
+        None,
+        Some(Instance::FIRST),
+        Some(Instance { iteration: 3, item_index: Some(0), compensation: false, fanout: false }),
+        Some(Instance { iteration: 1, item_index: None, compensation: true, fanout: false }),
+        Some(Instance { iteration: 2, item_index: Some(7), compensation: false, fanout: true }),
+    ];
+    for (k, name) in names.iter().enumerate() {
+        for (j, instance) in instances.iter().enumerate() {
+            let mut e = sample(EventName::ALL[(k * instances.len() + j) % EventName::ALL.len()]);
+            e.ts_ms = (k * 1_000_003 + j) as u64;
+            e.job = Some(format!("j{name}"));
+            e.task = Some(name.to_string());
+            e.queue = (j % 2 == 0).then(|| name.to_string());
+            e.attempt = (j % 3 != 0).then_some(j as u32);
+            e.job_run = (j != 4).then_some(u64::MAX - j as u64);
+            e.instance = *instance;
+            assert_eq!(e.to_json_text(), crate::json::text(&e.to_json()), "{name:?} {instance:?}");
+            let message = EventData::TaskWarning { message: name.to_string() };
+            let warning = EngineEvent { data: message, ..e };
+            assert_eq!(warning.to_json_text(), crate::json::text(&warning.to_json()), "{name:?}");
+        }
+    }
+}
+
 #[test]
 fn lines_that_are_not_gaffer_events_are_refused() {
     let refused = [
