@@ -187,6 +187,42 @@ fn the_json_line_escapes_and_instances_as_the_object_does() {
     }
 }
 
+/// The variants written without a `Value`, in each of their shapes, and times from the epoch
+/// to the end of year 9999 (leap days, the ends of centuries, milliseconds), as `to_json` has
+/// them (`humantime` writes no later time).
+#[test]
+fn the_json_line_of_every_shape_and_time_is_the_objects_text() {
+    let shapes = [
+        EventData::TaskQueued { priority: 0, series_start: None },
+        EventData::TaskQueued { priority: 255, series_start: Some(u32::MAX) },
+        EventData::TaskStarted { priority: 50, pid: None },
+        EventData::TaskStarted { priority: 7, pid: Some(1) },
+        EventData::TaskSucceeded { duration_ms: 0, cost_usd_micros: 0, cached_from: None },
+        EventData::TaskSucceeded { duration_ms: u64::MAX, cost_usd_micros: 0, cached_from: Some(10) },
+        EventData::TaskSucceeded { duration_ms: 3, cost_usd_micros: 1_000_000, cached_from: None },
+        EventData::JobStarted(JobStart::New { params: BTreeMap::new() }),
+        EventData::JobSucceeded(JobEnd { cost_usd_micros: 0, reason: None }),
+    ];
+    let day = 86_400_000u64;
+    let mut times = vec![0, 1, 999, 1_000, day - 1, day, 1_795_000_000_123, 253_402_300_799_999];
+    // 1970 to 2400 in uneven steps: every month of many years, leap days and century ends.
+    let mut t = 0u64;
+    while t < 13_569_465_600_000 {
+        times.push(t);
+        t += 45 * day + 3_723_456;
+    }
+    for (k, data) in shapes.iter().enumerate() {
+        for &ts in &times {
+            let mut e = task_event(data.clone());
+            e.ts_ms = ts;
+            if k % 2 == 1 {
+                (e.attempt, e.instance, e.queue) = (None, None, None);
+            }
+            assert_eq!(e.to_json_text(), crate::json::text(&e.to_json()), "{data:?} at {ts}");
+        }
+    }
+}
+
 #[test]
 fn lines_that_are_not_gaffer_events_are_refused() {
     let refused = [
