@@ -23,6 +23,18 @@ pub fn pretty(value: &impl Serialize) -> String {
     write(value, Plain(PrettyFormatter::new()))
 }
 
+/// [`text`] of `value`, appended to `out` (`false`, with nothing appended, if it cannot be
+/// serialized: a map with non-string keys, which gaffer does not build).
+pub fn append_text(out: &mut Vec<u8>, value: &impl Serialize) -> bool {
+    let len = out.len();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut *out, Plain(CompactFormatter));
+    if value.serialize(&mut serializer).is_err() {
+        out.truncate(len);
+        return false;
+    }
+    true
+}
+
 fn write<F: Formatter>(value: &impl Serialize, formatter: F) -> String {
     let mut out = Vec::new();
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);

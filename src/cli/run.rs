@@ -919,12 +919,23 @@ async fn follow(
         }
     };
     tokio::pin!(wait);
+    // The events waiting are printed together, with one `write`.
+    let mut out = Vec::new();
     let outcome = loop {
         tokio::select! {
             Some(event) = events.recv() => {
-                let _ = headless::print(&mut stdout, format, &event);
-                if event.name() == engine::EventName::TaskBlocked && event.job_run.is_some_and(|j| watched.contains(&j)) {
-                    blocked = Some(event);
+                let mut next = Some(event);
+                while let Some(event) = next.take() {
+                    let _ = headless::print(&mut out, format, &event);
+                    if event.name() == engine::EventName::TaskBlocked && event.job_run.is_some_and(|j| watched.contains(&j)) {
+                        blocked = Some(event);
+                        break;
+                    }
+                    next = events.try_recv().ok();
+                }
+                let _ = stdout.write_all(&out);
+                out.clear();
+                if blocked.is_some() {
                     break Err(exit::FAILED);
                 }
             }
@@ -970,8 +981,9 @@ async fn follow(
     handle.drain_hooks().await;
     handle.flush_events().await;
     while let Ok(event) = events.try_recv() {
-        let _ = headless::print(&mut stdout, format, &event);
+        let _ = headless::print(&mut out, format, &event);
     }
+    let _ = stdout.write_all(&out);
     let _ = stdout.flush();
     if let (Ok(Ok(ended)), Format::Human) = (&outcome, format) {
         let failed = ended.iter().filter(|(_, s)| *s != JobState::Succeeded).count();

@@ -529,7 +529,69 @@ impl EngineEvent {
     /// written without building the object (a map with hashed, allocated keys): the journal,
     /// the cluster's stream and `--json` encode every event this way.
     pub fn to_json_text(&self) -> String {
-        crate::json::text(&Ordered(self.fields()))
+        let mut out = Vec::with_capacity(256);
+        if !self.write_json_text(&mut out) {
+            return crate::json::text(&Ordered(self.fields()));
+        }
+        String::from_utf8(out).unwrap_or_else(|_| crate::json::text(&Ordered(self.fields())))
+    }
+
+    /// [`to_json_text`](Self::to_json_text)'s bytes: the fields of [`fields`](Self::fields)
+    /// in their order, written as they are (no `Value` built, nothing cloned, no `fmt`); the
+    /// own fields of events other than a task's queued, started or succeeded through
+    /// `EventData::fields` and `crate::json`. `false` if a value could not be written (then
+    /// `fields` decides). No key of `EventData::fields` is a common one, and none comes twice
+    /// (`the_json_line_is_the_json_objects_text` compares every event with `to_json`).
+    fn write_json_text(&self, out: &mut Vec<u8>) -> bool {
+        out.extend_from_slice(b"{\"ts\":\"");
+        push_rfc3339_ms(out, self.ts_ms);
+        out.extend_from_slice(b"\",\"event\":");
+        push_json_str(out, self.name().as_str());
+        push_text(out, "job", self.job.as_deref());
+        push_number(out, "job_run", self.job_run);
+        push_text(out, "task", self.task.as_deref());
+        push_number(out, "task_run", self.task_run);
+        push_number(out, "attempt", self.attempt.map(u64::from));
+        push_text(out, "queue", self.queue.as_deref());
+        if let Some(i) = &self.instance {
+            push_number(out, "iteration", Some(u64::from(i.iteration)));
+            push_number(out, "item_index", i.item_index.map(u64::from));
+            if i.compensation {
+                out.extend_from_slice(b",\"kind\":\"compensation\"");
+            } else if i.fanout {
+                out.extend_from_slice(b",\"kind\":\"fanout\"");
+            }
+        }
+        match &self.data {
+            // A no-op task's three events, written without a `Value`.
+            EventData::TaskQueued { priority, series_start } => {
+                push_number(out, "priority", Some(u64::from(*priority)));
+                push_number(out, "series_start", series_start.map(u64::from));
+            }
+            EventData::TaskStarted { priority, pid } => {
+                push_number(out, "priority", Some(u64::from(*priority)));
+                push_number(out, "pid", pid.map(u64::from));
+            }
+            EventData::TaskSucceeded { duration_ms, cost_usd_micros: 0, cached_from } => {
+                push_number(out, "duration_ms", Some(*duration_ms));
+                // `usd_json(0)` as `crate::json` writes it: a float.
+                out.extend_from_slice(b",\"cost_usd\":0.0");
+                if cached_from.is_some() {
+                    out.extend_from_slice(b",\"cached\":true");
+                }
+                push_number(out, "from_task_run", *cached_from);
+            }
+            data => {
+                for (key, value) in data.fields().into_iter().flatten() {
+                    push_key(out, key);
+                    if !crate::json::append_text(out, &value) {
+                        return false;
+                    }
+                }
+            }
+        }
+        out.push(b'}');
+        true
     }
 
     /// The fields of [`to_json`](Self::to_json) in order; a key given twice keeps its first
@@ -601,6 +663,91 @@ impl Serialize for Ordered {
             map.serialize_entry(key, value)?;
         }
         map.end()
+    }
+}
+
+/// `,"key":`.
+fn push_key(out: &mut Vec<u8>, key: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// `,"key":n`, when there is a number.
+fn push_number(out: &mut Vec<u8>, key: &str, n: Option<u64>) {
+    if let Some(n) = n {
+        push_key(out, key);
+        push_digits(out, n);
+    }
+}
+
+/// `,"key":"text"`, when there is a text.
+fn push_text(out: &mut Vec<u8>, key: &str, text: Option<&str>) {
+    if let Some(text) = text {
+        push_key(out, key);
+        push_json_str(out, text);
+    }
+}
+
+/// `n` in decimal, as serde_json writes an integer.
+fn push_digits(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// [`rfc3339_ms`] of `ms`, appended (`2026-11-22T13:00:00.123Z`): the civil date of the day
+/// (Howard Hinnant's `civil_from_days`), then the time; past year 9999 through `humantime`.
+fn push_rfc3339_ms(out: &mut Vec<u8>, ms: u64) {
+    let (days, in_day) = (ms / 86_400_000, ms % 86_400_000);
+    let z = days + 719_468;
+    let (era, doe) = (z / 146_097, z % 146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    if year > 9999 {
+        out.extend_from_slice(rfc3339_ms(ms).as_bytes());
+        return;
+    }
+    let two = |out: &mut Vec<u8>, n: u64| out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+    two(out, year / 100);
+    two(out, year % 100);
+    out.push(b'-');
+    two(out, month);
+    out.push(b'-');
+    two(out, day);
+    out.push(b'T');
+    let secs = in_day / 1_000;
+    two(out, secs / 3_600);
+    out.push(b':');
+    two(out, secs / 60 % 60);
+    out.push(b':');
+    two(out, secs % 60);
+    out.push(b'.');
+    let milli = in_day % 1_000;
+    out.extend_from_slice(&[b'0' + (milli / 100) as u8, b'0' + (milli / 10 % 10) as u8, b'0' + (milli % 10) as u8]);
+    out.push(b'Z');
+}
+
+/// `s` as a JSON string, escaped as serde_json escapes it.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        crate::json::append_text(out, &s);
     }
 }
 

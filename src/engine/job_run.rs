@@ -15,7 +15,7 @@ use actix::prelude::*;
 use futures_util::FutureExt;
 
 use super::dispatcher::{AttemptFailed, Enqueue, ReadyEntry, Reserve};
-use super::journal::Publish;
+use super::journal::{Publish, PublishAll};
 use super::scheduler::{TaskTimer, Unschedule};
 use super::supervisor::{Fatal, JobRunEnded};
 use super::worker::{Assign, Kill, Launch, Owner, Worker};
@@ -607,8 +607,8 @@ impl JobRun {
         while let Some((events, after)) = self.committed.remove(&self.next_to_run) {
             self.next_to_run += 1;
             self.inflight -= 1;
-            for event in events {
-                self.shared.journal.do_send(Publish(event));
+            if !events.is_empty() {
+                self.shared.journal.do_send(PublishAll(events));
             }
             after(self, ctx);
             if let Some(begun) = self.begun.take() {

@@ -1,8 +1,13 @@
 //! The event journal's files: `events/events.<UTC date>.jsonl`, one a day, the newest
-//! [`RETENTION_DAYS`] kept (SPEC §5). Each event is one line written with one `write`. A write
-//! that fails (a full disk) is undone by cutting the file back to where the line began, and a
-//! file opened again is cut back to its last complete line (a crash mid-write), so the journal
-//! never holds a partial line and the next event never lands on the end of a fragment.
+//! [`RETENTION_DAYS`] kept (SPEC §5). Each event is one line. Lines are gathered ([`push`]) and
+//! written together with one `write` ([`flush`]; the Journal flushes once its mailbox is empty,
+//! and before answering `Flush`). A write that fails (a full disk) is undone by cutting the file
+//! back to where its first line began, and a file opened again is cut back to its last complete
+//! line (a crash mid-write), so the journal never holds a partial line and the next event never
+//! lands on the end of a fragment.
+//!
+//! [`push`]: JournalFile::push
+//! [`flush`]: JournalFile::flush
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -14,12 +19,23 @@ use crate::state_dir::{Access, StateDir};
 /// Days of journal kept (SPEC §5).
 pub const RETENTION_DAYS: usize = 14;
 const FOLDER: &str = "events";
+/// Lines gathered past this many bytes are written at once, whatever is still to come.
+const GATHER_BYTES: usize = 256 * 1024;
 
 pub struct JournalFile {
     dir: StateDir,
     current: Option<DayFile>,
     /// Set while writes fail: why, and how many events were not written.
     failing: Option<(String, u64)>,
+    /// Lines gathered and not written yet, all of one day: that date, the bytes, how many lines.
+    gathered: Gathered,
+}
+
+#[derive(Default)]
+struct Gathered {
+    date: String,
+    bytes: Vec<u8>,
+    lines: u64,
 }
 
 struct DayFile {
@@ -33,31 +49,73 @@ impl JournalFile {
     pub fn open(state_dir: &Path) -> io::Result<JournalFile> {
         let dir = StateDir::open(state_dir).map_err(io::Error::other)?;
         dir.create_dir_all(FOLDER)?;
-        Ok(JournalFile { dir, current: None, failing: None })
+        Ok(JournalFile { dir, current: None, failing: None, gathered: Gathered::default() })
     }
 
-    /// Appends one line (with its `\n`) to the file of `date` (`YYYY-MM-DD`, UTC). A failure
-    /// is said on gaffer's stderr once, and again with the count of lost events when writing works again.
-    pub fn append(&mut self, date: &str, line: &[u8]) {
-        match self.write_line(date, line) {
-            Ok(()) => {
-                if let Some((_, lost)) = self.failing.take() {
-                    tracing::warn!("event journal: writing again; {lost} event(s) before this one were not written");
-                }
-            }
-            Err(e) => match &mut self.failing {
-                Some((_, lost)) => *lost += 1,
-                None => {
-                    tracing::error!(
-                        "event journal: cannot write {}: {e}; events are missing from the journal until it can write again",
-                        self.dir.join(file_name(date)).display()
-                    );
-                    self.failing = Some((e.to_string(), 1));
-                }
-            },
+    /// Gathers one line (without its `\n`) for the file of `date` (`YYYY-MM-DD`, UTC), written
+    /// at the next [`flush`](Self::flush) — or now, when it is of another day than the lines
+    /// gathered before it (those are written first) or they pass [`GATHER_BYTES`].
+    pub fn push(&mut self, date: &str, line: &[u8]) {
+        if self.gathered.lines > 0 && self.gathered.date != date {
+            self.flush();
+        }
+        if self.gathered.lines == 0 && self.gathered.date != date {
+            self.gathered.date.clear();
+            self.gathered.date.push_str(date);
+        }
+        self.gathered.bytes.extend_from_slice(line);
+        self.gathered.bytes.push(b'\n');
+        self.gathered.lines += 1;
+        if self.gathered.bytes.len() >= GATHER_BYTES {
+            self.flush();
         }
     }
 
+    /// Whether lines wait for a [`flush`](Self::flush).
+    pub fn has_gathered(&self) -> bool {
+        self.gathered.lines > 0
+    }
+
+    /// Writes the gathered lines with one `write`. A failure is said on gaffer's stderr once,
+    /// and again with the count of lost events when writing works again.
+    pub fn flush(&mut self) {
+        if self.gathered.lines == 0 {
+            return;
+        }
+        let mut gathered = std::mem::take(&mut self.gathered);
+        let written = self.write_line(&gathered.date, &gathered.bytes);
+        match written {
+            Ok(()) => {
+                if let Some((_, lost)) = self.failing.take() {
+                    tracing::warn!("event journal: writing again; {lost} event(s) before these were not written");
+                }
+            }
+            Err(e) => match &mut self.failing {
+                Some((_, lost)) => *lost += gathered.lines,
+                None => {
+                    tracing::error!(
+                        "event journal: cannot write {}: {e}; events are missing from the journal until it can write again",
+                        self.dir.join(file_name(&gathered.date)).display()
+                    );
+                    self.failing = Some((e.to_string(), gathered.lines));
+                }
+            },
+        }
+        // The buffer and the date are kept for the next lines.
+        gathered.bytes.clear();
+        gathered.lines = 0;
+        self.gathered = gathered;
+    }
+
+    /// Appends one line (with its `\n`) to the file of `date` now, after the lines gathered
+    /// before it.
+    #[cfg(test)]
+    pub fn append(&mut self, date: &str, line: &[u8]) {
+        self.push(date, line.strip_suffix(b"\n").unwrap_or(line));
+        self.flush();
+    }
+
+    /// Writes `lines` (whole lines) to the file of `date` with one `write`, or cuts it back.
     fn write_line(&mut self, date: &str, line: &[u8]) -> io::Result<()> {
         if self.current.as_ref().is_none_or(|c| c.date != date) {
             self.current = None;
@@ -96,6 +154,12 @@ impl JournalFile {
                 tracing::warn!("event journal: cannot remove an old file: {e}");
             }
         }
+    }
+}
+
+impl Drop for JournalFile {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

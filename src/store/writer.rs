@@ -209,9 +209,7 @@ fn commit_loop(db: &std::sync::Weak<Database>, rx: &mpsc::Receiver<Request>, com
 
 fn commit_group(db: &Database, group: &[Request]) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(db_err)?;
-    for request in group {
-        apply(&txn, &request.batch)?;
-    }
+    apply(&txn, group.iter().map(|r| r.batch.as_slice()))?;
     txn.commit().map_err(db_err)
 }
 

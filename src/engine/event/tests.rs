@@ -157,6 +157,72 @@ fn the_json_line_is_the_json_objects_text() {
     }
 }
 
+/// The line writes names as serde_json does — quotes, backslashes, control characters,
+/// DEL and non-ASCII — and every kind of instance, with and without an attempt.
+#[test]
+fn the_json_line_escapes_and_instances_as_the_object_does() {
+    let names = ["plain", "q\"uote", "back\\slash", "tab\tnew\nline\u{1}\u{1f}", "del\u{7f}", "ünï \u{2028} 🦀", ""];
+    let instances = [
+        None,
+        Some(Instance::FIRST),
+        Some(Instance { iteration: 3, item_index: Some(0), compensation: false, fanout: false }),
+        Some(Instance { iteration: 1, item_index: None, compensation: true, fanout: false }),
+        Some(Instance { iteration: 2, item_index: Some(7), compensation: false, fanout: true }),
+    ];
+    for (k, name) in names.iter().enumerate() {
+        for (j, instance) in instances.iter().enumerate() {
+            let mut e = sample(EventName::ALL[(k * instances.len() + j) % EventName::ALL.len()]);
+            e.ts_ms = (k * 1_000_003 + j) as u64;
+            e.job = Some(format!("j{name}"));
+            e.task = Some(name.to_string());
+            e.queue = (j % 2 == 0).then(|| name.to_string());
+            e.attempt = (j % 3 != 0).then_some(j as u32);
+            e.job_run = (j != 4).then_some(u64::MAX - j as u64);
+            e.instance = *instance;
+            assert_eq!(e.to_json_text(), crate::json::text(&e.to_json()), "{name:?} {instance:?}");
+            let message = EventData::TaskWarning { message: name.to_string() };
+            let warning = EngineEvent { data: message, ..e };
+            assert_eq!(warning.to_json_text(), crate::json::text(&warning.to_json()), "{name:?}");
+        }
+    }
+}
+
+/// The variants written without a `Value`, in each of their shapes, and times from the epoch
+/// to the end of year 9999 (leap days, the ends of centuries, milliseconds), as `to_json` has
+/// them (`humantime` writes no later time).
+#[test]
+fn the_json_line_of_every_shape_and_time_is_the_objects_text() {
+    let shapes = [
+        EventData::TaskQueued { priority: 0, series_start: None },
+        EventData::TaskQueued { priority: 255, series_start: Some(u32::MAX) },
+        EventData::TaskStarted { priority: 50, pid: None },
+        EventData::TaskStarted { priority: 7, pid: Some(1) },
+        EventData::TaskSucceeded { duration_ms: 0, cost_usd_micros: 0, cached_from: None },
+        EventData::TaskSucceeded { duration_ms: u64::MAX, cost_usd_micros: 0, cached_from: Some(10) },
+        EventData::TaskSucceeded { duration_ms: 3, cost_usd_micros: 1_000_000, cached_from: None },
+        EventData::JobStarted(JobStart::New { params: BTreeMap::new() }),
+        EventData::JobSucceeded(JobEnd { cost_usd_micros: 0, reason: None }),
+    ];
+    let day = 86_400_000u64;
+    let mut times = vec![0, 1, 999, 1_000, day - 1, day, 1_795_000_000_123, 253_402_300_799_999];
+    // 1970 to 2400 in uneven steps: every month of many years, leap days and century ends.
+    let mut t = 0u64;
+    while t < 13_569_465_600_000 {
+        times.push(t);
+        t += 45 * day + 3_723_456;
+    }
+    for (k, data) in shapes.iter().enumerate() {
+        for &ts in &times {
+            let mut e = task_event(data.clone());
+            e.ts_ms = ts;
+            if k % 2 == 1 {
+                (e.attempt, e.instance, e.queue) = (None, None, None);
+            }
+            assert_eq!(e.to_json_text(), crate::json::text(&e.to_json()), "{data:?} at {ts}");
+        }
+    }
+}
+
 #[test]
 fn lines_that_are_not_gaffer_events_are_refused() {
     let refused = [
