@@ -130,7 +130,7 @@ async fn commit_retrying(
     let mut wait = std::time::Duration::from_millis(50);
     loop {
         match commit_group(pool, facts, ownership, group).await {
-            Err(e) if unreachable(&e) && started.elapsed() < RECONNECT_FOR => {
+            Err(e) if (unreachable(&e) || deadlocked(&e)) && started.elapsed() < RECONNECT_FOR => {
                 tracing::warn!("postgres: cannot commit ({e}); trying again in {wait:?}");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(RECONNECT_MAX_WAIT);
@@ -156,6 +156,15 @@ fn unreachable(e: &PgError) -> bool {
         "No route to host",
     ];
     matches!(e, PgError::Db(m) if SIGNS.iter().any(|s| m.contains(s)))
+}
+
+/// PostgreSQL broke a deadlock by aborting this transaction: nothing of it was written, and it
+/// is tried again. The owner's updates of task runs (`PUT_TASK_RUNS`) lock rows in the order
+/// of its plan's scan (key order for an index scan, page order for a bitmap scan), as a
+/// runner's fenced completion does (`queue::COMPLETE`): two that share rows may meet in
+/// opposite orders.
+fn deadlocked(e: &PgError) -> bool {
+    matches!(e, PgError::Db(m) if m.contains("deadlock detected"))
 }
 
 fn outcome(fenced: Option<u64>) -> Result<(), PgError> {
