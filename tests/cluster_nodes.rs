@@ -601,8 +601,13 @@ fn what_no_live_node_can_run_and_what_runs_on_every_node_are_seen_from_any_node(
             cluster.running_on(name).iter().all(|m| running.contains(&(m.task_run, m.attempt)))
         });
     }
-    let listed: usize = ["a", "b", "c"].iter().map(|n| seen(n).len()).sum();
-    assert_eq!(listed, cluster.tasks(busy).iter().filter(|t| t["state"] == "running").count(), "each once");
+    let listed = || -> usize { ["a", "b", "c"].iter().map(|n| seen(n).len()).sum() };
+    // The records say `running` once their owner wrote them: an attempt a claimed for itself
+    // has its start written by its end or after `start_write_delay` (1 s), the claim's row
+    // standing for it meanwhile; one on b or c once a heard it started.
+    let recorded = || cluster.tasks(busy).iter().filter(|t| t["state"] == "running").count();
+    wait_until(Duration::from_secs(10), "the six attempts, listed and recorded", || listed() == 6 && recorded() == 6);
+    assert_eq!(listed(), recorded(), "each once");
 }
 
 /// The kill -9 campaign's cluster mode (issue #11 §8; `scripts/kill9-campaign.sh --cluster`

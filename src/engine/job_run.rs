@@ -54,6 +54,11 @@ pub struct JobRun {
     /// Running attempts whose pid is known but not yet written: it rides on the job run's next
     /// commit, or is written alone after `PID_WRITE_DELAY` (see `ProcessStarted`).
     pids_unwritten: std::collections::HashSet<u64>,
+    /// Running attempts claimed from the cluster's queue whose records (the task run's
+    /// `running`, the attempt's start) are not yet written: the claim's commit stands for them
+    /// until the attempt's end writes them, or `ClusterConfig::start_write_delay` passes (see
+    /// `commit_claim`).
+    claims_unwritten: std::collections::HashSet<u64>,
     /// Attempts found running in the store at start (crash recovery), by task run.
     interrupted: Vec<AttemptRecord>,
     /// Those of them that ran on another node, which died (adoption): no process of this
@@ -232,6 +237,7 @@ impl JobRun {
             run,
             running,
             pids_unwritten: Default::default(),
+            claims_unwritten: Default::default(),
             interrupted,
             interrupted_elsewhere,
             interrupted_unheard,
@@ -1157,12 +1163,20 @@ impl JobRun {
         if self.fenced {
             return Box::pin(actix::fut::ready(None));
         }
-        let writes = vec![Mutation::TaskRun(self.task_record(i)), Mutation::Attempt(attempt)];
         if in_store {
-            // A commit refused (another node owns the run now) kills the attempt: `fenced_out`.
-            self.persist_then(ctx, writes, Vec::new(), |_, _| {});
+            // The claim's commit is the durable `running` (this node, attempt n): the owner's
+            // records of it are written by the attempt's end (which supersedes them: it writes
+            // the task run and the attempt), or alone after `start_write_delay` if it still runs
+            // then — not with the run's other commits, or the first end of a wave would write
+            // every other start. A crash in between leaves the row as a claim its owner never
+            // heard: `model::lease::dead_runner`'s `Unheard`, recorded `interrupted` as attempt n.
+            let (task_run, n) = (attempt.task_run, attempt.n);
+            let delay = self.shared.cluster.as_ref().map_or(PID_WRITE_DELAY, |c| c.start_write_delay);
+            self.claims_unwritten.insert(task_run);
+            ctx.run_later(delay, move |act, ctx| act.write_unwritten(ctx, task_run, n, true));
             return Box::pin(actix::fut::ready(Some(claimed)));
         }
+        let writes = vec![Mutation::TaskRun(self.task_record(i)), Mutation::Attempt(attempt)];
         let commit = self.shared.store.commit(writes);
         Box::pin(commit.into_actor(self).map(move |result, act, ctx| match result {
             Ok(()) => Some(claimed),
@@ -1217,7 +1231,7 @@ impl Handler<ProcessStarted> for JobRun {
             // own on the start path. It goes with the next one (most often the attempt's end).
             self.pids_unwritten.insert(msg.task_run);
             let (task_run, n) = (msg.task_run, msg.attempt);
-            ctx.run_later(PID_WRITE_DELAY, move |act, _| act.write_pid(task_run, n));
+            ctx.run_later(PID_WRITE_DELAY, move |act, ctx| act.write_unwritten(ctx, task_run, n, false));
         }
         self.shared.journal.do_send(Publish(event));
     }
@@ -1228,19 +1242,42 @@ const PID_WRITE_DELAY: Duration = Duration::from_secs(1);
 
 impl JobRun {
     /// The attempt records of running attempts whose pid is not written yet; they are now.
+    /// Not those of claims whose start is not written either: their pid goes with it.
     fn unwritten_pids(&mut self) -> Vec<Mutation> {
-        let running = &self.running;
+        let (running, claims) = (&self.running, &self.claims_unwritten);
         self.pids_unwritten
             .drain()
+            .filter(|task_run| !claims.contains(task_run))
             .filter_map(|task_run| running.get(&task_run).map(|(a, _)| Mutation::Attempt(a.clone())))
             .collect()
     }
 
-    /// Attempt `n` of `task_run` still runs and its pid was not written with anything else.
-    fn write_pid(&mut self, task_run: u64, n: u32) {
-        let Some((attempt, _)) = self.running.get(&task_run).filter(|(a, _)| a.n == n) else { return };
-        if self.pids_unwritten.remove(&task_run) && !self.fenced {
-            drop(self.shared.store.commit(vec![Mutation::Attempt(attempt.clone())]));
+    /// Attempt `n` of `task_run` still runs and its pid (`claim_due` false) or its claim's
+    /// start (true: with its pid, if known) was not written with anything else: it is now. A
+    /// pid waits for the claim's start if that is not written yet.
+    fn write_unwritten(&mut self, ctx: &mut Context<Self>, task_run: u64, n: u32, claim_due: bool) {
+        let Some((attempt, _)) = self.running.get(&task_run).filter(|(a, _)| a.n == n) else {
+            // It ended (its end wrote its records); a later attempt's own timer writes that one's.
+            if !self.running.contains_key(&task_run) {
+                self.claims_unwritten.remove(&task_run);
+            }
+            return;
+        };
+        let attempt = attempt.clone();
+        if self.fenced || (!claim_due && self.claims_unwritten.contains(&task_run)) {
+            return;
+        }
+        if claim_due {
+            if !self.claims_unwritten.remove(&task_run) {
+                return;
+            }
+            self.pids_unwritten.remove(&task_run);
+            let Some(i) = self.idx(task_run) else { return };
+            let writes = vec![Mutation::TaskRun(self.task_record(i)), Mutation::Attempt(attempt)];
+            // A commit refused (another node owns the run now) kills the attempt: `fenced_out`.
+            self.persist_then(ctx, writes, Vec::new(), |_, _| {});
+        } else if self.pids_unwritten.remove(&task_run) {
+            drop(self.shared.store.commit(vec![Mutation::Attempt(attempt)]));
         }
     }
 }

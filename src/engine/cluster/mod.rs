@@ -45,7 +45,14 @@ pub struct ClusterConfig {
     /// The node's labels as `nodes.labels` records them and claims match them (`requires <@
     /// labels`); give the same as `EngineConfig::labels`.
     pub labels: Vec<String>,
+    /// How long the records of an attempt claimed here for a job run owned here (the task
+    /// run's `running`, the attempt's start) wait for the attempt's end before they are written
+    /// alone: the claim's commit stands for them meanwhile (`JobRun::commit_claim`).
+    pub start_write_delay: Duration,
 }
+
+/// [`ClusterConfig::start_write_delay`] by default: as long as a running attempt's pid waits.
+pub const START_WRITE_DELAY: Duration = Duration::from_secs(1);
 
 impl ClusterConfig {
     /// A node of the default name and lease, without labels.
@@ -55,6 +62,7 @@ impl ClusterConfig {
             lease: Duration::from_millis(DEFAULT_LEASE_MS),
             node_name: default_node_name(),
             labels: Vec::new(),
+            start_write_delay: START_WRITE_DELAY,
         }
     }
 }
@@ -88,6 +96,8 @@ pub struct ClusterNode {
     pub relays: Arc<relay::Relays>,
     /// This node's state dir, where it notes the node it joined as ([`NODE_FILE`]).
     state_dir: PathBuf,
+    /// [`ClusterConfig::start_write_delay`].
+    pub start_write_delay: Duration,
 }
 
 impl ClusterNode {
@@ -106,7 +116,20 @@ impl ClusterNode {
         let current_id = Arc::new(AtomicI64::new(node.id));
         let completer = Mutex::new(completer);
         let (pumps, relays) = (Mutex::default(), Arc::default());
-        Ok(ClusterNode { backend, node, heartbeat, rejoined, current_id, completer, mailer, pumps, relays, state_dir })
+        let start_write_delay = config.start_write_delay;
+        Ok(ClusterNode {
+            backend,
+            node,
+            heartbeat,
+            rejoined,
+            current_id,
+            completer,
+            mailer,
+            pumps,
+            relays,
+            state_dir,
+            start_write_delay,
+        })
     }
 
     /// This node's row now: the first one, or the latest rejoin's.

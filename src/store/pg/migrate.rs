@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_mail_read.sql"),
     include_str!("migrations/0006_limits.sql"),
     include_str!("migrations/0007_lean_writes.sql"),
+    include_str!("migrations/0008_task_runs_room.sql"),
 ];
 
 /// The schema this gaffer writes.

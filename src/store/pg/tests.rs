@@ -102,6 +102,32 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused_before_anything_is_
     assert!(tables().trim().parse::<u32>().expect("count") > 10);
 }
 
+/// A database at schema 7 with rows in it (a node of the previous gaffer) takes migration 8 once
+/// when this gaffer opens it: `task_runs` gets its room (fillfactor 50), its rows stay as they are.
+#[tokio::test]
+async fn schema_8_applies_to_a_schema_7_database_with_rows() {
+    let db = test_db_or_skip!();
+    let ids = {
+        let store = open(&db).await;
+        enqueue(&store, "default", 100).await
+    };
+    // What schema 7 left: its fillfactor, no version 8.
+    db.psql("ALTER TABLE task_runs SET (fillfactor = 70); DELETE FROM gaffer_schema WHERE version = 8");
+    let options = || db.psql("SELECT reloptions::text FROM pg_class WHERE oid = 'task_runs'::regclass");
+    assert_eq!(options().trim(), "{fillfactor=70}");
+    let store = open(&db).await;
+    assert_eq!(options().trim(), "{fillfactor=50}");
+    let applied = db.psql("SELECT count(*) FROM gaffer_schema WHERE version = 8");
+    assert_eq!(applied.trim(), "1");
+    assert_eq!(
+        store.snapshot().await.expect("snapshot").task_run(ids[99]).await.expect("read").map(|t| t.id),
+        Some(ids[99])
+    );
+    drop(store);
+    open(&db).await;
+    assert_eq!(db.psql("SELECT count(*) FROM gaffer_schema").trim(), SCHEMA_VERSION.to_string(), "each applied once");
+}
+
 #[tokio::test]
 async fn every_record_round_trips_and_a_snapshot_keeps_its_view() {
     let db = test_db_or_skip!();
@@ -407,6 +433,66 @@ async fn claim_and_complete_never_scan_the_task_runs_table() {
     assert_eq!(after.0 - before.0, 0, "claim/complete scanned task_runs {} times", after.0 - before.0);
     let done = db.psql("SELECT count(*) FROM attempts");
     assert_eq!(done.trim(), (40 * (1 + 10 + 64)).to_string());
+}
+
+/// The owner's writes of task runs that exist (a start, an end) update them by primary key
+/// (`writer::PUT_TASK_RUNS`: `UPDATE … WHERE id = ANY(…)`, then the insert of the others), also
+/// with statistics taken while the table was empty (pg-probe's trap 1), in groups as a node
+/// writes them (1–64 rows): no sequential scan of `task_runs`. (A group that is a large part
+/// of the table — 500 of these 10,000 rows — is planned as one sequential scan and a hash join,
+/// which is the cheaper plan there.) Counted from `pg_stat_user_tables` once the
+/// writer's backends exited (a backend reports its statistics when it ends).
+#[tokio::test]
+async fn task_run_writes_update_by_primary_key_whatever_the_statistics() {
+    let db = test_db_or_skip!();
+    let gone = || async {
+        let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}'", db.schema);
+        while db.psql(&sql).trim() != "0" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let ids = {
+        let store = open(&db).await;
+        db.psql("ANALYZE task_runs");
+        enqueue(&store, "default", 10_000).await
+    };
+    gone().await;
+    let scans = || {
+        let row = db.psql(
+            "SELECT pg_stat_clear_snapshot(); \
+             SELECT seq_scan || ' ' || idx_scan FROM pg_stat_user_tables WHERE relid = 'task_runs'::regclass",
+        );
+        let mut counts = row.split_whitespace().map(|n| n.parse::<i64>().expect("count"));
+        (counts.next().expect("seq_scan"), counts.next().expect("idx_scan"))
+    };
+    let before = scans();
+    {
+        let store = open(&db).await;
+        let j: u64 =
+            db.psql(&format!("SELECT job_run FROM task_runs WHERE id = {}", ids[0])).trim().parse().expect("id");
+        let mut rest = &ids[..];
+        for k in [1usize, 10, 64].into_iter().cycle().take(120) {
+            let (group, after) = rest.split_at(k.min(rest.len()));
+            rest = after;
+            let batch = group
+                .iter()
+                .map(|&id| {
+                    let mut t = queued(id, j, "default", 50, 0);
+                    t.state = TaskState::Succeeded;
+                    t.attempt = 1;
+                    Mutation::TaskRun(t)
+                })
+                .collect();
+            store.commit(batch).await.expect("commit");
+        }
+    }
+    gone().await;
+    let after = scans();
+    let written = 40 * (1 + 10 + 64);
+    let succeeded = db.psql("SELECT count(*) FROM task_runs WHERE state = 'succeeded' AND attempt = 1");
+    assert_eq!(succeeded.trim(), written.to_string());
+    assert!(after.1 - before.1 >= 120, "the index scans of the loop were not counted: {before:?} → {after:?}");
+    assert_eq!(after.0 - before.0, 0, "the owner's writes scanned task_runs {} times", after.0 - before.0);
 }
 
 #[tokio::test]

@@ -130,7 +130,7 @@ async fn commit_retrying(
     let mut wait = std::time::Duration::from_millis(50);
     loop {
         match commit_group(pool, facts, ownership, group).await {
-            Err(e) if unreachable(&e) && started.elapsed() < RECONNECT_FOR => {
+            Err(e) if (unreachable(&e) || deadlocked(&e)) && started.elapsed() < RECONNECT_FOR => {
                 tracing::warn!("postgres: cannot commit ({e}); trying again in {wait:?}");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(RECONNECT_MAX_WAIT);
@@ -156,6 +156,15 @@ fn unreachable(e: &PgError) -> bool {
         "No route to host",
     ];
     matches!(e, PgError::Db(m) if SIGNS.iter().any(|s| m.contains(s)))
+}
+
+/// PostgreSQL broke a deadlock by aborting this transaction: nothing of it was written, and it
+/// is tried again. The owner's updates of task runs (`PUT_TASK_RUNS`) lock rows in the order
+/// of its plan's scan (key order for an index scan, page order for a bitmap scan), as a
+/// runner's fenced completion does (`queue::COMPLETE`): two that share rows may meet in
+/// opposite orders.
+fn deadlocked(e: &PgError) -> bool {
+    matches!(e, PgError::Db(m) if m.contains("deadlock detected"))
 }
 
 fn outcome(fenced: Option<u64>) -> Result<(), PgError> {
@@ -411,31 +420,71 @@ const PUT_JOB_RUNS: &str = "INSERT INTO job_runs (id, job, state, record, owner_
 /// `running` here (a claim by another node set it already and is kept) and cleared when it
 /// stops running — what `model::lease::orphaned_attempt` reads. A plain store (`$15` NULL)
 /// never writes `node`: only a claim sets it (and a completion keeps it, as the attempt's).
-static PUT_TASK_RUNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| put_task_runs(false));
-/// The same, also writing each row's spec (`$16`): the group writes it with the row.
+///
+/// Rows that exist are updated by primary key (`id = ANY($1)`, the plan an index scan of
+/// `task_runs_pkey` whatever the table's size: `pg::tests::
+/// task_run_writes_update_by_primary_key_whatever_the_statistics`), the others inserted: an
+/// `ON CONFLICT DO UPDATE` locks the existing row before it updates it, one `Heap/LOCK` WAL
+/// record per row, and most rows written without a spec exist (a start, an end). The insert
+/// keeps its `ON CONFLICT` for a row another transaction inserted after this one's snapshot.
+static PUT_TASK_RUNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(update_then_insert_task_runs);
+/// The same, also writing each row's spec (`$16`): the group writes it with the row. Most of
+/// these rows are new (queued with their first spec): one upsert.
 static PUT_TASK_RUNS_WITH_SPEC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| put_task_runs(true));
 
-fn put_task_runs(with_spec: bool) -> String {
-    let (col, arg, set) = match with_spec {
-        true => (", spec", ", $16::bytea[]", ", spec = excluded.spec"),
-        false => ("", "", ""),
+/// The rows of `$1`–`$14` (`$16`) as [`PUT_TASK_RUNS`] writes them.
+fn task_run_rows(with_spec: bool) -> String {
+    let (col, arg) = match with_spec {
+        true => (", spec", ", $16::bytea[]"),
+        false => ("", ""),
     };
     format!(
-        "INSERT INTO task_runs (id, job_run, task, iteration, item_index, kind, state, queue, sort_key, \
-         enqueue_seq, not_before, requires, attempt, record, node{col}) \
-         SELECT id, job_run, task, iteration, item_index, kind, state, queue, sort_key, enqueue_seq, \
-         to_timestamp(not_before / 1000.0), \
-         CASE WHEN requires = '[]' THEN '{{}}'::text[] ELSE ARRAY(SELECT json_array_elements_text(requires::json)) END, attempt, \
-         record, CASE WHEN state = 'running' THEN $15::bigint END{col} \
+        "SELECT id, job_run, task, iteration, item_index, kind, state, queue, sort_key, enqueue_seq, \
+         to_timestamp(not_before / 1000.0) AS not_before, \
+         CASE WHEN requires = '[]' THEN '{{}}'::text[] ELSE ARRAY(SELECT json_array_elements_text(requires::json)) END \
+         AS requires, attempt, record, CASE WHEN state = 'running' THEN $15::bigint END AS node{col} \
          FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int4[], $5::int4[], $6::int2[], $7::text[], \
          $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::text[], $13::int4[], $14::bytea[]{arg}) \
          AS r(id, job_run, task, iteration, item_index, kind, state, queue, sort_key, enqueue_seq, not_before, \
-         requires, attempt, record{col}) \
-         ON CONFLICT (id) DO UPDATE SET state = excluded.state, queue = excluded.queue, \
-         sort_key = excluded.sort_key, enqueue_seq = excluded.enqueue_seq, not_before = excluded.not_before, \
-         requires = excluded.requires, attempt = excluded.attempt, record = excluded.record, \
-         node = CASE WHEN $15::bigint IS NULL THEN task_runs.node WHEN excluded.state <> 'running' THEN NULL \
-                     WHEN task_runs.state = 'running' THEN task_runs.node ELSE excluded.node END{set}"
+         requires, attempt, record{col})"
+    )
+}
+
+/// What an existing row takes of a written one (`excluded` or a row of [`task_run_rows`]):
+/// everything but its identity (job run, task, iteration, item, kind).
+fn task_run_set(new: &str, old: &str) -> String {
+    format!(
+        "state = {new}.state, queue = {new}.queue, sort_key = {new}.sort_key, enqueue_seq = {new}.enqueue_seq, \
+         not_before = {new}.not_before, requires = {new}.requires, attempt = {new}.attempt, record = {new}.record, \
+         node = CASE WHEN $15::bigint IS NULL THEN {old}.node WHEN {new}.state <> 'running' THEN NULL \
+                     WHEN {old}.state = 'running' THEN {old}.node ELSE {new}.node END"
+    )
+}
+
+const TASK_RUN_COLUMNS: &str = "id, job_run, task, iteration, item_index, kind, state, queue, sort_key, \
+     enqueue_seq, not_before, requires, attempt, record, node";
+
+fn put_task_runs(with_spec: bool) -> String {
+    let (col, set) = match with_spec {
+        true => (", spec", ", spec = excluded.spec"),
+        false => ("", ""),
+    };
+    format!(
+        "INSERT INTO task_runs ({TASK_RUN_COLUMNS}{col}) {rows} ON CONFLICT (id) DO UPDATE SET {update}{set}",
+        rows = task_run_rows(with_spec),
+        update = task_run_set("excluded", "task_runs"),
+    )
+}
+
+fn update_then_insert_task_runs() -> String {
+    format!(
+        "WITH r AS ({rows}), \
+         u AS (UPDATE task_runs t SET {update} FROM r WHERE t.id = ANY($1::bigint[]) AND t.id = r.id RETURNING t.id) \
+         INSERT INTO task_runs ({TASK_RUN_COLUMNS}) SELECT {TASK_RUN_COLUMNS} FROM r WHERE r.id NOT IN (SELECT id FROM u) \
+         ON CONFLICT (id) DO UPDATE SET {upsert}",
+        rows = task_run_rows(false),
+        update = task_run_set("r", "t"),
+        upsert = task_run_set("excluded", "task_runs"),
     )
 }
 /// Attempts: the arrays `$1`–`$3`, `$4` the node. With a node, each row names the node that

@@ -296,3 +296,54 @@ fn assert_unheard_then_retried(db: &TestDb, j: u64, x: i64) {
     assert_eq!(attempts[0].detail.as_deref(), Some("its node died before its start was heard"));
     assert_eq!(attempts[1].reason, None);
 }
+
+/// A node that claimed an attempt of its own job run runs it at once: the claim's commit
+/// (`running` on the node as attempt 1) stands for the owner's records, which wait for the
+/// attempt's end (here: `start_write_delay` of a minute). The node dies meanwhile: the record
+/// still says `queued` and no attempt row exists, so the adopter finds a claim its owner never
+/// heard of — attempt 1, `interrupted`, its node the dead one — and retries it as attempt 2.
+#[test]
+fn an_attempt_whose_start_its_owner_had_not_written_yet_is_adopted_as_an_unheard_claim() {
+    let Some(db) = TestDb::get() else { return };
+    let (dir_a, dir_b) = (crate::state_dir::private_tempdir(), crate::state_dir::private_tempdir());
+    let marker = dir_a.path().join("started-once");
+    let text = format!(
+        r#"
+[jobs.j.tasks.long]
+run = "test -e '{m}' && exit 0; echo $$ > '{m}'; exec sleep 60"
+retry = {{ max_attempts = 3, initial_interval = "50ms", backoff = 1.0, jitter = 0.0 }}
+"#,
+        m = marker.display()
+    );
+    let (mut config_a, backend_a) = node_config(&db, dir_a.path(), &text, "node-a");
+    config_a.cluster.as_mut().expect("cluster").start_write_delay = Duration::from_secs(60);
+    let (config_b, backend_b) = node_config(&db, dir_b.path(), &text, "node-b");
+
+    let (j, die, a) = node_on_thread(config_a);
+    wait_until("A's attempt to run", Duration::from_secs(20), || {
+        std::fs::read_to_string(&marker).is_ok_and(|pid| pid.ends_with('\n'))
+    });
+    let first_pid: u32 = std::fs::read_to_string(&marker).expect("marker").trim().parse().expect("pid");
+    let a_id = db.psql("SELECT id FROM nodes WHERE name = 'node-a'").trim().to_string();
+    let row = db.psql(&format!("SELECT state, node, attempt FROM task_runs WHERE job_run = {j}"));
+    assert_eq!(row.trim(), format!("running|{a_id}|1"), "the claim: running on A as attempt 1");
+    assert_eq!(task_of(&backend_a, j), (TaskState::Queued, 0, vec![]), "the owner wrote nothing of its start");
+
+    die.send(()).expect("A is running");
+    a.join().expect("A's thread");
+    db.psql(&format!("UPDATE nodes SET lease_until = now() - interval '1s' WHERE id = {a_id}"));
+    let system = actix::System::new();
+    system.block_on(async move {
+        let handle = crate::engine::start(config_b);
+        let resumed = handle.resume_all().await.expect("resume");
+        assert_eq!(resumed, [(j, "j".to_string())], "B adopted it at start");
+        let ended = tokio::time::timeout(Duration::from_secs(20), handle.wait(vec![j])).await;
+        assert_eq!(ended.expect("ended in time").expect("wait"), [(j, JobState::Succeeded)]);
+        let (state, attempt, attempts) = task_of(&backend_b, j);
+        assert_eq!((state, attempt), (TaskState::Succeeded, 2));
+        assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), [Some(FailReason::Interrupted), None]);
+        handle.shutdown().await;
+    });
+    assert_unheard_then_retried(&db, j, a_id.parse().expect("id"));
+    kill_group(Some(first_pid));
+}
