@@ -16,6 +16,9 @@
 //!
 //! Every session runs with `plan_cache_mode = force_custom_plan`: a generic plan cached while
 //! the queue looked empty walks the whole table for every claim (pg-probe RESULTS.md, trap 1).
+//! Only the writer's statements that read no table (`writer::planned_once`: rows from
+//! `unnest`, written by primary key) run on a generic plan, switched by `SET LOCAL` in the
+//! commit's pipeline (`plan_tests.rs`).
 
 pub mod adopt;
 #[cfg(test)]
@@ -36,6 +39,8 @@ mod merge;
 #[cfg(test)]
 mod merge_tests;
 mod migrate;
+#[cfg(test)]
+mod plan_tests;
 pub mod queue;
 mod seam;
 mod snapshot;

@@ -1,0 +1,92 @@
+//! Which plans the writer's statements run on (`writer::planned_once`), with statistics taken
+//! while the tables were empty (pg-probe RESULTS.md, trap 1): the generic ones read no table,
+//! the others are still planned at every execution.
+
+use std::collections::BTreeSet;
+
+use super::testing::TestDb;
+use super::tests::open;
+use super::*;
+use crate::model::TaskState;
+use crate::store::Mutation;
+use crate::store::records::AttemptRecord;
+use crate::store::tests::job_run;
+
+/// A new job run with one queued task run and its spec, then that task run running with its
+/// first attempt: what a submit and a start commit.
+fn submit_and_start(j: u64) -> [Vec<Mutation>; 2] {
+    let mut t = TaskRunRecord::pending(j * 10, j, "report", "t", 1);
+    t.state = TaskState::Queued;
+    t.queue = "default".into();
+    let submit = vec![Mutation::JobRun(job_run(j)), Mutation::TaskRun(t.clone()), Mutation::Spec(t.id, Some(vec![1]))];
+    t.state = TaskState::Running;
+    t.attempt = 1;
+    let start = vec![Mutation::TaskRun(t.clone()), Mutation::Attempt(AttemptRecord::started(t.id, j, 1, 5))];
+    [submit, start]
+}
+
+#[tokio::test]
+async fn the_writers_generic_plans_read_no_table() {
+    let Some(db) = TestDb::get() else { return };
+    let store = open(&db).await;
+    db.psql("ANALYZE job_runs; ANALYZE task_runs; ANALYZE attempts");
+    // The writer's own `apply`, on a connection of this test's, whose prepared statements say
+    // how each was planned.
+    let mut c = store.connection().await.expect("conn");
+    let facts = plain_queue_facts();
+    for j in 1..=12u64 {
+        for batch in submit_and_start(j) {
+            let tx = c.transaction().await.expect("begin");
+            writer::apply(&tx, &[batch.as_slice()], &facts, Some(7), &mut BTreeSet::new()).await.expect("apply");
+            tx.commit().await.expect("commit");
+        }
+    }
+    let rows = c
+        .query("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements WHERE NOT from_sql", &[])
+        .await
+        .expect("prepared statements");
+    let mut generic = 0;
+    for row in &rows {
+        let (sql, generic_plans, custom_plans): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        // A statement without parameters has one plan whatever the mode (the SETs, this one).
+        if !sql.contains("$1") {
+            continue;
+        }
+        match writer::planned_once(&sql) {
+            true => {
+                generic += 1;
+                assert!(
+                    generic_plans >= 1 && custom_plans == 0,
+                    "{generic_plans} generic, {custom_plans} custom: {sql}"
+                );
+            }
+            false => assert!(
+                custom_plans >= 1 && generic_plans == 0,
+                "{generic_plans} generic, {custom_plans} custom: {sql}"
+            ),
+        }
+    }
+    assert_eq!(generic, 4, "job runs, task runs with and without spec, the wake-up:\n{rows:?}");
+    let attempts = rows.iter().any(|r| r.get::<_, String>(0).starts_with("INSERT INTO attempts"));
+    assert!(attempts, "the attempts' upsert, planned each time, ran: {rows:?}");
+    // Their generic plans, as this statistics gives them: rows from `unnest`, written by
+    // primary key; no table is read.
+    for row in &rows {
+        let sql: String = row.get(0);
+        if !writer::planned_once(&sql) {
+            continue;
+        }
+        let n = sql
+            .split('$')
+            .skip(1)
+            .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok())
+            .max()
+            .unwrap_or(0);
+        let args = (1..=n).map(|_| "NULL").collect::<Vec<_>>().join(", ");
+        let plan = db
+            .psql(&format!("SET plan_cache_mode = force_generic_plan; PREPARE p AS {sql}; EXPLAIN EXECUTE p({args})"));
+        for read in ["Seq Scan", "Index Scan", "Index Only Scan", "Bitmap"] {
+            assert!(!plan.contains(read), "{sql}:\n{plan}");
+        }
+    }
+}
