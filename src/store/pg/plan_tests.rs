@@ -90,3 +90,49 @@ async fn the_writers_generic_plans_read_no_table() {
         }
     }
 }
+
+/// Trap 1 of pg-probe for the claim on its own sessions (`CLAIM_SESSION`, generic plans): the
+/// plan is made at the first claim, while the statistics say the queue is empty, and kept as
+/// 10,000 task runs arrive; every claim after still walks the indexes, never `task_runs` whole.
+#[tokio::test]
+async fn a_claim_planned_while_the_queue_was_empty_walks_its_index() {
+    use super::queue::{self, Limits};
+    use super::tests::{enqueue, node};
+    let Some(db) = TestDb::get() else { return };
+    let store = open(&db).await;
+    db.psql("ANALYZE task_runs; ANALYZE nodes; ANALYZE paused_queues; ANALYZE queue_marks");
+    let me = node(&store, "claimer", &[], super::tests::LONG).await;
+    let mut c = store.claim_pool().get().await.expect("conn");
+    let capped = Limits { cap: Some(10_000), ..Limits::default() };
+    // Planned now, with the statistics of an empty queue.
+    for limits in [Limits::default(), capped] {
+        let claim = queue::claim_within(&mut c, &me, "default", 4, &limits).await.expect("claim");
+        assert!(claim.claimed.is_empty());
+    }
+    enqueue(&store, "default", 10_000).await;
+    c.execute("SELECT pg_stat_force_next_flush()", &[]).await.expect("flush");
+    let scans = || {
+        let row = db.psql(
+            "SELECT pg_stat_clear_snapshot(); \
+             SELECT seq_scan || ' ' || idx_scan FROM pg_stat_user_tables WHERE relid = 'task_runs'::regclass",
+        );
+        let mut counts = row.split_whitespace().map(|n| n.parse::<i64>().expect("count"));
+        (counts.next().expect("seq_scan"), counts.next().expect("idx_scan"))
+    };
+    let before = scans();
+    for (k, limits) in [1usize, 10, 64].into_iter().zip([Limits::default(), capped, Limits::default()]).cycle().take(30)
+    {
+        let claim = queue::claim_within(&mut c, &me, "default", k, &limits).await.expect("claim");
+        assert_eq!(claim.claimed.len(), k);
+    }
+    let prepared = c
+        .query("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE 'UPDATE task_runs SET state%'", &[])
+        .await
+        .expect("prepared");
+    let (generic, custom): (i64, i64) = (prepared[0].get(0), prepared[0].get(1));
+    assert!(generic >= 30 && custom == 0, "the claim ran on its generic plan: {generic} generic, {custom} custom");
+    c.execute("SELECT pg_stat_force_next_flush()", &[]).await.expect("flush");
+    let after = scans();
+    assert!(after.1 - before.1 >= 30, "the claims' index scans were not counted: {before:?} → {after:?}");
+    assert_eq!(after.0 - before.0, 0, "the claims scanned task_runs {} times", after.0 - before.0);
+}
