@@ -469,7 +469,7 @@ impl Dispatcher {
             return;
         }
         self.claiming = true;
-        let pool = node.backend.store().pool().clone();
+        let pool = node.backend.store().claim_pool().clone();
         let me = node.current();
         let claims = node.backend.spawn(async move {
             let mut c = pool.get().await?;

@@ -39,6 +39,7 @@ pub const MAX_PENDING: usize = 65_536;
 /// Events in one row, at most: the step of `events_seq_seq` (migration 7).
 const MAX_INSERT: usize = 1_024;
 
+const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 const APPEND: &str = "INSERT INTO events (at_ms, job_runs, times, lines) VALUES ($1, $2, $3, $4) RETURNING seq";
 
 /// Rows of this node's own appends remembered for the follower (past that the oldest are
@@ -165,13 +166,18 @@ async fn append_loop(pool: Pool, mut rx: mpsc::Receiver<StoredEvent>, pending: A
 async fn append(pool: &Pool, group: &[StoredEvent], own: &Own) -> Result<(), PgError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK]).await?;
+    // Prepared once per connection (a string would be parsed again at every append, a round
+    // trip more on the node's database thread), sent with the insert (pipelined).
+    let (lock, stmt) = futures_util::try_join!(tx.prepare_cached(LOCK), tx.prepare_cached(APPEND))?;
     let job_runs: Vec<Option<i64>> = group.iter().map(|e| e.job_run.map(to_db)).collect();
     let times: Vec<i64> = group.iter().map(|e| to_db(e.at_ms)).collect();
     let oldest = times.iter().copied().min().unwrap_or(0);
     let lines: Vec<&str> = group.iter().map(|e| e.json.as_str()).collect();
-    let stmt = tx.prepare_cached(APPEND).await?;
-    let row = tx.query_one(&stmt, &[&oldest, &job_runs, &times, &lines]).await?;
+    let (lock_args, append_args): (
+        &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) = (&[&EVENTS_LOCK], &[&oldest, &job_runs, &times, &lines]);
+    let (_, row) = futures_util::try_join!(tx.execute(&lock, lock_args), tx.query_one(&stmt, append_args))?;
     own.add(from_db(row.get(0)), group.len() as u64);
     tx.commit().await?;
     Ok(())

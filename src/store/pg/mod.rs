@@ -16,6 +16,9 @@
 //!
 //! Every session runs with `plan_cache_mode = force_custom_plan`: a generic plan cached while
 //! the queue looked empty walks the whole table for every claim (pg-probe RESULTS.md, trap 1).
+//! Only the writer's statements that read no table (`writer::planned_once`: rows from
+//! `unnest`, written by primary key) run on a generic plan, switched by `SET LOCAL` in the
+//! commit's pipeline (`plan_tests.rs`).
 
 pub mod adopt;
 #[cfg(test)]
@@ -36,6 +39,8 @@ mod merge;
 #[cfg(test)]
 mod merge_tests;
 mod migrate;
+#[cfg(test)]
+mod plan_tests;
 pub mod queue;
 mod seam;
 mod snapshot;
@@ -175,6 +180,8 @@ impl Default for PgOptions {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// The Dispatcher's claims, on sessions of their own ([`CLAIM_SESSION`]).
+    claims: Pool,
     writer: Writer,
     pub ids: Arc<IdBlocks>,
     /// The node this store commits for and the job runs it owns (none: nothing is fenced).
@@ -191,7 +198,8 @@ impl PgStore {
         drop(client);
         let ownership = Arc::new(fence::Ownership::default());
         let writer = Writer::start(pool.clone(), options.queue_facts.clone(), ownership.clone());
-        Ok(PgStore { ids: Arc::new(IdBlocks::new(pool.clone())), pool, writer, ownership })
+        let claims = connect_as(url, 2, CLAIM_SESSION)?;
+        Ok(PgStore { ids: Arc::new(IdBlocks::new(pool.clone())), pool, claims, writer, ownership })
     }
 
     /// Resolves once `batch` is committed (or failed, with the reason), in one transaction with
@@ -210,6 +218,12 @@ impl PgStore {
         &self.pool
     }
 
+    /// The pool of the node's claims (`queue::claim_within`): sessions whose plans are made
+    /// once and never walk a table ([`CLAIM_SESSION`]).
+    pub fn claim_pool(&self) -> &Pool {
+        &self.claims
+    }
+
     /// A connection of the pool (queue primitives take one).
     pub async fn connection(&self) -> Result<deadpool_postgres::Client, PgError> {
         Ok(self.pool.get().await?)
@@ -224,7 +238,28 @@ impl PgStore {
 /// A pool over `url` (a libpq connection string or a `postgres://` URL); every session plans
 /// each statement for its parameters (`force_custom_plan`).
 pub fn connect(url: &str, size: usize) -> Result<Pool, PgError> {
-    let manager = Manager::from_config(config(url)?, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    connect_as(url, size, "")
+}
+
+/// The session settings of the claiming connections, after [`config`]'s: a claim's statements
+/// (`queue::claim_within`) are planned once per session (a custom plan of the claim was ~0.1–0.3
+/// ms of planning on the enqueue → start path, against ~0.05 ms of execution), and their plans
+/// walk the indexes whatever the statistics said when they were made: with sequential scans
+/// and sorts priced out, the generic plan of the claim made while `task_runs` looked empty is
+/// the walk of `task_runs_ready` in order, not a scan and a sort (pg-probe RESULTS.md, trap 1;
+/// `plan_tests::a_claim_planned_while_the_queue_was_empty_walks_its_index`). Every table a
+/// claim reads has the index it needs (`task_runs_ready`, `task_runs_running`, the primary keys,
+/// `queue_marks_by_queue`).
+pub const CLAIM_SESSION: &str = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c enable_sort=off";
+
+/// [`connect`] with `session` settings after [`config`]'s (a later `-c` wins).
+pub fn connect_as(url: &str, size: usize, session: &str) -> Result<Pool, PgError> {
+    let mut config = config(url)?;
+    if !session.is_empty() {
+        let options = format!("{} {session}", config.get_options().unwrap_or_default());
+        config.options(options.trim());
+    }
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(size.max(2))
         .runtime(Runtime::Tokio1)

@@ -201,10 +201,6 @@ async fn commit_group(
     let taken: Vec<&[Mutation]> =
         batches.iter().zip(&verdicts.fenced).filter(|(_, fenced)| fenced.is_none()).map(|(b, _)| *b).collect();
     apply(&tx, &taken, facts, owner, &mut woken).await?;
-    if !woken.is_empty() {
-        let queues: Vec<String> = woken.into_iter().collect();
-        tx.execute("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", &[&QUEUE_CHANNEL, &queues]).await?;
-    }
     tx.commit().await?;
     if let Some(judge) = &judge {
         ownership.learn(judge, &verdicts);
@@ -237,8 +233,11 @@ type Param = Box<dyn ToSql + Sync + Send>;
 
 /// Applies the batches of a group: one multi-row statement per table (`merge.rs`: a task
 /// run's last write in the group, its spec on the same upsert), then the rest one statement
-/// each; every statement is sent at once (pipelined on the connection, executed in order),
-/// then their answers are awaited. One round trip per group, and a handful of statements
+/// each, then the wake-up of the queues it made ready (`pg_notify`, sent at the commit); every
+/// statement is sent at once (pipelined on the connection, executed in order), then their
+/// answers are awaited. The statements of [`PLANNED_ONCE`] run on their generic plan
+/// (`plan_cache_mode` switched by `SET LOCAL` in the same pipeline), the others planned for
+/// their parameters as the session says (`pg::connect`). One round trip per group, and a handful of statements
 /// whatever its size: a group of 64 one-task batches was ~6 single-row statements per task
 /// (BENCHMARKS.md, cluster rows). A group that counts running job runs (`ActiveRunsBelow`) is
 /// applied mutation by mutation, in order. A job run created with a node `owner` is written as
@@ -276,6 +275,12 @@ pub async fn apply(
             statements.push(statement(m, batch)?);
         }
     }
+    if !woken.is_empty() {
+        let queues: Vec<String> = woken.iter().cloned().collect();
+        statements.push((NOTIFY, vec![Box::new(QUEUE_CHANNEL), Box::new(queues)]));
+    }
+    let (statements, at) = plan_modes(statements);
+    let rest: Vec<(&Mutation, usize)> = rest.into_iter().map(|(m, i)| (m, at[i])).collect();
     let mut prepared = Vec::with_capacity(statements.len());
     for (sql, _) in &statements {
         prepared.push(tx.prepare_cached(sql).await?);
@@ -296,6 +301,43 @@ pub async fn apply(
         }
     }
     Ok(())
+}
+
+const NOTIFY: &str = "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q";
+
+/// The writer's statements whose plan cannot go wrong whatever the statistics say, so they are
+/// planned once per session (a generic plan) rather than at every execution (~0.04–0.1 ms of
+/// planning each, on the enqueue → start path): each reads no table — rows from `unnest` of
+/// its arrays, the conflict arbiter is the table's primary key whatever the plan. Statements
+/// that read a table (the fence, `PUT_ATTEMPTS`' lookup of the task run, `PUT_SPECS`' join,
+/// the counts, the deletes) keep a plan made for their parameters: a generic plan made while
+/// a table looked empty would walk it whole for as long as it is cached (pg-probe RESULTS.md,
+/// trap 1). `tests::the_writers_generic_plans_read_no_table`.
+pub(super) fn planned_once(sql: &str) -> bool {
+    sql == PUT_JOB_RUNS || sql == *PUT_TASK_RUNS || sql == *PUT_TASK_RUNS_WITH_SPEC || sql == NOTIFY
+}
+
+pub(super) const PLANNED_ONCE: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+const PLANNED_EACH_TIME: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
+
+/// `statements` with a `SET LOCAL plan_cache_mode` before each run of [`planned_once`] ones and
+/// after it (the transaction goes on as the session says), and where each statement went.
+fn plan_modes(statements: Vec<(&'static str, Vec<Param>)>) -> (Vec<(&'static str, Vec<Param>)>, Vec<usize>) {
+    let mut out = Vec::with_capacity(statements.len() + 2);
+    let mut at = Vec::with_capacity(statements.len());
+    let mut generic = false;
+    for (sql, params) in statements {
+        if planned_once(sql) != generic {
+            generic = !generic;
+            out.push((if generic { PLANNED_ONCE } else { PLANNED_EACH_TIME }, Vec::new()));
+        }
+        at.push(out.len());
+        out.push((sql, params));
+    }
+    if generic {
+        out.push((PLANNED_EACH_TIME, Vec::new()));
+    }
+    (out, at)
 }
 
 /// The multi-row statements of a merged group, empty tables left out.
