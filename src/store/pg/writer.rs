@@ -314,7 +314,9 @@ const NOTIFY: &str = "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q";
 /// a table looked empty would walk it whole for as long as it is cached (pg-probe RESULTS.md,
 /// trap 1). `tests::the_writers_generic_plans_read_no_table`.
 pub(super) fn planned_once(sql: &str) -> bool {
-    sql == PUT_JOB_RUNS || sql == *PUT_TASK_RUNS || sql == *PUT_TASK_RUNS_WITH_SPEC || sql == NOTIFY
+    // Not `PUT_TASK_RUNS`: it updates rows it finds in `task_runs` by primary key first, a read
+    // a generic plan made on an empty table's statistics may turn into a scan (plan_tests).
+    sql == PUT_JOB_RUNS || sql == *PUT_TASK_RUNS_WITH_SPEC || sql == NOTIFY
 }
 
 pub(super) const PLANNED_ONCE: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
