@@ -111,14 +111,7 @@ async fn a_claim_planned_while_the_queue_was_empty_walks_its_index() {
     }
     enqueue(&store, "default", 10_000).await;
     c.execute("SELECT pg_stat_force_next_flush()", &[]).await.expect("flush");
-    let scans = || {
-        let row = db.psql(
-            "SELECT pg_stat_clear_snapshot(); \
-             SELECT seq_scan || ' ' || idx_scan FROM pg_stat_user_tables WHERE relid = 'task_runs'::regclass",
-        );
-        let mut counts = row.split_whitespace().map(|n| n.parse::<i64>().expect("count"));
-        (counts.next().expect("seq_scan"), counts.next().expect("idx_scan"))
-    };
+    let scans = || super::tests::task_runs_scans(&db);
     let before = scans();
     for (k, limits) in [1usize, 10, 64].into_iter().zip([Limits::default(), capped, Limits::default()]).cycle().take(30)
     {

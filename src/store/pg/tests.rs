@@ -411,14 +411,7 @@ async fn claim_and_complete_never_scan_the_task_runs_table() {
     let store = open(&db).await;
     let me = node(&store, "scanner", &[], LONG).await;
     let mut c = store.connection().await.expect("conn");
-    let scans = || {
-        let row = db.psql(
-            "SELECT pg_stat_clear_snapshot(); \
-             SELECT seq_scan || ' ' || idx_scan FROM pg_stat_user_tables WHERE relid = 'task_runs'::regclass",
-        );
-        let mut counts = row.split_whitespace().map(|n| n.parse::<i64>().expect("count"));
-        (counts.next().expect("seq_scan"), counts.next().expect("idx_scan"))
-    };
+    let scans = || task_runs_scans(&db);
     let before = scans();
     for k in [1usize, 10, 64].into_iter().cycle().take(120) {
         let claimed = queue::claim(&mut c, &me, "default", k, None).await.expect("claim");
@@ -457,14 +450,7 @@ async fn task_run_writes_update_by_primary_key_whatever_the_statistics() {
         enqueue(&store, "default", 10_000).await
     };
     gone().await;
-    let scans = || {
-        let row = db.psql(
-            "SELECT pg_stat_clear_snapshot(); \
-             SELECT seq_scan || ' ' || idx_scan FROM pg_stat_user_tables WHERE relid = 'task_runs'::regclass",
-        );
-        let mut counts = row.split_whitespace().map(|n| n.parse::<i64>().expect("count"));
-        (counts.next().expect("seq_scan"), counts.next().expect("idx_scan"))
-    };
+    let scans = || task_runs_scans(&db);
     let before = scans();
     {
         let store = open(&db).await;
@@ -694,4 +680,14 @@ async fn mail_reaches_its_job_runs_owner_or_its_node_in_order_once() {
     let applied = for_owner.iter().map(|r| r.id).collect();
     store.commit(vec![Mutation::MailRead(j, applied)]).await.expect("the owner applies them");
     assert_eq!(db.psql("SELECT count(*) FROM node_mail").trim(), "0");
+}
+
+/// `task_runs`' sequential and index scans so far (`pg_stat_user_tables`, read fresh).
+pub(super) fn task_runs_scans(db: &TestDb) -> (i64, i64) {
+    let row = db.psql(
+        "SELECT pg_stat_clear_snapshot(); \
+         SELECT seq_scan || ' ' || idx_scan FROM pg_stat_user_tables WHERE relid = 'task_runs'::regclass",
+    );
+    let mut counts = row.split_whitespace().map(|n| n.parse::<i64>().expect("count"));
+    (counts.next().expect("seq_scan"), counts.next().expect("idx_scan"))
 }
