@@ -526,8 +526,16 @@ fn a_loop_killed_mid_iteration_resumes_where_it_was() {
     wait_until(Duration::from_secs(20), "the first review to finish", || {
         std::fs::read_to_string(&rounds).is_ok_and(|t| t.trim() == "1")
     });
+    // By iteration: "a review running" alone also holds in the moment the first one has
+    // counted its round but its success is not committed yet — a kill then retries it, which
+    // counts a round more (what at-least-once means, and what CI once hit).
     wait_until(Duration::from_secs(20), "the second review to start", || {
-        p.tasks().iter().filter(|t| t["task"] == "review" && t["state"] == "running").count() == 1
+        let tasks = p.tasks();
+        let review = |iteration: u64, state: &str| {
+            tasks.iter().any(|t| t["task"] == "review" && t["iteration"] == iteration && t["state"] == state)
+        };
+        review(1, "succeeded")
+            && review(2, "running")
             && std::fs::read_to_string(&rounds).is_ok_and(|t| t.trim() == "1")
     });
     child.kill().expect("kill -9");
