@@ -312,7 +312,7 @@ const NOTIFY: &str = "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q";
 /// that read a table (the fence, `PUT_ATTEMPTS`' lookup of the task run, `PUT_SPECS`' join,
 /// the counts, the deletes) keep a plan made for their parameters: a generic plan made while
 /// a table looked empty would walk it whole for as long as it is cached (pg-probe RESULTS.md,
-/// trap 1). `tests::the_writers_generic_plans_read_no_table`.
+/// trap 1). `plan_tests::the_writers_generic_plans_read_no_table`.
 pub(super) fn planned_once(sql: &str) -> bool {
     // Not `PUT_TASK_RUNS`: it updates rows it finds in `task_runs` by primary key first, a read
     // a generic plan made on an empty table's statistics may turn into a scan (plan_tests).

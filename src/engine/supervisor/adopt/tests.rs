@@ -220,15 +220,7 @@ fn a_claim_its_owner_never_heard_of_counts_as_an_interrupted_attempt_for_the_ado
     let row = db.psql(&format!("SELECT state, node FROM task_runs WHERE job_run = {j}"));
     assert_eq!(row.trim(), format!("running|{}", x.0.id), "running on X, the owner's record queued");
 
-    let system = actix::System::new();
-    system.block_on(async move {
-        let handle = crate::engine::start(config_b);
-        let resumed = handle.resume_all().await.expect("resume");
-        assert_eq!(resumed, [(j, "j".to_string())], "B adopted it at start");
-        let ended = tokio::time::timeout(Duration::from_secs(20), handle.wait(vec![j])).await;
-        assert_eq!(ended.expect("ended in time").expect("wait"), [(j, JobState::Succeeded)]);
-        handle.shutdown().await;
-    });
+    adopt_at_start_until_succeeded(config_b, j);
     assert_unheard_then_retried(&db, j, x.0.id);
 }
 
@@ -279,6 +271,19 @@ fn a_claim_a_live_owner_never_heard_of_counts_as_an_interrupted_attempt_when_its
     die.send(()).expect("A is running");
     a.join().expect("A's thread");
     assert_unheard_then_retried(db, j, x.0.id);
+}
+
+/// Node B (`config`) starts, adopts job run `j` of a dead node at start and runs it to success.
+fn adopt_at_start_until_succeeded(config: EngineConfig, j: u64) {
+    let system = actix::System::new();
+    system.block_on(async move {
+        let handle = crate::engine::start(config);
+        let resumed = handle.resume_all().await.expect("resume");
+        assert_eq!(resumed, [(j, "j".to_string())], "B adopted it at start");
+        let ended = tokio::time::timeout(Duration::from_secs(20), handle.wait(vec![j])).await;
+        assert_eq!(ended.expect("ended in time").expect("wait"), [(j, JobState::Succeeded)]);
+        handle.shutdown().await;
+    });
 }
 
 /// X's unheard claim is attempt 1, `interrupted` with the detail saying so and X as its node;
@@ -332,18 +337,10 @@ retry = {{ max_attempts = 3, initial_interval = "50ms", backoff = 1.0, jitter = 
     die.send(()).expect("A is running");
     a.join().expect("A's thread");
     db.psql(&format!("UPDATE nodes SET lease_until = now() - interval '1s' WHERE id = {a_id}"));
-    let system = actix::System::new();
-    system.block_on(async move {
-        let handle = crate::engine::start(config_b);
-        let resumed = handle.resume_all().await.expect("resume");
-        assert_eq!(resumed, [(j, "j".to_string())], "B adopted it at start");
-        let ended = tokio::time::timeout(Duration::from_secs(20), handle.wait(vec![j])).await;
-        assert_eq!(ended.expect("ended in time").expect("wait"), [(j, JobState::Succeeded)]);
-        let (state, attempt, attempts) = task_of(&backend_b, j);
-        assert_eq!((state, attempt), (TaskState::Succeeded, 2));
-        assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), [Some(FailReason::Interrupted), None]);
-        handle.shutdown().await;
-    });
+    adopt_at_start_until_succeeded(config_b, j);
+    let (state, attempt, attempts) = task_of(&backend_b, j);
+    assert_eq!((state, attempt), (TaskState::Succeeded, 2));
+    assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), [Some(FailReason::Interrupted), None]);
     assert_unheard_then_retried(&db, j, a_id.parse().expect("id"));
     kill_group(Some(first_pid));
 }
