@@ -579,15 +579,20 @@ done
 row "PostgreSQL limit on this machine (pg-probe, not re-measured here)" "3.9k (k=1, W=64) / 16.9k (k=10, W=64) / 21.4k (k=10, W=16) tasks/s" "—" "reference" \
   "../shared/bench/pg-probe RESULTS.md (2026-12-01), \`pg-probe mixed\` medians: enqueue + claim + complete, k tasks per statement, W connections, fsync on; the target 10k = half the batched (k=10) limit. Same server settings as here"
 
-log "cluster: enqueue→start latency on a 1-node cluster (benches/latency.rs, STORE=…, $SAMPLES samples)"
-db=$(cl_new_db)
-STORE="$(cl_url "$db")" SAMPLES="$SAMPLES" "$LATENCY_BIN" --bench >"$WORK/cl-latency.txt" 2>"$WORK/cl-latency.err" || {
-  cat "$WORK/cl-latency.err" >&2; exit 1
-}
-sed 's/^/[bench]    /' "$WORK/cl-latency.txt" | grep -v RESULT >&2
+log "cluster: enqueue→start latency on a 1-node cluster (benches/latency.rs, STORE=…, $SAMPLES samples): LISTEN/NOTIFY path, then start at submit"
+for path in notify submit; do
+  db=$(cl_new_db)
+  at_submit=$([ "$path" = submit ] && echo 1 || echo 0)
+  START_AT_SUBMIT=$at_submit STORE="$(cl_url "$db")" SAMPLES="$SAMPLES" "$LATENCY_BIN" --bench >"$WORK/cl-latency-$path.txt" 2>"$WORK/cl-latency.err" || {
+    cat "$WORK/cl-latency.err" >&2; exit 1
+  }
+  sed "s/^/[bench]    $path: /" "$WORK/cl-latency-$path.txt" | grep -v RESULT >&2
+done
 for ex in noop local; do
-  lat_row "$WORK/cl-latency.txt" "$ex" "PostgreSQL enqueue→start p50 / p99, idle 1-node cluster" 5 \
-    "benches/latency.rs with STORE=postgres://… (engine = a cluster node: queued row + NOTIFY → the node's listener → claim → start); \`submit\` → own \`task.started\`; $SAMPLES samples, max {max} ms; {commits} store commits per 1-task job run; load $(cl_load)" || true
+  lat_row "$WORK/cl-latency-notify.txt" "$ex" "PostgreSQL enqueue→start p50 / p99 through LISTEN/NOTIFY, idle 1-node cluster" 5 \
+    "benches/latency.rs with STORE=postgres://… START_AT_SUBMIT=0 (engine = a cluster node: queued row + NOTIFY → the node's listener → claim → start: the path of work another node queued); \`submit\` → own \`task.started\`; $SAMPLES samples, max {max} ms; {commits} store commits per 1-task job run; load $(cl_load)" || true
+  lat_row "$WORK/cl-latency-submit.txt" "$ex" "PostgreSQL submit→start p50 / p99, started with the submit's commit, idle 1-node cluster" 5 \
+    "the same with START_AT_SUBMIT=1, the default: an idle node whose last claim found the queue empty commits the task run \`running\` with the submit (model::start_at_submit), no NOTIFY, no claim; $SAMPLES samples, max {max} ms; {commits} store commits per 1-task job run; load $(cl_load)" || true
 done
 
 SLEEP_N="${SLEEP_N:-300}"

@@ -23,6 +23,7 @@ use crate::config::QueueDef;
 use crate::model::policy::priority_key;
 use crate::model::queue::{self, circuit_open_until, rate_limit_opens_at};
 use crate::model::routing::can_run;
+use crate::model::start_at_submit::{NothingReady, QueueAtSubmit, starts_at_submit};
 use crate::store::pg::queue::Limits;
 use crate::store::{self, StoreError, TaskRunRecord};
 
@@ -260,6 +261,9 @@ pub struct Dispatcher {
     /// A claim is being made; `claim_again`: something woke the Dispatcher meanwhile.
     claiming: bool,
     claim_again: bool,
+    /// In a cluster: the queues whose last claim found nothing more ready here, where a new
+    /// job run's task runs may start with its commit (`Reserve`, `model::start_at_submit`).
+    nothing_ready: NothingReady,
 }
 
 /// The task runs a `Reserve` asks about, and those an idle worker was found for.
@@ -317,6 +321,7 @@ impl Dispatcher {
             cluster: None,
             claiming: false,
             claim_again: false,
+            nothing_ready: NothingReady::default(),
         }
     }
 
@@ -469,25 +474,28 @@ impl Dispatcher {
             return;
         }
         self.claiming = true;
+        let began = self.nothing_ready.claim_began();
         let pool = node.backend.store().claim_pool().clone();
         let me = node.current();
         let claims = node.backend.spawn(async move {
             let mut c = pool.get().await?;
-            let (mut left, mut got, mut held) = (free, Vec::new(), Vec::new());
+            let (mut left, mut got, mut held, mut seen) = (free, Vec::new(), Vec::new(), Vec::new());
             for (queue, k, limits) in asks {
                 if left == 0 {
                     break;
                 }
-                let claim = crate::store::pg::queue::claim_within(&mut c, &me, &queue, k.min(left), &limits).await?;
+                let asked = k.min(left);
+                let claim = crate::store::pg::queue::claim_within(&mut c, &me, &queue, asked, &limits).await?;
                 left -= claim.claimed.len().min(left);
                 held.push((queue.clone(), claim.look_again_in, claim.circuit_open_for));
+                seen.push((queue.clone(), asked, claim.claimed.len(), claim.paused));
                 got.extend(claim.claimed.into_iter().map(|c| (queue.clone(), c)));
             }
-            Ok::<_, crate::store::pg::PgError>((got, held))
+            Ok::<_, crate::store::pg::PgError>((got, held, seen))
         });
         ctx.spawn(claims.into_actor(self).map(move |result, act, ctx| {
             act.claiming = false;
-            let (claimed, held) = match result {
+            let (claimed, held, seen) = match result {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => {
                     tracing::warn!("cluster: cannot claim ({e}); trying again at the next wake-up");
@@ -499,6 +507,9 @@ impl Dispatcher {
                 }
             };
             act.hold_limited(held, now);
+            for (queue, asked, got, paused) in seen {
+                act.nothing_ready.claimed(began, &queue, asked, got, paused);
+            }
             let wake = act.cluster_wake(act.clock.now_ms());
             act.set_wake(ctx, wake, now);
             // Claimed some: there may be more. Woken meanwhile: look again.
@@ -524,6 +535,49 @@ impl Dispatcher {
         }
         self.running_total += 1;
         worker.do_send(AssignClaimed { claimed, queue });
+    }
+
+    /// Cluster mode, `Reserve`: a new job run's ready task runs that may start with its commit
+    /// (`model::start_at_submit`: nothing of their queue can be ahead of them, no rule of it is
+    /// cluster-wide, a slot is free here) get a worker, their slot taken as by a claim; the
+    /// others will be queued, and their queues are no longer known to hold nothing ready.
+    fn reserve_in_cluster(&mut self, mut entries: Vec<ReadyEntry>) -> Vec<(ReadyEntry, Addr<Worker>)> {
+        let now = self.clock.now_ms();
+        let open =
+            !self.stopping && !self.held && self.cluster.as_ref().is_some_and(|n| n.start_at_submit && !n.lease_lost());
+        for entry in &mut entries {
+            let aging = self.queues.get(&entry.queue).and_then(|q| q.def.aging);
+            entry.key = priority_key(entry.priority, entry.queued_at_ms, aging);
+        }
+        // Best first, as a claim would take them.
+        entries.sort_by(|a, b| b.cmp(a));
+        let mut taken = Vec::new();
+        for entry in entries {
+            let Some(queue) = self.queues.get_mut(&entry.queue) else { continue };
+            let facts = QueueAtSubmit {
+                cluster_wide_rule: !queue.def.concurrency_is_workers
+                    || queue.def.rate_limit.is_some()
+                    || queue.def.circuit.is_some(),
+                paused_or_held: !open
+                    || queue.paused
+                    || queue.circuit_until.is_some()
+                    || queue.held_until.is_some_and(|t| t > now),
+                nothing_ready: self.nothing_ready.holds(&entry.queue),
+                can_run: can_run(&entry.requires, &self.labels),
+                slot_free: !self.idle.is_empty()
+                    && self.running_total < self.workers_total
+                    && queue.running < queue.def.concurrency,
+            };
+            match starts_at_submit(facts).then(|| self.idle.pop()).flatten() {
+                Some(worker) => {
+                    queue.running += 1;
+                    self.running_total += 1;
+                    taken.push((entry, worker));
+                }
+                None => self.nothing_ready.queuing(&entry.queue),
+            }
+        }
+        taken
     }
 
     /// Cluster mode: queues whose rate limit or circuit (every node's starts and failures) let
@@ -616,9 +670,10 @@ impl Handler<Reserve> for Dispatcher {
     type Result = MessageResult<Reserve>;
 
     fn handle(&mut self, Reserve(entries): Reserve, ctx: &mut Self::Context) -> Self::Result {
-        // A cluster node's workers take only what they claim from the database.
-        let cluster = self.cluster.is_some();
-        if cluster || self.stopping || self.held || self.idle.is_empty() || self.running_total >= self.workers_total {
+        if self.cluster.is_some() {
+            return MessageResult(self.reserve_in_cluster(entries));
+        }
+        if self.stopping || self.held || self.idle.is_empty() || self.running_total >= self.workers_total {
             return MessageResult(Vec::new());
         }
         let asked: std::collections::HashSet<u64> = entries.iter().map(|e| e.task_run).collect();
@@ -636,16 +691,37 @@ impl Handler<Reserve> for Dispatcher {
     }
 }
 
-/// Cluster mode: task runs may have become ready (a notification, or the poll).
+/// Cluster mode: task runs may have become ready in these queues (a notification), or in any
+/// (`None`: the poll, a listener reconnected).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ClaimNow;
+pub struct ClaimNow(pub Option<Vec<String>>);
 
 impl Handler<ClaimNow> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, _: ClaimNow, ctx: &mut Self::Context) {
+    fn handle(&mut self, ClaimNow(queues): ClaimNow, ctx: &mut Self::Context) {
+        match queues {
+            Some(queues) => queues.iter().for_each(|q| self.nothing_ready.queuing(q)),
+            None => self.nothing_ready.woken(),
+        }
         self.dispatch(ctx);
+    }
+}
+
+/// Cluster mode: a job run of this node is about to commit task runs `queued` in these queues
+/// (sent before its commit, so no later `Reserve` starts a newer task run ahead of them).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Queuing(pub Vec<String>);
+
+impl Handler<Queuing> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, Queuing(queues): Queuing, _ctx: &mut Self::Context) {
+        for queue in &queues {
+            self.nothing_ready.queuing(queue);
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::FutureExt;
 
-use super::dispatcher::{AttemptFailed, Enqueue, ReadyEntry, Reserve};
+use super::dispatcher::{AttemptFailed, Enqueue, ReadyEntry, Reserve, WorkerIdle};
 use super::journal::{Publish, PublishAll};
 use super::scheduler::{TaskTimer, Unschedule};
 use super::supervisor::{Fatal, JobRunEnded};
@@ -830,26 +830,42 @@ impl JobRun {
         let mut launches: Vec<(Addr<Worker>, Claimed, String)> = Vec::new();
         let mut assigns: Vec<(Addr<Worker>, Assign)> = Vec::new();
         let mut failed = Vec::new();
-        // A reserved task run goes to its worker only: not to the dispatcher again.
-        fx.enqueue.retain(|&i| !reserved.iter().any(|(e, _)| e.task_run == self.run.tasks[i].id));
+        let mut claimed_here = std::collections::HashSet::new();
+        let cluster = self.shared.cluster.is_some();
         for (entry, worker) in reserved {
             match self.claim_now(ctx, entry.task_run, worker.clone()) {
                 Some((attempt, Ok(claimed))) => {
+                    claimed_here.insert(entry.task_run);
                     mutations.push(Mutation::Attempt(attempt));
                     launches.push((worker, claimed, entry.queue));
                 }
                 Some((attempt, Err(e))) => {
+                    claimed_here.insert(entry.task_run);
                     mutations.push(Mutation::Attempt(attempt));
                     failed.push((entry.task_run, e));
                     assigns.push((worker, Assign(entry)));
                 }
-                None => assigns.push((worker, Assign(entry))),
+                // In a cluster a task run not claimed here is queued in the store (with its
+                // spec) like any other, for whichever node claims it.
+                None if cluster => assigns.push((worker, Assign(entry))),
+                None => {
+                    claimed_here.insert(entry.task_run);
+                    assigns.push((worker, Assign(entry)));
+                }
             }
         }
-        // The ordinary claim: it renders off the thread, or finds the run ended.
+        // A task run claimed here goes to its worker only: not to the dispatcher (the store's
+        // queue) again.
+        fx.enqueue.retain(|&i| !claimed_here.contains(&self.run.tasks[i].id));
+        // The ordinary claim: it renders off the thread, or finds the run ended. In a cluster
+        // the worker is only given back: its task run is the store's queue's, or ended here.
+        let dispatcher = self.shared.dispatcher.clone();
         let assign: AfterCommit = Box::new(move |_, _| {
             for (worker, assign) in assigns {
-                worker.do_send(assign);
+                match cluster {
+                    true => dispatcher.do_send(WorkerIdle { worker, finished_queue: Some(assign.0.queue) }),
+                    false => worker.do_send(assign),
+                }
             }
         });
         let commit = self.carry_out_then(ctx, &mut fx, mutations, events, Some(assign), true);
@@ -1124,7 +1140,8 @@ impl JobRun {
         task_run: u64,
         worker: Addr<Worker>,
     ) -> Option<(AttemptRecord, Result<Claimed, String>)> {
-        if self.run.def(self.idx(task_run)?).is_templated() {
+        // A cluster node renders a queued task run's spec on this thread anyway (`queued_specs`).
+        if self.run.def(self.idx(task_run)?).is_templated() && self.shared.cluster.is_none() {
             return None;
         }
         let (i, attempt, render) = self.grant(ctx, task_run, worker)?;

@@ -22,6 +22,7 @@ pub mod routing;
 pub mod run;
 pub mod saga;
 pub mod schedule;
+pub mod start_at_submit;
 pub mod state;
 pub mod sweep;
 pub mod workflow_graph;

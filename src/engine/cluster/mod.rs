@@ -26,7 +26,7 @@ use crate::executor::AttemptSpec;
 use crate::model::lease::{DEFAULT_LEASE_MS, check_lease_ms};
 use crate::store::codec;
 use crate::store::pg::mail::{self, MAIL_CHANNEL, Mail, Mailer, Received};
-use crate::store::pg::queue::{self, Completer, Heartbeat, Node, Waker};
+use crate::store::pg::queue::{self, Completer, Heartbeat, Node, Waker, Woken};
 use crate::store::pg::{PgBackend, PgError};
 use crate::store::records::AttemptRecord;
 
@@ -49,6 +49,12 @@ pub struct ClusterConfig {
     /// run's `running`, the attempt's start) wait for the attempt's end before they are written
     /// alone: the claim's commit stands for them meanwhile (`JobRun::commit_claim`).
     pub start_write_delay: Duration,
+    /// How often the node claims when no `NOTIFY gaffer_queue` came ([`POLL`]).
+    pub claim_poll: Duration,
+    /// A new job run's task runs may start with its commit on this node where nothing of their
+    /// queue can be ahead of them (`model::start_at_submit`); `false`: always queued, then
+    /// claimed (the bench's `NOTIFY` path).
+    pub start_at_submit: bool,
 }
 
 /// [`ClusterConfig::start_write_delay`] by default: as long as a running attempt's pid waits.
@@ -63,6 +69,8 @@ impl ClusterConfig {
             node_name: default_node_name(),
             labels: Vec::new(),
             start_write_delay: START_WRITE_DELAY,
+            claim_poll: POLL,
+            start_at_submit: true,
         }
     }
 }
@@ -98,6 +106,10 @@ pub struct ClusterNode {
     state_dir: PathBuf,
     /// [`ClusterConfig::start_write_delay`].
     pub start_write_delay: Duration,
+    /// [`ClusterConfig::claim_poll`].
+    claim_poll: Duration,
+    /// [`ClusterConfig::start_at_submit`].
+    pub start_at_submit: bool,
 }
 
 impl ClusterNode {
@@ -116,7 +128,8 @@ impl ClusterNode {
         let current_id = Arc::new(AtomicI64::new(node.id));
         let completer = Mutex::new(completer);
         let (pumps, relays) = (Mutex::default(), Arc::default());
-        let start_write_delay = config.start_write_delay;
+        let (start_write_delay, claim_poll, start_at_submit) =
+            (config.start_write_delay, config.claim_poll, config.start_at_submit);
         Ok(ClusterNode {
             backend,
             node,
@@ -129,6 +142,8 @@ impl ClusterNode {
             relays,
             state_dir,
             start_write_delay,
+            claim_poll,
+            start_at_submit,
         })
     }
 
@@ -163,7 +178,7 @@ impl ClusterNode {
         journal: Addr<Journal>,
     ) {
         let url = self.backend.url().to_string();
-        let wakes = self.backend.spawn(wake_dispatcher(url.clone(), dispatcher));
+        let wakes = self.backend.spawn(wake_dispatcher(url.clone(), dispatcher, self.claim_poll));
         let pool = self.backend.store().pool().clone();
         let reader =
             MailReader { current_id: self.current_id.clone(), supervisor, workers, relays: self.relays.clone() };
@@ -292,12 +307,15 @@ impl Drop for ClusterNode {
     }
 }
 
-/// Wakes the Dispatcher to claim when task runs became ready (or every [`POLL`]), until it is gone.
-async fn wake_dispatcher(url: String, dispatcher: Addr<Dispatcher>) {
+/// Wakes the Dispatcher to claim when task runs became ready (or every `poll`), until it is gone.
+async fn wake_dispatcher(url: String, dispatcher: Addr<Dispatcher>, poll: Duration) {
     let mut waker = listen(&url, queue::QUEUE_CHANNEL).await;
     while dispatcher.connected() {
-        wait(&mut waker).await;
-        dispatcher.do_send(ClaimNow);
+        let queues = match wait(&mut waker, poll).await {
+            Woken::Queues(queues) => Some(queues.into_iter().collect()),
+            Woken::Poll => None,
+        };
+        dispatcher.do_send(ClaimNow(queues));
     }
 }
 
@@ -311,10 +329,13 @@ async fn listen(url: &str, channel: &'static str) -> Option<Waker> {
     }
 }
 
-async fn wait(waker: &mut Option<Waker>) {
+async fn wait(waker: &mut Option<Waker>, poll: Duration) -> Woken {
     match waker {
-        Some(waker) => drop(waker.wait(POLL).await),
-        None => tokio::time::sleep(POLL).await,
+        Some(waker) => waker.wait(poll).await,
+        None => {
+            tokio::time::sleep(poll).await;
+            Woken::Poll
+        }
     }
 }
 
@@ -363,7 +384,7 @@ async fn read_mail(url: String, pool: deadpool_postgres::Pool, reader: MailReade
     let MailReader { current_id, supervisor, workers, relays } = reader;
     let mut waker = listen(&url, MAIL_CHANNEL).await;
     while supervisor.connected() {
-        wait(&mut waker).await;
+        wait(&mut waker, POLL).await;
         // After a rejoin, the new id's mail: the old id owns nothing any more.
         let me = current_id.load(Ordering::Relaxed);
         let letters = match pool.get().await {

@@ -626,3 +626,107 @@ fn every_attempt_row_names_the_node_that_ran_it() {
     assert_eq!(rows, expected, "attempt rows (task run|n|node) against where each attempt ran");
     assert!(rows.iter().any(|r| r.ends_with("|a")), "the owner ran none itself: {rows:?}");
 }
+
+/// A node whose claims only a notification wakes (no poll within the test): what it knows of
+/// its queues changes only through what the test does.
+fn unpolled(mut config: EngineConfig) -> EngineConfig {
+    config.cluster.as_mut().expect("cluster").claim_poll = Duration::from_secs(3600);
+    config
+}
+
+/// Submits one run of job `j` to `node` and waits (60 s at most) for it to succeed.
+async fn submit_and_succeed(node: &EngineHandle) -> u64 {
+    let id =
+        node.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+    let ended = tokio::time::timeout(Duration::from_secs(60), node.wait(vec![id])).await;
+    assert_eq!(ended.expect("the job run did not end within a minute").expect("wait"), [(id, JobState::Succeeded)]);
+    id
+}
+
+/// The notifications of `queue` heard on `waker` within `within` (those of other queues — other
+/// tests share the database — are not counted).
+async fn notified(waker: &mut crate::store::pg::queue::Waker, queue: &str, within: Duration) -> usize {
+    let until = tokio::time::Instant::now() + within;
+    let mut heard = 0;
+    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
+        if let crate::store::pg::queue::Woken::Queues(queues) = waker.wait(left).await {
+            heard += usize::from(queues.contains(queue));
+        }
+    }
+    heard
+}
+
+/// A task submitted to a node with an idle worker, whose last claim found the task's queue
+/// empty, starts with the submit's commit — no queued row, no `NOTIFY`, no claim — and its
+/// records are those of any attempt run on that node. Where a task queued elsewhere may be
+/// ahead of it, it is queued as ever (`model::start_at_submit`).
+#[test]
+fn an_idle_node_starts_a_submitted_task_with_the_submits_commit() {
+    let Some(db) = TestDb::get() else { return };
+    let dir = crate::state_dir::private_tempdir();
+    let text = "[queues.at_submit_a]\n[jobs.j.tasks.t]\nqueue = \"at_submit_a\"\nrun = \"true\"\n";
+    let config = unpolled(node_config(&db, dir.path(), text, "a", 2));
+    let system = actix::System::new();
+    let db = system.block_on(async move {
+        let node = crate::engine::start(config);
+        node.resume_all().await.expect("resume");
+        let mut waker = crate::store::pg::queue::Waker::listen(&db.url).await.expect("listen");
+        // Queued or not, the first leaves the node knowing the queue empty (its claim asked for
+        // more than it got, or the start at resume found nothing).
+        submit_and_succeed(&node).await;
+        notified(&mut waker, "at_submit_a", Duration::from_millis(100)).await;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(submit_and_succeed(&node).await);
+        }
+        assert_eq!(notified(&mut waker, "at_submit_a", Duration::from_millis(300)).await, 0, "none was queued");
+        for id in ids {
+            let records = records(&db, id);
+            assert_eq!(records.len(), 1);
+            let (task, attempts) = &records[0];
+            assert_eq!((task.state, task.attempt, attempts.len()), (TaskState::Succeeded, 1, 1), "{records:?}");
+        }
+        let ran_on_a =
+            db.psql("SELECT count(*) FROM attempts t JOIN nodes n ON n.id = t.node WHERE n.name = 'a' AND t.n = 1");
+        assert_eq!(ran_on_a.trim(), "4", "every attempt names node a");
+        node.shutdown().await;
+        db
+    });
+    drop(db);
+}
+
+/// A queue paused on another node is not started in at submit by a node that knew it empty:
+/// the pause wakes every node (its `NOTIFY`), whose claim then sees it paused; the task waits
+/// queued until the queue is resumed.
+#[test]
+fn a_queue_paused_on_another_node_is_not_started_in_at_submit() {
+    let Some(db) = TestDb::get() else { return };
+    let text = "[queues.at_submit_p]\n[jobs.j.tasks.t]\nqueue = \"at_submit_p\"\nrun = \"true\"\n";
+    let (dir_a, dir_b) = (crate::state_dir::private_tempdir(), crate::state_dir::private_tempdir());
+    let a = unpolled(node_config(&db, dir_a.path(), text, "a", 2));
+    let b = unpolled(node_config(&db, dir_b.path(), text, "b", 1));
+    let system = actix::System::new();
+    let db = system.block_on(async move {
+        let (a, b) = (crate::engine::start(a), crate::engine::start(b));
+        a.resume_all().await.expect("resume a");
+        b.resume_all().await.expect("resume b");
+        submit_and_succeed(&a).await;
+        assert!(b.set_paused("at_submit_p", true).await.expect("pause on b"));
+        // The pause's notification reaches a, whose claim reads the pause.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut events = a.subscribe().await.expect("subscribe");
+        let id = a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = drain(&mut events).iter().any(|e| matches!(e.data, EventData::TaskStarted { .. }));
+        assert!(!started, "a task started in a paused queue");
+        let state = db.psql(&format!("SELECT state FROM task_runs WHERE job_run = {}", id.job_run));
+        assert_eq!(state.trim(), "queued");
+        assert!(b.set_paused("at_submit_p", false).await.expect("resume on b"));
+        let ended = tokio::time::timeout(Duration::from_secs(60), a.wait(vec![id.job_run])).await;
+        assert_eq!(ended.expect("ends once resumed").expect("wait"), [(id.job_run, JobState::Succeeded)]);
+        a.shutdown().await;
+        b.shutdown().await;
+        db
+    });
+    drop(db);
+}

@@ -142,6 +142,8 @@ const CLAIM: &str = "UPDATE task_runs SET state = 'running', node = $1, attempt 
        AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE queue = $2) \
      RETURNING id, attempt, record, spec";
 
+const IS_PAUSED: &str = "SELECT EXISTS (SELECT 1 FROM paused_queues WHERE queue = $1)";
+
 /// Claims up to `k` ready task runs of `queue` (its best first: highest `sort_key`, then lowest
 /// enqueue sequence) whose `requires` the node's labels cover, as one transaction; nothing from
 /// a paused queue (`paused_queues`, whichever node paused it). With a
@@ -176,6 +178,9 @@ pub struct Claim {
     pub look_again_in: Option<Duration>,
     /// The circuit is open for this much longer.
     pub circuit_open_for: Option<Duration>,
+    /// The queue is paused (on any node): nothing was taken, whatever it holds. Read with a
+    /// claim that has no limits to decide (pipelined with it, no round trip more).
+    pub paused: bool,
 }
 
 /// [`claim`] of a queue with `limits`. A cap, a rate limit or a circuit is decided under the
@@ -192,10 +197,17 @@ pub async fn claim_within(
 ) -> Result<Claim, PgError> {
     let k = k as i64;
     if *limits == Limits::default() {
-        // One statement, one commit: the common case costs one round trip.
+        // One statement, one commit: the common case costs one round trip. Whether the queue
+        // is paused rides in the same round trip (a node that drained an unpaused queue may
+        // start its own new task runs in it at submit: `model::start_at_submit`).
         let stmt = c.prepare_cached(CLAIM).await?;
-        let rows = c.query(&stmt, &[&node.id, &queue, &node.labels, &k]).await?;
-        return Ok(Claim { claimed: claimed(&rows)?, ..Claim::default() });
+        let is_paused = c.prepare_cached(IS_PAUSED).await?;
+        let (rows, paused) = futures_util::future::try_join(
+            c.query(&stmt, &[&node.id, &queue, &node.labels, &k]),
+            c.query_one(&is_paused, &[&queue]),
+        )
+        .await?;
+        return Ok(Claim { claimed: claimed(&rows)?, paused: paused.get(0), ..Claim::default() });
     }
     let tx = c.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('gaffer.queue.' || $1))", &[&queue]).await?;

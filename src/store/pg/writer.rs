@@ -7,8 +7,9 @@
 //! written (`fence.rs`): a fenced-out batch writes nothing and its caller hears
 //! [`PgError::Fenced`], while the other batches of its group commit as if it were not there.
 //!
-//! Task runs that enter `queued` wake the nodes: one `pg_notify` per queue per transaction
-//! (a NOTIFY per enqueue serializes commits and halves throughput, pg-probe RESULTS.md).
+//! Task runs that enter `queued`, and a queue paused or resumed, wake the nodes: one
+//! `pg_notify` per queue per transaction (a NOTIFY per enqueue serializes commits and halves
+//! throughput, pg-probe RESULTS.md).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -251,12 +252,15 @@ pub async fn apply(
 ) -> Result<(), PgError> {
     lock_jobs_counted(tx, batches).await?;
     let all = || batches.iter().flat_map(|b| b.iter());
+    // Nodes are woken for a queue that has task runs ready, and for one paused or resumed: a
+    // node that found it empty may start its own new task runs in it at submit until a claim
+    // says otherwise (`model::start_at_submit`), and a resumed queue's rows are claimable now.
     for m in all() {
-        if let Mutation::TaskRun(r) = m
-            && r.state == TaskState::Queued
-        {
-            woken.insert(r.queue.clone());
-        }
+        match m {
+            Mutation::TaskRun(r) if r.state == TaskState::Queued => woken.insert(r.queue.clone()),
+            Mutation::QueuePaused(queue, _) => woken.insert(queue.clone()),
+            _ => false,
+        };
     }
     // A group that counts running job runs is merged batch by batch, in order: each count
     // sees the batches before it, not those after.
