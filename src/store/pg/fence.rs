@@ -3,9 +3,11 @@
 //!
 //! A store with no node (redb, PostgreSQL as a plain store) fences nothing. Once a node is set
 //! ([`Ownership::join`]), every batch that writes a job run's records — its `JobRun`, `TaskRun`,
-//! `Attempt` or `RaisedBudgets` — is checked in the commit's transaction, before its writes,
-//! against `SELECT id, owner_node, owner_epoch FROM job_runs WHERE id = ANY($ids) ORDER BY id
-//! FOR UPDATE` (the rows stay locked until the commit, so an adoption waits for it):
+//! `Attempt` or `RaisedBudgets` — is checked in the commit's transaction against `SELECT id,
+//! owner_node, owner_epoch FROM job_runs WHERE id = ANY($ids) ORDER BY id FOR UPDATE`, read
+//! before its writes (the rows stay locked until the commit, so an adoption waits for it) and
+//! judged before its `COMMIT` (the writes are pipelined behind the read; a group with a fenced
+//! batch is rolled back and written again without it, `writer::commit_group`):
 //!
 //! - a job run this node owns at epoch e is taken only while its row says `owner_node = me AND
 //!   owner_epoch = e`;

@@ -32,13 +32,15 @@ async fn the_writers_generic_plans_read_no_table() {
     db.psql("ANALYZE job_runs; ANALYZE task_runs; ANALYZE attempts");
     // The writer's own `apply`, on a connection of this test's, whose prepared statements say
     // how each was planned.
-    let mut c = store.connection().await.expect("conn");
+    let c = store.connection().await.expect("conn");
     let facts = plain_queue_facts();
     for j in 1..=12u64 {
         for batch in submit_and_start(j) {
-            let tx = c.transaction().await.expect("begin");
-            writer::apply(&tx, &[batch.as_slice()], &facts, Some(7), &mut BTreeSet::new()).await.expect("apply");
-            tx.commit().await.expect("commit");
+            let planned = writer::plan(&[batch.as_slice()], &facts, Some(7), &mut BTreeSet::new()).expect("plan");
+            let prepared = planned.prepare(&c).await.expect("prepare");
+            c.batch_execute("BEGIN").await.expect("begin");
+            planned.check(&planned.execute(&c, &prepared).await.expect("apply")).expect("checked");
+            c.batch_execute("COMMIT").await.expect("commit");
         }
     }
     let rows = c

@@ -15,8 +15,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Statement;
 use tokio_postgres::types::ToSql;
 
 use super::fence::{Judge, Ownership, Row, Verdicts};
@@ -182,57 +183,119 @@ fn answer(group: Vec<Request>, fenced: Vec<Option<u64>>) {
 }
 
 /// Commits the batches of `group` that the fence takes, in one transaction; per batch, the job
-/// run it was fenced out by (`None`: written).
+/// run it was fenced out by (`None`: written). Two round trips: `BEGIN`, the fence read and
+/// every statement of the group pipelined, then `COMMIT` once the fence took every batch. A
+/// fenced batch (rare: its job run was adopted) rolls that transaction back, and the group goes
+/// again without it — the same as reading the fence first, as the rows it read were locked
+/// before any write of the group.
 async fn commit_group(
     pool: &Pool,
     facts: &QueueFacts,
     ownership: &Ownership,
     group: &[Request],
 ) -> Result<Vec<Option<u64>>, PgError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
     let judge = ownership.judge();
-    let batches: Vec<&[Mutation]> = group.iter().map(|r| r.batch.as_slice()).collect();
-    let verdicts = match &judge {
-        None => Verdicts { fenced: vec![None; group.len()], ..Verdicts::default() },
-        Some(judge) => judge.decide(&batches, &read_fence(&tx, &Judge::to_read(&batches)).await?),
-    };
     let owner = judge.as_ref().map(Judge::node);
-    let mut woken = BTreeSet::new();
-    let taken: Vec<&[Mutation]> =
-        batches.iter().zip(&verdicts.fenced).filter(|(_, fenced)| fenced.is_none()).map(|(b, _)| *b).collect();
-    apply(&tx, &taken, facts, owner, &mut woken).await?;
-    tx.commit().await?;
-    if let Some(judge) = &judge {
-        ownership.learn(judge, &verdicts);
+    let all: Vec<&[Mutation]> = group.iter().map(|r| r.batch.as_slice()).collect();
+    let mut fenced: Vec<Option<u64>> = vec![None; all.len()];
+    let open = Open(Some(pool.get().await?));
+    let client = open.client();
+    let fence = match &judge {
+        Some(_) => Some(client.prepare_cached(READ_FENCE).await?),
+        None => None,
+    };
+    loop {
+        let taken: Vec<usize> = (0..all.len()).filter(|&i| fenced[i].is_none()).collect();
+        let batches: Vec<&[Mutation]> = taken.iter().map(|&i| all[i]).collect();
+        let planned = plan(&batches, facts, owner, &mut BTreeSet::new())?;
+        let prepared = planned.prepare(client).await?;
+        let ids: Vec<i64> = match judge {
+            Some(_) => Judge::to_read(&batches).into_iter().map(to_db).collect(),
+            None => Vec::new(),
+        };
+        let read = async {
+            match (&fence, ids.is_empty()) {
+                (Some(fence), false) => client.query(fence, &[&ids]).await,
+                _ => Ok(Vec::new()),
+            }
+        };
+        let (_, rows, written) =
+            futures_util::future::try_join3(client.batch_execute("BEGIN"), read, planned.execute(client, &prepared))
+                .await?;
+        let verdicts = match &judge {
+            None => Verdicts { fenced: vec![None; batches.len()], ..Verdicts::default() },
+            Some(judge) => judge.decide(&batches, &fence_rows(&rows)),
+        };
+        if verdicts.fenced.iter().any(Option::is_some) {
+            client.batch_execute("ROLLBACK").await?;
+            for (&i, by) in taken.iter().zip(&verdicts.fenced) {
+                fenced[i] = *by;
+            }
+            if fenced.iter().all(Option::is_some) {
+                open.release();
+                if let Some(judge) = &judge {
+                    ownership.learn(judge, &Verdicts { fenced: fenced.clone(), ..Verdicts::default() });
+                }
+                return Ok(fenced);
+            }
+            continue;
+        }
+        if let Err(e) = planned.check(&written) {
+            client.batch_execute("ROLLBACK").await?;
+            open.release();
+            return Err(e);
+        }
+        client.batch_execute("COMMIT").await?;
+        open.release();
+        if let Some(judge) = &judge {
+            ownership.learn(judge, &Verdicts { fenced: fenced.clone(), created: verdicts.created });
+        }
+        return Ok(fenced);
     }
-    Ok(verdicts.fenced)
+}
+
+/// A pooled connection inside a transaction begun by hand (`BEGIN` pipelined with the group's
+/// statements rather than a round trip of its own). Dropped before its `COMMIT` or `ROLLBACK`
+/// was answered — an error, a commit future dropped — the connection is taken out of the pool
+/// and closed (the server rolls the transaction back): none goes back to the pool inside one.
+struct Open(Option<deadpool_postgres::Object>);
+
+impl Open {
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.0.as_ref().expect("an open transaction has its connection until released")
+    }
+
+    /// Its transaction ended: the connection goes back to the pool.
+    fn release(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(connection) = self.0.take() {
+            drop(deadpool_postgres::Object::take(connection));
+        }
+    }
 }
 
 /// `model::lease::commit_accepted`'s read: the owner and epoch of each job run the group
 /// writes, locked until the commit (an adoption of one of them waits for it), by primary key.
 const READ_FENCE: &str = "SELECT id, owner_node, owner_epoch FROM job_runs WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
-async fn read_fence(tx: &Transaction<'_>, job_runs: &[u64]) -> Result<std::collections::BTreeMap<u64, Row>, PgError> {
-    if job_runs.is_empty() {
-        return Ok(Default::default());
-    }
-    let ids: Vec<i64> = job_runs.iter().copied().map(to_db).collect();
-    let stmt = tx.prepare_cached(READ_FENCE).await?;
-    let rows = tx.query(&stmt, &[&ids]).await?;
-    Ok(rows
-        .iter()
+fn fence_rows(rows: &[tokio_postgres::Row]) -> std::collections::BTreeMap<u64, Row> {
+    rows.iter()
         .map(|r| {
             let owner: Option<i64> = r.get(1);
             let epoch: i64 = r.get(2);
             (from_db(r.get(0)), (owner.map(from_db), from_db(epoch)))
         })
-        .collect())
+        .collect()
 }
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// Applies the batches of a group: one multi-row statement per table (`merge.rs`: a task
+/// The statements of a group's batches: one multi-row statement per table (`merge.rs`: a task
 /// run's last write in the group, its spec on the same upsert), then the rest one statement
 /// each, then the wake-up of the queues it made ready (`pg_notify`, sent at the commit); every
 /// statement is sent at once (pipelined on the connection, executed in order), then their
@@ -243,14 +306,12 @@ type Param = Box<dyn ToSql + Sync + Send>;
 /// (BENCHMARKS.md, cluster rows). A group that counts running job runs (`ActiveRunsBelow`) is
 /// applied mutation by mutation, in order. A job run created with a node `owner` is written as
 /// that node's at epoch 1.
-pub async fn apply(
-    tx: &Transaction<'_>,
-    batches: &[&[Mutation]],
+pub(super) fn plan<'a>(
+    batches: &[&'a [Mutation]],
     facts: &QueueFacts,
     owner: Option<u64>,
     woken: &mut BTreeSet<String>,
-) -> Result<(), PgError> {
-    lock_jobs_counted(tx, batches).await?;
+) -> Result<Planned<'a>, PgError> {
     let all = || batches.iter().flat_map(|b| b.iter());
     // Nodes are woken for a queue that has task runs ready, and for one paused or resumed: a
     // node that found it empty may start its own new task runs in it at submit until a claim
@@ -262,13 +323,16 @@ pub async fn apply(
             _ => false,
         };
     }
+    let mut statements: Vec<(&'static str, Vec<Param>)> = jobs_counted(batches)
+        .into_iter()
+        .map(|job| (LOCK_JOB_COUNTED, vec![Box::new(job.to_string()) as Param]))
+        .collect();
     // A group that counts running job runs is merged batch by batch, in order: each count
     // sees the batches before it, not those after.
     let units: Vec<(&[Mutation], Vec<&Mutation>)> = match merge::mergeable(all()) {
         true => vec![(&[][..], all().collect())],
         false => batches.iter().map(|b| (*b, b.iter().collect())).collect(),
     };
-    let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::new();
     // The mutations written one statement each, by the index of their statement.
     let mut rest: Vec<(&Mutation, usize)> = Vec::new();
     for (batch, mutations) in units {
@@ -284,27 +348,59 @@ pub async fn apply(
         statements.push((NOTIFY, vec![Box::new(QUEUE_CHANNEL), Box::new(queues)]));
     }
     let (statements, at) = plan_modes(statements);
-    let rest: Vec<(&Mutation, usize)> = rest.into_iter().map(|(m, i)| (m, at[i])).collect();
-    let mut prepared = Vec::with_capacity(statements.len());
-    for (sql, _) in &statements {
-        prepared.push(tx.prepare_cached(sql).await?);
-    }
-    let params: Vec<Vec<&(dyn ToSql + Sync)>> =
-        statements.iter().map(|(_, ps)| ps.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()).collect();
-    let runs = prepared.iter().zip(&params).map(|(stmt, ps)| tx.execute(stmt, ps));
-    let written = futures_util::future::try_join_all(runs).await?;
-    // A fire time another node recorded first writes no row, nor a count at the job's limit
-    // answers one: its batch is refused (the group is then committed batch by batch, and only
-    // that one fails).
-    for (m, at) in rest {
-        let rows = written[at];
-        match m {
-            Mutation::Schedule(job, _) if rows == 0 => return Err(PgError::FireTaken { job: job.clone() }),
-            Mutation::ActiveRunsBelow(job, _) if rows == 0 => return Err(PgError::RunLimit { job: job.clone() }),
-            _ => {}
+    let rest = rest.into_iter().map(|(m, i)| (m, at[i])).collect();
+    Ok(Planned { statements, rest })
+}
+
+/// A group's statements, in order, before any is sent.
+pub(super) struct Planned<'a> {
+    statements: Vec<(&'static str, Vec<Param>)>,
+    /// The mutations whose statement's count of rows decides whether their batch may commit
+    /// (a fire time, a run limit), with the index of that statement.
+    rest: Vec<(&'a Mutation, usize)>,
+}
+
+impl Planned<'_> {
+    /// Each statement prepared on `client` (once per connection: a round trip the first time).
+    pub(super) async fn prepare(&self, client: &deadpool_postgres::ClientWrapper) -> Result<Vec<Statement>, PgError> {
+        let mut prepared = Vec::with_capacity(self.statements.len());
+        for (sql, _) in &self.statements {
+            prepared.push(client.prepare_cached(sql).await?);
         }
+        Ok(prepared)
     }
-    Ok(())
+
+    /// Sends every statement at once (pipelined on the connection, executed in order) and
+    /// awaits their answers: the rows each wrote.
+    pub(super) async fn execute(
+        &self,
+        client: &tokio_postgres::Client,
+        prepared: &[Statement],
+    ) -> Result<Vec<u64>, tokio_postgres::Error> {
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = self
+            .statements
+            .iter()
+            .map(|(_, ps)| ps.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect())
+            .collect();
+        let runs = prepared.iter().zip(&params).map(|(stmt, ps)| client.execute(stmt, ps));
+        futures_util::future::try_join_all(runs).await
+    }
+
+    /// A fire time another node recorded first writes no row, nor a count at the job's limit
+    /// answers one: its batch is refused (the group is then committed batch by batch, and only
+    /// that one fails).
+    pub(super) fn check(&self, written: &[u64]) -> Result<(), PgError> {
+        for &(m, at) in &self.rest {
+            match m {
+                Mutation::Schedule(job, _) if written[at] == 0 => return Err(PgError::FireTaken { job: job.clone() }),
+                Mutation::ActiveRunsBelow(job, _) if written[at] == 0 => {
+                    return Err(PgError::RunLimit { job: job.clone() });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 const NOTIFY: &str = "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q";
@@ -436,24 +532,23 @@ fn task_run_params(
     Ok(params)
 }
 
-/// Takes the lock of each job whose running runs the group counts (`ActiveRunsBelow`), before
-/// the count's statement starts (each statement sees what committed before it began): two
-/// transactions that would each start a run of the job take turns, and the second counts the
-/// first's. Every job of the group in name order, so two groups never wait on each other's.
-async fn lock_jobs_counted(tx: &Transaction<'_>, batches: &[&[Mutation]]) -> Result<(), PgError> {
-    let jobs: BTreeSet<&str> = batches
+/// The jobs whose running runs the group counts (`ActiveRunsBelow`): the group takes each one's
+/// lock (`LOCK_JOB_COUNTED`) before the count's statement starts (each statement sees what
+/// committed before it began): two transactions that would each start a run of the job take
+/// turns, and the second counts the first's. Every job of the group in name order, so two
+/// groups never wait on each other's.
+fn jobs_counted<'a>(batches: &[&'a [Mutation]]) -> BTreeSet<&'a str> {
+    batches
         .iter()
         .flat_map(|b| b.iter())
         .filter_map(|m| match m {
             Mutation::ActiveRunsBelow(job, _) => Some(job.as_str()),
             _ => None,
         })
-        .collect();
-    for job in jobs {
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext('gaffer.job.' || $1))", &[&job]).await?;
-    }
-    Ok(())
+        .collect()
 }
+
+const LOCK_JOB_COUNTED: &str = "SELECT pg_advisory_xact_lock(hashtext('gaffer.job.' || $1))";
 
 const PUT_DEFINITION: &str = "INSERT INTO definitions (hash, record) VALUES ($1, $2) \
      ON CONFLICT (hash) DO UPDATE SET record = excluded.record";
@@ -618,4 +713,31 @@ fn statement(m: &Mutation, batch: &[Mutation]) -> Result<(&'static str, Vec<Para
             return Err(PgError::Db("a merged mutation has no statement of its own".into()));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::pg::testing::TestDb;
+    use crate::store::pg::{PgOptions, PgStore};
+
+    /// A transaction begun by hand and dropped before its end (an error, a dropped commit)
+    /// takes its connection out of the pool, so no later commit ever runs inside it; one that
+    /// ended goes back.
+    #[tokio::test]
+    async fn a_connection_dropped_inside_a_transaction_never_goes_back_to_the_pool() {
+        let Some(db) = TestDb::get() else { return };
+        let store = PgStore::open(&db.url, PgOptions::default()).await.expect("open the pg store");
+        let pool = store.pool().clone();
+        let open = Open(Some(pool.get().await.expect("connection")));
+        open.client().batch_execute("BEGIN; CREATE TEMP TABLE half_done (x int)").await.expect("begin");
+        let size = pool.status().size;
+        drop(open);
+        assert_eq!(pool.status().size, size - 1, "closed, not pooled");
+        let ended = Open(Some(pool.get().await.expect("connection")));
+        ended.client().batch_execute("BEGIN; ROLLBACK").await.expect("a whole transaction");
+        let size = pool.status().size;
+        ended.release();
+        assert_eq!(pool.status().size, size, "pooled again");
+    }
 }
