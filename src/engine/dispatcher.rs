@@ -527,7 +527,10 @@ impl Dispatcher {
     /// as there were, and only claims take them in cluster mode).
     fn assign_claimed(&mut self, queue: String, claimed: crate::store::pg::queue::Claimed) {
         let Some(worker) = self.idle.pop() else {
-            tracing::error!(task_run = claimed.id, "claimed with no idle worker to run it");
+            tracing::error!(task_run = claimed.id, "claimed with no idle worker to run it; giving it back");
+            if let Some(node) = &self.cluster {
+                super::worker::give_back(node, &claimed);
+            }
             return;
         };
         if let Some(state) = self.queues.get_mut(&queue) {
@@ -567,6 +570,7 @@ impl Dispatcher {
                 slot_free: !self.idle.is_empty()
                     && self.running_total < self.workers_total
                     && queue.running < queue.def.concurrency,
+                claim_under_way: self.claiming,
             };
             match starts_at_submit(facts).then(|| self.idle.pop()).flatten() {
                 Some(worker) => {
@@ -574,7 +578,7 @@ impl Dispatcher {
                     self.running_total += 1;
                     taken.push((entry, worker));
                 }
-                None => self.nothing_ready.queuing(&entry.queue),
+                None => self.nothing_ready.forget(&entry.queue),
             }
         }
         taken
@@ -702,7 +706,7 @@ impl Handler<ClaimNow> for Dispatcher {
 
     fn handle(&mut self, ClaimNow(queues): ClaimNow, ctx: &mut Self::Context) {
         match queues {
-            Some(queues) => queues.iter().for_each(|q| self.nothing_ready.queuing(q)),
+            Some(queues) => queues.iter().for_each(|q| self.nothing_ready.forget(q)),
             None => self.nothing_ready.woken(),
         }
         self.dispatch(ctx);
@@ -710,18 +714,46 @@ impl Handler<ClaimNow> for Dispatcher {
 }
 
 /// Cluster mode: a job run of this node is about to commit task runs `queued` in these queues
-/// (sent before its commit, so no later `Reserve` starts a newer task run ahead of them).
+/// (`landed: false`, sent before its commit, so no later `Reserve` starts a newer task run
+/// ahead of them), or that commit landed or never will (`landed: true`; see [`QueuingNote`]).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Queuing(pub Vec<String>);
+pub struct Queuing {
+    pub queues: Vec<String>,
+    pub landed: bool,
+}
 
 impl Handler<Queuing> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, Queuing(queues): Queuing, _ctx: &mut Self::Context) {
-        for queue in &queues {
-            self.nothing_ready.queuing(queue);
+    fn handle(&mut self, msg: Queuing, _ctx: &mut Self::Context) {
+        for queue in &msg.queues {
+            match msg.landed {
+                false => self.nothing_ready.queuing(queue),
+                true => self.nothing_ready.queued(queue),
+            }
         }
+    }
+}
+
+/// A commit that queues task runs in `queues`, said to the Dispatcher now (`Queuing`); dropped
+/// — after the commit, or with it when it never lands — it says so (`landed`), so the count of
+/// commits under way never stays up.
+pub struct QueuingNote {
+    dispatcher: Addr<Dispatcher>,
+    queues: Vec<String>,
+}
+
+impl QueuingNote {
+    pub fn send(dispatcher: Addr<Dispatcher>, queues: Vec<String>) -> QueuingNote {
+        dispatcher.do_send(Queuing { queues: queues.clone(), landed: false });
+        QueuingNote { dispatcher, queues }
+    }
+}
+
+impl Drop for QueuingNote {
+    fn drop(&mut self) {
+        self.dispatcher.do_send(Queuing { queues: std::mem::take(&mut self.queues), landed: true });
     }
 }
 

@@ -339,7 +339,7 @@ impl JobRun {
         }
         mutations.extend(self.mutations_of(&fx.writes));
         mutations.extend(self.unwritten_pids());
-        let unrenderable = self.queued_specs(&fx.enqueue, &mut mutations);
+        let (unrenderable, queuing) = self.queued_specs(&fx.enqueue, &mut mutations);
         events.extend(fx.notes.iter().map(|n| self.event_of(n)));
         let (enqueue, timers) = (std::mem::take(&mut fx.enqueue), std::mem::take(&mut fx.timers));
         let (circuits, finish) = (std::mem::take(&mut fx.circuit_failures), fx.finish);
@@ -348,6 +348,8 @@ impl JobRun {
             return None;
         }
         let after = move |act: &mut Self, ctx: &mut Context<Self>| {
+            // Says the queued rows landed (also if this is never called: the commit failed).
+            drop(queuing);
             act.enqueue(&enqueue, ctx);
             for (task_run, error) in unrenderable {
                 act.fail_unrenderable(ctx, task_run, &error);

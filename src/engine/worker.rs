@@ -681,7 +681,7 @@ const GIVEN_BACK_FOR: Duration = Duration::from_secs(1);
 
 /// A claimed row this node cannot run goes back to the queue, not left `running` with nobody
 /// running it.
-fn give_back(node: &ClusterNode, claimed: &queue::Claimed) {
+pub(super) fn give_back(node: &ClusterNode, claimed: &queue::Claimed) {
     let (pool, me, task_run, attempt) = (node.backend.store().pool().clone(), node.id(), claimed.id, claimed.attempt);
     drop(node.backend.spawn(async move {
         let given = match pool.get().await {

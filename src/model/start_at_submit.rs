@@ -10,12 +10,13 @@
 //! "Nothing can be ahead" is known from this node's own last claim of the queue: it asked for
 //! more than it got, and the queue was not paused. It is forgotten at anything that may have
 //! queued a row since: any wake-up (another node's `NOTIFY`, the poll), a task run this node
-//! queues, and a claim that was under way meanwhile does not restore it. What remains is the
+//! queues; a claim that was under way meanwhile does not restore it, nor one made while a
+//! commit of this node that queues rows there has not landed. What remains is the
 //! time a `NOTIFY` takes to arrive (a row another node queued a moment ago may start just after
 //! this one), and a retry whose backoff ran out since the last claim (found by the next poll,
 //! 250 ms); a queue paused on another node is seen by the claim that follows the pause's wake-up.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What a node knows of one queue when a new job run's ready task run in it could start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,18 +32,23 @@ pub struct QueueAtSubmit {
     pub can_run: bool,
     /// A worker is idle, and neither the node's `workers` nor the queue's per-node cap is reached.
     pub slot_free: bool,
+    /// A claim is under way: it may take every idle worker it counted when it began.
+    pub claim_under_way: bool,
 }
 
 /// Whether the task run starts with the commit that creates it, `running` on this node,
 /// rather than being queued for a claim.
 pub fn starts_at_submit(q: QueueAtSubmit) -> bool {
-    !q.cluster_wide_rule && !q.paused_or_held && q.nothing_ready && q.can_run && q.slot_free
+    !q.cluster_wide_rule && !q.paused_or_held && q.nothing_ready && q.can_run && q.slot_free && !q.claim_under_way
 }
 
 /// The queues whose last claim found nothing more ready for this node, as far as it knows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NothingReady {
     queues: BTreeSet<String>,
+    /// Commits of this node under way that queue task runs, by queue: until they land, a claim
+    /// cannot see their rows, so one that finds nothing says nothing.
+    committing: BTreeMap<String, usize>,
     /// Counts what made the node forget: a claim's answer counts only if nothing did since
     /// the claim began.
     generation: u64,
@@ -57,17 +63,34 @@ impl NothingReady {
         self.queues.contains(queue)
     }
 
-    /// A wake-up that names no queue (the poll): any queue may have rows ready now. (One that
-    /// names a queue is [`NothingReady::queuing`] for it.)
+    /// A wake-up that names no queue (the poll): any queue may have rows ready now.
     pub fn woken(&mut self) {
         self.queues.clear();
         self.generation += 1;
     }
 
-    /// Task runs are (about to be) queued in `queue`: by this node, or by another that said so.
-    pub fn queuing(&mut self, queue: &str) {
+    /// `queue` may have rows ready now: a wake-up that names it (another node queued some, or
+    /// paused or resumed it), or task runs of this node about to be queued there.
+    pub fn forget(&mut self, queue: &str) {
         self.queues.remove(queue);
         self.generation += 1;
+    }
+
+    /// A commit of this node that queues task runs in `queue` is under way.
+    pub fn queuing(&mut self, queue: &str) {
+        *self.committing.entry(queue.to_string()).or_default() += 1;
+        self.forget(queue);
+    }
+
+    /// That commit landed (or never will).
+    pub fn queued(&mut self, queue: &str) {
+        if let Some(n) = self.committing.get_mut(queue) {
+            *n -= 1;
+            if *n == 0 {
+                self.committing.remove(queue);
+            }
+        }
+        self.forget(queue);
     }
 
     pub fn claim_began(&self) -> ClaimBegan {
@@ -79,7 +102,7 @@ impl NothingReady {
     pub fn claimed(&mut self, began: ClaimBegan, queue: &str, asked: usize, got: usize, paused: bool) {
         if got >= asked || paused {
             self.queues.remove(queue);
-        } else if began.0 == self.generation {
+        } else if began.0 == self.generation && !self.committing.contains_key(queue) {
             self.queues.insert(queue.to_string());
         }
     }
@@ -97,15 +120,17 @@ mod tests {
             nothing_ready: true,
             can_run: true,
             slot_free: true,
+            claim_under_way: false,
         };
         assert!(starts_at_submit(free));
         type Change = fn(&mut QueueAtSubmit);
-        let cases: [(&str, Change); 5] = [
+        let cases: [(&str, Change); 6] = [
             ("a declared cap, a rate limit or a circuit", |q| q.cluster_wide_rule = true),
             ("paused or held", |q| q.paused_or_held = true),
             ("rows may be ready", |q| q.nothing_ready = false),
             ("labels missing", |q| q.can_run = false),
             ("no slot", |q| q.slot_free = false),
+            ("a claim may take the idle workers", |q| q.claim_under_way = true),
         ];
         for (why, change) in cases {
             let mut q = free;
@@ -121,8 +146,8 @@ mod tests {
         let began = k.claim_began();
         k.claimed(began, "default", 4, 1, false);
         assert!(k.holds("default"));
-        k.queuing("default");
-        assert!(!k.holds("default"), "this node queued a row");
+        k.forget("default");
+        assert!(!k.holds("default"), "a wake-up named it");
         let began = k.claim_began();
         k.claimed(began, "default", 4, 0, false);
         assert!(k.holds("default"));
@@ -146,12 +171,31 @@ mod tests {
 
     #[test]
     fn a_claim_under_way_while_something_was_queued_or_woke_the_node_counts_for_nothing() {
-        for forget in [NothingReady::woken as fn(&mut NothingReady), |k| k.queuing("other")] {
+        for forget in [NothingReady::woken as fn(&mut NothingReady), |k| k.forget("other")] {
             let mut k = NothingReady::default();
             let began = k.claim_began();
             forget(&mut k);
             k.claimed(began, "default", 4, 0, false);
             assert!(!k.holds("default"), "its answer may predate the row");
         }
+    }
+
+    #[test]
+    fn a_claim_that_found_nothing_while_a_commit_of_this_node_queues_rows_there_says_nothing() {
+        let mut k = NothingReady::default();
+        k.queuing("default");
+        let began = k.claim_began();
+        k.claimed(began, "default", 4, 0, false);
+        assert!(!k.holds("default"), "the rows are not committed yet: the claim could not see them");
+        k.queued("default");
+        let began = k.claim_began();
+        k.claimed(began, "default", 4, 0, false);
+        assert!(k.holds("default"), "landed and claimed");
+        k.queuing("default");
+        k.queuing("default");
+        k.queued("default");
+        let began = k.claim_began();
+        k.claimed(began, "default", 4, 0, false);
+        assert!(!k.holds("default"), "one of two commits still under way");
     }
 }

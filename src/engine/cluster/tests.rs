@@ -730,3 +730,38 @@ fn a_queue_paused_on_another_node_is_not_started_in_at_submit() {
     });
     drop(db);
 }
+
+/// Many job runs submitted in a row to one node: starts at submit and claims share its workers,
+/// and every task runs (a claim answered after a submit took its workers once left rows
+/// `running` with no worker to run them, and the job runs never ended).
+#[test]
+fn job_runs_submitted_in_a_row_share_the_workers_between_submits_and_claims() {
+    let Some(db) = TestDb::get() else { return };
+    let dir = crate::state_dir::private_tempdir();
+    let mut text = String::new();
+    for t in 0..50 {
+        text.push_str(&format!("[jobs.j.tasks.t{t}]\nrun = \"true\"\n"));
+    }
+    let mut config = node_config(&db, dir.path(), &text, "a", 16);
+    config.executor = Arc::new(crate::executor::NoopExecutor);
+    let system = actix::System::new();
+    let db = system.block_on(async move {
+        let node = crate::engine::start(config);
+        node.resume_all().await.expect("resume");
+        for _round in 0..3 {
+            // One after the other, as `gaffer run` submits its jobs: each submit lands while
+            // the earlier runs' tasks end and are claimed.
+            let mut ids = Vec::new();
+            for _ in 0..20 {
+                let submit = node.submit_request(SubmitRequest { job: "j".into(), ..Default::default() });
+                ids.push(submit.await.expect("submit").job_run);
+            }
+            let ended = tokio::time::timeout(Duration::from_secs(60), node.wait(ids.clone())).await;
+            let ended = ended.expect("every job run ends within a minute").expect("wait");
+            assert!(ended.iter().all(|(_, s)| *s == JobState::Succeeded), "{ended:?}");
+        }
+        node.shutdown().await;
+        db
+    });
+    drop(db);
+}

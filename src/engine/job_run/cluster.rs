@@ -11,7 +11,7 @@ use super::{AttemptEnded, CostAdded, JobRun, ProgressReported, Runner, WarningRe
 use crate::config::template::TemplateContext;
 use crate::engine::EventData;
 use crate::engine::cluster::{QueuedSpec, SecretFields, env_files, secret_fields};
-use crate::engine::dispatcher::Queuing;
+use crate::engine::dispatcher::QueuingNote;
 use crate::executor::{AttemptExit, KILL_GRACE};
 use crate::model::cost::CostDelta;
 use crate::model::lease::{DeadRunner, Fence, dead_runner};
@@ -25,21 +25,24 @@ impl JobRun {
     /// now and committed with its row (`Mutation::Spec`), so that any node can run it (without
     /// its secrets and `env_file` values, which the runner puts back). Those
     /// that cannot be rendered are returned: they fail as a template error once committed.
-    /// The Dispatcher hears of their queues first (`Queuing`): none of this node's new task
-    /// runs may start at submit ahead of them.
-    pub(super) fn queued_specs(&self, tasks: &[usize], mutations: &mut Vec<Mutation>) -> Vec<(u64, String)> {
+    /// The Dispatcher hears of their queues first, and again once the commit landed (the
+    /// note, dropped after it): none of this node's new task runs may start at submit ahead of
+    /// them (`model::start_at_submit`).
+    pub(super) fn queued_specs(
+        &self,
+        tasks: &[usize],
+        mutations: &mut Vec<Mutation>,
+    ) -> (Vec<(u64, String)>, Option<QueuingNote>) {
         let mut unrenderable = Vec::new();
         if self.shared.cluster.is_none() {
-            return unrenderable;
+            return (unrenderable, None);
         }
         let queued: Vec<usize> =
             tasks.iter().copied().filter(|&i| self.run.tasks[i].state == TaskState::Queued).collect();
         let mut queues: Vec<String> = queued.iter().map(|&i| self.run.tasks[i].queue.clone()).collect();
         queues.sort();
         queues.dedup();
-        if !queues.is_empty() {
-            self.shared.dispatcher.do_send(Queuing(queues));
-        }
+        let note = (!queues.is_empty()).then(|| QueuingNote::send(self.shared.dispatcher.clone(), queues));
         for i in queued {
             let t = &self.run.tasks[i];
             // As `Input::Claim` will number and pick the model of the next attempt.
@@ -60,7 +63,7 @@ impl JobRun {
                 }
             }
         }
-        unrenderable
+        (unrenderable, note)
     }
 
     /// Secrets are never stored: the fields of task run `i`'s `spec` that read a secret param
