@@ -658,8 +658,8 @@ async fn notified(waker: &mut crate::store::pg::queue::Waker, queue: &str, withi
 
 /// A task submitted to a node with an idle worker, whose last claim found the task's queue
 /// empty, starts with the submit's commit — no queued row, no `NOTIFY`, no claim — and its
-/// records are those of any attempt run on that node. Where a task queued elsewhere may be
-/// ahead of it, it is queued as ever (`model::start_at_submit`).
+/// records are those of any attempt run on that node (`model::start_at_submit` says where it
+/// may; its table tests say where not).
 #[test]
 fn an_idle_node_starts_a_submitted_task_with_the_submits_commit() {
     let Some(db) = TestDb::get() else { return };
