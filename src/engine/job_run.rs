@@ -859,15 +859,17 @@ impl JobRun {
         // A task run claimed here goes to its worker only: not to the dispatcher (the store's
         // queue) again.
         fx.enqueue.retain(|&i| !claimed_here.contains(&self.run.tasks[i].id));
-        // The ordinary claim: it renders off the thread, or finds the run ended. In a cluster
-        // the worker is only given back: its task run is the store's queue's, or ended here.
-        let dispatcher = self.shared.dispatcher.clone();
+        // In a cluster the worker is only given back, now (also if the commit then fails): its
+        // task run is the store's queue's, or ended here.
+        if cluster {
+            for (worker, Assign(entry)) in std::mem::take(&mut assigns) {
+                self.shared.dispatcher.do_send(WorkerIdle { worker, finished_queue: Some(entry.queue) });
+            }
+        }
+        // The ordinary claim: it renders off the thread, or finds the run ended.
         let assign: AfterCommit = Box::new(move |_, _| {
             for (worker, assign) in assigns {
-                match cluster {
-                    true => dispatcher.do_send(WorkerIdle { worker, finished_queue: Some(assign.0.queue) }),
-                    false => worker.do_send(assign),
-                }
+                worker.do_send(assign);
             }
         });
         let commit = self.carry_out_then(ctx, &mut fx, mutations, events, Some(assign), true);
