@@ -23,7 +23,7 @@ use crate::config::QueueDef;
 use crate::model::policy::priority_key;
 use crate::model::queue::{self, circuit_open_until, rate_limit_opens_at};
 use crate::model::routing::can_run;
-use crate::model::start_at_submit::{NothingReady, QueueAtSubmit, starts_at_submit};
+use crate::model::start_at_submit::{ClaimBegan, NothingReady, QueueAtSubmit, starts_at_submit};
 use crate::store::pg::queue::Limits;
 use crate::store::{self, StoreError, TaskRunRecord};
 
@@ -266,6 +266,14 @@ pub struct Dispatcher {
     nothing_ready: NothingReady,
 }
 
+/// What a claim found in one queue, besides the rows it took (`got` of the `asked`).
+struct QueueAnswer {
+    queue: String,
+    asked: usize,
+    got: usize,
+    claim: crate::store::pg::queue::Claim,
+}
+
 /// The task runs a `Reserve` asks about, and those an idle worker was found for.
 struct Reserving {
     asked: std::collections::HashSet<u64>,
@@ -479,23 +487,23 @@ impl Dispatcher {
         let me = node.current();
         let claims = node.backend.spawn(async move {
             let mut c = pool.get().await?;
-            let (mut left, mut got, mut held, mut seen) = (free, Vec::new(), Vec::new(), Vec::new());
+            let (mut left, mut got, mut answers) = (free, Vec::new(), Vec::new());
             for (queue, k, limits) in asks {
                 if left == 0 {
                     break;
                 }
                 let asked = k.min(left);
-                let claim = crate::store::pg::queue::claim_within(&mut c, &me, &queue, asked, &limits).await?;
-                left -= claim.claimed.len().min(left);
-                held.push((queue.clone(), claim.look_again_in, claim.circuit_open_for));
-                seen.push((queue.clone(), asked, claim.claimed.len(), claim.paused));
-                got.extend(claim.claimed.into_iter().map(|c| (queue.clone(), c)));
+                let mut claim = crate::store::pg::queue::claim_within(&mut c, &me, &queue, asked, &limits).await?;
+                let rows = std::mem::take(&mut claim.claimed);
+                left -= rows.len().min(left);
+                answers.push(QueueAnswer { queue: queue.clone(), asked, got: rows.len(), claim });
+                got.extend(rows.into_iter().map(|c| (queue.clone(), c)));
             }
-            Ok::<_, crate::store::pg::PgError>((got, held, seen))
+            Ok::<_, crate::store::pg::PgError>((got, answers))
         });
         ctx.spawn(claims.into_actor(self).map(move |result, act, ctx| {
             act.claiming = false;
-            let (claimed, held, seen) = match result {
+            let (claimed, answers) = match result {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => {
                     tracing::warn!("cluster: cannot claim ({e}); trying again at the next wake-up");
@@ -506,10 +514,7 @@ impl Dispatcher {
                     Default::default()
                 }
             };
-            act.hold_limited(held, now);
-            for (queue, asked, got, paused) in seen {
-                act.nothing_ready.claimed(began, &queue, asked, got, paused);
-            }
+            act.heard(answers, began, now);
             let wake = act.cluster_wake(act.clock.now_ms());
             act.set_wake(ctx, wake, now);
             // Claimed some: there may be more. Woken meanwhile: look again.
@@ -546,7 +551,7 @@ impl Dispatcher {
     /// others will be queued, and their queues are no longer known to hold nothing ready.
     fn reserve_in_cluster(&mut self, mut entries: Vec<ReadyEntry>) -> Vec<(ReadyEntry, Addr<Worker>)> {
         let now = self.clock.now_ms();
-        let open =
+        let node_starts =
             !self.stopping && !self.held && self.cluster.as_ref().is_some_and(|n| n.start_at_submit && !n.lease_lost());
         for entry in &mut entries {
             let aging = self.queues.get(&entry.queue).and_then(|q| q.def.aging);
@@ -561,8 +566,7 @@ impl Dispatcher {
                 cluster_wide_rule: !queue.def.concurrency_is_workers
                     || queue.def.rate_limit.is_some()
                     || queue.def.circuit.is_some(),
-                paused_or_held: !open
-                    || queue.paused
+                paused_or_held: queue.paused
                     || queue.circuit_until.is_some()
                     || queue.held_until.is_some_and(|t| t > now),
                 nothing_ready: self.nothing_ready.holds(&entry.queue),
@@ -571,6 +575,7 @@ impl Dispatcher {
                     && self.running_total < self.workers_total
                     && queue.running < queue.def.concurrency,
                 claim_under_way: self.claiming,
+                node_starts,
             };
             match starts_at_submit(facts).then(|| self.idle.pop()).flatten() {
                 Some(worker) => {
@@ -584,14 +589,16 @@ impl Dispatcher {
         taken
     }
 
-    /// Cluster mode: queues whose rate limit or circuit (every node's starts and failures) let
-    /// nothing more start are not asked again until the claim said.
-    fn hold_limited(&mut self, held: Vec<(String, Option<Duration>, Option<Duration>)>, now: u64) {
+    /// Cluster mode, what a claim found in each queue it asked: queues whose rate limit or
+    /// circuit (every node's starts and failures) let nothing more start are not asked again
+    /// until the claim said; those it found empty may start new task runs at submit.
+    fn heard(&mut self, answers: Vec<QueueAnswer>, began: ClaimBegan, now: u64) {
         let at = |d: Duration| now.saturating_add(d.as_millis() as u64);
-        for (name, look_again_in, circuit_open_for) in held {
+        for QueueAnswer { queue: name, asked, got, claim } in answers {
+            self.nothing_ready.claimed(began, &name, asked, got, claim.paused);
             let Some(queue) = self.queues.get_mut(&name) else { continue };
-            queue.held_until = look_again_in.map(at);
-            queue.cluster_circuit_until = circuit_open_for.map(at);
+            queue.held_until = claim.look_again_in.map(at);
+            queue.cluster_circuit_until = claim.circuit_open_for.map(at);
         }
     }
 

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a node knows of one queue when a new job run's ready task run in it could start now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueAtSubmit {
     /// A rule that holds across the cluster — a declared `concurrency`, a `rate_limit`, a
     /// `circuit` — is decided by the claim, under the queue's lock, from every node's facts.
@@ -34,12 +34,21 @@ pub struct QueueAtSubmit {
     pub slot_free: bool,
     /// A claim is under way: it may take every idle worker it counted when it began.
     pub claim_under_way: bool,
+    /// The node starts new work at all: not stopping, not held at start, its lease live, and
+    /// starting at submit not turned off (`ClusterConfig::start_at_submit`).
+    pub node_starts: bool,
 }
 
 /// Whether the task run starts with the commit that creates it, `running` on this node,
 /// rather than being queued for a claim.
 pub fn starts_at_submit(q: QueueAtSubmit) -> bool {
-    !q.cluster_wide_rule && !q.paused_or_held && q.nothing_ready && q.can_run && q.slot_free && !q.claim_under_way
+    q.node_starts
+        && !q.cluster_wide_rule
+        && !q.paused_or_held
+        && q.nothing_ready
+        && q.can_run
+        && q.slot_free
+        && !q.claim_under_way
 }
 
 /// The queues whose last claim found nothing more ready for this node, as far as it knows.
@@ -121,16 +130,20 @@ mod tests {
             can_run: true,
             slot_free: true,
             claim_under_way: false,
+            node_starts: true,
         };
         assert!(starts_at_submit(free));
         type Change = fn(&mut QueueAtSubmit);
-        let cases: [(&str, Change); 6] = [
+        let cases: [(&str, Change); 7] = [
             ("a declared cap, a rate limit or a circuit", |q| q.cluster_wide_rule = true),
             ("paused or held", |q| q.paused_or_held = true),
             ("rows may be ready", |q| q.nothing_ready = false),
             ("labels missing", |q| q.can_run = false),
             ("no slot", |q| q.slot_free = false),
             ("a claim may take the idle workers", |q| q.claim_under_way = true),
+            ("the node stops, is held at start, lost its lease, or does not start at submit", |q| {
+                q.node_starts = false
+            }),
         ];
         for (why, change) in cases {
             let mut q = free;

@@ -110,15 +110,24 @@ fn run_on_first(
             subscribed.push(node.subscribe().await.expect("subscribe"));
         }
         let a = &cluster.nodes[0];
-        let id =
-            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
-        let ended = tokio::time::timeout(Duration::from_secs(60), a.wait(vec![id])).await;
-        assert_eq!(ended.expect("the job run did not end within a minute").expect("wait"), [(id, expect)]);
+        let id = submit_j(a).await;
+        until_ended(a, id, expect).await;
         a.flush_events().await;
         let events = subscribed.iter_mut().map(drain).collect();
         cluster.stop().await;
         (id, events)
     })
+}
+
+/// Submits one run of job `j` to `node`: its id.
+async fn submit_j(node: &EngineHandle) -> u64 {
+    node.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run
+}
+
+/// Waits (60 s at most) for job run `id` to end `expect`.
+async fn until_ended(node: &EngineHandle, id: u64, expect: JobState) {
+    let ended = tokio::time::timeout(Duration::from_secs(60), node.wait(vec![id])).await;
+    assert_eq!(ended.expect("the job run did not end within a minute").expect("wait"), [(id, expect)]);
 }
 
 /// The task runs of job run `id` and their attempts, read back through the store.
@@ -303,8 +312,7 @@ fn cancelling_a_job_run_kills_its_attempt_on_another_node() {
         let cluster = Cluster::start(&db, &text, &[("a", 1, &[]), ("b", 1, &["remote"])]).await;
         let a = &cluster.nodes[0];
         let mut events = a.subscribe().await.expect("subscribe");
-        let id =
-            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+        let id = submit_j(a).await;
         // The owner knows it started over there.
         until_started(&mut events).await;
         a.cancel(Target::JobRun(id)).await.expect("cancel");
@@ -485,8 +493,7 @@ fn a_cancel_given_on_another_node_is_carried_out_by_the_owner() {
         let cluster = Cluster::start(&db, text, &[("a", 1, &[]), ("b", 1, &[])]).await;
         let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
         let mut events = a.subscribe().await.expect("subscribe");
-        let id =
-            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+        let id = submit_j(a).await;
         until_started(&mut events).await;
         let answer = b.cancel(Target::JobRun(id)).await.expect("the owner's answer");
         assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, JobState::Cancelled)]);
@@ -516,8 +523,7 @@ fn a_retry_of_an_ended_job_run_on_another_node_takes_it_over() {
     let id = system.block_on(async {
         let cluster = Cluster::start(&db, &text, &[("a", 1, &[]), ("b", 1, &[])]).await;
         let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
-        let id =
-            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+        let id = submit_j(a).await;
         assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, JobState::Failed)]);
         std::fs::write(&flag, "").expect("flag");
         // Each node here has its workflow file in a dir of its own (a task's cwd): as stored.
@@ -549,8 +555,7 @@ fn a_nodes_subscribers_see_the_events_of_job_runs_another_node_owns() {
         let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
         let mut on_a = a.subscribe().await.expect("subscribe");
         let mut on_b = b.subscribe().await.expect("subscribe");
-        let id =
-            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+        let id = submit_j(a).await;
         assert_eq!(a.wait(vec![id]).await.expect("wait"), [(id, JobState::Succeeded)]);
         let mut seen = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -593,8 +598,7 @@ fn every_attempt_row_names_the_node_that_ran_it() {
     let (id, dirs) = system.block_on(async {
         let cluster = Cluster::start(&db, &text, &[("a", 2, &[]), ("b", 2, &[]), ("c", 2, &[])]).await;
         let a = &cluster.nodes[0];
-        let id =
-            a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
+        let id = submit_j(a).await;
         let ended = tokio::time::timeout(Duration::from_secs(60), a.wait(vec![id])).await.expect("ended in 60 s");
         assert_eq!(ended.expect("wait"), [(id, JobState::Succeeded)]);
         let dirs: Vec<(String, std::path::PathBuf)> =
@@ -636,10 +640,8 @@ fn unpolled(mut config: EngineConfig) -> EngineConfig {
 
 /// Submits one run of job `j` to `node` and waits (60 s at most) for it to succeed.
 async fn submit_and_succeed(node: &EngineHandle) -> u64 {
-    let id =
-        node.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit").job_run;
-    let ended = tokio::time::timeout(Duration::from_secs(60), node.wait(vec![id])).await;
-    assert_eq!(ended.expect("the job run did not end within a minute").expect("wait"), [(id, JobState::Succeeded)]);
+    let id = submit_j(node).await;
+    until_ended(node, id, JobState::Succeeded).await;
     id
 }
 
@@ -715,15 +717,14 @@ fn a_queue_paused_on_another_node_is_not_started_in_at_submit() {
         // The pause's notification reaches a, whose claim reads the pause.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut events = a.subscribe().await.expect("subscribe");
-        let id = a.submit_request(SubmitRequest { job: "j".into(), ..Default::default() }).await.expect("submit");
+        let id = submit_j(&a).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let started = drain(&mut events).iter().any(|e| matches!(e.data, EventData::TaskStarted { .. }));
         assert!(!started, "a task started in a paused queue");
-        let state = db.psql(&format!("SELECT state FROM task_runs WHERE job_run = {}", id.job_run));
+        let state = db.psql(&format!("SELECT state FROM task_runs WHERE job_run = {id}"));
         assert_eq!(state.trim(), "queued");
         assert!(b.set_paused("at_submit_p", false).await.expect("resume on b"));
-        let ended = tokio::time::timeout(Duration::from_secs(60), a.wait(vec![id.job_run])).await;
-        assert_eq!(ended.expect("ends once resumed").expect("wait"), [(id.job_run, JobState::Succeeded)]);
+        until_ended(&a, id, JobState::Succeeded).await;
         a.shutdown().await;
         b.shutdown().await;
         db
@@ -753,8 +754,7 @@ fn job_runs_submitted_in_a_row_share_the_workers_between_submits_and_claims() {
             // the earlier runs' tasks end and are claimed.
             let mut ids = Vec::new();
             for _ in 0..20 {
-                let submit = node.submit_request(SubmitRequest { job: "j".into(), ..Default::default() });
-                ids.push(submit.await.expect("submit").job_run);
+                ids.push(submit_j(&node).await);
             }
             let ended = tokio::time::timeout(Duration::from_secs(60), node.wait(ids.clone())).await;
             let ended = ended.expect("every job run ends within a minute").expect("wait");

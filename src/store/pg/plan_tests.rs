@@ -2,8 +2,6 @@
 //! while the tables were empty (pg-probe RESULTS.md, trap 1): the generic ones read no table,
 //! the others are still planned at every execution.
 
-use std::collections::BTreeSet;
-
 use super::testing::TestDb;
 use super::tests::open;
 use super::*;
@@ -36,7 +34,7 @@ async fn the_writers_generic_plans_read_no_table() {
     let facts = plain_queue_facts();
     for j in 1..=12u64 {
         for batch in submit_and_start(j) {
-            let planned = writer::plan(&[batch.as_slice()], &facts, Some(7), &mut BTreeSet::new()).expect("plan");
+            let planned = writer::plan(&[batch.as_slice()], &facts, Some(7)).expect("plan");
             let prepared = planned.prepare(&c).await.expect("prepare");
             c.batch_execute("BEGIN").await.expect("begin");
             planned.check(&planned.execute(&c, &prepared).await.expect("apply")).expect("checked");

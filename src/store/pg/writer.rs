@@ -204,10 +204,11 @@ async fn commit_group(
         Some(_) => Some(client.prepare_cached(READ_FENCE).await?),
         None => None,
     };
-    loop {
+    // The job runs the committed batches created.
+    let created = loop {
         let taken: Vec<usize> = (0..all.len()).filter(|&i| fenced[i].is_none()).collect();
         let batches: Vec<&[Mutation]> = taken.iter().map(|&i| all[i]).collect();
-        let planned = plan(&batches, facts, owner, &mut BTreeSet::new())?;
+        let planned = plan(&batches, facts, owner)?;
         let prepared = planned.prepare(client).await?;
         let ids: Vec<i64> = match judge {
             Some(_) => Judge::to_read(&batches).into_iter().map(to_db).collect(),
@@ -231,14 +232,10 @@ async fn commit_group(
             for (&i, by) in taken.iter().zip(&verdicts.fenced) {
                 fenced[i] = *by;
             }
-            if fenced.iter().all(Option::is_some) {
-                open.release();
-                if let Some(judge) = &judge {
-                    ownership.learn(judge, &Verdicts { fenced: fenced.clone(), ..Verdicts::default() });
-                }
-                return Ok(fenced);
+            match fenced.iter().all(Option::is_some) {
+                true => break Default::default(),
+                false => continue,
             }
-            continue;
         }
         if let Err(e) = planned.check(&written) {
             client.batch_execute("ROLLBACK").await?;
@@ -246,12 +243,13 @@ async fn commit_group(
             return Err(e);
         }
         client.batch_execute("COMMIT").await?;
-        open.release();
-        if let Some(judge) = &judge {
-            ownership.learn(judge, &Verdicts { fenced: fenced.clone(), created: verdicts.created });
-        }
-        return Ok(fenced);
+        break verdicts.created;
+    };
+    open.release();
+    if let Some(judge) = &judge {
+        ownership.learn(judge, &Verdicts { fenced: fenced.clone(), created });
     }
+    Ok(fenced)
 }
 
 /// A pooled connection inside a transaction begun by hand (`BEGIN` pipelined with the group's
@@ -310,8 +308,8 @@ pub(super) fn plan<'a>(
     batches: &[&'a [Mutation]],
     facts: &QueueFacts,
     owner: Option<u64>,
-    woken: &mut BTreeSet<String>,
 ) -> Result<Planned<'a>, PgError> {
+    let mut woken = BTreeSet::new();
     let all = || batches.iter().flat_map(|b| b.iter());
     // Nodes are woken for a queue that has task runs ready, and for one paused or resumed: a
     // node that found it empty may start its own new task runs in it at submit until a claim
@@ -344,7 +342,7 @@ pub(super) fn plan<'a>(
         }
     }
     if !woken.is_empty() {
-        let queues: Vec<String> = woken.iter().cloned().collect();
+        let queues: Vec<String> = woken.into_iter().collect();
         statements.push((NOTIFY, vec![Box::new(QUEUE_CHANNEL), Box::new(queues)]));
     }
     let (statements, at) = plan_modes(statements);

@@ -14,12 +14,13 @@ use crate::store::pg::testing::TestDb;
 use crate::store::pg::{PgBackend, PgOptions};
 use crate::store::{Store, StoreHandle};
 
-/// The first attempt leaves a marker and sleeps long; a retry finds the marker and succeeds.
+/// The first attempt leaves a marker (its pid) and sleeps long; a retry finds the marker and
+/// succeeds.
 fn workflow(marker: &std::path::Path) -> String {
     format!(
         r#"
 [jobs.j.tasks.long]
-run = "test -e '{m}' && exit 0; touch '{m}'; exec sleep 60"
+run = "test -e '{m}' && exit 0; echo $$ > '{m}'; exec sleep 60"
 retry = {{ max_attempts = 3, initial_interval = "50ms", backoff = 1.0, jitter = 0.0 }}
 "#,
         m = marker.display()
@@ -312,14 +313,7 @@ fn an_attempt_whose_start_its_owner_had_not_written_yet_is_adopted_as_an_unheard
     let Some(db) = TestDb::get() else { return };
     let (dir_a, dir_b) = (crate::state_dir::private_tempdir(), crate::state_dir::private_tempdir());
     let marker = dir_a.path().join("started-once");
-    let text = format!(
-        r#"
-[jobs.j.tasks.long]
-run = "test -e '{m}' && exit 0; echo $$ > '{m}'; exec sleep 60"
-retry = {{ max_attempts = 3, initial_interval = "50ms", backoff = 1.0, jitter = 0.0 }}
-"#,
-        m = marker.display()
-    );
+    let text = workflow(&marker);
     let (mut config_a, backend_a) = node_config(&db, dir_a.path(), &text, "node-a");
     config_a.cluster.as_mut().expect("cluster").start_write_delay = Duration::from_secs(60);
     let (config_b, backend_b) = node_config(&db, dir_b.path(), &text, "node-b");
