@@ -204,3 +204,43 @@ fn a_cancel_sent_with_the_submit_stops_its_reserved_task() {
         assert!(ended.is_ok(), "the task kept running after its job run was cancelled");
     });
 }
+
+/// `gaffer run`'s jobs, submitted together (`EngineHandle::submit_many`): their ids follow the
+/// order given, each run is the job named, and their first commits join one another's group
+/// instead of each waiting for the one before (one submit at a time makes exactly one commit
+/// per job run here: every task waits at its gate, so nothing else commits meanwhile).
+#[test]
+fn job_runs_submitted_together_take_ids_in_order_and_share_their_first_commits() {
+    const JOBS: usize = 20;
+    let names: Vec<String> = (0..JOBS).map(|i| format!("j{i:02}")).collect();
+    // Listed in reverse in the file: the order given decides the ids, not the file's.
+    let workflow: String =
+        names.iter().rev().map(|n| format!("[jobs.{n}.tasks.t]\nrun = '{}'\n", gated("go"))).collect();
+    let (ids, commits, jobs_of) = with_engine(&workflow, 4, async |handle, events, counter, folder| {
+        let warm = handle.submit("j00", BTreeMap::new()).await.expect("submit");
+        std::fs::write(folder.join("go"), "").expect("go");
+        events.next(warm, EventName::JobSucceeded).await;
+        std::fs::remove_file(folder.join("go")).expect("rm go");
+
+        let before = counter.commit_count();
+        let jobs = names.iter().map(|n| (n.clone(), BTreeMap::new())).collect();
+        let ids = handle.submit_many(jobs).await.expect("submit many");
+        let commits = counter.commit_count() - before;
+        std::fs::write(folder.join("go"), "").expect("go");
+        let mut jobs_of = BTreeMap::new();
+        // They end in any order: each job run's end, as it comes.
+        while jobs_of.len() < ids.len() {
+            let event = tokio::time::timeout(Duration::from_secs(30), events.0.recv()).await;
+            let event = event.expect("every job run ends within 30 s").expect("event stream open");
+            if let (EventName::JobSucceeded, Some(id)) = (event.name(), event.job_run) {
+                jobs_of.insert(id, event.job.expect("a job event names its job"));
+            }
+        }
+        (ids, commits, jobs_of)
+    });
+    assert_eq!(ids.len(), JOBS);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in the order given: {ids:?}");
+    let jobs: Vec<String> = ids.iter().map(|id| jobs_of[id].clone()).collect();
+    assert_eq!(jobs, names, "each id is a run of the job named at its place");
+    assert!(commits <= JOBS as u64 / 2, "{commits} commits for {JOBS} job runs submitted together");
+}

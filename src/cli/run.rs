@@ -726,6 +726,8 @@ async fn start_runs(
     if !others.is_empty() {
         say(format, &format!("resuming unfinished job run(s) {}, as they were started", others.join(", ")));
     }
+    // The new runs are submitted together, so their first commits share a transaction.
+    let mut new_runs = Vec::new();
     for (job, params) in jobs {
         if let Some(task) = only {
             // An explicit one-task run starts even beside an unfinished run of its job.
@@ -742,7 +744,10 @@ async fn start_runs(
             );
             continue;
         }
-        ids.push(handle.submit(&job, params).await?);
+        new_runs.push((job, params));
+    }
+    if !new_runs.is_empty() {
+        ids.extend(handle.submit_many(new_runs).await?);
     }
     ids.sort_unstable();
     ids.dedup();

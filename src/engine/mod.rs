@@ -660,6 +660,13 @@ impl EngineHandle {
         Ok(self.submit_request(request).await?.job_run)
     }
 
+    /// New runs of `jobs`, in this order (their ids follow it), started together: returns
+    /// their ids once every one is durable (see `supervisor::SubmitMany`).
+    pub async fn submit_many(&self, jobs: Vec<(String, BTreeMap<String, String>)>) -> Result<Vec<u64>, EngineError> {
+        let requests = jobs.into_iter().map(|(job, params)| SubmitRequest { job, params, ..SubmitRequest::default() });
+        mailbox(self.supervisor.send(supervisor::SubmitMany(requests.collect())).await)?
+    }
+
     /// A submit with a priority override and an idempotency key.
     pub async fn submit_request(&self, request: SubmitRequest) -> Result<Submitted, EngineError> {
         mailbox(self.supervisor.send(supervisor::Submit(request)).await)?

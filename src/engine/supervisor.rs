@@ -617,6 +617,46 @@ impl Handler<Submit> for Supervisor {
     }
 }
 
+/// `gaffer run`'s new job runs, one of each job named, created in this order (their ids follow
+/// it) in one turn of the actor, and answered once all of them are durable: each commit joins
+/// the others' rather than waiting for the one before it (one submit at a time paced a
+/// workflow of many jobs by a commit each: BENCHMARKS.md, "Starting a workflow's jobs").
+/// The first one refused ends the list: those before it run, and the refusal is the answer.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u64>, EngineError>")]
+pub struct SubmitMany(pub Vec<SubmitRequest>);
+
+impl Handler<SubmitMany> for Supervisor {
+    type Result = ResponseFuture<Result<Vec<u64>, EngineError>>;
+
+    fn handle(&mut self, SubmitMany(requests): SubmitMany, _ctx: &mut Self::Context) -> Self::Result {
+        let mut created = Vec::with_capacity(requests.len());
+        let mut refused = None;
+        for request in requests {
+            match self.create(request, None) {
+                Ok((submitted, begun)) => created.push((submitted.job_run, begun)),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        Box::pin(async move {
+            let mut ids = Vec::with_capacity(created.len());
+            for (id, begun) in created {
+                if let Some(begun) = begun {
+                    begun
+                        .await
+                        .map_err(|_| EngineError::Stopped("the job run stopped before it was stored".into()))?
+                        .map_err(EngineError::Fatal)?;
+                }
+                ids.push(id);
+            }
+            refused.map_or(Ok(ids), Err)
+        })
+    }
+}
+
 type Begun = Option<oneshot::Receiver<Result<(), String>>>;
 
 impl Supervisor {

@@ -60,7 +60,45 @@ pub const ENQUEUE_SEQS: &str = "enqueue_seqs";
 
 /// Reserves the next block of `sequence`: `first..first + ID_BLOCK` are this node's.
 pub async fn reserve(pool: &Pool, sequence: &str) -> Result<u64, PgError> {
+    Ok(reserve_blocks(pool, sequence, 1).await?[0])
+}
+
+/// Reserves the next `blocks` blocks of `sequence` in one round trip: their first ids,
+/// ascending (each `first..first + ID_BLOCK` is this node's).
+pub async fn reserve_blocks(pool: &Pool, sequence: &str, blocks: usize) -> Result<Vec<u64>, PgError> {
     let client = pool.get().await?;
-    let first: i64 = client.query_one("SELECT nextval($1::text::regclass)", &[&sequence]).await?.get(0);
-    u64::try_from(first).map_err(|_| PgError::Db(format!("{sequence} is negative")))
+    let reserving = client.prepare_cached("SELECT nextval($1::text::regclass) FROM generate_series(1, $2)").await?;
+    let count = i32::try_from(blocks.max(1)).unwrap_or(i32::MAX);
+    let rows = client.query(&reserving, &[&sequence, &count]).await?;
+    let mut firsts = rows
+        .iter()
+        .map(|r| u64::try_from(r.get::<_, i64>(0)).map_err(|_| PgError::Db(format!("{sequence} is negative"))))
+        .collect::<Result<Vec<u64>, PgError>>()?;
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
+/// The most blocks a node keeps reserved ahead of the one it hands ids out of (1024 ids of
+/// each sequence: what a node that stops leaves unused, never reused).
+pub const MAX_BLOCKS_AHEAD: usize = 16;
+
+/// How many blocks to keep reserved ahead once the ones ahead ran out before the next
+/// reservation answered (a burst: a workflow of many jobs submitted at once, a wide fan-out):
+/// twice as many, up to [`MAX_BLOCKS_AHEAD`], so a burst waits on the database a few times,
+/// not once per [`ID_BLOCK`] ids.
+pub fn blocks_ahead_after_running_dry(ahead: usize) -> usize {
+    (ahead.max(1) * 2).min(MAX_BLOCKS_AHEAD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_doubles_the_blocks_kept_ahead_up_to_the_most() {
+        let grown: Vec<usize> =
+            std::iter::successors(Some(1), |&n| Some(blocks_ahead_after_running_dry(n))).take(7).collect();
+        assert_eq!(grown, [1, 2, 4, 8, 16, 16, 16]);
+        assert_eq!(blocks_ahead_after_running_dry(0), 2);
+    }
 }

@@ -6,11 +6,11 @@
 //! any thread: the engine's actors (which only await [`Store::commit`]'s answer), tokio's
 //! blocking pool, the CLI.
 //!
-//! Ids come from in-memory blocks with the next block already reserved ([`Prefetched`]): the
-//! engine's actors take ids without waiting on the database, unless they use up a block of
-//! [`ID_BLOCK`] faster than one `nextval` answers.
+//! Ids come from in-memory blocks with the next blocks already reserved ([`Prefetched`]): the
+//! engine's actors take ids without waiting on the database, unless they use up the blocks
+//! ahead faster than one reservation answers — then more are kept ahead from then on.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use deadpool_postgres::Pool;
 use tokio::runtime::Handle;
 
 use super::events::EventLog;
-use super::ids::{ENQUEUE_SEQS, ID_BLOCK, JOB_RUN_IDS, TASK_RUN_IDS, reserve};
+use super::ids::{ENQUEUE_SEQS, ID_BLOCK, JOB_RUN_IDS, TASK_RUN_IDS, blocks_ahead_after_running_dry, reserve_blocks};
 use super::logs::{ChunkWriter, Shipment};
 use super::{PgError, PgOptions, PgSnapshot, PgStore};
 use crate::store::{
@@ -287,45 +287,67 @@ struct Blocks {
     /// `next..end` still free.
     next: u64,
     end: u64,
-    /// The first id of the block reserved ahead, once its `nextval` answered.
-    ahead: Option<u64>,
+    /// The first ids of the blocks reserved ahead, ascending.
+    ahead: VecDeque<u64>,
+    /// How many blocks to keep ahead: grows when a burst uses them up within one reservation's
+    /// round trip (`blocks_ahead_after_running_dry`).
+    wanted: usize,
+    /// A reservation is under way (one at a time, so the blocks ahead stay ascending).
+    reserving: bool,
 }
 
 impl Prefetched {
-    /// Reserves the first block and the one ahead of it (in this order: ids increase).
+    /// Reserves the first block and the one ahead of it (ids increase).
     fn start(runtime: &Runtime, pool: Pool, sequence: &'static str) -> Result<Arc<Prefetched>, StoreError> {
         let reserving = pool.clone();
-        let (first, ahead) = runtime.block_on(async move {
-            let first = reserve(&reserving, sequence).await?;
-            Ok((first, reserve(&reserving, sequence).await?))
-        })?;
-        let blocks = Blocks { next: first, end: first + ID_BLOCK, ahead: Some(ahead) };
+        let firsts = runtime.block_on(async move { reserve_blocks(&reserving, sequence, 2).await })?;
+        let blocks = Blocks {
+            next: firsts[0],
+            end: firsts[0] + ID_BLOCK,
+            ahead: firsts[1..].iter().copied().collect(),
+            wanted: 1,
+            reserving: false,
+        };
         Ok(Arc::new(Prefetched { pool, sequence, blocks: Mutex::new(blocks), refilled: Condvar::new() }))
     }
 
     fn next(self: &Arc<Self>, runtime: &Handle) -> u64 {
         let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
         if blocks.next == blocks.end {
-            // Only when a block was used up within one round trip to the database.
-            let mut blocks_now =
-                self.refilled.wait_while(blocks, |b| b.ahead.is_none()).unwrap_or_else(|e| e.into_inner());
-            let first = blocks_now.ahead.take().expect("waited for it");
-            (blocks_now.next, blocks_now.end) = (first, first + ID_BLOCK);
-            blocks = blocks_now;
-            runtime.spawn(self.clone().reserve_ahead());
+            if blocks.ahead.is_empty() {
+                // Used up within one round trip to the database: keep more ahead from now on.
+                blocks.wanted = blocks_ahead_after_running_dry(blocks.wanted);
+                self.refill_if_short(&mut blocks, runtime);
+                blocks = self.refilled.wait_while(blocks, |b| b.ahead.is_empty()).unwrap_or_else(|e| e.into_inner());
+            }
+            let first = blocks.ahead.pop_front().expect("waited for it");
+            (blocks.next, blocks.end) = (first, first + ID_BLOCK);
+            self.refill_if_short(&mut blocks, runtime);
         }
         blocks.next += 1;
         blocks.next - 1
     }
 
-    /// Reserves the block after the current one, retrying (with backoff) until the database
+    /// Starts reserving the blocks missing from those wanted ahead, unless a reservation is
+    /// already under way.
+    fn refill_if_short(self: &Arc<Self>, blocks: &mut Blocks, runtime: &Handle) {
+        if !blocks.reserving && blocks.ahead.len() < blocks.wanted {
+            blocks.reserving = true;
+            runtime.spawn(self.clone().reserve_ahead(blocks.wanted - blocks.ahead.len()));
+        }
+    }
+
+    /// Reserves `count` blocks after those ahead, retrying (with backoff) until the database
     /// answers: the ids are needed whatever the outage.
-    async fn reserve_ahead(self: Arc<Self>) {
+    async fn reserve_ahead(self: Arc<Self>, count: usize) {
         let mut pause = Duration::from_millis(50);
         loop {
-            match reserve(&self.pool, self.sequence).await {
-                Ok(first) => {
-                    self.blocks.lock().unwrap_or_else(|e| e.into_inner()).ahead = Some(first);
+            match reserve_blocks(&self.pool, self.sequence, count).await {
+                Ok(firsts) => {
+                    let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+                    blocks.ahead.extend(firsts);
+                    blocks.reserving = false;
+                    drop(blocks);
                     self.refilled.notify_all();
                     return;
                 }
