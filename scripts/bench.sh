@@ -578,9 +578,9 @@ if [ -f "$PG_PROBE_DIR/Cargo.toml" ]; then
   log "cluster: building pg-probe ($PG_PROBE_DIR) into target/pg-probe"
   if CARGO_TARGET_DIR="$PWD/target/pg-probe" cargo build --release --quiet --manifest-path "$PG_PROBE_DIR/Cargo.toml" >&2; then
     PROBE="$PWD/target/pg-probe/release/pg-probe"
-    PROBE_DB=$(cl_new_db)
+    PROBE_URL="host=127.0.0.1 port=$CL_PG_PORT user=postgres dbname=$(cl_new_db)"
     : >"$WORK/probe-16.tps"; : >"$WORK/probe-64.tps"
-    "$PROBE" setup --url "host=127.0.0.1 port=$CL_PG_PORT user=postgres dbname=$PROBE_DB" >/dev/null
+    "$PROBE" setup --url "$PROBE_URL" >/dev/null
   else
     log "cluster: pg-probe did not build: its rows quote RESULTS.md instead"
   fi
@@ -588,7 +588,7 @@ else
   log "cluster: no pg-probe at $PG_PROBE_DIR: its rows quote RESULTS.md instead"
 fi
 # probe ARGS…: pg-probe against its database on the cluster's server; prints its result line.
-probe() { "$PROBE" "$@" --url "host=127.0.0.1 port=$CL_PG_PORT user=postgres dbname=$PROBE_DB" 2>/dev/null | grep -E '^(RESULT|LATENCY)'; }
+probe() { "$PROBE" "$@" --url "$PROBE_URL" 2>/dev/null | grep -E '^(RESULT|LATENCY)'; }
 # probe_mixed W: tasks/s of the bare queue at W connections, k = 10 tasks per statement.
 probe_mixed() { { probe mixed -w "$1" -k 10 -n "${PROBE_N:-30000}" || true; } | awk '{ for (i = 1; i < NF; i++) if ($(i + 1) == "tasks/s") { print $i; exit } }'; }
 

@@ -600,12 +600,7 @@ impl Handler<Submit> for Supervisor {
         };
         let stored = async move {
             let (submitted, begun) = created.await?;
-            if let Some(begun) = begun {
-                begun
-                    .await
-                    .map_err(|_| EngineError::Stopped("the job run stopped before it was stored".into()))?
-                    .map_err(EngineError::Fatal)?;
-            }
+            stored(begun).await?;
             Ok(submitted)
         };
         Box::pin(stored.into_actor(self).map(move |result: Result<Submitted, EngineError>, act, _ctx| {
@@ -644,12 +639,7 @@ impl Handler<SubmitMany> for Supervisor {
         Box::pin(async move {
             let mut ids = Vec::with_capacity(created.len());
             for (id, begun) in created {
-                if let Some(begun) = begun {
-                    begun
-                        .await
-                        .map_err(|_| EngineError::Stopped("the job run stopped before it was stored".into()))?
-                        .map_err(EngineError::Fatal)?;
-                }
+                stored(begun).await?;
                 ids.push(id);
             }
             refused.map_or(Ok(ids), Err)
@@ -658,6 +648,15 @@ impl Handler<SubmitMany> for Supervisor {
 }
 
 type Begun = Option<oneshot::Receiver<Result<(), String>>>;
+
+/// Waits until a new job run's first commit is durable (`None`: nothing new was made).
+async fn stored(begun: Begun) -> Result<(), EngineError> {
+    let Some(begun) = begun else { return Ok(()) };
+    begun
+        .await
+        .map_err(|_| EngineError::Stopped("the job run stopped before it was stored".into()))?
+        .map_err(EngineError::Fatal)
+}
 
 impl Supervisor {
     /// `stored`: the job run the store has for the request's key, if it has one.
