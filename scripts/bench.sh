@@ -516,11 +516,13 @@ row "TUI frame, 100k task runs, 200×60 (worst view)" "$worst ms" "< 10 ms" "$(v
   "tui::tests::render_bench (release, TestBackend): $frames"
 if command -v tmux >/dev/null 2>&1; then
   printf '[jobs.idle.tasks.t]\nrun = "sleep 4"\n' >"$WORK/tui.toml"
-  tmux new-session -d -s "gaffer-bench-$$" -x 200 -y 60 "$GAFFER run $WORK/tui.toml --state-dir $WORK/state-tui"
+  # A tmux server of our own (-S in $WORK): nobody else's sessions are touched, and its exit
+  # cannot race another script's server.
+  tmux -S "$WORK/tmux.sock" -f /dev/null new-session -d -s "gaffer-bench-$$" -x 200 -y 60 "$GAFFER run $WORK/tui.toml --state-dir $WORK/state-tui"
   sleep 1.5
   tui_pid=$(pgrep -f "^$GAFFER run $WORK/tui.toml" | head -1)
   tui_kb=$(awk '/VmRSS/ { print $2 }' "/proc/$tui_pid/status" 2>/dev/null || echo 0)
-  tmux kill-session -t "gaffer-bench-$$" 2>/dev/null || true
+  tmux -S "$WORK/tmux.sock" kill-server 2>/dev/null || true
   idle_kb=$(median_only <"$WORK/idle.kb")
   row "TUI's added RSS (same idle workflow, TUI vs headless)" "$(awk -v a="$tui_kb" -v b="$idle_kb" 'BEGIN { printf "%.1f", (a - b) / 1024 }') MB" "—" "measured" \
     "VmRSS of \`gaffer run\` in a 200×60 tmux pane 1.5 s after start ($(awk -v a="$tui_kb" 'BEGIN { printf "%.1f", a / 1024 }') MB) minus the headless idle row"

@@ -13,14 +13,23 @@ bin=${1:-${CARGO_TARGET_DIR:-target}/debug/gaffer}
 bin=$(realpath "$bin")
 command -v tmux >/dev/null || { echo "e2e-tui: tmux is not installed"; exit 1; }
 
+# tmux gives the panes the environment its server starts with: none of ours may leak into the
+# check.
+unset GAFFER_STATE_DIR
 work=$(mktemp -d)
 session="gaffer-e2e-$$"
-cleanup() { tmux kill-session -t "$session" 2>/dev/null || true; pkill -f "$work" 2>/dev/null || true; rm -rf "$work"; }
+# A tmux server of our own on a socket in $work, kept up between sessions (exit-empty off). A
+# shared default server exits when its last session is killed (ours, or another script's), and
+# a client meeting it on its way out fails with "server exited unexpectedly" — CI failed once
+# with only that message.
+tsock="$work/tmux.sock"
+# A failing tmux command names itself: under `set -e` tmux's own message alone does not say which.
+t() { tmux -S "$tsock" -f /dev/null "$@" || { local rc=$?; echo "e2e-tui: tmux $1 failed (exit $rc)" >&2; return $rc; }; }
+t start-server \; set-option -s exit-empty off
+cleanup() { t kill-server 2>/dev/null || true; pkill -f "$work" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-# tmux runs the panes with its own environment: make sure none of ours leaks into the check.
-unset GAFFER_STATE_DIR
-fail() { echo "e2e-tui: FAIL: $*"; echo "--- screen:"; tmux capture-pane -t "$session" -p 2>/dev/null || true; exit 1; }
-screen() { tmux capture-pane -t "$session" -p; }
+fail() { echo "e2e-tui: FAIL: $*"; echo "--- screen:"; t capture-pane -t "$session" -p 2>/dev/null || true; exit 1; }
+screen() { t capture-pane -t "$session" -p; }
 # Waits (bounded) until the screen shows $1.
 wait_for() {
   for _ in $(seq 1 100); do screen | grep -q -- "$1" && return 0; sleep 0.1; done
@@ -42,51 +51,54 @@ run = 'echo $$ > long.pid; sleep 300'
 run = '''printf '\033]0;pwned\007\033[2J title attack\n'; printf 'progress \033]0;pwned2\007 sneaky\n' >&3; sleep 300'''
 TOML
 
-tmux new-session -d -s "$session" -x 120 -y 32 -c "$work" "GAFFER_STATE_DIR=$work/.gaffer $bin run workflow.toml; echo EXIT=\$? > $work/exit; sleep 600"
-tmux select-pane -t "$session" -T e2e-title
+t new-session -d -s "$session" -x 120 -y 32 -c "$work" "GAFFER_STATE_DIR=$work/.gaffer $bin run workflow.toml; echo EXIT=\$? > $work/exit; sleep 600"
+t select-pane -t "$session" -T e2e-title
 wait_for "Jobs (1)"
 wait_for "1 dead"
 
 # The dead letter: fix its cause, retry it with r.
 touch "$work/fixed"
-tmux send-keys -t "$session" 5
+t send-keys -t "$session" 5
 wait_for "Dead letters (1)"
-tmux send-keys -t "$session" r
+t send-keys -t "$session" r
 wait_for "Dead letters (0)"
 
 # The long task: cancel with c, confirm with y; its process must die.
-tmux send-keys -t "$session" 3
+t send-keys -t "$session" 3
 wait_for "Tasks (3)"
-tmux send-keys -t "$session" /
-tmux send-keys -t "$session" -l "long"
-tmux send-keys -t "$session" Enter
+t send-keys -t "$session" /
+t send-keys -t "$session" -l "long"
+t send-keys -t "$session" Enter
 wait_for "long"
-tmux send-keys -t "$session" c
+t send-keys -t "$session" c
 wait_for "y/n"
-tmux send-keys -t "$session" y
+t send-keys -t "$session" y
 wait_for "cancelled"
 long_pid=$(cat "$work/long.pid")
 for _ in $(seq 1 100); do kill -0 "$long_pid" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$long_pid" 2>/dev/null && fail "the cancelled task's process $long_pid is alive"
 
 # The evil task: its escape sequences must be shown inert and never reach the terminal.
-tmux send-keys -t "$session" Escape Escape 3
+t send-keys -t "$session" Escape Escape 3
 wait_for "evil"
-tmux send-keys -t "$session" /
-tmux send-keys -t "$session" -l "evil"
-tmux send-keys -t "$session" Enter Enter
+t send-keys -t "$session" /
+t send-keys -t "$session" -l "evil"
+t send-keys -t "$session" Enter Enter
 wait_for "title attack"
 screen | grep -q '\^\[' || fail "escape sequences were not made visible"
-title=$(tmux display-message -t "$session" -p '#{pane_title}')
+title=$(t display-message -t "$session" -p '#{pane_title}')
 [[ $title == e2e-title ]] || fail "the terminal title changed to '$title'"
 
 # Quit: work is running (evil), so it asks; y stops gracefully, and nothing stays behind.
-tmux send-keys -t "$session" Escape q
+t send-keys -t "$session" Escape q
 wait_for "stop gaffer? y/n"
-tmux send-keys -t "$session" y
+t send-keys -t "$session" y
 for _ in $(seq 1 150); do [[ -s $work/exit ]] && break; sleep 0.1; done
 [[ -s $work/exit ]] || fail "gaffer did not exit after q y"
-if pgrep -f "^$bin run workflow.toml" >/dev/null; then fail "gaffer is still running: $(pgrep -af "^$bin run workflow.toml")"; fi
+# This run's gaffer only (its working directory is $work): another e2e may run beside this one.
+for pid in $(pgrep -f "^$bin run workflow.toml"); do
+  if [[ $(readlink "/proc/$pid/cwd" 2>/dev/null) == "$work" ]]; then fail "gaffer is still running: $(tr '\0' ' ' <"/proc/$pid/cmdline")"; fi
+done
 # Every task process carries GAFFER_STATE_DIR in its environment: none may outlive gaffer.
 for environ in /proc/[0-9]*/environ; do
   if { tr '\0' '\n' < "$environ"; } 2>/dev/null | grep -qx "GAFFER_STATE_DIR=$work/.gaffer"; then
@@ -96,7 +108,7 @@ done
 
 # Attach to a headless server, approve a waiting task with `a`, and detach: the server keeps
 # running. (A state dir of its own: the first one holds the demo run, which would resume.)
-tmux kill-session -t "$session"
+t kill-session -t "$session"
 cat > "$work/approve.toml" <<'TOML'
 [jobs.release.tasks.publish]
 wait_for = "approval"
@@ -113,18 +125,18 @@ GAFFER_STATE_DIR="$state2" "$bin" serve "$work/approve.toml" --headless >/dev/nu
 server=$!
 for _ in $(seq 1 100); do [[ -S $state2/gaffer.sock ]] && break; sleep 0.1; done
 GAFFER_STATE_DIR="$state2" "$bin" submit release >/dev/null || fail "submit to the server failed"
-tmux new-session -d -s "$session" -x 120 -y 32 -c "$work" "GAFFER_STATE_DIR=$state2 $bin tui; echo DETACHED > $work/detached; sleep 600"
+t new-session -d -s "$session" -x 120 -y 32 -c "$work" "GAFFER_STATE_DIR=$state2 $bin tui; echo DETACHED > $work/detached; sleep 600"
 wait_for "attached to"
-tmux send-keys -t "$session" 3
+t send-keys -t "$session" 3
 wait_for "waiting"
 [[ -e $work/published ]] && fail "the task ran before it was approved"
-tmux send-keys -t "$session" a
+t send-keys -t "$session" a
 for _ in $(seq 1 100); do [[ -e $work/published ]] && break; sleep 0.1; done
 [[ -e $work/published ]] || fail "a did not release the waiting task"
 wait_for "succeeded"
-tmux send-keys -t "$session" 8
+t send-keys -t "$session" 8
 wait_for "Asia/Tokyo"
-tmux send-keys -t "$session" q
+t send-keys -t "$session" q
 for _ in $(seq 1 50); do [[ -s $work/detached ]] && break; sleep 0.1; done
 [[ -s $work/detached ]] || fail "q did not detach"
 kill -0 "$server" 2>/dev/null || fail "the server stopped when the TUI detached"
@@ -132,17 +144,17 @@ kill -TERM "$server"
 wait "$server" || true
 
 # No instance now: the same state dir, read-only.
-tmux kill-session -t "$session"
-tmux new-session -d -s "$session" -x 120 -y 32 -c "$work" "GAFFER_STATE_DIR=$state2 $bin tui; echo EXIT=\$? > $work/readonly; sleep 600"
+t kill-session -t "$session"
+t new-session -d -s "$session" -x 120 -y 32 -c "$work" "GAFFER_STATE_DIR=$state2 $bin tui; echo EXIT=\$? > $work/readonly; sleep 600"
 wait_for "read-only: no instance running"
-tmux send-keys -t "$session" 2
+t send-keys -t "$session" 2
 wait_for "Jobs (1)"
-tmux send-keys -t "$session" r
+t send-keys -t "$session" r
 for _ in $(seq 1 50); do screen | tail -n 2 | head -n 1 | grep -q "read-only" && break; sleep 0.1; done
 screen | tail -n 2 | head -n 1 | grep -q "read-only" || fail "r did not say the TUI is read-only"
-tmux send-keys -t "$session" 8
+t send-keys -t "$session" 8
 wait_for "0 3 \* \* \*"
-tmux send-keys -t "$session" q
+t send-keys -t "$session" q
 for _ in $(seq 1 50); do [[ -s $work/readonly ]] && break; sleep 0.1; done
 grep -q "EXIT=0" "$work/readonly" 2>/dev/null || fail "q did not leave the read-only TUI cleanly"
 echo "e2e-tui: ok"
