@@ -477,6 +477,41 @@ fn postgres_restarted_under_load_loses_nothing_and_doubles_nothing() {
     }
 }
 
+/// A submit made while PostgreSQL is down outlasts the nodes' leases: the node drops the new
+/// run with the rest and joins again under a new id. The run must not then be written under
+/// that live id with no actor deciding for it (found by hand: it stayed `running` forever,
+/// and `submit` called it fatal): it is either never stored, or stored and run to its end.
+#[test]
+fn a_submit_while_postgres_is_down_past_the_lease_is_never_left_running_with_nobody_deciding() {
+    let Some(db) = TestDb::own_server() else { return };
+    let cluster = Cluster::on(db, &job_of("late", 1, &marked("true"), None), 2, LEASE);
+    cluster.db.stop_server();
+    let submit = cluster.nodes[0]
+        .project
+        .gaffer(&["submit", "late", "--store", &cluster.url])
+        .stdin(Stdio::null())
+        .output()
+        .expect("gaffer submit");
+    let said = String::from_utf8_lossy(&submit.stderr).to_string();
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.db.start_server();
+    if !submit.status.success() {
+        assert!(!said.contains("fatal"), "a lost lease is no fatal fault: {said}");
+        assert!(said.contains("lost its lease") && said.contains("gaffer show"), "says what to check: {said}");
+    }
+    // Node a joins again, and its writer (retrying every 2 s) has had its turn at what it held.
+    let log = || std::fs::read_to_string(cluster.nodes[0].project.path().join("serve.log")).unwrap_or_default();
+    wait_until(Duration::from_secs(30), "node a joined again", || log().contains("joined again as node id"));
+    std::thread::sleep(Duration::from_secs(4));
+    wait_until(Duration::from_secs(30), "no job run left running", || {
+        cluster.db.psql("SELECT count(*) FROM job_runs WHERE state = 'running'").trim() == "0"
+    });
+    let stored = cluster.db.psql("SELECT count(*) FROM job_runs").trim().to_string();
+    if submit.status.success() || stored != "0" {
+        assert_eq!(cluster.db.psql("SELECT state FROM job_runs").trim(), "succeeded", "submit said: {said}");
+    }
+}
+
 #[test]
 fn a_runner_paused_past_its_lease_has_its_attempts_run_again_by_the_owner() {
     let workflow = job_of("runner", 6, &marked("if [ $NODE_TAG = b ]; then sleep 30; else sleep 0.3; fi"), None);

@@ -98,7 +98,7 @@ pub enum Runner {
 type AfterCommit = Box<dyn FnOnce(&mut JobRun, &mut Context<JobRun>)>;
 
 /// Told once a new run's records are durable, or why they could not be made so.
-pub type Begun = tokio::sync::oneshot::Sender<Result<(), String>>;
+pub type Begun = tokio::sync::oneshot::Sender<Result<(), super::EngineError>>;
 
 /// What the core asks of the world, answered from the store, the templates and `fastrand`.
 struct ActorEnv<'a> {
@@ -600,11 +600,11 @@ impl JobRun {
                 act.shared.supervisor.do_send(super::cron::FireLost { job_run: act.record.id, refused });
                 ctx.stop();
             }
-            Err(crate::store::StoreError::Fenced { .. }) => act.fenced_out(ctx),
+            Err(crate::store::StoreError::Fenced { .. }) => act.fenced_out(ctx, fenced::Dropped::Fenced),
             Err(e) => {
                 let message = format!("job run j{}: cannot commit to the store: {e}", act.record.id);
                 if let Some(begun) = act.begun.take() {
-                    let _ = begun.send(Err(message.clone()));
+                    let _ = begun.send(Err(super::EngineError::Fatal(message.clone())));
                 }
                 act.shared.supervisor.do_send(Fatal(message))
             }
@@ -1202,7 +1202,7 @@ impl JobRun {
         Box::pin(commit.into_actor(self).map(move |result, act, ctx| match result {
             Ok(()) => Some(claimed),
             Err(crate::store::StoreError::Fenced { .. }) => {
-                act.fenced_out(ctx);
+                act.fenced_out(ctx, fenced::Dropped::Fenced);
                 None
             }
             Err(e) => {

@@ -647,15 +647,12 @@ impl Handler<SubmitMany> for Supervisor {
     }
 }
 
-type Begun = Option<oneshot::Receiver<Result<(), String>>>;
+type Begun = Option<oneshot::Receiver<Result<(), EngineError>>>;
 
 /// Waits until a new job run's first commit is durable (`None`: nothing new was made).
 async fn stored(begun: Begun) -> Result<(), EngineError> {
     let Some(begun) = begun else { return Ok(()) };
-    begun
-        .await
-        .map_err(|_| EngineError::Stopped("the job run stopped before it was stored".into()))?
-        .map_err(EngineError::Fatal)
+    begun.await.map_err(|_| EngineError::Stopped("the job run stopped before it was stored".into()))?
 }
 
 impl Supervisor {

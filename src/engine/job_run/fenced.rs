@@ -8,11 +8,21 @@ use actix::prelude::*;
 
 use super::super::supervisor::JobRunDropped;
 use super::JobRun;
+use crate::engine::EngineError;
 use crate::executor::KILL_GRACE;
 use crate::model::FailReason;
 
+/// Why a JobRun actor stops without committing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dropped {
+    /// A commit of it was fenced out: another node's epoch is on its row.
+    Fenced,
+    /// This node's lease ran out (`Disown`): it may own nothing until it joins again.
+    LeaseLost,
+}
+
 impl JobRun {
-    pub(super) fn fenced_out(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn fenced_out(&mut self, ctx: &mut Context<Self>, why: Dropped) {
         if self.fenced {
             return;
         }
@@ -26,7 +36,18 @@ impl JobRun {
             }
         }
         if let Some(begun) = self.begun.take() {
-            let _ = begun.send(Err(format!("job run j{}: another node owns it now", self.record.id)));
+            let id = self.record.id;
+            let error = match why {
+                Dropped::Fenced => EngineError::Fatal(format!("job run j{id}: another node owns it now")),
+                // The store refuses its creation from now on (`Ownership::disown`) unless it was
+                // already written, and then its owner's death has it adopted like any other run.
+                Dropped::LeaseLost => EngineError::Stopped(format!(
+                    "job run j{id}: this node lost its lease on the store before the run was confirmed stored; \
+                     `gaffer show j{id}` says whether it was (a stored run goes on, on another node or here once \
+                     this node joins again); if it was not, submit it again"
+                )),
+            };
+            let _ = begun.send(Err(error));
         }
         self.finished = true;
         self.shared.supervisor.do_send(JobRunDropped { id: self.record.id, actor: ctx.address() });
@@ -43,6 +64,6 @@ impl Handler<Disown> for JobRun {
     type Result = ();
 
     fn handle(&mut self, _: Disown, ctx: &mut Self::Context) {
-        self.fenced_out(ctx);
+        self.fenced_out(ctx, Dropped::LeaseLost);
     }
 }

@@ -171,6 +171,9 @@ impl Supervisor {
         if let Ok(shared) = self.shared() {
             shared.kill_all_attempts();
         }
+        // Before the rejoin: a creation of one of them still queued in the writer must not be
+        // written under the new id with no actor here to decide for it (`fence.rs`).
+        node.backend.store().ownership.disown(&duties.drop_job_runs);
         for id in &duties.drop_job_runs {
             if let Some(actor) = self.job_runs.remove(id) {
                 actor.do_send(Disown);

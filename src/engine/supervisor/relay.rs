@@ -86,7 +86,7 @@ impl Supervisor {
         &self,
         job: &str,
         started: u64,
-        created: tokio::sync::oneshot::Receiver<Result<(), String>>,
+        created: tokio::sync::oneshot::Receiver<Result<(), EngineError>>,
     ) {
         let (Some(node), Some(shared)) = (self.cluster(), self.shared.clone()) else { return };
         let (me, job) = (shared.supervisor.clone(), job.to_string());

@@ -58,10 +58,7 @@ impl Handler<SubmitOnly> for Supervisor {
         );
         Box::pin(async move {
             let (id, begun) = created.await?;
-            begun
-                .await
-                .map_err(|_| EngineError::Stopped("the job run stopped before it was stored".into()))?
-                .map_err(EngineError::Fatal)?;
+            super::stored(Some(begun)).await?;
             Ok(id)
         })
     }
@@ -73,7 +70,7 @@ impl Supervisor {
         &mut self,
         msg: SubmitOnly,
         planned: Option<(OnlyPlan, Vec<TaskRunRecord>)>,
-    ) -> Result<(u64, oneshot::Receiver<Result<(), String>>), EngineError> {
+    ) -> Result<(u64, oneshot::Receiver<Result<(), EngineError>>), EngineError> {
         let shared = self.shared()?;
         if self.is_stopping() {
             return Err(EngineError::Stopped("gaffer is stopping".into()));

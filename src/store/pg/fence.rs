@@ -12,8 +12,11 @@
 //! - a job run this node owns at epoch e is taken only while its row says `owner_node = me AND
 //!   owner_epoch = e`;
 //! - a job run this node does not know is taken only when the batch creates it (it carries the
-//!   `JobRun` record and no row exists yet): it is written with `owner_node = me, owner_epoch = 1`
-//!   and owned from then on;
+//!   `JobRun` record and no row exists yet) and this node never gave it up: it is written with
+//!   `owner_node = me, owner_epoch = 1` and owned from then on. A creation still queued when the
+//!   node's lease ran out ([`Ownership::disown`]) is refused even after the node joined again
+//!   under a new id: its actor is gone, so a row written then would be owned by a live node
+//!   with nobody deciding for it, and no other node would ever adopt it;
 //! - anything else is fenced out: nothing of that batch is written, its commit resolves to
 //!   `StoreError::Fenced`, and the job run is forgotten here (another node owns it now).
 //!
@@ -23,7 +26,7 @@
 //! Batches of one group are judged in order, so a job run created by an earlier batch of the
 //! group is owned by the later ones.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::model::lease::{NodeId, Ownership as Owner, commit_accepted};
@@ -40,6 +43,8 @@ pub struct Ownership {
 struct State {
     node: Option<NodeId>,
     epochs: HashMap<u64, u64>,
+    /// Job runs this node gave up when its lease ran out: never created by it from then on.
+    disowned: HashSet<u64>,
 }
 
 /// A job run's row as the fence query read it: `(owner_node, owner_epoch)`.
@@ -50,6 +55,7 @@ pub type Row = (Option<NodeId>, u64);
 pub struct Judge {
     node: NodeId,
     epochs: HashMap<u64, u64>,
+    disowned: HashSet<u64>,
 }
 
 /// What the fence decided for each batch of a group, and what the store learns once it commits.
@@ -69,7 +75,20 @@ impl Ownership {
     /// From now on this store commits for `node` (a join, or a rejoin under a new id): nothing
     /// owned under an earlier id is owned any more.
     pub fn join(&self, node: NodeId) {
-        *self.lock() = State { node: Some(node), epochs: HashMap::new() };
+        let mut state = self.lock();
+        state.node = Some(node);
+        state.epochs.clear();
+    }
+
+    /// The lease ran out: these job runs' actors stop, and a creation of one of them that is
+    /// still to be written is refused from now on (it may already be written: then its row
+    /// names this node's old id, which is dead, and it is adopted like any other).
+    pub fn disown(&self, job_runs: &[u64]) {
+        let mut state = self.lock();
+        for j in job_runs {
+            state.epochs.remove(j);
+            state.disowned.insert(*j);
+        }
     }
 
     /// Back to a plain store: nothing owned, nothing fenced.
@@ -84,7 +103,9 @@ impl Ownership {
 
     /// This node adopted `job_run` at `epoch` (the epoch the adoption's `RETURNING` gave).
     pub fn adopted(&self, job_run: u64, epoch: u64) {
-        self.lock().epochs.insert(job_run, epoch);
+        let mut state = self.lock();
+        state.epochs.insert(job_run, epoch);
+        state.disowned.remove(&job_run);
     }
 
     /// The job run is not this node's any more (it ended here, or it was fenced out).
@@ -107,7 +128,7 @@ impl Ownership {
     /// The fence for a group about to commit: `None` when no node is set (nothing is fenced).
     pub fn judge(&self) -> Option<Judge> {
         let state = self.lock();
-        state.node.map(|node| Judge { node, epochs: state.epochs.clone() })
+        state.node.map(|node| Judge { node, epochs: state.epochs.clone(), disowned: state.disowned.clone() })
     }
 
     /// A group committed: its creations are owned at epoch 1, its fenced job runs are not (if
@@ -117,8 +138,9 @@ impl Ownership {
         if state.node != Some(judge.node) {
             return;
         }
-        for &j in &verdicts.created {
-            state.epochs.insert(j, 1);
+        let State { epochs, disowned, .. } = &mut *state;
+        for &j in verdicts.created.iter().filter(|j| !disowned.contains(j)) {
+            epochs.insert(j, 1);
         }
         for &j in verdicts.fenced.iter().flatten() {
             state.epochs.remove(&j);
@@ -175,7 +197,7 @@ impl Judge {
             (Some(&epoch), Some(&(owner, at))) => commit_accepted(Owner { owner, epoch: at }, self.node, epoch),
             // Created earlier in this group: its row is written by this very transaction.
             (Some(_), None) => true,
-            (None, None) => creates(batch, job_run),
+            (None, None) => creates(batch, job_run) && !self.disowned.contains(&job_run),
             (None, Some(_)) => false,
         }
     }
@@ -198,7 +220,7 @@ mod tests {
     }
 
     fn judge(epochs: &[(u64, u64)]) -> Judge {
-        Judge { node: 7, epochs: epochs.iter().copied().collect() }
+        Judge { node: 7, epochs: epochs.iter().copied().collect(), disowned: HashSet::new() }
     }
 
     #[test]
@@ -234,5 +256,31 @@ mod tests {
         assert_eq!(ownership.owned(), Vec::<u64>::new());
         ownership.learn(&judge, &Verdicts { fenced: vec![None], created: [6].into() });
         assert_eq!(ownership.owned(), Vec::<u64>::new(), "judged for the old id: ignored");
+    }
+
+    /// A submit whose creation was still queued when the lease ran out: after the rejoin the
+    /// creation is refused (no actor would decide for it), until an adoption takes the run.
+    #[test]
+    fn a_creation_queued_when_the_lease_ran_out_is_refused_after_the_rejoin() {
+        let ownership = Ownership::default();
+        ownership.join(7);
+        ownership.adopted(1, 3);
+        ownership.disown(&[1, 2]);
+        ownership.join(9);
+        let creation = vec![Mutation::JobRun(job_run(2)), task(2)];
+        let other = vec![Mutation::JobRun(job_run(5)), task(5)];
+        let judge = ownership.judge().expect("a node");
+        let verdicts = judge.decide(&[&creation, &other], &BTreeMap::new());
+        assert_eq!(verdicts.fenced, [Some(2), None], "the disowned creation is fenced, a new one is taken");
+        assert_eq!(verdicts.created, [5].into());
+        ownership.learn(&ownership.judge().expect("a node"), &Verdicts { fenced: vec![None], created: [2].into() });
+        assert_eq!(ownership.owned(), Vec::<u64>::new(), "a group judged before the disown learns no disowned run");
+        ownership.adopted(2, 2);
+        let rows: BTreeMap<u64, Row> = [(2, (Some(9), 2))].into();
+        assert_eq!(
+            ownership.judge().expect("a node").decide(&[&[task(2)][..]], &rows).fenced,
+            [None],
+            "adopted: its own again"
+        );
     }
 }

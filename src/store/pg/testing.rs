@@ -106,8 +106,18 @@ impl TestDb {
     /// Stops this test's own server (fast: sessions ended, as a crash or an upgrade would)
     /// and starts it again on the same port. Panics on the shared server.
     pub fn restart_server(&self) {
-        assert!(self.own, "only a test's own server is restarted");
+        self.stop_server();
+        self.start_server();
+    }
+
+    /// The first half of [`TestDb::restart_server`]: an outage lasts until [`TestDb::start_server`].
+    pub fn stop_server(&self) {
+        assert!(self.own, "only a test's own server is stopped");
         self.server.stop();
+    }
+
+    pub fn start_server(&self) {
+        assert!(self.own, "only a test's own server is started again");
         self.server.launch(false);
         std::fs::write(self.server.base.join("port"), self.server.port.to_string()).expect("port file");
     }
