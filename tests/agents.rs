@@ -176,6 +176,30 @@ run = '''echo '{"object":"response","model":"gpt-4o","status":"completed","usage
     assert_eq!(responses["output_tokens"], 100_000, "reasoning tokens are part of the output, counted once");
 }
 
+/// Found by a SPEC check: a task's own `budget_usd` passed by the final JSON result of an
+/// attempt that exited 0 said `budget.exceeded` and then `task.succeeded`, and its dependent ran.
+#[test]
+fn a_result_past_the_tasks_own_budget_fails_it_with_reason_budget() {
+    let p = Project::new(
+        r#"
+[jobs.d.tasks.t]
+cost = "claude-json"
+budget_usd = 0.20
+run = '''echo '{"type":"result","total_cost_usd":0.30,"usage":{"input_tokens":10,"output_tokens":5}}' '''
+[jobs.d.tasks.next]
+needs = ["t"]
+run = "echo next"
+"#,
+    );
+    let (code, events) = p.run_json(&[]);
+    assert_eq!(code, 1, "the job run failed");
+    assert!(named(&events, "task.succeeded").is_empty(), "nothing succeeded: {events:?}");
+    let t = p.task("t");
+    assert_eq!((t["state"].as_str(), t["reason"].as_str()), (Some("dead"), Some("budget")), "{t}");
+    assert_eq!(t["cost_usd"].to_string(), "0.3", "what it spent stays recorded");
+    assert_eq!(p.task("next")["state"], "skipped");
+}
+
 #[test]
 fn a_task_whose_agent_result_has_no_usage_says_so_everywhere() {
     let p = Project::new("[jobs.j.tasks.quiet]\ncost = \"claude-json\"\nrun = 'echo \"Sure! Here is the answer.\"'\n");

@@ -254,6 +254,12 @@ fn a_job_submitted_to_one_node_runs_on_all_three() {
     assert_eq!(nodes.trim(), "3|0", "each node's attempts recorded as its own");
     let attempts = cluster.attempts(id);
     assert_eq!(attempts.len(), 12, "one attempt each, none doubled: {attempts:?}");
+    // The note of the node each state dir joined as is private like the rest of it (was 0644).
+    use std::os::unix::fs::PermissionsExt;
+    for node in &cluster.nodes {
+        let noted = std::fs::metadata(node.project.state_dir().join("cluster-node")).expect("cluster-node");
+        assert_eq!(noted.permissions().mode() & 0o777, 0o600, "node {}", node.name);
+    }
 }
 
 #[test]

@@ -51,6 +51,11 @@ pub enum AfterAttempt {
 /// else retries after `retry_delay`.
 pub fn after_attempt(policy: &RetryPolicy, outcome: AttemptOutcome, run: RunSoFar, u: f64) -> AfterAttempt {
     let Some(reason) = outcome.failure else {
+        // A cost learnt only at the exit (an agent's final JSON result) can reach the task run's
+        // budget after the work is done: it fails as if the cost had come while it ran (SPEC §7).
+        if budget_reached(run.cost_usd_micros, run.budget_usd_micros) {
+            return AfterAttempt::Dead { reason: FailReason::Budget };
+        }
         return AfterAttempt::Succeeded;
     };
     if reason == FailReason::Cancelled {
@@ -189,6 +194,13 @@ mod tests {
         );
         let over = RunSoFar { budget_usd_micros: Some(100), ..run(1, 100) };
         assert_eq!(after_attempt(&p, failed(1), over, 0.0), AfterAttempt::Dead { reason: FailReason::Budget });
+        assert_eq!(
+            after_attempt(&p, ok, over, 0.0),
+            AfterAttempt::Dead { reason: FailReason::Budget },
+            "a cost learnt at the exit that reaches the task run's budget fails it, as one learnt while it ran"
+        );
+        let under = RunSoFar { budget_usd_micros: Some(101), max_cost_usd_micros: Some(50), ..run(1, 100) };
+        assert_eq!(after_attempt(&p, ok, under, 0.0), AfterAttempt::Succeeded, "max_cost_usd only stops retries");
     }
 
     #[test]

@@ -234,7 +234,10 @@ const NODE_FILE: &str = "cluster-node";
 
 /// The node a previous process on `state_dir` joined `url`'s database as, if it said so.
 fn previous_node(state_dir: &Path, url: &str) -> Option<i64> {
-    let text = std::fs::read_to_string(state_dir.join(NODE_FILE)).ok()?;
+    let mut text = String::new();
+    let mut file =
+        crate::state_dir::open_in_state_dir(&state_dir.join(NODE_FILE), crate::state_dir::Access::Read).ok()?;
+    std::io::Read::read_to_string(&mut file, &mut text).ok()?;
     let (id, db) = text.trim().split_once(' ')?;
     (db == format!("{:016x}", url_hash(url))).then(|| id.parse().ok()).flatten()
 }
@@ -290,7 +293,10 @@ fn register(
         }
     })?;
     let noted = format!("{} {:016x}\n", node.id, url_hash(backend.url()));
-    if let Err(e) = std::fs::write(state_dir.join(NODE_FILE), noted) {
+    // 0600 whatever the umask, and never through a link planted in the state dir.
+    let written = crate::state_dir::open_in_state_dir(&state_dir.join(NODE_FILE), crate::state_dir::Access::Replace)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, noted.as_bytes()));
+    if let Err(e) = written {
         tracing::warn!("cluster: cannot note the node it joined as in {}: {e}", state_dir.display());
     }
     backend.set_owner_node(Some(node.id));
