@@ -112,10 +112,10 @@ fn describe(e: &EngineEvent) -> Option<String> {
             dollars(*spent_usd_micros),
             dollars(*limit_usd_micros)
         ),
-        EventData::TaskCost { .. }
-        | EventData::TaskProgress { .. }
-        | EventData::TaskHandled
-        | EventData::TransitionFired { .. } => return None,
+        // The task run's end (`failed`, not a dead letter): a person reading along sees why the
+        // job run goes on after the failed attempt above.
+        EventData::TaskHandled => "failed, handled by a transition (the job run goes on)".into(),
+        EventData::TaskCost { .. } | EventData::TaskProgress { .. } | EventData::TransitionFired { .. } => return None,
     })
 }
 

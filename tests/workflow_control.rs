@@ -467,6 +467,10 @@ run = 'touch rolled-back'
     assert!(named(&events, "task.dead_lettered").is_empty());
     let dlq = p.run(&["dlq"]);
     assert!(String::from_utf8_lossy(&dlq.stdout).contains("no dead letters"), "not a dead letter");
+    // Headless, the handled end has its own line, as a dead letter's does (it had none).
+    let out = p.run(&["run", "workflow.toml", "--headless", "--state-dir", "human"]);
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(human.contains("j.deploy") && human.contains("failed, handled by a transition"), "{human}");
 }
 
 const REVIEW_LOOP: &str = r#"
