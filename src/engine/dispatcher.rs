@@ -7,6 +7,7 @@
 //! (`model::routing`) is never handed out: it waits aside in its queue's `blocked`, visibly
 //! (`status`, `show`, the TUI), until a node that has the labels takes it.
 
+use crate::model::outage::Outage;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
@@ -261,6 +262,8 @@ pub struct Dispatcher {
     /// A claim is being made; `claim_again`: something woke the Dispatcher meanwhile.
     claiming: bool,
     claim_again: bool,
+    /// Failed claims while the database is away, said once per outage.
+    claim_outage: Outage,
     /// In a cluster: the queues whose last claim found nothing more ready here, where a new
     /// job run's task runs may start with its commit (`Reserve`, `model::start_at_submit`).
     nothing_ready: NothingReady,
@@ -330,6 +333,7 @@ impl Dispatcher {
             claiming: false,
             claim_again: false,
             nothing_ready: NothingReady::default(),
+            claim_outage: Outage::default(),
         }
     }
 
@@ -504,9 +508,17 @@ impl Dispatcher {
         ctx.spawn(claims.into_actor(self).map(move |result, act, ctx| {
             act.claiming = false;
             let (claimed, answers) = match result {
-                Ok(Ok(answer)) => answer,
+                Ok(Ok(answer)) => {
+                    if let Some(failures) = act.claim_outage.recovered() {
+                        tracing::info!("cluster: claiming again after {failures} failed tries");
+                    }
+                    answer
+                }
                 Ok(Err(e)) => {
-                    tracing::warn!("cluster: cannot claim ({e}); trying again at the next wake-up");
+                    if let Some(unsaid) = act.claim_outage.failed(act.clock.now_ms()) {
+                        let note = crate::model::outage::unsaid_note(unsaid);
+                        tracing::warn!("cluster: cannot claim ({e}); trying again at the next wake-up{note}");
+                    }
                     Default::default()
                 }
                 Err(e) => {

@@ -33,7 +33,33 @@ pub struct Watchdog {
     clock: SharedClock,
     list: WatchList,
     ticks: u32,
-    missed: Arc<Mutex<HashMap<usize, u32>>>,
+    missed: Arc<Mutex<HashMap<usize, Pings>>>,
+}
+
+/// One worker's pings: one in flight at most, and the misses in a row.
+#[derive(Debug, Default, PartialEq)]
+struct Pings {
+    pending: bool,
+    missed: u32,
+}
+
+impl Pings {
+    /// Whether to send a ping now. Not while one is in flight, nor while the worker waits for a
+    /// commit (a database restart can take a minute; that is not being wedged).
+    fn send(&mut self, awaits_store: bool) -> bool {
+        if awaits_store {
+            self.missed = 0;
+            return false;
+        }
+        !std::mem::replace(&mut self.pending, true)
+    }
+
+    /// The ping in flight came back (`answered`) or timed out: true to give up on the worker.
+    fn answered(&mut self, answered: bool) -> bool {
+        self.pending = false;
+        self.missed = if answered { 0 } else { self.missed + 1 };
+        self.missed >= MAX_MISSED_PINGS
+    }
 }
 
 impl Watchdog {
@@ -54,20 +80,25 @@ impl Watchdog {
         }
         self.ticks += 1;
         if self.ticks.is_multiple_of(PING_EVERY_TICKS) {
-            for (id, _, worker) in watched {
-                self.ping(id, worker);
+            for (id, activity, worker) in watched {
+                self.ping(id, &activity, worker);
             }
         }
     }
 
-    fn ping(&self, id: usize, worker: Addr<Worker>) {
+    /// One ping at a time per worker: pings sent every 2 s that each wait 10 s overlapped, so
+    /// three "consecutive" misses came 14 s after a worker stopped answering, not 30 s.
+    fn ping(&self, id: usize, activity: &Activity, worker: Addr<Worker>) {
+        let Ok(mut pings) = self.missed.lock() else { return };
+        if !pings.entry(id).or_default().send(activity.awaits_store()) {
+            return;
+        }
+        drop(pings);
         let missed = self.missed.clone();
         actix::spawn(async move {
             let answered = worker.send(Ping).timeout(PING_TIMEOUT).await.is_ok();
             let Ok(mut missed) = missed.lock() else { return };
-            let count = missed.entry(id).or_insert(0);
-            *count = if answered { 0 } else { *count + 1 };
-            if *count >= MAX_MISSED_PINGS {
+            if missed.entry(id).or_default().answered(answered) {
                 eprintln!(
                     "gaffer: worker {id} has not answered the watchdog for {} s; stopping so a restart can recover from the store",
                     PING_TIMEOUT.as_secs() * u64::from(MAX_MISSED_PINGS)
@@ -106,6 +137,27 @@ pub fn overdue_reason(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pings every 2 s that each waited 10 s overlapped: three misses "in a row" came 14 s
+    /// after a worker stopped answering. One in flight at a time makes them 30 s; a worker
+    /// waiting for a commit is not pinged at all.
+    #[test]
+    fn a_worker_is_given_up_after_three_pings_in_a_row_one_at_a_time() {
+        let mut p = Pings::default();
+        assert!(p.send(false), "the first ping goes");
+        assert!(!p.send(false) && !p.send(false), "none while it is in flight");
+        assert!(!p.answered(false), "one miss");
+        assert!(p.send(false));
+        assert!(!p.answered(false), "two");
+        assert!(p.send(false));
+        assert!(p.answered(false), "three in a row: give up");
+        let mut q = Pings { pending: false, missed: 2 };
+        assert!(!q.send(true), "waiting for the store: no ping");
+        assert_eq!(q, Pings { pending: false, missed: 0 }, "and what was missed before is forgiven");
+        assert!(q.send(false));
+        assert!(!q.answered(true));
+        assert_eq!(q, Pings::default(), "an answer clears the misses");
+    }
 
     #[test]
     fn timeout_wins_over_silence() {

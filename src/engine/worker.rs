@@ -36,6 +36,10 @@ use crate::store::{AttemptRecord, MAX_ATTEMPT_WARNINGS, codec};
 /// the hot path (a line of output) only touches one atomic.
 pub struct Activity {
     last_ms: AtomicU64,
+    /// The worker takes no message while it waits for a commit before a start (`claim_from`,
+    /// `launch` with `durable`): it is waiting for the store, not wedged, and the watchdog does
+    /// not ping it meanwhile — a database away for a minute must not stop the node.
+    awaiting_store: std::sync::atomic::AtomicBool,
     inner: Mutex<ActivityState>,
     /// What kills the attempt's processes.
     executor: Arc<dyn Executor>,
@@ -65,7 +69,21 @@ struct Killed {
 
 impl Activity {
     pub fn new(executor: Arc<dyn Executor>) -> Activity {
-        Activity { last_ms: AtomicU64::default(), inner: Mutex::default(), executor }
+        Activity {
+            last_ms: AtomicU64::default(),
+            awaiting_store: Default::default(),
+            inner: Mutex::default(),
+            executor,
+        }
+    }
+
+    fn await_store(&self, waiting: bool) {
+        self.awaiting_store.store(waiting, Ordering::Relaxed);
+    }
+
+    /// The worker waits for a commit (see `awaiting_store`).
+    pub fn awaits_store(&self) -> bool {
+        self.awaiting_store.load(Ordering::Relaxed)
     }
 
     fn begin(&self, task_run: u64, attempt: u32, now_ms: u64, timeout: Duration, heartbeat_timeout: Duration) {
@@ -403,24 +421,28 @@ impl Worker {
         let (tx, rx) = mpsc::unbounded_channel();
         // Off this thread, which runs every worker and job run; the worker takes no message
         // until the process exists (or could not be started).
+        self.activity.await_store(durable.is_some());
         let spawning = spawn_off_thread(self.executor.clone(), spec, tx, durable);
-        ctx.wait(spawning.into_actor(self).map(move |spawned, act, ctx| match spawned {
-            None => {
-                act.activity.end();
-                let queue = act.current.take().map(|c| c.queue);
-                act.free(queue, ctx);
-            }
-            Some(Ok(running)) => {
-                act.activity.set_process(running.process);
-                if let Some(current) = act.current.as_mut() {
-                    current.owner.started(task_run, attempt, running.process);
+        ctx.wait(spawning.into_actor(self).map(move |spawned, act, ctx| {
+            act.activity.await_store(false);
+            match spawned {
+                None => {
+                    act.activity.end();
+                    let queue = act.current.take().map(|c| c.queue);
+                    act.free(queue, ctx);
                 }
-                act.follow(rx, running.done, ctx);
-            }
-            Some(Err(e)) => {
-                let reason =
-                    if e.is_resource_exhaustion() { FailReason::ResourceExhausted } else { FailReason::SpawnError };
-                act.finish(None, Some((reason, e.to_string())), ctx)
+                Some(Ok(running)) => {
+                    act.activity.set_process(running.process);
+                    if let Some(current) = act.current.as_mut() {
+                        current.owner.started(task_run, attempt, running.process);
+                    }
+                    act.follow(rx, running.done, ctx);
+                }
+                Some(Err(e)) => {
+                    let reason =
+                        if e.is_resource_exhaustion() { FailReason::ResourceExhausted } else { FailReason::SpawnError };
+                    act.finish(None, Some((reason, e.to_string())), ctx)
+                }
             }
         }));
     }
@@ -605,10 +627,15 @@ impl Worker {
         queue: String,
         ctx: &mut Context<Self>,
     ) {
+        // The owner answers once the claim's commit is durable.
+        self.activity.await_store(true);
         let claim = owner.send(Claim { task_run, attempt, worker: ctx.address() });
-        ctx.wait(claim.into_actor(self).map(move |answer, act, ctx| match answer {
-            Ok(Some(claimed)) => act.launch(claimed, queue, None, ctx),
-            _ => act.free(Some(queue), ctx),
+        ctx.wait(claim.into_actor(self).map(move |answer, act, ctx| {
+            act.activity.await_store(false);
+            match answer {
+                Ok(Some(claimed)) => act.launch(claimed, queue, None, ctx),
+                _ => act.free(Some(queue), ctx),
+            }
         }));
     }
 

@@ -13,6 +13,7 @@ pub mod graph;
 pub mod hooks;
 pub mod lease;
 pub mod money;
+pub mod outage;
 pub mod params;
 pub mod policy;
 pub mod queue;

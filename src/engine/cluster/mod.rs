@@ -389,6 +389,7 @@ struct MailReader {
 async fn read_mail(url: String, pool: deadpool_postgres::Pool, reader: MailReader) {
     let MailReader { current_id, supervisor, workers, relays } = reader;
     let mut waker = listen(&url, MAIL_CHANNEL).await;
+    let (mut outage, began) = (crate::model::outage::Outage::default(), std::time::Instant::now());
     while supervisor.connected() {
         wait(&mut waker, POLL).await;
         // After a rejoin, the new id's mail: the old id owns nothing any more.
@@ -400,10 +401,16 @@ async fn read_mail(url: String, pool: deadpool_postgres::Pool, reader: MailReade
         let letters = match letters {
             Ok(letters) => letters,
             Err(e) => {
-                tracing::warn!("cluster: cannot read mail ({e}); trying again");
+                if let Some(unsaid) = outage.failed(began.elapsed().as_millis() as u64) {
+                    let note = crate::model::outage::unsaid_note(unsaid);
+                    tracing::warn!("cluster: cannot read mail ({e}); trying again{note}");
+                }
                 continue;
             }
         };
+        if let Some(failures) = outage.recovered() {
+            tracing::info!("cluster: reading mail again after {failures} failed tries");
+        }
         let (to_me, to_owner): (Vec<Received>, Vec<Received>) =
             letters.into_iter().partition(|r| r.letter.to_node == Some(me));
         for Received { letter, .. } in to_me {

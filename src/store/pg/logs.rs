@@ -108,6 +108,7 @@ async fn put_all(pool: &Pool, group: &[Put]) -> Result<(), PgError> {
 pub async fn ship(writer: ChunkWriter, shipment: Shipment, shipper: LogShipper) {
     let LogShipper { mut ended, shipped } = shipper;
     let mut shipped_up_to = ShippedUpTo::default();
+    let mut outage = Quiet::default();
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -117,7 +118,7 @@ pub async fn ship(writer: ChunkWriter, shipment: Shipment, shipper: LogShipper) 
         };
         if last {
             let rest = async {
-                while ship_round(&writer, &shipment, &mut shipped_up_to).await {
+                while ship_round(&writer, &shipment, &mut shipped_up_to, &mut outage).await {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
@@ -131,7 +132,7 @@ pub async fn ship(writer: ChunkWriter, shipment: Shipment, shipper: LogShipper) 
             }
             break;
         }
-        ship_round(&writer, &shipment, &mut shipped_up_to).await;
+        ship_round(&writer, &shipment, &mut shipped_up_to, &mut outage).await;
     }
     let _ = shipped.send(());
 }
@@ -143,9 +144,21 @@ struct ShippedUpTo {
     offset: u64,
 }
 
+/// A shipment's failed rounds, said once per outage (`model::outage`), not every 50 ms.
+struct Quiet {
+    outage: crate::model::outage::Outage,
+    began: std::time::Instant,
+}
+
+impl Default for Quiet {
+    fn default() -> Self {
+        Quiet { outage: Default::default(), began: std::time::Instant::now() }
+    }
+}
+
 /// Ships what the file gained (one round's worth at most); true when more is left to ship, or
 /// when the round failed (it is tried again from the same offset).
-async fn ship_round(writer: &ChunkWriter, shipment: &Shipment, up_to: &mut ShippedUpTo) -> bool {
+async fn ship_round(writer: &ChunkWriter, shipment: &Shipment, up_to: &mut ShippedUpTo, quiet: &mut Quiet) -> bool {
     let (state_dir, path, offset) = (shipment.state_dir.clone(), shipment.path.clone(), up_to.offset);
     let read = tokio::task::spawn_blocking(move || read_new(&state_dir, &path, offset)).await;
     let bytes = match read {
@@ -178,10 +191,14 @@ async fn ship_round(writer: &ChunkWriter, shipment: &Shipment, up_to: &mut Shipp
     match writer.put(chunks).await {
         Ok(()) => {
             *up_to = next;
+            quiet.outage.recovered();
             more
         }
         Err(e) => {
-            tracing::warn!("cannot ship the log of task run {}: {e}; trying again", shipment.task_run);
+            if let Some(unsaid) = quiet.outage.failed(quiet.began.elapsed().as_millis() as u64) {
+                let note = crate::model::outage::unsaid_note(unsaid);
+                tracing::warn!("cannot ship the log of task run {}: {e}; trying again{note}", shipment.task_run);
+            }
             true
         }
     }
