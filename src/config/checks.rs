@@ -312,6 +312,9 @@ fn check_template(r: &mut Reader, scope: &mut Scope, text: &Located<String>) {
             return;
         }
     };
+    for name in template::unknown_filters(&text.value, false) {
+        r.error(text.at, format!("bad template in `{}`: unknown filter `{name}`", scope.label));
+    }
     let sorted: BTreeSet<&String> = vars.iter().collect();
     for var in sorted {
         let segments: Vec<&str> = var.split('.').collect();
@@ -340,6 +343,9 @@ fn check_when(r: &mut Reader, scope: &mut Scope, when: &Located<String>) {
             return;
         }
     };
+    for name in template::unknown_filters(&when.value, true) {
+        r.error(when.at, format!("bad expression in `when`: unknown filter `{name}`"));
+    }
     let sorted: BTreeSet<&String> = vars.iter().collect();
     for var in sorted {
         let segments: Vec<&str> = var.split('.').collect();
@@ -473,6 +479,26 @@ mod tests {
                 "5:57: `item` has a value only in a task with `for_each` (task `t` has none)",
                 "5:75: unknown `job.owner` (available: job.run_id, job.name)",
                 "5:98: unknown variable `foo` in template (available: params, tasks, job)",
+            ]
+        );
+    }
+
+    /// minijinja looks filters up only when it renders: a misspelt one passed `validate` and
+    /// failed every run with `template_error` (found by a SPEC check).
+    #[test]
+    fn unknown_filters_are_reported_where_they_are() {
+        let text = "[jobs.j.tasks.u]\nrun = \"true\"\n[jobs.j.tasks.t]\nneeds = [\"u\"]\nrun = \"x\"\n\
+                    env = { A = \"{{ tasks.u.exit_code | nofilter }}\", B = \"{{ '|x' | upper }} {% if 1 | abs %}{% endif %}\" }\n\
+                    stdin = \"{{ params | string | nosuch(1) }}{{ 'a' | nofilter }}\"\n\
+                    next = [{ on = \"success\", when = \"exit_code | wrong == 0 and 'b|c' | length > 0\", do = [\"u2\"] }]\n\
+                    [jobs.j.tasks.u2]\nrun = \"true\"\n";
+        assert_eq!(
+            errors(text),
+            [
+                "6:13: bad template in `env.A`: unknown filter `nofilter`",
+                "7:9: bad template in `stdin`: unknown filter `nofilter`",
+                "7:9: bad template in `stdin`: unknown filter `nosuch`",
+                "8:34: bad expression in `when`: unknown filter `wrong`",
             ]
         );
     }

@@ -142,6 +142,66 @@ pub(crate) fn check_syntax(template: &str) -> Result<HashSet<String>, String> {
     Ok(compiled.undeclared_variables(true))
 }
 
+/// The filters `text` applies (`x | name`) that the template engine does not have, in order of
+/// first use. minijinja looks filters up only when it renders, so a misspelt one compiled fine
+/// and failed every run (`template_error`) instead of at load. `bare`: `text` is an expression
+/// (`when`), not a template with `{{ }}` / `{% %}` blocks.
+pub(crate) fn unknown_filters(text: &str, bare: bool) -> Vec<String> {
+    let env = strict_environment();
+    let mut unknown: Vec<String> = Vec::new();
+    for name in filter_names(text, bare) {
+        if unknown.contains(&name) {
+            continue;
+        }
+        let probe = env.render_str(&format!("{{{{ none | {name} }}}}"), ());
+        if probe.is_err_and(|e| e.kind() == ErrorKind::UnknownFilter) {
+            unknown.push(name);
+        }
+    }
+    unknown
+}
+
+/// The names after `|` in the code parts of `text` (inside `{{ }}` and `{% %}`, or all of it
+/// when `bare`), outside string literals.
+fn filter_names(text: &str, bare: bool) -> Vec<String> {
+    let bytes = text.as_bytes();
+    let (mut names, mut i) = (Vec::new(), 0);
+    let mut in_code = bare;
+    let mut quote: Option<u8> = None;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let next = bytes.get(i + 1).copied();
+        match (in_code, quote) {
+            (false, _) if b == b'{' && matches!(next, Some(b'{' | b'%')) => {
+                in_code = true;
+                i += 1;
+            }
+            (false, _) => {}
+            // An escaped character in a string literal (its quote does not end it).
+            (true, Some(_)) if b == b'\\' => i += 1,
+            (true, Some(q)) if b == q => quote = None,
+            (true, Some(_)) => {}
+            (true, None) if !bare && matches!(b, b'}' | b'%') && next == Some(b'}') => {
+                in_code = false;
+                i += 1;
+            }
+            (true, None) if b == b'"' || b == b'\'' => quote = Some(b),
+            (true, None) if b == b'|' => {
+                let rest = &text[i + 1..];
+                let start = rest.len() - rest.trim_start().len();
+                let name: String =
+                    rest[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                if !name.is_empty() {
+                    names.push(name);
+                }
+            }
+            (true, None) => {}
+        }
+        i += 1;
+    }
+    names
+}
+
 /// Compiles a bare expression (`when`, no `{{ }}`) and returns the variables it reads, like
 /// [`check_syntax`].
 pub(crate) fn check_expression(expression: &str) -> Result<HashSet<String>, String> {
