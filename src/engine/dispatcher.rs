@@ -7,7 +7,6 @@
 //! (`model::routing`) is never handed out: it waits aside in its queue's `blocked`, visibly
 //! (`status`, `show`, the TUI), until a node that has the labels takes it.
 
-use crate::model::outage::Outage;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use super::journal::{Journal, Publish};
 use super::worker::{Assign, AssignClaimed, Worker};
 use super::{EngineEvent, EventData, SharedClock};
 use crate::config::QueueDef;
+use crate::model::outage::Outage;
 use crate::model::policy::priority_key;
 use crate::model::queue::{self, circuit_open_until, rate_limit_opens_at};
 use crate::model::routing::can_run;
@@ -515,8 +515,7 @@ impl Dispatcher {
                     answer
                 }
                 Ok(Err(e)) => {
-                    if let Some(unsaid) = act.claim_outage.failed(act.clock.now_ms()) {
-                        let note = crate::model::outage::unsaid_note(unsaid);
+                    if let Some(note) = act.claim_outage.failed_note(act.clock.now_ms()) {
                         tracing::warn!("cluster: cannot claim ({e}); trying again at the next wake-up{note}");
                     }
                     Default::default()

@@ -34,6 +34,12 @@ impl Outage {
         }
     }
 
+    /// [`Outage::failed`] as the tail of the warning to say now (`""` or how many tries failed
+    /// unsaid), or `None` to keep quiet.
+    pub fn failed_note(&mut self, now_ms: u64) -> Option<String> {
+        self.failed(now_ms).map(unsaid_note)
+    }
+
     /// A try worked: `Some(failures)` once, when it ends an outage.
     pub fn recovered(&mut self) -> Option<u64> {
         let failures = std::mem::take(&mut self.failures);
@@ -42,8 +48,8 @@ impl Outage {
     }
 }
 
-/// The tail of a repeated warning: `""`, or ` (12 more failed tries unsaid)`.
-pub fn unsaid_note(unsaid: u64) -> String {
+/// The tail of a repeated warning: `""`, or ` (12 more failed tries since the last line)`.
+fn unsaid_note(unsaid: u64) -> String {
     match unsaid {
         0 => String::new(),
         n => format!(" ({n} more failed tries since the last line)"),

@@ -401,8 +401,7 @@ async fn read_mail(url: String, pool: deadpool_postgres::Pool, reader: MailReade
         let letters = match letters {
             Ok(letters) => letters,
             Err(e) => {
-                if let Some(unsaid) = outage.failed(began.elapsed().as_millis() as u64) {
-                    let note = crate::model::outage::unsaid_note(unsaid);
+                if let Some(note) = outage.failed_note(began.elapsed().as_millis() as u64) {
                     tracing::warn!("cluster: cannot read mail ({e}); trying again{note}");
                 }
                 continue;

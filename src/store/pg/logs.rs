@@ -195,8 +195,7 @@ async fn ship_round(writer: &ChunkWriter, shipment: &Shipment, up_to: &mut Shipp
             more
         }
         Err(e) => {
-            if let Some(unsaid) = quiet.outage.failed(quiet.began.elapsed().as_millis() as u64) {
-                let note = crate::model::outage::unsaid_note(unsaid);
+            if let Some(note) = quiet.outage.failed_note(quiet.began.elapsed().as_millis() as u64) {
                 tracing::warn!("cannot ship the log of task run {}: {e}; trying again{note}", shipment.task_run);
             }
             true
